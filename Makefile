@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:  make demo  /  make test
+# Both create the virtualenv at .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.heapemu-installed
+
+.PHONY: demo test lint typecheck unit wine-dlls bench fuzz clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/heapemu demo
+
+test: $(STAMP) lint typecheck wine-dlls unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Wine 8.0's PE DLLs from Debian's packages, into a per-user cache (never into the repo)
+wine-dlls: $(STAMP)
+	$(BIN)/python -m loader.wine fetch
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+fuzz: $(STAMP)
+	HEAPEMU_FUZZ_CASES=200000 $(BIN)/pytest tests/test_pe_fuzz.py
+
+clean:
+	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,38 @@
+"""Process and exception system calls: how emulated code ends a run or raises."""
+
+from __future__ import annotations
+
+from .errors import Fault
+from .layouts import EXCEPTION_RECORD
+from .ntdefs import NtStatus, status_name
+from .syscalls import BOOLEAN, HANDLE, NTSTATUS, PCONTEXT, PEXCEPTION_RECORD, Kernel, syscall
+
+
+@syscall
+def NtRaiseException(
+    k: Kernel, ExceptionRecord: PEXCEPTION_RECORD, ContextRecord: PCONTEXT, FirstChance: BOOLEAN
+) -> int:
+    """No user-mode exception dispatch is emulated: a raised exception ends the call with an
+    EmulationError naming the exception code and the address that raised it."""
+    code = EXCEPTION_RECORD.read(k, k.arch, ExceptionRecord, "ExceptionCode")
+    where = EXCEPTION_RECORD.read(k, k.arch, ExceptionRecord, "ExceptionAddress")
+    k.details.update(code=code, address=where)
+    k.proc.cpu.raise_fault(
+        Fault(
+            f"exception {status_name(code)} raised",
+            pc=k.proc.cpu.pc,
+            status=code,
+            detail=f"raised by code at 0x{where:x} ({k.proc.symbolize(where)})",
+        )
+    )
+    return NtStatus.SUCCESS
+
+
+@syscall
+def NtTerminateProcess(k: Kernel, ProcessHandle: HANDLE, ExitStatus: NTSTATUS) -> int:
+    if ProcessHandle not in (0, k.arch.ptr_mask):
+        k.check_process_handle(ProcessHandle)
+    k.proc.exit_status = ExitStatus
+    k.details.update(exit_status=ExitStatus)
+    k.proc.cpu.stop("process terminated")
+    return NtStatus.SUCCESS

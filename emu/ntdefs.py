@@ -1,0 +1,180 @@
+"""Windows constants: NTSTATUS codes, memory states and types, page protections, heap flags."""
+
+from __future__ import annotations
+
+import enum
+
+PAGE_SIZE = 0x1000
+ALLOCATION_GRANULARITY = 0x10000  # reservations start on 64 KiB boundaries (SYSTEM_INFO)
+
+
+class NtStatus(enum.IntEnum):
+    SUCCESS = 0x00000000
+    NO_MORE_ENTRIES = 0x8000001A
+    GUARD_PAGE_VIOLATION = 0x80000001
+    BREAKPOINT = 0x80000003
+    UNSUCCESSFUL = 0xC0000001
+    NOT_IMPLEMENTED = 0xC0000002
+    INVALID_INFO_CLASS = 0xC0000003
+    INFO_LENGTH_MISMATCH = 0xC0000004
+    ACCESS_VIOLATION = 0xC0000005
+    INVALID_HANDLE = 0xC0000008
+    INVALID_PARAMETER = 0xC000000D
+    NO_MEMORY = 0xC0000017
+    CONFLICTING_ADDRESSES = 0xC0000018
+    UNABLE_TO_FREE_VM = 0xC000001A
+    ILLEGAL_INSTRUCTION = 0xC000001D
+    NOT_COMMITTED = 0xC000002D
+    INVALID_PAGE_PROTECTION = 0xC0000045
+    MEMORY_NOT_ALLOCATED = 0xC00000A0
+    INTEGER_DIVIDE_BY_ZERO = 0xC0000094
+    PRIVILEGED_INSTRUCTION = 0xC0000096
+    FREE_VM_NOT_AT_BASE = 0xC000009F
+    INVALID_PARAMETER_1 = 0xC00000EF
+    INVALID_PARAMETER_2 = 0xC00000F0
+    INVALID_PARAMETER_3 = 0xC00000F1
+    INVALID_PARAMETER_4 = 0xC00000F2
+    INVALID_PARAMETER_5 = 0xC00000F3
+    INVALID_PARAMETER_6 = 0xC00000F4
+    STACK_OVERFLOW = 0xC00000FD
+    HEAP_CORRUPTION = 0xC0000374
+
+
+def status_name(code: int) -> str:
+    try:
+        return f"STATUS_{NtStatus(code & 0xFFFFFFFF).name}"
+    except ValueError:
+        return f"NTSTATUS 0x{code & 0xFFFFFFFF:08X}"
+
+
+def invalid_parameter(n: int) -> NtStatus:
+    """STATUS_INVALID_PARAMETER_n: the n-th (1-based) system-call argument is wrong."""
+    return NtStatus(NtStatus.INVALID_PARAMETER_1 + n - 1)
+
+
+# MEMORY_BASIC_INFORMATION.State and NtAllocateVirtualMemory/NtFreeVirtualMemory types
+MEM_COMMIT = 0x1000
+MEM_RESERVE = 0x2000
+MEM_DECOMMIT = 0x4000
+MEM_RELEASE = 0x8000
+MEM_FREE = 0x10000
+MEM_RESET = 0x80000
+MEM_TOP_DOWN = 0x100000
+MEM_WRITE_WATCH = 0x200000
+MEM_RESET_UNDO = 0x1000000
+MEM_LARGE_PAGES = 0x20000000
+
+# MEMORY_BASIC_INFORMATION.Type
+MEM_PRIVATE = 0x20000
+MEM_MAPPED = 0x40000
+MEM_IMAGE = 0x1000000
+
+PAGE_NOACCESS = 0x01
+PAGE_READONLY = 0x02
+PAGE_READWRITE = 0x04
+PAGE_WRITECOPY = 0x08
+PAGE_EXECUTE = 0x10
+PAGE_EXECUTE_READ = 0x20
+PAGE_EXECUTE_READWRITE = 0x40
+PAGE_EXECUTE_WRITECOPY = 0x80
+PAGE_GUARD = 0x100
+PAGE_NOCACHE = 0x200
+PAGE_WRITECOMBINE = 0x400
+
+PAGE_BASE_PROTECTIONS = {
+    PAGE_NOACCESS: "PAGE_NOACCESS",
+    PAGE_READONLY: "PAGE_READONLY",
+    PAGE_READWRITE: "PAGE_READWRITE",
+    PAGE_WRITECOPY: "PAGE_WRITECOPY",
+    PAGE_EXECUTE: "PAGE_EXECUTE",
+    PAGE_EXECUTE_READ: "PAGE_EXECUTE_READ",
+    PAGE_EXECUTE_READWRITE: "PAGE_EXECUTE_READWRITE",
+    PAGE_EXECUTE_WRITECOPY: "PAGE_EXECUTE_WRITECOPY",
+}
+PAGE_MODIFIERS = {
+    PAGE_GUARD: "PAGE_GUARD",
+    PAGE_NOCACHE: "PAGE_NOCACHE",
+    PAGE_WRITECOMBINE: "PAGE_WRITECOMBINE",
+}
+
+MEM_STATE_NAMES = {MEM_COMMIT: "MEM_COMMIT", MEM_RESERVE: "MEM_RESERVE", MEM_FREE: "MEM_FREE"}
+MEM_TYPE_NAMES = {MEM_PRIVATE: "MEM_PRIVATE", MEM_MAPPED: "MEM_MAPPED", MEM_IMAGE: "MEM_IMAGE"}
+
+
+def is_valid_protection(protect: int) -> bool:
+    """Exactly one base protection, optionally with one of GUARD/NOCACHE/WRITECOMBINE
+    (GUARD and NOACCESS do not combine; NOCACHE and WRITECOMBINE exclude each other)."""
+    base = protect & 0xFF
+    mods = protect & ~0xFF
+    if base not in PAGE_BASE_PROTECTIONS:
+        return False
+    if mods & ~(PAGE_GUARD | PAGE_NOCACHE | PAGE_WRITECOMBINE):
+        return False
+    if mods & PAGE_NOCACHE and mods & PAGE_WRITECOMBINE:
+        return False
+    return not (base == PAGE_NOACCESS and mods)
+
+
+def protection_name(protect: int) -> str:
+    if protect == 0:
+        return ""
+    parts = [PAGE_BASE_PROTECTIONS.get(protect & 0xFF, f"0x{protect & 0xFF:x}")]
+    parts += [name for bit, name in PAGE_MODIFIERS.items() if protect & bit]
+    return " | ".join(parts)
+
+
+def protection_allows(protect: int, *, write: bool = False, execute: bool = False) -> bool:
+    base = protect & 0xFF
+    if protect & PAGE_GUARD:
+        return False
+    if execute:
+        return base in (
+            PAGE_EXECUTE,
+            PAGE_EXECUTE_READ,
+            PAGE_EXECUTE_READWRITE,
+            PAGE_EXECUTE_WRITECOPY,
+        )
+    if write:
+        return base in (
+            PAGE_READWRITE,
+            PAGE_WRITECOPY,
+            PAGE_EXECUTE_READWRITE,
+            PAGE_EXECUTE_WRITECOPY,
+        )
+    return base != PAGE_NOACCESS  # PAGE_EXECUTE is readable on x86 hardware
+
+
+# Heap flags (winnt.h), shared by the builtin heap and Wine's
+HEAP_NO_SERIALIZE = 0x00000001
+HEAP_GROWABLE = 0x00000002
+HEAP_GENERATE_EXCEPTIONS = 0x00000004
+HEAP_ZERO_MEMORY = 0x00000008
+HEAP_REALLOC_IN_PLACE_ONLY = 0x00000010
+HEAP_TAIL_CHECKING_ENABLED = 0x00000020
+HEAP_FREE_CHECKING_ENABLED = 0x00000040
+HEAP_DISABLE_COALESCE_ON_FREE = 0x00000080
+HEAP_CREATE_ALIGN_16 = 0x00010000
+HEAP_CREATE_ENABLE_TRACING = 0x00020000
+HEAP_CREATE_ENABLE_EXECUTE = 0x00040000
+
+HEAP_FLAG_NAMES = {
+    HEAP_NO_SERIALIZE: "HEAP_NO_SERIALIZE",
+    HEAP_GROWABLE: "HEAP_GROWABLE",
+    HEAP_GENERATE_EXCEPTIONS: "HEAP_GENERATE_EXCEPTIONS",
+    HEAP_ZERO_MEMORY: "HEAP_ZERO_MEMORY",
+    HEAP_REALLOC_IN_PLACE_ONLY: "HEAP_REALLOC_IN_PLACE_ONLY",
+    HEAP_TAIL_CHECKING_ENABLED: "HEAP_TAIL_CHECKING_ENABLED",
+    HEAP_FREE_CHECKING_ENABLED: "HEAP_FREE_CHECKING_ENABLED",
+    HEAP_DISABLE_COALESCE_ON_FREE: "HEAP_DISABLE_COALESCE_ON_FREE",
+    HEAP_CREATE_ALIGN_16: "HEAP_CREATE_ALIGN_16",
+    HEAP_CREATE_ENABLE_TRACING: "HEAP_CREATE_ENABLE_TRACING",
+    HEAP_CREATE_ENABLE_EXECUTE: "HEAP_CREATE_ENABLE_EXECUTE",
+}
+
+
+def heap_flag_names(flags: int) -> str:
+    names = [n for bit, n in HEAP_FLAG_NAMES.items() if flags & bit]
+    rest = flags & ~sum(HEAP_FLAG_NAMES)
+    if rest:
+        names.append(f"0x{rest:x}")
+    return "|".join(names) if names else "0"

@@ -1,0 +1,445 @@
+"""An emulated Windows user-mode process: address space, PEB/TEB, one thread, system calls, calls.
+
+A call from Python (``proc.call``) writes the frame (return address = a sentinel in our trap
+page, shadow space, stack arguments) with one memory write, sets the argument registers, and runs
+the CPU until pc reaches the sentinel. System calls issued by emulated code enter Python through
+Unicorn's instruction/interrupt hooks and are served by the handlers in ``nt_*.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+
+import unicorn
+
+from . import nt_memory, nt_process  # noqa: F401  (registers the system-call handlers)
+from .arch import Arch, get_arch
+from .conventions import Convention, get_convention
+from .cpu import Cpu
+from .errors import EmulationError, Fault, NtStatusError
+from .layouts import KUSER_SHARED_DATA, PEB, TEB
+from .memory import MemoryManager
+from .modules import Module, ModuleList
+from .ntdefs import (
+    MEM_COMMIT,
+    MEM_RESERVE,
+    MEM_TOP_DOWN,
+    PAGE_EXECUTE_READ,
+    PAGE_READONLY,
+    PAGE_READWRITE,
+    PAGE_SIZE,
+    NtStatus,
+)
+from .segments import setup_segments
+from .stack import ThreadStack
+from .syscalls import SyscallDispatcher, SyscallRecord
+
+KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
+PROCESS_HEAPS_OFFSET = 0xC00  # our PEB.ProcessHeaps array lives in the PEB's first page
+MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session shows (0x10)
+PROCESS_ID, THREAD_ID = 0x1000, 0x1004
+# Wine's debug channels read an option table two pages (x64) / one page (x86) past the PEB;
+# the PEB region is committed far enough to hold it (zero = every channel off).
+PEB_REGION_SIZE = 0x4000
+TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
+
+_CALLBACK_STUB = 16  # bytes per Python-callback stub in the trap page
+
+
+@dataclass
+class Callback:
+    """A Python function that emulated code can call like a native one."""
+
+    name: str
+    fn: Callable[..., int | None]
+    argc: int
+    convention: Convention
+    address: int
+
+
+class Registers(MutableMapping[str, int]):
+    """``proc.regs["rcx"]``: read and write registers by name (names valid for the arch)."""
+
+    def __init__(self, cpu: Cpu):
+        self._cpu = cpu
+
+    def _id(self, name: str) -> int:
+        try:
+            return self._cpu.reg_ids[name.lower()]
+        except KeyError:
+            raise KeyError(f"no register {name!r} on {self._cpu.arch.name}") from None
+
+    def __getitem__(self, name: str) -> int:
+        return int(self._cpu.uc.reg_read(self._id(name)))
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self._cpu.uc.reg_write(self._id(name), value)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("registers cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cpu.arch.gprs)
+
+    def __len__(self) -> int:
+        return len(self._cpu.arch.gprs)
+
+
+class Process:
+    """One emulated Windows process with one thread, on x86 or x64."""
+
+    def __init__(
+        self,
+        arch: str | Arch = "x64",
+        *,
+        stack_reserve: int | None = None,
+        stack_commit: int | None = None,
+        time_limit: float = 30.0,
+        tlb: str = "cpu",
+    ):
+        self.arch = get_arch(arch)
+        self.cpu = Cpu(self.arch, tlb=tlb)
+        self.memory = MemoryManager(self.cpu, self.arch)
+        self.regs = Registers(self.cpu)
+        self.modules = ModuleList()
+        self.syscalls: list[SyscallRecord] = []
+        self.syscall_dispatcher = SyscallDispatcher(self)
+        self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
+        self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
+        self.callbacks: dict[int, Callback] = {}
+        self.exit_status: int | None = None
+        self.cpu.symbolizer = self.symbolize
+        self._build_address_space(stack_reserve, stack_commit)
+        self._install_hooks()
+
+    # ------------------------------------------------------------------ set-up
+    def _build_address_space(self, stack_reserve: int | None, stack_commit: int | None) -> None:
+        arch, mem = self.arch, self.memory
+        rw, top = MEM_RESERVE | MEM_COMMIT, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN
+        mem.allocate(
+            KUSER_SHARED_DATA_ADDRESS, PAGE_SIZE, rw, PAGE_READONLY, usage="KUSER_SHARED_DATA"
+        )
+        # our trap page: the return sentinel and the stubs through which emulated code calls
+        # Python; it is ordinary executable user memory, so code can return and jump into it
+        self.trap_base, _ = mem.allocate(
+            0, 0x10000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_EXECUTE_READ, usage="heapemu traps"
+        )
+        mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
+        self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
+        self.return_sentinel = self.trap_base
+        self._trap_committed = PAGE_SIZE
+        self._trap_next = self.trap_base + 0x100
+        self.peb, _ = mem.allocate(0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB")
+        self.teb, _ = mem.allocate(0, TEB_REGION_SIZE, top, PAGE_READWRITE, usage="TEB")
+        self.stack = ThreadStack(
+            self,
+            stack_reserve or arch.default_stack_reserve,
+            stack_commit or arch.default_stack_commit,
+        )
+        self._fill_teb_peb()
+        setup_segments(self.cpu, self.teb, TEB.size(arch))
+
+    def _fill_teb_peb(self) -> None:
+        a, teb, peb = self.arch, self.teb, self.peb
+        # no SEH frame yet: the x86 ExceptionList terminator is -1, x64 has no list
+        TEB.write(self, a, teb, "ExceptionList", 0xFFFFFFFF if a.ptr_size == 4 else 0)
+        TEB.write(self, a, teb, "Self", teb)
+        TEB.write(self, a, teb, "UniqueProcess", PROCESS_ID)
+        TEB.write(self, a, teb, "UniqueThread", THREAD_ID)
+        TEB.write(self, a, teb, "ProcessEnvironmentBlock", peb)
+        self.stack.write_teb(teb)
+        PEB.write(self, a, peb, "NumberOfProcessors", 1)
+        PEB.write(self, a, peb, "NtGlobalFlag", 0)
+        # RtlCreateHeap defaults from the PEB, as Windows initialises them (MmHeapSegment*)
+        PEB.write(self, a, peb, "HeapSegmentReserve", 0x100000)
+        PEB.write(self, a, peb, "HeapSegmentCommit", 0x2000)
+        PEB.write(self, a, peb, "HeapDeCommitTotalFreeThreshold", 0x10000)
+        PEB.write(self, a, peb, "HeapDeCommitFreeBlockThreshold", 0x1000)
+        PEB.write(self, a, peb, "NumberOfHeaps", 0)
+        PEB.write(self, a, peb, "MaximumNumberOfHeaps", MAX_PROCESS_HEAPS)
+        PEB.write(self, a, peb, "ProcessHeaps", peb + PROCESS_HEAPS_OFFSET)
+        PEB.write(self, a, peb, "OSMajorVersion", 10)
+        PEB.write(self, a, peb, "OSMinorVersion", 0)
+        PEB.write(self, a, peb, "OSBuildNumber", 19045)
+        PEB.write(self, a, peb, "OSPlatformId", 2)  # VER_PLATFORM_WIN32_NT
+        PEB.write(self, a, peb, "CriticalSectionTimeout", (-2592000 * 10_000_000) & (2**64 - 1))
+        k = KUSER_SHARED_DATA_ADDRESS
+        KUSER_SHARED_DATA.write(self, a, k, "NtMajorVersion", 10)
+        KUSER_SHARED_DATA.write(self, a, k, "NtMinorVersion", 0)
+        KUSER_SHARED_DATA.write(self, a, k, "NtBuildNumber", 19045)
+        KUSER_SHARED_DATA.write(self, a, k, "NtProductType", 1)  # NtProductWinNt
+        KUSER_SHARED_DATA.write(self, a, k, "ProductTypeIsValid", 1)
+        KUSER_SHARED_DATA.write(self, a, k, "NumberOfPhysicalPages", 0x40000)
+        KUSER_SHARED_DATA.write(self, a, k, "ActiveProcessorCount", 1)
+        KUSER_SHARED_DATA.write(self, a, k, "SystemCall", 0)  # stubs use `syscall`, not int 2e
+        KUSER_SHARED_DATA.write(
+            self, a, k, "NativeProcessorArchitecture", 9 if a.ptr_size == 8 else 0
+        )  # AMD64 / INTEL
+
+    def _install_hooks(self) -> None:
+        cpu = self.cpu
+        cpu.bad_access_handler = self._on_bad_access
+        cpu.hook_interrupt(self._on_interrupt)
+        if self.arch.ptr_size == 8:
+            cpu.hook_syscall_insn(self._on_syscall, "syscall")
+        else:
+            cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
+        # one address-ranged hook for all Python callbacks: costs nothing elsewhere
+        cpu.hook_code(self._on_callback, self.trap_base + 0x100, self.trap_base + 0x10000 - 1)
+
+    # ------------------------------------------------------------------ memory access
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            return self.cpu.read(addr, size)
+        except unicorn.UcError:
+            raise self._python_access_error(addr, size, "read") from None
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write like a debugger: page protections do not apply, but the memory must be
+        committed. Code already translated over the range is invalidated if it is executable."""
+        try:
+            self.cpu.write(addr, data)
+        except unicorn.UcError:
+            raise self._python_access_error(addr, len(data), "write") from None
+
+    def _python_access_error(self, addr: int, size: int, access: str) -> EmulationError:
+        state = self.memory.page_state(addr)
+        what = "free" if state is None else ("reserved (not committed)" if state == 0 else "guard")
+        return EmulationError(
+            Fault(
+                f"Python {access} of {what} memory",
+                pc=self.cpu.pc,
+                address=addr,
+                access=access,
+                size=size,
+                status=NtStatus.ACCESS_VIOLATION,
+            )
+        )
+
+    def read_ptr(self, addr: int) -> int:
+        return self.arch.unpack_ptr(self.read(addr, self.arch.ptr_size))
+
+    def write_ptr(self, addr: int, value: int) -> None:
+        self.write(addr, self.arch.pack_ptr(value))
+
+    def read_u32(self, addr: int) -> int:
+        return int(struct.unpack("<I", self.read(addr, 4))[0])
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    # ------------------------------------------------------------------ modules and symbols
+    def add_module(self, module: Module) -> Module:
+        self.modules.add(module)
+        return module
+
+    def resolve(self, name: str) -> int:
+        """``"module!Symbol"`` (or ``"module!Symbol+0x10"``) to an address."""
+        return self.modules.resolve(name)
+
+    def symbolize(self, addr: int) -> str:
+        """An address as ``module!Symbol+0x1f`` (or ``module+0x1f`` / hex when unknown)."""
+        cb = self.callbacks.get(addr)
+        if cb is not None:
+            return f"heapemu!{cb.name}"
+        if addr == self.return_sentinel:
+            return "heapemu!return_sentinel"
+        return self.modules.symbolize(addr)
+
+    def register_syscall_table(self, begin: int, end: int, table: dict[int, str]) -> None:
+        """System-call numbers used by the code in [begin, end) (the issuer's own table)."""
+        self.syscall_dispatcher.register_table(begin, end, table)
+
+    # ------------------------------------------------------------------ calls
+    def call(
+        self,
+        target: int | str,
+        *args: int,
+        convention: str | None = None,
+        max_instructions: int | None = None,
+        time_limit: float | None = None,
+    ) -> int:
+        """Call emulated code at ``target`` (address or ``"module!Export"``) and return
+        rax/eax. Raises EmulationError on a fault, a runaway loop (``max_instructions``,
+        default ``proc.instruction_budget``; ``time_limit`` seconds, default
+        ``proc.time_limit``) or an unbalanced stack."""
+        addr = self.resolve(target) if isinstance(target, str) else int(target)
+        conv = get_convention(self.arch, convention)
+        cpu = self.cpu
+        entry_sp, frame, regs = conv.frame(
+            self.arch, self.stack.top - 0x100, self.return_sentinel, args
+        )
+        cpu.write(entry_sp, frame)
+        ids = cpu.reg_ids
+        for name, value in regs:
+            cpu.set_reg_by_id(ids[name], value)
+        cpu.sp = entry_sp
+        budget = max_instructions if max_instructions is not None else self.instruction_budget
+        limit = self.time_limit if time_limit is None else time_limit
+        cpu.run(addr, self.return_sentinel, count=budget or 0, time_limit=limit)
+        if cpu.fault or cpu.stop_reason or cpu.pc != self.return_sentinel:
+            raise self._run_error(addr, args, budget, limit)
+        expected = entry_sp + self.arch.ptr_size + conv.popped_bytes(self.arch, len(args))
+        if cpu.sp != expected:
+            delta = cpu.sp - expected
+            raise EmulationError(
+                Fault(
+                    "stack imbalance",
+                    pc=cpu.pc,
+                    detail=f"{conv.name} call to {self.symbolize(addr)} with {len(args)} "
+                    f"arguments returned with {self.arch.sp} off by {delta:+d} bytes",
+                )
+            )
+        return cpu.ret & self.arch.ptr_mask
+
+    def _run_error(
+        self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None
+    ) -> EmulationError:
+        cpu = self.cpu
+        fault = cpu.fault
+        if fault is None:
+            pc = cpu.pc
+            if cpu.stop_reason == "timeout":
+                fault = Fault("wall-clock limit exceeded", pc=pc, detail=f"limit {limit} s")
+            elif cpu.stop_reason == "budget":
+                fault = Fault("instruction budget exhausted", pc=pc, detail=f"budget {budget}")
+            elif cpu.stop_reason:
+                fault = Fault(cpu.stop_reason, pc=pc)
+            else:
+                fault = Fault("emulation stopped before returning", pc=pc)
+        state = cpu.state(fault.pc)
+        if fault.status == NtStatus.STACK_OVERFLOW:
+            self.stack.reset()  # the thread's stack is usable again for the next call
+            self.stack.write_teb(self.teb)
+        call = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
+        return EmulationError(fault, state, context=call)
+
+    # ------------------------------------------------------------------ Python callbacks
+    def register_callback(
+        self,
+        fn: Callable[..., int | None],
+        argc: int,
+        *,
+        name: str = "",
+        convention: str | None = None,
+    ) -> int:
+        """Make ``fn(proc, *args)`` callable from emulated code; returns its address.
+
+        The stub pops the return address (and, for callee-pops conventions, the arguments) and
+        returns ``fn``'s result in rax/eax. Exceptions raised by ``fn`` stop emulation and
+        propagate out of ``proc.call``."""
+        addr = self._trap_next
+        if addr + _CALLBACK_STUB > self.trap_base + 0x10000:
+            raise EmulationError(Fault("too many Python callbacks (4,080 maximum)"))
+        while addr + _CALLBACK_STUB > self.trap_base + self._trap_committed:
+            page = self.trap_base + self._trap_committed
+            self.memory.allocate(page, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
+            self.cpu.write(page, b"\xcc" * PAGE_SIZE)
+            self._trap_committed += PAGE_SIZE
+        self._trap_next += _CALLBACK_STUB
+        conv = get_convention(self.arch, convention)
+        self.callbacks[addr] = Callback(name or f"callback_{addr:x}", fn, argc, conv, addr)
+        return addr
+
+    def _on_callback(self, uc: unicorn.Uc, address: int, size: int, _: object) -> None:
+        cb = self.callbacks.get(address)
+        if cb is None:
+            return  # an int3 filler byte: it will fault as a breakpoint
+        cpu, arch = self.cpu, self.arch
+        sp = cpu.sp
+        regs, _stack = cb.convention.split(tuple(range(cb.argc)))
+        args = [cpu.reg(r) for r in cb.convention.reg_args[: len(regs)]]
+        for i in range(len(regs), cb.argc):
+            args.append(self.read_ptr(cb.convention.stack_arg_address(arch, sp, i)))
+        result = cb.fn(self, *args)
+        ret_addr = self.read_ptr(sp)
+        cpu.set_reg_by_id(cpu.reg_ids[arch.ret], (result or 0) & arch.ptr_mask)
+        cpu.sp = sp + arch.ptr_size + cb.convention.popped_bytes(arch, cb.argc)
+        cpu.pc = ret_addr
+
+    # ------------------------------------------------------------------ kernel entry
+    def _syscall_arg_x64(self, i: int, width: str | int) -> int:
+        if i < 4:
+            v = self.cpu.reg(("r10", "rdx", "r8", "r9")[i])
+        else:
+            v = self.read_ptr(self.cpu.sp + 0x28 + 8 * (i - 4))
+        return v & 0xFFFFFFFF if width == 32 else v & 0xFF if width == 8 else v
+
+    def _on_syscall(self, uc: unicorn.Uc, _: object) -> None:
+        cpu = self.cpu
+        # Unicorn calls this hook with rip on the `syscall` and steps past it afterwards
+        self._serve_syscall(cpu.reg("eax"), cpu.pc, self._syscall_arg_x64)
+
+    def _x86_args_at(self, base: int) -> Callable[[int, str | int], int]:
+        def arg(i: int, width: str | int) -> int:
+            v = self.read_u32(base + 4 * i)
+            return v & 0xFF if width == 8 else v
+
+        return arg
+
+    def _on_interrupt(self, uc: unicorn.Uc, intno: int, _: object) -> None:
+        cpu = self.cpu
+        if intno == 0x2E and self.arch.ptr_size == 4:
+            # NT's int 0x2e path: eax = service number, edx -> the arguments
+            self._serve_syscall(cpu.reg("eax"), cpu.pc - 2, self._x86_args_at(cpu.reg("edx")))
+            return
+        cpu.raise_fault(cpu.cpu_exception_fault(intno))
+
+    def _on_sysenter(self, uc: unicorn.Uc, _: object) -> None:
+        # KiFastSystemCall: `mov edx, esp; sysenter`; the arguments start above the two return
+        # addresses (stub's caller and KiFastSystemCall's caller). Unicorn calls this hook with
+        # eip on the instruction and then steps past it, as KiFastSystemCallRet would resume.
+        cpu = self.cpu
+        self._serve_syscall(cpu.reg("eax"), cpu.pc, self._x86_args_at(cpu.reg("edx") + 8))
+
+    def _serve_syscall(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> None:
+        try:
+            status = self.syscall_dispatcher.dispatch(number, pc, arg)
+        except NtStatusError as e:  # strict mode: unknown system call
+            self.cpu.raise_fault(
+                Fault("unknown system call", pc=pc, status=e.status, detail=str(e))
+            )
+            return
+        except EmulationError as e:  # a Python read of bad memory while fetching arguments
+            self.cpu.raise_fault(Fault("bad system-call arguments", pc=pc, detail=str(e)))
+            return
+        self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
+
+    def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
+        """Guard pages: a stack guard page grows the stack; any other is one-shot."""
+        state = self.memory.page_state(address)
+        if not state or not state & 0x100:  # PAGE_GUARD
+            return False
+        if self.stack.contains(address):
+            fault = self.stack.on_guard_page(address)
+            if fault is None:
+                return True  # retry the access on the newly committed page
+            self.cpu.fault = fault
+            return False
+        self.memory.clear_guard(address)
+        self.cpu.fault = Fault(
+            "guard page violation",
+            pc=self.cpu.pc,
+            address=address,
+            access=access,
+            size=size,
+            status=NtStatus.GUARD_PAGE_VIOLATION,
+        )
+        return False
+
+    # ------------------------------------------------------------------ misc
+    def __repr__(self) -> str:
+        return f"<Process {self.arch.name} teb=0x{self.teb:x} peb=0x{self.peb:x}>"
+
+    def set_process_heap(self, heap: int) -> None:
+        """Record ``heap`` as PEB.ProcessHeap (the heap Windows creates before user code)."""
+        PEB.write(self, self.arch, self.peb, "ProcessHeap", heap)
+
+    @property
+    def process_heaps(self) -> list[int]:
+        """PEB.ProcessHeaps[0:NumberOfHeaps]."""
+        n = PEB.read(self, self.arch, self.peb, "NumberOfHeaps")
+        arr = PEB.read(self, self.arch, self.peb, "ProcessHeaps")
+        return [self.read_ptr(arr + i * self.arch.ptr_size) for i in range(min(n, 1024))]
