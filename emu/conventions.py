@@ -23,26 +23,6 @@ class Convention:
         n = len(self.reg_args)
         return args[:n], args[n:]
 
-    def frame(
-        self, arch: Arch, top: int, return_address: int, args: tuple[int, ...]
-    ) -> tuple[int, bytes, list[tuple[str, int]]]:
-        """Lay out a call below ``top``: (entry sp, bytes to write at it, register values).
-
-        The bytes are the return address, the shadow space and the stack arguments, so one
-        memory write sets up the whole frame."""
-        reg_vals, stack_vals = self.split(args)
-        ps = arch.ptr_size
-        body = self.shadow_space + ps * len(stack_vals)
-        # sp + ps (just above the return address) is aligned as the caller's sp was at `call`
-        entry_sp = ((top - body) & ~(arch.stack_align - 1)) - ps
-        data = arch.pack_ptr(return_address) + b"\0" * self.shadow_space
-        data += b"".join(arch.pack_ptr(v) for v in stack_vals)
-        return (
-            entry_sp,
-            data,
-            list(zip(self.reg_args, (v & arch.ptr_mask for v in reg_vals), strict=False)),
-        )
-
     def stack_arg_address(self, arch: Arch, entry_sp: int, index: int) -> int:
         """Address of stack argument ``index`` (0-based among *all* arguments) at entry."""
         return (

@@ -81,37 +81,34 @@ BadAccessHandler = Callable[[str, str, int, int], bool]
 class _Watchdog:
     """One background thread for all CPUs: stops a run that exceeds its wall-clock limit.
 
-    Arming costs two dict operations per call, unlike ``emu_start(timeout=)`` which starts a
-    thread per call (~150 µs). ``uc_emu_stop`` is called through PyDLL so the GIL is held: the
-    main thread cannot start a new run between our check and the stop.
+    A run only stores its deadline on its Cpu (no per-call thread, unlike
+    ``emu_start(timeout=)`` at ~150 µs per call). ``uc_emu_stop`` is called through PyDLL so
+    the GIL stays held from the check to the stop.
     """
 
     def __init__(self) -> None:
-        self._runs: dict[int, tuple[float, int, weakref.ref[Cpu]]] = {}
+        self._cpus: weakref.WeakSet[Cpu] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._stop_fn = ctypes.PyDLL(uclib._name).uc_emu_stop
         self._stop_fn.argtypes = [ctypes.c_void_p]
         self._stop_fn.restype = ctypes.c_int
 
-    def arm(self, cpu: Cpu, seconds: float) -> None:
-        self._runs[id(cpu)] = (time.monotonic() + seconds, cpu._run_id, weakref.ref(cpu))
+    def watch(self, cpu: Cpu) -> None:
+        self._cpus.add(cpu)
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="heapemu-watchdog", daemon=True)
             self._thread.start()
-
-    def disarm(self, cpu: Cpu) -> None:
-        self._runs.pop(id(cpu), None)
 
     def _loop(self) -> None:
         while True:
             time.sleep(0.02)
             now = time.monotonic()
-            for key, (deadline, run_id, ref) in list(self._runs.items()):
-                cpu = ref()
-                if cpu is None:
-                    self._runs.pop(key, None)
-                elif now > deadline and cpu._running and cpu._run_id == run_id:
-                    cpu._timed_out = True
+            for cpu in list(self._cpus):
+                run_id = cpu._run_id
+                # run_id re-read last: the run we judged is still the one running
+                late = cpu._running and cpu._deadline and now > cpu._deadline
+                if late and cpu._run_id == run_id:
+                    cpu.timed_out = True
                     self._stop_fn(cpu._uch)
 
 
@@ -146,10 +143,12 @@ class Cpu:
         self.fault: Fault | None = None
         self.stop_reason: str | None = None
         self._running = False
-        self._timed_out = False
+        self.timed_out = False
+        self._deadline = 0.0
         self._run_id = 0
         self._counting = False
         self.bad_access_handler: BadAccessHandler | None = None
+        _watchdog().watch(self)
         self.symbolizer: Callable[[int], str] = lambda addr: ""
         self.uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED | unicorn.UC_HOOK_MEM_PROT, self._on_bad_mem)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid_insn)
@@ -216,38 +215,42 @@ class Cpu:
     def run(
         self, begin: int, until: int, *, count: int = 0, time_limit: float | None = None
     ) -> None:
-        """Run from ``begin`` until pc reaches ``until``; afterwards ``self.fault`` /
-        ``self.stop_reason`` say why it stopped if it did not get there. Never raises for
-        emulated faults; re-raises exceptions raised by Python hooks."""
+        """Run from ``begin`` until pc reaches ``until`` (or a fault, a stop, ``count``
+        instructions, ``time_limit`` seconds). Never raises for emulated faults: ``fault``,
+        ``stop_reason`` and ``timed_out`` say what happened; the caller knows whether the code
+        got where it was going. Exceptions raised by Python hooks are re-raised."""
         self.fault = None
         self.stop_reason = None
-        self._timed_out = False
-        self.uc._hook_exception = None
+        self.timed_out = False
+        uc = self.uc
+        uc._hook_exception = None
         self._run_id += 1
         if bool(count) != self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
-            self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+            uc.ctl_flush_tb()  # type: ignore[attr-defined]
             self._counting = bool(count)
-        if time_limit:
-            _watchdog().arm(self, time_limit)
+        self._deadline = time.monotonic() + time_limit if time_limit else 0.0
         self._running = True
         try:
             status = uclib.uc_emu_start(self._uch, begin, until, 0, count)
         finally:
             self._running = False
-            if time_limit:
-                _watchdog().disarm(self)
-        if self.uc._hook_exception is not None:
-            exc, self.uc._hook_exception = self.uc._hook_exception, None
+        if uc._hook_exception is not None:
+            exc, uc._hook_exception = uc._hook_exception, None
             raise exc
-        if status != unicorn.UC_ERR_OK and self.fault is None:
+        if status and self.fault is None:
             self.fault = self._fault_from_status(status)
-        if self.fault is None and self.stop_reason is None and self.pc != until:
-            if self._timed_out:
-                self.stop_reason = "timeout"
-            elif count:
-                self.stop_reason = "budget"
+
+    def why_stopped(self, count: int = 0) -> str:
+        """A reason for a run that did not reach its ``until`` address."""
+        if self.fault is not None:
+            return self.fault.kind
+        if self.stop_reason:
+            return self.stop_reason
+        if self.timed_out:
+            return "timeout"
+        return "budget" if count else "stopped"
 
     def stop(self, reason: str) -> None:
         """Stop the current run from inside a hook."""

@@ -16,6 +16,7 @@ import unicorn
 
 from . import nt_memory, nt_process  # noqa: F401  (registers the system-call handlers)
 from .arch import Arch, get_arch
+from .callgate import CallGate
 from .conventions import Convention, get_convention
 from .cpu import Cpu
 from .errors import EmulationError, Fault, NtStatusError
@@ -128,7 +129,6 @@ class Process:
         )
         mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
         self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
-        self.return_sentinel = self.trap_base
         self._trap_committed = PAGE_SIZE
         self._trap_next = self.trap_base + 0x100
         self.peb, _ = mem.allocate(0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB")
@@ -140,6 +140,8 @@ class Process:
         )
         self._fill_teb_peb()
         setup_segments(self.cpu, self.teb, TEB.size(arch))
+        self.call_gate = CallGate(arch, self.cpu._uch, self.stack.top - 0x80, self.trap_base)
+        self.cpu.write(self.trap_base, self.call_gate.code)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -244,8 +246,8 @@ class Process:
         cb = self.callbacks.get(addr)
         if cb is not None:
             return f"heapemu!{cb.name}"
-        if addr == self.return_sentinel:
-            return "heapemu!return_sentinel"
+        if self.trap_base <= addr < self.trap_base + 0x100:
+            return f"heapemu!call_gate+0x{addr - self.trap_base:x}"
         return self.modules.symbolize(addr)
 
     def register_syscall_table(self, begin: int, end: int, table: dict[int, str]) -> None:
@@ -265,34 +267,29 @@ class Process:
         rax/eax. Raises EmulationError on a fault, a runaway loop (``max_instructions``,
         default ``proc.instruction_budget``; ``time_limit`` seconds, default
         ``proc.time_limit``) or an unbalanced stack."""
-        addr = self.resolve(target) if isinstance(target, str) else int(target)
+        addr = self.resolve(target) if isinstance(target, str) else target
         conv = get_convention(self.arch, convention)
-        cpu = self.cpu
-        entry_sp, frame, regs = conv.frame(
-            self.arch, self.stack.top - 0x100, self.return_sentinel, args
-        )
-        cpu.write(entry_sp, frame)
-        ids = cpu.reg_ids
-        for name, value in regs:
-            cpu.set_reg_by_id(ids[name], value)
-        cpu.sp = entry_sp
+        gate = self.call_gate
+        entry_sp, frame = gate.frame(conv, args, addr)
+        gate.write(entry_sp, frame)
         budget = max_instructions if max_instructions is not None else self.instruction_budget
         limit = self.time_limit if time_limit is None else time_limit
-        cpu.run(addr, self.return_sentinel, count=budget or 0, time_limit=limit)
-        if cpu.fault or cpu.stop_reason or cpu.pc != self.return_sentinel:
+        cpu = self.cpu
+        cpu.run(gate.trampoline, gate.done, count=budget or 0, time_limit=limit)
+        ret, sp_after = gate.result()
+        if not sp_after or cpu.fault or cpu.stop_reason:
             raise self._run_error(addr, args, budget, limit)
         expected = entry_sp + self.arch.ptr_size + conv.popped_bytes(self.arch, len(args))
-        if cpu.sp != expected:
-            delta = cpu.sp - expected
+        if sp_after != expected:
             raise EmulationError(
                 Fault(
                     "stack imbalance",
-                    pc=cpu.pc,
+                    pc=gate.return_address,
                     detail=f"{conv.name} call to {self.symbolize(addr)} with {len(args)} "
-                    f"arguments returned with {self.arch.sp} off by {delta:+d} bytes",
+                    f"arguments returned with {self.arch.sp} off by {sp_after - expected:+d} bytes",
                 )
             )
-        return cpu.ret & self.arch.ptr_mask
+        return ret
 
     def _run_error(
         self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None
@@ -301,14 +298,15 @@ class Process:
         fault = cpu.fault
         if fault is None:
             pc = cpu.pc
-            if cpu.stop_reason == "timeout":
+            reason = cpu.why_stopped(budget or 0)
+            if reason == "timeout":
                 fault = Fault("wall-clock limit exceeded", pc=pc, detail=f"limit {limit} s")
-            elif cpu.stop_reason == "budget":
+            elif reason == "budget":
                 fault = Fault("instruction budget exhausted", pc=pc, detail=f"budget {budget}")
-            elif cpu.stop_reason:
-                fault = Fault(cpu.stop_reason, pc=pc)
-            else:
+            elif reason == "stopped":
                 fault = Fault("emulation stopped before returning", pc=pc)
+            else:
+                fault = Fault(reason, pc=pc)
         state = cpu.state(fault.pc)
         if fault.status == NtStatus.STACK_OVERFLOW:
             self.stack.reset()  # the thread's stack is usable again for the next call

@@ -1,0 +1,38 @@
+"""Run every benchmark and print one table; results go to benchmarks/results/*.json."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from . import bench_call
+from .common import save
+
+SUITES = {"call": bench_call.run}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(SUITES)
+    table = Table(title="heapemu benchmarks (ratios measured in one run)")
+    for col in ("benchmark", "arch", "value", "unit", "reference", "ratio"):
+        table.add_column(col)
+    for name in chosen:
+        rows = SUITES[name]()
+        save(name, rows)
+        for r in rows:
+            table.add_row(
+                str(r["benchmark"]),
+                str(r["arch"]),
+                str(r["value"]),
+                str(r["unit"]),
+                f"{r['reference']} ({r['reference_name']})",
+                f"{r['ratio']}x",
+            )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

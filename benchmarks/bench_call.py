@@ -1,0 +1,65 @@
+"""µs per ``proc.call`` of a 10-instruction function, next to the raw Unicorn floor
+(``reg_write(SP)`` + ``emu_start`` of the same function through ctypes), in the same run."""
+
+from __future__ import annotations
+
+import ctypes
+
+import keystone
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu import Process
+from emu.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READ
+
+from .common import best_of
+
+N = 20_000
+
+
+def _function(proc: Process) -> int:
+    """Nine adds and a return: 10 instructions, three arguments."""
+    ret = "ret" if proc.arch.ptr_size == 8 else "ret 12"
+    src = "\n".join(["add eax, ecx"] * 9 + [ret])
+    base, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_EXECUTE_READ)
+    code, _ = keystone.Ks(keystone.KS_ARCH_X86, proc.arch.ks_mode).asm(src, base)
+    proc.write(base, bytes(code))
+    return base
+
+
+def measure(arch: str) -> dict[str, object]:
+    proc = Process(arch)
+    f = _function(proc)
+    cpu = proc.cpu
+    # the floor: what any call must pay, with the frame already in place
+    sp = proc.stack.top - 0x200
+    proc.write_ptr(sp, proc.call_gate.done)
+    value = ctypes.c_uint64(sp)
+    ref = ctypes.byref(value)
+    uch, sp_id, done = cpu._uch, cpu._sp_id, proc.call_gate.done
+
+    def floor() -> None:
+        for _ in range(N):
+            uclib.uc_reg_write(uch, sp_id, ref)
+            uclib.uc_emu_start(uch, f, done, 0, 0)
+
+    def calls() -> None:
+        for _ in range(N):
+            proc.call(f, 1, 2, 3)
+
+    floor()
+    calls()  # warm the translation cache
+    t_floor = best_of(floor) / N * 1e6
+    t_call = best_of(calls) / N * 1e6
+    return {
+        "benchmark": "proc.call (10 instructions)",
+        "arch": arch,
+        "value": round(t_call, 2),
+        "unit": "µs/call",
+        "reference": round(t_floor, 2),
+        "reference_name": "reg_write(SP)+emu_start floor",
+        "ratio": round(t_call / t_floor, 2),
+    }
+
+
+def run() -> list[dict[str, object]]:
+    return [measure(arch) for arch in ("x86", "x64")]
