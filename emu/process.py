@@ -250,6 +250,12 @@ class Process:
             return f"heapemu!call_gate+0x{addr - self.trap_base:x}"
         return self.modules.symbolize(addr)
 
+    def load_flat(self, source_or_path: str, name: str, base: int | None = None) -> Module:
+        """Assemble x86/x64 assembly with keystone and map it (see ``loader.flat``)."""
+        from loader.flat import load_flat
+
+        return load_flat(self, source_or_path, name, base)
+
     def register_syscall_table(self, begin: int, end: int, table: dict[int, str]) -> None:
         """System-call numbers used by the code in [begin, end) (the issuer's own table)."""
         self.syscall_dispatcher.register_table(begin, end, table)
