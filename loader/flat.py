@@ -57,7 +57,8 @@ class FlatImage:
 
 def _split_sections(lines: list[str]) -> tuple[list[str], list[str]]:
     """Lines of code/read-only data, and lines of writable data, in source order."""
-    text, data = [], []
+    text: list[str] = []
+    data: list[str] = []
     target = text
     for line in lines:
         m = _SECTION.match(line.split("#")[0])
@@ -142,9 +143,9 @@ def assemble(source: str, arch: Arch, base: int, name: str = "<flat>") -> FlatIm
         for i, label in enumerate(labels):
             symbols[label] = arch.unpack_ptr(raw, i * arch.ptr_size) - base
     text_size = symbols.pop(_TEXT_END)
-    for e in exports:
-        if e not in symbols:
-            raise LoaderError(f"{name}: .globl {e} names no label")
+    for export in exports:
+        if export not in symbols:
+            raise LoaderError(f"{name}: .globl {export} names no label")
     return FlatImage(code=code, text_size=text_size, symbols=symbols, exports=exports)
 
 
