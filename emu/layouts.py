@@ -213,3 +213,54 @@ EXCEPTION_RECORD = Struct(
         Field("ExceptionInformation", 0x14, 0x20, P, 15),
     ],
 )
+
+# The loader's module lists (PEB.Ldr): LIST_ENTRY heads in PEB_LDR_DATA, one
+# LDR_DATA_TABLE_ENTRY per module; UNICODE_STRING = {USHORT Length, MaximumLength; PWSTR Buffer}.
+PEB_LDR_DATA = Struct(
+    "_PEB_LDR_DATA",
+    0x30,
+    0x58,
+    [
+        Field("Length", 0x00, 0x00, "u32"),
+        Field("Initialized", 0x04, 0x04, "u8"),
+        Field("SsHandle", 0x08, 0x08),
+        Field("InLoadOrderModuleList", 0x0C, 0x10),  # LIST_ENTRY: Flink, then Blink
+        Field("InMemoryOrderModuleList", 0x14, 0x20),
+        Field("InInitializationOrderModuleList", 0x1C, 0x30),
+        Field("EntryInProgress", 0x24, 0x40),
+        Field("ShutdownInProgress", 0x28, 0x48, "u8"),
+        Field("ShutdownThreadId", 0x2C, 0x50),
+    ],
+)
+
+LDR_DATA_TABLE_ENTRY = Struct(
+    "_LDR_DATA_TABLE_ENTRY",
+    0xA8,
+    0x120,
+    [
+        Field("InLoadOrderLinks", 0x00, 0x00),
+        Field("InMemoryOrderLinks", 0x08, 0x10),
+        Field("InInitializationOrderLinks", 0x10, 0x20),
+        Field("DllBase", 0x18, 0x30),
+        Field("EntryPoint", 0x1C, 0x38),
+        Field("SizeOfImage", 0x20, 0x40, "u32"),
+        Field("FullDllName", 0x24, 0x48),  # UNICODE_STRING
+        Field("BaseDllName", 0x2C, 0x58),  # UNICODE_STRING
+        Field("Flags", 0x34, 0x68, "u32"),
+        Field("ObsoleteLoadCount", 0x38, 0x6C, "u16"),
+        Field("TlsIndex", 0x3A, 0x6E, "u16"),
+        Field("HashLinks", 0x3C, 0x70),
+        Field("TimeDateStamp", 0x44, 0x80, "u32"),
+    ],
+)
+
+UNICODE_STRING = Struct(
+    "_UNICODE_STRING",
+    0x8,
+    0x10,
+    [
+        Field("Length", 0x0, 0x0, "u16"),
+        Field("MaximumLength", 0x2, 0x2, "u16"),
+        Field("Buffer", 0x4, 0x8),
+    ],
+)

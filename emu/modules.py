@@ -23,6 +23,7 @@ class Module:
     exports: dict[str, int] = field(default_factory=dict)  # name -> address
     ordinals: dict[int, int] = field(default_factory=dict)  # ordinal -> address
     symbols: dict[str, int] = field(default_factory=dict)  # every known label -> address
+    forwarders: dict[str, str] = field(default_factory=dict)  # name or "#ord" -> "DLL.Func"
     image: Any = None  # loader-specific data (the parsed PE, the assembly listing, ...)
 
     @property
@@ -95,11 +96,21 @@ class ModuleList:
         if mod is None:
             loaded = ", ".join(x.name for x in self._modules) or "none"
             raise KeyError(f"no module {m['mod']!r} is loaded (loaded: {loaded})")
+        return self._resolve_in(mod, m["sym"], 0) + (int(m["off"], 16) if m["off"] else 0)
+
+    def _resolve_in(self, mod: Module, sym: str, depth: int) -> int:
         try:
-            addr = mod.export(m["sym"])
+            return mod.export(sym)
         except (KeyError, ValueError):
-            raise KeyError(f"{mod.name} has no symbol {m['sym']!r}") from None
-        return addr + (int(m["off"], 16) if m["off"] else 0)
+            pass
+        fwd = mod.forwarders.get(sym)
+        if fwd is not None and depth < 16:
+            dll, _, func = fwd.rpartition(".")
+            target = self.get(dll)
+            if target is not None:
+                return self._resolve_in(target, func, depth + 1)
+            raise KeyError(f"{mod.name}!{sym} forwards to {fwd}, which is not loaded")
+        raise KeyError(f"{mod.name} has no symbol {sym!r}")
 
     def _build_index(self) -> None:
         entries = []

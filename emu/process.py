@@ -21,6 +21,7 @@ from .conventions import Convention, get_convention
 from .cpu import Cpu
 from .errors import EmulationError, Fault, NtStatusError
 from .layouts import KUSER_SHARED_DATA, PEB, TEB
+from .ldr import LoaderData
 from .memory import MemoryManager
 from .modules import Module, ModuleList
 from .ntdefs import (
@@ -110,6 +111,8 @@ class Process:
         self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
         self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
         self.callbacks: dict[int, Callback] = {}
+        self.export_hooks: dict[str, int] = {}  # "dll!Function" -> Python callback address
+        self._ldr: LoaderData | None = None
         self.exit_status: int | None = None
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
@@ -249,6 +252,31 @@ class Process:
         if self.trap_base <= addr < self.trap_base + 0x100:
             return f"heapemu!call_gate+0x{addr - self.trap_base:x}"
         return self.modules.symbolize(addr)
+
+    @property
+    def ldr(self) -> LoaderData:
+        """PEB.Ldr and its module lists (built on first use)."""
+        if self._ldr is None:
+            self._ldr = LoaderData(self)
+        return self._ldr
+
+    def load_pe(self, path: str, name: str | None = None, *, trap_missing: bool = False) -> Module:
+        """Map a PE image (see ``loader.pe``): preferred base or relocated, imports bound."""
+        from loader.pe import load_pe
+
+        return load_pe(self, path, name, trap_missing=trap_missing)
+
+    def hook_export(
+        self,
+        name: str,
+        fn: Callable[..., int | None],
+        argc: int | None = None,
+        convention: str | None = None,
+    ) -> int:
+        """Serve imports of ``"dll!Function"`` with ``fn(proc, *args)`` in images loaded later."""
+        from loader.pe import hook_export
+
+        return hook_export(self, name, fn, argc, convention)
 
     def load_flat(self, source_or_path: str, name: str, base: int | None = None) -> Module:
         """Assemble x86/x64 assembly with keystone and map it (see ``loader.flat``)."""
