@@ -47,7 +47,9 @@ PROCESS_ID, THREAD_ID = 0x1000, 0x1004
 PEB_REGION_SIZE = 0x4000
 TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
 
-_CALLBACK_STUB = 16  # bytes per Python-callback stub in the trap page
+# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook)
+_TRAP_CODE, _CALLBACKS = 0x100, 0x800
+_CALLBACK_STUB = 16  # bytes per Python-callback stub
 
 
 @dataclass
@@ -111,9 +113,11 @@ class Process:
         self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
         self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
         self.callbacks: dict[int, Callback] = {}
-        self.export_hooks: dict[str, int] = {}  # "dll!Function" -> Python callback address
+        self.export_hooks: dict[str, int] = {}
+        self.trap_names: dict[int, str] = {}  # "dll!Function" -> Python callback address
         self._ldr: LoaderData | None = None
         self.exit_status: int | None = None
+        self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         self._install_hooks()
@@ -133,7 +137,8 @@ class Process:
         mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
         self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
         self._trap_committed = PAGE_SIZE
-        self._trap_next = self.trap_base + 0x100
+        self._trap_code_next = self.trap_base + _TRAP_CODE
+        self._trap_next = self.trap_base + _CALLBACKS
         self.peb, _ = mem.allocate(0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB")
         self.teb, _ = mem.allocate(0, TEB_REGION_SIZE, top, PAGE_READWRITE, usage="TEB")
         self.stack = ThreadStack(
@@ -192,7 +197,7 @@ class Process:
         else:
             cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
         # one address-ranged hook for all Python callbacks: costs nothing elsewhere
-        cpu.hook_code(self._on_callback, self.trap_base + 0x100, self.trap_base + 0x10000 - 1)
+        cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + 0x10000 - 1)
 
     # ------------------------------------------------------------------ memory access
     def read(self, addr: int, size: int) -> bytes:
@@ -249,8 +254,11 @@ class Process:
         cb = self.callbacks.get(addr)
         if cb is not None:
             return f"heapemu!{cb.name}"
-        if self.trap_base <= addr < self.trap_base + 0x100:
+        if self.trap_base <= addr < self.trap_base + _TRAP_CODE:
             return f"heapemu!call_gate+0x{addr - self.trap_base:x}"
+        for start, name in self.trap_names.items():
+            if start <= addr < start + 16:
+                return f"heapemu!{name}" + (f"+0x{addr - start:x}" if addr != start else "")
         return self.modules.symbolize(addr)
 
     @property
@@ -277,6 +285,21 @@ class Process:
         from loader.pe import hook_export
 
         return hook_export(self, name, fn, argc, convention)
+
+    def load_builtin_heap(self) -> Module:
+        """Assemble and load heapemu's own Wine-style NT heap (``asm/``); creates the process
+        heap, as Windows does before user code runs."""
+        from loader.builtin_heap import load_builtin_heap
+
+        return load_builtin_heap(self)
+
+    def load_wine_ntdll(
+        self, wine_dir: str | None = None, *, debug_channels: str | None = None
+    ) -> Module:
+        """Load Wine 8.0's real ntdll.dll and make it runnable (see ``loader.wine_ntdll``)."""
+        from loader.wine_ntdll import load_wine_ntdll
+
+        return load_wine_ntdll(self, wine_dir, debug_channels=debug_channels)
 
     def load_flat(self, source_or_path: str, name: str, base: int | None = None) -> Module:
         """Assemble x86/x64 assembly with keystone and map it (see ``loader.flat``)."""
@@ -364,7 +387,7 @@ class Process:
         propagate out of ``proc.call``."""
         addr = self._trap_next
         if addr + _CALLBACK_STUB > self.trap_base + 0x10000:
-            raise EmulationError(Fault("too many Python callbacks (4,080 maximum)"))
+            raise EmulationError(Fault("too many Python callbacks (3,968 maximum)"))
         while addr + _CALLBACK_STUB > self.trap_base + self._trap_committed:
             page = self.trap_base + self._trap_committed
             self.memory.allocate(page, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
@@ -373,6 +396,16 @@ class Process:
         self._trap_next += _CALLBACK_STUB
         conv = get_convention(self.arch, convention)
         self.callbacks[addr] = Callback(name or f"callback_{addr:x}", fn, argc, conv, addr)
+        return addr
+
+    def add_trap_code(self, code: bytes, name: str) -> int:
+        """Place a few bytes of our own machine code in the trap page; returns their address."""
+        addr = self._trap_code_next
+        if addr + len(code) > self.trap_base + _CALLBACKS:
+            raise EmulationError(Fault("no room left for trap code"))
+        self.cpu.write(addr, code)
+        self._trap_code_next = (addr + len(code) + 15) & ~15
+        self.trap_names[addr] = name
         return addr
 
     def _on_callback(self, uc: unicorn.Uc, address: int, size: int, _: object) -> None:
