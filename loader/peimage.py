@@ -429,6 +429,7 @@ class PeImage:
         SizeOfImage rounded up to a page.
         """
         runs: list[PageRun] = []
+        image_end = align_up(self.size_of_image, PAGE_SIZE)
         headers_end = align_up(self.size_of_headers, PAGE_SIZE)
         runs.append(PageRun(0, headers_end, PAGE_READONLY, "headers"))
         cursor = headers_end
@@ -437,10 +438,12 @@ class PeImage:
                 continue
             if section.rva > cursor:
                 runs.append(PageRun(cursor, section.rva - cursor, PAGE_NOACCESS, ""))
-            end = align_up(section.rva + section.virtual_size, self.section_alignment)
+            # A SizeOfImage that is not a multiple of a large SectionAlignment cuts the last one.
+            end = min(
+                align_up(section.rva + section.virtual_size, self.section_alignment), image_end
+            )
             runs.append(PageRun(section.rva, end - section.rva, section.protection, section.name))
             cursor = end
-        image_end = align_up(self.size_of_image, PAGE_SIZE)
         if image_end > cursor:
             runs.append(PageRun(cursor, image_end - cursor, PAGE_NOACCESS, ""))
         return runs

@@ -89,7 +89,9 @@ def _unix_call_trap(proc: Process, *args: int) -> int:
 
 
 def set_debug_channels(proc: Process, spec: str) -> None:
-    """WINEDEBUG-style ``"heap=warn+err,*=err"``: fill Wine's debug option table.
+    """WINEDEBUG-style ``"heap=warn+err,*=err"``: fill Wine's debug option table. Wine reads
+    the table once, at its first debug check, so this must run before any ntdll code does
+    (``load_wine_ntdll(debug_channels=...)`` calls it at the right time).
 
     The table holds sorted 16-byte entries ``{u8 flags; char name[15]}`` ending with an entry
     of empty name whose flags are the default for every other channel. Note that turning the

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
-from emu import Process
+from emu import Module, Process
+from emu.heap import Allocator
 
 
 @pytest.fixture(params=["x86", "x64"])
@@ -15,3 +18,38 @@ def arch(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def proc(arch: str) -> Process:
     return Process(arch, time_limit=10.0)
+
+
+@dataclass
+class Heaps:
+    """A process with an allocator loaded: the builtin heap or Wine's ntdll."""
+
+    proc: Process
+    module: Module
+    allocator: Allocator
+    kind: str
+
+    @property
+    def arch(self) -> str:
+        return self.proc.arch.name
+
+
+def make_heaps(arch: str, kind: str, debug_channels: str | None = None) -> Heaps:
+    proc = Process(arch, time_limit=30.0)
+    if kind == "builtin":
+        module = proc.load_builtin_heap()
+    else:
+        module = proc.load_wine_ntdll(debug_channels=debug_channels)
+    return Heaps(proc, module, Allocator(proc, module), kind)
+
+
+@pytest.fixture(params=["builtin", "wine"])
+def allocator_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def heaps(arch: str, allocator_kind: str) -> Heaps:
+    """Every allocator on every architecture (Wine's DLLs come from `make wine-dlls`; a missing
+    DLL is an error, never a skip)."""
+    return make_heaps(arch, allocator_kind)
