@@ -31,7 +31,7 @@ def measure(arch: str) -> dict[str, object]:
     f = _function(proc)
     cpu = proc.cpu
     # the floor: what any call must pay, with the frame already in place
-    sp = proc.stack.top - 0x200
+    sp = proc.thread_stack.top - 0x200
     proc.write_ptr(sp, proc.call_gate.done)
     value = ctypes.c_uint64(sp)
     ref = ctypes.byref(value)

@@ -297,14 +297,23 @@ class Cpu:
         kind, status = _CPU_EXCEPTIONS.get(intno, (f"interrupt 0x{intno:x}", NtStatus.UNSUCCESSFUL))
         return Fault(kind, pc=self.pc, status=status)
 
+    def _add_hook(
+        self, kind: int, fn: Callable[..., object], begin: int, end: int, *extra: int
+    ) -> int:
+        handle = int(self.uc.hook_add(kind, fn, None, begin, end, *extra))
+        # Unicorn instruments hooks when it translates code: blocks translated before this hook
+        # existed would never call it, so translation starts over
+        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+        return handle
+
     def hook_code(self, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        return int(self.uc.hook_add(unicorn.UC_HOOK_CODE, fn, None, begin, end))
+        return self._add_hook(unicorn.UC_HOOK_CODE, fn, begin, end)
 
     def hook_block(self, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        return int(self.uc.hook_add(unicorn.UC_HOOK_BLOCK, fn, None, begin, end))
+        return self._add_hook(unicorn.UC_HOOK_BLOCK, fn, begin, end)
 
     def hook_mem(self, kinds: int, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        return int(self.uc.hook_add(kinds, fn, None, begin, end))
+        return self._add_hook(kinds, fn, begin, end)
 
     def hook_interrupt(self, fn: Callable[[unicorn.Uc, int, object], None]) -> int:
         return int(self.uc.hook_add(unicorn.UC_HOOK_INTR, fn))
@@ -315,6 +324,7 @@ class Cpu:
 
     def unhook(self, handle: int) -> None:
         self.uc.hook_del(handle)
+        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ inspection
     def disassemble_one(self, addr: int) -> tuple[str, int]:

@@ -9,8 +9,9 @@ Unicorn's instruction/interrupt hooks and are served by the handlers in ``nt_*.p
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import unicorn
 
@@ -22,6 +23,11 @@ from .cpu import Cpu
 from .errors import EmulationError, Fault, NtStatusError
 from .layouts import KUSER_SHARED_DATA, PEB, TEB
 from .ldr import LoaderData
+
+if TYPE_CHECKING:
+    from .breakpoints import BreakContext, Breakpoint
+    from .events import EventRecorder
+    from .stackwalk import Frame
 from .memory import MemoryManager
 from .modules import Module, ModuleList
 from .ntdefs import (
@@ -114,7 +120,12 @@ class Process:
         self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
         self.callbacks: dict[int, Callback] = {}
         self.export_hooks: dict[str, int] = {}
-        self.trap_names: dict[int, str] = {}  # "dll!Function" -> Python callback address
+        self.trap_names: dict[int, str] = {}
+        # observers (emu.events and friends): called on every system call / at each run's end
+        self.syscall_observers: list[Callable[[SyscallRecord], None]] = []
+        self.run_observers: list[Callable[[bool], None]] = []
+        self.breakpoints: list[Breakpoint] = []
+        self.breakpoint_stop: str | None = None
         self._ldr: LoaderData | None = None
         self.exit_status: int | None = None
         self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
@@ -141,14 +152,14 @@ class Process:
         self._trap_next = self.trap_base + _CALLBACKS
         self.peb, _ = mem.allocate(0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB")
         self.teb, _ = mem.allocate(0, TEB_REGION_SIZE, top, PAGE_READWRITE, usage="TEB")
-        self.stack = ThreadStack(
+        self.thread_stack = ThreadStack(
             self,
             stack_reserve or arch.default_stack_reserve,
             stack_commit or arch.default_stack_commit,
         )
         self._fill_teb_peb()
         setup_segments(self.cpu, self.teb, TEB.size(arch))
-        self.call_gate = CallGate(arch, self.cpu._uch, self.stack.top - 0x80, self.trap_base)
+        self.call_gate = CallGate(arch, self.cpu._uch, self.thread_stack.top - 0x80, self.trap_base)
         self.cpu.write(self.trap_base, self.call_gate.code)
 
     def _fill_teb_peb(self) -> None:
@@ -159,7 +170,7 @@ class Process:
         TEB.write(self, a, teb, "UniqueProcess", PROCESS_ID)
         TEB.write(self, a, teb, "UniqueThread", THREAD_ID)
         TEB.write(self, a, teb, "ProcessEnvironmentBlock", peb)
-        self.stack.write_teb(teb)
+        self.thread_stack.write_teb(teb)
         PEB.write(self, a, peb, "NumberOfProcessors", 1)
         PEB.write(self, a, peb, "NtGlobalFlag", 0)
         # RtlCreateHeap defaults from the PEB, as Windows initialises them (MmHeapSegment*)
@@ -286,6 +297,42 @@ class Process:
 
         return hook_export(self, name, fn, argc, convention)
 
+    def breakpoint(
+        self,
+        target: int | str,
+        callback: Callable[[BreakContext], None],
+        *,
+        convention: str | None = None,
+        argc: int = 0,
+    ) -> Breakpoint:
+        """Call ``callback(ctx)`` whenever execution reaches ``target`` (see emu.breakpoints)."""
+        from .breakpoints import add_breakpoint
+
+        return add_breakpoint(self, target, callback, convention=convention, argc=argc)
+
+    def stack(self) -> list[Frame]:
+        """The current call stack, innermost first, like WinDbg's ``k``."""
+        from .stackwalk import walk_stack
+
+        return walk_stack(self)
+
+    def record(
+        self,
+        functions: Iterable[str | int] | None = None,
+        *,
+        check_conventions: bool = False,
+        cdecl: Iterable[str] = (),
+        argc: dict[str, int] | None = None,
+    ) -> EventRecorder:
+        """Start recording allocation events (``emu.events``); use as a context manager or
+        call ``.stop()``. ``functions`` default to the heap entry points of loaded modules."""
+        from .events import EventRecorder
+
+        rec = EventRecorder(
+            self, functions, check_conventions=check_conventions, cdecl=cdecl, argc=argc
+        )
+        return rec.start()
+
     def load_builtin_heap(self) -> Module:
         """Assemble and load heapemu's own Wine-style NT heap (``asm/``); creates the process
         heap, as Windows does before user code runs."""
@@ -332,8 +379,13 @@ class Process:
         budget = max_instructions if max_instructions is not None else self.instruction_budget
         limit = self.time_limit if time_limit is None else time_limit
         cpu = self.cpu
+        self.breakpoint_stop = None
         cpu.run(gate.trampoline, gate.done, count=budget or 0, time_limit=limit)
         ret, sp_after = gate.result()
+        if self.run_observers:
+            completed = bool(sp_after) and not cpu.fault and not cpu.stop_reason
+            for observer in self.run_observers:
+                observer(completed)
         if not sp_after or cpu.fault or cpu.stop_reason:
             raise self._run_error(addr, args, budget, limit)
         expected = entry_sp + self.arch.ptr_size + conv.popped_bytes(self.arch, len(args))
@@ -365,9 +417,14 @@ class Process:
             else:
                 fault = Fault(reason, pc=pc)
         state = cpu.state(fault.pc)
+        if self.breakpoint_stop is not None:
+            from .breakpoints import BreakpointStop
+
+            self.breakpoint_stop = None
+            return BreakpointStop(fault, state, context=f"in call to {self.symbolize(addr)}")
         if fault.status == NtStatus.STACK_OVERFLOW:
-            self.stack.reset()  # the thread's stack is usable again for the next call
-            self.stack.write_teb(self.teb)
+            self.thread_stack.reset()  # the thread's stack is usable again for the next call
+            self.thread_stack.write_teb(self.teb)
         call = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
         return EmulationError(fault, state, context=call)
 
@@ -471,14 +528,17 @@ class Process:
             self.cpu.raise_fault(Fault("bad system-call arguments", pc=pc, detail=str(e)))
             return
         self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
+        if self.syscall_observers:
+            for observer in self.syscall_observers:
+                observer(self.syscalls[-1])
 
     def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
         """Guard pages: a stack guard page grows the stack; any other is one-shot."""
         state = self.memory.page_state(address)
         if not state or not state & 0x100:  # PAGE_GUARD
             return False
-        if self.stack.contains(address):
-            fault = self.stack.on_guard_page(address)
+        if self.thread_stack.contains(address):
+            fault = self.thread_stack.on_guard_page(address)
             if fault is None:
                 return True  # retry the access on the newly committed page
             self.cpu.fault = fault

@@ -6,10 +6,11 @@ checked before anything is allocated or walked, every loop has a cap, and the on
 allocation is the image itself (SizeOfImage, at most MAX_SIZE_OF_IMAGE, and only once the section
 table has shown that the sections really need that much).
 
-pefile reads the DOS/NT/section headers (fast_load). The data directories (exports, imports,
-base relocations, TLS, .pdata) are walked here, strictly, over the image laid out at its preferred
-base: pefile's own directory parsers log a warning and drop what they cannot read, while a loader
-must refuse it — and an independent walker lets the tests cross-check the two.
+pefile reads the DOS/NT/optional headers (fast_load). The section table and the data
+directories (exports, imports, base relocations, TLS, .pdata) are walked here, strictly (the
+data directories over the image laid out at its preferred base): pefile logs a warning and drops
+what it cannot read, while a loader must refuse it with the reason, and an independent walker lets
+the tests cross-check the two.
 """
 
 from __future__ import annotations
@@ -566,11 +567,14 @@ class PeImage:
         self.stack_commit = oh.SizeOfStackCommit
         self.heap_reserve = oh.SizeOfHeapReserve
         self.heap_commit = oh.SizeOfHeapCommit
-        if len(pe.sections) != fh.NumberOfSections:
-            raise self._fail(
-                f"pefile read {len(pe.sections)} of {fh.NumberOfSections} section headers"
-            )
-        self._pe_sections = list(pe.sections)
+        # The section table is read here, not from pe.sections: pefile silently drops the
+        # headers it dislikes (raw data past the end of the file...), which must be refused with
+        # the reason instead. precheck made sure the whole table is in the file.
+        table = self._section_table_end - IMAGE_SIZEOF_SECTION_HEADER * fh.NumberOfSections
+        self._section_headers = [
+            struct.unpack_from("<8sIIIIIIHHI", data, table + IMAGE_SIZEOF_SECTION_HEADER * i)
+            for i in range(fh.NumberOfSections)
+        ]
         self._symbol_table = (fh.PointerToSymbolTable, fh.NumberOfSymbols)
         self._directories = {
             index: (entry.VirtualAddress, entry.Size)
@@ -643,15 +647,9 @@ class PeImage:
         sections: list[Section] = []
         cursor = headers_end
         cursor_owner = "the headers"
-        for s in self._pe_sections:
-            name = self._section_name(s.Name, data)
+        for raw_name, vsize, rva, raw_size, raw_ptr, *_, characteristics in self._section_headers:
+            name = self._section_name(raw_name, data)
             label = f"section {name}"
-            rva, vsize, raw_ptr, raw_size = (
-                s.VirtualAddress,
-                s.Misc_VirtualSize,
-                s.PointerToRawData,
-                s.SizeOfRawData,
-            )
             if raw_size == 0:
                 raw_ptr = 0  # Windows ignores PointerToRawData of a section with no file data
             if vsize == 0:
@@ -688,7 +686,7 @@ class PeImage:
                     virtual_size=vsize,
                     raw_offset=raw_ptr,
                     raw_data=data[raw_ptr : raw_ptr + raw_size],
-                    characteristics=s.Characteristics,
+                    characteristics=characteristics,
                 )
             )
             cursor = align_up(rva + vsize, sa)

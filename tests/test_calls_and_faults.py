@@ -201,7 +201,7 @@ def test_stack_overflow_is_a_clean_error(arch: str) -> None:
     assert e.value.kind == "stack overflow" and e.value.status == NtStatus.STACK_OVERFLOW
     ok = assemble(proc, f"{push}\n mov eax, 5\n {'pop rcx' if arch == 'x64' else 'pop ecx'}\n ret")
     assert proc.call(ok) == 5  # the stack was reset with its guard page
-    assert proc.memory.page_state(proc.stack.limit - 0x1000) == PAGE_READWRITE | PAGE_GUARD
+    assert proc.memory.page_state(proc.thread_stack.limit - 0x1000) == PAGE_READWRITE | PAGE_GUARD
 
 
 def test_guard_page_outside_the_stack_is_one_shot(proc: Process) -> None:

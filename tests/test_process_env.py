@@ -36,7 +36,7 @@ def test_fields_written_at_their_offsets(proc: Process) -> None:
     raw_teb = proc.read(proc.teb, 0x70)
     assert a.unpack_ptr(raw_teb, 6 * ps) == proc.teb  # NT_TIB.Self is the 7th pointer
     assert a.unpack_ptr(raw_teb, 12 * ps) == proc.peb  # ProcessEnvironmentBlock
-    assert a.unpack_ptr(raw_teb, 1 * ps) == proc.stack.top  # NT_TIB.StackBase
+    assert a.unpack_ptr(raw_teb, 1 * ps) == proc.thread_stack.top  # NT_TIB.StackBase
     assert PEB.read(proc, a, proc.peb, "MaximumNumberOfHeaps") == 16
     heaps = PEB.read(proc, a, proc.peb, "ProcessHeaps")
     assert proc.memory.is_accessible(heaps, 16 * ps, write=True)

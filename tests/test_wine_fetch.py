@@ -174,6 +174,23 @@ def test_corrupted_cache_is_refused(
         find_wine_dir("x86", fetch=False)
 
 
+def test_installed_wine_of_another_version_is_skipped(
+    wine_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HEAPEMU_WINE_DIR", raising=False)
+    other, good = tmp_path / "wine-9" / "x86_64-windows", tmp_path / "wine-8" / "x86_64-windows"
+    shutil.copytree(wine_dirs["x64"], good)
+    shutil.copytree(wine_dirs["x64"], other)
+    (other / "ntdll.dll").write_bytes(b"MZ not this version")
+    monkeypatch.setattr(wine, "installed_wine_dirs", lambda arch: [other, good])
+    assert find_wine_dir("x64", fetch=False) == good
+    # With only the other version installed and no cache, the error lists what was skipped.
+    monkeypatch.setattr(wine, "installed_wine_dirs", lambda arch: [other])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(LoaderError, match=r"Skipped: .*wine-9/x86_64-windows \(not Wine 8.0~"):
+        find_wine_dir("x64", fetch=False)
+
+
 def test_not_found_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HEAPEMU_WINE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
