@@ -52,6 +52,7 @@ class AllocationEvent:
     instructions: int = 0
     blocks: int = 0
     syscalls: list[SyscallRecord] = field(default_factory=list)
+    syscall_times: list[int] = field(default_factory=list)  # instruction clock at each
     children: list[AllocationEvent] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     finished: bool = False
@@ -226,6 +227,7 @@ class EventRecorder:
     def _on_syscall(self, record: SyscallRecord) -> None:
         for ev in self._open:
             ev.syscalls.append(record)
+            ev.syscall_times.append(self.instructions)
 
     def _on_run_end(self, ok: bool) -> None:
         # a fault or stop left calls open: they never returned

@@ -185,21 +185,27 @@ class StackWalker:
 
     # ------------------------------------------------------------------ prologue reading
     def _prologue_frame(self, module: Module, pc: int, regs: dict[str, int]) -> str | None:
-        """Frame size from the function's prologue up to pc; updates sp (and ebp/rbp)."""
+        """Frame size from the function's prologue up to pc; updates sp (and ebp/rbp).
+        None when pc's function is not known (its symbol is not its start)."""
         start = self._function_start(module, pc)
         if pc - start > 0x4000:
             return None
         try:
-            code = self.proc.read(start, min(pc - start, 0x200))
+            code = self.proc.read(start, pc - start)
         except Exception:
             return None
         ps, sp_name, fp = self.arch.ptr_size, self.arch.sp, self.arch.fp
-        delta = 0  # bytes pushed/allocated by the prologue so far
+        delta = 0  # bytes pushed/allocated by the prologue
         fp_at: int | None = None  # delta when `mov ebp, esp` ran
+        in_prologue = True
         for insn in self.cs.disasm(code, start):
-            if insn.address >= pc:
-                break
             m, ops = insn.mnemonic, insn.op_str
+            if m in ("ret", "int3"):
+                # a function ends between the symbol and pc: the symbol is not pc's function
+                # (an unexported function follows an export), so the prologue is unknown
+                return None
+            if not in_prologue:
+                continue
             if m == "push":
                 delta += ps
             elif m == "sub" and ops.startswith(f"{sp_name}, "):
@@ -209,20 +215,25 @@ class StackWalker:
                     return None
             elif m == "mov" and ops == f"{fp}, {sp_name}":
                 fp_at = delta
-            elif m in ("call", "ret") or m.startswith("j") or (m == "and" and sp_name in ops):
-                break
-        sp = regs[sp_name]
+            elif m == "call" or m.startswith("j") or (m == "and" and sp_name in ops):
+                in_prologue = False
         if fp_at is not None and self.arch.ptr_size == 4:
             # EBP frame: [ebp] = caller's ebp, [ebp+4] = return address
-            ebp = regs[fp]
-            regs[sp_name] = ebp + ps
-            saved = self._ptr(ebp)
-            if saved is None:
-                return None
-            regs[fp] = saved
-            return "ebp"
-        regs[sp_name] = sp + delta
+            return self._ebp_chain(regs)
+        regs[sp_name] += delta
         return "prologue"
+
+    def _ebp_chain(self, regs: dict[str, int]) -> str | None:
+        """x86: trust EBP if it points at a frame above the stack pointer whose return slot
+        holds a plausible return address."""
+        ebp, sp = regs["ebp"], regs["esp"]
+        if not sp <= ebp < self.proc.thread_stack.top - 8:
+            return None
+        ret, saved = self._ptr(ebp + 4), self._ptr(ebp)
+        if ret is None or saved is None or not self._plausible_return(ret):
+            return None
+        regs["esp"], regs["ebp"] = ebp + 4, saved
+        return "ebp"
 
     def _scan(self, sp: int, limit: int = 0x400) -> int | None:
         ps = self.arch.ptr_size
@@ -259,6 +270,8 @@ class StackWalker:
                     method = "leaf"
                 else:
                     method = self._prologue_frame(module, pc, regs)
+                    if method is None and arch.ptr_size == 4:
+                        method = self._ebp_chain(regs)
             ret = self._ptr(regs[sp_name]) if method else None
             if ret is None or not self._plausible_return(ret):
                 regs[sp_name] = sp

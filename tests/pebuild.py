@@ -54,7 +54,11 @@ RECIPES: dict[str, Recipe] = {
     "mathlib.dll": Recipe(("mathlib.c", "mathlib.def"), "DllMain"),
     "tlsdll.dll": Recipe(("tlsdll.c",), "DllMain"),
     "user.exe": Recipe(("user.c",), "start", ("mathlib.dll", "kernel32")),
+    # seed 003: malloc-like, operator-new-like and HeapAlloc-like paths to RtlAllocateHeap
+    "allocate.dll": Recipe(("allocate.c",), "DllMain", ("ntdll",)),
 }
+# import libraries made from pe_src/<name>.def with `zig dlltool`
+DEF_LIBS = ("kernel32", "ntdll")
 
 
 def build_root() -> Path:
@@ -88,8 +92,8 @@ def zig_version() -> str:
     return _zig_version_cache[0]
 
 
-def _kernel32_def(arch: str) -> str:
-    text = (PE_SRC / "kernel32.def").read_text()
+def _def_text(lib: str, arch: str) -> str:
+    text = (PE_SRC / f"{lib}.def").read_text()
     # x64 has one calling convention and no @N decorations.
     return text if arch == "x86" else re.sub(r"@\d+", "", text)
 
@@ -102,7 +106,7 @@ def _key(name: str, arch: str) -> str:
     for source in recipe.sources:
         h.update((PE_SRC / source).read_bytes())
     for lib in recipe.import_libs:
-        h.update((_kernel32_def(arch) if lib == "kernel32" else _key(lib, arch)).encode())
+        h.update((_def_text(lib, arch) if lib in DEF_LIBS else _key(lib, arch)).encode())
     return h.hexdigest()[:20]
 
 
@@ -125,20 +129,20 @@ def build(name: str, arch: str) -> Path:
     try:
         link_inputs: list[str] = []
         for lib in recipe.import_libs:
-            if lib == "kernel32":
-                (work / "kernel32.def").write_text(_kernel32_def(arch))
+            if lib in DEF_LIBS:
+                (work / f"{lib}.def").write_text(_def_text(lib, arch))
                 _zig(
                     "dlltool",
                     "-d",
-                    "kernel32.def",
+                    f"{lib}.def",
                     "-l",
-                    "kernel32.lib",
+                    f"{lib}.lib",
                     "-m",
                     DLLTOOL_MACHINES[arch],
                     *(["-k"] if arch == "x86" else []),
                     cwd=work,
                 )
-                link_inputs.append(str(work / "kernel32.lib"))
+                link_inputs.append(str(work / f"{lib}.lib"))
             else:
                 link_inputs.append(str(build(lib, arch).with_suffix(".lib")))
         command = ["cc", "-target", ZIG_TARGETS[arch], *CFLAGS]
