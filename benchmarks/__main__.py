@@ -7,10 +7,10 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from . import bench_call
+from . import bench_call, bench_observe
 from .common import save
 
-SUITES = {"call": bench_call.run}
+SUITES = {"call": bench_call.run, "observe": bench_observe.run}
 
 
 def main(argv: list[str]) -> int:

@@ -74,6 +74,10 @@ _CPU_EXCEPTIONS = {
     14: ("page fault", NtStatus.ACCESS_VIOLATION),
 }
 
+_HOOK_CODE_CB = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+)
+
 # How a hook decides a memory fault: True = handled, retry the access (e.g. a guard page mapped)
 BadAccessHandler = Callable[[str, str, int, int], bool]
 
@@ -147,6 +151,8 @@ class Cpu:
         self._deadline = 0.0
         self._run_id = 0
         self._counting = False
+        self._raw_hooks: dict[int, object] = {}  # handle -> ctypes callback (kept alive)
+        self._raw_exception: BaseException | None = None
         self.bad_access_handler: BadAccessHandler | None = None
         _watchdog().watch(self)
         self.symbolizer: Callable[[int], str] = lambda addr: ""
@@ -224,6 +230,7 @@ class Cpu:
         self.timed_out = False
         uc = self.uc
         uc._hook_exception = None
+        self._raw_exception = None
         self._run_id += 1
         if bool(count) != self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
@@ -236,9 +243,10 @@ class Cpu:
             status = uclib.uc_emu_start(self._uch, begin, until, 0, count)
         finally:
             self._running = False
-        if uc._hook_exception is not None:
-            exc, uc._hook_exception = uc._hook_exception, None
-            raise exc
+        if uc._hook_exception is not None or self._raw_exception is not None:
+            exc = uc._hook_exception or self._raw_exception
+            uc._hook_exception = self._raw_exception = None
+            raise exc  # type: ignore[misc]
         if status and self.fault is None:
             self.fault = self._fault_from_status(status)
 
@@ -297,6 +305,36 @@ class Cpu:
         kind, status = _CPU_EXCEPTIONS.get(intno, (f"interrupt 0x{intno:x}", NtStatus.UNSUCCESSFUL))
         return Fault(kind, pc=self.pc, status=status)
 
+    def _add_raw_hook(self, kind: int, fn: Callable[..., object], begin: int, end: int) -> int:
+        """A code/block hook registered with Unicorn's C API directly. The binding's own
+        wrapper costs ~1.4 µs per call; this one ~0.2 µs (measured on block hooks). Exceptions
+        are kept and re-raised by run(), as the binding does."""
+
+        def trampoline(uc: int, address: int, size: int, user: int) -> None:
+            try:
+                fn(None, address, size, None)
+            except BaseException as e:  # re-raised after emu_start
+                if self._raw_exception is None:
+                    self._raw_exception = e
+                uclib.uc_emu_stop(self._uch)
+
+        cb = _HOOK_CODE_CB(trampoline)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(
+            self._uch,
+            ctypes.byref(handle),
+            kind,
+            ctypes.cast(cb, ctypes.c_void_p),
+            None,
+            ctypes.c_uint64(begin),
+            ctypes.c_uint64(end),
+        )
+        if status:
+            raise unicorn.UcError(status)
+        self._raw_hooks[handle.value] = cb
+        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+        return handle.value
+
     def _add_hook(
         self, kind: int, fn: Callable[..., object], begin: int, end: int, *extra: int
     ) -> int:
@@ -307,10 +345,12 @@ class Cpu:
         return handle
 
     def hook_code(self, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        return self._add_hook(unicorn.UC_HOOK_CODE, fn, begin, end)
+        """``fn(uc, address, size, user)`` before each instruction in [begin, end]."""
+        return self._add_raw_hook(unicorn.UC_HOOK_CODE, fn, begin, end)
 
     def hook_block(self, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        return self._add_hook(unicorn.UC_HOOK_BLOCK, fn, begin, end)
+        """``fn(uc, address, size, user)`` at each basic block starting in [begin, end]."""
+        return self._add_raw_hook(unicorn.UC_HOOK_BLOCK, fn, begin, end)
 
     def hook_mem(self, kinds: int, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
         return self._add_hook(kinds, fn, begin, end)
@@ -323,7 +363,11 @@ class Cpu:
         return int(self.uc.hook_add(unicorn.UC_HOOK_INSN, fn, None, 1, 0, ins))
 
     def unhook(self, handle: int) -> None:
-        self.uc.hook_del(handle)
+        if handle in self._raw_hooks:
+            uclib.uc_hook_del(self._uch, ctypes.c_size_t(handle))
+            del self._raw_hooks[handle]
+        else:
+            self.uc.hook_del(handle)
         self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ inspection

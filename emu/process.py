@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import unicorn
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .breakpoints import BreakContext, Breakpoint
     from .events import EventRecorder
     from .stackwalk import Frame
+    from .tracer import MemoryWatch, Tracer
 from .memory import MemoryManager
 from .modules import Module, ModuleList
 from .ntdefs import (
@@ -315,6 +316,29 @@ class Process:
         from .stackwalk import walk_stack
 
         return walk_stack(self)
+
+    def trace(
+        self,
+        out: TextIO,
+        *,
+        function: str | int | None = None,
+        call: int | None = None,
+        begin: int = 1,
+        end: int = 0,
+        registers: bool = False,
+    ) -> Tracer:
+        """Write an instruction trace to ``out`` (see ``emu.tracer``); a context manager."""
+        from .tracer import Tracer
+
+        return Tracer(
+            self, out, function=function, call=call, begin=begin, end=end, registers=registers
+        )
+
+    def watch_memory(self, address: int, size: int) -> MemoryWatch:
+        """Record every write to [address, address+size) (see ``emu.tracer.MemoryWatch``)."""
+        from .tracer import MemoryWatch
+
+        return MemoryWatch(self, address, size)
 
     def record(
         self,

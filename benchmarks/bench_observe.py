@@ -1,0 +1,97 @@
+"""Observation costs, each next to its reference in the same run:
+
+- instruction tracing (address + symbol + bytes + disassembly, to a file) of one long call:
+  traced instructions/s vs the same call untraced (target: >= 5 M traced instructions/s);
+- allocation events and calling-convention checks on 10,000 allocator calls: the run with
+  checks vs the run with events only, and vs the plain run (target: checks <= 1.2x unchecked).
+"""
+
+from __future__ import annotations
+
+import os
+
+from emu import Process
+from emu.heap import Allocator
+
+from .common import best_of
+
+LOOP = """
+loop_fn:
+    xor eax, eax
+    mov edx, {n}
+next:
+    add eax, edx
+    xor eax, 0x5a5a
+    rol eax, 3
+    sub eax, 7
+    and eax, 0x7fffffff
+    dec edx
+    jnz next
+    ret
+"""
+ITERATIONS = 300_000  # 7 instructions per iteration: ~2.1 M instructions per call
+
+
+def trace_speed(arch: str) -> dict[str, object]:
+    proc = Process(arch)
+    mod = proc.load_flat(LOOP.format(n=ITERATIONS), "loop")
+    f = mod.exports["loop_fn"]
+    proc.call(f)
+    t_plain = best_of(lambda: proc.call(f), 3)
+    with open(os.devnull, "w") as out, proc.trace(out) as tracer:
+        t_traced = best_of(lambda: proc.call(f), 3)
+    instructions = tracer.instructions // 3
+    return {
+        "benchmark": "instruction trace (addr+disasm)",
+        "arch": arch,
+        "value": round(instructions / t_traced / 1e6, 2),
+        "unit": "M instr/s traced",
+        "reference": round(instructions / t_plain / 1e6, 1),
+        "reference_name": "untraced M instr/s",
+        "ratio": round(t_traced / t_plain, 1),
+    }
+
+
+def convention_cost(arch: str, kind: str = "builtin") -> list[dict[str, object]]:
+    proc = Process(arch)
+    module = proc.load_builtin_heap() if kind == "builtin" else proc.load_wine_ntdll()
+    a = Allocator(proc, module)
+    heap = a.create_heap()
+    calls = 10_000
+
+    def work() -> None:
+        for _ in range(calls // 2):
+            a.free(heap, a.alloc(heap, 0x100))
+
+    work()
+    t_plain = best_of(work, 3)
+    with proc.record():
+        t_events = best_of(work, 3)
+    with proc.record(check_conventions=True) as rec:
+        t_checked = best_of(work, 3)
+    assert not rec.violations
+    rows = []
+    for name, t, ref, ref_name in (
+        ("events (10k allocator calls)", t_events, t_plain, "plain run"),
+        ("events + convention checks", t_checked, t_events, "events only"),
+        ("events + convention checks", t_checked, t_plain, "plain run"),
+    ):
+        rows.append(
+            {
+                "benchmark": f"{name} [{kind}]",
+                "arch": arch,
+                "value": round(t / calls * 1e6, 1),
+                "unit": "µs/call",
+                "reference": round(ref / calls * 1e6, 1),
+                "reference_name": ref_name,
+                "ratio": round(t / ref, 2),
+            }
+        )
+    return rows
+
+
+def run() -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [trace_speed(a) for a in ("x86", "x64")]
+    for arch in ("x86", "x64"):
+        rows += convention_cost(arch)
+    return rows

@@ -1,0 +1,492 @@
+"""Heap walkers (emu.walkers) against the allocators' own RtlWalkHeap, on every arch x allocator.
+
+The walkers read emulated memory only; these tests run known operation sequences, compare the
+walk with what the allocator returned and with its RtlWalkHeap, then corrupt bytes with
+proc.write and check that the corruption is reported at the right address and the walk returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import struct
+from dataclasses import dataclass, field
+
+import pytest
+
+import asm
+from emu import Process
+from emu.heap import Allocator, HeapWalkEntry
+from emu.layouts import PEB
+from emu.ntdefs import HEAP_GROWABLE
+from emu.walkers import CORRUPTION_KINDS, HeapReport, detect_kind, walk_heap
+from emu.walkers import model as m
+from emu.walkers.wine_layout import WINE_HEAP, WINE_PARAMS, WINE_SUBHEAP
+
+ARCHS = ("x86", "x64")
+KINDS = ("builtin", "wine")
+TAIL_AND_FREE_CHECKING = 0x20 | 0x40
+NT_GLOBAL_FLAG_HEAP_CHECKS = 0x70  # FLG_HEAP_ENABLE_TAIL_CHECK | FREE_CHECK | VALIDATE_PARAMETERS
+
+
+@dataclass
+class Env:
+    proc: Process
+    alloc: Allocator
+    arch: str
+    kind: str
+
+    @property
+    def alignment(self) -> int:
+        if self.kind == "builtin":
+            return asm.layout(self.arch).alignment
+        return WINE_PARAMS[self.arch].alignment
+
+    def walk(self, heap: int) -> HeapReport:
+        return walk_heap(self.proc, heap)
+
+
+def make_env(arch: str, kind: str) -> Env:
+    proc = Process(arch, time_limit=30.0)
+    module = proc.load_builtin_heap() if kind == "builtin" else proc.load_wine_ntdll()
+    return Env(proc, Allocator(proc, module), arch, kind)
+
+
+@pytest.fixture(params=[(a, k) for a in ARCHS for k in KINDS], ids=lambda p: f"{p[0]}-{p[1]}")
+def env(request: pytest.FixtureRequest) -> Env:
+    arch, kind = request.param
+    return make_env(arch, kind)
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Scenario:
+    heap: int
+    ptrs: list[int]  # the 100 x 0x100 blocks as first allocated
+    live: dict[int, int] = field(default_factory=dict)  # user pointer -> requested size
+    freed: list[int] = field(default_factory=list)
+    big: int = 0
+
+
+def standard(env: Env) -> Scenario:
+    """100 x 0x100, free #17/#18/#48/#78, a 0x100000 block, #5 reallocated to 0x300."""
+    a = env.alloc
+    h = a.create_heap()
+    ptrs = [a.alloc(h, 0x100) for _ in range(100)]
+    s = Scenario(h, ptrs, {p: 0x100 for p in ptrs})
+    for i in (17, 18, 48, 78):
+        assert a.free(h, ptrs[i])
+        del s.live[ptrs[i]]
+        s.freed.append(ptrs[i])
+    s.big = a.alloc(h, 0x100000)
+    s.live[s.big] = 0x100000
+    moved = a.realloc(h, ptrs[5], 0x300)
+    assert moved
+    del s.live[ptrs[5]]
+    s.live[moved] = 0x300
+    return s
+
+
+def grown(env: Env) -> Scenario:
+    """A second growable heap filled with 0x70000-byte blocks until it needs more segments."""
+    a = env.alloc
+    h = a.create_heap(HEAP_GROWABLE)
+    ptrs = [a.alloc(h, 0x70000) for _ in range(12)]
+    assert all(ptrs)
+    s = Scenario(h, ptrs, {p: 0x70000 for p in ptrs})
+    for i in (3, 7):
+        a.free(h, ptrs[i])
+        del s.live[ptrs[i]]
+        s.freed.append(ptrs[i])
+    return s
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def live_blocks(rep: HeapReport) -> dict[int, int]:
+    """user pointer -> requested size of everything the walker says is allocated."""
+    out = {b.user_ptr: b.requested for b in rep.busy_blocks()}
+    out.update({lb.user_ptr: lb.size for lb in rep.large_blocks})
+    return {p: int(n or 0) for p, n in out.items()}
+
+
+def assert_matches_allocator(env: Env, heap: int, rep: HeapReport) -> None:
+    """The walk agrees with RtlWalkHeap: busy set, free blocks, regions, uncommitted ranges."""
+    entries = env.alloc.walk(heap)
+    busy = {(e.address, e.size) for e in entries if e.busy}
+    assert set(live_blocks(rep).items()) == busy
+
+    regions = {(e.address, e.committed_size, e.uncommitted_size, e.first_entry)
+               for e in entries if e.region}  # fmt: skip
+    ours = {(s.base, s.committed, s.reserved - s.committed, s.first_block) for s in rep.segments}
+    assert ours == regions
+
+    uncommitted = {(e.address, e.size) for e in entries if e.uncommitted and e.size}
+    assert uncommitted == {(r.address, r.size) for s in rep.segments for r in s.uncommitted}
+
+    # free blocks: the allocators report different data ranges (Wine skips the list entry and
+    # stops short of the commit end); each walk record must lie in exactly one free block, and
+    # a fully committed free block must end where the record ends
+    walk_free = [e for e in entries if e.kind == "free"]
+    free = sorted(rep.free_blocks(), key=lambda b: b.address)
+    assert len(walk_free) == len(free)
+    for e, b in zip(sorted(walk_free, key=_addr), free, strict=True):
+        assert b.address < e.address and e.address + e.size <= b.address + b.committed
+        if b.committed == b.size:
+            assert e.address + e.size == b.end
+
+
+def _addr(e: HeapWalkEntry) -> int:
+    return e.address
+
+
+def corruptions(rep: HeapReport, kind: str) -> list[int]:
+    return [c.address for c in rep.corruptions if c.kind == kind]
+
+
+# ---------------------------------------------------------------------------- known sequences
+
+
+def test_standard_sequence(env: Env) -> None:
+    s = standard(env)
+    rep = env.walk(s.heap)
+    assert rep.ok, rep.corruptions
+    assert rep.kind == env.kind and rep.arch == env.arch and rep.heap == s.heap
+    assert live_blocks(rep) == s.live
+    merged = rep.block_at(s.ptrs[17])
+    assert merged is not None and merged.free and merged.address == s.ptrs[17] - 8
+    assert rep.block_at(s.ptrs[18]) is merged
+    for p in (s.ptrs[48], s.ptrs[78]):
+        b = rep.block_at(p)
+        assert b is not None and b.free and b.user_ptr == p
+    assert [lb.user_ptr for lb in rep.large_blocks] == [s.big]
+    assert rep.large_blocks[0].size == 0x100000
+    assert rep.large_blocks[0].region % 0x10000 == 0
+    assert_matches_allocator(env, s.heap, rep)
+
+
+def test_blocks_record_requested_size_and_neighbours(env: Env) -> None:
+    a = env.alloc
+    h = a.create_heap()
+    sizes = [1, 7, 8, 0x10, 0x18, 0x21, 0x100, 0x3FF]
+    ptrs = [a.alloc(h, n) for n in sizes]
+    rep = env.walk(h)
+    assert rep.ok, rep.corruptions
+    for p, n in zip(ptrs, sizes, strict=True):
+        b = rep.block_at(p)
+        assert b is not None and b.user_ptr == p and b.requested == n == a.size(h, p)
+        assert b.unused == b.size - n and b.size % env.alignment == 0
+    blocks = rep.segments[0].blocks
+    assert blocks[0].prev_size is None
+    for prev, b in itertools.pairwise(blocks):
+        assert b.prev_size == prev.size and b.address == prev.end
+
+
+def test_second_segment(env: Env) -> None:
+    s = grown(env)
+    rep = env.walk(s.heap)
+    assert rep.ok, rep.corruptions
+    assert len(rep.segments) >= 2
+    assert live_blocks(rep) == s.live
+    for p in s.freed:
+        b = rep.block_at(p)
+        assert b is not None and b.free
+    assert_matches_allocator(env, s.heap, rep)
+
+
+def test_process_heap(env: Env) -> None:
+    heap = PEB.read(env.proc, env.proc.arch, env.proc.peb, "ProcessHeap")
+    ptrs = [env.alloc.alloc(heap, n) for n in (0x10, 0x200, 0x2000)]
+    rep = env.walk(heap)
+    assert rep.ok, rep.corruptions
+    assert set(ptrs) <= set(live_blocks(rep))
+    assert_matches_allocator(env, heap, rep)
+
+
+def test_free_lists(env: Env) -> None:
+    s = standard(env)
+    rep = env.walk(s.heap)
+    expected = 40 if env.kind == "builtin" else {"x86": 34, "x64": 18}[env.arch]
+    assert len(rep.free_lists) == expected
+    listed = [e.address for fl in rep.free_lists for e in fl.entries]
+    assert sorted(listed) == sorted(b.address for b in rep.free_blocks())
+    for fl in rep.free_lists:
+        for e in fl.entries:
+            assert e.size >= fl.min_size and (fl.max_size is None or e.size <= fl.max_size)
+        # list order: each entry's flink is the next entry's LIST link, 8 bytes into it
+        for e, nxt in itertools.pairwise(fl.entries):
+            assert e.flink == nxt.address + 8 and nxt.blink == e.address + 8
+    bounds = [(fl.min_size, fl.max_size) for fl in rep.free_lists]
+    assert bounds[-1][1] is None and all(lo <= hi for lo, hi in bounds[:-1] if hi is not None)
+
+
+def test_header_fields(env: Env) -> None:
+    h = env.alloc.create_heap(HEAP_GROWABLE)
+    rep = env.walk(h)
+    assert rep.flags & HEAP_GROWABLE and rep.header["flags"] == rep.flags
+    assert rep.header["magic"] == 0x50414548
+    assert rep.header["segment_signature"] == 0xFFEEFFEE
+    assert rep.header["grow_size"] >= rep.segments[0].reserved
+    if env.kind == "wine":
+        assert rep.header["lock.LockCount"] == -1 and rep.header["pending_free"] == 0
+    else:
+        assert rep.header["lock_count"] == 0
+
+
+def test_checking_flags_and_delayed_frees(env: Env) -> None:
+    """Builtin: HEAP_TAIL/FREE_CHECKING; Wine: NtGlobalFlag heap checks (delayed frees)."""
+    a = env.alloc
+    if env.kind == "wine":
+        PEB.write(env.proc, env.proc.arch, env.proc.peb, "NtGlobalFlag", 0x70)
+        h = a.create_heap()
+    else:
+        h = a.create_heap(HEAP_GROWABLE | TAIL_AND_FREE_CHECKING)
+    ptrs = [a.alloc(h, 0x13 + i) for i in range(40)]
+    freed = ptrs[::3]
+    for p in freed:
+        assert a.free(h, p)
+    rep = env.walk(h)
+    assert rep.ok, rep.corruptions
+    assert_matches_allocator(env, h, rep)
+    states = {p: rep.block_at(p).state for p in freed}  # type: ignore[union-attr]
+    if env.kind == "wine":
+        assert set(states.values()) == {m.PENDING}
+        assert rep.pending_free == [p - 8 for p in freed]
+    else:
+        assert set(states.values()) == {m.FREE}
+
+
+# ---------------------------------------------------------------------------- totals
+
+
+def test_totals_add_up(env: Env) -> None:
+    for s in (standard(env), grown(env)):
+        rep = env.walk(s.heap)
+        for seg in rep.segments:
+            assert seg.complete
+            assert seg.committed + sum(r.size for r in seg.uncommitted) == seg.reserved
+            blocks = sum(b.size for b in seg.blocks)
+            assert seg.header_size + blocks + (seg.end - seg.blocks_end) == seg.reserved
+            committed = sum(b.committed for b in seg.blocks)
+            assert seg.header_size + committed == min(seg.commit_end, seg.blocks_end) - seg.base
+            assert seg.end - seg.blocks_end < env.alignment
+        summary = rep.summary()
+        assert summary.reserved == sum(seg.reserved for seg in rep.segments)
+        assert summary.committed == sum(seg.committed for seg in rep.segments)
+        assert summary.virtual_blocks == len(rep.large_blocks)
+        assert summary.virtual == sum(lb.region_size for lb in rep.large_blocks)
+        assert summary.free == sum(b.committed for b in rep.free_blocks())
+        assert summary.free_list_length == len(rep.free_blocks())
+        assert summary.uncommitted_ranges == sum(len(seg.uncommitted) for seg in rep.segments)
+        assert 0.0 <= summary.external_fragmentation < 1.0
+        assert summary.busy_blocks == len(rep.busy_blocks())
+
+
+# ---------------------------------------------------------------------------- corruption
+
+# Writers that know each layout's encoding (offsets from the declared layouts, not retyped).
+
+
+def heap_magic_address(env: Env, heap: int) -> int:
+    if env.kind == "builtin":
+        return heap + asm.layout(env.arch).heap["magic"]
+    return heap + WINE_HEAP.offset(env.proc.arch, "magic")
+
+
+def write_size(env: Env, block: int, size: int) -> None:
+    proc = env.proc
+    if env.kind == "builtin":
+        word = proc.read_u32(block)
+        proc.write_u32(block, size | (word & 3))
+    else:
+        units = size // env.alignment
+        proc.write(block, struct.pack("<H", units & 0xFFFF))
+
+
+def write_state(env: Env, block: int, free: bool) -> None:
+    """Mark a block free (magic and flag) or busy, leaving its size alone."""
+    proc = env.proc
+    if env.kind == "builtin":
+        word = proc.read_u32(block)
+        proc.write_u32(block, word | 1 if free else word & ~1)
+        proc.write(block + 6, b"FE" if free else b"US")
+    else:
+        flags = proc.read(block + 2, 1)[0]
+        # a free block's tail byte holds size bits 16-23 (0 here), a busy one's the slack
+        proc.write(block + 2, bytes([flags | 1, 0]) if free else bytes([flags & ~1]))
+        proc.write(block + 6, b"FR" if free else b"US")
+
+
+def test_corrupt_heap_magic(env: Env) -> None:
+    s = standard(env)
+    env.proc.write(heap_magic_address(env, s.heap), b"XXXX")
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.HEAP_HEADER) == [s.heap]
+    assert live_blocks(rep) == s.live  # the rest of the walk goes on
+
+
+def test_corrupt_free_list_flink_outside(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[48] - 8
+    env.proc.write_ptr(block + 8, 0x12345678)
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.FREE_LIST_LINK) == [block]
+    assert "outside the heap" in rep.corruptions[0].detail
+    # the walk turned round at the break: every free block is still on a list
+    listed = sorted(e.address for fl in rep.free_lists for e in fl.entries)
+    assert listed == sorted(b.address for b in rep.free_blocks())
+    assert not corruptions(rep, m.FREE_NOT_LISTED)
+
+
+def test_corrupt_free_list_blink(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[78] - 8
+    env.proc.write_ptr(block + 8 + env.proc.arch.ptr_size, s.ptrs[60])
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.FREE_LIST_LINK) == [block]
+
+
+def test_corrupt_free_list_loop(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[48] - 8
+    env.proc.write_ptr(block + 8, block + 8)  # flink to itself
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.FREE_LIST_LOOP) == [block]
+
+
+def test_corrupt_block_size_into_data(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[50] - 8
+    rep = env.walk(s.heap)
+    b50 = rep.block_at(s.ptrs[50])
+    assert b50 is not None
+    write_size(env, block, b50.size + 4 * env.alignment)  # lands inside block 51's data
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.BLOCK_SIZE) == [block]
+    seg = rep.segments[0]
+    assert not seg.complete and seg.blocks[-1].address == s.ptrs[49] - 8
+    assert [lb.user_ptr for lb in rep.large_blocks] == [s.big]
+
+
+@pytest.mark.parametrize("size", [0, 0x7FFF0], ids=["zero", "past-segment"])
+def test_corrupt_block_size_absurd(env: Env, size: int) -> None:
+    s = standard(env)
+    block = s.ptrs[20] - 8
+    write_size(env, block, size)
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.BLOCK_SIZE) == [block]
+
+
+def test_corrupt_block_magic_walk_goes_on(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[60] - 8
+    env.proc.write(block + 6, b"??")
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.BLOCK_HEADER) == [block]
+    assert rep.block_at(s.ptrs[61]) is not None and rep.segments[0].complete
+
+
+def test_free_list_entry_not_marked_free(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[48] - 8
+    write_state(env, block, free=False)
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.FREE_LIST_BUSY) == [block]
+    assert corruptions(rep, m.PREV_FREE) == [s.ptrs[49] - 8]  # its successor still says so
+
+
+def test_free_block_not_on_a_list(env: Env) -> None:
+    s = standard(env)
+    block = s.ptrs[30] - 8
+    write_state(env, block, free=True)
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.FREE_NOT_LISTED) == [block]
+
+
+def test_overlapping_blocks(env: Env) -> None:
+    """Block 47's size swallows free block 48: the walk steps over it, the free list still
+    holds it, so two blocks claim the same bytes."""
+    s = standard(env)
+    rep = env.walk(s.heap)
+    b47, b48 = rep.block_at(s.ptrs[47]), rep.block_at(s.ptrs[48])
+    assert b47 is not None and b48 is not None and b48.free
+    write_size(env, b47.address, b47.size + b48.size)
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.OVERLAP) == [b48.address]
+    assert corruptions(rep, m.PREV_FREE) == [s.ptrs[49] - 8]
+
+
+def test_overlapping_regions(env: Env) -> None:
+    """The first segment's recorded size stretched over the large block's region."""
+    s = standard(env)
+    rep = env.walk(s.heap)
+    seg, large = rep.segments[0], rep.large_blocks[0]
+    assert large.region >= seg.end
+    end = large.region + 0x10000
+    if env.kind == "builtin":
+        field = asm.layout(env.arch).subheap.fields["size"]
+        env.proc.write_ptr(seg.address + field.offset, end - seg.base)
+    else:
+        offset = WINE_SUBHEAP.offset(env.proc.arch, "data_size")
+        env.proc.write_ptr(seg.address + offset, end - seg.first_block)
+    rep = env.walk(s.heap)
+    assert rep.segments[0].end == end
+    assert corruptions(rep, m.OVERLAP) == [large.region]
+
+
+def test_corrupt_large_block_link(env: Env) -> None:
+    s = standard(env)
+    large = env.walk(s.heap).large_blocks[0]
+    head = large.blink  # the list head in the heap header
+    env.proc.write_ptr(head, 0x7FFE0000)  # flink to a readable page that is no large block
+    rep = env.walk(s.heap)
+    assert corruptions(rep, m.LARGE_BLOCK) == [head]
+    assert rep.large_blocks == [] and live_blocks(rep) == {
+        p: n for p, n in s.live.items() if p != s.big
+    }
+
+
+def test_garbage_never_crashes(env: Env) -> None:
+    s = standard(env)
+    for heap in (0, 0x12340000, env.proc.peb, s.ptrs[3]):
+        rep = env.walk(heap)
+        assert not rep.ok
+        json.dumps(rep.to_json())
+    rng = random.Random(7)
+    committed = env.walk(s.heap).segments[0].committed
+    for _ in range(40):
+        offset = rng.randrange(0, committed - 8)
+        env.proc.write(s.heap + offset, rng.randbytes(rng.randrange(1, 9)))
+        rep = env.walk(s.heap)
+        assert all(c.kind in CORRUPTION_KINDS for c in rep.corruptions)
+        json.dumps(rep.to_json())
+
+
+# ---------------------------------------------------------------------------- API
+
+
+def test_json_round_trip(env: Env) -> None:
+    s = standard(env)
+    env.proc.write(s.ptrs[60] - 2, b"??")  # one corruption so every part is filled
+    rep = env.walk(s.heap)
+    data = rep.to_json()
+    text = json.dumps(data)
+    assert json.loads(text) == data
+    assert data["kind"] == env.kind and data["heap"] == s.heap and data["ok"] is False
+    assert data["corruptions"][0]["kind"] == m.BLOCK_HEADER
+    seg = data["segments"][0]
+    assert seg["blocks"][0]["address"] == seg["first_block"]
+    assert {"busy", "requested", "user_ptr", "state"} <= set(seg["blocks"][0])
+    assert data["summary"]["virtual_blocks"] == 1
+
+
+def test_kind_selection(env: Env) -> None:
+    h = env.alloc.create_heap()
+    assert detect_kind(env.proc) == env.kind
+    assert walk_heap(env.proc, h, kind=env.kind).kind == env.kind
+    with pytest.raises(ValueError):
+        walk_heap(env.proc, h, kind="lfh")
