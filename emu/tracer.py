@@ -113,6 +113,12 @@ class Tracer:
             self.out.write(f"{'':16}   regs {' '.join(parts)}\n")
 
     def _on_run_end(self, ok: bool) -> None:
+        if not ok:
+            # blocks are written whole when they start: say where execution really stopped
+            cpu = self.proc.cpu
+            why = cpu.fault.kind if cpu.fault else (cpu.stop_reason or "stopped")
+            pc = cpu.fault.pc if cpu.fault else cpu.pc
+            self.out.write(f"# emulation stopped: {why} at {pc:016x} {self.proc.symbolize(pc)}\n")
         self.out.flush()
 
     def close(self) -> None:
