@@ -1,18 +1,57 @@
-"""The ``heapemu`` command line."""
+"""The ``heapemu`` command line.
+
+Subcommands live in ``COMMANDS`` (name -> Command: help, how to add its options, how to run it);
+adding ``heapemu heap`` or ``heapemu trace`` is one more entry. A command raises ``CliError``
+(or lets ScenarioError / LoaderError through) for bad input: ``main`` prints one line per problem
+and exits 2. Exit codes: 0 success, 1 a run failed, 2 bad input or an unavailable option.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from loader.errors import LoaderError
+
 from .errors import EmulationError
+from .export import events_table
 from .heap import Allocator
 from .ntdefs import HEAP_GROWABLE, heap_flag_names
 from .process import Process
+from .scenario import (
+    AllocatorSpec,
+    Observer,
+    Scenario,
+    ScenarioError,
+    ScenarioResult,
+    find_scenario,
+    load_scenario,
+    run_scenario,
+    scenario_matrix,
+    shipped_scenarios,
+)
+from .scenario_observe import EventsObserver
+from .scenario_render import ProgressObserver, render_result, summary_table
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class CliError(Exception):
+    """Bad input: one line that says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def _load(proc: Process, allocator: str) -> Allocator:
@@ -20,6 +59,7 @@ def _load(proc: Process, allocator: str) -> Allocator:
     return Allocator(proc, module, name=allocator)
 
 
+# ---------------------------------------------------------------------- heapemu demo
 def demo(arch: str = "x64", allocator: str = "builtin", console: Console | None = None) -> int:
     """Seed 002's story on an emulated heap: a growable heap, 100 x 0x100, free #17 and
     allocate, free #18 and allocate, free #18/#48/#78, one 0x100000 block."""
@@ -58,20 +98,188 @@ def demo(arch: str = "x64", allocator: str = "builtin", console: Console | None 
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="heapemu", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="seed 002's scenario on the builtin heap (nothing downloaded)")
-    d.add_argument("--arch", choices=("x86", "x64"), default="x64")
-    d.add_argument("--allocator", choices=("builtin", "wine"), default="builtin")
-    args = parser.parse_args(argv)
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=("x86", "x64"), default="x64")
+    p.add_argument("--allocator", choices=("builtin", "wine"), default="builtin")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     try:
-        if args.command == "demo":
-            return demo(args.arch, args.allocator)
+        return demo(args.arch, args.allocator)
     except EmulationError as e:
         print(f"heapemu: emulation failed: {e}", file=sys.stderr)
-        return 2
-    return 1
+        return EXIT_BAD_INPUT
+
+
+# ---------------------------------------------------------------------- heapemu run
+
+
+def _configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", nargs="?", help="a .yaml/.json file, or a shipped scenario's name")
+    p.add_argument("--arch", help="x86, x64 or both (default: the scenario's arch:)")
+    p.add_argument(
+        "--allocator", help="builtin, wine, or both as builtin,wine (default: the scenario's)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument(
+        "--wine-debug", metavar="CHANNELS", help="Wine debug channels, e.g. heap=warn+err"
+    )
+    p.add_argument("--trace", metavar="FILE", help="write the allocation events (JSON Lines)")
+    p.add_argument("--perfetto", metavar="FILE", help="write a Perfetto/Chrome trace (JSON)")
+    p.add_argument(
+        "--check-conventions",
+        action="store_true",
+        help="check every allocator call's calling convention; violations fail the run",
+    )
+    p.add_argument("--list", action="store_true", help="list the shipped scenarios")
+
+
+def _events_observer(args: argparse.Namespace, runs: int) -> EventsObserver | None:
+    if not (args.trace or args.perfetto or args.check_conventions):
+        return None
+    for flag, path in (("--trace", args.trace), ("--perfetto", args.perfetto)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise CliError(f"{flag} {path}: its directory does not exist")
+    return EventsObserver(
+        jsonl=args.trace,
+        perfetto=args.perfetto,
+        check_conventions=args.check_conventions,
+        runs=runs,
+    )
+
+
+def _matrix(args: argparse.Namespace, scenario: Scenario) -> list[tuple[str, AllocatorSpec]]:
+    if args.arch and args.arch not in ("x86", "x64", "both"):
+        raise CliError(f"--arch must be x86, x64 or both, not {args.arch!r}")
+    if args.allocator:
+        bad = [k for k in args.allocator.split(",") if k.strip() not in ("builtin", "wine")]
+        if bad:
+            raise CliError(f"--allocator must be builtin, wine or builtin,wine, not {bad[0]!r}")
+    runs = scenario_matrix(scenario, args.arch, args.allocator)
+    if args.wine_debug and not any(spec.kind == "wine" for _, spec in runs):
+        raise CliError("--wine-debug needs the wine allocator: add --allocator wine")
+    return runs
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    out = Console()
+    if args.list:
+        for path in shipped_scenarios():
+            out.print(f"{path.stem:32} {path}")
+        return EXIT_OK
+    if not args.scenario:
+        raise CliError("name a scenario file (or a shipped scenario: heapemu run --list)")
+    path = find_scenario(args.scenario)
+    if not path.exists():
+        raise CliError(
+            f"{path}: no such scenario file; give a path or a shipped scenario's name "
+            "(heapemu run --list)"
+        )
+    scenario = load_scenario(path)
+    runs = _matrix(args, scenario)
+    watcher = _events_observer(args, len(runs))
+    observers: list[Observer] = [watcher] if watcher else []
+    progress = ProgressObserver(Console(stderr=True))
+    results: list[ScenarioResult] = []
+    try:
+        for arch, spec in runs:
+            debug = args.wine_debug if spec.kind == "wine" else None
+            try:
+                result = run_scenario(
+                    scenario, arch, spec, observers=[progress, *observers], wine_debug=debug
+                )
+            except ValueError as e:  # e.g. a malformed --wine-debug
+                raise CliError(str(e)) from None
+            except LoaderError as e:
+                raise CliError(f"{e} ({arch} {spec.label})") from None
+            except EmulationError as e:  # steps' faults are results; this is loading
+                raise CliError(
+                    f"emulation failed while loading the {spec.label} allocator ({arch}): "
+                    f"{_one_line(str(e))}"
+                ) from None
+            results.append(result)
+    finally:
+        progress.close()
+    violations = watcher.violations if watcher else []
+    ok = all(r.ok for r in results) and not violations
+    if args.json:
+        report = {"ok": ok, "runs": [r.to_json() for r in results]}
+        if watcher and args.check_conventions:
+            report["convention_violations"] = [
+                {"run": label, "event": ev.seq, "function": ev.function, "violation": what}
+                for label, ev, what in violations
+            ]
+        print(json.dumps(report, indent=1))
+    else:
+        for r in results:
+            render_result(out, r)
+            if r.events and (args.trace or args.perfetto or args.check_conventions):
+                out.print(events_table(r.events, f"allocation events ({r.arch} {r.allocator})"))
+        if len(results) > 1:
+            out.print(summary_table(results))
+        if watcher:
+            for path in watcher.written:
+                out.print(f"wrote {path}")
+            if args.check_conventions:
+                for label, ev, what in violations:
+                    out.print(
+                        f"[red]convention violation[/red] ({label}) #{ev.seq} "
+                        f"{ev.function} from {ev.caller}: {what}"
+                    )
+                if not violations:
+                    out.print("calling conventions: no violations")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "seed 002's scenario on the builtin heap (nothing downloaded)", _configure_demo, _run_demo
+    ),
+    "run": Command(
+        "run a scenario file on x86/x64 and the builtin/wine allocator", _configure_run, _run_run
+    ),
+}
+
+from .cli_inspect import INSPECT_COMMANDS  # noqa: E402 (they use Command and CliError above)
+
+COMMANDS.update(INSPECT_COMMANDS)
+
+
+# ---------------------------------------------------------------------- main
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _bad_input(lines: list[str], as_json: bool) -> int:
+    for line in lines:
+        print(f"heapemu: {line}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "error": lines[0] if lines else "", "problems": lines}))
+    return EXIT_BAD_INPUT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="heapemu",
+        description="Run real Windows heap-allocator code on emulated x86/x64.",
+        epilog="exit codes: 0 success, 1 a run failed, 2 bad input",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        command.configure(sub.add_parser(name, help=command.help, description=command.help))
+    args = parser.parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    try:
+        return COMMANDS[args.command].run(args)
+    except BrokenPipeError:  # `heapemu ... | head`: the reader has gone, not an error
+        sys.stderr.close()
+        return EXIT_OK
+    except ScenarioError as e:
+        return _bad_input([str(p) for p in e.problems], as_json)
+    except (CliError, LoaderError) as e:
+        return _bad_input([_one_line(str(e))], as_json)
+    except FileNotFoundError as e:
+        return _bad_input([f"{e.filename}: no such file"], as_json)
 
 
 if __name__ == "__main__":
