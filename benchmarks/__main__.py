@@ -7,10 +7,16 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from . import bench_call, bench_observe
+from . import bench_call, bench_memory, bench_observe, bench_replay
 from .common import save
 
-SUITES = {"call": bench_call.run, "observe": bench_observe.run}
+SUITES = {
+    "call": bench_call.run,
+    "observe": bench_observe.run,
+    "replay": bench_replay.run,
+    "replay_tlb_proposal": bench_replay.run_tlb_proposal,
+    "memory": bench_memory.run,
+}
 
 
 def main(argv: list[str]) -> int:

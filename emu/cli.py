@@ -245,6 +245,23 @@ from .cli_inspect import INSPECT_COMMANDS  # noqa: E402 (they use Command and Cl
 COMMANDS.update(INSPECT_COMMANDS)
 
 
+def _configure_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see heapemu replay -- --help")
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from .replay import replay_main
+
+    return replay_main([a for a in args.args if a != "--"] or ["--help"])
+
+
+COMMANDS["replay"] = Command(
+    "replay an allocation trace inside the emulator (alloc SIZE -> ID / free ID / realloc ...)",
+    _configure_replay,
+    _run_replay,
+)
+
+
 # ---------------------------------------------------------------------- main
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

@@ -5,8 +5,9 @@ the Windows prototype; nothing here looks inside the heap (the walkers in ``emu.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NtStatusError
 from .layouts import Field, Struct
@@ -20,6 +21,11 @@ from .ntdefs import (
     heap_flag_names,
 )
 from .process import Process
+
+if TYPE_CHECKING:
+    from .replay import ReplayResult
+    from .replay_tape import Tape
+    from .workload import OpLike
 
 # RTL_HEAP_WALK_ENTRY.Flags as ntdll's RtlWalkHeap sets them (kernel32's HeapWalk translates
 # them into PROCESS_HEAP_ENTRY_BUSY / PROCESS_HEAP_REGION / PROCESS_HEAP_UNCOMMITTED_RANGE).
@@ -218,3 +224,11 @@ class Allocator:
                 )
             )
         raise HeapError(f"{self.name}: RtlWalkHeap(0x{heap:x}) did not end after {limit} entries")
+
+    def replay(
+        self, ops: Iterable[OpLike] | Tape, heap: int | None = None, **options: Any
+    ) -> ReplayResult:
+        """Run a whole list of operations inside the emulator (``emu.replay.replay``)."""
+        from .replay import replay
+
+        return replay(self, ops, heap, **options)

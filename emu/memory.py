@@ -18,6 +18,8 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import unicorn
+
 from .arch import Arch
 from .cpu import Cpu
 from .errors import NtStatusError
@@ -40,6 +42,7 @@ from .ntdefs import (
 )
 
 RESERVED = 0  # page state value meaning "reserved, not committed"
+MAX_RESERVATION = 1 << 34  # 16 GiB: 4 M page entries
 
 
 def align_down(value: int, alignment: int) -> int:
@@ -110,6 +113,8 @@ class MemoryManager:
         self.cpu = cpu
         self.arch = arch
         self._bases: list[int] = []  # sorted region bases
+        self.commit_limit = 16 << 30  # bytes; Unicorn backs committed pages with host memory
+        self.committed = 0  # bytes committed in the whole address space
         self._regions: dict[int, Region] = {}
 
     # ------------------------------------------------------------------ lookup
@@ -150,6 +155,16 @@ class MemoryManager:
         raise NtStatusError(NtStatus.NO_MEMORY, f"no free range of 0x{size:x} bytes")
 
     # ------------------------------------------------------------------ operations
+    def _check_commit(self, new_bytes: int) -> None:
+        """Windows refuses commits beyond the commit limit (RAM + page file) with
+        STATUS_COMMITMENT_LIMIT; ours is ``commit_limit`` bytes of committed memory."""
+        if self.committed + new_bytes > self.commit_limit:
+            raise NtStatusError(
+                NtStatus.COMMITMENT_LIMIT,
+                f"committing 0x{new_bytes:x} more bytes would pass the "
+                f"0x{self.commit_limit:x}-byte commit limit",
+            )
+
     def allocate(
         self,
         base: int,
@@ -186,8 +201,17 @@ class MemoryManager:
                 length = align_up(size, PAGE_SIZE)
                 if length > user_end - self.arch.user_min:
                     raise NtStatusError(NtStatus.NO_MEMORY, f"0x{size:x} bytes cannot fit")
+                if length > MAX_RESERVATION:
+                    # our per-page model keeps one entry per page: cap what one region may hold
+                    raise NtStatusError(
+                        NtStatus.NO_MEMORY,
+                        f"0x{size:x} bytes: heapemu reserves at most 0x{MAX_RESERVATION:x} "
+                        "bytes in one region",
+                    )
                 start = self._find_free(length, bool(allocation_type & MEM_TOP_DOWN))
                 end = start + length
+            if allocation_type & MEM_COMMIT:
+                self._check_commit(end - start)
             region = Region(
                 start, end - start, protect, type, usage, [RESERVED] * ((end - start) // PAGE_SIZE)
             )
@@ -207,7 +231,9 @@ class MemoryManager:
                 NtStatus.CONFLICTING_ADDRESSES,
                 f"0x{start:x}-0x{end:x} runs past the reservation ending at 0x{region.end:x}",
             )
-        self._set_pages(region, region.page_index(start), region.page_index(end), protect)
+        i0, i1 = region.page_index(start), region.page_index(end)
+        self._check_commit(PAGE_SIZE * region.pages[i0:i1].count(RESERVED))
+        self._set_pages(region, i0, i1, protect)
         return start, end - start
 
     def free(self, base: int, size: int, free_type: int) -> tuple[int, int]:
@@ -325,34 +351,42 @@ class MemoryManager:
         del self._regions[region.base]
 
     def _set_pages(self, region: Region, i0: int, i1: int, new: int) -> None:
-        """Set pages [i0, i1) to ``new`` and bring the CPU's mappings in line, in runs."""
-        cpu = self.cpu
+        """Set pages [i0, i1) to ``new`` and bring the CPU's mappings in line, run by run
+        (a run = consecutive pages in the same old state: one Unicorn call each)."""
+        cpu, pages = self.cpu, region.pages
+        now = _mapped(new)
         i = i0
         while i < i1:
-            old = region.pages[i]
+            old = pages[i]
             j = i + 1
-            while j < i1 and region.pages[j] == old:
+            while j < i1 and pages[j] == old:
                 j += 1
             addr, length = region.base + i * PAGE_SIZE, (j - i) * PAGE_SIZE
-            was, now = _mapped(old), _mapped(new)
+            was = _mapped(old)
             if was and now:
                 if old & 0xFF != new & 0xFF:
                     cpu.protect(addr, length, new)
-            elif was and not now:
+            elif was:
                 if new != RESERVED:  # becoming a guard page: keep the contents
                     for k in range(i, j):
                         region.guard_data[k] = cpu.read(region.base + k * PAGE_SIZE, PAGE_SIZE)
                 cpu.unmap(addr, length)
-            elif now and not was:
-                cpu.map(addr, length, new)  # fresh Unicorn mappings are zero-filled
-                if old != RESERVED:  # a guard page coming back: restore its contents
+            elif now:
+                try:
+                    cpu.map(addr, length, new)  # fresh Unicorn mappings are zero-filled
+                except unicorn.UcError as e:  # the host cannot back it (UC_ERR_NOMEM)
+                    raise NtStatusError(
+                        NtStatus.COMMITMENT_LIMIT, f"cannot commit 0x{length:x} bytes: {e}"
+                    ) from None
+                if old != RESERVED and region.guard_data:  # a guard page coming back
                     for k in range(i, j):
                         data = region.guard_data.pop(k, None)
                         if data is not None:
                             cpu.write(region.base + k * PAGE_SIZE, data)
-            if new == RESERVED:
+            if new == RESERVED and region.guard_data:
                 for k in range(i, j):
                     region.guard_data.pop(k, None)
-            for k in range(i, j):
-                region.pages[k] = new
+            if (old == RESERVED) != (new == RESERVED):
+                self.committed += length if old == RESERVED else -length
+            pages[i:j] = [new] * (j - i)
             i = j

@@ -258,3 +258,18 @@ def test_trace_one_call(arch: str, tmp_path: Path) -> None:
     assert "not called 1000 times" in one_line_error(
         heapemu("trace", SEED, "--function", "ntdll!RtlSizeHeap", "--call", "1000")
     )
+
+
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_replay_a_text_trace(arch: str, tmp_path: Path) -> None:
+    trace = tmp_path / "t.trace"
+    trace.write_text("alloc 16 -> 1\nalloc 32 -> 2\nrealloc 1 100 -> 3\nfree 2\nsize 3\nfree 3\n")
+    p = heapemu("replay", trace, "--arch", arch, "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["ops"] == 6 and report["count_matches"]
+    assert all(v["failed"] == 0 for k, v in report["results"].items() if k != "total")
+    bad = tmp_path / "bad.trace"
+    bad.write_text("alloc 16 -> 1\nfree 7\n")
+    p = heapemu("replay", bad, "--arch", arch)
+    assert p.returncode == 2 and "bad.trace:2" in p.stderr

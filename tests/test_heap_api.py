@@ -173,3 +173,14 @@ def test_builtin_reports_heap_overflow(arch: str) -> None:
     h.proc.write(p, b"\x41" * 0x40)
     assert not a.validate(heap)
     assert a.alloc(heap, 0x10) != 0
+
+
+def test_absurd_sizes_fail_cleanly(heaps: Heaps) -> None:
+    a = heaps.allocator
+    heap = a.create_heap()
+    huge = [(1 << 31) + 1, 0xFFFFFFF0] if heaps.arch == "x86" else [1 << 36, 1 << 47, 2**64 - 8]
+    for size in huge:
+        assert a.alloc(heap, size) == 0, hex(size)
+    p = a.alloc(heap, 0x10)
+    assert a.realloc(heap, p, huge[-1]) == 0 and a.size(heap, p) == 0x10
+    assert a.validate(heap)
