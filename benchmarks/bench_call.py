@@ -32,10 +32,10 @@ def measure(arch: str) -> dict[str, object]:
     cpu = proc.cpu
     # the floor: what any call must pay, with the frame already in place
     sp = proc.thread_stack.top - 0x200
-    proc.write_ptr(sp, proc.call_gate.done)
+    proc.write_ptr(sp, proc.call_gate.sentinel)
     value = ctypes.c_uint64(sp)
     ref = ctypes.byref(value)
-    uch, sp_id, done = cpu._uch, cpu._sp_id, proc.call_gate.done
+    uch, sp_id, done = cpu._uch, cpu._sp_id, proc.call_gate.sentinel
 
     def floor() -> None:
         for _ in range(N):

@@ -120,6 +120,7 @@ class Process:
         self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
         self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
         self.callbacks: dict[int, Callback] = {}
+        self._conventions: dict[str | None, Convention] = {None: get_convention(self.arch, None)}
         self.export_hooks: dict[str, int] = {}
         self.trap_names: dict[int, str] = {}
         # observers (emu.events and friends): called on every system call / at each run's end
@@ -160,8 +161,9 @@ class Process:
         )
         self._fill_teb_peb()
         setup_segments(self.cpu, self.teb, TEB.size(arch))
+        # every call returns to the first byte of the trap page (an int3 never executed: the
+        # run stops there)
         self.call_gate = CallGate(arch, self.cpu._uch, self.thread_stack.top - 0x80, self.trap_base)
-        self.cpu.write(self.trap_base, self.call_gate.code)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -396,21 +398,20 @@ class Process:
         default ``proc.instruction_budget``; ``time_limit`` seconds, default
         ``proc.time_limit``) or an unbalanced stack."""
         addr = self.resolve(target) if isinstance(target, str) else target
-        conv = get_convention(self.arch, convention)
+        conv = self._conventions.get(convention) or get_convention(self.arch, convention)
         gate = self.call_gate
-        entry_sp, frame = gate.frame(conv, args, addr)
-        gate.write(entry_sp, frame)
+        entry_sp = gate.prepare(conv, args)
         budget = max_instructions if max_instructions is not None else self.instruction_budget
         limit = self.time_limit if time_limit is None else time_limit
         cpu = self.cpu
         self.breakpoint_stop = None
-        cpu.run(gate.trampoline, gate.done, count=budget or 0, time_limit=limit)
-        ret, sp_after = gate.result()
+        cpu.run(addr, gate.sentinel, count=budget or 0, time_limit=limit)
+        ret, sp_after, pc = gate.result()
+        completed = pc == gate.sentinel and not cpu.fault and not cpu.stop_reason
         if self.run_observers:
-            completed = bool(sp_after) and not cpu.fault and not cpu.stop_reason
             for observer in self.run_observers:
                 observer(completed)
-        if not sp_after or cpu.fault or cpu.stop_reason:
+        if not completed:
             raise self._run_error(addr, args, budget, limit)
         expected = entry_sp + self.arch.ptr_size + conv.popped_bytes(self.arch, len(args))
         if sp_after != expected:
@@ -422,7 +423,7 @@ class Process:
                     f"arguments returned with {self.arch.sp} off by {sp_after - expected:+d} bytes",
                 )
             )
-        return ret
+        return ret & self.arch.ptr_mask
 
     def _run_error(
         self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None

@@ -113,6 +113,8 @@ class Tracer:
             self.out.write(f"{'':16}   regs {' '.join(parts)}\n")
 
     def _on_run_end(self, ok: bool) -> None:
+        if self._return is not None and self._return[0] == self.proc.call_gate.sentinel:
+            self._active, self._return = False, None  # the traced call was the run itself
         if not ok:
             # blocks are written whole when they start: say where execution really stopped
             cpu = self.proc.cpu
