@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.heapemu-installed
 
-.PHONY: demo test lint typecheck unit wine-dlls bench fuzz clean
+.PHONY: demo test lint typecheck unit wine-dlls toolchains bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/heapemu demo
 
-test: $(STAMP) lint typecheck wine-dlls unit
+test: $(STAMP) lint typecheck wine-dlls toolchains unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,6 +28,14 @@ typecheck: $(STAMP)
 # Wine 8.0's PE DLLs from Debian's packages, into a per-user cache (never into the repo)
 wine-dlls: $(STAMP)
 	$(BIN)/python -m loader.wine fetch
+	$(BIN)/python -m loader.wine_nls fetch
+
+# Debian's mingw-w64 compilers build the test programs that run through Wine's msvcrt
+# (zig's windows-gnu targets link the UCRT instead); installed once, needs root
+MINGW := g++-mingw-w64-x86-64-win32 g++-mingw-w64-i686-win32
+toolchains:
+	@command -v x86_64-w64-mingw32-g++ >/dev/null && command -v i686-w64-mingw32-g++ >/dev/null \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(MINGW); }
 
 unit: $(STAMP)
 	$(BIN)/pytest

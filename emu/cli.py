@@ -255,6 +255,23 @@ def _run_replay(args: argparse.Namespace) -> int:
     return replay_main([a for a in args.args if a != "--"] or ["--help"])
 
 
+def _configure_exec(p: argparse.ArgumentParser) -> None:
+    from .program import configure_exec
+
+    configure_exec(p)
+
+
+def _run_exec(args: argparse.Namespace) -> int:
+    from .program import run_exec
+
+    return run_exec(args)
+
+
+COMMANDS["exec"] = Command(
+    "run a Windows console program through Wine's DLLs, with its allocation events",
+    _configure_exec,
+    _run_exec,
+)
 COMMANDS["replay"] = Command(
     "replay an allocation trace inside the emulator (alloc SIZE -> ID / free ID / realloc ...)",
     _configure_replay,

@@ -30,9 +30,13 @@ def NtRaiseException(
 
 @syscall
 def NtTerminateProcess(k: Kernel, ProcessHandle: HANDLE, ExitStatus: NTSTATUS) -> int:
-    if ProcessHandle not in (0, k.arch.ptr_mask):
-        k.check_process_handle(ProcessHandle)
-    k.proc.exit_status = ExitStatus
+    """A NULL handle means "every other thread" (RtlExitUserProcess's first step; the process
+    then runs its DLL detach code, where msvcrt flushes stdout): with one thread, nothing to
+    do. The current process: the run ends and ``proc.exit_status`` holds the status."""
     k.details.update(exit_status=ExitStatus)
+    if ProcessHandle == 0:
+        return NtStatus.SUCCESS
+    k.check_process_handle(ProcessHandle)
+    k.proc.exit_status = ExitStatus
     k.proc.cpu.stop("process terminated")
     return NtStatus.SUCCESS

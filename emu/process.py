@@ -8,6 +8,7 @@ Unicorn's instruction/interrupt hooks and are served by the handlers in ``nt_*.p
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from .ldr import LoaderData
 if TYPE_CHECKING:
     from .breakpoints import BreakContext, Breakpoint
     from .events import EventRecorder
+    from .objects import ObjectManager
+    from .program import Program
     from .stackwalk import Frame
     from .tracer import MemoryWatch, Tracer
 from .memory import MemoryManager
@@ -131,9 +134,25 @@ class Process:
         self._ldr: LoaderData | None = None
         self.exit_status: int | None = None
         self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
+        self.objects: ObjectManager | None = None  # handles and sandboxed names (emu.objects)
+        self.program: Program | None = None  # set by from_program (emu.program)
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         self._install_hooks()
+
+    @classmethod
+    def from_program(
+        cls,
+        path: str | os.PathLike[str],
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **options: object,
+    ) -> Process:
+        """A process with the Windows program at ``path`` and Wine's ntdll mapped, ready for
+        ``proc.program.run()`` (see ``emu.program.load_program`` for the options)."""
+        from .program import load_program
+
+        return load_program(path, argv, env, **options).proc  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ set-up
     def _build_address_space(self, stack_reserve: int | None, stack_commit: int | None) -> None:

@@ -107,7 +107,7 @@ def sha256_file(path: Path) -> str:
 _hash_memo: dict[tuple[str, int, int, int], str] = {}
 
 
-def _sha256_memo(path: Path) -> str:
+def sha256_memo(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _hash_memo:
@@ -144,7 +144,7 @@ def verify_wine_dir(directory: Path, arch: str, remedy: str) -> None:
                     f"(actual {sha256_file(path)})"
                 )
             continue
-        actual = _sha256_memo(path)
+        actual = sha256_memo(path)
         if actual != expected:
             raise WineHashError(
                 f"{path}: SHA-256 mismatch for Wine {WINE_VERSION} ({DEBIAN_VERSION}) {arch} "
@@ -320,7 +320,7 @@ def _ensure_dpkg_arch(arch: str) -> str | None:
     return _apt_update()
 
 
-def _download_deb(arch: str, workdir: Path, update_note: str | None) -> Path:
+def download_deb(arch: str, workdir: Path, update_note: str | None) -> Path:
     spec = f"{DEB_PACKAGES[arch]}={DEBIAN_VERSION}"
     command = ["apt-get", "download", spec]
     if _is_root():
@@ -397,7 +397,7 @@ def _extract_dlls(deb: Path, arch: str, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _cache_lock() -> Iterator[None]:
+def cache_lock() -> Iterator[None]:
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as lock:
@@ -415,14 +415,14 @@ def fetch_wine_dlls(arch: str) -> Path:
         if shutil.which(tool) is None:
             raise LoaderError(_not_found_message(arch, [], f"{tool} is not available here"))
     final = cache_dir() / WINDOWS_SUBDIRS[arch]
-    with _cache_lock():
+    with cache_lock():
         if (final / "ntdll.dll").is_file():  # another process fetched it meanwhile
             verify_wine_dir(final, arch, _cache_remedy(final))
             return final
         update_note = _ensure_dpkg_arch(arch)
         with tempfile.TemporaryDirectory(prefix="heapemu-wine-") as tmp:
             work = Path(tmp)
-            deb = _download_deb(arch, work, update_note)
+            deb = download_deb(arch, work, update_note)
             staging = cache_dir() / f".{WINDOWS_SUBDIRS[arch]}.partial"
             shutil.rmtree(staging, ignore_errors=True)
             try:

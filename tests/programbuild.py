@@ -1,0 +1,139 @@
+"""Build the Windows console programs of tests/programs/ with Debian's mingw-w64 toolchain.
+
+zig's windows-gnu targets link the Universal CRT only; seed 003 and seed 001 are about
+msvcrt.dll's heap, which mingw-w64 programs use. So these are built with
+
+    x64: x86_64-w64-mingw32-gcc / -g++   (Debian g++-mingw-w64-x86-64-win32)
+    x86: i686-w64-mingw32-gcc / -g++     (Debian g++-mingw-w64-i686-win32)
+
+with -O1 -g (COFF symbols for the stacks), libgcc and libstdc++ linked statically, so each
+program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and KERNEL32.dll).
+
+    alloc.exe      seed 003: alloc_malloc / alloc_new / alloc_heap, 8 bytes each
+    args.exe       argv, an environment variable, stderr and the exit code
+    sandbox.exe    tries host paths it was not given
+    runtime.dll    seed 001: allocates with its own CRT (ucrtbase.dll)
+    crossfree.exe  frees runtime.dll's block with msvcrt.dll's free
+
+Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
+a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
+renamed into place.
+
+    build(name, arch) -> Path
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = Path(__file__).resolve().parent / "programs"
+TRIPLETS = {"x86": "i686-w64-mingw32", "x64": "x86_64-w64-mingw32"}
+PACKAGES = "g++-mingw-w64-x86-64-win32 g++-mingw-w64-i686-win32"
+CFLAGS = ("-O1", "-g", "-fno-omit-frame-pointer")
+LDFLAGS = ("-static-libgcc", "-static-libstdc++")
+BUILD_TIMEOUT = 300
+
+
+@dataclass(frozen=True)
+class Recipe:
+    sources: tuple[str, ...]
+    dlls: tuple[str, ...] = ()  # other recipes this one links against (their import libs)
+    freestanding_dll: bool = False  # no mingw start-up code; DllMain entry; ucrtbase's CRT
+
+
+RECIPES: dict[str, Recipe] = {
+    "alloc.exe": Recipe(("alloc.cpp",)),
+    "args.exe": Recipe(("args.c",)),
+    "sandbox.exe": Recipe(("sandbox.c",)),
+    "runtime.dll": Recipe(("runtime.c",), freestanding_dll=True),
+    "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),
+}
+
+
+def build_root() -> Path:
+    base = os.environ.get("HEAPEMU_BUILD_DIR")
+    return Path(base) / "programs" if base else REPO / ".build" / "programs"
+
+
+def compiler(arch: str, source: str) -> str:
+    tool = f"{TRIPLETS[arch]}-{'g++' if source.endswith('.cpp') else 'gcc'}"
+    path = shutil.which(tool)
+    if path is None:
+        raise RuntimeError(
+            f"{tool} not found: the test programs are built with Debian's mingw-w64 "
+            f"(as root: apt-get install {PACKAGES})"
+        )
+    return path
+
+
+_versions: dict[str, str] = {}
+
+
+def _version(tool: str) -> str:
+    if tool not in _versions:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=60)
+        _versions[tool] = out.stdout.splitlines()[0] if out.stdout else ""
+    return _versions[tool]
+
+
+def _key(name: str, arch: str) -> str:
+    recipe = RECIPES[name]
+    tool = compiler(arch, recipe.sources[0])
+    h = hashlib.sha256(f"{name}\0{arch}\0{_version(tool)}\0{CFLAGS}{LDFLAGS}{recipe}".encode())
+    for source in recipe.sources:
+        h.update((SOURCES / source).read_bytes())
+    for dll in recipe.dlls:
+        h.update(_key(dll, arch).encode())
+    return h.hexdigest()[:20]
+
+
+def build(name: str, arch: str) -> Path:
+    """Path of program ``name`` built for ``arch`` ("x86"/"x64"), building it if not cached."""
+    if name not in RECIPES:
+        raise KeyError(f"no recipe for {name!r}; known: {sorted(RECIPES)}")
+    final = build_root() / f"{name}-{arch}-{_key(name, arch)}"
+    if (final / name).is_file():
+        return final / name
+    recipe = RECIPES[name]
+    build_root().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-{arch}-", dir=build_root()))
+    try:
+        command = [compiler(arch, recipe.sources[0]), *CFLAGS]
+        command += [str(SOURCES / s) for s in recipe.sources]
+        if recipe.freestanding_dll:
+            entry = "_DllMain@12" if arch == "x86" else "DllMain"
+            implib = f"-Wl,--out-implib,{Path(name).with_suffix('.lib')}"
+            command += ["-shared", "-nostdlib", f"-Wl,-e,{entry}", implib]
+            command += ["-lucrtbase", "-lkernel32"]
+        else:
+            command += [*LDFLAGS]
+            for dll in recipe.dlls:
+                command.append(str(build(dll, arch).with_suffix(".lib")))
+        command += ["-o", name]
+        result = subprocess.run(
+            command, cwd=work, capture_output=True, text=True, timeout=BUILD_TIMEOUT
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+        try:
+            work.rename(final)
+        except OSError:
+            if not (final / name).is_file():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return final / name
+
+
+if __name__ == "__main__":
+    for arch in TRIPLETS:
+        for name in RECIPES:
+            print(f"{arch:4} {name:14} {build(name, arch)}")
