@@ -107,8 +107,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     try:
         return demo(args.arch, args.allocator)
     except EmulationError as e:
-        print(f"heapemu: emulation failed: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        print(f"heapemu: emulation failed: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 # ---------------------------------------------------------------------- heapemu run

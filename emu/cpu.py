@@ -3,7 +3,8 @@
 Windows logic (memory manager, system calls, calls) uses this small interface: map/unmap/protect,
 read/write, registers, ``run(begin, until)``, hooks, and a record of why a run stopped. Hot-path
 operations (register writes, ``emu_start``) go through Unicorn's C API via ctypes directly,
-because the Python binding's wrappers cost ~2 µs per register access (UNICORN-FACTS.md).
+because the Python binding's wrappers cost ~2 µs per register access (measured on Unicorn
+2.1.4).
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ _ACCESS = {
 # CPU exceptions delivered through the interrupt hook, with the NTSTATUS Windows raises for them
 _CPU_EXCEPTIONS = {
     0: ("divide error", NtStatus.INTEGER_DIVIDE_BY_ZERO),
-    1: ("single step", NtStatus.BREAKPOINT),
+    1: ("single step", NtStatus.SINGLE_STEP),
     3: ("breakpoint (int3)", NtStatus.BREAKPOINT),
-    4: ("overflow (into)", NtStatus.UNSUCCESSFUL),
-    5: ("bound range exceeded", NtStatus.UNSUCCESSFUL),
+    4: ("overflow (into)", NtStatus.INTEGER_OVERFLOW),
+    5: ("bound range exceeded", NtStatus.ARRAY_BOUNDS_EXCEEDED),
     6: ("invalid instruction", NtStatus.ILLEGAL_INSTRUCTION),
     13: ("general protection fault", NtStatus.PRIVILEGED_INSTRUCTION),
     14: ("page fault", NtStatus.ACCESS_VIOLATION),
@@ -106,12 +107,13 @@ class _Watchdog:
     def _loop(self) -> None:
         while True:
             time.sleep(0.02)
-            now = time.monotonic()
-            for cpu in list(self._cpus):
-                run_id = cpu._run_id
-                # run_id re-read last: the run we judged is still the one running
-                late = cpu._running and cpu._deadline and now > cpu._deadline
-                if late and cpu._run_id == run_id:
+            self._check(time.monotonic())
+
+    def _check(self, now: float) -> None:
+        # a function of its own, so no Cpu stays referenced while the thread sleeps
+        for cpu in list(self._cpus):
+            with cpu._run_lock:  # run() cannot end one run and start the next meanwhile
+                if cpu._running and cpu._deadline and now > cpu._deadline:
                     cpu.timed_out = True
                     self._stop_fn(cpu._uch)
 
@@ -147,6 +149,7 @@ class Cpu:
         self.fault: Fault | None = None
         self.stop_reason: str | None = None
         self._running = False
+        self._run_lock = threading.Lock()
         self.timed_out = False
         self._deadline = 0.0
         self._run_id = 0
@@ -237,12 +240,14 @@ class Cpu:
             # without it ignore a new budget (and vice versa), so start from a clean cache.
             uc.ctl_flush_tb()  # type: ignore[attr-defined]
             self._counting = bool(count)
-        self._deadline = time.monotonic() + time_limit if time_limit else 0.0
-        self._running = True
+        with self._run_lock:
+            self._deadline = time.monotonic() + time_limit if time_limit else 0.0
+            self._running = True
         try:
             status = uclib.uc_emu_start(self._uch, begin, until, 0, count)
         finally:
-            self._running = False
+            with self._run_lock:
+                self._running = False
         if uc._hook_exception is not None or self._raw_exception is not None:
             exc = uc._hook_exception or self._raw_exception
             uc._hook_exception = self._raw_exception = None
@@ -303,7 +308,10 @@ class Cpu:
 
     def cpu_exception_fault(self, intno: int) -> Fault:
         kind, status = _CPU_EXCEPTIONS.get(intno, (f"interrupt 0x{intno:x}", NtStatus.UNSUCCESSFUL))
-        return Fault(kind, pc=self.pc, status=status)
+        pc = self.pc
+        if intno in (3, 4):  # traps: pc is past the instruction; Windows reports its address
+            pc -= 1  # int3 (CC) and into (CE) are one byte
+        return Fault(kind, pc=pc, status=status)
 
     def _add_raw_hook(self, kind: int, fn: Callable[..., object], begin: int, end: int) -> int:
         """A code/block hook registered with Unicorn's C API directly. The binding's own

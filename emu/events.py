@@ -256,7 +256,8 @@ class EventRecorder:
             first = conv.stack_arg_address(arch, sp, len(values))
             raw = proc.read(first, nstack * arch.ptr_size)
             values += [arch.unpack_ptr(raw, i * arch.ptr_size) for i in range(nstack)]
-        ret_addr = arch.unpack_ptr(self._read_frame(sp))
+        frame = self._read_frame(sp)
+        ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
         caller = self._callers.get(ret_addr)
         if caller is None:
             caller = self._callers[ret_addr] = proc.symbolize(ret_addr)
@@ -396,7 +397,7 @@ class EventRecorder:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
             above, data = ev._saved["frame"]
             now = self._read_frame(above)
-            if now != data:
+            if now and data and now != data:
                 off = next(i for i in range(len(data)) if data[i] != now[i])
                 problems.append(
                     f"wrote into the caller's frame at 0x{above + off:x} (above its shadow space)"

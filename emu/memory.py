@@ -155,6 +155,16 @@ class MemoryManager:
         raise NtStatusError(NtStatus.NO_MEMORY, f"no free range of 0x{size:x} bytes")
 
     # ------------------------------------------------------------------ operations
+    @staticmethod
+    def _check_reservation(length: int, size: int) -> None:
+        if length > MAX_RESERVATION:
+            # our per-page model keeps one entry per page: cap what one region may hold
+            raise NtStatusError(
+                NtStatus.NO_MEMORY,
+                f"0x{size:x} bytes: heapemu reserves at most 0x{MAX_RESERVATION:x} bytes "
+                "in one region",
+            )
+
     def _check_commit(self, new_bytes: int) -> None:
         """Windows refuses commits beyond the commit limit (RAM + page file) with
         STATUS_COMMITMENT_LIMIT; ours is ``commit_limit`` bytes of committed memory."""
@@ -193,6 +203,7 @@ class MemoryManager:
                 end = align_up(base + size, PAGE_SIZE)
                 if end > user_end:
                     raise NtStatusError(NtStatus.INVALID_PARAMETER_4, "range past user space")
+                self._check_reservation(end - start, size)
                 if self._overlaps(start, end):
                     raise NtStatusError(
                         NtStatus.CONFLICTING_ADDRESSES, f"0x{start:x}-0x{end:x} is in use"
@@ -201,15 +212,9 @@ class MemoryManager:
                 length = align_up(size, PAGE_SIZE)
                 if length > user_end - self.arch.user_min:
                     raise NtStatusError(NtStatus.NO_MEMORY, f"0x{size:x} bytes cannot fit")
-                if length > MAX_RESERVATION:
-                    # our per-page model keeps one entry per page: cap what one region may hold
-                    raise NtStatusError(
-                        NtStatus.NO_MEMORY,
-                        f"0x{size:x} bytes: heapemu reserves at most 0x{MAX_RESERVATION:x} "
-                        "bytes in one region",
-                    )
                 start = self._find_free(length, bool(allocation_type & MEM_TOP_DOWN))
                 end = start + length
+            self._check_reservation(end - start, size)
             if allocation_type & MEM_COMMIT:
                 self._check_commit(end - start)
             region = Region(
@@ -264,6 +269,15 @@ class MemoryManager:
             raise NtStatusError(NtStatus.UNABLE_TO_FREE_VM, "range runs past the region")
         self._set_pages(region, region.page_index(start), region.page_index(end), RESERVED)
         return start, end - start
+
+    def release_view(self, base: int) -> None:
+        """Unmap a whole image/mapped view (NtUnmapViewOfSection, a failed image load):
+        NtFreeVirtualMemory refuses these regions."""
+        region = self.region_at(base)
+        if region is None or region.base != base:
+            raise NtStatusError(NtStatus.MEMORY_NOT_ALLOCATED, f"no view at 0x{base:x}")
+        self._set_pages(region, 0, len(region.pages), RESERVED)
+        self._remove(region)
 
     def protect(self, base: int, size: int, new_protect: int) -> tuple[int, int, int]:
         """NtProtectVirtualMemory semantics: returns (base, size, old protection of 1st page)."""

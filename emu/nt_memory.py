@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import NtStatusError
 from .layouts import MEMORY_BASIC_INFORMATION
+from .memory import align_down, align_up
 from .ntdefs import (
     MEM_COMMIT,
     MEM_LARGE_PAGES,
@@ -12,6 +13,7 @@ from .ntdefs import (
     MEM_RESET_UNDO,
     MEM_TOP_DOWN,
     MEM_WRITE_WATCH,
+    PAGE_SIZE,
     NtStatus,
 )
 from .syscalls import (
@@ -51,10 +53,21 @@ def NtAllocateVirtualMemory(
     size = k.read_ptr(RegionSize)
     k.details.update(type=AllocationType, protect=Protect, base_in=base, size_in=size)
     if AllocationType & (MEM_RESET | MEM_RESET_UNDO):
-        # the contents may be discarded; keeping them is a valid implementation
+        # the contents may be discarded (keeping them is a valid implementation); the range
+        # must be committed, and protections are left as they are
         if AllocationType & (MEM_COMMIT | MEM_RESERVE):
             raise NtStatusError(NtStatus.INVALID_PARAMETER_5, "MEM_RESET with commit/reserve")
-        k.proc.memory.protect(base, size, k.proc.memory.query(base).Protect or 0x04)
+        start, end = align_down(base, PAGE_SIZE), align_up(base + size, PAGE_SIZE)
+        page = start
+        while page < end:
+            state = k.proc.memory.page_state(page)
+            if state is None:
+                raise NtStatusError(NtStatus.CONFLICTING_ADDRESSES, f"0x{page:x} is free")
+            if state == 0:
+                raise NtStatusError(NtStatus.NOT_COMMITTED, f"0x{page:x} is not committed")
+            page += PAGE_SIZE
+        k.write_ptr(BaseAddress, start)
+        k.write_ptr(RegionSize, end - start)
         return NtStatus.SUCCESS
     if not AllocationType & (MEM_COMMIT | MEM_RESERVE):
         raise NtStatusError(NtStatus.INVALID_PARAMETER_5, "neither MEM_COMMIT nor MEM_RESERVE")

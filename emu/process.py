@@ -39,6 +39,7 @@ from .ntdefs import (
     MEM_RESERVE,
     MEM_TOP_DOWN,
     PAGE_EXECUTE_READ,
+    PAGE_GUARD,
     PAGE_READONLY,
     PAGE_READWRITE,
     PAGE_SIZE,
@@ -248,16 +249,27 @@ class Process:
             raise self._python_access_error(addr, len(data), "write") from None
 
     def _python_access_error(self, addr: int, size: int, access: str) -> EmulationError:
-        state = self.memory.page_state(addr)
-        what = "free" if state is None else ("reserved (not committed)" if state == 0 else "guard")
+        """Name the first page of [addr, addr+size) that is not committed and mapped."""
+        first = addr
+        page = addr & ~(PAGE_SIZE - 1)
+        while page < addr + size:
+            state = self.memory.page_state(page)
+            if state is None or state == 0 or state & PAGE_GUARD:
+                first = max(page, addr)
+                break
+            page += PAGE_SIZE
+        state = self.memory.page_state(first)
+        what = (
+            "free" if state is None else "reserved (not committed)" if state == 0 else "guard-page"
+        )
         return EmulationError(
             Fault(
                 f"Python {access} of {what} memory",
-                pc=self.cpu.pc,
-                address=addr,
+                address=first,
                 access=access,
                 size=size,
                 status=NtStatus.ACCESS_VIOLATION,
+                detail=f"{access} of 0x{size:x} bytes at 0x{addr:x}",
             )
         )
 
@@ -416,6 +428,16 @@ class Process:
         rax/eax. Raises EmulationError on a fault, a runaway loop (``max_instructions``,
         default ``proc.instruction_budget``; ``time_limit`` seconds, default
         ``proc.time_limit``) or an unbalanced stack."""
+        if self.cpu._running:
+            # Unicorn cannot nest emu_start, and the frame would land on the live one
+            raise EmulationError(
+                Fault(
+                    "proc.call is not re-entrant",
+                    pc=self.cpu.pc,
+                    detail="a Python callback or breakpoint cannot call into emulated code; "
+                    "change registers/memory or use ctx.skip() instead",
+                )
+            )
         addr = self.resolve(target) if isinstance(target, str) else target
         conv = self._conventions.get(convention) or get_convention(self.arch, convention)
         gate = self.call_gate
@@ -461,6 +483,8 @@ class Process:
             else:
                 fault = Fault(reason, pc=pc)
         state = cpu.state(fault.pc)
+        # as Windows' CONTEXT does for a breakpoint trap, pc is the faulting instruction
+        state.registers[self.arch.pc] = fault.pc
         if self.breakpoint_stop is not None:
             from .breakpoints import BreakpointStop
 
@@ -561,6 +585,7 @@ class Process:
         self._serve_syscall(cpu.reg("eax"), cpu.pc, self._x86_args_at(cpu.reg("edx") + 8))
 
     def _serve_syscall(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> None:
+        recorded = len(self.syscalls)
         try:
             status = self.syscall_dispatcher.dispatch(number, pc, arg)
         except NtStatusError as e:  # strict mode: unknown system call
@@ -568,18 +593,19 @@ class Process:
                 Fault("unknown system call", pc=pc, status=e.status, detail=str(e))
             )
             return
-        except EmulationError as e:  # a Python read of bad memory while fetching arguments
-            self.cpu.raise_fault(Fault("bad system-call arguments", pc=pc, detail=str(e)))
-            return
+        except EmulationError:
+            # the arguments themselves are unreadable (x64 stack arguments, x86 edx array):
+            # the kernel's probe fails and the caller gets STATUS_ACCESS_VIOLATION
+            status = NtStatus.ACCESS_VIOLATION
         self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
-        if self.syscall_observers:
+        if self.syscall_observers and len(self.syscalls) > recorded:
             for observer in self.syscall_observers:
                 observer(self.syscalls[-1])
 
     def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
         """Guard pages: a stack guard page grows the stack; any other is one-shot."""
         state = self.memory.page_state(address)
-        if not state or not state & 0x100:  # PAGE_GUARD
+        if not state or not state & PAGE_GUARD:
             return False
         if self.thread_stack.contains(address):
             fault = self.thread_stack.on_guard_page(address)

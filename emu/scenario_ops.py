@@ -15,6 +15,8 @@ from .scenario_model import Ref, Step, what_is
 if TYPE_CHECKING:
     from .scenario_schema import Checker
 
+MAX_BYTES = 0x1000000  # 16 MiB: what one read/write step may move (results are kept)
+
 
 def _check_create_heap(c: Checker, s: Step, value: Any, line: int | None) -> str:
     args: dict[str, int | None] = {"flags": HEAP_GROWABLE, "reserve": 0, "commit": 0}
@@ -139,6 +141,9 @@ def _check_write(c: Checker, s: Step, value: Any, line: int | None) -> str:
         if "size" not in m:
             c.err(line, "fill: needs size:")
         size = c.integer(*m["size"], "size") if "size" in m else None
+        if size is not None and size > MAX_BYTES:
+            c.err(m["size"][1], f"size 0x{size:x} is more than a step may write (0x{MAX_BYTES:x})")
+            size = None
         if fill is not None and fill > 0xFF:
             c.err(m["fill"][1], f"fill is one byte (0 .. 0xff), not 0x{fill:x}")
         elif fill is not None and size is not None:
@@ -153,7 +158,11 @@ def _check_read(c: Checker, s: Step, value: Any, line: int | None) -> str:
     if m is None:
         return "value"
     _address_args(c, s, m)
-    s.args["size"] = c.integer(*m["size"], "size", minimum=1) if "size" in m else None
+    size = c.integer(*m["size"], "size", minimum=1) if "size" in m else None
+    if size is not None and size > MAX_BYTES:
+        c.err(m["size"][1], f"size 0x{size:x} is more than a step may read (0x{MAX_BYTES:x})")
+        size = None
+    s.args["size"] = size
     return "value"
 
 

@@ -359,7 +359,12 @@ def run_scenario(
         else (AllocatorSpec(allocator) if allocator else sc.allocators[0])
     )
     if spec.kind not in ("builtin", "wine", "pe", "flat"):
-        raise ValueError(f"allocator must be builtin or wine, not {spec.kind!r}")
+        raise ValueError(f"allocator must be builtin, wine, or a pe/flat module, not {spec.kind!r}")
+    if spec.kind in ("pe", "flat") and not spec.path:
+        raise ValueError(
+            f"a {spec.kind} allocator needs its file: give the scenario's allocator a path "
+            f"({{{spec.kind}: FILE, exports: ...}})"
+        )
     if wine_debug and spec.kind != "wine":
         raise ValueError("Wine debug channels need the wine allocator (--allocator wine)")
     start = time.perf_counter()

@@ -4,8 +4,8 @@ x64: the GS base register is written directly. x86 (Unicorn's UC_MODE_32 ignores
 with flat code/data descriptors and a data descriptor whose base is the TEB. SS, DS and ES must be
 loaded with the flat 32-bit data descriptor before FS: loading any selector recomputes the CPU's
 flags from the SS descriptor cache, and Unicorn's reset SS cache is 16-bit, which would silently
-turn the stack into a 16-bit SP (UNICORN-FACTS.md). Code runs at CPL 0, so SS uses a ring-0
-descriptor; DS, ES and FS carry Windows' user selectors 0x23 and 0x3B.
+turn the stack into a 16-bit SP (measured on Unicorn 2.1.4). Code runs at CPL 0, so SS uses a
+ring-0 descriptor; DS, ES and FS carry Windows' user selectors 0x23 and 0x3B.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import struct
 from unicorn import x86_const as ux
 
 from .cpu import Cpu
-from .ntdefs import PAGE_READWRITE
+from .ntdefs import PAGE_READONLY
 
 # In x86 kernel space (above MmHighestUserAddress): invisible to the process's address space.
 GDT_BASE = 0x80000000
@@ -43,7 +43,9 @@ def setup_segments(cpu: Cpu, teb: int, teb_size: int) -> None:
     gdt[SEL_CODE3 >> 3] = descriptor(0, 0xFFFFF, 0xFB, 0xC)
     gdt[SEL_DATA3 >> 3] = descriptor(0, 0xFFFFF, 0xF3, 0xC)
     gdt[SEL_TEB >> 3] = descriptor(teb, teb_size - 1, 0xF3, 0x4)  # byte granular, 32-bit
-    cpu.map(GDT_BASE, 0x1000, PAGE_READWRITE)
+    # Unicorn does not check privilege levels on memory: user code could reach this page, so
+    # it is read-only (every descriptor is already marked accessed, the CPU never writes it)
+    cpu.map(GDT_BASE, 0x1000, PAGE_READONLY)
     cpu.write(GDT_BASE, b"".join(struct.pack("<Q", d) for d in gdt))
     cpu.uc.reg_write(ux.UC_X86_REG_GDTR, (0, GDT_BASE, len(gdt) * 8 - 1, 0))
     cpu.uc.reg_write(ux.UC_X86_REG_SS, SEL_DATA0)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import capstone
 
+from .errors import EmulationError
+
 if TYPE_CHECKING:
     from .modules import Module
     from .process import Process
@@ -244,6 +246,21 @@ class StackWalker:
                 return addr
         return None
 
+    def _frame_method(self, module: Module, pc: int, regs: dict[str, int]) -> str | None:
+        """Unwind one frame with the best information: updates regs, names the method."""
+        arch = self.arch
+        rf = self._runtime_function(module, pc) if arch.ptr_size == 8 else None
+        if self._epilogue(pc, regs):
+            return "epilogue"
+        if rf is not None:
+            return "unwind" if self._unwind_x64(module, rf, regs, pc) else None
+        if arch.ptr_size == 8 and module.kind == "pe":
+            return "leaf"
+        method = self._prologue_frame(module, pc, regs)
+        if method is None and arch.ptr_size == 4:
+            method = self._ebp_chain(regs)
+        return method
+
     # ------------------------------------------------------------------ the walk
     def walk(self, pc: int | None = None, regs: dict[str, int] | None = None) -> list[Frame]:
         proc, arch = self.proc, self.arch
@@ -261,17 +278,10 @@ class StackWalker:
             module = proc.modules.containing(pc)
             method = None
             if module is not None:
-                rf = self._runtime_function(module, pc) if arch.ptr_size == 8 else None
-                if self._epilogue(pc, regs):
-                    method = "epilogue"
-                elif rf is not None:
-                    method = "unwind" if self._unwind_x64(module, rf, regs, pc) else None
-                elif arch.ptr_size == 8 and module.kind == "pe":
-                    method = "leaf"
-                else:
-                    method = self._prologue_frame(module, pc, regs)
-                    if method is None and arch.ptr_size == 4:
-                        method = self._ebp_chain(regs)
+                try:
+                    method = self._frame_method(module, pc, regs)
+                except EmulationError:  # unreadable unwind data or stack: scan instead
+                    method = None
             ret = self._ptr(regs[sp_name]) if method else None
             if ret is None or not self._plausible_return(ret):
                 regs[sp_name] = sp

@@ -7,6 +7,9 @@ disassembly — is cached; every later execution of the block writes the cached 
 values are available on request only (``registers=True`` adds a per-instruction hook, which is
 much slower, and logs the registers each instruction reads and writes).
 
+With ``registers=True`` every instruction line is followed by the values of the registers it
+reads (before it runs) and writes (after it ran).
+
 Scope: everything, an address range, a function (``"mod!Name"``, while calls of it are open),
 or one call (the N-th call of a function). Output is a text file flushed as it goes and on any
 stop, so a trace of a run that faulted ends at the faulting block, complete up to there.
@@ -50,6 +53,7 @@ class Tracer:
         self._active = self._func is None
         self._return: tuple[int, int] | None = None  # (return address, entry sp)
         self._u64 = ctypes.c_uint64()
+        self._written: list[str] = []  # registers the last traced instruction writes
         self._hooks = [proc.cpu.hook_block(self._on_block, begin, end)]
         if registers:
             self._hooks.append(proc.cpu.hook_code(self._on_insn, begin, end))
@@ -90,27 +94,37 @@ class Tracer:
         entry = self._cache.get(address)
         if entry is None:
             entry = self._cache[address] = self._text(address, size)
+        self.blocks += 1
+        if self.registers:
+            return  # the instruction hook writes each line with its registers
         self.out.write(entry[0])
         self.instructions += entry[1]
-        self.blocks += 1
 
     def _on_insn(self, uc: object, address: int, size: int, _: object) -> None:
+        """Registers mode: the hook runs before each instruction, so the values written by
+        the previous instruction are known now; they are printed under that instruction,
+        then this instruction's line with the values it is about to read."""
+        cpu = self.proc.cpu
+        if self._written:
+            values = " ".join(f"{n}=0x{cpu.reg(n):x}" for n in self._written)
+            self.out.write(f"{'':16}   wrote {values}\n")
+            self._written = []
         if not self._active:
             return
-        cpu = self.proc.cpu
         try:
             insn = next(self.cs.disasm(cpu.read(address, size), address))
         except Exception:
             return
+        sym = self.proc.symbolize(address)
+        text = f"{insn.mnemonic} {insn.op_str}".strip()
+        self.out.write(f"{address:016x} {sym:<40} {insn.bytes.hex():<24} {text}\n")
+        self.instructions += 1
         read, written = insn.regs_access()
-        parts = []
-        for kind, regs in (("r", read), ("w", written)):
-            for r in regs:
-                name = insn.reg_name(r)
-                if name in cpu.reg_ids:
-                    parts.append(f"{kind}:{name}=0x{cpu.reg(name):x}")
-        if parts:
-            self.out.write(f"{'':16}   regs {' '.join(parts)}\n")
+        names = [insn.reg_name(r) for r in read]
+        reads = " ".join(f"{n}=0x{cpu.reg(n):x}" for n in names if n in cpu.reg_ids)
+        if reads:
+            self.out.write(f"{'':16}   read  {reads}\n")
+        self._written = [n for n in (insn.reg_name(r) for r in written) if n in cpu.reg_ids]
 
     def _on_run_end(self, ok: bool) -> None:
         if self._return is not None and self._return[0] == self.proc.call_gate.sentinel:
@@ -147,6 +161,9 @@ class MemoryWatch:
     def __init__(self, proc: Process, address: int, size: int):
         import unicorn
 
+        if size <= 0:
+            # Unicorn reads an empty range (end < begin) as "all memory"
+            raise ValueError(f"a memory watch needs a size > 0, not {size}")
         self.proc = proc
         self.address = address
         self.size = size

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-import weakref
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 from .heap import Allocator
@@ -56,8 +55,9 @@ def _decode(tp: Any, value: Any) -> Any:
 # ---------------------------------------------------------------------------- heaps
 
 # One Allocator per process for RtlGetProcessHeaps: each Allocator reserves a scratch page of
-# its own, so making one per view would add a region to the process every time.
-_ALLOCATORS: weakref.WeakKeyDictionary[Process, Allocator] = weakref.WeakKeyDictionary()
+# its own, so making one per view would add a region to the process every time. It is kept on
+# the process itself (a cache keyed by the process would keep it alive through the Allocator).
+_VIEW_ALLOCATOR = "_view_allocator"
 
 
 def heap_kind(proc: Process) -> str:
@@ -74,12 +74,13 @@ def list_heaps(proc: Process, allocator: Allocator | None = None) -> list[int]:
     if heap_kind(proc) == "builtin":
         return proc.process_heaps
     if allocator is None:
-        allocator = _ALLOCATORS.get(proc)
+        allocator = getattr(proc, _VIEW_ALLOCATOR, None)
         if allocator is None:
             module = proc.modules.get(KINDS["wine"][1])
             if module is None:
                 raise ValueError("ntdll.dll is not loaded")
-            allocator = _ALLOCATORS[proc] = Allocator(proc, module)
+            allocator = Allocator(proc, module)
+            setattr(proc, _VIEW_ALLOCATOR, allocator)
     return allocator.process_heaps()
 
 

@@ -125,15 +125,25 @@ def assemble(source: str, arch: Arch, base: int, name: str = "<flat>") -> FlatIm
             exports += [s.strip() for s in m.group(1).split(",") if s.strip()]
     word = ".quad" if arch.ptr_size == 8 else ".long"
     table = [".p2align 3", *(f"{word} {n}" for n in labels)] if labels else []
-    ks = keystone.Ks(keystone.KS_ARCH_X86, arch.ks_mode)
-    try:
-        code = _assemble(ks, "\n".join(body + table), base)
-    except keystone.KsError as e:
-        idx = _locate_error(ks, body, base, e.errno)
+    source_text = "\n".join(body + table)
+    code = b""
+    error: keystone.KsError | None = None
+    for _attempt in range(3):
+        ks = keystone.Ks(keystone.KS_ARCH_X86, arch.ks_mode)
+        try:
+            code = _assemble(ks, source_text, base)
+            error = None
+            break
+        except keystone.KsError as e:
+            # keystone 0.9.2 now and then rejects a valid `cmp reg, imm` in some process
+            # states (it reads memory it never set); a fresh engine assembles it
+            error = e
+    if error is not None:
+        idx = _locate_error(ks, body, base, error.errno)
         offending = body[idx].strip()
         lineno = next((i + 1 for i, ln in enumerate(lines) if ln is body[idx]), idx + 1)
         raise LoaderError(
-            f"{name}: line {lineno}: keystone rejected {offending!r}: {e.message}"
+            f"{name}: line {lineno}: keystone rejected {offending!r}: {error.message}"
         ) from None
     n = len(labels)
     symbols: dict[str, int] = {}
@@ -154,7 +164,9 @@ def _read_source(source_or_path: str | Path) -> tuple[str, str | None]:
         return source_or_path.read_text(), str(source_or_path)
     if "\n" not in source_or_path and len(source_or_path) < 4096:
         p = Path(source_or_path)
-        if p.suffix in (".s", ".asm", ".S") and p.is_file():
+        if p.suffix in (".s", ".asm", ".S"):
+            if not p.is_file():
+                raise LoaderError(f"{source_or_path}: no such assembly file")
             return p.read_text(), str(p)
     return source_or_path, None
 

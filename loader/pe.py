@@ -17,7 +17,7 @@ from emu import EmulationError, Process
 from emu.errors import Fault, NtStatusError
 from emu.layouts import PEB
 from emu.modules import Module
-from emu.ntdefs import MEM_COMMIT, MEM_IMAGE, MEM_RELEASE, MEM_RESERVE, PAGE_READWRITE, NtStatus
+from emu.ntdefs import MEM_COMMIT, MEM_IMAGE, MEM_RESERVE, PAGE_READWRITE, NtStatus
 
 from .errors import LoaderError
 from .peimage import Export, ImportEntry, PeImage
@@ -197,23 +197,26 @@ def load_pe(
         for run in image.page_runs():
             proc.memory.protect(base + run.rva, run.size, run.protection)
         proc.cpu.invalidate_code(base, size)
+        by_name, by_ordinal, forwarders = _exports(image, base)
+        module = Module(
+            name=name,
+            base=base,
+            size=size,
+            kind="pe",
+            path=str(path),
+            exports=by_name,
+            ordinals=by_ordinal,
+            symbols=dict(by_name),
+            forwarders=forwarders,
+            image=image,
+        )
+        try:
+            proc.add_module(module)
+        except ValueError as e:
+            raise LoaderError(f"{name}: {e}") from None
     except Exception:
-        proc.memory.free(base, 0, MEM_RELEASE)
+        proc.memory.release_view(base)
         raise
-    by_name, by_ordinal, forwarders = _exports(image, base)
-    module = Module(
-        name=name,
-        base=base,
-        size=size,
-        kind="pe",
-        path=str(path),
-        exports=by_name,
-        ordinals=by_ordinal,
-        symbols=dict(by_name),
-        forwarders=forwarders,
-        image=image,
-    )
-    proc.add_module(module)
     entry = base + image.entry_point_rva if image.entry_point_rva else 0
     if not image.is_dll and not PEB.read(proc, proc.arch, proc.peb, "ImageBaseAddress"):
         PEB.write(proc, proc.arch, proc.peb, "ImageBaseAddress", base)

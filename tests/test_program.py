@@ -135,12 +135,13 @@ def test_cross_module_free_is_reported(arch: str) -> None:
     assert len(detector.reports) == 1, [str(r) for r in detector.reports]
     report = detector.reports[0]
     assert result.text.splitlines()[0] == f"block {report.block:0{2 * proc.arch.ptr_size}x}"
-    assert report.owner == heaps[2] == report.alloc_heap
-    assert report.freed_through == heaps[1]
+    # the two CRT heaps (their creation order follows Wine's DLL initialisation order)
+    assert report.owner == report.alloc_heap and report.owner in heaps[1:]
+    assert report.freed_through in heaps[1:] and report.freed_through != report.owner
     text = str(report)
     assert text.startswith(
-        f"block 0x{report.block:x} belongs to heap 0x{heaps[2]:x}, "
-        f"freed through heap 0x{heaps[1]:x}"
+        f"block 0x{report.block:x} belongs to heap 0x{report.owner:x}, "
+        f"freed through heap 0x{report.freed_through:x}"
     )
     assert _in_order(["ntdll!RtlFreeHeap", "msvcrt!free", "crossfree!main"],
                      _symbols(report.free_stack))  # fmt: skip

@@ -25,7 +25,7 @@ def test_trace_of_one_call(heaps: Heaps) -> None:
     assert tracer.blocks == second.blocks
     first = lines[0].split()
     assert int(first[0], 16) == entry and first[1].endswith("!RtlAllocateHeap")
-    assert lines[-1].split()[-1] == "ret" or "ret" in lines[-1]
+    assert lines[-1].split()[-1] == "ret" or lines[-1].split()[-2] == "ret"  # `ret` or `ret N`
     # address, symbol, bytes, disassembly on every line
     assert all(len(line.split(maxsplit=3)) == 4 for line in lines)
 
@@ -37,9 +37,16 @@ def test_trace_with_registers(heaps: Heaps) -> None:
     with proc.trace(out, function=heaps.module.exports["RtlSizeHeap"], registers=True):
         p = a.alloc(heap, 0x40)
         a.size(heap, p)
-    text = out.getvalue()
+    lines = out.getvalue().splitlines()
     sp = proc.arch.sp
-    assert f"r:{sp}=0x" in text or f"w:{sp}=0x" in text  # e.g. the first push reads/writes sp
+    assert lines[0].split()[1].endswith("!RtlSizeHeap")
+    # the first push: sp as it reads it, then as it wrote it (one pointer lower)
+    i = next(i for i, ln in enumerate(lines) if ln.split()[-2:-1] == ["push"] or " push " in ln)
+    reads = lines[i + 1]
+    wrote = next(ln for ln in lines[i + 1 : i + 4] if ln.strip().startswith("wrote"))
+    before = int(reads.split(f"{sp}=")[1].split()[0], 16)
+    after = int(wrote.split(f"{sp}=")[1].split()[0], 16)
+    assert reads.strip().startswith("read") and after == before - proc.arch.ptr_size
 
 
 def test_trace_file_is_complete_up_to_a_fault(arch: str, tmp_path: Path) -> None:

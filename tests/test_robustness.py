@@ -1,0 +1,101 @@
+"""Bad input and misuse: clear errors, nothing leaked, the process stays usable (both arches)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+from asmutil import assemble, syscall_stubs
+
+from emu import EmulationError, Process
+from emu.errors import NtStatusError
+from emu.ntdefs import (
+    MEM_COMMIT,
+    MEM_RESERVE,
+    MEM_RESET,
+    PAGE_READONLY,
+    PAGE_READWRITE,
+    NtStatus,
+)
+
+
+def test_proc_call_from_a_callback_is_refused(proc: Process) -> None:
+    inner = assemble(proc, "mov eax, 7\nret")
+
+    def reenter(p: Process) -> int:
+        return p.call(inner)
+
+    cb = proc.register_callback(reenter, 0)
+    with pytest.raises(EmulationError, match="not re-entrant"):
+        proc.call(cb)
+    assert proc.call(inner) == 7
+
+
+def test_int3_is_reported_at_its_own_address(proc: Process) -> None:
+    f = assemble(proc, "nop\nint3\nret")
+    with pytest.raises(EmulationError) as e:
+        proc.call(f)
+    assert e.value.pc == f + 1 and e.value.instruction == "int3"
+    assert e.value.status == NtStatus.BREAKPOINT
+
+
+def test_reservation_cap_applies_with_a_base_too(proc: Process) -> None:
+    n = len(proc.memory.regions())
+    with pytest.raises(NtStatusError) as e:
+        proc.memory.allocate(0x10000000, 1 << 40, MEM_RESERVE, PAGE_READWRITE)
+    # x64: past heapemu's per-region cap; x86: past the 2 GiB user address space
+    expected = NtStatus.NO_MEMORY if proc.arch.name == "x64" else NtStatus.INVALID_PARAMETER_4
+    assert e.value.status == expected
+    assert len(proc.memory.regions()) == n
+
+
+def test_mem_reset_keeps_protections(proc: Process) -> None:
+    stubs = syscall_stubs(proc)
+    base, _ = proc.memory.allocate(0, 0x2000, MEM_RESERVE | MEM_COMMIT, PAGE_READONLY)
+    scratch, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+    proc.write_ptr(scratch, base + 0x10)
+    proc.write_ptr(scratch + 8, 0x10)
+    st = proc.call(
+        stubs["NtAllocateVirtualMemory"], -1, scratch, 0, scratch + 8, MEM_RESET, PAGE_READWRITE
+    )
+    assert st == NtStatus.SUCCESS
+    assert (proc.read_ptr(scratch), proc.read_ptr(scratch + 8)) == (base, 0x1000)
+    assert proc.memory.query(base).Protect == PAGE_READONLY
+    gone, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE, PAGE_READWRITE)
+    proc.memory.free(gone, 0, 0x8000)  # MEM_RELEASE: now free address space
+    proc.write_ptr(scratch, gone)
+    st = proc.call(
+        stubs["NtAllocateVirtualMemory"], -1, scratch, 0, scratch + 8, MEM_RESET, PAGE_READWRITE
+    )
+    assert st == NtStatus.CONFLICTING_ADDRESSES
+
+
+def test_bad_syscall_argument_array_is_an_access_violation() -> None:
+    # x86 int 0x2e with edx pointing nowhere: the kernel's probe fails, the caller goes on
+    proc = Process("x86")
+    f = assemble(proc, "mov eax, 0x18\nmov edx, 0x10\nint 0x2e\nret")
+    proc.register_syscall_table(f, f + 0x100, {0x18: "NtAllocateVirtualMemory"})
+    assert proc.call(f, convention="cdecl") == NtStatus.ACCESS_VIOLATION
+
+
+def test_memory_watch_needs_a_size(proc: Process) -> None:
+    with pytest.raises(ValueError, match="size > 0"):
+        proc.watch_memory(proc.teb, 0)
+
+
+def test_python_reads_name_the_bad_page(proc: Process) -> None:
+    base, _ = proc.memory.allocate(0, 0x10000, MEM_RESERVE, PAGE_READWRITE)
+    proc.memory.allocate(base, 0x1000, MEM_COMMIT, PAGE_READWRITE)
+    with pytest.raises(EmulationError) as e:
+        proc.read(base + 0xF00, 0x200)
+    assert e.value.address == base + 0x1000 and "reserved (not committed)" in str(e.value)
+
+
+def test_processes_are_freed(arch: str) -> None:
+    proc = Process(arch)
+    proc.load_builtin_heap()
+    ref = weakref.ref(proc)
+    del proc
+    gc.collect()
+    assert ref() is None  # no watchdog, view cache or hook keeps a process alive
