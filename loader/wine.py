@@ -346,14 +346,18 @@ def download_deb(arch: str, workdir: Path, update_note: str | None) -> Path:
     return debs[0]
 
 
-def _extract_dlls(deb: Path, arch: str, target: Path) -> None:
-    """Take CACHED_DLLS out of the .deb without unpacking its ~640 MB of other files."""
-    wanted = {f"./{DEB_DLL_DIRS[arch]}/{dll}": dll for dll in CACHED_DLLS}
-    wanted.update({name[2:]: dll for name, dll in list(wanted.items())})
+def extract_from_deb(
+    deb: Path, directory: str, names: Sequence[str], target: Path
+) -> tuple[set[str], str]:
+    """Take ``names`` from ``directory`` of a .deb into ``target`` without unpacking the rest
+    (libwine's DLL directory alone is ~640 MB); returns the names found and dpkg-deb's
+    error output."""
+    wanted = {f"./{directory}/{name}": name for name in names}
+    wanted.update({path[2:]: name for path, name in list(wanted.items())})
     target.mkdir(parents=True)
     found: set[str] = set()
     with tempfile.TemporaryFile() as stderr:
-        # Stop as soon as every DLL is out instead of decompressing the rest of the archive.
+        # Stop as soon as every file is out instead of decompressing the rest of the archive.
         # dpkg-deb forks its decompressor, so it gets a session of its own to kill as a whole.
         proc = subprocess.Popen(
             ["dpkg-deb", "--fsys-tarfile", str(deb)],
@@ -365,15 +369,15 @@ def _extract_dlls(deb: Path, arch: str, target: Path) -> None:
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
                 for member in tar:
-                    dll = wanted.get(member.name)
-                    if dll is None or not member.isfile():
+                    name = wanted.get(member.name)
+                    if name is None or not member.isfile():
                         continue
                     source = tar.extractfile(member)
                     assert source is not None
-                    with (target / dll).open("wb") as out:
+                    with (target / name).open("wb") as out:
                         shutil.copyfileobj(source, out)
-                    found.add(dll)
-                    if len(found) == len(CACHED_DLLS):
+                    found.add(name)
+                    if len(found) == len(names):
                         break
         except tarfile.TarError as exc:
             raise LoaderError(f"{deb.name}: cannot read its data archive: {exc}") from exc
@@ -389,6 +393,12 @@ def _extract_dlls(deb: Path, arch: str, target: Path) -> None:
                 proc.wait()
         stderr.seek(0)
         message = stderr.read().decode(errors="replace").strip()
+    return found, message
+
+
+def _extract_dlls(deb: Path, arch: str, target: Path) -> None:
+    """Take CACHED_DLLS out of the .deb."""
+    found, message = extract_from_deb(deb, DEB_DLL_DIRS[arch], CACHED_DLLS, target)
     missing = [dll for dll in REQUIRED_DLLS if dll not in found]
     if missing:
         raise LoaderError(

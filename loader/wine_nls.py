@@ -21,12 +21,9 @@ always reads (REQUIRED_NLS) must be there.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from loader.wine import (
     cache_dir,
     cache_lock,
     download_deb,
+    extract_from_deb,
     sha256_memo,
 )
 
@@ -119,40 +117,7 @@ def find_nls_dir(user_dir: str | Path | None = None, *, fetch: bool = True) -> P
 
 def _extract_nls(deb: Path, target: Path) -> None:
     """Take NLS_FILES out of the .deb, stopping as soon as all are out."""
-    wanted = {f"./{DEB_NLS_DIR}/{name}": name for name in NLS_FILES}
-    wanted.update({key[2:]: name for key, name in list(wanted.items())})
-    target.mkdir(parents=True)
-    found: set[str] = set()
-    proc = subprocess.Popen(
-        ["dpkg-deb", "--fsys-tarfile", str(deb)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                name = wanted.get(member.name)
-                if name is None or not member.isfile():
-                    continue
-                source = tar.extractfile(member)
-                assert source is not None
-                with (target / name).open("wb") as out:
-                    shutil.copyfileobj(source, out)
-                found.add(name)
-                if len(found) == len(NLS_FILES):
-                    break
-    except tarfile.TarError as exc:
-        raise LoaderError(f"{deb.name}: cannot read its data archive: {exc}") from exc
-    finally:
-        proc.stdout.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait()
+    found, _ = extract_from_deb(deb, DEB_NLS_DIR, NLS_FILES, target)
     missing = [name for name in REQUIRED_NLS if name not in found]
     if missing:
         raise LoaderError(f"{deb.name}: {', '.join(missing)} not found under {DEB_NLS_DIR}/")
