@@ -1,7 +1,8 @@
-"""Differential test: the builtin heap in heapemu's emulated x64 process against the same C
-compiled for the host, driven by the same operation script. The native run is handed the
-addresses heapemu's NtAllocateVirtualMemory returned, so every result, every system call and
-the final heap memory must be identical, byte for byte."""
+"""Differential test: the builtin heap in heapemu's emulated process (x86 and x64) against the
+same C compiled for the host (x64 with gcc, x86 as a static 32-bit musl program), driven by the
+same operation script. The native run is handed the addresses heapemu's NtAllocateVirtualMemory
+returned, so every result, every system call and the final heap memory must be identical, byte
+for byte."""
 
 from __future__ import annotations
 
@@ -112,9 +113,9 @@ class EmulatedRun:
         return bytes(out)
 
 
-def compare(lines: list[str], tmp_path: Path) -> tuple[EmulatedRun, NativeRun]:
+def compare(lines: list[str], tmp_path: Path, arch: str) -> tuple[EmulatedRun, NativeRun]:
     lines = ["create ph 0x2 0 0", "processheap ph", *lines]
-    emulated = EmulatedRun("x64")
+    emulated = EmulatedRun(arch)
     erun = emulated.execute(lines)
     # the reservations heapemu's kernel chose, in order: the native run maps the same ones
     answers = [
@@ -122,7 +123,7 @@ def compare(lines: list[str], tmp_path: Path) -> tuple[EmulatedRun, NativeRun]:
         for c in erun.vm
         if c.kind == "alloc" and c.type & MEM_RESERVE and c.base == 0 and c.status == 0
     ]  # fmt: skip
-    native = run_script(lines, arch="x64", answers=answers, dump_dir=tmp_path)
+    native = run_script(lines, arch=arch, answers=answers, dump_dir=tmp_path)
     assert erun.values == native.values
     assert erun.ops == native.ops
     assert erun.checks == native.checks and all(erun.checks)
@@ -136,13 +137,15 @@ def compare(lines: list[str], tmp_path: Path) -> tuple[EmulatedRun, NativeRun]:
     return emulated, native
 
 
-def test_seed002_scenario_matches_native_byte_for_byte(tmp_path: Path) -> None:
-    _emulated, native = compare(seed002_script(), tmp_path)
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_seed002_scenario_matches_native_byte_for_byte(arch: str, tmp_path: Path) -> None:
+    _emulated, native = compare(seed002_script(), tmp_path, arch)
     assert len(native.regions) >= 3  # process heap, the scenario's heap, the 1 MiB block
 
 
+@pytest.mark.parametrize("arch", ["x86", "x64"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_random_script_matches_native_byte_for_byte(seed: int, tmp_path: Path) -> None:
+def test_random_script_matches_native_byte_for_byte(arch: str, seed: int, tmp_path: Path) -> None:
     script, _ = make_script(seed, 600)
-    _emulated, native = compare(script.lines, tmp_path)
+    _emulated, native = compare(script.lines, tmp_path, arch)
     assert native.results("size") == script.sizes
