@@ -36,7 +36,7 @@ def child(arch: str, allocator: str, ops: int) -> dict[str, object]:
     from emu.workload import synthetic
 
     proc = Process(arch, time_limit=0)
-    module = proc.load_builtin_heap() if allocator == "builtin" else proc.load_wine_ntdll()
+    module = proc.load_allocator(allocator)
     a = Allocator(proc, module)
     load_driver(proc)
     heap = a.create_heap()

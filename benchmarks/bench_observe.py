@@ -54,7 +54,7 @@ def trace_speed(arch: str) -> dict[str, object]:
 
 def convention_cost(arch: str, kind: str = "builtin") -> list[dict[str, object]]:
     proc = Process(arch)
-    module = proc.load_builtin_heap() if kind == "builtin" else proc.load_wine_ntdll()
+    module = proc.load_allocator(kind)
     a = Allocator(proc, module)
     heap = a.create_heap()
     calls = 10_000

@@ -73,7 +73,7 @@ def _load(
     proc = Process(arch, tlb=tlb, time_limit=0)
     if patch is not None:
         patch(proc)
-    module = proc.load_builtin_heap() if kind == "builtin" else proc.load_wine_ntdll()
+    module = proc.load_allocator(kind)
     return Allocator(proc, module, name=kind)
 
 

@@ -83,7 +83,7 @@ def _block(title: str, text: str) -> str:
 
 def section(kind: str, arch: str) -> str:
     proc = Process(arch, time_limit=60.0)
-    module = proc.load_builtin_heap() if kind == "builtin" else proc.load_wine_ntdll()
+    module = proc.load_allocator(kind)
     a = Allocator(proc, module)
     story = seed002_story(a)
     heap = story.heap

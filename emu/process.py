@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 from .memory import MemoryManager
 from .modules import Module, ModuleList
 from .ntdefs import (
+    HEAP_GROWABLE,
     MEM_COMMIT,
     MEM_RESERVE,
     MEM_TOP_DOWN,
@@ -390,6 +391,15 @@ class Process:
         )
         return rec.start()
 
+    def load_allocator(self, kind: str, **options: object) -> Module:
+        """``"builtin"`` (our heap, nothing downloaded) or ``"wine"`` (Wine 8.0's ntdll.dll);
+        options go to load_wine_ntdll (e.g. ``debug_channels``)."""
+        if kind == "builtin":
+            return self.load_builtin_heap()
+        if kind == "wine":
+            return self.load_wine_ntdll(**options)  # type: ignore[arg-type]
+        raise ValueError(f"unknown allocator {kind!r}: expected 'builtin' or 'wine'")
+
     def load_builtin_heap(self) -> Module:
         """Assemble and load heapemu's own Wine-style NT heap (``asm/``); creates the process
         heap, as Windows does before user code runs."""
@@ -627,6 +637,17 @@ class Process:
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:
         return f"<Process {self.arch.name} teb=0x{self.teb:x} peb=0x{self.peb:x}>"
+
+    def create_process_heap(self, module: Module) -> int:
+        """RtlCreateHeap(HEAP_GROWABLE) from ``module`` recorded as PEB.ProcessHeap: on Windows
+        the process heap exists before any user code runs."""
+        heap = self.call(module.exports["RtlCreateHeap"], HEAP_GROWABLE, 0, 0, 0, 0, 0)
+        if not heap:
+            raise EmulationError(
+                Fault(f"{module.name}: RtlCreateHeap for the process heap returned NULL")
+            )
+        self.set_process_heap(heap)
+        return heap
 
     def set_process_heap(self, heap: int) -> None:
         """Record ``heap`` as PEB.ProcessHeap (the heap Windows creates before user code)."""

@@ -157,9 +157,8 @@ def heapemu_allocator(
     """The builtin heap or Wine's ntdll loaded into ``heapemu_process``."""
     proc = heapemu_process
     _remember(request, proc, heapemu_allocator_kind)
-    if heapemu_allocator_kind == "builtin":
-        return Allocator(proc, proc.load_builtin_heap(), name="builtin")
-    return Allocator(proc, proc.load_wine_ntdll(), name="wine")
+    kind = heapemu_allocator_kind
+    return Allocator(proc, proc.load_allocator(kind), name=kind)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, tape: Tape) -> Allocator:
     proc = Process(args.arch, tlb=args.tlb, time_limit=0)
-    module = proc.load_builtin_heap() if args.allocator == "builtin" else proc.load_wine_ntdll()
+    module = proc.load_allocator(args.allocator)
     a = Allocator(proc, module, name=args.allocator)
     if args.warmup:
         heap = a.create_heap()

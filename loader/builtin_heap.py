@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from emu import Process
 from emu.modules import Module
-from emu.ntdefs import HEAP_GROWABLE
 
 from .errors import LoaderError
 from .flat import load_flat
@@ -30,8 +29,5 @@ def load_builtin_heap(
     proc.modules.invalidate()
     proc.register_syscall_table(module.base, module.end, SYSCALL_NUMBERS)
     if create_process_heap:
-        heap = proc.call(module.exports["RtlCreateHeap"], HEAP_GROWABLE, 0, 0, 0, 0, 0)
-        if not heap:
-            raise LoaderError(f"{name}: RtlCreateHeap for the process heap returned NULL")
-        proc.set_process_heap(heap)
+        proc.create_process_heap(module)
     return module

@@ -29,7 +29,7 @@ import capstone
 from emu import EmulationError, Process
 from emu.errors import Fault
 from emu.modules import Module
-from emu.ntdefs import HEAP_GROWABLE, NtStatus
+from emu.ntdefs import NtStatus
 from emu.syscalls import PVOID, ULONG, Kernel, syscall
 
 from .errors import LoaderError
@@ -152,8 +152,5 @@ def load_wine_ntdll(
     if debug_channels:
         set_debug_channels(proc, debug_channels)
     if create_process_heap:
-        heap = proc.call(module.exports["RtlCreateHeap"], HEAP_GROWABLE, 0, 0, 0, 0, 0)
-        if not heap:
-            raise LoaderError(f"{image.name}: RtlCreateHeap for the process heap returned NULL")
-        proc.set_process_heap(heap)
+        proc.create_process_heap(module)
     return module

@@ -36,10 +36,8 @@ class Heaps:
 
 def make_heaps(arch: str, kind: str, debug_channels: str | None = None) -> Heaps:
     proc = Process(arch, time_limit=30.0)
-    if kind == "builtin":
-        module = proc.load_builtin_heap()
-    else:
-        module = proc.load_wine_ntdll(debug_channels=debug_channels)
+    options = {"debug_channels": debug_channels} if kind == "wine" else {}
+    module = proc.load_allocator(kind, **options)
     return Heaps(proc, module, Allocator(proc, module), kind)
 
 

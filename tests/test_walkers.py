@@ -49,7 +49,7 @@ class Env:
 
 def make_env(arch: str, kind: str) -> Env:
     proc = Process(arch, time_limit=30.0)
-    module = proc.load_builtin_heap() if kind == "builtin" else proc.load_wine_ntdll()
+    module = proc.load_allocator(kind)
     return Env(proc, Allocator(proc, module), arch, kind)
 
 
