@@ -32,10 +32,12 @@ wine-dlls: $(STAMP)
 
 # Debian's mingw-w64 compilers build the test programs that run through Wine's msvcrt
 # (zig's windows-gnu targets link the UCRT instead); installed once, needs root
-MINGW := g++-mingw-w64-x86-64-win32 g++-mingw-w64-i686-win32
+# gdb drives the GDB remote stub in the tests (heapemu run --gdb)
+TOOLS := g++-mingw-w64-x86-64-win32 g++-mingw-w64-i686-win32 gdb
 toolchains:
 	@command -v x86_64-w64-mingw32-g++ >/dev/null && command -v i686-w64-mingw32-g++ >/dev/null \
-	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(MINGW); }
+	  && command -v gdb >/dev/null \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TOOLS); }
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -131,6 +131,11 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="check every allocator call's calling convention; violations fail the run",
     )
+    p.add_argument(
+        "--gdb",
+        metavar="PORT",
+        help="stop at the first step and wait for gdb on 127.0.0.1:PORT (one arch, one allocator)",
+    )
     p.add_argument("--list", action="store_true", help="list the shipped scenarios")
 
 
@@ -161,6 +166,24 @@ def _matrix(args: argparse.Namespace, scenario: Scenario) -> list[tuple[str, All
     return runs
 
 
+def _gdb_stub(port_text: str, runs: list[tuple[str, AllocatorSpec]]) -> Observer:
+    from .gdbstub import GdbStub, GdbStubError
+
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise CliError(f"--gdb needs a TCP port number from 1 to 65535, not {port_text!r}")
+    if len(runs) != 1:
+        raise CliError(
+            f"--gdb debugs one run, not {len(runs)}: pick one --arch (x86 or x64) and one "
+            "--allocator (builtin or wine)"
+        )
+    try:
+        stub = GdbStub(int(port_text))
+    except GdbStubError as e:
+        raise CliError(str(e)) from None
+    print(stub.connect_hint(runs[0][0]), file=sys.stderr, flush=True)
+    return stub
+
+
 def _run_run(args: argparse.Namespace) -> int:
     out = Console()
     if args.list:
@@ -179,6 +202,8 @@ def _run_run(args: argparse.Namespace) -> int:
     runs = _matrix(args, scenario)
     watcher = _events_observer(args, len(runs))
     observers: list[Observer] = [watcher] if watcher else []
+    if args.gdb is not None:
+        observers.append(_gdb_stub(args.gdb, runs))
     progress = ProgressObserver(Console(stderr=True))
     results: list[ScenarioResult] = []
     try:
