@@ -164,7 +164,7 @@ class EventRecorder:
         self._conv = get_convention(proc.arch, None)
         self._u64 = ctypes.c_uint64()
         self._batch: tuple[Any, Any, int, Any] | None = None
-        self._frame_buf = ctypes.create_string_buffer(0x40)
+        self._frame_buf = ctypes.create_string_buffer(0x80)
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
         self._uch = proc.cpu._uch
         self._ids = proc.cpu.reg_ids
@@ -256,7 +256,8 @@ class EventRecorder:
             first = conv.stack_arg_address(arch, sp, len(values))
             raw = proc.read(first, nstack * arch.ptr_size)
             values += [arch.unpack_ptr(raw, i * arch.ptr_size) for i in range(nstack)]
-        frame = self._read_frame(sp)
+        # one read: the return address and, for the convention check, the caller's frame
+        frame = self._read_frame(sp, 0x80 if self.check_conventions else arch.ptr_size)
         ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
         caller = self._callers.get(ret_addr)
         if caller is None:
@@ -276,7 +277,7 @@ class EventRecorder:
         )
         ev._saved["blocks"] = self.blocks
         if self.check_conventions:
-            self._save_state(ev)
+            self._save_state(ev, frame)
         (parent.children if parent else self.events).append(ev)
         self.all.append(ev)
         self._open.append(ev)
@@ -353,13 +354,16 @@ class EventRecorder:
         xmm = [raw[16 * (k + 1 + i) : 16 * (k + 2 + i)] for i in range(len(_XMM))]
         return regs, eflags, xmm if arch.ptr_size == 8 else []
 
-    def _read_frame(self, address: int) -> bytes:
-        """0x40 bytes of the caller's frame, read through the C API (no binding overhead)."""
-        if uclib.uc_mem_read(self._uch, address, self._frame_buf, 0x40):
+    def _read_frame(self, address: int, size: int = 0x40) -> bytes:
+        """``size`` (<= 0x80) bytes of the stack, read through the C API (no binding
+        overhead); empty if they are not all readable."""
+        if uclib.uc_mem_read(self._uch, address, self._frame_buf, size):
             return b""
-        return self._frame_buf.raw
+        return self._frame_buf.raw[:size]
 
-    def _save_state(self, ev: AllocationEvent) -> None:
+    def _save_state(self, ev: AllocationEvent, stack: bytes) -> None:
+        """Callee-saved registers and, on x64, the caller's frame above the shadow space and
+        stack arguments (``stack`` holds the 0x80 bytes at the entry stack pointer)."""
         arch = self.proc.arch
         ev._saved["state"] = self._callee_saved()
         if arch.ptr_size == 8:
@@ -371,7 +375,9 @@ class EventRecorder:
             # the caller's frame above the shadow space and stack arguments must not change
             nstack = max(0, len(ev.args) - 4)
             above = ev.entry_sp + 8 + 0x20 + 8 * nstack
-            ev._saved["frame"] = (above, self._read_frame(above))
+            off = above - ev.entry_sp
+            window = stack[off : off + 0x40] if off + 0x40 <= len(stack) else b""
+            ev._saved["frame"] = (above, window or self._read_frame(above))
 
     def _check_state(self, ev: AllocationEvent, sp: int) -> list[str]:
         arch = self.proc.arch
