@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,7 +24,6 @@ from loader.errors import LoaderError
 from .errors import EmulationError
 from .export import events_table
 from .heap import Allocator
-from .ntdefs import HEAP_GROWABLE, heap_flag_names
 from .process import Process
 from .scenario import (
     AllocatorSpec,
@@ -60,42 +60,63 @@ def _load(proc: Process, allocator: str) -> Allocator:
 
 
 # ---------------------------------------------------------------------- heapemu demo
-def demo(arch: str = "x64", allocator: str = "builtin", console: Console | None = None) -> int:
-    """Seed 002's story on an emulated heap: a growable heap, 100 x 0x100, free #17 and
-    allocate, free #18 and allocate, free #18/#48/#78, one 0x100000 block."""
+def demo(
+    arch: str = "x64",
+    allocator: str = "builtin",
+    console: Console | None = None,
+    out_dir: str | Path = ".",
+) -> int:
+    """Seed 002's scenario (``scenarios/lec04_growable_heap.yaml``) on an emulated heap: the
+    allocation events (consecutive identical calls folded), the heap summary like ``!heap -s``,
+    and a heap-map picture written to ``out_dir``."""
+    from .events import AllocationEvent
+    from .heapmap import save_heap_map
+    from .views import build_summary, render_summary
+    from .walkers import walk_heap
+
     out = console or Console()
-    proc = Process(arch)
-    a = _load(proc, allocator)
-    table = Table(title=f"seed 002 on the {allocator} heap, {arch}")
-    for col in ("#", "call", "result", "system calls"):
-        table.add_column(col)
+    captured: dict[str, object] = {}
 
-    def step(label: str, fn: str, *args: int) -> int:
-        n = len(proc.syscalls)
-        value = getattr(a, fn)(*args)
-        calls = ", ".join(f"{r.name} {r.status_name}" for r in proc.syscalls[n:])
-        table.add_row(str(table.row_count + 1), label, f"0x{int(value):x}", calls)
-        return int(value)
+    class _AtEnd(Observer):
+        def finished(self, run: Any, result: ScenarioResult) -> None:
+            heap = run.heaps[run.current_heap]
+            captured["summary"] = render_summary(build_summary(run.proc, allocator=run.allocator))
+            picture = Path(out_dir) / f"heapemu-demo-{allocator}-{arch}.png"
+            save_heap_map(walk_heap(run.proc, heap), picture, title=f"seed 002, {allocator} {arch}")
+            captured["picture"] = picture
 
-    heap = step(f"RtlCreateHeap({heap_flag_names(HEAP_GROWABLE)})", "create_heap", HEAP_GROWABLE)
-    blocks = [a.alloc(heap, 0x100) for _ in range(100)]
-    table.add_row("", "100 x RtlAllocateHeap(0x100)", f"0x{blocks[0]:x} .. 0x{blocks[-1]:x}", "")
-    step("RtlFreeHeap(#17)", "free", heap, blocks[16])
-    step("RtlAllocateHeap(0x100)", "alloc", heap, 0x100)
-    step("RtlFreeHeap(#18)", "free", heap, blocks[17])
-    again = step("RtlAllocateHeap(0x100)", "alloc", heap, 0x100)
-    for label, b in (("#18", again), ("#48", blocks[47]), ("#78", blocks[77])):
-        step(f"RtlFreeHeap({label})", "free", heap, b)
-    step("RtlAllocateHeap(0x100000)", "alloc", heap, 0x100000)
-    step("RtlValidateHeap", "validate", heap)
-    out.print(table)
-    entries = a.walk(heap)
-    kinds = {k: sum(1 for e in entries if e.kind == k) for k in ("busy", "free", "region")}
-    out.print(
-        f"RtlWalkHeap(0x{heap:x}): {kinds['busy']} busy, {kinds['free']} free entries, "
-        f"{kinds['region']} region(s); {len(proc.syscalls)} system calls in all"
+    events = EventsObserver()
+    result = run_scenario(
+        find_scenario("lec04_growable_heap"), arch, allocator, observers=[events, _AtEnd()]
     )
-    return 0
+    table = Table(title=f"allocation events: seed 002 on the {allocator} heap, {arch}")
+    for col in ("#", "call", "result", "instructions", "system calls"):
+        table.add_column(col)
+    rows: list[tuple[AllocationEvent, int, int]] = []  # first event, count, last result
+    for ev in result.events:
+        same = (
+            rows
+            and rows[-1][0].name == ev.name
+            and rows[-1][0].args.get("Size") == ev.args.get("Size")
+            and ev.name == "RtlAllocateHeap"
+            and not ev.syscalls
+            and not rows[-1][0].syscalls
+        )
+        if same:
+            first, n, _ = rows[-1]
+            rows[-1] = (first, n + 1, ev.ret or 0)
+        else:
+            rows.append((ev, 1, ev.ret or 0))
+    for first, n, last in rows:
+        call = f"{first.name}({first.describe_args()})" + (f" x{n}" if n > 1 else "")
+        value = f"0x{first.ret or 0:x}" + (f" .. 0x{last:x}" if n > 1 else "")
+        calls = ", ".join(r.name for r in first.syscalls)
+        table.add_row(str(first.seq), call, value, str(first.instructions), calls)
+    out.print(table)
+    out.print(str(captured.get("summary", "")), soft_wrap=True, highlight=False)
+    if "picture" in captured:
+        out.print(f"heap map written to {captured['picture']}")
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:

@@ -22,11 +22,16 @@ HEAPEMU = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "emu.cl
 
 
 def heapemu(
-    *args: str | Path, env: dict[str, str] | None = None
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
-        [*HEAPEMU, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=120
+        [*HEAPEMU, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -187,9 +192,17 @@ def test_wine_debug_channels() -> None:
     )
 
 
-def test_demo_and_list_still_work() -> None:
-    p = heapemu("demo", "--arch", "x86")
-    assert p.returncode == 0 and "RtlWalkHeap" in p.stdout
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_demo_prints_events_and_summary_and_draws_the_heap(arch: str, tmp_path: Path) -> None:
+    p = heapemu("demo", "--arch", arch, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "RtlCreateHeap(Flags=HEAP_GROWABLE" in p.stdout and "x100" in p.stdout
+    assert "Reserv" in p.stdout and " 97 " in p.stdout  # !heap -s: 97 busy blocks at the end
+    picture = tmp_path / f"heapemu-demo-builtin-{arch}.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5000
+
+
+def test_list_still_works() -> None:
     p = heapemu("run", "--list")
     assert p.returncode == 0 and "lec04_growable_heap" in p.stdout
 
