@@ -17,7 +17,8 @@ the intersection with the options (skipped, with the option to add, when that is
 
 When such a test fails, its report gets a ``heapemu`` section: the faulting instruction and
 registers if emulation faulted, the failed scenario step, the last system calls, Wine's debug
-output and whatever ``EVENT_SOURCES`` contribute (allocation events, once recorded).
+output and the last allocation events (recorded for ``heapemu_allocator`` unless
+``--heapemu-no-events``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ EVENT_SOURCES: list[Callable[[Process], list[str]]] = []
 # ---------------------------------------------------------------------- options
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("heapemu", "heapemu: emulated Windows heaps")
+    group.addoption(
+        "--heapemu-no-events",
+        action="store_true",
+        default=False,
+        help="do not record allocation events (faster; failure reports then lack them)",
+    )
     group.addoption(
         "--heapemu-arch",
         default=None,
@@ -158,7 +165,31 @@ def heapemu_allocator(
     proc = heapemu_process
     _remember(request, proc, heapemu_allocator_kind)
     kind = heapemu_allocator_kind
-    return Allocator(proc, proc.load_allocator(kind), name=kind)
+    allocator = Allocator(proc, proc.load_allocator(kind), name=kind)
+    if not request.config.getoption("heapemu_no_events"):
+        # allocation events for the failure report (a block hook: --heapemu-no-events to skip)
+        recorder = proc.record()
+        setattr(proc, _RECORDER, recorder)
+        request.addfinalizer(recorder.stop)
+    return allocator
+
+
+_RECORDER = "_heapemu_plugin_recorder"
+
+
+def _last_events(proc: Process, count: int = 10) -> list[str]:
+    recorder = getattr(proc, _RECORDER, None)
+    if recorder is None or not recorder.all:
+        return []
+    events = recorder.all[-count:]
+    lines = [f"last {len(events)} of {len(recorder.all)} allocation events:"]
+    for ev in events:
+        ret = "(did not return)" if ev.ret is None else f"= 0x{ev.ret:x}"
+        lines.append(f"  #{ev.seq} {ev.function}({ev.describe_args()}) {ret}  <- {ev.caller}")
+    return lines
+
+
+EVENT_SOURCES.append(_last_events)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Per frame, the best information available is used:
 
 - x64 PE code with .pdata: the function's UNWIND_INFO codes are undone (PUSH_NONVOL, ALLOC_*,
   SET_FPREG, SAVE_NONVOL…, chained entries), as RtlVirtualUnwind does; a pc sitting in an
-  epilogue (``add rsp``/``pop``s/``ret``) is unwound by simulating the epilogue forward; a
+  epilogue (``add esp/rsp, N``, ``pop``s, ``ret``) is unwound by simulating the epilogue forward; a
   function without .pdata is a leaf (return address at [rsp]).
 - Code without unwind data (flat code, x86): the function's prologue is read from its symbol
   (or export) up to pc — pushes, ``sub esp/rsp``, ``mov ebp, esp`` — which gives the frame size
@@ -161,7 +161,7 @@ class StackWalker:
         return False
 
     def _epilogue(self, pc: int, regs: dict[str, int]) -> bool:
-        """If pc is in an epilogue (add/lea rsp, pops, ret), simulate it up to the ret."""
+        """If pc is in an epilogue (add rsp, pops, ret), simulate it up to the ret."""
         try:
             code = self.proc.read(pc, 32)
         except Exception:

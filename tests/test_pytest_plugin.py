@@ -141,6 +141,13 @@ def test_a_failing_test_reports_system_calls_and_the_fault(
     )
     r.stdout.fnmatch_lines(
         [
+            "last * of * allocation events:",
+            "  #* ntheap!RtlAllocateHeap(HeapHandle=0x*, Flags=0, Size=0x100000) = 0x*  <- *",
+        ]
+    )
+    r.stdout.fnmatch_lines(["  #* ntheap!RtlAllocateHeap(*) (did not return)  <- *"])
+    r.stdout.fnmatch_lines(
+        [
             "emulation fault: unmapped write at address 0x*",
             "  pc=0x* ntheap!*: mov *",
             "  in call to ntheap!RtlAllocateHeap(*)",
