@@ -131,7 +131,24 @@ def add_coff_symbols(proc: Process, module: Module) -> None:
 
 
 # ---------------------------------------------------------------------------------- images
-def _exports(image: PeImage, base: int) -> tuple[dict[str, int], dict[int, int], dict[str, str]]:
+def write_image(proc: Process, image: PeImage, base: int, size: int, data: bytes) -> None:
+    """Write a laid-out image at ``base`` and give each page run its section's protection."""
+    proc.write(base, data)
+    for run in image.page_runs():
+        proc.memory.protect(base + run.rva, run.size, run.protection)
+    proc.cpu.invalidate_code(base, size)
+
+
+def image_module(
+    image: PeImage,
+    base: int,
+    size: int,
+    name: str,
+    path: str | Path,
+    extra_symbols: dict[str, int] | None = None,
+) -> Module:
+    """The Module for ``image`` mapped at ``base``: its exports, ordinals and forwarders, and
+    its symbols (exports, then ``extra_symbols`` where no export has the name)."""
     by_name: dict[str, int] = {}
     by_ordinal: dict[int, int] = {}
     forwarders: dict[str, str] = {}
@@ -144,7 +161,21 @@ def _exports(image: PeImage, base: int) -> tuple[dict[str, int], dict[int, int],
             by_ordinal[exp.ordinal] = base + exp.rva
             if exp.name:
                 by_name[exp.name] = base + exp.rva
-    return by_name, by_ordinal, forwarders
+    symbols = dict(by_name)
+    for sym, addr in (extra_symbols or {}).items():
+        symbols.setdefault(sym, addr)
+    return Module(
+        name=name,
+        base=base,
+        size=size,
+        kind="pe",
+        path=str(path),
+        exports=by_name,
+        ordinals=by_ordinal,
+        symbols=symbols,
+        forwarders=forwarders,
+        image=image,
+    )
 
 
 def map_image(
@@ -168,26 +199,9 @@ def map_image(
         base, _ = mem.allocate(
             0, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, type=MEM_IMAGE, usage=usage
         )
-    proc.write(base, image.layout(base))
-    for run in image.page_runs():
-        mem.protect(base + run.rva, run.size, run.protection)
-    proc.cpu.invalidate_code(base, size)
-    by_name, by_ordinal, forwarders = _exports(image, base)
-    symbols = dict(by_name)
-    for sym, rva in coff_symbols(Path(path), image).items():
-        symbols.setdefault(sym, base + rva)
-    module = Module(
-        name=name,
-        base=base,
-        size=size,
-        kind="pe",
-        path=str(path),
-        exports=by_name,
-        ordinals=by_ordinal,
-        symbols=symbols,
-        forwarders=forwarders,
-        image=image,
-    )
+    write_image(proc, image, base, size, image.layout(base))
+    coff = {sym: base + rva for sym, rva in coff_symbols(Path(path), image).items()}
+    module = image_module(image, base, size, name, path, coff)
     proc.add_module(module)
     return module, base != image.image_base
 

@@ -17,10 +17,11 @@ from emu import EmulationError, Process
 from emu.errors import Fault, NtStatusError
 from emu.layouts import PEB
 from emu.modules import Module
+from emu.nt_section import image_module, write_image
 from emu.ntdefs import MEM_COMMIT, MEM_IMAGE, MEM_RESERVE, PAGE_READWRITE, NtStatus
 
 from .errors import LoaderError
-from .peimage import Export, ImportEntry, PeImage
+from .peimage import ImportEntry, PeImage
 
 _MAX_FORWARD_DEPTH = 16
 SYSTEM32 = "C:\\windows\\system32\\"
@@ -151,33 +152,6 @@ def _place(proc: Process, image: PeImage, name: str) -> tuple[int, int]:
         raise LoaderError(f"{name}: no room for 0x{size:x} bytes: {e}") from None
 
 
-def _exports(image: PeImage, base: int) -> tuple[dict[str, int], dict[int, int], dict[str, str]]:
-    by_name: dict[str, int] = {}
-    by_ordinal: dict[int, int] = {}
-    forwarders: dict[str, str] = {}
-    for exp in image.exports:
-        _add_export(exp, base, by_name, by_ordinal, forwarders)
-    return by_name, by_ordinal, forwarders
-
-
-def _add_export(
-    exp: Export,
-    base: int,
-    by_name: dict[str, int],
-    by_ordinal: dict[int, int],
-    forwarders: dict[str, str],
-) -> None:
-    if exp.forwarder is not None:
-        if exp.name:
-            forwarders[exp.name] = exp.forwarder
-        forwarders[f"#{exp.ordinal}"] = exp.forwarder
-        return
-    assert exp.rva is not None
-    by_ordinal[exp.ordinal] = base + exp.rva
-    if exp.name:
-        by_name[exp.name] = base + exp.rva
-
-
 def load_pe(
     proc: Process, path: str | Path, name: str | None = None, *, trap_missing: bool = False
 ) -> Module:
@@ -193,23 +167,8 @@ def load_pe(
         data = bytearray(image.layout(base))
         for rva, addr in slots.items():
             data[rva : rva + proc.arch.ptr_size] = proc.arch.pack_ptr(addr)
-        proc.write(base, bytes(data))
-        for run in image.page_runs():
-            proc.memory.protect(base + run.rva, run.size, run.protection)
-        proc.cpu.invalidate_code(base, size)
-        by_name, by_ordinal, forwarders = _exports(image, base)
-        module = Module(
-            name=name,
-            base=base,
-            size=size,
-            kind="pe",
-            path=str(path),
-            exports=by_name,
-            ordinals=by_ordinal,
-            symbols=dict(by_name),
-            forwarders=forwarders,
-            image=image,
-        )
+        write_image(proc, image, base, size, bytes(data))
+        module = image_module(image, base, size, name, path)
         try:
             proc.add_module(module)
         except ValueError as e:
