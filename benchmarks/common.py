@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +22,6 @@ def best_of(fn: Callable[[], None], rounds: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def median_of(fn: Callable[[], None], rounds: int = 5) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def machine() -> dict[str, object]:
