@@ -27,6 +27,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+import asm
+
 MAX_ID = 0xFFFF_FFFE  # IDs are 32-bit in the tape; 0xFFFFFFFF is reserved
 MAX_SIZE = (1 << 64) - 1
 MAX_FLAGS = 0xFFFF_FFFF
@@ -386,7 +388,7 @@ def size_sampler(spec: str, rng: random.Random) -> Callable[[], int]:
 
         return typical
     if name == "mixed" and not p:
-        large = 0x7F000  # HEAP_MIN_LARGE_BLOCK_SIZE of the builtin heap
+        large = asm.CONSTANTS["HEAP_MIN_LARGE_BLOCK_SIZE"]  # the builtin heap's threshold
 
         def mixed() -> int:
             r = rng.random()
