@@ -152,7 +152,6 @@ class Cpu:
         self._run_lock = threading.Lock()
         self.timed_out = False
         self._deadline = 0.0
-        self._run_id = 0
         self._counting = False
         self._raw_hooks: dict[int, object] = {}  # handle -> ctypes callback (kept alive)
         self._raw_exception: BaseException | None = None
@@ -234,7 +233,6 @@ class Cpu:
         uc = self.uc
         uc._hook_exception = None
         self._raw_exception = None
-        self._run_id += 1
         if bool(count) != self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
