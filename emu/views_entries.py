@@ -24,7 +24,7 @@ from .heap import Allocator
 from .process import Process
 from .views_common import JsonView, hexp, list_heaps
 from .views_layout import granularity, large_list_head
-from .walkers import FreeList, HeapReport, walk_heap
+from .walkers import HeapReport, walk_heap
 from .walkers.model import BUSY, FREE, PENDING
 
 
@@ -145,10 +145,6 @@ def _segments(report: HeapReport) -> list[SegmentEntries]:
             )
         out.append(lines)
     return out
-
-
-def _addresses(fl: FreeList) -> list[int]:
-    return [e.address for e in fl.entries]
 
 
 def entries_from_report(report: HeapReport, index: int = -1) -> EntriesView:
