@@ -9,7 +9,7 @@ import keystone
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu import Process
-from emu.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READ
+from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READ
 
 from .common import best_of
 

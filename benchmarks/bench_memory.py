@@ -30,10 +30,10 @@ def _status_kib(field: str) -> int:
 
 def child(arch: str, allocator: str, ops: int) -> dict[str, object]:
     from emu import Process
-    from emu.heap import Allocator
-    from emu.replay import load_driver, replay
-    from emu.replay_tape import Tape
-    from emu.workload import synthetic
+    from emu.heap.allocator import Allocator
+    from emu.heap.replay.run import load_driver, replay
+    from emu.heap.replay.tape import Tape
+    from emu.heap.replay.workload import synthetic
 
     proc = Process(arch, time_limit=0)
     module = proc.load_allocator(allocator)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from emu import Process
-from emu.heap import Allocator
+from emu.heap.allocator import Allocator
 
 from .common import best_of
 

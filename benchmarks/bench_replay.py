@@ -30,11 +30,11 @@ import unicorn
 import unicorn.unicorn_py3.unicorn as ucpy
 
 from emu import Process
-from emu.cpu import uc_perms
-from emu.heap import Allocator
-from emu.replay import ReplayResult, replay, replay_python
-from emu.replay_tape import Tape
-from emu.workload import OpKind, synthetic
+from emu.cpu.cpu import uc_perms
+from emu.heap.allocator import Allocator
+from emu.heap.replay.run import ReplayResult, replay, replay_python
+from emu.heap.replay.tape import Tape
+from emu.heap.replay.workload import OpKind, synthetic
 
 from . import native_replay
 

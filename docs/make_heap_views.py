@@ -17,8 +17,7 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # the repository, when run without installing
 
 from emu import Process  # noqa: E402
-from emu.heap import Allocator  # noqa: E402
-from emu.heapmap import save_heap_frames, save_heap_map  # noqa: E402
+from emu.heap.allocator import Allocator  # noqa: E402
 from emu.views import (  # noqa: E402
     build_address,
     build_dt,
@@ -31,7 +30,8 @@ from emu.views import (  # noqa: E402
     render_entry,
     render_summary,
 )
-from emu.views_story import seed002_story  # noqa: E402
+from emu.views.heapmap import save_heap_frames, save_heap_map  # noqa: E402
+from emu.views.story import seed002_story  # noqa: E402
 
 IMAGES = DOCS / "images"
 OUTPUT = DOCS / "heap-views.md"

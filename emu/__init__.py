@@ -1,10 +1,10 @@
 """heapemu's emulated Windows process: ``Process``, ``EmulationError`` and Windows constants."""
 
-from .arch import X64, X86, Arch, get_arch
-from .errors import EmulationError, NtStatusError
-from .modules import Module
-from .ntdefs import NtStatus
-from .process import Process
+from emu.arch import X64, X86, Arch, get_arch
+from emu.errors import EmulationError, NtStatusError
+from emu.modules import Module
+from emu.process.core import Process
+from emu.win.ntdefs import NtStatus
 
 __all__ = [
     "X64",

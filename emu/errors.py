@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ntdefs import status_name
+from emu.win.ntdefs import status_name
 
 
 class NtStatusError(Exception):

@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from .errors import EmulationError
-from .heap import Allocator
-from .process import Process
-from .scenario import ScenarioResult, run_scenario
+from emu.errors import EmulationError
+from emu.heap.allocator import Allocator
+from emu.process.core import Process
+from emu.scenario import ScenarioResult, run_scenario
 
 ARCHES = ("x86", "x64")
 ALLOCATORS = ("builtin", "wine")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keystone
 
 from emu import Process
-from emu.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READWRITE
+from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READWRITE
 
 # Our own system-call numbers for test stubs (Windows 10 x64 numbering)
 NUMBERS = {

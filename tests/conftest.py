@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from emu import Module, Process
-from emu.heap import Allocator
+from emu.heap.allocator import Allocator
 
 
 @pytest.fixture(params=["x86", "x64"])

@@ -13,10 +13,10 @@ from native.nativeheap import NativeRun, VmCall, WalkEntry, run_script
 from native.scripts import make_script, seed002_script
 
 from emu import Process
-from emu.heap import Allocator
-from emu.memory import RESERVED
-from emu.ntdefs import MEM_RESERVE, PAGE_SIZE
-from loader.builtin_heap import load_builtin_heap
+from emu.heap.allocator import Allocator
+from emu.load.builtin_heap import load_builtin_heap
+from emu.nt.memory import RESERVED
+from emu.win.ntdefs import MEM_RESERVE, PAGE_SIZE
 
 
 class EmulatedRun:

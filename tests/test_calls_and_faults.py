@@ -7,8 +7,8 @@ import pytest
 from asmutil import assemble
 
 from emu import EmulationError, Process
-from emu.layouts import TEB
-from emu.ntdefs import (
+from emu.win.layouts import TEB
+from emu.win.ntdefs import (
     MEM_COMMIT,
     MEM_RESERVE,
     PAGE_GUARD,

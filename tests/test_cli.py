@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from emu.scenario import run_scenario
-from emu.scenario_render import ProgressObserver
+from emu.scenario.render import ProgressObserver
 
 SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
 _SCRIPT = Path(sys.executable).with_name("heapemu")

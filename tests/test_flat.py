@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from emu import EmulationError, Process
-from emu.ntdefs import PAGE_EXECUTE_READ, PAGE_READWRITE
+from emu.load.flat import load_flat
+from emu.win.ntdefs import PAGE_EXECUTE_READ, PAGE_READWRITE
 from loader.errors import LoaderError
-from loader.flat import load_flat
 
 SOURCE = """
     .globl bump

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import Heaps, make_heaps
 
-from emu.heap import HeapError
-from emu.ntdefs import (
+from emu.heap.allocator import HeapError
+from emu.win.ntdefs import (
     HEAP_GROWABLE,
     HEAP_REALLOC_IN_PLACE_ONLY,
     HEAP_ZERO_MEMORY,

@@ -11,7 +11,7 @@ from conftest import Heaps, make_heaps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu.ntdefs import MEM_RESERVE
+from emu.win.ntdefs import MEM_RESERVE
 
 LARGE = 0x7F000  # HEAP_MIN_LARGE_BLOCK_SIZE: the builtin heap's own-region threshold
 sizes = st.one_of(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import asm
-from emu import heap as emu_heap
-from emu import ntdefs
 from emu.arch import get_arch
-from emu.heap import RTL_HEAP_WALK_ENTRY
-from emu.layouts import EXCEPTION_RECORD
+from emu.heap import allocator as emu_heap
+from emu.heap.allocator import RTL_HEAP_WALK_ENTRY
+from emu.win import ntdefs
+from emu.win.layouts import EXCEPTION_RECORD
 
 
 def test_constants_agree() -> None:

@@ -11,13 +11,13 @@ from conftest import Heaps, make_heaps
 from pebuild import build
 
 from emu import Process
-from emu.breakpoints import BreakContext, BreakpointStop
-from emu.events import EventRecorder
-from emu.export import events_table, perfetto_trace, write_jsonl, write_perfetto
-from emu.heap import Allocator
-from emu.layouts import PEB
-from emu.ntdefs import HEAP_ZERO_MEMORY
-from loader.builtin_heap import load_builtin_heap
+from emu.heap.allocator import Allocator
+from emu.load.builtin_heap import load_builtin_heap
+from emu.observe.breakpoints import BreakContext, BreakpointStop
+from emu.observe.events import EventRecorder
+from emu.observe.export import events_table, perfetto_trace, write_jsonl, write_perfetto
+from emu.win.layouts import PEB
+from emu.win.ntdefs import HEAP_ZERO_MEMORY
 
 
 def seed003(arch: str, kind: str) -> Process:

@@ -10,8 +10,8 @@ import pytest
 from pebuild import build
 
 from emu import EmulationError, Process
-from emu.layouts import PEB
-from emu.ntdefs import MEM_IMAGE, MEM_RESERVE, PAGE_EXECUTE_READ, PAGE_READONLY, PAGE_READWRITE
+from emu.win.layouts import PEB
+from emu.win.ntdefs import MEM_IMAGE, MEM_RESERVE, PAGE_EXECUTE_READ, PAGE_READONLY, PAGE_READWRITE
 from loader.errors import LoaderError
 
 

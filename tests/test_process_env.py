@@ -8,8 +8,8 @@ import pytest
 from asmutil import assemble
 
 from emu import Process
-from emu.layouts import KUSER_SHARED_DATA, PEB, TEB
-from emu.ntdefs import MEM_COMMIT, MEM_PRIVATE, PAGE_READONLY
+from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB
+from emu.win.ntdefs import MEM_COMMIT, MEM_PRIVATE, PAGE_READONLY
 
 
 def test_segment_reads_return_teb_and_peb(proc: Process) -> None:

@@ -13,12 +13,12 @@ import pytest
 from programbuild import build
 
 from emu import Process
-from emu.breakpoints import BreakContext
-from emu.layouts import PEB
-from emu.ntdefs import NtStatus
-from emu.objects import Namespace, normalize_nt_path
-from emu.program import CrossHeapFreeDetector, exec_main, load_program
-from emu.stackwalk import Frame
+from emu.load.program import CrossHeapFreeDetector, exec_main, load_program
+from emu.nt.objects import Namespace, normalize_nt_path
+from emu.observe.breakpoints import BreakContext
+from emu.observe.stackwalk import Frame
+from emu.win.layouts import PEB
+from emu.win.ntdefs import NtStatus
 
 
 def _no_unhandled_syscalls(proc: Process) -> None:

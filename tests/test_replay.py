@@ -11,11 +11,11 @@ import pytest
 from conftest import Heaps, make_heaps
 
 from emu import EmulationError, Process
-from emu.heap import Allocator
-from emu.replay import ReplayError, load_driver, replay, replay_main, replay_python
-from emu.replay_driver import driver_source
-from emu.replay_tape import Tape
-from emu.workload import (
+from emu.heap.allocator import Allocator
+from emu.heap.replay.driver import driver_source
+from emu.heap.replay.run import ReplayError, load_driver, replay, replay_main, replay_python
+from emu.heap.replay.tape import Tape
+from emu.heap.replay.workload import (
     Op,
     Workload,
     alloc,

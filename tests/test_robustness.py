@@ -10,7 +10,7 @@ from asmutil import assemble, syscall_stubs
 
 from emu import EmulationError, Process
 from emu.errors import NtStatusError
-from emu.ntdefs import (
+from emu.win.ntdefs import (
     MEM_COMMIT,
     MEM_RESERVE,
     MEM_RESET,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from emu.heap import HeapWalkEntry
+from emu.heap.allocator import HeapWalkEntry
 from emu.scenario import (
     Observer,
     ScenarioError,
@@ -21,7 +21,7 @@ from emu.scenario import (
     run_scenario,
     shipped_scenarios,
 )
-from emu.scenario_run import CHECKPOINT_VIEWS
+from emu.scenario.run import CHECKPOINT_VIEWS
 
 SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
 

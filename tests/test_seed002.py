@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from conftest import Heaps
 
-from emu.ntdefs import MEM_COMMIT, MEM_RESERVE
+from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE
 
 
 def test_seed002_growable_heap(heaps: Heaps) -> None:

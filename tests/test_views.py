@@ -17,8 +17,9 @@ from conftest import make_heaps
 import asm
 from emu import Process
 from emu.arch import get_arch
-from emu.heap import Allocator
-from emu.ntdefs import PAGE_SIZE
+from emu.heap.allocator import Allocator
+from emu.heap.walkers import walk_heap
+from emu.heap.walkers.wine_layout import WINE_BLOCK, WINE_HEAP, WINE_SUBHEAP
 from emu.views import (
     AddressView,
     DtView,
@@ -38,10 +39,9 @@ from emu.views import (
     render_entry,
     render_summary,
 )
-from emu.views_layout import block_header_specs, granularity
-from emu.views_story import Story, seed002_story
-from emu.walkers import walk_heap
-from emu.walkers.wine_layout import WINE_BLOCK, WINE_HEAP, WINE_SUBHEAP
+from emu.views.layout import block_header_specs, granularity
+from emu.views.story import Story, seed002_story
+from emu.win.ntdefs import PAGE_SIZE
 
 COMBOS = [(a, k) for k in ("builtin", "wine") for a in ("x86", "x64")]
 

@@ -9,8 +9,8 @@ import pytest
 from asmutil import assemble, syscall_stubs
 
 from emu import EmulationError, Process
-from emu.layouts import MEMORY_BASIC_INFORMATION
-from emu.ntdefs import (
+from emu.win.layouts import MEMORY_BASIC_INFORMATION
+from emu.win.ntdefs import (
     MEM_COMMIT,
     MEM_DECOMMIT,
     MEM_FREE,

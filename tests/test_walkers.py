@@ -17,12 +17,12 @@ import pytest
 
 import asm
 from emu import Process
-from emu.heap import Allocator, HeapWalkEntry
-from emu.layouts import PEB
-from emu.ntdefs import HEAP_GROWABLE
-from emu.walkers import CORRUPTION_KINDS, HeapReport, detect_kind, walk_heap
-from emu.walkers import model as m
-from emu.walkers.wine_layout import WINE_HEAP, WINE_PARAMS, WINE_SUBHEAP
+from emu.heap.allocator import Allocator, HeapWalkEntry
+from emu.heap.walkers import CORRUPTION_KINDS, HeapReport, detect_kind, walk_heap
+from emu.heap.walkers import model as m
+from emu.heap.walkers.wine_layout import WINE_HEAP, WINE_PARAMS, WINE_SUBHEAP
+from emu.win.layouts import PEB
+from emu.win.ntdefs import HEAP_GROWABLE
 
 ARCHS = ("x86", "x64")
 KINDS = ("builtin", "wine")

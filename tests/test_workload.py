@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.replay_tape import Tape
-from emu.workload import (
+from emu.heap.replay.tape import Tape
+from emu.heap.replay.workload import (
     Op,
     OpKind,
     TraceError,

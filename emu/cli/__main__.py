@@ -1,0 +1,3 @@
+from emu.cli.base import main
+
+raise SystemExit(main())

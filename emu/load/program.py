@@ -1,0 +1,670 @@
+"""Run a Windows console program from its entry point to NtTerminateProcess through Wine's DLLs.
+
+Start-up is Wine's own: heapemu maps only the executable and ntdll.dll (as Windows' kernel does
+before the first user instruction), fills the PEB, the process parameters (command line,
+environment, image path, current directory, standard handles) and the thread's initial
+CONTEXT at the top of its stack, and calls ``ntdll!LdrInitializeThunk(context)``. Wine's loader
+then creates the process heap, loads kernel32, kernelbase, msvcrt and the program's other
+imports through NtOpenFile / NtCreateSection / NtQuerySection / NtMapViewOfSection (served by
+``emu.nt_file`` and ``emu.nt_section`` over the sandbox of ``emu.objects``), keeps PEB.Ldr
+itself, runs the DllMains and TLS callbacks, and NtContinue()s into RtlUserThreadStart ->
+kernel32!BaseThreadInitThunk -> mainCRTStartup. The run ends at NtTerminateProcess.
+
+The program sees one drive::
+
+    C:\\heapemu\\<program>.exe        the program (its directory is the current directory)
+    C:\\windows\\system32\\*.dll, *.nls  Wine's DLL directory and locale files
+    <whatever files= maps>           e.g. {"C:\\heapemu\\alloc.dll": "build/alloc.dll"}
+
+and nothing else: any other name is STATUS_OBJECT_NAME_NOT_FOUND, files are read-only, and
+what it writes to stdout/stderr is captured (``ProgramResult.stdout``).
+
+    proc = Process.from_program("t.exe", ["t.exe", "arg"])
+    with proc.record() as rec:
+        result = proc.program.run()
+    result.exit_code, result.stdout, rec.events
+
+Also here: ``ProcessHeapList`` keeps PEB.ProcessHeaps true to the heaps the program creates
+(Wine's ntdll does not maintain it), ``CrossHeapFreeDetector`` reports a block freed through
+another heap than the one holding it (seed 001), and ``heapemu exec`` (``exec_main``,
+``configure_exec`` / ``run_exec`` for emu.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from emu.errors import EmulationError
+from emu.modules import Module
+from emu.nt.calls import info as nt_info
+from emu.nt.calls import section as nt_section
+from emu.nt.memory import align_down
+from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
+from emu.process.core import KUSER_SHARED_DATA_ADDRESS, Process
+from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB, UNICODE_STRING, Field, Struct
+from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE
+
+if TYPE_CHECKING:
+    from emu.observe.breakpoints import BreakContext, Breakpoint
+    from emu.observe.events import AllocationEvent, EventRecorder
+    from emu.observe.stackwalk import Frame
+
+PROGRAM_DIR = "C:\\heapemu"
+SYSTEM_DIR = "C:\\windows\\system32"
+WINDOWS_DIR = "C:\\windows"
+DEFAULT_ENVIRONMENT = {
+    "PATH": f"{SYSTEM_DIR};{WINDOWS_DIR}",
+    "SystemRoot": WINDOWS_DIR,
+    "WINDIR": WINDOWS_DIR,
+    "SystemDrive": "C:",
+    "COMPUTERNAME": "HEAPEMU",
+    "USERNAME": "heapemu",
+}
+STACK_RESERVE_MIN = 0x200000
+# Wine's signal_start_thread zeroes the 0xf0000 bytes below the initial CONTEXT's page before
+# NtContinue: the whole range must be committed.
+STACK_COMMIT = 0x100000
+CONTEXT_SIZE = {"x86": 0x2CC, "x64": 0x4D0}
+PROCESS_PARAMS_FLAG_NORMALIZED = 0x1
+STATIC_UNICODE_BUFFER = 261 * 2  # TEB.StaticUnicodeBuffer: MAX_PATH + 1 characters
+
+RTL_USER_PROCESS_PARAMETERS = Struct(
+    "_RTL_USER_PROCESS_PARAMETERS",
+    0x2A0,
+    0x440,
+    [
+        Field("MaximumLength", 0x00, 0x00, "u32"),
+        Field("Length", 0x04, 0x04, "u32"),
+        Field("Flags", 0x08, 0x08, "u32"),
+        Field("ConsoleHandle", 0x10, 0x10),
+        Field("StandardInput", 0x18, 0x20),
+        Field("StandardOutput", 0x1C, 0x28),
+        Field("StandardError", 0x20, 0x30),
+        Field("CurrentDirectory", 0x24, 0x38),  # CURDIR.DosPath (a UNICODE_STRING)
+        Field("DllPath", 0x30, 0x50),
+        Field("ImagePathName", 0x38, 0x60),
+        Field("CommandLine", 0x40, 0x70),
+        Field("Environment", 0x48, 0x80),
+        Field("ShowWindowFlags", 0x6C, 0xA8, "u32"),
+        Field("WindowTitle", 0x70, 0xB0),
+        Field("DesktopInfo", 0x78, 0xC0),
+        Field("ShellInfo", 0x80, 0xD0),
+        Field("RuntimeData", 0x88, 0xE0),
+        Field("EnvironmentSize", 0x290, 0x3F0),
+    ],
+)
+
+# The start-up trampoline: switch to the stack below the initial CONTEXT and enter
+# LdrInitializeThunk(context, 0, 0, 0) with a NULL return address (it never returns).
+# proc.call(stub, new_sp, context, LdrInitializeThunk).
+_START_X64 = (
+    "mov rax, r8; mov rsp, rcx; mov rcx, rdx; xor edx, edx; xor r8d, r8d; xor r9d, r9d; "
+    "push 0; jmp rax"
+)
+_START_X86 = (
+    "mov eax, [esp+12]; mov ecx, [esp+8]; mov esp, [esp+4]; "
+    "push 0; push 0; push 0; push ecx; push 0; jmp eax"
+)
+
+
+@dataclass
+class ProgramResult:
+    """How a program run ended."""
+
+    exit_code: int | None  # NtTerminateProcess's status; None if the run did not get there
+    stdout: bytes
+    stderr: bytes
+    error: EmulationError | None = None  # the fault, when the run did not end normally
+    denied: list[tuple[str, str]] = field(default_factory=list)  # names the sandbox refused
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_code is not None
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """argv joined with the quoting the C runtime's argument parser undoes."""
+    return subprocess.list2cmdline(list(argv))
+
+
+class ProcessHeapList:
+    """Keeps PEB.ProcessHeaps / NumberOfHeaps true to the heaps the program creates, as
+    Windows' RtlCreateHeap / RtlDestroyHeap do (Wine's ntdll keeps a list of its own, which
+    only its RtlGetProcessHeaps reads). A breakpoint on RtlCreateHeap plants a one-shot
+    breakpoint on its return address to read the new heap."""
+
+    def __init__(self, proc: Process, ntdll: Module):
+        self.proc = proc
+        self._create = proc.breakpoint(ntdll.exports["RtlCreateHeap"], self._on_create)
+        self._destroy = proc.breakpoint(ntdll.exports["RtlDestroyHeap"], self._on_destroy)
+
+    def _write(self, heaps: list[int]) -> None:
+        proc, arch = self.proc, self.proc.arch
+        limit = PEB.read(proc, arch, proc.peb, "MaximumNumberOfHeaps")
+        array = PEB.read(proc, arch, proc.peb, "ProcessHeaps")
+        heaps = heaps[:limit]
+        for i, heap in enumerate(heaps):
+            proc.write_ptr(array + i * arch.ptr_size, heap)
+        PEB.write(proc, arch, proc.peb, "NumberOfHeaps", len(heaps))
+
+    def _on_create(self, ctx: BreakContext) -> None:
+        entry_sp = ctx.sp
+
+        def on_return(rctx: BreakContext) -> None:
+            if rctx.proc.cpu.sp <= entry_sp:
+                return  # a deeper call returning to the same address
+            returned.remove()
+            heap = rctx.regs[rctx.proc.arch.ret]
+            if heap and heap not in self.proc.process_heaps:
+                self._write([*self.proc.process_heaps, heap])
+
+        returned = self.proc.breakpoint(ctx.return_address, on_return)
+
+    def _on_destroy(self, ctx: BreakContext) -> None:
+        heap = ctx.arg(0)
+        heaps = self.proc.process_heaps
+        if heap in heaps:
+            heaps.remove(heap)
+            self._write(heaps)
+
+    def remove(self) -> None:
+        self._create.remove()
+        self._destroy.remove()
+
+
+class Program:
+    """A console program mapped into ``proc`` with Wine's ntdll, ready to ``run()``."""
+
+    def __init__(
+        self,
+        proc: Process,
+        path: Path,
+        exe: Module,
+        ntdll: Module,
+        windows_path: str,
+        argv: Sequence[str],
+        environment: Mapping[str, str],
+    ):
+        self.proc = proc
+        self.path = path
+        self.exe = exe
+        self.ntdll = ntdll
+        self.windows_path = windows_path
+        self.argv = list(argv)
+        self.environment = dict(environment)
+        self.result: ProgramResult | None = None
+        self.heap_list = ProcessHeapList(proc, ntdll)
+
+    @property
+    def objects(self) -> ObjectManager:
+        assert self.proc.objects is not None
+        return self.proc.objects
+
+    def run(
+        self, *, time_limit: float | None = None, max_instructions: int | None = None
+    ) -> ProgramResult:
+        """Run from LdrInitializeThunk to NtTerminateProcess (once)."""
+        if self.result is not None:
+            raise RuntimeError("a program runs once; load it again for another run")
+        proc = self.proc
+        context, stack = _initial_context(proc, self.exe, self.ntdll)
+        start = proc.add_trap_code(_start_stub(proc), "program_start")
+        error: EmulationError | None = None
+        try:
+            proc.call(
+                start,
+                stack,
+                context,
+                self.ntdll.exports["LdrInitializeThunk"],
+                time_limit=time_limit,
+                max_instructions=max_instructions,
+            )
+        except EmulationError as e:  # how every run ends: NtTerminateProcess stops the CPU
+            if proc.exit_status is None:
+                error = e
+        objects = self.objects
+        self.result = ProgramResult(
+            exit_code=proc.exit_status,
+            stdout=bytes(objects.stdout),
+            stderr=bytes(objects.stderr),
+            error=error,
+            denied=list(objects.denied),
+        )
+        return self.result
+
+
+def _start_stub(proc: Process) -> bytes:
+    import keystone
+
+    ks = keystone.Ks(keystone.KS_ARCH_X86, proc.arch.ks_mode)
+    code, _ = ks.asm(_START_X64 if proc.arch.ptr_size == 8 else _START_X86)
+    return bytes(code)
+
+
+def _initial_context(proc: Process, exe: Module, ntdll: Module) -> tuple[int, int]:
+    """Write the thread's start CONTEXT near the stack top; (context, stack for the loader)."""
+    arch = proc.arch
+    top = proc.thread_stack.top
+    # below the call gate's control block, in the stack's top page
+    ctx = align_down(top - 0x100 - CONTEXT_SIZE[arch.name], 64)
+    proc.write(ctx, bytes(CONTEXT_SIZE[arch.name]))
+    entry = exe.base + exe.image.entry_point_rva
+    start = ntdll.exports["RtlUserThreadStart"]
+    if arch.ptr_size == 8:
+        values = {
+            0x30: ("<I", 0x10000B),  # ContextFlags: CONTEXT_AMD64 | CONTROL | INTEGER | FLOAT
+            0x34: ("<I", 0x1F80),  # MxCsr
+            0x38: ("<H", 0x33),  # SegCs
+            0x42: ("<H", 0x2B),  # SegSs
+            0x44: ("<I", 0x200),  # EFlags (IF)
+            0x80: ("<Q", entry),  # Rcx: the entry point
+            0x88: ("<Q", proc.peb),  # Rdx: its argument
+            0x98: ("<Q", ctx - 0x100 - 8),  # Rsp: as after a call
+            0xF8: ("<Q", start),  # Rip
+            0x100: ("<H", 0x27F),  # FltSave.ControlWord
+            0x118: ("<I", 0x1F80),  # FltSave.MxCsr
+        }
+    else:
+        values = {
+            0x00: ("<I", 0x1000F),  # ContextFlags: CONTEXT_i386 | CONTROL|INTEGER|SEGMENTS|FLOAT
+            0xA4: ("<I", proc.peb),  # Ebx: the argument
+            0xB0: ("<I", entry),  # Eax: the entry point
+            0xB8: ("<I", start),  # Eip
+            0xC0: ("<I", 0x202),  # EFlags
+            0xC4: ("<I", ctx - 0x100),  # Esp
+        }
+    for off, (fmt, value) in values.items():
+        proc.write(ctx + off, struct.pack(fmt, value))
+    return ctx, ctx - 0x100
+
+
+class _Arena:
+    """A bump allocator in a region of its own, for the process parameters and strings."""
+
+    def __init__(self, proc: Process, size: int = 0x20000):
+        self.proc = proc
+        self.base, _ = proc.memory.allocate(
+            0, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, usage="process parameters"
+        )
+        self.next = self.base
+        self.end = self.base + size
+
+    def alloc(self, size: int) -> int:
+        addr = self.next
+        self.next = (addr + size + 15) & ~15
+        if self.next > self.end:
+            raise ValueError("process parameters do not fit (command line or environment too big)")
+        return addr
+
+    def string(self, at: int, text: str) -> None:
+        """Fill the UNICODE_STRING at ``at`` with a fresh copy of ``text``."""
+        proc, arch = self.proc, self.proc.arch
+        data = text.encode("utf-16-le")
+        buf = self.alloc(len(data) + 2)
+        proc.write(buf, data + b"\0\0")
+        UNICODE_STRING.write(proc, arch, at, "Length", len(data))
+        UNICODE_STRING.write(proc, arch, at, "MaximumLength", len(data) + 2)
+        UNICODE_STRING.write(proc, arch, at, "Buffer", buf)
+
+
+def _write_parameters(
+    proc: Process, windows_path: str, argv: Sequence[str], environment: Mapping[str, str]
+) -> int:
+    arch, P = proc.arch, RTL_USER_PROCESS_PARAMETERS
+    arena = _Arena(proc)
+    pp = arena.alloc(P.size(arch))
+    P.write(proc, arch, pp, "MaximumLength", P.size(arch))
+    P.write(proc, arch, pp, "Length", P.size(arch))
+    P.write(proc, arch, pp, "Flags", PROCESS_PARAMS_FLAG_NORMALIZED)
+    P.write(proc, arch, pp, "StandardInput", STD_HANDLES["stdin"])
+    P.write(proc, arch, pp, "StandardOutput", STD_HANDLES["stdout"])
+    P.write(proc, arch, pp, "StandardError", STD_HANDLES["stderr"])
+    P.write(proc, arch, pp, "ShowWindowFlags", 1)
+    directory = windows_path.rsplit("\\", 1)[0] + "\\"
+    strings = {
+        "CurrentDirectory": directory,
+        "DllPath": f"{directory.rstrip(chr(92))};{SYSTEM_DIR};{WINDOWS_DIR}",
+        "ImagePathName": windows_path,
+        "CommandLine": command_line(argv),
+        "WindowTitle": windows_path,
+        "DesktopInfo": "",
+        "ShellInfo": "",
+        "RuntimeData": "",
+    }
+    for name, text in strings.items():
+        arena.string(P.address(arch, pp, name), text)
+    block = "".join(f"{k}={v}\0" for k, v in environment.items()) + "\0"
+    data = block.encode("utf-16-le")
+    env = arena.alloc(len(data))
+    proc.write(env, data)
+    P.write(proc, arch, pp, "Environment", env)
+    P.write(proc, arch, pp, "EnvironmentSize", len(data))
+    return pp
+
+
+def _fill_process(proc: Process, exe: Module, params: int) -> None:
+    arch, image = proc.arch, exe.image
+    PEB.write(proc, arch, proc.peb, "ImageBaseAddress", exe.base)
+    PEB.write(proc, arch, proc.peb, "ProcessParameters", params)
+    PEB.write(proc, arch, proc.peb, "ImageSubsystem", image.subsystem)
+    PEB.write(proc, arch, proc.peb, "ImageSubsystemMajorVersion", 6)
+    TEB.write(proc, arch, proc.teb, "CurrentLocale", 0x409)
+    # TEB.StaticUnicodeString -> TEB.StaticUnicodeBuffer (kernelbase's ANSI path conversions)
+    string, buffer = (0x1258, 0x1268) if arch.ptr_size == 8 else (0xBF8, 0xC00)
+    UNICODE_STRING.write(proc, arch, proc.teb + string, "MaximumLength", STATIC_UNICODE_BUFFER)
+    UNICODE_STRING.write(proc, arch, proc.teb + string, "Buffer", proc.teb + buffer)
+    k = KUSER_SHARED_DATA_ADDRESS
+    root = WINDOWS_DIR.encode("utf-16-le") + b"\0\0"
+    proc.write(KUSER_SHARED_DATA.address(arch, k, "NtSystemRoot"), root)
+    KUSER_SHARED_DATA.write(proc, arch, k, "TickCountMultiplier", 0x0FA00000)
+    KUSER_SHARED_DATA.write(proc, arch, k, "SystemTime", nt_info.SYSTEM_TIME)
+
+
+def load_program(
+    path: str | Path,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    files: Mapping[str, str | Path] | None = None,
+    wine_dir: str | Path | None = None,
+    nls_dir: str | Path | None = None,
+    debug_channels: str | None = None,
+    stdin: bytes = b"",
+    time_limit: float = 300.0,
+) -> Program:
+    """Map the program at ``path`` and Wine's ntdll into a new Process (arch from the image).
+
+    ``argv`` defaults to ``[program name]``; ``env`` adds to (or overrides) a small default
+    environment; ``files`` maps more Windows paths to host files the program may read;
+    ``stdin`` is what the program reads from its standard input."""
+    from emu.load.wine_ntdll import load_wine_ntdll
+    from loader.peimage import PeImage
+    from loader.wine import find_wine_dir
+    from loader.wine_nls import find_nls_dir
+
+    path = Path(path).resolve()
+    image = PeImage.from_file(path)
+    if image.is_dll:
+        raise ValueError(f"{path.name} is a DLL, not a program")
+    arch = image.machine
+    proc = Process(
+        arch,
+        stack_reserve=max(image.stack_reserve, STACK_RESERVE_MIN),
+        stack_commit=STACK_COMMIT,
+        time_limit=time_limit,
+    )
+    objects = ObjectManager()
+    proc.objects = objects
+    windows_path = f"{PROGRAM_DIR}\\{path.name}"
+    namespace = objects.namespace
+    namespace.add_file(windows_path, path)
+    dll_dir = find_wine_dir(arch, wine_dir)
+    nls = find_nls_dir(nls_dir)
+    namespace.add_directory_files(SYSTEM_DIR, dll_dir, "*.dll")
+    namespace.add_directory_files(SYSTEM_DIR, nls, "*.nls")
+    for windows, host in (files or {}).items():
+        namespace.add_file(windows, host)
+    objects.nls_dir = nls
+    objects.stdin = stdin
+
+    ntdll = load_wine_ntdll(proc, dll_dir, debug_channels=debug_channels, create_process_heap=False)
+    nt_section.add_coff_symbols(proc, ntdll)
+    exe, _ = nt_section.map_image(proc, path, image, path.name)
+    objects.main_image = MainImage(image, exe.base, path.stat().st_size, windows_path)
+    environment = {**DEFAULT_ENVIRONMENT, **(env or {})}
+    args = list(argv) if argv else [windows_path]
+    params = _write_parameters(proc, windows_path, args, environment)
+    _fill_process(proc, exe, params)
+    program = Program(proc, path, exe, ntdll, windows_path, args, environment)
+    proc.program = program
+    return program
+
+
+def run_program(
+    path: str | Path, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+    **options: object,
+) -> ProgramResult:  # fmt: skip
+    """Load and run in one step."""
+    return load_program(path, argv, env, **options).run()  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ cross-heap frees
+@dataclass
+class CrossHeapFree:
+    """A block freed through a heap it does not belong to (seed 001: two C runtimes)."""
+
+    block: int  # the pointer passed to RtlFreeHeap
+    owner: int | None  # the heap whose walk holds the block (None: no heap of PEB.ProcessHeaps)
+    freed_through: int  # the heap passed to RtlFreeHeap
+    free_stack: list[Frame]
+    alloc_stack: list[Frame] | None  # where the block was allocated, when recorded
+    alloc_heap: int | None = None  # the heap passed to the allocation
+
+    def __str__(self) -> str:
+        owner = f"heap 0x{self.owner:x}" if self.owner is not None else "no heap"
+        lines = [
+            f"block 0x{self.block:x} belongs to {owner}, freed through heap "
+            f"0x{self.freed_through:x}",
+            "  freed at:",
+            *(f"    {f}" for f in self.free_stack),
+        ]
+        if self.alloc_stack is not None:
+            lines += ["  allocated at:", *(f"    {f}" for f in self.alloc_stack)]
+        return "\n".join(lines)
+
+
+_WALK_REGS = {
+    8: ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"),
+    4: ("ebx", "esp", "ebp", "esi", "edi"),
+}  # fmt: skip
+
+
+@dataclass
+class StackSnapshot:
+    """The thread's registers and stack contents at one moment: walking a stack costs tens of
+    milliseconds, copying it a few microseconds, so allocations keep a snapshot and only the
+    ones a report needs are walked (``frames()``)."""
+
+    pc: int
+    regs: dict[str, int]
+    sp: int
+    data: bytes
+
+    @classmethod
+    def take(cls, proc: Process) -> StackSnapshot:
+        cpu = proc.cpu
+        regs = {r: cpu.reg(r) for r in _WALK_REGS[proc.arch.ptr_size]}
+        sp = cpu.sp
+        return cls(cpu.pc, regs, sp, proc.read(sp, proc.thread_stack.top - sp))
+
+    def frames(self, proc: Process) -> list[Frame]:
+        """The call stack as it was (the stack memory is swapped back for the walk)."""
+        from emu.observe.stackwalk import StackWalker
+
+        now = proc.read(self.sp, len(self.data))
+        proc.write(self.sp, self.data)
+        try:
+            return StackWalker(proc).walk(self.pc, self.regs)
+        finally:
+            proc.write(self.sp, now)
+
+
+class CrossHeapFreeDetector:
+    """Watches ntdll!RtlFreeHeap: the heap walkers (``emu.walkers``) say which heap of
+    PEB.ProcessHeaps holds each freed block; a block freed through another heap is reported
+    with the stack of the free and the stack of its allocation.
+
+        with CrossHeapFreeDetector(proc) as frees:
+            proc.program.run()
+        for report in frees.reports: print(report)
+    """
+
+    def __init__(self, proc: Process, module: str = "ntdll"):
+        self.proc = proc
+        self.module = module
+        self.reports: list[CrossHeapFree] = []
+        self.frees_checked = 0
+        self._recorder: EventRecorder | None = None
+        self._breakpoints: list[Breakpoint] = []
+        self._pending: list[tuple[AllocationEvent, StackSnapshot]] = []
+        self._live: dict[int, tuple[AllocationEvent, StackSnapshot]] = {}
+
+    def start(self) -> CrossHeapFreeDetector:
+        m = self.module
+        allocators = [f"{m}!RtlAllocateHeap", f"{m}!RtlReAllocateHeap"]
+        self._recorder = self.proc.record([*allocators, f"{m}!RtlFreeHeap"])
+        for name in allocators:
+            self._breakpoints.append(self.proc.breakpoint(name, self._on_alloc))
+        self._breakpoints.append(self.proc.breakpoint(f"{m}!RtlFreeHeap", self._on_free, argc=3))
+        return self
+
+    def stop(self) -> None:
+        for bp in self._breakpoints:
+            bp.remove()
+        self._breakpoints.clear()
+        if self._recorder is not None:
+            self._recorder.stop()
+            self._recorder = None
+
+    def __enter__(self) -> CrossHeapFreeDetector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _on_alloc(self, ctx: BreakContext) -> None:
+        # the recorder's block hook ran first: its newest event is this call
+        assert self._recorder is not None
+        event = self._recorder.all[-1]
+        if event.address == ctx.address:
+            self._pending.append((event, StackSnapshot.take(self.proc)))
+
+    def _settle(self) -> None:
+        still = []
+        for event, stack in self._pending:
+            if not event.finished:
+                still.append((event, stack))
+            elif event.ret:
+                self._live[event.ret] = (event, stack)
+        self._pending = still
+
+    def _holds(self, heap: int, block: int) -> bool:
+        from emu.heap.walkers import walk_heap
+
+        report = walk_heap(self.proc, heap)
+        b = report.block_at(block)
+        if b is not None and b.user_ptr == block:
+            return True
+        return any(lb.user_ptr == block for lb in report.large_blocks)
+
+    def _on_free(self, ctx: BreakContext) -> None:
+        heap, _flags, block = ctx.args(3)
+        if not block:
+            return
+        self.frees_checked += 1
+        self._settle()
+        allocation = self._live.pop(block, None)
+        if allocation is not None and allocation[0].args.get("HeapHandle") == heap:
+            return  # allocated through this very heap while we watched: no walk needed
+        if self._holds(heap, block):
+            return
+        heaps = [h for h in self.proc.process_heaps if h != heap]
+        owner = next((h for h in heaps if self._holds(h, block)), None)
+        self.reports.append(
+            CrossHeapFree(
+                block=block,
+                owner=owner,
+                freed_through=heap,
+                free_stack=ctx.stack(),
+                alloc_stack=allocation[1].frames(self.proc) if allocation else None,
+                alloc_heap=allocation[0].args.get("HeapHandle") if allocation else None,
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------- heapemu exec
+EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
+
+
+def configure_exec(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heapemu exec`` (for emu.cli's COMMANDS table)."""
+    parser.add_argument("program", help="a Windows console program (.exe, x86 or x64)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="WIN=HOST",
+        help="let the program read host file HOST as Windows path WIN (read-only)",
+    )
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--events", action="store_true", help="print the allocation events")
+    parser.add_argument("--json", action="store_true", help="a JSON report on stdout")
+    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds (default 300)")
+
+
+def exec_main(argv: Sequence[str] | None = None) -> int:
+    """``heapemu exec [--map WIN=HOST]... [--events] [--json] PROGRAM [ARGS...]``: run a
+    Windows console program; its stdout/stderr are passed through, its exit code returned."""
+    parser = argparse.ArgumentParser(prog="heapemu exec", description=EXEC_HELP)
+    configure_exec(parser)
+    return run_exec(parser.parse_args(argv))
+
+
+def run_exec(args: argparse.Namespace) -> int:
+    """Run ``heapemu exec`` with parsed options: 2 for bad input, 1 when the program did not
+    exit, else its exit code (low 8 bits)."""
+    from loader.errors import LoaderError
+
+    files = dict(item.split("=", 1) for item in args.map)
+    env = dict(item.split("=", 1) for item in args.env)
+    program_argv = [f"{PROGRAM_DIR}\\{Path(args.program).name}", *args.args]
+    try:
+        program = load_program(
+            args.program, program_argv, env, files=files, time_limit=args.time_limit
+        )
+    except (OSError, ValueError, LoaderError) as e:
+        print(f"heapemu: {e}", file=sys.stderr)
+        return 2
+    with program.proc.record() as rec:
+        result = program.run()
+    if args.json:
+        report = {
+            "ok": result.ok,
+            "exit_code": result.exit_code,
+            "stdout": result.stdout.decode("utf-8", errors="replace"),
+            "stderr": result.stderr.decode("utf-8", errors="replace"),
+            "error": str(result.error) if result.error else None,
+            "denied": result.denied,
+            "events": [ev.to_json() for ev in rec.all],
+        }
+        print(json.dumps(report, indent=1))
+    else:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(result.stderr)
+        if args.events:
+            for ev in rec.all:
+                ret = "?" if ev.ret is None else hex(ev.ret)
+                print(
+                    f"{'  ' * ev.depth}{ev.function}({ev.describe_args()}) = {ret}  <- {ev.caller}",
+                    file=sys.stderr,
+                )
+        if result.error:
+            print(f"heapemu: the program did not exit: {result.error}", file=sys.stderr)
+    if result.exit_code is None:
+        return 1
+    return result.exit_code & 0xFF

@@ -1,0 +1,144 @@
+"""Wine 8.0's ntdll.dll, unmodified, made to run in a heapemu process.
+
+What Wine's PE ntdll needs from its surroundings (found by probing these binaries):
+
+- It has no imports. Its Nt* exports are system-call stubs. On x64 they execute ``syscall``
+  (when bit 0 of KUSER_SHARED_DATA+0x308 is clear, which it is here). On x86 they are
+  ``mov eax, N; mov edx, THUNK; call edx`` and THUNK is ``jmp [__wine_syscall_dispatcher]``, a
+  pointer in ntdll's data that is zero on disk: we point it at a trap of ours
+  (``lea edx, [esp+8]; int 0x2e; ret``: the arguments sit above the two return addresses).
+- The service numbers are read from the stubs themselves (``loader.wine.wine_syscall_numbers``)
+  and registered for the code that issues them: ntdll's range on x64, our trap on x86.
+- Calls into Wine's Unix side go through ``__wine_unix_call``'s indirect ``call [ptr]``; the
+  pointer is aimed at a trap that stops with a clear EmulationError (heap code never calls it).
+- Debug channels read an option table at PEB+0x2000 (x64) / PEB+0x1000 (x86), inside our PEB
+  region: zero means every channel off. ``set_debug_channels("heap=warn+err")`` fills it; messages
+  arrive through the ``__wine_dbg_write`` system call and are kept in ``proc.debug_output``.
+- The first RtlCreateHeap needs no process heap; every later one allocates its bookkeeping
+  from PEB.ProcessHeap. As on Windows, a process heap is created before any user heap.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import capstone
+
+from emu import EmulationError, Process
+from emu.errors import Fault
+from emu.modules import Module
+from emu.win.ntdefs import NtStatus
+from loader.errors import LoaderError
+from loader.peimage import PeImage
+from loader.wine import find_wine_dir, wine_syscall_numbers, wine_syscall_stubs
+
+log = logging.getLogger("heapemu.wine")
+
+DEBUG_OPTIONS_OFFSET = {"x64": 0x2000, "x86": 0x1000}  # from the PEB
+DEBUG_CLASSES = {"fixme": 1, "err": 2, "warn": 4, "trace": 8}
+_X86_SYSCALL_TRAP = bytes.fromhex("8d542408cd2ec3")  # lea edx,[esp+8]; int 0x2e; ret
+
+
+def _indirect_call_target(module: Module, export: str, arch: str) -> int:
+    """The pointer slot that ``export``'s first indirect ``call``/``jmp`` reads."""
+    image: PeImage = module.image
+    rva = module.exports[export] - module.base
+    code = image.read(rva, 64)
+    md = capstone.Cs(
+        capstone.CS_ARCH_X86, capstone.CS_MODE_64 if arch == "x64" else capstone.CS_MODE_32
+    )
+    md.detail = True
+    for insn in md.disasm(code, module.exports[export]):
+        if (
+            insn.mnemonic in ("call", "jmp")
+            and insn.operands
+            and insn.operands[0].type == capstone.CS_OP_MEM
+        ):
+            mem = insn.operands[0].mem
+            if mem.base == capstone.x86.X86_REG_RIP:
+                return int(insn.address + insn.size + mem.disp)
+            if mem.base == 0 and mem.index == 0:
+                return int(mem.disp) & 0xFFFFFFFF
+    raise LoaderError(f"{module.name}: no indirect call found in {export}")
+
+
+def _unix_call_trap(proc: Process, *args: int) -> int:
+    raise EmulationError(
+        Fault(
+            "call into Wine's Unix side",
+            pc=proc.cpu.pc,
+            status=NtStatus.NOT_IMPLEMENTED,
+            detail="__wine_unix_call was reached; heapemu runs only Wine's PE code",
+        ),
+        proc.cpu.state(),
+    )
+
+
+def set_debug_channels(proc: Process, spec: str) -> None:
+    """WINEDEBUG-style ``"heap=warn+err,*=err"``: fill Wine's debug option table. Wine reads
+    the table once, at its first debug check, so this must run before any ntdll code does
+    (``load_wine_ntdll(debug_channels=...)`` calls it at the right time).
+
+    The table holds sorted 16-byte entries ``{u8 flags; char name[15]}`` ending with an entry
+    of empty name whose flags are the default for every other channel. Note that turning the
+    heap channel's trace class on changes Wine's block layout (it adds tail/free checking)."""
+    entries: list[tuple[bytes, int]] = []
+    default = 0
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, classes = item.partition("=")
+        flags = 0
+        for c in (classes or "trace+warn+err+fixme").split("+"):
+            if c not in DEBUG_CLASSES:
+                raise ValueError(
+                    f"unknown debug class {c!r} in {item!r}; use {sorted(DEBUG_CLASSES)}"
+                )
+            flags |= DEBUG_CLASSES[c]
+        if name == "*":
+            default = flags
+        else:
+            if len(name) > 14:
+                raise ValueError(f"debug channel name {name!r} is longer than 14 characters")
+            entries.append((name.encode(), flags))
+    entries.sort()
+    table = proc.peb + DEBUG_OPTIONS_OFFSET[proc.arch.name]
+    data = (
+        b"".join(bytes([f]) + n.ljust(15, b"\0") for n, f in entries) + bytes([default]) + bytes(15)
+    )
+    proc.write(table, data)
+
+
+def load_wine_ntdll(
+    proc: Process,
+    wine_dir: str | Path | None = None,
+    *,
+    debug_channels: str | None = None,
+    create_process_heap: bool = True,
+) -> Module:
+    """Load Wine 8.0's ntdll.dll into ``proc`` and make it runnable; see the module docstring."""
+    directory = find_wine_dir(proc.arch.name, wine_dir)
+    module = proc.load_pe(str(directory / "ntdll.dll"), "ntdll.dll")
+    image: PeImage = module.image
+    numbers = wine_syscall_numbers(image)
+    if proc.arch.name == "x64":
+        proc.register_syscall_table(module.base, module.end, numbers)
+    else:
+        stubs = wine_syscall_stubs(image)
+        if not stubs or stubs[0].dispatcher_va is None:
+            raise LoaderError(f"{image.name}: no x86 system-call stubs found")
+        thunk = stubs[0].dispatcher_va - image.image_base + module.base
+        thunk_insn = proc.read(thunk, 6)
+        if thunk_insn[:2] != b"\xff\x25":  # jmp dword ptr [abs32]
+            raise LoaderError(f"{image.name}: unexpected syscall thunk {thunk_insn.hex()}")
+        slot = struct.unpack_from("<I", thunk_insn, 2)[0]
+        trap = proc.add_trap_code(_X86_SYSCALL_TRAP, "wine_syscall_trap")
+        proc.register_syscall_table(trap, trap + len(_X86_SYSCALL_TRAP), numbers)
+        proc.write_ptr(slot, trap)
+    unix_slot = _indirect_call_target(module, "__wine_unix_call", proc.arch.name)
+    proc.write_ptr(unix_slot, proc.register_callback(_unix_call_trap, 0, name="wine_unix_call"))
+    if debug_channels:
+        set_debug_channels(proc, debug_channels)
+    if create_process_heap:
+        proc.create_process_heap(module)
+    return module

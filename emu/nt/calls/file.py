@@ -1,0 +1,350 @@
+"""File system calls over the sandboxed namespace of ``emu.objects``.
+
+Opening resolves the name in the process's namespace only: a name that is not there is
+STATUS_OBJECT_NAME_NOT_FOUND (and is remembered in ``ObjectManager.denied``); a file that is
+there opens read-only (asking for write access is STATUS_ACCESS_DENIED). The standard handles
+are pipes into heapemu: NtWriteFile on them is captured (``ObjectManager.stdout``/``stderr``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from emu.errors import NtStatusError
+from emu.nt.kernel import ACCESS_MASK, HANDLE, PHANDLE, PULONG, PVOID, ULONG, Kernel, syscall
+from emu.nt.objects import (
+    WRITE_ACCESS,
+    FileObject,
+    Status,
+    object_name,
+    objects_of,
+    put_buffer,
+    write_io_status,
+)
+
+FILE_DIRECTORY_FILE, FILE_NON_DIRECTORY_FILE = 0x1, 0x40
+FILE_SUPERSEDE, FILE_OPEN, FILE_CREATE, FILE_OPEN_IF, FILE_OVERWRITE, FILE_OVERWRITE_IF = range(6)
+FILE_OPENED = 1  # IO_STATUS_BLOCK.Information after an open
+FILE_ATTRIBUTE_READONLY, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_ARCHIVE = 0x1, 0x10, 0x20
+FILE_DEVICE_DISK, FILE_DEVICE_NAMED_PIPE = 0x7, 0x11
+FILE_USE_FILE_POINTER_POSITION = 0xFFFFFFFE  # ByteOffset.HighPart meaning "the current position"
+FILE_TIME = 133_000_000_000_000_000  # every file's times: 2022-06-18, fixed for reproducibility
+
+# FILE_INFORMATION_CLASS / FS_INFORMATION_CLASS values used here
+FileBasicInformation, FileStandardInformation, FileInternalInformation = 4, 5, 6
+FilePositionInformation, FileNetworkOpenInformation, FileIdInformation = 14, 34, 59
+FileFsVolumeInformation, FileFsDeviceInformation, FileFsAttributeInformation = 1, 4, 5
+
+
+def _open(
+    k: Kernel,
+    FileHandle: int,
+    DesiredAccess: int,
+    ObjectAttributes: int,
+    IoStatusBlock: int,
+    options: int,
+    disposition: int,
+) -> int:
+    objects = objects_of(k.proc)
+    root, name = object_name(k, ObjectAttributes)
+    if root:
+        parent = objects.get(root, FileObject)
+        assert isinstance(parent, FileObject)
+        name = f"{parent.name.rstrip(chr(92))}\\{name}"
+    k.details.update(name=name)
+    entry = objects.namespace.lookup(name)
+    if entry is None:
+        objects.denied.append((name, "not in the sandbox"))
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, f"{name} is not in the sandbox")
+    is_dir = entry.host_path is None
+    if is_dir and options & FILE_NON_DIRECTORY_FILE:
+        raise NtStatusError(Status.FILE_IS_A_DIRECTORY, name)
+    if not is_dir and options & FILE_DIRECTORY_FILE:
+        raise NtStatusError(Status.NOT_A_DIRECTORY, name)
+    if disposition == FILE_CREATE:
+        raise NtStatusError(Status.OBJECT_NAME_COLLISION, name)
+    if DesiredAccess & WRITE_ACCESS or disposition in (
+        FILE_SUPERSEDE,
+        FILE_OVERWRITE,
+        FILE_OVERWRITE_IF,
+    ):
+        objects.denied.append((name, f"write access 0x{DesiredAccess:x}"))
+        raise NtStatusError(Status.ACCESS_DENIED, f"{name} is read-only in the sandbox")
+    obj = FileObject("file", entry.path, host_path=entry.host_path, directory=is_dir)
+    handle = objects.insert(obj)
+    k.write_ptr(FileHandle, handle)
+    write_io_status(k, IoStatusBlock, 0, FILE_OPENED)
+    k.details.update(handle=handle, host=str(entry.host_path or "<directory>"))
+    return Status.SUCCESS
+
+
+@syscall
+def NtOpenFile(
+    k: Kernel,
+    FileHandle: PHANDLE,
+    DesiredAccess: ACCESS_MASK,
+    ObjectAttributes: PVOID,
+    IoStatusBlock: PVOID,
+    ShareAccess: ULONG,
+    OpenOptions: ULONG,
+) -> int:
+    return _open(k, FileHandle, DesiredAccess, ObjectAttributes, IoStatusBlock, OpenOptions, 1)
+
+
+@syscall
+def NtCreateFile(
+    k: Kernel,
+    FileHandle: PHANDLE,
+    DesiredAccess: ACCESS_MASK,
+    ObjectAttributes: PVOID,
+    IoStatusBlock: PVOID,
+    AllocationSize: PVOID,
+    FileAttributes: ULONG,
+    ShareAccess: ULONG,
+    CreateDisposition: ULONG,
+    CreateOptions: ULONG,
+    EaBuffer: PVOID,
+    EaLength: ULONG,
+) -> int:
+    return _open(
+        k,
+        FileHandle,
+        DesiredAccess,
+        ObjectAttributes,
+        IoStatusBlock,
+        CreateOptions,
+        CreateDisposition,
+    )
+
+
+def _file(k: Kernel, handle: int) -> FileObject:
+    obj = objects_of(k.proc).get(handle, FileObject)
+    assert isinstance(obj, FileObject)
+    return obj
+
+
+@syscall
+def NtReadFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    Event: HANDLE,
+    ApcRoutine: PVOID,
+    ApcContext: PVOID,
+    IoStatusBlock: PVOID,
+    Buffer: PVOID,
+    Length: ULONG,
+    ByteOffset: PVOID,
+    Key: PULONG,
+) -> int:
+    f = _file(k, FileHandle)
+    if f.directory:
+        raise NtStatusError(Status.INVALID_DEVICE_REQUEST, "read of a directory")
+    data = objects_of(k.proc).stdin if f.stream == "stdin" else f.data()
+    offset = f.position
+    if ByteOffset and f.stream is None:
+        low, high = struct.unpack("<II", k.read(ByteOffset, 8))
+        if high != FILE_USE_FILE_POINTER_POSITION:
+            offset = low | high << 32
+    if f.stream is not None:
+        objects_of(k.proc).stdin = b""  # a pipe: what is read is gone
+        offset = 0
+    if offset >= len(data) and Length:
+        write_io_status(k, IoStatusBlock, Status.END_OF_FILE, 0)
+        return Status.END_OF_FILE
+    chunk = data[offset : offset + Length]
+    k.write(Buffer, chunk)
+    f.position = offset + len(chunk)
+    write_io_status(k, IoStatusBlock, 0, len(chunk))
+    k.details.update(offset=offset, read=len(chunk))
+    return Status.SUCCESS
+
+
+@syscall
+def NtWriteFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    Event: HANDLE,
+    ApcRoutine: PVOID,
+    ApcContext: PVOID,
+    IoStatusBlock: PVOID,
+    Buffer: PVOID,
+    Length: ULONG,
+    ByteOffset: PVOID,
+    Key: PULONG,
+) -> int:
+    """Only the standard output and error streams take writes; files are read-only."""
+    f = _file(k, FileHandle)
+    if f.stream not in ("stdout", "stderr"):
+        raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} is not writable in the sandbox")
+    data = k.read(Buffer, Length)
+    objects_of(k.proc).write_stream(f.stream, data)
+    write_io_status(k, IoStatusBlock, 0, Length)
+    k.details.update(stream=f.stream, text=data.decode("utf-8", errors="replace"))
+    return Status.SUCCESS
+
+
+@syscall
+def NtFlushBuffersFile(k: Kernel, FileHandle: HANDLE, IoStatusBlock: PVOID) -> int:
+    _file(k, FileHandle)
+    write_io_status(k, IoStatusBlock, 0, 0)
+    return Status.SUCCESS
+
+
+def _attributes(f: FileObject) -> int:
+    return FILE_ATTRIBUTE_DIRECTORY if f.directory else FILE_ATTRIBUTE_READONLY
+
+
+def _basic_info(attributes: int) -> bytes:
+    return struct.pack("<qqqqI4x", FILE_TIME, FILE_TIME, FILE_TIME, FILE_TIME, attributes)
+
+
+def _file_info(k: Kernel, f: FileObject, cls: int) -> bytes:
+    size = f.size
+    if cls == FileBasicInformation:
+        return _basic_info(_attributes(f))
+    if cls == FileStandardInformation:
+        alloc = (size + 0xFFF) & ~0xFFF
+        return struct.pack("<qqIBB2x", alloc, size, 1, 0, int(f.directory))
+    if cls == FileInternalInformation:
+        return struct.pack("<Q", f.file_id)
+    if cls == FilePositionInformation:
+        return struct.pack("<q", f.position)
+    if cls == FileIdInformation:
+        return struct.pack("<QQQ", 0x4845_4150, f.file_id, 0)  # VolumeSerialNumber "HEAP"
+    if cls == FileNetworkOpenInformation:
+        alloc = (size + 0xFFF) & ~0xFFF
+        return struct.pack("<qqqqqqI4x", *(FILE_TIME,) * 4, alloc, size, _attributes(f))
+    raise NtStatusError(0xC0000003, f"FileInformationClass {cls}")
+
+
+@syscall
+def NtQueryInformationFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    IoStatusBlock: PVOID,
+    FileInformation: PVOID,
+    Length: ULONG,
+    FileInformationClass: ULONG,
+) -> int:
+    f = _file(k, FileHandle)
+    k.details.update(cls=FileInformationClass, name=f.name)
+    data = _file_info(k, f, FileInformationClass)
+    put_buffer(k, FileInformation, Length, data)
+    write_io_status(k, IoStatusBlock, 0, len(data))
+    return Status.SUCCESS
+
+
+@syscall
+def NtSetInformationFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    IoStatusBlock: PVOID,
+    FileInformation: PVOID,
+    Length: ULONG,
+    FileInformationClass: ULONG,
+) -> int:
+    """Only the file position can be set; anything that would change a file is refused."""
+    f = _file(k, FileHandle)
+    k.details.update(cls=FileInformationClass, name=f.name)
+    if FileInformationClass != FilePositionInformation:
+        raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} cannot be changed in the sandbox")
+    (f.position,) = struct.unpack("<q", k.read(FileInformation, 8))
+    write_io_status(k, IoStatusBlock, 0, 0)
+    return Status.SUCCESS
+
+
+@syscall
+def NtQueryVolumeInformationFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    IoStatusBlock: PVOID,
+    FsInformation: PVOID,
+    Length: ULONG,
+    FsInformationClass: ULONG,
+) -> int:
+    f = _file(k, FileHandle)
+    k.details.update(cls=FsInformationClass, name=f.name)
+    if FsInformationClass == FileFsDeviceInformation:
+        device = FILE_DEVICE_NAMED_PIPE if f.stream else FILE_DEVICE_DISK
+        data = struct.pack("<II", device, 0)
+    elif FsInformationClass == FileFsVolumeInformation and not f.stream:
+        label = "HEAPEMU".encode("utf-16-le")
+        data = struct.pack("<qIIBB", FILE_TIME, 0x4845_4150, len(label), 0, 0) + label
+    else:
+        raise NtStatusError(0xC0000003, f"FsInformationClass {FsInformationClass}")
+    put_buffer(k, FsInformation, Length, data)
+    write_io_status(k, IoStatusBlock, 0, len(data))
+    return Status.SUCCESS
+
+
+def _lookup_attributes(k: Kernel, ObjectAttributes: int) -> FileObject:
+    objects = objects_of(k.proc)
+    root, name = object_name(k, ObjectAttributes)
+    if root:
+        parent = objects.get(root, FileObject)
+        assert isinstance(parent, FileObject)
+        name = f"{parent.name.rstrip(chr(92))}\\{name}"
+    k.details.update(name=name)
+    entry = objects.namespace.lookup(name)
+    if entry is None:
+        objects.denied.append((name, "not in the sandbox"))
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, f"{name} is not in the sandbox")
+    return FileObject(
+        "file", entry.path, host_path=entry.host_path, directory=entry.host_path is None
+    )
+
+
+@syscall
+def NtQueryAttributesFile(k: Kernel, ObjectAttributes: PVOID, FileInformation: PVOID) -> int:
+    f = _lookup_attributes(k, ObjectAttributes)
+    k.write(FileInformation, _basic_info(_attributes(f)))
+    return Status.SUCCESS
+
+
+@syscall
+def NtQueryFullAttributesFile(k: Kernel, ObjectAttributes: PVOID, FileInformation: PVOID) -> int:
+    f = _lookup_attributes(k, ObjectAttributes)
+    k.write(FileInformation, _file_info(k, f, FileNetworkOpenInformation))
+    return Status.SUCCESS
+
+
+def _control(k: Kernel, FileHandle: int, IoControlCode: int) -> int:
+    f = _file(k, FileHandle)
+    k.details.update(code=IoControlCode, name=f.name)
+    raise NtStatusError(Status.INVALID_DEVICE_REQUEST, f"control code 0x{IoControlCode:x}")
+
+
+@syscall
+def NtFsControlFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    Event: HANDLE,
+    ApcRoutine: PVOID,
+    ApcContext: PVOID,
+    IoStatusBlock: PVOID,
+    FsControlCode: ULONG,
+    InputBuffer: PVOID,
+    InputBufferLength: ULONG,
+    OutputBuffer: PVOID,
+    OutputBufferLength: ULONG,
+) -> int:
+    """No file-system controls are emulated: STATUS_INVALID_DEVICE_REQUEST."""
+    return _control(k, FileHandle, FsControlCode)
+
+
+@syscall
+def NtDeviceIoControlFile(
+    k: Kernel,
+    FileHandle: HANDLE,
+    Event: HANDLE,
+    ApcRoutine: PVOID,
+    ApcContext: PVOID,
+    IoStatusBlock: PVOID,
+    IoControlCode: ULONG,
+    InputBuffer: PVOID,
+    InputBufferLength: ULONG,
+    OutputBuffer: PVOID,
+    OutputBufferLength: ULONG,
+) -> int:
+    """No device controls are emulated (no console driver): STATUS_INVALID_DEVICE_REQUEST."""
+    return _control(k, FileHandle, IoControlCode)

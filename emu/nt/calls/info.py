@@ -1,0 +1,322 @@
+"""Information system calls: the system, the process, the thread, the token, time and locale.
+
+Answers describe the emulated machine heapemu builds (one processor, Windows 10 19045, the
+arch's user address space) and are deterministic: clocks are derived from the number of
+system calls made so far, never from the host.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from emu.errors import NtStatusError
+from emu.nt.kernel import (
+    ACCESS_MASK,
+    BOOLEAN,
+    HANDLE,
+    PHANDLE,
+    PULONG,
+    PVOID,
+    ULONG,
+    Kernel,
+    syscall,
+)
+from emu.nt.objects import KernelObject, Status, objects_of, put_buffer
+from emu.win.ntdefs import ALLOCATION_GRANULARITY, PAGE_SIZE
+
+SYSTEM_TIME = 133_000_000_000_000_000  # 2022-06-18 in FILETIME units; the emulated boot time
+PERFORMANCE_FREQUENCY = 10_000_000
+INVALID_INFO_CLASS = 0xC0000003
+STATUS_PENDING = 0x103
+NO_TOKEN = 0xC000007C
+
+# SYSTEM_INFORMATION_CLASS
+SystemBasicInformation, SystemProcessorInformation, SystemTimeOfDayInformation = 0, 1, 3
+SystemRangeStartInformation, SystemEmulationBasicInformation = 50, 62
+SystemEmulationProcessorInformation = 63
+# PROCESSINFOCLASS
+ProcessBasicInformation, ProcessDebugPort, ProcessDefaultHardErrorMode = 0, 7, 12
+ProcessWow64Information, ProcessImageFileName, ProcessDebugObjectHandle = 26, 27, 30
+ProcessDebugFlags, ProcessExecuteFlags, ProcessCookie = 31, 34, 36
+ProcessImageInformation, ProcessImageFileNameWin32 = 37, 43
+# THREADINFOCLASS / TOKEN_INFORMATION_CLASS
+ThreadBasicInformation = 0
+TokenUser, TokenElevationType, TokenElevation = 1, 18, 20
+# S-1-5-21-0-0-0-1000: revision 1, five sub-authorities, NT authority (5)
+USER_SID = bytes([1, 5, 0, 0, 0, 0, 0, 5]) + struct.pack("<5I", 21, 0, 0, 0, 1000)
+
+
+def _clock(k: Kernel) -> int:
+    """A deterministic clock: 1 ms of emulated time per system call so far."""
+    return len(k.proc.syscalls) * 10_000
+
+
+def _ptr(k: Kernel) -> str:
+    return "Q" if k.arch.ptr_size == 8 else "I"
+
+
+def _system_info(k: Kernel, cls: int) -> bytes:
+    arch, p = k.arch, _ptr(k)
+    if cls in (SystemBasicInformation, SystemEmulationBasicInformation):
+        pad = "4x" if arch.ptr_size == 8 else ""
+        tail = "7x" if arch.ptr_size == 8 else "3x"
+        return struct.pack(
+            f"<7I{pad}3{p}b{tail}",
+            0,  # Reserved
+            156_250,  # TimerResolution (100 ns units)
+            PAGE_SIZE,
+            0x40000,  # NumberOfPhysicalPages (1 GiB), as KUSER_SHARED_DATA says
+            1,
+            0x7FFFF,
+            ALLOCATION_GRANULARITY,
+            arch.user_min,
+            arch.user_max,
+            1,  # ActiveProcessorsAffinityMask
+            1,  # NumberOfProcessors
+        )
+    if cls in (SystemProcessorInformation, SystemEmulationProcessorInformation):
+        architecture = 9 if arch.ptr_size == 8 else 0  # AMD64 / INTEL
+        return struct.pack("<HHHHI", architecture, 6, 0x9E0A, 1, 0)
+    if cls == SystemTimeOfDayInformation:
+        now = SYSTEM_TIME + _clock(k)
+        return struct.pack("<qqqII4x", SYSTEM_TIME, now, 0, 0, 0)
+    if cls == SystemRangeStartInformation:
+        return k.arch.pack_ptr(arch.user_max + 0x10001)
+    raise NtStatusError(INVALID_INFO_CLASS, f"SystemInformationClass {cls}")
+
+
+@syscall
+def NtQuerySystemInformation(
+    k: Kernel,
+    SystemInformationClass: ULONG,
+    SystemInformation: PVOID,
+    SystemInformationLength: ULONG,
+    ReturnLength: PULONG,
+) -> int:
+    k.details.update(cls=SystemInformationClass)
+    data = _system_info(k, SystemInformationClass)
+    put_buffer(k, SystemInformation, SystemInformationLength, data, ReturnLength)
+    return Status.SUCCESS
+
+
+def _unicode_string_block(k: Kernel, buf: int, text: str) -> bytes:
+    """A UNICODE_STRING followed by its characters, for a buffer at ``buf``."""
+    data = text.encode("utf-16-le")
+    head = 16 if k.arch.ptr_size == 8 else 8
+    fmt = "<HH4xQ" if k.arch.ptr_size == 8 else "<HHI"
+    return struct.pack(fmt, len(data), len(data) + 2, buf + head) + data + b"\0\0"
+
+
+def _process_info(k: Kernel, cls: int, buf: int) -> bytes:
+    from emu.nt.calls.section import image_information
+
+    proc, p = k.proc, _ptr(k)
+    main = objects_of(proc).main_image
+    if cls == ProcessBasicInformation:
+        pad = "4x" if k.arch.ptr_size == 8 else ""
+        return struct.pack(f"<I{pad}{p}{p}i{pad}{p}{p}", STATUS_PENDING, proc.peb, 1, 8, 0x1000, 0)
+    if cls == ProcessDebugPort:
+        return k.arch.pack_ptr(0)
+    if cls == ProcessDebugObjectHandle:
+        raise NtStatusError(Status.PORT_NOT_SET, "no debugger")
+    if cls == ProcessDebugFlags:
+        return struct.pack("<I", 1)  # NoDebugInherit: not being debugged
+    if cls == ProcessWow64Information:
+        return k.arch.pack_ptr(0)
+    if cls == ProcessDefaultHardErrorMode:
+        return struct.pack("<I", 1)
+    if cls == ProcessExecuteFlags:
+        return struct.pack("<I", 0x2 | 0x8)  # MEM_EXECUTE_OPTION_ENABLE | PERMANENT
+    if cls == ProcessCookie:
+        return struct.pack("<I", 0x4845_4150)
+    if main is not None:
+        if cls == ProcessImageInformation:
+            return image_information(main.image, main.base, main.file_size, k.arch.ptr_size)
+        if cls == ProcessImageFileName:
+            nt = "\\Device\\HarddiskVolume1" + main.windows_path[2:]
+            return _unicode_string_block(k, buf, nt)
+        if cls == ProcessImageFileNameWin32:
+            return _unicode_string_block(k, buf, main.windows_path)
+    raise NtStatusError(INVALID_INFO_CLASS, f"ProcessInformationClass {cls}")
+
+
+@syscall
+def NtQueryInformationProcess(
+    k: Kernel,
+    ProcessHandle: HANDLE,
+    ProcessInformationClass: ULONG,
+    ProcessInformation: PVOID,
+    ProcessInformationLength: ULONG,
+    ReturnLength: PULONG,
+) -> int:
+    k.check_process_handle(ProcessHandle)
+    k.details.update(cls=ProcessInformationClass)
+    data = _process_info(k, ProcessInformationClass, ProcessInformation)
+    put_buffer(k, ProcessInformation, ProcessInformationLength, data, ReturnLength)
+    return Status.SUCCESS
+
+
+@syscall
+def NtSetInformationProcess(
+    k: Kernel,
+    ProcessHandle: HANDLE,
+    ProcessInformationClass: ULONG,
+    ProcessInformation: PVOID,
+    ProcessInformationLength: ULONG,
+) -> int:
+    """Accepted and recorded; nothing in the emulated process depends on these settings."""
+    k.check_process_handle(ProcessHandle)
+    k.details.update(cls=ProcessInformationClass)
+    return Status.SUCCESS
+
+
+def _check_thread(k: Kernel, handle: int) -> None:
+    if handle != (-2 & k.arch.ptr_mask):  # NtCurrentThread()
+        obj = objects_of(k.proc).get(handle)
+        if obj.kind != "thread":
+            raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{handle:x}")
+
+
+@syscall
+def NtQueryInformationThread(
+    k: Kernel,
+    ThreadHandle: HANDLE,
+    ThreadInformationClass: ULONG,
+    ThreadInformation: PVOID,
+    ThreadInformationLength: ULONG,
+    ReturnLength: PULONG,
+) -> int:
+    from emu.process.core import PROCESS_ID, THREAD_ID
+
+    _check_thread(k, ThreadHandle)
+    k.details.update(cls=ThreadInformationClass)
+    if ThreadInformationClass != ThreadBasicInformation:
+        raise NtStatusError(INVALID_INFO_CLASS, f"ThreadInformationClass {ThreadInformationClass}")
+    p = _ptr(k)
+    pad = "4x" if k.arch.ptr_size == 8 else ""
+    data = struct.pack(
+        f"<I{pad}{p}{p}{p}{p}ii", STATUS_PENDING, k.proc.teb, PROCESS_ID, THREAD_ID, 1, 8, 8
+    )
+    put_buffer(k, ThreadInformation, ThreadInformationLength, data, ReturnLength)
+    return Status.SUCCESS
+
+
+@syscall
+def NtSetInformationThread(
+    k: Kernel,
+    ThreadHandle: HANDLE,
+    ThreadInformationClass: ULONG,
+    ThreadInformation: PVOID,
+    ThreadInformationLength: ULONG,
+) -> int:
+    _check_thread(k, ThreadHandle)
+    k.details.update(cls=ThreadInformationClass)
+    return Status.SUCCESS
+
+
+# ---------------------------------------------------------------------------------- tokens
+def _new_token(k: Kernel, TokenHandle: int) -> int:
+    handle = objects_of(k.proc).insert(KernelObject("token", "<process token>"))
+    k.write_ptr(TokenHandle, handle)
+    return Status.SUCCESS
+
+
+@syscall
+def NtOpenProcessToken(
+    k: Kernel, ProcessHandle: HANDLE, DesiredAccess: ACCESS_MASK, TokenHandle: PHANDLE
+) -> int:
+    k.check_process_handle(ProcessHandle)
+    return _new_token(k, TokenHandle)
+
+
+@syscall
+def NtOpenProcessTokenEx(
+    k: Kernel,
+    ProcessHandle: HANDLE,
+    DesiredAccess: ACCESS_MASK,
+    HandleAttributes: ULONG,
+    TokenHandle: PHANDLE,
+) -> int:
+    k.check_process_handle(ProcessHandle)
+    return _new_token(k, TokenHandle)
+
+
+@syscall
+def NtOpenThreadToken(
+    k: Kernel, ThreadHandle: HANDLE, DesiredAccess: ACCESS_MASK, OpenAsSelf: BOOLEAN,
+    TokenHandle: PHANDLE,
+) -> int:  # fmt: skip
+    """The thread is not impersonating: STATUS_NO_TOKEN."""
+    raise NtStatusError(NO_TOKEN, "no impersonation token")
+
+
+@syscall
+def NtOpenThreadTokenEx(
+    k: Kernel, ThreadHandle: HANDLE, DesiredAccess: ACCESS_MASK, OpenAsSelf: BOOLEAN,
+    HandleAttributes: ULONG, TokenHandle: PHANDLE,
+) -> int:  # fmt: skip
+    raise NtStatusError(NO_TOKEN, "no impersonation token")
+
+
+@syscall
+def NtQueryInformationToken(
+    k: Kernel,
+    TokenHandle: HANDLE,
+    TokenInformationClass: ULONG,
+    TokenInformation: PVOID,
+    TokenInformationLength: ULONG,
+    ReturnLength: PULONG,
+) -> int:
+    """A standard user's token (S-1-5-21-0-0-0-1000), not elevated; other classes are not
+    emulated. The pseudo-handles -4, -5, -6 (current process / thread / effective token) work."""
+    if TokenHandle not in {-n & k.arch.ptr_mask for n in (4, 5, 6)}:
+        token = objects_of(k.proc).get(TokenHandle)
+        if token.kind != "token":
+            raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{TokenHandle:x}")
+    k.details.update(cls=TokenInformationClass)
+    if TokenInformationClass == TokenUser:
+        head = 2 * k.arch.ptr_size  # TOKEN_USER {SID_AND_ATTRIBUTES {PSID Sid; ULONG Attr}}
+        data = k.arch.pack_ptr(TokenInformation + head) + bytes(head - k.arch.ptr_size) + USER_SID
+    elif TokenInformationClass == TokenElevationType:
+        data = struct.pack("<I", 1)  # TokenElevationTypeDefault
+    elif TokenInformationClass == TokenElevation:
+        data = struct.pack("<I", 0)
+    else:
+        raise NtStatusError(INVALID_INFO_CLASS, f"TokenInformationClass {TokenInformationClass}")
+    put_buffer(k, TokenInformation, TokenInformationLength, data, ReturnLength)
+    return Status.SUCCESS
+
+
+# ---------------------------------------------------------------------------------- time, locale
+@syscall
+def NtQuerySystemTime(k: Kernel, SystemTime: PVOID) -> int:
+    k.write(SystemTime, struct.pack("<q", SYSTEM_TIME + _clock(k)))
+    return Status.SUCCESS
+
+
+@syscall
+def NtQueryPerformanceCounter(
+    k: Kernel, PerformanceCounter: PVOID, PerformanceFrequency: PVOID
+) -> int:
+    k.write(PerformanceCounter, struct.pack("<q", _clock(k)))
+    if PerformanceFrequency:
+        k.write(PerformanceFrequency, struct.pack("<q", PERFORMANCE_FREQUENCY))
+    return Status.SUCCESS
+
+
+@syscall
+def NtQueryDefaultLocale(k: Kernel, UserProfile: BOOLEAN, DefaultLocaleId: PVOID) -> int:
+    k.write_u32(DefaultLocaleId, 0x409)
+    return Status.SUCCESS
+
+
+@syscall
+def NtQueryDefaultUILanguage(k: Kernel, DefaultUILanguageId: PVOID) -> int:
+    k.write(DefaultUILanguageId, struct.pack("<H", 0x409))
+    return Status.SUCCESS
+
+
+@syscall
+def NtQueryInstallUILanguage(k: Kernel, InstallUILanguageId: PVOID) -> int:
+    k.write(InstallUILanguageId, struct.pack("<H", 0x409))
+    return Status.SUCCESS

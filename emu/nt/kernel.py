@@ -1,0 +1,214 @@
+"""System-call dispatch: one decorated function per Nt service.
+
+A handler is declared with the phnt parameter names and Windows types::
+
+    @syscall
+    def NtFreeVirtualMemory(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID,
+                            RegionSize: PSIZE_T, FreeType: ULONG) -> int: ...
+
+The dispatcher reads the signature once: the argument count and each argument's width (ULONG
+arguments are read as 32 bits: on x64 the upper half of a stack slot is garbage). Adding a system
+call touches one function. Handlers return an NTSTATUS, or raise NtStatusError.
+
+The number -> name table belongs to the code that issues the calls (real ntdll builds number
+services differently), so tables are registered per code range and looked up by the pc of the
+``syscall`` / ``int 0x2e`` / ``sysenter`` instruction.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, get_type_hints
+
+from emu.errors import NtStatusError
+from emu.win.ntdefs import NtStatus, status_name
+
+if TYPE_CHECKING:
+    from emu.process.core import Process
+
+log = logging.getLogger("heapemu.syscalls")
+
+# Windows argument types: ``Annotated[int, width]``, the width being what the dispatcher reads
+# ("ptr" is the architecture's pointer size; ULONG arguments are read as 32 bits because on x64
+# the upper half of a stack slot is garbage). They are plain ints to Python code; a new Windows
+# type is one line here.
+HANDLE: TypeAlias = Annotated[int, "ptr"]
+PVOID: TypeAlias = Annotated[int, "ptr"]
+PSIZE_T: TypeAlias = Annotated[int, "ptr"]
+PULONG: TypeAlias = Annotated[int, "ptr"]
+PHANDLE: TypeAlias = Annotated[int, "ptr"]
+ULONG_PTR: TypeAlias = Annotated[int, "ptr"]
+SIZE_T: TypeAlias = Annotated[int, "ptr"]
+PCONTEXT: TypeAlias = Annotated[int, "ptr"]
+PEXCEPTION_RECORD: TypeAlias = Annotated[int, "ptr"]
+ULONG: TypeAlias = Annotated[int, 32]
+ACCESS_MASK: TypeAlias = Annotated[int, 32]
+NTSTATUS: TypeAlias = Annotated[int, 32]
+LONG: TypeAlias = Annotated[int, 32]
+MEMORY_INFORMATION_CLASS: TypeAlias = Annotated[int, 32]
+BOOLEAN: TypeAlias = Annotated[int, 8]
+
+NT_CURRENT_PROCESS = -1  # NtCurrentProcess() pseudo-handle
+
+
+@dataclass
+class SyscallHandler:
+    name: str
+    fn: Callable[..., int]
+    params: tuple[str, ...]
+    widths: tuple[str | int, ...]
+
+
+_MARK = "__nt_syscall__"
+
+
+def syscall(fn: Callable[..., int]) -> Callable[..., int]:
+    """Mark ``fn`` as the handler of the Nt service of the same name. Marking registers nothing:
+    ``collect_handlers`` builds the table from an explicit list of modules (``emu.nt.calls``),
+    so what a process serves never depends on what was imported first."""
+    setattr(fn, _MARK, True)
+    return fn
+
+
+def handler_spec(fn: Callable[..., int]) -> SyscallHandler:
+    """Argument names and widths, read once from the phnt-style signature."""
+    hints = get_type_hints(fn, include_extras=True)
+    params = list(inspect.signature(fn).parameters)[1:]  # the first is the Kernel context
+    widths: list[str | int] = []
+    for name in params:
+        meta = getattr(hints.get(name), "__metadata__", ())
+        if not meta or not isinstance(meta[0], (str, int)):
+            raise TypeError(f"{fn.__name__}: parameter {name} has no Windows type")
+        widths.append(meta[0])
+    return SyscallHandler(fn.__name__, fn, tuple(params), tuple(widths))
+
+
+def collect_handlers(modules: Iterable[ModuleType]) -> dict[str, SyscallHandler]:
+    """The system-call table: every ``@syscall`` function of ``modules``, by Nt name."""
+    table: dict[str, SyscallHandler] = {}
+    for module in modules:
+        for fn in vars(module).values():
+            if callable(fn) and getattr(fn, _MARK, False) and fn.__module__ == module.__name__:
+                if fn.__name__ in table:
+                    raise ValueError(f"system call {fn.__name__} is defined twice")
+                table[fn.__name__] = handler_spec(fn)
+    return table
+
+
+@dataclass
+class SyscallRecord:
+    """One system call as the kernel saw it: ``proc.syscalls`` keeps them in order."""
+
+    seq: int
+    name: str
+    number: int
+    args: dict[str, int]
+    status: int
+    pc: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status_name(self) -> str:
+        return status_name(self.status)
+
+    def __str__(self) -> str:
+        a = ", ".join(f"{k}=0x{v:x}" for k, v in self.args.items())
+        d = "".join(
+            f" {k}={v:#x}" if isinstance(v, int) else f" {k}={v}" for k, v in self.details.items()
+        )
+        return f"#{self.seq} {self.name}({a}) -> {self.status_name}{d}"
+
+
+class Kernel:
+    """What a handler sees: the process, and user-memory access that probes like the kernel
+    (a bad pointer is STATUS_ACCESS_VIOLATION, never a Python crash)."""
+
+    def __init__(self, proc: Process):
+        self.proc = proc
+        self.arch = proc.arch
+        self.memory = proc.memory
+        self.details: dict[str, Any] = {}
+
+    def _probe(self, addr: int, size: int, write: bool) -> None:
+        if not self.memory.is_accessible(addr, size, write=write):
+            kind = "write" if write else "read"
+            raise NtStatusError(NtStatus.ACCESS_VIOLATION, f"cannot {kind} 0x{addr:x}")
+
+    def read(self, addr: int, size: int) -> bytes:
+        self._probe(addr, size, False)
+        return self.proc.read(addr, size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self._probe(addr, len(data), True)
+        self.proc.write(addr, data)
+
+    def read_ptr(self, addr: int) -> int:
+        return self.arch.unpack_ptr(self.read(addr, self.arch.ptr_size))
+
+    def write_ptr(self, addr: int, value: int) -> None:
+        self.write(addr, self.arch.pack_ptr(value))
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    def check_process_handle(self, handle: int, n: int = 1) -> None:
+        if handle != (NT_CURRENT_PROCESS & self.arch.ptr_mask):
+            raise NtStatusError(NtStatus.INVALID_HANDLE, f"process handle 0x{handle:x}")
+
+
+class SyscallDispatcher:
+    def __init__(self, proc: Process, handlers: dict[str, SyscallHandler]):
+        self.proc = proc
+        self.handlers = handlers
+        self._tables: list[tuple[int, int, dict[int, str]]] = []
+        self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
+
+    def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
+        """Numbers used by the code in [begin, end)."""
+        self._tables.append((begin, end, dict(table)))
+
+    def name_of(self, number: int, pc: int) -> str | None:
+        for begin, end, table in self._tables:
+            if begin <= pc < end:
+                return table.get(number)
+        return None
+
+    def dispatch(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> int:
+        """Serve system call ``number`` issued at ``pc``; ``arg(i, width)`` fetches argument i."""
+        proc = self.proc
+        name = self.name_of(number, pc)
+        handler = self.handlers.get(name) if name else None
+        seq = len(proc.syscalls)
+        if handler is None:
+            raw = {f"arg{i}": arg(i, "ptr") for i in range(4)}
+            label = name or f"syscall_0x{number:x}"
+            rec = SyscallRecord(seq, label, number, raw, NtStatus.NOT_IMPLEMENTED, pc)
+            proc.syscalls.append(rec)
+            log.warning("unhandled system call %s at pc 0x%x: %s", label, pc, rec)
+            if self.strict:
+                raise NtStatusError(NtStatus.NOT_IMPLEMENTED, f"unhandled system call {label}")
+            return int(NtStatus.NOT_IMPLEMENTED)
+        args = [arg(i, w) for i, w in enumerate(handler.widths)]
+        k = Kernel(proc)
+        try:
+            status = handler.fn(k, *args)
+        except NtStatusError as e:
+            status = e.status
+            k.details.setdefault("error", str(e))
+        proc.syscalls.append(
+            SyscallRecord(
+                seq,
+                handler.name,
+                number,
+                dict(zip(handler.params, args, strict=True)),
+                status,
+                pc,
+                k.details,
+            )
+        )
+        return int(status) & 0xFFFFFFFF

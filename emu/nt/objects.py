@@ -1,0 +1,312 @@
+"""Kernel objects of an emulated process: handles, and a sandboxed object namespace.
+
+Every handle a system call hands out names an object in the process's :class:`ObjectManager`:
+files (host files the sandbox lets the program read, its standard streams, directories),
+sections (an image or an NLS file ready to map), and the synchronisation objects and tokens
+Wine's start-up creates. Handles are multiples of 4, as on Windows.
+
+The namespace is the sandbox. A name the program opens is normalised (``\\??\\C:\\a\\..\\B`` ->
+``c:\\b``) and looked up among the entries the process was given: its own image, the files of
+the Wine DLL and NLS directories (listed once, by name: nothing under them but those files), and
+files the user maps in with :meth:`Namespace.add_file`. Every other name answers
+STATUS_OBJECT_NAME_NOT_FOUND, and no host path is ever built from a name the program chose.
+Files are opened read-only; data the program writes goes to the captured stdout/stderr and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emu.errors import NtStatusError
+from emu.win.layouts import UNICODE_STRING
+from emu.win.ntdefs import NtStatus
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Kernel
+    from emu.process.core import Process
+
+
+Status = NtStatus  # the object calls answer codes declared once in emu.ntdefs
+
+
+# ACCESS_MASK bits that ask to change a file
+FILE_WRITE_DATA, FILE_APPEND_DATA, FILE_WRITE_EA = 0x2, 0x4, 0x10
+FILE_WRITE_ATTRIBUTES, DELETE, WRITE_DAC, WRITE_OWNER = 0x100, 0x10000, 0x40000, 0x80000
+GENERIC_WRITE, GENERIC_ALL = 0x40000000, 0x10000000
+WRITE_ACCESS = (
+    FILE_WRITE_DATA
+    | FILE_APPEND_DATA
+    | FILE_WRITE_EA
+    | FILE_WRITE_ATTRIBUTES
+    | DELETE
+    | WRITE_DAC
+    | WRITE_OWNER
+    | GENERIC_WRITE
+    | GENERIC_ALL
+)
+
+# OBJECT_ATTRIBUTES: {ULONG Length; HANDLE RootDirectory; PUNICODE_STRING ObjectName; ...}
+_OA_ROOT = {4: 4, 8: 8}
+_OA_NAME = {4: 8, 8: 16}
+
+_DOS_PREFIXES = ("\\??\\", "\\dosdevices\\", "\\global??\\")
+
+
+def normalize_nt_path(name: str) -> str | None:
+    """``\\??\\C:\\Windows\\.\\System32\\x.DLL`` -> ``c:\\windows\\system32\\x.dll``.
+
+    Only drive paths are names in this namespace; anything else (devices, UNC, named objects,
+    a ``..`` climbing above the drive) is None, i.e. not found."""
+    text = name.replace("/", "\\").lower()
+    for prefix in _DOS_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    if len(text) < 2 or text[1] != ":" or not text[0].isalpha():
+        return None
+    parts: list[str] = []
+    for part in text[2:].split("\\"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        if any(c in part for c in '<>"|?*\0') or ":" in part:
+            return None  # wildcards and alternate data streams are not names of files here
+        parts.append(part.rstrip(" ."))
+    return text[:2] + "\\" + "\\".join(parts)
+
+
+# ---------------------------------------------------------------------------------- objects
+@dataclass
+class KernelObject:
+    kind: str
+    name: str = ""
+
+
+@dataclass
+class FileObject(KernelObject):
+    """An open file: a host file (read-only), a standard stream, or a directory."""
+
+    host_path: Path | None = None
+    stream: str | None = None  # "stdin", "stdout", "stderr"
+    directory: bool = False
+    position: int = 0
+    _data: bytes | None = field(default=None, repr=False)
+
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.host_path.read_bytes() if self.host_path else b""
+        return self._data
+
+    @property
+    def size(self) -> int:
+        if self.host_path is not None:
+            return self.host_path.stat().st_size
+        return 0
+
+    @property
+    def file_id(self) -> int:
+        """A stable 64-bit id (FileInternalInformation / FileIdInformation)."""
+        digest = hashlib.sha256(self.name.encode()).digest()
+        return int.from_bytes(digest[:8], "little") | 1
+
+
+@dataclass
+class SectionObject(KernelObject):
+    """A section: an image to map (SEC_IMAGE) or a file's data to map read-only."""
+
+    file: FileObject | None = None
+    image: bool = False
+    size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- namespace
+@dataclass(frozen=True)
+class NamespaceEntry:
+    path: str  # normalised Windows path: "c:\\windows\\system32\\kernel32.dll"
+    display: str  # as given: "C:\\windows\\system32\\kernel32.dll"
+    host_path: Path | None  # None for a directory
+
+
+class Namespace:
+    """The names a program may open, each bound to one host file given explicitly."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, NamespaceEntry] = {}
+        self._dirs: set[str] = {"c:\\"}
+
+    def add_file(self, windows_path: str, host_path: str | Path) -> str:
+        """Let the program open ``windows_path`` (``C:\\data\\in.txt``), read-only, with the
+        contents of host file ``host_path``. Returns the normalised name."""
+        key = normalize_nt_path(windows_path)
+        if key is None or key.endswith("\\"):
+            raise ValueError(f"{windows_path!r} is not a drive path like C:\\dir\\file")
+        host = Path(host_path).resolve()
+        if not host.is_file():
+            raise FileNotFoundError(host)
+        self._entries[key] = NamespaceEntry(key, windows_path, host)
+        parts = key.split("\\")  # ["c:", "dir", "file"]
+        self._dirs.add(parts[0] + "\\")
+        self._dirs.update("\\".join(parts[:i]) for i in range(2, len(parts)))
+        return key
+
+    def add_directory_files(
+        self, windows_dir: str, host_dir: str | Path, pattern: str = "*"
+    ) -> list[str]:
+        """Map every regular file directly in ``host_dir`` matching ``pattern`` (listed now,
+        by name) under ``windows_dir``. Subdirectories are not entered."""
+        base = Path(host_dir)
+        added = []
+        for host in sorted(base.glob(pattern)):
+            if host.is_file() and not host.name.startswith("."):
+                added.append(self.add_file(f"{windows_dir.rstrip(chr(92))}\\{host.name}", host))
+        key = normalize_nt_path(windows_dir)
+        if key:
+            self._dirs.add(key)
+        return added
+
+    def lookup(self, name: str) -> NamespaceEntry | None:
+        key = normalize_nt_path(name)
+        if key is None:
+            return None
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry
+        if key in self._dirs or key.rstrip("\\") in self._dirs:
+            return NamespaceEntry(key, name, None)
+        return None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+# ---------------------------------------------------------------------------------- manager
+@dataclass(frozen=True)
+class MainImage:
+    """The program's image, as NtQueryInformationProcess describes it."""
+
+    image: Any  # loader.peimage.PeImage
+    base: int
+    file_size: int
+    windows_path: str
+
+
+FIRST_HANDLE = 0x40
+STD_HANDLES = {"stdin": 0x10, "stdout": 0x14, "stderr": 0x18}
+
+
+class ObjectManager:
+    """Handles, the sandboxed namespace, and what the program wrote to stdout/stderr."""
+
+    def __init__(self) -> None:
+        self.namespace = Namespace()
+        self._handles: dict[int, KernelObject] = {}
+        self._next = FIRST_HANDLE
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stdin = b""
+        self.denied: list[tuple[str, str]] = []  # (name, why) of every refused open
+        for stream, handle in STD_HANDLES.items():
+            self._handles[handle] = FileObject("file", f"<{stream}>", stream=stream)
+        # what the section and information calls serve (set by emu.program)
+        self.nls_dir: Path | None = None
+        self.main_image: MainImage | None = None
+        self.nls_views: dict[str, tuple[int, int]] = {}  # NLS file -> (address, size)
+        self.image_views: dict[int, Any] = {}  # base -> Module of each mapped image view
+
+    def insert(self, obj: KernelObject) -> int:
+        handle = self._next
+        self._next += 4
+        self._handles[handle] = obj
+        return handle
+
+    def get(self, handle: int, kind: type[KernelObject] | None = None) -> KernelObject:
+        obj = self._handles.get(handle)
+        if obj is None:
+            raise NtStatusError(Status.INVALID_HANDLE, f"handle 0x{handle:x}")
+        if kind is not None and not isinstance(obj, kind):
+            raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{handle:x} is a {obj.kind}")
+        return obj
+
+    def close(self, handle: int) -> KernelObject:
+        obj = self._handles.get(handle)
+        if obj is None:
+            raise NtStatusError(Status.INVALID_HANDLE, f"handle 0x{handle:x}")
+        if handle in STD_HANDLES.values():
+            return obj  # the standard streams stay usable, as console handles do
+        del self._handles[handle]
+        return obj
+
+    def duplicate(self, handle: int) -> int:
+        return self.insert(self.get(handle))
+
+    def handles(self) -> dict[int, KernelObject]:
+        return dict(self._handles)
+
+    def write_stream(self, stream: str, data: bytes) -> None:
+        (self.stdout if stream == "stdout" else self.stderr).extend(data)
+
+
+def objects_of(proc: Process) -> ObjectManager:
+    """The process's object manager (an empty sandbox for a process not made from a program)."""
+    manager = getattr(proc, "objects", None)
+    if manager is None:
+        manager = ObjectManager()
+        proc.objects = manager
+    return manager
+
+
+# ---------------------------------------------------------------------------------- helpers
+def read_u16(k: Kernel, addr: int) -> int:
+    return int(struct.unpack("<H", k.read(addr, 2))[0])
+
+
+def read_u32(k: Kernel, addr: int) -> int:
+    return int(struct.unpack("<I", k.read(addr, 4))[0])
+
+
+def read_unicode_string(k: Kernel, addr: int) -> str:
+    """A UNICODE_STRING's text (probed reads; at most 32 K characters)."""
+    arch = k.arch
+    length = read_u16(k, addr + UNICODE_STRING.offset(arch, "Length"))
+    buf = k.read_ptr(addr + UNICODE_STRING.offset(arch, "Buffer"))
+    if not length:
+        return ""
+    return k.read(buf, min(length, 0xFFFE)).decode("utf-16-le", errors="replace")
+
+
+def object_name(k: Kernel, object_attributes: int) -> tuple[int, str]:
+    """(RootDirectory, ObjectName) of an OBJECT_ATTRIBUTES."""
+    if not object_attributes:
+        raise NtStatusError(Status.INVALID_PARAMETER, "no OBJECT_ATTRIBUTES")
+    ps = k.arch.ptr_size
+    root = k.read_ptr(object_attributes + _OA_ROOT[ps])
+    name_ptr = k.read_ptr(object_attributes + _OA_NAME[ps])
+    return root, read_unicode_string(k, name_ptr) if name_ptr else ""
+
+
+def write_io_status(k: Kernel, iosb: int, status: int, information: int) -> None:
+    """IO_STATUS_BLOCK {NTSTATUS/PVOID Status; ULONG_PTR Information}."""
+    if iosb:
+        k.write_ptr(iosb, status & 0xFFFFFFFF)
+        k.write_ptr(iosb + k.arch.ptr_size, information)
+
+
+def put_buffer(k: Kernel, buf: int, length: int, data: bytes, return_length: int = 0) -> None:
+    """Copy an information block out (INFO_LENGTH_MISMATCH when it does not fit)."""
+    if return_length:
+        k.write_u32(return_length, len(data))
+    if length < len(data):
+        raise NtStatusError(
+            NtStatus.INFO_LENGTH_MISMATCH, f"buffer of {length} bytes, {len(data)} needed"
+        )
+    k.write(buf, data)

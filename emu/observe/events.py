@@ -1,0 +1,443 @@
+"""Allocation events: every call into a watched allocator entry point, as it happens.
+
+One ``UC_HOOK_BLOCK`` does all the work while a recorder is active. Function entries and return
+addresses always start a translation block (they are jump targets), so the block hook sees:
+an entry point being reached (an event opens: arguments read by the architecture's convention,
+caller, entry stack pointer), the return address of an open event being reached with the stack
+popped past the entry (it closes: return value, optional convention checks), and every block
+in between (instruction and block counts; each block's instruction count is found once with
+capstone and cached). System calls made while an event is open are attached to it. Nested
+calls nest. No per-call hook is added or removed (that flushes Unicorn's translation cache).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from unicorn import x86_const as ux
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.arch import Arch
+from emu.nt.kernel import SyscallRecord
+from emu.win.conventions import get_convention
+from emu.win.ntdefs import MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE
+from emu.win.prototypes import DEFAULT_WATCHED, Prototype, prototype_for
+
+if TYPE_CHECKING:
+    from emu.process.core import Process
+
+_XMM = [getattr(ux, f"UC_X86_REG_XMM{i}") for i in range(6, 16)]
+DF = 1 << 10  # EFLAGS.DF
+
+
+@dataclass
+class AllocationEvent:
+    """One call of a watched function."""
+
+    seq: int
+    function: str  # "ntdll!RtlAllocateHeap"
+    address: int
+    args: dict[str, int]
+    return_address: int
+    caller: str
+    depth: int
+    entry_sp: int
+    start: int  # instructions executed by the process before the call (a deterministic clock)
+    ret: int | None = None
+    end: int | None = None
+    instructions: int = 0
+    blocks: int = 0
+    syscalls: list[SyscallRecord] = field(default_factory=list)
+    syscall_times: list[int] = field(default_factory=list)  # instruction clock at each
+    children: list[AllocationEvent] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    finished: bool = False
+    prototype: Prototype | None = field(default=None, repr=False)
+    _saved: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.function.split("!")[-1]
+
+    @property
+    def committed(self) -> list[tuple[int, int]]:
+        """(base, size) of the pages the call committed."""
+        return [
+            (r.details["base"], r.details["size"])
+            for r in self.syscalls
+            if r.name == "NtAllocateVirtualMemory"
+            and r.status == 0
+            and r.details["type"] & MEM_COMMIT
+        ]
+
+    @property
+    def released(self) -> list[tuple[int, int, str]]:
+        """(base, size, "decommit"|"release") of the pages the call gave back."""
+        out = []
+        for r in self.syscalls:
+            if r.name == "NtFreeVirtualMemory" and r.status == 0:
+                kind = {MEM_DECOMMIT: "decommit", MEM_RELEASE: "release"}.get(
+                    r.details["type"], "?"
+                )
+                out.append((r.details["base"], r.details["size"], kind))
+        return out
+
+    def describe_args(self) -> str:
+        p = self.prototype
+        return ", ".join(f"{k}={p.show(k, v) if p else hex(v)}" for k, v in self.args.items())
+
+    def walk(self) -> Iterator[AllocationEvent]:
+        """This event and all nested ones, in call order."""
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "function": self.function,
+            "address": self.address,
+            "args": self.args,
+            "flags": self.prototype.show("Flags", self.args["Flags"])
+            if self.prototype and "Flags" in self.args
+            else None,
+            "ret": self.ret,
+            "finished": self.finished,
+            "instructions": self.instructions,
+            "blocks": self.blocks,
+            "caller": self.caller,
+            "return_address": self.return_address,
+            "depth": self.depth,
+            "start": self.start,
+            "end": self.end,
+            "syscalls": [
+                {
+                    "seq": r.seq,
+                    "name": r.name,
+                    "status": r.status,
+                    "args": r.args,
+                    "details": {k: v for k, v in r.details.items() if isinstance(v, int | str)},
+                }
+                for r in self.syscalls
+            ],
+            "committed": self.committed,
+            "released": self.released,
+            "violations": self.violations,
+            "children": [c.seq for c in self.children],
+        }
+
+
+class EventRecorder:
+    """Records AllocationEvents for the watched entry points while installed."""
+
+    def __init__(
+        self,
+        proc: Process,
+        functions: Iterable[str | int] | None = None,
+        *,
+        check_conventions: bool = False,
+        cdecl: Iterable[str] = (),
+        argc: dict[str, int] | None = None,
+    ):
+        self.proc = proc
+        self.check_conventions = check_conventions
+        self.cdecl = {c.split("!")[-1] for c in cdecl}  # x86 functions whose caller pops
+        self.watched: dict[int, tuple[str, Prototype]] = {}
+        for target in self._targets(functions):
+            addr = proc.resolve(target) if isinstance(target, str) else int(target)
+            name = proc.symbolize(addr)
+            self.watched[addr] = (name, prototype_for(name, (argc or {}).get(name.split("!")[-1])))
+        self.events: list[AllocationEvent] = []  # top-level events
+        self.all: list[AllocationEvent] = []  # every event, in call order
+        self.violations: list[tuple[AllocationEvent, str]] = []
+        self.instructions = 0
+        self.blocks = 0
+        self._open: list[AllocationEvent] = []
+        self._returns: dict[int, int] = {}  # return address -> open events waiting there
+        self._special: set[int] = set(self.watched)  # entries and pending return addresses
+        self._counts: dict[int, int] = {}
+        self._hook: int | None = None
+        self._conv = get_convention(proc.arch, None)
+        self._u64 = ctypes.c_uint64()
+        self._batch: tuple[Any, Any, int, Any] | None = None
+        self._frame_buf = ctypes.create_string_buffer(0x80)
+        self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
+        self._uch = proc.cpu._uch
+        self._ids = proc.cpu.reg_ids
+
+    def _targets(self, functions: Iterable[str | int] | None) -> list[str | int]:
+        if functions is not None:
+            return list(functions)
+        out: list[str | int] = []
+        for mod in self.proc.modules:
+            out += [f"{mod.short_name}!{n}" for n in DEFAULT_WATCHED if n in mod.exports]
+        if not out:
+            raise ValueError("no module exporting the Rtl* heap functions is loaded; name them")
+        return out
+
+    # ------------------------------------------------------------------ install
+    def start(self) -> EventRecorder:
+        if self._hook is None:
+            self._hook = self.proc.cpu.hook_block(self._on_block)
+            self.proc.syscall_observers.append(self._on_syscall)
+            self.proc.run_observers.append(self._on_run_end)
+        return self
+
+    def stop(self) -> None:
+        if self._hook is not None:
+            self.proc.cpu.unhook(self._hook)
+            self._hook = None
+            self.proc.syscall_observers.remove(self._on_syscall)
+            self.proc.run_observers.remove(self._on_run_end)
+
+    def __enter__(self) -> EventRecorder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ hot path
+    def _reg(self, name: str) -> int:
+        uclib.uc_reg_read(self._uch, self._ids[name], ctypes.byref(self._u64))
+        return self._u64.value
+
+    def _block_size(self, address: int, size: int) -> int:
+        n = 0
+        try:
+            code = self.proc.cpu.read(address, size)
+            n = sum(1 for _ in self.proc.cpu.cs.disasm_lite(code, address))
+        except Exception:  # an unreadable block still ran: count it as one instruction
+            n = 1
+        self._counts[address] = n
+        return n
+
+    def _on_block(self, uc: object, address: int, size: int, _: object) -> None:
+        # the hot path: one set lookup, one dict lookup, two additions; an event's counts are
+        # the difference of these global counters between its entry and its return
+        if address in self._special:
+            if address in self._returns:
+                self._maybe_return(address)
+            if address in self.watched:
+                self._enter(address)
+        self.instructions += self._counts.get(address) or self._block_size(address, size)
+        self.blocks += 1
+
+    def _on_syscall(self, record: SyscallRecord) -> None:
+        for ev in self._open:
+            ev.syscalls.append(record)
+            ev.syscall_times.append(self.instructions)
+
+    def _on_run_end(self, ok: bool) -> None:
+        # a call made from Python returns to the sentinel, where the run stops before any
+        # block there runs: close it here, with the CPU in its just-returned state
+        sentinel = self.proc.call_gate.sentinel
+        if ok and sentinel in self._returns:
+            self._maybe_return(sentinel)
+        # a fault or stop left calls open: they never returned
+        while self._open:
+            ev = self._open.pop()
+            self._finish_counts(ev)
+        self._returns.clear()
+        self._special = set(self.watched)
+
+    # ------------------------------------------------------------------ entry and return
+    def _enter(self, address: int) -> None:
+        proc, arch, conv = self.proc, self.proc.arch, self._conv
+        name, proto = self.watched[address]
+        sp = self._reg(arch.sp)
+        nargs = len(proto.params)
+        values = [self._reg(r) for r in conv.reg_args[:nargs]]
+        nstack = nargs - len(values)
+        if nstack > 0:
+            first = conv.stack_arg_address(arch, sp, len(values))
+            raw = proc.read(first, nstack * arch.ptr_size)
+            values += [arch.unpack_ptr(raw, i * arch.ptr_size) for i in range(nstack)]
+        # one read: the return address and, for the convention check, the caller's frame
+        frame = self._read_frame(sp, 0x80 if self.check_conventions else arch.ptr_size)
+        ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
+        caller = self._callers.get(ret_addr)
+        if caller is None:
+            caller = self._callers[ret_addr] = proc.symbolize(ret_addr)
+        parent = self._open[-1] if self._open else None
+        ev = AllocationEvent(
+            seq=len(self.all),
+            function=name,
+            address=address,
+            args=proto.decode(values),
+            return_address=ret_addr,
+            caller=caller,
+            depth=len(self._open),
+            entry_sp=sp,
+            start=self.instructions,
+            prototype=proto,
+        )
+        ev._saved["blocks"] = self.blocks
+        if self.check_conventions:
+            self._save_state(ev, frame)
+        (parent.children if parent else self.events).append(ev)
+        self.all.append(ev)
+        self._open.append(ev)
+        self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
+        self._special.add(ret_addr)
+
+    def _maybe_return(self, address: int) -> None:
+        sp = self._reg(self.proc.arch.sp)
+        # the innermost open event returning here with its return address popped
+        for i in range(len(self._open) - 1, -1, -1):
+            ev = self._open[i]
+            if ev.return_address == address and sp > ev.entry_sp:
+                break
+        else:
+            return
+        while len(self._open) > i:  # anything opened after it never returned normally
+            closing = self._open.pop()
+            self._forget_return(closing.return_address)
+            self._finish_counts(closing)
+            if closing is ev:
+                self._leave(ev, sp)
+
+    def _forget_return(self, address: int) -> None:
+        left = self._returns.get(address, 1) - 1
+        if left:
+            self._returns[address] = left
+        else:
+            self._returns.pop(address, None)
+            if address not in self.watched:
+                self._special.discard(address)
+
+    def _finish_counts(self, ev: AllocationEvent) -> None:
+        ev.end = self.instructions
+        ev.instructions = self.instructions - ev.start
+        ev.blocks = self.blocks - ev._saved["blocks"]
+
+    def _leave(self, ev: AllocationEvent, sp: int) -> None:
+        ret = self._reg(self.proc.arch.ret) & self.proc.arch.ptr_mask
+        if ev.prototype and ev.prototype.returns == "bool":
+            ret &= 0xFF
+        elif ev.prototype and ev.prototype.returns == "status":
+            ret &= 0xFFFFFFFF
+        ev.ret = ret
+        ev.finished = True
+        if self.check_conventions:
+            for problem in self._check_state(ev, sp):
+                ev.violations.append(problem)
+                self.violations.append((ev, problem))
+
+    # ------------------------------------------------------------------ convention checks
+    def _callee_saved(self) -> bytes:
+        """Every register the callee must preserve (and EFLAGS), in one batched read."""
+        batch = self._batch
+        if batch is None:
+            arch = self.proc.arch
+            ids = [self._ids[r] for r in arch.nonvolatile] + [self._ids["eflags"]]
+            ids += _XMM if arch.ptr_size == 8 else []
+            buf = ctypes.create_string_buffer(16 * len(ids))
+            ptrs = (ctypes.c_void_p * len(ids))(
+                *(ctypes.addressof(buf) + 16 * i for i in range(len(ids)))
+            )
+            batch = self._batch = ((ctypes.c_int * len(ids))(*ids), ptrs, len(ids), buf)
+        regs, ptrs, n, buf = batch
+        uclib.uc_reg_read_batch(self._uch, regs, ptrs, n)
+        return buf.raw
+
+    def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
+        arch = self.proc.arch
+        names = arch.nonvolatile
+        regs = {r: int.from_bytes(raw[16 * i : 16 * i + arch.ptr_size], "little")
+                for i, r in enumerate(names)}  # fmt: skip
+        k = len(names)
+        eflags = int.from_bytes(raw[16 * k : 16 * k + 4], "little")
+        xmm = [raw[16 * (k + 1 + i) : 16 * (k + 2 + i)] for i in range(len(_XMM))]
+        return regs, eflags, xmm if arch.ptr_size == 8 else []
+
+    def _read_frame(self, address: int, size: int = 0x40) -> bytes:
+        """``size`` (<= 0x80) bytes of the stack, read through the C API (no binding
+        overhead); empty if they are not all readable."""
+        if uclib.uc_mem_read(self._uch, address, self._frame_buf, size):
+            return b""
+        return self._frame_buf.raw[:size]
+
+    def _save_state(self, ev: AllocationEvent, stack: bytes) -> None:
+        """Callee-saved registers and, on x64, the caller's frame above the shadow space and
+        stack arguments (``stack`` holds the 0x80 bytes at the entry stack pointer)."""
+        arch = self.proc.arch
+        ev._saved["state"] = self._callee_saved()
+        if arch.ptr_size == 8:
+            if ev.entry_sp % 16 != 8:
+                ev.violations.append(
+                    f"misaligned stack at entry: rsp=0x{ev.entry_sp:x} (must be 8 mod 16)"
+                )
+                self.violations.append((ev, ev.violations[-1]))
+            # the caller's frame above the shadow space and stack arguments must not change
+            nstack = max(0, len(ev.args) - 4)
+            above = ev.entry_sp + 8 + 0x20 + 8 * nstack
+            off = above - ev.entry_sp
+            window = stack[off : off + 0x40] if off + 0x40 <= len(stack) else b""
+            ev._saved["frame"] = (above, window or self._read_frame(above))
+
+    def _check_state(self, ev: AllocationEvent, sp: int) -> list[str]:
+        arch = self.proc.arch
+        problems = []
+        after_raw = self._callee_saved()
+        if after_raw == ev._saved["state"] and not _df_set(after_raw, arch):
+            before_regs: dict[str, int] = {}
+            after_regs: dict[str, int] = {}
+        else:
+            before_regs, _, before_xmm = self._unpack_state(ev._saved["state"])
+            after_regs, eflags, after_xmm = self._unpack_state(after_raw)
+            if eflags & DF:
+                problems.append("direction flag left set")
+            for i, (b, a) in enumerate(zip(before_xmm, after_xmm, strict=True)):
+                if a != b:
+                    problems.append(f"xmm{i + 6} not preserved")
+        for r, before in before_regs.items():
+            after = after_regs[r]
+            if after != before:
+                problems.append(f"{r} not preserved: 0x{before:x} -> 0x{after:x}")
+        if arch.ptr_size == 8:
+            if sp != ev.entry_sp + 8:
+                problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
+            above, data = ev._saved["frame"]
+            now = self._read_frame(above)
+            if now and data and now != data:
+                off = next(i for i in range(len(data)) if data[i] != now[i])
+                problems.append(
+                    f"wrote into the caller's frame at 0x{above + off:x} (above its shadow space)"
+                )
+        elif ev.name in self.cdecl:
+            if sp != ev.entry_sp + 4:
+                problems.append(
+                    f"cdecl callee popped its arguments: esp off by {sp - ev.entry_sp - 4:+d}"
+                )
+        else:
+            expected = ev.entry_sp + 4 + 4 * len(ev.args)  # stdcall: the callee pops
+            if sp != expected:
+                problems.append(
+                    f"stdcall stack imbalance: esp 0x{sp:x} at return, expected 0x{expected:x} "
+                    f"(`ret {4 * len(ev.args)}`), off by {sp - expected:+d}"
+                )
+        return problems
+
+
+def _df_set(raw: bytes, arch: Arch) -> bool:
+    k = len(arch.nonvolatile)
+    return bool(int.from_bytes(raw[16 * k : 16 * k + 4], "little") & DF)
+
+
+@contextmanager
+def recording(
+    proc: Process,
+    functions: Iterable[str | int] | None = None,
+    *,
+    check_conventions: bool = False,
+) -> Iterator[EventRecorder]:
+    """``with recording(proc) as rec: ...``: the recorder is removed afterwards."""
+    rec = EventRecorder(proc, functions, check_conventions=check_conventions).start()
+    try:
+        yield rec
+    finally:
+        rec.stop()

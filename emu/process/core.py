@@ -1,0 +1,661 @@
+"""An emulated Windows user-mode process: address space, PEB/TEB, one thread, system calls, calls.
+
+A call from Python (``proc.call``) writes the frame (return address = a sentinel in our trap
+page, shadow space, stack arguments) with one memory write, sets the argument registers, and runs
+the CPU until pc reaches the sentinel. System calls issued by emulated code enter Python through
+Unicorn's instruction/interrupt hooks and are served by the handlers in ``nt_*.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+import unicorn
+
+from emu.arch import Arch, get_arch
+from emu.cpu.callgate import CallGate
+from emu.cpu.cpu import Cpu
+from emu.errors import EmulationError, Fault, NtStatusError
+from emu.nt.calls import HANDLERS
+from emu.process.ldr import LoaderData
+from emu.win.conventions import Convention, get_convention
+from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB
+
+if TYPE_CHECKING:
+    from emu.load.program import Program
+    from emu.nt.objects import ObjectManager
+    from emu.observe.breakpoints import BreakContext, Breakpoint
+    from emu.observe.events import EventRecorder
+    from emu.observe.stackwalk import Frame
+    from emu.observe.tracer import MemoryWatch, Tracer
+from emu.cpu.segments import setup_segments
+from emu.modules import Module, ModuleList
+from emu.nt.kernel import SyscallDispatcher, SyscallRecord
+from emu.nt.memory import MemoryManager
+from emu.nt.stack import ThreadStack
+from emu.win.ntdefs import (
+    HEAP_GROWABLE,
+    MEM_COMMIT,
+    MEM_RESERVE,
+    MEM_TOP_DOWN,
+    PAGE_EXECUTE_READ,
+    PAGE_GUARD,
+    PAGE_READONLY,
+    PAGE_READWRITE,
+    PAGE_SIZE,
+    NtStatus,
+)
+
+KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
+PROCESS_HEAPS_OFFSET = 0xC00  # our PEB.ProcessHeaps array lives in the PEB's first page
+MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session shows (0x10)
+PROCESS_ID, THREAD_ID = 0x1000, 0x1004
+# Wine's debug channels read an option table two pages (x64) / one page (x86) past the PEB;
+# the PEB region is committed far enough to hold it (zero = every channel off).
+PEB_REGION_SIZE = 0x4000
+TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
+
+# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook)
+_TRAP_CODE, _CALLBACKS = 0x100, 0x800
+_CALLBACK_STUB = 16  # bytes per Python-callback stub
+
+
+@dataclass
+class Callback:
+    """A Python function that emulated code can call like a native one."""
+
+    name: str
+    fn: Callable[..., int | None]
+    argc: int
+    convention: Convention
+    address: int
+
+
+class Registers(MutableMapping[str, int]):
+    """``proc.regs["rcx"]``: read and write registers by name (names valid for the arch)."""
+
+    def __init__(self, cpu: Cpu):
+        self._cpu = cpu
+
+    def _id(self, name: str) -> int:
+        try:
+            return self._cpu.reg_ids[name.lower()]
+        except KeyError:
+            raise KeyError(f"no register {name!r} on {self._cpu.arch.name}") from None
+
+    def __getitem__(self, name: str) -> int:
+        return int(self._cpu.uc.reg_read(self._id(name)))
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self._cpu.uc.reg_write(self._id(name), value)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("registers cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cpu.arch.gprs)
+
+    def __len__(self) -> int:
+        return len(self._cpu.arch.gprs)
+
+
+class Process:
+    """One emulated Windows process with one thread, on x86 or x64."""
+
+    def __init__(
+        self,
+        arch: str | Arch = "x64",
+        *,
+        stack_reserve: int | None = None,
+        stack_commit: int | None = None,
+        time_limit: float = 30.0,
+        tlb: str = "cpu",
+    ):
+        self.arch = get_arch(arch)
+        self.cpu = Cpu(self.arch, tlb=tlb)
+        self.memory = MemoryManager(self.cpu, self.arch)
+        self.regs = Registers(self.cpu)
+        self.modules = ModuleList()
+        self.syscalls: list[SyscallRecord] = []
+        self.syscall_dispatcher = SyscallDispatcher(self, HANDLERS)
+        self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
+        self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
+        self.callbacks: dict[int, Callback] = {}
+        self._conventions: dict[str | None, Convention] = {None: get_convention(self.arch, None)}
+        self.export_hooks: dict[str, int] = {}
+        self.trap_names: dict[int, str] = {}
+        # observers (emu.events and friends): called on every system call / at each run's end
+        self.syscall_observers: list[Callable[[SyscallRecord], None]] = []
+        self.run_observers: list[Callable[[bool], None]] = []
+        self.breakpoints: list[Breakpoint] = []
+        self.breakpoint_stop: str | None = None
+        self._ldr: LoaderData | None = None
+        self.exit_status: int | None = None
+        self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
+        self.objects: ObjectManager | None = None  # handles and sandboxed names (emu.objects)
+        self.program: Program | None = None  # set by from_program (emu.program)
+        self.cpu.symbolizer = self.symbolize
+        self._build_address_space(stack_reserve, stack_commit)
+        self._install_hooks()
+
+    @classmethod
+    def from_program(
+        cls,
+        path: str | os.PathLike[str],
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **options: object,
+    ) -> Process:
+        """A process with the Windows program at ``path`` and Wine's ntdll mapped, ready for
+        ``proc.program.run()`` (see ``emu.program.load_program`` for the options)."""
+        from emu.load.program import load_program
+
+        return load_program(path, argv, env, **options).proc  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ set-up
+    def _build_address_space(self, stack_reserve: int | None, stack_commit: int | None) -> None:
+        arch, mem = self.arch, self.memory
+        rw, top = MEM_RESERVE | MEM_COMMIT, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN
+        mem.allocate(
+            KUSER_SHARED_DATA_ADDRESS, PAGE_SIZE, rw, PAGE_READONLY, usage="KUSER_SHARED_DATA"
+        )
+        # our trap page: the return sentinel and the stubs through which emulated code calls
+        # Python; it is ordinary executable user memory, so code can return and jump into it
+        self.trap_base, _ = mem.allocate(
+            0, 0x10000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_EXECUTE_READ, usage="heapemu traps"
+        )
+        mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
+        self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
+        self._trap_committed = PAGE_SIZE
+        self._trap_code_next = self.trap_base + _TRAP_CODE
+        self._trap_next = self.trap_base + _CALLBACKS
+        self.peb, _ = mem.allocate(0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB")
+        self.teb, _ = mem.allocate(0, TEB_REGION_SIZE, top, PAGE_READWRITE, usage="TEB")
+        self.thread_stack = ThreadStack(
+            self,
+            stack_reserve or arch.default_stack_reserve,
+            stack_commit or arch.default_stack_commit,
+        )
+        self._fill_teb_peb()
+        setup_segments(self.cpu, self.teb, TEB.size(arch))
+        # every call returns to the first byte of the trap page (an int3 never executed: the
+        # run stops there)
+        self.call_gate = CallGate(arch, self.cpu._uch, self.thread_stack.top - 0x80, self.trap_base)
+
+    def _fill_teb_peb(self) -> None:
+        a, teb, peb = self.arch, self.teb, self.peb
+        # no SEH frame yet: the x86 ExceptionList terminator is -1, x64 has no list
+        TEB.write(self, a, teb, "ExceptionList", 0xFFFFFFFF if a.ptr_size == 4 else 0)
+        TEB.write(self, a, teb, "Self", teb)
+        TEB.write(self, a, teb, "UniqueProcess", PROCESS_ID)
+        TEB.write(self, a, teb, "UniqueThread", THREAD_ID)
+        TEB.write(self, a, teb, "ProcessEnvironmentBlock", peb)
+        self.thread_stack.write_teb(teb)
+        PEB.write(self, a, peb, "NumberOfProcessors", 1)
+        PEB.write(self, a, peb, "NtGlobalFlag", 0)
+        # RtlCreateHeap defaults from the PEB, as Windows initialises them (MmHeapSegment*)
+        PEB.write(self, a, peb, "HeapSegmentReserve", 0x100000)
+        PEB.write(self, a, peb, "HeapSegmentCommit", 0x2000)
+        PEB.write(self, a, peb, "HeapDeCommitTotalFreeThreshold", 0x10000)
+        PEB.write(self, a, peb, "HeapDeCommitFreeBlockThreshold", 0x1000)
+        PEB.write(self, a, peb, "NumberOfHeaps", 0)
+        PEB.write(self, a, peb, "MaximumNumberOfHeaps", MAX_PROCESS_HEAPS)
+        PEB.write(self, a, peb, "ProcessHeaps", peb + PROCESS_HEAPS_OFFSET)
+        PEB.write(self, a, peb, "OSMajorVersion", 10)
+        PEB.write(self, a, peb, "OSMinorVersion", 0)
+        PEB.write(self, a, peb, "OSBuildNumber", 19045)
+        PEB.write(self, a, peb, "OSPlatformId", 2)  # VER_PLATFORM_WIN32_NT
+        PEB.write(self, a, peb, "CriticalSectionTimeout", (-2592000 * 10_000_000) & (2**64 - 1))
+        k = KUSER_SHARED_DATA_ADDRESS
+        KUSER_SHARED_DATA.write(self, a, k, "NtMajorVersion", 10)
+        KUSER_SHARED_DATA.write(self, a, k, "NtMinorVersion", 0)
+        KUSER_SHARED_DATA.write(self, a, k, "NtBuildNumber", 19045)
+        KUSER_SHARED_DATA.write(self, a, k, "NtProductType", 1)  # NtProductWinNt
+        KUSER_SHARED_DATA.write(self, a, k, "ProductTypeIsValid", 1)
+        KUSER_SHARED_DATA.write(self, a, k, "NumberOfPhysicalPages", 0x40000)
+        KUSER_SHARED_DATA.write(self, a, k, "ActiveProcessorCount", 1)
+        KUSER_SHARED_DATA.write(self, a, k, "SystemCall", 0)  # stubs use `syscall`, not int 2e
+        KUSER_SHARED_DATA.write(
+            self, a, k, "NativeProcessorArchitecture", 9 if a.ptr_size == 8 else 0
+        )  # AMD64 / INTEL
+
+    def _install_hooks(self) -> None:
+        cpu = self.cpu
+        cpu.bad_access_handler = self._on_bad_access
+        cpu.hook_interrupt(self._on_interrupt)
+        if self.arch.ptr_size == 8:
+            cpu.hook_syscall_insn(self._on_syscall, "syscall")
+        else:
+            cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
+        # one address-ranged hook for all Python callbacks: costs nothing elsewhere
+        cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + 0x10000 - 1)
+
+    # ------------------------------------------------------------------ memory access
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            return self.cpu.read(addr, size)
+        except unicorn.UcError:
+            raise self._python_access_error(addr, size, "read") from None
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write like a debugger: page protections do not apply, but the memory must be
+        committed. Code already translated over the range is invalidated if it is executable."""
+        try:
+            self.cpu.write(addr, data)
+        except unicorn.UcError:
+            raise self._python_access_error(addr, len(data), "write") from None
+
+    def _python_access_error(self, addr: int, size: int, access: str) -> EmulationError:
+        """Name the first page of [addr, addr+size) that is not committed and mapped."""
+        first = addr
+        page = addr & ~(PAGE_SIZE - 1)
+        while page < addr + size:
+            state = self.memory.page_state(page)
+            if state is None or state == 0 or state & PAGE_GUARD:
+                first = max(page, addr)
+                break
+            page += PAGE_SIZE
+        state = self.memory.page_state(first)
+        what = (
+            "free" if state is None else "reserved (not committed)" if state == 0 else "guard-page"
+        )
+        return EmulationError(
+            Fault(
+                f"Python {access} of {what} memory",
+                address=first,
+                access=access,
+                size=size,
+                status=NtStatus.ACCESS_VIOLATION,
+                detail=f"{access} of 0x{size:x} bytes at 0x{addr:x}",
+            )
+        )
+
+    def read_ptr(self, addr: int) -> int:
+        return self.arch.unpack_ptr(self.read(addr, self.arch.ptr_size))
+
+    def write_ptr(self, addr: int, value: int) -> None:
+        self.write(addr, self.arch.pack_ptr(value))
+
+    def read_u32(self, addr: int) -> int:
+        return int(struct.unpack("<I", self.read(addr, 4))[0])
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    # ------------------------------------------------------------------ modules and symbols
+    def add_module(self, module: Module) -> Module:
+        self.modules.add(module)
+        return module
+
+    def resolve(self, name: str) -> int:
+        """``"module!Symbol"`` (or ``"module!Symbol+0x10"``) to an address."""
+        return self.modules.resolve(name)
+
+    def symbolize(self, addr: int) -> str:
+        """An address as ``module!Symbol+0x1f`` (or ``module+0x1f`` / hex when unknown)."""
+        cb = self.callbacks.get(addr)
+        if cb is not None:
+            return f"heapemu!{cb.name}"
+        if self.trap_base <= addr < self.trap_base + _TRAP_CODE:
+            return f"heapemu!call_gate+0x{addr - self.trap_base:x}"
+        for start, name in self.trap_names.items():
+            if start <= addr < start + 16:
+                return f"heapemu!{name}" + (f"+0x{addr - start:x}" if addr != start else "")
+        return self.modules.symbolize(addr)
+
+    @property
+    def ldr(self) -> LoaderData:
+        """PEB.Ldr and its module lists (built on first use)."""
+        if self._ldr is None:
+            self._ldr = LoaderData(self)
+        return self._ldr
+
+    def load_pe(self, path: str, name: str | None = None, *, trap_missing: bool = False) -> Module:
+        """Map a PE image (see ``loader.pe``): preferred base or relocated, imports bound."""
+        from emu.load.pe import load_pe
+
+        return load_pe(self, path, name, trap_missing=trap_missing)
+
+    def hook_export(
+        self,
+        name: str,
+        fn: Callable[..., int | None],
+        argc: int | None = None,
+        convention: str | None = None,
+    ) -> int:
+        """Serve imports of ``"dll!Function"`` with ``fn(proc, *args)`` in images loaded later."""
+        from emu.load.pe import hook_export
+
+        return hook_export(self, name, fn, argc, convention)
+
+    def breakpoint(
+        self,
+        target: int | str,
+        callback: Callable[[BreakContext], None],
+        *,
+        convention: str | None = None,
+        argc: int = 0,
+    ) -> Breakpoint:
+        """Call ``callback(ctx)`` whenever execution reaches ``target`` (see emu.breakpoints)."""
+        from emu.observe.breakpoints import add_breakpoint
+
+        return add_breakpoint(self, target, callback, convention=convention, argc=argc)
+
+    def stack(self) -> list[Frame]:
+        """The current call stack, innermost first, like WinDbg's ``k``."""
+        from emu.observe.stackwalk import walk_stack
+
+        return walk_stack(self)
+
+    def trace(
+        self,
+        out: TextIO,
+        *,
+        function: str | int | None = None,
+        call: int | None = None,
+        begin: int = 1,
+        end: int = 0,
+        registers: bool = False,
+    ) -> Tracer:
+        """Write an instruction trace to ``out`` (see ``emu.tracer``); a context manager."""
+        from emu.observe.tracer import Tracer
+
+        return Tracer(
+            self, out, function=function, call=call, begin=begin, end=end, registers=registers
+        )
+
+    def watch_memory(self, address: int, size: int) -> MemoryWatch:
+        """Record every write to [address, address+size) (see ``emu.tracer.MemoryWatch``)."""
+        from emu.observe.tracer import MemoryWatch
+
+        return MemoryWatch(self, address, size)
+
+    def record(
+        self,
+        functions: Iterable[str | int] | None = None,
+        *,
+        check_conventions: bool = False,
+        cdecl: Iterable[str] = (),
+        argc: dict[str, int] | None = None,
+    ) -> EventRecorder:
+        """Start recording allocation events (``emu.events``); use as a context manager or
+        call ``.stop()``. ``functions`` default to the heap entry points of loaded modules."""
+        from emu.observe.events import EventRecorder
+
+        rec = EventRecorder(
+            self, functions, check_conventions=check_conventions, cdecl=cdecl, argc=argc
+        )
+        return rec.start()
+
+    def load_allocator(self, kind: str, **options: object) -> Module:
+        """``"builtin"`` (our heap, nothing downloaded) or ``"wine"`` (Wine 8.0's ntdll.dll);
+        options go to load_wine_ntdll (e.g. ``debug_channels``)."""
+        if kind == "builtin":
+            return self.load_builtin_heap()
+        if kind == "wine":
+            return self.load_wine_ntdll(**options)  # type: ignore[arg-type]
+        raise ValueError(f"unknown allocator {kind!r}: expected 'builtin' or 'wine'")
+
+    def load_builtin_heap(self) -> Module:
+        """Assemble and load heapemu's own Wine-style NT heap (``asm/``); creates the process
+        heap, as Windows does before user code runs."""
+        from emu.load.builtin_heap import load_builtin_heap
+
+        return load_builtin_heap(self)
+
+    def load_wine_ntdll(
+        self, wine_dir: str | None = None, *, debug_channels: str | None = None
+    ) -> Module:
+        """Load Wine 8.0's real ntdll.dll and make it runnable (see ``loader.wine_ntdll``)."""
+        from emu.load.wine_ntdll import load_wine_ntdll
+
+        return load_wine_ntdll(self, wine_dir, debug_channels=debug_channels)
+
+    def load_flat(self, source_or_path: str, name: str, base: int | None = None) -> Module:
+        """Assemble x86/x64 assembly with keystone and map it (see ``loader.flat``)."""
+        from emu.load.flat import load_flat
+
+        return load_flat(self, source_or_path, name, base)
+
+    def register_syscall_table(self, begin: int, end: int, table: dict[int, str]) -> None:
+        """System-call numbers used by the code in [begin, end) (the issuer's own table)."""
+        self.syscall_dispatcher.register_table(begin, end, table)
+
+    # ------------------------------------------------------------------ calls
+    def call(
+        self,
+        target: int | str,
+        *args: int,
+        convention: str | None = None,
+        max_instructions: int | None = None,
+        time_limit: float | None = None,
+    ) -> int:
+        """Call emulated code at ``target`` (address or ``"module!Export"``) and return
+        rax/eax. Raises EmulationError on a fault, a runaway loop (``max_instructions``,
+        default ``proc.instruction_budget``; ``time_limit`` seconds, default
+        ``proc.time_limit``) or an unbalanced stack."""
+        if self.cpu._running:
+            # Unicorn cannot nest emu_start, and the frame would land on the live one
+            raise EmulationError(
+                Fault(
+                    "proc.call is not re-entrant",
+                    pc=self.cpu.pc,
+                    detail="a Python callback or breakpoint cannot call into emulated code; "
+                    "change registers/memory or use ctx.skip() instead",
+                )
+            )
+        addr = self.resolve(target) if isinstance(target, str) else target
+        conv = self._conventions.get(convention) or get_convention(self.arch, convention)
+        gate = self.call_gate
+        entry_sp = gate.prepare(conv, args)
+        budget = max_instructions if max_instructions is not None else self.instruction_budget
+        limit = self.time_limit if time_limit is None else time_limit
+        cpu = self.cpu
+        self.breakpoint_stop = None
+        cpu.run(addr, gate.sentinel, count=budget or 0, time_limit=limit)
+        ret, sp_after, pc = gate.result()
+        completed = pc == gate.sentinel and not cpu.fault and not cpu.stop_reason
+        if self.run_observers:
+            for observer in self.run_observers:
+                observer(completed)
+        if not completed:
+            raise self._run_error(addr, args, budget, limit)
+        expected = entry_sp + self.arch.ptr_size + conv.popped_bytes(self.arch, len(args))
+        if sp_after != expected:
+            raise EmulationError(
+                Fault(
+                    "stack imbalance",
+                    pc=gate.return_address,
+                    detail=f"{conv.name} call to {self.symbolize(addr)} with {len(args)} "
+                    f"arguments returned with {self.arch.sp} off by {sp_after - expected:+d} bytes",
+                )
+            )
+        return ret & self.arch.ptr_mask
+
+    def _run_error(
+        self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None
+    ) -> EmulationError:
+        cpu = self.cpu
+        fault = cpu.fault
+        if fault is None:
+            pc = cpu.pc
+            reason = cpu.why_stopped(budget or 0)
+            if reason == "timeout":
+                fault = Fault("wall-clock limit exceeded", pc=pc, detail=f"limit {limit} s")
+            elif reason == "budget":
+                fault = Fault("instruction budget exhausted", pc=pc, detail=f"budget {budget}")
+            elif reason == "stopped":
+                fault = Fault("emulation stopped before returning", pc=pc)
+            else:
+                fault = Fault(reason, pc=pc)
+        state = cpu.state(fault.pc)
+        # as Windows' CONTEXT does for a breakpoint trap, pc is the faulting instruction
+        state.registers[self.arch.pc] = fault.pc
+        if self.breakpoint_stop is not None:
+            from emu.observe.breakpoints import BreakpointStop
+
+            self.breakpoint_stop = None
+            return BreakpointStop(fault, state, context=f"in call to {self.symbolize(addr)}")
+        if fault.status == NtStatus.STACK_OVERFLOW:
+            self.thread_stack.reset()  # the thread's stack is usable again for the next call
+            self.thread_stack.write_teb(self.teb)
+        call = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
+        return EmulationError(fault, state, context=call)
+
+    # ------------------------------------------------------------------ Python callbacks
+    def register_callback(
+        self,
+        fn: Callable[..., int | None],
+        argc: int,
+        *,
+        name: str = "",
+        convention: str | None = None,
+    ) -> int:
+        """Make ``fn(proc, *args)`` callable from emulated code; returns its address.
+
+        The stub pops the return address (and, for callee-pops conventions, the arguments) and
+        returns ``fn``'s result in rax/eax. Exceptions raised by ``fn`` stop emulation and
+        propagate out of ``proc.call``."""
+        addr = self._trap_next
+        if addr + _CALLBACK_STUB > self.trap_base + 0x10000:
+            raise EmulationError(Fault("too many Python callbacks (3,968 maximum)"))
+        while addr + _CALLBACK_STUB > self.trap_base + self._trap_committed:
+            page = self.trap_base + self._trap_committed
+            self.memory.allocate(page, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
+            self.cpu.write(page, b"\xcc" * PAGE_SIZE)
+            self._trap_committed += PAGE_SIZE
+        self._trap_next += _CALLBACK_STUB
+        conv = get_convention(self.arch, convention)
+        self.callbacks[addr] = Callback(name or f"callback_{addr:x}", fn, argc, conv, addr)
+        return addr
+
+    def add_trap_code(self, code: bytes, name: str) -> int:
+        """Place a few bytes of our own machine code in the trap page; returns their address."""
+        addr = self._trap_code_next
+        if addr + len(code) > self.trap_base + _CALLBACKS:
+            raise EmulationError(Fault("no room left for trap code"))
+        self.cpu.write(addr, code)
+        self._trap_code_next = (addr + len(code) + 15) & ~15
+        self.trap_names[addr] = name
+        return addr
+
+    def _on_callback(self, uc: unicorn.Uc, address: int, size: int, _: object) -> None:
+        cb = self.callbacks.get(address)
+        if cb is None:
+            return  # an int3 filler byte: it will fault as a breakpoint
+        cpu, arch = self.cpu, self.arch
+        sp = cpu.sp
+        regs, _stack = cb.convention.split(tuple(range(cb.argc)))
+        args = [cpu.reg(r) for r in cb.convention.reg_args[: len(regs)]]
+        for i in range(len(regs), cb.argc):
+            args.append(self.read_ptr(cb.convention.stack_arg_address(arch, sp, i)))
+        result = cb.fn(self, *args)
+        ret_addr = self.read_ptr(sp)
+        cpu.set_reg_by_id(cpu.reg_ids[arch.ret], (result or 0) & arch.ptr_mask)
+        cpu.sp = sp + arch.ptr_size + cb.convention.popped_bytes(arch, cb.argc)
+        cpu.pc = ret_addr
+
+    # ------------------------------------------------------------------ kernel entry
+    def _syscall_arg_x64(self, i: int, width: str | int) -> int:
+        if i < 4:
+            v = self.cpu.reg(("r10", "rdx", "r8", "r9")[i])
+        else:
+            v = self.read_ptr(self.cpu.sp + 0x28 + 8 * (i - 4))
+        return v & 0xFFFFFFFF if width == 32 else v & 0xFF if width == 8 else v
+
+    def _on_syscall(self, uc: unicorn.Uc, _: object) -> None:
+        cpu = self.cpu
+        # Unicorn calls this hook with rip on the `syscall` and steps past it afterwards
+        self._serve_syscall(cpu.reg("eax"), cpu.pc, self._syscall_arg_x64)
+
+    def _x86_args_at(self, base: int) -> Callable[[int, str | int], int]:
+        def arg(i: int, width: str | int) -> int:
+            v = self.read_u32(base + 4 * i)
+            return v & 0xFF if width == 8 else v
+
+        return arg
+
+    def _on_interrupt(self, uc: unicorn.Uc, intno: int, _: object) -> None:
+        cpu = self.cpu
+        if intno == 0x2E and self.arch.ptr_size == 4:
+            # NT's int 0x2e path: eax = service number, edx -> the arguments
+            self._serve_syscall(cpu.reg("eax"), cpu.pc - 2, self._x86_args_at(cpu.reg("edx")))
+            return
+        cpu.raise_fault(cpu.cpu_exception_fault(intno))
+
+    def _on_sysenter(self, uc: unicorn.Uc, _: object) -> None:
+        # KiFastSystemCall: `mov edx, esp; sysenter`; the arguments start above the two return
+        # addresses (stub's caller and KiFastSystemCall's caller). Unicorn calls this hook with
+        # eip on the instruction and then steps past it, as KiFastSystemCallRet would resume.
+        cpu = self.cpu
+        self._serve_syscall(cpu.reg("eax"), cpu.pc, self._x86_args_at(cpu.reg("edx") + 8))
+
+    def _serve_syscall(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> None:
+        recorded = len(self.syscalls)
+        try:
+            status = self.syscall_dispatcher.dispatch(number, pc, arg)
+        except NtStatusError as e:  # strict mode: unknown system call
+            self.cpu.raise_fault(
+                Fault("unknown system call", pc=pc, status=e.status, detail=str(e))
+            )
+            return
+        except EmulationError:
+            # the arguments themselves are unreadable (x64 stack arguments, x86 edx array):
+            # the kernel's probe fails and the caller gets STATUS_ACCESS_VIOLATION
+            status = NtStatus.ACCESS_VIOLATION
+        self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
+        if self.syscall_observers and len(self.syscalls) > recorded:
+            for observer in self.syscall_observers:
+                observer(self.syscalls[-1])
+
+    def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
+        """Guard pages: a stack guard page grows the stack; any other is one-shot."""
+        state = self.memory.page_state(address)
+        if not state or not state & PAGE_GUARD:
+            return False
+        if self.thread_stack.contains(address):
+            fault = self.thread_stack.on_guard_page(address)
+            if fault is None:
+                return True  # retry the access on the newly committed page
+            self.cpu.fault = fault
+            return False
+        self.memory.clear_guard(address)
+        self.cpu.fault = Fault(
+            "guard page violation",
+            pc=self.cpu.pc,
+            address=address,
+            access=access,
+            size=size,
+            status=NtStatus.GUARD_PAGE_VIOLATION,
+        )
+        return False
+
+    # ------------------------------------------------------------------ misc
+    def __repr__(self) -> str:
+        return f"<Process {self.arch.name} teb=0x{self.teb:x} peb=0x{self.peb:x}>"
+
+    def create_process_heap(self, module: Module) -> int:
+        """RtlCreateHeap(HEAP_GROWABLE) from ``module`` recorded as PEB.ProcessHeap: on Windows
+        the process heap exists before any user code runs."""
+        heap = self.call(module.exports["RtlCreateHeap"], HEAP_GROWABLE, 0, 0, 0, 0, 0)
+        if not heap:
+            raise EmulationError(
+                Fault(f"{module.name}: RtlCreateHeap for the process heap returned NULL")
+            )
+        self.set_process_heap(heap)
+        return heap
+
+    def set_process_heap(self, heap: int) -> None:
+        """Record ``heap`` as PEB.ProcessHeap (the heap Windows creates before user code)."""
+        PEB.write(self, self.arch, self.peb, "ProcessHeap", heap)
+
+    @property
+    def process_heaps(self) -> list[int]:
+        """PEB.ProcessHeaps[0:NumberOfHeaps]."""
+        n = PEB.read(self, self.arch, self.peb, "NumberOfHeaps")
+        arr = PEB.read(self, self.arch, self.peb, "ProcessHeaps")
+        return [self.read_ptr(arr + i * self.arch.ptr_size) for i in range(min(n, 1024))]

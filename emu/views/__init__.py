@@ -1,0 +1,70 @@
+"""Heap views, data first: WinDbg's ``!heap -s``, ``!heap -h``, ``!heap -i``, ``!address``, ``dt``.
+
+Each view is ``build_*(proc, ...)`` -> a dataclass with ``to_json()`` / ``from_json()``, and
+``render_*(view)`` -> text. Views read the process through the heap walkers (``emu.walkers``) and
+its memory model only, so they work the same for the builtin heap and Wine's ntdll, x86 and x64.
+A view of every heap lists them as the allocator does: the builtin heap from PEB.ProcessHeaps,
+Wine through its RtlGetProcessHeaps (pass ``allocator=`` to reuse an ``Allocator``).
+
+===============  ===========================  ============================================
+view             build                        text
+===============  ===========================  ============================================
+heap summary     ``build_summary(proc)``      ``render_summary``: one row per heap
+heap entries     ``build_entries(proc, h)``   ``render_entries``: header, free lists, blocks
+heap entry       ``build_entry(proc, addr)``  ``render_entry``: one block, field by field
+address          ``build_address(proc)``      ``render_address``: regions, ``usage="Heap"``
+dt               ``build_dt(proc, h)``        ``render_dt``: the heap header's fields
+===============  ===========================  ============================================
+"""
+
+from __future__ import annotations
+
+from emu.views.address import USAGES, AddressRow, AddressView, build_address, render_address
+from emu.views.common import NotInHeapError, list_heaps
+from emu.views.dt import DtRow, DtView, build_dt, render_dt
+from emu.views.entries import (
+    CorruptionLine,
+    EntriesView,
+    EntryLine,
+    FreeListLine,
+    LargeLine,
+    RangeLine,
+    SegmentEntries,
+    build_entries,
+    entries_from_report,
+    render_entries,
+)
+from emu.views.entry import EntryView, HeaderFieldLine, build_entry, render_entry
+from emu.views.summary import HeapSummaryRow, SummaryView, build_summary, render_summary
+
+__all__ = [
+    "USAGES",
+    "AddressRow",
+    "AddressView",
+    "CorruptionLine",
+    "DtRow",
+    "DtView",
+    "EntriesView",
+    "EntryLine",
+    "EntryView",
+    "FreeListLine",
+    "HeaderFieldLine",
+    "HeapSummaryRow",
+    "LargeLine",
+    "NotInHeapError",
+    "RangeLine",
+    "SegmentEntries",
+    "SummaryView",
+    "build_address",
+    "build_dt",
+    "build_entries",
+    "build_entry",
+    "build_summary",
+    "entries_from_report",
+    "list_heaps",
+    "render_address",
+    "render_dt",
+    "render_entries",
+    "render_entry",
+    "render_summary",
+]

@@ -1,0 +1,81 @@
+"""``dt``: a heap header dumped field by field with the architecture's offsets (WinDbg's ``dt``).
+
+The fields come from the allocator's declaration (builtin: ``asm.layout(arch)``; Wine:
+``emu.walkers.wine_layout``), the values from process memory. Nested structures and arrays
+are shown by type, with their members after them under dotted names (as ``dt -r`` would).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emu.process.core import Process
+from emu.views.common import JsonView, ascii_magic, heap_kind, hexp
+from emu.views.layout import heap_header_specs, heap_struct_name
+from emu.win.ntdefs import heap_flag_names
+
+HEAP_CLASS_1 = 0x1000
+
+
+@dataclass
+class DtRow:
+    offset: int
+    name: str
+    type: str  # u8/u16/u32/u64/ptr/i32, a structure's name, or "[n] element"
+    size: int
+    value: int | None  # None for structures and arrays
+    note: str = ""  # a flag decoding or a magic's text
+
+
+@dataclass
+class DtView(JsonView):
+    struct: str
+    address: int
+    kind: str
+    arch: str
+    rows: list[DtRow] = field(default_factory=list)
+
+
+def _note(name: str, value: int, size: int) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("flags", "force_flags") and "." not in name:
+        if not value:
+            return ""
+        # 0x1000 is Windows' HEAP_CLASS_1 (a private heap), which Wine sets too
+        names = heap_flag_names(value & ~HEAP_CLASS_1) if value & ~HEAP_CLASS_1 else ""
+        return "|".join(n for n in (names, "HEAP_CLASS_1" if value & HEAP_CLASS_1 else "") if n)
+    if "magic" in leaf or "signature" in leaf:
+        text = ascii_magic(value, size)
+        return f"'{text}'" if text else ""
+    return ""
+
+
+def build_dt(proc: Process, heap: int, kind: str | None = None) -> DtView:
+    """The header of the heap at ``heap`` (``kind`` defaults to the loaded allocator)."""
+    kind = kind or heap_kind(proc)
+    arch = proc.arch.name
+    rows = []
+    for spec in heap_header_specs(kind, arch):
+        value = None
+        if spec.scalar:
+            value = int.from_bytes(proc.read(heap + spec.offset, spec.size), "little")
+            if spec.type == "i32" and value & 0x80000000:
+                value -= 1 << 32
+        note = _note(spec.name, value, spec.size) if value is not None else ""
+        rows.append(DtRow(spec.offset, spec.name, spec.type, spec.size, value, note))
+    return DtView(heap_struct_name(kind), heap, kind, arch, rows)
+
+
+def render_dt(view: DtView) -> str:
+    width = max(len(r.name) for r in view.rows)
+    lines = [f"{view.struct} at {hexp(view.address, view.arch)} ({view.arch})"]
+    for r in view.rows:
+        if r.value is None:
+            shown = r.type
+        elif r.value < 0:
+            shown = str(r.value)
+        else:
+            shown = f"{r.value:#x}"
+        note = f"  {r.note}" if r.note else ""
+        lines.append(f"   +{r.offset:#05x} {r.name:<{width}} : {shown}{note}")
+    return "\n".join(lines)

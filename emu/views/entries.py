@@ -1,0 +1,288 @@
+"""``heap entries``: a heap's header, free lists and every entry, like WinDbg's ``!heap -h``.
+
+One line per block, per segment: ``address: psize . size [HLB] - busy (requested)``, sizes in
+hex bytes (header included), then the segment's uncommitted range. The flag digits are ours
+(neither allocator has WinDbg's HEAP_ENTRY flags), chosen so that ordinary lines read as they do
+in WinDbg ([101] busy, [100] free, [111] a segment's last block):
+
+- H: 1 when the walker found nothing wrong at this block header, 0 when a corruption is
+  reported at it (the corruptions are listed at the end);
+- L: 1 for the last block of its segment;
+- B: 1 busy (including Wine's pending frees, which are not reusable), 0 free.
+
+The raw flag bits of the header (FREE 1, PREV_FREE 2, both allocators) are in the JSON
+(``header_flags``) and in ``heap entry``. A last free block may run on into uncommitted memory:
+its line shows the header's size and how much of it is committed. Large blocks (WinDbg's
+virtual blocks) are listed after the segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emu.heap.allocator import Allocator
+from emu.heap.walkers import HeapReport, walk_heap
+from emu.heap.walkers.model import BUSY, FREE, PENDING
+from emu.process.core import Process
+from emu.views.common import JsonView, hexp, list_heaps
+from emu.views.layout import granularity, large_list_head
+
+
+@dataclass
+class EntryLine:
+    """One block of a segment."""
+
+    address: int
+    prev_size: int  # 0 for a segment's first block
+    size: int
+    flags: str  # the [HLB] digits
+    state: str  # busy, free or pending_free
+    requested: int | None
+    user_ptr: int
+    header_flags: int
+    committed: int
+
+
+@dataclass
+class RangeLine:
+    address: int
+    size: int
+
+
+@dataclass
+class SegmentEntries:
+    index: int
+    address: int  # the segment structure
+    base: int
+    end: int
+    committed: int  # bytes from base
+    first_block: int
+    complete: bool  # the walk reached the segment's end
+    entries: list[EntryLine] = field(default_factory=list)
+    uncommitted: list[RangeLine] = field(default_factory=list)
+
+
+@dataclass
+class FreeListLine:
+    """A non-empty free list: its sentinel, size class and blocks (headers) in list order."""
+
+    index: int
+    head: int
+    min_size: int
+    max_size: int | None
+    blocks: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LargeLine:
+    address: int
+    region_size: int
+    requested: int
+    user_ptr: int
+
+
+@dataclass
+class CorruptionLine:
+    kind: str
+    address: int
+    detail: str
+
+
+@dataclass
+class EntriesView(JsonView):
+    index: int  # position in the process's heap list, -1 when it is not listed
+    heap: int
+    kind: str
+    arch: str
+    flags: int
+    force_flags: int
+    granularity: int
+    segment_reserve: int  # the heap's grow size (next segment's reservation)
+    total_free: int  # committed bytes in free blocks (as !heap -s "Free")
+    large_list: int
+    segments: list[SegmentEntries] = field(default_factory=list)
+    free_lists: list[FreeListLine] = field(default_factory=list)
+    large_blocks: list[LargeLine] = field(default_factory=list)
+    corruptions: list[CorruptionLine] = field(default_factory=list)
+
+    @property
+    def entries(self) -> list[EntryLine]:
+        return [e for s in self.segments for e in s.entries]
+
+
+def flag_digits(state: str, last: bool, header_ok: bool) -> str:
+    return f"{int(header_ok)}{int(last)}{int(state != FREE)}"
+
+
+def _segments(report: HeapReport) -> list[SegmentEntries]:
+    bad = {c.address for c in report.corruptions}
+    out = []
+    for seg in report.segments:
+        lines = SegmentEntries(
+            seg.index,
+            seg.address,
+            seg.base,
+            seg.end,
+            seg.committed,
+            seg.first_block,
+            seg.complete,
+            uncommitted=[RangeLine(r.address, r.size) for r in seg.uncommitted],
+        )
+        for i, b in enumerate(seg.blocks):
+            last = seg.complete and i == len(seg.blocks) - 1
+            lines.entries.append(
+                EntryLine(
+                    address=b.address,
+                    prev_size=b.prev_size or 0,
+                    size=b.size,
+                    flags=flag_digits(b.state, last, b.address not in bad),
+                    state=b.state,
+                    requested=b.requested,
+                    user_ptr=b.user_ptr,
+                    header_flags=b.flags,
+                    committed=b.committed,
+                )
+            )
+        out.append(lines)
+    return out
+
+
+def entries_from_report(report: HeapReport, index: int = -1) -> EntriesView:
+    """The view of one walked heap (no process needed)."""
+    return EntriesView(
+        index=index,
+        heap=report.heap,
+        kind=report.kind,
+        arch=report.arch,
+        flags=report.flags,
+        force_flags=report.force_flags,
+        granularity=granularity(report.kind, report.arch),
+        segment_reserve=report.header.get("grow_size", 0),
+        total_free=sum(b.committed for b in report.free_blocks()),
+        large_list=large_list_head(report.kind, report.arch, report.heap),
+        segments=_segments(report),
+        free_lists=[
+            FreeListLine(
+                fl.index, fl.head, fl.min_size, fl.max_size, [e.address for e in fl.entries]
+            )
+            for fl in report.free_lists
+            if fl.entries
+        ],
+        large_blocks=[
+            LargeLine(lb.address, lb.region_size, lb.size, lb.user_ptr)
+            for lb in report.large_blocks
+        ],
+        corruptions=[CorruptionLine(c.kind, c.address, c.detail) for c in report.corruptions],
+    )
+
+
+def build_entries(
+    proc: Process, heap: int, *, index: int | None = None, allocator: Allocator | None = None
+) -> EntriesView:
+    """The entries of ``heap``; ``index`` (its heap ID) is looked up when not given."""
+    if index is None:
+        heaps = list_heaps(proc, allocator)
+        index = heaps.index(heap) if heap in heaps else -1
+    return entries_from_report(walk_heap(proc, heap), index)
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _entry_text(e: EntryLine, arch: str) -> str:
+    head = f"        {hexp(e.address, arch)}: {e.prev_size:05x} . {e.size:05x} [{e.flags}]"
+    if e.state == BUSY:
+        return f"{head} - busy ({e.requested or 0:x})"
+    if e.state == PENDING:
+        return f"{head} - pending free ({e.requested or 0:x})"
+    tail = f", {e.committed:x} committed" if e.committed < e.size else ""
+    return f"{head} - free{tail}"
+
+
+def _trim(entries: list[EntryLine], arch: str, keep: int | None) -> list[str]:
+    """Entry lines with runs of ordinary busy entries elided when there are more than keep:
+    the first and last keep/2 are shown, every entry with a corruption (H = 0) and, unless
+    that makes more than 4 * keep lines, every free or pending one, with their neighbours."""
+    lines = [_entry_text(e, arch) for e in entries]
+    if keep is None or len(lines) <= keep:
+        return lines
+    shown = set(range(keep // 2)) | set(range(len(lines) - (keep - keep // 2), len(lines)))
+    marked = set(shown)
+    for i, e in enumerate(entries):
+        if e.flags[0] != "1":
+            shown |= {i - 1, i, i + 1}
+        if e.state != BUSY:
+            marked |= {i - 1, i, i + 1}
+    if len(marked) <= 4 * keep:  # else too many to be a summary: leave the free ones out
+        shown |= marked
+    out: list[str] = []
+    hidden = 0
+    for i, line in enumerate(lines):
+        if i not in shown:
+            hidden += 1
+            continue
+        if hidden:
+            out.append(f"        ... {hidden} entries not shown ...")
+            hidden = 0
+        out.append(line)
+    return out
+
+
+def _free_list_text(fl: FreeListLine, arch: str) -> str:
+    n = len(fl.blocks)
+    sizes = f"{fl.min_size:x}-{fl.max_size:x}" if fl.max_size is not None else f"{fl.min_size:x}+"
+    return (
+        f"    FreeList[ {fl.index:02x} ] at {hexp(fl.head, arch)}: "
+        f"{hexp(fl.blocks[0], arch)} . {hexp(fl.blocks[-1], arch)}   "
+        f"({n} block{'s' if n != 1 else ''}, sizes {sizes})"
+    )
+
+
+def render_entries(view: EntriesView, max_entries: int | None = None) -> str:
+    """``!heap -h``-style text; ``max_entries`` trims long segments (see ``_trim``)."""
+    a = view.arch
+    out = [
+        "Index   Address  Allocator",
+        f"{view.index + 1:3}:   {hexp(view.heap, a)}  {view.kind} ({a})",
+    ]
+    for s in view.segments:
+        out.append(
+            f"    Segment at {hexp(s.base, a)} to {hexp(s.end, a)} "
+            f"({s.committed:08x} bytes committed)"
+        )
+    n_ucr = sum(len(s.uncommitted) for s in view.segments)
+    ucr_bytes = sum(r.size for s in view.segments for r in s.uncommitted)
+    out += [
+        f"    Flags:                {view.flags:08x}",
+        f"    ForceFlags:           {view.force_flags:08x}",
+        f"    Granularity:          {view.granularity} bytes",
+        f"    Segment Reserve:      {view.segment_reserve:08x}",
+        f"    Total Free Size:      {view.total_free // view.granularity:08x} units "
+        f"({view.total_free:x} bytes)",
+        f"    Virtual Alloc List:   {hexp(view.large_list, a)}",
+        f"    Uncommitted ranges:   {n_ucr} ({ucr_bytes:08x} bytes)",
+    ]
+    out += [_free_list_text(fl, a) for fl in view.free_lists]
+    for s in view.segments:
+        out += [
+            "",
+            f"    Heap entries for Segment{s.index:02d} in Heap {hexp(view.heap, a)}",
+            "         address: psize . size  flags   state (requested size)",
+            f"        {hexp(s.base, a)}:      {s.first_block - s.base:08x}      - segment header",
+        ]
+        out += _trim(s.entries, a, max_entries)
+        if not s.complete:
+            out.append("        (the walk stopped here: see the corruptions)")
+        out += [f"        {hexp(r.address, a)}:      {r.size:08x}      - uncommitted bytes."
+                for r in s.uncommitted]  # fmt: skip
+    if view.large_blocks:
+        out += ["", f"    Virtual blocks (large blocks) in Heap {hexp(view.heap, a)}"]
+        out += [
+            f"        {hexp(lb.address, a)}: region {lb.region_size:08x} - busy "
+            f"({lb.requested:x}) data at {hexp(lb.user_ptr, a)}"
+            for lb in view.large_blocks
+        ]
+    if view.corruptions:
+        out += ["", f"    Corruptions ({len(view.corruptions)}):"]
+        out += [f"        {c.kind} at {hexp(c.address, a)}: {c.detail}" for c in view.corruptions]
+    return "\n".join(out)

@@ -1,0 +1,266 @@
+"""Windows structure layouts, declared once with the x86 and x64 offsets side by side.
+
+Offsets are the public ones (Windows 10 layouts as published by the symbol files; the x86 PEB
+offsets of ProcessHeap 0x18, NumberOfHeaps 0x88, MaximumNumberOfHeaps 0x8c and ProcessHeaps 0x90
+are the ones seed 001 shows in WinDbg). Builders and walkers read the same declaration.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from emu.arch import Arch
+
+# field kinds: fixed-width integers, or "ptr" whose width is the architecture's pointer size
+_FIXED = {"u8": "<B", "u16": "<H", "u32": "<I", "u64": "<Q", "i32": "<i"}
+
+
+class MemoryIO(Protocol):
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    x86: int
+    x64: int
+    kind: str = "ptr"
+    count: int = 1  # array length (for dumps; read/write address element 0 unless indexed)
+
+    def offset(self, arch: Arch) -> int:
+        return self.x64 if arch.ptr_size == 8 else self.x86
+
+    def size(self, arch: Arch) -> int:
+        return arch.ptr_size if self.kind == "ptr" else struct.calcsize(_FIXED[self.kind])
+
+    def fmt(self, arch: Arch) -> str:
+        return arch.ptr_fmt if self.kind == "ptr" else _FIXED[self.kind]
+
+
+class Struct:
+    """A Windows structure: name, size and fields for both architectures."""
+
+    def __init__(self, name: str, size_x86: int, size_x64: int, fields: list[Field]):
+        self.name = name
+        self._size = (size_x86, size_x64)
+        self.fields = {f.name: f for f in fields}
+
+    def size(self, arch: Arch) -> int:
+        return self._size[1] if arch.ptr_size == 8 else self._size[0]
+
+    def offset(self, arch: Arch, name: str) -> int:
+        return self.fields[name].offset(arch)
+
+    def address(self, arch: Arch, base: int, name: str, index: int = 0) -> int:
+        f = self.fields[name]
+        return base + f.offset(arch) + index * f.size(arch)
+
+    def read(self, mem: MemoryIO, arch: Arch, base: int, name: str, index: int = 0) -> int:
+        f = self.fields[name]
+        addr = self.address(arch, base, name, index)
+        return int(struct.unpack(f.fmt(arch), mem.read(addr, f.size(arch)))[0])
+
+    def write(
+        self, mem: MemoryIO, arch: Arch, base: int, name: str, value: int, index: int = 0
+    ) -> None:
+        f = self.fields[name]
+        mask = (1 << (8 * f.size(arch))) - 1
+        mem.write(self.address(arch, base, name, index), struct.pack(f.fmt(arch), value & mask))
+
+    def dump(self, mem: MemoryIO, arch: Arch, base: int) -> list[tuple[int, str, int]]:
+        """(offset, name, value) for every field, in offset order, like WinDbg's ``dt``."""
+        rows = []
+        for f in sorted(self.fields.values(), key=lambda f: f.offset(arch)):
+            rows.append((f.offset(arch), f.name, self.read(mem, arch, base, f.name)))
+        return rows
+
+
+P = "ptr"
+
+# NT_TIB is the first member of the TEB; fs:[0x18] / gs:[0x30] is NtTib.Self.
+TEB = Struct(
+    "_TEB",
+    0x1000,
+    0x1838,
+    [
+        Field("ExceptionList", 0x000, 0x000),
+        Field("StackBase", 0x004, 0x008),
+        Field("StackLimit", 0x008, 0x010),
+        Field("SubSystemTib", 0x00C, 0x018),
+        Field("FiberData", 0x010, 0x020),
+        Field("ArbitraryUserPointer", 0x014, 0x028),
+        Field("Self", 0x018, 0x030),
+        Field("EnvironmentPointer", 0x01C, 0x038),
+        Field("UniqueProcess", 0x020, 0x040),  # ClientId.UniqueProcess
+        Field("UniqueThread", 0x024, 0x048),  # ClientId.UniqueThread
+        Field("ActiveRpcHandle", 0x028, 0x050),
+        Field("ThreadLocalStoragePointer", 0x02C, 0x058),
+        Field("ProcessEnvironmentBlock", 0x030, 0x060),
+        Field("LastErrorValue", 0x034, 0x068, "u32"),
+        Field("CountOfOwnedCriticalSections", 0x038, 0x06C, "u32"),
+        Field("CurrentLocale", 0x0C4, 0x108, "u32"),
+        Field("LastStatusValue", 0xBF4, 0x1250, "u32"),
+        Field("DeallocationStack", 0xE0C, 0x1478),
+        Field("TlsSlots", 0xE10, 0x1480, P, 64),
+        Field("TlsExpansionSlots", 0xF94, 0x1780),
+    ],
+)
+
+PEB = Struct(
+    "_PEB",
+    0x480,
+    0x7C8,
+    [
+        Field("InheritedAddressSpace", 0x000, 0x000, "u8"),
+        Field("ReadImageFileExecOptions", 0x001, 0x001, "u8"),
+        Field("BeingDebugged", 0x002, 0x002, "u8"),
+        Field("BitField", 0x003, 0x003, "u8"),
+        Field("Mutant", 0x004, 0x008),
+        Field("ImageBaseAddress", 0x008, 0x010),
+        Field("Ldr", 0x00C, 0x018),
+        Field("ProcessParameters", 0x010, 0x020),
+        Field("SubSystemData", 0x014, 0x028),
+        Field("ProcessHeap", 0x018, 0x030),
+        Field("FastPebLock", 0x01C, 0x038),
+        Field("KernelCallbackTable", 0x02C, 0x058),
+        Field("TlsBitmap", 0x040, 0x078),
+        Field("TlsBitmapBits", 0x044, 0x080, "u32", 2),
+        Field("AnsiCodePageData", 0x058, 0x0A0),
+        Field("OemCodePageData", 0x05C, 0x0A8),
+        Field("UnicodeCaseTableData", 0x060, 0x0B0),
+        Field("NumberOfProcessors", 0x064, 0x0B8, "u32"),
+        Field("NtGlobalFlag", 0x068, 0x0BC, "u32"),
+        Field("CriticalSectionTimeout", 0x070, 0x0C0, "u64"),
+        Field("HeapSegmentReserve", 0x078, 0x0C8),
+        Field("HeapSegmentCommit", 0x07C, 0x0D0),
+        Field("HeapDeCommitTotalFreeThreshold", 0x080, 0x0D8),
+        Field("HeapDeCommitFreeBlockThreshold", 0x084, 0x0E0),
+        Field("NumberOfHeaps", 0x088, 0x0E8, "u32"),
+        Field("MaximumNumberOfHeaps", 0x08C, 0x0EC, "u32"),
+        Field("ProcessHeaps", 0x090, 0x0F0),
+        Field("GdiSharedHandleTable", 0x094, 0x0F8),
+        Field("LoaderLock", 0x0A0, 0x110),
+        Field("OSMajorVersion", 0x0A4, 0x118, "u32"),
+        Field("OSMinorVersion", 0x0A8, 0x11C, "u32"),
+        Field("OSBuildNumber", 0x0AC, 0x120, "u16"),
+        Field("OSCSDVersion", 0x0AE, 0x122, "u16"),
+        Field("OSPlatformId", 0x0B0, 0x124, "u32"),
+        Field("ImageSubsystem", 0x0B4, 0x128, "u32"),
+        Field("ImageSubsystemMajorVersion", 0x0B8, 0x12C, "u32"),
+        Field("ImageSubsystemMinorVersion", 0x0BC, 0x130, "u32"),
+        Field("SessionId", 0x1D4, 0x2C0, "u32"),
+    ],
+)
+
+# Same offsets on both architectures: the page is shared with the kernel at 0x7FFE0000.
+KUSER_SHARED_DATA = Struct(
+    "_KUSER_SHARED_DATA",
+    0x720,
+    0x720,
+    [
+        Field("TickCountLowDeprecated", 0x000, 0x000, "u32"),
+        Field("TickCountMultiplier", 0x004, 0x004, "u32"),
+        Field("InterruptTime", 0x008, 0x008, "u64"),
+        Field("SystemTime", 0x014, 0x014, "u64"),
+        Field("TimeZoneBias", 0x020, 0x020, "u64"),
+        Field("ImageNumberLow", 0x02C, 0x02C, "u16"),
+        Field("ImageNumberHigh", 0x02E, 0x02E, "u16"),
+        Field("NtSystemRoot", 0x030, 0x030, "u16", 260),
+        Field("NtBuildNumber", 0x260, 0x260, "u32"),
+        Field("NtProductType", 0x264, 0x264, "u32"),
+        Field("ProductTypeIsValid", 0x268, 0x268, "u8"),
+        Field("NativeProcessorArchitecture", 0x26A, 0x26A, "u16"),
+        Field("NtMajorVersion", 0x26C, 0x26C, "u32"),
+        Field("NtMinorVersion", 0x270, 0x270, "u32"),
+        Field("NumberOfPhysicalPages", 0x2E8, 0x2E8, "u32"),
+        Field("SafeBootMode", 0x2EC, 0x2EC, "u8"),
+        # x64 Wine/Windows syscall stubs test bit 0 here to choose `int 2e` over `syscall`
+        Field("SystemCall", 0x308, 0x308, "u32"),
+        Field("TickCount", 0x320, 0x320, "u64"),
+        Field("Cookie", 0x330, 0x330, "u32"),
+        Field("ActiveProcessorCount", 0x3C0, 0x3C0, "u32"),
+    ],
+)
+
+MEMORY_BASIC_INFORMATION = Struct(
+    "MEMORY_BASIC_INFORMATION",
+    0x1C,
+    0x30,
+    [
+        Field("BaseAddress", 0x00, 0x00),
+        Field("AllocationBase", 0x04, 0x08),
+        Field("AllocationProtect", 0x08, 0x10, "u32"),
+        Field("RegionSize", 0x0C, 0x18),
+        Field("State", 0x10, 0x20, "u32"),
+        Field("Protect", 0x14, 0x24, "u32"),
+        Field("Type", 0x18, 0x28, "u32"),
+    ],
+)
+
+EXCEPTION_RECORD = Struct(
+    "EXCEPTION_RECORD",
+    0x50,
+    0x98,
+    [
+        Field("ExceptionCode", 0x00, 0x00, "u32"),
+        Field("ExceptionFlags", 0x04, 0x04, "u32"),
+        Field("ExceptionRecord", 0x08, 0x08),
+        Field("ExceptionAddress", 0x0C, 0x10),
+        Field("NumberParameters", 0x10, 0x18, "u32"),
+        Field("ExceptionInformation", 0x14, 0x20, P, 15),
+    ],
+)
+
+# The loader's module lists (PEB.Ldr): LIST_ENTRY heads in PEB_LDR_DATA, one
+# LDR_DATA_TABLE_ENTRY per module; UNICODE_STRING = {USHORT Length, MaximumLength; PWSTR Buffer}.
+PEB_LDR_DATA = Struct(
+    "_PEB_LDR_DATA",
+    0x30,
+    0x58,
+    [
+        Field("Length", 0x00, 0x00, "u32"),
+        Field("Initialized", 0x04, 0x04, "u8"),
+        Field("SsHandle", 0x08, 0x08),
+        Field("InLoadOrderModuleList", 0x0C, 0x10),  # LIST_ENTRY: Flink, then Blink
+        Field("InMemoryOrderModuleList", 0x14, 0x20),
+        Field("InInitializationOrderModuleList", 0x1C, 0x30),
+        Field("EntryInProgress", 0x24, 0x40),
+        Field("ShutdownInProgress", 0x28, 0x48, "u8"),
+        Field("ShutdownThreadId", 0x2C, 0x50),
+    ],
+)
+
+LDR_DATA_TABLE_ENTRY = Struct(
+    "_LDR_DATA_TABLE_ENTRY",
+    0xA8,
+    0x120,
+    [
+        Field("InLoadOrderLinks", 0x00, 0x00),
+        Field("InMemoryOrderLinks", 0x08, 0x10),
+        Field("InInitializationOrderLinks", 0x10, 0x20),
+        Field("DllBase", 0x18, 0x30),
+        Field("EntryPoint", 0x1C, 0x38),
+        Field("SizeOfImage", 0x20, 0x40, "u32"),
+        Field("FullDllName", 0x24, 0x48),  # UNICODE_STRING
+        Field("BaseDllName", 0x2C, 0x58),  # UNICODE_STRING
+        Field("Flags", 0x34, 0x68, "u32"),
+        Field("ObsoleteLoadCount", 0x38, 0x6C, "u16"),
+        Field("TlsIndex", 0x3A, 0x6E, "u16"),
+        Field("HashLinks", 0x3C, 0x70),
+        Field("TimeDateStamp", 0x44, 0x80, "u32"),
+    ],
+)
+
+UNICODE_STRING = Struct(
+    "_UNICODE_STRING",
+    0x8,
+    0x10,
+    [
+        Field("Length", 0x0, 0x0, "u16"),
+        Field("MaximumLength", 0x2, 0x2, "u16"),
+        Field("Buffer", 0x4, 0x8),
+    ],
+)
