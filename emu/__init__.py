@@ -2,8 +2,8 @@
 
 from emu.arch import X64, X86, Arch, get_arch
 from emu.errors import EmulationError, NtStatusError
+from emu.facade import Process
 from emu.modules import Module
-from emu.process.core import Process
 from emu.win.ntdefs import NtStatus
 
 __all__ = [

@@ -78,3 +78,7 @@ class EmulationError(Exception):
             regs = "  ".join(f"{k}={v:x}" for k, v in self.registers.items())
             lines.append(f"registers: {regs}")
         return "\n".join(lines)
+
+
+class BreakpointStop(EmulationError):  # noqa: N818 (a stop, not an error)
+    """A breakpoint callback stopped the run (``ctx.stop()``, ``emu.observe.breakpoints``)."""

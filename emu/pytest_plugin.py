@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 from emu.errors import EmulationError
+from emu.facade import Process
 from emu.heap.allocator import Allocator
-from emu.process.core import Process
 from emu.scenario import ScenarioResult, run_scenario
 
 ARCHES = ("x86", "x64")

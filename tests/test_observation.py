@@ -11,9 +11,10 @@ from conftest import Heaps, make_heaps
 from pebuild import build
 
 from emu import Process
+from emu.errors import BreakpointStop
 from emu.heap.allocator import Allocator
 from emu.load.builtin_heap import load_builtin_heap
-from emu.observe.breakpoints import BreakContext, BreakpointStop
+from emu.observe.breakpoints import BreakContext
 from emu.observe.events import EventRecorder
 from emu.observe.export import events_table, perfetto_trace, write_jsonl, write_perfetto
 from emu.win.layouts import PEB

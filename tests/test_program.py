@@ -13,7 +13,9 @@ import pytest
 from programbuild import build
 
 from emu import Process
-from emu.load.program import CrossHeapFreeDetector, exec_main, load_program
+from emu.cli.exec import exec_main
+from emu.facade import load_program
+from emu.heap.crossheap import CrossHeapFreeDetector
 from emu.nt.objects import Namespace, normalize_nt_path
 from emu.observe.breakpoints import BreakContext
 from emu.observe.stackwalk import Frame

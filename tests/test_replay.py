@@ -11,9 +11,10 @@ import pytest
 from conftest import Heaps, make_heaps
 
 from emu import EmulationError, Process
+from emu.cli.replay import main as replay_main
 from emu.heap.allocator import Allocator
 from emu.heap.replay.driver import driver_source
-from emu.heap.replay.run import ReplayError, load_driver, replay, replay_main, replay_python
+from emu.heap.replay.run import ReplayError, load_driver, replay, replay_python
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import (
     Op,

@@ -1,5 +1,5 @@
 """The ``heapemu`` command."""
 
-from emu.cli.base import main
+from emu.cli.app import main
 
 __all__ = ["main"]

@@ -1,3 +1,3 @@
-from emu.cli.base import main
+from emu.cli.app import main
 
 raise SystemExit(main())

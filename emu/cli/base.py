@@ -1,43 +1,16 @@
-"""The ``heapemu`` command line.
-
-Subcommands live in ``COMMANDS`` (name -> Command: help, how to add its options, how to run it);
-adding ``heapemu heap`` or ``heapemu trace`` is one more entry. A command raises ``CliError``
-(or lets ScenarioError / LoaderError through) for bad input: ``main`` prints one line per problem
-and exits 2. Exit codes: 0 success, 1 a run failed, 2 bad input or an unavailable option.
-"""
+"""What every ``heapemu`` subcommand shares: exit codes, ``CliError``, the ``Command`` record,
+building an allocator, one-line error reports."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from emu.errors import EmulationError
+from emu.facade import Process
 from emu.heap.allocator import Allocator
-from emu.observe.export import events_table
-from emu.process.core import Process
-from emu.scenario import (
-    AllocatorSpec,
-    Observer,
-    Scenario,
-    ScenarioError,
-    ScenarioResult,
-    find_scenario,
-    load_scenario,
-    run_scenario,
-    scenario_matrix,
-    shipped_scenarios,
-)
-from emu.scenario.observe import EventsObserver
-from emu.scenario.render import ProgressObserver, render_result, summary_table
-from loader.errors import LoaderError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -53,313 +26,19 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _load(proc: Process, allocator: str) -> Allocator:
+def load_allocator(proc: Process, allocator: str) -> Allocator:
     module = proc.load_builtin_heap() if allocator == "builtin" else proc.load_wine_ntdll()
     return Allocator(proc, module, name=allocator)
 
 
-# ---------------------------------------------------------------------- heapemu demo
-def demo(
-    arch: str = "x64",
-    allocator: str = "builtin",
-    console: Console | None = None,
-    out_dir: str | Path = ".",
-) -> int:
-    """Seed 002's scenario (``scenarios/lec04_growable_heap.yaml``) on an emulated heap: the
-    allocation events (consecutive identical calls folded), the heap summary like ``!heap -s``,
-    and a heap-map picture written to ``out_dir``."""
-    from emu.heap.walkers import walk_heap
-    from emu.observe.events import AllocationEvent
-    from emu.views import build_summary, render_summary
-    from emu.views.heapmap import save_heap_map
-
-    out = console or Console()
-    captured: dict[str, object] = {}
-
-    class _AtEnd(Observer):
-        def finished(self, run: Any, result: ScenarioResult) -> None:
-            heap = run.heaps[run.current_heap]
-            captured["summary"] = render_summary(build_summary(run.proc, allocator=run.allocator))
-            picture = Path(out_dir) / f"heapemu-demo-{allocator}-{arch}.png"
-            save_heap_map(walk_heap(run.proc, heap), picture, title=f"seed 002, {allocator} {arch}")
-            captured["picture"] = picture
-
-    events = EventsObserver()
-    result = run_scenario(
-        find_scenario("lec04_growable_heap"), arch, allocator, observers=[events, _AtEnd()]
-    )
-    table = Table(title=f"allocation events: seed 002 on the {allocator} heap, {arch}")
-    for col in ("#", "call", "result", "instructions", "system calls"):
-        table.add_column(col)
-    rows: list[tuple[AllocationEvent, int, int]] = []  # first event, count, last result
-    for ev in result.events:
-        same = (
-            rows
-            and rows[-1][0].name == ev.name
-            and rows[-1][0].args.get("Size") == ev.args.get("Size")
-            and ev.name == "RtlAllocateHeap"
-            and not ev.syscalls
-            and not rows[-1][0].syscalls
-        )
-        if same:
-            first, n, _ = rows[-1]
-            rows[-1] = (first, n + 1, ev.ret or 0)
-        else:
-            rows.append((ev, 1, ev.ret or 0))
-    for first, n, last in rows:
-        call = f"{first.name}({first.describe_args()})" + (f" x{n}" if n > 1 else "")
-        value = f"0x{first.ret or 0:x}" + (f" .. 0x{last:x}" if n > 1 else "")
-        calls = ", ".join(r.name for r in first.syscalls)
-        table.add_row(str(first.seq), call, value, str(first.instructions), calls)
-    out.print(table)
-    out.print(str(captured.get("summary", "")), soft_wrap=True, highlight=False)
-    if "picture" in captured:
-        out.print(f"heap map written to {captured['picture']}")
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def _configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", choices=("x86", "x64"), default="x64")
-    p.add_argument("--allocator", choices=("builtin", "wine"), default="builtin")
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    try:
-        return demo(args.arch, args.allocator)
-    except EmulationError as e:
-        print(f"heapemu: emulation failed: {_one_line(str(e))}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-# ---------------------------------------------------------------------- heapemu run
-
-
-def _configure_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scenario", nargs="?", help="a .yaml/.json file, or a shipped scenario's name")
-    p.add_argument("--arch", help="x86, x64 or both (default: the scenario's arch:)")
-    p.add_argument(
-        "--allocator", help="builtin, wine, or both as builtin,wine (default: the scenario's)"
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.add_argument(
-        "--wine-debug", metavar="CHANNELS", help="Wine debug channels, e.g. heap=warn+err"
-    )
-    p.add_argument("--trace", metavar="FILE", help="write the allocation events (JSON Lines)")
-    p.add_argument("--perfetto", metavar="FILE", help="write a Perfetto/Chrome trace (JSON)")
-    p.add_argument(
-        "--check-conventions",
-        action="store_true",
-        help="check every allocator call's calling convention; violations fail the run",
-    )
-    p.add_argument(
-        "--gdb",
-        metavar="PORT",
-        help="stop at the first step and wait for gdb on 127.0.0.1:PORT (one arch, one allocator)",
-    )
-    p.add_argument("--list", action="store_true", help="list the shipped scenarios")
-
-
-def _events_observer(args: argparse.Namespace, runs: int) -> EventsObserver | None:
-    if not (args.trace or args.perfetto or args.check_conventions):
-        return None
-    for flag, path in (("--trace", args.trace), ("--perfetto", args.perfetto)):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise CliError(f"{flag} {path}: its directory does not exist")
-    return EventsObserver(
-        jsonl=args.trace,
-        perfetto=args.perfetto,
-        check_conventions=args.check_conventions,
-        runs=runs,
-    )
-
-
-def _matrix(args: argparse.Namespace, scenario: Scenario) -> list[tuple[str, AllocatorSpec]]:
-    if args.arch and args.arch not in ("x86", "x64", "both"):
-        raise CliError(f"--arch must be x86, x64 or both, not {args.arch!r}")
-    if args.allocator:
-        bad = [k for k in args.allocator.split(",") if k.strip() not in ("builtin", "wine")]
-        if bad:
-            raise CliError(f"--allocator must be builtin, wine or builtin,wine, not {bad[0]!r}")
-    runs = scenario_matrix(scenario, args.arch, args.allocator)
-    if args.wine_debug and not any(spec.kind == "wine" for _, spec in runs):
-        raise CliError("--wine-debug needs the wine allocator: add --allocator wine")
-    return runs
-
-
-def _gdb_stub(port_text: str, runs: list[tuple[str, AllocatorSpec]]) -> Observer:
-    from emu.scenario.gdbstub import GdbStub, GdbStubError
-
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CliError(f"--gdb needs a TCP port number from 1 to 65535, not {port_text!r}")
-    if len(runs) != 1:
-        raise CliError(
-            f"--gdb debugs one run, not {len(runs)}: pick one --arch (x86 or x64) and one "
-            "--allocator (builtin or wine)"
-        )
-    try:
-        stub = GdbStub(int(port_text))
-    except GdbStubError as e:
-        raise CliError(str(e)) from None
-    print(stub.connect_hint(runs[0][0]), file=sys.stderr, flush=True)
-    return stub
-
-
-def _run_run(args: argparse.Namespace) -> int:
-    out = Console()
-    if args.list:
-        for path in shipped_scenarios():
-            out.print(f"{path.stem:32} {path}")
-        return EXIT_OK
-    if not args.scenario:
-        raise CliError("name a scenario file (or a shipped scenario: heapemu run --list)")
-    path = find_scenario(args.scenario)
-    if not path.exists():
-        raise CliError(
-            f"{path}: no such scenario file; give a path or a shipped scenario's name "
-            "(heapemu run --list)"
-        )
-    scenario = load_scenario(path)
-    runs = _matrix(args, scenario)
-    watcher = _events_observer(args, len(runs))
-    observers: list[Observer] = [watcher] if watcher else []
-    if args.gdb is not None:
-        observers.append(_gdb_stub(args.gdb, runs))
-    progress = ProgressObserver(Console(stderr=True))
-    results: list[ScenarioResult] = []
-    try:
-        for arch, spec in runs:
-            debug = args.wine_debug if spec.kind == "wine" else None
-            try:
-                result = run_scenario(
-                    scenario, arch, spec, observers=[progress, *observers], wine_debug=debug
-                )
-            except ValueError as e:  # e.g. a malformed --wine-debug
-                raise CliError(str(e)) from None
-            except LoaderError as e:
-                raise CliError(f"{e} ({arch} {spec.label})") from None
-            except EmulationError as e:  # steps' faults are results; this is loading
-                raise CliError(
-                    f"emulation failed while loading the {spec.label} allocator ({arch}): "
-                    f"{_one_line(str(e))}"
-                ) from None
-            results.append(result)
-    finally:
-        progress.close()
-    violations = watcher.violations if watcher else []
-    ok = all(r.ok for r in results) and not violations
-    if args.json:
-        report = {"ok": ok, "runs": [r.to_json() for r in results]}
-        if watcher and args.check_conventions:
-            report["convention_violations"] = [
-                {"run": label, "event": ev.seq, "function": ev.function, "violation": what}
-                for label, ev, what in violations
-            ]
-        print(json.dumps(report, indent=1))
-    else:
-        for r in results:
-            render_result(out, r)
-            if r.events and (args.trace or args.perfetto or args.check_conventions):
-                out.print(events_table(r.events, f"allocation events ({r.arch} {r.allocator})"))
-        if len(results) > 1:
-            out.print(summary_table(results))
-        if watcher:
-            for path in watcher.written:
-                out.print(f"wrote {path}")
-            if args.check_conventions:
-                for label, ev, what in violations:
-                    out.print(
-                        f"[red]convention violation[/red] ({label}) #{ev.seq} "
-                        f"{ev.function} from {ev.caller}: {what}"
-                    )
-                if not violations:
-                    out.print("calling conventions: no violations")
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-COMMANDS: dict[str, Command] = {
-    "demo": Command(
-        "seed 002's scenario on the builtin heap (nothing downloaded)", _configure_demo, _run_demo
-    ),
-    "run": Command(
-        "run a scenario file on x86/x64 and the builtin/wine allocator", _configure_run, _run_run
-    ),
-}
-
-from emu.cli.inspect import INSPECT_COMMANDS  # noqa: E402 (they use Command and CliError above)
-
-COMMANDS.update(INSPECT_COMMANDS)
-
-
-def _configure_replay(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER, help="see heapemu replay -- --help")
-
-
-def _run_replay(args: argparse.Namespace) -> int:
-    from emu.heap.replay.run import replay_main
-
-    return replay_main([a for a in args.args if a != "--"] or ["--help"])
-
-
-def _configure_exec(p: argparse.ArgumentParser) -> None:
-    from emu.load.program import configure_exec
-
-    configure_exec(p)
-
-
-def _run_exec(args: argparse.Namespace) -> int:
-    from emu.load.program import run_exec
-
-    return run_exec(args)
-
-
-COMMANDS["exec"] = Command(
-    "run a Windows console program through Wine's DLLs, with its allocation events",
-    _configure_exec,
-    _run_exec,
-)
-COMMANDS["replay"] = Command(
-    "replay an allocation trace inside the emulator (alloc SIZE -> ID / free ID / realloc ...)",
-    _configure_replay,
-    _run_replay,
-)
-
-
 # ---------------------------------------------------------------------- main
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-def _bad_input(lines: list[str], as_json: bool) -> int:
+def bad_input(lines: list[str], as_json: bool) -> int:
     for line in lines:
         print(f"heapemu: {line}", file=sys.stderr)
     if as_json:
         print(json.dumps({"ok": False, "error": lines[0] if lines else "", "problems": lines}))
     return EXIT_BAD_INPUT
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="heapemu",
-        description="Run real Windows heap-allocator code on emulated x86/x64.",
-        epilog="exit codes: 0 success, 1 a run failed, 2 bad input",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, command in COMMANDS.items():
-        command.configure(sub.add_parser(name, help=command.help, description=command.help))
-    args = parser.parse_args(argv)
-    as_json = bool(getattr(args, "json", False))
-    try:
-        return COMMANDS[args.command].run(args)
-    except BrokenPipeError:  # `heapemu ... | head`: the reader has gone, not an error
-        sys.stderr.close()
-        return EXIT_OK
-    except ScenarioError as e:
-        return _bad_input([str(p) for p in e.problems], as_json)
-    except (CliError, LoaderError) as e:
-        return _bad_input([_one_line(str(e))], as_json)
-    except FileNotFoundError as e:
-        return _bad_input([f"{e.filename}: no such file"], as_json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

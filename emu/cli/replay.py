@@ -17,12 +17,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from emu.cli.base import Command
 from emu.errors import EmulationError
+from emu.facade import Process
 from emu.heap.allocator import Allocator
 from emu.heap.replay.run import replay
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import TraceError, Workload, iter_trace, renumber, synthetic
-from emu.process.core import Process
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace, tape: Tape) -> Allocator:
+def _allocator_for(args: argparse.Namespace, tape: Tape) -> Allocator:
     proc = Process(args.arch, tlb=args.tlb, time_limit=0)
-    module = proc.load_allocator(args.allocator)
+    module = proc._allocator_for(args.allocator)
     a = Allocator(proc, module, name=args.allocator)
     if args.warmup:
         heap = a.create_heap()
@@ -80,12 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         tape = _tape(args)
         encode = time.perf_counter() - t0
-        a = _load(args, tape)
+        a = _allocator_for(args, tape)
         result = replay(a, tape, chunk=args.chunk, time_limit=0)
         report: dict[str, Any] = result.to_json()
         report.update(allocator=args.allocator, tlb=args.tlb, encode_seconds=encode)
         if not args.no_count:
-            counted = replay(_load(args, tape), tape, chunk=args.chunk, time_limit=0,
+            counted = replay(_allocator_for(args, tape), tape, chunk=args.chunk, time_limit=0,
                              count_instructions=True)  # fmt: skip
             n = counted.instructions or 0
             report.update(
@@ -121,3 +122,18 @@ def _print(r: dict[str, Any]) -> None:
     for kind, c in r["results"].items():
         if kind != "total":
             print(f"  {kind:<9} {c['count']:>10,}  failed {c['failed']:,}")
+
+
+def _configure_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see heapemu replay -- --help")
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    return main([a for a in args.args if a != "--"] or ["--help"])
+
+
+REPLAY_COMMAND = Command(
+    "replay an allocation trace inside the emulator (alloc SIZE -> ID / free ID / realloc ...)",
+    _configure_replay,
+    _run_replay,
+)

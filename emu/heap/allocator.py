@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from emu.errors import NtStatusError
 from emu.modules import Module
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.win.layouts import Field, Struct
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
@@ -112,7 +112,7 @@ class HeapWalkEntry:
 class Allocator:
     """``Allocator(proc, module)``: the module's RtlCreateHeap family as Python methods."""
 
-    def __init__(self, proc: Process, module: Module, name: str | None = None):
+    def __init__(self, proc: ProcessCore, module: Module, name: str | None = None):
         self.proc = proc
         self.module = module
         self.name = name or module.name

@@ -7,16 +7,16 @@ Windows, a process heap is created before any user heap.
 
 from __future__ import annotations
 
-from emu import Process
 from emu.load.flat import load_flat
 from emu.modules import Module
+from emu.process.core import ProcessCore
 from loader.errors import LoaderError
 
 MODULE_NAME = "ntheap"
 
 
 def load_builtin_heap(
-    proc: Process, name: str = MODULE_NAME, *, create_process_heap: bool = True
+    proc: ProcessCore, name: str = MODULE_NAME, *, create_process_heap: bool = True
 ) -> Module:
     from asm import EXPORTS, SYSCALL_NUMBERS, flat_source
 

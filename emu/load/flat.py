@@ -18,11 +18,11 @@ from pathlib import Path
 
 import keystone
 
-from emu import Process
 from emu.arch import Arch
 from emu.errors import NtStatusError
 from emu.modules import Module
 from emu.nt.memory import align_up
+from emu.process.core import ProcessCore
 from emu.win.ntdefs import (
     MEM_COMMIT,
     MEM_RELEASE,
@@ -171,7 +171,7 @@ def _read_source(source_or_path: str | Path) -> tuple[str, str | None]:
 
 
 def load_flat(
-    proc: Process, source_or_path: str | Path, name: str, base: int | None = None
+    proc: ProcessCore, source_or_path: str | Path, name: str, base: int | None = None
 ) -> Module:
     """Assemble and map flat code into ``proc``; returns its Module (symbols = every label)."""
     source, path = _read_source(source_or_path)

@@ -13,10 +13,10 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from emu import EmulationError, Process
-from emu.errors import Fault, NtStatusError
+from emu.errors import EmulationError, Fault, NtStatusError
 from emu.modules import Module
 from emu.nt.calls.section import image_module, write_image
+from emu.process.core import ProcessCore
 from emu.win.layouts import PEB
 from emu.win.ntdefs import MEM_COMMIT, MEM_IMAGE, MEM_RESERVE, PAGE_READWRITE, NtStatus
 from loader.errors import LoaderError
@@ -35,7 +35,7 @@ def _import_label(dll: str, entry: ImportEntry) -> str:
     return f"{dll}!{entry.name}" if entry.name else f"{dll}!#{entry.ordinal}"
 
 
-def resolve_export(proc: Process, dll: str, what: str | int, depth: int = 0) -> int | None:
+def resolve_export(proc: ProcessCore, dll: str, what: str | int, depth: int = 0) -> int | None:
     """Address of ``dll``'s export ``what`` (name or ordinal) in ``proc``, following forwarders;
     None when the module is not loaded or has no such export."""
     hook = proc.export_hooks.get(f"{_dll_key(dll)}!{what}")
@@ -67,7 +67,7 @@ def _hook_argc(fn: Callable[..., object]) -> int:
 
 
 def hook_export(
-    proc: Process,
+    proc: ProcessCore,
     name: str,
     fn: Callable[..., int | None],
     argc: int | None = None,
@@ -83,8 +83,8 @@ def hook_export(
     return addr
 
 
-def _trap(label: str) -> Callable[[Process], None]:
-    def trap(proc: Process) -> None:
+def _trap(label: str) -> Callable[[ProcessCore], None]:
+    def trap(proc: ProcessCore) -> None:
         raise EmulationError(
             Fault(
                 f"call to unresolved import {label}",
@@ -99,7 +99,7 @@ def _trap(label: str) -> Callable[[Process], None]:
     return trap
 
 
-def _bind_imports(proc: Process, image: PeImage, trap_missing: bool) -> dict[int, int]:
+def _bind_imports(proc: ProcessCore, image: PeImage, trap_missing: bool) -> dict[int, int]:
     """IAT slot RVA -> address, for every import; LoaderError listing all missing ones."""
     slots: dict[int, int] = {}
     missing: list[tuple[str, ImportEntry]] = []
@@ -123,7 +123,7 @@ def _bind_imports(proc: Process, image: PeImage, trap_missing: bool) -> dict[int
     return slots
 
 
-def _place(proc: Process, image: PeImage, name: str) -> tuple[int, int]:
+def _place(proc: ProcessCore, image: PeImage, name: str) -> tuple[int, int]:
     """Reserve and commit the image: preferred base, else anywhere if relocatable."""
     size = image.size_of_image
     usage = f"image {name}"
@@ -152,7 +152,7 @@ def _place(proc: Process, image: PeImage, name: str) -> tuple[int, int]:
 
 
 def load_pe(
-    proc: Process, path: str | Path, name: str | None = None, *, trap_missing: bool = False
+    proc: ProcessCore, path: str | Path, name: str | None = None, *, trap_missing: bool = False
 ) -> Module:
     """Map a PE32 (x86) or PE32+ (x64) image into ``proc``; see the module docstring."""
     image = PeImage.from_file(path)

@@ -6,9 +6,10 @@ environment, image path, current directory, standard handles) and the thread's i
 CONTEXT at the top of its stack, and calls ``ntdll!LdrInitializeThunk(context)``. Wine's loader
 then creates the process heap, loads kernel32, kernelbase, msvcrt and the program's other
 imports through NtOpenFile / NtCreateSection / NtQuerySection / NtMapViewOfSection (served by
-``emu.nt_file`` and ``emu.nt_section`` over the sandbox of ``emu.objects``), keeps PEB.Ldr
-itself, runs the DllMains and TLS callbacks, and NtContinue()s into RtlUserThreadStart ->
-kernel32!BaseThreadInitThunk -> mainCRTStartup. The run ends at NtTerminateProcess.
+``emu.nt.calls.file`` and ``emu.nt.calls.section`` over the sandbox of ``emu.nt.objects``),
+keeps PEB.Ldr itself, runs the DllMains and TLS callbacks, and NtContinue()s into
+RtlUserThreadStart -> kernel32!BaseThreadInitThunk -> mainCRTStartup. The run ends at
+NtTerminateProcess.
 
 The program sees one drive::
 
@@ -25,18 +26,14 @@ what it writes to stdout/stderr is captured (``ProgramResult.stdout``).
     result.exit_code, result.stdout, rec.events
 
 Also here: ``ProcessHeapList`` keeps PEB.ProcessHeaps true to the heaps the program creates
-(Wine's ntdll does not maintain it), ``CrossHeapFreeDetector`` reports a block freed through
-another heap than the one holding it (seed 001), and ``heapemu exec`` (``exec_main``,
-``configure_exec`` / ``run_exec`` for emu.cli).
+(Wine's ntdll does not maintain it). Seed 001's cross-heap frees are ``emu.heap.crossheap``;
+``heapemu exec`` is ``emu.cli.exec``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import struct
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +45,12 @@ from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
 from emu.nt.memory import align_down
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
-from emu.process.core import KUSER_SHARED_DATA_ADDRESS, Process
+from emu.process.core import KUSER_SHARED_DATA_ADDRESS, ProcessCore
 from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB, UNICODE_STRING, Field, Struct
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE
 
 if TYPE_CHECKING:
-    from emu.observe.breakpoints import BreakContext, Breakpoint
-    from emu.observe.events import AllocationEvent, EventRecorder
-    from emu.observe.stackwalk import Frame
+    from emu.observe.breakpoints import BreakContext
 
 PROGRAM_DIR = "C:\\heapemu"
 SYSTEM_DIR = "C:\\windows\\system32"
@@ -145,7 +140,7 @@ class ProcessHeapList:
     only its RtlGetProcessHeaps reads). A breakpoint on RtlCreateHeap plants a one-shot
     breakpoint on its return address to read the new heap."""
 
-    def __init__(self, proc: Process, ntdll: Module):
+    def __init__(self, proc: ProcessCore, ntdll: Module):
         self.proc = proc
         self._create = proc.breakpoint(ntdll.exports["RtlCreateHeap"], self._on_create)
         self._destroy = proc.breakpoint(ntdll.exports["RtlDestroyHeap"], self._on_destroy)
@@ -189,7 +184,7 @@ class Program:
 
     def __init__(
         self,
-        proc: Process,
+        proc: ProcessCore,
         path: Path,
         exe: Module,
         ntdll: Module,
@@ -245,7 +240,7 @@ class Program:
         return self.result
 
 
-def _start_stub(proc: Process) -> bytes:
+def _start_stub(proc: ProcessCore) -> bytes:
     import keystone
 
     ks = keystone.Ks(keystone.KS_ARCH_X86, proc.arch.ks_mode)
@@ -253,7 +248,7 @@ def _start_stub(proc: Process) -> bytes:
     return bytes(code)
 
 
-def _initial_context(proc: Process, exe: Module, ntdll: Module) -> tuple[int, int]:
+def _initial_context(proc: ProcessCore, exe: Module, ntdll: Module) -> tuple[int, int]:
     """Write the thread's start CONTEXT near the stack top; (context, stack for the loader)."""
     arch = proc.arch
     top = proc.thread_stack.top
@@ -293,7 +288,7 @@ def _initial_context(proc: Process, exe: Module, ntdll: Module) -> tuple[int, in
 class _Arena:
     """A bump allocator in a region of its own, for the process parameters and strings."""
 
-    def __init__(self, proc: Process, size: int = 0x20000):
+    def __init__(self, proc: ProcessCore, size: int = 0x20000):
         self.proc = proc
         self.base, _ = proc.memory.allocate(
             0, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, usage="process parameters"
@@ -320,7 +315,7 @@ class _Arena:
 
 
 def _write_parameters(
-    proc: Process, windows_path: str, argv: Sequence[str], environment: Mapping[str, str]
+    proc: ProcessCore, windows_path: str, argv: Sequence[str], environment: Mapping[str, str]
 ) -> int:
     arch, P = proc.arch, RTL_USER_PROCESS_PARAMETERS
     arena = _Arena(proc)
@@ -354,7 +349,7 @@ def _write_parameters(
     return pp
 
 
-def _fill_process(proc: Process, exe: Module, params: int) -> None:
+def _fill_process(proc: ProcessCore, exe: Module, params: int) -> None:
     arch, image = proc.arch, exe.image
     PEB.write(proc, arch, proc.peb, "ImageBaseAddress", exe.base)
     PEB.write(proc, arch, proc.peb, "ProcessParameters", params)
@@ -383,8 +378,9 @@ def load_program(
     debug_channels: str | None = None,
     stdin: bytes = b"",
     time_limit: float = 300.0,
+    process_class: type[ProcessCore] = ProcessCore,
 ) -> Program:
-    """Map the program at ``path`` and Wine's ntdll into a new Process (arch from the image).
+    """Map the program at ``path`` and Wine's ntdll into a new ProcessCore (arch from the image).
 
     ``argv`` defaults to ``[program name]``; ``env`` adds to (or overrides) a small default
     environment; ``files`` maps more Windows paths to host files the program may read;
@@ -399,7 +395,7 @@ def load_program(
     if image.is_dll:
         raise ValueError(f"{path.name} is a DLL, not a program")
     arch = image.machine
-    proc = Process(
+    proc = process_class(
         arch,
         stack_reserve=max(image.stack_reserve, STACK_RESERVE_MIN),
         stack_commit=STACK_COMMIT,
@@ -430,241 +426,3 @@ def load_program(
     program = Program(proc, path, exe, ntdll, windows_path, args, environment)
     proc.program = program
     return program
-
-
-def run_program(
-    path: str | Path, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-    **options: object,
-) -> ProgramResult:  # fmt: skip
-    """Load and run in one step."""
-    return load_program(path, argv, env, **options).run()  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------------------ cross-heap frees
-@dataclass
-class CrossHeapFree:
-    """A block freed through a heap it does not belong to (seed 001: two C runtimes)."""
-
-    block: int  # the pointer passed to RtlFreeHeap
-    owner: int | None  # the heap whose walk holds the block (None: no heap of PEB.ProcessHeaps)
-    freed_through: int  # the heap passed to RtlFreeHeap
-    free_stack: list[Frame]
-    alloc_stack: list[Frame] | None  # where the block was allocated, when recorded
-    alloc_heap: int | None = None  # the heap passed to the allocation
-
-    def __str__(self) -> str:
-        owner = f"heap 0x{self.owner:x}" if self.owner is not None else "no heap"
-        lines = [
-            f"block 0x{self.block:x} belongs to {owner}, freed through heap "
-            f"0x{self.freed_through:x}",
-            "  freed at:",
-            *(f"    {f}" for f in self.free_stack),
-        ]
-        if self.alloc_stack is not None:
-            lines += ["  allocated at:", *(f"    {f}" for f in self.alloc_stack)]
-        return "\n".join(lines)
-
-
-_WALK_REGS = {
-    8: ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"),
-    4: ("ebx", "esp", "ebp", "esi", "edi"),
-}  # fmt: skip
-
-
-@dataclass
-class StackSnapshot:
-    """The thread's registers and stack contents at one moment: walking a stack costs tens of
-    milliseconds, copying it a few microseconds, so allocations keep a snapshot and only the
-    ones a report needs are walked (``frames()``)."""
-
-    pc: int
-    regs: dict[str, int]
-    sp: int
-    data: bytes
-
-    @classmethod
-    def take(cls, proc: Process) -> StackSnapshot:
-        cpu = proc.cpu
-        regs = {r: cpu.reg(r) for r in _WALK_REGS[proc.arch.ptr_size]}
-        sp = cpu.sp
-        return cls(cpu.pc, regs, sp, proc.read(sp, proc.thread_stack.top - sp))
-
-    def frames(self, proc: Process) -> list[Frame]:
-        """The call stack as it was (the stack memory is swapped back for the walk)."""
-        from emu.observe.stackwalk import StackWalker
-
-        now = proc.read(self.sp, len(self.data))
-        proc.write(self.sp, self.data)
-        try:
-            return StackWalker(proc).walk(self.pc, self.regs)
-        finally:
-            proc.write(self.sp, now)
-
-
-class CrossHeapFreeDetector:
-    """Watches ntdll!RtlFreeHeap: the heap walkers (``emu.walkers``) say which heap of
-    PEB.ProcessHeaps holds each freed block; a block freed through another heap is reported
-    with the stack of the free and the stack of its allocation.
-
-        with CrossHeapFreeDetector(proc) as frees:
-            proc.program.run()
-        for report in frees.reports: print(report)
-    """
-
-    def __init__(self, proc: Process, module: str = "ntdll"):
-        self.proc = proc
-        self.module = module
-        self.reports: list[CrossHeapFree] = []
-        self.frees_checked = 0
-        self._recorder: EventRecorder | None = None
-        self._breakpoints: list[Breakpoint] = []
-        self._pending: list[tuple[AllocationEvent, StackSnapshot]] = []
-        self._live: dict[int, tuple[AllocationEvent, StackSnapshot]] = {}
-
-    def start(self) -> CrossHeapFreeDetector:
-        m = self.module
-        allocators = [f"{m}!RtlAllocateHeap", f"{m}!RtlReAllocateHeap"]
-        self._recorder = self.proc.record([*allocators, f"{m}!RtlFreeHeap"])
-        for name in allocators:
-            self._breakpoints.append(self.proc.breakpoint(name, self._on_alloc))
-        self._breakpoints.append(self.proc.breakpoint(f"{m}!RtlFreeHeap", self._on_free, argc=3))
-        return self
-
-    def stop(self) -> None:
-        for bp in self._breakpoints:
-            bp.remove()
-        self._breakpoints.clear()
-        if self._recorder is not None:
-            self._recorder.stop()
-            self._recorder = None
-
-    def __enter__(self) -> CrossHeapFreeDetector:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _on_alloc(self, ctx: BreakContext) -> None:
-        # the recorder's block hook ran first: its newest event is this call
-        assert self._recorder is not None
-        event = self._recorder.all[-1]
-        if event.address == ctx.address:
-            self._pending.append((event, StackSnapshot.take(self.proc)))
-
-    def _settle(self) -> None:
-        still = []
-        for event, stack in self._pending:
-            if not event.finished:
-                still.append((event, stack))
-            elif event.ret:
-                self._live[event.ret] = (event, stack)
-        self._pending = still
-
-    def _holds(self, heap: int, block: int) -> bool:
-        from emu.heap.walkers import walk_heap
-
-        report = walk_heap(self.proc, heap)
-        b = report.block_at(block)
-        if b is not None and b.user_ptr == block:
-            return True
-        return any(lb.user_ptr == block for lb in report.large_blocks)
-
-    def _on_free(self, ctx: BreakContext) -> None:
-        heap, _flags, block = ctx.args(3)
-        if not block:
-            return
-        self.frees_checked += 1
-        self._settle()
-        allocation = self._live.pop(block, None)
-        if allocation is not None and allocation[0].args.get("HeapHandle") == heap:
-            return  # allocated through this very heap while we watched: no walk needed
-        if self._holds(heap, block):
-            return
-        heaps = [h for h in self.proc.process_heaps if h != heap]
-        owner = next((h for h in heaps if self._holds(h, block)), None)
-        self.reports.append(
-            CrossHeapFree(
-                block=block,
-                owner=owner,
-                freed_through=heap,
-                free_stack=ctx.stack(),
-                alloc_stack=allocation[1].frames(self.proc) if allocation else None,
-                alloc_heap=allocation[0].args.get("HeapHandle") if allocation else None,
-            )
-        )
-
-
-# ---------------------------------------------------------------------------------- heapemu exec
-EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
-
-
-def configure_exec(parser: argparse.ArgumentParser) -> None:
-    """The options of ``heapemu exec`` (for emu.cli's COMMANDS table)."""
-    parser.add_argument("program", help="a Windows console program (.exe, x86 or x64)")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
-    parser.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="WIN=HOST",
-        help="let the program read host file HOST as Windows path WIN (read-only)",
-    )
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--events", action="store_true", help="print the allocation events")
-    parser.add_argument("--json", action="store_true", help="a JSON report on stdout")
-    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds (default 300)")
-
-
-def exec_main(argv: Sequence[str] | None = None) -> int:
-    """``heapemu exec [--map WIN=HOST]... [--events] [--json] PROGRAM [ARGS...]``: run a
-    Windows console program; its stdout/stderr are passed through, its exit code returned."""
-    parser = argparse.ArgumentParser(prog="heapemu exec", description=EXEC_HELP)
-    configure_exec(parser)
-    return run_exec(parser.parse_args(argv))
-
-
-def run_exec(args: argparse.Namespace) -> int:
-    """Run ``heapemu exec`` with parsed options: 2 for bad input, 1 when the program did not
-    exit, else its exit code (low 8 bits)."""
-    from loader.errors import LoaderError
-
-    files = dict(item.split("=", 1) for item in args.map)
-    env = dict(item.split("=", 1) for item in args.env)
-    program_argv = [f"{PROGRAM_DIR}\\{Path(args.program).name}", *args.args]
-    try:
-        program = load_program(
-            args.program, program_argv, env, files=files, time_limit=args.time_limit
-        )
-    except (OSError, ValueError, LoaderError) as e:
-        print(f"heapemu: {e}", file=sys.stderr)
-        return 2
-    with program.proc.record() as rec:
-        result = program.run()
-    if args.json:
-        report = {
-            "ok": result.ok,
-            "exit_code": result.exit_code,
-            "stdout": result.stdout.decode("utf-8", errors="replace"),
-            "stderr": result.stderr.decode("utf-8", errors="replace"),
-            "error": str(result.error) if result.error else None,
-            "denied": result.denied,
-            "events": [ev.to_json() for ev in rec.all],
-        }
-        print(json.dumps(report, indent=1))
-    else:
-        sys.stdout.buffer.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.buffer.write(result.stderr)
-        if args.events:
-            for ev in rec.all:
-                ret = "?" if ev.ret is None else hex(ev.ret)
-                print(
-                    f"{'  ' * ev.depth}{ev.function}({ev.describe_args()}) = {ret}  <- {ev.caller}",
-                    file=sys.stderr,
-                )
-        if result.error:
-            print(f"heapemu: the program did not exit: {result.error}", file=sys.stderr)
-    if result.exit_code is None:
-        return 1
-    return result.exit_code & 0xFF

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import capstone
 
-from emu import EmulationError, Process
-from emu.errors import Fault
+from emu.errors import EmulationError, Fault
 from emu.modules import Module
+from emu.process.core import ProcessCore
 from emu.win.ntdefs import NtStatus
 from loader.errors import LoaderError
 from loader.peimage import PeImage
@@ -64,7 +64,7 @@ def _indirect_call_target(module: Module, export: str, arch: str) -> int:
     raise LoaderError(f"{module.name}: no indirect call found in {export}")
 
 
-def _unix_call_trap(proc: Process, *args: int) -> int:
+def _unix_call_trap(proc: ProcessCore, *args: int) -> int:
     raise EmulationError(
         Fault(
             "call into Wine's Unix side",
@@ -76,7 +76,7 @@ def _unix_call_trap(proc: Process, *args: int) -> int:
     )
 
 
-def set_debug_channels(proc: Process, spec: str) -> None:
+def set_debug_channels(proc: ProcessCore, spec: str) -> None:
     """WINEDEBUG-style ``"heap=warn+err,*=err"``: fill Wine's debug option table. Wine reads
     the table once, at its first debug check, so this must run before any ntdll code does
     (``load_wine_ntdll(debug_channels=...)`` calls it at the right time).
@@ -110,7 +110,7 @@ def set_debug_channels(proc: Process, spec: str) -> None:
 
 
 def load_wine_ntdll(
-    proc: Process,
+    proc: ProcessCore,
     wine_dir: str | Path | None = None,
     *,
     debug_channels: str | None = None,

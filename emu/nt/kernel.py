@@ -29,7 +29,7 @@ from emu.errors import NtStatusError
 from emu.win.ntdefs import NtStatus, status_name
 
 if TYPE_CHECKING:
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 log = logging.getLogger("heapemu.syscalls")
 
@@ -54,6 +54,7 @@ MEMORY_INFORMATION_CLASS: TypeAlias = Annotated[int, 32]
 BOOLEAN: TypeAlias = Annotated[int, 8]
 
 NT_CURRENT_PROCESS = -1  # NtCurrentProcess() pseudo-handle
+PROCESS_ID, THREAD_ID = 0x1000, 0x1004  # the client ids of our one process and thread
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Kernel:
     """What a handler sees: the process, and user-memory access that probes like the kernel
     (a bad pointer is STATUS_ACCESS_VIOLATION, never a Python crash)."""
 
-    def __init__(self, proc: Process):
+    def __init__(self, proc: ProcessCore):
         self.proc = proc
         self.arch = proc.arch
         self.memory = proc.memory
@@ -162,7 +163,7 @@ class Kernel:
 
 
 class SyscallDispatcher:
-    def __init__(self, proc: Process, handlers: dict[str, SyscallHandler]):
+    def __init__(self, proc: ProcessCore, handlers: dict[str, SyscallHandler]):
         self.proc = proc
         self.handlers = handlers
         self._tables: list[tuple[int, int, dict[int, str]]] = []

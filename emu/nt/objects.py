@@ -28,7 +28,7 @@ from emu.win.ntdefs import NtStatus
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Kernel
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 
 Status = NtStatus  # the object calls answer codes declared once in emu.ntdefs
@@ -256,7 +256,7 @@ class ObjectManager:
         (self.stdout if stream == "stdout" else self.stderr).extend(data)
 
 
-def objects_of(proc: Process) -> ObjectManager:
+def objects_of(proc: ProcessCore) -> ObjectManager:
     """The process's object manager (an empty sandbox for a process not made from a program)."""
     manager = getattr(proc, "objects", None)
     if manager is None:

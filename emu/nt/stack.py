@@ -15,11 +15,11 @@ from emu.win.layouts import TEB
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_GUARD, PAGE_READWRITE, PAGE_SIZE, NtStatus
 
 if TYPE_CHECKING:
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 
 class ThreadStack:
-    def __init__(self, proc: Process, reserve: int, commit: int):
+    def __init__(self, proc: ProcessCore, reserve: int, commit: int):
         self.proc = proc
         self.reserve = align_up(reserve, 0x10000)
         self.commit = align_up(max(commit, PAGE_SIZE), PAGE_SIZE)

@@ -13,20 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from emu.errors import EmulationError
 from emu.win.conventions import get_convention
 
 if TYPE_CHECKING:
     from emu.observe.stackwalk import Frame
-    from emu.process.core import Process, Registers
-
-
-class BreakpointStop(EmulationError):  # noqa: N818 (a stop, not an error)
-    """A breakpoint callback stopped the run."""
+    from emu.process.core import ProcessCore, Registers
 
 
 class BreakContext:
-    def __init__(self, proc: Process, bp: Breakpoint):
+    def __init__(self, proc: ProcessCore, bp: Breakpoint):
         self.proc = proc
         self.breakpoint = bp
         self.address = bp.address
@@ -84,7 +79,7 @@ class BreakContext:
 
 @dataclass
 class Breakpoint:
-    proc: Process
+    proc: ProcessCore
     address: int
     callback: Callable[[BreakContext], None]
     convention: str | None = None
@@ -107,7 +102,7 @@ class Breakpoint:
 
 
 def add_breakpoint(
-    proc: Process,
+    proc: ProcessCore,
     target: int | str,
     callback: Callable[[BreakContext], None],
     *,

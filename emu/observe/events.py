@@ -28,7 +28,7 @@ from emu.win.ntdefs import MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE
 from emu.win.prototypes import DEFAULT_WATCHED, Prototype, prototype_for
 
 if TYPE_CHECKING:
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 _XMM = [getattr(ux, f"UC_X86_REG_XMM{i}") for i in range(6, 16)]
 DF = 1 << 10  # EFLAGS.DF
@@ -136,7 +136,7 @@ class EventRecorder:
 
     def __init__(
         self,
-        proc: Process,
+        proc: ProcessCore,
         functions: Iterable[str | int] | None = None,
         *,
         check_conventions: bool = False,
@@ -430,7 +430,7 @@ def _df_set(raw: bytes, arch: Arch) -> bool:
 
 @contextmanager
 def recording(
-    proc: Process,
+    proc: ProcessCore,
     functions: Iterable[str | int] | None = None,
     *,
     check_conventions: bool = False,

@@ -26,7 +26,7 @@ from emu.errors import EmulationError
 
 if TYPE_CHECKING:
     from emu.modules import Module
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 _X64_REGS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
@@ -48,7 +48,7 @@ class Frame:
 
 
 class StackWalker:
-    def __init__(self, proc: Process):
+    def __init__(self, proc: ProcessCore):
         self.proc = proc
         self.arch = proc.arch
         self.cs = capstone.Cs(capstone.CS_ARCH_X86, self.arch.cs_mode)
@@ -297,5 +297,5 @@ class StackWalker:
         return frames
 
 
-def walk_stack(proc: Process) -> list[Frame]:
+def walk_stack(proc: ProcessCore) -> list[Frame]:
     return StackWalker(proc).walk()

@@ -24,13 +24,13 @@ import capstone
 from unicorn.unicorn_py3.unicorn import uclib
 
 if TYPE_CHECKING:
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 
 class Tracer:
     def __init__(
         self,
-        proc: Process,
+        proc: ProcessCore,
         out: TextIO,
         *,
         begin: int = 1,
@@ -158,7 +158,7 @@ class MemoryWatch:
     A memory hook slows all code ~1.5x even where it never fires, so a watch exists only
     while it is open (``with proc.watch_memory(addr, size) as w: ...``)."""
 
-    def __init__(self, proc: Process, address: int, size: int):
+    def __init__(self, proc: ProcessCore, address: int, size: int):
         import unicorn
 
         if size <= 0:

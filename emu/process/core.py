@@ -8,18 +8,17 @@ Unicorn's instruction/interrupt hooks and are served by the handlers in ``nt_*.p
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import unicorn
 
 from emu.arch import Arch, get_arch
 from emu.cpu.callgate import CallGate
 from emu.cpu.cpu import Cpu
-from emu.errors import EmulationError, Fault, NtStatusError
+from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
 from emu.process.ldr import LoaderData
 from emu.win.conventions import Convention, get_convention
@@ -28,13 +27,10 @@ from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB
 if TYPE_CHECKING:
     from emu.load.program import Program
     from emu.nt.objects import ObjectManager
-    from emu.observe.breakpoints import BreakContext, Breakpoint
-    from emu.observe.events import EventRecorder
-    from emu.observe.stackwalk import Frame
-    from emu.observe.tracer import MemoryWatch, Tracer
+    from emu.observe.breakpoints import Breakpoint
 from emu.cpu.segments import setup_segments
 from emu.modules import Module, ModuleList
-from emu.nt.kernel import SyscallDispatcher, SyscallRecord
+from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecord
 from emu.nt.memory import MemoryManager
 from emu.nt.stack import ThreadStack
 from emu.win.ntdefs import (
@@ -53,7 +49,6 @@ from emu.win.ntdefs import (
 KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
 PROCESS_HEAPS_OFFSET = 0xC00  # our PEB.ProcessHeaps array lives in the PEB's first page
 MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session shows (0x10)
-PROCESS_ID, THREAD_ID = 0x1000, 0x1004
 # Wine's debug channels read an option table two pages (x64) / one page (x86) past the PEB;
 # the PEB region is committed far enough to hold it (zero = every channel off).
 PEB_REGION_SIZE = 0x4000
@@ -103,8 +98,9 @@ class Registers(MutableMapping[str, int]):
         return len(self._cpu.arch.gprs)
 
 
-class Process:
-    """One emulated Windows process with one thread, on x86 or x64."""
+class ProcessCore:
+    """One emulated Windows process with one thread, on x86 or x64: address space, PEB/TEB,
+    system calls, calls. ``emu.facade.Process`` adds the loaders and observers on top."""
 
     def __init__(
         self,
@@ -141,20 +137,6 @@ class Process:
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         self._install_hooks()
-
-    @classmethod
-    def from_program(
-        cls,
-        path: str | os.PathLike[str],
-        argv: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        **options: object,
-    ) -> Process:
-        """A process with the Windows program at ``path`` and Wine's ntdll mapped, ready for
-        ``proc.program.run()`` (see ``emu.program.load_program`` for the options)."""
-        from emu.load.program import load_program
-
-        return load_program(path, argv, env, **options).proc  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ set-up
     def _build_address_space(self, stack_reserve: int | None, stack_commit: int | None) -> None:
@@ -314,113 +296,6 @@ class Process:
             self._ldr = LoaderData(self)
         return self._ldr
 
-    def load_pe(self, path: str, name: str | None = None, *, trap_missing: bool = False) -> Module:
-        """Map a PE image (see ``loader.pe``): preferred base or relocated, imports bound."""
-        from emu.load.pe import load_pe
-
-        return load_pe(self, path, name, trap_missing=trap_missing)
-
-    def hook_export(
-        self,
-        name: str,
-        fn: Callable[..., int | None],
-        argc: int | None = None,
-        convention: str | None = None,
-    ) -> int:
-        """Serve imports of ``"dll!Function"`` with ``fn(proc, *args)`` in images loaded later."""
-        from emu.load.pe import hook_export
-
-        return hook_export(self, name, fn, argc, convention)
-
-    def breakpoint(
-        self,
-        target: int | str,
-        callback: Callable[[BreakContext], None],
-        *,
-        convention: str | None = None,
-        argc: int = 0,
-    ) -> Breakpoint:
-        """Call ``callback(ctx)`` whenever execution reaches ``target`` (see emu.breakpoints)."""
-        from emu.observe.breakpoints import add_breakpoint
-
-        return add_breakpoint(self, target, callback, convention=convention, argc=argc)
-
-    def stack(self) -> list[Frame]:
-        """The current call stack, innermost first, like WinDbg's ``k``."""
-        from emu.observe.stackwalk import walk_stack
-
-        return walk_stack(self)
-
-    def trace(
-        self,
-        out: TextIO,
-        *,
-        function: str | int | None = None,
-        call: int | None = None,
-        begin: int = 1,
-        end: int = 0,
-        registers: bool = False,
-    ) -> Tracer:
-        """Write an instruction trace to ``out`` (see ``emu.tracer``); a context manager."""
-        from emu.observe.tracer import Tracer
-
-        return Tracer(
-            self, out, function=function, call=call, begin=begin, end=end, registers=registers
-        )
-
-    def watch_memory(self, address: int, size: int) -> MemoryWatch:
-        """Record every write to [address, address+size) (see ``emu.tracer.MemoryWatch``)."""
-        from emu.observe.tracer import MemoryWatch
-
-        return MemoryWatch(self, address, size)
-
-    def record(
-        self,
-        functions: Iterable[str | int] | None = None,
-        *,
-        check_conventions: bool = False,
-        cdecl: Iterable[str] = (),
-        argc: dict[str, int] | None = None,
-    ) -> EventRecorder:
-        """Start recording allocation events (``emu.events``); use as a context manager or
-        call ``.stop()``. ``functions`` default to the heap entry points of loaded modules."""
-        from emu.observe.events import EventRecorder
-
-        rec = EventRecorder(
-            self, functions, check_conventions=check_conventions, cdecl=cdecl, argc=argc
-        )
-        return rec.start()
-
-    def load_allocator(self, kind: str, **options: object) -> Module:
-        """``"builtin"`` (our heap, nothing downloaded) or ``"wine"`` (Wine 8.0's ntdll.dll);
-        options go to load_wine_ntdll (e.g. ``debug_channels``)."""
-        if kind == "builtin":
-            return self.load_builtin_heap()
-        if kind == "wine":
-            return self.load_wine_ntdll(**options)  # type: ignore[arg-type]
-        raise ValueError(f"unknown allocator {kind!r}: expected 'builtin' or 'wine'")
-
-    def load_builtin_heap(self) -> Module:
-        """Assemble and load heapemu's own Wine-style NT heap (``asm/``); creates the process
-        heap, as Windows does before user code runs."""
-        from emu.load.builtin_heap import load_builtin_heap
-
-        return load_builtin_heap(self)
-
-    def load_wine_ntdll(
-        self, wine_dir: str | None = None, *, debug_channels: str | None = None
-    ) -> Module:
-        """Load Wine 8.0's real ntdll.dll and make it runnable (see ``loader.wine_ntdll``)."""
-        from emu.load.wine_ntdll import load_wine_ntdll
-
-        return load_wine_ntdll(self, wine_dir, debug_channels=debug_channels)
-
-    def load_flat(self, source_or_path: str, name: str, base: int | None = None) -> Module:
-        """Assemble x86/x64 assembly with keystone and map it (see ``loader.flat``)."""
-        from emu.load.flat import load_flat
-
-        return load_flat(self, source_or_path, name, base)
-
     def register_syscall_table(self, begin: int, end: int, table: dict[int, str]) -> None:
         """System-call numbers used by the code in [begin, end) (the issuer's own table)."""
         self.syscall_dispatcher.register_table(begin, end, table)
@@ -496,8 +371,6 @@ class Process:
         # as Windows' CONTEXT does for a breakpoint trap, pc is the faulting instruction
         state.registers[self.arch.pc] = fault.pc
         if self.breakpoint_stop is not None:
-            from emu.observe.breakpoints import BreakpointStop
-
             self.breakpoint_stop = None
             return BreakpointStop(fault, state, context=f"in call to {self.symbolize(addr)}")
         if fault.status == NtStatus.STACK_OVERFLOW:

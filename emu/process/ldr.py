@@ -15,7 +15,7 @@ from emu.win.layouts import LDR_DATA_TABLE_ENTRY, PEB, PEB_LDR_DATA, UNICODE_STR
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE, PAGE_SIZE
 
 if TYPE_CHECKING:
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
 
 _REGION = 0x100000  # room for a few thousand modules
 LDRP_IMAGE_DLL = 0x4  # LDR_DATA_TABLE_ENTRY.Flags: the entry is a DLL, not the executable
@@ -29,7 +29,7 @@ LISTS = (
 
 
 class LoaderData:
-    def __init__(self, proc: Process):
+    def __init__(self, proc: ProcessCore):
         self.proc = proc
         a = proc.arch
         self.base, _ = proc.memory.allocate(

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from emu.errors import EmulationError, NtStatusError
+from emu.facade import Process
 from emu.heap.allocator import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS, Allocator, HeapError
 from emu.modules import Module
 from emu.nt.memory import RESERVED
-from emu.process.core import Process
 from emu.scenario.model import ANY, PROCESS_HEAP, AllocatorSpec, Ref, Scenario, Step
 from emu.scenario.result import (
     Checkpoint,

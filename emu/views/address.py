@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
 from emu.nt.memory import RESERVED, Region
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.views.common import JsonView, hexp, resolve_heaps, walk_heaps
 from emu.win.ntdefs import (
     MEM_COMMIT,
@@ -49,7 +49,7 @@ class AddressView(JsonView):
     rows: list[AddressRow] = field(default_factory=list)
 
 
-def heap_regions(proc: Process, heaps: list[int]) -> dict[int, str]:
+def heap_regions(proc: ProcessCore, heaps: list[int]) -> dict[int, str]:
     """Region base -> WinDbg's heap detail, for every segment and large block of heaps."""
     a = proc.arch.name
     out: dict[int, str] = {}
@@ -103,7 +103,7 @@ def _free(start: int, end: int) -> AddressRow:
 
 
 def build_address(
-    proc: Process,
+    proc: ProcessCore,
     heaps: list[int] | None = None,
     *,
     allocator: Allocator | None = None,

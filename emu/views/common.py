@@ -14,7 +14,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import KINDS, HeapReport, detect_kind, walk_heap
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 
 T = TypeVar("T", bound="JsonView")
 
@@ -60,12 +60,12 @@ def _decode(tp: Any, value: Any) -> Any:
 _VIEW_ALLOCATOR = "_view_allocator"
 
 
-def heap_kind(proc: Process) -> str:
+def heap_kind(proc: ProcessCore) -> str:
     """ "builtin" or "wine": the allocator loaded in proc (see ``emu.walkers.detect_kind``)."""
     return detect_kind(proc)
 
 
-def list_heaps(proc: Process, allocator: Allocator | None = None) -> list[int]:
+def list_heaps(proc: ProcessCore, allocator: Allocator | None = None) -> list[int]:
     """Every heap of the process, in the allocator's order (index = WinDbg's heap ID).
 
     The builtin heap keeps PEB.ProcessHeaps; Wine keeps its own list, which only its
@@ -84,12 +84,14 @@ def list_heaps(proc: Process, allocator: Allocator | None = None) -> list[int]:
     return allocator.process_heaps()
 
 
-def resolve_heaps(proc: Process, heaps: list[int] | None, allocator: Allocator | None) -> list[int]:
+def resolve_heaps(
+    proc: ProcessCore, heaps: list[int] | None, allocator: Allocator | None
+) -> list[int]:
     """``heaps`` as given, or every heap of the process."""
     return list(heaps) if heaps is not None else list_heaps(proc, allocator)
 
 
-def walk_heaps(proc: Process, heaps: list[int]) -> list[HeapReport]:
+def walk_heaps(proc: ProcessCore, heaps: list[int]) -> list[HeapReport]:
     return [walk_heap(proc, h) for h in heaps]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.views.common import JsonView, ascii_magic, heap_kind, hexp
 from emu.views.layout import heap_header_specs, heap_struct_name
 from emu.win.ntdefs import heap_flag_names
@@ -50,7 +50,7 @@ def _note(name: str, value: int, size: int) -> str:
     return ""
 
 
-def build_dt(proc: Process, heap: int, kind: str | None = None) -> DtView:
+def build_dt(proc: ProcessCore, heap: int, kind: str | None = None) -> DtView:
     """The header of the heap at ``heap`` (``kind`` defaults to the loaded allocator)."""
     kind = kind or heap_kind(proc)
     arch = proc.arch.name

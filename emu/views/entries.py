@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import HeapReport, walk_heap
 from emu.heap.walkers.model import BUSY, FREE, PENDING
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.views.common import JsonView, hexp, list_heaps
 from emu.views.layout import granularity, large_list_head
 
@@ -177,7 +177,7 @@ def entries_from_report(report: HeapReport, index: int = -1) -> EntriesView:
 
 
 def build_entries(
-    proc: Process, heap: int, *, index: int | None = None, allocator: Allocator | None = None
+    proc: ProcessCore, heap: int, *, index: int | None = None, allocator: Allocator | None = None
 ) -> EntriesView:
     """The entries of ``heap``; ``index`` (its heap ID) is looked up when not given."""
     if index is None:

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import HeapReport, walk_heap
-from emu.heap.walkers.base import LINK_OFFSET
-from emu.heap.walkers.model import BUSY, FREE, Block, LargeBlock
-from emu.process.core import Process
+from emu.heap.walkers.model import BUSY, FREE, LINK_OFFSET, Block, LargeBlock
+from emu.process.core import ProcessCore
 from emu.views.common import JsonView, NotInHeapError, ascii_magic, hexp, resolve_heaps
 from emu.views.layout import FieldSpec, block_header_specs, granularity, large_header_specs
 from emu.win.ntdefs import MEM_COMMIT
@@ -103,7 +102,7 @@ def _meaning(spec: FieldSpec, value: int, kind: str, unit: int, block: Block | N
 
 
 def _fields(
-    proc: Process, base: int, specs: list[FieldSpec], kind: str, unit: int, block: Block | None
+    proc: ProcessCore, base: int, specs: list[FieldSpec], kind: str, unit: int, block: Block | None
 ) -> tuple[str, list[HeaderFieldLine]]:
     end = max(s.offset + s.size for s in specs)
     raw = proc.read(base, end)
@@ -132,7 +131,9 @@ def _where(query: int, header: int, user_ptr: int, requested: int | None, end: i
     return f"data +{query - user_ptr:#x}" if query < end else "past the block"
 
 
-def _block_view(proc: Process, report: HeapReport, index: int, query: int, b: Block) -> EntryView:
+def _block_view(
+    proc: ProcessCore, report: HeapReport, index: int, query: int, b: Block
+) -> EntryView:
     seg = report.segments[b.segment]
     pos = seg.blocks.index(b)
     unit = granularity(report.kind, report.arch)
@@ -173,7 +174,7 @@ def _block_view(proc: Process, report: HeapReport, index: int, query: int, b: Bl
 
 
 def _large_view(
-    proc: Process, report: HeapReport, index: int, query: int, lb: LargeBlock
+    proc: ProcessCore, report: HeapReport, index: int, query: int, lb: LargeBlock
 ) -> EntryView:
     unit = granularity(report.kind, report.arch)
     specs = large_header_specs(report.kind, report.arch)
@@ -209,7 +210,7 @@ def _large_view(
 
 
 def build_entry(
-    proc: Process,
+    proc: ProcessCore,
     address: int,
     heaps: list[int] | None = None,
     *,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import HeapReport
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.views.common import JsonView, heap_kind, hexp, kib, resolve_heaps, walk_heaps
 
 
@@ -71,7 +71,7 @@ def summary_row(index: int, report: HeapReport) -> HeapSummaryRow:
 
 
 def build_summary(
-    proc: Process, heaps: list[int] | None = None, *, allocator: Allocator | None = None
+    proc: ProcessCore, heaps: list[int] | None = None, *, allocator: Allocator | None = None
 ) -> SummaryView:
     """The summary of ``heaps`` (default: every heap of the process)."""
     reports = walk_heaps(proc, resolve_heaps(proc, heaps, allocator))

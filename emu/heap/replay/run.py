@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from emu.heap.replay.driver import (
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import KIND_NAMES, OpKind, OpLike, as_ops
 from emu.modules import Module
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.win.ntdefs import (
     MEM_COMMIT,
     MEM_RELEASE,
@@ -143,7 +143,7 @@ class ReplayResult:
         }
 
 
-def load_driver(proc: Process) -> Module:
+def load_driver(proc: ProcessCore) -> Module:
     """The driver module in ``proc`` (assembled and mapped top-down on first use)."""
     module = proc.modules.get(DRIVER_MODULE)
     if module is not None:
@@ -163,7 +163,7 @@ def _round_up(n: int) -> int:
 class _Buffers:
     """One top-down region: control block, a tape chunk, a results chunk, the slot table."""
 
-    def __init__(self, proc: Process, chunk: int, slots: int):
+    def __init__(self, proc: ProcessCore, chunk: int, slots: int):
         ps = proc.arch.ptr_size
         self.ctl_size = _round_up(len(CTL) * ps)
         self.tape_size = _round_up(chunk * RECORD_SIZE)
@@ -268,7 +268,7 @@ def replay(
 
 
 def _stopped(
-    proc: Process,
+    proc: ProcessCore,
     buf: _Buffers,
     tape: Tape,
     start: int,
@@ -338,7 +338,7 @@ class InstructionCounter:
     pairs and each distinct block is disassembled once at the end. About 0.5 µs per block
     (UNICORN-FACTS), so count in a separate run from the one you time."""
 
-    def __init__(self, proc: Process):
+    def __init__(self, proc: ProcessCore):
         self.proc = proc
         self.blocks: dict[int, int] = {}  # address << 16 | size -> times entered
         self._hook: int | None = None
@@ -373,10 +373,3 @@ class InstructionCounter:
             code = self.proc.read(address, size)
             n += times * sum(1 for _ in cs.disasm_lite(code, address))
         return n
-
-
-def replay_main(argv: Sequence[str] | None = None) -> int:
-    """``heapemu replay TRACE``: see ``emu.replay_cli``."""
-    from emu.cli.replay import main
-
-    return main(argv)

@@ -25,7 +25,7 @@ from emu.heap.walkers.model import (
     Segment,
 )
 from emu.heap.walkers.wine import WineWalker
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 
 __all__ = [
     "CORRUPTION_KINDS",
@@ -53,7 +53,7 @@ KINDS: dict[str, tuple[type[HeapWalker], str]] = {
 }
 
 
-def detect_kind(proc: Process) -> str:
+def detect_kind(proc: ProcessCore) -> str:
     """The walker kind for the allocator module loaded in proc."""
     loaded = {m.name.lower() for m in proc.modules}
     found = [kind for kind, (_, module) in KINDS.items() if module in loaded]
@@ -63,7 +63,7 @@ def detect_kind(proc: Process) -> str:
     return found[0]
 
 
-def walk_heap(proc: Process, heap: int, kind: str | None = None) -> HeapReport:
+def walk_heap(proc: ProcessCore, heap: int, kind: str | None = None) -> HeapReport:
     """Walk the heap at ``heap``; ``kind`` ("builtin"/"wine") defaults to the loaded module's."""
     if kind is None:
         kind = detect_kind(proc)

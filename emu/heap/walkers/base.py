@@ -16,12 +16,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from emu.heap.walkers.freelists import walk_free_lists
 from emu.heap.walkers.model import (
     ADJACENT_FREE,
     BLOCK_HEADER,
+    BLOCK_HEADER_SIZE,
     BLOCK_SIZE,
     FREE,
     LARGE_BLOCK,
+    LINK_OFFSET,
     OVERLAP,
     PREV_FREE,
     SEGMENT_LIST,
@@ -33,12 +36,10 @@ from emu.heap.walkers.model import (
     Segment,
 )
 from emu.heap.walkers.reader import MemoryReader, UnreadableError
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 
 MAX_SEGMENTS = 4096
 MAX_LARGE_BLOCKS = 1 << 16
-BLOCK_HEADER_SIZE = 8  # both layouts: the user pointer is the header address + 8
-LINK_OFFSET = 8  # both layouts: a free block's LIST entry follows its 8-byte header
 
 
 @dataclass
@@ -71,7 +72,7 @@ class HeapWalker(ABC):
     alignment: int  # block granularity
     min_block_size: int
 
-    def __init__(self, proc: Process, heap: int):
+    def __init__(self, proc: ProcessCore, heap: int):
         self.mem = MemoryReader(proc)
         self.ps = proc.arch.ptr_size
         self.heap = heap
@@ -118,8 +119,6 @@ class HeapWalker(ABC):
 
     # ------------------------------------------------------------------ driver
     def walk(self) -> HeapReport:
-        from emu.heap.walkers.freelists import walk_free_lists
-
         try:
             if not self.read_header():
                 return self.report

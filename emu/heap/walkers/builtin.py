@@ -23,7 +23,7 @@ from emu.heap.walkers.model import (
     Segment,
 )
 from emu.heap.walkers.reader import UnreadableError
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 
 C = asm.CONSTANTS
 SIZE_MASK = ~3 & 0xFFFFFFFF
@@ -46,7 +46,7 @@ HEADER_FIELDS = (
 class BuiltinWalker(HeapWalker):
     kind = "builtin"
 
-    def __init__(self, proc: Process, heap: int):
+    def __init__(self, proc: ProcessCore, heap: int):
         self.layout: HeapLayout = asm.layout(proc.arch.name)
         self.alignment = self.layout.alignment
         self.min_block_size = self.layout.min_block_size

@@ -18,6 +18,7 @@ from emu.heap.walkers.model import (
     FREE_LIST_LINK,
     FREE_LIST_LOOP,
     FREE_NOT_LISTED,
+    LINK_OFFSET,
     OVERLAP,
     Block,
     FreeList,
@@ -33,8 +34,6 @@ MAX_RING = 1 << 20
 
 class _Ring:
     def __init__(self, w: HeapWalker):
-        from emu.heap.walkers.base import LINK_OFFSET
-
         self.w = w
         self.lo = LINK_OFFSET
         self.heads = w.free_list_heads()

@@ -54,6 +54,9 @@ BUSY = "busy"
 FREE = "free"
 PENDING = "pending_free"  # Wine: freed by the caller but parked in the delayed-free array
 
+BLOCK_HEADER_SIZE = 8  # both layouts: the user pointer is the header address + 8
+LINK_OFFSET = 8  # both layouts: a free block's LIST entry follows its 8-byte header
+
 
 @dataclass(frozen=True)
 class Corruption:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from emu.errors import EmulationError
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.win.layouts import Struct
 
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
@@ -30,7 +30,7 @@ class UnreadableError(Exception):
 class MemoryReader:
     """Little-endian scalar reads from a process, raising only ``UnreadableError``."""
 
-    def __init__(self, proc: Process):
+    def __init__(self, proc: ProcessCore):
         self.proc = proc
         self.arch = proc.arch
         self.ptr_size = proc.arch.ptr_size

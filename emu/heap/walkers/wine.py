@@ -34,7 +34,7 @@ from emu.heap.walkers.wine_layout import (
     WINE_PARAMS,
     WINE_SUBHEAP,
 )
-from emu.process.core import Process
+from emu.process.core import ProcessCore
 from emu.win.layouts import Struct
 
 MAX_PENDING = 1 << 16
@@ -44,7 +44,7 @@ HEADER_FIELDS = tuple(n for n in WINE_HEAP.fields if n not in ("free_lists", "su
 class WineWalker(HeapWalker):
     kind = "wine"
 
-    def __init__(self, proc: Process, heap: int):
+    def __init__(self, proc: ProcessCore, heap: int):
         self.params = WINE_PARAMS[proc.arch.name]
         self.alignment = self.params.alignment
         self.min_block_size = self.params.min_block_size

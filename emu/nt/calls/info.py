@@ -15,8 +15,10 @@ from emu.nt.kernel import (
     BOOLEAN,
     HANDLE,
     PHANDLE,
+    PROCESS_ID,
     PULONG,
     PVOID,
+    THREAD_ID,
     ULONG,
     Kernel,
     syscall,
@@ -186,7 +188,6 @@ def NtQueryInformationThread(
     ThreadInformationLength: ULONG,
     ReturnLength: PULONG,
 ) -> int:
-    from emu.process.core import PROCESS_ID, THREAD_ID
 
     _check_thread(k, ThreadHandle)
     k.details.update(cls=ThreadInformationClass)

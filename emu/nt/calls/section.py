@@ -45,7 +45,7 @@ from emu.win.ntdefs import (
 )
 
 if TYPE_CHECKING:
-    from emu.process.core import Process
+    from emu.process.core import ProcessCore
     from loader.peimage import PeImage
 
 SEC_IMAGE = 0x1000000
@@ -127,7 +127,7 @@ def coff_symbols(path: Path, image: PeImage) -> dict[str, int]:
     return out
 
 
-def add_coff_symbols(proc: Process, module: Module) -> None:
+def add_coff_symbols(proc: ProcessCore, module: Module) -> None:
     """Give an already loaded PE module its COFF function symbols (exports win on clashes)."""
     if module.path is None or module.image is None:
         return
@@ -137,7 +137,7 @@ def add_coff_symbols(proc: Process, module: Module) -> None:
 
 
 # ---------------------------------------------------------------------------------- images
-def write_image(proc: Process, image: PeImage, base: int, size: int, data: bytes) -> None:
+def write_image(proc: ProcessCore, image: PeImage, base: int, size: int, data: bytes) -> None:
     """Write a laid-out image at ``base`` and give each page run its section's protection."""
     proc.write(base, data)
     for run in image.page_runs():
@@ -185,7 +185,7 @@ def image_module(
 
 
 def map_image(
-    proc: Process, path: str | Path, image: PeImage, name: str, base: int = 0
+    proc: ProcessCore, path: str | Path, image: PeImage, name: str, base: int = 0
 ) -> tuple[Module, bool]:
     """Map ``image`` as the kernel maps a SEC_IMAGE view: (module, relocated). Imports are not
     bound (the caller's loader does that); PEB.Ldr is not touched."""
