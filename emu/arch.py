@@ -1,7 +1,7 @@
 """The two architectures heapemu emulates, described once as data.
 
 Everything that differs between 32-bit x86 and x64 (pointer size, register names, calling
-conventions, user-space bounds, Unicorn/capstone/keystone modes) lives here, so the rest of the
+conventions, user-space bounds, the keystone mode) lives here, so the rest of the
 code is one path parameterised by an :class:`Arch`.
 """
 
@@ -10,18 +10,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import capstone
 import keystone
-import unicorn
-from unicorn import x86_const as ux
 
 
 @dataclass(frozen=True)
 class Arch:
     name: str  # "x86" or "x64"
     ptr_size: int
-    uc_mode: int
-    cs_mode: int
     ks_mode: int
     pc: str
     sp: str
@@ -66,8 +61,6 @@ class Arch:
 X86 = Arch(
     name="x86",
     ptr_size=4,
-    uc_mode=unicorn.UC_MODE_32,
-    cs_mode=capstone.CS_MODE_32,
     ks_mode=keystone.KS_MODE_32,
     pc="eip",
     sp="esp",
@@ -84,8 +77,6 @@ X86 = Arch(
 X64 = Arch(
     name="x64",
     ptr_size=8,
-    uc_mode=unicorn.UC_MODE_64,
-    cs_mode=capstone.CS_MODE_64,
     ks_mode=keystone.KS_MODE_64,
     pc="rip",
     sp="rsp",
@@ -164,6 +155,7 @@ _COMMON_REGS = [
     "fs",
     "gs",
     "ss",
+    "mxcsr",
 ]
 _X64_ONLY = [
     "rax",
@@ -199,13 +191,9 @@ _VECTOR = [f"xmm{i}" for i in range(8)]
 _VECTOR_X64 = [f"xmm{i}" for i in range(8, 16)]
 
 
-def register_ids(arch: Arch) -> dict[str, int]:
-    """Map register names valid on ``arch`` to Unicorn register ids."""
+def register_names(arch: Arch) -> list[str]:
+    """Every register name valid on ``arch`` (what ``proc.regs`` and traces accept)."""
     names = list(_COMMON_REGS) + _VECTOR
     if arch.ptr_size == 8:
         names += _X64_ONLY + _VECTOR_X64
-    out: dict[str, int] = {}
-    for n in names:
-        uc_name = "EFLAGS" if n == "rflags" else n.upper()
-        out[n] = getattr(ux, f"UC_X86_REG_{uc_name}")
-    return out
+    return names

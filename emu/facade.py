@@ -39,7 +39,7 @@ class Process(ProcessCore):
     ) -> Process:
         """A process with the Windows program at ``path`` and Wine's ntdll mapped, ready for
         ``proc.program.run()`` (see ``emu.program.load_program`` for the options)."""
-        return load_program(path, argv, env, **options).proc  # type: ignore[return-value]
+        return load_program(Path(path), argv, env, **options).proc  # type: ignore[return-value]
 
     def load_pe(self, path: str, name: str | None = None, *, trap_missing: bool = False) -> Module:
         """Map a PE image (see ``loader.pe``): preferred base or relocated, imports bound."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.process.core import Process
+from emu.facade import Process
 
 _SCRIPT = Path(sys.executable).with_name("heapemu")
 HEAPEMU = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "emu.cli"]

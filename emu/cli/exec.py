@@ -11,6 +11,7 @@ from pathlib import Path
 from emu.cli.base import Command
 from emu.facade import load_program
 from emu.load.program import PROGRAM_DIR
+from emu.observe.events import EventRecorder
 
 EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
 
@@ -55,7 +56,7 @@ def run_exec(args: argparse.Namespace) -> int:
     except (OSError, ValueError, LoaderError) as e:
         print(f"heapemu: {e}", file=sys.stderr)
         return 2
-    with program.proc.record() as rec:
+    with EventRecorder(program.proc) as rec:
         result = program.run()
     if args.json:
         report = {

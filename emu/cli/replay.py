@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _allocator_for(args: argparse.Namespace, tape: Tape) -> Allocator:
     proc = Process(args.arch, tlb=args.tlb, time_limit=0)
-    module = proc._allocator_for(args.allocator)
+    module = proc.load_allocator(args.allocator)
     a = Allocator(proc, module, name=args.allocator)
     if args.warmup:
         heap = a.create_heap()

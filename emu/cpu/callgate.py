@@ -24,20 +24,21 @@ import struct
 
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.arch import Arch, register_ids
+from emu.arch import Arch
+from emu.cpu.cpu import Cpu
 from emu.win.conventions import Convention
 
 _Layout = tuple[int, int, struct.Struct, int, object, object, object, int]
 
 
 class CallGate:
-    def __init__(self, arch: Arch, uch: object, top: int, sentinel: int):
+    def __init__(self, arch: Arch, cpu: Cpu, top: int, sentinel: int):
         self.arch = arch
-        self._uch = uch
+        self._uch = cpu._uch
         self.top = top & ~0xF  # frames are laid out below this address
         self.sentinel = sentinel  # the return address of every call; `until` of every run
         self.return_address = sentinel
-        ids = register_ids(arch)
+        ids = cpu.reg_ids
         self._ret_ids = (ctypes.c_int * 3)(ids[arch.ret], ids[arch.sp], ids[arch.pc])
         self._ret_vals = (ctypes.c_uint64 * 3)()
         self._ret_ptrs = (ctypes.c_void_p * 3)(

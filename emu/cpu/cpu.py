@@ -1,7 +1,10 @@
-"""The CPU layer: the only module that talks to Unicorn.
+"""The CPU layer: with ``callgate``, ``segments`` and ``disasm`` beside it, the only code that
+talks to Unicorn and capstone (the architecture contract checks it).
 
 Windows logic (memory manager, system calls, calls) uses this small interface: map/unmap/protect,
-read/write, registers, ``run(begin, until)``, hooks, and a record of why a run stopped. Hot-path
+read/write (``CpuError`` when Unicorn refuses), registers and batch register readers,
+``run(begin, until)``, hooks whose callbacks never see Unicorn (``fn(address, size)``,
+``fn(intno)``, ``fn()``), ``flush_translations``, and a record of why a run stopped. Hot-path
 operations (register writes, ``emu_start``) go through Unicorn's C API via ctypes directly,
 because the Python binding's wrappers cost ~2 µs per register access (measured on Unicorn
 2.1.4).
@@ -15,12 +18,12 @@ import time
 import weakref
 from collections.abc import Callable
 
-import capstone
 import unicorn
 from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.arch import Arch, register_ids
+from emu.arch import Arch, register_names
+from emu.cpu.disasm import Disassembler
 from emu.errors import CpuState, Fault
 from emu.win.ntdefs import (
     PAGE_EXECUTE,
@@ -49,6 +52,30 @@ _UC_PERMS = {
 }
 
 
+_UC_MODES = {"x86": unicorn.UC_MODE_32, "x64": unicorn.UC_MODE_64}
+
+
+def register_ids(arch: Arch) -> dict[str, int]:
+    """Map register names valid on ``arch`` to Unicorn register ids."""
+    return {
+        n: getattr(ux, f"UC_X86_REG_{'EFLAGS' if n == 'rflags' else n.upper()}")
+        for n in register_names(arch)
+    }
+
+
+class CpuError(Exception):
+    """Unicorn refused a memory operation: the range is unmapped, or the host cannot back it
+    (``nomem``). Raised by ``Cpu.map/unmap/protect/read/write`` instead of Unicorn's error."""
+
+    def __init__(self, message: str, *, nomem: bool = False):
+        super().__init__(message)
+        self.nomem = nomem
+
+
+def _cpu_error(e: unicorn.UcError, what: str) -> CpuError:
+    return CpuError(f"{what}: {e}", nomem=e.errno == unicorn.UC_ERR_NOMEM)
+
+
 def uc_perms(protect: int) -> int:
     """Unicorn permissions for a Windows page protection (modifiers other than GUARD ignored)."""
     return _UC_PERMS[protect & 0xFF]
@@ -74,6 +101,10 @@ _CPU_EXCEPTIONS = {
     13: ("general protection fault", NtStatus.PRIVILEGED_INSTRUCTION),
     14: ("page fault", NtStatus.ACCESS_VIOLATION),
 }
+
+# Hook callbacks, as heapemu code writes them: Unicorn's handle never reaches them
+CodeHook = Callable[[int, int], object]  # (address, size)
+MemWriteHook = Callable[[int, int, int], object]  # (address, size, value)
 
 _HOOK_CODE_CB = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
@@ -133,13 +164,13 @@ class Cpu:
 
     def __init__(self, arch: Arch, tlb: str = "cpu"):
         self.arch = arch
-        self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, arch.uc_mode)
+        self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, _UC_MODES[arch.name])
         if tlb == "virtual":
             self.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         elif tlb != "cpu":
             raise ValueError(f"tlb must be 'cpu' or 'virtual', not {tlb!r}")
         self._uch = self.uc._uch
-        self.cs = capstone.Cs(capstone.CS_ARCH_X86, arch.cs_mode)
+        self.disasm = Disassembler(arch)
         self.reg_ids = register_ids(arch)
         self._pc_id = self.reg_ids[arch.pc]
         self._sp_id = self.reg_ids[arch.sp]
@@ -163,30 +194,60 @@ class Cpu:
 
     # ------------------------------------------------------------------ memory
     def map(self, addr: int, size: int, protect: int) -> None:
-        self.uc.mem_map(addr, size, uc_perms(protect))
+        try:
+            self.uc.mem_map(addr, size, uc_perms(protect))
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
 
     def unmap(self, addr: int, size: int) -> None:
-        self.uc.mem_unmap(addr, size)
+        try:
+            self.uc.mem_unmap(addr, size)
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"unmap 0x{addr:x}+0x{size:x}") from None
 
     def protect(self, addr: int, size: int, protect: int) -> None:
-        self.uc.mem_protect(addr, size, uc_perms(protect))
+        try:
+            self.uc.mem_protect(addr, size, uc_perms(protect))
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"protect 0x{addr:x}+0x{size:x}") from None
 
     def read(self, addr: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(addr, size))
+        try:
+            return bytes(self.uc.mem_read(addr, size))
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"read 0x{addr:x}+0x{size:x}") from None
 
     def write(self, addr: int, data: bytes) -> None:
-        self.uc.mem_write(addr, bytes(data))
+        try:
+            self.uc.mem_write(addr, bytes(data))
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"write 0x{addr:x}+0x{len(data):x}") from None
+
+    def read_into(self, addr: int, buf: ctypes.Array[ctypes.c_char], size: int) -> bool:
+        """Read ``size`` bytes into ``buf`` through the C API (no bytes object, no exception:
+        False when the range is unreadable). For observers that read on every event."""
+        return not uclib.uc_mem_read(self._uch, addr, buf, size)
 
     def invalidate_code(self, addr: int, size: int) -> None:
         """Drop translated blocks over [addr, addr+size): code written there runs anew."""
         self.uc.ctl_remove_cache(addr, addr + size)
 
+    def flush_translations(self) -> None:
+        """Drop every translated block (hooks and counters are instrumented at translation)."""
+        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------------ registers
     def reg(self, name: str) -> int:
-        return int(self.uc.reg_read(self.reg_ids[name]))
+        if name.startswith("xmm"):  # 128 bits: the binding packs them into one int
+            return int(self.uc.reg_read(self.reg_ids[name]))
+        self._c_u64.value = 0  # 8/16/32-bit registers fill only their own bytes
+        return self.reg_by_id(self.reg_ids[name])
 
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(self.reg_ids[name], value)
+        if name.startswith("xmm"):
+            self.uc.reg_write(self.reg_ids[name], value)
+        else:
+            self.set_reg_by_id(self.reg_ids[name], value)
 
     def reg_by_id(self, reg_id: int) -> int:
         uclib.uc_reg_read(self._uch, reg_id, self._c_ref)
@@ -216,6 +277,35 @@ class Cpu:
     def ret(self) -> int:
         return self.reg_by_id(self._ret_id)
 
+    def register_reader(self, names: tuple[str, ...]) -> Callable[[], tuple[int, ...]]:
+        """A function reading ``names`` in one ``uc_reg_read_batch`` (for hot observers)."""
+        n = len(names)
+        ids = (ctypes.c_int * n)(*(self.reg_ids[r] for r in names))
+        vals = (ctypes.c_uint64 * n)()
+        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n)))
+        uch = self._uch
+
+        def read() -> tuple[int, ...]:
+            uclib.uc_reg_read_batch(uch, ids, ptrs, n)
+            return tuple(vals)
+
+        return read
+
+    def raw_register_reader(self, names: tuple[str, ...]) -> Callable[[], bytes]:
+        """A function reading ``names`` in one batch as 16-byte little-endian slots (vector
+        registers whole), for checks that compare register state before and after a call."""
+        n = len(names)
+        ids = (ctypes.c_int * n)(*(self.reg_ids[r] for r in names))
+        buf = ctypes.create_string_buffer(16 * n)
+        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(buf) + 16 * i for i in range(n)))
+        uch = self._uch
+
+        def read() -> bytes:
+            uclib.uc_reg_read_batch(uch, ids, ptrs, n)
+            return buf.raw
+
+        return read
+
     def snapshot_registers(self) -> dict[str, int]:
         return {n: self.reg(n) for n in self.arch.gprs}
 
@@ -236,7 +326,7 @@ class Cpu:
         if bool(count) != self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
-            uc.ctl_flush_tb()  # type: ignore[attr-defined]
+            self.flush_translations()
             self._counting = bool(count)
         with self._run_lock:
             self._deadline = time.monotonic() + time_limit if time_limit else 0.0
@@ -318,7 +408,7 @@ class Cpu:
 
         def trampoline(uc: int, address: int, size: int, user: int) -> None:
             try:
-                fn(None, address, size, None)
+                fn(address, size)
             except BaseException as e:  # re-raised after emu_start
                 if self._raw_exception is None:
                     self._raw_exception = e
@@ -338,35 +428,40 @@ class Cpu:
         if status:
             raise unicorn.UcError(status)
         self._raw_hooks[handle.value] = cb
-        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+        self.flush_translations()
         return handle.value
 
-    def _add_hook(
-        self, kind: int, fn: Callable[..., object], begin: int, end: int, *extra: int
-    ) -> int:
-        handle = int(self.uc.hook_add(kind, fn, None, begin, end, *extra))
-        # Unicorn instruments hooks when it translates code: blocks translated before this hook
-        # existed would never call it, so translation starts over
-        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
-        return handle
-
-    def hook_code(self, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        """``fn(uc, address, size, user)`` before each instruction in [begin, end]."""
+    def hook_code(self, fn: CodeHook, begin: int = 1, end: int = 0) -> int:
+        """``fn(address, size)`` before each instruction in [begin, end]."""
         return self._add_raw_hook(unicorn.UC_HOOK_CODE, fn, begin, end)
 
-    def hook_block(self, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        """``fn(uc, address, size, user)`` at each basic block starting in [begin, end]."""
+    def hook_block(self, fn: CodeHook, begin: int = 1, end: int = 0) -> int:
+        """``fn(address, size)`` at each basic block starting in [begin, end]."""
         return self._add_raw_hook(unicorn.UC_HOOK_BLOCK, fn, begin, end)
 
-    def hook_mem(self, kinds: int, fn: Callable[..., object], begin: int = 1, end: int = 0) -> int:
-        return self._add_hook(kinds, fn, begin, end)
+    def hook_mem_write(self, fn: MemWriteHook, begin: int = 1, end: int = 0) -> int:
+        """``fn(address, size, value)`` on every write into [begin, end]. Memory hooks slow
+        every load and store: keep one only while it is needed."""
 
-    def hook_interrupt(self, fn: Callable[[unicorn.Uc, int, object], None]) -> int:
-        return int(self.uc.hook_add(unicorn.UC_HOOK_INTR, fn))
+        def on_write(
+            uc: unicorn.Uc, access: int, address: int, size: int, value: int, _: object
+        ) -> None:
+            fn(address, size, value)
 
-    def hook_syscall_insn(self, fn: Callable[..., object], insn: str) -> int:
+        handle = int(self.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, on_write, None, begin, end))
+        # Unicorn instruments hooks when it translates code: blocks translated before this hook
+        # existed would never call it, so translation starts over
+        self.flush_translations()
+        return handle
+
+    def hook_interrupt(self, fn: Callable[[int], object]) -> int:
+        """``fn(intno)`` on ``int N`` and CPU exceptions."""
+        return int(self.uc.hook_add(unicorn.UC_HOOK_INTR, lambda uc, intno, _: fn(intno)))
+
+    def hook_syscall_insn(self, fn: Callable[[], object], insn: str) -> int:
+        """``fn()`` on each ``syscall`` or ``sysenter`` instruction."""
         ins = {"syscall": ux.UC_X86_INS_SYSCALL, "sysenter": ux.UC_X86_INS_SYSENTER}[insn]
-        return int(self.uc.hook_add(unicorn.UC_HOOK_INSN, fn, None, 1, 0, ins))
+        return int(self.uc.hook_add(unicorn.UC_HOOK_INSN, lambda uc, _: fn(), None, 1, 0, ins))
 
     def unhook(self, handle: int) -> None:
         if handle in self._raw_hooks:
@@ -374,7 +469,7 @@ class Cpu:
             del self._raw_hooks[handle]
         else:
             self.uc.hook_del(handle)
-        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+        self.flush_translations()
 
     # ------------------------------------------------------------------ inspection
     def disassemble_one(self, addr: int) -> tuple[str, int]:
@@ -382,11 +477,9 @@ class Cpu:
         for n in (16, 8, 4, 2, 1):
             try:
                 code = self.read(addr, n)
-            except unicorn.UcError:
+            except CpuError:
                 continue
-            for insn in self.cs.disasm(code, addr, 1):
-                return f"{insn.mnemonic} {insn.op_str}".strip(), insn.size
-            return f"(bad) {code.hex()}", 0
+            return self.disasm.first_text(code, addr) or (f"(bad) {code.hex()}", 0)
         return "<unreadable>", 0
 
     def state(self, pc: int | None = None) -> CpuState:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.heap.walkers import walk_heap
-from emu.observe.breakpoints import BreakContext, Breakpoint
+from emu.observe.breakpoints import BreakContext, Breakpoint, add_breakpoint
 from emu.observe.events import AllocationEvent, EventRecorder
 from emu.observe.stackwalk import Frame, StackWalker
 from emu.process.core import ProcessCore
@@ -96,10 +96,11 @@ class CrossHeapFreeDetector:
     def start(self) -> CrossHeapFreeDetector:
         m = self.module
         allocators = [f"{m}!RtlAllocateHeap", f"{m}!RtlReAllocateHeap"]
-        self._recorder = self.proc.record([*allocators, f"{m}!RtlFreeHeap"])
+        self._recorder = EventRecorder(self.proc, [*allocators, f"{m}!RtlFreeHeap"]).start()
         for name in allocators:
-            self._breakpoints.append(self.proc.breakpoint(name, self._on_alloc))
-        self._breakpoints.append(self.proc.breakpoint(f"{m}!RtlFreeHeap", self._on_free, argc=3))
+            self._breakpoints.append(add_breakpoint(self.proc, name, self._on_alloc))
+        free = add_breakpoint(self.proc, f"{m}!RtlFreeHeap", self._on_free, argc=3)
+        self._breakpoints.append(free)
         return self
 
     def stop(self) -> None:

@@ -45,6 +45,7 @@ from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
 from emu.nt.memory import align_down
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
+from emu.observe.breakpoints import add_breakpoint
 from emu.process.core import KUSER_SHARED_DATA_ADDRESS, ProcessCore
 from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB, UNICODE_STRING, Field, Struct
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE
@@ -142,8 +143,8 @@ class ProcessHeapList:
 
     def __init__(self, proc: ProcessCore, ntdll: Module):
         self.proc = proc
-        self._create = proc.breakpoint(ntdll.exports["RtlCreateHeap"], self._on_create)
-        self._destroy = proc.breakpoint(ntdll.exports["RtlDestroyHeap"], self._on_destroy)
+        self._create = add_breakpoint(proc, ntdll.exports["RtlCreateHeap"], self._on_create)
+        self._destroy = add_breakpoint(proc, ntdll.exports["RtlDestroyHeap"], self._on_destroy)
 
     def _write(self, heaps: list[int]) -> None:
         proc, arch = self.proc, self.proc.arch
@@ -165,7 +166,7 @@ class ProcessHeapList:
             if heap and heap not in self.proc.process_heaps:
                 self._write([*self.proc.process_heaps, heap])
 
-        returned = self.proc.breakpoint(ctx.return_address, on_return)
+        returned = add_breakpoint(self.proc, ctx.return_address, on_return)
 
     def _on_destroy(self, ctx: BreakContext) -> None:
         heap = ctx.arg(0)

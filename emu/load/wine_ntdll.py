@@ -24,9 +24,10 @@ import logging
 import struct
 from pathlib import Path
 
-import capstone
-
+from emu.arch import get_arch
+from emu.cpu.disasm import Disassembler
 from emu.errors import EmulationError, Fault
+from emu.load.pe import load_pe
 from emu.modules import Module
 from emu.process.core import ProcessCore
 from emu.win.ntdefs import NtStatus
@@ -46,21 +47,12 @@ def _indirect_call_target(module: Module, export: str, arch: str) -> int:
     image: PeImage = module.image
     rva = module.exports[export] - module.base
     code = image.read(rva, 64)
-    md = capstone.Cs(
-        capstone.CS_ARCH_X86, capstone.CS_MODE_64 if arch == "x64" else capstone.CS_MODE_32
-    )
-    md.detail = True
-    for insn in md.disasm(code, module.exports[export]):
-        if (
-            insn.mnemonic in ("call", "jmp")
-            and insn.operands
-            and insn.operands[0].type == capstone.CS_OP_MEM
-        ):
-            mem = insn.operands[0].mem
-            if mem.base == capstone.x86.X86_REG_RIP:
-                return int(insn.address + insn.size + mem.disp)
-            if mem.base == 0 and mem.index == 0:
-                return int(mem.disp) & 0xFFFFFFFF
+    disasm = Disassembler(get_arch(arch), detail=True)
+    for insn in disasm.disasm(code, module.exports[export]):
+        if insn.mnemonic in ("call", "jmp"):
+            target = disasm.memory_operand_target(insn)
+            if target is not None:
+                return target
     raise LoaderError(f"{module.name}: no indirect call found in {export}")
 
 
@@ -118,7 +110,7 @@ def load_wine_ntdll(
 ) -> Module:
     """Load Wine 8.0's ntdll.dll into ``proc`` and make it runnable; see the module docstring."""
     directory = find_wine_dir(proc.arch.name, wine_dir)
-    module = proc.load_pe(str(directory / "ntdll.dll"), "ntdll.dll")
+    module = load_pe(proc, str(directory / "ntdll.dll"), "ntdll.dll")
     image: PeImage = module.image
     numbers = wine_syscall_numbers(image)
     if proc.arch.name == "x64":

@@ -18,10 +18,8 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import unicorn
-
 from emu.arch import Arch
-from emu.cpu.cpu import Cpu
+from emu.cpu.cpu import Cpu, CpuError
 from emu.errors import NtStatusError
 from emu.win.ntdefs import (
     ALLOCATION_GRANULARITY,
@@ -388,7 +386,7 @@ class MemoryManager:
             elif now:
                 try:
                     cpu.map(addr, length, new)  # fresh Unicorn mappings are zero-filled
-                except unicorn.UcError as e:  # the host cannot back it (UC_ERR_NOMEM)
+                except CpuError as e:  # the host cannot back it
                     raise NtStatusError(
                         NtStatus.COMMITMENT_LIMIT, f"cannot commit 0x{length:x} bytes: {e}"
                     ) from None

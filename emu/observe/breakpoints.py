@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from emu.observe.stackwalk import walk_stack
 from emu.win.conventions import get_convention
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class BreakContext:
             self.proc.write_ptr(where, value)
 
     def stack(self) -> list[Frame]:
-        return self.proc.stack()
+        return walk_stack(self.proc)
 
     def stop(self, reason: str = "") -> None:
         why = reason or f"stopped at breakpoint {self.proc.symbolize(self.address)}"
@@ -88,7 +89,7 @@ class Breakpoint:
     enabled: bool = True
     _hook: int | None = field(default=None, repr=False)
 
-    def _on_code(self, uc: object, address: int, size: int, _: object) -> None:
+    def _on_code(self, address: int, size: int) -> None:
         if not self.enabled:
             return
         self.hits += 1

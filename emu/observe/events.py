@@ -13,13 +13,10 @@ calls nest. No per-call hook is added or removed (that flushes Unicorn's transla
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from unicorn import x86_const as ux
-from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.arch import Arch
 from emu.nt.kernel import SyscallRecord
@@ -30,7 +27,7 @@ from emu.win.prototypes import DEFAULT_WATCHED, Prototype, prototype_for
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
 
-_XMM = [getattr(ux, f"UC_X86_REG_XMM{i}") for i in range(6, 16)]
+_XMM = tuple(f"xmm{i}" for i in range(6, 16))  # callee-saved on x64
 DF = 1 << 10  # EFLAGS.DF
 
 
@@ -162,12 +159,9 @@ class EventRecorder:
         self._counts: dict[int, int] = {}
         self._hook: int | None = None
         self._conv = get_convention(proc.arch, None)
-        self._u64 = ctypes.c_uint64()
-        self._batch: tuple[Any, Any, int, Any] | None = None
+        self._callee_saved_reader: Callable[[], bytes] | None = None
         self._frame_buf = ctypes.create_string_buffer(0x80)
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
-        self._uch = proc.cpu._uch
-        self._ids = proc.cpu.reg_ids
 
     def _targets(self, functions: Iterable[str | int] | None) -> list[str | int]:
         if functions is not None:
@@ -202,20 +196,19 @@ class EventRecorder:
 
     # ------------------------------------------------------------------ hot path
     def _reg(self, name: str) -> int:
-        uclib.uc_reg_read(self._uch, self._ids[name], ctypes.byref(self._u64))
-        return self._u64.value
+        return self.proc.cpu.reg(name)
 
     def _block_size(self, address: int, size: int) -> int:
         n = 0
         try:
             code = self.proc.cpu.read(address, size)
-            n = sum(1 for _ in self.proc.cpu.cs.disasm_lite(code, address))
+            n = self.proc.cpu.disasm.count(code, address)
         except Exception:  # an unreadable block still ran: count it as one instruction
             n = 1
         self._counts[address] = n
         return n
 
-    def _on_block(self, uc: object, address: int, size: int, _: object) -> None:
+    def _on_block(self, address: int, size: int) -> None:
         # the hot path: one set lookup, one dict lookup, two additions; an event's counts are
         # the difference of these global counters between its entry and its return
         if address in self._special:
@@ -330,19 +323,12 @@ class EventRecorder:
     # ------------------------------------------------------------------ convention checks
     def _callee_saved(self) -> bytes:
         """Every register the callee must preserve (and EFLAGS), in one batched read."""
-        batch = self._batch
-        if batch is None:
+        read = self._callee_saved_reader
+        if read is None:
             arch = self.proc.arch
-            ids = [self._ids[r] for r in arch.nonvolatile] + [self._ids["eflags"]]
-            ids += _XMM if arch.ptr_size == 8 else []
-            buf = ctypes.create_string_buffer(16 * len(ids))
-            ptrs = (ctypes.c_void_p * len(ids))(
-                *(ctypes.addressof(buf) + 16 * i for i in range(len(ids)))
-            )
-            batch = self._batch = ((ctypes.c_int * len(ids))(*ids), ptrs, len(ids), buf)
-        regs, ptrs, n, buf = batch
-        uclib.uc_reg_read_batch(self._uch, regs, ptrs, n)
-        return buf.raw
+            names = (*arch.nonvolatile, "eflags", *(_XMM if arch.ptr_size == 8 else ()))
+            read = self._callee_saved_reader = self.proc.cpu.raw_register_reader(names)
+        return read()
 
     def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
         arch = self.proc.arch
@@ -357,7 +343,7 @@ class EventRecorder:
     def _read_frame(self, address: int, size: int = 0x40) -> bytes:
         """``size`` (<= 0x80) bytes of the stack, read through the C API (no binding
         overhead); empty if they are not all readable."""
-        if uclib.uc_mem_read(self._uch, address, self._frame_buf, size):
+        if not self.proc.cpu.read_into(address, self._frame_buf, size):
             return b""
         return self._frame_buf.raw[:size]
 

@@ -20,8 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import capstone
-
+from emu.cpu.disasm import Disassembler
 from emu.errors import EmulationError
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ class StackWalker:
     def __init__(self, proc: ProcessCore):
         self.proc = proc
         self.arch = proc.arch
-        self.cs = capstone.Cs(capstone.CS_ARCH_X86, self.arch.cs_mode)
+        self.disasm = Disassembler(self.arch)
         self._starts: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -73,7 +72,7 @@ class StackWalker:
                 code = proc.read(addr - back, back)
             except Exception:
                 continue
-            for insn in self.cs.disasm(code, addr - back):
+            for insn in self.disasm.disasm(code, addr - back):
                 if insn.mnemonic == "call" and insn.address + insn.size == addr:
                     return True
                 break
@@ -169,7 +168,7 @@ class StackWalker:
         sp = regs[self.arch.sp]
         ps = self.arch.ptr_size
         pops: list[str] = []
-        for insn in self.cs.disasm(code, pc):
+        for insn in self.disasm.disasm(code, pc):
             m, ops = insn.mnemonic, insn.op_str
             if m == "ret":
                 for r in pops:
@@ -200,7 +199,7 @@ class StackWalker:
         delta = 0  # bytes pushed/allocated by the prologue
         fp_at: int | None = None  # delta when `mov ebp, esp` ran
         in_prologue = True
-        for insn in self.cs.disasm(code, start):
+        for insn in self.disasm.disasm(code, start):
             m, ops = insn.mnemonic, insn.op_str
             if m in ("ret", "int3"):
                 # a function ends between the symbol and pc: the symbol is not pc's function

@@ -17,11 +17,9 @@ stop, so a trace of a run that faulted ends at the faulting block, complete up t
 
 from __future__ import annotations
 
-import ctypes
 from typing import TYPE_CHECKING, TextIO
 
-import capstone
-from unicorn.unicorn_py3.unicorn import uclib
+from emu.cpu.disasm import Disassembler
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
@@ -44,15 +42,13 @@ class Tracer:
         self.instructions = 0
         self.blocks = 0
         self._cache: dict[int, tuple[str, int]] = {}
-        self.cs = capstone.Cs(capstone.CS_ARCH_X86, proc.arch.cs_mode)
-        self.cs.detail = registers
+        self.disasm = Disassembler(proc.arch, detail=registers)
         self.registers = registers
         self._func = proc.resolve(function) if isinstance(function, str) else function
         self._call = call  # 1-based call number of `function` to trace (None = every call)
         self._calls = 0
         self._active = self._func is None
         self._return: tuple[int, int] | None = None  # (return address, entry sp)
-        self._u64 = ctypes.c_uint64()
         self._written: list[str] = []  # registers the last traced instruction writes
         self._hooks = [proc.cpu.hook_block(self._on_block, begin, end)]
         if registers:
@@ -60,8 +56,7 @@ class Tracer:
         proc.run_observers.append(self._on_run_end)
 
     def _sp(self) -> int:
-        uclib.uc_reg_read(self.proc.cpu._uch, self.proc.cpu._sp_id, ctypes.byref(self._u64))
-        return self._u64.value
+        return self.proc.cpu.sp
 
     def _text(self, address: int, size: int) -> tuple[str, int]:
         proc = self.proc
@@ -70,13 +65,13 @@ class Tracer:
         except Exception:
             return f"{address:016x} <unreadable block of {size} bytes>\n", 1
         lines = []
-        for insn in self.cs.disasm(code, address):
+        for insn in self.disasm.disasm(code, address):
             sym = proc.symbolize(insn.address)
             text = f"{insn.mnemonic} {insn.op_str}".strip()
             lines.append(f"{insn.address:016x} {sym:<40} {insn.bytes.hex():<24} {text}\n")
         return "".join(lines), max(len(lines), 1)
 
-    def _on_block(self, uc: object, address: int, size: int, _: object) -> None:
+    def _on_block(self, address: int, size: int) -> None:
         if self._func is not None:
             ret = self._return
             if ret is not None and address == ret[0] and self._sp() > ret[1]:
@@ -100,7 +95,7 @@ class Tracer:
         self.out.write(entry[0])
         self.instructions += entry[1]
 
-    def _on_insn(self, uc: object, address: int, size: int, _: object) -> None:
+    def _on_insn(self, address: int, size: int) -> None:
         """Registers mode: the hook runs before each instruction, so the values written by
         the previous instruction are known now; they are printed under that instruction,
         then this instruction's line with the values it is about to read."""
@@ -112,7 +107,7 @@ class Tracer:
         if not self._active:
             return
         try:
-            insn = next(self.cs.disasm(cpu.read(address, size), address))
+            insn = next(self.disasm.disasm(cpu.read(address, size), address))
         except Exception:
             return
         sym = self.proc.symbolize(address)
@@ -159,8 +154,6 @@ class MemoryWatch:
     while it is open (``with proc.watch_memory(addr, size) as w: ...``)."""
 
     def __init__(self, proc: ProcessCore, address: int, size: int):
-        import unicorn
-
         if size <= 0:
             # Unicorn reads an empty range (end < begin) as "all memory"
             raise ValueError(f"a memory watch needs a size > 0, not {size}")
@@ -168,12 +161,9 @@ class MemoryWatch:
         self.address = address
         self.size = size
         self.writes: list[dict[str, object]] = []
-        self._hook = proc.cpu.hook_mem(unicorn.UC_HOOK_MEM_WRITE, self._on_write, address,
-                                       address + size - 1)  # fmt: skip
+        self._hook = proc.cpu.hook_mem_write(self._on_write, address, address + size - 1)
 
-    def _on_write(
-        self, uc: object, access: int, address: int, size: int, value: int, _: object
-    ) -> None:
+    def _on_write(self, address: int, size: int, value: int) -> None:
         proc = self.proc
         pc = proc.cpu.pc
         try:

@@ -13,11 +13,9 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import unicorn
-
 from emu.arch import Arch, get_arch
 from emu.cpu.callgate import CallGate
-from emu.cpu.cpu import Cpu
+from emu.cpu.cpu import Cpu, CpuError
 from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
 from emu.process.ldr import LoaderData
@@ -83,10 +81,12 @@ class Registers(MutableMapping[str, int]):
             raise KeyError(f"no register {name!r} on {self._cpu.arch.name}") from None
 
     def __getitem__(self, name: str) -> int:
-        return int(self._cpu.uc.reg_read(self._id(name)))
+        self._id(name)
+        return self._cpu.reg(name.lower())
 
     def __setitem__(self, name: str, value: int) -> None:
-        self._cpu.uc.reg_write(self._id(name), value)
+        self._id(name)
+        self._cpu.set_reg(name.lower(), value)
 
     def __delitem__(self, name: str) -> None:
         raise TypeError("registers cannot be deleted")
@@ -166,7 +166,7 @@ class ProcessCore:
         setup_segments(self.cpu, self.teb, TEB.size(arch))
         # every call returns to the first byte of the trap page (an int3 never executed: the
         # run stops there)
-        self.call_gate = CallGate(arch, self.cpu._uch, self.thread_stack.top - 0x80, self.trap_base)
+        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, self.trap_base)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -220,7 +220,7 @@ class ProcessCore:
     def read(self, addr: int, size: int) -> bytes:
         try:
             return self.cpu.read(addr, size)
-        except unicorn.UcError:
+        except CpuError:
             raise self._python_access_error(addr, size, "read") from None
 
     def write(self, addr: int, data: bytes) -> None:
@@ -228,7 +228,7 @@ class ProcessCore:
         committed. Code already translated over the range is invalidated if it is executable."""
         try:
             self.cpu.write(addr, data)
-        except unicorn.UcError:
+        except CpuError:
             raise self._python_access_error(addr, len(data), "write") from None
 
     def _python_access_error(self, addr: int, size: int, access: str) -> EmulationError:
@@ -416,7 +416,7 @@ class ProcessCore:
         self.trap_names[addr] = name
         return addr
 
-    def _on_callback(self, uc: unicorn.Uc, address: int, size: int, _: object) -> None:
+    def _on_callback(self, address: int, size: int) -> None:
         cb = self.callbacks.get(address)
         if cb is None:
             return  # an int3 filler byte: it will fault as a breakpoint
@@ -440,7 +440,7 @@ class ProcessCore:
             v = self.read_ptr(self.cpu.sp + 0x28 + 8 * (i - 4))
         return v & 0xFFFFFFFF if width == 32 else v & 0xFF if width == 8 else v
 
-    def _on_syscall(self, uc: unicorn.Uc, _: object) -> None:
+    def _on_syscall(self) -> None:
         cpu = self.cpu
         # Unicorn calls this hook with rip on the `syscall` and steps past it afterwards
         self._serve_syscall(cpu.reg("eax"), cpu.pc, self._syscall_arg_x64)
@@ -452,7 +452,7 @@ class ProcessCore:
 
         return arg
 
-    def _on_interrupt(self, uc: unicorn.Uc, intno: int, _: object) -> None:
+    def _on_interrupt(self, intno: int) -> None:
         cpu = self.cpu
         if intno == 0x2E and self.arch.ptr_size == 4:
             # NT's int 0x2e path: eax = service number, edx -> the arguments
@@ -460,7 +460,7 @@ class ProcessCore:
             return
         cpu.raise_fault(cpu.cpu_exception_fault(intno))
 
-    def _on_sysenter(self, uc: unicorn.Uc, _: object) -> None:
+    def _on_sysenter(self) -> None:
         # KiFastSystemCall: `mov edx, esp; sysenter`; the arguments start above the two return
         # addresses (stub's caller and KiFastSystemCall's caller). Unicorn calls this hook with
         # eip on the instruction and then steps past it, as KiFastSystemCallRet would resume.

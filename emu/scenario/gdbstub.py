@@ -20,9 +20,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import unicorn
-from unicorn import x86_const as xc
-
+from emu.cpu.cpu import Cpu, CpuError
 from emu.scenario.model import Step
 from emu.scenario.result import ScenarioResult
 from emu.scenario.run import Observer, ScenarioRun
@@ -30,32 +28,26 @@ from emu.scenario.run import Observer, ScenarioRun
 HOST = "127.0.0.1"
 SIGTRAP = "S05"
 
-# (unicorn register or None for "reads as zero", size in bytes), in gdb's register numbering
-_X87 = [(None, 10)] * 8 + [(None, 4)] * 8  # st0-7, fctrl fstat ftag fiseg fioff foseg fooff fop
-_SEGS = [xc.UC_X86_REG_CS, xc.UC_X86_REG_SS, xc.UC_X86_REG_DS, xc.UC_X86_REG_ES]
-_SEGS += [xc.UC_X86_REG_FS, xc.UC_X86_REG_GS]
-REGS_X86: list[tuple[int | None, int]] = [
-    *[
-        (getattr(xc, f"UC_X86_REG_{r}"), 4)
-        for r in ("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI", "EIP", "EFLAGS")
-    ],
+# (register name or None for "reads as zero", size in bytes), in gdb's register numbering
+_NONE: str | None = None
+_X87 = [(_NONE, 10)] * 8 + [(_NONE, 4)] * 8  # st0-7, fctrl..fop
+_SEGS = ["cs", "ss", "ds", "es", "fs", "gs"]
+REGS_X86: list[tuple[str | None, int]] = [
+    *[(r, 4) for r in ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")],
     *[(r, 4) for r in _SEGS],
     *_X87,
-    *[(getattr(xc, f"UC_X86_REG_XMM{i}"), 16) for i in range(8)],
-    (xc.UC_X86_REG_MXCSR, 4),
+    *[(f"xmm{i}", 16) for i in range(8)],
+    ("mxcsr", 4),
 ]
-REGS_X64: list[tuple[int | None, int]] = [
-    *[
-        (getattr(xc, f"UC_X86_REG_{r}"), 8)
-        for r in ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP")
-    ],
-    *[(getattr(xc, f"UC_X86_REG_R{i}"), 8) for i in range(8, 16)],
-    (xc.UC_X86_REG_RIP, 8),
-    (xc.UC_X86_REG_EFLAGS, 4),
+REGS_X64: list[tuple[str | None, int]] = [
+    *[(r, 8) for r in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")],
+    *[(f"r{i}", 8) for i in range(8, 16)],
+    ("rip", 8),
+    ("eflags", 4),
     *[(r, 4) for r in _SEGS],
     *_X87,
-    *[(getattr(xc, f"UC_X86_REG_XMM{i}"), 16) for i in range(16)],
-    (xc.UC_X86_REG_MXCSR, 4),
+    *[(f"xmm{i}", 16) for i in range(16)],
+    ("mxcsr", 4),
 ]
 GDB_ARCH = {"x86": "i386", "x64": "i386:x86-64"}
 
@@ -88,7 +80,7 @@ class GdbStub(Observer):
             ) from None
         self.conn: socket.socket | None = None
         self.run: ScenarioRun | None = None
-        self.uc: unicorn.Uc | None = None
+        self.cpu: Cpu | None = None
         self.regs = REGS_X64
         self.hook: int | None = None
         self.armed = False  # the first stop is still to come
@@ -107,7 +99,7 @@ class GdbStub(Observer):
 
     def process_created(self, run: ScenarioRun) -> None:
         self.run = run
-        self.uc = run.proc.cpu.uc
+        self.cpu = run.proc.cpu
         self.regs = REGS_X86 if run.arch == "x86" else REGS_X64
         run.proc.time_limit = 0  # a debugger's pauses are not a runaway loop
 
@@ -121,8 +113,8 @@ class GdbStub(Observer):
     def after_step(self, run: ScenarioRun, result: Any) -> None:
         # hooks are removed outside emulation (a callback must not free itself)
         if self.hook is not None and not self._needs_hook():
-            assert self.uc is not None
-            self.uc.hook_del(self.hook)
+            assert self.cpu is not None
+            self.cpu.unhook(self.hook)
             self.hook = None
 
     def finished(self, run: ScenarioRun, result: ScenarioResult) -> None:
@@ -131,8 +123,8 @@ class GdbStub(Observer):
         self.close()
 
     def close(self) -> None:
-        if self.hook is not None and self.uc is not None:
-            self.uc.hook_del(self.hook)
+        if self.hook is not None and self.cpu is not None:
+            self.cpu.unhook(self.hook)
             self.hook = None
         for s in (self.conn, self.listener):
             if s is not None:
@@ -144,13 +136,11 @@ class GdbStub(Observer):
         return self.armed or self.stepping or bool(self.breakpoints and self.conn)
 
     def _install_hook(self) -> None:
-        assert self.uc is not None
+        assert self.cpu is not None
         if self.hook is None:
-            self.hook = self.uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code)
-            # code translated before the hook was added would not call it
-            self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+            self.hook = self.cpu.hook_code(self._on_code)  # (it flushes translated code)
 
-    def _on_code(self, uc: unicorn.Uc, address: int, size: int, user_data: Any) -> None:
+    def _on_code(self, address: int, size: int) -> None:
         if self.armed:
             self.armed = False
             self._accept()
@@ -219,8 +209,8 @@ class GdbStub(Observer):
 
     def _handle(self, p: str) -> tuple[str | None, bool]:
         """(reply or None for no reply, whether execution resumes)."""
-        uc = self.uc
-        assert uc is not None
+        cpu = self.cpu
+        assert cpu is not None
         cmd = p[:1]
         if cmd == "?":
             return SIGTRAP, False
@@ -258,19 +248,19 @@ class GdbStub(Observer):
         if cmd == "m":
             addr, _, length = p[1:].partition(",")
             try:
-                return bytes(uc.mem_read(int(addr, 16), int(length, 16))).hex(), False
-            except unicorn.UcError:
+                return cpu.read(int(addr, 16), int(length, 16)).hex(), False
+            except CpuError:
                 return "E01", False
         if cmd == "M":
             where, _, hexdata = p[1:].partition(":")
             try:
-                uc.mem_write(int(where.split(",")[0], 16), bytes.fromhex(hexdata))
-            except unicorn.UcError:
+                cpu.write(int(where.split(",")[0], 16), bytes.fromhex(hexdata))
+            except CpuError:
                 return "E01", False
             return "OK", False
         if cmd in ("c", "s"):
             if len(p) > 1:
-                uc.reg_write(self._pc_reg(), int(p[1:], 16))
+                cpu.pc = int(p[1:], 16)
             self.stepping = cmd == "s"
             self.running = True
             return None, True
@@ -289,17 +279,14 @@ class GdbStub(Observer):
             return None, True
         return "", False  # unsupported: the empty reply
 
-    def _pc_reg(self) -> int:
-        return xc.UC_X86_REG_EIP if self.regs is REGS_X86 else xc.UC_X86_REG_RIP
-
     def _reg_hex(self, n: int) -> str:
-        assert self.uc is not None
+        assert self.cpu is not None
         reg, size = self.regs[n]
-        value = 0 if reg is None else int(self.uc.reg_read(reg))
+        value = 0 if reg is None else self.cpu.reg(reg)
         return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little").hex()
 
     def _reg_write(self, n: int, data: bytes) -> None:
-        assert self.uc is not None
+        assert self.cpu is not None
         reg, _ = self.regs[n]
         if reg is not None:
-            self.uc.reg_write(reg, int.from_bytes(data, "little"))
+            self.cpu.set_reg(reg, int.from_bytes(data, "little"))

@@ -41,6 +41,7 @@ from emu.heap.replay.driver import (
 )
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import KIND_NAMES, OpKind, OpLike, as_ops
+from emu.load.flat import load_flat
 from emu.modules import Module
 from emu.process.core import ProcessCore
 from emu.win.ntdefs import (
@@ -153,7 +154,7 @@ def load_driver(proc: ProcessCore) -> Module:
         0, 0x10000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, usage="heapemu replay probe"
     )
     proc.memory.free(base, 0, MEM_RELEASE)
-    return proc.load_flat(driver_source(proc.arch), DRIVER_MODULE, base)
+    return load_flat(proc, driver_source(proc.arch), DRIVER_MODULE, base)
 
 
 def _round_up(n: int) -> int:
@@ -343,19 +344,19 @@ class InstructionCounter:
         self.blocks: dict[int, int] = {}  # address << 16 | size -> times entered
         self._hook: int | None = None
 
-    def _on_block(self, uc: object, address: int, size: int, _: object) -> None:
+    def _on_block(self, address: int, size: int) -> None:
         key = address << 16 | size
         self.blocks[key] = self.blocks.get(key, 0) + 1
 
     def start(self) -> None:
         self._hook = self.proc.cpu.hook_block(self._on_block)
         # blocks translated before the hook existed would not call it
-        self.proc.cpu.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+        self.proc.cpu.flush_translations()
 
     def stop(self) -> None:
         if self._hook is not None:
             self.proc.cpu.unhook(self._hook)
-            self.proc.cpu.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+            self.proc.cpu.flush_translations()
             self._hook = None
 
     def __enter__(self) -> InstructionCounter:
@@ -366,10 +367,9 @@ class InstructionCounter:
         self.stop()
 
     def total(self) -> int:
-        cs = self.proc.cpu.cs
+        disasm = self.proc.cpu.disasm
         n = 0
         for key, times in self.blocks.items():
             address, size = key >> 16, key & 0xFFFF
-            code = self.proc.read(address, size)
-            n += times * sum(1 for _ in cs.disasm_lite(code, address))
+            n += times * disasm.count(self.proc.read(address, size), address)
         return n
