@@ -18,6 +18,7 @@ sys.path.insert(0, str(DOCS.parent))  # the repository, when run without install
 
 from emu import Process  # noqa: E402
 from emu.heap.allocator import Allocator  # noqa: E402
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS  # noqa: E402
 from emu.views import (  # noqa: E402
     build_address,
     build_dt,
@@ -35,11 +36,11 @@ from emu.views.story import seed002_story  # noqa: E402
 
 IMAGES = DOCS / "images"
 OUTPUT = DOCS / "heap-views.md"
-COMBOS = [(kind, arch) for kind in ("builtin", "wine") for arch in ("x86", "x64")]
+COMBOS = [(kind, arch) for kind in ALLOCATOR_NAMES for arch in ("x86", "x64")]
 HEAP = "Heap"  # the address view's usage filter (!address /f:Heap)
 GIF_FOR = ("builtin", "x64")  # one animation is enough to show the format
 KEEP_ENTRIES = 8  # per segment: first and last 4 lines, and the free blocks
-ALLOCATOR_NAMES = {"builtin": "builtin heap (ntheap)", "wine": "Wine 8.0 ntdll.dll"}
+TITLES = {name: kind.title for name, kind in ALLOCATORS.items()}
 
 INTRO = f"""# Heap views: seed 002 on both allocators
 
@@ -90,7 +91,7 @@ def section(kind: str, arch: str) -> str:
     probe = story.blocks[48] + 0x10  # inside the 49th block, the neighbour of a freed one
     stem = f"{kind}-{arch}"
     final = story.frames[-1][1]
-    name = ALLOCATOR_NAMES[kind]
+    name = TITLES[kind]
     save_heap_map(final, IMAGES / f"heapmap-{stem}.png", title=f"seed 002: {name}, {arch}")
     save_heap_map(final, IMAGES / f"heapmap-{stem}.svg", title=f"seed 002: {name}, {arch}")
     save_heap_frames(story.frames, IMAGES / f"heapframes-{stem}.png", title=f"{name}, {arch}")
@@ -125,14 +126,14 @@ def section(kind: str, arch: str) -> str:
 def main() -> int:
     IMAGES.mkdir(exist_ok=True)
     sections = [section(kind, arch) for kind, arch in COMBOS]
-    contents = "\n".join(f"- [{ALLOCATOR_NAMES[k]}, {a}](#{_anchor(k, a)})" for k, a in COMBOS)
+    contents = "\n".join(f"- [{TITLES[k]}, {a}](#{_anchor(k, a)})" for k, a in COMBOS)
     OUTPUT.write_text(INTRO + "\n" + contents + "\n\n" + "\n".join(sections))
     print(f"wrote {OUTPUT} and {len(list(IMAGES.glob('heap*')))} images in {IMAGES}")
     return 0
 
 
 def _anchor(kind: str, arch: str) -> str:
-    text = f"{ALLOCATOR_NAMES[kind]}, {arch}".lower()
+    text = f"{TITLES[kind]}, {arch}".lower()
     return "".join(c for c in text if c.isalnum() or c in " -").replace(" ", "-")
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from emu.heap.registry import allocator_kind
 from emu.load import program as _program
 from emu.load.builtin_heap import load_builtin_heap
 from emu.load.flat import load_flat
@@ -104,14 +105,11 @@ class Process(ProcessCore):
         )
         return rec.start()
 
-    def load_allocator(self, kind: str, **options: object) -> Module:
-        """``"builtin"`` (our heap, nothing downloaded) or ``"wine"`` (Wine 8.0's ntdll.dll);
-        options go to load_wine_ntdll (e.g. ``debug_channels``)."""
-        if kind == "builtin":
-            return self.load_builtin_heap()
-        if kind == "wine":
-            return self.load_wine_ntdll(**options)  # type: ignore[arg-type]
-        raise ValueError(f"unknown allocator {kind!r}: expected 'builtin' or 'wine'")
+    def load_allocator(self, kind: str, **options: Any) -> Module:
+        """Load an allocator of ``emu.heap.registry.ALLOCATORS`` by name (``"builtin"``: our
+        heap, nothing downloaded; ``"wine"``: Wine 8.0's ntdll.dll, options such as
+        ``debug_channels``); it creates the process heap."""
+        return allocator_kind(kind).load(self, **options)
 
     def load_builtin_heap(self) -> Module:
         """Assemble and load heapemu's own Wine-style NT heap (``asm/``); creates the process

@@ -32,10 +32,10 @@ import pytest
 from emu.errors import EmulationError
 from emu.facade import Process
 from emu.heap.allocator import Allocator
+from emu.heap.registry import ALLOCATOR_NAMES, allocator_kind
 from emu.scenario import ScenarioResult, run_scenario
 
 ARCHES = ("x86", "x64")
-ALLOCATORS = ("builtin", "wine")
 PROCESSES = pytest.StashKey[list[tuple[Process, str]]]()  # (process, allocator or "")
 RESULTS = pytest.StashKey[list[ScenarioResult]]()  # what heapemu_run returned
 # (process) -> lines for the failure report; the observation work adds allocation events here
@@ -59,7 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--heapemu-allocator",
         default=None,
-        help="allocators for heapemu_allocator: builtin, wine or builtin,wine (default builtin)",
+        help=f"allocators for heapemu_allocator: {', '.join(ALLOCATOR_NAMES)} "
+        "(comma-separated; default builtin)",
     )
     group.addoption(
         "--heapemu-syscalls",
@@ -72,7 +73,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _choices(config: pytest.Config, what: str) -> list[str]:
-    known = ARCHES if what == "arch" else ALLOCATORS
+    known = ARCHES if what == "arch" else ALLOCATOR_NAMES
     raw = config.getoption(f"--heapemu-{what}") or config.getini(f"heapemu_{what}")
     values = list(known) if raw in ("both", "all") else [v.strip() for v in str(raw).split(",")]
     bad = [v for v in values if v not in known]
@@ -165,20 +166,17 @@ def heapemu_allocator(
     proc = heapemu_process
     _remember(request, proc, heapemu_allocator_kind)
     kind = heapemu_allocator_kind
-    allocator = Allocator(proc, proc.load_allocator(kind), name=kind)
+    allocator = allocator_kind(kind).allocator(proc)
     if not request.config.getoption("heapemu_no_events"):
         # allocation events for the failure report (a block hook: --heapemu-no-events to skip)
         recorder = proc.record()
-        setattr(proc, _RECORDER, recorder)
+        proc.failure_recorder = recorder
         request.addfinalizer(recorder.stop)
     return allocator
 
 
-_RECORDER = "_heapemu_plugin_recorder"
-
-
 def _last_events(proc: Process, count: int = 10) -> list[str]:
-    recorder = getattr(proc, _RECORDER, None)
+    recorder = proc.failure_recorder
     if recorder is None or not recorder.all:
         return []
     events = recorder.all[-count:]

@@ -8,6 +8,7 @@ import pytest
 
 from emu import Module, Process
 from emu.heap.allocator import Allocator
+from emu.heap.registry import ALLOCATOR_NAMES
 
 
 @pytest.fixture(params=["x86", "x64"])
@@ -36,12 +37,12 @@ class Heaps:
 
 def make_heaps(arch: str, kind: str, debug_channels: str | None = None) -> Heaps:
     proc = Process(arch, time_limit=30.0)
-    options = {"debug_channels": debug_channels} if kind == "wine" else {}
+    options = {"debug_channels": debug_channels} if debug_channels else {}
     module = proc.load_allocator(kind, **options)
     return Heaps(proc, module, Allocator(proc, module), kind)
 
 
-@pytest.fixture(params=["builtin", "wine"])
+@pytest.fixture(params=ALLOCATOR_NAMES)
 def allocator_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

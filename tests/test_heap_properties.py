@@ -11,6 +11,7 @@ from conftest import Heaps, make_heaps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.win.ntdefs import MEM_RESERVE
 
 LARGE = 0x7F000  # HEAP_MIN_LARGE_BLOCK_SIZE: the builtin heap's own-region threshold
@@ -113,7 +114,7 @@ def run_sequence(h: Heaps, sequence: list[tuple]) -> None:  # type: ignore[type-
     assert a.destroy(heap)
 
 
-@pytest.mark.parametrize("kind", ["builtin", "wine"])
+@pytest.mark.parametrize("kind", ALLOCATOR_NAMES)
 @pytest.mark.parametrize("arch", ["x86", "x64"])
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sequence=ops)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import make_heaps
 
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.views.heapmap import COLORS, heap_lanes, save_heap_frames, save_heap_map
 from emu.views.story import Story, seed002_story
 
-COMBOS = [(a, k) for k in ("builtin", "wine") for a in ("x86", "x64")]
+COMBOS = [(a, k) for k in ALLOCATOR_NAMES for a in ("x86", "x64")]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -18,7 +18,7 @@ import asm
 from emu import Process
 from emu.arch import get_arch
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import walk_heap
+from emu.heap.registry import ALLOCATOR_NAMES, walk_heap
 from emu.heap.walkers.wine_layout import WINE_BLOCK, WINE_HEAP, WINE_SUBHEAP
 from emu.views import (
     AddressView,
@@ -43,7 +43,7 @@ from emu.views.layout import block_header_specs, granularity
 from emu.views.story import Story, seed002_story
 from emu.win.ntdefs import PAGE_SIZE
 
-COMBOS = [(a, k) for k in ("builtin", "wine") for a in ("x86", "x64")]
+COMBOS = [(a, k) for k in ALLOCATOR_NAMES for a in ("x86", "x64")]
 
 
 @dataclass

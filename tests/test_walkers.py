@@ -18,14 +18,15 @@ import pytest
 import asm
 from emu import Process
 from emu.heap.allocator import Allocator, HeapWalkEntry
-from emu.heap.walkers import CORRUPTION_KINDS, HeapReport, detect_kind, walk_heap
+from emu.heap.registry import ALLOCATOR_NAMES, detect_kind, walk_heap
+from emu.heap.walkers import CORRUPTION_KINDS, HeapReport
 from emu.heap.walkers import model as m
 from emu.heap.walkers.wine_layout import WINE_HEAP, WINE_PARAMS, WINE_SUBHEAP
 from emu.win.layouts import PEB
 from emu.win.ntdefs import HEAP_GROWABLE
 
 ARCHS = ("x86", "x64")
-KINDS = ("builtin", "wine")
+KINDS = ALLOCATOR_NAMES
 TAIL_AND_FREE_CHECKING = 0x20 | 0x40
 NT_GLOBAL_FLAG_HEAP_CHECKS = 0x70  # FLG_HEAP_ENABLE_TAIL_CHECK | FREE_CHECK | VALIDATE_PARAMETERS
 
@@ -486,7 +487,7 @@ def test_json_round_trip(env: Env) -> None:
 
 def test_kind_selection(env: Env) -> None:
     h = env.alloc.create_heap()
-    assert detect_kind(env.proc) == env.kind
+    assert detect_kind(env.proc).name == env.kind
     assert walk_heap(env.proc, h, kind=env.kind).kind == env.kind
     with pytest.raises(ValueError):
         walk_heap(env.proc, h, kind="lfh")

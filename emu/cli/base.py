@@ -9,9 +9,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emu.facade import Process
-from emu.heap.allocator import Allocator
-
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -24,11 +21,6 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
-
-
-def load_allocator(proc: Process, allocator: str) -> Allocator:
-    module = proc.load_builtin_heap() if allocator == "builtin" else proc.load_wine_ntdll()
-    return Allocator(proc, module, name=allocator)
 
 
 # ---------------------------------------------------------------------- main

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from emu.cli.base import EXIT_FAILED, EXIT_OK, CliError, Command
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.observe.tracer import Tracer
 from emu.scenario import (
     Checkpoint,
@@ -47,7 +48,7 @@ def _number(text: str, what: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", help="a .yaml/.json file, or a shipped scenario's name")
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
-    p.add_argument("--allocator", choices=("builtin", "wine"), default="builtin")
+    p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
 
 
 def _scenario(args: argparse.Namespace) -> Any:

@@ -21,6 +21,7 @@ from emu.cli.base import Command
 from emu.errors import EmulationError
 from emu.facade import Process
 from emu.heap.allocator import Allocator
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.heap.replay.run import replay
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import TraceError, Workload, iter_trace, renumber, synthetic
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="typical", help="synthetic: size distribution")
     p.add_argument("--lifetime", type=float, default=200.0, help="synthetic: mean lifetime")
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
-    p.add_argument("--allocator", choices=("builtin", "wine"), default="builtin")
+    p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
     p.add_argument("--tlb", choices=("cpu", "virtual"), default="cpu")
     p.add_argument("--chunk", type=int, default=1 << 16, help="operations per driver call")
     p.add_argument("--lenient", action="store_true", help="allow IDs used while not live")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from emu.cli.base import EXIT_FAILED, EXIT_OK, CliError, Command, one_line
 from emu.errors import EmulationError
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.observe.export import events_table
 from emu.scenario import (
     AllocatorSpec,
@@ -40,7 +41,7 @@ def demo(
     """Seed 002's scenario (``scenarios/lec04_growable_heap.yaml``) on an emulated heap: the
     allocation events (consecutive identical calls folded), the heap summary like ``!heap -s``,
     and a heap-map picture written to ``out_dir``."""
-    from emu.heap.walkers import walk_heap
+    from emu.heap.registry import walk_heap
     from emu.observe.events import AllocationEvent
     from emu.views import build_summary, render_summary
     from emu.views.heapmap import save_heap_map
@@ -92,7 +93,7 @@ def demo(
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
-    p.add_argument("--allocator", choices=("builtin", "wine"), default="builtin")
+    p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -149,9 +150,10 @@ def _matrix(args: argparse.Namespace, scenario: Scenario) -> list[tuple[str, All
     if args.arch and args.arch not in ("x86", "x64", "both"):
         raise CliError(f"--arch must be x86, x64 or both, not {args.arch!r}")
     if args.allocator:
-        bad = [k for k in args.allocator.split(",") if k.strip() not in ("builtin", "wine")]
+        bad = [k for k in args.allocator.split(",") if k.strip() not in ALLOCATOR_NAMES]
         if bad:
-            raise CliError(f"--allocator must be builtin, wine or builtin,wine, not {bad[0]!r}")
+            names = ", ".join(ALLOCATOR_NAMES)
+            raise CliError(f"--allocator must be one or more of {names}, not {bad[0]!r}")
     runs = scenario_matrix(scenario, args.arch, args.allocator)
     if args.wine_debug and not any(spec.kind == "wine" for _, spec in runs):
         raise CliError("--wine-debug needs the wine allocator: add --allocator wine")

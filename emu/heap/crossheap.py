@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emu.heap.walkers import walk_heap
+from emu.heap.registry import walk_heap
 from emu.observe.breakpoints import BreakContext, Breakpoint, add_breakpoint
 from emu.observe.events import AllocationEvent, EventRecorder
 from emu.observe.stackwalk import Frame, StackWalker

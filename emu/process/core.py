@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emu.arch import Arch, get_arch
 from emu.cpu.callgate import CallGate
@@ -133,7 +133,10 @@ class ProcessCore:
         self.exit_status: int | None = None
         self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
         self.objects: ObjectManager | None = None  # handles and sandboxed names (emu.objects)
-        self.program: Program | None = None  # set by from_program (emu.program)
+        self.program: Program | None = None  # set by from_program (emu.load.program)
+        # state the layers above keep per process (declared here, never attached with setattr)
+        self.view_allocator: Any = None  # emu.views: the Allocator asked for RtlGetProcessHeaps
+        self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         self._install_hooks()

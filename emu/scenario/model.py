@@ -10,7 +10,6 @@ from typing import Any
 from emu.win.ntdefs import heap_flag_names
 
 ARCHES = ("x86", "x64")
-ALLOCATOR_KINDS = ("builtin", "wine")
 MODULE_KINDS = ("pe", "flat")
 # what each operation calls: a custom module needs only the entry points its scenario uses
 OP_ENTRY_POINTS: dict[str, tuple[str, ...]] = {
@@ -92,7 +91,7 @@ class NameInfo:
 class AllocatorSpec:
     """``builtin``, ``wine``, or a PE/flat module whose exports stand in for the Rtl* API."""
 
-    kind: str  # "builtin", "wine", "pe", "flat"
+    kind: str  # an allocator of emu.heap.registry.ALLOCATORS, or "pe" / "flat"
     path: str | None = None  # may hold "{arch}"; relative to the scenario file
     exports: dict[str, str] = field(default_factory=dict)  # Rtl name -> the module's export
     line: int | None = None

@@ -24,9 +24,10 @@ from typing import Any
 from emu.errors import EmulationError, NtStatusError
 from emu.facade import Process
 from emu.heap.allocator import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS, Allocator, HeapError
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS
 from emu.modules import Module
 from emu.nt.memory import RESERVED
-from emu.scenario.model import ANY, PROCESS_HEAP, AllocatorSpec, Ref, Scenario, Step
+from emu.scenario.model import ANY, MODULE_KINDS, PROCESS_HEAP, AllocatorSpec, Ref, Scenario, Step
 from emu.scenario.result import (
     Checkpoint,
     HeapSnapshot,
@@ -123,11 +124,10 @@ def load_allocator(
     """Load the run's allocator. A module allocator's exports stand in for the Rtl* names
     (``exports:``); only the entry points the scenario uses must exist."""
     proc, spec, scenario = run.proc, run.spec, run.scenario
-    if spec.kind == "builtin":
-        return Allocator(proc, proc.load_builtin_heap(), name="builtin")
-    if spec.kind == "wine":
-        module = proc.load_wine_ntdll(wine_dir, debug_channels=wine_debug)
-        return Allocator(proc, module, name="wine")
+    if spec.kind in ALLOCATORS:
+        kind = ALLOCATORS[spec.kind]
+        options = {"wine_dir": wine_dir, "debug_channels": wine_debug}
+        return kind.allocator(proc, **{k: v for k, v in options.items() if k in kind.options})
     module = _custom_module(proc, scenario, spec, run.arch)
     needed = scenario.entry_points()
     exports: dict[str, int] = {}
@@ -358,14 +358,15 @@ def run_scenario(
         if isinstance(allocator, AllocatorSpec)
         else (AllocatorSpec(allocator) if allocator else sc.allocators[0])
     )
-    if spec.kind not in ("builtin", "wine", "pe", "flat"):
-        raise ValueError(f"allocator must be builtin, wine, or a pe/flat module, not {spec.kind!r}")
+    if spec.kind not in (*ALLOCATOR_NAMES, *MODULE_KINDS):
+        names = ", ".join(ALLOCATOR_NAMES)
+        raise ValueError(f"allocator must be {names}, or a pe/flat module, not {spec.kind!r}")
     if spec.kind in ("pe", "flat") and not spec.path:
         raise ValueError(
             f"a {spec.kind} allocator needs its file: give the scenario's allocator a path "
             f"({{{spec.kind}: FILE, exports: ...}})"
         )
-    if wine_debug and spec.kind != "wine":
+    if wine_debug and "debug_channels" not in getattr(ALLOCATORS.get(spec.kind), "options", ()):
         raise ValueError("Wine debug channels need the wine allocator (--allocator wine)")
     start = time.perf_counter()
     proc = Process(arch, time_limit=time_limit)

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from emu.heap.allocator import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.scenario.model import (
-    ALLOCATOR_KINDS,
     ANY,
     ARCHES,
     MODULE_KINDS,
@@ -281,7 +281,7 @@ class Checker:
         return [a for a in out if a is not None] or [AllocatorSpec("builtin")]
 
     def allocator(self, value: Any, line: int | None) -> AllocatorSpec | None:
-        if isinstance(value, str) and value in ALLOCATOR_KINDS:
+        if isinstance(value, str) and value in ALLOCATOR_NAMES:
             return AllocatorSpec(value, line=line)
         if not isinstance(value, dict):
             self.err(

@@ -13,7 +13,8 @@ import typing
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import KINDS, HeapReport, detect_kind, walk_heap
+from emu.heap.registry import detect_kind, walk_heap
+from emu.heap.walkers import HeapReport
 from emu.process.core import ProcessCore
 
 T = TypeVar("T", bound="JsonView")
@@ -54,34 +55,28 @@ def _decode(tp: Any, value: Any) -> Any:
 
 # ---------------------------------------------------------------------------- heaps
 
-# One Allocator per process for RtlGetProcessHeaps: each Allocator reserves a scratch page of
-# its own, so making one per view would add a region to the process every time. It is kept on
-# the process itself (a cache keyed by the process would keep it alive through the Allocator).
-_VIEW_ALLOCATOR = "_view_allocator"
-
 
 def heap_kind(proc: ProcessCore) -> str:
-    """ "builtin" or "wine": the allocator loaded in proc (see ``emu.walkers.detect_kind``)."""
-    return detect_kind(proc)
+    """The name of the allocator loaded in proc (see ``emu.heap.registry.detect_kind``)."""
+    return detect_kind(proc).name
 
 
 def list_heaps(proc: ProcessCore, allocator: Allocator | None = None) -> list[int]:
     """Every heap of the process, in the allocator's order (index = WinDbg's heap ID).
 
-    The builtin heap keeps PEB.ProcessHeaps; Wine keeps its own list, which only its
-    RtlGetProcessHeaps reads (an emulated call: pass the Allocator you already have).
+    Allocators that keep their own list (Wine) are asked through an emulated
+    RtlGetProcessHeaps: pass the Allocator you already have, or one is made once per process
+    (``proc.view_allocator``: each Allocator reserves a scratch page of its own).
     """
-    if heap_kind(proc) == "builtin":
-        return proc.process_heaps
-    if allocator is None:
-        allocator = getattr(proc, _VIEW_ALLOCATOR, None)
-        if allocator is None:
-            module = proc.modules.get(KINDS["wine"][1])
+    kind = detect_kind(proc)
+    if allocator is None and not kind.heaps_in_peb:
+        if proc.view_allocator is None:
+            module = proc.modules.get(kind.module_name)
             if module is None:
-                raise ValueError("ntdll.dll is not loaded")
-            allocator = Allocator(proc, module)
-            setattr(proc, _VIEW_ALLOCATOR, allocator)
-    return allocator.process_heaps()
+                raise ValueError(f"{kind.module_name} is not loaded")
+            proc.view_allocator = Allocator(proc, module, name=kind.name)
+        allocator = proc.view_allocator
+    return kind.list_heaps(proc, allocator)
 
 
 def resolve_heaps(

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import HeapReport, walk_heap
+from emu.heap.registry import walk_heap
+from emu.heap.walkers import HeapReport
 from emu.heap.walkers.model import BUSY, FREE, PENDING
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, hexp, list_heaps

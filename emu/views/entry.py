@@ -10,14 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import HeapReport, walk_heap
-from emu.heap.walkers.model import BUSY, FREE, LINK_OFFSET, Block, LargeBlock
+from emu.heap.registry import walk_heap
+from emu.heap.walkers import HeapReport
+from emu.heap.walkers.model import (
+    BUSY,
+    FREE,
+    LINK_OFFSET,
+    Block,
+    LargeBlock,
+    header_flag_names,
+)
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, NotInHeapError, ascii_magic, hexp, resolve_heaps
-from emu.views.layout import FieldSpec, block_header_specs, granularity, large_header_specs
+from emu.views.layout import (
+    FieldSpec,
+    block_header_specs,
+    describe_field,
+    granularity,
+    large_header_specs,
+)
 from emu.win.ntdefs import MEM_COMMIT
-
-HEADER_FLAG_NAMES = {0x1: "FREE", 0x2: "PREV_FREE", 0x4: "LARGE"}
 
 
 @dataclass
@@ -62,10 +74,6 @@ class EntryView(JsonView):
     corruptions: list[str] = field(default_factory=list)
 
 
-def _flag_names(flags: int) -> list[str]:
-    return [n for bit, n in HEADER_FLAG_NAMES.items() if flags & bit]
-
-
 def _meaning(spec: FieldSpec, value: int, kind: str, unit: int, block: Block | None) -> str:
     name = spec.name.rsplit(".", 1)[-1]
     if name == "magic":
@@ -79,17 +87,15 @@ def _meaning(spec: FieldSpec, value: int, kind: str, unit: int, block: Block | N
         return {"data_size": "requested size", "block_size": "bytes from the block header on"}.get(
             name, ""
         )
-    if kind == "builtin" and name == "size":
-        flags = " | ".join(_flag_names(value & 3)) or "no flags"
-        return f"{value & ~3:#x} bytes, {flags}"
-    if kind == "builtin" and name == "unused":
-        return "block size - requested size" if block.state != FREE else ""
+    own = describe_field(kind, name, value, block.state == FREE, unit)
+    if own is not None:
+        return own
     if name == "size":
         return f"{value:#x} units of {unit} = {value * unit:#x} bytes" + (
             " (low 16 bits)" if block.state == FREE else ""
         )
     if name == "flags":
-        return " | ".join(_flag_names(value)) or "none"
+        return " | ".join(header_flag_names(value)) or "none"
     if name == "tail_size":
         return (
             "bits 16-23 of the size in units"
@@ -156,7 +162,7 @@ def _block_view(
         granularity=unit,
         state=b.state,
         header_flags=b.flags,
-        flag_names=_flag_names(b.flags),
+        flag_names=header_flag_names(b.flags),
         requested=b.requested,
         unused=b.unused,
         where=_where(query, b.address, b.user_ptr, b.requested, b.end),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import HeapReport, walk_heap
+from emu.heap.registry import walk_heap
+from emu.heap.walkers import HeapReport
 from emu.win.ntdefs import HEAP_GROWABLE
 
 

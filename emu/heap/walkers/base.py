@@ -31,6 +31,7 @@ from emu.heap.walkers.model import (
     UNREADABLE,
     Block,
     Corruption,
+    FieldSpec,
     HeapReport,
     LargeBlock,
     Segment,
@@ -71,6 +72,41 @@ class HeapWalker(ABC):
     kind: str
     alignment: int  # block granularity
     min_block_size: int
+    heap_struct_name: str  # what ``dt`` calls the heap header
+
+    # ------------------------------------------------------------------ layout (for the views)
+    # What the views decode, described by the walker that knows the allocator: ``dt``, ``heap
+    # entry`` and the summaries ask these instead of testing which allocator they look at.
+    @classmethod
+    @abstractmethod
+    def granularity(cls, arch: str) -> int:
+        """Block size unit (WinDbg's "Granularity")."""
+
+    @classmethod
+    @abstractmethod
+    def large_list_head(cls, arch: str, heap: int) -> int:
+        """The heap's list head of large blocks (WinDbg's "Virtual Alloc List")."""
+
+    @classmethod
+    @abstractmethod
+    def heap_header_specs(cls, arch: str) -> list[FieldSpec]:
+        """The heap header's fields in offset order (containers before their members)."""
+
+    @classmethod
+    @abstractmethod
+    def block_header_specs(cls, arch: str, free: bool) -> list[FieldSpec]:
+        """A block header's fields (and a free block's list links) from the block's address."""
+
+    @classmethod
+    @abstractmethod
+    def large_header_specs(cls, arch: str) -> list[FieldSpec]:
+        """A large block's header fields, from the region base."""
+
+    @classmethod
+    def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:
+        """What a block-header field's value means, where this allocator's encoding differs
+        from the common one (None: let the view say it)."""
+        return None
 
     def __init__(self, proc: ProcessCore, heap: int):
         self.mem = MemoryReader(proc)

@@ -13,14 +13,17 @@ import asm
 from asm import HeapLayout, StructLayout
 from emu.heap.walkers.base import HeapWalker, ListHead, RawBlock
 from emu.heap.walkers.model import (
+    _SCALAR,
     BUSY,
     FREE,
     HEAP_HEADER,
     LARGE_BLOCK,
     SEGMENT,
+    FieldSpec,
     LargeBlock,
     Range,
     Segment,
+    header_flag_names,
 )
 from emu.heap.walkers.reader import UnreadableError
 from emu.process.core import ProcessCore
@@ -43,8 +46,74 @@ HEADER_FIELDS = (
 )
 
 
+def _struct_type(layout: asm.HeapLayout, children: set[str], size: int) -> str:
+    """Name of the asm structure with exactly these member names (and size), else a size."""
+    for name, s in layout.structs.items():
+        if s.size == size and {n for n in s.fields if "." not in n} == children:
+            return name
+    return f"{size} bytes"
+
+
+def _asm_specs(layout: asm.HeapLayout, struct_: StructLayout, base: int = 0) -> list[FieldSpec]:
+    specs = []
+    names = list(struct_.fields)
+    for name in names:
+        f = struct_.fields[name]
+        prefix = name + "."
+        children = {n[len(prefix) :].split(".")[0] for n in names if n.startswith(prefix)}
+        if children:
+            type_ = _struct_type(layout, children, f.size)
+            specs.append(FieldSpec(base + f.offset, name, type_, f.size, scalar=False))
+        elif f.count > 1:
+            elem = f.size // f.count
+            by_size = [n for n, s in layout.structs.items() if s.size == elem]
+            type_ = by_size[0] if elem > 8 and len(by_size) == 1 else _SCALAR.get(elem, "?")
+            specs.append(FieldSpec(base + f.offset, name, f"[{f.count}] {type_}", f.size, False))
+        else:
+            specs.append(FieldSpec(base + f.offset, name, _SCALAR[f.size], f.size))
+    return specs
+
+
 class BuiltinWalker(HeapWalker):
     kind = "builtin"
+    heap_struct_name = "HEAP (heapemu builtin)"
+
+    @classmethod
+    def granularity(cls, arch: str) -> int:
+        return asm.layout(arch).alignment
+
+    @classmethod
+    def large_list_head(cls, arch: str, heap: int) -> int:
+        return heap + asm.layout(arch).heap["large_list"]
+
+    @classmethod
+    def heap_header_specs(cls, arch: str) -> list[FieldSpec]:
+        layout = asm.layout(arch)
+        specs = _asm_specs(layout, layout.heap)
+        # Windows' segment signature sits in the builtin heap's reserved prefix: shown (as the
+        # walker reads it) right after "reserved", in parentheses since no field declares it
+        specs.append(FieldSpec(2 * layout.pointer_size, "(segment_signature)", "u32", 4))
+        return sorted(specs, key=lambda s: (s.offset, s.scalar))
+
+    @classmethod
+    def block_header_specs(cls, arch: str, free: bool) -> list[FieldSpec]:
+        layout = asm.layout(arch)
+        struct_ = layout.arena_free if free else layout.arena_inuse
+        return [s for s in _asm_specs(layout, struct_) if s.scalar]
+
+    @classmethod
+    def large_header_specs(cls, arch: str) -> list[FieldSpec]:
+        layout = asm.layout(arch)
+        return [s for s in _asm_specs(layout, layout.arena_large) if s.scalar]
+
+    @classmethod
+    def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:
+        if name == "size":  # bytes, with the FREE / PREV_FREE flags in the low bits
+            flags = " | ".join(header_flag_names(value & 3)) or "no flags"
+            return f"{value & ~3:#x} bytes, {flags}"
+        if name == "unused":
+            return "" if free else "block size - requested size"
+        return None
 
     def __init__(self, proc: ProcessCore, heap: int):
         self.layout: HeapLayout = asm.layout(proc.arch.name)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from emu.arch import get_arch
+from emu.win.layouts import Struct
+
 # Corruption kinds (``Corruption.kind``): what was found wrong, reported at the address of the
 # structure that holds the bad value (the heap, a segment, a block header, a list entry).
 HEAP_HEADER = "heap_header"  # heap magic / segment signature wrong, header unreadable
@@ -55,6 +58,13 @@ FREE = "free"
 PENDING = "pending_free"  # Wine: freed by the caller but parked in the delayed-free array
 
 BLOCK_HEADER_SIZE = 8  # both layouts: the user pointer is the header address + 8
+HEADER_FLAG_NAMES = {0x1: "FREE", 0x2: "PREV_FREE", 0x4: "LARGE"}  # block header flag bits
+
+
+def header_flag_names(flags: int) -> list[str]:
+    return [n for bit, n in HEADER_FLAG_NAMES.items() if flags & bit]
+
+
 LINK_OFFSET = 8  # both layouts: a free block's LIST entry follows its 8-byte header
 
 
@@ -277,3 +287,27 @@ class HeapReport:
         out["summary"] = asdict(self.summary())
         out["ok"] = self.ok
         return out
+
+
+# ---------------------------------------------------------------------------- layouts
+_SCALAR = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """A field at ``offset`` from its structure's start; ``scalar`` False for nested structures
+    and arrays (shown by type, not read as one number)."""
+
+    offset: int
+    name: str
+    type: str
+    size: int
+    scalar: bool = True
+
+
+def struct_specs(struct_: Struct, arch: str, prefix: str = "", base: int = 0) -> list[FieldSpec]:
+    a = get_arch(arch)
+    return [
+        FieldSpec(base + f.offset(a), prefix + f.name, f.kind, f.size(a))
+        for f in sorted(struct_.fields.values(), key=lambda f: f.offset(a))
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from emu.arch import get_arch
 from emu.heap.walkers.base import BLOCK_HEADER_SIZE, HeapWalker, ListHead, RawBlock
 from emu.heap.walkers.model import (
     BUSY,
@@ -11,9 +12,11 @@ from emu.heap.walkers.model import (
     PENDING,
     PENDING_FREE,
     SEGMENT,
+    FieldSpec,
     LargeBlock,
     Range,
     Segment,
+    struct_specs,
 )
 from emu.heap.walkers.reader import UnreadableError
 from emu.heap.walkers.wine_layout import (
@@ -29,6 +32,7 @@ from emu.heap.walkers.wine_layout import (
     REGION_ALIGN,
     SEGMENT_SIGNATURE,
     WINE_BLOCK,
+    WINE_FREE_ENTRY,
     WINE_HEAP,
     WINE_LARGE,
     WINE_PARAMS,
@@ -41,8 +45,48 @@ MAX_PENDING = 1 << 16
 HEADER_FIELDS = tuple(n for n in WINE_HEAP.fields if n not in ("free_lists", "subheap"))
 
 
+def _wine_heap_specs(arch: str) -> list[FieldSpec]:
+    a = get_arch(arch)
+    specs = []
+    for spec in struct_specs(WINE_HEAP, arch):
+        if spec.name == "free_lists":
+            lists = len(WINE_PARAMS[arch].bucket_bounds()) + 1
+            type_ = f"[{lists}] {WINE_FREE_ENTRY.name}"
+            size = lists * WINE_PARAMS[arch].free_list_stride
+            specs.append(FieldSpec(spec.offset, spec.name, type_, size, scalar=False))
+        elif spec.name == "subheap":
+            size = WINE_SUBHEAP.size(a)
+            specs.append(FieldSpec(spec.offset, spec.name, WINE_SUBHEAP.name, size, False))
+            specs += struct_specs(WINE_SUBHEAP, arch, "subheap.", spec.offset)
+        else:
+            specs.append(spec)
+    return specs
+
+
 class WineWalker(HeapWalker):
     kind = "wine"
+    heap_struct_name = WINE_HEAP.name
+
+    @classmethod
+    def granularity(cls, arch: str) -> int:
+        return WINE_PARAMS[arch].alignment
+
+    @classmethod
+    def large_list_head(cls, arch: str, heap: int) -> int:
+        return heap + WINE_HEAP.offset(get_arch(arch), "large_list.next")
+
+    @classmethod
+    def heap_header_specs(cls, arch: str) -> list[FieldSpec]:
+        return sorted(_wine_heap_specs(arch), key=lambda s: (s.offset, s.scalar))
+
+    @classmethod
+    def block_header_specs(cls, arch: str, free: bool) -> list[FieldSpec]:
+        specs = struct_specs(WINE_BLOCK, arch)
+        return specs + struct_specs(WINE_FREE_ENTRY, arch) if free else specs
+
+    @classmethod
+    def large_header_specs(cls, arch: str) -> list[FieldSpec]:
+        return struct_specs(WINE_LARGE, arch)
 
     def __init__(self, proc: ProcessCore, heap: int):
         self.params = WINE_PARAMS[proc.arch.name]

@@ -1,0 +1,110 @@
+"""The allocator kinds heapemu runs, one ``AllocatorKind`` entry each.
+
+Every front end reads this table instead of comparing names: the CLI's ``--allocator`` choices,
+the scenario schema, the pytest plugin's parameters, the views (through the kind's walker, which
+also describes its structures), the benchmarks and the docs generator. Adding an allocator is
+its code and loader, a walker, and one entry in ``ALLOCATORS`` (docs/architecture.md lists the
+files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from emu.heap.allocator import Allocator
+from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, WineWalker
+from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
+from emu.load.builtin_heap import load_builtin_heap
+from emu.load.wine_ntdll import load_wine_ntdll
+from emu.modules import Module
+from emu.process.core import ProcessCore
+
+
+@dataclass(frozen=True)
+class AllocatorKind:
+    name: str  # what users type: --allocator NAME, allocator: NAME
+    title: str  # how docs and reports name it
+    module_name: str  # the module its code is loaded as
+    walker: type[HeapWalker]  # reads its heaps from memory and describes its structures
+    loader: Callable[..., Module]  # loader(proc, **options): maps it, creates the process heap
+    downloads: bool  # needs Wine's DLLs (`make wine-dlls`, cached per user)
+    heaps_in_peb: bool  # its RtlGetProcessHeaps reads PEB.ProcessHeaps (else: ask the allocator)
+    options: tuple[str, ...] = ()  # keyword options its loader accepts
+
+    def load(self, proc: ProcessCore, **options: Any) -> Module:
+        """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"allocator {self.name!r} takes no option {', '.join(unknown)}")
+        return self.loader(proc, **options)
+
+    def allocator(self, proc: ProcessCore, **options: Any) -> Allocator:
+        """Load it and return its entry points as an ``Allocator``."""
+        return Allocator(proc, self.load(proc, **options), name=self.name)
+
+    def list_heaps(self, proc: ProcessCore, allocator: Allocator | None = None) -> list[int]:
+        """Every heap of the process, in the allocator's order (index = WinDbg's heap ID)."""
+        if self.heaps_in_peb:
+            return proc.process_heaps
+        if allocator is None:
+            module = proc.modules.get(self.module_name)
+            if module is None:
+                raise ValueError(f"{self.module_name} is not loaded")
+            allocator = Allocator(proc, module, name=self.name)
+        return allocator.process_heaps()
+
+
+ALLOCATORS: dict[str, AllocatorKind] = {
+    kind.name: kind
+    for kind in (
+        AllocatorKind(
+            name="builtin",
+            title="builtin heap (ntheap)",
+            module_name=BUILTIN_MODULE,
+            walker=BuiltinWalker,
+            loader=load_builtin_heap,
+            downloads=False,
+            heaps_in_peb=True,
+        ),
+        AllocatorKind(
+            name="wine",
+            title="Wine 8.0 ntdll.dll",
+            module_name="ntdll.dll",
+            walker=WineWalker,
+            loader=load_wine_ntdll,
+            downloads=True,
+            heaps_in_peb=False,  # Wine keeps its own list; only its RtlGetProcessHeaps reads it
+            options=("wine_dir", "debug_channels"),
+        ),
+    )
+}
+ALLOCATOR_NAMES: tuple[str, ...] = tuple(ALLOCATORS)
+
+
+def allocator_kind(name: str) -> AllocatorKind:
+    try:
+        return ALLOCATORS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown allocator {name!r}: expected one of {', '.join(ALLOCATOR_NAMES)}"
+        ) from None
+
+
+def detect_kind(proc: ProcessCore) -> AllocatorKind:
+    """The allocator whose module is loaded in ``proc`` (exactly one must be)."""
+    loaded = {m.name.lower() for m in proc.modules}
+    found = [k for k in ALLOCATORS.values() if k.module_name.lower() in loaded]
+    if len(found) != 1:
+        what = "more than one" if found else "none"
+        names = " / ".join(k.module_name for k in ALLOCATORS.values())
+        raise ValueError(f"{what} of {names} is loaded: name the allocator kind")
+    return found[0]
+
+
+def walk_heap(proc: ProcessCore, heap: int, kind: str | None = None) -> HeapReport:
+    """Walk the heap at ``heap`` with its allocator's walker (``kind`` defaults to the loaded
+    allocator's)."""
+    k = detect_kind(proc) if kind is None else allocator_kind(kind)
+    return k.walker(proc, heap).walk()
