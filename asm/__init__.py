@@ -8,9 +8,9 @@ pinned ``zig cc`` into the checked-in ``asm/ntheap_x86.s`` / ``asm/ntheap_x64.s`
 ``assemble(arch, address)`` turns it into bytes plus the offset of every function label.
 
 Calling conventions: x64 exports use the Microsoft x64 ABI; x86 exports are stdcall (the callee
-pops ``4 * STDCALL_ARGC[name]`` bytes). BOOLEAN-like results (RtlFreeHeap, RtlValidateHeap,
-RtlLockHeap, RtlUnlockHeap) are full 32-bit 0/1 values. The stubs expect the kernel to handle
-``syscall`` (x64: number in eax, arguments r10, rdx, r8, r9, then the stack from rsp+0x28) or
+pops 4 bytes per argument of the prototypes in ``emu.win.prototypes``). BOOLEAN-like results
+(RtlFreeHeap, RtlValidateHeap, RtlLockHeap, RtlUnlockHeap) are full 32-bit 0/1 values. The
+stubs expect the kernel to handle ``syscall`` (x64: number in eax, arguments r10, rdx, r8, r9, then the stack from rsp+0x28) or
 ``int 0x2e`` (x86: number in eax, edx points at the stdcall arguments), see SYSCALL_NUMBERS.
 The PEB is read from gs:[0x60] (x64) / fs:[0x30] (x86); a NULL PEB disables the process-heap
 list. NtRaiseException gets a NULL context and FirstChance=TRUE.
@@ -48,7 +48,6 @@ bodies 0xFEEEFEEE (FREE checking).
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -57,10 +56,7 @@ from pathlib import Path
 __all__ = [
     "ARCHS",
     "CONSTANTS",
-    "EXPORTS",
     "HEAP_LAYOUTS",
-    "STDCALL_ARGC",
-    "SYSCALL_ARGC",
     "SYSCALL_NUMBERS",
     "Assembled",
     "FieldLayout",
@@ -76,48 +72,11 @@ HERE = Path(__file__).resolve().parent
 
 ARCHS: tuple[str, ...] = ("x86", "x64")
 
-#: The Rtl* entry points, each a global label of ``flat_source``.
-EXPORTS: tuple[str, ...] = (
-    "RtlCreateHeap",
-    "RtlDestroyHeap",
-    "RtlAllocateHeap",
-    "RtlFreeHeap",
-    "RtlReAllocateHeap",
-    "RtlSizeHeap",
-    "RtlValidateHeap",
-    "RtlWalkHeap",
-    "RtlLockHeap",
-    "RtlUnlockHeap",
-    "RtlGetProcessHeaps",
-)
-
-#: Argument count of each export (x86 stdcall pops 4 bytes per argument).
-STDCALL_ARGC: dict[str, int] = {
-    "RtlCreateHeap": 6,
-    "RtlDestroyHeap": 1,
-    "RtlAllocateHeap": 3,
-    "RtlFreeHeap": 3,
-    "RtlReAllocateHeap": 4,
-    "RtlSizeHeap": 3,
-    "RtlValidateHeap": 3,
-    "RtlWalkHeap": 2,
-    "RtlLockHeap": 1,
-    "RtlUnlockHeap": 1,
-    "RtlGetProcessHeaps": 2,
-}
-
 #: System-call number -> Nt name, as the stubs in asm/syscalls_*.s use them (Windows 10 x64).
 SYSCALL_NUMBERS: dict[int, str] = {
     0x18: "NtAllocateVirtualMemory",
     0x1E: "NtFreeVirtualMemory",
     0x2A: "NtRaiseException",
-}
-
-#: Argument count of each system call.
-SYSCALL_ARGC: dict[str, int] = {
-    "NtAllocateVirtualMemory": 6,
-    "NtFreeVirtualMemory": 4,
-    "NtRaiseException": 3,
 }
 
 #: Constants shared by the C source and Python (checked against ntheap.h by the tests).
@@ -217,27 +176,14 @@ class Assembled:
 
 @cache
 def assemble(arch: str, address: int = 0) -> Assembled:
-    """Assemble ``flat_source(arch)`` with keystone at ``address``.
+    """Assemble ``flat_source(arch)`` with keystone (``asm.assembler``) at ``address``; the code
+    is position-independent (no absolute relocations, no data)."""
+    from asm.assembler import assemble_unit
 
-    Keystone's API returns bytes only, no symbol table, so the label offsets come from a label
-    table: the source is assembled a second time with ``.long LABEL - FIRST`` lines appended
-    for every function label; those 4-byte values follow the code and are the offsets. The
-    first assembly (without the table) must be a prefix of the second, which is checked. The
-    code is position-independent (no absolute relocations, no data), but keystone is told the
-    real address anyway.
-    """
-    from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks
-
-    source = flat_source(arch)
+    unit = assemble_unit(flat_source(arch), arch, address, f"ntheap_{arch}")
     names = function_labels(arch)
-    table = "".join(f"\t.long\t{name} - {names[0]}\n" for name in names)
-    ks = Ks(KS_ARCH_X86, KS_MODE_32 if arch == "x86" else KS_MODE_64)
-    code, _ = ks.asm(source, address, as_bytes=True)
-    probe, _ = ks.asm(source + table, address, as_bytes=True)
-    if probe[: len(code)] != code or len(probe) != len(code) + 4 * len(names):
-        raise RuntimeError(f"keystone label table for {arch} is inconsistent")
-    offsets = struct.unpack_from(f"<{len(names)}I", probe, len(code))
-    return Assembled(arch, address, bytes(code), dict(zip(names, offsets, strict=True)))
+    labels = {n: unit.symbols[n] for n in names}
+    return Assembled(arch, address, unit.code[: unit.text_size], labels)
 
 
 # ---------------------------------------------------------------------------- layout

@@ -9,6 +9,8 @@ import keystone
 import pytest
 
 import asm
+from emu.nt.calls import HANDLERS
+from emu.win.prototypes import ALLOCATOR_PROTOTYPES
 
 ARCHS = ("x86", "x64")
 
@@ -39,7 +41,7 @@ def test_source_is_keystone_friendly(arch: str) -> None:
     labels = re.findall(r"(?m)^(\S+):", src)
     assert not [name for name in labels if "@" in name or name.startswith("_")]
     assert len(labels) == len(set(labels))
-    for export in asm.EXPORTS:
+    for export in ALLOCATOR_PROTOTYPES:
         assert f"\n{export}:\n" in src
     assert not re.search(r"\b(memset|memcpy|memmove)\b", src)
     assert not re.search(r"(?m)^\s*\.(section|data|bss|seh_|cv_|cfi_|def|file)", src)
@@ -49,7 +51,7 @@ def test_source_is_keystone_friendly(arch: str) -> None:
 def test_every_export_label_resolves(arch: str) -> None:
     a = asm.assemble(arch, 0x400000)
     names = asm.function_labels(arch)
-    assert set(asm.EXPORTS) <= set(a.labels)
+    assert set(ALLOCATOR_PROTOTYPES) <= set(a.labels)
     assert set(asm.SYSCALL_NUMBERS.values()) | {"ntheap_get_peb"} <= set(a.labels)
     offsets = [a.labels[n] for n in names]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
@@ -74,7 +76,7 @@ def test_label_table_matches_the_code(arch: str) -> None:
                 ("ret", ""),
             ]
         else:
-            argc = asm.SYSCALL_ARGC[name]
+            argc = len(HANDLERS[name].params)
             assert text == [
                 ("mov", f"eax, {number:#x}"),
                 ("lea", "edx, [esp + 4]"),
@@ -94,26 +96,25 @@ def test_label_table_matches_the_code(arch: str) -> None:
 
 
 def test_x86_exports_are_stdcall() -> None:
-    """Every return of an x86 export pops 4 * STDCALL_ARGC bytes."""
+    """Every return of an x86 export pops 4 bytes per argument of its prototype."""
     a = asm.assemble("x86", 0)
     ordered = sorted(a.labels.items(), key=lambda kv: kv[1])
     ends = {
         name: (ordered[i + 1][1] if i + 1 < len(ordered) else len(a.code))
         for i, (name, _) in enumerate(ordered)
     }
-    for export in asm.EXPORTS:
+    for export, proto in ALLOCATOR_PROTOTYPES.items():
         start = a.labels[export]
         rets = {
             int(i.op_str or "0", 0)
             for i in disasm("x86", a.code[start : ends[export]], start)
             if i.mnemonic == "ret"
         }
-        assert rets == {4 * asm.STDCALL_ARGC[export]}, export
+        assert rets == {4 * proto.argc}, export
 
 
 def test_tables_are_consistent() -> None:
-    assert set(asm.STDCALL_ARGC) == set(asm.EXPORTS)
-    assert set(asm.SYSCALL_ARGC) == set(asm.SYSCALL_NUMBERS.values())
+    assert set(asm.SYSCALL_NUMBERS.values()) <= set(HANDLERS)
     assert asm.SYSCALL_NUMBERS == {
         0x18: "NtAllocateVirtualMemory",
         0x1E: "NtFreeVirtualMemory",

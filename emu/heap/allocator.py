@@ -21,6 +21,7 @@ from emu.win.ntdefs import (
     NtStatus,
     heap_flag_names,
 )
+from emu.win.prototypes import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS
 
 if TYPE_CHECKING:
     from emu.heap.replay.run import ReplayResult
@@ -53,18 +54,6 @@ RTL_HEAP_WALK_ENTRY = Struct(
         Field("LastEntry", 0x18, 0x28),
     ],
 )
-
-ENTRY_POINTS = (
-    "RtlCreateHeap",
-    "RtlAllocateHeap",
-    "RtlFreeHeap",
-    "RtlReAllocateHeap",
-    "RtlSizeHeap",
-    "RtlValidateHeap",
-    "RtlWalkHeap",
-    "RtlDestroyHeap",
-)
-OPTIONAL_ENTRY_POINTS = ("RtlLockHeap", "RtlUnlockHeap", "RtlGetProcessHeaps")
 
 
 class HeapError(Exception):

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from asm.assembler import assemble_code
 from emu.errors import EmulationError
 from emu.modules import Module
 from emu.nt.calls import info as nt_info
@@ -242,11 +243,7 @@ class Program:
 
 
 def _start_stub(proc: ProcessCore) -> bytes:
-    import keystone
-
-    ks = keystone.Ks(keystone.KS_ARCH_X86, proc.arch.ks_mode)
-    code, _ = ks.asm(_START_X64 if proc.arch.ptr_size == 8 else _START_X86)
-    return bytes(code)
+    return assemble_code(_START_X64 if proc.arch.ptr_size == 8 else _START_X86, proc.arch.name)
 
 
 def _initial_context(proc: ProcessCore, exe: Module, ntdll: Module) -> tuple[int, int]:
@@ -402,8 +399,7 @@ def load_program(
         stack_commit=STACK_COMMIT,
         time_limit=time_limit,
     )
-    objects = ObjectManager()
-    proc.objects = objects
+    objects = proc.objects
     windows_path = f"{PROGRAM_DIR}\\{path.name}"
     namespace = objects.namespace
     namespace.add_file(windows_path, path)

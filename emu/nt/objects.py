@@ -20,7 +20,7 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from emu.errors import NtStatusError
 from emu.win.layouts import UNICODE_STRING
@@ -28,7 +28,6 @@ from emu.win.ntdefs import NtStatus
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Kernel
-    from emu.process.core import ProcessCore
 
 
 Status = NtStatus  # the object calls answer codes declared once in emu.ntdefs
@@ -204,6 +203,9 @@ FIRST_HANDLE = 0x40
 STD_HANDLES = {"stdin": 0x10, "stdout": 0x14, "stderr": 0x18}
 
 
+_Object = TypeVar("_Object", bound=KernelObject)
+
+
 class ObjectManager:
     """Handles, the sandboxed namespace, and what the program wrote to stdout/stderr."""
 
@@ -229,11 +231,13 @@ class ObjectManager:
         self._handles[handle] = obj
         return handle
 
-    def get(self, handle: int, kind: type[KernelObject] | None = None) -> KernelObject:
+    def get(self, handle: int, kind: type[_Object]) -> _Object:
+        """The object behind ``handle``: STATUS_INVALID_HANDLE if there is none,
+        STATUS_OBJECT_TYPE_MISMATCH if it is not a ``kind``."""
         obj = self._handles.get(handle)
         if obj is None:
             raise NtStatusError(Status.INVALID_HANDLE, f"handle 0x{handle:x}")
-        if kind is not None and not isinstance(obj, kind):
+        if not isinstance(obj, kind):
             raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{handle:x} is a {obj.kind}")
         return obj
 
@@ -247,22 +251,13 @@ class ObjectManager:
         return obj
 
     def duplicate(self, handle: int) -> int:
-        return self.insert(self.get(handle))
+        return self.insert(self.get(handle, KernelObject))
 
     def handles(self) -> dict[int, KernelObject]:
         return dict(self._handles)
 
     def write_stream(self, stream: str, data: bytes) -> None:
         (self.stdout if stream == "stdout" else self.stderr).extend(data)
-
-
-def objects_of(proc: ProcessCore) -> ObjectManager:
-    """The process's object manager (an empty sandbox for a process not made from a program)."""
-    manager = getattr(proc, "objects", None)
-    if manager is None:
-        manager = ObjectManager()
-        proc.objects = manager
-    return manager
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -301,10 +296,16 @@ def write_io_status(k: Kernel, iosb: int, status: int, information: int) -> None
         k.write_ptr(iosb + k.arch.ptr_size, information)
 
 
-def put_buffer(k: Kernel, buf: int, length: int, data: bytes, return_length: int = 0) -> None:
-    """Copy an information block out (INFO_LENGTH_MISMATCH when it does not fit)."""
+def put_buffer(
+    k: Kernel, buf: int, length: int, data: bytes, return_length: int = 0, *, size_t: bool = False
+) -> None:
+    """Copy an information block out (INFO_LENGTH_MISMATCH when it does not fit); the needed
+    size goes to ``return_length`` (a ULONG, or a SIZE_T where the prototype says PSIZE_T)."""
     if return_length:
-        k.write_u32(return_length, len(data))
+        if size_t:
+            k.write_ptr(return_length, len(data))
+        else:
+            k.write_u32(return_length, len(data))
     if length < len(data):
         raise NtStatusError(
             NtStatus.INFO_LENGTH_MISMATCH, f"buffer of {length} bytes, {len(data)} needed"

@@ -24,12 +24,12 @@ from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB
 
 if TYPE_CHECKING:
     from emu.load.program import Program
-    from emu.nt.objects import ObjectManager
     from emu.observe.breakpoints import Breakpoint
 from emu.cpu.segments import setup_segments
 from emu.modules import Module, ModuleList
 from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecord
 from emu.nt.memory import MemoryManager
+from emu.nt.objects import ObjectManager
 from emu.nt.stack import ThreadStack
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
@@ -132,7 +132,7 @@ class ProcessCore:
         self._ldr: LoaderData | None = None
         self.exit_status: int | None = None
         self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
-        self.objects: ObjectManager | None = None  # handles and sandboxed names (emu.objects)
+        self.objects = ObjectManager()  # handles and sandboxed names (emu.nt.objects)
         self.program: Program | None = None  # set by from_program (emu.load.program)
         # state the layers above keep per process (declared here, never attached with setattr)
         self.view_allocator: Any = None  # emu.views: the Allocator asked for RtlGetProcessHeaps

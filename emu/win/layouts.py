@@ -70,6 +70,16 @@ class Struct:
         mask = (1 << (8 * f.size(arch))) - 1
         mem.write(self.address(arch, base, name, index), struct.pack(f.fmt(arch), value & mask))
 
+    def pack(self, arch: Arch, values: dict[str, int]) -> bytes:
+        """The structure as bytes (fields not named are zero): built locally, then copied to
+        emulated memory in one probed write."""
+        buf = bytearray(self.size(arch))
+        for name, value in values.items():
+            f = self.fields[name]
+            mask = (1 << (8 * f.size(arch))) - 1
+            struct.pack_into(f.fmt(arch), buf, f.offset(arch), value & mask)
+        return bytes(buf)
+
     def dump(self, mem: MemoryIO, arch: Arch, base: int) -> list[tuple[int, str, int]]:
         """(offset, name, value) for every field, in offset order, like WinDbg's ``dt``."""
         rows = []

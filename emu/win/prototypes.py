@@ -1,5 +1,7 @@
-"""Prototypes of the allocator entry points heapemu watches: parameter names (as in the
-Windows headers) and how to show each value."""
+"""The Rtl*Heap entry points, declared once: parameter names (as in the Windows headers), how
+to show each value, and which ones every allocator must export. ``Allocator`` calls them, the
+event recorder decodes them, the builtin heap's loader exports them, x86 stdcall pops
+``4 * argc`` bytes."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ class Prototype:
     name: str
     params: tuple[str, ...]
     returns: str = "ptr"  # "ptr", "bool" (BOOLEAN/BOOL: low byte), "status" (NTSTATUS), "size"
+    required: bool = True  # every allocator exports it (Allocator refuses a module without)
+
+    @property
+    def argc(self) -> int:
+        return len(self.params)
 
     def decode(self, values: list[int]) -> dict[str, int]:
         return dict(zip(self.params, values, strict=False))
@@ -37,11 +44,13 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
         Prototype("RtlSizeHeap", ("HeapHandle", "Flags", "BaseAddress"), "size"),
         Prototype("RtlValidateHeap", ("HeapHandle", "Flags", "BaseAddress"), "bool"),
         Prototype("RtlWalkHeap", ("HeapHandle", "Entry"), "status"),
-        Prototype("RtlLockHeap", ("HeapHandle",), "bool"),
-        Prototype("RtlUnlockHeap", ("HeapHandle",), "bool"),
-        Prototype("RtlGetProcessHeaps", ("NumberOfHeaps", "ProcessHeaps"), "size"),
+        Prototype("RtlLockHeap", ("HeapHandle",), "bool", required=False),
+        Prototype("RtlUnlockHeap", ("HeapHandle",), "bool", required=False),
+        Prototype("RtlGetProcessHeaps", ("NumberOfHeaps", "ProcessHeaps"), "size", required=False),
     )
 }
+ENTRY_POINTS = tuple(n for n, p in ALLOCATOR_PROTOTYPES.items() if p.required)
+OPTIONAL_ENTRY_POINTS = tuple(n for n, p in ALLOCATOR_PROTOTYPES.items() if not p.required)
 
 # Entry points watched by default: the ones the issue names
 DEFAULT_WATCHED = (

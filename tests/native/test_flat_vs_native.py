@@ -42,6 +42,7 @@ from unicorn.x86_const import (
 )
 
 import asm
+from emu.win.prototypes import ALLOCATOR_PROTOTYPES
 
 from .nativeheap import NativeRun, VmCall, WalkEntry, run_script
 from .scripts import make_script, seed002_script
@@ -164,7 +165,7 @@ class FlatHeap:
         if self.raised is not None:
             return None
         if self.arch == "x86":
-            assert uc.reg_read(UC_X86_REG_ESP) == top + 4 + 4 * asm.STDCALL_ARGC[name], (
+            assert uc.reg_read(UC_X86_REG_ESP) == top + 4 + 4 * ALLOCATOR_PROTOTYPES[name].argc, (
                 "not stdcall"
             )
         return int(uc.reg_read(UC_X86_REG_RAX if self.arch == "x64" else UC_X86_REG_EAX))
@@ -226,7 +227,7 @@ def run_flat(lines: list[str], arch: str) -> NativeRun:
         if op in CALLS:
             name, positions, is_u32 = CALLS[op]
             args = [val(tok[i]) if i < len(tok) else 0 for i in positions]
-            args += [0] * (asm.STDCALL_ARGC[name] - len(args))
+            args += [0] * (ALLOCATOR_PROTOTYPES[name].argc - len(args))
             if op in NAMES:
                 values[tok[1]] = 0
             result = heap.call(name, *args)

@@ -17,7 +17,6 @@ from emu.nt.objects import (
     FileObject,
     Status,
     object_name,
-    objects_of,
     put_buffer,
     write_io_status,
 )
@@ -45,7 +44,7 @@ def _open(
     options: int,
     disposition: int,
 ) -> int:
-    objects = objects_of(k.proc)
+    objects = k.proc.objects
     root, name = object_name(k, ObjectAttributes)
     if root:
         parent = objects.get(root, FileObject)
@@ -117,12 +116,6 @@ def NtCreateFile(
     )
 
 
-def _file(k: Kernel, handle: int) -> FileObject:
-    obj = objects_of(k.proc).get(handle, FileObject)
-    assert isinstance(obj, FileObject)
-    return obj
-
-
 @syscall
 def NtReadFile(
     k: Kernel,
@@ -136,17 +129,17 @@ def NtReadFile(
     ByteOffset: PVOID,
     Key: PULONG,
 ) -> int:
-    f = _file(k, FileHandle)
+    f = k.proc.objects.get(FileHandle, FileObject)
     if f.directory:
         raise NtStatusError(Status.INVALID_DEVICE_REQUEST, "read of a directory")
-    data = objects_of(k.proc).stdin if f.stream == "stdin" else f.data()
+    data = k.proc.objects.stdin if f.stream == "stdin" else f.data()
     offset = f.position
     if ByteOffset and f.stream is None:
         low, high = struct.unpack("<II", k.read(ByteOffset, 8))
         if high != FILE_USE_FILE_POINTER_POSITION:
             offset = low | high << 32
     if f.stream is not None:
-        objects_of(k.proc).stdin = b""  # a pipe: what is read is gone
+        k.proc.objects.stdin = b""  # a pipe: what is read is gone
         offset = 0
     if offset >= len(data) and Length:
         write_io_status(k, IoStatusBlock, Status.END_OF_FILE, 0)
@@ -173,11 +166,11 @@ def NtWriteFile(
     Key: PULONG,
 ) -> int:
     """Only the standard output and error streams take writes; files are read-only."""
-    f = _file(k, FileHandle)
+    f = k.proc.objects.get(FileHandle, FileObject)
     if f.stream not in ("stdout", "stderr"):
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} is not writable in the sandbox")
     data = k.read(Buffer, Length)
-    objects_of(k.proc).write_stream(f.stream, data)
+    k.proc.objects.write_stream(f.stream, data)
     write_io_status(k, IoStatusBlock, 0, Length)
     k.details.update(stream=f.stream, text=data.decode("utf-8", errors="replace"))
     return Status.SUCCESS
@@ -185,7 +178,7 @@ def NtWriteFile(
 
 @syscall
 def NtFlushBuffersFile(k: Kernel, FileHandle: HANDLE, IoStatusBlock: PVOID) -> int:
-    _file(k, FileHandle)
+    k.proc.objects.get(FileHandle, FileObject)
     write_io_status(k, IoStatusBlock, 0, 0)
     return Status.SUCCESS
 
@@ -226,7 +219,7 @@ def NtQueryInformationFile(
     Length: ULONG,
     FileInformationClass: ULONG,
 ) -> int:
-    f = _file(k, FileHandle)
+    f = k.proc.objects.get(FileHandle, FileObject)
     k.details.update(cls=FileInformationClass, name=f.name)
     data = _file_info(k, f, FileInformationClass)
     put_buffer(k, FileInformation, Length, data)
@@ -244,7 +237,7 @@ def NtSetInformationFile(
     FileInformationClass: ULONG,
 ) -> int:
     """Only the file position can be set; anything that would change a file is refused."""
-    f = _file(k, FileHandle)
+    f = k.proc.objects.get(FileHandle, FileObject)
     k.details.update(cls=FileInformationClass, name=f.name)
     if FileInformationClass != FilePositionInformation:
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} cannot be changed in the sandbox")
@@ -262,7 +255,7 @@ def NtQueryVolumeInformationFile(
     Length: ULONG,
     FsInformationClass: ULONG,
 ) -> int:
-    f = _file(k, FileHandle)
+    f = k.proc.objects.get(FileHandle, FileObject)
     k.details.update(cls=FsInformationClass, name=f.name)
     if FsInformationClass == FileFsDeviceInformation:
         device = FILE_DEVICE_NAMED_PIPE if f.stream else FILE_DEVICE_DISK
@@ -278,7 +271,7 @@ def NtQueryVolumeInformationFile(
 
 
 def _lookup_attributes(k: Kernel, ObjectAttributes: int) -> FileObject:
-    objects = objects_of(k.proc)
+    objects = k.proc.objects
     root, name = object_name(k, ObjectAttributes)
     if root:
         parent = objects.get(root, FileObject)
@@ -309,7 +302,7 @@ def NtQueryFullAttributesFile(k: Kernel, ObjectAttributes: PVOID, FileInformatio
 
 
 def _control(k: Kernel, FileHandle: int, IoControlCode: int) -> int:
-    f = _file(k, FileHandle)
+    f = k.proc.objects.get(FileHandle, FileObject)
     k.details.update(code=IoControlCode, name=f.name)
     raise NtStatusError(Status.INVALID_DEVICE_REQUEST, f"control code 0x{IoControlCode:x}")
 

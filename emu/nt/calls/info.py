@@ -23,7 +23,7 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.objects import KernelObject, Status, objects_of, put_buffer
+from emu.nt.objects import KernelObject, Status, put_buffer
 from emu.win.ntdefs import ALLOCATION_GRANULARITY, PAGE_SIZE
 
 SYSTEM_TIME = 133_000_000_000_000_000  # 2022-06-18 in FILETIME units; the emulated boot time
@@ -113,7 +113,7 @@ def _process_info(k: Kernel, cls: int, buf: int) -> bytes:
     from emu.nt.calls.section import image_information
 
     proc, p = k.proc, _ptr(k)
-    main = objects_of(proc).main_image
+    main = proc.objects.main_image
     if cls == ProcessBasicInformation:
         pad = "4x" if k.arch.ptr_size == 8 else ""
         return struct.pack(f"<I{pad}{p}{p}i{pad}{p}{p}", STATUS_PENDING, proc.peb, 1, 8, 0x1000, 0)
@@ -174,7 +174,7 @@ def NtSetInformationProcess(
 
 def _check_thread(k: Kernel, handle: int) -> None:
     if handle != (-2 & k.arch.ptr_mask):  # NtCurrentThread()
-        obj = objects_of(k.proc).get(handle)
+        obj = k.proc.objects.get(handle, KernelObject)
         if obj.kind != "thread":
             raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{handle:x}")
 
@@ -217,7 +217,7 @@ def NtSetInformationThread(
 
 # ---------------------------------------------------------------------------------- tokens
 def _new_token(k: Kernel, TokenHandle: int) -> int:
-    handle = objects_of(k.proc).insert(KernelObject("token", "<process token>"))
+    handle = k.proc.objects.insert(KernelObject("token", "<process token>"))
     k.write_ptr(TokenHandle, handle)
     return Status.SUCCESS
 
@@ -271,7 +271,7 @@ def NtQueryInformationToken(
     """A standard user's token (S-1-5-21-0-0-0-1000), not elevated; other classes are not
     emulated. The pseudo-handles -4, -5, -6 (current process / thread / effective token) work."""
     if TokenHandle not in {-n & k.arch.ptr_mask for n in (4, 5, 6)}:
-        token = objects_of(k.proc).get(TokenHandle)
+        token = k.proc.objects.get(TokenHandle, KernelObject)
         if token.kind != "token":
             raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{TokenHandle:x}")
     k.details.update(cls=TokenInformationClass)

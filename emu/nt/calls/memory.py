@@ -16,6 +16,7 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.memory import align_down, align_up
+from emu.nt.objects import put_buffer
 from emu.win.layouts import MEMORY_BASIC_INFORMATION
 from emu.win.ntdefs import (
     MEM_COMMIT,
@@ -142,28 +143,11 @@ def NtQueryVirtualMemory(
     if BaseAddress > k.arch.user_max:
         raise NtStatusError(NtStatus.INVALID_PARAMETER_2, f"0x{BaseAddress:x} not in user space")
     mbi = k.proc.memory.query(BaseAddress)
-    buf = bytearray(mbi_size)
-    view = _BufferIO(buf)
-    for name in MEMORY_BASIC_INFORMATION.fields:
-        MEMORY_BASIC_INFORMATION.write(view, k.arch, 0, name, getattr(mbi, name))
-    k.write(MemoryInformation, bytes(buf))
-    if ReturnLength:
-        k.write_ptr(ReturnLength, mbi_size)
+    values = {name: getattr(mbi, name) for name in MEMORY_BASIC_INFORMATION.fields}
+    data = MEMORY_BASIC_INFORMATION.pack(k.arch, values)
+    put_buffer(k, MemoryInformation, MemoryInformationLength, data, ReturnLength, size_t=True)
     k.details.update(base=mbi.BaseAddress, size=mbi.RegionSize, state=mbi.State)
     return NtStatus.SUCCESS
-
-
-class _BufferIO:
-    """Lets a Struct write into a local buffer before one probed copy to user memory."""
-
-    def __init__(self, buf: bytearray):
-        self.buf = buf
-
-    def read(self, addr: int, size: int) -> bytes:
-        return bytes(self.buf[addr : addr + size])
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.buf[addr : addr + len(data)] = data
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.objects import KernelObject, Status, objects_of
+from emu.nt.objects import KernelObject, Status
 
 STATUS_TIMEOUT = 0x102
 DUPLICATE_CLOSE_SOURCE = 0x1
@@ -61,21 +61,15 @@ def _create(k: Kernel, handle_out: int, obj: SyncObject, ObjectAttributes: int) 
 
     if ObjectAttributes:
         _, obj.name = object_name(k, ObjectAttributes)
-    handle = objects_of(k.proc).insert(obj)
+    handle = k.proc.objects.insert(obj)
     k.write_ptr(handle_out, handle)
     k.details.update(handle=handle, name=obj.name)
     return Status.SUCCESS
 
 
-def _sync(k: Kernel, handle: int) -> SyncObject:
-    obj = objects_of(k.proc).get(handle, SyncObject)
-    assert isinstance(obj, SyncObject)
-    return obj
-
-
 @syscall
 def NtClose(k: Kernel, Handle: HANDLE) -> int:
-    obj = objects_of(k.proc).close(Handle)
+    obj = k.proc.objects.close(Handle)
     k.details.update(kind=obj.kind, name=obj.name)
     return Status.SUCCESS
 
@@ -92,7 +86,7 @@ def NtDuplicateObject(
     Options: ULONG,
 ) -> int:
     k.check_process_handle(SourceProcessHandle)
-    objects = objects_of(k.proc)
+    objects = k.proc.objects
     mask = k.arch.ptr_mask
     if SourceHandle in (-1 & mask, -2 & mask):  # NtCurrentProcess() / NtCurrentThread()
         kind = "process" if SourceHandle == -1 & mask else "thread"
@@ -158,7 +152,7 @@ def _previous(k: Kernel, out: int, value: int) -> None:
 
 @syscall
 def NtSetEvent(k: Kernel, EventHandle: HANDLE, PreviousState: PVOID) -> int:
-    event = _sync(k, EventHandle)
+    event = k.proc.objects.get(EventHandle, SyncObject)
     _previous(k, PreviousState, event.signaled)
     event.signaled = 1
     return Status.SUCCESS
@@ -166,7 +160,7 @@ def NtSetEvent(k: Kernel, EventHandle: HANDLE, PreviousState: PVOID) -> int:
 
 @syscall
 def NtResetEvent(k: Kernel, EventHandle: HANDLE, PreviousState: PVOID) -> int:
-    event = _sync(k, EventHandle)
+    event = k.proc.objects.get(EventHandle, SyncObject)
     _previous(k, PreviousState, event.signaled)
     event.signaled = 0
     return Status.SUCCESS
@@ -174,7 +168,7 @@ def NtResetEvent(k: Kernel, EventHandle: HANDLE, PreviousState: PVOID) -> int:
 
 @syscall
 def NtClearEvent(k: Kernel, EventHandle: HANDLE) -> int:
-    _sync(k, EventHandle).signaled = 0
+    k.proc.objects.get(EventHandle, SyncObject).signaled = 0
     return Status.SUCCESS
 
 
@@ -182,7 +176,7 @@ def NtClearEvent(k: Kernel, EventHandle: HANDLE) -> int:
 def NtReleaseSemaphore(
     k: Kernel, SemaphoreHandle: HANDLE, ReleaseCount: LONG, PreviousCount: PVOID
 ) -> int:
-    semaphore = _sync(k, SemaphoreHandle)
+    semaphore = k.proc.objects.get(SemaphoreHandle, SyncObject)
     if semaphore.signaled + ReleaseCount > semaphore.maximum:
         raise NtStatusError(0xC0000047, "semaphore limit exceeded")  # SEMAPHORE_LIMIT_EXCEEDED
     _previous(k, PreviousCount, semaphore.signaled)
@@ -192,7 +186,7 @@ def NtReleaseSemaphore(
 
 @syscall
 def NtReleaseMutant(k: Kernel, MutantHandle: HANDLE, PreviousCount: PVOID) -> int:
-    mutant = _sync(k, MutantHandle)
+    mutant = k.proc.objects.get(MutantHandle, SyncObject)
     _previous(k, PreviousCount, mutant.signaled)
     mutant.signaled = 1
     return Status.SUCCESS
@@ -200,7 +194,7 @@ def NtReleaseMutant(k: Kernel, MutantHandle: HANDLE, PreviousCount: PVOID) -> in
 
 @syscall
 def NtWaitForSingleObject(k: Kernel, Handle: HANDLE, Alertable: BOOLEAN, Timeout: PVOID) -> int:
-    obj = objects_of(k.proc).get(Handle)
+    obj = k.proc.objects.get(Handle, KernelObject)
     k.details.update(kind=obj.kind, name=obj.name)
     if not isinstance(obj, SyncObject):
         return Status.SUCCESS  # files, tokens, ...: signalled

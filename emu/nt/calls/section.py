@@ -34,7 +34,7 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.memory import align_up
-from emu.nt.objects import FileObject, SectionObject, Status, objects_of, put_buffer
+from emu.nt.objects import FileObject, SectionObject, Status, put_buffer
 from emu.win.ntdefs import (
     MEM_COMMIT,
     MEM_IMAGE,
@@ -277,7 +277,7 @@ def NtCreateSection(
     from loader.errors import LoaderError
     from loader.peimage import PeImage
 
-    objects = objects_of(k.proc)
+    objects = k.proc.objects
     k.details.update(attributes=AllocationAttributes)
     if not FileHandle:
         if not MaximumSize:
@@ -319,12 +319,6 @@ def NtOpenSection(
     raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, name)
 
 
-def _section(k: Kernel, handle: int) -> SectionObject:
-    obj = objects_of(k.proc).get(handle, SectionObject)
-    assert isinstance(obj, SectionObject)
-    return obj
-
-
 @syscall
 def NtQuerySection(
     k: Kernel,
@@ -334,7 +328,7 @@ def NtQuerySection(
     SectionInformationLength: SIZE_T,
     ReturnLength: PSIZE_T,
 ) -> int:
-    s = _section(k, SectionHandle)
+    s = k.proc.objects.get(SectionHandle, SectionObject)
     k.details.update(cls=SectionInformationClass, name=s.name)
     ps = k.arch.ptr_size
     if SectionInformationClass == SectionBasicInformation:
@@ -379,7 +373,7 @@ def NtMapViewOfSection(
     Win32Protect: ULONG,
 ) -> int:
     k.check_process_handle(ProcessHandle)
-    s = _section(k, SectionHandle)
+    s = k.proc.objects.get(SectionHandle, SectionObject)
     want = k.read_ptr(BaseAddress)
     k.details.update(name=s.name)
     status = Status.SUCCESS
@@ -388,7 +382,7 @@ def NtMapViewOfSection(
         name = s.name.rsplit("\\", 1)[-1]
         module, relocated = map_image(k.proc, s.file.host_path, s.extra["image"], name, want)
         base, size = module.base, module.size
-        objects_of(k.proc).image_views[base] = module
+        k.proc.objects.image_views[base] = module
         if relocated:
             status = Status.IMAGE_NOT_AT_BASE
     else:
@@ -410,7 +404,7 @@ def NtUnmapViewOfSection(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID) -
     """Data views are released; an image view stays mapped (heapemu's memory manager keeps
     image reservations for good) but its module is forgotten."""
     k.check_process_handle(ProcessHandle)
-    module = objects_of(k.proc).image_views.pop(BaseAddress, None)
+    module = k.proc.objects.image_views.pop(BaseAddress, None)
     if module is not None:
         k.proc.modules.remove(module)
         k.details.update(module=module.name)
@@ -437,7 +431,7 @@ def _nls_file(Type: int, Id: int) -> str | None:
 
 def map_nls(k: Kernel, name: str) -> tuple[int, int]:
     """(address, size) of a read-only view of NLS file ``name``, mapped once per process."""
-    objects = objects_of(k.proc)
+    objects = k.proc.objects
     views = objects.nls_views
     if name in views:
         return views[name]
