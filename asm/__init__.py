@@ -10,8 +10,9 @@ pinned ``zig cc`` into the checked-in ``asm/ntheap_x86.s`` / ``asm/ntheap_x64.s`
 Calling conventions: x64 exports use the Microsoft x64 ABI; x86 exports are stdcall (the callee
 pops 4 bytes per argument of the prototypes in ``emu.win.prototypes``). BOOLEAN-like results
 (RtlFreeHeap, RtlValidateHeap, RtlLockHeap, RtlUnlockHeap) are full 32-bit 0/1 values. The
-stubs expect the kernel to handle ``syscall`` (x64: number in eax, arguments r10, rdx, r8, r9, then the stack from rsp+0x28) or
-``int 0x2e`` (x86: number in eax, edx points at the stdcall arguments), see SYSCALL_NUMBERS.
+stubs expect the kernel to handle ``syscall`` (x64: number in eax, arguments r10, rdx, r8, r9,
+then the stack from rsp+0x28) or ``int 0x2e`` (x86: number in eax, edx points at the stdcall
+arguments), see SYSCALL_NUMBERS.
 The PEB is read from gs:[0x60] (x64) / fs:[0x30] (x86); a NULL PEB disables the process-heap
 list. NtRaiseException gets a NULL context and FirstChance=TRUE.
 
