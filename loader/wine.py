@@ -23,13 +23,12 @@ find_wine_dir(arch) looks, in this order:
 Every DLL found is checked against the SHA-256 recorded in WINE_SHA256 below (ntdll.dll must be
 there; the others are checked when present).
 
-    python -m loader.wine fetch              # find or fetch both arches, print the directories
+    python -m loader fetch              # find or fetch both arches, print the directories
     python -m loader.wine syscalls --arch x64  # the syscall numbers read from ntdll's stubs
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -38,7 +37,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -211,7 +209,7 @@ def installed_wine_dirs(arch: str) -> list[Path]:
 
 
 def _cache_remedy(directory: Path) -> str:
-    return f"Delete {directory} and run `python -m loader.wine fetch` to fetch it again."
+    return f"Delete {directory} and run `python -m loader fetch` to fetch it again."
 
 
 def find_wine_dir(arch: str, user_dir: str | Path | None = None, *, fetch: bool = True) -> Path:
@@ -253,7 +251,7 @@ def _not_found_message(arch: str, skipped: Sequence[str], why: str = "") -> str:
         ),
         "  - on Debian bookworm, as root: "
         + ("dpkg --add-architecture i386 && " if arch == "x86" else "")
-        + "apt-get update, then run `python -m loader.wine fetch` "
+        + "apt-get update, then run `python -m loader fetch` "
         f"(it runs `apt-get download {DEB_PACKAGES[arch]}={DEBIAN_VERSION}` and unpacks the DLLs "
         f"into {cache_dir()});",
         f"  - or install it: apt-get install {DEB_PACKAGES[arch]}={DEBIAN_VERSION}.",
@@ -511,31 +509,3 @@ def wine_syscall_numbers(image: PeImage) -> dict[int, str]:
 
 
 # --- command line ---------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loader.wine", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="find or fetch and verify the DLLs; print where they are")
-    fetch.add_argument("--arch", choices=ARCHES, action="append", help="default: both")
-    fetch.add_argument("--dir", help=f"a Wine DLL directory to use (like ${WINE_DIR_ENV})")
-    syscalls = sub.add_parser("syscalls", help="print the syscall numbers read from ntdll")
-    syscalls.add_argument("--arch", choices=ARCHES, required=True)
-    syscalls.add_argument("--dir", help=f"a Wine DLL directory to use (like ${WINE_DIR_ENV})")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
-            for arch, directory in ensure_wine_dlls(args.arch or ARCHES, args.dir).items():
-                print(f"{arch} {directory}")
-        else:
-            image = PeImage.from_file(find_wine_dir(args.arch, args.dir) / "ntdll.dll")
-            for number, name in wine_syscall_numbers(image).items():
-                print(f"{number:#06x} {name}")
-    except LoaderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

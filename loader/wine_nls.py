@@ -15,15 +15,13 @@ arch-independent, at ``usr/share/wine/nls/``). find_nls_dir() looks, in this ord
 Every file in NLS_FILES found is checked against its recorded SHA-256; the files a start-up
 always reads (REQUIRED_NLS) must be there.
 
-    python -m loader.wine_nls fetch     # find or fetch, print the directory
+    python -m loader fetch             # with the DLLs: find or fetch, print the directories
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -103,13 +101,13 @@ def find_nls_dir(user_dir: str | Path | None = None, *, fetch: bool = True) -> P
             continue
         return directory
     cached = nls_cache_dir()
-    remedy = f"Delete {cached} and run `python -m loader.wine_nls fetch` to fetch it again."
+    remedy = f"Delete {cached} and run `python -m loader fetch` to fetch it again."
     if (cached / "locale.nls").is_file():
         verify_nls_dir(cached, remedy)
         return cached
     if not fetch:
         raise LoaderError(
-            f"Wine {WINE_VERSION} NLS files not found; run `python -m loader.wine_nls fetch` "
+            f"Wine {WINE_VERSION} NLS files not found; run `python -m loader fetch` "
             f"or set {NLS_DIR_ENV}"
         )
     return fetch_nls_files()
@@ -150,21 +148,3 @@ def fetch_nls_files() -> Path:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loader.wine_nls", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="find or fetch and verify the NLS files")
-    fetch.add_argument("--dir", help=f"an NLS directory to use (like ${NLS_DIR_ENV})")
-    args = parser.parse_args(argv)
-    try:
-        print(find_nls_dir(args.dir))
-    except LoaderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

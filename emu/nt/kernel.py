@@ -50,7 +50,6 @@ ULONG: TypeAlias = Annotated[int, 32]
 ACCESS_MASK: TypeAlias = Annotated[int, 32]
 NTSTATUS: TypeAlias = Annotated[int, 32]
 LONG: TypeAlias = Annotated[int, 32]
-MEMORY_INFORMATION_CLASS: TypeAlias = Annotated[int, 32]
 BOOLEAN: TypeAlias = Annotated[int, 8]
 
 NT_CURRENT_PROCESS = -1  # NtCurrentProcess() pseudo-handle

@@ -11,6 +11,7 @@ ALLOCATION_GRANULARITY = 0x10000  # reservations start on 64 KiB boundaries (SYS
 class NtStatus(enum.IntEnum):
     SUCCESS = 0x00000000
     TIMEOUT = 0x00000102
+    PENDING = 0x00000103
     IMAGE_NOT_AT_BASE = 0x40000003
     BUFFER_OVERFLOW = 0x80000005
     NO_MORE_FILES = 0x80000006
@@ -57,9 +58,69 @@ class NtStatus(enum.IntEnum):
     INVALID_PARAMETER_6 = 0xC00000F4
     STACK_OVERFLOW = 0xC00000FD
     NOT_A_DIRECTORY = 0xC0000103
+    NO_TOKEN = 0xC000007C
     COMMITMENT_LIMIT = 0xC000012D
     PORT_NOT_SET = 0xC0000353
     HEAP_CORRUPTION = 0xC0000374
+
+
+# Information classes, by the Windows enums' own names (phnt numbering). A handler matches on
+# these; a class it does not serve is STATUS_INVALID_INFO_CLASS.
+class SYSTEM_INFORMATION_CLASS(enum.IntEnum):
+    SystemBasicInformation = 0
+    SystemProcessorInformation = 1
+    SystemTimeOfDayInformation = 3
+    SystemRangeStartInformation = 50
+    SystemEmulationBasicInformation = 62
+    SystemEmulationProcessorInformation = 63
+
+
+class PROCESSINFOCLASS(enum.IntEnum):
+    ProcessBasicInformation = 0
+    ProcessDebugPort = 7
+    ProcessDefaultHardErrorMode = 12
+    ProcessWow64Information = 26
+    ProcessImageFileName = 27
+    ProcessDebugObjectHandle = 30
+    ProcessDebugFlags = 31
+    ProcessExecuteFlags = 34
+    ProcessCookie = 36
+    ProcessImageInformation = 37
+    ProcessImageFileNameWin32 = 43
+
+
+class THREADINFOCLASS(enum.IntEnum):
+    ThreadBasicInformation = 0
+
+
+class TOKEN_INFORMATION_CLASS(enum.IntEnum):
+    TokenUser = 1
+    TokenElevationType = 18
+    TokenElevation = 20
+
+
+class MEMORY_INFORMATION_CLASS(enum.IntEnum):
+    MemoryBasicInformation = 0
+
+
+class SECTION_INFORMATION_CLASS(enum.IntEnum):
+    SectionBasicInformation = 0
+    SectionImageInformation = 1
+
+
+class FILE_INFORMATION_CLASS(enum.IntEnum):
+    FileBasicInformation = 4
+    FileStandardInformation = 5
+    FileInternalInformation = 6
+    FilePositionInformation = 14
+    FileNetworkOpenInformation = 34
+    FileIdInformation = 59
+
+
+class FS_INFORMATION_CLASS(enum.IntEnum):
+    FileFsVolumeInformation = 1
+    FileFsDeviceInformation = 4
+    FileFsAttributeInformation = 5
 
 
 def status_name(code: int) -> str:

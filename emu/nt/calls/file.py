@@ -20,6 +20,10 @@ from emu.nt.objects import (
     put_buffer,
     write_io_status,
 )
+from emu.win.ntdefs import (
+    FILE_INFORMATION_CLASS,
+    FS_INFORMATION_CLASS,
+)
 
 FILE_DIRECTORY_FILE, FILE_NON_DIRECTORY_FILE = 0x1, 0x40
 FILE_SUPERSEDE, FILE_OPEN, FILE_CREATE, FILE_OPEN_IF, FILE_OVERWRITE, FILE_OVERWRITE_IF = range(6)
@@ -30,9 +34,6 @@ FILE_USE_FILE_POINTER_POSITION = 0xFFFFFFFE  # ByteOffset.HighPart meaning "the 
 FILE_TIME = 133_000_000_000_000_000  # every file's times: 2022-06-18, fixed for reproducibility
 
 # FILE_INFORMATION_CLASS / FS_INFORMATION_CLASS values used here
-FileBasicInformation, FileStandardInformation, FileInternalInformation = 4, 5, 6
-FilePositionInformation, FileNetworkOpenInformation, FileIdInformation = 14, 34, 59
-FileFsVolumeInformation, FileFsDeviceInformation, FileFsAttributeInformation = 1, 4, 5
 
 
 def _open(
@@ -193,18 +194,18 @@ def _basic_info(attributes: int) -> bytes:
 
 def _file_info(k: Kernel, f: FileObject, cls: int) -> bytes:
     size = f.size
-    if cls == FileBasicInformation:
+    if cls == FILE_INFORMATION_CLASS.FileBasicInformation:
         return _basic_info(_attributes(f))
-    if cls == FileStandardInformation:
+    if cls == FILE_INFORMATION_CLASS.FileStandardInformation:
         alloc = (size + 0xFFF) & ~0xFFF
         return struct.pack("<qqIBB2x", alloc, size, 1, 0, int(f.directory))
-    if cls == FileInternalInformation:
+    if cls == FILE_INFORMATION_CLASS.FileInternalInformation:
         return struct.pack("<Q", f.file_id)
-    if cls == FilePositionInformation:
+    if cls == FILE_INFORMATION_CLASS.FilePositionInformation:
         return struct.pack("<q", f.position)
-    if cls == FileIdInformation:
+    if cls == FILE_INFORMATION_CLASS.FileIdInformation:
         return struct.pack("<QQQ", 0x4845_4150, f.file_id, 0)  # VolumeSerialNumber "HEAP"
-    if cls == FileNetworkOpenInformation:
+    if cls == FILE_INFORMATION_CLASS.FileNetworkOpenInformation:
         alloc = (size + 0xFFF) & ~0xFFF
         return struct.pack("<qqqqqqI4x", *(FILE_TIME,) * 4, alloc, size, _attributes(f))
     raise NtStatusError(0xC0000003, f"FileInformationClass {cls}")
@@ -239,7 +240,7 @@ def NtSetInformationFile(
     """Only the file position can be set; anything that would change a file is refused."""
     f = k.proc.objects.get(FileHandle, FileObject)
     k.details.update(cls=FileInformationClass, name=f.name)
-    if FileInformationClass != FilePositionInformation:
+    if FileInformationClass != FILE_INFORMATION_CLASS.FilePositionInformation:
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} cannot be changed in the sandbox")
     (f.position,) = struct.unpack("<q", k.read(FileInformation, 8))
     write_io_status(k, IoStatusBlock, 0, 0)
@@ -257,10 +258,10 @@ def NtQueryVolumeInformationFile(
 ) -> int:
     f = k.proc.objects.get(FileHandle, FileObject)
     k.details.update(cls=FsInformationClass, name=f.name)
-    if FsInformationClass == FileFsDeviceInformation:
+    if FsInformationClass == FS_INFORMATION_CLASS.FileFsDeviceInformation:
         device = FILE_DEVICE_NAMED_PIPE if f.stream else FILE_DEVICE_DISK
         data = struct.pack("<II", device, 0)
-    elif FsInformationClass == FileFsVolumeInformation and not f.stream:
+    elif FsInformationClass == FS_INFORMATION_CLASS.FileFsVolumeInformation and not f.stream:
         label = "HEAPEMU".encode("utf-16-le")
         data = struct.pack("<qIIBB", FILE_TIME, 0x4845_4150, len(label), 0, 0) + label
     else:
@@ -297,7 +298,7 @@ def NtQueryAttributesFile(k: Kernel, ObjectAttributes: PVOID, FileInformation: P
 @syscall
 def NtQueryFullAttributesFile(k: Kernel, ObjectAttributes: PVOID, FileInformation: PVOID) -> int:
     f = _lookup_attributes(k, ObjectAttributes)
-    k.write(FileInformation, _file_info(k, f, FileNetworkOpenInformation))
+    k.write(FileInformation, _file_info(k, f, FILE_INFORMATION_CLASS.FileNetworkOpenInformation))
     return Status.SUCCESS
 
 

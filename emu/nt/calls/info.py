@@ -24,26 +24,19 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import KernelObject, Status, put_buffer
-from emu.win.ntdefs import ALLOCATION_GRANULARITY, PAGE_SIZE
+from emu.win.ntdefs import (
+    ALLOCATION_GRANULARITY,
+    PAGE_SIZE,
+    PROCESSINFOCLASS,
+    SYSTEM_INFORMATION_CLASS,
+    THREADINFOCLASS,
+    TOKEN_INFORMATION_CLASS,
+    NtStatus,
+)
 
 SYSTEM_TIME = 133_000_000_000_000_000  # 2022-06-18 in FILETIME units; the emulated boot time
 PERFORMANCE_FREQUENCY = 10_000_000
-INVALID_INFO_CLASS = 0xC0000003
-STATUS_PENDING = 0x103
-NO_TOKEN = 0xC000007C
 
-# SYSTEM_INFORMATION_CLASS
-SystemBasicInformation, SystemProcessorInformation, SystemTimeOfDayInformation = 0, 1, 3
-SystemRangeStartInformation, SystemEmulationBasicInformation = 50, 62
-SystemEmulationProcessorInformation = 63
-# PROCESSINFOCLASS
-ProcessBasicInformation, ProcessDebugPort, ProcessDefaultHardErrorMode = 0, 7, 12
-ProcessWow64Information, ProcessImageFileName, ProcessDebugObjectHandle = 26, 27, 30
-ProcessDebugFlags, ProcessExecuteFlags, ProcessCookie = 31, 34, 36
-ProcessImageInformation, ProcessImageFileNameWin32 = 37, 43
-# THREADINFOCLASS / TOKEN_INFORMATION_CLASS
-ThreadBasicInformation = 0
-TokenUser, TokenElevationType, TokenElevation = 1, 18, 20
 # S-1-5-21-0-0-0-1000: revision 1, five sub-authorities, NT authority (5)
 USER_SID = bytes([1, 5, 0, 0, 0, 0, 0, 5]) + struct.pack("<5I", 21, 0, 0, 0, 1000)
 
@@ -59,7 +52,10 @@ def _ptr(k: Kernel) -> str:
 
 def _system_info(k: Kernel, cls: int) -> bytes:
     arch, p = k.arch, _ptr(k)
-    if cls in (SystemBasicInformation, SystemEmulationBasicInformation):
+    if cls in (
+        SYSTEM_INFORMATION_CLASS.SystemBasicInformation,
+        SYSTEM_INFORMATION_CLASS.SystemEmulationBasicInformation,
+    ):
         pad = "4x" if arch.ptr_size == 8 else ""
         tail = "7x" if arch.ptr_size == 8 else "3x"
         return struct.pack(
@@ -76,15 +72,18 @@ def _system_info(k: Kernel, cls: int) -> bytes:
             1,  # ActiveProcessorsAffinityMask
             1,  # NumberOfProcessors
         )
-    if cls in (SystemProcessorInformation, SystemEmulationProcessorInformation):
+    if cls in (
+        SYSTEM_INFORMATION_CLASS.SystemProcessorInformation,
+        SYSTEM_INFORMATION_CLASS.SystemEmulationProcessorInformation,
+    ):
         architecture = 9 if arch.ptr_size == 8 else 0  # AMD64 / INTEL
         return struct.pack("<HHHHI", architecture, 6, 0x9E0A, 1, 0)
-    if cls == SystemTimeOfDayInformation:
+    if cls == SYSTEM_INFORMATION_CLASS.SystemTimeOfDayInformation:
         now = SYSTEM_TIME + _clock(k)
         return struct.pack("<qqqII4x", SYSTEM_TIME, now, 0, 0, 0)
-    if cls == SystemRangeStartInformation:
+    if cls == SYSTEM_INFORMATION_CLASS.SystemRangeStartInformation:
         return k.arch.pack_ptr(arch.user_max + 0x10001)
-    raise NtStatusError(INVALID_INFO_CLASS, f"SystemInformationClass {cls}")
+    raise NtStatusError(NtStatus.INVALID_INFO_CLASS, f"SystemInformationClass {cls}")
 
 
 @syscall
@@ -114,32 +113,34 @@ def _process_info(k: Kernel, cls: int, buf: int) -> bytes:
 
     proc, p = k.proc, _ptr(k)
     main = proc.objects.main_image
-    if cls == ProcessBasicInformation:
+    if cls == PROCESSINFOCLASS.ProcessBasicInformation:
         pad = "4x" if k.arch.ptr_size == 8 else ""
-        return struct.pack(f"<I{pad}{p}{p}i{pad}{p}{p}", STATUS_PENDING, proc.peb, 1, 8, 0x1000, 0)
-    if cls == ProcessDebugPort:
+        return struct.pack(
+            f"<I{pad}{p}{p}i{pad}{p}{p}", NtStatus.PENDING, proc.peb, 1, 8, 0x1000, 0
+        )
+    if cls == PROCESSINFOCLASS.ProcessDebugPort:
         return k.arch.pack_ptr(0)
-    if cls == ProcessDebugObjectHandle:
+    if cls == PROCESSINFOCLASS.ProcessDebugObjectHandle:
         raise NtStatusError(Status.PORT_NOT_SET, "no debugger")
-    if cls == ProcessDebugFlags:
+    if cls == PROCESSINFOCLASS.ProcessDebugFlags:
         return struct.pack("<I", 1)  # NoDebugInherit: not being debugged
-    if cls == ProcessWow64Information:
+    if cls == PROCESSINFOCLASS.ProcessWow64Information:
         return k.arch.pack_ptr(0)
-    if cls == ProcessDefaultHardErrorMode:
+    if cls == PROCESSINFOCLASS.ProcessDefaultHardErrorMode:
         return struct.pack("<I", 1)
-    if cls == ProcessExecuteFlags:
+    if cls == PROCESSINFOCLASS.ProcessExecuteFlags:
         return struct.pack("<I", 0x2 | 0x8)  # MEM_EXECUTE_OPTION_ENABLE | PERMANENT
-    if cls == ProcessCookie:
+    if cls == PROCESSINFOCLASS.ProcessCookie:
         return struct.pack("<I", 0x4845_4150)
     if main is not None:
-        if cls == ProcessImageInformation:
+        if cls == PROCESSINFOCLASS.ProcessImageInformation:
             return image_information(main.image, main.base, main.file_size, k.arch.ptr_size)
-        if cls == ProcessImageFileName:
+        if cls == PROCESSINFOCLASS.ProcessImageFileName:
             nt = "\\Device\\HarddiskVolume1" + main.windows_path[2:]
             return _unicode_string_block(k, buf, nt)
-        if cls == ProcessImageFileNameWin32:
+        if cls == PROCESSINFOCLASS.ProcessImageFileNameWin32:
             return _unicode_string_block(k, buf, main.windows_path)
-    raise NtStatusError(INVALID_INFO_CLASS, f"ProcessInformationClass {cls}")
+    raise NtStatusError(NtStatus.INVALID_INFO_CLASS, f"ProcessInformationClass {cls}")
 
 
 @syscall
@@ -191,12 +192,14 @@ def NtQueryInformationThread(
 
     _check_thread(k, ThreadHandle)
     k.details.update(cls=ThreadInformationClass)
-    if ThreadInformationClass != ThreadBasicInformation:
-        raise NtStatusError(INVALID_INFO_CLASS, f"ThreadInformationClass {ThreadInformationClass}")
+    if ThreadInformationClass != THREADINFOCLASS.ThreadBasicInformation:
+        raise NtStatusError(
+            NtStatus.INVALID_INFO_CLASS, f"ThreadInformationClass {ThreadInformationClass}"
+        )
     p = _ptr(k)
     pad = "4x" if k.arch.ptr_size == 8 else ""
     data = struct.pack(
-        f"<I{pad}{p}{p}{p}{p}ii", STATUS_PENDING, k.proc.teb, PROCESS_ID, THREAD_ID, 1, 8, 8
+        f"<I{pad}{p}{p}{p}{p}ii", NtStatus.PENDING, k.proc.teb, PROCESS_ID, THREAD_ID, 1, 8, 8
     )
     put_buffer(k, ThreadInformation, ThreadInformationLength, data, ReturnLength)
     return Status.SUCCESS
@@ -248,7 +251,7 @@ def NtOpenThreadToken(
     TokenHandle: PHANDLE,
 ) -> int:  # fmt: skip
     """The thread is not impersonating: STATUS_NO_TOKEN."""
-    raise NtStatusError(NO_TOKEN, "no impersonation token")
+    raise NtStatusError(NtStatus.NO_TOKEN, "no impersonation token")
 
 
 @syscall
@@ -256,7 +259,7 @@ def NtOpenThreadTokenEx(
     k: Kernel, ThreadHandle: HANDLE, DesiredAccess: ACCESS_MASK, OpenAsSelf: BOOLEAN,
     HandleAttributes: ULONG, TokenHandle: PHANDLE,
 ) -> int:  # fmt: skip
-    raise NtStatusError(NO_TOKEN, "no impersonation token")
+    raise NtStatusError(NtStatus.NO_TOKEN, "no impersonation token")
 
 
 @syscall
@@ -275,15 +278,17 @@ def NtQueryInformationToken(
         if token.kind != "token":
             raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{TokenHandle:x}")
     k.details.update(cls=TokenInformationClass)
-    if TokenInformationClass == TokenUser:
+    if TokenInformationClass == TOKEN_INFORMATION_CLASS.TokenUser:
         head = 2 * k.arch.ptr_size  # TOKEN_USER {SID_AND_ATTRIBUTES {PSID Sid; ULONG Attr}}
         data = k.arch.pack_ptr(TokenInformation + head) + bytes(head - k.arch.ptr_size) + USER_SID
-    elif TokenInformationClass == TokenElevationType:
+    elif TokenInformationClass == TOKEN_INFORMATION_CLASS.TokenElevationType:
         data = struct.pack("<I", 1)  # TokenElevationTypeDefault
-    elif TokenInformationClass == TokenElevation:
+    elif TokenInformationClass == TOKEN_INFORMATION_CLASS.TokenElevation:
         data = struct.pack("<I", 0)
     else:
-        raise NtStatusError(INVALID_INFO_CLASS, f"TokenInformationClass {TokenInformationClass}")
+        raise NtStatusError(
+            NtStatus.INVALID_INFO_CLASS, f"TokenInformationClass {TokenInformationClass}"
+        )
     put_buffer(k, TokenInformation, TokenInformationLength, data, ReturnLength)
     return Status.SUCCESS
 

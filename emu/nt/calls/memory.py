@@ -5,7 +5,6 @@ from __future__ import annotations
 from emu.errors import NtStatusError
 from emu.nt.kernel import (
     HANDLE,
-    MEMORY_INFORMATION_CLASS,
     PSIZE_T,
     PULONG,
     PVOID,
@@ -26,11 +25,11 @@ from emu.win.ntdefs import (
     MEM_RESET_UNDO,
     MEM_TOP_DOWN,
     MEM_WRITE_WATCH,
+    MEMORY_INFORMATION_CLASS,
     PAGE_SIZE,
     NtStatus,
 )
 
-MemoryBasicInformation = 0  # MEMORY_INFORMATION_CLASS
 _MM_MAXIMUM_ZERO_BITS = 21  # larger ZeroBits values are masks, accepted on x64 only
 
 
@@ -127,13 +126,13 @@ def NtQueryVirtualMemory(
     k: Kernel,
     ProcessHandle: HANDLE,
     BaseAddress: PVOID,
-    MemoryInformationClass: MEMORY_INFORMATION_CLASS,
+    MemoryInformationClass: ULONG,
     MemoryInformation: PVOID,
     MemoryInformationLength: SIZE_T,
     ReturnLength: PSIZE_T,
 ) -> int:
     k.check_process_handle(ProcessHandle)
-    if MemoryInformationClass != MemoryBasicInformation:
+    if MemoryInformationClass != MEMORY_INFORMATION_CLASS.MemoryBasicInformation:
         raise NtStatusError(NtStatus.INVALID_INFO_CLASS, f"class {MemoryInformationClass}")
     mbi_size = MEMORY_BASIC_INFORMATION.size(k.arch)
     if MemoryInformationLength < mbi_size:

@@ -42,6 +42,7 @@ from emu.win.ntdefs import (
     MEM_RESERVE,
     PAGE_READONLY,
     PAGE_READWRITE,
+    SECTION_INFORMATION_CLASS,
 )
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from loader.peimage import PeImage
 
 SEC_IMAGE = 0x1000000
-SectionBasicInformation, SectionImageInformation = 0, 1
 INVALID_FILE_FOR_SECTION = 0xC0000020
 INVALID_IMAGE_NOT_MZ = 0xC000012F
 MACHINES = {"x86": 0x14C, "x64": 0x8664}
@@ -331,11 +331,11 @@ def NtQuerySection(
     s = k.proc.objects.get(SectionHandle, SectionObject)
     k.details.update(cls=SectionInformationClass, name=s.name)
     ps = k.arch.ptr_size
-    if SectionInformationClass == SectionBasicInformation:
+    if SectionInformationClass == SECTION_INFORMATION_CLASS.SectionBasicInformation:
         attributes = SEC_IMAGE if s.image else 0x8000000  # SEC_COMMIT
         fmt = "<QI4xq" if ps == 8 else "<IIq"
         data = struct.pack(fmt, 0, attributes, s.size)
-    elif SectionInformationClass == SectionImageInformation and s.image:
+    elif SectionInformationClass == SECTION_INFORMATION_CLASS.SectionImageInformation and s.image:
         image = s.extra["image"]
         assert s.file is not None
         data = image_information(image, image.image_base, s.file.size, ps)
