@@ -21,6 +21,7 @@ test: $(STAMP) lint typecheck wine-dlls toolchains unit
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the architecture contract (pyproject.toml, docs/architecture.md)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
