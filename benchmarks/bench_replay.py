@@ -1,7 +1,7 @@
 """Allocation replay speed: every figure a ratio of two measurements taken in the same run.
 
 For each architecture and allocator, one synthetic tape (``typical`` sizes) is replayed with
-``emu.replay`` and compared with:
+``emu.heap.replay.run`` and compared with:
 
 * the same builtin heap C compiled natively, replaying the same tape (benchmarks/native_replay:
   the physical limit; builtin only, Wine's ntdll cannot run natively here);

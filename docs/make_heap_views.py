@@ -2,10 +2,10 @@
 
     .venv/bin/python docs/make_heap_views.py
 
-Seed 002's scenario (``emu.views_story``) runs on the builtin heap and on Wine 8.0's ntdll (its
-DLLs come from ``make wine-dlls``), x86 and x64; each run is shown with every text view of
-``emu.views`` and drawn with ``emu.views.heapmap``. The output is deterministic: emulation is, and the
-images carry no dates.
+Seed 002's scenario (``emu.views.story``) runs on every allocator of ``emu.heap.registry``
+(Wine's DLLs come from ``make wine-dlls``), x86 and x64; each run is shown with every text view
+of ``emu.views`` and drawn with ``emu.views.heapmap``. The output is deterministic: emulation
+is, and the images carry no dates.
 """
 
 from __future__ import annotations

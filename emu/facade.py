@@ -39,11 +39,11 @@ class Process(ProcessCore):
         **options: object,
     ) -> Process:
         """A process with the Windows program at ``path`` and Wine's ntdll mapped, ready for
-        ``proc.program.run()`` (see ``emu.program.load_program`` for the options)."""
+        ``proc.program.run()`` (see ``emu.load.program.load_program`` for the options)."""
         return load_program(Path(path), argv, env, **options).proc  # type: ignore[return-value]
 
     def load_pe(self, path: str, name: str | None = None, *, trap_missing: bool = False) -> Module:
-        """Map a PE image (see ``loader.pe``): preferred base or relocated, imports bound."""
+        """Map a PE image (see ``emu.load.pe``): preferred base or relocated, imports bound."""
         return load_pe(self, path, name, trap_missing=trap_missing)
 
     def hook_export(
@@ -64,7 +64,8 @@ class Process(ProcessCore):
         convention: str | None = None,
         argc: int = 0,
     ) -> Breakpoint:
-        """Call ``callback(ctx)`` whenever execution reaches ``target`` (see emu.breakpoints)."""
+        """Call ``callback(ctx)`` whenever execution reaches ``target`` (see
+        emu.observe.breakpoints)."""
         return add_breakpoint(self, target, callback, convention=convention, argc=argc)
 
     def stack(self) -> list[Frame]:
@@ -81,13 +82,13 @@ class Process(ProcessCore):
         end: int = 0,
         registers: bool = False,
     ) -> Tracer:
-        """Write an instruction trace to ``out`` (see ``emu.tracer``); a context manager."""
+        """Write an instruction trace to ``out`` (see ``emu.observe.tracer``); a context manager."""
         return Tracer(
             self, out, function=function, call=call, begin=begin, end=end, registers=registers
         )
 
     def watch_memory(self, address: int, size: int) -> MemoryWatch:
-        """Record every write to [address, address+size) (see ``emu.tracer.MemoryWatch``)."""
+        """Record every write to [address, address+size) (``emu.observe.tracer.MemoryWatch``)."""
         return MemoryWatch(self, address, size)
 
     def record(
@@ -98,7 +99,7 @@ class Process(ProcessCore):
         cdecl: Iterable[str] = (),
         argc: dict[str, int] | None = None,
     ) -> EventRecorder:
-        """Start recording allocation events (``emu.events``); use as a context manager or
+        """Start recording allocation events (``emu.observe.events``); use as a context manager or
         call ``.stop()``. ``functions`` default to the heap entry points of loaded modules."""
         rec = EventRecorder(
             self, functions, check_conventions=check_conventions, cdecl=cdecl, argc=argc
@@ -119,11 +120,11 @@ class Process(ProcessCore):
     def load_wine_ntdll(
         self, wine_dir: str | None = None, *, debug_channels: str | None = None
     ) -> Module:
-        """Load Wine 8.0's real ntdll.dll and make it runnable (see ``loader.wine_ntdll``)."""
+        """Load Wine 8.0's real ntdll.dll and make it runnable (see ``emu.load.wine_ntdll``)."""
         return load_wine_ntdll(self, wine_dir, debug_channels=debug_channels)
 
     def load_flat(self, source_or_path: str, name: str, base: int | None = None) -> Module:
-        """Assemble x86/x64 assembly with keystone and map it (see ``loader.flat``)."""
+        """Assemble x86/x64 assembly with keystone and map it (see ``emu.load.flat``)."""
         return load_flat(self, source_or_path, name, base)
 
 

@@ -1,6 +1,6 @@
 """Loaded modules and their symbols: what every address in the process means.
 
-The loaders (``loader.pe``, ``loader.flat``) build :class:`Module` records; the process keeps
+The loaders (``emu.load.pe``, ``emu.load.flat``) build :class:`Module` records; the process keeps
 them in a :class:`ModuleList`, which resolves ``"module!Name"`` and symbolises addresses as
 ``module!Name+0x1f`` for traces, stacks and breakpoints.
 """

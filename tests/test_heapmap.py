@@ -1,4 +1,5 @@
-"""Heap pictures (emu.heapmap): lanes tile the heap, images are written and are real images."""
+"""Heap pictures (emu.views.heapmap): lanes tile the heap, images are written and are real
+images."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_fields_written_at_their_offsets(proc: Process) -> None:
 
 
 # Independent derivation: the published field order and C types, laid out by ctypes for each
-# pointer size, must give the offsets declared in emu.layouts.
+# pointer size, must give the offsets declared in emu.win.layouts.
 def _ctypes_peb(ptr: type) -> type:
     class PEBPrefix(ctypes.Structure):
         _fields_ = [

@@ -1,4 +1,5 @@
-"""Heap walkers (emu.walkers) against the allocators' own RtlWalkHeap, on every arch x allocator.
+"""Heap walkers (emu.heap.walkers) against the allocators' own RtlWalkHeap, on every arch x
+allocator.
 
 The walkers read emulated memory only; these tests run known operation sequences, compare the
 walk with what the allocator returned and with its RtlWalkHeap, then corrupt bytes with

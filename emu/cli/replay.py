@@ -3,7 +3,8 @@
     heapemu replay trace.txt --arch x86 --allocator wine
     heapemu replay --synthetic 100000 --seed 3 --sizes mixed --json
 
-TRACE is the text format of ``emu.workload`` ("-" for stdin). The replay is timed without hooks;
+TRACE is the text format of ``emu.heap.replay.workload`` ("-" for stdin). The replay is timed
+without hooks;
 unless --no-count, a second run in a fresh process with a block-counting hook gives the number
 of emulated instructions (the process is deterministic, so both runs execute the same code).
 """

@@ -1,6 +1,6 @@
 """A typed wrapper around an allocator's Rtl*Heap entry points, for any module that exports them:
 the builtin heap (``asm/``) and Wine's ntdll.dll alike. Every method is one ``proc.call`` with
-the Windows prototype; nothing here looks inside the heap (the walkers in ``emu.walkers`` do).
+the Windows prototype; nothing here looks inside the heap (the walkers in ``emu.heap.walkers`` do).
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class Allocator:
     def replay(
         self, ops: Iterable[OpLike] | Tape, heap: int | None = None, **options: Any
     ) -> ReplayResult:
-        """Run a whole list of operations inside the emulator (``emu.replay.replay``)."""
+        """Run a whole list of operations inside the emulator (``emu.heap.replay.run.replay``)."""
         from emu.heap.replay.run import replay
 
         return replay(self, ops, heap, **options)

@@ -74,7 +74,7 @@ class StackSnapshot:
 
 
 class CrossHeapFreeDetector:
-    """Watches ntdll!RtlFreeHeap: the heap walkers (``emu.walkers``) say which heap of
+    """Watches ntdll!RtlFreeHeap: the heap walkers (``emu.heap.walkers``) say which heap of
     PEB.ProcessHeaps holds each freed block; a block freed through another heap is reported
     with the stack of the free and the stack of its allocation.
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from emu.nt.kernel import Kernel
 
 
-Status = NtStatus  # the object calls answer codes declared once in emu.ntdefs
+Status = NtStatus  # the object calls answer codes declared once in emu.win.ntdefs
 
 
 # ACCESS_MASK bits that ask to change a file
@@ -219,7 +219,7 @@ class ObjectManager:
         self.denied: list[tuple[str, str]] = []  # (name, why) of every refused open
         for stream, handle in STD_HANDLES.items():
             self._handles[handle] = FileObject("file", f"<{stream}>", stream=stream)
-        # what the section and information calls serve (set by emu.program)
+        # what the section and information calls serve (set by emu.load.program)
         self.nls_dir: Path | None = None
         self.main_image: MainImage | None = None
         self.nls_views: dict[str, tuple[int, int]] = {}  # NLS file -> (address, size)

@@ -124,7 +124,8 @@ class ProcessCore:
         self._conventions: dict[str | None, Convention] = {None: get_convention(self.arch, None)}
         self.export_hooks: dict[str, int] = {}
         self.trap_names: dict[int, str] = {}
-        # observers (emu.events and friends): called on every system call / at each run's end
+        # observers (emu.observe.events and friends): called on every system call / at each run's
+        # end
         self.syscall_observers: list[Callable[[SyscallRecord], None]] = []
         self.run_observers: list[Callable[[bool], None]] = []
         self.breakpoints: list[Breakpoint] = []

@@ -1,7 +1,8 @@
 """Heap views, data first: WinDbg's ``!heap -s``, ``!heap -h``, ``!heap -i``, ``!address``, ``dt``.
 
 Each view is ``build_*(proc, ...)`` -> a dataclass with ``to_json()`` / ``from_json()``, and
-``render_*(view)`` -> text. Views read the process through the heap walkers (``emu.walkers``) and
+``render_*(view)`` -> text. Views read the process through the heap walkers (``emu.heap.walkers``)
+and
 its memory model only, so they work the same for the builtin heap and Wine's ntdll, x86 and x64.
 A view of every heap lists them as the allocator does: the builtin heap from PEB.ProcessHeaps,
 Wine through its RtlGetProcessHeaps (pass ``allocator=`` to reuse an ``Allocator``).

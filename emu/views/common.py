@@ -1,6 +1,7 @@
 """What every heap view shares: finding the process's heaps, walking them, JSON, hex columns.
 
-A view is a dataclass built from the walkers' reports (``emu.walkers``) and process memory, with
+A view is a dataclass built from the walkers' reports (``emu.heap.walkers``) and process memory,
+with
 ``to_json()`` (plain dicts, lists, ints, strs) and ``from_json()`` (the same dataclass back);
 the text is rendered from the dataclass alone, never from the process.
 """

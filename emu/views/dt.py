@@ -1,7 +1,7 @@
 """``dt``: a heap header dumped field by field with the architecture's offsets (WinDbg's ``dt``).
 
 The fields come from the allocator's declaration (builtin: ``asm.layout(arch)``; Wine:
-``emu.walkers.wine_layout``), the values from process memory. Nested structures and arrays
+``emu.heap.walkers.wine_layout``), the values from process memory. Nested structures and arrays
 are shown by type, with their members after them under dotted names (as ``dt -r`` would).
 """
 

@@ -3,7 +3,8 @@ tape of heap operations inside the emulator.
 
 ``heapemu_replay(ctl)`` (win64 on x64, stdcall on x86) reads its state from a control block of
 pointer-sized slots (:data:`CTL`), then for each 24-byte record of the tape (see
-``emu.replay_tape``) jumps through a table on the opcode to a handler that calls the allocator's
+``emu.heap.replay.tape``) jumps through a table on the opcode to a handler that calls the
+allocator's
 entry point through its slot in the control block, updates the slot table and stores one
 pointer-sized result::
 
@@ -55,7 +56,7 @@ CTL = (
 ENTRIES = CTL[-5:]
 STATUS_DONE, STATUS_BAD_OP, STATUS_IMBALANCE = 0, 1, 2
 
-# tape record fields (offsets in the 24-byte record; see emu.replay_tape)
+# tape record fields (offsets in the 24-byte record; see emu.heap.replay.tape)
 REC_KIND, REC_FLAGS, REC_ID, REC_NEW_ID, REC_SIZE = 0, 4, 8, 12, 16
 RECORD_SIZE = 24
 

@@ -1,7 +1,8 @@
 """Allocation replay at emulator speed: a whole tape of heap operations per ``proc.call``.
 
-``replay(allocator, ops)`` encodes the operations as a :class:`~emu.replay_tape.Tape`, writes it
-(a chunk at a time) into emulated memory and calls the driver of ``emu.replay_driver`` once per
+``replay(allocator, ops)`` encodes the operations as a :class:`~emu.heap.replay.tape.Tape`, writes
+it
+(a chunk at a time) into emulated memory and calls the driver of ``emu.heap.replay.driver`` once per
 chunk: the driver calls the allocator's Rtl* entry points for every record, keeps the ID ->
 block table in emulated memory and stores one pointer-sized result per operation. Python is
 entered only by system calls (served by the process's hooks without stopping the run) and once
@@ -203,7 +204,7 @@ def replay(
     if tape.max_id >= MAX_SLOTS:
         raise ValueError(
             f"id {tape.max_id} needs a table of more than {MAX_SLOTS} slots: "
-            "renumber the trace (emu.workload.renumber)"
+            "renumber the trace (emu.heap.replay.workload.renumber)"
         )
     if arch.ptr_size == 4 and tape.max_size > arch.ptr_mask:
         i = tape.first_size_over(arch.ptr_mask)

@@ -67,7 +67,7 @@ class MemoryReader:
         return True
 
     def field(self, struct_: Struct, base: int, name: str) -> int:
-        """One field of an ``emu.layouts.Struct`` (``i32`` fields come back signed)."""
+        """One field of an ``emu.win.layouts.Struct`` (``i32`` fields come back signed)."""
         f = struct_.fields[name]
         size = self.ptr_size if f.kind == "ptr" else _KIND_SIZE[f.kind]
         value = self.uint(base + f.offset(self.arch), size)

@@ -1,4 +1,4 @@
-"""File system calls over the sandboxed namespace of ``emu.objects``.
+"""File system calls over the sandboxed namespace of ``emu.nt.objects``.
 
 Opening resolves the name in the process's namespace only: a name that is not there is
 STATUS_OBJECT_NAME_NOT_FOUND (and is remembered in ``ObjectManager.denied``); a file that is
