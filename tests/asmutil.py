@@ -10,8 +10,13 @@ from emu.nt.calls import HANDLERS
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READWRITE
 
 # Our own system-call numbers for test stubs (Windows 10 x64 numbering): the builtin heap's,
-# and two more the tests call directly
+# two more the tests call directly, then every other service the kernel serves (from 0x1000)
 NUMBERS = {**asm.SYSCALL_NUMBERS, 0x50: "NtProtectVirtualMemory", 0x23: "NtQueryVirtualMemory"}
+NUMBERS.update(
+    (0x1000 + i, name)
+    for i, name in enumerate(sorted(set(HANDLERS) - set(NUMBERS.values())))
+    if name.startswith("Nt")
+)
 
 
 def argc(name: str) -> int:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import inspect
 import logging
 import struct
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, get_type_hints
 
-from emu.errors import NtStatusError
+from emu.errors import EmulationError, NtStatusError
 from emu.win.ntdefs import NtStatus, status_name
 
 if TYPE_CHECKING:
@@ -160,13 +161,33 @@ class Kernel:
         if handle != (NT_CURRENT_PROCESS & self.arch.ptr_mask):
             raise NtStatusError(NtStatus.INVALID_HANDLE, f"process handle 0x{handle:x}")
 
+    def probe_range(self, addr: int, size: int) -> None:
+        """ProbeForRead/ProbeForWrite's range check: a buffer that does not lie wholly in user
+        space (or wraps) is STATUS_ACCESS_VIOLATION before anything is read or written. An
+        empty buffer is never probed, as on Windows."""
+        if size and (addr < self.arch.user_min or addr + size - 1 > self.arch.user_max):
+            raise NtStatusError(
+                NtStatus.ACCESS_VIOLATION, f"0x{size:x} bytes at 0x{addr:x} are not user memory"
+            )
+
 
 class SyscallDispatcher:
+    """Serves system calls. A handler never lets a Python exception escape into the run: an
+    NtStatusError is its answer, and any other exception is a heapemu bug, answered
+    STATUS_INTERNAL_ERROR, logged and recorded (``details["kernel_error"]``) so the emulated
+    program sees a clean error. With ``raise_internal_errors`` (the project's tests set
+    ``default_raise_internal_errors`` for every process) the bug is raised instead, so tests
+    fail loudly."""
+
+    default_raise_internal_errors: ClassVar[bool] = False  # for every new dispatcher
+
     def __init__(self, proc: ProcessCore, handlers: dict[str, SyscallHandler]):
         self.proc = proc
         self.handlers = handlers
         self._tables: list[tuple[int, int, dict[int, str]]] = []
         self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
+        self.raise_internal_errors = type(self).default_raise_internal_errors
+        self.internal_errors = 0  # handler bugs answered STATUS_INTERNAL_ERROR so far
 
     def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
         """Numbers used by the code in [begin, end)."""
@@ -200,6 +221,17 @@ class SyscallDispatcher:
         except NtStatusError as e:
             status = e.status
             k.details.setdefault("error", str(e))
+        except EmulationError as e:  # user memory the probe let through is unreadable after all
+            status = NtStatus.ACCESS_VIOLATION
+            k.details.setdefault("error", e.kind)
+        except Exception as e:
+            # a bug in the handler, not an answer: the program gets a clean error
+            if self.raise_internal_errors:
+                raise
+            self.internal_errors += 1
+            status = NtStatus.INTERNAL_ERROR
+            k.details["kernel_error"] = "".join(traceback.format_exception_only(e)).strip()
+            log.error("heapemu kernel error in %s at pc 0x%x", handler.name, pc, exc_info=True)
         proc.syscalls.append(
             SyscallRecord(
                 seq,

@@ -95,6 +95,7 @@ def NtQuerySystemInformation(
     ReturnLength: PULONG,
 ) -> int:
     k.details.update(cls=SystemInformationClass)
+    k.probe_range(SystemInformation, SystemInformationLength)
     data = _system_info(k, SystemInformationClass)
     put_buffer(k, SystemInformation, SystemInformationLength, data, ReturnLength)
     return Status.SUCCESS
@@ -105,7 +106,8 @@ def _unicode_string_block(k: Kernel, buf: int, text: str) -> bytes:
     data = text.encode("utf-16-le")
     head = 16 if k.arch.ptr_size == 8 else 8
     fmt = "<HH4xQ" if k.arch.ptr_size == 8 else "<HHI"
-    return struct.pack(fmt, len(data), len(data) + 2, buf + head) + data + b"\0\0"
+    where = (buf + head) & k.arch.ptr_mask  # only an address to describe: probed when written
+    return struct.pack(fmt, len(data), len(data) + 2, where) + data + b"\0\0"
 
 
 def _process_info(k: Kernel, cls: int, buf: int) -> bytes:
@@ -154,6 +156,7 @@ def NtQueryInformationProcess(
 ) -> int:
     k.check_process_handle(ProcessHandle)
     k.details.update(cls=ProcessInformationClass)
+    k.probe_range(ProcessInformation, ProcessInformationLength)
     data = _process_info(k, ProcessInformationClass, ProcessInformation)
     put_buffer(k, ProcessInformation, ProcessInformationLength, data, ReturnLength)
     return Status.SUCCESS

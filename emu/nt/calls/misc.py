@@ -227,7 +227,13 @@ def NtDelayExecution(k: Kernel, Alertable: BOOLEAN, DelayInterval: PVOID) -> int
 @syscall
 def NtFlushInstructionCache(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID,
                             Length: SIZE_T) -> int:  # fmt: skip
-    if BaseAddress and Length:
+    """The range is probed like any user buffer (ProbeForRead): one outside user space is
+    STATUS_ACCESS_VIOLATION; a NULL BaseAddress flushes everything."""
+    k.check_process_handle(ProcessHandle)
+    if not BaseAddress:
+        k.proc.cpu.flush_translations()
+    elif Length:
+        k.probe_range(BaseAddress, Length)
         k.proc.cpu.invalidate_code(BaseAddress, Length)
     return Status.SUCCESS
 
