@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import tracemalloc
 import weakref
 
 import pytest
@@ -40,14 +41,40 @@ def test_int3_is_reported_at_its_own_address(proc: Process) -> None:
     assert e.value.status == NtStatus.BREAKPOINT
 
 
-def test_reservation_cap_applies_with_a_base_too(proc: Process) -> None:
-    n = len(proc.memory.regions())
+def test_reservations_cost_constant_host_memory(proc: Process) -> None:
+    """Issue 20 D4: 16 reservations of 16 GiB took a list slot per page (+512 MiB). Page
+    states are run-length now: a reservation costs the same host memory whatever its size."""
+    mem = proc.memory
+    n = len(mem.regions())
+    if proc.arch.name == "x86":  # past the 2 GiB user address space
+        with pytest.raises(NtStatusError) as e:
+            mem.allocate(0x10000000, 1 << 40, MEM_RESERVE, PAGE_READWRITE)
+        assert e.value.status == NtStatus.INVALID_PARAMETER_4
+        assert len(mem.regions()) == n
+        return
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        bases = [mem.allocate(0, 16 << 30, MEM_RESERVE, PAGE_READWRITE)[0] for _ in range(16)]
+        big, size = mem.allocate(0x100000000000, 1 << 40, MEM_RESERVE, PAGE_READWRITE)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 << 10, f"{grown} bytes of host memory for 16 GiB x 16 + 1 TiB"
+    assert (big, size) == (0x100000000000, 1 << 40)
+    mem.allocate(bases[3] + (8 << 30), 0x1000, MEM_COMMIT, PAGE_READWRITE)
+    assert mem.query(bases[3]).RegionSize == 8 << 30
+    assert len(mem.regions()) == n + 17
+
+
+def test_region_limit_is_an_answer_not_a_crash(proc: Process) -> None:
+    mem = proc.memory
+    mem.region_limit = len(mem.regions()) + 2
+    mem.allocate(0, 0x1000, MEM_RESERVE, PAGE_READWRITE)
+    mem.allocate(0, 0x1000, MEM_RESERVE, PAGE_READWRITE)
     with pytest.raises(NtStatusError) as e:
-        proc.memory.allocate(0x10000000, 1 << 40, MEM_RESERVE, PAGE_READWRITE)
-    # x64: past heapemu's per-region cap; x86: past the 2 GiB user address space
-    expected = NtStatus.NO_MEMORY if proc.arch.name == "x64" else NtStatus.INVALID_PARAMETER_4
-    assert e.value.status == expected
-    assert len(proc.memory.regions()) == n
+        mem.allocate(0, 0x1000, MEM_RESERVE, PAGE_READWRITE)
+    assert e.value.status == NtStatus.NO_MEMORY and "region_limit" in str(e.value)
 
 
 def test_mem_reset_keeps_protections(proc: Process) -> None:

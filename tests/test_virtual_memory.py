@@ -181,7 +181,6 @@ def test_free_semantics(nt: Nt) -> None:
     st, base, _ = nt.alloc(0, 0x30000, MEM_RESERVE)
     nt.alloc(base, 0x30000, MEM_COMMIT)
     assert nt.free(base + 0x1000, 0, MEM_RELEASE)[0] == NtStatus.FREE_VM_NOT_AT_BASE
-    assert nt.free(base, 0x1000, MEM_RELEASE)[0] == NtStatus.UNABLE_TO_FREE_VM
     assert nt.free(base, 0x1000, MEM_DECOMMIT | MEM_RELEASE)[0] == NtStatus.INVALID_PARAMETER_4
     assert nt.free(base, 0x1000, 0)[0] == NtStatus.INVALID_PARAMETER_4
     # decommit a page in the middle: the region splits into three runs
@@ -189,8 +188,7 @@ def test_free_semantics(nt: Nt) -> None:
     assert (st, b, s) == (NtStatus.SUCCESS, base + 0x10000, 0x1000)
     assert nt.query(base + 0x10000)[1]["State"] == MEM_RESERVE
     assert nt.query(base)[1]["RegionSize"] == 0x10000
-    # decommit with size 0 runs to the end of the region
-    st, b, s = nt.free(base + 0x20000, 0, MEM_DECOMMIT)
+    st, b, s = nt.free(base + 0x20000, 0x10000, MEM_DECOMMIT)
     assert (st, b, s) == (NtStatus.SUCCESS, base + 0x20000, 0x10000)
     assert nt.free(base, 0x40000, MEM_DECOMMIT)[0] == NtStatus.UNABLE_TO_FREE_VM
     st, b, s = nt.free(base, 0, MEM_RELEASE)
@@ -198,6 +196,51 @@ def test_free_semantics(nt: Nt) -> None:
     assert nt.free(base, 0, MEM_RELEASE)[0] == NtStatus.MEMORY_NOT_ALLOCATED
     st, mbi = nt.query(base)
     assert mbi["State"] == MEM_FREE and mbi["AllocationBase"] == 0
+
+
+def test_free_rounding_and_base_rules(nt: Nt) -> None:
+    """Windows 10 (Wine's ntdll virtual tests): the base is rounded down to its page; with a
+    size of 0 that page must be the allocation's first, and MEM_DECOMMIT answers size 0."""
+    _, base, _ = nt.alloc(0, 0x10000, MEM_RESERVE | MEM_COMMIT)
+    assert nt.free(base + 0x1FFF, 2, MEM_DECOMMIT) == (NtStatus.SUCCESS, base + 0x1000, 0x2000)
+    assert nt.free(base + 0x1001, 0, MEM_DECOMMIT) == (
+        NtStatus.FREE_VM_NOT_AT_BASE,
+        base + 0x1001,
+        0,
+    )  # nothing written back on failure
+    assert nt.free(base + 0xFFE, 0, MEM_DECOMMIT) == (NtStatus.SUCCESS, base, 0)
+    assert nt.query(base)[1]["State"] == MEM_RESERVE
+    assert nt.free(base + 0x1001, 0, MEM_RELEASE)[0] == NtStatus.FREE_VM_NOT_AT_BASE
+    assert nt.free(base + 0xFFF, 0, MEM_RELEASE) == (NtStatus.SUCCESS, base, 0x10000)
+
+
+def test_partial_release_splits_the_reservation(nt: Nt) -> None:
+    """Releasing part of an allocation leaves allocations of their own on each side, released
+    piece by piece; a range never crosses from one allocation into the next."""
+    p = nt.proc
+    _, a, _ = nt.alloc(0, 0x10000, MEM_RESERVE | MEM_COMMIT)
+    assert nt.free(a, 0x11000, MEM_RELEASE)[0] == NtStatus.UNABLE_TO_FREE_VM
+    assert nt.free(a + 0x1001, 0xFFFF, MEM_RELEASE) == (
+        NtStatus.UNABLE_TO_FREE_VM,
+        a + 0x1001,
+        0xFFFF,
+    )
+    assert nt.free(a + 0x1001, 0xFFF, MEM_RELEASE) == (NtStatus.SUCCESS, a + 0x1000, 0x1000)
+    p.write(a, b"\1")  # both sides are still committed
+    p.write(a + 0x2000, b"\1")
+    assert nt.free(a + 1, 0xFFF, MEM_RELEASE) == (NtStatus.SUCCESS, a, 0x1000)
+    _, mbi = nt.query(a + 0x2000)
+    assert mbi["AllocationBase"] == a + 0x2000 and mbi["RegionSize"] == 0xE000
+    # the first granule is free again: a new allocation fits there
+    assert nt.alloc(a, 0x1000, MEM_RESERVE | MEM_COMMIT) == (NtStatus.SUCCESS, a, 0x1000)
+    assert nt.free(a, 0x10000, MEM_DECOMMIT)[0] == NtStatus.UNABLE_TO_FREE_VM
+    assert nt.free(a, 0x10000, MEM_RELEASE)[0] == NtStatus.UNABLE_TO_FREE_VM
+    assert nt.free(a + 0x1000, 0, MEM_RELEASE)[0] == NtStatus.MEMORY_NOT_ALLOCATED
+    assert nt.free(a + 0x1000, 0x1000, MEM_DECOMMIT)[0] == NtStatus.MEMORY_NOT_ALLOCATED
+    assert nt.free(a + 0x2000, 0, MEM_RELEASE) == (NtStatus.SUCCESS, a + 0x2000, 0xE000)
+    assert nt.free(a, 0x1000, MEM_RELEASE) == (NtStatus.SUCCESS, a, 0x1000)
+    assert nt.query(a)[1]["State"] == MEM_FREE
+    assert nt.NtFreeVirtualMemory(0, nt.pbase, nt.psize, MEM_RELEASE) == NtStatus.INVALID_HANDLE
 
 
 def test_protect_and_query(nt: Nt) -> None:

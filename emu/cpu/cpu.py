@@ -110,7 +110,8 @@ _HOOK_CODE_CB = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
 )
 
-# How a hook decides a memory fault: True = handled, retry the access (e.g. a guard page mapped)
+# How a hook decides a memory fault: True = handled, retry the access (e.g. a guard page mapped;
+# for a protected write: the page is now writable and the store goes ahead)
 BadAccessHandler = Callable[[str, str, int, int], bool]
 
 
@@ -378,6 +379,12 @@ class Cpu:
     ) -> bool:
         what, rw = _ACCESS.get(access, ("invalid", "access"))
         if self.bad_access_handler is not None and self.bad_access_handler(what, rw, address, size):
+            if access == unicorn.UC_MEM_WRITE_PROT:
+                # Unicorn drops a protected store its hook handled (it retries only unmapped
+                # accesses): the handler made the page writable, so the store is done here.
+                # Stores reach the hook in pieces of at most 8 bytes.
+                data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+                uc.mem_write(address, data)
             return True
         if self.fault is None:
             self.fault = Fault(

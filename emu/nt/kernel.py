@@ -147,6 +147,7 @@ class Kernel:
     def write(self, addr: int, data: bytes) -> None:
         self._probe(addr, len(data), True)
         self.proc.write(addr, data)
+        self.memory.note_write(addr, len(data))  # write watches and copy-on-write see it
 
     def read_ptr(self, addr: int) -> int:
         return self.arch.unpack_ptr(self.read(addr, self.arch.ptr_size))

@@ -146,13 +146,24 @@ class ProcessCore:
     def _build_address_space(self, stack_reserve: int | None, stack_commit: int | None) -> None:
         arch, mem = self.arch, self.memory
         rw, top = MEM_RESERVE | MEM_COMMIT, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN
+        # kernel-owned pages: emulated code can read them but not free or reprotect them
         mem.allocate(
-            KUSER_SHARED_DATA_ADDRESS, PAGE_SIZE, rw, PAGE_READONLY, usage="KUSER_SHARED_DATA"
+            KUSER_SHARED_DATA_ADDRESS,
+            PAGE_SIZE,
+            rw,
+            PAGE_READONLY,
+            usage="KUSER_SHARED_DATA",
+            secured=True,
         )
         # our trap page: the return sentinel and the stubs through which emulated code calls
-        # Python; it is ordinary executable user memory, so code can return and jump into it
+        # Python; it is executable user memory, so code can return and jump into it
         self.trap_base, _ = mem.allocate(
-            0, 0x10000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_EXECUTE_READ, usage="heapemu traps"
+            0,
+            0x10000,
+            MEM_RESERVE | MEM_TOP_DOWN,
+            PAGE_EXECUTE_READ,
+            usage="heapemu traps",
+            secured=True,
         )
         mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
         self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
@@ -490,7 +501,11 @@ class ProcessCore:
                 observer(self.syscalls[-1])
 
     def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
-        """Guard pages: a stack guard page grows the stack; any other is one-shot."""
+        """Guard pages: a stack guard page grows the stack; any other is one-shot. A write to
+        a page the memory manager maps read-only to see first writes (copy-on-write, write
+        watch) goes ahead."""
+        if what == "protected" and access == "write":
+            return self.memory.on_write_fault(address)
         state = self.memory.page_state(address)
         if not state or not state & PAGE_GUARD:
             return False

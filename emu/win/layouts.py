@@ -210,6 +210,50 @@ MEMORY_BASIC_INFORMATION = Struct(
     ],
 )
 
+# NtQueryVirtualMemory(MemoryRegionInformation): the allocation holding an address (Windows 10
+# 20H1 layout; shorter buffers down to CommitSize are accepted, as Windows does)
+MEMORY_REGION_INFORMATION = Struct(
+    "MEMORY_REGION_INFORMATION",
+    0x1C,
+    0x30,
+    [
+        Field("AllocationBase", 0x00, 0x00),
+        Field("AllocationProtect", 0x04, 0x08, "u32"),
+        Field("RegionType", 0x08, 0x0C, "u32"),
+        Field("RegionSize", 0x0C, 0x10),
+        Field("CommitSize", 0x10, 0x18),
+        Field("PartitionId", 0x14, 0x20),
+        Field("NodePreference", 0x18, 0x28),
+    ],
+)
+
+# NtAllocateVirtualMemoryEx / NtMapViewOfSectionEx: {ULONG64 Type:8, Reserved:56; union of
+# ULONG64/PVOID/SIZE_T/HANDLE/ULONG}: 16 bytes on both architectures
+MEM_EXTENDED_PARAMETER = Struct(
+    "MEM_EXTENDED_PARAMETER",
+    0x10,
+    0x10,
+    [Field("Type", 0x0, 0x0, "u64"), Field("Value", 0x8, 0x8, "u64")],
+)
+
+MEM_ADDRESS_REQUIREMENTS = Struct(
+    "MEM_ADDRESS_REQUIREMENTS",
+    0xC,
+    0x18,
+    [
+        Field("LowestStartingAddress", 0x0, 0x0),
+        Field("HighestEndingAddress", 0x4, 0x8),
+        Field("Alignment", 0x8, 0x10),
+    ],
+)
+
+MEMORY_RANGE_ENTRY = Struct(
+    "MEMORY_RANGE_ENTRY",
+    0x8,
+    0x10,
+    [Field("VirtualAddress", 0x0, 0x0), Field("NumberOfBytes", 0x4, 0x8)],
+)
+
 EXCEPTION_RECORD = Struct(
     "EXCEPTION_RECORD",
     0x50,

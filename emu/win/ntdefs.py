@@ -38,6 +38,9 @@ class NtStatus(enum.IntEnum):
     OBJECT_PATH_NOT_FOUND = 0xC000003A
     CONFLICTING_ADDRESSES = 0xC0000018
     UNABLE_TO_FREE_VM = 0xC000001A
+    UNABLE_TO_DELETE_SECTION = 0xC000001B
+    NOT_MAPPED_VIEW = 0xC0000019
+    ALREADY_COMMITTED = 0xC0000021
     ILLEGAL_INSTRUCTION = 0xC000001D
     NOT_COMMITTED = 0xC000002D
     INVALID_PAGE_PROTECTION = 0xC0000045
@@ -57,6 +60,24 @@ class NtStatus(enum.IntEnum):
     INVALID_PARAMETER_5 = 0xC00000F3
     INVALID_PARAMETER_6 = 0xC00000F4
     INTERNAL_ERROR = 0xC00000E5
+    INVALID_PARAMETER_7 = 0xC00000F5
+    INVALID_PARAMETER_8 = 0xC00000F6
+    INVALID_PARAMETER_9 = 0xC00000F7
+    INVALID_PARAMETER_10 = 0xC00000F8
+    DATATYPE_MISALIGNMENT = 0x80000002
+    IMAGE_MACHINE_TYPE_MISMATCH = 0x4000000E
+    INVALID_VIEW_SIZE = 0xC000001F
+    INVALID_FILE_FOR_SECTION = 0xC0000020
+    SECTION_TOO_BIG = 0xC0000040
+    SECTION_PROTECTION = 0xC000004E
+    SECTION_NOT_IMAGE = 0xC0000049
+    PRIVILEGE_NOT_HELD = 0xC0000061
+    INSUFFICIENT_RESOURCES = 0xC000009A
+    NOT_SAME_DEVICE = 0xC00000D4
+    MAPPED_FILE_SIZE_ZERO = 0xC000011E
+    INVALID_IMAGE_NOT_MZ = 0xC000012F
+    INVALID_ADDRESS = 0xC0000141
+    MAPPED_ALIGNMENT = 0xC0000220
     STACK_OVERFLOW = 0xC00000FD
     NOT_A_DIRECTORY = 0xC0000103
     NO_TOKEN = 0xC000007C
@@ -102,6 +123,38 @@ class TOKEN_INFORMATION_CLASS(enum.IntEnum):
 
 class MEMORY_INFORMATION_CLASS(enum.IntEnum):
     MemoryBasicInformation = 0
+    MemoryWorkingSetInformation = 1
+    MemoryMappedFilenameInformation = 2
+    MemoryRegionInformation = 3
+    MemoryWorkingSetExInformation = 4
+    MemorySharedCommitInformation = 5
+    MemoryImageInformation = 6
+    MemoryRegionInformationEx = 7
+    # Wine's own classes (its ntdll asks at start-up for its Unix side; Windows has none)
+    MemoryWineUnixFuncs = 1000
+    MemoryWineUnixWow64Funcs = 1001
+
+
+class VIRTUAL_MEMORY_INFORMATION_CLASS(enum.IntEnum):
+    VmPrefetchInformation = 0
+    VmPagePriorityInformation = 1
+    VmCfgCallTargetInformation = 2
+    VmPageDirtyStateInformation = 3
+    VmImageHotPatchInformation = 4
+    VmPhysicalContiguityInformation = 5
+    VmVirtualMachinePrepopulateInformation = 6
+    VmRemoveFromWorkingSetInformation = 7
+
+
+class MEM_EXTENDED_PARAMETER_TYPE(enum.IntEnum):
+    MemExtendedParameterInvalidType = 0
+    MemExtendedParameterAddressRequirements = 1
+    MemExtendedParameterNumaNode = 2
+    MemExtendedParameterPartitionHandle = 3
+    MemExtendedParameterUserPhysicalHandle = 4
+    MemExtendedParameterAttributeFlags = 5
+    MemExtendedParameterImageMachine = 6
+    MemExtendedParameterMax = 7
 
 
 class SECTION_INFORMATION_CLASS(enum.IntEnum):
@@ -145,8 +198,16 @@ MEM_FREE = 0x10000
 MEM_RESET = 0x80000
 MEM_TOP_DOWN = 0x100000
 MEM_WRITE_WATCH = 0x200000
+MEM_PHYSICAL = 0x400000
 MEM_RESET_UNDO = 0x1000000
 MEM_LARGE_PAGES = 0x20000000
+AT_ROUND_TO_PAGE = 0x40000000
+# placeholders (NtAllocateVirtualMemoryEx, NtMapViewOfSectionEx, NtFreeVirtualMemory)
+MEM_COALESCE_PLACEHOLDERS = 0x1
+MEM_PRESERVE_PLACEHOLDER = 0x2
+MEM_REPLACE_PLACEHOLDER = 0x4000
+MEM_RESERVE_PLACEHOLDER = 0x40000
+WRITE_WATCH_FLAG_RESET = 0x1
 
 # MEMORY_BASIC_INFORMATION.Type
 MEM_PRIVATE = 0x20000
@@ -186,15 +247,13 @@ MEM_TYPE_NAMES = {MEM_PRIVATE: "MEM_PRIVATE", MEM_MAPPED: "MEM_MAPPED", MEM_IMAG
 
 
 def is_valid_protection(protect: int) -> bool:
-    """Exactly one base protection, optionally with one of GUARD/NOCACHE/WRITECOMBINE
-    (GUARD and NOACCESS do not combine; NOCACHE and WRITECOMBINE exclude each other)."""
+    """Exactly one base protection, optionally with one of GUARD/NOCACHE/WRITECOMBINE (MSDN's
+    memory protection constants: the three modifiers exclude each other and PAGE_NOACCESS)."""
     base = protect & 0xFF
     mods = protect & ~0xFF
     if base not in PAGE_BASE_PROTECTIONS:
         return False
-    if mods & ~(PAGE_GUARD | PAGE_NOCACHE | PAGE_WRITECOMBINE):
-        return False
-    if mods & PAGE_NOCACHE and mods & PAGE_WRITECOMBINE:
+    if mods not in (0, PAGE_GUARD, PAGE_NOCACHE, PAGE_WRITECOMBINE):
         return False
     return not (base == PAGE_NOACCESS and mods)
 
