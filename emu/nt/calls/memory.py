@@ -124,6 +124,14 @@ def _allocate(
         ):
             raise NtStatusError(NtStatus.INVALID_PARAMETER_5, "MEM_RESET with other flags")
         return _reset(k, base, size)
+    if (
+        placeholders
+        and AllocationType & MEM_REPLACE_PLACEHOLDER
+        and not AllocationType & MEM_RESERVE
+    ):
+        raise NtStatusError(
+            NtStatus.INVALID_PARAMETER, "MEM_REPLACE_PLACEHOLDER without MEM_RESERVE"
+        )
     if not AllocationType & (MEM_COMMIT | MEM_RESERVE):
         raise NtStatusError(NtStatus.INVALID_PARAMETER_5, "neither MEM_COMMIT nor MEM_RESERVE")
     if AllocationType & MEM_WRITE_WATCH and not AllocationType & MEM_RESERVE:
@@ -135,8 +143,6 @@ def _allocate(
     write_watch = bool(AllocationType & MEM_WRITE_WATCH)
     mem = k.memory
     if placeholders and AllocationType & MEM_REPLACE_PLACEHOLDER:
-        if not AllocationType & MEM_RESERVE:
-            raise NtStatusError(NtStatus.INVALID_PARAMETER, "MEM_REPLACE_PLACEHOLDER alone")
         return mem.replace_placeholder(base, size, AllocationType, Protect, write_watch=write_watch)
     placeholder = placeholders and bool(AllocationType & MEM_RESERVE_PLACEHOLDER)
     if placeholder and (
