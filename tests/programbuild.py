@@ -14,6 +14,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     sandbox.exe    tries host paths it was not given
     runtime.dll    seed 001: allocates with its own CRT (ucrtbase.dll)
     crossfree.exe  frees runtime.dll's block with msvcrt.dll's free
+    vmrules.exe    virtual memory, sections and views as a program uses them (issue 16)
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -54,6 +55,7 @@ RECIPES: dict[str, Recipe] = {
     "sandbox.exe": Recipe(("sandbox.c",)),
     "runtime.dll": Recipe(("runtime.c",), freestanding_dll=True),
     "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),
+    "vmrules.exe": Recipe(("vmrules.c",)),
 }
 
 

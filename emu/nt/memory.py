@@ -470,7 +470,7 @@ class MemoryManager:
         if not reserve:
             return self._commit(base, size, protect, user)
         if base:
-            start = align_down(base, ALLOCATION_GRANULARITY)
+            start = align_down(base, alignment)
             end = align_up(base + size, PAGE_SIZE)
             if end > user_end or end < start:
                 raise NtStatusError(NtStatus.INVALID_PARAMETER_4, "range past user space")

@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 Status = NtStatus  # the object calls answer codes declared once in emu.win.ntdefs
 
 
+FILE_READ_DATA, FILE_EXECUTE = 0x1, 0x20
+GENERIC_READ, GENERIC_EXECUTE = 0x80000000, 0x20000000
+MAXIMUM_ALLOWED = 0x02000000
+ALL_ACCESS = 0x1FFFFF  # what a handle gets when nothing narrower is known
+
+# OBJECT_ATTRIBUTES.Attributes
+OBJ_OPENIF, OBJ_CASE_INSENSITIVE = 0x80, 0x40
+
 # ACCESS_MASK bits that ask to change a file
 FILE_WRITE_DATA, FILE_APPEND_DATA, FILE_WRITE_EA = 0x2, 0x4, 0x10
 FILE_WRITE_ATTRIBUTES, DELETE, WRITE_DAC, WRITE_OWNER = 0x100, 0x10000, 0x40000, 0x80000
@@ -49,11 +57,26 @@ WRITE_ACCESS = (
     | GENERIC_ALL
 )
 
-# OBJECT_ATTRIBUTES: {ULONG Length; HANDLE RootDirectory; PUNICODE_STRING ObjectName; ...}
+# OBJECT_ATTRIBUTES: {ULONG Length; HANDLE RootDirectory; PUNICODE_STRING ObjectName;
+# ULONG Attributes; ...}
 _OA_ROOT = {4: 4, 8: 8}
 _OA_NAME = {4: 8, 8: 16}
+_OA_ATTRIBUTES = {4: 12, 8: 24}
 
 _DOS_PREFIXES = ("\\??\\", "\\dosdevices\\", "\\global??\\")
+
+
+def file_rights(desired: int) -> int:
+    """A file open's DesiredAccess with the generic rights mapped to the specific ones
+    (FILE_GENERIC_READ, FILE_GENERIC_EXECUTE, FILE_ALL_ACCESS)."""
+    rights = desired & 0x01FFFFFF & ~MAXIMUM_ALLOWED
+    if desired & GENERIC_READ:
+        rights |= 0x120089
+    if desired & GENERIC_EXECUTE:
+        rights |= 0x1200A0
+    if desired & (GENERIC_ALL | MAXIMUM_ALLOWED):
+        rights |= 0x1F01FF
+    return rights
 
 
 def normalize_nt_path(name: str) -> str | None:
@@ -98,6 +121,7 @@ class FileObject(KernelObject):
     stream: str | None = None  # "stdin", "stdout", "stderr"
     directory: bool = False
     position: int = 0
+    access: int = FILE_READ_DATA  # the specific rights the open granted (generic ones mapped)
     _data: bytes | None = field(default=None, repr=False)
 
     def data(self) -> bytes:
@@ -120,12 +144,24 @@ class FileObject(KernelObject):
 
 @dataclass
 class SectionObject(KernelObject):
-    """A section: an image to map (SEC_IMAGE) or a file's data to map read-only."""
+    """A section: an image (SEC_IMAGE), a file's data, or pagefile-backed memory.
+
+    ``protection`` is its SectionPageProtection, ``attributes`` what NtQuerySection reports
+    (SEC_FILE, SEC_IMAGE, SEC_COMMIT, SEC_RESERVE, SEC_NOCACHE...)."""
 
     file: FileObject | None = None
     image: bool = False
     size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    protection: int = 0x02  # PAGE_READONLY
+    attributes: int = 0
+
+    @property
+    def file_key(self) -> str | None:
+        """Identity of the backing file (two sections of one file share it)."""
+        if self.file is None or self.file.host_path is None:
+            return None
+        return str(self.file.host_path.resolve())
 
 
 # ---------------------------------------------------------------------------------- namespace
@@ -213,6 +249,8 @@ class ObjectManager:
         self.namespace = Namespace()
         self._handles: dict[int, KernelObject] = {}
         self._next = FIRST_HANDLE
+        self._access: dict[int, int] = {}
+        self.named: dict[tuple[str, str], KernelObject] = {}  # (directory, name) -> object
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.stdin = b""
@@ -225,11 +263,30 @@ class ObjectManager:
         self.nls_views: dict[str, tuple[int, int]] = {}  # NLS file -> (address, size)
         self.image_views: dict[int, Any] = {}  # base -> Module of each mapped image view
 
-    def insert(self, obj: KernelObject) -> int:
+    def insert(self, obj: KernelObject, access: int = ALL_ACCESS) -> int:
+        """A new handle to ``obj`` granting ``access`` (the specific rights)."""
         handle = self._next
         self._next += 4
         self._handles[handle] = obj
+        self._access[handle] = access
         return handle
+
+    def access(self, handle: int) -> int:
+        """The rights ``handle`` was granted."""
+        return self._access.get(handle, ALL_ACCESS)
+
+    # named objects (\BaseNamedObjects, in this process only: nothing outside the sandbox)
+    def find_named(self, directory: str, name: str, case_insensitive: bool) -> KernelObject | None:
+        """The object named ``name`` in ``directory`` while a handle to it is open."""
+        if case_insensitive:
+            for (d, n), obj in self.named.items():
+                if d == directory and n.lower() == name.lower():
+                    return obj
+            return None
+        return self.named.get((directory, name))
+
+    def add_named(self, directory: str, name: str, obj: KernelObject) -> None:
+        self.named[(directory, name)] = obj
 
     def get(self, handle: int, kind: type[_Object]) -> _Object:
         """The object behind ``handle``: STATUS_INVALID_HANDLE if there is none,
@@ -248,10 +305,17 @@ class ObjectManager:
         if handle in STD_HANDLES.values():
             return obj  # the standard streams stay usable, as console handles do
         del self._handles[handle]
+        self._access.pop(handle, None)
+        if self.named and not any(o is obj for o in self._handles.values()):
+            # a name lasts while a handle is open (views keep the object, not its name)
+            for key in [key for key, o in self.named.items() if o is obj]:
+                del self.named[key]
         return obj
 
-    def duplicate(self, handle: int) -> int:
-        return self.insert(self.get(handle, KernelObject))
+    def duplicate(self, handle: int, access: int | None = None) -> int:
+        """Another handle to the same object, with ``access`` (None: the same rights)."""
+        obj = self.get(handle, KernelObject)
+        return self.insert(obj, self.access(handle) if access is None else access)
 
     def handles(self) -> dict[int, KernelObject]:
         return dict(self._handles)
@@ -287,6 +351,11 @@ def object_name(k: Kernel, object_attributes: int) -> tuple[int, str]:
     root = k.read_ptr(object_attributes + _OA_ROOT[ps])
     name_ptr = k.read_ptr(object_attributes + _OA_NAME[ps])
     return root, read_unicode_string(k, name_ptr) if name_ptr else ""
+
+
+def object_attributes_flags(k: Kernel, object_attributes: int) -> int:
+    """OBJECT_ATTRIBUTES.Attributes (OBJ_CASE_INSENSITIVE, OBJ_OPENIF, ...)."""
+    return read_u32(k, object_attributes + _OA_ATTRIBUTES[k.arch.ptr_size])
 
 
 def write_io_status(k: Kernel, iosb: int, status: int, information: int) -> None:

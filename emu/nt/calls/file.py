@@ -16,6 +16,7 @@ from emu.nt.objects import (
     WRITE_ACCESS,
     FileObject,
     Status,
+    file_rights,
     object_name,
     put_buffer,
     write_io_status,
@@ -70,7 +71,10 @@ def _open(
     ):
         objects.denied.append((name, f"write access 0x{DesiredAccess:x}"))
         raise NtStatusError(Status.ACCESS_DENIED, f"{name} is read-only in the sandbox")
-    obj = FileObject("file", entry.path, host_path=entry.host_path, directory=is_dir)
+    obj = FileObject(
+        "file", entry.path, host_path=entry.host_path, directory=is_dir,
+        access=file_rights(DesiredAccess),
+    )  # fmt: skip
     handle = objects.insert(obj)
     k.write_ptr(FileHandle, handle)
     write_io_status(k, IoStatusBlock, 0, FILE_OPENED)

@@ -29,7 +29,7 @@ from emu.nt.kernel import (
 from emu.nt.objects import KernelObject, Status
 
 STATUS_TIMEOUT = 0x102
-DUPLICATE_CLOSE_SOURCE = 0x1
+DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS = 0x1, 0x2
 
 # CONTEXT: offsets of the integer registers, the stack pointer and the program counter
 _CONTEXT_REGS = {
@@ -92,7 +92,9 @@ def NtDuplicateObject(
         kind = "process" if SourceHandle == -1 & mask else "thread"
         new = objects.insert(KernelObject(kind, "<current>"))
     else:
-        new = objects.duplicate(SourceHandle)
+        # DUPLICATE_SAME_ACCESS keeps the rights, otherwise the new handle gets DesiredAccess
+        access = None if Options & DUPLICATE_SAME_ACCESS else DesiredAccess
+        new = objects.duplicate(SourceHandle, access)
         if Options & DUPLICATE_CLOSE_SOURCE:
             objects.close(SourceHandle)
     if TargetHandle:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from emu.errors import NtStatusError
 from emu.modules import Module
+from emu.nt.calls.memory import zero_bits_limit
 from emu.nt.kernel import (
     ACCESS_MASK,
     HANDLE,
@@ -33,25 +34,52 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.memory import align_up
-from emu.nt.objects import FileObject, SectionObject, Status, put_buffer
+from emu.nt.memory import IMAGE_WRITE_AS_COPY, Region, ViewInfo, align_down, align_up
+from emu.nt.objects import (
+    FILE_EXECUTE,
+    FILE_READ_DATA,
+    MAXIMUM_ALLOWED,
+    OBJ_CASE_INSENSITIVE,
+    OBJ_OPENIF,
+    FileObject,
+    KernelObject,
+    SectionObject,
+    Status,
+    object_attributes_flags,
+    object_name,
+    put_buffer,
+)
 from emu.win.ntdefs import (
+    ALLOCATION_GRANULARITY,
+    AT_ROUND_TO_PAGE,
     MEM_COMMIT,
+    MEM_EXTENDED_PARAMETER_TYPE,
     MEM_IMAGE,
     MEM_MAPPED,
+    MEM_PRESERVE_PLACEHOLDER,
     MEM_RESERVE,
+    MEM_TOP_DOWN,
+    PAGE_EXECUTE,
+    PAGE_EXECUTE_READ,
+    PAGE_EXECUTE_READWRITE,
+    PAGE_EXECUTE_WRITECOPY,
+    PAGE_GUARD,
+    PAGE_NOACCESS,
+    PAGE_NOCACHE,
     PAGE_READONLY,
     PAGE_READWRITE,
+    PAGE_SIZE,
+    PAGE_WRITECOMBINE,
+    PAGE_WRITECOPY,
     SECTION_INFORMATION_CLASS,
+    NtStatus,
+    is_valid_protection,
 )
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
     from loader.peimage import PeImage
 
-SEC_IMAGE = 0x1000000
-INVALID_FILE_FOR_SECTION = 0xC0000020
-INVALID_IMAGE_NOT_MZ = 0xC000012F
 MACHINES = {"x86": 0x14C, "x64": 0x8664}
 
 # NtGetNlsSectionPtr types (Wine's NLS_SECTION_*) and the files behind them
@@ -138,10 +166,16 @@ def add_coff_symbols(proc: ProcessCore, module: Module) -> None:
 
 # ---------------------------------------------------------------------------------- images
 def write_image(proc: ProcessCore, image: PeImage, base: int, size: int, data: bytes) -> None:
-    """Write a laid-out image at ``base`` and give each page run its section's protection."""
+    """Write a laid-out image at ``base`` and give each page run its section's protection.
+    As on Windows, an image's writable sections are copy-on-write (PAGE_WRITECOPY until a
+    page is written) and its AllocationProtect is PAGE_EXECUTE_WRITECOPY."""
     proc.write(base, data)
     for run in image.page_runs():
-        proc.memory.protect(base + run.rva, run.size, run.protection)
+        prot = IMAGE_WRITE_AS_COPY.get(run.protection, run.protection)
+        proc.memory.protect(base + run.rva, run.size, prot)
+    region = proc.memory.region_at(base)
+    if region is not None and region.base == base:
+        region.allocation_protect = PAGE_EXECUTE_WRITECOPY
     proc.cpu.invalidate_code(base, size)
 
 
@@ -184,32 +218,82 @@ def image_module(
     )
 
 
+def view_module_name(proc: ProcessCore, name: str) -> str:
+    """``name``, or ``stem#2.ext`` (``#3``...) when a module of that name is loaded: a second
+    view of an image gets a module record of its own."""
+    if proc.modules.get(name) is None:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    n = 2
+    while proc.modules.get(f"{stem}#{n}{dot}{ext}") is not None:
+        n += 1
+    return f"{stem}#{n}{dot}{ext}"
+
+
 def map_image(
-    proc: ProcessCore, path: str | Path, image: PeImage, name: str, base: int = 0
+    proc: ProcessCore,
+    path: str | Path,
+    image: PeImage,
+    name: str,
+    base: int = 0,
+    *,
+    section: SectionObject | None = None,
+    highest: int | None = None,
+    top_down: bool = False,
+    user: bool = False,
 ) -> tuple[Module, bool]:
-    """Map ``image`` as the kernel maps a SEC_IMAGE view: (module, relocated). Imports are not
-    bound (the caller's loader does that); PEB.Ldr is not touched."""
-    size = align_up(image.size_of_image, 0x1000)
-    want = base or image.image_base
+    """Map ``image`` as the kernel maps a SEC_IMAGE view: (module, not at its base).
+
+    The first view of a section goes to the image's preferred base, or anywhere (relocated
+    there); later views of the same section hold the same contents, relocated for the first
+    view's base, wherever there is room (STATUS_IMAGE_NOT_AT_BASE: the caller relocates, as
+    Windows' loader does). Each view gets a module record (``name#2`` for a second one).
+    ``base`` asks for an address (STATUS_CONFLICTING_ADDRESSES if it is taken, with ``user``).
+    Imports are not bound (the caller's loader does that); PEB.Ldr is not touched."""
+    size = align_up(image.size_of_image, PAGE_SIZE)
     mem = proc.memory
     usage = f"image {name}"
+    content_base = section.extra.get("content_base") if section is not None else None
+    want = base or (content_base if content_base is not None else image.image_base)
+    rc = MEM_RESERVE | MEM_COMMIT | (MEM_TOP_DOWN if top_down else 0)
+    fixed = bool(base) and user
     try:
-        base, _ = mem.allocate(
-            want, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, type=MEM_IMAGE, usage=usage
-        )
+        if highest is not None and want + size - 1 > highest:
+            raise NtStatusError(NtStatus.CONFLICTING_ADDRESSES, "above the ZeroBits limit")
+        if content_base is not None and not base:
+            raise NtStatusError(NtStatus.CONFLICTING_ADDRESSES, "a later view goes elsewhere")
+        base, _ = mem.allocate(want, size, rc, PAGE_READWRITE, type=MEM_IMAGE, usage=usage)
     except NtStatusError:
-        if not image.is_relocatable:
+        if fixed:
+            raise
+        if not image.is_relocatable and content_base is None:
             raise NtStatusError(
-                0xC0000018, f"{name}: 0x{want:x} is taken and it cannot be relocated"
+                NtStatus.CONFLICTING_ADDRESSES,
+                f"{name}: 0x{want:x} is taken and it cannot be relocated",
             ) from None
         base, _ = mem.allocate(
-            0, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, type=MEM_IMAGE, usage=usage
+            0, size, rc, PAGE_READWRITE, type=MEM_IMAGE, usage=usage, highest=highest
         )
-    write_image(proc, image, base, size, image.layout(base))
-    coff = {sym: base + rva for sym, rva in coff_symbols(Path(path), image).items()}
-    module = image_module(image, base, size, name, path, coff)
-    proc.add_module(module)
-    return module, base != image.image_base
+    if content_base is None:
+        content_base = base
+        if section is not None:
+            section.extra["content_base"] = base
+    try:
+        write_image(proc, image, base, size, image.layout(content_base))
+        coff = {sym: base + rva for sym, rva in coff_symbols(Path(path), image).items()}
+        module = image_module(image, base, size, view_module_name(proc, name), path, coff)
+        proc.add_module(module)
+    except Exception:
+        mem.release_view(base)
+        raise
+    file_key = section.file_key if section is not None else str(Path(path).resolve())
+    view = ViewInfo(section, file_key, image=True, module=module)
+    region = mem.region_at(base)
+    assert region is not None
+    region.view = view
+    return module, base != image.image_base or base != content_base
 
 
 def _headers(image: PeImage) -> dict[str, int]:
@@ -263,6 +347,76 @@ def image_information(image: PeImage, base: int, file_size: int, ptr_size: int) 
 
 
 # ---------------------------------------------------------------------------------- syscalls
+# SEC_* allocation attributes and SECTION_* access rights
+SEC_BASED, SEC_NO_CHANGE, SEC_FILE = 0x200000, 0x400000, 0x800000
+SEC_IMAGE, SEC_RESERVE, SEC_COMMIT = 0x1000000, 0x4000000, 0x8000000
+SEC_NOCACHE, SEC_WRITECOMBINE, SEC_LARGE_PAGES = 0x10000000, 0x40000000, 0x80000000
+SECTION_QUERY, SECTION_MAP_WRITE, SECTION_MAP_READ, SECTION_MAP_EXECUTE = 0x1, 0x2, 0x4, 0x8
+SECTION_ALL_ACCESS = 0xF001F
+VIEW_SHARE, VIEW_UNMAP = 1, 2
+_SECTION_PROTECTIONS = {
+    PAGE_READONLY: SECTION_MAP_READ,
+    PAGE_WRITECOPY: SECTION_MAP_READ,
+    PAGE_READWRITE: SECTION_MAP_READ | SECTION_MAP_WRITE,
+    PAGE_EXECUTE_READ: SECTION_MAP_READ | SECTION_MAP_EXECUTE,
+    PAGE_EXECUTE_WRITECOPY: SECTION_MAP_READ | SECTION_MAP_EXECUTE,
+    PAGE_EXECUTE_READWRITE: SECTION_MAP_READ | SECTION_MAP_WRITE | SECTION_MAP_EXECUTE,
+}  # SectionPageProtection -> the rights a view may use
+_VIEW_NEEDS = {
+    PAGE_NOACCESS: SECTION_MAP_READ,
+    PAGE_EXECUTE: SECTION_MAP_EXECUTE,
+    **_SECTION_PROTECTIONS,
+}  # a view's protection -> the section rights it needs
+
+
+def section_rights(access: int) -> int:
+    """A handle's rights with the generic ones mapped (GENERIC_READ is query and map-read...)."""
+    rights = access & 0xFFFFFF
+    if access & 0x80000000:  # GENERIC_READ
+        rights |= SECTION_QUERY | SECTION_MAP_READ
+    if access & 0x40000000:  # GENERIC_WRITE
+        rights |= SECTION_MAP_WRITE
+    if access & 0x20000000:  # GENERIC_EXECUTE
+        rights |= SECTION_MAP_EXECUTE
+    if access & (0x10000000 | MAXIMUM_ALLOWED):  # GENERIC_ALL, MAXIMUM_ALLOWED
+        rights |= SECTION_ALL_ACCESS
+    return rights
+
+
+def _check_attributes(attributes: int) -> None:
+    """NtCreateSection's AllocationAttributes (STATUS_INVALID_PARAMETER_6 otherwise): exactly
+    one of SEC_COMMIT, SEC_RESERVE, SEC_IMAGE; caching attributes only for data sections
+    (SEC_IMAGE | SEC_NOCACHE is SEC_IMAGE_NO_EXECUTE); no large pages without the privilege."""
+    kinds = attributes & (SEC_COMMIT | SEC_RESERVE | SEC_IMAGE)
+    allowed = SEC_COMMIT | SEC_RESERVE | SEC_IMAGE | SEC_NOCACHE | SEC_WRITECOMBINE | SEC_NO_CHANGE
+    bad = (
+        attributes & ~allowed
+        or kinds not in (SEC_COMMIT, SEC_RESERVE, SEC_IMAGE)
+        or (kinds == SEC_IMAGE and attributes & (SEC_WRITECOMBINE | SEC_NO_CHANGE))
+        or (attributes & SEC_NOCACHE and attributes & SEC_WRITECOMBINE)
+    )
+    if bad:
+        raise NtStatusError(NtStatus.INVALID_PARAMETER_6, f"attributes 0x{attributes:x}")
+
+
+def _named(k: Kernel, ObjectAttributes: int) -> tuple[str, str, int] | None:
+    """(directory, name, attributes) when OBJECT_ATTRIBUTES names the object."""
+    if not ObjectAttributes:
+        return None
+    root, name = object_name(k, ObjectAttributes)
+    if not name:
+        return None
+    flags = object_attributes_flags(k, ObjectAttributes)
+    directory = "\\"
+    if root:
+        directory = k.proc.objects.get(root, KernelObject).name
+        if name.startswith("Local\\"):  # the session's own directory, by its link
+            name = name[len("Local\\") :]
+    elif "\\" in name:
+        directory, _, name = name.rpartition("\\")
+    return directory or "\\", name, flags
+
+
 @syscall
 def NtCreateSection(
     k: Kernel,
@@ -274,49 +428,107 @@ def NtCreateSection(
     AllocationAttributes: ULONG,
     FileHandle: HANDLE,
 ) -> int:
+    """A section on a file (its data or, SEC_IMAGE, its image) or on the pagefile, checked as
+    Windows checks it: attributes, protection (PAGE_NOACCESS, PAGE_EXECUTE and modifiers are
+    refused), the file's rights (a read-only file cannot back a writable section), sizes. A
+    name puts it in the process's ``\\BaseNamedObjects`` (OBJ_OPENIF opens an existing one)."""
     from loader.errors import LoaderError
     from loader.peimage import PeImage
 
     objects = k.proc.objects
-    k.details.update(attributes=AllocationAttributes)
+    attributes, protect = AllocationAttributes, SectionPageProtection
+    k.details.update(attributes=attributes, protect=protect)
+    _check_attributes(attributes)
+    if protect not in _SECTION_PROTECTIONS:
+        raise NtStatusError(NtStatus.INVALID_PAGE_PROTECTION, f"protection 0x{protect:x}")
+    k.write_ptr(SectionHandle, 0)  # probe
+    maximum = struct.unpack("<q", k.read(MaximumSize, 8))[0] if MaximumSize else 0
+    named = _named(k, ObjectAttributes)
+    if named is not None:
+        existing = objects.find_named(named[0], named[1], bool(named[2] & OBJ_CASE_INSENSITIVE))
+        if existing is not None:
+            if not named[2] & OBJ_OPENIF or not isinstance(existing, SectionObject):
+                raise NtStatusError(NtStatus.OBJECT_NAME_COLLISION, named[1])
+            handle = objects.insert(existing, section_rights(DesiredAccess))
+            k.write_ptr(SectionHandle, handle)
+            k.details.update(handle=handle, name=named[1])
+            return NtStatus.OBJECT_NAME_EXISTS
+    cache = attributes & (SEC_NOCACHE | SEC_WRITECOMBINE)
     if not FileHandle:
-        if not MaximumSize:
-            raise NtStatusError(Status.INVALID_PARAMETER, "no file and no MaximumSize")
-        (size,) = struct.unpack("<q", k.read(MaximumSize, 8))
-        section = SectionObject("section", "<pagefile>", size=size)
+        if attributes & SEC_IMAGE:
+            raise NtStatusError(NtStatus.INVALID_FILE_FOR_SECTION, "SEC_IMAGE without a file")
+        if maximum <= 0:
+            raise NtStatusError(NtStatus.INVALID_PARAMETER_4, "no file and no MaximumSize")
+        size = align_up(maximum, PAGE_SIZE)
+        if size > k.memory.commit_limit:
+            raise NtStatusError(NtStatus.SECTION_TOO_BIG, f"0x{maximum:x} bytes")
+        kind = attributes & (SEC_COMMIT | SEC_RESERVE)
+        section = SectionObject(
+            "section", "<pagefile>", size=size, protection=protect, attributes=kind | cache
+        )
     else:
         f = objects.get(FileHandle, FileObject)
-        assert isinstance(f, FileObject)
         if f.host_path is None:
-            raise NtStatusError(INVALID_FILE_FOR_SECTION, f"{f.name} cannot back a section")
+            raise NtStatusError(
+                NtStatus.INVALID_FILE_FOR_SECTION, f"{f.name} cannot back a section"
+            )
         k.details.update(file=f.name)
-        section = SectionObject("section", f.name, file=f, size=f.size)
-        if AllocationAttributes & SEC_IMAGE:
+        if not f.access & FILE_READ_DATA:
+            raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} was not opened for reading")
+        if f.size == 0:
+            raise NtStatusError(
+                NtStatus.INVALID_FILE_FOR_SECTION if attributes & SEC_IMAGE
+                else NtStatus.MAPPED_FILE_SIZE_ZERO, f.name,
+            )  # fmt: skip
+        if attributes & SEC_IMAGE:
             try:
                 image = PeImage.from_bytes(f.data(), f.name.rsplit("\\", 1)[-1])
             except LoaderError as e:
-                raise NtStatusError(INVALID_IMAGE_NOT_MZ, str(e)) from None
+                raise NtStatusError(NtStatus.INVALID_IMAGE_NOT_MZ, str(e)) from None
             if image.machine != k.arch.name:
-                raise NtStatusError(Status.INVALID_IMAGE_FORMAT, f"{f.name} is {image.machine}")
-            section.image = True
-            section.size = align_up(image.size_of_image, 0x1000)
+                raise NtStatusError(NtStatus.INVALID_IMAGE_FORMAT, f"{f.name} is {image.machine}")
+            size = align_up(image.size_of_image, PAGE_SIZE)
+            section = SectionObject(
+                "section", f.name, file=f, size=size, image=True, protection=protect,
+                attributes=SEC_FILE | SEC_IMAGE,
+            )  # fmt: skip
             section.extra["image"] = image
-    handle = objects.insert(section)
+        else:
+            if _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE:
+                # the sandbox opens files read-only: nothing backs the writes
+                raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} is read-only")
+            if _SECTION_PROTECTIONS[protect] & SECTION_MAP_EXECUTE and not f.access & FILE_EXECUTE:
+                raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} was not opened to execute")
+            if maximum > f.size:  # a read-only file cannot grow to the section
+                raise NtStatusError(NtStatus.SECTION_TOO_BIG, f"0x{maximum:x} > 0x{f.size:x}")
+            section = SectionObject("section", f.name, file=f, size=maximum or f.size,
+                                    protection=protect, attributes=SEC_FILE | cache)  # fmt: skip
+    handle = objects.insert(section, section_rights(DesiredAccess))
+    if named is not None:
+        objects.add_named(named[0], named[1], section)
+        k.details.update(name=named[1])
     k.write_ptr(SectionHandle, handle)
     k.details.update(handle=handle)
-    return Status.SUCCESS
+    return NtStatus.SUCCESS
 
 
 @syscall
 def NtOpenSection(
     k: Kernel, SectionHandle: PHANDLE, DesiredAccess: ACCESS_MASK, ObjectAttributes: PVOID
 ) -> int:
-    """No named sections exist here (no \\KnownDlls): STATUS_OBJECT_NAME_NOT_FOUND."""
-    from emu.nt.objects import object_name
-
-    _, name = object_name(k, ObjectAttributes)
-    k.details.update(name=name)
-    raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, name)
+    """A named section of this process (``\\BaseNamedObjects``); there is no ``\\KnownDlls``."""
+    named = _named(k, ObjectAttributes)
+    if named is None:
+        raise NtStatusError(NtStatus.OBJECT_NAME_INVALID, "no name")
+    k.details.update(name=named[1])
+    obj = k.proc.objects.find_named(named[0], named[1], bool(named[2] & OBJ_CASE_INSENSITIVE))
+    if obj is None:
+        raise NtStatusError(NtStatus.OBJECT_NAME_NOT_FOUND, named[1])
+    if not isinstance(obj, SectionObject):
+        raise NtStatusError(NtStatus.OBJECT_TYPE_MISMATCH, named[1])
+    handle = k.proc.objects.insert(obj, section_rights(DesiredAccess))
+    k.write_ptr(SectionHandle, handle)
+    return NtStatus.SUCCESS
 
 
 @syscall
@@ -328,34 +540,134 @@ def NtQuerySection(
     SectionInformationLength: SIZE_T,
     ReturnLength: PSIZE_T,
 ) -> int:
-    s = k.proc.objects.get(SectionHandle, SectionObject)
+    """SectionBasicInformation (base, attributes, size) and, for images,
+    SectionImageInformation; the handle needs SECTION_QUERY."""
+    objects = k.proc.objects
+    s = objects.get(SectionHandle, SectionObject)
     k.details.update(cls=SectionInformationClass, name=s.name)
+    if not section_rights(objects.access(SectionHandle)) & SECTION_QUERY:
+        raise NtStatusError(NtStatus.ACCESS_DENIED, "the handle has no SECTION_QUERY")
+    k.probe_range(SectionInformation, SectionInformationLength)
     ps = k.arch.ptr_size
     if SectionInformationClass == SECTION_INFORMATION_CLASS.SectionBasicInformation:
-        attributes = SEC_IMAGE if s.image else 0x8000000  # SEC_COMMIT
         fmt = "<QI4xq" if ps == 8 else "<IIq"
-        data = struct.pack(fmt, 0, attributes, s.size)
-    elif SectionInformationClass == SECTION_INFORMATION_CLASS.SectionImageInformation and s.image:
+        data = struct.pack(fmt, 0, s.attributes, s.size)
+    elif SectionInformationClass == SECTION_INFORMATION_CLASS.SectionImageInformation:
+        needed = 0x40 if ps == 8 else 0x30
+        if SectionInformationLength < needed:
+            raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{SectionInformationLength}")
+        if not s.image:
+            raise NtStatusError(NtStatus.SECTION_NOT_IMAGE, s.name)
         image = s.extra["image"]
         assert s.file is not None
         data = image_information(image, image.image_base, s.file.size, ps)
     else:
-        raise NtStatusError(0xC0000003, f"SectionInformationClass {SectionInformationClass}")
+        raise NtStatusError(NtStatus.INVALID_INFO_CLASS, f"class {SectionInformationClass}")
     put_buffer(k, SectionInformation, SectionInformationLength, data)
     if ReturnLength:
         k.write_ptr(ReturnLength, len(data))
-    return Status.SUCCESS
+    return NtStatus.SUCCESS
 
 
-def _map_data(k: Kernel, data: bytes, size: int, protect: int, usage: str) -> int:
-    base, _ = k.proc.memory.allocate(
-        0, max(size, 1), MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, type=MEM_MAPPED, usage=usage
-    )
-    if data:
-        k.proc.write(base, data[:size])
-    if protect != PAGE_READWRITE:
-        k.proc.memory.protect(base, max(size, 1), protect)
-    return base
+def _save_contents(k: Kernel, section: SectionObject, region: Region) -> None:
+    """Keep a pagefile-backed view's committed pages with its section (the next view shows
+    them). heapemu gives every view its own memory: a write through one view is seen by views
+    mapped after it, not by views already mapped."""
+    if section.file is not None or section.image:
+        return
+    store = section.extra.setdefault("contents", {})
+    offset = section.extra.get("view_offsets", {}).get(region.base, 0)
+    for addr, size, state in region.runs():
+        if state and not state & PAGE_GUARD:
+            data = k.proc.read(addr, size)
+            for i in range(0, size, PAGE_SIZE):
+                store[offset + addr - region.base + i] = data[i : i + PAGE_SIZE]
+
+
+def map_view(
+    k: Kernel,
+    section: SectionObject,
+    handle: int,
+    base: int,
+    size: int,
+    offset: int,
+    commit_size: int,
+    allocation_type: int,
+    protect: int,
+    *,
+    highest: int | None,
+    lowest: int | None = None,
+    alignment: int = ALLOCATION_GRANULARITY,
+) -> tuple[int, int, int]:
+    """NtMapViewOfSection(Ex) once the arguments are read: (base, size, status)."""
+    mem = k.memory
+    granted = section_rights(k.proc.objects.access(handle))
+    needs = _VIEW_NEEDS[protect & 0xFF]
+    if needs & ~granted:
+        raise NtStatusError(
+            NtStatus.ACCESS_DENIED, f"the handle lacks rights 0x{needs & ~granted:x}"
+        )
+    if section.image:
+        image = section.extra["image"]
+        assert section.file is not None and section.file.host_path is not None
+        name = section.name.rsplit("\\", 1)[-1]
+        module, relocated = map_image(
+            k.proc, section.file.host_path, image, name, base, section=section, highest=highest,
+            top_down=bool(allocation_type & MEM_TOP_DOWN), user=True,
+        )  # fmt: skip
+        k.proc.objects.image_views[module.base] = module
+        k.details.update(module=module.name)
+        status = NtStatus.IMAGE_NOT_AT_BASE if relocated else NtStatus.SUCCESS
+        return module.base, module.size, status
+    if needs & ~_SECTION_PROTECTIONS[section.protection]:
+        raise NtStatusError(
+            NtStatus.SECTION_PROTECTION,
+            f"view 0x{protect:x} on a section of 0x{section.protection:x}",
+        )
+    if offset % ALLOCATION_GRANULARITY:
+        raise NtStatusError(NtStatus.MAPPED_ALIGNMENT, f"offset 0x{offset:x}")
+    if offset >= section.size or size > section.size - offset:
+        raise NtStatusError(NtStatus.INVALID_VIEW_SIZE, f"0x{size:x} at 0x{offset:x}")
+    size = size or section.size - offset
+    cache = (PAGE_NOCACHE if section.attributes & SEC_NOCACHE else 0) | (
+        PAGE_WRITECOMBINE if section.attributes & SEC_WRITECOMBINE else 0
+    )  # the section's caching shows in its views
+    view_protect = protect | (cache if protect != PAGE_NOACCESS else 0)
+    view = ViewInfo(section, section.file_key)
+    reserve = MEM_RESERVE | (allocation_type & MEM_TOP_DOWN)
+    new_base, length = mem.allocate(
+        base, size, reserve, view_protect, type=MEM_MAPPED, usage=f"view of {section.name}",
+        highest=highest, lowest=lowest, alignment=alignment, view=view, user=True,
+    )  # fmt: skip
+    region = mem.region_at(new_base)
+    assert region is not None
+    if section.attributes & SEC_RESERVE:
+        commit = align_up(commit_size, PAGE_SIZE) if commit_size else 0
+    else:
+        commit = length
+    try:
+        if commit:
+            mem.allocate(new_base, min(commit, length), MEM_COMMIT, view_protect, type=MEM_MAPPED)
+        _fill_view(k, section, region, offset, size)
+    except NtStatusError:
+        mem.release_view(new_base)
+        raise
+    section.extra.setdefault("view_offsets", {})[new_base] = offset
+    return new_base, length, NtStatus.SUCCESS
+
+
+def _fill_view(k: Kernel, section: SectionObject, region: Region, offset: int, size: int) -> None:
+    """A new view's contents: the file's bytes, or what earlier views of the section left."""
+    proc = k.proc
+    if section.file is not None:
+        data = section.file.data()[offset : offset + size]
+        if data and region.pages.get(0):
+            proc.write(region.base, data[: region.committed_bytes or len(data)])
+        return
+    for page_offset, data in section.extra.get("contents", {}).items():
+        addr = region.base + page_offset - offset
+        if region.base <= addr < region.end and k.memory.page_state(addr):
+            proc.write(addr, data)
 
 
 @syscall
@@ -372,51 +684,191 @@ def NtMapViewOfSection(
     AllocationType: ULONG,
     Win32Protect: ULONG,
 ) -> int:
+    """A view of a section, checked as Windows checks it: the handle's rights and the
+    section's protection against Win32Protect (STATUS_ACCESS_DENIED / _SECTION_PROTECTION),
+    64 KiB alignment of base and offset, ZeroBits, the view's size. Its Protect and
+    AllocationProtect are Win32Protect; a SEC_RESERVE section's view comes up reserved."""
     k.check_process_handle(ProcessHandle)
-    s = k.proc.objects.get(SectionHandle, SectionObject)
-    want = k.read_ptr(BaseAddress)
-    k.details.update(name=s.name)
-    status = Status.SUCCESS
-    if s.image:
-        assert s.file is not None and s.file.host_path is not None
-        name = s.name.rsplit("\\", 1)[-1]
-        module, relocated = map_image(k.proc, s.file.host_path, s.extra["image"], name, want)
-        base, size = module.base, module.size
-        k.proc.objects.image_views[base] = module
-        if relocated:
-            status = Status.IMAGE_NOT_AT_BASE
-    else:
-        offset = 0
-        if SectionOffset:
-            (offset,) = struct.unpack("<q", k.read(SectionOffset, 8))
-        size = k.read_ptr(ViewSize) or s.size - offset
-        data = s.file.data()[offset : offset + size] if s.file else b""
-        protect = PAGE_READONLY if Win32Protect in (0, PAGE_READONLY) else PAGE_READWRITE
-        base = _map_data(k, data, size, protect, f"view of {s.name}")
+    section = k.proc.objects.get(SectionHandle, SectionObject)
+    k.details.update(name=section.name)
+    if InheritDisposition not in (VIEW_SHARE, VIEW_UNMAP):
+        raise NtStatusError(
+            NtStatus.INVALID_PARAMETER_8, f"InheritDisposition {InheritDisposition}"
+        )
+    allowed = MEM_TOP_DOWN | MEM_RESERVE | SEC_NO_CHANGE
+    if k.arch.ptr_size == 4:
+        allowed |= AT_ROUND_TO_PAGE  # x86 only: a page-aligned view
+    if AllocationType & ~allowed:
+        raise NtStatusError(NtStatus.INVALID_PARAMETER_9, f"AllocationType 0x{AllocationType:x}")
+    highest = zero_bits_limit(k, ZeroBits, 4)
+    if not is_valid_protection(Win32Protect):
+        raise NtStatusError(NtStatus.INVALID_PAGE_PROTECTION, f"protection 0x{Win32Protect:x}")
+    base = k.read_ptr(BaseAddress)
+    size = k.read_ptr(ViewSize)
+    offset = struct.unpack("<q", k.read(SectionOffset, 8))[0] if SectionOffset else 0
     k.write_ptr(BaseAddress, base)
     k.write_ptr(ViewSize, size)
-    k.details.update(base=base, size=size)
+    if base and highest is not None and base + max(size, 1) - 1 > highest:
+        raise NtStatusError(NtStatus.INVALID_PARAMETER_4, f"0x{base:x} is above the ZeroBits limit")
+    alignment = ALLOCATION_GRANULARITY
+    if AllocationType & AT_ROUND_TO_PAGE:
+        base, alignment = align_down(base, PAGE_SIZE), PAGE_SIZE
+    if base % alignment:
+        raise NtStatusError(NtStatus.MAPPED_ALIGNMENT, f"base 0x{base:x}")
+    if offset < 0:
+        raise NtStatusError(NtStatus.INVALID_PARAMETER_6, f"offset {offset}")
+    new_base, new_size, status = map_view(
+        k, section, SectionHandle, base, size, offset, CommitSize, AllocationType, Win32Protect,
+        highest=highest, alignment=alignment,
+    )  # fmt: skip
+    k.write_ptr(BaseAddress, new_base)
+    k.write_ptr(ViewSize, new_size)
+    k.details.update(base=new_base, size=new_size)
     return status
 
 
 @syscall
-def NtUnmapViewOfSection(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID) -> int:
-    """Data views are released; an image view stays mapped (heapemu's memory manager keeps
-    image reservations for good) but its module is forgotten."""
+def NtMapViewOfSectionEx(
+    k: Kernel,
+    SectionHandle: HANDLE,
+    ProcessHandle: HANDLE,
+    BaseAddress: PVOID,
+    SectionOffset: PVOID,
+    ViewSize: PSIZE_T,
+    AllocationType: ULONG,
+    PageProtection: ULONG,
+    ExtendedParameters: PVOID,
+    ExtendedParameterCount: ULONG,
+) -> int:
+    """NtMapViewOfSection with extended parameters: address requirements (no alignment for a
+    view) and, for an image, the machine it must be."""
+    from emu.nt.calls.memory import _extended_parameters, address_requirements
+
     k.check_process_handle(ProcessHandle)
-    module = k.proc.objects.image_views.pop(BaseAddress, None)
-    if module is not None:
+    section = k.proc.objects.get(SectionHandle, SectionObject)
+    k.details.update(name=section.name)
+    params = _extended_parameters(k, ExtendedParameters, ExtendedParameterCount, view=True)
+    if AllocationType & ~(MEM_TOP_DOWN | MEM_RESERVE | SEC_NO_CHANGE):
+        raise NtStatusError(NtStatus.INVALID_PARAMETER, f"AllocationType 0x{AllocationType:x}")
+    if not is_valid_protection(PageProtection):
+        raise NtStatusError(NtStatus.INVALID_PAGE_PROTECTION, f"protection 0x{PageProtection:x}")
+    types = MEM_EXTENDED_PARAMETER_TYPE
+    machine = params.get(types.MemExtendedParameterImageMachine)
+    if machine:
+        if not section.image:
+            raise NtStatusError(NtStatus.INVALID_PARAMETER, "an image machine for data")
+        if machine & 0xFFFF != MACHINES[section.extra["image"].machine]:
+            raise NtStatusError(NtStatus.NOT_SUPPORTED, f"machine 0x{machine:x}")
+    lowest = highest = None
+    requirements = params.get(types.MemExtendedParameterAddressRequirements)
+    base = k.read_ptr(BaseAddress)
+    size = k.read_ptr(ViewSize)
+    offset = struct.unpack("<q", k.read(SectionOffset, 8))[0] if SectionOffset else 0
+    k.write_ptr(BaseAddress, base)
+    if requirements is not None:
+        if base:
+            raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
+        if requirements:
+            lowest, highest, _ = address_requirements(k, requirements, view=True)
+    if base % ALLOCATION_GRANULARITY:
+        raise NtStatusError(NtStatus.MAPPED_ALIGNMENT, f"base 0x{base:x}")
+    new_base, new_size, status = map_view(
+        k, section, SectionHandle, base, size, offset, 0, AllocationType, PageProtection,
+        highest=highest, lowest=lowest,
+    )  # fmt: skip
+    k.write_ptr(BaseAddress, new_base)
+    k.write_ptr(ViewSize, new_size)
+    k.details.update(base=new_base, size=new_size)
+    return status
+
+
+def unmap_view(k: Kernel, address: int) -> None:
+    """Unmap the view holding ``address`` (any address inside it names it)."""
+    region = k.memory.region_at(address) if address <= k.arch.user_max else None
+    if region is None or region.type not in (MEM_MAPPED, MEM_IMAGE):
+        raise NtStatusError(NtStatus.NOT_MAPPED_VIEW, f"0x{address:x} is not a mapped view")
+    view = region.view
+    if view is not None and view.section is not None:
+        _save_contents(k, view.section, region)
+        view.section.extra.get("view_offsets", {}).pop(region.base, None)
+    module = view.module if view is not None else k.proc.objects.image_views.get(region.base)
+    k.proc.objects.image_views.pop(region.base, None)
+    if module is None:
+        module = k.proc.modules.containing(region.base)
+    if module is not None and module.base == region.base and module in list(k.proc.modules):
         k.proc.modules.remove(module)
         k.details.update(module=module.name)
-        return Status.SUCCESS
-    region = k.proc.memory.region_at(BaseAddress)
-    if region is None or region.type != MEM_MAPPED:
-        raise NtStatusError(0xC0000019, f"0x{BaseAddress:x} is not a mapped view")  # NOT_MAPPED
-    k.proc.memory.free(region.base, 0, 0x8000)
-    return Status.SUCCESS
+    k.memory.release_view(region.base)
+
+
+@syscall
+def NtUnmapViewOfSection(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID) -> int:
+    """The view or image holding BaseAddress is unmapped (its module record goes with it);
+    private memory is STATUS_NOT_MAPPED_VIEW."""
+    k.check_process_handle(ProcessHandle)
+    unmap_view(k, BaseAddress)
+    return NtStatus.SUCCESS
+
+
+@syscall
+def NtUnmapViewOfSectionEx(
+    k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, Flags: ULONG
+) -> int:
+    """MEM_UNMAP_WITH_TRANSIENT_BOOST (a scheduling hint) is accepted; MEM_PRESERVE_PLACEHOLDER
+    is not emulated for views."""
+    k.check_process_handle(ProcessHandle)
+    if Flags & ~0x3:
+        raise NtStatusError(NtStatus.INVALID_PARAMETER_3, f"flags 0x{Flags:x}")
+    if Flags & MEM_PRESERVE_PLACEHOLDER:
+        raise NtStatusError(NtStatus.NOT_SUPPORTED, "views are never mapped in placeholders here")
+    unmap_view(k, BaseAddress)
+    return NtStatus.SUCCESS
+
+
+def _file_of(k: Kernel, address: int) -> tuple[Region, str | None]:
+    """The allocation holding ``address`` and its file's identity, for
+    NtAreMappedFilesTheSame (STATUS_INVALID_ADDRESS when nothing is there)."""
+    region = k.memory.region_at(address) if address and address <= k.arch.user_max else None
+    if region is None:
+        raise NtStatusError(NtStatus.INVALID_ADDRESS, f"0x{address:x}")
+    if region.type not in (MEM_MAPPED, MEM_IMAGE):
+        raise NtStatusError(NtStatus.CONFLICTING_ADDRESSES, f"0x{address:x} is private memory")
+    key = region.view.file_key if region.view is not None else None
+    if key is None and region.type == MEM_IMAGE:  # mapped by heapemu's own loaders
+        module = k.proc.modules.containing(region.base)
+        if module is not None and module.path:
+            key = str(Path(module.path).resolve())
+    if key is None:
+        raise NtStatusError(NtStatus.CONFLICTING_ADDRESSES, f"0x{address:x} is not a file's")
+    return region, key
+
+
+@syscall
+def NtAreMappedFilesTheSame(
+    k: Kernel, File1MappedAsAnImage: PVOID, File2MappedAsFile: PVOID
+) -> int:
+    """STATUS_SUCCESS when the first address is in a view of an image and the second in a
+    view of the same file (or both in the same view); STATUS_NOT_SAME_DEVICE otherwise."""
+    first, key1 = _file_of(k, File1MappedAsAnImage)
+    second, key2 = _file_of(k, File2MappedAsFile)
+    if first is second or (first.type == MEM_IMAGE and key1 == key2):
+        return NtStatus.SUCCESS
+    return NtStatus.NOT_SAME_DEVICE
 
 
 # ---------------------------------------------------------------------------------- NLS
+def _map_data(k: Kernel, data: bytes, size: int, protect: int, usage: str) -> int:
+    """A read-only data view made by the kernel itself (Wine's NLS tables)."""
+    base, _ = k.memory.allocate(
+        0, max(size, 1), MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, type=MEM_MAPPED, usage=usage
+    )
+    if data:
+        k.proc.write(base, data[:size])
+    if protect != PAGE_READWRITE:
+        k.memory.protect(base, max(size, 1), protect)
+    return base
+
+
 def _nls_file(Type: int, Id: int) -> str | None:
     if Type == NLS_SORTKEYS:
         return "sortdefault.nls"
