@@ -15,6 +15,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     runtime.dll    seed 001: allocates with its own CRT (ucrtbase.dll)
     crossfree.exe  frees runtime.dll's block with msvcrt.dll's free
     vmrules.exe    virtual memory, sections and views as a program uses them (issue 16)
+    sysinfo.exe    processor features, memory status and counters, priorities, a thread stack
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -46,6 +47,7 @@ BUILD_TIMEOUT = 300
 class Recipe:
     sources: tuple[str, ...]
     dlls: tuple[str, ...] = ()  # other recipes this one links against (their import libs)
+    libs: tuple[str, ...] = ()  # mingw import libraries (-l) beyond the defaults
     freestanding_dll: bool = False  # no mingw start-up code; DllMain entry; ucrtbase's CRT
 
 
@@ -56,6 +58,7 @@ RECIPES: dict[str, Recipe] = {
     "runtime.dll": Recipe(("runtime.c",), freestanding_dll=True),
     "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),
     "vmrules.exe": Recipe(("vmrules.c",)),
+    "sysinfo.exe": Recipe(("sysinfo.c",), libs=("psapi",)),
 }
 
 
@@ -118,6 +121,7 @@ def build(name: str, arch: str) -> Path:
             command += [*LDFLAGS]
             for dll in recipe.dlls:
                 command.append(str(build(dll, arch).with_suffix(".lib")))
+            command += [f"-l{lib}" for lib in recipe.libs]
         command += ["-o", name]
         result = subprocess.run(
             command, cwd=work, capture_output=True, text=True, timeout=BUILD_TIMEOUT

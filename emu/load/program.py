@@ -363,6 +363,7 @@ def _fill_process(proc: ProcessCore, exe: Module, params: int) -> None:
     proc.write(KUSER_SHARED_DATA.address(arch, k, "NtSystemRoot"), root)
     KUSER_SHARED_DATA.write(proc, arch, k, "TickCountMultiplier", 0x0FA00000)
     KUSER_SHARED_DATA.write(proc, arch, k, "SystemTime", nt_info.SYSTEM_TIME)
+    KUSER_SHARED_DATA.write(proc, arch, k, "SystemTimeHigh2", nt_info.SYSTEM_TIME >> 32)
 
 
 def load_program(

@@ -262,6 +262,8 @@ class ObjectManager:
         self.main_image: MainImage | None = None
         self.nls_views: dict[str, tuple[int, int]] = {}  # NLS file -> (address, size)
         self.image_views: dict[int, Any] = {}  # base -> Module of each mapped image view
+        # what NtSetInformationProcess changed: PROCESSINFOCLASS -> the value as set
+        self.process_settings: dict[int, bytes] = {}
 
     def insert(self, obj: KernelObject, access: int = ALL_ACCESS) -> int:
         """A new handle to ``obj`` granting ``access`` (the specific rights)."""

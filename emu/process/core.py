@@ -20,7 +20,7 @@ from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
 from emu.process.ldr import LoaderData
 from emu.win.conventions import Convention, get_convention
-from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB
+from emu.win.layouts import PEB, TEB
 
 if TYPE_CHECKING:
     from emu.load.program import Program
@@ -30,6 +30,7 @@ from emu.modules import Module, ModuleList
 from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecord
 from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
+from emu.nt.shared_data import fill_shared_user_data
 from emu.nt.stack import ThreadStack
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
@@ -207,18 +208,7 @@ class ProcessCore:
         PEB.write(self, a, peb, "OSBuildNumber", 19045)
         PEB.write(self, a, peb, "OSPlatformId", 2)  # VER_PLATFORM_WIN32_NT
         PEB.write(self, a, peb, "CriticalSectionTimeout", (-2592000 * 10_000_000) & (2**64 - 1))
-        k = KUSER_SHARED_DATA_ADDRESS
-        KUSER_SHARED_DATA.write(self, a, k, "NtMajorVersion", 10)
-        KUSER_SHARED_DATA.write(self, a, k, "NtMinorVersion", 0)
-        KUSER_SHARED_DATA.write(self, a, k, "NtBuildNumber", 19045)
-        KUSER_SHARED_DATA.write(self, a, k, "NtProductType", 1)  # NtProductWinNt
-        KUSER_SHARED_DATA.write(self, a, k, "ProductTypeIsValid", 1)
-        KUSER_SHARED_DATA.write(self, a, k, "NumberOfPhysicalPages", 0x40000)
-        KUSER_SHARED_DATA.write(self, a, k, "ActiveProcessorCount", 1)
-        KUSER_SHARED_DATA.write(self, a, k, "SystemCall", 0)  # stubs use `syscall`, not int 2e
-        KUSER_SHARED_DATA.write(
-            self, a, k, "NativeProcessorArchitecture", 9 if a.ptr_size == 8 else 0
-        )  # AMD64 / INTEL
+        fill_shared_user_data(self, a, KUSER_SHARED_DATA_ADDRESS)
 
     def _install_hooks(self) -> None:
         cpu = self.cpu

@@ -173,25 +173,49 @@ KUSER_SHARED_DATA = Struct(
     [
         Field("TickCountLowDeprecated", 0x000, 0x000, "u32"),
         Field("TickCountMultiplier", 0x004, 0x004, "u32"),
-        Field("InterruptTime", 0x008, 0x008, "u64"),
+        Field("InterruptTime", 0x008, 0x008, "u64"),  # KSYSTEM_TIME: LowPart, High1Time
+        Field("InterruptTimeHigh2", 0x010, 0x010, "u32"),
         Field("SystemTime", 0x014, 0x014, "u64"),
+        Field("SystemTimeHigh2", 0x01C, 0x01C, "u32"),
         Field("TimeZoneBias", 0x020, 0x020, "u64"),
         Field("ImageNumberLow", 0x02C, 0x02C, "u16"),
         Field("ImageNumberHigh", 0x02E, 0x02E, "u16"),
         Field("NtSystemRoot", 0x030, 0x030, "u16", 260),
+        Field("MaxStackTraceDepth", 0x238, 0x238, "u32"),
+        Field("CryptoExponent", 0x23C, 0x23C, "u32"),
+        Field("TimeZoneId", 0x240, 0x240, "u32"),
+        Field("LargePageMinimum", 0x244, 0x244, "u32"),
         Field("NtBuildNumber", 0x260, 0x260, "u32"),
         Field("NtProductType", 0x264, 0x264, "u32"),
         Field("ProductTypeIsValid", 0x268, 0x268, "u8"),
         Field("NativeProcessorArchitecture", 0x26A, 0x26A, "u16"),
         Field("NtMajorVersion", 0x26C, 0x26C, "u32"),
         Field("NtMinorVersion", 0x270, 0x270, "u32"),
+        Field("ProcessorFeatures", 0x274, 0x274, "u8", 64),  # PF_* indices
+        Field("SuiteMask", 0x2D0, 0x2D0, "u32"),
+        Field("KdDebuggerEnabled", 0x2D4, 0x2D4, "u8"),
+        Field("MitigationPolicies", 0x2D5, 0x2D5, "u8"),  # NXSupportPolicy in bits 0-1
         Field("NumberOfPhysicalPages", 0x2E8, 0x2E8, "u32"),
         Field("SafeBootMode", 0x2EC, 0x2EC, "u8"),
+        Field("QpcFrequency", 0x300, 0x300, "u64"),
         # x64 Wine/Windows syscall stubs test bit 0 here to choose `int 2e` over `syscall`
         Field("SystemCall", 0x308, 0x308, "u32"),
-        Field("TickCount", 0x320, 0x320, "u64"),
+        Field("TickCount", 0x320, 0x320, "u64"),  # KSYSTEM_TIME: LowPart, High1Time
+        Field("TickCountHigh2", 0x328, 0x328, "u32"),
         Field("Cookie", 0x330, 0x330, "u32"),
+        Field("UnparkedProcessorCount", 0x36A, 0x36A, "u16"),
         Field("ActiveProcessorCount", 0x3C0, 0x3C0, "u32"),
+        Field("ActiveGroupCount", 0x3C4, 0x3C4, "u8"),
+        # XState: XSTATE_CONFIGURATION (Windows 10 2004 layout)
+        Field("XStateEnabledFeatures", 0x3D8, 0x3D8, "u64"),
+        Field("XStateEnabledVolatileFeatures", 0x3E0, 0x3E0, "u64"),
+        Field("XStateSize", 0x3E8, 0x3E8, "u32"),
+        Field("XStateControlFlags", 0x3EC, 0x3EC, "u32"),  # OptimizedSave, CompactionEnabled
+        Field("XStateFeatures", 0x3F0, 0x3F0, "u32", 128),  # {Offset, Size} per feature
+        Field("XStateEnabledSupervisorFeatures", 0x5F0, 0x5F0, "u64"),
+        Field("XStateAlignedFeatures", 0x5F8, 0x5F8, "u64"),
+        Field("XStateAllFeatureSize", 0x600, 0x600, "u32"),
+        Field("XStateAllFeatures", 0x604, 0x604, "u32", 64),
     ],
 )
 

@@ -24,8 +24,12 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import KernelObject, Status, put_buffer
+from emu.nt.shared_data import PHYSICAL_PAGES
 from emu.win.ntdefs import (
     ALLOCATION_GRANULARITY,
+    MEM_PRIVATE,
+    MEM_RESERVE,
+    PAGE_READWRITE,
     PAGE_SIZE,
     PROCESSINFOCLASS,
     SYSTEM_INFORMATION_CLASS,
@@ -50,8 +54,55 @@ def _ptr(k: Kernel) -> str:
     return "Q" if k.arch.ptr_size == 8 else "I"
 
 
-def _system_info(k: Kernel, cls: int) -> bytes:
+def _performance_information(k: Kernel) -> bytes:
+    """SYSTEM_PERFORMANCE_INFORMATION (Windows 10: 0x158 bytes, the first 0x138 being the
+    older layout): pages of this machine (1 GiB of RAM, commit limit = ``commit_limit``),
+    what the process committed, the system calls made; every other counter 0."""
+    mem = k.memory
+    committed = mem.committed // PAGE_SIZE
+    ulongs = [0] * 70
+    ulongs[3] = max(PHYSICAL_PAGES - committed, 0)  # AvailablePages
+    ulongs[4] = committed  # CommittedPages
+    ulongs[5] = mem.commit_limit // PAGE_SIZE  # CommitLimit
+    ulongs[6] = mem.peak_committed // PAGE_SIZE  # PeakCommitment
+    ulongs[7] = committed  # PageFaultCount: each committed page was touched once
+    ulongs[69] = len(k.proc.syscalls) & 0xFFFFFFFF  # SystemCalls
+    head = struct.pack("<4q70I", 0, 0, 0, 0, *ulongs)
+    # CcTotalDirtyPages, CcDirtyPageThreshold, ResidentAvailablePages, SharedCommittedPages
+    return head + struct.pack("<QQqQ", 0, 0, ulongs[3], 0)
+
+
+def _time_zone(dynamic: bool) -> bytes:
+    """RTL_TIME_ZONE_INFORMATION (+ the dynamic part): the emulated machine runs on UTC."""
+    name = "Coordinated Universal Time".encode("utf-16-le").ljust(64, b"\0")
+    no_date = bytes(16)  # SYSTEMTIME: no daylight saving transition
+    data = struct.pack("<l", 0) + name + no_date + struct.pack("<l", 0) + name + no_date
+    data += struct.pack("<l", 0)
+    if dynamic:
+        data += "UTC".encode("utf-16-le").ljust(256, b"\0") + struct.pack("<B3x", 0)
+    return data
+
+
+# Wine's version block (version, build id, host system name, host release): what its ntdll's
+# wine_get_version() and wine_get_host_version() then report
+WINE_VERSION_BLOCK = b"8.0\0wine-8.0\0heapemu\0emulated\0"
+
+
+def _system_info(k: Kernel, cls: int, length: int) -> bytes:
     arch, p = k.arch, _ptr(k)
+    classes = SYSTEM_INFORMATION_CLASS
+    if cls == classes.SystemPerformanceInformation:
+        data = _performance_information(k)
+        if length < 0x138:  # the pre-Windows 10 size is the least accepted
+            raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{length} < 0x138")
+        return data[: min(length, len(data))]
+    if cls == classes.SystemCurrentTimeZoneInformation:
+        return _time_zone(dynamic=False)
+    if cls == classes.SystemDynamicTimeZoneInformation:
+        return _time_zone(dynamic=True)
+    if cls == classes.SystemWineVersionInformation:
+        # not a Windows class: Wine's Unix side answers it, and heapemu plays that side
+        return WINE_VERSION_BLOCK
     if cls in (
         SYSTEM_INFORMATION_CLASS.SystemBasicInformation,
         SYSTEM_INFORMATION_CLASS.SystemEmulationBasicInformation,
@@ -63,7 +114,7 @@ def _system_info(k: Kernel, cls: int) -> bytes:
             0,  # Reserved
             156_250,  # TimerResolution (100 ns units)
             PAGE_SIZE,
-            0x40000,  # NumberOfPhysicalPages (1 GiB), as KUSER_SHARED_DATA says
+            PHYSICAL_PAGES,  # NumberOfPhysicalPages (1 GiB), as KUSER_SHARED_DATA says
             1,
             0x7FFFF,
             ALLOCATION_GRANULARITY,
@@ -96,7 +147,7 @@ def NtQuerySystemInformation(
 ) -> int:
     k.details.update(cls=SystemInformationClass)
     k.probe_range(SystemInformation, SystemInformationLength)
-    data = _system_info(k, SystemInformationClass)
+    data = _system_info(k, SystemInformationClass, SystemInformationLength)
     put_buffer(k, SystemInformation, SystemInformationLength, data, ReturnLength)
     return Status.SUCCESS
 
@@ -110,7 +161,34 @@ def _unicode_string_block(k: Kernel, buf: int, text: str) -> bytes:
     return struct.pack(fmt, len(data), len(data) + 2, where) + data + b"\0\0"
 
 
-def _process_info(k: Kernel, cls: int, buf: int) -> bytes:
+def _vm_counters(k: Kernel, length: int) -> bytes:
+    """VM_COUNTERS, VM_COUNTERS_EX or VM_COUNTERS_EX2, as the buffer's length asks (any other
+    length is STATUS_INFO_LENGTH_MISMATCH): address space reserved, pages committed."""
+    mem = k.memory
+    private = sum(r.committed_bytes for r in mem.regions() if r.type == MEM_PRIVATE)
+    n = "Q" if k.arch.ptr_size == 8 else "I"
+    pad = "4x" if k.arch.ptr_size == 8 else ""
+    counters = struct.pack(
+        f"<{n}{n}I{pad}{n * 8}",
+        mem.peak_reserved,  # PeakVirtualSize
+        mem.reserved,  # VirtualSize
+        mem.committed // PAGE_SIZE,  # PageFaultCount
+        mem.peak_committed,  # PeakWorkingSetSize
+        mem.committed,  # WorkingSetSize
+        0x4000, 0x4000, 0x800, 0x800,  # quota (paged, non-paged pool) peak and current
+        private,  # PagefileUsage
+        max(private, mem.peak_committed),  # PeakPagefileUsage
+    )  # fmt: skip
+    ex = counters + struct.pack(f"<{n}", private)  # PrivateUsage
+    align = "" if k.arch.ptr_size == 8 else "4x"  # SharedCommitUsage is a ULONG64
+    ex2 = ex + struct.pack(f"<{n}{align}Q", private, 0)  # PrivateWorkingSetSize, SharedCommit
+    for data in (counters, ex, ex2):
+        if length == len(data):
+            return data
+    raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{length} is no VM_COUNTERS size")
+
+
+def _process_info(k: Kernel, cls: int, buf: int, length: int = 0) -> bytes:
     from emu.nt.calls.section import image_information
 
     proc, p = k.proc, _ptr(k)
@@ -124,14 +202,20 @@ def _process_info(k: Kernel, cls: int, buf: int) -> bytes:
         return k.arch.pack_ptr(0)
     if cls == PROCESSINFOCLASS.ProcessDebugObjectHandle:
         raise NtStatusError(Status.PORT_NOT_SET, "no debugger")
-    if cls == PROCESSINFOCLASS.ProcessDebugFlags:
-        return struct.pack("<I", 1)  # NoDebugInherit: not being debugged
     if cls == PROCESSINFOCLASS.ProcessWow64Information:
         return k.arch.pack_ptr(0)
-    if cls == PROCESSINFOCLASS.ProcessDefaultHardErrorMode:
-        return struct.pack("<I", 1)
-    if cls == PROCESSINFOCLASS.ProcessExecuteFlags:
-        return struct.pack("<I", 0x2 | 0x8)  # MEM_EXECUTE_OPTION_ENABLE | PERMANENT
+    settings = proc.objects.process_settings
+    if cls in SETTABLE:
+        return settings.get(cls, SETTABLE[cls])
+    if cls == PROCESSINFOCLASS.ProcessVmCounters:
+        return _vm_counters(k, length)
+    if cls == PROCESSINFOCLASS.ProcessHandleCount:
+        return struct.pack("<I", len(proc.objects.handles()))
+    if cls == PROCESSINFOCLASS.ProcessTimes:
+        # KERNEL_USER_TIMES: created at boot, running ever since (the deterministic clock)
+        return struct.pack("<qqqq", SYSTEM_TIME, 0, 0, _clock(k))
+    if cls == PROCESSINFOCLASS.ProcessBreakOnTermination:
+        return struct.pack("<I", 0)
     if cls == PROCESSINFOCLASS.ProcessCookie:
         return struct.pack("<I", 0x4845_4150)
     if main is not None:
@@ -157,9 +241,100 @@ def NtQueryInformationProcess(
     k.check_process_handle(ProcessHandle)
     k.details.update(cls=ProcessInformationClass)
     k.probe_range(ProcessInformation, ProcessInformationLength)
-    data = _process_info(k, ProcessInformationClass, ProcessInformation)
+    data = _process_info(k, ProcessInformationClass, ProcessInformation, ProcessInformationLength)
     put_buffer(k, ProcessInformation, ProcessInformationLength, data, ReturnLength)
     return Status.SUCCESS
+
+
+# Settings the process can change and read back: class -> the value it starts with
+P = PROCESSINFOCLASS
+SETTABLE: dict[int, bytes] = {
+    P.ProcessDefaultHardErrorMode: struct.pack("<I", 1),
+    P.ProcessExecuteFlags: struct.pack("<I", 0x2 | 0x8),  # MEM_EXECUTE_OPTION_ENABLE|PERMANENT
+    P.ProcessDebugFlags: struct.pack("<I", 1),  # NoDebugInherit: not being debugged
+    P.ProcessPriorityClass: struct.pack("<BB", 0, 2),  # not foreground, NORMAL
+    P.ProcessPriorityBoost: struct.pack("<I", 0),
+    P.ProcessIoPriority: struct.pack("<I", 2),  # IoPriorityNormal
+    P.ProcessPagePriority: struct.pack("<I", 5),  # MEMORY_PRIORITY_NORMAL
+    P.ProcessEnableAlignmentFaultFixup: struct.pack("<B", 0),
+}
+# Changing these needs a privilege a standard user's token does not hold
+PRIVILEGED = {
+    P.ProcessQuotaLimits, P.ProcessExceptionPort, P.ProcessAccessToken, P.ProcessUserModeIOPL,
+    P.ProcessBreakOnTermination, P.ProcessInstrumentationCallback, P.ProcessSessionInformation,
+    P.ProcessIoPortHandlers,
+}  # fmt: skip
+# Windows lets a process set these; heapemu does not emulate what they change
+NOT_EMULATED = {
+    P.ProcessBasePriority, P.ProcessRaisePriority, P.ProcessLdtInformation, P.ProcessLdtSize,
+    P.ProcessWorkingSetWatch, P.ProcessDeviceMap, P.ProcessForegroundInformation,
+    P.ProcessHandleTracing, P.ProcessTlsInformation, P.ProcessWorkingSetWatchEx,
+    P.ProcessAffinityUpdateMode, P.ProcessMemoryAllocationMode,
+    P.ProcessTokenVirtualizationEnabled, P.ProcessConsoleHostProcess, P.ProcessMitigationPolicy,
+    P.ProcessDynamicFunctionTableInformation, P.ProcessHandleCheckingMode,
+    P.ProcessRevokeFileHandles,
+    P.ProcessWorkingSetControl, P.ProcessDefaultCpuSetsInformation, P.ProcessPowerThrottlingState,
+    P.ProcessRaiseUMExceptionOnInvalidHandleClose, P.ProcessEnableLogging,
+    P.ProcessDynamicEHContinuationTargets, P.ProcessDynamicEnforcedCetCompatibleRanges,
+}  # fmt: skip
+
+
+def _set_value(k: Kernel, cls: int, buf: int, length: int) -> None:
+    """Check one settable class's new value as Windows does, then keep it."""
+    if length != len(SETTABLE[cls]):
+        raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{length} bytes for class {cls}")
+    data = k.read(buf, length)
+    settings = k.proc.objects.process_settings
+    value = int.from_bytes(data, "little")
+    bad = NtStatusError(NtStatus.INVALID_PARAMETER, f"value 0x{value:x} for class {cls}")
+    if cls == P.ProcessExecuteFlags:
+        current = struct.unpack("<I", settings.get(cls, SETTABLE[cls]))[0]
+        if current & 0x8:  # MEM_EXECUTE_OPTION_PERMANENT: the policy is fixed
+            raise NtStatusError(NtStatus.ACCESS_DENIED, "the execute policy is permanent")
+        if value & ~0x3F:
+            raise bad
+    elif cls == P.ProcessPriorityClass:
+        if not 1 <= data[1] <= 6:
+            raise NtStatusError(NtStatus.INVALID_PARAMETER, f"priority class {data[1]}")
+        if data[1] == 4:  # PROCESS_PRIORITY_CLASS_REALTIME needs SeIncreaseBasePriorityPrivilege
+            raise NtStatusError(NtStatus.PRIVILEGE_NOT_HELD, "realtime priority")
+    elif cls == P.ProcessIoPriority:
+        if value > 4:
+            raise bad
+        if value > 2:  # IoPriorityHigh / Critical need SeIncreaseBasePriorityPrivilege
+            raise NtStatusError(NtStatus.PRIVILEGE_NOT_HELD, f"I/O priority {value}")
+    elif cls == P.ProcessPagePriority and value > 7:
+        raise bad
+    settings[cls] = data
+
+
+def _stack_allocation(k: Kernel, buf: int, length: int) -> None:
+    """ProcessThreadStackAllocation: reserve a thread stack (ReserveSize bytes under ZeroBits)
+    and write its base back; RtlCreateUserStack then commits its top. The _EX form puts
+    PreferredNode and three reserved ULONGs (which must be 0) before the same fields."""
+    from emu.nt.calls.memory import zero_bits_limit
+
+    n = k.arch.ptr_size
+    if length == 3 * n:
+        info = buf
+    elif length == 16 + 3 * n:
+        node, *reserved = struct.unpack("<4I", k.read(buf, 16))
+        if any(reserved) or node not in (0, 0xFFFFFFFF):
+            raise NtStatusError(NtStatus.INVALID_PARAMETER, "PreferredNode or Reserved fields")
+        info = buf + 16
+    else:
+        raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{length} bytes")
+    reserve = k.read_ptr(info)
+    zero_bits = k.read_ptr(info + n)
+    k.write_ptr(info + 2 * n, 0)  # probe the out field first
+    if not reserve:
+        raise NtStatusError(NtStatus.INVALID_PARAMETER, "ReserveSize is 0")
+    highest = zero_bits_limit(k, zero_bits, 3)
+    base, size = k.memory.allocate(
+        0, reserve, MEM_RESERVE, PAGE_READWRITE, highest=highest, usage="stack", user=True
+    )
+    k.write_ptr(info + 2 * n, base)
+    k.details.update(base=base, size=size)
 
 
 @syscall
@@ -170,9 +345,30 @@ def NtSetInformationProcess(
     ProcessInformation: PVOID,
     ProcessInformationLength: ULONG,
 ) -> int:
-    """Accepted and recorded; nothing in the emulated process depends on these settings."""
+    """Every class has an answer: the settings a process can read back are kept (and checked
+    as Windows checks them), ProcessThreadStackAllocation reserves a stack, ProcessAffinityMask
+    accepts the one processor; classes needing a privilege are STATUS_PRIVILEGE_NOT_HELD,
+    query-only or unknown ones STATUS_INVALID_INFO_CLASS, the rest STATUS_NOT_IMPLEMENTED."""
     k.check_process_handle(ProcessHandle)
-    k.details.update(cls=ProcessInformationClass)
+    cls, buf, length = ProcessInformationClass, ProcessInformation, ProcessInformationLength
+    k.details.update(cls=cls)
+    k.probe_range(buf, length)
+    if cls in SETTABLE:
+        _set_value(k, cls, buf, length)
+    elif cls == P.ProcessThreadStackAllocation:
+        _stack_allocation(k, buf, length)
+    elif cls == P.ProcessAffinityMask:
+        if length != k.arch.ptr_size:
+            raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{length} bytes")
+        mask = k.read_ptr(buf)
+        if not mask or mask & ~1:  # one processor: bit 0
+            raise NtStatusError(NtStatus.INVALID_PARAMETER, f"affinity 0x{mask:x}")
+    elif cls in PRIVILEGED:
+        raise NtStatusError(NtStatus.PRIVILEGE_NOT_HELD, f"ProcessInformationClass {cls}")
+    elif cls in NOT_EMULATED:
+        raise NtStatusError(NtStatus.NOT_IMPLEMENTED, f"ProcessInformationClass {cls}")
+    else:  # query-only classes and values Windows does not know
+        raise NtStatusError(NtStatus.INVALID_INFO_CLASS, f"ProcessInformationClass {cls}")
     return Status.SUCCESS
 
 
