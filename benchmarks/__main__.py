@@ -16,6 +16,7 @@ SUITES = {
     "replay": bench_replay.run,
     "replay_tlb_proposal": bench_replay.run_tlb_proposal,
     "memory": bench_memory.run,
+    "address_space": bench_memory.run_address_space,
 }
 
 

@@ -1,4 +1,6 @@
-"""Peak memory of a 1M-operation replay, each configuration in a subprocess of its own.
+"""Peak memory of a 1M-operation replay, each configuration in a subprocess of its own; and the
+address space's costs (issue 20 D4, D15): host memory per reserved GiB and per region, and the
+cost of a heap's reservation and commit at 500 and at 10,000 heaps.
 
 The child loads the allocator, notes its resident set (the baseline: Python, Unicorn, the
 process image), resets the peak (``/proc/self/clear_refs`` = 5, Linux >= 4.0), generates the
@@ -7,6 +9,8 @@ above the baseline beyond the tape and the results themselves; target < 64 MiB.
 
     python -m benchmarks memory
     python -m benchmarks.bench_memory --child x64 builtin 1000000     (one measurement)
+    python -m benchmarks address_space
+    python -m benchmarks.bench_memory --address-space                 (the same, printed)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 OPS = 1_000_000
@@ -100,9 +105,155 @@ def run() -> list[dict[str, object]]:
     return [measure(arch, alloc) for alloc in ("builtin", "wine") for arch in ("x86", "x64")]
 
 
+# ---------------------------------------------------------------------------------- address space
+GIB = 1 << 30
+HEAP_RESERVE, HEAP_COMMIT = 0x110000, 0x10000  # what the builtin heap's create_heap asks for
+
+
+class NullCpu:
+    """A CPU that maps nothing: the memory manager's own bookkeeping, measured alone."""
+
+    def map(self, addr: int, size: int, protect: int) -> None: ...
+    def unmap(self, addr: int, size: int) -> None: ...
+    def protect(self, addr: int, size: int, protect: int) -> None: ...
+    def read(self, addr: int, size: int) -> bytes:
+        return bytes(size)
+
+    def write(self, addr: int, data: bytes) -> None: ...
+    def invalidate_code(self, addr: int, size: int) -> None: ...
+
+
+def _per_heap(make: Callable[[], object], before: int, window: int) -> float:
+    """Seconds per heap around the ``before``-th heap: the best of three windows of
+    ``window`` heaps (the least disturbed by a noisy host)."""
+    for _ in range(before - window):
+        make()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(window):
+            make()
+        best = min(best, (time.perf_counter() - t0) / window)
+    return best
+
+
+def heap_bookkeeping(count: int, window: int = 200) -> float:
+    """Seconds per heap-sized reservation + commit in the memory manager (no CPU mappings),
+    with ``count`` heaps already there."""
+    from emu.arch import X64
+    from emu.nt.memory import MemoryManager
+    from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE
+
+    mem = MemoryManager(NullCpu(), X64)  # type: ignore[arg-type]
+
+    def make() -> None:
+        base, _ = mem.allocate(0, HEAP_RESERVE, MEM_RESERVE, PAGE_READWRITE, user=True)
+        mem.allocate(base, HEAP_COMMIT, MEM_COMMIT, PAGE_READWRITE, user=True)
+
+    return _per_heap(make, count, window)
+
+
+def create_heap_end_to_end(count: int, window: int = 50) -> float:
+    """Seconds per ``create_heap`` of the builtin heap on x64 (Unicorn mappings included)."""
+    from emu import Process
+    from emu.heap.allocator import Allocator
+
+    proc = Process("x64", time_limit=0)
+    allocator = Allocator(proc, proc.load_allocator("builtin"))
+    return _per_heap(allocator.create_heap, count, window)
+
+
+def reservation_memory(count: int = 16, size: int = 16 * GIB) -> dict[str, float]:
+    """Host bytes (Python allocations) per reserved GiB and per region on x64."""
+    import tracemalloc
+
+    from emu import Process
+    from emu.win.ntdefs import MEM_RESERVE, PAGE_READWRITE
+
+    proc = Process("x64", time_limit=0)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(count):
+        proc.memory.allocate(0, size, MEM_RESERVE, PAGE_READWRITE)
+    big = tracemalloc.get_traced_memory()[0] - before
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(10_000):
+        proc.memory.allocate(0, HEAP_RESERVE, MEM_RESERVE, PAGE_READWRITE)
+    small = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"per_gib": big / (count * size / GIB), "per_region": small / 10_000}
+
+
+def address_space_child() -> dict[str, object]:
+    book = {n: heap_bookkeeping(n) for n in (500, 10_000)}
+    e2e = {n: create_heap_end_to_end(n) for n in (500, 2_000)}
+    return {"bookkeeping": book, "end_to_end": e2e, "memory": reservation_memory()}
+
+
+def run_address_space() -> list[dict[str, object]]:
+    """Issue 20 D4/D15, measured in one child process; the ratios are the result."""
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_memory", "--address-space-child"],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"address-space child failed:\n{p.stderr[-3000:]}")
+    m = json.loads(p.stdout)
+    book = {int(k): v for k, v in m["bookkeeping"].items()}
+    e2e = {int(k): v for k, v in m["end_to_end"].items()}
+    mem = m["memory"]
+    return [
+        {
+            "benchmark": "memory manager: heap reserve+commit at 10,000 heaps vs 500 (D15)",
+            "arch": "x64",
+            "value": round(book[10_000] * 1e6, 1),
+            "unit": "us/heap",
+            "reference": round(book[500] * 1e6, 1),
+            "reference_name": "at 500 heaps",
+            "ratio": round(book[10_000] / book[500], 2),
+        },
+        {
+            "benchmark": "create_heap end to end at 2,000 heaps vs 500 (Unicorn mem_map bound)",
+            "arch": "x64",
+            "value": round(e2e[2_000] * 1e3, 2),
+            "unit": "ms/heap",
+            "reference": round(e2e[500] * 1e3, 2),
+            "reference_name": "at 500 heaps",
+            "ratio": round(e2e[2_000] / e2e[500], 2),
+        },
+        {
+            "benchmark": "host memory per reserved GiB (16 x 16 GiB, D4)",
+            "arch": "x64",
+            "value": round(mem["per_gib"]),
+            "unit": "bytes/GiB",
+            "reference": 2 * MIB,
+            "reference_name": "a list slot per page (before)",
+            "ratio": round(mem["per_gib"] / (2 * MIB), 5),
+        },
+        {
+            "benchmark": "host memory per region (10,000 x 1.06 MiB)",
+            "arch": "x64",
+            "value": round(mem["per_region"]),
+            "unit": "bytes",
+            "reference": 1024,
+            "reference_name": "documented bound",
+            "ratio": round(mem["per_region"] / 1024, 2),
+        },
+    ]
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    elif sys.argv[1:] == ["--address-space-child"]:
+        print(json.dumps(address_space_child()))
+    elif sys.argv[1:] == ["--address-space"]:
+        for row in run_address_space():
+            print(row)
     else:
         for row in run():
             print(row)
