@@ -438,3 +438,40 @@ def test_set_information_virtual_memory(nt: Nt) -> None:
     p.write_ptr(entries + 3 * n, 0x1000)
     assert call(CURRENT, 0, 2, entries, arg, 4) == NtStatus.SUCCESS
     assert call(CURRENT, 3, 1, entries, arg, 4) == NtStatus.NOT_SUPPORTED  # not emulated
+
+
+# ---------------------------------------------------------------------------------- scale
+class _NoCpu:
+    """Maps nothing: the memory manager's bookkeeping alone."""
+
+    def map(self, addr: int, size: int, protect: int) -> None: ...
+    def unmap(self, addr: int, size: int) -> None: ...
+    def protect(self, addr: int, size: int, protect: int) -> None: ...
+
+
+class _CountingDict(dict):  # type: ignore[type-arg]
+    lookups = 0
+
+    def __getitem__(self, key: object) -> object:
+        type(self).lookups += 1
+        return super().__getitem__(key)
+
+
+def test_finding_room_does_not_walk_every_region() -> None:
+    """Issue 20 D15: each reservation walked every region to find a gap. With 10,000 small
+    reservations leaving 10,000 unusable 60 KiB gaps, finding room for a heap looks at a
+    handful of gaps (by usable size), bottom-up and top-down."""
+    from emu.arch import X64
+    from emu.nt.memory import MemoryManager
+
+    mem = MemoryManager(_NoCpu(), X64)  # type: ignore[arg-type]
+    for _ in range(10_000):
+        mem.allocate(0, 0x1000, MEM_RESERVE, PAGE_READWRITE)
+    counting = _CountingDict(mem.free_space.end)
+    mem.free_space.end = counting
+    for flags in (MEM_RESERVE, MEM_RESERVE | MEM_TOP_DOWN):
+        _CountingDict.lookups = 0
+        base, _ = mem.allocate(0, 0x110000, flags, PAGE_READWRITE)
+        assert base % 0x10000 == 0 and mem.region_at(base).size == 0x110000
+        assert _CountingDict.lookups < 50, _CountingDict.lookups
+    assert len(mem.regions()) == 10_002
