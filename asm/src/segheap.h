@@ -389,8 +389,9 @@ typedef struct HEAP_LFH_BUCKET {
     void *AffinitySlots; /* none: subsegments belong to the bucket itself */
 } HEAP_LFH_BUCKET;
 
-/* _HEAP_LFH_SUBSEGMENT at the start of an LFH range, then BlockBitmap (pointer-sized words,
- * 2 bits per block: bit 2i busy, bit 2i+1 unused bytes present), then the blocks from
+/* _HEAP_LFH_SUBSEGMENT at the start of an LFH range, then BlockBitmap (64-bit words on both
+ * architectures, 32 blocks a word, 2 bits per block: bit 2i busy, bit 2i+1 unused bytes
+ * present), then the blocks from
  * FirstBlockOffset. BlockOffsets = (BlockSize | FirstBlockOffset << 16) ^ (u32)LfhKey ^
  * (u32)(subsegment >> 12). */
 typedef struct HEAP_LFH_SUBSEGMENT {
@@ -406,7 +407,7 @@ typedef struct HEAP_LFH_SUBSEGMENT {
     u8 CommitUnitShift;
     u8 CommitUnitCount;
     u16 CommitStateOffset;
-    uptr BlockBitmap[1];
+    u64 BlockBitmap[1];
 } HEAP_LFH_SUBSEGMENT;
 
 /* _HEAP_LARGE_ALLOC_DATA, in a heap-internal VS chunk (outside the block). VirtualAddress is
@@ -483,6 +484,8 @@ SEGHEAP_ASSERT(lfh_sub_bitmap, SEGHEAP_OFF(HEAP_LFH_SUBSEGMENT, BlockBitmap) == 
 SEGHEAP_ASSERT(lfh_sub_offsets, SEGHEAP_OFF(HEAP_LFH_SUBSEGMENT, BlockOffsets) == 0x28);
 SEGHEAP_ASSERT(lfh_bucket, sizeof(HEAP_LFH_BUCKET) == 0x68);
 SEGHEAP_ASSERT(large_data, sizeof(HEAP_LARGE_ALLOC_DATA) == 0x28);
+SEGHEAP_ASSERT(params_size, sizeof(SEGHEAP_PARAMETERS) == 0x38);
+SEGHEAP_ASSERT(params_seed, SEGHEAP_OFF(SEGHEAP_PARAMETERS, RandomSeed) == 0x18);
 #else
 SEGHEAP_ASSERT(heap_size, sizeof(SEGMENT_HEAP) == 0x580);
 SEGHEAP_ASSERT(signature, SEGHEAP_OFF(SEGMENT_HEAP, Signature) == 0x8);
@@ -514,7 +517,10 @@ SEGHEAP_ASSERT(lfh_sub_bitmap, SEGHEAP_OFF(HEAP_LFH_SUBSEGMENT, BlockBitmap) == 
 SEGHEAP_ASSERT(lfh_sub_offsets, SEGHEAP_OFF(HEAP_LFH_SUBSEGMENT, BlockOffsets) == 0x18);
 SEGHEAP_ASSERT(lfh_bucket, sizeof(HEAP_LFH_BUCKET) == 0x38);
 SEGHEAP_ASSERT(large_data, sizeof(HEAP_LARGE_ALLOC_DATA) == 0x14);
+SEGHEAP_ASSERT(params_size, sizeof(SEGHEAP_PARAMETERS) == 0x30);
+SEGHEAP_ASSERT(params_seed, SEGHEAP_OFF(SEGHEAP_PARAMETERS, RandomSeed) == 0x10);
 #endif
+SEGHEAP_ASSERT(lfh_sub_bitmap_align, SEGHEAP_OFF(HEAP_LFH_SUBSEGMENT, BlockBitmap) % 8 == 0);
 SEGHEAP_ASSERT(pseg_size, sizeof(HEAP_PAGE_SEGMENT) == SEGHEAP_UNITS_PER_SEGMENT *
                                                           sizeof(HEAP_PAGE_RANGE_DESCRIPTOR));
 
