@@ -1,0 +1,279 @@
+"""The Windows 10 segment heap (asm/src/segheap.c) run natively through tests/native/driver.c.
+
+Layout facts used here come from segheap.h (and its static assertions): x86 _SEGMENT_HEAP is
+0x580 bytes with Signature at +0x8 (shared/seeds/004), x64 0x800 with Signature at +0x10.
+Components are told apart by the page range descriptor of the block's segment, read from the
+driver's region dump.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .nativeheap import NativeRun, WalkEntry, run_script
+from .segscripts import BACKEND_MAX, LFH_MAX, VS_MAX, make_seg_script
+
+ARCHS = ("x64", "x86")
+NO_MORE_ENTRIES = 0x8000001A
+MEM_COMMIT, MEM_RESERVE, MEM_DECOMMIT, MEM_RELEASE = 0x1000, 0x2000, 0x4000, 0x8000
+SEGMENT = 0x100000
+BUSY = 0x4011  # RTL_HEAP_ENTRY_BUSY | BLOCK | COMMITTED
+UNCOMMITTED = 0x1000
+REGION = 0x2
+DEFAULT_SEED = 0x2545F491
+RANGE_LFH, RANGE_COMMITTED, RANGE_ALLOCATED, RANGE_FIRST, RANGE_VS = 1, 2, 4, 8, 0x20
+
+
+@dataclass(frozen=True)
+class Layout:
+    ptr: int
+    heap_size: int  # sizeof(_SEGMENT_HEAP)
+    heap_reserve: int  # the heap's reservation (heap + 128 LFH buckets, page-rounded)
+    signature: int  # _SEGMENT_HEAP.Signature
+    bucket: int  # sizeof(_HEAP_LFH_BUCKET)
+    desc: int  # sizeof(_HEAP_PAGE_RANGE_DESCRIPTOR)
+    desc_flags: int
+    desc_unit: int
+    first_desc: int  # FirstDescriptorIndex
+    seg_signature: int  # _HEAP_PAGE_SEGMENT.Signature
+    vs_hdr: int  # busy VS chunk header; also the VS unit
+    vs_free_hdr: int
+    vs_first: int  # first chunk's offset in a VS subsegment
+    vs_sub_size: int  # _HEAP_VS_SUBSEGMENT.Size
+
+    @property
+    def mask(self) -> int:
+        return (1 << (8 * self.ptr)) - 1
+
+    def vs_chunk(self, request: int) -> int:
+        unit = self.vs_hdr
+        need = (request + self.vs_hdr + unit - 1) // unit * unit
+        return max(need, self.vs_free_hdr)
+
+
+LAYOUTS = {
+    "x86": Layout(4, 0x580, 0x3000, 0x8, 0x38, 0x10, 0xC, 0xF, 1, 0x8, 8, 0x10, 0x18, 0x14),
+    "x64": Layout(8, 0x800, 0x4000, 0x10, 0x68, 0x20, 0x18, 0x1F, 2, 0x10, 16, 0x20, 0x30, 0x20),
+}
+
+
+def seg_run(lines: list[str], arch: str, dump_dir: Path | None = None) -> NativeRun:
+    return run_script(lines, arch=arch, heap="segment", dump_dir=dump_dir)
+
+
+def read(run: NativeRun, addr: int, size: int, dump: int | None = None) -> bytes:
+    for region in run.regions:
+        if dump is not None and region.file and not region.file.name.startswith(f"dump{dump}_"):
+            continue
+        if region.base <= addr and addr + size <= region.base + region.size:
+            off = addr - region.base
+            return region.read()[off : off + size]
+    raise AssertionError(f"{addr:#x} is in no dumped region")
+
+
+def component(run: NativeRun, arch: str, p: int, dump: int | None = None) -> str:
+    """"lfh", "vs", "backend" or "large": what the segment's descriptors say about p."""
+    lay = LAYOUTS[arch]
+    seg = p & ~(SEGMENT - 1)
+    if not any(r.base == seg and r.size == SEGMENT for r in run.regions):
+        return "large"
+    unit = (p - seg) >> 12
+    desc = read(run, seg + unit * lay.desc, lay.desc, dump)
+    flags, unit_size = desc[lay.desc_flags], desc[lay.desc_unit]
+    if not flags & RANGE_FIRST:
+        unit -= unit_size
+        desc = read(run, seg + unit * lay.desc, lay.desc, dump)
+        flags = desc[lay.desc_flags]
+    assert flags & RANGE_ALLOCATED, f"{p:#x} is in a free range"
+    if flags & RANGE_LFH:
+        return "lfh"
+    if flags & RANGE_VS:
+        return "vs"
+    return "backend"
+
+
+def busy(walk: list[WalkEntry]) -> dict[int, int]:
+    return {e.data: e.size for e in walk if e.busy}
+
+
+def vm_lines(run: NativeRun, start: str, end: str | None = None) -> list[str]:
+    """The vm lines of the output between the line `start` and the line `end` (or the end)."""
+    i = run.lines.index(start)
+    j = run.lines.index(end) if end else len(run.lines)
+    return [line for line in run.lines[i + 1 : j] if line.startswith("vm ")]
+
+
+# ---------------------------------------------------------------------------- creation
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_create_commits_only_the_heap_structure(arch: str) -> None:
+    lay = LAYOUTS[arch]
+    run = seg_run(["create h 0x2 0 0", f"peek h+{lay.signature} 4", "heaps"], arch)
+    h = run.value("h")
+    assert [(c.kind, c.base, c.size, c.type) for c in run.vm] == [
+        ("alloc", 0, lay.heap_reserve, MEM_RESERVE),
+        ("alloc", h, lay.heap_size, MEM_COMMIT),  # sizeof(_SEGMENT_HEAP), not a page more
+    ]
+    assert run.vm[1].out_size == 0x1000
+    assert int.from_bytes(run.peeks[0], "little") == 0xDDEEDDEE
+    assert run.heaps == [[h]]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lfh_context_extension_committed_as_buckets_activate(arch: str) -> None:
+    """Buckets are carved after the _SEGMENT_HEAP; the next page of the reservation is
+    committed by the activation whose bucket crosses into it, and no earlier."""
+    lay = LAYOUTS[arch]
+    crossing = next(k for k in itertools.count(1) if lay.heap_size + k * lay.bucket > 0x1000)
+    lines = ["create h 0x2 0 0", "echo bucket 0"]
+    for k in range(1, crossing + 2):
+        lines += [f"alloc b{k}_{i} h 0 {16 * k:#x}" for i in range(17)]
+        lines.append(f"echo bucket {k}")
+    run = seg_run(lines, arch)
+    h = run.value("h")
+    inside = [
+        line
+        for line in run.lines
+        if line.startswith("vm alloc ") and h <= int(line.split()[2], 16) < h + lay.heap_reserve
+    ]
+    assert inside == [
+        f"vm alloc {h:#x} {lay.heap_size:#x} 0x1000 0x4 -> 0x0 {h:#x} 0x1000",
+        f"vm alloc {h + 0x1000:#x} 0x1000 0x1000 0x4 -> 0x0 {h + 0x1000:#x} 0x1000",
+    ]
+    where = run.lines.index(inside[1])
+    assert run.lines.index(f"echo bucket {crossing - 1}") < where
+    assert where < run.lines.index(f"echo bucket {crossing}")
+
+
+# ---------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_routing_boundaries(arch: str, tmp_path: Path) -> None:
+    sizes = {
+        "z": 0,
+        "a": LFH_MAX,
+        "b": LFH_MAX + 1,
+        "c": VS_MAX,
+        "d": VS_MAX + 1,
+        "e": BACKEND_MAX,
+        "f": BACKEND_MAX + 1,
+    }
+    lines = ["create h 0x2 0 0"]
+    lines += [f"alloc {n} h 0 {s:#x}" for n, s in sizes.items()]
+    lines += [f"size h 0 {n}" for n in sizes]
+    # LFH_MAX: the 16 more of its size class; the last is the class's 17th: LFH-served
+    lines += [f"alloc l{i} h 0 {LFH_MAX:#x}" for i in range(1, 17)]
+    # LFH_MAX + 1 is never LFH-served
+    lines += [f"alloc m{i} h 0 {LFH_MAX + 1:#x}" for i in range(1, 21)]
+    lines += ["validate h 0", "walk h"]
+    run = seg_run(lines, arch, dump_dir=tmp_path)
+    assert run.results("size") == list(sizes.values())
+    kinds = {n: component(run, arch, run.value(n)) for n in sizes}
+    assert kinds == {
+        "z": "vs",
+        "a": "vs",
+        "b": "vs",
+        "c": "vs",
+        "d": "backend",
+        "e": "backend",
+        "f": "large",
+    }
+    assert [component(run, arch, run.value(f"l{i}")) for i in range(1, 17)] == ["vs"] * 15 + [
+        "lfh"
+    ]
+    assert {component(run, arch, run.value(f"m{i}")) for i in range(1, 21)} == {"vs"}
+    # back-end blocks are whole pages without a header; large blocks 64 KiB-aligned
+    assert run.value("d") % 0x1000 == 0 and run.value("e") % 0x1000 == 0
+    assert run.value("f") % 0x10000 == 0
+    assert (0, 0x80000 + 0x1000) in [  # the request rounded to pages + a guard page
+        (c.base, c.size) for c in run.vm if c.kind == "alloc" and c.type == MEM_RESERVE
+    ]
+    assert run.results("validate") == [1]
+    assert run.walk_status == [NO_MORE_ENTRIES]
+
+
+# ---------------------------------------------------------------------------- LFH
+
+
+def lfh_script(count: int, size: int, params: str | None = None) -> list[str]:
+    lines = [f"params {params}"] if params else []
+    lines.append("create h 0x2 0 0")
+    lines += [f"alloc x{i} h 0 {size:#x}" for i in range(1, count + 1)]
+    return [*lines, "validate h 0"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lfh_activation_on_the_17th_live_block(arch: str, tmp_path: Path) -> None:
+    run = seg_run(lfh_script(20, 0x100), arch, dump_dir=tmp_path)
+    kinds = [component(run, arch, run.value(f"x{i}")) for i in range(1, 21)]
+    assert kinds == ["vs"] * 16 + ["lfh"] * 4
+    assert run.results("validate") == [1]
+    # the live count is settable: 5
+    (tmp_path / "5").mkdir()
+    run = seg_run(lfh_script(8, 0x100, "lfhlive 5"), arch, dump_dir=tmp_path / "5")
+    assert [component(run, arch, run.value(f"x{i}")) for i in range(1, 9)] == ["vs"] * 4 + [
+        "lfh"
+    ] * 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lfh_live_count_drops_with_frees(arch: str, tmp_path: Path) -> None:
+    """Allocating and freeing keeps the live count low: no activation before 2040 requests."""
+    lines = ["create h 0x2 0 0"]
+    for i in range(1, 101):
+        lines += [f"alloc x{i} h 0 0x100", f"free h 0 x{i}"]
+    lines += ["alloc y h 0 0x100"]
+    run = seg_run(lines, arch, dump_dir=tmp_path)
+    assert component(run, arch, run.value("y")) == "vs"
+    assert len({run.value(f"x{i}") for i in range(1, 101)} | {run.value("y")}) == 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("total", [2040, 50])
+def test_lfh_activation_after_total_requests(arch: str, total: int, tmp_path: Path) -> None:
+    lines = [f"params lfhtotal {total}"] if total != 2040 else []
+    lines.append("create h 0x2 0 0")
+    for i in range(1, total):
+        lines += [f"alloc x{i} h 0 0x40", f"free h 0 x{i}"]
+    lines += ["alloc last_vs h 0 0x40", "free h 0 last_vs", "alloc y h 0 0x40"]
+    if total != 2040:
+        lines[0] = f"params lfhtotal {total - 1}"  # so last_vs is the activating request
+        lines = lines[:-3] + ["alloc y h 0 0x40"]
+    lines.append("validate h 0")
+    run = seg_run(lines, arch, dump_dir=tmp_path)
+    vs_addresses = {run.value(f"x{i}") for i in range(1, total - 1)}
+    assert len(vs_addresses) == 1  # every one of them the same VS chunk
+    assert component(run, arch, run.value("y")) == "lfh"
+    assert run.value("y") not in vs_addresses
+    assert run.results("validate") == [1]
+
+
+def slot_order(arch: str, params: str | None) -> list[int]:
+    lines = lfh_script(16 + 40, 0x20, params)
+    run = seg_run(lines, arch)
+    assert run.results("validate") == [1]
+    return [run.value(f"x{i}") for i in range(17, 16 + 41)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lfh_slot_order_random_and_seeded(arch: str) -> None:
+    default = slot_order(arch, None)
+    assert slot_order(arch, None) == default  # deterministic by default
+    assert slot_order(arch, f"seed {DEFAULT_SEED:#x}") == default
+    seeded = slot_order(arch, "seed 12345")
+    assert slot_order(arch, "seed 12345") == seeded  # repeats for the same seed
+    assert seeded != default  # differs for another
+    for order in (default, seeded):
+        # the first 32 LFH blocks fill the first 64-bit bitmap word in a random order
+        base = min(order[:32])
+        slots = [(a - base) // 0x20 for a in order[:32]]
+        assert sorted(slots) == list(range(32))
+        assert slots != sorted(slots)
+        # then the next word
+        assert all(a >= base + 32 * 0x20 for a in order[32:])
