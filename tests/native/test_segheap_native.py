@@ -277,3 +277,180 @@ def test_lfh_slot_order_random_and_seeded(arch: str) -> None:
         assert slots != sorted(slots)
         # then the next word
         assert all(a >= base + 32 * 0x20 for a in order[32:])
+
+
+# ---------------------------------------------------------------------------- VS
+
+
+def walk_after(walk: list[WalkEntry], data: int) -> WalkEntry:
+    """The walk entry that follows the one at data."""
+    i = [e.data for e in walk].index(data)
+    return walk[i + 1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vs_best_fit_and_split(arch: str) -> None:
+    lay = LAYOUTS[arch]
+    lines = ["create h 0x2 0 0", "alloc x h 0 0x100"]
+    lines += ["alloc a h 0 0x300", "alloc s1 h 0 0x40", "alloc b h 0 0x100", "alloc s2 h 0 0x40"]
+    lines += ["alloc c h 0 0x200", "alloc s3 h 0 0x40"]
+    lines += ["free h 0 a", "free h 0 b", "free h 0 c", "walk h"]
+    lines += ["alloc r h 0 0x100", "alloc t h 0 0x180", "alloc u h 0 0x2F0", "validate h 0"]
+    lines += ["walk h"]
+    run = seg_run(lines, arch)
+    v = run.value
+    # the three free chunks are separate (busy chunks between them)
+    free = [e for e in run.walks[0] if not e.busy and not e.is_region]
+    assert [e.data for e in free[:3]] == [v("a"), v("b"), v("c")]
+    assert [e.size for e in free[:3]] == [lay.vs_chunk(n) - lay.vs_hdr for n in (0x300, 0x100, 0x200)]
+    # best fit: r takes b's chunk (exact), t takes c's (smallest that fits), not a's (first)
+    assert v("r") == v("b") and v("t") == v("c")
+    walk = run.walks[1]
+    # t's chunk was split: the rest (0x80 bytes) is a free chunk right after t
+    rest = walk_after(walk, v("t"))
+    assert not rest.busy
+    assert rest.data == v("t") - lay.vs_hdr + lay.vs_chunk(0x180) + lay.vs_hdr
+    assert rest.size == lay.vs_chunk(0x200) - lay.vs_chunk(0x180) - lay.vs_hdr
+    # u fits a's chunk with less than 0x20 bytes to spare: no split, u keeps the whole chunk
+    assert v("u") == v("a")
+    entry = next(e for e in walk if e.data == v("u"))
+    assert entry.size == 0x2F0 and entry.overhead == lay.vs_chunk(0x300) - 0x2F0
+    assert lay.vs_chunk(0x300) - lay.vs_chunk(0x2F0) < 0x20
+    assert walk_after(walk, v("u")).data == v("s1")  # busy neighbour: nothing in between
+    assert run.results("validate") == [1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vs_coalescing(arch: str) -> None:
+    lay = LAYOUTS[arch]
+    lines = ["create h 0x2 0 0", "alloc x h 0 0x100", "alloc a h 0 0x100", "alloc b h 0 0x200"]
+    lines += ["alloc c h 0 0x300", "alloc y h 0 0x100"]
+    lines += ["free h 0 a", "free h 0 c", "validate h 0", "walk h"]
+    lines += ["free h 0 b", "validate h 0", "walk h"]
+    run = seg_run(lines, arch)
+    v = run.value
+    first = {e.data: e for e in run.walks[0]}
+    assert not first[v("a")].busy and first[v("b")].busy and not first[v("c")].busy
+    merged = {e.data: e for e in run.walks[1]}
+    assert v("b") not in merged and v("c") not in merged
+    total = sum(lay.vs_chunk(n) for n in (0x100, 0x200, 0x300))
+    assert not merged[v("a")].busy and merged[v("a")].size == total - lay.vs_hdr
+    assert walk_after(run.walks[1], v("a")).data == v("y")
+    assert run.results("validate") == [1, 1]
+
+
+# ---------------------------------------------------------------------------- back end
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_backend_best_fit_and_coalescing(arch: str) -> None:
+    lines = ["params freecommit 0x10000000", "create h 0x2 0 0"]  # keep freed pages committed
+    sizes = {"p": 0x23000, "s1": 0x21000, "q": 0x21000, "s2": 0x21000, "r": 0x22000, "s3": 0x21000}
+    lines += [f"alloc {n} h 0 {s:#x}" for n, s in sizes.items()]
+    lines += ["free h 0 p", "free h 0 q", "free h 0 r", "validate h 0", "walk h"]
+    lines += ["alloc x h 0 0x21500", "alloc y h 0 0x21000", "validate h 0"]
+    lines += ["free h 0 x", "free h 0 y", "free h 0 s1", "free h 0 s2", "validate h 0", "walk h"]
+    run = seg_run(lines, arch)
+    v = run.value
+    # contiguous, headerless, page-aligned
+    addrs = [v(n) for n in sizes]
+    assert addrs == list(itertools.accumulate([addrs[0], *list(sizes.values())[:-1]]))
+    free = {e.data: e.size for e in run.walks[0] if not e.busy and not e.is_region}
+    assert free[v("p")] == 0x23000 and free[v("q")] == 0x21000 and free[v("r")] == 0x22000
+    # best fit: 0x22 pages -> r (exact), not p (first); 0x21 pages -> q
+    assert v("x") == v("r") and v("y") == v("q")
+    # p, s1, q, s2, r coalesced into one committed free range; s3 still busy after it
+    walk = run.walks[1]
+    entry = next(e for e in walk if e.data == v("p"))
+    assert not entry.busy and entry.flags == 0
+    assert entry.size == sum(list(sizes.values())[:5])
+    assert walk_after(walk, v("p")).data == v("s3")
+    assert run.results("validate") == [1, 1, 1]
+    assert not [c for c in run.vm if c.kind == "free" and c.type == MEM_DECOMMIT]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_backend_prefers_committed_ranges(arch: str) -> None:
+    """Two free ranges of one size: the committed one is taken, even at a higher address."""
+    lines = ["params freecommit 0x21000", "create h 0x2 0 0"]
+    lines += ["alloc a h 0 0x21000", "alloc s1 h 0 0x21000", "alloc b h 0 0x21000"]
+    lines += ["alloc s2 h 0 0x21000", "free h 0 b", "echo b freed", "free h 0 a", "echo a freed"]
+    lines += ["alloc c h 0 0x21000", "validate h 0"]
+    run = seg_run(lines, arch)
+    v = run.value
+    assert vm_lines(run, "free -> 0x1", "echo b freed") == []  # within the limit: kept
+    assert vm_lines(run, "echo b freed", "echo a freed") == [
+        f"vm free {v('a'):#x} 0x21000 0x4000 -> 0x0"  # past it: decommitted
+    ]
+    assert v("c") == v("b")
+    assert vm_lines(run, "echo a freed") == []  # nothing to commit
+    assert run.results("validate") == [1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decommit_of_freed_pages(arch: str) -> None:
+    lines = ["create h 0x2 0 0", "alloc v h 0 0x100", "alloc b h 0 0x40000", "echo allocated"]
+    lines += ["free h 0 v", "echo v freed", "free h 0 b", "echo b freed", "validate h 0", "walk h"]
+    run = seg_run(lines, arch)
+    v, b = run.value("v"), run.value("b")
+    # the emptied VS subsegment (16 pages) goes back to the back end and stays committed
+    assert vm_lines(run, "echo allocated", "echo v freed") == []
+    # 64 more pages would pass the 16-page limit of free committed pages: decommitted
+    assert vm_lines(run, "echo v freed", "echo b freed") == [f"vm free {b:#x} 0x40000 0x4000 -> 0x0"]
+    walk = run.walks[0]
+    seg = v & ~(SEGMENT - 1)
+    region = walk[0]
+    assert region.is_region and region.data == seg and region.size == SEGMENT
+    lay = LAYOUTS[arch]
+    assert region.committed == (lay.first_desc + 16) * 0x1000
+    assert [(e.data, e.size, e.flags) for e in walk[1:]] == [
+        (seg + lay.first_desc * 0x1000, 0x10000, 0),
+        (seg + lay.first_desc * 0x1000 + 0x10000, SEGMENT - (lay.first_desc + 16) * 0x1000, UNCOMMITTED),
+    ]
+    assert run.results("validate") == [1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_empty_segment_released_unless_it_is_the_only_one(arch: str) -> None:
+    lines = ["create h 0x2 0 0"]
+    lines += [f"alloc b{i} h 0 0x7F000" for i in range(4)]  # 4 x 127 pages: two segments
+    lines += ["walk h"] + [f"free h 0 b{i}" for i in range(4)] + ["validate h 0", "walk h"]
+    run = seg_run(lines, arch)
+    segs = sorted({run.value(f"b{i}") & ~(SEGMENT - 1) for i in range(4)})
+    assert len(segs) == 2
+    assert [e.data for e in run.walks[0] if e.is_region] == segs
+    # b0, b1 fill the first segment: freeing them empties it while the second exists;
+    # the second, emptied last, is the only one left and stays
+    released = [c.base for c in run.vm if c.kind == "free" and c.type == MEM_RELEASE]
+    assert segs[0] in released and segs[1] not in released
+    assert [e.data for e in run.walks[1] if e.is_region] == [segs[1]]
+    assert run.results("validate") == [1]
+
+
+# ---------------------------------------------------------------------------- large blocks
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_large_blocks(arch: str, tmp_path: Path) -> None:
+    sizes = [BACKEND_MAX + 1, 0x100000, 0x234567]
+    lines = ["create h 0x2 0 0"]
+    lines += [f"alloc g{i} h 0 {n:#x}" for i, n in enumerate(sizes)]
+    lines += [f"size h 0 g{i}" for i in range(len(sizes))]
+    lines += ["validate h 0", "walk h", "dump", "free h 0 g1", "validate h 0", "walk h"]
+    run = seg_run(lines, arch, dump_dir=tmp_path)
+    for i, n in enumerate(sizes):
+        g, pages = run.value(f"g{i}"), (n + 0xFFF) & ~0xFFF
+        assert g % 0x10000 == 0
+        reserve = [c for c in run.vm if c.kind == "alloc" and c.out_base == g and c.type == MEM_RESERVE]
+        commit = [c for c in run.vm if c.kind == "alloc" and c.base == g and c.type == MEM_COMMIT]
+        assert [(c.base, c.size) for c in reserve] == [(0, pages + 0x1000)]  # + guard page
+        assert [c.size for c in commit] == [pages]
+        region = next(r for r in run.regions if r.base == g)
+        assert region.committed == ((g, g + pages),)  # the guard page stays uncommitted
+    assert run.results("size") == sizes
+    blocks = [e for e in run.walks[0] if e.busy]
+    assert [(e.data, e.size) for e in blocks] == sorted((run.value(f"g{i}"), n) for i, n in enumerate(sizes))
+    g1 = run.value("g1")
+    assert f"vm free {g1:#x} 0x0 0x8000 -> 0x0" in run.lines
+    assert g1 not in busy(run.walks[1])
+    assert run.results("validate") == [1, 1]
