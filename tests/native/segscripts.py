@@ -22,6 +22,7 @@ class SegScript:
     seeds: dict[str, int] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)
     walks: list[dict[str, int]] = field(default_factory=list)
+    dumped: dict[str, int] = field(default_factory=dict)  # live blocks at the "dump" line
     count: int = 0
 
     def alloc(self, size: int, flags: int = 0) -> str:
@@ -77,12 +78,24 @@ def random_size(rng: random.Random) -> int:
 
 
 def make_seg_script(seed: int, operations: int, params: str | None = None) -> SegScript:
+    """A random script: create, operations (each followed by validate + walk) with a "dump"
+    line at the first point past half way where back-end and large blocks are live, then every
+    block freed."""
     rng = random.Random(seed)
     s = SegScript()
     if params:
         s.lines.append(f"params {params}")
     s.lines.append("create h 0x2 0 0")
-    for _ in range(operations):
+    for i in range(operations):
+        sizes = s.live.values()
+        if (
+            i >= operations // 2
+            and not s.dumped
+            and any(n > BACKEND_MAX for n in sizes)
+            and any(VS_MAX < n <= BACKEND_MAX for n in sizes)
+        ):
+            s.lines.append("dump")
+            s.dumped = dict(s.live)
         r = rng.random()
         if s.live and (r < 0.33 or len(s.live) > 300):
             s.free(rng.choice(sorted(s.live)))

@@ -454,3 +454,76 @@ def test_large_blocks(arch: str, tmp_path: Path) -> None:
     assert f"vm free {g1:#x} 0x0 0x8000 -> 0x0" in run.lines
     assert g1 not in busy(run.walks[1])
     assert run.results("validate") == [1, 1]
+
+
+# ---------------------------------------------------------------------------- random sequences
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("seed", "params"), [(1, None), (2, None), (3, "lfhlive 3 seed 7")])
+def test_random_operations(arch: str, seed: int, params: str | None, tmp_path: Path) -> None:
+    """Random allocations, frees, reallocations and size queries of every component, with
+    RtlValidateHeap and RtlWalkHeap after every step: the walk reports exactly the live
+    blocks with their requested sizes, nothing overlaps, data survives."""
+    script = make_seg_script(seed, 1200, params)
+    run = seg_run(script.lines, arch, dump_dir=tmp_path)
+    assert run.exceptions == []
+    assert run.checks and all(run.checks), "data did not survive"
+    assert run.results("free") == [1] * len(run.results("free"))
+    assert run.results("validate") == [1] * len(script.walks)
+    assert run.results("size") == script.sizes
+    addresses = {n: run.value(n) for n in run.values if n.startswith("p")}
+    assert all(a % (2 * LAYOUTS[arch].ptr) == 0 for a in addresses.values())
+    assert len(run.walks) == len(script.walks)
+    for walk, status, expected in zip(run.walks, run.walk_status, script.walks, strict=True):
+        assert status == NO_MORE_ENTRIES
+        blocks = busy(walk)
+        assert blocks == {addresses[n]: size for n, size in expected.items()}
+        spans = sorted((e.data, e.data + max(e.size, 1)) for e in walk if not e.is_region)
+        assert all(a_end <= b for (_, a_end), (b, _) in itertools.pairwise(spans))
+        regions = [e for e in walk if e.is_region]
+        assert [e.region for e in regions] == list(range(len(regions)))
+    # every component served blocks (seen at the dump)
+    kinds = {component(run, arch, addresses[n], dump=1) for n in script.dumped}
+    assert kinds == {"lfh", "vs", "backend", "large"}
+    # all freed: no busy entries; what is left of the segments is free ranges and each
+    # active bucket's last (empty) LFH subsegment
+    assert not busy(run.walks[-1])
+    assert len([e for e in run.walks[-1] if e.is_region]) >= 1
+
+
+# ---------------------------------------------------------------------------- corruption
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_overflow_into_vs_header_detected(arch: str) -> None:
+    lay = LAYOUTS[arch]
+    lines = ["create h 0x2 0 0", "alloc a h 0 0x100", "alloc b h 0 0x100"]
+    lines += ["validate h 0", "validate h 0 b", "fill a 1 0x100", "validate h 0"]
+    lines += [f"fill a 1 {0x100 + lay.ptr:#x}", "validate h 0", "validate h 0 b", "free h 0 b"]
+    run = seg_run(lines, arch)
+    assert lay.vs_chunk(0x100) == 0x100 + lay.vs_hdr  # a ends where b's header begins
+    assert run.value("b") == run.value("a") + 0x100 + lay.vs_hdr
+    # intact, still intact after filling a exactly, then b's encoded header overwritten
+    assert run.results("validate") == [1, 1, 1, 0, 0]
+    assert run.results("free") == [0]  # the corrupt block is refused
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_overflow_into_neighbouring_lfh_slot_detected(arch: str) -> None:
+    lines = lfh_script(17, 0x20)  # x17 is the bucket's first LFH block: its neighbours free
+    lines += ["validate h 0 x17", "fill x17 1 0x20", "validate h 0"]
+    lines += ["fill x17 1 0x28", "validate h 0", "validate h 0 x17"]
+    run = seg_run(lines, arch)
+    # the slot after x17 is free: its first word (slot ^ LfhKey) no longer matches
+    assert run.results("validate") == [1, 1, 1, 0, 1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_overflow_into_lfh_slack_detected(arch: str) -> None:
+    lines = lfh_script(17, 0x18)  # 0x20-byte blocks: 8 bytes of slack, then the trailer
+    lines += ["size h 0 x17", "validate h 0 x17", "fill x17 1 0x19", "validate h 0"]
+    lines += ["validate h 0 x17", "size h 0 x17"]
+    run = seg_run(lines, arch)
+    assert run.results("validate") == [1, 1, 0, 0]
+    assert run.results("size") == [0x18, 0x18]
