@@ -527,3 +527,116 @@ def test_overflow_into_lfh_slack_detected(arch: str) -> None:
     run = seg_run(lines, arch)
     assert run.results("validate") == [1, 1, 0, 0]
     assert run.results("size") == [0x18, 0x18]
+
+
+# ---------------------------------------------------------------------------- realloc
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_realloc_in_place_and_moves(arch: str) -> None:
+    lines = lfh_script(17, 0xF8)  # x17: LFH block of 0x100 bytes
+    lines += ["fill x17 5 0xF8", "realloc l1 h 0 x17 0x100", "check l1 5 0xF8"]  # same bucket
+    lines += ["realloc l2 h 0 l1 0x101", "check l2 5 0xF8"]  # another bucket: moves
+    # VS: grow into the free successor, shrink (splitting off the rest)
+    lines += ["alloc a h 0 0x500", "alloc b h 0 0x500", "fill a 9 0x500", "free h 0 b"]
+    lines += ["realloc a2 h 0 a 0x900", "check a2 9 0x500", "realloc a3 h 0 a2 0x80", "walk h"]
+    lines += ["realloc a4 h 0x10 a3 0x30000"]  # in place only: impossible (another component)
+    lines += ["realloc a5 h 0 a3 0x30000", "check a5 9 0x80"]  # moves to the back end
+    # back end: same page count in place, more pages moves; large likewise
+    lines += ["realloc a6 h 0 a5 0x2F800", "realloc a7 h 0 a6 0x30000", "realloc a8 h 0 a7 0x30001"]
+    lines += ["alloc g h 0 0x100000", "realloc g2 h 0 g 0xFF800", "realloc g3 h 0 g2 0x100800"]
+    lines += ["size h 0 a8", "size h 0 g3", "validate h 0"]
+    run = seg_run(lines, arch)
+    v = run.value
+    assert v("l1") == v("x17") and v("l2") != v("l1")
+    assert v("a2") == v("a") and v("a3") == v("a")
+    after = walk_after(run.walks[0], v("a3"))
+    assert not after.busy  # the rest of the shrunk chunk is free
+    assert v("a4") == 0
+    assert v("a5") != v("a3") and v("a5") % 0x1000 == 0
+    assert v("a6") == v("a5") and v("a7") == v("a5") and v("a8") != v("a5")
+    assert v("g2") == v("g") and v("g3") != v("g")
+    assert run.results("size") == [0x30001, 0x100800]
+    assert all(run.checks) and len(run.checks) == 4
+    assert run.results("validate") == [1, 1]
+
+
+# ---------------------------------------------------------------------------- keys, signatures
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("key", [0x1122334455667788, 0])
+def test_encoded_headers_and_signatures(arch: str, key: int) -> None:
+    lay = LAYOUTS[arch]
+    key &= lay.mask
+    hdr = lay.vs_hdr
+    lines = [f"params heapkey {key:#x}", "create h 0x2 0 0", "alloc a h 0 0x100"]
+    lines += ["alloc b h 0 0x100", f"peek b-{hdr} {lay.ptr}"]
+    run = seg_run(lines, arch)
+    h, a, b = run.value("h"), run.value("a"), run.value("b")
+    sub = a - hdr - lay.vs_first
+    seg = sub & ~(SEGMENT - 1)
+    lines += [f"peek {sub + lay.vs_sub_size:#x} 4", f"peek {seg + lay.seg_signature:#x} {lay.ptr}"]
+    run = seg_run(lines, arch)
+    raw = int.from_bytes(run.peeks[0], "little")
+    bits = raw ^ (b - hdr) ^ key  # HeaderBits ^ chunk address ^ HeapKey
+    units = lay.vs_chunk(0x100) // lay.vs_hdr
+    if arch == "x64":  # MemoryCost 0-15, UnsafeSize 16-31, UnsafePrevSize 32-47, Allocated 48
+        assert bits == units << 16 | units << 32 | 1 << 48
+    else:  # MemoryCost bit 0, UnsafeSize 1-15, UnsafePrevSize 16-30, Allocated bit 31
+        assert bits == units << 1 | units << 16 | 1 << 31
+    size, signature = int.from_bytes(run.peeks[1][:2], "little"), int.from_bytes(run.peeks[1][2:], "little")
+    assert size == 0x10000 // lay.vs_hdr  # a 64 KiB subsegment, in VS units
+    assert signature & 0x7FFF == (size ^ 0xABED) & 0x7FFF
+    expected = ((seg >> 20) ^ key ^ h ^ 0xA2E64EADA2E64EAD) & lay.mask
+    assert int.from_bytes(run.peeks[2], "little") == expected
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_settings_inherited_from_the_process_heap(arch: str) -> None:
+    lay = LAYOUTS[arch]
+    lines = ["params heapkey 0x5a5a seed 99 lfhlive 4", "create p 0x2 0 0", "processheap p"]
+    lines += ["params off", "create h 0x2 0 0"]
+    lines += [f"alloc x{i} h 0 0x100" for i in range(1, 5)]
+    lines += ["destroy p", "heaps"]
+    run = seg_run(lines, arch)
+    h = run.value("h")
+    # x4 is LFH-served (live count 4): it is not in the VS subsegment of x1..x3
+    vs = [run.value(f"x{i}") for i in range(1, 4)]
+    assert vs[1] - vs[0] == vs[2] - vs[1] == lay.vs_chunk(0x100)
+    assert abs(run.value("x4") - vs[2]) > 0x1000
+    assert run.results("destroy") == [run.value("p")]  # the process heap is not destroyed
+    assert run.heaps == [[run.value("p"), h]]
+
+
+# ---------------------------------------------------------------------------- API edges
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bad_pointers_and_exceptions(arch: str) -> None:
+    huge = 0xFFFFF000 if arch == "x86" else 0xFFFFFFFFFFFF0000
+    lines = ["create h 0x2 0 0", "alloc a h 0 0x100", "alloc l h 0 0x100000"]
+    lines += ["free h 0 a+8", "free h 0 h", "free h 0 l+0x1000", "free h 0 a", "free h 0 a"]
+    lines += ["size h 0 a", "free h 4 a", "alloc z h 0 " + hex(huge), "alloc z2 h 4 " + hex(huge)]
+    lines += ["validate h 0", "free h 0 l", "free h 0 l", "validate h 0"]
+    run = seg_run(lines, arch)
+    assert run.results("free") == [0, 0, 0, 1, 0, 1, 0]
+    assert run.results("size") == [(1 << (8 * LAYOUTS[arch].ptr)) - 1]
+    assert run.exceptions == [0xC0000005, 0xC0000017]
+    assert run.value("z") == 0
+    assert run.results("validate") == [1, 1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_destroy_releases_everything(arch: str) -> None:
+    lines = ["create h 0x2 0 0"]
+    lines += [f"alloc s{i} h 0 0x40" for i in range(20)]  # LFH too
+    lines += ["alloc v h 0 0x5000", "alloc b h 0 0x50000", "alloc g h 0 0x200000", "heaps"]
+    lines += ["lock h", "unlock h", "unlock h", "destroy h", "heaps"]
+    run = seg_run(lines, arch)
+    reserved = {c.out_base for c in run.vm if c.kind == "alloc" and c.type & MEM_RESERVE}
+    released = {c.base for c in run.vm if c.kind == "free" and c.type == MEM_RELEASE}
+    assert reserved == released
+    assert run.results("destroy") == [0]
+    assert run.heaps == [[run.value("h")], []]
+    assert run.results("lock") == [1] and run.results("unlock") == [1, 0]
