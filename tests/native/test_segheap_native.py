@@ -76,7 +76,7 @@ def read(run: NativeRun, addr: int, size: int, dump: int | None = None) -> bytes
 
 
 def component(run: NativeRun, arch: str, p: int, dump: int | None = None) -> str:
-    """"lfh", "vs", "backend" or "large": what the segment's descriptors say about p."""
+    """What the segment's descriptors say about p: "lfh", "vs", "backend" or "large"."""
     lay = LAYOUTS[arch]
     seg = p & ~(SEGMENT - 1)
     if not any(r.base == seg and r.size == SEGMENT for r in run.regions):
@@ -184,9 +184,7 @@ def test_routing_boundaries(arch: str, tmp_path: Path) -> None:
         "e": "backend",
         "f": "large",
     }
-    assert [component(run, arch, run.value(f"l{i}")) for i in range(1, 17)] == ["vs"] * 15 + [
-        "lfh"
-    ]
+    assert [component(run, arch, run.value(f"l{i}")) for i in range(1, 17)] == ["vs"] * 15 + ["lfh"]
     assert {component(run, arch, run.value(f"m{i}")) for i in range(1, 21)} == {"vs"}
     # back-end blocks are whole pages without a header; large blocks 64 KiB-aligned
     assert run.value("d") % 0x1000 == 0 and run.value("e") % 0x1000 == 0
@@ -237,18 +235,16 @@ def test_lfh_live_count_drops_with_frees(arch: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("total", [2040, 50])
 def test_lfh_activation_after_total_requests(arch: str, total: int, tmp_path: Path) -> None:
-    lines = [f"params lfhtotal {total}"] if total != 2040 else []
+    """With the live count never above 1, the request count activates the bucket: the
+    total-th request of the size class (default 2040, settable) is the first LFH block."""
+    lines = [] if total == 2040 else [f"params lfhtotal {total}"]
     lines.append("create h 0x2 0 0")
     for i in range(1, total):
         lines += [f"alloc x{i} h 0 0x40", f"free h 0 x{i}"]
-    lines += ["alloc last_vs h 0 0x40", "free h 0 last_vs", "alloc y h 0 0x40"]
-    if total != 2040:
-        lines[0] = f"params lfhtotal {total - 1}"  # so last_vs is the activating request
-        lines = lines[:-3] + ["alloc y h 0 0x40"]
-    lines.append("validate h 0")
+    lines += ["alloc y h 0 0x40", "validate h 0"]
     run = seg_run(lines, arch, dump_dir=tmp_path)
-    vs_addresses = {run.value(f"x{i}") for i in range(1, total - 1)}
-    assert len(vs_addresses) == 1  # every one of them the same VS chunk
+    vs_addresses = {run.value(f"x{i}") for i in range(1, total)}
+    assert len(vs_addresses) == 1  # every one of them x1's VS chunk
     assert component(run, arch, run.value("y")) == "lfh"
     assert run.value("y") not in vs_addresses
     assert run.results("validate") == [1]
@@ -302,7 +298,9 @@ def test_vs_best_fit_and_split(arch: str) -> None:
     # the three free chunks are separate (busy chunks between them)
     free = [e for e in run.walks[0] if not e.busy and not e.is_region]
     assert [e.data for e in free[:3]] == [v("a"), v("b"), v("c")]
-    assert [e.size for e in free[:3]] == [lay.vs_chunk(n) - lay.vs_hdr for n in (0x300, 0x100, 0x200)]
+    assert [e.size for e in free[:3]] == [
+        lay.vs_chunk(n) - lay.vs_hdr for n in (0x300, 0x100, 0x200)
+    ]
     # best fit: r takes b's chunk (exact), t takes c's (smallest that fits), not a's (first)
     assert v("r") == v("b") and v("t") == v("c")
     walk = run.walks[1]
@@ -396,7 +394,9 @@ def test_decommit_of_freed_pages(arch: str) -> None:
     # the emptied VS subsegment (16 pages) goes back to the back end and stays committed
     assert vm_lines(run, "echo allocated", "echo v freed") == []
     # 64 more pages would pass the 16-page limit of free committed pages: decommitted
-    assert vm_lines(run, "echo v freed", "echo b freed") == [f"vm free {b:#x} 0x40000 0x4000 -> 0x0"]
+    assert vm_lines(run, "echo v freed", "echo b freed") == [
+        f"vm free {b:#x} 0x40000 0x4000 -> 0x0"
+    ]
     walk = run.walks[0]
     seg = v & ~(SEGMENT - 1)
     region = walk[0]
@@ -405,7 +405,11 @@ def test_decommit_of_freed_pages(arch: str) -> None:
     assert region.committed == (lay.first_desc + 16) * 0x1000
     assert [(e.data, e.size, e.flags) for e in walk[1:]] == [
         (seg + lay.first_desc * 0x1000, 0x10000, 0),
-        (seg + lay.first_desc * 0x1000 + 0x10000, SEGMENT - (lay.first_desc + 16) * 0x1000, UNCOMMITTED),
+        (
+            seg + lay.first_desc * 0x1000 + 0x10000,
+            SEGMENT - (lay.first_desc + 16) * 0x1000,
+            UNCOMMITTED,
+        ),
     ]
     assert run.results("validate") == [1]
 
@@ -441,7 +445,9 @@ def test_large_blocks(arch: str, tmp_path: Path) -> None:
     for i, n in enumerate(sizes):
         g, pages = run.value(f"g{i}"), (n + 0xFFF) & ~0xFFF
         assert g % 0x10000 == 0
-        reserve = [c for c in run.vm if c.kind == "alloc" and c.out_base == g and c.type == MEM_RESERVE]
+        reserve = [
+            c for c in run.vm if c.kind == "alloc" and c.out_base == g and c.type == MEM_RESERVE
+        ]
         commit = [c for c in run.vm if c.kind == "alloc" and c.base == g and c.type == MEM_COMMIT]
         assert [(c.base, c.size) for c in reserve] == [(0, pages + 0x1000)]  # + guard page
         assert [c.size for c in commit] == [pages]
@@ -449,7 +455,9 @@ def test_large_blocks(arch: str, tmp_path: Path) -> None:
         assert region.committed == ((g, g + pages),)  # the guard page stays uncommitted
     assert run.results("size") == sizes
     blocks = [e for e in run.walks[0] if e.busy]
-    assert [(e.data, e.size) for e in blocks] == sorted((run.value(f"g{i}"), n) for i, n in enumerate(sizes))
+    assert [(e.data, e.size) for e in blocks] == sorted(
+        (run.value(f"g{i}"), n) for i, n in enumerate(sizes)
+    )
     g1 = run.value("g1")
     assert f"vm free {g1:#x} 0x0 0x8000 -> 0x0" in run.lines
     assert g1 not in busy(run.walks[1])
@@ -585,7 +593,10 @@ def test_encoded_headers_and_signatures(arch: str, key: int) -> None:
         assert bits == units << 16 | units << 32 | 1 << 48
     else:  # MemoryCost bit 0, UnsafeSize 1-15, UnsafePrevSize 16-30, Allocated bit 31
         assert bits == units << 1 | units << 16 | 1 << 31
-    size, signature = int.from_bytes(run.peeks[1][:2], "little"), int.from_bytes(run.peeks[1][2:], "little")
+    size, signature = (
+        int.from_bytes(run.peeks[1][:2], "little"),
+        int.from_bytes(run.peeks[1][2:], "little"),
+    )
     assert size == 0x10000 // lay.vs_hdr  # a 64 KiB subsegment, in VS units
     assert signature & 0x7FFF == (size ^ 0xABED) & 0x7FFF
     expected = ((seg >> 20) ^ key ^ h ^ 0xA2E64EADA2E64EAD) & lay.mask
