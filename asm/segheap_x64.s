@@ -3572,17 +3572,17 @@ RtlWalkHeap:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 88
-	lea	rbp, [rsp + 80]
+	sub	rsp, 72
+	lea	rbp, [rsp + 64]
 	test	rcx, rcx
 	sete	r8b
 	test	ecx, 4095
 	setne	r9b
 	mov	eax, -1073741811
 	or	r9b, r8b
-	jne	segheap_LBB11_111
+	jne	segheap_LBB11_74
 	cmp	dword ptr [rcx + 16], -571548178
-	jne	segheap_LBB11_111
+	jne	segheap_LBB11_74
 	xor	r12d, r12d
 	cmp	qword ptr [rcx + 312], rcx
 	cmove	r12, rcx
@@ -3590,7 +3590,7 @@ RtlWalkHeap:
 	test	rdx, rdx
 	sete	r9b
 	or	r9b, r8b
-	jne	segheap_LBB11_111
+	jne	segheap_LBB11_74
 	test	byte ptr [r12 + 20], 1
 	jne	segheap_LBB11_5
 	add	word ptr [r12 + 216], 1
@@ -3671,23 +3671,21 @@ segheap_LBB11_19:
 	jne	segheap_LBB11_27
 segheap_LBB11_20:
 	test	rsi, rsi
-	je	segheap_LBB11_31
+	je	segheap_LBB11_30
 	mov	r8, rdi
 	sub	r8, rsi
 	shr	r8, 12
 	lea	r9d, [r8 - 256]
 	mov	eax, -1073741811
 	cmp	r9d, -254
-	jae	segheap_LBB11_39
-segheap_LBB11_67:
+	jae	segheap_LBB11_38
+segheap_LBB11_71:
 	mov	r9, r12
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
+	jmp	segheap_LBB11_72
 segheap_LBB11_23:
 	mov	rax, qword ptr [rcx + 80]
 	test	rax, rax
-	je	segheap_LBB11_43
+	je	segheap_LBB11_42
 	mov	r8, qword ptr [rax + 24]
 	movzx	r9d, r8w
 	mov	r10, -4096
@@ -3708,9 +3706,7 @@ segheap_LBB11_23:
 segheap_LBB11_25:
 	xor	eax, eax
 	mov	r9, rcx
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
+	jmp	segheap_LBB11_72
 segheap_LBB11_26:
 	mov	r8, rdi
 	shr	r8, 20
@@ -3727,139 +3723,151 @@ segheap_LBB11_27:
 	mov	eax, -1073741811
 	mov	r9, r12
 	cmp	rsi, rdi
-	jne	segheap_LBB11_109
+	jne	segheap_LBB11_72
 	mov	rdi, rcx
 	mov	r9, rdx
 	mov	rdx, rsi
 	mov	r8d, 2
 segheap_LBB11_29:
 	call	walk_from_unit
-segheap_LBB11_30:
 	mov	r9, rdi
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
-segheap_LBB11_31:
+	jmp	segheap_LBB11_72
+segheap_LBB11_30:
 	mov	r8, qword ptr [rcx + 72]
 	mov	eax, -1073741811
 	test	r8, r8
-	je	segheap_LBB11_55
+	je	segheap_LBB11_54
 	mov	ecx, 130
 	mov	r9, -65536
-segheap_LBB11_33:
+segheap_LBB11_32:
 	add	rcx, -2
-	je	segheap_LBB11_67
+	je	segheap_LBB11_71
 	mov	r10, qword ptr [r8 + 24]
 	and	r10, r9
 	cmp	rdi, r10
-	je	segheap_LBB11_56
+	je	segheap_LBB11_55
 	seta	r10b
 	movzx	r10d, r10b
 	mov	r8, qword ptr [r8 + 8*r10]
 	test	r8, r8
-	je	segheap_LBB11_67
+	je	segheap_LBB11_71
 	mov	r10, qword ptr [r8 + 24]
 	and	r10, r9
 	cmp	rdi, r10
-	je	segheap_LBB11_56
+	je	segheap_LBB11_55
 	seta	r10b
 	movzx	r10d, r10b
 	mov	r8, qword ptr [r8 + 8*r10]
 	test	r8, r8
-	jne	segheap_LBB11_33
-	jmp	segheap_LBB11_67
-segheap_LBB11_39:
+	jne	segheap_LBB11_32
+	jmp	segheap_LBB11_71
+segheap_LBB11_38:
 	mov	r14d, r8d
 	mov	r10, r14
 	shl	r10, 5
 	movzx	r11d, byte ptr [rsi + r10 + 24]
 	movzx	r13d, byte ptr [rsi + r10 + 31]
 	test	r11b, 8
-	jne	segheap_LBB11_44
+	jne	segheap_LBB11_43
 	test	r13b, r13b
-	je	segheap_LBB11_67
+	je	segheap_LBB11_71
 	movzx	r9d, r13b
 	lea	r15d, [r8 - 2]
 	cmp	r15d, r9d
-	jb	segheap_LBB11_67
+	jb	segheap_LBB11_71
 	mov	r15d, r8d
 	sub	r15d, r9d
 	mov	r9, r15
 	shl	r9, 5
 	movzx	r13d, byte ptr [rsi + r9 + 24]
-	mov	byte ptr [rbp - 8], r13b
+	mov	byte ptr [rbp - 16], r13b
 	test	r13b, 8
-	je	segheap_LBB11_67
+	je	segheap_LBB11_71
 	cmp	r15d, 255
-	ja	segheap_LBB11_67
+	ja	segheap_LBB11_71
 	add	r9, rsi
 	movzx	r13d, byte ptr [r9 + 31]
 	mov	r9d, r13d
 	add	r9d, r15d
-	mov	qword ptr [rbp - 24], r15
+	mov	qword ptr [rbp - 8], r15
 	cmp	r9d, r8d
-	ja	segheap_LBB11_45
-	jmp	segheap_LBB11_67
-segheap_LBB11_43:
+	ja	segheap_LBB11_44
+	jmp	segheap_LBB11_71
+segheap_LBB11_42:
 	mov	eax, -2147483622
 	mov	r9, rcx
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
-segheap_LBB11_44:
-	mov	byte ptr [rbp - 8], r11b
-	mov	qword ptr [rbp - 24], r14
+	jmp	segheap_LBB11_72
+segheap_LBB11_43:
+	mov	byte ptr [rbp - 16], r11b
+	mov	qword ptr [rbp - 8], r14
 	mov	r15d, r8d
-segheap_LBB11_45:
+segheap_LBB11_44:
 	mov	dword ptr [rbp + 4], r15d
 	mov	r15b, -1
 	mov	r9, rbx
-segheap_LBB11_46:
+segheap_LBB11_45:
 	mov	r9, qword ptr [r9]
 	add	r15b, 1
 	cmp	r9, rbx
-	je	segheap_LBB11_48
+	je	segheap_LBB11_47
 	cmp	r9, rsi
-	jne	segheap_LBB11_46
-segheap_LBB11_48:
-	movzx	r13d, r13b
-	movzx	r9d, byte ptr [rbp - 8]
+	jne	segheap_LBB11_45
+segheap_LBB11_47:
+	movzx	ebx, r13b
+	movzx	r9d, byte ptr [rbp - 16]
 	test	r9b, 4
-	jne	segheap_LBB11_62
+	jne	segheap_LBB11_61
 	shl	rdi, 52
 	mov	r9, r12
-	jne	segheap_LBB11_109
+	jne	segheap_LBB11_72
 	mov	r9, rdx
 	mov	edi, dword ptr [rbp + 4]
-	add	edi, r13d
+	add	edi, ebx
 	cmp	edi, r8d
-	jbe	segheap_LBB11_92
+	jbe	segheap_LBB11_91
 	mov	eax, edi
 	sub	r14, rax
 	lea	rdx, [r10 + rsi]
 	add	rdx, 24
 	xor	eax, eax
-segheap_LBB11_52:
+segheap_LBB11_51:
 	movzx	r10d, byte ptr [rdx]
 	xor	r10b, r11b
 	test	r10b, 2
-	jne	segheap_LBB11_91
+	jne	segheap_LBB11_90
 	add	rax, -1
 	add	rdx, 32
 	cmp	r14, rax
-	jne	segheap_LBB11_52
+	jne	segheap_LBB11_51
 	mov	r8d, edi
-	jmp	segheap_LBB11_92
-segheap_LBB11_56:
+	jmp	segheap_LBB11_91
+segheap_LBB11_54:
+	mov	r9, rcx
+segheap_LBB11_72:
+	test	byte ptr [r12 + 20], 1
+	jne	segheap_LBB11_74
+	add	word ptr [r9 + 216], -1
+segheap_LBB11_74:
+	add	rsp, 72
+	pop	rbx
+	pop	rdi
+	pop	rsi
+	pop	r12
+	pop	r13
+	pop	r14
+	pop	r15
+	pop	rbp
+	ret
+segheap_LBB11_55:
 	mov	rcx, qword ptr [r8 + 8]
 	test	rcx, rcx
-	je	segheap_LBB11_60
-segheap_LBB11_57:
+	je	segheap_LBB11_59
+segheap_LBB11_56:
 	mov	rax, rcx
 	mov	rcx, qword ptr [rcx]
 	test	rcx, rcx
-	jne	segheap_LBB11_57
-segheap_LBB11_58:
+	jne	segheap_LBB11_56
+segheap_LBB11_57:
 	mov	rcx, qword ptr [rax + 24]
 	movzx	r8d, cx
 	mov	r9, -4096
@@ -3879,51 +3887,49 @@ segheap_LBB11_58:
 	mov	qword ptr [rdx + 40], 0
 segheap_LBB11_89:
 	xor	eax, eax
-	jmp	segheap_LBB11_67
-segheap_LBB11_59:
+	jmp	segheap_LBB11_71
+segheap_LBB11_58:
 	cmp	qword ptr [rax + 8], r8
 	mov	r8, rax
-	jne	segheap_LBB11_58
-segheap_LBB11_60:
+	jne	segheap_LBB11_57
+segheap_LBB11_59:
 	mov	rax, qword ptr [r8 + 16]
 	and	rax, -4
-	jne	segheap_LBB11_59
+	jne	segheap_LBB11_58
 	mov	eax, -2147483622
-	mov	r9, r12
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
-segheap_LBB11_62:
-	mov	r14, qword ptr [rbp - 24]
-	shl	r14, 12
-	add	r14, rsi
+	jmp	segheap_LBB11_71
+segheap_LBB11_61:
+	mov	r13, qword ptr [rbp - 8]
+	shl	r13, 12
+	add	r13, rsi
 	test	r9b, 32
-	jne	segheap_LBB11_71
+	jne	segheap_LBB11_70
 	test	r9b, 1
-	jne	segheap_LBB11_76
+	jne	segheap_LBB11_78
 	mov	r9, r12
-	cmp	rdi, r14
-	jne	segheap_LBB11_109
+	cmp	rdi, r13
+	jne	segheap_LBB11_72
 	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, r13d
+	add	r8d, ebx
 	mov	rdi, rcx
 	mov	r9, rdx
 	mov	rdx, rsi
 	jmp	segheap_LBB11_29
-segheap_LBB11_71:
+segheap_LBB11_70:
 	add	rdi, -16
-	mov	dword ptr [rbp - 28], 0
-	lea	r8, [r14 + 48]
+	mov	dword ptr [rbp - 20], 0
+	lea	r8, [r13 + 48]
 	mov	eax, -1073741811
 	cmp	rdi, r8
-	jb	segheap_LBB11_67
+	jb	segheap_LBB11_71
 	test	dil, 15
-	jne	segheap_LBB11_67
-	movzx	r8d, word ptr [r14 + 32]
+	jne	segheap_LBB11_71
+	movzx	r8d, word ptr [r13 + 32]
 	shl	r8d, 4
-	add	r8, r14
+	add	r8, r13
 	cmp	rdi, r8
-	jae	segheap_LBB11_67
+	jae	segheap_LBB11_71
+	mov	r14d, ebx
 	mov	qword ptr [rbp - 16], rdx
 	mov	rbx, qword ptr [rdi]
 	xor	rbx, qword ptr [rcx + 160]
@@ -3934,156 +3940,113 @@ segheap_LBB11_71:
 	cmp	eax, 1
 	sete	r9b
 	mov	qword ptr [rbp - 8], rcx
-	mov	rdx, r14
+	mov	rdx, r13
 	mov	r8, rdi
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB11_101
+	je	segheap_LBB11_93
 	shr	ebx, 12
 	and	ebx, -16
 	add	rdi, rbx
-	lea	r9, [rbp - 28]
+	lea	r9, [rbp - 20]
 	mov	rcx, qword ptr [rbp - 8]
-	mov	rdx, r14
+	mov	rdx, r13
 	mov	r8, rdi
 	call	vs_next_visible
 	mov	rdx, rax
-	cmp	dword ptr [rbp - 28], 0
+	cmp	dword ptr [rbp - 20], 0
 	mov	eax, -1073741811
-	jne	segheap_LBB11_67
+	jne	segheap_LBB11_71
 	test	rdx, rdx
-	je	segheap_LBB11_106
+	je	segheap_LBB11_99
 	mov	rcx, qword ptr [rbp - 8]
 	mov	r8d, r15d
 	mov	r9, qword ptr [rbp - 16]
 	call	walk_vs_chunk
 	jmp	segheap_LBB11_89
-segheap_LBB11_76:
-	mov	r9, r14
-	shr	r9, 12
-	xor	r9d, dword ptr [rcx + 168]
-	xor	r9d, dword ptr [r14 + 40]
-	movzx	r8d, r9w
-	sub	edi, r14d
-	shr	r9d, 16
-	mov	r10d, 122
-	jmp	segheap_LBB11_78
-segheap_LBB11_77:
-	add	r10, 2
-	cmp	r10, 250
-	je	segheap_LBB11_67
 segheap_LBB11_78:
-	mov	r11, qword ptr [rcx + 8*r10 - 8]
-	test	r11, r11
-	sete	bl
-	or	bl, r11b
-	test	bl, 1
-	jne	segheap_LBB11_80
-	cmp	qword ptr [r14 + 16], r11
-	je	segheap_LBB11_94
-segheap_LBB11_80:
-	mov	r11, qword ptr [rcx + 8*r10]
-	test	r11, r11
-	sete	bl
-	or	bl, r11b
-	test	bl, 1
-	jne	segheap_LBB11_77
-	cmp	qword ptr [r14 + 16], r11
-	jne	segheap_LBB11_77
-	add	r10, -120
-	jmp	segheap_LBB11_95
-segheap_LBB11_91:
+	mov	dword ptr [rbp - 8], ebx
+	mov	qword ptr [rbp - 16], rdx
+	mov	r14, r13
+	shr	r14, 12
+	xor	r14d, dword ptr [rcx + 168]
+	xor	r14d, dword ptr [r13 + 40]
+	mov	rbx, rcx
+	mov	rdx, r13
+	call	lfh_owner
+	test	rax, rax
+	je	segheap_LBB11_98
+	sub	edi, r13d
+	mov	eax, r14d
+	shr	eax, 16
+	sub	edi, eax
+	mov	eax, -1073741811
+	jb	segheap_LBB11_94
+	movzx	ecx, r14w
+	test	ecx, ecx
+	mov	r9, rbx
+	je	segheap_LBB11_72
+	mov	eax, edi
+	xor	edx, edx
+	div	ecx
+	test	edx, edx
+	je	segheap_LBB11_95
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_72
+segheap_LBB11_90:
 	sub	r8d, eax
-segheap_LBB11_92:
+segheap_LBB11_91:
 	mov	rdi, rcx
 	mov	rdx, rsi
 	jmp	segheap_LBB11_29
+segheap_LBB11_93:
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_71
 segheap_LBB11_94:
-	add	r10, -121
+	mov	r9, rbx
+	jmp	segheap_LBB11_72
 segheap_LBB11_95:
-	movzx	r11d, byte ptr [r11 + 1]
-	cmp	r10, r11
-	jne	segheap_LBB11_55
-	sub	edi, r9d
-	jb	segheap_LBB11_55
-	mov	qword ptr [rbp - 16], rdx
-	test	r8d, r8d
-	je	segheap_LBB11_99
-	mov	eax, edi
-	xor	edx, edx
-	div	r8d
-	test	edx, edx
-	je	segheap_LBB11_103
-segheap_LBB11_99:
-	mov	r9, rcx
-segheap_LBB11_108:
-	mov	eax, -1073741811
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
-segheap_LBB11_55:
-	mov	r9, rcx
-segheap_LBB11_109:
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-segheap_LBB11_110:
-	add	word ptr [r9 + 216], -1
-segheap_LBB11_111:
-	add	rsp, 88
-	pop	rbx
-	pop	rdi
-	pop	rsi
-	pop	r12
-	pop	r13
-	pop	r14
-	pop	r15
-	pop	rbp
-	ret
-segheap_LBB11_101:
-	mov	eax, -1073741811
-	mov	r9, r12
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_111
-	jmp	segheap_LBB11_110
-segheap_LBB11_103:
-	mov	rdi, rcx
-	mov	qword ptr [rbp - 24], r14
-	movzx	ebx, word ptr [r14 + 34]
-	cmp	eax, ebx
-	jae	segheap_LBB11_107
+	movzx	edi, word ptr [r13 + 34]
+	cmp	eax, edi
+	jae	segheap_LBB11_98
 	add	eax, 1
-	mov	rcx, qword ptr [rbp - 24]
+	mov	r14, r13
+	mov	rcx, r13
 	mov	edx, eax
 	call	lfh_next_busy
-	cmp	eax, ebx
-	jae	segheap_LBB11_112
+	cmp	eax, edi
+	jae	segheap_LBB11_100
 	mov	rcx, qword ptr [rbp - 16]
 	mov	qword ptr [rsp + 32], rcx
-	mov	rcx, rdi
-	mov	rdx, qword ptr [rbp - 24]
+	mov	rcx, rbx
+	mov	rdx, r14
 	mov	r8d, eax
 	mov	r9d, r15d
 	call	walk_lfh_block
 	xor	eax, eax
-	jmp	segheap_LBB11_30
-segheap_LBB11_106:
+	mov	r9, rbx
+	jmp	segheap_LBB11_72
+segheap_LBB11_98:
+	mov	r9, rbx
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_72
+segheap_LBB11_99:
 	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, r13d
+	add	r8d, r14d
 	mov	rcx, qword ptr [rbp - 8]
 	mov	rdx, rsi
 	mov	r9, qword ptr [rbp - 16]
 	call	walk_from_unit
-	jmp	segheap_LBB11_67
-segheap_LBB11_107:
-	mov	r9, rdi
-	jmp	segheap_LBB11_108
-segheap_LBB11_112:
+	jmp	segheap_LBB11_71
+segheap_LBB11_100:
 	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, r13d
-	mov	rcx, rdi
+	add	r8d, dword ptr [rbp - 8]
+	mov	rcx, rbx
 	mov	rdx, rsi
 	mov	r9, qword ptr [rbp - 16]
-	jmp	segheap_LBB11_29
+	call	walk_from_unit
+	mov	r9, rbx
+	jmp	segheap_LBB11_72
 	.p2align	4
 RtlLockHeap:
 	push	rbp
@@ -6514,103 +6477,92 @@ segheap_LBB29_4:
 lookup_lfh:
 	push	rbp
 	push	rsi
-	push	rdi
-	push	rbx
 	mov	rbp, rsp
-	mov	r10, qword ptr [rbp + 72]
-	xor	r11d, r11d
-	jmp	segheap_LBB30_2
-segheap_LBB30_1:
-	add	r11, 2
-	cmp	r11, 128
-	je	segheap_LBB30_7
-segheap_LBB30_2:
-	mov	rax, qword ptr [rcx + 8*r11 + 968]
-	test	rax, rax
-	sete	bl
-	or	bl, al
-	test	bl, 1
-	jne	segheap_LBB30_4
-	cmp	qword ptr [rdx + 16], rax
-	je	segheap_LBB30_8
-segheap_LBB30_4:
-	mov	rax, qword ptr [rcx + 8*r11 + 976]
-	test	rax, rax
-	sete	bl
-	or	bl, al
-	test	bl, 1
-	jne	segheap_LBB30_1
-	cmp	qword ptr [rdx + 16], rax
-	jne	segheap_LBB30_1
-	add	r11, 2
-	jmp	segheap_LBB30_9
-segheap_LBB30_8:
-	add	r11, 1
-segheap_LBB30_9:
-	movzx	edi, byte ptr [rax + 1]
+	mov	r10, qword ptr [rdx + 16]
+	lea	r11, [rcx + 2048]
 	xor	eax, eax
-	cmp	r11, rdi
-	jne	segheap_LBB30_24
-	mov	rsi, rdx
-	shr	rsi, 12
-	xor	esi, dword ptr [rcx + 168]
-	xor	esi, dword ptr [rdx + 40]
-	movzx	r11d, si
-	cmp	dil, 64
+	cmp	r10, r11
+	jae	segheap_LBB30_2
+segheap_LBB30_1:
+	pop	rsi
+	pop	rbp
+	ret
+segheap_LBB30_2:
+	test	r10b, 7
+	jne	segheap_LBB30_1
+	lea	r11, [r10 + 104]
+	cmp	r11, qword ptr [rcx + 232]
+	ja	segheap_LBB30_1
+	movzx	esi, byte ptr [r10 + 1]
+	mov	r11d, esi
+	add	r11b, -1
+	js	segheap_LBB30_1
+	mov	r11, qword ptr [rcx + 8*rsi + 960]
+	xor	eax, eax
+	test	r11b, 1
+	cmovne	r11, rax
+	cmp	r11, r10
+	jne	segheap_LBB30_1
+	mov	r11, rdx
+	shr	r11, 12
+	xor	r11d, dword ptr [rcx + 168]
+	xor	r11d, dword ptr [rdx + 40]
+	movzx	r10d, r11w
+	cmp	sil, 64
+	ja	segheap_LBB30_8
+	shl	esi, 4
+	jmp	segheap_LBB30_15
+segheap_LBB30_8:
+	cmp	sil, 80
+	ja	segheap_LBB30_10
+	shl	esi, 6
+	add	esi, -3072
+	jmp	segheap_LBB30_15
+segheap_LBB30_10:
+	cmp	sil, 96
 	ja	segheap_LBB30_12
-	shl	edi, 4
-	jmp	segheap_LBB30_19
+	shl	esi, 7
+	add	esi, -8192
+	jmp	segheap_LBB30_15
 segheap_LBB30_12:
-	cmp	dil, 80
+	cmp	sil, 112
 	ja	segheap_LBB30_14
-	shl	edi, 6
-	add	edi, -3072
-	jmp	segheap_LBB30_19
+	shl	esi, 8
+	add	esi, -20480
+	jmp	segheap_LBB30_15
 segheap_LBB30_14:
-	cmp	dil, 96
-	ja	segheap_LBB30_16
-	shl	edi, 7
-	add	edi, -8192
-	jmp	segheap_LBB30_19
-segheap_LBB30_16:
-	cmp	dil, 112
-	ja	segheap_LBB30_18
-	shl	edi, 8
-	add	edi, -20480
-	jmp	segheap_LBB30_19
-segheap_LBB30_18:
-	shl	edi, 9
-	add	edi, -49152
-segheap_LBB30_19:
-	cmp	r11d, edi
-	jne	segheap_LBB30_24
-	movzx	edi, word ptr [rdx + 34]
-	test	edi, edi
-	je	segheap_LBB30_24
-	shr	esi, 16
-	lea	ecx, [rdi + 31]
+	shl	esi, 9
+	add	esi, -49152
+segheap_LBB30_15:
+	cmp	r10d, esi
+	jne	segheap_LBB30_1
+	movzx	esi, word ptr [rdx + 34]
+	test	esi, esi
+	je	segheap_LBB30_1
+	shr	r11d, 16
+	lea	ecx, [rsi + 31]
 	shr	ecx, 5
 	lea	ecx, [8*rcx + 63]
 	and	ecx, -16
-	cmp	esi, ecx
-	jne	segheap_LBB30_24
-	mov	ecx, r11d
-	imul	ecx, edi
-	add	ecx, esi
+	cmp	r11d, ecx
+	jne	segheap_LBB30_1
+	mov	ecx, r10d
+	imul	ecx, esi
+	add	ecx, r11d
 	cmp	ecx, r8d
-	ja	segheap_LBB30_24
+	ja	segheap_LBB30_1
 	mov	ecx, r9d
 	sub	ecx, edx
-	sub	ecx, esi
-	jb	segheap_LBB30_24
+	sub	ecx, r11d
+	jb	segheap_LBB30_1
 	mov	r8, rdx
 	mov	eax, ecx
 	xor	edx, edx
-	div	r11d
+	div	r10d
 	test	edx, edx
-	jne	segheap_LBB30_7
-	cmp	eax, edi
-	jae	segheap_LBB30_7
+	jne	segheap_LBB30_29
+	cmp	eax, esi
+	jae	segheap_LBB30_29
 	mov	ecx, eax
 	shr	ecx, 5
 	mov	r8, qword ptr [r8 + 8*rcx + 48]
@@ -6618,34 +6570,30 @@ segheap_LBB30_19:
 	lea	ecx, [rax + rax]
 	bt	r8, rcx
 	mov	eax, 0
-	jae	segheap_LBB30_24
+	jae	segheap_LBB30_1
 	and	ecx, 62
 	shr	r8, cl
 	test	r8b, 2
-	je	segheap_LBB30_32
-	movsx	rcx, byte ptr [r9 + r11 - 1]
+	je	segheap_LBB30_27
+	movsx	rcx, byte ptr [r9 + r10 - 1]
 	test	rcx, rcx
-	jns	segheap_LBB30_31
-	movzx	ecx, word ptr [r9 + r11 - 2]
+	jns	segheap_LBB30_26
+	movzx	ecx, word ptr [r9 + r10 - 2]
 	and	ecx, 32767
-segheap_LBB30_31:
+segheap_LBB30_26:
 	add	ecx, -1
-	cmp	ecx, r11d
-	jae	segheap_LBB30_24
-segheap_LBB30_32:
-	mov	dword ptr [r10], 3
-	mov	qword ptr [r10 + 24], r9
-	mov	dword ptr [r10 + 32], edx
+	cmp	ecx, r10d
+	jae	segheap_LBB30_1
+segheap_LBB30_27:
+	mov	rax, qword ptr [rbp + 56]
+	mov	dword ptr [rax], 3
+	mov	qword ptr [rax + 24], r9
+	mov	dword ptr [rax + 32], edx
 	mov	eax, 1
-	jmp	segheap_LBB30_24
-segheap_LBB30_7:
+	jmp	segheap_LBB30_1
+segheap_LBB30_29:
 	xor	eax, eax
-segheap_LBB30_24:
-	pop	rbx
-	pop	rdi
-	pop	rsi
-	pop	rbp
-	ret
+	jmp	segheap_LBB30_1
 	.p2align	4
 vs_chunk_ok:
 	push	rbp
@@ -6761,29 +6709,61 @@ segheap_LBB31_17:
 	pop	rbp
 	ret
 	.p2align	4
+lfh_owner:
+	push	rbp
+	mov	rbp, rsp
+	mov	rdx, qword ptr [rdx + 16]
+	lea	rax, [rcx + 2048]
+	cmp	rdx, rax
+	jae	segheap_LBB32_2
+segheap_LBB32_1:
+	xor	eax, eax
+	pop	rbp
+	ret
+segheap_LBB32_2:
+	xor	eax, eax
+	test	dl, 7
+	jne	segheap_LBB32_6
+	lea	r8, [rdx + 104]
+	cmp	r8, qword ptr [rcx + 232]
+	ja	segheap_LBB32_6
+	movzx	eax, byte ptr [rdx + 1]
+	mov	r8d, eax
+	add	r8b, -1
+	js	segheap_LBB32_1
+	mov	rcx, qword ptr [rcx + 8*rax + 960]
+	xor	eax, eax
+	test	cl, 1
+	cmovne	rcx, rax
+	cmp	rcx, rdx
+	cmove	rax, rdx
+segheap_LBB32_6:
+	pop	rbp
+	ret
+	.p2align	4
 check_trailer:
 	push	rbp
 	mov	rbp, rsp
 	movsx	r9, byte ptr [rdx - 1]
 	mov	r8, r9
 	test	r9, r9
-	jns	segheap_LBB32_2
+	jns	segheap_LBB33_2
 	movzx	r8d, word ptr [rdx - 2]
 	and	r8d, 32767
-segheap_LBB32_2:
+segheap_LBB33_2:
 	sub	rdx, rcx
 	lea	r10, [r8 - 1]
 	xor	eax, eax
 	cmp	r10, rdx
-	jae	segheap_LBB32_10
+	jae	segheap_LBB33_10
 	test	r9b, r9b
-	jns	segheap_LBB32_5
+	jns	segheap_LBB33_5
 	cmp	r8d, 128
-	jae	segheap_LBB32_5
-segheap_LBB32_10:
+	jae	segheap_LBB33_5
+segheap_LBB33_10:
 	pop	rbp
 	ret
-segheap_LBB32_5:
+segheap_LBB33_5:
 	shr	r9b, 7
 	movzx	r9d, r9b
 	not	r9
@@ -6791,16 +6771,16 @@ segheap_LBB32_5:
 	sub	r10, r8
 	lea	r11, [r9 + rdx]
 	cmp	r10, r11
-	jae	segheap_LBB32_9
+	jae	segheap_LBB33_9
 	neg	r8
 	add	rcx, rdx
-segheap_LBB32_7:
+segheap_LBB33_7:
 	cmp	byte ptr [rcx + r8], -85
-	jne	segheap_LBB32_10
+	jne	segheap_LBB33_10
 	add	r8, 1
 	cmp	r9, r8
-	jne	segheap_LBB32_7
-segheap_LBB32_9:
+	jne	segheap_LBB33_7
+segheap_LBB33_9:
 	mov	eax, 1
 	pop	rbp
 	ret
@@ -6819,7 +6799,7 @@ check_tree:
 	mov	qword ptr [rbp + 976], 0
 	mov	r14, qword ptr [r8]
 	test	r14, r14
-	je	segheap_LBB33_38
+	je	segheap_LBB34_38
 	mov	edi, edx
 	mov	rbx, rcx
 	mov	qword ptr [rbp + 968], r8
@@ -6827,53 +6807,53 @@ check_tree:
 	call	node_ok
 	mov	esi, -1
 	test	eax, eax
-	je	segheap_LBB33_37
+	je	segheap_LBB34_37
 	cmp	qword ptr [r14 + 16], 3
-	ja	segheap_LBB33_37
+	ja	segheap_LBB34_37
 	xor	r13d, r13d
 	xor	r12d, r12d
 	mov	r15, r14
-segheap_LBB33_4:
+segheap_LBB34_4:
 	test	r15, r15
-	je	segheap_LBB33_10
+	je	segheap_LBB34_10
 	movsxd	r12, r12d
-segheap_LBB33_6:
+segheap_LBB34_6:
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, r15
 	call	node_ok
 	test	eax, eax
-	je	segheap_LBB33_37
+	je	segheap_LBB34_37
 	cmp	r12, 129
-	jg	segheap_LBB33_37
+	jg	segheap_LBB34_37
 	add	r13, 1
 	cmp	r13, 16777216
-	ja	segheap_LBB33_37
+	ja	segheap_LBB34_37
 	mov	qword ptr [rbp + 8*r12 - 80], r15
 	add	r12, 1
 	mov	r15, qword ptr [r15]
 	test	r15, r15
-	jne	segheap_LBB33_6
-segheap_LBB33_10:
+	jne	segheap_LBB34_6
+segheap_LBB34_10:
 	movsxd	rax, r12d
 	mov	rax, qword ptr [rbp + 8*rax - 88]
 	mov	r15, qword ptr [rax + 8]
 	test	r15, r15
-	je	segheap_LBB33_12
+	je	segheap_LBB34_12
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, r15
 	call	node_ok
 	test	eax, eax
-	je	segheap_LBB33_37
-segheap_LBB33_12:
+	je	segheap_LBB34_37
+segheap_LBB34_12:
 	add	r12d, -1
 	test	r15, r15
-	jne	segheap_LBB33_4
+	jne	segheap_LBB34_4
 	test	r12d, r12d
-	jne	segheap_LBB33_4
+	jne	segheap_LBB34_4
 	test	byte ptr [r14 + 16], 1
-	jne	segheap_LBB33_37
+	jne	segheap_LBB34_37
 	lea	rax, [rbp + 976]
 	mov	qword ptr [rsp + 32], rax
 	mov	dword ptr [rsp + 40], 0
@@ -6883,26 +6863,26 @@ segheap_LBB33_12:
 	xor	r9d, r9d
 	call	rb_check
 	test	eax, eax
-	js	segheap_LBB33_37
+	js	segheap_LBB34_37
 	mov	r8, qword ptr [rbp + 968]
 	mov	rax, qword ptr [r8]
 	test	rax, rax
-	je	segheap_LBB33_38
+	je	segheap_LBB34_38
 	mov	rdx, rax
-segheap_LBB33_18:
+segheap_LBB34_18:
 	mov	rcx, rdx
 	mov	rdx, qword ptr [rdx]
 	test	rdx, rdx
-	jne	segheap_LBB33_18
+	jne	segheap_LBB34_18
 	xor	r9d, r9d
 	mov	rdx, -65536
-segheap_LBB33_20:
+segheap_LBB34_20:
 	test	r9, r9
-	je	segheap_LBB33_27
+	je	segheap_LBB34_27
 	cmp	edi, 1
-	je	segheap_LBB33_24
+	je	segheap_LBB34_24
 	test	edi, edi
-	jne	segheap_LBB33_25
+	jne	segheap_LBB34_25
 	movzx	r11d, byte ptr [r9 + 31]
 	shl	r11d, 8
 	movzx	r10d, byte ptr [r9 + 25]
@@ -6913,8 +6893,8 @@ segheap_LBB33_20:
 	movzx	r11d, byte ptr [rcx + 25]
 	xor	r11, 255
 	or	r11, r14
-	jmp	segheap_LBB33_26
-segheap_LBB33_24:
+	jmp	segheap_LBB34_26
+segheap_LBB34_24:
 	lea	r10, [r9 - 8]
 	xor	r10d, dword ptr [r9 - 8]
 	mov	r14d, dword ptr [rbx + 160]
@@ -6924,13 +6904,13 @@ segheap_LBB33_24:
 	xor	r11d, dword ptr [rcx - 8]
 	xor	r11d, r14d
 	shr	r11d, 16
-	jmp	segheap_LBB33_26
-segheap_LBB33_25:
+	jmp	segheap_LBB34_26
+segheap_LBB34_25:
 	mov	r10, qword ptr [r9 + 24]
 	and	r10, rdx
 	mov	r11, qword ptr [rcx + 24]
 	and	r11, rdx
-segheap_LBB33_26:
+segheap_LBB34_26:
 	xor	r14d, r14d
 	cmp	r9, rcx
 	setae	r14b
@@ -6939,39 +6919,39 @@ segheap_LBB33_26:
 	setae	r9b
 	cmove	r9d, r14d
 	test	r9b, r9b
-	jne	segheap_LBB33_37
-segheap_LBB33_27:
+	jne	segheap_LBB34_37
+segheap_LBB34_27:
 	mov	r10, qword ptr [rcx + 8]
 	mov	r9, rcx
 	test	r10, r10
-	je	segheap_LBB33_30
-segheap_LBB33_28:
+	je	segheap_LBB34_30
+segheap_LBB34_28:
 	mov	r11, r10
 	mov	r10, qword ptr [r10]
 	test	r10, r10
-	jne	segheap_LBB33_28
+	jne	segheap_LBB34_28
 	mov	r9, rcx
 	mov	rcx, r11
-	jmp	segheap_LBB33_20
-segheap_LBB33_30:
+	jmp	segheap_LBB34_20
+segheap_LBB34_30:
 	mov	r10, qword ptr [r9 + 16]
 	and	r10, -4
-	je	segheap_LBB33_33
+	je	segheap_LBB34_33
 	cmp	qword ptr [r10 + 8], r9
 	mov	r9, r10
-	je	segheap_LBB33_30
+	je	segheap_LBB34_30
 	mov	r9, rcx
 	mov	rcx, r10
-	jmp	segheap_LBB33_20
-segheap_LBB33_38:
+	jmp	segheap_LBB34_20
+segheap_LBB34_38:
 	mov	rcx, qword ptr [r8 + 8]
 	xor	edx, edx
-segheap_LBB33_35:
+segheap_LBB34_35:
 	mov	esi, -1
 	cmp	rcx, rdx
-	jne	segheap_LBB33_37
+	jne	segheap_LBB34_37
 	mov	esi, dword ptr [rbp + 976]
-segheap_LBB33_37:
+segheap_LBB34_37:
 	mov	eax, esi
 	add	rsp, 1112
 	pop	rbx
@@ -6983,14 +6963,14 @@ segheap_LBB33_37:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB33_33:
+segheap_LBB34_33:
 	mov	rcx, qword ptr [r8 + 8]
-segheap_LBB33_34:
+segheap_LBB34_34:
 	mov	rdx, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB33_34
-	jmp	segheap_LBB33_35
+	jne	segheap_LBB34_34
+	jmp	segheap_LBB34_35
 	.p2align	4
 range_of_type:
 	push	rbp
@@ -7000,23 +6980,23 @@ range_of_type:
 	lea	r10, [rcx + 328]
 	mov	r11, qword ptr [rcx + 328]
 	cmp	r11, r10
-	je	segheap_LBB34_9
+	je	segheap_LBB35_9
 	mov	r9, rdx
 	and	r9, -1048576
 	mov	rsi, qword ptr [rcx + 344]
 	mov	rdi, -1
 	xor	eax, eax
-segheap_LBB34_2:
+segheap_LBB35_2:
 	add	rdi, 1
 	cmp	rdi, rsi
-	ja	segheap_LBB34_10
+	ja	segheap_LBB35_10
 	cmp	r11, r9
-	je	segheap_LBB34_6
+	je	segheap_LBB35_6
 	mov	r11, qword ptr [r11]
 	cmp	r11, r10
-	jne	segheap_LBB34_2
-	jmp	segheap_LBB34_10
-segheap_LBB34_6:
+	jne	segheap_LBB35_2
+	jmp	segheap_LBB35_10
+segheap_LBB35_6:
 	mov	rax, rdx
 	shr	rax, 20
 	xor	rax, rcx
@@ -7024,25 +7004,25 @@ segheap_LBB34_6:
 	xor	rax, qword ptr [rcx + 160]
 	movabs	rcx, -6708588087252463955
 	cmp	rax, rcx
-	jne	segheap_LBB34_9
+	jne	segheap_LBB35_9
 	shr	edx, 12
 	mov	eax, edx
 	or	eax, -256
 	cmp	eax, -254
-	jb	segheap_LBB34_9
+	jb	segheap_LBB35_9
 	movzx	ecx, dl
 	mov	eax, ecx
 	shl	eax, 5
 	add	rax, r9
 	movzx	r10d, byte ptr [rax + 24]
 	test	r10b, 8
-	jne	segheap_LBB34_15
+	jne	segheap_LBB35_15
 	movzx	eax, byte ptr [rax + 31]
 	test	eax, eax
-	je	segheap_LBB34_9
+	je	segheap_LBB35_9
 	lea	edx, [rcx - 2]
 	cmp	edx, eax
-	jb	segheap_LBB34_9
+	jb	segheap_LBB35_9
 	mov	edx, ecx
 	sub	edx, eax
 	mov	r11, rdx
@@ -7050,29 +7030,29 @@ segheap_LBB34_6:
 	movzx	r10d, byte ptr [r9 + r11 + 24]
 	xor	eax, eax
 	test	r10b, 8
-	je	segheap_LBB34_10
+	je	segheap_LBB35_10
 	cmp	edx, 255
-	ja	segheap_LBB34_10
+	ja	segheap_LBB35_10
 	add	r11, r9
 	movzx	r11d, byte ptr [r11 + 31]
 	add	r11d, edx
 	cmp	r11d, ecx
-	ja	segheap_LBB34_16
-	jmp	segheap_LBB34_10
-segheap_LBB34_15:
+	ja	segheap_LBB35_16
+	jmp	segheap_LBB35_10
+segheap_LBB35_15:
 	mov	rdx, rcx
-segheap_LBB34_16:
+segheap_LBB35_16:
 	and	r10b, 37
 	or	r8b, 4
 	cmp	r10b, r8b
-	jne	segheap_LBB34_9
+	jne	segheap_LBB35_9
 	shl	rdx, 12
 	add	r9, rdx
 	mov	rax, r9
-	jmp	segheap_LBB34_10
-segheap_LBB34_9:
+	jmp	segheap_LBB35_10
+segheap_LBB35_9:
 	xor	eax, eax
-segheap_LBB34_10:
+segheap_LBB35_10:
 	pop	rdi
 	pop	rsi
 	pop	rbp
@@ -7093,59 +7073,59 @@ validate_lfh_buckets:
 	lea	r10, [rcx + 328]
 	mov	r11d, 1
 	xor	esi, esi
-	jmp	segheap_LBB35_2
-segheap_LBB35_1:
+	jmp	segheap_LBB36_2
+segheap_LBB36_1:
 	add	r11, 1
 	cmp	r11, 129
-	je	segheap_LBB35_86
-segheap_LBB35_2:
+	je	segheap_LBB36_86
+segheap_LBB36_2:
 	mov	rdi, qword ptr [rcx + 8*r11 + 960]
 	test	rdi, rdi
 	sete	al
 	mov	r8d, edi
 	or	r8b, al
 	test	r8b, 1
-	jne	segheap_LBB35_1
+	jne	segheap_LBB36_1
 	xor	eax, eax
 	cmp	r9, rdi
-	ja	segheap_LBB35_87
+	ja	segheap_LBB36_87
 	test	dil, 6
-	jne	segheap_LBB35_87
+	jne	segheap_LBB36_87
 	lea	r8, [rdi + 104]
 	cmp	r8, qword ptr [rcx + 232]
-	ja	segheap_LBB35_87
+	ja	segheap_LBB36_87
 	movzx	r8d, byte ptr [rdi + 1]
 	cmp	r11, r8
-	jne	segheap_LBB35_87
+	jne	segheap_LBB36_87
 	cmp	byte ptr [rdi], 1
-	jne	segheap_LBB35_87
+	jne	segheap_LBB36_87
 	mov	qword ptr [rbp - 32], rsi
 	lea	r15, [rdi + 24]
 	mov	r12, qword ptr [rdi + 24]
 	cmp	r12, r15
-	je	segheap_LBB35_40
+	je	segheap_LBB36_40
 	mov	r13, qword ptr [r10]
 	xor	ebx, ebx
 	xor	r14d, r14d
-segheap_LBB35_10:
+segheap_LBB36_10:
 	cmp	r13, r10
-	je	segheap_LBB35_21
+	je	segheap_LBB36_21
 	mov	r8, r12
 	and	r8, -1048576
 	mov	rax, qword ptr [rcx + 344]
 	mov	r9, -1
 	mov	rsi, r13
-segheap_LBB35_12:
+segheap_LBB36_12:
 	add	r9, 1
 	cmp	r9, rax
-	ja	segheap_LBB35_21
+	ja	segheap_LBB36_21
 	cmp	rsi, r8
-	je	segheap_LBB35_18
+	je	segheap_LBB36_18
 	mov	rsi, qword ptr [rsi]
 	cmp	rsi, r10
-	jne	segheap_LBB35_12
-	jmp	segheap_LBB35_21
-segheap_LBB35_18:
+	jne	segheap_LBB36_12
+	jmp	segheap_LBB36_21
+segheap_LBB36_18:
 	mov	rax, r12
 	shr	rax, 20
 	xor	rax, qword ptr [r8 + 16]
@@ -7153,35 +7133,35 @@ segheap_LBB35_18:
 	xor	rax, rcx
 	movabs	r9, -6708588087252463955
 	cmp	rax, r9
-	jne	segheap_LBB35_21
+	jne	segheap_LBB36_21
 	mov	eax, r12d
 	shr	eax, 12
 	mov	r9d, eax
 	or	r9d, -256
 	cmp	r9d, -254
-	jb	segheap_LBB35_21
+	jb	segheap_LBB36_21
 	movzx	eax, al
 	mov	esi, eax
 	shl	esi, 5
 	add	rsi, r8
 	movzx	r9d, byte ptr [rsi + 24]
 	test	r9b, 8
-	jne	segheap_LBB35_36
+	jne	segheap_LBB36_36
 	movzx	r9d, byte ptr [rsi + 31]
 	test	r9d, r9d
-	je	segheap_LBB35_21
+	je	segheap_LBB36_21
 	lea	esi, [rax - 2]
 	cmp	esi, r9d
-	jb	segheap_LBB35_21
+	jb	segheap_LBB36_21
 	mov	esi, eax
 	sub	esi, r9d
 	mov	qword ptr [rbp - 16], rsi
 	shl	rsi, 5
 	movzx	r9d, byte ptr [r8 + rsi + 24]
 	test	r9b, 8
-	je	segheap_LBB35_21
+	je	segheap_LBB36_21
 	cmp	dword ptr [rbp - 16], 255
-	ja	segheap_LBB35_21
+	ja	segheap_LBB36_21
 	add	rsi, r8
 	movzx	esi, byte ptr [rsi + 31]
 	add	esi, dword ptr [rbp - 16]
@@ -7189,62 +7169,62 @@ segheap_LBB35_18:
 	mov	esi, 0
 	cmp	dword ptr [rbp - 4], eax
 	mov	rax, qword ptr [rbp - 16]
-	jbe	segheap_LBB35_22
-segheap_LBB35_36:
+	jbe	segheap_LBB36_22
+segheap_LBB36_36:
 	and	r9b, 37
 	cmp	r9b, 5
-	jne	segheap_LBB35_21
+	jne	segheap_LBB36_21
 	shl	rax, 12
 	add	r8, rax
 	mov	rsi, r8
-	jmp	segheap_LBB35_22
-segheap_LBB35_21:
+	jmp	segheap_LBB36_22
+segheap_LBB36_21:
 	xor	esi, esi
-segheap_LBB35_22:
+segheap_LBB36_22:
 	cmp	rsi, r12
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	cmp	qword ptr [r12 + 16], rdi
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	cmp	byte ptr [r12 + 38], 0
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	add	r14, 1
 	cmp	r14, qword ptr [rdx + 72]
-	ja	segheap_LBB35_78
+	ja	segheap_LBB36_78
 	movzx	eax, word ptr [r12 + 34]
 	add	rbx, rax
 	mov	r12, qword ptr [r12]
 	cmp	r12, r15
-	jne	segheap_LBB35_10
-	jmp	segheap_LBB35_41
-segheap_LBB35_40:
+	jne	segheap_LBB36_10
+	jmp	segheap_LBB36_41
+segheap_LBB36_40:
 	xor	r14d, r14d
 	xor	ebx, ebx
-segheap_LBB35_41:
+segheap_LBB36_41:
 	lea	rax, [rdi + 40]
 	mov	rsi, qword ptr [rdi + 40]
 	cmp	rsi, rax
-	je	segheap_LBB35_73
+	je	segheap_LBB36_73
 	mov	r12, qword ptr [r10]
 	xor	r15d, r15d
-segheap_LBB35_43:
+segheap_LBB36_43:
 	cmp	r12, r10
-	je	segheap_LBB35_54
+	je	segheap_LBB36_54
 	mov	r13, rsi
 	and	r13, -1048576
 	mov	rax, qword ptr [rcx + 344]
 	mov	r9, -1
 	mov	r8, r12
-segheap_LBB35_45:
+segheap_LBB36_45:
 	add	r9, 1
 	cmp	r9, rax
-	ja	segheap_LBB35_54
+	ja	segheap_LBB36_54
 	cmp	r8, r13
-	je	segheap_LBB35_51
+	je	segheap_LBB36_51
 	mov	r8, qword ptr [r8]
 	cmp	r8, r10
-	jne	segheap_LBB35_45
-	jmp	segheap_LBB35_54
-segheap_LBB35_51:
+	jne	segheap_LBB36_45
+	jmp	segheap_LBB36_54
+segheap_LBB36_51:
 	mov	rax, rsi
 	shr	rax, 20
 	xor	rax, qword ptr [r13 + 16]
@@ -7252,27 +7232,27 @@ segheap_LBB35_51:
 	xor	rax, rcx
 	movabs	r8, -6708588087252463955
 	cmp	rax, r8
-	jne	segheap_LBB35_54
+	jne	segheap_LBB36_54
 	mov	eax, esi
 	shr	eax, 12
 	mov	r8d, eax
 	or	r8d, -256
 	cmp	r8d, -254
-	jb	segheap_LBB35_54
+	jb	segheap_LBB36_54
 	movzx	r8d, al
 	mov	eax, r8d
 	shl	eax, 5
 	add	rax, r13
 	movzx	r9d, byte ptr [rax + 24]
 	test	r9b, 8
-	jne	segheap_LBB35_69
+	jne	segheap_LBB36_69
 	movzx	eax, byte ptr [rax + 31]
 	test	eax, eax
-	je	segheap_LBB35_54
+	je	segheap_LBB36_54
 	mov	r9, r8
 	add	r8d, -2
 	cmp	r8d, eax
-	jb	segheap_LBB35_54
+	jb	segheap_LBB36_54
 	mov	r8d, r9d
 	sub	r8d, eax
 	mov	rax, r8
@@ -7280,9 +7260,9 @@ segheap_LBB35_51:
 	mov	qword ptr [rbp - 16], r9
 	movzx	r9d, byte ptr [r13 + rax + 24]
 	test	r9b, 8
-	je	segheap_LBB35_54
+	je	segheap_LBB36_54
 	cmp	r8d, 255
-	ja	segheap_LBB35_54
+	ja	segheap_LBB36_54
 	add	rax, r13
 	movzx	eax, byte ptr [rax + 31]
 	add	eax, r8d
@@ -7292,52 +7272,52 @@ segheap_LBB35_51:
 	mov	r8d, dword ptr [rbp - 4]
 	cmp	r8d, dword ptr [rbp - 16]
 	mov	r8, qword ptr [rbp - 24]
-	jbe	segheap_LBB35_55
-segheap_LBB35_69:
+	jbe	segheap_LBB36_55
+segheap_LBB36_69:
 	and	r9b, 37
 	cmp	r9b, 5
-	jne	segheap_LBB35_54
+	jne	segheap_LBB36_54
 	shl	r8, 12
 	add	r13, r8
 	mov	rax, r13
-	jmp	segheap_LBB35_55
-segheap_LBB35_54:
+	jmp	segheap_LBB36_55
+segheap_LBB36_54:
 	xor	eax, eax
-segheap_LBB35_55:
+segheap_LBB36_55:
 	cmp	rax, rsi
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	cmp	qword ptr [rsi + 16], rdi
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	cmp	byte ptr [rsi + 38], 1
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	add	r15, 1
 	cmp	r15, qword ptr [rdx + 72]
-	ja	segheap_LBB35_78
+	ja	segheap_LBB36_78
 	movzx	eax, word ptr [rsi + 34]
 	add	rbx, rax
 	mov	rsi, qword ptr [rsi]
 	lea	rax, [rdi + 40]
 	cmp	rsi, rax
-	jne	segheap_LBB35_43
-	jmp	segheap_LBB35_74
-segheap_LBB35_73:
+	jne	segheap_LBB36_43
+	jmp	segheap_LBB36_74
+segheap_LBB36_73:
 	xor	r15d, r15d
-segheap_LBB35_74:
+segheap_LBB36_74:
 	cmp	r14, qword ptr [rdi + 8]
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	add	r15, r14
 	cmp	r15, qword ptr [rdi + 64]
-	jne	segheap_LBB35_78
+	jne	segheap_LBB36_78
 	cmp	rbx, qword ptr [rdi + 56]
 	mov	eax, 0
-	jne	segheap_LBB35_87
+	jne	segheap_LBB36_87
 	mov	rsi, qword ptr [rbp - 32]
 	add	rsi, r15
 	lea	r9, [rcx + 2048]
-	jmp	segheap_LBB35_1
-segheap_LBB35_78:
+	jmp	segheap_LBB36_1
+segheap_LBB36_78:
 	xor	eax, eax
-segheap_LBB35_87:
+segheap_LBB36_87:
 	add	rsp, 32
 	pop	rbx
 	pop	rdi
@@ -7348,11 +7328,11 @@ segheap_LBB35_87:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB35_86:
+segheap_LBB36_86:
 	xor	eax, eax
 	cmp	rsi, qword ptr [rdx + 72]
 	sete	al
-	jmp	segheap_LBB35_87
+	jmp	segheap_LBB36_87
 	.p2align	4
 validate_large:
 	push	rbp
@@ -7371,11 +7351,11 @@ validate_large:
 	mov	edx, 2
 	call	check_tree
 	test	eax, eax
-	js	segheap_LBB36_21
+	js	segheap_LBB37_21
 	mov	r15, qword ptr [rbx + 80]
 	xor	edi, edi
 	test	r15, r15
-	je	segheap_LBB36_2
+	je	segheap_LBB37_2
 	mov	qword ptr [rbp], r12
 	lea	r8, [rbp - 48]
 	mov	rcx, rbx
@@ -7383,83 +7363,83 @@ validate_large:
 	mov	r9d, 1
 	call	lookup_block
 	test	eax, eax
-	je	segheap_LBB36_21
+	je	segheap_LBB37_21
 	cmp	dword ptr [rbp - 48], 2
-	jne	segheap_LBB36_21
+	jne	segheap_LBB37_21
 	xor	esi, esi
 	xor	r13d, r13d
 	xor	r14d, r14d
-segheap_LBB36_10:
+segheap_LBB37_10:
 	mov	rax, qword ptr [rbp - 24]
 	test	byte ptr [rax + 9], 2
-	je	segheap_LBB36_21
+	je	segheap_LBB37_21
 	mov	rcx, qword ptr [r15 + 32]
 	mov	rax, rcx
 	shr	rax, 12
-	je	segheap_LBB36_21
+	je	segheap_LBB37_21
 	mov	rdx, qword ptr [r15 + 24]
 	cmp	rdx, 65536
-	jb	segheap_LBB36_21
+	jb	segheap_LBB37_21
 	and	edx, 61440
 	mov	r8d, ecx
 	and	r8d, 4093
 	or	r8, rdx
 	test	r8, r8
-	jne	segheap_LBB36_21
+	jne	segheap_LBB37_21
 	add	rsi, 1
 	bt	ecx, 1
 	adc	r13, rax
 	add	r14, rax
 	mov	rax, qword ptr [r15 + 8]
 	test	rax, rax
-	je	segheap_LBB36_16
-segheap_LBB36_15:
+	je	segheap_LBB37_16
+segheap_LBB37_15:
 	mov	r12, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB36_15
-	jmp	segheap_LBB36_19
-segheap_LBB36_16:
+	jne	segheap_LBB37_15
+	jmp	segheap_LBB37_19
+segheap_LBB37_16:
 	mov	r12, qword ptr [r15 + 16]
 	and	r12, -4
-	je	segheap_LBB36_17
+	je	segheap_LBB37_17
 	cmp	qword ptr [r12 + 8], r15
 	mov	r15, r12
-	je	segheap_LBB36_16
-segheap_LBB36_19:
+	je	segheap_LBB37_16
+segheap_LBB37_19:
 	mov	rcx, rbx
 	mov	rdx, r12
 	lea	r8, [rbp - 48]
 	mov	r9d, 1
 	call	lookup_block
 	test	eax, eax
-	je	segheap_LBB36_21
+	je	segheap_LBB37_21
 	cmp	dword ptr [rbp - 48], 2
 	mov	r15, r12
-	je	segheap_LBB36_10
-segheap_LBB36_21:
+	je	segheap_LBB37_10
+segheap_LBB37_21:
 	xor	edi, edi
-	jmp	segheap_LBB36_22
-segheap_LBB36_2:
+	jmp	segheap_LBB37_22
+segheap_LBB37_2:
 	xor	esi, esi
 	xor	r13d, r13d
 	xor	r14d, r14d
 	cmp	rsi, qword ptr [r12 + 64]
-	je	segheap_LBB36_4
-	jmp	segheap_LBB36_22
-segheap_LBB36_17:
+	je	segheap_LBB37_4
+	jmp	segheap_LBB37_22
+segheap_LBB37_17:
 	mov	r12, qword ptr [rbp]
 	cmp	rsi, qword ptr [r12 + 64]
-	jne	segheap_LBB36_22
-segheap_LBB36_4:
+	jne	segheap_LBB37_22
+segheap_LBB37_4:
 	cmp	r13, qword ptr [rbx + 88]
-	jne	segheap_LBB36_22
+	jne	segheap_LBB37_22
 	cmp	r14, qword ptr [rbx + 96]
-	jne	segheap_LBB36_22
+	jne	segheap_LBB37_22
 	add	qword ptr [r12 + 24], r13
 	add	qword ptr [r12 + 16], r14
 	mov	edi, 1
-segheap_LBB36_22:
+segheap_LBB37_22:
 	mov	eax, edi
 	add	rsp, 88
 	pop	rbx
@@ -7483,182 +7463,12 @@ validate_lfh_subsegment:
 	push	rbx
 	sub	rsp, 72
 	lea	rbp, [rsp + 64]
-	xor	r10d, r10d
-	jmp	segheap_LBB37_1
-segheap_LBB37_11:
-	add	r10, 2
-	cmp	r10, 128
-	je	segheap_LBB37_41
-segheap_LBB37_1:
-	mov	rax, qword ptr [rcx + 8*r10 + 968]
-	test	rax, rax
-	sete	r11b
-	or	r11b, al
-	test	r11b, 1
-	jne	segheap_LBB37_9
-	cmp	qword ptr [rdx + 16], rax
-	je	segheap_LBB37_3
-segheap_LBB37_9:
-	mov	rax, qword ptr [rcx + 8*r10 + 976]
-	test	rax, rax
-	sete	r11b
-	or	r11b, al
-	test	r11b, 1
-	jne	segheap_LBB37_11
-	cmp	qword ptr [rdx + 16], rax
-	jne	segheap_LBB37_11
-	add	r10, 2
-	jmp	segheap_LBB37_4
-segheap_LBB37_3:
-	add	r10, 1
-segheap_LBB37_4:
-	movzx	esi, byte ptr [rax + 1]
+	mov	r10, qword ptr [rdx + 16]
+	lea	r11, [rcx + 2048]
 	xor	eax, eax
-	cmp	r10, rsi
-	jne	segheap_LBB37_42
-	mov	r10, rcx
-	movzx	ecx, word ptr [rdx + 34]
-	test	ecx, ecx
-	je	segheap_LBB37_42
-	movzx	edi, word ptr [rdx + 32]
-	cmp	di, cx
-	ja	segheap_LBB37_42
-	mov	rbx, qword ptr [r10 + 168]
-	mov	r10, rdx
-	shr	r10, 12
-	xor	r10d, ebx
-	xor	r10d, dword ptr [rdx + 40]
-	movzx	r11d, r10w
-	cmp	sil, 64
-	ja	segheap_LBB37_12
-	shl	esi, 4
-	jmp	segheap_LBB37_19
-segheap_LBB37_12:
-	cmp	sil, 80
-	ja	segheap_LBB37_14
-	shl	esi, 6
-	add	esi, -3072
-	jmp	segheap_LBB37_19
-segheap_LBB37_14:
-	cmp	sil, 96
-	ja	segheap_LBB37_16
-	shl	esi, 7
-	add	esi, -8192
-	jmp	segheap_LBB37_19
-segheap_LBB37_16:
-	cmp	sil, 112
-	ja	segheap_LBB37_18
-	shl	esi, 8
-	add	esi, -20480
-	jmp	segheap_LBB37_19
-segheap_LBB37_18:
-	shl	esi, 9
-	add	esi, -49152
-segheap_LBB37_19:
-	cmp	r11d, esi
-	jne	segheap_LBB37_42
-	shr	r10d, 16
-	lea	rsi, [rcx + 31]
-	mov	r14d, esi
-	shr	r14d, 5
-	lea	r14d, [8*r14 + 63]
-	and	r14d, -16
-	cmp	r10d, r14d
-	jne	segheap_LBB37_42
-	mov	r14d, r11d
-	imul	r14d, ecx
-	add	r14d, r10d
-	cmp	r14d, r8d
-	ja	segheap_LBB37_42
-	test	edi, edi
-	sete	r8b
-	cmp	byte ptr [rdx + 38], r8b
-	jne	segheap_LBB37_42
-	movzx	r8d, word ptr [rdx + 36]
-	mov	qword ptr [rbp - 32], r8
-	cmp	r8w, cx
-	ja	segheap_LBB37_42
-	movabs	r8, 6148914691236517205
-	shr	esi, 5
-	mov	r14d, ecx
-	add	ecx, ecx
-	xor	eax, eax
-	mov	qword ptr [rbp - 8], r14
-	xor	r15d, r15d
-segheap_LBB37_25:
-	mov	r12, qword ptr [rdx + 8*r15 + 48]
-	mov	r13, -1
-	shl	r13, cl
-	sub	r14, 32
-	cmovae	r13, rax
-	test	r12, r13
-	jne	segheap_LBB37_42
-	mov	r13, r12
-	shr	r13
-	not	r12
-	and	r12, r8
-	test	r12, r13
-	jne	segheap_LBB37_42
-	add	r15, 1
-	add	rcx, -64
-	cmp	rsi, r15
-	jne	segheap_LBB37_25
-	mov	esi, r10d
-	add	rsi, rdx
-	mov	r12d, r11d
-	xor	r13d, r13d
-	mov	r14, rsi
-	xor	r15d, r15d
-	xor	r11d, r11d
-	mov	r10, qword ptr [rbp - 8]
-	mov	qword ptr [rbp - 24], rdx
-	mov	qword ptr [rbp - 16], r9
-	jmp	segheap_LBB37_29
-segheap_LBB37_32:
-	add	r11d, 1
-segheap_LBB37_33:
-	add	r15, 1
-	add	r13, 2
-	add	r14, r12
-	add	rsi, r12
-	cmp	r10, r15
-	je	segheap_LBB37_34
-segheap_LBB37_29:
-	mov	eax, r15d
-	shr	eax, 5
-	mov	r8, qword ptr [rdx + 8*rax + 48]
-	mov	ecx, r13d
-	and	cl, 62
-	mov	rax, r8
-	shr	rax, cl
-	mov	ecx, r13d
-	and	ecx, 62
-	bt	r8, rcx
-	jb	segheap_LBB37_39
-	xor	eax, eax
-	cmp	r15, qword ptr [rbp - 32]
-	jb	segheap_LBB37_42
-	mov	rcx, rbx
-	xor	rcx, r14
-	cmp	qword ptr [rsi], rcx
-	je	segheap_LBB37_32
-	jmp	segheap_LBB37_42
-segheap_LBB37_39:
-	test	al, 2
-	je	segheap_LBB37_33
-	lea	rdx, [rsi + r12]
-	mov	rcx, rsi
-	mov	dword ptr [rbp + 4], r11d
-	call	check_trailer
-	mov	r11d, dword ptr [rbp + 4]
-	mov	r10, qword ptr [rbp - 8]
-	mov	rdx, qword ptr [rbp - 24]
-	mov	r9, qword ptr [rbp - 16]
-	test	eax, eax
-	jne	segheap_LBB37_33
-segheap_LBB37_41:
-	xor	eax, eax
-segheap_LBB37_42:
+	cmp	r10, r11
+	jae	segheap_LBB38_1
+segheap_LBB38_39:
 	add	rsp, 72
 	pop	rbx
 	pop	rdi
@@ -7669,95 +7479,255 @@ segheap_LBB37_42:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB37_34:
+segheap_LBB38_1:
+	test	r10b, 7
+	jne	segheap_LBB38_39
+	lea	r11, [r10 + 104]
+	cmp	r11, qword ptr [rcx + 232]
+	ja	segheap_LBB38_39
+	movzx	esi, byte ptr [r10 + 1]
+	mov	r11d, esi
+	add	r11b, -1
+	js	segheap_LBB38_39
+	mov	r11, qword ptr [rcx + 8*rsi + 960]
+	xor	eax, eax
+	test	r11b, 1
+	cmovne	r11, rax
+	cmp	r11, r10
+	jne	segheap_LBB38_39
+	mov	r10, rcx
+	movzx	ecx, word ptr [rdx + 34]
+	test	ecx, ecx
+	je	segheap_LBB38_39
+	movzx	edi, word ptr [rdx + 32]
+	cmp	di, cx
+	ja	segheap_LBB38_39
+	mov	rbx, qword ptr [r10 + 168]
+	mov	r10, rdx
+	shr	r10, 12
+	xor	r10d, ebx
+	xor	r10d, dword ptr [rdx + 40]
+	movzx	r11d, r10w
+	cmp	sil, 64
+	ja	segheap_LBB38_9
+	shl	esi, 4
+	jmp	segheap_LBB38_16
+segheap_LBB38_9:
+	cmp	sil, 80
+	ja	segheap_LBB38_11
+	shl	esi, 6
+	add	esi, -3072
+	jmp	segheap_LBB38_16
+segheap_LBB38_11:
+	cmp	sil, 96
+	ja	segheap_LBB38_13
+	shl	esi, 7
+	add	esi, -8192
+	jmp	segheap_LBB38_16
+segheap_LBB38_13:
+	cmp	sil, 112
+	ja	segheap_LBB38_15
+	shl	esi, 8
+	add	esi, -20480
+	jmp	segheap_LBB38_16
+segheap_LBB38_15:
+	shl	esi, 9
+	add	esi, -49152
+segheap_LBB38_16:
+	cmp	r11d, esi
+	jne	segheap_LBB38_39
+	shr	r10d, 16
+	lea	rsi, [rcx + 31]
+	mov	r14d, esi
+	shr	r14d, 5
+	lea	r14d, [8*r14 + 63]
+	and	r14d, -16
+	cmp	r10d, r14d
+	jne	segheap_LBB38_39
+	mov	r14d, r11d
+	imul	r14d, ecx
+	add	r14d, r10d
+	cmp	r14d, r8d
+	ja	segheap_LBB38_39
+	test	edi, edi
+	sete	r8b
+	cmp	byte ptr [rdx + 38], r8b
+	jne	segheap_LBB38_39
+	movzx	r8d, word ptr [rdx + 36]
+	mov	qword ptr [rbp - 32], r8
+	cmp	r8w, cx
+	ja	segheap_LBB38_39
+	movabs	r8, 6148914691236517205
+	shr	esi, 5
+	mov	r14d, ecx
+	add	ecx, ecx
+	xor	eax, eax
+	mov	qword ptr [rbp - 16], r14
+	xor	r15d, r15d
+segheap_LBB38_22:
+	mov	r12, qword ptr [rdx + 8*r15 + 48]
+	mov	r13, -1
+	shl	r13, cl
+	sub	r14, 32
+	cmovae	r13, rax
+	test	r12, r13
+	jne	segheap_LBB38_39
+	mov	r13, r12
+	shr	r13
+	not	r12
+	and	r12, r8
+	test	r12, r13
+	jne	segheap_LBB38_39
+	add	r15, 1
+	add	rcx, -64
+	cmp	rsi, r15
+	jne	segheap_LBB38_22
+	mov	esi, r10d
+	add	rsi, rdx
+	mov	r13d, r11d
+	xor	r12d, r12d
+	mov	r14, rsi
+	xor	r15d, r15d
+	xor	r11d, r11d
+	mov	qword ptr [rbp], rdx
+	mov	r10, qword ptr [rbp - 16]
+	mov	qword ptr [rbp - 24], r9
+	jmp	segheap_LBB38_26
+segheap_LBB38_30:
+	add	r15, 1
+	add	r12, 2
+	add	r14, r13
+	add	rsi, r13
+	cmp	r10, r15
+	je	segheap_LBB38_31
+segheap_LBB38_26:
+	mov	eax, r15d
+	shr	eax, 5
+	mov	r8, qword ptr [rdx + 8*rax + 48]
+	mov	ecx, r12d
+	and	cl, 62
+	mov	rax, r8
+	shr	rax, cl
+	mov	ecx, r12d
+	and	ecx, 62
+	bt	r8, rcx
+	jb	segheap_LBB38_36
+	xor	eax, eax
+	cmp	r15, qword ptr [rbp - 32]
+	jb	segheap_LBB38_39
+	mov	rcx, rbx
+	xor	rcx, r14
+	cmp	qword ptr [rsi], rcx
+	jne	segheap_LBB38_39
+	add	r11d, 1
+	jmp	segheap_LBB38_30
+segheap_LBB38_36:
+	test	al, 2
+	je	segheap_LBB38_30
+	lea	rdx, [rsi + r13]
+	mov	rcx, rsi
+	mov	dword ptr [rbp - 4], r11d
+	call	check_trailer
+	mov	r11d, dword ptr [rbp - 4]
+	mov	r10, qword ptr [rbp - 16]
+	mov	rdx, qword ptr [rbp]
+	mov	r9, qword ptr [rbp - 24]
+	test	eax, eax
+	jne	segheap_LBB38_30
+	xor	eax, eax
+	jmp	segheap_LBB38_39
+segheap_LBB38_31:
 	xor	eax, eax
 	cmp	r11d, edi
-	jne	segheap_LBB37_42
-	mov	rcx, qword ptr [rdx]
+	jne	segheap_LBB38_39
+	mov	rcx, qword ptr [rbp]
+	mov	rcx, qword ptr [rcx]
 	test	rcx, rcx
-	je	segheap_LBB37_42
+	je	segheap_LBB38_39
+	mov	rdx, qword ptr [rbp]
 	cmp	qword ptr [rcx + 8], rdx
-	jne	segheap_LBB37_42
-	mov	rcx, qword ptr [rdx + 8]
-	cmp	qword ptr [rcx], rdx
-	jne	segheap_LBB37_42
+	jne	segheap_LBB38_39
+	mov	rcx, qword ptr [rbp]
+	mov	rdx, qword ptr [rcx + 8]
+	cmp	qword ptr [rdx], rcx
+	jne	segheap_LBB38_39
 	add	qword ptr [r9 + 72], 1
 	mov	eax, 1
-	jmp	segheap_LBB37_42
+	jmp	segheap_LBB38_39
 	.p2align	4
 node_ok:
 	push	rbp
 	push	rsi
 	mov	rbp, rsp
 	test	r8b, 7
-	je	segheap_LBB38_3
-segheap_LBB38_1:
+	je	segheap_LBB39_3
+segheap_LBB39_1:
 	xor	edx, edx
-segheap_LBB38_2:
+segheap_LBB39_2:
 	movzx	eax, dl
 	pop	rsi
 	pop	rbp
 	ret
-segheap_LBB38_3:
+segheap_LBB39_3:
 	mov	rax, r8
 	and	rax, -1048576
 	lea	r9, [rcx + 328]
 	mov	r10, qword ptr [rcx + 328]
 	cmp	edx, 1
-	je	segheap_LBB38_10
+	je	segheap_LBB39_10
 	test	edx, edx
-	jne	segheap_LBB38_15
+	jne	segheap_LBB39_15
 	cmp	r10, r9
-	je	segheap_LBB38_20
+	je	segheap_LBB39_20
 	mov	r11, qword ptr [rcx + 344]
 	mov	rsi, -1
 	xor	edx, edx
-segheap_LBB38_7:
+segheap_LBB39_7:
 	add	rsi, 1
 	cmp	rsi, r11
-	ja	segheap_LBB38_26
+	ja	segheap_LBB39_26
 	cmp	r10, rax
-	je	segheap_LBB38_25
+	je	segheap_LBB39_25
 	mov	r10, qword ptr [r10]
 	cmp	r10, r9
-	jne	segheap_LBB38_7
-	jmp	segheap_LBB38_26
-segheap_LBB38_10:
+	jne	segheap_LBB39_7
+	jmp	segheap_LBB39_26
+segheap_LBB39_10:
 	cmp	r10, r9
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	mov	r11, qword ptr [rcx + 344]
 	mov	rsi, -1
-segheap_LBB38_12:
+segheap_LBB39_12:
 	add	rsi, 1
 	cmp	rsi, r11
-	ja	segheap_LBB38_1
+	ja	segheap_LBB39_1
 	cmp	r10, rax
-	je	segheap_LBB38_27
+	je	segheap_LBB39_27
 	mov	r10, qword ptr [r10]
 	xor	edx, edx
 	cmp	r10, r9
-	jne	segheap_LBB38_12
-	jmp	segheap_LBB38_2
-segheap_LBB38_15:
+	jne	segheap_LBB39_12
+	jmp	segheap_LBB39_2
+segheap_LBB39_15:
 	cmp	r10, r9
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	mov	r11, qword ptr [rcx + 344]
 	mov	rsi, -1
-segheap_LBB38_17:
+segheap_LBB39_17:
 	add	rsi, 1
 	cmp	rsi, r11
-	ja	segheap_LBB38_1
+	ja	segheap_LBB39_1
 	cmp	r10, rax
-	je	segheap_LBB38_30
+	je	segheap_LBB39_30
 	mov	r10, qword ptr [r10]
 	xor	edx, edx
 	cmp	r10, r9
-	jne	segheap_LBB38_17
-	jmp	segheap_LBB38_2
-segheap_LBB38_20:
+	jne	segheap_LBB39_17
+	jmp	segheap_LBB39_2
+segheap_LBB39_20:
 	xor	edx, edx
-	jmp	segheap_LBB38_26
-segheap_LBB38_25:
+	jmp	segheap_LBB39_26
+segheap_LBB39_25:
 	mov	r9, r8
 	shr	r9, 20
 	xor	r9, rcx
@@ -7767,7 +7737,7 @@ segheap_LBB38_25:
 	movabs	rcx, -6708588087252463955
 	cmp	r9, rcx
 	cmove	rdx, rax
-segheap_LBB38_26:
+segheap_LBB39_26:
 	sub	r8, rdx
 	test	rdx, rdx
 	cmove	r8, rdx
@@ -7777,8 +7747,8 @@ segheap_LBB38_26:
 	cmp	r8, 8159
 	setb	dl
 	and	dl, al
-	jmp	segheap_LBB38_2
-segheap_LBB38_27:
+	jmp	segheap_LBB39_2
+segheap_LBB39_27:
 	mov	rdx, r8
 	shr	rdx, 20
 	xor	rdx, rcx
@@ -7786,26 +7756,26 @@ segheap_LBB38_27:
 	xor	rdx, qword ptr [rcx + 160]
 	movabs	rcx, -6708588087252463955
 	cmp	rdx, rcx
-	jne	segheap_LBB38_1
+	jne	segheap_LBB39_1
 	mov	ecx, r8d
 	shr	ecx, 12
 	mov	edx, ecx
 	or	edx, -256
 	cmp	edx, -254
-	jb	segheap_LBB38_1
+	jb	segheap_LBB39_1
 	movzx	r9d, cl
 	mov	ecx, r9d
 	shl	ecx, 5
 	add	rcx, rax
 	movzx	r10d, byte ptr [rcx + 24]
 	test	r10b, 8
-	jne	segheap_LBB38_43
+	jne	segheap_LBB39_43
 	movzx	edx, byte ptr [rcx + 31]
 	test	edx, edx
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	lea	ecx, [r9 - 2]
 	cmp	ecx, edx
-	jb	segheap_LBB38_1
+	jb	segheap_LBB39_1
 	mov	ecx, r9d
 	sub	ecx, edx
 	mov	r11, rcx
@@ -7813,16 +7783,16 @@ segheap_LBB38_27:
 	movzx	r10d, byte ptr [rax + r11 + 24]
 	xor	edx, edx
 	test	r10b, 8
-	je	segheap_LBB38_2
+	je	segheap_LBB39_2
 	cmp	ecx, 255
-	ja	segheap_LBB38_2
+	ja	segheap_LBB39_2
 	add	r11, rax
 	movzx	r11d, byte ptr [r11 + 31]
 	add	r11d, ecx
 	cmp	r11d, r9d
-	ja	segheap_LBB38_44
-	jmp	segheap_LBB38_2
-segheap_LBB38_30:
+	ja	segheap_LBB39_44
+	jmp	segheap_LBB39_2
+segheap_LBB39_30:
 	mov	rdx, r8
 	shr	rdx, 20
 	xor	rdx, rcx
@@ -7830,25 +7800,25 @@ segheap_LBB38_30:
 	xor	rdx, qword ptr [rcx + 160]
 	movabs	rcx, -6708588087252463955
 	cmp	rdx, rcx
-	jne	segheap_LBB38_1
+	jne	segheap_LBB39_1
 	shr	r8d, 12
 	mov	ecx, r8d
 	or	ecx, -256
 	cmp	ecx, -254
-	jb	segheap_LBB38_1
+	jb	segheap_LBB39_1
 	movzx	ecx, r8b
 	mov	edx, ecx
 	shl	edx, 5
 	add	rdx, rax
 	movzx	r8d, byte ptr [rdx + 24]
 	test	r8b, 8
-	jne	segheap_LBB38_57
+	jne	segheap_LBB39_57
 	movzx	edx, byte ptr [rdx + 31]
 	test	edx, edx
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	lea	r8d, [rcx - 2]
 	cmp	r8d, edx
-	jb	segheap_LBB38_1
+	jb	segheap_LBB39_1
 	mov	r9d, ecx
 	sub	r9d, edx
 	mov	r10, r9
@@ -7856,40 +7826,40 @@ segheap_LBB38_30:
 	movzx	r8d, byte ptr [rax + r10 + 24]
 	xor	edx, edx
 	test	r8b, 8
-	je	segheap_LBB38_2
+	je	segheap_LBB39_2
 	cmp	r9d, 255
-	ja	segheap_LBB38_2
+	ja	segheap_LBB39_2
 	add	r10, rax
 	movzx	r10d, byte ptr [r10 + 31]
 	add	r9d, r10d
 	cmp	r9d, ecx
-	jbe	segheap_LBB38_2
-segheap_LBB38_57:
+	jbe	segheap_LBB39_2
+segheap_LBB39_57:
 	and	r8b, 37
 	cmp	r8b, 36
 	sete	cl
 	test	rax, rax
 	setne	dl
 	and	dl, cl
-	jmp	segheap_LBB38_2
-segheap_LBB38_43:
+	jmp	segheap_LBB39_2
+segheap_LBB39_43:
 	mov	rcx, r9
-segheap_LBB38_44:
+segheap_LBB39_44:
 	and	r10b, 37
 	xor	edx, edx
 	cmp	r10b, 36
-	jne	segheap_LBB38_2
+	jne	segheap_LBB39_2
 	test	rax, rax
-	je	segheap_LBB38_2
+	je	segheap_LBB39_2
 	lea	r9, [r8 - 8]
 	mov	r10d, r9d
 	and	r10d, 8
-	jne	segheap_LBB38_2
+	jne	segheap_LBB39_2
 	shl	rcx, 12
 	lea	r10, [rax + rcx]
 	add	r10, 48
 	cmp	r9, r10
-	jb	segheap_LBB38_2
+	jb	segheap_LBB39_2
 	add	rax, rcx
 	add	r8, 24
 	movzx	ecx, word ptr [rax + 32]
@@ -7897,7 +7867,7 @@ segheap_LBB38_44:
 	add	rcx, rax
 	cmp	r8, rcx
 	setbe	dl
-	jmp	segheap_LBB38_2
+	jmp	segheap_LBB39_2
 	.p2align	4
 rb_check:
 	push	rbp
@@ -7911,19 +7881,19 @@ rb_check:
 	sub	rsp, 56
 	lea	rbp, [rsp + 48]
 	test	r8, r8
-	je	segheap_LBB39_17
+	je	segheap_LBB40_17
 	mov	r12, qword ptr [rbp + 112]
 	mov	r10, qword ptr [r12]
 	add	r10, 1
 	mov	qword ptr [r12], r10
 	mov	eax, -1
 	test	r8b, 7
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	mov	r13d, dword ptr [rbp + 120]
 	cmp	r13d, 128
-	jg	segheap_LBB39_18
+	jg	segheap_LBB40_18
 	cmp	r10, 16777216
-	ja	segheap_LBB39_18
+	ja	segheap_LBB40_18
 	mov	r10, qword ptr [r8 + 16]
 	mov	r11, r10
 	and	r11, -4
@@ -7931,24 +7901,24 @@ rb_check:
 	mov	r11d, r10d
 	and	r11d, 2
 	or	r11, r9
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	mov	rdi, qword ptr [r8]
 	test	r10b, 1
-	je	segheap_LBB39_10
+	je	segheap_LBB40_10
 	test	rdi, rdi
-	je	segheap_LBB39_8
+	je	segheap_LBB40_8
 	test	byte ptr [rdi + 16], 1
-	jne	segheap_LBB39_18
-segheap_LBB39_8:
+	jne	segheap_LBB40_18
+segheap_LBB40_8:
 	mov	r9, qword ptr [r8 + 8]
 	test	r9, r9
-	je	segheap_LBB39_10
+	je	segheap_LBB40_10
 	test	byte ptr [r9 + 16], 1
-	jne	segheap_LBB39_18
-segheap_LBB39_10:
+	jne	segheap_LBB40_18
+segheap_LBB40_10:
 	test	rdi, rdi
 	mov	rsi, r8
-	je	segheap_LBB39_12
+	je	segheap_LBB40_12
 	mov	rbx, rcx
 	mov	r14d, edx
 	mov	r8, rdi
@@ -7958,11 +7928,11 @@ segheap_LBB39_10:
 	mov	edx, r14d
 	mov	r8, rsi
 	test	eax, eax
-	je	segheap_LBB39_19
-segheap_LBB39_12:
+	je	segheap_LBB40_19
+segheap_LBB40_12:
 	mov	r9, qword ptr [r8 + 8]
 	test	r9, r9
-	je	segheap_LBB39_14
+	je	segheap_LBB40_14
 	mov	rbx, rcx
 	mov	r14d, edx
 	mov	r8, rsi
@@ -7971,8 +7941,8 @@ segheap_LBB39_12:
 	mov	edx, r14d
 	mov	r8, rsi
 	test	eax, eax
-	je	segheap_LBB39_19
-segheap_LBB39_14:
+	je	segheap_LBB40_19
+segheap_LBB40_14:
 	add	r13d, 1
 	mov	dword ptr [rsp + 40], r13d
 	mov	qword ptr [rsp + 32], r12
@@ -7991,18 +7961,18 @@ segheap_LBB39_14:
 	mov	r9, r15
 	call	rb_check
 	test	edi, edi
-	js	segheap_LBB39_19
+	js	segheap_LBB40_19
 	cmp	edi, eax
 	mov	eax, -1
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	mov	eax, dword ptr [rsi + 16]
 	not	eax
 	and	eax, 1
 	add	eax, edi
-	jmp	segheap_LBB39_18
-segheap_LBB39_17:
+	jmp	segheap_LBB40_18
+segheap_LBB40_17:
 	mov	eax, 1
-segheap_LBB39_18:
+segheap_LBB40_18:
 	add	rsp, 56
 	pop	rbx
 	pop	rdi
@@ -8013,9 +7983,9 @@ segheap_LBB39_18:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB39_19:
+segheap_LBB40_19:
 	mov	eax, -1
-	jmp	segheap_LBB39_18
+	jmp	segheap_LBB40_18
 	.p2align	4
 walk_from_unit:
 	push	rbp
@@ -8034,41 +8004,41 @@ walk_from_unit:
 	add	rcx, 328
 	mov	r13b, -1
 	mov	rax, rcx
-segheap_LBB40_1:
+segheap_LBB41_1:
 	mov	rax, qword ptr [rax]
 	add	r13b, 1
 	cmp	rax, rcx
-	je	segheap_LBB40_3
+	je	segheap_LBB41_3
 	cmp	rax, rdi
-	jne	segheap_LBB40_1
-segheap_LBB40_3:
+	jne	segheap_LBB41_1
+segheap_LBB41_3:
 	mov	qword ptr [rbp - 32], rcx
 	cmp	r8d, 255
-	ja	segheap_LBB40_54
+	ja	segheap_LBB41_54
 	movabs	rsi, 6148914691236517205
 	movabs	r11, 281474976710656
 	mov	qword ptr [rbp - 40], rdi
-	jmp	segheap_LBB40_5
-segheap_LBB40_40:
+	jmp	segheap_LBB41_5
+segheap_LBB41_40:
 	test	r8d, r8d
-	je	segheap_LBB40_42
+	je	segheap_LBB41_42
 	rep	bsf	r8d, r8d
-segheap_LBB40_43:
+segheap_LBB41_43:
 	shr	r8d
 	or	r8d, r9d
 	cmp	r8d, eax
-	jb	segheap_LBB40_44
-segheap_LBB40_53:
+	jb	segheap_LBB41_44
+segheap_LBB41_53:
 	mov	eax, dword ptr [rbp - 12]
 	add	eax, dword ptr [rbp - 48]
 	mov	r8d, eax
 	cmp	eax, 256
 	mov	rdi, qword ptr [rbp - 40]
-	jae	segheap_LBB40_54
-segheap_LBB40_5:
+	jae	segheap_LBB41_54
+segheap_LBB41_5:
 	mov	eax, -1073741811
 	cmp	r8d, 2
-	jb	segheap_LBB40_65
+	jb	segheap_LBB41_65
 	mov	ecx, r8d
 	mov	rdx, rcx
 	shl	rdx, 5
@@ -8076,21 +8046,21 @@ segheap_LBB40_5:
 	movzx	r9d, byte ptr [rdi + rdx + 31]
 	movzx	r15d, r9b
 	test	r12b, 8
-	jne	segheap_LBB40_7
+	jne	segheap_LBB41_7
 	test	r9b, r9b
-	je	segheap_LBB40_65
+	je	segheap_LBB41_65
 	lea	edx, [r8 - 2]
 	cmp	edx, r15d
-	jb	segheap_LBB40_65
+	jb	segheap_LBB41_65
 	mov	ebx, r8d
 	sub	ebx, r15d
 	mov	r9, rbx
 	shl	r9, 5
 	movzx	r10d, byte ptr [rdi + r9 + 24]
 	test	r10b, 8
-	je	segheap_LBB40_65
+	je	segheap_LBB41_65
 	cmp	ebx, 255
-	ja	segheap_LBB40_65
+	ja	segheap_LBB41_65
 	add	r9, rdi
 	movzx	r9d, byte ptr [r9 + 31]
 	movzx	r15d, r9b
@@ -8099,31 +8069,31 @@ segheap_LBB40_5:
 	mov	r14d, ebx
 	cmp	r11d, r8d
 	mov	r11, rdx
-	jbe	segheap_LBB40_65
+	jbe	segheap_LBB41_65
 	test	r10b, 4
-	jne	segheap_LBB40_20
-	jmp	segheap_LBB40_14
-segheap_LBB40_7:
+	jne	segheap_LBB41_20
+	jmp	segheap_LBB41_14
+segheap_LBB41_7:
 	mov	rbx, rcx
 	mov	r10d, r12d
 	mov	r14d, r8d
 	test	r10b, 4
-	je	segheap_LBB40_14
-segheap_LBB40_20:
+	je	segheap_LBB41_14
+segheap_LBB41_20:
 	mov	rdx, rbx
 	shl	rdx, 12
 	add	rdx, rdi
 	test	r10b, 32
 	mov	dword ptr [rbp - 12], r14d
 	mov	qword ptr [rbp - 48], r15
-	jne	segheap_LBB40_21
+	jne	segheap_LBB41_21
 	test	r10b, 1
-	je	segheap_LBB40_51
+	je	segheap_LBB41_51
 	movzx	eax, word ptr [rdx + 34]
 	test	eax, eax
-	je	segheap_LBB40_53
+	je	segheap_LBB41_53
 	xor	r9d, r9d
-segheap_LBB40_39:
+segheap_LBB41_39:
 	mov	ecx, r9d
 	shr	ecx, 5
 	mov	r8, qword ptr [rdx + 8*rcx + 48]
@@ -8132,15 +8102,15 @@ segheap_LBB40_39:
 	shl	r8, cl
 	and	r9d, -32
 	and	r8, rsi
-	jne	segheap_LBB40_40
+	jne	segheap_LBB41_40
 	add	r9d, 32
 	cmp	r9d, eax
-	jb	segheap_LBB40_39
-	jmp	segheap_LBB40_53
-segheap_LBB40_21:
+	jb	segheap_LBB41_39
+	jmp	segheap_LBB41_53
+segheap_LBB41_21:
 	movzx	ecx, word ptr [rdx + 32]
 	cmp	ecx, 4
-	jb	segheap_LBB40_53
+	jb	segheap_LBB41_53
 	mov	rax, rcx
 	shl	eax, 4
 	add	rax, rdx
@@ -8149,7 +8119,7 @@ segheap_LBB40_21:
 	mov	rax, qword ptr [rbp - 8]
 	mov	rax, qword ptr [rax + 160]
 	mov	qword ptr [rbp - 24], rax
-segheap_LBB40_23:
+segheap_LBB41_23:
 	mov	rbx, qword ptr [r12]
 	mov	r15, qword ptr [rbp - 24]
 	xor	r15, r12
@@ -8166,11 +8136,11 @@ segheap_LBB40_23:
 	mov	rsi, r11
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB40_24
+	je	segheap_LBB41_24
 	cmp	r14, rsi
-	jne	segheap_LBB40_28
+	jne	segheap_LBB41_28
 	test	byte ptr [r12 + 9], 2
-	je	segheap_LBB40_28
+	je	segheap_LBB41_28
 	mov	r11, rsi
 	shr	r15d, 12
 	and	r15d, -16
@@ -8178,21 +8148,21 @@ segheap_LBB40_23:
 	cmp	r12, qword ptr [rbp - 56]
 	mov	rdx, rdi
 	movabs	rsi, 6148914691236517205
-	jb	segheap_LBB40_23
-	jmp	segheap_LBB40_53
-segheap_LBB40_42:
+	jb	segheap_LBB41_23
+	jmp	segheap_LBB41_53
+segheap_LBB41_42:
 	shr	r8, 32
 	rep	bsf	r8d, r8d
 	or	r8d, 32
-	jmp	segheap_LBB40_43
-segheap_LBB40_54:
+	jmp	segheap_LBB41_43
+segheap_LBB41_54:
 	mov	rax, qword ptr [rdi]
 	mov	r9, qword ptr [rbp - 32]
 	cmp	rax, r9
-	je	segheap_LBB40_61
+	je	segheap_LBB41_61
 	mov	edx, 120
 	xor	ecx, ecx
-segheap_LBB40_56:
+segheap_LBB41_56:
 	movzx	r8d, byte ptr [rax + rdx - 96]
 	shr	r8b
 	and	r8b, 1
@@ -8205,17 +8175,17 @@ segheap_LBB40_56:
 	adc	cl, r8b
 	sub	rdx, -128
 	cmp	rdx, 8312
-	jne	segheap_LBB40_56
+	jne	segheap_LBB41_56
 	mov	dl, -1
 	mov	r8, r9
-segheap_LBB40_58:
+segheap_LBB41_58:
 	mov	r8, qword ptr [r8]
 	add	dl, 1
 	cmp	r8, r9
-	je	segheap_LBB40_60
+	je	segheap_LBB41_60
 	cmp	r8, rax
-	jne	segheap_LBB40_58
-segheap_LBB40_60:
+	jne	segheap_LBB41_58
+segheap_LBB41_60:
 	movzx	ecx, cl
 	mov	r8, qword ptr [rbp]
 	mov	qword ptr [r8], rax
@@ -8232,12 +8202,12 @@ segheap_LBB40_60:
 	mov	qword ptr [r8 + 32], rcx
 	add	rax, 1048576
 	mov	qword ptr [r8 + 40], rax
-	jmp	segheap_LBB40_64
-segheap_LBB40_61:
+	jmp	segheap_LBB41_64
+segheap_LBB41_61:
 	mov	rax, qword ptr [rbp - 8]
 	mov	rax, qword ptr [rax + 80]
 	test	rax, rax
-	je	segheap_LBB40_62
+	je	segheap_LBB41_62
 	mov	rcx, qword ptr [rax + 24]
 	movzx	edx, cx
 	and	rcx, -65536
@@ -8256,15 +8226,15 @@ segheap_LBB40_61:
 	mov	qword ptr [r9 + 24], 0
 	mov	qword ptr [r9 + 32], 0
 	mov	qword ptr [r9 + 40], 0
-	jmp	segheap_LBB40_64
-segheap_LBB40_28:
+	jmp	segheap_LBB41_64
+segheap_LBB41_28:
 	xor	rbx, r12
 	xor	rbx, qword ptr [rbp - 24]
 	mov	eax, ebx
 	shr	eax, 12
 	and	eax, -16
 	shr	rbx, 48
-	jne	segheap_LBB40_29
+	jne	segheap_LBB41_29
 	add	r12, 16
 	add	rax, -16
 	mov	rdx, qword ptr [rbp]
@@ -8272,42 +8242,42 @@ segheap_LBB40_28:
 	mov	qword ptr [rdx + 8], rax
 	mov	cl, 16
 	xor	eax, eax
-	jmp	segheap_LBB40_35
-segheap_LBB40_24:
+	jmp	segheap_LBB41_35
+segheap_LBB41_24:
 	mov	eax, -1073741811
-	jmp	segheap_LBB40_65
-segheap_LBB40_29:
+	jmp	segheap_LBB41_65
+segheap_LBB41_29:
 	test	byte ptr [r12 + 9], 1
 	mov	rdx, qword ptr [rbp]
-	jne	segheap_LBB40_31
+	jne	segheap_LBB41_31
 	xor	ecx, ecx
-	jmp	segheap_LBB40_33
-segheap_LBB40_62:
+	jmp	segheap_LBB41_33
+segheap_LBB41_62:
 	mov	eax, -2147483622
-	jmp	segheap_LBB40_65
-segheap_LBB40_14:
+	jmp	segheap_LBB41_65
+segheap_LBB41_14:
 	and	r12b, 2
 	add	r14d, r15d
 	mov	edx, r8d
 	cmp	r8d, r14d
 	mov	r11, qword ptr [rbp]
-	jae	segheap_LBB40_19
+	jae	segheap_LBB41_19
 	mov	rdx, rcx
 	shl	rdx, 5
 	lea	r9, [rdi + rdx]
 	add	r9, 24
 	mov	edx, r8d
-segheap_LBB40_16:
+segheap_LBB41_16:
 	movzx	r10d, byte ptr [r9]
 	and	r10b, 2
 	cmp	r10b, r12b
-	jne	segheap_LBB40_19
+	jne	segheap_LBB41_19
 	add	edx, 1
 	add	r9, 32
 	cmp	r14d, edx
-	jne	segheap_LBB40_16
+	jne	segheap_LBB41_16
 	mov	edx, r14d
-segheap_LBB40_19:
+segheap_LBB41_19:
 	shl	rcx, 12
 	add	rdi, rcx
 	sub	edx, r8d
@@ -8321,18 +8291,18 @@ segheap_LBB40_19:
 	mov	byte ptr [r11 + 16], 0
 	mov	byte ptr [r11 + 17], r13b
 	mov	word ptr [r11 + 18], cx
-segheap_LBB40_50:
+segheap_LBB41_50:
 	mov	qword ptr [r11 + 24], 0
 	mov	qword ptr [r11 + 32], 0
 	mov	qword ptr [r11 + 40], 0
-	jmp	segheap_LBB40_64
-segheap_LBB40_31:
+	jmp	segheap_LBB41_64
+segheap_LBB41_31:
 	movsx	rcx, byte ptr [r12 + rax - 1]
 	test	rcx, rcx
-	jns	segheap_LBB40_33
+	jns	segheap_LBB41_33
 	movzx	ecx, word ptr [r12 + rax - 2]
 	and	ecx, 32767
-segheap_LBB40_33:
+segheap_LBB41_33:
 	neg	rcx
 	add	rcx, rax
 	add	rcx, -16
@@ -8344,16 +8314,16 @@ segheap_LBB40_33:
 	mov	ecx, 255
 	cmovb	rcx, rax
 	mov	ax, 16401
-segheap_LBB40_35:
+segheap_LBB41_35:
 	mov	byte ptr [rdx + 16], cl
 	mov	byte ptr [rdx + 17], r13b
 	mov	word ptr [rdx + 18], ax
 	mov	qword ptr [rdx + 24], 0
 	mov	qword ptr [rdx + 32], 0
 	mov	qword ptr [rdx + 40], 0
-segheap_LBB40_64:
+segheap_LBB41_64:
 	xor	eax, eax
-segheap_LBB40_65:
+segheap_LBB41_65:
 	add	rsp, 104
 	pop	rbx
 	pop	rdi
@@ -8364,7 +8334,7 @@ segheap_LBB40_65:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB40_51:
+segheap_LBB41_51:
 	shl	rbx, 5
 	movzx	eax, r9b
 	shl	eax, 12
@@ -8382,8 +8352,8 @@ segheap_LBB40_51:
 	mov	qword ptr [r8 + 24], 0
 	mov	qword ptr [r8 + 32], 0
 	mov	qword ptr [r8 + 40], 0
-	jmp	segheap_LBB40_64
-segheap_LBB40_44:
+	jmp	segheap_LBB41_64
+segheap_LBB41_44:
 	mov	rax, rdx
 	shr	rax, 12
 	mov	rcx, qword ptr [rbp - 8]
@@ -8397,7 +8367,7 @@ segheap_LBB40_44:
 	movzx	ecx, ax
 	shr	eax, 16
 	test	r9b, 2
-	je	segheap_LBB40_45
+	je	segheap_LBB41_45
 	mov	rsi, rdx
 	lea	r10, [rdx + rax]
 	mov	edx, r8d
@@ -8406,20 +8376,20 @@ segheap_LBB40_44:
 	movsx	r9, byte ptr [rcx + r10 - 1]
 	test	r9, r9
 	mov	r11, qword ptr [rbp]
-	jns	segheap_LBB40_48
+	jns	segheap_LBB41_48
 	movzx	r9d, word ptr [r10 + rcx - 2]
 	and	r9d, 32767
-segheap_LBB40_48:
+segheap_LBB41_48:
 	mov	r8, rcx
 	sub	r8, r9
-	jmp	segheap_LBB40_49
-segheap_LBB40_45:
+	jmp	segheap_LBB41_49
+segheap_LBB41_45:
 	mov	rsi, rdx
 	mov	edx, ecx
 	imul	edx, r8d
 	mov	r8, rcx
 	mov	r11, qword ptr [rbp]
-segheap_LBB40_49:
+segheap_LBB41_49:
 	add	rsi, rax
 	add	rsi, rdx
 	sub	rcx, r8
@@ -8431,7 +8401,7 @@ segheap_LBB40_49:
 	mov	byte ptr [r11 + 16], al
 	mov	byte ptr [r11 + 17], r13b
 	mov	word ptr [r11 + 18], 16401
-	jmp	segheap_LBB40_50
+	jmp	segheap_LBB41_50
 	.p2align	4
 vs_next_visible:
 	push	rbp
@@ -8448,7 +8418,7 @@ vs_next_visible:
 	shl	r14d, 4
 	add	r14, rdx
 	cmp	r8, r14
-	jae	segheap_LBB41_7
+	jae	segheap_LBB42_7
 	mov	rsi, r8
 	mov	rdi, rdx
 	mov	rbx, rcx
@@ -8456,7 +8426,7 @@ vs_next_visible:
 	mov	rax, qword ptr [rcx + 160]
 	mov	qword ptr [rbp - 8], rax
 	movabs	r12, 281474976710656
-segheap_LBB41_2:
+segheap_LBB42_2:
 	mov	r13, qword ptr [rsi]
 	xor	r13, rsi
 	xor	r13, qword ptr [rbp - 8]
@@ -8471,23 +8441,23 @@ segheap_LBB41_2:
 	mov	r8, rsi
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB41_3
+	je	segheap_LBB42_3
 	cmp	r15, r12
-	jne	segheap_LBB41_8
+	jne	segheap_LBB42_8
 	test	byte ptr [rsi + 9], 2
-	je	segheap_LBB41_8
+	je	segheap_LBB42_8
 	shr	r13d, 12
 	and	r13d, -16
 	add	rsi, r13
 	cmp	rsi, r14
-	jb	segheap_LBB41_2
-	jmp	segheap_LBB41_7
-segheap_LBB41_3:
+	jb	segheap_LBB42_2
+	jmp	segheap_LBB42_7
+segheap_LBB42_3:
 	mov	rax, qword ptr [rbp]
 	mov	dword ptr [rax], 1
-segheap_LBB41_7:
+segheap_LBB42_7:
 	xor	esi, esi
-segheap_LBB41_8:
+segheap_LBB42_8:
 	mov	rax, rsi
 	add	rsp, 56
 	pop	rbx
@@ -8510,26 +8480,26 @@ walk_vs_chunk:
 	shr	eax, 12
 	and	eax, -16
 	shr	r10, 48
-	jne	segheap_LBB42_1
+	jne	segheap_LBB43_1
 	add	rdx, 16
 	add	rax, -16
 	mov	qword ptr [r9], rdx
 	mov	qword ptr [r9 + 8], rax
 	mov	cl, 16
 	xor	eax, eax
-	jmp	segheap_LBB42_7
-segheap_LBB42_1:
+	jmp	segheap_LBB43_7
+segheap_LBB43_1:
 	test	byte ptr [rdx + 9], 1
-	jne	segheap_LBB42_3
+	jne	segheap_LBB43_3
 	xor	ecx, ecx
-	jmp	segheap_LBB42_5
-segheap_LBB42_3:
+	jmp	segheap_LBB43_5
+segheap_LBB43_3:
 	movsx	rcx, byte ptr [rdx + rax - 1]
 	test	rcx, rcx
-	jns	segheap_LBB42_5
+	jns	segheap_LBB43_5
 	movzx	ecx, word ptr [rdx + rax - 2]
 	and	ecx, 32767
-segheap_LBB42_5:
+segheap_LBB43_5:
 	neg	rcx
 	add	rcx, rax
 	add	rcx, -16
@@ -8541,7 +8511,7 @@ segheap_LBB42_5:
 	mov	ecx, 255
 	cmovb	rcx, rax
 	mov	ax, 16401
-segheap_LBB42_7:
+segheap_LBB43_7:
 	mov	byte ptr [r9 + 16], cl
 	mov	byte ptr [r9 + 17], r8b
 	mov	word ptr [r9 + 18], ax
@@ -8556,10 +8526,10 @@ lfh_next_busy:
 	mov	rbp, rsp
 	movzx	eax, word ptr [rcx + 34]
 	cmp	edx, eax
-	jae	segheap_LBB43_8
+	jae	segheap_LBB44_8
 	mov	r8, rcx
 	movabs	r9, 6148914691236517205
-segheap_LBB43_2:
+segheap_LBB44_2:
 	mov	ecx, edx
 	shr	ecx, 5
 	mov	r10, qword ptr [r8 + 8*rcx + 48]
@@ -8568,23 +8538,23 @@ segheap_LBB43_2:
 	shl	r10, cl
 	and	edx, -32
 	and	r10, r9
-	jne	segheap_LBB43_3
+	jne	segheap_LBB44_3
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB43_2
-segheap_LBB43_8:
+	jb	segheap_LBB44_2
+segheap_LBB44_8:
 	pop	rbp
 	ret
-segheap_LBB43_3:
+segheap_LBB44_3:
 	test	r10d, r10d
-	je	segheap_LBB43_5
+	je	segheap_LBB44_5
 	rep	bsf	eax, r10d
-	jmp	segheap_LBB43_6
-segheap_LBB43_5:
+	jmp	segheap_LBB44_6
+segheap_LBB44_5:
 	shr	r10, 32
 	rep	bsf	eax, r10d
 	or	eax, 32
-segheap_LBB43_6:
+segheap_LBB44_6:
 	shr	eax
 	or	eax, edx
 	pop	rbp
@@ -8608,25 +8578,25 @@ walk_lfh_block:
 	movzx	r10d, ax
 	shr	eax, 16
 	test	r11b, 2
-	je	segheap_LBB44_1
+	je	segheap_LBB45_1
 	lea	rdi, [rdx + rax]
 	mov	r11d, r8d
 	imul	r11, r10
 	add	rdi, r11
 	movsx	rsi, byte ptr [r10 + rdi - 1]
 	test	rsi, rsi
-	jns	segheap_LBB44_4
+	jns	segheap_LBB45_4
 	movzx	esi, word ptr [rdi + r10 - 2]
 	and	esi, 32767
-segheap_LBB44_4:
+segheap_LBB45_4:
 	mov	r8, r10
 	sub	r8, rsi
-	jmp	segheap_LBB44_5
-segheap_LBB44_1:
+	jmp	segheap_LBB45_5
+segheap_LBB45_1:
 	mov	r11d, r10d
 	imul	r11d, r8d
 	mov	r8, r10
-segheap_LBB44_5:
+segheap_LBB45_5:
 	add	rdx, rax
 	add	rdx, r11
 	sub	r10, r8

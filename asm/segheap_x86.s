@@ -691,13 +691,14 @@ heap_alloc:
 	test	eax, eax
 	je	segheap_LBB3_32
 	mov	edi, eax
-	dec	esi
+	add	esi, 4095
+	mov	dword ptr [ebp - 20], esi
 	and	esi, -4096
 	test	dword ptr [ebx + 12], 262144
 	mov	eax, 4
 	mov	ecx, 64
 	cmove	ecx, eax
-	lea	eax, [esi + 8192]
+	lea	eax, [esi + 4096]
 	mov	dword ptr [ebp - 44], eax
 	mov	dword ptr [ebp - 32], 0
 	lea	edx, [ebp - 44]
@@ -867,8 +868,7 @@ segheap_LBB3_36:
 	add	edx, 64
 	jmp	segheap_LBB3_46
 segheap_LBB3_38:
-	add	esi, 4096
-	mov	dword ptr [ebp - 16], eax
+	mov	dword ptr [ebp - 24], eax
 	mov	dword ptr [ebp - 32], eax
 	mov	dword ptr [ebp - 44], esi
 	test	dword ptr [ebx + 12], 262144
@@ -888,11 +888,9 @@ segheap_LBB3_38:
 	js	segheap_LBB3_42
 	mov	eax, esi
 	sub	eax, dword ptr [ebp + 8]
-	or	eax, dword ptr [ebp - 16]
+	or	eax, dword ptr [ebp - 24]
 	mov	dword ptr [edi + 12], eax
-	mov	eax, esi
-	shr	eax, 12
-	mov	dword ptr [ebp - 24], eax
+	shr	dword ptr [ebp - 20], 12
 	or	esi, 2
 	mov	dword ptr [edi + 16], esi
 	lea	eax, [ebx + 68]
@@ -901,14 +899,14 @@ segheap_LBB3_38:
 	push	edi
 	push	eax
 	call	rb_insert
-	mov	eax, dword ptr [ebp - 16]
+	mov	eax, dword ptr [ebp - 24]
 	add	esp, 8
 	mov	ecx, dword ptr [edi + 16]
 	mov	edx, ecx
 	shr	edx, 12
 	bt	ecx, 1
 	adc	dword ptr [ebx + 76], edx
-	mov	esi, dword ptr [ebp - 24]
+	mov	esi, dword ptr [ebp - 20]
 	add	dword ptr [ebx + 80], esi
 	mov	ecx, dword ptr [edi + 16]
 	mov	edx, ecx
@@ -925,7 +923,7 @@ segheap_LBB3_40:
 	add	edx, 80
 	jmp	segheap_LBB3_46
 segheap_LBB3_42:
-	mov	eax, dword ptr [ebp - 16]
+	mov	eax, dword ptr [ebp - 24]
 	jmp	segheap_LBB3_5
 segheap_LBB3_43:
 	cmp	esi, 8192
@@ -989,13 +987,13 @@ segheap_LBB3_51:
 	mov	dword ptr [ebp - 40], edx
 	lea	esi, [edx + 31]
 	shr	esi, 5
-	mov	dword ptr [ebp - 20], edi
+	mov	dword ptr [ebp - 16], edi
 	movzx	edx, word ptr [edi + 20]
 	shr	edx, 5
 	sub	esi, edx
 	mov	eax, 0
 	jbe	segheap_LBB3_33
-	mov	eax, dword ptr [ebp - 20]
+	mov	eax, dword ptr [ebp - 16]
 	lea	ebx, [eax + 8*edx + 32]
 	mov	eax, edx
 	shl	eax, 5
@@ -1006,7 +1004,7 @@ segheap_LBB3_51:
 	sub	ecx, edx
 	mov	edi, eax
 segheap_LBB3_53:
-	mov	dword ptr [ebp - 16], esi
+	mov	dword ptr [ebp - 20], esi
 	mov	eax, -1
 	shl	eax, cl
 	mov	dword ptr [ebp - 24], ecx
@@ -1042,7 +1040,7 @@ segheap_LBB3_53:
 	mov	ecx, dword ptr [ebp - 24]
 	add	ecx, -64
 	xor	eax, eax
-	mov	esi, dword ptr [ebp - 16]
+	mov	esi, dword ptr [ebp - 20]
 	dec	esi
 	jne	segheap_LBB3_53
 	jmp	segheap_LBB3_33
@@ -1069,7 +1067,7 @@ segheap_LBB3_59:
 	div	di
 	movzx	eax, ax
 segheap_LBB3_60:
-	mov	dword ptr [ebp - 16], ebx
+	mov	dword ptr [ebp - 20], ebx
 	lea	edx, [eax + 1]
 	imul	edx, edi
 	lea	esi, [eax + 32]
@@ -1087,10 +1085,10 @@ segheap_LBB3_61:
 	dec	eax
 	mov	edi, ebx
 	jne	segheap_LBB3_61
-	mov	ebx, dword ptr [ebp - 16]
+	mov	ebx, dword ptr [ebp - 20]
 	jmp	segheap_LBB3_75
 segheap_LBB3_64:
-	mov	dword ptr [ebp - 16], ecx
+	mov	dword ptr [ebp - 20], ecx
 	mov	dword ptr [ebp - 40], ebx
 	mov	eax, dword ptr [ebp - 36]
 	mov	eax, dword ptr [eax + 152]
@@ -1126,12 +1124,12 @@ segheap_LBB3_64:
 	jmp	segheap_LBB3_110
 segheap_LBB3_67:
 	mov	edi, ebx
-	mov	ebx, dword ptr [ebp - 16]
+	mov	ebx, dword ptr [ebp - 20]
 segheap_LBB3_68:
 	cmp	eax, ebx
 	jb	segheap_LBB3_75
 	mov	esi, 4096
-	mov	dword ptr [ebp - 16], 1
+	mov	dword ptr [ebp - 20], 1
 	jmp	segheap_LBB3_91
 segheap_LBB3_70:
 	cmp	dl, 97
@@ -1181,7 +1179,7 @@ segheap_LBB3_76:
 	cmp	eax, ebx
 	jb	segheap_LBB3_80
 	mov	esi, 8192
-	mov	dword ptr [ebp - 16], 2
+	mov	dword ptr [ebp - 20], 2
 	jmp	segheap_LBB3_91
 segheap_LBB3_78:
 	lea	edx, [eax + 31]
@@ -1205,7 +1203,7 @@ segheap_LBB3_81:
 	cmp	eax, ebx
 	jb	segheap_LBB3_85
 	mov	esi, 16384
-	mov	dword ptr [ebp - 16], 4
+	mov	dword ptr [ebp - 20], 4
 	jmp	segheap_LBB3_91
 segheap_LBB3_83:
 	lea	edx, [eax + 31]
@@ -1229,7 +1227,7 @@ segheap_LBB3_86:
 	cmp	eax, ebx
 	jb	segheap_LBB3_90
 	mov	esi, 32768
-	mov	dword ptr [ebp - 16], 8
+	mov	dword ptr [ebp - 20], 8
 	jmp	segheap_LBB3_91
 segheap_LBB3_88:
 	lea	edx, [eax + 31]
@@ -1245,7 +1243,7 @@ segheap_LBB3_88:
 	jne	segheap_LBB3_88
 segheap_LBB3_90:
 	mov	esi, 65536
-	mov	dword ptr [ebp - 16], 16
+	mov	dword ptr [ebp - 20], 16
 segheap_LBB3_91:
 	lea	eax, [esi - 32]
 	xor	edx, edx
@@ -1257,7 +1255,7 @@ segheap_LBB3_91:
 segheap_LBB3_92:
 	test	ebx, ebx
 	je	segheap_LBB3_32
-	mov	edx, dword ptr [ebp - 16]
+	mov	edx, dword ptr [ebp - 20]
 	push	1
 	call	pages_alloc
 	add	esp, 4
@@ -1265,7 +1263,7 @@ segheap_LBB3_92:
 	test	eax, eax
 	mov	eax, 0
 	je	segheap_LBB3_33
-	mov	dword ptr [ebp - 16], edi
+	mov	dword ptr [ebp - 20], edi
 	mov	eax, ecx
 	and	eax, -1048576
 	shl	ecx, 8
@@ -1285,7 +1283,7 @@ segheap_LBB3_92:
 	mov	eax, 4
 	mov	edx, 4
 	mov	ecx, dword ptr [ebp - 36]
-	mov	dword ptr [ebp - 20], edi
+	mov	dword ptr [ebp - 16], edi
 	jb	segheap_LBB3_99
 	shr	ebx, 2
 	inc	ebx
@@ -1309,7 +1307,7 @@ segheap_LBB3_96:
 	cmp	edi, esi
 	jne	segheap_LBB3_96
 	test	byte ptr [ebp - 52], 4
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	je	segheap_LBB3_100
 	lea	edx, [esi + 4]
 segheap_LBB3_99:
@@ -1328,11 +1326,11 @@ segheap_LBB3_100:
 	mov	byte ptr [edi + 22], 0
 	mov	esi, dword ptr [ebp - 24]
 	shl	esi, 16
-	or	esi, dword ptr [ebp - 16]
+	or	esi, dword ptr [ebp - 20]
 	mov	edx, edi
 	shr	edx, 12
 	xor	esi, dword ptr [ecx + 148]
-	mov	dword ptr [ebp - 16], edx
+	mov	dword ptr [ebp - 20], edx
 	xor	esi, edx
 	mov	dword ptr [edi + 24], esi
 	xor	edx, edx
@@ -1344,14 +1342,14 @@ segheap_LBB3_100:
 	xor	edx, edx
 segheap_LBB3_102:
 	mov	esi, dword ptr [ecx + 148]
-	mov	eax, dword ptr [ebp - 20]
+	mov	eax, dword ptr [ebp - 16]
 	mov	edi, dword ptr [eax + 24]
-	mov	ecx, dword ptr [ebp - 16]
+	mov	ecx, dword ptr [ebp - 20]
 	xor	edi, ecx
 	xor	edi, esi
 	movzx	eax, di
 	shr	edi, 16
-	add	edi, dword ptr [ebp - 20]
+	add	edi, dword ptr [ebp - 16]
 	imul	eax, edx
 	lea	ebx, [edi + eax]
 	xor	ebx, esi
@@ -1359,19 +1357,19 @@ segheap_LBB3_102:
 	lea	edi, [edx + 1]
 	mov	eax, dword ptr [ebp - 36]
 	mov	esi, dword ptr [eax + 148]
-	mov	eax, dword ptr [ebp - 20]
+	mov	eax, dword ptr [ebp - 16]
 	mov	eax, dword ptr [eax + 24]
 	xor	eax, ecx
 	mov	ecx, dword ptr [ebp - 36]
 	xor	eax, esi
 	movzx	ebx, ax
 	shr	eax, 16
-	add	eax, dword ptr [ebp - 20]
+	add	eax, dword ptr [ebp - 16]
 	imul	ebx, edi
 	lea	edi, [eax + ebx]
 	xor	edi, esi
 	mov	dword ptr [ebx + eax], edi
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	add	edx, 2
 	cmp	dword ptr [ebp - 24], edx
 	jne	segheap_LBB3_102
@@ -1381,7 +1379,7 @@ segheap_LBB3_102:
 segheap_LBB3_104:
 	mov	esi, dword ptr [ecx + 148]
 	mov	dword ptr [ebp - 24], esi
-	mov	eax, dword ptr [ebp - 16]
+	mov	eax, dword ptr [ebp - 20]
 	xor	eax, dword ptr [edi + 24]
 	xor	eax, esi
 	mov	esi, eax
@@ -1392,7 +1390,7 @@ segheap_LBB3_104:
 	lea	edx, [esi + edi]
 	xor	edx, dword ptr [ebp - 24]
 	mov	dword ptr [edi + esi], edx
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 segheap_LBB3_105:
 	mov	eax, dword ptr [ebx + 12]
 	mov	dword ptr [edi], eax
@@ -1424,7 +1422,7 @@ segheap_LBB3_109:
 	rep	bsf	ecx, ecx
 	or	ecx, 32
 segheap_LBB3_110:
-	mov	edx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 16]
 	shr	ecx
 	add	ecx, ebx
 	jmp	segheap_LBB3_113
@@ -1432,11 +1430,11 @@ segheap_LBB3_111:
 	rep	bsf	ecx, esi
 	or	ecx, 32
 segheap_LBB3_112:
-	mov	edx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 16]
 	shr	ecx
 segheap_LBB3_113:
 	mov	eax, ecx
-	sub	eax, dword ptr [ebp - 16]
+	sub	eax, dword ptr [ebp - 20]
 	mov	dword ptr [ebp - 28], eax
 	mov	ebx, edx
 	mov	edx, dword ptr [edx + 24]
@@ -1455,7 +1453,7 @@ segheap_LBB3_113:
 	shld	ebx, edx, cl
 	shl	edx, cl
 	shr	eax, 16
-	add	eax, dword ptr [ebp - 20]
+	add	eax, dword ptr [ebp - 16]
 	mov	dword ptr [ebp - 52], ecx
 	test	cl, 32
 	cmovne	ebx, edx
@@ -1470,14 +1468,14 @@ segheap_LBB3_113:
 	and	edi, edx
 	or	edi, esi
 	je	segheap_LBB3_115
-	mov	edx, dword ptr [ebp - 16]
+	mov	edx, dword ptr [ebp - 20]
 	neg	edx
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	jmp	segheap_LBB3_116
 segheap_LBB3_115:
 	mov	edx, 32
-	sub	edx, dword ptr [ebp - 16]
-	mov	edi, dword ptr [ebp - 20]
+	sub	edx, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	movzx	esi, word ptr [edi + 18]
 	cmp	edx, esi
 	cmovae	edx, esi
@@ -1489,22 +1487,22 @@ segheap_LBB3_116:
 	mov	ebx, dword ptr [ebp - 24]
 	jne	segheap_LBB3_118
 	mov	esi, dword ptr [edi]
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	mov	edi, dword ptr [edi + 4]
 	mov	dword ptr [esi + 4], edi
-	mov	esi, dword ptr [ebp - 20]
+	mov	esi, dword ptr [ebp - 16]
 	mov	esi, dword ptr [esi]
 	mov	dword ptr [edi], esi
-	mov	esi, dword ptr [ebp - 20]
+	mov	esi, dword ptr [ebp - 16]
 	mov	dword ptr [esi + 4], 0
-	mov	esi, dword ptr [ebp - 20]
+	mov	esi, dword ptr [ebp - 16]
 	mov	dword ptr [esi], 0
 	mov	ebx, dword ptr [ebp - 56]
 	lea	ecx, [ebx + 20]
 	mov	edi, dword ptr [ebx + 20]
-	mov	esi, dword ptr [ebp - 20]
+	mov	esi, dword ptr [ebp - 16]
 	mov	dword ptr [esi], edi
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	mov	dword ptr [edi + 4], ecx
 	mov	esi, dword ptr [ebx + 20]
 	mov	dword ptr [esi + 4], edi
@@ -1543,13 +1541,13 @@ segheap_LBB3_120:
 	mov	ecx, ebx
 	sub	ecx, esi
 	je	segheap_LBB3_12
-	mov	dword ptr [ebp - 20], ecx
+	mov	dword ptr [ebp - 16], ecx
 	lea	ecx, [eax + ebx]
 	mov	edx, esi
 	add	esi, eax
 	mov	edi, ecx
 	sub	edi, esi
-	mov	dword ptr [ebp - 16], edi
+	mov	dword ptr [ebp - 20], edi
 	cmp	edi, 127
 	ja	segheap_LBB3_128
 	dec	ecx
@@ -1562,7 +1560,7 @@ segheap_LBB3_120:
 	mov	edi, dword ptr [ebp - 24]
 	add	edi, ebx
 	mov	ebx, edi
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	add	edi, -2
 	and	ebx, 7
 	je	segheap_LBB3_125
@@ -1581,7 +1579,7 @@ segheap_LBB3_126:
 	cmp	esi, ecx
 	jne	segheap_LBB3_126
 segheap_LBB3_127:
-	mov	ebx, dword ptr [ebp - 16]
+	mov	ebx, dword ptr [ebp - 20]
 	mov	byte ptr [ecx], bl
 	mov	esi, dword ptr [ebp + 8]
 	jmp	segheap_LBB3_13
@@ -1594,7 +1592,7 @@ segheap_LBB3_128:
 	mov	ebx, dword ptr [ebp - 24]
 	sub	ebx, dword ptr [ebp + 8]
 	add	ebx, 6
-	mov	edi, dword ptr [ebp - 20]
+	mov	edi, dword ptr [ebp - 16]
 	add	edi, -3
 	and	ebx, 7
 	je	segheap_LBB3_131
@@ -1613,7 +1611,7 @@ segheap_LBB3_132:
 	cmp	esi, ecx
 	jne	segheap_LBB3_132
 segheap_LBB3_133:
-	mov	esi, dword ptr [ebp - 16]
+	mov	esi, dword ptr [ebp - 20]
 	or	esi, 32768
 	mov	word ptr [ecx], si
 	mov	esi, dword ptr [ebp + 8]
@@ -3741,32 +3739,31 @@ RtlWalkHeap:
 	setne	dl
 	mov	eax, -1073741811
 	or	dl, cl
-	jne	segheap_LBB11_73
+	jne	segheap_LBB11_86
 	cmp	dword ptr [ebx + 8], -571548178
-	jne	segheap_LBB11_73
-	mov	esi, dword ptr [ebp + 12]
-	xor	edi, edi
+	jne	segheap_LBB11_86
+	mov	edi, dword ptr [ebp + 12]
+	xor	esi, esi
 	cmp	dword ptr [ebx + 292], ebx
-	cmove	edi, ebx
+	cmove	esi, ebx
 	setne	cl
-	test	esi, esi
+	test	edi, edi
 	sete	dl
 	or	dl, cl
-	jne	segheap_LBB11_73
-	test	byte ptr [edi + 12], 1
+	jne	segheap_LBB11_86
+	test	byte ptr [esi + 12], 1
 	jne	segheap_LBB11_5
-	inc	word ptr [edi + 172]
+	inc	word ptr [esi + 172]
 segheap_LBB11_5:
-	mov	ecx, dword ptr [esi]
+	mov	ecx, dword ptr [edi]
 	test	ecx, ecx
 	je	segheap_LBB11_12
-	lea	edx, [edi + 324]
-	mov	ebx, dword ptr [edi + 324]
+	lea	edx, [esi + 324]
+	mov	ebx, dword ptr [esi + 324]
 	xor	eax, eax
 	cmp	ebx, edx
-	mov	dword ptr [ebp - 32], ecx
+	mov	dword ptr [ebp - 28], ecx
 	je	segheap_LBB11_19
-	mov	esi, edi
 	mov	eax, ecx
 	and	eax, -1048576
 	mov	ecx, dword ptr [ebp + 8]
@@ -3782,12 +3779,11 @@ segheap_LBB11_8:
 	cmp	ebx, edx
 	jne	segheap_LBB11_8
 segheap_LBB11_11:
-	mov	edi, esi
-	mov	esi, dword ptr [ebp + 12]
+	mov	edi, dword ptr [ebp + 12]
 	mov	ebx, dword ptr [ebp + 8]
-	mov	ecx, dword ptr [ebp - 32]
+	mov	ecx, dword ptr [ebp - 28]
 	xor	eax, eax
-	test	byte ptr [esi + 10], 2
+	test	byte ptr [edi + 10], 2
 	jne	segheap_LBB11_26
 segheap_LBB11_20:
 	test	eax, eax
@@ -3796,53 +3792,20 @@ segheap_LBB11_20:
 	sub	ebx, eax
 	shr	ebx, 12
 	lea	ecx, [ebx - 256]
-	mov	dword ptr [ebp - 28], eax
+	mov	dword ptr [ebp - 20], eax
 	mov	eax, -1073741811
 	cmp	ecx, -255
-	jb	segheap_LBB11_70
-	mov	dword ptr [ebp - 40], edx
-	mov	ecx, ebx
-	shl	ecx, 4
-	mov	dword ptr [ebp - 36], ecx
-	mov	ecx, dword ptr [ebp - 28]
-	mov	edx, dword ptr [ebp - 36]
-	movzx	ecx, byte ptr [ecx + edx + 12]
-	mov	byte ptr [ebp - 52], cl
-	mov	edx, dword ptr [ebp - 36]
-	mov	ecx, dword ptr [ebp - 28]
-	movzx	ecx, byte ptr [ecx + edx + 15]
-	mov	dword ptr [ebp - 24], ecx
-	movzx	ecx, byte ptr [ebp - 52]
-	test	cl, 8
-	mov	dword ptr [ebp - 48], ebx
-	jne	segheap_LBB11_43
-	mov	ebx, dword ptr [ebp - 24]
-	test	bl, bl
-	mov	edx, dword ptr [ebp - 40]
-	je	segheap_LBB11_70
-	mov	dword ptr [ebp - 16], edi
-	movzx	ecx, bl
-	mov	edi, dword ptr [ebp - 48]
-	lea	esi, [edi - 1]
-	cmp	esi, ecx
-	jb	segheap_LBB11_41
-	sub	edi, ecx
-	mov	ecx, edi
-	shl	ecx, 4
-	mov	esi, dword ptr [ebp - 28]
-	movzx	ebx, byte ptr [esi + ecx + 12]
-	mov	byte ptr [ebp - 17], bl
-	test	byte ptr [ebp - 17], 8
-	jne	segheap_LBB11_74
-segheap_LBB11_41:
-	mov	edi, dword ptr [ebp - 16]
-	jmp	segheap_LBB11_70
+	jae	segheap_LBB11_37
+segheap_LBB11_67:
+	mov	ecx, esi
+	jmp	segheap_LBB11_84
 segheap_LBB11_12:
-	lea	esi, [edi + 324]
+	mov	edi, esi
+	add	esi, 324
 	mov	eax, dword ptr [edi + 324]
 	cmp	eax, esi
 	je	segheap_LBB11_23
-	mov	dword ptr [ebp - 16], edi
+	mov	dword ptr [ebp - 24], edi
 	mov	ebx, -4096
 	xor	edx, edx
 segheap_LBB11_14:
@@ -3885,27 +3848,26 @@ segheap_LBB11_18:
 	add	eax, 1048576
 	mov	dword ptr [esi + 24], eax
 	xor	eax, eax
-	mov	ebx, dword ptr [ebp + 8]
-	mov	edi, dword ptr [ebp - 16]
-	jmp	segheap_LBB11_71
+	mov	ecx, dword ptr [ebp + 8]
+	mov	esi, dword ptr [ebp - 24]
+	jmp	segheap_LBB11_84
 segheap_LBB11_19:
 	mov	ebx, dword ptr [ebp + 8]
-	test	byte ptr [esi + 10], 2
+	test	byte ptr [edi + 10], 2
 	je	segheap_LBB11_20
 segheap_LBB11_26:
 	mov	edx, eax
 	mov	eax, -1073741811
 	cmp	edx, ecx
-	mov	ebx, edi
-	jne	segheap_LBB11_71
-	mov	ebx, dword ptr [ebp + 8]
+	mov	ecx, esi
+	jne	segheap_LBB11_84
 	mov	ecx, ebx
-	push	esi
+	push	edi
 	push	1
 segheap_LBB11_28:
 	call	walk_from_unit
 	add	esp, 8
-	jmp	segheap_LBB11_71
+	jmp	segheap_LBB11_83
 segheap_LBB11_23:
 	mov	ecx, dword ptr [ebx + 72]
 	test	ecx, ecx
@@ -3931,152 +3893,231 @@ segheap_LBB11_23:
 	mov	dword ptr [esi + 20], 0
 	mov	dword ptr [esi + 24], 0
 	xor	eax, eax
-	jmp	segheap_LBB11_71
+	jmp	segheap_LBB11_43
 segheap_LBB11_25:
-	mov	ecx, dword ptr [ebp - 32]
+	mov	ecx, dword ptr [ebp - 28]
 	shr	ecx, 20
-	mov	edi, esi
 	or	ecx, esi
 	xor	ecx, dword ptr [eax + 8]
 	mov	ebx, dword ptr [ebp + 8]
 	xor	ecx, dword ptr [ebx + 144]
-	xor	esi, esi
+	xor	edi, edi
 	cmp	ecx, -1561964883
-	mov	ecx, dword ptr [ebp - 32]
-	cmove	esi, eax
-	mov	eax, esi
-	mov	esi, dword ptr [ebp + 12]
-	test	byte ptr [esi + 10], 2
+	mov	ecx, dword ptr [ebp - 28]
+	cmove	edi, eax
+	mov	eax, edi
+	mov	edi, dword ptr [ebp + 12]
+	test	byte ptr [edi + 10], 2
 	je	segheap_LBB11_20
 	jmp	segheap_LBB11_26
 segheap_LBB11_29:
 	mov	ecx, dword ptr [ebx + 68]
 	mov	eax, -1073741811
 	test	ecx, ecx
-	je	segheap_LBB11_71
+	je	segheap_LBB11_83
 	mov	edx, 66
-	mov	dword ptr [ebp - 16], edi
+	mov	dword ptr [ebp - 24], esi
 segheap_LBB11_31:
 	add	edx, -2
-	je	segheap_LBB11_70
-	mov	edi, esi
+	je	segheap_LBB11_67
 	movzx	esi, word ptr [ecx + 14]
 	shl	esi, 16
-	cmp	dword ptr [ebp - 32], esi
-	je	segheap_LBB11_54
+	cmp	dword ptr [ebp - 28], esi
+	je	segheap_LBB11_55
 	seta	bl
 	movzx	esi, bl
 	mov	ecx, dword ptr [ecx + 4*esi]
 	test	ecx, ecx
-	je	segheap_LBB11_41
+	je	segheap_LBB11_58
 	movzx	esi, word ptr [ecx + 14]
 	shl	esi, 16
-	cmp	dword ptr [ebp - 32], esi
-	je	segheap_LBB11_54
+	cmp	dword ptr [ebp - 28], esi
+	je	segheap_LBB11_55
 	seta	bl
 	movzx	esi, bl
 	mov	ecx, dword ptr [ecx + 4*esi]
 	test	ecx, ecx
-	mov	esi, edi
-	mov	edi, dword ptr [ebp - 16]
+	mov	esi, dword ptr [ebp - 24]
 	jne	segheap_LBB11_31
-	jmp	segheap_LBB11_70
+	jmp	segheap_LBB11_67
+segheap_LBB11_37:
+	mov	dword ptr [ebp - 52], edx
+	mov	ecx, ebx
+	shl	ecx, 4
+	mov	dword ptr [ebp - 32], ecx
+	mov	ecx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 32]
+	movzx	ecx, byte ptr [ecx + edx + 12]
+	mov	byte ptr [ebp - 44], cl
+	mov	edx, dword ptr [ebp - 32]
+	mov	ecx, dword ptr [ebp - 20]
+	movzx	ecx, byte ptr [ecx + edx + 15]
+	mov	dword ptr [ebp - 36], ecx
+	movzx	ecx, byte ptr [ebp - 44]
+	test	cl, 8
+	mov	dword ptr [ebp - 48], ebx
+	jne	segheap_LBB11_44
+	mov	ebx, dword ptr [ebp - 36]
+	test	bl, bl
+	mov	edx, dword ptr [ebp - 52]
+	je	segheap_LBB11_67
+	mov	dword ptr [ebp - 24], esi
+	movzx	ecx, bl
+	mov	edi, dword ptr [ebp - 48]
+	lea	esi, [edi - 1]
+	cmp	esi, ecx
+	jb	segheap_LBB11_58
+	sub	edi, ecx
+	mov	ecx, edi
+	shl	ecx, 4
+	mov	esi, dword ptr [ebp - 20]
+	movzx	ebx, byte ptr [esi + ecx + 12]
+	mov	byte ptr [ebp - 13], bl
+	test	byte ptr [ebp - 13], 8
+	mov	esi, dword ptr [ebp - 24]
+	je	segheap_LBB11_67
+	cmp	edi, 255
+	ja	segheap_LBB11_67
+	add	ecx, dword ptr [ebp - 20]
+	movzx	ecx, byte ptr [ecx + 15]
+	mov	dword ptr [ebp - 40], edi
+	mov	dword ptr [ebp - 36], ecx
+	add	ecx, edi
+	cmp	ecx, dword ptr [ebp - 48]
+	jbe	segheap_LBB11_67
+	mov	edi, dword ptr [ebp + 12]
+	jmp	segheap_LBB11_45
 segheap_LBB11_42:
 	mov	eax, -2147483622
-	jmp	segheap_LBB11_71
 segheap_LBB11_43:
-	mov	byte ptr [ebp - 17], cl
-	mov	dword ptr [ebp - 44], ebx
-	mov	edx, dword ptr [ebp - 40]
+	mov	ecx, ebx
+	mov	esi, edi
+	jmp	segheap_LBB11_84
 segheap_LBB11_44:
+	mov	byte ptr [ebp - 13], cl
+	mov	dword ptr [ebp - 40], ebx
+	mov	edx, dword ptr [ebp - 52]
+segheap_LBB11_45:
 	mov	bl, -1
 	mov	ecx, edx
-segheap_LBB11_45:
+segheap_LBB11_46:
 	mov	ecx, dword ptr [ecx]
 	inc	bl
 	cmp	ecx, edx
-	je	segheap_LBB11_47
-	cmp	ecx, dword ptr [ebp - 28]
-	jne	segheap_LBB11_45
-segheap_LBB11_47:
-	movzx	ecx, byte ptr [ebp - 24]
-	mov	dword ptr [ebp - 40], ecx
-	movzx	ecx, byte ptr [ebp - 17]
+	je	segheap_LBB11_48
+	cmp	ecx, dword ptr [ebp - 20]
+	jne	segheap_LBB11_46
+segheap_LBB11_48:
+	movzx	ecx, byte ptr [ebp - 36]
+	mov	dword ptr [ebp - 36], ecx
+	movzx	ecx, byte ptr [ebp - 13]
 	test	cl, 4
-	jne	segheap_LBB11_57
-	test	dword ptr [ebp - 32], 4095
-	mov	ebx, edi
-	jne	segheap_LBB11_71
-	mov	edx, dword ptr [ebp - 44]
-	add	edx, dword ptr [ebp - 40]
+	jne	segheap_LBB11_62
+	test	dword ptr [ebp - 28], 4095
+	mov	ecx, esi
+	mov	edx, dword ptr [ebp - 40]
+	jne	segheap_LBB11_84
+	add	edx, dword ptr [ebp - 36]
 	mov	ebx, dword ptr [ebp - 48]
 	cmp	ebx, edx
-	jae	segheap_LBB11_77
-	mov	eax, dword ptr [ebp - 28]
-	mov	ecx, dword ptr [ebp - 36]
+	jae	segheap_LBB11_73
+	mov	eax, dword ptr [ebp - 20]
+	mov	ecx, dword ptr [ebp - 32]
 	lea	eax, [ecx + eax + 12]
-	mov	ch, byte ptr [ebp - 52]
-segheap_LBB11_51:
+	mov	ch, byte ptr [ebp - 44]
+segheap_LBB11_52:
 	mov	cl, byte ptr [eax]
 	xor	cl, ch
 	test	cl, 2
-	jne	segheap_LBB11_77
+	jne	segheap_LBB11_73
 	inc	ebx
 	add	eax, 16
 	cmp	edx, ebx
-	jne	segheap_LBB11_51
+	jne	segheap_LBB11_52
 	mov	eax, edx
-	jmp	segheap_LBB11_78
-segheap_LBB11_54:
+	jmp	segheap_LBB11_74
+segheap_LBB11_55:
 	mov	edx, dword ptr [ecx + 4]
 	test	edx, edx
-	mov	esi, edi
-	je	segheap_LBB11_65
-	mov	edi, dword ptr [ebp - 16]
+	je	segheap_LBB11_60
 segheap_LBB11_56:
 	mov	eax, edx
 	mov	edx, dword ptr [edx]
 	test	edx, edx
 	jne	segheap_LBB11_56
-	jmp	segheap_LBB11_68
 segheap_LBB11_57:
-	mov	edx, dword ptr [ebp - 44]
+	mov	ecx, -4096
+	and	ecx, dword ptr [eax + 16]
+	mov	eax, dword ptr [eax + 12]
+	mov	edx, eax
+	and	edx, -65536
+	mov	dword ptr [edi], edx
+	movzx	eax, ax
+	sub	ecx, eax
+	mov	dword ptr [edi + 4], ecx
+	cmp	eax, 255
+	mov	ecx, 255
+	cmovb	ecx, eax
+	mov	byte ptr [edi + 8], cl
+	mov	byte ptr [edi + 9], 0
+	mov	word ptr [edi + 10], 16401
+	mov	dword ptr [edi + 12], 0
+	mov	dword ptr [edi + 16], 0
+	mov	dword ptr [edi + 20], 0
+	mov	dword ptr [edi + 24], 0
+	xor	eax, eax
+segheap_LBB11_58:
+	mov	esi, dword ptr [ebp - 24]
+	mov	ecx, esi
+	jmp	segheap_LBB11_84
+segheap_LBB11_59:
+	cmp	dword ptr [eax + 4], ecx
+	mov	ecx, eax
+	jne	segheap_LBB11_57
+segheap_LBB11_60:
+	mov	eax, dword ptr [ecx + 8]
+	and	eax, -4
+	jne	segheap_LBB11_59
+	mov	eax, -2147483622
+	jmp	segheap_LBB11_58
+segheap_LBB11_62:
+	mov	edx, dword ptr [ebp - 40]
 	shl	edx, 12
-	add	edx, dword ptr [ebp - 28]
+	add	edx, dword ptr [ebp - 20]
 	test	cl, 32
-	jne	segheap_LBB11_63
-	mov	dword ptr [ebp - 24], edx
+	jne	segheap_LBB11_68
+	mov	dword ptr [ebp - 32], edx
 	test	cl, 1
-	jne	segheap_LBB11_80
-	mov	ecx, dword ptr [ebp - 24]
-	cmp	dword ptr [ebp - 32], ecx
-	mov	ebx, edi
-	mov	edx, dword ptr [ebp - 28]
-	jne	segheap_LBB11_71
-	mov	eax, dword ptr [ebp - 44]
-	add	eax, dword ptr [ebp - 40]
-	jmp	segheap_LBB11_79
-segheap_LBB11_63:
-	mov	esi, dword ptr [ebp - 32]
-	add	esi, -8
+	jne	segheap_LBB11_76
+	mov	ecx, dword ptr [ebp - 32]
+	cmp	dword ptr [ebp - 28], ecx
+	mov	ecx, esi
+	mov	edx, dword ptr [ebp - 20]
+	jne	segheap_LBB11_84
+	mov	eax, dword ptr [ebp - 40]
+	add	eax, dword ptr [ebp - 36]
+	jmp	segheap_LBB11_75
+segheap_LBB11_68:
+	mov	edi, dword ptr [ebp - 28]
+	add	edi, -8
 	mov	dword ptr [ebp - 56], 0
 	lea	ecx, [edx + 24]
 	mov	eax, -1073741811
-	cmp	esi, ecx
-	jb	segheap_LBB11_70
-	mov	ecx, esi
+	cmp	edi, ecx
+	jb	segheap_LBB11_67
+	mov	ecx, edi
 	test	cl, 7
-	jne	segheap_LBB11_70
-	mov	esi, edx
+	jne	segheap_LBB11_67
+	mov	edi, edx
 	mov	edx, ecx
-	movzx	ecx, word ptr [esi + 20]
-	lea	ecx, [esi + 8*ecx]
+	movzx	ecx, word ptr [edi + 20]
+	lea	ecx, [edi + 8*ecx]
 	cmp	edx, ecx
-	jae	segheap_LBB11_70
+	jae	segheap_LBB11_67
 	mov	ecx, edx
-	mov	dword ptr [ebp - 16], edi
-	mov	edi, dword ptr [edx]
-	mov	edx, esi
+	mov	dword ptr [ebp - 24], esi
+	mov	edx, edi
+	mov	edi, dword ptr [ecx]
 	mov	esi, dword ptr [ebp + 8]
 	xor	edi, dword ptr [esi + 144]
 	xor	edi, ecx
@@ -4084,18 +4125,18 @@ segheap_LBB11_63:
 	shr	eax, 31
 	mov	esi, ecx
 	mov	ecx, dword ptr [ebp + 8]
-	mov	dword ptr [ebp - 24], edx
+	mov	dword ptr [ebp - 32], edx
 	push	eax
 	push	esi
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB11_102
+	je	segheap_LBB11_96
 	and	edi, 65534
 	lea	eax, [esi + 4*edi]
 	lea	edi, [ebp - 56]
 	mov	ecx, dword ptr [ebp + 8]
-	mov	edx, dword ptr [ebp - 24]
+	mov	edx, dword ptr [ebp - 32]
 	push	edi
 	push	eax
 	call	vs_next_visible
@@ -4103,213 +4144,121 @@ segheap_LBB11_63:
 	mov	edx, eax
 	cmp	dword ptr [ebp - 56], 0
 	mov	eax, -1073741811
-	mov	edi, dword ptr [ebp - 16]
-	jne	segheap_LBB11_70
+	mov	esi, dword ptr [ebp - 24]
+	jne	segheap_LBB11_67
 	test	edx, edx
-	je	segheap_LBB11_107
+	je	segheap_LBB11_99
 	movzx	eax, bl
 	mov	ecx, dword ptr [ebp + 8]
 	push	dword ptr [ebp + 12]
 	push	eax
 	call	walk_vs_chunk
 	add	esp, 8
-	jmp	segheap_LBB11_69
-segheap_LBB11_65:
-	mov	edi, dword ptr [ebp - 16]
-segheap_LBB11_66:
-	mov	eax, dword ptr [ecx + 8]
-	and	eax, -4
-	je	segheap_LBB11_93
-	cmp	dword ptr [eax + 4], ecx
-	mov	ecx, eax
-	je	segheap_LBB11_66
-segheap_LBB11_68:
-	mov	ecx, -4096
-	and	ecx, dword ptr [eax + 16]
-	mov	eax, dword ptr [eax + 12]
-	mov	edx, eax
-	and	edx, -65536
-	mov	dword ptr [esi], edx
-	movzx	eax, ax
-	sub	ecx, eax
-	mov	dword ptr [esi + 4], ecx
-	cmp	eax, 255
-	mov	ecx, 255
-	cmovb	ecx, eax
-	mov	byte ptr [esi + 8], cl
-	mov	byte ptr [esi + 9], 0
-	mov	word ptr [esi + 10], 16401
-	mov	dword ptr [esi + 12], 0
-	mov	dword ptr [esi + 16], 0
-	mov	dword ptr [esi + 20], 0
-	mov	dword ptr [esi + 24], 0
-segheap_LBB11_69:
 	xor	eax, eax
-segheap_LBB11_70:
-	mov	ebx, edi
-segheap_LBB11_71:
-	test	byte ptr [edi + 12], 1
-	jne	segheap_LBB11_73
-	dec	word ptr [ebx + 172]
+	mov	ecx, esi
+	jmp	segheap_LBB11_84
 segheap_LBB11_73:
+	mov	eax, ebx
+segheap_LBB11_74:
+	mov	edx, dword ptr [ebp - 20]
+segheap_LBB11_75:
+	mov	ebx, dword ptr [ebp + 8]
+	mov	ecx, ebx
+	push	edi
+	push	eax
+	jmp	segheap_LBB11_28
+segheap_LBB11_76:
+	mov	edi, dword ptr [ebp - 32]
+	mov	eax, edi
+	shr	eax, 12
+	xor	eax, dword ptr [edi + 24]
+	mov	ecx, dword ptr [ebp + 8]
+	xor	eax, dword ptr [ecx + 148]
+	mov	dword ptr [ebp - 44], eax
+	mov	edx, edi
+	call	lfh_owner
+	test	eax, eax
+	je	segheap_LBB11_93
+	mov	edx, dword ptr [ebp - 28]
+	sub	edx, edi
+	mov	ecx, dword ptr [ebp - 44]
+	mov	eax, ecx
+	shr	eax, 16
+	sub	edx, eax
+	mov	eax, -1073741811
+	jb	segheap_LBB11_98
+	movzx	ecx, cx
+	test	ecx, ecx
+	je	segheap_LBB11_98
+	mov	eax, edx
+	xor	edx, edx
+	div	ecx
+	test	edx, edx
+	jne	segheap_LBB11_93
+	mov	ecx, edi
+	movzx	edi, word ptr [edi + 18]
+	cmp	eax, edi
+	jae	segheap_LBB11_93
+	inc	eax
+	mov	edx, eax
+	call	lfh_next_busy
+	cmp	eax, edi
+	jae	segheap_LBB11_100
+	movzx	edi, bl
+	mov	ebx, dword ptr [ebp + 8]
+	mov	ecx, ebx
+	mov	edx, dword ptr [ebp - 32]
+	push	dword ptr [ebp + 12]
+	push	edi
+	push	eax
+	call	walk_lfh_block
+	add	esp, 12
+	xor	eax, eax
+segheap_LBB11_83:
+	mov	ecx, ebx
+segheap_LBB11_84:
+	test	byte ptr [esi + 12], 1
+	jne	segheap_LBB11_86
+	dec	word ptr [ecx + 172]
+segheap_LBB11_86:
 	add	esp, 44
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret	8
-segheap_LBB11_74:
-	cmp	edi, 255
-	ja	segheap_LBB11_41
-	add	ecx, dword ptr [ebp - 28]
-	movzx	ecx, byte ptr [ecx + 15]
-	mov	dword ptr [ebp - 24], ecx
-	add	ecx, edi
-	cmp	ecx, dword ptr [ebp - 48]
-	jbe	segheap_LBB11_41
-	mov	dword ptr [ebp - 44], edi
-	mov	esi, dword ptr [ebp + 12]
-	mov	edi, dword ptr [ebp - 16]
-	jmp	segheap_LBB11_44
-segheap_LBB11_77:
-	mov	eax, ebx
-segheap_LBB11_78:
-	mov	edx, dword ptr [ebp - 28]
-segheap_LBB11_79:
-	mov	ebx, dword ptr [ebp + 8]
-	mov	ecx, ebx
-	push	esi
-	push	eax
-	jmp	segheap_LBB11_28
-segheap_LBB11_80:
-	mov	edx, dword ptr [ebp - 24]
-	mov	ecx, edx
-	shr	ecx, 12
-	xor	ecx, dword ptr [edx + 24]
-	mov	edx, ecx
-	mov	ecx, dword ptr [ebp + 8]
-	xor	edx, dword ptr [ecx + 148]
-	movzx	ecx, dx
-	mov	dword ptr [ebp - 52], ecx
-	mov	ecx, dword ptr [ebp - 24]
-	sub	dword ptr [ebp - 32], ecx
-	shr	edx, 16
-	mov	dword ptr [ebp - 48], edx
-	mov	edx, -128
-	jmp	segheap_LBB11_82
-segheap_LBB11_81:
-	mov	edx, dword ptr [ebp - 36]
-	add	edx, 2
-	je	segheap_LBB11_70
-segheap_LBB11_82:
-	mov	ecx, dword ptr [ebp + 8]
-	mov	dword ptr [ebp - 36], edx
-	mov	ecx, dword ptr [ecx + 4*edx + 1348]
-	test	ecx, ecx
-	sete	dl
-	or	dl, cl
-	test	dl, 1
-	jne	segheap_LBB11_84
-	mov	edx, dword ptr [ebp - 24]
-	cmp	dword ptr [edx + 8], ecx
-	je	segheap_LBB11_95
-segheap_LBB11_84:
-	mov	ecx, dword ptr [ebp + 8]
-	mov	edx, dword ptr [ebp - 36]
-	mov	ecx, dword ptr [ecx + 4*edx + 1352]
-	test	ecx, ecx
-	sete	dl
-	or	dl, cl
-	test	dl, 1
-	jne	segheap_LBB11_81
-	mov	edx, dword ptr [ebp - 24]
-	cmp	dword ptr [edx + 8], ecx
-	jne	segheap_LBB11_81
-	mov	edx, dword ptr [ebp - 36]
-	add	edx, 130
-	jmp	segheap_LBB11_96
 segheap_LBB11_93:
-	mov	eax, -2147483622
-	jmp	segheap_LBB11_70
-segheap_LBB11_95:
-	mov	edx, dword ptr [ebp - 36]
-	add	edx, 129
-segheap_LBB11_96:
-	movzx	ecx, byte ptr [ecx + 1]
-	cmp	edx, ecx
-	mov	edx, dword ptr [ebp - 52]
-	jne	segheap_LBB11_101
-	mov	ecx, dword ptr [ebp - 32]
-	sub	ecx, dword ptr [ebp - 48]
-	jb	segheap_LBB11_101
-	test	edx, edx
-	je	segheap_LBB11_100
-	mov	eax, ecx
-	xor	edx, edx
-	div	dword ptr [ebp - 52]
-	test	edx, edx
-	je	segheap_LBB11_104
-segheap_LBB11_100:
-	mov	ebx, dword ptr [ebp + 8]
-	mov	eax, -1073741811
-	jmp	segheap_LBB11_71
-segheap_LBB11_101:
-	mov	ebx, dword ptr [ebp + 8]
-	jmp	segheap_LBB11_71
-segheap_LBB11_102:
-	mov	eax, -1073741811
-	jmp	segheap_LBB11_41
-segheap_LBB11_104:
-	mov	dword ptr [ebp - 16], edi
-	mov	ecx, dword ptr [ebp - 24]
-	movzx	edi, word ptr [ecx + 18]
-	cmp	eax, edi
-	jae	segheap_LBB11_108
-	inc	eax
-	mov	ecx, dword ptr [ebp - 24]
-	mov	edx, eax
-	call	lfh_next_busy
-	cmp	eax, edi
-	jae	segheap_LBB11_109
-	movzx	edi, bl
-	mov	ebx, dword ptr [ebp + 8]
-	mov	ecx, ebx
-	mov	edx, dword ptr [ebp - 24]
-	push	esi
-	push	edi
-	push	eax
-	call	walk_lfh_block
-	add	esp, 12
-	xor	eax, eax
-	mov	edi, dword ptr [ebp - 16]
-	jmp	segheap_LBB11_71
-segheap_LBB11_107:
-	mov	eax, dword ptr [ebp - 44]
-	add	eax, dword ptr [ebp - 40]
 	mov	ecx, dword ptr [ebp + 8]
-	mov	edx, dword ptr [ebp - 28]
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_84
+segheap_LBB11_98:
+	mov	ecx, dword ptr [ebp + 8]
+	jmp	segheap_LBB11_84
+segheap_LBB11_96:
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_58
+segheap_LBB11_99:
+	mov	eax, dword ptr [ebp - 40]
+	add	eax, dword ptr [ebp - 36]
+	mov	ecx, dword ptr [ebp + 8]
+	mov	edx, dword ptr [ebp - 20]
 	push	dword ptr [ebp + 12]
 	push	eax
 	call	walk_from_unit
 	add	esp, 8
-	jmp	segheap_LBB11_70
-segheap_LBB11_108:
-	mov	ebx, dword ptr [ebp + 8]
-	mov	eax, -1073741811
-	mov	edi, dword ptr [ebp - 16]
-	jmp	segheap_LBB11_71
-segheap_LBB11_109:
-	mov	eax, dword ptr [ebp - 44]
-	add	eax, dword ptr [ebp - 40]
-	mov	ebx, dword ptr [ebp + 8]
-	mov	ecx, ebx
-	mov	edx, dword ptr [ebp - 28]
-	push	esi
+	jmp	segheap_LBB11_67
+segheap_LBB11_100:
+	mov	eax, dword ptr [ebp - 40]
+	add	eax, dword ptr [ebp - 36]
+	mov	edi, dword ptr [ebp + 8]
+	mov	ecx, edi
+	mov	edx, dword ptr [ebp - 20]
+	push	dword ptr [ebp + 12]
 	push	eax
 	call	walk_from_unit
 	add	esp, 8
-	mov	edi, dword ptr [ebp - 16]
-	jmp	segheap_LBB11_71
+	mov	ecx, edi
+	jmp	segheap_LBB11_84
 	.p2align	4
 RtlLockHeap:
 	push	ebp
@@ -6980,152 +6929,142 @@ lookup_lfh:
 	push	ebx
 	push	edi
 	push	esi
-	push	eax
-	mov	esi, -128
-	jmp	segheap_LBB30_1
-segheap_LBB30_9:
-	add	esi, 2
-	je	segheap_LBB30_10
-segheap_LBB30_1:
-	mov	eax, dword ptr [ecx + 4*esi + 1348]
-	test	eax, eax
-	sete	bl
-	or	bl, al
-	test	bl, 1
-	jne	segheap_LBB30_7
-	cmp	dword ptr [edx + 8], eax
-	je	segheap_LBB30_3
-segheap_LBB30_7:
-	mov	eax, dword ptr [ecx + 4*esi + 1352]
-	test	eax, eax
-	sete	bl
-	or	bl, al
-	test	bl, 1
-	jne	segheap_LBB30_9
-	cmp	dword ptr [edx + 8], eax
-	jne	segheap_LBB30_9
-	add	esi, 130
-	jmp	segheap_LBB30_4
-segheap_LBB30_10:
-	xor	ebx, ebx
-	jmp	segheap_LBB30_30
-segheap_LBB30_3:
-	add	esi, 129
-segheap_LBB30_4:
-	movzx	eax, byte ptr [eax + 1]
-	xor	ebx, ebx
-	cmp	esi, eax
-	jne	segheap_LBB30_30
-	mov	edi, edx
-	shr	edi, 12
-	xor	edi, dword ptr [edx + 24]
-	xor	edi, dword ptr [ecx + 148]
-	movzx	ecx, di
-	cmp	al, 64
-	ja	segheap_LBB30_11
-	shl	esi, 4
-	jmp	segheap_LBB30_18
-segheap_LBB30_11:
-	cmp	al, 80
-	ja	segheap_LBB30_13
-	shl	esi, 6
-	add	esi, -3072
-	jmp	segheap_LBB30_18
-segheap_LBB30_13:
-	cmp	al, 96
-	ja	segheap_LBB30_15
-	shl	esi, 7
-	add	esi, -8192
-	jmp	segheap_LBB30_18
-segheap_LBB30_15:
-	cmp	al, 112
-	ja	segheap_LBB30_17
-	shl	esi, 8
-	add	esi, -20480
-	jmp	segheap_LBB30_18
-segheap_LBB30_17:
-	shl	esi, 9
-	add	esi, -49152
-segheap_LBB30_18:
-	cmp	ecx, esi
-	jne	segheap_LBB30_30
-	movzx	esi, word ptr [edx + 18]
-	test	esi, esi
-	je	segheap_LBB30_30
-	shr	edi, 16
-	lea	eax, [esi + 31]
-	shr	eax, 5
-	lea	eax, [8*eax + 47]
-	and	eax, -16
-	cmp	edi, eax
-	jne	segheap_LBB30_30
-	mov	eax, ecx
-	imul	eax, esi
-	add	eax, edi
-	cmp	eax, dword ptr [ebp + 8]
-	ja	segheap_LBB30_30
-	mov	dword ptr [ebp - 16], ecx
-	mov	ecx, dword ptr [ebp + 12]
-	sub	ecx, edx
-	sub	ecx, edi
-	jb	segheap_LBB30_30
-	mov	edi, edx
-	mov	eax, ecx
-	xor	edx, edx
-	div	dword ptr [ebp - 16]
-	xor	ebx, ebx
-	test	edx, edx
-	setne	dl
+	sub	esp, 8
+	mov	eax, dword ptr [edx + 8]
+	lea	esi, [ecx + 1408]
+	xor	edi, edi
 	cmp	eax, esi
-	setae	cl
-	or	cl, dl
-	jne	segheap_LBB30_30
-	mov	esi, eax
-	mov	ecx, eax
-	shr	ecx, 2
-	mov	eax, ecx
-	and	eax, -8
-	lea	edx, [edi + eax]
-	and	ecx, 4
-	mov	edx, dword ptr [ecx + edx + 32]
-	lea	ecx, [esi + esi]
-	bt	edx, ecx
-	jae	segheap_LBB30_30
-	mov	edx, dword ptr [edi + eax + 32]
-	mov	eax, dword ptr [edi + eax + 36]
-	and	ecx, 62
-	shrd	edx, eax, cl
-	shr	eax, cl
-	test	cl, 32
-	cmove	eax, edx
-	test	al, 2
-	je	segheap_LBB30_29
-	mov	ecx, dword ptr [ebp + 12]
-	mov	edx, dword ptr [ebp - 16]
-	movsx	eax, byte ptr [ecx + edx - 1]
-	test	eax, eax
-	jns	segheap_LBB30_28
-	movzx	eax, word ptr [ecx + edx - 2]
-	and	eax, 32767
-segheap_LBB30_28:
-	dec	eax
-	cmp	eax, edx
-	jae	segheap_LBB30_30
-segheap_LBB30_29:
-	mov	eax, dword ptr [ebp + 16]
-	mov	dword ptr [eax], 3
-	mov	ecx, dword ptr [ebp + 12]
-	mov	dword ptr [eax + 12], ecx
-	mov	dword ptr [eax + 16], esi
-	mov	ebx, 1
-segheap_LBB30_30:
-	mov	eax, ebx
-	add	esp, 4
+	jae	segheap_LBB30_1
+segheap_LBB30_26:
+	mov	eax, edi
+	add	esp, 8
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
+segheap_LBB30_1:
+	test	al, 7
+	jne	segheap_LBB30_26
+	lea	esi, [eax + 56]
+	cmp	esi, dword ptr [ecx + 184]
+	ja	segheap_LBB30_26
+	movzx	ebx, byte ptr [eax + 1]
+	mov	esi, ebx
+	dec	bl
+	js	segheap_LBB30_26
+	mov	ebx, dword ptr [ecx + 4*esi + 832]
+	xor	edi, edi
+	test	bl, 1
+	cmovne	ebx, edi
+	cmp	ebx, eax
+	jne	segheap_LBB30_26
+	mov	ebx, edx
+	shr	ebx, 12
+	xor	ebx, dword ptr [edx + 24]
+	xor	ebx, dword ptr [ecx + 148]
+	movzx	ecx, bx
+	mov	eax, esi
+	cmp	al, 64
+	ja	segheap_LBB30_7
+	shl	eax, 4
+	jmp	segheap_LBB30_14
+segheap_LBB30_7:
+	cmp	al, 80
+	ja	segheap_LBB30_9
+	shl	eax, 6
+	add	eax, -3072
+	jmp	segheap_LBB30_14
+segheap_LBB30_9:
+	cmp	al, 96
+	ja	segheap_LBB30_11
+	shl	eax, 7
+	add	eax, -8192
+	jmp	segheap_LBB30_14
+segheap_LBB30_11:
+	cmp	al, 112
+	ja	segheap_LBB30_13
+	shl	eax, 8
+	add	eax, -20480
+	jmp	segheap_LBB30_14
+segheap_LBB30_13:
+	shl	eax, 9
+	add	eax, -49152
+segheap_LBB30_14:
+	cmp	ecx, eax
+	jne	segheap_LBB30_26
+	movzx	esi, word ptr [edx + 18]
+	test	esi, esi
+	je	segheap_LBB30_26
+	shr	ebx, 16
+	lea	eax, [esi + 31]
+	shr	eax, 5
+	lea	eax, [8*eax + 47]
+	and	eax, -16
+	cmp	ebx, eax
+	jne	segheap_LBB30_26
+	mov	eax, ecx
+	imul	eax, esi
+	add	eax, ebx
+	cmp	eax, dword ptr [ebp + 8]
+	ja	segheap_LBB30_26
+	mov	dword ptr [ebp - 16], ecx
+	mov	ecx, dword ptr [ebp + 12]
+	sub	ecx, edx
+	sub	ecx, ebx
+	jb	segheap_LBB30_26
+	mov	dword ptr [ebp - 20], edx
+	mov	eax, ecx
+	xor	edx, edx
+	div	dword ptr [ebp - 16]
+	xor	edi, edi
+	test	edx, edx
+	sete	dl
+	cmp	eax, esi
+	setb	cl
+	and	cl, dl
+	cmp	cl, 1
+	jne	segheap_LBB30_26
+	mov	esi, eax
+	shr	eax, 2
+	mov	edx, eax
+	and	edx, -8
+	mov	ebx, dword ptr [ebp - 20]
+	lea	ecx, [ebx + edx]
+	and	eax, 4
+	mov	eax, dword ptr [eax + ecx + 32]
+	lea	ecx, [esi + esi]
+	bt	eax, ecx
+	jae	segheap_LBB30_26
+	mov	eax, dword ptr [ebx + edx + 32]
+	mov	edx, dword ptr [ebx + edx + 36]
+	and	ecx, 62
+	shrd	eax, edx, cl
+	shr	edx, cl
+	test	cl, 32
+	cmove	edx, eax
+	test	dl, 2
+	je	segheap_LBB30_25
+	mov	eax, dword ptr [ebp - 16]
+	mov	ecx, dword ptr [ebp + 12]
+	movsx	ecx, byte ptr [ecx + eax - 1]
+	test	ecx, ecx
+	jns	segheap_LBB30_24
+	mov	ecx, dword ptr [ebp + 12]
+	movzx	ecx, word ptr [ecx + eax - 2]
+	and	ecx, 32767
+segheap_LBB30_24:
+	dec	ecx
+	cmp	ecx, eax
+	jae	segheap_LBB30_26
+segheap_LBB30_25:
+	mov	eax, dword ptr [ebp + 16]
+	mov	dword ptr [eax], 3
+	mov	ecx, dword ptr [ebp + 12]
+	mov	dword ptr [eax + 12], ecx
+	mov	dword ptr [eax + 16], esi
+	mov	edi, 1
+	jmp	segheap_LBB30_26
 	.p2align	4
 vs_chunk_ok:
 	push	ebp
@@ -7243,6 +7182,37 @@ segheap_LBB31_21:
 	mov	eax, 1
 	jmp	segheap_LBB31_9
 	.p2align	4
+lfh_owner:
+	push	ebp
+	mov	ebp, esp
+	push	ebx
+	push	esi
+	mov	edx, dword ptr [edx + 8]
+	lea	esi, [ecx + 1408]
+	xor	eax, eax
+	cmp	edx, esi
+	jb	segheap_LBB32_5
+	test	dl, 7
+	jne	segheap_LBB32_5
+	lea	esi, [edx + 56]
+	cmp	esi, dword ptr [ecx + 184]
+	ja	segheap_LBB32_5
+	movzx	ebx, byte ptr [edx + 1]
+	mov	esi, ebx
+	dec	bl
+	js	segheap_LBB32_5
+	mov	ecx, dword ptr [ecx + 4*esi + 832]
+	xor	eax, eax
+	test	cl, 1
+	cmovne	ecx, eax
+	cmp	ecx, edx
+	cmove	eax, edx
+segheap_LBB32_5:
+	pop	esi
+	pop	ebx
+	pop	ebp
+	ret
+	.p2align	4
 check_trailer:
 	push	ebp
 	mov	ebp, esp
@@ -7252,38 +7222,38 @@ check_trailer:
 	movsx	ebx, byte ptr [edx - 1]
 	test	ebx, ebx
 	mov	esi, ebx
-	jns	segheap_LBB32_2
+	jns	segheap_LBB33_2
 	movzx	esi, word ptr [edx - 2]
 	and	esi, 32767
-segheap_LBB32_2:
+segheap_LBB33_2:
 	sub	edx, ecx
 	lea	edi, [esi - 1]
 	xor	eax, eax
 	cmp	edi, edx
-	jae	segheap_LBB32_11
+	jae	segheap_LBB33_11
 	test	bl, bl
-	jns	segheap_LBB32_5
+	jns	segheap_LBB33_5
 	cmp	esi, 128
-	jb	segheap_LBB32_11
-segheap_LBB32_5:
+	jb	segheap_LBB33_11
+segheap_LBB33_5:
 	shr	bl, 7
 	movzx	edi, bl
 	not	edi
 	lea	ebx, [edi + edx]
 	sub	edx, esi
 	cmp	edx, ebx
-	jae	segheap_LBB32_10
+	jae	segheap_LBB33_10
 	add	edi, esi
 	add	ecx, edx
-segheap_LBB32_7:
+segheap_LBB33_7:
 	cmp	byte ptr [ecx], -85
-	jne	segheap_LBB32_11
+	jne	segheap_LBB33_11
 	inc	ecx
 	dec	edi
-	jne	segheap_LBB32_7
-segheap_LBB32_10:
+	jne	segheap_LBB33_7
+segheap_LBB33_10:
 	mov	eax, 1
-segheap_LBB32_11:
+segheap_LBB33_11:
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -7302,7 +7272,7 @@ check_tree:
 	mov	dword ptr [ebp - 24], 0
 	mov	ebx, dword ptr [edx]
 	test	ebx, ebx
-	je	segheap_LBB33_31
+	je	segheap_LBB34_31
 	mov	dword ptr [ebp - 20], ecx
 	mov	edx, edi
 	push	ebx
@@ -7310,54 +7280,54 @@ check_tree:
 	add	esp, 4
 	mov	esi, -1
 	test	eax, eax
-	je	segheap_LBB33_37
+	je	segheap_LBB34_37
 	cmp	dword ptr [ebx + 8], 3
-	ja	segheap_LBB33_37
+	ja	segheap_LBB34_37
 	mov	dword ptr [ebp - 16], edi
 	xor	edi, edi
 	mov	esi, ebx
 	xor	ebx, ebx
 	mov	dword ptr [ebp - 28], esi
-segheap_LBB33_4:
+segheap_LBB34_4:
 	test	esi, esi
-	je	segheap_LBB33_9
+	je	segheap_LBB34_9
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 16]
 	push	esi
 	call	node_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB33_36
+	je	segheap_LBB34_36
 	cmp	edi, 65
-	jg	segheap_LBB33_36
+	jg	segheap_LBB34_36
 	inc	ebx
 	cmp	ebx, 16777216
-	ja	segheap_LBB33_36
+	ja	segheap_LBB34_36
 	mov	dword ptr [ebp + 4*edi - 292], esi
 	inc	edi
 	mov	esi, dword ptr [esi]
-	jmp	segheap_LBB33_4
-segheap_LBB33_9:
+	jmp	segheap_LBB34_4
+segheap_LBB34_9:
 	dec	edi
 	mov	eax, dword ptr [ebp + 4*edi - 292]
 	mov	esi, dword ptr [eax + 4]
 	test	esi, esi
-	je	segheap_LBB33_11
+	je	segheap_LBB34_11
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 16]
 	push	esi
 	call	node_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB33_36
-segheap_LBB33_11:
+	je	segheap_LBB34_36
+segheap_LBB34_11:
 	mov	eax, esi
 	or	eax, edi
-	jne	segheap_LBB33_4
+	jne	segheap_LBB34_4
 	mov	edx, dword ptr [ebp - 28]
 	test	byte ptr [edx + 8], 1
 	mov	esi, -1
-	jne	segheap_LBB33_37
+	jne	segheap_LBB34_37
 	lea	eax, [ebp - 24]
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edi, edx
@@ -7370,25 +7340,25 @@ segheap_LBB33_11:
 	call	rb_check
 	add	esp, 16
 	test	eax, eax
-	js	segheap_LBB33_37
+	js	segheap_LBB34_37
 	mov	edx, dword ptr [ebp + 8]
 	mov	eax, dword ptr [edx]
 	test	eax, eax
-	je	segheap_LBB33_31
+	je	segheap_LBB34_31
 	mov	edx, eax
-segheap_LBB33_16:
+segheap_LBB34_16:
 	mov	ecx, edx
 	mov	edx, dword ptr [edx]
 	test	edx, edx
-	jne	segheap_LBB33_16
+	jne	segheap_LBB34_16
 	xor	edx, edx
-segheap_LBB33_18:
+segheap_LBB34_18:
 	test	edx, edx
-	je	segheap_LBB33_25
+	je	segheap_LBB34_25
 	cmp	ebx, 1
-	je	segheap_LBB33_22
+	je	segheap_LBB34_22
 	test	ebx, ebx
-	jne	segheap_LBB33_23
+	jne	segheap_LBB34_23
 	movzx	edi, byte ptr [edx + 15]
 	shl	edi, 8
 	movzx	esi, byte ptr [edx + 13]
@@ -7399,8 +7369,8 @@ segheap_LBB33_18:
 	movzx	edi, byte ptr [ecx + 13]
 	xor	edi, 255
 	or	edi, ebx
-	jmp	segheap_LBB33_24
-segheap_LBB33_22:
+	jmp	segheap_LBB34_24
+segheap_LBB34_22:
 	lea	esi, [edx - 4]
 	xor	esi, dword ptr [edx - 4]
 	mov	edi, dword ptr [ebp - 20]
@@ -7413,13 +7383,13 @@ segheap_LBB33_22:
 	and	esi, 32767
 	shr	edi
 	and	edi, 32767
-	jmp	segheap_LBB33_24
-segheap_LBB33_23:
+	jmp	segheap_LBB34_24
+segheap_LBB34_23:
 	movzx	esi, word ptr [edx + 14]
 	shl	esi, 16
 	movzx	edi, word ptr [ecx + 14]
 	shl	edi, 16
-segheap_LBB33_24:
+segheap_LBB34_24:
 	xor	ebx, ebx
 	cmp	edx, ecx
 	setae	bl
@@ -7430,42 +7400,42 @@ segheap_LBB33_24:
 	test	dl, dl
 	mov	esi, -1
 	mov	ebx, dword ptr [ebp - 16]
-	jne	segheap_LBB33_37
-segheap_LBB33_25:
+	jne	segheap_LBB34_37
+segheap_LBB34_25:
 	mov	esi, dword ptr [ecx + 4]
 	test	esi, esi
 	mov	edx, ecx
-	je	segheap_LBB33_28
-segheap_LBB33_26:
+	je	segheap_LBB34_28
+segheap_LBB34_26:
 	mov	edi, esi
 	mov	esi, dword ptr [esi]
 	test	esi, esi
-	jne	segheap_LBB33_26
+	jne	segheap_LBB34_26
 	mov	edx, ecx
 	mov	ecx, edi
-	jmp	segheap_LBB33_18
-segheap_LBB33_28:
+	jmp	segheap_LBB34_18
+segheap_LBB34_28:
 	mov	esi, dword ptr [edx + 8]
 	and	esi, -4
-	je	segheap_LBB33_39
+	je	segheap_LBB34_39
 	cmp	dword ptr [esi + 4], edx
 	mov	edx, esi
-	je	segheap_LBB33_28
+	je	segheap_LBB34_28
 	mov	edx, ecx
 	mov	ecx, esi
-	jmp	segheap_LBB33_18
-segheap_LBB33_31:
+	jmp	segheap_LBB34_18
+segheap_LBB34_31:
 	mov	ecx, dword ptr [edx + 4]
 	xor	edx, edx
-segheap_LBB33_32:
+segheap_LBB34_32:
 	cmp	ecx, edx
 	mov	esi, -1
-	jne	segheap_LBB33_37
+	jne	segheap_LBB34_37
 	mov	esi, dword ptr [ebp - 24]
-	jmp	segheap_LBB33_37
-segheap_LBB33_36:
+	jmp	segheap_LBB34_37
+segheap_LBB34_36:
 	mov	esi, -1
-segheap_LBB33_37:
+segheap_LBB34_37:
 	mov	eax, esi
 	add	esp, 280
 	pop	esi
@@ -7473,15 +7443,15 @@ segheap_LBB33_37:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB33_39:
+segheap_LBB34_39:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	ecx, dword ptr [ecx + 4]
-segheap_LBB33_40:
+segheap_LBB34_40:
 	mov	edx, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB33_40
-	jmp	segheap_LBB33_32
+	jne	segheap_LBB34_40
+	jmp	segheap_LBB34_32
 	.p2align	4
 range_of_type:
 	push	ebp
@@ -7494,22 +7464,22 @@ range_of_type:
 	mov	ebx, dword ptr [ecx + 324]
 	xor	eax, eax
 	cmp	ebx, edi
-	je	segheap_LBB34_17
+	je	segheap_LBB35_17
 	mov	dword ptr [ebp - 16], edx
 	and	edx, -1048576
 	mov	esi, dword ptr [ecx + 332]
 	mov	eax, -1
-segheap_LBB34_2:
+segheap_LBB35_2:
 	inc	eax
 	cmp	eax, esi
-	ja	segheap_LBB34_16
+	ja	segheap_LBB35_16
 	cmp	ebx, edx
-	je	segheap_LBB34_5
+	je	segheap_LBB35_5
 	mov	ebx, dword ptr [ebx]
 	cmp	ebx, edi
-	jne	segheap_LBB34_2
-	jmp	segheap_LBB34_16
-segheap_LBB34_5:
+	jne	segheap_LBB35_2
+	jmp	segheap_LBB35_16
+segheap_LBB35_5:
 	mov	ebx, dword ptr [ebp - 16]
 	mov	eax, ebx
 	shr	eax, 20
@@ -7517,9 +7487,9 @@ segheap_LBB34_5:
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [ecx + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB34_16
+	jne	segheap_LBB35_16
 	test	ebx, 1044480
-	je	segheap_LBB34_16
+	je	segheap_LBB35_16
 	shr	ebx, 12
 	movzx	eax, bl
 	mov	ecx, eax
@@ -7527,51 +7497,51 @@ segheap_LBB34_5:
 	add	ecx, edx
 	movzx	ebx, byte ptr [ecx + 12]
 	test	bl, 8
-	jne	segheap_LBB34_8
+	jne	segheap_LBB35_8
 	movzx	esi, byte ptr [ecx + 15]
 	test	esi, esi
-	je	segheap_LBB34_16
+	je	segheap_LBB35_16
 	lea	ecx, [eax - 1]
 	cmp	ecx, esi
-	jb	segheap_LBB34_16
+	jb	segheap_LBB35_16
 	mov	ecx, eax
 	sub	ecx, esi
 	mov	esi, ecx
 	shl	esi, 4
 	movzx	ebx, byte ptr [edx + esi + 12]
 	test	bl, 8
-	jne	segheap_LBB34_14
-segheap_LBB34_16:
+	jne	segheap_LBB35_14
+segheap_LBB35_16:
 	xor	eax, eax
-segheap_LBB34_17:
+segheap_LBB35_17:
 	add	esp, 4
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB34_8:
+segheap_LBB35_8:
 	mov	ecx, eax
-segheap_LBB34_9:
+segheap_LBB35_9:
 	and	bl, 37
 	movzx	eax, byte ptr [ebp + 8]
 	or	al, 4
 	cmp	bl, al
 	mov	eax, 0
-	jne	segheap_LBB34_17
+	jne	segheap_LBB35_17
 	shl	ecx, 12
 	add	edx, ecx
 	mov	eax, edx
-	jmp	segheap_LBB34_17
-segheap_LBB34_14:
+	jmp	segheap_LBB35_17
+segheap_LBB35_14:
 	cmp	ecx, 255
-	ja	segheap_LBB34_16
+	ja	segheap_LBB35_16
 	add	esi, edx
 	movzx	esi, byte ptr [esi + 15]
 	add	esi, ecx
 	cmp	esi, eax
-	ja	segheap_LBB34_9
-	jmp	segheap_LBB34_16
+	ja	segheap_LBB35_9
+	jmp	segheap_LBB35_16
 	.p2align	4
 validate_lfh_buckets:
 	push	ebp
@@ -7588,12 +7558,12 @@ validate_lfh_buckets:
 	mov	edi, 1
 	mov	dword ptr [ebp - 20], ecx
 	mov	dword ptr [ebp - 56], esi
-	jmp	segheap_LBB35_2
-segheap_LBB35_1:
+	jmp	segheap_LBB36_2
+segheap_LBB36_1:
 	inc	edi
 	cmp	edi, 129
-	je	segheap_LBB35_62
-segheap_LBB35_2:
+	je	segheap_LBB36_62
+segheap_LBB36_2:
 	mov	eax, dword ptr [ebp - 20]
 	mov	edx, dword ptr [eax + 4*edi + 832]
 	test	edx, edx
@@ -7601,23 +7571,23 @@ segheap_LBB35_2:
 	mov	ecx, edx
 	or	cl, al
 	test	cl, 1
-	jne	segheap_LBB35_1
+	jne	segheap_LBB36_1
 	xor	eax, eax
 	cmp	esi, edx
-	ja	segheap_LBB35_63
+	ja	segheap_LBB36_63
 	test	dl, 6
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	dword ptr [ebp - 64], ebx
 	lea	ecx, [edx + 56]
 	mov	ebx, dword ptr [ebp - 20]
 	cmp	ecx, dword ptr [ebx + 184]
-	ja	segheap_LBB35_63
+	ja	segheap_LBB36_63
 	movzx	ecx, byte ptr [edx + 1]
 	cmp	edi, ecx
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	dword ptr [ebp - 60], edi
 	cmp	byte ptr [edx], 1
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	lea	eax, [edx + 12]
 	mov	esi, dword ptr [edx + 12]
 	mov	dword ptr [ebp - 40], 0
@@ -7626,54 +7596,54 @@ segheap_LBB35_2:
 	mov	dword ptr [ebp - 28], 0
 	mov	dword ptr [ebp - 44], 0
 	mov	dword ptr [ebp - 52], edx
-	je	segheap_LBB35_33
+	je	segheap_LBB36_33
 	mov	eax, dword ptr [ebp - 24]
 	mov	edi, dword ptr [eax]
 	mov	dword ptr [ebp - 44], 0
 	mov	dword ptr [ebp - 28], 0
-segheap_LBB35_10:
+segheap_LBB36_10:
 	cmp	edi, dword ptr [ebp - 24]
 	mov	edx, 0
-	je	segheap_LBB35_28
+	je	segheap_LBB36_28
 	mov	eax, esi
 	and	eax, -1048576
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ecx + 332]
 	mov	ebx, -1
 	mov	ecx, edi
-segheap_LBB35_12:
+segheap_LBB36_12:
 	inc	ebx
 	cmp	ebx, edx
-	ja	segheap_LBB35_16
+	ja	segheap_LBB36_16
 	cmp	ecx, eax
-	je	segheap_LBB35_17
+	je	segheap_LBB36_17
 	mov	ecx, dword ptr [ecx]
 	cmp	ecx, dword ptr [ebp - 24]
-	jne	segheap_LBB35_12
-segheap_LBB35_16:
+	jne	segheap_LBB36_12
+segheap_LBB36_16:
 	xor	edx, edx
-segheap_LBB35_28:
+segheap_LBB36_28:
 	xor	eax, eax
 	cmp	edx, esi
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	edx, dword ptr [ebp - 52]
 	cmp	dword ptr [esi + 8], edx
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	cmp	byte ptr [esi + 22], 0
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	ebx, dword ptr [ebp - 28]
 	inc	ebx
 	mov	ecx, dword ptr [ebp - 48]
 	mov	dword ptr [ebp - 28], ebx
 	cmp	ebx, dword ptr [ecx + 36]
-	ja	segheap_LBB35_63
+	ja	segheap_LBB36_63
 	movzx	eax, word ptr [esi + 18]
 	add	dword ptr [ebp - 44], eax
 	mov	esi, dword ptr [esi]
 	cmp	esi, dword ptr [ebp - 36]
-	jne	segheap_LBB35_10
-	jmp	segheap_LBB35_33
-segheap_LBB35_17:
+	jne	segheap_LBB36_10
+	jmp	segheap_LBB36_33
+segheap_LBB36_17:
 	mov	ecx, esi
 	shr	ecx, 20
 	xor	ecx, dword ptr [eax + 8]
@@ -7682,9 +7652,9 @@ segheap_LBB35_17:
 	xor	ecx, edx
 	cmp	ecx, -1561964883
 	mov	edx, 0
-	jne	segheap_LBB35_28
+	jne	segheap_LBB36_28
 	test	esi, 1044480
-	je	segheap_LBB35_28
+	je	segheap_LBB36_28
 	mov	ecx, esi
 	shr	ecx, 12
 	movzx	ebx, cl
@@ -7693,15 +7663,15 @@ segheap_LBB35_17:
 	add	ecx, eax
 	movzx	edx, byte ptr [ecx + 12]
 	test	dl, 8
-	jne	segheap_LBB35_25
+	jne	segheap_LBB36_25
 	movzx	ecx, byte ptr [ecx + 15]
 	test	ecx, ecx
 	mov	edx, 0
-	je	segheap_LBB35_28
+	je	segheap_LBB36_28
 	lea	edx, [ebx - 1]
 	cmp	edx, ecx
 	mov	edx, 0
-	jb	segheap_LBB35_28
+	jb	segheap_LBB36_28
 	mov	edx, ebx
 	sub	edx, ecx
 	mov	dword ptr [ebp - 16], edx
@@ -7711,44 +7681,44 @@ segheap_LBB35_17:
 	mov	byte ptr [ebp - 32], dl
 	test	dl, 8
 	mov	edx, 0
-	je	segheap_LBB35_28
+	je	segheap_LBB36_28
 	cmp	dword ptr [ebp - 16], 255
-	ja	segheap_LBB35_28
+	ja	segheap_LBB36_28
 	add	ecx, eax
 	movzx	ecx, byte ptr [ecx + 15]
 	add	ecx, dword ptr [ebp - 16]
 	cmp	ecx, ebx
-	ja	segheap_LBB35_26
-	jmp	segheap_LBB35_28
-segheap_LBB35_25:
+	ja	segheap_LBB36_26
+	jmp	segheap_LBB36_28
+segheap_LBB36_25:
 	mov	byte ptr [ebp - 32], dl
 	mov	dword ptr [ebp - 16], ebx
-segheap_LBB35_26:
+segheap_LBB36_26:
 	movzx	ecx, byte ptr [ebp - 32]
 	and	cl, 37
 	cmp	cl, 5
 	mov	edx, 0
-	jne	segheap_LBB35_28
+	jne	segheap_LBB36_28
 	mov	ecx, dword ptr [ebp - 16]
 	shl	ecx, 12
 	add	eax, ecx
 	mov	edx, eax
-	jmp	segheap_LBB35_28
-segheap_LBB35_33:
+	jmp	segheap_LBB36_28
+segheap_LBB36_33:
 	lea	eax, [edx + 20]
 	mov	ebx, dword ptr [edx + 20]
 	mov	dword ptr [ebp - 32], eax
 	cmp	ebx, eax
-	je	segheap_LBB35_57
+	je	segheap_LBB36_57
 	mov	eax, dword ptr [ebp - 24]
 	mov	eax, dword ptr [eax]
 	mov	dword ptr [ebp - 36], eax
 	mov	dword ptr [ebp - 40], 0
-segheap_LBB35_35:
+segheap_LBB36_35:
 	mov	eax, dword ptr [ebp - 36]
 	cmp	eax, dword ptr [ebp - 24]
 	mov	edx, 0
-	je	segheap_LBB35_41
+	je	segheap_LBB36_41
 	mov	esi, ebx
 	mov	eax, ebx
 	and	eax, -1048576
@@ -7756,42 +7726,42 @@ segheap_LBB35_35:
 	mov	edx, dword ptr [ecx + 332]
 	mov	ebx, -1
 	mov	ecx, dword ptr [ebp - 36]
-segheap_LBB35_37:
+segheap_LBB36_37:
 	inc	ebx
 	cmp	ebx, edx
-	ja	segheap_LBB35_40
+	ja	segheap_LBB36_40
 	cmp	ecx, eax
-	je	segheap_LBB35_46
+	je	segheap_LBB36_46
 	mov	ecx, dword ptr [ecx]
 	cmp	ecx, dword ptr [ebp - 24]
-	jne	segheap_LBB35_37
-segheap_LBB35_40:
+	jne	segheap_LBB36_37
+segheap_LBB36_40:
 	xor	edx, edx
 	mov	ebx, esi
-segheap_LBB35_41:
+segheap_LBB36_41:
 	xor	eax, eax
 	cmp	edx, ebx
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	edx, dword ptr [ebp - 52]
 	cmp	dword ptr [ebx + 8], edx
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	cmp	byte ptr [ebx + 22], 1
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	edi, ebx
 	mov	ebx, dword ptr [ebp - 40]
 	inc	ebx
 	mov	ecx, dword ptr [ebp - 48]
 	mov	dword ptr [ebp - 40], ebx
 	cmp	ebx, dword ptr [ecx + 36]
-	ja	segheap_LBB35_63
+	ja	segheap_LBB36_63
 	movzx	eax, word ptr [edi + 18]
 	add	dword ptr [ebp - 44], eax
 	mov	ebx, dword ptr [edi]
 	cmp	ebx, dword ptr [ebp - 32]
 	mov	esi, dword ptr [ebp - 28]
-	jne	segheap_LBB35_35
-	jmp	segheap_LBB35_58
-segheap_LBB35_46:
+	jne	segheap_LBB36_35
+	jmp	segheap_LBB36_58
+segheap_LBB36_46:
 	mov	ebx, esi
 	mov	ecx, esi
 	shr	ecx, 20
@@ -7801,9 +7771,9 @@ segheap_LBB35_46:
 	xor	ecx, edx
 	cmp	ecx, -1561964883
 	mov	edx, 0
-	jne	segheap_LBB35_41
+	jne	segheap_LBB36_41
 	test	ebx, 1044480
-	je	segheap_LBB35_41
+	je	segheap_LBB36_41
 	mov	ecx, ebx
 	shr	ecx, 12
 	movzx	esi, cl
@@ -7812,15 +7782,15 @@ segheap_LBB35_46:
 	add	ecx, eax
 	movzx	edx, byte ptr [ecx + 12]
 	test	dl, 8
-	jne	segheap_LBB35_54
+	jne	segheap_LBB36_54
 	movzx	ecx, byte ptr [ecx + 15]
 	test	ecx, ecx
 	mov	edx, 0
-	je	segheap_LBB35_41
+	je	segheap_LBB36_41
 	lea	edx, [esi - 1]
 	cmp	edx, ecx
 	mov	edx, 0
-	jb	segheap_LBB35_41
+	jb	segheap_LBB36_41
 	mov	edi, esi
 	sub	edi, ecx
 	mov	ecx, edi
@@ -7829,52 +7799,52 @@ segheap_LBB35_46:
 	mov	byte ptr [ebp - 16], dl
 	test	dl, 8
 	mov	edx, 0
-	je	segheap_LBB35_41
+	je	segheap_LBB36_41
 	cmp	edi, 255
-	ja	segheap_LBB35_41
+	ja	segheap_LBB36_41
 	add	ecx, eax
 	movzx	ecx, byte ptr [ecx + 15]
 	add	ecx, edi
 	cmp	ecx, esi
-	ja	segheap_LBB35_55
-	jmp	segheap_LBB35_41
-segheap_LBB35_54:
+	ja	segheap_LBB36_55
+	jmp	segheap_LBB36_41
+segheap_LBB36_54:
 	mov	byte ptr [ebp - 16], dl
 	mov	edi, esi
-segheap_LBB35_55:
+segheap_LBB36_55:
 	movzx	ecx, byte ptr [ebp - 16]
 	and	cl, 37
 	cmp	cl, 5
 	mov	edx, 0
-	jne	segheap_LBB35_41
+	jne	segheap_LBB36_41
 	shl	edi, 12
 	add	eax, edi
 	mov	edx, eax
-	jmp	segheap_LBB35_41
-segheap_LBB35_57:
+	jmp	segheap_LBB36_41
+segheap_LBB36_57:
 	mov	esi, dword ptr [ebp - 28]
-segheap_LBB35_58:
+segheap_LBB36_58:
 	xor	eax, eax
 	cmp	esi, dword ptr [edx + 4]
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	ecx, dword ptr [ebp - 40]
 	add	ecx, esi
 	cmp	ecx, dword ptr [edx + 32]
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	esi, dword ptr [ebp - 44]
 	cmp	esi, dword ptr [edx + 28]
-	jne	segheap_LBB35_63
+	jne	segheap_LBB36_63
 	mov	ebx, dword ptr [ebp - 64]
 	add	ebx, ecx
 	mov	esi, dword ptr [ebp - 56]
 	mov	edi, dword ptr [ebp - 60]
-	jmp	segheap_LBB35_1
-segheap_LBB35_62:
+	jmp	segheap_LBB36_1
+segheap_LBB36_62:
 	xor	eax, eax
 	mov	ecx, dword ptr [ebp - 48]
 	cmp	ebx, dword ptr [ecx + 36]
 	sete	al
-segheap_LBB35_63:
+segheap_LBB36_63:
 	add	esp, 52
 	pop	esi
 	pop	edi
@@ -7897,7 +7867,7 @@ validate_large:
 	call	check_tree
 	add	esp, 4
 	test	eax, eax
-	js	segheap_LBB36_20
+	js	segheap_LBB37_20
 	mov	ecx, edi
 	mov	edi, dword ptr [edi + 72]
 	xor	eax, eax
@@ -7905,7 +7875,7 @@ validate_large:
 	mov	dword ptr [ebp - 16], 0
 	mov	ebx, 0
 	mov	edx, 0
-	je	segheap_LBB36_13
+	je	segheap_LBB37_13
 	mov	dword ptr [ebp - 28], esi
 	lea	eax, [ebp - 52]
 	mov	dword ptr [ebp - 20], ecx
@@ -7915,29 +7885,29 @@ validate_large:
 	call	lookup_block
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB36_20
+	je	segheap_LBB37_20
 	cmp	dword ptr [ebp - 52], 2
-	jne	segheap_LBB36_20
+	jne	segheap_LBB37_20
 	mov	dword ptr [ebp - 16], 0
 	xor	ebx, ebx
 	mov	dword ptr [ebp - 24], 0
-segheap_LBB36_5:
+segheap_LBB37_5:
 	mov	eax, dword ptr [ebp - 40]
 	test	byte ptr [eax + 5], 2
-	je	segheap_LBB36_20
+	je	segheap_LBB37_20
 	mov	ecx, dword ptr [edi + 16]
 	mov	eax, ecx
 	shr	eax, 12
-	je	segheap_LBB36_20
+	je	segheap_LBB37_20
 	mov	edx, dword ptr [edi + 12]
 	cmp	edx, 65536
-	jb	segheap_LBB36_20
+	jb	segheap_LBB37_20
 	and	edx, 61440
 	mov	esi, ecx
 	and	esi, 4093
 	or	esi, edx
 	test	esi, esi
-	jne	segheap_LBB36_20
+	jne	segheap_LBB37_20
 	inc	dword ptr [ebp - 16]
 	bt	ecx, 1
 	adc	ebx, eax
@@ -7945,21 +7915,21 @@ segheap_LBB36_5:
 	add	edx, eax
 	mov	eax, dword ptr [edi + 4]
 	test	eax, eax
-	je	segheap_LBB36_11
-segheap_LBB36_10:
+	je	segheap_LBB37_11
+segheap_LBB37_10:
 	mov	esi, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB36_10
-	jmp	segheap_LBB36_18
-segheap_LBB36_11:
+	jne	segheap_LBB37_10
+	jmp	segheap_LBB37_18
+segheap_LBB37_11:
 	mov	esi, dword ptr [edi + 8]
 	and	esi, -4
-	je	segheap_LBB36_12
+	je	segheap_LBB37_12
 	cmp	dword ptr [esi + 4], edi
 	mov	edi, esi
-	je	segheap_LBB36_11
-segheap_LBB36_18:
+	je	segheap_LBB37_11
+segheap_LBB37_18:
 	mov	dword ptr [ebp - 24], edx
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, esi
@@ -7969,29 +7939,29 @@ segheap_LBB36_18:
 	call	lookup_block
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB36_20
+	je	segheap_LBB37_20
 	cmp	dword ptr [ebp - 52], 2
 	mov	edi, esi
-	je	segheap_LBB36_5
-segheap_LBB36_20:
+	je	segheap_LBB37_5
+segheap_LBB37_20:
 	xor	eax, eax
-	jmp	segheap_LBB36_21
-segheap_LBB36_12:
+	jmp	segheap_LBB37_21
+segheap_LBB37_12:
 	mov	esi, dword ptr [ebp - 28]
 	xor	eax, eax
 	mov	ecx, dword ptr [ebp - 20]
-segheap_LBB36_13:
+segheap_LBB37_13:
 	mov	edi, dword ptr [ebp - 16]
 	cmp	edi, dword ptr [esi + 32]
-	jne	segheap_LBB36_21
+	jne	segheap_LBB37_21
 	cmp	ebx, dword ptr [ecx + 76]
-	jne	segheap_LBB36_21
+	jne	segheap_LBB37_21
 	cmp	edx, dword ptr [ecx + 80]
-	jne	segheap_LBB36_21
+	jne	segheap_LBB37_21
 	add	dword ptr [esi + 12], ebx
 	add	dword ptr [esi + 8], edx
 	mov	eax, 1
-segheap_LBB36_21:
+segheap_LBB37_21:
 	add	esp, 40
 	pop	esi
 	pop	edi
@@ -8005,244 +7975,245 @@ validate_lfh_subsegment:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 44
-	mov	edi, -128
-	jmp	segheap_LBB37_1
-segheap_LBB37_11:
-	add	edi, 2
-	je	segheap_LBB37_43
-segheap_LBB37_1:
-	mov	eax, dword ptr [ecx + 4*edi + 1348]
-	test	eax, eax
-	sete	bl
-	or	bl, al
-	test	bl, 1
-	jne	segheap_LBB37_9
-	cmp	dword ptr [edx + 8], eax
-	je	segheap_LBB37_3
-segheap_LBB37_9:
-	mov	eax, dword ptr [ecx + 4*edi + 1352]
-	test	eax, eax
-	sete	bl
-	or	bl, al
-	test	bl, 1
-	jne	segheap_LBB37_11
-	cmp	dword ptr [edx + 8], eax
-	jne	segheap_LBB37_11
-	add	edi, 130
-	jmp	segheap_LBB37_4
-segheap_LBB37_3:
-	add	edi, 129
-segheap_LBB37_4:
-	movzx	ebx, byte ptr [eax + 1]
-	xor	eax, eax
-	cmp	edi, ebx
-	jne	segheap_LBB37_44
-	movzx	esi, word ptr [edx + 18]
-	test	esi, esi
-	je	segheap_LBB37_44
-	mov	dword ptr [ebp - 28], esi
-	movzx	esi, word ptr [edx + 16]
-	mov	dword ptr [ebp - 40], esi
-	cmp	si, word ptr [ebp - 28]
-	ja	segheap_LBB37_44
-	mov	esi, edx
-	shr	esi, 12
-	xor	esi, dword ptr [edx + 24]
-	mov	ecx, dword ptr [ecx + 148]
-	mov	dword ptr [ebp - 56], ecx
-	xor	esi, ecx
-	movzx	ecx, si
-	mov	dword ptr [ebp - 16], ecx
-	cmp	bl, 64
-	ja	segheap_LBB37_12
-	shl	edi, 4
-	jmp	segheap_LBB37_19
-segheap_LBB37_12:
-	cmp	bl, 80
-	ja	segheap_LBB37_14
-	shl	edi, 6
-	add	edi, -3072
-	jmp	segheap_LBB37_19
-segheap_LBB37_14:
-	cmp	bl, 96
-	ja	segheap_LBB37_16
-	shl	edi, 7
-	add	edi, -8192
-	jmp	segheap_LBB37_19
-segheap_LBB37_16:
-	cmp	bl, 112
-	ja	segheap_LBB37_18
-	shl	edi, 8
-	add	edi, -20480
-	jmp	segheap_LBB37_19
-segheap_LBB37_18:
-	shl	edi, 9
-	add	edi, -49152
-segheap_LBB37_19:
-	mov	ebx, dword ptr [ebp - 16]
-	cmp	ebx, edi
-	jne	segheap_LBB37_44
-	shr	esi, 16
-	mov	edi, dword ptr [ebp - 28]
-	lea	ecx, [edi + 31]
-	shr	ecx, 5
-	mov	dword ptr [ebp - 24], ecx
-	lea	ecx, [8*ecx + 47]
-	and	ecx, -16
-	cmp	esi, ecx
-	jne	segheap_LBB37_44
-	mov	ecx, ebx
-	imul	ecx, edi
-	add	ecx, esi
-	cmp	ecx, dword ptr [ebp + 8]
-	ja	segheap_LBB37_44
-	cmp	dword ptr [ebp - 40], 0
-	sete	cl
-	cmp	byte ptr [edx + 22], cl
-	jne	segheap_LBB37_44
-	movzx	ecx, word ptr [edx + 20]
-	mov	dword ptr [ebp - 48], ecx
-	mov	edi, dword ptr [ebp - 28]
-	cmp	cx, di
-	ja	segheap_LBB37_44
-	mov	dword ptr [ebp - 44], esi
-	lea	ecx, [edi + edi]
-	xor	eax, eax
-	xor	esi, esi
-segheap_LBB37_25:
-	mov	dword ptr [ebp - 20], esi
-	mov	esi, -1
-	shl	esi, cl
-	mov	dword ptr [ebp - 32], ecx
-	test	cl, 32
-	mov	ecx, -1
-	cmovne	ecx, esi
-	mov	ebx, dword ptr [ebp - 20]
-	mov	ebx, dword ptr [edx + 8*ebx + 32]
-	cmovne	esi, eax
-	sub	edi, 32
-	mov	dword ptr [ebp - 36], edi
-	cmovae	esi, eax
-	cmovae	ecx, eax
-	mov	edi, dword ptr [ebp - 20]
-	mov	edi, dword ptr [edx + 8*edi + 36]
-	and	ecx, edi
-	and	esi, ebx
-	or	esi, ecx
-	jne	segheap_LBB37_44
-	mov	ecx, edi
-	shld	ecx, ebx, 31
-	mov	dword ptr [ebp - 52], ecx
-	mov	esi, edi
-	shr	esi
-	not	ebx
-	not	edi
-	mov	ecx, 1431655765
-	and	edi, ecx
-	and	edi, esi
-	and	ebx, ecx
-	and	ebx, dword ptr [ebp - 52]
-	or	ebx, edi
-	jne	segheap_LBB37_44
-	mov	esi, dword ptr [ebp - 20]
-	inc	esi
-	mov	ecx, dword ptr [ebp - 32]
-	add	ecx, -64
-	cmp	dword ptr [ebp - 24], esi
-	mov	edi, dword ptr [ebp - 36]
-	jne	segheap_LBB37_25
-	mov	eax, dword ptr [ebp - 16]
-	add	eax, edx
-	mov	dword ptr [ebp - 36], eax
-	xor	ebx, ebx
-	xor	eax, eax
-	mov	dword ptr [ebp - 32], 0
-	mov	esi, dword ptr [ebp - 44]
-	jmp	segheap_LBB37_29
-segheap_LBB37_41:
-	mov	ecx, dword ptr [ebp - 28]
-	mov	edi, dword ptr [ebp - 16]
-segheap_LBB37_33:
-	mov	ebx, dword ptr [ebp - 20]
-	mov	eax, dword ptr [ebp - 24]
-segheap_LBB37_34:
-	inc	eax
-	add	ebx, 2
-	add	esi, edi
-	cmp	ecx, eax
-	je	segheap_LBB37_35
-segheap_LBB37_29:
-	mov	dword ptr [ebp - 20], ebx
-	mov	dword ptr [ebp - 24], eax
-	mov	ecx, eax
-	shr	ecx, 5
-	mov	eax, dword ptr [edx + 8*ecx + 32]
-	mov	edi, dword ptr [edx + 8*ecx + 36]
-	mov	ecx, ebx
-	and	cl, 30
-	mov	ebx, edi
-	shr	ebx, cl
-	shrd	eax, edi, cl
-	test	byte ptr [ebp - 20], 32
-	cmovne	eax, ebx
-	lea	ecx, [edx + esi]
-	test	al, 1
-	jne	segheap_LBB37_40
-	xor	eax, eax
-	mov	edi, dword ptr [ebp - 24]
-	cmp	edi, dword ptr [ebp - 48]
-	jb	segheap_LBB37_44
-	xor	ecx, dword ptr [ebp - 56]
-	cmp	dword ptr [edx + esi], ecx
-	mov	ecx, dword ptr [ebp - 28]
-	mov	edi, dword ptr [ebp - 16]
-	jne	segheap_LBB37_44
-	inc	dword ptr [ebp - 32]
-	jmp	segheap_LBB37_33
-segheap_LBB37_40:
-	test	al, 2
-	je	segheap_LBB37_41
-	mov	eax, dword ptr [ebp - 36]
-	add	eax, esi
-	mov	edi, esi
-	mov	esi, edx
-	mov	edx, eax
-	call	check_trailer
-	mov	edx, esi
-	mov	esi, edi
-	test	eax, eax
-	mov	ecx, dword ptr [ebp - 28]
-	mov	edi, dword ptr [ebp - 16]
-	mov	ebx, dword ptr [ebp - 20]
-	mov	eax, dword ptr [ebp - 24]
-	jne	segheap_LBB37_34
-segheap_LBB37_43:
-	xor	eax, eax
-segheap_LBB37_44:
-	add	esp, 44
+	sub	esp, 48
+	mov	eax, dword ptr [edx + 8]
+	lea	esi, [ecx + 1408]
+	xor	edi, edi
+	cmp	eax, esi
+	jae	segheap_LBB38_1
+segheap_LBB38_40:
+	mov	eax, edi
+	add	esp, 48
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB37_35:
-	xor	eax, eax
-	mov	ecx, dword ptr [ebp - 32]
-	cmp	ecx, dword ptr [ebp - 40]
-	jne	segheap_LBB37_44
-	mov	ecx, dword ptr [edx]
+segheap_LBB38_1:
+	test	al, 7
+	jne	segheap_LBB38_40
+	lea	esi, [eax + 56]
+	cmp	esi, dword ptr [ecx + 184]
+	ja	segheap_LBB38_40
+	mov	dword ptr [ebp - 16], edx
+	movzx	edx, byte ptr [eax + 1]
+	mov	ebx, edx
+	dec	bl
+	js	segheap_LBB38_40
+	mov	ebx, dword ptr [ecx + 4*edx + 832]
+	xor	edi, edi
+	test	bl, 1
+	cmovne	ebx, edi
+	cmp	ebx, eax
+	jne	segheap_LBB38_40
+	mov	esi, edx
+	mov	eax, dword ptr [ebp - 16]
+	movzx	edx, word ptr [eax + 18]
+	test	edx, edx
+	je	segheap_LBB38_40
+	movzx	ebx, word ptr [eax + 16]
+	cmp	bx, dx
+	ja	segheap_LBB38_40
+	mov	dword ptr [ebp - 48], ebx
+	mov	ebx, eax
+	shr	ebx, 12
+	xor	ebx, dword ptr [eax + 24]
+	mov	ecx, dword ptr [ecx + 148]
+	mov	dword ptr [ebp - 60], ecx
+	xor	ebx, ecx
+	movzx	ecx, bx
+	mov	dword ptr [ebp - 40], ecx
+	mov	ecx, esi
+	cmp	cl, 64
+	ja	segheap_LBB38_9
+	shl	ecx, 4
+	jmp	segheap_LBB38_16
+segheap_LBB38_9:
+	cmp	cl, 80
+	ja	segheap_LBB38_11
+	shl	ecx, 6
+	add	ecx, -3072
+	jmp	segheap_LBB38_16
+segheap_LBB38_11:
+	cmp	cl, 96
+	ja	segheap_LBB38_13
+	shl	ecx, 7
+	add	ecx, -8192
+	jmp	segheap_LBB38_16
+segheap_LBB38_13:
+	cmp	cl, 112
+	ja	segheap_LBB38_15
+	shl	ecx, 8
+	add	ecx, -20480
+	jmp	segheap_LBB38_16
+segheap_LBB38_15:
+	shl	ecx, 9
+	add	ecx, -49152
+segheap_LBB38_16:
+	cmp	dword ptr [ebp - 40], ecx
+	jne	segheap_LBB38_40
+	shr	ebx, 16
+	lea	ecx, [edx + 31]
+	shr	ecx, 5
+	mov	dword ptr [ebp - 20], ecx
+	lea	ecx, [8*ecx + 47]
+	and	ecx, -16
+	cmp	ebx, ecx
+	jne	segheap_LBB38_40
+	mov	ecx, dword ptr [ebp - 40]
+	imul	ecx, edx
+	add	ecx, ebx
+	cmp	ecx, dword ptr [ebp + 8]
+	ja	segheap_LBB38_40
+	mov	ecx, dword ptr [ebp - 48]
 	test	ecx, ecx
-	je	segheap_LBB37_44
+	sete	cl
+	cmp	byte ptr [eax + 22], cl
+	jne	segheap_LBB38_40
+	mov	dword ptr [ebp - 28], ebx
+	movzx	ecx, word ptr [eax + 20]
+	mov	dword ptr [ebp - 56], ecx
+	cmp	cx, dx
+	ja	segheap_LBB38_40
+	lea	eax, [edx + edx]
+	mov	dword ptr [ebp - 32], eax
+	xor	edi, edi
+	mov	dword ptr [ebp - 44], edx
+	mov	eax, edx
+	xor	edx, edx
+segheap_LBB38_22:
+	mov	dword ptr [ebp - 24], edx
+	mov	edx, -1
+	mov	ecx, dword ptr [ebp - 32]
+	shl	edx, cl
+	test	cl, 32
+	mov	ecx, -1
+	cmovne	ecx, edx
+	mov	esi, dword ptr [ebp - 16]
+	mov	ebx, dword ptr [ebp - 24]
+	mov	esi, dword ptr [esi + 8*ebx + 32]
+	cmovne	edx, edi
+	sub	eax, 32
+	mov	dword ptr [ebp - 36], eax
+	cmovae	edx, edi
+	cmovae	ecx, edi
+	mov	ebx, dword ptr [ebp - 16]
+	mov	eax, dword ptr [ebp - 24]
+	mov	ebx, dword ptr [ebx + 8*eax + 36]
+	and	ecx, ebx
+	and	edx, esi
+	or	edx, ecx
+	jne	segheap_LBB38_40
+	mov	ecx, ebx
+	shld	ecx, esi, 31
+	mov	edx, ebx
+	shr	edx
+	not	esi
+	not	ebx
+	mov	eax, 1431655765
+	and	ebx, eax
+	and	ebx, edx
+	and	esi, eax
+	and	esi, ecx
+	or	esi, ebx
+	jne	segheap_LBB38_40
+	mov	edx, dword ptr [ebp - 24]
+	inc	edx
+	add	dword ptr [ebp - 32], -64
+	cmp	dword ptr [ebp - 20], edx
+	mov	eax, dword ptr [ebp - 36]
+	jne	segheap_LBB38_22
+	mov	eax, dword ptr [ebp - 40]
+	mov	ecx, dword ptr [ebp - 16]
+	add	eax, ecx
+	mov	dword ptr [ebp - 52], eax
+	mov	ebx, dword ptr [ebp - 16]
+	xor	edx, edx
+	xor	eax, eax
+	mov	dword ptr [ebp - 36], 0
+	mov	esi, dword ptr [ebp - 28]
+	jmp	segheap_LBB38_26
+segheap_LBB38_37:
+	mov	ecx, dword ptr [ebp - 44]
+	mov	edx, dword ptr [ebp - 20]
+	mov	eax, esi
+segheap_LBB38_30:
+	inc	eax
+	add	edx, 2
+	mov	esi, dword ptr [ebp - 28]
+	add	esi, dword ptr [ebp - 40]
+	cmp	ecx, eax
+	je	segheap_LBB38_31
+segheap_LBB38_26:
+	mov	dword ptr [ebp - 20], edx
+	mov	dword ptr [ebp - 32], eax
+	mov	ecx, eax
+	shr	ecx, 5
+	mov	edi, ebx
+	mov	eax, dword ptr [ebx + 8*ecx + 32]
+	mov	ecx, dword ptr [ebx + 8*ecx + 36]
+	mov	dword ptr [ebp - 24], ecx
+	mov	ecx, edx
+	and	cl, 30
+	mov	edx, dword ptr [ebp - 24]
+	shr	edx, cl
+	mov	ebx, dword ptr [ebp - 24]
+	shrd	eax, ebx, cl
+	test	byte ptr [ebp - 20], 32
+	cmovne	eax, edx
+	mov	dword ptr [ebp - 28], esi
+	mov	ebx, edi
+	lea	ecx, [edi + esi]
+	test	al, 1
+	jne	segheap_LBB38_36
+	xor	edi, edi
+	mov	eax, dword ptr [ebp - 32]
+	cmp	eax, dword ptr [ebp - 56]
+	jb	segheap_LBB38_40
+	xor	ecx, dword ptr [ebp - 60]
+	mov	edx, dword ptr [ebp - 28]
+	cmp	dword ptr [ebx + edx], ecx
+	mov	ecx, dword ptr [ebp - 44]
+	jne	segheap_LBB38_40
+	inc	dword ptr [ebp - 36]
+	mov	edx, dword ptr [ebp - 20]
+	jmp	segheap_LBB38_30
+segheap_LBB38_36:
+	mov	esi, dword ptr [ebp - 32]
+	test	al, 2
+	je	segheap_LBB38_37
+	mov	eax, dword ptr [ebp - 28]
+	mov	edx, dword ptr [ebp - 52]
+	add	edx, eax
+	call	check_trailer
+	mov	ebx, dword ptr [ebp - 16]
+	test	eax, eax
+	mov	ecx, dword ptr [ebp - 44]
+	mov	edx, dword ptr [ebp - 20]
+	mov	eax, esi
+	jne	segheap_LBB38_30
+	xor	edi, edi
+	jmp	segheap_LBB38_40
+segheap_LBB38_31:
+	xor	edi, edi
+	mov	eax, dword ptr [ebp - 36]
+	cmp	eax, dword ptr [ebp - 48]
+	jne	segheap_LBB38_40
+	mov	ecx, dword ptr [ebp - 16]
+	mov	ecx, dword ptr [ecx]
+	test	ecx, ecx
+	je	segheap_LBB38_40
+	mov	edx, dword ptr [ebp - 16]
 	cmp	dword ptr [ecx + 4], edx
-	jne	segheap_LBB37_44
-	mov	ecx, dword ptr [edx + 4]
-	cmp	dword ptr [ecx], edx
-	mov	ecx, dword ptr [ebp + 12]
-	jne	segheap_LBB37_44
-	inc	dword ptr [ecx + 36]
-	mov	eax, 1
-	jmp	segheap_LBB37_44
+	jne	segheap_LBB38_40
+	mov	ecx, dword ptr [ebp - 16]
+	mov	edx, dword ptr [ecx + 4]
+	cmp	dword ptr [edx], ecx
+	jne	segheap_LBB38_40
+	mov	eax, dword ptr [ebp + 12]
+	inc	dword ptr [eax + 36]
+	mov	edi, 1
+	jmp	segheap_LBB38_40
 	.p2align	4
 node_ok:
 	push	ebp
@@ -8253,10 +8224,10 @@ node_ok:
 	push	eax
 	mov	ebx, dword ptr [ebp + 8]
 	test	bl, 3
-	je	segheap_LBB38_3
-segheap_LBB38_1:
+	je	segheap_LBB39_3
+segheap_LBB39_1:
 	xor	edx, edx
-segheap_LBB38_2:
+segheap_LBB39_2:
 	movzx	eax, dl
 	add	esp, 4
 	pop	esi
@@ -8264,66 +8235,66 @@ segheap_LBB38_2:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB38_3:
+segheap_LBB39_3:
 	mov	eax, ebx
 	and	eax, -1048576
 	mov	dword ptr [ebp - 16], eax
 	lea	esi, [ecx + 324]
 	mov	edi, dword ptr [ecx + 324]
 	cmp	edx, 1
-	je	segheap_LBB38_11
+	je	segheap_LBB39_11
 	test	edx, edx
-	jne	segheap_LBB38_16
+	jne	segheap_LBB39_16
 	xor	edx, edx
 	cmp	edi, esi
-	je	segheap_LBB38_33
+	je	segheap_LBB39_33
 	mov	eax, dword ptr [ecx + 332]
 	mov	ebx, -1
-segheap_LBB38_7:
+segheap_LBB39_7:
 	inc	ebx
 	cmp	ebx, eax
-	ja	segheap_LBB38_24
+	ja	segheap_LBB39_24
 	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB38_32
+	je	segheap_LBB39_32
 	mov	edi, dword ptr [edi]
 	cmp	edi, esi
-	jne	segheap_LBB38_7
-segheap_LBB38_24:
+	jne	segheap_LBB39_7
+segheap_LBB39_24:
 	mov	ebx, dword ptr [ebp + 8]
-	jmp	segheap_LBB38_33
-segheap_LBB38_11:
+	jmp	segheap_LBB39_33
+segheap_LBB39_11:
 	cmp	edi, esi
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	mov	ebx, dword ptr [ecx + 332]
 	mov	eax, -1
-segheap_LBB38_13:
+segheap_LBB39_13:
 	inc	eax
 	cmp	eax, ebx
-	ja	segheap_LBB38_1
+	ja	segheap_LBB39_1
 	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB38_26
+	je	segheap_LBB39_26
 	mov	edi, dword ptr [edi]
 	xor	edx, edx
 	cmp	edi, esi
-	jne	segheap_LBB38_13
-	jmp	segheap_LBB38_2
-segheap_LBB38_16:
+	jne	segheap_LBB39_13
+	jmp	segheap_LBB39_2
+segheap_LBB39_16:
 	cmp	edi, esi
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	mov	ebx, dword ptr [ecx + 332]
 	mov	eax, -1
-segheap_LBB38_18:
+segheap_LBB39_18:
 	inc	eax
 	cmp	eax, ebx
-	ja	segheap_LBB38_1
+	ja	segheap_LBB39_1
 	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB38_35
+	je	segheap_LBB39_35
 	mov	edi, dword ptr [edi]
 	xor	edx, edx
 	cmp	edi, esi
-	jne	segheap_LBB38_18
-	jmp	segheap_LBB38_2
-segheap_LBB38_26:
+	jne	segheap_LBB39_18
+	jmp	segheap_LBB39_2
+segheap_LBB39_26:
 	mov	esi, dword ptr [ebp + 8]
 	mov	eax, esi
 	shr	eax, 20
@@ -8332,9 +8303,9 @@ segheap_LBB38_26:
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [ecx + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB38_1
+	jne	segheap_LBB39_1
 	test	esi, 1044480
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	mov	eax, esi
 	shr	eax, 12
 	movzx	esi, al
@@ -8343,13 +8314,13 @@ segheap_LBB38_26:
 	add	eax, dword ptr [ebp - 16]
 	movzx	ecx, byte ptr [eax + 12]
 	test	cl, 8
-	jne	segheap_LBB38_45
+	jne	segheap_LBB39_45
 	movzx	eax, byte ptr [eax + 15]
 	test	eax, eax
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	lea	ecx, [esi - 1]
 	cmp	ecx, eax
-	jb	segheap_LBB38_1
+	jb	segheap_LBB39_1
 	mov	edi, esi
 	sub	edi, eax
 	mov	eax, edi
@@ -8358,16 +8329,16 @@ segheap_LBB38_26:
 	movzx	ecx, byte ptr [ecx + eax + 12]
 	xor	edx, edx
 	test	cl, 8
-	je	segheap_LBB38_2
+	je	segheap_LBB39_2
 	cmp	edi, 255
-	ja	segheap_LBB38_2
+	ja	segheap_LBB39_2
 	add	eax, dword ptr [ebp - 16]
 	movzx	eax, byte ptr [eax + 15]
 	add	eax, edi
 	cmp	eax, esi
-	ja	segheap_LBB38_46
-	jmp	segheap_LBB38_2
-segheap_LBB38_32:
+	ja	segheap_LBB39_46
+	jmp	segheap_LBB39_2
+segheap_LBB39_32:
 	mov	ebx, dword ptr [ebp + 8]
 	mov	eax, ebx
 	shr	eax, 20
@@ -8378,7 +8349,7 @@ segheap_LBB38_32:
 	xor	edx, edx
 	cmp	eax, -1561964883
 	cmove	edx, esi
-segheap_LBB38_33:
+segheap_LBB39_33:
 	sub	ebx, edx
 	test	edx, edx
 	cmove	ebx, edx
@@ -8387,10 +8358,10 @@ segheap_LBB38_33:
 	dec	ebx
 	cmp	ebx, 4095
 	setb	dl
-segheap_LBB38_34:
+segheap_LBB39_34:
 	and	dl, al
-	jmp	segheap_LBB38_2
-segheap_LBB38_35:
+	jmp	segheap_LBB39_2
+segheap_LBB39_35:
 	mov	ebx, dword ptr [ebp + 8]
 	mov	eax, ebx
 	shr	eax, 20
@@ -8399,9 +8370,9 @@ segheap_LBB38_35:
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [ecx + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB38_1
+	jne	segheap_LBB39_1
 	test	ebx, 1044480
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	shr	ebx, 12
 	movzx	ecx, bl
 	mov	eax, ecx
@@ -8409,13 +8380,13 @@ segheap_LBB38_35:
 	add	eax, dword ptr [ebp - 16]
 	movzx	ebx, byte ptr [eax + 12]
 	test	bl, 8
-	jne	segheap_LBB38_59
+	jne	segheap_LBB39_59
 	movzx	edx, byte ptr [eax + 15]
 	test	edx, edx
-	je	segheap_LBB38_1
+	je	segheap_LBB39_1
 	lea	eax, [ecx - 1]
 	cmp	eax, edx
-	jb	segheap_LBB38_1
+	jb	segheap_LBB39_1
 	mov	eax, ecx
 	sub	eax, edx
 	mov	esi, eax
@@ -8424,40 +8395,40 @@ segheap_LBB38_35:
 	movzx	ebx, byte ptr [edx + esi + 12]
 	xor	edx, edx
 	test	bl, 8
-	je	segheap_LBB38_2
+	je	segheap_LBB39_2
 	cmp	eax, 255
-	ja	segheap_LBB38_2
+	ja	segheap_LBB39_2
 	add	esi, dword ptr [ebp - 16]
 	movzx	esi, byte ptr [esi + 15]
 	add	eax, esi
 	cmp	eax, ecx
-	jbe	segheap_LBB38_2
-segheap_LBB38_59:
+	jbe	segheap_LBB39_2
+segheap_LBB39_59:
 	and	bl, 37
 	cmp	bl, 36
 	sete	al
 	cmp	dword ptr [ebp - 16], 0
 	setne	dl
-	jmp	segheap_LBB38_34
-segheap_LBB38_45:
+	jmp	segheap_LBB39_34
+segheap_LBB39_45:
 	mov	edi, esi
-segheap_LBB38_46:
+segheap_LBB39_46:
 	and	cl, 37
 	xor	edx, edx
 	cmp	cl, 36
-	jne	segheap_LBB38_2
+	jne	segheap_LBB39_2
 	cmp	dword ptr [ebp - 16], 0
-	je	segheap_LBB38_2
+	je	segheap_LBB39_2
 	mov	eax, dword ptr [ebp + 8]
 	add	eax, -4
 	mov	ecx, eax
 	and	ecx, 4
-	jne	segheap_LBB38_2
+	jne	segheap_LBB39_2
 	shl	edi, 12
 	mov	ecx, dword ptr [ebp - 16]
 	lea	ecx, [ecx + edi + 24]
 	cmp	eax, ecx
-	jb	segheap_LBB38_2
+	jb	segheap_LBB39_2
 	mov	ecx, dword ptr [ebp - 16]
 	add	ecx, edi
 	mov	edx, dword ptr [ebp + 8]
@@ -8466,7 +8437,7 @@ segheap_LBB38_46:
 	lea	eax, [ecx + 8*eax]
 	cmp	edx, eax
 	setbe	dl
-	jmp	segheap_LBB38_2
+	jmp	segheap_LBB39_2
 	.p2align	4
 rb_check:
 	push	ebp
@@ -8478,18 +8449,18 @@ rb_check:
 	mov	edi, edx
 	mov	edx, dword ptr [ebp + 8]
 	test	edx, edx
-	je	segheap_LBB39_17
+	je	segheap_LBB40_17
 	mov	eax, dword ptr [ebp + 16]
 	mov	esi, dword ptr [eax]
 	inc	esi
 	mov	dword ptr [eax], esi
 	test	dl, 3
 	mov	eax, -1
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	cmp	dword ptr [ebp + 20], 64
-	jg	segheap_LBB39_18
+	jg	segheap_LBB40_18
 	cmp	esi, 16777216
-	ja	segheap_LBB39_18
+	ja	segheap_LBB40_18
 	mov	edx, dword ptr [edx + 8]
 	mov	esi, edx
 	and	esi, -4
@@ -8497,27 +8468,27 @@ rb_check:
 	mov	ebx, edx
 	and	ebx, 2
 	or	ebx, esi
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	test	dl, 1
 	mov	ebx, dword ptr [ebp + 8]
 	mov	edx, dword ptr [ebx]
-	je	segheap_LBB39_10
+	je	segheap_LBB40_10
 	test	edx, edx
-	je	segheap_LBB39_8
+	je	segheap_LBB40_8
 	test	byte ptr [edx + 8], 1
-	jne	segheap_LBB39_18
-segheap_LBB39_8:
+	jne	segheap_LBB40_18
+segheap_LBB40_8:
 	mov	esi, dword ptr [ebx + 4]
 	test	esi, esi
-	je	segheap_LBB39_10
+	je	segheap_LBB40_10
 	test	byte ptr [esi + 8], 1
-	jne	segheap_LBB39_18
-segheap_LBB39_10:
+	jne	segheap_LBB40_18
+segheap_LBB40_10:
 	test	edx, edx
 	mov	esi, edx
 	mov	dword ptr [ebp - 16], ecx
 	mov	dword ptr [ebp - 20], edi
-	je	segheap_LBB39_12
+	je	segheap_LBB40_12
 	mov	ecx, dword ptr [ebp - 16]
 	mov	edx, dword ptr [ebp - 20]
 	push	ebx
@@ -8527,12 +8498,12 @@ segheap_LBB39_10:
 	mov	edi, dword ptr [ebp - 20]
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB39_19
-segheap_LBB39_12:
+	je	segheap_LBB40_19
+segheap_LBB40_12:
 	mov	dword ptr [ebp - 24], esi
 	mov	eax, dword ptr [ebx + 4]
 	test	eax, eax
-	je	segheap_LBB39_14
+	je	segheap_LBB40_14
 	mov	ecx, dword ptr [ebp - 16]
 	mov	edx, dword ptr [ebp - 20]
 	push	eax
@@ -8542,8 +8513,8 @@ segheap_LBB39_12:
 	mov	edi, dword ptr [ebp - 20]
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB39_19
-segheap_LBB39_14:
+	je	segheap_LBB40_19
+segheap_LBB40_14:
 	mov	esi, dword ptr [ebp + 20]
 	inc	esi
 	mov	ebx, edi
@@ -8566,27 +8537,27 @@ segheap_LBB39_14:
 	call	rb_check
 	add	esp, 16
 	test	edi, edi
-	js	segheap_LBB39_19
+	js	segheap_LBB40_19
 	cmp	edi, eax
 	mov	eax, -1
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	mov	eax, dword ptr [ebx + 8]
 	not	eax
 	and	eax, 1
 	add	eax, edi
-	jmp	segheap_LBB39_18
-segheap_LBB39_17:
+	jmp	segheap_LBB40_18
+segheap_LBB40_17:
 	mov	eax, 1
-segheap_LBB39_18:
+segheap_LBB40_18:
 	add	esp, 12
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB39_19:
+segheap_LBB40_19:
 	mov	eax, -1
-	jmp	segheap_LBB39_18
+	jmp	segheap_LBB40_18
 	.p2align	4
 walk_from_unit:
 	push	ebp
@@ -8601,30 +8572,30 @@ walk_from_unit:
 	lea	esi, [ecx + 324]
 	mov	bl, -1
 	mov	ecx, esi
-segheap_LBB40_1:
+segheap_LBB41_1:
 	mov	ecx, dword ptr [ecx]
 	inc	bl
 	cmp	ecx, esi
-	je	segheap_LBB40_3
+	je	segheap_LBB41_3
 	cmp	ecx, edx
-	jne	segheap_LBB40_1
-segheap_LBB40_3:
+	jne	segheap_LBB41_1
+segheap_LBB41_3:
 	cmp	eax, 255
 	mov	dword ptr [ebp - 36], esi
-	ja	segheap_LBB40_31
+	ja	segheap_LBB41_31
 	mov	ecx, eax
 	mov	dword ptr [ebp - 28], edx
-	jmp	segheap_LBB40_9
-segheap_LBB40_5:
+	jmp	segheap_LBB41_9
+segheap_LBB41_5:
 	test	eax, eax
-	je	segheap_LBB40_30
+	je	segheap_LBB41_30
 	rep	bsf	eax, eax
-segheap_LBB40_7:
+segheap_LBB41_7:
 	shr	eax
 	or	eax, esi
 	cmp	eax, dword ptr [ebp - 20]
-	jb	segheap_LBB40_63
-segheap_LBB40_8:
+	jb	segheap_LBB41_63
+segheap_LBB41_8:
 	mov	eax, dword ptr [ebp - 24]
 	add	eax, dword ptr [ebp - 40]
 	cmp	eax, 256
@@ -8633,33 +8604,33 @@ segheap_LBB40_8:
 	mov	edx, dword ptr [ebp - 28]
 	mov	eax, dword ptr [ebp - 32]
 	lea	esi, [eax + 324]
-	jae	segheap_LBB40_31
-segheap_LBB40_9:
+	jae	segheap_LBB41_31
+segheap_LBB41_9:
 	mov	eax, -1073741811
 	test	ecx, ecx
-	je	segheap_LBB40_58
+	je	segheap_LBB41_58
 	mov	esi, ecx
 	shl	esi, 4
 	mov	bh, byte ptr [edx + esi + 12]
 	test	bh, 8
 	mov	dword ptr [ebp - 16], esi
 	movzx	esi, byte ptr [edx + esi + 15]
-	jne	segheap_LBB40_16
+	jne	segheap_LBB41_16
 	test	esi, esi
-	je	segheap_LBB40_58
+	je	segheap_LBB41_58
 	mov	edi, ecx
 	dec	ecx
 	cmp	ecx, esi
-	jb	segheap_LBB40_58
+	jb	segheap_LBB41_58
 	mov	eax, edi
 	sub	edi, esi
 	mov	esi, edi
 	shl	esi, 4
 	mov	ch, byte ptr [edx + esi + 12]
 	test	ch, 8
-	je	segheap_LBB40_59
+	je	segheap_LBB41_59
 	cmp	edi, 255
-	ja	segheap_LBB40_59
+	ja	segheap_LBB41_59
 	mov	edx, edi
 	add	esi, dword ptr [ebp - 28]
 	movzx	edi, byte ptr [esi + 15]
@@ -8667,16 +8638,16 @@ segheap_LBB40_9:
 	cmp	esi, eax
 	mov	esi, edi
 	mov	edi, dword ptr [ebp + 12]
-	ja	segheap_LBB40_17
-	jmp	segheap_LBB40_59
-segheap_LBB40_16:
+	ja	segheap_LBB41_17
+	jmp	segheap_LBB41_59
+segheap_LBB41_16:
 	mov	edx, ecx
 	mov	ch, bh
 	mov	eax, edx
-segheap_LBB40_17:
+segheap_LBB41_17:
 	movzx	ecx, ch
 	test	cl, 4
-	je	segheap_LBB40_50
+	je	segheap_LBB41_50
 	mov	dword ptr [ebp - 40], esi
 	mov	dword ptr [ebp - 24], edx
 	shl	edx, 12
@@ -8684,15 +8655,15 @@ segheap_LBB40_17:
 	add	edx, eax
 	test	cl, 32
 	mov	dword ptr [ebp - 16], edx
-	jne	segheap_LBB40_24
+	jne	segheap_LBB41_24
 	test	cl, 1
-	je	segheap_LBB40_60
+	je	segheap_LBB41_60
 	movzx	eax, word ptr [edx + 18]
 	mov	dword ptr [ebp - 20], eax
 	test	eax, eax
-	je	segheap_LBB40_8
+	je	segheap_LBB41_8
 	xor	esi, esi
-segheap_LBB40_22:
+segheap_LBB41_22:
 	mov	edi, esi
 	shr	edi, 5
 	lea	ecx, [esi + esi]
@@ -8711,15 +8682,15 @@ segheap_LBB40_22:
 	and	esi, -32
 	mov	edi, eax
 	or	edi, ecx
-	jne	segheap_LBB40_5
+	jne	segheap_LBB41_5
 	add	esi, 32
 	cmp	esi, dword ptr [ebp - 20]
-	jb	segheap_LBB40_22
-	jmp	segheap_LBB40_8
-segheap_LBB40_24:
+	jb	segheap_LBB41_22
+	jmp	segheap_LBB41_8
+segheap_LBB41_24:
 	movzx	eax, word ptr [edx + 20]
 	cmp	eax, 4
-	jb	segheap_LBB40_8
+	jb	segheap_LBB41_8
 	mov	ecx, dword ptr [ebp - 16]
 	lea	eax, [ecx + 8*eax]
 	mov	dword ptr [ebp - 44], eax
@@ -8727,7 +8698,7 @@ segheap_LBB40_24:
 	mov	eax, dword ptr [ebp - 32]
 	mov	eax, dword ptr [eax + 144]
 	mov	dword ptr [ebp - 20], eax
-segheap_LBB40_26:
+segheap_LBB41_26:
 	mov	eax, dword ptr [esi]
 	mov	edi, dword ptr [ebp - 20]
 	xor	edi, esi
@@ -8742,27 +8713,27 @@ segheap_LBB40_26:
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB40_59
+	je	segheap_LBB41_59
 	test	edi, edi
-	jns	segheap_LBB40_41
+	jns	segheap_LBB41_41
 	test	byte ptr [esi + 5], 2
-	je	segheap_LBB40_41
+	je	segheap_LBB41_41
 	and	edi, 65534
 	lea	esi, [esi + 4*edi]
 	cmp	esi, dword ptr [ebp - 44]
-	jb	segheap_LBB40_26
-	jmp	segheap_LBB40_8
-segheap_LBB40_30:
+	jb	segheap_LBB41_26
+	jmp	segheap_LBB41_8
+segheap_LBB41_30:
 	rep	bsf	eax, ecx
 	or	eax, 32
-	jmp	segheap_LBB40_7
-segheap_LBB40_31:
+	jmp	segheap_LBB41_7
+segheap_LBB41_31:
 	mov	eax, dword ptr [edx]
 	cmp	eax, esi
-	je	segheap_LBB40_38
+	je	segheap_LBB41_38
 	mov	edx, -4096
 	xor	ecx, ecx
-segheap_LBB40_33:
+segheap_LBB41_33:
 	movzx	ebx, byte ptr [eax + edx + 4108]
 	shr	bl
 	and	bl, 1
@@ -8774,16 +8745,16 @@ segheap_LBB40_33:
 	bt	dword ptr [eax + edx + 4156], 1
 	adc	cl, bl
 	add	edx, 64
-	jne	segheap_LBB40_33
+	jne	segheap_LBB41_33
 	mov	dl, -1
-segheap_LBB40_35:
+segheap_LBB41_35:
 	mov	esi, dword ptr [esi]
 	inc	dl
 	cmp	esi, dword ptr [ebp - 36]
-	je	segheap_LBB40_37
+	je	segheap_LBB41_37
 	cmp	esi, eax
-	jne	segheap_LBB40_35
-segheap_LBB40_37:
+	jne	segheap_LBB41_35
+segheap_LBB41_37:
 	movzx	ecx, cl
 	mov	dword ptr [edi], eax
 	mov	dword ptr [edi + 4], 1048576
@@ -8799,12 +8770,12 @@ segheap_LBB40_37:
 	mov	dword ptr [edi + 20], ecx
 	add	eax, 1048576
 	mov	dword ptr [edi + 24], eax
-	jmp	segheap_LBB40_57
-segheap_LBB40_38:
+	jmp	segheap_LBB41_57
+segheap_LBB41_38:
 	mov	eax, dword ptr [ebp - 32]
 	mov	eax, dword ptr [eax + 72]
 	test	eax, eax
-	je	segheap_LBB40_44
+	je	segheap_LBB41_44
 	mov	ecx, dword ptr [eax + 12]
 	movzx	edx, cx
 	mov	esi, -4096
@@ -8818,17 +8789,17 @@ segheap_LBB40_38:
 	cmovb	eax, edx
 	mov	byte ptr [edi + 8], al
 	mov	byte ptr [edi + 9], 0
-segheap_LBB40_40:
+segheap_LBB41_40:
 	mov	word ptr [edi + 10], 16401
-	jmp	segheap_LBB40_56
-segheap_LBB40_41:
+	jmp	segheap_LBB41_56
+segheap_LBB41_41:
 	mov	ecx, dword ptr [ebp - 48]
 	xor	ecx, esi
 	xor	ecx, dword ptr [ebp - 20]
 	lea	eax, [4*ecx]
 	and	eax, 262136
 	test	ecx, ecx
-	js	segheap_LBB40_45
+	js	segheap_LBB41_45
 	add	esi, 8
 	add	eax, -8
 	mov	edx, dword ptr [ebp + 12]
@@ -8836,24 +8807,24 @@ segheap_LBB40_41:
 	mov	dword ptr [edx + 4], eax
 	mov	cl, 8
 	xor	eax, eax
-	jmp	segheap_LBB40_49
-segheap_LBB40_59:
+	jmp	segheap_LBB41_49
+segheap_LBB41_59:
 	mov	eax, -1073741811
-	jmp	segheap_LBB40_58
-segheap_LBB40_44:
+	jmp	segheap_LBB41_58
+segheap_LBB41_44:
 	mov	eax, -2147483622
-	jmp	segheap_LBB40_58
-segheap_LBB40_45:
+	jmp	segheap_LBB41_58
+segheap_LBB41_45:
 	xor	ecx, ecx
 	test	byte ptr [esi + 5], 1
 	mov	edx, dword ptr [ebp + 12]
-	je	segheap_LBB40_48
+	je	segheap_LBB41_48
 	movsx	ecx, byte ptr [esi + eax - 1]
 	test	ecx, ecx
-	jns	segheap_LBB40_48
+	jns	segheap_LBB41_48
 	movzx	ecx, word ptr [esi + eax - 2]
 	and	ecx, 32767
-segheap_LBB40_48:
+segheap_LBB41_48:
 	neg	ecx
 	lea	ecx, [eax + ecx - 8]
 	add	esi, 8
@@ -8864,7 +8835,7 @@ segheap_LBB40_48:
 	mov	ecx, 255
 	cmovb	ecx, eax
 	mov	ax, 16401
-segheap_LBB40_49:
+segheap_LBB41_49:
 	mov	byte ptr [edx + 8], cl
 	mov	byte ptr [edx + 9], bl
 	mov	word ptr [edx + 10], ax
@@ -8872,30 +8843,30 @@ segheap_LBB40_49:
 	mov	dword ptr [edx + 16], 0
 	mov	dword ptr [edx + 20], 0
 	mov	dword ptr [edx + 24], 0
-	jmp	segheap_LBB40_57
-segheap_LBB40_50:
+	jmp	segheap_LBB41_57
+segheap_LBB41_50:
 	and	bh, 2
 	add	edx, esi
 	cmp	eax, edx
 	mov	esi, eax
-	jae	segheap_LBB40_55
+	jae	segheap_LBB41_55
 	mov	dword ptr [ebp - 24], edx
 	mov	esi, eax
 	mov	ecx, dword ptr [ebp - 28]
 	mov	eax, dword ptr [ebp - 16]
 	lea	edx, [ecx + eax + 12]
 	mov	eax, esi
-segheap_LBB40_52:
+segheap_LBB41_52:
 	movzx	ecx, byte ptr [edx]
 	and	cl, 2
 	cmp	cl, bh
-	jne	segheap_LBB40_55
+	jne	segheap_LBB41_55
 	inc	esi
 	add	edx, 16
 	cmp	dword ptr [ebp - 24], esi
-	jne	segheap_LBB40_52
+	jne	segheap_LBB41_52
 	mov	esi, dword ptr [ebp - 24]
-segheap_LBB40_55:
+segheap_LBB41_55:
 	sub	esi, eax
 	shl	eax, 12
 	mov	ecx, dword ptr [ebp - 28]
@@ -8910,21 +8881,21 @@ segheap_LBB40_55:
 	mov	byte ptr [edi + 8], 0
 	mov	byte ptr [edi + 9], bl
 	mov	word ptr [edi + 10], ax
-segheap_LBB40_56:
+segheap_LBB41_56:
 	mov	dword ptr [edi + 12], 0
 	mov	dword ptr [edi + 16], 0
 	mov	dword ptr [edi + 20], 0
 	mov	dword ptr [edi + 24], 0
-segheap_LBB40_57:
+segheap_LBB41_57:
 	xor	eax, eax
-segheap_LBB40_58:
+segheap_LBB41_58:
 	add	esp, 36
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB40_60:
+segheap_LBB41_60:
 	mov	ecx, dword ptr [ebp - 24]
 	shl	ecx, 4
 	mov	eax, dword ptr [eax + ecx + 4]
@@ -8938,8 +8909,8 @@ segheap_LBB40_60:
 	cmovb	ecx, eax
 	mov	byte ptr [edi + 8], cl
 	mov	byte ptr [edi + 9], bl
-	jmp	segheap_LBB40_40
-segheap_LBB40_63:
+	jmp	segheap_LBB41_40
+segheap_LBB41_63:
 	mov	edi, dword ptr [ebp - 16]
 	mov	esi, edi
 	shr	esi, 12
@@ -8963,24 +8934,24 @@ segheap_LBB40_63:
 	movzx	ecx, si
 	shr	esi, 16
 	test	dl, 2
-	je	segheap_LBB40_67
+	je	segheap_LBB41_67
 	mov	edx, dword ptr [ebp - 16]
 	add	edx, esi
 	imul	eax, ecx
 	add	edx, eax
 	movsx	edi, byte ptr [ecx + edx - 1]
 	test	edi, edi
-	jns	segheap_LBB40_66
+	jns	segheap_LBB41_66
 	movzx	edi, word ptr [edx + ecx - 2]
 	and	edi, 32767
-segheap_LBB40_66:
+segheap_LBB41_66:
 	mov	edx, ecx
 	sub	edx, edi
-	jmp	segheap_LBB40_68
-segheap_LBB40_67:
+	jmp	segheap_LBB41_68
+segheap_LBB41_67:
 	imul	eax, ecx
 	mov	edx, ecx
-segheap_LBB40_68:
+segheap_LBB41_68:
 	mov	edi, dword ptr [ebp - 16]
 	add	edi, esi
 	add	edi, eax
@@ -8998,7 +8969,7 @@ segheap_LBB40_68:
 	mov	dword ptr [esi + 16], 0
 	mov	dword ptr [esi + 20], 0
 	mov	dword ptr [esi + 24], 0
-	jmp	segheap_LBB40_57
+	jmp	segheap_LBB41_57
 	.p2align	4
 vs_next_visible:
 	push	ebp
@@ -9014,10 +8985,10 @@ vs_next_visible:
 	xor	eax, eax
 	mov	dword ptr [ebp - 20], edx
 	cmp	esi, edx
-	jae	segheap_LBB41_10
+	jae	segheap_LBB42_10
 	mov	eax, dword ptr [ecx + 144]
 	mov	dword ptr [ebp - 16], eax
-segheap_LBB41_2:
+segheap_LBB42_2:
 	mov	ebx, dword ptr [esi]
 	xor	ebx, esi
 	xor	ebx, dword ptr [ebp - 16]
@@ -9030,26 +9001,26 @@ segheap_LBB41_2:
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB41_6
+	je	segheap_LBB42_6
 	test	ebx, ebx
-	jns	segheap_LBB41_9
+	jns	segheap_LBB42_9
 	test	byte ptr [esi + 5], 2
-	je	segheap_LBB41_9
+	je	segheap_LBB42_9
 	and	ebx, 65534
 	lea	esi, [esi + 4*ebx]
 	cmp	esi, dword ptr [ebp - 20]
 	mov	ecx, edi
-	jb	segheap_LBB41_2
-	jmp	segheap_LBB41_7
-segheap_LBB41_9:
+	jb	segheap_LBB42_2
+	jmp	segheap_LBB42_7
+segheap_LBB42_9:
 	mov	eax, esi
-	jmp	segheap_LBB41_10
-segheap_LBB41_6:
+	jmp	segheap_LBB42_10
+segheap_LBB42_6:
 	mov	eax, dword ptr [ebp + 12]
 	mov	dword ptr [eax], 1
-segheap_LBB41_7:
+segheap_LBB42_7:
 	xor	eax, eax
-segheap_LBB41_10:
+segheap_LBB42_10:
 	add	esp, 12
 	pop	esi
 	pop	edi
@@ -9070,24 +9041,24 @@ walk_vs_chunk:
 	lea	esi, [4*edi]
 	and	esi, 262136
 	test	edi, edi
-	js	segheap_LBB42_1
+	js	segheap_LBB43_1
 	add	edx, 8
 	add	esi, -8
 	mov	dword ptr [eax], edx
 	mov	dword ptr [eax + 4], esi
 	mov	dl, 8
 	xor	esi, esi
-	jmp	segheap_LBB42_6
-segheap_LBB42_1:
+	jmp	segheap_LBB43_6
+segheap_LBB43_1:
 	xor	edi, edi
 	test	byte ptr [edx + 5], 1
-	je	segheap_LBB42_4
+	je	segheap_LBB43_4
 	movsx	edi, byte ptr [edx + esi - 1]
 	test	edi, edi
-	jns	segheap_LBB42_4
+	jns	segheap_LBB43_4
 	movzx	edi, word ptr [edx + esi - 2]
 	and	edi, 32767
-segheap_LBB42_4:
+segheap_LBB43_4:
 	neg	edi
 	lea	edi, [esi + edi - 8]
 	add	edx, 8
@@ -9098,7 +9069,7 @@ segheap_LBB42_4:
 	mov	edx, 255
 	cmovb	edx, esi
 	mov	si, 16401
-segheap_LBB42_6:
+segheap_LBB43_6:
 	mov	byte ptr [eax + 8], dl
 	mov	byte ptr [eax + 9], cl
 	mov	word ptr [eax + 10], si
@@ -9121,8 +9092,8 @@ lfh_next_busy:
 	mov	dword ptr [ebp - 16], ecx
 	movzx	eax, word ptr [ecx + 18]
 	cmp	edx, eax
-	jae	segheap_LBB43_7
-segheap_LBB43_2:
+	jae	segheap_LBB44_7
+segheap_LBB44_2:
 	mov	edi, edx
 	shr	edi, 5
 	lea	ecx, [edx + edx]
@@ -9141,23 +9112,23 @@ segheap_LBB43_2:
 	and	edx, -32
 	mov	edi, ebx
 	or	edi, ecx
-	jne	segheap_LBB43_3
+	jne	segheap_LBB44_3
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB43_2
-	jmp	segheap_LBB43_7
-segheap_LBB43_3:
+	jb	segheap_LBB44_2
+	jmp	segheap_LBB44_7
+segheap_LBB44_3:
 	test	ebx, ebx
-	je	segheap_LBB43_5
+	je	segheap_LBB44_5
 	rep	bsf	eax, ebx
-	jmp	segheap_LBB43_6
-segheap_LBB43_5:
+	jmp	segheap_LBB44_6
+segheap_LBB44_5:
 	rep	bsf	eax, ecx
 	or	eax, 32
-segheap_LBB43_6:
+segheap_LBB44_6:
 	shr	eax
 	or	eax, edx
-segheap_LBB43_7:
+segheap_LBB44_7:
 	add	esp, 4
 	pop	esi
 	pop	edi
@@ -9193,26 +9164,26 @@ walk_lfh_block:
 	shr	eax, 16
 	test	bl, 2
 	mov	ecx, dword ptr [ebp + 16]
-	je	segheap_LBB44_1
+	je	segheap_LBB45_1
 	lea	ebx, [edx + eax]
 	mov	esi, dword ptr [ebp + 8]
 	imul	esi, edi
 	add	ebx, esi
 	movsx	ecx, byte ptr [edi + ebx - 1]
 	test	ecx, ecx
-	jns	segheap_LBB44_4
+	jns	segheap_LBB45_4
 	movzx	ecx, word ptr [ebx + edi - 2]
 	and	ecx, 32767
-segheap_LBB44_4:
+segheap_LBB45_4:
 	mov	ebx, edi
 	sub	ebx, ecx
 	mov	ecx, dword ptr [ebp + 16]
-	jmp	segheap_LBB44_5
-segheap_LBB44_1:
+	jmp	segheap_LBB45_5
+segheap_LBB45_1:
 	mov	esi, dword ptr [ebp + 8]
 	imul	esi, edi
 	mov	ebx, edi
-segheap_LBB44_5:
+segheap_LBB45_5:
 	add	edx, eax
 	add	edx, esi
 	sub	edi, ebx

@@ -1240,7 +1240,7 @@ static uptr large_reserved_pages(const HEAP_LARGE_ALLOC_DATA *meta)
 
 static void *large_alloc(SEGMENT_HEAP *heap, uptr request)
 {
-    uptr bytes = align_up(request ? request : 1, PAGE), pages = bytes / PAGE;
+    uptr bytes = align_up(request, PAGE), pages = bytes / PAGE;
     HEAP_LARGE_ALLOC_DATA *meta = vs_alloc(heap, sizeof(HEAP_LARGE_ALLOC_DATA), 1);
     u8 *base;
     if (!meta) return 0;
@@ -1307,15 +1307,16 @@ static int lookup_vs(SEGMENT_HEAP *heap, HEAP_VS_SUBSEGMENT *sub, const u8 *p, B
     return 1;
 }
 
-/* Whether sub is an LFH subsegment owned by one of heap's active buckets. */
+/* The active bucket of heap that owns sub (0 if the owner is not one). */
 static HEAP_LFH_BUCKET *lfh_owner(SEGMENT_HEAP *heap, const HEAP_LFH_SUBSEGMENT *sub)
 {
-    u32 i;
-    for (i = 1; i < SEGHEAP_LFH_BUCKETS; i++) {
-        HEAP_LFH_BUCKET *b = lfh_bucket(heap, i);
-        if (b && &b->State == sub->Owner) return b->State.BucketIndex == i ? b : 0;
-    }
-    return 0;
+    u8 *owner = (u8 *)sub->Owner;
+    HEAP_LFH_BUCKET *b = (HEAP_LFH_BUCKET *)owner;
+    if (owner < (u8 *)(heap + 1) || owner + sizeof(HEAP_LFH_BUCKET) > heap->AllocatedBase ||
+        ((uptr)owner & 7))
+        return 0;
+    if (!b->State.BucketIndex || b->State.BucketIndex >= SEGHEAP_LFH_BUCKETS) return 0;
+    return lfh_bucket(heap, b->State.BucketIndex) == b ? b : 0;
 }
 
 static int lookup_lfh(SEGMENT_HEAP *heap, HEAP_LFH_SUBSEGMENT *sub, u32 range_bytes, const u8 *p,

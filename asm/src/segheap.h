@@ -11,10 +11,12 @@
  *   x86: the seed's WinDbg dump (shared/seeds/004): sizeof 0x580, Signature +0x8,
  *        LargeAllocMetadata +0x44, SegContexts[2] +0x100, VsContext +0x200, LfhContext +0x2C0;
  *        _HEAP_SEG_CONTEXT 0x80 bytes (SegmentListHead +0x44, FreePageRanges +0x50).
- *   x64: the same generation's public symbol dumps (Vergilius-style headers of
- *        _SEGMENT_HEAP, _HEAP_SEG_CONTEXT, _HEAP_VS_CONTEXT, _HEAP_LFH_CONTEXT): sizeof 0x800,
- *        Signature +0x10, LargeAllocMetadata +0x48, SegContexts[2] +0x100 (0xC0 each),
- *        VsContext +0x280 (0xC0), LfhContext +0x340 (0x4C0, Buckets[129] at +0x80).
+ *   x64: the same generation's public symbol dump (Vergilius-format _SEGMENT_HEAP, whose
+ *        x86 sibling matches the seed exactly): sizeof 0x800, Signature +0x10,
+ *        LargeAllocMetadata +0x48, MemStats +0x80, GlobalLockCount +0xD8, AllocatedBase +0xE8,
+ *        SegContexts[2] +0x100 (0xC0 each), VsContext +0x280 (0xC0), LfhContext +0x340 (0x4C0,
+ *        Buckets[129] at +0x80). Later builds (ReservedRegionEnd, CallbacksEncoded) move
+ *        SegContexts to +0x140; this file follows the seed's generation.
  * Windows aligns the lock-bearing members to 64 bytes (cache lines); the same attribute here
  * yields exactly those offsets on both architectures. The static assertions at the end of this
  * file pin every offset the tests and the emulator rely on.
