@@ -1624,181 +1624,246 @@ segheap_LBB4_12:
 	.p2align	4
 lookup_block:
 	push	rbp
+	push	r15
+	push	r14
+	push	r13
+	push	r12
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 40
-	lea	rbp, [rsp + 32]
+	sub	rsp, 56
+	lea	rbp, [rsp + 48]
 	mov	dword ptr [r8], 0
 	mov	qword ptr [r8 + 8], 0
 	mov	qword ptr [r8 + 16], 0
 	mov	qword ptr [r8 + 24], 0
 	mov	dword ptr [r8 + 32], 0
 	mov	qword ptr [r8 + 40], 0
-	xor	eax, eax
+	xor	r14d, r14d
 	test	rdx, rdx
-	je	segheap_LBB5_36
-	test	dl, 15
 	je	segheap_LBB5_2
-segheap_LBB5_36:
-	add	rsp, 40
+	mov	rdi, rdx
+	test	dil, 15
+	je	segheap_LBB5_4
+segheap_LBB5_2:
+	mov	eax, r14d
+segheap_LBB5_3:
+	add	rsp, 56
 	pop	rbx
 	pop	rdi
 	pop	rsi
+	pop	r12
+	pop	r13
+	pop	r14
+	pop	r15
 	pop	rbp
 	ret
-segheap_LBB5_2:
-	lea	r10, [rcx + 328]
-	mov	r11, qword ptr [rcx + 328]
-	cmp	r11, r10
-	je	segheap_LBB5_27
-	mov	esi, r9d
-	mov	r9, rdx
-	and	r9, -1048576
-	mov	rdi, qword ptr [rcx + 344]
-	mov	rbx, -1
-segheap_LBB5_5:
-	add	rbx, 1
-	cmp	rbx, rdi
-	ja	segheap_LBB5_27
-	cmp	r11, r9
-	je	segheap_LBB5_7
-	mov	r11, qword ptr [r11]
-	cmp	r11, r10
-	jne	segheap_LBB5_5
-	jmp	segheap_LBB5_27
-segheap_LBB5_7:
-	mov	r10, rdx
-	shr	r10, 20
-	xor	r10, rcx
-	xor	r10, qword ptr [r9 + 16]
-	xor	r10, qword ptr [rcx + 160]
-	movabs	r11, -6708588087252463955
-	cmp	r10, r11
-	jne	segheap_LBB5_27
-	mov	r10d, edx
-	shr	r10d, 12
-	mov	r11d, r10d
-	or	r11d, -256
-	cmp	r11d, -254
-	jb	segheap_LBB5_36
-	movzx	r11d, r10b
-	mov	r10d, r11d
-	shl	r10d, 5
-	add	r10, r9
-	movzx	ebx, byte ptr [r10 + 24]
-	test	bl, 8
-	jne	segheap_LBB5_10
-	movzx	edi, byte ptr [r10 + 31]
-	test	edi, edi
-	je	segheap_LBB5_36
-	lea	r10d, [r11 - 2]
-	cmp	r10d, edi
-	jb	segheap_LBB5_36
-	mov	r10, rdx
-	mov	edx, r11d
-	sub	edx, edi
-	mov	rdi, rdx
-	shl	rdi, 5
-	movzx	ebx, byte ptr [r9 + rdi + 24]
-	test	bl, 8
-	je	segheap_LBB5_36
-	cmp	edx, 255
-	ja	segheap_LBB5_36
-	add	rdi, r9
-	movzx	edi, byte ptr [rdi + 31]
-	add	edi, edx
-	cmp	edi, r11d
-	ja	segheap_LBB5_16
-	jmp	segheap_LBB5_36
-segheap_LBB5_27:
-	mov	rcx, qword ptr [rcx + 72]
-	test	rcx, rcx
-	je	segheap_LBB5_36
-	mov	r9d, 130
-	mov	r10, -65536
-segheap_LBB5_29:
-	add	r9, -2
-	je	segheap_LBB5_36
-	mov	r11, qword ptr [rcx + 24]
-	and	r11, r10
-	cmp	rdx, r11
-	je	segheap_LBB5_34
-	seta	r11b
-	movzx	r11d, r11b
-	mov	rcx, qword ptr [rcx + 8*r11]
-	test	rcx, rcx
-	je	segheap_LBB5_36
-	mov	r11, qword ptr [rcx + 24]
-	and	r11, r10
-	cmp	rdx, r11
-	je	segheap_LBB5_34
-	seta	r11b
-	movzx	r11d, r11b
-	mov	rcx, qword ptr [rcx + 8*r11]
-	test	rcx, rcx
-	jne	segheap_LBB5_29
-	jmp	segheap_LBB5_36
-segheap_LBB5_34:
-	mov	qword ptr [r8 + 40], rcx
-	mov	dword ptr [r8], 4
-segheap_LBB5_35:
-	mov	qword ptr [r8 + 24], rdx
-	mov	eax, 1
-	jmp	segheap_LBB5_36
+segheap_LBB5_4:
+	mov	rsi, r8
+	mov	rbx, rcx
+	add	rcx, 328
+	mov	rdx, qword ptr [rbx + 328]
+	cmp	rdx, rcx
+	je	segheap_LBB5_13
+	mov	rax, rdi
+	and	rax, -1048576
+	mov	r8, qword ptr [rbx + 344]
+	xor	r10d, r10d
+segheap_LBB5_6:
+	cmp	r10, r8
+	ja	segheap_LBB5_13
+	mov	r11d, edx
+	and	r11d, 1048575
+	jne	segheap_LBB5_13
+	cmp	rdx, rax
+	je	segheap_LBB5_10
+	add	r10, 1
+	mov	rdx, qword ptr [rdx]
+	cmp	rdx, rcx
+	jne	segheap_LBB5_6
+	jmp	segheap_LBB5_13
 segheap_LBB5_10:
+	mov	rcx, rdi
+	shr	rcx, 20
+	xor	rcx, rbx
+	xor	rcx, qword ptr [rax + 16]
+	xor	rcx, qword ptr [rbx + 160]
+	movabs	rdx, -6708588087252463955
+	cmp	rcx, rdx
+	jne	segheap_LBB5_13
+	mov	ecx, edi
+	shr	ecx, 12
+	mov	edx, ecx
+	or	edx, -256
+	cmp	edx, -254
+	jb	segheap_LBB5_12
+	movzx	ecx, cl
+	mov	edx, ecx
+	shl	edx, 5
+	add	rdx, rax
+	movzx	r8d, byte ptr [rdx + 24]
+	test	r8b, 8
+	jne	segheap_LBB5_26
+	movzx	r8d, byte ptr [rdx + 31]
+	test	r8d, r8d
+	je	segheap_LBB5_12
+	lea	edx, [rcx - 2]
+	cmp	edx, r8d
+	jb	segheap_LBB5_12
+	mov	edx, ecx
+	sub	edx, r8d
 	mov	r10, rdx
-	mov	rdx, r11
-segheap_LBB5_16:
-	test	bl, 4
-	je	segheap_LBB5_36
-	mov	r11, rdx
-	shl	r11, 5
-	add	r11, r9
-	cmp	dword ptr [r11], -857879331
-	jne	segheap_LBB5_36
+	shl	r10, 5
+	movzx	r8d, byte ptr [rax + r10 + 24]
+	test	r8b, 8
+	je	segheap_LBB5_12
+	cmp	edx, 255
+	ja	segheap_LBB5_12
+	add	r10, rax
+	movzx	r10d, byte ptr [r10 + 31]
+	add	r10d, edx
+	cmp	r10d, ecx
+	mov	ecx, edx
+	ja	segheap_LBB5_27
+	jmp	segheap_LBB5_12
+segheap_LBB5_13:
+	mov	r15, qword ptr [rbx + 72]
+	test	r15, r15
+	je	segheap_LBB5_2
+	xor	r14d, r14d
+	mov	r12, -65536
+	xor	r13d, r13d
+segheap_LBB5_15:
+	cmp	r13, 127
+	ja	segheap_LBB5_2
+	mov	eax, r15d
+	and	eax, 7
+	jne	segheap_LBB5_2
+	mov	rcx, rbx
+	mov	rdx, r15
+	mov	r8b, 32
+	call	range_of_type
+	test	rax, rax
+	je	segheap_LBB5_2
+	mov	rax, qword ptr [r15 + 24]
+	and	rax, r12
+	cmp	rdi, rax
+	je	segheap_LBB5_20
+	seta	al
+	movzx	eax, al
+	mov	r15, qword ptr [r15 + 8*rax]
+	add	r13, 1
+	test	r15, r15
+	jne	segheap_LBB5_15
+	jmp	segheap_LBB5_2
+segheap_LBB5_20:
+	mov	qword ptr [rsi + 40], r15
+	mov	dword ptr [rsi], 4
+	mov	qword ptr [rsi + 24], rdi
+segheap_LBB5_21:
+	mov	r14d, 1
+	jmp	segheap_LBB5_2
+segheap_LBB5_26:
+	mov	rdx, rcx
+segheap_LBB5_27:
+	test	r8b, 4
+	je	segheap_LBB5_12
+	mov	r8, rdx
+	shl	r8, 5
+	add	r8, rax
+	cmp	dword ptr [r8], -857879331
+	jne	segheap_LBB5_12
+	movzx	r15d, byte ptr [r8 + 31]
+	test	r15, r15
+	je	segheap_LBB5_45
+	cmp	r15d, 1
+	jne	segheap_LBB5_40
+	xor	r14d, r14d
+	xor	r11d, r11d
+	jmp	segheap_LBB5_43
+segheap_LBB5_40:
+	mov	qword ptr [rbp], r15
+	and	r15d, -2
+	xor	r14d, r14d
+	mov	r12d, ecx
+	xor	r11d, r11d
+segheap_LBB5_41:
+	mov	r13d, r12d
+	shl	r13, 5
+	movzx	r13d, byte ptr [rax + r13 + 24]
+	shr	r13b
+	and	r13b, 1
+	lea	r10d, [r12 + 1]
+	shl	r10, 5
+	bt	dword ptr [rax + r10 + 24], 1
+	adc	r11b, r13b
+	add	r14, 2
+	add	r12d, 2
+	cmp	r15, r14
+	jne	segheap_LBB5_41
+	mov	r15, qword ptr [rbp]
+	test	r15b, 1
+	je	segheap_LBB5_44
+segheap_LBB5_43:
+	add	ecx, r14d
+	shl	rcx, 5
+	bt	dword ptr [rax + rcx + 24], 1
+	adc	r11b, 0
+segheap_LBB5_44:
+	xor	r14d, r14d
+	cmp	r11b, r15b
+	jne	segheap_LBB5_2
+segheap_LBB5_45:
 	shl	rdx, 12
-	add	rdx, r9
-	mov	qword ptr [r8 + 8], r9
-	mov	qword ptr [r8 + 16], r11
-	movzx	r9d, byte ptr [r11 + 24]
-	test	r9b, 32
-	jne	segheap_LBB5_19
-	test	r9b, 1
-	jne	segheap_LBB5_23
-	cmp	r10, rdx
-	jne	segheap_LBB5_36
-	movzx	ecx, byte ptr [r11 + 31]
-	shl	ecx, 12
-	cmp	ecx, dword ptr [r11 + 4]
-	jbe	segheap_LBB5_36
-	mov	dword ptr [r8], 1
-	jmp	segheap_LBB5_35
-segheap_LBB5_19:
-	mov	r9, r8
-	mov	r8, r10
-	mov	rdi, r9
+	add	rdx, rax
+	mov	qword ptr [rsi + 8], rax
+	mov	qword ptr [rsi + 16], r8
+	movzx	eax, byte ptr [r8 + 24]
+	test	al, 32
+	jne	segheap_LBB5_49
+	test	al, 1
+	jne	segheap_LBB5_52
+	cmp	rdi, rdx
+	je	segheap_LBB5_54
+segheap_LBB5_12:
+	xor	r14d, r14d
+	jmp	segheap_LBB5_2
+segheap_LBB5_49:
+	movzx	r8d, byte ptr [r8 + 31]
+	shl	r8d, 12
+	mov	qword ptr [rsp + 32], rsi
+	mov	rcx, rbx
+	mov	ebx, r9d
+	mov	r9, rdi
 	call	lookup_vs
-	mov	ecx, eax
-	xor	eax, eax
-	test	ecx, ecx
-	je	segheap_LBB5_36
-	mov	eax, 1
-	test	esi, esi
-	jne	segheap_LBB5_36
-	mov	rcx, qword ptr [rdi + 24]
-	xor	eax, eax
-	test	byte ptr [rcx + 9], 2
-	sete	al
-	jmp	segheap_LBB5_36
-segheap_LBB5_23:
-	movzx	eax, byte ptr [r11 + 31]
-	shl	eax, 12
-	mov	qword ptr [rsp + 32], r8
-	mov	r8d, eax
-	mov	r9, r10
+	mov	r14d, 0
+	test	eax, eax
+	je	segheap_LBB5_2
+	mov	r14d, 1
+	test	ebx, ebx
+	jne	segheap_LBB5_2
+	mov	rax, qword ptr [rsi + 24]
+	xor	r14d, r14d
+	test	byte ptr [rax + 9], 2
+	sete	r14b
+	jmp	segheap_LBB5_2
+segheap_LBB5_52:
+	movzx	r8d, byte ptr [r8 + 31]
+	shl	r8d, 12
+	mov	qword ptr [rsp + 32], rsi
+	mov	rcx, rbx
+	mov	r9, rdi
 	call	lookup_lfh
-	jmp	segheap_LBB5_36
+	jmp	segheap_LBB5_3
+segheap_LBB5_54:
+	movzx	eax, byte ptr [r8 + 31]
+	shl	eax, 12
+	mov	r14d, 0
+	cmp	eax, dword ptr [r8 + 4]
+	jbe	segheap_LBB5_2
+	mov	dword ptr [rsi], 1
+	mov	qword ptr [rsi + 24], rdx
+	jmp	segheap_LBB5_21
 	.p2align	4
 free_block:
 	push	rbp
@@ -2959,7 +3024,7 @@ RtlValidateHeap:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 216
+	sub	rsp, 232
 	lea	rbp, [rsp + 128]
 	test	rcx, rcx
 	sete	r9b
@@ -2967,11 +3032,11 @@ RtlValidateHeap:
 	setne	r10b
 	xor	eax, eax
 	or	r10b, r9b
-	jne	segheap_LBB10_98
+	jne	segheap_LBB10_90
 	cmp	dword ptr [rcx + 16], -571548178
-	jne	segheap_LBB10_98
+	jne	segheap_LBB10_90
 	cmp	qword ptr [rcx + 312], rcx
-	jne	segheap_LBB10_98
+	jne	segheap_LBB10_90
 	or	edx, dword ptr [rcx + 20]
 	test	dl, 1
 	jne	segheap_LBB10_5
@@ -2980,7 +3045,7 @@ segheap_LBB10_5:
 	test	r8, r8
 	je	segheap_LBB10_19
 	mov	edi, edx
-	lea	rax, [rbp - 8]
+	mov	rax, rbp
 	mov	rsi, rcx
 	mov	rbx, r8
 	mov	rdx, r8
@@ -2988,20 +3053,20 @@ segheap_LBB10_5:
 	xor	r9d, r9d
 	call	lookup_block
 	test	eax, eax
-	je	segheap_LBB10_93
-	lea	rdx, [rbp - 8]
+	je	segheap_LBB10_85
+	mov	rdx, rbp
 	lea	r8, [rbp - 88]
 	mov	rcx, rsi
 	call	block_request
-	mov	ecx, dword ptr [rbp - 8]
+	mov	ecx, dword ptr [rbp]
 	and	ecx, -2
 	cmp	ecx, 2
-	jne	segheap_LBB10_94
+	jne	segheap_LBB10_86
 	add	rax, rbx
 	mov	r10, qword ptr [rbp - 88]
 	cmp	rax, r10
 	mov	edx, edi
-	je	segheap_LBB10_95
+	je	segheap_LBB10_87
 	mov	r8, rbx
 	movsx	r11, byte ptr [r10 - 1]
 	mov	r9, r11
@@ -3015,11 +3080,11 @@ segheap_LBB10_11:
 	cmp	rax, r10
 	mov	rcx, rsi
 	mov	eax, 0
-	jae	segheap_LBB10_96
+	jae	segheap_LBB10_88
 	test	r11b, r11b
 	jns	segheap_LBB10_14
 	cmp	r9d, 128
-	jb	segheap_LBB10_96
+	jb	segheap_LBB10_88
 segheap_LBB10_14:
 	shr	r11b, 7
 	movzx	r11d, r11b
@@ -3028,20 +3093,19 @@ segheap_LBB10_14:
 	sub	rsi, r9
 	lea	rdi, [r11 + r10]
 	cmp	rsi, rdi
-	jae	segheap_LBB10_99
+	jae	segheap_LBB10_91
 	neg	r9
 	add	r8, r10
 segheap_LBB10_16:
 	cmp	byte ptr [r8 + r9], -85
-	jne	segheap_LBB10_96
+	jne	segheap_LBB10_88
 	add	r9, 1
 	cmp	r11, r9
 	jne	segheap_LBB10_16
-segheap_LBB10_99:
+segheap_LBB10_91:
 	mov	eax, 1
-	jmp	segheap_LBB10_96
+	jmp	segheap_LBB10_88
 segheap_LBB10_19:
-	mov	qword ptr [rbp - 8], 0
 	mov	qword ptr [rbp], 0
 	mov	qword ptr [rbp + 8], 0
 	mov	qword ptr [rbp + 16], 0
@@ -3051,163 +3115,161 @@ segheap_LBB10_19:
 	mov	qword ptr [rbp + 48], 0
 	mov	qword ptr [rbp + 56], 0
 	mov	qword ptr [rbp + 64], 0
+	mov	qword ptr [rbp + 72], 0
 	mov	r8, qword ptr [rcx + 232]
 	lea	r9, [rcx + 2048]
 	xor	eax, eax
 	cmp	r8, r9
-	jb	segheap_LBB10_96
+	jb	segheap_LBB10_88
 	mov	r9, qword ptr [rcx + 240]
 	cmp	r8, r9
-	ja	segheap_LBB10_96
+	ja	segheap_LBB10_88
 	cmp	r9, qword ptr [rcx + 248]
-	ja	segheap_LBB10_96
+	ja	segheap_LBB10_88
 	lea	r8, [rcx + 520]
 	cmp	qword ptr [rcx + 520], r8
-	jne	segheap_LBB10_96
-	lea	r9, [rcx + 328]
-	mov	r12, qword ptr [rcx + 328]
-	xor	r8d, r8d
-	cmp	r12, r9
-	je	segheap_LBB10_83
-	xor	r8d, r8d
-	movabs	r10, -6708588087252463955
+	jne	segheap_LBB10_88
+	lea	r10, [rcx + 328]
+	mov	rax, qword ptr [rcx + 328]
+	xor	r9d, r9d
+	cmp	rax, r10
+	je	segheap_LBB10_92
+	lea	r8, [rcx + 672]
+	mov	qword ptr [rbp - 32], r8
+	xor	r9d, r9d
+	movabs	r11, -6708588087252463955
+	mov	r8, r10
 segheap_LBB10_25:
-	mov	rax, r12
+	mov	r13, rax
 	shl	rax, 44
-	jne	segheap_LBB10_122
-	add	r8, 1
-	cmp	r8, qword ptr [rcx + 344]
-	ja	segheap_LBB10_122
-	mov	rax, qword ptr [r12]
-	cmp	qword ptr [rax + 8], r12
-	jne	segheap_LBB10_122
-	mov	rax, qword ptr [r12 + 8]
-	cmp	qword ptr [rax], r12
-	jne	segheap_LBB10_122
-	mov	rax, r12
+	jne	segheap_LBB10_127
+	add	r9, 1
+	cmp	r9, qword ptr [rcx + 344]
+	ja	segheap_LBB10_127
+	cmp	qword ptr [r13 + 8], r8
+	jne	segheap_LBB10_127
+	mov	rax, r13
 	shr	rax, 20
-	xor	rax, qword ptr [r12 + 16]
+	xor	rax, qword ptr [r13 + 16]
 	xor	rax, qword ptr [rcx + 160]
 	xor	rax, rcx
-	cmp	rax, r10
-	jne	segheap_LBB10_122
-	cmp	byte ptr [r12 + 24], 14
-	jne	segheap_LBB10_122
-	cmp	byte ptr [r12 + 31], 2
-	jne	segheap_LBB10_122
-	cmp	byte ptr [r12 + 56], 6
-	jne	segheap_LBB10_122
-	cmp	byte ptr [r12 + 63], 1
-	jne	segheap_LBB10_122
-	mov	qword ptr [rbp - 64], r9
-	mov	qword ptr [rbp - 72], r8
-	add	qword ptr [rbp + 8], 2
-	add	qword ptr [rbp + 16], 256
+	cmp	rax, r11
+	jne	segheap_LBB10_127
+	cmp	byte ptr [r13 + 24], 14
+	jne	segheap_LBB10_127
+	cmp	byte ptr [r13 + 31], 2
+	jne	segheap_LBB10_127
+	cmp	byte ptr [r13 + 56], 6
+	jne	segheap_LBB10_127
+	cmp	byte ptr [r13 + 63], 1
+	jne	segheap_LBB10_127
+	mov	qword ptr [rbp - 64], r10
+	mov	qword ptr [rbp - 72], r9
+	add	qword ptr [rbp + 16], 2
+	add	qword ptr [rbp + 24], 256
 	mov	r8d, 2
 	xor	eax, eax
-segheap_LBB10_35:
+segheap_LBB10_34:
 	mov	edi, r8d
 	mov	r10, rdi
 	shl	r10, 5
-	movzx	r11d, byte ptr [r12 + r10 + 24]
+	movzx	r11d, byte ptr [r13 + r10 + 24]
 	test	r11b, 8
-	je	segheap_LBB10_122
-	movzx	r9d, byte ptr [r12 + r10 + 31]
+	je	segheap_LBB10_127
+	movzx	r9d, byte ptr [r13 + r10 + 31]
 	test	r9b, r9b
-	je	segheap_LBB10_122
-	movzx	r14d, r9b
+	je	segheap_LBB10_127
+	movzx	ebx, r9b
 	mov	esi, 256
 	sub	esi, r8d
-	cmp	esi, r14d
-	jb	segheap_LBB10_122
-	mov	ebx, r11d
-	and	bl, -11
-	movzx	esi, bl
+	cmp	esi, ebx
+	jb	segheap_LBB10_127
+	mov	r14d, r11d
+	and	r14b, -11
+	movzx	esi, r14b
 	test	r11b, -15
-	je	segheap_LBB10_41
-	cmp	bl, 36
-	je	segheap_LBB10_41
+	je	segheap_LBB10_40
+	cmp	r14b, 36
+	je	segheap_LBB10_40
 	cmp	esi, 5
-	jne	segheap_LBB10_122
-segheap_LBB10_41:
+	jne	segheap_LBB10_127
+segheap_LBB10_40:
 	mov	qword ptr [rbp - 48], rdi
-	mov	r8d, r14d
+	mov	r8d, ebx
 	mov	edi, r11d
 	shr	dil
 	and	dil, 1
 	movzx	edi, dil
-	mov	dword ptr [rbp + 80], r14d
-	cmp	r14d, 1
-	je	segheap_LBB10_46
-	lea	r14, [r12 + 63]
-	lea	r13, [r14 + r10]
-	mov	r14d, 1
-segheap_LBB10_43:
-	movzx	r15d, byte ptr [r13 - 7]
-	bt	r15d, 1
+	mov	dword ptr [rbp + 84], ebx
+	cmp	ebx, 1
+	je	segheap_LBB10_45
+	lea	rbx, [r13 + 63]
+	lea	r15, [rbx + r10]
+	mov	r12d, 1
+segheap_LBB10_42:
+	movzx	ebx, byte ptr [r15 - 7]
+	bt	ebx, 1
 	adc	edi, 0
-	and	r15d, -3
-	cmp	r15d, esi
-	jne	segheap_LBB10_122
-	movzx	r15d, byte ptr [r13]
-	cmp	r14, r15
-	jne	segheap_LBB10_122
-	add	r14, 1
-	add	r13, 32
-	cmp	r8, r14
-	jne	segheap_LBB10_43
-segheap_LBB10_46:
+	and	ebx, -3
+	cmp	ebx, esi
+	jne	segheap_LBB10_127
+	movzx	ebx, byte ptr [r15]
+	cmp	r12, rbx
+	jne	segheap_LBB10_127
+	add	r12, 1
+	add	r15, 32
+	cmp	r8, r12
+	jne	segheap_LBB10_42
+segheap_LBB10_45:
 	mov	esi, edi
-	add	qword ptr [rbp + 8], rsi
-	add	r10, r12
-	movzx	r14d, byte ptr [r10 + 25]
-	cmp	edi, r14d
-	jne	segheap_LBB10_122
-	test	bl, bl
-	mov	r14, qword ptr [rbp - 48]
-	je	segheap_LBB10_53
-	mov	r15d, dword ptr [rbp + 80]
+	add	qword ptr [rbp + 16], rsi
+	add	r10, r13
+	movzx	ebx, byte ptr [r10 + 25]
+	cmp	edi, ebx
+	jne	segheap_LBB10_127
+	test	r14b, r14b
+	mov	rdi, qword ptr [rbp - 48]
+	mov	r15d, dword ptr [rbp + 84]
+	je	segheap_LBB10_52
 	cmp	esi, r15d
-	jne	segheap_LBB10_122
+	jne	segheap_LBB10_127
 	cmp	dword ptr [r10], -857879331
-	jne	segheap_LBB10_122
-	mov	rdi, r14
-	shl	rdi, 12
-	add	rdi, r12
+	jne	segheap_LBB10_127
+	mov	rbx, rdi
+	shl	rbx, 12
+	add	rbx, r13
 	cmp	r11b, 32
-	jae	segheap_LBB10_55
-	test	bl, 1
-	jne	segheap_LBB10_78
+	jae	segheap_LBB10_54
+	test	r14b, 1
+	jne	segheap_LBB10_80
 	shl	r8d, 12
 	xor	eax, eax
 	cmp	r8d, dword ptr [r10 + 4]
-	ja	segheap_LBB10_81
-	jmp	segheap_LBB10_96
-segheap_LBB10_53:
+	ja	segheap_LBB10_83
+	jmp	segheap_LBB10_88
+segheap_LBB10_52:
 	test	eax, eax
-	mov	r15d, dword ptr [rbp + 80]
-	jne	segheap_LBB10_122
-	add	qword ptr [rbp - 8], 1
-	add	qword ptr [rbp], rsi
+	jne	segheap_LBB10_127
+	add	qword ptr [rbp], 1
+	add	qword ptr [rbp + 8], rsi
 	mov	eax, 1
-	jmp	segheap_LBB10_81
-segheap_LBB10_55:
-	movzx	r10d, word ptr [rdi + 32]
-	mov	eax, r10d
+	jmp	segheap_LBB10_83
+segheap_LBB10_54:
+	movzx	edi, word ptr [rbx + 32]
+	mov	eax, edi
 	and	eax, 32767
-	xor	ax, word ptr [rdi + 34]
+	xor	ax, word ptr [rbx + 34]
 	movzx	eax, ax
 	cmp	eax, 44013
-	movabs	rsi, 281474976710656
-	jne	segheap_LBB10_122
-	mov	qword ptr [rbp + 72], rcx
-	mov	ecx, r10d
-	shl	ecx, 4
-	mov	eax, r8d
-	shl	eax, 12
+	jne	segheap_LBB10_127
+	mov	qword ptr [rbp + 88], rcx
+	mov	ecx, r8d
+	shl	ecx, 12
+	mov	eax, edi
+	shl	eax, 4
 	mov	qword ptr [rbp - 40], rcx
-	cmp	rcx, rax
-	jne	segheap_LBB10_126
+	cmp	eax, ecx
+	jne	segheap_LBB10_130
 	mov	rax, -1
 	mov	ecx, r8d
 	shl	rax, cl
@@ -3215,212 +3277,191 @@ segheap_LBB10_55:
 	not	rax
 	mov	rcx, -1
 	cmovae	rax, rcx
-	cmp	qword ptr [rdi + 16], rax
-	jne	segheap_LBB10_126
-	mov	rax, qword ptr [rdi]
-	test	rax, rax
-	mov	rcx, qword ptr [rbp + 72]
-	je	segheap_LBB10_122
-	cmp	qword ptr [rax + 8], rdi
-	jne	segheap_LBB10_122
-	mov	rax, qword ptr [rdi + 8]
-	cmp	qword ptr [rax], rdi
-	jne	segheap_LBB10_122
-	mov	qword ptr [rbp - 56], r10
-	mov	dword ptr [rbp + 84], edx
-	lea	rbx, [rdi + 48]
-	add	qword ptr [rbp - 40], rdi
+	cmp	qword ptr [rbx + 16], rax
+	jne	segheap_LBB10_130
+	mov	r15, qword ptr [rbx]
+	mov	r14, qword ptr [rbx + 8]
+	cmp	r15, qword ptr [rbp - 32]
+	mov	rcx, qword ptr [rbp + 88]
+	je	segheap_LBB10_59
+	mov	rcx, qword ptr [rbp + 88]
+	mov	esi, edx
+	mov	rdx, r15
+	mov	r8b, 32
+	call	range_of_type
+	mov	edx, esi
+	mov	rcx, qword ptr [rbp + 88]
+	cmp	rax, r15
+	jne	segheap_LBB10_127
+segheap_LBB10_59:
+	cmp	r14, qword ptr [rbp - 32]
+	je	segheap_LBB10_61
+	mov	rcx, qword ptr [rbp + 88]
+	mov	esi, edx
+	mov	rdx, r14
+	mov	r8b, 32
+	call	range_of_type
+	mov	edx, esi
+	mov	rcx, qword ptr [rbp + 88]
+	cmp	rax, r14
+	jne	segheap_LBB10_127
+segheap_LBB10_61:
+	cmp	qword ptr [r15 + 8], rbx
+	jne	segheap_LBB10_127
+	cmp	qword ptr [r14], rbx
+	jne	segheap_LBB10_127
+	mov	qword ptr [rbp - 56], rdi
+	mov	dword ptr [rbp + 100], edx
+	lea	r14, [rbx + 48]
+	add	qword ptr [rbp - 40], rbx
 	mov	rax, qword ptr [rcx + 160]
 	mov	qword ptr [rbp - 80], rax
-	mov	rax, qword ptr [rbp + 40]
-	mov	qword ptr [rbp - 24], rax
 	mov	rax, qword ptr [rbp + 48]
-	mov	qword ptr [rbp - 32], rax
-	mov	rax, qword ptr [rbp + 56]
 	mov	qword ptr [rbp - 16], rax
-	xor	r15d, r15d
-	jmp	segheap_LBB10_64
-segheap_LBB10_62:
-	bt	eax, 9
-	adc	qword ptr [rbp - 16], 0
-	xor	r15d, r15d
-segheap_LBB10_63:
-	shl	r13d, 4
-	add	rbx, r13
-	cmp	rbx, qword ptr [rbp - 40]
-	jae	segheap_LBB10_79
+	mov	rax, qword ptr [rbp + 56]
+	mov	qword ptr [rbp - 24], rax
+	mov	rax, qword ptr [rbp + 64]
+	mov	qword ptr [rbp - 8], rax
+	xor	esi, esi
+	movabs	rdi, 281474976710656
+	jmp	segheap_LBB10_66
 segheap_LBB10_64:
-	mov	r13, qword ptr [rbp - 80]
-	xor	r13, rbx
-	xor	r13, qword ptr [rbx]
-	mov	r14, r13
-	movabs	rax, -281474976710656
-	and	r14, rax
+	bt	eax, 9
+	adc	qword ptr [rbp - 8], 0
+	xor	esi, esi
+	movabs	rdi, 281474976710656
+segheap_LBB10_65:
+	shl	r15d, 4
+	add	r14, r15
+	cmp	r14, qword ptr [rbp - 40]
+	jae	segheap_LBB10_81
+segheap_LBB10_66:
+	mov	r15, qword ptr [rbp - 80]
+	xor	r15, r14
+	xor	r15, qword ptr [r14]
+	mov	r12, r15
+	movabs	rdx, -281474976710656
+	and	r12, rdx
 	xor	r9d, r9d
-	cmp	r14, rsi
+	cmp	r12, rdi
 	sete	r9b
-	mov	rdx, rdi
-	mov	r8, rbx
+	mov	rdx, rbx
+	mov	r8, r14
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB10_110
-	shr	r13d, 16
-	cmp	r14, rsi
-	jne	segheap_LBB10_76
-	mov	eax, dword ptr [rbx + 8]
+	je	segheap_LBB10_107
+	shr	r15d, 16
+	cmp	r12, rdi
+	jne	segheap_LBB10_78
+	mov	eax, dword ptr [r14 + 8]
 	test	eax, 256
-	mov	rcx, qword ptr [rbp + 72]
-	je	segheap_LBB10_62
-	mov	r9d, r13d
+	mov	rcx, qword ptr [rbp + 88]
+	je	segheap_LBB10_64
+	mov	r9d, r15d
 	shl	r9d, 4
-	lea	rdx, [rbx + r9]
-	movsx	r10, byte ptr [rbx + r9 - 1]
+	lea	rdx, [r14 + r9]
+	movsx	r10, byte ptr [r14 + r9 - 1]
 	mov	r8, r10
 	test	r10, r10
-	jns	segheap_LBB10_69
+	jns	segheap_LBB10_71
 	movzx	r8d, word ptr [rdx - 2]
 	and	r8d, 32767
-segheap_LBB10_69:
+segheap_LBB10_71:
 	add	r9, -16
 	lea	r11d, [r8 - 1]
 	cmp	r11d, r9d
-	jae	segheap_LBB10_111
+	jae	segheap_LBB10_108
 	test	r10b, r10b
-	jns	segheap_LBB10_72
+	jns	segheap_LBB10_74
 	cmp	r8d, 128
-	jb	segheap_LBB10_111
-segheap_LBB10_72:
+	jb	segheap_LBB10_108
+segheap_LBB10_74:
 	shr	r10b, 7
 	movzx	r10d, r10b
 	not	r10
 	lea	r11d, [r10 + r9]
 	sub	r9d, r8d
 	cmp	r9d, r11d
-	movabs	rsi, 281474976710656
-	jae	segheap_LBB10_62
+	jae	segheap_LBB10_64
 	neg	r8
-segheap_LBB10_74:
+segheap_LBB10_76:
 	cmp	byte ptr [rdx + r8], -85
-	jne	segheap_LBB10_111
+	jne	segheap_LBB10_108
 	add	r8, 1
 	cmp	r10, r8
-	jne	segheap_LBB10_74
-	jmp	segheap_LBB10_62
-segheap_LBB10_76:
-	test	r15d, r15d
-	mov	rcx, qword ptr [rbp + 72]
-	jne	segheap_LBB10_111
-	add	qword ptr [rbp - 24], 1
-	add	qword ptr [rbp - 32], r13
-	mov	r15d, 1
-	jmp	segheap_LBB10_63
+	jne	segheap_LBB10_76
+	jmp	segheap_LBB10_64
 segheap_LBB10_78:
+	test	esi, esi
+	mov	rcx, qword ptr [rbp + 88]
+	jne	segheap_LBB10_108
+	add	qword ptr [rbp - 16], 1
+	add	qword ptr [rbp - 24], r15
+	mov	esi, 1
+	jmp	segheap_LBB10_65
+segheap_LBB10_80:
 	mov	r8d, r15d
 	shl	r8d, 12
-	mov	rbx, rcx
+	mov	r14, rcx
 	mov	esi, edx
-	mov	rdx, rdi
-	lea	r9, [rbp - 8]
+	mov	rdx, rbx
+	mov	r9, rbp
 	call	validate_lfh_subsegment
 	mov	edx, esi
-	mov	rcx, rbx
+	mov	rcx, r14
 	mov	r8d, eax
 	xor	eax, eax
 	test	r8d, r8d
-	jne	segheap_LBB10_81
-	jmp	segheap_LBB10_96
-segheap_LBB10_79:
-	mov	rax, qword ptr [rbp - 24]
-	mov	qword ptr [rbp + 40], rax
-	mov	rax, qword ptr [rbp - 32]
-	mov	qword ptr [rbp + 48], rax
-	mov	rax, qword ptr [rbp - 16]
-	mov	qword ptr [rbp + 56], rax
-	mov	edx, dword ptr [rbp + 84]
-	mov	eax, 0
-	mov	r14, qword ptr [rbp - 48]
-	mov	r15d, dword ptr [rbp + 80]
-	jne	segheap_LBB10_96
-	add	qword ptr [rbp + 24], 1
-	mov	rax, qword ptr [rbp - 56]
-	add	qword ptr [rbp + 32], rax
-	xor	eax, eax
+	jne	segheap_LBB10_83
+	jmp	segheap_LBB10_88
 segheap_LBB10_81:
-	add	r14d, r15d
-	mov	r8d, r14d
-	cmp	r14d, 256
-	jb	segheap_LBB10_35
-	mov	r12, qword ptr [r12]
-	mov	r9, qword ptr [rbp - 64]
-	cmp	r12, r9
-	mov	r8, qword ptr [rbp - 72]
-	movabs	r10, -6708588087252463955
-	jne	segheap_LBB10_25
-segheap_LBB10_83:
+	mov	rax, qword ptr [rbp - 16]
+	mov	qword ptr [rbp + 48], rax
+	mov	rax, qword ptr [rbp - 24]
+	mov	qword ptr [rbp + 56], rax
+	mov	rax, qword ptr [rbp - 8]
+	mov	qword ptr [rbp + 64], rax
+	mov	edx, dword ptr [rbp + 100]
 	mov	eax, 0
-	cmp	r8, qword ptr [rcx + 344]
-	jne	segheap_LBB10_96
-	mov	r14d, edx
-	lea	r8, [rcx + 352]
-	mov	rsi, rcx
-	xor	edx, edx
-	call	check_tree
-	test	eax, eax
-	js	segheap_LBB10_149
-	mov	eax, eax
-	cmp	qword ptr [rbp - 8], rax
-	jne	segheap_LBB10_149
-	mov	rcx, rsi
-	mov	rax, qword ptr [rsi + 360]
-	test	rax, rax
-	je	segheap_LBB10_102
-	movzx	edx, byte ptr [rax + 24]
-	and	dl, 12
-	cmp	dl, 8
-	jne	segheap_LBB10_109
-segheap_LBB10_88:
-	mov	r8, qword ptr [rax + 8]
-	test	r8, r8
-	je	segheap_LBB10_90
-segheap_LBB10_89:
-	mov	rdx, r8
-	mov	r8, qword ptr [r8]
-	test	r8, r8
-	jne	segheap_LBB10_89
-	jmp	segheap_LBB10_92
-segheap_LBB10_90:
-	mov	rdx, qword ptr [rax + 16]
-	and	rdx, -4
-	je	segheap_LBB10_102
-	cmp	qword ptr [rdx + 8], rax
-	mov	rax, rdx
-	je	segheap_LBB10_90
-segheap_LBB10_92:
-	movzx	r8d, byte ptr [rdx + 24]
-	and	r8b, 12
-	mov	rax, rdx
-	cmp	r8b, 8
-	je	segheap_LBB10_88
-	jmp	segheap_LBB10_109
-segheap_LBB10_93:
+	mov	rdi, qword ptr [rbp - 48]
+	mov	r15d, dword ptr [rbp + 84]
+	jne	segheap_LBB10_88
+	add	qword ptr [rbp + 32], 1
+	mov	rax, qword ptr [rbp - 56]
+	add	qword ptr [rbp + 40], rax
+	xor	eax, eax
+segheap_LBB10_83:
+	add	edi, r15d
+	mov	r8d, edi
+	cmp	edi, 256
+	jb	segheap_LBB10_34
+	mov	rax, qword ptr [r13]
+	mov	r8, r13
+	mov	r10, qword ptr [rbp - 64]
+	cmp	rax, r10
+	mov	r9, qword ptr [rbp - 72]
+	movabs	r11, -6708588087252463955
+	jne	segheap_LBB10_25
+	jmp	segheap_LBB10_93
+segheap_LBB10_85:
 	mov	rcx, rsi
 	mov	edx, edi
 	xor	eax, eax
-	jmp	segheap_LBB10_96
-segheap_LBB10_94:
+	jmp	segheap_LBB10_88
+segheap_LBB10_86:
 	mov	eax, 1
 	mov	rcx, rsi
 	mov	edx, edi
-	jmp	segheap_LBB10_96
-segheap_LBB10_95:
+	jmp	segheap_LBB10_88
+segheap_LBB10_87:
 	mov	eax, 1
 	mov	rcx, rsi
-segheap_LBB10_96:
+segheap_LBB10_88:
 	test	dl, 1
-	jne	segheap_LBB10_98
+	jne	segheap_LBB10_90
 	add	word ptr [rcx + 216], -1
-segheap_LBB10_98:
-	add	rsp, 216
+segheap_LBB10_90:
+	add	rsp, 232
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -3430,66 +3471,112 @@ segheap_LBB10_98:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB10_122:
+segheap_LBB10_92:
+	mov	r13, r10
+segheap_LBB10_93:
+	cmp	r9, qword ptr [rcx + 344]
+	jne	segheap_LBB10_127
+	mov	eax, 0
+	cmp	qword ptr [rcx + 336], r13
+	jne	segheap_LBB10_88
+	mov	r14d, edx
+	lea	r8, [rcx + 352]
+	mov	rsi, rcx
+	xor	edx, edx
+	call	check_tree
+	test	eax, eax
+	js	segheap_LBB10_153
+	mov	eax, eax
+	cmp	qword ptr [rbp], rax
+	jne	segheap_LBB10_153
+	mov	rax, qword ptr [rsi + 360]
+	test	rax, rax
+	je	segheap_LBB10_109
+	movzx	ecx, byte ptr [rax + 24]
+	and	cl, 12
+	cmp	cl, 8
+	jne	segheap_LBB10_153
+segheap_LBB10_99:
+	mov	rdx, qword ptr [rax + 8]
+	test	rdx, rdx
+	je	segheap_LBB10_101
+segheap_LBB10_100:
+	mov	rcx, rdx
+	mov	rdx, qword ptr [rdx]
+	test	rdx, rdx
+	jne	segheap_LBB10_100
+	jmp	segheap_LBB10_103
+segheap_LBB10_101:
+	mov	rcx, qword ptr [rax + 16]
+	and	rcx, -4
+	je	segheap_LBB10_109
+	cmp	qword ptr [rcx + 8], rax
+	mov	rax, rcx
+	je	segheap_LBB10_101
+segheap_LBB10_103:
+	movzx	edx, byte ptr [rcx + 24]
+	and	dl, 12
+	mov	rax, rcx
+	cmp	dl, 8
+	je	segheap_LBB10_99
+	jmp	segheap_LBB10_153
+segheap_LBB10_127:
 	xor	eax, eax
-	jmp	segheap_LBB10_96
-segheap_LBB10_102:
-	mov	rax, qword ptr [rbp]
-	cmp	rax, qword ptr [rcx + 144]
-	jne	segheap_LBB10_109
-	lea	r8, [rcx + 656]
+	jmp	segheap_LBB10_88
+segheap_LBB10_107:
+	mov	rcx, qword ptr [rbp + 88]
+segheap_LBB10_108:
+	mov	edx, dword ptr [rbp + 100]
+	xor	eax, eax
+	jmp	segheap_LBB10_88
+segheap_LBB10_109:
+	mov	rax, qword ptr [rbp + 8]
+	cmp	rax, qword ptr [rsi + 144]
+	jne	segheap_LBB10_153
+	mov	rcx, rsi
+	lea	r8, [rsi + 656]
 	mov	edx, 1
 	call	check_tree
 	test	eax, eax
-	js	segheap_LBB10_149
+	js	segheap_LBB10_153
 	mov	eax, eax
-	cmp	qword ptr [rbp + 40], rax
-	jne	segheap_LBB10_149
+	cmp	qword ptr [rbp + 48], rax
+	jne	segheap_LBB10_153
 	lea	r12, [rsi + 672]
 	mov	ebx, 1
-	mov	r15, qword ptr [rbp + 24]
+	mov	r15, qword ptr [rbp + 32]
 	mov	rdi, r12
-segheap_LBB10_106:
+segheap_LBB10_113:
 	mov	rdi, qword ptr [rdi]
 	cmp	rdi, r12
-	je	segheap_LBB10_128
+	je	segheap_LBB10_135
 	mov	rcx, rsi
 	mov	rdx, rdi
 	mov	r8b, 32
 	call	range_of_type
 	cmp	rax, rdi
-	jne	segheap_LBB10_149
+	jne	segheap_LBB10_153
 	cmp	rbx, r15
 	lea	rbx, [rbx + 1]
-	jbe	segheap_LBB10_106
-	jmp	segheap_LBB10_149
-segheap_LBB10_109:
+	jbe	segheap_LBB10_113
+	jmp	segheap_LBB10_153
+segheap_LBB10_130:
 	xor	eax, eax
-	mov	edx, r14d
-	jmp	segheap_LBB10_96
-segheap_LBB10_110:
-	mov	rcx, qword ptr [rbp + 72]
-segheap_LBB10_111:
-	mov	edx, dword ptr [rbp + 84]
-	xor	eax, eax
-	jmp	segheap_LBB10_96
-segheap_LBB10_126:
-	xor	eax, eax
-	mov	rcx, qword ptr [rbp + 72]
-	jmp	segheap_LBB10_96
-segheap_LBB10_128:
+	mov	rcx, qword ptr [rbp + 88]
+	jmp	segheap_LBB10_88
+segheap_LBB10_135:
 	sub	rbx, r15
 	cmp	rbx, 1
-	jne	segheap_LBB10_149
-	mov	rax, qword ptr [rbp + 32]
+	jne	segheap_LBB10_153
+	mov	rax, qword ptr [rbp + 40]
 	cmp	rax, qword ptr [rsi + 688]
-	jne	segheap_LBB10_149
-	mov	rax, qword ptr [rbp + 48]
+	jne	segheap_LBB10_153
+	mov	rax, qword ptr [rbp + 56]
 	cmp	rax, qword ptr [rsi + 696]
-	jne	segheap_LBB10_149
+	jne	segheap_LBB10_153
 	mov	r15, qword ptr [rsi + 664]
 	test	r15, r15
-	je	segheap_LBB10_145
+	je	segheap_LBB10_149
 	lea	rdi, [r15 - 8]
 	mov	rcx, rdi
 	call	vs_sub_of
@@ -3501,27 +3588,27 @@ segheap_LBB10_128:
 	mov	rcx, rsi
 	mov	edx, eax
 	xor	eax, eax
-segheap_LBB10_133:
+segheap_LBB10_140:
 	test	edx, edx
 	mov	edx, r14d
-	je	segheap_LBB10_96
+	je	segheap_LBB10_88
 	mov	rax, qword ptr [r15 + 8]
 	test	rax, rax
-	je	segheap_LBB10_136
-segheap_LBB10_135:
+	je	segheap_LBB10_143
+segheap_LBB10_142:
 	mov	r12, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB10_135
-	jmp	segheap_LBB10_138
-segheap_LBB10_136:
+	jne	segheap_LBB10_142
+	jmp	segheap_LBB10_145
+segheap_LBB10_143:
 	mov	r12, qword ptr [r15 + 16]
 	and	r12, -4
-	je	segheap_LBB10_145
+	je	segheap_LBB10_149
 	cmp	qword ptr [r12 + 8], r15
 	mov	r15, r12
-	je	segheap_LBB10_136
-segheap_LBB10_138:
+	je	segheap_LBB10_143
+segheap_LBB10_145:
 	lea	rdi, [r12 - 8]
 	mov	rcx, rdi
 	call	vs_sub_of
@@ -3534,34 +3621,34 @@ segheap_LBB10_138:
 	mov	edx, eax
 	xor	eax, eax
 	mov	r15, r12
-	jmp	segheap_LBB10_133
-segheap_LBB10_145:
-	lea	rdx, [rbp - 8]
+	jmp	segheap_LBB10_140
+segheap_LBB10_149:
+	mov	rdx, rbp
 	mov	rcx, rsi
 	call	validate_lfh_buckets
 	test	eax, eax
-	je	segheap_LBB10_149
-	lea	rdx, [rbp - 8]
+	je	segheap_LBB10_153
+	mov	rdx, rbp
 	mov	rcx, rsi
 	call	validate_large
 	test	eax, eax
-	je	segheap_LBB10_149
-	mov	rdx, qword ptr [rbp + 8]
+	je	segheap_LBB10_153
+	mov	rdx, qword ptr [rbp + 16]
 	mov	eax, 0
 	mov	rcx, rsi
 	cmp	rdx, qword ptr [rsi + 136]
 	mov	edx, r14d
-	jne	segheap_LBB10_96
-	mov	r8, qword ptr [rbp + 16]
+	jne	segheap_LBB10_88
+	mov	r8, qword ptr [rbp + 24]
 	xor	eax, eax
 	cmp	r8, qword ptr [rcx + 128]
 	sete	al
-	jmp	segheap_LBB10_96
-segheap_LBB10_149:
+	jmp	segheap_LBB10_88
+segheap_LBB10_153:
 	xor	eax, eax
 	mov	rcx, rsi
 	mov	edx, r14d
-	jmp	segheap_LBB10_96
+	jmp	segheap_LBB10_88
 	.p2align	4
 RtlWalkHeap:
 	push	rbp
@@ -3572,59 +3659,64 @@ RtlWalkHeap:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 72
-	lea	rbp, [rsp + 64]
+	sub	rsp, 88
+	lea	rbp, [rsp + 80]
 	test	rcx, rcx
 	sete	r8b
 	test	ecx, 4095
 	setne	r9b
 	mov	eax, -1073741811
 	or	r9b, r8b
-	jne	segheap_LBB11_74
+	jne	segheap_LBB11_107
 	cmp	dword ptr [rcx + 16], -571548178
-	jne	segheap_LBB11_74
-	xor	r12d, r12d
+	jne	segheap_LBB11_107
+	xor	r13d, r13d
 	cmp	qword ptr [rcx + 312], rcx
-	cmove	r12, rcx
-	setne	r8b
+	cmove	r13, rcx
+	test	r13, r13
+	sete	r8b
 	test	rdx, rdx
 	sete	r9b
 	or	r9b, r8b
-	jne	segheap_LBB11_74
-	test	byte ptr [r12 + 20], 1
+	jne	segheap_LBB11_107
+	test	byte ptr [r13 + 20], 1
 	jne	segheap_LBB11_5
-	add	word ptr [r12 + 216], 1
+	add	word ptr [r13 + 216], 1
 segheap_LBB11_5:
 	mov	rdi, qword ptr [rdx]
 	test	rdi, rdi
-	je	segheap_LBB11_11
-	lea	rbx, [r12 + 328]
-	mov	r8, qword ptr [r12 + 328]
-	cmp	r8, rbx
-	je	segheap_LBB11_18
+	mov	qword ptr [rbp - 16], rdx
+	je	segheap_LBB11_12
+	lea	r9, [r13 + 328]
+	mov	r8, qword ptr [r13 + 328]
+	cmp	r8, r9
+	je	segheap_LBB11_20
 	mov	rax, rdi
 	and	rax, -1048576
 	mov	r10, qword ptr [rcx + 344]
-	mov	r11, -1
-	xor	esi, esi
+	xor	r12d, r12d
+	xor	r11d, r11d
 segheap_LBB11_8:
-	add	r11, 1
 	cmp	r11, r10
-	ja	segheap_LBB11_19
+	ja	segheap_LBB11_21
+	mov	esi, r8d
+	and	esi, 1048575
+	jne	segheap_LBB11_21
 	cmp	r8, rax
-	je	segheap_LBB11_26
+	je	segheap_LBB11_33
+	add	r11, 1
 	mov	r8, qword ptr [r8]
-	cmp	r8, rbx
+	cmp	r8, r9
 	jne	segheap_LBB11_8
-	jmp	segheap_LBB11_19
-segheap_LBB11_11:
-	lea	r8, [r12 + 328]
-	mov	rax, qword ptr [r12 + 328]
+	jmp	segheap_LBB11_21
+segheap_LBB11_12:
+	lea	r8, [r13 + 328]
+	mov	rax, qword ptr [r13 + 328]
 	cmp	rax, r8
-	je	segheap_LBB11_23
+	je	segheap_LBB11_25
 	mov	r10d, 120
 	xor	r9d, r9d
-segheap_LBB11_13:
+segheap_LBB11_14:
 	movzx	r11d, byte ptr [rax + r10 - 96]
 	shr	r11b
 	and	r11b, 1
@@ -3637,17 +3729,17 @@ segheap_LBB11_13:
 	adc	r9b, r11b
 	sub	r10, -128
 	cmp	r10, 8312
-	jne	segheap_LBB11_13
+	jne	segheap_LBB11_14
 	mov	r10b, -1
 	mov	r11, r8
-segheap_LBB11_15:
+segheap_LBB11_16:
 	mov	r11, qword ptr [r11]
 	add	r10b, 1
 	cmp	r11, r8
-	je	segheap_LBB11_17
+	je	segheap_LBB11_18
 	cmp	r11, rax
-	jne	segheap_LBB11_15
-segheap_LBB11_17:
+	jne	segheap_LBB11_16
+segheap_LBB11_18:
 	movzx	r8d, r9b
 	mov	qword ptr [rdx], rax
 	mov	qword ptr [rdx + 8], 1048576
@@ -3663,218 +3755,67 @@ segheap_LBB11_17:
 	mov	qword ptr [rdx + 32], r8
 	add	rax, 1048576
 	mov	qword ptr [rdx + 40], rax
-	jmp	segheap_LBB11_25
-segheap_LBB11_18:
-	xor	esi, esi
 segheap_LBB11_19:
-	test	byte ptr [rdx + 18], 2
-	jne	segheap_LBB11_27
+	xor	eax, eax
+	mov	r9, rcx
+	jmp	segheap_LBB11_105
 segheap_LBB11_20:
-	test	rsi, rsi
-	je	segheap_LBB11_30
-	mov	r8, rdi
-	sub	r8, rsi
-	shr	r8, 12
-	lea	r9d, [r8 - 256]
-	mov	eax, -1073741811
-	cmp	r9d, -254
-	jae	segheap_LBB11_38
-segheap_LBB11_71:
-	mov	r9, r12
-	jmp	segheap_LBB11_72
-segheap_LBB11_23:
-	mov	rax, qword ptr [rcx + 80]
-	test	rax, rax
-	je	segheap_LBB11_42
-	mov	r8, qword ptr [rax + 24]
-	movzx	r9d, r8w
-	mov	r10, -4096
-	and	r10, qword ptr [rax + 32]
-	and	r8, -65536
-	sub	r10, r9
-	mov	qword ptr [rdx], r8
-	mov	qword ptr [rdx + 8], r10
-	cmp	r9, 255
-	mov	eax, 255
-	cmovb	rax, r9
-	mov	byte ptr [rdx + 16], al
-	mov	byte ptr [rdx + 17], 0
-	mov	word ptr [rdx + 18], 16401
-	mov	qword ptr [rdx + 24], 0
-	mov	qword ptr [rdx + 32], 0
-	mov	qword ptr [rdx + 40], 0
-segheap_LBB11_25:
-	xor	eax, eax
-	mov	r9, rcx
-	jmp	segheap_LBB11_72
-segheap_LBB11_26:
-	mov	r8, rdi
-	shr	r8, 20
-	xor	r8, r12
-	xor	r8, qword ptr [rax + 16]
-	xor	r8, qword ptr [rcx + 160]
-	xor	esi, esi
-	movabs	r9, -6708588087252463955
-	cmp	r8, r9
-	cmove	rsi, rax
+	xor	r12d, r12d
+segheap_LBB11_21:
 	test	byte ptr [rdx + 18], 2
-	je	segheap_LBB11_20
-segheap_LBB11_27:
+	jne	segheap_LBB11_34
+segheap_LBB11_22:
+	test	r12, r12
+	je	segheap_LBB11_37
+	mov	r8, rdi
+	sub	r8, r12
+	shr	r8, 12
+	lea	r10d, [r8 - 256]
 	mov	eax, -1073741811
-	mov	r9, r12
-	cmp	rsi, rdi
-	jne	segheap_LBB11_72
-	mov	rdi, rcx
-	mov	r9, rdx
-	mov	rdx, rsi
-	mov	r8d, 2
-segheap_LBB11_29:
-	call	walk_from_unit
-	mov	r9, rdi
-	jmp	segheap_LBB11_72
-segheap_LBB11_30:
-	mov	r8, qword ptr [rcx + 72]
-	mov	eax, -1073741811
-	test	r8, r8
-	je	segheap_LBB11_54
-	mov	ecx, 130
-	mov	r9, -65536
-segheap_LBB11_32:
-	add	rcx, -2
-	je	segheap_LBB11_71
-	mov	r10, qword ptr [r8 + 24]
-	and	r10, r9
-	cmp	rdi, r10
-	je	segheap_LBB11_55
-	seta	r10b
-	movzx	r10d, r10b
-	mov	r8, qword ptr [r8 + 8*r10]
-	test	r8, r8
-	je	segheap_LBB11_71
-	mov	r10, qword ptr [r8 + 24]
-	and	r10, r9
-	cmp	rdi, r10
-	je	segheap_LBB11_55
-	seta	r10b
-	movzx	r10d, r10b
-	mov	r8, qword ptr [r8 + 8*r10]
-	test	r8, r8
-	jne	segheap_LBB11_32
-	jmp	segheap_LBB11_71
-segheap_LBB11_38:
-	mov	r14d, r8d
-	mov	r10, r14
-	shl	r10, 5
-	movzx	r11d, byte ptr [rsi + r10 + 24]
-	movzx	r13d, byte ptr [rsi + r10 + 31]
-	test	r11b, 8
-	jne	segheap_LBB11_43
-	test	r13b, r13b
-	je	segheap_LBB11_71
-	movzx	r9d, r13b
-	lea	r15d, [r8 - 2]
-	cmp	r15d, r9d
-	jb	segheap_LBB11_71
-	mov	r15d, r8d
-	sub	r15d, r9d
-	mov	r9, r15
-	shl	r9, 5
-	movzx	r13d, byte ptr [rsi + r9 + 24]
-	mov	byte ptr [rbp - 16], r13b
-	test	r13b, 8
-	je	segheap_LBB11_71
-	cmp	r15d, 255
-	ja	segheap_LBB11_71
-	add	r9, rsi
-	movzx	r13d, byte ptr [r9 + 31]
-	mov	r9d, r13d
-	add	r9d, r15d
-	mov	qword ptr [rbp - 8], r15
-	cmp	r9d, r8d
-	ja	segheap_LBB11_44
-	jmp	segheap_LBB11_71
-segheap_LBB11_42:
+	cmp	r10d, -254
+	jae	segheap_LBB11_45
+segheap_LBB11_82:
+	mov	r9, r13
+	jmp	segheap_LBB11_105
+segheap_LBB11_25:
+	mov	rdi, qword ptr [rcx + 72]
 	mov	eax, -2147483622
-	mov	r9, rcx
-	jmp	segheap_LBB11_72
-segheap_LBB11_43:
-	mov	byte ptr [rbp - 16], r11b
-	mov	qword ptr [rbp - 8], r14
-	mov	r15d, r8d
-segheap_LBB11_44:
-	mov	dword ptr [rbp + 4], r15d
-	mov	r15b, -1
-	mov	r9, rbx
-segheap_LBB11_45:
-	mov	r9, qword ptr [r9]
-	add	r15b, 1
-	cmp	r9, rbx
-	je	segheap_LBB11_47
-	cmp	r9, rsi
-	jne	segheap_LBB11_45
-segheap_LBB11_47:
-	movzx	ebx, r13b
-	movzx	r9d, byte ptr [rbp - 16]
-	test	r9b, 4
-	jne	segheap_LBB11_61
-	shl	rdi, 52
-	mov	r9, r12
-	jne	segheap_LBB11_72
-	mov	r9, rdx
-	mov	edi, dword ptr [rbp + 4]
-	add	edi, ebx
-	cmp	edi, r8d
-	jbe	segheap_LBB11_91
-	mov	eax, edi
-	sub	r14, rax
-	lea	rdx, [r10 + rsi]
-	add	rdx, 24
-	xor	eax, eax
-segheap_LBB11_51:
-	movzx	r10d, byte ptr [rdx]
-	xor	r10b, r11b
-	test	r10b, 2
-	jne	segheap_LBB11_90
-	add	rax, -1
-	add	rdx, 32
-	cmp	r14, rax
-	jne	segheap_LBB11_51
-	mov	r8d, edi
-	jmp	segheap_LBB11_91
-segheap_LBB11_54:
-	mov	r9, rcx
-segheap_LBB11_72:
-	test	byte ptr [r12 + 20], 1
-	jne	segheap_LBB11_74
-	add	word ptr [r9 + 216], -1
-segheap_LBB11_74:
-	add	rsp, 72
-	pop	rbx
-	pop	rdi
-	pop	rsi
-	pop	r12
-	pop	r13
-	pop	r14
-	pop	r15
-	pop	rbp
-	ret
-segheap_LBB11_55:
-	mov	rcx, qword ptr [r8 + 8]
-	test	rcx, rcx
-	je	segheap_LBB11_59
-segheap_LBB11_56:
-	mov	rax, rcx
-	mov	rcx, qword ptr [rcx]
-	test	rcx, rcx
-	jne	segheap_LBB11_56
-segheap_LBB11_57:
-	mov	rcx, qword ptr [rax + 24]
-	movzx	r8d, cx
+	test	rdi, rdi
+	je	segheap_LBB11_49
+	mov	r14d, 128
+	xor	ebx, ebx
+segheap_LBB11_27:
+	test	dil, 7
+	jne	segheap_LBB11_75
+	mov	rsi, rcx
+	mov	rdx, rdi
+	mov	r8b, 32
+	call	range_of_type
+	sub	r14, 1
+	setb	cl
+	test	rax, rax
+	je	segheap_LBB11_62
+	test	cl, cl
+	mov	rdx, qword ptr [rbp - 16]
+	mov	eax, -2147483622
+	jne	segheap_LBB11_62
+	xor	ecx, ecx
+	cmp	qword ptr [rdi + 24], 65536
+	setb	cl
+	cmovae	rbx, rdi
+	mov	rdi, qword ptr [rdi + 8*rcx]
+	test	rdi, rdi
+	mov	rcx, rsi
+	jne	segheap_LBB11_27
+	test	rbx, rbx
+	je	segheap_LBB11_49
+	mov	rax, qword ptr [rbx + 24]
+	movzx	r8d, ax
 	mov	r9, -4096
-	and	r9, qword ptr [rax + 32]
-	and	rcx, -65536
+	and	r9, qword ptr [rbx + 32]
+	and	rax, -65536
 	sub	r9, r8
-	mov	qword ptr [rdx], rcx
+	mov	qword ptr [rdx], rax
 	mov	qword ptr [rdx + 8], r9
 	cmp	r8, 255
 	mov	eax, 255
@@ -3885,168 +3826,427 @@ segheap_LBB11_57:
 	mov	qword ptr [rdx + 24], 0
 	mov	qword ptr [rdx + 32], 0
 	mov	qword ptr [rdx + 40], 0
-segheap_LBB11_89:
-	xor	eax, eax
-	jmp	segheap_LBB11_71
-segheap_LBB11_58:
-	cmp	qword ptr [rax + 8], r8
-	mov	r8, rax
-	jne	segheap_LBB11_57
-segheap_LBB11_59:
-	mov	rax, qword ptr [r8 + 16]
-	and	rax, -4
-	jne	segheap_LBB11_58
-	mov	eax, -2147483622
-	jmp	segheap_LBB11_71
-segheap_LBB11_61:
-	mov	r13, qword ptr [rbp - 8]
-	shl	r13, 12
-	add	r13, rsi
-	test	r9b, 32
-	jne	segheap_LBB11_70
-	test	r9b, 1
-	jne	segheap_LBB11_78
-	mov	r9, r12
-	cmp	rdi, r13
-	jne	segheap_LBB11_72
-	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, ebx
-	mov	rdi, rcx
-	mov	r9, rdx
-	mov	rdx, rsi
-	jmp	segheap_LBB11_29
-segheap_LBB11_70:
-	add	rdi, -16
-	mov	dword ptr [rbp - 20], 0
-	lea	r8, [r13 + 48]
+	jmp	segheap_LBB11_19
+segheap_LBB11_33:
+	mov	r8, rdi
+	shr	r8, 20
+	xor	r8, r13
+	xor	r8, qword ptr [rax + 16]
+	xor	r8, qword ptr [rcx + 160]
+	xor	r12d, r12d
+	movabs	r10, -6708588087252463955
+	cmp	r8, r10
+	cmove	r12, rax
+	test	byte ptr [rdx + 18], 2
+	je	segheap_LBB11_22
+segheap_LBB11_34:
 	mov	eax, -1073741811
+	mov	r9, r13
+	cmp	r12, rdi
+	jne	segheap_LBB11_105
+	mov	rsi, rcx
+	mov	r9, rdx
+	mov	rdx, r12
+	mov	r8d, 2
+segheap_LBB11_36:
+	call	walk_from_unit
+	mov	r9, rsi
+	jmp	segheap_LBB11_105
+segheap_LBB11_37:
+	mov	rbx, qword ptr [rcx + 72]
+	mov	eax, -1073741811
+	test	rbx, rbx
+	je	segheap_LBB11_49
+	xor	r12d, r12d
+	mov	rsi, -65536
+	mov	r14, rbx
+segheap_LBB11_39:
+	cmp	r12, 127
+	ja	segheap_LBB11_82
+	mov	edx, r14d
+	and	edx, 7
+	jne	segheap_LBB11_82
+	mov	r15, rcx
+	mov	rdx, r14
+	mov	r8b, 32
+	call	range_of_type
+	test	rax, rax
+	je	segheap_LBB11_76
+	mov	rax, qword ptr [r14 + 24]
+	and	rax, rsi
+	cmp	rdi, rax
+	mov	rcx, r15
+	je	segheap_LBB11_68
+	seta	al
+	movzx	eax, al
+	mov	r14, qword ptr [r14 + 8*rax]
+	add	r12, 1
+	test	r14, r14
+	mov	eax, -1073741811
+	jne	segheap_LBB11_39
+segheap_LBB11_49:
+	mov	r9, rcx
+	jmp	segheap_LBB11_105
+segheap_LBB11_45:
+	mov	ebx, r8d
+	mov	r14, rbx
+	shl	r14, 5
+	movzx	r10d, byte ptr [r12 + r14 + 24]
+	movzx	r11d, byte ptr [r12 + r14 + 31]
+	test	r10b, 8
+	jne	segheap_LBB11_50
+	test	r11b, r11b
+	je	segheap_LBB11_82
+	movzx	r11d, r11b
+	lea	esi, [r8 - 2]
+	cmp	esi, r11d
+	jb	segheap_LBB11_82
+	mov	esi, r8d
+	sub	esi, r11d
+	mov	r11, rsi
+	shl	r11, 5
+	movzx	r15d, byte ptr [r12 + r11 + 24]
+	mov	byte ptr [rbp - 8], r15b
+	test	r15b, 8
+	je	segheap_LBB11_82
+	cmp	esi, 255
+	ja	segheap_LBB11_82
+	add	r11, r12
+	movzx	r11d, byte ptr [r11 + 31]
+	mov	r15, rsi
+	mov	esi, r11d
+	add	esi, r15d
+	mov	qword ptr [rbp - 40], r15
+	cmp	esi, r8d
+	ja	segheap_LBB11_51
+	jmp	segheap_LBB11_82
+segheap_LBB11_50:
+	mov	byte ptr [rbp - 8], r10b
+	mov	qword ptr [rbp - 40], rbx
+	mov	r15d, r8d
+segheap_LBB11_51:
+	mov	dword ptr [rbp + 4], r15d
+	mov	r15b, -1
+	mov	rsi, r9
+segheap_LBB11_52:
+	mov	rsi, qword ptr [rsi]
+	add	r15b, 1
+	cmp	rsi, r9
+	je	segheap_LBB11_54
+	cmp	rsi, r12
+	jne	segheap_LBB11_52
+segheap_LBB11_54:
+	movzx	esi, r11b
+	movzx	r9d, byte ptr [rbp - 8]
+	test	r9b, 4
+	jne	segheap_LBB11_63
+	shl	rdi, 52
+	mov	r9, r13
+	jne	segheap_LBB11_105
+	mov	r11d, dword ptr [rbp + 4]
+	add	r11d, esi
+	cmp	r11d, r8d
+	jbe	segheap_LBB11_104
+	mov	eax, r11d
+	sub	rbx, rax
+	lea	rdx, [r14 + r12]
+	add	rdx, 24
+	xor	eax, eax
+segheap_LBB11_58:
+	movzx	r9d, byte ptr [rdx]
+	xor	r9b, r10b
+	test	r9b, 2
+	jne	segheap_LBB11_103
+	add	rax, -1
+	add	rdx, 32
+	cmp	rbx, rax
+	jne	segheap_LBB11_58
+	mov	r8d, r11d
+	jmp	segheap_LBB11_104
+segheap_LBB11_62:
+	mov	r9, rsi
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_105
+segheap_LBB11_63:
+	mov	r14, qword ptr [rbp - 40]
+	mov	r8, r14
+	shl	r8, 5
+	cmp	dword ptr [r12 + r8], -857879331
+	jne	segheap_LBB11_82
+	test	r11b, r11b
+	je	segheap_LBB11_91
+	cmp	r11b, 1
+	jne	segheap_LBB11_86
+	xor	r8d, r8d
+	xor	r9d, r9d
+	jmp	segheap_LBB11_89
+segheap_LBB11_68:
+	mov	r12d, 128
+	xor	r14d, r14d
+	mov	rsi, -65536
+segheap_LBB11_69:
+	test	bl, 7
+	jne	segheap_LBB11_75
+	mov	rdx, rbx
+	mov	r8b, 32
+	call	range_of_type
+	sub	r12, 1
+	setb	cl
+	test	rax, rax
+	je	segheap_LBB11_76
+	test	cl, cl
+	mov	rax, qword ptr [rbp - 16]
+	jne	segheap_LBB11_76
+	mov	rcx, qword ptr [rbx + 24]
+	and	rcx, rsi
+	xor	edx, edx
+	cmp	rcx, rdi
+	cmova	r14, rbx
+	setbe	dl
+	mov	rbx, qword ptr [rbx + 8*rdx]
+	test	rbx, rbx
+	mov	rcx, r15
+	jne	segheap_LBB11_69
+	test	r14, r14
+	je	segheap_LBB11_114
+	mov	rdx, qword ptr [r14 + 24]
+	movzx	r8d, dx
+	mov	r9, -4096
+	and	r9, qword ptr [r14 + 32]
+	and	rdx, -65536
+	sub	r9, r8
+	mov	qword ptr [rax], rdx
+	mov	qword ptr [rax + 8], r9
+	cmp	r8, 255
+	mov	edx, 255
+	cmovb	rdx, r8
+	mov	byte ptr [rax + 16], dl
+	mov	byte ptr [rax + 17], 0
+	mov	word ptr [rax + 18], 16401
+	mov	qword ptr [rax + 24], 0
+	mov	qword ptr [rax + 32], 0
+	mov	qword ptr [rax + 40], 0
+	jmp	segheap_LBB11_19
+segheap_LBB11_75:
+	mov	r9, r13
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_105
+segheap_LBB11_76:
+	mov	r9, r15
+	mov	eax, -1073741811
+	jmp	segheap_LBB11_105
+segheap_LBB11_86:
+	mov	qword ptr [rbp - 24], rsi
+	mov	r10d, esi
+	and	r10d, -2
+	xor	r8d, r8d
+	mov	r9d, dword ptr [rbp + 4]
+	mov	esi, r9d
+	xor	r9d, r9d
+segheap_LBB11_87:
+	mov	ebx, esi
+	shl	rbx, 5
+	movzx	ebx, byte ptr [r12 + rbx + 24]
+	shr	bl
+	and	bl, 1
+	lea	r14d, [rsi + 1]
+	shl	r14, 5
+	bt	dword ptr [r12 + r14 + 24], 1
+	adc	r9b, bl
+	add	r8, 2
+	add	esi, 2
+	cmp	r10, r8
+	jne	segheap_LBB11_87
+	mov	rsi, qword ptr [rbp - 24]
+	test	sil, 1
+	mov	r14, qword ptr [rbp - 40]
+	je	segheap_LBB11_90
+segheap_LBB11_89:
+	add	r8d, dword ptr [rbp + 4]
+	shl	r8, 5
+	bt	dword ptr [r12 + r8 + 24], 1
+	adc	r9b, 0
+segheap_LBB11_90:
+	cmp	r9b, r11b
+	movzx	r9d, byte ptr [rbp - 8]
+	jne	segheap_LBB11_82
+segheap_LBB11_91:
+	shl	r14, 12
+	add	r14, r12
+	test	r9b, 32
+	jne	segheap_LBB11_95
+	test	r9b, 1
+	jne	segheap_LBB11_108
+	mov	r9, r13
+	cmp	rdi, r14
+	jne	segheap_LBB11_105
+	mov	r8d, dword ptr [rbp + 4]
+	add	r8d, esi
+	mov	rsi, rcx
+	mov	r9, rdx
+	mov	rdx, r12
+	jmp	segheap_LBB11_36
+segheap_LBB11_95:
+	mov	dword ptr [rbp - 28], 0
+	movzx	edx, word ptr [r14 + 32]
+	mov	eax, edx
+	and	eax, 32767
+	xor	ax, word ptr [r14 + 34]
+	movzx	r8d, ax
+	mov	eax, -1073741811
+	cmp	r8d, 44013
+	jne	segheap_LBB11_82
+	mov	r8d, esi
+	shl	r8d, 12
+	shl	edx, 4
+	cmp	edx, r8d
+	jne	segheap_LBB11_82
+	add	rdi, -16
+	lea	rdx, [r14 + 48]
+	cmp	rdi, rdx
+	jb	segheap_LBB11_82
+	add	r8, r14
 	cmp	rdi, r8
-	jb	segheap_LBB11_71
+	setb	dl
 	test	dil, 15
-	jne	segheap_LBB11_71
-	movzx	r8d, word ptr [r13 + 32]
-	shl	r8d, 4
-	add	r8, r13
-	cmp	rdi, r8
-	jae	segheap_LBB11_71
-	mov	r14d, ebx
-	mov	qword ptr [rbp - 16], rdx
-	mov	rbx, qword ptr [rdi]
-	xor	rbx, qword ptr [rcx + 160]
-	xor	rbx, rdi
-	mov	rax, rbx
+	sete	r8b
+	and	r8b, dl
+	cmp	r8b, 1
+	jne	segheap_LBB11_82
+	mov	qword ptr [rbp - 24], rsi
+	mov	qword ptr [rbp - 8], r12
+	mov	rsi, qword ptr [rdi]
+	xor	rsi, qword ptr [rcx + 160]
+	xor	rsi, rdi
+	mov	rax, rsi
 	shr	rax, 48
 	xor	r9d, r9d
 	cmp	eax, 1
 	sete	r9b
-	mov	qword ptr [rbp - 8], rcx
-	mov	rdx, r13
+	mov	r12, rcx
+	mov	rdx, r14
 	mov	r8, rdi
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB11_93
-	shr	ebx, 12
-	and	ebx, -16
-	add	rdi, rbx
-	lea	r9, [rbp - 20]
-	mov	rcx, qword ptr [rbp - 8]
-	mov	rdx, r13
+	je	segheap_LBB11_117
+	shr	esi, 12
+	and	esi, -16
+	add	rdi, rsi
+	lea	r9, [rbp - 28]
+	mov	rcx, r12
+	mov	rdx, r14
 	mov	r8, rdi
 	call	vs_next_visible
 	mov	rdx, rax
-	cmp	dword ptr [rbp - 20], 0
+	cmp	dword ptr [rbp - 28], 0
 	mov	eax, -1073741811
-	jne	segheap_LBB11_71
+	jne	segheap_LBB11_82
 	test	rdx, rdx
-	je	segheap_LBB11_99
-	mov	rcx, qword ptr [rbp - 8]
+	je	segheap_LBB11_121
+	mov	rcx, r12
 	mov	r8d, r15d
 	mov	r9, qword ptr [rbp - 16]
 	call	walk_vs_chunk
-	jmp	segheap_LBB11_89
-segheap_LBB11_78:
-	mov	dword ptr [rbp - 8], ebx
-	mov	qword ptr [rbp - 16], rdx
-	mov	r14, r13
-	shr	r14, 12
-	xor	r14d, dword ptr [rcx + 168]
-	xor	r14d, dword ptr [r13 + 40]
+	xor	eax, eax
+	mov	r9, r13
+	jmp	segheap_LBB11_105
+segheap_LBB11_103:
+	sub	r8d, eax
+segheap_LBB11_104:
+	mov	rdi, rcx
+	mov	rdx, r12
+	mov	r9, qword ptr [rbp - 16]
+	call	walk_from_unit
+	mov	r9, rdi
+segheap_LBB11_105:
+	test	byte ptr [r13 + 20], 1
+	jne	segheap_LBB11_107
+	add	word ptr [r9 + 216], -1
+segheap_LBB11_107:
+	add	rsp, 88
+	pop	rbx
+	pop	rdi
+	pop	rsi
+	pop	r12
+	pop	r13
+	pop	r14
+	pop	r15
+	pop	rbp
+	ret
+segheap_LBB11_108:
+	mov	qword ptr [rbp - 8], r12
+	mov	r8, rsi
+	mov	rsi, r14
+	shr	rsi, 12
+	xor	esi, dword ptr [rcx + 168]
+	xor	esi, dword ptr [r14 + 40]
+	mov	qword ptr [rbp - 24], r8
+	shl	r8d, 12
 	mov	rbx, rcx
-	mov	rdx, r13
-	call	lfh_owner
-	test	rax, rax
-	je	segheap_LBB11_98
-	sub	edi, r13d
-	mov	eax, r14d
+	mov	rdx, r14
+	call	lfh_sub_ok
+	test	eax, eax
+	je	segheap_LBB11_115
+	sub	edi, r14d
+	mov	eax, esi
 	shr	eax, 16
 	sub	edi, eax
-	mov	eax, -1073741811
-	jb	segheap_LBB11_94
-	movzx	ecx, r14w
-	test	ecx, ecx
-	mov	r9, rbx
-	je	segheap_LBB11_72
+	jb	segheap_LBB11_115
+	movzx	ecx, si
 	mov	eax, edi
 	xor	edx, edx
 	div	ecx
 	test	edx, edx
-	je	segheap_LBB11_95
-	mov	eax, -1073741811
-	jmp	segheap_LBB11_72
-segheap_LBB11_90:
-	sub	r8d, eax
-segheap_LBB11_91:
-	mov	rdi, rcx
-	mov	rdx, rsi
-	jmp	segheap_LBB11_29
-segheap_LBB11_93:
-	mov	eax, -1073741811
-	jmp	segheap_LBB11_71
-segheap_LBB11_94:
-	mov	r9, rbx
-	jmp	segheap_LBB11_72
-segheap_LBB11_95:
-	movzx	edi, word ptr [r13 + 34]
-	cmp	eax, edi
-	jae	segheap_LBB11_98
+	jne	segheap_LBB11_115
+	mov	r12, r14
+	movzx	esi, word ptr [r14 + 34]
+	cmp	eax, esi
+	jae	segheap_LBB11_115
 	add	eax, 1
-	mov	r14, r13
-	mov	rcx, r13
+	mov	rcx, r12
 	mov	edx, eax
 	call	lfh_next_busy
-	cmp	eax, edi
-	jae	segheap_LBB11_100
+	cmp	eax, esi
+	jae	segheap_LBB11_120
 	mov	rcx, qword ptr [rbp - 16]
 	mov	qword ptr [rsp + 32], rcx
 	mov	rcx, rbx
-	mov	rdx, r14
+	mov	rdx, r12
 	mov	r8d, eax
 	mov	r9d, r15d
 	call	walk_lfh_block
 	xor	eax, eax
 	mov	r9, rbx
-	jmp	segheap_LBB11_72
-segheap_LBB11_98:
+	jmp	segheap_LBB11_105
+segheap_LBB11_114:
+	mov	eax, -2147483622
+	mov	r9, rcx
+	jmp	segheap_LBB11_105
+segheap_LBB11_115:
 	mov	r9, rbx
 	mov	eax, -1073741811
-	jmp	segheap_LBB11_72
-segheap_LBB11_99:
+	jmp	segheap_LBB11_105
+segheap_LBB11_117:
+	mov	eax, -1073741811
+	mov	r9, r13
+	jmp	segheap_LBB11_105
+segheap_LBB11_120:
 	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, r14d
-	mov	rcx, qword ptr [rbp - 8]
-	mov	rdx, rsi
-	mov	r9, qword ptr [rbp - 16]
-	call	walk_from_unit
-	jmp	segheap_LBB11_71
-segheap_LBB11_100:
-	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, dword ptr [rbp - 8]
+	add	r8d, dword ptr [rbp - 24]
 	mov	rcx, rbx
-	mov	rdx, rsi
+	mov	rdx, qword ptr [rbp - 8]
 	mov	r9, qword ptr [rbp - 16]
 	call	walk_from_unit
 	mov	r9, rbx
-	jmp	segheap_LBB11_72
+	jmp	segheap_LBB11_105
+segheap_LBB11_121:
+	mov	r8d, dword ptr [rbp + 4]
+	add	r8d, dword ptr [rbp - 24]
+	mov	rcx, r12
+	mov	rdx, qword ptr [rbp - 8]
+	mov	r9, qword ptr [rbp - 16]
+	call	walk_from_unit
+	jmp	segheap_LBB11_82
 	.p2align	4
 RtlLockHeap:
 	push	rbp
@@ -6428,48 +6628,48 @@ segheap_LBB28_24:
 lookup_vs:
 	push	rbp
 	push	rsi
-	push	rdi
-	push	rbx
 	sub	rsp, 40
 	lea	rbp, [rsp + 32]
-	add	r8, -16
-	movzx	r10d, word ptr [rdx + 32]
-	mov	eax, r10d
+	add	r9, -16
+	movzx	eax, word ptr [rdx + 32]
+	movzx	r10d, ax
 	and	eax, 32767
 	xor	ax, word ptr [rdx + 34]
 	movzx	eax, ax
 	cmp	eax, 44013
 	setne	r11b
-	lea	rax, [rdx + 48]
-	cmp	r8, rax
-	setb	bl
-	xor	eax, eax
-	or	bl, r11b
-	jne	segheap_LBB29_4
 	shl	r10d, 4
-	add	r10, rdx
-	cmp	r8, r10
+	cmp	r10, r8
+	setne	al
+	lea	r10, [rdx + 48]
+	cmp	r9, r10
 	setb	r10b
-	test	r8b, 15
-	sete	r11b
-	and	r11b, r10b
-	cmp	r11b, 1
+	or	r10b, al
+	xor	eax, eax
+	or	r10b, r11b
+	jne	segheap_LBB29_4
+	add	r8, rdx
+	cmp	r9, r8
+	setb	r8b
+	test	r9b, 15
+	sete	r10b
+	and	r10b, r8b
+	cmp	r10b, 1
 	jne	segheap_LBB29_4
 	mov	rsi, r9
-	mov	rdi, r8
+	mov	r8, r9
 	mov	r9d, 1
 	call	vs_chunk_ok
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
 	je	segheap_LBB29_4
-	mov	dword ptr [rsi], 2
-	mov	qword ptr [rsi + 24], rdi
+	mov	rax, qword ptr [rbp + 64]
+	mov	dword ptr [rax], 2
+	mov	qword ptr [rax + 24], rsi
 	mov	eax, 1
 segheap_LBB29_4:
 	add	rsp, 40
-	pop	rbx
-	pop	rdi
 	pop	rsi
 	pop	rbp
 	ret
@@ -6477,123 +6677,72 @@ segheap_LBB29_4:
 lookup_lfh:
 	push	rbp
 	push	rsi
-	mov	rbp, rsp
-	mov	r10, qword ptr [rdx + 16]
-	lea	r11, [rcx + 2048]
+	push	rdi
+	push	rbx
+	sub	rsp, 40
+	lea	rbp, [rsp + 32]
+	mov	rsi, r9
+	mov	rdi, rdx
+	mov	rbx, rcx
+	mov	r8d, r8d
+	call	lfh_sub_ok
+	mov	ecx, eax
 	xor	eax, eax
-	cmp	r10, r11
-	jae	segheap_LBB30_2
-segheap_LBB30_1:
+	test	ecx, ecx
+	je	segheap_LBB30_10
+	mov	rdx, rdi
+	shr	rdx, 12
+	xor	edx, dword ptr [rbx + 168]
+	xor	edx, dword ptr [rdi + 40]
+	mov	r8d, edx
+	shr	r8d, 16
+	mov	ecx, esi
+	sub	ecx, edi
+	sub	ecx, r8d
+	jb	segheap_LBB30_10
+	movzx	r9d, dx
+	mov	eax, ecx
+	xor	edx, edx
+	div	r9d
+	mov	r8d, eax
+	xor	eax, eax
+	test	edx, edx
+	jne	segheap_LBB30_10
+	movzx	ecx, word ptr [rdi + 34]
+	cmp	r8d, ecx
+	jae	segheap_LBB30_10
+	mov	ecx, r8d
+	shr	ecx, 5
+	mov	rdx, qword ptr [rdi + 8*rcx + 48]
+	lea	ecx, [r8 + r8]
+	bt	rdx, rcx
+	jae	segheap_LBB30_10
+	and	ecx, 62
+	shr	rdx, cl
+	test	dl, 2
+	je	segheap_LBB30_9
+	movsx	rcx, byte ptr [rsi + r9 - 1]
+	test	rcx, rcx
+	jns	segheap_LBB30_8
+	movzx	ecx, word ptr [rsi + r9 - 2]
+	and	ecx, 32767
+segheap_LBB30_8:
+	add	ecx, -1
+	cmp	ecx, r9d
+	jae	segheap_LBB30_10
+segheap_LBB30_9:
+	mov	rax, qword ptr [rbp + 80]
+	mov	dword ptr [rax], 3
+	mov	qword ptr [rax + 24], rsi
+	mov	dword ptr [rax + 32], r8d
+	mov	eax, 1
+segheap_LBB30_10:
+	add	rsp, 40
+	pop	rbx
+	pop	rdi
 	pop	rsi
 	pop	rbp
 	ret
-segheap_LBB30_2:
-	test	r10b, 7
-	jne	segheap_LBB30_1
-	lea	r11, [r10 + 104]
-	cmp	r11, qword ptr [rcx + 232]
-	ja	segheap_LBB30_1
-	movzx	esi, byte ptr [r10 + 1]
-	mov	r11d, esi
-	add	r11b, -1
-	js	segheap_LBB30_1
-	mov	r11, qword ptr [rcx + 8*rsi + 960]
-	xor	eax, eax
-	test	r11b, 1
-	cmovne	r11, rax
-	cmp	r11, r10
-	jne	segheap_LBB30_1
-	mov	r11, rdx
-	shr	r11, 12
-	xor	r11d, dword ptr [rcx + 168]
-	xor	r11d, dword ptr [rdx + 40]
-	movzx	r10d, r11w
-	cmp	sil, 64
-	ja	segheap_LBB30_8
-	shl	esi, 4
-	jmp	segheap_LBB30_15
-segheap_LBB30_8:
-	cmp	sil, 80
-	ja	segheap_LBB30_10
-	shl	esi, 6
-	add	esi, -3072
-	jmp	segheap_LBB30_15
-segheap_LBB30_10:
-	cmp	sil, 96
-	ja	segheap_LBB30_12
-	shl	esi, 7
-	add	esi, -8192
-	jmp	segheap_LBB30_15
-segheap_LBB30_12:
-	cmp	sil, 112
-	ja	segheap_LBB30_14
-	shl	esi, 8
-	add	esi, -20480
-	jmp	segheap_LBB30_15
-segheap_LBB30_14:
-	shl	esi, 9
-	add	esi, -49152
-segheap_LBB30_15:
-	cmp	r10d, esi
-	jne	segheap_LBB30_1
-	movzx	esi, word ptr [rdx + 34]
-	test	esi, esi
-	je	segheap_LBB30_1
-	shr	r11d, 16
-	lea	ecx, [rsi + 31]
-	shr	ecx, 5
-	lea	ecx, [8*rcx + 63]
-	and	ecx, -16
-	cmp	r11d, ecx
-	jne	segheap_LBB30_1
-	mov	ecx, r10d
-	imul	ecx, esi
-	add	ecx, r11d
-	cmp	ecx, r8d
-	ja	segheap_LBB30_1
-	mov	ecx, r9d
-	sub	ecx, edx
-	sub	ecx, r11d
-	jb	segheap_LBB30_1
-	mov	r8, rdx
-	mov	eax, ecx
-	xor	edx, edx
-	div	r10d
-	test	edx, edx
-	jne	segheap_LBB30_29
-	cmp	eax, esi
-	jae	segheap_LBB30_29
-	mov	ecx, eax
-	shr	ecx, 5
-	mov	r8, qword ptr [r8 + 8*rcx + 48]
-	mov	rdx, rax
-	lea	ecx, [rax + rax]
-	bt	r8, rcx
-	mov	eax, 0
-	jae	segheap_LBB30_1
-	and	ecx, 62
-	shr	r8, cl
-	test	r8b, 2
-	je	segheap_LBB30_27
-	movsx	rcx, byte ptr [r9 + r10 - 1]
-	test	rcx, rcx
-	jns	segheap_LBB30_26
-	movzx	ecx, word ptr [r9 + r10 - 2]
-	and	ecx, 32767
-segheap_LBB30_26:
-	add	ecx, -1
-	cmp	ecx, r10d
-	jae	segheap_LBB30_1
-segheap_LBB30_27:
-	mov	rax, qword ptr [rbp + 56]
-	mov	dword ptr [rax], 3
-	mov	qword ptr [rax + 24], r9
-	mov	dword ptr [rax + 32], edx
-	mov	eax, 1
-	jmp	segheap_LBB30_1
-segheap_LBB30_29:
-	xor	eax, eax
-	jmp	segheap_LBB30_1
 	.p2align	4
 vs_chunk_ok:
 	push	rbp
@@ -6709,79 +6858,321 @@ segheap_LBB31_17:
 	pop	rbp
 	ret
 	.p2align	4
-lfh_owner:
+lfh_sub_ok:
 	push	rbp
 	mov	rbp, rsp
-	mov	rdx, qword ptr [rdx + 16]
-	lea	rax, [rcx + 2048]
-	cmp	rdx, rax
+	mov	r9, qword ptr [rdx + 16]
+	lea	r10, [rcx + 2048]
+	xor	eax, eax
+	cmp	r9, r10
 	jae	segheap_LBB32_2
 segheap_LBB32_1:
-	xor	eax, eax
 	pop	rbp
 	ret
 segheap_LBB32_2:
-	xor	eax, eax
-	test	dl, 7
-	jne	segheap_LBB32_6
-	lea	r8, [rdx + 104]
-	cmp	r8, qword ptr [rcx + 232]
-	ja	segheap_LBB32_6
-	movzx	eax, byte ptr [rdx + 1]
-	mov	r8d, eax
-	add	r8b, -1
+	test	r9b, 7
+	jne	segheap_LBB32_1
+	lea	r10, [r9 + 104]
+	cmp	r10, qword ptr [rcx + 232]
+	ja	segheap_LBB32_1
+	movzx	r10d, byte ptr [r9 + 1]
+	mov	r11d, r10d
+	add	r11b, -1
 	js	segheap_LBB32_1
-	mov	rcx, qword ptr [rcx + 8*rax + 960]
+	mov	r11, qword ptr [rcx + 8*r10 + 960]
 	xor	eax, eax
-	test	cl, 1
-	cmovne	rcx, rax
-	cmp	rcx, rdx
-	cmove	rax, rdx
-segheap_LBB32_6:
+	test	r11b, 1
+	cmovne	r11, rax
+	cmp	r11, r9
+	jne	segheap_LBB32_1
+	movzx	r9d, word ptr [rdx + 34]
+	test	r9d, r9d
+	je	segheap_LBB32_1
+	mov	r11, rdx
+	shr	r11, 12
+	xor	r11d, dword ptr [rcx + 168]
+	xor	r11d, dword ptr [rdx + 40]
+	movzx	ecx, r11w
+	cmp	r10b, 64
+	ja	segheap_LBB32_9
+	shl	r10d, 4
+	jmp	segheap_LBB32_16
+segheap_LBB32_9:
+	cmp	r10b, 80
+	ja	segheap_LBB32_11
+	shl	r10d, 6
+	add	r10d, -3072
+	jmp	segheap_LBB32_16
+segheap_LBB32_11:
+	cmp	r10b, 96
+	ja	segheap_LBB32_13
+	shl	r10d, 7
+	add	r10d, -8192
+	jmp	segheap_LBB32_16
+segheap_LBB32_13:
+	cmp	r10b, 112
+	ja	segheap_LBB32_15
+	shl	r10d, 8
+	add	r10d, -20480
+	jmp	segheap_LBB32_16
+segheap_LBB32_15:
+	shl	r10d, 9
+	add	r10d, -49152
+segheap_LBB32_16:
+	cmp	ecx, r10d
+	jne	segheap_LBB32_1
+	shr	r11d, 16
+	lea	edx, [r9 + 31]
+	shr	edx, 5
+	lea	edx, [8*rdx + 63]
+	and	edx, -16
+	cmp	r11d, edx
+	jne	segheap_LBB32_1
+	mov	eax, r11d
+	mov	edx, r9d
+	mov	ecx, ecx
+	imul	rcx, rdx
+	add	rcx, rax
+	xor	eax, eax
+	cmp	rcx, r8
+	setbe	al
 	pop	rbp
 	ret
 	.p2align	4
-check_trailer:
+node_ok:
 	push	rbp
-	mov	rbp, rsp
-	movsx	r9, byte ptr [rdx - 1]
-	mov	r8, r9
-	test	r9, r9
-	jns	segheap_LBB33_2
-	movzx	r8d, word ptr [rdx - 2]
-	and	r8d, 32767
-segheap_LBB33_2:
-	sub	rdx, rcx
-	lea	r10, [r8 - 1]
+	push	rsi
+	push	rdi
+	sub	rsp, 32
+	lea	rbp, [rsp + 32]
+	test	r8b, 7
+	je	segheap_LBB33_3
+segheap_LBB33_1:
 	xor	eax, eax
-	cmp	r10, rdx
-	jae	segheap_LBB33_10
-	test	r9b, r9b
-	jns	segheap_LBB33_5
-	cmp	r8d, 128
-	jae	segheap_LBB33_5
-segheap_LBB33_10:
+segheap_LBB33_2:
+	movzx	eax, al
+	add	rsp, 32
+	pop	rdi
+	pop	rsi
 	pop	rbp
 	ret
-segheap_LBB33_5:
-	shr	r9b, 7
-	movzx	r9d, r9b
-	not	r9
-	mov	r10, rdx
-	sub	r10, r8
-	lea	r11, [r9 + rdx]
-	cmp	r10, r11
-	jae	segheap_LBB33_9
-	neg	r8
-	add	rcx, rdx
+segheap_LBB33_3:
+	cmp	edx, 1
+	je	segheap_LBB33_11
+	test	edx, edx
+	jne	segheap_LBB33_13
+	lea	r9, [rcx + 328]
+	mov	r10, qword ptr [rcx + 328]
+	cmp	r10, r9
+	je	segheap_LBB33_15
+	mov	rdx, r8
+	and	rdx, -1048576
+	mov	r11, qword ptr [rcx + 344]
+	xor	eax, eax
+	xor	esi, esi
 segheap_LBB33_7:
-	cmp	byte ptr [rcx + r8], -85
-	jne	segheap_LBB33_10
-	add	r8, 1
-	cmp	r9, r8
+	cmp	rsi, r11
+	ja	segheap_LBB33_17
+	mov	edi, r10d
+	and	edi, 1048575
+	jne	segheap_LBB33_17
+	cmp	r10, rdx
+	je	segheap_LBB33_16
+	add	rsi, 1
+	mov	r10, qword ptr [r10]
+	cmp	r10, r9
 	jne	segheap_LBB33_7
-segheap_LBB33_9:
-	mov	eax, 1
+	jmp	segheap_LBB33_17
+segheap_LBB33_11:
+	mov	rdx, r8
+	mov	rsi, r8
+	mov	r8b, 32
+	call	range_of_type
+	lea	rdx, [rsi - 8]
+	test	rax, rax
+	sete	r8b
+	mov	r9d, edx
+	and	r9d, 8
+	shr	r9d, 3
+	or	r9b, r8b
+	lea	r8, [rax + 48]
+	cmp	rdx, r8
+	setb	dl
+	or	dl, r9b
+	jne	segheap_LBB33_1
+	mov	rcx, rsi
+	add	rcx, 24
+	movzx	edx, word ptr [rax + 32]
+	shl	edx, 4
+	add	rdx, rax
+	cmp	rcx, rdx
+	setbe	al
+	jmp	segheap_LBB33_2
+segheap_LBB33_13:
+	mov	rdx, r8
+	mov	r8b, 32
+	call	range_of_type
+	test	rax, rax
+	setne	al
+	jmp	segheap_LBB33_2
+segheap_LBB33_15:
+	xor	eax, eax
+	jmp	segheap_LBB33_17
+segheap_LBB33_16:
+	mov	r9, r8
+	shr	r9, 20
+	xor	r9, rcx
+	xor	r9, qword ptr [rdx + 16]
+	xor	r9, qword ptr [rcx + 160]
+	xor	eax, eax
+	movabs	rcx, -6708588087252463955
+	cmp	r9, rcx
+	cmove	rax, rdx
+segheap_LBB33_17:
+	sub	r8, rax
+	test	rax, rax
+	cmove	r8, rax
+	test	r8b, 31
+	sete	cl
+	add	r8, -33
+	cmp	r8, 8159
+	setb	al
+	and	al, cl
+	jmp	segheap_LBB33_2
+	.p2align	4
+range_of_type:
+	push	rbp
+	push	rsi
+	push	rdi
+	push	rbx
+	mov	rbp, rsp
+	lea	r10, [rcx + 328]
+	mov	r11, qword ptr [rcx + 328]
+	cmp	r11, r10
+	je	segheap_LBB34_10
+	mov	r9, rdx
+	and	r9, -1048576
+	mov	rsi, qword ptr [rcx + 344]
+	xor	eax, eax
+	xor	edi, edi
+segheap_LBB34_2:
+	cmp	rdi, rsi
+	ja	segheap_LBB34_11
+	mov	ebx, r11d
+	and	ebx, 1048575
+	jne	segheap_LBB34_11
+	cmp	r11, r9
+	je	segheap_LBB34_7
+	add	rdi, 1
+	mov	r11, qword ptr [r11]
+	cmp	r11, r10
+	jne	segheap_LBB34_2
+	jmp	segheap_LBB34_11
+segheap_LBB34_7:
+	mov	rax, rdx
+	shr	rax, 20
+	xor	rax, rcx
+	xor	rax, qword ptr [r9 + 16]
+	xor	rax, qword ptr [rcx + 160]
+	movabs	rcx, -6708588087252463955
+	cmp	rax, rcx
+	jne	segheap_LBB34_10
+	shr	edx, 12
+	mov	eax, edx
+	or	eax, -256
+	cmp	eax, -254
+	jb	segheap_LBB34_10
+	movzx	ecx, dl
+	mov	eax, ecx
+	shl	eax, 5
+	add	rax, r9
+	movzx	r10d, byte ptr [rax + 24]
+	test	r10b, 8
+	jne	segheap_LBB34_16
+	movzx	eax, byte ptr [rax + 31]
+	test	eax, eax
+	je	segheap_LBB34_10
+	lea	edx, [rcx - 2]
+	cmp	edx, eax
+	jb	segheap_LBB34_10
+	mov	edx, ecx
+	sub	edx, eax
+	mov	r11, rdx
+	shl	r11, 5
+	movzx	r10d, byte ptr [r9 + r11 + 24]
+	xor	eax, eax
+	test	r10b, 8
+	je	segheap_LBB34_11
+	cmp	edx, 255
+	ja	segheap_LBB34_11
+	add	r11, r9
+	movzx	r11d, byte ptr [r11 + 31]
+	add	r11d, edx
+	cmp	r11d, ecx
+	mov	ecx, edx
+	ja	segheap_LBB34_17
+	jmp	segheap_LBB34_11
+segheap_LBB34_16:
+	mov	rdx, rcx
+segheap_LBB34_17:
+	and	r10b, 37
+	or	r8b, 4
+	cmp	r10b, r8b
+	jne	segheap_LBB34_10
+	mov	rax, rdx
+	shl	rax, 5
+	add	rax, r9
+	cmp	dword ptr [rax], -857879331
+	jne	segheap_LBB34_10
+	movzx	eax, byte ptr [rax + 31]
+	test	rax, rax
+	je	segheap_LBB34_33
+	cmp	eax, 1
+	jne	segheap_LBB34_28
+	xor	r10d, r10d
+	xor	r8d, r8d
+	jmp	segheap_LBB34_31
+segheap_LBB34_28:
+	mov	r11d, eax
+	and	r11d, -2
+	xor	r10d, r10d
+	mov	esi, ecx
+	xor	r8d, r8d
+segheap_LBB34_29:
+	mov	edi, esi
+	shl	rdi, 5
+	movzx	ebx, byte ptr [r9 + rdi + 24]
+	shr	bl
+	and	bl, 1
+	lea	edi, [rsi + 1]
+	shl	rdi, 5
+	bt	dword ptr [r9 + rdi + 24], 1
+	adc	r8b, bl
+	add	r10, 2
+	add	esi, 2
+	cmp	r11, r10
+	jne	segheap_LBB34_29
+	test	al, 1
+	je	segheap_LBB34_32
+segheap_LBB34_31:
+	add	ecx, r10d
+	shl	rcx, 5
+	bt	dword ptr [r9 + rcx + 24], 1
+	adc	r8b, 0
+segheap_LBB34_32:
+	cmp	r8b, al
+	jne	segheap_LBB34_10
+segheap_LBB34_33:
+	shl	rdx, 12
+	add	r9, rdx
+	mov	rax, r9
+	jmp	segheap_LBB34_11
+segheap_LBB34_10:
+	xor	eax, eax
+segheap_LBB34_11:
+	pop	rbx
+	pop	rdi
+	pop	rsi
 	pop	rbp
 	ret
 	.p2align	4
@@ -6799,7 +7190,7 @@ check_tree:
 	mov	qword ptr [rbp + 976], 0
 	mov	r14, qword ptr [r8]
 	test	r14, r14
-	je	segheap_LBB34_38
+	je	segheap_LBB35_38
 	mov	edi, edx
 	mov	rbx, rcx
 	mov	qword ptr [rbp + 968], r8
@@ -6807,53 +7198,53 @@ check_tree:
 	call	node_ok
 	mov	esi, -1
 	test	eax, eax
-	je	segheap_LBB34_37
+	je	segheap_LBB35_37
 	cmp	qword ptr [r14 + 16], 3
-	ja	segheap_LBB34_37
+	ja	segheap_LBB35_37
 	xor	r13d, r13d
 	xor	r12d, r12d
 	mov	r15, r14
-segheap_LBB34_4:
+segheap_LBB35_4:
 	test	r15, r15
-	je	segheap_LBB34_10
+	je	segheap_LBB35_10
 	movsxd	r12, r12d
-segheap_LBB34_6:
+segheap_LBB35_6:
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, r15
 	call	node_ok
 	test	eax, eax
-	je	segheap_LBB34_37
+	je	segheap_LBB35_37
 	cmp	r12, 129
-	jg	segheap_LBB34_37
+	jg	segheap_LBB35_37
 	add	r13, 1
 	cmp	r13, 16777216
-	ja	segheap_LBB34_37
+	ja	segheap_LBB35_37
 	mov	qword ptr [rbp + 8*r12 - 80], r15
 	add	r12, 1
 	mov	r15, qword ptr [r15]
 	test	r15, r15
-	jne	segheap_LBB34_6
-segheap_LBB34_10:
+	jne	segheap_LBB35_6
+segheap_LBB35_10:
 	movsxd	rax, r12d
 	mov	rax, qword ptr [rbp + 8*rax - 88]
 	mov	r15, qword ptr [rax + 8]
 	test	r15, r15
-	je	segheap_LBB34_12
+	je	segheap_LBB35_12
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, r15
 	call	node_ok
 	test	eax, eax
-	je	segheap_LBB34_37
-segheap_LBB34_12:
+	je	segheap_LBB35_37
+segheap_LBB35_12:
 	add	r12d, -1
 	test	r15, r15
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	test	r12d, r12d
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	test	byte ptr [r14 + 16], 1
-	jne	segheap_LBB34_37
+	jne	segheap_LBB35_37
 	lea	rax, [rbp + 976]
 	mov	qword ptr [rsp + 32], rax
 	mov	dword ptr [rsp + 40], 0
@@ -6863,26 +7254,26 @@ segheap_LBB34_12:
 	xor	r9d, r9d
 	call	rb_check
 	test	eax, eax
-	js	segheap_LBB34_37
+	js	segheap_LBB35_37
 	mov	r8, qword ptr [rbp + 968]
 	mov	rax, qword ptr [r8]
 	test	rax, rax
-	je	segheap_LBB34_38
+	je	segheap_LBB35_38
 	mov	rdx, rax
-segheap_LBB34_18:
+segheap_LBB35_18:
 	mov	rcx, rdx
 	mov	rdx, qword ptr [rdx]
 	test	rdx, rdx
-	jne	segheap_LBB34_18
+	jne	segheap_LBB35_18
 	xor	r9d, r9d
 	mov	rdx, -65536
-segheap_LBB34_20:
+segheap_LBB35_20:
 	test	r9, r9
-	je	segheap_LBB34_27
+	je	segheap_LBB35_27
 	cmp	edi, 1
-	je	segheap_LBB34_24
+	je	segheap_LBB35_24
 	test	edi, edi
-	jne	segheap_LBB34_25
+	jne	segheap_LBB35_25
 	movzx	r11d, byte ptr [r9 + 31]
 	shl	r11d, 8
 	movzx	r10d, byte ptr [r9 + 25]
@@ -6893,8 +7284,8 @@ segheap_LBB34_20:
 	movzx	r11d, byte ptr [rcx + 25]
 	xor	r11, 255
 	or	r11, r14
-	jmp	segheap_LBB34_26
-segheap_LBB34_24:
+	jmp	segheap_LBB35_26
+segheap_LBB35_24:
 	lea	r10, [r9 - 8]
 	xor	r10d, dword ptr [r9 - 8]
 	mov	r14d, dword ptr [rbx + 160]
@@ -6904,13 +7295,13 @@ segheap_LBB34_24:
 	xor	r11d, dword ptr [rcx - 8]
 	xor	r11d, r14d
 	shr	r11d, 16
-	jmp	segheap_LBB34_26
-segheap_LBB34_25:
+	jmp	segheap_LBB35_26
+segheap_LBB35_25:
 	mov	r10, qword ptr [r9 + 24]
 	and	r10, rdx
 	mov	r11, qword ptr [rcx + 24]
 	and	r11, rdx
-segheap_LBB34_26:
+segheap_LBB35_26:
 	xor	r14d, r14d
 	cmp	r9, rcx
 	setae	r14b
@@ -6919,39 +7310,39 @@ segheap_LBB34_26:
 	setae	r9b
 	cmove	r9d, r14d
 	test	r9b, r9b
-	jne	segheap_LBB34_37
-segheap_LBB34_27:
+	jne	segheap_LBB35_37
+segheap_LBB35_27:
 	mov	r10, qword ptr [rcx + 8]
 	mov	r9, rcx
 	test	r10, r10
-	je	segheap_LBB34_30
-segheap_LBB34_28:
+	je	segheap_LBB35_30
+segheap_LBB35_28:
 	mov	r11, r10
 	mov	r10, qword ptr [r10]
 	test	r10, r10
-	jne	segheap_LBB34_28
+	jne	segheap_LBB35_28
 	mov	r9, rcx
 	mov	rcx, r11
-	jmp	segheap_LBB34_20
-segheap_LBB34_30:
+	jmp	segheap_LBB35_20
+segheap_LBB35_30:
 	mov	r10, qword ptr [r9 + 16]
 	and	r10, -4
-	je	segheap_LBB34_33
+	je	segheap_LBB35_33
 	cmp	qword ptr [r10 + 8], r9
 	mov	r9, r10
-	je	segheap_LBB34_30
+	je	segheap_LBB35_30
 	mov	r9, rcx
 	mov	rcx, r10
-	jmp	segheap_LBB34_20
-segheap_LBB34_38:
+	jmp	segheap_LBB35_20
+segheap_LBB35_38:
 	mov	rcx, qword ptr [r8 + 8]
 	xor	edx, edx
-segheap_LBB34_35:
+segheap_LBB35_35:
 	mov	esi, -1
 	cmp	rcx, rdx
-	jne	segheap_LBB34_37
+	jne	segheap_LBB35_37
 	mov	esi, dword ptr [rbp + 976]
-segheap_LBB34_37:
+segheap_LBB35_37:
 	mov	eax, esi
 	add	rsp, 1112
 	pop	rbx
@@ -6963,100 +7354,14 @@ segheap_LBB34_37:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB34_33:
+segheap_LBB35_33:
 	mov	rcx, qword ptr [r8 + 8]
-segheap_LBB34_34:
+segheap_LBB35_34:
 	mov	rdx, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB34_34
-	jmp	segheap_LBB34_35
-	.p2align	4
-range_of_type:
-	push	rbp
-	push	rsi
-	push	rdi
-	mov	rbp, rsp
-	lea	r10, [rcx + 328]
-	mov	r11, qword ptr [rcx + 328]
-	cmp	r11, r10
-	je	segheap_LBB35_9
-	mov	r9, rdx
-	and	r9, -1048576
-	mov	rsi, qword ptr [rcx + 344]
-	mov	rdi, -1
-	xor	eax, eax
-segheap_LBB35_2:
-	add	rdi, 1
-	cmp	rdi, rsi
-	ja	segheap_LBB35_10
-	cmp	r11, r9
-	je	segheap_LBB35_6
-	mov	r11, qword ptr [r11]
-	cmp	r11, r10
-	jne	segheap_LBB35_2
-	jmp	segheap_LBB35_10
-segheap_LBB35_6:
-	mov	rax, rdx
-	shr	rax, 20
-	xor	rax, rcx
-	xor	rax, qword ptr [r9 + 16]
-	xor	rax, qword ptr [rcx + 160]
-	movabs	rcx, -6708588087252463955
-	cmp	rax, rcx
-	jne	segheap_LBB35_9
-	shr	edx, 12
-	mov	eax, edx
-	or	eax, -256
-	cmp	eax, -254
-	jb	segheap_LBB35_9
-	movzx	ecx, dl
-	mov	eax, ecx
-	shl	eax, 5
-	add	rax, r9
-	movzx	r10d, byte ptr [rax + 24]
-	test	r10b, 8
-	jne	segheap_LBB35_15
-	movzx	eax, byte ptr [rax + 31]
-	test	eax, eax
-	je	segheap_LBB35_9
-	lea	edx, [rcx - 2]
-	cmp	edx, eax
-	jb	segheap_LBB35_9
-	mov	edx, ecx
-	sub	edx, eax
-	mov	r11, rdx
-	shl	r11, 5
-	movzx	r10d, byte ptr [r9 + r11 + 24]
-	xor	eax, eax
-	test	r10b, 8
-	je	segheap_LBB35_10
-	cmp	edx, 255
-	ja	segheap_LBB35_10
-	add	r11, r9
-	movzx	r11d, byte ptr [r11 + 31]
-	add	r11d, edx
-	cmp	r11d, ecx
-	ja	segheap_LBB35_16
-	jmp	segheap_LBB35_10
-segheap_LBB35_15:
-	mov	rdx, rcx
-segheap_LBB35_16:
-	and	r10b, 37
-	or	r8b, 4
-	cmp	r10b, r8b
-	jne	segheap_LBB35_9
-	shl	rdx, 12
-	add	r9, rdx
-	mov	rax, r9
-	jmp	segheap_LBB35_10
-segheap_LBB35_9:
-	xor	eax, eax
-segheap_LBB35_10:
-	pop	rdi
-	pop	rsi
-	pop	rbp
-	ret
+	jne	segheap_LBB35_34
+	jmp	segheap_LBB35_35
 	.p2align	4
 validate_lfh_buckets:
 	push	rbp
@@ -7067,258 +7372,114 @@ validate_lfh_buckets:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 32
-	lea	rbp, [rsp + 32]
-	lea	r9, [rcx + 2048]
-	lea	r10, [rcx + 328]
-	mov	r11d, 1
-	xor	esi, esi
+	sub	rsp, 56
+	lea	rbp, [rsp + 48]
+	mov	qword ptr [rbp], rdx
+	mov	rbx, rcx
+	lea	r8, [rcx + 2048]
+	mov	r13d, 1
+	xor	edx, edx
 	jmp	segheap_LBB36_2
 segheap_LBB36_1:
-	add	r11, 1
-	cmp	r11, 129
-	je	segheap_LBB36_86
+	add	r13, 1
+	cmp	r13, 129
+	je	segheap_LBB36_34
 segheap_LBB36_2:
-	mov	rdi, qword ptr [rcx + 8*r11 + 960]
-	test	rdi, rdi
+	mov	r12, qword ptr [rbx + 8*r13 + 960]
+	test	r12, r12
 	sete	al
-	mov	r8d, edi
-	or	r8b, al
-	test	r8b, 1
+	mov	ecx, r12d
+	or	cl, al
+	test	cl, 1
 	jne	segheap_LBB36_1
 	xor	eax, eax
-	cmp	r9, rdi
-	ja	segheap_LBB36_87
-	test	dil, 6
-	jne	segheap_LBB36_87
-	lea	r8, [rdi + 104]
-	cmp	r8, qword ptr [rcx + 232]
-	ja	segheap_LBB36_87
-	movzx	r8d, byte ptr [rdi + 1]
-	cmp	r11, r8
-	jne	segheap_LBB36_87
-	cmp	byte ptr [rdi], 1
-	jne	segheap_LBB36_87
-	mov	qword ptr [rbp - 32], rsi
-	lea	r15, [rdi + 24]
-	mov	r12, qword ptr [rdi + 24]
-	cmp	r12, r15
-	je	segheap_LBB36_40
-	mov	r13, qword ptr [r10]
-	xor	ebx, ebx
-	xor	r14d, r14d
-segheap_LBB36_10:
-	cmp	r13, r10
-	je	segheap_LBB36_21
-	mov	r8, r12
-	and	r8, -1048576
-	mov	rax, qword ptr [rcx + 344]
-	mov	r9, -1
-	mov	rsi, r13
-segheap_LBB36_12:
-	add	r9, 1
-	cmp	r9, rax
-	ja	segheap_LBB36_21
-	cmp	rsi, r8
-	je	segheap_LBB36_18
-	mov	rsi, qword ptr [rsi]
-	cmp	rsi, r10
-	jne	segheap_LBB36_12
-	jmp	segheap_LBB36_21
-segheap_LBB36_18:
-	mov	rax, r12
-	shr	rax, 20
-	xor	rax, qword ptr [r8 + 16]
-	xor	rax, qword ptr [rcx + 160]
-	xor	rax, rcx
-	movabs	r9, -6708588087252463955
-	cmp	rax, r9
-	jne	segheap_LBB36_21
-	mov	eax, r12d
-	shr	eax, 12
-	mov	r9d, eax
-	or	r9d, -256
-	cmp	r9d, -254
-	jb	segheap_LBB36_21
-	movzx	eax, al
-	mov	esi, eax
-	shl	esi, 5
-	add	rsi, r8
-	movzx	r9d, byte ptr [rsi + 24]
-	test	r9b, 8
-	jne	segheap_LBB36_36
-	movzx	r9d, byte ptr [rsi + 31]
-	test	r9d, r9d
-	je	segheap_LBB36_21
-	lea	esi, [rax - 2]
-	cmp	esi, r9d
-	jb	segheap_LBB36_21
-	mov	esi, eax
-	sub	esi, r9d
-	mov	qword ptr [rbp - 16], rsi
-	shl	rsi, 5
-	movzx	r9d, byte ptr [r8 + rsi + 24]
-	test	r9b, 8
-	je	segheap_LBB36_21
-	cmp	dword ptr [rbp - 16], 255
-	ja	segheap_LBB36_21
-	add	rsi, r8
-	movzx	esi, byte ptr [rsi + 31]
-	add	esi, dword ptr [rbp - 16]
-	mov	dword ptr [rbp - 4], esi
-	mov	esi, 0
-	cmp	dword ptr [rbp - 4], eax
-	mov	rax, qword ptr [rbp - 16]
-	jbe	segheap_LBB36_22
-segheap_LBB36_36:
-	and	r9b, 37
-	cmp	r9b, 5
-	jne	segheap_LBB36_21
-	shl	rax, 12
-	add	r8, rax
-	mov	rsi, r8
-	jmp	segheap_LBB36_22
-segheap_LBB36_21:
+	cmp	r8, r12
+	ja	segheap_LBB36_35
+	test	r12b, 6
+	jne	segheap_LBB36_35
+	lea	rcx, [r12 + 104]
+	cmp	rcx, qword ptr [rbx + 232]
+	ja	segheap_LBB36_35
+	movzx	ecx, byte ptr [r12 + 1]
+	cmp	r13, rcx
+	jne	segheap_LBB36_35
+	cmp	byte ptr [r12], 1
+	jne	segheap_LBB36_35
+	mov	qword ptr [rbp - 8], rdx
+	lea	rdi, [r12 + 24]
+	mov	r14, qword ptr [r12 + 24]
+	cmp	r14, rdi
+	je	segheap_LBB36_15
+	xor	r15d, r15d
 	xor	esi, esi
-segheap_LBB36_22:
-	cmp	rsi, r12
-	jne	segheap_LBB36_78
-	cmp	qword ptr [r12 + 16], rdi
-	jne	segheap_LBB36_78
-	cmp	byte ptr [r12 + 38], 0
-	jne	segheap_LBB36_78
-	add	r14, 1
-	cmp	r14, qword ptr [rdx + 72]
-	ja	segheap_LBB36_78
-	movzx	eax, word ptr [r12 + 34]
-	add	rbx, rax
-	mov	r12, qword ptr [r12]
-	cmp	r12, r15
+segheap_LBB36_10:
+	mov	rcx, rbx
+	mov	rdx, r14
+	mov	r8b, 1
+	call	range_of_type
+	cmp	rax, r14
+	jne	segheap_LBB36_26
+	cmp	qword ptr [r14 + 16], r12
+	jne	segheap_LBB36_26
+	cmp	byte ptr [r14 + 38], 0
+	jne	segheap_LBB36_26
+	add	rsi, 1
+	mov	rax, qword ptr [rbp]
+	cmp	rsi, qword ptr [rax + 72]
+	ja	segheap_LBB36_26
+	movzx	eax, word ptr [r14 + 34]
+	add	r15, rax
+	mov	r14, qword ptr [r14]
+	cmp	r14, rdi
 	jne	segheap_LBB36_10
-	jmp	segheap_LBB36_41
-segheap_LBB36_40:
-	xor	r14d, r14d
-	xor	ebx, ebx
-segheap_LBB36_41:
-	lea	rax, [rdi + 40]
-	mov	rsi, qword ptr [rdi + 40]
-	cmp	rsi, rax
-	je	segheap_LBB36_73
-	mov	r12, qword ptr [r10]
+	jmp	segheap_LBB36_16
+segheap_LBB36_15:
+	xor	esi, esi
 	xor	r15d, r15d
-segheap_LBB36_43:
-	cmp	r12, r10
-	je	segheap_LBB36_54
-	mov	r13, rsi
-	and	r13, -1048576
-	mov	rax, qword ptr [rcx + 344]
-	mov	r9, -1
-	mov	r8, r12
-segheap_LBB36_45:
-	add	r9, 1
-	cmp	r9, rax
-	ja	segheap_LBB36_54
-	cmp	r8, r13
-	je	segheap_LBB36_51
-	mov	r8, qword ptr [r8]
-	cmp	r8, r10
-	jne	segheap_LBB36_45
-	jmp	segheap_LBB36_54
-segheap_LBB36_51:
-	mov	rax, rsi
-	shr	rax, 20
-	xor	rax, qword ptr [r13 + 16]
-	xor	rax, qword ptr [rcx + 160]
-	xor	rax, rcx
-	movabs	r8, -6708588087252463955
-	cmp	rax, r8
-	jne	segheap_LBB36_54
-	mov	eax, esi
-	shr	eax, 12
-	mov	r8d, eax
-	or	r8d, -256
-	cmp	r8d, -254
-	jb	segheap_LBB36_54
-	movzx	r8d, al
-	mov	eax, r8d
-	shl	eax, 5
-	add	rax, r13
-	movzx	r9d, byte ptr [rax + 24]
-	test	r9b, 8
-	jne	segheap_LBB36_69
-	movzx	eax, byte ptr [rax + 31]
-	test	eax, eax
-	je	segheap_LBB36_54
-	mov	r9, r8
-	add	r8d, -2
-	cmp	r8d, eax
-	jb	segheap_LBB36_54
-	mov	r8d, r9d
-	sub	r8d, eax
-	mov	rax, r8
-	shl	rax, 5
-	mov	qword ptr [rbp - 16], r9
-	movzx	r9d, byte ptr [r13 + rax + 24]
-	test	r9b, 8
-	je	segheap_LBB36_54
-	cmp	r8d, 255
-	ja	segheap_LBB36_54
-	add	rax, r13
-	movzx	eax, byte ptr [rax + 31]
-	add	eax, r8d
-	mov	dword ptr [rbp - 4], eax
+segheap_LBB36_16:
+	lea	rax, [r12 + 40]
+	mov	r14, qword ptr [r12 + 40]
+	xor	edi, edi
+	cmp	r14, rax
+	je	segheap_LBB36_22
+segheap_LBB36_17:
+	mov	rcx, rbx
+	mov	rdx, r14
+	mov	r8b, 1
+	call	range_of_type
+	cmp	rax, r14
+	jne	segheap_LBB36_26
+	cmp	qword ptr [r14 + 16], r12
+	jne	segheap_LBB36_26
+	cmp	byte ptr [r14 + 38], 1
+	jne	segheap_LBB36_26
+	add	rdi, 1
+	mov	rax, qword ptr [rbp]
+	cmp	rdi, qword ptr [rax + 72]
+	ja	segheap_LBB36_26
+	movzx	eax, word ptr [r14 + 34]
+	add	r15, rax
+	mov	r14, qword ptr [r14]
+	lea	rax, [r12 + 40]
+	cmp	r14, rax
+	jne	segheap_LBB36_17
+segheap_LBB36_22:
+	cmp	rsi, qword ptr [r12 + 8]
+	jne	segheap_LBB36_26
+	add	rdi, rsi
+	cmp	rdi, qword ptr [r12 + 64]
+	jne	segheap_LBB36_26
+	cmp	r15, qword ptr [r12 + 56]
 	mov	eax, 0
-	mov	qword ptr [rbp - 24], r8
-	mov	r8d, dword ptr [rbp - 4]
-	cmp	r8d, dword ptr [rbp - 16]
-	mov	r8, qword ptr [rbp - 24]
-	jbe	segheap_LBB36_55
-segheap_LBB36_69:
-	and	r9b, 37
-	cmp	r9b, 5
-	jne	segheap_LBB36_54
-	shl	r8, 12
-	add	r13, r8
-	mov	rax, r13
-	jmp	segheap_LBB36_55
-segheap_LBB36_54:
-	xor	eax, eax
-segheap_LBB36_55:
-	cmp	rax, rsi
-	jne	segheap_LBB36_78
-	cmp	qword ptr [rsi + 16], rdi
-	jne	segheap_LBB36_78
-	cmp	byte ptr [rsi + 38], 1
-	jne	segheap_LBB36_78
-	add	r15, 1
-	cmp	r15, qword ptr [rdx + 72]
-	ja	segheap_LBB36_78
-	movzx	eax, word ptr [rsi + 34]
-	add	rbx, rax
-	mov	rsi, qword ptr [rsi]
-	lea	rax, [rdi + 40]
-	cmp	rsi, rax
-	jne	segheap_LBB36_43
-	jmp	segheap_LBB36_74
-segheap_LBB36_73:
-	xor	r15d, r15d
-segheap_LBB36_74:
-	cmp	r14, qword ptr [rdi + 8]
-	jne	segheap_LBB36_78
-	add	r15, r14
-	cmp	r15, qword ptr [rdi + 64]
-	jne	segheap_LBB36_78
-	cmp	rbx, qword ptr [rdi + 56]
-	mov	eax, 0
-	jne	segheap_LBB36_87
-	mov	rsi, qword ptr [rbp - 32]
-	add	rsi, r15
-	lea	r9, [rcx + 2048]
+	jne	segheap_LBB36_35
+	mov	rdx, qword ptr [rbp - 8]
+	add	rdx, rdi
+	lea	r8, [rbx + 2048]
 	jmp	segheap_LBB36_1
-segheap_LBB36_78:
+segheap_LBB36_26:
 	xor	eax, eax
-segheap_LBB36_87:
-	add	rsp, 32
+segheap_LBB36_35:
+	add	rsp, 56
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -7328,11 +7489,12 @@ segheap_LBB36_87:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB36_86:
+segheap_LBB36_34:
 	xor	eax, eax
-	cmp	rsi, qword ptr [rdx + 72]
+	mov	rcx, qword ptr [rbp]
+	cmp	rdx, qword ptr [rcx + 72]
 	sete	al
-	jmp	segheap_LBB36_87
+	jmp	segheap_LBB36_35
 	.p2align	4
 validate_large:
 	push	rbp
@@ -7461,15 +7623,57 @@ validate_lfh_subsegment:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 72
-	lea	rbp, [rsp + 64]
-	mov	r10, qword ptr [rdx + 16]
-	lea	r11, [rcx + 2048]
-	xor	eax, eax
-	cmp	r10, r11
-	jae	segheap_LBB38_1
-segheap_LBB38_39:
-	add	rsp, 72
+	sub	rsp, 88
+	lea	rbp, [rsp + 80]
+	mov	rsi, r9
+	mov	rdi, rdx
+	mov	rbx, rcx
+	mov	rax, qword ptr [rdx + 16]
+	add	rcx, 2048
+	xor	r15d, r15d
+	xor	r14d, r14d
+	cmp	rax, rcx
+	jb	segheap_LBB38_6
+	test	al, 7
+	jne	segheap_LBB38_6
+	lea	rcx, [rax + 104]
+	cmp	rcx, qword ptr [rbx + 232]
+	ja	segheap_LBB38_6
+	movzx	ecx, byte ptr [rax + 1]
+	mov	edx, ecx
+	add	dl, -1
+	js	segheap_LBB38_4
+	mov	rcx, qword ptr [rbx + 8*rcx + 960]
+	xor	r14d, r14d
+	test	cl, 1
+	cmovne	rcx, r14
+	cmp	rcx, rax
+	cmove	r14, rax
+	jmp	segheap_LBB38_6
+segheap_LBB38_4:
+	xor	r14d, r14d
+segheap_LBB38_6:
+	mov	r8d, r8d
+	mov	rcx, rbx
+	mov	rdx, rdi
+	call	lfh_sub_ok
+	test	eax, eax
+	je	segheap_LBB38_36
+	movzx	eax, word ptr [rdi + 32]
+	movzx	r8d, word ptr [rdi + 34]
+	cmp	ax, r8w
+	ja	segheap_LBB38_36
+	test	eax, eax
+	sete	cl
+	cmp	byte ptr [rdi + 38], cl
+	jne	segheap_LBB38_36
+	movzx	ecx, word ptr [rdi + 36]
+	mov	qword ptr [rbp - 32], rcx
+	cmp	cx, r8w
+	jbe	segheap_LBB38_10
+segheap_LBB38_36:
+	mov	eax, r15d
+	add	rsp, 88
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -7479,395 +7683,196 @@ segheap_LBB38_39:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB38_1:
-	test	r10b, 7
-	jne	segheap_LBB38_39
-	lea	r11, [r10 + 104]
-	cmp	r11, qword ptr [rcx + 232]
-	ja	segheap_LBB38_39
-	movzx	esi, byte ptr [r10 + 1]
-	mov	r11d, esi
-	add	r11b, -1
-	js	segheap_LBB38_39
-	mov	r11, qword ptr [rcx + 8*rsi + 960]
-	xor	eax, eax
-	test	r11b, 1
-	cmovne	r11, rax
-	cmp	r11, r10
-	jne	segheap_LBB38_39
-	mov	r10, rcx
-	movzx	ecx, word ptr [rdx + 34]
-	test	ecx, ecx
-	je	segheap_LBB38_39
-	movzx	edi, word ptr [rdx + 32]
-	cmp	di, cx
-	ja	segheap_LBB38_39
-	mov	rbx, qword ptr [r10 + 168]
-	mov	r10, rdx
-	shr	r10, 12
-	xor	r10d, ebx
-	xor	r10d, dword ptr [rdx + 40]
-	movzx	r11d, r10w
-	cmp	sil, 64
-	ja	segheap_LBB38_9
-	shl	esi, 4
-	jmp	segheap_LBB38_16
-segheap_LBB38_9:
-	cmp	sil, 80
-	ja	segheap_LBB38_11
-	shl	esi, 6
-	add	esi, -3072
-	jmp	segheap_LBB38_16
-segheap_LBB38_11:
-	cmp	sil, 96
-	ja	segheap_LBB38_13
-	shl	esi, 7
-	add	esi, -8192
-	jmp	segheap_LBB38_16
-segheap_LBB38_13:
-	cmp	sil, 112
-	ja	segheap_LBB38_15
-	shl	esi, 8
-	add	esi, -20480
-	jmp	segheap_LBB38_16
-segheap_LBB38_15:
-	shl	esi, 9
-	add	esi, -49152
-segheap_LBB38_16:
-	cmp	r11d, esi
-	jne	segheap_LBB38_39
-	shr	r10d, 16
-	lea	rsi, [rcx + 31]
-	mov	r14d, esi
-	shr	r14d, 5
-	lea	r14d, [8*r14 + 63]
-	and	r14d, -16
-	cmp	r10d, r14d
-	jne	segheap_LBB38_39
-	mov	r14d, r11d
-	imul	r14d, ecx
-	add	r14d, r10d
-	cmp	r14d, r8d
-	ja	segheap_LBB38_39
-	test	edi, edi
-	sete	r8b
-	cmp	byte ptr [rdx + 38], r8b
-	jne	segheap_LBB38_39
-	movzx	r8d, word ptr [rdx + 36]
-	mov	qword ptr [rbp - 32], r8
-	cmp	r8w, cx
-	ja	segheap_LBB38_39
-	movabs	r8, 6148914691236517205
-	shr	esi, 5
-	mov	r14d, ecx
-	add	ecx, ecx
-	xor	eax, eax
-	mov	qword ptr [rbp - 16], r14
+segheap_LBB38_10:
+	mov	qword ptr [rbp], rsi
+	mov	rcx, qword ptr [rbx + 168]
+	mov	r11, rdi
+	shr	r11, 12
+	mov	qword ptr [rbp - 8], rcx
+	xor	r11d, ecx
+	xor	r11d, dword ptr [rdi + 40]
+	lea	r9d, [r8 + 31]
+	shr	r9d, 5
+	je	segheap_LBB38_15
+	movabs	r10, 6148914691236517205
+	lea	ecx, [r8 + r8]
 	xor	r15d, r15d
-segheap_LBB38_22:
-	mov	r12, qword ptr [rdx + 8*r15 + 48]
-	mov	r13, -1
-	shl	r13, cl
-	sub	r14, 32
-	cmovae	r13, rax
-	test	r12, r13
-	jne	segheap_LBB38_39
-	mov	r13, r12
-	shr	r13
-	not	r12
-	and	r12, r8
-	test	r12, r13
-	jne	segheap_LBB38_39
-	add	r15, 1
+	mov	r12, r8
+	xor	r13d, r13d
+segheap_LBB38_12:
+	mov	rdx, qword ptr [rdi + 8*r13 + 48]
+	mov	rsi, -1
+	shl	rsi, cl
+	sub	r12, 32
+	cmovae	rsi, r15
+	test	rdx, rsi
+	jne	segheap_LBB38_36
+	mov	rsi, rdx
+	shr	rsi
+	not	rdx
+	and	rdx, r10
+	test	rdx, rsi
+	jne	segheap_LBB38_36
+	add	r13, 1
 	add	rcx, -64
-	cmp	rsi, r15
-	jne	segheap_LBB38_22
-	mov	esi, r10d
-	add	rsi, rdx
-	mov	r13d, r11d
-	xor	r12d, r12d
-	mov	r14, rsi
+	cmp	r9, r13
+	jne	segheap_LBB38_12
+segheap_LBB38_15:
+	mov	r13d, 0
+	test	r8, r8
+	mov	rsi, qword ptr [rbp]
+	je	segheap_LBB38_22
+	movzx	r9d, r11w
+	shr	r11d, 16
+	lea	rcx, [rdi + r11]
+	mov	qword ptr [rbp - 24], rcx
+	mov	ecx, r8d
+	mov	qword ptr [rbp - 16], rcx
+	lea	r12, [rdi + r9]
+	add	r12, r11
+	xor	r10d, r10d
+	xor	r13d, r13d
+	jmp	segheap_LBB38_17
+segheap_LBB38_21:
+	add	r10, 1
+	add	r12, r9
+	cmp	r10, qword ptr [rbp - 16]
+	je	segheap_LBB38_22
+segheap_LBB38_17:
+	mov	ecx, r10d
+	shr	ecx, 5
+	mov	r11, qword ptr [rdi + 8*rcx + 48]
+	lea	ecx, [r10 + r10]
+	mov	rdx, r11
+	shr	rdx, cl
+	mov	r8, r10
+	imul	r8, r9
+	add	r8, qword ptr [rbp - 24]
+	bt	r11, rcx
+	jb	segheap_LBB38_24
 	xor	r15d, r15d
-	xor	r11d, r11d
-	mov	qword ptr [rbp], rdx
-	mov	r10, qword ptr [rbp - 16]
-	mov	qword ptr [rbp - 24], r9
-	jmp	segheap_LBB38_26
-segheap_LBB38_30:
-	add	r15, 1
-	add	r12, 2
-	add	r14, r13
-	add	rsi, r13
-	cmp	r10, r15
-	je	segheap_LBB38_31
-segheap_LBB38_26:
-	mov	eax, r15d
-	shr	eax, 5
-	mov	r8, qword ptr [rdx + 8*rax + 48]
-	mov	ecx, r12d
-	and	cl, 62
-	mov	rax, r8
-	shr	rax, cl
-	mov	ecx, r12d
-	and	ecx, 62
-	bt	r8, rcx
+	cmp	r10, qword ptr [rbp - 32]
 	jb	segheap_LBB38_36
-	xor	eax, eax
-	cmp	r15, qword ptr [rbp - 32]
-	jb	segheap_LBB38_39
+	mov	rcx, qword ptr [rbp - 8]
+	xor	rcx, r8
+	cmp	qword ptr [r8], rcx
+	jne	segheap_LBB38_36
+	add	r13d, 1
+	jmp	segheap_LBB38_21
+segheap_LBB38_24:
+	test	dl, 2
+	je	segheap_LBB38_21
+	movsx	r11, byte ptr [r8 + r9 - 1]
+	mov	rcx, r11
+	test	r11, r11
+	jns	segheap_LBB38_27
+	movzx	ecx, word ptr [r8 + r9 - 2]
+	and	ecx, 32767
+segheap_LBB38_27:
+	lea	edx, [rcx - 1]
+	xor	r15d, r15d
+	cmp	edx, r9d
+	jae	segheap_LBB38_36
+	test	r11b, r11b
+	jns	segheap_LBB38_30
+	cmp	ecx, 128
+	jb	segheap_LBB38_36
+segheap_LBB38_30:
+	shr	r11b, 7
+	movzx	r11d, r11b
+	not	r11
+	lea	edx, [r11 + r9]
+	mov	r8d, r9d
+	sub	r8d, ecx
+	cmp	r8d, edx
+	jae	segheap_LBB38_21
+	neg	rcx
+segheap_LBB38_33:
+	cmp	byte ptr [r12 + rcx], -85
+	jne	segheap_LBB38_36
+	add	rcx, 1
+	cmp	r11, rcx
+	jne	segheap_LBB38_33
+	jmp	segheap_LBB38_21
+segheap_LBB38_22:
+	cmp	r13d, eax
+	jne	segheap_LBB38_23
+	lea	r8, [r14 + 24]
+	add	r14, 40
+	mov	byte ptr [rsp + 32], 1
 	mov	rcx, rbx
-	xor	rcx, r14
-	cmp	qword ptr [rsi], rcx
-	jne	segheap_LBB38_39
-	add	r11d, 1
-	jmp	segheap_LBB38_30
-segheap_LBB38_36:
-	test	al, 2
-	je	segheap_LBB38_30
-	lea	rdx, [rsi + r13]
-	mov	rcx, rsi
-	mov	dword ptr [rbp - 4], r11d
-	call	check_trailer
-	mov	r11d, dword ptr [rbp - 4]
-	mov	r10, qword ptr [rbp - 16]
-	mov	rdx, qword ptr [rbp]
-	mov	r9, qword ptr [rbp - 24]
+	mov	rdx, rdi
+	mov	r9, r14
+	call	subsegment_links_ok
+	mov	r15d, 0
 	test	eax, eax
-	jne	segheap_LBB38_30
-	xor	eax, eax
-	jmp	segheap_LBB38_39
-segheap_LBB38_31:
-	xor	eax, eax
-	cmp	r11d, edi
-	jne	segheap_LBB38_39
-	mov	rcx, qword ptr [rbp]
-	mov	rcx, qword ptr [rcx]
-	test	rcx, rcx
-	je	segheap_LBB38_39
-	mov	rdx, qword ptr [rbp]
-	cmp	qword ptr [rcx + 8], rdx
-	jne	segheap_LBB38_39
-	mov	rcx, qword ptr [rbp]
-	mov	rdx, qword ptr [rcx + 8]
-	cmp	qword ptr [rdx], rcx
-	jne	segheap_LBB38_39
-	add	qword ptr [r9 + 72], 1
-	mov	eax, 1
-	jmp	segheap_LBB38_39
+	je	segheap_LBB38_36
+	add	qword ptr [rsi + 72], 1
+	mov	r15d, 1
+	jmp	segheap_LBB38_36
+segheap_LBB38_23:
+	xor	r15d, r15d
+	jmp	segheap_LBB38_36
 	.p2align	4
-node_ok:
+subsegment_links_ok:
 	push	rbp
+	push	r15
+	push	r14
+	push	r13
+	push	r12
 	push	rsi
-	mov	rbp, rsp
-	test	r8b, 7
-	je	segheap_LBB39_3
-segheap_LBB39_1:
-	xor	edx, edx
-segheap_LBB39_2:
-	movzx	eax, dl
+	push	rdi
+	push	rbx
+	sub	rsp, 40
+	lea	rbp, [rsp + 32]
+	mov	r15, r9
+	mov	r12, r8
+	mov	rsi, rdx
+	movzx	r14d, byte ptr [rbp + 112]
+	mov	rbx, qword ptr [rdx]
+	mov	rdi, qword ptr [rdx + 8]
+	cmp	rbx, r8
+	je	segheap_LBB39_4
+	cmp	rbx, r15
+	je	segheap_LBB39_4
+	mov	r13, rcx
+	mov	rdx, rbx
+	mov	r8d, r14d
+	call	range_of_type
+	mov	rcx, r13
+	cmp	rax, rbx
+	jne	segheap_LBB39_3
+segheap_LBB39_4:
+	cmp	rdi, r12
+	je	segheap_LBB39_8
+	cmp	rdi, r15
+	je	segheap_LBB39_8
+	mov	rdx, rdi
+	mov	r8d, r14d
+	call	range_of_type
+	cmp	rax, rdi
+	jne	segheap_LBB39_3
+segheap_LBB39_8:
+	cmp	qword ptr [rbx + 8], rsi
+	je	segheap_LBB39_10
+segheap_LBB39_3:
+	xor	eax, eax
+segheap_LBB39_11:
+	add	rsp, 40
+	pop	rbx
+	pop	rdi
 	pop	rsi
+	pop	r12
+	pop	r13
+	pop	r14
+	pop	r15
 	pop	rbp
 	ret
-segheap_LBB39_3:
-	mov	rax, r8
-	and	rax, -1048576
-	lea	r9, [rcx + 328]
-	mov	r10, qword ptr [rcx + 328]
-	cmp	edx, 1
-	je	segheap_LBB39_10
-	test	edx, edx
-	jne	segheap_LBB39_15
-	cmp	r10, r9
-	je	segheap_LBB39_20
-	mov	r11, qword ptr [rcx + 344]
-	mov	rsi, -1
-	xor	edx, edx
-segheap_LBB39_7:
-	add	rsi, 1
-	cmp	rsi, r11
-	ja	segheap_LBB39_26
-	cmp	r10, rax
-	je	segheap_LBB39_25
-	mov	r10, qword ptr [r10]
-	cmp	r10, r9
-	jne	segheap_LBB39_7
-	jmp	segheap_LBB39_26
 segheap_LBB39_10:
-	cmp	r10, r9
-	je	segheap_LBB39_1
-	mov	r11, qword ptr [rcx + 344]
-	mov	rsi, -1
-segheap_LBB39_12:
-	add	rsi, 1
-	cmp	rsi, r11
-	ja	segheap_LBB39_1
-	cmp	r10, rax
-	je	segheap_LBB39_27
-	mov	r10, qword ptr [r10]
-	xor	edx, edx
-	cmp	r10, r9
-	jne	segheap_LBB39_12
-	jmp	segheap_LBB39_2
-segheap_LBB39_15:
-	cmp	r10, r9
-	je	segheap_LBB39_1
-	mov	r11, qword ptr [rcx + 344]
-	mov	rsi, -1
-segheap_LBB39_17:
-	add	rsi, 1
-	cmp	rsi, r11
-	ja	segheap_LBB39_1
-	cmp	r10, rax
-	je	segheap_LBB39_30
-	mov	r10, qword ptr [r10]
-	xor	edx, edx
-	cmp	r10, r9
-	jne	segheap_LBB39_17
-	jmp	segheap_LBB39_2
-segheap_LBB39_20:
-	xor	edx, edx
-	jmp	segheap_LBB39_26
-segheap_LBB39_25:
-	mov	r9, r8
-	shr	r9, 20
-	xor	r9, rcx
-	xor	r9, qword ptr [rax + 16]
-	xor	r9, qword ptr [rcx + 160]
-	xor	edx, edx
-	movabs	rcx, -6708588087252463955
-	cmp	r9, rcx
-	cmove	rdx, rax
-segheap_LBB39_26:
-	sub	r8, rdx
-	test	rdx, rdx
-	cmove	r8, rdx
-	test	r8b, 31
+	xor	eax, eax
+	cmp	qword ptr [rdi], rsi
 	sete	al
-	add	r8, -33
-	cmp	r8, 8159
-	setb	dl
-	and	dl, al
-	jmp	segheap_LBB39_2
-segheap_LBB39_27:
-	mov	rdx, r8
-	shr	rdx, 20
-	xor	rdx, rcx
-	xor	rdx, qword ptr [rax + 16]
-	xor	rdx, qword ptr [rcx + 160]
-	movabs	rcx, -6708588087252463955
-	cmp	rdx, rcx
-	jne	segheap_LBB39_1
-	mov	ecx, r8d
-	shr	ecx, 12
-	mov	edx, ecx
-	or	edx, -256
-	cmp	edx, -254
-	jb	segheap_LBB39_1
-	movzx	r9d, cl
-	mov	ecx, r9d
-	shl	ecx, 5
-	add	rcx, rax
-	movzx	r10d, byte ptr [rcx + 24]
-	test	r10b, 8
-	jne	segheap_LBB39_43
-	movzx	edx, byte ptr [rcx + 31]
-	test	edx, edx
-	je	segheap_LBB39_1
-	lea	ecx, [r9 - 2]
-	cmp	ecx, edx
-	jb	segheap_LBB39_1
-	mov	ecx, r9d
-	sub	ecx, edx
-	mov	r11, rcx
-	shl	r11, 5
-	movzx	r10d, byte ptr [rax + r11 + 24]
-	xor	edx, edx
-	test	r10b, 8
-	je	segheap_LBB39_2
-	cmp	ecx, 255
-	ja	segheap_LBB39_2
-	add	r11, rax
-	movzx	r11d, byte ptr [r11 + 31]
-	add	r11d, ecx
-	cmp	r11d, r9d
-	ja	segheap_LBB39_44
-	jmp	segheap_LBB39_2
-segheap_LBB39_30:
-	mov	rdx, r8
-	shr	rdx, 20
-	xor	rdx, rcx
-	xor	rdx, qword ptr [rax + 16]
-	xor	rdx, qword ptr [rcx + 160]
-	movabs	rcx, -6708588087252463955
-	cmp	rdx, rcx
-	jne	segheap_LBB39_1
-	shr	r8d, 12
-	mov	ecx, r8d
-	or	ecx, -256
-	cmp	ecx, -254
-	jb	segheap_LBB39_1
-	movzx	ecx, r8b
-	mov	edx, ecx
-	shl	edx, 5
-	add	rdx, rax
-	movzx	r8d, byte ptr [rdx + 24]
-	test	r8b, 8
-	jne	segheap_LBB39_57
-	movzx	edx, byte ptr [rdx + 31]
-	test	edx, edx
-	je	segheap_LBB39_1
-	lea	r8d, [rcx - 2]
-	cmp	r8d, edx
-	jb	segheap_LBB39_1
-	mov	r9d, ecx
-	sub	r9d, edx
-	mov	r10, r9
-	shl	r10, 5
-	movzx	r8d, byte ptr [rax + r10 + 24]
-	xor	edx, edx
-	test	r8b, 8
-	je	segheap_LBB39_2
-	cmp	r9d, 255
-	ja	segheap_LBB39_2
-	add	r10, rax
-	movzx	r10d, byte ptr [r10 + 31]
-	add	r9d, r10d
-	cmp	r9d, ecx
-	jbe	segheap_LBB39_2
-segheap_LBB39_57:
-	and	r8b, 37
-	cmp	r8b, 36
-	sete	cl
-	test	rax, rax
-	setne	dl
-	and	dl, cl
-	jmp	segheap_LBB39_2
-segheap_LBB39_43:
-	mov	rcx, r9
-segheap_LBB39_44:
-	and	r10b, 37
-	xor	edx, edx
-	cmp	r10b, 36
-	jne	segheap_LBB39_2
-	test	rax, rax
-	je	segheap_LBB39_2
-	lea	r9, [r8 - 8]
-	mov	r10d, r9d
-	and	r10d, 8
-	jne	segheap_LBB39_2
-	shl	rcx, 12
-	lea	r10, [rax + rcx]
-	add	r10, 48
-	cmp	r9, r10
-	jb	segheap_LBB39_2
-	add	rax, rcx
-	add	r8, 24
-	movzx	ecx, word ptr [rax + 32]
-	shl	ecx, 4
-	add	rcx, rax
-	cmp	r8, rcx
-	setbe	dl
-	jmp	segheap_LBB39_2
+	jmp	segheap_LBB39_11
 	.p2align	4
 rb_check:
 	push	rbp
@@ -7998,171 +8003,237 @@ walk_from_unit:
 	push	rbx
 	sub	rsp, 104
 	lea	rbp, [rsp + 96]
-	mov	qword ptr [rbp], r9
-	mov	rdi, rdx
-	mov	qword ptr [rbp - 8], rcx
-	add	rcx, 328
-	mov	r13b, -1
-	mov	rax, rcx
+	mov	qword ptr [rbp - 8], r9
+	mov	rbx, rdx
+	mov	qword ptr [rbp - 16], rcx
+	lea	r9, [rcx + 328]
+	mov	sil, -1
+	mov	rax, r9
 segheap_LBB41_1:
 	mov	rax, qword ptr [rax]
-	add	r13b, 1
-	cmp	rax, rcx
+	add	sil, 1
+	cmp	rax, r9
 	je	segheap_LBB41_3
-	cmp	rax, rdi
+	cmp	rax, rbx
 	jne	segheap_LBB41_1
 segheap_LBB41_3:
-	mov	qword ptr [rbp - 32], rcx
 	cmp	r8d, 255
-	ja	segheap_LBB41_54
-	movabs	rsi, 6148914691236517205
-	movabs	r11, 281474976710656
-	mov	qword ptr [rbp - 40], rdi
+	ja	segheap_LBB41_66
+	movabs	r14, 6148914691236517205
+	movabs	r10, 281474976710656
+	mov	qword ptr [rbp - 40], r9
 	jmp	segheap_LBB41_5
-segheap_LBB41_40:
-	test	r8d, r8d
-	je	segheap_LBB41_42
-	rep	bsf	r8d, r8d
-segheap_LBB41_43:
-	shr	r8d
-	or	r8d, r9d
-	cmp	r8d, eax
-	jb	segheap_LBB41_44
-segheap_LBB41_53:
-	mov	eax, dword ptr [rbp - 12]
-	add	eax, dword ptr [rbp - 48]
-	mov	r8d, eax
-	cmp	eax, 256
-	mov	rdi, qword ptr [rbp - 40]
-	jae	segheap_LBB41_54
-segheap_LBB41_5:
-	mov	eax, -1073741811
-	cmp	r8d, 2
-	jb	segheap_LBB41_65
-	mov	ecx, r8d
-	mov	rdx, rcx
-	shl	rdx, 5
-	movzx	r12d, byte ptr [rdi + rdx + 24]
-	movzx	r9d, byte ptr [rdi + rdx + 31]
-	movzx	r15d, r9b
-	test	r12b, 8
-	jne	segheap_LBB41_7
-	test	r9b, r9b
-	je	segheap_LBB41_65
-	lea	edx, [r8 - 2]
-	cmp	edx, r15d
-	jb	segheap_LBB41_65
-	mov	ebx, r8d
-	sub	ebx, r15d
-	mov	r9, rbx
-	shl	r9, 5
-	movzx	r10d, byte ptr [rdi + r9 + 24]
-	test	r10b, 8
-	je	segheap_LBB41_65
-	cmp	ebx, 255
-	ja	segheap_LBB41_65
-	add	r9, rdi
-	movzx	r9d, byte ptr [r9 + 31]
-	movzx	r15d, r9b
-	mov	rdx, r11
-	lea	r11d, [rbx + r15]
-	mov	r14d, ebx
-	cmp	r11d, r8d
-	mov	r11, rdx
-	jbe	segheap_LBB41_65
-	test	r10b, 4
-	jne	segheap_LBB41_20
-	jmp	segheap_LBB41_14
-segheap_LBB41_7:
-	mov	rbx, rcx
-	mov	r10d, r12d
-	mov	r14d, r8d
-	test	r10b, 4
-	je	segheap_LBB41_14
-segheap_LBB41_20:
-	mov	rdx, rbx
-	shl	rdx, 12
-	add	rdx, rdi
-	test	r10b, 32
-	mov	dword ptr [rbp - 12], r14d
-	mov	qword ptr [rbp - 48], r15
-	jne	segheap_LBB41_21
-	test	r10b, 1
-	je	segheap_LBB41_51
-	movzx	eax, word ptr [rdx + 34]
-	test	eax, eax
-	je	segheap_LBB41_53
-	xor	r9d, r9d
-segheap_LBB41_39:
-	mov	ecx, r9d
-	shr	ecx, 5
-	mov	r8, qword ptr [rdx + 8*rcx + 48]
-	lea	ecx, [r9 + r9]
-	shr	r8, cl
-	shl	r8, cl
-	and	r9d, -32
-	and	r8, rsi
-	jne	segheap_LBB41_40
-	add	r9d, 32
-	cmp	r9d, eax
-	jb	segheap_LBB41_39
-	jmp	segheap_LBB41_53
-segheap_LBB41_21:
-	movzx	ecx, word ptr [rdx + 32]
-	cmp	ecx, 4
-	jb	segheap_LBB41_53
-	mov	rax, rcx
-	shl	eax, 4
-	add	rax, rdx
-	mov	qword ptr [rbp - 56], rax
-	lea	r12, [rdx + 48]
-	mov	rax, qword ptr [rbp - 8]
-	mov	rax, qword ptr [rax + 160]
-	mov	qword ptr [rbp - 24], rax
-segheap_LBB41_23:
-	mov	rbx, qword ptr [r12]
-	mov	r15, qword ptr [rbp - 24]
-	xor	r15, r12
-	xor	r15, rbx
-	mov	r14, r15
-	movabs	rax, -281474976710656
-	and	r14, rax
-	xor	r9d, r9d
-	cmp	r14, r11
-	sete	r9b
-	mov	rcx, qword ptr [rbp - 8]
-	mov	rdi, rdx
-	mov	r8, r12
-	mov	rsi, r11
-	call	vs_chunk_ok
-	test	eax, eax
-	je	segheap_LBB41_24
-	cmp	r14, rsi
-	jne	segheap_LBB41_28
-	test	byte ptr [r12 + 9], 2
-	je	segheap_LBB41_28
-	mov	r11, rsi
-	shr	r15d, 12
-	and	r15d, -16
-	add	r12, r15
-	cmp	r12, qword ptr [rbp - 56]
-	mov	rdx, rdi
-	movabs	rsi, 6148914691236517205
-	jb	segheap_LBB41_23
-	jmp	segheap_LBB41_53
-segheap_LBB41_42:
+segheap_LBB41_55:
 	shr	r8, 32
 	rep	bsf	r8d, r8d
 	or	r8d, 32
-	jmp	segheap_LBB41_43
-segheap_LBB41_54:
-	mov	rax, qword ptr [rdi]
-	mov	r9, qword ptr [rbp - 32]
+segheap_LBB41_56:
+	shr	r8d
+	or	r8d, edx
+	cmp	r8d, eax
+	jb	segheap_LBB41_57
+segheap_LBB41_65:
+	mov	eax, dword ptr [rbp + 4]
+	add	eax, dword ptr [rbp - 32]
+	mov	r8d, eax
+	cmp	eax, 256
+	mov	r9, qword ptr [rbp - 40]
+	jae	segheap_LBB41_66
+segheap_LBB41_5:
+	mov	r13d, -1073741811
+	cmp	r8d, 2
+	jb	segheap_LBB41_82
+	mov	r9d, r8d
+	mov	rax, r9
+	shl	rax, 5
+	movzx	r11d, byte ptr [rbx + rax + 24]
+	movzx	ecx, byte ptr [rbx + rax + 31]
+	movzx	edx, cl
+	test	r11b, 8
+	jne	segheap_LBB41_7
+	test	cl, cl
+	je	segheap_LBB41_82
+	lea	eax, [r8 - 2]
+	cmp	eax, edx
+	jb	segheap_LBB41_82
+	mov	rax, rdx
+	mov	edx, r8d
+	sub	edx, eax
+	mov	rcx, rdx
+	shl	rcx, 5
+	movzx	eax, byte ptr [rbx + rcx + 24]
+	test	al, 8
+	je	segheap_LBB41_82
+	cmp	edx, 255
+	ja	segheap_LBB41_82
+	add	rcx, rbx
+	movzx	ecx, byte ptr [rcx + 31]
+	movzx	r10d, cl
+	mov	qword ptr [rbp - 32], r10
+	add	r10d, edx
+	mov	dword ptr [rbp + 4], edx
+	cmp	r10d, r8d
+	movabs	r10, 281474976710656
+	ja	segheap_LBB41_13
+	jmp	segheap_LBB41_82
+segheap_LBB41_7:
+	mov	qword ptr [rbp - 32], rdx
+	mov	rdx, r9
+	mov	eax, r11d
+	mov	dword ptr [rbp + 4], r8d
+segheap_LBB41_13:
+	test	al, 4
+	je	segheap_LBB41_14
+	mov	r12, rdx
+	shl	r12, 5
+	add	r12, rbx
+	cmp	dword ptr [r12], -857879331
+	jne	segheap_LBB41_82
+	movzx	r8d, cl
+	test	cl, cl
+	je	segheap_LBB41_29
+	cmp	cl, 1
+	jne	segheap_LBB41_24
+	xor	edi, edi
+	xor	r9d, r9d
+	jmp	segheap_LBB41_27
+segheap_LBB41_24:
+	mov	qword ptr [rbp - 24], rdx
+	mov	rdx, r8
+	mov	r10d, r8d
+	and	r10d, -2
+	xor	edi, edi
+	mov	r9d, dword ptr [rbp + 4]
+	mov	r11d, r9d
+	xor	r9d, r9d
+segheap_LBB41_25:
+	mov	r14d, r11d
+	shl	r14, 5
+	movzx	r14d, byte ptr [rbx + r14 + 24]
+	shr	r14b
+	and	r14b, 1
+	lea	r15d, [r11 + 1]
+	shl	r15, 5
+	bt	dword ptr [rbx + r15 + 24], 1
+	adc	r9b, r14b
+	add	rdi, 2
+	add	r11d, 2
+	cmp	r10, rdi
+	jne	segheap_LBB41_25
+	mov	r8, rdx
+	test	r8b, 1
+	mov	rdx, qword ptr [rbp - 24]
+	movabs	r14, 6148914691236517205
+	movabs	r10, 281474976710656
+	je	segheap_LBB41_28
+segheap_LBB41_27:
+	add	edi, dword ptr [rbp + 4]
+	shl	rdi, 5
+	bt	dword ptr [rbx + rdi + 24], 1
+	adc	r9b, 0
+segheap_LBB41_28:
+	cmp	r9b, cl
+	jne	segheap_LBB41_82
+segheap_LBB41_29:
+	shl	rdx, 12
+	add	rdx, rbx
+	test	al, 32
+	jne	segheap_LBB41_30
+	shl	r8d, 12
+	test	al, 1
+	je	segheap_LBB41_63
+	mov	rcx, qword ptr [rbp - 16]
+	mov	rdi, rdx
+	call	lfh_sub_ok
+	test	eax, eax
+	je	segheap_LBB41_82
+	movzx	eax, word ptr [rdi + 34]
+	test	eax, eax
+	movabs	r10, 281474976710656
+	je	segheap_LBB41_65
+	mov	r11, rdi
+	xor	edx, edx
+segheap_LBB41_52:
+	mov	ecx, edx
+	shr	ecx, 5
+	mov	r8, qword ptr [r11 + 8*rcx + 48]
+	lea	ecx, [rdx + rdx]
+	shr	r8, cl
+	shl	r8, cl
+	and	edx, -32
+	and	r8, r14
+	jne	segheap_LBB41_53
+	add	edx, 32
+	cmp	edx, eax
+	jb	segheap_LBB41_52
+	jmp	segheap_LBB41_65
+segheap_LBB41_30:
+	movzx	eax, word ptr [rdx + 32]
+	mov	ecx, eax
+	and	ecx, 32767
+	xor	cx, word ptr [rdx + 34]
+	movzx	ecx, cx
+	cmp	ecx, 44013
+	jne	segheap_LBB41_82
+	shl	r8d, 12
+	mov	ecx, eax
+	shl	ecx, 4
+	cmp	ecx, r8d
+	jne	segheap_LBB41_82
+	cmp	ax, 4
+	jb	segheap_LBB41_65
+	add	r8, rdx
+	lea	r13, [rdx + 48]
+	mov	rax, qword ptr [rbp - 16]
+	mov	rax, qword ptr [rax + 160]
+	mov	qword ptr [rbp - 24], rax
+	mov	qword ptr [rbp - 56], rbx
+	mov	qword ptr [rbp - 48], r8
+segheap_LBB41_34:
+	mov	r15, qword ptr [r13]
+	mov	r12, qword ptr [rbp - 24]
+	xor	r12, r13
+	xor	r12, r15
+	mov	r14, r12
+	movabs	rax, -281474976710656
+	and	r14, rax
+	xor	r9d, r9d
+	cmp	r14, r10
+	sete	r9b
+	mov	rcx, qword ptr [rbp - 16]
+	mov	rdi, rdx
+	mov	r8, r13
+	mov	rbx, r10
+	call	vs_chunk_ok
+	test	eax, eax
+	je	segheap_LBB41_35
+	cmp	r14, rbx
+	jne	segheap_LBB41_39
+	test	byte ptr [r13 + 9], 2
+	je	segheap_LBB41_39
+	mov	r10, rbx
+	shr	r12d, 12
+	and	r12d, -16
+	add	r13, r12
+	mov	r8, qword ptr [rbp - 48]
+	cmp	r13, r8
+	mov	rdx, rdi
+	movabs	r14, 6148914691236517205
+	mov	rbx, qword ptr [rbp - 56]
+	jb	segheap_LBB41_34
+	jmp	segheap_LBB41_65
+segheap_LBB41_53:
+	test	r8d, r8d
+	je	segheap_LBB41_55
+	rep	bsf	r8d, r8d
+	jmp	segheap_LBB41_56
+segheap_LBB41_66:
+	mov	rax, qword ptr [rbx]
 	cmp	rax, r9
-	je	segheap_LBB41_61
+	je	segheap_LBB41_73
 	mov	edx, 120
 	xor	ecx, ecx
-segheap_LBB41_56:
+segheap_LBB41_68:
 	movzx	r8d, byte ptr [rax + rdx - 96]
 	shr	r8b
 	and	r8b, 1
@@ -8175,19 +8246,19 @@ segheap_LBB41_56:
 	adc	cl, r8b
 	sub	rdx, -128
 	cmp	rdx, 8312
-	jne	segheap_LBB41_56
+	jne	segheap_LBB41_68
 	mov	dl, -1
 	mov	r8, r9
-segheap_LBB41_58:
+segheap_LBB41_70:
 	mov	r8, qword ptr [r8]
 	add	dl, 1
 	cmp	r8, r9
-	je	segheap_LBB41_60
+	je	segheap_LBB41_72
 	cmp	r8, rax
-	jne	segheap_LBB41_58
-segheap_LBB41_60:
+	jne	segheap_LBB41_70
+segheap_LBB41_72:
 	movzx	ecx, cl
-	mov	r8, qword ptr [rbp]
+	mov	r8, qword ptr [rbp - 8]
 	mov	qword ptr [r8], rax
 	mov	qword ptr [r8 + 8], 1048576
 	mov	byte ptr [r8 + 16], 0
@@ -8202,128 +8273,151 @@ segheap_LBB41_60:
 	mov	qword ptr [r8 + 32], rcx
 	add	rax, 1048576
 	mov	qword ptr [r8 + 40], rax
-	jmp	segheap_LBB41_64
-segheap_LBB41_61:
-	mov	rax, qword ptr [rbp - 8]
-	mov	rax, qword ptr [rax + 80]
+	jmp	segheap_LBB41_81
+segheap_LBB41_73:
+	mov	rax, qword ptr [rbp - 16]
+	mov	rbx, qword ptr [rax + 72]
+	mov	r13d, -2147483622
+	test	rbx, rbx
+	je	segheap_LBB41_82
+	mov	edi, 128
+	xor	esi, esi
+	mov	r13d, -1073741811
+segheap_LBB41_75:
+	test	bl, 7
+	jne	segheap_LBB41_82
+	mov	rcx, qword ptr [rbp - 16]
+	mov	rdx, rbx
+	mov	r8b, 32
+	call	range_of_type
+	sub	rdi, 1
+	setb	cl
 	test	rax, rax
-	je	segheap_LBB41_62
-	mov	rcx, qword ptr [rax + 24]
-	movzx	edx, cx
-	and	rcx, -65536
-	mov	r8, -4096
-	and	r8, qword ptr [rax + 32]
-	sub	r8, rdx
-	mov	r9, qword ptr [rbp]
-	mov	qword ptr [r9], rcx
-	cmp	rdx, 255
+	je	segheap_LBB41_82
+	test	cl, cl
+	jne	segheap_LBB41_82
+	xor	eax, eax
+	cmp	qword ptr [rbx + 24], 65536
+	setb	al
+	cmovae	rsi, rbx
+	mov	rbx, qword ptr [rbx + 8*rax]
+	test	rbx, rbx
+	jne	segheap_LBB41_75
+	mov	r13d, -2147483622
+	test	rsi, rsi
+	je	segheap_LBB41_82
+	mov	rax, qword ptr [rsi + 24]
+	movzx	ecx, ax
+	and	rax, -65536
+	mov	rdx, -4096
+	and	rdx, qword ptr [rsi + 32]
+	sub	rdx, rcx
+	mov	r8, qword ptr [rbp - 8]
+	mov	qword ptr [r8], rax
+	cmp	rcx, 255
 	mov	eax, 255
-	cmovb	rax, rdx
-	mov	qword ptr [r9 + 8], r8
-	mov	byte ptr [r9 + 16], al
-	mov	byte ptr [r9 + 17], 0
-	mov	word ptr [r9 + 18], 16401
-	mov	qword ptr [r9 + 24], 0
-	mov	qword ptr [r9 + 32], 0
-	mov	qword ptr [r9 + 40], 0
-	jmp	segheap_LBB41_64
-segheap_LBB41_28:
-	xor	rbx, r12
-	xor	rbx, qword ptr [rbp - 24]
-	mov	eax, ebx
+	cmovb	rax, rcx
+	mov	qword ptr [r8 + 8], rdx
+	mov	byte ptr [r8 + 16], al
+	mov	byte ptr [r8 + 17], 0
+	mov	word ptr [r8 + 18], 16401
+	mov	qword ptr [r8 + 24], 0
+	mov	qword ptr [r8 + 32], 0
+	mov	qword ptr [r8 + 40], 0
+	jmp	segheap_LBB41_81
+segheap_LBB41_39:
+	xor	r15, r13
+	xor	r15, qword ptr [rbp - 24]
+	mov	eax, r15d
 	shr	eax, 12
 	and	eax, -16
-	shr	rbx, 48
-	jne	segheap_LBB41_29
-	add	r12, 16
+	shr	r15, 48
+	mov	rdx, qword ptr [rbp - 8]
+	jne	segheap_LBB41_40
+	add	r13, 16
 	add	rax, -16
-	mov	rdx, qword ptr [rbp]
-	mov	qword ptr [rdx], r12
+	mov	qword ptr [rdx], r13
 	mov	qword ptr [rdx + 8], rax
 	mov	cl, 16
 	xor	eax, eax
-	jmp	segheap_LBB41_35
-segheap_LBB41_24:
-	mov	eax, -1073741811
-	jmp	segheap_LBB41_65
-segheap_LBB41_29:
-	test	byte ptr [r12 + 9], 1
-	mov	rdx, qword ptr [rbp]
-	jne	segheap_LBB41_31
+	jmp	segheap_LBB41_46
+segheap_LBB41_35:
+	mov	r13d, -1073741811
+	jmp	segheap_LBB41_82
+segheap_LBB41_40:
+	test	byte ptr [r13 + 9], 1
+	jne	segheap_LBB41_42
 	xor	ecx, ecx
-	jmp	segheap_LBB41_33
-segheap_LBB41_62:
-	mov	eax, -2147483622
-	jmp	segheap_LBB41_65
+	jmp	segheap_LBB41_44
 segheap_LBB41_14:
-	and	r12b, 2
-	add	r14d, r15d
-	mov	edx, r8d
-	cmp	r8d, r14d
-	mov	r11, qword ptr [rbp]
+	and	r11b, 2
+	mov	ecx, dword ptr [rbp + 4]
+	add	ecx, dword ptr [rbp - 32]
+	mov	eax, r8d
+	cmp	r8d, ecx
 	jae	segheap_LBB41_19
-	mov	rdx, rcx
-	shl	rdx, 5
-	lea	r9, [rdi + rdx]
-	add	r9, 24
-	mov	edx, r8d
+	mov	edx, ecx
+	mov	rax, r9
+	shl	rax, 5
+	lea	rcx, [rbx + rax]
+	add	rcx, 24
+	mov	eax, r8d
 segheap_LBB41_16:
-	movzx	r10d, byte ptr [r9]
+	movzx	r10d, byte ptr [rcx]
 	and	r10b, 2
-	cmp	r10b, r12b
+	cmp	r10b, r11b
 	jne	segheap_LBB41_19
-	add	edx, 1
-	add	r9, 32
-	cmp	r14d, edx
+	add	eax, 1
+	add	rcx, 32
+	cmp	edx, eax
 	jne	segheap_LBB41_16
-	mov	edx, r14d
+	mov	eax, edx
 segheap_LBB41_19:
-	shl	rcx, 12
-	add	rdi, rcx
-	sub	edx, r8d
-	shl	rdx, 12
+	shl	r9, 12
+	add	rbx, r9
+	sub	eax, r8d
+	shl	rax, 12
 	xor	ecx, ecx
-	test	r12b, r12b
+	test	r11b, r11b
 	sete	cl
 	shl	ecx, 12
-	mov	qword ptr [r11], rdi
-	mov	qword ptr [r11 + 8], rdx
-	mov	byte ptr [r11 + 16], 0
-	mov	byte ptr [r11 + 17], r13b
-	mov	word ptr [r11 + 18], cx
-segheap_LBB41_50:
-	mov	qword ptr [r11 + 24], 0
-	mov	qword ptr [r11 + 32], 0
-	mov	qword ptr [r11 + 40], 0
-	jmp	segheap_LBB41_64
-segheap_LBB41_31:
-	movsx	rcx, byte ptr [r12 + rax - 1]
+	mov	rdx, qword ptr [rbp - 8]
+	mov	qword ptr [rdx], rbx
+	mov	qword ptr [rdx + 8], rax
+	mov	byte ptr [rdx + 16], 0
+	mov	byte ptr [rdx + 17], sil
+	mov	word ptr [rdx + 18], cx
+	jmp	segheap_LBB41_47
+segheap_LBB41_42:
+	movsx	rcx, byte ptr [r13 + rax - 1]
 	test	rcx, rcx
-	jns	segheap_LBB41_33
-	movzx	ecx, word ptr [r12 + rax - 2]
+	jns	segheap_LBB41_44
+	movzx	ecx, word ptr [r13 + rax - 2]
 	and	ecx, 32767
-segheap_LBB41_33:
+segheap_LBB41_44:
 	neg	rcx
 	add	rcx, rax
 	add	rcx, -16
-	add	r12, 16
+	add	r13, 16
 	sub	rax, rcx
-	mov	qword ptr [rdx], r12
+	mov	qword ptr [rdx], r13
 	mov	qword ptr [rdx + 8], rcx
 	cmp	rax, 255
 	mov	ecx, 255
 	cmovb	rcx, rax
 	mov	ax, 16401
-segheap_LBB41_35:
+segheap_LBB41_46:
 	mov	byte ptr [rdx + 16], cl
-	mov	byte ptr [rdx + 17], r13b
+	mov	byte ptr [rdx + 17], sil
 	mov	word ptr [rdx + 18], ax
+segheap_LBB41_47:
 	mov	qword ptr [rdx + 24], 0
 	mov	qword ptr [rdx + 32], 0
 	mov	qword ptr [rdx + 40], 0
-segheap_LBB41_64:
-	xor	eax, eax
-segheap_LBB41_65:
+segheap_LBB41_81:
+	xor	r13d, r13d
+segheap_LBB41_82:
+	mov	eax, r13d
 	add	rsp, 104
 	pop	rbx
 	pop	rdi
@@ -8334,74 +8428,68 @@ segheap_LBB41_65:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB41_51:
-	shl	rbx, 5
-	movzx	eax, r9b
-	shl	eax, 12
-	mov	ecx, dword ptr [rdi + rbx + 4]
-	sub	rax, rcx
-	mov	r8, qword ptr [rbp]
-	mov	qword ptr [r8], rdx
-	cmp	rcx, 255
-	mov	edx, 255
-	cmovb	rdx, rcx
-	mov	qword ptr [r8 + 8], rax
-	mov	byte ptr [r8 + 16], dl
-	mov	byte ptr [r8 + 17], r13b
-	mov	word ptr [r8 + 18], 16401
-	mov	qword ptr [r8 + 24], 0
-	mov	qword ptr [r8 + 32], 0
-	mov	qword ptr [r8 + 40], 0
-	jmp	segheap_LBB41_64
-segheap_LBB41_44:
-	mov	rax, rdx
+segheap_LBB41_63:
+	mov	eax, dword ptr [r12 + 4]
+	sub	r8, rax
+	mov	r9, qword ptr [rbp - 8]
+	mov	qword ptr [r9], rdx
+	cmp	rax, 255
+	mov	ecx, 255
+	cmovb	rcx, rax
+	mov	qword ptr [r9 + 8], r8
+	mov	byte ptr [r9 + 16], cl
+	mov	byte ptr [r9 + 17], sil
+	mov	word ptr [r9 + 18], 16401
+	mov	qword ptr [r9 + 24], 0
+	mov	qword ptr [r9 + 32], 0
+	mov	qword ptr [r9 + 40], 0
+	jmp	segheap_LBB41_81
+segheap_LBB41_57:
+	mov	rax, r11
 	shr	rax, 12
-	mov	rcx, qword ptr [rbp - 8]
+	mov	rcx, qword ptr [rbp - 16]
 	xor	eax, dword ptr [rcx + 168]
-	xor	eax, dword ptr [rdx + 40]
+	xor	eax, dword ptr [r11 + 40]
 	mov	ecx, r8d
 	shr	ecx, 5
-	mov	r9, qword ptr [rdx + 8*rcx + 48]
+	mov	rdx, qword ptr [r11 + 8*rcx + 48]
 	lea	ecx, [r8 + r8]
-	shr	r9, cl
+	shr	rdx, cl
 	movzx	ecx, ax
 	shr	eax, 16
-	test	r9b, 2
-	je	segheap_LBB41_45
-	mov	rsi, rdx
-	lea	r10, [rdx + rax]
+	test	dl, 2
+	je	segheap_LBB41_58
+	lea	r10, [r11 + rax]
 	mov	edx, r8d
 	imul	rdx, rcx
 	add	r10, rdx
 	movsx	r9, byte ptr [rcx + r10 - 1]
 	test	r9, r9
-	mov	r11, qword ptr [rbp]
-	jns	segheap_LBB41_48
+	jns	segheap_LBB41_61
 	movzx	r9d, word ptr [r10 + rcx - 2]
 	and	r9d, 32767
-segheap_LBB41_48:
+segheap_LBB41_61:
 	mov	r8, rcx
 	sub	r8, r9
-	jmp	segheap_LBB41_49
-segheap_LBB41_45:
-	mov	rsi, rdx
+	jmp	segheap_LBB41_62
+segheap_LBB41_58:
 	mov	edx, ecx
 	imul	edx, r8d
 	mov	r8, rcx
-	mov	r11, qword ptr [rbp]
-segheap_LBB41_49:
-	add	rsi, rax
-	add	rsi, rdx
+segheap_LBB41_62:
+	add	r11, rax
+	add	r11, rdx
 	sub	rcx, r8
-	mov	qword ptr [r11], rsi
+	mov	rdx, qword ptr [rbp - 8]
+	mov	qword ptr [rdx], r11
 	cmp	rcx, 255
 	mov	eax, 255
 	cmovb	rax, rcx
-	mov	qword ptr [r11 + 8], r8
-	mov	byte ptr [r11 + 16], al
-	mov	byte ptr [r11 + 17], r13b
-	mov	word ptr [r11 + 18], 16401
-	jmp	segheap_LBB41_50
+	mov	qword ptr [rdx + 8], r8
+	mov	byte ptr [rdx + 16], al
+	mov	byte ptr [rdx + 17], sil
+	mov	word ptr [rdx + 18], 16401
+	jmp	segheap_LBB41_47
 	.p2align	4
 vs_next_visible:
 	push	rbp

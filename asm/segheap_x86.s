@@ -1725,7 +1725,8 @@ lookup_block:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 8
+	sub	esp, 28
+	mov	dword ptr [ebp - 24], ecx
 	mov	eax, dword ptr [ebp + 8]
 	mov	dword ptr [eax], 0
 	mov	dword ptr [eax + 4], 0
@@ -1733,182 +1734,253 @@ lookup_block:
 	mov	dword ptr [eax + 12], 0
 	mov	dword ptr [eax + 16], 0
 	mov	dword ptr [eax + 20], 0
-	mov	dword ptr [ebp - 16], 0
+	xor	ebx, ebx
 	test	edx, edx
-	je	segheap_LBB5_36
-	test	dl, 7
 	je	segheap_LBB5_2
-segheap_LBB5_36:
-	mov	eax, dword ptr [ebp - 16]
-	add	esp, 8
-segheap_LBB5_37:
+	test	dl, 7
+	je	segheap_LBB5_4
+segheap_LBB5_2:
+	mov	eax, ebx
+	add	esp, 28
+segheap_LBB5_3:
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB5_2:
-	lea	esi, [ecx + 324]
-	mov	dword ptr [ebp - 20], ecx
-	mov	edi, dword ptr [ecx + 324]
+segheap_LBB5_4:
+	mov	dword ptr [ebp - 20], edx
+	mov	eax, dword ptr [ebp - 24]
+	lea	ecx, [eax + 324]
+	mov	eax, dword ptr [eax + 324]
+	cmp	eax, ecx
+	je	segheap_LBB5_16
+	mov	edx, dword ptr [ebp - 20]
+	and	edx, -1048576
+	mov	dword ptr [ebp - 16], edx
+	mov	edx, dword ptr [ebp - 24]
+	mov	esi, dword ptr [edx + 332]
+	xor	edi, edi
+segheap_LBB5_6:
 	cmp	edi, esi
-	je	segheap_LBB5_27
-	mov	ecx, edx
-	and	ecx, -1048576
-	mov	eax, dword ptr [ebp - 20]
-	mov	ebx, dword ptr [eax + 332]
-	mov	eax, -1
-segheap_LBB5_5:
-	inc	eax
-	cmp	eax, ebx
-	ja	segheap_LBB5_27
-	cmp	edi, ecx
-	je	segheap_LBB5_7
-	mov	edi, dword ptr [edi]
-	cmp	edi, esi
-	jne	segheap_LBB5_5
-	jmp	segheap_LBB5_27
-segheap_LBB5_7:
-	mov	eax, edx
-	shr	eax, 20
-	mov	esi, dword ptr [ebp - 20]
-	xor	eax, esi
-	xor	eax, dword ptr [ecx + 8]
-	xor	eax, dword ptr [esi + 144]
-	cmp	eax, -1561964883
-	jne	segheap_LBB5_27
-	test	edx, 1044480
-	je	segheap_LBB5_36
-	mov	eax, edx
-	shr	eax, 12
-	movzx	esi, al
-	mov	eax, esi
-	shl	eax, 4
-	add	eax, ecx
-	movzx	ebx, byte ptr [eax + 12]
-	test	bl, 8
-	jne	segheap_LBB5_10
-	movzx	eax, byte ptr [eax + 15]
-	test	eax, eax
-	je	segheap_LBB5_36
-	lea	edi, [esi - 1]
-	cmp	edi, eax
-	jb	segheap_LBB5_36
-	mov	edi, esi
-	sub	edi, eax
-	mov	eax, edi
-	shl	eax, 4
-	mov	bh, byte ptr [ecx + eax + 12]
-	test	bh, 8
-	je	segheap_LBB5_36
-	cmp	edi, 255
-	ja	segheap_LBB5_36
-	mov	bl, bh
-	add	eax, ecx
-	movzx	eax, byte ptr [eax + 15]
-	add	eax, edi
-	cmp	eax, esi
 	ja	segheap_LBB5_16
-	jmp	segheap_LBB5_36
-segheap_LBB5_27:
-	mov	eax, dword ptr [ebp - 20]
-	mov	ecx, dword ptr [eax + 68]
-	test	ecx, ecx
-	je	segheap_LBB5_36
-	mov	esi, 66
-segheap_LBB5_29:
-	add	esi, -2
-	je	segheap_LBB5_36
-	movzx	eax, word ptr [ecx + 14]
-	shl	eax, 16
-	cmp	edx, eax
-	je	segheap_LBB5_34
-	seta	al
-	movzx	eax, al
-	mov	ecx, dword ptr [ecx + 4*eax]
-	test	ecx, ecx
-	je	segheap_LBB5_36
-	movzx	eax, word ptr [ecx + 14]
-	shl	eax, 16
-	cmp	edx, eax
-	je	segheap_LBB5_34
-	seta	al
-	movzx	eax, al
-	mov	ecx, dword ptr [ecx + 4*eax]
-	test	ecx, ecx
-	jne	segheap_LBB5_29
-	jmp	segheap_LBB5_36
-segheap_LBB5_34:
-	mov	eax, dword ptr [ebp + 8]
-	mov	dword ptr [eax + 20], ecx
-	mov	dword ptr [eax], 4
-	mov	dword ptr [eax + 12], edx
-segheap_LBB5_35:
-	mov	dword ptr [ebp - 16], 1
-	jmp	segheap_LBB5_36
+	mov	edx, eax
+	and	edx, 1048575
+	jne	segheap_LBB5_16
+	cmp	eax, dword ptr [ebp - 16]
+	je	segheap_LBB5_10
+	inc	edi
+	mov	eax, dword ptr [eax]
+	cmp	eax, ecx
+	jne	segheap_LBB5_6
+	jmp	segheap_LBB5_16
 segheap_LBB5_10:
-	mov	edi, esi
-segheap_LBB5_16:
-	test	bl, 4
-	je	segheap_LBB5_36
+	mov	eax, dword ptr [ebp - 20]
+	shr	eax, 20
+	mov	ecx, dword ptr [ebp - 24]
+	xor	eax, ecx
+	mov	edx, dword ptr [ebp - 16]
+	xor	eax, dword ptr [edx + 8]
+	xor	eax, dword ptr [ecx + 144]
+	cmp	eax, -1561964883
+	jne	segheap_LBB5_16
+	mov	eax, dword ptr [ebp - 20]
+	test	eax, 1044480
+	je	segheap_LBB5_25
+	shr	eax, 12
+	movzx	edi, al
 	mov	esi, edi
 	shl	esi, 4
-	add	esi, ecx
-	cmp	dword ptr [esi], -857879331
-	jne	segheap_LBB5_36
-	shl	edi, 12
-	add	edi, ecx
-	mov	ebx, edi
-	mov	edi, dword ptr [ebp + 8]
-	mov	dword ptr [edi + 4], ecx
-	mov	dword ptr [edi + 8], esi
-	movzx	eax, byte ptr [esi + 12]
-	test	al, 32
-	jne	segheap_LBB5_19
-	test	al, 1
-	jne	segheap_LBB5_23
-	cmp	edx, ebx
-	jne	segheap_LBB5_36
+	add	esi, dword ptr [ebp - 16]
+	movzx	ecx, byte ptr [esi + 12]
+	test	cl, 8
+	jne	segheap_LBB5_26
+	movzx	ecx, byte ptr [esi + 15]
+	test	ecx, ecx
+	je	segheap_LBB5_25
+	lea	eax, [edi - 1]
+	cmp	eax, ecx
+	jb	segheap_LBB5_25
+	mov	edx, edi
+	sub	edx, ecx
+	mov	esi, edx
+	shl	esi, 4
+	mov	eax, dword ptr [ebp - 16]
+	movzx	ecx, byte ptr [eax + esi + 12]
+	test	cl, 8
+	je	segheap_LBB5_25
+	cmp	edx, 255
+	ja	segheap_LBB5_25
+	add	esi, dword ptr [ebp - 16]
 	movzx	eax, byte ptr [esi + 15]
-	shl	eax, 12
-	cmp	dword ptr [esi + 4], eax
-	mov	eax, dword ptr [ebp + 8]
-	jae	segheap_LBB5_36
-	mov	dword ptr [eax], 1
-	mov	dword ptr [eax + 12], ebx
-	jmp	segheap_LBB5_35
-segheap_LBB5_19:
+	add	eax, edx
+	cmp	eax, edi
+	ja	segheap_LBB5_27
+	jmp	segheap_LBB5_25
+segheap_LBB5_16:
+	mov	eax, dword ptr [ebp - 24]
+	mov	edi, dword ptr [eax + 68]
+	test	edi, edi
+	je	segheap_LBB5_2
+	xor	ebx, ebx
+	xor	esi, esi
+segheap_LBB5_18:
+	cmp	esi, 63
+	ja	segheap_LBB5_2
+	mov	eax, edi
+	and	eax, 3
+	jne	segheap_LBB5_2
+	mov	ecx, dword ptr [ebp - 24]
+	mov	edx, edi
+	push	32
+	call	range_of_type
+	add	esp, 4
+	test	eax, eax
+	je	segheap_LBB5_2
+	movzx	eax, word ptr [edi + 14]
+	shl	eax, 16
 	mov	ecx, dword ptr [ebp - 20]
-	mov	eax, edx
-	mov	edx, ebx
-	push	edi
+	cmp	ecx, eax
+	je	segheap_LBB5_23
+	seta	al
+	movzx	eax, al
+	mov	edi, dword ptr [edi + 4*eax]
+	inc	esi
+	test	edi, edi
+	jne	segheap_LBB5_18
+	jmp	segheap_LBB5_2
+segheap_LBB5_23:
+	mov	eax, dword ptr [ebp + 8]
+	mov	dword ptr [eax + 20], edi
+	mov	dword ptr [eax], 4
+	mov	dword ptr [eax + 12], ecx
+segheap_LBB5_24:
+	mov	ebx, 1
+	jmp	segheap_LBB5_2
+segheap_LBB5_26:
+	mov	edx, edi
+segheap_LBB5_27:
+	test	cl, 4
+	je	segheap_LBB5_25
+	mov	esi, edx
+	shl	esi, 4
+	mov	eax, dword ptr [ebp - 16]
+	lea	ecx, [eax + esi]
+	cmp	dword ptr [ecx], -857879331
+	jne	segheap_LBB5_25
+	movzx	eax, byte ptr [ecx + 15]
+	mov	dword ptr [ebp - 28], eax
+	test	eax, eax
+	je	segheap_LBB5_38
+	mov	dword ptr [ebp - 36], ecx
+	mov	dword ptr [ebp - 40], edx
+	mov	eax, dword ptr [ebp - 28]
+	mov	ecx, eax
+	and	ecx, 3
+	xor	edx, edx
+	cmp	al, 4
+	mov	edi, 0
+	jb	segheap_LBB5_35
+	mov	ebx, dword ptr [ebp - 28]
+	and	ebx, -4
+	mov	eax, dword ptr [ebp - 16]
+	mov	dword ptr [ebp - 32], esi
+	lea	esi, [esi + eax + 60]
+	xor	edx, edx
+	xor	edi, edi
+segheap_LBB5_33:
+	movzx	eax, byte ptr [esi - 48]
+	shr	al
+	and	al, 1
+	bt	dword ptr [esi - 32], 1
+	adc	al, dl
+	movzx	edx, byte ptr [esi - 16]
+	shr	dl
+	and	dl, 1
+	bt	dword ptr [esi], 1
+	adc	dl, al
+	add	edi, 4
+	add	esi, 64
+	cmp	ebx, edi
+	jne	segheap_LBB5_33
+	test	ecx, ecx
+	mov	esi, dword ptr [ebp - 32]
+	je	segheap_LBB5_37
+segheap_LBB5_35:
+	shl	edi, 4
+	add	esi, edi
+	mov	eax, dword ptr [ebp - 16]
+	lea	esi, [eax + esi + 12]
+segheap_LBB5_36:
+	bt	dword ptr [esi], 1
+	adc	dl, 0
+	add	esi, 16
+	dec	ecx
+	jne	segheap_LBB5_36
+segheap_LBB5_37:
+	xor	ebx, ebx
+	cmp	dl, byte ptr [ebp - 28]
+	mov	edx, dword ptr [ebp - 40]
+	mov	ecx, dword ptr [ebp - 36]
+	jne	segheap_LBB5_2
+segheap_LBB5_38:
+	shl	edx, 12
+	mov	eax, dword ptr [ebp - 16]
+	add	edx, eax
+	mov	esi, dword ptr [ebp + 8]
+	mov	dword ptr [esi + 4], eax
+	mov	dword ptr [esi + 8], ecx
+	movzx	eax, byte ptr [ecx + 12]
+	test	al, 32
+	jne	segheap_LBB5_49
+	test	al, 1
+	jne	segheap_LBB5_52
+	cmp	dword ptr [ebp - 20], edx
+	je	segheap_LBB5_54
+segheap_LBB5_25:
+	xor	ebx, ebx
+	jmp	segheap_LBB5_2
+segheap_LBB5_49:
+	movzx	eax, byte ptr [ecx + 15]
+	shl	eax, 12
+	mov	ecx, dword ptr [ebp - 24]
+	push	esi
+	push	dword ptr [ebp - 20]
 	push	eax
 	call	lookup_vs
-	add	esp, 8
-	mov	dword ptr [ebp - 16], 0
+	add	esp, 12
 	test	eax, eax
-	je	segheap_LBB5_36
-	mov	dword ptr [ebp - 16], 1
+	mov	ebx, 0
+	je	segheap_LBB5_2
+	mov	ebx, 1
 	cmp	dword ptr [ebp + 12], 0
-	jne	segheap_LBB5_36
-	mov	eax, dword ptr [edi + 12]
-	xor	ecx, ecx
+	jne	segheap_LBB5_2
+	mov	eax, dword ptr [ebp + 8]
+	mov	eax, dword ptr [eax + 12]
+	xor	ebx, ebx
 	test	byte ptr [eax + 5], 2
-	sete	cl
-	mov	dword ptr [ebp - 16], ecx
-	jmp	segheap_LBB5_36
-segheap_LBB5_23:
-	movzx	eax, byte ptr [esi + 15]
+	sete	bl
+	jmp	segheap_LBB5_2
+segheap_LBB5_52:
+	movzx	eax, byte ptr [ecx + 15]
 	shl	eax, 12
-	mov	ecx, dword ptr [ebp - 20]
-	mov	esi, edx
-	mov	edx, ebx
-	push	dword ptr [ebp + 8]
+	mov	ecx, dword ptr [ebp - 24]
 	push	esi
+	push	dword ptr [ebp - 20]
 	push	eax
 	call	lookup_lfh
-	add	esp, 20
-	jmp	segheap_LBB5_37
+	add	esp, 40
+	jmp	segheap_LBB5_3
+segheap_LBB5_54:
+	movzx	eax, byte ptr [ecx + 15]
+	shl	eax, 12
+	cmp	dword ptr [ecx + 4], eax
+	mov	ebx, 0
+	jae	segheap_LBB5_2
+	mov	eax, dword ptr [ebp + 8]
+	mov	dword ptr [eax], 1
+	mov	dword ptr [eax + 12], edx
+	jmp	segheap_LBB5_24
 	.p2align	4
 free_block:
 	push	ebp
@@ -3156,7 +3228,7 @@ RtlValidateHeap:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 104
+	sub	esp, 108
 	mov	esi, dword ptr [ebp + 8]
 	test	esi, esi
 	sete	cl
@@ -3164,11 +3236,11 @@ RtlValidateHeap:
 	setne	dl
 	xor	eax, eax
 	or	dl, cl
-	jne	segheap_LBB10_85
+	jne	segheap_LBB10_83
 	cmp	dword ptr [esi + 8], -571548178
-	jne	segheap_LBB10_85
+	jne	segheap_LBB10_83
 	cmp	dword ptr [esi + 292], esi
-	jne	segheap_LBB10_85
+	jne	segheap_LBB10_83
 	mov	edi, dword ptr [ebp + 16]
 	mov	ebx, dword ptr [ebp + 12]
 	or	ebx, dword ptr [esi + 12]
@@ -3178,7 +3250,7 @@ RtlValidateHeap:
 segheap_LBB10_5:
 	test	edi, edi
 	je	segheap_LBB10_15
-	lea	eax, [ebp - 84]
+	lea	eax, [ebp - 92]
 	mov	ecx, esi
 	mov	edx, edi
 	push	0
@@ -3188,21 +3260,21 @@ segheap_LBB10_5:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB10_83
-	lea	eax, [ebp - 116]
-	lea	edx, [ebp - 84]
+	je	segheap_LBB10_81
+	lea	eax, [ebp - 120]
+	lea	edx, [ebp - 92]
 	mov	ecx, esi
 	push	eax
 	call	block_request
 	add	esp, 4
-	mov	ecx, dword ptr [ebp - 84]
+	mov	ecx, dword ptr [ebp - 92]
 	and	ecx, -2
 	cmp	ecx, 2
-	jne	segheap_LBB10_80
+	jne	segheap_LBB10_78
 	add	eax, edi
-	mov	ecx, dword ptr [ebp - 116]
+	mov	ecx, dword ptr [ebp - 120]
 	cmp	eax, ecx
-	je	segheap_LBB10_80
+	je	segheap_LBB10_78
 	mov	dword ptr [ebp - 16], ebx
 	movsx	edx, byte ptr [ecx - 1]
 	test	edx, edx
@@ -3215,35 +3287,37 @@ segheap_LBB10_11:
 	lea	eax, [ebx - 1]
 	cmp	eax, ecx
 	mov	eax, 0
-	jae	segheap_LBB10_82
+	jae	segheap_LBB10_80
 	test	dl, dl
-	jns	segheap_LBB10_86
+	jns	segheap_LBB10_84
 	cmp	ebx, 128
-	jb	segheap_LBB10_82
-segheap_LBB10_86:
+	jb	segheap_LBB10_80
+segheap_LBB10_84:
 	shr	dl, 7
 	movzx	edx, dl
 	not	edx
-	mov	dword ptr [ebp - 24], ebx
-	lea	ebx, [edx + ecx]
 	mov	dword ptr [ebp - 20], ebx
-	mov	ebx, dword ptr [ebp - 24]
+	lea	ebx, [edx + ecx]
+	mov	dword ptr [ebp - 24], ebx
+	mov	ebx, dword ptr [ebp - 20]
 	sub	ecx, ebx
-	cmp	ecx, dword ptr [ebp - 20]
-	jae	segheap_LBB10_91
+	cmp	ecx, dword ptr [ebp - 24]
+	jae	segheap_LBB10_89
 	add	edx, ebx
 	add	edi, ecx
 	mov	ebx, dword ptr [ebp - 16]
-segheap_LBB10_88:
+segheap_LBB10_86:
 	cmp	byte ptr [edi], -85
-	jne	segheap_LBB10_83
+	jne	segheap_LBB10_81
 	inc	edi
 	dec	edx
-	jne	segheap_LBB10_88
-segheap_LBB10_80:
+	jne	segheap_LBB10_86
+segheap_LBB10_78:
 	mov	eax, 1
-	jmp	segheap_LBB10_83
+	jmp	segheap_LBB10_81
 segheap_LBB10_15:
+	mov	dword ptr [ebp - 92], 0
+	mov	dword ptr [ebp - 88], 0
 	mov	dword ptr [ebp - 84], 0
 	mov	dword ptr [ebp - 80], 0
 	mov	dword ptr [ebp - 76], 0
@@ -3252,305 +3326,375 @@ segheap_LBB10_15:
 	mov	dword ptr [ebp - 64], 0
 	mov	dword ptr [ebp - 60], 0
 	mov	dword ptr [ebp - 56], 0
-	mov	dword ptr [ebp - 52], 0
-	mov	dword ptr [ebp - 48], 0
 	mov	ecx, dword ptr [esi + 184]
 	lea	edx, [esi + 1408]
 	xor	eax, eax
 	cmp	ecx, edx
-	jb	segheap_LBB10_83
+	jb	segheap_LBB10_81
 	mov	edx, dword ptr [esi + 188]
 	cmp	ecx, edx
-	ja	segheap_LBB10_83
+	ja	segheap_LBB10_81
 	cmp	edx, dword ptr [esi + 192]
-	ja	segheap_LBB10_83
+	ja	segheap_LBB10_81
 	lea	ecx, [esi + 452]
 	cmp	dword ptr [esi + 452], ecx
-	jne	segheap_LBB10_83
-	lea	eax, [esi + 324]
-	mov	edi, dword ptr [esi + 324]
-	cmp	edi, eax
-	mov	eax, 0
-	je	segheap_LBB10_69
-	xor	eax, eax
-segheap_LBB10_21:
-	test	edi, 1048575
-	jne	segheap_LBB10_113
-	inc	eax
-	mov	dword ptr [ebp - 104], eax
-	cmp	eax, dword ptr [esi + 332]
-	ja	segheap_LBB10_113
-	mov	eax, dword ptr [edi]
-	cmp	dword ptr [eax + 4], edi
-	jne	segheap_LBB10_113
-	mov	eax, dword ptr [edi + 4]
-	cmp	dword ptr [eax], edi
-	jne	segheap_LBB10_113
-	mov	eax, edi
+	jne	segheap_LBB10_81
+	lea	ecx, [esi + 324]
+	mov	eax, dword ptr [esi + 324]
+	xor	edi, edi
+	cmp	eax, ecx
+	je	segheap_LBB10_90
+segheap_LBB10_20:
+	test	eax, 1048575
+	jne	segheap_LBB10_119
+	inc	edi
+	cmp	edi, dword ptr [esi + 332]
+	ja	segheap_LBB10_119
+	mov	edx, eax
+	cmp	dword ptr [eax + 4], ecx
+	jne	segheap_LBB10_119
+	mov	eax, edx
 	shr	eax, 20
 	or	eax, esi
-	xor	eax, dword ptr [edi + 8]
+	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [esi + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB10_113
-	cmp	byte ptr [edi + 12], 14
-	jne	segheap_LBB10_113
-	cmp	byte ptr [edi + 15], 1
-	jne	segheap_LBB10_113
-	inc	dword ptr [ebp - 76]
-	add	dword ptr [ebp - 72], 256
-	lea	eax, [edi + 31]
-	mov	dword ptr [ebp - 108], eax
+	jne	segheap_LBB10_119
+	cmp	byte ptr [edx + 12], 14
+	jne	segheap_LBB10_119
+	mov	dword ptr [ebp - 16], ebx
+	cmp	byte ptr [edx + 15], 1
+	jne	segheap_LBB10_137
+	inc	dword ptr [ebp - 84]
+	add	dword ptr [ebp - 80], 256
+	lea	eax, [edx + 31]
+	mov	dword ptr [ebp - 116], eax
 	mov	ecx, 1
 	xor	eax, eax
-	mov	dword ptr [ebp - 16], ebx
 	mov	dword ptr [ebp - 44], edi
-segheap_LBB10_29:
-	mov	dword ptr [ebp - 36], ecx
+	mov	dword ptr [ebp - 52], edx
+segheap_LBB10_27:
+	mov	dword ptr [ebp - 40], ecx
 	shl	ecx, 4
-	movzx	edx, byte ptr [edi + ecx + 12]
-	mov	byte ptr [ebp - 32], dl
-	test	dl, 8
-	je	segheap_LBB10_113
+	movzx	ebx, byte ptr [edx + ecx + 12]
+	mov	byte ptr [ebp - 32], bl
+	test	byte ptr [ebp - 32], 8
+	je	segheap_LBB10_137
 	mov	dword ptr [ebp - 28], ecx
-	movzx	ecx, byte ptr [edi + ecx + 15]
+	movzx	ecx, byte ptr [edx + ecx + 15]
 	test	cl, cl
-	je	segheap_LBB10_113
-	movzx	edi, cl
+	je	segheap_LBB10_137
+	movzx	edx, cl
 	mov	ecx, 256
-	sub	ecx, dword ptr [ebp - 36]
-	mov	dword ptr [ebp - 20], edi
-	cmp	ecx, edi
-	jb	segheap_LBB10_113
+	sub	ecx, dword ptr [ebp - 40]
+	mov	dword ptr [ebp - 24], edx
+	cmp	ecx, edx
+	mov	ebx, dword ptr [ebp - 16]
+	jb	segheap_LBB10_119
 	movzx	ecx, byte ptr [ebp - 32]
 	mov	ch, cl
 	and	ch, -11
 	movzx	edx, ch
-	mov	dword ptr [ebp - 24], edx
+	mov	dword ptr [ebp - 20], edx
 	test	cl, -15
-	je	segheap_LBB10_35
+	je	segheap_LBB10_33
 	cmp	ch, 36
-	je	segheap_LBB10_35
-	cmp	dword ptr [ebp - 24], 5
-	jne	segheap_LBB10_113
-segheap_LBB10_35:
-	mov	byte ptr [ebp - 40], ch
+	je	segheap_LBB10_33
+	cmp	dword ptr [ebp - 20], 5
+	jne	segheap_LBB10_119
+segheap_LBB10_33:
+	mov	byte ptr [ebp - 36], ch
 	movzx	ecx, byte ptr [ebp - 32]
 	shr	cl
 	and	cl, 1
 	movzx	edi, cl
-	cmp	dword ptr [ebp - 20], 1
-	je	segheap_LBB10_40
-	mov	ecx, dword ptr [ebp - 108]
+	cmp	dword ptr [ebp - 24], 1
+	je	segheap_LBB10_38
+	mov	ecx, dword ptr [ebp - 116]
 	mov	edx, dword ptr [ebp - 28]
 	add	edx, ecx
 	mov	ecx, 1
-segheap_LBB10_37:
+segheap_LBB10_35:
 	movzx	ebx, byte ptr [edx - 3]
 	bt	ebx, 1
 	adc	edi, 0
 	and	ebx, -3
-	cmp	ebx, dword ptr [ebp - 24]
-	jne	segheap_LBB10_134
+	cmp	ebx, dword ptr [ebp - 20]
+	jne	segheap_LBB10_137
 	movzx	ebx, byte ptr [edx]
 	cmp	ecx, ebx
-	jne	segheap_LBB10_134
+	jne	segheap_LBB10_137
 	inc	ecx
 	add	edx, 16
-	cmp	dword ptr [ebp - 20], ecx
-	jne	segheap_LBB10_37
-segheap_LBB10_40:
-	add	dword ptr [ebp - 76], edi
-	mov	edx, dword ptr [ebp - 28]
-	add	edx, dword ptr [ebp - 44]
-	movzx	ecx, byte ptr [edx + 13]
+	cmp	dword ptr [ebp - 24], ecx
+	jne	segheap_LBB10_35
+segheap_LBB10_38:
+	add	dword ptr [ebp - 84], edi
+	mov	edx, dword ptr [ebp - 52]
+	mov	ecx, dword ptr [ebp - 28]
+	add	ecx, edx
+	mov	dword ptr [ebp - 28], ecx
+	movzx	ecx, byte ptr [ecx + 13]
 	cmp	edi, ecx
-	jne	segheap_LBB10_134
-	cmp	byte ptr [ebp - 40], 0
+	jne	segheap_LBB10_137
+	cmp	byte ptr [ebp - 36], 0
 	mov	ebx, dword ptr [ebp - 16]
-	mov	ecx, dword ptr [ebp - 36]
-	je	segheap_LBB10_47
-	mov	ecx, dword ptr [ebp - 20]
-	cmp	edi, ecx
-	jne	segheap_LBB10_113
-	mov	dword ptr [ebp - 28], edx
+	mov	ecx, dword ptr [ebp - 40]
+	je	segheap_LBB10_45
+	mov	eax, dword ptr [ebp - 24]
+	cmp	edi, eax
+	jne	segheap_LBB10_119
+	mov	edi, edx
+	mov	edx, dword ptr [ebp - 28]
 	cmp	dword ptr [edx], -857879331
-	mov	eax, dword ptr [ebp - 44]
-	jne	segheap_LBB10_113
-	mov	edx, dword ptr [ebp - 36]
+	jne	segheap_LBB10_119
+	mov	edx, ecx
 	shl	edx, 12
-	add	edx, eax
+	add	edx, edi
 	cmp	byte ptr [ebp - 32], 32
-	jae	segheap_LBB10_49
-	mov	edi, eax
-	test	byte ptr [ebp - 24], 1
-	jne	segheap_LBB10_64
+	jae	segheap_LBB10_47
+	test	byte ptr [ebp - 20], 1
+	jne	segheap_LBB10_73
+	mov	ecx, eax
 	shl	ecx, 12
 	xor	eax, eax
 	mov	edx, dword ptr [ebp - 28]
 	cmp	dword ptr [edx + 4], ecx
-	mov	ecx, dword ptr [ebp - 36]
-	jb	segheap_LBB10_67
-	jmp	segheap_LBB10_83
-segheap_LBB10_47:
+	mov	ecx, dword ptr [ebp - 40]
+	mov	edx, edi
+	mov	edi, dword ptr [ebp - 44]
+	jb	segheap_LBB10_76
+	jmp	segheap_LBB10_81
+segheap_LBB10_45:
 	test	eax, eax
-	jne	segheap_LBB10_113
-	inc	dword ptr [ebp - 84]
-	add	dword ptr [ebp - 80], edi
+	jne	segheap_LBB10_119
+	inc	dword ptr [ebp - 92]
+	add	dword ptr [ebp - 88], edi
 	mov	eax, 1
 	mov	edi, dword ptr [ebp - 44]
-	jmp	segheap_LBB10_67
-segheap_LBB10_49:
+	jmp	segheap_LBB10_76
+segheap_LBB10_47:
 	movzx	ecx, word ptr [edx + 20]
 	mov	eax, ecx
 	and	eax, 32767
 	xor	ax, word ptr [edx + 22]
 	movzx	eax, ax
 	cmp	eax, 44013
-	jne	segheap_LBB10_113
-	mov	dword ptr [ebp - 28], edx
-	mov	dword ptr [ebp - 100], ecx
-	lea	ecx, [8*ecx]
-	mov	eax, dword ptr [ebp - 20]
-	mov	edi, eax
-	shl	eax, 12
-	mov	dword ptr [ebp - 40], ecx
-	cmp	ecx, eax
-	jne	segheap_LBB10_113
+	jne	segheap_LBB10_119
+	mov	dword ptr [ebp - 36], edx
+	mov	edx, dword ptr [ebp - 24]
+	mov	edi, edx
+	shl	edx, 12
+	mov	dword ptr [ebp - 108], ecx
+	lea	eax, [8*ecx]
+	mov	dword ptr [ebp - 32], edx
+	cmp	eax, edx
+	jne	segheap_LBB10_119
 	mov	edx, -1
 	mov	ecx, edi
 	shl	edx, cl
 	xor	eax, eax
-	test	byte ptr [ebp - 20], 32
+	test	byte ptr [ebp - 24], 32
 	mov	edi, edx
 	cmovne	edi, eax
 	mov	ecx, -1
 	cmove	edx, ecx
-	cmp	byte ptr [ebp - 20], 64
+	cmp	byte ptr [ebp - 24], 64
 	not	edx
 	not	edi
 	cmovae	edi, ecx
 	cmovae	edx, ecx
-	mov	ecx, dword ptr [ebp - 28]
+	mov	ecx, dword ptr [ebp - 36]
 	xor	edx, dword ptr [ecx + 12]
 	xor	edi, dword ptr [ecx + 8]
 	or	edi, edx
-	jne	segheap_LBB10_83
+	jne	segheap_LBB10_81
 	mov	edi, dword ptr [ecx]
-	test	edi, edi
-	je	segheap_LBB10_83
-	mov	edx, ecx
-	cmp	dword ptr [edi + 4], ecx
-	jne	segheap_LBB10_83
-	mov	ecx, dword ptr [edx + 4]
-	cmp	dword ptr [ecx], edx
-	jne	segheap_LBB10_83
-	lea	edi, [edx + 24]
-	add	dword ptr [ebp - 40], edx
-	mov	eax, dword ptr [esi + 144]
-	mov	dword ptr [ebp - 112], eax
-	mov	eax, dword ptr [ebp - 60]
-	mov	dword ptr [ebp - 92], eax
-	mov	eax, dword ptr [ebp - 56]
-	mov	dword ptr [ebp - 96], eax
-	mov	eax, dword ptr [ebp - 52]
-	mov	dword ptr [ebp - 88], eax
-	mov	dword ptr [ebp - 32], 0
-	jmp	segheap_LBB10_58
-segheap_LBB10_56:
-	bt	ebx, 9
-	adc	dword ptr [ebp - 88], 0
-	mov	dword ptr [ebp - 32], 0
+	mov	edx, dword ptr [ecx + 4]
+	lea	ecx, [esi + 528]
+	mov	dword ptr [ebp - 28], edi
+	cmp	edi, ecx
+	mov	dword ptr [ebp - 20], edx
+	je	segheap_LBB10_52
+	mov	ecx, esi
+	mov	edi, dword ptr [ebp - 28]
+	mov	edx, edi
+	push	32
+	call	range_of_type
+	mov	edx, dword ptr [ebp - 20]
+	add	esp, 4
+	mov	ecx, eax
 	xor	eax, eax
-	mov	edx, dword ptr [ebp - 28]
+	cmp	ecx, edi
+	jne	segheap_LBB10_81
+segheap_LBB10_52:
+	lea	ecx, [esi + 528]
+	cmp	edx, ecx
+	je	segheap_LBB10_54
+	mov	ecx, esi
+	mov	edx, dword ptr [ebp - 20]
+	push	32
+	call	range_of_type
+	mov	edx, dword ptr [ebp - 20]
+	add	esp, 4
+	mov	ecx, eax
+	xor	eax, eax
+	cmp	ecx, edx
+	jne	segheap_LBB10_81
+segheap_LBB10_54:
+	mov	ecx, dword ptr [ebp - 28]
+	mov	edi, dword ptr [ebp - 36]
+	cmp	dword ptr [ecx + 4], edi
+	jne	segheap_LBB10_81
+	mov	ecx, edi
+	cmp	dword ptr [edx], edi
+	jne	segheap_LBB10_81
+	lea	edi, [ecx + 24]
+	add	dword ptr [ebp - 32], ecx
+	mov	eax, dword ptr [esi + 144]
+	mov	dword ptr [ebp - 28], eax
+	mov	eax, dword ptr [ebp - 68]
+	mov	dword ptr [ebp - 100], eax
+	mov	eax, dword ptr [ebp - 64]
+	mov	dword ptr [ebp - 104], eax
+	mov	eax, dword ptr [ebp - 60]
+	mov	dword ptr [ebp - 96], eax
+	mov	dword ptr [ebp - 20], 0
+	jmp	segheap_LBB10_59
 segheap_LBB10_57:
-	mov	ecx, dword ptr [ebp - 24]
-	lea	edi, [ecx + 8*edi]
-	cmp	edi, dword ptr [ebp - 40]
-	jae	segheap_LBB10_65
+	bt	ebx, 9
+	adc	dword ptr [ebp - 96], 0
+	mov	dword ptr [ebp - 20], 0
 segheap_LBB10_58:
-	mov	ebx, dword ptr [ebp - 112]
+	lea	edi, [edi + 8*eax]
+	cmp	edi, dword ptr [ebp - 32]
+	jae	segheap_LBB10_74
+segheap_LBB10_59:
+	mov	ebx, dword ptr [ebp - 28]
 	xor	ebx, edi
 	xor	ebx, dword ptr [edi]
 	mov	eax, ebx
 	shr	eax, 31
 	mov	ecx, esi
+	mov	edx, dword ptr [ebp - 36]
 	push	eax
-	mov	dword ptr [ebp - 24], edi
 	push	edi
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB10_134
-	mov	edi, ebx
-	shr	edi
-	and	edi, 32767
+	je	segheap_LBB10_137
+	mov	eax, ebx
+	shr	eax
+	and	eax, 32767
 	test	ebx, ebx
-	js	segheap_LBB10_62
-	cmp	dword ptr [ebp - 32], 0
-	mov	eax, 0
-	mov	edx, dword ptr [ebp - 28]
-	jne	segheap_LBB10_82
-	inc	dword ptr [ebp - 92]
-	add	dword ptr [ebp - 96], edi
-	mov	dword ptr [ebp - 32], 1
-	jmp	segheap_LBB10_57
-segheap_LBB10_62:
-	mov	eax, dword ptr [ebp - 24]
-	mov	ebx, dword ptr [eax + 4]
+	js	segheap_LBB10_63
+	cmp	dword ptr [ebp - 20], 0
+	jne	segheap_LBB10_137
+	inc	dword ptr [ebp - 100]
+	add	dword ptr [ebp - 104], eax
+	mov	dword ptr [ebp - 20], 1
+	jmp	segheap_LBB10_58
+segheap_LBB10_63:
+	mov	ebx, dword ptr [edi + 4]
 	test	ebx, 256
-	je	segheap_LBB10_56
-	mov	eax, dword ptr [ebp - 24]
-	lea	ecx, [eax + 8]
-	lea	edx, [eax + 8*edi]
-	call	check_trailer
-	test	eax, eax
-	jne	segheap_LBB10_56
-	jmp	segheap_LBB10_134
-segheap_LBB10_64:
-	shl	ecx, 12
-	mov	dword ptr [ebp - 24], ecx
+	je	segheap_LBB10_57
+	mov	dword ptr [ebp - 112], ebx
+	lea	edx, [8*eax]
+	movsx	ecx, byte ptr [edi + 8*eax - 1]
+	test	ecx, ecx
+	mov	dword ptr [ebp - 48], ecx
+	jns	segheap_LBB10_66
+	movzx	ecx, word ptr [edi + edx - 2]
+	and	ecx, 32767
+segheap_LBB10_66:
+	lea	ebx, [edx - 8]
+	mov	dword ptr [ebp - 20], ecx
+	dec	ecx
+	cmp	ecx, ebx
+	jae	segheap_LBB10_137
+	mov	ecx, dword ptr [ebp - 48]
+	test	cl, cl
+	jns	segheap_LBB10_69
+	cmp	dword ptr [ebp - 20], 128
+	jb	segheap_LBB10_137
+segheap_LBB10_69:
+	shr	cl, 7
+	movzx	ecx, cl
+	not	ecx
+	lea	ebx, [edx - 8]
+	add	ebx, ecx
+	mov	dword ptr [ebp - 48], ebx
+	lea	ebx, [edx - 8]
+	sub	ebx, dword ptr [ebp - 20]
+	cmp	ebx, dword ptr [ebp - 48]
+	mov	ebx, dword ptr [ebp - 112]
+	jae	segheap_LBB10_57
+	add	ecx, dword ptr [ebp - 20]
+	sub	edx, dword ptr [ebp - 20]
+	add	edx, edi
+segheap_LBB10_71:
+	cmp	byte ptr [edx], -85
+	jne	segheap_LBB10_137
+	inc	edx
+	dec	ecx
+	jne	segheap_LBB10_71
+	jmp	segheap_LBB10_57
+segheap_LBB10_73:
+	mov	edi, eax
+	shl	edi, 12
 	mov	ecx, esi
-	lea	eax, [ebp - 84]
+	lea	eax, [ebp - 92]
 	push	eax
-	push	dword ptr [ebp - 24]
+	push	edi
 	call	validate_lfh_subsegment
-	mov	edx, dword ptr [ebp - 36]
+	mov	edx, dword ptr [ebp - 52]
 	add	esp, 8
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	mov	ecx, edx
-	jne	segheap_LBB10_67
-	jmp	segheap_LBB10_83
-segheap_LBB10_65:
-	mov	ecx, dword ptr [ebp - 92]
-	mov	dword ptr [ebp - 60], ecx
-	mov	ecx, dword ptr [ebp - 96]
-	mov	dword ptr [ebp - 56], ecx
-	mov	ecx, dword ptr [ebp - 88]
-	mov	dword ptr [ebp - 52], ecx
+	mov	ecx, dword ptr [ebp - 40]
+	mov	edi, dword ptr [ebp - 44]
+	jne	segheap_LBB10_76
+	jmp	segheap_LBB10_81
+segheap_LBB10_74:
+	mov	eax, dword ptr [ebp - 100]
+	mov	dword ptr [ebp - 68], eax
+	mov	eax, dword ptr [ebp - 104]
+	mov	dword ptr [ebp - 64], eax
+	mov	eax, dword ptr [ebp - 96]
+	mov	dword ptr [ebp - 60], eax
+	mov	eax, 0
 	mov	ebx, dword ptr [ebp - 16]
 	mov	edi, dword ptr [ebp - 44]
-	mov	ecx, dword ptr [ebp - 36]
-	jne	segheap_LBB10_83
-	inc	dword ptr [ebp - 68]
-	mov	eax, dword ptr [ebp - 100]
-	add	dword ptr [ebp - 64], eax
+	mov	edx, dword ptr [ebp - 52]
+	mov	ecx, dword ptr [ebp - 40]
+	jne	segheap_LBB10_81
+	inc	dword ptr [ebp - 76]
+	mov	eax, dword ptr [ebp - 108]
+	add	dword ptr [ebp - 72], eax
 	xor	eax, eax
-segheap_LBB10_67:
-	add	ecx, dword ptr [ebp - 20]
+segheap_LBB10_76:
+	add	ecx, dword ptr [ebp - 24]
 	cmp	ecx, 256
-	jb	segheap_LBB10_29
-	mov	edi, dword ptr [edi]
-	lea	eax, [esi + 324]
-	cmp	edi, eax
-	mov	eax, dword ptr [ebp - 104]
-	jne	segheap_LBB10_21
-segheap_LBB10_69:
-	cmp	eax, dword ptr [esi + 332]
+	jb	segheap_LBB10_27
+	mov	eax, dword ptr [edx]
+	lea	ecx, [esi + 324]
+	cmp	eax, ecx
+	mov	ecx, edx
+	mov	ebx, dword ptr [ebp - 16]
+	jne	segheap_LBB10_20
+	jmp	segheap_LBB10_91
+segheap_LBB10_89:
+	mov	eax, 1
+	jmp	segheap_LBB10_80
+segheap_LBB10_90:
+	mov	edx, ecx
+segheap_LBB10_91:
+	cmp	edi, dword ptr [esi + 332]
+	jne	segheap_LBB10_119
+	cmp	dword ptr [esi + 328], edx
 	mov	eax, 0
-	jne	segheap_LBB10_83
+	jne	segheap_LBB10_81
 	lea	eax, [esi + 336]
 	mov	ecx, esi
 	xor	edx, edx
@@ -3558,48 +3702,48 @@ segheap_LBB10_69:
 	call	check_tree
 	add	esp, 4
 	test	eax, eax
-	js	segheap_LBB10_113
-	cmp	eax, dword ptr [ebp - 84]
-	jne	segheap_LBB10_113
+	js	segheap_LBB10_119
+	mov	dword ptr [ebp - 16], ebx
+	cmp	eax, dword ptr [ebp - 92]
+	jne	segheap_LBB10_137
 	mov	eax, dword ptr [esi + 340]
 	test	eax, eax
-	je	segheap_LBB10_92
+	je	segheap_LBB10_103
 	movzx	ecx, byte ptr [eax + 12]
 	and	cl, 12
 	cmp	cl, 8
-	jne	segheap_LBB10_113
-segheap_LBB10_74:
+	jne	segheap_LBB10_137
+segheap_LBB10_97:
 	mov	edx, dword ptr [eax + 4]
 	test	edx, edx
-	je	segheap_LBB10_76
-segheap_LBB10_75:
+	je	segheap_LBB10_99
+segheap_LBB10_98:
 	mov	ecx, edx
 	mov	edx, dword ptr [edx]
 	test	edx, edx
-	jne	segheap_LBB10_75
-	jmp	segheap_LBB10_78
-segheap_LBB10_76:
+	jne	segheap_LBB10_98
+	jmp	segheap_LBB10_101
+segheap_LBB10_99:
 	mov	ecx, dword ptr [eax + 8]
 	and	ecx, -4
-	je	segheap_LBB10_92
+	je	segheap_LBB10_103
 	cmp	dword ptr [ecx + 4], eax
 	mov	eax, ecx
-	je	segheap_LBB10_76
-segheap_LBB10_78:
+	je	segheap_LBB10_99
+segheap_LBB10_101:
 	movzx	eax, byte ptr [ecx + 12]
 	and	al, 12
 	cmp	al, 8
 	mov	eax, ecx
-	je	segheap_LBB10_74
-	jmp	segheap_LBB10_113
-segheap_LBB10_91:
-	mov	eax, 1
-	jmp	segheap_LBB10_82
-segheap_LBB10_92:
-	mov	eax, dword ptr [ebp - 80]
+	je	segheap_LBB10_97
+	jmp	segheap_LBB10_137
+segheap_LBB10_119:
+	xor	eax, eax
+	jmp	segheap_LBB10_81
+segheap_LBB10_103:
+	mov	eax, dword ptr [ebp - 88]
 	cmp	eax, dword ptr [esi + 136]
-	jne	segheap_LBB10_113
-	mov	dword ptr [ebp - 16], ebx
+	jne	segheap_LBB10_137
 	lea	eax, [esi + 520]
 	mov	ecx, esi
 	mov	edx, 1
@@ -3607,45 +3751,42 @@ segheap_LBB10_92:
 	call	check_tree
 	add	esp, 4
 	test	eax, eax
-	js	segheap_LBB10_134
-	cmp	eax, dword ptr [ebp - 60]
-	jne	segheap_LBB10_134
+	js	segheap_LBB10_137
+	cmp	eax, dword ptr [ebp - 68]
+	jne	segheap_LBB10_137
 	lea	edi, [esi + 528]
 	mov	ebx, 1
-	mov	ecx, dword ptr [ebp - 68]
-	mov	dword ptr [ebp - 20], ecx
-segheap_LBB10_96:
+	mov	ecx, dword ptr [ebp - 76]
+	mov	dword ptr [ebp - 24], ecx
+segheap_LBB10_107:
 	mov	edi, dword ptr [edi]
 	lea	eax, [esi + 528]
 	cmp	edi, eax
-	je	segheap_LBB10_116
+	je	segheap_LBB10_121
 	mov	ecx, esi
 	mov	edx, edi
 	push	32
 	call	range_of_type
 	add	esp, 4
 	cmp	eax, edi
-	jne	segheap_LBB10_134
-	cmp	ebx, dword ptr [ebp - 20]
+	jne	segheap_LBB10_137
+	cmp	ebx, dword ptr [ebp - 24]
 	lea	ebx, [ebx + 1]
-	jbe	segheap_LBB10_96
-	jmp	segheap_LBB10_134
-segheap_LBB10_113:
-	xor	eax, eax
-	jmp	segheap_LBB10_83
-segheap_LBB10_116:
-	sub	ebx, dword ptr [ebp - 20]
+	jbe	segheap_LBB10_107
+	jmp	segheap_LBB10_137
+segheap_LBB10_121:
+	sub	ebx, dword ptr [ebp - 24]
 	cmp	ebx, 1
-	jne	segheap_LBB10_134
-	mov	eax, dword ptr [ebp - 64]
+	jne	segheap_LBB10_137
+	mov	eax, dword ptr [ebp - 72]
 	cmp	eax, dword ptr [esi + 536]
-	jne	segheap_LBB10_134
-	mov	eax, dword ptr [ebp - 56]
+	jne	segheap_LBB10_137
+	mov	eax, dword ptr [ebp - 64]
 	cmp	eax, dword ptr [esi + 540]
-	jne	segheap_LBB10_134
+	jne	segheap_LBB10_137
 	mov	ebx, dword ptr [esi + 524]
 	test	ebx, ebx
-	je	segheap_LBB10_130
+	je	segheap_LBB10_133
 	lea	edi, [ebx - 4]
 	mov	ecx, edi
 	call	vs_sub_of
@@ -3656,25 +3797,25 @@ segheap_LBB10_116:
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB10_134
-segheap_LBB10_121:
+	je	segheap_LBB10_137
+segheap_LBB10_126:
 	mov	eax, dword ptr [ebx + 4]
 	test	eax, eax
-	je	segheap_LBB10_123
-segheap_LBB10_122:
+	je	segheap_LBB10_128
+segheap_LBB10_127:
 	mov	edi, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB10_122
-	jmp	segheap_LBB10_125
-segheap_LBB10_123:
+	jne	segheap_LBB10_127
+	jmp	segheap_LBB10_130
+segheap_LBB10_128:
 	mov	edi, dword ptr [ebx + 8]
 	and	edi, -4
-	je	segheap_LBB10_130
+	je	segheap_LBB10_133
 	cmp	dword ptr [edi + 4], ebx
 	mov	ebx, edi
-	je	segheap_LBB10_123
-segheap_LBB10_125:
+	je	segheap_LBB10_128
+segheap_LBB10_130:
 	lea	ebx, [edi - 4]
 	mov	ecx, ebx
 	call	vs_sub_of
@@ -3686,39 +3827,39 @@ segheap_LBB10_125:
 	add	esp, 8
 	test	eax, eax
 	mov	ebx, edi
-	jne	segheap_LBB10_121
-	jmp	segheap_LBB10_134
-segheap_LBB10_130:
-	lea	edx, [ebp - 84]
+	jne	segheap_LBB10_126
+	jmp	segheap_LBB10_137
+segheap_LBB10_133:
+	lea	edx, [ebp - 92]
 	mov	ecx, esi
 	call	validate_lfh_buckets
 	test	eax, eax
-	je	segheap_LBB10_134
-	lea	edx, [ebp - 84]
+	je	segheap_LBB10_137
+	lea	edx, [ebp - 92]
 	mov	ecx, esi
 	call	validate_large
 	test	eax, eax
-	je	segheap_LBB10_134
-	mov	eax, dword ptr [ebp - 76]
+	je	segheap_LBB10_137
+	mov	eax, dword ptr [ebp - 84]
 	cmp	eax, dword ptr [esi + 132]
 	mov	eax, 0
 	mov	ebx, dword ptr [ebp - 16]
-	jne	segheap_LBB10_83
-	mov	ecx, dword ptr [ebp - 72]
+	jne	segheap_LBB10_81
+	mov	ecx, dword ptr [ebp - 80]
 	xor	eax, eax
 	cmp	ecx, dword ptr [esi + 128]
 	sete	al
-	jmp	segheap_LBB10_83
-segheap_LBB10_134:
+	jmp	segheap_LBB10_81
+segheap_LBB10_137:
 	xor	eax, eax
-segheap_LBB10_82:
+segheap_LBB10_80:
 	mov	ebx, dword ptr [ebp - 16]
-segheap_LBB10_83:
+segheap_LBB10_81:
 	test	bl, 1
-	jne	segheap_LBB10_85
+	jne	segheap_LBB10_83
 	dec	word ptr [esi + 172]
-segheap_LBB10_85:
-	add	esp, 104
+segheap_LBB10_83:
+	add	esp, 108
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -3732,105 +3873,92 @@ RtlWalkHeap:
 	push	edi
 	push	esi
 	sub	esp, 44
-	mov	ebx, dword ptr [ebp + 8]
-	test	ebx, ebx
+	mov	edi, dword ptr [ebp + 8]
+	test	edi, edi
 	sete	cl
-	test	ebx, 4095
+	test	edi, 4095
 	setne	dl
 	mov	eax, -1073741811
 	or	dl, cl
-	jne	segheap_LBB11_86
-	cmp	dword ptr [ebx + 8], -571548178
-	jne	segheap_LBB11_86
-	mov	edi, dword ptr [ebp + 12]
-	xor	esi, esi
-	cmp	dword ptr [ebx + 292], ebx
-	cmove	esi, ebx
-	setne	cl
-	test	edi, edi
+	jne	segheap_LBB11_107
+	cmp	dword ptr [edi + 8], -571548178
+	jne	segheap_LBB11_107
+	xor	ebx, ebx
+	cmp	dword ptr [edi + 292], edi
+	cmove	ebx, edi
+	test	ebx, ebx
+	sete	cl
+	cmp	dword ptr [ebp + 12], 0
 	sete	dl
 	or	dl, cl
-	jne	segheap_LBB11_86
-	test	byte ptr [esi + 12], 1
+	jne	segheap_LBB11_107
+	test	byte ptr [ebx + 12], 1
 	jne	segheap_LBB11_5
-	inc	word ptr [esi + 172]
+	inc	word ptr [ebx + 172]
 segheap_LBB11_5:
-	mov	ecx, dword ptr [edi]
-	test	ecx, ecx
-	je	segheap_LBB11_12
-	lea	edx, [esi + 324]
-	mov	ebx, dword ptr [esi + 324]
-	xor	eax, eax
-	cmp	ebx, edx
-	mov	dword ptr [ebp - 28], ecx
-	je	segheap_LBB11_19
-	mov	eax, ecx
-	and	eax, -1048576
-	mov	ecx, dword ptr [ebp + 8]
-	mov	edi, dword ptr [ecx + 332]
-	mov	ecx, -1
-segheap_LBB11_8:
-	inc	ecx
+	mov	eax, dword ptr [ebp + 12]
+	mov	esi, dword ptr [eax]
+	test	esi, esi
+	je	segheap_LBB11_13
+	lea	edi, [ebx + 324]
+	mov	ecx, dword ptr [ebx + 324]
 	cmp	ecx, edi
-	ja	segheap_LBB11_11
-	cmp	ebx, eax
-	je	segheap_LBB11_25
-	mov	ebx, dword ptr [ebx]
-	cmp	ebx, edx
-	jne	segheap_LBB11_8
-segheap_LBB11_11:
-	mov	edi, dword ptr [ebp + 12]
-	mov	ebx, dword ptr [ebp + 8]
-	mov	ecx, dword ptr [ebp - 28]
-	xor	eax, eax
-	test	byte ptr [edi + 10], 2
-	jne	segheap_LBB11_26
-segheap_LBB11_20:
-	test	eax, eax
-	je	segheap_LBB11_29
+	mov	dword ptr [ebp - 32], esi
+	mov	dword ptr [ebp - 16], ebx
+	je	segheap_LBB11_20
+	mov	eax, esi
+	and	eax, -1048576
+	mov	edx, dword ptr [ebp + 8]
+	mov	edx, dword ptr [edx + 332]
+	xor	esi, esi
+segheap_LBB11_8:
+	cmp	esi, edx
+	ja	segheap_LBB11_12
 	mov	ebx, ecx
-	sub	ebx, eax
-	shr	ebx, 12
-	lea	ecx, [ebx - 256]
-	mov	dword ptr [ebp - 20], eax
-	mov	eax, -1073741811
-	cmp	ecx, -255
-	jae	segheap_LBB11_37
-segheap_LBB11_67:
-	mov	ecx, esi
-	jmp	segheap_LBB11_84
+	and	ebx, 1048575
+	jne	segheap_LBB11_12
+	cmp	ecx, eax
+	je	segheap_LBB11_29
+	inc	esi
+	mov	ecx, dword ptr [ecx]
+	cmp	ecx, edi
+	jne	segheap_LBB11_8
 segheap_LBB11_12:
-	mov	edi, esi
-	add	esi, 324
-	mov	eax, dword ptr [edi + 324]
-	cmp	eax, esi
-	je	segheap_LBB11_23
-	mov	dword ptr [ebp - 24], edi
-	mov	ebx, -4096
+	mov	ebx, dword ptr [ebp - 16]
+	mov	esi, dword ptr [ebp - 32]
+	xor	ecx, ecx
+	jmp	segheap_LBB11_30
+segheap_LBB11_13:
+	lea	ecx, [ebx + 324]
+	mov	eax, dword ptr [ebx + 324]
+	cmp	eax, ecx
+	je	segheap_LBB11_21
+	mov	edi, ebx
+	mov	esi, -4096
 	xor	edx, edx
-segheap_LBB11_14:
-	movzx	ecx, byte ptr [eax + ebx + 4108]
-	shr	cl
-	and	cl, 1
-	bt	dword ptr [eax + ebx + 4124], 1
-	adc	cl, dl
-	movzx	edx, byte ptr [eax + ebx + 4140]
+segheap_LBB11_15:
+	movzx	ebx, byte ptr [eax + esi + 4108]
+	shr	bl
+	and	bl, 1
+	bt	dword ptr [eax + esi + 4124], 1
+	adc	bl, dl
+	movzx	edx, byte ptr [eax + esi + 4140]
 	shr	dl
 	and	dl, 1
-	bt	dword ptr [eax + ebx + 4156], 1
-	adc	dl, cl
-	add	ebx, 64
-	jne	segheap_LBB11_14
+	bt	dword ptr [eax + esi + 4156], 1
+	adc	dl, bl
+	add	esi, 64
+	jne	segheap_LBB11_15
 	mov	bl, -1
-	mov	edi, esi
-segheap_LBB11_16:
-	mov	edi, dword ptr [edi]
+	mov	esi, ecx
+segheap_LBB11_17:
+	mov	esi, dword ptr [esi]
 	inc	bl
-	cmp	edi, esi
-	je	segheap_LBB11_18
-	cmp	edi, eax
-	jne	segheap_LBB11_16
-segheap_LBB11_18:
+	cmp	esi, ecx
+	je	segheap_LBB11_19
+	cmp	esi, eax
+	jne	segheap_LBB11_17
+segheap_LBB11_19:
 	movzx	ecx, dl
 	mov	esi, dword ptr [ebp + 12]
 	mov	dword ptr [esi], eax
@@ -3849,32 +3977,47 @@ segheap_LBB11_18:
 	mov	dword ptr [esi + 24], eax
 	xor	eax, eax
 	mov	ecx, dword ptr [ebp + 8]
-	mov	esi, dword ptr [ebp - 24]
-	jmp	segheap_LBB11_84
-segheap_LBB11_19:
-	mov	ebx, dword ptr [ebp + 8]
-	test	byte ptr [edi + 10], 2
-	je	segheap_LBB11_20
-segheap_LBB11_26:
-	mov	edx, eax
-	mov	eax, -1073741811
-	cmp	edx, ecx
-	mov	ecx, esi
-	jne	segheap_LBB11_84
-	mov	ecx, ebx
-	push	edi
-	push	1
-segheap_LBB11_28:
-	call	walk_from_unit
-	add	esp, 8
-	jmp	segheap_LBB11_83
+	mov	ebx, edi
+	jmp	segheap_LBB11_105
+segheap_LBB11_20:
+	xor	ecx, ecx
+	jmp	segheap_LBB11_30
+segheap_LBB11_21:
+	mov	edx, ebx
+	mov	ebx, dword ptr [edi + 68]
+	mov	eax, -2147483622
+	test	ebx, ebx
+	je	segheap_LBB11_50
+	mov	dword ptr [ebp - 16], edx
+	xor	edi, edi
+	mov	esi, 64
 segheap_LBB11_23:
-	mov	ecx, dword ptr [ebx + 72]
-	test	ecx, ecx
-	je	segheap_LBB11_42
+	test	bl, 3
+	jne	segheap_LBB11_83
+	mov	ecx, dword ptr [ebp + 8]
+	mov	edx, ebx
+	push	32
+	call	range_of_type
+	add	esp, 4
+	sub	esi, 1
+	setb	cl
+	test	eax, eax
+	je	segheap_LBB11_103
+	test	cl, cl
+	mov	eax, -2147483622
+	jne	segheap_LBB11_103
+	xor	ecx, ecx
+	cmp	dword ptr [ebx + 12], 65536
+	setb	cl
+	cmovae	edi, ebx
+	mov	ebx, dword ptr [ebx + 4*ecx]
+	test	ebx, ebx
+	jne	segheap_LBB11_23
+	test	edi, edi
+	je	segheap_LBB11_44
 	mov	eax, -4096
-	and	eax, dword ptr [ecx + 16]
-	mov	ecx, dword ptr [ecx + 12]
+	and	eax, dword ptr [edi + 16]
+	mov	ecx, dword ptr [edi + 12]
 	mov	edx, ecx
 	and	edx, -65536
 	mov	esi, dword ptr [ebp + 12]
@@ -3893,172 +4036,297 @@ segheap_LBB11_23:
 	mov	dword ptr [esi + 20], 0
 	mov	dword ptr [esi + 24], 0
 	xor	eax, eax
-	jmp	segheap_LBB11_43
-segheap_LBB11_25:
-	mov	ecx, dword ptr [ebp - 28]
-	shr	ecx, 20
-	or	ecx, esi
-	xor	ecx, dword ptr [eax + 8]
-	mov	ebx, dword ptr [ebp + 8]
-	xor	ecx, dword ptr [ebx + 144]
-	xor	edi, edi
-	cmp	ecx, -1561964883
-	mov	ecx, dword ptr [ebp - 28]
-	cmove	edi, eax
-	mov	eax, edi
-	mov	edi, dword ptr [ebp + 12]
-	test	byte ptr [edi + 10], 2
-	je	segheap_LBB11_20
-	jmp	segheap_LBB11_26
+	jmp	segheap_LBB11_44
 segheap_LBB11_29:
-	mov	ecx, dword ptr [ebx + 68]
+	mov	esi, dword ptr [ebp - 32]
+	mov	ecx, esi
+	shr	ecx, 20
+	mov	ebx, dword ptr [ebp - 16]
+	or	ecx, ebx
+	xor	ecx, dword ptr [eax + 8]
+	mov	edx, dword ptr [ebp + 8]
+	xor	ecx, dword ptr [edx + 144]
+	cmp	ecx, -1561964883
+	mov	ecx, 0
+	cmove	ecx, eax
+segheap_LBB11_30:
+	mov	eax, dword ptr [ebp + 12]
+	test	byte ptr [eax + 10], 2
+	jne	segheap_LBB11_34
+	test	ecx, ecx
+	je	segheap_LBB11_37
+	mov	edx, esi
+	sub	edx, ecx
+	shr	edx, 12
+	lea	ebx, [edx - 256]
 	mov	eax, -1073741811
-	test	ecx, ecx
-	je	segheap_LBB11_83
-	mov	edx, 66
-	mov	dword ptr [ebp - 24], esi
-segheap_LBB11_31:
-	add	edx, -2
-	je	segheap_LBB11_67
-	movzx	esi, word ptr [ecx + 14]
-	shl	esi, 16
-	cmp	dword ptr [ebp - 28], esi
-	je	segheap_LBB11_55
-	seta	bl
-	movzx	esi, bl
-	mov	ecx, dword ptr [ecx + 4*esi]
-	test	ecx, ecx
-	je	segheap_LBB11_58
-	movzx	esi, word ptr [ecx + 14]
-	shl	esi, 16
-	cmp	dword ptr [ebp - 28], esi
-	je	segheap_LBB11_55
-	seta	bl
-	movzx	esi, bl
-	mov	ecx, dword ptr [ecx + 4*esi]
-	test	ecx, ecx
-	mov	esi, dword ptr [ebp - 24]
-	jne	segheap_LBB11_31
-	jmp	segheap_LBB11_67
-segheap_LBB11_37:
-	mov	dword ptr [ebp - 52], edx
+	cmp	ebx, -255
+	jae	segheap_LBB11_45
+segheap_LBB11_33:
+	mov	ebx, dword ptr [ebp - 16]
 	mov	ecx, ebx
-	shl	ecx, 4
-	mov	dword ptr [ebp - 32], ecx
-	mov	ecx, dword ptr [ebp - 20]
-	mov	edx, dword ptr [ebp - 32]
-	movzx	ecx, byte ptr [ecx + edx + 12]
-	mov	byte ptr [ebp - 44], cl
-	mov	edx, dword ptr [ebp - 32]
-	mov	ecx, dword ptr [ebp - 20]
-	movzx	ecx, byte ptr [ecx + edx + 15]
-	mov	dword ptr [ebp - 36], ecx
-	movzx	ecx, byte ptr [ebp - 44]
-	test	cl, 8
-	mov	dword ptr [ebp - 48], ebx
-	jne	segheap_LBB11_44
-	mov	ebx, dword ptr [ebp - 36]
-	test	bl, bl
-	mov	edx, dword ptr [ebp - 52]
-	je	segheap_LBB11_67
-	mov	dword ptr [ebp - 24], esi
-	movzx	ecx, bl
-	mov	edi, dword ptr [ebp - 48]
-	lea	esi, [edi - 1]
-	cmp	esi, ecx
-	jb	segheap_LBB11_58
-	sub	edi, ecx
+	jmp	segheap_LBB11_105
+segheap_LBB11_34:
+	mov	eax, -1073741811
+	cmp	ecx, esi
+	mov	edx, ecx
+	mov	ecx, ebx
+	jne	segheap_LBB11_105
+	mov	edi, dword ptr [ebp + 8]
 	mov	ecx, edi
-	shl	ecx, 4
-	mov	esi, dword ptr [ebp - 20]
-	movzx	ebx, byte ptr [esi + ecx + 12]
-	mov	byte ptr [ebp - 13], bl
-	test	byte ptr [ebp - 13], 8
-	mov	esi, dword ptr [ebp - 24]
-	je	segheap_LBB11_67
-	cmp	edi, 255
-	ja	segheap_LBB11_67
-	add	ecx, dword ptr [ebp - 20]
-	movzx	ecx, byte ptr [ecx + 15]
-	mov	dword ptr [ebp - 40], edi
-	mov	dword ptr [ebp - 36], ecx
-	add	ecx, edi
-	cmp	ecx, dword ptr [ebp - 48]
-	jbe	segheap_LBB11_67
-	mov	edi, dword ptr [ebp + 12]
-	jmp	segheap_LBB11_45
-segheap_LBB11_42:
-	mov	eax, -2147483622
-segheap_LBB11_43:
-	mov	ecx, ebx
-	mov	esi, edi
-	jmp	segheap_LBB11_84
+	push	dword ptr [ebp + 12]
+	push	1
+segheap_LBB11_36:
+	call	walk_from_unit
+	add	esp, 8
+	mov	ecx, edi
+	jmp	segheap_LBB11_105
+segheap_LBB11_37:
+	mov	ecx, dword ptr [ebp + 8]
+	mov	ebx, dword ptr [ecx + 68]
+	mov	eax, -1073741811
+	test	ebx, ebx
+	je	segheap_LBB11_104
+	xor	esi, esi
+	mov	edi, ebx
+segheap_LBB11_39:
+	cmp	esi, 63
+	ja	segheap_LBB11_33
+	mov	ecx, edi
+	and	ecx, 3
+	jne	segheap_LBB11_33
+	mov	ecx, dword ptr [ebp + 8]
+	mov	edx, edi
+	push	32
+	call	range_of_type
+	add	esp, 4
+	test	eax, eax
+	je	segheap_LBB11_103
+	movzx	eax, word ptr [edi + 14]
+	shl	eax, 16
+	cmp	dword ptr [ebp - 32], eax
+	je	segheap_LBB11_76
+	seta	al
+	movzx	eax, al
+	mov	edi, dword ptr [edi + 4*eax]
+	inc	esi
+	test	edi, edi
+	mov	eax, -1073741811
+	jne	segheap_LBB11_39
 segheap_LBB11_44:
-	mov	byte ptr [ebp - 13], cl
-	mov	dword ptr [ebp - 40], ebx
-	mov	edx, dword ptr [ebp - 52]
+	mov	ecx, dword ptr [ebp + 8]
+	jmp	segheap_LBB11_104
 segheap_LBB11_45:
-	mov	bl, -1
+	mov	dword ptr [ebp - 40], edi
+	mov	edi, edx
+	shl	edi, 4
+	movzx	ebx, byte ptr [ecx + edi + 12]
+	mov	byte ptr [ebp - 48], bl
+	mov	dword ptr [ebp - 56], edi
+	movzx	ebx, byte ptr [ecx + edi + 15]
+	mov	dword ptr [ebp - 24], ebx
+	movzx	ebx, byte ptr [ebp - 48]
+	test	bl, 8
+	mov	dword ptr [ebp - 44], edx
+	jne	segheap_LBB11_51
+	mov	ebx, dword ptr [ebp - 24]
+	test	bl, bl
+	mov	edi, dword ptr [ebp - 40]
+	je	segheap_LBB11_33
+	mov	dword ptr [ebp - 28], ecx
+	movzx	ecx, bl
+	mov	esi, dword ptr [ebp - 44]
+	lea	edx, [esi - 1]
+	cmp	edx, ecx
+	jb	segheap_LBB11_33
+	mov	edx, esi
+	sub	edx, ecx
+	mov	dword ptr [ebp - 36], edx
 	mov	ecx, edx
-segheap_LBB11_46:
+	shl	ecx, 4
+	mov	edx, dword ptr [ebp - 28]
+	movzx	edx, byte ptr [edx + ecx + 12]
+	mov	byte ptr [ebp - 17], dl
+	test	dl, 8
+	mov	ebx, dword ptr [ebp - 16]
+	jne	segheap_LBB11_84
+segheap_LBB11_49:
+	mov	ecx, ebx
+	jmp	segheap_LBB11_105
+segheap_LBB11_50:
+	mov	ecx, edi
+	mov	ebx, edx
+	jmp	segheap_LBB11_105
+segheap_LBB11_51:
+	mov	dword ptr [ebp - 28], ecx
+	mov	byte ptr [ebp - 17], bl
+	mov	dword ptr [ebp - 36], edx
+	mov	edi, dword ptr [ebp - 40]
+segheap_LBB11_52:
+	mov	bl, -1
+	mov	ecx, edi
+segheap_LBB11_53:
 	mov	ecx, dword ptr [ecx]
 	inc	bl
-	cmp	ecx, edx
-	je	segheap_LBB11_48
-	cmp	ecx, dword ptr [ebp - 20]
-	jne	segheap_LBB11_46
-segheap_LBB11_48:
-	movzx	ecx, byte ptr [ebp - 36]
-	mov	dword ptr [ebp - 36], ecx
-	movzx	ecx, byte ptr [ebp - 13]
-	test	cl, 4
-	jne	segheap_LBB11_62
-	test	dword ptr [ebp - 28], 4095
-	mov	ecx, esi
-	mov	edx, dword ptr [ebp - 40]
-	jne	segheap_LBB11_84
-	add	edx, dword ptr [ebp - 36]
-	mov	ebx, dword ptr [ebp - 48]
-	cmp	ebx, edx
-	jae	segheap_LBB11_73
-	mov	eax, dword ptr [ebp - 20]
-	mov	ecx, dword ptr [ebp - 32]
+	cmp	ecx, edi
+	je	segheap_LBB11_55
+	cmp	ecx, dword ptr [ebp - 28]
+	jne	segheap_LBB11_53
+segheap_LBB11_55:
+	movzx	edi, byte ptr [ebp - 24]
+	test	byte ptr [ebp - 17], 4
+	jne	segheap_LBB11_63
+	test	esi, 4095
+	mov	ebx, dword ptr [ebp - 16]
+	mov	ecx, ebx
+	jne	segheap_LBB11_105
+	mov	edx, dword ptr [ebp - 36]
+	add	edx, edi
+	mov	esi, dword ptr [ebp - 44]
+	cmp	esi, edx
+	jae	segheap_LBB11_87
+	mov	eax, dword ptr [ebp - 28]
+	mov	ecx, dword ptr [ebp - 56]
 	lea	eax, [ecx + eax + 12]
-	mov	ch, byte ptr [ebp - 44]
-segheap_LBB11_52:
+	mov	edi, dword ptr [ebp + 8]
+	mov	ch, byte ptr [ebp - 48]
+segheap_LBB11_59:
 	mov	cl, byte ptr [eax]
 	xor	cl, ch
 	test	cl, 2
-	jne	segheap_LBB11_73
-	inc	ebx
+	jne	segheap_LBB11_88
+	inc	esi
 	add	eax, 16
-	cmp	edx, ebx
-	jne	segheap_LBB11_52
-	mov	eax, edx
-	jmp	segheap_LBB11_74
-segheap_LBB11_55:
-	mov	edx, dword ptr [ecx + 4]
+	cmp	edx, esi
+	jne	segheap_LBB11_59
+	mov	esi, edx
+	jmp	segheap_LBB11_88
+segheap_LBB11_63:
+	mov	edx, dword ptr [ebp - 36]
+	shl	edx, 4
+	mov	ecx, dword ptr [ebp - 28]
+	add	ecx, edx
+	cmp	dword ptr [ecx], -857879331
+	jne	segheap_LBB11_33
+	mov	ecx, dword ptr [ebp - 24]
+	test	cl, cl
+	mov	dword ptr [ebp - 40], edi
+	je	segheap_LBB11_72
+	mov	dword ptr [ebp - 44], edx
+	and	edi, 3
+	mov	edx, ecx
+	xor	ecx, ecx
+	cmp	dl, 4
+	mov	edx, edi
+	mov	edi, 0
+	jb	segheap_LBB11_69
+	mov	ecx, dword ptr [ebp - 40]
+	and	ecx, -4
+	mov	dword ptr [ebp - 48], ecx
+	mov	ecx, dword ptr [ebp - 28]
+	mov	esi, dword ptr [ebp - 44]
+	lea	esi, [esi + ecx + 60]
+	xor	ecx, ecx
+	xor	edi, edi
+segheap_LBB11_67:
+	mov	bh, byte ptr [esi - 48]
+	shr	bh
+	and	bh, 1
+	bt	dword ptr [esi - 32], 1
+	adc	bh, cl
+	movzx	ecx, byte ptr [esi - 16]
+	shr	cl
+	and	cl, 1
+	bt	dword ptr [esi], 1
+	adc	cl, bh
+	add	edi, 4
+	add	esi, 64
+	cmp	dword ptr [ebp - 48], edi
+	jne	segheap_LBB11_67
 	test	edx, edx
-	je	segheap_LBB11_60
-segheap_LBB11_56:
-	mov	eax, edx
-	mov	edx, dword ptr [edx]
-	test	edx, edx
-	jne	segheap_LBB11_56
-segheap_LBB11_57:
-	mov	ecx, -4096
-	and	ecx, dword ptr [eax + 16]
-	mov	eax, dword ptr [eax + 12]
-	mov	edx, eax
+	je	segheap_LBB11_71
+segheap_LBB11_69:
+	shl	edi, 4
+	mov	esi, dword ptr [ebp - 44]
+	add	esi, edi
+	mov	edi, esi
+	mov	esi, dword ptr [ebp - 28]
+	lea	esi, [esi + edi + 12]
+segheap_LBB11_70:
+	bt	dword ptr [esi], 1
+	adc	cl, 0
+	add	esi, 16
+	dec	edx
+	jne	segheap_LBB11_70
+segheap_LBB11_71:
+	cmp	cl, byte ptr [ebp - 24]
+	mov	esi, dword ptr [ebp - 32]
+	mov	edi, dword ptr [ebp - 40]
+	jne	segheap_LBB11_33
+segheap_LBB11_72:
+	mov	ecx, dword ptr [ebp - 36]
+	shl	ecx, 12
+	add	ecx, dword ptr [ebp - 28]
+	movzx	edx, byte ptr [ebp - 17]
+	test	dl, 32
+	mov	dword ptr [ebp - 24], ecx
+	jne	segheap_LBB11_89
+	test	dl, 1
+	jne	segheap_LBB11_97
+	cmp	esi, dword ptr [ebp - 24]
+	mov	ebx, dword ptr [ebp - 16]
+	mov	ecx, ebx
+	mov	edx, dword ptr [ebp - 28]
+	jne	segheap_LBB11_105
+	mov	eax, dword ptr [ebp - 36]
+	add	eax, edi
+	mov	edi, dword ptr [ebp + 8]
+	mov	ecx, edi
+	push	dword ptr [ebp + 12]
+	push	eax
+	jmp	segheap_LBB11_36
+segheap_LBB11_76:
+	xor	esi, esi
+	mov	edi, 64
+segheap_LBB11_77:
+	test	bl, 3
+	jne	segheap_LBB11_83
+	mov	ecx, dword ptr [ebp + 8]
+	mov	edx, ebx
+	push	32
+	call	range_of_type
+	add	esp, 4
+	sub	edi, 1
+	setb	cl
+	test	eax, eax
+	je	segheap_LBB11_103
+	test	cl, cl
+	jne	segheap_LBB11_103
+	movzx	eax, word ptr [ebx + 14]
+	shl	eax, 16
+	xor	ecx, ecx
+	cmp	eax, dword ptr [ebp - 32]
+	cmova	esi, ebx
+	setbe	cl
+	mov	ebx, dword ptr [ebx + 4*ecx]
+	test	ebx, ebx
+	jne	segheap_LBB11_77
+	test	esi, esi
+	je	segheap_LBB11_108
+	mov	eax, -4096
+	and	eax, dword ptr [esi + 16]
+	mov	ecx, dword ptr [esi + 12]
+	mov	edx, ecx
 	and	edx, -65536
+	mov	edi, dword ptr [ebp + 12]
 	mov	dword ptr [edi], edx
-	movzx	eax, ax
-	sub	ecx, eax
-	mov	dword ptr [edi + 4], ecx
-	cmp	eax, 255
-	mov	ecx, 255
-	cmovb	ecx, eax
-	mov	byte ptr [edi + 8], cl
+	movzx	ecx, cx
+	sub	eax, ecx
+	mov	dword ptr [edi + 4], eax
+	cmp	ecx, 255
+	mov	eax, 255
+	cmovb	eax, ecx
+	mov	byte ptr [edi + 8], al
 	mov	byte ptr [edi + 9], 0
 	mov	word ptr [edi + 10], 16401
 	mov	dword ptr [edi + 12], 0
@@ -4066,88 +4334,94 @@ segheap_LBB11_57:
 	mov	dword ptr [edi + 20], 0
 	mov	dword ptr [edi + 24], 0
 	xor	eax, eax
-segheap_LBB11_58:
-	mov	esi, dword ptr [ebp - 24]
-	mov	ecx, esi
-	jmp	segheap_LBB11_84
-segheap_LBB11_59:
-	cmp	dword ptr [eax + 4], ecx
-	mov	ecx, eax
-	jne	segheap_LBB11_57
-segheap_LBB11_60:
-	mov	eax, dword ptr [ecx + 8]
-	and	eax, -4
-	jne	segheap_LBB11_59
-	mov	eax, -2147483622
-	jmp	segheap_LBB11_58
-segheap_LBB11_62:
-	mov	edx, dword ptr [ebp - 40]
-	shl	edx, 12
-	add	edx, dword ptr [ebp - 20]
-	test	cl, 32
-	jne	segheap_LBB11_68
-	mov	dword ptr [ebp - 32], edx
-	test	cl, 1
-	jne	segheap_LBB11_76
-	mov	ecx, dword ptr [ebp - 32]
-	cmp	dword ptr [ebp - 28], ecx
-	mov	ecx, esi
-	mov	edx, dword ptr [ebp - 20]
-	jne	segheap_LBB11_84
-	mov	eax, dword ptr [ebp - 40]
-	add	eax, dword ptr [ebp - 36]
-	jmp	segheap_LBB11_75
-segheap_LBB11_68:
-	mov	edi, dword ptr [ebp - 28]
-	add	edi, -8
-	mov	dword ptr [ebp - 56], 0
-	lea	ecx, [edx + 24]
+	jmp	segheap_LBB11_44
+segheap_LBB11_83:
+	mov	ebx, dword ptr [ebp - 16]
+	mov	ecx, ebx
 	mov	eax, -1073741811
-	cmp	edi, ecx
-	jb	segheap_LBB11_67
+	jmp	segheap_LBB11_105
+segheap_LBB11_84:
+	cmp	dword ptr [ebp - 36], 255
+	ja	segheap_LBB11_49
+	add	ecx, dword ptr [ebp - 28]
+	movzx	edx, byte ptr [ecx + 15]
+	mov	ecx, dword ptr [ebp - 36]
+	add	ecx, edx
+	cmp	ecx, esi
+	jbe	segheap_LBB11_49
+	mov	dword ptr [ebp - 24], edx
+	mov	esi, dword ptr [ebp - 32]
+	jmp	segheap_LBB11_52
+segheap_LBB11_87:
+	mov	edi, dword ptr [ebp + 8]
+segheap_LBB11_88:
 	mov	ecx, edi
-	test	cl, 7
-	jne	segheap_LBB11_67
-	mov	edi, edx
-	mov	edx, ecx
-	movzx	ecx, word ptr [edi + 20]
-	lea	ecx, [edi + 8*ecx]
-	cmp	edx, ecx
-	jae	segheap_LBB11_67
-	mov	ecx, edx
-	mov	dword ptr [ebp - 24], esi
-	mov	edx, edi
-	mov	edi, dword ptr [ecx]
-	mov	esi, dword ptr [ebp + 8]
-	xor	edi, dword ptr [esi + 144]
-	xor	edi, ecx
-	mov	eax, edi
-	shr	eax, 31
-	mov	esi, ecx
-	mov	ecx, dword ptr [ebp + 8]
-	mov	dword ptr [ebp - 32], edx
-	push	eax
+	mov	edx, dword ptr [ebp - 28]
+	push	dword ptr [ebp + 12]
 	push	esi
+	jmp	segheap_LBB11_36
+segheap_LBB11_89:
+	mov	dword ptr [ebp - 52], 0
+	movzx	edx, word ptr [ecx + 20]
+	mov	eax, edx
+	and	eax, 32767
+	xor	ax, word ptr [ecx + 22]
+	movzx	eax, ax
+	cmp	eax, 44013
+	mov	eax, -1073741811
+	jne	segheap_LBB11_33
+	mov	ecx, edi
+	shl	ecx, 12
+	shl	edx, 3
+	cmp	edx, ecx
+	jne	segheap_LBB11_33
+	mov	edi, dword ptr [ebp - 32]
+	add	edi, -8
+	mov	esi, dword ptr [ebp - 24]
+	lea	edx, [esi + 24]
+	cmp	edi, edx
+	jb	segheap_LBB11_33
+	mov	edx, edi
+	add	ecx, esi
+	cmp	edi, ecx
+	setb	cl
+	test	dl, 7
+	mov	edi, esi
+	mov	esi, edx
+	sete	dl
+	and	dl, cl
+	cmp	dl, 1
+	jne	segheap_LBB11_33
+	mov	eax, esi
+	mov	esi, dword ptr [esi]
+	mov	edx, edi
+	mov	ecx, dword ptr [ebp + 8]
+	xor	esi, dword ptr [ecx + 144]
+	xor	esi, eax
+	mov	edi, esi
+	shr	edi, 31
+	push	edi
+	mov	edi, eax
+	push	eax
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB11_96
-	and	edi, 65534
-	lea	eax, [esi + 4*edi]
-	lea	edi, [ebp - 56]
+	je	segheap_LBB11_111
+	and	esi, 65534
+	lea	eax, [edi + 4*esi]
+	lea	esi, [ebp - 52]
 	mov	ecx, dword ptr [ebp + 8]
-	mov	edx, dword ptr [ebp - 32]
-	push	edi
+	mov	edx, dword ptr [ebp - 24]
+	push	esi
 	push	eax
 	call	vs_next_visible
 	add	esp, 8
 	mov	edx, eax
-	cmp	dword ptr [ebp - 56], 0
+	cmp	dword ptr [ebp - 52], 0
 	mov	eax, -1073741811
-	mov	esi, dword ptr [ebp - 24]
-	jne	segheap_LBB11_67
+	jne	segheap_LBB11_33
 	test	edx, edx
-	je	segheap_LBB11_99
+	je	segheap_LBB11_113
 	movzx	eax, bl
 	mov	ecx, dword ptr [ebp + 8]
 	push	dword ptr [ebp + 12]
@@ -4155,110 +4429,99 @@ segheap_LBB11_68:
 	call	walk_vs_chunk
 	add	esp, 8
 	xor	eax, eax
-	mov	ecx, esi
-	jmp	segheap_LBB11_84
-segheap_LBB11_73:
-	mov	eax, ebx
-segheap_LBB11_74:
-	mov	edx, dword ptr [ebp - 20]
-segheap_LBB11_75:
-	mov	ebx, dword ptr [ebp + 8]
-	mov	ecx, ebx
-	push	edi
-	push	eax
-	jmp	segheap_LBB11_28
-segheap_LBB11_76:
-	mov	edi, dword ptr [ebp - 32]
+	jmp	segheap_LBB11_33
+segheap_LBB11_97:
 	mov	eax, edi
-	shr	eax, 12
-	xor	eax, dword ptr [edi + 24]
+	mov	edi, dword ptr [ebp - 24]
+	mov	esi, edi
+	shr	esi, 12
+	xor	esi, dword ptr [edi + 24]
 	mov	ecx, dword ptr [ebp + 8]
-	xor	eax, dword ptr [ecx + 148]
-	mov	dword ptr [ebp - 44], eax
+	xor	esi, dword ptr [ecx + 148]
+	shl	eax, 12
 	mov	edx, edi
-	call	lfh_owner
+	push	eax
+	call	lfh_sub_ok
+	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB11_93
-	mov	edx, dword ptr [ebp - 28]
-	sub	edx, edi
-	mov	ecx, dword ptr [ebp - 44]
-	mov	eax, ecx
-	shr	eax, 16
-	sub	edx, eax
-	mov	eax, -1073741811
-	jb	segheap_LBB11_98
-	movzx	ecx, cx
-	test	ecx, ecx
-	je	segheap_LBB11_98
-	mov	eax, edx
+	je	segheap_LBB11_103
+	mov	eax, dword ptr [ebp - 32]
+	sub	eax, edi
+	mov	ecx, esi
+	shr	ecx, 16
+	sub	eax, ecx
+	jb	segheap_LBB11_103
+	movzx	ecx, si
 	xor	edx, edx
 	div	ecx
 	test	edx, edx
-	jne	segheap_LBB11_93
-	mov	ecx, edi
-	movzx	edi, word ptr [edi + 18]
-	cmp	eax, edi
-	jae	segheap_LBB11_93
+	jne	segheap_LBB11_103
+	mov	ecx, dword ptr [ebp - 24]
+	movzx	esi, word ptr [ecx + 18]
+	cmp	eax, esi
+	jae	segheap_LBB11_103
 	inc	eax
+	mov	ecx, dword ptr [ebp - 24]
 	mov	edx, eax
 	call	lfh_next_busy
-	cmp	eax, edi
-	jae	segheap_LBB11_100
-	movzx	edi, bl
+	cmp	eax, esi
+	jae	segheap_LBB11_112
+	movzx	esi, bl
 	mov	ebx, dword ptr [ebp + 8]
 	mov	ecx, ebx
-	mov	edx, dword ptr [ebp - 32]
+	mov	edx, dword ptr [ebp - 24]
 	push	dword ptr [ebp + 12]
-	push	edi
+	push	esi
 	push	eax
 	call	walk_lfh_block
 	add	esp, 12
 	xor	eax, eax
-segheap_LBB11_83:
 	mov	ecx, ebx
-segheap_LBB11_84:
-	test	byte ptr [esi + 12], 1
-	jne	segheap_LBB11_86
+	jmp	segheap_LBB11_104
+segheap_LBB11_103:
+	mov	ecx, dword ptr [ebp + 8]
+	mov	eax, -1073741811
+segheap_LBB11_104:
+	mov	ebx, dword ptr [ebp - 16]
+segheap_LBB11_105:
+	test	byte ptr [ebx + 12], 1
+	jne	segheap_LBB11_107
 	dec	word ptr [ecx + 172]
-segheap_LBB11_86:
+segheap_LBB11_107:
 	add	esp, 44
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret	8
-segheap_LBB11_93:
-	mov	ecx, dword ptr [ebp + 8]
+segheap_LBB11_108:
+	mov	eax, -2147483622
+	jmp	segheap_LBB11_44
+segheap_LBB11_111:
 	mov	eax, -1073741811
-	jmp	segheap_LBB11_84
-segheap_LBB11_98:
-	mov	ecx, dword ptr [ebp + 8]
-	jmp	segheap_LBB11_84
-segheap_LBB11_96:
-	mov	eax, -1073741811
-	jmp	segheap_LBB11_58
-segheap_LBB11_99:
-	mov	eax, dword ptr [ebp - 40]
-	add	eax, dword ptr [ebp - 36]
-	mov	ecx, dword ptr [ebp + 8]
-	mov	edx, dword ptr [ebp - 20]
+	jmp	segheap_LBB11_33
+segheap_LBB11_112:
+	mov	eax, dword ptr [ebp - 36]
+	add	eax, dword ptr [ebp - 40]
+	mov	esi, dword ptr [ebp + 8]
+	mov	ecx, esi
+	mov	edx, dword ptr [ebp - 28]
 	push	dword ptr [ebp + 12]
 	push	eax
 	call	walk_from_unit
 	add	esp, 8
-	jmp	segheap_LBB11_67
-segheap_LBB11_100:
-	mov	eax, dword ptr [ebp - 40]
-	add	eax, dword ptr [ebp - 36]
-	mov	edi, dword ptr [ebp + 8]
-	mov	ecx, edi
-	mov	edx, dword ptr [ebp - 20]
+	mov	ecx, esi
+	jmp	segheap_LBB11_104
+segheap_LBB11_113:
+	mov	eax, dword ptr [ebp - 36]
+	add	eax, dword ptr [ebp - 40]
+	mov	ecx, dword ptr [ebp + 8]
+	mov	edx, dword ptr [ebp - 28]
 	push	dword ptr [ebp + 12]
 	push	eax
 	call	walk_from_unit
 	add	esp, 8
-	mov	ecx, edi
-	jmp	segheap_LBB11_84
+	jmp	segheap_LBB11_33
 	.p2align	4
 RtlLockHeap:
 	push	ebp
@@ -6879,31 +7142,37 @@ lookup_vs:
 	push	ebx
 	push	edi
 	push	esi
-	mov	edi, ecx
-	mov	ebx, dword ptr [ebp + 8]
+	push	eax
+	mov	dword ptr [ebp - 16], ecx
+	mov	ebx, dword ptr [ebp + 12]
 	add	ebx, -8
-	movzx	esi, word ptr [edx + 20]
-	mov	eax, esi
+	movzx	eax, word ptr [edx + 20]
+	movzx	edi, ax
 	and	eax, 32767
 	xor	ax, word ptr [edx + 22]
 	movzx	eax, ax
 	cmp	eax, 44013
 	setne	cl
-	lea	eax, [edx + 24]
-	cmp	ebx, eax
+	shl	edi, 3
+	mov	esi, dword ptr [ebp + 8]
+	cmp	edi, esi
+	setne	al
+	lea	edi, [edx + 24]
+	cmp	ebx, edi
 	setb	ch
+	or	ch, al
 	xor	eax, eax
 	or	ch, cl
 	jne	segheap_LBB29_4
-	lea	ecx, [edx + 8*esi]
-	cmp	ebx, ecx
+	add	esi, edx
+	cmp	ebx, esi
 	setb	cl
 	test	bl, 7
 	sete	ch
 	and	ch, cl
 	cmp	ch, 1
 	jne	segheap_LBB29_4
-	mov	ecx, edi
+	mov	ecx, dword ptr [ebp - 16]
 	push	1
 	push	ebx
 	call	vs_chunk_ok
@@ -6912,11 +7181,12 @@ lookup_vs:
 	xor	eax, eax
 	test	ecx, ecx
 	je	segheap_LBB29_4
-	mov	eax, dword ptr [ebp + 12]
+	mov	eax, dword ptr [ebp + 16]
 	mov	dword ptr [eax], 2
 	mov	dword ptr [eax + 12], ebx
 	mov	eax, 1
 segheap_LBB29_4:
+	add	esp, 4
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -6929,142 +7199,87 @@ lookup_lfh:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 8
-	mov	eax, dword ptr [edx + 8]
-	lea	esi, [ecx + 1408]
-	xor	edi, edi
-	cmp	eax, esi
-	jae	segheap_LBB30_1
-segheap_LBB30_26:
-	mov	eax, edi
-	add	esp, 8
-	pop	esi
-	pop	edi
-	pop	ebx
-	pop	ebp
-	ret
-segheap_LBB30_1:
-	test	al, 7
-	jne	segheap_LBB30_26
-	lea	esi, [eax + 56]
-	cmp	esi, dword ptr [ecx + 184]
-	ja	segheap_LBB30_26
-	movzx	ebx, byte ptr [eax + 1]
-	mov	esi, ebx
-	dec	bl
-	js	segheap_LBB30_26
-	mov	ebx, dword ptr [ecx + 4*esi + 832]
-	xor	edi, edi
-	test	bl, 1
-	cmovne	ebx, edi
-	cmp	ebx, eax
-	jne	segheap_LBB30_26
-	mov	ebx, edx
-	shr	ebx, 12
-	xor	ebx, dword ptr [edx + 24]
-	xor	ebx, dword ptr [ecx + 148]
-	movzx	ecx, bx
-	mov	eax, esi
-	cmp	al, 64
-	ja	segheap_LBB30_7
-	shl	eax, 4
-	jmp	segheap_LBB30_14
-segheap_LBB30_7:
-	cmp	al, 80
-	ja	segheap_LBB30_9
-	shl	eax, 6
-	add	eax, -3072
-	jmp	segheap_LBB30_14
-segheap_LBB30_9:
-	cmp	al, 96
-	ja	segheap_LBB30_11
-	shl	eax, 7
-	add	eax, -8192
-	jmp	segheap_LBB30_14
-segheap_LBB30_11:
-	cmp	al, 112
-	ja	segheap_LBB30_13
-	shl	eax, 8
-	add	eax, -20480
-	jmp	segheap_LBB30_14
-segheap_LBB30_13:
-	shl	eax, 9
-	add	eax, -49152
-segheap_LBB30_14:
-	cmp	ecx, eax
-	jne	segheap_LBB30_26
-	movzx	esi, word ptr [edx + 18]
-	test	esi, esi
-	je	segheap_LBB30_26
-	shr	ebx, 16
-	lea	eax, [esi + 31]
-	shr	eax, 5
-	lea	eax, [8*eax + 47]
-	and	eax, -16
-	cmp	ebx, eax
-	jne	segheap_LBB30_26
-	mov	eax, ecx
-	imul	eax, esi
-	add	eax, ebx
-	cmp	eax, dword ptr [ebp + 8]
-	ja	segheap_LBB30_26
-	mov	dword ptr [ebp - 16], ecx
+	sub	esp, 12
+	mov	edi, edx
+	mov	esi, ecx
+	push	dword ptr [ebp + 8]
+	call	lfh_sub_ok
+	add	esp, 4
+	mov	ecx, eax
+	xor	eax, eax
+	test	ecx, ecx
+	je	segheap_LBB30_10
+	mov	edx, edi
+	shr	edx, 12
+	xor	edx, dword ptr [edi + 24]
 	mov	ecx, dword ptr [ebp + 12]
-	sub	ecx, edx
-	sub	ecx, ebx
-	jb	segheap_LBB30_26
-	mov	dword ptr [ebp - 20], edx
+	xor	edx, dword ptr [esi + 148]
+	mov	esi, edx
+	shr	esi, 16
+	sub	ecx, edi
+	sub	ecx, esi
+	jb	segheap_LBB30_10
+	movzx	ebx, dx
 	mov	eax, ecx
 	xor	edx, edx
-	div	dword ptr [ebp - 16]
-	xor	edi, edi
-	test	edx, edx
-	sete	dl
-	cmp	eax, esi
-	setb	cl
-	and	cl, dl
-	cmp	cl, 1
-	jne	segheap_LBB30_26
+	div	ebx
 	mov	esi, eax
-	shr	eax, 2
-	mov	edx, eax
+	xor	eax, eax
+	test	edx, edx
+	jne	segheap_LBB30_10
+	movzx	ecx, word ptr [edi + 18]
+	cmp	esi, ecx
+	jae	segheap_LBB30_10
+	mov	dword ptr [ebp - 24], ebx
+	mov	ecx, esi
+	shr	ecx, 2
+	mov	edx, ecx
 	and	edx, -8
-	mov	ebx, dword ptr [ebp - 20]
-	lea	ecx, [ebx + edx]
-	and	eax, 4
-	mov	eax, dword ptr [eax + ecx + 32]
+	and	ecx, 4
+	lea	ebx, [edi + edx]
+	mov	ebx, dword ptr [ecx + ebx + 32]
 	lea	ecx, [esi + esi]
-	bt	eax, ecx
-	jae	segheap_LBB30_26
-	mov	eax, dword ptr [ebx + edx + 32]
-	mov	edx, dword ptr [ebx + edx + 36]
+	bt	ebx, ecx
+	jae	segheap_LBB30_10
+	mov	dword ptr [ebp - 16], esi
+	mov	esi, dword ptr [edi + edx + 32]
+	mov	dword ptr [ebp - 20], esi
+	mov	esi, dword ptr [ebp - 16]
+	mov	edx, dword ptr [edi + edx + 36]
 	and	ecx, 62
-	shrd	eax, edx, cl
+	mov	edi, dword ptr [ebp - 20]
+	shrd	edi, edx, cl
 	shr	edx, cl
 	test	cl, 32
-	cmove	edx, eax
+	cmove	edx, edi
 	test	dl, 2
-	je	segheap_LBB30_25
-	mov	eax, dword ptr [ebp - 16]
+	je	segheap_LBB30_9
 	mov	ecx, dword ptr [ebp + 12]
-	movsx	ecx, byte ptr [ecx + eax - 1]
+	mov	edx, dword ptr [ebp - 24]
+	movsx	ecx, byte ptr [ecx + edx - 1]
 	test	ecx, ecx
-	jns	segheap_LBB30_24
+	jns	segheap_LBB30_8
 	mov	ecx, dword ptr [ebp + 12]
-	movzx	ecx, word ptr [ecx + eax - 2]
+	movzx	ecx, word ptr [ecx + edx - 2]
 	and	ecx, 32767
-segheap_LBB30_24:
+segheap_LBB30_8:
 	dec	ecx
-	cmp	ecx, eax
-	jae	segheap_LBB30_26
-segheap_LBB30_25:
+	cmp	ecx, edx
+	jae	segheap_LBB30_10
+segheap_LBB30_9:
 	mov	eax, dword ptr [ebp + 16]
 	mov	dword ptr [eax], 3
 	mov	ecx, dword ptr [ebp + 12]
 	mov	dword ptr [eax + 12], ecx
 	mov	dword ptr [eax + 16], esi
-	mov	edi, 1
-	jmp	segheap_LBB30_26
+	mov	eax, 1
+segheap_LBB30_10:
+	add	esp, 12
+	pop	esi
+	pop	edi
+	pop	ebx
+	pop	ebp
+	ret
 	.p2align	4
 vs_chunk_ok:
 	push	ebp
@@ -7182,78 +7397,353 @@ segheap_LBB31_21:
 	mov	eax, 1
 	jmp	segheap_LBB31_9
 	.p2align	4
-lfh_owner:
-	push	ebp
-	mov	ebp, esp
-	push	ebx
-	push	esi
-	mov	edx, dword ptr [edx + 8]
-	lea	esi, [ecx + 1408]
-	xor	eax, eax
-	cmp	edx, esi
-	jb	segheap_LBB32_5
-	test	dl, 7
-	jne	segheap_LBB32_5
-	lea	esi, [edx + 56]
-	cmp	esi, dword ptr [ecx + 184]
-	ja	segheap_LBB32_5
-	movzx	ebx, byte ptr [edx + 1]
-	mov	esi, ebx
-	dec	bl
-	js	segheap_LBB32_5
-	mov	ecx, dword ptr [ecx + 4*esi + 832]
-	xor	eax, eax
-	test	cl, 1
-	cmovne	ecx, eax
-	cmp	ecx, edx
-	cmove	eax, edx
-segheap_LBB32_5:
-	pop	esi
-	pop	ebx
-	pop	ebp
-	ret
-	.p2align	4
-check_trailer:
+lfh_sub_ok:
 	push	ebp
 	mov	ebp, esp
 	push	ebx
 	push	edi
 	push	esi
-	movsx	ebx, byte ptr [edx - 1]
-	test	ebx, ebx
-	mov	esi, ebx
-	jns	segheap_LBB33_2
-	movzx	esi, word ptr [edx - 2]
-	and	esi, 32767
-segheap_LBB33_2:
-	sub	edx, ecx
-	lea	edi, [esi - 1]
+	mov	edi, edx
+	mov	edx, dword ptr [edx + 8]
+	lea	esi, [ecx + 1408]
 	xor	eax, eax
-	cmp	edi, edx
-	jae	segheap_LBB33_11
-	test	bl, bl
-	jns	segheap_LBB33_5
-	cmp	esi, 128
-	jb	segheap_LBB33_11
-segheap_LBB33_5:
-	shr	bl, 7
-	movzx	edi, bl
-	not	edi
-	lea	ebx, [edi + edx]
-	sub	edx, esi
-	cmp	edx, ebx
-	jae	segheap_LBB33_10
-	add	edi, esi
+	cmp	edx, esi
+	jae	segheap_LBB32_2
+segheap_LBB32_1:
+	pop	esi
+	pop	edi
+	pop	ebx
+	pop	ebp
+	ret
+segheap_LBB32_2:
+	test	dl, 7
+	jne	segheap_LBB32_1
+	lea	esi, [edx + 56]
+	cmp	esi, dword ptr [ecx + 184]
+	ja	segheap_LBB32_1
+	movzx	eax, byte ptr [edx + 1]
+	mov	esi, eax
+	mov	ebx, eax
+	dec	bl
+	mov	eax, 0
+	js	segheap_LBB32_1
+	mov	ebx, dword ptr [ecx + 4*esi + 832]
+	xor	eax, eax
+	test	bl, 1
+	cmovne	ebx, eax
+	cmp	ebx, edx
+	je	segheap_LBB32_7
+segheap_LBB32_6:
+	xor	eax, eax
+	jmp	segheap_LBB32_1
+segheap_LBB32_7:
+	mov	ebx, esi
+	movzx	esi, word ptr [edi + 18]
+	test	esi, esi
+	je	segheap_LBB32_6
+	mov	edx, edi
+	shr	edx, 12
+	xor	edx, dword ptr [edi + 24]
+	xor	edx, dword ptr [ecx + 148]
+	movzx	ecx, dx
+	cmp	bl, 64
+	mov	eax, 0
+	ja	segheap_LBB32_11
+	shl	ebx, 4
+	jmp	segheap_LBB32_18
+segheap_LBB32_11:
+	cmp	bl, 80
+	ja	segheap_LBB32_13
+	shl	ebx, 6
+	add	ebx, -3072
+	jmp	segheap_LBB32_18
+segheap_LBB32_13:
+	cmp	bl, 96
+	ja	segheap_LBB32_15
+	shl	ebx, 7
+	add	ebx, -8192
+	jmp	segheap_LBB32_18
+segheap_LBB32_15:
+	cmp	bl, 112
+	ja	segheap_LBB32_17
+	shl	ebx, 8
+	add	ebx, -20480
+	jmp	segheap_LBB32_18
+segheap_LBB32_17:
+	shl	ebx, 9
+	add	ebx, -49152
+segheap_LBB32_18:
+	cmp	ecx, ebx
+	jne	segheap_LBB32_1
+	shr	edx, 16
+	lea	edi, [esi + 31]
+	shr	edi, 5
+	lea	edi, [8*edi + 47]
+	and	edi, -16
+	cmp	edx, edi
+	jne	segheap_LBB32_1
+	imul	ecx, esi
 	add	ecx, edx
+	xor	eax, eax
+	cmp	ecx, dword ptr [ebp + 8]
+	setbe	al
+	jmp	segheap_LBB32_1
+	.p2align	4
+node_ok:
+	push	ebp
+	mov	ebp, esp
+	push	ebx
+	push	edi
+	push	esi
+	push	eax
+	mov	ebx, dword ptr [ebp + 8]
+	test	bl, 3
+	je	segheap_LBB33_3
+segheap_LBB33_1:
+	xor	eax, eax
+segheap_LBB33_2:
+	movzx	eax, al
+	add	esp, 4
+	pop	esi
+	pop	edi
+	pop	ebx
+	pop	ebp
+	ret
+segheap_LBB33_3:
+	cmp	edx, 1
+	je	segheap_LBB33_12
+	test	edx, edx
+	jne	segheap_LBB33_14
+	lea	eax, [ecx + 324]
+	mov	edx, dword ptr [ecx + 324]
+	cmp	edx, eax
+	je	segheap_LBB33_19
+	mov	eax, ebx
+	and	eax, -1048576
+	mov	dword ptr [ebp - 16], eax
+	mov	eax, dword ptr [ecx + 332]
+	xor	esi, esi
 segheap_LBB33_7:
-	cmp	byte ptr [ecx], -85
-	jne	segheap_LBB33_11
-	inc	ecx
-	dec	edi
+	cmp	esi, eax
+	ja	segheap_LBB33_19
+	mov	edi, edx
+	and	edi, 1048575
+	jne	segheap_LBB33_19
+	cmp	edx, dword ptr [ebp - 16]
+	je	segheap_LBB33_17
+	inc	esi
+	mov	edx, dword ptr [edx]
+	lea	edi, [ecx + 324]
+	cmp	edx, edi
 	jne	segheap_LBB33_7
-segheap_LBB33_10:
-	mov	eax, 1
-segheap_LBB33_11:
+segheap_LBB33_19:
+	xor	ecx, ecx
+	jmp	segheap_LBB33_20
+segheap_LBB33_12:
+	mov	edx, ebx
+	push	32
+	call	range_of_type
+	add	esp, 4
+	lea	esi, [ebx - 4]
+	test	eax, eax
+	sete	dl
+	mov	ecx, esi
+	and	ecx, 4
+	shr	ecx, 2
+	or	cl, dl
+	lea	edx, [eax + 24]
+	cmp	esi, edx
+	setb	dl
+	or	dl, cl
+	jne	segheap_LBB33_1
+	add	ebx, 12
+	movzx	ecx, word ptr [eax + 20]
+	lea	eax, [eax + 8*ecx]
+	cmp	ebx, eax
+	setbe	al
+	jmp	segheap_LBB33_2
+segheap_LBB33_14:
+	mov	edx, ebx
+	push	32
+	call	range_of_type
+	add	esp, 4
+	test	eax, eax
+	setne	al
+	jmp	segheap_LBB33_2
+segheap_LBB33_17:
+	mov	eax, ebx
+	shr	eax, 20
+	xor	eax, ecx
+	mov	edx, dword ptr [ebp - 16]
+	xor	eax, dword ptr [edx + 8]
+	xor	eax, dword ptr [ecx + 144]
+	xor	ecx, ecx
+	cmp	eax, -1561964883
+	cmove	ecx, edx
+segheap_LBB33_20:
+	sub	ebx, ecx
+	test	ecx, ecx
+	cmove	ebx, ecx
+	test	bl, 15
+	sete	cl
+	dec	ebx
+	cmp	ebx, 4095
+	setb	al
+	and	al, cl
+	jmp	segheap_LBB33_2
+	.p2align	4
+range_of_type:
+	push	ebp
+	mov	ebp, esp
+	push	ebx
+	push	edi
+	push	esi
+	sub	esp, 16
+	mov	eax, edx
+	lea	edx, [ecx + 324]
+	mov	edi, dword ptr [ecx + 324]
+	cmp	edi, edx
+	je	segheap_LBB34_37
+	mov	dword ptr [ebp - 24], eax
+	and	eax, -1048576
+	mov	dword ptr [ebp - 16], eax
+	mov	dword ptr [ebp - 20], ecx
+	mov	esi, dword ptr [ecx + 332]
+	xor	eax, eax
+segheap_LBB34_2:
+	cmp	eax, esi
+	ja	segheap_LBB34_37
+	mov	ebx, edi
+	and	ebx, 1048575
+	jne	segheap_LBB34_37
+	cmp	edi, dword ptr [ebp - 16]
+	je	segheap_LBB34_8
+	inc	eax
+	mov	edi, dword ptr [edi]
+	cmp	edi, edx
+	jne	segheap_LBB34_2
+	jmp	segheap_LBB34_37
+segheap_LBB34_8:
+	mov	esi, dword ptr [ebp - 24]
+	mov	eax, esi
+	shr	eax, 20
+	mov	ecx, dword ptr [ebp - 20]
+	xor	eax, ecx
+	mov	edx, dword ptr [ebp - 16]
+	xor	eax, dword ptr [edx + 8]
+	xor	eax, dword ptr [ecx + 144]
+	cmp	eax, -1561964883
+	jne	segheap_LBB34_37
+	test	esi, 1044480
+	je	segheap_LBB34_37
+	mov	eax, esi
+	shr	eax, 12
+	movzx	ecx, al
+	mov	esi, ecx
+	shl	esi, 4
+	add	esi, dword ptr [ebp - 16]
+	movzx	eax, byte ptr [esi + 12]
+	test	al, 8
+	jne	segheap_LBB34_18
+	movzx	eax, byte ptr [esi + 15]
+	test	eax, eax
+	je	segheap_LBB34_37
+	lea	edx, [ecx - 1]
+	cmp	edx, eax
+	jb	segheap_LBB34_37
+	mov	edi, ecx
+	sub	edi, eax
+	mov	esi, edi
+	shl	esi, 4
+	mov	eax, dword ptr [ebp - 16]
+	movzx	eax, byte ptr [eax + esi + 12]
+	test	al, 8
+	je	segheap_LBB34_37
+	cmp	edi, 255
+	ja	segheap_LBB34_37
+	add	esi, dword ptr [ebp - 16]
+	movzx	edx, byte ptr [esi + 15]
+	add	edx, edi
+	cmp	edx, ecx
+	ja	segheap_LBB34_19
+	jmp	segheap_LBB34_37
+segheap_LBB34_18:
+	mov	edi, ecx
+segheap_LBB34_19:
+	and	al, 37
+	movzx	ecx, byte ptr [ebp + 8]
+	or	cl, 4
+	cmp	al, cl
+	mov	ecx, 0
+	jne	segheap_LBB34_38
+	mov	edx, edi
+	shl	edx, 4
+	mov	eax, dword ptr [ebp - 16]
+	add	eax, edx
+	cmp	dword ptr [eax], -857879331
+	jne	segheap_LBB34_38
+	movzx	ecx, byte ptr [eax + 15]
+	test	ecx, ecx
+	je	segheap_LBB34_29
+	mov	esi, ecx
+	and	esi, 3
+	xor	ebx, ebx
+	cmp	cl, 4
+	mov	eax, 0
+	jb	segheap_LBB34_26
+	mov	dword ptr [ebp - 24], edi
+	mov	dword ptr [ebp - 20], ecx
+	and	ecx, -4
+	mov	eax, dword ptr [ebp - 16]
+	mov	dword ptr [ebp - 28], edx
+	lea	edi, [edx + eax + 60]
+	xor	ebx, ebx
+	xor	eax, eax
+segheap_LBB34_24:
+	movzx	edx, byte ptr [edi - 48]
+	shr	dl
+	and	dl, 1
+	bt	dword ptr [edi - 32], 1
+	adc	dl, bl
+	mov	dh, byte ptr [edi - 16]
+	shr	dh
+	and	dh, 1
+	bt	dword ptr [edi], 1
+	mov	bl, dh
+	adc	bl, dl
+	add	eax, 4
+	add	edi, 64
+	cmp	ecx, eax
+	jne	segheap_LBB34_24
+	test	esi, esi
+	mov	edi, dword ptr [ebp - 24]
+	mov	ecx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 28]
+	je	segheap_LBB34_28
+segheap_LBB34_26:
+	shl	eax, 4
+	add	edx, eax
+	mov	eax, dword ptr [ebp - 16]
+	lea	eax, [eax + edx + 12]
+segheap_LBB34_27:
+	bt	dword ptr [eax], 1
+	adc	bl, 0
+	add	eax, 16
+	dec	esi
+	jne	segheap_LBB34_27
+segheap_LBB34_28:
+	cmp	bl, cl
+	jne	segheap_LBB34_37
+segheap_LBB34_29:
+	shl	edi, 12
+	mov	ecx, dword ptr [ebp - 16]
+	add	ecx, edi
+	jmp	segheap_LBB34_38
+segheap_LBB34_37:
+	xor	ecx, ecx
+segheap_LBB34_38:
+	mov	eax, ecx
+	add	esp, 16
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -7272,7 +7762,7 @@ check_tree:
 	mov	dword ptr [ebp - 24], 0
 	mov	ebx, dword ptr [edx]
 	test	ebx, ebx
-	je	segheap_LBB34_31
+	je	segheap_LBB35_31
 	mov	dword ptr [ebp - 20], ecx
 	mov	edx, edi
 	push	ebx
@@ -7280,54 +7770,54 @@ check_tree:
 	add	esp, 4
 	mov	esi, -1
 	test	eax, eax
-	je	segheap_LBB34_37
+	je	segheap_LBB35_37
 	cmp	dword ptr [ebx + 8], 3
-	ja	segheap_LBB34_37
+	ja	segheap_LBB35_37
 	mov	dword ptr [ebp - 16], edi
 	xor	edi, edi
 	mov	esi, ebx
 	xor	ebx, ebx
 	mov	dword ptr [ebp - 28], esi
-segheap_LBB34_4:
+segheap_LBB35_4:
 	test	esi, esi
-	je	segheap_LBB34_9
+	je	segheap_LBB35_9
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 16]
 	push	esi
 	call	node_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB34_36
+	je	segheap_LBB35_36
 	cmp	edi, 65
-	jg	segheap_LBB34_36
+	jg	segheap_LBB35_36
 	inc	ebx
 	cmp	ebx, 16777216
-	ja	segheap_LBB34_36
+	ja	segheap_LBB35_36
 	mov	dword ptr [ebp + 4*edi - 292], esi
 	inc	edi
 	mov	esi, dword ptr [esi]
-	jmp	segheap_LBB34_4
-segheap_LBB34_9:
+	jmp	segheap_LBB35_4
+segheap_LBB35_9:
 	dec	edi
 	mov	eax, dword ptr [ebp + 4*edi - 292]
 	mov	esi, dword ptr [eax + 4]
 	test	esi, esi
-	je	segheap_LBB34_11
+	je	segheap_LBB35_11
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 16]
 	push	esi
 	call	node_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB34_36
-segheap_LBB34_11:
+	je	segheap_LBB35_36
+segheap_LBB35_11:
 	mov	eax, esi
 	or	eax, edi
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	mov	edx, dword ptr [ebp - 28]
 	test	byte ptr [edx + 8], 1
 	mov	esi, -1
-	jne	segheap_LBB34_37
+	jne	segheap_LBB35_37
 	lea	eax, [ebp - 24]
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edi, edx
@@ -7340,25 +7830,25 @@ segheap_LBB34_11:
 	call	rb_check
 	add	esp, 16
 	test	eax, eax
-	js	segheap_LBB34_37
+	js	segheap_LBB35_37
 	mov	edx, dword ptr [ebp + 8]
 	mov	eax, dword ptr [edx]
 	test	eax, eax
-	je	segheap_LBB34_31
+	je	segheap_LBB35_31
 	mov	edx, eax
-segheap_LBB34_16:
+segheap_LBB35_16:
 	mov	ecx, edx
 	mov	edx, dword ptr [edx]
 	test	edx, edx
-	jne	segheap_LBB34_16
+	jne	segheap_LBB35_16
 	xor	edx, edx
-segheap_LBB34_18:
+segheap_LBB35_18:
 	test	edx, edx
-	je	segheap_LBB34_25
+	je	segheap_LBB35_25
 	cmp	ebx, 1
-	je	segheap_LBB34_22
+	je	segheap_LBB35_22
 	test	ebx, ebx
-	jne	segheap_LBB34_23
+	jne	segheap_LBB35_23
 	movzx	edi, byte ptr [edx + 15]
 	shl	edi, 8
 	movzx	esi, byte ptr [edx + 13]
@@ -7369,8 +7859,8 @@ segheap_LBB34_18:
 	movzx	edi, byte ptr [ecx + 13]
 	xor	edi, 255
 	or	edi, ebx
-	jmp	segheap_LBB34_24
-segheap_LBB34_22:
+	jmp	segheap_LBB35_24
+segheap_LBB35_22:
 	lea	esi, [edx - 4]
 	xor	esi, dword ptr [edx - 4]
 	mov	edi, dword ptr [ebp - 20]
@@ -7383,13 +7873,13 @@ segheap_LBB34_22:
 	and	esi, 32767
 	shr	edi
 	and	edi, 32767
-	jmp	segheap_LBB34_24
-segheap_LBB34_23:
+	jmp	segheap_LBB35_24
+segheap_LBB35_23:
 	movzx	esi, word ptr [edx + 14]
 	shl	esi, 16
 	movzx	edi, word ptr [ecx + 14]
 	shl	edi, 16
-segheap_LBB34_24:
+segheap_LBB35_24:
 	xor	ebx, ebx
 	cmp	edx, ecx
 	setae	bl
@@ -7400,42 +7890,42 @@ segheap_LBB34_24:
 	test	dl, dl
 	mov	esi, -1
 	mov	ebx, dword ptr [ebp - 16]
-	jne	segheap_LBB34_37
-segheap_LBB34_25:
+	jne	segheap_LBB35_37
+segheap_LBB35_25:
 	mov	esi, dword ptr [ecx + 4]
 	test	esi, esi
 	mov	edx, ecx
-	je	segheap_LBB34_28
-segheap_LBB34_26:
+	je	segheap_LBB35_28
+segheap_LBB35_26:
 	mov	edi, esi
 	mov	esi, dword ptr [esi]
 	test	esi, esi
-	jne	segheap_LBB34_26
+	jne	segheap_LBB35_26
 	mov	edx, ecx
 	mov	ecx, edi
-	jmp	segheap_LBB34_18
-segheap_LBB34_28:
+	jmp	segheap_LBB35_18
+segheap_LBB35_28:
 	mov	esi, dword ptr [edx + 8]
 	and	esi, -4
-	je	segheap_LBB34_39
+	je	segheap_LBB35_39
 	cmp	dword ptr [esi + 4], edx
 	mov	edx, esi
-	je	segheap_LBB34_28
+	je	segheap_LBB35_28
 	mov	edx, ecx
 	mov	ecx, esi
-	jmp	segheap_LBB34_18
-segheap_LBB34_31:
+	jmp	segheap_LBB35_18
+segheap_LBB35_31:
 	mov	ecx, dword ptr [edx + 4]
 	xor	edx, edx
-segheap_LBB34_32:
+segheap_LBB35_32:
 	cmp	ecx, edx
 	mov	esi, -1
-	jne	segheap_LBB34_37
+	jne	segheap_LBB35_37
 	mov	esi, dword ptr [ebp - 24]
-	jmp	segheap_LBB34_37
-segheap_LBB34_36:
+	jmp	segheap_LBB35_37
+segheap_LBB35_36:
 	mov	esi, -1
-segheap_LBB34_37:
+segheap_LBB35_37:
 	mov	eax, esi
 	add	esp, 280
 	pop	esi
@@ -7443,105 +7933,15 @@ segheap_LBB34_37:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB34_39:
+segheap_LBB35_39:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	ecx, dword ptr [ecx + 4]
-segheap_LBB34_40:
+segheap_LBB35_40:
 	mov	edx, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB34_40
-	jmp	segheap_LBB34_32
-	.p2align	4
-range_of_type:
-	push	ebp
-	mov	ebp, esp
-	push	ebx
-	push	edi
-	push	esi
-	push	eax
-	lea	edi, [ecx + 324]
-	mov	ebx, dword ptr [ecx + 324]
-	xor	eax, eax
-	cmp	ebx, edi
-	je	segheap_LBB35_17
-	mov	dword ptr [ebp - 16], edx
-	and	edx, -1048576
-	mov	esi, dword ptr [ecx + 332]
-	mov	eax, -1
-segheap_LBB35_2:
-	inc	eax
-	cmp	eax, esi
-	ja	segheap_LBB35_16
-	cmp	ebx, edx
-	je	segheap_LBB35_5
-	mov	ebx, dword ptr [ebx]
-	cmp	ebx, edi
-	jne	segheap_LBB35_2
-	jmp	segheap_LBB35_16
-segheap_LBB35_5:
-	mov	ebx, dword ptr [ebp - 16]
-	mov	eax, ebx
-	shr	eax, 20
-	xor	eax, ecx
-	xor	eax, dword ptr [edx + 8]
-	xor	eax, dword ptr [ecx + 144]
-	cmp	eax, -1561964883
-	jne	segheap_LBB35_16
-	test	ebx, 1044480
-	je	segheap_LBB35_16
-	shr	ebx, 12
-	movzx	eax, bl
-	mov	ecx, eax
-	shl	ecx, 4
-	add	ecx, edx
-	movzx	ebx, byte ptr [ecx + 12]
-	test	bl, 8
-	jne	segheap_LBB35_8
-	movzx	esi, byte ptr [ecx + 15]
-	test	esi, esi
-	je	segheap_LBB35_16
-	lea	ecx, [eax - 1]
-	cmp	ecx, esi
-	jb	segheap_LBB35_16
-	mov	ecx, eax
-	sub	ecx, esi
-	mov	esi, ecx
-	shl	esi, 4
-	movzx	ebx, byte ptr [edx + esi + 12]
-	test	bl, 8
-	jne	segheap_LBB35_14
-segheap_LBB35_16:
-	xor	eax, eax
-segheap_LBB35_17:
-	add	esp, 4
-	pop	esi
-	pop	edi
-	pop	ebx
-	pop	ebp
-	ret
-segheap_LBB35_8:
-	mov	ecx, eax
-segheap_LBB35_9:
-	and	bl, 37
-	movzx	eax, byte ptr [ebp + 8]
-	or	al, 4
-	cmp	bl, al
-	mov	eax, 0
-	jne	segheap_LBB35_17
-	shl	ecx, 12
-	add	edx, ecx
-	mov	eax, edx
-	jmp	segheap_LBB35_17
-segheap_LBB35_14:
-	cmp	ecx, 255
-	ja	segheap_LBB35_16
-	add	esi, edx
-	movzx	esi, byte ptr [esi + 15]
-	add	esi, ecx
-	cmp	esi, eax
-	ja	segheap_LBB35_9
-	jmp	segheap_LBB35_16
+	jne	segheap_LBB35_40
+	jmp	segheap_LBB35_32
 	.p2align	4
 validate_lfh_buckets:
 	push	ebp
@@ -7549,308 +7949,139 @@ validate_lfh_buckets:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 52
-	mov	dword ptr [ebp - 48], edx
+	sub	esp, 32
+	mov	dword ptr [ebp - 28], edx
 	lea	esi, [ecx + 1408]
-	lea	eax, [ecx + 324]
-	mov	dword ptr [ebp - 24], eax
-	xor	ebx, ebx
+	mov	dword ptr [ebp - 20], 0
 	mov	edi, 1
-	mov	dword ptr [ebp - 20], ecx
-	mov	dword ptr [ebp - 56], esi
-	jmp	segheap_LBB36_2
+	mov	dword ptr [ebp - 32], ecx
+	mov	dword ptr [ebp - 36], esi
+	jmp	segheap_LBB36_3
 segheap_LBB36_1:
+	add	eax, edx
+	mov	dword ptr [ebp - 20], eax
+segheap_LBB36_2:
 	inc	edi
 	cmp	edi, 129
-	je	segheap_LBB36_62
-segheap_LBB36_2:
-	mov	eax, dword ptr [ebp - 20]
-	mov	edx, dword ptr [eax + 4*edi + 832]
+	je	segheap_LBB36_33
+segheap_LBB36_3:
+	mov	edx, dword ptr [ecx + 4*edi + 832]
 	test	edx, edx
 	sete	al
-	mov	ecx, edx
-	or	cl, al
-	test	cl, 1
-	jne	segheap_LBB36_1
-	xor	eax, eax
+	mov	ah, dl
+	or	ah, al
+	test	ah, 1
+	jne	segheap_LBB36_2
+	xor	ebx, ebx
 	cmp	esi, edx
-	ja	segheap_LBB36_63
+	ja	segheap_LBB36_34
 	test	dl, 6
-	jne	segheap_LBB36_63
-	mov	dword ptr [ebp - 64], ebx
-	lea	ecx, [edx + 56]
-	mov	ebx, dword ptr [ebp - 20]
-	cmp	ecx, dword ptr [ebx + 184]
-	ja	segheap_LBB36_63
-	movzx	ecx, byte ptr [edx + 1]
-	cmp	edi, ecx
-	jne	segheap_LBB36_63
-	mov	dword ptr [ebp - 60], edi
+	jne	segheap_LBB36_34
+	lea	eax, [edx + 56]
+	cmp	eax, dword ptr [ecx + 184]
+	ja	segheap_LBB36_34
+	movzx	eax, byte ptr [edx + 1]
+	cmp	edi, eax
+	jne	segheap_LBB36_34
 	cmp	byte ptr [edx], 1
-	jne	segheap_LBB36_63
+	jne	segheap_LBB36_34
+	mov	dword ptr [ebp - 40], edi
 	lea	eax, [edx + 12]
-	mov	esi, dword ptr [edx + 12]
-	mov	dword ptr [ebp - 40], 0
-	mov	dword ptr [ebp - 36], eax
-	cmp	esi, eax
-	mov	dword ptr [ebp - 28], 0
-	mov	dword ptr [ebp - 44], 0
-	mov	dword ptr [ebp - 52], edx
-	je	segheap_LBB36_33
-	mov	eax, dword ptr [ebp - 24]
-	mov	edi, dword ptr [eax]
-	mov	dword ptr [ebp - 44], 0
-	mov	dword ptr [ebp - 28], 0
-segheap_LBB36_10:
-	cmp	edi, dword ptr [ebp - 24]
-	mov	edx, 0
-	je	segheap_LBB36_28
-	mov	eax, esi
-	and	eax, -1048576
-	mov	ecx, dword ptr [ebp - 20]
-	mov	edx, dword ptr [ecx + 332]
-	mov	ebx, -1
-	mov	ecx, edi
-segheap_LBB36_12:
-	inc	ebx
-	cmp	ebx, edx
-	ja	segheap_LBB36_16
-	cmp	ecx, eax
-	je	segheap_LBB36_17
-	mov	ecx, dword ptr [ecx]
-	cmp	ecx, dword ptr [ebp - 24]
-	jne	segheap_LBB36_12
-segheap_LBB36_16:
-	xor	edx, edx
-segheap_LBB36_28:
-	xor	eax, eax
-	cmp	edx, esi
-	jne	segheap_LBB36_63
-	mov	edx, dword ptr [ebp - 52]
-	cmp	dword ptr [esi + 8], edx
-	jne	segheap_LBB36_63
-	cmp	byte ptr [esi + 22], 0
-	jne	segheap_LBB36_63
-	mov	ebx, dword ptr [ebp - 28]
-	inc	ebx
-	mov	ecx, dword ptr [ebp - 48]
-	mov	dword ptr [ebp - 28], ebx
-	cmp	ebx, dword ptr [ecx + 36]
-	ja	segheap_LBB36_63
-	movzx	eax, word ptr [esi + 18]
-	add	dword ptr [ebp - 44], eax
-	mov	esi, dword ptr [esi]
-	cmp	esi, dword ptr [ebp - 36]
-	jne	segheap_LBB36_10
-	jmp	segheap_LBB36_33
-segheap_LBB36_17:
-	mov	ecx, esi
-	shr	ecx, 20
-	xor	ecx, dword ptr [eax + 8]
-	mov	edx, dword ptr [ebp - 20]
-	xor	ecx, dword ptr [edx + 144]
-	xor	ecx, edx
-	cmp	ecx, -1561964883
-	mov	edx, 0
-	jne	segheap_LBB36_28
-	test	esi, 1044480
-	je	segheap_LBB36_28
-	mov	ecx, esi
-	shr	ecx, 12
-	movzx	ebx, cl
-	mov	ecx, ebx
-	shl	ecx, 4
-	add	ecx, eax
-	movzx	edx, byte ptr [ecx + 12]
-	test	dl, 8
-	jne	segheap_LBB36_25
-	movzx	ecx, byte ptr [ecx + 15]
-	test	ecx, ecx
-	mov	edx, 0
-	je	segheap_LBB36_28
-	lea	edx, [ebx - 1]
-	cmp	edx, ecx
-	mov	edx, 0
-	jb	segheap_LBB36_28
-	mov	edx, ebx
-	sub	edx, ecx
 	mov	dword ptr [ebp - 16], edx
-	mov	ecx, edx
-	shl	ecx, 4
-	movzx	edx, byte ptr [eax + ecx + 12]
-	mov	byte ptr [ebp - 32], dl
-	test	dl, 8
-	mov	edx, 0
-	je	segheap_LBB36_28
-	cmp	dword ptr [ebp - 16], 255
-	ja	segheap_LBB36_28
-	add	ecx, eax
-	movzx	ecx, byte ptr [ecx + 15]
-	add	ecx, dword ptr [ebp - 16]
-	cmp	ecx, ebx
-	ja	segheap_LBB36_26
-	jmp	segheap_LBB36_28
-segheap_LBB36_25:
-	mov	byte ptr [ebp - 32], dl
-	mov	dword ptr [ebp - 16], ebx
-segheap_LBB36_26:
-	movzx	ecx, byte ptr [ebp - 32]
-	and	cl, 37
-	cmp	cl, 5
-	mov	edx, 0
-	jne	segheap_LBB36_28
-	mov	ecx, dword ptr [ebp - 16]
-	shl	ecx, 12
-	add	eax, ecx
-	mov	edx, eax
-	jmp	segheap_LBB36_28
-segheap_LBB36_33:
-	lea	eax, [edx + 20]
-	mov	ebx, dword ptr [edx + 20]
-	mov	dword ptr [ebp - 32], eax
+	mov	ebx, dword ptr [edx + 12]
+	mov	dword ptr [ebp - 24], eax
 	cmp	ebx, eax
-	je	segheap_LBB36_57
-	mov	eax, dword ptr [ebp - 24]
-	mov	eax, dword ptr [eax]
-	mov	dword ptr [ebp - 36], eax
-	mov	dword ptr [ebp - 40], 0
-segheap_LBB36_35:
-	mov	eax, dword ptr [ebp - 36]
-	cmp	eax, dword ptr [ebp - 24]
-	mov	edx, 0
-	je	segheap_LBB36_41
-	mov	esi, ebx
-	mov	eax, ebx
-	and	eax, -1048576
-	mov	ecx, dword ptr [ebp - 20]
-	mov	edx, dword ptr [ecx + 332]
-	mov	ebx, -1
-	mov	ecx, dword ptr [ebp - 36]
-segheap_LBB36_37:
-	inc	ebx
-	cmp	ebx, edx
-	ja	segheap_LBB36_40
-	cmp	ecx, eax
-	je	segheap_LBB36_46
-	mov	ecx, dword ptr [ecx]
-	cmp	ecx, dword ptr [ebp - 24]
-	jne	segheap_LBB36_37
-segheap_LBB36_40:
+	mov	edi, 0
+	mov	esi, 0
+	je	segheap_LBB36_16
+	xor	esi, esi
+	xor	edi, edi
+segheap_LBB36_11:
+	mov	ecx, dword ptr [ebp - 32]
+	mov	edx, ebx
+	push	1
+	call	range_of_type
+	add	esp, 4
+	cmp	eax, ebx
+	jne	segheap_LBB36_25
+	mov	eax, dword ptr [ebp - 16]
+	cmp	dword ptr [ebx + 8], eax
+	jne	segheap_LBB36_25
+	cmp	byte ptr [ebx + 22], 0
+	jne	segheap_LBB36_25
+	inc	edi
+	mov	eax, dword ptr [ebp - 28]
+	cmp	edi, dword ptr [eax + 36]
+	ja	segheap_LBB36_25
+	movzx	eax, word ptr [ebx + 18]
+	add	esi, eax
+	mov	ebx, dword ptr [ebx]
+	cmp	ebx, dword ptr [ebp - 24]
+	jne	segheap_LBB36_11
+segheap_LBB36_16:
+	mov	eax, dword ptr [ebp - 16]
+	lea	ecx, [eax + 20]
+	mov	ebx, dword ptr [eax + 20]
+	mov	dword ptr [ebp - 44], ecx
 	xor	edx, edx
-	mov	ebx, esi
-segheap_LBB36_41:
-	xor	eax, eax
-	cmp	edx, ebx
-	jne	segheap_LBB36_63
-	mov	edx, dword ptr [ebp - 52]
-	cmp	dword ptr [ebx + 8], edx
-	jne	segheap_LBB36_63
+	cmp	ebx, ecx
+	je	segheap_LBB36_22
+segheap_LBB36_17:
+	mov	dword ptr [ebp - 24], edx
+	mov	ecx, dword ptr [ebp - 32]
+	mov	edx, ebx
+	push	1
+	call	range_of_type
+	add	esp, 4
+	cmp	eax, ebx
+	jne	segheap_LBB36_25
+	mov	eax, dword ptr [ebp - 16]
+	cmp	dword ptr [ebx + 8], eax
+	jne	segheap_LBB36_25
 	cmp	byte ptr [ebx + 22], 1
-	jne	segheap_LBB36_63
-	mov	edi, ebx
-	mov	ebx, dword ptr [ebp - 40]
-	inc	ebx
-	mov	ecx, dword ptr [ebp - 48]
-	mov	dword ptr [ebp - 40], ebx
-	cmp	ebx, dword ptr [ecx + 36]
-	ja	segheap_LBB36_63
-	movzx	eax, word ptr [edi + 18]
-	add	dword ptr [ebp - 44], eax
-	mov	ebx, dword ptr [edi]
-	cmp	ebx, dword ptr [ebp - 32]
-	mov	esi, dword ptr [ebp - 28]
-	jne	segheap_LBB36_35
-	jmp	segheap_LBB36_58
-segheap_LBB36_46:
-	mov	ebx, esi
-	mov	ecx, esi
-	shr	ecx, 20
-	xor	ecx, dword ptr [eax + 8]
-	mov	edx, dword ptr [ebp - 20]
-	xor	ecx, dword ptr [edx + 144]
-	xor	ecx, edx
-	cmp	ecx, -1561964883
-	mov	edx, 0
-	jne	segheap_LBB36_41
-	test	ebx, 1044480
-	je	segheap_LBB36_41
-	mov	ecx, ebx
-	shr	ecx, 12
-	movzx	esi, cl
-	mov	ecx, esi
-	shl	ecx, 4
-	add	ecx, eax
-	movzx	edx, byte ptr [ecx + 12]
-	test	dl, 8
-	jne	segheap_LBB36_54
-	movzx	ecx, byte ptr [ecx + 15]
-	test	ecx, ecx
-	mov	edx, 0
-	je	segheap_LBB36_41
-	lea	edx, [esi - 1]
-	cmp	edx, ecx
-	mov	edx, 0
-	jb	segheap_LBB36_41
-	mov	edi, esi
-	sub	edi, ecx
-	mov	ecx, edi
-	shl	ecx, 4
-	movzx	edx, byte ptr [eax + ecx + 12]
-	mov	byte ptr [ebp - 16], dl
-	test	dl, 8
-	mov	edx, 0
-	je	segheap_LBB36_41
-	cmp	edi, 255
-	ja	segheap_LBB36_41
-	add	ecx, eax
-	movzx	ecx, byte ptr [ecx + 15]
-	add	ecx, edi
-	cmp	ecx, esi
-	ja	segheap_LBB36_55
-	jmp	segheap_LBB36_41
-segheap_LBB36_54:
-	mov	byte ptr [ebp - 16], dl
-	mov	edi, esi
-segheap_LBB36_55:
-	movzx	ecx, byte ptr [ebp - 16]
-	and	cl, 37
-	cmp	cl, 5
-	mov	edx, 0
-	jne	segheap_LBB36_41
-	shl	edi, 12
-	add	eax, edi
-	mov	edx, eax
-	jmp	segheap_LBB36_41
-segheap_LBB36_57:
-	mov	esi, dword ptr [ebp - 28]
-segheap_LBB36_58:
-	xor	eax, eax
-	cmp	esi, dword ptr [edx + 4]
-	jne	segheap_LBB36_63
-	mov	ecx, dword ptr [ebp - 40]
-	add	ecx, esi
-	cmp	ecx, dword ptr [edx + 32]
-	jne	segheap_LBB36_63
-	mov	esi, dword ptr [ebp - 44]
-	cmp	esi, dword ptr [edx + 28]
-	jne	segheap_LBB36_63
-	mov	ebx, dword ptr [ebp - 64]
-	add	ebx, ecx
-	mov	esi, dword ptr [ebp - 56]
-	mov	edi, dword ptr [ebp - 60]
-	jmp	segheap_LBB36_1
-segheap_LBB36_62:
-	xor	eax, eax
-	mov	ecx, dword ptr [ebp - 48]
-	cmp	ebx, dword ptr [ecx + 36]
-	sete	al
-segheap_LBB36_63:
-	add	esp, 52
+	jne	segheap_LBB36_25
+	mov	edx, dword ptr [ebp - 24]
+	inc	edx
+	mov	eax, dword ptr [ebp - 28]
+	cmp	edx, dword ptr [eax + 36]
+	ja	segheap_LBB36_25
+	movzx	eax, word ptr [ebx + 18]
+	add	esi, eax
+	mov	ebx, dword ptr [ebx]
+	cmp	ebx, dword ptr [ebp - 44]
+	jne	segheap_LBB36_17
+segheap_LBB36_22:
+	xor	ebx, ebx
+	mov	eax, dword ptr [ebp - 16]
+	cmp	edi, dword ptr [eax + 4]
+	jne	segheap_LBB36_34
+	add	edx, edi
+	cmp	edx, dword ptr [eax + 32]
+	jne	segheap_LBB36_34
+	cmp	esi, dword ptr [eax + 28]
+	mov	eax, dword ptr [ebp - 20]
+	mov	ecx, dword ptr [ebp - 32]
+	mov	esi, dword ptr [ebp - 36]
+	mov	edi, dword ptr [ebp - 40]
+	je	segheap_LBB36_1
+	jmp	segheap_LBB36_34
+segheap_LBB36_25:
+	xor	ebx, ebx
+segheap_LBB36_34:
+	mov	eax, ebx
+	add	esp, 32
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
+segheap_LBB36_33:
+	xor	ebx, ebx
+	mov	eax, dword ptr [ebp - 28]
+	mov	ecx, dword ptr [ebp - 20]
+	cmp	ecx, dword ptr [eax + 36]
+	sete	bl
+	jmp	segheap_LBB36_34
 	.p2align	4
 validate_large:
 	push	ebp
@@ -7976,468 +8207,303 @@ validate_lfh_subsegment:
 	push	edi
 	push	esi
 	sub	esp, 48
-	mov	eax, dword ptr [edx + 8]
-	lea	esi, [ecx + 1408]
-	xor	edi, edi
-	cmp	eax, esi
-	jae	segheap_LBB38_1
-segheap_LBB38_40:
-	mov	eax, edi
+	mov	esi, edx
+	mov	edi, ecx
+	mov	ecx, dword ptr [edx + 8]
+	lea	eax, [edi + 1408]
+	mov	dword ptr [ebp - 16], 0
+	cmp	ecx, eax
+	mov	eax, dword ptr [ebp + 8]
+	mov	ebx, 0
+	jb	segheap_LBB38_5
+	test	cl, 7
+	jne	segheap_LBB38_5
+	lea	edx, [ecx + 56]
+	cmp	edx, dword ptr [edi + 184]
+	ja	segheap_LBB38_5
+	movzx	edx, byte ptr [ecx + 1]
+	mov	ebx, edx
+	dec	bl
+	mov	ebx, 0
+	js	segheap_LBB38_5
+	mov	edx, dword ptr [edi + 4*edx + 832]
+	xor	ebx, ebx
+	test	dl, 1
+	cmovne	edx, ebx
+	cmp	edx, ecx
+	cmove	ebx, ecx
+segheap_LBB38_5:
+	mov	ecx, edi
+	mov	edx, esi
+	push	eax
+	call	lfh_sub_ok
+	add	esp, 4
+	test	eax, eax
+	je	segheap_LBB38_38
+	movzx	ecx, word ptr [esi + 16]
+	movzx	edx, word ptr [esi + 18]
+	cmp	cx, dx
+	ja	segheap_LBB38_38
+	test	ecx, ecx
+	sete	al
+	cmp	byte ptr [esi + 22], al
+	jne	segheap_LBB38_38
+	mov	dword ptr [ebp - 56], ecx
+	mov	dword ptr [ebp - 52], ebx
+	movzx	eax, word ptr [esi + 20]
+	mov	dword ptr [ebp - 36], edx
+	mov	dword ptr [ebp - 60], eax
+	cmp	ax, dx
+	jbe	segheap_LBB38_9
+segheap_LBB38_38:
+	mov	eax, dword ptr [ebp - 16]
 	add	esp, 48
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB38_1:
-	test	al, 7
-	jne	segheap_LBB38_40
-	lea	esi, [eax + 56]
-	cmp	esi, dword ptr [ecx + 184]
-	ja	segheap_LBB38_40
-	mov	dword ptr [ebp - 16], edx
-	movzx	edx, byte ptr [eax + 1]
-	mov	ebx, edx
-	dec	bl
-	js	segheap_LBB38_40
-	mov	ebx, dword ptr [ecx + 4*edx + 832]
-	xor	edi, edi
-	test	bl, 1
-	cmovne	ebx, edi
-	cmp	ebx, eax
-	jne	segheap_LBB38_40
-	mov	esi, edx
-	mov	eax, dword ptr [ebp - 16]
-	movzx	edx, word ptr [eax + 18]
-	test	edx, edx
-	je	segheap_LBB38_40
-	movzx	ebx, word ptr [eax + 16]
-	cmp	bx, dx
-	ja	segheap_LBB38_40
-	mov	dword ptr [ebp - 48], ebx
-	mov	ebx, eax
-	shr	ebx, 12
-	xor	ebx, dword ptr [eax + 24]
-	mov	ecx, dword ptr [ecx + 148]
-	mov	dword ptr [ebp - 60], ecx
-	xor	ebx, ecx
-	movzx	ecx, bx
-	mov	dword ptr [ebp - 40], ecx
-	mov	ecx, esi
-	cmp	cl, 64
-	ja	segheap_LBB38_9
-	shl	ecx, 4
-	jmp	segheap_LBB38_16
 segheap_LBB38_9:
-	cmp	cl, 80
-	ja	segheap_LBB38_11
-	shl	ecx, 6
-	add	ecx, -3072
-	jmp	segheap_LBB38_16
-segheap_LBB38_11:
-	cmp	cl, 96
-	ja	segheap_LBB38_13
-	shl	ecx, 7
-	add	ecx, -8192
-	jmp	segheap_LBB38_16
-segheap_LBB38_13:
-	cmp	cl, 112
-	ja	segheap_LBB38_15
-	shl	ecx, 8
-	add	ecx, -20480
-	jmp	segheap_LBB38_16
-segheap_LBB38_15:
-	shl	ecx, 9
-	add	ecx, -49152
-segheap_LBB38_16:
-	cmp	dword ptr [ebp - 40], ecx
-	jne	segheap_LBB38_40
-	shr	ebx, 16
-	lea	ecx, [edx + 31]
-	shr	ecx, 5
-	mov	dword ptr [ebp - 20], ecx
-	lea	ecx, [8*ecx + 47]
-	and	ecx, -16
-	cmp	ebx, ecx
-	jne	segheap_LBB38_40
-	mov	ecx, dword ptr [ebp - 40]
-	imul	ecx, edx
-	add	ecx, ebx
-	cmp	ecx, dword ptr [ebp + 8]
-	ja	segheap_LBB38_40
-	mov	ecx, dword ptr [ebp - 48]
-	test	ecx, ecx
-	sete	cl
-	cmp	byte ptr [eax + 22], cl
-	jne	segheap_LBB38_40
-	mov	dword ptr [ebp - 28], ebx
-	movzx	ecx, word ptr [eax + 20]
-	mov	dword ptr [ebp - 56], ecx
-	cmp	cx, dx
-	ja	segheap_LBB38_40
-	lea	eax, [edx + edx]
-	mov	dword ptr [ebp - 32], eax
-	xor	edi, edi
-	mov	dword ptr [ebp - 44], edx
-	mov	eax, edx
-	xor	edx, edx
-segheap_LBB38_22:
+	mov	eax, dword ptr [edi + 148]
+	mov	dword ptr [ebp - 44], eax
+	mov	eax, esi
+	shr	eax, 12
+	xor	eax, dword ptr [esi + 24]
+	mov	dword ptr [ebp - 48], eax
+	mov	eax, dword ptr [ebp - 36]
+	lea	ebx, [eax + 31]
+	shr	ebx, 5
+	mov	dword ptr [ebp - 28], esi
+	mov	dword ptr [ebp - 32], edi
+	je	segheap_LBB38_14
+	lea	eax, [esi + 32]
+	mov	edx, dword ptr [ebp - 36]
+	lea	ecx, [edx + edx]
 	mov	dword ptr [ebp - 24], edx
+segheap_LBB38_11:
+	mov	dword ptr [ebp - 20], ebx
 	mov	edx, -1
-	mov	ecx, dword ptr [ebp - 32]
 	shl	edx, cl
-	test	cl, 32
-	mov	ecx, -1
-	cmovne	ecx, edx
-	mov	esi, dword ptr [ebp - 16]
-	mov	ebx, dword ptr [ebp - 24]
-	mov	esi, dword ptr [esi + 8*ebx + 32]
-	cmovne	edx, edi
-	sub	eax, 32
-	mov	dword ptr [ebp - 36], eax
-	cmovae	edx, edi
-	cmovae	ecx, edi
-	mov	ebx, dword ptr [ebp - 16]
-	mov	eax, dword ptr [ebp - 24]
-	mov	ebx, dword ptr [ebx + 8*eax + 36]
-	and	ecx, ebx
+	mov	ebx, ecx
+	test	bl, 32
+	mov	edi, -1
+	cmovne	edi, edx
+	mov	esi, dword ptr [eax]
+	mov	ebx, 0
+	cmovne	edx, ebx
+	sub	dword ptr [ebp - 24], 32
+	cmovae	edx, ebx
+	mov	dword ptr [ebp - 16], 0
+	cmovae	edi, ebx
+	mov	ebx, dword ptr [eax + 4]
+	and	edi, ebx
 	and	edx, esi
-	or	edx, ecx
-	jne	segheap_LBB38_40
-	mov	ecx, ebx
-	shld	ecx, esi, 31
+	or	edx, edi
+	jne	segheap_LBB38_38
+	mov	dword ptr [ebp - 40], eax
 	mov	edx, ebx
-	shr	edx
+	shld	edx, esi, 31
+	mov	edi, ebx
+	shr	edi
 	not	esi
 	not	ebx
 	mov	eax, 1431655765
 	and	ebx, eax
-	and	ebx, edx
+	and	ebx, edi
 	and	esi, eax
-	and	esi, ecx
+	and	esi, edx
 	or	esi, ebx
-	jne	segheap_LBB38_40
-	mov	edx, dword ptr [ebp - 24]
-	inc	edx
-	add	dword ptr [ebp - 32], -64
-	cmp	dword ptr [ebp - 20], edx
-	mov	eax, dword ptr [ebp - 36]
-	jne	segheap_LBB38_22
+	mov	esi, dword ptr [ebp - 28]
+	mov	edi, dword ptr [ebp - 32]
+	jne	segheap_LBB38_38
 	mov	eax, dword ptr [ebp - 40]
-	mov	ecx, dword ptr [ebp - 16]
-	add	eax, ecx
-	mov	dword ptr [ebp - 52], eax
-	mov	ebx, dword ptr [ebp - 16]
+	add	eax, 8
+	add	ecx, -64
+	mov	ebx, dword ptr [ebp - 20]
+	dec	ebx
+	jne	segheap_LBB38_11
+segheap_LBB38_14:
+	cmp	dword ptr [ebp - 36], 0
+	mov	dword ptr [ebp - 24], 0
+	je	segheap_LBB38_21
+	mov	ebx, dword ptr [ebp - 48]
+	xor	ebx, dword ptr [ebp - 44]
+	movzx	ecx, bx
+	shr	ebx, 16
+	lea	eax, [esi + ebx]
+	mov	dword ptr [ebp - 40], eax
+	add	ebx, ecx
+	add	ebx, esi
 	xor	edx, edx
-	xor	eax, eax
-	mov	dword ptr [ebp - 36], 0
+	mov	dword ptr [ebp - 24], 0
+	mov	dword ptr [ebp - 20], ecx
+	jmp	segheap_LBB38_16
+segheap_LBB38_24:
 	mov	esi, dword ptr [ebp - 28]
-	jmp	segheap_LBB38_26
-segheap_LBB38_37:
-	mov	ecx, dword ptr [ebp - 44]
-	mov	edx, dword ptr [ebp - 20]
-	mov	eax, esi
-segheap_LBB38_30:
-	inc	eax
-	add	edx, 2
-	mov	esi, dword ptr [ebp - 28]
-	add	esi, dword ptr [ebp - 40]
-	cmp	ecx, eax
-	je	segheap_LBB38_31
-segheap_LBB38_26:
-	mov	dword ptr [ebp - 20], edx
-	mov	dword ptr [ebp - 32], eax
-	mov	ecx, eax
-	shr	ecx, 5
-	mov	edi, ebx
-	mov	eax, dword ptr [ebx + 8*ecx + 32]
-	mov	ecx, dword ptr [ebx + 8*ecx + 36]
-	mov	dword ptr [ebp - 24], ecx
+	mov	edi, dword ptr [ebp - 32]
+segheap_LBB38_20:
+	inc	edx
+	add	ebx, ecx
+	cmp	edx, dword ptr [ebp - 36]
+	je	segheap_LBB38_21
+segheap_LBB38_16:
 	mov	ecx, edx
-	and	cl, 30
-	mov	edx, dword ptr [ebp - 24]
-	shr	edx, cl
-	mov	ebx, dword ptr [ebp - 24]
-	shrd	eax, ebx, cl
-	test	byte ptr [ebp - 20], 32
-	cmovne	eax, edx
-	mov	dword ptr [ebp - 28], esi
-	mov	ebx, edi
-	lea	ecx, [edi + esi]
+	shr	ecx, 5
+	mov	eax, dword ptr [esi + 8*ecx + 32]
+	mov	esi, dword ptr [esi + 8*ecx + 36]
+	lea	ecx, [edx + edx]
+	mov	edi, esi
+	shr	edi, cl
+	shrd	eax, esi, cl
+	test	cl, 32
+	mov	ecx, dword ptr [ebp - 20]
+	cmovne	eax, edi
+	mov	esi, edx
+	imul	esi, ecx
+	add	esi, dword ptr [ebp - 40]
 	test	al, 1
-	jne	segheap_LBB38_36
-	xor	edi, edi
-	mov	eax, dword ptr [ebp - 32]
-	cmp	eax, dword ptr [ebp - 56]
-	jb	segheap_LBB38_40
-	xor	ecx, dword ptr [ebp - 60]
-	mov	edx, dword ptr [ebp - 28]
-	cmp	dword ptr [ebx + edx], ecx
-	mov	ecx, dword ptr [ebp - 44]
-	jne	segheap_LBB38_40
-	inc	dword ptr [ebp - 36]
-	mov	edx, dword ptr [ebp - 20]
-	jmp	segheap_LBB38_30
-segheap_LBB38_36:
-	mov	esi, dword ptr [ebp - 32]
+	jne	segheap_LBB38_23
+	mov	dword ptr [ebp - 16], 0
+	cmp	edx, dword ptr [ebp - 60]
+	mov	edi, dword ptr [ebp - 32]
+	jb	segheap_LBB38_38
+	mov	eax, dword ptr [ebp - 44]
+	xor	eax, esi
+	cmp	dword ptr [esi], eax
+	mov	esi, dword ptr [ebp - 28]
+	jne	segheap_LBB38_38
+	inc	dword ptr [ebp - 24]
+	jmp	segheap_LBB38_20
+segheap_LBB38_23:
 	test	al, 2
-	je	segheap_LBB38_37
-	mov	eax, dword ptr [ebp - 28]
-	mov	edx, dword ptr [ebp - 52]
-	add	edx, eax
-	call	check_trailer
-	mov	ebx, dword ptr [ebp - 16]
-	test	eax, eax
-	mov	ecx, dword ptr [ebp - 44]
-	mov	edx, dword ptr [ebp - 20]
-	mov	eax, esi
-	jne	segheap_LBB38_30
-	xor	edi, edi
-	jmp	segheap_LBB38_40
-segheap_LBB38_31:
-	xor	edi, edi
-	mov	eax, dword ptr [ebp - 36]
-	cmp	eax, dword ptr [ebp - 48]
-	jne	segheap_LBB38_40
-	mov	ecx, dword ptr [ebp - 16]
-	mov	ecx, dword ptr [ecx]
+	je	segheap_LBB38_24
+	mov	edi, ecx
+	movsx	ecx, byte ptr [esi + ecx - 1]
 	test	ecx, ecx
-	je	segheap_LBB38_40
-	mov	edx, dword ptr [ebp - 16]
-	cmp	dword ptr [ecx + 4], edx
-	jne	segheap_LBB38_40
-	mov	ecx, dword ptr [ebp - 16]
-	mov	edx, dword ptr [ecx + 4]
-	cmp	dword ptr [edx], ecx
-	jne	segheap_LBB38_40
+	mov	eax, ecx
+	jns	segheap_LBB38_27
+	movzx	eax, word ptr [esi + edi - 2]
+	and	eax, 32767
+segheap_LBB38_27:
+	lea	esi, [eax - 1]
+	mov	dword ptr [ebp - 16], 0
+	cmp	esi, edi
+	jae	segheap_LBB38_38
+	test	cl, cl
+	jns	segheap_LBB38_30
+	cmp	eax, 128
+	jb	segheap_LBB38_38
+segheap_LBB38_30:
+	shr	cl, 7
+	movzx	ecx, cl
+	not	ecx
+	mov	edi, dword ptr [ebp - 20]
+	mov	esi, edi
+	sub	esi, eax
+	add	edi, ecx
+	cmp	esi, edi
+	jae	segheap_LBB38_31
+	add	ecx, eax
+	mov	esi, ebx
+	sub	esi, eax
+	mov	edi, dword ptr [ebp - 32]
+segheap_LBB38_35:
+	cmp	byte ptr [esi], -85
+	jne	segheap_LBB38_38
+	inc	esi
+	dec	ecx
+	jne	segheap_LBB38_35
+	mov	esi, dword ptr [ebp - 28]
+	mov	ecx, dword ptr [ebp - 20]
+	jmp	segheap_LBB38_20
+segheap_LBB38_31:
+	mov	esi, dword ptr [ebp - 28]
+	mov	edi, dword ptr [ebp - 32]
+	mov	ecx, dword ptr [ebp - 20]
+	jmp	segheap_LBB38_20
+segheap_LBB38_21:
+	mov	eax, dword ptr [ebp - 24]
+	cmp	eax, dword ptr [ebp - 56]
+	jne	segheap_LBB38_22
+	mov	ebx, dword ptr [ebp - 52]
+	lea	eax, [ebx + 12]
+	add	ebx, 20
+	mov	ecx, edi
+	mov	edx, esi
+	push	1
+	push	ebx
+	push	eax
+	call	subsegment_links_ok
+	add	esp, 12
+	test	eax, eax
+	mov	dword ptr [ebp - 16], 0
+	je	segheap_LBB38_38
 	mov	eax, dword ptr [ebp + 12]
 	inc	dword ptr [eax + 36]
-	mov	edi, 1
-	jmp	segheap_LBB38_40
+	mov	dword ptr [ebp - 16], 1
+	jmp	segheap_LBB38_38
+segheap_LBB38_22:
+	mov	dword ptr [ebp - 16], 0
+	jmp	segheap_LBB38_38
 	.p2align	4
-node_ok:
+subsegment_links_ok:
 	push	ebp
 	mov	ebp, esp
 	push	ebx
 	push	edi
 	push	esi
 	push	eax
-	mov	ebx, dword ptr [ebp + 8]
-	test	bl, 3
-	je	segheap_LBB39_3
-segheap_LBB39_1:
-	xor	edx, edx
-segheap_LBB39_2:
-	movzx	eax, dl
+	mov	esi, edx
+	movzx	eax, byte ptr [ebp + 16]
+	mov	edx, dword ptr [ebp + 8]
+	mov	edi, dword ptr [esi]
+	cmp	edi, edx
+	mov	ebx, dword ptr [esi + 4]
+	je	segheap_LBB39_4
+	cmp	edi, dword ptr [ebp + 12]
+	je	segheap_LBB39_4
+	movzx	eax, byte ptr [ebp + 16]
+	mov	dword ptr [ebp - 16], ebx
+	mov	ebx, ecx
+	mov	edx, edi
+	push	eax
+	call	range_of_type
+	mov	edx, dword ptr [ebp + 8]
+	mov	ecx, ebx
+	mov	ebx, dword ptr [ebp - 16]
+	add	esp, 4
+	cmp	eax, edi
+	movzx	eax, byte ptr [ebp + 16]
+	jne	segheap_LBB39_3
+segheap_LBB39_4:
+	cmp	ebx, edx
+	je	segheap_LBB39_8
+	cmp	ebx, dword ptr [ebp + 12]
+	je	segheap_LBB39_8
+	movzx	eax, al
+	mov	edx, ebx
+	push	eax
+	call	range_of_type
+	add	esp, 4
+	cmp	eax, ebx
+	jne	segheap_LBB39_3
+segheap_LBB39_8:
+	cmp	dword ptr [edi + 4], esi
+	je	segheap_LBB39_10
+segheap_LBB39_3:
+	xor	eax, eax
+segheap_LBB39_11:
 	add	esp, 4
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB39_3:
-	mov	eax, ebx
-	and	eax, -1048576
-	mov	dword ptr [ebp - 16], eax
-	lea	esi, [ecx + 324]
-	mov	edi, dword ptr [ecx + 324]
-	cmp	edx, 1
-	je	segheap_LBB39_11
-	test	edx, edx
-	jne	segheap_LBB39_16
-	xor	edx, edx
-	cmp	edi, esi
-	je	segheap_LBB39_33
-	mov	eax, dword ptr [ecx + 332]
-	mov	ebx, -1
-segheap_LBB39_7:
-	inc	ebx
-	cmp	ebx, eax
-	ja	segheap_LBB39_24
-	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB39_32
-	mov	edi, dword ptr [edi]
-	cmp	edi, esi
-	jne	segheap_LBB39_7
-segheap_LBB39_24:
-	mov	ebx, dword ptr [ebp + 8]
-	jmp	segheap_LBB39_33
-segheap_LBB39_11:
-	cmp	edi, esi
-	je	segheap_LBB39_1
-	mov	ebx, dword ptr [ecx + 332]
-	mov	eax, -1
-segheap_LBB39_13:
-	inc	eax
-	cmp	eax, ebx
-	ja	segheap_LBB39_1
-	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB39_26
-	mov	edi, dword ptr [edi]
-	xor	edx, edx
-	cmp	edi, esi
-	jne	segheap_LBB39_13
-	jmp	segheap_LBB39_2
-segheap_LBB39_16:
-	cmp	edi, esi
-	je	segheap_LBB39_1
-	mov	ebx, dword ptr [ecx + 332]
-	mov	eax, -1
-segheap_LBB39_18:
-	inc	eax
-	cmp	eax, ebx
-	ja	segheap_LBB39_1
-	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB39_35
-	mov	edi, dword ptr [edi]
-	xor	edx, edx
-	cmp	edi, esi
-	jne	segheap_LBB39_18
-	jmp	segheap_LBB39_2
-segheap_LBB39_26:
-	mov	esi, dword ptr [ebp + 8]
-	mov	eax, esi
-	shr	eax, 20
-	xor	eax, ecx
-	mov	edx, dword ptr [ebp - 16]
-	xor	eax, dword ptr [edx + 8]
-	xor	eax, dword ptr [ecx + 144]
-	cmp	eax, -1561964883
-	jne	segheap_LBB39_1
-	test	esi, 1044480
-	je	segheap_LBB39_1
-	mov	eax, esi
-	shr	eax, 12
-	movzx	esi, al
-	mov	eax, esi
-	shl	eax, 4
-	add	eax, dword ptr [ebp - 16]
-	movzx	ecx, byte ptr [eax + 12]
-	test	cl, 8
-	jne	segheap_LBB39_45
-	movzx	eax, byte ptr [eax + 15]
-	test	eax, eax
-	je	segheap_LBB39_1
-	lea	ecx, [esi - 1]
-	cmp	ecx, eax
-	jb	segheap_LBB39_1
-	mov	edi, esi
-	sub	edi, eax
-	mov	eax, edi
-	shl	eax, 4
-	mov	ecx, dword ptr [ebp - 16]
-	movzx	ecx, byte ptr [ecx + eax + 12]
-	xor	edx, edx
-	test	cl, 8
-	je	segheap_LBB39_2
-	cmp	edi, 255
-	ja	segheap_LBB39_2
-	add	eax, dword ptr [ebp - 16]
-	movzx	eax, byte ptr [eax + 15]
-	add	eax, edi
-	cmp	eax, esi
-	ja	segheap_LBB39_46
-	jmp	segheap_LBB39_2
-segheap_LBB39_32:
-	mov	ebx, dword ptr [ebp + 8]
-	mov	eax, ebx
-	shr	eax, 20
-	xor	eax, ecx
-	mov	esi, dword ptr [ebp - 16]
-	xor	eax, dword ptr [esi + 8]
-	xor	eax, dword ptr [ecx + 144]
-	xor	edx, edx
-	cmp	eax, -1561964883
-	cmove	edx, esi
-segheap_LBB39_33:
-	sub	ebx, edx
-	test	edx, edx
-	cmove	ebx, edx
-	test	bl, 15
+segheap_LBB39_10:
+	xor	eax, eax
+	cmp	dword ptr [ebx], esi
 	sete	al
-	dec	ebx
-	cmp	ebx, 4095
-	setb	dl
-segheap_LBB39_34:
-	and	dl, al
-	jmp	segheap_LBB39_2
-segheap_LBB39_35:
-	mov	ebx, dword ptr [ebp + 8]
-	mov	eax, ebx
-	shr	eax, 20
-	xor	eax, ecx
-	mov	edx, dword ptr [ebp - 16]
-	xor	eax, dword ptr [edx + 8]
-	xor	eax, dword ptr [ecx + 144]
-	cmp	eax, -1561964883
-	jne	segheap_LBB39_1
-	test	ebx, 1044480
-	je	segheap_LBB39_1
-	shr	ebx, 12
-	movzx	ecx, bl
-	mov	eax, ecx
-	shl	eax, 4
-	add	eax, dword ptr [ebp - 16]
-	movzx	ebx, byte ptr [eax + 12]
-	test	bl, 8
-	jne	segheap_LBB39_59
-	movzx	edx, byte ptr [eax + 15]
-	test	edx, edx
-	je	segheap_LBB39_1
-	lea	eax, [ecx - 1]
-	cmp	eax, edx
-	jb	segheap_LBB39_1
-	mov	eax, ecx
-	sub	eax, edx
-	mov	esi, eax
-	shl	esi, 4
-	mov	edx, dword ptr [ebp - 16]
-	movzx	ebx, byte ptr [edx + esi + 12]
-	xor	edx, edx
-	test	bl, 8
-	je	segheap_LBB39_2
-	cmp	eax, 255
-	ja	segheap_LBB39_2
-	add	esi, dword ptr [ebp - 16]
-	movzx	esi, byte ptr [esi + 15]
-	add	eax, esi
-	cmp	eax, ecx
-	jbe	segheap_LBB39_2
-segheap_LBB39_59:
-	and	bl, 37
-	cmp	bl, 36
-	sete	al
-	cmp	dword ptr [ebp - 16], 0
-	setne	dl
-	jmp	segheap_LBB39_34
-segheap_LBB39_45:
-	mov	edi, esi
-segheap_LBB39_46:
-	and	cl, 37
-	xor	edx, edx
-	cmp	cl, 36
-	jne	segheap_LBB39_2
-	cmp	dword ptr [ebp - 16], 0
-	je	segheap_LBB39_2
-	mov	eax, dword ptr [ebp + 8]
-	add	eax, -4
-	mov	ecx, eax
-	and	ecx, 4
-	jne	segheap_LBB39_2
-	shl	edi, 12
-	mov	ecx, dword ptr [ebp - 16]
-	lea	ecx, [ecx + edi + 24]
-	cmp	eax, ecx
-	jb	segheap_LBB39_2
-	mov	ecx, dword ptr [ebp - 16]
-	add	ecx, edi
-	mov	edx, dword ptr [ebp + 8]
-	add	edx, 12
-	movzx	eax, word ptr [ecx + 20]
-	lea	eax, [ecx + 8*eax]
-	cmp	edx, eax
-	setbe	dl
-	jmp	segheap_LBB39_2
+	jmp	segheap_LBB39_11
 	.p2align	4
 rb_check:
 	push	ebp
@@ -8565,108 +8631,178 @@ walk_from_unit:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 36
-	mov	edi, dword ptr [ebp + 12]
-	mov	eax, dword ptr [ebp + 8]
+	sub	esp, 48
+	mov	esi, dword ptr [ebp + 8]
 	mov	dword ptr [ebp - 32], ecx
-	lea	esi, [ecx + 324]
+	add	ecx, 324
 	mov	bl, -1
-	mov	ecx, esi
+	mov	eax, ecx
 segheap_LBB41_1:
-	mov	ecx, dword ptr [ecx]
+	mov	eax, dword ptr [eax]
 	inc	bl
-	cmp	ecx, esi
+	cmp	eax, ecx
 	je	segheap_LBB41_3
-	cmp	ecx, edx
+	cmp	eax, edx
 	jne	segheap_LBB41_1
 segheap_LBB41_3:
-	cmp	eax, 255
-	mov	dword ptr [ebp - 36], esi
-	ja	segheap_LBB41_31
-	mov	ecx, eax
-	mov	dword ptr [ebp - 28], edx
-	jmp	segheap_LBB41_9
+	cmp	esi, 255
+	mov	dword ptr [ebp - 36], ecx
+	ja	segheap_LBB41_43
+	lea	eax, [edx + 60]
+	mov	dword ptr [ebp - 56], eax
+	lea	eax, [edx + 12]
+	mov	dword ptr [ebp - 60], eax
+	mov	dword ptr [ebp - 24], edx
+	jmp	segheap_LBB41_8
 segheap_LBB41_5:
-	test	eax, eax
-	je	segheap_LBB41_30
-	rep	bsf	eax, eax
-segheap_LBB41_7:
+	rep	bsf	eax, ecx
+	or	eax, 32
+segheap_LBB41_6:
 	shr	eax
-	or	eax, esi
-	cmp	eax, dword ptr [ebp - 20]
-	jb	segheap_LBB41_63
-segheap_LBB41_8:
-	mov	eax, dword ptr [ebp - 24]
-	add	eax, dword ptr [ebp - 40]
+	or	eax, edi
+	cmp	eax, dword ptr [ebp - 16]
+	jb	segheap_LBB41_80
+segheap_LBB41_7:
+	mov	eax, dword ptr [ebp - 52]
+	add	eax, dword ptr [ebp - 48]
 	cmp	eax, 256
-	mov	ecx, eax
-	mov	edi, dword ptr [ebp + 12]
-	mov	edx, dword ptr [ebp - 28]
-	mov	eax, dword ptr [ebp - 32]
-	lea	esi, [eax + 324]
-	jae	segheap_LBB41_31
-segheap_LBB41_9:
-	mov	eax, -1073741811
-	test	ecx, ecx
-	je	segheap_LBB41_58
-	mov	esi, ecx
+	mov	esi, eax
+	mov	edx, dword ptr [ebp - 24]
+	mov	ecx, dword ptr [ebp - 36]
+	jae	segheap_LBB41_43
+segheap_LBB41_8:
+	test	esi, esi
+	je	segheap_LBB41_71
+	mov	dword ptr [ebp - 16], -1073741811
+	mov	ecx, esi
+	shl	ecx, 4
+	mov	ah, byte ptr [edx + ecx + 12]
+	mov	al, byte ptr [edx + ecx + 15]
+	test	ah, 8
+	movzx	edx, al
+	jne	segheap_LBB41_15
+	test	al, al
+	je	segheap_LBB41_69
+	mov	edi, esi
+	dec	esi
+	cmp	esi, edx
+	jb	segheap_LBB41_69
+	mov	byte ptr [ebp - 20], ah
+	mov	eax, edi
+	sub	edi, edx
+	mov	esi, edi
 	shl	esi, 4
+	mov	edx, dword ptr [ebp - 24]
 	mov	bh, byte ptr [edx + esi + 12]
 	test	bh, 8
-	mov	dword ptr [ebp - 16], esi
-	movzx	esi, byte ptr [edx + esi + 15]
-	jne	segheap_LBB41_16
-	test	esi, esi
-	je	segheap_LBB41_58
-	mov	edi, ecx
-	dec	ecx
-	cmp	ecx, esi
-	jb	segheap_LBB41_58
-	mov	eax, edi
-	sub	edi, esi
-	mov	esi, edi
-	shl	esi, 4
-	mov	ch, byte ptr [edx + esi + 12]
-	test	ch, 8
-	je	segheap_LBB41_59
+	je	segheap_LBB41_69
 	cmp	edi, 255
-	ja	segheap_LBB41_59
-	mov	edx, edi
-	add	esi, dword ptr [ebp - 28]
-	movzx	edi, byte ptr [esi + 15]
-	lea	esi, [edx + edi]
+	ja	segheap_LBB41_69
+	add	esi, dword ptr [ebp - 24]
+	movzx	edx, byte ptr [esi + 15]
+	mov	byte ptr [ebp - 28], dl
+	movzx	edx, dl
+	lea	esi, [edi + edx]
 	cmp	esi, eax
-	mov	esi, edi
-	mov	edi, dword ptr [ebp + 12]
-	ja	segheap_LBB41_17
-	jmp	segheap_LBB41_59
-segheap_LBB41_16:
-	mov	edx, ecx
-	mov	ch, bh
-	mov	eax, edx
-segheap_LBB41_17:
-	movzx	ecx, ch
-	test	cl, 4
-	je	segheap_LBB41_50
-	mov	dword ptr [ebp - 40], esi
-	mov	dword ptr [ebp - 24], edx
-	shl	edx, 12
-	mov	eax, dword ptr [ebp - 28]
-	add	edx, eax
-	test	cl, 32
-	mov	dword ptr [ebp - 16], edx
-	jne	segheap_LBB41_24
-	test	cl, 1
-	je	segheap_LBB41_60
-	movzx	eax, word ptr [edx + 18]
-	mov	dword ptr [ebp - 20], eax
-	test	eax, eax
-	je	segheap_LBB41_8
-	xor	esi, esi
-segheap_LBB41_22:
+	mov	esi, eax
+	mov	ah, byte ptr [ebp - 20]
+	ja	segheap_LBB41_16
+	jmp	segheap_LBB41_69
+segheap_LBB41_15:
+	mov	byte ptr [ebp - 28], al
+	mov	bh, ah
 	mov	edi, esi
-	shr	edi, 5
-	lea	ecx, [esi + esi]
+segheap_LBB41_16:
+	test	bh, 4
+	je	segheap_LBB41_72
+	mov	ecx, edi
+	shl	ecx, 4
+	mov	eax, dword ptr [ebp - 24]
+	lea	esi, [eax + ecx]
+	cmp	dword ptr [esi], -857879331
+	jne	segheap_LBB41_69
+	mov	dword ptr [ebp - 40], esi
+	cmp	byte ptr [ebp - 28], 0
+	mov	dword ptr [ebp - 52], edi
+	mov	dword ptr [ebp - 48], edx
+	je	segheap_LBB41_26
+	lea	esi, [edx - 1]
+	mov	eax, edx
+	and	eax, 3
+	xor	edx, edx
+	cmp	esi, 3
+	mov	esi, 0
+	jb	segheap_LBB41_23
+	mov	byte ptr [ebp - 44], bh
+	mov	edx, dword ptr [ebp - 48]
+	and	edx, -4
+	mov	dword ptr [ebp - 20], edx
+	mov	edx, dword ptr [ebp - 56]
+	lea	edi, [edx + ecx]
+	xor	edx, edx
+	xor	esi, esi
+segheap_LBB41_21:
+	mov	bh, byte ptr [edi - 48]
+	shr	bh
+	and	bh, 1
+	bt	dword ptr [edi - 32], 1
+	adc	bh, dl
+	movzx	edx, byte ptr [edi - 16]
+	shr	dl
+	and	dl, 1
+	bt	dword ptr [edi], 1
+	adc	dl, bh
+	add	esi, 4
+	add	edi, 64
+	cmp	dword ptr [ebp - 20], esi
+	jne	segheap_LBB41_21
+	test	eax, eax
+	mov	bh, byte ptr [ebp - 44]
+	je	segheap_LBB41_25
+segheap_LBB41_23:
+	shl	esi, 4
+	add	ecx, dword ptr [ebp - 60]
+	add	ecx, esi
+segheap_LBB41_24:
+	bt	dword ptr [ecx], 1
+	adc	dl, 0
+	add	ecx, 16
+	dec	eax
+	jne	segheap_LBB41_24
+segheap_LBB41_25:
+	cmp	dl, byte ptr [ebp - 28]
+	mov	eax, dword ptr [ebp - 24]
+	mov	edi, dword ptr [ebp - 52]
+	mov	edx, dword ptr [ebp - 48]
+	jne	segheap_LBB41_69
+segheap_LBB41_26:
+	mov	esi, edi
+	shl	esi, 12
+	add	esi, eax
+	movzx	ecx, bh
+	test	cl, 32
+	mov	dword ptr [ebp - 20], esi
+	jne	segheap_LBB41_33
+	mov	eax, edx
+	shl	eax, 12
+	test	cl, 1
+	je	segheap_LBB41_79
+	mov	ecx, dword ptr [ebp - 32]
+	mov	edx, esi
+	push	eax
+	call	lfh_sub_ok
+	add	esp, 4
+	test	eax, eax
+	je	segheap_LBB41_69
+	movzx	eax, word ptr [esi + 18]
+	mov	dword ptr [ebp - 16], eax
+	test	eax, eax
+	je	segheap_LBB41_7
+	xor	edi, edi
+segheap_LBB41_31:
+	mov	esi, edi
+	shr	esi, 5
+	lea	ecx, [edi + edi]
 	mov	eax, -1
 	shl	eax, cl
 	test	cl, 32
@@ -8674,66 +8810,78 @@ segheap_LBB41_22:
 	cmovne	ecx, eax
 	mov	edx, 0
 	cmovne	eax, edx
-	mov	edx, dword ptr [ebp - 16]
-	and	eax, dword ptr [edx + 8*edi + 32]
-	and	ecx, dword ptr [edx + 8*edi + 36]
+	mov	edx, dword ptr [ebp - 20]
+	and	eax, dword ptr [edx + 8*esi + 32]
+	and	ecx, dword ptr [edx + 8*esi + 36]
 	and	ecx, 1431655765
 	and	eax, 1431655765
-	and	esi, -32
-	mov	edi, eax
-	or	edi, ecx
-	jne	segheap_LBB41_5
-	add	esi, 32
-	cmp	esi, dword ptr [ebp - 20]
-	jb	segheap_LBB41_22
-	jmp	segheap_LBB41_8
-segheap_LBB41_24:
-	movzx	eax, word ptr [edx + 20]
-	cmp	eax, 4
-	jb	segheap_LBB41_8
-	mov	ecx, dword ptr [ebp - 16]
-	lea	eax, [ecx + 8*eax]
-	mov	dword ptr [ebp - 44], eax
-	lea	esi, [ecx + 24]
+	and	edi, -32
+	mov	esi, eax
+	or	esi, ecx
+	jne	segheap_LBB41_41
+	add	edi, 32
+	cmp	edi, dword ptr [ebp - 16]
+	jb	segheap_LBB41_31
+	jmp	segheap_LBB41_7
+segheap_LBB41_33:
+	movzx	eax, word ptr [esi + 20]
+	mov	ecx, eax
+	and	ecx, 32767
+	xor	cx, word ptr [esi + 22]
+	movzx	ecx, cx
+	cmp	ecx, 44013
+	jne	segheap_LBB41_69
+	mov	esi, edx
+	shl	esi, 12
+	lea	ecx, [8*eax]
+	mov	dword ptr [ebp - 28], esi
+	cmp	ecx, esi
+	jne	segheap_LBB41_69
+	cmp	ax, 4
+	jb	segheap_LBB41_7
+	mov	eax, dword ptr [ebp - 20]
+	add	dword ptr [ebp - 28], eax
+	lea	edi, [eax + 24]
 	mov	eax, dword ptr [ebp - 32]
 	mov	eax, dword ptr [eax + 144]
-	mov	dword ptr [ebp - 20], eax
-segheap_LBB41_26:
-	mov	eax, dword ptr [esi]
-	mov	edi, dword ptr [ebp - 20]
-	xor	edi, esi
-	mov	dword ptr [ebp - 48], eax
-	xor	edi, eax
-	mov	eax, edi
+	mov	dword ptr [ebp - 40], eax
+segheap_LBB41_37:
+	mov	eax, dword ptr [edi]
+	mov	esi, dword ptr [ebp - 40]
+	xor	esi, edi
+	mov	dword ptr [ebp - 44], eax
+	xor	esi, eax
+	mov	eax, esi
 	shr	eax, 31
 	mov	ecx, dword ptr [ebp - 32]
-	mov	edx, dword ptr [ebp - 16]
+	mov	edx, dword ptr [ebp - 20]
 	push	eax
-	push	esi
+	push	edi
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
+	je	segheap_LBB41_69
+	test	esi, esi
+	jns	segheap_LBB41_59
+	test	byte ptr [edi + 5], 2
 	je	segheap_LBB41_59
-	test	edi, edi
-	jns	segheap_LBB41_41
-	test	byte ptr [esi + 5], 2
-	je	segheap_LBB41_41
-	and	edi, 65534
-	lea	esi, [esi + 4*edi]
-	cmp	esi, dword ptr [ebp - 44]
-	jb	segheap_LBB41_26
-	jmp	segheap_LBB41_8
-segheap_LBB41_30:
-	rep	bsf	eax, ecx
-	or	eax, 32
+	and	esi, 65534
+	lea	edi, [edi + 4*esi]
+	cmp	edi, dword ptr [ebp - 28]
+	jb	segheap_LBB41_37
 	jmp	segheap_LBB41_7
-segheap_LBB41_31:
+segheap_LBB41_41:
+	test	eax, eax
+	je	segheap_LBB41_5
+	rep	bsf	eax, eax
+	jmp	segheap_LBB41_6
+segheap_LBB41_43:
 	mov	eax, dword ptr [edx]
-	cmp	eax, esi
-	je	segheap_LBB41_38
+	cmp	eax, ecx
+	je	segheap_LBB41_50
 	mov	edx, -4096
 	xor	ecx, ecx
-segheap_LBB41_33:
+segheap_LBB41_45:
 	movzx	ebx, byte ptr [eax + edx + 4108]
 	shr	bl
 	and	bl, 1
@@ -8745,173 +8893,208 @@ segheap_LBB41_33:
 	bt	dword ptr [eax + edx + 4156], 1
 	adc	cl, bl
 	add	edx, 64
-	jne	segheap_LBB41_33
+	jne	segheap_LBB41_45
 	mov	dl, -1
-segheap_LBB41_35:
+	mov	esi, dword ptr [ebp - 36]
+segheap_LBB41_47:
 	mov	esi, dword ptr [esi]
 	inc	dl
 	cmp	esi, dword ptr [ebp - 36]
-	je	segheap_LBB41_37
+	je	segheap_LBB41_49
 	cmp	esi, eax
-	jne	segheap_LBB41_35
-segheap_LBB41_37:
+	jne	segheap_LBB41_47
+segheap_LBB41_49:
 	movzx	ecx, cl
-	mov	dword ptr [edi], eax
-	mov	dword ptr [edi + 4], 1048576
-	mov	byte ptr [edi + 8], 0
-	mov	byte ptr [edi + 9], dl
-	mov	word ptr [edi + 10], 2
+	mov	esi, dword ptr [ebp + 12]
+	mov	dword ptr [esi], eax
+	mov	dword ptr [esi + 4], 1048576
+	mov	byte ptr [esi + 8], 0
+	mov	byte ptr [esi + 9], dl
+	mov	word ptr [esi + 10], 2
 	shl	ecx, 12
-	mov	dword ptr [edi + 12], ecx
+	mov	dword ptr [esi + 12], ecx
 	mov	edx, 1048576
 	sub	edx, ecx
-	mov	dword ptr [edi + 16], edx
+	mov	dword ptr [esi + 16], edx
 	lea	ecx, [eax + 4096]
-	mov	dword ptr [edi + 20], ecx
+	mov	dword ptr [esi + 20], ecx
 	add	eax, 1048576
-	mov	dword ptr [edi + 24], eax
-	jmp	segheap_LBB41_57
-segheap_LBB41_38:
+	mov	dword ptr [esi + 24], eax
+	jmp	segheap_LBB41_68
+segheap_LBB41_50:
 	mov	eax, dword ptr [ebp - 32]
-	mov	eax, dword ptr [eax + 72]
+	mov	ebx, dword ptr [eax + 68]
+	test	ebx, ebx
+	je	segheap_LBB41_61
+	xor	esi, esi
+	mov	edi, 64
+segheap_LBB41_52:
+	test	bl, 3
+	jne	segheap_LBB41_71
+	mov	dword ptr [ebp - 16], -1073741811
+	mov	ecx, dword ptr [ebp - 32]
+	mov	edx, ebx
+	push	32
+	call	range_of_type
+	add	esp, 4
+	sub	edi, 1
+	setb	cl
 	test	eax, eax
-	je	segheap_LBB41_44
-	mov	ecx, dword ptr [eax + 12]
-	movzx	edx, cx
-	mov	esi, -4096
-	and	esi, dword ptr [eax + 16]
-	and	ecx, -65536
-	sub	esi, edx
-	mov	dword ptr [edi], ecx
-	mov	dword ptr [edi + 4], esi
-	cmp	edx, 255
+	je	segheap_LBB41_69
+	test	cl, cl
+	jne	segheap_LBB41_69
+	xor	eax, eax
+	cmp	dword ptr [ebx + 12], 65536
+	setb	al
+	cmovae	esi, ebx
+	mov	ebx, dword ptr [ebx + 4*eax]
+	test	ebx, ebx
+	jne	segheap_LBB41_52
+	test	esi, esi
+	mov	dword ptr [ebp - 16], -2147483622
+	je	segheap_LBB41_69
+	mov	eax, dword ptr [esi + 12]
+	movzx	ecx, ax
+	mov	edx, -4096
+	and	edx, dword ptr [esi + 16]
+	and	eax, -65536
+	sub	edx, ecx
+	mov	esi, dword ptr [ebp + 12]
+	mov	dword ptr [esi], eax
+	mov	dword ptr [esi + 4], edx
+	cmp	ecx, 255
 	mov	eax, 255
-	cmovb	eax, edx
-	mov	byte ptr [edi + 8], al
-	mov	byte ptr [edi + 9], 0
-segheap_LBB41_40:
-	mov	word ptr [edi + 10], 16401
-	jmp	segheap_LBB41_56
-segheap_LBB41_41:
-	mov	ecx, dword ptr [ebp - 48]
-	xor	ecx, esi
-	xor	ecx, dword ptr [ebp - 20]
+	cmovb	eax, ecx
+	mov	byte ptr [esi + 8], al
+	mov	byte ptr [esi + 9], 0
+segheap_LBB41_58:
+	mov	word ptr [esi + 10], 16401
+	mov	dword ptr [esi + 12], 0
+	mov	dword ptr [esi + 16], 0
+	mov	dword ptr [esi + 20], 0
+	mov	dword ptr [esi + 24], 0
+	jmp	segheap_LBB41_68
+segheap_LBB41_59:
+	mov	ecx, dword ptr [ebp - 44]
+	xor	ecx, edi
+	xor	ecx, dword ptr [ebp - 40]
 	lea	eax, [4*ecx]
 	and	eax, 262136
 	test	ecx, ecx
-	js	segheap_LBB41_45
-	add	esi, 8
-	add	eax, -8
 	mov	edx, dword ptr [ebp + 12]
-	mov	dword ptr [edx], esi
+	js	segheap_LBB41_62
+	add	edi, 8
+	add	eax, -8
+	mov	dword ptr [edx], edi
 	mov	dword ptr [edx + 4], eax
 	mov	cl, 8
 	xor	eax, eax
-	jmp	segheap_LBB41_49
-segheap_LBB41_59:
-	mov	eax, -1073741811
-	jmp	segheap_LBB41_58
-segheap_LBB41_44:
-	mov	eax, -2147483622
-	jmp	segheap_LBB41_58
-segheap_LBB41_45:
+	jmp	segheap_LBB41_66
+segheap_LBB41_71:
+	mov	dword ptr [ebp - 16], -1073741811
+	jmp	segheap_LBB41_69
+segheap_LBB41_61:
+	mov	dword ptr [ebp - 16], -2147483622
+	jmp	segheap_LBB41_69
+segheap_LBB41_62:
 	xor	ecx, ecx
-	test	byte ptr [esi + 5], 1
-	mov	edx, dword ptr [ebp + 12]
-	je	segheap_LBB41_48
-	movsx	ecx, byte ptr [esi + eax - 1]
+	test	byte ptr [edi + 5], 1
+	je	segheap_LBB41_65
+	movsx	ecx, byte ptr [edi + eax - 1]
 	test	ecx, ecx
-	jns	segheap_LBB41_48
-	movzx	ecx, word ptr [esi + eax - 2]
+	jns	segheap_LBB41_65
+	movzx	ecx, word ptr [edi + eax - 2]
 	and	ecx, 32767
-segheap_LBB41_48:
+segheap_LBB41_65:
 	neg	ecx
 	lea	ecx, [eax + ecx - 8]
-	add	esi, 8
+	add	edi, 8
 	sub	eax, ecx
-	mov	dword ptr [edx], esi
+	mov	dword ptr [edx], edi
 	mov	dword ptr [edx + 4], ecx
 	cmp	eax, 255
 	mov	ecx, 255
 	cmovb	ecx, eax
 	mov	ax, 16401
-segheap_LBB41_49:
+segheap_LBB41_66:
 	mov	byte ptr [edx + 8], cl
 	mov	byte ptr [edx + 9], bl
 	mov	word ptr [edx + 10], ax
+segheap_LBB41_67:
 	mov	dword ptr [edx + 12], 0
 	mov	dword ptr [edx + 16], 0
 	mov	dword ptr [edx + 20], 0
 	mov	dword ptr [edx + 24], 0
-	jmp	segheap_LBB41_57
-segheap_LBB41_50:
-	and	bh, 2
-	add	edx, esi
-	cmp	eax, edx
-	mov	esi, eax
-	jae	segheap_LBB41_55
-	mov	dword ptr [ebp - 24], edx
-	mov	esi, eax
-	mov	ecx, dword ptr [ebp - 28]
+segheap_LBB41_68:
+	mov	dword ptr [ebp - 16], 0
+segheap_LBB41_69:
 	mov	eax, dword ptr [ebp - 16]
-	lea	edx, [ecx + eax + 12]
-	mov	eax, esi
-segheap_LBB41_52:
-	movzx	ecx, byte ptr [edx]
-	and	cl, 2
-	cmp	cl, bh
-	jne	segheap_LBB41_55
-	inc	esi
-	add	edx, 16
-	cmp	dword ptr [ebp - 24], esi
-	jne	segheap_LBB41_52
-	mov	esi, dword ptr [ebp - 24]
-segheap_LBB41_55:
-	sub	esi, eax
-	shl	eax, 12
-	mov	ecx, dword ptr [ebp - 28]
-	add	ecx, eax
-	shl	esi, 12
-	xor	eax, eax
-	test	bh, bh
-	sete	al
-	shl	eax, 12
-	mov	dword ptr [edi], ecx
-	mov	dword ptr [edi + 4], esi
-	mov	byte ptr [edi + 8], 0
-	mov	byte ptr [edi + 9], bl
-	mov	word ptr [edi + 10], ax
-segheap_LBB41_56:
-	mov	dword ptr [edi + 12], 0
-	mov	dword ptr [edi + 16], 0
-	mov	dword ptr [edi + 20], 0
-	mov	dword ptr [edi + 24], 0
-segheap_LBB41_57:
-	xor	eax, eax
-segheap_LBB41_58:
-	add	esp, 36
+	add	esp, 48
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB41_60:
-	mov	ecx, dword ptr [ebp - 24]
-	shl	ecx, 4
-	mov	eax, dword ptr [eax + ecx + 4]
-	mov	dword ptr [edi], edx
-	mov	ecx, dword ptr [ebp - 40]
+segheap_LBB41_72:
+	and	ah, 2
+	add	edi, edx
+	cmp	esi, edi
+	mov	edx, esi
+	jae	segheap_LBB41_78
+	mov	esi, edx
+	mov	edx, dword ptr [ebp - 24]
+	lea	edx, [edx + ecx + 12]
+	mov	ecx, esi
+segheap_LBB41_74:
+	mov	al, byte ptr [edx]
+	and	al, 2
+	cmp	al, ah
+	jne	segheap_LBB41_77
+	inc	esi
+	add	edx, 16
+	cmp	edi, esi
+	jne	segheap_LBB41_74
+	mov	esi, edi
+segheap_LBB41_77:
+	mov	edx, ecx
+segheap_LBB41_78:
+	sub	esi, edx
+	shl	edx, 12
+	mov	ecx, edx
+	mov	edx, dword ptr [ebp - 24]
+	add	edx, ecx
+	shl	esi, 12
+	xor	ecx, ecx
+	test	ah, ah
+	sete	cl
 	shl	ecx, 12
-	sub	ecx, eax
-	mov	dword ptr [edi + 4], ecx
-	cmp	eax, 255
-	mov	ecx, 255
-	cmovb	ecx, eax
-	mov	byte ptr [edi + 8], cl
-	mov	byte ptr [edi + 9], bl
-	jmp	segheap_LBB41_40
-segheap_LBB41_63:
-	mov	edi, dword ptr [ebp - 16]
+	mov	eax, dword ptr [ebp + 12]
+	mov	dword ptr [eax], edx
+	mov	dword ptr [eax + 4], esi
+	mov	byte ptr [eax + 8], 0
+	mov	byte ptr [eax + 9], bl
+	mov	word ptr [eax + 10], cx
+	mov	dword ptr [eax + 12], 0
+	mov	dword ptr [eax + 16], 0
+	mov	dword ptr [eax + 20], 0
+	mov	dword ptr [eax + 24], 0
+	jmp	segheap_LBB41_68
+segheap_LBB41_79:
+	mov	ecx, dword ptr [ebp - 40]
+	mov	ecx, dword ptr [ecx + 4]
+	sub	eax, ecx
+	mov	edx, dword ptr [ebp + 12]
+	mov	dword ptr [edx], esi
+	mov	dword ptr [edx + 4], eax
+	cmp	ecx, 255
+	mov	eax, 255
+	cmovb	eax, ecx
+	mov	byte ptr [edx + 8], al
+	mov	byte ptr [edx + 9], bl
+	mov	word ptr [edx + 10], 16401
+	jmp	segheap_LBB41_67
+segheap_LBB41_80:
+	mov	edi, dword ptr [ebp - 20]
 	mov	esi, edi
 	shr	esi, 12
 	xor	esi, dword ptr [edi + 24]
@@ -8924,35 +9107,35 @@ segheap_LBB41_63:
 	mov	dword ptr [ebp - 36], edi
 	lea	ecx, [eax + eax]
 	shr	edi, cl
-	mov	dword ptr [ebp - 20], edi
+	mov	dword ptr [ebp - 16], edi
 	lea	ecx, [eax + eax]
 	mov	edi, dword ptr [ebp - 36]
 	shrd	edx, edi, cl
 	lea	ecx, [eax + eax]
 	test	cl, 32
-	cmovne	edx, dword ptr [ebp - 20]
+	cmovne	edx, dword ptr [ebp - 16]
 	movzx	ecx, si
 	shr	esi, 16
 	test	dl, 2
-	je	segheap_LBB41_67
-	mov	edx, dword ptr [ebp - 16]
+	je	segheap_LBB41_84
+	mov	edx, dword ptr [ebp - 20]
 	add	edx, esi
 	imul	eax, ecx
 	add	edx, eax
 	movsx	edi, byte ptr [ecx + edx - 1]
 	test	edi, edi
-	jns	segheap_LBB41_66
+	jns	segheap_LBB41_83
 	movzx	edi, word ptr [edx + ecx - 2]
 	and	edi, 32767
-segheap_LBB41_66:
+segheap_LBB41_83:
 	mov	edx, ecx
 	sub	edx, edi
-	jmp	segheap_LBB41_68
-segheap_LBB41_67:
+	jmp	segheap_LBB41_85
+segheap_LBB41_84:
 	imul	eax, ecx
 	mov	edx, ecx
-segheap_LBB41_68:
-	mov	edi, dword ptr [ebp - 16]
+segheap_LBB41_85:
+	mov	edi, dword ptr [ebp - 20]
 	add	edi, esi
 	add	edi, eax
 	mov	esi, dword ptr [ebp + 12]
@@ -8964,12 +9147,7 @@ segheap_LBB41_68:
 	cmovb	eax, ecx
 	mov	byte ptr [esi + 8], al
 	mov	byte ptr [esi + 9], bl
-	mov	word ptr [esi + 10], 16401
-	mov	dword ptr [esi + 12], 0
-	mov	dword ptr [esi + 16], 0
-	mov	dword ptr [esi + 20], 0
-	mov	dword ptr [esi + 24], 0
-	jmp	segheap_LBB41_57
+	jmp	segheap_LBB41_58
 	.p2align	4
 vs_next_visible:
 	push	ebp

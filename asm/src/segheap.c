@@ -547,9 +547,11 @@ static HEAP_PAGE_SEGMENT *find_segment(SEGMENT_HEAP *heap, const void *p)
     LIST *e;
     uptr n = 0;
     for (e = ctx->SegmentListHead.Flink; e != &ctx->SegmentListHead && n <= ctx->SegmentCount;
-         e = e->Flink, n++)
+         e = e->Flink, n++) {
+        if ((uptr)e & (SEGHEAP_SEGMENT_SIZE - 1)) return 0;
         if ((HEAP_PAGE_SEGMENT *)e == seg)
             return seg->Signature == segment_signature(heap, seg) ? seg : 0;
+    }
     return 0;
 }
 
@@ -573,6 +575,15 @@ static u8 count_committed(HEAP_PAGE_SEGMENT *seg, u32 first, u32 units)
     u32 i, n = 0;
     for (i = 0; i < units; i++) n += (desc_at(seg, first + i)->RangeFlags & RANGE_COMMITTED) != 0;
     return (u8)n;
+}
+
+/* Whether an allocated range looks whole: signature and every page committed (so that its
+ * memory may be read). */
+static int allocated_range_ok(HEAP_PAGE_SEGMENT *seg, u32 first)
+{
+    HEAP_PAGE_RANGE_DESCRIPTOR *d = desc_at(seg, first);
+    return d->TreeSignature == SEGHEAP_RANGE_SIGNATURE &&
+           count_committed(seg, first, d->UnitSize) == d->UnitSize;
 }
 
 /* Writes the descriptors of the range [first, first + units) with the type flags given
@@ -1279,11 +1290,13 @@ static void large_free(SEGMENT_HEAP *heap, HEAP_LARGE_ALLOC_DATA *meta)
     vs_free(heap, (u8 *)meta - VS_HDR);
 }
 
+static int node_ok(SEGMENT_HEAP *heap, int kind, const RB_NODE *n);
+
 static HEAP_LARGE_ALLOC_DATA *large_find(SEGMENT_HEAP *heap, const void *p)
 {
     RB_NODE *n = heap->LargeAllocMetadata.Root;
     uptr depth = 0;
-    while (n && depth++ < 8 * PTR_SIZE * 2) {
+    while (n && depth++ < 8 * PTR_SIZE * 2 && node_ok(heap, TREE_LARGE, n)) {
         HEAP_LARGE_ALLOC_DATA *meta = CONTAINING(n, HEAP_LARGE_ALLOC_DATA, TreeNode);
         if ((const u8 *)large_base(meta) == (const u8 *)p) return meta;
         n = n->Children[(uptr)p > (uptr)large_base(meta)];
@@ -1294,11 +1307,33 @@ static HEAP_LARGE_ALLOC_DATA *large_find(SEGMENT_HEAP *heap, const void *p)
 /* ------------------------------------------------------------------ block lookup */
 
 static int vs_chunk_ok(SEGMENT_HEAP *heap, HEAP_VS_SUBSEGMENT *sub, u8 *chunk, int busy);
+static HEAP_LFH_BUCKET *lfh_owner(SEGMENT_HEAP *heap, const HEAP_LFH_SUBSEGMENT *sub);
 
-static int lookup_vs(SEGMENT_HEAP *heap, HEAP_VS_SUBSEGMENT *sub, const u8 *p, BLOCK_REF *ref)
+/* Whether a VS subsegment's header fits its range of bytes. */
+static int vs_sub_ok(const HEAP_VS_SUBSEGMENT *sub, uptr bytes)
+{
+    return sub->Signature == vs_signature(sub->Size) &&
+           ((uptr)sub->Size << VS_UNIT_SHIFT) == bytes;
+}
+
+/* Whether an LFH subsegment's header fits its range of bytes and its owner is a bucket. */
+static int lfh_sub_ok(SEGMENT_HEAP *heap, const HEAP_LFH_SUBSEGMENT *sub, uptr bytes)
+{
+    HEAP_LFH_BUCKET *bucket = lfh_owner(heap, sub);
+    u32 block, first;
+    if (!bucket || !sub->BlockCount) return 0;
+    block = lfh_block_bytes(heap, sub);
+    first = lfh_first_offset(heap, sub);
+    return block == lfh_block_size(bucket->State.BucketIndex) &&
+           first == lfh_data_offset(sub->BlockCount) &&
+           first + (uptr)sub->BlockCount * block <= bytes;
+}
+
+static int lookup_vs(SEGMENT_HEAP *heap, HEAP_VS_SUBSEGMENT *sub, uptr bytes, const u8 *p,
+                     BLOCK_REF *ref)
 {
     u8 *chunk = (u8 *)p - VS_HDR;
-    if (sub->Signature != vs_signature(sub->Size)) return 0;
+    if (!vs_sub_ok(sub, bytes)) return 0;
     if (chunk < vs_first_chunk(sub) || chunk >= vs_end(sub) || ((uptr)chunk & (VS_UNIT - 1)))
         return 0;
     if (!vs_chunk_ok(heap, sub, chunk, 1)) return 0;
@@ -1322,14 +1357,10 @@ static HEAP_LFH_BUCKET *lfh_owner(SEGMENT_HEAP *heap, const HEAP_LFH_SUBSEGMENT 
 static int lookup_lfh(SEGMENT_HEAP *heap, HEAP_LFH_SUBSEGMENT *sub, u32 range_bytes, const u8 *p,
                       BLOCK_REF *ref)
 {
-    HEAP_LFH_BUCKET *bucket = lfh_owner(heap, sub);
     u32 block, first, off, index;
-    if (!bucket) return 0;
+    if (!lfh_sub_ok(heap, sub, range_bytes)) return 0;
     block = lfh_block_bytes(heap, sub);
     first = lfh_first_offset(heap, sub);
-    if (block != lfh_block_size(bucket->State.BucketIndex) || !sub->BlockCount ||
-        first != lfh_data_offset(sub->BlockCount) || first + sub->BlockCount * block > range_bytes)
-        return 0;
     off = (u32)(p - (const u8 *)sub);
     if (off < first || (off - first) % block) return 0;
     index = (off - first) / block;
@@ -1365,12 +1396,12 @@ static int lookup_block(SEGMENT_HEAP *heap, const void *ptr, BLOCK_REF *ref, int
         if (first >= UNITS) return 0;
         d = desc_at(seg, first);
         start = unit_addr(seg, first);
-        if (!(d->RangeFlags & RANGE_ALLOCATED) || d->TreeSignature != SEGHEAP_RANGE_SIGNATURE)
-            return 0;
+        if (!(d->RangeFlags & RANGE_ALLOCATED) || !allocated_range_ok(seg, first)) return 0;
         ref->seg = seg;
         ref->range = d;
         if (d->RangeFlags & RANGE_VS) {
-            if (!lookup_vs(heap, (HEAP_VS_SUBSEGMENT *)start, p, ref)) return 0;
+            if (!lookup_vs(heap, (HEAP_VS_SUBSEGMENT *)start, d->UnitSize * PAGE, p, ref))
+                return 0;
             return internal || !(vs_header(ref->block)->AllocatedChunkBits &
                                  VS_BITS_SKIP_DURING_WALK);
         }
@@ -1605,9 +1636,20 @@ static u8 *range_of_type(SEGMENT_HEAP *heap, const void *p, u8 type)
     first = range_first(seg, (u32)(((uptr)p - (uptr)seg) >> SEGHEAP_PAGE_SHIFT));
     if (first >= UNITS) return 0;
     if ((desc_at(seg, first)->RangeFlags & (RANGE_ALLOCATED | RANGE_VS | RANGE_LFH)) !=
-        (RANGE_ALLOCATED | type))
+            (RANGE_ALLOCATED | type) ||
+        !allocated_range_ok(seg, first))
         return 0;
     return unit_addr(seg, first);
+}
+
+/* Whether entry's neighbours are each the list head or a subsegment of the given type (so
+ * that following them is safe), and point back at entry. */
+static int subsegment_links_ok(SEGMENT_HEAP *heap, LIST *entry, LIST *head, LIST *head2, u8 type)
+{
+    LIST *n = entry->Flink, *p = entry->Blink;
+    if (n != head && n != head2 && range_of_type(heap, n, type) != (u8 *)n) return 0;
+    if (p != head && p != head2 && range_of_type(heap, p, type) != (u8 *)p) return 0;
+    return n->Blink == entry && p->Flink == entry;
 }
 
 /* Whether a tree node may be dereferenced: it lies where its kind of node lives. */
@@ -1667,11 +1709,10 @@ static int validate_vs_subsegment(SEGMENT_HEAP *heap, HEAP_VS_SUBSEGMENT *sub, u
 {
     u8 *chunk = vs_first_chunk(sub), *end;
     int prev_free = 0;
-    if (sub->Signature != vs_signature(sub->Size)) return 0;
-    if (((uptr)sub->Size << VS_UNIT_SHIFT) != pages * PAGE) return 0;
+    if (!vs_sub_ok(sub, pages * PAGE)) return 0;
     if (sub->CommitBitmap != (pages >= 64 ? ~(u64)0 : ((u64)1 << pages) - 1)) return 0;
-    if (!sub->ListEntry.Flink || sub->ListEntry.Flink->Blink != &sub->ListEntry ||
-        sub->ListEntry.Blink->Flink != &sub->ListEntry)
+    if (!subsegment_links_ok(heap, &sub->ListEntry, &heap->VsContext.SubsegmentList,
+                             &heap->VsContext.SubsegmentList, RANGE_VS))
         return 0;
     end = vs_end(sub);
     while (chunk < end) {
@@ -1703,13 +1744,9 @@ static int validate_lfh_subsegment(SEGMENT_HEAP *heap, HEAP_LFH_SUBSEGMENT *sub,
                                    TALLY *tally)
 {
     HEAP_LFH_BUCKET *bucket = lfh_owner(heap, sub);
-    u32 block, first, i, free_count = 0, words;
-    if (!bucket || !sub->BlockCount || sub->FreeCount > sub->BlockCount) return 0;
+    u32 block, i, free_count = 0, words;
+    if (!lfh_sub_ok(heap, sub, bytes) || sub->FreeCount > sub->BlockCount) return 0;
     block = lfh_block_bytes(heap, sub);
-    first = lfh_first_offset(heap, sub);
-    if (block != lfh_block_size(bucket->State.BucketIndex) ||
-        first != lfh_data_offset(sub->BlockCount) || first + sub->BlockCount * block > bytes)
-        return 0;
     if (sub->Location != (sub->FreeCount ? LFH_LOCATION_AVAILABLE : LFH_LOCATION_FULL))
         return 0;
     if (sub->FreeHint > sub->BlockCount) return 0;
@@ -1733,8 +1770,8 @@ static int validate_lfh_subsegment(SEGMENT_HEAP *heap, HEAP_LFH_SUBSEGMENT *sub,
         }
     }
     if (free_count != sub->FreeCount) return 0;
-    if (!sub->ListEntry.Flink || sub->ListEntry.Flink->Blink != &sub->ListEntry ||
-        sub->ListEntry.Blink->Flink != &sub->ListEntry)
+    if (!subsegment_links_ok(heap, &sub->ListEntry, &bucket->State.AvailableSubsegmentList,
+                             &bucket->State.FullSubsegmentList, RANGE_LFH))
         return 0;
     tally->lfh_subsegments++;
     return 1;
@@ -1860,7 +1897,7 @@ static int validate_heap(SEGMENT_HEAP *heap)
 {
     HEAP_SEG_CONTEXT *ctx = backend(heap);
     TALLY tally;
-    LIST *e;
+    LIST *e, *prev;
     uptr n = 0;
     i32 count;
 
@@ -1871,13 +1908,13 @@ static int validate_heap(SEGMENT_HEAP *heap)
         return 0;
     if (heap->SegContexts[1].SegmentListHead.Flink != &heap->SegContexts[1].SegmentListHead)
         return 0;
-    for (e = ctx->SegmentListHead.Flink; e != &ctx->SegmentListHead; e = e->Flink) {
+    prev = &ctx->SegmentListHead;
+    for (e = ctx->SegmentListHead.Flink; e != &ctx->SegmentListHead; prev = e, e = e->Flink) {
         HEAP_PAGE_SEGMENT *seg = (HEAP_PAGE_SEGMENT *)e;
         if (++n > ctx->SegmentCount || ((uptr)seg & (SEGHEAP_SEGMENT_SIZE - 1))) return 0;
-        if (e->Flink->Blink != e || e->Blink->Flink != e) return 0;
-        if (!validate_segment(heap, seg, &tally)) return 0;
+        if (e->Blink != prev || !validate_segment(heap, seg, &tally)) return 0;
     }
-    if (n != ctx->SegmentCount) return 0;
+    if (n != ctx->SegmentCount || ctx->SegmentListHead.Blink != prev) return 0;
     count = check_tree(heap, TREE_PAGES, &ctx->FreePageRanges);
     if (count < 0 || (uptr)count != tally.free_ranges) return 0;
     {
@@ -1950,12 +1987,25 @@ static u8 segment_index(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg)
     return (u8)i;
 }
 
-static u32 walk_large_from(SEGMENT_HEAP *heap, RB_NODE *n, RTL_HEAP_WALK_ENTRY *e)
+/* Reports the first large block above address after (every node on the way checked). */
+static u32 walk_large_after(SEGMENT_HEAP *heap, uptr after, RTL_HEAP_WALK_ENTRY *e)
 {
+    RB_NODE *n = heap->LargeAllocMetadata.Root, *best = 0;
     HEAP_LARGE_ALLOC_DATA *meta;
-    (void)heap;
-    if (!n) return STATUS_NO_MORE_ENTRIES;
-    meta = CONTAINING(n, HEAP_LARGE_ALLOC_DATA, TreeNode);
+    uptr depth = 0;
+    while (n) {
+        if (!node_ok(heap, TREE_LARGE, n) || ++depth > 2 * 8 * PTR_SIZE)
+            return STATUS_INVALID_PARAMETER;
+        meta = CONTAINING(n, HEAP_LARGE_ALLOC_DATA, TreeNode);
+        if ((uptr)large_base(meta) > after) {
+            best = n;
+            n = n->Children[0];
+        } else {
+            n = n->Children[1];
+        }
+    }
+    if (!best) return STATUS_NO_MORE_ENTRIES;
+    meta = CONTAINING(best, HEAP_LARGE_ALLOC_DATA, TreeNode);
     return walk_set(e, large_base(meta), large_request(meta),
                     large_pages(meta) * PAGE - large_request(meta), WALK_BUSY, 0);
 }
@@ -1975,7 +2025,7 @@ static u32 walk_after_segment(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, RTL_HE
 {
     if (seg->ListEntry.Flink != &backend(heap)->SegmentListHead)
         return walk_region(heap, (HEAP_PAGE_SEGMENT *)seg->ListEntry.Flink, e);
-    return walk_large_from(heap, heap->LargeAllocMetadata.Min, e);
+    return walk_large_after(heap, 0, e);
 }
 
 /* The first chunk at or after chunk that RtlWalkHeap reports (0: none; *bad on corruption). */
@@ -2046,15 +2096,20 @@ static u32 walk_from_unit(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 u, RTL
             return walk_set(e, unit_addr(seg, u), (uptr)(j - u) * PAGE, 0,
                             committed ? 0 : RTL_HEAP_ENTRY_UNCOMMITTED, index);
         }
+        if (!allocated_range_ok(seg, first)) return STATUS_INVALID_PARAMETER;
         if (d->RangeFlags & RANGE_VS) {
             HEAP_VS_SUBSEGMENT *sub = (HEAP_VS_SUBSEGMENT *)start;
             int bad = 0;
-            u8 *chunk = vs_next_visible(heap, sub, vs_first_chunk(sub), &bad);
+            u8 *chunk;
+            if (!vs_sub_ok(sub, n * PAGE)) return STATUS_INVALID_PARAMETER;
+            chunk = vs_next_visible(heap, sub, vs_first_chunk(sub), &bad);
             if (bad) return STATUS_INVALID_PARAMETER;
             if (chunk) return walk_vs_chunk(heap, chunk, index, e);
         } else if (d->RangeFlags & RANGE_LFH) {
             HEAP_LFH_SUBSEGMENT *sub = (HEAP_LFH_SUBSEGMENT *)start;
-            u32 i = lfh_next_busy(sub, 0);
+            u32 i;
+            if (!lfh_sub_ok(heap, sub, n * PAGE)) return STATUS_INVALID_PARAMETER;
+            i = lfh_next_busy(sub, 0);
             if (i < sub->BlockCount) return walk_lfh_block(heap, sub, i, index, e);
         } else {
             return walk_set(e, start, n * PAGE - d->UnusedBytes, d->UnusedBytes, WALK_BUSY, index);
@@ -2077,7 +2132,7 @@ static u32 heap_walk(SEGMENT_HEAP *heap, RTL_HEAP_WALK_ENTRY *e)
     if (!data) {
         if (ctx->SegmentListHead.Flink != &ctx->SegmentListHead)
             return walk_region(heap, (HEAP_PAGE_SEGMENT *)ctx->SegmentListHead.Flink, e);
-        return walk_large_from(heap, heap->LargeAllocMetadata.Min, e);
+        return walk_large_after(heap, 0, e);
     }
     seg = find_segment(heap, data);
     if (e->Flags & RTL_HEAP_ENTRY_REGION) {
@@ -2087,7 +2142,7 @@ static u32 heap_walk(SEGMENT_HEAP *heap, RTL_HEAP_WALK_ENTRY *e)
     if (!seg) {
         meta = large_find(heap, data);
         if (!meta) return STATUS_INVALID_PARAMETER;
-        return walk_large_from(heap, rb_next(&meta->TreeNode), e);
+        return walk_large_after(heap, (uptr)data, e);
     }
     u = (u32)(((uptr)data - (uptr)seg) >> SEGHEAP_PAGE_SHIFT);
     first = range_first(seg, u);
@@ -2102,11 +2157,12 @@ static u32 heap_walk(SEGMENT_HEAP *heap, RTL_HEAP_WALK_ENTRY *e)
         while (u < first + n && (desc_at(seg, u)->RangeFlags & RANGE_COMMITTED) == committed) u++;
         return walk_from_unit(heap, seg, u, e);
     }
+    if (!allocated_range_ok(seg, first)) return STATUS_INVALID_PARAMETER;
     if (d->RangeFlags & RANGE_VS) {
         HEAP_VS_SUBSEGMENT *sub = (HEAP_VS_SUBSEGMENT *)start;
         u8 *chunk = data - VS_HDR, *next;
         int bad = 0;
-        if (chunk < vs_first_chunk(sub) || chunk >= vs_end(sub) || ((uptr)chunk & (VS_UNIT - 1)) ||
+        if (!vs_sub_ok(sub, n * PAGE) || chunk < vs_first_chunk(sub) || chunk >= vs_end(sub) || ((uptr)chunk & (VS_UNIT - 1)) ||
             !vs_chunk_ok(heap, sub, chunk, VS_ALLOCATED(vs_decode(heap, chunk)) == 1))
             return STATUS_INVALID_PARAMETER;
         next = vs_next_visible(
@@ -2119,7 +2175,7 @@ static u32 heap_walk(SEGMENT_HEAP *heap, RTL_HEAP_WALK_ENTRY *e)
         HEAP_LFH_SUBSEGMENT *sub = (HEAP_LFH_SUBSEGMENT *)start;
         u32 block = lfh_block_bytes(heap, sub), off = (u32)(data - start), i;
         u32 first_off = lfh_first_offset(heap, sub);
-        if (!lfh_owner(heap, sub) || off < first_off || !block || (off - first_off) % block ||
+        if (!lfh_sub_ok(heap, sub, n * PAGE) || off < first_off || (off - first_off) % block ||
             (off - first_off) / block >= sub->BlockCount)
             return STATUS_INVALID_PARAMETER;
         i = lfh_next_busy(sub, (off - first_off) / block + 1);

@@ -9,6 +9,7 @@ driver's region dump.
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -651,3 +652,32 @@ def test_destroy_releases_everything(arch: str) -> None:
     assert run.results("destroy") == [0]
     assert run.heaps == [[run.value("h")], []]
     assert run.results("lock") == [1] and run.results("unlock") == [1, 0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_corrupt_metadata_reported_not_crashing(arch: str) -> None:
+    """One byte of segment metadata (descriptors, a VS subsegment's header and chunks, an LFH
+    subsegment's header and bitmap) overwritten at random: RtlValidateHeap and RtlWalkHeap
+    return (the driver would die on a fault), and validation fails for a good share."""
+    lay = LAYOUTS[arch]
+    lines = ["create h 0x2 0 0"]
+    lines += [f"alloc s{i} h 0 0x40" for i in range(40)]
+    lines += [f"alloc v{i} h 0 {0x100 + 0x30 * i:#x}" for i in range(10)]
+    lines += ["free h 0 v3", "free h 0 v6", "free h 0 s20", "alloc b h 0 0x30000"]
+    lines += ["alloc g h 0 0x90000", "validate h 0"]
+    run = seg_run(lines, arch)
+    assert run.results("validate") == [1]
+    seg = run.value("s0") & ~(SEGMENT - 1)
+    targets = [
+        (seg, lay.first_desc * 0x1000),  # descriptors, segment header
+        (run.value("v0") & ~0xFFF, 0x800),  # VS subsegment header and chunks
+        (run.value("s39") & ~0xFFF, 0x200),  # LFH subsegment header and bitmap
+    ]
+    rng = random.Random(2024)
+    failed = 0
+    for _ in range(60):
+        start, span = rng.choice(targets)
+        corrupt = f"fill {start + rng.randrange(span):#x} {rng.randrange(256)} 1"
+        result = seg_run([*lines, corrupt, "validate h 0", "walk h"], arch)
+        failed += result.results("validate")[-1] == 0
+    assert failed >= 5
