@@ -84,8 +84,12 @@
  *     following Yason's thresholds (fact sheet C: large blocks from 0x7F001 bytes);
  *   - RtlReAllocateHeap stays in place when the new size routes to the same component (LFH:
  *     the same bucket; back end and large: the same page count; VS: shrinks split off
- *     remainders of at least 0x20 bytes, growth takes a free successor chunk); otherwise it
- *     allocates, copies and frees. It does not count for LFH activation.
+ *     remainders of at least 0x20 bytes, growth takes a free successor chunk) without touching
+ *     the LFH usage counters; otherwise it allocates (counted like any request), copies, frees;
+ *   - VS covers requests up to and including 0x20000 bytes (fact sheet C; "< 128 KiB" in
+ *     Yason's overview), the back end up to and including 0x7F000;
+ *   - no guard pages after VS/LFH subsegments, no per-block padding, no delayed frees, no
+ *     affinity slots (one set of subsegments per bucket), VS subsegments committed whole.
  *
  * RtlWalkHeap order: for each segment (creation order) a region entry, then its ranges in
  * address order: free ranges as runs of committed (Flags 0) and uncommitted (UNCOMMITTED)
@@ -97,10 +101,22 @@
  * RtlValidateHeap(heap, 0, NULL) checks every structure: signatures, descriptor tiling and
  * flags, tree shapes and orders, every VS chunk header, free-chunk and free-range membership,
  * LFH bitmaps, counts, FreeHint, slack fill, trailers, free-slot words, lists and statistics.
- * With a pointer it checks that block (and its slack).
+ * With a pointer it checks that block (and its slack). Validation, walking and the block
+ * lookup of RtlFreeHeap / RtlSizeHeap / RtlReAllocateHeap follow no pointer the heap cannot
+ * vouch for (tree nodes and list entries must lie in a range of the right type of one of the
+ * heap's segments, allocated ranges must be committed and signed); only the segment list head
+ * in _SEGMENT_HEAP itself is trusted. An overflow into a busy LFH neighbour with no slack is
+ * not detectable (LFH blocks have no headers), as on Windows.
  *
- * Creation parameters: RtlCreateHeap's last argument may point to a SEGHEAP_PARAMETERS (see
- * segheap.h: keys, seed, thresholds); anything else there is ignored.
+ * Interface (for the emulator): the exports of ntheap.c (RtlCreateHeap, RtlDestroyHeap,
+ * RtlAllocateHeap, RtlFreeHeap, RtlReAllocateHeap, RtlSizeHeap, RtlValidateHeap, RtlWalkHeap,
+ * RtlLockHeap, RtlUnlockHeap, RtlGetProcessHeaps) plus RtlQueryHeapInformation
+ * (HeapCompatibilityInformation only); the system calls NtAllocateVirtualMemory (MEM_RESERVE
+ * with and without a base address, MEM_COMMIT), NtFreeVirtualMemory (MEM_DECOMMIT,
+ * MEM_RELEASE with size 0) and NtRaiseException; the PEB's ProcessHeap, NumberOfHeaps,
+ * MaximumNumberOfHeaps and ProcessHeaps through ntheap_get_peb. Creation parameters:
+ * RtlCreateHeap's last argument may point to a SEGHEAP_PARAMETERS (segheap.h: keys, seed,
+ * thresholds, recognised by Length and Signature); anything else there is ignored.
  */
 #include "segheap.h"
 
