@@ -1,9 +1,12 @@
 /*
- * driver.c - runs heapemu's embedded NT heap (asm/src/ntheap.c) natively on the Linux host.
+ * driver.c - runs heapemu's embedded NT heap (asm/src/ntheap.c) or segment heap
+ * (asm/src/segheap.c, built with -DDRIVER_SEGHEAP) natively on the Linux host.
  *
  * Build (tests/native/nativeheap.py does this, cached by source hash):
  *   gcc -O1 -g -DNTHEAP_NATIVE -fno-strict-aliasing -I asm/src \
  *       tests/native/driver.c asm/src/ntheap.c -o ntheap_driver
+ *   gcc -O1 -g -DNTHEAP_NATIVE -DDRIVER_SEGHEAP -fno-strict-aliasing -I asm/src \
+ *       tests/native/driver.c asm/src/segheap.c -o segheap_driver
  *
  * Usage: ntheap_driver [-a ANSWERS] [-d DUMPDIR] [SCRIPT]      (SCRIPT "-" or absent: stdin)
  *
@@ -41,6 +44,10 @@
  *   peek ADDRESS LEN                      prints "peek HEXBYTES" (memory as it is)
  *   dump                                  writes every live region to DUMPDIR (see below)
  *   echo TEXT...                          prints "echo TEXT..."
+ *   params NAME VALUE ...                 segment heap only: later create lines pass a
+ *                                         SEGHEAP_PARAMETERS with these fields (heapkey lfhkey
+ *                                         seed lfhmax vsmax backendmax lfhlive lfhtotal
+ *                                         freecommit; others 0 = default); "params off": none
  *
  * Output, one line per event, numbers in hex with 0x:
  *   vm alloc BASE SIZE TYPE PROTECT -> STATUS BASE SIZE    (every NtAllocateVirtualMemory)
@@ -57,13 +64,18 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
+#ifdef DRIVER_SEGHEAP
+#include "segheap.h"
+#else
 #include "ntheap.h"
+#endif
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -103,6 +115,11 @@ static union {
 } peb;
 static void *peb_heaps[MAX_PEB_HEAPS];
 static int line_no;
+#ifdef DRIVER_SEGHEAP
+static SEGHEAP_PARAMETERS seg_params;
+static int seg_params_set;
+#endif
+static void *create_params;
 
 static void die(const char *msg, const char *arg)
 {
@@ -372,6 +389,59 @@ static void do_walk(void *heap)
     printf("walk end runaway\n");
 }
 
+#ifdef DRIVER_SEGHEAP
+static void set_params(char **tok, int ntok)
+{
+    static const struct {
+        const char *name;
+        size_t offset, size;
+    } fields[] = {
+        {"heapkey", offsetof(SEGHEAP_PARAMETERS, HeapKey), sizeof(uptr)},
+        {"lfhkey", offsetof(SEGHEAP_PARAMETERS, LfhKey), sizeof(uptr)},
+        {"seed", offsetof(SEGHEAP_PARAMETERS, RandomSeed), 4},
+        {"lfhmax", offsetof(SEGHEAP_PARAMETERS, LfhMaxSize), 4},
+        {"vsmax", offsetof(SEGHEAP_PARAMETERS, VsMaxSize), 4},
+        {"backendmax", offsetof(SEGHEAP_PARAMETERS, BackendMaxSize), 4},
+        {"lfhlive", offsetof(SEGHEAP_PARAMETERS, LfhActivationLive), 4},
+        {"lfhtotal", offsetof(SEGHEAP_PARAMETERS, LfhActivationTotal), 4},
+        {"freecommit", offsetof(SEGHEAP_PARAMETERS, FreeCommitLimit), 4},
+    };
+    if (ntok == 2 && !strcmp(tok[1], "off")) {
+        create_params = NULL;
+        seg_params_set = 0;
+        return;
+    }
+    if (!seg_params_set) {
+        memset(&seg_params, 0, sizeof seg_params);
+        seg_params.Length = sizeof seg_params;
+        seg_params.Signature = SEGHEAP_PARAMETERS_SIGNATURE;
+        seg_params_set = 1;
+    }
+    for (int i = 1; i < ntok; i += 2) {
+        size_t f;
+        uptr v;
+        for (f = 0; f < sizeof fields / sizeof fields[0]; f++)
+            if (!strcmp(fields[f].name, tok[i])) break;
+        if (f == sizeof fields / sizeof fields[0]) die("params: unknown field", tok[i]);
+        v = value(i + 1 < ntok ? tok[i + 1] : NULL);
+        if (fields[f].size == 4) {
+            u32 v32 = (u32)v;
+            memcpy((char *)&seg_params + fields[f].offset, &v32, 4);
+        } else {
+            memcpy((char *)&seg_params + fields[f].offset, &v, sizeof v);
+        }
+    }
+    create_params = &seg_params;
+}
+#else
+static void set_params(char **tok, int ntok)
+{
+    (void)tok;
+    (void)ntok;
+    die("params: segment heap only", NULL);
+}
+#endif
+
 #define ARG(i) (i < ntok ? tok[i] : NULL)
 #define OUT(fmt, ...) printf(fmt "\n", __VA_ARGS__)
 #define HEX(v) ((unsigned long long)(uptr)(v))
@@ -384,7 +454,7 @@ static void run_line(char **tok, int ntok)
         define(ARG(1), 0); /* stays 0 when the call raises an exception */
     if (!strcmp(op, "create")) {
         void *h = RtlCreateHeap((u32)value(ARG(2)), ntok > 5 ? (void *)value(ARG(5)) : NULL,
-                                value(ARG(3)), value(ARG(4)), NULL, NULL);
+                                value(ARG(3)), value(ARG(4)), NULL, create_params);
         define(ARG(1), (uptr)h);
         OUT("create %s -> 0x%llx", ARG(1), HEX(h));
     } else if (!strcmp(op, "reserve")) {
@@ -467,6 +537,8 @@ static void run_line(char **tok, int ntok)
         printf("echo");
         for (int i = 1; i < ntok; i++) printf(" %s", tok[i]);
         printf("\n");
+    } else if (!strcmp(op, "params")) {
+        set_params(tok, ntok);
     } else {
         die("unknown operation", op);
     }
