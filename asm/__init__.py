@@ -138,7 +138,7 @@ def _check_arch(arch: str) -> None:
 
 
 #: The C heaps compiled to flat code (``asm/src/<unit>.c`` -> ``asm/<unit>_<arch>.s``).
-UNITS: tuple[str, ...] = ("ntheap",)
+UNITS: tuple[str, ...] = ("ntheap", "segheap")
 
 
 @cache
