@@ -64,8 +64,8 @@
  * Free neighbours coalesce (so a free block is followed by a free block only inside such a
  * run). Freeing a block of >= DeCommitFreeBlockThreshold units when TotalFreeSize would reach
  * DeCommitTotalFreeThreshold decommits its whole pages: a sentinel + UCR goes in their place
- * (merged with an adjacent UCR). Blocks above VirtualMemoryThreshold (0xFE00 units) of growable
- * heaps get their own region: HEAP_VIRTUAL_ALLOC_ENTRY (0x20 / 0x40 bytes) then the data;
+ * (merged with an adjacent UCR). Blocks above VirtualMemoryThreshold (0xFE00 / 0xFF00 units)
+ * of growable heaps get their own region: HEAP_VIRTUAL_ALLOC_ENTRY (0x20 / 0x40 bytes), data;
  * BusyBlock.Size = CommitSize - requested bytes, Flags BUSY|VIRTUAL_ALLOC; non-growable heaps
  * fail such requests.
  *
@@ -256,7 +256,6 @@ typedef char win7heap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 
 #define LIST_LOOKUP_FIRST_SIZE 0x80u
 #define LIST_LOOKUP_LAST_SIZE 0x800u
-#define HEAP_VIRTUAL_THRESHOLD_UNITS 0xFE00u
 #define HEAP_MAX_FREE_UNITS 0xFFFFu
 #define HEAP_DEFAULT_RESERVE_PAGES 64u
 #define HEAP_DEFAULT_SEGMENT_RESERVE 0x100000u
@@ -266,6 +265,14 @@ typedef char win7heap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define WIN7HEAP_MAX_SEGMENT_RESERVE 0x10000000u
 #define HEAP_INTERNAL_UNUSED 1u /* UnusedBytes of header/index/lookup blocks (T2: size - 1) */
 #define HEAP_SENTINEL_UNUSED 3u /* UnusedBytes of a UCR sentinel (T2: 0x20 . busy (1d)) */
+
+/* VirtualMemoryThreshold, in units: x86 0xFE00 (0x7F000 bytes, T2 L83); x64 0xFF00 (0xFF000
+ * bytes) as public Windows 7 x64 `dt _HEAP` dumps show it (from memory, not in the fact sheet). */
+#ifdef WIN7HEAP_PTR64
+#define HEAP_VIRTUAL_THRESHOLD_UNITS 0xFF00u
+#else
+#define HEAP_VIRTUAL_THRESHOLD_UNITS 0xFE00u
+#endif
 
 #ifdef WIN7HEAP_PTR64
 #define HEAP_MAXIMUM_ALLOCATION 0x7FFFFFDEFFFull
