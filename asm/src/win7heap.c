@@ -439,3 +439,360 @@ static void lookup_init(HEAP_LIST_LOOKUP *l, HEAP *heap, u32 base_index, u32 arr
     for (i = 0; i < count / 32; i++) l->ListsInUseUlong[i] = 0;
     for (i = 0; i < count; i++) l->ListHints[i].Flink = l->ListHints[i].Blink = 0;
 }
+
+/* ------------------------------------------------------------------ commit and UCRs */
+
+static HEAP_UCR_DESCRIPTOR *sentinel_ucr(HEAP_ENTRY *sentinel)
+{
+    return (HEAP_UCR_DESCRIPTOR *)(sentinel + 1);
+}
+
+/* Heap.UCRList: the UCRs with Size > 0, ascending size. A 0-byte UCR (a fully committed
+ * segment's end) is self-linked, so list_remove works on it too. */
+static void ucr_heap_insert(HEAP *heap, HEAP_UCR_DESCRIPTOR *ucr)
+{
+    LIST_ENTRY *e;
+    if (!ucr->Size) {
+        list_init(&ucr->ListEntry);
+        return;
+    }
+    for (e = heap->UCRList.Flink; e != &heap->UCRList; e = e->Flink)
+        if (ucr_of_heap_link(e)->Size >= ucr->Size) break;
+    list_insert_before(e, &ucr->ListEntry);
+}
+
+/* HEAP_SEGMENT.UCRSegmentList: ascending address. */
+static void ucr_segment_insert(HEAP_SEGMENT *seg, HEAP_UCR_DESCRIPTOR *ucr)
+{
+    LIST_ENTRY *e;
+    for (e = seg->UCRSegmentList.Flink; e != &seg->UCRSegmentList; e = e->Flink)
+        if ((u8 *)ucr_of_segment_link(e)->Address > (u8 *)ucr->Address) break;
+    list_insert_before(e, &ucr->SegmentEntry);
+}
+
+/* Writes the sentinel that ends the committed range before ucr_start, describing the UCR
+ * [ucr_start, ucr_start + ucr_size), and lists the UCR. */
+static HEAP_ENTRY *put_sentinel(HEAP *heap, HEAP_SEGMENT *seg, u8 *ucr_start, uptr ucr_size,
+                                uptr prev_units, u32 segidx)
+{
+    HEAP_ENTRY *sentinel = (HEAP_ENTRY *)(ucr_start - SENTINEL_BYTES);
+    HEAP_UCR_DESCRIPTOR *ucr = sentinel_ucr(sentinel);
+    entry_init(heap, sentinel, SENTINEL_UNITS, HEAP_ENTRY_BUSY | HEAP_ENTRY_LAST_ENTRY, prev_units,
+               segidx, HEAP_SENTINEL_UNUSED);
+    ucr->Address = ucr_start;
+    ucr->Size = ucr_size;
+    ucr_segment_insert(seg, ucr);
+    ucr_heap_insert(heap, ucr);
+    return sentinel;
+}
+
+/* Makes [start, end) free blocks of at most 0xFFFF units (no merging); prev_units is the size
+ * of the block before start. The block at end gets the last one's size as PreviousSize. */
+static void carve_free(HEAP *heap, u32 segidx, u8 *start, u8 *end, uptr prev_units)
+{
+    while (start < end) {
+        uptr total = (uptr)(end - start) / G, units = total;
+        if (units > HEAP_MAX_FREE_UNITS) {
+            units = HEAP_MAX_FREE_UNITS;
+            if (total - units < MIN_FREE_UNITS) units = total - MIN_FREE_UNITS;
+        }
+        entry_init(heap, (HEAP_ENTRY *)start, units, 0, prev_units, segidx, 0);
+        insert_free(heap, (HEAP_ENTRY *)start, units);
+        prev_units = units;
+        start += units * G;
+    }
+    ((HEAP_ENTRY *)end)->PreviousSize = (u16)prev_units;
+}
+
+/* [start, end) of seg becomes free: merged with the free blocks before it (prev_units: size of
+ * the block before start, 0 after a UCR or at the segment's start) and after it (end always
+ * holds a header: busy, free or a sentinel). *run_start / *run_end receive the merged run. */
+static void free_run(HEAP *heap, HEAP_SEGMENT *seg, u8 *start, u8 *end, uptr prev_units,
+                     u8 **run_start, u8 **run_end)
+{
+    u32 segidx = segment_index(heap, seg), flags;
+    uptr units;
+    while (prev_units) {
+        HEAP_ENTRY *prev = (HEAP_ENTRY *)(start - prev_units * G);
+        if ((u8 *)prev < (u8 *)seg->FirstEntry) {
+            heap_corruption();
+            break;
+        }
+        units = entry_units(heap, prev, &flags);
+        if (!units || (flags & HEAP_ENTRY_BUSY)) break;
+        if (units != prev_units) {
+            heap_corruption();
+            break;
+        }
+        remove_free(heap, prev, units);
+        start = (u8 *)prev;
+        prev_units = prev->PreviousSize;
+    }
+    for (;;) {
+        HEAP_ENTRY *next = (HEAP_ENTRY *)end;
+        units = entry_units(heap, next, &flags);
+        if (!units || (flags & HEAP_ENTRY_BUSY)) break;
+        remove_free(heap, next, units);
+        end += units * G;
+    }
+    carve_free(heap, segidx, start, end, prev_units);
+    if (run_start) *run_start = start;
+    if (run_end) *run_end = end;
+}
+
+/* Commits the first `bytes` (page multiple, <= Size) of a UCR: the sentinel before it and the
+ * new pages become free space; a new sentinel follows unless the UCR is used up in the middle
+ * of its segment (then the two committed ranges join). */
+static int commit_from_ucr(HEAP *heap, HEAP_UCR_DESCRIPTOR *ucr, uptr bytes)
+{
+    u8 *address = ucr->Address;
+    uptr size = ucr->Size;
+    HEAP_SEGMENT *seg = find_segment(heap, address - 1);
+    HEAP_ENTRY *sentinel = (HEAP_ENTRY *)(address - SENTINEL_BYTES);
+    uptr prev_units = sentinel->PreviousSize;
+    if (!seg || bytes > size || !commit_pages(heap, address, bytes)) return 0;
+    list_remove(&ucr->ListEntry);
+    list_remove(&ucr->SegmentEntry);
+    seg->NumberOfUnCommittedPages -= (u32)(bytes / PAGE);
+    heap->Counters.CommittOps++;
+    heap->Counters.TotalMemoryCommitted += bytes;
+    if (bytes < size || address + bytes == (u8 *)seg->LastValidEntry) {
+        put_sentinel(heap, seg, address + bytes, size - bytes, 0, segment_index(heap, seg));
+        free_run(heap, seg, (u8 *)sentinel, address + bytes - SENTINEL_BYTES, prev_units, 0, 0);
+    } else {
+        seg->NumberOfUnCommittedRanges--;
+        heap->Counters.TotalUCRs--;
+        free_run(heap, seg, (u8 *)sentinel, address + bytes, prev_units, 0, 0);
+    }
+    return 1;
+}
+
+/* A new segment for a block of `bytes`: reserves max(SegmentReserve, bytes + a page), commits
+ * max(SegmentCommit, what the block needs), then SegmentReserve grows by the reservation. */
+static int create_segment(HEAP *heap, uptr bytes)
+{
+    uptr need = align_up(bytes + PAGE, PAGE), reserve, commit;
+    u32 count = 0, segidx;
+    LIST_ENTRY *e;
+    void *base = 0;
+    HEAP_SEGMENT *seg;
+    for (e = heap->SegmentList.Flink; e != &heap->SegmentList; e = e->Flink) count++;
+    if (count >= MAX_SEGMENTS || bytes > HEAP_MAXIMUM_ALLOCATION) return 0;
+    reserve = heap->SegmentReserve > need ? align_up(heap->SegmentReserve, PAGE) : need;
+    commit = align_up(bytes + SEGMENT_HEADER_BYTES + SENTINEL_BYTES, PAGE);
+    if (commit < heap->SegmentCommit) commit = align_up(heap->SegmentCommit, PAGE);
+    if ((i32)NtAllocateVirtualMemory(CURRENT_PROCESS, &base, 0, &reserve, MEM_RESERVE,
+                                     heap_protect(heap)) < 0) {
+        base = 0;
+        reserve = need;
+        if ((i32)NtAllocateVirtualMemory(CURRENT_PROCESS, &base, 0, &reserve, MEM_RESERVE,
+                                         heap_protect(heap)) < 0)
+            return 0;
+    }
+    if (commit > reserve) commit = reserve;
+    if (!commit_pages(heap, base, commit)) {
+        release_region(base);
+        return 0;
+    }
+    segidx = count;
+    seg = base;
+    mem_zero(seg, SEGMENT_HEADER_BYTES);
+    entry_init(heap, &seg->Entry, SEGMENT_HEADER_BYTES / G, HEAP_ENTRY_BUSY, 0, segidx,
+               HEAP_INTERNAL_UNUSED);
+    seg->SegmentSignature = HEAP_SEGMENT_SIGNATURE;
+    seg->SegmentFlags = 0;
+    seg->Heap = heap;
+    seg->BaseAddress = base;
+    seg->NumberOfPages = (u32)(reserve / PAGE);
+    seg->FirstEntry = entry_at(base, SEGMENT_HEADER_BYTES / G);
+    seg->LastValidEntry = (HEAP_ENTRY *)((u8 *)base + reserve);
+    seg->NumberOfUnCommittedPages = (u32)((reserve - commit) / PAGE);
+    seg->NumberOfUnCommittedRanges = 1;
+    list_init(&seg->UCRSegmentList);
+    list_insert_before(&heap->SegmentList, &seg->SegmentListEntry);
+    put_sentinel(heap, seg, (u8 *)base + commit, reserve - commit, 0, segidx);
+    free_run(heap, seg, (u8 *)seg->FirstEntry, (u8 *)base + commit - SENTINEL_BYTES,
+             SEGMENT_HEADER_BYTES / G, 0, 0);
+    heap->SegmentReserve += reserve;
+    if (heap->SegmentReserve > WIN7HEAP_MAX_SEGMENT_RESERVE)
+        heap->SegmentReserve = WIN7HEAP_MAX_SEGMENT_RESERVE;
+    heap->Counters.TotalSegments++;
+    heap->Counters.TotalUCRs++;
+    heap->Counters.TotalMemoryReserved += reserve;
+    heap->Counters.TotalMemoryCommitted += commit;
+    return 1;
+}
+
+/* Room for a block of `units`: pages from the smallest UCR that holds round_page(bytes), else
+ * (growable heaps) a new segment. */
+static int extend_heap(HEAP *heap, uptr units)
+{
+    uptr bytes = units * G, need = align_up(bytes, PAGE);
+    LIST_ENTRY *e;
+    for (e = heap->UCRList.Flink; e != &heap->UCRList; e = e->Flink) {
+        HEAP_UCR_DESCRIPTOR *ucr = ucr_of_heap_link(e);
+        if (ucr->Size >= need) return commit_from_ucr(heap, ucr, need);
+    }
+    if (!(heap->Flags & HEAP_GROWABLE)) return 0;
+    return create_segment(heap, bytes);
+}
+
+/* After a free made the run [start, end): when the run is at least DeCommitFreeBlockThreshold
+ * and TotalFreeSize at least DeCommitTotalFreeThreshold, its whole pages are decommitted. What
+ * stays committed in front keeps a free block (if any) and a new sentinel; a run that ends at a
+ * sentinel extends that UCR, otherwise a new UCR is made and the tail stays a free block. */
+static void maybe_decommit(HEAP *heap, HEAP_SEGMENT *seg, u8 *start, u8 *end)
+{
+    uptr run_units = (uptr)(end - start) / G, prev_units, units, ucr_end = 0;
+    HEAP_ENTRY *after = (HEAP_ENTRY *)end;
+    HEAP_UCR_DESCRIPTOR *next_ucr = 0;
+    u8 *d0, *d1, *p;
+    u32 flags, segidx;
+    void *base;
+    uptr size;
+
+    if (run_units < heap->DeCommitFreeBlockThreshold ||
+        heap->TotalFreeSize < heap->DeCommitTotalFreeThreshold)
+        return;
+    if (!entry_units(heap, after, &flags)) return;
+    if (flags & HEAP_ENTRY_LAST_ENTRY) next_ucr = sentinel_ucr(after);
+    d0 = (u8 *)align_up((uptr)start + SENTINEL_BYTES, PAGE);
+    if ((uptr)(d0 - SENTINEL_BYTES - start) == G) d0 += PAGE;
+    if (next_ucr) {
+        d1 = next_ucr->Address;
+        ucr_end = (uptr)next_ucr->Address + next_ucr->Size;
+    } else {
+        d1 = (u8 *)align_down((uptr)end, PAGE);
+        if ((uptr)(end - d1) == G) d1 -= PAGE;
+    }
+    if (d1 <= d0) return;
+
+    /* bookkeeping first: the pages going away hold free headers and maybe the old sentinel */
+    segidx = segment_index(heap, seg);
+    prev_units = ((HEAP_ENTRY *)start)->PreviousSize;
+    for (p = start; p < end; p += units * G) {
+        units = entry_units(heap, (HEAP_ENTRY *)p, 0);
+        if (!units) return;
+        remove_free(heap, (HEAP_ENTRY *)p, units);
+    }
+    if (next_ucr) {
+        list_remove(&next_ucr->ListEntry);
+        list_remove(&next_ucr->SegmentEntry);
+    }
+    carve_free(heap, segidx, start, d0 - SENTINEL_BYTES, prev_units);
+    prev_units = ((HEAP_ENTRY *)(d0 - SENTINEL_BYTES))->PreviousSize;
+    if (next_ucr) {
+        put_sentinel(heap, seg, d0, ucr_end - (uptr)d0, prev_units, segidx);
+    } else {
+        put_sentinel(heap, seg, d0, (uptr)(d1 - d0), prev_units, segidx);
+        seg->NumberOfUnCommittedRanges++;
+        heap->Counters.TotalUCRs++;
+        carve_free(heap, segidx, d1, end, 0);
+    }
+    seg->NumberOfUnCommittedPages += (u32)((uptr)(d1 - d0) / PAGE);
+    heap->Counters.DeCommitOps++;
+    heap->Counters.TotalMemoryCommitted -= (uptr)(d1 - d0);
+    /* if the kernel refuses, the pages merely stay committed inside a UCR (committing them
+     * again later succeeds) */
+    base = d0;
+    size = (uptr)(d1 - d0);
+    NtFreeVirtualMemory(CURRENT_PROCESS, &base, &size, MEM_DECOMMIT);
+}
+
+/* ------------------------------------------------------------------ back end */
+
+/* Takes `units` from the listed free block `entry` (splitting off a remainder of at least
+ * MIN_FREE_UNITS) and marks it busy. request: bytes asked for (UnusedBytes = block - request). */
+static HEAP_ENTRY *take_block(HEAP *heap, HEAP_ENTRY *entry, uptr units, u32 kind, uptr request)
+{
+    HEAP_SEGMENT *seg = find_segment(heap, entry);
+    uptr have = entry_units(heap, entry, 0), prev_units = entry->PreviousSize;
+    u32 flags = HEAP_ENTRY_BUSY | (kind == BLOCK_INTERNAL ? HEAP_ENTRY_INTERNAL : 0), unused;
+    u32 segidx;
+    if (!seg || !have || have < units) return 0;
+    segidx = segment_index(heap, seg);
+    remove_free(heap, entry, have);
+    if (have - units < MIN_FREE_UNITS) units = have;
+    unused = kind == BLOCK_STRUCTURE ? HEAP_INTERNAL_UNUSED : (u32)(units * G - request);
+    entry_init(heap, entry, units, flags, prev_units, segidx, unused);
+    if (have > units) free_run(heap, seg, (u8 *)entry_at(entry, units), (u8 *)entry_at(entry, have),
+                               units, 0, 0);
+    return entry;
+}
+
+static void ensure_extended_lookup(HEAP *heap, uptr units);
+
+/* A back-end block for `request` bytes (header excluded); 0 when there is no room. */
+static HEAP_ENTRY *backend_alloc(HEAP *heap, uptr request, u32 kind)
+{
+    uptr units = request_units(request);
+    HEAP_ENTRY *entry;
+    if (kind != BLOCK_STRUCTURE) ensure_extended_lookup(heap, units);
+    entry = find_free(heap, units);
+    if (!entry) {
+        if (!extend_heap(heap, units)) return 0;
+        entry = find_free(heap, units);
+        if (!entry) return 0;
+    }
+    return take_block(heap, entry, units, kind, request);
+}
+
+/* The first back-end request of ArraySize units or more appends the extended lookup
+ * [0x80, 0x800) (T2: allocated right before the LFH, which is such a request). */
+static void ensure_extended_lookup(HEAP *heap, uptr units)
+{
+    HEAP_LIST_LOOKUP *first = heap->BlocksIndex, *l;
+    HEAP_ENTRY *entry;
+    if (first->ExtendedLookup || units < first->ArraySize) return;
+    entry = backend_alloc(heap, EXT_LOOKUP_BYTES, BLOCK_STRUCTURE);
+    if (!entry) return;
+    l = (HEAP_LIST_LOOKUP *)(entry + 1);
+    lookup_init(l, heap, LIST_LOOKUP_FIRST_SIZE, LIST_LOOKUP_LAST_SIZE);
+    first->ExtendedLookup = l;
+    rebuild_hints(heap);
+}
+
+/* Frees a busy back-end block: merged with free neighbours, maybe decommitted. */
+static void backend_free(HEAP *heap, HEAP_SEGMENT *seg, HEAP_ENTRY *entry, uptr units)
+{
+    u8 *start, *end;
+    free_run(heap, seg, (u8 *)entry, (u8 *)entry_at(entry, units), entry->PreviousSize, &start,
+             &end);
+    maybe_decommit(heap, seg, start, end);
+}
+
+/* ------------------------------------------------------------------ virtual blocks */
+
+static void *virtual_alloc(HEAP *heap, uptr request)
+{
+    uptr total = align_up(request + sizeof(HEAP_VIRTUAL_ALLOC_ENTRY), PAGE);
+    void *base = 0;
+    HEAP_VIRTUAL_ALLOC_ENTRY *va;
+    if (total < request) return 0;
+    if ((i32)NtAllocateVirtualMemory(CURRENT_PROCESS, &base, 0, &total, MEM_RESERVE | MEM_COMMIT,
+                                     heap_protect(heap)) < 0)
+        return 0;
+    va = base;
+    mem_zero(va, sizeof(*va));
+    va->CommitSize = total;
+    va->ReserveSize = total;
+    entry_init(heap, &va->BusyBlock, total - request, HEAP_ENTRY_BUSY | HEAP_ENTRY_VIRTUAL_ALLOC, 0,
+               0, 0);
+    list_insert_before(&heap->VirtualAllocdBlocks, &va->Entry);
+    heap->Counters.TotalSizeInVirtualBlocks += total;
+    return va + 1;
+}
+
+static void virtual_free(HEAP *heap, HEAP_VIRTUAL_ALLOC_ENTRY *va)
+{
+    list_remove(&va->Entry);
+    heap->Counters.TotalSizeInVirtualBlocks -= va->CommitSize;
+    release_region(va);
+}
+
+/* Requested bytes of a virtual block (BusyBlock.Size holds CommitSize - requested). */
+static uptr virtual_request(HEAP *heap, HEAP_VIRTUAL_ALLOC_ENTRY *va)
+{
+    uptr unused = entry_units(heap, &va->BusyBlock, 0);
+    return unused <= va->CommitSize ? va->CommitSize - unused : 0;
+}
