@@ -796,3 +796,416 @@ static uptr virtual_request(HEAP *heap, HEAP_VIRTUAL_ALLOC_ENTRY *va)
     uptr unused = entry_units(heap, &va->BusyBlock, 0);
     return unused <= va->CommitSize ? va->CommitSize - unused : 0;
 }
+
+/* ------------------------------------------------------------------ LFH */
+
+#define LFH_KEY_SHIFT (G == 8 ? 3u : 4u)
+#define LFH_FIRST_OFFSET ((u16)(sizeof(HEAP_USERDATA_HEADER) / G)) /* 2 on both arches */
+#define LFH_ACTIVE_LOCK 4u /* HEAP_SUBSEGMENT.Lock: 3, | 4 while Active (T2 shows 7 and 3) */
+
+static int lfh_allowed(const HEAP *heap) { return !(heap->Flags & NO_LFH_FLAGS); }
+
+static LFH_HEAP *heap_lfh(const HEAP *heap)
+{
+    return heap->FrontEndHeapType == HEAP_FRONT_END_LFH ? (LFH_HEAP *)heap->FrontEndHeap : 0;
+}
+
+/* Capacity (data units) of bucket i: i up to 32, then 16 buckets each of steps 2, 4, ..., 64. */
+static uptr bucket_capacity(u32 i)
+{
+    u32 g;
+    if (i <= 32) return i;
+    g = (i - 33) / 16;
+    return ((uptr)32 << g) + (uptr)(i - 32 - 16 * g) * ((uptr)2 << g);
+}
+
+/* The bucket for `capacity` data units (>= 1), or LFH_BUCKETS when none holds it. */
+static u32 bucket_for(uptr capacity)
+{
+    u32 g;
+    if (capacity <= 32) return (u32)capacity;
+    for (g = 0; g < 6; g++) {
+        uptr base = (uptr)32 << g, step = (uptr)2 << g;
+        if (capacity <= 2 * base) return 32 + 16 * g + (u32)((capacity - base + step - 1) / step);
+    }
+    return LFH_BUCKETS;
+}
+
+/* The activation counter of back-end size `units` (ListHints[units].Blink), or 0 for the
+ * catch-all slot. While counting, Blink holds 2 * c (bit 0 clear); &Buckets[i] + 1 once the
+ * size is served by the LFH. */
+static uptr *lfh_counter(HEAP *heap, uptr units)
+{
+    u32 slot;
+    int catch_all;
+    HEAP_LIST_LOOKUP *l = lookup_slot(heap, units, &slot, &catch_all);
+    return catch_all ? 0 : (uptr *)&l->ListHints[slot].Blink;
+}
+
+/* A back-end allocation of `units`: c += 0x21; when (c & 0x1F) > 0x10 or c > 0xFF00 the size
+ * goes to the LFH if it exists, else the next allocation creates the LFH (T2, VM12). */
+static void lfh_count_alloc(HEAP *heap, uptr units)
+{
+    uptr *counter, c;
+    LFH_HEAP *lfh = heap_lfh(heap);
+    u32 bucket = bucket_for(units - 1);
+    if (!lfh_allowed(heap) || bucket >= LFH_BUCKETS) return;
+    counter = lfh_counter(heap, units);
+    if (!counter || (*counter & 1)) return;
+    c = (*counter >> 1) + LFH_ACTIVATE_STEP;
+    *counter = c << 1;
+    if ((c & 0x1F) > 0x10 || c > 0xFF00) {
+        if (lfh)
+            *counter = (uptr)&lfh->Buckets[bucket] + 1;
+        else
+            heap->CompatibilityFlags |= HEAP_COMPAT_LFH_PENDING;
+    }
+}
+
+static void lfh_count_free(HEAP *heap, uptr units)
+{
+    uptr *counter = lfh_counter(heap, units);
+    if (counter && !(*counter & 1) && *counter >= 2) *counter -= 2;
+}
+
+/* The LFH bucket serving a request of `units` back-end units, or LFH_BUCKETS. */
+static u32 lfh_bucket_of(HEAP *heap, LFH_HEAP *lfh, uptr units)
+{
+    uptr *counter = lfh_counter(heap, units), value;
+    if (!counter || !(*counter & 1)) return LFH_BUCKETS;
+    value = *counter - 1;
+    if (value < (uptr)&lfh->Buckets[0] || value > (uptr)&lfh->Buckets[LFH_BUCKETS - 1] ||
+        (value - (uptr)&lfh->Buckets[0]) % sizeof(HEAP_BUCKET)) {
+        heap_corruption();
+        return LFH_BUCKETS;
+    }
+    return (u32)((value - (uptr)&lfh->Buckets[0]) / sizeof(HEAP_BUCKET));
+}
+
+/* Creates the _LFH_HEAP: a back-end Internal block of 0x310 + 17 * sizeof(HEAP_LOCAL_DATA)
+ * bytes (x86 0x378A8, T2 L379). */
+static LFH_HEAP *lfh_create(HEAP *heap)
+{
+    uptr bytes = __builtin_offsetof(LFH_HEAP, LocalData) + LFH_LOCAL_DATA_COUNT * sizeof(HEAP_LOCAL_DATA);
+    HEAP_ENTRY *entry;
+    LFH_HEAP *lfh;
+    u32 i;
+    heap->CompatibilityFlags &= ~HEAP_COMPAT_LFH_PENDING;
+    if (heap_lfh(heap) || !lfh_allowed(heap)) return heap_lfh(heap);
+    entry = backend_alloc(heap, bytes, BLOCK_INTERNAL);
+    if (!entry) return 0;
+    lfh = (LFH_HEAP *)(entry + 1);
+    mem_zero(lfh, bytes);
+    lfh->Lock.LockCount = -1;
+    list_init(&lfh->SubSegmentZones);
+    lfh->ZoneBlockSize = sizeof(HEAP_SUBSEGMENT);
+    lfh->Heap = heap;
+    for (i = 0; i < LFH_BUCKETS; i++) {
+        lfh->Buckets[i].BlockUnits = (u16)(bucket_capacity(i) + 1);
+        lfh->Buckets[i].SizeIndex = (u8)i;
+        lfh->Buckets[i].Flags = 0;
+    }
+    lfh->LocalData[0].LowFragHeap = lfh;
+    heap->FrontEndHeap = lfh;
+    heap->FrontEndHeapType = HEAP_FRONT_END_LFH;
+    heap->DeCommitFreeBlockThreshold = LFH_DECOMMIT_THRESHOLD_BYTES / G; /* T2 L269: 0x800 */
+    return lfh;
+}
+
+/* SegmentInfo[bucket], set up on first use (T2: unused buckets stay all zero). */
+static HEAP_LOCAL_SEGMENT_INFO *lfh_segment_info(LFH_HEAP *lfh, u32 bucket)
+{
+    HEAP_LOCAL_SEGMENT_INFO *si = &lfh->LocalData[0].SegmentInfo[bucket];
+    if (!si->LocalData) {
+        si->LocalData = &lfh->LocalData[0];
+        si->BucketIndex = (u16)bucket;
+    }
+    return si;
+}
+
+/* LFH block header: word Heap ^ SubSegment ^ LFHKey ^ (header >> 3) on x86 (T2); on x64 the
+ * 64-bit code (>> 4) in PreviousBlockPrivateData and its low half in the word at +8. */
+static void lfh_header(HEAP *heap, HEAP_SUBSEGMENT *sub, HEAP_ENTRY *entry, uptr key, u32 unused)
+{
+    uptr code = (uptr)heap ^ (uptr)sub ^ key ^ ((uptr)entry >> LFH_KEY_SHIFT);
+#ifdef WIN7HEAP_PTR64
+    entry->PreviousBlockPrivateData = code;
+#endif
+    *entry_word(entry) = (u32)code;
+    entry->PreviousSize = 0;
+    entry->SegmentOffset = 0;
+    entry->UnusedBytes = (u8)unused;
+}
+
+static HEAP_SUBSEGMENT *lfh_decode(HEAP *heap, HEAP_ENTRY *entry, uptr key)
+{
+    uptr code;
+#ifdef WIN7HEAP_PTR64
+    code = entry->PreviousBlockPrivateData;
+    if ((u32)code != *entry_word(entry)) return 0;
+#else
+    code = *entry_word(entry);
+#endif
+    return (HEAP_SUBSEGMENT *)(code ^ (uptr)heap ^ key ^ ((uptr)entry >> LFH_KEY_SHIFT));
+}
+
+/* 1 if sub is a live descriptor of one of lfh's zones, with consistent UserBlocks. */
+static int lfh_subsegment_valid(LFH_HEAP *lfh, HEAP_SUBSEGMENT *sub)
+{
+    LIST_ENTRY *e;
+    for (e = lfh->SubSegmentZones.Flink; e != &lfh->SubSegmentZones; e = e->Flink) {
+        LFH_BLOCK_ZONE *zone = CONTAINING(e, LFH_BLOCK_ZONE, ListEntry);
+        u8 *first = (u8 *)(zone + 1);
+        HEAP_LOCAL_SEGMENT_INFO *si;
+        if ((u8 *)sub < first || (u8 *)sub >= zone->FreePointer) continue;
+        if ((uptr)((u8 *)sub - first) % sizeof(HEAP_SUBSEGMENT)) return 0;
+        si = sub->LocalInfo;
+        if (!sub->UserBlocks || sub->SizeIndex >= LFH_BUCKETS ||
+            si != &lfh->LocalData[0].SegmentInfo[sub->SizeIndex] ||
+            sub->BlockSize != lfh->Buckets[sub->SizeIndex].BlockUnits || !sub->BlockCount)
+            return 0;
+        return sub->UserBlocks->SubSegment == sub &&
+               sub->UserBlocks->Signature == HEAP_USERDATA_SIGNATURE;
+    }
+    return 0;
+}
+
+static HEAP_ENTRY *lfh_block(HEAP_SUBSEGMENT *sub, uptr offset)
+{
+    return (HEAP_ENTRY *)((u8 *)sub->UserBlocks + offset * G);
+}
+
+/* 1 if entry is the header of one of sub's blocks. */
+static int lfh_block_of(HEAP_SUBSEGMENT *sub, HEAP_ENTRY *entry)
+{
+    u8 *first = (u8 *)lfh_block(sub, LFH_FIRST_OFFSET);
+    uptr stride = (uptr)sub->BlockSize * G, delta = (uptr)((u8 *)entry - first);
+    return (u8 *)entry >= first && !(delta % stride) && delta / stride < sub->BlockCount;
+}
+
+/* Unused bytes of a busy LFH block (0x3F: the count is in the block's last u16). */
+static uptr lfh_unused(HEAP_SUBSEGMENT *sub, HEAP_ENTRY *entry)
+{
+    uptr unused = entry->UnusedBytes & 0x7Fu;
+    if (unused == LFH_UNUSED_EXTENDED)
+        unused = *(u16 *)((u8 *)entry + (uptr)sub->BlockSize * G - sizeof(u16));
+    return unused;
+}
+
+static void lfh_set_unused(HEAP_SUBSEGMENT *sub, HEAP_ENTRY *entry, uptr unused)
+{
+    if (unused >= LFH_UNUSED_EXTENDED) {
+        *(u16 *)((u8 *)entry + (uptr)sub->BlockSize * G - sizeof(u16)) = (u16)unused;
+        unused = LFH_UNUSED_EXTENDED;
+    }
+    entry->UnusedBytes = (u8)(LFH_UNUSED_FLAG | unused);
+}
+
+/* The subsegment of an LFH header, checked; 0 if the header does not decode to a live one. */
+static HEAP_SUBSEGMENT *lfh_lookup(HEAP *heap, HEAP_ENTRY *entry)
+{
+    LFH_HEAP *lfh = heap_lfh(heap);
+    HEAP_SUBSEGMENT *sub;
+    if (!lfh) return 0;
+    sub = lfh_decode(heap, entry, lfh_key());
+    if (!sub || !lfh_subsegment_valid(lfh, sub) || !lfh_block_of(sub, entry)) return 0;
+    return sub;
+}
+
+/* UserBlocks size: 1 << SizeIndex bytes, SizeIndex = floor(log2(min(0x78000, T * block bytes +
+ * header + G))), T = TotalBlocks clamped to [32, 1024] (T2: 0x2000 for 0, 30 and 60). */
+static u32 lfh_user_size_index(HEAP_LOCAL_SEGMENT_INFO *si, uptr block_units)
+{
+    uptr total = si->Counters.TotalBlocks, bytes;
+    u32 index = 0;
+    if (total < LFH_MIN_BLOCKS) total = LFH_MIN_BLOCKS;
+    if (total > LFH_MAX_BLOCKS) total = LFH_MAX_BLOCKS;
+    bytes = total * block_units * G + sizeof(HEAP_USERDATA_HEADER) + G;
+    if (bytes > LFH_MAX_USERBLOCKS) bytes = LFH_MAX_USERBLOCKS;
+    while (((uptr)2 << index) <= bytes) index++;
+    return index;
+}
+
+/* A subsegment descriptor: a released one, else the next slot of the current zone, else a new
+ * zone (a 0x400-byte Internal back-end block, T2 0x4AF028). */
+static HEAP_SUBSEGMENT *lfh_new_descriptor(HEAP *heap, LFH_HEAP *lfh)
+{
+    HEAP_LOCAL_DATA *ld = &lfh->LocalData[0];
+    LFH_BLOCK_ZONE *zone = ld->CrtZone;
+    HEAP_SUBSEGMENT *sub;
+    if (ld->DeletedSubSegments.Next) {
+        sub = CONTAINING(ld->DeletedSubSegments.Next, HEAP_SUBSEGMENT, SFreeListEntry);
+        ld->DeletedSubSegments.Next = sub->SFreeListEntry;
+        ld->DeletedSubSegments.Depth--;
+        ld->DeletedSubSegments.Sequence++;
+        return sub;
+    }
+    if (!zone || zone->FreePointer + sizeof(HEAP_SUBSEGMENT) > zone->Limit) {
+        HEAP_ENTRY *entry = backend_alloc(heap, LFH_ZONE_BLOCK - G, BLOCK_INTERNAL);
+        if (!entry) return 0;
+        zone = (LFH_BLOCK_ZONE *)(entry + 1);
+        zone->FreePointer = (u8 *)(zone + 1);
+        zone->Limit = (u8 *)entry + LFH_ZONE_BLOCK;
+        list_insert_before(lfh->SubSegmentZones.Flink, &zone->ListEntry);
+        ld->CrtZone = zone;
+    }
+    sub = (HEAP_SUBSEGMENT *)zone->FreePointer;
+    zone->FreePointer += sizeof(HEAP_SUBSEGMENT);
+    return sub;
+}
+
+static void lfh_set_active(HEAP_LOCAL_SEGMENT_INFO *si, HEAP_SUBSEGMENT *sub)
+{
+    if (si->ActiveSubsegment && si->ActiveSubsegment != sub)
+        si->ActiveSubsegment->Lock &= ~LFH_ACTIVE_LOCK;
+    si->ActiveSubsegment = sub;
+    sub->Lock |= LFH_ACTIVE_LOCK;
+}
+
+/* A new subsegment for bucket: UserBlocks first, then its descriptor (T2 order); the blocks are
+ * chained free in address order. */
+static HEAP_SUBSEGMENT *lfh_new_subsegment(HEAP *heap, LFH_HEAP *lfh, HEAP_LOCAL_SEGMENT_INFO *si,
+                                           u32 bucket, uptr key)
+{
+    HEAP_LOCAL_DATA *ld = &lfh->LocalData[0];
+    uptr units = lfh->Buckets[bucket].BlockUnits, stride = units * G, block_bytes;
+    u32 index = lfh_user_size_index(si, units), count, k;
+    HEAP_ENTRY *ub_entry, *entry;
+    HEAP_USERDATA_HEADER *ub;
+    HEAP_SUBSEGMENT *sub;
+
+    block_bytes = (uptr)1 << index;
+    ub_entry = backend_alloc(heap, block_bytes - G, BLOCK_INTERNAL);
+    if (!ub_entry) return 0;
+    sub = lfh_new_descriptor(heap, lfh);
+    if (!sub) {
+        HEAP_SEGMENT *seg = find_segment(heap, ub_entry);
+        uptr have = entry_units(heap, ub_entry, 0);
+        if (seg && have) backend_free(heap, seg, ub_entry, have);
+        return 0;
+    }
+    ub = (HEAP_USERDATA_HEADER *)(ub_entry + 1);
+    count = (u32)((block_bytes - G - sizeof(HEAP_USERDATA_HEADER)) / stride);
+    ub->SubSegment = sub; /* Reserved is left as it was (T2 shows a stale free-list link) */
+    ub->SizeIndex = index;
+    ub->Signature = HEAP_USERDATA_SIGNATURE;
+    mem_zero(sub, sizeof(*sub));
+    sub->LocalInfo = si;
+    sub->UserBlocks = ub;
+    sub->AggregateExchg.Depth = (u16)count;
+    sub->AggregateExchg.FreeEntryOffset = LFH_FIRST_OFFSET;
+    sub->AggregateExchg.Sequence = 1;
+    sub->BlockSize = (u16)units;
+    sub->BlockCount = (u16)count;
+    sub->SizeIndex = (u8)bucket;
+    sub->Lock = 3;
+    for (k = 0; k < count; k++) {
+        entry = lfh_block(sub, LFH_FIRST_OFFSET + (uptr)k * units);
+        lfh_header(heap, sub, entry, key, LFH_UNUSED_FLAG);
+        *(u16 *)(entry + 1) =
+            k + 1 < count ? (u16)(LFH_FIRST_OFFSET + (uptr)(k + 1) * units) : LFH_NO_FREE_OFFSET;
+    }
+    si->Counters.TotalBlocks += count;
+    si->Counters.SubSegmentCounts++;
+    ld->Sequence++;
+    si->LastOpSequence = ld->Sequence;
+    lfh->SegmentCreate++;
+    lfh->CacheAllocs++;
+    return sub;
+}
+
+/* An entirely free subsegment that is not Active: UserBlocks back to the back end, the
+ * descriptor onto DeletedSubSegments. */
+static void lfh_release_subsegment(HEAP *heap, LFH_HEAP *lfh, HEAP_SUBSEGMENT *sub)
+{
+    HEAP_LOCAL_SEGMENT_INFO *si = sub->LocalInfo;
+    HEAP_LOCAL_DATA *ld = &lfh->LocalData[0];
+    HEAP_USERDATA_HEADER *ub = sub->UserBlocks;
+    HEAP_ENTRY *ub_entry = (HEAP_ENTRY *)ub - 1;
+    HEAP_SEGMENT *seg = find_segment(heap, ub_entry);
+    uptr units = entry_units(heap, ub_entry, 0);
+    u32 i;
+    if (si->Hint == sub) si->Hint = 0;
+    if (si->ActiveSubsegment == sub) si->ActiveSubsegment = 0;
+    for (i = 0; i < LFH_CACHED_ITEMS; i++)
+        if (si->CachedItems[i] == sub) si->CachedItems[i] = 0;
+    si->Counters.TotalBlocks -= sub->BlockCount;
+    si->Counters.SubSegmentCounts--;
+    lfh->SegmentDelete++;
+    ub->SubSegment = 0;
+    ub->Signature = 0;
+    mem_zero(sub, sizeof(*sub));
+    sub->SFreeListEntry = ld->DeletedSubSegments.Next;
+    ld->DeletedSubSegments.Next = &sub->SFreeListEntry;
+    ld->DeletedSubSegments.Depth++;
+    ld->DeletedSubSegments.Sequence++;
+    if (seg && units) backend_free(heap, seg, ub_entry, units);
+}
+
+static int lfh_has_free(HEAP_SUBSEGMENT *sub) { return sub && sub->AggregateExchg.Depth; }
+
+/* An LFH block of bucket for `request` bytes. Selection (T2): Hint if it has a free block, else
+ * ActiveSubsegment, else the first CachedItems[i] with one (it becomes Active, the slot is
+ * cleared, LastUsed = i, Hint = NULL), else a new subsegment becomes Active. */
+static void *lfh_alloc(HEAP *heap, LFH_HEAP *lfh, u32 bucket, uptr request)
+{
+    HEAP_LOCAL_SEGMENT_INFO *si = lfh_segment_info(lfh, bucket);
+    HEAP_SUBSEGMENT *sub = si->Hint;
+    uptr key = lfh_key(), units, next;
+    HEAP_ENTRY *entry;
+    u32 i;
+
+    if (!lfh_has_free(sub)) {
+        sub = si->ActiveSubsegment;
+        if (!lfh_has_free(sub)) {
+            sub = 0;
+            for (i = 0; i < LFH_CACHED_ITEMS; i++) {
+                if (!lfh_has_free(si->CachedItems[i])) continue;
+                sub = si->CachedItems[i];
+                si->CachedItems[i] = 0;
+                si->LastUsed = (u16)i;
+                si->Hint = 0;
+                break;
+            }
+            if (!sub) sub = lfh_new_subsegment(heap, lfh, si, bucket, key);
+            if (!sub) return 0;
+            lfh_set_active(si, sub);
+        }
+    }
+    units = sub->BlockSize;
+    entry = lfh_block(sub, sub->AggregateExchg.FreeEntryOffset);
+    if (!lfh_block_of(sub, entry) || entry->UnusedBytes != LFH_UNUSED_FLAG ||
+        lfh_decode(heap, entry, key) != sub) {
+        heap_corruption();
+        return 0;
+    }
+    next = *(u16 *)(entry + 1);
+    if ((sub->AggregateExchg.Depth == 1) != (next == LFH_NO_FREE_OFFSET)) {
+        heap_corruption();
+        return 0;
+    }
+    sub->AggregateExchg.FreeEntryOffset = (u16)next;
+    sub->AggregateExchg.Depth--;
+    lfh_set_unused(sub, entry, units * G - request);
+    return entry + 1;
+}
+
+/* Frees an LFH block (LIFO); Hint = its subsegment, which is cached unless Active. */
+static void lfh_free(HEAP *heap, LFH_HEAP *lfh, HEAP_SUBSEGMENT *sub, HEAP_ENTRY *entry)
+{
+    HEAP_LOCAL_SEGMENT_INFO *si = sub->LocalInfo;
+    u32 i, slot = LFH_CACHED_ITEMS;
+    entry->UnusedBytes = LFH_UNUSED_FLAG;
+    *(u16 *)(entry + 1) = sub->AggregateExchg.FreeEntryOffset;
+    sub->AggregateExchg.FreeEntryOffset = (u16)((uptr)((u8 *)entry - (u8 *)sub->UserBlocks) / G);
+    sub->AggregateExchg.Depth++;
+    sub->AggregateExchg.Sequence++;
+    si->Hint = sub;
+    if (sub == si->ActiveSubsegment) return;
+    for (i = 0; i < LFH_CACHED_ITEMS; i++) {
+        if (si->CachedItems[i] == sub) break;
+        if (!si->CachedItems[i] && slot == LFH_CACHED_ITEMS) slot = i;
+    }
+    if (i == LFH_CACHED_ITEMS && slot < LFH_CACHED_ITEMS) si->CachedItems[slot] = sub;
+    if (sub->AggregateExchg.Depth == sub->BlockCount) lfh_release_subsegment(heap, lfh, sub);
+}
