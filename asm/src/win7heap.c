@@ -1209,3 +1209,370 @@ static void lfh_free(HEAP *heap, LFH_HEAP *lfh, HEAP_SUBSEGMENT *sub, HEAP_ENTRY
     if (i == LFH_CACHED_ITEMS && slot < LFH_CACHED_ITEMS) si->CachedItems[slot] = sub;
     if (sub->AggregateExchg.Depth == sub->BlockCount) lfh_release_subsegment(heap, lfh, sub);
 }
+
+/* ------------------------------------------------------------------ pointer lookup */
+
+/* What ptr is: a busy user block of the back end, of the LFH, or a virtual block. Never trusts
+ * the pointer beyond what the heap's structures vouch for; *corrupt is set when ptr looks like
+ * one of ours but its header is bad (or the block is already free). */
+static u32 lookup_block(HEAP *heap, const void *ptr, BLOCK_REF *ref, int *corrupt)
+{
+    HEAP_ENTRY *entry = (HEAP_ENTRY *)ptr - 1;
+    HEAP_SEGMENT *seg;
+    LIST_ENTRY *e;
+    uptr units, unused;
+    u32 flags;
+
+    ref->kind = REF_NONE;
+    ref->seg = 0;
+    ref->entry = entry;
+    ref->units = 0;
+    ref->sub = 0;
+    ref->va = 0;
+    *corrupt = 0;
+    if (!ptr || ((uptr)ptr & (G - 1))) return REF_NONE;
+    for (e = heap->VirtualAllocdBlocks.Flink; e != &heap->VirtualAllocdBlocks; e = e->Flink) {
+        HEAP_VIRTUAL_ALLOC_ENTRY *va = CONTAINING(e, HEAP_VIRTUAL_ALLOC_ENTRY, Entry);
+        if ((const void *)(va + 1) != ptr) continue;
+        if (!entry_decode(heap, &va->BusyBlock, &units, &flags) ||
+            flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_VIRTUAL_ALLOC) || units > va->CommitSize ||
+            units < sizeof(HEAP_VIRTUAL_ALLOC_ENTRY)) {
+            *corrupt = 1;
+            return REF_NONE;
+        }
+        ref->va = va;
+        return ref->kind = REF_VIRTUAL;
+    }
+    seg = find_segment(heap, ptr);
+    if (!seg || (u8 *)entry < (u8 *)seg->FirstEntry || !segment_committed(seg, entry, G))
+        return REF_NONE;
+    if (entry->UnusedBytes & LFH_UNUSED_FLAG) {
+        HEAP_SUBSEGMENT *sub = lfh_lookup(heap, entry);
+        if (!sub || entry->UnusedBytes == LFH_UNUSED_FLAG) {
+            *corrupt = 1;
+            return REF_NONE;
+        }
+        unused = lfh_unused(sub, entry);
+        if (unused < G || unused > (uptr)sub->BlockSize * G) {
+            *corrupt = 1;
+            return REF_NONE;
+        }
+        ref->sub = sub;
+        ref->units = sub->BlockSize;
+        return ref->kind = REF_LFH;
+    }
+    if (!entry_decode(heap, entry, &units, &flags) || !units || !(flags & HEAP_ENTRY_BUSY)) {
+        *corrupt = 1;
+        return REF_NONE;
+    }
+    if (flags & (HEAP_ENTRY_LAST_ENTRY | HEAP_ENTRY_INTERNAL) || entry->UnusedBytes < G)
+        return REF_NONE; /* the heap's own blocks are not the caller's to touch */
+    if (entry->UnusedBytes > units * G || !segment_committed(seg, entry, units * G)) {
+        *corrupt = 1;
+        return REF_NONE;
+    }
+    ref->seg = seg;
+    ref->units = units;
+    return ref->kind = REF_BACKEND;
+}
+
+/* Requested bytes of a looked-up block. */
+static uptr block_request(HEAP *heap, const BLOCK_REF *ref)
+{
+    if (ref->kind == REF_VIRTUAL) return virtual_request(heap, ref->va);
+    if (ref->kind == REF_LFH) return ref->units * G - lfh_unused(ref->sub, ref->entry);
+    return ref->units * G - ref->entry->UnusedBytes;
+}
+
+/* ------------------------------------------------------------------ validation */
+
+typedef struct VALIDATE_STATE {
+    uptr free_blocks;   /* free back-end blocks met in segments */
+    uptr free_units;    /* their units */
+    uptr internal;      /* busy Internal blocks met */
+    uptr userblocks;    /* of them, UserBlocks of live subsegments */
+    uptr listed_ucrs;   /* UCRs with Size > 0 */
+} VALIDATE_STATE;
+
+/* A subsegment's UserBlocks: every header decodes to it, the free chain has exactly Depth
+ * blocks, all free, and ends with 0xFFFF. */
+static int validate_userblocks(HEAP *heap, HEAP_SUBSEGMENT *sub, uptr block_units, uptr key)
+{
+    uptr stride = (uptr)sub->BlockSize * G, n = 0, k, free_count = 0, off;
+    HEAP_USERDATA_HEADER *ub = sub->UserBlocks;
+    if (ub->SizeIndex >= 8 * sizeof(uptr) || ((uptr)1 << ub->SizeIndex) != block_units * G)
+        return 0;
+    if (sizeof(HEAP_USERDATA_HEADER) + (uptr)sub->BlockCount * stride > block_units * G - G)
+        return 0;
+    for (k = 0; k < sub->BlockCount; k++) {
+        HEAP_ENTRY *entry = lfh_block(sub, LFH_FIRST_OFFSET + k * sub->BlockSize);
+        uptr unused;
+        if (lfh_decode(heap, entry, key) != sub || entry->PreviousSize || entry->SegmentOffset ||
+            !(entry->UnusedBytes & LFH_UNUSED_FLAG))
+            return 0;
+        if (entry->UnusedBytes == LFH_UNUSED_FLAG) {
+            free_count++;
+            continue;
+        }
+        unused = lfh_unused(sub, entry);
+        if (unused < G || unused > stride) return 0;
+    }
+    if (free_count != sub->AggregateExchg.Depth) return 0;
+    for (off = sub->AggregateExchg.FreeEntryOffset; off != LFH_NO_FREE_OFFSET;
+         off = *(u16 *)(lfh_block(sub, off) + 1)) {
+        HEAP_ENTRY *entry = lfh_block(sub, off);
+        if (n++ >= free_count || !lfh_block_of(sub, entry) || entry->UnusedBytes != LFH_UNUSED_FLAG)
+            return 0;
+    }
+    return n == free_count;
+}
+
+static int validate_segment(HEAP *heap, HEAP_SEGMENT *seg, u32 index, VALIDATE_STATE *st)
+{
+    u8 *base = seg->BaseAddress, *end = (u8 *)seg->LastValidEntry, *p = base;
+    LIST_ENTRY *ucr_link = seg->UCRSegmentList.Flink, *e;
+    LFH_HEAP *lfh = heap_lfh(heap);
+    uptr prev_units = 0, prev_free = 0, units, pages = 0, ranges = 0, key = lfh_key();
+    u32 flags;
+
+    if (seg->SegmentSignature != HEAP_SEGMENT_SIGNATURE || seg->Heap != heap ||
+        (u8 *)seg != base || end != base + (uptr)seg->NumberOfPages * PAGE || end <= base)
+        return 0;
+    for (e = seg->UCRSegmentList.Flink; e != &seg->UCRSegmentList; e = e->Flink) {
+        HEAP_UCR_DESCRIPTOR *ucr = ucr_of_segment_link(e);
+        if (e->Flink->Blink != e || e->Blink->Flink != e) return 0;
+        if ((uptr)ucr->Address & (PAGE - 1) || ucr->Size & (PAGE - 1) || (u8 *)ucr->Address < base ||
+            ucr->Size > (uptr)(end - (u8 *)ucr->Address))
+            return 0;
+        pages += ucr->Size / PAGE;
+        ranges++;
+        if (ucr->Size) st->listed_ucrs++;
+        if (ranges > seg->NumberOfPages + 1) return 0;
+    }
+    if (pages != seg->NumberOfUnCommittedPages || ranges != seg->NumberOfUnCommittedRanges) return 0;
+
+    for (;;) {
+        HEAP_ENTRY *entry = (HEAP_ENTRY *)p;
+        if (p + G > end || !entry_decode(heap, entry, &units, &flags) || !units) return 0;
+        if ((uptr)(end - p) / G < units || entry->PreviousSize != prev_units ||
+            entry->SegmentOffset != index)
+            return 0;
+        if (flags & HEAP_ENTRY_LAST_ENTRY) {
+            HEAP_UCR_DESCRIPTOR *ucr = sentinel_ucr(entry);
+            if (units != SENTINEL_UNITS || flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_LAST_ENTRY) ||
+                ucr_link == &seg->UCRSegmentList || ucr_of_segment_link(ucr_link) != ucr ||
+                (u8 *)ucr->Address != p + SENTINEL_BYTES)
+                return 0;
+            ucr_link = ucr_link->Flink;
+            p = (u8 *)ucr->Address + ucr->Size;
+            prev_units = 0;
+            prev_free = 0;
+            if (p == end) break;
+            continue;
+        }
+        if (!(flags & HEAP_ENTRY_BUSY)) {
+            LIST_ENTRY *link = free_link(entry);
+            if (flags || units < MIN_FREE_UNITS || entry->UnusedBytes) return 0;
+            if (prev_free && prev_free < HEAP_MAX_FREE_UNITS - 1) return 0;
+            if (link->Flink->Blink != link || link->Blink->Flink != link) return 0;
+            st->free_blocks++;
+            st->free_units += units;
+            prev_free = units;
+        } else {
+            if (flags & ~(u32)(HEAP_ENTRY_BUSY | HEAP_ENTRY_INTERNAL)) return 0;
+            if (entry->UnusedBytes != HEAP_INTERNAL_UNUSED &&
+                (entry->UnusedBytes < G || entry->UnusedBytes > units * G))
+                return 0;
+            if ((flags & HEAP_ENTRY_INTERNAL) && entry->UnusedBytes == HEAP_INTERNAL_UNUSED) return 0;
+            if (flags & HEAP_ENTRY_INTERNAL) {
+                HEAP_SUBSEGMENT *sub = *(HEAP_SUBSEGMENT **)(entry + 1);
+                st->internal++;
+                if (lfh && lfh_subsegment_valid(lfh, sub) && (HEAP_ENTRY *)sub->UserBlocks - 1 == entry) {
+                    if (!validate_userblocks(heap, sub, units, key)) return 0;
+                    st->userblocks++;
+                }
+            }
+            prev_free = 0;
+        }
+        prev_units = units;
+        p += units * G;
+    }
+    return ucr_link == &seg->UCRSegmentList;
+}
+
+/* FreeLists: committed free blocks of this heap in ascending size, each once; every ListHints
+ * slot points at the first block of its sizes and its bitmap bit says so. */
+static int validate_free_lists(HEAP *heap, const VALIDATE_STATE *st)
+{
+    LIST_ENTRY *head = &heap->FreeLists, *e = head;
+    HEAP_LIST_LOOKUP *l, *cur_l = 0;
+    uptr seen = 0, last_units = 0, slots_seen = 0, hinted = 0, units;
+    u32 cur_slot = 0, slot, i, flags;
+    int catch_all;
+    for (l = heap->BlocksIndex; l; l = l->ExtendedLookup)
+        if (l->ListHead != head || l->ListsInUseUlong != (u32 *)(l + 1) || !l->ExtraItem) return 0;
+    for (;;) {
+        LIST_ENTRY *next = e->Flink;
+        HEAP_ENTRY *entry;
+        HEAP_SEGMENT *seg;
+        if (next->Blink != e) return 0;
+        if (next == head) break;
+        if (++seen > st->free_blocks) return 0;
+        entry = link_entry(next);
+        seg = find_segment(heap, entry);
+        if (!seg || !segment_committed(seg, entry, 2 * G)) return 0;
+        if (!entry_decode(heap, entry, &units, &flags) || flags || units < last_units) return 0;
+        l = lookup_slot(heap, units, &slot, &catch_all);
+        if (l != cur_l || slot != cur_slot || !slots_seen) {
+            if (l->ListHints[slot].Flink != next) return 0;
+            cur_l = l;
+            cur_slot = slot;
+            slots_seen++;
+        }
+        last_units = units;
+        e = next;
+    }
+    if (seen != st->free_blocks) return 0;
+    for (l = heap->BlocksIndex; l; l = l->ExtendedLookup) {
+        uptr items = 0, out_of_range = 0;
+        for (i = 0; i < l->ArraySize - l->BaseIndex; i++) {
+            int used = (l->ListsInUseUlong[i >> 5] >> (i & 31)) & 1;
+            if (used != (l->ListHints[i].Flink != 0)) return 0;
+            hinted += used;
+        }
+        for (e = head->Flink; e != head; e = e->Flink) {
+            units = entry_units(heap, link_entry(e), 0);
+            if (lookup_slot(heap, units, &slot, &catch_all) != l) continue;
+            items++;
+            if (units >= l->ArraySize) out_of_range++;
+        }
+        if (items != l->ItemCount || out_of_range != l->OutOfRangeItems) return 0;
+    }
+    return hinted == slots_seen;
+}
+
+static int validate_ucr_list(HEAP *heap, const VALIDATE_STATE *st)
+{
+    LIST_ENTRY *e;
+    uptr count = 0, last = 0;
+    for (e = heap->UCRList.Flink; e != &heap->UCRList; e = e->Flink) {
+        HEAP_UCR_DESCRIPTOR *ucr = ucr_of_heap_link(e);
+        if (e->Flink->Blink != e || ++count > st->listed_ucrs) return 0;
+        if (!ucr->Size || ucr->Size < last || !find_segment(heap, ucr->Address)) return 0;
+        last = ucr->Size;
+    }
+    return count == st->listed_ucrs;
+}
+
+static int validate_virtual(HEAP *heap)
+{
+    LIST_ENTRY *e;
+    uptr unused;
+    u32 flags;
+    if (heap->VirtualAllocdBlocks.Flink->Blink != &heap->VirtualAllocdBlocks) return 0;
+    for (e = heap->VirtualAllocdBlocks.Flink; e != &heap->VirtualAllocdBlocks; e = e->Flink) {
+        HEAP_VIRTUAL_ALLOC_ENTRY *va = CONTAINING(e, HEAP_VIRTUAL_ALLOC_ENTRY, Entry);
+        if (e->Flink->Blink != e) return 0;
+        if (!entry_decode(heap, &va->BusyBlock, &unused, &flags) ||
+            flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_VIRTUAL_ALLOC) ||
+            unused < sizeof(HEAP_VIRTUAL_ALLOC_ENTRY) || unused > va->CommitSize ||
+            (va->CommitSize & (PAGE - 1)) || va->ReserveSize < va->CommitSize)
+            return 0;
+    }
+    return 1;
+}
+
+/* The LFH's own structures: its block, zones, descriptors, SegmentInfo pointers and counters,
+ * DeletedSubSegments, and the ListHints bucket pointers. */
+static int validate_lfh(HEAP *heap, LFH_HEAP *lfh, const VALIDATE_STATE *st)
+{
+    HEAP_LOCAL_DATA *ld = &lfh->LocalData[0];
+    u32 totals[LFH_BUCKETS], counts[LFH_BUCKETS], i, j, flags;
+    uptr zones = 0, live = 0, deleted = 0, units;
+    HEAP_LIST_LOOKUP *l;
+    LIST_ENTRY *e;
+    void *d;
+    HEAP_ENTRY *lfh_entry = (HEAP_ENTRY *)lfh - 1;
+
+    if (lfh->Heap != heap || ld->LowFragHeap != lfh || !find_segment(heap, lfh_entry) ||
+        !entry_decode(heap, lfh_entry, &units, &flags) ||
+        flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_INTERNAL))
+        return 0;
+    for (i = 0; i < LFH_BUCKETS; i++) totals[i] = counts[i] = 0;
+    for (e = lfh->SubSegmentZones.Flink; e != &lfh->SubSegmentZones; e = e->Flink) {
+        LFH_BLOCK_ZONE *zone = CONTAINING(e, LFH_BLOCK_ZONE, ListEntry);
+        HEAP_ENTRY *zone_entry = (HEAP_ENTRY *)zone - 1;
+        u8 *p;
+        if (e->Flink->Blink != e || ++zones > st->internal) return 0;
+        if (!find_segment(heap, zone_entry) || !entry_decode(heap, zone_entry, &units, &flags) ||
+            flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_INTERNAL) || units * G != LFH_ZONE_BLOCK ||
+            zone->Limit != (u8 *)zone_entry + LFH_ZONE_BLOCK || zone->FreePointer < (u8 *)(zone + 1) ||
+            zone->FreePointer > zone->Limit)
+            return 0;
+        for (p = (u8 *)(zone + 1); p + sizeof(HEAP_SUBSEGMENT) <= zone->FreePointer;
+             p += sizeof(HEAP_SUBSEGMENT)) {
+            HEAP_SUBSEGMENT *sub = (HEAP_SUBSEGMENT *)p;
+            if (!sub->UserBlocks) continue;
+            if (!lfh_subsegment_valid(lfh, sub)) return 0;
+            live++;
+            totals[sub->SizeIndex] += sub->BlockCount;
+            counts[sub->SizeIndex]++;
+        }
+    }
+    if (live != st->userblocks || 1 + zones + live != st->internal) return 0;
+    for (i = 0; i < LFH_BUCKETS; i++) {
+        HEAP_LOCAL_SEGMENT_INFO *si = &ld->SegmentInfo[i];
+        if (si->Counters.TotalBlocks != totals[i] || si->Counters.SubSegmentCounts != counts[i])
+            return 0;
+        if (si->Hint && (!lfh_subsegment_valid(lfh, si->Hint) || si->Hint->LocalInfo != si)) return 0;
+        if (si->ActiveSubsegment && (!lfh_subsegment_valid(lfh, si->ActiveSubsegment) ||
+                                     si->ActiveSubsegment->LocalInfo != si))
+            return 0;
+        for (j = 0; j < LFH_CACHED_ITEMS; j++) {
+            HEAP_SUBSEGMENT *c = si->CachedItems[j];
+            if (c && (!lfh_subsegment_valid(lfh, c) || c->LocalInfo != si)) return 0;
+        }
+    }
+    for (d = ld->DeletedSubSegments.Next; d; d = *(void **)d) {
+        HEAP_SUBSEGMENT *sub = CONTAINING(d, HEAP_SUBSEGMENT, SFreeListEntry);
+        if (++deleted > ld->DeletedSubSegments.Depth || sub->UserBlocks) return 0;
+    }
+    if (deleted != ld->DeletedSubSegments.Depth) return 0;
+    for (l = heap->BlocksIndex; l; l = l->ExtendedLookup) {
+        for (i = 0; i < l->ArraySize - l->BaseIndex; i++) {
+            uptr value = (uptr)l->ListHints[i].Blink;
+            if (!(value & 1)) continue;
+            value--;
+            if (value < (uptr)&lfh->Buckets[0] || value > (uptr)&lfh->Buckets[LFH_BUCKETS - 1] ||
+                (value - (uptr)&lfh->Buckets[0]) % sizeof(HEAP_BUCKET))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static int validate_heap(HEAP *heap)
+{
+    VALIDATE_STATE st;
+    LFH_HEAP *lfh = heap_lfh(heap);
+    HEAP_LIST_LOOKUP *first = heap->BlocksIndex;
+    LIST_ENTRY *e;
+    u32 index = 0;
+    st.free_blocks = st.free_units = st.internal = st.userblocks = st.listed_ucrs = 0;
+    if (first != (HEAP_LIST_LOOKUP *)((u8 *)heap + sizeof(HEAP) + sizeof(RTL_CRITICAL_SECTION)) ||
+        first->ArraySize != LIST_LOOKUP_FIRST_SIZE || first->BaseIndex ||
+        (first->ExtendedLookup && (first->ExtendedLookup->ArraySize != LIST_LOOKUP_LAST_SIZE ||
+                                   first->ExtendedLookup->BaseIndex != LIST_LOOKUP_FIRST_SIZE ||
+                                   first->ExtendedLookup->ExtendedLookup)))
+        return 0;
+    if (heap->SegmentList.Flink != &heap->Segment.SegmentListEntry) return 0;
+    for (e = heap->SegmentList.Flink; e != &heap->SegmentList; e = e->Flink, index++) {
+        if (e->Flink->Blink != e || index >= MAX_SEGMENTS) return 0;
+        if (!validate_segment(heap, segment_of(e), index, &st)) return 0;
+    }
+    if (st.free_units != heap->TotalFreeSize) return 0;
+    if (!validate_free_lists(heap, &st) || !validate_ucr_list(heap, &st) || !validate_virtual(heap))
+        return 0;
+    if (lfh) return validate_lfh(heap, lfh, &st);
+    return st.internal == 0;
+}
