@@ -1576,3 +1576,189 @@ static int validate_heap(HEAP *heap)
     if (lfh) return validate_lfh(heap, lfh, &st);
     return st.internal == 0;
 }
+
+/* ------------------------------------------------------------------ walking */
+
+static void walk_clear(RTL_HEAP_WALK_ENTRY *entry)
+{
+    entry->DataAddress = 0;
+    entry->DataSize = 0;
+    entry->OverheadBytes = 0;
+    entry->SegmentIndex = 0;
+    entry->Flags = 0;
+    entry->Segment.CommittedSize = 0;
+    entry->Segment.UnCommittedSize = 0;
+    entry->Segment.FirstEntry = 0;
+    entry->Segment.LastEntry = 0;
+}
+
+static u32 walk_region(HEAP *heap, HEAP_SEGMENT *seg, RTL_HEAP_WALK_ENTRY *out)
+{
+    walk_clear(out);
+    out->DataAddress = seg->BaseAddress;
+    out->DataSize = (uptr)seg->NumberOfPages * PAGE;
+    out->SegmentIndex = (u8)segment_index(heap, seg);
+    out->Flags = RTL_HEAP_ENTRY_REGION;
+    out->Segment.CommittedSize = (u32)((uptr)(seg->NumberOfPages - seg->NumberOfUnCommittedPages) * PAGE);
+    out->Segment.UnCommittedSize = (u32)((uptr)seg->NumberOfUnCommittedPages * PAGE);
+    out->Segment.FirstEntry = seg->FirstEntry;
+    out->Segment.LastEntry = seg->LastValidEntry;
+    return STATUS_SUCCESS;
+}
+
+static u32 walk_virtual(HEAP *heap, HEAP_VIRTUAL_ALLOC_ENTRY *va, RTL_HEAP_WALK_ENTRY *out)
+{
+    walk_clear(out);
+    out->DataAddress = va + 1;
+    out->DataSize = virtual_request(heap, va);
+    out->OverheadBytes = (u8)sizeof(HEAP_VIRTUAL_ALLOC_ENTRY);
+    out->Flags = RTL_HEAP_ENTRY_BUSY | RTL_HEAP_ENTRY_BLOCK | RTL_HEAP_ENTRY_COMMITTED;
+    return STATUS_SUCCESS;
+}
+
+/* After a segment's last entry: the next segment's region, else the virtual blocks. */
+static u32 walk_after_segment(HEAP *heap, HEAP_SEGMENT *seg, RTL_HEAP_WALK_ENTRY *out)
+{
+    if (seg->SegmentListEntry.Flink != &heap->SegmentList)
+        return walk_region(heap, segment_of(seg->SegmentListEntry.Flink), out);
+    if (heap->VirtualAllocdBlocks.Flink != &heap->VirtualAllocdBlocks)
+        return walk_virtual(heap, CONTAINING(heap->VirtualAllocdBlocks.Flink,
+                                             HEAP_VIRTUAL_ALLOC_ENTRY, Entry), out);
+    return STATUS_NO_MORE_ENTRIES;
+}
+
+static u32 walk_lfh_block(HEAP *heap, HEAP_SUBSEGMENT *sub, HEAP_ENTRY *entry,
+                          RTL_HEAP_WALK_ENTRY *out)
+{
+    uptr stride = (uptr)sub->BlockSize * G;
+    walk_clear(out);
+    out->DataAddress = entry + 1;
+    out->SegmentIndex = (u8)segment_index(heap, find_segment(heap, entry));
+    if (entry->UnusedBytes == LFH_UNUSED_FLAG) {
+        out->DataSize = stride - G;
+        out->OverheadBytes = (u8)G;
+        out->Flags = RTL_HEAP_ENTRY_LFH;
+    } else {
+        uptr unused = lfh_unused(sub, entry);
+        out->DataSize = stride - unused;
+        out->OverheadBytes = (u8)(unused > 0xFF ? 0xFF : unused);
+        out->Flags = RTL_HEAP_ENTRY_BUSY | RTL_HEAP_ENTRY_BLOCK | RTL_HEAP_ENTRY_COMMITTED |
+                     RTL_HEAP_ENTRY_LFH;
+    }
+    return STATUS_SUCCESS;
+}
+
+/* Reports the back-end block at p (a header inside committed memory of seg). */
+static u32 walk_block(HEAP *heap, HEAP_SEGMENT *seg, u8 *p, RTL_HEAP_WALK_ENTRY *out)
+{
+    HEAP_ENTRY *entry = (HEAP_ENTRY *)p;
+    uptr units;
+    u32 flags;
+    if (!segment_committed(seg, p, G) || !entry_decode(heap, entry, &units, &flags) || !units)
+        return STATUS_INVALID_PARAMETER;
+    walk_clear(out);
+    out->DataAddress = entry + 1;
+    out->SegmentIndex = (u8)segment_index(heap, seg);
+    if (!(flags & HEAP_ENTRY_BUSY)) {
+        out->DataSize = units * G - G;
+        out->OverheadBytes = (u8)G;
+        return STATUS_SUCCESS;
+    }
+    out->DataSize = units * G - entry->UnusedBytes;
+    out->OverheadBytes = entry->UnusedBytes;
+    out->Flags = RTL_HEAP_ENTRY_BUSY | RTL_HEAP_ENTRY_BLOCK | RTL_HEAP_ENTRY_COMMITTED;
+    if ((flags & (HEAP_ENTRY_INTERNAL | HEAP_ENTRY_LAST_ENTRY)) || entry->UnusedBytes < G)
+        out->Flags |= WIN7HEAP_WALK_INTERNAL;
+    return STATUS_SUCCESS;
+}
+
+/* What follows the UCR `ucr` of seg. */
+static u32 walk_after_ucr(HEAP *heap, HEAP_SEGMENT *seg, HEAP_UCR_DESCRIPTOR *ucr,
+                          RTL_HEAP_WALK_ENTRY *out)
+{
+    u8 *next = (u8 *)ucr->Address + ucr->Size;
+    if (next < (u8 *)seg->LastValidEntry) return walk_block(heap, seg, next, out);
+    return walk_after_segment(heap, seg, out);
+}
+
+/* The live subsegment whose UserBlocks is the data of the busy Internal block entry, or 0. */
+static HEAP_SUBSEGMENT *userblocks_of(HEAP *heap, HEAP_ENTRY *entry)
+{
+    LFH_HEAP *lfh = heap_lfh(heap);
+    HEAP_SUBSEGMENT *sub;
+    if (!lfh) return 0;
+    sub = *(HEAP_SUBSEGMENT **)(entry + 1);
+    if (!lfh_subsegment_valid(lfh, sub) || (HEAP_ENTRY *)sub->UserBlocks - 1 != entry) return 0;
+    return sub;
+}
+
+/* What follows the back-end block at p: its UCR (after a sentinel), its first LFH block (after
+ * a UserBlocks block), else the next block. */
+static u32 walk_after_block(HEAP *heap, HEAP_SEGMENT *seg, u8 *p, RTL_HEAP_WALK_ENTRY *out)
+{
+    HEAP_ENTRY *entry = (HEAP_ENTRY *)p;
+    HEAP_SUBSEGMENT *sub;
+    uptr units;
+    u32 flags;
+    if (!entry_decode(heap, entry, &units, &flags) || !units) return STATUS_INVALID_PARAMETER;
+    if (flags & HEAP_ENTRY_LAST_ENTRY) {
+        HEAP_UCR_DESCRIPTOR *ucr = sentinel_ucr(entry);
+        if (!ucr->Size) return walk_after_ucr(heap, seg, ucr, out);
+        walk_clear(out);
+        out->DataAddress = ucr->Address;
+        out->DataSize = ucr->Size;
+        out->SegmentIndex = (u8)segment_index(heap, seg);
+        out->Flags = RTL_HEAP_ENTRY_UNCOMMITTED;
+        return STATUS_SUCCESS;
+    }
+    if ((flags & HEAP_ENTRY_INTERNAL) && (sub = userblocks_of(heap, entry)) != 0)
+        return walk_lfh_block(heap, sub, lfh_block(sub, LFH_FIRST_OFFSET), out);
+    if ((uptr)((u8 *)seg->LastValidEntry - p) / G <= units) return STATUS_INVALID_PARAMETER;
+    return walk_block(heap, seg, p + units * G, out);
+}
+
+static u32 heap_walk(HEAP *heap, RTL_HEAP_WALK_ENTRY *entry)
+{
+    u8 *data = entry->DataAddress;
+    HEAP_SEGMENT *seg;
+    LIST_ENTRY *e;
+
+    if (!data) return walk_region(heap, &heap->Segment, entry);
+    if (entry->Flags & RTL_HEAP_ENTRY_REGION) {
+        seg = find_segment(heap, data);
+        if (!seg || (u8 *)seg->BaseAddress != data) return STATUS_INVALID_PARAMETER;
+        return walk_block(heap, seg, (u8 *)seg->FirstEntry, entry);
+    }
+    if (entry->Flags & RTL_HEAP_ENTRY_UNCOMMITTED) {
+        seg = find_segment(heap, data);
+        if (!seg) return STATUS_INVALID_PARAMETER;
+        for (e = seg->UCRSegmentList.Flink; e != &seg->UCRSegmentList; e = e->Flink)
+            if ((u8 *)ucr_of_segment_link(e)->Address == data)
+                return walk_after_ucr(heap, seg, ucr_of_segment_link(e), entry);
+        return STATUS_INVALID_PARAMETER;
+    }
+    for (e = heap->VirtualAllocdBlocks.Flink; e != &heap->VirtualAllocdBlocks; e = e->Flink) {
+        if ((u8 *)(CONTAINING(e, HEAP_VIRTUAL_ALLOC_ENTRY, Entry) + 1) != data) continue;
+        if (e->Flink == &heap->VirtualAllocdBlocks) return STATUS_NO_MORE_ENTRIES;
+        return walk_virtual(heap, CONTAINING(e->Flink, HEAP_VIRTUAL_ALLOC_ENTRY, Entry), entry);
+    }
+    seg = find_segment(heap, data);
+    if (!seg || ((uptr)data & (G - 1)) || data <= (u8 *)seg->FirstEntry ||
+        !segment_committed(seg, data - G, G))
+        return STATUS_INVALID_PARAMETER;
+    if (entry->Flags & RTL_HEAP_ENTRY_LFH) {
+        HEAP_ENTRY *block = (HEAP_ENTRY *)data - 1;
+        HEAP_SUBSEGMENT *sub = lfh_lookup(heap, block);
+        u8 *ub_entry;
+        uptr units;
+        u32 flags;
+        if (!sub) return STATUS_INVALID_PARAMETER;
+        if ((uptr)((u8 *)block - (u8 *)lfh_block(sub, LFH_FIRST_OFFSET)) / ((uptr)sub->BlockSize * G) +
+                1 < sub->BlockCount)
+            return walk_lfh_block(heap, sub, entry_at(block, sub->BlockSize), entry);
+        ub_entry = (u8 *)((HEAP_ENTRY *)sub->UserBlocks - 1);
+        if (!entry_decode(heap, (HEAP_ENTRY *)ub_entry, &units, &flags)) return STATUS_INVALID_PARAMETER;
+        return walk_block(heap, seg, ub_entry + units * G, entry);
+    }
+    return walk_after_block(heap, seg, data - G, entry);
+}
