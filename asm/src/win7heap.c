@@ -1762,3 +1762,492 @@ static u32 heap_walk(HEAP *heap, RTL_HEAP_WALK_ENTRY *entry)
     }
     return walk_after_block(heap, seg, data - G, entry);
 }
+
+/* ------------------------------------------------------------------ allocation */
+
+static void *heap_alloc(HEAP *heap, u32 flags, uptr size)
+{
+    uptr units;
+    HEAP_ENTRY *entry;
+    LFH_HEAP *lfh;
+    void *ret;
+
+    if (size > heap->MaximumAllocationSize) return 0;
+    units = request_units(size);
+    if (heap->CompatibilityFlags & HEAP_COMPAT_LFH_PENDING) lfh_create(heap); /* T2: the 18th */
+    lfh = heap_lfh(heap);
+    if (lfh && size <= LFH_MAX_REQUEST) {
+        u32 bucket = lfh_bucket_of(heap, lfh, units);
+        if (bucket < LFH_BUCKETS) {
+            ret = lfh_alloc(heap, lfh, bucket, size);
+            if (ret) {
+                if (flags & HEAP_ZERO_MEMORY) mem_zero(ret, size);
+                return ret;
+            }
+        }
+    }
+    if (units > heap->VirtualMemoryThreshold) {
+        if (!(heap->Flags & HEAP_GROWABLE)) return 0;
+        return virtual_alloc(heap, size); /* fresh pages are zero */
+    }
+    entry = backend_alloc(heap, size, BLOCK_USER);
+    if (!entry) return 0;
+    lfh_count_alloc(heap, units);
+    if (flags & HEAP_ZERO_MEMORY) mem_zero(entry + 1, size);
+    return entry + 1;
+}
+
+static void free_ref(HEAP *heap, const BLOCK_REF *ref)
+{
+    if (ref->kind == REF_VIRTUAL) {
+        virtual_free(heap, ref->va);
+    } else if (ref->kind == REF_LFH) {
+        lfh_free(heap, heap_lfh(heap), ref->sub, ref->entry);
+    } else if (ref->kind == REF_BACKEND) {
+        if (lfh_allowed(heap)) lfh_count_free(heap, request_units(block_request(heap, ref)));
+        backend_free(heap, ref->seg, ref->entry, ref->units);
+    }
+}
+
+/* Resizes a back-end block in place (shrinking, or growing into a free successor); 0 if it
+ * cannot. */
+static int backend_resize(HEAP *heap, const BLOCK_REF *ref, uptr size)
+{
+    HEAP_ENTRY *entry = ref->entry, *next;
+    uptr units = ref->units, want = request_units(size), next_units, prev_units = entry->PreviousSize;
+    u32 flags, segidx = entry->SegmentOffset;
+    if (want > heap->VirtualMemoryThreshold) return 0;
+    if (want > units) {
+        next = entry_at(entry, units);
+        next_units = entry_units(heap, next, &flags);
+        if (!next_units || (flags & HEAP_ENTRY_BUSY) || units + next_units < want) return 0;
+        remove_free(heap, next, next_units);
+        units += next_units;
+        entry_init(heap, entry, units, HEAP_ENTRY_BUSY, prev_units, segidx, 0);
+        entry_at(entry, units)->PreviousSize = (u16)units;
+    }
+    if (units - want >= MIN_FREE_UNITS) {
+        entry_init(heap, entry, want, HEAP_ENTRY_BUSY, prev_units, segidx, 0);
+        free_run(heap, ref->seg, (u8 *)entry_at(entry, want), (u8 *)entry_at(entry, units), want, 0,
+                 0);
+        units = want;
+    }
+    entry->UnusedBytes = (u8)(units * G - size);
+    return 1;
+}
+
+/* status receives STATUS_ACCESS_VIOLATION or STATUS_NO_MEMORY on failure. */
+static void *heap_realloc(HEAP *heap, u32 flags, void *ptr, uptr size, u32 *status)
+{
+    BLOCK_REF ref;
+    int corrupt;
+    uptr old_size;
+    void *new_ptr;
+
+    if (!lookup_block(heap, ptr, &ref, &corrupt)) {
+        if (corrupt) heap_corruption();
+        *status = STATUS_ACCESS_VIOLATION;
+        return 0;
+    }
+    *status = STATUS_NO_MEMORY;
+    if (size > heap->MaximumAllocationSize) return 0;
+    old_size = block_request(heap, &ref);
+    if (ref.kind == REF_LFH) {
+        uptr stride = ref.units * G, capacity = size ? (size + G - 1) / G : 1;
+        if (size + G <= stride && (bucket_for(capacity) == ref.sub->SizeIndex ||
+                                   (flags & HEAP_REALLOC_IN_PLACE_ONLY))) {
+            lfh_set_unused(ref.sub, ref.entry, stride - size);
+            if ((flags & HEAP_ZERO_MEMORY) && size > old_size)
+                mem_zero((u8 *)ptr + old_size, size - old_size);
+            return ptr;
+        }
+    } else if (ref.kind == REF_VIRTUAL) {
+        if (size <= ref.va->CommitSize - sizeof(HEAP_VIRTUAL_ALLOC_ENTRY) &&
+            request_units(size) > heap->VirtualMemoryThreshold) {
+            entry_encode(heap, &ref.va->BusyBlock, ref.va->CommitSize - size,
+                         HEAP_ENTRY_BUSY | HEAP_ENTRY_VIRTUAL_ALLOC);
+            if ((flags & HEAP_ZERO_MEMORY) && size > old_size)
+                mem_zero((u8 *)ptr + old_size, size - old_size);
+            return ptr;
+        }
+    } else if (backend_resize(heap, &ref, size)) {
+        if ((flags & HEAP_ZERO_MEMORY) && size > old_size)
+            mem_zero((u8 *)ptr + old_size, size - old_size);
+        return ptr;
+    }
+    if (flags & HEAP_REALLOC_IN_PLACE_ONLY) return 0;
+    new_ptr = heap_alloc(heap, flags, size);
+    if (!new_ptr) return 0;
+    mem_copy(new_ptr, ptr, old_size < size ? old_size : size);
+    free_ref(heap, &ref);
+    return new_ptr;
+}
+
+/* ------------------------------------------------------------------ heap handles, PEB */
+
+static HEAP *get_heap(void *handle)
+{
+    HEAP *heap = handle;
+    if (!heap || ((uptr)heap & (PAGE - 1))) return 0;
+    if (heap->Signature != HEAP_SIGNATURE || heap->Segment.SegmentSignature != HEAP_SEGMENT_SIGNATURE ||
+        heap->Segment.Heap != heap)
+        return 0;
+    return heap;
+}
+
+static void peb_add_heap(HEAP *heap)
+{
+    u8 *peb = ntheap_get_peb();
+    u32 *count;
+    void **heaps;
+    if (!peb) return;
+    count = (u32 *)(peb + PEB_NUMBER_OF_HEAPS);
+    heaps = *(void ***)(peb + PEB_PROCESS_HEAPS);
+    if (!heaps || *count >= *(u32 *)(peb + PEB_MAXIMUM_NUMBER_OF_HEAPS)) return;
+    heaps[(*count)++] = heap;
+    heap->ProcessHeapsListIndex = (u16)*count; /* 1-based (T2: the 4th heap has 4) */
+}
+
+static void peb_remove_heap(HEAP *heap)
+{
+    u8 *peb = ntheap_get_peb();
+    u32 *count, i, j;
+    void **heaps;
+    if (!peb) return;
+    count = (u32 *)(peb + PEB_NUMBER_OF_HEAPS);
+    heaps = *(void ***)(peb + PEB_PROCESS_HEAPS);
+    if (!heaps) return;
+    for (i = 0; i < *count; i++) {
+        if (heaps[i] != heap) continue;
+        for (j = i + 1; j < *count; j++) {
+            HEAP *other = get_heap(heaps[j]);
+            heaps[j - 1] = heaps[j];
+            if (other) other->ProcessHeapsListIndex = (u16)j;
+        }
+        heaps[--*count] = 0;
+        heap->ProcessHeapsListIndex = 0;
+        return;
+    }
+}
+
+static uptr peb_value(uptr offset, uptr fallback)
+{
+    u8 *peb = ntheap_get_peb();
+    uptr value = peb ? *(uptr *)(peb + offset) : 0;
+    return value ? value : fallback;
+}
+
+/* ------------------------------------------------------------------ exports */
+
+void *NTAPI RtlCreateHeap(u32 flags, void *base, uptr reserve, uptr commit, void *lock,
+                          void *params)
+{
+    uptr min_commit = align_up(HEAP_HEADER_BYTES + UCR_INDEX_BYTES + MIN_FREE_UNITS * G +
+                                   SENTINEL_BYTES, PAGE);
+    u32 segment_flags = 0;
+    WIN7HEAP_KEYS keys;
+    HEAP_LIST_LOOKUP *lookup;
+    HEAP_SEGMENT *seg;
+    HEAP_ENTRY *ucr_index;
+    HEAP *heap;
+
+    (void)lock;
+    (void)params;
+    if (base) {
+        /* caller's memory: [base, base + reserve) reserved (or committed) by the caller */
+        if ((uptr)base & (PAGE - 1)) return 0;
+        if (!reserve) reserve = commit;
+        reserve = align_down(reserve, PAGE);
+        if (reserve < min_commit) return 0;
+        commit = align_up(commit < min_commit ? min_commit : commit, PAGE);
+        if (commit > reserve) commit = reserve;
+        {
+            void *commit_base = base;
+            uptr commit_size = commit;
+            if ((i32)NtAllocateVirtualMemory(CURRENT_PROCESS, &commit_base, 0, &commit_size,
+                                             MEM_COMMIT,
+                                             (flags & HEAP_CREATE_ENABLE_EXECUTE)
+                                                 ? PAGE_EXECUTE_READWRITE
+                                                 : PAGE_READWRITE) < 0)
+                commit = reserve; /* not ours to commit: assume the caller committed all of it */
+        }
+        segment_flags = HEAP_SEGMENT_USER_ALLOCATED;
+    } else {
+        void *commit_base;
+        uptr commit_size;
+        if (!reserve) {
+            reserve = HEAP_DEFAULT_RESERVE_PAGES * PAGE; /* T2 L24: 0x40000 */
+            flags |= HEAP_GROWABLE;
+        }
+        if (reserve > HEAP_MAXIMUM_ALLOCATION || commit > HEAP_MAXIMUM_ALLOCATION) return 0;
+        reserve = align_up(reserve, PAGE);
+        commit = align_up(commit ? commit : PAGE, PAGE);
+        if (commit < min_commit) commit = min_commit;
+        if (commit > reserve) reserve = commit;
+        if ((i32)NtAllocateVirtualMemory(CURRENT_PROCESS, &base, 0, &reserve, MEM_RESERVE,
+                                         (flags & HEAP_CREATE_ENABLE_EXECUTE)
+                                             ? PAGE_EXECUTE_READWRITE
+                                             : PAGE_READWRITE) < 0)
+            return 0;
+        commit_base = base;
+        commit_size = commit;
+        if ((i32)NtAllocateVirtualMemory(CURRENT_PROCESS, &commit_base, 0, &commit_size, MEM_COMMIT,
+                                         (flags & HEAP_CREATE_ENABLE_EXECUTE)
+                                             ? PAGE_EXECUTE_READWRITE
+                                             : PAGE_READWRITE) < 0) {
+            release_region(base);
+            return 0;
+        }
+    }
+
+    heap = base;
+    mem_zero(heap, HEAP_HEADER_BYTES);
+    get_keys(&keys);
+    heap->EncodeFlagMask = HEAP_ENCODE_FLAG_MASK;
+    *(u32 *)&heap->Encoding.Size = keys.Encoding;
+    heap->PointerKey = keys.PointerKey;
+    heap->CommitRoutine = keys.PointerKey; /* NULL, encoded with PointerKey (T2) */
+    heap->Flags = flags;
+    heap->ForceFlags = flags & FORCE_FLAG_MASK;
+    heap->VirtualMemoryThreshold = HEAP_VIRTUAL_THRESHOLD_UNITS;
+    heap->Signature = HEAP_SIGNATURE;
+    heap->SegmentReserve = peb_value(PEB_HEAP_SEGMENT_RESERVE, HEAP_DEFAULT_SEGMENT_RESERVE);
+    heap->SegmentCommit = peb_value(PEB_HEAP_SEGMENT_COMMIT, HEAP_DEFAULT_SEGMENT_COMMIT);
+    heap->DeCommitFreeBlockThreshold =
+        peb_value(PEB_HEAP_DECOMMIT_FREE_BLOCK_THRESHOLD, HEAP_DEFAULT_DECOMMIT_FREE_BLOCK) / G;
+    heap->DeCommitTotalFreeThreshold =
+        peb_value(PEB_HEAP_DECOMMIT_TOTAL_FREE_THRESHOLD, HEAP_DEFAULT_DECOMMIT_TOTAL_FREE) / G;
+    heap->MaximumAllocationSize = HEAP_MAXIMUM_ALLOCATION;
+    heap->HeaderValidateLength = (u16)sizeof(HEAP);
+    heap->AlignRound = 2 * G - 1;
+    heap->AlignMask = ~(G - 1);
+    list_init(&heap->UCRList);
+    list_init(&heap->VirtualAllocdBlocks);
+    list_init(&heap->SegmentList);
+    list_init(&heap->FreeLists);
+    heap->LockVariable = heap + 1;
+    ((RTL_CRITICAL_SECTION *)heap->LockVariable)->LockCount = -1;
+    lookup = (HEAP_LIST_LOOKUP *)((u8 *)heap->LockVariable + sizeof(RTL_CRITICAL_SECTION));
+    lookup_init(lookup, heap, 0, LIST_LOOKUP_FIRST_SIZE);
+    heap->BlocksIndex = lookup;
+
+    seg = &heap->Segment;
+    entry_init(heap, &seg->Entry, HEAP_HEADER_BYTES / G, HEAP_ENTRY_BUSY, 0, 0, HEAP_INTERNAL_UNUSED);
+    seg->SegmentSignature = HEAP_SEGMENT_SIGNATURE;
+    seg->SegmentFlags = segment_flags;
+    seg->Heap = heap;
+    seg->BaseAddress = base;
+    seg->NumberOfPages = (u32)(reserve / PAGE);
+    seg->FirstEntry = entry_at(base, HEAP_HEADER_BYTES / G);
+    seg->LastValidEntry = (HEAP_ENTRY *)((u8 *)base + reserve);
+    seg->NumberOfUnCommittedPages = (u32)((reserve - commit) / PAGE);
+    seg->NumberOfUnCommittedRanges = 1;
+    list_init(&seg->UCRSegmentList);
+    list_insert_before(&heap->SegmentList, &seg->SegmentListEntry);
+
+    ucr_index = seg->FirstEntry; /* T2: a 0x240 block, UCRIndex = its data */
+    entry_init(heap, ucr_index, UCR_INDEX_BYTES / G, HEAP_ENTRY_BUSY, HEAP_HEADER_BYTES / G, 0,
+               HEAP_INTERNAL_UNUSED);
+    mem_zero(ucr_index + 1, UCR_INDEX_BYTES - G);
+    heap->UCRIndex = ucr_index + 1;
+    put_sentinel(heap, seg, (u8 *)base + commit, reserve - commit, 0, 0);
+    free_run(heap, seg, (u8 *)ucr_index + UCR_INDEX_BYTES, (u8 *)base + commit - SENTINEL_BYTES,
+             UCR_INDEX_BYTES / G, 0, 0);
+    heap->Counters.TotalSegments = 1;
+    heap->Counters.TotalUCRs = 1;
+    heap->Counters.TotalMemoryReserved = reserve;
+    heap->Counters.TotalMemoryCommitted = commit;
+    peb_add_heap(heap);
+    return heap;
+}
+
+void *NTAPI RtlDestroyHeap(void *handle)
+{
+    HEAP *heap = get_heap(handle);
+    u8 *peb;
+    if (!heap) return handle;
+    peb = ntheap_get_peb();
+    if (peb && *(void **)(peb + PEB_PROCESS_HEAP) == heap) return handle;
+    peb_remove_heap(heap);
+    while (heap->VirtualAllocdBlocks.Flink != &heap->VirtualAllocdBlocks)
+        virtual_free(heap, CONTAINING(heap->VirtualAllocdBlocks.Flink, HEAP_VIRTUAL_ALLOC_ENTRY, Entry));
+    while (heap->SegmentList.Blink != &heap->Segment.SegmentListEntry) {
+        HEAP_SEGMENT *seg = segment_of(heap->SegmentList.Blink);
+        void *base = seg->BaseAddress;
+        list_remove(&seg->SegmentListEntry);
+        seg->SegmentSignature = 0;
+        release_region(base);
+    }
+    heap->Signature = 0;
+    heap->Segment.SegmentSignature = 0;
+    if (!(heap->Segment.SegmentFlags & HEAP_SEGMENT_USER_ALLOCATED)) release_region(heap);
+    return 0;
+}
+
+void *NTAPI RtlAllocateHeap(void *handle, u32 flags, uptr size)
+{
+    HEAP *heap = get_heap(handle);
+    void *ret;
+    if (!heap) {
+        if (flags & HEAP_GENERATE_EXCEPTIONS) raise_status(STATUS_INVALID_PARAMETER);
+        return 0;
+    }
+    flags |= heap->ForceFlags;
+    ret = heap_alloc(heap, flags, size);
+    if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_NO_MEMORY);
+    return ret;
+}
+
+u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
+{
+    HEAP *heap;
+    BLOCK_REF ref;
+    int corrupt;
+    if (!ptr) return 1;
+    heap = get_heap(handle);
+    if (!heap) {
+        if (flags & HEAP_GENERATE_EXCEPTIONS) raise_status(STATUS_INVALID_PARAMETER);
+        return 0;
+    }
+    flags |= heap->ForceFlags;
+    if (!lookup_block(heap, ptr, &ref, &corrupt)) {
+        if (corrupt)
+            heap_corruption();
+        else if (flags & HEAP_GENERATE_EXCEPTIONS)
+            raise_status(STATUS_ACCESS_VIOLATION);
+        return 0;
+    }
+    free_ref(heap, &ref);
+    return 1;
+}
+
+void *NTAPI RtlReAllocateHeap(void *handle, u32 flags, void *ptr, uptr size)
+{
+    HEAP *heap;
+    void *ret;
+    u32 status = STATUS_SUCCESS;
+    if (!ptr) return 0;
+    heap = get_heap(handle);
+    if (!heap) {
+        if (flags & HEAP_GENERATE_EXCEPTIONS) raise_status(STATUS_INVALID_PARAMETER);
+        return 0;
+    }
+    flags |= heap->ForceFlags;
+    ret = heap_realloc(heap, flags, ptr, size, &status);
+    if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(status);
+    return ret;
+}
+
+uptr NTAPI RtlSizeHeap(void *handle, u32 flags, const void *ptr)
+{
+    HEAP *heap = get_heap(handle);
+    BLOCK_REF ref;
+    int corrupt;
+    if (!heap) {
+        if (flags & HEAP_GENERATE_EXCEPTIONS) raise_status(STATUS_INVALID_PARAMETER);
+        return (uptr)-1;
+    }
+    flags |= heap->ForceFlags;
+    if (!lookup_block(heap, ptr, &ref, &corrupt)) {
+        if (corrupt)
+            heap_corruption();
+        else if (flags & HEAP_GENERATE_EXCEPTIONS)
+            raise_status(STATUS_ACCESS_VIOLATION);
+        return (uptr)-1;
+    }
+    return block_request(heap, &ref);
+}
+
+u32 NTAPI RtlValidateHeap(void *handle, u32 flags, const void *ptr)
+{
+    HEAP *heap = get_heap(handle);
+    BLOCK_REF ref;
+    int corrupt;
+    (void)flags;
+    if (!heap) return 0;
+    if (ptr) return lookup_block(heap, ptr, &ref, &corrupt) != REF_NONE;
+    return validate_heap(heap) ? 1 : 0;
+}
+
+u32 NTAPI RtlWalkHeap(void *handle, RTL_HEAP_WALK_ENTRY *entry)
+{
+    HEAP *heap = get_heap(handle);
+    if (!heap || !entry) return STATUS_INVALID_PARAMETER;
+    return heap_walk(heap, entry);
+}
+
+u32 NTAPI RtlLockHeap(void *handle)
+{
+    HEAP *heap = get_heap(handle);
+    RTL_CRITICAL_SECTION *cs;
+    if (!heap) return 0;
+    cs = heap->LockVariable;
+    cs->LockCount++;
+    cs->RecursionCount++;
+    return 1;
+}
+
+u32 NTAPI RtlUnlockHeap(void *handle)
+{
+    HEAP *heap = get_heap(handle);
+    RTL_CRITICAL_SECTION *cs;
+    if (!heap) return 0;
+    cs = heap->LockVariable;
+    if (cs->RecursionCount <= 0) return 0;
+    cs->LockCount--;
+    cs->RecursionCount--;
+    return 1;
+}
+
+u32 NTAPI RtlGetProcessHeaps(u32 count, void **heaps)
+{
+    u8 *peb = ntheap_get_peb();
+    u32 total, i;
+    void **list;
+    if (!peb) return 0;
+    total = *(u32 *)(peb + PEB_NUMBER_OF_HEAPS);
+    list = *(void ***)(peb + PEB_PROCESS_HEAPS);
+    if (!list) return 0;
+    for (i = 0; i < total && i < count; i++) heaps[i] = list[i];
+    return total;
+}
+
+u32 NTAPI RtlQueryHeapInformation(void *handle, u32 info_class, void *info, uptr length,
+                                  uptr *return_length)
+{
+    HEAP *heap = get_heap(handle);
+    if (info_class != HeapCompatibilityInformation || !heap) return STATUS_INVALID_PARAMETER;
+    if (return_length) *return_length = sizeof(u32);
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    *(u32 *)info = heap_lfh(heap) ? HEAP_FRONT_END_LFH : 0;
+    return STATUS_SUCCESS;
+}
+
+u32 NTAPI RtlSetHeapInformation(void *handle, u32 info_class, void *info, uptr length)
+{
+    HEAP *heap;
+    u32 value;
+    if (info_class == HeapEnableTerminationOnCorruption) return STATUS_SUCCESS; /* always on */
+    heap = get_heap(handle);
+    if (info_class != HeapCompatibilityInformation || !heap) return STATUS_INVALID_PARAMETER;
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    value = *(u32 *)info;
+    if (value == HEAP_FRONT_END_LFH) {
+        if (!lfh_allowed(heap)) return STATUS_UNSUCCESSFUL;
+        return lfh_create(heap) ? STATUS_SUCCESS : STATUS_NO_MEMORY;
+    }
+    return value == 0 && !heap_lfh(heap) ? STATUS_SUCCESS : STATUS_UNSUCCESSFUL;
+}
+
+u32 NTAPI Win7HeapSetKeys(u32 encoding, uptr lfh_key, uptr pointer_key)
+{
+    u8 *peb = ntheap_get_peb();
+    WIN7HEAP_KEYS *rec;
+    if (!peb) return STATUS_UNSUCCESSFUL;
+    rec = (WIN7HEAP_KEYS *)(peb + WIN7HEAP_KEYS_PEB_OFFSET);
+    rec->Encoding = encoding;
+    rec->LFHKey = lfh_key;
+    rec->PointerKey = pointer_key;
+    rec->Signature = WIN7HEAP_KEYS_SIGNATURE;
+    return STATUS_SUCCESS;
+}
