@@ -256,7 +256,9 @@ static int segment_committed(HEAP_SEGMENT *seg, const void *ptr, uptr len)
 {
     const u8 *p = ptr;
     LIST_ENTRY *e;
-    if (p < (u8 *)seg->BaseAddress || p + len > (u8 *)seg->LastValidEntry || p + len < p) return 0;
+    if (p < (u8 *)seg->BaseAddress || p >= (u8 *)seg->LastValidEntry ||
+        len > (uptr)((u8 *)seg->LastValidEntry - p))
+        return 0;
     for (e = seg->UCRSegmentList.Flink; e != &seg->UCRSegmentList; e = e->Flink) {
         HEAP_UCR_DESCRIPTOR *ucr = ucr_of_segment_link(e);
         const u8 *a = ucr->Address;
