@@ -516,7 +516,7 @@ static void free_run(HEAP *heap, HEAP_SEGMENT *seg, u8 *start, u8 *end, uptr pre
     uptr units;
     while (prev_units) {
         HEAP_ENTRY *prev = (HEAP_ENTRY *)(start - prev_units * G);
-        if ((u8 *)prev < (u8 *)seg->FirstEntry) {
+        if ((u8 *)prev < (u8 *)seg->BaseAddress) {
             heap_corruption();
             break;
         }
@@ -1219,7 +1219,7 @@ static void lfh_free(HEAP *heap, LFH_HEAP *lfh, HEAP_SUBSEGMENT *sub, HEAP_ENTRY
  * one of ours but its header is bad (or the block is already free). */
 static u32 lookup_block(HEAP *heap, const void *ptr, BLOCK_REF *ref, int *corrupt)
 {
-    HEAP_ENTRY *entry = (HEAP_ENTRY *)ptr - 1;
+    HEAP_ENTRY *entry = (HEAP_ENTRY *)((uptr)ptr - G);
     HEAP_SEGMENT *seg;
     LIST_ENTRY *e;
     uptr units, unused;
