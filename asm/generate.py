@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Regenerate asm/ntheap_x86.s and asm/ntheap_x64.s from asm/src/ntheap.c.
+"""Regenerate the checked-in assembly asm/<name>_x86.s and asm/<name>_x64.s from asm/src/<name>.c.
 
     python asm/generate.py            # rewrite the checked-in assembly
     python asm/generate.py --check    # exit 1 if regenerating would change it
+
+One entry of SOURCES per heap: ``ntheap`` (the Wine-style NT heap) and ``win7heap`` (the
+Windows 7 NT heap with its LFH front end).
 
 The compiler is pinned: ``python -m ziglang cc`` from ziglang==0.17.0 (clang 22), targets
 x86-windows-gnu and x86_64-windows-gnu. Its Intel-syntax output is made keystone-ready here:
@@ -14,7 +17,7 @@ x86-windows-gnu and x86_64-windows-gnu. Its Intel-syntax output is made keystone
   ``helper``), so every function has its plain name and the system calls resolve to the stub
   labels in ``asm/syscalls_*.s``;
 * assembler-local labels (``.LBB0_3`` on x64, ``LBB0_3`` on x86), which keystone rejects in
-  memory operands, become ``ntheap_LBB0_3``;
+  memory operands, become ``<name>_LBB0_3`` (``ntheap_LBB0_3``, ``win7heap_LBB0_3``);
 * any directive not known to be safe stops the generation (nothing unknown slips through).
 
 The flags keep the code self-contained: freestanding, no builtins (so no memset/memcpy calls;
@@ -32,7 +35,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "src" / "ntheap.c"
+# name -> C source; each makes asm/<name>_<arch>.s, its local labels prefixed "<name>_".
+SOURCES: dict[str, Path] = {
+    "ntheap": HERE / "src" / "ntheap.c",
+    "win7heap": HERE / "src" / "win7heap.c",
+}
 ZIG_VERSION = "0.17.0"
 
 # arch -> (zig target, cpu: baseline without SSE)
@@ -85,12 +92,12 @@ class GenerateError(Exception):
     """The compiler output contains something this script cannot make keystone-ready."""
 
 
-def output_path(arch: str) -> Path:
-    return HERE / f"ntheap_{arch}.s"
+def output_path(arch: str, name: str = "ntheap") -> Path:
+    return HERE / f"{name}_{arch}.s"
 
 
-def zig_command(arch: str, *mode: str) -> list[str]:
-    """The zig cc command line for arch; mode is e.g. ("-S", "-masm=intel") or ("-c",)."""
+def zig_command(arch: str, *mode: str, name: str = "ntheap") -> list[str]:
+    """The zig cc command line for SOURCES[name] and arch; mode is e.g. ("-S", "-masm=intel")."""
     target, cpu = TARGETS[arch]
     return [
         sys.executable,
@@ -102,27 +109,27 @@ def zig_command(arch: str, *mode: str) -> list[str]:
         f"-mcpu={cpu}",
         *mode,
         *CFLAGS,
-        str(SOURCE),
+        str(SOURCES[name]),
     ]
 
 
-def run_zig(arch: str, out: Path, *mode: str) -> None:
-    cmd = [*zig_command(arch, *mode), "-o", str(out)]
+def run_zig(arch: str, out: Path, *mode: str, name: str = "ntheap") -> None:
+    cmd = [*zig_command(arch, *mode, name=name), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise GenerateError(f"zig cc failed ({arch}):\n{proc.stderr}")
 
 
-def compile_to_asm(arch: str) -> str:
+def compile_to_asm(arch: str, name: str = "ntheap") -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"ntheap_{arch}.s"
-        run_zig(arch, out, "-S", "-masm=intel")
+        out = Path(tmp) / f"{name}_{arch}.s"
+        run_zig(arch, out, "-S", "-masm=intel", name=name)
         return out.read_text()
 
 
-def compile_to_object(arch: str, out: Path) -> None:
+def compile_to_object(arch: str, out: Path, name: str = "ntheap") -> None:
     """The same C, same flags, as a COFF object (for comparing keystone's bytes with it)."""
-    run_zig(arch, out, "-c")
+    run_zig(arch, out, "-c", name=name)
 
 
 def undecorate(name: str, arch: str) -> str:
@@ -167,8 +174,9 @@ def section_kind(directive: str) -> str:
     return "drop"
 
 
-def to_keystone(raw: str, arch: str) -> tuple[str, set[str]]:
-    """Make the compiler's Intel-syntax output keystone-ready (see the module docstring).
+def to_keystone(raw: str, arch: str, name: str = "ntheap") -> tuple[str, set[str]]:
+    """Make the compiler's Intel-syntax output keystone-ready (see the module docstring); local
+    labels get the prefix ``<name>_``.
 
     Returns the text and the names used as call/jump targets.
     """
@@ -198,11 +206,11 @@ def to_keystone(raw: str, arch: str) -> tuple[str, set[str]]:
     lines = kept["text"] + kept["rdata"]
     defined = {m.group(1) for code in lines if (m := LABEL.match(code))}
     rename: dict[str, str] = {}
-    for name in defined:
-        if is_local_label(name, arch):
-            rename[name] = "ntheap_" + name.lstrip(".")
+    for label in defined:
+        if is_local_label(label, arch):
+            rename[label] = f"{name}_" + label.lstrip(".")
         else:
-            rename[name] = undecorate(name, arch)
+            rename[label] = undecorate(label, arch)
     if len(set(rename.values())) != len(rename):
         raise GenerateError(f"{arch}: two labels map to one name")
 
@@ -231,24 +239,24 @@ def to_keystone(raw: str, arch: str) -> tuple[str, set[str]]:
     return "\n".join(out) + "\n", targets
 
 
-def keystone_text(raw: str, arch: str) -> str:
+def keystone_text(raw: str, arch: str, name: str = "ntheap") -> str:
     """The checked-in file's content for arch (header + converted code)."""
-    body, targets = to_keystone(raw, arch)
+    body, targets = to_keystone(raw, arch, name)
     stubs = (HERE / f"syscalls_{arch}.s").read_text()
     missing = sorted(targets - set(re.findall(r"(?m)^(\w+):", body + stubs)))
     if missing:
         raise GenerateError(f"{arch}: calls to undefined names: {', '.join(missing)}")
     target = TARGETS[arch][0]
     header = (
-        f"# Generated by asm/generate.py from asm/src/ntheap.c: zig cc {ZIG_VERSION}"
+        f"# Generated by asm/generate.py from asm/src/{SOURCES[name].name}: zig cc {ZIG_VERSION}"
         f" (clang), target {target}.\n"
         "# Do not edit; change the C source and run `python asm/generate.py`.\n"
     )
     return header + body
 
 
-def generate(arch: str) -> str:
-    return keystone_text(compile_to_asm(arch), arch)
+def generate(arch: str, name: str = "ntheap") -> str:
+    return keystone_text(compile_to_asm(arch, name), arch, name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,21 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stale = []
-    for arch in TARGETS:
-        try:
-            text = generate(arch)
-        except GenerateError as exc:
-            print(f"generate.py: {exc}", file=sys.stderr)
-            return 2
-        path = output_path(arch)
-        current = path.read_text() if path.exists() else None
-        if text == current:
-            continue
-        if args.check:
-            stale.append(path.name)
-        else:
-            path.write_text(text)
-            print(f"wrote {path}")
+    for name in SOURCES:
+        for arch in TARGETS:
+            try:
+                text = generate(arch, name)
+            except GenerateError as exc:
+                print(f"generate.py: {exc}", file=sys.stderr)
+                return 2
+            path = output_path(arch, name)
+            current = path.read_text() if path.exists() else None
+            if text == current:
+                continue
+            if args.check:
+                stale.append(path.name)
+            else:
+                path.write_text(text)
+                print(f"wrote {path}")
     if stale:
         print(f"generate.py --check: out of date: {', '.join(stale)}", file=sys.stderr)
         return 1
