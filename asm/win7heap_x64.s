@@ -6866,34 +6866,40 @@ validate_userblocks:
 	xor	eax, eax
 	cmp	rcx, 63
 	ja	win7heap_LBB32_31
-	mov	esi, 1
-	shl	rsi, cl
+	mov	rsi, r10
+	mov	r10d, 1
+	shl	r10, cl
 	shl	r8, 4
-	cmp	rsi, r8
+	mov	rcx, r8
+	sub	rcx, r10
+	setb	r10b
+	cmp	rcx, 32
+	setae	cl
+	or	cl, r10b
 	jne	win7heap_LBB32_31
 	movzx	ecx, word ptr [rdx + 24]
 	shl	ecx, 4
-	movzx	r8d, word ptr [rdx + 28]
+	movzx	r10d, word ptr [rdx + 28]
 	mov	rdi, rcx
-	imul	rdi, r8
+	imul	rdi, r10
 	add	rdi, 32
-	add	rsi, -16
-	cmp	rdi, rsi
+	add	r8, -16
+	cmp	rdi, r8
 	ja	win7heap_LBB32_31
 	xor	eax, eax
-	test	r8, r8
+	test	r10, r10
 	je	win7heap_LBB32_4
-	xor	r9, r10
+	xor	r9, rsi
 	lea	rsi, [r11 + 32]
 	lea	rdi, [rcx + r11]
 	add	rdi, 30
 	xor	ebx, ebx
 	xor	r14d, r14d
-	mov	r15, r8
-	xor	r10d, r10d
+	mov	r15, r10
+	xor	r8d, r8d
 	jmp	win7heap_LBB32_6
 win7heap_LBB32_11:
-	add	r10, 1
+	add	r8, 1
 win7heap_LBB32_12:
 	add	r14, rcx
 	add	r15, -1
@@ -6930,17 +6936,17 @@ win7heap_LBB32_30:
 	xor	eax, eax
 	jmp	win7heap_LBB32_31
 win7heap_LBB32_4:
-	xor	r10d, r10d
+	xor	r8d, r8d
 win7heap_LBB32_13:
 	movzx	r9d, word ptr [rdx + 16]
-	cmp	r10, r9
+	cmp	r8, r9
 	jne	win7heap_LBB32_31
 	movzx	eax, word ptr [rdx + 18]
 	xor	r9d, r9d
 	cmp	ax, -1
 	je	win7heap_LBB32_16
 win7heap_LBB32_23:
-	cmp	r10, r9
+	cmp	r8, r9
 	je	win7heap_LBB32_30
 	cmp	ax, 2
 	jb	win7heap_LBB32_30
@@ -6961,7 +6967,7 @@ win7heap_LBB32_26:
 	test	rdx, rdx
 	jne	win7heap_LBB32_30
 win7heap_LBB32_29:
-	cmp	rax, r8
+	cmp	rax, r10
 	jae	win7heap_LBB32_30
 	xor	eax, eax
 	cmp	al, byte ptr [r11 + rsi + 15]
@@ -6972,7 +6978,7 @@ win7heap_LBB32_29:
 	jne	win7heap_LBB32_23
 win7heap_LBB32_16:
 	xor	eax, eax
-	cmp	r9, r10
+	cmp	r9, r8
 	sete	al
 win7heap_LBB32_31:
 	pop	rbx

@@ -7183,129 +7183,136 @@ validate_userblocks:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 28
+	sub	esp, 20
 	mov	esi, ecx
 	mov	edi, dword ptr [edx + 4]
 	mov	ecx, dword ptr [edi + 8]
 	xor	eax, eax
 	cmp	ecx, 31
-	ja	win7heap_LBB32_3
+	ja	win7heap_LBB32_4
 	mov	dword ptr [ebp - 28], esi
 	mov	esi, 1
 	shl	esi, cl
-	mov	ecx, dword ptr [ebp + 8]
-	shl	ecx, 3
-	cmp	esi, ecx
-	jne	win7heap_LBB32_3
+	mov	ebx, dword ptr [ebp + 8]
+	shl	ebx, 3
+	mov	ecx, ebx
+	sub	ecx, esi
+	setb	al
+	cmp	ecx, 16
+	setae	cl
+	or	cl, al
+	je	win7heap_LBB32_3
+win7heap_LBB32_2:
+	xor	eax, eax
+	jmp	win7heap_LBB32_4
+win7heap_LBB32_3:
 	movzx	ecx, word ptr [edx + 16]
 	shl	ecx, 3
-	movzx	ebx, word ptr [edx + 20]
-	mov	dword ptr [ebp - 20], ecx
-	mov	dword ptr [ebp - 24], ebx
-	imul	ecx, ebx
-	add	ecx, 16
-	add	esi, -8
-	cmp	ecx, esi
-	ja	win7heap_LBB32_3
-	xor	eax, eax
-	cmp	dword ptr [ebp - 24], 0
-	mov	dword ptr [ebp - 16], 0
-	je	win7heap_LBB32_18
-	mov	ecx, dword ptr [ebp - 28]
-	xor	ecx, dword ptr [ebp + 12]
-	mov	dword ptr [ebp - 28], ecx
-	lea	ecx, [edi + 16]
-	mov	dword ptr [ebp - 40], ecx
-	mov	ecx, dword ptr [ebp - 20]
-	lea	ecx, [ecx + edi + 14]
-	mov	dword ptr [ebp - 32], ecx
-	xor	ebx, ebx
-	mov	esi, dword ptr [ebp - 24]
-	mov	dword ptr [ebp - 16], 0
-	mov	dword ptr [ebp - 36], edi
-	jmp	win7heap_LBB32_8
-win7heap_LBB32_6:
-	inc	dword ptr [ebp - 16]
-	mov	ecx, dword ptr [ebp - 20]
-win7heap_LBB32_7:
-	add	ebx, ecx
-	dec	esi
-	je	win7heap_LBB32_18
-win7heap_LBB32_8:
-	mov	ecx, dword ptr [ebp - 40]
-	add	ecx, ebx
-	shr	ecx, 3
-	xor	ecx, dword ptr [ebp - 28]
-	xor	ecx, dword ptr [edi + ebx + 16]
-	cmp	edx, ecx
-	jne	win7heap_LBB32_27
-	cmp	word ptr [edi + ebx + 20], 0
-	jne	win7heap_LBB32_27
-	cmp	byte ptr [edi + ebx + 22], 0
-	jne	win7heap_LBB32_27
-	movzx	ecx, byte ptr [edi + ebx + 23]
-	test	cl, cl
-	jns	win7heap_LBB32_27
-	cmp	ecx, 128
-	je	win7heap_LBB32_6
-	and	ecx, 127
-	cmp	ecx, 63
-	jne	win7heap_LBB32_15
-	mov	ecx, dword ptr [ebp - 32]
-	movzx	ecx, word ptr [ecx + ebx]
-win7heap_LBB32_15:
-	cmp	ecx, 8
-	jb	win7heap_LBB32_27
-	mov	edi, dword ptr [ebp - 20]
-	cmp	ecx, edi
-	mov	ecx, edi
-	mov	edi, dword ptr [ebp - 36]
-	jbe	win7heap_LBB32_7
-win7heap_LBB32_27:
-	xor	eax, eax
-	jmp	win7heap_LBB32_3
-win7heap_LBB32_18:
-	movzx	ecx, word ptr [edx + 8]
-	cmp	dword ptr [ebp - 16], ecx
-	jne	win7heap_LBB32_3
-	movzx	eax, word ptr [edx + 10]
-	xor	ebx, ebx
-	cmp	ax, -1
-	je	win7heap_LBB32_26
-win7heap_LBB32_20:
-	cmp	dword ptr [ebp - 16], ebx
-	je	win7heap_LBB32_27
-	cmp	ax, 2
-	jb	win7heap_LBB32_27
-	movzx	esi, ax
-	shl	esi, 3
-	lea	eax, [esi - 16]
-	xor	edx, edx
-	div	dword ptr [ebp - 20]
-	mov	ecx, eax
-	xor	eax, eax
-	test	edx, edx
-	jne	win7heap_LBB32_3
-	cmp	ecx, dword ptr [ebp - 24]
-	jae	win7heap_LBB32_3
-	xor	eax, eax
-	cmp	al, byte ptr [edi + esi + 7]
-	jno	win7heap_LBB32_3
-	movzx	eax, word ptr [edi + esi + 8]
-	inc	ebx
-	cmp	ax, -1
-	jne	win7heap_LBB32_20
-win7heap_LBB32_26:
-	xor	eax, eax
-	cmp	ebx, dword ptr [ebp - 16]
-	sete	al
-win7heap_LBB32_3:
-	add	esp, 28
+	movzx	esi, word ptr [edx + 20]
+	mov	eax, ecx
+	mov	dword ptr [ebp - 20], esi
+	imul	eax, esi
+	add	eax, 16
+	add	ebx, -8
+	cmp	eax, ebx
+	mov	eax, 0
+	jbe	win7heap_LBB32_5
+win7heap_LBB32_4:
+	add	esp, 20
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
+win7heap_LBB32_5:
+	cmp	dword ptr [ebp - 20], 0
+	mov	dword ptr [ebp - 16], 0
+	mov	dword ptr [ebp - 24], ecx
+	je	win7heap_LBB32_19
+	mov	eax, dword ptr [ebp - 28]
+	xor	eax, dword ptr [ebp + 12]
+	mov	dword ptr [ebp - 28], eax
+	lea	eax, [ecx + edi + 14]
+	mov	dword ptr [ebp - 32], eax
+	xor	ebx, ebx
+	mov	esi, dword ptr [ebp - 20]
+	mov	dword ptr [ebp - 16], 0
+	jmp	win7heap_LBB32_9
+win7heap_LBB32_7:
+	inc	dword ptr [ebp - 16]
+	mov	ecx, dword ptr [ebp - 24]
+win7heap_LBB32_8:
+	add	ebx, ecx
+	dec	esi
+	je	win7heap_LBB32_19
+win7heap_LBB32_9:
+	lea	eax, [edi + 16]
+	add	eax, ebx
+	shr	eax, 3
+	xor	eax, dword ptr [ebp - 28]
+	xor	eax, dword ptr [edi + ebx + 16]
+	cmp	edx, eax
+	jne	win7heap_LBB32_2
+	cmp	word ptr [edi + ebx + 20], 0
+	jne	win7heap_LBB32_2
+	cmp	byte ptr [edi + ebx + 22], 0
+	jne	win7heap_LBB32_2
+	movzx	ecx, byte ptr [edi + ebx + 23]
+	test	cl, cl
+	jns	win7heap_LBB32_2
+	cmp	ecx, 128
+	je	win7heap_LBB32_7
+	and	ecx, 127
+	cmp	ecx, 63
+	jne	win7heap_LBB32_16
+	mov	eax, dword ptr [ebp - 32]
+	movzx	ecx, word ptr [eax + ebx]
+win7heap_LBB32_16:
+	cmp	ecx, 8
+	jb	win7heap_LBB32_2
+	mov	eax, dword ptr [ebp - 24]
+	cmp	ecx, eax
+	mov	ecx, eax
+	jbe	win7heap_LBB32_8
+	jmp	win7heap_LBB32_2
+win7heap_LBB32_19:
+	movzx	eax, word ptr [edx + 8]
+	cmp	dword ptr [ebp - 16], eax
+	mov	eax, 0
+	jne	win7heap_LBB32_4
+	movzx	eax, word ptr [edx + 10]
+	xor	ebx, ebx
+	cmp	ax, -1
+	je	win7heap_LBB32_27
+win7heap_LBB32_21:
+	cmp	dword ptr [ebp - 16], ebx
+	je	win7heap_LBB32_2
+	cmp	ax, 2
+	jb	win7heap_LBB32_2
+	movzx	esi, ax
+	shl	esi, 3
+	lea	eax, [esi - 16]
+	xor	edx, edx
+	div	ecx
+	mov	ecx, eax
+	xor	eax, eax
+	test	edx, edx
+	jne	win7heap_LBB32_4
+	cmp	ecx, dword ptr [ebp - 20]
+	mov	ecx, dword ptr [ebp - 24]
+	jae	win7heap_LBB32_4
+	xor	eax, eax
+	cmp	al, byte ptr [edi + esi + 7]
+	jno	win7heap_LBB32_4
+	movzx	eax, word ptr [edi + esi + 8]
+	inc	ebx
+	cmp	ax, -1
+	jne	win7heap_LBB32_21
+win7heap_LBB32_27:
+	xor	eax, eax
+	cmp	ebx, dword ptr [ebp - 16]
+	sete	al
+	jmp	win7heap_LBB32_4
 	.p2align	4
 walk_block:
 	push	ebp

@@ -1302,7 +1302,9 @@ static int validate_userblocks(HEAP *heap, HEAP_SUBSEGMENT *sub, uptr block_unit
 {
     uptr stride = (uptr)sub->BlockSize * G, n = 0, k, free_count = 0, off;
     HEAP_USERDATA_HEADER *ub = sub->UserBlocks;
-    if (ub->SizeIndex >= 8 * sizeof(uptr) || ((uptr)1 << ub->SizeIndex) != block_units * G)
+    /* the block is 1 << SizeIndex bytes, or a unit more when the rest was too small to split */
+    if (ub->SizeIndex >= 8 * sizeof(uptr) || ((uptr)1 << ub->SizeIndex) > block_units * G ||
+        block_units * G - ((uptr)1 << ub->SizeIndex) >= MIN_FREE_UNITS * G)
         return 0;
     if (sizeof(HEAP_USERDATA_HEADER) + (uptr)sub->BlockCount * stride > block_units * G - G)
         return 0;

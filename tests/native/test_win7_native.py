@@ -12,6 +12,7 @@ The transcript's "17th chunk" is a[17]; its "18th, 48th, 78th" are a[18], a[48],
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from dataclasses import dataclass, field
@@ -440,3 +441,269 @@ def test_seed_keys_reproduce_the_lfh_header_words() -> None:
     run = run_script(other, arch="x86", heap="win7", answers=T2_ANSWERS)
     word = 0x470000 ^ 0x4AF080 ^ 0x11111111 ^ (0x302058 >> 3)
     assert struct.unpack("<I", run.peeks[0][:4])[0] == word
+
+
+# ---------------------------------------------------------------------------- random operations
+
+
+def gran_of(arch: str) -> int:
+    return 8 if arch == "x86" else 16
+
+
+def virtual_threshold(arch: str) -> int:
+    """Bytes above which a request gets its own region (VirtualMemoryThreshold units * G)."""
+    return 0xFE00 * 8 if arch == "x86" else 0xFF00 * 16
+
+
+@dataclass
+class RandomScript:
+    lines: list[str] = field(default_factory=list)
+    snapshots: list[dict[str, int]] = field(default_factory=list)  # live blocks after each step
+    sizes: list[int] = field(default_factory=list)
+
+
+def random_script(seed: int, arch: str, steps: int) -> RandomScript:
+    """Allocations (a few hot sizes, so LFH buckets activate; random small and medium sizes;
+    now and then a virtual block), frees and reallocations, with RtlValidateHeap and RtlWalkHeap
+    after every step, data written and checked."""
+    rng = random.Random(seed)
+    vmt = virtual_threshold(arch)
+    hot = [0x10, 0x28, 0x40, 0x100, 0x180, 0x400]
+    out = RandomScript(["create h 0x1002 0 0"])
+    live: dict[str, int] = {}
+    seeds: dict[str, int] = {}
+    count = 0
+
+    def size() -> int:
+        r = rng.random()
+        if r < 0.55:
+            return rng.choice(hot)
+        if r < 0.8:
+            return rng.randint(0, 0x1000)
+        if r < 0.97:
+            return rng.randint(0x1000, 0x30000)
+        return vmt + rng.randint(1, 0x10000)
+
+    def alloc(n: int) -> None:
+        nonlocal count
+        count += 1
+        name = f"p{count}"
+        out.lines += [f"alloc {name} h 0 {n:#x}", f"fill {name} {count} {n:#x}"]
+        live[name], seeds[name] = n, count
+
+    # warm-up, as a program that starts with many objects of a few sizes: the LFH activates
+    for n in hot:
+        for _ in range(18):
+            alloc(n)
+    for _ in range(steps):
+        r = rng.random()
+        if r < 0.55 or not live:
+            count += 1
+            name, n = f"p{count}", size()
+            out.lines += [f"alloc {name} h 0 {n:#x}", f"fill {name} {count} {n:#x}"]
+            live[name], seeds[name] = n, count
+        elif r < 0.85:
+            name = rng.choice(sorted(live))
+            out.lines += [f"check {name} {seeds[name]} {live[name]:#x}", f"free h 0 {name}"]
+            del live[name]
+        else:
+            old = rng.choice(sorted(live))
+            count += 1
+            name, n = f"p{count}", size() if rng.random() < 0.5 else live[old] + rng.randint(-8, 64)
+            n = max(n, 0)
+            keep = min(n, live[old])
+            out.lines += [
+                f"realloc {name} h 0 {old} {n:#x}",
+                f"check {name} {seeds[old]} {keep:#x}",
+                f"fill {name} {count} {n:#x}",
+                f"size h 0 {name}",
+            ]
+            out.sizes.append(n)
+            del live[old]
+            live[name], seeds[name] = n, count
+        out.lines += ["validate h 0", "walk h"]
+        out.snapshots.append(dict(live))
+    for name in sorted(live):
+        out.lines += [f"check {name} {seeds[name]} {live[name]:#x}", f"free h 0 {name}"]
+    out.lines += ["validate h 0", "walk h"]
+    out.snapshots.append({})
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_operations(arch: str, seed: int) -> None:
+    script = random_script(seed, arch, 400)
+    run = run_script(script.lines, arch=arch, heap="win7")
+    assert run.exceptions == []
+    assert run.checks and all(run.checks), "data did not survive"
+    assert set(run.results("free")) == {1}
+    assert run.results("validate") == [1] * len(script.snapshots)
+    assert run.results("size") == script.sizes
+    assert len(run.walks) == len(script.snapshots)
+    lfh_seen = 0
+    for walk, status, live in zip(run.walks, run.walk_status, script.snapshots, strict=True):
+        assert status == NO_MORE_ENTRIES
+        expected = {run.value(name): n for name, n in live.items()}
+        assert user_blocks(walk) == expected
+        spans = sorted(expected.items())
+        for (a, n), (b, _) in itertools.pairwise(spans):
+            assert a + n <= b, f"blocks {a:#x}+{n:#x} and {b:#x} overlap"
+        regions = [e for e in walk if e.is_region]
+        assert [e.region for e in regions] == list(range(len(regions)))
+        lfh_seen += sum(1 for e in walk if e.flags & LFH and e.busy)
+    assert lfh_seen, "no LFH block was ever used"
+    assert any(c.kind == "free" and c.type == 0x4000 for c in run.vm), "nothing was decommitted"
+    vmt = virtual_threshold(arch)
+    assert any(n > vmt for live in script.snapshots for n in live.values())
+    # everything freed: each segment is back to free space (+ the heap's own blocks)
+    assert user_blocks(run.walks[-1]) == {}
+
+
+# ---------------------------------------------------------------------------- corruption
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_overflow_into_lfh_header_is_detected(arch: str) -> None:
+    lines = ["create h 0x1002 0 0", *[f"alloc a{i} h 0 0x100" for i in range(22)]]
+    lines += ["validate h 0", "validate h 0 a20", "fill a19 1 0x101", "validate h 0"]
+    lines += ["validate h 0 a20", "validate h 0 a19", "free h 0 a20", "free h 0 a19"]
+    run = run_script(lines, arch=arch, heap="win7")
+    assert run.value("a20") == run.value("a19") + (0x108 if arch == "x86" else 0x110)
+    assert run.results("validate") == [1, 1, 0, 0, 1]
+    assert run.exceptions == [HEAP_CORRUPTION]  # RtlFreeHeap(a20) raised
+    assert run.results("free") == [1]  # a19's own header is intact
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_overflow_into_backend_header_is_detected(arch: str) -> None:
+    gran = gran_of(arch)
+    lines = ["create h 0x1002 0 0", "alloc b0 h 0 0x300", "alloc b1 h 0 0x300", "validate h 0"]
+    lines += [f"fill b0 5 {0x300 + gran:#x}", "validate h 0", "validate h 0 b1", "free h 0 b1"]
+    lines += ["size h 0 b1", "realloc c h 0 b1 0x10", "free h 0 b0"]
+    run = run_script(lines, arch=arch, heap="win7")
+    assert run.value("b1") == run.value("b0") + 0x300 + gran
+    assert run.results("validate") == [1, 0, 0]
+    # free, size and realloc of b1; then freeing b0 meets the bad header while coalescing
+    assert run.exceptions == [HEAP_CORRUPTION] * 4
+    assert run.results("free") == []
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_double_free_raises(arch: str) -> None:
+    lines = ["create h 0x1002 0 0", "alloc b h 0 0x300", "free h 0 b", "free h 0 b"]
+    lines += [*[f"alloc a{i} h 0 0x40" for i in range(20)], "free h 0 a19", "free h 0 a19"]
+    lines += ["free h 0 0x12345", "validate h 0"]
+    run = run_script(lines, arch=arch, heap="win7")
+    assert run.exceptions == [HEAP_CORRUPTION, HEAP_CORRUPTION]
+    assert run.results("free") == [1, 1, 0]  # a pointer outside the heap: FALSE
+    assert run.results("validate") == [1]
+
+
+# ---------------------------------------------------------------------------- API behaviour
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_virtual_blocks(arch: str) -> None:
+    # the threshold counts units with the header: the largest back-end request is vmt - G
+    vmt = virtual_threshold(arch) - gran_of(arch)
+    header = 0x20 if arch == "x86" else 0x40
+    lines = ["create h 0x1002 0 0", f"alloc v h 0 {vmt + 1:#x}", f"alloc w h 0 {vmt:#x}"]
+    lines += ["size h 0 v", "validate h 0", "walk h", "free h 0 v", "validate h 0"]
+    lines += ["create f 0 0x100000 0", f"alloc x f 0 {vmt + 1:#x}"]  # not growable: refused
+    run = run_script(lines, arch=arch, heap="win7")
+    v = run.value("v")
+    reservations = [b for b, _ in run.reservations()]
+    assert v - header in reservations  # its own region, data after the 0x20 / 0x40 header
+    assert run.value("w") - header not in reservations  # exactly the threshold: back end
+    assert run.results("size") == [vmt + 1]
+    walk = run.walks[0]
+    assert walk[-1].data == v and walk[-1].flags == BUSY_BLOCK and walk[-1].size == vmt + 1
+    assert any(c.kind == "free" and c.base == v - header and c.type == 0x8000 for c in run.vm)
+    assert run.value("x") == 0
+    assert run.results("validate") == [1, 1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decommit_and_recommit(arch: str) -> None:
+    gran = gran_of(arch)
+    sizes = [0x3000 + 0x100 * i for i in range(12)]  # distinct sizes: no LFH
+    lines = ["create h 0x1002 0 0", *[f"alloc b{i} h 0 {n:#x}" for i, n in enumerate(sizes)]]
+    lines += ["alloc keep h 0 0x20", "validate h 0"]
+    lines += [f"free h 0 b{i}" for i in range(len(sizes))]
+    lines += ["validate h 0", "walk h"]
+    lines += [*[f"alloc c{i} h 0 {n:#x}" for i, n in enumerate(sizes)], "validate h 0"]
+    run = run_script(lines, arch=arch, heap="win7")
+    decommits = [c for c in run.vm if c.kind == "free" and c.type == 0x4000]
+    assert decommits and all(c.status == 0 for c in decommits)
+    walk = run.walks[0]
+    uncommitted = [e for e in walk if e.is_uncommitted]
+    assert uncommitted and sum(e.size for e in uncommitted) >= sum(sizes) // 2
+    assert run.results("validate") == [1, 1, 1]
+    assert run.exceptions == []
+    assert all(run.value(f"c{i}") for i in range(len(sizes)))
+    last = max(i for i, c in enumerate(run.vm) if c.kind == "free" and c.type == 0x4000)
+    assert [c for c in run.vm[last:] if c.kind == "alloc" and c.type == 0x1000]  # recommitted
+    assert all(c.base % 0x1000 == 0 and c.size % 0x1000 == 0 for c in decommits)
+    assert not [c for c in run.vm[last:] if c.kind == "alloc" and c.type & 0x2000]  # no growth
+    assert gran in (8, 16)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heap_information_and_lfh_rules(arch: str) -> None:
+    lines = ["create h 0x1002 0 0", "query h", "setinfo h 2", "query h", "setinfo h 0"]
+    lines += ["create n 0x1003 0 0", "setinfo n 2", "query n"]  # HEAP_NO_SERIALIZE: no LFH
+    lines += [*[f"alloc a{i} n 0 0x100" for i in range(40)], "query n", "validate n 0"]
+    lines += ["setinfo h 1"]
+    run = run_script(lines, arch=arch, heap="win7")
+    assert run.results("query") == [0, 2, 0, 0]
+    assert run.results("querystatus") == [0] * 4
+    assert run.results("setinfo") == [0, 0xC0000001, 0xC0000001, 0xC0000001]
+    step = 0x108 if arch == "x86" else 0x110
+    assert [run.value(f"a{i}") for i in range(40)] == [
+        run.value("a0") + step * i for i in range(40)
+    ]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lfh_subsegments_are_released_and_reused(arch: str) -> None:
+    n = 200
+    lines = ["create h 0x1002 0 0", *[f"alloc a{i} h 0 0x40" for i in range(n)]]
+    lines += ["validate h 0", "walk h", *[f"free h 0 a{i}" for i in range(n)], "validate h 0"]
+    lines += ["walk h", *[f"alloc b{i} h 0 0x40" for i in range(n)], "validate h 0", "walk h"]
+    run = run_script(lines, arch=arch, heap="win7")
+    assert run.exceptions == [] and run.results("validate") == [1, 1, 1]
+    full, emptied, again = run.walks
+
+    def userblocks(walk: list[WalkEntry]) -> list[int]:  # Internal blocks followed by LFH blocks
+        return [a.data for a, b in itertools.pairwise(walk) if a.flags & INTERNAL and b.flags & LFH]
+
+    assert len(userblocks(full)) >= 3
+    # only the active subsegment keeps its UserBlocks once everything is free
+    assert len(userblocks(emptied)) == 1
+    assert not [e for e in emptied if e.flags & LFH and e.busy]
+    assert len(user_blocks(again)) == n
+    assert {run.value(f"b{i}") for i in range(n)} & {run.value(f"a{i}") for i in range(n)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_realloc_flags_zero_and_lock(arch: str) -> None:
+    lines = ["create h 0x1002 0 0", "alloc a h 0 0x200", "fill a 3 0x200", "alloc b h 0 0x40"]
+    lines += ["free h 0 b", "realloc c h 0 a 0x230", "check c 3 0x200"]  # grows in place
+    lines += ["realloc d h 0x10 c 0x9000", "realloc e h 0 c 0x9000", "check e 3 0x200"]
+    lines += ["alloc z h 0x8 0x80", "peek z 0x80", "size h 0 e", "validate h 0"]
+    lines += ["unlock h", "lock h", "lock h", "unlock h", "unlock h", "unlock h", "heaps"]
+    lines += ["destroy h", "heaps"]
+    run = run_script(lines, arch=arch, heap="win7")
+    assert run.value("c") == run.value("a")
+    assert run.value("d") == 0  # HEAP_REALLOC_IN_PLACE_ONLY
+    assert run.value("e") not in (0, run.value("a"))
+    assert all(run.checks) and run.peeks == [b"\0" * 0x80]
+    assert run.results("size") == [0x9000]
+    assert run.results("unlock") == [0, 1, 1, 0] and run.results("lock") == [1, 1]
+    h = run.value("h")
+    assert run.heaps == [[h], []]
+    assert run.results("destroy") == [0]
+    released = {c.base for c in run.vm if c.kind == "free" and c.type == 0x8000}
+    assert {b for b, _ in run.reservations()} <= released
+    assert run.results("validate") == [1]
