@@ -177,8 +177,11 @@ def _check_arch(arch: str) -> None:
 
 
 @cache
-def flat_source(arch: str) -> str:
+def flat_source(arch: str, heap: str = "ntheap") -> str:
     """The complete keystone-ready source for "x86" or "x64": syscall stubs + compiled heap.
+
+    heap names the compiled source (``asm/<heap>_<arch>.s``, see ``generate.SOURCES``):
+    "ntheap" (this module's allocator) or "win7heap" (the Windows 7 heap + LFH, same stubs).
 
     Every export has its plain name as a label (``RtlAllocateHeap``); so do the stubs
     (``NtAllocateVirtualMemory``, ...), ``ntheap_get_peb`` and the internal functions.
@@ -187,7 +190,7 @@ def flat_source(arch: str) -> str:
     """
     _check_arch(arch)
     stubs = (HERE / f"syscalls_{arch}.s").read_text()
-    code = (HERE / f"ntheap_{arch}.s").read_text()
+    code = (HERE / f"{heap}_{arch}.s").read_text()
     return stubs + code
 
 
@@ -195,10 +198,13 @@ _LABEL_RE = re.compile(r"(?m)^([A-Za-z_]\w*):")
 
 
 @cache
-def function_labels(arch: str) -> tuple[str, ...]:
-    """Every function label of ``flat_source(arch)`` in source order (no assembler-local ones)."""
+def function_labels(arch: str, heap: str = "ntheap") -> tuple[str, ...]:
+    """Every function label of ``flat_source(arch, heap)`` in source order (no assembler-local
+    ones, which generate.py prefixes with ``<heap>_L``)."""
     return tuple(
-        name for name in _LABEL_RE.findall(flat_source(arch)) if not name.startswith("ntheap_L")
+        name
+        for name in _LABEL_RE.findall(flat_source(arch, heap))
+        if not name.startswith(f"{heap}_L")
     )
 
 
@@ -216,8 +222,8 @@ class Assembled:
 
 
 @cache
-def assemble(arch: str, address: int = 0) -> Assembled:
-    """Assemble ``flat_source(arch)`` with keystone at ``address``.
+def assemble(arch: str, address: int = 0, heap: str = "ntheap") -> Assembled:
+    """Assemble ``flat_source(arch, heap)`` with keystone at ``address``.
 
     Keystone's API returns bytes only, no symbol table, so the label offsets come from a label
     table: the source is assembled a second time with ``.long LABEL - FIRST`` lines appended
@@ -228,8 +234,8 @@ def assemble(arch: str, address: int = 0) -> Assembled:
     """
     from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks
 
-    source = flat_source(arch)
-    names = function_labels(arch)
+    source = flat_source(arch, heap)
+    names = function_labels(arch, heap)
     table = "".join(f"\t.long\t{name} - {names[0]}\n" for name in names)
     ks = Ks(KS_ARCH_X86, KS_MODE_32 if arch == "x86" else KS_MODE_64)
     code, _ = ks.asm(source, address, as_bytes=True)
