@@ -18,10 +18,14 @@
  *                           x64 [PreviousBlockPrivateData u64] + the same 8 bytes.
  *   SmallTagIndex = Size.lo ^ Size.hi ^ Flags; then the 32-bit word Size|Flags|SmallTagIndex is
  *   XORed with the same word of _HEAP.Encoding (EncodeFlagMask 0x100000). Every decode checks
- *   the checksum; a mismatch met by Alloc/Free/ReAlloc/Size raises STATUS_HEAP_CORRUPTION
- *   (0xC0000374, non-continuable) through NtRaiseException, as Windows' "termination on
- *   corruption" does; RtlValidateHeap only reports FALSE. x64 encodes the same 4 bytes (at +8);
- *   PreviousBlockPrivateData is 0 on back-end blocks.
+ *   the checksum; a mismatch met by Alloc/Free/ReAlloc/Size (also while coalescing with a
+ *   neighbour), a double free and an LFH header that does not decode to a live subsegment
+ *   raise STATUS_HEAP_CORRUPTION (0xC0000374, non-continuable) through NtRaiseException, as
+ *   Windows' "termination on corruption" does; RtlValidateHeap only reports FALSE. x64 encodes
+ *   the same 4 bytes (at +8); PreviousBlockPrivateData is 0 on back-end blocks.
+ *   Flags: BUSY 0x01; LAST_ENTRY 0x10 on UCR sentinels; inside segments VIRTUAL_ALLOC 0x08
+ *   (meaningless there) marks the heap's Internal blocks holding LFH data (_LFH_HEAP, zones,
+ *   UserBlocks; !heap's "Internal"); virtual blocks have BUSY | VIRTUAL_ALLOC.
  *
  * Segment memory (the heap is its own first segment):
  *
@@ -62,24 +66,27 @@
  *
  * Free blocks are at most 0xFFFF units (the Size field); a longer free run is several blocks.
  * Free neighbours coalesce (so a free block is followed by a free block only inside such a
- * run). Freeing a block of >= DeCommitFreeBlockThreshold units when TotalFreeSize would reach
- * DeCommitTotalFreeThreshold decommits its whole pages: a sentinel + UCR goes in their place
- * (merged with an adjacent UCR). Blocks above VirtualMemoryThreshold (0xFE00 / 0xFF00 units)
- * of growable heaps get their own region: HEAP_VIRTUAL_ALLOC_ENTRY (0x20 / 0x40 bytes), data;
- * BusyBlock.Size = CommitSize - requested bytes, Flags BUSY|VIRTUAL_ALLOC; non-growable heaps
- * fail such requests.
+ * run). When a free leaves a run of >= DeCommitFreeBlockThreshold units and TotalFreeSize
+ * >= DeCommitTotalFreeThreshold, the run's whole pages are decommitted (MEM_DECOMMIT): a new
+ * sentinel ends what stays committed in front; a run that ends at a sentinel extends that UCR,
+ * else a new UCR is made and the tail stays a free block. Requests of more than
+ * VirtualMemoryThreshold units (0xFE00 / 0xFF00, header included) in growable heaps get their
+ * own region: HEAP_VIRTUAL_ALLOC_ENTRY (0x20 / 0x40 bytes), then the data; BusyBlock.Size =
+ * CommitSize - requested bytes, Flags BUSY|VIRTUAL_ALLOC; non-growable heaps fail them.
  *
  * ---------------------------------------------------------------------------------------------
- * LFH (FrontEndHeapType 2). Activation (T2, VM12): each back-end allocation of size s units adds
- * 0x21 to ListHints[s].Blink, each back-end free subtracts 1 (never below 0). When (c & 0x1F) >
- * 0x10 or c > 0xFF00: if the LFH exists, Blink becomes &Buckets[i] + 1 (size s is served by the
- * LFH from then on); else CompatibilityFlags |= 0x20000000 and the next RtlAllocateHeap creates
- * the LFH first (and is still served by the back end). Sizes in the catch-all slot have no
- * counter. Heaps with HEAP_NO_SERIALIZE or the checking flags never get an LFH.
+ * LFH (FrontEndHeapType 2). Activation (T2, VM12): a counter c per back-end size s (units of
+ * the request): each back-end allocation adds 0x21, each back-end free subtracts 1 (never below
+ * 0). When (c & 0x1F) > 0x10 or c > 0xFF00: if the LFH exists, size s goes to the LFH from then
+ * on; else CompatibilityFlags |= 0x20000000 and the next RtlAllocateHeap creates the LFH first
+ * (and is still served by the back end). The counter lives in ListHints[s].Blink as 2 * c (our
+ * choice: bit 0 stays clear), replaced by &Buckets[i] + 1 once enabled. Sizes in the catch-all
+ * slot have no counter. Heaps with HEAP_NO_SERIALIZE or the checking flags never get an LFH.
  * At creation DeCommitFreeBlockThreshold rises to 0x4000 bytes (T2 L269, unexplained there).
  *
  * _LFH_HEAP: a back-end block of 0x310 + 17 * sizeof(HEAP_LOCAL_DATA) bytes (x86 0x378A8, T2
- * L379; x64 0x3F0 + 17 * 0x6030); only LocalData[0] is used.
+ * L379; x64 0x3F0 + 17 * 0x6030 = 0x66720, more than the default 0x40000 reservation: on x64
+ * it opens the second segment); only LocalData[0] is used.
  * Buckets: index i (0..127) has capacity C(i) units and BlockUnits = C(i) + 1, with C(i) = i up
  * to 32, then steps of 2, 4, 8, 16, 32, 64 units (16 indices each). On x86 that is MSDN's
  * table in bytes (1-256 by 8, ..., by 512) with T2's numbering (0x100 -> index 0x20, BlockUnits
@@ -130,10 +137,19 @@
  * Other choices: RtlCreateHeap(reserve 0, commit 0) reserves 64 pages and commits one (T2 L24);
  * reserve 0 adds HEAP_GROWABLE; SegmentReserve/SegmentCommit/decommit thresholds come from the
  * PEB (Heap* fields) when non-zero, else 0x100000 / 0x2000 / 0x1000 / 0x10000 bytes. The lock
- * argument and RTL_HEAP_PARAMETERS are ignored. Internal blocks cannot be freed by callers.
- * RtlWalkHeap reports, per segment: the region, its blocks from FirstEntry (LFH UserBlocks are
- * expanded into their LFH blocks, flagged RTL_HEAP_ENTRY_LFH; heap-internal busy blocks are
- * flagged WIN7HEAP_WALK_INTERNAL), uncommitted ranges; then the virtual-alloc blocks.
+ * argument and RTL_HEAP_PARAMETERS are ignored; RtlLockHeap/RtlUnlockHeap count on the
+ * critical section at +0x138 / +0x208, ordinary calls do not take it (one thread). The heap's
+ * own blocks cannot be freed, sized or reallocated by callers. HEAP_TAIL_CHECKING_ENABLED and
+ * HEAP_FREE_CHECKING_ENABLED are accepted (and keep the LFH off) but no fill patterns are
+ * written or checked; HEAP_ZERO_MEMORY, HEAP_GENERATE_EXCEPTIONS, HEAP_NO_SERIALIZE and
+ * HEAP_REALLOC_IN_PLACE_ONLY are honoured.
+ * RtlWalkHeap fills RTL_HEAP_WALK_ENTRY as ntheap.c does and reports, per segment: the region;
+ * every block from FirstEntry in address order, busy ones with BUSY|BLOCK|COMMITTED (0x4011),
+ * the heap's own ones (structures, Internal blocks, UCR sentinels) also WIN7HEAP_WALK_INTERNAL;
+ * after a UserBlocks block its LFH blocks (inside it), busy 0x4011 | RTL_HEAP_ENTRY_LFH, free
+ * RTL_HEAP_ENTRY_LFH alone; after each sentinel its UCR (UNCOMMITTED) unless it is 0 bytes;
+ * then the virtual blocks (0x4011). The caller's blocks are the busy entries without
+ * WIN7HEAP_WALK_INTERNAL; back-end blocks and the UCRs tile each segment exactly.
  */
 #ifndef WIN7HEAP_H
 #define WIN7HEAP_H
