@@ -3,14 +3,17 @@
 	.p2align	4
 RtlCreateHeap:
 	push	rbp
+	push	r15
 	push	r14
+	push	r13
+	push	r12
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 112
-	lea	rbp, [rsp + 112]
+	sub	rsp, 104
+	lea	rbp, [rsp + 96]
 	mov	edi, ecx
-	mov	qword ptr [rbp - 8], rdx
+	mov	qword ptr [rbp], rdx
 	test	rdx, rdx
 	je	win7heap_LBB0_10
 	mov	rax, rdx
@@ -20,7 +23,7 @@ RtlCreateHeap:
 	cmove	r8, r9
 	mov	rax, r8
 	and	rax, -4096
-	mov	qword ptr [rbp - 16], rax
+	mov	qword ptr [rbp - 8], rax
 	cmp	r8, 4096
 	jb	win7heap_LBB0_14
 	cmp	r9, 4097
@@ -30,22 +33,22 @@ RtlCreateHeap:
 	and	rbx, -4096
 	cmp	rbx, rax
 	cmovae	rbx, rax
-	mov	qword ptr [rbp - 32], rdx
-	mov	qword ptr [rbp - 24], rbx
+	mov	qword ptr [rbp - 24], rdx
+	mov	qword ptr [rbp - 16], rbx
 	test	edi, 262144
 	mov	eax, 4
 	mov	ecx, 64
 	cmove	ecx, eax
 	mov	dword ptr [rsp + 40], ecx
 	mov	dword ptr [rsp + 32], 4096
-	lea	rdx, [rbp - 32]
-	lea	r9, [rbp - 24]
+	lea	rdx, [rbp - 24]
+	lea	r9, [rbp - 16]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	jns	win7heap_LBB0_5
-	mov	rbx, qword ptr [rbp - 16]
+	mov	rbx, qword ptr [rbp - 8]
 win7heap_LBB0_5:
 	mov	r14d, 1
 	jmp	win7heap_LBB0_6
@@ -76,28 +79,28 @@ win7heap_LBB0_10:
 	cmovne	rbx, rdx
 	cmp	rbx, rax
 	cmova	rax, rbx
-	mov	qword ptr [rbp - 16], rax
+	mov	qword ptr [rbp - 8], rax
 	test	edi, 262144
 	mov	eax, 4
 	mov	esi, 64
 	cmove	esi, eax
 	mov	dword ptr [rsp + 40], esi
 	mov	dword ptr [rsp + 32], 8192
-	lea	rdx, [rbp - 8]
-	lea	r9, [rbp - 16]
+	mov	rdx, rbp
+	lea	r9, [rbp - 8]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	js	win7heap_LBB0_14
-	mov	rax, qword ptr [rbp - 8]
-	mov	qword ptr [rbp - 48], rax
-	mov	qword ptr [rbp - 40], rbx
+	mov	rax, qword ptr [rbp]
+	mov	qword ptr [rbp - 40], rax
+	mov	qword ptr [rbp - 32], rbx
 	mov	dword ptr [rsp + 40], esi
 	mov	dword ptr [rsp + 32], 4096
 	xor	r14d, r14d
-	lea	rdx, [rbp - 48]
-	lea	r9, [rbp - 40]
+	lea	rdx, [rbp - 40]
+	lea	r9, [rbp - 32]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
@@ -105,7 +108,7 @@ win7heap_LBB0_10:
 	js	win7heap_LBB0_13
 win7heap_LBB0_6:
 	mov	rax, -40
-	mov	rsi, qword ptr [rbp - 8]
+	mov	rsi, qword ptr [rbp]
 win7heap_LBB0_7:
 	test	sil, 7
 	jne	win7heap_LBB0_8
@@ -128,19 +131,38 @@ win7heap_LBB0_9:
 	jne	win7heap_LBB0_9
 win7heap_LBB0_16:
 	call	ntheap_get_peb
-	mov	edx, 1595685481
-	mov	ecx, 207157916
+	mov	r15d, 1595685481
+	mov	r13d, 1008261990
+	mov	r12d, 207157916
 	test	rax, rax
 	je	win7heap_LBB0_19
 	cmp	dword ptr [rax + 3840], 1263023959
 	jne	win7heap_LBB0_19
-	mov	edx, dword ptr [rax + 3844]
-	mov	rcx, qword ptr [rax + 3856]
+	mov	r15d, dword ptr [rax + 3844]
+	mov	r13, qword ptr [rax + 3848]
+	mov	r12, qword ptr [rax + 3856]
 win7heap_LBB0_19:
+	call	ntheap_get_peb
+	test	rax, rax
+	je	win7heap_LBB0_21
+	mov	ecx, r15d
+	shl	ecx, 13
+	xor	ecx, r15d
+	mov	edx, ecx
+	shr	edx, 17
+	xor	edx, ecx
+	mov	ecx, edx
+	shl	ecx, 5
+	xor	ecx, edx
+	mov	dword ptr [rax + 3844], ecx
+	mov	qword ptr [rax + 3848], r13
+	mov	qword ptr [rax + 3856], r12
+	mov	dword ptr [rax + 3840], 1263023959
+win7heap_LBB0_21:
 	mov	dword ptr [rsi + 124], 1048576
-	mov	dword ptr [rsi + 136], edx
-	mov	qword ptr [rsi + 144], rcx
-	mov	qword ptr [rsi + 368], rcx
+	mov	dword ptr [rsi + 136], r15d
+	mov	qword ptr [rsi + 144], r12
+	mov	qword ptr [rsi + 368], r12
 	mov	dword ptr [rsi + 112], edi
 	and	edi, 101
 	mov	dword ptr [rsi + 116], edi
@@ -148,44 +170,44 @@ win7heap_LBB0_19:
 	mov	qword ptr [rsi + 156], rax
 	call	ntheap_get_peb
 	test	rax, rax
-	je	win7heap_LBB0_21
+	je	win7heap_LBB0_23
 	mov	rax, qword ptr [rax + 200]
 	test	rax, rax
-	jne	win7heap_LBB0_22
-win7heap_LBB0_21:
+	jne	win7heap_LBB0_24
+win7heap_LBB0_23:
 	mov	eax, 1048576
-win7heap_LBB0_22:
+win7heap_LBB0_24:
 	mov	qword ptr [rsi + 168], rax
 	call	ntheap_get_peb
 	test	rax, rax
-	je	win7heap_LBB0_24
+	je	win7heap_LBB0_26
 	mov	rax, qword ptr [rax + 208]
 	test	rax, rax
-	jne	win7heap_LBB0_25
-win7heap_LBB0_24:
+	jne	win7heap_LBB0_27
+win7heap_LBB0_26:
 	mov	eax, 8192
-win7heap_LBB0_25:
+win7heap_LBB0_27:
 	mov	qword ptr [rsi + 176], rax
 	call	ntheap_get_peb
 	test	rax, rax
-	je	win7heap_LBB0_27
+	je	win7heap_LBB0_29
 	mov	rax, qword ptr [rax + 224]
 	test	rax, rax
-	jne	win7heap_LBB0_28
-win7heap_LBB0_27:
+	jne	win7heap_LBB0_30
+win7heap_LBB0_29:
 	mov	eax, 4096
-win7heap_LBB0_28:
+win7heap_LBB0_30:
 	shr	rax, 4
 	mov	qword ptr [rsi + 184], rax
 	call	ntheap_get_peb
 	test	rax, rax
-	je	win7heap_LBB0_30
+	je	win7heap_LBB0_32
 	mov	rax, qword ptr [rax + 216]
 	test	rax, rax
-	jne	win7heap_LBB0_31
-win7heap_LBB0_30:
+	jne	win7heap_LBB0_33
+win7heap_LBB0_32:
 	mov	eax, 65536
-win7heap_LBB0_31:
+win7heap_LBB0_33:
 	shr	rax, 4
 	mov	qword ptr [rsi + 192], rax
 	movabs	rax, 8796092887039
@@ -222,7 +244,7 @@ win7heap_LBB0_31:
 	mov	qword ptr [rsi + 616], 0
 	mov	qword ptr [rsi + 624], 0
 	xor	r8d, r8d
-win7heap_LBB0_32:
+win7heap_LBB0_34:
 	mov	r9, qword ptr [rsi + 608]
 	mov	qword ptr [r9 + r8 + 8], 0
 	mov	r9, qword ptr [rsi + 608]
@@ -233,22 +255,22 @@ win7heap_LBB0_32:
 	mov	qword ptr [r9 + r8 + 16], 0
 	add	r8, 32
 	cmp	r8, 2048
-	jne	win7heap_LBB0_32
+	jne	win7heap_LBB0_34
 	mov	qword ptr [rsi + 320], rcx
 	mov	qword ptr [rsi], 0
 	mov	ecx, -1459552088
 	test	byte ptr [rsi + 126], 16
-	je	win7heap_LBB0_35
+	je	win7heap_LBB0_37
 	xor	ecx, dword ptr [rsi + 136]
-win7heap_LBB0_35:
+win7heap_LBB0_37:
 	mov	dword ptr [rsi + 8], ecx
 	movabs	rcx, -4785151896715264
 	mov	qword ptr [rsi + 12], rcx
 	mov	dword ptr [rsi + 20], r14d
 	mov	qword ptr [rsi + 40], rsi
-	mov	rcx, qword ptr [rbp - 8]
+	mov	rcx, qword ptr [rbp]
 	mov	qword ptr [rsi + 48], rcx
-	mov	r8, qword ptr [rbp - 16]
+	mov	r8, qword ptr [rbp - 8]
 	mov	r9, r8
 	shr	r9, 12
 	mov	dword ptr [rsi + 56], r9d
@@ -273,41 +295,41 @@ win7heap_LBB0_35:
 	mov	qword ptr [r8], 0
 	mov	edx, 1224802376
 	test	byte ptr [rsi + 126], 16
-	je	win7heap_LBB0_37
+	je	win7heap_LBB0_39
 	xor	edx, dword ptr [rsi + 136]
-win7heap_LBB0_37:
+win7heap_LBB0_39:
 	mov	dword ptr [r8 + 8], edx
 	mov	dword ptr [r8 + 12], 16777384
 	lea	rdx, [r8 + 16]
 	mov	r9, -8
-win7heap_LBB0_38:
+win7heap_LBB0_40:
 	test	dl, 7
-	jne	win7heap_LBB0_39
+	jne	win7heap_LBB0_41
 	mov	qword ptr [r8 + r9 + 24], 0
 	mov	qword ptr [r8 + r9 + 32], 0
 	add	r9, 16
 	cmp	r9, 1127
-	jbe	win7heap_LBB0_38
-	jmp	win7heap_LBB0_41
-win7heap_LBB0_39:
+	jbe	win7heap_LBB0_40
+	jmp	win7heap_LBB0_43
+win7heap_LBB0_41:
 	mov	r9d, 23
-win7heap_LBB0_40:
+win7heap_LBB0_42:
 	mov	qword ptr [r8 + r9 - 7], 0
 	add	r9, 8
 	cmp	r9, 1159
-	jne	win7heap_LBB0_40
-win7heap_LBB0_41:
+	jne	win7heap_LBB0_42
+win7heap_LBB0_43:
 	mov	qword ptr [rsi + 328], rdx
-	mov	r9, qword ptr [rbp - 8]
+	mov	r9, qword ptr [rbp]
 	lea	rdx, [r9 + rbx]
-	mov	r10, qword ptr [rbp - 16]
+	mov	r10, qword ptr [rbp - 8]
 	sub	r10, rbx
 	mov	qword ptr [r9 + rbx - 64], 0
 	mov	r11d, 353435652
 	test	byte ptr [rsi + 126], 16
-	je	win7heap_LBB0_43
+	je	win7heap_LBB0_45
 	xor	r11d, dword ptr [rsi + 136]
-win7heap_LBB0_43:
+win7heap_LBB0_45:
 	add	r9, rbx
 	add	r9, -48
 	mov	dword ptr [rdx - 56], r11d
@@ -315,13 +337,13 @@ win7heap_LBB0_43:
 	mov	qword ptr [rdx - 16], rdx
 	mov	qword ptr [rdx - 8], r10
 	mov	r10, rcx
-win7heap_LBB0_44:
+win7heap_LBB0_46:
 	mov	r10, qword ptr [r10]
 	cmp	r10, rcx
-	je	win7heap_LBB0_46
+	je	win7heap_LBB0_48
 	cmp	qword ptr [r10 + 16], rdx
-	jbe	win7heap_LBB0_44
-win7heap_LBB0_46:
+	jbe	win7heap_LBB0_46
+win7heap_LBB0_48:
 	lea	rcx, [rdx - 32]
 	mov	qword ptr [rdx - 32], r10
 	mov	r11, qword ptr [r10 + 8]
@@ -330,28 +352,28 @@ win7heap_LBB0_46:
 	mov	qword ptr [r10 + 8], rcx
 	mov	r10, qword ptr [rdx - 8]
 	test	r10, r10
-	je	win7heap_LBB0_57
+	je	win7heap_LBB0_59
 	mov	rcx, rax
-win7heap_LBB0_48:
+win7heap_LBB0_50:
 	mov	rcx, qword ptr [rcx]
 	cmp	rcx, rax
-	je	win7heap_LBB0_50
+	je	win7heap_LBB0_52
 	cmp	qword ptr [rcx + 40], r10
-	jb	win7heap_LBB0_48
-win7heap_LBB0_50:
+	jb	win7heap_LBB0_50
+win7heap_LBB0_52:
 	mov	qword ptr [rdx - 48], rcx
 	mov	rax, qword ptr [rcx + 8]
 	mov	qword ptr [rdx - 40], rax
 	mov	qword ptr [rax], r9
 	mov	qword ptr [rcx + 8], r9
-	jmp	win7heap_LBB0_51
-win7heap_LBB0_57:
+	jmp	win7heap_LBB0_53
+win7heap_LBB0_59:
 	lea	rax, [rdx - 48]
 	mov	qword ptr [rdx - 40], r9
 	mov	qword ptr [rdx - 48], rax
-win7heap_LBB0_51:
+win7heap_LBB0_53:
 	add	r8, 1152
-	mov	rax, qword ptr [rbp - 8]
+	mov	rax, qword ptr [rbp]
 	lea	r9, [rax + rbx]
 	add	r9, -64
 	mov	qword ptr [rsp + 48], 0
@@ -362,42 +384,45 @@ win7heap_LBB0_51:
 	call	free_run
 	movabs	rax, 4294967297
 	mov	qword ptr [rsi + 424], rax
-	mov	rax, qword ptr [rbp - 16]
+	mov	rax, qword ptr [rbp - 8]
 	mov	qword ptr [rsi + 392], rax
 	mov	qword ptr [rsi + 400], rbx
 	call	ntheap_get_peb
 	test	rax, rax
-	je	win7heap_LBB0_55
+	je	win7heap_LBB0_57
 	mov	rcx, qword ptr [rax + 240]
 	test	rcx, rcx
-	je	win7heap_LBB0_55
+	je	win7heap_LBB0_57
 	mov	edx, dword ptr [rax + 232]
 	cmp	edx, dword ptr [rax + 236]
-	jae	win7heap_LBB0_55
+	jae	win7heap_LBB0_57
 	lea	r8d, [rdx + 1]
 	mov	dword ptr [rax + 232], r8d
 	mov	qword ptr [rcx + 8*rdx], rsi
 	movzx	eax, word ptr [rax + 232]
 	mov	word ptr [rsi + 216], ax
-	jmp	win7heap_LBB0_55
+	jmp	win7heap_LBB0_57
 win7heap_LBB0_13:
-	mov	rax, qword ptr [rbp - 8]
-	mov	qword ptr [rbp - 32], rax
-	mov	qword ptr [rbp - 24], 0
-	lea	rdx, [rbp - 32]
-	lea	r8, [rbp - 24]
+	mov	rax, qword ptr [rbp]
+	mov	qword ptr [rbp - 24], rax
+	mov	qword ptr [rbp - 16], 0
+	lea	rdx, [rbp - 24]
+	lea	r8, [rbp - 16]
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
 win7heap_LBB0_14:
 	xor	esi, esi
-win7heap_LBB0_55:
+win7heap_LBB0_57:
 	mov	rax, rsi
-	add	rsp, 112
+	add	rsp, 104
 	pop	rbx
 	pop	rdi
 	pop	rsi
+	pop	r12
+	pop	r13
 	pop	r14
+	pop	r15
 	pop	rbp
 	ret
 	.p2align	4

@@ -7,7 +7,7 @@ RtlCreateHeap:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 32
+	sub	esp, 36
 	mov	eax, dword ptr [ebp + 20]
 	mov	edx, dword ptr [ebp + 16]
 	mov	ecx, dword ptr [ebp + 12]
@@ -16,30 +16,29 @@ RtlCreateHeap:
 	je	win7heap_LBB0_6
 	xor	ebx, ebx
 	test	ecx, 4095
-	jne	win7heap_LBB0_53
+	jne	win7heap_LBB0_55
 	test	edx, edx
 	cmove	edx, eax
 	mov	esi, edx
 	and	esi, -4096
 	mov	dword ptr [ebp - 20], esi
 	cmp	edx, 4096
-	jb	win7heap_LBB0_53
+	jb	win7heap_LBB0_55
 	cmp	eax, 4097
-	mov	edx, 4096
-	cmovae	edx, eax
-	add	edx, 4095
-	and	edx, -4096
-	cmp	edx, esi
-	cmovae	edx, esi
-	mov	esi, edx
-	mov	dword ptr [ebp - 32], ecx
-	mov	dword ptr [ebp - 28], edx
+	mov	ebx, 4096
+	cmovae	ebx, eax
+	add	ebx, 4095
+	and	ebx, -4096
+	cmp	ebx, esi
+	cmovae	ebx, esi
+	mov	dword ptr [ebp - 36], ecx
+	mov	dword ptr [ebp - 32], ebx
 	test	edi, 262144
 	mov	eax, 4
 	mov	ecx, 64
 	cmove	ecx, eax
-	lea	eax, [ebp - 28]
-	lea	edx, [ebp - 32]
+	lea	eax, [ebp - 32]
+	lea	edx, [ebp - 36]
 	push	ecx
 	push	4096
 	push	eax
@@ -49,8 +48,9 @@ RtlCreateHeap:
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	jns	win7heap_LBB0_5
-	mov	esi, dword ptr [ebp - 20]
+	mov	ebx, dword ptr [ebp - 20]
 win7heap_LBB0_5:
+	mov	dword ptr [ebp - 24], ebx
 	mov	dword ptr [ebp - 16], 1
 	jmp	win7heap_LBB0_12
 win7heap_LBB0_6:
@@ -71,18 +71,18 @@ win7heap_LBB0_6:
 	lea	edx, [eax + 4095]
 	and	edx, 2147479552
 	test	eax, eax
-	mov	esi, 4096
-	cmovne	esi, edx
-	cmp	esi, ecx
-	cmova	ecx, esi
+	mov	ebx, 4096
+	cmovne	ebx, edx
+	cmp	ebx, ecx
+	cmova	ecx, ebx
 	mov	dword ptr [ebp - 20], ecx
 	test	edi, 262144
 	mov	eax, 4
-	mov	ebx, 64
-	cmove	ebx, eax
+	mov	esi, 64
+	cmove	esi, eax
 	lea	eax, [ebp - 20]
 	lea	ecx, [ebp + 12]
-	push	ebx
+	push	esi
 	push	8192
 	push	eax
 	push	0
@@ -92,11 +92,11 @@ win7heap_LBB0_6:
 	test	eax, eax
 	js	win7heap_LBB0_10
 	mov	eax, dword ptr [ebp + 12]
-	mov	dword ptr [ebp - 44], eax
-	mov	dword ptr [ebp - 40], esi
-	lea	eax, [ebp - 40]
-	lea	ecx, [ebp - 44]
-	push	ebx
+	mov	dword ptr [ebp - 48], eax
+	mov	dword ptr [ebp - 44], ebx
+	lea	eax, [ebp - 44]
+	lea	ecx, [ebp - 48]
+	push	esi
 	push	4096
 	push	eax
 	push	0
@@ -105,6 +105,7 @@ win7heap_LBB0_6:
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	js	win7heap_LBB0_9
+	mov	dword ptr [ebp - 24], ebx
 	mov	dword ptr [ebp - 16], 0
 win7heap_LBB0_12:
 	mov	eax, -20
@@ -130,66 +131,88 @@ win7heap_LBB0_15:
 	add	eax, 8
 	jne	win7heap_LBB0_15
 win7heap_LBB0_16:
+	mov	dword ptr [ebp - 28], edi
 	call	ntheap_get_peb
-	mov	edx, 1595685481
-	mov	ecx, 207157916
+	mov	esi, 1595685481
+	mov	edx, 1008261990
+	mov	edi, 207157916
 	test	eax, eax
 	je	win7heap_LBB0_19
 	cmp	dword ptr [eax + 3840], 1263023959
 	jne	win7heap_LBB0_19
-	mov	edx, dword ptr [eax + 3844]
-	mov	ecx, dword ptr [eax + 3852]
+	mov	esi, dword ptr [eax + 3844]
+	mov	edx, dword ptr [eax + 3848]
+	mov	edi, dword ptr [eax + 3852]
 win7heap_LBB0_19:
+	mov	dword ptr [ebp - 40], edx
+	call	ntheap_get_peb
+	test	eax, eax
+	je	win7heap_LBB0_21
+	mov	ecx, esi
+	shl	ecx, 13
+	xor	ecx, esi
+	mov	edx, ecx
+	shr	edx, 17
+	xor	edx, ecx
+	mov	ecx, edx
+	shl	ecx, 5
+	xor	ecx, edx
+	mov	dword ptr [eax + 3844], ecx
+	mov	ecx, dword ptr [ebp - 40]
+	mov	dword ptr [eax + 3848], ecx
+	mov	dword ptr [eax + 3852], edi
+	mov	dword ptr [eax + 3840], 1263023959
+win7heap_LBB0_21:
 	mov	dword ptr [ebx + 76], 1048576
-	mov	dword ptr [ebx + 80], edx
-	mov	dword ptr [ebx + 88], ecx
-	mov	dword ptr [ebx + 208], ecx
-	mov	dword ptr [ebx + 64], edi
-	and	edi, 101
-	mov	dword ptr [ebx + 68], edi
+	mov	dword ptr [ebx + 80], esi
+	mov	dword ptr [ebx + 88], edi
+	mov	dword ptr [ebx + 208], edi
+	mov	eax, dword ptr [ebp - 28]
+	mov	dword ptr [ebx + 64], eax
+	and	eax, 101
+	mov	dword ptr [ebx + 68], eax
 	mov	dword ptr [ebx + 96], 65024
 	mov	dword ptr [ebx + 100], -285217025
 	call	ntheap_get_peb
 	test	eax, eax
-	je	win7heap_LBB0_21
+	je	win7heap_LBB0_23
 	mov	eax, dword ptr [eax + 120]
 	test	eax, eax
-	jne	win7heap_LBB0_22
-win7heap_LBB0_21:
+	jne	win7heap_LBB0_24
+win7heap_LBB0_23:
 	mov	eax, 1048576
-win7heap_LBB0_22:
+win7heap_LBB0_24:
 	mov	dword ptr [ebx + 104], eax
 	call	ntheap_get_peb
 	test	eax, eax
-	je	win7heap_LBB0_24
+	je	win7heap_LBB0_26
 	mov	eax, dword ptr [eax + 124]
 	test	eax, eax
-	jne	win7heap_LBB0_25
-win7heap_LBB0_24:
+	jne	win7heap_LBB0_27
+win7heap_LBB0_26:
 	mov	eax, 8192
-win7heap_LBB0_25:
+win7heap_LBB0_27:
 	mov	dword ptr [ebx + 108], eax
 	call	ntheap_get_peb
 	test	eax, eax
-	je	win7heap_LBB0_27
+	je	win7heap_LBB0_29
 	mov	eax, dword ptr [eax + 132]
 	test	eax, eax
-	jne	win7heap_LBB0_28
-win7heap_LBB0_27:
+	jne	win7heap_LBB0_30
+win7heap_LBB0_29:
 	mov	eax, 4096
-win7heap_LBB0_28:
-	mov	dword ptr [ebp - 24], esi
+win7heap_LBB0_30:
 	shr	eax, 3
 	mov	dword ptr [ebx + 112], eax
 	call	ntheap_get_peb
 	test	eax, eax
-	je	win7heap_LBB0_30
+	je	win7heap_LBB0_32
 	mov	eax, dword ptr [eax + 128]
 	test	eax, eax
-	jne	win7heap_LBB0_31
-win7heap_LBB0_30:
+	jne	win7heap_LBB0_33
+win7heap_LBB0_32:
 	mov	eax, 65536
-win7heap_LBB0_31:
+win7heap_LBB0_33:
 	shr	eax, 3
 	mov	dword ptr [ebx + 116], eax
 	mov	dword ptr [ebx + 124], 2147348479
@@ -205,55 +228,55 @@ win7heap_LBB0_31:
 	lea	ecx, [ebx + 168]
 	mov	dword ptr [ebx + 172], ecx
 	mov	dword ptr [ebx + 168], ecx
-	lea	edx, [ebx + 196]
-	mov	dword ptr [ebx + 200], edx
-	mov	dword ptr [ebx + 196], edx
-	lea	eax, [ebx + 312]
-	mov	dword ptr [ebx + 204], eax
+	lea	eax, [ebx + 196]
+	mov	dword ptr [ebx + 200], eax
+	mov	dword ptr [ebx + 196], eax
+	lea	edx, [ebx + 312]
+	mov	dword ptr [ebx + 204], edx
 	mov	dword ptr [ebx + 316], -1
-	lea	eax, [ebx + 336]
+	lea	edx, [ebx + 336]
 	mov	dword ptr [ebx + 336], 0
 	mov	dword ptr [ebx + 340], 128
 	mov	dword ptr [ebx + 344], 1
 	mov	dword ptr [ebx + 348], 0
 	mov	dword ptr [ebx + 352], 0
 	mov	dword ptr [ebx + 356], 0
-	mov	dword ptr [ebx + 360], edx
-	lea	edx, [ebx + 372]
-	mov	dword ptr [ebx + 364], edx
-	lea	edx, [ebx + 388]
-	mov	dword ptr [ebx + 368], edx
+	mov	dword ptr [ebx + 360], eax
+	lea	eax, [ebx + 372]
+	mov	dword ptr [ebx + 364], eax
+	lea	eax, [ebx + 388]
+	mov	dword ptr [ebx + 368], eax
 	mov	dword ptr [ebx + 372], 0
 	mov	dword ptr [ebx + 376], 0
 	mov	dword ptr [ebx + 380], 0
 	mov	dword ptr [ebx + 384], 0
-	xor	edx, edx
-win7heap_LBB0_32:
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 4], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 12], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 8], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 20], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 16], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 28], 0
-	mov	esi, dword ptr [ebx + 368]
-	mov	dword ptr [esi + edx + 24], 0
-	add	edx, 32
-	cmp	edx, 1024
-	jne	win7heap_LBB0_32
-	mov	dword ptr [ebx + 184], eax
+	xor	esi, esi
+win7heap_LBB0_34:
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 4], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 12], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 8], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 20], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 16], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 28], 0
+	mov	eax, dword ptr [ebx + 368]
+	mov	dword ptr [eax + esi + 24], 0
+	add	esi, 32
+	cmp	esi, 1024
+	jne	win7heap_LBB0_34
+	mov	dword ptr [ebx + 184], edx
 	mov	eax, -1342111567
 	test	byte ptr [ebx + 78], 16
-	je	win7heap_LBB0_35
+	je	win7heap_LBB0_37
 	xor	eax, dword ptr [ebx + 80]
-win7heap_LBB0_35:
+win7heap_LBB0_37:
 	mov	dword ptr [ebx], eax
 	mov	dword ptr [ebx + 4], 16777216
 	mov	dword ptr [ebx + 8], -1114130
@@ -270,8 +293,7 @@ win7heap_LBB0_35:
 	mov	dword ptr [ebx + 36], esi
 	add	edx, eax
 	mov	dword ptr [ebx + 40], edx
-	mov	esi, dword ptr [ebp - 24]
-	sub	eax, esi
+	sub	eax, dword ptr [ebp - 24]
 	shr	eax, 12
 	mov	dword ptr [ebx + 44], eax
 	mov	dword ptr [ebx + 48], 1
@@ -287,31 +309,32 @@ win7heap_LBB0_35:
 	mov	edi, dword ptr [ebx + 36]
 	mov	eax, 1224802376
 	test	byte ptr [ebx + 78], 16
-	je	win7heap_LBB0_37
+	je	win7heap_LBB0_39
 	xor	eax, dword ptr [ebx + 80]
-win7heap_LBB0_37:
+win7heap_LBB0_39:
 	mov	dword ptr [edi], eax
 	mov	dword ptr [edi + 4], 16777393
 	lea	eax, [edi + 8]
 	mov	ecx, -4
-win7heap_LBB0_38:
+win7heap_LBB0_40:
 	mov	dword ptr [edi + ecx + 12], 0
 	mov	dword ptr [edi + ecx + 16], 0
 	add	ecx, 8
 	cmp	ecx, 564
-	jb	win7heap_LBB0_38
+	jb	win7heap_LBB0_40
 	mov	dword ptr [ebx + 188], eax
 	mov	eax, dword ptr [ebp + 12]
+	mov	esi, dword ptr [ebp - 24]
 	mov	dword ptr [ebp - 16], eax
 	lea	ecx, [eax + esi]
 	mov	eax, dword ptr [ebp - 20]
 	sub	eax, esi
-	mov	dword ptr [ebp - 36], eax
+	mov	dword ptr [ebp - 28], eax
 	mov	esi, 353435652
 	test	byte ptr [ebx + 78], 16
-	je	win7heap_LBB0_41
+	je	win7heap_LBB0_43
 	xor	esi, dword ptr [ebx + 80]
-win7heap_LBB0_41:
+win7heap_LBB0_43:
 	mov	dword ptr [ecx - 32], esi
 	mov	esi, dword ptr [ebp - 24]
 	mov	eax, dword ptr [ebp - 16]
@@ -319,16 +342,16 @@ win7heap_LBB0_41:
 	mov	dword ptr [ebp - 16], esi
 	mov	dword ptr [ecx - 28], 50331648
 	mov	dword ptr [ecx - 8], ecx
-	mov	eax, dword ptr [ebp - 36]
+	mov	eax, dword ptr [ebp - 28]
 	mov	dword ptr [ecx - 4], eax
 	mov	eax, edx
-win7heap_LBB0_42:
+win7heap_LBB0_44:
 	mov	eax, dword ptr [eax]
 	cmp	eax, edx
-	je	win7heap_LBB0_44
+	je	win7heap_LBB0_46
 	cmp	dword ptr [eax + 8], ecx
-	jbe	win7heap_LBB0_42
-win7heap_LBB0_44:
+	jbe	win7heap_LBB0_44
+win7heap_LBB0_46:
 	lea	edx, [ecx - 16]
 	mov	dword ptr [ecx - 16], eax
 	mov	esi, dword ptr [eax + 4]
@@ -337,32 +360,32 @@ win7heap_LBB0_44:
 	mov	dword ptr [eax + 4], edx
 	mov	edx, dword ptr [ecx - 4]
 	test	edx, edx
-	je	win7heap_LBB0_55
+	je	win7heap_LBB0_57
 	lea	esi, [ebx + 144]
 	mov	eax, esi
-win7heap_LBB0_46:
+win7heap_LBB0_48:
 	mov	eax, dword ptr [eax]
 	cmp	eax, esi
-	je	win7heap_LBB0_48
+	je	win7heap_LBB0_50
 	cmp	dword ptr [eax + 20], edx
-	jb	win7heap_LBB0_46
-win7heap_LBB0_48:
+	jb	win7heap_LBB0_48
+win7heap_LBB0_50:
 	mov	dword ptr [ecx - 24], eax
 	mov	edx, dword ptr [eax + 4]
 	mov	dword ptr [ecx - 20], edx
 	mov	ecx, dword ptr [ebp - 16]
 	mov	dword ptr [edx], ecx
 	mov	dword ptr [eax + 4], ecx
-	jmp	win7heap_LBB0_49
-win7heap_LBB0_55:
+	jmp	win7heap_LBB0_51
+win7heap_LBB0_57:
 	lea	eax, [ecx - 24]
 	mov	edx, dword ptr [ebp - 16]
 	mov	dword ptr [ecx - 20], edx
 	mov	dword ptr [ecx - 24], eax
-win7heap_LBB0_49:
-	mov	esi, dword ptr [ebp - 24]
+win7heap_LBB0_51:
 	add	edi, 576
 	mov	eax, dword ptr [ebp + 12]
+	mov	esi, dword ptr [ebp - 24]
 	lea	eax, [eax + esi - 32]
 	mov	ecx, ebx
 	mov	edx, ebx
@@ -380,25 +403,25 @@ win7heap_LBB0_49:
 	mov	dword ptr [ebx + 224], esi
 	call	ntheap_get_peb
 	test	eax, eax
-	je	win7heap_LBB0_53
+	je	win7heap_LBB0_55
 	mov	ecx, dword ptr [eax + 144]
 	test	ecx, ecx
-	je	win7heap_LBB0_53
+	je	win7heap_LBB0_55
 	mov	edx, dword ptr [eax + 136]
 	cmp	edx, dword ptr [eax + 140]
-	jae	win7heap_LBB0_53
+	jae	win7heap_LBB0_55
 	lea	esi, [edx + 1]
 	mov	dword ptr [eax + 136], esi
 	mov	dword ptr [ecx + 4*edx], ebx
 	movzx	eax, word ptr [eax + 136]
 	mov	word ptr [ebx + 128], ax
-	jmp	win7heap_LBB0_53
+	jmp	win7heap_LBB0_55
 win7heap_LBB0_9:
 	mov	eax, dword ptr [ebp + 12]
-	mov	dword ptr [ebp - 32], eax
-	mov	dword ptr [ebp - 28], 0
-	lea	eax, [ebp - 28]
-	lea	ecx, [ebp - 32]
+	mov	dword ptr [ebp - 36], eax
+	mov	dword ptr [ebp - 32], 0
+	lea	eax, [ebp - 32]
+	lea	ecx, [ebp - 36]
 	push	32768
 	push	eax
 	push	ecx
@@ -406,9 +429,9 @@ win7heap_LBB0_9:
 	call	NtFreeVirtualMemory
 win7heap_LBB0_10:
 	xor	ebx, ebx
-win7heap_LBB0_53:
+win7heap_LBB0_55:
 	mov	eax, ebx
-	add	esp, 32
+	add	esp, 36
 	pop	esi
 	pop	edi
 	pop	ebx

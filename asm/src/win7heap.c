@@ -147,6 +147,24 @@ static void get_keys(WIN7HEAP_KEYS *keys)
     keys->PointerKey = rec->PointerKey;
 }
 
+/* After a heap took keys->Encoding: the record (written if it was missing) holds the next
+ * value, xorshift32 of this one, so successive heaps get distinct, reproducible Encodings. */
+static void advance_keys(const WIN7HEAP_KEYS *keys)
+{
+    u8 *peb = ntheap_get_peb();
+    WIN7HEAP_KEYS *rec;
+    u32 x = keys->Encoding;
+    if (!peb) return;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    rec = (WIN7HEAP_KEYS *)(peb + WIN7HEAP_KEYS_PEB_OFFSET);
+    rec->Encoding = x;
+    rec->LFHKey = keys->LFHKey;
+    rec->PointerKey = keys->PointerKey;
+    rec->Signature = WIN7HEAP_KEYS_SIGNATURE;
+}
+
 static uptr lfh_key(void)
 {
     WIN7HEAP_KEYS keys;
@@ -2007,6 +2025,7 @@ void *NTAPI RtlCreateHeap(u32 flags, void *base, uptr reserve, uptr commit, void
     heap = base;
     mem_zero(heap, HEAP_HEADER_BYTES);
     get_keys(&keys);
+    advance_keys(&keys);
     heap->EncodeFlagMask = HEAP_ENCODE_FLAG_MASK;
     *(u32 *)&heap->Encoding.Size = keys.Encoding;
     heap->PointerKey = keys.PointerKey;

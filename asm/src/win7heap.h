@@ -128,11 +128,13 @@
  * Keys. Windows draws _HEAP.Encoding per heap and the process-wide RtlpLFHKey / RtlpHeapKey at
  * random. Here they come from a WIN7HEAP_KEYS record at PEB + WIN7HEAP_KEYS_PEB_OFFSET (past
  * every real PEB field, below the page Wine reads past the PEB): RtlCreateHeap copies Encoding
- * and PointerKey into the new heap, LFH operations read LFHKey there each time. Without a PEB
- * or a valid record the defaults apply: LFHKey 0x3C18DB66 and PointerKey 0x0C58FA9C (seed
+ * and PointerKey into the new heap and then advances the record's Encoding (xorshift32; the
+ * record is written with the defaults first if it had no signature), so successive heaps get
+ * distinct, reproducible Encodings from one seed; LFH operations read LFHKey there each time.
+ * Without a valid record the defaults apply: LFHKey 0x3C18DB66 and PointerKey 0x0C58FA9C (seed
  * 002's), Encoding WIN7HEAP_DEFAULT_ENCODING (T2 shows no back-end header word, so it implies
- * no Encoding). Set the record (or call Win7HeapSetKeys) before the first RtlCreateHeap; LFHKey
- * must not change while any LFH block exists.
+ * no Encoding; 0 would mean no encoding). Set the record (or call Win7HeapSetKeys) right
+ * before the RtlCreateHeap it should seed; LFHKey must not change while any LFH block exists.
  *
  * Other choices: RtlCreateHeap(reserve 0, commit 0) reserves 64 pages and commits one (T2 L24);
  * reserve 0 adds HEAP_GROWABLE; SegmentReserve/SegmentCommit/decommit thresholds come from the

@@ -707,3 +707,22 @@ def test_realloc_flags_zero_and_lock(arch: str) -> None:
     released = {c.base for c in run.vm if c.kind == "free" and c.type == 0x8000}
     assert {b for b, _ in run.reservations()} <= released
     assert run.results("validate") == [1]
+
+
+def test_each_heap_gets_the_next_encoding() -> None:
+    lines = ["keys 0x5f1c3a69 0x3c18db66 0", "create h 0x1002 0 0", "create g 0x1002 0 0"]
+    lines += ["peek h+0x50 4", "peek g+0x50 4", "keys 0x5f1c3a69 0x3c18db66 0", "create k 2 0 0"]
+    lines += [
+        "peek k+0x50 4",
+        "alloc a g 0 0x10",
+        "alloc b h 0 0x10",
+        "validate g 0",
+        "validate h 0",
+    ]
+    run = run_script(lines, arch="x86", heap="win7")
+    x = 0x5F1C3A69
+    for shift in (13, -17, 5):  # xorshift32
+        x = (x ^ (x << shift if shift > 0 else x >> -shift)) & 0xFFFFFFFF
+    h, g, k = (struct.unpack("<I", p)[0] for p in run.peeks)
+    assert (h, g, k) == (0x5F1C3A69, x, 0x5F1C3A69)
+    assert run.results("validate") == [1, 1]
