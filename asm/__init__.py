@@ -138,13 +138,16 @@ def _check_arch(arch: str) -> None:
 
 
 #: The C heaps compiled to flat code (``asm/src/<unit>.c`` -> ``asm/<unit>_<arch>.s``).
-UNITS: tuple[str, ...] = ("ntheap", "segheap")
+UNITS: tuple[str, ...] = ("ntheap", "segheap", "win7heap")
 
 
 @cache
 def flat_source(arch: str, unit: str = "ntheap") -> str:
     """The complete keystone-ready source of one heap for "x86" or "x64": syscall stubs +
     the compiled C.
+
+    heap names the compiled source (``asm/<heap>_<arch>.s``, see ``generate.HEAPS``):
+    "ntheap" (this module's allocator) or "win7heap" (the Windows 7 heap + LFH, same stubs).
 
     Every export has its plain name as a label (``RtlAllocateHeap``); so do the stubs
     (``NtAllocateVirtualMemory``, ...), ``ntheap_get_peb`` and the internal functions.

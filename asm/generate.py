@@ -2,11 +2,15 @@
 """Regenerate the checked-in assembly of the embedded heaps from their C sources.
 
 Each heap of ``HEAPS`` (``ntheap``: asm/src/ntheap.c, the Wine-style NT heap; ``segheap``:
-asm/src/segheap.c, the Windows 10 segment heap) becomes ``asm/<heap>_x86.s`` and
+asm/src/segheap.c, the Windows 10 segment heap; ``win7heap``: asm/src/win7heap.c, the Windows 7
+NT heap with its LFH) becomes ``asm/<heap>_x86.s`` and
 ``asm/<heap>_x64.s``.
 
     python asm/generate.py            # rewrite the checked-in assembly
     python asm/generate.py --check    # exit 1 if regenerating would change it
+
+One entry of SOURCES per heap: ``ntheap`` (the Wine-style NT heap) and ``win7heap`` (the
+Windows 7 NT heap with its LFH front end).
 
 The compiler is pinned: ``python -m ziglang cc`` from ziglang==0.17.0 (clang 22), targets
 x86-windows-gnu and x86_64-windows-gnu. Its Intel-syntax output is made keystone-ready here:
@@ -41,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 HEAPS: dict[str, Path] = {
     "ntheap": HERE / "src" / "ntheap.c",
     "segheap": HERE / "src" / "segheap.c",
+    "win7heap": HERE / "src" / "win7heap.c",
 }
 SOURCE = HEAPS["ntheap"]
 ZIG_VERSION = "0.17.0"

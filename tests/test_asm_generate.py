@@ -91,6 +91,12 @@ def test_to_keystone_x86() -> None:
     assert "segheap_LBB0_2:" in segment.splitlines() and "ntheap_" not in segment
 
 
+def test_local_label_prefix_is_the_source_name() -> None:
+    text, targets = generate.to_keystone(SAMPLE_X86, "x86", "win7heap")
+    assert "win7heap_LBB0_2:" in text.splitlines() and "ntheap_" not in text
+    assert "win7heap_LBB0_2" in targets
+
+
 def test_to_keystone_x64_local_labels_in_memory_operands() -> None:
     raw = "f:\n\tlea\tr11, [rip + .LJTI0_0]\n\tjmp\t.LBB0_1\n.LBB0_1:\n\tret\n"
     raw += '\t.section\t.rdata,"dr"\n.LJTI0_0:\n\t.long\t.LBB0_1-.LJTI0_0\n'

@@ -1,12 +1,15 @@
 /*
- * driver.c - runs heapemu's embedded NT heap (asm/src/ntheap.c) or segment heap
- * (asm/src/segheap.c, built with -DDRIVER_SEGHEAP) natively on the Linux host.
+ * driver.c - runs heapemu's embedded NT heap (asm/src/ntheap.c) natively on the Linux host,
+ * or, built with -DDRIVER_SEGHEAP, the segment heap (asm/src/segheap.c), or, built with
+ * -DHEAPEMU_WIN7HEAP, the Windows 7 heap (asm/src/win7heap.c).
  *
  * Build (tests/native/nativeheap.py does this, cached by source hash):
  *   gcc -O1 -g -DNTHEAP_NATIVE -fno-strict-aliasing -I asm/src \
  *       tests/native/driver.c asm/src/ntheap.c -o ntheap_driver
  *   gcc -O1 -g -DNTHEAP_NATIVE -DDRIVER_SEGHEAP -fno-strict-aliasing -I asm/src \
  *       tests/native/driver.c asm/src/segheap.c -o segheap_driver
+ *   gcc -O1 -g -DNTHEAP_NATIVE -DHEAPEMU_WIN7HEAP -fno-strict-aliasing -I asm/src \
+ *       tests/native/driver.c asm/src/win7heap.c -o win7heap_driver
  *
  * Usage: ntheap_driver [-a ANSWERS] [-d DUMPDIR] [SCRIPT]      (SCRIPT "-" or absent: stdin)
  *
@@ -19,8 +22,8 @@
  *                            64 KiB-aligned address from VMBASE (default 0x10000000) up.
  *   NtFreeVirtualMemory      MEM_RELEASE unmaps, MEM_DECOMMIT makes pages inaccessible.
  *   NtRaiseException         prints "exception CODE" and abandons the current operation.
- *   ntheap_get_peb           a fake PEB with NumberOfHeaps, MaximumNumberOfHeaps (16),
- *                            ProcessHeaps and ProcessHeap at the Windows offsets.
+ *   ntheap_get_peb           a fake PEB (one page) with NumberOfHeaps, MaximumNumberOfHeaps
+ *                            (16), ProcessHeaps and ProcessHeap at the Windows offsets.
  *
  * Script: one operation per line, '#' starts a comment. Numbers are C literals (0x1f, 31);
  * NAME is an identifier a line defines; a value may be NAME, NAME+N or NAME-N.
@@ -48,6 +51,10 @@
  *                                         SEGHEAP_PARAMETERS with these fields (heapkey lfhkey
  *                                         seed lfhmax vsmax backendmax lfhlive lfhtotal
  *                                         freecommit; others 0 = default); "params off": none
+ * Only with -DHEAPEMU_WIN7HEAP:
+ *   keys ENCODING LFHKEY POINTERKEY       Win7HeapSetKeys (before the create it should affect)
+ *   query H                               RtlQueryHeapInformation(H, compatibility)
+ *   setinfo H VALUE                       RtlSetHeapInformation(H, compatibility, &VALUE)
  *
  * Output, one line per event, numbers in hex with 0x:
  *   vm alloc BASE SIZE TYPE PROTECT -> STATUS BASE SIZE    (every NtAllocateVirtualMemory)
@@ -58,6 +65,7 @@
  *   walk DATA CBDATA OVERHEAD REGION FLAGS [COMMITTED UNCOMMITTED FIRST LAST]
  *   walk end STATUS
  *   heaps COUNT H1 H2 ...
+ *   querystatus -> STATUS, query -> VALUE | setinfo -> STATUS | keys -> STATUS
  *   region BASE SIZE COMMITTED_RANGES FILE   (dump: COMMITTED_RANGES is "START-END,..." or "-";
  *                                             FILE holds the region with uncommitted pages as 0)
  *   error LINE MESSAGE                       (script error; the driver exits with status 2)
@@ -73,6 +81,8 @@
 
 #ifdef DRIVER_SEGHEAP
 #include "segheap.h"
+#elif defined(HEAPEMU_WIN7HEAP)
+#include "win7heap.h"
 #else
 #include "ntheap.h"
 #endif
@@ -110,7 +120,7 @@ static struct {
 static int nvars;
 
 static union {
-    u8 bytes[0x400];
+    u8 bytes[0x1000]; /* a page: win7heap's key record lives at PEB + 0xF00 */
     void *align;
 } peb;
 static void *peb_heaps[MAX_PEB_HEAPS];
@@ -533,6 +543,21 @@ static void run_line(char **tok, int ntok)
         printf("\n");
     } else if (!strcmp(op, "dump")) {
         dump_regions();
+#ifdef HEAPEMU_WIN7HEAP
+    } else if (!strcmp(op, "keys")) {
+        OUT("keys -> 0x%x", Win7HeapSetKeys((u32)value(ARG(1)), value(ARG(2)), value(ARG(3))));
+    } else if (!strcmp(op, "query")) {
+        u32 info = 0xFFFFFFFFu;
+        uptr len = 0;
+        u32 status = RtlQueryHeapInformation((void *)value(ARG(1)), HeapCompatibilityInformation,
+                                             &info, sizeof info, &len);
+        OUT("querystatus -> 0x%x", status);
+        OUT("query -> 0x%x", info);
+    } else if (!strcmp(op, "setinfo")) {
+        u32 info = (u32)value(ARG(2));
+        OUT("setinfo -> 0x%x", RtlSetHeapInformation((void *)value(ARG(1)),
+                                                     HeapCompatibilityInformation, &info, sizeof info));
+#endif
     } else if (!strcmp(op, "echo")) {
         printf("echo");
         for (int i = 1; i < ntok; i++) printf(" %s", tok[i]);

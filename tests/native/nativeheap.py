@@ -19,6 +19,8 @@ output format), and driven by an operation script:
 
 Builds: "x64" with gcc, "x86" with ``python -m ziglang cc -target x86-linux-musl`` (a static
 32-bit program; the first build on a machine fills zig's cache, ~1 minute). Both with UBSan.
+``heap="win7"`` builds the driver against asm/src/win7heap.c (the Windows 7 heap + LFH, with
+-DHEAPEMU_WIN7HEAP: the script also gets ``keys``, ``query`` and ``setinfo`` lines).
 Cached under $HEAPEMU_NATIVE_BUILD_DIR or <repo>/.build/native/, in a directory named by a hash
 of the sources, flags and compiler; a build goes to a temporary directory first and is renamed.
 
@@ -53,6 +55,12 @@ HEAPS: dict[str, tuple[Path, Path, Path, tuple[str, ...]]] = {
         REPO / "asm" / "src" / "segheap.c",
         REPO / "asm" / "src" / "segheap.h",
         ("-DDRIVER_SEGHEAP",),
+    ),
+    "win7": (
+        HERE / "driver.c",
+        REPO / "asm" / "src" / "win7heap.c",
+        REPO / "asm" / "src" / "win7heap.h",
+        ("-DHEAPEMU_WIN7HEAP",),
     ),
 }
 COMMON_FLAGS = (
@@ -89,7 +97,7 @@ def build_root() -> Path:
 
 def build_driver(arch: str = "x64", heap: str = "nt") -> Path:
     """Path of the driver built for arch ("x64": gcc, "x86": zig cc musl) and heap ("nt":
-    asm/src/ntheap.c, "segment": asm/src/segheap.c), cached by hash."""
+    asm/src/ntheap.c, "segment": asm/src/segheap.c, "win7": asm/src/win7heap.c), cached by hash."""
     *sources, extra = HEAPS[heap]
     cmd = [*_compiler(arch), *extra]
     digest = hashlib.sha256("\0".join(cmd).encode())
@@ -256,16 +264,16 @@ def run_script(
     script: str | Iterable[str],
     *,
     arch: str = "x64",
+    heap: str = "nt",
     answers: Sequence[tuple[int, int]] | None = None,
     dump_dir: Path | None = None,
     timeout: float = 120,
-    heap: str = "nt",
 ) -> NativeRun:
     """Run an operation script (text or lines) through the native heap and parse its output.
 
     answers: (base, size) per reservation, in order, written as ``alloc BASE SIZE`` lines;
     dump_dir: where ``dump`` lines write region files (a final dump is added when given);
-    heap: "nt" (asm/src/ntheap.c) or "segment" (asm/src/segheap.c).
+    heap: "nt" (asm/src/ntheap.c), "segment" (asm/src/segheap.c) or "win7" (asm/src/win7heap.c).
     """
     text = script if isinstance(script, str) else "\n".join(script)
     exe = build_driver(arch, heap)
