@@ -475,3 +475,32 @@ def test_finding_room_does_not_walk_every_region() -> None:
         assert base % 0x10000 == 0 and mem.region_at(base).size == 0x110000
         assert _CountingDict.lookups < 50, _CountingDict.lookups
     assert len(mem.regions()) == 10_002
+
+
+def test_page_runs_match_a_page_list() -> None:
+    """The run-length page states behave as one entry per page would (random operations)."""
+    import random
+
+    from emu.nt.memory import PageRuns
+
+    rng = random.Random(16)
+    for _ in range(50):
+        n = rng.randint(1, 40)
+        runs, pages = PageRuns(n), [0] * n
+        for _ in range(60):
+            i0 = rng.randrange(n)
+            i1 = rng.randint(i0 + 1, n)
+            state = rng.choice((0, 2, 4, 0x104))
+            runs.set(i0, i1, state)
+            pages[i0:i1] = [state] * (i1 - i0)
+            assert list(runs) == pages
+            assert all(a != b for a, b in zip(runs.states, runs.states[1:], strict=False))
+            k = rng.randrange(n)
+            end = k
+            while end < n and pages[end] == pages[k]:
+                end += 1
+            assert runs.get(k) == pages[k] and runs.run_end(k) == end
+            a = rng.randrange(n)
+            b = rng.randint(a, n)
+            assert list(runs.slice(a, b)) == pages[a:b]
+            assert runs.count_reserved(a, b) == pages[a:b].count(0)

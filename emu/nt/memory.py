@@ -176,7 +176,9 @@ class PageRuns:
 
     def slice(self, i0: int, i1: int) -> PageRuns:
         """A new PageRuns for pages [i0, i1), rebased to 0."""
-        out = PageRuns(i1 - i0)
+        out = PageRuns(max(i1 - i0, 0))
+        if i1 <= i0:
+            return out
         out.starts, out.states = [], []
         for _, a, _b, state in self.runs(i0, i1):
             if out.states and out.states[-1] == state:
