@@ -52,9 +52,13 @@ MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session sho
 PEB_REGION_SIZE = 0x4000
 TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
 
-# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook)
-_TRAP_CODE, _CALLBACKS = 0x100, 0x800
+# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook),
+# and heapemu's scratch page (out-parameters of the calls heapemu makes for itself). All of it is
+# one reservation made before any allocator loads: nothing heapemu does later for itself takes
+# address space an allocator could get.
+_TRAP_CODE, _CALLBACKS, _SCRATCH, _TRAP_REGION = 0x100, 0x800, 0xF000, 0x10000
 _CALLBACK_STUB = 16  # bytes per Python-callback stub
+MAX_CALLBACKS = (_SCRATCH - _CALLBACKS) // _CALLBACK_STUB
 
 
 @dataclass
@@ -152,10 +156,14 @@ class ProcessCore:
         # our trap page: the return sentinel and the stubs through which emulated code calls
         # Python; it is ordinary executable user memory, so code can return and jump into it
         self.trap_base, _ = mem.allocate(
-            0, 0x10000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_EXECUTE_READ, usage="heapemu traps"
+            0, _TRAP_REGION, MEM_RESERVE | MEM_TOP_DOWN, PAGE_EXECUTE_READ, usage="heapemu traps"
         )
         mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
         self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
+        # a page for the out-parameters of heapemu's own calls (RtlWalkHeap's entry,
+        # RtlGetProcessHeaps' array): committed now, so looking never maps anything
+        self.scratch = self.trap_base + _SCRATCH
+        mem.allocate(self.scratch, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE)
         self._trap_committed = PAGE_SIZE
         self._trap_code_next = self.trap_base + _TRAP_CODE
         self._trap_next = self.trap_base + _CALLBACKS
@@ -218,7 +226,7 @@ class ProcessCore:
         else:
             cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
         # one address-ranged hook for all Python callbacks: costs nothing elsewhere
-        cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + 0x10000 - 1)
+        cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + _SCRATCH - 1)
 
     # ------------------------------------------------------------------ memory access
     def read(self, addr: int, size: int) -> bytes:
@@ -398,8 +406,8 @@ class ProcessCore:
         returns ``fn``'s result in rax/eax. Exceptions raised by ``fn`` stop emulation and
         propagate out of ``proc.call``."""
         addr = self._trap_next
-        if addr + _CALLBACK_STUB > self.trap_base + 0x10000:
-            raise EmulationError(Fault("too many Python callbacks (3,968 maximum)"))
+        if addr + _CALLBACK_STUB > self.trap_base + _SCRATCH:
+            raise EmulationError(Fault(f"too many Python callbacks ({MAX_CALLBACKS:,} maximum)"))
         while addr + _CALLBACK_STUB > self.trap_base + self._trap_committed:
             page = self.trap_base + self._trap_committed
             self.memory.allocate(page, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
