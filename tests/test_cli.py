@@ -16,7 +16,7 @@ from rich.console import Console
 from emu.scenario import run_scenario
 from emu.scenario.render import ProgressObserver
 
-SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
+SEED = Path(__file__).resolve().parent.parent / "emu" / "scenarios" / "lec04_growable_heap.yaml"
 _SCRIPT = Path(sys.executable).with_name("heapemu")
 HEAPEMU = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "emu.cli"]
 

@@ -11,7 +11,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
+SEED = Path(__file__).resolve().parent.parent / "emu" / "scenarios" / "lec04_growable_heap.yaml"
 # pytester points HOME at a temporary directory; Wine's DLLs stay in the real per-user cache
 CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
 

@@ -335,6 +335,14 @@ class ProcessCore:
                     "change registers/memory or use ctx.skip() instead",
                 )
             )
+        mask = self.arch.ptr_mask
+        if args and (max(args) > mask or min(args) < ~(mask >> 1)):
+            # the register or stack slot would silently keep only the low bits (issue 20, D8)
+            bad = next(a for a in args if a > mask or a < ~(mask >> 1))
+            raise ValueError(
+                f"argument {args.index(bad) + 1} of the call to {target!r} is {bad:#x}: it does "
+                f"not fit a {8 * self.arch.ptr_size}-bit register or stack slot ({self.arch.name})"
+            )
         addr = self.resolve(target) if isinstance(target, str) else target
         conv = self._conventions.get(convention) or get_convention(self.arch, convention)
         gate = self.call_gate

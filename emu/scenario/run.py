@@ -38,7 +38,7 @@ from emu.scenario.result import (
     fault_json,
     fmt_value,
 )
-from emu.scenario.schema import load_scenario
+from emu.scenario.schema import arch_problems, load_scenario
 from emu.scenario.yamlfile import Problem, ScenarioError
 from emu.win.layouts import PEB
 from emu.win.ntdefs import MEM_TYPE_NAMES, PAGE_GUARD, protection_name
@@ -368,6 +368,9 @@ def run_scenario(
         )
     if wine_debug and "debug_channels" not in getattr(ALLOCATORS.get(spec.kind), "options", ()):
         raise ValueError("Wine debug channels need the wine allocator (--allocator wine)")
+    problems = arch_problems(sc, arch)
+    if problems:
+        raise ScenarioError(problems)
     start = time.perf_counter()
     proc = Process(arch, time_limit=time_limit)
     run = ScenarioRun(sc, arch, spec, proc)
