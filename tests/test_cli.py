@@ -277,7 +277,7 @@ def test_trace_one_call(arch: str, tmp_path: Path) -> None:
 def test_replay_a_text_trace(arch: str, tmp_path: Path) -> None:
     trace = tmp_path / "t.trace"
     trace.write_text("alloc 16 -> 1\nalloc 32 -> 2\nrealloc 1 100 -> 3\nfree 2\nsize 3\nfree 3\n")
-    p = heapemu("replay", trace, "--arch", arch, "--json")
+    p = heapemu("replay", trace, "--arch", arch, "--json", "--count")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert report["ops"] == 6 and report["count_matches"]

@@ -118,7 +118,9 @@ def demo(
         }
         print(json.dumps(report, indent=1))
         return EXIT_OK if result.ok else EXIT_FAILED
-    table = Table(title=f"allocation events: seed 002 on the {allocator} heap, {arch}")
+    table = Table(
+        title=f"allocation events: seed 002 on the {allocator} heap, {arch}", title_justify="left"
+    )
     for col in ("#", "call", "result", "instructions", "system calls"):
         table.add_column(col)
     for first, n, last in rows:

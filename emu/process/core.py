@@ -19,6 +19,7 @@ from emu.cpu.cpu import Cpu, CpuError
 from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
 from emu.process.ldr import LoaderData
+from emu.process.snapshot import Snapshot, restore_snapshot, take_snapshot
 from emu.win.conventions import Convention, get_convention
 from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB
 
@@ -526,6 +527,16 @@ class ProcessCore:
             status=NtStatus.GUARD_PAGE_VIOLATION,
         )
         return False
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> Snapshot:
+        """The whole process now: registers, memory, handles, heaps (``emu.process.snapshot``);
+        ``proc.restore(snapshot)`` puts it back, as often as wanted. Between calls only."""
+        return take_snapshot(self)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the process back as ``snapshot`` saw it (observers stay as they are)."""
+        restore_snapshot(self, snapshot)
 
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:

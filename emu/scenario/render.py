@@ -69,7 +69,8 @@ def table_lines(table: Table) -> list[str]:
 
 def emit(console: Console, item: RenderableType) -> None:
     """Print ``item``; a table wider than the console becomes one line per row."""
-    if isinstance(item, Table) and console.measure(item).maximum > console.width:
+    wide = console.options.update(max_width=PIPE_WIDTH * 4)
+    if isinstance(item, Table) and console.measure(item, options=wide).maximum > console.width:
         for line in table_lines(item):
             console.print(line, soft_wrap=True, highlight=False, markup=False)
     else:

@@ -24,7 +24,7 @@ from typing import Any
 from emu.errors import EmulationError, NtStatusError
 from emu.facade import Process
 from emu.heap.allocator import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS, Allocator, HeapError
-from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS, walk_heap
 from emu.modules import Module
 from emu.nt.memory import RESERVED
 from emu.scenario.model import ANY, MODULE_KINDS, PROCESS_HEAP, AllocatorSpec, Ref, Scenario, Step
@@ -229,6 +229,10 @@ def _do_step(run: ScenarioRun, step: Step) -> Any:
     if step.op == "checkpoint":
         cp = take_checkpoint(run, args["name"], step.index)
         run.checkpoints.append(cp)
+        for h in cp.heaps:  # corruption first: what an allocator's own walk says varies
+            if h.corruptions:
+                more = f" (and {len(h.corruptions) - 1} more)" if len(h.corruptions) > 1 else ""
+                raise _ResultError(f"heap {h.name} is corrupt: {h.corruptions[0]}{more}", None)
         bad = [h for h in cp.heaps if h.error]
         if bad:
             raise _ResultError(f"RtlWalkHeap({bad[0].name}) failed: {bad[0].error}", None)
@@ -286,9 +290,16 @@ def take_checkpoint(run: ScenarioRun, name: str, step: int) -> Checkpoint:
     heaps = []
     for heap_name, handle in run.heaps.items():
         try:
-            heaps.append(HeapSnapshot(heap_name, handle, run.allocator.walk(handle)))
+            snapshot = HeapSnapshot(heap_name, handle, run.allocator.walk(handle))
         except STEP_ERRORS as e:
-            heaps.append(HeapSnapshot(heap_name, handle, [], str(e)))
+            snapshot = HeapSnapshot(heap_name, handle, [], str(e))
+        if run.spec.kind in ALLOCATORS:  # a registry allocator has a walker: ask it too
+            try:
+                report = walk_heap(run.proc, handle, run.spec.kind)
+                snapshot.corruptions = [str(c) for c in report.corruptions]
+            except STEP_ERRORS as e:
+                snapshot.corruptions = [f"the heap header cannot be read: {e}"]
+        heaps.append(snapshot)
     cp = Checkpoint(name, step, heaps, memory_regions(run.proc), len(run.proc.syscalls))
     for view, capture in CHECKPOINT_VIEWS.items():
         cp.views[view] = capture(run)
