@@ -286,7 +286,10 @@ def test_out_of_range_integers_are_refused_before_anything_runs(tmp_path: Path) 
 # ---------------------------------------------------------------------- issue 20: D9
 BOMBS = {
     "aliases": "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
-    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     + "description: *i\nsteps: []\n",
     "self-alias": "steps: &s [*s]\n",
     "nesting": "steps: " + "[" * 50_000 + "]" * 50_000 + "\n",

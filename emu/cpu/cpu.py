@@ -317,7 +317,7 @@ class Cpu:
 
     def restore_context(self, context: object) -> None:
         """Put back a state from ``save_context`` (not during a run)."""
-        self.uc.context_restore(context)  # type: ignore[arg-type]
+        self.uc.context_restore(context)
 
     def save_memory(self) -> list[tuple[int, int, int, bytes]]:
         """Every mapping as (address, size, Unicorn permissions, contents): what

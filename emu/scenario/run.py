@@ -229,10 +229,11 @@ def _do_step(run: ScenarioRun, step: Step) -> Any:
     if step.op == "checkpoint":
         cp = take_checkpoint(run, args["name"], step.index)
         run.checkpoints.append(cp)
-        for h in cp.heaps:  # corruption first: what an allocator's own walk says varies
-            if h.corruptions:
-                more = f" (and {len(h.corruptions) - 1} more)" if len(h.corruptions) > 1 else ""
-                raise _ResultError(f"heap {h.name} is corrupt: {h.corruptions[0]}{more}", None)
+        for snap in cp.heaps:  # corruption first: what an allocator's own walk says varies
+            if snap.corruptions:
+                n = len(snap.corruptions)
+                more = f" (and {n - 1} more)" if n > 1 else ""
+                raise _ResultError(f"heap {snap.name} is corrupt: {snap.corruptions[0]}{more}")
         bad = [h for h in cp.heaps if h.error]
         if bad:
             raise _ResultError(f"RtlWalkHeap({bad[0].name}) failed: {bad[0].error}", None)

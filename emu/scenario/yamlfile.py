@@ -84,7 +84,7 @@ class _Loader(yaml.SafeLoader):
                 raise _Limit(
                     f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
                 )
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
