@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
-from . import bench_call, bench_memory, bench_observe, bench_replay
+from emu.scenario.render import emit, output_console
+
+from . import bench_call, bench_memory, bench_observe, bench_replay, bench_snapshot
 from .common import save
 
 SUITES = {
@@ -16,6 +17,7 @@ SUITES = {
     "replay": bench_replay.run,
     "replay_tlb_proposal": bench_replay.run_tlb_proposal,
     "memory": bench_memory.run,
+    "snapshot": bench_snapshot.run,
 }
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> int:
                 f"{r['reference']} ({r['reference_name']})",
                 f"{r['ratio']}x",
             )
-    Console().print(table)
+    emit(output_console(), table)
     return 0
 
 
