@@ -488,6 +488,19 @@ class Cpu:
         self.flush_translations()
         return handle
 
+    def hook_mem_read(self, fn: MemWriteHook, begin: int = 1, end: int = 0) -> int:
+        """``fn(address, size, 0)`` on every read from [begin, end] (as ``hook_mem_write``: slow,
+        keep it only while it is needed)."""
+
+        def on_read(
+            uc: unicorn.Uc, access: int, address: int, size: int, value: int, _: object
+        ) -> None:
+            fn(address, size, 0)
+
+        handle = int(self.uc.hook_add(unicorn.UC_HOOK_MEM_READ, on_read, None, begin, end))
+        self.flush_translations()
+        return handle
+
     def hook_interrupt(self, fn: Callable[[int], object]) -> int:
         """``fn(intno)`` on ``int N`` and CPU exceptions."""
         return int(self.uc.hook_add(unicorn.UC_HOOK_INTR, lambda uc, intno, _: fn(intno)))
