@@ -335,3 +335,15 @@ def test_huge_and_special_files_are_refused(tmp_path: Path) -> None:
 )
 def test_exec_and_run_refuse_bad_arguments_in_one_line(args: list[str], needle: str) -> None:
     one_line_error(heapemu(*args), needle)
+
+
+# ---------------------------------------------------------------------- 10: pictures optional
+def test_the_demo_says_how_to_get_pictures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from emu.cli import run as cli_run
+
+    monkeypatch.setattr(cli_run, "pictures_available", lambda: False)
+    console = Console(record=True, width=300)
+    assert cli_run.demo(console=console, out_dir=tmp_path) == 0
+    text = console.export_text()
+    assert "no heap map: pip install 'heapemu[pictures]' (matplotlib)" in text
+    assert "0x340030" in text and not list(tmp_path.iterdir())

@@ -131,9 +131,9 @@ def demo(
     emit(out, table)
     out.print(str(captured.get("summary", "")), soft_wrap=True, highlight=False, markup=False)
     if "picture" in captured:
-        out.print(f"heap map written to {captured['picture']}", highlight=False)
+        out.print(f"heap map written to {captured['picture']}", highlight=False, markup=False)
     elif picture:
-        out.print(f"no heap map: {PICTURES_HINT}", highlight=False)
+        out.print(f"no heap map: {PICTURES_HINT}", highlight=False, markup=False)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
