@@ -55,14 +55,29 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     if not python.exists():
         _run([sys.executable, "-m", "venv", str(venv)], work, env)
     dist = work / "dist"
-    _run([str(python), "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
-         work, env)  # fmt: skip
+    log = _run([str(python), "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(dist), str(ROOT)],
+               work, env)  # fmt: skip
+    warnings = [ln for ln in log.splitlines() if "Warning" in ln or "!!" in ln]
+    assert not warnings, "\n".join(warnings)  # defect 10: a build says nothing alarming
     (wheel,) = dist.glob("heapemu-*.whl")
     _run([str(python), "-m", "pip", "uninstall", "-y", "-q", "heapemu"], work, env)
     _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[pictures]"], work, env)
     _run([str(python), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(wheel)],
          work, env)  # fmt: skip
     return venv / "bin", env
+
+
+def test_make_demo_installs_the_runtime_only() -> None:
+    """Defect 10: `make demo` installs heapemu without extras, and the runtime dependencies
+    hold neither the test tools nor matplotlib (the `pictures` extra)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"]).lower()
+    for heavy in ("matplotlib", "ziglang", "pytest", "mypy", "ruff"):
+        assert heavy not in runtime
+    assert project["optional-dependencies"]["pictures"] == ["matplotlib>=3.8"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "demo: $(RUNTIME)" in makefile and "$(PIP) -e .\n" in makefile
+    assert "build/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_the_wheel_works_outside_the_checkout(
