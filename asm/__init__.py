@@ -59,6 +59,7 @@ __all__ = [
     "CONSTANTS",
     "HEAP_LAYOUTS",
     "SYSCALL_NUMBERS",
+    "UNITS",
     "Assembled",
     "FieldLayout",
     "HeapLayout",
@@ -136,9 +137,17 @@ def _check_arch(arch: str) -> None:
         raise ValueError(f"unknown architecture {arch!r} (expected one of {ARCHS})")
 
 
+#: The C heaps compiled to flat code (``asm/src/<unit>.c`` -> ``asm/<unit>_<arch>.s``).
+UNITS: tuple[str, ...] = ("ntheap", "segheap", "win7heap")
+
+
 @cache
-def flat_source(arch: str) -> str:
-    """The complete keystone-ready source for "x86" or "x64": syscall stubs + compiled heap.
+def flat_source(arch: str, unit: str = "ntheap") -> str:
+    """The complete keystone-ready source of one heap for "x86" or "x64": syscall stubs +
+    the compiled C.
+
+    heap names the compiled source (``asm/<heap>_<arch>.s``, see ``generate.HEAPS``):
+    "ntheap" (this module's allocator) or "win7heap" (the Windows 7 heap + LFH, same stubs).
 
     Every export has its plain name as a label (``RtlAllocateHeap``); so do the stubs
     (``NtAllocateVirtualMemory``, ...), ``ntheap_get_peb`` and the internal functions.
@@ -146,8 +155,10 @@ def flat_source(arch: str) -> str:
     ``syntax`` or ``sym_resolver`` (either switches keystone to radix 16).
     """
     _check_arch(arch)
+    if unit not in UNITS:
+        raise ValueError(f"unknown heap unit {unit!r} (expected one of {UNITS})")
     stubs = (HERE / f"syscalls_{arch}.s").read_text()
-    code = (HERE / f"ntheap_{arch}.s").read_text()
+    code = (HERE / f"{unit}_{arch}.s").read_text()
     return stubs + code
 
 
@@ -155,11 +166,11 @@ _LABEL_RE = re.compile(r"(?m)^([A-Za-z_]\w*):")
 
 
 @cache
-def function_labels(arch: str) -> tuple[str, ...]:
-    """Every function label of ``flat_source(arch)`` in source order (no assembler-local ones)."""
-    return tuple(
-        name for name in _LABEL_RE.findall(flat_source(arch)) if not name.startswith("ntheap_L")
-    )
+def function_labels(arch: str, unit: str = "ntheap") -> tuple[str, ...]:
+    """Every function label of ``flat_source(arch, unit)`` in source order (no
+    assembler-local ones, which the generator prefixes with ``<unit>_L``)."""
+    local = f"{unit}_L"
+    return tuple(n for n in _LABEL_RE.findall(flat_source(arch, unit)) if not n.startswith(local))
 
 
 @dataclass(frozen=True)
@@ -176,15 +187,14 @@ class Assembled:
 
 
 @cache
-def assemble(arch: str, address: int = 0) -> Assembled:
-    """Assemble ``flat_source(arch)`` with keystone (``asm.assembler``) at ``address``; the code
-    is position-independent (no absolute relocations, no data)."""
+def assemble(arch: str, address: int = 0, unit: str = "ntheap") -> Assembled:
+    """Assemble ``flat_source(arch, unit)`` with keystone (``asm.assembler``) at ``address``;
+    the code is position-independent (no absolute relocations, no data)."""
     from asm.assembler import assemble_unit
 
-    unit = assemble_unit(flat_source(arch), arch, address, f"ntheap_{arch}")
-    names = function_labels(arch)
-    labels = {n: unit.symbols[n] for n in names}
-    return Assembled(arch, address, unit.code[: unit.text_size], labels)
+    image = assemble_unit(flat_source(arch, unit), arch, address, f"{unit}_{arch}")
+    labels = {n: image.symbols[n] for n in function_labels(arch, unit)}
+    return Assembled(arch, address, image.code[: image.text_size], labels)
 
 
 # ---------------------------------------------------------------------------- layout

@@ -1,8 +1,16 @@
 #!/usr/bin/env python3
-"""Regenerate asm/ntheap_x86.s and asm/ntheap_x64.s from asm/src/ntheap.c.
+"""Regenerate the checked-in assembly of the embedded heaps from their C sources.
+
+Each heap of ``HEAPS`` (``ntheap``: asm/src/ntheap.c, the Wine-style NT heap; ``segheap``:
+asm/src/segheap.c, the Windows 10 segment heap; ``win7heap``: asm/src/win7heap.c, the Windows 7
+NT heap with its LFH) becomes ``asm/<heap>_x86.s`` and
+``asm/<heap>_x64.s``.
 
     python asm/generate.py            # rewrite the checked-in assembly
     python asm/generate.py --check    # exit 1 if regenerating would change it
+
+One entry of SOURCES per heap: ``ntheap`` (the Wine-style NT heap) and ``win7heap`` (the
+Windows 7 NT heap with its LFH front end).
 
 The compiler is pinned: ``python -m ziglang cc`` from ziglang==0.17.0 (clang 22), targets
 x86-windows-gnu and x86_64-windows-gnu. Its Intel-syntax output is made keystone-ready here:
@@ -14,7 +22,8 @@ x86-windows-gnu and x86_64-windows-gnu. Its Intel-syntax output is made keystone
   ``helper``), so every function has its plain name and the system calls resolve to the stub
   labels in ``asm/syscalls_*.s``;
 * assembler-local labels (``.LBB0_3`` on x64, ``LBB0_3`` on x86), which keystone rejects in
-  memory operands, become ``ntheap_LBB0_3``;
+  memory operands, become ``<heap>_LBB0_3`` (``ntheap_LBB0_3``, ``segheap_LBB0_3``), so no two
+  heaps share a label prefix;
 * any directive not known to be safe stops the generation (nothing unknown slips through).
 
 The flags keep the code self-contained: freestanding, no builtins (so no memset/memcpy calls;
@@ -32,7 +41,13 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "src" / "ntheap.c"
+#: heap name -> C source; the name is the output file prefix and the local-label prefix.
+HEAPS: dict[str, Path] = {
+    "ntheap": HERE / "src" / "ntheap.c",
+    "segheap": HERE / "src" / "segheap.c",
+    "win7heap": HERE / "src" / "win7heap.c",
+}
+SOURCE = HEAPS["ntheap"]
 ZIG_VERSION = "0.17.0"
 
 # arch -> (zig target, cpu: baseline without SSE)
@@ -85,12 +100,13 @@ class GenerateError(Exception):
     """The compiler output contains something this script cannot make keystone-ready."""
 
 
-def output_path(arch: str) -> Path:
-    return HERE / f"ntheap_{arch}.s"
+def output_path(arch: str, heap: str = "ntheap") -> Path:
+    return HERE / f"{heap}_{arch}.s"
 
 
-def zig_command(arch: str, *mode: str) -> list[str]:
-    """The zig cc command line for arch; mode is e.g. ("-S", "-masm=intel") or ("-c",)."""
+def zig_command(arch: str, *mode: str, heap: str = "ntheap") -> list[str]:
+    """The zig cc command line for arch and heap; mode is e.g. ("-S", "-masm=intel") or
+    ("-c",)."""
     target, cpu = TARGETS[arch]
     return [
         sys.executable,
@@ -102,27 +118,27 @@ def zig_command(arch: str, *mode: str) -> list[str]:
         f"-mcpu={cpu}",
         *mode,
         *CFLAGS,
-        str(SOURCE),
+        str(HEAPS[heap]),
     ]
 
 
-def run_zig(arch: str, out: Path, *mode: str) -> None:
-    cmd = [*zig_command(arch, *mode), "-o", str(out)]
+def run_zig(arch: str, out: Path, *mode: str, heap: str = "ntheap") -> None:
+    cmd = [*zig_command(arch, *mode, heap=heap), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise GenerateError(f"zig cc failed ({arch}):\n{proc.stderr}")
 
 
-def compile_to_asm(arch: str) -> str:
+def compile_to_asm(arch: str, heap: str = "ntheap") -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"ntheap_{arch}.s"
-        run_zig(arch, out, "-S", "-masm=intel")
+        out = Path(tmp) / f"{heap}_{arch}.s"
+        run_zig(arch, out, "-S", "-masm=intel", heap=heap)
         return out.read_text()
 
 
-def compile_to_object(arch: str, out: Path) -> None:
+def compile_to_object(arch: str, out: Path, heap: str = "ntheap") -> None:
     """The same C, same flags, as a COFF object (for comparing keystone's bytes with it)."""
-    run_zig(arch, out, "-c")
+    run_zig(arch, out, "-c", heap=heap)
 
 
 def undecorate(name: str, arch: str) -> str:
@@ -167,8 +183,9 @@ def section_kind(directive: str) -> str:
     return "drop"
 
 
-def to_keystone(raw: str, arch: str) -> tuple[str, set[str]]:
-    """Make the compiler's Intel-syntax output keystone-ready (see the module docstring).
+def to_keystone(raw: str, arch: str, heap: str = "ntheap") -> tuple[str, set[str]]:
+    """Make the compiler's Intel-syntax output keystone-ready (see the module docstring);
+    local labels get the prefix ``<heap>_``.
 
     Returns the text and the names used as call/jump targets.
     """
@@ -200,7 +217,7 @@ def to_keystone(raw: str, arch: str) -> tuple[str, set[str]]:
     rename: dict[str, str] = {}
     for name in defined:
         if is_local_label(name, arch):
-            rename[name] = "ntheap_" + name.lstrip(".")
+            rename[name] = f"{heap}_" + name.lstrip(".")
         else:
             rename[name] = undecorate(name, arch)
     if len(set(rename.values())) != len(rename):
@@ -231,24 +248,24 @@ def to_keystone(raw: str, arch: str) -> tuple[str, set[str]]:
     return "\n".join(out) + "\n", targets
 
 
-def keystone_text(raw: str, arch: str) -> str:
-    """The checked-in file's content for arch (header + converted code)."""
-    body, targets = to_keystone(raw, arch)
+def keystone_text(raw: str, arch: str, heap: str = "ntheap") -> str:
+    """The checked-in file's content for arch and heap (header + converted code)."""
+    body, targets = to_keystone(raw, arch, heap)
     stubs = (HERE / f"syscalls_{arch}.s").read_text()
     missing = sorted(targets - set(re.findall(r"(?m)^(\w+):", body + stubs)))
     if missing:
         raise GenerateError(f"{arch}: calls to undefined names: {', '.join(missing)}")
     target = TARGETS[arch][0]
     header = (
-        f"# Generated by asm/generate.py from asm/src/ntheap.c: zig cc {ZIG_VERSION}"
+        f"# Generated by asm/generate.py from asm/src/{HEAPS[heap].name}: zig cc {ZIG_VERSION}"
         f" (clang), target {target}.\n"
         "# Do not edit; change the C source and run `python asm/generate.py`.\n"
     )
     return header + body
 
 
-def generate(arch: str) -> str:
-    return keystone_text(compile_to_asm(arch), arch)
+def generate(arch: str, heap: str = "ntheap") -> str:
+    return keystone_text(compile_to_asm(arch, heap), arch, heap)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stale = []
-    for arch in TARGETS:
+    for heap, arch in ((heap, arch) for heap in HEAPS for arch in TARGETS):
         try:
-            text = generate(arch)
+            text = generate(arch, heap)
         except GenerateError as exc:
             print(f"generate.py: {exc}", file=sys.stderr)
             return 2
-        path = output_path(arch)
+        path = output_path(arch, heap)
         current = path.read_text() if path.exists() else None
         if text == current:
             continue

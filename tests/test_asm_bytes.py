@@ -93,23 +93,26 @@ def body_end(arch: str, code: bytes) -> int:
     return end
 
 
+@pytest.mark.parametrize(
+    "heap", [h for h in generate.HEAPS if h != "segheap"]
+)  # segheap: its own test
 @pytest.mark.parametrize("arch", ARCHS)
-def test_keystone_bytes_equal_compiler_object(arch: str, tmp_path: Path) -> None:
-    obj = tmp_path / f"ntheap_{arch}.o"
-    generate.compile_to_object(arch, obj)
+def test_keystone_bytes_equal_compiler_object(arch: str, heap: str, tmp_path: Path) -> None:
+    obj = tmp_path / f"{heap}_{arch}.o"
+    generate.compile_to_object(arch, obj, heap)
     sections, symbols = read_coff(obj.read_bytes())
     text_index = next(i for i, s in enumerate(sections) if s.name == ".text")
     text = sections[text_index]
     assert not [s for s in sections if s.name.startswith((".rdata", ".data")) and s.data]
 
-    a = asm.assemble(arch, BASE)
+    a = asm.assemble(arch, BASE, unit=heap)
     functions = sorted(
         (s.value, generate.undecorate(s.name, arch))
         for s in symbols
         if s is not None and s.section == text_index + 1 and s.type == 0x20
     )
     assert {name for _, name in functions} == {
-        n for n in asm.function_labels(arch) if n in a.labels
+        n for n in asm.function_labels(arch, unit=heap) if n in a.labels
     } - {
         *asm.SYSCALL_NUMBERS.values(),
         "ntheap_get_peb",

@@ -25,10 +25,13 @@ def test_generate_check_passes() -> None:
 
 
 def test_check_fails_when_out_of_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for arch in generate.TARGETS:
-        stale = tmp_path / f"ntheap_{arch}.s"
-        stale.write_text(generate.output_path(arch).read_text() + "\tnop\n")
-    monkeypatch.setattr(generate, "output_path", lambda arch: tmp_path / f"ntheap_{arch}.s")
+    for heap in generate.HEAPS:
+        for arch in generate.TARGETS:
+            stale = tmp_path / f"{heap}_{arch}.s"
+            stale.write_text(generate.output_path(arch, heap).read_text() + "\tnop\n")
+    monkeypatch.setattr(
+        generate, "output_path", lambda arch, heap="ntheap": tmp_path / f"{heap}_{arch}.s"
+    )
     assert generate.main(["--check"]) == 1
     assert generate.main([]) == 0  # regenerates into tmp_path
     assert generate.main(["--check"]) == 0
@@ -84,6 +87,14 @@ def test_to_keystone_x86() -> None:
         "\t.long\t1",
     ]
     assert targets == {"NtFreeVirtualMemory", "helper", "ntheap_LBB0_2"}
+    segment, _ = generate.to_keystone(SAMPLE_X86, "x86", "segheap")
+    assert "segheap_LBB0_2:" in segment.splitlines() and "ntheap_" not in segment
+
+
+def test_local_label_prefix_is_the_source_name() -> None:
+    text, targets = generate.to_keystone(SAMPLE_X86, "x86", "win7heap")
+    assert "win7heap_LBB0_2:" in text.splitlines() and "ntheap_" not in text
+    assert "win7heap_LBB0_2" in targets
 
 
 def test_to_keystone_x64_local_labels_in_memory_operands() -> None:

@@ -1,9 +1,15 @@
 /*
- * driver.c - runs heapemu's embedded NT heap (asm/src/ntheap.c) natively on the Linux host.
+ * driver.c - runs heapemu's embedded NT heap (asm/src/ntheap.c) natively on the Linux host,
+ * or, built with -DDRIVER_SEGHEAP, the segment heap (asm/src/segheap.c), or, built with
+ * -DHEAPEMU_WIN7HEAP, the Windows 7 heap (asm/src/win7heap.c).
  *
  * Build (tests/native/nativeheap.py does this, cached by source hash):
  *   gcc -O1 -g -DNTHEAP_NATIVE -fno-strict-aliasing -I asm/src \
  *       tests/native/driver.c asm/src/ntheap.c -o ntheap_driver
+ *   gcc -O1 -g -DNTHEAP_NATIVE -DDRIVER_SEGHEAP -fno-strict-aliasing -I asm/src \
+ *       tests/native/driver.c asm/src/segheap.c -o segheap_driver
+ *   gcc -O1 -g -DNTHEAP_NATIVE -DHEAPEMU_WIN7HEAP -fno-strict-aliasing -I asm/src \
+ *       tests/native/driver.c asm/src/win7heap.c -o win7heap_driver
  *
  * Usage: ntheap_driver [-a ANSWERS] [-d DUMPDIR] [SCRIPT]      (SCRIPT "-" or absent: stdin)
  *
@@ -16,8 +22,8 @@
  *                            64 KiB-aligned address from VMBASE (default 0x10000000) up.
  *   NtFreeVirtualMemory      MEM_RELEASE unmaps, MEM_DECOMMIT makes pages inaccessible.
  *   NtRaiseException         prints "exception CODE" and abandons the current operation.
- *   ntheap_get_peb           a fake PEB with NumberOfHeaps, MaximumNumberOfHeaps (16),
- *                            ProcessHeaps and ProcessHeap at the Windows offsets.
+ *   ntheap_get_peb           a fake PEB (one page) with NumberOfHeaps, MaximumNumberOfHeaps
+ *                            (16), ProcessHeaps and ProcessHeap at the Windows offsets.
  *
  * Script: one operation per line, '#' starts a comment. Numbers are C literals (0x1f, 31);
  * NAME is an identifier a line defines; a value may be NAME, NAME+N or NAME-N.
@@ -41,6 +47,14 @@
  *   peek ADDRESS LEN                      prints "peek HEXBYTES" (memory as it is)
  *   dump                                  writes every live region to DUMPDIR (see below)
  *   echo TEXT...                          prints "echo TEXT..."
+ *   params NAME VALUE ...                 segment heap only: later create lines pass a
+ *                                         SEGHEAP_PARAMETERS with these fields (heapkey lfhkey
+ *                                         seed lfhmax vsmax backendmax lfhlive lfhtotal
+ *                                         freecommit; others 0 = default); "params off": none
+ * Only with -DHEAPEMU_WIN7HEAP:
+ *   keys ENCODING LFHKEY POINTERKEY       Win7HeapSetKeys (before the create it should affect)
+ *   query H                               RtlQueryHeapInformation(H, compatibility)
+ *   setinfo H VALUE                       RtlSetHeapInformation(H, compatibility, &VALUE)
  *
  * Output, one line per event, numbers in hex with 0x:
  *   vm alloc BASE SIZE TYPE PROTECT -> STATUS BASE SIZE    (every NtAllocateVirtualMemory)
@@ -51,19 +65,27 @@
  *   walk DATA CBDATA OVERHEAD REGION FLAGS [COMMITTED UNCOMMITTED FIRST LAST]
  *   walk end STATUS
  *   heaps COUNT H1 H2 ...
+ *   querystatus -> STATUS, query -> VALUE | setinfo -> STATUS | keys -> STATUS
  *   region BASE SIZE COMMITTED_RANGES FILE   (dump: COMMITTED_RANGES is "START-END,..." or "-";
  *                                             FILE holds the region with uncommitted pages as 0)
  *   error LINE MESSAGE                       (script error; the driver exits with status 2)
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
+#ifdef DRIVER_SEGHEAP
+#include "segheap.h"
+#elif defined(HEAPEMU_WIN7HEAP)
+#include "win7heap.h"
+#else
 #include "ntheap.h"
+#endif
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -98,11 +120,16 @@ static struct {
 static int nvars;
 
 static union {
-    u8 bytes[0x400];
+    u8 bytes[0x1000]; /* a page: win7heap's key record lives at PEB + 0xF00 */
     void *align;
 } peb;
 static void *peb_heaps[MAX_PEB_HEAPS];
 static int line_no;
+#ifdef DRIVER_SEGHEAP
+static SEGHEAP_PARAMETERS seg_params;
+static int seg_params_set;
+#endif
+static void *create_params;
 
 static void die(const char *msg, const char *arg)
 {
@@ -372,6 +399,59 @@ static void do_walk(void *heap)
     printf("walk end runaway\n");
 }
 
+#ifdef DRIVER_SEGHEAP
+static void set_params(char **tok, int ntok)
+{
+    static const struct {
+        const char *name;
+        size_t offset, size;
+    } fields[] = {
+        {"heapkey", offsetof(SEGHEAP_PARAMETERS, HeapKey), sizeof(uptr)},
+        {"lfhkey", offsetof(SEGHEAP_PARAMETERS, LfhKey), sizeof(uptr)},
+        {"seed", offsetof(SEGHEAP_PARAMETERS, RandomSeed), 4},
+        {"lfhmax", offsetof(SEGHEAP_PARAMETERS, LfhMaxSize), 4},
+        {"vsmax", offsetof(SEGHEAP_PARAMETERS, VsMaxSize), 4},
+        {"backendmax", offsetof(SEGHEAP_PARAMETERS, BackendMaxSize), 4},
+        {"lfhlive", offsetof(SEGHEAP_PARAMETERS, LfhActivationLive), 4},
+        {"lfhtotal", offsetof(SEGHEAP_PARAMETERS, LfhActivationTotal), 4},
+        {"freecommit", offsetof(SEGHEAP_PARAMETERS, FreeCommitLimit), 4},
+    };
+    if (ntok == 2 && !strcmp(tok[1], "off")) {
+        create_params = NULL;
+        seg_params_set = 0;
+        return;
+    }
+    if (!seg_params_set) {
+        memset(&seg_params, 0, sizeof seg_params);
+        seg_params.Length = sizeof seg_params;
+        seg_params.Signature = SEGHEAP_PARAMETERS_SIGNATURE;
+        seg_params_set = 1;
+    }
+    for (int i = 1; i < ntok; i += 2) {
+        size_t f;
+        uptr v;
+        for (f = 0; f < sizeof fields / sizeof fields[0]; f++)
+            if (!strcmp(fields[f].name, tok[i])) break;
+        if (f == sizeof fields / sizeof fields[0]) die("params: unknown field", tok[i]);
+        v = value(i + 1 < ntok ? tok[i + 1] : NULL);
+        if (fields[f].size == 4) {
+            u32 v32 = (u32)v;
+            memcpy((char *)&seg_params + fields[f].offset, &v32, 4);
+        } else {
+            memcpy((char *)&seg_params + fields[f].offset, &v, sizeof v);
+        }
+    }
+    create_params = &seg_params;
+}
+#else
+static void set_params(char **tok, int ntok)
+{
+    (void)tok;
+    (void)ntok;
+    die("params: segment heap only", NULL);
+}
+#endif
+
 #define ARG(i) (i < ntok ? tok[i] : NULL)
 #define OUT(fmt, ...) printf(fmt "\n", __VA_ARGS__)
 #define HEX(v) ((unsigned long long)(uptr)(v))
@@ -384,7 +464,7 @@ static void run_line(char **tok, int ntok)
         define(ARG(1), 0); /* stays 0 when the call raises an exception */
     if (!strcmp(op, "create")) {
         void *h = RtlCreateHeap((u32)value(ARG(2)), ntok > 5 ? (void *)value(ARG(5)) : NULL,
-                                value(ARG(3)), value(ARG(4)), NULL, NULL);
+                                value(ARG(3)), value(ARG(4)), NULL, create_params);
         define(ARG(1), (uptr)h);
         OUT("create %s -> 0x%llx", ARG(1), HEX(h));
     } else if (!strcmp(op, "reserve")) {
@@ -463,10 +543,27 @@ static void run_line(char **tok, int ntok)
         printf("\n");
     } else if (!strcmp(op, "dump")) {
         dump_regions();
+#ifdef HEAPEMU_WIN7HEAP
+    } else if (!strcmp(op, "keys")) {
+        OUT("keys -> 0x%x", Win7HeapSetKeys((u32)value(ARG(1)), value(ARG(2)), value(ARG(3))));
+    } else if (!strcmp(op, "query")) {
+        u32 info = 0xFFFFFFFFu;
+        uptr len = 0;
+        u32 status = RtlQueryHeapInformation((void *)value(ARG(1)), HeapCompatibilityInformation,
+                                             &info, sizeof info, &len);
+        OUT("querystatus -> 0x%x", status);
+        OUT("query -> 0x%x", info);
+    } else if (!strcmp(op, "setinfo")) {
+        u32 info = (u32)value(ARG(2));
+        OUT("setinfo -> 0x%x", RtlSetHeapInformation((void *)value(ARG(1)),
+                                                     HeapCompatibilityInformation, &info, sizeof info));
+#endif
     } else if (!strcmp(op, "echo")) {
         printf("echo");
         for (int i = 1; i < ntok; i++) printf(" %s", tok[i]);
         printf("\n");
+    } else if (!strcmp(op, "params")) {
+        set_params(tok, ntok);
     } else {
         die("unknown operation", op);
     }

@@ -1,6 +1,7 @@
 """Build and run the embedded NT heap natively on the Linux host (tests/native/driver.c).
 
-The same C as the emulated allocator (asm/src/ntheap.c) is compiled for the host with a
+The same C as the emulated allocator (asm/src/ntheap.c; with ``heap="segment"`` the segment
+heap, asm/src/segheap.c) is compiled for the host with a
 native stand-in for its system calls (see driver.c's header for the full script language and
 output format), and driven by an operation script:
 
@@ -18,6 +19,8 @@ output format), and driven by an operation script:
 
 Builds: "x64" with gcc, "x86" with ``python -m ziglang cc -target x86-linux-musl`` (a static
 32-bit program; the first build on a machine fills zig's cache, ~1 minute). Both with UBSan.
+``heap="win7"`` builds the driver against asm/src/win7heap.c (the Windows 7 heap + LFH, with
+-DHEAPEMU_WIN7HEAP: the script also gets ``keys``, ``query`` and ``setinfo`` lines).
 Cached under $HEAPEMU_NATIVE_BUILD_DIR or <repo>/.build/native/, in a directory named by a hash
 of the sources, flags and compiler; a build goes to a temporary directory first and is renamed.
 
@@ -44,6 +47,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "driver.c", REPO / "asm" / "src" / "ntheap.c", REPO / "asm" / "src" / "ntheap.h")
+#: heap name -> (driver.c, the heap's C source, its header, extra compiler flags)
+HEAPS: dict[str, tuple[Path, Path, Path, tuple[str, ...]]] = {
+    "nt": (*SOURCES, ()),
+    "segment": (
+        HERE / "driver.c",
+        REPO / "asm" / "src" / "segheap.c",
+        REPO / "asm" / "src" / "segheap.h",
+        ("-DDRIVER_SEGHEAP",),
+    ),
+    "win7": (
+        HERE / "driver.c",
+        REPO / "asm" / "src" / "win7heap.c",
+        REPO / "asm" / "src" / "win7heap.h",
+        ("-DHEAPEMU_WIN7HEAP",),
+    ),
+}
 COMMON_FLAGS = (
     "-O1",
     "-g",
@@ -76,22 +95,24 @@ def build_root() -> Path:
     return Path(os.environ.get("HEAPEMU_NATIVE_BUILD_DIR") or REPO / ".build" / "native")
 
 
-def build_driver(arch: str = "x64") -> Path:
-    """Path of the driver built for arch ("x64": gcc, "x86": zig cc musl), cached by hash."""
-    cmd = _compiler(arch)
+def build_driver(arch: str = "x64", heap: str = "nt") -> Path:
+    """Path of the driver built for arch ("x64": gcc, "x86": zig cc musl) and heap ("nt":
+    asm/src/ntheap.c, "segment": asm/src/segheap.c, "win7": asm/src/win7heap.c), cached by hash."""
+    *sources, extra = HEAPS[heap]
+    cmd = [*_compiler(arch), *extra]
     digest = hashlib.sha256("\0".join(cmd).encode())
-    for src in SOURCES:
+    for src in sources:
         digest.update(src.name.encode() + b"\0" + src.read_bytes())
     final = build_root() / f"{arch}-{digest.hexdigest()[:16]}"
-    exe = final / "ntheap_driver"
+    exe = final / ("ntheap_driver" if heap == "nt" else f"{heap}heap_driver")
     if exe.is_file():
         return exe
     build_root().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{arch}-tmp-", dir=build_root()))
     try:
         proc = subprocess.run(
-            [*cmd, "-I", str(REPO / "asm" / "src"), str(SOURCES[0]), str(SOURCES[1]),
-             "-o", str(work / "ntheap_driver")],
+            [*cmd, "-I", str(REPO / "asm" / "src"), str(sources[0]), str(sources[1]),
+             "-o", str(work / exe.name)],
             capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False,
         )  # fmt: skip
         if proc.returncode != 0:
@@ -243,6 +264,7 @@ def run_script(
     script: str | Iterable[str],
     *,
     arch: str = "x64",
+    heap: str = "nt",
     answers: Sequence[tuple[int, int]] | None = None,
     dump_dir: Path | None = None,
     timeout: float = 120,
@@ -250,10 +272,11 @@ def run_script(
     """Run an operation script (text or lines) through the native heap and parse its output.
 
     answers: (base, size) per reservation, in order, written as ``alloc BASE SIZE`` lines;
-    dump_dir: where ``dump`` lines write region files (a final dump is added when given).
+    dump_dir: where ``dump`` lines write region files (a final dump is added when given);
+    heap: "nt" (asm/src/ntheap.c), "segment" (asm/src/segheap.c) or "win7" (asm/src/win7heap.c).
     """
     text = script if isinstance(script, str) else "\n".join(script)
-    exe = build_driver(arch)
+    exe = build_driver(arch, heap)
     args = [str(exe)]
     with tempfile.TemporaryDirectory() as tmp:
         if answers is not None:
