@@ -1,19 +1,26 @@
 # The two commands a newcomer needs:  make demo  /  make test
-# Both create the virtualenv at .venv on first use and reuse it afterwards.
+# Both create the virtualenv at .venv on first use and reuse it afterwards: `make demo` installs
+# heapemu's runtime dependencies only; `make test` adds the test tools (pytest, ruff, mypy,
+# import-linter, zig, matplotlib for the heap pictures).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.heapemu-runtime
 STAMP := $(VENV)/.heapemu-installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: demo test lint typecheck unit wine-dlls toolchains bench fuzz clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP) -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(PIP) -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/heapemu demo
 
 test: $(STAMP) lint typecheck wine-dlls toolchains unit
@@ -49,4 +56,4 @@ fuzz: $(STAMP)
 	HEAPEMU_FUZZ_CASES=200000 $(BIN)/pytest tests/test_pe_fuzz.py
 
 clean:
-	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .build build dist .pytest_cache .mypy_cache .ruff_cache

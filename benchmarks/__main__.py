@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
-from . import bench_call, bench_memory, bench_observe, bench_replay
+from emu.scenario.render import emit, output_console
+
+from . import bench_call, bench_memory, bench_observe, bench_replay, bench_snapshot
 from .common import save
 
 SUITES = {
@@ -17,6 +18,7 @@ SUITES = {
     "replay_tlb_proposal": bench_replay.run_tlb_proposal,
     "memory": bench_memory.run,
     "address_space": bench_memory.run_address_space,
+    "snapshot": bench_snapshot.run,
 }
 
 
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> int:
                 f"{r['reference']} ({r['reference_name']})",
                 f"{r['ratio']}x",
             )
-    Console().print(table)
+    emit(output_console(), table)
     return 0
 
 

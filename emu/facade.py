@@ -98,11 +98,19 @@ class Process(ProcessCore):
         check_conventions: bool = False,
         cdecl: Iterable[str] = (),
         argc: dict[str, int] | None = None,
+        stacks: int = 0,
     ) -> EventRecorder:
         """Start recording allocation events (``emu.observe.events``); use as a context manager or
-        call ``.stop()``. ``functions`` default to the heap entry points of loaded modules."""
+        call ``.stop()``. ``functions`` default to the heap entry points of loaded modules;
+        ``argc`` gives argument counts by ``"Function"`` or ``"module!Function"`` (a key that
+        names no watched function is refused); ``stacks=N`` keeps each call's stack (N frames)."""
         rec = EventRecorder(
-            self, functions, check_conventions=check_conventions, cdecl=cdecl, argc=argc
+            self,
+            functions,
+            check_conventions=check_conventions,
+            cdecl=cdecl,
+            argc=argc,
+            stacks=stacks,
         )
         return rec.start()
 

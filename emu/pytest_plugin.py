@@ -7,7 +7,8 @@ an allocator):
 - ``heapemu_process``: a fresh ``Process`` for ``heapemu_arch``
 - ``heapemu_allocator``: an ``Allocator`` (builtin heap or Wine's ntdll) loaded into it
 - ``heapemu_run``: ``heapemu_run(scenario, **kw)`` runs a scenario file on the same arch and
-  allocator and returns its ``ScenarioResult``
+  allocator (a scenario whose ``allocator:`` is its own PE/flat module runs on that module)
+  and returns its ``ScenarioResult``
 - ``heapemu_arch`` / ``heapemu_allocator_kind``: the current parameters
 
 Options: ``--heapemu-arch x86,x64|both`` and ``--heapemu-allocator builtin,wine`` (or the ini
@@ -33,7 +34,7 @@ from emu.errors import EmulationError
 from emu.facade import Process
 from emu.heap.allocator import Allocator
 from emu.heap.registry import ALLOCATOR_NAMES, allocator_kind
-from emu.scenario import ScenarioResult, run_scenario
+from emu.scenario import ScenarioResult, load_scenario, run_scenario
 
 ARCHES = ("x86", "x64")
 PROCESSES = pytest.StashKey[list[tuple[Process, str]]]()  # (process, allocator or "")
@@ -198,9 +199,13 @@ def heapemu_run(
     test's architecture and allocator."""
 
     def run(scenario: str | Path | dict[str, Any], **kw: Any) -> ScenarioResult:
+        sc = load_scenario(scenario)
         kw.setdefault("arch", heapemu_arch)
-        kw.setdefault("allocator", heapemu_allocator_kind)
-        result = run_scenario(scenario, **kw)
+        modules = [spec for spec in sc.allocators if spec.kind not in ALLOCATOR_NAMES]
+        # a scenario that names its own allocator module runs on it; otherwise on this
+        # test's allocator
+        kw.setdefault("allocator", modules[0] if modules else heapemu_allocator_kind)
+        result = run_scenario(sc, **kw)
         request.node.stash.setdefault(RESULTS, []).append(result)
         return result
 

@@ -54,6 +54,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "alloc.exe": Recipe(("alloc.cpp",)),
     "args.exe": Recipe(("args.c",)),
+    "crash.exe": Recipe(("crash.c",)),
     "sandbox.exe": Recipe(("sandbox.c",)),
     "runtime.dll": Recipe(("runtime.c",), freestanding_dll=True),
     "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),

@@ -16,7 +16,7 @@ from rich.console import Console
 from emu.scenario import run_scenario
 from emu.scenario.render import ProgressObserver
 
-SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
+SEED = Path(__file__).resolve().parent.parent / "emu" / "scenarios" / "lec04_growable_heap.yaml"
 _SCRIPT = Path(sys.executable).with_name("heapemu")
 HEAPEMU = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "emu.cli"]
 
@@ -277,7 +277,7 @@ def test_trace_one_call(arch: str, tmp_path: Path) -> None:
 def test_replay_a_text_trace(arch: str, tmp_path: Path) -> None:
     trace = tmp_path / "t.trace"
     trace.write_text("alloc 16 -> 1\nalloc 32 -> 2\nrealloc 1 100 -> 3\nfree 2\nsize 3\nfree 3\n")
-    p = heapemu("replay", trace, "--arch", arch, "--json")
+    p = heapemu("replay", trace, "--arch", arch, "--json", "--count")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert report["ops"] == 6 and report["count_matches"]

@@ -3,6 +3,7 @@ emulated process at the first step, reads registers and memory, and lets the run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from emu.facade import Process
+from emu.win.layouts import PEB
 
 _SCRIPT = Path(sys.executable).with_name("heapemu")
 HEAPEMU = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "emu.cli"]
@@ -219,3 +221,77 @@ def test_a_port_in_use_is_a_one_line_error() -> None:
 def test_bad_gdb_options(args: list[str], says: str) -> None:
     line = one_line_error(heapemu("run", "lec04_growable_heap", *args))
     assert says in line
+
+
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_gdb_needs_no_set_architecture_and_watches_memory(
+    arch: str, tmp_path: Path, started: list[Run]
+) -> None:
+    """Issue 15: target.xml names the architecture, qXfer:libraries lists the modules, and a
+    hardware watchpoint (Z2) stops after the write: PEB.NumberOfHeaps going from 1 to 2 when
+    the scenario's heap is created."""
+    create, *_ = layout(arch)
+    proc = Process(arch)
+    proc.load_builtin_heap()
+    count = PEB.address(proc.arch, proc.peb, "NumberOfHeaps")
+    run = Run(tmp_path, arch)
+    started.append(run)
+    assert GDB is not None
+    commands = (
+        "set remotetimeout 10",
+        f"target remote 127.0.0.1:{run.port}",
+        "p/x $pc",
+        "info sharedlibrary",
+        f"watch *(int *){count:#x}",
+        "continue",
+        "delete",
+        "continue",
+    )
+    g = subprocess.run(
+        [GDB, "--batch", "-nx", *(a for cmd in commands for a in ("-ex", cmd))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"$1 = {create:#x}" in g.stdout, g.stdout + g.stderr
+    assert "ntheap" in g.stdout  # the builtin heap's module, from qXfer:libraries
+    assert "Hardware watchpoint 1" in g.stdout
+    assert "Old value = 1\nNew value = 2" in g.stdout, g.stdout
+    assert "exited normally" in g.stdout
+    rc, out, _ = run.finish()
+    assert rc == 0 and f"✓ PASS lec04_growable_heap {arch} builtin: 12 steps" in out
+
+
+def test_malformed_packets_get_errors_and_the_run_goes_on(
+    tmp_path: Path, started: list[Run]
+) -> None:
+    """Issue 20, D10: no packet ends the run or makes the stub hold unbounded memory."""
+    run = Run(tmp_path, "x64")
+    started.append(run)
+    c = Client(run.port)
+    assert "PacketSize=4000" in c.ask("qSupported")
+    assert "<architecture>i386:x86-64</architecture>" in c.ask(
+        "qXfer:features:read:target.xml:0,fff"
+    )
+    assert c.ask("qXfer:libraries:read::0,fff").startswith('l<library-list version="1.0">')
+    for bad in ("pzz", "Pzz=00", "P0=zz", "mzz,4", "m1000,-10", "m0,1000000000000",
+                "m0,100000000", "Mzz,1:00", "M0,1:zz", "M0,2:00", "Z0,zz,1", "Z2,1000,0",
+                "czz", "Gzz", "qXfer:features:read:target.xml:zz,10"):  # fmt: skip
+        assert c.ask(bad) == "E01", bad
+    assert c.ask("vUnknownPacket") == ""
+    c.s.sendall(b"$g#00")  # a bad checksum: refused, gdb would send it again
+    assert c.s.recv(1) == b"-"
+    c.s.sendall(b"$" + b"a" * 100_000)  # never a packet: dropped once past PacketSize
+    c.s.settimeout(1)
+    refused = b""
+    with contextlib.suppress(TimeoutError):
+        while True:
+            refused += c.s.recv(4096)
+    assert refused and set(refused) == {ord("-")}
+    c.s.settimeout(20)
+    c.buf = b""
+    assert c.ask("?") == "S05"  # still serving
+    assert c.ask("D") == "OK"
+    c.s.close()
+    rc, out, _ = run.finish()
+    assert rc == 0 and "✓ PASS lec04_growable_heap x64 builtin: 12 steps" in out

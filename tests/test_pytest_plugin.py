@@ -11,7 +11,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
+SEED = Path(__file__).resolve().parent.parent / "emu" / "scenarios" / "lec04_growable_heap.yaml"
 # pytester points HOME at a temporary directory; Wine's DLLs stay in the real per-user cache
 CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
 
@@ -187,3 +187,28 @@ def test_the_entry_point_loads_the_plugin(pytester: pytest.Pytester) -> None:
     r = pytester.runpytest_subprocess("--heapemu-arch", "x64", "-p", "no:cacheprovider")
     r.assert_outcomes(passed=1)
     assert sys.executable  # the subprocess ran with this interpreter's installed plugins
+
+
+def test_heapemu_run_keeps_a_scenarios_own_module(user_suite: pytest.Pytester) -> None:
+    """Issue 15, defect 6: a scenario naming its own allocator module runs on it, not on the
+    test's allocator."""
+    pytester = user_suite
+    pytester.makefile(
+        ".s",
+        bump_x64="my_create: mov rax, 0x1000\n ret\nmy_alloc: lea rax, [r8 + 0x100]\n ret\n",
+        bump_x86="my_create: mov eax, 0x1000\n ret 24\nmy_alloc: mov eax, [esp + 12]\n"
+        " add eax, 0x100\n ret 12\n",
+    )
+    pytester.makefile(
+        ".yaml",
+        own="allocator: {flat: 'bump_{arch}.s', exports: {RtlCreateHeap: my_create, "
+        "RtlAllocateHeap: my_alloc}}\nsteps:\n  - create_heap:\n  - alloc: 0x10\n"
+        "    as: p\n    expect: 0x110\n",
+    )
+    pytester.makepyfile(
+        test_user="def test_own(heapemu_run):\n"
+        "    r = heapemu_run('own.yaml')\n"
+        "    assert r.ok, r.failure\n"
+        "    assert r.allocator.startswith('flat:bump_')\n"
+    )
+    run(pytester).assert_outcomes(passed=2)  # x86 and x64

@@ -71,7 +71,7 @@ def test_shell_examples_run(line: str, tmp_path: Path) -> None:
 
 def test_yaml_excerpt_is_the_shipped_scenario() -> None:
     (excerpt,) = blocks("yaml")
-    shipped = (README.parent / "scenarios" / "lec04_growable_heap.yaml").read_text()
+    shipped = (README.parent / "emu" / "scenarios" / "lec04_growable_heap.yaml").read_text()
     steps = shipped[shipped.index("steps:") :]
     strip = [ln.split("#")[0].rstrip() for ln in excerpt.splitlines() if ln.strip() != "..."]
     body = [ln.split("#")[0].rstrip() for ln in steps.splitlines()]

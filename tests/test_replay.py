@@ -209,7 +209,7 @@ def test_driver_is_shared_and_top_down(proc: Process) -> None:
 def test_replay_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "t.txt"
     trace.write_text("".join(format_trace(synthetic(ops=300, seed=1))))
-    assert replay_main([str(trace), "--arch", "x86", "--json", "--warmup", "50"]) == 0
+    assert replay_main([str(trace), "--arch", "x86", "--json", "--warmup", "50", "--count"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ops"] == 300 and report["arch"] == "x86" and report["count_matches"]
     assert report["instructions_per_op"] > 50

@@ -23,7 +23,7 @@ from emu.scenario import (
 )
 from emu.scenario.run import CHECKPOINT_VIEWS
 
-SEED = Path(__file__).resolve().parent.parent / "scenarios" / "lec04_growable_heap.yaml"
+SEED = Path(__file__).resolve().parent.parent / "emu" / "scenarios" / "lec04_growable_heap.yaml"
 
 
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:

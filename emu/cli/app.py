@@ -3,7 +3,8 @@
 Subcommands live in ``COMMANDS`` (name -> Command: help, how to add its options, how to run it);
 adding ``heapemu heap`` or ``heapemu trace`` is one more entry. A command raises ``CliError``
 (or lets ScenarioError / LoaderError through) for bad input: ``main`` prints one line per problem
-and exits 2. Exit codes: 0 success, 1 a run failed, 2 bad input or an unavailable option.
+and exits 2. Exit codes: 0 success, 1 a run failed, 2 bad input or an unavailable option
+(``heapemu exec`` returns the program's own exit code; see its --help).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from emu.cli.base import EXIT_OK, CliError, Command, bad_input, one_line
+from emu import __version__
+from emu.cli.base import EXIT_OK, CliError, Command, Parser, bad_input, one_line
+from emu.cli.complete import SHELLS, completion_script
 from emu.cli.exec import EXEC_COMMAND
 from emu.cli.inspect import INSPECT_COMMANDS
 from emu.cli.replay import REPLAY_COMMAND
@@ -28,16 +31,34 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
         prog="heapemu",
         description="Run real Windows heap-allocator code on emulated x86/x64.",
-        epilog="exit codes: 0 success, 1 a run failed, 2 bad input",
+        epilog="exit codes: 0 success, 1 a run failed, 2 bad input "
+        "(heapemu exec: the program's own; see heapemu exec --help)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"heapemu {__version__}")
+    parser.add_argument(
+        "--completion",
+        choices=SHELLS,
+        help='print a shell completion script: eval "$(heapemu --completion bash)"',
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
-        command.configure(sub.add_parser(name, help=command.help, description=command.help))
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.completion:
+        sys.stdout.write(completion_script(args.completion, parser))
+        return EXIT_OK
+    if not args.command:
+        parser.error(f"name a command: {', '.join(COMMANDS)}")
     as_json = bool(getattr(args, "json", False))
     try:
         return COMMANDS[args.command].run(args)
@@ -50,3 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bad_input([one_line(str(e))], as_json)
     except FileNotFoundError as e:
         return bad_input([f"{e.filename}: no such file"], as_json)
+    except KeyboardInterrupt:
+        print("heapemu: interrupted", file=sys.stderr)
+        return 130

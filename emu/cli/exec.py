@@ -1,4 +1,14 @@
-"""``heapemu exec``: run a Windows console program through Wine's DLLs (``emu.load.program``)."""
+"""``heapemu exec``: run a Windows console program through Wine's DLLs (``emu.load.program``).
+
+heapemu's options come before the program; everything after the program is the program's own
+command line (as with valgrind): ``heapemu exec --time-limit 2 prog.exe --time-limit 5`` gives
+the program ``--time-limit 5``, and heapemu says so on stderr.
+
+Exit status: the program's own exit code (its low 8 bits) when it exits; otherwise 124 when the
+time limit expired, 125 when it crashed (an emulation fault before NtTerminateProcess), 127
+when it or a DLL it needs could not be loaded; 2 for bad input. ``--json`` says the same in
+``outcome`` ("exited", "timeout", "crashed", "dll_not_found", "not_loaded").
+"""
 
 from __future__ import annotations
 
@@ -7,17 +17,40 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from emu.cli.base import Command
+from emu.cli.base import (
+    EXIT_CRASHED,
+    EXIT_NOT_LOADED,
+    EXIT_TIMEOUT,
+    MAX_PROGRAM_BYTES,
+    CliError,
+    Command,
+    Parser,
+    bad_input,
+    one_line,
+    positive_int,
+    regular_file,
+    time_limit,
+)
 from emu.facade import load_program
-from emu.load.program import PROGRAM_DIR
-from emu.observe.events import EventRecorder
+from emu.heap.crossheap import CrossHeapFreeDetector
+from emu.load.program import PROGRAM_DIR, Program, ProgramResult
+from emu.observe.events import AllocationEvent, EventRecorder
+from emu.win.ntdefs import status_name
 
 EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
+EXEC_EPILOG = (
+    "heapemu's options go before PROGRAM; what follows PROGRAM is passed to it. Exit status: "
+    "the program's exit code; 124 time limit, 125 crashed, 127 program or DLL not loadable, "
+    "2 bad input."
+)
+DLL_NOT_FOUND = 0xC0000135  # STATUS_DLL_NOT_FOUND: Wine's loader ends the process with it
 
 
 def configure_exec(parser: argparse.ArgumentParser) -> None:
     """The options of ``heapemu exec`` (for emu.cli's COMMANDS table)."""
+    parser.epilog = EXEC_EPILOG
     parser.add_argument("program", help="a Windows console program (.exe, x86 or x64)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     parser.add_argument(
@@ -27,64 +60,198 @@ def configure_exec(parser: argparse.ArgumentParser) -> None:
         metavar="WIN=HOST",
         help="let the program read host file HOST as Windows path WIN (read-only)",
     )
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable"
+    )
     parser.add_argument("--events", action="store_true", help="print the allocation events")
+    parser.add_argument(
+        "--stacks",
+        type=positive_int,
+        metavar="N",
+        help="keep each allocation's call stack (N frames): --events and --json show it",
+    )
+    parser.add_argument(
+        "--cross-heap",
+        action="store_true",
+        help="report blocks freed through another heap than the one holding them (seed 001)",
+    )
     parser.add_argument("--json", action="store_true", help="a JSON report on stdout")
-    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds (default 300)")
+    parser.add_argument(
+        "--time-limit",
+        type=time_limit,
+        default=300.0,
+        metavar="SECONDS",
+        help="wall-clock limit (default 300; 0: none)",
+    )
 
 
 def exec_main(argv: Sequence[str] | None = None) -> int:
     """``heapemu exec [--map WIN=HOST]... [--events] [--json] PROGRAM [ARGS...]``: run a
     Windows console program; its stdout/stderr are passed through, its exit code returned."""
-    parser = argparse.ArgumentParser(prog="heapemu exec", description=EXEC_HELP)
+    parser = Parser(prog="heapemu exec", description=EXEC_HELP)
     configure_exec(parser)
-    return run_exec(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run_exec(args)
+    except CliError as e:
+        return bad_input([one_line(str(e))], args.json)
+
+
+def _pairs(items: list[str], option: str, form: str, example: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"{option} '{item}': give {form}, like {option} {example}")
+        out[name] = value
+    return out
+
+
+def _options_after_program(args: argparse.Namespace, parser_options: set[str]) -> list[str]:
+    return [a.split("=", 1)[0] for a in args.args if a.split("=", 1)[0] in parser_options]
+
+
+def _missing_dlls(program: Program, result: ProgramResult) -> list[str]:
+    """The DLLs the sandbox refused everywhere they were looked for and that never loaded."""
+    loaded = {m.name.lower() for m in program.proc.modules}
+    missing: list[str] = []
+    for name, _why in result.denied:
+        base = name.replace("/", "\\").rsplit("\\", 1)[-1]
+        key = base.lower()
+        if key.endswith(".dll") and key not in loaded and key not in map(str.lower, missing):
+            missing.append(base)
+    return missing
+
+
+def _outcome(result: ProgramResult, missing: list[str]) -> tuple[str, int]:
+    """(outcome, exit status) of a run."""
+    if result.exit_code is not None:
+        if result.exit_code == DLL_NOT_FOUND and missing:
+            return "dll_not_found", EXIT_NOT_LOADED
+        return "exited", result.exit_code & 0xFF
+    if result.error is not None and "wall-clock" in result.error.kind:
+        return "timeout", EXIT_TIMEOUT
+    return "crashed", EXIT_CRASHED
+
+
+def _event_line(ev: AllocationEvent) -> list[str]:
+    ret = "?" if ev.ret is None else hex(ev.ret)
+    pad = "  " * ev.depth
+    lines = [f"{pad}{ev.function}({ev.describe_args()}) = {ret}  <- {ev.caller}"]
+    lines += [f"{pad}    {f.symbol}" for f in ev.stack[1:]]  # [0] is the function itself
+    return lines
 
 
 def run_exec(args: argparse.Namespace) -> int:
-    """Run ``heapemu exec`` with parsed options: 2 for bad input, 1 when the program did not
-    exit, else its exit code (low 8 bits)."""
+    """Run ``heapemu exec`` with parsed options (see the module docstring for exit codes)."""
     from loader.errors import LoaderError
 
-    files = dict(item.split("=", 1) for item in args.map)
-    env = dict(item.split("=", 1) for item in args.env)
-    program_argv = [f"{PROGRAM_DIR}\\{Path(args.program).name}", *args.args]
-    try:
-        program = load_program(
-            args.program, program_argv, env, files=files, time_limit=args.time_limit
+    files = _pairs(args.map, "--map", "WIN=HOST", "'C:\\data\\in.txt=./in.txt'")
+    env = _pairs(args.env, "--env", "NAME=VALUE", "LANG=C (an empty VALUE is allowed)")
+    path = regular_file(args.program, "a Windows program", MAX_PROGRAM_BYTES)
+    for win, host in files.items():
+        regular_file(host, f"--map {win}")
+    own = {"--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit"}
+    passed = _options_after_program(args, own)
+    if passed:
+        print(
+            f"heapemu: {', '.join(passed)} after the program goes to the program; heapemu's "
+            "options go before it (heapemu exec [OPTIONS] PROGRAM [ARGS])",
+            file=sys.stderr,
         )
-    except (OSError, ValueError, LoaderError) as e:
-        print(f"heapemu: {e}", file=sys.stderr)
-        return 2
-    with EventRecorder(program.proc) as rec:
+    program_argv = [f"{PROGRAM_DIR}\\{Path(path).name}", *args.args]
+    try:
+        program = load_program(path, program_argv, env, files=files, time_limit=args.time_limit)
+    except ValueError as e:
+        raise CliError(f"{args.program}: {one_line(str(e))}") from None
+    except (OSError, LoaderError) as e:
+        message = f"{args.program}: cannot load it: {one_line(str(e))}"
+        if args.json:
+            print(json.dumps({"ok": False, "outcome": "not_loaded", "error": message}))
+        print(f"heapemu: {message}", file=sys.stderr)
+        return EXIT_NOT_LOADED
+    cross = CrossHeapFreeDetector(program.proc) if args.cross_heap else None
+    if cross is not None:
+        cross.start()
+    with EventRecorder(program.proc, stacks=args.stacks or 0) as rec:
         result = program.run()
+    if cross is not None:
+        cross.stop()
+    missing = _missing_dlls(program, result)
+    outcome, status = _outcome(result, missing)
+    problem = _problem_line(outcome, result, missing)
     if args.json:
-        report = {
-            "ok": result.ok,
-            "exit_code": result.exit_code,
-            "stdout": result.stdout.decode("utf-8", errors="replace"),
-            "stderr": result.stderr.decode("utf-8", errors="replace"),
-            "error": str(result.error) if result.error else None,
-            "denied": result.denied,
-            "events": [ev.to_json() for ev in rec.all],
-        }
-        print(json.dumps(report, indent=1))
+        print(json.dumps(_report(program, result, rec, cross, outcome, missing, problem), indent=1))
     else:
         sys.stdout.buffer.write(result.stdout)
         sys.stdout.flush()
         sys.stderr.buffer.write(result.stderr)
+        sys.stderr.flush()
         if args.events:
             for ev in rec.all:
-                ret = "?" if ev.ret is None else hex(ev.ret)
-                print(
-                    f"{'  ' * ev.depth}{ev.function}({ev.describe_args()}) = {ret}  <- {ev.caller}",
-                    file=sys.stderr,
-                )
-        if result.error:
-            print(f"heapemu: the program did not exit: {result.error}", file=sys.stderr)
-    if result.exit_code is None:
-        return 1
-    return result.exit_code & 0xFF
+                print("\n".join(_event_line(ev)), file=sys.stderr)
+        for report in cross.reports if cross is not None else []:
+            print(f"heapemu: cross-heap free: {report}", file=sys.stderr)
+        if problem:
+            print(f"heapemu: {problem}", file=sys.stderr)
+    return status
+
+
+def _problem_line(outcome: str, result: ProgramResult, missing: list[str]) -> str:
+    if outcome == "dll_not_found":
+        names = ", ".join(missing)
+        return (
+            f"{names} not found (STATUS_DLL_NOT_FOUND): not in the sandbox, which holds the "
+            f"program's folder ({PROGRAM_DIR}), Wine's DLLs and the files given with --map; "
+            f"put {'it' if len(missing) == 1 else 'them'} beside the program or map "
+            f"{'it' if len(missing) == 1 else 'each'}, like --map 'C:\\heapemu\\{missing[0]}=PATH'"
+        )
+    if outcome in ("crashed", "timeout"):
+        return f"the program did not exit: {one_line(str(result.error))}"
+    if result.exit_code is not None and result.exit_code > 0xFF:
+        return f"exit code 0x{result.exit_code:08x} ({status_name(result.exit_code)})"
+    return ""
+
+
+def _report(
+    program: Program,
+    result: ProgramResult,
+    rec: EventRecorder,
+    cross: CrossHeapFreeDetector | None,
+    outcome: str,
+    missing: list[str],
+    problem: str,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "ok": outcome == "exited",
+        "outcome": outcome,
+        "exit_code": result.exit_code,
+        "problem": problem or None,
+        "stdout": result.stdout.decode("utf-8", errors="replace"),
+        "stderr": result.stderr.decode("utf-8", errors="replace"),
+        "error": str(result.error) if result.error else None,
+        "denied": result.denied,
+        "missing_dlls": missing,
+        "modules": [
+            {"name": m.name, "base": m.base, "size": m.size, "path": m.path}
+            for m in sorted(program.proc.modules, key=lambda m: m.base)
+        ],
+        "events": [ev.to_json() for ev in rec.all],
+    }
+    if cross is not None:
+        report["cross_heap_frees"] = [
+            {
+                "block": r.block,
+                "owner": r.owner,
+                "freed_through": r.freed_through,
+                "alloc_heap": r.alloc_heap,
+                "free_stack": [f.symbol for f in r.free_stack],
+                "alloc_stack": None if r.alloc_stack is None else [f.symbol for f in r.alloc_stack],
+            }
+            for r in cross.reports
+        ]
+        report["frees_checked"] = cross.frees_checked
+    return report
 
 
 EXEC_COMMAND = Command(

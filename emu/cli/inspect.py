@@ -10,30 +10,36 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from emu.cli.base import EXIT_FAILED, EXIT_OK, CliError, Command
+from emu.cli.base import EXIT_FAILED, EXIT_OK, CliError, Command, positive_int
 from emu.heap.registry import ALLOCATOR_NAMES
+from emu.observe.events import EventRecorder
 from emu.observe.tracer import Tracer
 from emu.scenario import (
     Checkpoint,
     Observer,
+    ScenarioError,
     ScenarioRun,
-    find_scenario,
     load_scenario,
     run_scenario,
 )
 from emu.scenario.result import ScenarioResult
+from emu.scenario.schema import arch_problems
 from emu.views import (
     build_address,
     build_dt,
     build_entries,
     build_entry,
     build_summary,
+    filter_entries,
+    parse_size_range,
     render_address,
     render_dt,
     render_entries,
     render_entry,
     render_summary,
+    with_allocation,
 )
+from emu.views.entries import STATES
 
 VIEWS = ("summary", "entries", "entry", "address", "dt")
 
@@ -52,10 +58,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _scenario(args: argparse.Namespace) -> Any:
-    path = find_scenario(args.scenario)
-    if not path.exists():
-        raise CliError(f"{path}: no such scenario file (heapemu run --list shows the shipped ones)")
-    return load_scenario(path)
+    scenario = load_scenario(args.scenario)  # ScenarioError (one line each) if it is not one
+    problems = arch_problems(scenario, args.arch)
+    if problems:
+        raise ScenarioError(problems)
+    return scenario
 
 
 # ---------------------------------------------------------------------- heapemu heap
@@ -66,6 +73,11 @@ class _ViewAt(Observer):
         self.args = args
         self.output: tuple[str, dict[str, Any]] | None = None
         self.error: str | None = None
+        self.recorder: EventRecorder | None = None
+
+    def started(self, run: ScenarioRun) -> None:
+        if self.args.stacks:  # who allocated each block: the calls and their stacks
+            self.recorder = run.proc.record(stacks=self.args.stacks)
 
     def checkpoint(self, run: ScenarioRun, checkpoint: Checkpoint) -> None:
         if self.args.checkpoint == checkpoint.name:
@@ -93,11 +105,15 @@ class _ViewAt(Observer):
                 text = render_summary(v)
             elif view == "entries":
                 v = build_entries(proc, self._heap(run), allocator=a)
+                if self.args.size is not None or self.args.state is not None:
+                    v = filter_entries(v, size=self.args.size, state=self.args.state)
                 text = render_entries(v, self.args.max_entries)
             elif view == "entry":
                 if self.args.address is None:
                     raise CliError("heap entry needs the block's address: --address 0x...")
                 v = build_entry(proc, _number(self.args.address, "--address"), allocator=a)
+                if self.recorder is not None:
+                    v = with_allocation(v, self.recorder.events)
                 text = render_entry(v)
             elif view == "address":
                 v = build_address(proc, allocator=a, usage=self.args.filter)
@@ -108,6 +124,10 @@ class _ViewAt(Observer):
         except (LookupError, ValueError) as e:
             self.error = str(e).strip("'\"")
             return
+        finally:
+            if self.recorder is not None:
+                self.recorder.stop()
+                self.recorder = None
         self.output = (text, v.to_json())
 
 
@@ -123,12 +143,42 @@ def _configure_heap(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heap", help="a heap by scenario name or address (default: the last one)")
     p.add_argument("--address", help="entry: an address inside the block")
     p.add_argument("--filter", help="address: a usage to keep, e.g. Heap (like /f:Heap)")
-    p.add_argument("--max-entries", type=int, default=None, help="entries: trim long segments")
+    p.add_argument(
+        "--max-entries", type=positive_int, default=None, help="entries: trim long segments"
+    )
+    p.add_argument(
+        "--size",
+        type=_size_range,
+        metavar="SIZE[-MAX]",
+        help="entries: only blocks of this requested size, or range (like !heap -flt s SIZE)",
+    )
+    p.add_argument(
+        "--state", choices=STATES, help="entries: only busy, free or pending_free blocks"
+    )
+    p.add_argument(
+        "--stacks",
+        type=positive_int,
+        metavar="N",
+        help="entry: record allocations with N stack frames and show the block's (!heap -p -a)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _size_range(text: str) -> tuple[int, int]:
+    try:
+        return parse_size_range(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a size like 0x100 or a range like 0x100-0x200, not {text!r}"
+        ) from None
 
 
 def _run_heap(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
+    if args.stacks and args.view != "entry":
+        raise CliError("--stacks goes with heap entry (the block's allocating call stack)")
+    if (args.size is not None or args.state is not None) and args.view != "entries":
+        raise CliError("--size and --state filter heap entries")
     if args.checkpoint and args.checkpoint not in _checkpoint_names(scenario):
         raise CliError(
             f"{scenario.file or 'scenario'} has no checkpoint {args.checkpoint!r} "
@@ -185,12 +235,19 @@ def _configure_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--call", type=int, default=None, help="trace only the N-th call (1-based)")
     p.add_argument("--registers", action="store_true", help="log registers each instruction uses")
     p.add_argument("--out", help="write the trace to FILE (default: standard output)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary on stdout (needs --out FILE for the trace itself)",
+    )
 
 
 def _run_trace(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
     if args.call is not None and args.call < 1:
         raise CliError("--call counts from 1")
+    if args.json and not args.out:
+        raise CliError("--json prints a summary on stdout: write the trace with --out FILE")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise CliError(f"--out {args.out}: its directory does not exist")
     out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115
@@ -205,7 +262,19 @@ def _run_trace(args: argparse.Namespace) -> int:
     if t is not None and t.instructions == 0:
         times = f" {args.call} times" if args.call else ""
         raise CliError(f"{args.function} was not called{times}")
-    print(summary, file=sys.stderr)
+    if args.json:
+        report = {
+            "ok": result.ok,
+            "function": args.function,
+            "call": args.call,
+            "instructions": t.instructions if t else 0,
+            "blocks": t.blocks if t else 0,
+            "out": args.out,
+            "run": result.to_json(),
+        }
+        print(json.dumps(report, indent=1))
+    else:
+        print(summary, file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

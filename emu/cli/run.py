@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,14 +12,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emu.cli.base import EXIT_FAILED, EXIT_OK, CliError, Command, one_line
+from emu.cli.base import EXIT_FAILED, EXIT_OK, CliError, Command, one_line, positive_int
 from emu.errors import EmulationError
 from emu.heap.registry import ALLOCATOR_NAMES
+from emu.observe.events import AllocationEvent
 from emu.observe.export import events_table
 from emu.scenario import (
     AllocatorSpec,
     Observer,
     Scenario,
+    ScenarioError,
     ScenarioResult,
     find_scenario,
     load_scenario,
@@ -27,45 +30,29 @@ from emu.scenario import (
     shipped_scenarios,
 )
 from emu.scenario.observe import EventsObserver
-from emu.scenario.render import ProgressObserver, render_result, summary_table
+from emu.scenario.render import (
+    ProgressObserver,
+    emit,
+    output_console,
+    render_result,
+    summary_table,
+)
+from emu.scenario.schema import arch_problems
 from loader.errors import LoaderError
 
-
 # ---------------------------------------------------------------------- heapemu demo
-def demo(
-    arch: str = "x64",
-    allocator: str = "builtin",
-    console: Console | None = None,
-    out_dir: str | Path = ".",
-) -> int:
-    """Seed 002's scenario (``scenarios/lec04_growable_heap.yaml``) on an emulated heap: the
-    allocation events (consecutive identical calls folded), the heap summary like ``!heap -s``,
-    and a heap-map picture written to ``out_dir``."""
-    from emu.heap.registry import walk_heap
-    from emu.observe.events import AllocationEvent
-    from emu.views import build_summary, render_summary
-    from emu.views.heapmap import save_heap_map
+PICTURES_HINT = "pip install 'heapemu[pictures]' (matplotlib) to get the heap-map picture"
 
-    out = console or Console()
-    captured: dict[str, object] = {}
 
-    class _AtEnd(Observer):
-        def finished(self, run: Any, result: ScenarioResult) -> None:
-            heap = run.heaps[run.current_heap]
-            captured["summary"] = render_summary(build_summary(run.proc, allocator=run.allocator))
-            picture = Path(out_dir) / f"heapemu-demo-{allocator}-{arch}.png"
-            save_heap_map(walk_heap(run.proc, heap), picture, title=f"seed 002, {allocator} {arch}")
-            captured["picture"] = picture
+def pictures_available() -> bool:
+    """matplotlib is an extra (``heapemu[pictures]``): the demo runs without it."""
+    return importlib.util.find_spec("matplotlib") is not None
 
-    events = EventsObserver()
-    result = run_scenario(
-        find_scenario("lec04_growable_heap"), arch, allocator, observers=[events, _AtEnd()]
-    )
-    table = Table(title=f"allocation events: seed 002 on the {allocator} heap, {arch}")
-    for col in ("#", "call", "result", "instructions", "system calls"):
-        table.add_column(col)
-    rows: list[tuple[AllocationEvent, int, int]] = []  # first event, count, last result
-    for ev in result.events:
+
+def _fold_events(events: list[AllocationEvent]) -> list[tuple[AllocationEvent, int, int]]:
+    """(first event, count, last result): consecutive identical allocations folded."""
+    rows: list[tuple[AllocationEvent, int, int]] = []
+    for ev in events:
         same = (
             rows
             and rows[-1][0].name == ev.name
@@ -79,26 +66,87 @@ def demo(
             rows[-1] = (first, n + 1, ev.ret or 0)
         else:
             rows.append((ev, 1, ev.ret or 0))
+    return rows
+
+
+def demo(
+    arch: str = "x64",
+    allocator: str = "builtin",
+    console: Console | None = None,
+    out_dir: str | Path = ".",
+    *,
+    as_json: bool = False,
+    picture: bool = True,
+) -> int:
+    """Seed 002's scenario (``emu/scenarios/lec04_growable_heap.yaml``) on an emulated heap:
+    the allocation events (consecutive identical calls folded), the heap summary like
+    ``!heap -s``, and a heap-map picture written to ``out_dir`` (when matplotlib, the
+    ``pictures`` extra, is installed)."""
+    from emu.heap.registry import walk_heap
+    from emu.views import build_summary, render_summary
+
+    out = console or output_console()
+    draw = picture and pictures_available()
+    captured: dict[str, Any] = {}
+
+    class _AtEnd(Observer):
+        def finished(self, run: Any, result: ScenarioResult) -> None:
+            heap = run.heaps[run.current_heap]
+            view = build_summary(run.proc, allocator=run.allocator)
+            captured["summary"], captured["summary_json"] = render_summary(view), view.to_json()
+            if draw:
+                from emu.views.heapmap import save_heap_map
+
+                path = Path(out_dir) / f"heapemu-demo-{allocator}-{arch}.png"
+                title = f"seed 002, {allocator} {arch}"
+                save_heap_map(walk_heap(run.proc, heap), path, title=title)
+                captured["picture"] = path
+
+    events = EventsObserver()
+    result = run_scenario(
+        find_scenario("lec04_growable_heap"), arch, allocator, observers=[events, _AtEnd()]
+    )
+    rows = _fold_events(result.events)
+    if as_json:
+        report = {
+            "ok": result.ok,
+            "arch": arch,
+            "allocator": allocator,
+            "events": [ev.to_json() for ev in result.events],
+            "summary": captured.get("summary_json"),
+            "picture": str(captured["picture"]) if "picture" in captured else None,
+        }
+        print(json.dumps(report, indent=1))
+        return EXIT_OK if result.ok else EXIT_FAILED
+    table = Table(
+        title=f"allocation events: seed 002 on the {allocator} heap, {arch}", title_justify="left"
+    )
+    for col in ("#", "call", "result", "instructions", "system calls"):
+        table.add_column(col)
     for first, n, last in rows:
         call = f"{first.name}({first.describe_args()})" + (f" x{n}" if n > 1 else "")
         value = f"0x{first.ret or 0:x}" + (f" .. 0x{last:x}" if n > 1 else "")
         calls = ", ".join(r.name for r in first.syscalls)
         table.add_row(str(first.seq), call, value, str(first.instructions), calls)
-    out.print(table)
-    out.print(str(captured.get("summary", "")), soft_wrap=True, highlight=False)
+    emit(out, table)
+    out.print(str(captured.get("summary", "")), soft_wrap=True, highlight=False, markup=False)
     if "picture" in captured:
-        out.print(f"heap map written to {captured['picture']}")
+        out.print(f"heap map written to {captured['picture']}", highlight=False, markup=False)
+    elif picture:
+        out.print(f"no heap map: {PICTURES_HINT}", highlight=False, markup=False)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
     p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--no-picture", action="store_true", help="do not write the heap-map picture")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     try:
-        return demo(args.arch, args.allocator)
+        return demo(args.arch, args.allocator, as_json=args.json, picture=not args.no_picture)
     except EmulationError as e:
         print(f"heapemu: emulation failed: {one_line(str(e))}", file=sys.stderr)
         return EXIT_FAILED
@@ -125,6 +173,12 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         help="check every allocator call's calling convention; violations fail the run",
     )
     p.add_argument(
+        "--stacks",
+        type=positive_int,
+        metavar="N",
+        help="keep each allocator call's stack (N frames) in the events (--trace, --json)",
+    )
+    p.add_argument(
         "--gdb",
         metavar="PORT",
         help="stop at the first step and wait for gdb on 127.0.0.1:PORT (one arch, one allocator)",
@@ -133,7 +187,7 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def _events_observer(args: argparse.Namespace, runs: int) -> EventsObserver | None:
-    if not (args.trace or args.perfetto or args.check_conventions):
+    if not (args.trace or args.perfetto or args.check_conventions or args.stacks):
         return None
     for flag, path in (("--trace", args.trace), ("--perfetto", args.perfetto)):
         if path and not Path(path).resolve().parent.is_dir():
@@ -143,6 +197,7 @@ def _events_observer(args: argparse.Namespace, runs: int) -> EventsObserver | No
         perfetto=args.perfetto,
         check_conventions=args.check_conventions,
         runs=runs,
+        stacks=args.stacks or 0,
     )
 
 
@@ -157,6 +212,11 @@ def _matrix(args: argparse.Namespace, scenario: Scenario) -> list[tuple[str, All
     runs = scenario_matrix(scenario, args.arch, args.allocator)
     if args.wine_debug and not any(spec.kind == "wine" for _, spec in runs):
         raise CliError("--wine-debug needs the wine allocator: add --allocator wine")
+    problems = [
+        p for arch in dict.fromkeys(a for a, _ in runs) for p in arch_problems(scenario, arch)
+    ]
+    if problems:  # before any run starts
+        raise ScenarioError(problems)
     return runs
 
 
@@ -179,26 +239,20 @@ def _gdb_stub(port_text: str, runs: list[tuple[str, AllocatorSpec]]) -> Observer
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    out = Console()
+    out = output_console()
     if args.list:
         for path in shipped_scenarios():
-            out.print(f"{path.stem:32} {path}")
+            print(f"{path.stem:32} {path}")
         return EXIT_OK
     if not args.scenario:
         raise CliError("name a scenario file (or a shipped scenario: heapemu run --list)")
-    path = find_scenario(args.scenario)
-    if not path.exists():
-        raise CliError(
-            f"{path}: no such scenario file; give a path or a shipped scenario's name "
-            "(heapemu run --list)"
-        )
-    scenario = load_scenario(path)
+    scenario = load_scenario(args.scenario)
     runs = _matrix(args, scenario)
     watcher = _events_observer(args, len(runs))
     observers: list[Observer] = [watcher] if watcher else []
     if args.gdb is not None:
         observers.append(_gdb_stub(args.gdb, runs))
-    progress = ProgressObserver(Console(stderr=True))
+    progress = ProgressObserver(output_console(stderr=True))
     results: list[ScenarioResult] = []
     try:
         for arch, spec in runs:
@@ -233,9 +287,9 @@ def _run_run(args: argparse.Namespace) -> int:
         for r in results:
             render_result(out, r)
             if r.events and (args.trace or args.perfetto or args.check_conventions):
-                out.print(events_table(r.events, f"allocation events ({r.arch} {r.allocator})"))
+                emit(out, events_table(r.events, f"allocation events ({r.arch} {r.allocator})"))
         if len(results) > 1:
-            out.print(summary_table(results))
+            emit(out, summary_table(results))
         if watcher:
             for path in watcher.written:
                 out.print(f"wrote {path}")

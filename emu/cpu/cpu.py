@@ -310,6 +310,40 @@ class Cpu:
     def snapshot_registers(self) -> dict[str, int]:
         return {n: self.reg(n) for n in self.arch.gprs}
 
+    # ------------------------------------------------------------------ whole-CPU context
+    def save_context(self) -> object:
+        """The CPU's whole state as Unicorn keeps it (every register, flags, segment
+        descriptors and bases, FPU/SSE, MSRs), for ``restore_context``; memory is not in it."""
+        return self.uc.context_save()
+
+    def restore_context(self, context: object) -> None:
+        """Put back a state from ``save_context`` (not during a run)."""
+        self.uc.context_restore(context)
+
+    def save_memory(self) -> list[tuple[int, int, int, bytes]]:
+        """Every mapping as (address, size, Unicorn permissions, contents): what
+        ``restore_memory`` puts back."""
+        out = []
+        for begin, end, perms in self.uc.mem_regions():
+            size = end - begin + 1
+            out.append((begin, size, perms, bytes(self.uc.mem_read(begin, size))))
+        return out
+
+    def restore_memory(self, image: list[tuple[int, int, int, bytes]]) -> None:
+        """Make the mappings and their contents those of a ``save_memory`` image: a mapping
+        that differs is unmapped (or mapped), every byte is written, translated code dropped."""
+        uc = self.uc
+        want = {(a, s, p) for a, s, p, _ in image}
+        for begin, end, perms in list(uc.mem_regions()):
+            if (begin, end - begin + 1, perms) not in want:
+                uc.mem_unmap(begin, end - begin + 1)
+        have = {(b, e - b + 1, p) for b, e, p in uc.mem_regions()}
+        for addr, size, perms, data in image:
+            if (addr, size, perms) not in have:
+                uc.mem_map(addr, size, perms)
+            uc.mem_write(addr, data)
+        self.flush_translations()
+
     # ------------------------------------------------------------------ running
     def run(
         self, begin: int, until: int, *, count: int = 0, time_limit: float | None = None
@@ -458,6 +492,19 @@ class Cpu:
         handle = int(self.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, on_write, None, begin, end))
         # Unicorn instruments hooks when it translates code: blocks translated before this hook
         # existed would never call it, so translation starts over
+        self.flush_translations()
+        return handle
+
+    def hook_mem_read(self, fn: MemWriteHook, begin: int = 1, end: int = 0) -> int:
+        """``fn(address, size, 0)`` on every read from [begin, end] (as ``hook_mem_write``: slow,
+        keep it only while it is needed)."""
+
+        def on_read(
+            uc: unicorn.Uc, access: int, address: int, size: int, value: int, _: object
+        ) -> None:
+            fn(address, size, 0)
+
+        handle = int(self.uc.hook_add(unicorn.UC_HOOK_MEM_READ, on_read, None, begin, end))
         self.flush_translations()
         return handle
 

@@ -15,9 +15,6 @@ from emu.process.core import ProcessCore
 from emu.win.layouts import Field, Struct
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
-    MEM_COMMIT,
-    MEM_RESERVE,
-    PAGE_READWRITE,
     NtStatus,
     heap_flag_names,
 )
@@ -110,18 +107,14 @@ class Allocator:
             raise KeyError(f"{module.name} does not export {', '.join(missing)}")
         self.entry = {n: module.exports[n] for n in ENTRY_POINTS + OPTIONAL_ENTRY_POINTS
                       if n in module.exports}  # fmt: skip
-        self._scratch = 0
 
     def _call(self, name: str, *args: int) -> int:
         return self.proc.call(self.entry[name], *args)
 
     def scratch(self) -> int:
-        """A page of our own in the process for out-parameters (walk entries, heap arrays)."""
-        if not self._scratch:
-            self._scratch, _ = self.proc.memory.allocate(
-                0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, usage="heapemu scratch"
-            )
-        return self._scratch
+        """heapemu's page for out-parameters (walk entries, heap arrays): ``proc.scratch``, in
+        heapemu's own reservation, so walking a heap never takes address space."""
+        return self.proc.scratch
 
     # ------------------------------------------------------------------ the Rtl* API
     def create_heap(

@@ -163,6 +163,3 @@ class CrossHeapFreeDetector:
                 alloc_heap=allocation[0].args.get("HeapHandle") if allocation else None,
             )
         )
-
-
-# ---------------------------------------------------------------------------------- heapemu exec

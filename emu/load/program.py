@@ -14,6 +14,7 @@ NtTerminateProcess.
 The program sees one drive::
 
     C:\\heapemu\\<program>.exe        the program (its directory is the current directory)
+    C:\\heapemu\\*.dll                the DLLs beside it on the host (listed once, by name)
     C:\\windows\\system32\\*.dll, *.nls  Wine's DLL directory and locale files
     <whatever files= maps>           e.g. {"C:\\heapemu\\alloc.dll": "build/alloc.dll"}
 
@@ -406,6 +407,8 @@ def load_program(
     namespace.add_file(windows_path, path)
     dll_dir = find_wine_dir(arch, wine_dir)
     nls = find_nls_dir(nls_dir)
+    # DLLs beside the program are found first, as Windows' search order finds them
+    namespace.add_directory_files(PROGRAM_DIR, path.parent, "*.dll")
     namespace.add_directory_files(SYSTEM_DIR, dll_dir, "*.dll")
     namespace.add_directory_files(SYSTEM_DIR, nls, "*.nls")
     for windows, host in (files or {}).items():

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from emu.arch import Arch
 from emu.nt.kernel import SyscallRecord
+from emu.observe.stackwalk import Frame, StackWalker
 from emu.win.conventions import get_convention
 from emu.win.ntdefs import MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE
 from emu.win.prototypes import DEFAULT_WATCHED, Prototype, prototype_for
@@ -52,6 +53,7 @@ class AllocationEvent:
     syscall_times: list[int] = field(default_factory=list)  # instruction clock at each
     children: list[AllocationEvent] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    stack: list[Frame] = field(default_factory=list)  # the allocating call stack (stacks=N)
     finished: bool = False
     prototype: Prototype | None = field(default=None, repr=False)
     _saved: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -125,6 +127,7 @@ class AllocationEvent:
             "released": self.released,
             "violations": self.violations,
             "children": [c.seq for c in self.children],
+            "stack": [{"pc": f.pc, "symbol": f.symbol} for f in self.stack],
         }
 
 
@@ -139,15 +142,27 @@ class EventRecorder:
         check_conventions: bool = False,
         cdecl: Iterable[str] = (),
         argc: dict[str, int] | None = None,
+        stacks: int = 0,
     ):
         self.proc = proc
         self.check_conventions = check_conventions
         self.cdecl = {c.split("!")[-1] for c in cdecl}  # x86 functions whose caller pops
         self.watched: dict[int, tuple[str, Prototype]] = {}
+        self.stacks = stacks  # frames of the call stack kept per event (0: none)
+        self._walker = StackWalker(proc) if stacks > 0 else None
+        counts, used = dict(argc or {}), set[str]()
         for target in self._targets(functions):
             addr = proc.resolve(target) if isinstance(target, str) else int(target)
             name = proc.symbolize(addr)
-            self.watched[addr] = (name, prototype_for(name, (argc or {}).get(name.split("!")[-1])))
+            n = _argc_for(counts, used, name, target)
+            self.watched[addr] = (name, prototype_for(name, n))
+        unknown = [k for k in counts if k not in used]
+        if unknown:  # a key that names nothing watched would be silently ignored
+            watched = ", ".join(sorted(n for n, _ in self.watched.values()))
+            raise ValueError(
+                f"argc: {', '.join(map(repr, unknown))} is not a watched function "
+                f"(watched: {watched}; write 'Function' or 'module!Function')"
+            )
         self.events: list[AllocationEvent] = []  # top-level events
         self.all: list[AllocationEvent] = []  # every event, in call order
         self.violations: list[tuple[AllocationEvent, str]] = []
@@ -269,6 +284,8 @@ class EventRecorder:
             prototype=proto,
         )
         ev._saved["blocks"] = self.blocks
+        if self._walker is not None:
+            ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
             self._save_state(ev, frame)
         (parent.children if parent else self.events).append(ev)
@@ -407,6 +424,23 @@ class EventRecorder:
                     f"(`ret {4 * len(ev.args)}`), off by {sp - expected:+d}"
                 )
         return problems
+
+
+def _argc_for(counts: dict[str, int], used: set[str], name: str, target: str | int) -> int | None:
+    """The argument count given for a watched function under any of its spellings
+    (``RtlAllocateHeap``, ``ntdll!RtlAllocateHeap``, ``ntdll.dll!RtlAllocateHeap``, the name it
+    was asked by), case-insensitively; the keys that matched go into ``used``."""
+    short = name.split("!")[-1]
+    spellings = {name, short, str(target)}
+    if "!" in name:
+        spellings.add(f"{name.split('!')[0].split('.')[0]}!{short}")
+    spellings = {k.lower() for k in spellings}
+    found = None
+    for key, value in counts.items():
+        if key.lower() in spellings:
+            found = value
+            used.add(key)
+    return found
 
 
 def _df_set(raw: bytes, arch: Arch) -> bool:

@@ -261,8 +261,13 @@ class StackWalker:
         return method
 
     # ------------------------------------------------------------------ the walk
-    def walk(self, pc: int | None = None, regs: dict[str, int] | None = None) -> list[Frame]:
+    def walk(
+        self, pc: int | None = None, regs: dict[str, int] | None = None, max_frames: int = 0
+    ) -> list[Frame]:
+        """The frames from ``pc`` (default: the CPU's) outward, at most ``max_frames``
+        (default ``MAX_FRAMES``)."""
         proc, arch = self.proc, self.arch
+        limit = min(max_frames, MAX_FRAMES) if max_frames > 0 else MAX_FRAMES
         cpu = proc.cpu
         names = _X64_REGS if arch.ptr_size == 8 else ("ebx", "esp", "ebp", "esi", "edi")
         regs = dict(regs) if regs else {r: cpu.reg(r) for r in names}
@@ -270,7 +275,7 @@ class StackWalker:
         frames: list[Frame] = []
         sp_name = arch.sp
         stack = proc.thread_stack
-        while len(frames) < MAX_FRAMES:
+        while len(frames) < limit:
             sp = regs[sp_name]
             if pc == proc.call_gate.return_address or not stack.base <= sp < stack.top:
                 break

@@ -19,6 +19,7 @@ from emu.cpu.cpu import Cpu, CpuError
 from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
 from emu.process.ldr import LoaderData
+from emu.process.snapshot import Snapshot, restore_snapshot, take_snapshot
 from emu.win.conventions import Convention, get_convention
 from emu.win.layouts import PEB, TEB
 
@@ -53,9 +54,13 @@ MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session sho
 PEB_REGION_SIZE = 0x4000
 TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
 
-# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook)
-_TRAP_CODE, _CALLBACKS = 0x100, 0x800
+# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook),
+# and heapemu's scratch page (out-parameters of the calls heapemu makes for itself). All of it is
+# one reservation made before any allocator loads: nothing heapemu does later for itself takes
+# address space an allocator could get.
+_TRAP_CODE, _CALLBACKS, _SCRATCH, _TRAP_REGION = 0x100, 0x800, 0xF000, 0x10000
 _CALLBACK_STUB = 16  # bytes per Python-callback stub
+MAX_CALLBACKS = (_SCRATCH - _CALLBACKS) // _CALLBACK_STUB
 
 
 @dataclass
@@ -160,7 +165,7 @@ class ProcessCore:
         # Python; it is executable user memory, so code can return and jump into it
         self.trap_base, _ = mem.allocate(
             0,
-            0x10000,
+            _TRAP_REGION,
             MEM_RESERVE | MEM_TOP_DOWN,
             PAGE_EXECUTE_READ,
             usage="heapemu traps",
@@ -168,6 +173,10 @@ class ProcessCore:
         )
         mem.allocate(self.trap_base, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
         self.cpu.write(self.trap_base, b"\xcc" * PAGE_SIZE)
+        # a page for the out-parameters of heapemu's own calls (RtlWalkHeap's entry,
+        # RtlGetProcessHeaps' array): committed now, so looking never maps anything
+        self.scratch = self.trap_base + _SCRATCH
+        mem.allocate(self.scratch, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE)
         self._trap_committed = PAGE_SIZE
         self._trap_code_next = self.trap_base + _TRAP_CODE
         self._trap_next = self.trap_base + _CALLBACKS
@@ -219,7 +228,7 @@ class ProcessCore:
         else:
             cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
         # one address-ranged hook for all Python callbacks: costs nothing elsewhere
-        cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + 0x10000 - 1)
+        cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + _SCRATCH - 1)
 
     # ------------------------------------------------------------------ memory access
     def read(self, addr: int, size: int) -> bytes:
@@ -328,6 +337,14 @@ class ProcessCore:
                     "change registers/memory or use ctx.skip() instead",
                 )
             )
+        mask = self.arch.ptr_mask
+        if args and (max(args) > mask or min(args) < ~(mask >> 1)):
+            # the register or stack slot would silently keep only the low bits (issue 20, D8)
+            bad = next(a for a in args if a > mask or a < ~(mask >> 1))
+            raise ValueError(
+                f"argument {args.index(bad) + 1} of the call to {target!r} is {bad:#x}: it does "
+                f"not fit a {8 * self.arch.ptr_size}-bit register or stack slot ({self.arch.name})"
+            )
         addr = self.resolve(target) if isinstance(target, str) else target
         conv = self._conventions.get(convention) or get_convention(self.arch, convention)
         gate = self.call_gate
@@ -399,8 +416,8 @@ class ProcessCore:
         returns ``fn``'s result in rax/eax. Exceptions raised by ``fn`` stop emulation and
         propagate out of ``proc.call``."""
         addr = self._trap_next
-        if addr + _CALLBACK_STUB > self.trap_base + 0x10000:
-            raise EmulationError(Fault("too many Python callbacks (3,968 maximum)"))
+        if addr + _CALLBACK_STUB > self.trap_base + _SCRATCH:
+            raise EmulationError(Fault(f"too many Python callbacks ({MAX_CALLBACKS:,} maximum)"))
         while addr + _CALLBACK_STUB > self.trap_base + self._trap_committed:
             page = self.trap_base + self._trap_committed
             self.memory.allocate(page, PAGE_SIZE, MEM_COMMIT, PAGE_EXECUTE_READ)
@@ -515,6 +532,16 @@ class ProcessCore:
             status=NtStatus.GUARD_PAGE_VIOLATION,
         )
         return False
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> Snapshot:
+        """The whole process now: registers, memory, handles, heaps (``emu.process.snapshot``);
+        ``proc.restore(snapshot)`` puts it back, as often as wanted. Between calls only."""
+        return take_snapshot(self)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the process back as ``snapshot`` saw it (observers stay as they are)."""
+        restore_snapshot(self, snapshot)
 
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:

@@ -2,7 +2,7 @@
 architecture and allocator, with checkpoints (``heapemu run``; issue 8).
 
     from emu.scenario import run_scenario
-    result = run_scenario("scenarios/lec04_growable_heap.yaml", "x64", "builtin")
+    result = run_scenario("lec04_growable_heap", "x64", "builtin")  # or a file's path
     result.ok, result.names["a"][16], result.checkpoint("after_frees").heaps[0].counts()
 
 The format is described in ``scenario_schema``'s docstring. Modules: ``scenario_yaml`` (YAML
@@ -12,8 +12,6 @@ and ``scenario_ops`` (checking), ``scenario_run`` (running, Observer, checkpoint
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from emu.scenario.model import OPS, AllocatorSpec, Ref, Scenario, Step
 from emu.scenario.result import (
@@ -34,6 +32,7 @@ from emu.scenario.run import (
     scenario_matrix,
 )
 from emu.scenario.schema import load_scenario, parse_scenario
+from emu.scenario.shipped import find_scenario, no_such_scenario, shipped_scenarios
 from emu.scenario.yamlfile import Problem, ScenarioError, load_text
 
 __all__ = [
@@ -57,28 +56,10 @@ __all__ = [
     "find_scenario",
     "load_scenario",
     "load_text",
+    "no_such_scenario",
     "parse_scenario",
     "register_checkpoint_view",
     "run_scenario",
     "scenario_matrix",
     "shipped_scenarios",
 ]
-
-# the repository's scenarios/ (a checkout or an editable install)
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
-
-
-def shipped_scenarios() -> list[Path]:
-    """The scenarios that come with heapemu."""
-    return sorted(SCENARIO_DIR.glob("*.yaml")) if SCENARIO_DIR.is_dir() else []
-
-
-def find_scenario(name: str | Path) -> Path:
-    """A file as given, else a shipped scenario of that name (``lec04_growable_heap``)."""
-    path = Path(name)
-    if path.exists() or path.suffix or len(path.parts) > 1:
-        return path
-    for candidate in shipped_scenarios():
-        if candidate.stem == str(name):
-            return candidate
-    return path

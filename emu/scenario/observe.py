@@ -30,8 +30,10 @@ class EventsObserver(Observer):
         perfetto: str | None = None,
         check_conventions: bool = False,
         runs: int = 1,
+        stacks: int = 0,
     ):
         self.jsonl = jsonl
+        self.stacks = stacks
         self.perfetto = perfetto
         self.check_conventions = check_conventions
         self.many = runs > 1
@@ -40,7 +42,9 @@ class EventsObserver(Observer):
         self.written: list[Path] = []
 
     def started(self, run: ScenarioRun) -> None:
-        self._recorder = run.proc.record(check_conventions=self.check_conventions)
+        self._recorder = run.proc.record(
+            check_conventions=self.check_conventions, stacks=self.stacks
+        )
 
     def finished(self, run: ScenarioRun, result: ScenarioResult) -> None:
         rec = self._recorder

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from emu.scenario.schema import Checker
 
 MAX_BYTES = 0x1000000  # 16 MiB: what one read/write step may move (results are kept)
+MAX_COUNT = 100_000  # blocks one alloc step may make (each is a call and a kept result)
 
 
 def _check_create_heap(c: Checker, s: Step, value: Any, line: int | None) -> str:
@@ -35,7 +36,9 @@ def _check_alloc(c: Checker, s: Step, value: Any, line: int | None) -> str:
     if isinstance(value, dict):
         m = c.mapping(value, line, "alloc", ("size", "count", "flags"), ("size",)) or {}
         size = c.integer(*m["size"], "size") if "size" in m else None
-        count = c.integer(*m["count"], "count", minimum=1) if "count" in m else None
+        count = (
+            c.integer(*m["count"], "count", minimum=1, maximum=MAX_COUNT) if "count" in m else None
+        )
         flags = c.flags(*m["flags"]) if "flags" in m else 0
     else:
         size, count, flags = c.integer(value, line, "alloc size"), None, 0

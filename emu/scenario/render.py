@@ -1,12 +1,20 @@
 """Scenario results on a terminal (rich): a table of steps, the checkpoints, the failure, and a
-progress bar for runs that take more than a second."""
+progress bar for runs that take more than a second.
+
+Tables never wrap into unreadable cells: ``emit`` prints a table that is wider than the
+terminal as one line per row (``table_lines``); on a pipe or file the console is wide
+(``output_console``), so lines run long and ``grep`` finds whole rows.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Sequence
+from typing import Any, TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -19,6 +27,54 @@ from emu.scenario.run import Observer, ScenarioRun
 from emu.win.ntdefs import MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE
 
 MAX_SYSCALL_KINDS = 4  # per step; the JSON output has them all
+PIPE_WIDTH = 4096  # a console on a pipe or file: lines run long instead of wrapping
+
+
+def output_console(stderr: bool = False, file: TextIO | None = None) -> Console:
+    """A console for heapemu's output: a terminal's own width, or PIPE_WIDTH columns when the
+    output is a pipe or a file (rich would otherwise assume 80 and wrap every table)."""
+    stream = file or (sys.stderr if stderr else sys.stdout)
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if tty:
+        return Console(file=stream, stderr=stderr)
+    columns = os.environ.get("COLUMNS", "")
+    width = max(PIPE_WIDTH, int(columns) if columns.isdigit() else 0)
+    return Console(file=stream, stderr=stderr, width=width, force_terminal=False)
+
+
+def _cell_text(cell: Any) -> str:
+    if isinstance(cell, Text):
+        return cell.plain
+    if isinstance(cell, str):
+        return Text.from_markup(cell).plain
+    return str(cell)
+
+
+def table_lines(table: Table) -> list[str]:
+    """One line per row (the title first, cells separated by two spaces, multi-line cells
+    joined with '; '): what a table becomes where it would not fit."""
+    lines = [_cell_text(table.title)] if table.title else []
+    columns = table.columns
+    for i in range(table.row_count):
+        cells = []
+        for col in columns:
+            text = _cell_text(list(col.cells)[i]).replace("\n", "; ").strip()
+            cells.append(text)
+        lines.append("  ".join(c for c in cells if c))
+    return lines
+
+
+def emit(console: Console, item: RenderableType) -> None:
+    """Print ``item``; a table wider than the console becomes one line per row."""
+    wide = console.options.update(max_width=PIPE_WIDTH * 4)
+    if isinstance(item, Table) and console.measure(item, options=wide).maximum > console.width:
+        for line in table_lines(item):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
+    else:
+        console.print(item)
 
 
 def syscall_summary(r: SyscallRecord) -> str:
@@ -151,16 +207,20 @@ def status_line(result: ScenarioResult) -> Text:
 
 
 def render_result(console: Console, result: ScenarioResult) -> None:
-    console.print(steps_table(result, notes=console.width >= NOTES_WIDTH))
+    emit(console, steps_table(result, notes=console.width >= NOTES_WIDTH))
     cps = checkpoints_table(result)
     if cps is not None:
-        console.print(cps)
+        emit(console, cps)
     f = result.failure
     if f is not None and f.error and "\n" in f.error:  # a fault's registers and context
         title = f"step {f.step.index}: {f.step.label}"
-        console.print(Panel(Text(f.error), title=title, title_align="left", border_style="red"))
+        console.print(
+            Panel(Text(f.error), title=title, title_align="left", border_style="red", expand=False)
+        )
     if result.debug_output:
-        console.print(Panel(debug_lines(result), title="Wine debug output", title_align="left"))
+        console.print(
+            Panel(debug_lines(result), title="Wine debug output", title_align="left", expand=False)
+        )
     console.print(status_line(result))
 
 

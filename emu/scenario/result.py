@@ -80,12 +80,15 @@ def fault_json(e: EmulationError) -> dict[str, Any]:
 
 @dataclass
 class HeapSnapshot:
-    """One heap at a checkpoint: what RtlWalkHeap reported."""
+    """One heap at a checkpoint: what RtlWalkHeap reported, and the corruptions heapemu's
+    walker of that allocator found (the same verdict for every allocator: a heap whose own
+    RtlWalkHeap does not notice an overwritten header still fails the checkpoint)."""
 
     name: str
     handle: int
     entries: list[HeapWalkEntry]
     error: str | None = None
+    corruptions: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {"busy": 0, "free": 0, "region": 0, "uncommitted": 0}
@@ -102,6 +105,7 @@ class HeapSnapshot:
             "counts": self.counts(),
             "entries": [e.to_json() for e in self.entries],
             "error": self.error,
+            "corruptions": list(self.corruptions),
         }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from emu.errors import EmulationError, NtStatusError
 from emu.facade import Process
 from emu.heap.allocator import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS, Allocator, HeapError
-from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS, walk_heap
 from emu.modules import Module
 from emu.nt.memory import RESERVED
 from emu.scenario.model import ANY, MODULE_KINDS, PROCESS_HEAP, AllocatorSpec, Ref, Scenario, Step
@@ -38,7 +38,7 @@ from emu.scenario.result import (
     fault_json,
     fmt_value,
 )
-from emu.scenario.schema import load_scenario
+from emu.scenario.schema import arch_problems, load_scenario
 from emu.scenario.yamlfile import Problem, ScenarioError
 from emu.win.layouts import PEB
 from emu.win.ntdefs import MEM_TYPE_NAMES, PAGE_GUARD, protection_name
@@ -229,6 +229,11 @@ def _do_step(run: ScenarioRun, step: Step) -> Any:
     if step.op == "checkpoint":
         cp = take_checkpoint(run, args["name"], step.index)
         run.checkpoints.append(cp)
+        for snap in cp.heaps:  # corruption first: what an allocator's own walk says varies
+            if snap.corruptions:
+                n = len(snap.corruptions)
+                more = f" (and {n - 1} more)" if n > 1 else ""
+                raise _ResultError(f"heap {snap.name} is corrupt: {snap.corruptions[0]}{more}")
         bad = [h for h in cp.heaps if h.error]
         if bad:
             raise _ResultError(f"RtlWalkHeap({bad[0].name}) failed: {bad[0].error}", None)
@@ -286,9 +291,16 @@ def take_checkpoint(run: ScenarioRun, name: str, step: int) -> Checkpoint:
     heaps = []
     for heap_name, handle in run.heaps.items():
         try:
-            heaps.append(HeapSnapshot(heap_name, handle, run.allocator.walk(handle)))
+            snapshot = HeapSnapshot(heap_name, handle, run.allocator.walk(handle))
         except STEP_ERRORS as e:
-            heaps.append(HeapSnapshot(heap_name, handle, [], str(e)))
+            snapshot = HeapSnapshot(heap_name, handle, [], str(e))
+        if run.spec.kind in ALLOCATORS:  # a registry allocator has a walker: ask it too
+            try:
+                report = walk_heap(run.proc, handle, run.spec.kind)
+                snapshot.corruptions = [str(c) for c in report.corruptions]
+            except STEP_ERRORS as e:
+                snapshot.corruptions = [f"the heap header cannot be read: {e}"]
+        heaps.append(snapshot)
     cp = Checkpoint(name, step, heaps, memory_regions(run.proc), len(run.proc.syscalls))
     for view, capture in CHECKPOINT_VIEWS.items():
         cp.views[view] = capture(run)
@@ -368,6 +380,9 @@ def run_scenario(
         )
     if wine_debug and "debug_channels" not in getattr(ALLOCATORS.get(spec.kind), "options", ()):
         raise ValueError("Wine debug channels need the wine allocator (--allocator wine)")
+    problems = arch_problems(sc, arch)
+    if problems:
+        raise ScenarioError(problems)
     start = time.perf_counter()
     proc = Process(arch, time_limit=time_limit)
     run = ScenarioRun(sc, arch, spec, proc)

@@ -39,6 +39,7 @@ import contextlib
 import difflib
 import json
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,13 @@ from emu.scenario.model import (
     what_is,
 )
 from emu.scenario.ops import OP_CHECKS
-from emu.scenario.yamlfile import Problem, ScenarioError, load_text
+from emu.scenario.shipped import find_scenario, no_such_scenario
+from emu.scenario.yamlfile import MAX_INT_DIGITS, Problem, ScenarioError, load_text
 from emu.win.ntdefs import HEAP_FLAG_NAMES
+
+U64_MAX, U32_MAX = (1 << 64) - 1, (1 << 32) - 1
+# step arguments passed as SIZE_T / pointers: on x86 they must fit in 32 bits
+POINTER_SIZED_ARGS = ("size", "reserve", "commit", "offset")
 
 
 # ---------------------------------------------------------------------- the checker
@@ -80,8 +86,18 @@ class Checker:
         self.problems.append(Problem(self.file, line, self.where + message))
 
     # -------------------------------------------------------------- scalars
-    def integer(self, value: Any, line: int | None, what: str, *, minimum: int = 0) -> int | None:
-        if isinstance(value, str):
+    def integer(
+        self,
+        value: Any,
+        line: int | None,
+        what: str,
+        *,
+        minimum: int = 0,
+        maximum: int = U64_MAX,
+    ) -> int | None:
+        """An integer in [minimum, maximum]: 64 bits at most, as no argument of the Rtl* API is
+        wider (``arch_problems`` narrows SIZE_T values to 32 bits for x86 runs)."""
+        if isinstance(value, str) and len(value) <= MAX_INT_DIGITS:
             with contextlib.suppress(ValueError):
                 value = int(value.replace("_", ""), 0)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -90,13 +106,17 @@ class Checker:
         if value < minimum:
             self.err(line, f"{what} must be at least {minimum}, not {value}")
             return None
+        if value > maximum:
+            show = (lambda v: f"{v:,}") if what == "count" else hex
+            self.err(line, f"{what} {show(value)} is too large: at most {show(maximum)}")
+            return None
         return value
 
     def flags(self, value: Any, line: int | None) -> int | None:
         if value is None:
             return 0
         if isinstance(value, int) and not isinstance(value, bool):
-            return self.integer(value, line, "flags")
+            return self.integer(value, line, "flags", maximum=U32_MAX)
         items: list[Any]
         if isinstance(value, str):
             items = [s for s in re.split(r"[|,\s]+", value) if s]
@@ -113,14 +133,20 @@ class Checker:
         out = 0
         for item in items:
             if isinstance(item, int) and not isinstance(item, bool):
+                if self.integer(item, line, "flags", maximum=U32_MAX) is None:
+                    return None
                 out |= item
                 continue
             text = str(item).strip()
             try:
-                out |= int(text, 0)
-                continue
+                number = int(text, 0) if len(text) <= MAX_INT_DIGITS else None
             except ValueError:
-                pass
+                number = None
+            if number is not None:
+                if self.integer(number, line, "flags", maximum=U32_MAX) is None:
+                    return None
+                out |= number
+                continue
             key = text.upper()
             key = key if key.startswith("HEAP_") else "HEAP_" + key
             if key not in by_name:
@@ -469,6 +495,30 @@ class Checker:
         return {str(k): (v, lines.get(k, line)) for k, v in value.items()} if ok else None
 
 
+def arch_problems(scenario: Scenario, arch: str) -> list[Problem]:
+    """What does not fit ``arch``'s registers: on x86 a size, reserve, commit or offset (or an
+    expected address or size) above 0xffffffff, which the CPU would silently truncate (issue
+    20, D8). Checked for every run asked for before any runs."""
+    if arch != "x86":
+        return []
+    problems = []
+    for step in scenario.steps:
+        values = [(k, step.args.get(k)) for k in POINTER_SIZED_ARGS]
+        if step.op in ("alloc", "realloc", "size") and isinstance(step.expect, int):
+            values.append(("expect", step.expect))
+        for key, value in values:
+            if isinstance(value, int) and not isinstance(value, bool) and value > U32_MAX:
+                problems.append(
+                    Problem(
+                        scenario.file,
+                        step.line,
+                        f"step {step.index} ({step.op}): {key} 0x{value:x} does not fit x86's "
+                        "32-bit SIZE_T (at most 0xffffffff); run it on x64 (--arch x64)",
+                    )
+                )
+    return problems
+
+
 # ---------------------------------------------------------------------- entry points
 def parse_scenario(data: Any, path: str | Path | None = None) -> Scenario:
     """A Scenario from loaded data (a dict, as from JSON or YAML); ScenarioError lists every
@@ -481,19 +531,55 @@ def parse_scenario(data: Any, path: str | Path | None = None) -> Scenario:
     return scenario
 
 
+MAX_SCENARIO_BYTES = 1 << 20  # 1 MiB: the seed's scenario is 1.8 KB
+
+
+def read_scenario_text(path: Path) -> str:
+    """The text of a scenario file, refused with one problem when it is not a regular file,
+    is larger than MAX_SCENARIO_BYTES (read no further than that), or is not UTF-8."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ScenarioError(
+                [
+                    Problem(
+                        str(path), None, "not a regular file (a scenario is a .yaml or .json file)"
+                    )
+                ]
+            )
+        with path.open("rb") as f:
+            data = f.read(MAX_SCENARIO_BYTES + 1)
+    except FileNotFoundError:
+        raise ScenarioError([Problem(str(path), None, no_such_scenario(path))]) from None
+    except OSError as e:
+        raise ScenarioError(
+            [Problem(str(path), None, f"cannot read it: {e.strerror or e}")]
+        ) from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            [
+                Problem(
+                    str(path), None, f"larger than {MAX_SCENARIO_BYTES >> 20} MiB: not a scenario"
+                )
+            ]
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(
+            [Problem(str(path), None, f"not UTF-8 text ({e.reason} at byte {e.start})")]
+        ) from None
+
+
 def load_scenario(source: str | Path | Mapping[str, Any] | Scenario) -> Scenario:
-    """A Scenario from a file (``.yaml``, ``.yml``, ``.json``), a mapping, or a Scenario."""
+    """A Scenario from a file (``.yaml``, ``.yml``, ``.json``), a shipped scenario's name
+    (``lec04_growable_heap``), a mapping, or a Scenario."""
     if isinstance(source, Scenario):
         return source
     if isinstance(source, Mapping):
         return parse_scenario(dict(source))
-    path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError([Problem(str(path), None, "no such scenario file")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError([Problem(str(path), None, f"cannot read it: {e}")]) from None
+    path = find_scenario(source)
+    text = read_scenario_text(path)
     if path.suffix.lower() == ".json":
         try:
             json.loads(text)  # strict JSON first: its errors are the ones a JSON author expects
@@ -501,4 +587,6 @@ def load_scenario(source: str | Path | Mapping[str, Any] | Scenario) -> Scenario
             raise ScenarioError(
                 [Problem(str(path), e.lineno, f"not valid JSON: {e.msg}")]
             ) from None
+        except RecursionError:
+            raise ScenarioError([Problem(str(path), None, "nested too deeply")]) from None
     return parse_scenario(load_text(text, str(path)), path)

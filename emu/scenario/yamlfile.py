@@ -2,6 +2,11 @@
 
 Mappings and lists come back as ``LineDict`` / ``LineList``, which remember the line of every
 value (from the YAML nodes' marks), so the checker can say ``file:line: problem``.
+
+Hostile files are refused before they cost anything (issue 20, D9): nesting deeper than
+``MAX_DEPTH`` while composing, anchors whose expansion would make more than ``MAX_NODES``
+values (billion laughs) or that refer to themselves, integers longer than ``MAX_INT_DIGITS``
+characters; the file's size is checked by ``emu.scenario.schema.load_scenario``.
 """
 
 from __future__ import annotations
@@ -54,8 +59,75 @@ class LineList(list[Any]):
         self.lines: list[int] = []
 
 
+MAX_DEPTH = 64  # nested mappings/lists: a scenario needs four or five
+MAX_NODES = 100_000  # values in the document once aliases are expanded
+MAX_INT_DIGITS = 40  # characters of one integer (2**64 has 20 digits, 0x... 18)
+
+
+class _Limit(yaml.YAMLError):
+    """A limit of MAX_DEPTH / MAX_NODES / MAX_INT_DIGITS, with the line it was found at."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        # the composer recurses once per level: count the levels before Python's stack does
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Limit(
+                    f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than MAX_NODES values, or loop."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # iterative post-order: the size of a node counts every alias expansion
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_NODES:
+                raise _Limit(
+                    f"more than {MAX_NODES:,} values once its anchors and aliases are expanded",
+                    node.start_mark,
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise _Limit("an alias refers to a node that contains it", node.start_mark)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack += [(c, False) for c in children if id(c) not in sizes]
+
+
+def _int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    if len(str(node.value)) > MAX_INT_DIGITS:
+        raise _Limit(f"an integer of more than {MAX_INT_DIGITS} characters", node.start_mark)
+    return int(yaml.SafeLoader.construct_yaml_int(loader, node))
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -90,13 +162,14 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+_Loader.add_constructor("tag:yaml.org,2002:int", _int)
 
 
 def _yaml_problem(file: str, e: yaml.YAMLError) -> Problem:
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e)
     line = mark.line + 1 if mark is not None else None
-    text = f"not valid YAML: {problem}"
+    text = problem if isinstance(e, _Limit) else f"not valid YAML: {problem}"
     if mark is not None:
         text += f" (column {mark.column + 1})"
     if "got '['" in problem:  # `{block: a[3]}`: YAML ends plain text at [ inside {...}/[...]
@@ -110,3 +183,7 @@ def load_text(text: str, file: str = "<scenario>") -> Any:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
         raise ScenarioError([_yaml_problem(file, e)]) from None
+    except (RecursionError, MemoryError, ValueError) as e:  # a limit PyYAML itself hit
+        raise ScenarioError(
+            [Problem(file, None, f"not a usable scenario: {type(e).__name__}")]
+        ) from None

@@ -33,9 +33,18 @@ from emu.views.entries import (
     SegmentEntries,
     build_entries,
     entries_from_report,
+    filter_entries,
+    parse_size_range,
     render_entries,
 )
-from emu.views.entry import EntryView, HeaderFieldLine, build_entry, render_entry
+from emu.views.entry import (
+    EntryView,
+    HeaderFieldLine,
+    allocation_of,
+    build_entry,
+    render_entry,
+    with_allocation,
+)
 from emu.views.summary import HeapSummaryRow, SummaryView, build_summary, render_summary
 
 __all__ = [
@@ -56,16 +65,20 @@ __all__ = [
     "RangeLine",
     "SegmentEntries",
     "SummaryView",
+    "allocation_of",
     "build_address",
     "build_dt",
     "build_entries",
     "build_entry",
     "build_summary",
     "entries_from_report",
+    "filter_entries",
     "list_heaps",
+    "parse_size_range",
     "render_address",
     "render_dt",
     "render_entries",
     "render_entry",
     "render_summary",
+    "with_allocation",
 ]

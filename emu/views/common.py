@@ -67,7 +67,7 @@ def list_heaps(proc: ProcessCore, allocator: Allocator | None = None) -> list[in
 
     Allocators that keep their own list (Wine) are asked through an emulated
     RtlGetProcessHeaps: pass the Allocator you already have, or one is made once per process
-    (``proc.view_allocator``: each Allocator reserves a scratch page of its own).
+    (``proc.view_allocator``).
     """
     kind = detect_kind(proc)
     if allocator is None and not kind.heaps_in_peb:

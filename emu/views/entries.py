@@ -18,6 +18,7 @@ virtual blocks) are listed after the segments.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
@@ -105,10 +106,56 @@ class EntriesView(JsonView):
     free_lists: list[FreeListLine] = field(default_factory=list)
     large_blocks: list[LargeLine] = field(default_factory=list)
     corruptions: list[CorruptionLine] = field(default_factory=list)
+    filter: str = ""  # what filter_entries kept ("" = every entry)
 
     @property
     def entries(self) -> list[EntryLine]:
         return [e for s in self.segments for e in s.entries]
+
+
+STATES = (BUSY, FREE, PENDING)
+
+
+def parse_size_range(text: str) -> tuple[int, int]:
+    """``0x100`` (exactly) or ``0x100-0x200`` (inclusive) -> (low, high); ValueError if not."""
+    low, sep, high = text.partition("-")
+    lo = int(low.strip(), 0)
+    hi = int(high.strip(), 0) if sep else lo
+    if lo < 0 or hi < lo:
+        raise ValueError(f"a size or a range LOW-HIGH with LOW <= HIGH, not {text!r}")
+    return lo, hi
+
+
+def filter_entries(
+    view: EntriesView, *, size: tuple[int, int] | None = None, state: str | None = None
+) -> EntriesView:
+    """Only the entries whose requested size is in ``size`` (low, high inclusive; WinDbg's
+    ``!heap -flt s SIZE``) and whose state is ``state`` (busy, free, pending_free). A free
+    block has no requested size: a size filter keeps free blocks by their size in bytes."""
+    if state is not None and state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+
+    def keep(e: EntryLine) -> bool:
+        if state is not None and e.state != state:
+            return False
+        if size is None:
+            return True
+        n = e.requested if e.requested is not None else e.size
+        return size[0] <= n <= size[1]
+
+    segments = [dataclasses.replace(s, entries=[e for e in s.entries if keep(e)])
+                for s in view.segments]  # fmt: skip
+    large = [
+        lb
+        for lb in view.large_blocks
+        if state in (None, BUSY) and (size is None or size[0] <= lb.requested <= size[1])
+    ]
+    what = []
+    if size is not None:
+        what.append(f"size 0x{size[0]:x}" + (f"-0x{size[1]:x}" if size[1] != size[0] else ""))
+    if state is not None:
+        what.append(f"state {state}")
+    return dataclasses.replace(view, segments=segments, large_blocks=large, filter=", ".join(what))
 
 
 def flag_digits(state: str, last: bool, header_ok: bool) -> str:
@@ -264,6 +311,9 @@ def render_entries(view: EntriesView, max_entries: int | None = None) -> str:
         f"    Uncommitted ranges:   {n_ucr} ({ucr_bytes:08x} bytes)",
     ]
     out += [_free_list_text(fl, a) for fl in view.free_lists]
+    if view.filter:
+        n = len(view.entries) + len(view.large_blocks)
+        out.append(f"    Filter:               {view.filter} ({n} entries)")
     for s in view.segments:
         out += [
             "",

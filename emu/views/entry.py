@@ -7,6 +7,7 @@ allocator's own declaration (``views_layout``), so the offsets shown are the lay
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
@@ -20,6 +21,7 @@ from emu.heap.walkers.model import (
     LargeBlock,
     header_flag_names,
 )
+from emu.observe.events import AllocationEvent
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, NotInHeapError, ascii_magic, hexp, resolve_heaps
 from emu.views.layout import (
@@ -72,6 +74,32 @@ class EntryView(JsonView):
     header: str
     fields: list[HeaderFieldLine] = field(default_factory=list)
     corruptions: list[str] = field(default_factory=list)
+    allocation: str | None = None  # the recorded call that returned this block (!heap -p -a)
+    stack: list[str] = field(default_factory=list)  # its call stack, innermost first
+
+
+_ALLOCATING = ("RtlAllocateHeap", "RtlReAllocateHeap")
+
+
+def allocation_of(user_ptr: int, events: Iterable[AllocationEvent]) -> AllocationEvent | None:
+    """The last recorded allocation that returned ``user_ptr`` (the block's current owner)."""
+    found = None
+    for ev in events:
+        for e in ev.walk():
+            if e.name in _ALLOCATING and e.finished and e.ret == user_ptr:
+                found = e
+    return found
+
+
+def with_allocation(view: EntryView, events: Iterable[AllocationEvent]) -> EntryView:
+    """``view`` with the call that allocated its block and that call's stack, from recorded
+    events (``proc.record(stacks=N)``, ``heapemu heap entry --stacks N``)."""
+    ev = allocation_of(view.user_ptr, events) if view.state != FREE else None
+    if ev is not None:
+        ret = "?" if ev.ret is None else f"0x{ev.ret:x}"
+        view.allocation = f"#{ev.seq} {ev.function}({ev.describe_args()}) = {ret}"
+        view.stack = [f"{f.symbol} (0x{f.pc:x})" for f in ev.stack]
+    return view
 
 
 def _meaning(spec: FieldSpec, value: int, kind: str, unit: int, block: Block | None) -> str:
@@ -292,4 +320,7 @@ def render_entry(view: EntryView) -> str:
         note = f"  {f.meaning}" if f.meaning else ""
         lines.append(f"   +{f.offset:#05x} {f.name:{width}} : {f.value:#x} [{f.raw}]{note}")
     lines += [f"Corruption         : {c}" for c in view.corruptions]
+    if view.allocation is not None:
+        lines.append(f"Allocated by       : {view.allocation}")
+        lines += ["Allocation stack   :", *(f"   {frame}" for frame in view.stack)]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 A growable heap; 100 allocations of 0x100; free the 17th and allocate; free the 18th and
 allocate (the 18th comes back); free that 18th, the 48th and the 78th; one 0x100000 block (a
 large block in a region of its own). The same steps as ``heapemu demo`` and the shipped
-``scenarios/lec04_growable_heap.yaml``.
+``emu/scenarios/lec04_growable_heap.yaml``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,128 @@
+"""``proc.snapshot()`` / ``proc.restore(snapshot)``: the whole process, put back as it was.
+
+A snapshot holds
+
+- the CPU's whole state, saved by the engine (``Cpu.save_context``: every register, flags,
+  segment state, FPU/SSE, MSRs);
+- the memory: every mapping with its permissions and bytes (``Cpu.save_memory``: the committed
+  pages), and the memory manager's bookkeeping (regions, page states, guard pages' contents);
+- the kernel's objects (handles, the sandbox's names, captured output), the thread stack's
+  state, the system-call tables, the module list, PEB.Ldr's bookkeeping, the Python callbacks
+  and the records of system calls and debug output.
+
+The heaps live in that memory, so restoring a snapshot restores them; the next calls give the
+results they gave the first time. What watches the process (breakpoints, recorders, traces,
+their hooks) is not the process and stays as it is. A snapshot can be restored any number of
+times ("restore and try the next sequence").
+
+Bookkeeping is copied with ``copy.deepcopy`` in one pass (so objects the memory manager and
+the object manager share stay shared in the copy); what never changes after loading is shared
+instead of copied: the CPU, the architecture, the process itself, modules and their images.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from emu.errors import EmulationError, Fault
+
+if TYPE_CHECKING:
+    from emu.process.core import ProcessCore
+
+# objects whose attributes are the process's state (restored in place: others may hold them)
+_COMPONENTS = ("memory", "objects", "thread_stack", "syscall_dispatcher", "modules")
+# ProcessCore attributes: lists and dicts of records that never change once made (copied one
+# level), and values
+_RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names", "_conventions")
+_VALUES = ("exit_status", "_trap_committed", "_trap_code_next", "_trap_next", "_ldr")
+
+
+@dataclass
+class Snapshot:
+    """A process's state at one moment (see the module docstring); ``proc.restore(snapshot)``."""
+
+    arch: str
+    context: object
+    memory: list[tuple[int, int, int, bytes]]
+    state: dict[str, Any]
+    records: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of committed memory the snapshot holds."""
+        return sum(size for _, size, _, _ in self.memory)
+
+
+def _shared(proc: ProcessCore) -> dict[int, Any]:
+    """deepcopy's memo: objects shared between the process and its snapshots, never copied."""
+    keep: list[Any] = [proc, proc.cpu, proc.arch, proc.regs]
+    keep.append(getattr(proc.syscall_dispatcher, "handlers", None))  # the table of handlers
+    for module in proc.modules:
+        keep += [module, module.image]
+    main = getattr(proc.objects, "main_image", None)
+    if main is not None:
+        keep.append(main.image)
+    return {id(obj): obj for obj in keep if obj is not None}
+
+
+def _one_level(value: Any) -> Any:
+    if isinstance(value, list | dict | set | bytearray):
+        return copy.copy(value)
+    if hasattr(value, "copy") and callable(value.copy):  # deque and friends
+        return value.copy()
+    return value
+
+
+def _check_idle(proc: ProcessCore, what: str) -> None:
+    if proc.cpu._running:
+        raise EmulationError(
+            Fault(
+                f"cannot {what} while emulated code runs",
+                detail="take or restore snapshots between calls, not from a callback",
+            )
+        )
+
+
+def take_snapshot(proc: ProcessCore) -> Snapshot:
+    """The process's state now (between calls)."""
+    _check_idle(proc, "take a snapshot")
+    state = {name: vars(getattr(proc, name)) for name in _COMPONENTS}
+    state["process"] = {name: getattr(proc, name) for name in _VALUES}
+    return Snapshot(
+        arch=proc.arch.name,
+        context=proc.cpu.save_context(),
+        memory=proc.cpu.save_memory(),
+        state=copy.deepcopy(state, _shared(proc)),
+        records={name: _one_level(getattr(proc, name)) for name in _RECORDS},
+    )
+
+
+def restore_snapshot(proc: ProcessCore, snapshot: Snapshot) -> None:
+    """Put ``proc`` back in the state ``snapshot`` saw (between calls)."""
+    _check_idle(proc, "restore a snapshot")
+    if snapshot.arch != proc.arch.name:
+        raise ValueError(
+            f"a snapshot of an {snapshot.arch} process cannot restore an {proc.arch.name} one"
+        )
+    state = copy.deepcopy(snapshot.state, _shared(proc))  # the snapshot stays as it was
+    proc.cpu.restore_memory(snapshot.memory)
+    proc.cpu.restore_context(snapshot.context)
+    for name in _COMPONENTS:
+        vars(getattr(proc, name)).update(state[name])
+    for name, value in state["process"].items():
+        setattr(proc, name, value)
+    for name, value in snapshot.records.items():
+        _restore_records(proc, name, value)
+
+
+def _restore_records(proc: ProcessCore, name: str, saved: Any) -> None:
+    current = getattr(proc, name)
+    if isinstance(current, list) and isinstance(saved, list):
+        current[:] = saved  # in place: observers may hold the list
+    elif isinstance(current, dict) and isinstance(saved, dict):
+        current.clear()
+        current.update(saved)
+    else:
+        setattr(proc, name, _one_level(saved))
