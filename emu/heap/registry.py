@@ -14,12 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, WineWalker
+from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, SegmentWalker, WineWalker
 from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
-from emu.load.builtin_heap import load_builtin_heap
+from emu.load.builtin_heap import load_builtin_heap, load_c_heap
 from emu.load.wine_ntdll import load_wine_ntdll
 from emu.modules import Module
 from emu.process.core import ProcessCore
+
+SEGMENT_MODULE = "segheap"
+
+
+def load_segment_heap(proc: ProcessCore) -> Module:
+    """heapemu's Windows 10 segment heap (``asm/src/segheap.c``) with its default parameters
+    (keys, seed and thresholds: ``SEGHEAP_PARAMETERS`` in segheap.h); a heap with other ones is
+    ``Allocator.create_heap(..., params=...)`` with a ``SEGHEAP_PARAMETERS`` block."""
+    return load_c_heap(proc, "segheap", SEGMENT_MODULE)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,15 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             downloads=True,
             heaps_in_peb=False,  # Wine keeps its own list; only its RtlGetProcessHeaps reads it
             options=("wine_dir", "debug_channels"),
+        ),
+        AllocatorKind(
+            name="segment",
+            title="Windows 10 segment heap (segheap)",
+            module_name=SEGMENT_MODULE,
+            walker=SegmentWalker,
+            loader=load_segment_heap,
+            downloads=False,
+            heaps_in_peb=True,
         ),
     )
 }
