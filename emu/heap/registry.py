@@ -41,6 +41,9 @@ class AllocatorKind:
     downloads: bool  # needs Wine's DLLs (`make wine-dlls`, cached per user)
     heaps_in_peb: bool  # its RtlGetProcessHeaps reads PEB.ProcessHeaps (else: ask the allocator)
     options: tuple[str, ...] = ()  # keyword options its loader accepts
+    # RtlCreateHeap honours a caller's base, reserve and commit (a heap without HEAP_GROWABLE
+    # keeps to its reservation); the segment heap ignores them and always grows (segheap.c)
+    honours_sizes: bool = True
 
     def load(self, proc: ProcessCore, **options: Any) -> Module:
         """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
@@ -95,6 +98,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             loader=load_segment_heap,
             downloads=False,
             heaps_in_peb=True,
+            honours_sizes=False,
         ),
     )
 }

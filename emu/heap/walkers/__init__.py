@@ -2,7 +2,8 @@
 
 A walker (``BuiltinWalker``, ``WineWalker``, ``SegmentWalker``; ``emu.heap.registry.walk_heap``
 picks the one of the allocator loaded in ``proc``) decodes a heap into a ``HeapReport``: header
-fields, segments with their blocks and uncommitted ranges, free lists in list order, large blocks, and every
+fields, segments with their blocks and uncommitted ranges, free lists in list order, large blocks,
+and every
 corruption found on the way (``Corruption(kind, address, detail)``). The walkers never call the
 allocator, so they see what its own RtlWalkHeap/RtlValidateHeap may hide; they never raise on
 garbage and every loop is bounded.

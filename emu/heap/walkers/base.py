@@ -70,6 +70,12 @@ class HeapWalker(ABC):
     """Walks one heap; ``walk()`` returns the report. Subclasses implement the hooks below."""
 
     kind: str
+    # The NT heap's shape (builtin, Wine): every segment tiled from its first block to its end
+    # by blocks with in-band headers just below the user pointer, free blocks on size-class
+    # lists, free neighbours coalesced, large blocks on a list. The segment heap has none of
+    # that (headerless LFH slots and page ranges, trees instead of lists): its walker says
+    # False and tests of the NT shape are run only where this holds.
+    block_chain: bool = True
     alignment: int  # block granularity
     min_block_size: int
     heap_struct_name: str  # what ``dt`` calls the heap header

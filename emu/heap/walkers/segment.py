@@ -97,6 +97,7 @@ def _specs(struct_: Struct, arch: str, prefix: str = "", base: int = 0) -> list[
 class SegmentWalker(HeapWalker):
     kind = "segment"
     heap_struct_name = "_SEGMENT_HEAP"
+    block_chain = False
 
     # ------------------------------------------------------------------ layout (for the views)
     @classmethod
