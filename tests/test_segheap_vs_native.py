@@ -21,7 +21,7 @@ def test_random_segment_script_matches_native_byte_for_byte(
 ) -> None:
     script = make_seg_script(seed, 250)
     lines = [line for line in script.lines if line != "dump"]  # only the final state is compared
-    emulated, native = compare(lines, tmp_path, arch, heap="segment")
+    _emulated, native = compare(lines, tmp_path, arch, heap="segment")
     assert native.results("size") == script.sizes
     assert len(native.regions) >= 3  # the process heap, the script's heap, its segment
     assert all(native.results("validate"))
