@@ -174,6 +174,11 @@ class Subsegment:
     block_size: int  # LFH: the bucket's block size; VS: the chunk unit
     block_count: int  # LFH: BlockCount; VS: chunks reported (busy and free)
     free_count: int  # LFH: FreeCount; VS: free chunks
+    first_block: int = 0  # address of its first block (header and bitmap before it)
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
 
 
 @dataclass(frozen=True)

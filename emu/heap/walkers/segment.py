@@ -47,6 +47,8 @@ from emu.heap.walkers.model import (
     UNREADABLE,
     Block,
     FieldSpec,
+    FreeList,
+    FreeListEntry,
     HeapReport,
     LargeBlock,
     Range,
@@ -162,7 +164,7 @@ class SegmentWalker(HeapWalker):
         self.mask = (1 << (8 * self.ps)) - 1
         self.heap_key = 0
         self.lfh_key = 0
-        self.free_ranges: dict[int, int] = {}  # first descriptor -> range start
+        self.free_ranges: dict[int, tuple[int, int]] = {}  # first descriptor -> (start, bytes)
         self.free_chunks: set[int] = set()  # free VS chunk addresses
         self.vs_subsegments: set[int] = set()
         self.lfh_subsegments: set[int] = set()
@@ -332,7 +334,7 @@ class SegmentWalker(HeapWalker):
         return seg
 
     def free_range(self, seg: Segment, desc: int, start: int, committed: list[bool]) -> None:
-        self.free_ranges[desc] = start
+        self.free_ranges[desc] = (start, len(committed) * sl.PAGE)
         i = 0
         while i < len(committed):
             j = i
@@ -436,7 +438,7 @@ class SegmentWalker(HeapWalker):
         sub_size = self.get(VSSUB, start, "Size")
         signature = self.get(VSSUB, start, "Signature")
         want = ((sub_size ^ sl.VS_SIGNATURE_XOR) & 0x7FFF) | 0x8000
-        record = Subsegment(start, size, VS, p.vs_unit, 0, 0)
+        record = Subsegment(start, size, VS, p.vs_unit, 0, 0, start + p.vs_first_chunk)
         self.report.subsegments.append(record)
         if sub_size << shift != size or signature != want:
             self.corrupt(
@@ -510,7 +512,7 @@ class SegmentWalker(HeapWalker):
         hint = self.get(LFHSUB, start, "FreeHint")
         words = (count + 31) // 32
         data_offset = (hdr + 8 * words + 15) & ~15
-        record = Subsegment(start, size, LFH, block, count, free_count)
+        record = Subsegment(start, size, LFH, block, count, free_count, start + first)
         self.report.subsegments.append(record)
         if (
             not block
@@ -659,26 +661,46 @@ class SegmentWalker(HeapWalker):
 
     # ------------------------------------------------------------------ trees and lists
     def check_trees(self) -> None:
-        ctx = self.seg_context()
-        root = ctx + CTX.offset(self.a, "FreePageRanges.Root")
-        listed: set[int] = set()
-        for node in self.tree(root, "free page range"):
-            listed.add(node)
-            if node not in self.free_ranges:
-                self.corrupt(FREE_LIST_BUSY, node, "FreePageRanges node is not a free range")
-        for desc, start in self.free_ranges.items():
-            if desc not in listed:
-                self.corrupt(FREE_NOT_LISTED, start, "free page range is not in FreePageRanges")
+        """The free trees against the walk; their nodes become ``report.free_lists`` in tree
+        order: 0 = VsContext.FreeChunkTree (free VS chunks), 1 = SegContexts[0].FreePageRanges
+        (free page ranges: the range and its bytes). An entry's flink/blink are the node's
+        left/right children as stored."""
         vs = self.vs_context()
         root = vs + sl.HEAP_VS_CONTEXT.offset(self.a, "FreeChunkTree.Root")
-        listed = set()
+        chunks = FreeList(0, root, 2 * self.params.vs_unit, None)
+        listed: set[int] = set()
         for node in self.tree(root, "free VS chunk"):
             chunk = node - self.ps
             listed.add(chunk)
             if chunk not in self.free_chunks:
                 self.corrupt(FREE_LIST_BUSY, chunk, "FreeChunkTree node is not a free VS chunk")
-        for chunk in self.free_chunks - listed:
+                continue
+            units = self.vs_decode(chunk)[0]
+            chunks.entries.append(FreeListEntry(chunk, units << self.params.vs_unit_shift,
+                                                *self.children(node)))  # fmt: skip
+        for chunk in sorted(self.free_chunks - listed):
             self.corrupt(FREE_NOT_LISTED, chunk, "free VS chunk is not in FreeChunkTree")
+        ctx = self.seg_context()
+        root = ctx + CTX.offset(self.a, "FreePageRanges.Root")
+        ranges = FreeList(1, root, sl.PAGE, None)
+        nodes: set[int] = set()
+        for node in self.tree(root, "free page range"):
+            nodes.add(node)
+            if node not in self.free_ranges:
+                self.corrupt(FREE_LIST_BUSY, node, "FreePageRanges node is not a free range")
+                continue
+            start, size = self.free_ranges[node]
+            ranges.entries.append(FreeListEntry(start, size, *self.children(node)))
+        for desc, (start, _) in self.free_ranges.items():
+            if desc not in nodes:
+                self.corrupt(FREE_NOT_LISTED, start, "free page range is not in FreePageRanges")
+        self.report.free_lists = [chunks, ranges]
+
+    def children(self, node: int) -> tuple[int, int]:
+        try:
+            return self.mem.ptr(node), self.mem.ptr(node + self.ps)
+        except UnreadableError:  # pragma: no cover (the tree walk read them)
+            return 0, 0
 
     def check_subsegment_lists(self) -> None:
         vs = self.vs_context()
