@@ -431,3 +431,60 @@ def test_summary_counts_the_segment_heap(env: Env) -> None:
     row = next(r for r in view.rows if r.heap == h)
     assert row.virtual_blocks == 1 and row.busy_blocks == 22 and row.corruptions == 0
     assert row.reserved == sl.SEGMENT_SIZE and row.committed + row.uncommitted == row.reserved
+
+
+# ---------------------------------------------------------------------------- options, scenario
+
+
+def lfh_order(arch: str, **options: int) -> list[int]:
+    proc = Process(arch, time_limit=60.0)
+    a = ALLOCATORS["segment"].allocator(proc, **options)
+    h = a.create_heap()
+    ptrs = [a.alloc(h, 0x40) for _ in range(40)]
+    assert walk_heap(proc, h).ok
+    return [p - ptrs[16] for p in ptrs[16:]]  # LFH slots, relative to the first
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_seed_option_repeats_and_changes_the_slot_order(arch: str) -> None:
+    assert lfh_order(arch) == lfh_order(arch) == lfh_order(arch, seed=sl.DEFAULT_SEED)
+    assert lfh_order(arch, seed=7) == lfh_order(arch, seed=7) != lfh_order(arch)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_key_and_threshold_options(arch: str) -> None:
+    proc = Process(arch, time_limit=60.0)
+    a = ALLOCATORS["segment"].allocator(proc, heap_key=0x1234, lfh_key=0, vs_max_size=0x10000)
+    h = a.create_heap()  # inherits the process heap's parameters
+    vs, backend = a.alloc(h, 0x10000), a.alloc(h, 0x10001)
+    rep = walk_heap(proc, h)
+    assert rep.ok, rep.corruptions
+    assert (rep.header["MemStats.HeapKey"], rep.header["MemStats.LfhKey"]) == (0x1234, 0)
+    assert component(rep, vs) == VS and component(rep, backend) == BACKEND
+    unit = sl.SEG_PARAMS[arch].vs_unit
+    bits = proc.read_ptr(vs - unit) ^ (vs - unit) ^ 0x1234  # decoded with the key given
+    assert bits & 1 == 0 and bits != proc.read_ptr(vs - unit)
+    with pytest.raises(TypeError, match="no option"):
+        ALLOCATORS["segment"].allocator(Process(arch), salt=1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_seed004_scenario_reaches_the_four_components(arch: str) -> None:
+    from emu.scenario import Observer, ScenarioRun, run_scenario, shipped_scenarios
+
+    class Keep(Observer):
+        def started(self, run: ScenarioRun) -> None:
+            self.run = run
+
+    path = next(p for p in shipped_scenarios() if p.stem == "seed004_segment_heap")
+    keep = Keep()
+    result = run_scenario(path, arch, "segment", observers=[keep])
+    assert result.ok, result.failure
+    names = result.names
+    rep = walk_heap(keep.run.proc, names["heap"])
+    assert rep.ok, rep.corruptions
+    assert {component(rep, p) for p in names["vs"] if p != names["vs"][3]} == {VS}
+    assert component(rep, names["lfh17"]) == LFH
+    assert component(rep, names["vs_big"]) == VS
+    assert component(rep, names["backend"]) == BACKEND
+    assert component(rep, names["big"]) == "large" and names["big"] % sl.LARGE_ALIGN == 0
