@@ -488,3 +488,15 @@ def test_seed004_scenario_reaches_the_four_components(arch: str) -> None:
     assert component(rep, names["vs_big"]) == VS
     assert component(rep, names["backend"]) == BACKEND
     assert component(rep, names["big"]) == "large" and names["big"] % sl.LARGE_ALIGN == 0
+
+
+def test_entry_of_headerless_blocks(env: Env) -> None:
+    a = env.alloc
+    h = a.create_heap()
+    lfh = [a.alloc(h, 0x50) for _ in range(17)][-1]
+    pages = a.alloc(h, 0x30000)
+    for p, n in ((lfh, 0x50), (pages, 0x30000)):
+        got = build_entry(env.proc, p + 4, allocator=a)
+        assert got.address == got.user_ptr == p and got.requested == n
+        assert [f.name for f in got.fields] == ["(no header: first word)"]
+        assert got.where == "data +0x4"

@@ -104,6 +104,11 @@ class HeapWalker(ABC):
         """A block header's fields (and a free block's list links) from the block's address."""
 
     @classmethod
+    def block_specs(cls, arch: str, block: Block) -> list[FieldSpec]:
+        """The header fields of this block (default: every block has the same header)."""
+        return cls.block_header_specs(arch, block.free)
+
+    @classmethod
     @abstractmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
         """A large block's header fields, from the region base."""

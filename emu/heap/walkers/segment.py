@@ -132,6 +132,15 @@ class SegmentWalker(HeapWalker):
         return [s for s in _specs(struct_, arch) if s.scalar]
 
     @classmethod
+    def block_specs(cls, arch: str, block: Block) -> list[FieldSpec]:
+        if block.component == VS:
+            return cls.block_header_specs(arch, block.free)
+        # LFH slots and back-end page ranges have no header: their first word is data (a free
+        # LFH slot's holds slot ^ LfhKey)
+        size = get_arch(arch).ptr_size
+        return [FieldSpec(0, "(no header: first word)", _SCALAR[size], size)]
+
+    @classmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
         # a large block has no header in its region (its _HEAP_LARGE_ALLOC_DATA is elsewhere):
         # the first word is the user's data
