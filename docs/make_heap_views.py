@@ -18,7 +18,8 @@ sys.path.insert(0, str(DOCS.parent))  # the repository, when run without install
 
 from emu import Process  # noqa: E402
 from emu.heap.allocator import Allocator  # noqa: E402
-from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS  # noqa: E402
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS, walk_heap  # noqa: E402
+from emu.scenario import Observer, ScenarioRun, run_scenario  # noqa: E402
 from emu.views import (  # noqa: E402
     build_address,
     build_dt,
@@ -51,8 +52,10 @@ block. It runs on the builtin heap and on Wine 8.0's ntdll.dll, x86 and x64; aft
 step every text view of `emu.views` is shown, and `emu.views.heapmap` draws the heap.
 
 Windows 10 (the seed's WinDbg session) moved the 0x100-byte blocks into LFH subsegments from
-the 18th allocation on; neither emulated allocator has a low-fragmentation front end, so the
-blocks here stay in the heap's first segment and the addresses differ from the seed's.
+the 18th allocation on; the builtin heap and Wine's have no low-fragmentation front end, so
+their blocks stay in the heap's first segment and the addresses differ from the seed's. The
+Windows 10 segment heap (`segment`) serves the first 16 from VS chunks and the 17th on from an
+LFH subsegment (its bucket activates on the 17th live block of the size).
 
 How to read the views (the same as in WinDbg unless said otherwise):
 
@@ -74,7 +77,12 @@ How to read the views (the same as in WinDbg unless said otherwise):
   protection; the usage says which heap (ID = position in the process's heap list) and whether
   the region is a segment or a large block.
 - `dt`: the heap header, offsets from the layout declaration (builtin: `asm.layout(arch)`;
-  Wine: `emu/heap/walkers/wine_layout.py`), values read from memory.
+  Wine: `emu/heap/walkers/wine_layout.py`; segment heap: `_SEGMENT_HEAP` from
+  `emu/heap/walkers/segment_layout.py`), values read from memory.
+- The segment heap's blocks: a VS chunk's header is its encoded `_HEAP_VS_CHUNK_HEADER`; LFH
+  slots and back-end page ranges have no header (the block starts at its user pointer); a
+  free back-end range is shown as its committed runs, its uncommitted runs as UCRs. Its heap
+  map colours busy blocks by component (LFH, VS, back end) and free LFH slots.
 """
 
 
@@ -123,8 +131,33 @@ def section(kind: str, arch: str) -> str:
     return "\n".join(parts)
 
 
+SEED004 = DOCS.parent / "emu" / "scenarios" / "seed004_segment_heap.yaml"
+
+
+class _KeepProcess(Observer):
+    """Keeps the scenario's process (and its allocator) for drawing after the run."""
+
+    def started(self, run: ScenarioRun) -> None:
+        self.run = run
+
+
+def seed004(arch: str) -> str:
+    """Seed 004's scenario on the segment heap: its heap map (README) and summary line."""
+    keep = _KeepProcess()
+    result = run_scenario(SEED004, arch, "segment", observers=[keep])
+    assert result.ok, result.failure
+    proc, heap = keep.run.proc, result.names["heap"]
+    title = f"seed 004: segment heap, {arch}"
+    save_heap_map(
+        walk_heap(proc, heap), IMAGES / f"heapmap-seed004-segment-{arch}.png", title=title
+    )
+    return render_summary(build_summary(proc, allocator=keep.run.allocator))
+
+
 def main() -> int:
     IMAGES.mkdir(exist_ok=True)
+    for arch in ("x86", "x64"):
+        print(f"seed 004, segment heap, {arch}:\n{seed004(arch)}")
     sections = [section(kind, arch) for kind, arch in COMBOS]
     contents = "\n".join(f"- [{TITLES[k]}, {a}](#{_anchor(k, a)})" for k, a in COMBOS)
     OUTPUT.write_text(INTRO + "\n" + contents + "\n\n" + "\n".join(sections))

@@ -8,12 +8,25 @@ import pytest
 
 from emu import Module, Process
 from emu.heap.allocator import Allocator
-from emu.heap.registry import ALLOCATOR_NAMES
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS
 from emu.nt.kernel import SyscallDispatcher
 
 # A Python exception inside a system-call handler is a heapemu bug: users' programs get
 # STATUS_INTERNAL_ERROR, the project's own tests fail on it.
 SyscallDispatcher.default_raise_internal_errors = True
+# The allocators whose heaps have the NT heap's shape (HeapWalker.block_chain: blocks with
+# in-band headers tiling each segment, free lists, coalescing); tests of that shape run on
+# these, and tests/test_segment_heap.py covers the segment heap's own structures.
+CHAIN_KINDS: tuple[str, ...] = tuple(k for k in ALLOCATOR_NAMES if ALLOCATORS[k].walker.block_chain)
+
+
+def needs_block_chain(kind: str) -> None:
+    """Skip (saying why) a test of the NT heap's shape for an allocator without it."""
+    if kind not in CHAIN_KINDS:
+        pytest.skip(
+            f"{kind}: no NT-style block chains or free lists (HeapWalker.block_chain is False); "
+            "its structures are tested in tests/test_segment_heap.py"
+        )
 
 
 @pytest.fixture(params=["x86", "x64"])

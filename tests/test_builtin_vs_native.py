@@ -14,7 +14,7 @@ from native.scripts import make_script, seed002_script
 
 from emu import Process
 from emu.heap.allocator import Allocator
-from emu.load.builtin_heap import load_builtin_heap
+from emu.load.builtin_heap import load_c_heap
 from emu.nt.memory import RESERVED
 from emu.win.ntdefs import MEM_RESERVE, PAGE_SIZE
 
@@ -22,9 +22,9 @@ from emu.win.ntdefs import MEM_RESERVE, PAGE_SIZE
 class EmulatedRun:
     """Interprets the native driver's script language through ``Allocator`` in a Process."""
 
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, unit: str = "ntheap"):
         self.proc = Process(arch)
-        module = load_builtin_heap(self.proc, create_process_heap=False)
+        module = load_c_heap(self.proc, unit, create_process_heap=False)
         self.a = Allocator(self.proc, module)
         self.run = NativeRun(lines=[])
 
@@ -113,9 +113,13 @@ class EmulatedRun:
         return bytes(out)
 
 
-def compare(lines: list[str], tmp_path: Path, arch: str) -> tuple[EmulatedRun, NativeRun]:
+def compare(
+    lines: list[str], tmp_path: Path, arch: str, heap: str = "nt"
+) -> tuple[EmulatedRun, NativeRun]:
+    """Run lines emulated and natively (heap: "nt" = asm/src/ntheap.c, "segment" =
+    asm/src/segheap.c) and assert that everything they did and left is the same."""
     lines = ["create ph 0x2 0 0", "processheap ph", *lines]
-    emulated = EmulatedRun(arch)
+    emulated = EmulatedRun(arch, {"nt": "ntheap", "segment": "segheap"}[heap])
     erun = emulated.execute(lines)
     # the reservations heapemu's kernel chose, in order: the native run maps the same ones
     answers = [
@@ -123,7 +127,7 @@ def compare(lines: list[str], tmp_path: Path, arch: str) -> tuple[EmulatedRun, N
         for c in erun.vm
         if c.kind == "alloc" and c.type & MEM_RESERVE and c.base == 0 and c.status == 0
     ]  # fmt: skip
-    native = run_script(lines, arch=arch, answers=answers, dump_dir=tmp_path)
+    native = run_script(lines, arch=arch, answers=answers, dump_dir=tmp_path, heap=heap)
     assert erun.values == native.values
     assert erun.ops == native.ops
     assert erun.checks == native.checks and all(erun.checks)

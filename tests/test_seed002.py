@@ -3,12 +3,13 @@ allocate; free #18, #48, #78; one 0x100000 block) on both allocators and archite
 
 from __future__ import annotations
 
-from conftest import Heaps
+from conftest import Heaps, needs_block_chain
 
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE
 
 
 def test_seed002_growable_heap(heaps: Heaps) -> None:
+    needs_block_chain(heaps.kind)  # seed 002 is the NT heap's story (blocks, headers, strides)
     proc, a = heaps.proc, heaps.allocator
     heap = a.create_heap()
     blocks = [a.alloc(heap, 0x100) for _ in range(100)]

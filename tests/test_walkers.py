@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 import pytest
+from conftest import needs_block_chain
 
 import asm
 from emu import Process
@@ -154,6 +155,7 @@ def corruptions(rep: HeapReport, kind: str) -> list[int]:
 
 
 def test_standard_sequence(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     rep = env.walk(s.heap)
     assert rep.ok, rep.corruptions
@@ -189,6 +191,7 @@ def test_blocks_record_requested_size_and_neighbours(env: Env) -> None:
 
 
 def test_second_segment(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = grown(env)
     rep = env.walk(s.heap)
     assert rep.ok, rep.corruptions
@@ -210,6 +213,7 @@ def test_process_heap(env: Env) -> None:
 
 
 def test_free_lists(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     rep = env.walk(s.heap)
     expected = 40 if env.kind == "builtin" else {"x86": 34, "x64": 18}[env.arch]
@@ -227,6 +231,7 @@ def test_free_lists(env: Env) -> None:
 
 
 def test_header_fields(env: Env) -> None:
+    needs_block_chain(env.kind)
     h = env.alloc.create_heap(HEAP_GROWABLE)
     rep = env.walk(h)
     assert rep.flags & HEAP_GROWABLE and rep.header["flags"] == rep.flags
@@ -266,6 +271,7 @@ def test_checking_flags_and_delayed_frees(env: Env) -> None:
 
 
 def test_totals_add_up(env: Env) -> None:
+    needs_block_chain(env.kind)
     for s in (standard(env), grown(env)):
         rep = env.walk(s.heap)
         for seg in rep.segments:
@@ -324,6 +330,7 @@ def write_state(env: Env, block: int, free: bool) -> None:
 
 
 def test_corrupt_heap_magic(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     env.proc.write(heap_magic_address(env, s.heap), b"XXXX")
     rep = env.walk(s.heap)
@@ -332,6 +339,7 @@ def test_corrupt_heap_magic(env: Env) -> None:
 
 
 def test_corrupt_free_list_flink_outside(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[48] - 8
     env.proc.write_ptr(block + 8, 0x12345678)
@@ -345,6 +353,7 @@ def test_corrupt_free_list_flink_outside(env: Env) -> None:
 
 
 def test_corrupt_free_list_blink(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[78] - 8
     env.proc.write_ptr(block + 8 + env.proc.arch.ptr_size, s.ptrs[60])
@@ -353,6 +362,7 @@ def test_corrupt_free_list_blink(env: Env) -> None:
 
 
 def test_corrupt_free_list_loop(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[48] - 8
     env.proc.write_ptr(block + 8, block + 8)  # flink to itself
@@ -361,6 +371,7 @@ def test_corrupt_free_list_loop(env: Env) -> None:
 
 
 def test_corrupt_block_size_into_data(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[50] - 8
     rep = env.walk(s.heap)
@@ -376,6 +387,7 @@ def test_corrupt_block_size_into_data(env: Env) -> None:
 
 @pytest.mark.parametrize("size", [0, 0x7FFF0], ids=["zero", "past-segment"])
 def test_corrupt_block_size_absurd(env: Env, size: int) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[20] - 8
     write_size(env, block, size)
@@ -384,6 +396,7 @@ def test_corrupt_block_size_absurd(env: Env, size: int) -> None:
 
 
 def test_corrupt_block_magic_walk_goes_on(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[60] - 8
     env.proc.write(block + 6, b"??")
@@ -393,6 +406,7 @@ def test_corrupt_block_magic_walk_goes_on(env: Env) -> None:
 
 
 def test_free_list_entry_not_marked_free(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[48] - 8
     write_state(env, block, free=False)
@@ -402,6 +416,7 @@ def test_free_list_entry_not_marked_free(env: Env) -> None:
 
 
 def test_free_block_not_on_a_list(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     block = s.ptrs[30] - 8
     write_state(env, block, free=True)
@@ -412,6 +427,7 @@ def test_free_block_not_on_a_list(env: Env) -> None:
 def test_overlapping_blocks(env: Env) -> None:
     """Block 47's size swallows free block 48: the walk steps over it, the free list still
     holds it, so two blocks claim the same bytes."""
+    needs_block_chain(env.kind)
     s = standard(env)
     rep = env.walk(s.heap)
     b47, b48 = rep.block_at(s.ptrs[47]), rep.block_at(s.ptrs[48])
@@ -424,6 +440,7 @@ def test_overlapping_blocks(env: Env) -> None:
 
 def test_overlapping_regions(env: Env) -> None:
     """The first segment's recorded size stretched over the large block's region."""
+    needs_block_chain(env.kind)
     s = standard(env)
     rep = env.walk(s.heap)
     seg, large = rep.segments[0], rep.large_blocks[0]
@@ -441,6 +458,7 @@ def test_overlapping_regions(env: Env) -> None:
 
 
 def test_corrupt_large_block_link(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     large = env.walk(s.heap).large_blocks[0]
     head = large.blink  # the list head in the heap header
@@ -459,10 +477,10 @@ def test_garbage_never_crashes(env: Env) -> None:
         assert not rep.ok
         json.dumps(rep.to_json())
     rng = random.Random(7)
-    committed = env.walk(s.heap).segments[0].committed
+    first = env.walk(s.heap).segments[0]  # (the NT heaps' first segment starts at the heap)
     for _ in range(40):
-        offset = rng.randrange(0, committed - 8)
-        env.proc.write(s.heap + offset, rng.randbytes(rng.randrange(1, 9)))
+        offset = rng.randrange(0, first.committed - 8)
+        env.proc.write(first.base + offset, rng.randbytes(rng.randrange(1, 9)))
         rep = env.walk(s.heap)
         assert all(c.kind in CORRUPTION_KINDS for c in rep.corruptions)
         json.dumps(rep.to_json())
@@ -472,6 +490,7 @@ def test_garbage_never_crashes(env: Env) -> None:
 
 
 def test_json_round_trip(env: Env) -> None:
+    needs_block_chain(env.kind)
     s = standard(env)
     env.proc.write(s.ptrs[60] - 2, b"??")  # one corruption so every part is filled
     rep = env.walk(s.heap)

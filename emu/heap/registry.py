@@ -14,12 +14,56 @@ from dataclasses import dataclass
 from typing import Any
 
 from emu.heap.allocator import Allocator
-from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, WineWalker
+from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, SegmentWalker, WineWalker
+from emu.heap.walkers.segment_layout import PARAMETERS_SIGNATURE, SEGHEAP_PARAMETERS
 from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
-from emu.load.builtin_heap import load_builtin_heap
+from emu.load.builtin_heap import load_builtin_heap, load_c_heap
 from emu.load.wine_ntdll import load_wine_ntdll
 from emu.modules import Module
 from emu.process.core import ProcessCore
+from emu.win.ntdefs import HEAP_GROWABLE, MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_READWRITE
+
+SEGMENT_MODULE = "segheap"
+# load_segment_heap's options: SEGHEAP_PARAMETERS fields (asm/src/segheap.h)
+SEGMENT_OPTIONS = {
+    "heap_key": "HeapKey",  # VS chunk headers, segment signatures
+    "lfh_key": "LfhKey",  # LFH subsegments' BlockOffsets, free slots
+    "seed": "RandomSeed",  # LFH slot choice (xorshift32)
+    "lfh_max_size": "LfhMaxSize",  # largest LFH request (default 0x3FF0)
+    "vs_max_size": "VsMaxSize",  # largest VS request (default 0x20000)
+    "backend_max_size": "BackendMaxSize",  # larger ones are large blocks (default 0x7F000)
+    "lfh_activation_live": "LfhActivationLive",  # live blocks activating a bucket (17)
+    "lfh_activation_total": "LfhActivationTotal",  # requests activating a bucket (2040)
+    "free_commit_limit": "FreeCommitLimit",  # freed back-end bytes kept committed (0x10000)
+}
+
+
+def load_segment_heap(proc: ProcessCore, **options: int) -> Module:
+    """heapemu's Windows 10 segment heap (``asm/src/segheap.c``) with its process heap.
+
+    Options (``SEGMENT_OPTIONS``; none: segheap.h's defaults) become the process heap's
+    SEGHEAP_PARAMETERS, passed as RtlCreateHeap's last argument; heaps created later without
+    parameters copy them from the process heap, as Windows' keys are process-wide. A threshold
+    of 0 means its default; keys are taken as given."""
+    unknown = sorted(set(options) - set(SEGMENT_OPTIONS))
+    if unknown:
+        raise TypeError(f"segment heap: no option {', '.join(unknown)}")
+    if not options:
+        return load_c_heap(proc, "segheap", SEGMENT_MODULE)
+    module = load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=False)
+    layout = SEGHEAP_PARAMETERS
+    values = {SEGMENT_OPTIONS[k]: v for k, v in options.items()}
+    values |= {"Length": layout.size(proc.arch), "Signature": PARAMETERS_SIGNATURE}
+    page, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+    try:
+        proc.write(page, layout.pack(proc.arch, values))
+        heap = proc.call(module.exports["RtlCreateHeap"], HEAP_GROWABLE, 0, 0, 0, 0, page)
+    finally:
+        proc.memory.free(page, 0, MEM_RELEASE)
+    if not heap:
+        raise ValueError(f"segment heap: RtlCreateHeap refused the options {options}")
+    proc.set_process_heap(heap)
+    return module
 
 
 @dataclass(frozen=True)
@@ -32,6 +76,9 @@ class AllocatorKind:
     downloads: bool  # needs Wine's DLLs (`make wine-dlls`, cached per user)
     heaps_in_peb: bool  # its RtlGetProcessHeaps reads PEB.ProcessHeaps (else: ask the allocator)
     options: tuple[str, ...] = ()  # keyword options its loader accepts
+    # RtlCreateHeap honours a caller's base, reserve and commit (a heap without HEAP_GROWABLE
+    # keeps to its reservation); the segment heap ignores them and always grows (segheap.c)
+    honours_sizes: bool = True
 
     def load(self, proc: ProcessCore, **options: Any) -> Module:
         """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
@@ -77,6 +124,17 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             downloads=True,
             heaps_in_peb=False,  # Wine keeps its own list; only its RtlGetProcessHeaps reads it
             options=("wine_dir", "debug_channels"),
+        ),
+        AllocatorKind(
+            name="segment",
+            title="Windows 10 segment heap (segheap)",
+            module_name=SEGMENT_MODULE,
+            walker=SegmentWalker,
+            loader=load_segment_heap,
+            downloads=False,
+            heaps_in_peb=True,
+            honours_sizes=False,
+            options=tuple(SEGMENT_OPTIONS),
         ),
     )
 }

@@ -26,7 +26,7 @@ from emu.process.core import ProcessCore
 from emu.views.common import JsonView, NotInHeapError, ascii_magic, hexp, resolve_heaps
 from emu.views.layout import (
     FieldSpec,
-    block_header_specs,
+    block_specs,
     describe_field,
     granularity,
     large_header_specs,
@@ -172,7 +172,7 @@ def _block_view(
     pos = seg.blocks.index(b)
     unit = granularity(report.kind, report.arch)
     header, fields = _fields(
-        proc, b.address, block_header_specs(report.kind, report.arch, b.free), report.kind, unit, b
+        proc, b.address, block_specs(report.kind, report.arch, b), report.kind, unit, b
     )
     lists = [
         fl.index for fl in report.free_lists if any(e.address == b.address for e in fl.entries)

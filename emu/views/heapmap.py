@@ -2,14 +2,17 @@
 
 ``heap_lanes(report)`` is the data: one ``Lane`` per segment and per large block, tiled by
 ``Span``s of one kind each (header, busy, free, pending_free, large, uncommitted, slack,
-unknown). The pictures draw lanes as horizontal bars with matplotlib's Agg backend (PNG, SVG;
-GIF through matplotlib's PillowWriter). A segment's committed part is drawn to scale and its
-uncommitted tail squeezed into a fixed share of the bar, since a fresh 1 MiB segment has 64 KiB
-committed and the blocks would otherwise be invisible; the tick labels are real addresses.
+unknown; the segment heap's busy blocks by component: busy_lfh, busy_vs, busy_backend, and the
+free slots of its LFH subsegments: lfh_free). The pictures draw lanes as horizontal bars with
+matplotlib's Agg backend (PNG, SVG; GIF through matplotlib's PillowWriter). A segment's
+committed part is drawn to scale and its uncommitted tail squeezed into a fixed share of the
+bar, since a fresh 1 MiB segment has 64 KiB committed and the blocks would otherwise be
+invisible; the tick labels are real addresses.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +27,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from emu.heap.walkers import HeapReport, LargeBlock, Segment
-from emu.heap.walkers.model import FREE
+from emu.heap.walkers import HeapReport, LargeBlock, Segment, Subsegment
+from emu.heap.walkers.model import BUSY, FREE
 
 COLORS = {
     "header": "#8c96a8",  # heap / segment / large-block headers
     "busy": "#3b75af",
+    "busy_lfh": "#17becf",  # segment heap: a busy LFH slot
+    "busy_vs": "#3b75af",  # segment heap: a busy VS chunk
+    "busy_backend": "#1f3f73",  # segment heap: a busy back-end page range
+    "lfh_free": "#a6d99c",  # segment heap: a free LFH slot (no block of its own)
     "free": "#59a14f",
     "pending_free": "#f28e2b",  # Wine: freed into the delayed-free array
     "large": "#9467bd",
@@ -41,6 +48,7 @@ MIN_MARK = 0.004  # narrowest free block drawn, as a share of the axes width
 TAIL_SHARE = 0.15  # of a segment bar, for its uncommitted tail
 LARGE_WEIGHT = 0.2  # width of a large block's bar next to a segment's (frames)
 LANE_GAP = 0.03
+LEGEND_ROW = 7  # legend entries in one row; more (the segment heap's) take two rows
 WIDTH_IN = 10.0
 DPI = 100
 
@@ -85,21 +93,52 @@ def _tile(start: int, end: int, spans: list[Span], gap_kind: str) -> list[Span]:
     return out
 
 
-def _segment_lane(seg: Segment, heap: int) -> Lane:
+def _block_kind(state: str, component: str) -> str:
+    if state == FREE:
+        return "free"
+    if state == BUSY and component:  # the segment heap: coloured by component
+        return f"busy_{component}"
+    return state
+
+
+def _subsegment_gaps(spans: list[Span], subsegments: Sequence[Subsegment]) -> list[Span]:
+    """Gaps (slack) inside segment-heap subsegments: their header up to the first block, then
+    free LFH slots (lfh_free) or heap-internal VS chunks (header)."""
+    if not subsegments:
+        return spans
+    cuts = sorted({p for s in subsegments for p in (s.address, s.first_block, s.end)})
+    out: list[Span] = []
+    for span in spans:
+        if span.kind != "slack":
+            out.append(span)
+            continue
+        points = [span.start, *(c for c in cuts if span.start < c < span.end), span.end]
+        for lo, hi in itertools.pairwise(points):
+            kind = "slack"
+            for sub in subsegments:
+                if sub.address <= lo < sub.end:
+                    inside = lo >= sub.first_block and sub.component == "lfh"
+                    kind = "lfh_free" if inside else "header"
+            out.append(Span(lo, hi, kind))
+    return out
+
+
+def _segment_lane(seg: Segment, heap: int, subsegments: Sequence[Subsegment] = ()) -> Lane:
     commit_end = seg.commit_end
     spans = [Span(seg.base, seg.first_block, "header")]
     for b in seg.blocks:
-        kind = "free" if b.state == FREE else b.state
-        spans.append(Span(b.address, min(b.end, commit_end), kind))
+        spans.append(Span(b.address, min(b.end, commit_end), _block_kind(b.state, b.component)))
     spans += [Span(r.address, r.end, "uncommitted") for r in seg.uncommitted]
     label = f"segment {seg.index}" + (" (heap header)" if seg.base == heap else "")
+    tiled = _tile(seg.base, seg.end, spans, "slack" if seg.complete else "unknown")
+    inside = [s for s in subsegments if seg.contains(s.address)]
     return Lane(
         key=f"segment 0x{seg.base:x}",
         label=label,
         start=seg.base,
         end=seg.end,
         committed_end=min(commit_end, seg.end),
-        spans=_tile(seg.base, seg.end, spans, "slack" if seg.complete else "unknown"),
+        spans=_subsegment_gaps(tiled, inside),
     )
 
 
@@ -121,7 +160,7 @@ def _large_lane(lb: LargeBlock) -> Lane:
 
 def heap_lanes(report: HeapReport) -> list[Lane]:
     """One lane per segment (in list order) and per large block, each tiled by its spans."""
-    lanes = [_segment_lane(s, report.heap) for s in report.segments]
+    lanes = [_segment_lane(s, report.heap, report.subsegments) for s in report.segments]
     return lanes + [_large_lane(lb) for lb in report.large_blocks]
 
 
@@ -214,7 +253,8 @@ def _legend(fig: Figure, kinds: set[str]) -> None:
         for k in COLORS
         if k in kinds
     ]
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
+    ncol = len(handles) if len(handles) <= LEGEND_ROW else -(-len(handles) // 2)
+    fig.legend(handles=handles, loc="upper right", ncol=ncol, fontsize=8, frameon=False)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -240,7 +280,8 @@ def save_heap_map(
     if isinstance(reports, HeapReport):
         reports = [reports]
     rows = [(r, lane) for r in reports for lane in heap_lanes(r)]
-    height = 0.9 + 0.62 * len(rows)
+    legend = 0.25 if len(_kinds([lane for _, lane in rows])) > LEGEND_ROW else 0.0
+    height = 0.9 + legend + 0.62 * len(rows)
     fig = Figure(figsize=(WIDTH_IN, height))
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     for ax, (report, lane) in zip(axes, rows, strict=True):
@@ -257,8 +298,8 @@ def save_heap_map(
         title or f"heap {first.heap:#x} ({first.kind}, {first.arch})", x=0.02, ha="left", size=10
     )
     _legend(fig, _kinds([lane for _, lane in rows]))
-    fig.subplots_adjust(left=0.04, right=0.96, top=1 - 0.55 / height, bottom=0.3 / height,
-                        hspace=0.9)  # fmt: skip
+    fig.subplots_adjust(left=0.04, right=0.96, top=1 - (0.55 + legend) / height,
+                        bottom=0.3 / height, hspace=0.9)  # fmt: skip
     return _save(fig, path)
 
 

@@ -8,11 +8,12 @@ builtin heap's from ``asm.layout(arch)``, Wine's from ``wine_layout``) as one li
 from __future__ import annotations
 
 from emu.heap.registry import allocator_kind
-from emu.heap.walkers.model import FieldSpec
+from emu.heap.walkers.model import Block, FieldSpec
 
 __all__ = [
     "FieldSpec",
     "block_header_specs",
+    "block_specs",
     "describe_field",
     "granularity",
     "heap_header_specs",
@@ -44,6 +45,11 @@ def heap_header_specs(kind: str, arch: str) -> list[FieldSpec]:
 def block_header_specs(kind: str, arch: str, free: bool) -> list[FieldSpec]:
     """A block header's fields (and a free block's list links) from the block's address."""
     return allocator_kind(kind).walker.block_header_specs(arch, free)
+
+
+def block_specs(kind: str, arch: str, block: Block) -> list[FieldSpec]:
+    """The header fields of this block (the segment heap's differ by component)."""
+    return allocator_kind(kind).walker.block_specs(arch, block)
 
 
 def large_header_specs(kind: str, arch: str) -> list[FieldSpec]:

@@ -1,8 +1,9 @@
 """Heap walkers: an independent view of a heap, read from emulated memory only.
 
-A walker (``BuiltinWalker``, ``WineWalker``; ``emu.heap.registry.walk_heap`` picks the one of
-the allocator loaded in ``proc``) decodes a heap into a ``HeapReport``: header fields, segments
-with their blocks and uncommitted ranges, free lists in list order, large blocks, and every
+A walker (``BuiltinWalker``, ``WineWalker``, ``SegmentWalker``; ``emu.heap.registry.walk_heap``
+picks the one of the allocator loaded in ``proc``) decodes a heap into a ``HeapReport``: header
+fields, segments with their blocks and uncommitted ranges, free lists in list order, large blocks,
+and every
 corruption found on the way (``Corruption(kind, address, detail)``). The walkers never call the
 allocator, so they see what its own RtlWalkHeap/RtlValidateHeap may hide; they never raise on
 garbage and every loop is bounded.
@@ -23,7 +24,9 @@ from emu.heap.walkers.model import (
     LargeBlock,
     Range,
     Segment,
+    Subsegment,
 )
+from emu.heap.walkers.segment import SegmentWalker
 from emu.heap.walkers.wine import WineWalker
 
 __all__ = [
@@ -39,5 +42,7 @@ __all__ = [
     "LargeBlock",
     "Range",
     "Segment",
+    "SegmentWalker",
+    "Subsegment",
     "WineWalker",
 ]

@@ -70,6 +70,12 @@ class HeapWalker(ABC):
     """Walks one heap; ``walk()`` returns the report. Subclasses implement the hooks below."""
 
     kind: str
+    # The NT heap's shape (builtin, Wine): every segment tiled from its first block to its end
+    # by blocks with in-band headers just below the user pointer, free blocks on size-class
+    # lists, free neighbours coalesced, large blocks on a list. The segment heap has none of
+    # that (headerless LFH slots and page ranges, trees instead of lists): its walker says
+    # False and tests of the NT shape are run only where this holds.
+    block_chain: bool = True
     alignment: int  # block granularity
     min_block_size: int
     heap_struct_name: str  # what ``dt`` calls the heap header
@@ -96,6 +102,11 @@ class HeapWalker(ABC):
     @abstractmethod
     def block_header_specs(cls, arch: str, free: bool) -> list[FieldSpec]:
         """A block header's fields (and a free block's list links) from the block's address."""
+
+    @classmethod
+    def block_specs(cls, arch: str, block: Block) -> list[FieldSpec]:
+        """The header fields of this block (default: every block has the same header)."""
+        return cls.block_header_specs(arch, block.free)
 
     @classmethod
     @abstractmethod

@@ -32,6 +32,8 @@ LARGE_BLOCK = "large_block"  # bad large-block header, broken large-block list l
 OVERLAP = "overlap"  # two segments / large-block regions claim the same memory
 PENDING_FREE = "pending_free"  # Wine's delayed-free array names a block that is not pending
 UNREADABLE = "unreadable"  # a structure lies in unmapped/uncommitted memory
+DESCRIPTOR = "descriptor"  # segment heap: a page range descriptor that does not add up
+LFH_BITMAP = "lfh_bitmap"  # segment heap: LFH bitmap, FreeCount or FreeHint mismatch
 
 CORRUPTION_KINDS = (
     HEAP_HEADER,
@@ -50,6 +52,8 @@ CORRUPTION_KINDS = (
     OVERLAP,
     PENDING_FREE,
     UNREADABLE,
+    DESCRIPTOR,
+    LFH_BITMAP,
 )
 
 # Block states.
@@ -113,6 +117,7 @@ class Block:
     back_link: int | None = None
     flink: int | None = None  # free blocks: the list links as stored (they point at the list
     blink: int | None = None  # entry inside the next/previous block, not at its header)
+    component: str = ""  # segment heap: the component serving it (backend / vs / lfh)
 
     @property
     def busy(self) -> bool:
@@ -157,6 +162,23 @@ class Segment:
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.end
+
+
+@dataclass
+class Subsegment:
+    """Segment heap: a VS or LFH subsegment (a page range of the back end) and its blocks."""
+
+    address: int
+    size: int  # bytes of its page range
+    component: str  # "vs" or "lfh"
+    block_size: int  # LFH: the bucket's block size; VS: the chunk unit
+    block_count: int  # LFH: BlockCount; VS: chunks reported (busy and free)
+    free_count: int  # LFH: FreeCount; VS: free chunks
+    first_block: int = 0  # address of its first block (header and bitmap before it)
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
 
 
 @dataclass(frozen=True)
@@ -229,6 +251,7 @@ class HeapReport:
     free_lists: list[FreeList] = field(default_factory=list)
     large_blocks: list[LargeBlock] = field(default_factory=list)
     pending_free: list[int] = field(default_factory=list)  # Wine: delayed frees (headers)
+    subsegments: list[Subsegment] = field(default_factory=list)  # segment heap: VS/LFH
     corruptions: list[Corruption] = field(default_factory=list)
 
     @property
