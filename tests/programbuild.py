@@ -14,6 +14,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     sandbox.exe    tries host paths it was not given
     runtime.dll    seed 001: allocates with its own CRT (ucrtbase.dll)
     crossfree.exe  frees runtime.dll's block with msvcrt.dll's free
+    fault.exe      reads address 0x10 (-O0: the faulting load is inside its basic block)
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -46,6 +47,7 @@ class Recipe:
     sources: tuple[str, ...]
     dlls: tuple[str, ...] = ()  # other recipes this one links against (their import libs)
     freestanding_dll: bool = False  # no mingw start-up code; DllMain entry; ucrtbase's CRT
+    cflags: tuple[str, ...] = ()  # after the common CFLAGS (so -O0 wins over -O1)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -54,6 +56,7 @@ RECIPES: dict[str, Recipe] = {
     "sandbox.exe": Recipe(("sandbox.c",)),
     "runtime.dll": Recipe(("runtime.c",), freestanding_dll=True),
     "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),
+    "fault.exe": Recipe(("fault.c",), cflags=("-O0",)),
 }
 
 
@@ -105,7 +108,7 @@ def build(name: str, arch: str) -> Path:
     build_root().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-{arch}-", dir=build_root()))
     try:
-        command = [compiler(arch, recipe.sources[0]), *CFLAGS]
+        command = [compiler(arch, recipe.sources[0]), *CFLAGS, *recipe.cflags]
         command += [str(SOURCES / s) for s in recipe.sources]
         if recipe.freestanding_dll:
             entry = "_DllMain@12" if arch == "x86" else "DllMain"

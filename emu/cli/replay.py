@@ -38,7 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lifetime", type=float, default=200.0, help="synthetic: mean lifetime")
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
     p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
-    p.add_argument("--tlb", choices=("cpu", "virtual"), default="cpu")
     p.add_argument("--chunk", type=int, default=1 << 16, help="operations per driver call")
     p.add_argument("--lenient", action="store_true", help="allow IDs used while not live")
     p.add_argument("--renumber", action="store_true", help="make IDs dense (sparse traces)")
@@ -55,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _allocator_for(args: argparse.Namespace, tape: Tape) -> Allocator:
-    proc = Process(args.arch, tlb=args.tlb, time_limit=0)
+    proc = Process(args.arch, time_limit=0)
     module = proc.load_allocator(args.allocator)
     a = Allocator(proc, module, name=args.allocator)
     if args.warmup:
@@ -85,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = _allocator_for(args, tape)
         result = replay(a, tape, chunk=args.chunk, time_limit=0)
         report: dict[str, Any] = result.to_json()
-        report.update(allocator=args.allocator, tlb=args.tlb, encode_seconds=encode)
+        report.update(allocator=args.allocator, encode_seconds=encode)
         if not args.no_count:
             counted = replay(_allocator_for(args, tape), tape, chunk=args.chunk, time_limit=0,
                              count_instructions=True)  # fmt: skip
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print(r: dict[str, Any]) -> None:
     print(
-        f"{r['ops']:,} operations on the {r['allocator']} heap, {r['arch']} (tlb={r['tlb']}): "
+        f"{r['ops']:,} operations on the {r['allocator']} heap, {r['arch']}: "
         f"{r['seconds']:.3f} s, {r['ops_per_second']:,.0f} ops/s, "
         f"{r['driver_calls']} driver call(s), {r['syscalls']} system calls"
     )

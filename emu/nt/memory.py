@@ -1,12 +1,12 @@
 """The process address space, modelled on NT's virtual memory manager.
 
 A :class:`Region` is one reservation (a VAD): 64 KiB-aligned base, page-granular size, a type
-(private, mapped, image) and per-page state: reserved, or committed with a protection. Unicorn
-mappings follow the committed pages: a page is mapped in the CPU exactly when it is committed
-and not a guard page, so touching reserved or free memory faults as it does on Windows, and
-committed pages start zero-filled. Mapping committed runs individually (rather than the whole
-reservation with per-page ``mem_protect``) keeps each operation cheap: splitting a large Unicorn
-region on every protect was measured at ~2 ms per call.
+(private, mapped, image) and per-page state: reserved, or committed with a protection. The CPU's
+memory follows the committed pages: a page is backed exactly when it is committed and not a
+guard page (whose contents wait in ``Region.guard_data``), so committed pages start zero-filled
+and a decommit discards them. Which accesses are allowed is not the backing's business: the CPU
+asks ``page_state`` on each TLB miss (``ProcessCore._on_page_fault``), and every change of
+protection here flushes its TLB (``Cpu.protect``; mapping and unmapping flush too).
 
 Errors are :class:`NtStatusError` with the status Windows' NtAllocateVirtualMemory,
 NtFreeVirtualMemory, NtProtectVirtualMemory and NtQueryVirtualMemory return.
@@ -377,7 +377,7 @@ class MemoryManager:
             was = _mapped(old)
             if was and now:
                 if old & 0xFF != new & 0xFF:
-                    cpu.protect(addr, length, new)
+                    cpu.protect(addr, length, new)  # flushes the TLB entries it changes
             elif was:
                 if new != RESERVED:  # becoming a guard page: keep the contents
                     for k in range(i, j):

@@ -109,10 +109,9 @@ class ProcessCore:
         stack_reserve: int | None = None,
         stack_commit: int | None = None,
         time_limit: float = 30.0,
-        tlb: str = "cpu",
     ):
         self.arch = get_arch(arch)
-        self.cpu = Cpu(self.arch, tlb=tlb)
+        self.cpu = Cpu(self.arch)
         self.memory = MemoryManager(self.cpu, self.arch)
         self.regs = Registers(self.cpu)
         self.modules = ModuleList()
@@ -167,9 +166,11 @@ class ProcessCore:
         )
         self._fill_teb_peb()
         setup_segments(self.cpu, self.teb, TEB.size(arch))
-        # every call returns to the first byte of the trap page (an int3 never executed: the
-        # run stops there)
-        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, self.trap_base)
+        # every call returns into the trap page (an int3 never executed: the run stops there).
+        # Not its first byte: after each run Unicorn looks up the code page of `until - 1`,
+        # which would be the (non-executable) page below, a TLB miss every call.
+        sentinel = self.trap_base + 0x10
+        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, sentinel)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -210,7 +211,7 @@ class ProcessCore:
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
-        cpu.bad_access_handler = self._on_bad_access
+        cpu.page_fault_handler = self._on_page_fault
         cpu.hook_interrupt(self._on_interrupt)
         if self.arch.ptr_size == 8:
             cpu.hook_syscall_insn(self._on_syscall, "syscall")
@@ -488,27 +489,19 @@ class ProcessCore:
             for observer in self.syscall_observers:
                 observer(self.syscalls[-1])
 
-    def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
-        """Guard pages: a stack guard page grows the stack; any other is one-shot."""
-        state = self.memory.page_state(address)
-        if not state or not state & PAGE_GUARD:
-            return False
-        if self.thread_stack.contains(address):
-            fault = self.thread_stack.on_guard_page(address)
-            if fault is None:
-                return True  # retry the access on the newly committed page
-            self.cpu.fault = fault
-            return False
-        self.memory.clear_guard(address)
-        self.cpu.fault = Fault(
-            "guard page violation",
-            pc=self.cpu.pc,
-            address=address,
-            access=access,
-            size=size,
-            status=NtStatus.GUARD_PAGE_VIOLATION,
-        )
-        return False
+    def _on_page_fault(self, page: int, access: str) -> int | Fault | None:
+        """The CPU's TLB missed on ``page``: its protection (None when not committed). A guard
+        page is one-shot, as on Windows; the stack's guard page grows the stack instead."""
+        state = self.memory.page_state(page)
+        if not state:
+            return None  # free or reserved
+        if not state & PAGE_GUARD:
+            return state
+        if self.thread_stack.contains(page):
+            fault = self.thread_stack.on_guard_page(page)
+            return self.memory.page_state(page) if fault is None else fault
+        self.memory.clear_guard(page)
+        return Fault("guard page violation", status=NtStatus.GUARD_PAGE_VIOLATION)
 
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:
