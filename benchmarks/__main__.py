@@ -7,10 +7,11 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from . import bench_call, bench_memory, bench_observe, bench_replay
+from . import bench_call, bench_memory, bench_observe, bench_peer, bench_replay
 from .common import save
 
 SUITES = {
+    "peer": bench_peer.run,
     "call": bench_call.run,
     "observe": bench_observe.run,
     "replay": bench_replay.run,

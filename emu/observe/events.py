@@ -225,12 +225,8 @@ class EventRecorder:
             ev.syscall_times.append(self.instructions)
 
     def _on_run_end(self, ok: bool) -> None:
-        # a call made from Python returns to the sentinel, where the run stops before any
-        # block there runs: close it here, with the CPU in its just-returned state
-        sentinel = self.proc.call_gate.sentinel
-        if ok and sentinel in self._returns:
-            self._maybe_return(sentinel)
-        # a fault or stop left calls open: they never returned
+        # a call made from Python returns to the call gate's tail, a block like any other, so
+        # its event closed there; a fault or stop left calls open: they never returned
         while self._open:
             ev = self._open.pop()
             self._finish_counts(ev)

@@ -122,7 +122,7 @@ class Tracer:
         self._written = [n for n in (insn.reg_name(r) for r in written) if n in cpu.reg_ids]
 
     def _on_run_end(self, ok: bool) -> None:
-        if self._return is not None and self._return[0] == self.proc.call_gate.sentinel:
+        if self._return is not None and self._return[0] == self.proc.call_gate.return_address:
             self._active, self._return = False, None  # the traced call was the run itself
         if not ok:
             # blocks are written whole when they start: say where execution really stopped
