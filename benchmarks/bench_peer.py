@@ -150,9 +150,9 @@ def measure(arch: str, python: Path) -> list[dict[str, object]]:
             "arch": arch,
             "value": round(mips["heapemu"], 1),
             "unit": "M instr/s",
-            "reference": round(mips[ref] if ref in mips else bare_best, 1),
+            "reference": round(mips.get(ref, bare_best), 1),
             "reference_name": ref_name,
-            "ratio": round(mips["heapemu"] / (mips[ref] if ref in mips else bare_best), 3),
+            "ratio": round(mips["heapemu"] / (mips.get(ref, bare_best)), 3),
             **extra,
         }
 
