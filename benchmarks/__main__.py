@@ -15,7 +15,6 @@ SUITES = {
     "call": bench_call.run,
     "observe": bench_observe.run,
     "replay": bench_replay.run,
-    "replay_tlb_proposal": bench_replay.run_tlb_proposal,
     "memory": bench_memory.run,
 }
 

@@ -244,6 +244,9 @@ class Cpu:
         self._incident = False
         self.page_fault_handler: PageFaultHandler | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
+        # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
+        # (every commit flushes the whole TLB) refills from here without asking again
+        self._perms: dict[int, int] = {}
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
@@ -274,6 +277,7 @@ class Cpu:
     def map(self, addr: int, size: int, protect: int) -> None:
         """Back [addr, addr+size) with zero-filled memory. Accesses are allowed as the
         page-fault handler answers; ``protect`` is what it will answer (kept for the reader)."""
+        self._forget(addr, size)
         try:
             self.uc.mem_map(addr, size, unicorn.UC_PROT_ALL)  # Unicorn flushes the TLB
         except unicorn.UcError as e:
@@ -302,23 +306,39 @@ class Cpu:
         return buf
 
     def unmap(self, addr: int, size: int) -> None:
-        self._invalidating = True  # Unicorn drops the code translated from the range
+        """Drop the backing of [addr, addr+size). Unicorn drops the code translated from it
+        and flushes its pages' TLB entries (only those: the rest of the TLB stays warm)."""
+        self._forget(addr, size)
+        self._invalidating = True
         try:
             self.uc.mem_unmap(addr, size)
         except unicorn.UcError as e:
             raise _cpu_error(e, f"unmap 0x{addr:x}+0x{size:x}") from None
         finally:
             self._invalidating = False
-            self.flush_tlb()
 
     def protect(self, addr: int, size: int, protect: int) -> None:
         """The protection of [addr, addr+size) changed: translations cached in the TLB go (the
         next access asks the page-fault handler again). Code translated there goes too when
         the pages are no longer executable: blocks jump to each other directly, without a TLB
         lookup."""
+        self._forget(addr, size)
         if not uc_perms(protect) & UC_X:
             self.invalidate_code(addr, size)
         self.flush_tlb()
+
+    def _forget(self, addr: int, size: int) -> None:
+        """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
+        perms = self._perms
+        if not perms:
+            return
+        end = addr + size
+        if size >> 12 <= 64:
+            for page in range(addr & _PAGE_MASK, end, 0x1000):
+                perms.pop(page, None)
+        else:
+            for page in [p for p in perms if addr & _PAGE_MASK <= p < end]:
+                del perms[page]
 
     def flush_tlb(self) -> None:
         """Forget every cached translation: the next access to each page asks again."""
@@ -519,7 +539,7 @@ class Cpu:
         self._incident = True
         uclib.uc_emu_stop(self._uch)
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         """A Python hook raised: stop, and re-raise it when emu_start returns (exceptions
         cannot cross Unicorn's C frames)."""
         if self._raw_exception is None:
@@ -545,6 +565,10 @@ class Cpu:
             e.paddr, e.perms = page, unicorn.UC_PROT_ALL
             return True
         rw, need = _FILL_ACCESS.get(access, ("read", UC_R))
+        perms = self._perms.get(page)
+        if perms is not None and perms & need:  # the common refill after a TLB flush
+            e.paddr, e.perms = page, perms
+            return True
         why: Fault
         try:
             answer: int | Fault | None = self._system_pages.get(page)
@@ -556,7 +580,7 @@ class Cpu:
                 why = answer
                 self._tlb_stale = True
             else:
-                perms = _UC_PERMS[answer & 0xFF]
+                perms = self._perms[page] = _UC_PERMS[answer & 0xFF]
                 if perms & need:
                     e.paddr, e.perms = page, perms
                     if perms & UC_X:
@@ -637,7 +661,7 @@ class Cpu:
             try:
                 fn(address, size)
             except BaseException as e:  # re-raised after emu_start
-                self._fail(e)
+                self.fail(e)
 
         return self._register_hook(kind, _HOOK_CODE_CB(trampoline), begin, end)
 
@@ -649,6 +673,14 @@ class Cpu:
         """``fn(address, size)`` at each basic block starting in [begin, end]."""
         return self._add_raw_hook(unicorn.UC_HOOK_BLOCK, fn, begin, end)
 
+    def hook_block_direct(
+        self, fn: Callable[[int, int, int, int], None], begin: int = 1, end: int = 0
+    ) -> int:
+        """``hook_block`` for the hottest observers: ``fn(uc, address, size, user)`` is the C
+        callback itself (no trampoline frame, ~0.15 µs less per block). It must catch its own
+        exceptions and hand them to ``fail``."""
+        return self._register_hook(unicorn.UC_HOOK_BLOCK, _HOOK_CODE_CB(fn), begin, end)
+
     def hook_mem_write(self, fn: MemWriteHook, begin: int = 1, end: int = 0) -> int:
         """``fn(address, size, value)`` on every write into [begin, end]. Memory hooks slow
         every load and store: keep one only while it is needed."""
@@ -657,7 +689,7 @@ class Cpu:
             try:
                 fn(address, size, value)
             except BaseException as e:
-                self._fail(e)
+                self.fail(e)
 
         return self._register_hook(unicorn.UC_HOOK_MEM_WRITE, _HOOK_MEM_CB(on_write), begin, end)
 
@@ -668,7 +700,7 @@ class Cpu:
             try:
                 fn(intno)
             except BaseException as e:
-                self._fail(e)
+                self.fail(e)
 
         return self._register_hook(unicorn.UC_HOOK_INTR, _HOOK_INTR_CB(on_interrupt), 1, 0)
 
@@ -680,7 +712,7 @@ class Cpu:
             try:
                 fn()
             except BaseException as e:
-                self._fail(e)
+                self.fail(e)
 
         return self._register_hook(unicorn.UC_HOOK_INSN, _HOOK_INSN_CB(on_insn), 1, 0, ins)
 
