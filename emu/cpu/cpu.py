@@ -30,7 +30,7 @@ import mmap
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import unicorn
@@ -316,6 +316,7 @@ class Cpu:
             raise _cpu_error(e, f"unmap 0x{addr:x}+0x{size:x}") from None
         finally:
             self._invalidating = False
+        self._forget_code(addr, size)  # its translations are gone
 
     def protect(self, addr: int, size: int, protect: int) -> None:
         """The protection of [addr, addr+size) changed: translations cached in the TLB go (the
@@ -325,20 +326,25 @@ class Cpu:
         self._forget(addr, size)
         if not uc_perms(protect) & UC_X:
             self.invalidate_code(addr, size)
+            self._forget_code(addr, size)
         self.flush_tlb()
+
+    @staticmethod
+    def _pages_within(addr: int, size: int, pages: Collection[int]) -> list[int]:
+        """The members of ``pages`` (page addresses) in [addr, addr+size), ascending."""
+        start, end = addr & _PAGE_MASK, addr + size
+        if size >> 12 <= len(pages):
+            return [p for p in range(start, end, 0x1000) if p in pages]
+        return sorted(p for p in pages if start <= p < end)
 
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
-        perms = self._perms
-        if not perms:
-            return
-        end = addr + size
-        if size >> 12 <= 64:
-            for page in range(addr & _PAGE_MASK, end, 0x1000):
-                perms.pop(page, None)
-        else:
-            for page in [p for p in perms if addr & _PAGE_MASK <= p < end]:
-                del perms[page]
+        for page in self._pages_within(addr, size, self._perms):
+            del self._perms[page]
+
+    def _forget_code(self, addr: int, size: int) -> None:
+        """No translated code is left in [addr, addr+size)."""
+        self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
 
     def flush_tlb(self) -> None:
         """Forget every cached translation: the next access to each page asks again."""
@@ -379,10 +385,7 @@ class Cpu:
         end = addr + size
         if size <= 0 or not self._code_pages:
             return
-        if size >> 12 <= len(self._code_pages):
-            pages = [p for p in range(addr & _PAGE_MASK, end, 0x1000) if p in self._code_pages]
-        else:
-            pages = sorted(p for p in self._code_pages if addr & _PAGE_MASK <= p < end)
+        pages = self._pages_within(addr, size, self._code_pages)
         if not pages:
             return
         self._invalidating = True  # Unicorn finds the page through the TLB, as a fetch

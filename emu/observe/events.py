@@ -176,7 +176,7 @@ class EventRecorder:
     # ------------------------------------------------------------------ install
     def start(self) -> EventRecorder:
         if self._hook is None:
-            self._hook = self.proc.cpu.hook_block(self._on_block)
+            self._hook = self.proc.cpu.hook_block_direct(self._block_hook())
             self.proc.syscall_observers.append(self._on_syscall)
             self.proc.run_observers.append(self._on_run_end)
         return self
@@ -208,16 +208,28 @@ class EventRecorder:
         self._counts[address] = n
         return n
 
-    def _on_block(self, address: int, size: int) -> None:
-        # the hot path: one set lookup, one dict lookup, two additions; an event's counts are
-        # the difference of these global counters between its entry and its return
-        if address in self._special:
-            if address in self._returns:
-                self._maybe_return(address)
-            if address in self.watched:
-                self._enter(address)
-        self.instructions += self._counts.get(address) or self._block_size(address, size)
-        self.blocks += 1
+    def _block_hook(self) -> Callable[[int, int, int, int], None]:
+        """The block hook, registered as the C callback itself (no trampoline frame, names
+        bound once): it runs for every block while recording. The hot path is one set lookup,
+        one dict lookup and two additions; an event's counts are the difference of these
+        global counters between its entry and its return."""
+        special, counts, block_size = self._special, self._counts, self._block_size
+        returns, watched, fail = self._returns, self.watched, self.proc.cpu.fail
+        maybe_return, enter = self._maybe_return, self._enter
+
+        def on_block(uc: int, address: int, size: int, user: int) -> None:
+            try:
+                if address in special:
+                    if address in returns:
+                        maybe_return(address)
+                    if address in watched:
+                        enter(address)
+                self.instructions += counts.get(address) or block_size(address, size)
+                self.blocks += 1
+            except BaseException as e:  # re-raised when the run ends
+                fail(e)
+
+        return on_block
 
     def _on_syscall(self, record: SyscallRecord) -> None:
         for ev in self._open:
@@ -231,7 +243,8 @@ class EventRecorder:
             ev = self._open.pop()
             self._finish_counts(ev)
         self._returns.clear()
-        self._special = set(self.watched)
+        self._special.clear()  # in place: the block hook holds this set
+        self._special.update(self.watched)
 
     # ------------------------------------------------------------------ entry and return
     def _enter(self, address: int) -> None:
