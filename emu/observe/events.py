@@ -254,12 +254,18 @@ class EventRecorder:
         nargs = len(proto.params)
         values = [self._reg(r) for r in conv.reg_args[:nargs]]
         nstack = nargs - len(values)
+        first = conv.stack_arg_address(arch, sp, len(values)) - sp  # offset of stack args
+        # one read: the return address, the stack arguments and, for the convention check,
+        # the caller's frame
+        args_end = first + nstack * arch.ptr_size if nstack > 0 else 0
+        size = max(arch.ptr_size, args_end if args_end <= 0x80 else 0)
+        frame = self._read_frame(sp, 0x80 if self.check_conventions else size)
         if nstack > 0:
-            first = conv.stack_arg_address(arch, sp, len(values))
-            raw = proc.read(first, nstack * arch.ptr_size)
+            if frame and args_end <= len(frame):
+                raw = frame[first:args_end]
+            else:
+                raw = proc.read(sp + first, nstack * arch.ptr_size)
             values += [arch.unpack_ptr(raw, i * arch.ptr_size) for i in range(nstack)]
-        # one read: the return address and, for the convention check, the caller's frame
-        frame = self._read_frame(sp, 0x80 if self.check_conventions else arch.ptr_size)
         ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
         caller = self._callers.get(ret_addr)
         if caller is None:
@@ -378,11 +384,17 @@ class EventRecorder:
         arch = self.proc.arch
         problems = []
         after_raw = self._callee_saved()
-        if after_raw == ev._saved["state"] and not _df_set(after_raw, arch):
+        before_raw = ev._saved["state"]
+        k = 16 * len(arch.nonvolatile)  # EFLAGS (the next slot) may change, except DF
+        if (
+            after_raw[:k] == before_raw[:k]
+            and after_raw[k + 16 :] == before_raw[k + 16 :]
+            and not _df_set(after_raw, arch)
+        ):
             before_regs: dict[str, int] = {}
             after_regs: dict[str, int] = {}
         else:
-            before_regs, _, before_xmm = self._unpack_state(ev._saved["state"])
+            before_regs, _, before_xmm = self._unpack_state(before_raw)
             after_regs, eflags, after_xmm = self._unpack_state(after_raw)
             if eflags & DF:
                 problems.append("direction flag left set")
