@@ -328,7 +328,7 @@ class ProcessCore:
                     "change registers/memory or use ctx.skip() instead",
                 )
             )
-        addr = target if type(target) is int else self.resolve(target)  # type: ignore[arg-type]
+        addr = self.resolve(target) if isinstance(target, str) else target
         layout = self._call_layouts.get((convention, len(args)))
         if layout is None:
             layout = self._call_layout(convention, len(args))
