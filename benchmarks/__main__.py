@@ -8,14 +8,14 @@ from rich.table import Table
 
 from emu.scenario.render import emit, output_console
 
-from . import bench_call, bench_memory, bench_observe, bench_replay, bench_snapshot
+from . import bench_call, bench_memory, bench_observe, bench_peer, bench_replay, bench_snapshot
 from .common import save
 
 SUITES = {
+    "peer": bench_peer.run,
     "call": bench_call.run,
     "observe": bench_observe.run,
     "replay": bench_replay.run,
-    "replay_tlb_proposal": bench_replay.run_tlb_proposal,
     "memory": bench_memory.run,
     "address_space": bench_memory.run_address_space,
     "snapshot": bench_snapshot.run,

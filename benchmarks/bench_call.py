@@ -1,5 +1,7 @@
 """µs per ``proc.call`` of a 10-instruction function, next to the raw Unicorn floor
-(``reg_write(SP)`` + ``emu_start`` of the same function through ctypes), in the same run."""
+(``reg_write(SP)`` + ``emu_start`` of the same function through ctypes, its return address on
+its own page), in the same run: chunks of each alternate, the best chunk counts.
+Target: proc.call <= 1.5x the floor."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_EXECUTE_READ
 
 from .common import best_of
 
-N = 20_000
+N = 200_000
+CHUNK = 2_000
 
 
 def _function(proc: Process) -> int:
@@ -38,18 +41,21 @@ def measure(arch: str) -> dict[str, object]:
     uch, sp_id, done = cpu._uch, cpu._sp_id, proc.call_gate.sentinel
 
     def floor() -> None:
-        for _ in range(N):
+        for _ in range(CHUNK):
             uclib.uc_reg_write(uch, sp_id, ref)
             uclib.uc_emu_start(uch, f, done, 0, 0)
 
     def calls() -> None:
-        for _ in range(N):
+        for _ in range(CHUNK):
             proc.call(f, 1, 2, 3)
 
     floor()
     calls()  # warm the translation cache
-    t_floor = best_of(floor) / N * 1e6
-    t_call = best_of(calls) / N * 1e6
+    # alternating short chunks, best of many: a shared host's load shifts within seconds
+    t_floor = t_call = float("inf")
+    for _ in range(N // CHUNK):
+        t_floor = min(t_floor, best_of(floor, 1) / CHUNK * 1e6)
+        t_call = min(t_call, best_of(calls, 1) / CHUNK * 1e6)
     return {
         "benchmark": "proc.call (10 instructions)",
         "arch": arch,
@@ -58,6 +64,7 @@ def measure(arch: str) -> dict[str, object]:
         "reference": round(t_floor, 2),
         "reference_name": "reg_write(SP)+emu_start floor",
         "ratio": round(t_call / t_floor, 2),
+        "target": "<= 1.5",
     }
 
 

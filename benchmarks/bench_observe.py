@@ -1,9 +1,11 @@
 """Observation costs, each next to its reference in the same run:
 
 - instruction tracing (address + symbol + bytes + disassembly, to a file) of one long call:
-  traced instructions/s vs the same call untraced (target: >= 5 M traced instructions/s);
-- allocation events and calling-convention checks on 10,000 allocator calls: the run with
-  checks vs the run with events only, and vs the plain run (target: checks <= 1.2x unchecked).
+  traced instructions/s vs the same call untraced (target: >= 10 M traced instructions/s);
+- allocation events and calling-convention checks on 10,000 allocator calls: events vs the
+  plain run (target: <= 2x), the run with checks vs the run with events only (target: <= 1.2x).
+
+Configurations alternate round by round; the best round of each counts.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ next:
     ret
 """
 ITERATIONS = 300_000  # 7 instructions per iteration: ~2.1 M instructions per call
+ROUNDS = 3
 
 
 def trace_speed(arch: str) -> dict[str, object]:
@@ -37,10 +40,14 @@ def trace_speed(arch: str) -> dict[str, object]:
     mod = proc.load_flat(LOOP.format(n=ITERATIONS), "loop")
     f = mod.exports["loop_fn"]
     proc.call(f)
-    t_plain = best_of(lambda: proc.call(f), 3)
-    with open(os.devnull, "w") as out, proc.trace(out) as tracer:
-        t_traced = best_of(lambda: proc.call(f), 3)
-    instructions = tracer.instructions // 3
+    t_plain = t_traced = float("inf")
+    instructions = 0
+    for _ in range(ROUNDS):  # alternating: a shared host's load shifts within seconds
+        t_plain = min(t_plain, best_of(lambda: proc.call(f), 1))
+        with open(os.devnull, "w") as out, proc.trace(out) as tracer:
+            proc.call(f)  # translate with the hook
+            t_traced = min(t_traced, best_of(lambda: proc.call(f), 1))
+        instructions = tracer.instructions // 2
     return {
         "benchmark": "instruction trace (addr+disasm)",
         "arch": arch,
@@ -64,12 +71,14 @@ def convention_cost(arch: str, kind: str = "builtin") -> list[dict[str, object]]
             a.free(heap, a.alloc(heap, 0x100))
 
     work()
-    t_plain = best_of(work, 3)
-    with proc.record():
-        t_events = best_of(work, 3)
-    with proc.record(check_conventions=True) as rec:
-        t_checked = best_of(work, 3)
-    assert not rec.violations
+    t_plain = t_events = t_checked = float("inf")
+    for _ in range(ROUNDS):  # alternating: a shared host's load shifts within seconds
+        t_plain = min(t_plain, best_of(work, 1))
+        with proc.record():
+            t_events = min(t_events, best_of(work, 1))
+        with proc.record(check_conventions=True) as rec:
+            t_checked = min(t_checked, best_of(work, 1))
+        assert not rec.violations
     rows = []
     for name, t, ref, ref_name in (
         ("events (10k allocator calls)", t_events, t_plain, "plain run"),

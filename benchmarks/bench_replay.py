@@ -5,74 +5,57 @@ For each architecture and allocator, one synthetic tape (``typical`` sizes) is r
 
 * the same builtin heap C compiled natively, replaying the same tape (benchmarks/native_replay:
   the physical limit; builtin only, Wine's ntdll cannot run natively here);
-* the emulator's own speed: a plain load/store loop in the same process, in instructions per
-  second (the replay's instructions are counted in a separate run with a block hook, its time
-  taken from runs without hooks);
-* the same process in UC_TLB_VIRTUAL mode (``Process(arch, tlb="virtual")``);
+* heapemu as it was before the fast core (the baseline commit, ``HEAPEMU_BENCH_BASELINE``,
+  exported once under ~/.cache/heapemu/baseline/ and run in a subprocess), the same tape,
+  rounds alternating with the current code; both must produce the same results;
+* the bare engine: a load/store loop on Unicorn with nothing installed (``UC_TLB_VIRTUAL``, no
+  hooks), in instructions per second (the replay's instructions are counted in a separate run
+  with a block hook, its time taken from runs without hooks);
 * the same operations issued one ``proc.call`` at a time from Python.
 
 Timed figures are the best of ``ROUNDS`` runs on fresh heaps, after a warm-up replay (so the
-translation cache is warm); configurations are interleaved round by round, which evens out a
-noisy shared host. ``run_tlb_proposal`` measures a what-if for the per-call path (see its doc).
+translation cache is warm).
 
-    python -m benchmarks replay               (~3 minutes; the native build ~1 minute once)
-    python -m benchmarks replay_tlb_proposal
+    python -m benchmarks replay               (~4 minutes; the native build ~1 minute once)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import subprocess
+import sys
+import tarfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import unicorn
-import unicorn.unicorn_py3.unicorn as ucpy
+from unicorn import x86_const as ux
 
 from emu import Process
-from emu.cpu.cpu import uc_perms
 from emu.heap.allocator import Allocator
 from emu.heap.replay.run import ReplayResult, replay, replay_python
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import OpKind, synthetic
 
 from . import native_replay
+from .bench_peer import _KS_MODES
 
 OPS = int(os.environ.get("HEAPEMU_BENCH_REPLAY_OPS", 100_000))
 WARMUP = 20_000
 PYTHON_OPS = 10_000  # one proc.call per op is slow: a prefix of the tape
-ROUNDS = 3
-LOOP_ITERATIONS = 2_000_000  # 5 instructions each
+ROUNDS = int(os.environ.get("HEAPEMU_BENCH_ROUNDS", 3))
+LOOP_ITERATIONS = 4_000_000  # 5 instructions each
+# the last commit before the fast core (UC_TLB_VIRTUAL + TLB-fill hook, the call gate)
+BASELINE = os.environ.get("HEAPEMU_BENCH_BASELINE", "8e6374ea8cceacb0b15a8e1d6af56f1a65b4b7e7")
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path.home() / ".cache" / "heapemu" / "baseline"
 
 
-def loop_source(proc: Process) -> str:
-    """A plain load/store loop: load, add, store, decrement, branch (5 instructions)."""
-    body = [
-        "mov eax, dword ptr [{r}]",
-        "add eax, ecx",
-        "mov dword ptr [{r}], eax",
-        "dec ecx",
-        "jnz bench_loop_top",
-    ]
-    if proc.arch.ptr_size == 8:
-        head, reg, ret = ["lea rdx, [rip + bench_loop_data]"], "rdx", "ret"
-    else:
-        head, reg, ret = (
-            ["mov ecx, dword ptr [esp + 4]", "lea edx, [bench_loop_data]"],
-            "edx",
-            "ret 4",
-        )
-    lines = [".globl bench_loop", "bench_loop:", *head, "bench_loop_top:"]
-    lines += [b.format(r=reg) for b in body] + [ret, ".data", "bench_loop_data: .long 0"]
-    return "\n".join(lines) + "\n"
-
-
-def _load(
-    arch: str, kind: str, tlb: str = "cpu", patch: Callable[[Process], object] | None = None
-) -> Allocator:
-    proc = Process(arch, tlb=tlb, time_limit=0)
-    if patch is not None:
-        patch(proc)
+def _load(arch: str, kind: str) -> Allocator:
+    proc = Process(arch, time_limit=0)
     module = proc.load_allocator(kind)
     return Allocator(proc, module, name=kind)
 
@@ -85,35 +68,102 @@ def _fresh_replay(a: Allocator, tape: Tape, **options: Any) -> ReplayResult:
     return r
 
 
-class _Setup:
-    """A process with the allocator, the loop, and a warm translation cache."""
+def _digest(r: ReplayResult) -> str:
+    return hashlib.sha256(r.values.tobytes()).hexdigest()[:16]
 
-    def __init__(
-        self,
-        arch: str,
-        kind: str,
-        tlb: str,
-        tape: Tape,
-        patch: Callable[[Process], object] | None = None,
-    ):
-        self.a = _load(arch, kind, tlb, patch)
-        self.loop = self.a.proc.load_flat(loop_source(self.a.proc), "bench_loop").exports
-        _fresh_replay(self.a, tape.head(WARMUP))
-        self.a.proc.call(self.loop["bench_loop"], 1000)
-        self.replay_best = float("inf")
-        self.loop_best = float("inf")
 
-    def round(self, tape: Tape) -> ReplayResult:
+# ---------------------------------------------------------------------- the baseline
+def baseline_tree() -> Path | None:
+    """The baseline commit's files (exported with ``git archive`` once), or None without git."""
+    target = CACHE / BASELINE
+    if (target / "emu").is_dir():
+        return target
+    try:
+        data = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", BASELINE],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    partial = target.with_suffix(".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(partial, filter="data")
+    partial.rename(target)
+    return target
+
+
+class Baseline:
+    """The baseline heapemu replaying the tape in a subprocess, one round per request."""
+
+    def __init__(self, tree: Path, arch: str, kind: str):
+        script = Path(__file__).parent / "baseline" / "replay_rounds.py"
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.p = subprocess.Popen(
+            [sys.executable, str(script), arch, kind, str(OPS), str(WARMUP)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tree,
+        )
+        assert self.p.stdout is not None
+        if self.p.stdout.readline().strip() != "ready":
+            raise RuntimeError("the baseline replay did not start")
+
+    def round(self) -> dict[str, Any]:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+        return dict(json.loads(self.p.stdout.readline()))
+
+    def close(self) -> None:
+        if self.p.stdin is not None:
+            self.p.stdin.close()
+        self.p.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------- the bare engine
+def bare_loop_ips(arch: str) -> float:
+    """Instructions/s of a load/store loop (load, add, store, dec, jnz) on a bare Unicorn in
+    UC_TLB_VIRTUAL mode with an identity TLB fill (without one, Unicorn's default fill grants
+    only the access that missed: a load and a store to one page evict each other) and nothing
+    else: the engine's speed."""
+    import keystone
+
+    r = "rdx" if arch == "x64" else "edx"
+    src = (
+        f"mov ecx, {LOOP_ITERATIONS:#x}; top: mov eax, dword ptr [{r}]; add eax, ecx; "
+        f"mov dword ptr [{r}], eax; dec ecx; jnz top; nop"
+    )
+    code = bytes(keystone.Ks(keystone.KS_ARCH_X86, _KS_MODES[arch]).asm(src, 0x10000)[0])
+    uc = unicorn.Uc(
+        unicorn.UC_ARCH_X86, unicorn.UC_MODE_64 if arch == "x64" else unicorn.UC_MODE_32
+    )
+    uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
+
+    def fill(uc_: object, vaddr: int, access: int, entry: Any, user: object) -> bool:
+        # (the binding passes the entry itself) executable only where the code is: stores to
+        # a page the TLB holds executable always take Unicorn's self-modifying-code path
+        code_page = vaddr == 0x10000
+        entry.paddr, entry.perms = vaddr, unicorn.UC_PROT_ALL if code_page else 3
+        return True
+
+    uc.hook_add(unicorn.UC_HOOK_TLB_FILL, fill)
+    uc.mem_map(0x10000, 0x1000, unicorn.UC_PROT_ALL)
+    uc.mem_map(0x20000, 0x1000, unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE)
+    uc.mem_write(0x10000, code)
+    uc.reg_write(ux.UC_X86_REG_RDX if arch == "x64" else ux.UC_X86_REG_EDX, 0x20000)
+    best = float("inf")
+    for _ in range(ROUNDS + 1):
         t0 = time.perf_counter()
-        self.a.proc.call(self.loop["bench_loop"], LOOP_ITERATIONS, time_limit=0)
-        self.loop_best = min(self.loop_best, time.perf_counter() - t0)
-        r = _fresh_replay(self.a, tape)
-        self.replay_best = min(self.replay_best, r.seconds)
-        return r
-
-    @property
-    def loop_ips(self) -> float:
-        return 5 * LOOP_ITERATIONS / self.loop_best
+        uc.emu_start(0x10000, 0x10000 + len(code) - 1)
+        best = min(best, time.perf_counter() - t0)
+    return 5 * LOOP_ITERATIONS / best
 
 
 def _row(
@@ -144,49 +194,82 @@ def _scalar_results_agree(tape: Tape, emulated: list[int], native: list[int]) ->
     return True
 
 
-def measure(arch: str, kind: str, tape: Tape) -> list[dict[str, object]]:
-    setups = {tlb: _Setup(arch, kind, tlb, tape) for tlb in ("cpu", "virtual")}
-    results: dict[str, ReplayResult] = {}
-    for _ in range(ROUNDS):
-        for tlb, s in setups.items():
-            results[tlb] = s.round(tape)
-    cpu, virt = setups["cpu"], setups["virtual"]
-    counted = _fresh_replay(cpu.a, tape, count_instructions=True)
+def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[str, object]]:
+    a = _load(arch, kind)
+    _fresh_replay(a, tape.head(WARMUP))
+    base = Baseline(tree, arch, kind) if tree is not None else None
+    best, base_best = float("inf"), float("inf")
+    result: ReplayResult | None = None
+    base_digest = ""
+    try:
+        for _ in range(ROUNDS):
+            result = _fresh_replay(a, tape)
+            best = min(best, result.seconds)
+            if base is not None:
+                got = base.round()
+                base_best = min(base_best, got["seconds"])
+                base_digest = got["results"]
+    finally:
+        if base is not None:
+            base.close()
+    assert result is not None
+    counted = _fresh_replay(a, tape, count_instructions=True)
     instructions = counted.instructions or 0
-    ops_s = len(tape) / cpu.replay_best
-    ips = instructions / cpu.replay_best
+    ops_s = len(tape) / best
     head = tape.head(PYTHON_OPS)
-    heap = cpu.a.create_heap()
+    heap = a.create_heap()
     t0 = time.perf_counter()
-    replay_python(cpu.a, head, heap)
+    replay_python(a, head, heap)
     python_ops_s = len(head) / (time.perf_counter() - t0)
     common = {
         "ops": len(tape),
         "instructions_per_op": round(instructions / len(tape), 1),
-        "syscalls_per_replay": results["cpu"].syscalls,
+        "syscalls_per_replay": result.syscalls,
         # the counted run executes the same code as the timed ones iff it gives the same results
-        "counted_run_same_results": list(counted.values) == list(results["cpu"].values),
+        "counted_run_same_results": list(counted.values) == list(result.values),
     }
-    rows = [
+    rows = []
+    if kind == "builtin":
+        native = native_replay.run(arch, bytes(tape.data), rounds=5)
+        agree = _scalar_results_agree(tape, list(result.values), list(native.results))
+        rows.append(
+            _row(
+                "replay builtin: emulated vs native C",
+                arch,
+                ops_s,
+                "ops/s",
+                native.ops_per_second,
+                "same C compiled natively (zig cc -O2)",
+                slowdown=round(native.ops_per_second / ops_s, 1),
+                target="slowdown <= 15",
+                native_results_agree=agree,
+                native_vm_calls=native.vm_calls,
+                **common,
+            )
+        )
+    if base is not None:
+        rows.append(
+            _row(
+                f"replay {kind}: fast core vs before it",
+                arch,
+                ops_s,
+                "ops/s",
+                len(tape) / base_best,
+                f"heapemu {BASELINE[:9]} (alternating rounds)",
+                same_results=base_digest == _digest(result),
+                **({"target": ">= 3"} if kind == "wine" else {}),
+            )
+        )
+    bare = bare_loop_ips(arch)
+    rows += [
         _row(
-            f"replay {kind}: emulated instr/s vs load/store loop",
+            f"replay {kind}: emulated instr/s vs bare engine",
             arch,
-            ips / 1e6,
+            instructions / best / 1e6,
             "M instr/s",
-            cpu.loop_ips / 1e6,
-            "load/store loop, same process",
-            target=">= 0.5",
+            bare / 1e6,
+            f"load/store loop, bare Unicorn {unicorn.__version__} (UC_TLB_VIRTUAL, identity fill)",
             **common,
-        ),
-        _row(
-            f"replay {kind}: tlb=virtual vs tlb=cpu",
-            arch,
-            len(tape) / virt.replay_best,
-            "ops/s",
-            ops_s,
-            "tlb=cpu replay",
-            loop_virtual_vs_cpu=round(virt.loop_ips / cpu.loop_ips, 3),
-            same_results=list(results["virtual"].values) == list(results["cpu"].values),
         ),
         _row(
             f"replay {kind}: vs one proc.call per op",
@@ -197,111 +280,14 @@ def measure(arch: str, kind: str, tape: Tape) -> list[dict[str, object]]:
             f"Allocator methods from Python ({len(head)} ops)",
         ),
     ]
-    if kind == "builtin":
-        native = native_replay.run(arch, bytes(tape.data), rounds=5)
-        agree = _scalar_results_agree(tape, list(results["cpu"].values), list(native.results))
-        rows.insert(
-            0,
-            _row(
-                "replay builtin: emulated vs native C",
-                arch,
-                ops_s,
-                "ops/s",
-                native.ops_per_second,
-                "same C compiled natively (zig cc -O2)",
-                slowdown=round(native.ops_per_second / ops_s, 1),
-                target="slowdown <= 30",
-                native_results_agree=agree,
-                native_vm_calls=native.vm_calls,
-                **common,
-            ),
-        )
     return rows
 
 
 def run() -> list[dict[str, object]]:
     tape = Tape.from_ops(synthetic(ops=OPS, seed=1, sizes="typical"))
+    tree = baseline_tree()
     rows: list[dict[str, object]] = []
     for kind in ("builtin", "wine"):
         for arch in ("x86", "x64"):
-            rows += measure(arch, kind, tape)
-    return rows
-
-
-# ---------------------------------------------------------------------- what-if: TLB fill
-def tlb_fill_prototype(proc: Process) -> Callable[[], int]:
-    """What-if for emu/cpu.py (not used by heapemu): UC_TLB_VIRTUAL with a UC_HOOK_TLB_FILL
-    hook that maps pages 1:1 with their real protections (RW data pages without X, so stores
-    stay on the fast path) and finds guard pages itself, and WITHOUT the
-    UC_HOOK_MEM_UNMAPPED|UC_HOOK_MEM_PROT hook: any such hook forces every access in virtual
-    TLB mode onto the slow path. Faults then surface as UC_ERR_MMU_* without an address (a
-    real implementation would record the Fault in the fill hook). Returns a fill counter."""
-    uc = proc.cpu.uc
-    for handle, fptr in list(uc._callbacks.items()):
-        if type(fptr) is ucpy.HOOK_MEM_INVALID_CFUNC:
-            uc.hook_del(handle)
-    mem = proc.memory
-    need = {unicorn.UC_MEM_READ: 1, unicorn.UC_MEM_WRITE: 2, unicorn.UC_MEM_FETCH: 4}
-    fills = [0]
-
-    def fill(uc_: object, vaddr: int, access: int, entry: Any, _: object) -> bool:
-        fills[0] += 1
-        state = mem.page_state(vaddr)
-        if state and state & 0x100:  # PAGE_GUARD: the stack grows as with the memory hook
-            proc._on_bad_access("protected", "read", vaddr, 1)
-            state = mem.page_state(vaddr)
-        if not state or state & 0x100:
-            return False
-        perms = uc_perms(state)
-        entry.paddr = vaddr
-        entry.perms = perms | 4 if access == unicorn.UC_MEM_FETCH else perms & 3
-        return bool(entry.perms & need[access])
-
-    uc.hook_add(unicorn.UC_HOOK_TLB_FILL, fill)
-    uc.ctl_flush_tb()  # type: ignore[attr-defined]
-    return lambda: fills[0]
-
-
-def run_tlb_proposal() -> list[dict[str, object]]:
-    tape = Tape.from_ops(synthetic(ops=OPS, seed=1, sizes="typical"))
-    rows: list[dict[str, object]] = []
-    for kind in ("builtin", "wine"):
-        for arch in ("x86", "x64"):
-            name = f"what-if {kind}: virtual TLB + fill hook vs tlb=cpu"
-            base = _Setup(arch, kind, "cpu", tape)
-            fills: list[Callable[[], int]] = []
-            try:
-                what_if = _Setup(
-                    arch, kind, "virtual", tape, lambda p, f=fills: f.append(tlb_fill_prototype(p))
-                )
-                for _ in range(ROUNDS):
-                    expected = base.round(tape)
-                    n0 = fills[0]()
-                    got = what_if.round(tape)
-                    n1 = fills[0]()
-                rows.append(
-                    _row(
-                        name,
-                        arch,
-                        len(tape) / what_if.replay_best,
-                        "ops/s",
-                        len(tape) / base.replay_best,
-                        "tlb=cpu replay",
-                        same_results=list(got.values) == list(expected.values),
-                        fills_per_op=round((n1 - n0) / len(tape), 3),
-                        loop_ratio=round(what_if.loop_ips / base.loop_ips, 2),
-                    )
-                )
-            except Exception as e:  # a what-if: report, do not stop the suite
-                rows.append(
-                    _row(
-                        name,
-                        arch,
-                        0.0,
-                        "ops/s",
-                        len(tape) / base.replay_best,
-                        "tlb=cpu replay",
-                        error=f"{type(e).__name__}: {e}"[:300],
-                    )
-                )
+            rows += measure(arch, kind, tape, tree)
     return rows

@@ -16,6 +16,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     crossfree.exe  frees runtime.dll's block with msvcrt.dll's free
     vmrules.exe    virtual memory, sections and views as a program uses them (issue 16)
     sysinfo.exe    processor features, memory status and counters, priorities, a thread stack
+    fault.exe      reads address 0x10 (-O0: the faulting load is inside its basic block)
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -49,6 +50,7 @@ class Recipe:
     dlls: tuple[str, ...] = ()  # other recipes this one links against (their import libs)
     libs: tuple[str, ...] = ()  # mingw import libraries (-l) beyond the defaults
     freestanding_dll: bool = False  # no mingw start-up code; DllMain entry; ucrtbase's CRT
+    cflags: tuple[str, ...] = ()  # after the common CFLAGS (so -O0 wins over -O1)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -60,6 +62,7 @@ RECIPES: dict[str, Recipe] = {
     "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),
     "vmrules.exe": Recipe(("vmrules.c",)),
     "sysinfo.exe": Recipe(("sysinfo.c",), libs=("psapi",)),
+    "fault.exe": Recipe(("fault.c",), cflags=("-O0",)),
 }
 
 
@@ -111,7 +114,7 @@ def build(name: str, arch: str) -> Path:
     build_root().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-{arch}-", dir=build_root()))
     try:
-        command = [compiler(arch, recipe.sources[0]), *CFLAGS]
+        command = [compiler(arch, recipe.sources[0]), *CFLAGS, *recipe.cflags]
         command += [str(SOURCES / s) for s in recipe.sources]
         if recipe.freestanding_dll:
             entry = "_DllMain@12" if arch == "x86" else "DllMain"

@@ -6,6 +6,7 @@ under .build/programs/). Each test runs on x86 and x64.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -206,3 +207,23 @@ def test_heapemu_exec(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 43
     assert "argv[1]=a b\r\nargv[2]=c" in out.out
     assert "ntdll!RtlAllocateHeap(HeapHandle=" in out.err
+
+
+def test_heapemu_exec_reports_the_faulting_instruction(
+    arch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fault.exe (-O0) loads through a pointer to 0x10 a few instructions after fflush returns:
+    the fault names that load, not the start of its basic block."""
+    code = exec_main([str(build("fault.exe", arch))])
+    out = capsys.readouterr()
+    assert code == 1 and "before the fault" in out.out
+    reg = "rax" if arch == "x64" else "eax"
+    m = re.search(
+        r"unmapped read at address 0x10 \(4-byte read\); "
+        rf"pc=0x([0-9a-f]+) \[fault!main\+0x[0-9a-f]+\]: mov edx, dword ptr \[{reg}\]\n",
+        out.err,
+    )
+    assert m, out.err
+    registers = dict(re.findall(r"(\w+)=([0-9a-f]+)", out.err.split("registers:")[1]))
+    assert int(registers[reg], 16) == 0x10
+    assert int(registers["rip" if arch == "x64" else "eip"], 16) == int(m.group(1), 16)

@@ -47,7 +47,6 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lifetime", type=float, default=200.0, help="synthetic: mean lifetime")
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
     p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
-    p.add_argument("--tlb", choices=("cpu", "virtual"), default="cpu")
     p.add_argument("--chunk", type=positive_int, default=1 << 16, help="operations per driver call")
     p.add_argument("--lenient", action="store_true", help="allow IDs used while not live")
     p.add_argument("--renumber", action="store_true", help="make IDs dense (sparse traces)")
@@ -68,7 +67,7 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
 
 
 def _allocator_for(args: argparse.Namespace, tape: Tape) -> Allocator:
-    proc = Process(args.arch, tlb=args.tlb, time_limit=0)
+    proc = Process(args.arch, time_limit=0)
     module = proc.load_allocator(args.allocator)
     a = Allocator(proc, module, name=args.allocator)
     if args.warmup:
@@ -102,7 +101,7 @@ def run_replay(args: argparse.Namespace) -> int:
         a = _allocator_for(args, tape)
         result = replay(a, tape, chunk=args.chunk, time_limit=0)
         report: dict[str, Any] = result.to_json()
-        report.update(allocator=args.allocator, tlb=args.tlb, encode_seconds=encode)
+        report.update(allocator=args.allocator, encode_seconds=encode)
         if args.count and not args.no_count:
             counted = replay(_allocator_for(args, tape), tape, chunk=args.chunk, time_limit=0,
                              count_instructions=True)  # fmt: skip
@@ -128,7 +127,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def _print(r: dict[str, Any]) -> None:
     print(
-        f"{r['ops']:,} operations on the {r['allocator']} heap, {r['arch']} (tlb={r['tlb']}): "
+        f"{r['ops']:,} operations on the {r['allocator']} heap, {r['arch']}: "
         f"{r['seconds']:.3f} s, {r['ops_per_second']:,.0f} ops/s, "
         f"{r['driver_calls']} driver call(s), {r['syscalls']} system calls"
     )

@@ -1,90 +1,197 @@
 """The call gate: the cheapest way from Python into emulated code and back.
 
-Reading and writing registers through Unicorn's Python binding costs ~2 µs each, so a call that
-sets four argument registers and the stack pointer, then reads the result, the stack pointer
-and pc, would spend most of its time in the binding. The gate uses Unicorn's C API through
-ctypes with everything prepared once per (convention, argument count):
+A call costs what ``uc_emu_start`` costs plus as little as possible: every C call from Python
+(register writes, memory writes, register reads: ~0.5-1 µs each through ctypes) is worth more
+than the emulated instructions that could replace it (a few nanoseconds each on the fast core).
+So one ``uc_emu_start`` does the whole call:
 
-1. one ``uc_mem_write`` of the frame: the return address (our sentinel in the trap page),
-   x64's 32-byte shadow space and the stack arguments;
-2. one ``uc_reg_write_batch`` of the stack pointer and the register arguments;
-3. ``uc_emu_start(target, until=sentinel)``;
-4. one ``uc_reg_read_batch`` of rax/eax, the stack pointer and pc: pc at the sentinel means
-   the callee returned; the stack pointer tells whether it popped what its convention says.
+1. Python packs the callee's address and the arguments into the gate's data page, host memory
+   mapped into the guest (one ``struct.pack_into``, no C call);
+2. ``uc_emu_start`` runs the layout's stub (per convention and argument count, generated once):
+   it sets the stack pointer, copies the stack arguments and loads the register arguments from
+   the data page, pushes the common return address and jumps to the callee;
+3. the callee returns to the gate's tail, which stores rax/eax and the stack pointer into the
+   data page and jumps to the sentinel, where the run stops;
+4. Python unpacks (result, stack pointer) from the data page: a stack pointer of 0 means the
+   callee never returned; otherwise it tells whether the callee popped what its convention says.
 
-(An earlier design ran a trampoline that loaded the registers from memory and stored the
-results back: its two guest stores and the extra instructions cost more than the batched
-register calls, ~12 µs against ~7 µs per call here.)
+The gate's two pages sit just above the highest user address (Windows keeps that 64 KiB free),
+outside the process's address space: code cannot allocate over them, views do not list them.
+The stub and tail are a handful of instructions (budgets add them: ``overhead``); the sentinel
+is not adjacent to the tail, because Unicorn drops the translation holding ``until - 1`` after
+every run.
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
-
-from unicorn.unicorn_py3.unicorn import uclib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from emu.arch import Arch
 from emu.cpu.cpu import Cpu
 from emu.win.conventions import Convention
+from emu.win.ntdefs import PAGE_EXECUTE_READ, PAGE_SIZE
 
-_Layout = tuple[int, int, struct.Struct, int, object, object, object, int]
+# data page: result, stack pointer after the return, callee, arguments (pointer-sized slots)
+_RESULT, _SP, _TARGET, _ARGS = 0, 1, 2, 3
+MAX_ARGS = PAGE_SIZE // 8 - _ARGS
+_TAIL, _SENTINEL, _STUBS = 0x10, 0x40, 0x80  # offsets in the code page
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one (convention, argument count) is called. ``pack(data, 0, 0, 0, callee, *args)``
+    and ``unpack(data, 0)`` -> (result, sp) are bound ``struct`` methods: the caller's hot path
+    uses them directly."""
+
+    convention: Convention
+    stub: int  # where the run starts
+    entry_sp: int  # the stack pointer at the callee's first instruction
+    expected_sp: int  # ... and after it returned, if it popped what its convention says
+    overhead: int  # instructions of the stub and the tail
+    pack: Callable[..., None]  # result slot, sp slot (both cleared), callee, arguments
+    unpack: Callable[[Any, int], tuple[Any, ...]]
 
 
 class CallGate:
-    def __init__(self, arch: Arch, cpu: Cpu, top: int, sentinel: int):
+    def __init__(self, arch: Arch, cpu: Cpu, top: int, base: int):
+        """``top``: frames are laid out below it; ``base``: two free pages for the gate."""
         self.arch = arch
-        self._uch = cpu._uch
-        self.top = top & ~0xF  # frames are laid out below this address
-        self.sentinel = sentinel  # the return address of every call; `until` of every run
-        self.return_address = sentinel
-        ids = cpu.reg_ids
-        self._ret_ids = (ctypes.c_int * 3)(ids[arch.ret], ids[arch.sp], ids[arch.pc])
-        self._ret_vals = (ctypes.c_uint64 * 3)()
-        self._ret_ptrs = (ctypes.c_void_p * 3)(
-            *(ctypes.addressof(self._ret_vals) + 8 * i for i in range(3))
-        )
-        self._ids = ids
-        self._layouts: dict[tuple[str, int], _Layout] = {}
+        self.cpu = cpu
+        self.top = top & ~0xF
+        self.data_base = base
+        self.code_base = base + PAGE_SIZE
+        self.data: ctypes.Array[ctypes.c_char] = cpu.map_host(self.data_base, PAGE_SIZE)
+        cpu.map_system(self.code_base, PAGE_SIZE, PAGE_EXECUTE_READ)
+        cpu.write(self.code_base, b"\xcc" * PAGE_SIZE)
+        self.return_address = self.code_base + _TAIL  # what every callee returns to
+        self.sentinel = self.code_base + _SENTINEL  # `until` of every run
+        self._next_stub = self.code_base + _STUBS
+        c = "Q" if arch.ptr_size == 8 else "I"
+        self._slot = c
+        self._result = struct.Struct(f"<{c}{c}")
+        self._layouts: dict[tuple[str, int], Layout] = {}
+        tail = self._tail()
+        cpu.write(self.return_address, tail)
+        assert self.return_address + len(tail) < self.sentinel
 
-    def _layout(self, conv: Convention, argc: int) -> _Layout:
-        """Per (convention, argument count): how many arguments go in registers, the entry
-        stack pointer, the frame's packer and address, and the register batch."""
+    # ------------------------------------------------------------------ machine code
+    def _slot_address(self, slot: int) -> int:
+        return self.data_base + slot * self.arch.ptr_size
+
+    def _rip(self, at: int, length: int, target: int) -> bytes:
+        """disp32 of a rip-relative operand in an instruction of ``length`` bytes at ``at``."""
+        return struct.pack("<i", target - (at + length))
+
+    def _tail(self) -> bytes:
+        """Store the result and the stack pointer, jump to the sentinel (registers untouched)."""
+        at = self.return_address
+        if self.arch.ptr_size == 8:
+            code = b"\x48\x89\x05" + self._rip(at, 7, self._slot_address(_RESULT))  # mov [], rax
+            code += b"\x48\x89\x25" + self._rip(at + 7, 7, self._slot_address(_SP))  # ..., rsp
+        else:
+            code = b"\xa3" + struct.pack("<I", self._slot_address(_RESULT))  # mov [], eax
+            code += b"\x89\x25" + struct.pack("<I", self._slot_address(_SP))  # mov [], esp
+        jmp_at = at + len(code)
+        return code + b"\xe9" + struct.pack("<i", self.sentinel - (jmp_at + 5))
+
+    def _stub(self, at: int, conv: Convention, argc: int, entry_sp: int) -> tuple[bytes, int]:
+        """Machine code at ``at`` calling with ``conv``: (code, instruction count)."""
+        ps = self.arch.ptr_size
+        nreg = min(len(conv.reg_args), argc)
+        before_push = entry_sp + ps  # sp when the stub pushes the return address
+        code = bytearray()
+        n = 0
+        if ps == 8:
+            code += b"\x48\xbc" + struct.pack("<Q", before_push)  # movabs rsp, imm64
+            n += 1
+            for i in range(nreg, argc):  # mov r10, [arg]; mov [rsp + off], r10
+                code += b"\x4c\x8b\x15" + self._rip(
+                    at + len(code), 7, self._slot_address(_ARGS + i)
+                )
+                off = conv.shadow_space + ps * (i - nreg)
+                code += b"\x4c\x89\x94\x24" + struct.pack("<i", off)
+                n += 2
+            regs = {"rcx": b"\x48\x8b\x0d", "rdx": b"\x48\x8b\x15", "r8": b"\x4c\x8b\x05"}
+            regs["r9"] = b"\x4c\x8b\x0d"
+            for i in range(nreg):  # mov reg, [arg]
+                code += regs[conv.reg_args[i]]
+                code += self._rip(at + len(code) - 3, 7, self._slot_address(_ARGS + i))
+                n += 1
+            code += b"\x4c\x8d\x1d" + self._rip(at + len(code), 7, self.return_address)  # lea r11
+            code += b"\x41\x53"  # push r11
+            code += b"\xff\x25" + self._rip(at + len(code), 6, self._slot_address(_TARGET))
+            n += 3  # lea, push, jmp [target]
+        else:
+            code += b"\xbc" + struct.pack("<I", before_push)  # mov esp, imm32
+            n += 1
+            for i in range(nreg, argc):  # mov ecx, [arg]; mov [esp + off], ecx
+                code += b"\x8b\x0d" + struct.pack("<I", self._slot_address(_ARGS + i))
+                code += b"\x89\x8c\x24" + struct.pack("<i", ps * (i - nreg))
+                n += 2
+            regs = {"ecx": b"\x8b\x0d", "edx": b"\x8b\x15"}
+            for i in range(nreg):
+                code += regs[conv.reg_args[i]] + struct.pack("<I", self._slot_address(_ARGS + i))
+                n += 1
+            code += b"\x68" + struct.pack("<I", self.return_address)  # push imm32
+            code += b"\xff\x25" + struct.pack("<I", self._slot_address(_TARGET))  # jmp [target]
+            n += 2
+        return bytes(code), n + 3  # + the tail's three
+
+    # ------------------------------------------------------------------ layouts
+    def layout(self, conv: Convention, argc: int) -> Layout:
+        """The cached layout for (convention, argument count), made on first use."""
+        found = self._layouts.get((conv.name, argc))
+        return found if found is not None else self._add_layout(conv, argc)
+
+    def _add_layout(self, conv: Convention, argc: int) -> Layout:
+        if argc > MAX_ARGS:
+            raise ValueError(f"at most {MAX_ARGS} arguments per call, not {argc}")
         arch = self.arch
         ps = arch.ptr_size
-        nreg = min(len(conv.reg_args), argc)
-        nstack = argc - nreg
+        nstack = argc - min(len(conv.reg_args), argc)
         body = conv.shadow_space + ps * nstack
         # sp + ps (just above the return address) is 16-byte aligned, as at a `call`
         entry_sp = ((self.top - body) & ~0xF) - ps
-        c = "Q" if ps == 8 else "I"
-        packer = struct.Struct(f"<{c}{conv.shadow_space}x{nstack}{c}")
-        names = (arch.sp, *conv.reg_args[:nreg])
-        regs = (ctypes.c_int * len(names))(*(self._ids[n] for n in names))
-        vals = (ctypes.c_uint64 * len(names))()
-        ptrs = (ctypes.c_void_p * len(names))(
-            *(ctypes.addressof(vals) + 8 * i for i in range(len(names)))
+        code, count = self._stub(self._next_stub, conv, argc, entry_sp)
+        if self._next_stub + len(code) > self.code_base + PAGE_SIZE:
+            raise ValueError("the call gate's code page is full (too many call layouts)")
+        stub = self._next_stub
+        self.cpu.write(stub, code)
+        self._next_stub = (stub + len(code) + 15) & ~15
+        layout = Layout(
+            convention=conv,
+            stub=stub,
+            entry_sp=entry_sp,
+            expected_sp=entry_sp + ps + conv.popped_bytes(arch, argc),
+            overhead=count,
+            pack=struct.Struct(f"<{self._slot * (_ARGS + argc)}").pack_into,
+            unpack=self._result.unpack_from,
         )
-        vals[0] = entry_sp
-        layout = (nreg, entry_sp, packer, entry_sp, regs, vals, ptrs, len(names))
         self._layouts[(conv.name, argc)] = layout
         return layout
 
-    def prepare(self, conv: Convention, args: tuple[int, ...]) -> int:
-        """Write the frame and set the registers for a call; returns the entry stack pointer.
-        The hot path of every ``proc.call``: a cached layout, one pack, three C calls."""
-        layout = self._layouts.get((conv.name, len(args))) or self._layout(conv, len(args))
-        nreg, entry_sp, packer, address, regs, vals, ptrs, count = layout
-        mask = self.arch.ptr_mask
-        buf = packer.pack(self.sentinel, *[a & mask for a in args[nreg:]])
-        uclib.uc_mem_write(self._uch, address, buf, packer.size)
-        for i in range(nreg):
-            vals[i + 1] = args[i] & mask  # type: ignore[index]
-        uclib.uc_reg_write_batch(self._uch, regs, ptrs, count)
-        return entry_sp
+    # ------------------------------------------------------------------ per call
+    def prepare(self, layout: Layout, target: int, args: tuple[int, ...]) -> None:
+        """Put the callee and its arguments where the stub reads them (and clear the result:
+        the tail writes a non-zero stack pointer once the callee has returned)."""
+        try:
+            layout.pack(self.data, 0, 0, 0, target, *args)
+        except struct.error:
+            self.prepare_masked(layout, target, args)
 
-    def result(self) -> tuple[int, int, int]:
-        """(rax/eax, stack pointer, pc) after a run, in one C call."""
-        uclib.uc_reg_read_batch(self._uch, self._ret_ids, self._ret_ptrs, 3)
-        v = self._ret_vals
-        return v[0], v[1], v[2]
+    def prepare_masked(self, layout: Layout, target: int, args: tuple[int, ...]) -> None:
+        """``prepare`` for values that are negative or wider than a pointer: truncated, as
+        the register or stack slot would hold them."""
+        mask = self.arch.ptr_mask
+        layout.pack(self.data, 0, 0, 0, target & mask, *[a & mask for a in args])
+
+    def result(self) -> tuple[int, int]:
+        """(rax/eax, stack pointer after the return; 0 if the callee did not return)."""
+        return self._result.unpack_from(self.data, 0)
+
+    def contains(self, addr: int) -> bool:
+        return self.code_base <= addr < self.code_base + PAGE_SIZE

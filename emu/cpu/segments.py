@@ -45,7 +45,7 @@ def setup_segments(cpu: Cpu, teb: int, teb_size: int) -> None:
     gdt[SEL_TEB >> 3] = descriptor(teb, teb_size - 1, 0xF3, 0x4)  # byte granular, 32-bit
     # Unicorn does not check privilege levels on memory: user code could reach this page, so
     # it is read-only (every descriptor is already marked accessed, the CPU never writes it)
-    cpu.map(GDT_BASE, 0x1000, PAGE_READONLY)
+    cpu.map_system(GDT_BASE, 0x1000, PAGE_READONLY)
     cpu.write(GDT_BASE, b"".join(struct.pack("<Q", d) for d in gdt))
     cpu.uc.reg_write(ux.UC_X86_REG_GDTR, (0, GDT_BASE, len(gdt) * 8 - 1, 0))
     cpu.uc.reg_write(ux.UC_X86_REG_SS, SEL_DATA0)

@@ -6,11 +6,14 @@ image) and per-page state: reserved, or committed with a protection. Page states
 run-length (:class:`PageRuns`), so a reservation costs the same host memory whatever its size:
 a 16 GiB reservation is one run, not four million list slots.
 
-Unicorn mappings follow the committed pages: a page is mapped in the CPU exactly when it is
-committed and not a guard page, so touching reserved or free memory faults as it does on
-Windows, and committed pages start zero-filled. The CPU protection of a page can be narrower
-than its Windows protection (:meth:`MemoryManager.cpu_protection`): copy-on-write pages and
-write-watched pages not yet written are mapped read-only, and the first write turns them into
+The CPU's memory follows the committed pages: a page is backed exactly when it is committed and
+not a guard page (whose contents wait in ``Region.guard_data``), so committed pages start
+zero-filled and a decommit discards them. Which accesses are allowed is not the backing's
+business: the CPU asks on each TLB miss (``ProcessCore._on_page_fault``: ``page_state`` and
+``cpu_protection_at``), and every change of protection here flushes its TLB (``Cpu.protect``).
+The CPU protection of a page can be narrower than its Windows protection
+(:meth:`MemoryManager.cpu_protection`): copy-on-write pages and write-watched pages not yet
+written translate read-only, and the first write turns them into
 what Windows shows after a write (PAGE_WRITECOPY -> PAGE_READWRITE; a dirty write-watch page).
 
 Free address space is indexed by the usable size of each gap (:class:`FreeSpace`), so finding
@@ -724,6 +727,15 @@ class MemoryManager:
         ):
             return _READ_ONLY_VARIANT[base]
         return base
+
+    def cpu_protection_at(self, addr: int) -> int | None:
+        """``cpu_protection`` of the page holding addr (None when nothing is committed)."""
+        region = self.region_at(addr)
+        if region is None:
+            return None
+        i = region.page_index(addr)
+        state = region.pages.get(i)
+        return self.cpu_protection(region, i, state) if _mapped(state) else None
 
     def on_write_fault(self, addr: int) -> bool:
         """A write hit a page mapped read-only for bookkeeping: do what Windows does on that

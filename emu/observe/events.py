@@ -191,7 +191,7 @@ class EventRecorder:
     # ------------------------------------------------------------------ install
     def start(self) -> EventRecorder:
         if self._hook is None:
-            self._hook = self.proc.cpu.hook_block(self._on_block)
+            self._hook = self.proc.cpu.hook_block_direct(self._block_hook())
             self.proc.syscall_observers.append(self._on_syscall)
             self.proc.run_observers.append(self._on_run_end)
         return self
@@ -223,16 +223,28 @@ class EventRecorder:
         self._counts[address] = n
         return n
 
-    def _on_block(self, address: int, size: int) -> None:
-        # the hot path: one set lookup, one dict lookup, two additions; an event's counts are
-        # the difference of these global counters between its entry and its return
-        if address in self._special:
-            if address in self._returns:
-                self._maybe_return(address)
-            if address in self.watched:
-                self._enter(address)
-        self.instructions += self._counts.get(address) or self._block_size(address, size)
-        self.blocks += 1
+    def _block_hook(self) -> Callable[[int, int, int, int], None]:
+        """The block hook, registered as the C callback itself (no trampoline frame, names
+        bound once): it runs for every block while recording. The hot path is one set lookup,
+        one dict lookup and two additions; an event's counts are the difference of these
+        global counters between its entry and its return."""
+        special, counts, block_size = self._special, self._counts, self._block_size
+        returns, watched, fail = self._returns, self.watched, self.proc.cpu.fail
+        maybe_return, enter = self._maybe_return, self._enter
+
+        def on_block(uc: int, address: int, size: int, user: int) -> None:
+            try:
+                if address in special:
+                    if address in returns:
+                        maybe_return(address)
+                    if address in watched:
+                        enter(address)
+                self.instructions += counts.get(address) or block_size(address, size)
+                self.blocks += 1
+            except BaseException as e:  # re-raised when the run ends
+                fail(e)
+
+        return on_block
 
     def _on_syscall(self, record: SyscallRecord) -> None:
         for ev in self._open:
@@ -240,17 +252,14 @@ class EventRecorder:
             ev.syscall_times.append(self.instructions)
 
     def _on_run_end(self, ok: bool) -> None:
-        # a call made from Python returns to the sentinel, where the run stops before any
-        # block there runs: close it here, with the CPU in its just-returned state
-        sentinel = self.proc.call_gate.sentinel
-        if ok and sentinel in self._returns:
-            self._maybe_return(sentinel)
-        # a fault or stop left calls open: they never returned
+        # a call made from Python returns to the call gate's tail, a block like any other, so
+        # its event closed there; a fault or stop left calls open: they never returned
         while self._open:
             ev = self._open.pop()
             self._finish_counts(ev)
         self._returns.clear()
-        self._special = set(self.watched)
+        self._special.clear()  # in place: the block hook holds this set
+        self._special.update(self.watched)
 
     # ------------------------------------------------------------------ entry and return
     def _enter(self, address: int) -> None:
@@ -260,12 +269,18 @@ class EventRecorder:
         nargs = len(proto.params)
         values = [self._reg(r) for r in conv.reg_args[:nargs]]
         nstack = nargs - len(values)
+        first = conv.stack_arg_address(arch, sp, len(values)) - sp  # offset of stack args
+        # one read: the return address, the stack arguments and, for the convention check,
+        # the caller's frame
+        args_end = first + nstack * arch.ptr_size if nstack > 0 else 0
+        size = max(arch.ptr_size, args_end if args_end <= 0x80 else 0)
+        frame = self._read_frame(sp, 0x80 if self.check_conventions else size)
         if nstack > 0:
-            first = conv.stack_arg_address(arch, sp, len(values))
-            raw = proc.read(first, nstack * arch.ptr_size)
+            if frame and args_end <= len(frame):
+                raw = frame[first:args_end]
+            else:
+                raw = proc.read(sp + first, nstack * arch.ptr_size)
             values += [arch.unpack_ptr(raw, i * arch.ptr_size) for i in range(nstack)]
-        # one read: the return address and, for the convention check, the caller's frame
-        frame = self._read_frame(sp, 0x80 if self.check_conventions else arch.ptr_size)
         ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
         caller = self._callers.get(ret_addr)
         if caller is None:
@@ -386,11 +401,17 @@ class EventRecorder:
         arch = self.proc.arch
         problems = []
         after_raw = self._callee_saved()
-        if after_raw == ev._saved["state"] and not _df_set(after_raw, arch):
+        before_raw = ev._saved["state"]
+        k = 16 * len(arch.nonvolatile)  # EFLAGS (the next slot) may change, except DF
+        if (
+            after_raw[:k] == before_raw[:k]
+            and after_raw[k + 16 :] == before_raw[k + 16 :]
+            and not _df_set(after_raw, arch)
+        ):
             before_regs: dict[str, int] = {}
             after_regs: dict[str, int] = {}
         else:
-            before_regs, _, before_xmm = self._unpack_state(ev._saved["state"])
+            before_regs, _, before_xmm = self._unpack_state(before_raw)
             after_regs, eflags, after_xmm = self._unpack_state(after_raw)
             if eflags & DF:
                 problems.append("direction flag left set")

@@ -3,7 +3,8 @@
 A Python callback per instruction runs at ~2 M instructions/s before it does anything. The
 tracer instead hooks basic blocks (UC_HOOK_BLOCK, ~0.5 µs each): the first time a block runs it
 is disassembled once and its text — one line per instruction: address, symbol, bytes,
-disassembly — is cached; every later execution of the block writes the cached text. Register
+disassembly — is cached; every later execution of the block queues the cached text, written in
+batches (and whenever a run ends, so the file is complete up to any stop). Register
 values are available on request only (``registers=True`` adds a per-instruction hook, which is
 much slower, and logs the registers each instruction reads and writes).
 
@@ -17,6 +18,7 @@ stop, so a trace of a run that faulted ends at the faulting block, complete up t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from emu.cpu.disasm import Disassembler
@@ -50,7 +52,16 @@ class Tracer:
         self._active = self._func is None
         self._return: tuple[int, int] | None = None  # (return address, entry sp)
         self._written: list[str] = []  # registers the last traced instruction writes
-        self._hooks = [proc.cpu.hook_block(self._on_block, begin, end)]
+        self._pending: list[tuple[str | bytes, int]] = []  # blocks traced, not yet written
+        self._encoded: dict[int, tuple[str | bytes, int]] = {}  # _cache, as _drain writes it
+        buffer = getattr(out, "buffer", None)
+        encoding = (getattr(out, "encoding", None) or "").lower()
+        self._binary = buffer if encoding in ("utf-8", "utf8") else None
+        if self._func is None and not registers:
+            # the common case, the hottest path: one closure per block, output in batches
+            self._hooks = [proc.cpu.hook_block_direct(self._block_writer(), begin, end)]
+        else:
+            self._hooks = [proc.cpu.hook_block(self._on_block, begin, end)]
         if registers:
             self._hooks.append(proc.cpu.hook_code(self._on_insn, begin, end))
         proc.run_observers.append(self._on_run_end)
@@ -70,6 +81,41 @@ class Tracer:
             text = f"{insn.mnemonic} {insn.op_str}".strip()
             lines.append(f"{insn.address:016x} {sym:<40} {insn.bytes.hex():<24} {text}\n")
         return "".join(lines), max(len(lines), 1)
+
+    def _block_writer(self) -> Callable[[int, int, int, int], None]:
+        """The hook of the common case. Traces are large (~100 bytes per instruction): each
+        block's text is cached encoded, and queued blocks are written as one join, straight to
+        the file's byte buffer when it has one."""
+        cache, pending, fail = self._encoded, self._pending, self.proc.cpu.fail
+        append, drain, text = pending.append, self._drain, self._text
+        encode = self._binary is not None
+
+        def on_block(uc: int, address: int, size: int, user: int) -> None:
+            try:
+                entry = cache.get(address)
+                if entry is None:
+                    s, n = text(address, size)
+                    entry = cache[address] = (s.encode() if encode else s, n)
+                append(entry)
+                if len(pending) >= 4096:
+                    drain()
+            except BaseException as e:  # re-raised when the run ends
+                fail(e)
+
+        return on_block
+
+    def _drain(self) -> None:
+        """Write the blocks traced since the last drain and count them."""
+        pending = self._pending
+        if pending:
+            if self._binary is not None:
+                self.out.flush()  # text written directly (run-end lines) goes first
+                self._binary.write(b"".join([e[0] for e in pending]))  # type: ignore[misc]
+            else:
+                self.out.write("".join([e[0] for e in pending]))  # type: ignore[misc]
+            self.instructions += sum([e[1] for e in pending])
+            self.blocks += len(pending)
+            pending.clear()
 
     def _on_block(self, address: int, size: int) -> None:
         if self._func is not None:
@@ -122,7 +168,8 @@ class Tracer:
         self._written = [n for n in (insn.reg_name(r) for r in written) if n in cpu.reg_ids]
 
     def _on_run_end(self, ok: bool) -> None:
-        if self._return is not None and self._return[0] == self.proc.call_gate.sentinel:
+        self._drain()
+        if self._return is not None and self._return[0] == self.proc.call_gate.return_address:
             self._active, self._return = False, None  # the traced call was the run itself
         if not ok:
             # blocks are written whole when they start: say where execution really stopped
@@ -136,6 +183,9 @@ class Tracer:
         for h in self._hooks:
             self.proc.cpu.unhook(h)
         self._hooks = []
+        self._drain()
+        if self._binary is not None:
+            self._binary.flush()
         if self._on_run_end in self.proc.run_observers:
             self.proc.run_observers.remove(self._on_run_end)
         self.out.flush()

@@ -1,9 +1,11 @@
 """An emulated Windows user-mode process: address space, PEB/TEB, one thread, system calls, calls.
 
-A call from Python (``proc.call``) writes the frame (return address = a sentinel in our trap
-page, shadow space, stack arguments) with one memory write, sets the argument registers, and runs
-the CPU until pc reaches the sentinel. System calls issued by emulated code enter Python through
-Unicorn's instruction/interrupt hooks and are served by the handlers in ``nt_*.py``.
+A call from Python (``proc.call``) goes through the call gate (``emu.cpu.callgate``): the callee
+and its arguments are packed into the gate's host-shared page, one ``uc_emu_start`` runs a stub
+that builds the frame and jumps to the callee, whose return lands on the gate's tail (result and
+stack pointer stored back into the page; the run stops at the sentinel). System calls issued by
+emulated code enter Python through Unicorn's instruction/interrupt hooks and are served by the
+handlers in ``emu.nt.calls``; memory faults are decided on TLB misses (``_on_page_fault``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emu.arch import Arch, get_arch
-from emu.cpu.callgate import CallGate
+from emu.cpu.callgate import CallGate, Layout
 from emu.cpu.cpu import Cpu, CpuError
 from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
@@ -54,8 +56,8 @@ MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session sho
 PEB_REGION_SIZE = 0x4000
 TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
 
-# trap region layout: the call gate, trap code (no hook), Python-callback stubs (one code hook),
-# and heapemu's scratch page (out-parameters of the calls heapemu makes for itself). All of it is
+# trap region layout: trap code (no hook), Python-callback stubs (one code hook), and
+# heapemu's scratch page (out-parameters of the calls heapemu makes for itself). All of it is
 # one reservation made before any allocator loads: nothing heapemu does later for itself takes
 # address space an allocator could get.
 _TRAP_CODE, _CALLBACKS, _SCRATCH, _TRAP_REGION = 0x100, 0x800, 0xF000, 0x10000
@@ -115,10 +117,9 @@ class ProcessCore:
         stack_reserve: int | None = None,
         stack_commit: int | None = None,
         time_limit: float = 30.0,
-        tlb: str = "cpu",
     ):
         self.arch = get_arch(arch)
-        self.cpu = Cpu(self.arch, tlb=tlb)
+        self.cpu = Cpu(self.arch)
         self.memory = MemoryManager(self.cpu, self.arch)
         self.regs = Registers(self.cpu)
         self.modules = ModuleList()
@@ -127,7 +128,7 @@ class ProcessCore:
         self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
         self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
         self.callbacks: dict[int, Callback] = {}
-        self._conventions: dict[str | None, Convention] = {None: get_convention(self.arch, None)}
+        self._call_layouts: dict[tuple[str | None, int], Layout] = {}  # (convention, argc)
         self.export_hooks: dict[str, int] = {}
         self.trap_names: dict[int, str] = {}
         # observers (emu.observe.events and friends): called on every system call / at each run's
@@ -189,9 +190,9 @@ class ProcessCore:
         )
         self._fill_teb_peb()
         setup_segments(self.cpu, self.teb, TEB.size(arch))
-        # every call returns to the first byte of the trap page (an int3 never executed: the
-        # run stops there)
-        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, self.trap_base)
+        # calls from Python: frames below the top of the stack, the gate's own two pages in the
+        # 64 KiB above the highest user address (free on every Windows)
+        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, arch.user_max + 1)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -221,7 +222,7 @@ class ProcessCore:
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
-        cpu.bad_access_handler = self._on_bad_access
+        cpu.page_fault_handler = self._on_page_fault
         cpu.hook_interrupt(self._on_interrupt)
         if self.arch.ptr_size == 8:
             cpu.hook_syscall_insn(self._on_syscall, "syscall")
@@ -296,8 +297,8 @@ class ProcessCore:
         cb = self.callbacks.get(addr)
         if cb is not None:
             return f"heapemu!{cb.name}"
-        if self.trap_base <= addr < self.trap_base + _TRAP_CODE:
-            return f"heapemu!call_gate+0x{addr - self.trap_base:x}"
+        if self.call_gate.contains(addr):
+            return f"heapemu!call_gate+0x{addr - self.call_gate.code_base:x}"
         for start, name in self.trap_names.items():
             if start <= addr < start + 16:
                 return f"heapemu!{name}" + (f"+0x{addr - start:x}" if addr != start else "")
@@ -327,12 +328,13 @@ class ProcessCore:
         rax/eax. Raises EmulationError on a fault, a runaway loop (``max_instructions``,
         default ``proc.instruction_budget``; ``time_limit`` seconds, default
         ``proc.time_limit``) or an unbalanced stack."""
-        if self.cpu._running:
+        cpu = self.cpu
+        if cpu._running:
             # Unicorn cannot nest emu_start, and the frame would land on the live one
             raise EmulationError(
                 Fault(
                     "proc.call is not re-entrant",
-                    pc=self.cpu.pc,
+                    pc=cpu.pc,
                     detail="a Python callback or breakpoint cannot call into emulated code; "
                     "change registers/memory or use ctx.skip() instead",
                 )
@@ -346,32 +348,65 @@ class ProcessCore:
                 f"not fit a {8 * self.arch.ptr_size}-bit register or stack slot ({self.arch.name})"
             )
         addr = self.resolve(target) if isinstance(target, str) else target
-        conv = self._conventions.get(convention) or get_convention(self.arch, convention)
-        gate = self.call_gate
-        entry_sp = gate.prepare(conv, args)
-        budget = max_instructions if max_instructions is not None else self.instruction_budget
-        limit = self.time_limit if time_limit is None else time_limit
-        cpu = self.cpu
+        layout = self._call_layouts.get((convention, len(args)))
+        if layout is None:
+            layout = self._call_layout(convention, len(args))
+        data = self.call_gate.data
+        try:
+            layout.pack(data, 0, 0, 0, addr, *args)
+        except struct.error:  # negative, or wider than a pointer
+            self.call_gate.prepare_masked(layout, addr, args)
+        if max_instructions is None:
+            max_instructions = self.instruction_budget
         self.breakpoint_stop = None
-        cpu.run(addr, gate.sentinel, count=budget or 0, time_limit=limit)
-        ret, sp_after, pc = gate.result()
-        completed = pc == gate.sentinel and not cpu.fault and not cpu.stop_reason
-        if self.run_observers:
-            for observer in self.run_observers:
-                observer(completed)
+        # the gate's stub and tail run a few instructions of their own: the budget is the callee's
+        cpu.run(
+            layout.stub,
+            self.call_gate.sentinel,
+            max_instructions + layout.overhead if max_instructions else 0,
+            self.time_limit if time_limit is None else time_limit,
+        )
+        ret, sp_after = layout.unpack(data, 0)  # sp 0: the callee never returned
+        if sp_after == layout.expected_sp and not cpu._incident and not self.run_observers:
+            return ret
+        return self._call_ended(addr, args, layout, ret, sp_after, max_instructions, time_limit)
+
+    def _call_layout(self, convention: str | None, argc: int) -> Layout:
+        conv = get_convention(self.arch, convention)
+        layout = self._call_layouts[(convention, argc)] = self.call_gate.layout(conv, argc)
+        return layout
+
+    def _call_ended(
+        self,
+        addr: int,
+        args: tuple[int, ...],
+        layout: Layout,
+        ret: int,
+        sp_after: int,
+        budget: int | None,
+        time_limit: float | None,
+    ) -> int:
+        """The rest of ``call`` when something happened: observers, faults, stops, budget,
+        time limit, an unbalanced stack."""
+        cpu = self.cpu
+        completed = sp_after != 0 and cpu.fault is None and not cpu.stop_reason
+        for observer in self.run_observers:
+            observer(completed)
         if not completed:
+            limit = self.time_limit if time_limit is None else time_limit
             raise self._run_error(addr, args, budget, limit)
-        expected = entry_sp + self.arch.ptr_size + conv.popped_bytes(self.arch, len(args))
-        if sp_after != expected:
+        if sp_after != layout.expected_sp:
+            conv = layout.convention
             raise EmulationError(
                 Fault(
                     "stack imbalance",
-                    pc=gate.return_address,
+                    pc=self.call_gate.return_address,
                     detail=f"{conv.name} call to {self.symbolize(addr)} with {len(args)} "
-                    f"arguments returned with {self.arch.sp} off by {sp_after - expected:+d} bytes",
+                    f"arguments returned with {self.arch.sp} off by "
+                    f"{sp_after - layout.expected_sp:+d} bytes",
                 )
             )
-        return ret & self.arch.ptr_mask
+        return ret
 
     def _run_error(
         self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None
@@ -507,31 +542,24 @@ class ProcessCore:
             for observer in self.syscall_observers:
                 observer(self.syscalls[-1])
 
-    def _on_bad_access(self, what: str, access: str, address: int, size: int) -> bool:
-        """Guard pages: a stack guard page grows the stack; any other is one-shot. A write to
-        a page the memory manager maps read-only to see first writes (copy-on-write, write
-        watch) goes ahead."""
-        if what == "protected" and access == "write":
-            return self.memory.on_write_fault(address)
-        state = self.memory.page_state(address)
-        if not state or not state & PAGE_GUARD:
-            return False
-        if self.thread_stack.contains(address):
-            fault = self.thread_stack.on_guard_page(address)
-            if fault is None:
-                return True  # retry the access on the newly committed page
-            self.cpu.fault = fault
-            return False
-        self.memory.clear_guard(address)
-        self.cpu.fault = Fault(
-            "guard page violation",
-            pc=self.cpu.pc,
-            address=address,
-            access=access,
-            size=size,
-            status=NtStatus.GUARD_PAGE_VIOLATION,
-        )
-        return False
+    def _on_page_fault(self, page: int, access: str) -> int | Fault | None:
+        """The CPU's TLB missed on ``page``: the protection to translate it with (None when
+        not committed). A guard page is one-shot, as on Windows; the stack's guard page grows
+        the stack instead. Pages the memory manager watches for a first write (copy-on-write,
+        write watch) translate read-only until that write, which it then records."""
+        state = self.memory.page_state(page)
+        if not state:
+            return None  # free or reserved
+        if state & PAGE_GUARD:
+            if self.thread_stack.contains(page):
+                fault = self.thread_stack.on_guard_page(page)
+                return self.memory.page_state(page) if fault is None else fault
+            self.memory.clear_guard(page)
+            return Fault("guard page violation", status=NtStatus.GUARD_PAGE_VIOLATION)
+        narrow = self.memory.cpu_protection_at(page)
+        if access == "write" and narrow != state & 0xFF and self.memory.on_write_fault(page):
+            return self.memory.page_state(page)  # what Windows shows after the first write
+        return narrow
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> Snapshot:

@@ -31,6 +31,7 @@ import socket
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
+from emu.cpu.callgate import CallGate
 from emu.cpu.cpu import Cpu, CpuError
 from emu.scenario.model import Step
 from emu.scenario.result import ScenarioResult
@@ -126,6 +127,7 @@ class GdbStub(Observer):
         self.conn: socket.socket | None = None
         self.run: ScenarioRun | None = None
         self.cpu: Cpu | None = None
+        self.gate: CallGate | None = None
         self.regs = REGS_X64
         self.hook: int | None = None
         self.armed = False  # the first stop is still to come
@@ -151,6 +153,7 @@ class GdbStub(Observer):
     def process_created(self, run: ScenarioRun) -> None:
         self.run = run
         self.cpu = run.proc.cpu
+        self.gate = run.proc.call_gate
         self.regs = REGS_X86 if run.arch == "x86" else REGS_X64
         run.proc.time_limit = 0  # a debugger's pauses are not a runaway loop
 
@@ -200,6 +203,8 @@ class GdbStub(Observer):
             self.hook = self.cpu.hook_code(self._on_code)  # (it flushes translated code)
 
     def _on_code(self, address: int, size: int) -> None:
+        if self.gate is not None and self.gate.contains(address):
+            return  # heapemu's call gate, around every call: not the process's code
         if self._restart_at == address:  # the same instruction again, retranslated: go on
             self._restart_at = None
             return
