@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import threading
+import time
 import tracemalloc
 import weakref
 
@@ -126,3 +128,41 @@ def test_processes_are_freed(arch: str) -> None:
     del proc
     gc.collect()
     assert ref() is None  # no watchdog, view cache or hook keeps a process alive
+
+
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_time_limits_hold_while_other_threads_make_processes(arch: str) -> None:
+    """Issue 20 D2: the shared watchdog is safe against processes created in other threads
+    while it checks (it once died with "Set changed size during iteration", and from then on no
+    time limit held)."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def make_processes() -> None:
+        try:
+            while not stop.is_set():
+                Process(arch)
+        except BaseException as e:  # recorded, asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=make_processes) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        proc = Process(arch)
+        loop = assemble(proc, "l: jmp l")
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(EmulationError, match="wall-clock limit"):
+                proc.call(loop, time_limit=0.3)
+            assert time.monotonic() - start < 5  # the limit fired, not a hang
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors
+    assert watchdog_thread_alive()
+
+
+def watchdog_thread_alive() -> bool:
+    return any(t.name == "heapemu-watchdog" and t.is_alive() for t in threading.enumerate())

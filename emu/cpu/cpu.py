@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import logging
 import mmap
 import threading
 import time
@@ -51,6 +52,8 @@ from emu.win.ntdefs import (
     PAGE_WRITECOPY,
     NtStatus,
 )
+
+log = logging.getLogger("heapemu.cpu")
 
 UC_R, UC_W, UC_X = unicorn.UC_PROT_READ, unicorn.UC_PROT_WRITE, unicorn.UC_PROT_EXEC
 
@@ -181,25 +184,34 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._cpus: weakref.WeakSet[Cpu] = weakref.WeakSet()
+        self._lock = threading.Lock()  # processes are made in any thread while this one checks
         self._thread: threading.Thread | None = None
         self._stop_fn = ctypes.PyDLL(uclib._name).uc_emu_stop
         self._stop_fn.argtypes = [ctypes.c_void_p]
         self._stop_fn.restype = ctypes.c_int
 
     def watch(self, cpu: Cpu) -> None:
-        self._cpus.add(cpu)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="heapemu-watchdog", daemon=True)
-            self._thread.start()
+        with self._lock:
+            self._cpus.add(cpu)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="heapemu-watchdog", daemon=True
+                )
+                self._thread.start()
 
     def _loop(self) -> None:
         while True:
             time.sleep(0.02)
-            self._check(time.monotonic())
+            try:
+                self._check(time.monotonic())
+            except Exception:  # the watchdog must outlive anything: time limits depend on it
+                log.exception("heapemu watchdog: check failed")
 
     def _check(self, now: float) -> None:
         # a function of its own, so no Cpu stays referenced while the thread sleeps
-        for cpu in list(self._cpus):
+        with self._lock:
+            cpus = list(self._cpus)
+        for cpu in cpus:
             with cpu._run_lock:  # run() cannot start its next run meanwhile
                 if cpu._running and cpu._deadline and now > cpu._deadline:
                     cpu.timed_out = cpu._incident = True
@@ -209,11 +221,15 @@ class _Watchdog:
 _WATCHDOG: _Watchdog | None = None
 
 
+_WATCHDOG_LOCK = threading.Lock()
+
+
 def _watchdog() -> _Watchdog:
     global _WATCHDOG
-    if _WATCHDOG is None:
-        _WATCHDOG = _Watchdog()
-    return _WATCHDOG
+    with _WATCHDOG_LOCK:
+        if _WATCHDOG is None:
+            _WATCHDOG = _Watchdog()
+        return _WATCHDOG
 
 
 class Cpu:
