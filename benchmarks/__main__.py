@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from . import bench_call, bench_memory, bench_observe, bench_replay
+from . import bench_call, bench_memory, bench_observe, bench_replay, bench_search
 from .common import save
 
 SUITES = {
@@ -16,6 +16,10 @@ SUITES = {
     "replay": bench_replay.run,
     "replay_tlb_proposal": bench_replay.run_tlb_proposal,
     "memory": bench_memory.run,
+    "search_speed": bench_search.run_speed,
+    "search_scaling": bench_search.run_scaling,
+    "search_suite": bench_search.run_suite,
+    "campaign_1m": bench_search.run_campaign_1m,
 }
 
 
@@ -33,8 +37,8 @@ def main(argv: list[str]) -> int:
                 str(r["arch"]),
                 str(r["value"]),
                 str(r["unit"]),
-                f"{r['reference']} ({r['reference_name']})",
-                f"{r['ratio']}x",
+                f"{r['reference']} ({r['reference_name']})" if r["reference_name"] else "",
+                f"{r['ratio']}x" if r["ratio"] != "" else "",
             )
     Console().print(table)
     return 0

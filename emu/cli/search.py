@@ -53,8 +53,14 @@ def _store(args: argparse.Namespace, out: Path, kind: str, spec: dict[str, Any])
         raise CliError(str(e)) from None
 
 
-def _run(args: argparse.Namespace, tasks: list[Task], store: ResultStore, label: str,
-         unit: str, write: Any) -> RunSummary:  # fmt: skip
+def _run(
+    args: argparse.Namespace,
+    tasks: list[Task],
+    store: ResultStore,
+    label: str,
+    unit: str,
+    write: Any,
+) -> RunSummary:
     if args.workers is not None and args.workers < 0:
         raise CliError("--workers must be 0 (in this process) or more")
     try:
@@ -126,8 +132,11 @@ def _override(spec: SearchSpec, args: argparse.Namespace) -> None:
         if any(a not in ("x86", "x64") for a in arches):
             raise CliError(f"--arch must be x86, x64 or both, not {args.arch!r}")
         spec.arches = arches
-    for key, value in (("time_limit", args.time_limit), ("seed", args.seed),
-                       ("strategy", args.strategy)):  # fmt: skip
+    for key, value in (
+        ("time_limit", args.time_limit),
+        ("seed", args.seed),
+        ("strategy", args.strategy),
+    ):
         if value is not None:
             spec.search[key] = value
 
@@ -179,14 +188,29 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _row_json(r: Row) -> dict[str, Any]:
-    return {"key": r.key, "status": r.status, "seconds": r.seconds, "ops": r.ops,
-            "worker": r.worker, "result": r.result}  # fmt: skip
+    return {
+        "key": r.key,
+        "status": r.status,
+        "seconds": r.seconds,
+        "ops": r.ops,
+        "worker": r.worker,
+        "result": r.result,
+    }
 
 
 def _search_table(spec: SearchSpec, rows: Sequence[Row], written: dict[str, Path]) -> Table:
     t = Table(title=f"heapemu search {spec.name}: {spec.goal}", title_justify="left")
-    for col in ("allocator", "arch", "solved", "candidates", "to solution", "operations", "cost",
-                "verified", "scenario"):  # fmt: skip
+    for col in (
+        "allocator",
+        "arch",
+        "solved",
+        "candidates",
+        "to solution",
+        "operations",
+        "cost",
+        "verified",
+        "scenario",
+    ):
         t.add_column(col)
     for r in rows:
         res = r.result

@@ -63,11 +63,36 @@ from emu.search.shrink import shrink
 KINDS = ("invariant", "differential", "inject")
 BUGS = ("overflow", "use_after_free", "double_free")
 DEFAULT_WORKLOAD: dict[str, Any] = {"sizes": "mixed", "lifetime": 100.0, "realloc": 0.05}
-WORKLOAD_KEYS = ("sizes", "lifetime", "lifetimes", "max_live", "realloc", "size_queries",
-                 "validate_every", "flags")  # fmt: skip
-SPEC_KEYS = ("name", "description", "kind", "allocator", "arch", "seeds", "ops", "workload",
-             "check_every", "pairs", "bugs", "after", "shrink", "shrink_budget")  # fmt: skip
+WORKLOAD_KEYS = (
+    "sizes",
+    "lifetime",
+    "lifetimes",
+    "max_live",
+    "realloc",
+    "size_queries",
+    "validate_every",
+    "flags",
+)
+SPEC_KEYS = (
+    "name",
+    "description",
+    "kind",
+    "allocator",
+    "arch",
+    "seeds",
+    "ops",
+    "workload",
+    "check_every",
+    "pairs",
+    "bugs",
+    "after",
+    "shrink",
+    "shrink_budget",
+)
 TARGET_SIZE = 0x100  # the chosen target block (inject)
+# inject runs stop a call after this many instructions (a corrupted free list can loop for
+# ever): a count, not a time, so the same case gives the same result on any machine
+INJECT_BUDGET = 20_000_000
 TARGET_FILL = 0x5A
 CREATE_HEAP: dict[str, Any] = {"create_heap": "HEAP_GROWABLE", "as": "heap"}
 
@@ -98,15 +123,21 @@ class CampaignSpec:
     def cases(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(key, task function, payload) for every case: seeds x allocators (or pairs) x
         arches (x bugs)."""
-        common = {"ops": self.ops, "workload": self.workload, "name": self.name,
-                  "shrink": self.shrink, "shrink_budget": self.shrink_budget}  # fmt: skip
+        common = {
+            "ops": self.ops,
+            "workload": self.workload,
+            "name": self.name,
+            "shrink": self.shrink,
+            "shrink_budget": self.shrink_budget,
+        }
         out = []
         for arch in self.arches:
             for seed in self.seeds:
                 if self.kind == "invariant":
                     for a in self.allocators:
-                        p = dict(common, allocator=a, arch=arch, seed=seed,
-                                 check_every=self.check_every)  # fmt: skip
+                        p = dict(
+                            common, allocator=a, arch=arch, seed=seed, check_every=self.check_every
+                        )
                         out.append((f"invariant/{a}/{arch}/seed{seed}", "invariant", p))
                 elif self.kind == "differential":
                     for a, b in self.pairs:
@@ -115,8 +146,9 @@ class CampaignSpec:
                 else:
                     for a in self.allocators:
                         for bug in self.bugs:
-                            p = dict(common, allocator=a, arch=arch, seed=seed, bug=bug,
-                                     after=self.after)  # fmt: skip
+                            p = dict(
+                                common, allocator=a, arch=arch, seed=seed, bug=bug, after=self.after
+                            )
                             out.append((f"inject/{a}/{arch}/{bug}/seed{seed}", "inject", p))
         return out
 
@@ -161,8 +193,13 @@ def parse_campaign(data: Any, path: str | Path | None = None) -> CampaignSpec:
     else:
         seeds = list(range(_int(seeds_value, "seeds", 1, msgs)))
     err("seeds", msgs)
-    spec = CampaignSpec(str(data.get("name") or (Path(path).stem if path else "campaign")),
-                        kind, allocators, arches, seeds)  # fmt: skip
+    spec = CampaignSpec(
+        str(data.get("name") or (Path(path).stem if path else "campaign")),
+        kind,
+        allocators,
+        arches,
+        seeds,
+    )
     spec.description = str(data.get("description") or "")
     for key, minimum in (("ops", 1), ("check_every", 1), ("after", 1), ("shrink_budget", 0)):
         if key in data:
@@ -256,8 +293,9 @@ def parse_bug(text: str) -> tuple[str, int]:
 
 # ---------------------------------------------------------------------- shared pieces
 def workload_ops(payload: Mapping[str, Any], n: int | None = None) -> list[Op]:
-    w = Workload(ops=payload["ops"] if n is None else n, seed=payload["seed"],
-                 **payload["workload"])  # fmt: skip
+    w = Workload(
+        ops=payload["ops"] if n is None else n, seed=payload["seed"], **payload["workload"]
+    )
     return list(synthetic(w))
 
 
@@ -460,8 +498,10 @@ class InvariantRun:
             else:
                 req = b.requested if isinstance(b, Block) else b.size
                 if size is not None and req is not None and req != size:
-                    problems.append(f"slot {slot}: block at 0x{ptr:x} holds 0x{req:x} bytes, "
-                                    f"0x{size:x} were asked for")  # fmt: skip
+                    problems.append(
+                        f"slot {slot}: block at 0x{ptr:x} holds 0x{req:x} bytes, "
+                        f"0x{size:x} were asked for"
+                    )
             if len(problems) > 8:
                 break
         kind = kind or ("busy" if problems else "")
@@ -529,10 +569,12 @@ def invariant_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
             arch,
             [a],
             steps,
-            [f"heapemu campaign: invariant case {a} {arch} seed {payload['seed']}: "
-             f"{len(failing)} operations shrunk to {len(minimal)}",
-             *failure["problems"][:3]],
-        )  # fmt: skip
+            [
+                f"heapemu campaign: invariant case {a} {arch} seed {payload['seed']}: "
+                f"{len(failing)} operations shrunk to {len(minimal)}",
+                *failure["problems"][:3],
+            ],
+        )
     return "failed", result, len(ops)
 
 
@@ -625,8 +667,7 @@ def differential_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int
             sa, sb, _, _ = outcomes(seq)
             return _first_difference(sa, sb) is not None
 
-        minimal = shrink(ops[: i + 1], keeps, normalize=live_only,
-                         budget=payload["shrink_budget"])  # fmt: skip
+        minimal = shrink(ops[: i + 1], keeps, normalize=live_only, budget=payload["shrink_budget"])
         sa, sb, ma, mb = outcomes(minimal)
         j = _first_difference(sa, sb)
         assert j is not None
@@ -649,10 +690,12 @@ def differential_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int
             arch,
             [a, b],
             steps,
-            [f"heapemu campaign: differential case {a}/{b} {arch} seed {payload['seed']}: "
-             f"first divergence at op {i} ({ops[i]}), shrunk to {len(minimal)} operations",
-             f"{a}: {sa[j]}; {b}: {sb[j]} (run it: heapemu run THIS_FILE)"],
-        )  # fmt: skip
+            [
+                f"heapemu campaign: differential case {a}/{b} {arch} seed {payload['seed']}: "
+                f"first divergence at op {i} ({ops[i]}), shrunk to {len(minimal)} operations",
+                f"{a}: {sa[j]}; {b}: {sb[j]} (run it: heapemu run THIS_FILE)",
+            ],
+        )
         result["verified"] = _verify_values(result["scenario"], arch, {a: ma, b: mb}, minimal)
     return "failed", result, 2 * len(ops)
 
@@ -697,8 +740,9 @@ class InjectRun:
 
     def __init__(self, allocator: str, arch: str):
         self.kind = allocator_kind(allocator)
-        self.proc = Process(arch, time_limit=20.0)
+        self.proc = Process(arch, time_limit=0)
         self.a = self.kind.allocator(self.proc)
+        self.proc.instruction_budget = INJECT_BUDGET
         target_heap = self.a.create_heap()
         self.target = self.a.alloc(target_heap, TARGET_SIZE)
         self.proc.write(self.target, bytes([TARGET_FILL]) * TARGET_SIZE)
@@ -756,8 +800,9 @@ class InjectRun:
                 for s, (p, n) in live.items():
                     if s != src and p < v + max(op.size, 1) and v < p + max(n, 1):
                         first.setdefault("overlap", i)
-                        effects.setdefault("overlap", f"op {i} got 0x{v:x} inside slot {s} "
-                                                      f"[0x{p:x}, +0x{n:x})")  # fmt: skip
+                        effects.setdefault(
+                            "overlap", f"op {i} got 0x{v:x} inside slot {s} [0x{p:x}, +0x{n:x})"
+                        )
                         break
                 if k == OpKind.REALLOC:
                     live.pop(op.id, None)
@@ -844,8 +889,13 @@ def inject_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
 
         if not keeps(seq):  # cut too early: the effect needs later operations
             seq = [*before, marker, *after]
-        minimal = shrink(seq, keeps, fixed=lambda op: op == marker, normalize=normalize,
-                         budget=payload["shrink_budget"])  # fmt: skip
+        minimal = shrink(
+            seq,
+            keeps,
+            fixed=lambda op: op == marker,
+            normalize=normalize,
+            budget=payload["shrink_budget"],
+        )
         b, c = split(minimal)
         final = InjectRun(a, arch)
         again = final.run(b, inj, c)
@@ -878,8 +928,9 @@ def _inject_scenario(
     data = run.payload_bytes(inj.count).hex() if inj.count else ""
     note = f"injected bug: {payload['bug']}"
     if inj.bug == "overflow":
-        steps.append({"write": {"at": victim, "offset": sizes[inj.slot], "data": data},
-                      "note": note})  # fmt: skip
+        steps.append(
+            {"write": {"at": victim, "offset": sizes[inj.slot], "data": data}, "note": note}
+        )
     else:
         steps.append({"free": victim, "note": note})
         if inj.bug == "use_after_free":
@@ -894,8 +945,13 @@ def _inject_scenario(
     steps += tail
     if effect == "arbitrary_write":
         data_now = run.proc.read(run.target, TARGET_SIZE).hex()
-        steps.append({"read": {"at": "target", "size": TARGET_SIZE}, "expect": data_now,
-                      "note": "the chosen target block, written through the heap"})  # fmt: skip
+        steps.append(
+            {
+                "read": {"at": "target", "size": TARGET_SIZE},
+                "expect": data_now,
+                "note": "the chosen target block, written through the heap",
+            }
+        )
     return scenario_file(
         f"{payload['name']}-inject-{a}-{arch}-{payload['bug'].replace(':', '')}-seed"
         f"{payload['seed']}",
@@ -903,6 +959,9 @@ def _inject_scenario(
         arch,
         [a],
         steps,
-        [f"heapemu campaign: inject case {a} {arch} {payload['bug']} seed {payload['seed']}: "
-         f"{effect}", "Run it: heapemu run THIS_FILE"],
-    )  # fmt: skip
+        [
+            f"heapemu campaign: inject case {a} {arch} {payload['bug']} seed {payload['seed']}: "
+            f"{effect}",
+            "Run it: heapemu run THIS_FILE",
+        ],
+    )

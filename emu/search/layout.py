@@ -81,8 +81,10 @@ class Evaluator:
         p = self.program
         ref = Ref.parse(name)
         assert ref is not None
-        for ops, names in [*((c.ops, c.names) for c in reversed(p.targets)),
-                           (p.prefix, p.prefix_names)]:  # fmt: skip
+        for ops, names in [
+            *((c.ops, c.names) for c in reversed(p.targets)),
+            (p.prefix, p.prefix_names),
+        ]:
             b = names.get(ref.name)
             if b is not None:
                 return ops[b.many[ref.index or 0] if b.many is not None else b.at].size
@@ -340,6 +342,7 @@ def search(
         assert check is not None and check.holds
         result.solution = {
             "actions": describe(program, minimal),
+            "candidate": [list(a) for a in minimal],
             "length": _length(minimal),
             "cost": program.cost(minimal),
             "check": check.to_json(),

@@ -9,7 +9,9 @@ result the moment it arrives.
 
 - Local (default): ``concurrent.futures.ProcessPoolExecutor`` with one worker per core
   (``workers``). If a worker dies (killed, out of memory), the pool is rebuilt and the
-  unfinished tasks resubmitted, at most ``max_restarts`` times.
+  unfinished tasks resubmitted, at most ``max_restarts`` times. Workers are spawned (they
+  share nothing with the parent), so a script that calls ``run_tasks`` needs the usual
+  ``if __name__ == "__main__":`` guard; ``python -m ...`` entry points do not.
 - Ray (``ray_address``: an address, ``auto`` for the cluster this machine belongs to, or
   ``local`` to start one here with ``workers`` CPUs; an already initialised Ray is used as it
   is): the same ``execute`` as a Ray task; Ray schedules, retries tasks whose worker died
@@ -179,8 +181,15 @@ def run_tasks(
 
     def finished(out: dict[str, Any]) -> None:
         task = by_key[out["key"]]
-        store.add(task.key, task.to_json(), out["status"], out["result"], out["seconds"],
-                  out["ops"], out["worker"])  # fmt: skip
+        store.add(
+            task.key,
+            task.to_json(),
+            out["status"],
+            out["result"],
+            out["seconds"],
+            out["ops"],
+            out["worker"],
+        )
         summary.finished += 1
         summary.ops += out["ops"]
         summary.task_seconds += out["seconds"]

@@ -305,8 +305,9 @@ def parse_search_spec(data: Any, path: str | Path | None = None) -> SearchSpec:
         if key not in data:
             c.err(getattr(data, "line", 1), f"missing {key}:")
     name = str(data.get("name") or (Path(path).stem if path else "search"))
-    allocators = c.names(data.get("allocator"), lines.get("allocator"), "allocator",
-                         list(ALLOCATOR_NAMES))  # fmt: skip
+    allocators = c.names(
+        data.get("allocator"), lines.get("allocator"), "allocator", list(ALLOCATOR_NAMES)
+    )
     arches = c.names(data.get("arch", "both"), lines.get("arch"), "arch", ARCHES_LIST)
     heap_value = data.get("heap", "HEAP_GROWABLE")
     heap = dict(heap_value) if isinstance(heap_value, Mapping) else {"flags": heap_value}

@@ -143,8 +143,9 @@ class ResultStore:
             )
         for key, result, stored in db.execute("SELECT key, result, digest FROM results"):
             if digest(result) != stored:
-                raise StoreError(self._damaged(f"the result of task {key} does not match its "
-                                               "digest"))  # fmt: skip
+                raise StoreError(
+                    self._damaged(f"the result of task {key} does not match its digest")
+                )
 
     # ------------------------------------------------------------------ use
     def done(self) -> set[str]:

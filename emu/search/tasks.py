@@ -33,10 +33,16 @@ def search_task(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
     return ("ok" if r["solved"] else "failed"), r, r["candidates"]
 
 
+def noop_task(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+    """Does nothing: what a task costs the engine alone (scheduling, transport, storing)."""
+    return "ok", {"echo": payload.get("n")}, 0
+
+
 TaskFunction = Callable[[dict[str, Any]], tuple[str, dict[str, Any], int]]
 TASK_FUNCTIONS: dict[str, TaskFunction] = {
     "search": search_task,
     "invariant": invariant_case,
     "differential": differential_case,
     "inject": inject_case,
+    "noop": noop_task,
 }
