@@ -286,8 +286,9 @@ def _layout(run: ScenarioRun, step: Step, heap: int) -> dict[str, Any]:
     """The goal decided on the heap as the allocator's walker reads it (not as it says)."""
     kind = ALLOCATORS.get(run.spec.kind)
     if kind is None:
-        raise _ResultError(f"layout needs a walker: {run.spec.label} is not one of "
-                           f"{', '.join(ALLOCATOR_NAMES)}")  # fmt: skip
+        raise _ResultError(
+            f"layout needs a walker: {run.spec.label} is not one of {', '.join(ALLOCATOR_NAMES)}"
+        )
     args = step.args
     goal = Goal(args["goal"], str(args["a"]), str(args["b"]), args["max"])
     pointers = {goal.a: _resolve(run, args["a"]), goal.b: _resolve(run, args["b"])}

@@ -59,6 +59,7 @@ from emu.scenario import Problem, ScenarioError, load_text, parse_scenario, run_
 from emu.scenario.model import ARCHES
 from emu.search.program import flow
 from emu.search.shrink import shrink
+from emu.search.spec import find_spec
 
 KINDS = ("invariant", "differential", "inject")
 BUGS = ("overflow", "use_after_free", "double_free")
@@ -262,10 +263,14 @@ def _choice(
     return list(dict.fromkeys(out))
 
 
+CAMPAIGN_DIR = Path(__file__).resolve().parents[2] / "campaigns"  # the shipped specs
+
+
 def load_campaign(source: str | Path | Mapping[str, Any]) -> CampaignSpec:
+    """A campaign spec from a file, a shipped spec's name (``invariant_smoke``) or data."""
     if isinstance(source, Mapping):
         return parse_campaign(source)
-    path = Path(source)
+    path = find_spec(source, CAMPAIGN_DIR)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -44,6 +44,8 @@ from emu.search.state import PrefixState
 
 # how far past the source's requested size the victim may start and still be worth a walk
 SLACK = 0x200
+MUTATE = 0.5  # evolve: share of candidates that are mutations of the kept one
+RESTART = 150  # evolve: evaluations without improvement before starting from scratch
 
 
 @dataclass
@@ -299,22 +301,35 @@ def search(
     solution: Candidate | None = None
     n = 0
 
+    stale = 0  # evaluations since the kept candidate last improved (evolve restarts after
+    # RESTART of them: a local optimum of the score is not the goal)
+
     def evaluate(c: Candidate) -> Outcome:
-        nonlocal best
+        nonlocal best, kept, stale
         out = ev.evaluate(c)
         if out.score <= best[0]:
             best = (out.score, c)
+        if out.score < kept[0]:
+            kept, stale = (out.score, c), 0
+        elif out.score == kept[0]:
+            kept = (out.score, c)  # neutral moves keep the walk going
+            stale += 1
+        else:
+            stale += 1
         return out
 
     first = best[1]  # the program with no attacker operation at all
+    kept = best
     if evaluate(first).solved:
         solution = first
     while solution is None:
         elapsed = time.perf_counter() - t0
         if elapsed >= time_limit or (max_candidates and n >= max_candidates):
             break
-        if strategy == "evolve" and best[0] < math.inf and rng.random() < 0.8:
-            candidate = gen.mutate(best[1])
+        if strategy == "evolve" and stale >= RESTART:
+            kept, stale = (math.inf, first), 0
+        if strategy == "evolve" and kept[0] < math.inf and rng.random() < MUTATE:
+            candidate = gen.mutate(kept[1])
         else:
             candidate = gen.fresh()
         n += 1

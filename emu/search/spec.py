@@ -67,7 +67,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "time_limit": 60.0,  # seconds per (allocator, arch)
     "max_candidates": 0,  # 0: no bound but the time
     "seed": 0,
-    "strategy": "evolve",
+    "strategy": "random",
 }
 NOISE_KEYS = ("ops", "seed", "sizes", "lifetime", "lifetimes", "realloc")
 
@@ -406,11 +406,24 @@ def _as_scenario(
 _STEP_MESSAGE = re.compile(r"^step (?P<n>\d+)(?P<op> \([a-z_]+\))?: (?P<rest>.*)$", re.S)
 
 
+REPO = Path(__file__).resolve().parents[2]
+SEARCH_DIR = REPO / "searches"  # the shipped search specs (a checkout or an editable install)
+
+
+def find_spec(name: str | Path, directory: Path = SEARCH_DIR) -> Path:
+    """A file as given, else a shipped spec of that name (``adjacent_holes``)."""
+    path = Path(name)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    shipped = directory / f"{name}.yaml"
+    return shipped if shipped.is_file() else path
+
+
 def load_search_spec(source: str | Path | Mapping[str, Any]) -> SearchSpec:
     """A SearchSpec from a file (YAML/JSON) or loaded data."""
     if isinstance(source, Mapping):
         return parse_search_spec(source)
-    path = Path(source)
+    path = find_spec(source)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
