@@ -301,8 +301,9 @@ def search(
     solution: Candidate | None = None
     n = 0
 
-    stale = 0  # evaluations since the kept candidate last improved (evolve restarts after
-    # RESTART of them: a local optimum of the score is not the goal)
+    kept = best  # evolve: the candidate mutations start from
+    stale = 0  # evaluations since it last improved (after RESTART of them evolve starts from
+    # scratch: a local optimum of the score is not the goal)
 
     def evaluate(c: Candidate) -> Outcome:
         nonlocal best, kept, stale
@@ -319,7 +320,6 @@ def search(
         return out
 
     first = best[1]  # the program with no attacker operation at all
-    kept = best
     if evaluate(first).solved:
         solution = first
     while solution is None:
