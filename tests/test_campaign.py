@@ -243,3 +243,36 @@ def test_killed_workers_lose_no_finished_result(tmp_path: Path) -> None:
     final = _rows(out / "results.db")
     assert len(final) == total and all(final[k] == v for k, v in before.items())
     assert final == _rows(tmp_path / "a" / "results.db")  # the same results as run 1
+
+
+def test_campaign_report_summarises_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "c.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "kind": "differential",
+                "arch": "x64",
+                "seeds": 1,
+                "ops": 300,
+                "workload": {"sizes": "mixed", "lifetime": 50},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    code = main(["campaign", str(spec), "--workers", "0", "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    report = json.loads(_json_report(out / "results.db", capsys))
+    assert report["tasks"] == 1 and report["kind"] == "campaign"
+    diverged = report["failures"]
+    assert code == (1 if diverged else 0)
+    if diverged:  # the minimal divergence is a scenario file that runs on both allocators
+        (path,) = (out / "failures").glob("*.yaml")
+        assert "diverges at op" in text
+        assert main(["run", str(path)]) == 0
+
+
+def _json_report(db: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    main(["campaign", "--report", str(db), "--json"])
+    return capsys.readouterr().out

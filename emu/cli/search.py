@@ -254,7 +254,9 @@ def campaign_tasks(spec: CampaignSpec) -> list[Task]:
 
 def _run_campaign(args: argparse.Namespace) -> int:
     if args.report is not None and (args.report or not args.spec):
-        return _report(Path(args.report or args.db or ""), args.json)
+        if not (args.report or args.db):
+            raise CliError("--report needs a results database: --report DB, or the spec")
+        return _report(Path(args.report or args.db), args.json)
     if not args.spec:
         raise CliError("name a campaign spec (or --report DB)")
     spec = load_campaign(args.spec)
