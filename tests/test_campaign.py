@@ -127,7 +127,8 @@ def test_inject_case_finds_and_shrinks_an_effect(arch: str, allocator_kind: str)
 
 # ---------------------------------------------------------------------- engines
 def test_local_pool_and_a_local_ray_cluster_give_the_same_results(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")
+    import ray  # a test dependency (pyproject's test extra), like the allocators' DLLs
+
     spec = dict(SMALL, allocator="all", arch="both")
     tasks = _tasks(spec) + _tasks({**spec, "kind": "differential", "seeds": 1})
     with ResultStore(tmp_path / "local.db", "campaign", {"t": 1}) as local:

@@ -140,6 +140,44 @@ def test_prefix_state_returns_to_the_end_of_the_prefix(arch: str, allocator_kind
         assert state.stats.prefix_ops_replayed == 2 * len(program.prefix)
 
 
+def test_snapshot_mode_runs_only_the_candidate(
+    arch: str, allocator_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With proc.snapshot()/restore() (another branch adds them) the prefix runs once and a
+    candidate replays alone from the restored state, its blocks' slots carried over: here a
+    stand-in "restores" by rebuilding, and both modes must give the same results."""
+    import emu.search.state as state_module
+
+    class WithSnapshots(Process):
+        owner: PrefixState | None = None
+        restored = 0
+
+        def snapshot(self) -> str:
+            return "end of prefix"
+
+        def restore(self, token: str) -> None:
+            s = WithSnapshots.owner
+            assert token == "end of prefix" and s is not None
+            s.allocator.destroy(s.heap)
+            heap, values, _ = s._build()
+            assert heap == s.heap and values == s.prefix_values
+            WithSnapshots.restored += 1
+
+    spec = parse_search_spec(_spec(REUSE, allocator_kind, arch))  # targets free prefix blocks
+    program = Program.compile(spec)
+    kind = kind_named(allocator_kind)
+    plain = PrefixState(kind, arch, (2, 0, 0), program.prefix)
+    monkeypatch.setattr(state_module, "Process", WithSnapshots)
+    snap = PrefixState(kind, arch, (2, 0, 0), program.prefix)
+    WithSnapshots.owner = snap
+    assert (plain.mode, snap.mode) == (REBUILD, SNAPSHOT)
+    ops, _ = program.assemble(program.normalize([]))
+    for _ in range(2):
+        with plain.run(ops) as a, snap.run(ops) as b:
+            assert list(a.values) == list(b.values) and a.heap == b.heap
+    assert WithSnapshots.restored == 2 and snap.stats.prefix_ops_replayed == 0
+
+
 def test_shrink_finds_a_one_minimal_sequence() -> None:
     calls = []
 
