@@ -499,9 +499,9 @@ def run_campaign_1m() -> list[dict[str, Any]]:
                 res = r.result
                 if res.get("diverged"):
                     m = res["minimal"]
-                    (RESULTS / f"divergence-{r.key.replace('/', '-')}.yaml").write_text(
-                        res["scenario"]
-                    )
+                    where = RESULTS / "divergences"
+                    where.mkdir(exist_ok=True)
+                    (where / f"{r.key.replace('/', '-')}.yaml").write_text(res["scenario"])
                     rows.append(
                         _row(
                             f"first divergence {r.key}",

@@ -83,7 +83,7 @@ def _write_scenario(out_dir: Path, key: str, result: dict[str, Any]) -> Path | N
     if not text:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (key.replace("/", "-") + ".yaml")
+    path = out_dir / (key.replace("/", "-").replace(":", "") + ".yaml")
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path

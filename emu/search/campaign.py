@@ -325,6 +325,22 @@ def live_only(ops: Iterable[Op], live: Iterable[int] = ()) -> list[Op]:
     return out
 
 
+def describe_fault(e: EmulationError) -> str:
+    """One line: what went wrong, at which instruction, in which operation."""
+    text = e.kind
+    if e.address is not None:
+        text += f" at 0x{e.address:x}"
+    where = e.symbol or (f"0x{e.pc:x}" if e.pc is not None else "")
+    if where:
+        text += f", pc {where}"
+    if e.instruction:
+        text += f" ({e.instruction})"
+    op = getattr(e, "op", None)
+    if op is not None:
+        text += f", in op #{getattr(e, 'op_index', '?')} ({op})"
+    return text
+
+
 def digest_values(values: Iterable[int]) -> str:
     h = hashlib.sha256()
     for v in values:
@@ -453,9 +469,9 @@ class InvariantRun:
                 r = replay(self.allocator, chunk, self.heap, slots=self.slots)
             except ReplayError as e:
                 at = start + (e.op_index if e.op_index is not None else 0)
-                return {"kind": "fault", "op": at, "problems": [str(e).splitlines()[0]]}
+                return {"kind": "fault", "op": at, "problems": [describe_fault(e)]}
             except EmulationError as e:
-                return {"kind": "fault", "op": start, "problems": [str(e).splitlines()[0]]}
+                return {"kind": "fault", "op": start, "problems": [describe_fault(e)]}
             self.values += r.values
             self.slots = r.slots
             self._follow(chunk, r.values)
@@ -569,7 +585,7 @@ def invariant_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         steps = [CREATE_HEAP, *steps, {"validate": None}, {"checkpoint": "end"}]
         result["minimal_ops"] = len(minimal)
         result["scenario"] = scenario_file(
-            f"{payload['name']}-invariant-{a}-{arch}-seed{payload['seed']}",
+            f"{payload['name']}-{a}-{arch}-seed{payload['seed']}",
             f"invariant broken ({failure['kind']}): {failure['problems'][0]}",
             arch,
             [a],
@@ -690,7 +706,7 @@ def differential_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int
         )
         steps = [CREATE_HEAP, *steps, {"checkpoint": "end"}]
         result["scenario"] = scenario_file(
-            f"{payload['name']}-diverge-{a}-{b}-{arch}-seed{payload['seed']}",
+            f"{payload['name']}-{a}-{b}-{arch}-seed{payload['seed']}",
             f"{a} and {b} differ at step {j + 2}: {a} {sa[j]}, {b} {sb[j]}",
             arch,
             [a, b],
@@ -764,7 +780,8 @@ class InjectRun:
         try:
             r = replay(self.a, before, self.heap)
         except ReplayError as e:
-            return {"effect": "fault", "effects": {"fault": f"before the bug: {e}"}, "op": None}
+            fault = f"before the bug: {describe_fault(e)}"
+            return {"effect": "fault", "effects": {"fault": fault}, "op": None}
         slots, sizes = r.slots, _sizes(before, r.values)
         ptr = slots.get(inj.slot)
         if ptr is None:
@@ -782,7 +799,7 @@ class InjectRun:
                     if not self.a.free(self.heap, ptr):
                         effects["detected"] = "the second RtlFreeHeap returned FALSE"
         except EmulationError as e:
-            return {"effect": "fault", "effects": {"fault": str(e).splitlines()[0]}, "op": -1}
+            return {"effect": "fault", "effects": {"fault": describe_fault(e)}, "op": -1}
         live = {s: (slots[s], sizes.get(s, 0)) for s in slots}
         values: list[int] = []
         fault_op: int | None = None
@@ -791,11 +808,12 @@ class InjectRun:
         except ReplayError as e:
             values = list(e.results)
             fault_op = e.op_index
-            effects["fault"] = str(e).splitlines()[0]
+            effects["fault"] = describe_fault(e)
         except EmulationError as e:
             fault_op = 0
-            effects["fault"] = str(e).splitlines()[0]
+            effects["fault"] = describe_fault(e)
         first: dict[str, int] = {}
+        overlapped: int | None = None  # the slot of the live block the overlap hit
         for i, (op, v) in enumerate(zip(after, values, strict=False)):
             k = op.kind
             if k in (OpKind.ALLOC, OpKind.REALLOC) and v:
@@ -804,10 +822,13 @@ class InjectRun:
                 src = op.id if k == OpKind.REALLOC else None
                 for s, (p, n) in live.items():
                     if s != src and p < v + max(op.size, 1) and v < p + max(n, 1):
-                        first.setdefault("overlap", i)
-                        effects.setdefault(
-                            "overlap", f"op {i} got 0x{v:x} inside slot {s} [0x{p:x}, +0x{n:x})"
-                        )
+                        if "overlap" not in first:
+                            first["overlap"] = i
+                            overlapped = s
+                            effects["overlap"] = (
+                                f"op {i} got [0x{v:x}, +0x{op.size:x}), overlapping the live "
+                                f"block [0x{p:x}, +0x{n:x})"
+                            )
                         break
                 if k == OpKind.REALLOC:
                     live.pop(op.id, None)
@@ -830,10 +851,13 @@ class InjectRun:
                 if not self.a.validate(self.heap):
                     effects.setdefault("detected", "RtlValidateHeap returned FALSE")
             except EmulationError as e:
-                effects["fault"] = f"while validating: {str(e).splitlines()[0]}"
+                effects["fault"] = f"while validating: {describe_fault(e)}"
         effect = next((e for e in EFFECTS if e in effects), "none")
         where = fault_op if effect == "fault" else first.get(effect)
-        return {"effect": effect, "effects": effects, "op": where}
+        out: dict[str, Any] = {"effect": effect, "effects": effects, "op": where}
+        if effect == "overlap":
+            out["overlapped_slot"] = overlapped
+        return out
 
 
 def _sizes(ops: Sequence[Op], values: Sequence[int]) -> dict[int, int]:
@@ -944,9 +968,28 @@ def _inject_scenario(
             steps.append({"free": victim, "expect": "any", "note": note})
     names.pop(inj.slot, None)
     effect = out["effect"]
-    tail, _ = ops_steps(after, names=names, first=len(before) + 1, expect_any=lambda i: True)
-    if effect == "arbitrary_alloc" and out["op"] is not None and out["op"] < len(tail):
-        tail[out["op"]]["note"] = "returns the chosen address"
+    at = out["op"]
+    if effect == "overlap" and at is not None and at < len(after):
+        # the block it overlaps, named as it was just before (its slot may be the same one)
+        _, names_before = ops_steps(after[:at], names=dict(names), first=len(before) + 1)
+        head, names_then = ops_steps(
+            after[: at + 1], names=dict(names), first=len(before) + 1, expect_any=lambda i: True
+        )
+        rest, _ = ops_steps(
+            after[at + 1 :],
+            names=dict(names_then),
+            first=len(before) + 2 + at,
+            expect_any=lambda i: True,
+        )
+        op = after[at]
+        new = names_then[op.new_id if op.kind == OpKind.REALLOC else op.id]
+        old = names_before.get(out.get("overlapped_slot", -1))
+        head[at]["note"] = "overlaps a live block"
+        tail = head + ([{"layout": {"overlap": [old, new]}}] if old else []) + rest
+    else:
+        tail, _ = ops_steps(after, names=names, first=len(before) + 1, expect_any=lambda i: True)
+    if effect == "arbitrary_alloc" and at is not None and at < len(tail):
+        tail[at]["note"] = "returns the chosen address"
     steps += tail
     if effect == "arbitrary_write":
         data_now = run.proc.read(run.target, TARGET_SIZE).hex()
@@ -958,8 +1001,7 @@ def _inject_scenario(
             }
         )
     return scenario_file(
-        f"{payload['name']}-inject-{a}-{arch}-{payload['bug'].replace(':', '')}-seed"
-        f"{payload['seed']}",
+        f"{payload['name']}-{a}-{arch}-{payload['bug'].replace(':', '')}-seed{payload['seed']}",
         f"{payload['bug']} on {a} {arch}: {effect} ({out['effects'].get(effect, '')})",
         arch,
         [a],
