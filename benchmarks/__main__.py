@@ -8,7 +8,15 @@ from rich.table import Table
 
 from emu.scenario.render import emit, output_console
 
-from . import bench_call, bench_memory, bench_observe, bench_peer, bench_replay, bench_snapshot
+from . import (
+    bench_call,
+    bench_memory,
+    bench_observe,
+    bench_peer,
+    bench_replay,
+    bench_search,
+    bench_snapshot,
+)
 from .common import save
 
 SUITES = {
@@ -19,6 +27,10 @@ SUITES = {
     "memory": bench_memory.run,
     "address_space": bench_memory.run_address_space,
     "snapshot": bench_snapshot.run,
+    "search_speed": bench_search.run_speed,
+    "search_scaling": bench_search.run_scaling,
+    "search_suite": bench_search.run_suite,
+    "campaign_1m": bench_search.run_campaign_1m,
 }
 
 
@@ -36,8 +48,8 @@ def main(argv: list[str]) -> int:
                 str(r["arch"]),
                 str(r["value"]),
                 str(r["unit"]),
-                f"{r['reference']} ({r['reference_name']})",
-                f"{r['ratio']}x",
+                f"{r['reference']} ({r['reference_name']})" if r["reference_name"] else "",
+                f"{r['ratio']}x" if r["ratio"] != "" else "",
             )
     emit(output_console(), table)
     return 0

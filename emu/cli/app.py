@@ -20,6 +20,7 @@ from emu.cli.exec import EXEC_COMMAND
 from emu.cli.inspect import INSPECT_COMMANDS
 from emu.cli.replay import REPLAY_COMMAND
 from emu.cli.run import RUN_COMMANDS
+from emu.cli.search import SEARCH_COMMANDS
 from emu.scenario import ScenarioError
 from loader.errors import LoaderError
 
@@ -28,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     **INSPECT_COMMANDS,
     "exec": EXEC_COMMAND,
     "replay": REPLAY_COMMAND,
+    **SEARCH_COMMANDS,
 }
 
 

@@ -183,6 +183,11 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="stop at the first step and wait for gdb on 127.0.0.1:PORT (one arch, one allocator)",
     )
+    p.add_argument(
+        "--heap-map",
+        metavar="DIR",
+        help="write a heap map of each run's heaps at its end: DIR/NAME-ALLOCATOR-ARCH.png",
+    )
     p.add_argument("--list", action="store_true", help="list the shipped scenarios")
 
 
@@ -220,6 +225,27 @@ def _matrix(args: argparse.Namespace, scenario: Scenario) -> list[tuple[str, All
     return runs
 
 
+class HeapMapObserver(Observer):
+    """At the end of each run, a heap map of the heaps it used, read by the allocator's walker
+    (runs on module allocators have no walker and get none)."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.written: list[Path] = []
+
+    def finished(self, run: Any, result: ScenarioResult) -> None:
+        from emu.heap.registry import ALLOCATORS
+        from emu.views.heapmap import save_heap_map
+
+        kind = ALLOCATORS.get(run.spec.kind)
+        if kind is None or not run.heaps:
+            return
+        reports = [kind.walker(run.proc, h).walk() for h in run.heaps.values()]
+        path = self.out_dir / f"{result.scenario}-{run.spec.kind}-{run.arch}.png"
+        title = f"{result.scenario}: {kind.title}, {run.arch}, at the end"
+        self.written.append(save_heap_map(reports, path, title=title))
+
+
 def _gdb_stub(port_text: str, runs: list[tuple[str, AllocatorSpec]]) -> Observer:
     from emu.scenario.gdbstub import GdbStub, GdbStubError
 
@@ -252,6 +278,12 @@ def _run_run(args: argparse.Namespace) -> int:
     observers: list[Observer] = [watcher] if watcher else []
     if args.gdb is not None:
         observers.append(_gdb_stub(args.gdb, runs))
+    maps = None
+    if args.heap_map:
+        if not Path(args.heap_map).is_dir():
+            raise CliError(f"--heap-map {args.heap_map}: no such directory")
+        maps = HeapMapObserver(args.heap_map)
+        observers.append(maps)
     progress = ProgressObserver(output_console(stderr=True))
     results: list[ScenarioResult] = []
     try:
@@ -290,6 +322,8 @@ def _run_run(args: argparse.Namespace) -> int:
                 emit(out, events_table(r.events, f"allocation events ({r.arch} {r.allocator})"))
         if len(results) > 1:
             emit(out, summary_table(results))
+        for path in maps.written if maps else []:
+            out.print(f"heap map written to {path}")
         if watcher:
             for path in watcher.written:
                 out.print(f"wrote {path}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emu.heap.goals import Goal
 from emu.win.ntdefs import heap_flag_names
 
 ARCHES = ("x86", "x64")
@@ -24,6 +25,7 @@ OP_ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("RtlWalkHeap",),
     "write": (),
     "read": (),
+    "layout": (),  # read by the allocator's walker, never asked of the allocator
 }
 OPS = tuple(OP_ENTRY_POINTS)
 STEP_KEYS = ("as", "heap", "expect", "note")
@@ -127,6 +129,9 @@ class Step:
     @property
     def label(self) -> str:
         """The step as one short line: ``alloc 0x100 x100``, ``free a[16]``."""
+        if self.op == "layout":
+            a = self.args
+            return f"layout {Goal(a['goal'], str(a['a']), str(a['b']), a['max'])}"
         parts = [self.op]
         a = self.args
         for key, value in a.items():

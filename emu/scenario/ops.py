@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from emu.heap.goals import parse_goal
 from emu.scenario.model import Ref, Step, what_is
 from emu.win.ntdefs import HEAP_GROWABLE
 
@@ -169,6 +170,19 @@ def _check_read(c: Checker, s: Step, value: Any, line: int | None) -> str:
     return "value"
 
 
+def _check_layout(c: Checker, s: Step, value: Any, line: int | None) -> str:
+    """``layout: {adjacent: [a, b]}`` / ``{distance: [a, b], max: N}`` / ``{reuse: {freed: x,
+    by: y}}`` / ``{overlap: [a, b]}``: checked on the heap's walker report (emu.heap.goals)."""
+    try:
+        goal = parse_goal(value)
+    except ValueError as e:
+        c.err(line, f"{e}, like `layout: {{adjacent: [source, victim]}}`")
+        return "value"
+    refs = [c.ref(name, line, f"layout {goal.kind}", want=("block",)) for name in (goal.a, goal.b)]
+    s.args = {"goal": goal.kind, "a": refs[0], "b": refs[1], "max": goal.max}
+    return "value"
+
+
 OP_CHECKS: dict[str, Callable[[Checker, Step, Any, int | None], str]] = {
     "create_heap": _check_create_heap,
     "alloc": _check_alloc,
@@ -181,4 +195,5 @@ OP_CHECKS: dict[str, Callable[[Checker, Step, Any, int | None], str]] = {
     "checkpoint": _check_checkpoint,
     "write": _check_write,
     "read": _check_read,
+    "layout": _check_layout,
 }

@@ -234,6 +234,8 @@ def describe_value(step: Step, value: Any) -> str:
         return "; ".join(f"{name}: {c['busy']} busy, {c['free']} free" for name, c in value.items())
     if step.op == "read":
         return value if len(value) <= 32 else value[:32] + "..."
+    if step.op == "layout":
+        return ("holds: " if value["holds"] else "does not hold: ") + value["detail"]
     if step.op == "create_heap":
         return f"0x{value:x} ({heap_flag_names(step.args['flags'])})"
     if isinstance(value, list):

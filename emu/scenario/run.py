@@ -24,6 +24,7 @@ from typing import Any
 from emu.errors import EmulationError, NtStatusError
 from emu.facade import Process
 from emu.heap.allocator import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS, Allocator, HeapError
+from emu.heap.goals import Goal, check_goal
 from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS, walk_heap
 from emu.modules import Module
 from emu.nt.memory import RESERVED
@@ -275,6 +276,8 @@ def _do_step(run: ScenarioRun, step: Step) -> Any:
         return ok
     if step.op == "walk":
         return a.walk(heap)
+    if step.op == "layout":
+        return _layout(run, step, heap)
     if step.op == "destroy":
         ok = a.destroy(heap)
         _check(step, ok, bool, "RtlDestroyHeap", run)
@@ -282,6 +285,25 @@ def _do_step(run: ScenarioRun, step: Step) -> Any:
         run.destroyed.add(name)
         return ok
     raise AssertionError(f"no runner for {step.op}")
+
+
+def _layout(run: ScenarioRun, step: Step, heap: int) -> dict[str, Any]:
+    """The goal decided on the heap as the allocator's walker reads it (not as it says)."""
+    kind = ALLOCATORS.get(run.spec.kind)
+    if kind is None:
+        raise _ResultError(
+            f"layout needs a walker: {run.spec.label} is not one of {', '.join(ALLOCATOR_NAMES)}"
+        )
+    args = step.args
+    goal = Goal(args["goal"], str(args["a"]), str(args["b"]), args["max"])
+    pointers = {goal.a: _resolve(run, args["a"]), goal.b: _resolve(run, args["b"])}
+    check = check_goal(kind.walker(run.proc, heap).walk(), goal, pointers)
+    value = check.to_json()
+    if step.has_expect and step.expect == ANY:
+        return value
+    if not check.holds:
+        raise _ResultError(f"{goal} does not hold: {check.detail}", value)
+    return value
 
 
 def take_checkpoint(run: ScenarioRun, name: str, step: int) -> Checkpoint:

@@ -22,6 +22,8 @@ A scenario is YAML (or JSON, read by the same loader so it has line numbers too)
       - read: {at: 'a[0]', size: 4}
       - destroy: heap2
       - checkpoint: after_frees        # RtlWalkHeap of every live heap + the address space
+      - layout: {adjacent: [a, b]}     # a goal, decided by the allocator's heap walker:
+      #   {distance: [a, b], max: 0x40}, {reuse: {freed: a, by: b}}, {overlap: [a, b]}
 
 Every step may have ``as: NAME`` (name its result), ``heap: NAME`` (default: the heap created
 last; ``process_heap`` is the loader's), ``expect: VALUE`` and ``note: TEXT``. Without

@@ -94,6 +94,9 @@ class ReplayResult:
     syscalls: int  # system calls the allocator made during the replay
     instructions: int | None = None  # when counted (count_instructions=True)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the slot table at the end (live IDs -> block pointers): pass it as ``slots=`` to a later
+    # replay that goes on with the same blocks
+    slots: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -193,12 +196,15 @@ def replay(
     count_instructions: bool = False,
     time_limit: float | None = None,
     max_instructions: int | None = None,
+    slots: dict[int, int] | None = None,
 ) -> ReplayResult:
     """Run ``ops`` on ``heap`` (a new growable heap if None) inside the emulator.
 
     ``chunk``: records per driver call; ``time_limit`` / ``max_instructions``: per driver
     call, as for ``proc.call`` (``time_limit=0``: none). ``count_instructions`` adds a block
-    hook (much slower; use a separate run for timing). Raises ReplayError naming the op."""
+    hook (much slower; use a separate run for timing). ``slots``: the slot table to start from
+    (ID -> block pointer, e.g. an earlier replay's ``result.slots``), so a tape can free or
+    resize blocks an earlier tape allocated. Raises ReplayError naming the op."""
     proc, arch = allocator.proc, allocator.proc.arch
     tape = Tape.from_ops(ops)
     if tape.max_id >= MAX_SLOTS:
@@ -214,9 +220,17 @@ def replay(
     chunk = max(1, min(chunk, tape.count or 1))
     driver = load_driver(proc).exports[ENTRY_NAME]
     jtab = proc.modules.get(DRIVER_MODULE).symbols[JUMP_TABLE]  # type: ignore[union-attr]
-    buf = _Buffers(proc, chunk, tape.max_id + 1)
+    n_slots = max(tape.max_id, max(slots or (), default=-1)) + 1
+    if n_slots > MAX_SLOTS:
+        raise ValueError(f"slot {n_slots - 1} is beyond the table's {MAX_SLOTS} slots")
+    buf = _Buffers(proc, chunk, n_slots)
     ps = arch.ptr_size
-    slots = {
+    if slots:
+        table: array[int] = array("Q" if ps == 8 else "I", bytes(n_slots * ps))
+        for i, ptr in slots.items():
+            table[i] = ptr
+        proc.write(buf.table, table.tobytes())
+    ctl_values = {
         "heap": heap,
         "tape": buf.tape,
         "table": buf.table,
@@ -238,7 +252,7 @@ def replay(
             n = min(chunk, tape.count - start)
             t0 = time.perf_counter()
             proc.write(buf.tape, bytes(tape.data[start * RECORD_SIZE : (start + n) * RECORD_SIZE]))
-            ctl = [slots.get(name, 0) for name in CTL]
+            ctl = [ctl_values.get(name, 0) for name in CTL]
             ctl[CTL.index("end")] = buf.tape + n * RECORD_SIZE
             proc.write(buf.ctl, b"".join(arch.pack_ptr(v) for v in ctl))
             try:
@@ -252,6 +266,8 @@ def replay(
                 raise _stopped(proc, buf, tape, start, values, None, status)
             out[start * ps : (start + n) * ps] = proc.read(buf.results, n * ps)
             elapsed += time.perf_counter() - t0
+        final: array[int] = array("Q" if ps == 8 else "I", proc.read(buf.table, n_slots * ps))
+        live = {i: p for i, p in enumerate(final) if p}
     finally:
         out.release()
         if counter:
@@ -266,6 +282,7 @@ def replay(
         driver_calls=calls,
         syscalls=len(proc.syscalls) - syscalls_before,
         instructions=counter.total() if counter else None,
+        slots=live,
     )
 
 
