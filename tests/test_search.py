@@ -143,9 +143,9 @@ def test_prefix_state_returns_to_the_end_of_the_prefix(arch: str, allocator_kind
 def test_snapshot_mode_runs_only_the_candidate(
     arch: str, allocator_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With proc.snapshot()/restore() (another branch adds them) the prefix runs once and a
-    candidate replays alone from the restored state, its blocks' slots carried over: here a
-    stand-in "restores" by rebuilding, and both modes must give the same results."""
+    """With proc.snapshot()/restore() the prefix runs once and a candidate replays alone from
+    the restored state, its blocks' slots carried over: the real snapshots must give the same
+    results as a stand-in whose "restore" rebuilds the prefix."""
     import emu.search.state as state_module
 
     class WithSnapshots(Process):
@@ -170,12 +170,13 @@ def test_snapshot_mode_runs_only_the_candidate(
     monkeypatch.setattr(state_module, "Process", WithSnapshots)
     snap = PrefixState(kind, arch, (2, 0, 0), program.prefix)
     WithSnapshots.owner = snap
-    assert (plain.mode, snap.mode) == (REBUILD, SNAPSHOT)
+    assert (plain.mode, snap.mode) == (SNAPSHOT, SNAPSHOT)
     ops, _ = program.assemble(program.normalize([]))
     for _ in range(2):
         with plain.run(ops) as a, snap.run(ops) as b:
             assert list(a.values) == list(b.values) and a.heap == b.heap
     assert WithSnapshots.restored == 2 and snap.stats.prefix_ops_replayed == 0
+    assert plain.stats.prefix_ops_replayed == 0  # the real snapshot: the prefix ran once
 
 
 def test_shrink_finds_a_one_minimal_sequence() -> None:
