@@ -1,0 +1,713 @@
+"""Walker for heapemu's Windows 7 NT heap with its LFH (``asm/src/win7heap.c``).
+
+Everything is read from emulated memory through ``win7_layout`` (Windows' names and offsets):
+
+- Back end: the segments on ``_HEAP.SegmentList``; each segment is tiled from ``FirstEntry``
+  to ``LastValidEntry`` by ``_HEAP_ENTRY`` headers whose first 32-bit word (x64: at +8) is
+  ``Size | Flags << 16 | SmallTagIndex << 24`` XORed with ``_HEAP.Encoding`` (when
+  ``EncodeFlagMask`` says so) and checked with SmallTagIndex = XOR of the other three bytes;
+  every UCR sentinel (Flags LAST_ENTRY) is followed by the uncommitted range on the segment's
+  ``UCRSegmentList``. ``PreviousSize`` must name the block before. A header whose checksum fails
+  is reported and the walk resynchronises on the next header whose ``PreviousSize`` leads back
+  to it, so one bad header does not hide the rest of the segment.
+- ``_HEAP.FreeLists``: one LIST_ENTRY ring through every free block (links at header + G), in
+  ascending size.
+- ``VirtualAllocdBlocks``: ``_HEAP_VIRTUAL_ALLOC_ENTRY`` regions (the report's large blocks).
+- LFH (``FrontEndHeapType`` 2): the ``_HEAP_SUBSEGMENT`` descriptors of every
+  ``_LFH_BLOCK_ZONE`` on ``SubSegmentZones`` with a UserBlocks; each UserBlocks is a busy
+  Internal back-end block starting with ``_HEAP_USERDATA_HEADER`` (Signature 0xF0E0D0C0), then
+  BlockCount blocks of BlockSize units whose header word is ``Heap ^ SubSegment ^ LFHKey ^
+  (header >> 3)`` (x64: the 64-bit value with ``>> 4`` and its low half again at +8) and whose
+  UnusedBytes has bit 0x80 (0x80 alone: free). The free blocks form a chain of u16 offsets
+  (``_INTERLOCK_SEQ.FreeEntryOffset``, then the first u16 of each free block's data).
+
+Mapping onto ``HeapReport``: back-end blocks (the heap's own Internal blocks and UCR sentinels
+included: RtlWalkHeap reports them busy too) are a segment's blocks; each LFH block follows its
+UserBlocks block in ``Segment.blocks`` with ``flags`` ``BLOCK_LFH`` (its header stores no flag
+byte); ``Win7Report.lfh_regions`` lists the LFH data regions. Free list 0 is the back end's
+ring; each subsegment's free chain is one more free list (head: the subsegment).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from emu.heap.walkers import win7_layout as L
+from emu.heap.walkers.base import HeapWalker, ListHead, RawBlock
+from emu.heap.walkers.model import (
+    ADJACENT_FREE,
+    BLOCK_HEADER,
+    BLOCK_SIZE,
+    BUSY,
+    FREE,
+    FREE_LIST_BUCKET,
+    FREE_LIST_BUSY,
+    FREE_LIST_LINK,
+    FREE_LIST_LOOP,
+    FREE_NOT_LISTED,
+    HEAP_HEADER,
+    LARGE_BLOCK,
+    OVERLAP,
+    SEGMENT,
+    UNREADABLE,
+    Block,
+    FieldSpec,
+    FreeList,
+    FreeListEntry,
+    HeapReport,
+    LargeBlock,
+    Range,
+    Segment,
+)
+from emu.heap.walkers.reader import UnreadableError
+from emu.process.core import ProcessCore
+
+BLOCK_LFH = 0x100  # Block.flags of an LFH block (above the header's 8 flag bits)
+MAX_UCRS = 4096
+MAX_ZONES = 1 << 16
+MAX_FREE = 1 << 20
+PAGE = 0x1000
+
+HEADER_FIELDS = (
+    "Flags",
+    "ForceFlags",
+    "CompatibilityFlags",
+    "EncodeFlagMask",
+    "PointerKey",
+    "VirtualMemoryThreshold",
+    "Signature",
+    "SegmentReserve",
+    "SegmentCommit",
+    "DeCommitFreeBlockThreshold",
+    "DeCommitTotalFreeThreshold",
+    "TotalFreeSize",
+    "MaximumAllocationSize",
+    "ProcessHeapsListIndex",
+    "BlocksIndex",
+    "UCRIndex",
+    "FrontEndHeap",
+    "FrontEndHeapType",
+)
+
+
+@dataclass(frozen=True)
+class LfhRegion:
+    """An LFH data region: a UserBlocks block's data and the subsegment that carves it."""
+
+    address: int  # the _HEAP_USERDATA_HEADER (the UserBlocks block's data)
+    size: int  # bytes of the UserBlocks block's data
+    subsegment: int
+    bucket: int  # SizeIndex of the subsegment
+    block_size: int  # bytes of each LFH block, header included
+    block_count: int
+    free: int  # free blocks on its chain (Depth, as the walk counted them)
+    segment: int
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+@dataclass
+class Win7Report(HeapReport):
+    lfh_regions: list[LfhRegion] = field(default_factory=list)
+    lfh_key: int = 0
+    encoding: int = 0
+
+
+class Win7Walker(HeapWalker):
+    kind = "win7"
+    heap_struct_name = "_HEAP"
+
+    # ------------------------------------------------------------------ layout (for the views)
+    @classmethod
+    def granularity(cls, arch: str) -> int:
+        return L.granularity(arch)
+
+    @classmethod
+    def large_list_head(cls, arch: str, heap: int) -> int:
+        return heap + L.HEAP.offset(arch, "VirtualAllocdBlocks")
+
+    @classmethod
+    def heap_header_specs(cls, arch: str) -> list[FieldSpec]:
+        return L.HEAP.specs(arch)
+
+    @classmethod
+    def block_header_specs(cls, arch: str, free: bool) -> list[FieldSpec]:
+        specs = L.HEAP_ENTRY.specs(arch)
+        if free:
+            g = L.granularity(arch)
+            specs += L.STRUCTS["_LIST_ENTRY"].specs(arch, "FreeList.", g)
+        return specs
+
+    @classmethod
+    def large_header_specs(cls, arch: str) -> list[FieldSpec]:
+        return [s for s in L.HEAP_VIRTUAL_ALLOC_ENTRY.specs(arch) if s.scalar]
+
+    @classmethod
+    def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:
+        if name == "Size":
+            return "encoded with _HEAP.Encoding (see the decoded size)"
+        if name in ("Flags", "SmallTagIndex"):
+            return "encoded"
+        if name == "PreviousSize":
+            return f"{value * unit:#x} bytes"
+        if name == "UnusedBytes":
+            if value & L.LFH_UNUSED_FLAG:
+                return "LFH block, free" if value == L.LFH_UNUSED_FLAG else "LFH block, unused"
+            return "" if free else "block size - requested size"
+        return None
+
+    def __init__(self, proc: ProcessCore, heap: int):
+        self.arch = proc.arch.name
+        self.alignment = L.granularity(self.arch)
+        self.min_block_size = 2 * self.alignment
+        super().__init__(proc, heap)
+        self.report = Win7Report(
+            kind=self.kind, arch=self.arch, heap=heap, flags=0, force_flags=0, header={}
+        )
+        self.G = self.alignment
+        self.encoding = 0
+        self.lfh_key = L.DEFAULT_LFH_KEY
+        self._peb = proc.peb
+        self._ucrs: dict[int, dict[int, int]] = {}  # segment index -> UCR address -> size
+
+    def off(self, struct_: L.W7Struct, name: str) -> int:
+        return struct_.offset(self.arch, name)
+
+    def get(self, struct_: L.W7Struct, base: int, name: str) -> int:
+        return self.mem.uint(base + self.off(struct_, name), struct_.field_size(self.arch, name))
+
+    # ------------------------------------------------------------------ driver
+    def walk(self) -> HeapReport:
+        try:
+            if not self.read_header():
+                return self.report
+        except UnreadableError as e:
+            self.corrupt(UNREADABLE, self.heap, f"heap header: {e}")
+            return self.report
+        self.walk_segments()
+        for seg in self.report.segments:
+            self.walk_blocks(seg)
+        self.walk_large_blocks()
+        self.check_overlaps()
+        self.walk_back_end_free_list()
+        self.walk_lfh()
+        return self.report
+
+    # ------------------------------------------------------------------ header
+    def read_header(self) -> bool:
+        h = self.heap
+        header = {name: self.get(L.HEAP, h, name) for name in HEADER_FIELDS}
+        header["SegmentSignature"] = self.get(L.HEAP, h, "Segment.SegmentSignature")
+        mask = header["EncodeFlagMask"]
+        word = self.mem.u32(h + self.off(L.HEAP, "Encoding.Size"))
+        self.encoding = word if mask & L.HEAP_ENCODE_FLAG_MASK else 0
+        header["Encoding"] = word
+        header["grow_size"] = header["SegmentReserve"]  # the views' name for it
+        try:
+            keys = self._peb + L.KEYS_PEB_OFFSET
+            if self.mem.u32(keys) == L.KEYS_SIGNATURE:
+                self.lfh_key = self.mem.ptr(keys + 8)
+        except UnreadableError:
+            pass
+        header["LFHKey"] = self.lfh_key
+        self.report.header = header
+        self.report.lfh_key = self.lfh_key
+        self.report.encoding = self.encoding
+        self.report.flags = header["Flags"]
+        self.report.force_flags = header["ForceFlags"]
+        if header["Signature"] != L.HEAP_SIGNATURE:
+            sig = header["Signature"]
+            self.corrupt(HEAP_HEADER, h, f"heap signature 0x{sig:08x} is not 0xeeffeeff")
+        if header["SegmentSignature"] != L.HEAP_SEGMENT_SIGNATURE:
+            sig = header["SegmentSignature"]
+            self.corrupt(HEAP_HEADER, h, f"segment signature 0x{sig:08x} is not 0xffeeffee")
+        return True
+
+    # ------------------------------------------------------------------ segments
+    def segment_list(self) -> tuple[int, int]:
+        return self.heap + self.off(L.HEAP, "SegmentList"), self.off(
+            L.HEAP_SEGMENT, "SegmentListEntry"
+        )
+
+    def first_segment(self) -> int:
+        return self.heap
+
+    def read_segment(self, address: int, index: int) -> Segment | None:
+        S = L.HEAP_SEGMENT
+        try:
+            sig = self.get(S, address, "SegmentSignature")
+            owner = self.get(S, address, "Heap")
+            base = self.get(S, address, "BaseAddress")
+            pages = self.get(S, address, "NumberOfPages")
+            first = self.get(S, address, "FirstEntry")
+            last = self.get(S, address, "LastValidEntry")
+        except UnreadableError as e:
+            self.corrupt(SEGMENT, address, f"segment structure: {e}")
+            return None
+        if sig != L.HEAP_SEGMENT_SIGNATURE:
+            self.corrupt(SEGMENT, address, f"segment signature 0x{sig:08x} is not 0xffeeffee")
+        if owner != self.heap:
+            self.corrupt(SEGMENT, address, f"segment belongs to heap 0x{owner:x}")
+        if base != address:
+            self.corrupt(SEGMENT, address, f"segment base 0x{base:x} is not its own address")
+        size = pages * PAGE
+        if not (base < first < last == base + size) or size >= 1 << 40:
+            self.corrupt(
+                SEGMENT,
+                address,
+                f"entries out of range: base 0x{base:x}, pages 0x{pages:x}, first 0x{first:x}, "
+                f"last 0x{last:x}",
+            )
+            return None
+        head = address + self.off(S, "UCRSegmentList")
+        entry_off = self.off(L.HEAP_UCR_DESCRIPTOR, "SegmentEntry")
+        ucrs: dict[int, int] = {}
+        for desc in self.walk_list(head, entry_off, SEGMENT, "uncommitted range", MAX_UCRS):
+            try:
+                start = self.get(L.HEAP_UCR_DESCRIPTOR, desc, "Address")
+                length = self.get(L.HEAP_UCR_DESCRIPTOR, desc, "Size")
+            except UnreadableError as e:
+                self.corrupt(SEGMENT, desc, f"uncommitted range descriptor: {e}")
+                continue
+            if not (first <= start and start + length <= last) or length % PAGE:
+                self.corrupt(
+                    SEGMENT, desc, f"uncommitted range 0x{start:x}+0x{length:x} out of range"
+                )
+                continue
+            ucrs[start] = length
+        self._ucrs[index] = ucrs
+        uncommitted = sum(ucrs.values())
+        return Segment(
+            index=index,
+            address=address,
+            base=base,
+            reserved=size,
+            committed=size - uncommitted,
+            first_block=first,
+            blocks_end=last,
+            uncommitted=[Range(a, n) for a, n in sorted(ucrs.items()) if n],
+        )
+
+    # ------------------------------------------------------------------ back-end blocks
+    def _decode_word(self, word: int) -> tuple[int, int, int, bool]:
+        word ^= self.encoding
+        units, flags, check = word & 0xFFFF, word >> 16 & 0xFF, word >> 24
+        return units, flags, check, check == (units & 0xFF) ^ (units >> 8) ^ flags
+
+    def decode_block(self, address: int, seg: Segment) -> RawBlock:
+        G = self.G
+        raw = self.mem.read(address, G)
+        o = G - 8
+        units, flags, check, ok = self._decode_word(struct.unpack_from("<I", raw, o)[0])
+        unused = raw[o + 7]
+        busy = bool(flags & L.ENTRY_BUSY)
+        block = RawBlock(units * G, flags, BUSY if busy else FREE, check, ok, False)
+        if busy:
+            block.requested = units * G - unused
+        return block
+
+    def _resync(self, address: int, seg: Segment, ucrs: dict[int, int]) -> int | None:
+        """Where the block after a bad header at address starts: the first later header whose
+        checksum holds and whose PreviousSize leads back to address (or a UCR's start)."""
+        G, o = self.G, self.G - 8
+        limit = min(seg.blocks_end, address + L.HEAP_MAX_FREE_UNITS * G + G)
+        cut = min([u for u in ucrs if u > address] + [limit])
+        try:
+            data = self.mem.read(address, cut - address)
+        except UnreadableError:
+            return None
+        for pos in range(2 * G, len(data) - G + 1, G):
+            word, prev = struct.unpack_from("<IH", data, pos + o)
+            if self._decode_word(word)[3] and prev * G == pos:
+                return address + pos
+        return cut if cut in ucrs else None
+
+    def walk_blocks(self, seg: Segment) -> None:
+        G, o = self.G, self.G - 8
+        ucrs = self._ucrs.get(seg.index, {})
+        address = seg.first_block
+        prev: Block | None = None
+        steps = (seg.blocks_end - address) // G + len(ucrs) + 2
+        for _ in range(steps):
+            if address >= seg.blocks_end:
+                if address > seg.blocks_end:
+                    self.corrupt(BLOCK_SIZE, prev.address if prev else address,
+                                 f"block runs past the segment end 0x{seg.blocks_end:x}")  # fmt: skip
+                    seg.complete = False
+                return
+            if address in ucrs:
+                if prev is not None and not prev.flags & L.ENTRY_LAST_ENTRY:
+                    self.corrupt(BLOCK_HEADER, prev.address, "an uncommitted range follows a "
+                                 "block that is not a sentinel (LAST_ENTRY)")  # fmt: skip
+                address += ucrs[address]
+                prev = None
+                continue
+            try:
+                raw = self.mem.read(address, G)
+            except UnreadableError as e:
+                self.corrupt(UNREADABLE, address, f"block header in segment {seg.index}: {e}")
+                seg.complete = False
+                return
+            units, flags, check, ok = self._decode_word(struct.unpack_from("<I", raw, o)[0])
+            prev_units, unused = struct.unpack_from("<H", raw, o + 4)[0], raw[o + 7]
+            size = units * G
+            problem = None
+            if not ok:
+                problem = (BLOCK_HEADER, f"header checksum fails (SmallTagIndex 0x{check:02x}): "
+                           "bad Encoding or overwritten")  # fmt: skip
+            elif units < 2 and not flags & L.ENTRY_LAST_ENTRY or units == 0:
+                problem = (BLOCK_SIZE, f"size 0x{size:x} is below the minimum block size")
+            elif address + size > seg.blocks_end:
+                problem = (BLOCK_SIZE, f"size 0x{size:x} runs past the segment end")
+            elif any(address < u < address + size for u in ucrs):
+                problem = (BLOCK_SIZE, f"size 0x{size:x} runs into uncommitted memory")
+            if problem:
+                self.corrupt(problem[0], address, problem[1])
+                nxt = self._resync(address, seg, ucrs)
+                if nxt is None:
+                    seg.complete = False
+                    return
+                size, ok = nxt - address, False
+                flags, unused = L.ENTRY_BUSY, 0
+            expected_prev = 0 if prev is None else prev.size // G
+            if ok and prev is not None and prev_units != expected_prev:
+                self.corrupt(BLOCK_HEADER, address, f"PreviousSize 0x{prev_units:x} units, the "
+                             f"block before is 0x{expected_prev:x}")  # fmt: skip
+            busy = bool(flags & L.ENTRY_BUSY)
+            if busy and ok and unused > size:
+                self.corrupt(BLOCK_HEADER, address, f"UnusedBytes 0x{unused:x} > size 0x{size:x}")
+            if not busy and ok and (flags or unused):
+                self.corrupt(BLOCK_HEADER, address, f"free block with flags 0x{flags:02x}, "
+                             f"UnusedBytes 0x{unused:x}")  # fmt: skip
+            if (not busy and prev is not None and prev.state == FREE
+                    and prev.size // G < L.HEAP_MAX_FREE_UNITS - 1):  # fmt: skip
+                self.corrupt(
+                    ADJACENT_FREE, address, f"free block follows free block 0x{prev.address:x}"
+                )
+            flink = blink = None
+            if not busy:
+                try:
+                    flink = self.mem.ptr(address + G)
+                    blink = self.mem.ptr(address + G + self.ps)
+                except UnreadableError:
+                    pass
+            requested = max(size - unused, 0) if busy else None
+            block = Block(
+                address=address,
+                size=size,
+                flags=flags,
+                state=BUSY if busy else FREE,
+                user_ptr=address + G,
+                segment=seg.index,
+                magic=check,
+                committed=size,
+                requested=requested,
+                unused=None if requested is None else size - requested,
+                prev_size=None if prev is None else prev.size,
+                flink=flink,
+                blink=blink,
+            )
+            seg.blocks.append(block)
+            prev = block
+            address += size
+        seg.complete = False
+
+    # ------------------------------------------------------------------ free list
+    def free_list_heads(self) -> list[ListHead]:
+        return [ListHead(self.heap + self.off(L.HEAP, "FreeLists"), 0, None)]
+
+    def walk_back_end_free_list(self) -> None:
+        rep, G = self.report, self.G
+        head = self.heap + self.off(L.HEAP, "FreeLists")
+        blocks = {b.address: b for b in rep.blocks if b.flags != BLOCK_LFH}
+        fl = FreeList(0, head, 0, None)
+        rep.free_lists.append(fl)
+        seen: set[int] = set()
+        complete = True
+
+        def holder(entry: int) -> int:
+            return self.heap if entry == head else entry - G
+
+        def visit(node: int) -> None:
+            b = blocks[node]
+            try:
+                f, bl = self.mem.ptr(node + G), self.mem.ptr(node + G + self.ps)
+            except UnreadableError:
+                f = bl = 0
+            fl.entries.append(FreeListEntry(node, b.size, f, bl))
+            seen.add(node)
+            if b.state != FREE:
+                self.corrupt(FREE_LIST_BUSY, node, "block on the free list is busy")
+
+        cur, last_size = head, 0
+        for _ in range(MAX_FREE):
+            try:
+                link = self.mem.ptr(cur)
+            except UnreadableError:
+                self.corrupt(FREE_LIST_LINK, holder(cur), f"flink at 0x{cur:x} is unreadable")
+                complete = False
+                break
+            if link == head:
+                break
+            node = link - G
+            if node in seen:
+                self.corrupt(
+                    FREE_LIST_LOOP, holder(cur), f"flink 0x{link:x} leads back to 0x{node:x}"
+                )
+                complete = False
+                break
+            if node not in blocks:
+                self.corrupt(
+                    FREE_LIST_LINK, holder(cur), f"flink 0x{link:x} points to no block header"
+                )
+                complete = False
+                break
+            try:
+                back = self.mem.ptr(link + self.ps)
+            except UnreadableError:
+                back = None
+            if back != cur:
+                self.corrupt(FREE_LIST_LINK, node, f"blink {back if back is None else hex(back)} "
+                             f"does not point back at 0x{cur:x}")  # fmt: skip
+            visit(node)
+            size = blocks[node].size
+            if size < last_size:
+                self.corrupt(FREE_LIST_BUCKET, node, f"size 0x{size:x} after 0x{last_size:x}: "
+                             "the list is not in ascending size")  # fmt: skip
+            last_size = size
+            cur = link
+        else:
+            self.corrupt(FREE_LIST_LOOP, self.heap, f"free list longer than {MAX_FREE} entries")
+            complete = False
+        if not complete:  # pick up what the blinks still reach from the head
+            cur = head
+            for _ in range(MAX_FREE):
+                try:
+                    link = self.mem.ptr(cur + self.ps)
+                except UnreadableError:
+                    break
+                node = link - G
+                if link == head or node in seen or node not in blocks:
+                    break
+                visit(node)
+                cur = link
+        free_units = sum(b.size for b in blocks.values() if b.state == FREE) // G
+        if complete:
+            for b in blocks.values():
+                if b.state == FREE and b.address not in seen:
+                    self.corrupt(FREE_NOT_LISTED, b.address, "free block is on no free list")
+            total = rep.header.get("TotalFreeSize", free_units)
+            if total != free_units and all(s.complete for s in rep.segments):
+                self.corrupt(HEAP_HEADER, self.heap, f"TotalFreeSize 0x{total:x} units, the free "
+                             f"blocks hold 0x{free_units:x}")  # fmt: skip
+
+    # ------------------------------------------------------------------ large blocks
+    def large_list(self) -> tuple[int, int]:
+        return self.heap + self.off(L.HEAP, "VirtualAllocdBlocks"), 0
+
+    def read_large(self, address: int) -> LargeBlock | None:
+        V = L.HEAP_VIRTUAL_ALLOC_ENTRY
+        try:
+            commit = self.get(V, address, "CommitSize")
+            reserve = self.get(V, address, "ReserveSize")
+            word = self.mem.u32(address + self.off(V, "BusyBlock.Size"))
+            flink = self.get(V, address, "Entry.Flink")
+            blink = self.get(V, address, "Entry.Blink")
+        except UnreadableError as e:
+            self.corrupt(LARGE_BLOCK, address, f"virtual block header: {e}")
+            return None
+        units, flags, _, ok = self._decode_word(word)
+        if not ok or flags != L.ENTRY_BUSY | L.ENTRY_VIRTUAL_ALLOC:
+            self.corrupt(
+                LARGE_BLOCK, address, f"BusyBlock header does not decode (flags 0x{flags:02x})"
+            )
+        header = V.size(self.arch)
+        if address % 0x10000 or commit % PAGE or reserve < commit or units > commit - header:
+            self.corrupt(LARGE_BLOCK, address, f"sizes out of range: commit 0x{commit:x}, "
+                         f"reserve 0x{reserve:x}, unused 0x{units:x}")  # fmt: skip
+        return LargeBlock(
+            address=address,
+            region=address,
+            region_size=max(reserve, commit),
+            user_ptr=address + header,
+            size=max(commit - units, 0),
+            block_size=commit,
+            flink=flink,
+            blink=blink,
+        )
+
+    # ------------------------------------------------------------------ LFH
+    def walk_lfh(self) -> None:
+        hdr = self.report.header
+        lfh = hdr.get("FrontEndHeap", 0)
+        if hdr.get("FrontEndHeapType") != L.HEAP_FRONT_END_LFH or not lfh:
+            return
+        try:
+            owner = self.get(L.LFH_HEAP, lfh, "Heap")
+        except UnreadableError as e:
+            self.corrupt(UNREADABLE, lfh, f"_LFH_HEAP: {e}")
+            return
+        if owner != self.heap:
+            self.corrupt(HEAP_HEADER, lfh, f"_LFH_HEAP.Heap is 0x{owner:x}")
+        zones = self.walk_list(lfh + self.off(L.LFH_HEAP, "SubSegmentZones"), 0, SEGMENT,
+                               "LFH zone", MAX_ZONES)  # fmt: skip
+        sub_size = L.HEAP_SUBSEGMENT.size(self.arch)
+        zone_size = L.LFH_BLOCK_ZONE.size(self.arch)
+        subs: list[tuple[int, int]] = []
+        for zone in zones:
+            try:
+                free_ptr = self.get(L.LFH_BLOCK_ZONE, zone, "FreePointer")
+                limit = self.get(L.LFH_BLOCK_ZONE, zone, "Limit")
+            except UnreadableError as e:
+                self.corrupt(UNREADABLE, zone, f"LFH zone: {e}")
+                continue
+            first = zone + zone_size
+            if not first <= free_ptr <= limit or limit - first > 1 << 20:
+                self.corrupt(SEGMENT, zone, f"LFH zone FreePointer 0x{free_ptr:x} / Limit "
+                             f"0x{limit:x} out of range")  # fmt: skip
+                continue
+            for sub in range(first, free_ptr - sub_size + 1, sub_size):
+                try:
+                    ub = self.get(L.HEAP_SUBSEGMENT, sub, "UserBlocks")
+                except UnreadableError:
+                    continue
+                if ub:
+                    subs.append((sub, ub))
+        by_data = {b.user_ptr: b for b in self.report.blocks}
+        for sub, ub in subs:
+            block = by_data.get(ub)
+            if block is None or block.state != BUSY or not block.flags & L.ENTRY_INTERNAL:
+                self.corrupt(SEGMENT, sub, f"subsegment's UserBlocks 0x{ub:x} is not an Internal "
+                             "busy block of the heap")  # fmt: skip
+                continue
+            self.walk_subsegment(sub, block, len(self.report.free_lists))
+
+    def walk_subsegment(self, sub: int, ub_block: Block, index: int) -> None:
+        rep, G, U = self.report, self.G, ub_block.user_ptr
+        SS, UD = L.HEAP_SUBSEGMENT, L.HEAP_USERDATA_HEADER
+        try:
+            bs = self.get(SS, sub, "BlockSize")
+            count = self.get(SS, sub, "BlockCount")
+            bucket = self.get(SS, sub, "SizeIndex")
+            depth = self.get(SS, sub, "AggregateExchg.Depth")
+            offset = self.get(SS, sub, "AggregateExchg.FreeEntryOffset")
+            back = self.get(UD, U, "SubSegment")
+            signature = self.get(UD, U, "Signature")
+        except UnreadableError as e:
+            self.corrupt(UNREADABLE, sub, f"subsegment: {e}")
+            return
+        if signature != L.HEAP_USERDATA_SIGNATURE:
+            self.corrupt(SEGMENT, U, f"UserBlocks signature 0x{signature:x} is not 0xf0e0d0c0 "
+                         "(overwritten)")  # fmt: skip
+        if back != sub:
+            self.corrupt(SEGMENT, U, f"UserBlocks.SubSegment 0x{back:x} is not 0x{sub:x}")
+        first = U + UD.size(self.arch)
+        data_end = ub_block.end
+        if not bs or not count or first + count * bs * G > data_end:
+            self.corrupt(SEGMENT, sub, f"BlockSize 0x{bs:x} x BlockCount 0x{count:x} does not fit "
+                         f"UserBlocks 0x{U:x}")  # fmt: skip
+            return
+        size = bs * G
+        shift = 4 if self.ps == 8 else 3
+        mask = (1 << (8 * self.ps)) - 1
+        try:
+            data = self.mem.read(first, count * size)
+        except UnreadableError as e:
+            self.corrupt(UNREADABLE, first, f"LFH blocks: {e}")
+            return
+        lfh_blocks: list[Block] = []
+        prev: Block | None = None
+        for k in range(count):
+            pos, address = k * size, first + k * size
+            expected = (self.heap ^ sub ^ self.lfh_key ^ (address >> shift)) & mask
+            if self.ps == 8:
+                code, low = struct.unpack_from("<QI", data, pos)
+                ok = code == expected and low == code & 0xFFFFFFFF
+            else:
+                code = struct.unpack_from("<I", data, pos)[0]
+                ok = code == expected
+            unused = data[pos + G - 1]
+            if not ok or not unused & L.LFH_UNUSED_FLAG:
+                self.corrupt(BLOCK_HEADER, address, f"LFH header does not decode to subsegment "
+                             f"0x{sub:x} (UnusedBytes 0x{unused:02x})")  # fmt: skip
+            free = unused == L.LFH_UNUSED_FLAG
+            requested = None
+            if not free:
+                n = unused & 0x7F
+                if n == L.LFH_UNUSED_EXTENDED:
+                    n = struct.unpack_from("<H", data, pos + size - 2)[0]
+                requested = max(size - n, 0)
+            b = Block(
+                address=address,
+                size=size,
+                flags=BLOCK_LFH,
+                state=FREE if free else BUSY,
+                user_ptr=address + G,
+                segment=ub_block.segment,
+                magic=unused,
+                committed=size,
+                requested=requested,
+                unused=None if requested is None else size - requested,
+                prev_size=None if prev is None else prev.size,
+                flink=struct.unpack_from("<H", data, pos + G)[0] if free else None,
+            )
+            lfh_blocks.append(b)
+            prev = b
+        # the free chain
+        fl = FreeList(index, sub, size, size)
+        rep.free_lists.append(fl)
+        on_chain: set[int] = set()
+        where, complete = sub, True
+        for _ in range(count + 1):
+            if offset == L.LFH_NO_FREE_OFFSET:
+                break
+            address = U + offset * G
+            k, rem = divmod(address - first, size)
+            if rem or not 0 <= k < count:
+                self.corrupt(FREE_LIST_LINK, where, f"LFH free offset 0x{offset:x} is no block of "
+                             f"subsegment 0x{sub:x}")  # fmt: skip
+                complete = False
+                break
+            if address in on_chain:
+                self.corrupt(FREE_LIST_LOOP, where, f"LFH free chain loops back to 0x{address:x}")
+                complete = False
+                break
+            b = lfh_blocks[k]
+            on_chain.add(address)
+            nxt = struct.unpack_from("<H", data, k * size + G)[0]
+            fl.entries.append(FreeListEntry(address, size, nxt, where))
+            if b.state != FREE:
+                self.corrupt(
+                    FREE_LIST_BUSY, address, "busy LFH block on its subsegment's free chain"
+                )
+            where, offset = address, nxt
+        else:
+            self.corrupt(FREE_LIST_LOOP, sub, "LFH free chain longer than BlockCount")
+            complete = False
+        if complete:
+            if len(on_chain) != depth:
+                self.corrupt(SEGMENT, sub, f"_INTERLOCK_SEQ.Depth {depth}, the free chain holds "
+                             f"{len(on_chain)}")  # fmt: skip
+            for b in lfh_blocks:
+                if b.state == FREE and b.address not in on_chain:
+                    self.corrupt(FREE_NOT_LISTED, b.address, "free LFH block is not on the chain")
+        rep.lfh_regions.append(
+            LfhRegion(
+                U, ub_block.size - G, sub, bucket, size, count, len(on_chain), ub_block.segment
+            )  # fmt: skip
+        )
+        seg = rep.segments[ub_block.segment]
+        at = seg.blocks.index(ub_block) + 1
+        seg.blocks[at:at] = lfh_blocks
+
+    # ------------------------------------------------------------------ regions
+    def check_overlaps(self) -> None:
+        super().check_overlaps()
+        for seg in self.report.segments:  # blocks that reach into each other
+            for a, b in zip(seg.blocks, seg.blocks[1:], strict=False):
+                if a.end > b.address:
+                    self.corrupt(OVERLAP, b.address, f"block 0x{b.address:x} lies inside block "
+                                 f"0x{a.address:x}")  # fmt: skip
