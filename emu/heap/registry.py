@@ -18,9 +18,9 @@ from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, WineWalker
 from emu.heap.walkers.win7 import Win7Walker
 from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
 from emu.load.builtin_heap import load_builtin_heap
-from emu.load.wine_ntdll import load_wine_ntdll
 from emu.load.win7_heap import UNIT as WIN7_MODULE
 from emu.load.win7_heap import load_win7_heap
+from emu.load.wine_ntdll import load_wine_ntdll
 from emu.modules import Module
 from emu.process.core import ProcessCore
 

@@ -73,6 +73,12 @@ class HeapWalker(ABC):
     alignment: int  # block granularity
     min_block_size: int
     heap_struct_name: str  # what ``dt`` calls the heap header
+    # A low-fragmentation front end: blocks of a busy size come from its subsegments, so a
+    # freed back-end block is not reused at once (seed 002 on Windows 7).
+    front_end: bool = False
+    # Heap corruption met by a call (a double free, a bad header) raises
+    # STATUS_HEAP_CORRUPTION instead of failing the call (Windows' termination on corruption).
+    raises_on_corruption: bool = False
 
     # ------------------------------------------------------------------ layout (for the views)
     # What the views decode, described by the walker that knows the allocator: ``dt``, ``heap

@@ -119,6 +119,8 @@ class Win7Report(HeapReport):
 class Win7Walker(HeapWalker):
     kind = "win7"
     heap_struct_name = "_HEAP"
+    front_end = True
+    raises_on_corruption = True
 
     # ------------------------------------------------------------------ layout (for the views)
     @classmethod
@@ -358,7 +360,7 @@ class Win7Walker(HeapWalker):
             if not ok:
                 problem = (BLOCK_HEADER, f"header checksum fails (SmallTagIndex 0x{check:02x}): "
                            "bad Encoding or overwritten")  # fmt: skip
-            elif units < 2 and not flags & L.ENTRY_LAST_ENTRY or units == 0:
+            elif (units < 2 and not flags & L.ENTRY_LAST_ENTRY) or units == 0:
                 problem = (BLOCK_SIZE, f"size 0x{size:x} is below the minimum block size")
             elif address + size > seg.blocks_end:
                 problem = (BLOCK_SIZE, f"size 0x{size:x} runs past the segment end")
@@ -697,7 +699,7 @@ class Win7Walker(HeapWalker):
         rep.lfh_regions.append(
             LfhRegion(
                 U, ub_block.size - G, sub, bucket, size, count, len(on_chain), ub_block.segment
-            )  # fmt: skip
+            )
         )
         seg = rep.segments[ub_block.segment]
         at = seg.blocks.index(ub_block) + 1
