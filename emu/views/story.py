@@ -2,8 +2,8 @@
 
 A growable heap; 100 allocations of 0x100; free a[17] and allocate; free a[18] and allocate
 (a[18] comes back); free that a[18], a[48] and a[78]; one 0x100000 block (a large block in a
-region of its own). The program counts from 0: the transcript's "17th chunk" is a[17]. The same steps as ``heapemu demo`` and the shipped
-``scenarios/lec04_growable_heap.yaml``.
+region of its own). The program counts from 0: the transcript's "17th chunk" is a[17]. The
+same steps as ``heapemu demo`` and the shipped ``scenarios/lec04_growable_heap.yaml``.
 """
 
 from __future__ import annotations

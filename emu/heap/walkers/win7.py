@@ -33,7 +33,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from emu.heap.walkers import win7_layout as L
+from emu.heap.walkers import win7_layout as lay
 from emu.heap.walkers.base import HeapWalker, ListHead, RawBlock
 from emu.heap.walkers.model import (
     ADJACENT_FREE,
@@ -125,27 +125,27 @@ class Win7Walker(HeapWalker):
     # ------------------------------------------------------------------ layout (for the views)
     @classmethod
     def granularity(cls, arch: str) -> int:
-        return L.granularity(arch)
+        return lay.granularity(arch)
 
     @classmethod
     def large_list_head(cls, arch: str, heap: int) -> int:
-        return heap + L.HEAP.offset(arch, "VirtualAllocdBlocks")
+        return heap + lay.HEAP.offset(arch, "VirtualAllocdBlocks")
 
     @classmethod
     def heap_header_specs(cls, arch: str) -> list[FieldSpec]:
-        return L.HEAP.specs(arch)
+        return lay.HEAP.specs(arch)
 
     @classmethod
     def block_header_specs(cls, arch: str, free: bool) -> list[FieldSpec]:
-        specs = L.HEAP_ENTRY.specs(arch)
+        specs = lay.HEAP_ENTRY.specs(arch)
         if free:
-            g = L.granularity(arch)
-            specs += L.STRUCTS["_LIST_ENTRY"].specs(arch, "FreeList.", g)
+            g = lay.granularity(arch)
+            specs += lay.STRUCTS["_LIST_ENTRY"].specs(arch, "FreeList.", g)
         return specs
 
     @classmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
-        return [s for s in L.HEAP_VIRTUAL_ALLOC_ENTRY.specs(arch) if s.scalar]
+        return [s for s in lay.HEAP_VIRTUAL_ALLOC_ENTRY.specs(arch) if s.scalar]
 
     @classmethod
     def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:
@@ -156,14 +156,14 @@ class Win7Walker(HeapWalker):
         if name == "PreviousSize":
             return f"{value * unit:#x} bytes"
         if name == "UnusedBytes":
-            if value & L.LFH_UNUSED_FLAG:
-                return "LFH block, free" if value == L.LFH_UNUSED_FLAG else "LFH block, unused"
+            if value & lay.LFH_UNUSED_FLAG:
+                return "LFH block, free" if value == lay.LFH_UNUSED_FLAG else "LFH block, unused"
             return "" if free else "block size - requested size"
         return None
 
     def __init__(self, proc: ProcessCore, heap: int):
         self.arch = proc.arch.name
-        self.alignment = L.granularity(self.arch)
+        self.alignment = lay.granularity(self.arch)
         self.min_block_size = 2 * self.alignment
         super().__init__(proc, heap)
         self.report = Win7Report(
@@ -171,14 +171,14 @@ class Win7Walker(HeapWalker):
         )
         self.G = self.alignment
         self.encoding = 0
-        self.lfh_key = L.DEFAULT_LFH_KEY
+        self.lfh_key = lay.DEFAULT_LFH_KEY
         self._peb = proc.peb
         self._ucrs: dict[int, dict[int, int]] = {}  # segment index -> UCR address -> size
 
-    def off(self, struct_: L.W7Struct, name: str) -> int:
+    def off(self, struct_: lay.W7Struct, name: str) -> int:
         return struct_.offset(self.arch, name)
 
-    def get(self, struct_: L.W7Struct, base: int, name: str) -> int:
+    def get(self, struct_: lay.W7Struct, base: int, name: str) -> int:
         return self.mem.uint(base + self.off(struct_, name), struct_.field_size(self.arch, name))
 
     # ------------------------------------------------------------------ driver
@@ -201,16 +201,16 @@ class Win7Walker(HeapWalker):
     # ------------------------------------------------------------------ header
     def read_header(self) -> bool:
         h = self.heap
-        header = {name: self.get(L.HEAP, h, name) for name in HEADER_FIELDS}
-        header["SegmentSignature"] = self.get(L.HEAP, h, "Segment.SegmentSignature")
+        header = {name: self.get(lay.HEAP, h, name) for name in HEADER_FIELDS}
+        header["SegmentSignature"] = self.get(lay.HEAP, h, "Segment.SegmentSignature")
         mask = header["EncodeFlagMask"]
-        word = self.mem.u32(h + self.off(L.HEAP, "Encoding.Size"))
-        self.encoding = word if mask & L.HEAP_ENCODE_FLAG_MASK else 0
+        word = self.mem.u32(h + self.off(lay.HEAP, "Encoding.Size"))
+        self.encoding = word if mask & lay.HEAP_ENCODE_FLAG_MASK else 0
         header["Encoding"] = word
         header["grow_size"] = header["SegmentReserve"]  # the views' name for it
         try:
-            keys = self._peb + L.KEYS_PEB_OFFSET
-            if self.mem.u32(keys) == L.KEYS_SIGNATURE:
+            keys = self._peb + lay.KEYS_PEB_OFFSET
+            if self.mem.u32(keys) == lay.KEYS_SIGNATURE:
                 self.lfh_key = self.mem.ptr(keys + 8)
         except UnreadableError:
             pass
@@ -220,25 +220,25 @@ class Win7Walker(HeapWalker):
         self.report.encoding = self.encoding
         self.report.flags = header["Flags"]
         self.report.force_flags = header["ForceFlags"]
-        if header["Signature"] != L.HEAP_SIGNATURE:
+        if header["Signature"] != lay.HEAP_SIGNATURE:
             sig = header["Signature"]
             self.corrupt(HEAP_HEADER, h, f"heap signature 0x{sig:08x} is not 0xeeffeeff")
-        if header["SegmentSignature"] != L.HEAP_SEGMENT_SIGNATURE:
+        if header["SegmentSignature"] != lay.HEAP_SEGMENT_SIGNATURE:
             sig = header["SegmentSignature"]
             self.corrupt(HEAP_HEADER, h, f"segment signature 0x{sig:08x} is not 0xffeeffee")
         return True
 
     # ------------------------------------------------------------------ segments
     def segment_list(self) -> tuple[int, int]:
-        return self.heap + self.off(L.HEAP, "SegmentList"), self.off(
-            L.HEAP_SEGMENT, "SegmentListEntry"
+        return self.heap + self.off(lay.HEAP, "SegmentList"), self.off(
+            lay.HEAP_SEGMENT, "SegmentListEntry"
         )
 
     def first_segment(self) -> int:
         return self.heap
 
     def read_segment(self, address: int, index: int) -> Segment | None:
-        S = L.HEAP_SEGMENT
+        S = lay.HEAP_SEGMENT
         try:
             sig = self.get(S, address, "SegmentSignature")
             owner = self.get(S, address, "Heap")
@@ -249,7 +249,7 @@ class Win7Walker(HeapWalker):
         except UnreadableError as e:
             self.corrupt(SEGMENT, address, f"segment structure: {e}")
             return None
-        if sig != L.HEAP_SEGMENT_SIGNATURE:
+        if sig != lay.HEAP_SEGMENT_SIGNATURE:
             self.corrupt(SEGMENT, address, f"segment signature 0x{sig:08x} is not 0xffeeffee")
         if owner != self.heap:
             self.corrupt(SEGMENT, address, f"segment belongs to heap 0x{owner:x}")
@@ -265,12 +265,12 @@ class Win7Walker(HeapWalker):
             )
             return None
         head = address + self.off(S, "UCRSegmentList")
-        entry_off = self.off(L.HEAP_UCR_DESCRIPTOR, "SegmentEntry")
+        entry_off = self.off(lay.HEAP_UCR_DESCRIPTOR, "SegmentEntry")
         ucrs: dict[int, int] = {}
         for desc in self.walk_list(head, entry_off, SEGMENT, "uncommitted range", MAX_UCRS):
             try:
-                start = self.get(L.HEAP_UCR_DESCRIPTOR, desc, "Address")
-                length = self.get(L.HEAP_UCR_DESCRIPTOR, desc, "Size")
+                start = self.get(lay.HEAP_UCR_DESCRIPTOR, desc, "Address")
+                length = self.get(lay.HEAP_UCR_DESCRIPTOR, desc, "Size")
             except UnreadableError as e:
                 self.corrupt(SEGMENT, desc, f"uncommitted range descriptor: {e}")
                 continue
@@ -305,7 +305,7 @@ class Win7Walker(HeapWalker):
         o = G - 8
         units, flags, check, ok = self._decode_word(struct.unpack_from("<I", raw, o)[0])
         unused = raw[o + 7]
-        busy = bool(flags & L.ENTRY_BUSY)
+        busy = bool(flags & lay.ENTRY_BUSY)
         block = RawBlock(units * G, flags, BUSY if busy else FREE, check, ok, False)
         if busy:
             block.requested = units * G - unused
@@ -315,7 +315,7 @@ class Win7Walker(HeapWalker):
         """Where the block after a bad header at address starts: the first later header whose
         checksum holds and whose PreviousSize leads back to address (or a UCR's start)."""
         G, o = self.G, self.G - 8
-        limit = min(seg.blocks_end, address + L.HEAP_MAX_FREE_UNITS * G + G)
+        limit = min(seg.blocks_end, address + lay.HEAP_MAX_FREE_UNITS * G + G)
         cut = min([u for u in ucrs if u > address] + [limit])
         try:
             data = self.mem.read(address, cut - address)
@@ -336,14 +336,20 @@ class Win7Walker(HeapWalker):
         for _ in range(steps):
             if address >= seg.blocks_end:
                 if address > seg.blocks_end:
-                    self.corrupt(BLOCK_SIZE, prev.address if prev else address,
-                                 f"block runs past the segment end 0x{seg.blocks_end:x}")  # fmt: skip
+                    self.corrupt(
+                        BLOCK_SIZE,
+                        prev.address if prev else address,
+                        f"block runs past the segment end 0x{seg.blocks_end:x}",
+                    )
                     seg.complete = False
                 return
             if address in ucrs:
-                if prev is not None and not prev.flags & L.ENTRY_LAST_ENTRY:
-                    self.corrupt(BLOCK_HEADER, prev.address, "an uncommitted range follows a "
-                                 "block that is not a sentinel (LAST_ENTRY)")  # fmt: skip
+                if prev is not None and not prev.flags & lay.ENTRY_LAST_ENTRY:
+                    self.corrupt(
+                        BLOCK_HEADER,
+                        prev.address,
+                        "an uncommitted range follows a block that is not a sentinel (LAST_ENTRY)",
+                    )
                 address += ucrs[address]
                 prev = None
                 continue
@@ -358,9 +364,12 @@ class Win7Walker(HeapWalker):
             size = units * G
             problem = None
             if not ok:
-                problem = (BLOCK_HEADER, f"header checksum fails (SmallTagIndex 0x{check:02x}): "
-                           "bad Encoding or overwritten")  # fmt: skip
-            elif (units < 2 and not flags & L.ENTRY_LAST_ENTRY) or units == 0:
+                problem = (
+                    BLOCK_HEADER,
+                    f"header checksum fails (SmallTagIndex 0x{check:02x}): "
+                    "bad Encoding or overwritten",
+                )
+            elif (units < 2 and not flags & lay.ENTRY_LAST_ENTRY) or units == 0:
                 problem = (BLOCK_SIZE, f"size 0x{size:x} is below the minimum block size")
             elif address + size > seg.blocks_end:
                 problem = (BLOCK_SIZE, f"size 0x{size:x} runs past the segment end")
@@ -373,19 +382,29 @@ class Win7Walker(HeapWalker):
                     seg.complete = False
                     return
                 size, ok = nxt - address, False
-                flags, unused = L.ENTRY_BUSY, 0
+                flags, unused = lay.ENTRY_BUSY, 0
             expected_prev = 0 if prev is None else prev.size // G
             if ok and prev is not None and prev_units != expected_prev:
-                self.corrupt(BLOCK_HEADER, address, f"PreviousSize 0x{prev_units:x} units, the "
-                             f"block before is 0x{expected_prev:x}")  # fmt: skip
-            busy = bool(flags & L.ENTRY_BUSY)
+                self.corrupt(
+                    BLOCK_HEADER,
+                    address,
+                    f"PreviousSize 0x{prev_units:x} units, the block before is 0x{expected_prev:x}",
+                )
+            busy = bool(flags & lay.ENTRY_BUSY)
             if busy and ok and unused > size:
                 self.corrupt(BLOCK_HEADER, address, f"UnusedBytes 0x{unused:x} > size 0x{size:x}")
             if not busy and ok and (flags or unused):
-                self.corrupt(BLOCK_HEADER, address, f"free block with flags 0x{flags:02x}, "
-                             f"UnusedBytes 0x{unused:x}")  # fmt: skip
-            if (not busy and prev is not None and prev.state == FREE
-                    and prev.size // G < L.HEAP_MAX_FREE_UNITS - 1):  # fmt: skip
+                self.corrupt(
+                    BLOCK_HEADER,
+                    address,
+                    f"free block with flags 0x{flags:02x}, UnusedBytes 0x{unused:x}",
+                )
+            if (
+                not busy
+                and prev is not None
+                and prev.state == FREE
+                and prev.size // G < lay.HEAP_MAX_FREE_UNITS - 1
+            ):
                 self.corrupt(
                     ADJACENT_FREE, address, f"free block follows free block 0x{prev.address:x}"
                 )
@@ -419,11 +438,11 @@ class Win7Walker(HeapWalker):
 
     # ------------------------------------------------------------------ free list
     def free_list_heads(self) -> list[ListHead]:
-        return [ListHead(self.heap + self.off(L.HEAP, "FreeLists"), 0, None)]
+        return [ListHead(self.heap + self.off(lay.HEAP, "FreeLists"), 0, None)]
 
     def walk_back_end_free_list(self) -> None:
         rep, G = self.report, self.G
-        head = self.heap + self.off(L.HEAP, "FreeLists")
+        head = self.heap + self.off(lay.HEAP, "FreeLists")
         blocks = {b.address: b for b in rep.blocks if b.flags != BLOCK_LFH}
         fl = FreeList(0, head, 0, None)
         rep.free_lists.append(fl)
@@ -472,13 +491,19 @@ class Win7Walker(HeapWalker):
             except UnreadableError:
                 back = None
             if back != cur:
-                self.corrupt(FREE_LIST_LINK, node, f"blink {back if back is None else hex(back)} "
-                             f"does not point back at 0x{cur:x}")  # fmt: skip
+                self.corrupt(
+                    FREE_LIST_LINK,
+                    node,
+                    f"blink {back if back is None else hex(back)} does not point back at 0x{cur:x}",
+                )
             visit(node)
             size = blocks[node].size
             if size < last_size:
-                self.corrupt(FREE_LIST_BUCKET, node, f"size 0x{size:x} after 0x{last_size:x}: "
-                             "the list is not in ascending size")  # fmt: skip
+                self.corrupt(
+                    FREE_LIST_BUCKET,
+                    node,
+                    f"size 0x{size:x} after 0x{last_size:x}: the list is not in ascending size",
+                )
             last_size = size
             cur = link
         else:
@@ -503,15 +528,18 @@ class Win7Walker(HeapWalker):
                     self.corrupt(FREE_NOT_LISTED, b.address, "free block is on no free list")
             total = rep.header.get("TotalFreeSize", free_units)
             if total != free_units and all(s.complete for s in rep.segments):
-                self.corrupt(HEAP_HEADER, self.heap, f"TotalFreeSize 0x{total:x} units, the free "
-                             f"blocks hold 0x{free_units:x}")  # fmt: skip
+                self.corrupt(
+                    HEAP_HEADER,
+                    self.heap,
+                    f"TotalFreeSize 0x{total:x} units, the free blocks hold 0x{free_units:x}",
+                )
 
     # ------------------------------------------------------------------ large blocks
     def large_list(self) -> tuple[int, int]:
-        return self.heap + self.off(L.HEAP, "VirtualAllocdBlocks"), 0
+        return self.heap + self.off(lay.HEAP, "VirtualAllocdBlocks"), 0
 
     def read_large(self, address: int) -> LargeBlock | None:
-        V = L.HEAP_VIRTUAL_ALLOC_ENTRY
+        V = lay.HEAP_VIRTUAL_ALLOC_ENTRY
         try:
             commit = self.get(V, address, "CommitSize")
             reserve = self.get(V, address, "ReserveSize")
@@ -522,14 +550,18 @@ class Win7Walker(HeapWalker):
             self.corrupt(LARGE_BLOCK, address, f"virtual block header: {e}")
             return None
         units, flags, _, ok = self._decode_word(word)
-        if not ok or flags != L.ENTRY_BUSY | L.ENTRY_VIRTUAL_ALLOC:
+        if not ok or flags != lay.ENTRY_BUSY | lay.ENTRY_VIRTUAL_ALLOC:
             self.corrupt(
                 LARGE_BLOCK, address, f"BusyBlock header does not decode (flags 0x{flags:02x})"
             )
         header = V.size(self.arch)
         if address % 0x10000 or commit % PAGE or reserve < commit or units > commit - header:
-            self.corrupt(LARGE_BLOCK, address, f"sizes out of range: commit 0x{commit:x}, "
-                         f"reserve 0x{reserve:x}, unused 0x{units:x}")  # fmt: skip
+            self.corrupt(
+                LARGE_BLOCK,
+                address,
+                f"sizes out of range: commit 0x{commit:x}, "
+                f"reserve 0x{reserve:x}, unused 0x{units:x}",
+            )
         return LargeBlock(
             address=address,
             region=address,
@@ -545,35 +577,39 @@ class Win7Walker(HeapWalker):
     def walk_lfh(self) -> None:
         hdr = self.report.header
         lfh = hdr.get("FrontEndHeap", 0)
-        if hdr.get("FrontEndHeapType") != L.HEAP_FRONT_END_LFH or not lfh:
+        if hdr.get("FrontEndHeapType") != lay.HEAP_FRONT_END_LFH or not lfh:
             return
         try:
-            owner = self.get(L.LFH_HEAP, lfh, "Heap")
+            owner = self.get(lay.LFH_HEAP, lfh, "Heap")
         except UnreadableError as e:
             self.corrupt(UNREADABLE, lfh, f"_LFH_HEAP: {e}")
             return
         if owner != self.heap:
             self.corrupt(HEAP_HEADER, lfh, f"_LFH_HEAP.Heap is 0x{owner:x}")
-        zones = self.walk_list(lfh + self.off(L.LFH_HEAP, "SubSegmentZones"), 0, SEGMENT,
-                               "LFH zone", MAX_ZONES)  # fmt: skip
-        sub_size = L.HEAP_SUBSEGMENT.size(self.arch)
-        zone_size = L.LFH_BLOCK_ZONE.size(self.arch)
+        zones = self.walk_list(
+            lfh + self.off(lay.LFH_HEAP, "SubSegmentZones"), 0, SEGMENT, "LFH zone", MAX_ZONES
+        )
+        sub_size = lay.HEAP_SUBSEGMENT.size(self.arch)
+        zone_size = lay.LFH_BLOCK_ZONE.size(self.arch)
         subs: list[tuple[int, int]] = []
         for zone in zones:
             try:
-                free_ptr = self.get(L.LFH_BLOCK_ZONE, zone, "FreePointer")
-                limit = self.get(L.LFH_BLOCK_ZONE, zone, "Limit")
+                free_ptr = self.get(lay.LFH_BLOCK_ZONE, zone, "FreePointer")
+                limit = self.get(lay.LFH_BLOCK_ZONE, zone, "Limit")
             except UnreadableError as e:
                 self.corrupt(UNREADABLE, zone, f"LFH zone: {e}")
                 continue
             first = zone + zone_size
             if not first <= free_ptr <= limit or limit - first > 1 << 20:
-                self.corrupt(SEGMENT, zone, f"LFH zone FreePointer 0x{free_ptr:x} / Limit "
-                             f"0x{limit:x} out of range")  # fmt: skip
+                self.corrupt(
+                    SEGMENT,
+                    zone,
+                    f"LFH zone FreePointer 0x{free_ptr:x} / Limit 0x{limit:x} out of range",
+                )
                 continue
             for sub in range(first, free_ptr - sub_size + 1, sub_size):
                 try:
-                    ub = self.get(L.HEAP_SUBSEGMENT, sub, "UserBlocks")
+                    ub = self.get(lay.HEAP_SUBSEGMENT, sub, "UserBlocks")
                 except UnreadableError:
                     continue
                 if ub:
@@ -581,15 +617,18 @@ class Win7Walker(HeapWalker):
         by_data = {b.user_ptr: b for b in self.report.blocks}
         for sub, ub in subs:
             block = by_data.get(ub)
-            if block is None or block.state != BUSY or not block.flags & L.ENTRY_INTERNAL:
-                self.corrupt(SEGMENT, sub, f"subsegment's UserBlocks 0x{ub:x} is not an Internal "
-                             "busy block of the heap")  # fmt: skip
+            if block is None or block.state != BUSY or not block.flags & lay.ENTRY_INTERNAL:
+                self.corrupt(
+                    SEGMENT,
+                    sub,
+                    f"subsegment's UserBlocks 0x{ub:x} is not an Internal busy block of the heap",
+                )
                 continue
             self.walk_subsegment(sub, block, len(self.report.free_lists))
 
     def walk_subsegment(self, sub: int, ub_block: Block, index: int) -> None:
         rep, G, U = self.report, self.G, ub_block.user_ptr
-        SS, UD = L.HEAP_SUBSEGMENT, L.HEAP_USERDATA_HEADER
+        SS, UD = lay.HEAP_SUBSEGMENT, lay.HEAP_USERDATA_HEADER
         try:
             bs = self.get(SS, sub, "BlockSize")
             count = self.get(SS, sub, "BlockCount")
@@ -601,16 +640,20 @@ class Win7Walker(HeapWalker):
         except UnreadableError as e:
             self.corrupt(UNREADABLE, sub, f"subsegment: {e}")
             return
-        if signature != L.HEAP_USERDATA_SIGNATURE:
-            self.corrupt(SEGMENT, U, f"UserBlocks signature 0x{signature:x} is not 0xf0e0d0c0 "
-                         "(overwritten)")  # fmt: skip
+        if signature != lay.HEAP_USERDATA_SIGNATURE:
+            self.corrupt(
+                SEGMENT, U, f"UserBlocks signature 0x{signature:x} is not 0xf0e0d0c0 (overwritten)"
+            )
         if back != sub:
             self.corrupt(SEGMENT, U, f"UserBlocks.SubSegment 0x{back:x} is not 0x{sub:x}")
         first = U + UD.size(self.arch)
         data_end = ub_block.end
         if not bs or not count or first + count * bs * G > data_end:
-            self.corrupt(SEGMENT, sub, f"BlockSize 0x{bs:x} x BlockCount 0x{count:x} does not fit "
-                         f"UserBlocks 0x{U:x}")  # fmt: skip
+            self.corrupt(
+                SEGMENT,
+                sub,
+                f"BlockSize 0x{bs:x} x BlockCount 0x{count:x} does not fit UserBlocks 0x{U:x}",
+            )
             return
         size = bs * G
         shift = 4 if self.ps == 8 else 3
@@ -632,14 +675,18 @@ class Win7Walker(HeapWalker):
                 code = struct.unpack_from("<I", data, pos)[0]
                 ok = code == expected
             unused = data[pos + G - 1]
-            if not ok or not unused & L.LFH_UNUSED_FLAG:
-                self.corrupt(BLOCK_HEADER, address, f"LFH header does not decode to subsegment "
-                             f"0x{sub:x} (UnusedBytes 0x{unused:02x})")  # fmt: skip
-            free = unused == L.LFH_UNUSED_FLAG
+            if not ok or not unused & lay.LFH_UNUSED_FLAG:
+                self.corrupt(
+                    BLOCK_HEADER,
+                    address,
+                    f"LFH header does not decode to subsegment "
+                    f"0x{sub:x} (UnusedBytes 0x{unused:02x})",
+                )
+            free = unused == lay.LFH_UNUSED_FLAG
             requested = None
             if not free:
                 n = unused & 0x7F
-                if n == L.LFH_UNUSED_EXTENDED:
+                if n == lay.LFH_UNUSED_EXTENDED:
                     n = struct.unpack_from("<H", data, pos + size - 2)[0]
                 requested = max(size - n, 0)
             b = Block(
@@ -664,13 +711,16 @@ class Win7Walker(HeapWalker):
         on_chain: set[int] = set()
         where, complete = sub, True
         for _ in range(count + 1):
-            if offset == L.LFH_NO_FREE_OFFSET:
+            if offset == lay.LFH_NO_FREE_OFFSET:
                 break
             address = U + offset * G
             k, rem = divmod(address - first, size)
             if rem or not 0 <= k < count:
-                self.corrupt(FREE_LIST_LINK, where, f"LFH free offset 0x{offset:x} is no block of "
-                             f"subsegment 0x{sub:x}")  # fmt: skip
+                self.corrupt(
+                    FREE_LIST_LINK,
+                    where,
+                    f"LFH free offset 0x{offset:x} is no block of subsegment 0x{sub:x}",
+                )
                 complete = False
                 break
             if address in on_chain:
@@ -691,8 +741,11 @@ class Win7Walker(HeapWalker):
             complete = False
         if complete:
             if len(on_chain) != depth:
-                self.corrupt(SEGMENT, sub, f"_INTERLOCK_SEQ.Depth {depth}, the free chain holds "
-                             f"{len(on_chain)}")  # fmt: skip
+                self.corrupt(
+                    SEGMENT,
+                    sub,
+                    f"_INTERLOCK_SEQ.Depth {depth}, the free chain holds {len(on_chain)}",
+                )
             for b in lfh_blocks:
                 if b.state == FREE and b.address not in on_chain:
                     self.corrupt(FREE_NOT_LISTED, b.address, "free LFH block is not on the chain")
@@ -711,5 +764,8 @@ class Win7Walker(HeapWalker):
         for seg in self.report.segments:  # blocks that reach into each other
             for a, b in zip(seg.blocks, seg.blocks[1:], strict=False):
                 if a.end > b.address:
-                    self.corrupt(OVERLAP, b.address, f"block 0x{b.address:x} lies inside block "
-                                 f"0x{a.address:x}")  # fmt: skip
+                    self.corrupt(
+                        OVERLAP,
+                        b.address,
+                        f"block 0x{b.address:x} lies inside block 0x{a.address:x}",
+                    )

@@ -72,9 +72,14 @@ class W7Struct:
             size = element_size(f.kind, arch)
             if f.count > 1:
                 out.append(
-                    FieldSpec(base + off, prefix + f.name, f"[{f.count}] {f.kind}", size * f.count,
-                              scalar=False)
-                )  # fmt: skip
+                    FieldSpec(
+                        base + off,
+                        prefix + f.name,
+                        f"[{f.count}] {f.kind}",
+                        size * f.count,
+                        scalar=False,
+                    )
+                )
             elif f.kind in STRUCTS:
                 out.append(FieldSpec(base + off, prefix + f.name, f.kind, size, scalar=False))
                 if depth > 0:
