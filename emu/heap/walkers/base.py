@@ -79,6 +79,8 @@ class HeapWalker(ABC):
     # Heap corruption met by a call (a double free, a bad header) raises
     # STATUS_HEAP_CORRUPTION instead of failing the call (Windows' termination on corruption).
     raises_on_corruption: bool = False
+    # The RtlWalkHeap flag bit that marks busy entries the heap uses for itself (0: none).
+    walk_internal_flag: int = 0
 
     # ------------------------------------------------------------------ layout (for the views)
     # What the views decode, described by the walker that knows the allocator: ``dt``, ``heap
@@ -107,6 +109,21 @@ class HeapWalker(ABC):
     @abstractmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
         """A large block's header fields, from the region base."""
+
+    @classmethod
+    def block_header_size(cls, arch: str) -> int:
+        """Bytes from a block's header to its user data."""
+        return BLOCK_HEADER_SIZE
+
+    @classmethod
+    def free_link_offset(cls, arch: str) -> int:
+        """Offset of a free block's LIST entry (its flink/blink) from its header."""
+        return LINK_OFFSET
+
+    @classmethod
+    def internal(cls, block: Block) -> bool:
+        """A busy block the heap uses for itself (not the caller's allocation)."""
+        return False
 
     @classmethod
     def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:

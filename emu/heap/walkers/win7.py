@@ -64,6 +64,8 @@ from emu.heap.walkers.reader import UnreadableError
 from emu.process.core import ProcessCore
 
 BLOCK_LFH = 0x100  # Block.flags of an LFH block (above the header's 8 flag bits)
+WALK_INTERNAL = 0x0800  # RtlWalkHeap: a busy block the heap uses for itself
+HEAP_INTERNAL_UNUSED = 1  # UnusedBytes of the heap header / UCR index / lookup blocks
 MAX_UCRS = 4096
 MAX_ZONES = 1 << 16
 MAX_FREE = 1 << 20
@@ -121,6 +123,7 @@ class Win7Walker(HeapWalker):
     heap_struct_name = "_HEAP"
     front_end = True
     raises_on_corruption = True
+    walk_internal_flag = WALK_INTERNAL
 
     # ------------------------------------------------------------------ layout (for the views)
     @classmethod
@@ -146,6 +149,23 @@ class Win7Walker(HeapWalker):
     @classmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
         return [s for s in lay.HEAP_VIRTUAL_ALLOC_ENTRY.specs(arch) if s.scalar]
+
+    @classmethod
+    def block_header_size(cls, arch: str) -> int:
+        return lay.granularity(arch)
+
+    @classmethod
+    def free_link_offset(cls, arch: str) -> int:
+        return lay.granularity(arch)
+
+    @classmethod
+    def internal(cls, block: Block) -> bool:
+        """The heap's own blocks: LFH data (Internal), UCR sentinels, header/index/lookup."""
+        if block.flags & BLOCK_LFH or block.state != BUSY:
+            return False
+        return bool(block.flags & (lay.ENTRY_INTERNAL | lay.ENTRY_LAST_ENTRY)) or (
+            block.unused == HEAP_INTERNAL_UNUSED
+        )
 
     @classmethod
     def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:
