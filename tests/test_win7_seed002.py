@@ -196,7 +196,7 @@ def test_x86_segments_as_heap_h(x86: Story) -> None:
     assert [(r.address, r.size) for r in s1.uncommitted] == [(0x305000, 0xFB000)]
     assert rep.header["TotalFreeSize"] == 0x36B  # T2 L556-610
     # FreeLists in ascending size: 0xBB8, then 0xFA0
-    assert [e.address for e in rep.free_lists[0].entries] == [0x4AF428, 0x304040]
+    assert [e.address for e in rep.free_lists[-1].entries] == [0x4AF428, 0x304040]
 
 
 def test_x86_lfh_regions_and_headers(x86: Story) -> None:
@@ -225,7 +225,7 @@ def test_x86_free_lists_after_freeing_a17(x86: Story) -> None:
     rep = x86.reports["after_free17"]
     assert rep.header["TotalFreeSize"] == 0x38C  # T2 L738-760
     # 0x108 (a[17], not coalesced: its neighbours are busy), 0xBB8, 0xFA0
-    assert [(e.address, e.size) for e in rep.free_lists[0].entries] == [
+    assert [(e.address, e.size) for e in rep.free_lists[-1].entries] == [
         (0x4ACF20, 0x108),
         (0x4AF428, 0xBB8),
         (0x304040, 0xFA0),

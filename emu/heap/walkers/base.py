@@ -81,6 +81,11 @@ class HeapWalker(ABC):
     raises_on_corruption: bool = False
     # The RtlWalkHeap flag bit that marks busy entries the heap uses for itself (0: none).
     walk_internal_flag: int = 0
+    # After a bad block header or size the walk finds the next block again (win7: a later
+    # header's PreviousSize leads back), instead of giving up on the rest of the segment.
+    resynchronises: bool = False
+    # Block headers carry a PREV_FREE flag / back pointer (win7's carry PreviousSize instead).
+    prev_free_flags: bool = True
 
     # ------------------------------------------------------------------ layout (for the views)
     # What the views decode, described by the walker that knows the allocator: ``dt``, ``heap

@@ -24,8 +24,10 @@ Everything is read from emulated memory through ``win7_layout`` (Windows' names 
 Mapping onto ``HeapReport``: back-end blocks (the heap's own Internal blocks and UCR sentinels
 included: RtlWalkHeap reports them busy too) are a segment's blocks; each LFH block follows its
 UserBlocks block in ``Segment.blocks`` with ``flags`` ``BLOCK_LFH`` (its header stores no flag
-byte); ``Win7Report.lfh_regions`` lists the LFH data regions. Free list 0 is the back end's
-ring; each subsegment's free chain is one more free list (head: the subsegment).
+byte); ``Win7Report.lfh_regions`` lists the LFH data regions. Each subsegment's free chain is
+a free list of one block size (head: the subsegment; its u16 offsets shown as the addresses of
+the linked blocks' data, where a LIST_ENTRY would be), and the back end's ring is the last,
+unbounded free list.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from emu.heap.walkers.model import (
     HEAP_HEADER,
     LARGE_BLOCK,
     OVERLAP,
+    PREV_FREE,
     SEGMENT,
     UNREADABLE,
     Block,
@@ -124,6 +127,8 @@ class Win7Walker(HeapWalker):
     front_end = True
     raises_on_corruption = True
     walk_internal_flag = WALK_INTERNAL
+    resynchronises = True
+    prev_free_flags = False
 
     # ------------------------------------------------------------------ layout (for the views)
     @classmethod
@@ -214,8 +219,8 @@ class Win7Walker(HeapWalker):
             self.walk_blocks(seg)
         self.walk_large_blocks()
         self.check_overlaps()
+        self.walk_lfh()  # first: the back end's list is the last, unbounded one
         self.walk_back_end_free_list()
-        self.walk_lfh()
         return self.report
 
     # ------------------------------------------------------------------ header
@@ -331,7 +336,9 @@ class Win7Walker(HeapWalker):
             block.requested = units * G - unused
         return block
 
-    def _resync(self, address: int, seg: Segment, ucrs: dict[int, int]) -> int | None:
+    def _resync(
+        self, address: int, seg: Segment, ucrs: dict[int, int], to_ucr: bool = True
+    ) -> int | None:
         """Where the block after a bad header at address starts: the first later header whose
         checksum holds and whose PreviousSize leads back to address (or a UCR's start)."""
         G, o = self.G, self.G - 8
@@ -345,7 +352,22 @@ class Win7Walker(HeapWalker):
             word, prev = struct.unpack_from("<IH", data, pos + o)
             if self._decode_word(word)[3] and prev * G == pos:
                 return address + pos
-        return cut if cut in ucrs else None
+        return cut if to_ucr and cut in ucrs else None
+
+    def _header_ok(self, address: int) -> bool:
+        try:
+            word = self.mem.u32(address + self.G - 8)
+        except UnreadableError:
+            return False
+        return self._decode_word(word)[3]
+
+    def _lands_on_header(self, address: int, seg: Segment, ucrs: dict[int, int]) -> bool:
+        """A size that ends at address is believable: the segment's end, a UCR, a good header,
+        or a bad header that a later good header's PreviousSize leads back to (that header is
+        the fault, reported when the walk gets there)."""
+        if address >= seg.blocks_end or address in ucrs or self._header_ok(address):
+            return True
+        return self._resync(address, seg, ucrs, to_ucr=False) is not None
 
     def walk_blocks(self, seg: Segment) -> None:
         G, o = self.G, self.G - 8
@@ -395,6 +417,11 @@ class Win7Walker(HeapWalker):
                 problem = (BLOCK_SIZE, f"size 0x{size:x} runs past the segment end")
             elif any(address < u < address + size for u in ucrs):
                 problem = (BLOCK_SIZE, f"size 0x{size:x} runs into uncommitted memory")
+            elif not self._lands_on_header(address + size, seg, ucrs):
+                problem = (
+                    BLOCK_SIZE,
+                    f"size 0x{size:x} leads to 0x{address + size:x}, which holds no block header",
+                )
             if problem:
                 self.corrupt(problem[0], address, problem[1])
                 nxt = self._resync(address, seg, ucrs)
@@ -405,8 +432,8 @@ class Win7Walker(HeapWalker):
                 flags, unused = lay.ENTRY_BUSY, 0
             expected_prev = 0 if prev is None else prev.size // G
             if ok and prev is not None and prev_units != expected_prev:
-                self.corrupt(
-                    BLOCK_HEADER,
+                self.corrupt(  # the header's back reference to the previous block
+                    PREV_FREE,
                     address,
                     f"PreviousSize 0x{prev_units:x} units, the block before is 0x{expected_prev:x}",
                 )
@@ -464,7 +491,7 @@ class Win7Walker(HeapWalker):
         rep, G = self.report, self.G
         head = self.heap + self.off(lay.HEAP, "FreeLists")
         blocks = {b.address: b for b in rep.blocks if b.flags != BLOCK_LFH}
-        fl = FreeList(0, head, 0, None)
+        fl = FreeList(len(rep.free_lists), head, 0, None)
         rep.free_lists.append(fl)
         seen: set[int] = set()
         complete = True
@@ -501,11 +528,26 @@ class Win7Walker(HeapWalker):
                 complete = False
                 break
             if node not in blocks:
-                self.corrupt(
-                    FREE_LIST_LINK, holder(cur), f"flink 0x{link:x} points to no block header"
-                )
-                complete = False
-                break
+                inner = rep.block_at(node)
+                if inner is not None and self._header_ok(node):
+                    # a genuine free header inside another block: that block's size swallowed it
+                    self.corrupt(
+                        OVERLAP,
+                        node,
+                        f"free block 0x{node:x} lies inside block 0x{inner.address:x}",
+                    )
+                    try:
+                        units = self._decode_word(self.mem.u32(node + G - 8))[0]
+                    except UnreadableError:
+                        units = 0
+                    blocks[node] = Block(node, units * G, 0, FREE, node + G, inner.segment, 0, 0)
+                else:
+                    where = "outside the heap" if inner is None else "to no block header"
+                    if inner is None and any(sg.contains(node) for sg in rep.segments):
+                        where = "to no block header"
+                    self.corrupt(FREE_LIST_LINK, holder(cur), f"flink 0x{link:x} points {where}")
+                    complete = False
+                    break
             try:
                 back = self.mem.ptr(link + self.ps)
             except UnreadableError:
@@ -750,7 +792,11 @@ class Win7Walker(HeapWalker):
             b = lfh_blocks[k]
             on_chain.add(address)
             nxt = struct.unpack_from("<H", data, k * size + G)[0]
-            fl.entries.append(FreeListEntry(address, size, nxt, where))
+            # the chain stores u16 offsets; shown as the addresses of the linked entries'
+            # links (header + G), as the back end's LIST_ENTRYs read, the head being `sub`
+            nxt_link = sub if nxt == lay.LFH_NO_FREE_OFFSET else U + nxt * G + G
+            prev_link = sub if where == sub else where + G
+            fl.entries.append(FreeListEntry(address, size, nxt_link, prev_link))
             if b.state != FREE:
                 self.corrupt(
                     FREE_LIST_BUSY, address, "busy LFH block on its subsegment's free chain"
