@@ -20,11 +20,10 @@ import asm
 from emu import Process
 from emu.heap.allocator import Allocator, HeapWalkEntry
 from emu.heap.registry import ALLOCATOR_NAMES, allocator_kind, detect_kind, walk_heap
-from emu.heap.walkers import CORRUPTION_KINDS, HeapReport, HeapWalker
+from emu.heap.walkers import CORRUPTION_KINDS, HeapReport, HeapWalker, win7_layout
 from emu.heap.walkers import model as m
-from emu.heap.walkers import win7_layout
 from emu.heap.walkers.win7 import BLOCK_LFH
-from emu.heap.walkers.wine_layout import WINE_HEAP, WINE_PARAMS, WINE_SUBHEAP
+from emu.heap.walkers.wine_layout import WINE_HEAP, WINE_SUBHEAP
 from emu.win.layouts import PEB
 from emu.win.ntdefs import HEAP_GROWABLE
 

@@ -35,6 +35,7 @@ from emu.heap.walkers.model import (
     HeapReport,
     LargeBlock,
     Segment,
+    header_flag_names,
 )
 from emu.heap.walkers.reader import MemoryReader, UnreadableError
 from emu.process.core import ProcessCore
@@ -129,6 +130,11 @@ class HeapWalker(ABC):
     def internal(cls, block: Block) -> bool:
         """A busy block the heap uses for itself (not the caller's allocation)."""
         return False
+
+    @classmethod
+    def block_flag_names(cls, block: Block) -> list[str]:
+        """The names of a block's header flags (``heap entry``'s "Block flags")."""
+        return header_flag_names(block.flags)
 
     @classmethod
     def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:

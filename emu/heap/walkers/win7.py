@@ -173,6 +173,19 @@ class Win7Walker(HeapWalker):
         )
 
     @classmethod
+    def block_flag_names(cls, block: Block) -> list[str]:
+        if block.flags & BLOCK_LFH:
+            return ["LFH", "FREE" if block.state == FREE else "BUSY"]
+        if block.state == FREE:
+            return ["FREE"]
+        names = ["BUSY"]
+        if block.flags & lay.ENTRY_INTERNAL:
+            names.append("INTERNAL")
+        if block.flags & lay.ENTRY_LAST_ENTRY:
+            names.append("LAST_ENTRY")
+        return names
+
+    @classmethod
     def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:
         if name == "Size":
             return "encoded with _HEAP.Encoding (see the decoded size)"
