@@ -6597,7 +6597,7 @@ win7heap_LBB31_20:
 	xor	edi, dword ptr [rcx + 136]
 win7heap_LBB31_24:
 	mov	ebx, edi
-	and	ebx, 16777215
+	and	ebx, 16777214
 	cmp	ebx, 589888
 	jne	win7heap_LBB31_81
 	mov	ebx, edi

@@ -6899,7 +6899,7 @@ win7heap_LBB31_20:
 	xor	edi, dword ptr [ecx + 80]
 win7heap_LBB31_24:
 	mov	eax, edi
-	and	eax, 16777215
+	and	eax, 16777214
 	cmp	eax, 589952
 	jne	win7heap_LBB31_109
 	mov	esi, edi

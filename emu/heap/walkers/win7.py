@@ -234,6 +234,8 @@ class Win7Walker(HeapWalker):
         self.check_overlaps()
         self.walk_lfh()  # first: the back end's list is the last, unbounded one
         self.walk_back_end_free_list()
+        self.check_list_hints()
+        self.check_ucr_list()
         return self.report
 
     # ------------------------------------------------------------------ header
@@ -320,6 +322,18 @@ class Win7Walker(HeapWalker):
             ucrs[start] = length
         self._ucrs[index] = ucrs
         uncommitted = sum(ucrs.values())
+        try:
+            n_pages = self.get(S, address, "NumberOfUnCommittedPages")
+            n_ranges = self.get(S, address, "NumberOfUnCommittedRanges")
+        except UnreadableError:
+            n_pages, n_ranges = uncommitted // PAGE, len(ucrs)
+        if (n_pages, n_ranges) != (uncommitted // PAGE, len(ucrs)):
+            self.corrupt(
+                SEGMENT,
+                address,
+                f"NumberOfUnCommittedPages/Ranges 0x{n_pages:x}/{n_ranges}, the UCR list holds "
+                f"0x{uncommitted // PAGE:x}/{len(ucrs)}",
+            )
         return Segment(
             index=index,
             address=address,
@@ -416,6 +430,10 @@ class Win7Walker(HeapWalker):
                 return
             units, flags, check, ok = self._decode_word(struct.unpack_from("<I", raw, o)[0])
             prev_units, unused = struct.unpack_from("<H", raw, o + 4)[0], raw[o + 7]
+            if ok and raw[o + 6] != seg.index:
+                self.corrupt(
+                    BLOCK_HEADER, address, f"SegmentOffset {raw[o + 6]}, in segment {seg.index}"
+                )
             size = units * G
             problem = None
             if not ok:
@@ -608,6 +626,99 @@ class Win7Walker(HeapWalker):
                     self.heap,
                     f"TotalFreeSize 0x{total:x} units, the free blocks hold 0x{free_units:x}",
                 )
+
+    def check_list_hints(self) -> None:
+        """BlocksIndex: each size slot's ListHints[].Flink names the first free block of that
+        slot in FreeLists order, its ListsInUseUlong bit says whether there is one, and
+        ItemCount / OutOfRangeItems count the free blocks of the lookup's sizes."""
+        rep, G = self.report, self.G
+        LK = lay.STRUCTS["_HEAP_LIST_LOOKUP"]
+        lookups: list[tuple[int, int, int, int, int, int, int]] = []
+        address = rep.header.get("BlocksIndex", 0)
+        try:
+            while address and len(lookups) < 8:
+                size = self.get(LK, address, "ArraySize")
+                base = self.get(LK, address, "BaseIndex")
+                if not base <= size <= 0x10000:
+                    self.corrupt(HEAP_HEADER, address, f"_HEAP_LIST_LOOKUP sizes [{base}, {size})")
+                    return
+                lookups.append(
+                    (
+                        address,
+                        size,
+                        base,
+                        self.get(LK, address, "ItemCount"),
+                        self.get(LK, address, "OutOfRangeItems"),
+                        self.get(LK, address, "ListsInUseUlong"),
+                        self.get(LK, address, "ListHints"),
+                    )
+                )
+                address = self.get(LK, address, "ExtendedLookup")
+        except UnreadableError as e:
+            self.corrupt(UNREADABLE, address, f"_HEAP_LIST_LOOKUP: {e}")
+            return
+        if not lookups or not rep.free_lists:
+            return
+
+        def slot_of(units: int) -> tuple[int, int]:
+            for i, (_, size, base, *_rest) in enumerate(lookups):
+                if units < size:
+                    return i, units - base
+            return len(lookups) - 1, lookups[-1][1] - 1 - lookups[-1][2]
+
+        first: dict[tuple[int, int], int] = {}
+        items = [0] * len(lookups)
+        out_of_range = [0] * len(lookups)
+        for e in rep.free_lists[-1].entries:
+            i, slot = slot_of(e.size // G)
+            first.setdefault((i, slot), e.address)
+            items[i] += 1
+            out_of_range[i] += e.size // G >= lookups[i][1]
+        entry = 2 * self.ps
+        for i, (address, size, base, count, oor, bitmap, hints) in enumerate(lookups):
+            if (count, oor) != (items[i], out_of_range[i]):
+                self.corrupt(
+                    FREE_LIST_LINK,
+                    address,
+                    f"ItemCount/OutOfRangeItems {count}/{oor}, the free list holds "
+                    f"{items[i]}/{out_of_range[i]}",
+                )
+            try:
+                bits = self.mem.read(bitmap, (size - base + 31) // 32 * 4)
+                flinks = self.mem.read(hints, (size - base) * entry)
+            except UnreadableError as e:
+                self.corrupt(UNREADABLE, address, f"ListHints: {e}")
+                continue
+            fmt = "<Q" if self.ps == 8 else "<I"
+            for slot in range(size - base):
+                flink = struct.unpack_from(fmt, flinks, slot * entry)[0]
+                used = bits[slot >> 3] >> (slot & 7) & 1
+                want = first.get((i, slot))
+                expected = 0 if want is None else want + G
+                if flink != expected or used != (flink != 0):
+                    self.corrupt(
+                        FREE_LIST_LINK,
+                        hints + slot * entry,
+                        f"ListHints[0x{base + slot:x}] 0x{flink:x} (in use {used}), the first "
+                        f"free block of that size is {'none' if want is None else hex(want)}",
+                    )
+
+    def check_ucr_list(self) -> None:
+        """_HEAP.UCRList: the UCRs with Size > 0, in ascending size."""
+        head = self.heap + self.off(lay.HEAP, "UCRList")
+        U = lay.HEAP_UCR_DESCRIPTOR
+        listed = []
+        for desc in self.walk_list(head, 0, SEGMENT, "heap UCR", MAX_UCRS):
+            try:
+                listed.append((self.get(U, desc, "Size"), self.get(U, desc, "Address"), desc))
+            except UnreadableError as e:
+                self.corrupt(UNREADABLE, desc, f"UCR descriptor: {e}")
+        sizes = [n for n, _, _ in listed]
+        if sizes != sorted(sizes) or 0 in sizes:
+            self.corrupt(SEGMENT, head, "_HEAP.UCRList is not in ascending size")
+        known = {(n, a) for ucrs in self._ucrs.values() for a, n in ucrs.items() if n}
+        if {(n, a) for n, a, _ in listed} != known:
+            self.corrupt(SEGMENT, head, "_HEAP.UCRList does not hold the segments' UCRs")
 
     # ------------------------------------------------------------------ large blocks
     def large_list(self) -> tuple[int, int]:
