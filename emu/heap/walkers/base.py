@@ -132,6 +132,11 @@ class HeapWalker(ABC):
         return False
 
     @classmethod
+    def front_end(cls, report: HeapReport) -> str:
+        """One line about the heap's front end and keys for ``heap summary`` ("" if none)."""
+        return ""
+
+    @classmethod
     def block_flag_names(cls, block: Block) -> list[str]:
         """The names of a block's header flags (``heap entry``'s "Block flags")."""
         return header_flag_names(block.flags)

@@ -173,6 +173,16 @@ class Win7Walker(HeapWalker):
         )
 
     @classmethod
+    def front_end(cls, report: HeapReport) -> str:
+        key = report.header.get("LFHKey", 0)
+        if report.header.get("FrontEndHeapType") == lay.HEAP_FRONT_END_LFH:
+            regions = getattr(report, "lfh_regions", [])
+            fast = f"LFH at 0x{report.header['FrontEndHeap']:x}, {len(regions)} subsegment(s)"
+        else:
+            fast = "no LFH yet"
+        return f"Fast heap: {fast}; LFH Key 0x{key:08x}; Termination on corruption: ENABLED"
+
+    @classmethod
     def block_flag_names(cls, block: Block) -> list[str]:
         if block.flags & BLOCK_LFH:
             return ["LFH", "FREE" if block.state == FREE else "BUSY"]
