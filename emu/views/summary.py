@@ -69,7 +69,7 @@ def summary_row(index: int, report: HeapReport) -> HeapSummaryRow:
         largest_free=s.largest_free,
         segments=s.segments,
         corruptions=len(report.corruptions),
-        front_end=allocator_kind(report.kind).walker.front_end(report),
+        front_end=allocator_kind(report.kind).walker.front_end_line(report),
     )
 
 

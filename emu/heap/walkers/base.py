@@ -132,7 +132,7 @@ class HeapWalker(ABC):
         return False
 
     @classmethod
-    def front_end(cls, report: HeapReport) -> str:
+    def front_end_line(cls, report: HeapReport) -> str:
         """One line about the heap's front end and keys for ``heap summary`` ("" if none)."""
         return ""
 

@@ -173,7 +173,7 @@ class Win7Walker(HeapWalker):
         )
 
     @classmethod
-    def front_end(cls, report: HeapReport) -> str:
+    def front_end_line(cls, report: HeapReport) -> str:
         key = report.header.get("LFHKey", 0)
         if report.header.get("FrontEndHeapType") == lay.HEAP_FRONT_END_LFH:
             regions = getattr(report, "lfh_regions", [])
