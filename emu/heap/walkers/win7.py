@@ -214,9 +214,10 @@ class Win7Walker(HeapWalker):
         self.alignment = lay.granularity(self.arch)
         self.min_block_size = 2 * self.alignment
         super().__init__(proc, heap)
-        self.report = Win7Report(
+        self.w7 = Win7Report(
             kind=self.kind, arch=self.arch, heap=heap, flags=0, force_flags=0, header={}
         )
+        self.report = self.w7
         self.G = self.alignment
         self.encoding = 0
         self.lfh_key = lay.DEFAULT_LFH_KEY
@@ -266,8 +267,8 @@ class Win7Walker(HeapWalker):
             pass
         header["LFHKey"] = self.lfh_key
         self.report.header = header
-        self.report.lfh_key = self.lfh_key
-        self.report.encoding = self.encoding
+        self.w7.lfh_key = self.lfh_key
+        self.w7.encoding = self.encoding
         self.report.flags = header["Flags"]
         self.report.force_flags = header["ForceFlags"]
         if header["Signature"] != lay.HEAP_SIGNATURE:
@@ -679,11 +680,11 @@ class Win7Walker(HeapWalker):
         first: dict[tuple[int, int], int] = {}
         items = [0] * len(lookups)
         out_of_range = [0] * len(lookups)
-        for e in rep.free_lists[-1].entries:
-            i, slot = slot_of(e.size // G)
-            first.setdefault((i, slot), e.address)
+        for fe in rep.free_lists[-1].entries:
+            i, slot = slot_of(fe.size // G)
+            first.setdefault((i, slot), fe.address)
             items[i] += 1
-            out_of_range[i] += e.size // G >= lookups[i][1]
+            out_of_range[i] += fe.size // G >= lookups[i][1]
         entry = 2 * self.ps
         for i, (address, size, base, count, oor, bitmap, hints) in enumerate(lookups):
             if (count, oor) != (items[i], out_of_range[i]):
@@ -949,7 +950,7 @@ class Win7Walker(HeapWalker):
             for b in lfh_blocks:
                 if b.state == FREE and b.address not in on_chain:
                     self.corrupt(FREE_NOT_LISTED, b.address, "free LFH block is not on the chain")
-        rep.lfh_regions.append(
+        self.w7.lfh_regions.append(
             LfhRegion(
                 U, ub_block.size - G, sub, bucket, size, count, len(on_chain), ub_block.segment
             )
