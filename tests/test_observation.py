@@ -158,7 +158,7 @@ def test_fault_inside_a_call_leaves_an_unfinished_event(heaps: Heaps) -> None:
     heap = a.create_heap()
     with proc.record() as rec:
         with pytest.raises(Exception):  # noqa: B017 (any EmulationError kind)
-            a.free(0x10, 0x20)  # a heap handle in unmapped memory faults, as on Windows
+            a.free(0x1000, 0x20)  # a heap handle in unmapped memory faults, as on Windows
         a.alloc(heap, 0x10)
     assert not rec.events[0].finished and rec.events[0].ret is None
     assert rec.events[1].finished and rec.events[1].depth == 0

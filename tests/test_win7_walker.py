@@ -154,3 +154,18 @@ def test_lfh_chain_loop_and_userblocks_signature(arch: str) -> None:
     rep = walk(proc, heap)
     assert [(c.kind, c.address) for c in rep.corruptions] == [(m.SEGMENT, region.address)]
     assert "signature" in rep.corruptions[0].detail and not a.validate(heap)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shrinking_a_virtual_block_keeps_its_size(arch: str) -> None:
+    """A virtual block shrunk below CommitSize - 0xFFFF moves (BusyBlock.Size is a u16): the
+    property test's find (x86: 0x8efe1 bytes reallocated to 0x7eff9)."""
+    proc, a = make(arch)
+    heap = a.create_heap()
+    threshold = 0xFE00 * 8 if arch == "x86" else 0xFF00 * 16  # VirtualMemoryThreshold, bytes
+    smallest_virtual = threshold - (8 if arch == "x86" else 16) + 1
+    p = a.alloc(heap, smallest_virtual + 0x11000)
+    q = a.realloc(heap, p, smallest_virtual)
+    assert q and a.size(heap, q) == smallest_virtual and a.validate(heap)
+    rep = walk(proc, heap)
+    assert rep.ok and [(lb.user_ptr, lb.size) for lb in rep.large_blocks] == [(q, smallest_virtual)]

@@ -1885,7 +1885,9 @@ static void *heap_realloc(HEAP *heap, u32 flags, void *ptr, uptr size, u32 *stat
             return ptr;
         }
     } else if (ref.kind == REF_VIRTUAL) {
+        /* in place while BusyBlock.Size (a u16) can hold CommitSize - size */
         if (size <= ref.va->CommitSize - sizeof(HEAP_VIRTUAL_ALLOC_ENTRY) &&
+            ref.va->CommitSize - size <= 0xFFFFu &&
             request_units(size) > heap->VirtualMemoryThreshold) {
             entry_encode(heap, &ref.va->BusyBlock, ref.va->CommitSize - size,
                          HEAP_ENTRY_BUSY | HEAP_ENTRY_VIRTUAL_ALLOC);
