@@ -2620,9 +2620,14 @@ win7heap_LBB8_41:
 	lea	rax, [r9 - 64]
 	mov	r8, r15
 	cmp	r15, rax
+	seta	al
+	sub	r9, r15
+	cmp	r9, 65536
+	setae	cl
+	or	cl, al
 	mov	r10d, edi
 	mov	rcx, rbx
-	ja	win7heap_LBB8_60
+	jne	win7heap_LBB8_60
 	lea	r11, [r8 + 31]
 	shr	r11, 4
 	cmp	r11, 3
@@ -2632,19 +2637,17 @@ win7heap_LBB8_41:
 	cmp	r13, r11
 	jbe	win7heap_LBB8_60
 	mov	rax, r14
-	sub	r9, r8
 	xor	r11d, r11d
 	test	byte ptr [rcx + 126], 16
 	je	win7heap_LBB8_45
 	mov	r11d, dword ptr [rcx + 136]
 win7heap_LBB8_45:
-	movzx	ecx, r9w
-	mov	edi, r9d
-	shr	edi, 8
-	xor	edi, r9d
-	shl	edi, 24
-	add	ecx, edi
-	add	ecx, 589824
+	mov	ecx, r9d
+	shr	ecx, 8
+	xor	ecx, r9d
+	shl	ecx, 24
+	or	ecx, r9d
+	or	ecx, 589824
 	xor	ecx, r11d
 	xor	ecx, 150994944
 	mov	dword ptr [rdx + 56], ecx
@@ -6597,7 +6600,7 @@ win7heap_LBB31_20:
 	xor	edi, dword ptr [rcx + 136]
 win7heap_LBB31_24:
 	mov	ebx, edi
-	and	ebx, 16777215
+	and	ebx, 16777214
 	cmp	ebx, 589888
 	jne	win7heap_LBB31_81
 	mov	ebx, edi

@@ -2675,10 +2675,15 @@ win7heap_LBB8_19:
 	mov	dword ptr [ebp - 16], eax
 	mov	edx, dword ptr [eax + 16]
 	lea	eax, [edx - 32]
-	cmp	dword ptr [ebp + 20], eax
-	mov	eax, dword ptr [ebp + 16]
-	ja	win7heap_LBB8_70
 	mov	ecx, dword ptr [ebp + 20]
+	cmp	ecx, eax
+	seta	al
+	sub	edx, ecx
+	cmp	edx, 65536
+	setae	ah
+	or	ah, al
+	mov	eax, dword ptr [ebp + 16]
+	jne	win7heap_LBB8_70
 	lea	esi, [ecx + 15]
 	shr	esi, 3
 	cmp	esi, 3
@@ -2686,22 +2691,21 @@ win7heap_LBB8_19:
 	cmovae	ecx, esi
 	cmp	ecx, dword ptr [edi + 96]
 	jbe	win7heap_LBB8_70
-	sub	edx, dword ptr [ebp + 20]
 	xor	esi, esi
 	test	byte ptr [edi + 78], 16
 	je	win7heap_LBB8_23
 	mov	esi, dword ptr [edi + 80]
 win7heap_LBB8_23:
-	mov	ecx, edx
-	shr	ecx, 8
-	xor	ecx, edx
-	movzx	edx, dx
-	shl	ecx, 24
-	lea	ecx, [edx + ecx + 589824]
-	xor	ecx, esi
-	xor	ecx, 150994944
-	mov	edx, dword ptr [ebp - 16]
-	mov	dword ptr [edx + 24], ecx
+	mov	edi, edx
+	shr	edi, 8
+	xor	edi, edx
+	shl	edi, 24
+	or	edi, edx
+	or	edi, 589824
+	xor	edi, esi
+	xor	edi, 150994944
+	mov	ecx, dword ptr [ebp - 16]
+	mov	dword ptr [ecx + 24], edi
 	shr	bl, 3
 	mov	esi, dword ptr [ebp + 20]
 	mov	edx, dword ptr [ebp - 20]
@@ -6899,7 +6903,7 @@ win7heap_LBB31_20:
 	xor	edi, dword ptr [ecx + 80]
 win7heap_LBB31_24:
 	mov	eax, edi
-	and	eax, 16777215
+	and	eax, 16777214
 	cmp	eax, 589952
 	jne	win7heap_LBB31_109
 	mov	esi, edi

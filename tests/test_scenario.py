@@ -159,13 +159,13 @@ def test_seed002_runs_on_both_architectures(arch: str) -> None:
     a = r.names["a"]
     stride = 0x108 if arch == "x86" else 0x110  # as in test_seed002 and WinDbg's session
     assert len(a) == 100 and all(a[i + 1] - a[i] == stride for i in range(99))
-    assert r.names["b"] == a[16] and r.names["a18"] == a[17]  # freed blocks reused at once
+    assert r.names["b"] == a[17] and r.names["a18"] == a[18]  # freed blocks reused at once
     first, frees, end = r.checkpoints
     assert (first.name, frees.name, end.name) == ("after_100_allocations", "after_frees", "end")
     counts = [c.heaps[0].counts() for c in r.checkpoints]
     assert [c["busy"] for c in counts] == [100, 97, 98]
     free = [e for e in frees.heaps[0].entries if e.kind == "free"]
-    for b in (a[17], a[47], a[77]):
+    for b in (a[18], a[48], a[78]):
         assert any(e.address - e.overhead <= b < e.address + e.size for e in free), hex(b)
     # the 0x100000 block got its own reservation, seen in the step's system calls and memory
     big = next(s for s in r.steps if s.step.name == "big")

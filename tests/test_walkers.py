@@ -20,10 +20,11 @@ from conftest import needs_block_chain
 import asm
 from emu import Process
 from emu.heap.allocator import Allocator, HeapWalkEntry
-from emu.heap.registry import ALLOCATOR_NAMES, detect_kind, walk_heap
-from emu.heap.walkers import CORRUPTION_KINDS, HeapReport
+from emu.heap.registry import ALLOCATOR_NAMES, allocator_kind, detect_kind, walk_heap
+from emu.heap.walkers import CORRUPTION_KINDS, HeapReport, HeapWalker, win7_layout
 from emu.heap.walkers import model as m
-from emu.heap.walkers.wine_layout import WINE_HEAP, WINE_PARAMS, WINE_SUBHEAP
+from emu.heap.walkers.win7 import BLOCK_LFH
+from emu.heap.walkers.wine_layout import WINE_HEAP, WINE_SUBHEAP
 from emu.win.layouts import PEB
 from emu.win.ntdefs import HEAP_GROWABLE
 
@@ -41,10 +42,22 @@ class Env:
     kind: str
 
     @property
+    def walker(self) -> type[HeapWalker]:
+        return allocator_kind(self.kind).walker
+
+    @property
     def alignment(self) -> int:
-        if self.kind == "builtin":
-            return asm.layout(self.arch).alignment
-        return WINE_PARAMS[self.arch].alignment
+        return self.walker.granularity(self.arch)
+
+    @property
+    def hdr(self) -> int:
+        """Bytes from a block header to its data."""
+        return self.walker.block_header_size(self.arch)
+
+    @property
+    def link(self) -> int:
+        """Offset of a free block's list links from its header."""
+        return self.walker.free_link_offset(self.arch)
 
     def walk(self, heap: int) -> HeapReport:
         return walk_heap(self.proc, heap)
@@ -110,9 +123,11 @@ def grown(env: Env) -> Scenario:
 # ---------------------------------------------------------------------------- comparison
 
 
-def live_blocks(rep: HeapReport) -> dict[int, int]:
-    """user pointer -> requested size of everything the walker says is allocated."""
-    out = {b.user_ptr: b.requested for b in rep.busy_blocks()}
+def live_blocks(rep: HeapReport, internal: bool = False) -> dict[int, int]:
+    """user pointer -> requested size of everything the walker says is allocated (with the
+    heap's own blocks when ``internal``: RtlWalkHeap reports those busy too)."""
+    owned = allocator_kind(rep.kind).walker.internal
+    out = {b.user_ptr: b.requested for b in rep.busy_blocks() if internal or not owned(b)}
     out.update({lb.user_ptr: lb.size for lb in rep.large_blocks})
     return {p: int(n or 0) for p, n in out.items()}
 
@@ -121,7 +136,7 @@ def assert_matches_allocator(env: Env, heap: int, rep: HeapReport) -> None:
     """The walk agrees with RtlWalkHeap: busy set, free blocks, regions, uncommitted ranges."""
     entries = env.alloc.walk(heap)
     busy = {(e.address, e.size) for e in entries if e.busy}
-    assert set(live_blocks(rep).items()) == busy
+    assert set(live_blocks(rep, internal=True).items()) == busy
 
     regions = {(e.address, e.committed_size, e.uncommitted_size, e.first_entry)
                for e in entries if e.region}  # fmt: skip
@@ -147,6 +162,15 @@ def _addr(e: HeapWalkEntry) -> int:
     return e.address
 
 
+def outer_blocks(seg: m.Segment) -> list[m.Block]:
+    """A segment's blocks without those nested inside an earlier one."""
+    out: list[m.Block] = []
+    for b in seg.blocks:
+        if not out or b.address >= out[-1].end:
+            out.append(b)
+    return out
+
+
 def corruptions(rep: HeapReport, kind: str) -> list[int]:
     return [c.address for c in rep.corruptions if c.kind == kind]
 
@@ -162,8 +186,12 @@ def test_standard_sequence(env: Env) -> None:
     assert rep.kind == env.kind and rep.arch == env.arch and rep.heap == s.heap
     assert live_blocks(rep) == s.live
     merged = rep.block_at(s.ptrs[17])
-    assert merged is not None and merged.free and merged.address == s.ptrs[17] - 8
-    assert rep.block_at(s.ptrs[18]) is merged
+    assert merged is not None and merged.free and merged.address == s.ptrs[17] - env.hdr
+    if env.walker.front_end:  # a[18] is the first block of an LFH subsegment, freed alone
+        b18 = rep.block_at(s.ptrs[18])
+        assert b18 is not None and b18.free and b18.user_ptr == s.ptrs[18] and b18 is not merged
+    else:
+        assert rep.block_at(s.ptrs[18]) is merged
     for p in (s.ptrs[48], s.ptrs[78]):
         b = rep.block_at(p)
         assert b is not None and b.free and b.user_ptr == p
@@ -216,16 +244,21 @@ def test_free_lists(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
     rep = env.walk(s.heap)
-    expected = 40 if env.kind == "builtin" else {"x86": 34, "x64": 18}[env.arch]
+    expected = {
+        "builtin": 40,
+        "wine": {"x86": 34, "x64": 18}[env.arch],
+        # one free chain per LFH subsegment, then the back end's FreeLists
+        "win7": 1 + len(getattr(rep, "lfh_regions", [])),
+    }[env.kind]
     assert len(rep.free_lists) == expected
     listed = [e.address for fl in rep.free_lists for e in fl.entries]
     assert sorted(listed) == sorted(b.address for b in rep.free_blocks())
     for fl in rep.free_lists:
         for e in fl.entries:
             assert e.size >= fl.min_size and (fl.max_size is None or e.size <= fl.max_size)
-        # list order: each entry's flink is the next entry's LIST link, 8 bytes into it
+        # list order: each entry's flink is the next entry's LIST link, env.link bytes into it
         for e, nxt in itertools.pairwise(fl.entries):
-            assert e.flink == nxt.address + 8 and nxt.blink == e.address + 8
+            assert e.flink == nxt.address + env.link and nxt.blink == e.address + env.link
     bounds = [(fl.min_size, fl.max_size) for fl in rep.free_lists]
     assert bounds[-1][1] is None and all(lo <= hi for lo, hi in bounds[:-1] if hi is not None)
 
@@ -234,6 +267,13 @@ def test_header_fields(env: Env) -> None:
     needs_block_chain(env.kind)
     h = env.alloc.create_heap(HEAP_GROWABLE)
     rep = env.walk(h)
+    if env.kind == "win7":  # Windows' names: _HEAP.Signature, the segment's SegmentSignature
+        assert rep.flags & HEAP_GROWABLE and rep.header["Flags"] == rep.flags
+        assert rep.header["Signature"] == 0xEEFFEEFF
+        assert rep.header["SegmentSignature"] == 0xFFEEFFEE
+        assert rep.header["grow_size"] >= rep.segments[0].reserved
+        assert rep.header["FrontEndHeap"] == 0 and rep.header["FrontEndHeapType"] == 0
+        return
     assert rep.flags & HEAP_GROWABLE and rep.header["flags"] == rep.flags
     assert rep.header["magic"] == 0x50414548
     assert rep.header["segment_signature"] == 0xFFEEFFEE
@@ -277,9 +317,17 @@ def test_totals_add_up(env: Env) -> None:
         for seg in rep.segments:
             assert seg.complete
             assert seg.committed + sum(r.size for r in seg.uncommitted) == seg.reserved
-            blocks = sum(b.size for b in seg.blocks)
+            # blocks nested in another (a front end's, inside its back-end block) count once;
+            # uncommitted ranges count where no block holds them (win7: between sentinels)
+            top = outer_blocks(seg)
+            gaps = sum(
+                r.size
+                for r in seg.uncommitted
+                if not any(b.address <= r.address < b.end for b in top)
+            )
+            blocks = sum(b.size for b in top) + gaps
             assert seg.header_size + blocks + (seg.end - seg.blocks_end) == seg.reserved
-            committed = sum(b.committed for b in seg.blocks)
+            committed = sum(b.committed for b in top)
             assert seg.header_size + committed == min(seg.commit_end, seg.blocks_end) - seg.base
             assert seg.end - seg.blocks_end < env.alignment
         summary = rep.summary()
@@ -302,12 +350,43 @@ def test_totals_add_up(env: Env) -> None:
 def heap_magic_address(env: Env, heap: int) -> int:
     if env.kind == "builtin":
         return heap + asm.layout(env.arch).heap["magic"]
+    if env.kind == "win7":
+        return heap + win7_layout.HEAP.offset(env.arch, "Signature")
     return heap + WINE_HEAP.offset(env.proc.arch, "magic")
 
 
-def write_size(env: Env, block: int, size: int) -> None:
+def win7_rewrite(env: Env, heap: int, block: int, units: int | None, flags: int | None) -> None:
+    """Re-encode a win7 back-end header with another Size and/or Flags (a valid checksum)."""
+    rep = env.walk(heap)
+    enc = rep.encoding  # type: ignore[attr-defined]
+    at = block + env.alignment - 8
+    word = env.proc.read_u32(at) ^ enc
+    u = word & 0xFFFF if units is None else units & 0xFFFF
+    f = word >> 16 & 0xFF if flags is None else flags
+    new = u | f << 16
+    new |= ((u & 0xFF) ^ (u >> 8) ^ f) << 24
+    env.proc.write_u32(at, new ^ enc)
+
+
+def front_end_free(env: Env, s: Scenario, i: int) -> int:
+    """Block i's user pointer; with a front end (win7), the blocks from a[18] on are LFH blocks,
+    and the back end's isolated free block is a[17]."""
+    return s.ptrs[17] if env.walker.front_end else s.ptrs[i]
+
+
+def back_end_busy(env: Env, s: Scenario, i: int) -> int:
+    """Block i's user pointer; with a front end, a busy back-end block of a[6..16] instead (each
+    i maps to its own, in order: i and i + 1 stay neighbours)."""
+    if not env.walker.front_end:
+        return s.ptrs[i]
+    return s.ptrs[6 + i % 10]
+
+
+def write_size(env: Env, block: int, size: int, heap: int = 0) -> None:
     proc = env.proc
-    if env.kind == "builtin":
+    if env.kind == "win7":
+        win7_rewrite(env, heap, block, size // env.alignment, None)
+    elif env.kind == "builtin":
         word = proc.read_u32(block)
         proc.write_u32(block, size | (word & 3))
     else:
@@ -315,10 +394,18 @@ def write_size(env: Env, block: int, size: int) -> None:
         proc.write(block, struct.pack("<H", units & 0xFFFF))
 
 
-def write_state(env: Env, block: int, free: bool) -> None:
+def write_state(env: Env, block: int, free: bool, heap: int = 0) -> None:
     """Mark a block free (magic and flag) or busy, leaving its size alone."""
     proc = env.proc
-    if env.kind == "builtin":
+    g = env.alignment
+    if env.kind == "win7":
+        lfh = env.walk(heap).block_at(block + g)
+        if lfh is not None and lfh.flags & BLOCK_LFH:  # UnusedBytes: 0x80 free, 0x80|n busy
+            proc.write(block + g - 1, bytes([0x80 if free else 0x80 | g]))
+        else:  # Flags BUSY, UnusedBytes 0 when free
+            win7_rewrite(env, heap, block, None, 0 if free else 1)
+            proc.write(block + g - 1, bytes([0 if free else g]))
+    elif env.kind == "builtin":
         word = proc.read_u32(block)
         proc.write_u32(block, word | 1 if free else word & ~1)
         proc.write(block + 6, b"FE" if free else b"US")
@@ -341,8 +428,8 @@ def test_corrupt_heap_magic(env: Env) -> None:
 def test_corrupt_free_list_flink_outside(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[48] - 8
-    env.proc.write_ptr(block + 8, 0x12345678)
+    block = front_end_free(env, s, 48) - env.hdr
+    env.proc.write_ptr(block + env.link, 0x12345678)
     rep = env.walk(s.heap)
     assert corruptions(rep, m.FREE_LIST_LINK) == [block]
     assert "outside the heap" in rep.corruptions[0].detail
@@ -355,8 +442,8 @@ def test_corrupt_free_list_flink_outside(env: Env) -> None:
 def test_corrupt_free_list_blink(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[78] - 8
-    env.proc.write_ptr(block + 8 + env.proc.arch.ptr_size, s.ptrs[60])
+    block = front_end_free(env, s, 78) - env.hdr
+    env.proc.write_ptr(block + env.link + env.proc.arch.ptr_size, s.ptrs[60])
     rep = env.walk(s.heap)
     assert corruptions(rep, m.FREE_LIST_LINK) == [block]
 
@@ -364,8 +451,8 @@ def test_corrupt_free_list_blink(env: Env) -> None:
 def test_corrupt_free_list_loop(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[48] - 8
-    env.proc.write_ptr(block + 8, block + 8)  # flink to itself
+    block = front_end_free(env, s, 48) - env.hdr
+    env.proc.write_ptr(block + env.link, block + env.link)  # flink to itself
     rep = env.walk(s.heap)
     assert corruptions(rep, m.FREE_LIST_LOOP) == [block]
 
@@ -373,15 +460,20 @@ def test_corrupt_free_list_loop(env: Env) -> None:
 def test_corrupt_block_size_into_data(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[50] - 8
+    p50, p51 = back_end_busy(env, s, 50), back_end_busy(env, s, 51)
+    block = p50 - env.hdr
     rep = env.walk(s.heap)
-    b50 = rep.block_at(s.ptrs[50])
+    b50 = rep.block_at(p50)
     assert b50 is not None
-    write_size(env, block, b50.size + 4 * env.alignment)  # lands inside block 51's data
+    write_size(env, block, b50.size + 4 * env.alignment, s.heap)  # inside block 51's data
     rep = env.walk(s.heap)
     assert corruptions(rep, m.BLOCK_SIZE) == [block]
     seg = rep.segments[0]
-    assert not seg.complete and seg.blocks[-1].address == s.ptrs[49] - 8
+    if env.walker.resynchronises:  # block 51's PreviousSize leads back: the walk goes on
+        b51 = rep.block_at(p51)
+        assert seg.complete and b51 is not None and b51.user_ptr == p51
+    else:
+        assert not seg.complete and seg.blocks[-1].address == back_end_busy(env, s, 49) - env.hdr
     assert [lb.user_ptr for lb in rep.large_blocks] == [s.big]
 
 
@@ -389,8 +481,8 @@ def test_corrupt_block_size_into_data(env: Env) -> None:
 def test_corrupt_block_size_absurd(env: Env, size: int) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[20] - 8
-    write_size(env, block, size)
+    block = back_end_busy(env, s, 20) - env.hdr
+    write_size(env, block, size, s.heap)
     rep = env.walk(s.heap)
     assert corruptions(rep, m.BLOCK_SIZE) == [block]
 
@@ -398,8 +490,9 @@ def test_corrupt_block_size_absurd(env: Env, size: int) -> None:
 def test_corrupt_block_magic_walk_goes_on(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[60] - 8
-    env.proc.write(block + 6, b"??")
+    block = s.ptrs[60] - env.hdr
+    # the header's check field: the magic, or win7's encoded word (SmallTagIndex / LFH code)
+    env.proc.write(block + (env.alignment - 8 + 2 if env.kind == "win7" else 6), b"??")
     rep = env.walk(s.heap)
     assert corruptions(rep, m.BLOCK_HEADER) == [block]
     assert rep.block_at(s.ptrs[61]) is not None and rep.segments[0].complete
@@ -408,18 +501,22 @@ def test_corrupt_block_magic_walk_goes_on(env: Env) -> None:
 def test_free_list_entry_not_marked_free(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[48] - 8
-    write_state(env, block, free=False)
+    block = front_end_free(env, s, 48) - env.hdr
+    write_state(env, block, free=False, heap=s.heap)
     rep = env.walk(s.heap)
     assert corruptions(rep, m.FREE_LIST_BUSY) == [block]
-    assert corruptions(rep, m.PREV_FREE) == [s.ptrs[49] - 8]  # its successor still says so
+    # its successor still says so (headers without a PREV_FREE flag say nothing)
+    successor = rep.block_at(block + 2 * env.alignment)
+    assert successor is not None
+    after = rep.block_at(successor.end) if env.walker.prev_free_flags else None
+    assert corruptions(rep, m.PREV_FREE) == ([after.address] if after else [])
 
 
 def test_free_block_not_on_a_list(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
-    block = s.ptrs[30] - 8
-    write_state(env, block, free=True)
+    block = back_end_busy(env, s, 30) - env.hdr
+    write_state(env, block, free=True, heap=s.heap)
     rep = env.walk(s.heap)
     assert corruptions(rep, m.FREE_NOT_LISTED) == [block]
 
@@ -430,12 +527,15 @@ def test_overlapping_blocks(env: Env) -> None:
     needs_block_chain(env.kind)
     s = standard(env)
     rep = env.walk(s.heap)
-    b47, b48 = rep.block_at(s.ptrs[47]), rep.block_at(s.ptrs[48])
-    assert b47 is not None and b48 is not None and b48.free
-    write_size(env, b47.address, b47.size + b48.size)
+    b48 = rep.block_at(front_end_free(env, s, 48))
+    assert b48 is not None and b48.free
+    top = outer_blocks(rep.segments[b48.segment])
+    b47 = top[top.index(b48) - 1]  # block 47, or with a front end whatever precedes a[17]
+    b49 = top[top.index(b48) + 1]
+    write_size(env, b47.address, b47.size + b48.size, s.heap)
     rep = env.walk(s.heap)
     assert corruptions(rep, m.OVERLAP) == [b48.address]
-    assert corruptions(rep, m.PREV_FREE) == [s.ptrs[49] - 8]
+    assert corruptions(rep, m.PREV_FREE) == [b49.address]
 
 
 def test_overlapping_regions(env: Env) -> None:
@@ -449,12 +549,20 @@ def test_overlapping_regions(env: Env) -> None:
     if env.kind == "builtin":
         field = asm.layout(env.arch).subheap.fields["size"]
         env.proc.write_ptr(seg.address + field.offset, end - seg.base)
+    elif env.kind == "win7":  # NumberOfPages and LastValidEntry, consistently
+        segment = win7_layout.HEAP_SEGMENT
+        env.proc.write_u32(seg.address + segment.offset(env.arch, "NumberOfPages"),
+                           (end - seg.base) // 0x1000)  # fmt: skip
+        env.proc.write_ptr(seg.address + segment.offset(env.arch, "LastValidEntry"), end)
     else:
         offset = WINE_SUBHEAP.offset(env.proc.arch, "data_size")
         env.proc.write_ptr(seg.address + offset, end - seg.first_block)
+    claimed = sorted(  # whatever starts in the stretch: the large block, later segments
+        [large.region] + [g.base for g in rep.segments[1:] if seg.end <= g.base < end]
+    )
     rep = env.walk(s.heap)
     assert rep.segments[0].end == end
-    assert corruptions(rep, m.OVERLAP) == [large.region]
+    assert corruptions(rep, m.OVERLAP) == claimed
 
 
 def test_corrupt_large_block_link(env: Env) -> None:

@@ -1527,7 +1527,8 @@ static int validate_lfh(HEAP *heap, LFH_HEAP *lfh, const VALIDATE_STATE *st)
         u8 *p;
         if (e->Flink->Blink != e || ++zones > st->internal) return 0;
         if (!find_segment(heap, zone_entry) || !entry_decode(heap, zone_entry, &units, &flags) ||
-            flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_INTERNAL) || units * G != LFH_ZONE_BLOCK ||
+            flags != (HEAP_ENTRY_BUSY | HEAP_ENTRY_INTERNAL) || units * G < LFH_ZONE_BLOCK ||
+            units * G - LFH_ZONE_BLOCK >= MIN_FREE_UNITS * G || /* a unit more: rest unsplit */
             zone->Limit != (u8 *)zone_entry + LFH_ZONE_BLOCK || zone->FreePointer < (u8 *)(zone + 1) ||
             zone->FreePointer > zone->Limit)
             return 0;
@@ -1884,7 +1885,9 @@ static void *heap_realloc(HEAP *heap, u32 flags, void *ptr, uptr size, u32 *stat
             return ptr;
         }
     } else if (ref.kind == REF_VIRTUAL) {
+        /* in place while BusyBlock.Size (a u16) can hold CommitSize - size */
         if (size <= ref.va->CommitSize - sizeof(HEAP_VIRTUAL_ALLOC_ENTRY) &&
+            ref.va->CommitSize - size <= 0xFFFFu &&
             request_units(size) > heap->VirtualMemoryThreshold) {
             entry_encode(heap, &ref.va->BusyBlock, ref.va->CommitSize - size,
                          HEAP_ENTRY_BUSY | HEAP_ENTRY_VIRTUAL_ALLOC);

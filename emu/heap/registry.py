@@ -16,8 +16,11 @@ from typing import Any
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, SegmentWalker, WineWalker
 from emu.heap.walkers.segment_layout import PARAMETERS_SIGNATURE, SEGHEAP_PARAMETERS
+from emu.heap.walkers.win7 import Win7Walker
 from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
 from emu.load.builtin_heap import load_builtin_heap, load_c_heap
+from emu.load.win7_heap import UNIT as WIN7_MODULE
+from emu.load.win7_heap import load_win7_heap
 from emu.load.wine_ntdll import load_wine_ntdll
 from emu.modules import Module
 from emu.process.core import ProcessCore
@@ -135,6 +138,16 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             heaps_in_peb=True,
             honours_sizes=False,
             options=tuple(SEGMENT_OPTIONS),
+        ),
+        AllocatorKind(
+            name="win7",
+            title="Windows 7 NT heap + LFH",
+            module_name=WIN7_MODULE,
+            walker=Win7Walker,
+            loader=load_win7_heap,  # load_c_heap(unit="win7heap") after writing the key record
+            downloads=False,
+            heaps_in_peb=True,
+            options=("encoding", "lfh_key", "pointer_key"),
         ),
     )
 }

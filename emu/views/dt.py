@@ -37,8 +37,8 @@ class DtView(JsonView):
 
 
 def _note(name: str, value: int, size: int) -> str:
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in ("flags", "force_flags") and "." not in name:
+    leaf = name.rsplit(".", 1)[-1].lower()  # builtin/wine "flags", Windows' "Flags"
+    if leaf in ("flags", "force_flags", "forceflags") and "." not in name:
         if not value:
             return ""
         # 0x1000 is Windows' HEAP_CLASS_1 (a private heap), which Wine sets too

@@ -27,7 +27,7 @@ from emu.heap.walkers import HeapReport
 from emu.heap.walkers.model import BUSY, FREE, PENDING
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, hexp, list_heaps
-from emu.views.layout import granularity, large_list_head
+from emu.views.layout import granularity, internal_block, large_list_head
 
 
 @dataclass
@@ -43,6 +43,9 @@ class EntryLine:
     user_ptr: int
     header_flags: int
     committed: int
+    internal: bool = False  # a busy block the heap uses for itself
+    # blocks inside this one (a front end's blocks in their back-end block: win7's LFH)
+    nested: list[EntryLine] = field(default_factory=list)
 
 
 @dataclass
@@ -110,7 +113,8 @@ class EntriesView(JsonView):
 
     @property
     def entries(self) -> list[EntryLine]:
-        return [e for s in self.segments for e in s.entries]
+        """Every block, nested ones right after the block that holds them."""
+        return [n for s in self.segments for e in s.entries for n in (e, *e.nested)]
 
 
 STATES = (BUSY, FREE, PENDING)
@@ -176,21 +180,27 @@ def _segments(report: HeapReport) -> list[SegmentEntries]:
             seg.complete,
             uncommitted=[RangeLine(r.address, r.size) for r in seg.uncommitted],
         )
-        for i, b in enumerate(seg.blocks):
-            last = seg.complete and i == len(seg.blocks) - 1
-            lines.entries.append(
-                EntryLine(
-                    address=b.address,
-                    prev_size=b.prev_size or 0,
-                    size=b.size,
-                    flags=flag_digits(b.state, last, b.address not in bad),
-                    state=b.state,
-                    requested=b.requested,
-                    user_ptr=b.user_ptr,
-                    header_flags=b.flags,
-                    committed=b.committed,
-                )
+        top: list[EntryLine] = []
+        for b in seg.blocks:
+            line = EntryLine(
+                address=b.address,
+                prev_size=b.prev_size or 0,
+                size=b.size,
+                flags=flag_digits(b.state, False, b.address not in bad),
+                state=b.state,
+                requested=b.requested,
+                user_ptr=b.user_ptr,
+                header_flags=b.flags,
+                committed=b.committed,
+                internal=b.state != FREE and internal_block(report.kind, b),
             )
+            if top and b.address < top[-1].address + top[-1].size:
+                top[-1].nested.append(line)
+            else:
+                top.append(line)
+        if top and seg.complete:  # the L digit: the segment's last entry
+            top[-1].flags = flag_digits(top[-1].state, True, top[-1].address not in bad)
+        lines.entries = top
         out.append(lines)
     return out
 
@@ -240,11 +250,22 @@ def build_entries(
 def _entry_text(e: EntryLine, arch: str) -> str:
     head = f"        {hexp(e.address, arch)}: {e.prev_size:05x} . {e.size:05x} [{e.flags}]"
     if e.state == BUSY:
-        return f"{head} - busy ({e.requested or 0:x})"
+        own = " internal" if e.internal else ""
+        return f"{head} - busy ({e.requested or 0:x}){own}" + _nested_text(e, arch)
     if e.state == PENDING:
         return f"{head} - pending free ({e.requested or 0:x})"
     tail = f", {e.committed:x} committed" if e.committed < e.size else ""
     return f"{head} - free{tail}"
+
+
+def _nested_text(e: EntryLine, arch: str) -> str:
+    """The blocks inside e (LFH blocks in their UserBlocks), indented under it."""
+    if not e.nested:
+        return ""
+    free = sum(1 for n in e.nested if n.state == FREE)
+    lines = [f"            {len(e.nested)} blocks inside it, {free} free:"]
+    lines += ["    " + _entry_text(n, arch) for n in e.nested]
+    return "\n" + "\n".join(lines)
 
 
 def _trim(entries: list[EntryLine], arch: str, keep: int | None) -> list[str]:

@@ -26,6 +26,7 @@ from emu.process.core import ProcessCore
 from emu.views.common import JsonView, NotInHeapError, ascii_magic, hexp, resolve_heaps
 from emu.views.layout import (
     FieldSpec,
+    block_flag_names,
     block_specs,
     describe_field,
     granularity,
@@ -190,7 +191,7 @@ def _block_view(
         granularity=unit,
         state=b.state,
         header_flags=b.flags,
-        flag_names=header_flag_names(b.flags),
+        flag_names=block_flag_names(report.kind, b),
         requested=b.requested,
         unused=b.unused,
         where=_where(query, b.address, b.user_ptr, b.requested, b.end),

@@ -40,6 +40,7 @@ COLORS = {
     "free": "#59a14f",
     "pending_free": "#f28e2b",  # Wine: freed into the delayed-free array
     "large": "#9467bd",
+    "lfh": "#76b7b2",  # a front end's data region (win7's LFH UserBlocks) around its blocks
     "uncommitted": "#eeeeee",
     "slack": "#c9c9c9",  # bytes of a region no block covers
     "unknown": "#e15759",  # past the point where a corrupt segment's walk stopped
@@ -123,11 +124,43 @@ def _subsegment_gaps(spans: list[Span], subsegments: Sequence[Subsegment]) -> li
     return out
 
 
+def _nest(spans: list[Span], seg: Segment) -> list[Span]:
+    """A block holding others (win7's UserBlocks) becomes "lfh" around the blocks inside it."""
+    out: list[Span] = []
+    i = 0
+    while i < len(spans):
+        s, inner = spans[i], []
+        j = i + 1
+        while j < len(spans) and spans[j].start < s.end and s.kind != "header":
+            inner.append(spans[j])
+            j += 1
+        if not inner:
+            out.append(s)
+        else:
+            cursor = s.start
+            for n in inner:
+                if n.start > cursor:
+                    out.append(Span(cursor, n.start, "lfh"))
+                out.append(n)
+                cursor = max(cursor, n.end)
+            if cursor < s.end:
+                out.append(Span(cursor, s.end, "lfh"))
+        i = j
+    return out
+
+
 def _segment_lane(seg: Segment, heap: int, subsegments: Sequence[Subsegment] = ()) -> Lane:
     commit_end = seg.commit_end
     spans = [Span(seg.base, seg.first_block, "header")]
+    outer = None  # the block the following ones lie in (a front end's region), if any
     for b in seg.blocks:
-        spans.append(Span(b.address, min(b.end, commit_end), _block_kind(b.state, b.component)))
+        kind = _block_kind(b.state, b.component)
+        if outer is not None and b.address < outer.end:  # nested: drawn over its region
+            spans.append(Span(b.address, min(b.end, commit_end), kind))
+            continue
+        outer = b
+        spans.append(Span(b.address, min(b.end, commit_end), kind))
+    spans = _nest(spans, seg)
     spans += [Span(r.address, r.end, "uncommitted") for r in seg.uncommitted]
     label = f"segment {seg.index}" + (" (heap header)" if seg.base == heap else "")
     tiled = _tile(seg.base, seg.end, spans, "slack" if seg.complete else "unknown")

@@ -12,12 +12,14 @@ from emu.heap.walkers.model import Block, FieldSpec
 
 __all__ = [
     "FieldSpec",
+    "block_flag_names",
     "block_header_specs",
     "block_specs",
     "describe_field",
     "granularity",
     "heap_header_specs",
     "heap_struct_name",
+    "internal_block",
     "large_header_specs",
     "large_list_head",
 ]
@@ -60,3 +62,13 @@ def large_header_specs(kind: str, arch: str) -> list[FieldSpec]:
 def describe_field(kind: str, name: str, value: int, free: bool, unit: int) -> str | None:
     """The allocator's own reading of a block-header field, if it has one."""
     return allocator_kind(kind).walker.describe_field(name, value, free, unit)
+
+
+def internal_block(kind: str, block: Block) -> bool:
+    """A busy block the heap uses for itself (win7: LFH data, sentinels, lookups)."""
+    return allocator_kind(kind).walker.internal(block)
+
+
+def block_flag_names(kind: str, block: Block) -> list[str]:
+    """The names of a block's header flags, as its allocator reads them."""
+    return allocator_kind(kind).walker.block_flag_names(block)

@@ -1,9 +1,9 @@
 """Seed 002's story as walker reports, one per step: what the docs and picture tests draw.
 
-A growable heap; 100 allocations of 0x100; free the 17th and allocate; free the 18th and
-allocate (the 18th comes back); free that 18th, the 48th and the 78th; one 0x100000 block (a
-large block in a region of its own). The same steps as ``heapemu demo`` and the shipped
-``emu/scenarios/lec04_growable_heap.yaml``.
+A growable heap; 100 allocations of 0x100; free a[17] and allocate; free a[18] and allocate
+(a[18] comes back); free that a[18], a[48] and a[78]; one 0x100000 block (a large block in a
+region of its own). The program counts from 0: the transcript's "17th chunk" is a[17]. The
+same steps as ``heapemu demo`` and the shipped ``emu/scenarios/lec04_growable_heap.yaml``.
 """
 
 from __future__ import annotations
@@ -50,17 +50,17 @@ def seed002_story(allocator: Allocator) -> Story:
     snap("create (HEAP_GROWABLE)")
     story.blocks = [alloc(0x100) for _ in range(100)]
     snap("100 x alloc 0x100")
-    free(story.blocks[16])
-    snap("free #17")
+    free(story.blocks[17])
+    snap("free a[17]")
     alloc(0x100)
     snap("alloc 0x100")
-    free(story.blocks[17])
-    snap("free #18")
+    free(story.blocks[18])
+    snap("free a[18]")
     again = alloc(0x100)
-    snap("alloc 0x100 (the 18th again)" if again == story.blocks[17] else "alloc 0x100")
-    for p in (again, story.blocks[47], story.blocks[77]):
+    snap("alloc 0x100 (a[18] again)" if again == story.blocks[18] else "alloc 0x100")
+    for p in (again, story.blocks[48], story.blocks[78]):
         free(p)
-    snap("free #18, #48, #78")
+    snap("free a[18], a[48], a[78]")
     story.big = alloc(0x100000)
     snap("alloc 0x100000")
     return story

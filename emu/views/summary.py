@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu.heap.allocator import Allocator
+from emu.heap.registry import allocator_kind
 from emu.heap.walkers import HeapReport
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, heap_kind, hexp, kib, resolve_heaps, walk_heaps
@@ -38,6 +39,7 @@ class HeapSummaryRow:
     largest_free: int
     segments: int
     corruptions: int
+    front_end: str = ""  # the allocator's line about its front end and keys (win7: the LFH)
 
 
 @dataclass
@@ -67,6 +69,7 @@ def summary_row(index: int, report: HeapReport) -> HeapSummaryRow:
         largest_free=s.largest_free,
         segments=s.segments,
         corruptions=len(report.corruptions),
+        front_end=allocator_kind(report.kind).walker.front_end_line(report),
     )
 
 
@@ -121,4 +124,5 @@ def render_summary(view: SummaryView) -> str:
         row = " ".join(f"{c!s:>{n}}" for c, (_, _, n) in zip(cells, _COLUMNS, strict=True))
         lines.append(f"{hexp(r.heap, view.arch)} {row}")
     lines.append(rule)
+    lines += [f"{hexp(r.heap, view.arch)} {r.front_end}" for r in view.rows if r.front_end]
     return "\n".join(lines)

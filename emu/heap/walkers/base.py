@@ -35,6 +35,7 @@ from emu.heap.walkers.model import (
     HeapReport,
     LargeBlock,
     Segment,
+    header_flag_names,
 )
 from emu.heap.walkers.reader import MemoryReader, UnreadableError
 from emu.process.core import ProcessCore
@@ -79,6 +80,19 @@ class HeapWalker(ABC):
     alignment: int  # block granularity
     min_block_size: int
     heap_struct_name: str  # what ``dt`` calls the heap header
+    # A low-fragmentation front end: blocks of a busy size come from its subsegments, so a
+    # freed back-end block is not reused at once (seed 002 on Windows 7).
+    front_end: bool = False
+    # Heap corruption met by a call (a double free, a bad header) raises
+    # STATUS_HEAP_CORRUPTION instead of failing the call (Windows' termination on corruption).
+    raises_on_corruption: bool = False
+    # The RtlWalkHeap flag bit that marks busy entries the heap uses for itself (0: none).
+    walk_internal_flag: int = 0
+    # After a bad block header or size the walk finds the next block again (win7: a later
+    # header's PreviousSize leads back), instead of giving up on the rest of the segment.
+    resynchronises: bool = False
+    # Block headers carry a PREV_FREE flag / back pointer (win7's carry PreviousSize instead).
+    prev_free_flags: bool = True
 
     # ------------------------------------------------------------------ layout (for the views)
     # What the views decode, described by the walker that knows the allocator: ``dt``, ``heap
@@ -112,6 +126,31 @@ class HeapWalker(ABC):
     @abstractmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
         """A large block's header fields, from the region base."""
+
+    @classmethod
+    def block_header_size(cls, arch: str) -> int:
+        """Bytes from a block's header to its user data."""
+        return BLOCK_HEADER_SIZE
+
+    @classmethod
+    def free_link_offset(cls, arch: str) -> int:
+        """Offset of a free block's LIST entry (its flink/blink) from its header."""
+        return LINK_OFFSET
+
+    @classmethod
+    def internal(cls, block: Block) -> bool:
+        """A busy block the heap uses for itself (not the caller's allocation)."""
+        return False
+
+    @classmethod
+    def front_end_line(cls, report: HeapReport) -> str:
+        """One line about the heap's front end and keys for ``heap summary`` ("" if none)."""
+        return ""
+
+    @classmethod
+    def block_flag_names(cls, block: Block) -> list[str]:
+        """The names of a block's header flags (``heap entry``'s "Block flags")."""
+        return header_flag_names(block.flags)
 
     @classmethod
     def describe_field(cls, name: str, value: int, free: bool, unit: int) -> str | None:

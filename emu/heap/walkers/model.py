@@ -270,13 +270,17 @@ class HeapReport:
         return [b for b in self.blocks if b.free]
 
     def block_at(self, address: int) -> Block | None:
-        """The block whose header or data contains ``address``."""
+        """The block whose header or data contains ``address``; the innermost one where blocks
+        nest (a front end's blocks follow the back-end block that holds them)."""
+        found = None
         for s in self.segments:
             if s.contains(address):
                 for b in s.blocks:
                     if b.address <= address < b.end:
-                        return b
-        return None
+                        found = b
+                    elif found is not None and b.address >= found.end:
+                        return found
+        return found
 
     def summary(self) -> HeapSummary:
         free = [b.committed for b in self.free_blocks()]
