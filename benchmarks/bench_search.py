@@ -20,6 +20,7 @@ HEAPEMU_BENCH_CAMPAIGN_OPS (per allocator x arch, default 1000000).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import re
@@ -424,14 +425,16 @@ def run_suite() -> list[dict[str, Any]]:
                     problems=len(tasks),
                     verified_by_heapemu_run=verified,
                     verified_natively=native,
+                    solved_without_attacker_ops=sum(
+                        1 for r in solved if (r.get("solution") or {}).get("length") == 0
+                    ),
+                    max_s_to_solution=round(max(times), 2) if times else None,
                     median_candidates=statistics.median(r["candidates"] for r in solved)
                     if solved
                     else None,
                 )
             )
-    (RESULTS / "search_suite_details.json").write_text(
-        __import__("json").dumps(details, indent=1) + "\n"
-    )
+    (RESULTS / "search_suite_details.json").write_text(json.dumps(details, indent=1) + "\n")
     return rows
 
 
