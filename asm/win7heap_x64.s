@@ -2336,8 +2336,8 @@ win7heap_LBB7_81:
 	mov	rax, qword ptr [rax + 48]
 	shl	r8, 4
 	mov	r9, qword ptr [rax + r8 + 8]
-	cmp	r9, 2
-	setb	r10b
+	test	r9b, 62
+	sete	r10b
 	or	r10b, r9b
 	test	r10b, 1
 	jne	win7heap_LBB7_84

@@ -2409,8 +2409,8 @@ win7heap_LBB7_80:
 	sub	esi, dword ptr [eax + 20]
 	mov	edi, dword ptr [eax + 32]
 	mov	ebx, dword ptr [edi + 8*esi + 4]
-	cmp	ebx, 2
-	setb	al
+	test	bl, 62
+	sete	al
 	or	al, bl
 	test	al, 1
 	jne	win7heap_LBB7_83

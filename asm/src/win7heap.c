@@ -884,8 +884,11 @@ static void lfh_count_alloc(HEAP *heap, uptr units)
 
 static void lfh_count_free(HEAP *heap, uptr units)
 {
+    /* Only the low five bits (allocations of this size still counted) go down: a free of a block
+     * counted under another size (a realloc shrunk in place) must not borrow from the total and
+     * wrap the low bits to 0x1F, which would activate the bucket on the next allocation. */
     uptr *counter = lfh_counter(heap, units);
-    if (counter && !(*counter & 1) && *counter >= 2) *counter -= 2;
+    if (counter && !(*counter & 1) && ((*counter >> 1) & 0x1F)) *counter -= 2;
 }
 
 /* The LFH bucket serving a request of `units` back-end units, or LFH_BUCKETS. */
