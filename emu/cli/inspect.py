@@ -107,7 +107,7 @@ class _ViewAt(Observer):
                 v = build_entries(proc, self._heap(run), allocator=a)
                 if self.args.size is not None or self.args.state is not None:
                     v = filter_entries(v, size=self.args.size, state=self.args.state)
-                text = render_entries(v, self.args.max_entries)
+                text = render_entries(v, self.args.max_entries, lfh=self.args.lfh)
             elif view == "entry":
                 if self.args.address is None:
                     raise CliError("heap entry needs the block's address: --address 0x...")
@@ -119,7 +119,9 @@ class _ViewAt(Observer):
                 v = build_address(proc, allocator=a, usage=self.args.filter)
                 text = render_address(v)
             else:
-                v = build_dt(proc, self._heap(run))
+                where = self.args.address
+                at = self._heap(run) if where is None else _number(where, "--address")
+                v = build_dt(proc, at, struct=self.args.struct)
                 text = render_dt(v)
         except (LookupError, ValueError) as e:
             self.error = str(e).strip("'\"")
@@ -136,12 +138,24 @@ def _configure_heap(p: argparse.ArgumentParser) -> None:
         "view",
         choices=VIEWS,
         help="summary (!heap -s), entries (!heap -h), "
-        "entry (!heap -i), address (!address), dt (dt _HEAP)",
+        "entry (!heap -i), address (!address), dt (dt _HEAP, or --struct NAME)",
     )
     _common(p)
     p.add_argument("--checkpoint", help="the scenario checkpoint to look at (default: the end)")
     p.add_argument("--heap", help="a heap by scenario name or address (default: the last one)")
-    p.add_argument("--address", help="entry: an address inside the block")
+    p.add_argument(
+        "--address", help="entry: an address inside the block; dt: the structure's address"
+    )
+    p.add_argument(
+        "--struct",
+        metavar="NAME",
+        help="dt: a structure the allocator declares (e.g. _LFH_HEAP; default: the heap's)",
+    )
+    p.add_argument(
+        "--lfh",
+        action="store_true",
+        help="entries: list the front end's blocks under each data region (like !heap -hl)",
+    )
     p.add_argument("--filter", help="address: a usage to keep, e.g. Heap (like /f:Heap)")
     p.add_argument(
         "--max-entries", type=positive_int, default=None, help="entries: trim long segments"
@@ -179,6 +193,10 @@ def _run_heap(args: argparse.Namespace) -> int:
         raise CliError("--stacks goes with heap entry (the block's allocating call stack)")
     if (args.size is not None or args.state is not None) and args.view != "entries":
         raise CliError("--size and --state filter heap entries")
+    if args.struct is not None and args.view != "dt":
+        raise CliError("--struct names the structure heap dt shows")
+    if args.lfh and args.view != "entries":
+        raise CliError("--lfh goes with heap entries (like !heap -hl)")
     if args.checkpoint and args.checkpoint not in _checkpoint_names(scenario):
         raise CliError(
             f"{scenario.file or 'scenario'} has no checkpoint {args.checkpoint!r} "

@@ -1,8 +1,11 @@
-"""``dt``: a heap header dumped field by field with the architecture's offsets (WinDbg's ``dt``).
+"""``dt``: a heap structure dumped field by field with the architecture's offsets (WinDbg's ``dt``).
 
 The fields come from the allocator's declaration (builtin: ``asm.layout(arch)``; Wine:
-``emu.heap.walkers.wine_layout``), the values from process memory. Nested structures and arrays
-are shown by type, with their members after them under dotted names (as ``dt -r`` would).
+``emu.heap.walkers.wine_layout``; win7: ``win7_layout``; segment heap: ``segment_layout``), the
+values from process memory. By default the heap header; ``struct=`` names another structure the
+allocator declares (``struct_names``: win7's ``_LFH_HEAP``, ``_HEAP_SUBSEGMENT``, ...; the segment
+heap's ``_HEAP_PAGE_SEGMENT``, ``_HEAP_VS_CHUNK_HEADER``, ...). Nested structures and arrays are
+shown by type, with their members after them under dotted names (as ``dt -r`` would).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, ascii_magic, heap_kind, hexp
-from emu.views.layout import heap_header_specs, heap_struct_name
+from emu.views.layout import heap_struct_name, struct_specs
 from emu.win.ntdefs import heap_flag_names
 
 HEAP_CLASS_1 = 0x1000
@@ -36,9 +39,9 @@ class DtView(JsonView):
     rows: list[DtRow] = field(default_factory=list)
 
 
-def _note(name: str, value: int, size: int) -> str:
+def _note(name: str, value: int, size: int, heap_header: bool) -> str:
     leaf = name.rsplit(".", 1)[-1].lower()  # builtin/wine "flags", Windows' "Flags"
-    if leaf in ("flags", "force_flags", "forceflags") and "." not in name:
+    if heap_header and leaf in ("flags", "force_flags", "forceflags") and "." not in name:
         if not value:
             return ""
         # 0x1000 is Windows' HEAP_CLASS_1 (a private heap), which Wine sets too
@@ -50,20 +53,25 @@ def _note(name: str, value: int, size: int) -> str:
     return ""
 
 
-def build_dt(proc: ProcessCore, heap: int, kind: str | None = None) -> DtView:
-    """The header of the heap at ``heap`` (``kind`` defaults to the loaded allocator)."""
+def build_dt(
+    proc: ProcessCore, address: int, kind: str | None = None, struct: str | None = None
+) -> DtView:
+    """The structure ``struct`` (default: the heap header) at ``address`` (``kind`` defaults to
+    the loaded allocator); ValueError for a structure the allocator does not declare."""
     kind = kind or heap_kind(proc)
     arch = proc.arch.name
+    name = struct or heap_struct_name(kind)
+    header = name == heap_struct_name(kind)
     rows = []
-    for spec in heap_header_specs(kind, arch):
+    for spec in struct_specs(kind, name, arch):
         value = None
         if spec.scalar:
-            value = int.from_bytes(proc.read(heap + spec.offset, spec.size), "little")
+            value = int.from_bytes(proc.read(address + spec.offset, spec.size), "little")
             if spec.type == "i32" and value & 0x80000000:
                 value -= 1 << 32
-        note = _note(spec.name, value, spec.size) if value is not None else ""
+        note = _note(spec.name, value, spec.size, header) if value is not None else ""
         rows.append(DtRow(spec.offset, spec.name, spec.type, spec.size, value, note))
-    return DtView(heap_struct_name(kind), heap, kind, arch, rows)
+    return DtView(name, address, kind, arch, rows)
 
 
 def render_dt(view: DtView) -> str:

@@ -24,10 +24,16 @@ from dataclasses import dataclass, field
 from emu.heap.allocator import Allocator
 from emu.heap.registry import walk_heap
 from emu.heap.walkers import HeapReport
-from emu.heap.walkers.model import BUSY, FREE, PENDING
+from emu.heap.walkers.model import BUSY, FREE, PENDING, Block
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, hexp, list_heaps
-from emu.views.layout import granularity, internal_block, large_list_head
+from emu.views.layout import (
+    component_titles,
+    granularity,
+    internal_block,
+    large_list_head,
+    nested_regions,
+)
 
 
 @dataclass
@@ -46,6 +52,11 @@ class EntryLine:
     internal: bool = False  # a busy block the heap uses for itself
     # blocks inside this one (a front end's blocks in their back-end block: win7's LFH)
     nested: list[EntryLine] = field(default_factory=list)
+    # the front end's data region this block holds (WinDbg: "LFH data region at X
+    # (subsegment Y)"), when it holds one
+    region_title: str = ""
+    region: int | None = None
+    subsegment: int | None = None
 
 
 @dataclass
@@ -65,6 +76,28 @@ class SegmentEntries:
     complete: bool  # the walk reached the segment's end
     entries: list[EntryLine] = field(default_factory=list)
     uncommitted: list[RangeLine] = field(default_factory=list)
+
+
+@dataclass
+class UnitEntries:
+    """One unit of a component: a segment's back-end page ranges, a VS or LFH subsegment (every
+    slot listed, free ones included)."""
+
+    title: str
+    address: int
+    size: int
+    entries: list[EntryLine] = field(default_factory=list)
+    uncommitted: list[RangeLine] = field(default_factory=list)
+    slotted: bool = False  # an LFH subsegment: entries are its slots, free ones included
+
+
+@dataclass
+class ComponentEntries:
+    """The blocks one component serves (segment heap: back end, VS, LFH), unit by unit."""
+
+    component: str
+    title: str
+    units: list[UnitEntries] = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +143,8 @@ class EntriesView(JsonView):
     large_blocks: list[LargeLine] = field(default_factory=list)
     corruptions: list[CorruptionLine] = field(default_factory=list)
     filter: str = ""  # what filter_entries kept ("" = every entry)
+    # the same blocks grouped by the component serving them, when the walker names components
+    components: list[ComponentEntries] = field(default_factory=list)
 
     @property
     def entries(self) -> list[EntryLine]:
@@ -147,8 +182,22 @@ def filter_entries(
         n = e.requested if e.requested is not None else e.size
         return size[0] <= n <= size[1]
 
-    segments = [dataclasses.replace(s, entries=[e for e in s.entries if keep(e)])
-                for s in view.segments]  # fmt: skip
+    def kept(entries: list[EntryLine]) -> list[EntryLine]:
+        # a block holding others stays when it or any block inside it is kept
+        out = []
+        for e in entries:
+            nested = [n for n in e.nested if keep(n)]
+            if keep(e) or nested:
+                out.append(dataclasses.replace(e, nested=nested))
+        return out
+
+    segments = [dataclasses.replace(s, entries=kept(s.entries)) for s in view.segments]
+    components = [
+        dataclasses.replace(
+            c, units=[dataclasses.replace(u, entries=kept(u.entries)) for u in c.units]
+        )
+        for c in view.components
+    ]
     large = [
         lb
         for lb in view.large_blocks
@@ -159,15 +208,33 @@ def filter_entries(
         what.append(f"size 0x{size[0]:x}" + (f"-0x{size[1]:x}" if size[1] != size[0] else ""))
     if state is not None:
         what.append(f"state {state}")
-    return dataclasses.replace(view, segments=segments, large_blocks=large, filter=", ".join(what))
+    return dataclasses.replace(
+        view, segments=segments, components=components, large_blocks=large, filter=", ".join(what)
+    )
 
 
 def flag_digits(state: str, last: bool, header_ok: bool) -> str:
     return f"{int(header_ok)}{int(last)}{int(state != FREE)}"
 
 
+def _line(report: HeapReport, b: Block, bad: set[int]) -> EntryLine:
+    return EntryLine(
+        address=b.address,
+        prev_size=b.prev_size or 0,
+        size=b.size,
+        flags=flag_digits(b.state, False, b.address not in bad),
+        state=b.state,
+        requested=b.requested,
+        user_ptr=b.user_ptr,
+        header_flags=b.flags,
+        committed=b.committed,
+        internal=b.state != FREE and internal_block(report.kind, b),
+    )
+
+
 def _segments(report: HeapReport) -> list[SegmentEntries]:
     bad = {c.address for c in report.corruptions}
+    regions = {r.block: r for r in nested_regions(report)}
     out = []
     for seg in report.segments:
         lines = SegmentEntries(
@@ -182,18 +249,11 @@ def _segments(report: HeapReport) -> list[SegmentEntries]:
         )
         top: list[EntryLine] = []
         for b in seg.blocks:
-            line = EntryLine(
-                address=b.address,
-                prev_size=b.prev_size or 0,
-                size=b.size,
-                flags=flag_digits(b.state, False, b.address not in bad),
-                state=b.state,
-                requested=b.requested,
-                user_ptr=b.user_ptr,
-                header_flags=b.flags,
-                committed=b.committed,
-                internal=b.state != FREE and internal_block(report.kind, b),
-            )
+            line = _line(report, b, bad)
+            region = regions.get(b.address)
+            if region is not None:
+                line.region_title = region.title
+                line.region, line.subsegment = region.address, region.subsegment
             if top and b.address < top[-1].address + top[-1].size:
                 top[-1].nested.append(line)
             else:
@@ -202,6 +262,50 @@ def _segments(report: HeapReport) -> list[SegmentEntries]:
             top[-1].flags = flag_digits(top[-1].state, True, top[-1].address not in bad)
         lines.entries = top
         out.append(lines)
+    return out
+
+
+def _components(report: HeapReport) -> list[ComponentEntries]:
+    """The blocks grouped by component (none when the walker names no components): the back
+    end per segment with its uncommitted runs, VS and LFH per subsegment (an LFH subsegment's
+    free slots, which are no blocks of the walk, listed from its slots)."""
+    bad = {c.address for c in report.corruptions}
+    out = []
+    for name, title in component_titles(report.kind).items():
+        group = ComponentEntries(name, title)
+        subs = [s for s in report.subsegments if s.component == name]
+        mine = [b for b in report.blocks if b.component == name]
+        if not subs:
+            for seg in report.segments:
+                blocks = [b for b in mine if b.segment == seg.index]
+                unit = UnitEntries(
+                    f"{title} page ranges of Segment{seg.index:02d}",
+                    seg.base,
+                    seg.reserved,
+                    [_line(report, b, bad) for b in blocks],
+                    [RangeLine(r.address, r.size) for r in seg.uncommitted],
+                )
+                group.units.append(unit)
+            out.append(group)
+            continue
+        for sub in sorted(subs, key=lambda x: x.address):
+            inside = [_line(report, b, bad) for b in mine if sub.address <= b.address < sub.end]
+            what = f"{title} subsegment at {sub.address:#x}, {sub.size:#x} bytes"
+            if sub.slotted:
+                busy = {e.address: e for e in inside}
+                inside = [
+                    busy.get(a)
+                    or EntryLine(a, sub.block_size, sub.block_size, "100", FREE, None, a, 0,
+                                 sub.block_size)  # fmt: skip
+                    for a in range(sub.first_block, sub.first_block + sub.block_count
+                                   * sub.block_size, sub.block_size)  # fmt: skip
+                ]
+                what += (
+                    f": {sub.block_count} slots of {sub.block_size:#x} bytes, "
+                    f"{sub.free_count} free"
+                )
+            group.units.append(UnitEntries(what, sub.address, sub.size, inside, [], sub.slotted))
+        out.append(group)
     return out
 
 
@@ -231,6 +335,7 @@ def entries_from_report(report: HeapReport, index: int = -1) -> EntriesView:
             for lb in report.large_blocks
         ],
         corruptions=[CorruptionLine(c.kind, c.address, c.detail) for c in report.corruptions],
+        components=_components(report),
     )
 
 
@@ -247,32 +352,51 @@ def build_entries(
 # ---------------------------------------------------------------------------- text
 
 
-def _entry_text(e: EntryLine, arch: str) -> str:
+def _entry_text(e: EntryLine, arch: str, lfh: bool = False) -> str:
     head = f"        {hexp(e.address, arch)}: {e.prev_size:05x} . {e.size:05x} [{e.flags}]"
     if e.state == BUSY:
         own = " internal" if e.internal else ""
-        return f"{head} - busy ({e.requested or 0:x}){own}" + _nested_text(e, arch)
+        return f"{head} - busy ({e.requested or 0:x}){own}" + _nested_text(e, arch, lfh)
     if e.state == PENDING:
         return f"{head} - pending free ({e.requested or 0:x})"
     tail = f", {e.committed:x} committed" if e.committed < e.size else ""
     return f"{head} - free{tail}"
 
 
-def _nested_text(e: EntryLine, arch: str) -> str:
-    """The blocks inside e (LFH blocks in their UserBlocks), indented under it."""
-    if not e.nested:
+def _slot_text(e: EntryLine, arch: str, indent: str = "        ") -> str:
+    """A front-end block as !heap -hl lists it: ``address: size - busy (requested)``."""
+    state = f"busy ({e.requested or 0:x})" if e.state == BUSY else e.state.replace("_", " ")
+    return f"{indent}{hexp(e.address, arch)}: {e.size:05x} - {state}"
+
+
+def _nested_text(e: EntryLine, arch: str, lfh: bool) -> str:
+    """The blocks inside e (LFH blocks in their UserBlocks): under WinDbg's heading with lfh
+    (``!heap -hl``), else one line that counts them."""
+    if not e.nested and e.region is None:
         return ""
     free = sum(1 for n in e.nested if n.state == FREE)
-    lines = [f"            {len(e.nested)} blocks inside it, {free} free:"]
-    lines += ["    " + _entry_text(n, arch) for n in e.nested]
-    return "\n" + "\n".join(lines)
+    heading = e.region_title or "data region"
+    where = f"{heading} at {hexp(e.region if e.region is not None else e.user_ptr, arch)}"
+    if e.subsegment is not None:
+        where += f" (subsegment {hexp(e.subsegment, arch)})"
+    if not lfh:
+        return f"\n            {where}: {len(e.nested)} blocks, {free} free (--lfh lists them)"
+    lines = ["", "", f"        {where}:"]
+    lines += [_slot_text(n, arch, "            ") for n in e.nested]
+    return "\n".join(lines) + "\n"
 
 
-def _trim(entries: list[EntryLine], arch: str, keep: int | None) -> list[str]:
+def _trim(
+    entries: list[EntryLine], arch: str, keep: int | None, lfh: bool = False
+) -> list[str]:
     """Entry lines with runs of ordinary busy entries elided when there are more than keep:
     the first and last keep/2 are shown, every entry with a corruption (H = 0) and, unless
     that makes more than 4 * keep lines, every free or pending one, with their neighbours."""
-    lines = [_entry_text(e, arch) for e in entries]
+    lines = [_entry_text(e, arch, lfh) for e in entries]
+    return _elide(entries, lines, keep)
+
+
+def _elide(entries: list[EntryLine], lines: list[str], keep: int | None) -> list[str]:
     if keep is None or len(lines) <= keep:
         return lines
     shown = set(range(keep // 2)) | set(range(len(lines) - (keep - keep // 2), len(lines)))
@@ -297,6 +421,21 @@ def _trim(entries: list[EntryLine], arch: str, keep: int | None) -> list[str]:
     return out
 
 
+def _component_text(view: EntriesView, keep: int | None) -> list[str]:
+    """The blocks component by component (segment heap): page ranges, chunks, slots."""
+    a = view.arch
+    out: list[str] = []
+    for c in view.components:
+        out += ["", f"    {c.title} ({len(c.units)} unit(s)) in Heap {hexp(view.heap, a)}"]
+        for u in c.units:
+            out.append(f"      {u.title}:")
+            text = _slot_text if u.slotted else _entry_text
+            out += _elide(u.entries, [text(e, a) for e in u.entries], keep)
+            out += [f"        {hexp(r.address, a)}: {r.size:08x} - uncommitted bytes."
+                    for r in u.uncommitted]  # fmt: skip
+    return out
+
+
 def _free_list_text(fl: FreeListLine, arch: str) -> str:
     n = len(fl.blocks)
     sizes = f"{fl.min_size:x}-{fl.max_size:x}" if fl.max_size is not None else f"{fl.min_size:x}+"
@@ -307,8 +446,10 @@ def _free_list_text(fl: FreeListLine, arch: str) -> str:
     )
 
 
-def render_entries(view: EntriesView, max_entries: int | None = None) -> str:
-    """``!heap -h``-style text; ``max_entries`` trims long segments (see ``_trim``)."""
+def render_entries(view: EntriesView, max_entries: int | None = None, lfh: bool = False) -> str:
+    """``!heap -h``-style text; ``max_entries`` trims long segments (see ``_trim``); ``lfh``
+    lists the front end's blocks under each data region's heading (``!heap -hl``). A heap whose
+    blocks are grouped by component (segment heap) is listed component by component."""
     a = view.arch
     out = [
         "Index   Address  Allocator",
@@ -335,18 +476,19 @@ def render_entries(view: EntriesView, max_entries: int | None = None) -> str:
     if view.filter:
         n = len(view.entries) + len(view.large_blocks)
         out.append(f"    Filter:               {view.filter} ({n} entries)")
-    for s in view.segments:
+    for s in [] if view.components else view.segments:
         out += [
             "",
             f"    Heap entries for Segment{s.index:02d} in Heap {hexp(view.heap, a)}",
             "         address: psize . size  flags   state (requested size)",
             f"        {hexp(s.base, a)}:      {s.first_block - s.base:08x}      - segment header",
         ]
-        out += _trim(s.entries, a, max_entries)
+        out += _trim(s.entries, a, max_entries, lfh)
         if not s.complete:
             out.append("        (the walk stopped here: see the corruptions)")
         out += [f"        {hexp(r.address, a)}:      {r.size:08x}      - uncommitted bytes."
                 for r in s.uncommitted]  # fmt: skip
+    out += _component_text(view, max_entries)
     if view.large_blocks:
         out += ["", f"    Virtual blocks (large blocks) in Heap {hexp(view.heap, a)}"]
         out += [

@@ -19,6 +19,7 @@ from emu.heap.walkers.model import (
     LINK_OFFSET,
     Block,
     LargeBlock,
+    Subsegment,
     header_flag_names,
 )
 from emu.observe.events import AllocationEvent
@@ -31,6 +32,7 @@ from emu.views.layout import (
     describe_field,
     granularity,
     large_header_specs,
+    subsegment_of,
 )
 from emu.win.ntdefs import MEM_COMMIT
 
@@ -73,6 +75,7 @@ class EntryView(JsonView):
     back_link: int | None  # PREV_FREE: the pointer below the header
     free_list: int | None  # index of the free list that holds it
     header: str
+    subsegment: int | None = None  # the front-end subsegment serving it (!heap -i "Subsegment")
     fields: list[HeaderFieldLine] = field(default_factory=list)
     corruptions: list[str] = field(default_factory=list)
     allocation: str | None = None  # the recorded call that returned this block (!heap -p -a)
@@ -205,6 +208,51 @@ def _block_view(
         header=header,
         fields=fields,
         corruptions=[str(c) for c in report.corruptions if c.address == b.address],
+        subsegment=subsegment_of(report, b),
+    )
+
+
+def _slot_view(
+    proc: ProcessCore, report: HeapReport, index: int, query: int, sub: Subsegment, slot: int
+) -> EntryView:
+    """A free slot of a slotted subsegment (segment heap LFH): no block of the walk (RtlWalkHeap
+    does not report them either), decoded from the subsegment's record."""
+    address = sub.first_block + slot * sub.block_size
+    seg = next(s for s in report.segments if s.contains(address))
+    b = Block(address, sub.block_size, 0, FREE, address, seg.index, 0, sub.block_size,
+              component=sub.component)  # fmt: skip
+    unit = granularity(report.kind, report.arch)
+    specs = block_specs(report.kind, report.arch, b)
+    header, fields = _fields(proc, address, specs, report.kind, unit, b)
+    last = sub.first_block + (sub.block_count - 1) * sub.block_size
+    return EntryView(
+        query=query,
+        heap=report.heap,
+        heap_index=index,
+        kind=report.kind,
+        arch=report.arch,
+        large=False,
+        address=address,
+        user_ptr=address,
+        size=sub.block_size,
+        granularity=unit,
+        state=FREE,
+        header_flags=0,
+        flag_names=[f"free slot {slot} of {sub.block_count}"],
+        requested=None,
+        unused=None,
+        where=_where(query, address, address, None, address + sub.block_size),
+        segment=seg.index,
+        segment_base=seg.base,
+        prev_block=address - sub.block_size if slot else None,
+        prev_size=sub.block_size if slot else None,
+        next_block=address + sub.block_size if address < last else None,
+        back_link=None,
+        free_list=None,
+        header=header,
+        fields=fields,
+        corruptions=[str(c) for c in report.corruptions if c.address == address],
+        subsegment=sub.address,
     )
 
 
@@ -261,6 +309,10 @@ def build_entry(
         for lb in report.large_blocks:
             if lb.region <= address < lb.region + lb.region_size:
                 return _large_view(proc, report, index, address, lb)
+        for sub in report.subsegments:
+            slot = sub.slot_of(address)
+            if slot is not None:
+                return _slot_view(proc, report, index, address, sub, slot)
         for seg in report.segments:
             if seg.contains(address):
                 info = proc.memory.query(address)
@@ -315,6 +367,8 @@ def render_entry(view: EntryView) -> str:
         lines.append(f"Back link (PREV_FREE): 0x{hexp(view.back_link, a)}")
     if view.free_list is not None:
         lines.append(f"On free list       : {view.free_list}")
+    if view.subsegment is not None:
+        lines.append(f"Subsegment         : 0x{hexp(view.subsegment, a)}")
     lines.append("Header fields:")
     width = max(len(f.name) for f in view.fields)
     for f in view.fields:

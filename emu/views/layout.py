@@ -8,13 +8,14 @@ builtin heap's from ``asm.layout(arch)``, Wine's from ``wine_layout``) as one li
 from __future__ import annotations
 
 from emu.heap.registry import allocator_kind
-from emu.heap.walkers.model import Block, FieldSpec
+from emu.heap.walkers.model import Block, FieldSpec, HeapReport, NestedRegion
 
 __all__ = [
     "FieldSpec",
     "block_flag_names",
     "block_header_specs",
     "block_specs",
+    "component_titles",
     "describe_field",
     "granularity",
     "heap_header_specs",
@@ -22,6 +23,10 @@ __all__ = [
     "internal_block",
     "large_header_specs",
     "large_list_head",
+    "nested_regions",
+    "struct_names",
+    "struct_specs",
+    "subsegment_of",
 ]
 
 
@@ -72,3 +77,33 @@ def internal_block(kind: str, block: Block) -> bool:
 def block_flag_names(kind: str, block: Block) -> list[str]:
     """The names of a block's header flags, as its allocator reads them."""
     return allocator_kind(kind).walker.block_flag_names(block)
+
+
+def struct_names(kind: str) -> tuple[str, ...]:
+    """The structures ``dt`` can show for this allocator (the heap header first)."""
+    return allocator_kind(kind).walker.struct_names()
+
+
+def struct_specs(kind: str, name: str, arch: str) -> list[FieldSpec]:
+    """Structure ``name``'s fields; ValueError naming the ones there are if it is unknown."""
+    walker = allocator_kind(kind).walker
+    try:
+        return walker.struct_specs(name, arch)
+    except KeyError:
+        names = ", ".join(walker.struct_names())
+        raise ValueError(f"{kind} has no structure {name!r} (it has: {names})") from None
+
+
+def nested_regions(report: HeapReport) -> list[NestedRegion]:
+    """The front end's data regions inside back-end blocks (win7: LFH UserBlocks)."""
+    return allocator_kind(report.kind).walker.nested_regions(report)
+
+
+def component_titles(kind: str) -> dict[str, str]:
+    """``Block.component`` values and their titles (empty: the heap has one component)."""
+    return allocator_kind(kind).walker.component_titles()
+
+
+def subsegment_of(report: HeapReport, block: Block) -> int | None:
+    """The front-end subsegment serving ``block`` (None: the back end)."""
+    return allocator_kind(report.kind).walker.subsegment_of(report, block)

@@ -34,6 +34,7 @@ from emu.heap.walkers.model import (
     FieldSpec,
     HeapReport,
     LargeBlock,
+    NestedRegion,
     Segment,
     header_flag_names,
 )
@@ -157,6 +158,39 @@ class HeapWalker(ABC):
         """What a block-header field's value means, where this allocator's encoding differs
         from the common one (None: let the view say it)."""
         return None
+
+    @classmethod
+    def struct_names(cls) -> tuple[str, ...]:
+        """The structures ``dt`` can show for this allocator (the heap header first)."""
+        return (cls.heap_struct_name,)
+
+    @classmethod
+    def struct_specs(cls, name: str, arch: str) -> list[FieldSpec]:
+        """The fields of structure ``name`` (one of ``struct_names``) in offset order;
+        KeyError for a structure this allocator does not have."""
+        if name != cls.heap_struct_name:
+            raise KeyError(name)
+        return cls.heap_header_specs(arch)
+
+    @classmethod
+    def fast_heap(cls, report: HeapReport) -> str:
+        """``!heap -s``'s "Fast heap" column: the active front end's name ("" if none)."""
+        return ""
+
+    @classmethod
+    def nested_regions(cls, report: HeapReport) -> list[NestedRegion]:
+        """The front end's data regions inside back-end blocks (win7: LFH UserBlocks)."""
+        return []
+
+    @classmethod
+    def subsegment_of(cls, report: HeapReport, block: Block) -> int | None:
+        """The front-end subsegment that serves ``block`` (None: the back end serves it)."""
+        return None
+
+    @classmethod
+    def component_titles(cls) -> dict[str, str]:
+        """How the views title ``Block.component`` values (empty: one component only)."""
+        return {}
 
     def __init__(self, proc: ProcessCore, heap: int):
         self.mem = MemoryReader(proc)

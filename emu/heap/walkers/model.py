@@ -175,10 +175,28 @@ class Subsegment:
     block_count: int  # LFH: BlockCount; VS: chunks reported (busy and free)
     free_count: int  # LFH: FreeCount; VS: free chunks
     first_block: int = 0  # address of its first block (header and bitmap before it)
+    slotted: bool = False  # blocks are block_count slots of block_size from first_block (LFH)
+
+    def slot_of(self, address: int) -> int | None:
+        """The index of the slot holding ``address`` (None: not in a slot, or not slotted)."""
+        if not self.slotted or not self.block_size or address < self.first_block:
+            return None
+        index = (address - self.first_block) // self.block_size
+        return index if index < self.block_count else None
 
     @property
     def end(self) -> int:
         return self.address + self.size
+
+
+@dataclass(frozen=True)
+class NestedRegion:
+    """A front end's data region inside a busy back-end block (win7: an LFH UserBlocks)."""
+
+    title: str  # how WinDbg names it ("LFH data region")
+    block: int  # the back-end block holding it (its header)
+    address: int  # the region (win7: the _HEAP_USERDATA_HEADER)
+    subsegment: int  # the subsegment descriptor carving it
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,28 @@ class SegmentWalker(HeapWalker):
             return "FreeChunkTree link"
         return None
 
+    @classmethod
+    def struct_names(cls) -> tuple[str, ...]:
+        return (cls.heap_struct_name, *(n for n in sl.STRUCTS if n != cls.heap_struct_name))
+
+    @classmethod
+    def struct_specs(cls, name: str, arch: str) -> list[FieldSpec]:
+        if name == cls.heap_struct_name:
+            return cls.heap_header_specs(arch)
+        return _specs(sl.STRUCTS[name], arch)
+
+    @classmethod
+    def component_titles(cls) -> dict[str, str]:
+        # large blocks are the report's large_blocks, shown as every allocator's are
+        return {BACKEND: "Back end", VS: "VS", LFH: "LFH"}
+
+    @classmethod
+    def subsegment_of(cls, report: HeapReport, block: Block) -> int | None:
+        for sub in report.subsegments:
+            if sub.address <= block.address < sub.end:
+                return sub.address
+        return None
+
     # ------------------------------------------------------------------ walk
     def __init__(self, proc: ProcessCore, heap: int):
         self.params = sl.SEG_PARAMS[proc.arch.name]
@@ -521,7 +543,7 @@ class SegmentWalker(HeapWalker):
         hint = self.get(LFHSUB, start, "FreeHint")
         words = (count + 31) // 32
         data_offset = (hdr + 8 * words + 15) & ~15
-        record = Subsegment(start, size, LFH, block, count, free_count, start + first)
+        record = Subsegment(start, size, LFH, block, count, free_count, start + first, True)
         self.report.subsegments.append(record)
         if (
             not block
@@ -536,6 +558,7 @@ class SegmentWalker(HeapWalker):
                 f"LFH subsegment BlockOffsets decode to block size 0x{block:x}, first block "
                 f"0x{first:x} for {count} blocks in 0x{size:x} bytes",
             )
+            record.slotted = False  # its slots cannot be located
             return
         bitmap = self.mem.read(start + hdr, 8 * words)
         found_free = 0

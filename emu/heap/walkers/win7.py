@@ -60,6 +60,7 @@ from emu.heap.walkers.model import (
     FreeListEntry,
     HeapReport,
     LargeBlock,
+    NestedRegion,
     Range,
     Segment,
 )
@@ -183,9 +184,39 @@ class Win7Walker(HeapWalker):
         return f"Fast heap: {fast}; LFH Key 0x{key:08x}; Termination on corruption: ENABLED"
 
     @classmethod
+    def fast_heap(cls, report: HeapReport) -> str:
+        # !heap -s prints "LFH" once FrontEndHeapType is 2 (seed 002)
+        return "LFH" if report.header.get("FrontEndHeapType") == lay.HEAP_FRONT_END_LFH else ""
+
+    @classmethod
+    def nested_regions(cls, report: HeapReport) -> list[NestedRegion]:
+        G = lay.granularity(report.arch)
+        return [
+            NestedRegion("LFH data region", r.address - G, r.address, r.subsegment)
+            for r in getattr(report, "lfh_regions", [])
+        ]
+
+    @classmethod
+    def subsegment_of(cls, report: HeapReport, block: Block) -> int | None:
+        if not block.flags & BLOCK_LFH:
+            return None
+        for r in getattr(report, "lfh_regions", []):
+            if r.address <= block.address < r.end:
+                return int(r.subsegment)
+        return None
+
+    @classmethod
+    def struct_names(cls) -> tuple[str, ...]:
+        return (cls.heap_struct_name, *(n for n in lay.STRUCTS if n != cls.heap_struct_name))
+
+    @classmethod
+    def struct_specs(cls, name: str, arch: str) -> list[FieldSpec]:
+        return lay.STRUCTS[name].specs(arch)
+
+    @classmethod
     def block_flag_names(cls, block: Block) -> list[str]:
-        if block.flags & BLOCK_LFH:
-            return ["LFH", "FREE" if block.state == FREE else "BUSY"]
+        if block.flags & BLOCK_LFH:  # as !heap -i says it: "LFH (busy )", "LFH (free )"
+            return ["LFH (free)" if block.state == FREE else "LFH (busy)"]
         if block.state == FREE:
             return ["FREE"]
         names = ["BUSY"]
