@@ -27,7 +27,16 @@ from emu.heap.walkers import CORRUPTION_KINDS, HeapReport
 from emu.heap.walkers import model as m
 from emu.heap.walkers import segment_layout as sl
 from emu.heap.walkers.segment import BACKEND, LFH, VS
-from emu.views import build_dt, build_entry, build_summary, render_dt, render_entry
+from emu.views import (
+    build_dt,
+    build_entries,
+    build_entry,
+    build_summary,
+    render_dt,
+    render_entries,
+    render_entry,
+    render_summary,
+)
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE
 
 ARCHS = ("x86", "x64")
@@ -45,6 +54,10 @@ class Env:
     @property
     def params(self) -> sl.SegParams:
         return sl.SEG_PARAMS[self.arch]
+
+    @property
+    def a_ptr(self) -> int:
+        return get_arch(self.arch).ptr_size
 
 
 @pytest.fixture(params=ARCHS)
@@ -431,6 +444,205 @@ def test_summary_counts_the_segment_heap(env: Env) -> None:
     row = next(r for r in view.rows if r.heap == h)
     assert row.virtual_blocks == 1 and row.busy_blocks == 22 and row.corruptions == 0
     assert row.reserved == sl.SEGMENT_SIZE and row.committed + row.uncommitted == row.reserved
+
+
+@dataclass
+class Story:
+    """Every component busy: 16 VS chunks and 24 LFH slots of 0x40 (the 17th activates the
+    bucket), a back-end range, a large block; a VS chunk, two LFH slots, a range freed."""
+
+    heap: int
+    ptrs: list[int]
+    pages: int
+    big: int
+    freed: list[int]
+
+
+def story(env: Env) -> Story:
+    a = env.alloc
+    h = a.create_heap()
+    ptrs = [a.alloc(h, 0x40) for _ in range(40)]
+    pages, pages2, big = a.alloc(h, 0x30000), a.alloc(h, 0x22000), a.alloc(h, 0x90000)
+    freed = [ptrs[3], ptrs[20], ptrs[30]]
+    for p in (*freed, pages2):
+        assert a.free(h, p)
+    return Story(h, ptrs, pages, big, freed)
+
+
+def test_summary_components_add_up(env: Env) -> None:
+    st = story(env)
+    rep = env.walk(st.heap)
+    assert rep.ok, rep.corruptions
+    view = build_summary(env.proc, allocator=env.alloc)
+    row = next(r for r in view.rows if r.heap == st.heap)
+    c = {u.component: u for u in row.components}
+    assert [u.title for u in row.components] == ["Back end", "VS", "LFH"]
+    assert (c[BACKEND].busy_blocks, c[VS].busy_blocks, c[LFH].busy_blocks) == (1, 15, 22)
+    assert c[BACKEND].busy_bytes == 0x30000 and c[BACKEND].subsegments == 0
+    subs = {k: [s for s in rep.subsegments if s.component == k] for k in (VS, LFH)}
+    for k in (VS, LFH):  # the walker's sums
+        assert c[k].subsegments == len(subs[k]) and c[k].size == sum(s.size for s in subs[k])
+        blocks = [b for b in rep.busy_blocks() if b.component == k]
+        assert c[k].busy_bytes == sum(b.size for b in blocks)
+    assert c[LFH].free_blocks == sum(s.free_count for s in subs[LFH])
+    assert c[VS].free_blocks == sum(s.free_count for s in subs[VS]) >= 1
+    # what the segments commit is their descriptor pages and what the components hold
+    pages = env.params.first_descriptor * sl.PAGE * len(rep.segments)
+    assert pages + sum(u.size for u in row.components) == row.committed
+    # every busy block RtlWalkHeap reports is counted once, in one component
+    walked = [e for e in env.alloc.walk(st.heap) if e.busy]
+    assert sum(u.busy_blocks for u in row.components) + row.virtual_blocks == len(walked)
+    assert row.virtual_blocks == 1 and row.virtual >= 0x90000
+    text = render_summary(view)
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"{st.heap:0{2 * env.a_ptr}x} 0"))
+    cells = [int(x) for x in line.split()[2:]]
+    assert cells == [
+        row.reserved // 1024,
+        row.committed // 1024,
+        0x30000 // 1024,
+        c[VS].size // 1024,
+        c[LFH].size // 1024,
+        row.virtual // 1024,
+        1,
+        row.busy_blocks,
+        0,
+    ]
+    assert "Back end" in text.splitlines()[1] and "LFH" in text.splitlines()[1]
+    assert f"LFH: 1 subsegment(s) of {c[LFH].size:#x} bytes; 22 busy" in text
+
+
+def test_entries_grouped_by_component(env: Env) -> None:
+    st = story(env)
+    rep = env.walk(st.heap)
+    view = build_entries(env.proc, st.heap, allocator=env.alloc)
+    groups = {g.component: g for g in view.components}
+    assert list(groups) == [BACKEND, VS, LFH]
+    lines = [(g.component, e) for g in view.components for u in g.units for e in u.entries]
+    busy = {(e.user_ptr, e.requested) for _, e in lines if e.state == "busy"}
+    busy |= {(lb.user_ptr, lb.requested) for lb in view.large_blocks}
+    entries = env.alloc.walk(st.heap)
+    assert busy == {(e.address, e.size) for e in entries if e.busy}  # RtlWalkHeap's, all of them
+    free = {(e.user_ptr, e.address + e.size - e.user_ptr) for _, e in lines if e.state == "free"}
+    assert {(e.address, e.size) for e in entries if e.kind == "free"} <= free
+    for k, e in lines:  # each block in the group of the component the walker says
+        b = next((b for b in rep.blocks if b.address == e.address), None)
+        assert b is None and k == LFH or b is not None and b.component == k
+    # an LFH subsegment lists every slot, the freed ones free
+    for unit in groups[LFH].units:
+        sub = next(s for s in rep.subsegments if s.address == unit.address)
+        assert unit.slotted and len(unit.entries) == sub.block_count
+        assert [e.address for e in unit.entries] == [
+            sub.first_block + i * sub.block_size for i in range(sub.block_count)
+        ]
+        assert sum(e.state == "free" for e in unit.entries) == sub.free_count
+    lfh_free = {e.user_ptr for _, e in lines if e.state == "free"}
+    assert {st.freed[1], st.freed[2]} <= lfh_free
+    back = groups[BACKEND].units[0]
+    assert [(e.user_ptr, e.requested) for e in back.entries if e.state == "busy"] == [
+        (st.pages, 0x30000)
+    ]
+    assert [(r.address, r.size) for r in back.uncommitted] == [
+        (r.address, r.size) for r in rep.segments[0].uncommitted
+    ]
+    text = render_entries(view)
+    w = 2 * env.a_ptr
+    sub = groups[LFH].units[0]
+    assert f"      {sub.title}:" in text and "slots of 0x40 bytes" in sub.title
+    assert f"        {st.freed[1]:0{w}x}: 00040 - free" in text
+    assert f"        {st.ptrs[25]:0{w}x}: 00040 - busy (40)" in text
+    assert "Back end (1 unit(s))" in text and "Virtual blocks" in text
+    assert "Heap entries for Segment" not in text  # grouped instead of one flat listing
+
+
+def test_entry_anywhere(env: Env) -> None:
+    st = story(env)
+    rep = env.walk(st.heap)
+    a = env.alloc
+    subs = {s.component: s for s in rep.subsegments}
+    vs = build_entry(env.proc, st.ptrs[5] + 3, allocator=a)
+    assert vs.subsegment == subs[VS].address and vs.requested == 0x40
+    slot = build_entry(env.proc, st.ptrs[25] + 0x3F, allocator=a)
+    assert (slot.user_ptr, slot.requested, slot.subsegment) == (st.ptrs[25], 0x40, subs[LFH].address)
+    free = build_entry(env.proc, st.freed[1] + 8, allocator=a)  # no block of the walk
+    assert (free.address, free.state, free.subsegment) == (st.freed[1], "free", subs[LFH].address)
+    key = rep.header["MemStats.LfhKey"]
+    assert free.fields[0].value == (st.freed[1] ^ key) & ((1 << (8 * env.a_ptr)) - 1)
+    assert free.prev_block == st.freed[1] - 0x40 and "free slot" in free.flag_names[0]
+    assert f"Subsegment         : 0x{subs[LFH].address:0{2 * env.a_ptr}x}" in render_entry(free)
+    back = build_entry(env.proc, st.pages + 0x2FFFF, allocator=a)
+    assert (back.user_ptr, back.requested, back.subsegment) == (st.pages, 0x30000, None)
+    big = build_entry(env.proc, st.big + 0x8FFFF, allocator=a)
+    assert big.large and big.user_ptr == st.big and big.requested == 0x90000
+
+
+def test_dt_of_every_segment_structure(env: Env) -> None:
+    """Each structure segment_layout declares, dumped where the heap has one, with Windows'
+    names (x86 offsets: seed 004's dump) and the values the walker decodes."""
+    st = story(env)
+    rep = env.walk(st.heap)
+    lay, h = get_arch(env.arch), st.heap
+    x86 = env.arch == "x86"
+    mask = (1 << (8 * env.a_ptr)) - 1
+
+    def dt(struct: str, at: int) -> dict[str, int | None]:
+        view = build_dt(env.proc, at, struct=struct)
+        assert view.struct == struct and render_dt(view).startswith(f"{struct} at ")
+        for name, f in sl.STRUCTS[struct].fields.items():
+            row = next(r for r in view.rows if r.name == name)
+            assert (row.offset, row.size) == (f.offset(lay), f.size(lay))
+        return {r.name: r.value for r in view.rows}
+
+    ctx = dt("_HEAP_SEG_CONTEXT", h + 0x100)  # SegContexts[0]
+    seg = rep.segments[0].address
+    assert ctx["Heap"] == h and ctx["SegmentListHead.Flink"] == seg and ctx["SegmentCount"] == 1
+    assert sl.HEAP_SEG_CONTEXT.offset(lay, "Heap") == (0x24 if x86 else 0x38)
+    page = dt("_HEAP_PAGE_SEGMENT", seg)
+    want = ((seg >> 20) ^ rep.header["MemStats.HeapKey"] ^ h ^ sl.SEGMENT_SIGNATURE_XOR) & mask
+    assert page["Signature"] == want
+    assert page["ListEntry.Flink"] == h + 0x100 + sl.HEAP_SEG_CONTEXT.offset(lay, "SegmentListHead.Flink")
+    # the back-end range's descriptor: unit (range - segment) / page
+    dsize = sl.HEAP_PAGE_RANGE_DESCRIPTOR.size(lay)
+    desc = dt("_HEAP_PAGE_RANGE_DESCRIPTOR", seg + (st.pages - seg) // sl.PAGE * dsize)
+    flags = sl.RANGE_ALLOCATED | sl.RANGE_COMMITTED | sl.RANGE_FIRST
+    assert (desc["RangeFlags"], desc["UnitSize"], desc["TreeSignature"]) == (
+        flags, 0x30, sl.RANGE_SIGNATURE,
+    )
+    vs_sub = next(s for s in rep.subsegments if s.component == VS)
+    vs = dt("_HEAP_VS_SUBSEGMENT", vs_sub.address)
+    assert vs["Size"] is not None and vs["Size"] << env.params.vs_unit_shift == vs_sub.size
+    assert vs["Signature"] == ((vs["Size"] ^ sl.VS_SIGNATURE_XOR) & 0x7FFF) | 0x8000
+    unit = env.params.vs_unit
+    chunk = st.ptrs[5] - unit
+    hdr = dt("_HEAP_VS_CHUNK_HEADER", chunk)
+    assert hdr["HeaderBits"] is not None
+    bits = (hdr["HeaderBits"] ^ chunk ^ rep.header["MemStats.HeapKey"]) & mask
+    size_units = (bits >> 1) & 0x7FFF if x86 else (bits >> 16) & 0xFFFF
+    block = next(b for b in rep.blocks if b.address == chunk)
+    assert size_units * unit == block.size
+    free_chunk = next(b for b in rep.free_blocks() if b.component == VS)
+    dt("_HEAP_VS_CHUNK_FREE_HEADER", free_chunk.address)
+    vctx = dt("_HEAP_VS_CONTEXT", h + (0x200 if x86 else 0x280))
+    assert vctx["SubsegmentList.Flink"] == vs_sub.address
+    lfh_sub = next(s for s in rep.subsegments if s.component == LFH)
+    lfh = dt("_HEAP_LFH_SUBSEGMENT", lfh_sub.address)
+    assert (lfh["BlockCount"], lfh["FreeCount"]) == (lfh_sub.block_count, lfh_sub.free_count)
+    key = (rep.header["MemStats.LfhKey"] ^ (lfh_sub.address >> 12)) & 0xFFFFFFFF
+    assert lfh["BlockOffsets"] is not None and (lfh["BlockOffsets"] ^ key) & 0xFFFF == 0x40
+    assert sl.HEAP_LFH_SUBSEGMENT.offset(lay, "BlockCount") == (0x12 if x86 else 0x22)
+    lctx = dt("_HEAP_LFH_CONTEXT", h + (0x2C0 if x86 else 0x340))
+    (buckets,) = sl.NESTED["_HEAP_LFH_CONTEXT"]  # Buckets[129], one per 16 bytes of request
+    at = buckets.x86 if x86 else buckets.x64
+    bucket = env.proc.read_ptr(h + (0x2C0 if x86 else 0x340) + at + (0x40 // 16) * env.a_ptr)
+    assert lctx["BackendCtx"] == h + 0x100 and bucket and not bucket & 1
+    b = dt("_HEAP_LFH_BUCKET", bucket)
+    assert b["State.AvailableSubsegmentList.Flink"] == lfh_sub.address or b[
+        "State.FullSubsegmentList.Flink"
+    ] == lfh_sub.address
+    root = env.proc.read_ptr(h + sl.SEGMENT_HEAP.offset(lay, "LargeAllocMetadata.Root"))
+    large = dt("_HEAP_LARGE_ALLOC_DATA", root)
+    assert large["VirtualAddress"] is not None
+    assert large["VirtualAddress"] & ~sl.LARGE_UNUSED_MASK & mask == st.big
+    assert set(ALLOCATORS["segment"].walker.struct_names()) == {"_SEGMENT_HEAP", *sl.STRUCTS}
 
 
 # ---------------------------------------------------------------------------- options, scenario
