@@ -241,12 +241,51 @@ def test_heap_views_on_a_checkpoint(arch: str) -> None:
     assert entry.returncode == 0 and "Requested size" in entry.stdout
 
 
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_win7_views_lfh_and_structures(arch: str) -> None:
+    common = (SEED, "--arch", arch, "--allocator", "win7")
+    summary = heapemu("heap", "summary", *common)
+    assert summary.returncode == 0, summary.stderr
+    head = next(ln for ln in summary.stdout.splitlines() if "Fast" in ln)
+    rows = json.loads(heapemu("heap", "summary", *common, "--json").stdout)["rows"]
+    ours = rows[-1]
+    line = next(ln for ln in summary.stdout.splitlines() if ln.startswith(f"{ours['heap']:0{8 if arch == 'x86' else 16}x} 0"))
+    assert ours["fast_heap"] == "LFH" and line.endswith("LFH")
+    assert len(line) == head.index("Fast") + 4  # under its header, as !heap -s prints it
+    lfh = heapemu("heap", "entries", *common, "--lfh")
+    assert lfh.returncode == 0 and lfh.stdout.count("LFH data region at ") == 3
+    assert "- free" in lfh.stdout and "(--lfh lists them)" not in lfh.stdout
+    plain = heapemu("heap", "entries", *common)
+    assert plain.stdout.count("(--lfh lists them)") == 3
+    dt = json.loads(heapemu("heap", "dt", *common, "--json").stdout)
+    front = next(r["value"] for r in dt["rows"] if r["name"] == "FrontEndHeap")
+    lfh_heap = heapemu("heap", "dt", *common, "--struct", "_LFH_HEAP", "--address", hex(front))
+    assert lfh_heap.returncode == 0, lfh_heap.stderr
+    heap_line = next(ln for ln in lfh_heap.stdout.splitlines() if " Heap " in ln)
+    assert heap_line.split()[0] == ("+0x024" if arch == "x86" else "+0x040")
+    assert int(heap_line.split()[-1], 16) == ours["heap"]
+    bad = one_line_error(heapemu("heap", "dt", *common, "--struct", "_NOPE"))
+    assert "has no structure '_NOPE'" in bad and "_HEAP_USERDATA_HEADER" in bad
+
+
+def test_segment_views_by_component() -> None:
+    common = ("seed004_segment_heap", "--arch", "x86", "--allocator", "segment")
+    summary = heapemu("heap", "summary", *common)
+    assert summary.returncode == 0 and "Back end" in summary.stdout.splitlines()[1]
+    entries = heapemu("heap", "entries", *common)
+    assert "LFH subsegment at " in entries.stdout and "VS subsegment at " in entries.stdout
+    dt = heapemu("heap", "dt", *common, "--struct", "_HEAP_SEG_CONTEXT", "--address", "0x130100")
+    assert dt.returncode == 0 and "+0x024 Heap" in dt.stdout and "0x130000" in dt.stdout
+
+
 def test_heap_view_bad_input() -> None:
     assert "no checkpoint 'nope'" in one_line_error(
         heapemu("heap", "summary", SEED, "--checkpoint", "nope")
     )
     assert "--address" in one_line_error(heapemu("heap", "entry", SEED))
     assert "not in any heap" in one_line_error(heapemu("heap", "entry", SEED, "--address", "0x10"))
+    assert "--struct" in one_line_error(heapemu("heap", "summary", SEED, "--struct", "_HEAP"))
+    assert "--lfh" in one_line_error(heapemu("heap", "dt", SEED, "--lfh"))
 
 
 @pytest.mark.parametrize("arch", ["x86", "x64"])

@@ -12,10 +12,15 @@ view             build                        text
 ===============  ===========================  ============================================
 heap summary     ``build_summary(proc)``      ``render_summary``: one row per heap
 heap entries     ``build_entries(proc, h)``   ``render_entries``: header, free lists, blocks
+                                              (``lfh=True``: !heap -hl's LFH data regions)
 heap entry       ``build_entry(proc, addr)``  ``render_entry``: one block, field by field
 address          ``build_address(proc)``      ``render_address``: regions, ``usage="Heap"``
-dt               ``build_dt(proc, h)``        ``render_dt``: the heap header's fields
+dt               ``build_dt(proc, a, s)``     ``render_dt``: structure ``s`` (default: the
+                                              heap header) at ``a``, field by field
 ===============  ===========================  ============================================
+
+A heap whose walker names components (the segment heap: back end, VS, LFH) gets per-component
+summary columns and its entries grouped by component, subsegment by subsegment.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from emu.views.address import USAGES, AddressRow, AddressView, build_address, re
 from emu.views.common import NotInHeapError, list_heaps
 from emu.views.dt import DtRow, DtView, build_dt, render_dt
 from emu.views.entries import (
+    ComponentEntries,
     CorruptionLine,
     EntriesView,
     EntryLine,
@@ -31,6 +37,7 @@ from emu.views.entries import (
     LargeLine,
     RangeLine,
     SegmentEntries,
+    UnitEntries,
     build_entries,
     entries_from_report,
     filter_entries,
@@ -45,12 +52,20 @@ from emu.views.entry import (
     render_entry,
     with_allocation,
 )
-from emu.views.summary import HeapSummaryRow, SummaryView, build_summary, render_summary
+from emu.views.summary import (
+    ComponentUsage,
+    HeapSummaryRow,
+    SummaryView,
+    build_summary,
+    render_summary,
+)
 
 __all__ = [
     "USAGES",
     "AddressRow",
     "AddressView",
+    "ComponentEntries",
+    "ComponentUsage",
     "CorruptionLine",
     "DtRow",
     "DtView",
@@ -65,6 +80,7 @@ __all__ = [
     "RangeLine",
     "SegmentEntries",
     "SummaryView",
+    "UnitEntries",
     "allocation_of",
     "build_address",
     "build_dt",
