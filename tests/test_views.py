@@ -40,7 +40,7 @@ from emu.views import (
     render_entry,
     render_summary,
 )
-from emu.views.layout import block_header_specs, granularity
+from emu.views.layout import block_header_specs, block_specs, granularity
 from emu.views.story import Story, seed002_story
 from emu.win.ntdefs import PAGE_SIZE
 
@@ -240,7 +240,9 @@ def test_entry_free_and_large_blocks(env: Env) -> None:
     got = build_entry(env.proc, freed + 0x10, allocator=env.alloc)
     assert got.state == "free" and got.free_list is not None
     assert "FREE" in got.flag_names or got.flag_names == ["LFH (free)"]  # !heap -i's words
-    links = {s.name for s in block_header_specs(env.kind, env.arch, free=True)}
+    block = walk_heap(env.proc, env.story.heap).block_at(freed + 0x10)
+    assert block is not None  # (win7: an LFH block, whose link is a u16 offset)
+    links = {s.name for s in block_specs(env.kind, env.arch, block)}
     links -= {s.name for s in block_header_specs(env.kind, env.arch, free=False)}
     assert links and links <= {f.name for f in got.fields}  # a free block's list links
     big = build_entry(env.proc, env.story.big + 0x12345, allocator=env.alloc)

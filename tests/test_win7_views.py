@@ -294,5 +294,13 @@ def test_entry_of_lfh_blocks(env: Env) -> None:
     free = build_entry(env.proc, env.freed[0], allocator=env.alloc)
     assert free.state == "free" and free.flag_names == ["LFH (free)"] and free.requested is None
     assert free.subsegment is not None and "LFH (free)" in render_entry(free)
+    link = next(f for f in free.fields if f.name == "(next free offset)")
+    chain = next(fl for fl in rep.free_lists if fl.head == free.subsegment)
+    at = [e.address for e in chain.entries].index(free.address)
+    nxt = chain.entries[at + 1].address if at + 1 < len(chain.entries) else None
+    region = next(r for r in rep.lfh_regions if r.subsegment == free.subsegment)
+    assert link.offset == g and link.value == (
+        0xFFFF if nxt is None else (nxt - region.address) // g
+    )
     # a back-end block has no subsegment
     assert build_entry(env.proc, env.ptrs[3], allocator=env.alloc).subsegment is None

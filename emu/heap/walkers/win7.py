@@ -69,6 +69,7 @@ from emu.process.core import ProcessCore
 
 BLOCK_LFH = 0x100  # Block.flags of an LFH block (above the header's 8 flag bits)
 WALK_INTERNAL = 0x0800  # RtlWalkHeap: a busy block the heap uses for itself
+LFH_NEXT_OFFSET = "(next free offset)"  # a free LFH block's first u16 of data
 HEAP_INTERNAL_UNUSED = 1  # UnusedBytes of the heap header / UCR index / lookup blocks
 MAX_UCRS = 4096
 MAX_ZONES = 1 << 16
@@ -153,6 +154,15 @@ class Win7Walker(HeapWalker):
         return specs
 
     @classmethod
+    def block_specs(cls, arch: str, block: Block) -> list[FieldSpec]:
+        if not block.flags & BLOCK_LFH:
+            return cls.block_header_specs(arch, block.free)
+        specs = lay.HEAP_ENTRY.specs(arch)
+        if block.free:  # the chain's link: a u16 offset in units from the UserBlocks
+            specs.append(FieldSpec(lay.granularity(arch), LFH_NEXT_OFFSET, "u16", 2))
+        return specs
+
+    @classmethod
     def large_header_specs(cls, arch: str) -> list[FieldSpec]:
         return [s for s in lay.HEAP_VIRTUAL_ALLOC_ENTRY.specs(arch) if s.scalar]
 
@@ -232,6 +242,10 @@ class Win7Walker(HeapWalker):
             return "encoded with _HEAP.Encoding (see the decoded size)"
         if name in ("Flags", "SmallTagIndex"):
             return "encoded"
+        if name == LFH_NEXT_OFFSET:
+            if value == lay.LFH_NO_FREE_OFFSET:
+                return "the last free block of its subsegment"
+            return f"next free block at UserBlocks + {value:#x} units"
         if name == "PreviousSize":
             return f"{value * unit:#x} bytes"
         if name == "UnusedBytes":
