@@ -102,7 +102,9 @@ def measure(arch: str, allocator: str, ops: int = OPS) -> dict[str, object]:
 
 
 def run() -> list[dict[str, object]]:
-    return [measure(arch, alloc) for alloc in ("builtin", "wine") for arch in ("x86", "x64")]
+    from emu.heap.registry import ALLOCATOR_NAMES
+
+    return [measure(arch, alloc) for alloc in ALLOCATOR_NAMES for arch in ("x86", "x64")]
 
 
 # ---------------------------------------------------------------------------------- address space

@@ -213,7 +213,7 @@ def _timed(tasks: list[Task], workers: int, ray_address: str | None = None) -> t
 
 
 def run_scaling() -> list[dict[str, Any]]:
-    """The same campaign (12 tasks of 60,000 operations, builtin and Wine, x64) on 1 and 2
+    """The same campaign (6 seeds of 60,000 operations per allocator, x64) on 1 and 2
     local workers and on a local Ray cluster of 2 workers; the engines' own cost per task from
     tasks that do nothing (marginal: 300 minus 20 such tasks, so worker start-up cancels)."""
     rows = []

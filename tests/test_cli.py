@@ -264,6 +264,9 @@ def test_win7_views_lfh_and_structures(arch: str) -> None:
     heap_line = next(ln for ln in lfh_heap.stdout.splitlines() if " Heap " in ln)
     assert heap_line.split()[0] == ("+0x024" if arch == "x86" else "+0x040")
     assert int(heap_line.split()[-1], 16) == ours["heap"]
+    ud = heapemu("heap", "dt", *common, "--struct", "_HEAP_USERDATA_HEADER")  # the heap's first
+    sig = next(ln for ln in ud.stdout.splitlines() if " Signature " in ln)
+    assert ud.returncode == 0 and sig.split()[-1] == "0xf0e0d0c0"
     bad = one_line_error(heapemu("heap", "dt", *common, "--struct", "_NOPE"))
     assert "has no structure '_NOPE'" in bad and "_HEAP_USERDATA_HEADER" in bad
 

@@ -32,6 +32,7 @@ from emu.views import (
     build_entries,
     build_entry,
     build_summary,
+    dt_address,
     render_dt,
     render_entries,
     render_entry,
@@ -643,6 +644,16 @@ def test_dt_of_every_segment_structure(env: Env) -> None:
     assert large["VirtualAddress"] is not None
     assert large["VirtualAddress"] & ~sl.LARGE_UNUSED_MASK & mask == st.big
     assert set(ALLOCATORS["segment"].walker.struct_names()) == {"_SEGMENT_HEAP", *sl.STRUCTS}
+    # without an address: where this heap has one
+    found = {n: dt_address(env.proc, h, n) for n in ALLOCATORS["segment"].walker.struct_names()
+             if n != "_HEAP_LFH_BUCKET"}  # fmt: skip
+    assert found["_HEAP_SEG_CONTEXT"] == h + 0x100 and found["_HEAP_PAGE_SEGMENT"] == seg
+    assert found["_HEAP_VS_SUBSEGMENT"] == vs_sub.address
+    assert found["_HEAP_LFH_SUBSEGMENT"] == lfh_sub.address
+    assert found["_HEAP_LARGE_ALLOC_DATA"] == root
+    assert found["_HEAP_VS_CHUNK_HEADER"] == rep.blocks[0].address == vs_sub.first_block
+    first = dt("_HEAP_PAGE_RANGE_DESCRIPTOR", found["_HEAP_PAGE_RANGE_DESCRIPTOR"])
+    assert first["RangeFlags"] == flags | sl.RANGE_VS  # the VS subsegment's range comes first
 
 
 # ---------------------------------------------------------------------------- options, scenario

@@ -26,6 +26,7 @@ from emu.views import (
     build_entries,
     build_entry,
     build_summary,
+    dt_address,
     render_dt,
     render_entries,
     render_entry,
@@ -304,3 +305,27 @@ def test_entry_of_lfh_blocks(env: Env) -> None:
     )
     # a back-end block has no subsegment
     assert build_entry(env.proc, env.ptrs[3], allocator=env.alloc).subsegment is None
+
+
+def test_dt_finds_the_heaps_structures(env: Env) -> None:
+    """``heap dt --struct NAME`` without an address: where this heap has one."""
+    rep = env.walk()
+    r = rep.lfh_regions[0]
+    lfh = rep.header["FrontEndHeap"]
+    found = {name: dt_address(env.proc, env.heap, name) for name in (
+        "_HEAP", "_LFH_HEAP", "_HEAP_LOCAL_DATA", "_HEAP_SUBSEGMENT", "_HEAP_USERDATA_HEADER",
+        "_INTERLOCK_SEQ", "_HEAP_LOCAL_SEGMENT_INFO", "_HEAP_ENTRY", "_HEAP_VIRTUAL_ALLOC_ENTRY",
+    ) if name != "_HEAP_VIRTUAL_ALLOC_ENTRY" or rep.large_blocks}  # fmt: skip
+    assert found["_HEAP"] == env.heap and found["_LFH_HEAP"] == lfh
+    assert found["_HEAP_LOCAL_DATA"] == lfh + lay.LFH_HEAP.offset(env.arch, "LocalData")
+    assert (found["_HEAP_SUBSEGMENT"], found["_HEAP_USERDATA_HEADER"]) == (r.subsegment, r.address)
+    _, ud = dt(env, "_HEAP_USERDATA_HEADER", found["_HEAP_USERDATA_HEADER"])
+    assert ud["Signature"] == lay.HEAP_USERDATA_SIGNATURE
+    _, seq = dt(env, "_INTERLOCK_SEQ", found["_INTERLOCK_SEQ"])
+    assert seq["Depth"] == r.free
+    _, si = dt(env, "_HEAP_LOCAL_SEGMENT_INFO", found["_HEAP_LOCAL_SEGMENT_INFO"])
+    assert si["BucketIndex"] == r.bucket
+    _, e = dt(env, "_HEAP_ENTRY", found["_HEAP_ENTRY"])
+    assert found["_HEAP_ENTRY"] == rep.segments[0].first_block
+    with pytest.raises(ValueError, match="no _HEAP_VIRTUAL_ALLOC_ENTRY"):
+        dt_address(env.proc, env.heap, "_HEAP_VIRTUAL_ALLOC_ENTRY")  # no large block here

@@ -39,6 +39,7 @@ from emu.views import (
     render_summary,
     with_allocation,
 )
+from emu.views.dt import dt_address
 from emu.views.entries import STATES
 
 VIEWS = ("summary", "entries", "entry", "address", "dt")
@@ -119,8 +120,11 @@ class _ViewAt(Observer):
                 v = build_address(proc, allocator=a, usage=self.args.filter)
                 text = render_address(v)
             else:
-                where = self.args.address
-                at = self._heap(run) if where is None else _number(where, "--address")
+                where, heap = self.args.address, self._heap(run)
+                if where is not None:
+                    at = _number(where, "--address")
+                else:  # where the heap has one (its first)
+                    at = dt_address(proc, heap, self.args.struct)
                 v = build_dt(proc, at, struct=self.args.struct)
                 text = render_dt(v)
         except (LookupError, ValueError) as e:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from emu.views.address import USAGES, AddressRow, AddressView, build_address, render_address
 from emu.views.common import NotInHeapError, list_heaps
-from emu.views.dt import DtRow, DtView, build_dt, render_dt
+from emu.views.dt import DtRow, DtView, build_dt, dt_address, render_dt
 from emu.views.entries import (
     ComponentEntries,
     CorruptionLine,
@@ -87,6 +87,7 @@ __all__ = [
     "build_entries",
     "build_entry",
     "build_summary",
+    "dt_address",
     "entries_from_report",
     "filter_entries",
     "list_heaps",

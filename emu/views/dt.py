@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, ascii_magic, heap_kind, hexp
-from emu.views.layout import heap_struct_name, struct_specs
+from emu.heap.registry import walk_heap
+from emu.views.layout import heap_struct_name, struct_addresses, struct_specs
 from emu.win.ntdefs import heap_flag_names
 
 HEAP_CLASS_1 = 0x1000
@@ -72,6 +73,20 @@ def build_dt(
         note = _note(spec.name, value, spec.size, header) if value is not None else ""
         rows.append(DtRow(spec.offset, spec.name, spec.type, spec.size, value, note))
     return DtView(name, address, kind, arch, rows)
+
+
+def dt_address(proc: ProcessCore, heap: int, struct: str | None = None) -> int:
+    """Where ``heap`` has a ``struct`` (default: its header; of many, the first the walker
+    finds); ValueError when it has none."""
+    if struct is None:
+        return heap
+    report = walk_heap(proc, heap)
+    found = struct_addresses(report)
+    if struct not in found:
+        struct_specs(report.kind, struct, proc.arch.name)  # ValueError for an unknown name
+        have = ", ".join(found)
+        raise ValueError(f"heap 0x{heap:x} has no {struct} to show: give --address (it has {have})")
+    return found[struct]
 
 
 def render_dt(view: DtView) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "large_header_specs",
     "large_list_head",
     "nested_regions",
+    "struct_addresses",
     "struct_names",
     "struct_specs",
     "subsegment_of",
@@ -107,3 +108,8 @@ def component_titles(kind: str) -> dict[str, str]:
 def subsegment_of(report: HeapReport, block: Block) -> int | None:
     """The front-end subsegment serving ``block`` (None: the back end)."""
     return allocator_kind(report.kind).walker.subsegment_of(report, block)
+
+
+def struct_addresses(report: HeapReport) -> dict[str, int]:
+    """Where the walked heap has one of each structure ``dt`` can show."""
+    return allocator_kind(report.kind).walker.struct_addresses(report)

@@ -173,6 +173,12 @@ class HeapWalker(ABC):
         return cls.heap_header_specs(arch)
 
     @classmethod
+    def struct_addresses(cls, report: HeapReport) -> dict[str, int]:
+        """Where this heap has one of each structure ``dt`` can show (its first, when there
+        are many): ``heap dt --struct NAME`` without ``--address`` looks there."""
+        return {cls.heap_struct_name: report.heap}
+
+    @classmethod
     def fast_heap(cls, report: HeapReport) -> str:
         """``!heap -s``'s "Fast heap" column: the active front end's name ("" if none)."""
         return ""

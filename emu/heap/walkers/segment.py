@@ -174,6 +174,31 @@ class SegmentWalker(HeapWalker):
         return _specs(sl.STRUCTS[name], arch)
 
     @classmethod
+    def struct_addresses(cls, report: HeapReport) -> dict[str, int]:
+        a, h = get_arch(report.arch), report.heap
+        out = {cls.heap_struct_name: h}
+        out["_HEAP_SEG_CONTEXT"] = h + _nested_offset("_SEGMENT_HEAP", "SegContexts", a.name)
+        out["_HEAP_VS_CONTEXT"] = h + _nested_offset("_SEGMENT_HEAP", "VsContext", a.name)
+        out["_HEAP_LFH_CONTEXT"] = h + _nested_offset("_SEGMENT_HEAP", "LfhContext", a.name)
+        if report.segments:
+            seg = report.segments[0]
+            out["_HEAP_PAGE_SEGMENT"] = seg.address
+            # the descriptor of the first range after the descriptor pages
+            unit = (seg.first_block - seg.base) // sl.PAGE
+            out["_HEAP_PAGE_RANGE_DESCRIPTOR"] = seg.address + unit * DESC.size(a)
+        for sub in report.subsegments:
+            name = "_HEAP_VS_SUBSEGMENT" if sub.component == VS else "_HEAP_LFH_SUBSEGMENT"
+            out.setdefault(name, sub.address)
+        for b in report.blocks:
+            if b.component == VS:
+                name = "_HEAP_VS_CHUNK_FREE_HEADER" if b.free else "_HEAP_VS_CHUNK_HEADER"
+                out.setdefault(name, b.address)
+        root = report.header.get("LargeAllocMetadata.Root", 0)
+        if root:
+            out["_HEAP_LARGE_ALLOC_DATA"] = root
+        return out
+
+    @classmethod
     def component_titles(cls) -> dict[str, str]:
         # large blocks are the report's large_blocks, shown as every allocator's are
         return {BACKEND: "Back end", VS: "VS", LFH: "LFH"}

@@ -224,6 +224,38 @@ class Win7Walker(HeapWalker):
         return lay.STRUCTS[name].specs(arch)
 
     @classmethod
+    def struct_addresses(cls, report: HeapReport) -> dict[str, int]:
+        a, h = report.arch, report.heap
+        out = {"_HEAP": h, "_HEAP_SEGMENT": h}
+        out["_LIST_ENTRY"] = h + lay.HEAP.offset(a, "SegmentList")
+        if report.blocks:
+            out["_HEAP_ENTRY"] = report.blocks[0].address
+        free = next((b for b in report.blocks if b.free and not b.flags & BLOCK_LFH), None)
+        if free is not None:
+            out["_HEAP_FREE_ENTRY"] = free.address
+        if report.large_blocks:
+            out["_HEAP_VIRTUAL_ALLOC_ENTRY"] = report.large_blocks[0].address
+        lfh = report.header.get("FrontEndHeap", 0)
+        if report.header.get("FrontEndHeapType") != lay.HEAP_FRONT_END_LFH or not lfh:
+            return out
+        local = lfh + lay.LFH_HEAP.offset(a, "LocalData")
+        out |= {"_LFH_HEAP": lfh, "_HEAP_LOCAL_DATA": local}
+        out["_RTL_CRITICAL_SECTION"] = lfh + lay.LFH_HEAP.offset(a, "Lock")
+        out["_HEAP_BUCKET"] = lfh + lay.LFH_HEAP.offset(a, "Buckets")
+        regions = getattr(report, "lfh_regions", [])
+        if regions:
+            r = regions[0]
+            out["_HEAP_SUBSEGMENT"] = r.subsegment
+            out["_INTERLOCK_SEQ"] = r.subsegment + lay.HEAP_SUBSEGMENT.offset(a, "AggregateExchg")
+            out["_HEAP_USERDATA_HEADER"] = r.address
+            out["_HEAP_LOCAL_SEGMENT_INFO"] = (
+                local
+                + lay.HEAP_LOCAL_DATA.offset(a, "SegmentInfo")
+                + r.bucket * lay.HEAP_LOCAL_SEGMENT_INFO.size(a)
+            )
+        return out
+
+    @classmethod
     def block_flag_names(cls, block: Block) -> list[str]:
         if block.flags & BLOCK_LFH:  # as !heap -i says it: "LFH (busy )", "LFH (free )"
             return ["LFH (free)" if block.state == FREE else "LFH (busy)"]
