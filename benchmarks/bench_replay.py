@@ -102,7 +102,7 @@ def baseline_tree() -> Path | None:
 UNKNOWN_KIND = "unknown allocator"  # replay_rounds.py's answer for a kind it does not have
 
 
-class BaselineLacksKind(LookupError):
+class BaselineLacksKindError(LookupError):
     """The baseline commit predates this allocator: nothing to compare it with."""
 
 
@@ -124,7 +124,7 @@ class Baseline:
         first = self.p.stdout.readline().strip()
         if first == UNKNOWN_KIND:
             self.close()
-            raise BaselineLacksKind(kind)
+            raise BaselineLacksKindError(kind)
         if first != "ready":
             raise RuntimeError("the baseline replay did not start")
 
@@ -212,7 +212,7 @@ def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[st
     _fresh_replay(a, tape.head(WARMUP))
     try:
         base = Baseline(tree, arch, kind) if tree is not None else None
-    except BaselineLacksKind:
+    except BaselineLacksKindError:
         base = None
     best, base_best = float("inf"), float("inf")
     result: ReplayResult | None = None

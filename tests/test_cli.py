@@ -249,7 +249,11 @@ def test_win7_views_lfh_and_structures(arch: str) -> None:
     head = next(ln for ln in summary.stdout.splitlines() if "Fast" in ln)
     rows = json.loads(heapemu("heap", "summary", *common, "--json").stdout)["rows"]
     ours = rows[-1]
-    line = next(ln for ln in summary.stdout.splitlines() if ln.startswith(f"{ours['heap']:0{8 if arch == 'x86' else 16}x} 0"))
+    line = next(
+        ln
+        for ln in summary.stdout.splitlines()
+        if ln.startswith(f"{ours['heap']:0{8 if arch == 'x86' else 16}x} 0")
+    )
     assert ours["fast_heap"] == "LFH" and line.endswith("LFH")
     assert len(line) == head.index("Fast") + 4  # under its header, as !heap -s prints it
     lfh = heapemu("heap", "entries", *common, "--lfh")

@@ -527,7 +527,7 @@ def test_entries_grouped_by_component(env: Env) -> None:
     assert {(e.address, e.size) for e in entries if e.kind == "free"} <= free
     for k, e in lines:  # each block in the group of the component the walker says
         b = next((b for b in rep.blocks if b.address == e.address), None)
-        assert b is None and k == LFH or b is not None and b.component == k
+        assert (b is None and k == LFH) or (b is not None and b.component == k)
     # an LFH subsegment lists every slot, the freed ones free
     for unit in groups[LFH].units:
         sub = next(s for s in rep.subsegments if s.address == unit.address)
@@ -563,7 +563,11 @@ def test_entry_anywhere(env: Env) -> None:
     vs = build_entry(env.proc, st.ptrs[5] + 3, allocator=a)
     assert vs.subsegment == subs[VS].address and vs.requested == 0x40
     slot = build_entry(env.proc, st.ptrs[25] + 0x3F, allocator=a)
-    assert (slot.user_ptr, slot.requested, slot.subsegment) == (st.ptrs[25], 0x40, subs[LFH].address)
+    assert (slot.user_ptr, slot.requested, slot.subsegment) == (
+        st.ptrs[25],
+        0x40,
+        subs[LFH].address,
+    )
     free = build_entry(env.proc, st.freed[1] + 8, allocator=a)  # no block of the walk
     assert (free.address, free.state, free.subsegment) == (st.freed[1], "free", subs[LFH].address)
     key = rep.header["MemStats.LfhKey"]
@@ -600,13 +604,17 @@ def test_dt_of_every_segment_structure(env: Env) -> None:
     page = dt("_HEAP_PAGE_SEGMENT", seg)
     want = ((seg >> 20) ^ rep.header["MemStats.HeapKey"] ^ h ^ sl.SEGMENT_SIGNATURE_XOR) & mask
     assert page["Signature"] == want
-    assert page["ListEntry.Flink"] == h + 0x100 + sl.HEAP_SEG_CONTEXT.offset(lay, "SegmentListHead.Flink")
+    assert page["ListEntry.Flink"] == h + 0x100 + sl.HEAP_SEG_CONTEXT.offset(
+        lay, "SegmentListHead.Flink"
+    )
     # the back-end range's descriptor: unit (range - segment) / page
     dsize = sl.HEAP_PAGE_RANGE_DESCRIPTOR.size(lay)
     desc = dt("_HEAP_PAGE_RANGE_DESCRIPTOR", seg + (st.pages - seg) // sl.PAGE * dsize)
     flags = sl.RANGE_ALLOCATED | sl.RANGE_COMMITTED | sl.RANGE_FIRST
     assert (desc["RangeFlags"], desc["UnitSize"], desc["TreeSignature"]) == (
-        flags, 0x30, sl.RANGE_SIGNATURE,
+        flags,
+        0x30,
+        sl.RANGE_SIGNATURE,
     )
     vs_sub = next(s for s in rep.subsegments if s.component == VS)
     vs = dt("_HEAP_VS_SUBSEGMENT", vs_sub.address)
@@ -636,9 +644,10 @@ def test_dt_of_every_segment_structure(env: Env) -> None:
     bucket = env.proc.read_ptr(h + (0x2C0 if x86 else 0x340) + at + (0x40 // 16) * env.a_ptr)
     assert lctx["BackendCtx"] == h + 0x100 and bucket and not bucket & 1
     b = dt("_HEAP_LFH_BUCKET", bucket)
-    assert b["State.AvailableSubsegmentList.Flink"] == lfh_sub.address or b[
-        "State.FullSubsegmentList.Flink"
-    ] == lfh_sub.address
+    assert (
+        b["State.AvailableSubsegmentList.Flink"] == lfh_sub.address
+        or b["State.FullSubsegmentList.Flink"] == lfh_sub.address
+    )
     root = env.proc.read_ptr(h + sl.SEGMENT_HEAP.offset(lay, "LargeAllocMetadata.Root"))
     large = dt("_HEAP_LARGE_ALLOC_DATA", root)
     assert large["VirtualAddress"] is not None

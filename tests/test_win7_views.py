@@ -39,7 +39,11 @@ WALK_LFH = 0x8000  # RtlWalkHeap's flag on LFH entries (win7heap.c)
 
 # Windows 7's offsets (x86: seed 002's dt output; x64: the SP1 symbols), field -> (x86, x64)
 WINDOWS = {
-    "_HEAP_USERDATA_HEADER": {"SubSegment": (0, 0), "SizeIndex": (8, 0x10), "Signature": (0xC, 0x18)},
+    "_HEAP_USERDATA_HEADER": {
+        "SubSegment": (0, 0),
+        "SizeIndex": (8, 0x10),
+        "Signature": (0xC, 0x18),
+    },
     "_HEAP_SUBSEGMENT": {
         "LocalInfo": (0, 0),
         "UserBlocks": (4, 8),
@@ -173,12 +177,20 @@ def test_entries_lfh_lists_every_region_under_its_heading(env: Env) -> None:
                 break
             req = int(m.group(4), 16) if m.group(4) else None
             listed.append((int(m.group(1), 16), int(m.group(2), 16), req))
-        blocks = [b for b in rep.blocks if b.flags & BLOCK_LFH and region.address <= b.address < region.end]
+        blocks = [
+            b
+            for b in rep.blocks
+            if b.flags & BLOCK_LFH and region.address <= b.address < region.end
+        ]
         assert listed == [(b.address, b.size, b.requested) for b in blocks]
         assert len(listed) == region.block_count
         assert sum(1 for _, _, r in listed if r is None) == region.free
     # every LFH block RtlWalkHeap reports is listed, busy with its size or free
-    lfh = {(e.address, e.size if e.busy else None) for e in env.alloc.walk(env.heap) if e.flags & WALK_LFH}
+    lfh = {
+        (e.address, e.size if e.busy else None)
+        for e in env.alloc.walk(env.heap)
+        if e.flags & WALK_LFH
+    }
     g = lay.granularity(env.arch)
     shown = set()
     for line in lines:
@@ -220,7 +232,9 @@ def test_dt_userdata_header_and_subsegment(env: Env) -> None:
         assert "Signature  : 0xf0e0d0c0" in render_dt(view)
         _, sub = dt(env, "_HEAP_SUBSEGMENT", region.subsegment)
         assert sub["UserBlocks"] == region.address
-        assert sub["BlockSize"] == region.block_size // g and sub["BlockCount"] == region.block_count
+        assert (
+            sub["BlockSize"] == region.block_size // g and sub["BlockCount"] == region.block_count
+        )
         assert sub["SizeIndex"] == region.bucket
         assert sub["AggregateExchg.Depth"] == region.free
         # _INTERLOCK_SEQ at AggregateExchg: the free chain's head as a u16 offset in units
@@ -290,7 +304,10 @@ def test_entry_of_lfh_blocks(env: Env) -> None:
     text = render_entry(got)
     assert "Block flags        : 0x100 (LFH (busy))" in text
     assert f"Subsegment         : 0x{hexp(region.subsegment, env.arch)}" in text
-    assert f"Total block size   : {region.block_size // g:#x} units ({region.block_size:#x} bytes)" in text
+    assert (
+        f"Total block size   : {region.block_size // g:#x} units ({region.block_size:#x} bytes)"
+        in text
+    )
     assert "Requested size     : 0x100 bytes" in text
     free = build_entry(env.proc, env.freed[0], allocator=env.alloc)
     assert free.state == "free" and free.flag_names == ["LFH (free)"] and free.requested is None
@@ -326,6 +343,8 @@ def test_dt_finds_the_heaps_structures(env: Env) -> None:
     _, si = dt(env, "_HEAP_LOCAL_SEGMENT_INFO", found["_HEAP_LOCAL_SEGMENT_INFO"])
     assert si["BucketIndex"] == r.bucket
     _, e = dt(env, "_HEAP_ENTRY", found["_HEAP_ENTRY"])
-    assert found["_HEAP_ENTRY"] == rep.segments[0].first_block
+    first = rep.blocks[0]
+    assert found["_HEAP_ENTRY"] == first.address == rep.segments[0].first_block
+    assert (e["PreviousSize"], e["UnusedBytes"]) == (0, first.unused)
     with pytest.raises(ValueError, match="no _HEAP_VIRTUAL_ALLOC_ENTRY"):
         dt_address(env.proc, env.heap, "_HEAP_VIRTUAL_ALLOC_ENTRY")  # no large block here

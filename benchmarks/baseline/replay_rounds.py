@@ -16,11 +16,10 @@ import sys
 def main() -> int:
     from emu import Process
     from emu.heap.allocator import Allocator
+    from emu.heap.registry import ALLOCATOR_NAMES  # (the baseline commit has the registry)
     from emu.heap.replay.run import replay
     from emu.heap.replay.tape import Tape
     from emu.heap.replay.workload import synthetic
-
-    from emu.heap.registry import ALLOCATOR_NAMES  # (the baseline commit has the registry)
 
     arch, kind, ops, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     if kind not in ALLOCATOR_NAMES:  # an allocator added after the baseline

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emu.heap.registry import walk_heap
 from emu.process.core import ProcessCore
 from emu.views.common import JsonView, ascii_magic, heap_kind, hexp
-from emu.heap.registry import walk_heap
 from emu.views.layout import heap_struct_name, struct_addresses, struct_specs
 from emu.win.ntdefs import heap_flag_names
 

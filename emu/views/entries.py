@@ -293,16 +293,14 @@ def _components(report: HeapReport) -> list[ComponentEntries]:
             what = f"{title} subsegment at {sub.address:#x}, {sub.size:#x} bytes"
             if sub.slotted:
                 busy = {e.address: e for e in inside}
+                n = sub.block_size
+                slots = range(sub.first_block, sub.first_block + sub.block_count * n, n)
+                free = "100"  # the [HLB] digits of a free block
                 inside = [
-                    busy.get(a)
-                    or EntryLine(a, sub.block_size, sub.block_size, "100", FREE, None, a, 0,
-                                 sub.block_size)  # fmt: skip
-                    for a in range(sub.first_block, sub.first_block + sub.block_count
-                                   * sub.block_size, sub.block_size)  # fmt: skip
+                    busy.get(a) or EntryLine(a, n, n, free, FREE, None, a, 0, n) for a in slots
                 ]
                 what += (
-                    f": {sub.block_count} slots of {sub.block_size:#x} bytes, "
-                    f"{sub.free_count} free"
+                    f": {sub.block_count} slots of {sub.block_size:#x} bytes, {sub.free_count} free"
                 )
             group.units.append(UnitEntries(what, sub.address, sub.size, inside, [], sub.slotted))
         out.append(group)
@@ -386,9 +384,7 @@ def _nested_text(e: EntryLine, arch: str, lfh: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _trim(
-    entries: list[EntryLine], arch: str, keep: int | None, lfh: bool = False
-) -> list[str]:
+def _trim(entries: list[EntryLine], arch: str, keep: int | None, lfh: bool = False) -> list[str]:
     """Entry lines with runs of ordinary busy entries elided when there are more than keep:
     the first and last keep/2 are shown, every entry with a corruption (H = 0) and, unless
     that makes more than 4 * keep lines, every free or pending one, with their neighbours."""

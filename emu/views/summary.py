@@ -110,9 +110,7 @@ def component_usage(report: HeapReport) -> list[ComponentUsage]:
         free += [s.block_size for s in subs if s.slotted for _ in range(s.free_count)]
         size = sum(s.size for s in subs) if subs else sum(busy) + sum(free)
         out.append(
-            ComponentUsage(
-                name, title, len(subs), size, len(busy), sum(busy), len(free), sum(free)
-            )
+            ComponentUsage(name, title, len(subs), size, len(busy), sum(busy), len(free), sum(free))
         )
     return out
 
