@@ -33,6 +33,7 @@ from emu.views import (
     build_entry,
     build_summary,
     dt_address,
+    filter_entries,
     render_dt,
     render_entries,
     render_entry,
@@ -553,6 +554,10 @@ def test_entries_grouped_by_component(env: Env) -> None:
     assert f"        {st.ptrs[25]:0{w}x}: 00040 - busy (40)" in text
     assert "Back end (1 unit(s))" in text and "Virtual blocks" in text
     assert "Heap entries for Segment" not in text  # grouped instead of one flat listing
+    only_free = filter_entries(view, state="free")  # (!heap -flt) applies to the groups too
+    kept = [e for g in only_free.components for u in g.units for e in u.entries]
+    assert kept and all(e.state == "free" for e in kept)
+    assert {st.freed[1], st.freed[2]} <= {e.user_ptr for e in kept}
 
 
 def test_entry_anywhere(env: Env) -> None:
