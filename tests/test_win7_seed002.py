@@ -79,7 +79,8 @@ def assert_matches_rtl_walk(s: Story, rep: Win7Report) -> None:
     assert free == sorted(b.user_ptr for b in rep.free_blocks())
 
 
-def run_story(arch: str) -> Story:
+def start_story(arch: str) -> Story:
+    """The transcript's heap at the transcript's address, with the seed's keys."""
     proc = Process(arch, time_limit=60.0)
     a = Allocator(proc, proc.load_allocator("win7"))
     later = steer(proc)
@@ -88,7 +89,12 @@ def run_story(arch: str) -> Story:
     assert heap == HEAP_BASE
     for addr in later:
         proc.memory.free(addr, 0, MEM_RELEASE)
-    s = Story(proc, a, heap)
+    return Story(proc, a, heap)
+
+
+def run_story(arch: str) -> Story:
+    s = start_story(arch)
+    a, heap = s.a, s.heap
     n = 100 if arch == "x86" else 97  # x64: 0x110-byte blocks, 29 to a UserBlocks
     for i in range(n):
         s.v[f"a{i}"] = a.alloc(heap, 0x100)
@@ -275,3 +281,45 @@ def test_x64_story(x64: Story) -> None:
     sub = struct.unpack("<Q", x64.proc.read(users[0], 8))[0]  # UserBlocks.SubSegment
     code = HEAP_BASE ^ sub ^ T2_LFH_KEY ^ (header >> 4)
     assert struct.unpack("<QI", x64.proc.read(header, 12)) == (code, code & 0xFFFFFFFF)
+
+
+def test_x86_views_read_as_the_transcript() -> None:
+    """``heap summary``, ``heap entries --lfh`` and ``heap entry`` at the transcript's moments
+    print what WinDbg printed there (``!heap -s``, ``!heap -hl``, ``!heap -i``)."""
+    from emu.views import build_entries, build_entry, build_summary, render_entries, render_entry
+
+    s = start_story("x86")
+
+    def summary() -> tuple[object, ...]:
+        (row,) = build_summary(s.proc, [s.heap], allocator=s.a).rows
+        k = 1024
+        return (row.reserved // k, row.committed // k, row.free // k, row.free_list_length,
+                row.uncommitted_ranges, row.fast_heap)  # fmt: skip
+
+    for _ in range(17):
+        s.a.alloc(s.heap, 0x100)
+    assert summary() == (256, 8, 1, 1, 1, "")  # T2 L212: no LFH yet
+    assert s.a.alloc(s.heap, 0x100) == 0x4ACF28  # T2 L219
+    assert summary() == (256, 248, 3, 1, 1, "LFH")  # T2 L239
+    for _ in range(82):
+        s.a.alloc(s.heap, 0x100)
+    text = render_entries(build_entries(s.proc, s.heap, allocator=s.a), lfh=True).splitlines()
+    # T2 L445-551: each region's heading, then its 30 blocks; the third has 8 free at its end
+    for region, sub, first, free in (
+        (0x4AD030, 0x4AF040, 0x4AD040, 0),
+        (0x300048, 0x4AF060, 0x300058, 0),
+        (0x302048, 0x4AF080, 0x302058, 8),
+    ):
+        at = text.index(f"        LFH data region at {region:08x} (subsegment {sub:08x}):")
+        want = [
+            f"            {first + 0x108 * k:08x}: 00108 - "
+            + ("free" if k >= 30 - free else "busy (100)")
+            for k in range(30)
+        ]
+        assert text[at + 1 : at + 31] == want and text[at + 31] == ""
+    lines = render_entry(build_entry(s.proc, 0x302058, allocator=s.a)).splitlines()
+    assert "Header content     : 0x3C132FED 0x88000000" in lines  # T2 L715-723
+    assert "Total block size   : 0x21 units (0x108 bytes)" in lines
+    assert "Requested size     : 0x100 bytes (unused 0x8 bytes)" in lines
+    assert "Subsegment         : 0x004af080" in lines
+    assert any(ln.startswith("Block flags") and ln.endswith("(LFH (busy))") for ln in lines)

@@ -331,6 +331,17 @@ def _opt(value: int | None, arch: str) -> str:
     return "(none)" if value is None else f"0x{hexp(value, arch)}"
 
 
+def _header_words(header: str) -> str:
+    """The header's bytes as !heap -i shows them: little-endian 32-bit words (0x3C132FED
+    0x88000000), or the bytes themselves when they are no whole number of words."""
+    raw = bytes.fromhex(header.replace(" ", ""))
+    if not raw or len(raw) % 4:
+        return header
+    return " ".join(
+        f"0x{int.from_bytes(raw[i : i + 4], 'little'):08X}" for i in range(0, len(raw), 4)
+    )
+
+
 def render_entry(view: EntryView) -> str:
     a = view.arch
     what = "large block" if view.large else "block entry"
@@ -338,7 +349,7 @@ def render_entry(view: EntryView) -> str:
         f"Detailed information for {what} {hexp(view.address, a)} "
         f"(0x{view.query:x} is at {view.where})",
         f"Heap               : 0x{hexp(view.heap, a)} (ID {view.heap_index}, {view.kind}, {a})",
-        f"Header content     : {view.header}",
+        f"Header content     : {_header_words(view.header)}",
     ]
     if view.segment is not None and view.segment_base is not None:
         lines.append(
@@ -354,7 +365,9 @@ def render_entry(view: EntryView) -> str:
         units = view.size // view.granularity
         lines.append(f"Total block size   : {units:#x} units ({view.size:#x} bytes)")
     if view.requested is not None:
-        lines.append(f"Requested size     : {view.requested:#x} bytes (unused {view.unused:#x})")
+        lines.append(
+            f"Requested size     : {view.requested:#x} bytes (unused {view.unused:#x} bytes)"
+        )
     lines.append(f"User data          : 0x{hexp(view.user_ptr, a)}")
     if not view.large:
         prev = "(none)" if view.prev_size is None else f"{view.prev_size:#x} bytes"
