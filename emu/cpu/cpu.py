@@ -28,6 +28,7 @@ import ctypes
 import dataclasses
 import logging
 import mmap
+import struct
 import threading
 import time
 import weakref
@@ -490,6 +491,57 @@ class Cpu:
             return buf.raw
 
         return read
+
+    # ------------------------------------------------------------------ x87/SSE state
+    def fx_state(self) -> bytes:
+        """The x87/SSE state as FXSAVE stores it (Intel SDM vol. 1, 10.5.1; 512 bytes, the
+        64-bit form on x64): what a CONTEXT carries in FltSave / ExtendedRegisters."""
+        uc, wide = self.uc, self.arch.ptr_size == 8
+        fsw = uc.reg_read(ux.UC_X86_REG_FPSW)
+        top = (fsw >> 11) & 7
+        tags = uc.reg_read(ux.UC_X86_REG_FPTAG)
+        buf = bytearray(512)
+        # abridged tag word: bit i set when physical register i is in use (FXSAVE keeps tags in
+        # physical order, the registers in stack order); Unicorn's 2-bit tags read with bit 0
+        # set for an empty register
+        ftw = sum(1 << i for i in range(8) if not (tags >> (2 * i)) & 1)
+        struct.pack_into("<HHBxH", buf, 0, uc.reg_read(ux.UC_X86_REG_FPCW), fsw, ftw,
+                         uc.reg_read(ux.UC_X86_REG_FOP))  # fmt: skip
+        fip, fdp = uc.reg_read(ux.UC_X86_REG_FIP), uc.reg_read(ux.UC_X86_REG_FDP)
+        struct.pack_into("<QQ" if wide else "<IxxxxIxxxx", buf, 8, fip, fdp)
+        struct.pack_into("<II", buf, 24, uc.reg_read(ux.UC_X86_REG_MXCSR), 0xFFFF)
+        for i in range(8):
+            mantissa, exponent = uc.reg_read(ux.UC_X86_REG_FP0 + ((top + i) & 7))
+            struct.pack_into("<QH", buf, 32 + 16 * i, mantissa, exponent)
+        for i in range(16 if wide else 8):
+            value = uc.reg_read(ux.UC_X86_REG_XMM0 + i)
+            buf[160 + 16 * i : 176 + 16 * i] = value.to_bytes(16, "little")
+        return bytes(buf)
+
+    def set_fx_state(self, data: bytes) -> None:
+        """Load an FXSAVE image (``fx_state``'s form), as FXRSTOR does; MXCSR as given (the
+        caller sanitises it)."""
+        uc, wide = self.uc, self.arch.ptr_size == 8
+        fcw, fsw, ftw, fop = struct.unpack_from("<HHBxH", data, 0)
+        top = (fsw >> 11) & 7
+        uc.reg_write(ux.UC_X86_REG_FPCW, fcw)
+        uc.reg_write(ux.UC_X86_REG_FPSW, fsw)
+        uc.reg_write(ux.UC_X86_REG_FOP, fop)
+        fip, fdp = struct.unpack_from("<QQ" if wide else "<IxxxxIxxxx", data, 8)
+        uc.reg_write(ux.UC_X86_REG_FIP, fip)
+        uc.reg_write(ux.UC_X86_REG_FDP, fdp)
+        uc.reg_write(ux.UC_X86_REG_MXCSR, struct.unpack_from("<I", data, 24)[0])
+        tags = 0
+        for i in range(8):
+            physical = (top + i) & 7
+            mantissa, exponent = struct.unpack_from("<QH", data, 32 + 16 * i)
+            uc.reg_write(ux.UC_X86_REG_FP0 + physical, (mantissa, exponent))
+            if not (ftw >> physical) & 1:
+                tags |= 3 << (2 * physical)  # empty
+        uc.reg_write(ux.UC_X86_REG_FPTAG, tags)
+        for i in range(16 if wide else 8):
+            chunk = data[160 + 16 * i : 176 + 16 * i]
+            uc.reg_write(ux.UC_X86_REG_XMM0 + i, int.from_bytes(chunk, "little"))
 
     def snapshot_registers(self) -> dict[str, int]:
         return {n: self.reg(n) for n in self.arch.gprs}
