@@ -234,7 +234,8 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
     ctx = k.read(ContextRecord, CONTEXT.size(arch))
     pc = apply_context(k.proc, ctx, stepped=stepped_system_call(k.proc))
     k.details.update(pc=pc, sp=k.proc.cpu.sp, target=k.proc.symbolize(pc))
-    return k.proc.cpu.reg(arch.ret)
+    k.return_value = k.proc.cpu.reg(arch.ret)
+    return k.return_value & 0xFFFFFFFF
 
 
 @syscall

@@ -40,7 +40,8 @@ def NtRaiseException(
         record = k.read(ExceptionRecord, EXCEPTION_RECORD.size(k.arch))
         if deliver(proc, record, capture_context(proc), stepped=stepped):
             proc.exceptions.append(event)
-            return proc.cpu.reg(k.arch.ret)
+            k.return_value = proc.cpu.reg(k.arch.ret)
+            return NtStatus.SUCCESS
     if not FirstChance:
         # the first-chance event this is the end of: the latest one with its code and address
         first = next(
