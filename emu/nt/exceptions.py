@@ -81,7 +81,9 @@ _DEBUG = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 # CF PF AF ZF SF TF DF OF AC. x86: the same plus NT, ID, VIF, VIP (not VM: no virtual-8086 mode).
 _EFLAGS_USER = {"x86": 0x3E0DD7 & ~0x20000 | 0x4000, "x64": 0x40DD5}
 _EFLAGS_IF, _EFLAGS_TF, _EFLAGS_DF, _EFLAGS_RESERVED = 0x200, 0x100, 0x400, 0x2
-_MXCSR_USER = 0xFFBF  # reserved bits clear (the kernel's SANITIZE_MXCSR)
+# MXCSR bits a CONTEXT may set: the processor's MXCSR_MASK (the kernel reads it from FXSAVE;
+# 0xFFFF, DAZ included, as Cpu.fx_state reports it)
+_MXCSR_USER = 0xFFFF
 _X86_SEGMENT_SELECTORS = frozenset({0x0, 0x23, 0x3B})  # null, flat user data, the TEB (fs)
 
 
@@ -115,7 +117,7 @@ class ExceptionEvent:
 
 def event_for_fault(fault: Fault) -> ExceptionEvent | None:
     """The exception Windows raises for a CPU fault, or None when the fault is not one."""
-    if fault.status not in DISPATCHED:
+    if fault.status not in DISPATCHED or fault.dispatched:
         return None
     params: tuple[int, ...] = ()
     if fault.status in (

@@ -56,6 +56,7 @@ def NtRaiseException(
             kind=f"unhandled exception: {base.kind}",
             status=event.code,
             detail=f"no handler took it (second chance); exceptions dispatched: {chain}",
+            dispatched=True,
         )
         proc.unhandled_exception = first
         proc.exit_status = event.code  # Windows ends the process with the exception code
@@ -67,6 +68,7 @@ def NtRaiseException(
             pc=proc.cpu.pc,
             status=event.code,
             detail=f"raised by code at {where}",
+            dispatched=True,
         )
     )
     return NtStatus.SUCCESS
