@@ -130,3 +130,93 @@ def test_without_dispatch_a_fault_ends_the_call_as_before(arch: str, how: str) -
         proc.call(code.symbols["site"], stop_on_first_chance=how == "stop on first chance")
     assert e.value.kind == "unmapped read" and e.value.pc == code.symbols["load"]
     assert proc.exceptions == [] and proc.exit_status is None
+
+
+def _run(arch: str, mode: str) -> tuple[Process, str, int | None]:
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", mode])
+    result = program.run(time_limit=120)
+    assert result.error is None or mode == "unhandled", result.error
+    return program.proc, result.text, result.exit_code  # type: ignore[return-value]
+
+
+@pytest.mark.wine
+@pytest.mark.parametrize("mode", ["seh", "veh"])
+def test_a_handler_recovers_from_a_bad_pointer(arch: str, mode: str) -> None:
+    """seh: x86's fs:[0] registration frame; x64's scope of __C_specific_handler, found by
+    unwinding through .pdata. The handler resumes past the load with eax = 42."""
+    proc, text, code = _run(arch, mode)
+    assert code == 0
+    assert text == f"{mode} value=42 code=c0000005 params=2 info0=0 info1=10 calls=1\r\n"
+    load = proc.resolve("exceptions!load_through")
+    [event] = proc.exceptions
+    assert event.code == NtStatus.ACCESS_VIOLATION and load <= event.address < load + 8
+
+
+@pytest.mark.wine
+def test_a_guard_page_raises_once_then_is_plain(arch: str) -> None:
+    _proc, text, code = _run(arch, "guard")
+    assert code == 0
+    assert text.splitlines() == [
+        "guard value=14 code=80000001 params=2 info0=0 info1="
+        + text.split("info1=")[1].split()[0]
+        + " calls=1",
+        "guard address_ok=1 protect=4",  # the faulting address; PAGE_READWRITE, no PAGE_GUARD
+    ]
+
+
+@pytest.mark.wine
+def test_an_unhandled_exception_ends_the_program_with_its_code(arch: str) -> None:
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "unhandled"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == NtStatus.ACCESS_VIOLATION and result.text == "before\r\n"
+    assert result.unhandled is not None and result.unhandled.state is not None
+    load = program.proc.resolve("exceptions!load_through")
+    assert load <= result.unhandled.address < load + 8
+    assert result.unhandled.state.symbol.startswith("exceptions!load_through")
+    assert result.unhandled.params == (0, 0x10)
+
+
+@pytest.mark.wine
+def test_is_bad_read_ptr_and_is_bad_write_ptr(arch: str) -> None:
+    """Wine's kernel32 tries the access inside __TRY: a bad pointer is TRUE, a good one FALSE
+    (0x10 read, 0x10 written, a constant written, a local read, a local written)."""
+    _proc, text, code = _run(arch, "isbad")
+    assert (code, text) == (0, "isbad 1 1 1 0 0\r\n")
+
+
+@pytest.mark.wine
+def test_raise_exception_reaches_a_vectored_handler_with_its_arguments(arch: str) -> None:
+    _proc, text, code = _run(arch, "raise")
+    assert code == 0
+    assert text == "raise code=e0481234 flags=0 params=3 args=11,22,33 calls=1\r\n"
+
+
+@pytest.mark.wine
+def test_int3_division_by_zero_and_ud2_are_exceptions(arch: str) -> None:
+    """Each reported at its instruction (int3: the CONTEXT's pc is the int3, as Windows
+    moves it back), skipped by the handler."""
+    proc, text, code = _run(arch, "traps")
+    assert code == 0
+    assert text.splitlines() == [
+        "trap code=80000003 at_pc=1 params=1",
+        "trap code=c0000094 at_pc=1 params=0",
+        "trap code=c000001d at_pc=1 params=0",
+        "traps calls=3",
+    ]
+    int3 = proc.exceptions[0].address
+    assert proc.read(int3, 1) == b"\xcc"
+
+
+@pytest.mark.wine
+def test_heapemu_exec_reports_an_unhandled_exception_and_can_stop_at_first_chance(
+    arch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = str(build("exceptions.exe", arch))
+    assert exec_main([exe, "unhandled"]) == 125  # crashed
+    err = capsys.readouterr().err
+    assert "unhandled exception (exit code 0xc0000005): unmapped read at address 0x10" in err
+    assert "[exceptions!load_through" in err and "exceptions dispatched:" in err
+    assert exec_main(["--stop-on-first-chance", exe, "veh"]) == 125  # the handler never runs
+    out = capsys.readouterr()
+    assert "veh value" not in out.out
+    assert "the program did not exit: " in out.err and "unmapped read at address 0x10" in out.err
