@@ -36,8 +36,8 @@ def _flat(proc: Process, *, second_chance: bool = False) -> Module:
     xmm6 = CONTEXT.offset(a, "FxSave") + 160 + 6 * 16
     pc, ax = CONTEXT.offset(a, a.pc.capitalize()), CONTEXT.offset(a, a.ret.capitalize())
     cx = "rcx" if x64 else "ecx"
-    lines = ["site:", "mov eax, 0x11223344", "movd xmm5, eax", "pshufd xmm5, xmm5, 0",
-             f"mov {cx}, 0x10", "load:", f"mov eax, dword ptr [{cx}]", "ret", "dispatcher:"]  # fmt: skip
+    lines = ["site:", "mov eax, 0x11223344", "movd xmm5, eax", "pshufd xmm5, xmm5, 0"]
+    lines += [f"mov {cx}, 0x10", "load:", f"mov eax, dword ptr [{cx}]", "ret", "dispatcher:"]
     if x64:  # rsp -> CONTEXT, the EXCEPTION_RECORD after it and its CONTEXT_EX
         lines += ["mov rcx, rsp", "lea rdx, [rsp + 0x4f0]"]
     else:  # esp -> [EXCEPTION_RECORD*, CONTEXT*]

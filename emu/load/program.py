@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING
 from asm.assembler import assemble_code
 from emu.errors import EmulationError
 from emu.modules import Module
-from emu.nt.exceptions import ExceptionEvent
 from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
+from emu.nt.exceptions import ExceptionEvent
 from emu.nt.memory import align_down
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
 from emu.observe.breakpoints import add_breakpoint

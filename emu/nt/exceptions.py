@@ -26,8 +26,8 @@ from a CONTEXT, and on x64 not ds/es/fs/gs either (they are constant there).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emu.errors import CpuState, Fault, NtStatusError
@@ -168,7 +168,7 @@ def _fx_with_fsave(fx: bytes, fsave: bytes) -> bytes:
     return bytes(out)
 
 
-def capture_context(proc: ProcessCore) -> bytearray:
+def capture_context(proc: ProcessCore) -> bytes:
     """The current thread's registers as a CONTEXT with every part (CONTEXT_ALL)."""
     arch, cpu = proc.arch, proc.cpu
     name, x86 = arch.name, arch.ptr_size == 4
@@ -191,7 +191,7 @@ def capture_context(proc: ProcessCore) -> bytearray:
     if x86:
         off = CONTEXT.offset(arch, "FloatSave")
         buf[off : off + 112] = _fsave_from_fx(fx)
-    return buf
+    return bytes(buf)
 
 
 def sanitize_eflags(arch_name: str, eflags: int) -> int:
@@ -217,7 +217,7 @@ def apply_context(proc: ProcessCore, ctx: bytes, *, stepped: bool = False) -> in
             # mode; heapemu keeps the current one instead
             if selector in _X86_SEGMENT_SELECTORS and selector != cpu.reg(seg):
                 cpu.set_reg(seg, selector)
-    if flags & CONTEXT_FLOATING_POINT or x86 and flags & CONTEXT_EXTENDED_REGISTERS:
+    if flags & CONTEXT_FLOATING_POINT or (x86 and flags & CONTEXT_EXTENDED_REGISTERS):
         fx = bytearray(cpu.fx_state())
         off = CONTEXT.offset(arch, "FxSave")
         given = ctx[off : off + 512]

@@ -388,9 +388,8 @@ class ProcessCore:
         budget = max_instructions + layout.overhead if max_instructions else 0
         limit = self.time_limit if time_limit is None else time_limit
         cpu.run(layout.stub, self.call_gate.sentinel, budget, limit)
-        if cpu._incident and cpu.fault is not None and self.exception_dispatcher is not None:
-            if not stop_on_first_chance:
-                self._dispatch_faults(budget, limit)
+        if cpu._incident and cpu.fault is not None and not stop_on_first_chance:
+            self._dispatch_faults(budget, limit)  # a no-op without a dispatcher
         ret, sp_after = layout.unpack(data, 0)  # sp 0: the callee never returned
         if sp_after == layout.expected_sp and not cpu._incident and not self.run_observers:
             return ret
@@ -401,7 +400,8 @@ class ProcessCore:
         the call returns or stops for another reason. The wall-clock limit covers the whole
         call; the instruction budget applies to each stretch between two faults."""
         cpu, start = self.cpu, time.monotonic()
-        assert self.exception_dispatcher is not None
+        if self.exception_dispatcher is None:
+            return
         while cpu.fault is not None and self._deliver_fault(cpu.fault):
             remaining = limit - (time.monotonic() - start) if limit else 0.0
             if limit and remaining <= 0:

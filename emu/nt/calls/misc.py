@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.errors import Fault, NtStatusError
+from emu.nt.exceptions import apply_context, stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
     BOOLEAN,
@@ -25,12 +26,12 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.exceptions import apply_context, stepped_system_call
 from emu.nt.objects import KernelObject, Status
 from emu.win.layouts import CONTEXT
 
 STATUS_TIMEOUT = 0x102
 DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS = 0x1, 0x2
+
 
 @dataclass
 class SyncObject(KernelObject):
