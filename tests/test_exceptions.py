@@ -220,3 +220,19 @@ def test_heapemu_exec_reports_an_unhandled_exception_and_can_stop_at_first_chanc
     out = capsys.readouterr()
     assert "veh value" not in out.out
     assert "the program did not exit: " in out.err and "unmapped read at address 0x10" in out.err
+
+
+@pytest.mark.wine
+def test_a_stack_overflow_is_raised_to_the_program(arch: str) -> None:
+    """Unbounded recursion: STATUS_STACK_OVERFLOW at the recursing function's store into the
+    last page. With one page left (heapemu's stack keeps no larger reserve) Wine's dispatcher
+    runs out of stack itself, and the run ends naming the overflow."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow"])
+    result = program.run(time_limit=120)
+    first = result.exceptions[0]
+    assert first.code == NtStatus.STACK_OVERFLOW
+    assert first.state is not None and first.state.symbol.startswith("exceptions!recurse")
+    assert result.error is not None and result.exit_code is None
+    message = str(result.error)
+    assert "not dispatched: no room on the stack" in message
+    assert "before it: STATUS_STACK_OVERFLOW at" in message

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from emu.arch import Arch, get_arch
@@ -418,6 +418,11 @@ class ProcessCore:
         cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
         event.state = cpu.state(fault.pc)
         if not deliver(self, record_bytes(self, event), capture_context(self)):
+            # Windows ends such a process: the run ends here, naming what led to it
+            chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
+            why = "no room on the stack for the exception frame"
+            detail = f"{fault.detail}; " if fault.detail else ""
+            cpu.fault = replace(fault, detail=f"{detail}not dispatched: {why}; before it: {chain}")
             return False
         self.exceptions.append(event)
         return True

@@ -8,6 +8,7 @@
    isbad      IsBadReadPtr / IsBadWritePtr (Wine's kernelbase catches the fault itself)
    raise      RaiseException with a custom code and arguments, seen by a vectored handler
    traps      int3, a division by zero and ud2, each skipped by a vectored handler
+   overflow   unbounded recursion: STATUS_STACK_OVERFLOW, seen by a vectored handler, ends it
 
    The faulting loads are `mov eax, [ecx]` / `mov eax, [rcx]` (8B 01, two bytes on both
    architectures): a handler resumes two bytes further with eax = 42. */
@@ -183,6 +184,27 @@ static int traps(void) {
     return 0;
 }
 
+static volatile int depth;
+
+static __attribute__((noinline)) int recurse(int n) {
+    volatile char pad[2000]; /* under a page: no ___chkstk_ms (it has no unwind data) */
+    pad[0] = (char)n;
+    depth = n;
+    return recurse(n + 1) + pad[0];
+}
+
+static LONG CALLBACK veh_overflow(EXCEPTION_POINTERS *ep) {
+    if (ep->ExceptionRecord->ExceptionCode != EXCEPTION_STACK_OVERFLOW)
+        return EXCEPTION_CONTINUE_SEARCH;
+    note(ep->ExceptionRecord);
+    return EXCEPTION_CONTINUE_SEARCH; /* too little stack left to do more: the process ends */
+}
+
+static int overflow(void) {
+    AddVectoredExceptionHandler(1, veh_overflow);
+    return recurse(0);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -192,6 +214,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "isbad")) return isbad();
     if (!strcmp(mode, "raise")) return raise_custom();
     if (!strcmp(mode, "traps")) return traps();
+    if (!strcmp(mode, "overflow")) return overflow();
     if (!strcmp(mode, "unhandled")) {
         printf("before\n");
         return load_through((volatile int *)0x10);
