@@ -13,7 +13,7 @@ import struct
 
 import pytest
 from asmutil import syscall_stubs
-from programbuild import build
+from programbuild import build, runtime_dlls
 
 from emu import EmulationError, Module, Process
 from emu.cli.exec import exec_main
@@ -91,6 +91,7 @@ def test_a_fault_is_dispatched_with_the_kernels_frame_and_nt_continue_restores_i
         seen["xmm5"] = int.from_bytes(proc.read(context + xmm5, 16), "little")
 
     proc.breakpoint(code.symbols["dispatcher"], at_dispatcher)
+    before = proc.snapshot()
     assert proc.call(code.symbols["site"]) == 42
     assert seen["code"] == NtStatus.ACCESS_VIOLATION and seen["address"] == seen["pc"] == load
     assert (seen["params"], seen["info0"], seen["info1"]) == (2, 0, 0x10)  # a read of 0x10
@@ -105,6 +106,8 @@ def test_a_fault_is_dispatched_with_the_kernels_frame_and_nt_continue_restores_i
     assert proc.regs["mxcsr"] == 0x9FC0
     assert proc.regs["eflags"] & 0x3000 == 0 and proc.regs["eflags"] & 0x200
     assert [e.code for e in proc.exceptions] == [NtStatus.ACCESS_VIOLATION]
+    proc.restore(before)
+    assert proc.exceptions == []
 
 
 def test_the_second_chance_ends_the_process_and_reports_the_fault(arch: str) -> None:
@@ -236,3 +239,17 @@ def test_a_stack_overflow_is_raised_to_the_program(arch: str) -> None:
     message = str(result.error)
     assert "not dispatched: no room on the stack" in message
     assert "before it: STATUS_STACK_OVERFLOW at" in message
+
+
+@pytest.mark.wine
+def test_a_cpp_exception_thrown_in_a_dll_is_caught_by_the_program(arch: str) -> None:
+    """x64 g++ unwinds with Windows' SEH (RaiseException, Wine's dispatcher and RtlUnwindEx
+    through both modules' .pdata; Wine's x64 RtlRaiseException dispatches in user mode, so no
+    NtRaiseException is seen); x86 g++ unwinds with DWARF tables through the shared
+    libgcc_s_dw2-1.dll, all in user mode: neither needs more than NtContinue from the kernel."""
+    files = {"C:\\heapemu\\thrower.dll": build("thrower.dll", arch)}
+    files.update({f"C:\\heapemu\\{n}": p for n, p in runtime_dlls("cxxthrow.exe", arch).items()})
+    program = load_program(build("cxxthrow.exe", arch), files=files)
+    result = program.run(time_limit=120)
+    assert (result.exit_code, result.text) == (0, "caught: thrown in the dll\r\n"), result.error
+    assert "thrower.dll" in {m.name for m in program.proc.modules}
