@@ -248,6 +248,7 @@ class Cpu:
         self._ret_id = self.reg_ids[arch.ret]
         self._c_u64 = ctypes.c_uint64()
         self._c_ref = ctypes.byref(self._c_u64)
+        self._c_raw = ctypes.create_string_buffer(16)  # vector and x87 registers
         self.fault: Fault | None = None
         self.stop_reason: str | None = None
         self._running = False
@@ -493,55 +494,63 @@ class Cpu:
         return read
 
     # ------------------------------------------------------------------ x87/SSE state
+    def _raw_read(self, reg_id: int, size: int) -> bytes:
+        """A register's bytes through the C API (the binding costs ~20 µs per vector read)."""
+        uclib.uc_reg_read(self._uch, reg_id, self._c_raw)
+        return self._c_raw.raw[:size]
+
+    def _raw_write(self, reg_id: int, data: bytes) -> None:
+        ctypes.memmove(self._c_raw, data, len(data))
+        uclib.uc_reg_write(self._uch, reg_id, self._c_raw)
+
     def fx_state(self) -> bytes:
         """The x87/SSE state as FXSAVE stores it (Intel SDM vol. 1, 10.5.1; 512 bytes, the
         64-bit form on x64): what a CONTEXT carries in FltSave / ExtendedRegisters."""
-        uc, wide = self.uc, self.arch.ptr_size == 8
-        fsw = uc.reg_read(ux.UC_X86_REG_FPSW)
+        wide, u64 = self.arch.ptr_size == 8, self.reg_by_id
+        self._c_u64.value = 0
+        fsw = u64(ux.UC_X86_REG_FPSW) & 0xFFFF
         top = (fsw >> 11) & 7
-        tags = uc.reg_read(ux.UC_X86_REG_FPTAG)
+        tags = u64(ux.UC_X86_REG_FPTAG) & 0xFFFF
         buf = bytearray(512)
         # abridged tag word: bit i set when physical register i is in use (FXSAVE keeps tags in
         # physical order, the registers in stack order); Unicorn's 2-bit tags read with bit 0
         # set for an empty register
         ftw = sum(1 << i for i in range(8) if not (tags >> (2 * i)) & 1)
-        struct.pack_into("<HHBxH", buf, 0, uc.reg_read(ux.UC_X86_REG_FPCW), fsw, ftw,
-                         uc.reg_read(ux.UC_X86_REG_FOP))  # fmt: skip
-        fip, fdp = uc.reg_read(ux.UC_X86_REG_FIP), uc.reg_read(ux.UC_X86_REG_FDP)
-        struct.pack_into("<QQ" if wide else "<IxxxxIxxxx", buf, 8, fip, fdp)
-        struct.pack_into("<II", buf, 24, uc.reg_read(ux.UC_X86_REG_MXCSR), 0xFFFF)
-        for i in range(8):
-            mantissa, exponent = uc.reg_read(ux.UC_X86_REG_FP0 + ((top + i) & 7))
-            struct.pack_into("<QH", buf, 32 + 16 * i, mantissa, exponent)
+        fcw, fop = u64(ux.UC_X86_REG_FPCW) & 0xFFFF, u64(ux.UC_X86_REG_FOP) & 0xFFFF
+        struct.pack_into("<HHBxH", buf, 0, fcw, fsw, ftw, fop)
+        fip, fdp = u64(ux.UC_X86_REG_FIP), u64(ux.UC_X86_REG_FDP)
+        struct.pack_into("<QQ" if wide else "<IxxxxIxxxx", buf, 8, fip, fdp & 0xFFFFFFFF)
+        self._c_u64.value = 0
+        struct.pack_into("<II", buf, 24, u64(ux.UC_X86_REG_MXCSR) & 0xFFFFFFFF, 0xFFFF)
+        for i in range(8):  # 80-bit registers: {u64 mantissa; u16 exponent}
+            raw = self._raw_read(ux.UC_X86_REG_FP0 + ((top + i) & 7), 10)
+            buf[32 + 16 * i : 42 + 16 * i] = raw
         for i in range(16 if wide else 8):
-            value = uc.reg_read(ux.UC_X86_REG_XMM0 + i)
-            buf[160 + 16 * i : 176 + 16 * i] = value.to_bytes(16, "little")
+            buf[160 + 16 * i : 176 + 16 * i] = self._raw_read(ux.UC_X86_REG_XMM0 + i, 16)
         return bytes(buf)
 
     def set_fx_state(self, data: bytes) -> None:
         """Load an FXSAVE image (``fx_state``'s form), as FXRSTOR does; MXCSR as given (the
         caller sanitises it)."""
-        uc, wide = self.uc, self.arch.ptr_size == 8
+        wide, put = self.arch.ptr_size == 8, self.set_reg_by_id
         fcw, fsw, ftw, fop = struct.unpack_from("<HHBxH", data, 0)
         top = (fsw >> 11) & 7
-        uc.reg_write(ux.UC_X86_REG_FPCW, fcw)
-        uc.reg_write(ux.UC_X86_REG_FPSW, fsw)
-        uc.reg_write(ux.UC_X86_REG_FOP, fop)
+        put(ux.UC_X86_REG_FPCW, fcw)
+        put(ux.UC_X86_REG_FPSW, fsw)
+        put(ux.UC_X86_REG_FOP, fop)
         fip, fdp = struct.unpack_from("<QQ" if wide else "<IxxxxIxxxx", data, 8)
-        uc.reg_write(ux.UC_X86_REG_FIP, fip)
-        uc.reg_write(ux.UC_X86_REG_FDP, fdp)
-        uc.reg_write(ux.UC_X86_REG_MXCSR, struct.unpack_from("<I", data, 24)[0])
+        put(ux.UC_X86_REG_FIP, fip)
+        put(ux.UC_X86_REG_FDP, fdp)
+        put(ux.UC_X86_REG_MXCSR, struct.unpack_from("<I", data, 24)[0])
         tags = 0
         for i in range(8):
             physical = (top + i) & 7
-            mantissa, exponent = struct.unpack_from("<QH", data, 32 + 16 * i)
-            uc.reg_write(ux.UC_X86_REG_FP0 + physical, (mantissa, exponent))
+            self._raw_write(ux.UC_X86_REG_FP0 + physical, data[32 + 16 * i : 42 + 16 * i])
             if not (ftw >> physical) & 1:
                 tags |= 3 << (2 * physical)  # empty
-        uc.reg_write(ux.UC_X86_REG_FPTAG, tags)
+        put(ux.UC_X86_REG_FPTAG, tags)
         for i in range(16 if wide else 8):
-            chunk = data[160 + 16 * i : 176 + 16 * i]
-            uc.reg_write(ux.UC_X86_REG_XMM0 + i, int.from_bytes(chunk, "little"))
+            self._raw_write(ux.UC_X86_REG_XMM0 + i, data[160 + 16 * i : 176 + 16 * i])
 
     def snapshot_registers(self) -> dict[str, int]:
         return {n: self.reg(n) for n in self.arch.gprs}
