@@ -9,6 +9,7 @@ exception nothing handles.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -219,6 +220,12 @@ def test_heapemu_exec_reports_an_unhandled_exception_and_can_stop_at_first_chanc
     err = capsys.readouterr().err
     assert "unhandled exception (exit code 0xc0000005): unmapped read at address 0x10" in err
     assert "[exceptions!load_through" in err and "exceptions dispatched:" in err
+    assert exec_main(["--json", exe, "unhandled"]) == 125
+    report = json.loads(capsys.readouterr().out)
+    assert (report["outcome"], report["exit_code"]) == ("crashed", NtStatus.ACCESS_VIOLATION)
+    assert report["unhandled"]["name"] == "STATUS_ACCESS_VIOLATION"
+    assert report["unhandled"]["params"] == [0, 0x10]
+    assert report["unhandled"]["symbol"].startswith("exceptions!load_through")
     assert exec_main(["--stop-on-first-chance", exe, "veh"]) == 125  # the handler never runs
     out = capsys.readouterr()
     assert "veh value" not in out.out

@@ -154,7 +154,9 @@ class ProcessCore:
         # has one (a program's Wine ntdll), else faults end the run as EmulationErrors
         self.exception_dispatcher: int | None = None
         self.stop_on_first_chance = False  # end the run at a fault instead of dispatching it
-        self.exceptions: list[ExceptionEvent] = []  # every exception dispatched, in order
+        # every exception the kernel dispatched, in order: faults and NtRaiseException (Wine's
+        # x64 RtlRaiseException dispatches in user mode, without the kernel)
+        self.exceptions: list[ExceptionEvent] = []
         self.unhandled_exception: ExceptionEvent | None = None  # its second chance ended it
         self._first_chance_stops = False  # the current run's stop_on_first_chance
         # state the layers above keep per process (declared here, never attached with setattr)

@@ -44,10 +44,8 @@ def NtRaiseException(
             return NtStatus.SUCCESS
     if not FirstChance:
         # the first-chance event this is the end of: the latest one with its code and address
-        first = next(
-            (e for e in reversed(proc.exceptions) if (e.code, e.address) == (event.code,
-             event.address)), event,
-        )  # fmt: skip
+        same = [e for e in proc.exceptions if (e.code, e.address) == (event.code, event.address)]
+        first = same[-1] if same else event
         chain = " -> ".join(e.describe() for e in proc.exceptions[-8:])
         raised = Fault(f"exception {status_name(event.code)} raised", pc=event.address)
         base = first.fault or raised
