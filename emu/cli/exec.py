@@ -50,8 +50,8 @@ from emu.win.ntdefs import status_name
 EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
 EXEC_EPILOG = (
     "heapemu's options go before PROGRAM; what follows PROGRAM is passed to it. Exit status: "
-    "the program's exit code; 124 time limit, 125 crashed, 127 program or DLL not loadable, "
-    "2 bad input."
+    "the program's exit code; 124 time limit, 125 crashed (an unhandled exception or a fault), "
+    "127 program or DLL not loadable, 2 bad input."
 )
 DLL_NOT_FOUND = 0xC0000135  # STATUS_DLL_NOT_FOUND: Wine's loader ends the process with it
 

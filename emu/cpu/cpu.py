@@ -506,8 +506,12 @@ class Cpu:
     def fx_state(self) -> bytes:
         """The x87/SSE state as FXSAVE stores it (Intel SDM vol. 1, 10.5.1; 512 bytes, the
         64-bit form on x64): what a CONTEXT carries in FltSave / ExtendedRegisters."""
-        wide, u64 = self.arch.ptr_size == 8, self.reg_by_id
-        self._c_u64.value = 0
+        wide = self.arch.ptr_size == 8
+
+        def u64(reg_id: int) -> int:
+            self._c_u64.value = 0  # narrower registers fill only their own bytes
+            return self.reg_by_id(reg_id)
+
         fsw = u64(ux.UC_X86_REG_FPSW) & 0xFFFF
         top = (fsw >> 11) & 7
         tags = u64(ux.UC_X86_REG_FPTAG) & 0xFFFF
@@ -519,8 +523,9 @@ class Cpu:
         fcw, fop = u64(ux.UC_X86_REG_FPCW) & 0xFFFF, u64(ux.UC_X86_REG_FOP) & 0xFFFF
         struct.pack_into("<HHBxH", buf, 0, fcw, fsw, ftw, fop)
         fip, fdp = u64(ux.UC_X86_REG_FIP), u64(ux.UC_X86_REG_FDP)
-        struct.pack_into("<QQ" if wide else "<IxxxxIxxxx", buf, 8, fip, fdp & 0xFFFFFFFF)
-        self._c_u64.value = 0
+        if not wide:
+            fip, fdp = fip & 0xFFFFFFFF, fdp & 0xFFFFFFFF
+        struct.pack_into("<QQ" if wide else "<IxxxxIxxxx", buf, 8, fip, fdp)
         struct.pack_into("<II", buf, 24, u64(ux.UC_X86_REG_MXCSR) & 0xFFFFFFFF, 0xFFFF)
         for i in range(8):  # 80-bit registers: {u64 mantissa; u16 exponent}
             raw = self._raw_read(ux.UC_X86_REG_FP0 + ((top + i) & 7), 10)
