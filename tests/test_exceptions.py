@@ -260,3 +260,30 @@ def test_a_cpp_exception_thrown_in_a_dll_is_caught_by_the_program(arch: str) -> 
     result = program.run(time_limit=120)
     assert (result.exit_code, result.text) == (0, "caught: thrown in the dll\r\n"), result.error
     assert "thrower.dll" in {m.name for m in program.proc.modules}
+
+
+def test_a_fault_that_repeats_forever_ends_at_the_calls_time_limit(arch: str) -> None:
+    """A dispatcher that resumes at the fault unchanged (as a handler returning
+    EXCEPTION_CONTINUE_EXECUTION without fixing anything): the same fault again and again, as on
+    Windows, until the wall-clock limit of the whole call."""
+    proc = Process(arch, time_limit=10.0)
+    stubs = syscall_stubs(proc)
+    x64 = arch == "x64"
+    resume = (
+        ["mov rcx, rsp", "xor edx, edx", "sub rsp, 0x28"]
+        if x64
+        else ["push 0", "push dword ptr [esp + 8]"]
+    )
+    call = f"mov {'rax' if x64 else 'eax'}, {stubs['NtContinue']}"
+    code = proc.load_flat(
+        "\n".join(["site:", "xor eax, eax", f"mov eax, dword ptr [{'rax' if x64 else 'eax'}]",
+                   "ret", "dispatcher:", *resume, call, f"call {'rax' if x64 else 'eax'}"]),
+        "loops",
+    )  # fmt: skip
+    proc.exception_dispatcher = code.symbols["dispatcher"]
+    with pytest.raises(EmulationError) as e:
+        proc.call(code.symbols["site"], time_limit=1.0)
+    assert e.value.kind == "wall-clock limit exceeded"
+    assert len(proc.exceptions) > 10 and {x.address for x in proc.exceptions} == {
+        code.symbols["site"] + 2
+    }

@@ -391,23 +391,22 @@ class ProcessCore:
         limit = self.time_limit if time_limit is None else time_limit
         cpu.run(layout.stub, self.call_gate.sentinel, budget, limit)
         if cpu._incident and cpu.fault is not None and not stop_on_first_chance:
-            self._dispatch_faults(budget, limit)  # a no-op without a dispatcher
+            self._dispatch_faults(budget)  # a no-op without a dispatcher
         ret, sp_after = layout.unpack(data, 0)  # sp 0: the callee never returned
         if sp_after == layout.expected_sp and not cpu._incident and not self.run_observers:
             return ret
         return self._call_ended(addr, args, layout, ret, sp_after, max_instructions, time_limit)
 
-    def _dispatch_faults(self, budget: int, limit: float | None) -> None:
+    def _dispatch_faults(self, budget: int) -> None:
         """Hand each fault of the run to the program's exception dispatcher and run on, until
         the call returns or stops for another reason. The wall-clock limit covers the whole
         call; the instruction budget applies to each stretch between two faults."""
-        cpu, start = self.cpu, time.monotonic()
+        cpu = self.cpu
         if self.exception_dispatcher is None:
             return
+        deadline = cpu._deadline  # the call's, set when its first run started (0: no limit)
         while cpu.fault is not None and self._deliver_fault(cpu.fault):
-            remaining = limit - (time.monotonic() - start) if limit else 0.0
-            if limit and remaining <= 0:
-                remaining = 1e-6  # the run stops at once, as timed out
+            remaining = max(deadline - time.monotonic(), 1e-6) if deadline else 0.0
             cpu.run(self.exception_dispatcher, self.call_gate.sentinel, budget, remaining)
 
     def _deliver_fault(self, fault: Fault) -> bool:
