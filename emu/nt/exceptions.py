@@ -133,8 +133,9 @@ def event_for_fault(fault: Fault) -> ExceptionEvent | None:
     return ExceptionEvent(fault.status, fault.pc, params, fault=fault)
 
 
-def _put(arch_ctx: tuple[ProcessCore, bytearray], name: str, value: int) -> None:
-    proc, buf = arch_ctx
+def _put(at: tuple[ProcessCore, bytearray], name: str, value: int) -> None:
+    """Store CONTEXT field ``name`` into the buffer (``at``: the process, for its arch)."""
+    proc, buf = at
     f = CONTEXT.fields[name]
     mask = (1 << (8 * f.size(proc.arch))) - 1
     struct.pack_into(f.fmt(proc.arch), buf, f.offset(proc.arch), value & mask)
