@@ -196,7 +196,7 @@ def test_raise_exception_reaches_a_vectored_handler_with_its_arguments(arch: str
 
 
 @pytest.mark.wine
-def test_int3_division_by_zero_and_ud2_are_exceptions(arch: str) -> None:
+def test_int3_division_by_zero_division_overflow_and_ud2_are_exceptions(arch: str) -> None:
     """Each reported at its instruction (int3: the CONTEXT's pc is the int3, as Windows
     moves it back), skipped by the handler."""
     proc, text, code = _run(arch, "traps")
@@ -204,8 +204,9 @@ def test_int3_division_by_zero_and_ud2_are_exceptions(arch: str) -> None:
     assert text.splitlines() == [
         "trap code=80000003 at_pc=1 params=1",
         "trap code=c0000094 at_pc=1 params=0",
+        "trap code=c0000095 at_pc=1 params=0",  # STATUS_INTEGER_OVERFLOW: INT_MIN / -1
         "trap code=c000001d at_pc=1 params=0",
-        "traps calls=3",
+        "traps calls=4",
     ]
     int3 = proc.exceptions[0].address
     assert proc.read(int3, 1) == b"\xcc"
@@ -287,3 +288,25 @@ def test_a_fault_that_repeats_forever_ends_at_the_calls_time_limit(arch: str) ->
     assert len(proc.exceptions) > 10 and {x.address for x in proc.exceptions} == {
         code.symbols["site"] + 2
     }
+
+
+def test_every_cpu_exception_is_its_own(arch: str) -> None:
+    """Unicorn left QEMU's "exception in flight" set after a #DE: the next #DE was a double
+    fault and the exception after it stopped the CPU. Each is reported as itself, again and
+    again; #DE with a divisor (INT_MIN / -1) is STATUS_INTEGER_OVERFLOW, as on Windows."""
+    proc = Process(arch, time_limit=10.0)
+    code = proc.load_flat(
+        "zero:\nxor ecx, ecx\nxor edx, edx\nmov eax, 5\ndiv ecx\nret\n"
+        "overflow:\nmov eax, 0x80000000\ncdq\nmov ecx, -1\nidiv ecx\nret\n"
+        "undefined:\nud2\nret\n",
+        "traps",
+    )
+    expected = {
+        "zero": NtStatus.INTEGER_DIVIDE_BY_ZERO,
+        "overflow": NtStatus.INTEGER_OVERFLOW,
+        "undefined": NtStatus.ILLEGAL_INSTRUCTION,
+    }
+    for name in ["zero", "zero", "undefined", "zero", "overflow", "overflow", "zero"]:
+        with pytest.raises(EmulationError) as e:
+            proc.call(code.symbols[name])
+        assert e.value.status == expected[name], (name, e.value)

@@ -7,7 +7,7 @@
    unhandled  a read of 0x10 that nothing handles: the process ends with 0xC0000005
    isbad      IsBadReadPtr / IsBadWritePtr (Wine's kernelbase catches the fault itself)
    raise      RaiseException with a custom code and arguments, seen by a vectored handler
-   traps      int3, a division by zero and ud2, each skipped by a vectored handler
+   traps      int3, a division by zero, INT_MIN / -1 and ud2, each skipped by a vectored handler
    overflow   unbounded recursion: STATUS_STACK_OVERFLOW, seen by a vectored handler, ends it
 
    The faulting loads are `mov eax, [ecx]` / `mov eax, [rcx]` (8B 01, two bytes on both
@@ -161,6 +161,7 @@ static LONG CALLBACK veh_traps(EXCEPTION_POINTERS *ep) {
     EXCEPTION_RECORD *rec = ep->ExceptionRecord;
     int skip = rec->ExceptionCode == EXCEPTION_BREAKPOINT                ? 1
                : rec->ExceptionCode == EXCEPTION_INT_DIVIDE_BY_ZERO      ? 2
+               : rec->ExceptionCode == EXCEPTION_INT_OVERFLOW            ? 2
                : rec->ExceptionCode == EXCEPTION_ILLEGAL_INSTRUCTION      ? 2
                                                                           : 0;
     if (!skip)
@@ -178,6 +179,8 @@ static int traps(void) {
     int zero = 0, q = 5;
     __asm__ volatile("int3");
     __asm__ volatile("cltd; idivl %1" : "+a"(q) : "c"(zero) : "edx"); /* F7 F9: two bytes */
+    int min = (int)0x80000000, minus_one = -1; /* INT_MIN / -1 does not fit: #DE, an overflow */
+    __asm__ volatile("cltd; idivl %1" : "+a"(min) : "c"(minus_one) : "edx");
     __asm__ volatile("ud2");
     RemoveVectoredExceptionHandler(h);
     printf("traps calls=%d\n", calls);
