@@ -27,12 +27,12 @@ def NtRaiseException(
     reports where the exception first happened. Without a dispatcher, or when the run stops at
     first chance, the raise ends the run."""
     proc = k.proc
-    ctx = k.read(ContextRecord, CONTEXT.size(k.arch))
     event = read_record(proc, k.read, ExceptionRecord)
     event.first_chance = bool(FirstChance)
     k.details.update(code=event.code, address=event.address, first_chance=event.first_chance)
     where = f"0x{event.address:x} ({proc.symbolize(event.address)})"
     if FirstChance and proc.exception_dispatcher is not None and not proc._first_chance_stops:
+        ctx = k.read(ContextRecord, CONTEXT.size(k.arch))  # only read when it is used
         stepped = stepped_system_call(proc)
         apply_context(proc, ctx, stepped=stepped)
         proc.cpu.pc = event.address  # where the state is shown from
