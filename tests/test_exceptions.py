@@ -310,3 +310,31 @@ def test_every_cpu_exception_is_its_own(arch: str) -> None:
         with pytest.raises(EmulationError) as e:
             proc.call(code.symbols[name])
         assert e.value.status == expected[name], (name, e.value)
+
+
+def test_the_trap_flag_raises_single_step_after_the_next_instruction(arch: str) -> None:
+    """popf sets TF: the instruction after it runs, then STATUS_SINGLE_STEP with the next pc;
+    the dispatcher clears TF in the CONTEXT and continues (the kernel entered it with TF
+    clear, or it would have trapped itself)."""
+    proc = Process(arch, time_limit=10.0)
+    stubs = syscall_stubs(proc)
+    x64 = arch == "x64"
+    eflags = CONTEXT.offset(proc.arch, "EFlags")
+    if x64:
+        dispatcher = [f"and dword ptr [rsp + {eflags}], 0xfffffeff", "mov rcx, rsp",
+                      "xor edx, edx", "sub rsp, 0x28", f"mov rax, {stubs['NtContinue']}",
+                      "call rax"]  # fmt: skip
+        flags = ["pushfq", "or qword ptr [rsp], 0x100", "popfq"]
+    else:
+        dispatcher = ["mov ecx, [esp + 4]", f"and dword ptr [ecx + {eflags}], 0xfffffeff"]
+        dispatcher += ["push 0", "push ecx", f"mov eax, {stubs['NtContinue']}", "call eax"]
+        flags = ["pushfd", "or dword ptr [esp], 0x100", "popfd"]
+    code = proc.load_flat(
+        "\n".join(["site:", *flags, "nop", "after:", "mov eax, 7", "ret", "dispatcher:",
+                   *dispatcher]),
+        "stepping",
+    )  # fmt: skip
+    proc.exception_dispatcher = code.symbols["dispatcher"]
+    assert proc.call(code.symbols["site"]) == 7
+    [event] = proc.exceptions
+    assert (event.code, event.address) == (NtStatus.SINGLE_STEP, code.symbols["after"])
