@@ -156,6 +156,13 @@ _COMMON_REGS = [
     "gs",
     "ss",
     "mxcsr",
+    # debug registers: stored, never armed (CONTEXT_DEBUG_REGISTERS round-trips through them)
+    "dr0",
+    "dr1",
+    "dr2",
+    "dr3",
+    "dr6",
+    "dr7",
 ]
 _X64_ONLY = [
     "rax",

@@ -26,6 +26,9 @@ class Fault:
     size: int = 0
     status: int | None = None  # the NTSTATUS Windows would raise (ACCESS_VIOLATION, ...)
     detail: str = ""
+    # the exception has been through the program's exception dispatcher already (its second
+    # chance), or the kernel raised it to end the run: it is never dispatched (again)
+    dispatched: bool = False
 
 
 @dataclass

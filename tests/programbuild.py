@@ -17,6 +17,9 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     vmrules.exe    virtual memory, sections and views as a program uses them (issue 16)
     sysinfo.exe    processor features, memory status and counters, priorities, a thread stack
     fault.exe      reads address 0x10 (-O0: the faulting load is inside its basic block)
+    exceptions.exe exceptions dispatched to its handlers (SEH, vectored, guard pages, ...)
+    thrower.dll    throws a C++ exception ...
+    cxxthrow.exe   ... that the program calling it catches
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -50,6 +53,9 @@ class Recipe:
     dlls: tuple[str, ...] = ()  # other recipes this one links against (their import libs)
     libs: tuple[str, ...] = ()  # mingw import libraries (-l) beyond the defaults
     freestanding_dll: bool = False  # no mingw start-up code; DllMain entry; ucrtbase's CRT
+    shared: bool = False  # a DLL with mingw's start-up code and runtime (import library beside it)
+    # x86 only: libgcc as a DLL (libgcc_s_dw2-1.dll), so modules share one DWARF unwinder
+    shared_libgcc: bool = False
     cflags: tuple[str, ...] = ()  # after the common CFLAGS (so -O0 wins over -O1)
 
 
@@ -63,7 +69,22 @@ RECIPES: dict[str, Recipe] = {
     "vmrules.exe": Recipe(("vmrules.c",)),
     "sysinfo.exe": Recipe(("sysinfo.c",), libs=("psapi",)),
     "fault.exe": Recipe(("fault.c",), cflags=("-O0",)),
+    "exceptions.exe": Recipe(("exceptions.c",)),
+    "thrower.dll": Recipe(("thrower.cpp",), shared=True, shared_libgcc=True),
+    "cxxthrow.exe": Recipe(("cxxthrow.cpp",), dlls=("thrower.dll",), shared_libgcc=True),
 }
+
+
+def runtime_dlls(name: str, arch: str) -> dict[str, Path]:
+    """The mingw runtime DLLs program ``name`` needs beside it, by file name (x86's shared
+    libgcc): map them into its sandbox."""
+    if not (RECIPES[name].shared_libgcc and arch == "x86"):
+        return {}
+    tool = compiler(arch, RECIPES[name].sources[0])
+    out = subprocess.run([tool, "-print-file-name=libgcc_s_dw2-1.dll"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    path = Path(out.stdout.strip())
+    return {path.name: path}
 
 
 def build_root() -> Path:
@@ -122,7 +143,10 @@ def build(name: str, arch: str) -> Path:
             command += ["-shared", "-nostdlib", f"-Wl,-e,{entry}", implib]
             command += ["-lucrtbase", "-lkernel32"]
         else:
-            command += [*LDFLAGS]
+            shared_libgcc = recipe.shared_libgcc and arch == "x86"
+            command += ["-shared-libgcc", "-static-libstdc++"] if shared_libgcc else [*LDFLAGS]
+            if recipe.shared:
+                command += ["-shared", f"-Wl,--out-implib,{Path(name).with_suffix('.lib')}"]
             for dll in recipe.dlls:
                 command.append(str(build(dll, arch).with_suffix(".lib")))
             command += [f"-l{lib}" for lib in recipe.libs]

@@ -5,9 +5,14 @@ command line (as with valgrind): ``heapemu exec --time-limit 2 prog.exe --time-l
 the program ``--time-limit 5``, and heapemu says so on stderr.
 
 Exit status: the program's own exit code (its low 8 bits) when it exits; otherwise 124 when the
-time limit expired, 125 when it crashed (an emulation fault before NtTerminateProcess), 127
+time limit expired, 125 when it crashed (an exception none of its handlers took, which ends it
+with the exception code as on Windows, or an emulation fault before NtTerminateProcess), 127
 when it or a DLL it needs could not be loaded; 2 for bad input. ``--json`` says the same in
 ``outcome`` ("exited", "timeout", "crashed", "dll_not_found", "not_loaded").
+
+Faults are exceptions the program's handlers see first (``emu.nt.exceptions``); a crash is
+reported at the instruction that raised the exception, with the registers there.
+``--stop-on-first-chance`` stops at the first fault instead, before any handler runs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +39,19 @@ from emu.cli.base import (
     regular_file,
     time_limit,
 )
+from emu.errors import EmulationError, Fault
 from emu.facade import load_program
 from emu.heap.crossheap import CrossHeapFreeDetector
 from emu.load.program import PROGRAM_DIR, Program, ProgramResult
+from emu.nt.exceptions import ExceptionEvent
 from emu.observe.events import AllocationEvent, EventRecorder
 from emu.win.ntdefs import status_name
 
 EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
 EXEC_EPILOG = (
     "heapemu's options go before PROGRAM; what follows PROGRAM is passed to it. Exit status: "
-    "the program's exit code; 124 time limit, 125 crashed, 127 program or DLL not loadable, "
-    "2 bad input."
+    "the program's exit code; 124 time limit, 125 crashed (an unhandled exception or a fault), "
+    "127 program or DLL not loadable, 2 bad input."
 )
 DLL_NOT_FOUND = 0xC0000135  # STATUS_DLL_NOT_FOUND: Wine's loader ends the process with it
 
@@ -76,6 +84,11 @@ def configure_exec(parser: argparse.ArgumentParser) -> None:
         help="report blocks freed through another heap than the one holding them (seed 001)",
     )
     parser.add_argument("--json", action="store_true", help="a JSON report on stdout")
+    parser.add_argument(
+        "--stop-on-first-chance",
+        action="store_true",
+        help="stop at the first fault, before the program's exception handlers see it",
+    )
     parser.add_argument(
         "--time-limit",
         type=time_limit,
@@ -125,6 +138,8 @@ def _missing_dlls(program: Program, result: ProgramResult) -> list[str]:
 
 def _outcome(result: ProgramResult, missing: list[str]) -> tuple[str, int]:
     """(outcome, exit status) of a run."""
+    if result.unhandled is not None:
+        return "crashed", EXIT_CRASHED
     if result.exit_code is not None:
         if result.exit_code == DLL_NOT_FOUND and missing:
             return "dll_not_found", EXIT_NOT_LOADED
@@ -151,7 +166,8 @@ def run_exec(args: argparse.Namespace) -> int:
     path = regular_file(args.program, "a Windows program", MAX_PROGRAM_BYTES)
     for win, host in files.items():
         regular_file(host, f"--map {win}")
-    own = {"--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit"}
+    own = {"--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit",
+           "--stop-on-first-chance"}  # fmt: skip
     passed = _options_after_program(args, own)
     if passed:
         print(
@@ -174,7 +190,7 @@ def run_exec(args: argparse.Namespace) -> int:
     if cross is not None:
         cross.start()
     with EventRecorder(program.proc, stacks=args.stacks or 0) as rec:
-        result = program.run()
+        result = program.run(stop_on_first_chance=args.stop_on_first_chance)
     if cross is not None:
         cross.stop()
     missing = _missing_dlls(program, result)
@@ -206,6 +222,9 @@ def _problem_line(outcome: str, result: ProgramResult, missing: list[str]) -> st
             f"put {'it' if len(missing) == 1 else 'them'} beside the program or map "
             f"{'it' if len(missing) == 1 else 'each'}, like --map 'C:\\heapemu\\{missing[0]}=PATH'"
         )
+    if result.unhandled is not None:
+        code = f"exit code 0x{result.exit_code or 0:08x}"
+        return f"unhandled exception ({code}): {one_line(str(unhandled_error(result)))}"
     if outcome in ("crashed", "timeout"):
         return f"the program did not exit: {one_line(str(result.error))}"
     if result.exit_code is not None and result.exit_code > 0xFF:
@@ -237,6 +256,8 @@ def _report(
             for m in sorted(program.proc.modules, key=lambda m: m.base)
         ],
         "events": [ev.to_json() for ev in rec.all],
+        "exceptions": [_exception_json(e) for e in result.exceptions],
+        "unhandled": None if result.unhandled is None else _exception_json(result.unhandled),
     }
     if cross is not None:
         report["cross_heap_frees"] = [
@@ -252,6 +273,29 @@ def _report(
         ]
         report["frees_checked"] = cross.frees_checked
     return report
+
+
+def unhandled_error(result: ProgramResult) -> EmulationError | None:
+    """The exception that ended the program, reported where it happened (the fault's kind,
+    pc, instruction and registers, as a fault stopping the run is)."""
+    event = result.unhandled
+    if event is None:
+        return None
+    fault = event.fault or Fault(f"exception {event.name} raised", pc=event.address)
+    chain = " -> ".join(e.describe() for e in result.exceptions[-8:])
+    fault = replace(fault, status=event.code, detail=f"exceptions dispatched: {chain}")
+    return EmulationError(fault, event.state)
+
+
+def _exception_json(event: ExceptionEvent) -> dict[str, Any]:
+    return {
+        "code": event.code,
+        "name": event.name,
+        "address": event.address,
+        "symbol": event.state.symbol if event.state else "",
+        "params": list(event.params),
+        "first_chance": event.first_chance,
+    }
 
 
 EXEC_COMMAND = Command(

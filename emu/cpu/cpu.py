@@ -28,12 +28,14 @@ import ctypes
 import dataclasses
 import logging
 import mmap
+import struct
 import threading
 import time
 import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
+import capstone
 import unicorn
 from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
@@ -174,6 +176,31 @@ _UC_CTL_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
 _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_CTL_TB_REMOVE_CACHE
 
 
+# QEMU's CPUX86State.old_exception (the "exception in flight") makes a contributory exception
+# (#DE, #GP, ...) that follows another one a double fault. Only QEMU's own interrupt delivery
+# clears it, and Unicorn's interrupt hook replaces that delivery: after a first #DE, every later
+# one became #DF (interrupt 8) and the next exception a triple fault that stops the CPU
+# (measured on Unicorn 2.1.4). It is cleared after each fault (Cpu._clear_exception_in_flight),
+# in the saved context, where it follows dr[8] and four pointers; found by the debug registers.
+_OLD_EXCEPTION_OFFSET: dict[int, int | None] = {}
+
+
+def _old_exception_offset(uc: unicorn.Uc, mode: int) -> int | None:
+    if mode not in _OLD_EXCEPTION_OFFSET:
+        saved = uc.context_save()
+        pattern = [0x5EED0000 + i for i in range(4)]
+        for i, value in enumerate(pattern):
+            uc.reg_write(ux.UC_X86_REG_DR0 + i, value)
+        blob = bytes(uc.context_save())
+        uc.context_restore(saved)
+        at = blob.find(b"".join(struct.pack("<Q", v) for v in pattern))
+        at = at + 8 * 8 + 4 * 8 if at >= 0 else -1
+        # a fresh CPU has no exception in flight (-1): anything else means another layout
+        ok = 0 <= at <= len(blob) - 4 and struct.unpack_from("<i", blob, at)[0] == -1
+        _OLD_EXCEPTION_OFFSET[mode] = at if ok else None
+    return _OLD_EXCEPTION_OFFSET[mode]
+
+
 class _Watchdog:
     """One background thread for all CPUs: stops a run that exceeds its wall-clock limit.
 
@@ -241,12 +268,15 @@ class Cpu:
         self.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         self._uch = self.uc._uch
         self.disasm = Disassembler(arch)
+        self._detail: Disassembler | None = None  # with operands (made on first use)
+        self._old_exception_at = _old_exception_offset(self.uc, _UC_MODES[arch.name])
         self.reg_ids = register_ids(arch)
         self._pc_id = self.reg_ids[arch.pc]
         self._sp_id = self.reg_ids[arch.sp]
         self._ret_id = self.reg_ids[arch.ret]
         self._c_u64 = ctypes.c_uint64()
         self._c_ref = ctypes.byref(self._c_u64)
+        self._c_raw = ctypes.create_string_buffer(16)  # vector and x87 registers
         self.fault: Fault | None = None
         self.stop_reason: str | None = None
         self._running = False
@@ -491,6 +521,70 @@ class Cpu:
 
         return read
 
+    # ------------------------------------------------------------------ x87/SSE state
+    def _raw_read(self, reg_id: int, size: int) -> bytes:
+        """A register's bytes through the C API (the binding costs ~20 µs per vector read)."""
+        uclib.uc_reg_read(self._uch, reg_id, self._c_raw)
+        return self._c_raw.raw[:size]
+
+    def _raw_write(self, reg_id: int, data: bytes) -> None:
+        ctypes.memmove(self._c_raw, data, len(data))
+        uclib.uc_reg_write(self._uch, reg_id, self._c_raw)
+
+    def fx_state(self) -> bytes:
+        """The x87/SSE state as FXSAVE stores it (Intel SDM vol. 1, 10.5.1; 512 bytes, the
+        64-bit form on x64): what a CONTEXT carries in FltSave / ExtendedRegisters."""
+        wide = self.arch.ptr_size == 8
+
+        def u64(reg_id: int) -> int:
+            self._c_u64.value = 0  # narrower registers fill only their own bytes
+            return self.reg_by_id(reg_id)
+
+        fsw = u64(ux.UC_X86_REG_FPSW) & 0xFFFF
+        top = (fsw >> 11) & 7
+        tags = u64(ux.UC_X86_REG_FPTAG) & 0xFFFF
+        buf = bytearray(512)
+        # abridged tag word: bit i set when physical register i is in use (FXSAVE keeps tags in
+        # physical order, the registers in stack order); Unicorn's 2-bit tags read with bit 0
+        # set for an empty register
+        ftw = sum(1 << i for i in range(8) if not (tags >> (2 * i)) & 1)
+        fcw, fop = u64(ux.UC_X86_REG_FPCW) & 0xFFFF, u64(ux.UC_X86_REG_FOP) & 0xFFFF
+        struct.pack_into("<HHBxH", buf, 0, fcw, fsw, ftw, fop)
+        fip, fdp = u64(ux.UC_X86_REG_FIP), u64(ux.UC_X86_REG_FDP)
+        if not wide:
+            fip, fdp = fip & 0xFFFFFFFF, fdp & 0xFFFFFFFF
+        struct.pack_into("<QQ" if wide else "<IxxxxIxxxx", buf, 8, fip, fdp)
+        struct.pack_into("<II", buf, 24, u64(ux.UC_X86_REG_MXCSR) & 0xFFFFFFFF, 0xFFFF)
+        for i in range(8):  # 80-bit registers: {u64 mantissa; u16 exponent}
+            raw = self._raw_read(ux.UC_X86_REG_FP0 + ((top + i) & 7), 10)
+            buf[32 + 16 * i : 42 + 16 * i] = raw
+        for i in range(16 if wide else 8):
+            buf[160 + 16 * i : 176 + 16 * i] = self._raw_read(ux.UC_X86_REG_XMM0 + i, 16)
+        return bytes(buf)
+
+    def set_fx_state(self, data: bytes) -> None:
+        """Load an FXSAVE image (``fx_state``'s form), as FXRSTOR does; MXCSR as given (the
+        caller sanitises it)."""
+        wide, put = self.arch.ptr_size == 8, self.set_reg_by_id
+        fcw, fsw, ftw, fop = struct.unpack_from("<HHBxH", data, 0)
+        top = (fsw >> 11) & 7
+        put(ux.UC_X86_REG_FPCW, fcw)
+        put(ux.UC_X86_REG_FPSW, fsw)
+        put(ux.UC_X86_REG_FOP, fop)
+        fip, fdp = struct.unpack_from("<QQ" if wide else "<IxxxxIxxxx", data, 8)
+        put(ux.UC_X86_REG_FIP, fip)
+        put(ux.UC_X86_REG_FDP, fdp)
+        put(ux.UC_X86_REG_MXCSR, struct.unpack_from("<I", data, 24)[0])
+        tags = 0
+        for i in range(8):
+            physical = (top + i) & 7
+            self._raw_write(ux.UC_X86_REG_FP0 + physical, data[32 + 16 * i : 42 + 16 * i])
+            if not (ftw >> physical) & 1:
+                tags |= 3 << (2 * physical)  # empty
+        put(ux.UC_X86_REG_FPTAG, tags)
+        for i in range(16 if wide else 8):
+            self._raw_write(ux.UC_X86_REG_XMM0 + i, data[160 + 16 * i : 176 + 16 * i])
+
     def snapshot_registers(self) -> dict[str, int]:
         return {n: self.reg(n) for n in self.arch.gprs}
 
@@ -575,6 +669,18 @@ class Cpu:
         if status and self.fault is None:
             self.fault = self._fault_from_status(status)
             self._incident = True
+        if self.fault is not None:
+            self._clear_exception_in_flight()
+
+    def _clear_exception_in_flight(self) -> None:
+        """Forget the exception QEMU thinks is being delivered (see _OLD_EXCEPTION_OFFSET): the
+        next one is an exception of its own, as on a real CPU after the handler ran."""
+        at = self._old_exception_at
+        if at is None:
+            return
+        context = self.uc.context_save()
+        ctypes.memmove(context.context.value + at, b"\xff\xff\xff\xff", 4)
+        self.uc.context_restore(context)
 
     def why_stopped(self, count: int = 0) -> str:
         """A reason for a run that did not reach its ``until`` address."""
@@ -686,7 +792,39 @@ class Cpu:
         pc = self.pc
         if intno in (3, 4):  # traps: pc is past the instruction; Windows reports its address
             pc -= 1  # int3 (CC) and into (CE) are one byte
+        if intno == 0 and self._divisor(pc):
+            # #DE with a divisor: the quotient does not fit (INT_MIN / -1), which Windows
+            # raises as STATUS_INTEGER_OVERFLOW
+            kind, status = "divide overflow", NtStatus.INTEGER_OVERFLOW
         return Fault(kind, pc=pc, status=status)
+
+    def _divisor(self, pc: int) -> int:
+        """The divisor of the div/idiv at ``pc`` (0 when it cannot be read)."""
+        try:
+            code = self.read(pc, 16)
+        except CpuError:
+            return 0
+        if self._detail is None:
+            self._detail = Disassembler(self.arch, detail=True)
+        insn = next(iter(self._detail.disasm(code, pc, 1)), None)
+        if insn is None or insn.mnemonic not in ("div", "idiv") or not insn.operands:
+            return 0
+        op = insn.operands[0]
+        if op.type == capstone.CS_OP_REG:
+            name = insn.reg_name(op.reg)
+            return self.reg(name) if name in self.reg_ids else 0
+        if op.type != capstone.CS_OP_MEM or op.mem.segment:
+            return 0
+        mem, rip = op.mem, capstone.x86.X86_REG_RIP
+        address = mem.disp + (insn.address + insn.size if mem.base == rip else 0)
+        if mem.base and mem.base != rip:
+            address += self.reg(insn.reg_name(mem.base))
+        if mem.index:
+            address += self.reg(insn.reg_name(mem.index)) * mem.scale
+        try:
+            return int.from_bytes(self.read(address & self.arch.ptr_mask, op.size), "little")
+        except CpuError:
+            return 0
 
     def _register_hook(
         self, kind: int, cb: Any, begin: int, end: int, *extra: int, flush: bool = True

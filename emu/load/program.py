@@ -45,6 +45,7 @@ from emu.errors import EmulationError
 from emu.modules import Module
 from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
+from emu.nt.exceptions import ExceptionEvent
 from emu.nt.memory import align_down
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
 from emu.observe.breakpoints import add_breakpoint
@@ -121,6 +122,10 @@ class ProgramResult:
     stdout: bytes
     stderr: bytes
     error: EmulationError | None = None  # the fault, when the run did not end normally
+    exceptions: list[ExceptionEvent] = field(default_factory=list)  # dispatched, in order
+    # the exception that ended the program: its second chance, or the one whose code the
+    # process exited with (Windows' top-level handler ends the process with the code)
+    unhandled: ExceptionEvent | None = None
     denied: list[tuple[str, str]] = field(default_factory=list)  # names the sandbox refused
 
     @property
@@ -211,9 +216,15 @@ class Program:
         return self.proc.objects
 
     def run(
-        self, *, time_limit: float | None = None, max_instructions: int | None = None
+        self,
+        *,
+        time_limit: float | None = None,
+        max_instructions: int | None = None,
+        stop_on_first_chance: bool | None = None,
     ) -> ProgramResult:
-        """Run from LdrInitializeThunk to NtTerminateProcess (once)."""
+        """Run from LdrInitializeThunk to NtTerminateProcess (once). Exceptions go to the
+        program's handlers; ``stop_on_first_chance`` ends the run at the first fault instead
+        (default ``proc.stop_on_first_chance``)."""
         if self.result is not None:
             raise RuntimeError("a program runs once; load it again for another run")
         proc = self.proc
@@ -228,10 +239,14 @@ class Program:
                 self.ntdll.exports["LdrInitializeThunk"],
                 time_limit=time_limit,
                 max_instructions=max_instructions,
+                stop_on_first_chance=stop_on_first_chance,
             )
         except EmulationError as e:  # how every run ends: NtTerminateProcess stops the CPU
-            if proc.exit_status is None:
+            if proc.exit_status is None or proc.unhandled_exception is not None:
                 error = e
+        unhandled = proc.unhandled_exception
+        if unhandled is None and proc.exit_status is not None:
+            unhandled = next((e for e in proc.exceptions[::-1] if e.code == proc.exit_status), None)
         objects = self.objects
         self.result = ProgramResult(
             exit_code=proc.exit_status,
@@ -239,6 +254,8 @@ class Program:
             stderr=bytes(objects.stderr),
             error=error,
             denied=list(objects.denied),
+            exceptions=list(proc.exceptions),
+            unhandled=unhandled,
         )
         return self.result
 
@@ -273,6 +290,14 @@ def _initial_context(proc: ProcessCore, exe: Module, ntdll: Module) -> tuple[int
     else:
         values = {
             0x00: ("<I", 0x1000F),  # ContextFlags: CONTEXT_i386 | CONTROL|INTEGER|SEGMENTS|FLOAT
+            # the thread's own selectors (NtContinue loads ds/es/fs/gs from SEGMENTS)
+            0x8C: ("<I", proc.cpu.reg("gs")),
+            0x90: ("<I", proc.cpu.reg("fs")),
+            0x94: ("<I", proc.cpu.reg("es")),
+            0x98: ("<I", proc.cpu.reg("ds")),
+            0xBC: ("<I", proc.cpu.reg("cs")),
+            0xC8: ("<I", proc.cpu.reg("ss")),
+            0x1C: ("<I", 0x27F),  # FloatSave.ControlWord
             0xA4: ("<I", proc.peb),  # Ebx: the argument
             0xB0: ("<I", entry),  # Eax: the entry point
             0xB8: ("<I", start),  # Eip
@@ -426,4 +451,6 @@ def load_program(
     _fill_process(proc, exe, params)
     program = Program(proc, path, exe, ntdll, windows_path, args, environment)
     proc.program = program
+    # faults go to the program's handlers through Wine's dispatcher, as Windows hands them over
+    proc.exception_dispatcher = ntdll.exports["KiUserExceptionDispatcher"]
     return program

@@ -134,6 +134,9 @@ class Kernel:
         self.arch = proc.arch
         self.memory = proc.memory
         self.details: dict[str, Any] = {}
+        # what the service leaves in rax/eax when that is not its NTSTATUS: NtContinue and a
+        # first-chance NtRaiseException resume with the CONTEXT's whole rax
+        self.return_value: int | None = None
 
     def _probe(self, addr: int, size: int, write: bool) -> None:
         if not self.memory.is_accessible(addr, size, write=write):
@@ -244,4 +247,6 @@ class SyscallDispatcher:
                 k.details,
             )
         )
+        if k.return_value is not None:
+            return k.return_value
         return int(status) & 0xFFFFFFFF

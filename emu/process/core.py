@@ -11,8 +11,9 @@ handlers in ``emu.nt.calls``; memory faults are decided on TLB misses (``_on_pag
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from emu.arch import Arch, get_arch
@@ -20,6 +21,13 @@ from emu.cpu.callgate import CallGate, Layout
 from emu.cpu.cpu import Cpu, CpuError
 from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
+from emu.nt.exceptions import (
+    ExceptionEvent,
+    capture_context,
+    deliver,
+    event_for_fault,
+    record_bytes,
+)
 from emu.process.ldr import LoaderData
 from emu.process.snapshot import Snapshot, restore_snapshot, take_snapshot
 from emu.win.conventions import Convention, get_convention
@@ -142,6 +150,15 @@ class ProcessCore:
         self.debug_output: list[str] = []  # text emulated code printed (Wine's debug channels)
         self.objects = ObjectManager()  # handles and sandboxed names (emu.nt.objects)
         self.program: Program | None = None  # set by from_program (emu.load.program)
+        # exceptions (emu.nt.exceptions): ntdll's KiUserExceptionDispatcher when the process
+        # has one (a program's Wine ntdll), else faults end the run as EmulationErrors
+        self.exception_dispatcher: int | None = None
+        self.stop_on_first_chance = False  # end the run at a fault instead of dispatching it
+        # every exception the kernel dispatched, in order: faults and NtRaiseException (Wine's
+        # x64 RtlRaiseException dispatches in user mode, without the kernel)
+        self.exceptions: list[ExceptionEvent] = []
+        self.unhandled_exception: ExceptionEvent | None = None  # its second chance ended it
+        self._first_chance_stops = False  # the current run's stop_on_first_chance
         # state the layers above keep per process (declared here, never attached with setattr)
         self.view_allocator: Any = None  # emu.views: the Allocator asked for RtlGetProcessHeaps
         self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
@@ -323,11 +340,18 @@ class ProcessCore:
         convention: str | None = None,
         max_instructions: int | None = None,
         time_limit: float | None = None,
+        stop_on_first_chance: bool | None = None,
     ) -> int:
         """Call emulated code at ``target`` (address or ``"module!Export"``) and return
         rax/eax. Raises EmulationError on a fault, a runaway loop (``max_instructions``,
         default ``proc.instruction_budget``; ``time_limit`` seconds, default
-        ``proc.time_limit``) or an unbalanced stack."""
+        ``proc.time_limit``) or an unbalanced stack.
+
+        In a process with an exception dispatcher (``exception_dispatcher``: a program's
+        ntdll) a fault is first dispatched to the program's handlers, as Windows does; only an
+        exception nothing handles (its second chance) ends the call, reporting the original
+        fault. ``stop_on_first_chance`` (default ``proc.stop_on_first_chance``) ends the call
+        at the fault itself instead, as a debugger stops there."""
         cpu = self.cpu
         if cpu._running:
             # Unicorn cannot nest emu_start, and the frame would land on the live one
@@ -359,17 +383,50 @@ class ProcessCore:
         if max_instructions is None:
             max_instructions = self.instruction_budget
         self.breakpoint_stop = None
+        if stop_on_first_chance is None:
+            stop_on_first_chance = self.stop_on_first_chance
+        self._first_chance_stops = stop_on_first_chance
         # the gate's stub and tail run a few instructions of their own: the budget is the callee's
-        cpu.run(
-            layout.stub,
-            self.call_gate.sentinel,
-            max_instructions + layout.overhead if max_instructions else 0,
-            self.time_limit if time_limit is None else time_limit,
-        )
+        budget = max_instructions + layout.overhead if max_instructions else 0
+        limit = self.time_limit if time_limit is None else time_limit
+        cpu.run(layout.stub, self.call_gate.sentinel, budget, limit)
+        if cpu._incident and cpu.fault is not None and not stop_on_first_chance:
+            self._dispatch_faults(budget)  # a no-op without a dispatcher
         ret, sp_after = layout.unpack(data, 0)  # sp 0: the callee never returned
         if sp_after == layout.expected_sp and not cpu._incident and not self.run_observers:
             return ret
         return self._call_ended(addr, args, layout, ret, sp_after, max_instructions, time_limit)
+
+    def _dispatch_faults(self, budget: int) -> None:
+        """Hand each fault of the run to the program's exception dispatcher and run on, until
+        the call returns or stops for another reason. The wall-clock limit covers the whole
+        call; the instruction budget applies to each stretch between two faults."""
+        cpu = self.cpu
+        if self.exception_dispatcher is None:
+            return
+        deadline = cpu._deadline  # the call's, set when its first run started (0: no limit)
+        while cpu.fault is not None and self._deliver_fault(cpu.fault):
+            remaining = max(deadline - time.monotonic(), 1e-6) if deadline else 0.0
+            cpu.run(self.exception_dispatcher, self.call_gate.sentinel, budget, remaining)
+
+    def _deliver_fault(self, fault: Fault) -> bool:
+        """The fault as its exception on the current thread's stack, the CPU at the dispatcher;
+        False when it is not an exception (a budget, a heapemu stop) or cannot be delivered."""
+        event = event_for_fault(fault)
+        if event is None:
+            return False
+        cpu = self.cpu
+        cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
+        event.state = cpu.state(fault.pc)
+        if not deliver(self, record_bytes(self, event), capture_context(self)):
+            # Windows ends such a process: the run ends here, naming what led to it
+            chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
+            why = "no room on the stack for the exception frame"
+            detail = f"{fault.detail}; " if fault.detail else ""
+            cpu.fault = replace(fault, detail=f"{detail}not dispatched: {why}; before it: {chain}")
+            return False
+        self.exceptions.append(event)
+        return True
 
     def _call_layout(self, convention: str | None, argc: int) -> Layout:
         conv = get_convention(self.arch, convention)
@@ -427,6 +484,9 @@ class ProcessCore:
         state = cpu.state(fault.pc)
         # as Windows' CONTEXT does for a breakpoint trap, pc is the faulting instruction
         state.registers[self.arch.pc] = fault.pc
+        unhandled = self.unhandled_exception
+        if unhandled is not None and unhandled.report is fault and unhandled.state is not None:
+            state = unhandled.state  # the second chance reports where the exception happened
         if self.breakpoint_stop is not None:
             self.breakpoint_stop = None
             return BreakpointStop(fault, state, context=f"in call to {self.symbolize(addr)}")

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 _COMPONENTS = ("memory", "objects", "thread_stack", "syscall_dispatcher", "modules")
 # ProcessCore attributes: lists and dicts of records that never change once made (copied one
 # level), and values
-_RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names")
-_VALUES = ("exit_status", "_trap_committed", "_trap_code_next", "_trap_next", "_ldr")
+_RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names", "exceptions")
+_VALUES = ("exit_status", "unhandled_exception", "_trap_committed", "_trap_code_next",
+           "_trap_next", "_ldr")  # fmt: skip
 
 
 @dataclass

@@ -84,6 +84,8 @@ class Struct:
         """(offset, name, value) for every field, in offset order, like WinDbg's ``dt``."""
         rows = []
         for f in sorted(self.fields.values(), key=lambda f: f.offset(arch)):
+            if f.offset(arch) < 0:  # not on this architecture
+                continue
             rows.append((f.offset(arch), f.name, self.read(mem, arch, base, f.name)))
         return rows
 
@@ -342,3 +344,60 @@ UNICODE_STRING = Struct(
         Field("Buffer", 0x4, 0x8),
     ],
 )
+
+# CONTEXT (winnt.h), as the kernel builds it for KiUserExceptionDispatcher and NtContinue reads
+# it. An offset of -1: no such field on that architecture. x86 keeps the FXSAVE image (XMM and
+# MXCSR) in ExtendedRegisters, x64 in FltSave: ``FxSave`` names either, and ``MxCsr`` on x86 is
+# the MXCSR inside it (ExtendedRegisters + 0x18).
+CONTEXT = Struct(
+    "_CONTEXT",
+    0x2CC,
+    0x4D0,
+    [
+        Field("ContextFlags", 0x00, 0x30, "u32"),
+        Field("MxCsr", 0xE4, 0x34, "u32"),
+        Field("SegCs", 0xBC, 0x38, "u16"),
+        Field("SegDs", 0x98, 0x3A, "u16"),
+        Field("SegEs", 0x94, 0x3C, "u16"),
+        Field("SegFs", 0x90, 0x3E, "u16"),
+        Field("SegGs", 0x8C, 0x40, "u16"),
+        Field("SegSs", 0xC8, 0x42, "u16"),
+        Field("EFlags", 0xC0, 0x44, "u32"),
+        Field("Dr0", 0x04, 0x48),
+        Field("Dr1", 0x08, 0x50),
+        Field("Dr2", 0x0C, 0x58),
+        Field("Dr3", 0x10, 0x60),
+        Field("Dr6", 0x14, 0x68),
+        Field("Dr7", 0x18, 0x70),
+        Field("FloatSave", 0x1C, -1, "u8", 112),  # x86 FLOATING_SAVE_AREA (112 bytes, FSAVE form)
+        Field("FxSave", 0xCC, 0x100, "u8", 512),  # FXSAVE image: x86 ExtendedRegisters, x64 FltSave
+        # x86 registers
+        Field("Edi", 0x9C, -1),
+        Field("Esi", 0xA0, -1),
+        Field("Ebx", 0xA4, -1),
+        Field("Edx", 0xA8, -1),
+        Field("Ecx", 0xAC, -1),
+        Field("Eax", 0xB0, -1),
+        Field("Ebp", 0xB4, -1),
+        Field("Eip", 0xB8, -1),
+        Field("Esp", 0xC4, -1),
+        # x64 registers
+        Field("Rax", -1, 0x78),
+        Field("Rcx", -1, 0x80),
+        Field("Rdx", -1, 0x88),
+        Field("Rbx", -1, 0x90),
+        Field("Rsp", -1, 0x98),
+        Field("Rbp", -1, 0xA0),
+        Field("Rsi", -1, 0xA8),
+        Field("Rdi", -1, 0xB0),
+        *(Field(f"R{n}", -1, 0xB8 + 8 * (n - 8)) for n in range(8, 16)),
+        Field("Rip", -1, 0xF8),
+    ],
+)
+# ContextFlags bits (the architecture's CONTEXT_i386 / CONTEXT_AMD64 bit is set beside them)
+CONTEXT_ARCH_BIT = {"x86": 0x10000, "x64": 0x100000}
+CONTEXT_CONTROL, CONTEXT_INTEGER, CONTEXT_SEGMENTS = 0x1, 0x2, 0x4
+CONTEXT_FLOATING_POINT, CONTEXT_DEBUG_REGISTERS, CONTEXT_EXTENDED_REGISTERS = 0x8, 0x10, 0x20
+# x64: between the CONTEXT and the EXCEPTION_RECORD the kernel puts a CONTEXT_EX (3 chunks of
+# {LONG Offset; ULONG Length}: All, Legacy, XState) describing the CONTEXT's extent
+CONTEXT_EX_SIZE = 0x20

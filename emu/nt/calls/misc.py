@@ -8,10 +8,10 @@ a timeout times out at once (STATUS_TIMEOUT).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from emu.errors import Fault, NtStatusError
+from emu.nt.exceptions import apply_context, stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
     BOOLEAN,
@@ -27,24 +27,10 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import KernelObject, Status
+from emu.win.layouts import CONTEXT
 
 STATUS_TIMEOUT = 0x102
 DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS = 0x1, 0x2
-
-# CONTEXT: offsets of the integer registers, the stack pointer and the program counter
-_CONTEXT_REGS = {
-    "x64": {
-        "rax": 0x78, "rcx": 0x80, "rdx": 0x88, "rbx": 0x90, "rsp": 0x98, "rbp": 0xA0,
-        "rsi": 0xA8, "rdi": 0xB0, "r8": 0xB8, "r9": 0xC0, "r10": 0xC8, "r11": 0xD0,
-        "r12": 0xD8, "r13": 0xE0, "r14": 0xE8, "r15": 0xF0, "rip": 0xF8,
-    },
-    "x86": {
-        "edi": 0x9C, "esi": 0xA0, "ebx": 0xA4, "edx": 0xA8, "ecx": 0xAC, "eax": 0xB0,
-        "ebp": 0xB4, "eip": 0xB8, "esp": 0xC4,
-    },
-}  # fmt: skip
-_CONTEXT_EFLAGS = {"x64": 0x44, "x86": 0xC0}
-_STEPPED_INSTRUCTIONS = (b"\x0f\x05", b"\x0f\x34")  # syscall / sysenter: Unicorn steps past
 
 
 @dataclass
@@ -242,27 +228,15 @@ def NtFlushInstructionCache(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID
 
 @syscall
 def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
-    """Resume at the CONTEXT's registers (integer registers, stack, pc, flags). The service
-    returns the context's eax/rax (its low 32 bits: the dispatcher stores an NTSTATUS)."""
-    arch = k.arch.name
-    offsets = _CONTEXT_REGS[arch]
-    ps = k.arch.ptr_size
-    values = {r: k.read_ptr(ContextRecord + off) for r, off in offsets.items()}
-    (eflags,) = struct.unpack("<I", k.read(ContextRecord + _CONTEXT_EFLAGS[arch], 4))
-    cpu = k.proc.cpu
-    pc_name, ret_name = k.arch.pc, k.arch.ret
-    # Unicorn steps past a `syscall`/`sysenter` after its hook; int 0x2e has already been
-    # stepped: aim so that execution resumes exactly at the context's pc
-    stepped = cpu.read(cpu.pc, 2) in _STEPPED_INSTRUCTIONS
-    for reg, value in values.items():
-        if reg == pc_name:
-            cpu.pc = value - 2 if stepped else value
-        elif reg != ret_name:
-            cpu.set_reg(reg, value)
-    cpu.set_reg("eflags" if ps == 4 else "rflags", eflags | 0x2)
-    target = values[pc_name]
-    k.details.update(pc=target, sp=values[k.arch.sp], target=k.proc.symbolize(target))
-    return values[ret_name]
+    """Resume at the CONTEXT: the parts its ContextFlags select (control, integer, segments,
+    floating point and SSE, debug registers), EFLAGS sanitised as the kernel does. The service
+    returns the context's eax/rax (the dispatcher stores an NTSTATUS there)."""
+    arch = k.arch
+    ctx = k.read(ContextRecord, CONTEXT.size(arch))
+    pc = apply_context(k.proc, ctx, stepped=stepped_system_call(k.proc))
+    k.details.update(pc=pc, sp=k.proc.cpu.sp, target=k.proc.symbolize(pc))
+    k.return_value = k.proc.cpu.reg(arch.ret)
+    return k.return_value & 0xFFFFFFFF
 
 
 @syscall
