@@ -22,6 +22,7 @@ from emu.errors import BreakpointStop, EmulationError, Fault, NtStatusError
 from emu.nt.calls import HANDLERS
 from emu.process.ldr import LoaderData
 from emu.process.snapshot import Snapshot, restore_snapshot, take_snapshot
+from emu.process.threads import run_threads
 from emu.win.conventions import Convention, get_convention
 from emu.win.layouts import PEB, TEB
 
@@ -35,6 +36,7 @@ from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
 from emu.nt.shared_data import fill_shared_user_data
 from emu.nt.stack import ThreadStack
+from emu.nt.threads import Scheduler
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
     MEM_COMMIT,
@@ -147,6 +149,8 @@ class ProcessCore:
         self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
+        # the threads (emu.nt.threads): the one made here, and those the program creates
+        self.threads = Scheduler(self, self.teb, self.thread_stack, THREAD_ID)
         self._install_hooks()
 
     # ------------------------------------------------------------------ set-up
@@ -409,7 +413,13 @@ class ProcessCore:
         return ret
 
     def _run_error(
-        self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None
+        self,
+        addr: int,
+        args: tuple[int, ...],
+        budget: int | None,
+        limit: float | None,
+        *,
+        context: str | None = None,
     ) -> EmulationError:
         cpu = self.cpu
         fault = cpu.fault
@@ -429,12 +439,14 @@ class ProcessCore:
         state.registers[self.arch.pc] = fault.pc
         if self.breakpoint_stop is not None:
             self.breakpoint_stop = None
-            return BreakpointStop(fault, state, context=f"in call to {self.symbolize(addr)}")
-        if fault.status == NtStatus.STACK_OVERFLOW:
+            where = context or f"in call to {self.symbolize(addr)}"
+            return BreakpointStop(fault, state, context=where)
+        if fault.status == NtStatus.STACK_OVERFLOW and self.threads.current is self.threads.main:
             self.thread_stack.reset()  # the thread's stack is usable again for the next call
             self.thread_stack.write_teb(self.teb)
-        call = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
-        return EmulationError(fault, state, context=call)
+        if context is None:
+            context = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
+        return EmulationError(fault, state, context=context)
 
     # ------------------------------------------------------------------ Python callbacks
     def register_callback(
@@ -551,8 +563,9 @@ class ProcessCore:
         if not state:
             return None  # free or reserved
         if state & PAGE_GUARD:
-            if self.thread_stack.contains(page):
-                fault = self.thread_stack.on_guard_page(page)
+            stack = self.threads.stack_containing(page)
+            if stack is not None:
+                fault = stack.on_guard_page(page)
                 return self.memory.page_state(page) if fault is None else fault
             self.memory.clear_guard(page)
             return Fault("guard page violation", status=NtStatus.GUARD_PAGE_VIOLATION)
@@ -562,6 +575,13 @@ class ProcessCore:
         return narrow
 
     # ------------------------------------------------------------------ snapshots
+    def run_threads(
+        self, *, time_limit: float | None = None, max_instructions: int | None = None
+    ) -> None:
+        """Run every thread from where it is until the process ends (``emu.process.threads``):
+        how a program runs. Raises EmulationError when it does not end."""
+        run_threads(self, time_limit=time_limit, max_instructions=max_instructions)
+
     def snapshot(self) -> Snapshot:
         """The whole process now: registers, memory, handles, heaps (``emu.process.snapshot``);
         ``proc.restore(snapshot)`` puts it back, as often as wanted. Between calls only."""

@@ -211,6 +211,9 @@ class PROCESSINFOCLASS(enum.IntEnum):
 
 class THREADINFOCLASS(enum.IntEnum):
     ThreadBasicInformation = 0
+    ThreadQuerySetWin32StartAddress = 9
+    ThreadZeroTlsCell = 10
+    ThreadAmILastThread = 12
 
 
 class TOKEN_INFORMATION_CLASS(enum.IntEnum):
