@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emu.nt.objects import KernelObject
+from emu.win.ntdefs import NtStatus
 
 if TYPE_CHECKING:
     from emu.nt.threads import Thread
 
-STATUS_WAIT_0 = 0x000
-STATUS_ABANDONED_WAIT_0 = 0x080
-STATUS_ALERTED = 0x101
-STATUS_TIMEOUT = 0x102
-STATUS_MUTANT_NOT_OWNED = 0xC0000046
-STATUS_SEMAPHORE_LIMIT_EXCEEDED = 0xC0000047
+STATUS_WAIT_0 = NtStatus.WAIT_0
+STATUS_ABANDONED_WAIT_0 = NtStatus.ABANDONED_WAIT_0
+STATUS_ALERTED = NtStatus.ALERTED
+STATUS_TIMEOUT = NtStatus.TIMEOUT
 MAXIMUM_WAIT_OBJECTS = 64  # NtWaitForMultipleObjects' limit (winnt.h)
 
 
@@ -121,7 +120,7 @@ class Wait:
     wait_all: bool = False
     deadline: int | None = None
     alert: bool = False  # woken by NtAlertThreadByThreadId
-    timeout_status: int = STATUS_TIMEOUT  # NtDelayExecution ends with STATUS_SUCCESS
+    timeout_status: int = NtStatus.TIMEOUT  # NtDelayExecution ends with STATUS_SUCCESS
     order: int = 0  # when the wait began: waiters are woken first come, first served
 
     def describe(self) -> str:

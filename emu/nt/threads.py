@@ -24,18 +24,26 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from emu.errors import EmulationError, Fault
+from emu.cpu.segments import MAX_TEB_SLOTS
+from emu.errors import EmulationError, Fault, NtStatusError
 from emu.nt.kernel import PROCESS_ID
 from emu.nt.memory import align_down
 from emu.nt.stack import ThreadStack
 from emu.nt.sync import STATUS_ALERTED, Dispatcher, Mutant, Wait, try_satisfy
 from emu.win.layouts import TEB, UNICODE_STRING
-from emu.win.ntdefs import MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, MEM_TOP_DOWN, PAGE_READWRITE
+from emu.win.ntdefs import (
+    MEM_COMMIT,
+    MEM_RELEASE,
+    MEM_RESERVE,
+    MEM_TOP_DOWN,
+    PAGE_READWRITE,
+    NtStatus,
+)
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
 
-STATUS_PENDING = 0x103  # ExitStatus while the thread runs (GetExitCodeThread: STILL_ACTIVE)
+STATUS_PENDING = NtStatus.PENDING  # ExitStatus while it runs (GetExitCodeThread: STILL_ACTIVE)
 DEFAULT_QUANTUM = 20_000  # instructions between forced switches
 TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
 # Wine's signal_start_thread zeroes the 0xf0000 bytes below the initial CONTEXT's page before
@@ -134,22 +142,39 @@ class Scheduler:
     def create_thread(
         self, start: int, argument: int, *, suspended: bool, commit: int, reserve: int
     ) -> Thread:
-        """A new thread that will run ``start(argument)`` through ntdll's thread start."""
-        proc, arch = self.proc, self.proc.arch
-        reserve = max(reserve, self.main.stack.reserve if self.main.stack else 0)
+        """A new thread that will run ``start(argument)`` through ntdll's thread start.
+        Raises NtStatusError when it cannot be made (no Wine ntdll to start it, sizes beyond
+        user space, no room for its stack, no TEB descriptor left on x86)."""
+        proc = self.proc
+        try:
+            ldr = proc.modules.resolve("ntdll!LdrInitializeThunk")
+            user_start = proc.modules.resolve("ntdll!RtlUserThreadStart")
+        except KeyError:
+            raise NtStatusError(
+                NtStatus.NOT_SUPPORTED, "threads start through Wine's ntdll, which is not loaded"
+            ) from None
+        space = proc.arch.user_max
+        if commit > space or reserve > space:
+            raise NtStatusError(NtStatus.INVALID_PARAMETER, "stack size beyond user space")
+        if not self._free_slots and self._next_slot > MAX_TEB_SLOTS:
+            raise NtStatusError(NtStatus.INSUFFICIENT_RESOURCES, "no TEB descriptor left")
+        main_reserve = self.main.stack.reserve if self.main.stack else 0
         commit = max(commit, STACK_COMMIT)
-        reserve = max(reserve, STACK_RESERVE_MIN, commit + 0x100000)
-        teb, _ = proc.memory.allocate(
-            0, TEB_REGION_SIZE, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN, PAGE_READWRITE, usage="TEB"
-        )
-        stack = ThreadStack(proc, reserve, commit)
+        reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
+        stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
+        try:
+            teb, _ = proc.memory.allocate(
+                0, TEB_REGION_SIZE, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN, PAGE_READWRITE,
+                usage="TEB",
+            )  # fmt: skip
+        except NtStatusError:
+            proc.memory.free(stack.base, 0, MEM_RELEASE)
+            raise
         thread = Thread("thread", tid=self._next_tid, teb=teb, stack=stack, start=start)
         self._next_tid += 4
         thread.slot = self._free_slots.pop() if self._free_slots else self._take_slot()
         thread.suspend_count = 1 if suspended else 0
         init_teb(proc, teb, thread.tid, stack)
-        ldr = proc.modules.resolve("ntdll!LdrInitializeThunk")
-        user_start = proc.modules.resolve("ntdll!RtlUserThreadStart")
         context, sp = write_start_context(proc, stack.top, start, argument, user_start)
         thread.start_registers = loader_registers(proc, context, sp, ldr)
         self.threads.append(thread)
@@ -209,7 +234,8 @@ class Scheduler:
         now = self.clock()
         for t in self.threads:
             if t.wait is not None and t.wait.deadline is not None and t.wait.deadline <= now:
-                t.wait, t.wake_status = None, t.wait.timeout_status
+                t.wake_status = t.wait.timeout_status
+                t.wait = None
 
     # ------------------------------------------------------------------ ending
     def terminate(self, thread: Thread, status: int) -> None:

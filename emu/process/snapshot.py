@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from emu.process.core import ProcessCore
 
 # objects whose attributes are the process's state (restored in place: others may hold them)
-_COMPONENTS = ("memory", "objects", "thread_stack", "syscall_dispatcher", "modules")
+_COMPONENTS = ("memory", "objects", "thread_stack", "threads", "syscall_dispatcher", "modules")
 # ProcessCore attributes: lists and dicts of records that never change once made (copied one
 # level), and values
 _RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names")
@@ -88,6 +88,14 @@ def _check_idle(proc: ProcessCore, what: str) -> None:
 def take_snapshot(proc: ProcessCore) -> Snapshot:
     """The process's state now (between calls)."""
     _check_idle(proc, "take a snapshot")
+    if len(proc.threads.live()) > 1:
+        raise EmulationError(
+            Fault(
+                "cannot take a snapshot of several live threads",
+                detail="a snapshot holds one CPU state: take it before threads start or after "
+                "they end",
+            )
+        )
     state = {name: vars(getattr(proc, name)) for name in _COMPONENTS}
     state["process"] = {name: getattr(proc, name) for name in _VALUES}
     return Snapshot(

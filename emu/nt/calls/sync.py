@@ -30,8 +30,6 @@ from emu.nt.kernel import (
 from emu.nt.objects import KernelObject, Status, object_name
 from emu.nt.sync import (
     MAXIMUM_WAIT_OBJECTS,
-    STATUS_MUTANT_NOT_OWNED,
-    STATUS_SEMAPHORE_LIMIT_EXCEEDED,
     Dispatcher,
     Event,
     KeyedEvent,
@@ -205,7 +203,7 @@ def NtReleaseSemaphore(
     if count <= 0:
         raise NtStatusError(Status.INVALID_PARAMETER_2, f"ReleaseCount {count}")
     if semaphore.count + count > semaphore.maximum:
-        raise NtStatusError(STATUS_SEMAPHORE_LIMIT_EXCEEDED, "semaphore limit exceeded")
+        raise NtStatusError(Status.SEMAPHORE_LIMIT_EXCEEDED, "semaphore limit exceeded")
     _previous(k, PreviousCount, semaphore.count)
     semaphore.count += count
     k.proc.threads.notify()
@@ -214,11 +212,11 @@ def NtReleaseSemaphore(
 
 @syscall
 def NtReleaseMutant(k: Kernel, MutantHandle: HANDLE, PreviousCount: PVOID) -> int:
-    """Only the owner releases (STATUS_MUTANT_NOT_OWNED otherwise); PreviousCount is the
+    """Only the owner releases (Status.MUTANT_NOT_OWNED otherwise); PreviousCount is the
     mutant's signal state before: 1 free, 0 owned once, -n owned n+1 times (as NT counts)."""
     mutant = k.proc.objects.get(MutantHandle, Mutant)
     if mutant.owner is not k.proc.threads.current:
-        raise NtStatusError(STATUS_MUTANT_NOT_OWNED, "the caller does not own the mutant")
+        raise NtStatusError(Status.MUTANT_NOT_OWNED, "the caller does not own the mutant")
     _previous(k, PreviousCount, 1 - mutant.recursion)
     mutant.release()
     k.proc.threads.notify()
@@ -253,7 +251,7 @@ def NtWaitForMultipleObjects(
         objects.append(obj if obj is not None else Event("always signalled", signaled=True))
     k.details.update(kinds=",".join(o.kind for o in objects), wait_all=WaitType == WAIT_ALL)
     if WaitType == WAIT_ALL and len({id(o) for o in objects}) != len(objects):
-        raise NtStatusError(0xC0000030, "an object appears twice")  # STATUS_INVALID_PARAMETER_MIX
+        raise NtStatusError(Status.INVALID_PARAMETER_MIX, "an object appears twice")
     return wait(k, Wait(objects, WaitType == WAIT_ALL, deadline(k, Timeout)))
 
 
@@ -268,11 +266,11 @@ def NtSignalAndWaitForSingleObject(
         signal.signaled = True
     elif isinstance(signal, Semaphore):
         if signal.count >= signal.maximum:
-            raise NtStatusError(STATUS_SEMAPHORE_LIMIT_EXCEEDED, "semaphore limit exceeded")
+            raise NtStatusError(Status.SEMAPHORE_LIMIT_EXCEEDED, "semaphore limit exceeded")
         signal.count += 1
     elif isinstance(signal, Mutant):
         if signal.owner is not k.proc.threads.current:
-            raise NtStatusError(STATUS_MUTANT_NOT_OWNED, "the caller does not own the mutant")
+            raise NtStatusError(Status.MUTANT_NOT_OWNED, "the caller does not own the mutant")
         signal.release()
     else:
         raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"cannot signal a {signal.kind}")

@@ -17,6 +17,7 @@ from emu.nt.kernel import (
     HANDLE,
     NTSTATUS,
     PHANDLE,
+    PROCESS_ID,
     PULONG,
     PVOID,
     SIZE_T,
@@ -31,11 +32,6 @@ from emu.nt.threads import Thread
 THREAD_CREATE_FLAGS_CREATE_SUSPENDED = 0x1
 PS_ATTRIBUTE_CLIENT_ID, PS_ATTRIBUTE_TEB_ADDRESS = 0x10003, 0x10004
 MAXIMUM_SUSPEND_COUNT = 127  # winnt.h
-STATUS_SUSPEND_COUNT_EXCEEDED = 0xC000004A
-STATUS_THREAD_IS_TERMINATING = 0xC000004B
-STATUS_CANT_TERMINATE_SELF = 0xC00000DB
-STATUS_NO_YIELD_PERFORMED = 0x40000024
-STATUS_INVALID_CID = 0xC000000B
 
 
 def thread_of(k: Kernel, handle: int) -> Thread:
@@ -56,7 +52,7 @@ def _write_attributes(k: Kernel, attributes: int, thread: Thread) -> None:
     for entry in range(attributes + n, attributes + total - 4 * n + 1, 4 * n):
         kind, size, value, returned = (k.read_ptr(entry + i * n) for i in range(4))
         if kind == PS_ATTRIBUTE_CLIENT_ID:
-            data = k.arch.pack_ptr(0x1000) + k.arch.pack_ptr(thread.tid)  # CLIENT_ID
+            data = k.arch.pack_ptr(PROCESS_ID) + k.arch.pack_ptr(thread.tid)  # CLIENT_ID
         elif kind == PS_ATTRIBUTE_TEB_ADDRESS:
             data = k.arch.pack_ptr(thread.teb)
         else:
@@ -124,9 +120,9 @@ def NtResumeThread(k: Kernel, ThreadHandle: HANDLE, PreviousSuspendCount: PULONG
 def NtSuspendThread(k: Kernel, ThreadHandle: HANDLE, PreviousSuspendCount: PULONG) -> int:
     thread = thread_of(k, ThreadHandle)
     if thread.terminated:
-        raise NtStatusError(STATUS_THREAD_IS_TERMINATING, f"thread 0x{thread.tid:x} has ended")
+        raise NtStatusError(Status.THREAD_IS_TERMINATING, f"thread 0x{thread.tid:x} has ended")
     if thread.suspend_count >= MAXIMUM_SUSPEND_COUNT:
-        raise NtStatusError(STATUS_SUSPEND_COUNT_EXCEEDED, f"thread 0x{thread.tid:x}")
+        raise NtStatusError(Status.SUSPEND_COUNT_EXCEEDED, f"thread 0x{thread.tid:x}")
     _suspend_count(k, PreviousSuspendCount, thread.suspend_count)
     thread.suspend_count += 1
     if thread is k.proc.threads.current:
@@ -137,13 +133,13 @@ def NtSuspendThread(k: Kernel, ThreadHandle: HANDLE, PreviousSuspendCount: PULON
 @syscall
 def NtTerminateThread(k: Kernel, ThreadHandle: HANDLE, ExitStatus: NTSTATUS) -> int:
     """End a thread with ExitStatus. NULL means the calling thread unless it is the last one
-    (STATUS_CANT_TERMINATE_SELF: it must end the process instead). When the last thread ends,
+    (Status.CANT_TERMINATE_SELF: it must end the process instead). When the last thread ends,
     the process ends with its status."""
     sched = k.proc.threads
     k.details.update(exit_status=ExitStatus)
     if ThreadHandle == 0:
         if len(sched.live()) == 1:
-            raise NtStatusError(STATUS_CANT_TERMINATE_SELF, "the last thread")
+            raise NtStatusError(Status.CANT_TERMINATE_SELF, "the last thread")
         thread = sched.current
     else:
         thread = thread_of(k, ThreadHandle)
@@ -166,7 +162,7 @@ def NtOpenThread(
     tid = k.read_ptr(ClientId + k.arch.ptr_size)
     thread = k.proc.threads.by_tid(tid)
     if thread is None:
-        raise NtStatusError(STATUS_INVALID_CID, f"no thread 0x{tid:x}")
+        raise NtStatusError(Status.INVALID_CID, f"no thread 0x{tid:x}")
     handle = k.proc.objects.insert(thread)
     k.write_ptr(ThreadHandle, handle)
     k.details.update(handle=handle, tid=tid)
@@ -175,11 +171,11 @@ def NtOpenThread(
 
 @syscall
 def NtYieldExecution(k: Kernel) -> int:
-    """Let another ready thread run: STATUS_NO_YIELD_PERFORMED when there is none."""
+    """Let another ready thread run: Status.NO_YIELD_PERFORMED when there is none."""
     sched = k.proc.threads
     others = [t for t in sched.live() if t.ready and t is not sched.current]
     if not others:
-        return STATUS_NO_YIELD_PERFORMED
+        return Status.NO_YIELD_PERFORMED
     sched.request_switch(yielding=True)
     return Status.SUCCESS
 
@@ -209,7 +205,7 @@ def NtWaitForAlertByThreadId(k: Kernel, Address: PVOID, Timeout: PVOID) -> int:
 def NtAlertThreadByThreadId(k: Kernel, ThreadId: HANDLE) -> int:
     thread = k.proc.threads.by_tid(ThreadId)
     if thread is None:
-        raise NtStatusError(STATUS_INVALID_CID, f"no thread 0x{ThreadId:x}")
+        raise NtStatusError(Status.INVALID_CID, f"no thread 0x{ThreadId:x}")
     k.details.update(tid=ThreadId)
     k.proc.threads.alert(thread)
     return Status.SUCCESS
