@@ -326,13 +326,18 @@ def load_program(
     debug_channels: str | None = None,
     stdin: bytes = b"",
     time_limit: float = 300.0,
+    threads_seed: int | None = None,
+    quantum: int | None = None,
     process_class: type[ProcessCore] = ProcessCore,
 ) -> Program:
     """Map the program at ``path`` and Wine's ntdll into a new ProcessCore (arch from the image).
 
     ``argv`` defaults to ``[program name]``; ``env`` adds to (or overrides) a small default
     environment; ``files`` maps more Windows paths to host files the program may read;
-    ``stdin`` is what the program reads from its standard input."""
+    ``stdin`` is what the program reads from its standard input. Threads the program creates
+    share the one CPU: ``quantum`` instructions at most before another ready thread may run,
+    the next one drawn with ``threads_seed`` (``emu.nt.threads``: a seed gives one
+    interleaving, exactly repeated)."""
     from emu.load.wine_ntdll import load_wine_ntdll
     from loader.peimage import PeImage
     from loader.wine import find_wine_dir
@@ -349,6 +354,7 @@ def load_program(
         stack_commit=STACK_COMMIT,
         time_limit=time_limit,
     )
+    proc.threads.configure(seed=threads_seed, quantum=quantum)
     objects = proc.objects
     windows_path = f"{PROGRAM_DIR}\\{path.name}"
     namespace = objects.namespace

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from emu.process.core import ProcessCore
 
 STATUS_PENDING = NtStatus.PENDING  # ExitStatus while it runs (GetExitCodeThread: STILL_ACTIVE)
-DEFAULT_QUANTUM = 20_000  # instructions between forced switches
+DEFAULT_QUANTUM = 100_000  # instructions between forced switches
 TEB_REGION_SIZE = 0x10000  # TEB plus room past it (Wine keeps per-thread data there)
 # Wine's signal_start_thread zeroes the 0xf0000 bytes below the initial CONTEXT's page before
 # NtContinue: the whole range must be committed.
@@ -104,6 +104,7 @@ class Scheduler:
         self.yielding = False  # ...and would rather another thread ran (NtYieldExecution)
         self.idle_time = 0  # clock time added by quanta and by sleeping with nothing to do
         self.switches = 0
+        self.schedule: list[int] = []  # the thread id switched to, at every switch
         self._next_tid = tid + 4
         self._order = 0
         self._free_slots: list[int] = []
@@ -292,6 +293,7 @@ class Scheduler:
         choice = ready[0] if len(ready) == 1 else self._rng.choice(ready)
         if choice is not self.current:
             self.switches += 1
+            self.schedule.append(choice.tid)
         return choice
 
     def _deadlock(self) -> EmulationError:

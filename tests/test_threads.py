@@ -1,0 +1,182 @@
+"""Threads on one emulated CPU (issue 16 cause 7), on x86 and x64.
+
+tests/programs/threads.c runs through Wine's kernel32/kernelbase/ntdll: threads created,
+joined and their exit codes read; events, semaphores, mutexes (recursion, abandonment),
+critical sections and Sleep; eight threads sharing one heap, repeated exactly for a seed;
+a deadlock; ExitProcess from a worker. The system calls themselves are also called directly
+(``asmutil.syscall_stubs``) where a single thread shows their Windows answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+from programbuild import build
+
+from emu import Process
+from emu.heap.registry import walk_heap
+from emu.load.program import ProgramResult
+from emu.win.layouts import TEB
+from emu.win.ntdefs import NtStatus
+
+pytestmark = pytest.mark.wine
+
+CURRENT = -1
+STILL_ACTIVE, WAIT_TIMEOUT, ERROR_TOO_MANY_POSTS, ERROR_NOT_OWNER = 0x103, 0x102, 298, 288
+WAIT_ABANDONED = 0x80
+# The allocators a program's heaps can be served by. Today Wine's own heap; when `heapemu
+# exec --allocator` routes Wine's Rtl*Heap to another allocator, list ALLOCATOR_NAMES here.
+PROGRAM_ALLOCATORS = ("wine",)
+
+
+def _checks(result: ProgramResult) -> dict[str, int]:
+    """The program's "<check> <hex value>" lines."""
+    out = {}
+    for line in result.text.splitlines():
+        name, _, value = line.partition(" ")
+        out[name] = int(value.split()[0], 16)
+    return out
+
+
+def _run(arch: str, *args: str, seed: int = 0, quantum: int | None = None) -> Process:
+    proc = Process.from_program(
+        build("threads.exe", arch), ["threads.exe", *args], threads_seed=seed, quantum=quantum
+    )
+    assert proc.program is not None
+    proc.program.run()
+    return proc
+
+
+BASIC = {
+    "wait-all": 0,
+    **{f"exit-code-{i}": 0x100 + i for i in range(4)},  # each thread's own TLS slot
+    "suspended-still-active": STILL_ACTIVE,
+    "wait-suspended-timeout": WAIT_TIMEOUT,
+    "resume-previous": 1,
+    "wait-exit-thread": 0,
+    "exit-thread-code": 0x77,
+    "critical-section-counter": 3 * 2000,
+    "ping-pong-rounds": 5,
+    "ping-pong-join": 0,
+    "event-poll-timeout": WAIT_TIMEOUT,
+    "manual-stays-set": 0,
+    "manual-reset": WAIT_TIMEOUT,
+    "wait-any-index": 1,
+    "pulse-no-waiter": 1,
+    "sem-release-2": 1,
+    "sem-previous": 0,
+    "sem-over-limit": ERROR_TOO_MANY_POSTS,
+    "sem-one-left-waiting": WAIT_TIMEOUT,  # two of three took the two releases
+    "sem-all-taken": 0,
+    "mutex-recursive": 0,
+    "mutex-release-1": 1,
+    "mutex-release-2": 1,
+    "mutex-release-not-owner": ERROR_NOT_OWNER,
+    "mutex-abandoned": WAIT_ABANDONED,
+    "mutex-owned-after-abandon": 0,
+    "sleeper-not-yet": WAIT_TIMEOUT,  # 10 ms of a 50 ms sleep: on the emulated clock
+    "sleeper-done": 0,
+    "thread-attach-count": 14,  # every thread got DLL_THREAD_ATTACH (the program's TLS callback)
+    "thread-detach-count": 14,
+}
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_threads_waits_and_synchronisation_objects(arch: str, seed: int) -> None:
+    proc = _run(arch, "basic", seed=seed, quantum=3000)
+    assert proc.program is not None and proc.program.result is not None
+    result = proc.program.result
+    assert result.ok, result.error
+    assert result.exit_code == 0
+    assert _checks(result) == BASIC
+    created = [r for r in proc.syscalls if r.name == "NtCreateThreadEx"]
+    assert len(created) == 14 and all(r.status == 0 for r in created)
+    assert not [r for r in proc.syscalls if r.status == NtStatus.NOT_IMPLEMENTED]
+    assert proc.threads.switches > 14
+    # the threads ended and released their TEBs and stacks; the main thread is current again
+    assert proc.threads.current is proc.threads.main
+    assert all(t.released for t in proc.threads.threads[1:])
+
+
+def test_a_new_thread_has_its_own_teb_and_stack(arch: str) -> None:
+    """At the thread function: TEB.Self, ClientId, PEB, stack bounds around the stack pointer,
+    and Wine's loader gave it a TLS array (ThreadLocalStoragePointer)."""
+    proc = Process.from_program(build("threads.exe", arch), ["threads.exe", "basic"])
+    assert proc.program is not None
+    a, seen = proc.arch, []
+
+    def at_start(ctx: object) -> None:
+        thread = proc.threads.current
+        teb = thread.teb
+        fields = {
+            name: TEB.read(proc, a, teb, name)
+            for name in ("Self", "UniqueThread", "ProcessEnvironmentBlock", "StackBase",
+                         "StackLimit", "ThreadLocalStoragePointer")
+        }  # fmt: skip
+        seen.append((thread.tid, teb, proc.cpu.sp, fields))
+
+    proc.breakpoint(f"{proc.program.exe.short_name}!returns_arg", at_start)
+    assert proc.program.run().ok
+    assert len(seen) == 4
+    assert len({tid for tid, *_ in seen}) == 4  # (a TEB freed at a thread's end is reused)
+    for tid, teb, sp, fields in seen:
+        assert fields["Self"] == teb and fields["UniqueThread"] == tid
+        assert fields["ProcessEnvironmentBlock"] == proc.peb
+        assert fields["StackLimit"] < sp < fields["StackBase"]
+        assert fields["ThreadLocalStoragePointer"] != 0
+        assert tid != TEB.read(proc, a, proc.teb, "UniqueThread")
+
+
+@pytest.mark.parametrize("allocator", PROGRAM_ALLOCATORS)
+def test_eight_threads_on_one_heap_repeat_exactly(arch: str, allocator: str) -> None:
+    """8 threads x 10,000 random HeapAlloc/HeapFree on one HeapCreate heap (serialised by its
+    lock): the run ends, every worker saw its blocks intact, the heap walks clean, and the same
+    seed gives the same output, the same schedule and the same final heap."""
+    runs = []
+    for _ in range(2):
+        proc = _run(arch, "heap", "8", "10000", seed=1)
+        assert proc.program is not None and proc.program.result is not None
+        result = proc.program.result
+        assert result.ok and result.exit_code == 0, result.error
+        checks = _checks(result)
+        assert checks["heap-join"] == 0 and checks["heap-validate"] == 1
+        assert [checks[f"worker-{i}"] for i in range(8)] == [0] * 8
+        shared = proc.process_heaps[-1]  # created last, by HeapCreate
+        report = walk_heap(proc, shared, allocator)
+        assert report.ok, report.corruptions
+        busy = [(b.address, b.size) for b in report.busy_blocks()]
+        assert len(busy) == checks["heap-busy-blocks"] > 0
+        layout = [(b.address, b.size, b.busy) for b in report.blocks]
+        runs.append((result.text, layout, list(proc.threads.schedule)))
+        assert proc.threads.switches > 100
+    assert runs[0] == runs[1]
+
+
+def test_another_seed_explores_another_interleaving(arch: str) -> None:
+    outputs = {}
+    for seed in (1, 2):
+        proc = _run(arch, "heap", "4", "400", seed=seed, quantum=2000)
+        assert proc.program is not None and proc.program.result is not None
+        checks = _checks(proc.program.result)
+        assert [checks[f"worker-{i}"] for i in range(4)] == [0] * 4
+        assert checks["heap-validate"] == 1
+        outputs[seed] = list(proc.threads.schedule)
+    assert outputs[1] != outputs[2]
+
+
+def test_a_deadlock_ends_the_run_with_a_clear_error(arch: str) -> None:
+    proc = _run(arch, "deadlock")
+    assert proc.program is not None and proc.program.result is not None
+    result = proc.program.result
+    assert result.exit_code is None and result.error is not None
+    assert result.error.kind == "deadlock: all 2 threads wait forever"
+    detail = result.error.fault.detail
+    assert detail.count("waits for mutant owned by thread") == 2, detail
+    assert result.text.splitlines() == ["deadlock-begins 1"]
+
+
+def test_exit_process_from_a_worker_ends_every_thread(arch: str) -> None:
+    proc = _run(arch, "exit")
+    assert proc.program is not None and proc.program.result is not None
+    result = proc.program.result
+    assert result.ok and result.exit_code == 0x2A
+    assert proc.threads.main.terminated  # killed by NtTerminateProcess(NULL) from the worker
