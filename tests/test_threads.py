@@ -9,14 +9,17 @@ a deadlock; ExitProcess from a worker. The system calls themselves are also call
 
 from __future__ import annotations
 
+import struct
+
 import pytest
+from asmutil import syscall_stubs
 from programbuild import build
 
-from emu import Process
+from emu import EmulationError, Process
 from emu.heap.registry import walk_heap
 from emu.load.program import ProgramResult
 from emu.win.layouts import TEB
-from emu.win.ntdefs import NtStatus
+from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE, NtStatus
 
 pytestmark = pytest.mark.wine
 
@@ -180,3 +183,116 @@ def test_exit_process_from_a_worker_ends_every_thread(arch: str) -> None:
     result = proc.program.result
     assert result.ok and result.exit_code == 0x2A
     assert proc.threads.main.terminated  # killed by NtTerminateProcess(NULL) from the worker
+
+
+# ---------------------------------------------------------------------- the calls themselves
+class Calls:
+    """System-call stubs in a one-thread process, and a scratch page for their arguments."""
+
+    def __init__(self, arch: str):
+        self.proc = Process(arch, time_limit=10.0)
+        self.stubs = syscall_stubs(self.proc)
+        self.buf, _ = self.proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+        self.n = self.proc.arch.ptr_size
+
+    def __call__(self, name: str, *args: int) -> int:
+        return self.proc.call(self.stubs[name], *args) & 0xFFFFFFFF
+
+    def handle(self, name: str, *args: int) -> int:
+        assert self(name, self.buf + 0x800, 0x1F0003, 0, *args) == 0
+        return self.proc.read_ptr(self.buf + 0x800)
+
+    def timeout(self, value: int) -> int:
+        self.proc.write(self.buf + 0x900, struct.pack("<q", value))
+        return self.buf + 0x900
+
+    def handles(self, *handles: int) -> int:
+        for i, h in enumerate(handles):
+            self.proc.write_ptr(self.buf + 0xA00 + i * self.n, h)
+        return self.buf + 0xA00
+
+    def u32(self, addr: int) -> int:
+        return self.proc.read_u32(addr)
+
+
+def test_events_semaphores_and_mutants_answer_as_windows(arch: str) -> None:
+    c = Calls(arch)
+    poll = c.timeout(0)
+    auto = c.handle("NtCreateEvent", 1, 1)  # SynchronizationEvent, signalled
+    assert c("NtWaitForSingleObject", auto, 0, poll) == 0
+    assert c("NtWaitForSingleObject", auto, 0, poll) == NtStatus.TIMEOUT  # reset by the wait
+    manual = c.handle("NtCreateEvent", 0, 0)  # NotificationEvent
+    assert c("NtSetEvent", manual, c.buf) == 0 and c.u32(c.buf) == 0  # PreviousState
+    assert c("NtWaitForSingleObject", manual, 0, poll) == 0
+    assert c("NtWaitForSingleObject", manual, 0, poll) == 0  # stays set
+    assert c("NtPulseEvent", manual, c.buf) == 0 and c.u32(c.buf) == 1
+    assert c("NtWaitForSingleObject", manual, 0, poll) == NtStatus.TIMEOUT  # pulsed: reset
+    assert c("NtCreateEvent", c.buf, 0, 0, 2, 0) == NtStatus.INVALID_PARAMETER_4  # no such type
+
+    sem = c.handle("NtCreateSemaphore", 1, 2)
+    assert c("NtReleaseSemaphore", sem, 2, c.buf) == NtStatus.SEMAPHORE_LIMIT_EXCEEDED
+    assert c("NtReleaseSemaphore", sem, 1, c.buf) == 0 and c.u32(c.buf) == 1
+    assert c("NtCreateSemaphore", c.buf, 0, 0, 3, 2) == NtStatus.INVALID_PARAMETER_4
+
+    # WaitAny: the lowest signalled index; WaitAll: nothing taken unless all can be
+    empty = c.handle("NtCreateEvent", 1, 0)
+    arr = c.handles(empty, sem)
+    assert c("NtWaitForMultipleObjects", 2, arr, 1, 0, poll) == 1  # STATUS_WAIT_1
+    assert c("NtWaitForMultipleObjects", 2, arr, 0, 0, poll) == NtStatus.TIMEOUT
+    assert c("NtReleaseSemaphore", sem, 1, c.buf) == 0 and c.u32(c.buf) == 1  # count kept
+    assert c("NtWaitForMultipleObjects", 2, c.handles(sem, sem), 0, 0, poll) == (
+        NtStatus.INVALID_PARAMETER_MIX
+    )
+    assert c("NtWaitForMultipleObjects", 0, arr, 1, 0, poll) == NtStatus.INVALID_PARAMETER_1
+    assert c("NtWaitForMultipleObjects", 65, arr, 1, 0, poll) == NtStatus.INVALID_PARAMETER_1
+    assert c("NtWaitForMultipleObjects", 2, arr, 2, 0, poll) == NtStatus.INVALID_PARAMETER_3
+
+    mutant = c.handle("NtCreateMutant", 1)  # owned by the caller
+    assert c("NtWaitForSingleObject", mutant, 0, poll) == 0  # recursion
+    assert c("NtReleaseMutant", mutant, c.buf) == 0 and c.u32(c.buf) == 0xFFFFFFFF  # -1
+    assert c("NtReleaseMutant", mutant, c.buf) == 0 and c.u32(c.buf) == 0
+    assert c("NtReleaseMutant", mutant, c.buf) == NtStatus.MUTANT_NOT_OWNED
+    assert c("NtWaitForSingleObject", 0x7FF0, 0, poll) == NtStatus.INVALID_HANDLE
+
+
+def test_time_passes_only_on_the_emulated_clock(arch: str) -> None:
+    """A one-thread process: a timed wait or a sleep moves the clock by its length (no host
+    time passes); a wait nothing can end is a deadlock."""
+    c = Calls(arch)
+    event = c.handle("NtCreateEvent", 1, 0)
+
+    def now() -> int:
+        assert c("NtQuerySystemTime", c.buf + 0x100) == 0
+        return int(struct.unpack("<q", c.proc.read(c.buf + 0x100, 8))[0])
+
+    before = now()
+    assert c("NtWaitForSingleObject", event, 0, c.timeout(-5_000_000)) == NtStatus.TIMEOUT
+    assert c("NtDelayExecution", 0, c.timeout(-20_000_000)) == 0  # 2 s
+    assert 25_000_000 <= now() - before < 26_000_000
+    absolute = now() + 10_000_000  # a system time 1 s ahead
+    assert c("NtWaitForSingleObject", event, 0, c.timeout(absolute)) == NtStatus.TIMEOUT
+    assert now() >= absolute
+    assert c("NtYieldExecution") == NtStatus.NO_YIELD_PERFORMED
+    with pytest.raises(EmulationError, match="deadlock: the only thread waits forever"):
+        c("NtWaitForSingleObject", event, 0, 0)
+    with pytest.raises(EmulationError, match="deadlock"):
+        c("NtWaitForAlertByThreadId", 0, 0)
+    tid = TEB.read(c.proc, c.proc.arch, c.proc.teb, "UniqueThread")
+    assert c("NtAlertThreadByThreadId", tid) == 0  # an alert before the wait ends it at once
+    assert c("NtWaitForAlertByThreadId", 0, 0) == NtStatus.ALERTED
+    assert c("NtAlertThreadByThreadId", 0x7777) == NtStatus.INVALID_CID
+
+
+def test_thread_calls_without_wine_and_on_the_only_thread(arch: str) -> None:
+    c = Calls(arch)
+    # a thread starts through Wine's ntdll (LdrInitializeThunk): without it, none can start
+    assert c("NtCreateThreadEx", c.buf, 0x1FFFFF, 0, CURRENT & c.proc.arch.ptr_mask, 0x1000, 0,
+             0, 0, 0, 0, 0) == NtStatus.NOT_SUPPORTED  # fmt: skip
+    assert c("NtTerminateThread", 0, 5) == NtStatus.CANT_TERMINATE_SELF  # NULL: not the last
+    cls, size = 0, 0x30 if arch == "x64" else 0x1C  # ThreadBasicInformation
+    current = -2 & c.proc.arch.ptr_mask
+    assert c("NtQueryInformationThread", current, cls, c.buf, size, 0) == 0
+    assert c.u32(c.buf) == STILL_ACTIVE  # ExitStatus: STATUS_PENDING while it runs
+    assert c.proc.read_ptr(c.buf + (8 if arch == "x64" else 4)) == c.proc.teb
+    assert c("NtQueryInformationThread", current, 12, c.buf, 4, 0) == 0  # ThreadAmILastThread
+    assert c.u32(c.buf) == 1
