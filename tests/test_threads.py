@@ -155,14 +155,25 @@ def test_eight_threads_on_one_heap_repeat_exactly(arch: str, allocator: str) -> 
 
 
 def test_another_seed_explores_another_interleaving(arch: str) -> None:
+    """Seeds 1 and 2 switch threads in other orders; the event recorder keeps each thread's
+    calls apart (every RtlAllocateHeap/RtlFreeHeap of the workers returns, to its caller)."""
     outputs = {}
     for seed in (1, 2):
-        proc = _run(arch, "heap", "4", "400", seed=seed, quantum=2000)
-        assert proc.program is not None and proc.program.result is not None
-        checks = _checks(proc.program.result)
+        proc = Process.from_program(
+            build("threads.exe", arch), ["threads.exe", "heap", "4", "400"],
+            threads_seed=seed, quantum=2000,
+        )  # fmt: skip
+        assert proc.program is not None
+        with proc.record() as rec:
+            result = proc.program.run()
+        checks = _checks(result)
         assert [checks[f"worker-{i}"] for i in range(4)] == [0] * 4
         assert checks["heap-validate"] == 1
         outputs[seed] = list(proc.threads.schedule)
+        shared = proc.process_heaps[-1]
+        calls = [e for e in rec.all if e.args.get("HeapHandle") == shared]
+        assert len(calls) >= 4 * 400 and all(e.finished and e.ret for e in calls)
+        assert all(e.caller.startswith("ntdll!") or "heap_worker" in e.caller for e in calls)
     assert outputs[1] != outputs[2]
 
 
