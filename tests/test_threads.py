@@ -16,6 +16,8 @@ from asmutil import syscall_stubs
 from programbuild import build
 
 from emu import EmulationError, Process
+from emu.cli.exec import exec_main
+from emu.facade import load_program
 from emu.heap.registry import walk_heap
 from emu.load.program import ProgramResult
 from emu.win.layouts import TEB
@@ -160,7 +162,7 @@ def test_another_seed_explores_another_interleaving(arch: str) -> None:
     outputs = {}
     for seed in (1, 2):
         proc = Process.from_program(
-            build("threads.exe", arch), ["threads.exe", "heap", "4", "400"],
+            build("threads.exe", arch), ["threads.exe", "heap", "4", "150"],
             threads_seed=seed, quantum=2000,
         )  # fmt: skip
         assert proc.program is not None
@@ -172,7 +174,7 @@ def test_another_seed_explores_another_interleaving(arch: str) -> None:
         outputs[seed] = list(proc.threads.schedule)
         shared = proc.process_heaps[-1]
         calls = [e for e in rec.all if e.args.get("HeapHandle") == shared]
-        assert len(calls) >= 4 * 400 and all(e.finished and e.ret for e in calls)
+        assert len(calls) >= 4 * 150 and all(e.finished and e.ret for e in calls)
         assert all(e.caller.startswith("ntdll!") or "heap_worker" in e.caller for e in calls)
     assert outputs[1] != outputs[2]
 
@@ -307,3 +309,45 @@ def test_thread_calls_without_wine_and_on_the_only_thread(arch: str) -> None:
     assert c.proc.read_ptr(c.buf + (8 if arch == "x64" else 4)) == c.proc.teb
     assert c("NtQueryInformationThread", current, 12, c.buf, 4, 0) == 0  # ThreadAmILastThread
     assert c.u32(c.buf) == 1
+
+
+def test_terminate_thread_and_the_last_thread_ending_the_process(arch: str) -> None:
+    """TerminateThread stops a thread that never makes a system call (its turns end with the
+    quantum); when main leaves with ExitThread, the process lives on until its last thread
+    returns, and ends with that thread's exit code."""
+    proc = _run(arch, "last", quantum=5000)
+    assert proc.program is not None and proc.program.result is not None
+    result = proc.program.result
+    assert result.ok, result.error
+    assert _checks(result) == {
+        "terminate-other": 1,
+        "terminated-wait": 0,
+        "terminated-code": 0x55,
+        "last-thread-runs": 1,
+    }
+    assert result.exit_code == 9
+    assert proc.threads.main.terminated and proc.threads.main.exit_status == 7
+
+
+def test_budget_and_time_limit_hold_across_threads(arch: str) -> None:
+    program = load_program(build("threads.exe", arch), ["threads.exe", "heap", "8", "100000"])
+    result = program.run(max_instructions=3_000_000)
+    assert result.error is not None and result.error.kind == "instruction budget exhausted"
+    assert result.error.context.startswith("in thread 0x")
+    program = load_program(build("threads.exe", arch), ["threads.exe", "heap", "8", "100000"])
+    result = program.run(time_limit=1.0)
+    assert result.error is not None and result.error.kind == "wall-clock limit exceeded"
+
+
+def test_exec_takes_a_threads_seed_and_a_quantum(
+    arch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = str(build("threads.exe", arch))
+    runs = []
+    for _ in range(2):
+        assert exec_main(["--threads-seed", "9", "--quantum", "3000", exe, "heap", "3", "50"]) == 0
+        runs.append(capsys.readouterr().out)
+    assert runs[0] == runs[1] and "heap-validate 1" in runs[0]
+    with pytest.raises(SystemExit) as bad:
+        exec_main(["--quantum", "0", exe])  # at least one instruction
+    assert bad.value.code == 2 and "--quantum: must be at least 1" in capsys.readouterr().err

@@ -107,7 +107,7 @@ class Scheduler:
         self.schedule: list[int] = []  # the thread id switched to, at every switch
         self._next_tid = tid + 4
         self._order = 0
-        self._free_slots: list[int] = []
+        self._free_tebs: list[tuple[int, int]] = []  # (TEB, x86 descriptor slot) to reuse
         self._next_slot = 1
 
     def configure(self, seed: int | None = None, quantum: int | None = None) -> None:
@@ -157,23 +157,28 @@ class Scheduler:
         space = proc.arch.user_max
         if commit > space or reserve > space:
             raise NtStatusError(NtStatus.INVALID_PARAMETER, "stack size beyond user space")
-        if not self._free_slots and self._next_slot > MAX_TEB_SLOTS:
+        if not self._free_tebs and self._next_slot > MAX_TEB_SLOTS:
             raise NtStatusError(NtStatus.INSUFFICIENT_RESOURCES, "no TEB descriptor left")
         main_reserve = self.main.stack.reserve if self.main.stack else 0
         commit = max(commit, STACK_COMMIT)
         reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
         stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
-        try:
-            teb, _ = proc.memory.allocate(
-                0, TEB_REGION_SIZE, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN, PAGE_READWRITE,
-                usage="TEB",
-            )  # fmt: skip
-        except NtStatusError:
-            proc.memory.free(stack.base, 0, MEM_RELEASE)
-            raise
+        if self._free_tebs:
+            teb, slot = self._free_tebs.pop()
+            proc.write(teb, bytes(TEB_REGION_SIZE))
+        else:
+            try:
+                teb, _ = proc.memory.allocate(
+                    0, TEB_REGION_SIZE, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN, PAGE_READWRITE,
+                    usage="TEB",
+                )  # fmt: skip
+            except NtStatusError:
+                proc.memory.free(stack.base, 0, MEM_RELEASE)
+                raise
+            slot = self._take_slot()
         thread = Thread("thread", tid=self._next_tid, teb=teb, stack=stack, start=start)
+        thread.slot = slot
         self._next_tid += 4
-        thread.slot = self._free_slots.pop() if self._free_slots else self._take_slot()
         thread.suspend_count = 1 if suspended else 0
         init_teb(proc, teb, thread.tid, stack)
         context, sp = write_start_context(proc, stack.top, start, argument, user_start)
@@ -253,15 +258,16 @@ class Scheduler:
         self.notify()
 
     def release_ended(self) -> None:
-        """Free the TEB and stack of ended threads (not the main thread's, not the one whose
-        state the CPU still holds), as the kernel does when a thread object's thread ends."""
+        """Free the stacks of ended threads (not the main thread's, not the one whose state the
+        CPU still holds). Their TEBs stay mapped and are reused for new threads, as Wine's
+        kernel keeps them: Wine's loader links every TEB into a list (TlsLinks) that a thread
+        ended by TerminateThread never leaves, and the next thread start walks it."""
         for t in self.threads:
             if t.terminated and not t.released and t is not self.main and t is not self.current:
                 t.released = True
                 if t.stack is not None:
                     self.proc.memory.free(t.stack.base, 0, MEM_RELEASE)
-                self.proc.memory.free(t.teb, 0, MEM_RELEASE)
-                self._free_slots.append(t.slot)
+                self._free_tebs.append((t.teb, t.slot))
 
     # ------------------------------------------------------------------ switching
     def request_switch(self, yielding: bool = False) -> None:

@@ -6,6 +6,8 @@
  *   threads.exe heap N OPS     N threads, each OPS random HeapAlloc/HeapFree on one heap
  *   threads.exe deadlock       two threads each waiting for the other's mutex
  *   threads.exe exit           ExitProcess from a worker while main waits forever
+ *   threads.exe last           TerminateThread on a spinning thread; main ends with
+ *                              ExitThread and the last thread's return ends the process
  */
 #include <windows.h>
 #include <stdio.h>
@@ -257,6 +259,32 @@ static DWORD WINAPI exits_process(void *arg) {
     return 0;
 }
 
+static volatile LONG spin_forever = 1;
+
+static DWORD WINAPI spinner(void *arg) {
+    while (spin_forever) /* no system call: only the quantum ends its turns */
+        ;
+    return 0;
+}
+
+static DWORD WINAPI outlives_main(void *arg) {
+    Sleep(20);
+    printf("last-thread-runs 1\n");
+    return 9; /* the process's exit code: its last thread's */
+}
+
+static void last(void) {
+    HANDLE s = CreateThread(NULL, 0, spinner, NULL, 0, NULL);
+    Sleep(1);
+    show("terminate-other", TerminateThread(s, 0x55));
+    show("terminated-wait", WaitForSingleObject(s, INFINITE));
+    DWORD code;
+    GetExitCodeThread(s, &code);
+    show("terminated-code", code);
+    CreateThread(NULL, 0, outlives_main, NULL, 0, NULL);
+    ExitThread(7);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *mode = argc > 1 ? argv[1] : "basic";
@@ -267,6 +295,8 @@ int main(int argc, char **argv) {
         heap(argc > 2 ? atoi(argv[2]) : 8, argc > 3 ? atoi(argv[3]) : 10000);
     } else if (!strcmp(mode, "deadlock")) {
         deadlock();
+    } else if (!strcmp(mode, "last")) {
+        last();
     } else if (!strcmp(mode, "exit")) {
         HANDLE never = CreateEventA(NULL, TRUE, FALSE, NULL);
         CreateThread(NULL, 0, exits_process, NULL, 0, NULL);
