@@ -9,6 +9,7 @@ a deadlock; ExitProcess from a worker. The system calls themselves are also call
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -162,7 +163,7 @@ def test_another_seed_explores_another_interleaving(arch: str) -> None:
     outputs = {}
     for seed in (1, 2):
         proc = Process.from_program(
-            build("threads.exe", arch), ["threads.exe", "heap", "4", "150"],
+            build("threads.exe", arch), ["threads.exe", "heap", "4", "100"],
             threads_seed=seed, quantum=2000,
         )  # fmt: skip
         assert proc.program is not None
@@ -174,7 +175,7 @@ def test_another_seed_explores_another_interleaving(arch: str) -> None:
         outputs[seed] = list(proc.threads.schedule)
         shared = proc.process_heaps[-1]
         calls = [e for e in rec.all if e.args.get("HeapHandle") == shared]
-        assert len(calls) >= 4 * 150 and all(e.finished and e.ret for e in calls)
+        assert len(calls) >= 4 * 100 and all(e.finished and e.ret for e in calls)
         assert all(e.caller.startswith("ntdll!") or "heap_worker" in e.caller for e in calls)
     assert outputs[1] != outputs[2]
 
@@ -348,6 +349,36 @@ def test_exec_takes_a_threads_seed_and_a_quantum(
         assert exec_main(["--threads-seed", "9", "--quantum", "3000", exe, "heap", "3", "50"]) == 0
         runs.append(capsys.readouterr().out)
     assert runs[0] == runs[1] and "heap-validate 1" in runs[0]
+    assert exec_main(["--json", "--threads-seed", "9", exe, "exit"]) == 0x2A
+    report = json.loads(capsys.readouterr().out)
+    assert report["threads"]["created"] == 2 and report["threads"]["seed"] == 9
+    assert report["threads"]["quantum"] == 100_000 and report["threads"]["switches"] >= 1
     with pytest.raises(SystemExit) as bad:
         exec_main(["--quantum", "0", exe])  # at least one instruction
     assert bad.value.code == 2 and "--quantum: must be at least 1" in capsys.readouterr().err
+
+
+def test_snapshots_keep_the_scheduler_and_refuse_several_live_threads(arch: str) -> None:
+    c = Calls(arch)
+    snap = c.proc.snapshot()
+    clock = c.proc.threads.clock()
+    assert c("NtDelayExecution", 0, c.timeout(-50_000_000)) == 0
+    assert c.proc.threads.clock() > clock + 50_000_000
+    c.proc.restore(snap)
+    assert c.proc.threads.clock() == clock
+    assert c.proc.threads.main.stack is c.proc.thread_stack  # still the process's own
+
+    proc = Process.from_program(build("threads.exe", arch), ["threads.exe"])
+    stubs = syscall_stubs(proc)
+    out, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+    mask = proc.arch.ptr_mask
+    start, suspended = proc.resolve("ntdll!RtlExitUserThread"), 1
+    status = proc.call(
+        stubs["NtCreateThreadEx"], out, 0x1FFFFF, 0, CURRENT & mask, start, 0, suspended, 0, 0, 0, 0
+    )
+    assert status == 0 and len(proc.threads.live()) == 2
+    thread = proc.threads.threads[-1]
+    assert thread.suspend_count == 1 and thread.ready is False
+    assert TEB.read(proc, proc.arch, thread.teb, "UniqueThread") == thread.tid
+    with pytest.raises(EmulationError, match="several live threads"):
+        proc.snapshot()

@@ -263,6 +263,12 @@ def _report(
             for m in sorted(program.proc.modules, key=lambda m: m.base)
         ],
         "events": [ev.to_json() for ev in rec.all],
+        "threads": {
+            "created": len(program.proc.threads.threads),
+            "switches": program.proc.threads.switches,
+            "seed": program.proc.threads.seed,
+            "quantum": program.proc.threads.quantum,
+        },
     }
     if cross is not None:
         report["cross_heap_frees"] = [

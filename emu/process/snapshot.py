@@ -57,7 +57,9 @@ class Snapshot:
 
 def _shared(proc: ProcessCore) -> dict[int, Any]:
     """deepcopy's memo: objects shared between the process and its snapshots, never copied."""
-    keep: list[Any] = [proc, proc.cpu, proc.arch, proc.regs]
+    # the main thread's stack is a component (restored in place): its scheduler entry must
+    # keep naming that object, not a copy
+    keep: list[Any] = [proc, proc.cpu, proc.arch, proc.regs, proc.thread_stack]
     keep.append(getattr(proc.syscall_dispatcher, "handlers", None))  # the table of handlers
     for module in proc.modules:
         keep += [module, module.image]

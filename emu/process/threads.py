@@ -72,6 +72,7 @@ def run_threads(
     template = cpu.save_context()
     used = 0
     completed = False
+    proc.breakpoint_stop = None
     sched.running = True
     try:
         _switch_to(proc, sched.current, template)
