@@ -207,8 +207,9 @@ class Scheduler:
         now = self.clock()
         if wait.deadline is not None and wait.deadline <= now:
             return wait.timeout_status
-        if not self.running:
-            # no other thread can ever signal: only time can end the wait
+        if not self.running or len(self.live()) == 1:
+            # no other thread can signal: only time can end the wait (no switch needed, so a
+            # one-thread run stays one counted run)
             if wait.deadline is None:
                 return None
             self.idle_time += wait.deadline - now

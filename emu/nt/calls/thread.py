@@ -188,7 +188,8 @@ def NtDelayExecution(k: Kernel, Alertable: BOOLEAN, DelayInterval: PVOID) -> int
     if until is None:  # Sleep(INFINITE) is a relative -1... a NULL interval is invalid
         raise NtStatusError(Status.ACCESS_VIOLATION, "NULL DelayInterval")
     if until <= sched.clock():
-        sched.request_switch(yielding=True)
+        if any(t.ready and t is not sched.current for t in sched.threads):
+            sched.request_switch(yielding=True)
         return Status.SUCCESS
     return wait(k, Wait(deadline=until, timeout_status=Status.SUCCESS))
 
