@@ -382,3 +382,54 @@ def test_snapshots_keep_the_scheduler_and_refuse_several_live_threads(arch: str)
     assert TEB.read(proc, proc.arch, thread.teb, "UniqueThread") == thread.tid
     with pytest.raises(EmulationError, match="several live threads"):
         proc.snapshot()
+
+
+def test_thread_handles_suspension_and_tls_cells(arch: str) -> None:
+    """A suspended thread (made, never run): its handle from NtOpenThread by client id,
+    suspend counts, its start address; TlsFree's ThreadZeroTlsCell clears the slot in every
+    thread's TEB; NtSignalAndWaitForSingleObject signals, then waits."""
+    proc = Process.from_program(build("threads.exe", arch), ["threads.exe"])
+    stubs = syscall_stubs(proc)
+    buf, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+    a, n = proc.arch, proc.arch.ptr_size
+
+    def call(name: str, *args: int) -> int:
+        return proc.call(stubs[name], *args) & 0xFFFFFFFF
+
+    start = proc.resolve("ntdll!RtlExitUserThread")
+    assert call("NtCreateThreadEx", buf, 0x1FFFFF, 0, CURRENT & a.ptr_mask, start, 0, 1,
+                0, 0, 0, 0) == 0  # fmt: skip
+    created = proc.read_ptr(buf)
+    thread = proc.threads.threads[-1]
+    proc.write(buf + 0x100, a.pack_ptr(0x1000) + a.pack_ptr(thread.tid))  # CLIENT_ID
+    assert call("NtOpenThread", buf + 0x80, 0x1FFFFF, 0, buf + 0x100) == 0
+    opened = proc.read_ptr(buf + 0x80)
+    assert opened != created and proc.objects.get(opened, type(thread)) is thread
+    proc.write(buf + 0x100 + n, a.pack_ptr(0x9999))
+    assert call("NtOpenThread", buf + 0x80, 0x1FFFFF, 0, buf + 0x100) == NtStatus.INVALID_CID
+    assert call("NtSuspendThread", opened, buf + 0x200) == 0 and proc.read_u32(buf + 0x200) == 1
+    assert call("NtResumeThread", created, buf + 0x200) == 0 and proc.read_u32(buf + 0x200) == 2
+    assert thread.suspend_count == 1
+    assert call("NtQueryInformationThread", opened, 9, buf + 0x300, n, 0) == 0
+    assert proc.read_ptr(buf + 0x300) == start  # ThreadQuerySetWin32StartAddress
+    assert call("NtQueryInformationThread", opened, 12, buf + 0x300, 4, 0) == 0
+    assert proc.read_u32(buf + 0x300) == 0  # ThreadAmILastThread: two threads live
+
+    for teb in (proc.teb, thread.teb):
+        proc.write_ptr(TEB.address(a, teb, "TlsSlots") + 5 * n, 0x1234)
+    proc.write(buf + 0x400, struct.pack("<I", 5))
+    assert call("NtSetInformationThread", -2 & a.ptr_mask, 10, buf + 0x400, 4) == 0
+    for teb in (proc.teb, thread.teb):
+        assert proc.read_ptr(TEB.address(a, teb, "TlsSlots") + 5 * n) == 0
+
+    poll = buf + 0x500
+    proc.write(poll, bytes(8))
+    assert call("NtCreateEvent", buf + 0x600, 0x1F0003, 0, 0, 0) == 0
+    assert call("NtCreateEvent", buf + 0x608, 0x1F0003, 0, 0, 0) == 0
+    first, second = proc.read_ptr(buf + 0x600), proc.read_ptr(buf + 0x608)
+    assert call("NtSignalAndWaitForSingleObject", first, second, 0, poll) == NtStatus.TIMEOUT
+    assert call("NtWaitForSingleObject", first, 0, poll) == 0  # it was signalled
+    assert call("NtSignalAndWaitForSingleObject", first, first, 0, poll) == 0
+    assert call("NtTerminateThread", created, 3) == 0
+    assert call("NtWaitForSingleObject", opened, 0, poll) == 0  # an ended thread is signalled
+    assert call("NtSuspendThread", opened, 0) == NtStatus.THREAD_IS_TERMINATING
