@@ -349,10 +349,15 @@ def test_exec_takes_a_threads_seed_and_a_quantum(
         assert exec_main(["--threads-seed", "9", "--quantum", "3000", exe, "heap", "3", "50"]) == 0
         runs.append(capsys.readouterr().out)
     assert runs[0] == runs[1] and "heap-validate 1" in runs[0]
-    assert exec_main(["--json", "--threads-seed", "9", exe, "exit"]) == 0x2A
+    # stacks are walked on each thread's own stack; no block is freed through another heap
+    assert exec_main(["--json", "--cross-heap", "--stacks", "4", exe, "heap", "3", "30"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["threads"]["created"] == 2 and report["threads"]["seed"] == 9
-    assert report["threads"]["quantum"] == 100_000 and report["threads"]["switches"] >= 1
+    assert report["threads"]["created"] == 4 and report["threads"]["seed"] == 0
+    assert report["threads"]["quantum"] == 100_000 and report["threads"]["switches"] >= 3
+    assert report["cross_heap_frees"] == [] and report["frees_checked"] > 30
+    worker = [e for e in report["events"] if e["caller"].startswith("threads!heap_worker")]
+    assert len(worker) >= 3 * 30
+    assert all(any("heap_worker" in f["symbol"] for f in e["stack"]) for e in worker)
     with pytest.raises(SystemExit) as bad:
         exec_main(["--quantum", "0", exe])  # at least one instruction
     assert bad.value.code == 2 and "--quantum: must be at least 1" in capsys.readouterr().err

@@ -575,6 +575,12 @@ class ProcessCore:
         return narrow
 
     # ------------------------------------------------------------------ snapshots
+    @property
+    def current_stack(self) -> ThreadStack:
+        """The stack of the thread that runs now (the main thread's outside threaded runs)."""
+        stack = self.threads.current.stack
+        return self.thread_stack if stack is None else stack
+
     def run_threads(
         self, *, time_limit: float | None = None, max_instructions: int | None = None
     ) -> None:
