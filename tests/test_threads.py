@@ -81,8 +81,13 @@ BASIC = {
     "mutex-owned-after-abandon": 0,
     "sleeper-not-yet": WAIT_TIMEOUT,  # 10 ms of a 50 ms sleep: on the emulated clock
     "sleeper-done": 0,
-    "thread-attach-count": 14,  # every thread got DLL_THREAD_ATTACH (the program's TLS callback)
-    "thread-detach-count": 14,
+    "keyed-create": 0,
+    "keyed-release-alone": WAIT_TIMEOUT,  # nobody waits with the key: the release times out
+    "keyed-other-key": WAIT_TIMEOUT,  # the releaser blocks on key 0x10, not 0x20
+    "keyed-wait": 0,
+    "keyed-released": 0,
+    "thread-attach-count": 15,  # every thread got DLL_THREAD_ATTACH (the program's TLS callback)
+    "thread-detach-count": 15,
 }
 
 
@@ -95,9 +100,9 @@ def test_threads_waits_and_synchronisation_objects(arch: str, seed: int) -> None
     assert result.exit_code == 0
     assert _checks(result) == BASIC
     created = [r for r in proc.syscalls if r.name == "NtCreateThreadEx"]
-    assert len(created) == 14 and all(r.status == 0 for r in created)
+    assert len(created) == 15 and all(r.status == 0 for r in created)
     assert not [r for r in proc.syscalls if r.status == NtStatus.NOT_IMPLEMENTED]
-    assert proc.threads.switches > 14
+    assert proc.threads.switches > 15
     # the threads ended and released their TEBs and stacks; the main thread is current again
     assert proc.threads.current is proc.threads.main
     assert all(t.released for t in proc.threads.threads[1:])
@@ -295,6 +300,11 @@ def test_time_passes_only_on_the_emulated_clock(arch: str) -> None:
     assert c("NtAlertThreadByThreadId", tid) == 0  # an alert before the wait ends it at once
     assert c("NtWaitForAlertByThreadId", 0, 0) == NtStatus.ALERTED
     assert c("NtAlertThreadByThreadId", 0x7777) == NtStatus.INVALID_CID
+    # keyed events: NULL is the system's; alone, a release or wait can only time out
+    assert c("NtReleaseKeyedEvent", 0, 0x10, 0, c.timeout(0)) == NtStatus.TIMEOUT
+    assert c("NtWaitForKeyedEvent", 0, 0x10, 0, c.timeout(-10_000)) == NtStatus.TIMEOUT
+    with pytest.raises(EmulationError, match="a release on keyed event"):
+        c("NtWaitForKeyedEvent", 0, 0x10, 0, 0)
 
 
 def test_thread_calls_without_wine_and_on_the_only_thread(arch: str) -> None:

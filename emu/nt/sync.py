@@ -104,7 +104,8 @@ class Mutant(Dispatcher):
 
 @dataclass(eq=False)
 class KeyedEvent(Dispatcher):
-    """Created by Wine's start-up; its own waits (NtWaitForKeyedEvent) are not served."""
+    """Never signalled: NtWaitForKeyedEvent and NtReleaseKeyedEvent meet on it by key (a
+    ``Wait`` with ``keyed`` set), each blocking until the other side comes."""
 
     def signaled_for(self, thread: Thread) -> bool:
         return False
@@ -122,9 +123,15 @@ class Wait:
     alert: bool = False  # woken by NtAlertThreadByThreadId
     timeout_status: int = NtStatus.TIMEOUT  # NtDelayExecution ends with STATUS_SUCCESS
     order: int = 0  # when the wait began: waiters are woken first come, first served
+    # a keyed event's rendezvous: (the event, the key, True for the releasing side)
+    keyed: tuple[KeyedEvent, int, bool] | None = None
 
     def describe(self) -> str:
-        if self.alert:
+        if self.keyed is not None:
+            event, key, releasing = self.keyed
+            side = "a waiter to release" if releasing else "a release"
+            what = f"{side} on {event.describe()} with key 0x{key:x}"
+        elif self.alert:
             what = "an alert (NtWaitForAlertByThreadId)"
         elif not self.objects:
             what = "time (NtDelayExecution)"

@@ -29,7 +29,7 @@ from emu.errors import EmulationError, Fault, NtStatusError
 from emu.nt.kernel import PROCESS_ID
 from emu.nt.memory import align_down
 from emu.nt.stack import ThreadStack
-from emu.nt.sync import STATUS_ALERTED, Dispatcher, Mutant, Wait, try_satisfy
+from emu.nt.sync import STATUS_ALERTED, Dispatcher, KeyedEvent, Mutant, Wait, try_satisfy
 from emu.win.layouts import TEB, UNICODE_STRING
 from emu.win.ntdefs import (
     MEM_COMMIT,
@@ -109,6 +109,8 @@ class Scheduler:
         self._order = 0
         self._free_tebs: list[tuple[int, int]] = []  # (TEB, x86 descriptor slot) to reuse
         self._next_slot = 1
+        # what a NULL keyed-event handle names (\KernelObjects\CritSecOutOfMemoryEvent)
+        self.default_keyed_event = KeyedEvent("keyed event", "CritSecOutOfMemoryEvent")
 
     def configure(self, seed: int | None = None, quantum: int | None = None) -> None:
         if quantum is not None:
@@ -196,7 +198,12 @@ class Scheduler:
         """The current thread waits: the status at once when the wait is satisfied (or times
         out) now, else None: it blocks until ``notify`` or its deadline wakes it."""
         thread = self.current
-        if wait.alert:
+        if wait.keyed is not None:
+            partner = self._keyed_partner(wait.keyed)
+            if partner is not None:  # the other side is there: both go on
+                partner.wait, partner.wake_status = None, NtStatus.SUCCESS
+                return NtStatus.SUCCESS
+        elif wait.alert:
             if thread.alerted:
                 thread.alerted = False
                 return STATUS_ALERTED
@@ -219,6 +226,17 @@ class Scheduler:
         thread.wait = wait
         self.request_switch()
         return STATUS_PENDING
+
+    def _keyed_partner(self, keyed: tuple[KeyedEvent, int, bool]) -> Thread | None:
+        """The first thread blocked on the other side of this keyed event and key."""
+        event, key, releasing = keyed
+        waiting = [
+            t for t in self.threads
+            if t.wait is not None and t.wait.keyed is not None
+            and t.wait.keyed[0] is event and t.wait.keyed[1] == key
+            and t.wait.keyed[2] is not releasing
+        ]  # fmt: skip
+        return min(waiting, key=lambda t: t.wait.order if t.wait else 0) if waiting else None
 
     def notify(self) -> None:
         """Something was signalled: satisfy the waits that can be, first come first served."""

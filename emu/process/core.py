@@ -1,4 +1,4 @@
-"""An emulated Windows user-mode process: address space, PEB/TEB, one thread, system calls, calls.
+"""An emulated Windows user-mode process: address space, PEB/TEB, threads, system calls, calls.
 
 A call from Python (``proc.call``) goes through the call gate (``emu.cpu.callgate``): the callee
 and its arguments are packed into the gate's host-shared page, one ``uc_emu_start`` runs a stub
@@ -109,8 +109,9 @@ class Registers(MutableMapping[str, int]):
 
 
 class ProcessCore:
-    """One emulated Windows process with one thread, on x86 or x64: address space, PEB/TEB,
-    system calls, calls. ``emu.facade.Process`` adds the loaders and observers on top."""
+    """One emulated Windows process on x86 or x64: address space, PEB/TEB, its main thread
+    (and those a program creates: ``threads``, ``run_threads``), system calls, calls.
+    ``emu.facade.Process`` adds the loaders and observers on top."""
 
     def __init__(
         self,

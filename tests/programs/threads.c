@@ -71,6 +71,35 @@ static DWORD WINAPI sleeper(void *arg) {
     return 0;
 }
 
+/* keyed events: NtReleaseKeyedEvent and NtWaitForKeyedEvent meet by key */
+typedef LONG(NTAPI *keyed_create_fn)(HANDLE *, ACCESS_MASK, void *, ULONG);
+typedef LONG(NTAPI *keyed_fn)(HANDLE, void *, BOOLEAN, LARGE_INTEGER *);
+static keyed_fn wait_keyed, release_keyed;
+static HANDLE keyed;
+
+static DWORD WINAPI keyed_releaser(void *arg) {
+    return (DWORD)release_keyed(keyed, (void *)0x10, FALSE, NULL); /* until main waits */
+}
+
+static void keyed_events(void) {
+    HMODULE nt = GetModuleHandleA("ntdll.dll");
+    keyed_create_fn create = (keyed_create_fn)GetProcAddress(nt, "NtCreateKeyedEvent");
+    wait_keyed = (keyed_fn)GetProcAddress(nt, "NtWaitForKeyedEvent");
+    release_keyed = (keyed_fn)GetProcAddress(nt, "NtReleaseKeyedEvent");
+    show("keyed-create", (unsigned long)create(&keyed, 0xF0003, NULL, 0));
+    LARGE_INTEGER zero = {0};
+    show("keyed-release-alone", (unsigned long)release_keyed(keyed, (void *)0x10, FALSE, &zero));
+    HANDLE t = CreateThread(NULL, 0, keyed_releaser, NULL, 0, NULL);
+    Sleep(5);
+    show("keyed-other-key", (unsigned long)wait_keyed(keyed, (void *)0x20, FALSE, &zero));
+    show("keyed-wait", (unsigned long)wait_keyed(keyed, (void *)0x10, FALSE, NULL));
+    DWORD code;
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("keyed-released", code);
+    CloseHandle(t);
+}
+
 static void basic(void) {
     tls_index = TlsAlloc();
     HANDLE t[4];
@@ -148,6 +177,7 @@ static void basic(void) {
     show("sleeper-not-yet", WaitForSingleObject(done, 10));
     show("sleeper-done", WaitForSingleObject(done, INFINITE));
     WaitForSingleObject(sl, INFINITE);
+    keyed_events();
     show("thread-attach-count", attached);
     TlsFree(tls_index);
 }

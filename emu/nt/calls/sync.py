@@ -278,3 +278,28 @@ def NtSignalAndWaitForSingleObject(
     if target is None:
         return Status.SUCCESS
     return wait(k, Wait([target], deadline=deadline(k, Timeout)))
+
+
+def _keyed(k: Kernel, handle: int, key: int, releasing: bool, timeout: int) -> int:
+    if handle:
+        event = k.proc.objects.get(handle, KeyedEvent)
+    else:  # NULL: the system's keyed event (CritSecOutOfMemoryEvent)
+        event = k.proc.threads.default_keyed_event
+    k.details.update(key=key)
+    return wait(k, Wait(deadline=deadline(k, timeout), keyed=(event, key, releasing)))
+
+
+@syscall
+def NtWaitForKeyedEvent(
+    k: Kernel, KeyedEventHandle: HANDLE, KeyValue: PVOID, Alertable: BOOLEAN, Timeout: PVOID
+) -> int:
+    """Block until a NtReleaseKeyedEvent with the same key (at once if one waits already)."""
+    return _keyed(k, KeyedEventHandle, KeyValue, False, Timeout)
+
+
+@syscall
+def NtReleaseKeyedEvent(
+    k: Kernel, KeyedEventHandle: HANDLE, KeyValue: PVOID, Alertable: BOOLEAN, Timeout: PVOID
+) -> int:
+    """Wake one thread waiting with the key; block until one comes if none waits."""
+    return _keyed(k, KeyedEventHandle, KeyValue, True, Timeout)
