@@ -1,4 +1,4 @@
-"""Synchronisation system calls: events, semaphores, mutants and the waits on them.
+"""Synchronisation system calls: events, semaphores, mutants, keyed events and the waits.
 
 The objects are ``emu.nt.sync``'s dispatcher objects; a wait that cannot be satisfied at once
 blocks the calling thread (``emu.nt.threads``): the system call's record says STATUS_PENDING

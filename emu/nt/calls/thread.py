@@ -4,7 +4,7 @@ Wine 8.0's kernelbase!CreateRemoteThreadEx goes through ntdll!RtlCreateUserThrea
 calls NtCreateThreadEx with THREAD_CREATE_FLAGS_CREATE_SUSPENDED and then NtResumeThread.
 Wine's critical sections, SRW locks and condition variables wait through RtlWaitOnAddress,
 i.e. NtWaitForAlertByThreadId / NtAlertThreadByThreadId (and a semaphore for critical
-sections without debug info).
+sections without debug info). Keyed events are ``emu.nt.calls.sync``.
 """
 
 from __future__ import annotations
