@@ -20,6 +20,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     exceptions.exe exceptions dispatched to its handlers (SEH, vectored, guard pages, ...)
     thrower.dll    throws a C++ exception ...
     cxxthrow.exe   ... that the program calling it catches
+    threads.exe    threads, waits, events, semaphores, mutexes, critical sections; a shared heap
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -72,6 +73,7 @@ RECIPES: dict[str, Recipe] = {
     "exceptions.exe": Recipe(("exceptions.c",)),
     "thrower.dll": Recipe(("thrower.cpp",), shared=True, shared_libgcc=True),
     "cxxthrow.exe": Recipe(("cxxthrow.cpp",), dlls=("thrower.dll",), shared_libgcc=True),
+    "threads.exe": Recipe(("threads.c",)),
 }
 
 

@@ -54,10 +54,11 @@ def command_lines() -> list[str]:
 
 @pytest.mark.parametrize("line", command_lines())
 def test_shell_examples_run(line: str, tmp_path: Path) -> None:
-    if "alloc.exe" in line:  # the README's example program: seed 003's, built like the tests'
-        from programbuild import build
+    for program in ("alloc.exe", "threads.exe"):  # the README's programs, built as the tests'
+        if program in line:
+            from programbuild import build
 
-        shutil.copy(build("alloc.exe", "x64"), tmp_path / "alloc.exe")
+            shutil.copy(build(program, "x64"), tmp_path / program)
     exe = Path(sys.executable).parent / "heapemu"
     p = subprocess.run(
         [str(exe), *shlex.split(line)[1:]],

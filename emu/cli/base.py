@@ -67,6 +67,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """A random seed: an integer from 0 to 2**64 - 1."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"a seed is 0 to 2**64-1, not {text!r}")
+    return value
+
+
 def regular_file(path: str | Path, what: str, max_bytes: int | None = None) -> Path:
     """``path`` when it is a regular file (not a device, FIFO or directory) of at most
     ``max_bytes``; CliError otherwise."""

@@ -37,6 +37,7 @@ from emu.cli.base import (
     one_line,
     positive_int,
     regular_file,
+    seed_int,
     time_limit,
 )
 from emu.errors import EmulationError, Fault
@@ -44,6 +45,7 @@ from emu.facade import load_program
 from emu.heap.crossheap import CrossHeapFreeDetector
 from emu.load.program import PROGRAM_DIR, Program, ProgramResult
 from emu.nt.exceptions import ExceptionEvent
+from emu.nt.threads import DEFAULT_QUANTUM
 from emu.observe.events import AllocationEvent, EventRecorder
 from emu.win.ntdefs import status_name
 
@@ -95,6 +97,21 @@ def configure_exec(parser: argparse.ArgumentParser) -> None:
         default=300.0,
         metavar="SECONDS",
         help="wall-clock limit (default 300; 0: none)",
+    )
+    parser.add_argument(
+        "--threads-seed",
+        type=seed_int,
+        default=0,
+        metavar="S",
+        help="the seed choosing which ready thread runs next: the same seed repeats a run "
+        "exactly, another explores another interleaving (default 0)",
+    )
+    parser.add_argument(
+        "--quantum",
+        type=positive_int,
+        default=DEFAULT_QUANTUM,
+        metavar="N",
+        help=f"instructions a thread runs before another may (default {DEFAULT_QUANTUM:,})",
     )
 
 
@@ -167,7 +184,7 @@ def run_exec(args: argparse.Namespace) -> int:
     for win, host in files.items():
         regular_file(host, f"--map {win}")
     own = {"--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit",
-           "--stop-on-first-chance"}  # fmt: skip
+           "--stop-on-first-chance", "--threads-seed", "--quantum"}  # fmt: skip
     passed = _options_after_program(args, own)
     if passed:
         print(
@@ -177,7 +194,15 @@ def run_exec(args: argparse.Namespace) -> int:
         )
     program_argv = [f"{PROGRAM_DIR}\\{Path(path).name}", *args.args]
     try:
-        program = load_program(path, program_argv, env, files=files, time_limit=args.time_limit)
+        program = load_program(
+            path,
+            program_argv,
+            env,
+            files=files,
+            time_limit=args.time_limit,
+            threads_seed=args.threads_seed,
+            quantum=args.quantum,
+        )
     except ValueError as e:
         raise CliError(f"{args.program}: {one_line(str(e))}") from None
     except (OSError, LoaderError) as e:
@@ -258,6 +283,12 @@ def _report(
         "events": [ev.to_json() for ev in rec.all],
         "exceptions": [_exception_json(e) for e in result.exceptions],
         "unhandled": None if result.unhandled is None else _exception_json(result.unhandled),
+        "threads": {
+            "created": len(program.proc.threads.threads),
+            "switches": program.proc.threads.switches,
+            "seed": program.proc.threads.seed,
+            "quantum": program.proc.threads.quantum,
+        },
     }
     if cross is not None:
         report["cross_heap_frees"] = [

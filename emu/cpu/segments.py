@@ -53,3 +53,23 @@ def setup_segments(cpu: Cpu, teb: int, teb_size: int) -> None:
     cpu.uc.reg_write(ux.UC_X86_REG_ES, SEL_DATA3)
     cpu.uc.reg_write(ux.UC_X86_REG_CS, SEL_CODE0)
     cpu.uc.reg_write(ux.UC_X86_REG_FS, SEL_TEB)
+
+
+# x86: the main thread's fs is SEL_TEB; other threads get a GDT entry each from slot 1 on (the
+# GDT page holds 512 entries, the first 8 are the fixed ones above)
+MAX_TEB_SLOTS = 0x1000 // 8 - 8
+
+
+def set_thread_teb(cpu: Cpu, teb: int, teb_size: int, slot: int) -> None:
+    """Point the current thread's fs (x86) / gs base (x64) at ``teb``. On x86 each thread has a
+    descriptor of its own (``slot``, 0 = the main thread's SEL_TEB), so a saved CPU context
+    keeps a selector that still means its own TEB if code reloads fs."""
+    if cpu.arch.ptr_size == 8:
+        cpu.uc.reg_write(ux.UC_X86_REG_GS_BASE, teb)
+        return
+    if not 0 <= slot <= MAX_TEB_SLOTS:
+        raise ValueError(f"TEB descriptor slot {slot} is outside the GDT (0..{MAX_TEB_SLOTS})")
+    index = SEL_TEB >> 3 if slot == 0 else 7 + slot
+    cpu.write(GDT_BASE + 8 * index, struct.pack("<Q", descriptor(teb, teb_size - 1, 0xF3, 0x4)))
+    cpu.uc.reg_write(ux.UC_X86_REG_GDTR, (0, GDT_BASE, 0xFFF, 0))
+    cpu.uc.reg_write(ux.UC_X86_REG_FS, (index << 3) | 3)

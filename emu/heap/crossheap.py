@@ -61,7 +61,7 @@ class StackSnapshot:
         cpu = proc.cpu
         regs = {r: cpu.reg(r) for r in _WALK_REGS[proc.arch.ptr_size]}
         sp = cpu.sp
-        return cls(cpu.pc, regs, sp, proc.read(sp, proc.thread_stack.top - sp))
+        return cls(cpu.pc, regs, sp, proc.read(sp, proc.current_stack.top - sp))
 
     def frames(self, proc: ProcessCore) -> list[Frame]:
         """The call stack as it was (the stack memory is swapped back for the walk)."""

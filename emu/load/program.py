@@ -33,21 +33,26 @@ Also here: ``ProcessHeapList`` keeps PEB.ProcessHeaps true to the heaps the prog
 
 from __future__ import annotations
 
-import struct
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asm.assembler import assemble_code
 from emu.errors import EmulationError
 from emu.modules import Module
 from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
 from emu.nt.exceptions import ExceptionEvent
-from emu.nt.memory import align_down
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
+from emu.nt.threads import (
+    STACK_COMMIT,
+    STACK_RESERVE_MIN,
+    STATIC_UNICODE,
+    STATIC_UNICODE_BUFFER,
+    loader_registers,
+    write_start_context,
+)
 from emu.observe.breakpoints import add_breakpoint
 from emu.process.core import KUSER_SHARED_DATA_ADDRESS, ProcessCore
 from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB, UNICODE_STRING, Field, Struct
@@ -67,13 +72,7 @@ DEFAULT_ENVIRONMENT = {
     "COMPUTERNAME": "HEAPEMU",
     "USERNAME": "heapemu",
 }
-STACK_RESERVE_MIN = 0x200000
-# Wine's signal_start_thread zeroes the 0xf0000 bytes below the initial CONTEXT's page before
-# NtContinue: the whole range must be committed.
-STACK_COMMIT = 0x100000
-CONTEXT_SIZE = {"x86": 0x2CC, "x64": 0x4D0}
 PROCESS_PARAMS_FLAG_NORMALIZED = 0x1
-STATIC_UNICODE_BUFFER = 261 * 2  # TEB.StaticUnicodeBuffer: MAX_PATH + 1 characters
 
 RTL_USER_PROCESS_PARAMETERS = Struct(
     "_RTL_USER_PROCESS_PARAMETERS",
@@ -99,18 +98,6 @@ RTL_USER_PROCESS_PARAMETERS = Struct(
         Field("RuntimeData", 0x88, 0xE0),
         Field("EnvironmentSize", 0x290, 0x3F0),
     ],
-)
-
-# The start-up trampoline: switch to the stack below the initial CONTEXT and enter
-# LdrInitializeThunk(context, 0, 0, 0) with a NULL return address (it never returns).
-# proc.call(stub, new_sp, context, LdrInitializeThunk).
-_START_X64 = (
-    "mov rax, r8; mov rsp, rcx; mov rcx, rdx; xor edx, edx; xor r8d, r8d; xor r9d, r9d; "
-    "push 0; jmp rax"
-)
-_START_X86 = (
-    "mov eax, [esp+12]; mov ecx, [esp+8]; mov esp, [esp+4]; "
-    "push 0; push 0; push 0; push ecx; push 0; jmp eax"
 )
 
 
@@ -228,20 +215,24 @@ class Program:
         if self.result is not None:
             raise RuntimeError("a program runs once; load it again for another run")
         proc = self.proc
-        context, stack = _initial_context(proc, self.exe, self.ntdll)
-        start = proc.add_trap_code(_start_stub(proc), "program_start")
+        # the main thread starts as every thread does (emu.nt.threads): RtlUserThreadStart(
+        # entry point, PEB) through LdrInitializeThunk, on the top of its stack
+        entry = self.exe.base + self.exe.image.entry_point_rva
+        exports = self.ntdll.exports
+        context, stack = write_start_context(
+            proc, proc.thread_stack.top, entry, proc.peb, exports["RtlUserThreadStart"]
+        )
+        main = proc.threads.main
+        main.start = entry
+        main.start_registers = loader_registers(proc, context, stack, exports["LdrInitializeThunk"])
         error: EmulationError | None = None
         try:
-            proc.call(
-                start,
-                stack,
-                context,
-                self.ntdll.exports["LdrInitializeThunk"],
+            proc.run_threads(
                 time_limit=time_limit,
                 max_instructions=max_instructions,
                 stop_on_first_chance=stop_on_first_chance,
             )
-        except EmulationError as e:  # how every run ends: NtTerminateProcess stops the CPU
+        except EmulationError as e:  # an unhandled exception ends the run with its report
             if proc.exit_status is None or proc.unhandled_exception is not None:
                 error = e
         unhandled = proc.unhandled_exception
@@ -258,55 +249,6 @@ class Program:
             unhandled=unhandled,
         )
         return self.result
-
-
-def _start_stub(proc: ProcessCore) -> bytes:
-    return assemble_code(_START_X64 if proc.arch.ptr_size == 8 else _START_X86, proc.arch.name)
-
-
-def _initial_context(proc: ProcessCore, exe: Module, ntdll: Module) -> tuple[int, int]:
-    """Write the thread's start CONTEXT near the stack top; (context, stack for the loader)."""
-    arch = proc.arch
-    top = proc.thread_stack.top
-    # below the call gate's control block, in the stack's top page
-    ctx = align_down(top - 0x100 - CONTEXT_SIZE[arch.name], 64)
-    proc.write(ctx, bytes(CONTEXT_SIZE[arch.name]))
-    entry = exe.base + exe.image.entry_point_rva
-    start = ntdll.exports["RtlUserThreadStart"]
-    if arch.ptr_size == 8:
-        values = {
-            0x30: ("<I", 0x10000B),  # ContextFlags: CONTEXT_AMD64 | CONTROL | INTEGER | FLOAT
-            0x34: ("<I", 0x1F80),  # MxCsr
-            0x38: ("<H", 0x33),  # SegCs
-            0x42: ("<H", 0x2B),  # SegSs
-            0x44: ("<I", 0x200),  # EFlags (IF)
-            0x80: ("<Q", entry),  # Rcx: the entry point
-            0x88: ("<Q", proc.peb),  # Rdx: its argument
-            0x98: ("<Q", ctx - 0x100 - 8),  # Rsp: as after a call
-            0xF8: ("<Q", start),  # Rip
-            0x100: ("<H", 0x27F),  # FltSave.ControlWord
-            0x118: ("<I", 0x1F80),  # FltSave.MxCsr
-        }
-    else:
-        values = {
-            0x00: ("<I", 0x1000F),  # ContextFlags: CONTEXT_i386 | CONTROL|INTEGER|SEGMENTS|FLOAT
-            # the thread's own selectors (NtContinue loads ds/es/fs/gs from SEGMENTS)
-            0x8C: ("<I", proc.cpu.reg("gs")),
-            0x90: ("<I", proc.cpu.reg("fs")),
-            0x94: ("<I", proc.cpu.reg("es")),
-            0x98: ("<I", proc.cpu.reg("ds")),
-            0xBC: ("<I", proc.cpu.reg("cs")),
-            0xC8: ("<I", proc.cpu.reg("ss")),
-            0x1C: ("<I", 0x27F),  # FloatSave.ControlWord
-            0xA4: ("<I", proc.peb),  # Ebx: the argument
-            0xB0: ("<I", entry),  # Eax: the entry point
-            0xB8: ("<I", start),  # Eip
-            0xC0: ("<I", 0x202),  # EFlags
-            0xC4: ("<I", ctx - 0x100),  # Esp
-        }
-    for off, (fmt, value) in values.items():
-        proc.write(ctx + off, struct.pack(fmt, value))
-    return ctx, ctx - 0x100
 
 
 class _Arena:
@@ -381,7 +323,7 @@ def _fill_process(proc: ProcessCore, exe: Module, params: int) -> None:
     PEB.write(proc, arch, proc.peb, "ImageSubsystemMajorVersion", 6)
     TEB.write(proc, arch, proc.teb, "CurrentLocale", 0x409)
     # TEB.StaticUnicodeString -> TEB.StaticUnicodeBuffer (kernelbase's ANSI path conversions)
-    string, buffer = (0x1258, 0x1268) if arch.ptr_size == 8 else (0xBF8, 0xC00)
+    string, buffer = STATIC_UNICODE[arch.name]
     UNICODE_STRING.write(proc, arch, proc.teb + string, "MaximumLength", STATIC_UNICODE_BUFFER)
     UNICODE_STRING.write(proc, arch, proc.teb + string, "Buffer", proc.teb + buffer)
     k = KUSER_SHARED_DATA_ADDRESS
@@ -403,13 +345,18 @@ def load_program(
     debug_channels: str | None = None,
     stdin: bytes = b"",
     time_limit: float = 300.0,
+    threads_seed: int | None = None,
+    quantum: int | None = None,
     process_class: type[ProcessCore] = ProcessCore,
 ) -> Program:
     """Map the program at ``path`` and Wine's ntdll into a new ProcessCore (arch from the image).
 
     ``argv`` defaults to ``[program name]``; ``env`` adds to (or overrides) a small default
     environment; ``files`` maps more Windows paths to host files the program may read;
-    ``stdin`` is what the program reads from its standard input."""
+    ``stdin`` is what the program reads from its standard input. Threads the program creates
+    share the one CPU: ``quantum`` instructions at most before another ready thread may run,
+    the next one drawn with ``threads_seed`` (``emu.nt.threads``: a seed gives one
+    interleaving, exactly repeated)."""
     from emu.load.wine_ntdll import load_wine_ntdll
     from loader.peimage import PeImage
     from loader.wine import find_wine_dir
@@ -426,6 +373,7 @@ def load_program(
         stack_commit=STACK_COMMIT,
         time_limit=time_limit,
     )
+    proc.threads.configure(seed=threads_seed, quantum=quantum)
     objects = proc.objects
     windows_path = f"{PROGRAM_DIR}\\{path.name}"
     namespace = objects.namespace

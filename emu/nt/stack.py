@@ -29,6 +29,7 @@ class ThreadStack:
             0, self.reserve, MEM_RESERVE, PAGE_READWRITE, usage="stack"
         )
         self.top = self.base + self.reserve  # TEB.StackBase
+        self.teb: int | None = None  # the TEB of the thread it belongs to (write_teb)
         self.reset()
 
     def reset(self) -> None:
@@ -41,6 +42,7 @@ class ThreadStack:
 
     def write_teb(self, teb: int) -> None:
         arch, proc = self.proc.arch, self.proc
+        self.teb = teb
         TEB.write(proc, arch, teb, "StackBase", self.top)
         TEB.write(proc, arch, teb, "StackLimit", self.limit)
         TEB.write(proc, arch, teb, "DeallocationStack", self.base)
@@ -54,11 +56,12 @@ class ThreadStack:
         mem = self.proc.memory
         mem.clear_guard(page)
         self.limit = page
+        teb = self.proc.teb if self.teb is None else self.teb
         if page - PAGE_SIZE > self.base:
             mem.allocate(page - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
-            TEB.write(self.proc, self.proc.arch, self.proc.teb, "StackLimit", self.limit)
+            TEB.write(self.proc, self.proc.arch, teb, "StackLimit", self.limit)
             return None
-        TEB.write(self.proc, self.proc.arch, self.proc.teb, "StackLimit", self.limit)
+        TEB.write(self.proc, self.proc.arch, teb, "StackLimit", self.limit)
         return Fault(
             "stack overflow",
             pc=self.proc.cpu.pc,

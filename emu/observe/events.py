@@ -168,7 +168,8 @@ class EventRecorder:
         self.violations: list[tuple[AllocationEvent, str]] = []
         self.instructions = 0
         self.blocks = 0
-        self._open: list[AllocationEvent] = []
+        # the calls under way, innermost last, per thread (threads interleave their calls)
+        self._opens: dict[int, list[AllocationEvent]] = {}
         self._returns: dict[int, int] = {}  # return address -> open events waiting there
         self._special: set[int] = set(self.watched)  # entries and pending return addresses
         self._counts: dict[int, int] = {}
@@ -251,12 +252,21 @@ class EventRecorder:
             ev.syscalls.append(record)
             ev.syscall_times.append(self.instructions)
 
+    @property
+    def _open(self) -> list[AllocationEvent]:
+        """The calls under way in the thread that runs now."""
+        tid = self.proc.threads.current.tid
+        opened = self._opens.get(tid)
+        if opened is None:
+            opened = self._opens[tid] = []
+        return opened
+
     def _on_run_end(self, ok: bool) -> None:
         # a call made from Python returns to the call gate's tail, a block like any other, so
         # its event closed there; a fault or stop left calls open: they never returned
-        while self._open:
-            ev = self._open.pop()
-            self._finish_counts(ev)
+        for opened in self._opens.values():
+            while opened:
+                self._finish_counts(opened.pop())
         self._returns.clear()
         self._special.clear()  # in place: the block hook holds this set
         self._special.update(self.watched)
@@ -266,6 +276,11 @@ class EventRecorder:
         proc, arch, conv = self.proc, self.proc.arch, self._conv
         name, proto = self.watched[address]
         sp = self._reg(arch.sp)
+        opened = self._open
+        if opened and opened[-1].address == address and opened[-1].entry_sp == sp:
+            # the same entry again: a run stopped by its instruction count right there (after
+            # the block hook) and resumed there; a real recursive call has a lower sp
+            return
         nargs = len(proto.params)
         values = [self._reg(r) for r in conv.reg_args[:nargs]]
         nstack = nargs - len(values)

@@ -228,7 +228,7 @@ class StackWalker:
         """x86: trust EBP if it points at a frame above the stack pointer whose return slot
         holds a plausible return address."""
         ebp, sp = regs["ebp"], regs["esp"]
-        if not sp <= ebp < self.proc.thread_stack.top - 8:
+        if not sp <= ebp < self.proc.current_stack.top - 8:
             return None
         ret, saved = self._ptr(ebp + 4), self._ptr(ebp)
         if ret is None or saved is None or not self._plausible_return(ret):
@@ -238,7 +238,7 @@ class StackWalker:
 
     def _scan(self, sp: int, limit: int = 0x400) -> int | None:
         ps = self.arch.ptr_size
-        top = self.proc.thread_stack.top
+        top = self.proc.current_stack.top
         for addr in range(sp, min(sp + limit, top - ps + 1), ps):
             value = self._ptr(addr)
             if value is not None and self._plausible_return(value):
@@ -274,7 +274,7 @@ class StackWalker:
         pc = cpu.pc if pc is None else pc
         frames: list[Frame] = []
         sp_name = arch.sp
-        stack = proc.thread_stack
+        stack = proc.current_stack
         while len(frames) < limit:
             sp = regs[sp_name]
             if pc == proc.call_gate.return_address or not stack.base <= sp < stack.top:

@@ -1,4 +1,4 @@
-"""An emulated Windows user-mode process: address space, PEB/TEB, one thread, system calls, calls.
+"""An emulated Windows user-mode process: address space, PEB/TEB, threads, system calls, calls.
 
 A call from Python (``proc.call``) goes through the call gate (``emu.cpu.callgate``): the callee
 and its arguments are packed into the gate's host-shared page, one ``uc_emu_start`` runs a stub
@@ -30,6 +30,7 @@ from emu.nt.exceptions import (
 )
 from emu.process.ldr import LoaderData
 from emu.process.snapshot import Snapshot, restore_snapshot, take_snapshot
+from emu.process.threads import run_threads
 from emu.win.conventions import Convention, get_convention
 from emu.win.layouts import PEB, TEB
 
@@ -43,6 +44,7 @@ from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
 from emu.nt.shared_data import fill_shared_user_data
 from emu.nt.stack import ThreadStack
+from emu.nt.threads import Scheduler
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
     MEM_COMMIT,
@@ -115,8 +117,9 @@ class Registers(MutableMapping[str, int]):
 
 
 class ProcessCore:
-    """One emulated Windows process with one thread, on x86 or x64: address space, PEB/TEB,
-    system calls, calls. ``emu.facade.Process`` adds the loaders and observers on top."""
+    """One emulated Windows process on x86 or x64: address space, PEB/TEB, its main thread
+    (and those a program creates: ``threads``, ``run_threads``), system calls, calls.
+    ``emu.facade.Process`` adds the loaders and observers on top."""
 
     def __init__(
         self,
@@ -164,6 +167,8 @@ class ProcessCore:
         self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
+        # the threads (emu.nt.threads): the one made here, and those the program creates
+        self.threads = Scheduler(self, self.teb, self.thread_stack, THREAD_ID)
         self._install_hooks()
 
     # ------------------------------------------------------------------ set-up
@@ -413,7 +418,7 @@ class ProcessCore:
         """The fault as its exception on the current thread's stack, the CPU at the dispatcher;
         False when it is not an exception (a budget, a heapemu stop) or cannot be delivered."""
         event = event_for_fault(fault)
-        if event is None:
+        if event is None or self.exception_dispatcher is None:
             return False
         cpu = self.cpu
         cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
@@ -466,7 +471,13 @@ class ProcessCore:
         return ret
 
     def _run_error(
-        self, addr: int, args: tuple[int, ...], budget: int | None, limit: float | None
+        self,
+        addr: int,
+        args: tuple[int, ...],
+        budget: int | None,
+        limit: float | None,
+        *,
+        context: str | None = None,
     ) -> EmulationError:
         cpu = self.cpu
         fault = cpu.fault
@@ -489,12 +500,14 @@ class ProcessCore:
             state = unhandled.state  # the second chance reports where the exception happened
         if self.breakpoint_stop is not None:
             self.breakpoint_stop = None
-            return BreakpointStop(fault, state, context=f"in call to {self.symbolize(addr)}")
-        if fault.status == NtStatus.STACK_OVERFLOW:
+            where = context or f"in call to {self.symbolize(addr)}"
+            return BreakpointStop(fault, state, context=where)
+        if fault.status == NtStatus.STACK_OVERFLOW and self.threads.current is self.threads.main:
             self.thread_stack.reset()  # the thread's stack is usable again for the next call
             self.thread_stack.write_teb(self.teb)
-        call = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
-        return EmulationError(fault, state, context=call)
+        if context is None:
+            context = f"in call to {self.symbolize(addr)}({', '.join(hex(a) for a in args)})"
+        return EmulationError(fault, state, context=context)
 
     # ------------------------------------------------------------------ Python callbacks
     def register_callback(
@@ -611,8 +624,9 @@ class ProcessCore:
         if not state:
             return None  # free or reserved
         if state & PAGE_GUARD:
-            if self.thread_stack.contains(page):
-                fault = self.thread_stack.on_guard_page(page)
+            stack = self.threads.stack_containing(page)
+            if stack is not None:
+                fault = stack.on_guard_page(page)
                 return self.memory.page_state(page) if fault is None else fault
             self.memory.clear_guard(page)
             return Fault("guard page violation", status=NtStatus.GUARD_PAGE_VIOLATION)
@@ -622,6 +636,28 @@ class ProcessCore:
         return narrow
 
     # ------------------------------------------------------------------ snapshots
+    @property
+    def current_stack(self) -> ThreadStack:
+        """The stack of the thread that runs now (the main thread's outside threaded runs)."""
+        stack = self.threads.current.stack
+        return self.thread_stack if stack is None else stack
+
+    def run_threads(
+        self,
+        *,
+        time_limit: float | None = None,
+        max_instructions: int | None = None,
+        stop_on_first_chance: bool | None = None,
+    ) -> None:
+        """Run every thread from where it is until the process ends (``emu.process.threads``):
+        how a program runs. A fault goes to the program's exception dispatcher on the thread
+        that faulted, unless ``stop_on_first_chance`` (default ``proc.stop_on_first_chance``).
+        Raises EmulationError when it does not end."""
+        if stop_on_first_chance is None:
+            stop_on_first_chance = self.stop_on_first_chance
+        self._first_chance_stops = stop_on_first_chance
+        run_threads(self, time_limit=time_limit, max_instructions=max_instructions)
+
     def snapshot(self) -> Snapshot:
         """The whole process now: registers, memory, handles, heaps (``emu.process.snapshot``);
         ``proc.restore(snapshot)`` puts it back, as often as wanted. Between calls only."""

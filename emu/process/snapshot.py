@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from emu.process.core import ProcessCore
 
 # objects whose attributes are the process's state (restored in place: others may hold them)
-_COMPONENTS = ("memory", "objects", "thread_stack", "syscall_dispatcher", "modules")
+_COMPONENTS = ("memory", "objects", "thread_stack", "threads", "syscall_dispatcher", "modules")
 # ProcessCore attributes: lists and dicts of records that never change once made (copied one
 # level), and values
 _RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names", "exceptions")
@@ -58,7 +58,9 @@ class Snapshot:
 
 def _shared(proc: ProcessCore) -> dict[int, Any]:
     """deepcopy's memo: objects shared between the process and its snapshots, never copied."""
-    keep: list[Any] = [proc, proc.cpu, proc.arch, proc.regs]
+    # the main thread's stack is a component (restored in place): its scheduler entry must
+    # keep naming that object, not a copy
+    keep: list[Any] = [proc, proc.cpu, proc.arch, proc.regs, proc.thread_stack]
     keep.append(getattr(proc.syscall_dispatcher, "handlers", None))  # the table of handlers
     for module in proc.modules:
         keep += [module, module.image]
@@ -89,6 +91,14 @@ def _check_idle(proc: ProcessCore, what: str) -> None:
 def take_snapshot(proc: ProcessCore) -> Snapshot:
     """The process's state now (between calls)."""
     _check_idle(proc, "take a snapshot")
+    if len(proc.threads.live()) > 1:
+        raise EmulationError(
+            Fault(
+                "cannot take a snapshot of several live threads",
+                detail="a snapshot holds one CPU state: take it before threads start or after "
+                "they end",
+            )
+        )
     state = {name: vars(getattr(proc, name)) for name in _COMPONENTS}
     state["process"] = {name: getattr(proc, name) for name in _VALUES}
     return Snapshot(

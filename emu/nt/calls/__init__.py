@@ -7,10 +7,24 @@ process serves exactly this set, whatever was imported before it. A new system c
 
 from __future__ import annotations
 
-from emu.nt.calls import directory, file, info, memory, misc, process, registry, section, wine
+from emu.nt.calls import (
+    directory,
+    file,
+    info,
+    memory,
+    misc,
+    process,
+    registry,
+    section,
+    sync,
+    thread,
+    wine,
+)
 from emu.nt.kernel import SyscallHandler, collect_handlers
 
-HANDLER_MODULES = (memory, process, file, section, directory, info, registry, misc, wine)
+HANDLER_MODULES = (
+    memory, process, thread, sync, file, section, directory, info, registry, misc, wine,
+)  # fmt: skip
 
 HANDLERS: dict[str, SyscallHandler] = collect_handlers(HANDLER_MODULES)
 

@@ -18,13 +18,14 @@ from emu.nt.kernel import (
     PROCESS_ID,
     PULONG,
     PVOID,
-    THREAD_ID,
     ULONG,
     Kernel,
     syscall,
 )
 from emu.nt.objects import KernelObject, Status, put_buffer
 from emu.nt.shared_data import PHYSICAL_PAGES
+from emu.nt.threads import Thread
+from emu.win.layouts import TEB
 from emu.win.ntdefs import (
     ALLOCATION_GRANULARITY,
     MEM_PRIVATE,
@@ -46,8 +47,9 @@ USER_SID = bytes([1, 5, 0, 0, 0, 0, 0, 5]) + struct.pack("<5I", 21, 0, 0, 0, 100
 
 
 def _clock(k: Kernel) -> int:
-    """A deterministic clock: 1 ms of emulated time per system call so far."""
-    return len(k.proc.syscalls) * 10_000
+    """A deterministic clock: 1 ms of emulated time per system call so far, plus the time the
+    threads' scheduler lets pass (``emu.nt.threads``)."""
+    return k.proc.threads.clock()
 
 
 def _ptr(k: Kernel) -> str:
@@ -372,11 +374,10 @@ def NtSetInformationProcess(
     return Status.SUCCESS
 
 
-def _check_thread(k: Kernel, handle: int) -> None:
-    if handle != (-2 & k.arch.ptr_mask):  # NtCurrentThread()
-        obj = k.proc.objects.get(handle, KernelObject)
-        if obj.kind != "thread":
-            raise NtStatusError(Status.OBJECT_TYPE_MISMATCH, f"handle 0x{handle:x}")
+def _thread(k: Kernel, handle: int) -> Thread:
+    if handle == (-2 & k.arch.ptr_mask):  # NtCurrentThread()
+        return k.proc.threads.current
+    return k.proc.objects.get(handle, Thread)
 
 
 @syscall
@@ -388,18 +389,25 @@ def NtQueryInformationThread(
     ThreadInformationLength: ULONG,
     ReturnLength: PULONG,
 ) -> int:
-
-    _check_thread(k, ThreadHandle)
-    k.details.update(cls=ThreadInformationClass)
-    if ThreadInformationClass != THREADINFOCLASS.ThreadBasicInformation:
-        raise NtStatusError(
-            NtStatus.INVALID_INFO_CLASS, f"ThreadInformationClass {ThreadInformationClass}"
-        )
+    """ThreadBasicInformation (ExitStatus is STATUS_PENDING while the thread runs: kernel32's
+    STILL_ACTIVE), ThreadQuerySetWin32StartAddress, ThreadAmILastThread (RtlExitUserThread
+    asks it to decide between ending the thread and ending the process)."""
+    thread = _thread(k, ThreadHandle)
+    cls = ThreadInformationClass
+    k.details.update(cls=cls, tid=thread.tid)
     p = _ptr(k)
-    pad = "4x" if k.arch.ptr_size == 8 else ""
-    data = struct.pack(
-        f"<I{pad}{p}{p}{p}{p}ii", NtStatus.PENDING, k.proc.teb, PROCESS_ID, THREAD_ID, 1, 8, 8
-    )
+    if cls == THREADINFOCLASS.ThreadBasicInformation:
+        pad = "4x" if k.arch.ptr_size == 8 else ""
+        teb = 0 if thread.released else thread.teb
+        data = struct.pack(
+            f"<I{pad}{p}{p}{p}{p}ii", thread.exit_status, teb, PROCESS_ID, thread.tid, 1, 8, 8
+        )
+    elif cls == THREADINFOCLASS.ThreadQuerySetWin32StartAddress:
+        data = struct.pack(f"<{p}", thread.start)
+    elif cls == THREADINFOCLASS.ThreadAmILastThread:
+        data = struct.pack("<I", len(k.proc.threads.live()) == 1)
+    else:
+        raise NtStatusError(NtStatus.INVALID_INFO_CLASS, f"ThreadInformationClass {cls}")
     put_buffer(k, ThreadInformation, ThreadInformationLength, data, ReturnLength)
     return Status.SUCCESS
 
@@ -412,9 +420,28 @@ def NtSetInformationThread(
     ThreadInformation: PVOID,
     ThreadInformationLength: ULONG,
 ) -> int:
-    _check_thread(k, ThreadHandle)
-    k.details.update(cls=ThreadInformationClass)
+    """ThreadZeroTlsCell (TlsFree) clears the slot in every thread's TEB, as Windows does;
+    other classes are accepted and change nothing."""
+    _thread(k, ThreadHandle)
+    cls = ThreadInformationClass
+    k.details.update(cls=cls)
+    if cls == THREADINFOCLASS.ThreadZeroTlsCell:
+        if ThreadInformationLength != 4:
+            raise NtStatusError(NtStatus.INFO_LENGTH_MISMATCH, f"{ThreadInformationLength}")
+        (index,) = struct.unpack("<I", k.read(ThreadInformation, 4))
+        for thread in k.proc.threads.live():
+            _zero_tls_cell(k, thread.teb, index)
     return Status.SUCCESS
+
+
+def _zero_tls_cell(k: Kernel, teb: int, index: int) -> None:
+    arch, n = k.arch, k.arch.ptr_size
+    if index < 64:
+        k.write_ptr(TEB.address(arch, teb, "TlsSlots") + index * n, 0)
+    elif index < 64 + 1024:  # TLS_EXPANSION_SLOTS
+        expansion = TEB.read(k, arch, teb, "TlsExpansionSlots")
+        if expansion:
+            k.write_ptr(expansion + (index - 64) * n, 0)
 
 
 # ---------------------------------------------------------------------------------- tokens

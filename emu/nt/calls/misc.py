@@ -1,23 +1,15 @@
-"""Handles, synchronisation objects, NtContinue and process exit, for a one-thread process.
+"""Handles (closing, duplicating), the instruction cache and NtContinue.
 
-With one thread nobody else can signal an object, so a wait on an unsignalled object with no
-timeout would block forever: it ends the run with an EmulationError that says so. A wait with
-a timeout times out at once (STATUS_TIMEOUT).
-
+The synchronisation objects and waits are ``emu.nt.calls.sync``, threads ``emu.nt.calls.thread``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from emu.errors import Fault, NtStatusError
 from emu.nt.exceptions import apply_context, stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
     BOOLEAN,
     HANDLE,
-    LONG,
-    NTSTATUS,
     PCONTEXT,
     PHANDLE,
     PVOID,
@@ -29,28 +21,7 @@ from emu.nt.kernel import (
 from emu.nt.objects import KernelObject, Status
 from emu.win.layouts import CONTEXT
 
-STATUS_TIMEOUT = 0x102
 DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS = 0x1, 0x2
-
-
-@dataclass
-class SyncObject(KernelObject):
-    """An event, semaphore, mutant or keyed event."""
-
-    signaled: int = 0  # events: 0/1; semaphores: the count; mutants: 1 when free
-    auto_reset: bool = True
-    maximum: int = 1
-
-
-def _create(k: Kernel, handle_out: int, obj: SyncObject, ObjectAttributes: int) -> int:
-    from emu.nt.objects import object_name
-
-    if ObjectAttributes:
-        _, obj.name = object_name(k, ObjectAttributes)
-    handle = k.proc.objects.insert(obj)
-    k.write_ptr(handle_out, handle)
-    k.details.update(handle=handle, name=obj.name)
-    return Status.SUCCESS
 
 
 @syscall
@@ -75,8 +46,12 @@ def NtDuplicateObject(
     objects = k.proc.objects
     mask = k.arch.ptr_mask
     if SourceHandle in (-1 & mask, -2 & mask):  # NtCurrentProcess() / NtCurrentThread()
-        kind = "process" if SourceHandle == -1 & mask else "thread"
-        new = objects.insert(KernelObject(kind, "<current>"))
+        current: KernelObject = (
+            KernelObject("process", "<current>")
+            if SourceHandle == -1 & mask
+            else k.proc.threads.current
+        )
+        new = objects.insert(current)
     else:
         # DUPLICATE_SAME_ACCESS keeps the rights, otherwise the new handle gets DesiredAccess
         access = None if Options & DUPLICATE_SAME_ACCESS else DesiredAccess
@@ -86,129 +61,6 @@ def NtDuplicateObject(
     if TargetHandle:
         k.write_ptr(TargetHandle, new)
     k.details.update(handle=new)
-    return Status.SUCCESS
-
-
-@syscall
-def NtCreateEvent(
-    k: Kernel,
-    EventHandle: PHANDLE,
-    DesiredAccess: ACCESS_MASK,
-    ObjectAttributes: PVOID,
-    EventType: ULONG,
-    InitialState: BOOLEAN,
-) -> int:
-    event = SyncObject("event", signaled=int(bool(InitialState)), auto_reset=EventType == 1)
-    return _create(k, EventHandle, event, ObjectAttributes)
-
-
-@syscall
-def NtCreateKeyedEvent(
-    k: Kernel, KeyedEventHandle: PHANDLE, DesiredAccess: ACCESS_MASK, ObjectAttributes: PVOID,
-    Flags: ULONG,
-) -> int:  # fmt: skip
-    return _create(k, KeyedEventHandle, SyncObject("keyed event"), ObjectAttributes)
-
-
-@syscall
-def NtCreateMutant(
-    k: Kernel, MutantHandle: PHANDLE, DesiredAccess: ACCESS_MASK, ObjectAttributes: PVOID,
-    InitialOwner: BOOLEAN,
-) -> int:  # fmt: skip
-    return _create(
-        k, MutantHandle, SyncObject("mutant", signaled=int(not InitialOwner)), ObjectAttributes
-    )
-
-
-@syscall
-def NtCreateSemaphore(
-    k: Kernel,
-    SemaphoreHandle: PHANDLE,
-    DesiredAccess: ACCESS_MASK,
-    ObjectAttributes: PVOID,
-    InitialCount: LONG,
-    MaximumCount: LONG,
-) -> int:
-    semaphore = SyncObject("semaphore", signaled=InitialCount, maximum=MaximumCount)
-    return _create(k, SemaphoreHandle, semaphore, ObjectAttributes)
-
-
-def _previous(k: Kernel, out: int, value: int) -> None:
-    if out:
-        k.write_u32(out, value)
-
-
-@syscall
-def NtSetEvent(k: Kernel, EventHandle: HANDLE, PreviousState: PVOID) -> int:
-    event = k.proc.objects.get(EventHandle, SyncObject)
-    _previous(k, PreviousState, event.signaled)
-    event.signaled = 1
-    return Status.SUCCESS
-
-
-@syscall
-def NtResetEvent(k: Kernel, EventHandle: HANDLE, PreviousState: PVOID) -> int:
-    event = k.proc.objects.get(EventHandle, SyncObject)
-    _previous(k, PreviousState, event.signaled)
-    event.signaled = 0
-    return Status.SUCCESS
-
-
-@syscall
-def NtClearEvent(k: Kernel, EventHandle: HANDLE) -> int:
-    k.proc.objects.get(EventHandle, SyncObject).signaled = 0
-    return Status.SUCCESS
-
-
-@syscall
-def NtReleaseSemaphore(
-    k: Kernel, SemaphoreHandle: HANDLE, ReleaseCount: LONG, PreviousCount: PVOID
-) -> int:
-    semaphore = k.proc.objects.get(SemaphoreHandle, SyncObject)
-    if semaphore.signaled + ReleaseCount > semaphore.maximum:
-        raise NtStatusError(0xC0000047, "semaphore limit exceeded")  # SEMAPHORE_LIMIT_EXCEEDED
-    _previous(k, PreviousCount, semaphore.signaled)
-    semaphore.signaled += ReleaseCount
-    return Status.SUCCESS
-
-
-@syscall
-def NtReleaseMutant(k: Kernel, MutantHandle: HANDLE, PreviousCount: PVOID) -> int:
-    mutant = k.proc.objects.get(MutantHandle, SyncObject)
-    _previous(k, PreviousCount, mutant.signaled)
-    mutant.signaled = 1
-    return Status.SUCCESS
-
-
-@syscall
-def NtWaitForSingleObject(k: Kernel, Handle: HANDLE, Alertable: BOOLEAN, Timeout: PVOID) -> int:
-    obj = k.proc.objects.get(Handle, KernelObject)
-    k.details.update(kind=obj.kind, name=obj.name)
-    if not isinstance(obj, SyncObject):
-        return Status.SUCCESS  # files, tokens, ...: signalled
-    if obj.signaled:
-        if obj.kind in ("semaphore", "mutant") or obj.auto_reset:
-            obj.signaled -= 1 if obj.kind == "semaphore" else obj.signaled
-        return Status.SUCCESS
-    if Timeout:
-        return STATUS_TIMEOUT
-    k.proc.cpu.raise_fault(
-        Fault(
-            "wait that can never end",
-            pc=k.proc.cpu.pc,
-            detail=f"the only thread waits without a timeout on an unsignalled {obj.kind}",
-        )
-    )
-    return Status.SUCCESS
-
-
-@syscall
-def NtYieldExecution(k: Kernel) -> int:
-    return Status.SUCCESS
-
-
-@syscall
-def NtDelayExecution(k: Kernel, Alertable: BOOLEAN, DelayInterval: PVOID) -> int:
     return Status.SUCCESS
 
 
@@ -238,14 +90,3 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
     k.return_value = k.proc.cpu.reg(arch.ret)
     return k.return_value & 0xFFFFFFFF
 
-
-@syscall
-def NtTerminateThread(k: Kernel, ThreadHandle: HANDLE, ExitStatus: NTSTATUS) -> int:
-    """NULL: every other thread (there is none). The current thread: as it is the only one,
-    the process ends with its status."""
-    k.details.update(exit_status=ExitStatus)
-    if ThreadHandle == 0:
-        return Status.SUCCESS
-    k.proc.exit_status = ExitStatus
-    k.proc.cpu.stop("process terminated")
-    return Status.SUCCESS

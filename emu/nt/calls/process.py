@@ -75,10 +75,15 @@ def NtRaiseException(
 @syscall
 def NtTerminateProcess(k: Kernel, ProcessHandle: HANDLE, ExitStatus: NTSTATUS) -> int:
     """A NULL handle means "every other thread" (RtlExitUserProcess's first step; the process
-    then runs its DLL detach code, where msvcrt flushes stdout): with one thread, nothing to
-    do. The current process: the run ends and ``proc.exit_status`` holds the status."""
+    then runs its DLL detach code, where msvcrt flushes stdout): they end with the status
+    (their mutants abandoned). The current process: the run ends and ``proc.exit_status`` holds
+    the status."""
     k.details.update(exit_status=ExitStatus)
     if ProcessHandle == 0:
+        sched = k.proc.threads
+        for thread in sched.live():
+            if thread is not sched.current:
+                sched.terminate(thread, ExitStatus)
         return NtStatus.SUCCESS
     k.check_process_handle(ProcessHandle)
     k.proc.exit_status = ExitStatus

@@ -1,0 +1,337 @@
+/* Threads and synchronisation through Wine's kernel32/kernelbase/ntdll (issue 16 cause 7).
+ * One mode per run, chosen by argv[1]; every check prints "<name> <hex value>".
+ *
+ *   threads.exe basic          thread creation, joins, exit codes, TLS, events, semaphores,
+ *                              mutexes (recursion, abandonment), critical sections, Sleep
+ *   threads.exe heap N OPS     N threads, each OPS random HeapAlloc/HeapFree on one heap
+ *   threads.exe deadlock       two threads each waiting for the other's mutex
+ *   threads.exe exit           ExitProcess from a worker while main waits forever
+ *   threads.exe last           TerminateThread on a spinning thread; main ends with
+ *                              ExitThread and the last thread's return ends the process
+ */
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void show(const char *what, unsigned long long value) {
+    printf("%s %llx\n", what, value);
+}
+
+/* ------------------------------------------------------------------ basic */
+static DWORD tls_index;
+static volatile LONG attached;
+static CRITICAL_SECTION counter_lock;
+static LONG counter;
+static HANDLE ping, pong, sem, mutex;
+
+static DWORD WINAPI returns_arg(void *arg) {
+    TlsSetValue(tls_index, arg);
+    Sleep(1);
+    return (DWORD)(ULONG_PTR)TlsGetValue(tls_index) + 0x100;
+}
+
+static DWORD WINAPI exits_thread(void *arg) {
+    ExitThread(0x77);
+    return 0;
+}
+
+static DWORD WINAPI adder(void *arg) {
+    for (int i = 0; i < 2000; i++) {
+        EnterCriticalSection(&counter_lock);
+        LONG v = counter;
+        if (i % 97 == 0) SwitchToThread(); /* give another thread the lock's waiting side */
+        counter = v + 1;
+        LeaveCriticalSection(&counter_lock);
+    }
+    return 0;
+}
+
+static DWORD WINAPI ponger(void *arg) {
+    for (int i = 0; i < 5; i++) {
+        WaitForSingleObject(ping, INFINITE); /* auto-reset: one wake per SetEvent */
+        SetEvent(pong);
+    }
+    return 5;
+}
+
+static DWORD WINAPI sem_taker(void *arg) {
+    DWORD r = WaitForSingleObject(sem, INFINITE);
+    return r == WAIT_OBJECT_0 ? 1 : 0x100 + r;
+}
+
+static DWORD WINAPI mutex_abandoner(void *arg) {
+    WaitForSingleObject(mutex, INFINITE);
+    return 9; /* ends owning the mutex */
+}
+
+static DWORD WINAPI sleeper(void *arg) {
+    Sleep(50);
+    SetEvent((HANDLE)arg);
+    return 0;
+}
+
+/* keyed events: NtReleaseKeyedEvent and NtWaitForKeyedEvent meet by key */
+typedef LONG(NTAPI *keyed_create_fn)(HANDLE *, ACCESS_MASK, void *, ULONG);
+typedef LONG(NTAPI *keyed_fn)(HANDLE, void *, BOOLEAN, LARGE_INTEGER *);
+static keyed_fn wait_keyed, release_keyed;
+static HANDLE keyed;
+
+static DWORD WINAPI keyed_releaser(void *arg) {
+    return (DWORD)release_keyed(keyed, (void *)0x10, FALSE, NULL); /* until main waits */
+}
+
+static void keyed_events(void) {
+    HMODULE nt = GetModuleHandleA("ntdll.dll");
+    keyed_create_fn create = (keyed_create_fn)GetProcAddress(nt, "NtCreateKeyedEvent");
+    wait_keyed = (keyed_fn)GetProcAddress(nt, "NtWaitForKeyedEvent");
+    release_keyed = (keyed_fn)GetProcAddress(nt, "NtReleaseKeyedEvent");
+    show("keyed-create", (unsigned long)create(&keyed, 0xF0003, NULL, 0));
+    LARGE_INTEGER zero = {0};
+    show("keyed-release-alone", (unsigned long)release_keyed(keyed, (void *)0x10, FALSE, &zero));
+    HANDLE t = CreateThread(NULL, 0, keyed_releaser, NULL, 0, NULL);
+    Sleep(5);
+    show("keyed-other-key", (unsigned long)wait_keyed(keyed, (void *)0x20, FALSE, &zero));
+    show("keyed-wait", (unsigned long)wait_keyed(keyed, (void *)0x10, FALSE, NULL));
+    DWORD code;
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("keyed-released", code);
+    CloseHandle(t);
+}
+
+static void basic(void) {
+    tls_index = TlsAlloc();
+    HANDLE t[4];
+    DWORD id, code;
+    for (int i = 0; i < 4; i++) t[i] = CreateThread(NULL, 0, returns_arg, (void *)(ULONG_PTR)i, 0, &id);
+    show("wait-all", WaitForMultipleObjects(4, t, TRUE, INFINITE));
+    for (int i = 0; i < 4; i++) {
+        GetExitCodeThread(t[i], &code);
+        printf("exit-code-%d %lx\n", i, code);
+        CloseHandle(t[i]);
+    }
+    HANDLE e = CreateThread(NULL, 0, exits_thread, NULL, CREATE_SUSPENDED, NULL);
+    GetExitCodeThread(e, &code);
+    show("suspended-still-active", code);
+    show("wait-suspended-timeout", WaitForSingleObject(e, 0));
+    show("resume-previous", ResumeThread(e));
+    show("wait-exit-thread", WaitForSingleObject(e, INFINITE));
+    GetExitCodeThread(e, &code);
+    show("exit-thread-code", code);
+    CloseHandle(e);
+
+    InitializeCriticalSection(&counter_lock);
+    HANDLE a[3];
+    for (int i = 0; i < 3; i++) a[i] = CreateThread(NULL, 0, adder, NULL, 0, NULL);
+    WaitForMultipleObjects(3, a, TRUE, INFINITE);
+    show("critical-section-counter", counter);
+    for (int i = 0; i < 3; i++) CloseHandle(a[i]);
+
+    ping = CreateEventA(NULL, FALSE, FALSE, NULL);
+    pong = CreateEventA(NULL, FALSE, FALSE, NULL);
+    HANDLE p = CreateThread(NULL, 0, ponger, NULL, 0, NULL);
+    int rounds = 0;
+    for (int i = 0; i < 5; i++) {
+        SetEvent(ping);
+        if (WaitForSingleObject(pong, INFINITE) == WAIT_OBJECT_0) rounds++;
+    }
+    show("ping-pong-rounds", rounds);
+    show("ping-pong-join", WaitForSingleObject(p, INFINITE));
+    show("event-poll-timeout", WaitForSingleObject(pong, 0));
+    HANDLE manual = CreateEventA(NULL, TRUE, TRUE, NULL);
+    show("manual-stays-set", WaitForSingleObject(manual, 0) + WaitForSingleObject(manual, 0));
+    ResetEvent(manual);
+    show("manual-reset", WaitForSingleObject(manual, 10));
+    HANDLE any[2] = {pong, manual};
+    SetEvent(manual);
+    show("wait-any-index", WaitForMultipleObjects(2, any, FALSE, INFINITE));
+    show("pulse-no-waiter", PulseEvent(pong) && WaitForSingleObject(pong, 0) == WAIT_TIMEOUT);
+
+    sem = CreateSemaphoreA(NULL, 0, 2, NULL);
+    HANDLE s[3];
+    for (int i = 0; i < 3; i++) s[i] = CreateThread(NULL, 0, sem_taker, NULL, 0, NULL);
+    Sleep(5);
+    LONG previous = -1;
+    show("sem-release-2", ReleaseSemaphore(sem, 2, &previous));
+    show("sem-previous", previous);
+    show("sem-over-limit", ReleaseSemaphore(sem, 3, NULL) ? 0 : GetLastError());
+    show("sem-one-left-waiting", WaitForMultipleObjects(3, s, TRUE, 20));
+    ReleaseSemaphore(sem, 1, NULL);
+    show("sem-all-taken", WaitForMultipleObjects(3, s, TRUE, INFINITE));
+
+    mutex = CreateMutexA(NULL, TRUE, NULL);
+    show("mutex-recursive", WaitForSingleObject(mutex, 0));
+    show("mutex-release-1", ReleaseMutex(mutex));
+    show("mutex-release-2", ReleaseMutex(mutex));
+    show("mutex-release-not-owner", ReleaseMutex(mutex) ? 0 : GetLastError());
+    HANDLE m = CreateThread(NULL, 0, mutex_abandoner, NULL, 0, NULL);
+    WaitForSingleObject(m, INFINITE);
+    show("mutex-abandoned", WaitForSingleObject(mutex, INFINITE));
+    show("mutex-owned-after-abandon", WaitForSingleObject(mutex, 0));
+    ReleaseMutex(mutex);
+    ReleaseMutex(mutex);
+
+    HANDLE done = CreateEventA(NULL, TRUE, FALSE, NULL);
+    HANDLE sl = CreateThread(NULL, 0, sleeper, done, 0, NULL);
+    show("sleeper-not-yet", WaitForSingleObject(done, 10));
+    show("sleeper-done", WaitForSingleObject(done, INFINITE));
+    WaitForSingleObject(sl, INFINITE);
+    keyed_events();
+    show("thread-attach-count", attached);
+    TlsFree(tls_index);
+}
+
+/* DLL_THREAD_ATTACH / DETACH as Wine's loader delivers them: through the program's TLS
+ * callbacks (mingw's tlssup runs the .CRT$XL* entries) */
+static volatile LONG detached;
+static void NTAPI tls_callback(PVOID module, DWORD reason, PVOID reserved) {
+    if (reason == DLL_THREAD_ATTACH) InterlockedIncrement(&attached);
+    if (reason == DLL_THREAD_DETACH) InterlockedIncrement(&detached);
+}
+PIMAGE_TLS_CALLBACK threads_tls_callback __attribute__((section(".CRT$XLF"), used)) = tls_callback;
+
+/* ------------------------------------------------------------------ heap */
+static HANDLE shared_heap;
+static int ops_per_thread;
+
+typedef struct {
+    unsigned seed;
+    unsigned long long checksum;
+} worker_t;
+
+static unsigned next_random(unsigned *state) {
+    *state = *state * 1103515245u + 12345u; /* the thread's own generator: no shared state */
+    return *state >> 8;
+}
+
+static DWORD WINAPI heap_worker(void *arg) {
+    worker_t *w = arg;
+    enum { SLOTS = 64 };
+    unsigned char *slot[SLOTS] = {0};
+    SIZE_T size[SLOTS] = {0};
+    for (int i = 0; i < ops_per_thread; i++) {
+        unsigned r = next_random(&w->seed);
+        int k = r % SLOTS;
+        if (slot[k]) {
+            /* the block still holds the pattern written at allocation (every 32nd byte and
+             * the last are checked): no other thread got or wrote it meanwhile */
+            unsigned char want = (unsigned char)(k + size[k]);
+            for (SIZE_T j = 0; j < size[k]; j += 32)
+                if (slot[k][j] != want) return 0xBAD;
+            if (slot[k][size[k] - 1] != want) return 0xBAD;
+            w->checksum += (ULONG_PTR)slot[k] & 0xFFFF;
+            if (!HeapFree(shared_heap, 0, slot[k])) return 0xF3EE;
+            slot[k] = NULL;
+        } else {
+            size[k] = 1 + (r >> 8) % ((r & 0x100) ? 2000 : 100);
+            slot[k] = HeapAlloc(shared_heap, 0, size[k]);
+            if (!slot[k]) return 0xA110C;
+            memset(slot[k], (unsigned char)(k + size[k]), size[k]);
+        }
+    }
+    for (int k = 0; k < SLOTS; k++)
+        if (slot[k] && (k & 1)) HeapFree(shared_heap, 0, slot[k]); /* the even ones stay live */
+    return 0;
+}
+
+static void heap(int threads, int ops) {
+    ops_per_thread = ops;
+    shared_heap = HeapCreate(0, 0, 0); /* serialised: the heap's own lock */
+    HANDLE t[64];
+    worker_t w[64];
+    for (int i = 0; i < threads; i++) {
+        w[i].seed = 1000 + i;
+        w[i].checksum = 0;
+        t[i] = CreateThread(NULL, 0, heap_worker, &w[i], 0, NULL);
+    }
+    show("heap-join", WaitForMultipleObjects(threads, t, TRUE, INFINITE));
+    for (int i = 0; i < threads; i++) {
+        DWORD code;
+        GetExitCodeThread(t[i], &code);
+        printf("worker-%d %lx %llx\n", i, code, w[i].checksum);
+        CloseHandle(t[i]);
+    }
+    show("heap-validate", HeapValidate(shared_heap, 0, NULL));
+    PROCESS_HEAP_ENTRY entry = {0};
+    int busy = 0;
+    while (HeapWalk(shared_heap, &entry))
+        if (entry.wFlags & PROCESS_HEAP_ENTRY_BUSY) busy++;
+    show("heap-busy-blocks", busy);
+}
+
+/* ------------------------------------------------------------------ deadlock, exit */
+static HANDLE first, second;
+
+static DWORD WINAPI takes_second_then_first(void *arg) {
+    WaitForSingleObject(second, INFINITE);
+    SetEvent((HANDLE)arg);
+    WaitForSingleObject(first, INFINITE);
+    return 0;
+}
+
+static void deadlock(void) {
+    first = CreateMutexA(NULL, TRUE, NULL);
+    second = CreateMutexA(NULL, FALSE, NULL);
+    HANDLE ready = CreateEventA(NULL, FALSE, FALSE, NULL);
+    HANDLE t = CreateThread(NULL, 0, takes_second_then_first, ready, 0, NULL);
+    WaitForSingleObject(ready, INFINITE);
+    show("deadlock-begins", 1);
+    fflush(stdout);
+    WaitForSingleObject(second, INFINITE);
+    show("never-printed", 1);
+    WaitForSingleObject(t, INFINITE);
+}
+
+static DWORD WINAPI exits_process(void *arg) {
+    Sleep(1);
+    ExitProcess(0x2A);
+    return 0;
+}
+
+static volatile LONG spin_forever = 1;
+
+static DWORD WINAPI spinner(void *arg) {
+    while (spin_forever) /* no system call: only the quantum ends its turns */
+        ;
+    return 0;
+}
+
+static DWORD WINAPI outlives_main(void *arg) {
+    Sleep(20);
+    printf("last-thread-runs 1\n");
+    return 9; /* the process's exit code: its last thread's */
+}
+
+static void last(void) {
+    HANDLE s = CreateThread(NULL, 0, spinner, NULL, 0, NULL);
+    Sleep(1);
+    show("terminate-other", TerminateThread(s, 0x55));
+    show("terminated-wait", WaitForSingleObject(s, INFINITE));
+    DWORD code;
+    GetExitCodeThread(s, &code);
+    show("terminated-code", code);
+    CreateThread(NULL, 0, outlives_main, NULL, 0, NULL);
+    ExitThread(7);
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    const char *mode = argc > 1 ? argv[1] : "basic";
+    if (!strcmp(mode, "basic")) {
+        basic();
+        show("thread-detach-count", detached);
+    } else if (!strcmp(mode, "heap")) {
+        heap(argc > 2 ? atoi(argv[2]) : 8, argc > 3 ? atoi(argv[3]) : 10000);
+    } else if (!strcmp(mode, "deadlock")) {
+        deadlock();
+    } else if (!strcmp(mode, "last")) {
+        last();
+    } else if (!strcmp(mode, "exit")) {
+        HANDLE never = CreateEventA(NULL, TRUE, FALSE, NULL);
+        CreateThread(NULL, 0, exits_process, NULL, 0, NULL);
+        WaitForSingleObject(never, INFINITE);
+        return 1;
+    }
+    return 0;
+}
