@@ -60,6 +60,11 @@ def setup_segments(cpu: Cpu, teb: int, teb_size: int) -> None:
 MAX_TEB_SLOTS = 0x1000 // 8 - 8
 
 
+def teb_selector(slot: int) -> int:
+    """x86: the fs selector of the thread with TEB descriptor ``slot`` (0: the main thread)."""
+    return ((SEL_TEB >> 3 if slot == 0 else 7 + slot) << 3) | 3
+
+
 def set_thread_teb(cpu: Cpu, teb: int, teb_size: int, slot: int) -> None:
     """Point the current thread's fs (x86) / gs base (x64) at ``teb``. On x86 each thread has a
     descriptor of its own (``slot``, 0 = the main thread's SEL_TEB), so a saved CPU context
@@ -69,7 +74,7 @@ def set_thread_teb(cpu: Cpu, teb: int, teb_size: int, slot: int) -> None:
         return
     if not 0 <= slot <= MAX_TEB_SLOTS:
         raise ValueError(f"TEB descriptor slot {slot} is outside the GDT (0..{MAX_TEB_SLOTS})")
-    index = SEL_TEB >> 3 if slot == 0 else 7 + slot
+    index = teb_selector(slot) >> 3
     cpu.write(GDT_BASE + 8 * index, struct.pack("<Q", descriptor(teb, teb_size - 1, 0xF3, 0x4)))
     cpu.uc.reg_write(ux.UC_X86_REG_GDTR, (0, GDT_BASE, 0xFFF, 0))
-    cpu.uc.reg_write(ux.UC_X86_REG_FS, (index << 3) | 3)
+    cpu.uc.reg_write(ux.UC_X86_REG_FS, teb_selector(slot))

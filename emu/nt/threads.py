@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from emu.cpu.segments import MAX_TEB_SLOTS
+from emu.cpu.segments import MAX_TEB_SLOTS, teb_selector
 from emu.errors import EmulationError, Fault, NtStatusError
 from emu.nt.kernel import PROCESS_ID
 from emu.nt.memory import align_down
@@ -183,7 +183,7 @@ class Scheduler:
         self._next_tid += 4
         thread.suspend_count = 1 if suspended else 0
         init_teb(proc, teb, thread.tid, stack)
-        context, sp = write_start_context(proc, stack.top, start, argument, user_start)
+        context, sp = write_start_context(proc, stack.top, start, argument, user_start, slot)
         thread.start_registers = loader_registers(proc, context, sp, ldr)
         self.threads.append(thread)
         return thread
@@ -350,11 +350,12 @@ def init_teb(proc: ProcessCore, teb: int, tid: int, stack: ThreadStack) -> None:
 
 
 def write_start_context(
-    proc: ProcessCore, top: int, entry: int, argument: int, user_start: int
+    proc: ProcessCore, top: int, entry: int, argument: int, user_start: int, slot: int = 0
 ) -> tuple[int, int]:
     """The thread's start CONTEXT near the top of its stack: ``user_start(entry, argument)``
     (ntdll!RtlUserThreadStart) on the stack below it. Returns (context, stack pointer for
-    LdrInitializeThunk)."""
+    LdrInitializeThunk). On x86 its SEGMENTS are the process's selectors with the fs of TEB
+    descriptor ``slot``: NtContinue loads them."""
     arch = proc.arch
     ctx = align_down(top - 0x100 - CONTEXT_SIZE[arch.name], 64)  # room above, as Windows
     proc.write(ctx, bytes(CONTEXT_SIZE[arch.name]))
@@ -375,6 +376,13 @@ def write_start_context(
     else:
         values = {
             0x00: ("<I", 0x1000F),  # ContextFlags: CONTEXT_i386 | CONTROL|INTEGER|SEGMENTS|FLOAT
+            0x8C: ("<I", proc.cpu.reg("gs")),
+            0x90: ("<I", teb_selector(slot)),  # SegFs: the thread's own TEB
+            0x94: ("<I", proc.cpu.reg("es")),
+            0x98: ("<I", proc.cpu.reg("ds")),
+            0xBC: ("<I", proc.cpu.reg("cs")),
+            0xC8: ("<I", proc.cpu.reg("ss")),
+            0x1C: ("<I", 0x27F),  # FloatSave.ControlWord
             0xA4: ("<I", argument),  # Ebx: the argument
             0xB0: ("<I", entry),  # Eax: the entry point
             0xB8: ("<I", user_start),  # Eip

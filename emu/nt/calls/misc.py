@@ -89,4 +89,3 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
     k.details.update(pc=pc, sp=k.proc.cpu.sp, target=k.proc.symbolize(pc))
     k.return_value = k.proc.cpu.reg(arch.ret)
     return k.return_value & 0xFFFFFFFF
-
