@@ -38,7 +38,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from asm.assembler import assemble_code
 from emu.errors import EmulationError
@@ -47,6 +47,8 @@ from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
 from emu.nt.memory import align_down
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
+from emu.nt.output import DEFAULT_OUTPUT_LIMIT, OutputCapture
+from emu.nt.records import DEFAULT_SYSCALL_LOG
 from emu.observe.breakpoints import add_breakpoint
 from emu.process.core import KUSER_SHARED_DATA_ADDRESS, ProcessCore
 from emu.win.layouts import KUSER_SHARED_DATA, PEB, TEB, UNICODE_STRING, Field, Struct
@@ -118,10 +120,15 @@ class ProgramResult:
     """How a program run ended."""
 
     exit_code: int | None  # NtTerminateProcess's status; None if the run did not get there
-    stdout: bytes
+    stdout: bytes  # what the program wrote, up to the output limit (emu.nt.output)
     stderr: bytes
     error: EmulationError | None = None  # the fault, when the run did not end normally
     denied: list[tuple[str, str]] = field(default_factory=list)  # names the sandbox refused
+    stdout_truncated: int = 0  # bytes written beyond the limit (kept only by a sink)
+    stderr_truncated: int = 0
+    # what went wrong in heapemu's kernel (unhandled system calls, handler bugs):
+    # SyscallDispatcher.warnings(), reported apart from the program's own stderr
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -235,10 +242,13 @@ class Program:
         objects = self.objects
         self.result = ProgramResult(
             exit_code=proc.exit_status,
-            stdout=bytes(objects.stdout),
-            stderr=bytes(objects.stderr),
+            stdout=objects.stdout.getvalue(),
+            stderr=objects.stderr.getvalue(),
             error=error,
             denied=list(objects.denied),
+            stdout_truncated=objects.stdout.truncated,
+            stderr_truncated=objects.stderr.truncated,
+            warnings=proc.syscall_dispatcher.warnings(),
         )
         return self.result
 
@@ -378,13 +388,20 @@ def load_program(
     debug_channels: str | None = None,
     stdin: bytes = b"",
     time_limit: float = 300.0,
+    output_limit: int | None = DEFAULT_OUTPUT_LIMIT,
+    stdout_sink: IO[bytes] | None = None,
+    stderr_sink: IO[bytes] | None = None,
+    syscall_log: int | None = DEFAULT_SYSCALL_LOG,
     process_class: type[ProcessCore] = ProcessCore,
 ) -> Program:
     """Map the program at ``path`` and Wine's ntdll into a new ProcessCore (arch from the image).
 
     ``argv`` defaults to ``[program name]``; ``env`` adds to (or overrides) a small default
     environment; ``files`` maps more Windows paths to host files the program may read;
-    ``stdin`` is what the program reads from its standard input."""
+    ``stdin`` is what the program reads from its standard input. Of each output stream the
+    first ``output_limit`` bytes are kept in memory (None: all); a sink (a binary file) gets
+    every byte as it is written (``emu.nt.output``). ``syscall_log`` records are kept
+    (``emu.nt.records``)."""
     from emu.load.wine_ntdll import load_wine_ntdll
     from loader.peimage import PeImage
     from loader.wine import find_wine_dir
@@ -400,8 +417,11 @@ def load_program(
         stack_reserve=max(image.stack_reserve, STACK_RESERVE_MIN),
         stack_commit=STACK_COMMIT,
         time_limit=time_limit,
+        syscall_log=syscall_log,
     )
     objects = proc.objects
+    objects.stdout = OutputCapture(output_limit, stdout_sink)
+    objects.stderr = OutputCapture(output_limit, stderr_sink)
     windows_path = f"{PROGRAM_DIR}\\{path.name}"
     namespace = objects.namespace
     namespace.add_file(windows_path, path)

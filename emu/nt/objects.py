@@ -10,8 +10,8 @@ The namespace is the sandbox. A name the program opens is normalised (``\\??\\C:
 the Wine DLL and NLS directories (listed once, by name: nothing under them but those files), and
 files the user maps in with :meth:`Namespace.add_file`. Every other name answers
 STATUS_OBJECT_NAME_NOT_FOUND, and no host path is ever built from a name the program chose.
-Files are opened read-only; data the program writes goes to the captured stdout/stderr and
-nowhere else.
+Files are opened read-only; data the program writes goes to the captured stdout/stderr
+(bounded: ``emu.nt.output``) and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from emu.errors import NtStatusError
+from emu.nt.output import OutputCapture
 from emu.win.layouts import UNICODE_STRING
 from emu.win.ntdefs import NtStatus
 
@@ -251,8 +252,9 @@ class ObjectManager:
         self._next = FIRST_HANDLE
         self._access: dict[int, int] = {}
         self.named: dict[tuple[str, str], KernelObject] = {}  # (directory, name) -> object
-        self.stdout = bytearray()
-        self.stderr = bytearray()
+        # what the program writes: bounded in memory, optionally spilled (emu.nt.output)
+        self.stdout = OutputCapture()
+        self.stderr = OutputCapture()
         self.stdin = b""
         self.denied: list[tuple[str, str]] = []  # (name, why) of every refused open
         for stream, handle in STD_HANDLES.items():
@@ -323,7 +325,7 @@ class ObjectManager:
         return dict(self._handles)
 
     def write_stream(self, stream: str, data: bytes) -> None:
-        (self.stdout if stream == "stdout" else self.stderr).extend(data)
+        (self.stdout if stream == "stdout" else self.stderr).write(data)
 
 
 # ---------------------------------------------------------------------------------- helpers

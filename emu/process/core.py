@@ -33,6 +33,7 @@ from emu.modules import Module, ModuleList
 from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecord
 from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
+from emu.nt.records import DEFAULT_SYSCALL_LOG, SyscallLog
 from emu.nt.shared_data import fill_shared_user_data
 from emu.nt.stack import ThreadStack
 from emu.win.ntdefs import (
@@ -117,13 +118,15 @@ class ProcessCore:
         stack_reserve: int | None = None,
         stack_commit: int | None = None,
         time_limit: float = 30.0,
+        syscall_log: int | None = DEFAULT_SYSCALL_LOG,
     ):
         self.arch = get_arch(arch)
         self.cpu = Cpu(self.arch)
         self.memory = MemoryManager(self.cpu, self.arch)
         self.regs = Registers(self.cpu)
         self.modules = ModuleList()
-        self.syscalls: list[SyscallRecord] = []
+        # every call counted, the last `syscall_log` recorded (None: all; emu.nt.records)
+        self.syscalls = SyscallLog(syscall_log)
         self.syscall_dispatcher = SyscallDispatcher(self, HANDLERS)
         self.time_limit = time_limit  # seconds per call; None or 0 = no wall-clock limit
         self.instruction_budget: int | None = None  # default per-call budget (slower: see call)
@@ -538,9 +541,10 @@ class ProcessCore:
             # the kernel's probe fails and the caller gets STATUS_ACCESS_VIOLATION
             status = NtStatus.ACCESS_VIOLATION
         self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
-        if self.syscall_observers and len(self.syscalls) > recorded:
+        last = self.syscalls.last
+        if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
             for observer in self.syscall_observers:
-                observer(self.syscalls[-1])
+                observer(last)
 
     def _on_page_fault(self, page: int, access: str) -> int | Fault | None:
         """The CPU's TLB missed on ``page``: the protection to translate it with (None when

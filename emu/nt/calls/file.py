@@ -21,6 +21,7 @@ from emu.nt.objects import (
     put_buffer,
     write_io_status,
 )
+from emu.nt.output import preview
 from emu.win.ntdefs import (
     FILE_INFORMATION_CLASS,
     FS_INFORMATION_CLASS,
@@ -177,7 +178,8 @@ def NtWriteFile(
     data = k.read(Buffer, Length)
     k.proc.objects.write_stream(f.stream, data)
     write_io_status(k, IoStatusBlock, 0, Length)
-    k.details.update(stream=f.stream, text=data.decode("utf-8", errors="replace"))
+    # the record keeps a preview: the data itself is captured once, in the stream
+    k.details.update(stream=f.stream, bytes=len(data), text=preview(data))
     return Status.SUCCESS
 
 
