@@ -26,6 +26,7 @@ from emu.errors import NtStatusError
 from emu.nt.output import OutputCapture
 from emu.win.layouts import UNICODE_STRING
 from emu.win.ntdefs import NtStatus
+from loader.upcase import name_key, names_equal
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Kernel
@@ -85,12 +86,12 @@ def normalize_nt_path(name: str) -> str | None:
 
     Only drive paths are names in this namespace; anything else (devices, UNC, named objects,
     a ``..`` climbing above the drive) is None, i.e. not found."""
-    text = name.replace("/", "\\").lower()
+    text = name_key(name.replace("/", "\\"))  # Windows' upcase rules (loader.upcase)
     for prefix in _DOS_PREFIXES:
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
-    if len(text) < 2 or text[1] != ":" or not text[0].isalpha():
+    if len(text) < 2 or text[1] != ":" or not "a" <= text[0] <= "z":  # drive letters are ASCII
         return None
     parts: list[str] = []
     for part in text[2:].split("\\"):
@@ -284,7 +285,7 @@ class ObjectManager:
         """The object named ``name`` in ``directory`` while a handle to it is open."""
         if case_insensitive:
             for (d, n), obj in self.named.items():
-                if d == directory and n.lower() == name.lower():
+                if d == directory and names_equal(n, name):
                     return obj
             return None
         return self.named.get((directory, name))
