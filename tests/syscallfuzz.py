@@ -1,0 +1,187 @@
+"""A system-call fuzzer (issue 20): random services with random arguments, issued the way real
+code issues them, and a check after each that the process still answers.
+
+Numbers come from Wine 8.0's ntdll of the architecture (``loader.wine.wine_syscall_numbers``,
+the table a program's calls use), plus a few numbers outside it. Each call goes through one of
+the architecture's kernel entries: ``syscall`` on x64; ``int 0x2e`` or ``sysenter`` (through a
+KiFastSystemCall-style stub) on x86. The number is read from a cell Python writes, so one stub
+per entry serves every service. Arguments are drawn from a pool: NULL, -1, handles (standard,
+first-open, bogus), pointers into committed memory (aligned, odd, at a page's last bytes),
+reserved-only and released memory, KUSER_SHARED_DATA, kernel space and wrapping values, and
+random sizes; the committed buffers hold more of the same, so pointers to pointers are hostile
+too.
+
+After each call the process must answer a fresh NtClose(0) with STATUS_INVALID_HANDLE. The only
+exceptions allowed out of ``proc.call`` are heapemu's typed ones (``EmulationError``: a service
+that ends the run or a fault its arguments caused); anything else is counted (with the
+traceback's last line) as a bug, a wall-clock timeout as a hang, a process that no longer
+answers as wedged. A fresh process replaces the old one every ``PROCESS_CALLS`` calls so that
+what random allocations commit stays bounded.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+
+from emu import EmulationError, Process
+from emu.win.ntdefs import MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_READWRITE, NtStatus
+from loader.peimage import PeImage
+from loader.wine import find_wine_dir, wine_syscall_numbers
+
+MAX_ARGS = 17  # more than any service takes (NtCreateNamedPipeFile: 14)
+PROCESS_CALLS = 1000  # calls before the fuzzer starts a fresh process
+SCRAMBLED = 0x100  # bytes of each buffer refilled before every call
+CALL_LIMIT = 10.0  # seconds per call: a hang, not a slow call, goes past it
+_tables: dict[str, dict[int, str]] = {}
+
+
+def wine_numbers(arch: str) -> dict[int, str]:
+    """Wine 8.0's system-call numbers for ``arch`` (read once from its ntdll)."""
+    if arch not in _tables:
+        image = PeImage.from_file(find_wine_dir(arch) / "ntdll.dll")
+        _tables[arch] = wine_syscall_numbers(image)
+    return _tables[arch]
+
+
+@dataclass
+class Stats:
+    calls: int = 0
+    by_entry: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    ended: Counter[str] = field(default_factory=Counter)  # services answered by an EmulationError
+    bugs: list[str] = field(default_factory=list)  # Python exceptions that escaped
+    hangs: list[str] = field(default_factory=list)
+    wedged: list[str] = field(default_factory=list)
+    processes: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.calls} calls ({dict(self.by_entry)}) in {self.seconds:.1f} s over "
+            f"{self.processes} processes: {len(self.bugs)} Python exceptions, {len(self.hangs)} "
+            f"hangs, {len(self.wedged)} wedged; {len(self.statuses)} distinct statuses, "
+            f"{sum(self.ended.values())} run-ending answers"
+        )
+
+
+class Target:
+    """A process with the fuzzer's stubs and hostile memory."""
+
+    def __init__(self, arch: str):
+        self.proc = proc = Process(arch, time_limit=CALL_LIMIT, syscall_log=16)
+        self.arch = proc.arch
+        ps = self.arch.ptr_size
+        lines = ["number: .long 0", ".long 0"]
+        if ps == 8:
+            lines += ["syscall_entry:", "mov r10, rcx", "mov eax, [rip + number]", "syscall", "ret"]
+        else:
+            pops = 4 * MAX_ARGS
+            lines += ["int2e_entry:", "mov eax, [number]", "lea edx, [esp+4]", "int 0x2e"]
+            lines += [f"ret {pops}", "kifast:", "mov edx, esp", "sysenter", "ret"]
+            lines += ["sysenter_entry:", "mov eax, [number]", "call kifast", f"ret {pops}"]
+        module = proc.load_flat("\n".join(lines), "fuzz_stubs")
+        self.number = module.symbols["number"]
+        self.entries = {
+            name: module.symbols[f"{name}_entry"]
+            for name in (("syscall",) if ps == 8 else ("int2e", "sysenter"))
+        }
+        self.table = table = wine_numbers(self.arch.name)
+        self.close_number = next(n for n, name in table.items() if name == "NtClose")
+        proc.register_syscall_table(module.base, module.end, table)
+        rw = MEM_RESERVE | MEM_COMMIT
+        self.buffers = [proc.memory.allocate(0, 0x10000, rw, PAGE_READWRITE)[0] for _ in range(2)]
+        self.reserved, _ = proc.memory.allocate(0, 0x10000, MEM_RESERVE, PAGE_READWRITE)
+        freed, _ = proc.memory.allocate(0, 0x10000, rw, PAGE_READWRITE)
+        proc.memory.free(freed, 0, MEM_RELEASE)
+        self.freed = freed
+        self.fixed = self._fixed_values()
+
+    def _fixed_values(self) -> list[int]:
+        a, mask = self.arch, self.arch.ptr_mask
+        values = [
+            0, 1, 4, 8, 0x10, 0x14, 0x18, 0x40, 0x44, 0x48, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+            mask, mask - 1, mask - 7, 1 << (a.bits - 1), 0x7FFE0000, 0x7FFE0FFF, a.user_max,
+            a.user_max + 1, a.user_max - 0xFFF, self.reserved, self.freed + 0x10,
+        ]  # fmt: skip
+        for buf in self.buffers:
+            values += [buf, buf + 1, buf + 3, buf + 8, buf + 0x0FF8, buf + 0xFFFC, buf + 0xFFFF]
+        return [v & mask for v in values]
+
+    def pool(self, rng: random.Random) -> int:
+        """One hostile argument: a fixed value most of the time, else random bits or a size."""
+        r = rng.random()
+        if r < 0.75:
+            return self.fixed[int(r * len(self.fixed) / 0.75)]
+        if r < 0.85:
+            return rng.getrandbits(32)
+        if r < 0.92:
+            return rng.getrandbits(self.arch.bits)
+        return rng.randrange(0x2000)
+
+    def scramble(self, rng: random.Random) -> None:
+        """Fill the buffers' first bytes with pool values (pointers to pointers are hostile)."""
+        ps = self.arch.ptr_size
+        for buf in self.buffers:
+            if not self.proc.memory.is_accessible(buf, SCRAMBLED, write=False):
+                continue  # the fuzz released or decommitted it: fine, it stays a bad pointer
+            words = [self.pool(rng) for _ in range(SCRAMBLED // ps)]
+            self.proc.write(buf, struct.pack(f"<{len(words)}{'Q' if ps == 8 else 'I'}", *words))
+
+    def issue(self, entry: str, number: int, args: list[int]) -> int:
+        self.proc.write(self.number, number.to_bytes(4, "little"))
+        return self.proc.call(self.entries[entry], *args, time_limit=CALL_LIMIT)
+
+    def answers(self) -> bool:
+        """A fresh simple call gets its ordinary answer."""
+        try:
+            return self.issue(next(iter(self.entries)), self.close_number, [0] * MAX_ARGS) == (
+                NtStatus.INVALID_HANDLE
+            )
+        except EmulationError:
+            return False
+
+
+def fuzz(arch: str, calls: int, seed: int) -> Stats:
+    """``calls`` random system calls on ``arch`` (seeded: the same seed, the same calls)."""
+    rng = random.Random(seed)
+    stats = Stats()
+    start = time.monotonic()
+    target: Target | None = None
+    for i in range(calls):
+        if target is None or i % PROCESS_CALLS == 0:
+            target = Target(arch)
+            stats.processes += 1
+            numbers = sorted(target.table)
+        if rng.random() < 0.97:
+            number = rng.choice(numbers)
+        else:  # outside the table: the unhandled-service path
+            number = rng.choice((len(numbers) + rng.randrange(64), rng.getrandbits(12), 0xFFFF))
+        entry = rng.choice(sorted(target.entries))
+        name = target.table.get(number, f"0x{number:x}")
+        args = [target.pool(rng) for _ in range(MAX_ARGS)]
+        target.scramble(rng)
+        label = f"seed {seed} call {i}: {entry} {name}({', '.join(hex(a) for a in args[:6])}, ...)"
+        stats.calls += 1
+        stats.by_entry[entry] += 1
+        try:
+            status = target.issue(entry, number, args)
+            stats.statuses[f"0x{status & 0xFFFFFFFF:08x}"] += 1
+        except EmulationError as e:  # heapemu's typed answer: a run-ending service or a fault
+            if "wall-clock" in e.kind:
+                stats.hangs.append(f"{label}: {e.kind}")
+            stats.ended[name] += 1
+        except Exception as e:  # a bug: a Python exception out of a handler
+            line = traceback.format_exception_only(e)[-1].strip()
+            stats.bugs.append(f"{label}: {line}")
+            target = None
+            continue
+        if not target.answers():
+            stats.wedged.append(label)
+            target = None
+    stats.seconds = time.monotonic() - start
+    return stats
