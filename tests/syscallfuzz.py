@@ -27,14 +27,16 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from emu import EmulationError, Process
+from emu import EmulationError
+from emu.facade import load_program
 from emu.win.ntdefs import MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_READWRITE, NtStatus
 from loader.peimage import PeImage
 from loader.wine import find_wine_dir, wine_syscall_numbers
 
 MAX_ARGS = 17  # more than any service takes (NtCreateNamedPipeFile: 14)
-PROCESS_CALLS = 1000  # calls before the fuzzer starts a fresh process
+PROCESS_CALLS = 2000  # calls before the fuzzer starts a fresh process
 SCRAMBLED = 0x100  # bytes of each buffer refilled before every call
 CALL_LIMIT = 10.0  # seconds per call: a hang, not a slow call, goes past it
 _tables: dict[str, dict[int, str]] = {}
@@ -69,11 +71,31 @@ class Stats:
         )
 
 
-class Target:
-    """A process with the fuzzer's stubs and hostile memory."""
+# names an OBJECT_ATTRIBUTES can carry: files the sandbox holds, directories, named objects,
+# devices, odd paths, nothing, and one longer than a UNICODE_STRING allows
+NAMES = (
+    "\\??\\C:\\windows\\system32\\kernel32.dll",
+    "\\??\\C:\\windows\\system32\\l_intl.nls",
+    "\\??\\C:\\windows\\system32",
+    "\\??\\C:\\heapemu\\args.exe",
+    "\\??\\C:\\windows\\system32\\..\\..\\..\\etc\\passwd",
+    "\\BaseNamedObjects\\fuzz",
+    "\\Registry\\Machine\\Software",
+    "\\Device\\Null",
+    "\\??\\C:\\*",
+    "",
+    "\\??\\C:\\" + "a" * 40000,
+)
 
-    def __init__(self, arch: str):
-        self.proc = proc = Process(arch, time_limit=CALL_LIMIT, syscall_log=16)
+
+class Target:
+    """A process with the fuzzer's stubs and hostile memory: a loaded (not run) console
+    program, so the sandbox's files, NLS data and image are there to be reached."""
+
+    def __init__(self, arch: str, program: Path):
+        self.proc = proc = load_program(
+            program, ["args.exe"], time_limit=CALL_LIMIT, syscall_log=16
+        ).proc
         self.arch = proc.arch
         ps = self.arch.ptr_size
         lines = ["number: .long 0", ".long 0"]
@@ -99,6 +121,11 @@ class Target:
         freed, _ = proc.memory.allocate(0, 0x10000, rw, PAGE_READWRITE)
         proc.memory.free(freed, 0, MEM_RELEASE)
         self.freed = freed
+        # well-formed structures past the scrambled bytes: OBJECT_ATTRIBUTES -> UNICODE_STRING
+        # -> a name, an IO_STATUS_BLOCK, a LARGE_INTEGER (rewritten before every call)
+        base = self.buffers[1] + 0x1000
+        self.oa, self.ustr, self.iosb, self.large = base, base + 0x40, base + 0x80, base + 0xC0
+        self.name_buffer = self.buffers[1] + 0x2000  # up to 0xE000 bytes of UTF-16
         self.fixed = self._fixed_values()
 
     def _fixed_values(self) -> list[int]:
@@ -110,7 +137,27 @@ class Target:
         ]  # fmt: skip
         for buf in self.buffers:
             values += [buf, buf + 1, buf + 3, buf + 8, buf + 0x0FF8, buf + 0xFFFC, buf + 0xFFFF]
+        values += [self.oa, self.oa, self.ustr, self.iosb, self.large, self.oa + 1]
         return [v & mask for v in values]
+
+    def structures(self, rng: random.Random) -> None:
+        """Rewrite the well-formed structures with a random name, attributes and values."""
+        ps, proc = self.arch.ptr_size, self.proc
+        if not proc.memory.is_accessible(self.oa, 0x100, write=True):
+            return  # released or reprotected by an earlier call
+        text = rng.choice(NAMES).encode("utf-16-le")[:0xE000]
+        if proc.memory.is_accessible(self.name_buffer, len(text), write=True):
+            proc.write(self.name_buffer, text)
+        length = min(len(text), 0xFFFF) if rng.random() < 0.9 else rng.getrandbits(16)
+        pack = "<HH4xQ" if ps == 8 else "<HHI"
+        buffer = self.name_buffer if rng.random() < 0.9 else self.pool(rng)
+        proc.write(self.ustr, struct.pack(pack, length & 0xFFFF, length & 0xFFFF, buffer))
+        root = 0 if rng.random() < 0.8 else self.pool(rng)
+        attributes = rng.choice((0, 0x40, 0xC0, 0x200, rng.getrandbits(32)))
+        size = (48 if ps == 8 else 24) if rng.random() < 0.9 else rng.getrandbits(32)
+        fmt = "<I4xQQI4xQQ" if ps == 8 else "<IIIIII"
+        proc.write(self.oa, struct.pack(fmt, size, root, self.ustr, attributes, 0, 0))
+        proc.write(self.large, struct.pack("<q", rng.choice((0, -1, 1 << 62, -(10**7), 0x1000))))
 
     def pool(self, rng: random.Random) -> int:
         """One hostile argument: a fixed value most of the time, else random bits or a size."""
@@ -148,13 +195,16 @@ class Target:
 
 def fuzz(arch: str, calls: int, seed: int) -> Stats:
     """``calls`` random system calls on ``arch`` (seeded: the same seed, the same calls)."""
+    from programbuild import build
+
+    program = build("args.exe", arch)
     rng = random.Random(seed)
     stats = Stats()
     start = time.monotonic()
     target: Target | None = None
     for i in range(calls):
         if target is None or i % PROCESS_CALLS == 0:
-            target = Target(arch)
+            target = Target(arch, program)
             stats.processes += 1
             numbers = sorted(target.table)
         if rng.random() < 0.97:
@@ -165,6 +215,7 @@ def fuzz(arch: str, calls: int, seed: int) -> Stats:
         name = target.table.get(number, f"0x{number:x}")
         args = [target.pool(rng) for _ in range(MAX_ARGS)]
         target.scramble(rng)
+        target.structures(rng)
         label = f"seed {seed} call {i}: {entry} {name}({', '.join(hex(a) for a in args[:6])}, ...)"
         stats.calls += 1
         stats.by_entry[entry] += 1

@@ -15,14 +15,18 @@ import io
 import json
 
 import pytest
-from asmutil import syscall_stubs
+from asmutil import assemble, syscall_stubs
 from programbuild import build
+from rich.console import Console
 from test_front_doors import heapemu
 
 from emu import Process
 from emu.facade import run_program
 from emu.heap.allocator import Allocator
 from emu.nt.records import DEFAULT_SYSCALL_LOG, SyscallRecord
+from emu.scenario.render import render_result
+from emu.scenario.run import Observer, ScenarioRun, run_scenario
+from emu.scenario.shipped import find_scenario
 from emu.win.ntdefs import NtStatus
 
 MIB = 1 << 20
@@ -138,3 +142,34 @@ def test_exec_reports_unhandled_calls_after_the_programs_output(arch: str) -> No
     assert [(w["kind"], w["name"], w["calls"]) for w in report["warnings"]] == [
         ("unhandled system call", "NtAllocateLocallyUniqueId", 1)
     ]
+
+
+class _UnservedCall(Observer):
+    """Issues a system call no table names once the allocator is loaded."""
+
+    def started(self, run: ScenarioRun) -> None:
+        proc = run.proc
+        if proc.arch.name == "x64":
+            f = assemble(proc, "mov r10, rcx; mov eax, 0x777; syscall; ret")
+        else:
+            f = assemble(proc, "mov eax, 0x777; lea edx, [esp+4]; int 0x2e; ret")
+        proc.register_syscall_table(f, f + 0x100, {})
+        for _ in range(3):
+            assert proc.call(f, convention="cdecl") == NtStatus.NOT_IMPLEMENTED
+
+
+def test_scenario_results_carry_the_kernels_warnings(arch: str) -> None:
+    result = run_scenario(find_scenario("lec04_growable_heap"), arch, "builtin",
+                          observers=[_UnservedCall()])  # fmt: skip
+    assert result.ok
+    (warning,) = result.warnings
+    assert (warning["kind"], warning["name"], warning["calls"]) == (
+        "unhandled system call",
+        "syscall_0x777",
+        3,
+    )
+    assert result.to_json()["warnings"] == [warning]
+    console = Console(file=io.StringIO(), width=200)
+    render_result(console, result)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "heapemu warnings" in text and "syscall_0x777 (3 calls" in text

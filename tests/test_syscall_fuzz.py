@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from programbuild import build
 from syscallfuzz import Target, fuzz
 
 from emu import EmulationError
@@ -40,7 +41,7 @@ def test_random_system_calls_leave_the_process_answering(arch: str) -> None:
 def test_a_trap_flag_left_by_ntcontinue_does_not_wedge_the_next_call(arch: str) -> None:
     """Found by the fuzzer: NtContinue of a CONTEXT with EFlags.TF set single-steps (as on
     Windows), and the next call from Python used to inherit TF and stop in the call gate."""
-    target = Target(arch)
+    target = Target(arch, build("args.exe", arch))
     proc = target.proc
     ctx = target.buffers[0]
     proc.write(ctx, bytes(0x800))  # a CONTEXT of zeros: pc 0, and
