@@ -31,6 +31,7 @@ from pathlib import Path
 
 from emu import EmulationError
 from emu.facade import load_program
+from emu.nt.calls import HANDLERS
 from emu.win.ntdefs import MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_READWRITE, NtStatus
 from loader.peimage import PeImage
 from loader.wine import find_wine_dir, wine_syscall_numbers
@@ -55,6 +56,7 @@ class Stats:
     calls: int = 0
     by_entry: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+    succeeded: Counter[str] = field(default_factory=Counter)  # services answered SUCCESS
     ended: Counter[str] = field(default_factory=Counter)  # services answered by an EmulationError
     bugs: list[str] = field(default_factory=list)  # Python exceptions that escaped
     hangs: list[str] = field(default_factory=list)
@@ -67,6 +69,7 @@ class Stats:
             f"{self.calls} calls ({dict(self.by_entry)}) in {self.seconds:.1f} s over "
             f"{self.processes} processes: {len(self.bugs)} Python exceptions, {len(self.hangs)} "
             f"hangs, {len(self.wedged)} wedged; {len(self.statuses)} distinct statuses, "
+            f"{len(self.succeeded)} services answered SUCCESS, "
             f"{sum(self.ended.values())} run-ending answers"
         )
 
@@ -125,6 +128,7 @@ class Target:
         # -> a name, an IO_STATUS_BLOCK, a LARGE_INTEGER (rewritten before every call)
         base = self.buffers[1] + 0x1000
         self.oa, self.ustr, self.iosb, self.large = base, base + 0x40, base + 0x80, base + 0xC0
+        self.cells = base + 0x100  # in/out pointer cells: NULL, an address, a size
         self.name_buffer = self.buffers[1] + 0x2000  # up to 0xE000 bytes of UTF-16
         self.fixed = self._fixed_values()
 
@@ -158,6 +162,11 @@ class Target:
         fmt = "<I4xQQI4xQQ" if ps == 8 else "<IIIIII"
         proc.write(self.oa, struct.pack(fmt, size, root, self.ustr, attributes, 0, 0))
         proc.write(self.large, struct.pack("<q", rng.choice((0, -1, 1 << 62, -(10**7), 0x1000))))
+        address = rng.choice((*self.buffers, self.reserved, self.freed, self.buffers[0] + 0x1234))
+        size = rng.choice((0, 1, 0x1000, 0x10000, 0x12345, 0x100000, rng.getrandbits(20)))
+        ptr = "<Q" if ps == 8 else "<I"
+        for offset, value in ((0, 0), (8, address), (16, size)):
+            proc.write(self.cells + offset, struct.pack(ptr, value & self.arch.ptr_mask))
 
     def pool(self, rng: random.Random) -> int:
         """One hostile argument: a fixed value most of the time, else random bits or a size."""
@@ -169,6 +178,46 @@ class Target:
         if r < 0.92:
             return rng.getrandbits(self.arch.bits)
         return rng.randrange(0x2000)
+
+    def argument(self, rng: random.Random, param: str | None) -> int:
+        """An argument for ``param`` (the handler's phnt name; None: unknown service): often
+        one of the kind it expects (a pseudo-handle, an open handle, a writable buffer, a
+        well-formed OBJECT_ATTRIBUTES, a plausible class or flag), else a hostile one."""
+        if param is None or rng.random() < 0.2:
+            return self.pool(rng)
+        mask = self.arch.ptr_mask
+        if param in ("ProcessHandle", "SourceProcessHandle", "TargetProcessHandle"):
+            return mask  # NtCurrentProcess()
+        if param == "ThreadHandle":
+            return mask - 1  # NtCurrentThread()
+        if param.endswith("Handle") or param in ("Handle", "Event", "SourceHandle"):
+            handles = sorted(self.proc.objects.handles())
+            return rng.choice(handles) if handles else self.pool(rng)
+        if param == "ObjectAttributes":
+            return self.oa
+        if param == "IoStatusBlock":
+            return self.iosb
+        if param in ("Timeout", "DelayInterval", "ByteOffset", "MaximumSize", "SectionOffset"):
+            return self.large
+        if param.endswith("InformationClass") or param in ("Type", "Id"):
+            return rng.randrange(0, 80)
+        if param in ("ZeroBits", "HandleAttributes", "Options", "InheritDisposition", "Index"):
+            return rng.choice((0, 0, 1, 2, 0x20))
+        if param in ("AllocationType", "FreeType"):
+            return rng.choice((0x1000, 0x2000, 0x3000, 0x4000, 0x8000, 0x80000, 0x102000))
+        if param.endswith("Protect") or param.endswith("Protection"):
+            return rng.choice((0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x104, 0x204))
+        if param == "BaseAddress":  # in/out PVOID*: NULL or an address (rewritten per call)
+            return self.cells + rng.choice((0, 8))
+        if param in ("RegionSize", "ViewSize"):  # in/out SIZE_T*: a size
+            return self.cells + 16
+        if "Length" in param or "Size" in param or param in ("len", "Count", "DataSize"):
+            return rng.choice((0, 4, 8, 0x10, 0x30, 0x100, 0x1000, 0x10000))
+        if param in ("OldProtect", "ReturnLength"):
+            return rng.choice(self.buffers) + rng.choice((0x200, 0x800))
+        if param.startswith(("P", "Buffer")) or "Information" in param or "Buffer" in param:
+            return rng.choice(self.buffers) + rng.choice((0x100, 0x400, 0x800))
+        return self.pool(rng)
 
     def scramble(self, rng: random.Random) -> None:
         """Fill the buffers' first bytes with pool values (pointers to pointers are hostile)."""
@@ -207,13 +256,21 @@ def fuzz(arch: str, calls: int, seed: int) -> Stats:
             target = Target(arch, program)
             stats.processes += 1
             numbers = sorted(target.table)
-        if rng.random() < 0.97:
+            served = [n for n in numbers if target.table[n] in HANDLERS]
+        r = rng.random()
+        if r < 0.75:  # mostly the services heapemu serves: their handlers are what is tested
+            number = rng.choice(served)
+        elif r < 0.97:
             number = rng.choice(numbers)
         else:  # outside the table: the unhandled-service path
             number = rng.choice((len(numbers) + rng.randrange(64), rng.getrandbits(12), 0xFFFF))
         entry = rng.choice(sorted(target.entries))
         name = target.table.get(number, f"0x{number:x}")
-        args = [target.pool(rng) for _ in range(MAX_ARGS)]
+        handler = HANDLERS.get(name)
+        params = list(handler.params) if handler else []
+        args = [
+            target.argument(rng, params[k] if k < len(params) else None) for k in range(MAX_ARGS)
+        ]
         target.scramble(rng)
         target.structures(rng)
         label = f"seed {seed} call {i}: {entry} {name}({', '.join(hex(a) for a in args[:6])}, ...)"
@@ -222,6 +279,8 @@ def fuzz(arch: str, calls: int, seed: int) -> Stats:
         try:
             status = target.issue(entry, number, args)
             stats.statuses[f"0x{status & 0xFFFFFFFF:08x}"] += 1
+            if status == 0:
+                stats.succeeded[name] += 1
         except EmulationError as e:  # heapemu's typed answer: a run-ending service or a fault
             if "wall-clock" in e.kind:
                 stats.hangs.append(f"{label}: {e.kind}")

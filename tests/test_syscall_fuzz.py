@@ -3,8 +3,8 @@ real tables with hostile arguments, through ``syscall`` (x64), ``int 0x2e`` and 
 (x86). After every call the process must still answer a fresh call; only heapemu's typed
 errors may leave ``proc.call``; nothing may hang.
 
-``make test`` runs FUZZ_CALLS calls per architecture (default 6,000: about half a minute for
-both on a 2-core machine); ``make fuzz`` runs 100,000 (HEAPEMU_SYSCALL_FUZZ_CALLS). A failure
+``make test`` runs FUZZ_CALLS calls per architecture (default 10,000: 20 s per architecture
+on this 2-core machine when it is quiet); ``make fuzz`` runs 100,000 (HEAPEMU_SYSCALL_FUZZ_CALLS). A failure
 names the seed and the call index: ``fuzz(arch, calls, seed)`` replays it exactly.
 """
 
@@ -19,7 +19,7 @@ from syscallfuzz import Target, fuzz
 from emu import EmulationError
 from emu.win.ntdefs import NtStatus
 
-FUZZ_CALLS = int(os.environ.get("HEAPEMU_SYSCALL_FUZZ_CALLS") or 6000)
+FUZZ_CALLS = int(os.environ.get("HEAPEMU_SYSCALL_FUZZ_CALLS") or 10_000)
 SEEDS = {"x86": 20_086, "x64": 20_064}
 
 pytestmark = pytest.mark.wine  # the numbers are Wine's ntdll's
@@ -33,7 +33,8 @@ def test_random_system_calls_leave_the_process_answering(arch: str) -> None:
     assert not stats.wedged, "\n".join(stats.wedged[:20])
     assert stats.calls == FUZZ_CALLS
     # the fuzz reaches past the argument checks: successes and many distinct answers
-    assert stats.statuses["0x00000000"] > FUZZ_CALLS // 100 and len(stats.statuses) >= 10
+    assert stats.statuses["0x00000000"] > FUZZ_CALLS // 100 and len(stats.statuses) >= 20
+    assert len(stats.succeeded) >= 25, sorted(stats.succeeded)
     entries = ("syscall",) if arch == "x64" else ("int2e", "sysenter")
     assert all(stats.by_entry[e] > FUZZ_CALLS // 3 for e in entries)
 
