@@ -4,7 +4,8 @@ real tables with hostile arguments, through ``syscall`` (x64), ``int 0x2e`` and 
 errors may leave ``proc.call``; nothing may hang.
 
 ``make test`` runs FUZZ_CALLS calls per architecture (default 10,000: 20 s per architecture
-on this 2-core machine when it is quiet); ``make fuzz`` runs 100,000 (HEAPEMU_SYSCALL_FUZZ_CALLS). A failure
+on this 2-core machine when it is quiet); ``make fuzz`` runs 100,000
+(HEAPEMU_SYSCALL_FUZZ_CALLS). A failure
 names the seed and the call index: ``fuzz(arch, calls, seed)`` replays it exactly.
 """
 
