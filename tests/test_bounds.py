@@ -173,3 +173,29 @@ def test_scenario_results_carry_the_kernels_warnings(arch: str) -> None:
     render_result(console, result)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "heapemu warnings" in text and "syscall_0x777 (3 calls" in text
+
+
+def test_a_large_write_is_captured_whole_or_not_at_all(arch: str) -> None:
+    """NtWriteFile copies a chunk at a time, after probing the whole buffer as ProbeForRead
+    does: a buffer whose tail is not readable writes nothing (STATUS_ACCESS_VIOLATION)."""
+    from emu.nt.objects import STD_HANDLES
+    from emu.nt.output import OutputCapture
+    from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE
+
+    proc = Process(arch)
+    stubs = syscall_stubs(proc)
+    proc.objects.stdout = OutputCapture(limit=None)
+    size = 3 * MIB + 5
+    base, _ = proc.memory.allocate(0, 4 * MIB, MEM_RESERVE, PAGE_READWRITE)
+    proc.memory.allocate(base, size + 0x1000, MEM_COMMIT, PAGE_READWRITE)
+    data = bytes(range(256)) * (size // 256) + b"tail!"
+    proc.write(base, data)
+    iosb = base + size + 0x10
+    out = STD_HANDLES["stdout"]
+    args = (out, 0, 0, 0, iosb, base, 4 * MIB - 0x10, 0, 0)
+    assert proc.call(stubs["NtWriteFile"], *args) == NtStatus.ACCESS_VIOLATION
+    assert proc.objects.stdout.total == 0
+    assert proc.call(stubs["NtWriteFile"], out, 0, 0, 0, iosb, base, size, 0, 0) == 0
+    assert proc.objects.stdout.getvalue() == data
+    record = proc.syscalls[-1]
+    assert record.details["bytes"] == size and len(record.details["text"]) <= 67

@@ -117,6 +117,10 @@ class Kernel:
             kind = "write" if write else "read"
             raise NtStatusError(NtStatus.ACCESS_VIOLATION, f"cannot {kind} 0x{addr:x}")
 
+    def probe(self, addr: int, size: int, write: bool = False) -> None:
+        """STATUS_ACCESS_VIOLATION unless all of [addr, addr+size) is readable (writable)."""
+        self._probe(addr, size, write)
+
     def read(self, addr: int, size: int) -> bytes:
         self._probe(addr, size, False)
         return self.proc.read(addr, size)
