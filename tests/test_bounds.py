@@ -144,18 +144,23 @@ def test_exec_reports_unhandled_calls_after_the_programs_output(arch: str) -> No
     ]
 
 
+def unserved_call(proc: Process) -> int:
+    """A function issuing system call 0x777, which no table names (cdecl, no arguments)."""
+    if proc.arch.name == "x64":
+        f = assemble(proc, "mov r10, rcx; mov eax, 0x777; syscall; ret")
+    else:
+        f = assemble(proc, "mov eax, 0x777; lea edx, [esp+4]; int 0x2e; ret")
+    proc.register_syscall_table(f, f + 0x100, {})
+    return f
+
+
 class _UnservedCall(Observer):
     """Issues a system call no table names once the allocator is loaded."""
 
     def started(self, run: ScenarioRun) -> None:
-        proc = run.proc
-        if proc.arch.name == "x64":
-            f = assemble(proc, "mov r10, rcx; mov eax, 0x777; syscall; ret")
-        else:
-            f = assemble(proc, "mov eax, 0x777; lea edx, [esp+4]; int 0x2e; ret")
-        proc.register_syscall_table(f, f + 0x100, {})
+        f = unserved_call(run.proc)
         for _ in range(3):
-            assert proc.call(f, convention="cdecl") == NtStatus.NOT_IMPLEMENTED
+            assert run.proc.call(f, convention="cdecl") == NtStatus.NOT_IMPLEMENTED
 
 
 def test_scenario_results_carry_the_kernels_warnings(arch: str) -> None:
@@ -199,3 +204,16 @@ def test_a_large_write_is_captured_whole_or_not_at_all(arch: str) -> None:
     assert proc.objects.stdout.getvalue() == data
     record = proc.syscalls[-1]
     assert record.details["bytes"] == size and len(record.details["text"]) <= 67
+
+
+def test_failure_reports_count_every_call_and_show_the_warnings(arch: str) -> None:
+    from emu.pytest_plugin import failure_context
+
+    proc = Process(arch, syscall_log=2)
+    stubs = syscall_stubs(proc)
+    for _ in range(5):
+        proc.call(stubs["NtYieldExecution"])
+    assert proc.call(unserved_call(proc), convention="cdecl") == NtStatus.NOT_IMPLEMENTED
+    text = failure_context([(proc, "")], [], None, n_syscalls=10)
+    assert f"process {arch}: last 2 of 6 system calls" in text
+    assert "heapemu: unhandled system call: syscall_0x777 (1 call" in text
