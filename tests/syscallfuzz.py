@@ -201,6 +201,14 @@ class Target:
             return self.large
         if param.endswith("InformationClass") or param in ("Type", "Id"):
             return rng.randrange(0, 80)
+        if param == "DesiredAccess":  # generic, specific, MAXIMUM_ALLOWED, nothing
+            return rng.choice((0x80000000, 0x120089, 0x100020, 0x02000000, 0xF001F, 0x40000000, 0))
+        if param in ("ShareAccess", "CreateDisposition"):
+            return rng.randrange(6)
+        if param in ("OpenOptions", "CreateOptions"):  # FILE_SYNCHRONOUS_IO_NONALERT, ...
+            return rng.choice((0, 0x20, 0x40, 0x60, 0x1, 0x4000))
+        if param == "AllocationAttributes":  # SEC_IMAGE, SEC_COMMIT, SEC_RESERVE
+            return rng.choice((0x1000000, 0x8000000, 0x4000000, 0x800000))
         if param in ("ZeroBits", "HandleAttributes", "Options", "InheritDisposition", "Index"):
             return rng.choice((0, 0, 1, 2, 0x20))
         if param in ("AllocationType", "FreeType"):
