@@ -131,6 +131,7 @@ class Target:
         self.cells = base + 0x100  # in/out pointer cells: NULL, an address, a size
         self.name_buffer = self.buffers[1] + 0x2000  # up to 0xE000 bytes of UTF-16
         self.fixed = self._fixed_values()
+        self._open_handles()
 
     def _fixed_values(self) -> list[int]:
         a, mask = self.arch, self.arch.ptr_mask
@@ -143,6 +144,39 @@ class Target:
             values += [buf, buf + 1, buf + 3, buf + 8, buf + 0x0FF8, buf + 0xFFFC, buf + 0xFFFF]
         values += [self.oa, self.oa, self.ustr, self.iosb, self.large, self.oa + 1]
         return [v & mask for v in values]
+
+    def _write_name(self, name: str, attributes: int = 0x40) -> None:
+        """OBJECT_ATTRIBUTES {size, no root, -> UNICODE_STRING -> ``name``, attributes}."""
+        ps, proc = self.arch.ptr_size, self.proc
+        text = name.encode("utf-16-le")
+        proc.write(self.name_buffer, text)
+        pack = "<HH4xQ" if ps == 8 else "<HHI"
+        proc.write(self.ustr, struct.pack(pack, len(text), len(text), self.name_buffer))
+        fmt = "<I4xQQI4xQQ" if ps == 8 else "<IIIIII"
+        proc.write(self.oa, struct.pack(fmt, 48 if ps == 8 else 24, 0, self.ustr, attributes, 0, 0))
+
+    def _service(self, name: str, *args: int) -> int:
+        number = next(n for n, service in self.table.items() if service == name)
+        entry = next(iter(self.entries))
+        return self.issue(entry, number, [*args] + [0] * (MAX_ARGS - len(args)))
+
+    def _open_handles(self) -> None:
+        """Handles of every kind for the fuzz to pick (arguments named *Handle take open
+        ones): a file, an image section of it, a pagefile-backed section, an NLS section."""
+        out = self.cells + 24
+        ptr = "<Q" if self.arch.ptr_size == 8 else "<I"
+
+        def opened() -> int:
+            return int(struct.unpack(ptr, self.proc.read(out, self.arch.ptr_size))[0])
+
+        self._write_name(NAMES[0])  # kernel32.dll
+        if self._service("NtOpenFile", out, 0x100021, self.oa, self.iosb, 5, 0x60) == 0:
+            file = opened()
+            # SEC_IMAGE, PAGE_EXECUTE_WRITECOPY (as Wine's loader maps DLLs)
+            self._service("NtCreateSection", out, 0xF001F, 0, 0, 0x80, 0x1000000, file)
+        self.proc.write(self.large, struct.pack("<q", 0x10000))
+        self._service("NtCreateSection", out, 0xF001F, 0, self.large, 0x4, 0x8000000, 0)
+        self._service("NtGetNlsSectionPtr", 11, 1252, 0, self.cells + 32, self.cells + 40)
 
     def structures(self, rng: random.Random) -> None:
         """Rewrite the well-formed structures with a random name, attributes and values."""
