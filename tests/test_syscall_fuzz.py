@@ -5,8 +5,8 @@ errors may leave ``proc.call``; nothing may hang.
 
 ``make test`` runs FUZZ_CALLS calls per architecture (default 25,000: 19 s for both on this
 2-core machine at load 4, about a minute when it is busy); ``make fuzz`` runs 100,000
-(HEAPEMU_SYSCALL_FUZZ_CALLS). A failure
-names the seed and the call index: ``fuzz(arch, calls, seed)`` replays it exactly.
+(HEAPEMU_SYSCALL_FUZZ_CALLS). A failure names the seed and the call index:
+``fuzz(arch, calls, seed)`` replays it exactly.
 """
 
 from __future__ import annotations
