@@ -9,6 +9,7 @@ from rich.table import Table
 from emu.scenario.render import emit, output_console
 
 from . import (
+    bench_bounds,
     bench_call,
     bench_memory,
     bench_observe,
@@ -26,6 +27,7 @@ SUITES = {
     "replay": bench_replay.run,
     "memory": bench_memory.run,
     "address_space": bench_memory.run_address_space,
+    "bounds": bench_bounds.run,
     "snapshot": bench_snapshot.run,
     "search_speed": bench_search.run_speed,
     "search_scaling": bench_search.run_scaling,

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from loader.upcase import name_key
+
 
 @dataclass
 class Module:
@@ -33,7 +35,7 @@ class Module:
     @property
     def short_name(self) -> str:
         """Lower-case name without extension, as WinDbg shows modules ("ntdll")."""
-        n = self.name.lower()
+        n = self.name.lower()  # for display; ModuleList compares with Windows' rules
         return n.rsplit(".", 1)[0] if n.endswith((".dll", ".exe", ".sys", ".drv")) else n
 
     def contains(self, addr: int) -> bool:
@@ -66,7 +68,7 @@ class ModuleList:
         for m in self._modules:
             if m.base < module.end and module.base < m.end:
                 raise ValueError(f"{module.name} overlaps {m.name} at 0x{m.base:x}")
-            if m.short_name == module.short_name:
+            if name_key(m.short_name) == name_key(module.short_name):
                 raise ValueError(f"a module named {module.name} is already loaded")
         self._modules.append(module)
         self._index = None
@@ -76,9 +78,11 @@ class ModuleList:
         self._index = None
 
     def get(self, name: str) -> Module | None:
-        key = name.lower()
+        """The module named ``name`` (with or without its extension), compared as Windows
+        compares names (its upcase table: KELVIN SIGN is not 'K')."""
+        key = name_key(name)
         for m in self._modules:
-            if m.name.lower() == key or m.short_name == key:
+            if name_key(m.name) == key or name_key(m.short_name) == key:
                 return m
         return None
 

@@ -34,6 +34,7 @@ from emu.errors import EmulationError
 from emu.facade import Process
 from emu.heap.allocator import Allocator
 from emu.heap.registry import ALLOCATOR_NAMES, allocator_kind
+from emu.nt.kernel import describe_warning
 from emu.scenario import ScenarioResult, load_scenario, run_scenario
 
 ARCHES = ("x86", "x64")
@@ -255,8 +256,11 @@ def failure_context(
         calls = [r for r in proc.syscalls if r.name != "__wine_dbg_write"]
         what = f"{proc.arch.name}" + (f" {allocator}" if allocator else "")
         shown = calls[-n_syscalls:] if n_syscalls > 0 else []
-        lines.append(f"process {what}: last {len(shown)} of {len(calls)} system calls")
+        # every call counts, including those the ring of records no longer holds
+        made = len(proc.syscalls) - proc.syscalls.counts.get("__wine_dbg_write", 0)
+        lines.append(f"process {what}: last {len(shown)} of {made} system calls")
         lines += [f"  {r}" for r in shown]
+        lines += [f"  heapemu: {describe_warning(w)}" for w in proc.syscall_dispatcher.warnings()]
         if proc.debug_output:
             lines.append("Wine debug output (last 10 lines):")
             lines += [f"  {m.rstrip()}" for m in proc.debug_output[-10:]]

@@ -21,6 +21,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     thrower.dll    throws a C++ exception ...
     cxxthrow.exe   ... that the program calling it catches
     threads.exe    threads, waits, events, semaphores, mutexes, critical sections; a shared heap
+    flood.exe      MIB x 1 MiB to stdout, an unserved system call between two stderr lines
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -74,6 +75,7 @@ RECIPES: dict[str, Recipe] = {
     "thrower.dll": Recipe(("thrower.cpp",), shared=True, shared_libgcc=True),
     "cxxthrow.exe": Recipe(("cxxthrow.cpp",), dlls=("thrower.dll",), shared_libgcc=True),
     "threads.exe": Recipe(("threads.c",)),
+    "flood.exe": Recipe(("flood.c",)),
 }
 
 

@@ -45,6 +45,8 @@ from emu.facade import load_program
 from emu.heap.crossheap import CrossHeapFreeDetector
 from emu.load.program import PROGRAM_DIR, Program, ProgramResult
 from emu.nt.exceptions import ExceptionEvent
+from emu.nt.kernel import describe_warning
+from emu.nt.output import DEFAULT_OUTPUT_LIMIT
 from emu.nt.threads import DEFAULT_QUANTUM
 from emu.observe.events import AllocationEvent, EventRecorder
 from emu.win.ntdefs import status_name
@@ -90,6 +92,15 @@ def configure_exec(parser: argparse.ArgumentParser) -> None:
         "--stop-on-first-chance",
         action="store_true",
         help="stop at the first fault, before the program's exception handlers see it",
+    )
+    parser.add_argument(
+        "--output-limit",
+        type=positive_int,
+        default=DEFAULT_OUTPUT_LIMIT,
+        metavar="BYTES",
+        help="bytes of each output stream the --json report keeps (default 16 MiB; the rest "
+        "is counted in stdout_truncated/stderr_truncated); without --json the program's "
+        "output is passed through as it is written and never held",
     )
     parser.add_argument(
         "--time-limit",
@@ -183,8 +194,10 @@ def run_exec(args: argparse.Namespace) -> int:
     path = regular_file(args.program, "a Windows program", MAX_PROGRAM_BYTES)
     for win, host in files.items():
         regular_file(host, f"--map {win}")
-    own = {"--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit",
-           "--stop-on-first-chance", "--threads-seed", "--quantum"}  # fmt: skip
+    own = {
+        *("--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit"),
+        *("--stop-on-first-chance", "--threads-seed", "--quantum", "--output-limit"),
+    }
     passed = _options_after_program(args, own)
     if passed:
         print(
@@ -193,6 +206,15 @@ def run_exec(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     program_argv = [f"{PROGRAM_DIR}\\{Path(path).name}", *args.args]
+    # without --json the output goes straight through (one copy, none held in memory)
+    output: dict[str, Any] = (
+        {"output_limit": args.output_limit}
+        if args.json
+        else {"output_limit": 0, "stdout_sink": sys.stdout.buffer, "stderr_sink": sys.stderr.buffer}
+    )
+    if not args.json:
+        sys.stdout.flush()
+        sys.stderr.flush()
     try:
         program = load_program(
             path,
@@ -202,6 +224,7 @@ def run_exec(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             threads_seed=args.threads_seed,
             quantum=args.quantum,
+            **output,
         )
     except ValueError as e:
         raise CliError(f"{args.program}: {one_line(str(e))}") from None
@@ -224,15 +247,13 @@ def run_exec(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_report(program, result, rec, cross, outcome, missing, problem), indent=1))
     else:
-        sys.stdout.buffer.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.buffer.write(result.stderr)
-        sys.stderr.flush()
         if args.events:
             for ev in rec.all:
                 print("\n".join(_event_line(ev)), file=sys.stderr)
         for report in cross.reports if cross is not None else []:
             print(f"heapemu: cross-heap free: {report}", file=sys.stderr)
+        for w in result.warnings:  # after the program's own output, never inside it
+            print(f"heapemu: {describe_warning(w)}", file=sys.stderr)
         if problem:
             print(f"heapemu: {problem}", file=sys.stderr)
     return status
@@ -273,6 +294,9 @@ def _report(
         "problem": problem or None,
         "stdout": result.stdout.decode("utf-8", errors="replace"),
         "stderr": result.stderr.decode("utf-8", errors="replace"),
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "warnings": result.warnings,
         "error": str(result.error) if result.error else None,
         "denied": result.denied,
         "missing_dlls": missing,

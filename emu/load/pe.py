@@ -21,13 +21,14 @@ from emu.win.layouts import PEB
 from emu.win.ntdefs import MEM_COMMIT, MEM_IMAGE, MEM_RESERVE, PAGE_READWRITE, NtStatus
 from loader.errors import LoaderError
 from loader.peimage import ImportEntry, PeImage
+from loader.upcase import name_key
 
 _MAX_FORWARD_DEPTH = 16
 SYSTEM32 = "C:\\windows\\system32\\"
 
 
 def _dll_key(name: str) -> str:
-    n = name.lower()
+    n = name_key(name)  # Windows' case rules, not Python's (loader.upcase)
     return n[:-4] if n.endswith(".dll") else n
 
 

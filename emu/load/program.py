@@ -37,7 +37,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from emu.errors import EmulationError
 from emu.modules import Module
@@ -45,6 +45,8 @@ from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
 from emu.nt.exceptions import ExceptionEvent
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
+from emu.nt.output import DEFAULT_OUTPUT_LIMIT, OutputCapture
+from emu.nt.records import DEFAULT_SYSCALL_LOG
 from emu.nt.threads import (
     STACK_COMMIT,
     STACK_RESERVE_MIN,
@@ -106,7 +108,7 @@ class ProgramResult:
     """How a program run ended."""
 
     exit_code: int | None  # NtTerminateProcess's status; None if the run did not get there
-    stdout: bytes
+    stdout: bytes  # what the program wrote, up to the output limit (emu.nt.output)
     stderr: bytes
     error: EmulationError | None = None  # the fault, when the run did not end normally
     exceptions: list[ExceptionEvent] = field(default_factory=list)  # dispatched, in order
@@ -114,6 +116,11 @@ class ProgramResult:
     # process exited with (Windows' top-level handler ends the process with the code)
     unhandled: ExceptionEvent | None = None
     denied: list[tuple[str, str]] = field(default_factory=list)  # names the sandbox refused
+    stdout_truncated: int = 0  # bytes written beyond the limit (kept only by a sink)
+    stderr_truncated: int = 0
+    # what went wrong in heapemu's kernel (unhandled system calls, handler bugs):
+    # SyscallDispatcher.warnings(), reported apart from the program's own stderr
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -241,12 +248,15 @@ class Program:
         objects = self.objects
         self.result = ProgramResult(
             exit_code=proc.exit_status,
-            stdout=bytes(objects.stdout),
-            stderr=bytes(objects.stderr),
+            stdout=objects.stdout.getvalue(),
+            stderr=objects.stderr.getvalue(),
             error=error,
             denied=list(objects.denied),
             exceptions=list(proc.exceptions),
             unhandled=unhandled,
+            stdout_truncated=objects.stdout.truncated,
+            stderr_truncated=objects.stderr.truncated,
+            warnings=proc.syscall_dispatcher.warnings(),
         )
         return self.result
 
@@ -347,6 +357,10 @@ def load_program(
     time_limit: float = 300.0,
     threads_seed: int | None = None,
     quantum: int | None = None,
+    output_limit: int | None = DEFAULT_OUTPUT_LIMIT,
+    stdout_sink: IO[bytes] | None = None,
+    stderr_sink: IO[bytes] | None = None,
+    syscall_log: int | None = DEFAULT_SYSCALL_LOG,
     process_class: type[ProcessCore] = ProcessCore,
 ) -> Program:
     """Map the program at ``path`` and Wine's ntdll into a new ProcessCore (arch from the image).
@@ -356,7 +370,9 @@ def load_program(
     ``stdin`` is what the program reads from its standard input. Threads the program creates
     share the one CPU: ``quantum`` instructions at most before another ready thread may run,
     the next one drawn with ``threads_seed`` (``emu.nt.threads``: a seed gives one
-    interleaving, exactly repeated)."""
+    interleaving, exactly repeated). Of each output stream the first ``output_limit`` bytes
+    are kept in memory (None: all); a sink (a binary file) gets every byte as it is written
+    (``emu.nt.output``). ``syscall_log`` records are kept (``emu.nt.records``)."""
     from emu.load.wine_ntdll import load_wine_ntdll
     from loader.peimage import PeImage
     from loader.wine import find_wine_dir
@@ -372,9 +388,12 @@ def load_program(
         stack_reserve=max(image.stack_reserve, STACK_RESERVE_MIN),
         stack_commit=STACK_COMMIT,
         time_limit=time_limit,
+        syscall_log=syscall_log,
     )
     proc.threads.configure(seed=threads_seed, quantum=quantum)
     objects = proc.objects
+    objects.stdout = OutputCapture(output_limit, stdout_sink)
+    objects.stderr = OutputCapture(output_limit, stderr_sink)
     windows_path = f"{PROGRAM_DIR}\\{path.name}"
     namespace = objects.namespace
     namespace.add_file(windows_path, path)

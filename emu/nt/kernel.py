@@ -22,12 +22,13 @@ import logging
 import struct
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, get_type_hints
 
 from emu.errors import EmulationError, NtStatusError
-from emu.win.ntdefs import NtStatus, status_name
+from emu.nt.records import SyscallRecord  # defined there, imported from here too
+from emu.win.ntdefs import NtStatus
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
@@ -101,30 +102,6 @@ def collect_handlers(modules: Iterable[ModuleType]) -> dict[str, SyscallHandler]
     return table
 
 
-@dataclass
-class SyscallRecord:
-    """One system call as the kernel saw it: ``proc.syscalls`` keeps them in order."""
-
-    seq: int
-    name: str
-    number: int
-    args: dict[str, int]
-    status: int
-    pc: int
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def status_name(self) -> str:
-        return status_name(self.status)
-
-    def __str__(self) -> str:
-        a = ", ".join(f"{k}=0x{v:x}" for k, v in self.args.items())
-        d = "".join(
-            f" {k}={v:#x}" if isinstance(v, int) else f" {k}={v}" for k, v in self.details.items()
-        )
-        return f"#{self.seq} {self.name}({a}) -> {self.status_name}{d}"
-
-
 class Kernel:
     """What a handler sees: the process, and user-memory access that probes like the kernel
     (a bad pointer is STATUS_ACCESS_VIOLATION, never a Python crash)."""
@@ -142,6 +119,10 @@ class Kernel:
         if not self.memory.is_accessible(addr, size, write=write):
             kind = "write" if write else "read"
             raise NtStatusError(NtStatus.ACCESS_VIOLATION, f"cannot {kind} 0x{addr:x}")
+
+    def probe(self, addr: int, size: int, write: bool = False) -> None:
+        """STATUS_ACCESS_VIOLATION unless all of [addr, addr+size) is readable (writable)."""
+        self._probe(addr, size, write)
 
     def read(self, addr: int, size: int) -> bytes:
         self._probe(addr, size, False)
@@ -175,13 +156,23 @@ class Kernel:
             )
 
 
+def describe_warning(w: dict[str, Any]) -> str:
+    """One line for an entry of ``SyscallDispatcher.warnings()``."""
+    calls = f"{w['calls']} call{'s' if w['calls'] > 1 else ''}"
+    return f"{w['kind']}: {w['name']} ({calls}, first at pc 0x{w['pc']:x}): {w['message']}"
+
+
 class SyscallDispatcher:
     """Serves system calls. A handler never lets a Python exception escape into the run: an
     NtStatusError is its answer, and any other exception is a heapemu bug, answered
     STATUS_INTERNAL_ERROR, logged and recorded (``details["kernel_error"]``) so the emulated
     program sees a clean error. With ``raise_internal_errors`` (the project's tests set
     ``default_raise_internal_errors`` for every process) the bug is raised instead, so tests
-    fail loudly."""
+    fail loudly.
+
+    Unhandled system calls and handler bugs are the run's warnings (``warnings()``), which the
+    front ends put in their reports; they are logged at DEBUG level only, so they never mix
+    with the program's own stderr."""
 
     default_raise_internal_errors: ClassVar[bool] = False  # for every new dispatcher
 
@@ -192,10 +183,28 @@ class SyscallDispatcher:
         self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
         self.raise_internal_errors = type(self).default_raise_internal_errors
         self.internal_errors = 0  # handler bugs answered STATUS_INTERNAL_ERROR so far
+        # the run's warnings, one entry per kind and service: (kind, label) -> [calls, first pc,
+        # first message]; bounded by the number of services, however long the run
+        self._warnings: dict[tuple[str, str], list[Any]] = {}
 
     def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
         """Numbers used by the code in [begin, end)."""
         self._tables.append((begin, end, dict(table)))
+
+    def _warn(self, kind: str, label: str, pc: int, message: str) -> None:
+        entry = self._warnings.get((kind, label))
+        if entry is None:
+            self._warnings[(kind, label)] = [1, pc, message]
+        else:
+            entry[0] += 1
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """What went wrong in the kernel so far, one entry per kind ("unhandled system call",
+        "kernel error") and service: calls, the first one's pc and message."""
+        return [
+            {"kind": kind, "name": label, "calls": calls, "pc": pc, "message": message}
+            for (kind, label), (calls, pc, message) in self._warnings.items()
+        ]
 
     def name_of(self, number: int, pc: int) -> str | None:
         for begin, end, table in self._tables:
@@ -214,7 +223,8 @@ class SyscallDispatcher:
             label = name or f"syscall_0x{number:x}"
             rec = SyscallRecord(seq, label, number, raw, NtStatus.NOT_IMPLEMENTED, pc)
             proc.syscalls.append(rec)
-            log.warning("unhandled system call %s at pc 0x%x: %s", label, pc, rec)
+            self._warn("unhandled system call", label, pc, str(rec))
+            log.debug("unhandled system call %s at pc 0x%x: %s", label, pc, rec)
             if self.strict:
                 raise NtStatusError(NtStatus.NOT_IMPLEMENTED, f"unhandled system call {label}")
             return int(NtStatus.NOT_IMPLEMENTED)
@@ -235,7 +245,8 @@ class SyscallDispatcher:
             self.internal_errors += 1
             status = NtStatus.INTERNAL_ERROR
             k.details["kernel_error"] = "".join(traceback.format_exception_only(e)).strip()
-            log.error("heapemu kernel error in %s at pc 0x%x", handler.name, pc, exc_info=True)
+            self._warn("kernel error", handler.name, pc, k.details["kernel_error"])
+            log.debug("heapemu kernel error in %s at pc 0x%x", handler.name, pc, exc_info=True)
         proc.syscalls.append(
             SyscallRecord(
                 seq,

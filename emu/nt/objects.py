@@ -10,8 +10,8 @@ The namespace is the sandbox. A name the program opens is normalised (``\\??\\C:
 the Wine DLL and NLS directories (listed once, by name: nothing under them but those files), and
 files the user maps in with :meth:`Namespace.add_file`. Every other name answers
 STATUS_OBJECT_NAME_NOT_FOUND, and no host path is ever built from a name the program chose.
-Files are opened read-only; data the program writes goes to the captured stdout/stderr and
-nowhere else.
+Files are opened read-only; data the program writes goes to the captured stdout/stderr
+(bounded: ``emu.nt.output``) and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from emu.errors import NtStatusError
+from emu.nt.output import OutputCapture
 from emu.win.layouts import UNICODE_STRING
 from emu.win.ntdefs import NtStatus
+from loader.upcase import name_key, names_equal
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Kernel
@@ -84,12 +86,12 @@ def normalize_nt_path(name: str) -> str | None:
 
     Only drive paths are names in this namespace; anything else (devices, UNC, named objects,
     a ``..`` climbing above the drive) is None, i.e. not found."""
-    text = name.replace("/", "\\").lower()
+    text = name_key(name.replace("/", "\\"))  # Windows' upcase rules (loader.upcase)
     for prefix in _DOS_PREFIXES:
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
-    if len(text) < 2 or text[1] != ":" or not text[0].isalpha():
+    if len(text) < 2 or text[1] != ":" or not "a" <= text[0] <= "z":  # drive letters are ASCII
         return None
     parts: list[str] = []
     for part in text[2:].split("\\"):
@@ -251,8 +253,9 @@ class ObjectManager:
         self._next = FIRST_HANDLE
         self._access: dict[int, int] = {}
         self.named: dict[tuple[str, str], KernelObject] = {}  # (directory, name) -> object
-        self.stdout = bytearray()
-        self.stderr = bytearray()
+        # what the program writes: bounded in memory, optionally spilled (emu.nt.output)
+        self.stdout = OutputCapture()
+        self.stderr = OutputCapture()
         self.stdin = b""
         self.denied: list[tuple[str, str]] = []  # (name, why) of every refused open
         for stream, handle in STD_HANDLES.items():
@@ -282,7 +285,7 @@ class ObjectManager:
         """The object named ``name`` in ``directory`` while a handle to it is open."""
         if case_insensitive:
             for (d, n), obj in self.named.items():
-                if d == directory and n.lower() == name.lower():
+                if d == directory and names_equal(n, name):
                     return obj
             return None
         return self.named.get((directory, name))
@@ -323,7 +326,7 @@ class ObjectManager:
         return dict(self._handles)
 
     def write_stream(self, stream: str, data: bytes) -> None:
-        (self.stdout if stream == "stdout" else self.stderr).extend(data)
+        (self.stdout if stream == "stdout" else self.stderr).write(data)
 
 
 # ---------------------------------------------------------------------------------- helpers

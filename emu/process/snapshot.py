@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emu.errors import EmulationError, Fault
+from emu.nt.records import SyscallLog
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
@@ -130,7 +131,9 @@ def restore_snapshot(proc: ProcessCore, snapshot: Snapshot) -> None:
 
 def _restore_records(proc: ProcessCore, name: str, saved: Any) -> None:
     current = getattr(proc, name)
-    if isinstance(current, list) and isinstance(saved, list):
+    if isinstance(current, SyscallLog) and isinstance(saved, SyscallLog):
+        current.assign(saved)  # in place, as the lists below
+    elif isinstance(current, list) and isinstance(saved, list):
         current[:] = saved  # in place: observers may hold the list
     elif isinstance(current, dict) and isinstance(saved, dict):
         current.clear()

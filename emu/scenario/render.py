@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-from emu.nt.kernel import SyscallRecord
+from emu.nt.kernel import SyscallRecord, describe_warning
 from emu.scenario.model import Step
 from emu.scenario.result import ScenarioResult, StepResult, describe_value
 from emu.scenario.run import Observer, ScenarioRun
@@ -221,7 +221,16 @@ def render_result(console: Console, result: ScenarioResult) -> None:
         console.print(
             Panel(debug_lines(result), title="Wine debug output", title_align="left", expand=False)
         )
+    if result.warnings:
+        console.print(
+            Panel(warning_lines(result), title="heapemu warnings", title_align="left", expand=False)
+        )
     console.print(status_line(result))
+
+
+def warning_lines(result: ScenarioResult) -> Text:
+    """One line per warning of heapemu's kernel (apart from the program's own output)."""
+    return Text("\n".join(describe_warning(w) for w in result.warnings), style="yellow")
 
 
 def debug_lines(result: ScenarioResult) -> Group:

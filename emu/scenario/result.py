@@ -173,6 +173,8 @@ class ScenarioResult:
     events: list[Any] = field(default_factory=list)  # what observers recorded
     not_run: int = 0  # steps after a failure
     seconds: float = 0.0
+    # heapemu's kernel's warnings (unhandled system calls, handler bugs): SyscallDispatcher
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -210,6 +212,7 @@ class ScenarioResult:
             "checkpoints": [c.to_json() for c in self.checkpoints],
             "syscalls": self.syscalls,
             "debug_output": list(self.debug_output),
+            "warnings": list(self.warnings),
             "events": [e.to_json() if hasattr(e, "to_json") else e for e in self.events],
             "seconds": round(self.seconds, 6),
         }

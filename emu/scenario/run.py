@@ -452,6 +452,7 @@ def run_scenario(
         events=run.events,
         not_run=not_run,
         seconds=time.perf_counter() - start,
+        warnings=proc.syscall_dispatcher.warnings(),
     )
     for o in observers:
         o.finished(run, res)

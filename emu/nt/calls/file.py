@@ -21,12 +21,14 @@ from emu.nt.objects import (
     put_buffer,
     write_io_status,
 )
+from emu.nt.output import preview
 from emu.win.ntdefs import (
     FILE_INFORMATION_CLASS,
     FS_INFORMATION_CLASS,
 )
 
 FILE_DIRECTORY_FILE, FILE_NON_DIRECTORY_FILE = 0x1, 0x40
+WRITE_CHUNK = 1 << 20  # NtWriteFile copies at most this much at a time
 FILE_SUPERSEDE, FILE_OPEN, FILE_CREATE, FILE_OPEN_IF, FILE_OVERWRITE, FILE_OVERWRITE_IF = range(6)
 FILE_OPENED = 1  # IO_STATUS_BLOCK.Information after an open
 FILE_ATTRIBUTE_READONLY, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_ARCHIVE = 0x1, 0x10, 0x20
@@ -174,10 +176,16 @@ def NtWriteFile(
     f = k.proc.objects.get(FileHandle, FileObject)
     if f.stream not in ("stdout", "stderr"):
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} is not writable in the sandbox")
-    data = k.read(Buffer, Length)
-    k.proc.objects.write_stream(f.stream, data)
+    k.probe(Buffer, Length)  # the whole buffer first, as ProbeForRead: all or nothing
+    # the record keeps a preview; the data is captured once, in the stream, and copied a
+    # chunk at a time (a huge write never sits in host memory whole)
+    k.details.update(stream=f.stream, bytes=Length, text="")
+    for offset in range(0, Length, WRITE_CHUNK):
+        chunk = k.proc.read(Buffer + offset, min(WRITE_CHUNK, Length - offset))
+        k.proc.objects.write_stream(f.stream, chunk)
+        if not offset:
+            k.details["text"] = preview(chunk)
     write_io_status(k, IoStatusBlock, 0, Length)
-    k.details.update(stream=f.stream, text=data.decode("utf-8", errors="replace"))
     return Status.SUCCESS
 
 
