@@ -564,6 +564,12 @@ class Cpu:
             self._after_run(status)
 
     def _after_run(self, status: int) -> None:
+        if self.timed_out:
+            # The watchdog stops the run from another thread, at any point of Unicorn's loop;
+            # such a stop can leave translated blocks' jump lists inconsistent, and the next
+            # walk of them (dropping code: an unhook, a write over code, an unmap) crashed
+            # the interpreter (issue 20, D1; 6 of 25 x64 runs). A full flush walks none.
+            self.flush_translations()
         if self._tlb_stale:
             # a fault, or a page-fault handler that acted (a one-shot guard page is now an
             # ordinary page): its translation to _DENIED must not outlive the run
@@ -790,7 +796,15 @@ class Cpu:
         return self._register_hook(unicorn.UC_HOOK_INSN, _HOOK_INSN_CB(on_insn), 1, 0, ins)
 
     def unhook(self, handle: int) -> None:
-        uclib.uc_hook_del(self._uch, ctypes.c_size_t(handle))
+        # Unicorn drops the code translated with the hook, looking its pages up through the
+        # TLB: not an access of the process (it must not consume a guard page), and the
+        # translations it installs meanwhile must not outlive it
+        self._invalidating = True
+        try:
+            uclib.uc_hook_del(self._uch, ctypes.c_size_t(handle))
+        finally:
+            self._invalidating = False
+            self.flush_tlb()
         del self._raw_hooks[handle]
         self.flush_translations()
 
