@@ -28,12 +28,12 @@ from emu.win.layouts import PEB, TEB
 if TYPE_CHECKING:
     from emu.load.program import Program
     from emu.observe.breakpoints import Breakpoint
-from emu.cpu.segments import setup_segments
+from emu.cpu.segments import setup_segments, user_state
 from emu.modules import Module, ModuleList
 from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecord
 from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
-from emu.nt.shared_data import fill_shared_user_data
+from emu.nt.shared_data import UPTIME_MS, fill_shared_user_data
 from emu.nt.stack import ThreadStack
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
@@ -48,6 +48,8 @@ from emu.win.ntdefs import (
     NtStatus,
 )
 
+# rdtsc: a 3 GHz counter; consecutive reads without a system call between them are 10 ns apart
+TSC_HZ, TSC_PER_READ = 3_000_000_000, 30
 KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
 PROCESS_HEAPS_OFFSET = 0xC00  # our PEB.ProcessHeaps array lives in the PEB's first page
 MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session shows (0x10)
@@ -145,6 +147,7 @@ class ProcessCore:
         # state the layers above keep per process (declared here, never attached with setattr)
         self.view_allocator: Any = None  # emu.views: the Allocator asked for RtlGetProcessHeaps
         self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
+        self._tsc = 0  # the last time-stamp counter value read (_on_rdtsc)
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         self._install_hooks()
@@ -189,10 +192,14 @@ class ProcessCore:
             stack_commit or arch.default_stack_commit,
         )
         self._fill_teb_peb()
-        setup_segments(self.cpu, self.teb, TEB.size(arch))
-        # calls from Python: frames below the top of the stack, the gate's own two pages in the
-        # 64 KiB above the highest user address (free on every Windows)
-        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, arch.user_max + 1)
+        # the CPU's own pages in the 64 KiB above the highest user address (free on every
+        # Windows): the call gate's two (frames below the top of the stack), then the GDT
+        gate = arch.user_max + 1
+        setup_segments(self.cpu, self.teb, TEB.size(arch), gate + 2 * PAGE_SIZE)
+        # every call starts from the ABI's flags, FPU/SSE control and segments, whatever the
+        # last one left (issue 20, D5): one batched register write
+        self._reset_user_state = self.cpu.register_writer(user_state(self.cpu, self.teb))
+        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, gate)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -228,6 +235,11 @@ class ProcessCore:
             cpu.hook_syscall_insn(self._on_syscall, "syscall")
         else:
             cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
+        # port I/O is privileged (Windows user mode has no I/O permission bitmap); the
+        # time-stamp counter follows the emulated clock. Instruction hooks cost nothing
+        # until their instruction runs.
+        cpu.hook_port_io(self._on_port_io)
+        cpu.hook_rdtsc(self._on_rdtsc)
         # one address-ranged hook for all Python callbacks: costs nothing elsewhere
         cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + _SCRATCH - 1)
 
@@ -359,6 +371,7 @@ class ProcessCore:
         if max_instructions is None:
             max_instructions = self.instruction_budget
         self.breakpoint_stop = None
+        self._reset_user_state()
         # the gate's stub and tail run a few instructions of their own: the budget is the callee's
         cpu.run(
             layout.stub,
@@ -541,6 +554,25 @@ class ProcessCore:
         if self.syscall_observers and len(self.syscalls) > recorded:
             for observer in self.syscall_observers:
                 observer(self.syscalls[-1])
+
+    def _on_port_io(self, port: int, size: int) -> None:
+        cpu = self.cpu
+        cpu.raise_fault_in_instruction(
+            Fault(
+                "privileged instruction",
+                pc=cpu.pc,
+                status=NtStatus.PRIVILEGED_INSTRUCTION,
+                detail=f"port I/O ({size} byte(s) at port 0x{port:x}) in user mode",
+            )
+        )
+
+    def _on_rdtsc(self) -> int:
+        """The time-stamp counter: the kernel's deterministic clock (boot an hour ago, 1 ms per
+        system call: emu.nt.calls.info) at TSC_HZ, and at least TSC_PER_READ past the last
+        read, so it never stands still or goes back; the same run reads the same values."""
+        clock = (UPTIME_MS + len(self.syscalls)) * (TSC_HZ // 1000)
+        self._tsc = max(clock, self._tsc + TSC_PER_READ)
+        return self._tsc
 
     def _on_page_fault(self, page: int, access: str) -> int | Fault | None:
         """The CPU's TLB missed on ``page``: the protection to translate it with (None when

@@ -240,9 +240,21 @@ def NtFlushInstructionCache(k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID
     return Status.SUCCESS
 
 
+# The flags user mode may set through a CONTEXT (SANITIZE_EFLAGS / Ke386SanitizeFlags): x64
+# EFLAGS_USER_SANITIZE 0x40DD5 (CF PF AF ZF SF TF DF OF AC); x86 0x3F4DD7 (also NT, RF, ID, VIF,
+# VIP; VM only for a VDM, which this process is not). IF is forced on; IOPL stays 0.
+_EFLAGS_USER = {8: 0x40DD5, 4: 0x3F4DD7 & ~0x20000}
+_EFLAGS_IF, _EFLAGS_RESERVED = 0x200, 0x2
+
+
+def _sanitize_eflags(eflags: int, ptr_size: int) -> int:
+    return (eflags & _EFLAGS_USER[ptr_size]) | _EFLAGS_IF | _EFLAGS_RESERVED
+
+
 @syscall
 def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
-    """Resume at the CONTEXT's registers (integer registers, stack, pc, flags). The service
+    """Resume at the CONTEXT's registers (integer registers, stack, pc, flags as the kernel
+    sanitises them: only what user mode may set). The service
     returns the context's eax/rax (its low 32 bits: the dispatcher stores an NTSTATUS)."""
     arch = k.arch.name
     offsets = _CONTEXT_REGS[arch]
@@ -259,7 +271,7 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
             cpu.pc = value - 2 if stepped else value
         elif reg != ret_name:
             cpu.set_reg(reg, value)
-    cpu.set_reg("eflags" if ps == 4 else "rflags", eflags | 0x2)
+    cpu.set_reg("eflags" if ps == 4 else "rflags", _sanitize_eflags(eflags, ps))
     target = values[pc_name]
     k.details.update(pc=target, sp=values[k.arch.sp], target=k.proc.symbolize(target))
     return values[ret_name]
