@@ -16,7 +16,7 @@ from asmutil import assemble, syscall_stubs
 from programbuild import build
 
 from emu import EmulationError, Process
-from emu.win.ntdefs import NtStatus
+from emu.win.ntdefs import PAGE_EXECUTE_READ, PAGE_GUARD, NtStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -323,3 +323,23 @@ def test_rdrand_and_rdseed_are_invalid(proc: Process, instruction: str) -> None:
         else "push rbx; mov eax, 1; cpuid; mov eax, ecx; pop rbx; ret",
     )
     assert proc.call(leaf1) & (1 << 30) == 0  # CPUID.1.ECX.RDRAND
+
+
+def test_rdtsc_follows_snapshots(proc: Process) -> None:
+    """A restored snapshot reads the time-stamp counter the first run read after it."""
+    code = assemble(proc, "rdtsc; ret")
+    snap = proc.snapshot()
+    first = [proc.call(code) for _ in range(3)]
+    proc.restore(snap)
+    assert [proc.call(code) for _ in range(3)] == first
+
+
+def test_removing_a_hook_does_not_touch_guard_pages(proc: Process) -> None:
+    """Unhooking drops the code translated with the hook, looking its pages up: that is not an
+    access, so a guard page set since on that code stays a guard page."""
+    code = assemble(proc, "ret")
+    hook = proc.cpu.hook_block(lambda address, size: None)
+    proc.call(code)
+    proc.memory.protect(code, 0x1000, PAGE_EXECUTE_READ | PAGE_GUARD)
+    proc.cpu.unhook(hook)
+    assert proc.memory.page_state(code) & PAGE_GUARD

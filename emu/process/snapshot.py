@@ -36,7 +36,7 @@ _COMPONENTS = ("memory", "objects", "thread_stack", "syscall_dispatcher", "modul
 # ProcessCore attributes: lists and dicts of records that never change once made (copied one
 # level), and values
 _RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names")
-_VALUES = ("exit_status", "_trap_committed", "_trap_code_next", "_trap_next", "_ldr")
+_VALUES = ("exit_status", "_trap_committed", "_trap_code_next", "_trap_next", "_ldr", "_tsc")
 
 
 @dataclass
