@@ -343,3 +343,26 @@ def test_removing_a_hook_does_not_touch_guard_pages(proc: Process) -> None:
     proc.memory.protect(code, 0x1000, PAGE_EXECUTE_READ | PAGE_GUARD)
     proc.cpu.unhook(hook)
     assert proc.memory.page_state(code) & PAGE_GUARD
+
+
+# what each attempt would break if it ran: SSE (CR0.TS: #NM; CR4.OSFXSR: #UD), the TEB's base
+CONTROL_ATTEMPTS = {
+    "cr0.ts": "mov {r}, cr0; or eax, 8; mov cr0, {r}; ret",
+    "cr4.osfxsr": "mov {r}, cr4; and eax, 0xfffffdff; mov cr4, {r}; ret",
+    "wrmsr gs base": "mov ecx, 0xc0000101; xor eax, eax; xor edx, edx; wrmsr; ret",
+}
+
+
+@pytest.mark.parametrize("attempt", list(CONTROL_ATTEMPTS))
+def test_control_registers_and_msrs_stay_as_created(proc: Process, attempt: str) -> None:
+    """D5/D6: changing CR0, CR4 or the GS base MSR faults (privileged) and changes nothing:
+    SSE and the TEB behind fs/gs work in the next calls as before."""
+    x64 = proc.arch.ptr_size == 8
+    code = assemble(proc, CONTROL_ATTEMPTS[attempt].format(r="rax" if x64 else "eax"))
+    with pytest.raises(EmulationError) as e:
+        proc.call(code)
+    assert e.value.status == NtStatus.PRIVILEGED_INSTRUCTION
+    sse = assemble(proc, "xorps xmm0, xmm0; addps xmm0, xmm0; cvttss2si eax, xmm0; ret")
+    teb = assemble(proc, "mov rax, gs:[0x30]; ret" if x64 else "mov eax, fs:[0x18]; ret")
+    assert proc.call(sse) == 0
+    assert proc.call(teb) == proc.teb
