@@ -1,8 +1,7 @@
 """µs per ``proc.call`` of a 10-instruction function, next to the raw Unicorn floor
 (``reg_write(SP)`` + ``emu_start`` of the same function through ctypes, its return address on
 its own page), in the same run: chunks of each alternate, the best chunk counts.
-Target: proc.call <= 1.5x the floor. A second row: what the ABI state every call starts from
-(flags, x87/SSE control, segments: one batched register write, issue 20 D5) costs of a call."""
+Target: proc.call <= 1.5x the floor."""
 
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ def _function(proc: Process) -> int:
     return base
 
 
-def measure(arch: str) -> list[dict[str, object]]:
+def measure(arch: str) -> dict[str, object]:
     proc = Process(arch)
     f = _function(proc)
     cpu = proc.cpu
@@ -50,43 +49,24 @@ def measure(arch: str) -> list[dict[str, object]]:
         for _ in range(CHUNK):
             proc.call(f, 1, 2, 3)
 
-    reset = proc._reset_user_state
-
-    def resets() -> None:
-        for _ in range(CHUNK):
-            reset()
-
     floor()
     calls()  # warm the translation cache
     # alternating short chunks, best of many: a shared host's load shifts within seconds
-    t_floor = t_call = t_reset = float("inf")
+    t_floor = t_call = float("inf")
     for _ in range(N // CHUNK):
         t_floor = min(t_floor, best_of(floor, 1) / CHUNK * 1e6)
         t_call = min(t_call, best_of(calls, 1) / CHUNK * 1e6)
-        t_reset = min(t_reset, best_of(resets, 1) / CHUNK * 1e6)
-    return [
-        {
-            "benchmark": "proc.call (10 instructions)",
-            "arch": arch,
-            "value": round(t_call, 2),
-            "unit": "µs/call",
-            "reference": round(t_floor, 2),
-            "reference_name": "reg_write(SP)+emu_start floor",
-            "ratio": round(t_call / t_floor, 2),
-            "target": "<= 1.5",
-        },
-        {
-            "benchmark": "ABI state reset, part of each proc.call",
-            "arch": arch,
-            "value": round(t_reset, 2),
-            "unit": "µs/call",
-            "reference": round(t_call, 2),
-            "reference_name": "proc.call (10 instructions)",
-            "ratio": round(t_reset / t_call, 2),
-            "target": "",
-        },
-    ]
+    return {
+        "benchmark": "proc.call (10 instructions)",
+        "arch": arch,
+        "value": round(t_call, 2),
+        "unit": "µs/call",
+        "reference": round(t_floor, 2),
+        "reference_name": "reg_write(SP)+emu_start floor",
+        "ratio": round(t_call / t_floor, 2),
+        "target": "<= 1.5",
+    }
 
 
 def run() -> list[dict[str, object]]:
-    return [row for arch in ("x86", "x64") for row in measure(arch)]
+    return [measure(arch) for arch in ("x86", "x64")]

@@ -8,10 +8,13 @@ So one ``uc_emu_start`` does the whole call:
 1. Python packs the callee's address and the arguments into the gate's data page, host memory
    mapped into the guest (one ``struct.pack_into``, no C call);
 2. ``uc_emu_start`` runs the layout's stub (per convention and argument count, generated once):
-   it sets the stack pointer, copies the stack arguments and loads the register arguments from
-   the data page, pushes the common return address and jumps to the callee;
+   it sets the stack pointer, resets what the ABI fixes at a function's entry (``_reset``: a
+   dozen instructions, cheaper than any C call), copies the stack arguments and loads the
+   register arguments from the data page, pushes the common return address and jumps to the
+   callee;
 3. the callee returns to the gate's tail, which stores rax/eax and the stack pointer into the
-   data page and jumps to the sentinel, where the run stops;
+   data page (on x64 then checks that gs still reaches the TEB) and jumps to the sentinel,
+   where the run stops;
 4. Python unpacks (result, stack pointer) from the data page: a stack pointer of 0 means the
    callee never returned; otherwise it tells whether the callee popped what its convention says.
 
@@ -32,12 +35,22 @@ from typing import Any
 
 from emu.arch import Arch
 from emu.cpu.cpu import Cpu
+from emu.cpu.segments import (
+    SEL64_DATA3,
+    SEL64_FS,
+    SEL_DATA3,
+    SEL_TEB,
+    USER_EFLAGS,
+    USER_FPCW,
+    USER_MXCSR,
+)
 from emu.win.conventions import Convention
 from emu.win.ntdefs import PAGE_EXECUTE_READ, PAGE_SIZE
 
 # data page: result, stack pointer after the return, callee, arguments (pointer-sized slots)
 _RESULT, _SP, _TARGET, _ARGS = 0, 1, 2, 3
 MAX_ARGS = PAGE_SIZE // 8 - _ARGS
+_MXCSR, _FPCW = 0x00, 0x04  # constants the stubs load, at the start of the code page
 _TAIL, _SENTINEL, _STUBS = 0x10, 0x40, 0x80  # offsets in the code page
 
 
@@ -67,6 +80,8 @@ class CallGate:
         self.data: ctypes.Array[ctypes.c_char] = cpu.map_host(self.data_base, PAGE_SIZE)
         cpu.map_system(self.code_base, PAGE_SIZE, PAGE_EXECUTE_READ)
         cpu.write(self.code_base, b"\xcc" * PAGE_SIZE)
+        cpu.write(self.code_base + _MXCSR, struct.pack("<I", USER_MXCSR))
+        cpu.write(self.code_base + _FPCW, struct.pack("<H", USER_FPCW))
         self.return_address = self.code_base + _TAIL  # what every callee returns to
         self.sentinel = self.code_base + _SENTINEL  # `until` of every run
         self._next_stub = self.code_base + _STUBS
@@ -74,7 +89,9 @@ class CallGate:
         self._slot = c
         self._result = struct.Struct(f"<{c}{c}")
         self._layouts: dict[tuple[str, int], Layout] = {}
+        self.gs_check = 0  # x64: the tail's read through gs (see _tail)
         tail = self._tail()
+        self._tail_count = 4 if arch.ptr_size == 8 else 3
         cpu.write(self.return_address, tail)
         assert self.return_address + len(tail) < self.sentinel
 
@@ -87,16 +104,50 @@ class CallGate:
         return struct.pack("<i", target - (at + length))
 
     def _tail(self) -> bytes:
-        """Store the result and the stack pointer, jump to the sentinel (registers untouched)."""
+        """Store the result and the stack pointer, jump to the sentinel (registers untouched
+        but x64's r11, volatile). x64 also reads TEB.Self through gs (``gs_check``): a callee
+        that loaded gs cleared its base (every descriptor's base is 0, the TEB is above 4 GiB,
+        and no user-mode instruction sets the base), and the read faults on the never-mapped
+        first page. The call has returned by then: the process layer takes that fault as "put
+        the GS base back before the next call", which only a register write can do."""
         at = self.return_address
         if self.arch.ptr_size == 8:
             code = b"\x48\x89\x05" + self._rip(at, 7, self._slot_address(_RESULT))  # mov [], rax
             code += b"\x48\x89\x25" + self._rip(at + 7, 7, self._slot_address(_SP))  # ..., rsp
+            self.gs_check = at + len(code)
+            code += b"\x65\x4c\x8b\x1c\x25\x30\x00\x00\x00"  # mov r11, gs:[0x30]
         else:
             code = b"\xa3" + struct.pack("<I", self._slot_address(_RESULT))  # mov [], eax
             code += b"\x89\x25" + struct.pack("<I", self._slot_address(_SP))  # mov [], esp
         jmp_at = at + len(code)
         return code + b"\xe9" + struct.pack("<i", self.sentinel - (jmp_at + 5))
+
+    def _reset(self, at: int) -> tuple[bytes, int]:
+        """The ABI's state at a function's entry, as machine code (after the stack pointer is
+        set): the user data selectors (first: the memory operands below need DS), flags 0x202
+        (DF, TF, AC, NT clear; at CPL 3 popf leaves IF and IOPL alone), an empty x87 stack with
+        control word 0x27F, MXCSR 0x1F80. Not x64's GS and its base: no user-mode instruction
+        sets the base (see _tail). Uses eax, which no convention passes arguments in:
+        (code, instruction count)."""
+        x64 = self.arch.ptr_size == 8
+        data, fs = (SEL64_DATA3, SEL64_FS) if x64 else (SEL_DATA3, SEL_TEB)
+        code = b"\xb8" + struct.pack("<I", data)  # mov eax, data
+        code += b"\x8e\xd8\x8e\xc0\x8e\xd0"  # mov ds, eax; mov es, eax; mov ss, eax
+        code += b"\xb8" + struct.pack("<I", fs) + b"\x8e\xe0"  # mov eax, fs; mov fs, eax
+        n = 6
+        if not x64:
+            code += b"\x31\xc0\x8e\xe8"  # xor eax, eax; mov gs, eax
+            n += 2
+        code += b"\x68" + struct.pack("<I", USER_EFLAGS) + b"\x9d"  # push 0x202; popf
+        mxcsr, fpcw = self.code_base + _MXCSR, self.code_base + _FPCW
+        if x64:  # ldmxcsr [rip + mxcsr]; fninit; fldcw [rip + fpcw]
+            code += b"\x0f\xae\x15" + self._rip(at + len(code), 7, mxcsr)
+            code += b"\xdb\xe3"
+            code += b"\xd9\x2d" + self._rip(at + len(code), 6, fpcw)
+        else:  # ldmxcsr [mxcsr]; fninit; fldcw [fpcw]
+            code += b"\x0f\xae\x15" + struct.pack("<I", mxcsr) + b"\xdb\xe3"
+            code += b"\xd9\x2d" + struct.pack("<I", fpcw)
+        return code, n + 5
 
     def _stub(self, at: int, conv: Convention, argc: int, entry_sp: int) -> tuple[bytes, int]:
         """Machine code at ``at`` calling with ``conv``: (code, instruction count)."""
@@ -107,7 +158,9 @@ class CallGate:
         n = 0
         if ps == 8:
             code += b"\x48\xbc" + struct.pack("<Q", before_push)  # movabs rsp, imm64
-            n += 1
+            reset, count = self._reset(at + len(code))
+            code += reset
+            n += 1 + count
             for i in range(nreg, argc):  # mov r10, [arg]; mov [rsp + off], r10
                 code += b"\x4c\x8b\x15" + self._rip(
                     at + len(code), 7, self._slot_address(_ARGS + i)
@@ -127,7 +180,9 @@ class CallGate:
             n += 3  # lea, push, jmp [target]
         else:
             code += b"\xbc" + struct.pack("<I", before_push)  # mov esp, imm32
-            n += 1
+            reset, count = self._reset(at + len(code))
+            code += reset
+            n += 1 + count
             for i in range(nreg, argc):  # mov ecx, [arg]; mov [esp + off], ecx
                 code += b"\x8b\x0d" + struct.pack("<I", self._slot_address(_ARGS + i))
                 code += b"\x89\x8c\x24" + struct.pack("<i", ps * (i - nreg))
@@ -139,7 +194,7 @@ class CallGate:
             code += b"\x68" + struct.pack("<I", self.return_address)  # push imm32
             code += b"\xff\x25" + struct.pack("<I", self._slot_address(_TARGET))  # jmp [target]
             n += 2
-        return bytes(code), n + 3  # + the tail's three
+        return bytes(code), n + self._tail_count  # + the tail's
 
     # ------------------------------------------------------------------ layouts
     def layout(self, conv: Convention, argc: int) -> Layout:

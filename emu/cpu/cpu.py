@@ -340,6 +340,10 @@ class Cpu:
         self._code_pages: set[int] = set()  # pages ever translated executable
         self._exception_taken = False  # a CPU fault reached the interrupt hook this run
         self._fault_registers: list[tuple[int, int]] = []  # put back after the run
+        # registers written from outside a run (proc.regs, a debugger, NtContinue, a restored
+        # context): the next call puts back its whole starting state, not only what the call
+        # gate's stub resets
+        self.state_dirty = False
         self._old_exception = _old_exception_offset(_UC_MODES[arch.name])
         _watchdog().watch(self)
         self.symbolizer: Callable[[int], str] = lambda addr: ""
@@ -501,6 +505,7 @@ class Cpu:
         return self.reg_by_id(self.reg_ids[name])
 
     def set_reg(self, name: str, value: int) -> None:
+        self.state_dirty = True
         if name.startswith("xmm"):
             self.uc.reg_write(self.reg_ids[name], value)
         else:
@@ -605,6 +610,7 @@ class Cpu:
     def restore_context(self, context: object) -> None:
         """Put back a state from ``save_context`` (not during a run)."""
         self.uc.context_restore(context)
+        self.state_dirty = True
 
     def save_memory(self) -> list[tuple[int, int, int, bytes]]:
         """Every mapping of the process as (address, size, Unicorn permissions, contents): what

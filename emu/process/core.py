@@ -197,7 +197,10 @@ class ProcessCore:
         gate = arch.user_max + 1
         setup_segments(self.cpu, self.teb, TEB.size(arch), gate + 2 * PAGE_SIZE)
         # every call starts from the ABI's flags, FPU/SSE control and segments, whatever the
-        # last one left (issue 20, D5): one batched register write
+        # last one left (issue 20, D5): the call gate's stub resets them on every call; after a
+        # run that did not return cleanly (a trap flag left set would trap in the stub; x64's
+        # tail found the GS base gone) or registers written from outside, one batched
+        # register write puts back all of it first
         self._reset_user_state = self.cpu.register_writer(user_state(self.cpu, self.teb))
         self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, gate)
 
@@ -371,7 +374,9 @@ class ProcessCore:
         if max_instructions is None:
             max_instructions = self.instruction_budget
         self.breakpoint_stop = None
-        self._reset_user_state()
+        if cpu._incident or cpu.state_dirty:
+            cpu.state_dirty = False
+            self._reset_user_state()
         # the gate's stub and tail run a few instructions of their own: the budget is the callee's
         cpu.run(
             layout.stub,
@@ -402,6 +407,10 @@ class ProcessCore:
         """The rest of ``call`` when something happened: observers, faults, stops, budget,
         time limit, an unbalanced stack."""
         cpu = self.cpu
+        if sp_after and cpu.fault is not None and cpu.fault.pc == self.call_gate.gs_check:
+            # the callee returned, with gs no longer reaching the TEB: put it back next call
+            cpu.fault = None
+            cpu.state_dirty = True
         completed = sp_after != 0 and cpu.fault is None and not cpu.stop_reason
         for observer in self.run_observers:
             observer(completed)
