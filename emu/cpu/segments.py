@@ -20,9 +20,9 @@ flags from the SS descriptor cache, and Unicorn's reset SS cache is 16-bit, whic
 turn the stack into a 16-bit SP (measured on Unicorn 2.1.4). x64: the GS base is the TEB.
 
 ``user_state`` is what every call starts from: the ABI's flags, x87 and SSE control words and
-the selectors and bases above, whatever code left. The call gate's stub resets most of it on
-every call (emu.cpu.callgate); emu.process.core writes all of it in one batch when a run did
-not return cleanly or registers were written from outside.
+the selectors and bases above, whatever code left. The call gate resets part of it on every
+call and checks the rest (emu.cpu.callgate); emu.process.core writes all of it in one batch
+when a check failed, a run did not return cleanly or registers were written from outside.
 """
 
 from __future__ import annotations

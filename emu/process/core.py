@@ -197,10 +197,10 @@ class ProcessCore:
         gate = arch.user_max + 1
         setup_segments(self.cpu, self.teb, TEB.size(arch), gate + 2 * PAGE_SIZE)
         # every call starts from the ABI's flags, FPU/SSE control and segments, whatever the
-        # last one left (issue 20, D5): the call gate's stub resets them on every call; after a
-        # run that did not return cleanly (a trap flag left set would trap in the stub; x64's
-        # tail found the GS base gone) or registers written from outside, one batched
-        # register write puts back all of it first
+        # last one left (issue 20, D5): the call gate's stub resets DF and the FPU/SSE control
+        # on every call; after a run that did not return cleanly (a trap flag left set would
+        # trap in the stub), a callee the gate's tail caught changing segments or AC/NT, or
+        # registers written from outside, one batched register write puts back all of it
         self._reset_user_state = self.cpu.register_writer(user_state(self.cpu, self.teb))
         self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, gate)
 
@@ -407,8 +407,10 @@ class ProcessCore:
         """The rest of ``call`` when something happened: observers, faults, stops, budget,
         time limit, an unbalanced stack."""
         cpu = self.cpu
-        if sp_after and cpu.fault is not None and cpu.fault.pc == self.call_gate.gs_check:
-            # the callee returned, with gs no longer reaching the TEB: put it back next call
+        checks = self.call_gate.checks
+        if sp_after and cpu.fault is not None and checks[0] <= cpu.fault.pc < checks[1]:
+            # the callee returned, leaving segments or flags the gate's checks refuse: the
+            # next call puts the process's state back first
             cpu.fault = None
             cpu.state_dirty = True
         completed = sp_after != 0 and cpu.fault is None and not cpu.stop_reason
