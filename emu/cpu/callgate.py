@@ -8,10 +8,13 @@ So one ``uc_emu_start`` does the whole call:
 1. Python packs the callee's address and the arguments into the gate's data page, host memory
    mapped into the guest (one ``struct.pack_into``, no C call);
 2. ``uc_emu_start`` runs the layout's stub (per convention and argument count, generated once):
-   it sets the stack pointer, copies the stack arguments and loads the register arguments from
-   the data page, pushes the common return address and jumps to the callee;
+   it sets the stack pointer, resets DF and the FPU/SSE control state the ABI fixes at a
+   function's entry (``_reset``: four instructions, cheaper than any C call), copies the stack
+   arguments and loads the register arguments from the data page, pushes the common return
+   address and jumps to the callee;
 3. the callee returns to the gate's tail, which stores rax/eax and the stack pointer into the
-   data page and jumps to the sentinel, where the run stops;
+   data page, checks the segments and flags the callee left (``checks``) and jumps to the
+   sentinel, where the run stops;
 4. Python unpacks (result, stack pointer) from the data page: a stack pointer of 0 means the
    callee never returned; otherwise it tells whether the callee popped what its convention says.
 
@@ -32,13 +35,23 @@ from typing import Any
 
 from emu.arch import Arch
 from emu.cpu.cpu import Cpu
+from emu.cpu.segments import (
+    SEL64_DATA3,
+    SEL64_FS,
+    SEL_DATA3,
+    SEL_TEB,
+    USER_FPCW,
+    USER_MXCSR,
+)
 from emu.win.conventions import Convention
 from emu.win.ntdefs import PAGE_EXECUTE_READ, PAGE_SIZE
 
 # data page: result, stack pointer after the return, callee, arguments (pointer-sized slots)
 _RESULT, _SP, _TARGET, _ARGS = 0, 1, 2, 3
 MAX_ARGS = PAGE_SIZE // 8 - _ARGS
-_TAIL, _SENTINEL, _STUBS = 0x10, 0x40, 0x80  # offsets in the code page
+_MXCSR, _FPCW = 0x00, 0x04  # constants the stubs load, at the start of the code page
+_FLAGS_LEFT = 0x44000  # AC | NT: flags only popf sets, that no callee may leave set
+_TAIL, _SENTINEL, _STUBS = 0x10, 0x80, 0xC0  # offsets in the code page
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ class CallGate:
         self.data: ctypes.Array[ctypes.c_char] = cpu.map_host(self.data_base, PAGE_SIZE)
         cpu.map_system(self.code_base, PAGE_SIZE, PAGE_EXECUTE_READ)
         cpu.write(self.code_base, b"\xcc" * PAGE_SIZE)
+        cpu.write(self.code_base + _MXCSR, struct.pack("<I", USER_MXCSR))
+        cpu.write(self.code_base + _FPCW, struct.pack("<H", USER_FPCW))
         self.return_address = self.code_base + _TAIL  # what every callee returns to
         self.sentinel = self.code_base + _SENTINEL  # `until` of every run
         self._next_stub = self.code_base + _STUBS
@@ -74,6 +89,9 @@ class CallGate:
         self._slot = c
         self._result = struct.Struct(f"<{c}{c}")
         self._layouts: dict[tuple[str, int], Layout] = {}
+        # the tail's checks of the state the callee leaves (see _tail): [begin, end)
+        self.checks = (0, 0)
+        self._tail_count = 0
         tail = self._tail()
         cpu.write(self.return_address, tail)
         assert self.return_address + len(tail) < self.sentinel
@@ -87,16 +105,69 @@ class CallGate:
         return struct.pack("<i", target - (at + length))
 
     def _tail(self) -> bytes:
-        """Store the result and the stack pointer, jump to the sentinel (registers untouched)."""
+        """Store the result and the stack pointer, check the state the callee leaves, jump to
+        the sentinel. The checks (``checks``) fault on a `ud2` when a selector is not the
+        process's or AC/NT is set, and on x64 the read of TEB.Self through gs faults when the
+        callee loaded gs (every descriptor's base is 0, the TEB is above 4 GiB, and no
+        user-mode instruction sets the base back). The call has returned by then: the process
+        layer takes such a fault as "put the state back with a register write before the next
+        call" (the stub resets the rest on every call: _reset). Only ecx / r11 (volatile in
+        every convention) and the flags change after the callee returned."""
         at = self.return_address
-        if self.arch.ptr_size == 8:
-            code = b"\x48\x89\x05" + self._rip(at, 7, self._slot_address(_RESULT))  # mov [], rax
-            code += b"\x48\x89\x25" + self._rip(at + 7, 7, self._slot_address(_SP))  # ..., rsp
+        x64 = self.arch.ptr_size == 8
+        jumps: list[int] = []  # offsets of the rel8 of each jne to the ud2
+        if x64:
+            code = bytearray(b"\x48\x89\x05" + self._rip(at, 7, self._slot_address(_RESULT)))
+            code += b"\x48\x89\x25" + self._rip(at + 7, 7, self._slot_address(_SP))
+            begin = at + len(code)
+            code += b"\x65\x4c\x8b\x1c\x25\x30\x00\x00\x00"  # mov r11, gs:[0x30]
+            n = 3
+            for sreg, sel in ((3, SEL64_DATA3), (0, SEL64_DATA3), (2, SEL64_DATA3), (4, SEL64_FS)):
+                code += bytes([0x41, 0x8C, 0xC3 | sreg << 3])  # mov r11d, ds/es/ss/fs
+                code += bytes([0x41, 0x83, 0xFB, sel, 0x75, 0])  # cmp r11d, sel; jne ud2
+                jumps.append(len(code) - 1)
+                n += 3
+            code += b"\x9c\x41\x5b\x41\xf7\xc3" + struct.pack("<I", _FLAGS_LEFT)  # pushfq; pop
+            code += b"\x75\x00"  # r11; test r11d, AC|NT; jnz ud2
         else:
-            code = b"\xa3" + struct.pack("<I", self._slot_address(_RESULT))  # mov [], eax
+            code = bytearray(b"\xa3" + struct.pack("<I", self._slot_address(_RESULT)))
             code += b"\x89\x25" + struct.pack("<I", self._slot_address(_SP))  # mov [], esp
+            begin = at + len(code)
+            n = 2
+            for sreg, sel in ((3, SEL_DATA3), (0, SEL_DATA3), (2, SEL_DATA3), (4, SEL_TEB), (5, 0)):
+                code += bytes([0x8C, 0xC1 | sreg << 3])  # mov ecx, ds/es/ss/fs/gs
+                code += bytes([0x83, 0xF9, sel]) if sel else b"\x85\xc9"  # cmp ecx, sel
+                code += b"\x75\x00"  # jne ud2
+                jumps.append(len(code) - 1)
+                n += 3
+            code += b"\x9c\x59\xf7\xc1" + struct.pack("<I", _FLAGS_LEFT) + b"\x75\x00"
+        jumps.append(len(code) - 1)
+        n += 4
         jmp_at = at + len(code)
-        return code + b"\xe9" + struct.pack("<i", self.sentinel - (jmp_at + 5))
+        code += b"\xe9" + struct.pack("<i", self.sentinel - (jmp_at + 5))
+        bad = len(code)
+        code += b"\x0f\x0b"  # ud2
+        for j in jumps:
+            code[j] = bad - (j + 1)
+        self.checks = (begin, at + len(code))
+        self._tail_count = n + 1
+        return bytes(code)
+
+    def _reset(self, at: int) -> tuple[bytes, int]:
+        """The ABI's state at a function's entry that code changes in passing, reset on every
+        call (after the stack pointer is set): DF clear, an empty x87 stack with control word
+        0x27F, MXCSR 0x1F80 (none of them ends a translated block, unlike a popf or a selector
+        load; the tail checks those instead): (code, instruction count)."""
+        mxcsr, fpcw = self.code_base + _MXCSR, self.code_base + _FPCW
+        code = b"\xfc"  # cld
+        if self.arch.ptr_size == 8:  # ldmxcsr [rip + mxcsr]; fninit; fldcw [rip + fpcw]
+            code += b"\x0f\xae\x15" + self._rip(at + len(code), 7, mxcsr)
+            code += b"\xdb\xe3"
+            code += b"\xd9\x2d" + self._rip(at + len(code), 6, fpcw)
+        else:  # ldmxcsr [mxcsr]; fninit; fldcw [fpcw]
+            code += b"\x0f\xae\x15" + struct.pack("<I", mxcsr) + b"\xdb\xe3"
+            code += b"\xd9\x2d" + struct.pack("<I", fpcw)
+        return code, 4
 
     def _stub(self, at: int, conv: Convention, argc: int, entry_sp: int) -> tuple[bytes, int]:
         """Machine code at ``at`` calling with ``conv``: (code, instruction count)."""
@@ -107,7 +178,9 @@ class CallGate:
         n = 0
         if ps == 8:
             code += b"\x48\xbc" + struct.pack("<Q", before_push)  # movabs rsp, imm64
-            n += 1
+            reset, count = self._reset(at + len(code))
+            code += reset
+            n += 1 + count
             for i in range(nreg, argc):  # mov r10, [arg]; mov [rsp + off], r10
                 code += b"\x4c\x8b\x15" + self._rip(
                     at + len(code), 7, self._slot_address(_ARGS + i)
@@ -127,7 +200,9 @@ class CallGate:
             n += 3  # lea, push, jmp [target]
         else:
             code += b"\xbc" + struct.pack("<I", before_push)  # mov esp, imm32
-            n += 1
+            reset, count = self._reset(at + len(code))
+            code += reset
+            n += 1 + count
             for i in range(nreg, argc):  # mov ecx, [arg]; mov [esp + off], ecx
                 code += b"\x8b\x0d" + struct.pack("<I", self._slot_address(_ARGS + i))
                 code += b"\x89\x8c\x24" + struct.pack("<i", ps * (i - nreg))
@@ -139,7 +214,7 @@ class CallGate:
             code += b"\x68" + struct.pack("<I", self.return_address)  # push imm32
             code += b"\xff\x25" + struct.pack("<I", self._slot_address(_TARGET))  # jmp [target]
             n += 2
-        return bytes(code), n + 3  # + the tail's three
+        return bytes(code), n + self._tail_count  # + the tail's
 
     # ------------------------------------------------------------------ layouts
     def layout(self, conv: Convention, argc: int) -> Layout:

@@ -79,7 +79,7 @@ _DEBUG = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 # EFLAGS a user CONTEXT may set (the kernel's EFLAGS_USER_SANITIZE; IF is forced on). x64:
 # CF PF AF ZF SF TF DF OF AC. x86: the same plus VIF, VIP, ID (0x3E0DD7 without VM: heapemu has
 # no virtual-8086 mode).
-_EFLAGS_USER = {"x86": 0x3E0DD7 & ~0x20000, "x64": 0x40DD5}
+_EFLAGS_USER = {"x86": 0x3F4DD7 & ~0x20000, "x64": 0x40DD5}
 _EFLAGS_IF, _EFLAGS_TF, _EFLAGS_DF, _EFLAGS_RESERVED = 0x200, 0x100, 0x400, 0x2
 # MXCSR bits a CONTEXT may set: the processor's MXCSR_MASK (the kernel reads it from FXSAVE;
 # 0xFFFF, DAZ included, as Cpu.fx_state reports it)

@@ -1,9 +1,10 @@
 """KUSER_SHARED_DATA: the page the kernel shares read-only with every process at 0x7FFE0000.
 
 Filled as Windows 10 19045 fills it for the machine heapemu emulates: one processor in one
-group, 1 GiB of RAM, and the processor features of Unicorn's default CPU model (CPUID leaf 1
-ECX 0xced82203 / EDX 0x078bfbfd, leaf 7 EBX 0x389, 0x80000001 EDX 0x28100800: SSE to SSE4.2,
-CMPXCHG16B, NX, RDRAND, RDTSCP, XSAVE with XSAVEOPT; no AVX). XState is what Windows enables
+group, 1 GiB of RAM, and the processor features of the CPU model heapemu gives Unicorn, Sandy
+Bridge (emu.cpu.cpu; CPUID leaf 1 ECX 0x8e982203 / EDX 0x078bfbfd, leaf 7 EBX 0, 0x80000001 EDX
+0x28100800: SSE to SSE4.2, CMPXCHG16B, NX, RDTSCP, XSAVE with XSAVEOPT; no RDRAND, no AVX,
+as measured on Unicorn 2.1.4, whose TCG has no AVX). XState is what Windows enables
 on such a CPU: the legacy x87 and SSE states, 576 bytes, optimized save, no compaction.
 """
 
@@ -26,7 +27,6 @@ PROCESSOR_FEATURES = {
     14: "PF_COMPARE_EXCHANGE128",
     17: "PF_XSAVE_ENABLED",
     23: "PF_FASTFAIL_AVAILABLE",
-    28: "PF_RDRAND_INSTRUCTION_AVAILABLE",
     32: "PF_RDTSCP_INSTRUCTION_AVAILABLE",
     36: "PF_SSSE3_INSTRUCTIONS_AVAILABLE",
     37: "PF_SSE4_1_INSTRUCTIONS_AVAILABLE",

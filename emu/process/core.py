@@ -37,13 +37,13 @@ from emu.win.layouts import PEB, TEB
 if TYPE_CHECKING:
     from emu.load.program import Program
     from emu.observe.breakpoints import Breakpoint
-from emu.cpu.segments import setup_segments
+from emu.cpu.segments import setup_segments, user_state
 from emu.modules import Module, ModuleList
 from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecord
 from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
 from emu.nt.records import DEFAULT_SYSCALL_LOG, SyscallLog
-from emu.nt.shared_data import fill_shared_user_data
+from emu.nt.shared_data import UPTIME_MS, fill_shared_user_data
 from emu.nt.stack import ThreadStack
 from emu.nt.threads import Scheduler
 from emu.win.ntdefs import (
@@ -59,6 +59,8 @@ from emu.win.ntdefs import (
     NtStatus,
 )
 
+# rdtsc: a 3 GHz counter; consecutive reads without a system call between them are 10 ns apart
+TSC_HZ, TSC_PER_READ = 3_000_000_000, 30
 KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
 PROCESS_HEAPS_OFFSET = 0xC00  # our PEB.ProcessHeaps array lives in the PEB's first page
 MAX_PROCESS_HEAPS = 16  # MaximumNumberOfHeaps, as seed 001's WinDbg session shows (0x10)
@@ -168,6 +170,7 @@ class ProcessCore:
         # state the layers above keep per process (declared here, never attached with setattr)
         self.view_allocator: Any = None  # emu.views: the Allocator asked for RtlGetProcessHeaps
         self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
+        self._tsc = 0  # the last time-stamp counter value read (_on_rdtsc)
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         # the threads (emu.nt.threads): the one made here, and those the program creates
@@ -214,10 +217,17 @@ class ProcessCore:
             stack_commit or arch.default_stack_commit,
         )
         self._fill_teb_peb()
-        setup_segments(self.cpu, self.teb, TEB.size(arch))
-        # calls from Python: frames below the top of the stack, the gate's own two pages in the
-        # 64 KiB above the highest user address (free on every Windows)
-        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, arch.user_max + 1)
+        # the CPU's own pages in the 64 KiB above the highest user address (free on every
+        # Windows): the call gate's two (frames below the top of the stack), then the GDT
+        gate = arch.user_max + 1
+        setup_segments(self.cpu, self.teb, TEB.size(arch), gate + 2 * PAGE_SIZE)
+        # every call starts from the ABI's flags, FPU/SSE control and segments, whatever the
+        # last one left (issue 20, D5): the call gate's stub resets DF and the FPU/SSE control
+        # on every call; after a run that did not return cleanly (a trap flag left set would
+        # trap in the stub), a callee the gate's tail caught changing segments or AC/NT, or
+        # registers written from outside, one batched register write puts back all of it
+        self._reset_user_state = self.cpu.register_writer(user_state(self.cpu, self.teb))
+        self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, gate)
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -253,6 +263,11 @@ class ProcessCore:
             cpu.hook_syscall_insn(self._on_syscall, "syscall")
         else:
             cpu.hook_syscall_insn(self._on_sysenter, "sysenter")
+        # port I/O is privileged (Windows user mode has no I/O permission bitmap); the
+        # time-stamp counter follows the emulated clock. Instruction hooks cost nothing
+        # until their instruction runs.
+        cpu.hook_port_io(self._on_port_io)
+        cpu.hook_rdtsc(self._on_rdtsc)
         # one address-ranged hook for all Python callbacks: costs nothing elsewhere
         cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + _SCRATCH - 1)
 
@@ -394,6 +409,9 @@ class ProcessCore:
         if stop_on_first_chance is None:
             stop_on_first_chance = self.stop_on_first_chance
         self._first_chance_stops = stop_on_first_chance
+        if cpu._incident or cpu.state_dirty:
+            cpu.state_dirty = False
+            self._reset_user_state()
         # the gate's stub and tail run a few instructions of their own: the budget is the callee's
         budget = max_instructions + layout.overhead if max_instructions else 0
         limit = self.time_limit if time_limit is None else time_limit
@@ -421,7 +439,10 @@ class ProcessCore:
         """The fault as its exception on the current thread's stack, the CPU at the dispatcher;
         False when it is not an exception (a budget, a heapemu stop) or cannot be delivered."""
         event = event_for_fault(fault)
-        if event is None or self.exception_dispatcher is None:
+        checks = self.call_gate.checks
+        if event is None or self.exception_dispatcher is None or checks[0] <= fault.pc < checks[1]:
+            # (a fault in the gate's checks is heapemu's: the callee returned with state the
+            # next call resets, not the program's exception)
             return False
         cpu = self.cpu
         cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
@@ -454,6 +475,12 @@ class ProcessCore:
         """The rest of ``call`` when something happened: observers, faults, stops, budget,
         time limit, an unbalanced stack."""
         cpu = self.cpu
+        checks = self.call_gate.checks
+        if sp_after and cpu.fault is not None and checks[0] <= cpu.fault.pc < checks[1]:
+            # the callee returned, leaving segments or flags the gate's checks refuse: the
+            # next call puts the process's state back first
+            cpu.fault = None
+            cpu.state_dirty = True
         completed = sp_after != 0 and cpu.fault is None and not cpu.stop_reason
         for observer in self.run_observers:
             observer(completed)
@@ -623,6 +650,25 @@ class ProcessCore:
         if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
             for observer in self.syscall_observers:
                 observer(last)
+
+    def _on_port_io(self, port: int, size: int) -> None:
+        cpu = self.cpu
+        cpu.raise_fault_in_instruction(
+            Fault(
+                "privileged instruction",
+                pc=cpu.pc,
+                status=NtStatus.PRIVILEGED_INSTRUCTION,
+                detail=f"port I/O ({size} byte(s) at port 0x{port:x}) in user mode",
+            )
+        )
+
+    def _on_rdtsc(self) -> int:
+        """The time-stamp counter: the kernel's deterministic clock (boot an hour ago, 1 ms per
+        system call: emu.nt.calls.info) at TSC_HZ, and at least TSC_PER_READ past the last
+        read, so it never stands still or goes back; the same run reads the same values."""
+        clock = (UPTIME_MS + len(self.syscalls)) * (TSC_HZ // 1000)
+        self._tsc = max(clock, self._tsc + TSC_PER_READ)
+        return self._tsc
 
     def _on_page_fault(self, page: int, access: str) -> int | Fault | None:
         """The CPU's TLB missed on ``page``: the protection to translate it with (None when

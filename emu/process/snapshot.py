@@ -38,7 +38,7 @@ _COMPONENTS = ("memory", "objects", "thread_stack", "threads", "syscall_dispatch
 # level), and values
 _RECORDS = ("syscalls", "debug_output", "callbacks", "export_hooks", "trap_names", "exceptions")
 _VALUES = ("exit_status", "unhandled_exception", "_trap_committed", "_trap_code_next",
-           "_trap_next", "_ldr")  # fmt: skip
+           "_trap_next", "_ldr", "_tsc")  # fmt: skip
 
 
 @dataclass
