@@ -163,6 +163,8 @@ def _continue_to(proc: Process, code: int, eflags: int) -> None:
     ctx = assemble(proc, "ret", 0x2000) + 0x1000  # 0x1000 bytes of zeroed CONTEXT space
     stack = assemble(proc, "ret", 0x2000) + 0x1800
     pc, sp, flags = (0xF8, 0x98, 0x44) if x64 else (0xB8, 0xC4, 0xC0)
+    # ContextFlags: CONTEXT_AMD64/CONTEXT_i386 | CONTROL (pc, sp, flags) | INTEGER
+    proc.write_u32(ctx + (0x30 if x64 else 0), 0x100003 if x64 else 0x10003)
     proc.write_ptr(ctx + pc, code)
     proc.write_ptr(ctx + sp, stack)
     proc.write_u32(ctx + flags, eflags)
