@@ -39,6 +39,7 @@ from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 
 from emu.arch import Arch, register_names
+from emu.cpu import native
 from emu.cpu.disasm import Disassembler
 from emu.errors import CpuState, Fault
 from emu.win.ntdefs import (
@@ -261,8 +262,11 @@ class Cpu:
         self.page_fault_handler: PageFaultHandler | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
         # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
-        # (every commit flushes the whole TLB) refills from here without asking again
+        # (every commit flushes the whole TLB) refills from here without asking again; with
+        # the native fast path (emu/cpu/native.py) the refill does not even enter Python
+        self._native = native.library()
         self._perms: dict[int, int] = {}
+        self._tlb_state: native.TlbState | None = None
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
@@ -271,9 +275,23 @@ class Cpu:
         self._code_pages: set[int] = set()  # pages ever translated executable
         _watchdog().watch(self)
         self.symbolizer: Callable[[int], str] = lambda addr: ""
-        self._register_hook(
-            unicorn.UC_HOOK_TLB_FILL, _TLB_FILL_CB(self._on_tlb_fill), 1, 0, flush=False
-        )
+        slow_fill = _TLB_FILL_CB(self._on_tlb_fill)
+        if self._native is not None:
+            perms = native.NativeMap(self._native)
+            self._perms = native.MirroredDict(perms)
+            self._tlb_state = native.TlbState(perms.ptr, ctypes.cast(slow_fill, ctypes.c_void_p))
+            fast = native.function_address(self._native, "heapemu_tlb_fill")
+            self._slow_fill = slow_fill  # kept alive: the C callback calls it
+            self._register_hook(
+                unicorn.UC_HOOK_TLB_FILL,
+                fast,
+                1,
+                0,
+                flush=False,
+                user=ctypes.addressof(self._tlb_state),
+            )
+        else:
+            self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
         self._register_hook(
             unicorn.UC_HOOK_MEM_UNMAPPED,
             _MEM_INVALID_CB(self._on_denied_access),
@@ -361,6 +379,12 @@ class Cpu:
     def _forget_code(self, addr: int, size: int) -> None:
         """No translated code is left in [addr, addr+size)."""
         self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
+
+    def tlb_counters(self) -> tuple[int, int] | None:
+        """(TLB misses, misses answered in Python) since the CPU was made, when the native
+        fast path counts them (None without it): for benchmarks and profiles."""
+        st = self._tlb_state
+        return None if st is None else (int(st.fills), int(st.slow_fills))
 
     def flush_tlb(self) -> None:
         """Forget every cached translation: the next access to each page asks again."""
@@ -689,18 +713,25 @@ class Cpu:
         return Fault(kind, pc=pc, status=status)
 
     def _register_hook(
-        self, kind: int, cb: Any, begin: int, end: int, *extra: int, flush: bool = True
+        self,
+        kind: int,
+        cb: Any,
+        begin: int,
+        end: int,
+        *extra: int,
+        flush: bool = True,
+        user: int | None = None,
     ) -> int:
-        """Register a ctypes callback with Unicorn's C API (kept alive until unhooked). The
-        binding's own wrappers cost ~1.4 µs per callback; this ~0.2 µs (measured on block
-        hooks)."""
+        """Register a ctypes callback (or a C function's address, with ``user`` its data)
+        with Unicorn's C API (kept alive until unhooked). The binding's own wrappers cost
+        ~1.4 µs per callback; this ~0.2 µs (measured on block hooks)."""
         handle = ctypes.c_size_t()
         status = uclib.uc_hook_add(
             self._uch,
             ctypes.byref(handle),
             kind,
-            ctypes.cast(cb, ctypes.c_void_p),
-            None,
+            ctypes.c_void_p(cb) if isinstance(cb, int) else ctypes.cast(cb, ctypes.c_void_p),
+            ctypes.c_void_p(user),
             ctypes.c_uint64(begin),
             ctypes.c_uint64(end),
             *(ctypes.c_int(x) for x in extra),
