@@ -31,7 +31,7 @@ import mmap
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import unicorn
@@ -844,3 +844,208 @@ class Cpu:
             symbol=self.symbolizer(pc),
             registers=self.snapshot_registers(),
         )
+
+
+class BlockCounter:
+    """Counts the basic blocks and instructions the CPU runs while installed, and calls
+    ``on_special(address)`` before counting a block that starts at an address in ``special``
+    (a set the owner edits while the counter runs: ``add``, ``discard``, ``clear``, ``update``).
+
+    For observers that must know how much code ran between two points (allocation events)
+    without a Python call per block: with the native fast path the block hook is C and
+    Python runs only at the special addresses and on a block's first run (its instructions
+    are counted with capstone once); without it, one Python callback per block."""
+
+    def __init__(
+        self,
+        cpu: Cpu,
+        on_special: Callable[[int], None],
+        capture: tuple[str, ...] = (),
+        frame_size: int = 0,
+    ):
+        """``capture``: registers read for ``on_special`` before it is called (the first must
+        be the stack pointer), found in ``values`` (two 64-bit slots per register, the low one
+        first) and ``frame_size`` bytes of the stack from the stack pointer up in ``frame()``:
+        the callback needs no C call of its own for them."""
+        if len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
+            raise ValueError("too many registers or too large a frame to capture")
+        self.cpu = cpu
+        self.special = _SpecialSet(cpu._native)
+        self._on_special = on_special
+        self._capture = capture
+        self._frame_size = frame_size
+        self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS))()
+        self._frame = (ctypes.c_char * native.MAX_FRAME)()
+        self._frame_ok = False
+        self._counts: dict[int, int] = {}  # block address -> instructions (Python path)
+        self._state: native.BlockState | None = None
+        self._keep: tuple[object, ...] = ()
+        self._py_instructions = self._py_blocks = 0
+        self._hook: int | None = None
+
+    def _count(self, address: int, size: int) -> int:
+        """Instructions in the block at ``address`` (disassembled once; an unreadable block
+        still ran: one instruction)."""
+        try:
+            n = self.cpu.disasm.count(self.cpu.read(address, size), address)
+        except Exception:
+            n = 1
+        if self._state is not None:
+            if n:
+                self._native_counts.put(address, n)
+        else:
+            self._counts[address] = n
+        return n
+
+    def start(self) -> BlockCounter:
+        if self._hook is not None:
+            return self
+        cpu, lib = self.cpu, self.cpu._native
+        fail, on_special, count = cpu.fail, self._on_special, self._count
+        if lib is not None:
+
+            def special_cb(uc: int, address: int, size: int, user: int) -> None:
+                try:
+                    on_special(address)
+                except BaseException as e:  # re-raised when the run ends
+                    fail(e)
+
+            def count_cb(uc: int, address: int, size: int, user: int) -> int:
+                try:
+                    return count(address, size)
+                except BaseException as e:
+                    fail(e)
+                    return 1
+
+            self._native_counts = native.NativeMap(lib)
+            special = _HOOK_CODE_CB(special_cb)
+            counter = _COUNT_CB(count_cb)
+            self._keep = (special, counter, self._native_counts)
+            st = self._state = native.BlockState(
+                self._native_counts.ptr,
+                self.special.native_ptr,
+                ctypes.cast(special, ctypes.c_void_p),
+                ctypes.cast(counter, ctypes.c_void_p),
+                self._py_instructions,
+                self._py_blocks,
+                ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p),
+                ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p),
+                len(self._capture),
+                0,
+                self._frame_size,
+            )
+            for i, name in enumerate(self._capture):
+                st.regs[i] = cpu.reg_ids[name]
+            base = ctypes.addressof(st)
+            self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS)).from_address(
+                base + native.BlockState.values.offset
+            )
+            self._frame = (ctypes.c_char * native.MAX_FRAME).from_address(
+                base + native.BlockState.frame.offset
+            )
+            self._hook = cpu._register_hook(
+                unicorn.UC_HOOK_BLOCK,
+                native.function_address(lib, "heapemu_block"),
+                1,
+                0,
+                user=ctypes.addressof(self._state),
+            )
+            return self
+        special_set, counts = self.special, self._counts
+        capture = self._capture_in_python()
+
+        def on_block(uc: int, address: int, size: int, user: int) -> None:
+            try:
+                if address in special_set:
+                    capture()
+                    on_special(address)
+                self._py_instructions += counts.get(address) or count(address, size)
+                self._py_blocks += 1
+            except BaseException as e:  # re-raised when the run ends
+                fail(e)
+
+        self._hook = cpu.hook_block_direct(on_block)
+        return self
+
+    def _capture_in_python(self) -> Callable[[], None]:
+        """What fastpath.c's capture() does, for the Python block hook."""
+        if not self._capture:
+            return lambda: None
+        read = self.cpu.raw_register_reader(self._capture)
+        values, frame, size, cpu = self.values, self._frame, self._frame_size, self.cpu
+
+        def capture() -> None:
+            raw = read()
+            ctypes.memmove(values, raw, len(raw))
+            sp = values[0]
+            self._frame_ok = bool(size) and cpu.read_into(sp, frame, size)
+
+        return capture
+
+    def frame(self) -> bytes:
+        """The stack captured for the current ``on_special`` (empty when unreadable)."""
+        st = self._state
+        ok = st.frame_ok if st is not None else self._frame_ok
+        return self._frame.raw[: self._frame_size] if ok else b""
+
+    def stop(self) -> None:
+        if self._hook is None:
+            return
+        st = self._state
+        if st is not None:  # the counts go on from here if started again
+            self._py_instructions = int(st.instructions)
+            self._py_blocks = int(st.blocks)
+            # the captures outlive the C state they point into
+            self.values = type(self.values).from_buffer_copy(self.values)
+            self._frame = type(self._frame).from_buffer_copy(self._frame)
+            self._frame_ok = bool(st.frame_ok)
+            self._state = None
+        self.cpu.unhook(self._hook)
+        self._hook = None
+
+    @property
+    def instructions(self) -> int:
+        st = self._state
+        return int(st.instructions) if st is not None else self._py_instructions
+
+    @property
+    def blocks(self) -> int:
+        st = self._state
+        return int(st.blocks) if st is not None else self._py_blocks
+
+
+_COUNT_CB = ctypes.CFUNCTYPE(
+    ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+)
+
+
+class _SpecialSet(set[int]):
+    """A set of addresses mirrored into a native map (when there is a native library)."""
+
+    def __init__(self, lib: ctypes.CDLL | None):
+        super().__init__()
+        self._map = native.NativeMap(lib) if lib is not None else None
+
+    @property
+    def native_ptr(self) -> int | None:
+        return self._map.ptr if self._map is not None else None
+
+    def add(self, address: int) -> None:
+        super().add(address)
+        if self._map is not None:
+            self._map.put(address, 1)
+
+    def discard(self, address: int) -> None:
+        super().discard(address)
+        if self._map is not None:
+            self._map.delete(address)
+
+    def clear(self) -> None:
+        super().clear()
+        if self._map is not None:
+            self._map.clear()
+
+    def update(self, *others: Iterable[int]) -> None:  # type: ignore[override]
+        for other in others:
+            for address in other:
+                self.add(address)

@@ -166,6 +166,12 @@ bool heapemu_tlb_fill(void *uc, uint64_t addr, int type, tlb_entry *e, void *use
 /* ---------------------------------------------------------------- block counting */
 typedef void (*special_fn)(void *uc, uint64_t addr, uint32_t size, void *user);
 typedef int64_t (*count_fn)(void *uc, uint64_t addr, uint32_t size, void *user);
+/* Unicorn's uc_reg_read_batch and uc_mem_read, passed in by address */
+typedef int (*reg_read_batch_fn)(void *uc, const int *regs, void *const *vals, int count);
+typedef int (*mem_read_fn)(void *uc, uint64_t addr, void *bytes, uint64_t size);
+
+#define MAX_REGS 32
+#define MAX_FRAME 256
 
 typedef struct {
     map_t *counts; /* block address -> instructions in it */
@@ -174,12 +180,41 @@ typedef struct {
     count_fn count; /* a block seen first: Python disassembles it (and fills counts) */
     uint64_t instructions;
     uint64_t blocks;
+    /* captured for on_special before it is called: registers (16-byte slots) and the stack
+     * from the stack pointer up (frame_ok = 0 when unreadable), so Python needs no C call */
+    reg_read_batch_fn reg_read_batch;
+    mem_read_fn mem_read;
+    int32_t nregs;
+    int32_t sp_index;
+    uint64_t frame_size;
+    int32_t frame_ok;
+    int32_t pad;
+    int32_t regs[MAX_REGS];
+    void *ptrs[MAX_REGS];
+    uint8_t values[MAX_REGS * 16];
+    uint8_t frame[MAX_FRAME];
 } block_state;
+
+static void capture(block_state *s, void *uc) {
+    int n = s->nregs < MAX_REGS ? s->nregs : MAX_REGS;
+    memset(s->values, 0, sizeof s->values); /* narrow registers fill only their low bytes */
+    for (int i = 0; i < n; i++)
+        s->ptrs[i] = s->values + 16 * i;
+    s->frame_ok = 0;
+    if (n <= 0 || s->reg_read_batch(uc, s->regs, s->ptrs, n))
+        return;
+    uint64_t sp;
+    memcpy(&sp, s->values + 16 * s->sp_index, sizeof sp);
+    uint64_t size = s->frame_size < MAX_FRAME ? s->frame_size : MAX_FRAME;
+    s->frame_ok = size && !s->mem_read(uc, sp, s->frame, size);
+}
 
 void heapemu_block(void *uc, uint64_t addr, uint32_t size, void *user) {
     block_state *s = user;
-    if (s->special->used && map_find(s->special, addr))
+    if (s->special->used && map_find(s->special, addr)) {
+        capture(s, uc);
         s->on_special(uc, addr, size, NULL);
+    }
     int64_t *n = map_find(s->counts, addr);
     s->instructions += n && *n ? (uint64_t)*n : (uint64_t)s->count(uc, addr, size, NULL);
     s->blocks++;

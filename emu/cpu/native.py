@@ -30,6 +30,7 @@ log = logging.getLogger("heapemu.cpu")
 SOURCE = Path(__file__).with_name("fastpath.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror")
 BUILD_TIMEOUT = 120
+MAX_REGS, MAX_FRAME = 32, 256  # as in fastpath.c
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -145,6 +146,17 @@ class BlockState(ctypes.Structure):
         ("count", ctypes.c_void_p),
         ("instructions", ctypes.c_uint64),
         ("blocks", ctypes.c_uint64),
+        ("reg_read_batch", ctypes.c_void_p),
+        ("mem_read", ctypes.c_void_p),
+        ("nregs", ctypes.c_int32),
+        ("sp_index", ctypes.c_int32),
+        ("frame_size", ctypes.c_uint64),
+        ("frame_ok", ctypes.c_int32),
+        ("pad", ctypes.c_int32),
+        ("regs", ctypes.c_int32 * MAX_REGS),
+        ("ptrs", ctypes.c_void_p * MAX_REGS),
+        ("values", ctypes.c_char * (16 * MAX_REGS)),
+        ("frame", ctypes.c_char * MAX_FRAME),
     ]
 
 
