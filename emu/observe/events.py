@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -445,7 +445,7 @@ class EventRecorder:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
             above, data = ev._saved["frame"]
             captured, off = self._counter.frame(), above - sp
-            if 0 <= off and off + 0x40 <= len(captured):
+            if off >= 0 and off + 0x40 <= len(captured):
                 now = captured[off : off + 0x40]
             else:
                 now = self._read_frame(above)
