@@ -24,10 +24,12 @@ permissions; protection lives in the TLB, so every change of it flushes the TLB.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import dataclasses
 import logging
 import mmap
+import sys
 import threading
 import time
 import weakref
@@ -175,6 +177,29 @@ _UC_CTL_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
 _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_CTL_TB_REMOVE_CACHE
 
 
+# Backing: host memory behind the process's memory, mapped into Unicorn in pieces of at most
+# _CHUNK bytes (a whole reservation when it is smaller), on the first commit that needs one.
+# Anonymous mappings take host RAM only for pages touched, and MAP_NORESERVE keeps a large
+# piece from counting against the host's overcommit limit. One Unicorn mapping per piece, not
+# per commit: Unicorn keeps mappings in a sorted array and rebuilds its address map on every
+# map/unmap, and looks code pages up through a linear list of them.
+_CHUNK = 64 << 20
+_MAP_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
+
+
+@dataclasses.dataclass(eq=False)
+class _Host:
+    """One host mapping behind one or more backed pieces (split by partial releases)."""
+
+    mem: mmap.mmap
+    anchor: ctypes.c_char  # keeps the buffer exported while Unicorn points into it
+    users: int = 0
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.anchor)
+
+
 class _Watchdog:
     """One background thread for all CPUs: stops a run that exceeds its wall-clock limit.
 
@@ -268,6 +293,9 @@ class Cpu:
         self._perms: dict[int, int] = {}
         self._tlb_state: native.TlbState | None = None
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
+        # backed pieces of the process's memory: start -> (end, host, offset in host)
+        self._pieces: dict[int, tuple[int, _Host, int]] = {}
+        self._piece_starts: list[int] = []  # sorted
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
         self._tlb_stale = False  # a denied translation may be wrong now: flush after the run
@@ -316,6 +344,111 @@ class Cpu:
             self.uc.mem_map(addr, size, unicorn.UC_PROT_ALL)  # Unicorn flushes the TLB
         except unicorn.UcError as e:
             raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
+
+    # ------------------------------------------------------------------ backing
+    def ensure_backed(self, addr: int, size: int, lo: int, hi: int) -> None:
+        """Make [addr, addr+size) backed (zero-filled where it was not), adding pieces of at
+        most _CHUNK bytes aligned to _CHUNK and clipped to [lo, hi) (the reservation: a
+        piece never spans two). Accesses are still decided by the page-fault handler: backed
+        memory that is not committed faults like unbacked memory."""
+        start, end = max(lo, addr & ~(_CHUNK - 1)), min(hi, -(-(addr + size) // _CHUNK) * _CHUNK)
+        for gap_start, gap_end in self._gaps(start, end):
+            a = gap_start
+            while a < gap_end:
+                b = min(gap_end, (a & ~(_CHUNK - 1)) + _CHUNK)
+                self._back(a, b - a)
+                a = b
+
+    def _gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) no piece backs."""
+        out, a = [], start
+        i = bisect.bisect_right(self._piece_starts, start) - 1
+        starts = self._piece_starts
+        i = max(i, 0)
+        while i < len(starts) and starts[i] < end and a < end:
+            s = starts[i]
+            e = self._pieces[s][0]
+            if e > a:
+                if s > a:
+                    out.append((a, s))
+                a = max(a, e)
+            i += 1
+        if a < end:
+            out.append((a, end))
+        return out
+
+    def _back(self, addr: int, size: int) -> None:
+        try:
+            mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+        except OSError as e:
+            raise CpuError(f"back 0x{addr:x}+0x{size:x}: {e}", nomem=True) from None
+        host = _Host(mem, ctypes.c_char.from_buffer(mem))
+        self._map_piece(addr, addr + size, host, 0)
+
+    def _map_piece(self, start: int, end: int, host: _Host, offset: int) -> None:
+        status = uclib.uc_mem_map_ptr(
+            self._uch, start, end - start, unicorn.UC_PROT_ALL, host.address + offset
+        )
+        if status:
+            if not host.users:
+                self._close(host)
+            raise _cpu_error(unicorn.UcError(status), f"map 0x{start:x}+0x{end - start:x}")
+        host.users += 1
+        self._pieces[start] = (end, host, offset)
+        bisect.insort(self._piece_starts, start)
+
+    @staticmethod
+    def _close(host: _Host) -> None:
+        del host.anchor  # the export must go before the mapping can close
+        host.mem.close()
+
+    def unback(self, addr: int, size: int) -> None:
+        """Drop the backing of [addr, addr+size) (a release): pieces that extend beyond it
+        keep their outer parts, contents included. Unicorn drops the code translated there
+        and the pages' TLB entries."""
+        end = addr + size
+        self._forget(addr, size)
+        for s in [s for s in self._piece_starts if s < end and self._pieces[s][0] > addr]:
+            e, host, off = self._pieces.pop(s)
+            self._piece_starts.remove(s)
+            self._invalidating = True
+            try:
+                uclib.uc_mem_unmap(self._uch, s, e - s)
+            finally:
+                self._invalidating = False
+            host.users -= 1
+            if s < addr:
+                self._map_piece(s, addr, host, off)
+            if end < e:
+                self._map_piece(end, e, host, off + (end - s))
+            if host.users:
+                a, b = max(s, addr), min(e, end)
+                host.mem.madvise(mmap.MADV_DONTNEED, off + (a - s), b - a)
+            else:
+                self._close(host)
+        self._forget_code(addr, size)
+
+    def decommit(self, addr: int, size: int) -> None:
+        """The pages of [addr, addr+size) are no longer committed: their contents go (the host
+        gets the memory back; they read zero when committed again), so do their cached
+        translations and any code translated from them."""
+        end = addr + size
+        self._forget(addr, size)
+        self.invalidate_code(addr, size)
+        self._forget_code(addr, size)
+        i = max(bisect.bisect_right(self._piece_starts, addr) - 1, 0)
+        while i < len(self._piece_starts) and self._piece_starts[i] < end:
+            s = self._piece_starts[i]
+            e, host, off = self._pieces[s]
+            a, b = max(s, addr), min(e, end)
+            if a < b:
+                host.mem.madvise(mmap.MADV_DONTNEED, off + (a - s), b - a)
+            i += 1
+        self.flush_tlb()
+
+    def backing(self) -> list[tuple[int, int]]:
+        """The backed pieces as (address, size), in address order (for snapshots)."""
+        return [(s, self._pieces[s][0] - s) for s in self._piece_starts]
 
     def map_system(self, addr: int, size: int, protect: int) -> None:
         """Map pages the CPU itself needs outside the process's address space (x86's GDT):
@@ -528,31 +661,31 @@ class Cpu:
         """Put back a state from ``save_context`` (not during a run)."""
         self.uc.context_restore(context)
 
-    def save_memory(self) -> list[tuple[int, int, int, bytes]]:
-        """Every mapping of the process as (address, size, Unicorn permissions, contents): what
-        ``restore_memory`` puts back. The CPU layer's own pages (``map_system``/``map_host``:
-        the call gate, x86's GDT) are not the process's state and stay as they are."""
-        out = []
-        for begin, end, perms in self.uc.mem_regions():
-            if begin in self._system_pages:
-                continue
-            size = end - begin + 1
-            out.append((begin, size, perms, bytes(self.uc.mem_read(begin, size))))
-        return out
+    def save_memory(
+        self, ranges: Iterable[tuple[int, int]] | None = None
+    ) -> list[tuple[int, int, bytes]]:
+        """The contents of ``ranges`` (address, size), by default of every backed piece, as
+        (address, size, bytes): what ``restore_memory`` writes back. The CPU layer's own pages
+        (``map_system``/``map_host``: the call gate, x86's GDT) are not the process's state."""
+        return [(a, n, bytes(self.uc.mem_read(a, n))) for a, n in (ranges or self.backing())]
 
-    def restore_memory(self, image: list[tuple[int, int, int, bytes]]) -> None:
-        """Make the mappings and their contents those of a ``save_memory`` image: a mapping
-        that differs is unmapped (or mapped), every byte is written, translated code dropped."""
-        uc = self.uc
-        want = {(a, s, p) for a, s, p, _ in image}
-        for begin, end, perms in list(uc.mem_regions()):
-            if begin not in self._system_pages and (begin, end - begin + 1, perms) not in want:
-                uc.mem_unmap(begin, end - begin + 1)
-        have = {(b, e - b + 1, p) for b, e, p in uc.mem_regions()}
-        for addr, size, perms, data in image:
-            if (addr, size, perms) not in have:
-                uc.mem_map(addr, size, perms)
-            uc.mem_write(addr, data)
+    def restore_memory(
+        self, image: list[tuple[int, int, bytes]], backing: list[tuple[int, int]]
+    ) -> None:
+        """Make the backed pieces ``backing`` (from ``backing()``) and their contents zero
+        except what ``image`` (from ``save_memory``) holds; translated code dropped."""
+        want = set(backing)
+        for piece in self.backing():
+            if piece not in want:
+                self.unback(*piece)
+        have = set(self.backing())
+        for addr, size in backing:
+            if (addr, size) not in have:
+                self._back(addr, size)
+        for start, (end, host, off) in self._pieces.items():
+            host.mem.madvise(mmap.MADV_DONTNEED, off, end - start)
+        for addr, _, data in image:
+            self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping
         self._perms.clear()
         self._code_pages.clear()
