@@ -24,7 +24,6 @@ permissions; protection lives in the TLB, so every change of it flushes the TLB.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import dataclasses
 import logging
@@ -177,27 +176,13 @@ _UC_CTL_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
 _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_CTL_TB_REMOVE_CACHE
 
 
-# Backing: host memory behind the process's memory, mapped into Unicorn in pieces of at most
-# _CHUNK bytes (a whole reservation when it is smaller), on the first commit that needs one.
-# Anonymous mappings take host RAM only for pages touched, and MAP_NORESERVE keeps a large
-# piece from counting against the host's overcommit limit. One Unicorn mapping per piece, not
-# per commit: Unicorn keeps mappings in a sorted array and rebuilds its address map on every
-# map/unmap, and looks code pages up through a linear list of them.
-_CHUNK = 64 << 20
-_MAP_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
-
-
-@dataclasses.dataclass(eq=False)
-class _Host:
-    """One host mapping behind one or more backed pieces (split by partial releases)."""
-
-    mem: mmap.mmap
-    anchor: ctypes.c_char  # keeps the buffer exported while Unicorn points into it
-    users: int = 0
-
-    @property
-    def address(self) -> int:
-        return ctypes.addressof(self.anchor)
+# Backing: the process's address space is backed by host memory in aligned windows (256 MiB on
+# x86, 1 GiB on x64), each one Unicorn mapping made on the first commit inside it and kept:
+# commits, decommits and releases never map or unmap (Unicorn keeps mappings in a sorted array,
+# rebuilds its address map on every map/unmap and looks code pages up in a list of them).
+# Anonymous host memory takes RAM only for pages touched (a decommit hands them back with
+# MADV_DONTNEED), and MAP_NORESERVE keeps a window from counting against overcommit limits.
+_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
 
 
 class _Watchdog:
@@ -293,9 +278,10 @@ class Cpu:
         self._perms: dict[int, int] = {}
         self._tlb_state: native.TlbState | None = None
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
-        # backed pieces of the process's memory: start -> (end, host, offset in host)
-        self._pieces: dict[int, tuple[int, _Host, int]] = {}
-        self._piece_starts: list[int] = []  # sorted
+        # backed windows: start -> (first address, end, host memory, its exported buffer)
+        self._windows: dict[int, tuple[int, int, mmap.mmap, ctypes.c_char]] = {}
+        self._window = 1 << 28 if arch.ptr_size == 4 else 1 << 30
+        self._user = (arch.user_min, arch.user_max + 1)
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
         self._tlb_stale = False  # a denied translation may be wrong now: flush after the run
@@ -346,109 +332,52 @@ class Cpu:
             raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
 
     # ------------------------------------------------------------------ backing
-    def ensure_backed(self, addr: int, size: int, lo: int, hi: int) -> None:
-        """Make [addr, addr+size) backed (zero-filled where it was not), adding pieces of at
-        most _CHUNK bytes aligned to _CHUNK and clipped to [lo, hi) (the reservation: a
-        piece never spans two). Accesses are still decided by the page-fault handler: backed
-        memory that is not committed faults like unbacked memory."""
-        start, end = max(lo, addr & ~(_CHUNK - 1)), min(hi, -(-(addr + size) // _CHUNK) * _CHUNK)
-        for gap_start, gap_end in self._gaps(start, end):
-            a = gap_start
-            while a < gap_end:
-                b = min(gap_end, (a & ~(_CHUNK - 1)) + _CHUNK)
-                self._back(a, b - a)
-                a = b
+    def ensure_backed(self, addr: int, size: int) -> None:
+        """Make [addr, addr+size) (in the process's address space) backed: each window it
+        touches gets host memory mapped into Unicorn, once. Fresh backing reads zero.
+        Accesses are still decided by the page-fault handler: backed memory that is not
+        committed faults like unbacked memory."""
+        w = self._window
+        for start in range(addr - addr % w, addr + size, w):
+            if start not in self._windows:
+                self._back(start)
 
-    def _gaps(self, start: int, end: int) -> list[tuple[int, int]]:
-        """The parts of [start, end) no piece backs."""
-        out, a = [], start
-        i = bisect.bisect_right(self._piece_starts, start) - 1
-        starts = self._piece_starts
-        i = max(i, 0)
-        while i < len(starts) and starts[i] < end and a < end:
-            s = starts[i]
-            e = self._pieces[s][0]
-            if e > a:
-                if s > a:
-                    out.append((a, s))
-                a = max(a, e)
-            i += 1
-        if a < end:
-            out.append((a, end))
-        return out
-
-    def _back(self, addr: int, size: int) -> None:
+    def _back(self, start: int) -> None:
+        lo, hi = max(start, self._user[0]), min(start + self._window, self._user[1])
         try:
-            mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+            mem = mmap.mmap(-1, hi - lo, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE)
         except OSError as e:
-            raise CpuError(f"back 0x{addr:x}+0x{size:x}: {e}", nomem=True) from None
-        host = _Host(mem, ctypes.c_char.from_buffer(mem))
-        self._map_piece(addr, addr + size, host, 0)
-
-    def _map_piece(self, start: int, end: int, host: _Host, offset: int) -> None:
+            raise CpuError(f"back 0x{lo:x}+0x{hi - lo:x}: {e}", nomem=True) from None
+        anchor = ctypes.c_char.from_buffer(mem)
         status = uclib.uc_mem_map_ptr(
-            self._uch, start, end - start, unicorn.UC_PROT_ALL, host.address + offset
+            self._uch, lo, hi - lo, unicorn.UC_PROT_ALL, ctypes.addressof(anchor)
         )
         if status:
-            if not host.users:
-                self._close(host)
-            raise _cpu_error(unicorn.UcError(status), f"map 0x{start:x}+0x{end - start:x}")
-        host.users += 1
-        self._pieces[start] = (end, host, offset)
-        bisect.insort(self._piece_starts, start)
-
-    @staticmethod
-    def _close(host: _Host) -> None:
-        del host.anchor  # the export must go before the mapping can close
-        host.mem.close()
-
-    def unback(self, addr: int, size: int) -> None:
-        """Drop the backing of [addr, addr+size) (a release): pieces that extend beyond it
-        keep their outer parts, contents included. Unicorn drops the code translated there
-        and the pages' TLB entries."""
-        end = addr + size
-        self._forget(addr, size)
-        for s in [s for s in self._piece_starts if s < end and self._pieces[s][0] > addr]:
-            e, host, off = self._pieces.pop(s)
-            self._piece_starts.remove(s)
-            self._invalidating = True
-            try:
-                uclib.uc_mem_unmap(self._uch, s, e - s)
-            finally:
-                self._invalidating = False
-            host.users -= 1
-            if s < addr:
-                self._map_piece(s, addr, host, off)
-            if end < e:
-                self._map_piece(end, e, host, off + (end - s))
-            if host.users:
-                a, b = max(s, addr), min(e, end)
-                host.mem.madvise(mmap.MADV_DONTNEED, off + (a - s), b - a)
-            else:
-                self._close(host)
-        self._forget_code(addr, size)
+            del anchor  # the buffer's export must go before the mapping can close
+            mem.close()
+            raise _cpu_error(unicorn.UcError(status), f"map 0x{lo:x}+0x{hi - lo:x}")
+        self._windows[start] = (lo, hi, mem, anchor)
 
     def decommit(self, addr: int, size: int) -> None:
-        """The pages of [addr, addr+size) are no longer committed: their contents go (the host
-        gets the memory back; they read zero when committed again), so do their cached
-        translations and any code translated from them."""
-        end = addr + size
+        """The pages of [addr, addr+size) are no longer committed (decommitted or released):
+        their contents go (the host gets the memory back; they read zero when committed
+        again), so do their cached translations and any code translated from them."""
         self._forget(addr, size)
         self.invalidate_code(addr, size)
         self._forget_code(addr, size)
-        i = max(bisect.bisect_right(self._piece_starts, addr) - 1, 0)
-        while i < len(self._piece_starts) and self._piece_starts[i] < end:
-            s = self._piece_starts[i]
-            e, host, off = self._pieces[s]
-            a, b = max(s, addr), min(e, end)
-            if a < b:
-                host.mem.madvise(mmap.MADV_DONTNEED, off + (a - s), b - a)
-            i += 1
+        w, end = self._window, addr + size
+        for start in range(addr - addr % w, end, w):
+            window = self._windows.get(start)
+            if window is not None:
+                lo, hi, mem, _ = window
+                a, b = max(lo, addr), min(hi, end)
+                if a < b:
+                    mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
         self.flush_tlb()
 
-    def backing(self) -> list[tuple[int, int]]:
-        """The backed pieces as (address, size), in address order (for snapshots)."""
-        return [(s, self._pieces[s][0] - s) for s in self._piece_starts]
+    def backing(self) -> list[int]:
+        """The windows backed (their starts), in address order (for snapshots)."""
+        return sorted(self._windows)
 
     def map_system(self, addr: int, size: int, protect: int) -> None:
         """Map pages the CPU itself needs outside the process's address space (x86's GDT):
@@ -661,29 +590,20 @@ class Cpu:
         """Put back a state from ``save_context`` (not during a run)."""
         self.uc.context_restore(context)
 
-    def save_memory(
-        self, ranges: Iterable[tuple[int, int]] | None = None
-    ) -> list[tuple[int, int, bytes]]:
-        """The contents of ``ranges`` (address, size), by default of every backed piece, as
-        (address, size, bytes): what ``restore_memory`` writes back. The CPU layer's own pages
-        (``map_system``/``map_host``: the call gate, x86's GDT) are not the process's state."""
-        return [(a, n, bytes(self.uc.mem_read(a, n))) for a, n in (ranges or self.backing())]
+    def save_memory(self, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int, bytes]]:
+        """The contents of ``ranges`` (address, size) as (address, size, bytes): what
+        ``restore_memory`` writes back."""
+        return [(a, n, bytes(self.uc.mem_read(a, n))) for a, n in ranges]
 
-    def restore_memory(
-        self, image: list[tuple[int, int, bytes]], backing: list[tuple[int, int]]
-    ) -> None:
-        """Make the backed pieces ``backing`` (from ``backing()``) and their contents zero
-        except what ``image`` (from ``save_memory``) holds; translated code dropped."""
-        want = set(backing)
-        for piece in self.backing():
-            if piece not in want:
-                self.unback(*piece)
-        have = set(self.backing())
-        for addr, size in backing:
-            if (addr, size) not in have:
-                self._back(addr, size)
-        for start, (end, host, off) in self._pieces.items():
-            host.mem.madvise(mmap.MADV_DONTNEED, off, end - start)
+    def restore_memory(self, image: list[tuple[int, int, bytes]], backing: list[int]) -> None:
+        """Make the process's memory zero except what ``image`` (from ``save_memory``) holds,
+        with at least the windows ``backing`` (from ``backing()``) backed; translated code
+        dropped. The CPU layer's own pages (the call gate, x86's GDT) stay as they are."""
+        for start in backing:
+            if start not in self._windows:
+                self._back(start)
+        for lo, hi, mem, _ in self._windows.values():
+            mem.madvise(mmap.MADV_DONTNEED, 0, hi - lo)
         for addr, _, data in image:
             self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping

@@ -6,11 +6,11 @@ image) and per-page state: reserved, or committed with a protection. Page states
 run-length (:class:`PageRuns`), so a reservation costs the same host memory whatever its size:
 a 16 GiB reservation is one run, not four million list slots.
 
-The CPU backs a reservation with host memory on its first commit (``Cpu.ensure_backed``: one
-Unicorn mapping per reservation, or per 64 MiB of a larger one), and drops the backing when the
-pages are released; committing and decommitting inside it are bookkeeping plus, for a decommit,
-zeroing the pages (``Cpu.decommit``: the host takes them back, they read zero when committed
-again) and flushing the TLB. Which accesses are allowed is not the backing's business: the CPU
+The CPU backs the address space with host memory in large aligned windows, each mapped into
+Unicorn once, on the first commit inside it (``Cpu.ensure_backed``); committing is then
+bookkeeping, and decommitting or releasing is bookkeeping plus zeroing the pages
+(``Cpu.decommit``: the host takes them back, they read zero when committed again) and
+flushing the TLB. Which accesses are allowed is not the backing's business: the CPU
 asks on each TLB miss (``ProcessCore._on_page_fault``: ``page_state`` and
 ``cpu_protection_at``), so backed pages that are reserved, free or guard pages fault exactly as
 unbacked ones, and every change of protection here flushes the TLB (``Cpu.protect``).
@@ -513,7 +513,6 @@ class MemoryManager:
                 self._set_pages(region, 0, region.pages.count, protect)
             except NtStatusError:
                 self._remove(region)
-                self.cpu.unback(region.base, region.size)
                 raise
         return start, end - start
 
@@ -840,7 +839,6 @@ class MemoryManager:
     def _release(self, region: Region) -> None:
         self._set_pages(region, 0, region.pages.count, RESERVED)
         self._remove(region)
-        self.cpu.unback(region.base, region.size)
 
     def _release_part(self, region: Region, start: int, end: int) -> None:
         """Release [start, end) of a private allocation: what remains on each side is an
@@ -850,7 +848,6 @@ class MemoryManager:
             self._check_region_count()
         self._set_pages(region, i0, i1, RESERVED)
         self._split(region, [(0, i0), (i1, region.pages.count)])
-        self.cpu.unback(start, end - start)
 
     def _split(self, region: Region, pieces: list[tuple[int, int]]) -> list[Region]:
         """Replace ``region`` by allocations over its page ranges ``pieces`` (empty ones
@@ -965,7 +962,7 @@ class MemoryManager:
                         region.dirty.difference_update(range(i, j))
             elif old == RESERVED:
                 try:
-                    cpu.ensure_backed(addr, length, region.base, region.end)
+                    cpu.ensure_backed(addr, length)
                 except CpuError as e:  # the host cannot back it
                     raise NtStatusError(
                         NtStatus.COMMITMENT_LIMIT, f"cannot commit 0x{length:x} bytes: {e}"

@@ -49,7 +49,7 @@ class Snapshot:
     memory: list[tuple[int, int, bytes]]  # (address, size, bytes) of the committed runs
     state: dict[str, Any]
     records: dict[str, Any] = field(default_factory=dict)
-    backing: list[tuple[int, int]] = field(default_factory=list)  # Cpu.backing()
+    backing: list[int] = field(default_factory=list)  # the windows Cpu.backing() listed
 
     @property
     def memory_bytes(self) -> int:
