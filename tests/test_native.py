@@ -38,10 +38,16 @@ def test_events_are_the_same_with_and_without_the_native_path(
     assert not was_native
     assert fast == slow
     names = [e["function"].split("!")[-1] for e in fast if e["depth"] == 0]
-    assert names == ["RtlAllocateHeap"] * 4 + ["RtlReAllocateHeap"] + [
-        "RtlSizeHeap",
-        "RtlFreeHeap",
-    ] * 4
+    assert (
+        names
+        == ["RtlAllocateHeap"] * 4
+        + ["RtlReAllocateHeap"]
+        + [
+            "RtlSizeHeap",
+            "RtlFreeHeap",
+        ]
+        * 4
+    )
     assert all(e["instructions"] > 0 and e["blocks"] > 0 and e["finished"] for e in fast)
 
 

@@ -1088,9 +1088,9 @@ class _SpecialSet(set[int]):
         if self._map is not None:
             self._map.put(address, 1)
 
-    def discard(self, address: int) -> None:
+    def discard(self, address: object) -> None:
         super().discard(address)
-        if self._map is not None:
+        if self._map is not None and isinstance(address, int):
             self._map.delete(address)
 
     def clear(self) -> None:
@@ -1098,7 +1098,7 @@ class _SpecialSet(set[int]):
         if self._map is not None:
             self._map.clear()
 
-    def update(self, *others: Iterable[int]) -> None:  # type: ignore[override]
+    def update(self, *others: Iterable[int]) -> None:
         for other in others:
             for address in other:
                 self.add(address)
