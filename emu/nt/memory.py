@@ -136,6 +136,14 @@ class PageRuns:
     def get(self, i: int) -> int:
         return self.states[bisect.bisect_right(self.starts, i) - 1]
 
+    def uniform(self, i0: int, i1: int) -> int | None:
+        """The state of pages [i0, i1) when one run holds them all (else None): the common
+        case of the kernel's probes, answered without walking runs."""
+        starts = self.starts
+        k = bisect.bisect_right(starts, i0) - 1
+        end = starts[k + 1] if k + 1 < len(starts) else self.count
+        return self.states[k] if i1 <= end else None
+
     def run_end(self, i: int) -> int:
         """The first page after the run holding page ``i``."""
         k = bisect.bisect_right(self.starts, i)
@@ -690,6 +698,11 @@ class MemoryManager:
         """Is every page of [addr, addr+size) committed and not a guard page (what Python may
         read and write like a debugger)?"""
         end = addr + size
+        region = self.region_at(addr)
+        if region is not None and end <= region.end:
+            state = region.pages.uniform(region.page_index(addr), region.page_index(end - 1) + 1)
+            if state is not None:
+                return _mapped(state)
         while addr < end:
             region = self.region_at(addr)
             if region is None:
@@ -720,6 +733,11 @@ class MemoryManager:
         end = addr + size
         if addr < self.arch.user_min or end - 1 > self.arch.user_max:
             return False
+        region = self.region_at(addr)
+        if region is not None and end <= region.end:  # one region, usually one run
+            state = region.pages.uniform(region.page_index(addr), region.page_index(end - 1) + 1)
+            if state is not None:
+                return bool(state) and protection_allows(state, write=write)
         while addr < end:
             region = self.region_at(addr)
             if region is None:
