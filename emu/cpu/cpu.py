@@ -930,6 +930,7 @@ class BlockCounter:
         self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS))()
         self._frame = (ctypes.c_char * native.MAX_FRAME)()
         self._frame_ok = False
+        self._views()
         self._counts: dict[int, int] = {}  # block address -> instructions (Python path)
         self._state: native.BlockState | None = None
         self._keep: tuple[object, ...] = ()
@@ -996,6 +997,7 @@ class BlockCounter:
             self._frame = (ctypes.c_char * native.MAX_FRAME).from_address(
                 base + native.BlockState.frame.offset
             )
+            self._views()
             self._hook = cpu._register_hook(
                 unicorn.UC_HOOK_BLOCK,
                 native.function_address(lib, "heapemu_block"),
@@ -1035,11 +1037,20 @@ class BlockCounter:
 
         return capture
 
+    def _views(self) -> None:
+        """Byte views of the captures (slicing them is cheaper than a C call per read)."""
+        self._value_bytes = memoryview(self.values).cast("B")
+        self._frame_bytes = memoryview(self._frame).cast("B")[: self._frame_size]
+
+    def captured(self, first: int, count: int) -> bytes:
+        """``count`` captured registers from the ``first``-th, as 16-byte slots."""
+        return bytes(self._value_bytes[16 * first : 16 * (first + count)])
+
     def frame(self) -> bytes:
         """The stack captured for the current ``on_special`` (empty when unreadable)."""
         st = self._state
         ok = st.frame_ok if st is not None else self._frame_ok
-        return self._frame.raw[: self._frame_size] if ok else b""
+        return bytes(self._frame_bytes) if ok else b""
 
     def stop(self) -> None:
         if self._hook is None:
@@ -1053,6 +1064,7 @@ class BlockCounter:
             self._frame = type(self._frame).from_buffer_copy(self._frame)
             self._frame_ok = bool(st.frame_ok)
             self._state = None
+            self._views()
         self.cpu.unhook(self._hook)
         self._hook = None
 

@@ -376,9 +376,7 @@ class EventRecorder:
     def _callee_saved(self) -> bytes:
         """Every register the callee must preserve (and EFLAGS), as the counter captured
         them for this entry or return."""
-        return ctypes.string_at(
-            ctypes.addressof(self._counter.values) + 16 * self._saved_slot, self._saved_bytes
-        )
+        return self._counter.captured(self._saved_slot, self._saved_bytes // 16)
 
     def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
         arch = self.proc.arch
