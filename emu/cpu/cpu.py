@@ -1,10 +1,11 @@
 """The CPU layer: with ``callgate``, ``segments`` and ``disasm`` beside it, the only code that
 talks to Unicorn and capstone (the architecture contract checks it).
 
-Windows logic (memory manager, system calls, calls) uses this small interface: map/unmap/protect,
-read/write (``CpuError`` when Unicorn refuses), registers and batch register readers,
-``run(begin, until)``, hooks whose callbacks never see Unicorn (``fn(address, size)``,
-``fn(intno)``, ``fn()``), ``flush_translations``, and a record of why a run stopped. Hot-path
+Windows logic (memory manager, system calls, calls) uses this small interface:
+ensure_backed/decommit/protect, read/write (``CpuError`` when Unicorn refuses), registers and
+batch register readers, ``run(begin, until)``, hooks whose callbacks never see Unicorn
+(``fn(address, size)``, ``fn(intno)``, ``fn()``), ``flush_translations``, and a record of why a
+run stopped. Hot-path
 operations (register writes, ``emu_start``) go through Unicorn's C API via ctypes directly,
 because the Python binding's wrappers cost ~2 µs per register access (measured on Unicorn
 2.1.4).
@@ -18,8 +19,10 @@ the stack into?) and installs an identity translation with the page's permission
 stores that hit the TLB never leave generated code. A denied access is translated into a physical
 window nothing maps (``_DENIED``): the access itself then reaches Unicorn's unmapped-memory path,
 where one hook limited to that window learns its exact address and, with the CPU state restored,
-the faulting instruction's pc. Unicorn's own mappings follow committed memory only, all with full
-permissions; protection lives in the TLB, so every change of it flushes the TLB.
+the faulting instruction's pc. Unicorn's own mappings are the backing windows (see _NORESERVE's
+comment), all with full permissions; protection lives in the TLB, so every change of it flushes
+the TLB. The TLB refills that Python already answered, and the block counting of event
+recording, run in C when ``native`` could build ``fastpath.c``.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def register_ids(arch: Arch) -> dict[str, int]:
 
 class CpuError(Exception):
     """Unicorn refused a memory operation: the range is unmapped, or the host cannot back it
-    (``nomem``). Raised by ``Cpu.map/unmap/protect/read/write`` instead of Unicorn's error."""
+    (``nomem``). Raised by the Cpu's memory methods instead of Unicorn's error."""
 
     def __init__(self, message: str, *, nomem: bool = False):
         super().__init__(message)
@@ -322,15 +325,6 @@ class Cpu:
         )
 
     # ------------------------------------------------------------------ memory
-    def map(self, addr: int, size: int, protect: int) -> None:
-        """Back [addr, addr+size) with zero-filled memory. Accesses are allowed as the
-        page-fault handler answers; ``protect`` is what it will answer (kept for the reader)."""
-        self._forget(addr, size)
-        try:
-            self.uc.mem_map(addr, size, unicorn.UC_PROT_ALL)  # Unicorn flushes the TLB
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
-
     # ------------------------------------------------------------------ backing
     def ensure_backed(self, addr: int, size: int) -> None:
         """Make [addr, addr+size) (in the process's address space) backed: each window it
@@ -382,7 +376,10 @@ class Cpu:
     def map_system(self, addr: int, size: int, protect: int) -> None:
         """Map pages the CPU itself needs outside the process's address space (x86's GDT):
         their protection is answered here, not by the page-fault handler."""
-        self.map(addr, size, protect)
+        try:
+            self.uc.mem_map(addr, size, unicorn.UC_PROT_ALL)  # Unicorn flushes the TLB
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
         for page in range(addr, addr + size, 0x1000):
             self._system_pages[page] = protect
 
@@ -400,19 +397,6 @@ class Cpu:
         for page in range(addr, addr + size, 0x1000):
             self._system_pages[page] = PAGE_READWRITE
         return buf
-
-    def unmap(self, addr: int, size: int) -> None:
-        """Drop the backing of [addr, addr+size). Unicorn drops the code translated from it
-        and flushes its pages' TLB entries (only those: the rest of the TLB stays warm)."""
-        self._forget(addr, size)
-        self._invalidating = True
-        try:
-            self.uc.mem_unmap(addr, size)
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"unmap 0x{addr:x}+0x{size:x}") from None
-        finally:
-            self._invalidating = False
-        self._forget_code(addr, size)  # its translations are gone
 
     def protect(self, addr: int, size: int, protect: int) -> None:
         """The protection of [addr, addr+size) changed: translations cached in the TLB go (the
