@@ -5,10 +5,9 @@ Windows logic (memory manager, system calls, calls) uses this small interface:
 ensure_backed/decommit/protect, read/write (``CpuError`` when Unicorn refuses), registers and
 batch register readers, ``run(begin, until)``, hooks whose callbacks never see Unicorn
 (``fn(address, size)``, ``fn(intno)``, ``fn()``), ``flush_translations``, and a record of why a
-run stopped. Hot-path
-operations (register writes, ``emu_start``) go through Unicorn's C API via ctypes directly,
-because the Python binding's wrappers cost ~2 µs per register access (measured on Unicorn
-2.1.4).
+run stopped. Hot-path operations (register writes, ``emu_start``) go through Unicorn's C API
+via ctypes directly, because the Python binding's wrappers cost ~2 µs per register access
+(measured on Unicorn 2.1.4).
 
 Memory faults without memory hooks. Any Unicorn memory hook, even one that only fires on unmapped
 or protected accesses, sends every guest load and store through Unicorn's slow path (~10x slower
