@@ -185,6 +185,9 @@ _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_
 # Anonymous host memory takes RAM only for pages touched (a decommit hands them back with
 # MADV_DONTNEED), and MAP_NORESERVE keeps a window from counting against overcommit limits.
 _NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
+# a decommit up to this size zeroes the pages in place (they stay resident); a larger one
+# hands them back to the host
+_ZERO_IN_PLACE = 256 << 10
 
 
 class _Watchdog:
@@ -362,10 +365,12 @@ class Cpu:
         for start in range(addr - addr % w, end, w):
             window = self._windows.get(start)
             if window is not None:
-                lo, hi, mem, _ = window
+                lo, hi, mem, anchor = window
                 a, b = max(lo, addr), min(hi, end)
-                if a < b:
+                if b - a > _ZERO_IN_PLACE:
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
+                elif a < b:  # cheaper than the system call and the page faults that follow
+                    ctypes.memset(ctypes.addressof(anchor) + (a - lo), 0, b - a)
         self.flush_tlb()
 
     def backing(self) -> list[int]:
@@ -438,18 +443,20 @@ class Cpu:
         self._tlb_stale = False
 
     def read(self, addr: int, size: int) -> bytes:
-        try:
-            return bytes(self.uc.mem_read(addr, size))
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"read 0x{addr:x}+0x{size:x}") from None
+        # the C API directly: the system calls read and write user memory a few times each
+        buf = ctypes.create_string_buffer(size)
+        status = uclib.uc_mem_read(self._uch, addr, buf, size)
+        if status:
+            raise _cpu_error(unicorn.UcError(status), f"read 0x{addr:x}+0x{size:x}")
+        return buf.raw
 
     def write(self, addr: int, data: bytes) -> None:
         """Write like a debugger (protections do not apply). Code translated from the range
         is dropped, so code written over code that already ran takes effect."""
-        try:
-            self.uc.mem_write(addr, bytes(data))
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"write 0x{addr:x}+0x{len(data):x}") from None
+        data = data if type(data) is bytes else bytes(data)
+        status = uclib.uc_mem_write(self._uch, addr, data, len(data))
+        if status:
+            raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
         if self._code_pages:
             page, end = addr & _PAGE_MASK, addr + len(data)
             while page < end:
