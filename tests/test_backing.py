@@ -90,3 +90,13 @@ def test_a_snapshot_restores_memory_it_did_not_save_as_zero(proc: Process) -> No
     proc.memory.allocate(base, 0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
     assert proc.read(base, 4) == bytes(4)
     assert proc.call(_reader(proc, base)) == 0
+
+
+@pytest.mark.parametrize("size", [0x3000, 0x80000])  # zeroed in place / handed back to the host
+def test_decommitted_ranges_read_zero_when_committed_again(proc: Process, size: int) -> None:
+    base, _ = proc.memory.allocate(0, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+    proc.write(base, b"\xff" * size)
+    proc.memory.free(base, size, MEM_DECOMMIT)
+    proc.memory.allocate(base, size, MEM_COMMIT, PAGE_READWRITE)
+    assert proc.read(base, size) == bytes(size)
+    assert proc.call(_reader(proc, base + size - 4)) == 0
