@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from emu.arch import Arch
 from emu.cpu.cpu import BlockCounter
 from emu.nt.kernel import SyscallRecord
 from emu.observe.stackwalk import Frame, StackWalker
@@ -184,7 +183,9 @@ class EventRecorder:
         self._saved_slot = len(capture)
         if check_conventions:
             capture += (*arch.nonvolatile, "eflags", *(_XMM if arch.ptr_size == 8 else ()))
-        self._saved_bytes = 16 * (len(capture) - self._saved_slot)
+        self._saved_count = len(capture) - self._saved_slot
+        self._eflags_at = 16 * len(arch.nonvolatile)  # in the callee-saved bytes
+        self._x64 = arch.ptr_size == 8
         frame = 0x80 if check_conventions else self._args_frame_size()
         self._counter = BlockCounter(proc.cpu, self._on_special, capture, frame)
         # entries and return addresses: where the counter calls _on_special. A return
@@ -373,11 +374,6 @@ class EventRecorder:
                 self.violations.append((ev, problem))
 
     # ------------------------------------------------------------------ convention checks
-    def _callee_saved(self) -> bytes:
-        """Every register the callee must preserve (and EFLAGS), as the counter captured
-        them for this entry or return."""
-        return self._counter.captured(self._saved_slot, self._saved_bytes // 16)
-
     def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
         arch = self.proc.arch
         names = arch.nonvolatile
@@ -398,31 +394,28 @@ class EventRecorder:
     def _save_state(self, ev: AllocationEvent, stack: bytes) -> None:
         """Callee-saved registers and, on x64, the caller's frame above the shadow space and
         stack arguments (``stack`` holds the 0x80 bytes at the entry stack pointer)."""
-        arch = self.proc.arch
-        ev._saved["state"] = self._callee_saved()
-        if arch.ptr_size == 8:
-            if ev.entry_sp % 16 != 8:
-                ev.violations.append(
-                    f"misaligned stack at entry: rsp=0x{ev.entry_sp:x} (must be 8 mod 16)"
-                )
+        saved = ev._saved
+        saved["state"] = self._counter.captured(self._saved_slot, self._saved_count)
+        if self._x64:
+            sp = ev.entry_sp
+            if sp % 16 != 8:
+                ev.violations.append(f"misaligned stack at entry: rsp=0x{sp:x} (must be 8 mod 16)")
                 self.violations.append((ev, ev.violations[-1]))
             # the caller's frame above the shadow space and stack arguments must not change
-            nstack = max(0, len(ev.args) - 4)
-            above = ev.entry_sp + 8 + 0x20 + 8 * nstack
-            off = above - ev.entry_sp
+            off = 8 + 0x20 + 8 * max(0, len(ev.args) - 4)
             window = stack[off : off + 0x40] if off + 0x40 <= len(stack) else b""
-            ev._saved["frame"] = (above, window or self._read_frame(above))
+            saved["frame"] = (sp + off, window or self._read_frame(sp + off))
 
     def _check_state(self, ev: AllocationEvent, sp: int) -> list[str]:
         arch = self.proc.arch
         problems = []
-        after_raw = self._callee_saved()
+        after_raw = self._counter.captured(self._saved_slot, self._saved_count)
         before_raw = ev._saved["state"]
-        k = 16 * len(arch.nonvolatile)  # EFLAGS (the next slot) may change, except DF
+        k = self._eflags_at  # EFLAGS (the slot at k) may change, except DF
         if (
             after_raw[:k] == before_raw[:k]
             and after_raw[k + 16 :] == before_raw[k + 16 :]
-            and not _df_set(after_raw, arch)
+            and not after_raw[k + 1] & (DF >> 8)
         ):
             before_regs: dict[str, int] = {}
             after_regs: dict[str, int] = {}
@@ -482,11 +475,6 @@ def _argc_for(counts: dict[str, int], used: set[str], name: str, target: str | i
             found = value
             used.add(key)
     return found
-
-
-def _df_set(raw: bytes, arch: Arch) -> bool:
-    k = len(arch.nonvolatile)
-    return bool(int.from_bytes(raw[16 * k : 16 * k + 4], "little") & DF)
 
 
 @contextmanager
