@@ -1036,6 +1036,14 @@ class BlockCounter:
         """``count`` captured registers from the ``first``-th, as 16-byte slots."""
         return bytes(self._value_bytes[16 * first : 16 * (first + count)])
 
+    def frame_slice(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the captured stack from ``offset`` (empty when not captured)."""
+        st = self._state
+        ok = st.frame_ok if st is not None else self._frame_ok
+        if not ok or offset < 0 or offset + size > self._frame_size:
+            return b""
+        return bytes(self._frame_bytes[offset : offset + size])
+
     def frame(self) -> bytes:
         """The stack captured for the current ``on_special`` (empty when unreadable)."""
         st = self._state

@@ -435,11 +435,7 @@ class EventRecorder:
             if sp != ev.entry_sp + 8:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
             above, data = ev._saved["frame"]
-            captured, off = self._counter.frame(), above - sp
-            if off >= 0 and off + 0x40 <= len(captured):
-                now = captured[off : off + 0x40]
-            else:
-                now = self._read_frame(above)
+            now = self._counter.frame_slice(above - sp, 0x40) or self._read_frame(above)
             if now and data and now != data:
                 off = next(i for i in range(len(data)) if data[i] != now[i])
                 problems.append(
