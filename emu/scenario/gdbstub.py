@@ -397,6 +397,7 @@ class GdbStub(Observer):
         if cmd == "m":
             addr, _, length = p[1:].partition(",")
             # through the process: memory that is not committed is an error, as on Windows
+            assert self.run is not None
             return self.run.proc.read(_address(addr), _length(length)).hex(), False
         if cmd == "M":
             where, _, hexdata = p[1:].partition(":")
@@ -404,6 +405,7 @@ class GdbStub(Observer):
             data = _hex(hexdata)
             if length and _length(length) != len(data):
                 raise PacketError("M: length and data disagree")
+            assert self.run is not None
             self.run.proc.write(_address(addr), data)
             return "OK", False
         if cmd in ("c", "s"):
