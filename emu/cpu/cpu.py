@@ -185,9 +185,7 @@ _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_
 # Anonymous host memory takes RAM only for pages touched (a decommit hands them back with
 # MADV_DONTNEED), and MAP_NORESERVE keeps a window from counting against overcommit limits.
 _NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
-# a decommit up to this size zeroes the pages in place (they stay resident); a larger one
-# hands them back to the host
-_ZERO_IN_PLACE = 256 << 10
+
 
 
 class _Watchdog:
@@ -367,10 +365,8 @@ class Cpu:
             if window is not None:
                 lo, hi, mem, anchor = window
                 a, b = max(lo, addr), min(hi, end)
-                if b - a > _ZERO_IN_PLACE:
+                if a < b:  # zero: the host takes the pages back, gives zeros when touched
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
-                elif a < b:  # cheaper than the system call and the page faults that follow
-                    ctypes.memset(ctypes.addressof(anchor) + (a - lo), 0, b - a)
         self.flush_tlb()
 
     def backing(self) -> list[int]:
@@ -423,8 +419,14 @@ class Cpu:
 
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
-        for page in self._pages_within(addr, size, self._perms):
-            del self._perms[page]
+        pages = self._pages_within(addr, size, self._perms)
+        if not pages:
+            return
+        if isinstance(self._perms, native.MirroredDict):
+            self._perms.delete_pages(pages, addr & _PAGE_MASK, addr + size)
+        else:
+            for page in pages:
+                del self._perms[page]
 
     def _forget_code(self, addr: int, size: int) -> None:
         """No translated code is left in [addr, addr+size)."""

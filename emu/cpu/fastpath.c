@@ -134,6 +134,22 @@ void heapemu_map_free(map_t *m) {
 int heapemu_map_put(map_t *m, uint64_t k, int64_t v) { return map_put(m, k, v); }
 void heapemu_map_del(map_t *m, uint64_t k) { map_del(m, k); }
 void heapemu_map_clear(map_t *m) { map_clear(m); }
+
+/* delete the keys in [start, end) that are multiples of step: one C call for a range */
+void heapemu_map_del_range(map_t *m, uint64_t start, uint64_t end, uint64_t step) {
+    if ((end - start) / step <= m->mask + 1) {
+        for (uint64_t k = start; k < end; k += step)
+            map_del(m, k);
+        return;
+    }
+    for (uint64_t i = 0; i <= m->mask; i++)
+        if (m->keys[i] < TOMB && m->keys[i] >= start && m->keys[i] < end &&
+            (m->keys[i] - start) % step == 0) {
+            m->keys[i] = TOMB;
+            m->used--;
+            m->tombs++;
+        }
+}
 uint64_t heapemu_map_len(const map_t *m) { return m->used; }
 
 /* ---------------------------------------------------------------- TLB fill */

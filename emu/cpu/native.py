@@ -113,6 +113,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ("heapemu_map_put", ctypes.c_int, [vp, u64, i64]),
         ("heapemu_map_del", None, [vp, u64]),
         ("heapemu_map_clear", None, [vp]),
+        ("heapemu_map_del_range", None, [vp, u64, u64, u64]),
         ("heapemu_map_len", u64, [vp]),
     ):
         fn = getattr(lib, name)
@@ -179,6 +180,10 @@ class NativeMap:
     def clear(self) -> None:
         self._lib.heapemu_map_clear(self.ptr)
 
+    def delete_range(self, start: int, end: int, step: int) -> None:
+        """Delete the keys ``start``, ``start + step``, ... below ``end``."""
+        self._lib.heapemu_map_del_range(self.ptr, start, end, step)
+
     def __len__(self) -> int:
         return int(self._lib.heapemu_map_len(self.ptr))
 
@@ -207,3 +212,9 @@ class MirroredDict(dict[int, int]):
     def clear(self) -> None:
         super().clear()
         self.native.clear()
+
+    def delete_pages(self, pages: list[int], start: int, end: int) -> None:
+        """Delete ``pages`` (keys, all page addresses in [start, end)) with one C call."""
+        for page in pages:
+            super().__delitem__(page)
+        self.native.delete_range(start, end, 0x1000)
