@@ -187,7 +187,6 @@ _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_
 _NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
 
 
-
 class _Watchdog:
     """One background thread for all CPUs: stops a run that exceeds its wall-clock limit.
 
@@ -363,7 +362,7 @@ class Cpu:
         for start in range(addr - addr % w, end, w):
             window = self._windows.get(start)
             if window is not None:
-                lo, hi, mem, anchor = window
+                lo, hi, mem, _ = window
                 a, b = max(lo, addr), min(hi, end)
                 if a < b:  # zero: the host takes the pages back, gives zeros when touched
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
