@@ -100,3 +100,14 @@ def test_decommitted_ranges_read_zero_when_committed_again(proc: Process, size: 
     proc.memory.allocate(base, size, MEM_COMMIT, PAGE_READWRITE)
     assert proc.read(base, size) == bytes(size)
     assert proc.call(_reader(proc, base + size - 4)) == 0
+
+
+def test_a_jump_into_reserved_memory_is_reported_unreadable(proc: Process) -> None:
+    base, _ = proc.memory.allocate(0, 0x10000, MEM_RESERVE, PAGE_READWRITE)
+    proc.memory.allocate(base, 0x1000, MEM_COMMIT, PAGE_READWRITE)  # the window is backed
+    target = base + 0x2000
+    ax = "rax" if proc.arch.name == "x64" else "eax"
+    with pytest.raises(EmulationError) as e:
+        proc.call(assemble(proc, f"mov {ax}, {target:#x}; call {ax}; ret"))
+    assert (e.value.kind, e.value.pc) == ("unmapped fetch", target)
+    assert e.value.instruction == "<unreadable>"

@@ -272,6 +272,9 @@ class Cpu:
         # set with fault, stop_reason, timed_out or _raw_exception: the run needs a look after
         self._incident = False
         self.page_fault_handler: PageFaultHandler | None = None
+        # whether the process may read [addr, addr+size) (committed pages): backed windows
+        # also hold memory that is not, which fault reports must not show as code
+        self.readable: Callable[[int, int], bool] | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
         # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
         # (every commit flushes the whole TLB) refills from here without asking again; with
@@ -873,6 +876,8 @@ class Cpu:
     def disassemble_one(self, addr: int) -> tuple[str, int]:
         """(text, length) of the instruction at addr, or ("<unreadable>", 0)."""
         for n in (16, 8, 4, 2, 1):
+            if self.readable is not None and not self.readable(addr, n):
+                continue  # backed but not committed: not the process's memory
             try:
                 code = self.read(addr, n)
             except CpuError:

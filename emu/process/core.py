@@ -223,6 +223,7 @@ class ProcessCore:
     def _install_hooks(self) -> None:
         cpu = self.cpu
         cpu.page_fault_handler = self._on_page_fault
+        cpu.readable = self._readable
         cpu.hook_interrupt(self._on_interrupt)
         if self.arch.ptr_size == 8:
             cpu.hook_syscall_insn(self._on_syscall, "syscall")
@@ -236,6 +237,9 @@ class ProcessCore:
         """Does [addr, addr+size) touch the process's address space (where the CPU backs
         whole reservations, so committed pages are the memory manager's to say)?"""
         return addr <= self.arch.user_max and addr + size > self.arch.user_min
+
+    def _readable(self, addr: int, size: int) -> bool:
+        return not self._in_process(addr, size) or self.memory.is_committed(addr, size)
 
     def read(self, addr: int, size: int) -> bytes:
         if size > 0 and self._in_process(addr, size) and not self.memory.is_committed(addr, size):
