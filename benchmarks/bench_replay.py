@@ -14,6 +14,9 @@ For each architecture and allocator, one synthetic tape (``typical`` sizes) is r
   with a block hook, its time taken from runs without hooks);
 * the same operations issued one ``proc.call`` at a time from Python.
 
+Each row also carries the CPU's counters for one replay: TLB misses per operation and how
+many of them Python answered (the rest the native fast path did).
+
 Timed figures are the best of ``ROUNDS`` runs on fresh heaps, after a warm-up replay (so the
 translation cache is warm).
 
@@ -229,6 +232,19 @@ def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[st
         if base is not None:
             base.close()
     assert result is not None
+    # the CPU's own counters over one more timed-path replay: TLB misses per operation, and
+    # how many of them Python answered (None without the native fast path)
+    before = a.proc.cpu.tlb_counters()
+    _fresh_replay(a, tape)
+    after = a.proc.cpu.tlb_counters()
+    tlb = (
+        {
+            "tlb_fills_per_op": round((after[0] - before[0]) / len(tape), 4),
+            "tlb_python_fills_per_op": round((after[1] - before[1]) / len(tape), 4),
+        }
+        if before is not None and after is not None
+        else {}
+    )
     counted = _fresh_replay(a, tape, count_instructions=True)
     instructions = counted.instructions or 0
     ops_s = len(tape) / best
@@ -243,6 +259,7 @@ def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[st
         "syscalls_per_replay": result.syscalls,
         # the counted run executes the same code as the timed ones iff it gives the same results
         "counted_run_same_results": list(counted.values) == list(result.values),
+        **tlb,
     }
     rows = []
     if kind == "builtin":

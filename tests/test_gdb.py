@@ -185,6 +185,7 @@ def test_the_protocol_by_hand(arch: str, tmp_path: Path, started: list[Run]) -> 
     assert int.from_bytes(g[pc_reg * ptr : pc_reg * ptr + ptr], "little") == create
     assert bytes.fromhex(c.ask(f"m{create:x},4")) == first_bytes
     assert c.ask("m0,4").startswith("E")  # unmapped
+    assert c.ask(f"m{stack_lo:x},4").startswith("E")  # reserved, not committed (yet backed)
     assert c.ask("s") == "S05"  # one instruction (push ebp / push rbp)
     assert create < reg(pc_reg) <= create + 4
     assert reg(sp_reg) == int.from_bytes(g[sp_reg * ptr : sp_reg * ptr + ptr], "little") - ptr

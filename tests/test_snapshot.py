@@ -19,7 +19,7 @@ from emu.views import build_entries
 
 def memory_image(proc: Process) -> dict[int, bytes]:
     """Every committed page's bytes, by address (the whole process memory)."""
-    return {addr: data for addr, _, _, data in proc.cpu.save_memory()}
+    return {addr: data for addr, _, data in proc.cpu.save_memory(proc.memory.committed_runs())}
 
 
 def layout(proc: Process) -> list[tuple[int, int, str, int]]:

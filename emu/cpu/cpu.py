@@ -1,13 +1,13 @@
 """The CPU layer: with ``callgate``, ``segments`` and ``disasm`` beside it, the only code that
 talks to Unicorn and capstone (the architecture contract checks it).
 
-Windows logic (memory manager, system calls, calls) uses this small interface: map/unmap/protect,
-read/write (``CpuError`` when Unicorn refuses), registers and batch register readers,
-``run(begin, until)``, hooks whose callbacks never see Unicorn (``fn(address, size)``,
-``fn(intno)``, ``fn()``), ``flush_translations``, and a record of why a run stopped. Hot-path
-operations (register writes, ``emu_start``) go through Unicorn's C API via ctypes directly,
-because the Python binding's wrappers cost ~2 µs per register access (measured on Unicorn
-2.1.4).
+Windows logic (memory manager, system calls, calls) uses this small interface:
+ensure_backed/decommit/protect, read/write (``CpuError`` when Unicorn refuses), registers and
+batch register readers, ``run(begin, until)``, hooks whose callbacks never see Unicorn
+(``fn(address, size)``, ``fn(intno)``, ``fn()``), ``flush_translations``, and a record of why a
+run stopped. Hot-path operations (register writes, ``emu_start``) go through Unicorn's C API
+via ctypes directly, because the Python binding's wrappers cost ~2 µs per register access
+(measured on Unicorn 2.1.4).
 
 Memory faults without memory hooks. Any Unicorn memory hook, even one that only fires on unmapped
 or protected accesses, sends every guest load and store through Unicorn's slow path (~10x slower
@@ -18,8 +18,10 @@ the stack into?) and installs an identity translation with the page's permission
 stores that hit the TLB never leave generated code. A denied access is translated into a physical
 window nothing maps (``_DENIED``): the access itself then reaches Unicorn's unmapped-memory path,
 where one hook limited to that window learns its exact address and, with the CPU state restored,
-the faulting instruction's pc. Unicorn's own mappings follow committed memory only, all with full
-permissions; protection lives in the TLB, so every change of it flushes the TLB.
+the faulting instruction's pc. Unicorn's own mappings are the backing windows (see _NORESERVE's
+comment), all with full permissions; protection lives in the TLB, so every change of it flushes
+the TLB. The TLB refills that Python already answered, and the block counting of event
+recording, run in C when ``native`` could build ``fastpath.c``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import dataclasses
 import logging
 import mmap
 import struct
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import capstone
@@ -41,6 +44,7 @@ from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 
 from emu.arch import Arch, register_names
+from emu.cpu import native
 from emu.cpu.disasm import Disassembler
 from emu.errors import CpuState, Fault
 from emu.win.ntdefs import (
@@ -85,7 +89,7 @@ def register_ids(arch: Arch) -> dict[str, int]:
 
 class CpuError(Exception):
     """Unicorn refused a memory operation: the range is unmapped, or the host cannot back it
-    (``nomem``). Raised by ``Cpu.map/unmap/protect/read/write`` instead of Unicorn's error."""
+    (``nomem``). Raised by the Cpu's memory methods instead of Unicorn's error."""
 
     def __init__(self, message: str, *, nomem: bool = False):
         super().__init__(message)
@@ -241,6 +245,15 @@ _REG_WRITE_BATCH = ctypes.PyDLL(uclib._name).uc_reg_write_batch
 _REG_WRITE_BATCH.restype = ctypes.c_int
 
 
+# Backing: the process's address space is backed by host memory in aligned windows (256 MiB on
+# x86, 1 GiB on x64), each one Unicorn mapping made on the first commit inside it and kept:
+# commits, decommits and releases never map or unmap (Unicorn keeps mappings in a sorted array,
+# rebuilds its address map on every map/unmap and looks code pages up in a list of them).
+# Anonymous host memory takes RAM only for pages touched (a decommit hands them back with
+# MADV_DONTNEED), and MAP_NORESERVE keeps a window from counting against overcommit limits.
+_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
+
+
 class _Watchdog:
     """One background thread for all CPUs: stops a run that exceeds its wall-clock limit.
 
@@ -332,11 +345,21 @@ class Cpu:
         # set with fault, stop_reason, timed_out or _raw_exception: the run needs a look after
         self._incident = False
         self.page_fault_handler: PageFaultHandler | None = None
+        # whether the process may read [addr, addr+size) (committed pages): backed windows
+        # also hold memory that is not, which fault reports must not show as code
+        self.readable: Callable[[int, int], bool] | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
         # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
-        # (every commit flushes the whole TLB) refills from here without asking again
+        # (every commit flushes the whole TLB) refills from here without asking again; with
+        # the native fast path (emu/cpu/native.py) the refill does not even enter Python
+        self._native = native.library()
         self._perms: dict[int, int] = {}
+        self._tlb_state: native.TlbState | None = None
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
+        # backed windows: start -> (first address, end, host memory, its exported buffer)
+        self._windows: dict[int, tuple[int, int, mmap.mmap, ctypes.c_char]] = {}
+        self._window = 1 << 28 if arch.ptr_size == 4 else 1 << 30
+        self._user = (arch.user_min, arch.user_max + 1)
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
         self._tlb_stale = False  # a denied translation may be wrong now: flush after the run
@@ -351,9 +374,23 @@ class Cpu:
         self._old_exception = _old_exception_offset(_UC_MODES[arch.name])
         _watchdog().watch(self)
         self.symbolizer: Callable[[int], str] = lambda addr: ""
-        self._register_hook(
-            unicorn.UC_HOOK_TLB_FILL, _TLB_FILL_CB(self._on_tlb_fill), 1, 0, flush=False
-        )
+        slow_fill = _TLB_FILL_CB(self._on_tlb_fill)
+        if self._native is not None:
+            perms = native.NativeMap(self._native)
+            self._perms = native.MirroredDict(perms)
+            self._tlb_state = native.TlbState(perms.ptr, ctypes.cast(slow_fill, ctypes.c_void_p))
+            fast = native.function_address(self._native, "heapemu_tlb_fill")
+            self._slow_fill = slow_fill  # kept alive: the C callback calls it
+            self._register_hook(
+                unicorn.UC_HOOK_TLB_FILL,
+                fast,
+                1,
+                0,
+                flush=False,
+                user=ctypes.addressof(self._tlb_state),
+            )
+        else:
+            self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
         self._register_hook(
             unicorn.UC_HOOK_MEM_UNMAPPED,
             _MEM_INVALID_CB(self._on_denied_access),
@@ -370,19 +407,61 @@ class Cpu:
         )
 
     # ------------------------------------------------------------------ memory
-    def map(self, addr: int, size: int, protect: int) -> None:
-        """Back [addr, addr+size) with zero-filled memory. Accesses are allowed as the
-        page-fault handler answers; ``protect`` is what it will answer (kept for the reader)."""
-        self._forget(addr, size)
+    # ------------------------------------------------------------------ backing
+    def ensure_backed(self, addr: int, size: int) -> None:
+        """Make [addr, addr+size) (in the process's address space) backed: each window it
+        touches gets host memory mapped into Unicorn, once. Fresh backing reads zero.
+        Accesses are still decided by the page-fault handler: backed memory that is not
+        committed faults like unbacked memory."""
+        w = self._window
+        for start in range(addr - addr % w, addr + size, w):
+            if start not in self._windows:
+                self._back(start)
+
+    def _back(self, start: int) -> None:
+        lo, hi = max(start, self._user[0]), min(start + self._window, self._user[1])
         try:
-            self.uc.mem_map(addr, size, unicorn.UC_PROT_ALL)  # Unicorn flushes the TLB
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
+            mem = mmap.mmap(-1, hi - lo, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE)
+        except OSError as e:
+            raise CpuError(f"back 0x{lo:x}+0x{hi - lo:x}: {e}", nomem=True) from None
+        anchor = ctypes.c_char.from_buffer(mem)
+        status = uclib.uc_mem_map_ptr(
+            self._uch, lo, hi - lo, unicorn.UC_PROT_ALL, ctypes.addressof(anchor)
+        )
+        if status:
+            del anchor  # the buffer's export must go before the mapping can close
+            mem.close()
+            raise _cpu_error(unicorn.UcError(status), f"map 0x{lo:x}+0x{hi - lo:x}")
+        self._windows[start] = (lo, hi, mem, anchor)
+
+    def decommit(self, addr: int, size: int) -> None:
+        """The pages of [addr, addr+size) are no longer committed (decommitted or released):
+        their contents go (the host gets the memory back; they read zero when committed
+        again), so do their cached translations and any code translated from them."""
+        self._forget(addr, size)
+        self.invalidate_code(addr, size)
+        self._forget_code(addr, size)
+        w, end = self._window, addr + size
+        for start in range(addr - addr % w, end, w):
+            window = self._windows.get(start)
+            if window is not None:
+                lo, hi, mem, _ = window
+                a, b = max(lo, addr), min(hi, end)
+                if a < b:  # zero: the host takes the pages back, gives zeros when touched
+                    mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
+        self.flush_tlb()
+
+    def backing(self) -> list[int]:
+        """The windows backed (their starts), in address order (for snapshots)."""
+        return sorted(self._windows)
 
     def map_system(self, addr: int, size: int, protect: int) -> None:
         """Map pages the CPU itself needs outside the process's address space (x86's GDT):
         their protection is answered here, not by the page-fault handler."""
-        self.map(addr, size, protect)
+        try:
+            self.uc.mem_map(addr, size, unicorn.UC_PROT_ALL)  # Unicorn flushes the TLB
+        except unicorn.UcError as e:
+            raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
         for page in range(addr, addr + size, 0x1000):
             self._system_pages[page] = protect
 
@@ -400,19 +479,6 @@ class Cpu:
         for page in range(addr, addr + size, 0x1000):
             self._system_pages[page] = PAGE_READWRITE
         return buf
-
-    def unmap(self, addr: int, size: int) -> None:
-        """Drop the backing of [addr, addr+size). Unicorn drops the code translated from it
-        and flushes its pages' TLB entries (only those: the rest of the TLB stays warm)."""
-        self._forget(addr, size)
-        self._invalidating = True
-        try:
-            self.uc.mem_unmap(addr, size)
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"unmap 0x{addr:x}+0x{size:x}") from None
-        finally:
-            self._invalidating = False
-        self._forget_code(addr, size)  # its translations are gone
 
     def protect(self, addr: int, size: int, protect: int) -> None:
         """The protection of [addr, addr+size) changed: translations cached in the TLB go (the
@@ -435,12 +501,24 @@ class Cpu:
 
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
-        for page in self._pages_within(addr, size, self._perms):
-            del self._perms[page]
+        pages = self._pages_within(addr, size, self._perms)
+        if not pages:
+            return
+        if isinstance(self._perms, native.MirroredDict):
+            self._perms.delete_pages(pages, addr & _PAGE_MASK, addr + size)
+        else:
+            for page in pages:
+                del self._perms[page]
 
     def _forget_code(self, addr: int, size: int) -> None:
         """No translated code is left in [addr, addr+size)."""
         self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
+
+    def tlb_counters(self) -> tuple[int, int] | None:
+        """(TLB misses, misses answered in Python) since the CPU was made, when the native
+        fast path counts them (None without it): for benchmarks and profiles."""
+        st = self._tlb_state
+        return None if st is None else (int(st.fills), int(st.slow_fills))
 
     def flush_tlb(self) -> None:
         """Forget every cached translation: the next access to each page asks again."""
@@ -449,18 +527,20 @@ class Cpu:
         self._tlb_stale = False
 
     def read(self, addr: int, size: int) -> bytes:
-        try:
-            return bytes(self.uc.mem_read(addr, size))
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"read 0x{addr:x}+0x{size:x}") from None
+        # the C API directly: the system calls read and write user memory a few times each
+        buf = ctypes.create_string_buffer(size)
+        status = uclib.uc_mem_read(self._uch, addr, buf, size)
+        if status:
+            raise _cpu_error(unicorn.UcError(status), f"read 0x{addr:x}+0x{size:x}")
+        return buf.raw
 
     def write(self, addr: int, data: bytes) -> None:
         """Write like a debugger (protections do not apply). Code translated from the range
         is dropped, so code written over code that already ran takes effect."""
-        try:
-            self.uc.mem_write(addr, bytes(data))
-        except unicorn.UcError as e:
-            raise _cpu_error(e, f"write 0x{addr:x}+0x{len(data):x}") from None
+        data = data if type(data) is bytes else bytes(data)
+        status = uclib.uc_mem_write(self._uch, addr, data, len(data))
+        if status:
+            raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
         if self._code_pages:
             page, end = addr & _PAGE_MASK, addr + len(data)
             while page < end:
@@ -680,31 +760,22 @@ class Cpu:
         self.uc.context_restore(context)
         self.state_dirty = True
 
-    def save_memory(self) -> list[tuple[int, int, int, bytes]]:
-        """Every mapping of the process as (address, size, Unicorn permissions, contents): what
-        ``restore_memory`` puts back. The CPU layer's own pages (``map_system``/``map_host``:
-        the call gate, x86's GDT) are not the process's state and stay as they are."""
-        out = []
-        for begin, end, perms in self.uc.mem_regions():
-            if begin in self._system_pages:
-                continue
-            size = end - begin + 1
-            out.append((begin, size, perms, bytes(self.uc.mem_read(begin, size))))
-        return out
+    def save_memory(self, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int, bytes]]:
+        """The contents of ``ranges`` (address, size) as (address, size, bytes): what
+        ``restore_memory`` writes back."""
+        return [(a, n, bytes(self.uc.mem_read(a, n))) for a, n in ranges]
 
-    def restore_memory(self, image: list[tuple[int, int, int, bytes]]) -> None:
-        """Make the mappings and their contents those of a ``save_memory`` image: a mapping
-        that differs is unmapped (or mapped), every byte is written, translated code dropped."""
-        uc = self.uc
-        want = {(a, s, p) for a, s, p, _ in image}
-        for begin, end, perms in list(uc.mem_regions()):
-            if begin not in self._system_pages and (begin, end - begin + 1, perms) not in want:
-                uc.mem_unmap(begin, end - begin + 1)
-        have = {(b, e - b + 1, p) for b, e, p in uc.mem_regions()}
-        for addr, size, perms, data in image:
-            if (addr, size, perms) not in have:
-                uc.mem_map(addr, size, perms)
-            uc.mem_write(addr, data)
+    def restore_memory(self, image: list[tuple[int, int, bytes]], backing: list[int]) -> None:
+        """Make the process's memory zero except what ``image`` (from ``save_memory``) holds,
+        with at least the windows ``backing`` (from ``backing()``) backed; translated code
+        dropped. The CPU layer's own pages (the call gate, x86's GDT) stay as they are."""
+        for start in backing:
+            if start not in self._windows:
+                self._back(start)
+        for lo, hi, mem, _ in self._windows.values():
+            mem.madvise(mmap.MADV_DONTNEED, 0, hi - lo)
+        for addr, _, data in image:
+            self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping
         self._perms.clear()
         self._code_pages.clear()
@@ -926,18 +997,25 @@ class Cpu:
             return 0
 
     def _register_hook(
-        self, kind: int, cb: Any, begin: int, end: int, *extra: int, flush: bool = True
+        self,
+        kind: int,
+        cb: Any,
+        begin: int,
+        end: int,
+        *extra: int,
+        flush: bool = True,
+        user: int | None = None,
     ) -> int:
-        """Register a ctypes callback with Unicorn's C API (kept alive until unhooked). The
-        binding's own wrappers cost ~1.4 µs per callback; this ~0.2 µs (measured on block
-        hooks)."""
+        """Register a ctypes callback (or a C function's address, with ``user`` its data)
+        with Unicorn's C API (kept alive until unhooked). The binding's own wrappers cost
+        ~1.4 µs per callback; this ~0.2 µs (measured on block hooks)."""
         handle = ctypes.c_size_t()
         status = uclib.uc_hook_add(
             self._uch,
             ctypes.byref(handle),
             kind,
-            ctypes.cast(cb, ctypes.c_void_p),
-            None,
+            ctypes.c_void_p(cb) if isinstance(cb, int) else ctypes.cast(cb, ctypes.c_void_p),
+            ctypes.c_void_p(user),
             ctypes.c_uint64(begin),
             ctypes.c_uint64(end),
             *(ctypes.c_int(x) for x in extra),
@@ -1088,6 +1166,8 @@ class Cpu:
     def disassemble_one(self, addr: int) -> tuple[str, int]:
         """(text, length) of the instruction at addr, or ("<unreadable>", 0)."""
         for n in (16, 8, 4, 2, 1):
+            if self.readable is not None and not self.readable(addr, n):
+                continue  # backed but not committed: not the process's memory
             try:
                 code = self.read(addr, n)
             except CpuError:
@@ -1103,3 +1183,228 @@ class Cpu:
             symbol=self.symbolizer(pc),
             registers=self.snapshot_registers(),
         )
+
+
+class BlockCounter:
+    """Counts the basic blocks and instructions the CPU runs while installed, and calls
+    ``on_special(address)`` before counting a block that starts at an address in ``special``
+    (a set the owner edits while the counter runs: ``add``, ``discard``, ``clear``, ``update``).
+
+    For observers that must know how much code ran between two points (allocation events)
+    without a Python call per block: with the native fast path the block hook is C and
+    Python runs only at the special addresses and on a block's first run (its instructions
+    are counted with capstone once); without it, one Python callback per block."""
+
+    def __init__(
+        self,
+        cpu: Cpu,
+        on_special: Callable[[int], None],
+        capture: tuple[str, ...] = (),
+        frame_size: int = 0,
+    ):
+        """``capture``: registers read for ``on_special`` before it is called (the first must
+        be the stack pointer), found in ``values`` (two 64-bit slots per register, the low one
+        first) and ``frame_size`` bytes of the stack from the stack pointer up in ``frame()``:
+        the callback needs no C call of its own for them."""
+        if len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
+            raise ValueError("too many registers or too large a frame to capture")
+        self.cpu = cpu
+        self.special = _SpecialSet(cpu._native)
+        self._on_special = on_special
+        self._capture = capture
+        self._frame_size = frame_size
+        self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS))()
+        self._frame = (ctypes.c_char * native.MAX_FRAME)()
+        self._frame_ok = False
+        self._views()
+        self._counts: dict[int, int] = {}  # block address -> instructions (Python path)
+        self._state: native.BlockState | None = None
+        self._keep: tuple[object, ...] = ()
+        self._py_instructions = self._py_blocks = 0
+        self._hook: int | None = None
+
+    def _count(self, address: int, size: int) -> int:
+        """Instructions in the block at ``address`` (disassembled once; an unreadable block
+        still ran: one instruction)."""
+        try:
+            n = self.cpu.disasm.count(self.cpu.read(address, size), address)
+        except Exception:
+            n = 1
+        if self._state is not None:
+            if n:
+                self._native_counts.put(address, n)
+        else:
+            self._counts[address] = n
+        return n
+
+    def start(self) -> BlockCounter:
+        if self._hook is not None:
+            return self
+        cpu, lib = self.cpu, self.cpu._native
+        fail, on_special, count = cpu.fail, self._on_special, self._count
+        if lib is not None:
+
+            def special_cb(uc: int, address: int, size: int, user: int) -> None:
+                try:
+                    on_special(address)
+                except BaseException as e:  # re-raised when the run ends
+                    fail(e)
+
+            def count_cb(uc: int, address: int, size: int, user: int) -> int:
+                try:
+                    return count(address, size)
+                except BaseException as e:
+                    fail(e)
+                    return 1
+
+            self._native_counts = native.NativeMap(lib)
+            special = _HOOK_CODE_CB(special_cb)
+            counter = _COUNT_CB(count_cb)
+            self._keep = (special, counter, self._native_counts)
+            st = self._state = native.BlockState(
+                self._native_counts.ptr,
+                self.special.native_ptr,
+                ctypes.cast(special, ctypes.c_void_p),
+                ctypes.cast(counter, ctypes.c_void_p),
+                self._py_instructions,
+                self._py_blocks,
+                ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p),
+                ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p),
+                len(self._capture),
+                0,
+                self._frame_size,
+            )
+            for i, name in enumerate(self._capture):
+                st.regs[i] = cpu.reg_ids[name]
+            base = ctypes.addressof(st)
+            self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS)).from_address(
+                base + native.BlockState.values.offset
+            )
+            self._frame = (ctypes.c_char * native.MAX_FRAME).from_address(
+                base + native.BlockState.frame.offset
+            )
+            self._views()
+            self._hook = cpu._register_hook(
+                unicorn.UC_HOOK_BLOCK,
+                native.function_address(lib, "heapemu_block"),
+                1,
+                0,
+                user=ctypes.addressof(self._state),
+            )
+            return self
+        special_set, counts = self.special, self._counts
+        capture = self._capture_in_python()
+
+        def on_block(uc: int, address: int, size: int, user: int) -> None:
+            try:
+                if address in special_set:
+                    capture()
+                    on_special(address)
+                self._py_instructions += counts.get(address) or count(address, size)
+                self._py_blocks += 1
+            except BaseException as e:  # re-raised when the run ends
+                fail(e)
+
+        self._hook = cpu.hook_block_direct(on_block)
+        return self
+
+    def _capture_in_python(self) -> Callable[[], None]:
+        """What fastpath.c's capture() does, for the Python block hook."""
+        if not self._capture:
+            return lambda: None
+        read = self.cpu.raw_register_reader(self._capture)
+        values, frame, size, cpu = self.values, self._frame, self._frame_size, self.cpu
+
+        def capture() -> None:
+            raw = read()
+            ctypes.memmove(values, raw, len(raw))
+            sp = values[0]
+            self._frame_ok = bool(size) and cpu.read_into(sp, frame, size)
+
+        return capture
+
+    def _views(self) -> None:
+        """Byte views of the captures (slicing them is cheaper than a C call per read)."""
+        self._value_bytes = memoryview(self.values).cast("B")
+        self._frame_bytes = memoryview(self._frame).cast("B")[: self._frame_size]
+
+    def captured(self, first: int, count: int) -> bytes:
+        """``count`` captured registers from the ``first``-th, as 16-byte slots."""
+        return bytes(self._value_bytes[16 * first : 16 * (first + count)])
+
+    def frame_slice(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the captured stack from ``offset`` (empty when not captured)."""
+        st = self._state
+        ok = st.frame_ok if st is not None else self._frame_ok
+        if not ok or offset < 0 or offset + size > self._frame_size:
+            return b""
+        return bytes(self._frame_bytes[offset : offset + size])
+
+    def frame(self) -> bytes:
+        """The stack captured for the current ``on_special`` (empty when unreadable)."""
+        st = self._state
+        ok = st.frame_ok if st is not None else self._frame_ok
+        return bytes(self._frame_bytes) if ok else b""
+
+    def stop(self) -> None:
+        if self._hook is None:
+            return
+        st = self._state
+        if st is not None:  # the counts go on from here if started again
+            self._py_instructions = int(st.instructions)
+            self._py_blocks = int(st.blocks)
+            # the captures outlive the C state they point into
+            self.values = type(self.values).from_buffer_copy(self.values)
+            self._frame = type(self._frame).from_buffer_copy(self._frame)
+            self._frame_ok = bool(st.frame_ok)
+            self._state = None
+            self._views()
+        self.cpu.unhook(self._hook)
+        self._hook = None
+
+    @property
+    def instructions(self) -> int:
+        st = self._state
+        return int(st.instructions) if st is not None else self._py_instructions
+
+    @property
+    def blocks(self) -> int:
+        st = self._state
+        return int(st.blocks) if st is not None else self._py_blocks
+
+
+_COUNT_CB = ctypes.CFUNCTYPE(
+    ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+)
+
+
+class _SpecialSet(set[int]):
+    """A set of addresses mirrored into a native map (when there is a native library)."""
+
+    def __init__(self, lib: ctypes.CDLL | None):
+        super().__init__()
+        self._map = native.NativeMap(lib) if lib is not None else None
+
+    @property
+    def native_ptr(self) -> int | None:
+        return self._map.ptr if self._map is not None else None
+
+    def add(self, address: int) -> None:
+        super().add(address)
+        if self._map is not None:
+            self._map.put(address, 1)
+
+    def discard(self, address: object) -> None:
+        super().discard(address)
+        if self._map is not None and isinstance(address, int):
+            self._map.delete(address)
+
+    def clear(self) -> None:
+        super().clear()
+        if self._map is not None:
+            self._map.clear()
+
+    def update(self, *others: Iterable[int]) -> None:
+        for other in others:
+            for address in other:
+                self.add(address)

@@ -126,11 +126,13 @@ class Kernel:
 
     def read(self, addr: int, size: int) -> bytes:
         self._probe(addr, size, False)
-        return self.proc.read(addr, size)
+        # probed: committed and no guard page, so the CPU's backing has it
+        return self.proc.cpu.read(addr, size) if size > 0 else b""
 
     def write(self, addr: int, data: bytes) -> None:
         self._probe(addr, len(data), True)
-        self.proc.write(addr, data)
+        if data:
+            self.proc.cpu.write(addr, data)
         self.memory.note_write(addr, len(data))  # write watches and copy-on-write see it
 
     def read_ptr(self, addr: int) -> int:

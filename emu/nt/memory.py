@@ -6,11 +6,14 @@ image) and per-page state: reserved, or committed with a protection. Page states
 run-length (:class:`PageRuns`), so a reservation costs the same host memory whatever its size:
 a 16 GiB reservation is one run, not four million list slots.
 
-The CPU's memory follows the committed pages: a page is backed exactly when it is committed and
-not a guard page (whose contents wait in ``Region.guard_data``), so committed pages start
-zero-filled and a decommit discards them. Which accesses are allowed is not the backing's
-business: the CPU asks on each TLB miss (``ProcessCore._on_page_fault``: ``page_state`` and
-``cpu_protection_at``), and every change of protection here flushes its TLB (``Cpu.protect``).
+The CPU backs the address space with host memory in large aligned windows, each mapped into
+Unicorn once, on the first commit inside it (``Cpu.ensure_backed``); committing is then
+bookkeeping, and decommitting or releasing is bookkeeping plus zeroing the pages
+(``Cpu.decommit``: the host takes them back, they read zero when committed again) and
+flushing the TLB. Which accesses are allowed is not the backing's business: the CPU
+asks on each TLB miss (``ProcessCore._on_page_fault``: ``page_state`` and
+``cpu_protection_at``), so backed pages that are reserved, free or guard pages fault exactly as
+unbacked ones, and every change of protection here flushes the TLB (``Cpu.protect``).
 The CPU protection of a page can be narrower than its Windows protection
 (:meth:`MemoryManager.cpu_protection`): copy-on-write pages and write-watched pages not yet
 written translate read-only, and the first write turns them into
@@ -133,6 +136,14 @@ class PageRuns:
     def get(self, i: int) -> int:
         return self.states[bisect.bisect_right(self.starts, i) - 1]
 
+    def uniform(self, i0: int, i1: int) -> int | None:
+        """The state of pages [i0, i1) when one run holds them all (else None): the common
+        case of the kernel's probes, answered without walking runs."""
+        starts = self.starts
+        k = bisect.bisect_right(starts, i0) - 1
+        end = starts[k + 1] if k + 1 < len(starts) else self.count
+        return self.states[k] if i1 <= end else None
+
     def run_end(self, i: int) -> int:
         """The first page after the run holding page ``i``."""
         k = bisect.bisect_right(self.starts, i)
@@ -218,8 +229,6 @@ class Region:
     type: int = MEM_PRIVATE
     usage: str = ""
     pages: PageRuns = field(default_factory=lambda: PageRuns(0))
-    # contents of committed pages that are currently guard pages (not mapped in the CPU)
-    guard_data: dict[int, bytes] = field(default_factory=dict)
     secured: bool = False  # kernel-owned (KUSER_SHARED_DATA, heapemu's trap page)
     write_watch: bool = False  # MEM_WRITE_WATCH: ``dirty`` holds the pages written since reset
     dirty: set[int] = field(default_factory=set)
@@ -685,6 +694,38 @@ class MemoryManager:
         region = self.region_at(addr)
         return None if region is None else region.pages.get(region.page_index(addr))
 
+    def is_committed(self, addr: int, size: int) -> bool:
+        """Is every page of [addr, addr+size) committed and not a guard page (what Python may
+        read and write like a debugger)?"""
+        end = addr + size
+        region = self.region_at(addr)
+        if region is not None and end <= region.end:
+            state = region.pages.uniform(region.page_index(addr), region.page_index(end - 1) + 1)
+            if state is not None:
+                return _mapped(state)
+        while addr < end:
+            region = self.region_at(addr)
+            if region is None:
+                return False
+            i0 = region.page_index(addr)
+            i1 = region.page_index(min(end, region.end) - 1) + 1
+            for _, _, _, state in region.pages.runs(i0, i1):
+                if not _mapped(state):
+                    return False
+            addr = region.end
+        return True
+
+    def committed_runs(self) -> list[tuple[int, int]]:
+        """(address, size) of every run of committed pages, guard pages included (their
+        contents are kept), in address order: the process's memory, for snapshots."""
+        out = []
+        for base in self._bases:
+            region = self._regions[base]
+            for _, i, j, state in region.pages.runs(0, region.pages.count):
+                if state != RESERVED:
+                    out.append((base + i * PAGE_SIZE, (j - i) * PAGE_SIZE))
+        return out
+
     def is_accessible(self, addr: int, size: int, *, write: bool = False) -> bool:
         """Would user-mode code be allowed this access (the kernel's ProbeForRead/Write)?"""
         if size <= 0:
@@ -692,6 +733,11 @@ class MemoryManager:
         end = addr + size
         if addr < self.arch.user_min or end - 1 > self.arch.user_max:
             return False
+        region = self.region_at(addr)
+        if region is not None and end <= region.end:  # one region, usually one run
+            state = region.pages.uniform(region.page_index(addr), region.page_index(end - 1) + 1)
+            if state is not None:
+                return bool(state) and protection_allows(state, write=write)
         while addr < end:
             region = self.region_at(addr)
             if region is None:
@@ -836,7 +882,6 @@ class MemoryManager:
                 region.type,
                 region.usage,
                 region.pages.slice(a, b),
-                {k - a: v for k, v in region.guard_data.items() if a <= k < b},
                 region.secured,
                 region.write_watch,
                 {k - a for k in region.dirty if a <= k < b},
@@ -920,44 +965,32 @@ class MemoryManager:
         return start, end - start
 
     def _set_pages(self, region: Region, i0: int, i1: int, new: int) -> None:
-        """Set pages [i0, i1) to ``new`` and bring the CPU's mappings in line, run by run
-        (a run = consecutive pages in the same old state: one Unicorn call each)."""
+        """Set pages [i0, i1) to ``new`` and bring the CPU in line, run by run (a run =
+        consecutive pages in the same old state). The backing stays where it is: a commit
+        backs its pages (fresh backing and decommitted pages read zero), a decommit zeroes
+        them, any other change only drops the CPU's cached translations."""
         cpu = self.cpu
-        now = _mapped(new)
         changed = 0
         for _, i, j, old in list(region.pages.runs(i0, i1)):
             addr, length = region.base + i * PAGE_SIZE, (j - i) * PAGE_SIZE
-            was = _mapped(old)
-            if was and now:
-                for a, b in self._cpu_runs(region, i, j, old, new):
-                    cpu.protect(region.base + a * PAGE_SIZE, (b - a) * PAGE_SIZE,
-                                self.cpu_protection(region, a, new))  # fmt: skip
-            elif was:
-                if new != RESERVED:  # becoming a guard page: keep the contents
-                    for k in range(i, j):
-                        region.guard_data[k] = cpu.read(region.base + k * PAGE_SIZE, PAGE_SIZE)
-                cpu.unmap(addr, length)
-            elif now:
+            if new == RESERVED:
+                if old != RESERVED:
+                    cpu.decommit(addr, length)
+                    if region.dirty:  # decommitted pages forget their writes
+                        region.dirty.difference_update(range(i, j))
+            elif old == RESERVED:
                 try:
-                    for a, b in self._cpu_runs(region, i, j, None, new):
-                        # fresh Unicorn mappings are zero-filled
-                        cpu.map(region.base + a * PAGE_SIZE, (b - a) * PAGE_SIZE,
-                                self.cpu_protection(region, a, new))  # fmt: skip
+                    cpu.ensure_backed(addr, length)
                 except CpuError as e:  # the host cannot back it
                     raise NtStatusError(
                         NtStatus.COMMITMENT_LIMIT, f"cannot commit 0x{length:x} bytes: {e}"
                     ) from None
-                if old != RESERVED and region.guard_data:  # a guard page coming back
-                    for k in range(i, j):
-                        data = region.guard_data.pop(k, None)
-                        if data is not None:
-                            cpu.write(region.base + k * PAGE_SIZE, data)
-            if new == RESERVED:
-                if region.guard_data:
-                    for k in range(i, j):
-                        region.guard_data.pop(k, None)
-                if region.dirty:  # decommitted pages forget their writes
-                    region.dirty.difference_update(range(i, j))
+            elif _mapped(old) != _mapped(new):  # a guard page set or cleared: ask again
+                cpu.protect(addr, length, new)
+            else:
+                for a, b in self._cpu_runs(region, i, j, old, new):
+                    cpu.protect(region.base + a * PAGE_SIZE, (b - a) * PAGE_SIZE,
+                                self.cpu_protection(region, a, new))  # fmt: skip
             if (old == RESERVED) != (new == RESERVED):
                 changed += length if old == RESERVED else -length
         region.pages.set(i0, i1, new)

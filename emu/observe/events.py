@@ -1,24 +1,29 @@
 """Allocation events: every call into a watched allocator entry point, as it happens.
 
-One ``UC_HOOK_BLOCK`` does all the work while a recorder is active. Function entries and return
-addresses always start a translation block (they are jump targets), so the block hook sees:
-an entry point being reached (an event opens: arguments read by the architecture's convention,
-caller, entry stack pointer), the return address of an open event being reached with the stack
-popped past the entry (it closes: return value, optional convention checks), and every block
-in between (instruction and block counts; each block's instruction count is found once with
-capstone and cached). System calls made while an event is open are attached to it. Nested
-calls nest. No per-call hook is added or removed (that flushes Unicorn's translation cache).
+One block hook (the CPU's ``BlockCounter``) does all the work while a recorder is active.
+Function entries and return addresses always start a translation block (they are jump targets),
+so it sees: an entry point being reached (an event opens: arguments read by the architecture's
+convention, caller, entry stack pointer), the return address of an open event being reached
+with the stack popped past the entry (it closes: return value, optional convention checks), and
+every block in between (instruction and block counts; each block's instruction count is found
+once with capstone and cached). The counting runs in C when the native fast path is built:
+Python is entered only at the watched entry points and the pending return addresses (the
+counter's ``special`` set), so recording costs little more than the events themselves. An
+event's counts are the difference of the global counters between its entry and its return.
+System calls made while an event is open are attached to it. Nested calls nest. No per-call
+hook is added or removed (that flushes Unicorn's translation cache).
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Iterable, Iterator
+import struct
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from emu.arch import Arch
+from emu.cpu.cpu import BlockCounter
 from emu.nt.kernel import SyscallRecord
 from emu.observe.stackwalk import Frame, StackWalker
 from emu.win.conventions import get_convention
@@ -32,7 +37,7 @@ _XMM = tuple(f"xmm{i}" for i in range(6, 16))  # callee-saved on x64
 DF = 1 << 10  # EFLAGS.DF
 
 
-@dataclass
+@dataclass(slots=True)
 class AllocationEvent:
     """One call of a watched function."""
 
@@ -166,18 +171,45 @@ class EventRecorder:
         self.events: list[AllocationEvent] = []  # top-level events
         self.all: list[AllocationEvent] = []  # every event, in call order
         self.violations: list[tuple[AllocationEvent, str]] = []
-        self.instructions = 0
-        self.blocks = 0
         # the calls under way, innermost last, per thread (threads interleave their calls)
         self._opens: dict[int, list[AllocationEvent]] = {}
         self._returns: dict[int, int] = {}  # return address -> open events waiting there
-        self._special: set[int] = set(self.watched)  # entries and pending return addresses
-        self._counts: dict[int, int] = {}
-        self._hook: int | None = None
-        self._conv = get_convention(proc.arch, None)
-        self._callee_saved_reader: Callable[[], bytes] | None = None
+        self._conv = conv = get_convention(proc.arch, None)
+        arch = proc.arch
+        # what the counter reads before each _on_special: stack pointer, return value, the
+        # register arguments and, for the convention checks, every callee-saved register;
+        # and the stack above the stack pointer (return address, stack arguments, the
+        # caller's frame)
+        capture = (arch.sp, arch.ret, *conv.reg_args)
+        self._saved_slot = len(capture)
+        if check_conventions:
+            capture += (*arch.nonvolatile, "eflags", *(_XMM if arch.ptr_size == 8 else ()))
+        self._saved_count = len(capture) - self._saved_slot
+        self._eflags_at = 16 * len(arch.nonvolatile)  # in the callee-saved bytes
+        self._x64 = arch.ptr_size == 8
+        frame = 0x80 if check_conventions else self._args_frame_size()
+        self._counter = BlockCounter(proc.cpu, self._on_special, capture, frame)
+        # entries and return addresses: where the counter calls _on_special. A return
+        # address stays there once added (a C call less per event; reaching it with no call
+        # pending costs one look-up in _returns)
+        self._special = self._counter.special
+        self._special.update(self.watched)
+        self._started = False
         self._frame_buf = ctypes.create_string_buffer(0x80)
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
+        self._plans: dict[int, tuple[str, Prototype, range, int, int, str]] = {}
+
+    def _args_frame_size(self) -> int:
+        """Stack bytes from the entry stack pointer that hold the return address and every
+        watched function's stack arguments (at most 0x80: more are read when needed)."""
+        arch, conv = self.proc.arch, self._conv
+        size = arch.ptr_size
+        for _, proto in self.watched.values():
+            n = len(proto.params)
+            if n > len(conv.reg_args):
+                last = conv.stack_arg_address(arch, 0, n - 1) + arch.ptr_size
+                size = max(size, last)
+        return min(size, 0x80)
 
     def _targets(self, functions: Iterable[str | int] | None) -> list[str | int]:
         if functions is not None:
@@ -191,18 +223,28 @@ class EventRecorder:
 
     # ------------------------------------------------------------------ install
     def start(self) -> EventRecorder:
-        if self._hook is None:
-            self._hook = self.proc.cpu.hook_block_direct(self._block_hook())
+        if not self._started:
+            self._counter.start()
+            self._started = True
             self.proc.syscall_observers.append(self._on_syscall)
             self.proc.run_observers.append(self._on_run_end)
         return self
 
     def stop(self) -> None:
-        if self._hook is not None:
-            self.proc.cpu.unhook(self._hook)
-            self._hook = None
+        if self._started:
+            self._counter.stop()
+            self._started = False
             self.proc.syscall_observers.remove(self._on_syscall)
             self.proc.run_observers.remove(self._on_run_end)
+
+    @property
+    def instructions(self) -> int:
+        """Instructions run while recording (the events' clock)."""
+        return self._counter.instructions
+
+    @property
+    def blocks(self) -> int:
+        return self._counter.blocks
 
     def __enter__(self) -> EventRecorder:
         return self.start()
@@ -211,41 +253,12 @@ class EventRecorder:
         self.stop()
 
     # ------------------------------------------------------------------ hot path
-    def _reg(self, name: str) -> int:
-        return self.proc.cpu.reg(name)
-
-    def _block_size(self, address: int, size: int) -> int:
-        n = 0
-        try:
-            code = self.proc.cpu.read(address, size)
-            n = self.proc.cpu.disasm.count(code, address)
-        except Exception:  # an unreadable block still ran: count it as one instruction
-            n = 1
-        self._counts[address] = n
-        return n
-
-    def _block_hook(self) -> Callable[[int, int, int, int], None]:
-        """The block hook, registered as the C callback itself (no trampoline frame, names
-        bound once): it runs for every block while recording. The hot path is one set lookup,
-        one dict lookup and two additions; an event's counts are the difference of these
-        global counters between its entry and its return."""
-        special, counts, block_size = self._special, self._counts, self._block_size
-        returns, watched, fail = self._returns, self.watched, self.proc.cpu.fail
-        maybe_return, enter = self._maybe_return, self._enter
-
-        def on_block(uc: int, address: int, size: int, user: int) -> None:
-            try:
-                if address in special:
-                    if address in returns:
-                        maybe_return(address)
-                    if address in watched:
-                        enter(address)
-                self.instructions += counts.get(address) or block_size(address, size)
-                self.blocks += 1
-            except BaseException as e:  # re-raised when the run ends
-                fail(e)
-
-        return on_block
+    def _on_special(self, address: int) -> None:
+        """A block starts at a watched entry point or a pending return address."""
+        if address in self._returns:
+            self._maybe_return(address)
+        if address in self.watched:
+            self._enter(address)
 
     def _on_syscall(self, record: SyscallRecord) -> None:
         for ev in self._open:
@@ -268,34 +281,43 @@ class EventRecorder:
             while opened:
                 self._finish_counts(opened.pop())
         self._returns.clear()
-        self._special.clear()  # in place: the block hook holds this set
-        self._special.update(self.watched)
 
     # ------------------------------------------------------------------ entry and return
+    def _plan(self, address: int) -> tuple[str, Prototype, range, int, int, str]:
+        """How to read a watched function's arguments at entry (found once per function):
+        name, prototype, the captured register slots of its register arguments, where its
+        stack arguments start and end (offsets from the entry stack pointer), their format."""
+        plan = self._plans.get(address)
+        if plan is None:
+            arch, conv = self.proc.arch, self._conv
+            name, proto = self.watched[address]
+            nargs = len(proto.params)
+            nreg = min(nargs, len(conv.reg_args))
+            nstack = nargs - nreg
+            first = conv.stack_arg_address(arch, 0, nreg)
+            end = first + nstack * arch.ptr_size if nstack > 0 else 0
+            fmt = "<" + ("Q" if arch.ptr_size == 8 else "I") * nstack
+            plan = self._plans[address] = (name, proto, range(4, 4 + 2 * nreg, 2), first, end, fmt)
+        return plan
+
     def _enter(self, address: int) -> None:
-        proc, arch, conv = self.proc, self.proc.arch, self._conv
-        name, proto = self.watched[address]
-        sp = self._reg(arch.sp)
+        proc, arch = self.proc, self.proc.arch
+        name, proto, slots, first, args_end, fmt = self._plan(address)
+        regs = self._counter.values  # captured by the counter: two slots per register
+        sp = regs[0]
         opened = self._open
         if opened and opened[-1].address == address and opened[-1].entry_sp == sp:
             # the same entry again: a run stopped by its instruction count right there (after
             # the block hook) and resumed there; a real recursive call has a lower sp
             return
-        nargs = len(proto.params)
-        values = [self._reg(r) for r in conv.reg_args[:nargs]]
-        nstack = nargs - len(values)
-        first = conv.stack_arg_address(arch, sp, len(values)) - sp  # offset of stack args
-        # one read: the return address, the stack arguments and, for the convention check,
-        # the caller's frame
-        args_end = first + nstack * arch.ptr_size if nstack > 0 else 0
-        size = max(arch.ptr_size, args_end if args_end <= 0x80 else 0)
-        frame = self._read_frame(sp, 0x80 if self.check_conventions else size)
-        if nstack > 0:
+        values = [regs[i] for i in slots]
+        frame = self._counter.frame()
+        if args_end:
             if frame and args_end <= len(frame):
-                raw = frame[first:args_end]
+                values += struct.unpack_from(fmt, frame, first)
             else:
-                raw = proc.read(sp + first, nstack * arch.ptr_size)
-            values += [arch.unpack_ptr(raw, i * arch.ptr_size) for i in range(nstack)]
+                raw = proc.read(sp + first, args_end - first)
+                values += struct.unpack(fmt, raw)
         ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
         caller = self._callers.get(ret_addr)
         if caller is None:
@@ -310,10 +332,10 @@ class EventRecorder:
             caller=caller,
             depth=len(self._open),
             entry_sp=sp,
-            start=self.instructions,
+            start=self._counter.instructions,
             prototype=proto,
         )
-        ev._saved["blocks"] = self.blocks
+        ev._saved["blocks"] = self._counter.blocks
         if self._walker is not None:
             ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
@@ -322,10 +344,11 @@ class EventRecorder:
         self.all.append(ev)
         self._open.append(ev)
         self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
-        self._special.add(ret_addr)
+        if ret_addr not in self._special:
+            self._special.add(ret_addr)
 
     def _maybe_return(self, address: int) -> None:
-        sp = self._reg(self.proc.arch.sp)
+        sp = self._counter.values[0]
         # the innermost open event returning here with its return address popped
         for i in range(len(self._open) - 1, -1, -1):
             ev = self._open[i]
@@ -346,8 +369,6 @@ class EventRecorder:
             self._returns[address] = left
         else:
             self._returns.pop(address, None)
-            if address not in self.watched:
-                self._special.discard(address)
 
     def _finish_counts(self, ev: AllocationEvent) -> None:
         ev.end = self.instructions
@@ -355,7 +376,7 @@ class EventRecorder:
         ev.blocks = self.blocks - ev._saved["blocks"]
 
     def _leave(self, ev: AllocationEvent, sp: int) -> None:
-        ret = self._reg(self.proc.arch.ret) & self.proc.arch.ptr_mask
+        ret = self._counter.values[2] & self.proc.arch.ptr_mask
         if ev.prototype and ev.prototype.returns == "bool":
             ret &= 0xFF
         elif ev.prototype and ev.prototype.returns == "status":
@@ -368,15 +389,6 @@ class EventRecorder:
                 self.violations.append((ev, problem))
 
     # ------------------------------------------------------------------ convention checks
-    def _callee_saved(self) -> bytes:
-        """Every register the callee must preserve (and EFLAGS), in one batched read."""
-        read = self._callee_saved_reader
-        if read is None:
-            arch = self.proc.arch
-            names = (*arch.nonvolatile, "eflags", *(_XMM if arch.ptr_size == 8 else ()))
-            read = self._callee_saved_reader = self.proc.cpu.raw_register_reader(names)
-        return read()
-
     def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
         arch = self.proc.arch
         names = arch.nonvolatile
@@ -397,31 +409,28 @@ class EventRecorder:
     def _save_state(self, ev: AllocationEvent, stack: bytes) -> None:
         """Callee-saved registers and, on x64, the caller's frame above the shadow space and
         stack arguments (``stack`` holds the 0x80 bytes at the entry stack pointer)."""
-        arch = self.proc.arch
-        ev._saved["state"] = self._callee_saved()
-        if arch.ptr_size == 8:
-            if ev.entry_sp % 16 != 8:
-                ev.violations.append(
-                    f"misaligned stack at entry: rsp=0x{ev.entry_sp:x} (must be 8 mod 16)"
-                )
+        saved = ev._saved
+        saved["state"] = self._counter.captured(self._saved_slot, self._saved_count)
+        if self._x64:
+            sp = ev.entry_sp
+            if sp % 16 != 8:
+                ev.violations.append(f"misaligned stack at entry: rsp=0x{sp:x} (must be 8 mod 16)")
                 self.violations.append((ev, ev.violations[-1]))
             # the caller's frame above the shadow space and stack arguments must not change
-            nstack = max(0, len(ev.args) - 4)
-            above = ev.entry_sp + 8 + 0x20 + 8 * nstack
-            off = above - ev.entry_sp
+            off = 8 + 0x20 + 8 * max(0, len(ev.args) - 4)
             window = stack[off : off + 0x40] if off + 0x40 <= len(stack) else b""
-            ev._saved["frame"] = (above, window or self._read_frame(above))
+            saved["frame"] = (sp + off, window or self._read_frame(sp + off))
 
     def _check_state(self, ev: AllocationEvent, sp: int) -> list[str]:
         arch = self.proc.arch
         problems = []
-        after_raw = self._callee_saved()
+        after_raw = self._counter.captured(self._saved_slot, self._saved_count)
         before_raw = ev._saved["state"]
-        k = 16 * len(arch.nonvolatile)  # EFLAGS (the next slot) may change, except DF
+        k = self._eflags_at  # EFLAGS (the slot at k) may change, except DF
         if (
             after_raw[:k] == before_raw[:k]
             and after_raw[k + 16 :] == before_raw[k + 16 :]
-            and not _df_set(after_raw, arch)
+            and not after_raw[k + 1] & (DF >> 8)
         ):
             before_regs: dict[str, int] = {}
             after_regs: dict[str, int] = {}
@@ -441,7 +450,7 @@ class EventRecorder:
             if sp != ev.entry_sp + 8:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
             above, data = ev._saved["frame"]
-            now = self._read_frame(above)
+            now = self._counter.frame_slice(above - sp, 0x40) or self._read_frame(above)
             if now and data and now != data:
                 off = next(i for i in range(len(data)) if data[i] != now[i])
                 problems.append(
@@ -477,11 +486,6 @@ def _argc_for(counts: dict[str, int], used: set[str], name: str, target: str | i
             found = value
             used.add(key)
     return found
-
-
-def _df_set(raw: bytes, arch: Arch) -> bool:
-    k = len(arch.nonvolatile)
-    return bool(int.from_bytes(raw[16 * k : 16 * k + 4], "little") & DF)
 
 
 @contextmanager

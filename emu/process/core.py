@@ -258,6 +258,7 @@ class ProcessCore:
     def _install_hooks(self) -> None:
         cpu = self.cpu
         cpu.page_fault_handler = self._on_page_fault
+        cpu.readable = self._readable
         cpu.hook_interrupt(self._on_interrupt)
         if self.arch.ptr_size == 8:
             cpu.hook_syscall_insn(self._on_syscall, "syscall")
@@ -272,7 +273,17 @@ class ProcessCore:
         cpu.hook_code(self._on_callback, self.trap_base + _CALLBACKS, self.trap_base + _SCRATCH - 1)
 
     # ------------------------------------------------------------------ memory access
+    def _in_process(self, addr: int, size: int) -> bool:
+        """Does [addr, addr+size) touch the process's address space (where the CPU backs
+        whole reservations, so committed pages are the memory manager's to say)?"""
+        return addr <= self.arch.user_max and addr + size > self.arch.user_min
+
+    def _readable(self, addr: int, size: int) -> bool:
+        return not self._in_process(addr, size) or self.memory.is_committed(addr, size)
+
     def read(self, addr: int, size: int) -> bytes:
+        if size > 0 and self._in_process(addr, size) and not self.memory.is_committed(addr, size):
+            raise self._python_access_error(addr, size, "read")
         try:
             return self.cpu.read(addr, size)
         except CpuError:
@@ -281,10 +292,13 @@ class ProcessCore:
     def write(self, addr: int, data: bytes) -> None:
         """Write like a debugger: page protections do not apply, but the memory must be
         committed. Code already translated over the range is invalidated if it is executable."""
+        n = len(data)
+        if n > 0 and self._in_process(addr, n) and not self.memory.is_committed(addr, n):
+            raise self._python_access_error(addr, n, "write")
         try:
             self.cpu.write(addr, data)
         except CpuError:
-            raise self._python_access_error(addr, len(data), "write") from None
+            raise self._python_access_error(addr, n, "write") from None
 
     def _python_access_error(self, addr: int, size: int, access: str) -> EmulationError:
         """Name the first page of [addr, addr+size) that is not committed and mapped."""

@@ -4,8 +4,9 @@ A snapshot holds
 
 - the CPU's whole state, saved by the engine (``Cpu.save_context``: every register, flags,
   segment state, FPU/SSE, MSRs);
-- the memory: every mapping with its permissions and bytes (``Cpu.save_memory``: the committed
-  pages), and the memory manager's bookkeeping (regions, page states, guard pages' contents);
+- the memory: the bytes of every run of committed pages (``MemoryManager.committed_runs``,
+  guard pages included), which host memory backs what (``Cpu.backing``: everything else backed
+  reads zero after a restore), and the memory manager's bookkeeping (regions, page states);
 - the kernel's objects (handles, the sandbox's names, captured output), the thread stack's
   state, the system-call tables, the module list, PEB.Ldr's bookkeeping, the Python callbacks
   and the records of system calls and debug output.
@@ -47,14 +48,15 @@ class Snapshot:
 
     arch: str
     context: object
-    memory: list[tuple[int, int, int, bytes]]
+    memory: list[tuple[int, int, bytes]]  # (address, size, bytes) of the committed runs
     state: dict[str, Any]
     records: dict[str, Any] = field(default_factory=dict)
+    backing: list[int] = field(default_factory=list)  # the windows Cpu.backing() listed
 
     @property
     def memory_bytes(self) -> int:
         """Bytes of committed memory the snapshot holds."""
-        return sum(size for _, size, _, _ in self.memory)
+        return sum(size for _, size, _ in self.memory)
 
 
 def _shared(proc: ProcessCore) -> dict[int, Any]:
@@ -105,7 +107,8 @@ def take_snapshot(proc: ProcessCore) -> Snapshot:
     return Snapshot(
         arch=proc.arch.name,
         context=proc.cpu.save_context(),
-        memory=proc.cpu.save_memory(),
+        memory=proc.cpu.save_memory(proc.memory.committed_runs()),
+        backing=proc.cpu.backing(),
         state=copy.deepcopy(state, _shared(proc)),
         records={name: _one_level(getattr(proc, name)) for name in _RECORDS},
     )
@@ -119,7 +122,7 @@ def restore_snapshot(proc: ProcessCore, snapshot: Snapshot) -> None:
             f"a snapshot of an {snapshot.arch} process cannot restore an {proc.arch.name} one"
         )
     state = copy.deepcopy(snapshot.state, _shared(proc))  # the snapshot stays as it was
-    proc.cpu.restore_memory(snapshot.memory)
+    proc.cpu.restore_memory(snapshot.memory, snapshot.backing)
     proc.cpu.restore_context(snapshot.context)
     for name in _COMPONENTS:
         vars(getattr(proc, name)).update(state[name])

@@ -33,6 +33,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from emu.cpu.callgate import CallGate
 from emu.cpu.cpu import Cpu, CpuError
+from emu.errors import EmulationError
 from emu.scenario.model import Step
 from emu.scenario.result import ScenarioResult
 from emu.scenario.run import Observer, ScenarioRun
@@ -333,7 +334,7 @@ class GdbStub(Observer):
                 return
             try:
                 reply, resume = self._handle(packet.decode("latin-1"))
-            except (PacketError, ValueError, IndexError, OverflowError, CpuError):
+            except (PacketError, ValueError, IndexError, OverflowError, CpuError, EmulationError):
                 reply, resume = "E01", False
             if reply is not None and self.conn is not None:
                 self._send(reply.encode("latin-1"))
@@ -395,14 +396,17 @@ class GdbStub(Observer):
             return "OK", False
         if cmd == "m":
             addr, _, length = p[1:].partition(",")
-            return cpu.read(_address(addr), _length(length)).hex(), False
+            # through the process: memory that is not committed is an error, as on Windows
+            assert self.run is not None
+            return self.run.proc.read(_address(addr), _length(length)).hex(), False
         if cmd == "M":
             where, _, hexdata = p[1:].partition(":")
             addr, _, length = where.partition(",")
             data = _hex(hexdata)
             if length and _length(length) != len(data):
                 raise PacketError("M: length and data disagree")
-            cpu.write(_address(addr), data)
+            assert self.run is not None
+            self.run.proc.write(_address(addr), data)
             return "OK", False
         if cmd in ("c", "s"):
             if len(p) > 1:
