@@ -4,6 +4,11 @@ heapemu's options come before the program; everything after the program is the p
 command line (as with valgrind): ``heapemu exec --time-limit 2 prog.exe --time-limit 5`` gives
 the program ``--time-limit 5``, and heapemu says so on stderr.
 
+``--allocator NAME`` chooses what serves the program's heaps (``emu.heap.registry``): ``wine``
+(default) is Wine's own ntdll heap; any other has ntdll's ``Rtl*Heap`` entry points routed to
+it from the first instruction (``emu.load.heap_route``). ``--view summary|entries|address``
+prints a WinDbg-style view of the heaps after the run, walked with that allocator's walker.
+
 Exit status: the program's own exit code (its low 8 bits) when it exits; otherwise 124 when the
 time limit expired, 125 when it crashed (an emulation fault before NtTerminateProcess), 127
 when it or a DLL it needs could not be loaded; 2 for bad input. ``--json`` says the same in
@@ -35,8 +40,18 @@ from emu.cli.base import (
 )
 from emu.facade import load_program
 from emu.heap.crossheap import CrossHeapFreeDetector
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.load.program import PROGRAM_DIR, Program, ProgramResult
 from emu.observe.events import AllocationEvent, EventRecorder
+from emu.views import (
+    build_address,
+    build_entries,
+    build_summary,
+    render_address,
+    render_entries,
+    render_summary,
+)
+from emu.views.common import list_heaps
 from emu.win.ntdefs import status_name
 
 EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
@@ -45,6 +60,8 @@ EXEC_EPILOG = (
     "the program's exit code; 124 time limit, 125 crashed, 127 program or DLL not loadable, "
     "2 bad input."
 )
+# the heap views an exec run can end with (a scenario's are emu.cli.inspect's VIEWS)
+EXEC_VIEWS = ("summary", "entries", "address")
 DLL_NOT_FOUND = 0xC0000135  # STATUS_DLL_NOT_FOUND: Wine's loader ends the process with it
 
 
@@ -74,6 +91,21 @@ def configure_exec(parser: argparse.ArgumentParser) -> None:
         "--cross-heap",
         action="store_true",
         help="report blocks freed through another heap than the one holding them (seed 001)",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATOR_NAMES,
+        default="wine",
+        help="what serves the process heap and every heap the program creates "
+        "(default wine: Wine's own ntdll heap)",
+    )
+    parser.add_argument(
+        "--view",
+        action="append",
+        default=[],
+        choices=EXEC_VIEWS,
+        help="after the run, show the heaps (on stderr; --json: under 'views'): summary "
+        "(!heap -s), entries (!heap -h, every heap), address (!address /f:Heap); repeatable",
     )
     parser.add_argument("--json", action="store_true", help="a JSON report on stdout")
     parser.add_argument(
@@ -151,7 +183,10 @@ def run_exec(args: argparse.Namespace) -> int:
     path = regular_file(args.program, "a Windows program", MAX_PROGRAM_BYTES)
     for win, host in files.items():
         regular_file(host, f"--map {win}")
-    own = {"--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit"}
+    own = {
+        "--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit",
+        "--allocator", "--view",
+    }  # fmt: skip
     passed = _options_after_program(args, own)
     if passed:
         print(
@@ -161,7 +196,10 @@ def run_exec(args: argparse.Namespace) -> int:
         )
     program_argv = [f"{PROGRAM_DIR}\\{Path(path).name}", *args.args]
     try:
-        program = load_program(path, program_argv, env, files=files, time_limit=args.time_limit)
+        program = load_program(
+            path, program_argv, env, files=files, time_limit=args.time_limit,
+            allocator=args.allocator,
+        )  # fmt: skip
     except ValueError as e:
         raise CliError(f"{args.program}: {one_line(str(e))}") from None
     except (OSError, LoaderError) as e:
@@ -180,8 +218,13 @@ def run_exec(args: argparse.Namespace) -> int:
     missing = _missing_dlls(program, result)
     outcome, status = _outcome(result, missing)
     problem = _problem_line(outcome, result, missing)
+    views = _views(program, args.view) if outcome in ("exited", "crashed") else []
     if args.json:
-        print(json.dumps(_report(program, result, rec, cross, outcome, missing, problem), indent=1))
+        report = _report(program, result, rec, cross, outcome, missing, problem)
+        report["allocator"] = args.allocator
+        if args.view:
+            report["views"] = {name: data for name, _text, data in views}
+        print(json.dumps(report, indent=1))
     else:
         sys.stdout.buffer.write(result.stdout)
         sys.stdout.flush()
@@ -192,9 +235,31 @@ def run_exec(args: argparse.Namespace) -> int:
                 print("\n".join(_event_line(ev)), file=sys.stderr)
         for report in cross.reports if cross is not None else []:
             print(f"heapemu: cross-heap free: {report}", file=sys.stderr)
+        for _name, text, _data in views:
+            print(text, file=sys.stderr)
         if problem:
             print(f"heapemu: {problem}", file=sys.stderr)
     return status
+
+
+def _views(program: Program, names: list[str]) -> list[tuple[str, str, Any]]:
+    """(name, text, JSON) of each requested view of the program's heaps, in the order asked;
+    the walker is the allocator's that served them (``proc.heap_kind``, else Wine's)."""
+    proc = program.proc
+    out: list[tuple[str, str, Any]] = []
+    for name in dict.fromkeys(names):
+        if name == "summary":
+            summary = build_summary(proc)
+            out.append((name, render_summary(summary), summary.to_json()))
+        elif name == "entries":
+            heaps = list_heaps(proc)
+            entries = [build_entries(proc, heap, index=i) for i, heap in enumerate(heaps)]
+            text = "\n\n".join(render_entries(v) for v in entries)
+            out.append((name, text, [v.to_json() for v in entries]))
+        else:
+            address = build_address(proc, usage="Heap")
+            out.append((name, render_address(address), address.to_json()))
+    return out
 
 
 def _problem_line(outcome: str, result: ProgramResult, missing: list[str]) -> str:

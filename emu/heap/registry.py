@@ -41,7 +41,9 @@ SEGMENT_OPTIONS = {
 }
 
 
-def load_segment_heap(proc: ProcessCore, **options: int) -> Module:
+def load_segment_heap(
+    proc: ProcessCore, *, create_process_heap: bool = True, **options: int
+) -> Module:
     """heapemu's Windows 10 segment heap (``asm/src/segheap.c``) with its process heap.
 
     Options (``SEGMENT_OPTIONS``; none: segheap.h's defaults) become the process heap's
@@ -52,7 +54,10 @@ def load_segment_heap(proc: ProcessCore, **options: int) -> Module:
     if unknown:
         raise TypeError(f"segment heap: no option {', '.join(unknown)}")
     if not options:
-        return load_c_heap(proc, "segheap", SEGMENT_MODULE)
+        return load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=create_process_heap)
+    if not create_process_heap:
+        # the options travel in the process heap's RtlCreateHeap, which is not ours to make
+        raise TypeError("segment heap: options need the process heap heapemu creates")
     module = load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=False)
     layout = SEGHEAP_PARAMETERS
     values = {SEGMENT_OPTIONS[k]: v for k, v in options.items()}
@@ -82,6 +87,9 @@ class AllocatorKind:
     # RtlCreateHeap honours a caller's base, reserve and commit (a heap without HEAP_GROWABLE
     # keeps to its reservation); the segment heap ignores them and always grows (segheap.c)
     honours_sizes: bool = True
+    # it is Wine's ntdll itself: a program run through Wine's DLLs already uses it, nothing is
+    # routed (the others take over ntdll's Rtl*Heap entry points: load_for_program)
+    is_program_ntdll: bool = False
 
     def load(self, proc: ProcessCore, **options: Any) -> Module:
         """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
@@ -89,6 +97,16 @@ class AllocatorKind:
         if unknown:
             raise TypeError(f"allocator {self.name!r} takes no option {', '.join(unknown)}")
         return self.loader(proc, **options)
+
+    def load_for_program(self, proc: ProcessCore, **options: Any) -> Module:
+        """Map this allocator's code into a program's process without creating a heap: the
+        program's own start-up (Wine's ntdll, routed to it) creates the process heap."""
+        if self.is_program_ntdll:
+            raise ValueError(f"{self.name} is the program's own ntdll: there is nothing to load")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"allocator {self.name!r} takes no option {', '.join(unknown)}")
+        return self.loader(proc, create_process_heap=False, **options)
 
     def allocator(self, proc: ProcessCore, **options: Any) -> Allocator:
         """Load it and return its entry points as an ``Allocator``."""
@@ -127,6 +145,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             downloads=True,
             heaps_in_peb=False,  # Wine keeps its own list; only its RtlGetProcessHeaps reads it
             options=("wine_dir", "debug_channels"),
+            is_program_ntdll=True,
         ),
         AllocatorKind(
             name="segment",
@@ -164,7 +183,10 @@ def allocator_kind(name: str) -> AllocatorKind:
 
 
 def detect_kind(proc: ProcessCore) -> AllocatorKind:
-    """The allocator whose module is loaded in ``proc`` (exactly one must be)."""
+    """The allocator serving ``proc``'s heaps: the one a program's heap calls were routed to
+    (``proc.heap_kind``), else the one whose module is loaded (exactly one must be)."""
+    if proc.heap_kind is not None:
+        return allocator_kind(proc.heap_kind)
     loaded = {m.name.lower() for m in proc.modules}
     found = [k for k in ALLOCATORS.values() if k.module_name.lower() in loaded]
     if len(found) != 1:
