@@ -17,6 +17,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     vmrules.exe    virtual memory, sections and views as a program uses them (issue 16)
     sysinfo.exe    processor features, memory status and counters, priorities, a thread stack
     fault.exe      reads address 0x10 (-O0: the faulting load is inside its basic block)
+    heapops.exe    malloc/realloc/HeapCreate/HeapAlloc/GlobalAlloc/LocalAlloc..., an LFH-sized run
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -63,6 +64,7 @@ RECIPES: dict[str, Recipe] = {
     "vmrules.exe": Recipe(("vmrules.c",)),
     "sysinfo.exe": Recipe(("sysinfo.c",), libs=("psapi",)),
     "fault.exe": Recipe(("fault.c",), cflags=("-O0",)),
+    "heapops.exe": Recipe(("heapops.c",)),
 }
 
 

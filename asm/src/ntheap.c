@@ -8,6 +8,7 @@
  * The only way out is the system interface declared in ntheap.h. See ntheap.h for the layout.
  */
 #include "ntheap.h"
+#include "userinfo.h"
 
 #define PTR_SIZE ((uptr)sizeof(void *))
 #define ALIGNMENT (2 * PTR_SIZE)
@@ -940,6 +941,7 @@ void *NTAPI RtlDestroyHeap(void *handle)
     heap->magic = 0;
     heap->subheap.magic = 0;
     if (!(heap->internal_flags & HEAP_INTERNAL_USER_BASE)) release_region(heap->subheap.base);
+    userinfo_drop_heap(handle);
     return 0;
 }
 
@@ -956,7 +958,7 @@ void *NTAPI RtlAllocateHeap(void *handle, u32 flags, uptr size)
     ret = heap_alloc(heap, flags, size);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_NO_MEMORY);
-    return ret;
+    return userinfo_allocated(handle, flags, ret);
 }
 
 u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
@@ -973,7 +975,10 @@ u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
     flags |= heap->force_flags;
     heap_lock(heap, flags);
     ok = lookup_block(heap, ptr, &ref);
-    if (ok) free_block(&ref);
+    if (ok) {
+        userinfo_remove(handle, ptr);
+        free_block(&ref);
+    }
     heap_unlock(heap, flags);
     if (!ok && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_ACCESS_VIOLATION);
     return ok ? 1 : 0;
@@ -995,6 +1000,7 @@ void *NTAPI RtlReAllocateHeap(void *handle, u32 flags, void *ptr, uptr size)
     ret = heap_realloc(heap, flags, ptr, size, &status);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(status);
+    userinfo_reallocated(handle, flags, ptr, ret);
     return ret;
 }
 

@@ -119,6 +119,7 @@
  * thresholds, recognised by Length and Signature); anything else there is ignored.
  */
 #include "segheap.h"
+#include "userinfo.h"
 
 #define PTR_SIZE ((uptr)sizeof(void *))
 #define CURRENT_PROCESS ((uptr)-1)
@@ -2378,6 +2379,7 @@ void *NTAPI RtlDestroyHeap(void *handle)
         segment_release(heap, (HEAP_PAGE_SEGMENT *)ctx->SegmentListHead.Flink);
     heap->Signature = 0;
     vm_release(heap);
+    userinfo_drop_heap(handle);
     return 0;
 }
 
@@ -2406,7 +2408,7 @@ void *NTAPI RtlAllocateHeap(void *handle, u32 flags, uptr size)
     ret = heap_alloc(heap, flags, size);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_NO_MEMORY);
-    return ret;
+    return userinfo_allocated(handle, flags, ret);
 }
 
 u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
@@ -2423,7 +2425,10 @@ u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
     flags |= force_flags(heap);
     heap_lock(heap, flags);
     ok = lookup_block(heap, ptr, &ref, 0);
-    if (ok) free_block(heap, &ref);
+    if (ok) {
+        userinfo_remove(handle, ptr);
+        free_block(heap, &ref);
+    }
     heap_unlock(heap, flags);
     if (!ok && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_ACCESS_VIOLATION);
     return ok ? 1 : 0;
@@ -2445,6 +2450,7 @@ void *NTAPI RtlReAllocateHeap(void *handle, u32 flags, void *ptr, uptr size)
     ret = heap_realloc(heap, flags, ptr, size, &status);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(status);
+    userinfo_reallocated(handle, flags, ptr, ret);
     return ret;
 }
 

@@ -44,6 +44,22 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
         Prototype("RtlSizeHeap", ("HeapHandle", "Flags", "BaseAddress"), "size"),
         Prototype("RtlValidateHeap", ("HeapHandle", "Flags", "BaseAddress"), "bool"),
         Prototype("RtlWalkHeap", ("HeapHandle", "Entry"), "status"),
+        # what Wine's kernel32/kernelbase call besides (GlobalAlloc/LocalAlloc, HeapCompact):
+        # the C heaps share them (asm/src/userinfo.h)
+        Prototype(
+            "RtlSetUserValueHeap", ("HeapHandle", "Flags", "BaseAddress", "UserValue"), "bool"
+        ),
+        Prototype(
+            "RtlSetUserFlagsHeap",
+            ("HeapHandle", "Flags", "BaseAddress", "UserFlagsReset", "UserFlagsSet"),
+            "bool",
+        ),
+        Prototype(
+            "RtlGetUserInfoHeap",
+            ("HeapHandle", "Flags", "BaseAddress", "UserValue", "UserFlags"),
+            "bool",
+        ),
+        Prototype("RtlCompactHeap", ("HeapHandle", "Flags"), "size"),
         Prototype("RtlLockHeap", ("HeapHandle",), "bool", required=False),
         Prototype("RtlUnlockHeap", ("HeapHandle",), "bool", required=False),
         Prototype("RtlGetProcessHeaps", ("NumberOfHeaps", "ProcessHeaps"), "size", required=False),
