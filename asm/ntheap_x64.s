@@ -3482,6 +3482,86 @@ ntheap_LBB20_10:
 	pop	rbp
 	ret
 	.p2align	4
+RtlQueryHeapInformation:
+	push	rbp
+	mov	rbp, rsp
+	test	rcx, rcx
+	sete	r10b
+	test	cl, 15
+	setne	r11b
+	mov	eax, -1073741811
+	or	r11b, r10b
+	jne	ntheap_LBB21_9
+	cmp	dword ptr [rcx + 216], 1346454856
+	jne	ntheap_LBB21_9
+	cmp	dword ptr [rcx + 172], 1112888136
+	jne	ntheap_LBB21_9
+	cmp	qword ptr [rcx + 160], rcx
+	je	ntheap_LBB21_4
+ntheap_LBB21_9:
+	pop	rbp
+	ret
+ntheap_LBB21_4:
+	mov	eax, -1073741821
+	test	edx, edx
+	jne	ntheap_LBB21_9
+	mov	rax, qword ptr [rbp + 48]
+	test	rax, rax
+	je	ntheap_LBB21_7
+	mov	qword ptr [rax], 4
+ntheap_LBB21_7:
+	cmp	r9, 4
+	setb	cl
+	test	r8, r8
+	sete	dl
+	mov	eax, -1073741789
+	or	dl, cl
+	jne	ntheap_LBB21_9
+	mov	dword ptr [r8], 0
+	xor	eax, eax
+	pop	rbp
+	ret
+	.p2align	4
+RtlSetHeapInformation:
+	push	rbp
+	mov	rbp, rsp
+	test	edx, edx
+	je	ntheap_LBB22_3
+	xor	eax, eax
+	cmp	edx, 1
+	je	ntheap_LBB22_9
+	mov	eax, -1073741821
+	pop	rbp
+	ret
+ntheap_LBB22_3:
+	test	rcx, rcx
+	sete	dl
+	test	cl, 15
+	setne	r10b
+	mov	eax, -1073741811
+	or	r10b, dl
+	jne	ntheap_LBB22_9
+	cmp	dword ptr [rcx + 216], 1346454856
+	jne	ntheap_LBB22_9
+	cmp	dword ptr [rcx + 172], 1112888136
+	jne	ntheap_LBB22_9
+	cmp	qword ptr [rcx + 160], rcx
+	jne	ntheap_LBB22_9
+	cmp	r9, 4
+	setb	cl
+	test	r8, r8
+	sete	dl
+	mov	eax, -1073741789
+	or	dl, cl
+	jne	ntheap_LBB22_9
+	mov	ecx, dword ptr [r8]
+	test	ecx, ecx
+	mov	eax, -1073741823
+	cmove	eax, ecx
+ntheap_LBB22_9:
+	pop	rbp
+	ret
+	.p2align	4
 init_data:
 	push	rbp
 	push	r15
@@ -3493,15 +3573,15 @@ init_data:
 	mov	rax, rcx
 	mov	r10, qword ptr [rbp + 88]
 	cmp	r10, r9
-	jbe	ntheap_LBB21_39
+	jbe	ntheap_LBB23_39
 	test	dl, 8
-	jne	ntheap_LBB21_8
+	jne	ntheap_LBB23_8
 	test	byte ptr [rax + 112], 96
-	je	ntheap_LBB21_39
+	je	ntheap_LBB23_39
 	lea	rdx, [r8 + r9]
 	lea	r11, [r8 + r10]
 	test	dl, 3
-	je	ntheap_LBB21_28
+	je	ntheap_LBB23_28
 	lea	ecx, [8*rdx]
 	mov	esi, -1163005939
 	mov	edi, -1163005939
@@ -3514,7 +3594,7 @@ init_data:
 	test	cl, 3
 	sete	dil
 	or	dil, bl
-	jne	ntheap_LBB21_27
+	jne	ntheap_LBB23_27
 	shl	ecx, 3
 	shr	esi, cl
 	mov	byte ptr [rdx + 1], sil
@@ -3525,7 +3605,7 @@ init_data:
 	test	cl, 3
 	sete	sil
 	or	sil, bl
-	jne	ntheap_LBB21_27
+	jne	ntheap_LBB23_27
 	shl	ecx, 3
 	mov	esi, -1163005939
 	mov	edi, -1163005939
@@ -3538,17 +3618,17 @@ init_data:
 	test	cl, 3
 	sete	bl
 	or	bl, r9b
-	jne	ntheap_LBB21_27
+	jne	ntheap_LBB23_27
 	shl	ecx, 3
 	shr	esi, cl
 	mov	byte ptr [rdx + 3], sil
 	add	rdx, 4
-	jmp	ntheap_LBB21_28
-ntheap_LBB21_8:
+	jmp	ntheap_LBB23_28
+ntheap_LBB23_8:
 	lea	rsi, [r8 + r9]
 	lea	rcx, [r8 + r10]
 	test	sil, 3
-	je	ntheap_LBB21_13
+	je	ntheap_LBB23_13
 	mov	byte ptr [rsi], 0
 	lea	rdx, [rsi + 1]
 	lea	r11, [r9 + 1]
@@ -3558,7 +3638,7 @@ ntheap_LBB21_8:
 	sete	bl
 	or	bl, r11b
 	mov	r11, rdx
-	jne	ntheap_LBB21_14
+	jne	ntheap_LBB23_14
 	mov	byte ptr [rsi + 1], 0
 	lea	rdx, [rsi + 2]
 	lea	r11, [r9 + 2]
@@ -3568,7 +3648,7 @@ ntheap_LBB21_8:
 	sete	bl
 	or	bl, r11b
 	mov	r11, rdx
-	jne	ntheap_LBB21_14
+	jne	ntheap_LBB23_14
 	mov	byte ptr [rsi + 2], 0
 	lea	rdx, [rsi + 3]
 	add	r9, 3
@@ -3578,84 +3658,84 @@ ntheap_LBB21_8:
 	sete	r11b
 	or	r11b, r9b
 	mov	r11, rdx
-	jne	ntheap_LBB21_14
+	jne	ntheap_LBB23_14
 	mov	byte ptr [rsi + 3], 0
 	add	rsi, 4
-ntheap_LBB21_13:
+ntheap_LBB23_13:
 	mov	rdx, rsi
 	mov	r11, rsi
-ntheap_LBB21_14:
+ntheap_LBB23_14:
 	mov	r9, rcx
 	sub	r9, rdx
 	cmp	r9, 4
-	jl	ntheap_LBB21_18
+	jl	ntheap_LBB23_18
 	mov	rdx, r11
 	neg	rdx
-ntheap_LBB21_16:
+ntheap_LBB23_16:
 	mov	dword ptr [r11], 0
 	add	r11, 4
 	lea	r9, [rcx + rdx]
 	add	r9, -4
 	add	rdx, -4
 	cmp	r9, 3
-	jg	ntheap_LBB21_16
+	jg	ntheap_LBB23_16
 	neg	rdx
-ntheap_LBB21_18:
+ntheap_LBB23_18:
 	cmp	r11, rcx
-	jae	ntheap_LBB21_39
+	jae	ntheap_LBB23_39
 	mov	rsi, rcx
 	sub	rsi, rdx
 	mov	rdi, rsi
 	mov	r9, r11
 	and	rdi, 7
-	je	ntheap_LBB21_22
+	je	ntheap_LBB23_22
 	mov	r9, r11
-ntheap_LBB21_21:
+ntheap_LBB23_21:
 	mov	byte ptr [r9], 0
 	add	r9, 1
 	add	rdi, -1
-	jne	ntheap_LBB21_21
-ntheap_LBB21_22:
+	jne	ntheap_LBB23_21
+ntheap_LBB23_22:
 	sub	rdx, rcx
 	cmp	rdx, -8
-	ja	ntheap_LBB21_39
+	ja	ntheap_LBB23_39
 	add	r11, rsi
-ntheap_LBB21_24:
+ntheap_LBB23_24:
 	mov	qword ptr [r9], 0
 	add	r9, 8
 	cmp	r9, r11
-	jne	ntheap_LBB21_24
-	jmp	ntheap_LBB21_39
-ntheap_LBB21_27:
+	jne	ntheap_LBB23_24
+	jmp	ntheap_LBB23_39
+ntheap_LBB23_27:
 	mov	rdx, rcx
-ntheap_LBB21_28:
+ntheap_LBB23_28:
 	mov	rcx, r11
 	sub	rcx, rdx
 	mov	rsi, rdx
 	cmp	rcx, 4
-	jl	ntheap_LBB21_32
+	jl	ntheap_LBB23_32
 	neg	rsi
-ntheap_LBB21_30:
+ntheap_LBB23_30:
 	mov	dword ptr [rdx], -1163005939
 	add	rdx, 4
 	lea	rcx, [r11 + rsi]
 	add	rcx, -4
 	add	rsi, -4
 	cmp	rcx, 3
-	jg	ntheap_LBB21_30
+	jg	ntheap_LBB23_30
 	neg	rsi
-ntheap_LBB21_32:
+ntheap_LBB23_32:
 	cmp	rdx, r11
-	jae	ntheap_LBB21_39
+	jae	ntheap_LBB23_39
 	mov	rdi, r11
 	sub	rdi, rsi
 	mov	rbx, rdi
 	mov	r9, rdx
 	and	rbx, 3
-	je	ntheap_LBB21_36
+	je	ntheap_LBB23_36
 	lea	r14d, [8*rdx]
 	mov	r9, rdx
-ntheap_LBB21_35:
+ntheap_LBB23_35:
 	mov	ecx, r14d
 	and	cl, 24
 	mov	r15d, -1163005939
@@ -3664,14 +3744,14 @@ ntheap_LBB21_35:
 	add	r9, 1
 	add	r14d, 8
 	add	rbx, -1
-	jne	ntheap_LBB21_35
-ntheap_LBB21_36:
+	jne	ntheap_LBB23_35
+ntheap_LBB23_36:
 	sub	rsi, r11
 	cmp	rsi, -4
-	ja	ntheap_LBB21_39
+	ja	ntheap_LBB23_39
 	add	rdx, rdi
 	lea	r11d, [8*r9]
-ntheap_LBB21_38:
+ntheap_LBB23_38:
 	mov	ecx, r11d
 	and	cl, 24
 	mov	esi, -1163005939
@@ -3695,10 +3775,10 @@ ntheap_LBB21_38:
 	add	r9, 4
 	add	r11d, 32
 	cmp	r9, rdx
-	jne	ntheap_LBB21_38
-ntheap_LBB21_39:
+	jne	ntheap_LBB23_38
+ntheap_LBB23_39:
 	test	byte ptr [rax + 112], 32
-	je	ntheap_LBB21_57
+	je	ntheap_LBB23_57
 	mov	rax, qword ptr [rbp + 96]
 	add	r8, r10
 	cmp	r8, rax
@@ -3706,7 +3786,7 @@ ntheap_LBB21_39:
 	test	r8b, 3
 	setne	dl
 	test	cl, dl
-	je	ntheap_LBB21_45
+	je	ntheap_LBB23_45
 	mov	byte ptr [r8], -85
 	lea	rcx, [r8 + 1]
 	cmp	rcx, rax
@@ -3715,7 +3795,7 @@ ntheap_LBB21_39:
 	sete	r9b
 	or	r9b, dl
 	mov	rdx, rcx
-	jne	ntheap_LBB21_46
+	jne	ntheap_LBB23_46
 	mov	byte ptr [r8 + 1], -85
 	lea	rcx, [r8 + 2]
 	cmp	rcx, rax
@@ -3724,7 +3804,7 @@ ntheap_LBB21_39:
 	sete	r9b
 	or	r9b, dl
 	mov	rdx, rcx
-	jne	ntheap_LBB21_46
+	jne	ntheap_LBB23_46
 	mov	byte ptr [r8 + 2], -85
 	lea	rcx, [r8 + 3]
 	cmp	rcx, rax
@@ -3733,55 +3813,55 @@ ntheap_LBB21_39:
 	sete	r9b
 	or	r9b, dl
 	mov	rdx, rcx
-	jne	ntheap_LBB21_46
+	jne	ntheap_LBB23_46
 	mov	byte ptr [r8 + 3], -85
 	add	r8, 4
-ntheap_LBB21_45:
+ntheap_LBB23_45:
 	mov	rcx, r8
 	mov	rdx, r8
-ntheap_LBB21_46:
+ntheap_LBB23_46:
 	mov	r8, rax
 	sub	r8, rcx
 	cmp	r8, 4
-	jl	ntheap_LBB21_50
+	jl	ntheap_LBB23_50
 	mov	rcx, rdx
 	neg	rcx
-ntheap_LBB21_48:
+ntheap_LBB23_48:
 	mov	dword ptr [rdx], -1414812757
 	add	rdx, 4
 	lea	r8, [rax + rcx]
 	add	r8, -4
 	add	rcx, -4
 	cmp	r8, 3
-	jg	ntheap_LBB21_48
+	jg	ntheap_LBB23_48
 	neg	rcx
-ntheap_LBB21_50:
+ntheap_LBB23_50:
 	cmp	rdx, rax
-	jae	ntheap_LBB21_57
+	jae	ntheap_LBB23_57
 	mov	r9, rax
 	sub	r9, rcx
 	mov	r10, r9
 	mov	r8, rdx
 	and	r10, 7
-	je	ntheap_LBB21_54
+	je	ntheap_LBB23_54
 	mov	r8, rdx
-ntheap_LBB21_53:
+ntheap_LBB23_53:
 	mov	byte ptr [r8], -85
 	add	r8, 1
 	add	r10, -1
-	jne	ntheap_LBB21_53
-ntheap_LBB21_54:
+	jne	ntheap_LBB23_53
+ntheap_LBB23_54:
 	sub	rcx, rax
 	cmp	rcx, -8
-	ja	ntheap_LBB21_57
+	ja	ntheap_LBB23_57
 	add	rdx, r9
 	movabs	rax, -6076574518398440533
-ntheap_LBB21_56:
+ntheap_LBB23_56:
 	mov	qword ptr [r8], rax
 	add	r8, 8
 	cmp	r8, rdx
-	jne	ntheap_LBB21_56
-ntheap_LBB21_57:
+	jne	ntheap_LBB23_56
+ntheap_LBB23_57:
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -3801,11 +3881,11 @@ walk_block:
 	add	rsi, -8
 	add	r10, rax
 	cmp	r8, rsi
-	jae	ntheap_LBB22_1
+	jae	ntheap_LBB24_1
 	lea	r11, [r8 + 8]
 	mov	eax, -1073741811
 	cmp	r11, r10
-	ja	ntheap_LBB22_23
+	ja	ntheap_LBB24_23
 	mov	qword ptr [r9 + 8], 0
 	mov	dword ptr [r9 + 16], 0
 	mov	qword ptr [r9 + 24], 0
@@ -3816,29 +3896,29 @@ walk_block:
 	add	rdx, 24
 	mov	al, -1
 	mov	r11, rcx
-ntheap_LBB22_16:
+ntheap_LBB24_16:
 	mov	r11, qword ptr [r11]
 	add	al, 1
 	cmp	r11, rcx
-	je	ntheap_LBB22_18
+	je	ntheap_LBB24_18
 	cmp	r11, rdx
-	jne	ntheap_LBB22_16
-ntheap_LBB22_18:
+	jne	ntheap_LBB24_16
+ntheap_LBB24_18:
 	mov	byte ptr [r9 + 17], al
 	mov	ecx, dword ptr [r8]
 	mov	eax, ecx
 	and	eax, -4
 	test	cl, 1
-	jne	ntheap_LBB22_19
+	jne	ntheap_LBB24_19
 	movzx	ecx, byte ptr [r8 + 4]
 	sub	eax, ecx
 	mov	qword ptr [r9 + 8], rax
 	movzx	eax, byte ptr [r8 + 4]
 	mov	byte ptr [r9 + 16], al
-	jmp	ntheap_LBB22_21
-ntheap_LBB22_1:
+	jmp	ntheap_LBB24_21
+ntheap_LBB24_1:
 	cmp	rax, r11
-	jae	ntheap_LBB22_6
+	jae	ntheap_LBB24_6
 	mov	qword ptr [r9 + 8], 0
 	mov	dword ptr [r9 + 16], 0
 	mov	qword ptr [r9 + 24], 0
@@ -3852,22 +3932,22 @@ ntheap_LBB22_1:
 	add	rdx, 24
 	mov	al, -1
 	mov	r8, rcx
-ntheap_LBB22_3:
+ntheap_LBB24_3:
 	mov	r8, qword ptr [r8]
 	add	al, 1
 	cmp	r8, rcx
-	je	ntheap_LBB22_5
+	je	ntheap_LBB24_5
 	cmp	r8, rdx
-	jne	ntheap_LBB22_3
-ntheap_LBB22_5:
+	jne	ntheap_LBB24_3
+ntheap_LBB24_5:
 	mov	byte ptr [r9 + 17], al
 	mov	word ptr [r9 + 18], 4096
-	jmp	ntheap_LBB22_22
-ntheap_LBB22_6:
+	jmp	ntheap_LBB24_22
+ntheap_LBB24_6:
 	mov	rax, qword ptr [rdx + 24]
 	lea	rdx, [rcx + 176]
 	cmp	rax, rdx
-	je	ntheap_LBB22_11
+	je	ntheap_LBB24_11
 	mov	qword ptr [r9 + 8], 0
 	mov	dword ptr [r9 + 16], 0
 	mov	qword ptr [r9 + 24], 0
@@ -3879,14 +3959,14 @@ ntheap_LBB22_6:
 	mov	qword ptr [r9 + 8], rcx
 	mov	cl, -1
 	mov	r8, rdx
-ntheap_LBB22_8:
+ntheap_LBB24_8:
 	mov	r8, qword ptr [r8]
 	add	cl, 1
 	cmp	r8, rdx
-	je	ntheap_LBB22_10
+	je	ntheap_LBB24_10
 	cmp	r8, rax
-	jne	ntheap_LBB22_8
-ntheap_LBB22_10:
+	jne	ntheap_LBB24_8
+ntheap_LBB24_10:
 	mov	byte ptr [r9 + 17], cl
 	mov	word ptr [r9 + 18], 2
 	mov	ecx, dword ptr [rax - 8]
@@ -3900,8 +3980,8 @@ ntheap_LBB22_10:
 	mov	rcx, qword ptr [rax - 24]
 	add	rcx, qword ptr [rax - 16]
 	mov	qword ptr [r9 + 40], rcx
-	jmp	ntheap_LBB22_22
-ntheap_LBB22_19:
+	jmp	ntheap_LBB24_22
+ntheap_LBB24_19:
 	add	rax, r8
 	cmp	rax, r10
 	cmova	rax, r10
@@ -3909,12 +3989,12 @@ ntheap_LBB22_19:
 	add	rax, -8
 	mov	qword ptr [r9 + 8], rax
 	mov	byte ptr [r9 + 16], 8
-	jmp	ntheap_LBB22_22
-ntheap_LBB22_11:
+	jmp	ntheap_LBB24_22
+ntheap_LBB24_11:
 	mov	rax, qword ptr [rcx + 192]
 	add	rcx, 192
 	cmp	rax, rcx
-	je	ntheap_LBB22_12
+	je	ntheap_LBB24_12
 	mov	qword ptr [r9 + 8], 0
 	mov	dword ptr [r9 + 16], 0
 	mov	qword ptr [r9 + 24], 0
@@ -3925,14 +4005,14 @@ ntheap_LBB22_11:
 	mov	rax, qword ptr [rax + 16]
 	mov	qword ptr [r9 + 8], rax
 	mov	byte ptr [r9 + 16], 48
-ntheap_LBB22_21:
+ntheap_LBB24_21:
 	mov	word ptr [r9 + 18], 16401
-ntheap_LBB22_22:
+ntheap_LBB24_22:
 	xor	eax, eax
-ntheap_LBB22_23:
+ntheap_LBB24_23:
 	pop	rsi
 	pop	rbp
 	ret
-ntheap_LBB22_12:
+ntheap_LBB24_12:
 	mov	eax, -2147483622
-	jmp	ntheap_LBB22_23
+	jmp	ntheap_LBB24_23

@@ -3761,6 +3761,92 @@ ntheap_LBB20_10:
 	pop	ebp
 	ret	8
 	.p2align	4
+RtlQueryHeapInformation:
+	push	ebp
+	mov	ebp, esp
+	mov	ecx, dword ptr [ebp + 8]
+	test	ecx, ecx
+	sete	dl
+	test	cl, 7
+	setne	dh
+	mov	eax, -1073741811
+	or	dh, dl
+	jne	ntheap_LBB21_9
+	cmp	dword ptr [ecx + 124], 1346454856
+	jne	ntheap_LBB21_9
+	cmp	dword ptr [ecx + 100], 1112888136
+	jne	ntheap_LBB21_9
+	cmp	dword ptr [ecx + 92], ecx
+	je	ntheap_LBB21_4
+ntheap_LBB21_9:
+	pop	ebp
+	ret	20
+ntheap_LBB21_4:
+	mov	eax, -1073741821
+	cmp	dword ptr [ebp + 12], 0
+	jne	ntheap_LBB21_9
+	mov	edx, dword ptr [ebp + 24]
+	mov	eax, dword ptr [ebp + 20]
+	mov	ecx, dword ptr [ebp + 16]
+	test	edx, edx
+	je	ntheap_LBB21_7
+	mov	dword ptr [edx], 4
+ntheap_LBB21_7:
+	cmp	eax, 4
+	setb	dl
+	test	ecx, ecx
+	sete	dh
+	mov	eax, -1073741789
+	or	dh, dl
+	jne	ntheap_LBB21_9
+	mov	dword ptr [ecx], 0
+	xor	eax, eax
+	pop	ebp
+	ret	20
+	.p2align	4
+RtlSetHeapInformation:
+	push	ebp
+	mov	ebp, esp
+	mov	ecx, dword ptr [ebp + 12]
+	test	ecx, ecx
+	je	ntheap_LBB22_3
+	xor	eax, eax
+	cmp	ecx, 1
+	je	ntheap_LBB22_9
+	mov	eax, -1073741821
+	pop	ebp
+	ret	16
+ntheap_LBB22_3:
+	mov	ecx, dword ptr [ebp + 8]
+	test	ecx, ecx
+	sete	dl
+	test	cl, 7
+	setne	dh
+	mov	eax, -1073741811
+	or	dh, dl
+	jne	ntheap_LBB22_9
+	cmp	dword ptr [ecx + 124], 1346454856
+	jne	ntheap_LBB22_9
+	cmp	dword ptr [ecx + 100], 1112888136
+	jne	ntheap_LBB22_9
+	cmp	dword ptr [ecx + 92], ecx
+	jne	ntheap_LBB22_9
+	mov	ecx, dword ptr [ebp + 16]
+	cmp	dword ptr [ebp + 20], 4
+	setb	dl
+	test	ecx, ecx
+	sete	dh
+	mov	eax, -1073741789
+	or	dh, dl
+	jne	ntheap_LBB22_9
+	mov	ecx, dword ptr [ecx]
+	test	ecx, ecx
+	mov	eax, -1073741823
+	cmove	eax, ecx
+ntheap_LBB22_9:
+	pop	ebp
+	ret	16
+	.p2align	4
 init_data:
 	push	ebp
 	mov	ebp, esp
@@ -3772,18 +3858,18 @@ init_data:
 	mov	esi, dword ptr [ebp + 12]
 	mov	ebx, dword ptr [ebp + 8]
 	cmp	dword ptr [ebp + 16], esi
-	jbe	ntheap_LBB21_18
+	jbe	ntheap_LBB23_18
 	test	dl, 8
-	jne	ntheap_LBB21_2
+	jne	ntheap_LBB23_2
 	mov	eax, dword ptr [ebp - 24]
 	test	byte ptr [eax + 64], 96
-	je	ntheap_LBB21_18
+	je	ntheap_LBB23_18
 	lea	ecx, [ebx + esi]
 	mov	eax, dword ptr [ebp + 16]
 	lea	edx, [ebx + eax]
 	mov	dword ptr [ebp - 16], edx
 	test	cl, 3
-	je	ntheap_LBB21_37
+	je	ntheap_LBB23_37
 	mov	edi, ecx
 	lea	ecx, [8*ecx]
 	mov	edx, -1163005939
@@ -3797,7 +3883,7 @@ init_data:
 	sete	dh
 	or	dh, dl
 	mov	edx, -1163005939
-	jne	ntheap_LBB21_37
+	jne	ntheap_LBB23_37
 	shl	ecx, 3
 	shr	edx, cl
 	mov	byte ptr [edi + 1], dl
@@ -3808,7 +3894,7 @@ init_data:
 	test	cl, 3
 	sete	dh
 	or	dh, dl
-	jne	ntheap_LBB21_37
+	jne	ntheap_LBB23_37
 	shl	ecx, 3
 	mov	edx, -1163005939
 	shr	edx, cl
@@ -3821,18 +3907,18 @@ init_data:
 	sete	dh
 	or	dh, dl
 	mov	edx, -1163005939
-	jne	ntheap_LBB21_37
+	jne	ntheap_LBB23_37
 	shl	ecx, 3
 	shr	edx, cl
 	mov	byte ptr [edi + 3], dl
 	add	edi, 4
-	jmp	ntheap_LBB21_38
-ntheap_LBB21_2:
+	jmp	ntheap_LBB23_38
+ntheap_LBB23_2:
 	lea	eax, [ebx + esi]
 	mov	edx, dword ptr [ebp + 16]
 	lea	ecx, [ebx + edx]
 	test	al, 3
-	je	ntheap_LBB21_3
+	je	ntheap_LBB23_3
 	mov	ebx, edx
 	mov	byte ptr [eax], 0
 	lea	edx, [eax + 1]
@@ -3843,7 +3929,7 @@ ntheap_LBB21_2:
 	sete	bh
 	or	bh, bl
 	mov	edi, edx
-	jne	ntheap_LBB21_4
+	jne	ntheap_LBB23_4
 	mov	byte ptr [eax + 1], 0
 	lea	edx, [eax + 2]
 	lea	edi, [esi + 2]
@@ -3853,7 +3939,7 @@ ntheap_LBB21_2:
 	sete	bh
 	or	bh, bl
 	mov	edi, edx
-	jne	ntheap_LBB21_4
+	jne	ntheap_LBB23_4
 	mov	byte ptr [eax + 2], 0
 	lea	edx, [eax + 3]
 	add	esi, 3
@@ -3863,97 +3949,97 @@ ntheap_LBB21_2:
 	sete	bh
 	or	bh, bl
 	mov	edi, edx
-	jne	ntheap_LBB21_4
+	jne	ntheap_LBB23_4
 	mov	byte ptr [eax + 3], 0
 	add	eax, 4
-ntheap_LBB21_3:
+ntheap_LBB23_3:
 	mov	edx, eax
 	mov	edi, eax
-ntheap_LBB21_4:
+ntheap_LBB23_4:
 	mov	eax, ecx
 	sub	eax, edx
 	cmp	eax, 4
-	jl	ntheap_LBB21_5
+	jl	ntheap_LBB23_5
 	mov	edx, edi
 	neg	edx
 	mov	ebx, dword ptr [ebp + 8]
-ntheap_LBB21_34:
+ntheap_LBB23_34:
 	mov	dword ptr [edi], 0
 	add	edi, 4
 	lea	eax, [ecx + edx - 4]
 	add	edx, -4
 	cmp	eax, 3
-	jg	ntheap_LBB21_34
+	jg	ntheap_LBB23_34
 	neg	edx
 	cmp	edi, ecx
-	jb	ntheap_LBB21_12
-	jmp	ntheap_LBB21_18
-ntheap_LBB21_37:
+	jb	ntheap_LBB23_12
+	jmp	ntheap_LBB23_18
+ntheap_LBB23_37:
 	mov	edi, ecx
-ntheap_LBB21_38:
+ntheap_LBB23_38:
 	mov	ecx, dword ptr [ebp - 16]
 	sub	ecx, edi
 	mov	edx, edi
 	cmp	ecx, 4
-	jl	ntheap_LBB21_39
+	jl	ntheap_LBB23_39
 	neg	edx
 	mov	esi, edi
 	mov	edi, dword ptr [ebp - 16]
-ntheap_LBB21_53:
+ntheap_LBB23_53:
 	mov	dword ptr [esi], -1163005939
 	add	esi, 4
 	lea	eax, [edi + edx - 4]
 	add	edx, -4
 	cmp	eax, 3
-	jg	ntheap_LBB21_53
+	jg	ntheap_LBB23_53
 	neg	edx
 	cmp	esi, edi
-	jb	ntheap_LBB21_46
-	jmp	ntheap_LBB21_18
-ntheap_LBB21_5:
+	jb	ntheap_LBB23_46
+	jmp	ntheap_LBB23_18
+ntheap_LBB23_5:
 	mov	ebx, dword ptr [ebp + 8]
 	cmp	edi, ecx
-	jae	ntheap_LBB21_18
-ntheap_LBB21_12:
+	jae	ntheap_LBB23_18
+ntheap_LBB23_12:
 	mov	esi, ecx
 	sub	esi, edx
 	mov	ebx, esi
 	and	ebx, 7
 	mov	eax, edi
-	je	ntheap_LBB21_15
+	je	ntheap_LBB23_15
 	mov	eax, edi
-ntheap_LBB21_14:
+ntheap_LBB23_14:
 	mov	byte ptr [eax], 0
 	inc	eax
 	dec	ebx
-	jne	ntheap_LBB21_14
-ntheap_LBB21_15:
+	jne	ntheap_LBB23_14
+ntheap_LBB23_15:
 	sub	edx, ecx
 	cmp	edx, -8
 	mov	ebx, dword ptr [ebp + 8]
-	ja	ntheap_LBB21_18
+	ja	ntheap_LBB23_18
 	add	edi, esi
-ntheap_LBB21_17:
+ntheap_LBB23_17:
 	mov	dword ptr [eax], 0
 	mov	dword ptr [eax + 4], 0
 	add	eax, 8
 	cmp	eax, edi
-	jne	ntheap_LBB21_17
-	jmp	ntheap_LBB21_18
-ntheap_LBB21_39:
+	jne	ntheap_LBB23_17
+	jmp	ntheap_LBB23_18
+ntheap_LBB23_39:
 	mov	esi, edi
 	mov	edi, dword ptr [ebp - 16]
 	cmp	esi, edi
-	jae	ntheap_LBB21_18
-ntheap_LBB21_46:
+	jae	ntheap_LBB23_18
+ntheap_LBB23_46:
 	sub	edi, edx
 	mov	dword ptr [ebp - 28], edi
 	and	edi, 3
 	mov	dword ptr [ebp - 20], esi
-	je	ntheap_LBB21_49
+	je	ntheap_LBB23_49
 	mov	esi, dword ptr [ebp - 20]
 	lea	ebx, [8*esi]
-ntheap_LBB21_48:
+ntheap_LBB23_48:
 	mov	ecx, ebx
 	and	cl, 24
 	mov	eax, -1163005939
@@ -3962,16 +4048,16 @@ ntheap_LBB21_48:
 	inc	esi
 	add	ebx, 8
 	dec	edi
-	jne	ntheap_LBB21_48
-ntheap_LBB21_49:
+	jne	ntheap_LBB23_48
+ntheap_LBB23_49:
 	sub	edx, dword ptr [ebp - 16]
 	cmp	edx, -4
 	mov	ebx, dword ptr [ebp + 8]
 	mov	edi, dword ptr [ebp - 20]
-	ja	ntheap_LBB21_18
+	ja	ntheap_LBB23_18
 	add	edi, dword ptr [ebp - 28]
 	lea	edx, [8*esi]
-ntheap_LBB21_51:
+ntheap_LBB23_51:
 	mov	ecx, edx
 	and	cl, 24
 	mov	ebx, -1163005939
@@ -3999,11 +4085,11 @@ ntheap_LBB21_51:
 	add	esi, 4
 	add	edx, 32
 	cmp	esi, edi
-	jne	ntheap_LBB21_51
-ntheap_LBB21_18:
+	jne	ntheap_LBB23_51
+ntheap_LBB23_18:
 	mov	eax, dword ptr [ebp - 24]
 	test	byte ptr [eax + 64], 32
-	je	ntheap_LBB21_32
+	je	ntheap_LBB23_32
 	mov	eax, dword ptr [ebp + 20]
 	add	ebx, dword ptr [ebp + 16]
 	cmp	ebx, eax
@@ -4011,7 +4097,7 @@ ntheap_LBB21_18:
 	test	bl, 3
 	setne	dl
 	test	cl, dl
-	je	ntheap_LBB21_20
+	je	ntheap_LBB23_20
 	mov	byte ptr [ebx], -85
 	lea	ecx, [ebx + 1]
 	cmp	ecx, eax
@@ -4020,7 +4106,7 @@ ntheap_LBB21_18:
 	sete	dh
 	or	dh, dl
 	mov	edx, ecx
-	jne	ntheap_LBB21_21
+	jne	ntheap_LBB23_21
 	mov	byte ptr [ebx + 1], -85
 	lea	ecx, [ebx + 2]
 	cmp	ecx, eax
@@ -4029,7 +4115,7 @@ ntheap_LBB21_18:
 	sete	dh
 	or	dh, dl
 	mov	edx, ecx
-	jne	ntheap_LBB21_21
+	jne	ntheap_LBB23_21
 	mov	byte ptr [ebx + 2], -85
 	lea	ecx, [ebx + 3]
 	cmp	ecx, eax
@@ -4038,54 +4124,54 @@ ntheap_LBB21_18:
 	sete	dh
 	or	dh, dl
 	mov	edx, ecx
-	jne	ntheap_LBB21_21
+	jne	ntheap_LBB23_21
 	mov	byte ptr [ebx + 3], -85
 	add	ebx, 4
-ntheap_LBB21_20:
+ntheap_LBB23_20:
 	mov	ecx, ebx
 	mov	edx, ebx
-ntheap_LBB21_21:
+ntheap_LBB23_21:
 	mov	esi, eax
 	sub	esi, ecx
 	cmp	esi, 4
-	jl	ntheap_LBB21_25
+	jl	ntheap_LBB23_25
 	mov	ecx, edx
 	neg	ecx
-ntheap_LBB21_23:
+ntheap_LBB23_23:
 	mov	dword ptr [edx], -1414812757
 	add	edx, 4
 	lea	esi, [eax + ecx - 4]
 	add	ecx, -4
 	cmp	esi, 3
-	jg	ntheap_LBB21_23
+	jg	ntheap_LBB23_23
 	neg	ecx
-ntheap_LBB21_25:
+ntheap_LBB23_25:
 	cmp	edx, eax
-	jae	ntheap_LBB21_32
+	jae	ntheap_LBB23_32
 	mov	edi, eax
 	sub	edi, ecx
 	mov	ebx, edi
 	and	ebx, 7
 	mov	esi, edx
-	je	ntheap_LBB21_29
+	je	ntheap_LBB23_29
 	mov	esi, edx
-ntheap_LBB21_28:
+ntheap_LBB23_28:
 	mov	byte ptr [esi], -85
 	inc	esi
 	dec	ebx
-	jne	ntheap_LBB21_28
-ntheap_LBB21_29:
+	jne	ntheap_LBB23_28
+ntheap_LBB23_29:
 	sub	ecx, eax
 	cmp	ecx, -8
-	ja	ntheap_LBB21_32
+	ja	ntheap_LBB23_32
 	add	edx, edi
-ntheap_LBB21_31:
+ntheap_LBB23_31:
 	mov	dword ptr [esi], -1414812757
 	mov	dword ptr [esi + 4], -1414812757
 	add	esi, 8
 	cmp	esi, edx
-	jne	ntheap_LBB21_31
-ntheap_LBB21_32:
+	jne	ntheap_LBB23_31
+ntheap_LBB23_32:
 	add	esp, 16
 	pop	esi
 	pop	edi
@@ -4107,12 +4193,12 @@ walk_block:
 	add	esi, ecx
 	cmp	dword ptr [ebp + 8], esi
 	mov	esi, dword ptr [ebp + 12]
-	jae	ntheap_LBB22_1
+	jae	ntheap_LBB24_1
 	mov	eax, dword ptr [ebp + 8]
 	lea	ecx, [eax + 8]
 	mov	eax, -1073741811
 	cmp	ecx, edi
-	ja	ntheap_LBB22_23
+	ja	ntheap_LBB24_23
 	mov	dword ptr [esi + 4], 0
 	mov	byte ptr [esi + 8], 0
 	mov	byte ptr [esi + 9], 0
@@ -4126,30 +4212,30 @@ walk_block:
 	add	edx, 12
 	mov	al, -1
 	mov	ecx, ebx
-ntheap_LBB22_16:
+ntheap_LBB24_16:
 	mov	ecx, dword ptr [ecx]
 	inc	al
 	cmp	ecx, ebx
-	je	ntheap_LBB22_18
+	je	ntheap_LBB24_18
 	cmp	ecx, edx
-	jne	ntheap_LBB22_16
-ntheap_LBB22_18:
+	jne	ntheap_LBB24_16
+ntheap_LBB24_18:
 	mov	byte ptr [esi + 9], al
 	mov	edx, dword ptr [ebp + 8]
 	mov	ecx, dword ptr [edx]
 	mov	eax, ecx
 	and	eax, -4
 	test	cl, 1
-	jne	ntheap_LBB22_19
+	jne	ntheap_LBB24_19
 	movzx	ecx, byte ptr [edx + 4]
 	sub	eax, ecx
 	mov	dword ptr [esi + 4], eax
 	movzx	eax, byte ptr [edx + 4]
 	mov	byte ptr [esi + 8], al
-	jmp	ntheap_LBB22_21
-ntheap_LBB22_1:
+	jmp	ntheap_LBB24_21
+ntheap_LBB24_1:
 	cmp	eax, ecx
-	jae	ntheap_LBB22_6
+	jae	ntheap_LBB24_6
 	mov	dword ptr [esi + 4], 0
 	mov	byte ptr [esi + 8], 0
 	mov	byte ptr [esi + 9], 0
@@ -4166,22 +4252,22 @@ ntheap_LBB22_1:
 	add	edx, 12
 	mov	al, -1
 	mov	edi, ebx
-ntheap_LBB22_3:
+ntheap_LBB24_3:
 	mov	edi, dword ptr [edi]
 	inc	al
 	cmp	edi, ebx
-	je	ntheap_LBB22_5
+	je	ntheap_LBB24_5
 	cmp	edi, edx
-	jne	ntheap_LBB22_3
-ntheap_LBB22_5:
+	jne	ntheap_LBB24_3
+ntheap_LBB24_5:
 	mov	byte ptr [esi + 9], al
 	mov	word ptr [esi + 10], 4096
-	jmp	ntheap_LBB22_22
-ntheap_LBB22_6:
+	jmp	ntheap_LBB24_22
+ntheap_LBB24_6:
 	mov	eax, dword ptr [edx + 12]
 	lea	edx, [ebx + 104]
 	cmp	eax, edx
-	je	ntheap_LBB22_11
+	je	ntheap_LBB24_11
 	mov	dword ptr [esi + 4], 0
 	mov	byte ptr [esi + 8], 0
 	mov	byte ptr [esi + 9], 0
@@ -4196,14 +4282,14 @@ ntheap_LBB22_6:
 	mov	dword ptr [esi + 4], ecx
 	mov	cl, -1
 	mov	edi, edx
-ntheap_LBB22_8:
+ntheap_LBB24_8:
 	mov	edi, dword ptr [edi]
 	inc	cl
 	cmp	edi, edx
-	je	ntheap_LBB22_10
+	je	ntheap_LBB24_10
 	cmp	edi, eax
-	jne	ntheap_LBB22_8
-ntheap_LBB22_10:
+	jne	ntheap_LBB24_8
+ntheap_LBB24_10:
 	mov	byte ptr [esi + 9], cl
 	mov	word ptr [esi + 10], 2
 	mov	ecx, dword ptr [eax - 4]
@@ -4217,8 +4303,8 @@ ntheap_LBB22_10:
 	mov	ecx, dword ptr [eax - 12]
 	add	ecx, dword ptr [eax - 8]
 	mov	dword ptr [esi + 24], ecx
-	jmp	ntheap_LBB22_22
-ntheap_LBB22_19:
+	jmp	ntheap_LBB24_22
+ntheap_LBB24_19:
 	add	eax, edx
 	cmp	eax, edi
 	cmova	eax, edi
@@ -4226,12 +4312,12 @@ ntheap_LBB22_19:
 	add	eax, -8
 	mov	dword ptr [esi + 4], eax
 	mov	byte ptr [esi + 8], 8
-	jmp	ntheap_LBB22_22
-ntheap_LBB22_11:
+	jmp	ntheap_LBB24_22
+ntheap_LBB24_11:
 	mov	eax, dword ptr [ebx + 112]
 	add	ebx, 112
 	cmp	eax, ebx
-	je	ntheap_LBB22_12
+	je	ntheap_LBB24_12
 	mov	dword ptr [esi + 4], 0
 	mov	byte ptr [esi + 8], 0
 	mov	byte ptr [esi + 9], 0
@@ -4245,16 +4331,16 @@ ntheap_LBB22_11:
 	mov	eax, dword ptr [eax + 8]
 	mov	dword ptr [esi + 4], eax
 	mov	byte ptr [esi + 8], 24
-ntheap_LBB22_21:
+ntheap_LBB24_21:
 	mov	word ptr [esi + 10], 16401
-ntheap_LBB22_22:
+ntheap_LBB24_22:
 	xor	eax, eax
-ntheap_LBB22_23:
+ntheap_LBB24_23:
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-ntheap_LBB22_12:
+ntheap_LBB24_12:
 	mov	eax, -2147483622
-	jmp	ntheap_LBB22_23
+	jmp	ntheap_LBB24_23

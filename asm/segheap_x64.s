@@ -5174,6 +5174,47 @@ segheap_LBB20_6:
 	pop	rbp
 	ret
 	.p2align	4
+RtlSetHeapInformation:
+	push	rbp
+	mov	rbp, rsp
+	test	edx, edx
+	je	segheap_LBB21_3
+	xor	eax, eax
+	cmp	edx, 1
+	je	segheap_LBB21_8
+	mov	eax, -1073741821
+	pop	rbp
+	ret
+segheap_LBB21_3:
+	test	rcx, rcx
+	sete	dl
+	test	ecx, 4095
+	setne	r10b
+	mov	eax, -1073741811
+	or	r10b, dl
+	jne	segheap_LBB21_8
+	cmp	dword ptr [rcx + 16], -571548178
+	jne	segheap_LBB21_8
+	cmp	qword ptr [rcx + 312], rcx
+	je	segheap_LBB21_6
+segheap_LBB21_8:
+	pop	rbp
+	ret
+segheap_LBB21_6:
+	cmp	r9, 4
+	setb	cl
+	test	r8, r8
+	sete	dl
+	mov	eax, -1073741789
+	or	dl, cl
+	jne	segheap_LBB21_8
+	xor	ecx, ecx
+	cmp	dword ptr [r8], 2
+	mov	eax, -1073741823
+	cmove	eax, ecx
+	pop	rbp
+	ret
+	.p2align	4
 rb_remove:
 	push	rbp
 	push	rsi
@@ -5183,35 +5224,35 @@ rb_remove:
 	mov	r8, qword ptr [rdx]
 	mov	rax, qword ptr [rdx + 8]
 	test	r8, r8
-	je	segheap_LBB21_1
+	je	segheap_LBB22_1
 	test	rax, rax
-	je	segheap_LBB21_3
-segheap_LBB21_9:
+	je	segheap_LBB22_3
+segheap_LBB22_9:
 	mov	r10, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB21_9
+	jne	segheap_LBB22_9
 	mov	r8, qword ptr [r10 + 8]
 	mov	rax, qword ptr [r10 + 16]
 	mov	r11, rax
 	and	r11, -4
 	mov	r9, r10
 	cmp	rdx, r11
-	je	segheap_LBB21_17
+	je	segheap_LBB22_17
 	test	r11, r11
-	je	segheap_LBB21_12
+	je	segheap_LBB22_12
 	xor	r9d, r9d
 	cmp	qword ptr [r11 + 8], r10
 	sete	r9b
 	mov	qword ptr [r11 + 8*r9], r8
 	test	r8, r8
-	je	segheap_LBB21_16
-segheap_LBB21_15:
+	je	segheap_LBB22_16
+segheap_LBB22_15:
 	mov	r9, qword ptr [r8 + 16]
 	and	r9d, 1
 	or	r9, r11
 	mov	qword ptr [r8 + 16], r9
-segheap_LBB21_16:
+segheap_LBB22_16:
 	mov	r9, qword ptr [rdx + 8]
 	mov	qword ptr [r10 + 8], r9
 	mov	rsi, qword ptr [r9 + 16]
@@ -5219,48 +5260,48 @@ segheap_LBB21_16:
 	or	rsi, r10
 	mov	qword ptr [r9 + 16], rsi
 	mov	r9, r11
-segheap_LBB21_17:
+segheap_LBB22_17:
 	mov	r11, qword ptr [rdx + 16]
 	and	r11, -4
-	je	segheap_LBB21_18
+	je	segheap_LBB22_18
 	xor	esi, esi
 	cmp	qword ptr [r11 + 8], rdx
 	sete	sil
 	mov	qword ptr [r11 + 8*rsi], r10
-	jmp	segheap_LBB21_20
-segheap_LBB21_1:
+	jmp	segheap_LBB22_20
+segheap_LBB22_1:
 	mov	r8, rax
-segheap_LBB21_3:
+segheap_LBB22_3:
 	mov	rax, qword ptr [rdx + 16]
 	mov	r9, rax
 	and	r9, -4
-	je	segheap_LBB21_4
+	je	segheap_LBB22_4
 	xor	r10d, r10d
 	cmp	qword ptr [r9 + 8], rdx
 	sete	r10b
 	mov	qword ptr [r9 + 8*r10], r8
 	test	r8, r8
-	je	segheap_LBB21_7
-segheap_LBB21_8:
+	je	segheap_LBB22_7
+segheap_LBB22_8:
 	mov	r10, qword ptr [r8 + 16]
 	and	r10d, 1
 	or	r10, r9
 	mov	qword ptr [r8 + 16], r10
 	test	al, 1
-	je	segheap_LBB21_22
-	jmp	segheap_LBB21_64
-segheap_LBB21_4:
+	je	segheap_LBB22_22
+	jmp	segheap_LBB22_64
+segheap_LBB22_4:
 	mov	qword ptr [rcx], r8
 	test	r8, r8
-	jne	segheap_LBB21_8
-segheap_LBB21_7:
+	jne	segheap_LBB22_8
+segheap_LBB22_7:
 	xor	r8d, r8d
 	test	al, 1
-	je	segheap_LBB21_22
-	jmp	segheap_LBB21_64
-segheap_LBB21_18:
+	je	segheap_LBB22_22
+	jmp	segheap_LBB22_64
+segheap_LBB22_18:
 	mov	qword ptr [rcx], r10
-segheap_LBB21_20:
+segheap_LBB22_20:
 	mov	rsi, qword ptr [r10 + 16]
 	and	esi, 1
 	or	rsi, r11
@@ -5278,46 +5319,46 @@ segheap_LBB21_20:
 	or	rsi, r11
 	mov	qword ptr [r10 + 16], rsi
 	test	al, 1
-	jne	segheap_LBB21_64
-segheap_LBB21_22:
+	jne	segheap_LBB22_64
+segheap_LBB22_22:
 	cmp	r8, qword ptr [rcx]
-	jne	segheap_LBB21_23
-	jmp	segheap_LBB21_61
-segheap_LBB21_68:
+	jne	segheap_LBB22_23
+	jmp	segheap_LBB22_61
+segheap_LBB22_68:
 	or	byte ptr [r10 + 16], 1
 	mov	r9, qword ptr [rax + 16]
 	and	r9, -4
 	mov	r8, rax
 	cmp	rax, qword ptr [rcx]
-	je	segheap_LBB21_62
-segheap_LBB21_23:
+	je	segheap_LBB22_62
+segheap_LBB22_23:
 	mov	rax, r9
 	test	r8, r8
-	je	segheap_LBB21_26
+	je	segheap_LBB22_26
 	mov	r9, qword ptr [r8 + 16]
 	test	r9b, 1
-	jne	segheap_LBB21_63
+	jne	segheap_LBB22_63
 	cmp	qword ptr [rax + 8], r8
 	sete	r8b
-	jmp	segheap_LBB21_29
-segheap_LBB21_26:
+	jmp	segheap_LBB22_29
+segheap_LBB22_26:
 	cmp	qword ptr [rax + 8], 0
-	je	segheap_LBB21_28
+	je	segheap_LBB22_28
 	xor	r8d, r8d
-	jmp	segheap_LBB21_29
-segheap_LBB21_28:
+	jmp	segheap_LBB22_29
+segheap_LBB22_28:
 	cmp	qword ptr [rax], 0
 	setne	r8b
-segheap_LBB21_29:
+segheap_LBB22_29:
 	mov	r9d, r8d
 	xor	r9b, 1
 	movzx	r9d, r9b
 	mov	r10, qword ptr [rax + 8*r9]
 	test	r10, r10
-	je	segheap_LBB21_30
+	je	segheap_LBB22_30
 	mov	r11, qword ptr [r10 + 16]
 	test	r11b, 1
-	je	segheap_LBB21_38
+	je	segheap_LBB22_38
 	and	r11, -2
 	mov	qword ptr [r10 + 16], r11
 	mov	r11, qword ptr [rax + 16]
@@ -5329,70 +5370,70 @@ segheap_LBB21_29:
 	mov	rdi, qword ptr [r10 + 8*rsi]
 	mov	qword ptr [rax + 8*r9], rdi
 	test	rdi, rdi
-	je	segheap_LBB21_34
+	je	segheap_LBB22_34
 	mov	rbx, qword ptr [rdi + 16]
 	and	ebx, 1
 	or	rbx, rax
 	mov	qword ptr [rdi + 16], rbx
-segheap_LBB21_34:
+segheap_LBB22_34:
 	and	r11, -4
 	mov	rdi, qword ptr [r10 + 16]
 	and	edi, 1
 	or	rdi, r11
 	mov	qword ptr [r10 + 16], rdi
 	test	r11, r11
-	je	segheap_LBB21_35
+	je	segheap_LBB22_35
 	xor	edi, edi
 	cmp	qword ptr [r11 + 8], rax
 	sete	dil
 	mov	qword ptr [r11 + 8*rdi], r10
-	jmp	segheap_LBB21_37
-segheap_LBB21_30:
+	jmp	segheap_LBB22_37
+segheap_LBB22_30:
 	xor	r10d, r10d
-	jmp	segheap_LBB21_38
-segheap_LBB21_35:
+	jmp	segheap_LBB22_38
+segheap_LBB22_35:
 	mov	qword ptr [rcx], r10
-segheap_LBB21_37:
+segheap_LBB22_37:
 	mov	qword ptr [r10 + 8*rsi], rax
 	mov	r11, qword ptr [rax + 16]
 	and	r11d, 1
 	or	r11, r10
 	mov	qword ptr [rax + 16], r11
 	mov	r10, qword ptr [rax + 8*r9]
-segheap_LBB21_38:
+segheap_LBB22_38:
 	mov	r11, qword ptr [r10]
 	test	r11, r11
-	je	segheap_LBB21_40
+	je	segheap_LBB22_40
 	test	byte ptr [r11 + 16], 1
-	jne	segheap_LBB21_42
-segheap_LBB21_40:
+	jne	segheap_LBB22_42
+segheap_LBB22_40:
 	mov	r11, qword ptr [r10 + 8]
 	test	r11, r11
-	je	segheap_LBB21_68
+	je	segheap_LBB22_68
 	test	byte ptr [r11 + 16], 1
-	je	segheap_LBB21_68
-segheap_LBB21_42:
+	je	segheap_LBB22_68
+segheap_LBB22_42:
 	mov	r11, qword ptr [r10 + 8*r9]
 	test	r11, r11
-	je	segheap_LBB21_44
+	je	segheap_LBB22_44
 	test	byte ptr [r11 + 16], 1
-	jne	segheap_LBB21_53
-segheap_LBB21_44:
+	jne	segheap_LBB22_53
+segheap_LBB22_44:
 	movzx	edi, r8b
 	mov	r11, qword ptr [r10 + 8*rdi]
 	test	r11, r11
-	je	segheap_LBB21_45
+	je	segheap_LBB22_45
 	and	byte ptr [r11 + 16], -2
 	mov	r11, qword ptr [r10 + 8*rdi]
-	jmp	segheap_LBB21_47
-segheap_LBB21_12:
+	jmp	segheap_LBB22_47
+segheap_LBB22_12:
 	mov	qword ptr [rcx], r8
 	test	r8, r8
-	jne	segheap_LBB21_15
-	jmp	segheap_LBB21_16
-segheap_LBB21_45:
+	jne	segheap_LBB22_15
+	jmp	segheap_LBB22_16
+segheap_LBB22_45:
 	xor	r11d, r11d
-segheap_LBB21_47:
+segheap_LBB22_47:
 	mov	rsi, qword ptr [r10 + 16]
 	mov	rbx, rsi
 	or	rbx, 1
@@ -5401,26 +5442,26 @@ segheap_LBB21_47:
 	mov	rbx, qword ptr [r11 + 8*r9]
 	mov	qword ptr [r10 + 8*rdi], rbx
 	test	rbx, rbx
-	je	segheap_LBB21_49
+	je	segheap_LBB22_49
 	mov	rdi, qword ptr [rbx + 16]
 	and	edi, 1
 	or	rdi, r10
 	mov	qword ptr [rbx + 16], rdi
-segheap_LBB21_49:
+segheap_LBB22_49:
 	mov	rdi, qword ptr [r11 + 16]
 	and	edi, 1
 	or	rdi, rsi
 	mov	qword ptr [r11 + 16], rdi
 	test	rsi, rsi
-	je	segheap_LBB21_50
+	je	segheap_LBB22_50
 	xor	edi, edi
 	cmp	qword ptr [rsi + 8], r10
 	sete	dil
 	mov	qword ptr [rsi + 8*rdi], r11
-	jmp	segheap_LBB21_52
-segheap_LBB21_50:
+	jmp	segheap_LBB22_52
+segheap_LBB22_50:
 	mov	qword ptr [rcx], r11
-segheap_LBB21_52:
+segheap_LBB22_52:
 	lea	esi, [8*r9]
 	mov	qword ptr [r11 + rsi], r10
 	mov	rdi, qword ptr [r10 + 16]
@@ -5428,7 +5469,7 @@ segheap_LBB21_52:
 	or	rdi, r11
 	mov	qword ptr [r10 + 16], rdi
 	mov	r10, qword ptr [rax + rsi]
-segheap_LBB21_53:
+segheap_LBB22_53:
 	mov	r11, qword ptr [r10 + 16]
 	and	r11, -2
 	mov	rsi, qword ptr [rax + 16]
@@ -5440,68 +5481,68 @@ segheap_LBB21_53:
 	mov	qword ptr [rax + 16], r11
 	mov	r10, qword ptr [r10 + 8*r9]
 	test	r10, r10
-	je	segheap_LBB21_55
+	je	segheap_LBB22_55
 	and	byte ptr [r10 + 16], -2
 	mov	r11, qword ptr [rax + 16]
-segheap_LBB21_55:
+segheap_LBB22_55:
 	mov	r10, qword ptr [rax + 8*r9]
 	and	r11, -4
 	movzx	r8d, r8b
 	mov	rsi, qword ptr [r10 + 8*r8]
 	mov	qword ptr [rax + 8*r9], rsi
 	test	rsi, rsi
-	je	segheap_LBB21_57
+	je	segheap_LBB22_57
 	mov	r9, qword ptr [rsi + 16]
 	and	r9d, 1
 	or	r9, rax
 	mov	qword ptr [rsi + 16], r9
-segheap_LBB21_57:
+segheap_LBB22_57:
 	mov	r9, qword ptr [r10 + 16]
 	and	r9d, 1
 	or	r9, r11
 	mov	qword ptr [r10 + 16], r9
 	test	r11, r11
-	je	segheap_LBB21_58
+	je	segheap_LBB22_58
 	xor	r9d, r9d
 	cmp	qword ptr [r11 + 8], rax
 	sete	r9b
 	mov	qword ptr [r11 + 8*r9], r10
-	jmp	segheap_LBB21_60
-segheap_LBB21_58:
+	jmp	segheap_LBB22_60
+segheap_LBB22_58:
 	mov	qword ptr [rcx], r10
-segheap_LBB21_60:
+segheap_LBB22_60:
 	mov	qword ptr [r10 + 8*r8], rax
 	mov	r8, qword ptr [rax + 16]
 	and	r8d, 1
 	or	r8, r10
 	mov	qword ptr [rax + 16], r8
 	mov	r8, qword ptr [rcx]
-segheap_LBB21_61:
+segheap_LBB22_61:
 	mov	rax, r8
 	test	r8, r8
-	je	segheap_LBB21_64
-segheap_LBB21_62:
+	je	segheap_LBB22_64
+segheap_LBB22_62:
 	mov	r9, qword ptr [rax + 16]
 	mov	r8, rax
-segheap_LBB21_63:
+segheap_LBB22_63:
 	and	r9, -2
 	mov	qword ptr [r8 + 16], r9
-segheap_LBB21_64:
+segheap_LBB22_64:
 	mov	qword ptr [rdx + 8], 0
 	mov	qword ptr [rdx], 0
 	mov	qword ptr [rdx + 16], 0
 	mov	rdx, qword ptr [rcx]
 	test	rdx, rdx
-	je	segheap_LBB21_65
-segheap_LBB21_66:
+	je	segheap_LBB22_65
+segheap_LBB22_66:
 	mov	rax, rdx
 	mov	rdx, qword ptr [rdx]
 	test	rdx, rdx
-	jne	segheap_LBB21_66
-	jmp	segheap_LBB21_67
-segheap_LBB21_65:
+	jne	segheap_LBB22_66
+	jmp	segheap_LBB22_67
+segheap_LBB22_65:
 	xor	eax, eax
-segheap_LBB21_67:
+segheap_LBB22_67:
 	mov	qword ptr [rcx + 8], rax
 	pop	rbx
 	pop	rdi
@@ -5529,35 +5570,35 @@ vs_free:
 	or	r8d, -256
 	mov	ecx, 256
 	cmp	r8d, -254
-	jb	segheap_LBB22_7
+	jb	segheap_LBB23_7
 	movzx	edx, dl
 	mov	r8d, edx
 	shl	r8d, 5
 	or	r8, rax
 	test	byte ptr [r8 + 24], 8
-	jne	segheap_LBB22_2
+	jne	segheap_LBB23_2
 	movzx	r9d, byte ptr [r8 + 31]
 	test	r9d, r9d
-	je	segheap_LBB22_7
+	je	segheap_LBB23_7
 	lea	r8d, [rdx - 2]
 	cmp	r8d, r9d
-	jb	segheap_LBB22_7
+	jb	segheap_LBB23_7
 	mov	r8d, edx
 	sub	r8d, r9d
 	mov	r9, r8
 	shl	r9, 5
 	test	byte ptr [rax + r9 + 24], 8
-	je	segheap_LBB22_7
+	je	segheap_LBB23_7
 	add	r9, rax
 	movzx	ecx, byte ptr [r9 + 31]
 	add	ecx, r8d
 	cmp	ecx, edx
 	mov	ecx, 256
 	cmova	ecx, r8d
-	jmp	segheap_LBB22_7
-segheap_LBB22_2:
+	jmp	segheap_LBB23_7
+segheap_LBB23_2:
 	mov	ecx, edx
-segheap_LBB22_7:
+segheap_LBB23_7:
 	movabs	rdx, 281474976710656
 	mov	ecx, ecx
 	shl	rcx, 12
@@ -5576,7 +5617,7 @@ segheap_LBB22_7:
 	shl	r12d, 4
 	add	r12, rbx
 	and	r13, 65535
-	je	segheap_LBB22_8
+	je	segheap_LBB23_8
 	mov	rcx, rdi
 	mov	eax, r13d
 	shl	eax, 4
@@ -5586,7 +5627,7 @@ segheap_LBB22_7:
 	xor	rdi, r14
 	xor	rdi, rsi
 	cmp	rdi, rdx
-	jae	segheap_LBB22_10
+	jae	segheap_LBB23_10
 	mov	qword ptr [rbp - 16], rcx
 	add	rcx, 656
 	lea	rdx, [r14 + 8]
@@ -5609,24 +5650,24 @@ segheap_LBB22_7:
 	mov	r13, rdi
 	mov	rdi, r9
 	cmp	r15, r12
-	jb	segheap_LBB22_13
-	jmp	segheap_LBB22_15
-segheap_LBB22_8:
+	jb	segheap_LBB23_13
+	jmp	segheap_LBB23_15
+segheap_LBB23_8:
 	xor	r13d, r13d
 	mov	r14, r10
 	cmp	r15, r12
-	jb	segheap_LBB22_13
-	jmp	segheap_LBB22_15
-segheap_LBB22_10:
+	jb	segheap_LBB23_13
+	jmp	segheap_LBB23_15
+segheap_LBB23_10:
 	mov	r14, r10
 	mov	rdi, rcx
 	cmp	r15, r12
-	jae	segheap_LBB22_15
-segheap_LBB22_13:
+	jae	segheap_LBB23_15
+segheap_LBB23_13:
 	xor	rsi, qword ptr [r15]
 	xor	rsi, r15
 	cmp	rsi, rdx
-	jae	segheap_LBB22_15
+	jae	segheap_LBB23_15
 	lea	rcx, [rdi + 656]
 	lea	rdx, [r15 + 8]
 	mov	qword ptr [rbp], r10
@@ -5641,16 +5682,16 @@ segheap_LBB22_13:
 	sub	qword ptr [rdi + 696], r15
 	shr	esi, 16
 	add	r8, rsi
-segheap_LBB22_15:
+segheap_LBB23_15:
 	mov	dword ptr [r10 + 8], 0
 	mov	esi, r8d
 	shl	esi, 4
 	add	rsi, r14
 	lea	rax, [rbx + 48]
 	cmp	r14, rax
-	jne	segheap_LBB22_17
+	jne	segheap_LBB23_17
 	cmp	rsi, r12
-	jne	segheap_LBB22_17
+	jne	segheap_LBB23_17
 	mov	rax, qword ptr [rbx]
 	mov	rcx, qword ptr [rbx + 8]
 	mov	qword ptr [rax + 8], rcx
@@ -5678,7 +5719,7 @@ segheap_LBB22_15:
 	pop	r15
 	pop	rbp
 	jmp	pages_free
-segheap_LBB22_17:
+segheap_LBB23_17:
 	mov	rax, r8
 	shl	rax, 16
 	shl	r13, 32
@@ -5695,7 +5736,7 @@ segheap_LBB22_17:
 	call	rb_insert
 	add	qword ptr [rdi + 696], rbx
 	cmp	rsi, r12
-	jae	segheap_LBB22_19
+	jae	segheap_LBB23_19
 	mov	r8, rbx
 	mov	rax, qword ptr [rdi + 160]
 	mov	rcx, qword ptr [rsi]
@@ -5708,7 +5749,7 @@ segheap_LBB22_17:
 	xor	rax, rsi
 	xor	rax, rdx
 	mov	qword ptr [rsi], rax
-segheap_LBB22_19:
+segheap_LBB23_19:
 	add	rsp, 56
 	pop	rbx
 	pop	rdi
@@ -5730,35 +5771,35 @@ vs_sub_of:
 	or	r8d, -256
 	mov	edx, 256
 	cmp	r8d, -254
-	jb	segheap_LBB23_7
+	jb	segheap_LBB24_7
 	movzx	ecx, cl
 	mov	r8d, ecx
 	shl	r8d, 5
 	or	r8, rax
 	test	byte ptr [r8 + 24], 8
-	jne	segheap_LBB23_2
+	jne	segheap_LBB24_2
 	movzx	r9d, byte ptr [r8 + 31]
 	test	r9d, r9d
-	je	segheap_LBB23_7
+	je	segheap_LBB24_7
 	lea	r8d, [rcx - 2]
 	cmp	r8d, r9d
-	jb	segheap_LBB23_7
+	jb	segheap_LBB24_7
 	mov	r8d, ecx
 	sub	r8d, r9d
 	mov	r9, r8
 	shl	r9, 5
 	test	byte ptr [rax + r9 + 24], 8
-	je	segheap_LBB23_7
+	je	segheap_LBB24_7
 	add	r9, rax
 	movzx	edx, byte ptr [r9 + 31]
 	add	edx, r8d
 	cmp	edx, ecx
 	mov	edx, 256
 	cmova	edx, r8d
-	jmp	segheap_LBB23_7
-segheap_LBB23_2:
+	jmp	segheap_LBB24_7
+segheap_LBB24_2:
 	mov	edx, ecx
-segheap_LBB23_7:
+segheap_LBB24_7:
 	mov	ecx, edx
 	shl	rcx, 12
 	add	rax, rcx
@@ -5808,24 +5849,24 @@ pages_free:
 	mov	qword ptr [rbp - 8], rax
 	mov	qword ptr [rbp - 16], rcx
 	test	ecx, ecx
-	je	segheap_LBB25_27
+	je	segheap_LBB26_27
 	mov	rax, qword ptr [rbp]
 	mov	rax, qword ptr [rax + 144]
 	mov	rbx, qword ptr [rbp - 16]
 	cmp	ebx, 1
-	jne	segheap_LBB25_3
+	jne	segheap_LBB26_3
 	xor	ecx, ecx
 	xor	edx, edx
 	mov	rsi, qword ptr [rbp - 8]
-	jmp	segheap_LBB25_6
-segheap_LBB25_3:
+	jmp	segheap_LBB26_6
+segheap_LBB26_3:
 	mov	r8d, ebx
 	and	r8d, -2
 	xor	ecx, ecx
 	mov	rsi, qword ptr [rbp - 8]
 	mov	r9d, esi
 	xor	edx, edx
-segheap_LBB25_4:
+segheap_LBB26_4:
 	mov	r10d, r9d
 	shl	r10, 5
 	movzx	r10d, byte ptr [rdi + r10 + 24]
@@ -5838,52 +5879,52 @@ segheap_LBB25_4:
 	add	rcx, 2
 	add	r9d, 2
 	cmp	r8, rcx
-	jne	segheap_LBB25_4
+	jne	segheap_LBB26_4
 	test	bl, 1
-	je	segheap_LBB25_7
-segheap_LBB25_6:
+	je	segheap_LBB26_7
+segheap_LBB26_6:
 	add	ecx, esi
 	shl	rcx, 5
 	bt	dword ptr [rdi + rcx + 24], 1
 	adc	dl, 0
-segheap_LBB25_7:
+segheap_LBB26_7:
 	movzx	ecx, dl
 	add	rax, rcx
 	mov	rcx, qword ptr [rbp]
 	mov	ecx, dword ptr [rcx + 188]
 	cmp	rax, rcx
-	jbe	segheap_LBB25_27
+	jbe	segheap_LBB26_27
 	mov	rax, qword ptr [rbp - 8]
 	mov	rcx, qword ptr [rbp - 16]
 	lea	r14d, [rax + rcx]
 	mov	esi, eax
-	jmp	segheap_LBB25_11
-segheap_LBB25_9:
+	jmp	segheap_LBB26_11
+segheap_LBB26_9:
 	add	esi, 1
-segheap_LBB25_10:
+segheap_LBB26_10:
 	cmp	esi, r14d
-	jae	segheap_LBB25_27
-segheap_LBB25_11:
+	jae	segheap_LBB26_27
+segheap_LBB26_11:
 	mov	r12d, esi
 	mov	r15, r12
 	shl	r15, 5
 	test	byte ptr [rdi + r15 + 24], 2
-	je	segheap_LBB25_9
+	je	segheap_LBB26_9
 	mov	r13d, esi
 	cmp	esi, r14d
-	jae	segheap_LBB25_17
+	jae	segheap_LBB26_17
 	lea	rax, [rdi + 24]
 	add	rax, r15
 	mov	r13d, esi
-segheap_LBB25_14:
+segheap_LBB26_14:
 	test	byte ptr [rax], 2
-	je	segheap_LBB25_17
+	je	segheap_LBB26_17
 	add	r13d, 1
 	add	rax, 32
 	cmp	r14d, r13d
-	jne	segheap_LBB25_14
+	jne	segheap_LBB26_14
 	mov	r13d, r14d
-segheap_LBB25_17:
+segheap_LBB26_17:
 	mov	rax, r12
 	shl	rax, 12
 	add	rax, rdi
@@ -5901,73 +5942,73 @@ segheap_LBB25_17:
 	mov	rax, qword ptr [rbp]
 	sub	qword ptr [rax + 136], rbx
 	cmp	r13d, esi
-	jbe	segheap_LBB25_10
+	jbe	segheap_LBB26_10
 	mov	ecx, r13d
 	sub	ecx, r12d
 	mov	rax, r12
 	and	ecx, 3
-	je	segheap_LBB25_22
+	je	segheap_LBB26_22
 	lea	rax, [rdi + 24]
 	add	r15, rax
 	neg	rcx
 	xor	edx, edx
-segheap_LBB25_20:
+segheap_LBB26_20:
 	and	byte ptr [r15], -3
 	add	rdx, -1
 	add	r15, 32
 	cmp	rcx, rdx
-	jne	segheap_LBB25_20
+	jne	segheap_LBB26_20
 	mov	rax, r12
 	sub	rax, rdx
-segheap_LBB25_22:
+segheap_LBB26_22:
 	mov	ecx, r13d
 	sub	r12, rcx
 	cmp	r12, -4
-	ja	segheap_LBB25_23
+	ja	segheap_LBB26_23
 	sub	rcx, rax
 	shl	rax, 5
 	lea	rdx, [rdi + 120]
 	add	rax, rdx
-segheap_LBB25_25:
+segheap_LBB26_25:
 	and	byte ptr [rax - 96], -3
 	and	byte ptr [rax - 64], -3
 	and	byte ptr [rax - 32], -3
 	and	byte ptr [rax], -3
 	sub	rax, -128
 	add	rcx, -4
-	jne	segheap_LBB25_25
-segheap_LBB25_23:
+	jne	segheap_LBB26_25
+segheap_LBB26_23:
 	mov	esi, r13d
-	jmp	segheap_LBB25_10
-segheap_LBB25_27:
+	jmp	segheap_LBB26_10
+segheap_LBB26_27:
 	mov	r13, qword ptr [rbp - 16]
 	mov	r14d, r13d
 	mov	r12, qword ptr [rbp - 8]
 	mov	r8d, r12d
 	cmp	r12d, 3
-	jb	segheap_LBB25_38
+	jb	segheap_LBB26_38
 	lea	eax, [r12 - 257]
 	mov	r14d, r13d
 	mov	r8d, r12d
 	cmp	eax, -254
-	jb	segheap_LBB25_38
+	jb	segheap_LBB26_38
 	lea	r15d, [r12 - 1]
 	mov	rcx, r15
 	shl	rcx, 5
 	add	rcx, rdi
 	movzx	eax, byte ptr [rcx + 24]
 	test	al, 8
-	jne	segheap_LBB25_35
+	jne	segheap_LBB26_35
 	movzx	eax, byte ptr [rcx + 31]
 	mov	r14d, r13d
 	mov	r8d, r12d
 	test	eax, eax
-	je	segheap_LBB25_38
+	je	segheap_LBB26_38
 	lea	ecx, [r12 - 3]
 	mov	r14d, r13d
 	mov	r8d, r12d
 	cmp	ecx, eax
-	jb	segheap_LBB25_38
+	jb	segheap_LBB26_38
 	mov	esi, r15d
 	sub	esi, eax
 	mov	rcx, rsi
@@ -5976,11 +6017,11 @@ segheap_LBB25_27:
 	mov	r14d, r13d
 	mov	r8d, r12d
 	test	al, 8
-	je	segheap_LBB25_38
+	je	segheap_LBB26_38
 	mov	r14d, r13d
 	mov	r8d, r12d
 	cmp	esi, 255
-	ja	segheap_LBB25_38
+	ja	segheap_LBB26_38
 	add	rcx, rdi
 	movzx	ecx, byte ptr [rcx + 31]
 	add	ecx, esi
@@ -5988,15 +6029,15 @@ segheap_LBB25_27:
 	mov	r8d, r12d
 	cmp	ecx, r15d
 	mov	r15d, esi
-	ja	segheap_LBB25_36
-	jmp	segheap_LBB25_38
-segheap_LBB25_35:
+	ja	segheap_LBB26_36
+	jmp	segheap_LBB26_38
+segheap_LBB26_35:
 	mov	rsi, r15
-segheap_LBB25_36:
+segheap_LBB26_36:
 	mov	r14d, r13d
 	mov	r8d, r12d
 	test	al, 4
-	jne	segheap_LBB25_38
+	jne	segheap_LBB26_38
 	shl	rsi, 5
 	lea	rdx, [rdi + rsi]
 	movzx	r14d, byte ptr [rdi + rsi + 31]
@@ -6007,13 +6048,13 @@ segheap_LBB25_36:
 	movzx	eax, byte ptr [rdi + rsi + 25]
 	sub	qword ptr [rbx + 144], rax
 	mov	r8d, r15d
-segheap_LBB25_38:
+segheap_LBB26_38:
 	add	r12d, r13d
 	cmp	r12d, 255
-	ja	segheap_LBB25_41
+	ja	segheap_LBB26_41
 	shl	r12d, 5
 	test	byte ptr [rdi + r12 + 24], 4
-	jne	segheap_LBB25_41
+	jne	segheap_LBB26_41
 	add	r12, rdi
 	movzx	eax, byte ptr [r12 + 31]
 	add	r14d, eax
@@ -6025,17 +6066,17 @@ segheap_LBB25_38:
 	mov	r8d, esi
 	movzx	eax, byte ptr [r12 + 25]
 	sub	qword ptr [rbx + 144], rax
-segheap_LBB25_41:
+segheap_LBB26_41:
 	cmp	r8d, 2
-	jne	segheap_LBB25_47
+	jne	segheap_LBB26_47
 	cmp	r14d, 254
-	jne	segheap_LBB25_47
+	jne	segheap_LBB26_47
 	mov	rax, qword ptr [rbp]
 	cmp	qword ptr [rax + 344], 2
-	jb	segheap_LBB25_47
+	jb	segheap_LBB26_47
 	mov	eax, 120
 	xor	ecx, ecx
-segheap_LBB25_45:
+segheap_LBB26_45:
 	movzx	edx, byte ptr [rdi + rax - 96]
 	shr	dl
 	and	dl, 1
@@ -6048,7 +6089,7 @@ segheap_LBB25_45:
 	adc	cl, dl
 	sub	rax, -128
 	cmp	rax, 8312
-	jne	segheap_LBB25_45
+	jne	segheap_LBB26_45
 	movzx	eax, cl
 	mov	rdx, qword ptr [rbp]
 	sub	qword ptr [rdx + 136], rax
@@ -6069,13 +6110,13 @@ segheap_LBB25_45:
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
-	jmp	segheap_LBB25_48
-segheap_LBB25_47:
+	jmp	segheap_LBB26_48
+segheap_LBB26_47:
 	mov	rcx, qword ptr [rbp]
 	mov	rdx, rdi
 	mov	r9d, r14d
 	call	free_range_insert
-segheap_LBB25_48:
+segheap_LBB26_48:
 	add	rsp, 72
 	pop	rbx
 	pop	rdi
@@ -6096,10 +6137,10 @@ free_range_insert:
 	mov	rbp, rsp
 	mov	eax, r8d
 	test	r9d, r9d
-	je	segheap_LBB26_1
+	je	segheap_LBB27_1
 	mov	r10d, r9d
 	xor	r11d, r11d
-segheap_LBB26_3:
+segheap_LBB27_3:
 	lea	esi, [rax + r11]
 	shl	rsi, 5
 	movzx	ebx, byte ptr [rdx + rsi + 24]
@@ -6118,22 +6159,22 @@ segheap_LBB26_3:
 	mov	byte ptr [rdx + rsi + 31], r14b
 	add	r11, 1
 	cmp	r10, r11
-	jne	segheap_LBB26_3
+	jne	segheap_LBB27_3
 	cmp	r10d, 1
-	jne	segheap_LBB26_6
+	jne	segheap_LBB27_6
 	xor	r9d, r9d
 	xor	r11d, r11d
-	jmp	segheap_LBB26_9
-segheap_LBB26_1:
+	jmp	segheap_LBB27_9
+segheap_LBB27_1:
 	xor	r11d, r11d
-	jmp	segheap_LBB26_10
-segheap_LBB26_6:
+	jmp	segheap_LBB27_10
+segheap_LBB27_6:
 	mov	esi, r10d
 	and	esi, -2
 	xor	r9d, r9d
 	mov	edi, r8d
 	xor	r11d, r11d
-segheap_LBB26_7:
+segheap_LBB27_7:
 	mov	ebx, edi
 	shl	rbx, 5
 	movzx	ebx, byte ptr [rdx + rbx + 24]
@@ -6146,15 +6187,15 @@ segheap_LBB26_7:
 	add	r9, 2
 	add	edi, 2
 	cmp	rsi, r9
-	jne	segheap_LBB26_7
+	jne	segheap_LBB27_7
 	test	r10b, 1
-	je	segheap_LBB26_10
-segheap_LBB26_9:
+	je	segheap_LBB27_10
+segheap_LBB27_9:
 	add	r8d, r9d
 	shl	r8, 5
 	bt	dword ptr [rdx + r8 + 24], 1
 	adc	r11b, 0
-segheap_LBB26_10:
+segheap_LBB27_10:
 	shl	rax, 5
 	lea	r9, [rdx + rax]
 	mov	byte ptr [rdx + rax + 25], r11b
@@ -6178,11 +6219,11 @@ rb_insert:
 	mov	rbp, rsp
 	mov	rdi, qword ptr [r8]
 	test	rdi, rdi
-	je	segheap_LBB27_9
+	je	segheap_LBB28_9
 	lea	r10, [r9 - 8]
 	mov	r11, -65536
-	jmp	segheap_LBB27_4
-segheap_LBB27_2:
+	jmp	segheap_LBB28_4
+segheap_LBB28_2:
 	mov	esi, dword ptr [r10]
 	xor	esi, r10d
 	mov	ebx, dword ptr [rcx + 160]
@@ -6192,7 +6233,7 @@ segheap_LBB27_2:
 	xor	edi, dword ptr [rax - 8]
 	xor	edi, ebx
 	shr	edi, 16
-segheap_LBB27_3:
+segheap_LBB28_3:
 	xor	ebx, ebx
 	cmp	r9, rax
 	setae	bl
@@ -6203,13 +6244,13 @@ segheap_LBB27_3:
 	movzx	esi, r14b
 	mov	rdi, qword ptr [rax + 8*rsi]
 	test	rdi, rdi
-	je	segheap_LBB27_8
-segheap_LBB27_4:
+	je	segheap_LBB28_8
+segheap_LBB28_4:
 	mov	rax, rdi
 	cmp	edx, 1
-	je	segheap_LBB27_2
+	je	segheap_LBB28_2
 	test	edx, edx
-	jne	segheap_LBB27_7
+	jne	segheap_LBB28_7
 	movzx	edi, byte ptr [r9 + 31]
 	shl	edi, 8
 	movzx	esi, byte ptr [r9 + 25]
@@ -6220,14 +6261,14 @@ segheap_LBB27_4:
 	movzx	edi, byte ptr [rax + 25]
 	xor	rdi, 255
 	or	rdi, rbx
-	jmp	segheap_LBB27_3
-segheap_LBB27_7:
+	jmp	segheap_LBB28_3
+segheap_LBB28_7:
 	mov	rsi, qword ptr [r9 + 24]
 	and	rsi, r11
 	mov	rdi, qword ptr [rax + 24]
 	and	rdi, r11
-	jmp	segheap_LBB27_3
-segheap_LBB27_8:
+	jmp	segheap_LBB28_3
+segheap_LBB28_8:
 	mov	qword ptr [r9 + 8], 0
 	mov	qword ptr [r9], 0
 	mov	rdx, rax
@@ -6235,32 +6276,32 @@ segheap_LBB27_8:
 	lea	rcx, [r9 + 16]
 	mov	qword ptr [r9 + 16], rdx
 	mov	qword ptr [rax + 8*rsi], r9
-	jmp	segheap_LBB27_10
-segheap_LBB27_9:
+	jmp	segheap_LBB28_10
+segheap_LBB28_9:
 	mov	qword ptr [r9 + 8], 0
 	mov	qword ptr [r9], 0
 	lea	rcx, [r9 + 16]
 	mov	qword ptr [r9 + 16], 1
 	mov	qword ptr [r8], r9
-segheap_LBB27_10:
+segheap_LBB28_10:
 	mov	rdx, qword ptr [rcx]
 	and	rdx, -4
-	jne	segheap_LBB27_15
-segheap_LBB27_11:
+	jne	segheap_LBB28_15
+segheap_LBB28_11:
 	mov	rax, qword ptr [r8]
 	test	rax, rax
-	je	segheap_LBB27_35
+	je	segheap_LBB28_35
 	and	byte ptr [rax + 16], -2
 	mov	rcx, qword ptr [r8]
 	test	rcx, rcx
-	je	segheap_LBB27_35
-segheap_LBB27_13:
+	je	segheap_LBB28_35
+segheap_LBB28_13:
 	mov	rax, rcx
 	mov	rcx, qword ptr [rcx]
 	test	rcx, rcx
-	jne	segheap_LBB27_13
-	jmp	segheap_LBB27_36
-segheap_LBB27_14:
+	jne	segheap_LBB28_13
+	jmp	segheap_LBB28_36
+segheap_LBB28_14:
 	and	r11, -2
 	mov	qword ptr [rdx + 16], r11
 	and	byte ptr [r10 + 16], -2
@@ -6269,11 +6310,11 @@ segheap_LBB27_14:
 	mov	qword ptr [rax + 16], rdx
 	mov	r9, rax
 	and	rdx, -4
-	je	segheap_LBB27_11
-segheap_LBB27_15:
+	je	segheap_LBB28_11
+segheap_LBB28_15:
 	mov	r11, qword ptr [rdx + 16]
 	test	r11b, 1
-	je	segheap_LBB27_11
+	je	segheap_LBB28_11
 	mov	rax, r11
 	and	rax, -4
 	mov	rsi, qword ptr [rax + 8]
@@ -6282,54 +6323,54 @@ segheap_LBB27_15:
 	setne	cl
 	mov	r10, qword ptr [rax + 8*rcx]
 	test	r10, r10
-	je	segheap_LBB27_18
+	je	segheap_LBB28_18
 	test	byte ptr [r10 + 16], 1
-	jne	segheap_LBB27_14
-segheap_LBB27_18:
+	jne	segheap_LBB28_14
+segheap_LBB28_18:
 	xor	r10d, r10d
 	cmp	rsi, rdx
 	sete	r10b
 	mov	rsi, qword ptr [rdx + 8*rcx]
 	cmp	rsi, r9
-	jne	segheap_LBB27_26
+	jne	segheap_LBB28_26
 	mov	r11, qword ptr [rsi + 8*r10]
 	mov	qword ptr [rdx + 8*rcx], r11
 	test	r11, r11
-	je	segheap_LBB27_21
+	je	segheap_LBB28_21
 	mov	rdi, qword ptr [r11 + 16]
 	and	edi, 1
 	or	rdi, rdx
 	mov	qword ptr [r11 + 16], rdi
-segheap_LBB27_21:
+segheap_LBB28_21:
 	mov	r11, qword ptr [rsi + 16]
 	and	r11d, 1
 	or	r11, rax
 	mov	qword ptr [rsi + 16], r11
 	test	rax, rax
-	je	segheap_LBB27_23
+	je	segheap_LBB28_23
 	xor	r11d, r11d
 	cmp	qword ptr [rax + 8], rdx
 	sete	r11b
 	mov	qword ptr [rax + 8*r11], rsi
-	jmp	segheap_LBB27_24
-segheap_LBB27_23:
+	jmp	segheap_LBB28_24
+segheap_LBB28_23:
 	mov	qword ptr [r8], rsi
-segheap_LBB27_24:
+segheap_LBB28_24:
 	mov	qword ptr [rsi + 8*r10], rdx
 	mov	r11, qword ptr [rdx + 16]
 	and	r11d, 1
 	or	r11, r9
 	mov	qword ptr [rdx + 16], r11
 	and	r9, -4
-	je	segheap_LBB27_33
+	je	segheap_LBB28_33
 	mov	rsi, r9
 	mov	r11, qword ptr [r9 + 16]
 	mov	r9, rdx
 	mov	rdx, rsi
-segheap_LBB27_26:
+segheap_LBB28_26:
 	and	r11, -2
 	mov	qword ptr [rdx + 16], r11
-segheap_LBB27_27:
+segheap_LBB28_27:
 	mov	r11, qword ptr [rax + 16]
 	mov	rdx, r11
 	or	rdx, 1
@@ -6338,27 +6379,27 @@ segheap_LBB27_27:
 	mov	rsi, qword ptr [rdx + 8*rcx]
 	mov	qword ptr [rax + 8*r10], rsi
 	test	rsi, rsi
-	je	segheap_LBB27_29
+	je	segheap_LBB28_29
 	mov	r10, qword ptr [rsi + 16]
 	and	r10d, 1
 	or	r10, rax
 	mov	qword ptr [rsi + 16], r10
-segheap_LBB27_29:
+segheap_LBB28_29:
 	and	r11, -4
 	mov	r10, qword ptr [rdx + 16]
 	and	r10d, 1
 	or	r10, r11
 	mov	qword ptr [rdx + 16], r10
 	test	r11, r11
-	je	segheap_LBB27_31
+	je	segheap_LBB28_31
 	xor	r10d, r10d
 	cmp	qword ptr [r11 + 8], rax
 	sete	r10b
 	mov	qword ptr [r11 + 8*r10], rdx
-	jmp	segheap_LBB27_32
-segheap_LBB27_31:
+	jmp	segheap_LBB28_32
+segheap_LBB28_31:
 	mov	qword ptr [r8], rdx
-segheap_LBB27_32:
+segheap_LBB28_32:
 	mov	qword ptr [rdx + 8*rcx], rax
 	mov	rcx, qword ptr [rax + 16]
 	and	ecx, 1
@@ -6366,14 +6407,14 @@ segheap_LBB27_32:
 	mov	qword ptr [rax + 16], rcx
 	mov	rdx, qword ptr [r9 + 16]
 	and	rdx, -4
-	jne	segheap_LBB27_15
-	jmp	segheap_LBB27_11
-segheap_LBB27_33:
+	jne	segheap_LBB28_15
+	jmp	segheap_LBB28_11
+segheap_LBB28_33:
 	mov	r9, rdx
-	jmp	segheap_LBB27_27
-segheap_LBB27_35:
+	jmp	segheap_LBB28_27
+segheap_LBB28_35:
 	xor	eax, eax
-segheap_LBB27_36:
+segheap_LBB28_36:
 	mov	qword ptr [r8 + 8], rax
 	pop	rbx
 	pop	rdi
@@ -6386,9 +6427,9 @@ rb_less:
 	push	rbp
 	mov	rbp, rsp
 	cmp	edx, 1
-	je	segheap_LBB28_3
+	je	segheap_LBB29_3
 	test	edx, edx
-	jne	segheap_LBB28_4
+	jne	segheap_LBB29_4
 	movzx	ecx, byte ptr [r8 + 31]
 	shl	ecx, 8
 	movzx	eax, byte ptr [r8 + 25]
@@ -6399,8 +6440,8 @@ rb_less:
 	movzx	ecx, byte ptr [r9 + 25]
 	xor	rcx, 255
 	or	rcx, rdx
-	jmp	segheap_LBB28_5
-segheap_LBB28_3:
+	jmp	segheap_LBB29_5
+segheap_LBB29_3:
 	lea	rax, [r8 - 8]
 	xor	eax, dword ptr [r8 - 8]
 	mov	edx, dword ptr [rcx + 160]
@@ -6410,13 +6451,13 @@ segheap_LBB28_3:
 	xor	ecx, dword ptr [r9 - 8]
 	xor	ecx, edx
 	shr	ecx, 16
-	jmp	segheap_LBB28_5
-segheap_LBB28_4:
+	jmp	segheap_LBB29_5
+segheap_LBB29_4:
 	mov	rcx, -65536
 	mov	rax, qword ptr [r8 + 24]
 	and	rax, rcx
 	and	rcx, qword ptr [r9 + 24]
-segheap_LBB28_5:
+segheap_LBB29_5:
 	xor	edx, edx
 	cmp	r8, r9
 	setb	dl
@@ -6442,14 +6483,14 @@ lfh_activate:
 	and	rdi, -8
 	lea	rbx, [rdi + 104]
 	cmp	rbx, qword ptr [rcx + 248]
-	jbe	segheap_LBB29_2
+	jbe	segheap_LBB30_2
 	xor	eax, eax
-	jmp	segheap_LBB29_15
-segheap_LBB29_2:
+	jmp	segheap_LBB30_15
+segheap_LBB30_2:
 	mov	esi, edx
 	mov	rax, qword ptr [rcx + 240]
 	cmp	rbx, rax
-	jbe	segheap_LBB29_5
+	jbe	segheap_LBB30_5
 	lea	r14, [rbx + 4095]
 	and	r14, -4096
 	mov	rdx, r14
@@ -6471,10 +6512,10 @@ segheap_LBB29_2:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	js	segheap_LBB29_15
+	js	segheap_LBB30_15
 	mov	rcx, r15
 	mov	qword ptr [r15 + 240], r14
-segheap_LBB29_5:
+segheap_LBB30_5:
 	mov	qword ptr [rcx + 232], rbx
 	mov	qword ptr [rdi], 65537
 	mov	qword ptr [rdi + 8], 0
@@ -6494,31 +6535,31 @@ segheap_LBB29_5:
 	mov	qword ptr [rdi + 40], rdx
 	mov	r8d, esi
 	cmp	esi, 64
-	ja	segheap_LBB29_7
+	ja	segheap_LBB30_7
 	shl	r8d, 4
-	jmp	segheap_LBB29_14
-segheap_LBB29_7:
+	jmp	segheap_LBB30_14
+segheap_LBB30_7:
 	cmp	esi, 80
-	ja	segheap_LBB29_9
+	ja	segheap_LBB30_9
 	shl	r8d, 6
 	add	r8d, -3072
-	jmp	segheap_LBB29_14
-segheap_LBB29_9:
+	jmp	segheap_LBB30_14
+segheap_LBB30_9:
 	cmp	esi, 96
-	ja	segheap_LBB29_11
+	ja	segheap_LBB30_11
 	shl	r8d, 7
 	add	r8d, -8192
-	jmp	segheap_LBB29_14
-segheap_LBB29_11:
+	jmp	segheap_LBB30_14
+segheap_LBB30_11:
 	cmp	esi, 112
-	ja	segheap_LBB29_13
+	ja	segheap_LBB30_13
 	shl	r8d, 8
 	add	r8d, -20480
-	jmp	segheap_LBB29_14
-segheap_LBB29_13:
+	jmp	segheap_LBB30_14
+segheap_LBB30_13:
 	shl	r8d, 9
 	add	r8d, -49152
-segheap_LBB29_14:
+segheap_LBB30_14:
 	mov	eax, -1
 	xor	edx, edx
 	div	r8d
@@ -6527,7 +6568,7 @@ segheap_LBB29_14:
 	mov	eax, esi
 	mov	qword ptr [rcx + 8*rax + 960], rdi
 	mov	rax, rdi
-segheap_LBB29_15:
+segheap_LBB30_15:
 	add	rsp, 72
 	pop	rbx
 	pop	rdi
@@ -6562,10 +6603,10 @@ vs_alloc:
 	lea	rcx, [rsi + 656]
 	mov	rax, qword ptr [rsi + 656]
 	test	rax, rax
-	je	segheap_LBB30_4
+	je	segheap_LBB31_4
 	mov	r15, qword ptr [rsi + 160]
 	xor	r12d, r12d
-segheap_LBB30_2:
+segheap_LBB31_2:
 	lea	r8, [rax - 8]
 	xor	r8d, dword ptr [rax - 8]
 	xor	r8d, r15d
@@ -6576,10 +6617,10 @@ segheap_LBB30_2:
 	cmovae	r12, rax
 	mov	rax, qword ptr [rax + 8*rdx]
 	test	rax, rax
-	jne	segheap_LBB30_2
+	jne	segheap_LBB31_2
 	test	r12, r12
-	jne	segheap_LBB30_9
-segheap_LBB30_4:
+	jne	segheap_LBB31_9
+segheap_LBB31_4:
 	add	r13, 65583
 	and	r13, -65536
 	mov	r12, r13
@@ -6589,7 +6630,7 @@ segheap_LBB30_4:
 	mov	r8b, 32
 	call	pages_alloc
 	test	rax, rax
-	je	segheap_LBB30_12
+	je	segheap_LBB31_12
 	mov	rdx, rax
 	and	rdx, -1048576
 	shl	eax, 7
@@ -6643,10 +6684,10 @@ segheap_LBB30_4:
 	add	qword ptr [rsi + 696], r15
 	mov	rax, qword ptr [rsi + 656]
 	test	rax, rax
-	je	segheap_LBB30_12
+	je	segheap_LBB31_12
 	mov	r15, qword ptr [rsi + 160]
 	xor	r12d, r12d
-segheap_LBB30_7:
+segheap_LBB31_7:
 	lea	rcx, [rax - 8]
 	xor	ecx, dword ptr [rax - 8]
 	xor	ecx, r15d
@@ -6657,11 +6698,11 @@ segheap_LBB30_7:
 	cmovae	r12, rax
 	mov	rax, qword ptr [rax + 8*rdx]
 	test	rax, rax
-	jne	segheap_LBB30_7
+	jne	segheap_LBB31_7
 	test	r12, r12
 	lea	rcx, [rsi + 656]
-	je	segheap_LBB30_12
-segheap_LBB30_9:
+	je	segheap_LBB31_12
+segheap_LBB31_9:
 	lea	r13, [r12 - 8]
 	xor	r15, qword ptr [r12 - 8]
 	xor	r15, r13
@@ -6692,10 +6733,10 @@ segheap_LBB30_9:
 	mov	r8, rax
 	call	vs_make_busy
 	add	r12, 8
-	jmp	segheap_LBB30_13
-segheap_LBB30_12:
+	jmp	segheap_LBB31_13
+segheap_LBB31_12:
 	xor	r12d, r12d
-segheap_LBB30_13:
+segheap_LBB31_13:
 	mov	rax, r12
 	add	rsp, 56
 	pop	rbx
@@ -6722,10 +6763,10 @@ pages_alloc:
 	mov	r15d, edx
 	lea	eax, [r15 - 255]
 	cmp	eax, -254
-	jae	segheap_LBB31_3
-segheap_LBB31_1:
+	jae	segheap_LBB32_3
+segheap_LBB32_1:
 	xor	edx, edx
-segheap_LBB31_2:
+segheap_LBB32_2:
 	mov	rax, rdx
 	add	rsp, 136
 	pop	rbx
@@ -6737,13 +6778,13 @@ segheap_LBB31_2:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB31_3:
+segheap_LBB32_3:
 	mov	rsi, rcx
 	mov	rax, qword ptr [rcx + 352]
 	test	rax, rax
-	je	segheap_LBB31_27
+	je	segheap_LBB32_27
 	xor	edx, edx
-segheap_LBB31_5:
+segheap_LBB32_5:
 	movzx	ecx, byte ptr [rax + 31]
 	xor	r10d, r10d
 	cmp	r15d, ecx
@@ -6751,10 +6792,10 @@ segheap_LBB31_5:
 	seta	r10b
 	mov	rax, qword ptr [rax + 8*r10]
 	test	rax, rax
-	jne	segheap_LBB31_5
+	jne	segheap_LBB32_5
 	test	rdx, rdx
-	je	segheap_LBB31_27
-segheap_LBB31_7:
+	je	segheap_LBB32_27
+segheap_LBB32_7:
 	mov	byte ptr [rbp - 9], r8b
 	lea	rcx, [rsi + 352]
 	mov	r14, rdx
@@ -6779,33 +6820,33 @@ segheap_LBB31_7:
 	mov	qword ptr [rbp - 64], rax
 	mov	qword ptr [rbp - 24], rbx
 	mov	esi, ebx
-	jmp	segheap_LBB31_10
-segheap_LBB31_8:
+	jmp	segheap_LBB32_10
+segheap_LBB32_8:
 	add	esi, 1
-segheap_LBB31_9:
+segheap_LBB32_9:
 	cmp	esi, edi
-	jae	segheap_LBB31_36
-segheap_LBB31_10:
+	jae	segheap_LBB32_36
+segheap_LBB32_10:
 	mov	ecx, esi
 	mov	r12, rcx
 	shl	r12, 5
 	test	byte ptr [r14 + r12 + 24], 2
-	jne	segheap_LBB31_8
+	jne	segheap_LBB32_8
 	mov	r13d, esi
 	cmp	esi, edi
-	jae	segheap_LBB31_16
+	jae	segheap_LBB32_16
 	mov	rax, qword ptr [rbp - 32]
 	add	rax, r12
 	mov	r13d, esi
-segheap_LBB31_13:
+segheap_LBB32_13:
 	test	byte ptr [rax], 2
-	jne	segheap_LBB31_16
+	jne	segheap_LBB32_16
 	add	r13d, 1
 	add	rax, 32
 	cmp	edi, r13d
-	jne	segheap_LBB31_13
+	jne	segheap_LBB32_13
 	mov	r13d, edi
-segheap_LBB31_16:
+segheap_LBB32_16:
 	mov	qword ptr [rbp - 72], rcx
 	mov	rax, rcx
 	shl	rax, 12
@@ -6830,49 +6871,49 @@ segheap_LBB31_16:
 	lea	r9, [rbp - 8]
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB31_45
+	js	segheap_LBB32_45
 	add	qword ptr [r14 + 136], r15
 	cmp	r13d, esi
 	mov	r10, r14
 	mov	r14, rbx
-	jbe	segheap_LBB31_9
+	jbe	segheap_LBB32_9
 	mov	ecx, r13d
 	mov	r9, qword ptr [rbp - 72]
 	sub	ecx, r9d
 	mov	rax, r9
 	and	ecx, 3
-	je	segheap_LBB31_22
+	je	segheap_LBB32_22
 	add	r12, qword ptr [rbp - 32]
 	neg	rcx
 	xor	edx, edx
-segheap_LBB31_20:
+segheap_LBB32_20:
 	or	byte ptr [r12], 2
 	add	rdx, -1
 	add	r12, 32
 	cmp	rcx, rdx
-	jne	segheap_LBB31_20
+	jne	segheap_LBB32_20
 	mov	rax, r9
 	sub	rax, rdx
-segheap_LBB31_22:
+segheap_LBB32_22:
 	mov	ecx, r13d
 	sub	r9, rcx
 	cmp	r9, -4
-	ja	segheap_LBB31_23
+	ja	segheap_LBB32_23
 	sub	rcx, rax
 	shl	rax, 5
 	add	rax, qword ptr [rbp - 64]
-segheap_LBB31_25:
+segheap_LBB32_25:
 	or	byte ptr [rax - 96], 2
 	or	byte ptr [rax - 64], 2
 	or	byte ptr [rax - 32], 2
 	or	byte ptr [rax], 2
 	sub	rax, -128
 	add	rcx, -4
-	jne	segheap_LBB31_25
-segheap_LBB31_23:
+	jne	segheap_LBB32_25
+segheap_LBB32_23:
 	mov	esi, r13d
-	jmp	segheap_LBB31_9
-segheap_LBB31_27:
+	jmp	segheap_LBB32_9
+segheap_LBB32_27:
 	mov	r12d, r8d
 	mov	r13, rsi
 	test	dword ptr [rsi + 20], 262144
@@ -6895,10 +6936,10 @@ segheap_LBB31_27:
 	test	rbx, rbx
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB31_2
+	jne	segheap_LBB32_2
 	mov	rax, rbx
 	shl	rax, 44
-	je	segheap_LBB31_32
+	je	segheap_LBB32_32
 	mov	qword ptr [rbp], rbx
 	mov	qword ptr [rbp - 8], 0
 	mov	rdx, rbp
@@ -6922,7 +6963,7 @@ segheap_LBB31_27:
 	test	rsi, rsi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB31_2
+	jne	segheap_LBB32_2
 	mov	rax, rsi
 	add	rsi, 1048575
 	and	rsi, -1048576
@@ -6949,10 +6990,10 @@ segheap_LBB31_27:
 	test	rbx, rbx
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB31_2
+	jne	segheap_LBB32_2
 	cmp	rbx, rsi
-	jne	segheap_LBB31_46
-segheap_LBB31_32:
+	jne	segheap_LBB32_46
+segheap_LBB32_32:
 	mov	qword ptr [rbp], rbx
 	mov	qword ptr [rbp - 8], 8192
 	mov	rsi, r13
@@ -6968,7 +7009,7 @@ segheap_LBB31_32:
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB31_46
+	js	segheap_LBB32_46
 	mov	byte ptr [rbx + 24], 14
 	mov	byte ptr [rbx + 31], 2
 	mov	byte ptr [rbx + 56], 6
@@ -6998,8 +7039,8 @@ segheap_LBB31_32:
 	mov	rax, qword ptr [rsi + 352]
 	xor	edx, edx
 	test	rax, rax
-	je	segheap_LBB31_2
-segheap_LBB31_34:
+	je	segheap_LBB32_2
+segheap_LBB32_34:
 	movzx	ecx, byte ptr [rax + 31]
 	xor	r8d, r8d
 	cmp	r15d, ecx
@@ -7007,21 +7048,21 @@ segheap_LBB31_34:
 	seta	r8b
 	mov	rax, qword ptr [rax + 8*r8]
 	test	rax, rax
-	jne	segheap_LBB31_34
+	jne	segheap_LBB32_34
 	test	rdx, rdx
 	mov	r8d, r12d
-	jne	segheap_LBB31_7
-	jmp	segheap_LBB31_1
-segheap_LBB31_36:
+	jne	segheap_LBB32_7
+	jmp	segheap_LBB32_1
+segheap_LBB32_36:
 	mov	rsi, qword ptr [rbp - 56]
 	mov	r9d, dword ptr [rbp - 16]
 	sub	r9d, esi
-	jbe	segheap_LBB31_38
+	jbe	segheap_LBB32_38
 	mov	rcx, r10
 	mov	rdx, r14
 	mov	r8d, edi
 	call	free_range_insert
-segheap_LBB31_38:
+segheap_LBB32_38:
 	mov	r11, qword ptr [rbp - 24]
 	mov	eax, r11d
 	shl	eax, 5
@@ -7038,17 +7079,17 @@ segheap_LBB31_38:
 	mov	byte ptr [r14 + rax + 31], sil
 	cmp	esi, 1
 	mov	rbx, qword ptr [rbp - 48]
-	je	segheap_LBB31_44
+	je	segheap_LBB32_44
 	or	r10b, 4
 	mov	eax, 1
 	cmp	esi, 2
-	je	segheap_LBB31_43
+	je	segheap_LBB32_43
 	mov	ecx, esi
 	add	rcx, -1
 	mov	rdx, rcx
 	and	rdx, -2
 	and	ebx, 32767
-segheap_LBB31_41:
+segheap_LBB32_41:
 	lea	r8d, [rbx + rax]
 	shl	r8, 5
 	movzx	r9d, byte ptr [r14 + r8 + 24]
@@ -7075,10 +7116,10 @@ segheap_LBB31_41:
 	mov	byte ptr [r14 + r8 + 31], r9b
 	add	rax, 2
 	cmp	r9, rdx
-	jne	segheap_LBB31_41
+	jne	segheap_LBB32_41
 	test	cl, 1
-	je	segheap_LBB31_44
-segheap_LBB31_43:
+	je	segheap_LBB32_44
+segheap_LBB32_43:
 	add	r11d, eax
 	shl	r11, 5
 	movzx	ecx, byte ptr [r14 + r11 + 24]
@@ -7090,19 +7131,19 @@ segheap_LBB31_43:
 	or	cl, r10b
 	mov	byte ptr [r14 + r11 + 24], cl
 	mov	byte ptr [r14 + r11 + 31], al
-segheap_LBB31_44:
+segheap_LBB32_44:
 	mov	rdx, qword ptr [rbp - 40]
 	mov	byte ptr [rdx + 25], sil
 	mov	dword ptr [rdx], -857879331
-	jmp	segheap_LBB31_2
-segheap_LBB31_45:
+	jmp	segheap_LBB32_2
+segheap_LBB32_45:
 	mov	rcx, r14
 	mov	rdx, rbx
 	mov	r8, qword ptr [rbp - 24]
 	mov	r9d, dword ptr [rbp - 16]
 	call	free_range_insert
-	jmp	segheap_LBB31_1
-segheap_LBB31_46:
+	jmp	segheap_LBB32_1
+segheap_LBB32_46:
 	mov	qword ptr [rbp], rbx
 	mov	qword ptr [rbp - 8], 0
 	mov	rdx, rbp
@@ -7110,7 +7151,7 @@ segheap_LBB31_46:
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
-	jmp	segheap_LBB31_1
+	jmp	segheap_LBB32_1
 	.p2align	4
 vs_split:
 	push	rbp
@@ -7133,41 +7174,41 @@ vs_split:
 	or	r8d, -256
 	mov	ecx, 256
 	cmp	r8d, -254
-	jb	segheap_LBB32_7
+	jb	segheap_LBB33_7
 	movzx	edx, dl
 	mov	r8d, edx
 	shl	r8d, 5
 	or	r8, r14
 	test	byte ptr [r8 + 24], 8
-	jne	segheap_LBB32_2
+	jne	segheap_LBB33_2
 	movzx	r9d, byte ptr [r8 + 31]
 	test	r9d, r9d
-	je	segheap_LBB32_7
+	je	segheap_LBB33_7
 	lea	r8d, [rdx - 2]
 	cmp	r8d, r9d
-	jb	segheap_LBB32_7
+	jb	segheap_LBB33_7
 	mov	r8d, edx
 	sub	r8d, r9d
 	mov	r9, r8
 	shl	r9, 5
 	test	byte ptr [r14 + r9 + 24], 8
-	je	segheap_LBB32_7
+	je	segheap_LBB33_7
 	add	r9, r14
 	movzx	ecx, byte ptr [r9 + 31]
 	add	ecx, r8d
 	cmp	ecx, edx
 	mov	ecx, 256
 	cmova	ecx, r8d
-	jmp	segheap_LBB32_7
-segheap_LBB32_2:
+	jmp	segheap_LBB33_7
+segheap_LBB33_2:
 	mov	ecx, edx
-segheap_LBB32_7:
+segheap_LBB33_7:
 	mov	r12, rax
 	sub	r12, rsi
 	mov	r15, r12
 	shl	r15, 4
 	cmp	r15, 32
-	jb	segheap_LBB32_15
+	jb	segheap_LBB33_15
 	mov	eax, ecx
 	shl	rax, 12
 	add	r14, rax
@@ -7179,14 +7220,14 @@ segheap_LBB32_7:
 	shl	eax, 4
 	add	rax, r14
 	cmp	r15, rax
-	jae	segheap_LBB32_9
+	jae	segheap_LBB33_9
 	mov	rax, qword ptr [rdi + 160]
 	mov	rcx, qword ptr [r15]
 	xor	rcx, rax
 	xor	rcx, r15
 	mov	rdx, rcx
 	shr	rdx, 48
-	jne	segheap_LBB32_12
+	jne	segheap_LBB33_12
 	shr	ecx, 16
 	add	r12, rcx
 	lea	rcx, [rdi + 656]
@@ -7201,10 +7242,10 @@ segheap_LBB32_7:
 	mov	r15, r12
 	shl	r15, 4
 	add	r15, rbx
-	jmp	segheap_LBB32_12
-segheap_LBB32_9:
+	jmp	segheap_LBB33_12
+segheap_LBB33_9:
 	mov	rax, qword ptr [rdi + 160]
-segheap_LBB32_12:
+segheap_LBB33_12:
 	mov	rcx, r12
 	shl	rcx, 16
 	mov	rdx, rsi
@@ -7224,7 +7265,7 @@ segheap_LBB32_12:
 	shl	eax, 4
 	add	rax, r14
 	cmp	r15, rax
-	jae	segheap_LBB32_14
+	jae	segheap_LBB33_14
 	mov	rax, qword ptr [rdi + 160]
 	mov	rcx, qword ptr [r15]
 	xor	rcx, r15
@@ -7236,9 +7277,9 @@ segheap_LBB32_12:
 	xor	rax, r15
 	xor	rax, rdx
 	mov	qword ptr [r15], rax
-segheap_LBB32_14:
+segheap_LBB33_14:
 	mov	rax, rsi
-segheap_LBB32_15:
+segheap_LBB33_15:
 	add	rsp, 32
 	pop	rbx
 	pop	rdi
@@ -7269,35 +7310,35 @@ vs_make_busy:
 	or	r14d, -256
 	mov	edi, 256
 	cmp	r14d, -254
-	jb	segheap_LBB33_7
+	jb	segheap_LBB34_7
 	movzx	ebx, bl
 	mov	r14d, ebx
 	shl	r14d, 5
 	or	r14, rsi
 	test	byte ptr [r14 + 24], 8
-	jne	segheap_LBB33_2
+	jne	segheap_LBB34_2
 	movzx	r15d, byte ptr [r14 + 31]
 	test	r15d, r15d
-	je	segheap_LBB33_7
+	je	segheap_LBB34_7
 	lea	r14d, [rbx - 2]
 	cmp	r14d, r15d
-	jb	segheap_LBB33_7
+	jb	segheap_LBB34_7
 	mov	r14d, ebx
 	sub	r14d, r15d
 	mov	r15, r14
 	shl	r15, 5
 	test	byte ptr [rsi + r15 + 24], 8
-	je	segheap_LBB33_7
+	je	segheap_LBB34_7
 	add	r15, rsi
 	movzx	edi, byte ptr [r15 + 31]
 	add	edi, r14d
 	cmp	edi, ebx
 	mov	edi, 256
 	cmova	edi, r14d
-	jmp	segheap_LBB33_7
-segheap_LBB33_2:
+	jmp	segheap_LBB34_7
+segheap_LBB34_2:
 	mov	edi, ebx
-segheap_LBB33_7:
+segheap_LBB34_7:
 	shl	edi, 12
 	add	esi, edi
 	mov	edi, edx
@@ -7328,71 +7369,71 @@ segheap_LBB33_7:
 	add	r9, 16
 	mov	r8, rcx
 	sub	r8, r9
-	je	segheap_LBB33_24
+	je	segheap_LBB34_24
 	add	rdx, 16
 	add	rdx, r10
 	lea	r9, [r10 + 16]
 	cmp	r8, 127
-	ja	segheap_LBB33_17
+	ja	segheap_LBB34_17
 	add	rcx, -1
 	lea	r11, [rax - 1]
 	cmp	r9, r11
-	jge	segheap_LBB33_16
+	jge	segheap_LBB34_16
 	sub	rax, r10
 	add	rax, -18
 	and	r10d, 7
 	cmp	r10, 7
-	je	segheap_LBB33_13
+	je	segheap_LBB34_13
 	mov	r9d, 1
-segheap_LBB33_12:
+segheap_LBB34_12:
 	mov	byte ptr [rdx], -85
 	add	rdx, 1
 	mov	r11, r10
 	xor	r11, r9
 	add	r9, 1
 	cmp	r11, 7
-	jne	segheap_LBB33_12
-segheap_LBB33_13:
+	jne	segheap_LBB34_12
+segheap_LBB34_13:
 	cmp	rax, 7
-	jb	segheap_LBB33_16
+	jb	segheap_LBB34_16
 	movabs	rax, -6076574518398440533
-segheap_LBB33_15:
+segheap_LBB34_15:
 	mov	qword ptr [rdx], rax
 	add	rdx, 8
 	cmp	rdx, rcx
-	jne	segheap_LBB33_15
-segheap_LBB33_16:
+	jne	segheap_LBB34_15
+segheap_LBB34_16:
 	mov	byte ptr [rcx], r8b
-	jmp	segheap_LBB33_24
-segheap_LBB33_17:
+	jmp	segheap_LBB34_24
+segheap_LBB34_17:
 	add	rcx, -2
 	lea	r11, [rax - 2]
 	cmp	r9, r11
-	jge	segheap_LBB33_23
+	jge	segheap_LBB34_23
 	mov	r9d, 6
 	sub	r9d, r10d
 	sub	rax, r10
 	add	rax, -19
 	and	r9d, 7
-	je	segheap_LBB33_20
-segheap_LBB33_19:
+	je	segheap_LBB34_20
+segheap_LBB34_19:
 	mov	byte ptr [rdx], -85
 	add	rdx, 1
 	add	r9, -1
-	jne	segheap_LBB33_19
-segheap_LBB33_20:
+	jne	segheap_LBB34_19
+segheap_LBB34_20:
 	cmp	rax, 7
-	jb	segheap_LBB33_23
+	jb	segheap_LBB34_23
 	movabs	rax, -6076574518398440533
-segheap_LBB33_22:
+segheap_LBB34_22:
 	mov	qword ptr [rdx], rax
 	add	rdx, 8
 	cmp	rdx, rcx
-	jne	segheap_LBB33_22
-segheap_LBB33_23:
+	jne	segheap_LBB34_22
+segheap_LBB34_23:
 	or	r8d, 32768
 	mov	word ptr [rcx], r8w
-segheap_LBB33_24:
+segheap_LBB34_24:
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -7423,7 +7464,7 @@ lookup_vs:
 	or	r10b, al
 	xor	eax, eax
 	or	r10b, r11b
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	add	r8, rdx
 	cmp	r9, r8
 	setb	r8b
@@ -7431,7 +7472,7 @@ lookup_vs:
 	sete	r10b
 	and	r10b, r8b
 	cmp	r10b, 1
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	mov	rsi, r9
 	mov	r8, r9
 	mov	r9d, 1
@@ -7439,12 +7480,12 @@ lookup_vs:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB34_4
+	je	segheap_LBB35_4
 	mov	rax, qword ptr [rbp + 64]
 	mov	dword ptr [rax], 2
 	mov	qword ptr [rax + 24], rsi
 	mov	eax, 1
-segheap_LBB34_4:
+segheap_LBB35_4:
 	add	rsp, 40
 	pop	rsi
 	pop	rbp
@@ -7465,7 +7506,7 @@ lookup_lfh:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB35_10
+	je	segheap_LBB36_10
 	mov	rdx, rdi
 	shr	rdx, 12
 	xor	edx, dword ptr [rbx + 168]
@@ -7475,7 +7516,7 @@ lookup_lfh:
 	mov	ecx, esi
 	sub	ecx, edi
 	sub	ecx, r8d
-	jb	segheap_LBB35_10
+	jb	segheap_LBB36_10
 	movzx	r9d, dx
 	mov	eax, ecx
 	xor	edx, edx
@@ -7483,36 +7524,36 @@ lookup_lfh:
 	mov	r8d, eax
 	xor	eax, eax
 	test	edx, edx
-	jne	segheap_LBB35_10
+	jne	segheap_LBB36_10
 	movzx	ecx, word ptr [rdi + 34]
 	cmp	r8d, ecx
-	jae	segheap_LBB35_10
+	jae	segheap_LBB36_10
 	mov	ecx, r8d
 	shr	ecx, 5
 	mov	rdx, qword ptr [rdi + 8*rcx + 48]
 	lea	ecx, [r8 + r8]
 	bt	rdx, rcx
-	jae	segheap_LBB35_10
+	jae	segheap_LBB36_10
 	and	ecx, 62
 	shr	rdx, cl
 	test	dl, 2
-	je	segheap_LBB35_9
+	je	segheap_LBB36_9
 	movsx	rcx, byte ptr [rsi + r9 - 1]
 	test	rcx, rcx
-	jns	segheap_LBB35_8
+	jns	segheap_LBB36_8
 	movzx	ecx, word ptr [rsi + r9 - 2]
 	and	ecx, 32767
-segheap_LBB35_8:
+segheap_LBB36_8:
 	add	ecx, -1
 	cmp	ecx, r9d
-	jae	segheap_LBB35_10
-segheap_LBB35_9:
+	jae	segheap_LBB36_10
+segheap_LBB36_9:
 	mov	rax, qword ptr [rbp + 80]
 	mov	dword ptr [rax], 3
 	mov	qword ptr [rax + 24], rsi
 	mov	dword ptr [rax + 32], r8d
 	mov	eax, 1
-segheap_LBB35_10:
+segheap_LBB36_10:
 	add	rsp, 40
 	pop	rbx
 	pop	rdi
@@ -7544,7 +7585,7 @@ vs_chunk_ok:
 	setb	sil
 	xor	eax, eax
 	or	sil, bl
-	jne	segheap_LBB36_17
+	jne	segheap_LBB37_17
 	movzx	edi, word ptr [rdx + 32]
 	shl	edi, 4
 	add	rdi, rdx
@@ -7552,7 +7593,7 @@ vs_chunk_ok:
 	sub	rsi, r8
 	shr	rsi, 4
 	cmp	r10, rsi
-	ja	segheap_LBB36_17
+	ja	segheap_LBB37_17
 	shr	r11, 32
 	movzx	r11d, r11w
 	lea	rbx, [rdx + 48]
@@ -7562,12 +7603,12 @@ vs_chunk_ok:
 	test	r11, r11
 	setne	r14b
 	cmp	bl, r14b
-	je	segheap_LBB36_17
+	je	segheap_LBB37_17
 	test	r11, r11
-	je	segheap_LBB36_6
+	je	segheap_LBB37_6
 	shr	rsi, 4
 	cmp	r11, rsi
-	ja	segheap_LBB36_17
+	ja	segheap_LBB37_17
 	mov	esi, r11d
 	shl	esi, 4
 	mov	rbx, r8
@@ -7578,26 +7619,26 @@ vs_chunk_ok:
 	xor	ebx, esi
 	shr	ebx, 16
 	cmp	ebx, r11d
-	jne	segheap_LBB36_17
-segheap_LBB36_6:
+	jne	segheap_LBB37_17
+segheap_LBB37_6:
 	mov	r11d, r10d
 	shl	r11d, 4
 	lea	rsi, [r8 + r11]
 	cmp	rsi, rdi
-	jae	segheap_LBB36_8
+	jae	segheap_LBB37_8
 	mov	rdi, qword ptr [rsi]
 	xor	rdi, rsi
 	xor	rdi, rcx
 	shr	rdi, 32
 	movzx	edi, di
 	cmp	edi, r10d
-	jne	segheap_LBB36_17
-segheap_LBB36_8:
+	jne	segheap_LBB37_17
+segheap_LBB37_8:
 	test	r9d, r9d
-	je	segheap_LBB36_9
+	je	segheap_LBB37_9
 	mov	r9d, dword ptr [r8 + 8]
 	cmp	r9d, 1023
-	ja	segheap_LBB36_17
+	ja	segheap_LBB37_17
 	mov	r10d, r8d
 	sub	r10d, edx
 	shr	r10d, 12
@@ -7606,27 +7647,27 @@ segheap_LBB36_8:
 	xor	ecx, r9d
 	movzx	ecx, cl
 	test	ecx, ecx
-	jne	segheap_LBB36_17
+	jne	segheap_LBB37_17
 	cmp	dword ptr [r8 + 12], 0
-	jne	segheap_LBB36_17
+	jne	segheap_LBB37_17
 	mov	eax, 1
 	test	r9d, 256
-	je	segheap_LBB36_17
+	je	segheap_LBB37_17
 	movsx	rcx, byte ptr [rsi - 1]
 	test	rcx, rcx
-	jns	segheap_LBB36_16
+	jns	segheap_LBB37_16
 	movzx	ecx, word ptr [rsi - 2]
 	and	ecx, 32767
-segheap_LBB36_16:
+segheap_LBB37_16:
 	add	r11d, -16
 	add	ecx, -1
 	xor	eax, eax
 	cmp	ecx, r11d
 	setb	al
-	jmp	segheap_LBB36_17
-segheap_LBB36_9:
+	jmp	segheap_LBB37_17
+segheap_LBB37_9:
 	mov	eax, 1
-segheap_LBB36_17:
+segheap_LBB37_17:
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -7641,69 +7682,69 @@ lfh_sub_ok:
 	lea	r10, [rcx + 2048]
 	xor	eax, eax
 	cmp	r9, r10
-	jae	segheap_LBB37_2
-segheap_LBB37_1:
+	jae	segheap_LBB38_2
+segheap_LBB38_1:
 	pop	rbp
 	ret
-segheap_LBB37_2:
+segheap_LBB38_2:
 	test	r9b, 7
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	lea	r10, [r9 + 104]
 	cmp	r10, qword ptr [rcx + 232]
-	ja	segheap_LBB37_1
+	ja	segheap_LBB38_1
 	movzx	r10d, byte ptr [r9 + 1]
 	mov	r11d, r10d
 	add	r11b, -1
-	js	segheap_LBB37_1
+	js	segheap_LBB38_1
 	mov	r11, qword ptr [rcx + 8*r10 + 960]
 	xor	eax, eax
 	test	r11b, 1
 	cmovne	r11, rax
 	cmp	r11, r9
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	movzx	r9d, word ptr [rdx + 34]
 	test	r9d, r9d
-	je	segheap_LBB37_1
+	je	segheap_LBB38_1
 	mov	r11, rdx
 	shr	r11, 12
 	xor	r11d, dword ptr [rcx + 168]
 	xor	r11d, dword ptr [rdx + 40]
 	movzx	ecx, r11w
 	cmp	r10b, 64
-	ja	segheap_LBB37_9
+	ja	segheap_LBB38_9
 	shl	r10d, 4
-	jmp	segheap_LBB37_16
-segheap_LBB37_9:
+	jmp	segheap_LBB38_16
+segheap_LBB38_9:
 	cmp	r10b, 80
-	ja	segheap_LBB37_11
+	ja	segheap_LBB38_11
 	shl	r10d, 6
 	add	r10d, -3072
-	jmp	segheap_LBB37_16
-segheap_LBB37_11:
+	jmp	segheap_LBB38_16
+segheap_LBB38_11:
 	cmp	r10b, 96
-	ja	segheap_LBB37_13
+	ja	segheap_LBB38_13
 	shl	r10d, 7
 	add	r10d, -8192
-	jmp	segheap_LBB37_16
-segheap_LBB37_13:
+	jmp	segheap_LBB38_16
+segheap_LBB38_13:
 	cmp	r10b, 112
-	ja	segheap_LBB37_15
+	ja	segheap_LBB38_15
 	shl	r10d, 8
 	add	r10d, -20480
-	jmp	segheap_LBB37_16
-segheap_LBB37_15:
+	jmp	segheap_LBB38_16
+segheap_LBB38_15:
 	shl	r10d, 9
 	add	r10d, -49152
-segheap_LBB37_16:
+segheap_LBB38_16:
 	cmp	ecx, r10d
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	shr	r11d, 16
 	lea	edx, [r9 + 31]
 	shr	edx, 5
 	lea	edx, [8*rdx + 63]
 	and	edx, -16
 	cmp	r11d, edx
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	mov	eax, r11d
 	mov	edx, r9d
 	mov	ecx, ecx
@@ -7722,44 +7763,44 @@ node_ok:
 	sub	rsp, 32
 	lea	rbp, [rsp + 32]
 	test	r8b, 7
-	je	segheap_LBB38_3
-segheap_LBB38_1:
+	je	segheap_LBB39_3
+segheap_LBB39_1:
 	xor	eax, eax
-segheap_LBB38_2:
+segheap_LBB39_2:
 	movzx	eax, al
 	add	rsp, 32
 	pop	rdi
 	pop	rsi
 	pop	rbp
 	ret
-segheap_LBB38_3:
+segheap_LBB39_3:
 	cmp	edx, 1
-	je	segheap_LBB38_11
+	je	segheap_LBB39_11
 	test	edx, edx
-	jne	segheap_LBB38_13
+	jne	segheap_LBB39_13
 	lea	r9, [rcx + 328]
 	mov	r10, qword ptr [rcx + 328]
 	cmp	r10, r9
-	je	segheap_LBB38_15
+	je	segheap_LBB39_15
 	mov	rdx, r8
 	and	rdx, -1048576
 	mov	r11, qword ptr [rcx + 344]
 	xor	eax, eax
 	xor	esi, esi
-segheap_LBB38_7:
+segheap_LBB39_7:
 	cmp	rsi, r11
-	ja	segheap_LBB38_17
+	ja	segheap_LBB39_17
 	mov	edi, r10d
 	and	edi, 1048575
-	jne	segheap_LBB38_17
+	jne	segheap_LBB39_17
 	cmp	r10, rdx
-	je	segheap_LBB38_16
+	je	segheap_LBB39_16
 	add	rsi, 1
 	mov	r10, qword ptr [r10]
 	cmp	r10, r9
-	jne	segheap_LBB38_7
-	jmp	segheap_LBB38_17
-segheap_LBB38_11:
+	jne	segheap_LBB39_7
+	jmp	segheap_LBB39_17
+segheap_LBB39_11:
 	mov	rdx, r8
 	mov	rsi, r8
 	mov	r8b, 32
@@ -7775,7 +7816,7 @@ segheap_LBB38_11:
 	cmp	rdx, r8
 	setb	dl
 	or	dl, r9b
-	jne	segheap_LBB38_1
+	jne	segheap_LBB39_1
 	mov	rcx, rsi
 	add	rcx, 24
 	movzx	edx, word ptr [rax + 32]
@@ -7783,18 +7824,18 @@ segheap_LBB38_11:
 	add	rdx, rax
 	cmp	rcx, rdx
 	setbe	al
-	jmp	segheap_LBB38_2
-segheap_LBB38_13:
+	jmp	segheap_LBB39_2
+segheap_LBB39_13:
 	mov	rdx, r8
 	mov	r8b, 32
 	call	range_of_type
 	test	rax, rax
 	setne	al
-	jmp	segheap_LBB38_2
-segheap_LBB38_15:
+	jmp	segheap_LBB39_2
+segheap_LBB39_15:
 	xor	eax, eax
-	jmp	segheap_LBB38_17
-segheap_LBB38_16:
+	jmp	segheap_LBB39_17
+segheap_LBB39_16:
 	mov	r9, r8
 	shr	r9, 20
 	xor	r9, rcx
@@ -7804,7 +7845,7 @@ segheap_LBB38_16:
 	movabs	rcx, -6708588087252463955
 	cmp	r9, rcx
 	cmove	rax, rdx
-segheap_LBB38_17:
+segheap_LBB39_17:
 	sub	r8, rax
 	test	rax, rax
 	cmove	r8, rax
@@ -7814,7 +7855,7 @@ segheap_LBB38_17:
 	cmp	r8, 8159
 	setb	al
 	and	al, cl
-	jmp	segheap_LBB38_2
+	jmp	segheap_LBB39_2
 	.p2align	4
 range_of_type:
 	push	rbp
@@ -7825,26 +7866,26 @@ range_of_type:
 	lea	r10, [rcx + 328]
 	mov	r11, qword ptr [rcx + 328]
 	cmp	r11, r10
-	je	segheap_LBB39_10
+	je	segheap_LBB40_10
 	mov	r9, rdx
 	and	r9, -1048576
 	mov	rsi, qword ptr [rcx + 344]
 	xor	eax, eax
 	xor	edi, edi
-segheap_LBB39_2:
+segheap_LBB40_2:
 	cmp	rdi, rsi
-	ja	segheap_LBB39_11
+	ja	segheap_LBB40_11
 	mov	ebx, r11d
 	and	ebx, 1048575
-	jne	segheap_LBB39_11
+	jne	segheap_LBB40_11
 	cmp	r11, r9
-	je	segheap_LBB39_7
+	je	segheap_LBB40_7
 	add	rdi, 1
 	mov	r11, qword ptr [r11]
 	cmp	r11, r10
-	jne	segheap_LBB39_2
-	jmp	segheap_LBB39_11
-segheap_LBB39_7:
+	jne	segheap_LBB40_2
+	jmp	segheap_LBB40_11
+segheap_LBB40_7:
 	mov	rax, rdx
 	shr	rax, 20
 	xor	rax, rcx
@@ -7852,25 +7893,25 @@ segheap_LBB39_7:
 	xor	rax, qword ptr [rcx + 160]
 	movabs	rcx, -6708588087252463955
 	cmp	rax, rcx
-	jne	segheap_LBB39_10
+	jne	segheap_LBB40_10
 	shr	edx, 12
 	mov	eax, edx
 	or	eax, -256
 	cmp	eax, -254
-	jb	segheap_LBB39_10
+	jb	segheap_LBB40_10
 	movzx	ecx, dl
 	mov	eax, ecx
 	shl	eax, 5
 	add	rax, r9
 	movzx	r10d, byte ptr [rax + 24]
 	test	r10b, 8
-	jne	segheap_LBB39_16
+	jne	segheap_LBB40_16
 	movzx	eax, byte ptr [rax + 31]
 	test	eax, eax
-	je	segheap_LBB39_10
+	je	segheap_LBB40_10
 	lea	edx, [rcx - 2]
 	cmp	edx, eax
-	jb	segheap_LBB39_10
+	jb	segheap_LBB40_10
 	mov	edx, ecx
 	sub	edx, eax
 	mov	r11, rdx
@@ -7878,43 +7919,43 @@ segheap_LBB39_7:
 	movzx	r10d, byte ptr [r9 + r11 + 24]
 	xor	eax, eax
 	test	r10b, 8
-	je	segheap_LBB39_11
+	je	segheap_LBB40_11
 	cmp	edx, 255
-	ja	segheap_LBB39_11
+	ja	segheap_LBB40_11
 	add	r11, r9
 	movzx	r11d, byte ptr [r11 + 31]
 	add	r11d, edx
 	cmp	r11d, ecx
 	mov	ecx, edx
-	ja	segheap_LBB39_17
-	jmp	segheap_LBB39_11
-segheap_LBB39_16:
+	ja	segheap_LBB40_17
+	jmp	segheap_LBB40_11
+segheap_LBB40_16:
 	mov	rdx, rcx
-segheap_LBB39_17:
+segheap_LBB40_17:
 	and	r10b, 37
 	or	r8b, 4
 	cmp	r10b, r8b
-	jne	segheap_LBB39_10
+	jne	segheap_LBB40_10
 	mov	rax, rdx
 	shl	rax, 5
 	add	rax, r9
 	cmp	dword ptr [rax], -857879331
-	jne	segheap_LBB39_10
+	jne	segheap_LBB40_10
 	movzx	eax, byte ptr [rax + 31]
 	test	rax, rax
-	je	segheap_LBB39_33
+	je	segheap_LBB40_33
 	cmp	eax, 1
-	jne	segheap_LBB39_28
+	jne	segheap_LBB40_28
 	xor	r10d, r10d
 	xor	r8d, r8d
-	jmp	segheap_LBB39_31
-segheap_LBB39_28:
+	jmp	segheap_LBB40_31
+segheap_LBB40_28:
 	mov	r11d, eax
 	and	r11d, -2
 	xor	r10d, r10d
 	mov	esi, ecx
 	xor	r8d, r8d
-segheap_LBB39_29:
+segheap_LBB40_29:
 	mov	edi, esi
 	shl	rdi, 5
 	movzx	ebx, byte ptr [r9 + rdi + 24]
@@ -7927,25 +7968,25 @@ segheap_LBB39_29:
 	add	r10, 2
 	add	esi, 2
 	cmp	r11, r10
-	jne	segheap_LBB39_29
+	jne	segheap_LBB40_29
 	test	al, 1
-	je	segheap_LBB39_32
-segheap_LBB39_31:
+	je	segheap_LBB40_32
+segheap_LBB40_31:
 	add	ecx, r10d
 	shl	rcx, 5
 	bt	dword ptr [r9 + rcx + 24], 1
 	adc	r8b, 0
-segheap_LBB39_32:
+segheap_LBB40_32:
 	cmp	r8b, al
-	jne	segheap_LBB39_10
-segheap_LBB39_33:
+	jne	segheap_LBB40_10
+segheap_LBB40_33:
 	shl	rdx, 12
 	add	r9, rdx
 	mov	rax, r9
-	jmp	segheap_LBB39_11
-segheap_LBB39_10:
+	jmp	segheap_LBB40_11
+segheap_LBB40_10:
 	xor	eax, eax
-segheap_LBB39_11:
+segheap_LBB40_11:
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -7966,7 +8007,7 @@ check_tree:
 	mov	qword ptr [rbp + 976], 0
 	mov	r14, qword ptr [r8]
 	test	r14, r14
-	je	segheap_LBB40_38
+	je	segheap_LBB41_38
 	mov	edi, edx
 	mov	rbx, rcx
 	mov	qword ptr [rbp + 968], r8
@@ -7974,53 +8015,53 @@ check_tree:
 	call	node_ok
 	mov	esi, -1
 	test	eax, eax
-	je	segheap_LBB40_37
+	je	segheap_LBB41_37
 	cmp	qword ptr [r14 + 16], 3
-	ja	segheap_LBB40_37
+	ja	segheap_LBB41_37
 	xor	r13d, r13d
 	xor	r12d, r12d
 	mov	r15, r14
-segheap_LBB40_4:
+segheap_LBB41_4:
 	test	r15, r15
-	je	segheap_LBB40_10
+	je	segheap_LBB41_10
 	movsxd	r12, r12d
-segheap_LBB40_6:
+segheap_LBB41_6:
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, r15
 	call	node_ok
 	test	eax, eax
-	je	segheap_LBB40_37
+	je	segheap_LBB41_37
 	cmp	r12, 129
-	jg	segheap_LBB40_37
+	jg	segheap_LBB41_37
 	add	r13, 1
 	cmp	r13, 16777216
-	ja	segheap_LBB40_37
+	ja	segheap_LBB41_37
 	mov	qword ptr [rbp + 8*r12 - 80], r15
 	add	r12, 1
 	mov	r15, qword ptr [r15]
 	test	r15, r15
-	jne	segheap_LBB40_6
-segheap_LBB40_10:
+	jne	segheap_LBB41_6
+segheap_LBB41_10:
 	movsxd	rax, r12d
 	mov	rax, qword ptr [rbp + 8*rax - 88]
 	mov	r15, qword ptr [rax + 8]
 	test	r15, r15
-	je	segheap_LBB40_12
+	je	segheap_LBB41_12
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, r15
 	call	node_ok
 	test	eax, eax
-	je	segheap_LBB40_37
-segheap_LBB40_12:
+	je	segheap_LBB41_37
+segheap_LBB41_12:
 	add	r12d, -1
 	test	r15, r15
-	jne	segheap_LBB40_4
+	jne	segheap_LBB41_4
 	test	r12d, r12d
-	jne	segheap_LBB40_4
+	jne	segheap_LBB41_4
 	test	byte ptr [r14 + 16], 1
-	jne	segheap_LBB40_37
+	jne	segheap_LBB41_37
 	lea	rax, [rbp + 976]
 	mov	qword ptr [rsp + 32], rax
 	mov	dword ptr [rsp + 40], 0
@@ -8030,26 +8071,26 @@ segheap_LBB40_12:
 	xor	r9d, r9d
 	call	rb_check
 	test	eax, eax
-	js	segheap_LBB40_37
+	js	segheap_LBB41_37
 	mov	r8, qword ptr [rbp + 968]
 	mov	rax, qword ptr [r8]
 	test	rax, rax
-	je	segheap_LBB40_38
+	je	segheap_LBB41_38
 	mov	rdx, rax
-segheap_LBB40_18:
+segheap_LBB41_18:
 	mov	rcx, rdx
 	mov	rdx, qword ptr [rdx]
 	test	rdx, rdx
-	jne	segheap_LBB40_18
+	jne	segheap_LBB41_18
 	xor	r9d, r9d
 	mov	rdx, -65536
-segheap_LBB40_20:
+segheap_LBB41_20:
 	test	r9, r9
-	je	segheap_LBB40_27
+	je	segheap_LBB41_27
 	cmp	edi, 1
-	je	segheap_LBB40_24
+	je	segheap_LBB41_24
 	test	edi, edi
-	jne	segheap_LBB40_25
+	jne	segheap_LBB41_25
 	movzx	r11d, byte ptr [r9 + 31]
 	shl	r11d, 8
 	movzx	r10d, byte ptr [r9 + 25]
@@ -8060,8 +8101,8 @@ segheap_LBB40_20:
 	movzx	r11d, byte ptr [rcx + 25]
 	xor	r11, 255
 	or	r11, r14
-	jmp	segheap_LBB40_26
-segheap_LBB40_24:
+	jmp	segheap_LBB41_26
+segheap_LBB41_24:
 	lea	r10, [r9 - 8]
 	xor	r10d, dword ptr [r9 - 8]
 	mov	r14d, dword ptr [rbx + 160]
@@ -8071,13 +8112,13 @@ segheap_LBB40_24:
 	xor	r11d, dword ptr [rcx - 8]
 	xor	r11d, r14d
 	shr	r11d, 16
-	jmp	segheap_LBB40_26
-segheap_LBB40_25:
+	jmp	segheap_LBB41_26
+segheap_LBB41_25:
 	mov	r10, qword ptr [r9 + 24]
 	and	r10, rdx
 	mov	r11, qword ptr [rcx + 24]
 	and	r11, rdx
-segheap_LBB40_26:
+segheap_LBB41_26:
 	xor	r14d, r14d
 	cmp	r9, rcx
 	setae	r14b
@@ -8086,39 +8127,39 @@ segheap_LBB40_26:
 	setae	r9b
 	cmove	r9d, r14d
 	test	r9b, r9b
-	jne	segheap_LBB40_37
-segheap_LBB40_27:
+	jne	segheap_LBB41_37
+segheap_LBB41_27:
 	mov	r10, qword ptr [rcx + 8]
 	mov	r9, rcx
 	test	r10, r10
-	je	segheap_LBB40_30
-segheap_LBB40_28:
+	je	segheap_LBB41_30
+segheap_LBB41_28:
 	mov	r11, r10
 	mov	r10, qword ptr [r10]
 	test	r10, r10
-	jne	segheap_LBB40_28
+	jne	segheap_LBB41_28
 	mov	r9, rcx
 	mov	rcx, r11
-	jmp	segheap_LBB40_20
-segheap_LBB40_30:
+	jmp	segheap_LBB41_20
+segheap_LBB41_30:
 	mov	r10, qword ptr [r9 + 16]
 	and	r10, -4
-	je	segheap_LBB40_33
+	je	segheap_LBB41_33
 	cmp	qword ptr [r10 + 8], r9
 	mov	r9, r10
-	je	segheap_LBB40_30
+	je	segheap_LBB41_30
 	mov	r9, rcx
 	mov	rcx, r10
-	jmp	segheap_LBB40_20
-segheap_LBB40_38:
+	jmp	segheap_LBB41_20
+segheap_LBB41_38:
 	mov	rcx, qword ptr [r8 + 8]
 	xor	edx, edx
-segheap_LBB40_35:
+segheap_LBB41_35:
 	mov	esi, -1
 	cmp	rcx, rdx
-	jne	segheap_LBB40_37
+	jne	segheap_LBB41_37
 	mov	esi, dword ptr [rbp + 976]
-segheap_LBB40_37:
+segheap_LBB41_37:
 	mov	eax, esi
 	add	rsp, 1112
 	pop	rbx
@@ -8130,14 +8171,14 @@ segheap_LBB40_37:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB40_33:
+segheap_LBB41_33:
 	mov	rcx, qword ptr [r8 + 8]
-segheap_LBB40_34:
+segheap_LBB41_34:
 	mov	rdx, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB40_34
-	jmp	segheap_LBB40_35
+	jne	segheap_LBB41_34
+	jmp	segheap_LBB41_35
 	.p2align	4
 validate_lfh_buckets:
 	push	rbp
@@ -8155,106 +8196,106 @@ validate_lfh_buckets:
 	lea	r8, [rcx + 2048]
 	mov	r13d, 1
 	xor	edx, edx
-	jmp	segheap_LBB41_2
-segheap_LBB41_1:
+	jmp	segheap_LBB42_2
+segheap_LBB42_1:
 	add	r13, 1
 	cmp	r13, 129
-	je	segheap_LBB41_34
-segheap_LBB41_2:
+	je	segheap_LBB42_34
+segheap_LBB42_2:
 	mov	r12, qword ptr [rbx + 8*r13 + 960]
 	test	r12, r12
 	sete	al
 	mov	ecx, r12d
 	or	cl, al
 	test	cl, 1
-	jne	segheap_LBB41_1
+	jne	segheap_LBB42_1
 	xor	eax, eax
 	cmp	r8, r12
-	ja	segheap_LBB41_35
+	ja	segheap_LBB42_35
 	test	r12b, 6
-	jne	segheap_LBB41_35
+	jne	segheap_LBB42_35
 	lea	rcx, [r12 + 104]
 	cmp	rcx, qword ptr [rbx + 232]
-	ja	segheap_LBB41_35
+	ja	segheap_LBB42_35
 	movzx	ecx, byte ptr [r12 + 1]
 	cmp	r13, rcx
-	jne	segheap_LBB41_35
+	jne	segheap_LBB42_35
 	cmp	byte ptr [r12], 1
-	jne	segheap_LBB41_35
+	jne	segheap_LBB42_35
 	mov	qword ptr [rbp - 8], rdx
 	lea	rdi, [r12 + 24]
 	mov	r14, qword ptr [r12 + 24]
 	cmp	r14, rdi
-	je	segheap_LBB41_15
+	je	segheap_LBB42_15
 	xor	r15d, r15d
 	xor	esi, esi
-segheap_LBB41_10:
+segheap_LBB42_10:
 	mov	rcx, rbx
 	mov	rdx, r14
 	mov	r8b, 1
 	call	range_of_type
 	cmp	rax, r14
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	cmp	qword ptr [r14 + 16], r12
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	cmp	byte ptr [r14 + 38], 0
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	add	rsi, 1
 	mov	rax, qword ptr [rbp]
 	cmp	rsi, qword ptr [rax + 72]
-	ja	segheap_LBB41_26
+	ja	segheap_LBB42_26
 	movzx	eax, word ptr [r14 + 34]
 	add	r15, rax
 	mov	r14, qword ptr [r14]
 	cmp	r14, rdi
-	jne	segheap_LBB41_10
-	jmp	segheap_LBB41_16
-segheap_LBB41_15:
+	jne	segheap_LBB42_10
+	jmp	segheap_LBB42_16
+segheap_LBB42_15:
 	xor	esi, esi
 	xor	r15d, r15d
-segheap_LBB41_16:
+segheap_LBB42_16:
 	lea	rax, [r12 + 40]
 	mov	r14, qword ptr [r12 + 40]
 	xor	edi, edi
 	cmp	r14, rax
-	je	segheap_LBB41_22
-segheap_LBB41_17:
+	je	segheap_LBB42_22
+segheap_LBB42_17:
 	mov	rcx, rbx
 	mov	rdx, r14
 	mov	r8b, 1
 	call	range_of_type
 	cmp	rax, r14
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	cmp	qword ptr [r14 + 16], r12
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	cmp	byte ptr [r14 + 38], 1
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	add	rdi, 1
 	mov	rax, qword ptr [rbp]
 	cmp	rdi, qword ptr [rax + 72]
-	ja	segheap_LBB41_26
+	ja	segheap_LBB42_26
 	movzx	eax, word ptr [r14 + 34]
 	add	r15, rax
 	mov	r14, qword ptr [r14]
 	lea	rax, [r12 + 40]
 	cmp	r14, rax
-	jne	segheap_LBB41_17
-segheap_LBB41_22:
+	jne	segheap_LBB42_17
+segheap_LBB42_22:
 	cmp	rsi, qword ptr [r12 + 8]
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	add	rdi, rsi
 	cmp	rdi, qword ptr [r12 + 64]
-	jne	segheap_LBB41_26
+	jne	segheap_LBB42_26
 	cmp	r15, qword ptr [r12 + 56]
 	mov	eax, 0
-	jne	segheap_LBB41_35
+	jne	segheap_LBB42_35
 	mov	rdx, qword ptr [rbp - 8]
 	add	rdx, rdi
 	lea	r8, [rbx + 2048]
-	jmp	segheap_LBB41_1
-segheap_LBB41_26:
+	jmp	segheap_LBB42_1
+segheap_LBB42_26:
 	xor	eax, eax
-segheap_LBB41_35:
+segheap_LBB42_35:
 	add	rsp, 56
 	pop	rbx
 	pop	rdi
@@ -8265,12 +8306,12 @@ segheap_LBB41_35:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB41_34:
+segheap_LBB42_34:
 	xor	eax, eax
 	mov	rcx, qword ptr [rbp]
 	cmp	rdx, qword ptr [rcx + 72]
 	sete	al
-	jmp	segheap_LBB41_35
+	jmp	segheap_LBB42_35
 	.p2align	4
 validate_large:
 	push	rbp
@@ -8289,11 +8330,11 @@ validate_large:
 	mov	edx, 2
 	call	check_tree
 	test	eax, eax
-	js	segheap_LBB42_21
+	js	segheap_LBB43_21
 	mov	r15, qword ptr [rbx + 80]
 	xor	edi, edi
 	test	r15, r15
-	je	segheap_LBB42_2
+	je	segheap_LBB43_2
 	mov	qword ptr [rbp], r12
 	lea	r8, [rbp - 48]
 	mov	rcx, rbx
@@ -8301,83 +8342,83 @@ validate_large:
 	mov	r9d, 1
 	call	lookup_block
 	test	eax, eax
-	je	segheap_LBB42_21
+	je	segheap_LBB43_21
 	cmp	dword ptr [rbp - 48], 2
-	jne	segheap_LBB42_21
+	jne	segheap_LBB43_21
 	xor	esi, esi
 	xor	r13d, r13d
 	xor	r14d, r14d
-segheap_LBB42_10:
+segheap_LBB43_10:
 	mov	rax, qword ptr [rbp - 24]
 	test	byte ptr [rax + 9], 2
-	je	segheap_LBB42_21
+	je	segheap_LBB43_21
 	mov	rcx, qword ptr [r15 + 32]
 	mov	rax, rcx
 	shr	rax, 12
-	je	segheap_LBB42_21
+	je	segheap_LBB43_21
 	mov	rdx, qword ptr [r15 + 24]
 	cmp	rdx, 65536
-	jb	segheap_LBB42_21
+	jb	segheap_LBB43_21
 	and	edx, 61440
 	mov	r8d, ecx
 	and	r8d, 4093
 	or	r8, rdx
 	test	r8, r8
-	jne	segheap_LBB42_21
+	jne	segheap_LBB43_21
 	add	rsi, 1
 	bt	ecx, 1
 	adc	r13, rax
 	add	r14, rax
 	mov	rax, qword ptr [r15 + 8]
 	test	rax, rax
-	je	segheap_LBB42_16
-segheap_LBB42_15:
+	je	segheap_LBB43_16
+segheap_LBB43_15:
 	mov	r12, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB42_15
-	jmp	segheap_LBB42_19
-segheap_LBB42_16:
+	jne	segheap_LBB43_15
+	jmp	segheap_LBB43_19
+segheap_LBB43_16:
 	mov	r12, qword ptr [r15 + 16]
 	and	r12, -4
-	je	segheap_LBB42_17
+	je	segheap_LBB43_17
 	cmp	qword ptr [r12 + 8], r15
 	mov	r15, r12
-	je	segheap_LBB42_16
-segheap_LBB42_19:
+	je	segheap_LBB43_16
+segheap_LBB43_19:
 	mov	rcx, rbx
 	mov	rdx, r12
 	lea	r8, [rbp - 48]
 	mov	r9d, 1
 	call	lookup_block
 	test	eax, eax
-	je	segheap_LBB42_21
+	je	segheap_LBB43_21
 	cmp	dword ptr [rbp - 48], 2
 	mov	r15, r12
-	je	segheap_LBB42_10
-segheap_LBB42_21:
+	je	segheap_LBB43_10
+segheap_LBB43_21:
 	xor	edi, edi
-	jmp	segheap_LBB42_22
-segheap_LBB42_2:
+	jmp	segheap_LBB43_22
+segheap_LBB43_2:
 	xor	esi, esi
 	xor	r13d, r13d
 	xor	r14d, r14d
 	cmp	rsi, qword ptr [r12 + 64]
-	je	segheap_LBB42_4
-	jmp	segheap_LBB42_22
-segheap_LBB42_17:
+	je	segheap_LBB43_4
+	jmp	segheap_LBB43_22
+segheap_LBB43_17:
 	mov	r12, qword ptr [rbp]
 	cmp	rsi, qword ptr [r12 + 64]
-	jne	segheap_LBB42_22
-segheap_LBB42_4:
+	jne	segheap_LBB43_22
+segheap_LBB43_4:
 	cmp	r13, qword ptr [rbx + 88]
-	jne	segheap_LBB42_22
+	jne	segheap_LBB43_22
 	cmp	r14, qword ptr [rbx + 96]
-	jne	segheap_LBB42_22
+	jne	segheap_LBB43_22
 	add	qword ptr [r12 + 24], r13
 	add	qword ptr [r12 + 16], r14
 	mov	edi, 1
-segheap_LBB42_22:
+segheap_LBB43_22:
 	mov	eax, edi
 	add	rsp, 88
 	pop	rbx
@@ -8409,45 +8450,45 @@ validate_lfh_subsegment:
 	xor	r15d, r15d
 	xor	r14d, r14d
 	cmp	rax, rcx
-	jb	segheap_LBB43_6
+	jb	segheap_LBB44_6
 	test	al, 7
-	jne	segheap_LBB43_6
+	jne	segheap_LBB44_6
 	lea	rcx, [rax + 104]
 	cmp	rcx, qword ptr [rbx + 232]
-	ja	segheap_LBB43_6
+	ja	segheap_LBB44_6
 	movzx	ecx, byte ptr [rax + 1]
 	mov	edx, ecx
 	add	dl, -1
-	js	segheap_LBB43_4
+	js	segheap_LBB44_4
 	mov	rcx, qword ptr [rbx + 8*rcx + 960]
 	xor	r14d, r14d
 	test	cl, 1
 	cmovne	rcx, r14
 	cmp	rcx, rax
 	cmove	r14, rax
-	jmp	segheap_LBB43_6
-segheap_LBB43_4:
+	jmp	segheap_LBB44_6
+segheap_LBB44_4:
 	xor	r14d, r14d
-segheap_LBB43_6:
+segheap_LBB44_6:
 	mov	r8d, r8d
 	mov	rcx, rbx
 	mov	rdx, rdi
 	call	lfh_sub_ok
 	test	eax, eax
-	je	segheap_LBB43_36
+	je	segheap_LBB44_36
 	movzx	eax, word ptr [rdi + 32]
 	movzx	r8d, word ptr [rdi + 34]
 	cmp	ax, r8w
-	ja	segheap_LBB43_36
+	ja	segheap_LBB44_36
 	test	eax, eax
 	sete	cl
 	cmp	byte ptr [rdi + 38], cl
-	jne	segheap_LBB43_36
+	jne	segheap_LBB44_36
 	movzx	ecx, word ptr [rdi + 36]
 	mov	qword ptr [rbp - 32], rcx
 	cmp	cx, r8w
-	jbe	segheap_LBB43_10
-segheap_LBB43_36:
+	jbe	segheap_LBB44_10
+segheap_LBB44_36:
 	mov	eax, r15d
 	add	rsp, 88
 	pop	rbx
@@ -8459,7 +8500,7 @@ segheap_LBB43_36:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB43_10:
+segheap_LBB44_10:
 	mov	qword ptr [rbp], rsi
 	mov	rcx, qword ptr [rbx + 168]
 	mov	r11, rdi
@@ -8469,35 +8510,35 @@ segheap_LBB43_10:
 	xor	r11d, dword ptr [rdi + 40]
 	lea	r9d, [r8 + 31]
 	shr	r9d, 5
-	je	segheap_LBB43_15
+	je	segheap_LBB44_15
 	movabs	r10, 6148914691236517205
 	lea	ecx, [r8 + r8]
 	xor	r15d, r15d
 	mov	r12, r8
 	xor	r13d, r13d
-segheap_LBB43_12:
+segheap_LBB44_12:
 	mov	rdx, qword ptr [rdi + 8*r13 + 48]
 	mov	rsi, -1
 	shl	rsi, cl
 	sub	r12, 32
 	cmovae	rsi, r15
 	test	rdx, rsi
-	jne	segheap_LBB43_36
+	jne	segheap_LBB44_36
 	mov	rsi, rdx
 	shr	rsi
 	not	rdx
 	and	rdx, r10
 	test	rdx, rsi
-	jne	segheap_LBB43_36
+	jne	segheap_LBB44_36
 	add	r13, 1
 	add	rcx, -64
 	cmp	r9, r13
-	jne	segheap_LBB43_12
-segheap_LBB43_15:
+	jne	segheap_LBB44_12
+segheap_LBB44_15:
 	mov	r13d, 0
 	test	r8, r8
 	mov	rsi, qword ptr [rbp]
-	je	segheap_LBB43_22
+	je	segheap_LBB44_22
 	movzx	r9d, r11w
 	shr	r11d, 16
 	lea	rcx, [rdi + r11]
@@ -8508,13 +8549,13 @@ segheap_LBB43_15:
 	add	r12, r11
 	xor	r10d, r10d
 	xor	r13d, r13d
-	jmp	segheap_LBB43_17
-segheap_LBB43_21:
+	jmp	segheap_LBB44_17
+segheap_LBB44_21:
 	add	r10, 1
 	add	r12, r9
 	cmp	r10, qword ptr [rbp - 16]
-	je	segheap_LBB43_22
-segheap_LBB43_17:
+	je	segheap_LBB44_22
+segheap_LBB44_17:
 	mov	ecx, r10d
 	shr	ecx, 5
 	mov	r11, qword ptr [rdi + 8*rcx + 48]
@@ -8525,35 +8566,35 @@ segheap_LBB43_17:
 	imul	r8, r9
 	add	r8, qword ptr [rbp - 24]
 	bt	r11, rcx
-	jb	segheap_LBB43_24
+	jb	segheap_LBB44_24
 	xor	r15d, r15d
 	cmp	r10, qword ptr [rbp - 32]
-	jb	segheap_LBB43_36
+	jb	segheap_LBB44_36
 	mov	rcx, qword ptr [rbp - 8]
 	xor	rcx, r8
 	cmp	qword ptr [r8], rcx
-	jne	segheap_LBB43_36
+	jne	segheap_LBB44_36
 	add	r13d, 1
-	jmp	segheap_LBB43_21
-segheap_LBB43_24:
+	jmp	segheap_LBB44_21
+segheap_LBB44_24:
 	test	dl, 2
-	je	segheap_LBB43_21
+	je	segheap_LBB44_21
 	movsx	r11, byte ptr [r8 + r9 - 1]
 	mov	rcx, r11
 	test	r11, r11
-	jns	segheap_LBB43_27
+	jns	segheap_LBB44_27
 	movzx	ecx, word ptr [r8 + r9 - 2]
 	and	ecx, 32767
-segheap_LBB43_27:
+segheap_LBB44_27:
 	lea	edx, [rcx - 1]
 	xor	r15d, r15d
 	cmp	edx, r9d
-	jae	segheap_LBB43_36
+	jae	segheap_LBB44_36
 	test	r11b, r11b
-	jns	segheap_LBB43_30
+	jns	segheap_LBB44_30
 	cmp	ecx, 128
-	jb	segheap_LBB43_36
-segheap_LBB43_30:
+	jb	segheap_LBB44_36
+segheap_LBB44_30:
 	shr	r11b, 7
 	movzx	r11d, r11b
 	not	r11
@@ -8561,18 +8602,18 @@ segheap_LBB43_30:
 	mov	r8d, r9d
 	sub	r8d, ecx
 	cmp	r8d, edx
-	jae	segheap_LBB43_21
+	jae	segheap_LBB44_21
 	neg	rcx
-segheap_LBB43_33:
+segheap_LBB44_33:
 	cmp	byte ptr [r12 + rcx], -85
-	jne	segheap_LBB43_36
+	jne	segheap_LBB44_36
 	add	rcx, 1
 	cmp	r11, rcx
-	jne	segheap_LBB43_33
-	jmp	segheap_LBB43_21
-segheap_LBB43_22:
+	jne	segheap_LBB44_33
+	jmp	segheap_LBB44_21
+segheap_LBB44_22:
 	cmp	r13d, eax
-	jne	segheap_LBB43_23
+	jne	segheap_LBB44_23
 	lea	r8, [r14 + 24]
 	add	r14, 40
 	mov	byte ptr [rsp + 32], 1
@@ -8582,13 +8623,13 @@ segheap_LBB43_22:
 	call	subsegment_links_ok
 	mov	r15d, 0
 	test	eax, eax
-	je	segheap_LBB43_36
+	je	segheap_LBB44_36
 	add	qword ptr [rsi + 72], 1
 	mov	r15d, 1
-	jmp	segheap_LBB43_36
-segheap_LBB43_23:
+	jmp	segheap_LBB44_36
+segheap_LBB44_23:
 	xor	r15d, r15d
-	jmp	segheap_LBB43_36
+	jmp	segheap_LBB44_36
 	.p2align	4
 subsegment_links_ok:
 	push	rbp
@@ -8608,32 +8649,32 @@ subsegment_links_ok:
 	mov	rbx, qword ptr [rdx]
 	mov	rdi, qword ptr [rdx + 8]
 	cmp	rbx, r8
-	je	segheap_LBB44_4
+	je	segheap_LBB45_4
 	cmp	rbx, r15
-	je	segheap_LBB44_4
+	je	segheap_LBB45_4
 	mov	r13, rcx
 	mov	rdx, rbx
 	mov	r8d, r14d
 	call	range_of_type
 	mov	rcx, r13
 	cmp	rax, rbx
-	jne	segheap_LBB44_3
-segheap_LBB44_4:
+	jne	segheap_LBB45_3
+segheap_LBB45_4:
 	cmp	rdi, r12
-	je	segheap_LBB44_8
+	je	segheap_LBB45_8
 	cmp	rdi, r15
-	je	segheap_LBB44_8
+	je	segheap_LBB45_8
 	mov	rdx, rdi
 	mov	r8d, r14d
 	call	range_of_type
 	cmp	rax, rdi
-	jne	segheap_LBB44_3
-segheap_LBB44_8:
+	jne	segheap_LBB45_3
+segheap_LBB45_8:
 	cmp	qword ptr [rbx + 8], rsi
-	je	segheap_LBB44_10
-segheap_LBB44_3:
+	je	segheap_LBB45_10
+segheap_LBB45_3:
 	xor	eax, eax
-segheap_LBB44_11:
+segheap_LBB45_11:
 	add	rsp, 40
 	pop	rbx
 	pop	rdi
@@ -8644,11 +8685,11 @@ segheap_LBB44_11:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB44_10:
+segheap_LBB45_10:
 	xor	eax, eax
 	cmp	qword ptr [rdi], rsi
 	sete	al
-	jmp	segheap_LBB44_11
+	jmp	segheap_LBB45_11
 	.p2align	4
 rb_check:
 	push	rbp
@@ -8662,19 +8703,19 @@ rb_check:
 	sub	rsp, 56
 	lea	rbp, [rsp + 48]
 	test	r8, r8
-	je	segheap_LBB45_17
+	je	segheap_LBB46_17
 	mov	r12, qword ptr [rbp + 112]
 	mov	r10, qword ptr [r12]
 	add	r10, 1
 	mov	qword ptr [r12], r10
 	mov	eax, -1
 	test	r8b, 7
-	jne	segheap_LBB45_18
+	jne	segheap_LBB46_18
 	mov	r13d, dword ptr [rbp + 120]
 	cmp	r13d, 128
-	jg	segheap_LBB45_18
+	jg	segheap_LBB46_18
 	cmp	r10, 16777216
-	ja	segheap_LBB45_18
+	ja	segheap_LBB46_18
 	mov	r10, qword ptr [r8 + 16]
 	mov	r11, r10
 	and	r11, -4
@@ -8682,24 +8723,24 @@ rb_check:
 	mov	r11d, r10d
 	and	r11d, 2
 	or	r11, r9
-	jne	segheap_LBB45_18
+	jne	segheap_LBB46_18
 	mov	rdi, qword ptr [r8]
 	test	r10b, 1
-	je	segheap_LBB45_10
+	je	segheap_LBB46_10
 	test	rdi, rdi
-	je	segheap_LBB45_8
+	je	segheap_LBB46_8
 	test	byte ptr [rdi + 16], 1
-	jne	segheap_LBB45_18
-segheap_LBB45_8:
+	jne	segheap_LBB46_18
+segheap_LBB46_8:
 	mov	r9, qword ptr [r8 + 8]
 	test	r9, r9
-	je	segheap_LBB45_10
+	je	segheap_LBB46_10
 	test	byte ptr [r9 + 16], 1
-	jne	segheap_LBB45_18
-segheap_LBB45_10:
+	jne	segheap_LBB46_18
+segheap_LBB46_10:
 	test	rdi, rdi
 	mov	rsi, r8
-	je	segheap_LBB45_12
+	je	segheap_LBB46_12
 	mov	rbx, rcx
 	mov	r14d, edx
 	mov	r8, rdi
@@ -8709,11 +8750,11 @@ segheap_LBB45_10:
 	mov	edx, r14d
 	mov	r8, rsi
 	test	eax, eax
-	je	segheap_LBB45_19
-segheap_LBB45_12:
+	je	segheap_LBB46_19
+segheap_LBB46_12:
 	mov	r9, qword ptr [r8 + 8]
 	test	r9, r9
-	je	segheap_LBB45_14
+	je	segheap_LBB46_14
 	mov	rbx, rcx
 	mov	r14d, edx
 	mov	r8, rsi
@@ -8722,8 +8763,8 @@ segheap_LBB45_12:
 	mov	edx, r14d
 	mov	r8, rsi
 	test	eax, eax
-	je	segheap_LBB45_19
-segheap_LBB45_14:
+	je	segheap_LBB46_19
+segheap_LBB46_14:
 	add	r13d, 1
 	mov	dword ptr [rsp + 40], r13d
 	mov	qword ptr [rsp + 32], r12
@@ -8742,18 +8783,18 @@ segheap_LBB45_14:
 	mov	r9, r15
 	call	rb_check
 	test	edi, edi
-	js	segheap_LBB45_19
+	js	segheap_LBB46_19
 	cmp	edi, eax
 	mov	eax, -1
-	jne	segheap_LBB45_18
+	jne	segheap_LBB46_18
 	mov	eax, dword ptr [rsi + 16]
 	not	eax
 	and	eax, 1
 	add	eax, edi
-	jmp	segheap_LBB45_18
-segheap_LBB45_17:
+	jmp	segheap_LBB46_18
+segheap_LBB46_17:
 	mov	eax, 1
-segheap_LBB45_18:
+segheap_LBB46_18:
 	add	rsp, 56
 	pop	rbx
 	pop	rdi
@@ -8764,9 +8805,9 @@ segheap_LBB45_18:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB45_19:
+segheap_LBB46_19:
 	mov	eax, -1
-	jmp	segheap_LBB45_18
+	jmp	segheap_LBB46_18
 	.p2align	4
 walk_from_unit:
 	push	rbp
@@ -8785,40 +8826,40 @@ walk_from_unit:
 	lea	r9, [rcx + 328]
 	mov	sil, -1
 	mov	rax, r9
-segheap_LBB46_1:
+segheap_LBB47_1:
 	mov	rax, qword ptr [rax]
 	add	sil, 1
 	cmp	rax, r9
-	je	segheap_LBB46_3
+	je	segheap_LBB47_3
 	cmp	rax, rbx
-	jne	segheap_LBB46_1
-segheap_LBB46_3:
+	jne	segheap_LBB47_1
+segheap_LBB47_3:
 	cmp	r8d, 255
-	ja	segheap_LBB46_66
+	ja	segheap_LBB47_66
 	movabs	r14, 6148914691236517205
 	movabs	r10, 281474976710656
 	mov	qword ptr [rbp - 40], r9
-	jmp	segheap_LBB46_5
-segheap_LBB46_55:
+	jmp	segheap_LBB47_5
+segheap_LBB47_55:
 	shr	r8, 32
 	rep	bsf	r8d, r8d
 	or	r8d, 32
-segheap_LBB46_56:
+segheap_LBB47_56:
 	shr	r8d
 	or	r8d, edx
 	cmp	r8d, eax
-	jb	segheap_LBB46_57
-segheap_LBB46_65:
+	jb	segheap_LBB47_57
+segheap_LBB47_65:
 	mov	eax, dword ptr [rbp + 4]
 	add	eax, dword ptr [rbp - 32]
 	mov	r8d, eax
 	cmp	eax, 256
 	mov	r9, qword ptr [rbp - 40]
-	jae	segheap_LBB46_66
-segheap_LBB46_5:
+	jae	segheap_LBB47_66
+segheap_LBB47_5:
 	mov	r13d, -1073741811
 	cmp	r8d, 2
-	jb	segheap_LBB46_82
+	jb	segheap_LBB47_82
 	mov	r9d, r8d
 	mov	rax, r9
 	shl	rax, 5
@@ -8826,12 +8867,12 @@ segheap_LBB46_5:
 	movzx	ecx, byte ptr [rbx + rax + 31]
 	movzx	edx, cl
 	test	r11b, 8
-	jne	segheap_LBB46_7
+	jne	segheap_LBB47_7
 	test	cl, cl
-	je	segheap_LBB46_82
+	je	segheap_LBB47_82
 	lea	eax, [r8 - 2]
 	cmp	eax, edx
-	jb	segheap_LBB46_82
+	jb	segheap_LBB47_82
 	mov	rax, rdx
 	mov	edx, r8d
 	sub	edx, eax
@@ -8839,9 +8880,9 @@ segheap_LBB46_5:
 	shl	rcx, 5
 	movzx	eax, byte ptr [rbx + rcx + 24]
 	test	al, 8
-	je	segheap_LBB46_82
+	je	segheap_LBB47_82
 	cmp	edx, 255
-	ja	segheap_LBB46_82
+	ja	segheap_LBB47_82
 	add	rcx, rbx
 	movzx	ecx, byte ptr [rcx + 31]
 	movzx	r10d, cl
@@ -8850,30 +8891,30 @@ segheap_LBB46_5:
 	mov	dword ptr [rbp + 4], edx
 	cmp	r10d, r8d
 	movabs	r10, 281474976710656
-	ja	segheap_LBB46_13
-	jmp	segheap_LBB46_82
-segheap_LBB46_7:
+	ja	segheap_LBB47_13
+	jmp	segheap_LBB47_82
+segheap_LBB47_7:
 	mov	qword ptr [rbp - 32], rdx
 	mov	rdx, r9
 	mov	eax, r11d
 	mov	dword ptr [rbp + 4], r8d
-segheap_LBB46_13:
+segheap_LBB47_13:
 	test	al, 4
-	je	segheap_LBB46_14
+	je	segheap_LBB47_14
 	mov	r12, rdx
 	shl	r12, 5
 	add	r12, rbx
 	cmp	dword ptr [r12], -857879331
-	jne	segheap_LBB46_82
+	jne	segheap_LBB47_82
 	movzx	r8d, cl
 	test	cl, cl
-	je	segheap_LBB46_29
+	je	segheap_LBB47_29
 	cmp	cl, 1
-	jne	segheap_LBB46_24
+	jne	segheap_LBB47_24
 	xor	edi, edi
 	xor	r9d, r9d
-	jmp	segheap_LBB46_27
-segheap_LBB46_24:
+	jmp	segheap_LBB47_27
+segheap_LBB47_24:
 	mov	qword ptr [rbp - 24], rdx
 	mov	rdx, r8
 	mov	r10d, r8d
@@ -8882,7 +8923,7 @@ segheap_LBB46_24:
 	mov	r9d, dword ptr [rbp + 4]
 	mov	r11d, r9d
 	xor	r9d, r9d
-segheap_LBB46_25:
+segheap_LBB47_25:
 	mov	r14d, r11d
 	shl	r14, 5
 	movzx	r14d, byte ptr [rbx + r14 + 24]
@@ -8895,41 +8936,41 @@ segheap_LBB46_25:
 	add	rdi, 2
 	add	r11d, 2
 	cmp	r10, rdi
-	jne	segheap_LBB46_25
+	jne	segheap_LBB47_25
 	mov	r8, rdx
 	test	r8b, 1
 	mov	rdx, qword ptr [rbp - 24]
 	movabs	r14, 6148914691236517205
 	movabs	r10, 281474976710656
-	je	segheap_LBB46_28
-segheap_LBB46_27:
+	je	segheap_LBB47_28
+segheap_LBB47_27:
 	add	edi, dword ptr [rbp + 4]
 	shl	rdi, 5
 	bt	dword ptr [rbx + rdi + 24], 1
 	adc	r9b, 0
-segheap_LBB46_28:
+segheap_LBB47_28:
 	cmp	r9b, cl
-	jne	segheap_LBB46_82
-segheap_LBB46_29:
+	jne	segheap_LBB47_82
+segheap_LBB47_29:
 	shl	rdx, 12
 	add	rdx, rbx
 	test	al, 32
-	jne	segheap_LBB46_30
+	jne	segheap_LBB47_30
 	shl	r8d, 12
 	test	al, 1
-	je	segheap_LBB46_63
+	je	segheap_LBB47_63
 	mov	rcx, qword ptr [rbp - 16]
 	mov	rdi, rdx
 	call	lfh_sub_ok
 	test	eax, eax
-	je	segheap_LBB46_82
+	je	segheap_LBB47_82
 	movzx	eax, word ptr [rdi + 34]
 	test	eax, eax
 	movabs	r10, 281474976710656
-	je	segheap_LBB46_65
+	je	segheap_LBB47_65
 	mov	r11, rdi
 	xor	edx, edx
-segheap_LBB46_52:
+segheap_LBB47_52:
 	mov	ecx, edx
 	shr	ecx, 5
 	mov	r8, qword ptr [r11 + 8*rcx + 48]
@@ -8938,26 +8979,26 @@ segheap_LBB46_52:
 	shl	r8, cl
 	and	edx, -32
 	and	r8, r14
-	jne	segheap_LBB46_53
+	jne	segheap_LBB47_53
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB46_52
-	jmp	segheap_LBB46_65
-segheap_LBB46_30:
+	jb	segheap_LBB47_52
+	jmp	segheap_LBB47_65
+segheap_LBB47_30:
 	movzx	eax, word ptr [rdx + 32]
 	mov	ecx, eax
 	and	ecx, 32767
 	xor	cx, word ptr [rdx + 34]
 	movzx	ecx, cx
 	cmp	ecx, 44013
-	jne	segheap_LBB46_82
+	jne	segheap_LBB47_82
 	shl	r8d, 12
 	mov	ecx, eax
 	shl	ecx, 4
 	cmp	ecx, r8d
-	jne	segheap_LBB46_82
+	jne	segheap_LBB47_82
 	cmp	ax, 4
-	jb	segheap_LBB46_65
+	jb	segheap_LBB47_65
 	add	r8, rdx
 	lea	r13, [rdx + 48]
 	mov	rax, qword ptr [rbp - 16]
@@ -8965,7 +9006,7 @@ segheap_LBB46_30:
 	mov	qword ptr [rbp - 24], rax
 	mov	qword ptr [rbp - 56], rbx
 	mov	qword ptr [rbp - 48], r8
-segheap_LBB46_34:
+segheap_LBB47_34:
 	mov	r15, qword ptr [r13]
 	mov	r12, qword ptr [rbp - 24]
 	xor	r12, r13
@@ -8982,11 +9023,11 @@ segheap_LBB46_34:
 	mov	rbx, r10
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB46_35
+	je	segheap_LBB47_35
 	cmp	r14, rbx
-	jne	segheap_LBB46_39
+	jne	segheap_LBB47_39
 	test	byte ptr [r13 + 9], 2
-	je	segheap_LBB46_39
+	je	segheap_LBB47_39
 	mov	r10, rbx
 	shr	r12d, 12
 	and	r12d, -16
@@ -8996,20 +9037,20 @@ segheap_LBB46_34:
 	mov	rdx, rdi
 	movabs	r14, 6148914691236517205
 	mov	rbx, qword ptr [rbp - 56]
-	jb	segheap_LBB46_34
-	jmp	segheap_LBB46_65
-segheap_LBB46_53:
+	jb	segheap_LBB47_34
+	jmp	segheap_LBB47_65
+segheap_LBB47_53:
 	test	r8d, r8d
-	je	segheap_LBB46_55
+	je	segheap_LBB47_55
 	rep	bsf	r8d, r8d
-	jmp	segheap_LBB46_56
-segheap_LBB46_66:
+	jmp	segheap_LBB47_56
+segheap_LBB47_66:
 	mov	rax, qword ptr [rbx]
 	cmp	rax, r9
-	je	segheap_LBB46_73
+	je	segheap_LBB47_73
 	mov	edx, 120
 	xor	ecx, ecx
-segheap_LBB46_68:
+segheap_LBB47_68:
 	movzx	r8d, byte ptr [rax + rdx - 96]
 	shr	r8b
 	and	r8b, 1
@@ -9022,17 +9063,17 @@ segheap_LBB46_68:
 	adc	cl, r8b
 	sub	rdx, -128
 	cmp	rdx, 8312
-	jne	segheap_LBB46_68
+	jne	segheap_LBB47_68
 	mov	dl, -1
 	mov	r8, r9
-segheap_LBB46_70:
+segheap_LBB47_70:
 	mov	r8, qword ptr [r8]
 	add	dl, 1
 	cmp	r8, r9
-	je	segheap_LBB46_72
+	je	segheap_LBB47_72
 	cmp	r8, rax
-	jne	segheap_LBB46_70
-segheap_LBB46_72:
+	jne	segheap_LBB47_70
+segheap_LBB47_72:
 	movzx	ecx, cl
 	mov	r8, qword ptr [rbp - 8]
 	mov	qword ptr [r8], rax
@@ -9049,19 +9090,19 @@ segheap_LBB46_72:
 	mov	qword ptr [r8 + 32], rcx
 	add	rax, 1048576
 	mov	qword ptr [r8 + 40], rax
-	jmp	segheap_LBB46_81
-segheap_LBB46_73:
+	jmp	segheap_LBB47_81
+segheap_LBB47_73:
 	mov	rax, qword ptr [rbp - 16]
 	mov	rbx, qword ptr [rax + 72]
 	mov	r13d, -2147483622
 	test	rbx, rbx
-	je	segheap_LBB46_82
+	je	segheap_LBB47_82
 	mov	edi, 128
 	xor	esi, esi
 	mov	r13d, -1073741811
-segheap_LBB46_75:
+segheap_LBB47_75:
 	test	bl, 7
-	jne	segheap_LBB46_82
+	jne	segheap_LBB47_82
 	mov	rcx, qword ptr [rbp - 16]
 	mov	rdx, rbx
 	mov	r8b, 32
@@ -9069,19 +9110,19 @@ segheap_LBB46_75:
 	sub	rdi, 1
 	setb	cl
 	test	rax, rax
-	je	segheap_LBB46_82
+	je	segheap_LBB47_82
 	test	cl, cl
-	jne	segheap_LBB46_82
+	jne	segheap_LBB47_82
 	xor	eax, eax
 	cmp	qword ptr [rbx + 24], 65536
 	setb	al
 	cmovae	rsi, rbx
 	mov	rbx, qword ptr [rbx + 8*rax]
 	test	rbx, rbx
-	jne	segheap_LBB46_75
+	jne	segheap_LBB47_75
 	mov	r13d, -2147483622
 	test	rsi, rsi
-	je	segheap_LBB46_82
+	je	segheap_LBB47_82
 	mov	rax, qword ptr [rsi + 24]
 	movzx	ecx, ax
 	and	rax, -65536
@@ -9100,8 +9141,8 @@ segheap_LBB46_75:
 	mov	qword ptr [r8 + 24], 0
 	mov	qword ptr [r8 + 32], 0
 	mov	qword ptr [r8 + 40], 0
-	jmp	segheap_LBB46_81
-segheap_LBB46_39:
+	jmp	segheap_LBB47_81
+segheap_LBB47_39:
 	xor	r15, r13
 	xor	r15, qword ptr [rbp - 24]
 	mov	eax, r15d
@@ -9109,46 +9150,46 @@ segheap_LBB46_39:
 	and	eax, -16
 	shr	r15, 48
 	mov	rdx, qword ptr [rbp - 8]
-	jne	segheap_LBB46_40
+	jne	segheap_LBB47_40
 	add	r13, 16
 	add	rax, -16
 	mov	qword ptr [rdx], r13
 	mov	qword ptr [rdx + 8], rax
 	mov	cl, 16
 	xor	eax, eax
-	jmp	segheap_LBB46_46
-segheap_LBB46_35:
+	jmp	segheap_LBB47_46
+segheap_LBB47_35:
 	mov	r13d, -1073741811
-	jmp	segheap_LBB46_82
-segheap_LBB46_40:
+	jmp	segheap_LBB47_82
+segheap_LBB47_40:
 	test	byte ptr [r13 + 9], 1
-	jne	segheap_LBB46_42
+	jne	segheap_LBB47_42
 	xor	ecx, ecx
-	jmp	segheap_LBB46_44
-segheap_LBB46_14:
+	jmp	segheap_LBB47_44
+segheap_LBB47_14:
 	and	r11b, 2
 	mov	ecx, dword ptr [rbp + 4]
 	add	ecx, dword ptr [rbp - 32]
 	mov	eax, r8d
 	cmp	r8d, ecx
-	jae	segheap_LBB46_19
+	jae	segheap_LBB47_19
 	mov	edx, ecx
 	mov	rax, r9
 	shl	rax, 5
 	lea	rcx, [rbx + rax]
 	add	rcx, 24
 	mov	eax, r8d
-segheap_LBB46_16:
+segheap_LBB47_16:
 	movzx	r10d, byte ptr [rcx]
 	and	r10b, 2
 	cmp	r10b, r11b
-	jne	segheap_LBB46_19
+	jne	segheap_LBB47_19
 	add	eax, 1
 	add	rcx, 32
 	cmp	edx, eax
-	jne	segheap_LBB46_16
+	jne	segheap_LBB47_16
 	mov	eax, edx
-segheap_LBB46_19:
+segheap_LBB47_19:
 	shl	r9, 12
 	add	rbx, r9
 	sub	eax, r8d
@@ -9163,14 +9204,14 @@ segheap_LBB46_19:
 	mov	byte ptr [rdx + 16], 0
 	mov	byte ptr [rdx + 17], sil
 	mov	word ptr [rdx + 18], cx
-	jmp	segheap_LBB46_47
-segheap_LBB46_42:
+	jmp	segheap_LBB47_47
+segheap_LBB47_42:
 	movsx	rcx, byte ptr [r13 + rax - 1]
 	test	rcx, rcx
-	jns	segheap_LBB46_44
+	jns	segheap_LBB47_44
 	movzx	ecx, word ptr [r13 + rax - 2]
 	and	ecx, 32767
-segheap_LBB46_44:
+segheap_LBB47_44:
 	neg	rcx
 	add	rcx, rax
 	add	rcx, -16
@@ -9182,17 +9223,17 @@ segheap_LBB46_44:
 	mov	ecx, 255
 	cmovb	rcx, rax
 	mov	ax, 16401
-segheap_LBB46_46:
+segheap_LBB47_46:
 	mov	byte ptr [rdx + 16], cl
 	mov	byte ptr [rdx + 17], sil
 	mov	word ptr [rdx + 18], ax
-segheap_LBB46_47:
+segheap_LBB47_47:
 	mov	qword ptr [rdx + 24], 0
 	mov	qword ptr [rdx + 32], 0
 	mov	qword ptr [rdx + 40], 0
-segheap_LBB46_81:
+segheap_LBB47_81:
 	xor	r13d, r13d
-segheap_LBB46_82:
+segheap_LBB47_82:
 	mov	eax, r13d
 	add	rsp, 104
 	pop	rbx
@@ -9204,7 +9245,7 @@ segheap_LBB46_82:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB46_63:
+segheap_LBB47_63:
 	mov	eax, dword ptr [r12 + 4]
 	sub	r8, rax
 	mov	r9, qword ptr [rbp - 8]
@@ -9219,8 +9260,8 @@ segheap_LBB46_63:
 	mov	qword ptr [r9 + 24], 0
 	mov	qword ptr [r9 + 32], 0
 	mov	qword ptr [r9 + 40], 0
-	jmp	segheap_LBB46_81
-segheap_LBB46_57:
+	jmp	segheap_LBB47_81
+segheap_LBB47_57:
 	mov	rax, r11
 	shr	rax, 12
 	mov	rcx, qword ptr [rbp - 16]
@@ -9234,25 +9275,25 @@ segheap_LBB46_57:
 	movzx	ecx, ax
 	shr	eax, 16
 	test	dl, 2
-	je	segheap_LBB46_58
+	je	segheap_LBB47_58
 	lea	r10, [r11 + rax]
 	mov	edx, r8d
 	imul	rdx, rcx
 	add	r10, rdx
 	movsx	r9, byte ptr [rcx + r10 - 1]
 	test	r9, r9
-	jns	segheap_LBB46_61
+	jns	segheap_LBB47_61
 	movzx	r9d, word ptr [r10 + rcx - 2]
 	and	r9d, 32767
-segheap_LBB46_61:
+segheap_LBB47_61:
 	mov	r8, rcx
 	sub	r8, r9
-	jmp	segheap_LBB46_62
-segheap_LBB46_58:
+	jmp	segheap_LBB47_62
+segheap_LBB47_58:
 	mov	edx, ecx
 	imul	edx, r8d
 	mov	r8, rcx
-segheap_LBB46_62:
+segheap_LBB47_62:
 	add	r11, rax
 	add	r11, rdx
 	sub	rcx, r8
@@ -9265,7 +9306,7 @@ segheap_LBB46_62:
 	mov	byte ptr [rdx + 16], al
 	mov	byte ptr [rdx + 17], sil
 	mov	word ptr [rdx + 18], 16401
-	jmp	segheap_LBB46_47
+	jmp	segheap_LBB47_47
 	.p2align	4
 vs_next_visible:
 	push	rbp
@@ -9282,7 +9323,7 @@ vs_next_visible:
 	shl	r14d, 4
 	add	r14, rdx
 	cmp	r8, r14
-	jae	segheap_LBB47_7
+	jae	segheap_LBB48_7
 	mov	rsi, r8
 	mov	rdi, rdx
 	mov	rbx, rcx
@@ -9290,7 +9331,7 @@ vs_next_visible:
 	mov	rax, qword ptr [rcx + 160]
 	mov	qword ptr [rbp - 8], rax
 	movabs	r12, 281474976710656
-segheap_LBB47_2:
+segheap_LBB48_2:
 	mov	r13, qword ptr [rsi]
 	xor	r13, rsi
 	xor	r13, qword ptr [rbp - 8]
@@ -9305,23 +9346,23 @@ segheap_LBB47_2:
 	mov	r8, rsi
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB47_3
+	je	segheap_LBB48_3
 	cmp	r15, r12
-	jne	segheap_LBB47_8
+	jne	segheap_LBB48_8
 	test	byte ptr [rsi + 9], 2
-	je	segheap_LBB47_8
+	je	segheap_LBB48_8
 	shr	r13d, 12
 	and	r13d, -16
 	add	rsi, r13
 	cmp	rsi, r14
-	jb	segheap_LBB47_2
-	jmp	segheap_LBB47_7
-segheap_LBB47_3:
+	jb	segheap_LBB48_2
+	jmp	segheap_LBB48_7
+segheap_LBB48_3:
 	mov	rax, qword ptr [rbp]
 	mov	dword ptr [rax], 1
-segheap_LBB47_7:
+segheap_LBB48_7:
 	xor	esi, esi
-segheap_LBB47_8:
+segheap_LBB48_8:
 	mov	rax, rsi
 	add	rsp, 56
 	pop	rbx
@@ -9344,26 +9385,26 @@ walk_vs_chunk:
 	shr	eax, 12
 	and	eax, -16
 	shr	r10, 48
-	jne	segheap_LBB48_1
+	jne	segheap_LBB49_1
 	add	rdx, 16
 	add	rax, -16
 	mov	qword ptr [r9], rdx
 	mov	qword ptr [r9 + 8], rax
 	mov	cl, 16
 	xor	eax, eax
-	jmp	segheap_LBB48_7
-segheap_LBB48_1:
+	jmp	segheap_LBB49_7
+segheap_LBB49_1:
 	test	byte ptr [rdx + 9], 1
-	jne	segheap_LBB48_3
+	jne	segheap_LBB49_3
 	xor	ecx, ecx
-	jmp	segheap_LBB48_5
-segheap_LBB48_3:
+	jmp	segheap_LBB49_5
+segheap_LBB49_3:
 	movsx	rcx, byte ptr [rdx + rax - 1]
 	test	rcx, rcx
-	jns	segheap_LBB48_5
+	jns	segheap_LBB49_5
 	movzx	ecx, word ptr [rdx + rax - 2]
 	and	ecx, 32767
-segheap_LBB48_5:
+segheap_LBB49_5:
 	neg	rcx
 	add	rcx, rax
 	add	rcx, -16
@@ -9375,7 +9416,7 @@ segheap_LBB48_5:
 	mov	ecx, 255
 	cmovb	rcx, rax
 	mov	ax, 16401
-segheap_LBB48_7:
+segheap_LBB49_7:
 	mov	byte ptr [r9 + 16], cl
 	mov	byte ptr [r9 + 17], r8b
 	mov	word ptr [r9 + 18], ax
@@ -9390,10 +9431,10 @@ lfh_next_busy:
 	mov	rbp, rsp
 	movzx	eax, word ptr [rcx + 34]
 	cmp	edx, eax
-	jae	segheap_LBB49_8
+	jae	segheap_LBB50_8
 	mov	r8, rcx
 	movabs	r9, 6148914691236517205
-segheap_LBB49_2:
+segheap_LBB50_2:
 	mov	ecx, edx
 	shr	ecx, 5
 	mov	r10, qword ptr [r8 + 8*rcx + 48]
@@ -9402,23 +9443,23 @@ segheap_LBB49_2:
 	shl	r10, cl
 	and	edx, -32
 	and	r10, r9
-	jne	segheap_LBB49_3
+	jne	segheap_LBB50_3
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB49_2
-segheap_LBB49_8:
+	jb	segheap_LBB50_2
+segheap_LBB50_8:
 	pop	rbp
 	ret
-segheap_LBB49_3:
+segheap_LBB50_3:
 	test	r10d, r10d
-	je	segheap_LBB49_5
+	je	segheap_LBB50_5
 	rep	bsf	eax, r10d
-	jmp	segheap_LBB49_6
-segheap_LBB49_5:
+	jmp	segheap_LBB50_6
+segheap_LBB50_5:
 	shr	r10, 32
 	rep	bsf	eax, r10d
 	or	eax, 32
-segheap_LBB49_6:
+segheap_LBB50_6:
 	shr	eax
 	or	eax, edx
 	pop	rbp
@@ -9442,25 +9483,25 @@ walk_lfh_block:
 	movzx	r10d, ax
 	shr	eax, 16
 	test	r11b, 2
-	je	segheap_LBB50_1
+	je	segheap_LBB51_1
 	lea	rdi, [rdx + rax]
 	mov	r11d, r8d
 	imul	r11, r10
 	add	rdi, r11
 	movsx	rsi, byte ptr [r10 + rdi - 1]
 	test	rsi, rsi
-	jns	segheap_LBB50_4
+	jns	segheap_LBB51_4
 	movzx	esi, word ptr [rdi + r10 - 2]
 	and	esi, 32767
-segheap_LBB50_4:
+segheap_LBB51_4:
 	mov	r8, r10
 	sub	r8, rsi
-	jmp	segheap_LBB50_5
-segheap_LBB50_1:
+	jmp	segheap_LBB51_5
+segheap_LBB51_1:
 	mov	r11d, r10d
 	imul	r11d, r8d
 	mov	r8, r10
-segheap_LBB50_5:
+segheap_LBB51_5:
 	add	rdx, rax
 	add	rdx, r11
 	sub	r10, r8

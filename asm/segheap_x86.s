@@ -5463,6 +5463,50 @@ segheap_LBB20_6:
 	pop	ebp
 	ret	20
 	.p2align	4
+RtlSetHeapInformation:
+	push	ebp
+	mov	ebp, esp
+	mov	ecx, dword ptr [ebp + 12]
+	test	ecx, ecx
+	je	segheap_LBB21_3
+	xor	eax, eax
+	cmp	ecx, 1
+	je	segheap_LBB21_8
+	mov	eax, -1073741821
+	pop	ebp
+	ret	16
+segheap_LBB21_3:
+	mov	ecx, dword ptr [ebp + 8]
+	test	ecx, ecx
+	sete	dl
+	test	ecx, 4095
+	setne	dh
+	mov	eax, -1073741811
+	or	dh, dl
+	jne	segheap_LBB21_8
+	cmp	dword ptr [ecx + 8], -571548178
+	jne	segheap_LBB21_8
+	cmp	dword ptr [ecx + 292], ecx
+	je	segheap_LBB21_6
+segheap_LBB21_8:
+	pop	ebp
+	ret	16
+segheap_LBB21_6:
+	mov	ecx, dword ptr [ebp + 16]
+	cmp	dword ptr [ebp + 20], 4
+	setb	dl
+	test	ecx, ecx
+	sete	dh
+	mov	eax, -1073741789
+	or	dh, dl
+	jne	segheap_LBB21_8
+	xor	edx, edx
+	cmp	dword ptr [ecx], 2
+	mov	eax, -1073741823
+	cmove	eax, edx
+	pop	ebp
+	ret	16
+	.p2align	4
 rb_remove:
 	push	ebp
 	mov	ebp, esp
@@ -5475,14 +5519,14 @@ rb_remove:
 	mov	eax, dword ptr [edx + 4]
 	test	esi, esi
 	mov	dword ptr [ebp - 28], edx
-	je	segheap_LBB21_1
+	je	segheap_LBB22_1
 	test	eax, eax
-	je	segheap_LBB21_3
-segheap_LBB21_9:
+	je	segheap_LBB22_3
+segheap_LBB22_9:
 	mov	ebx, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB21_9
+	jne	segheap_LBB22_9
 	mov	esi, dword ptr [ebx + 4]
 	mov	ecx, dword ptr [ebx + 8]
 	mov	dword ptr [ebp - 20], ecx
@@ -5491,21 +5535,21 @@ segheap_LBB21_9:
 	mov	eax, edx
 	mov	edi, ebx
 	mov	edx, dword ptr [ebp - 16]
-	je	segheap_LBB21_17
+	je	segheap_LBB22_17
 	test	ecx, ecx
-	je	segheap_LBB21_12
+	je	segheap_LBB22_12
 	xor	edx, edx
 	cmp	dword ptr [ecx + 4], ebx
 	sete	dl
 	mov	dword ptr [ecx + 4*edx], esi
 	test	esi, esi
-	je	segheap_LBB21_16
-segheap_LBB21_15:
+	je	segheap_LBB22_16
+segheap_LBB22_15:
 	mov	edx, dword ptr [esi + 8]
 	and	edx, 1
 	or	edx, ecx
 	mov	dword ptr [esi + 8], edx
-segheap_LBB21_16:
+segheap_LBB22_16:
 	mov	edx, dword ptr [eax + 4]
 	mov	dword ptr [ebx + 4], edx
 	mov	edi, dword ptr [edx + 8]
@@ -5514,50 +5558,50 @@ segheap_LBB21_16:
 	mov	dword ptr [edx + 8], edi
 	mov	edi, ecx
 	mov	edx, dword ptr [ebp - 16]
-segheap_LBB21_17:
+segheap_LBB22_17:
 	mov	ecx, dword ptr [eax + 8]
 	and	ecx, -4
-	je	segheap_LBB21_18
+	je	segheap_LBB22_18
 	xor	edx, edx
 	cmp	dword ptr [ecx + 4], eax
 	sete	dl
 	mov	dword ptr [ecx + 4*edx], ebx
-	jmp	segheap_LBB21_20
-segheap_LBB21_1:
+	jmp	segheap_LBB22_20
+segheap_LBB22_1:
 	mov	esi, eax
-segheap_LBB21_3:
+segheap_LBB22_3:
 	mov	eax, dword ptr [edx + 8]
 	mov	edi, eax
 	and	edi, -4
-	je	segheap_LBB21_4
+	je	segheap_LBB22_4
 	xor	ecx, ecx
 	cmp	dword ptr [edi + 4], edx
 	sete	cl
 	mov	dword ptr [edi + 4*ecx], esi
 	mov	edx, dword ptr [ebp - 16]
 	test	esi, esi
-	je	segheap_LBB21_7
-segheap_LBB21_8:
+	je	segheap_LBB22_7
+segheap_LBB22_8:
 	mov	ecx, dword ptr [esi + 8]
 	and	ecx, 1
 	or	ecx, edi
 	mov	dword ptr [esi + 8], ecx
 	test	al, 1
-	je	segheap_LBB21_22
-	jmp	segheap_LBB21_64
-segheap_LBB21_4:
+	je	segheap_LBB22_22
+	jmp	segheap_LBB22_64
+segheap_LBB22_4:
 	mov	edx, dword ptr [ebp - 16]
 	mov	dword ptr [edx], esi
 	test	esi, esi
-	jne	segheap_LBB21_8
-segheap_LBB21_7:
+	jne	segheap_LBB22_8
+segheap_LBB22_7:
 	xor	esi, esi
 	test	al, 1
-	je	segheap_LBB21_22
-	jmp	segheap_LBB21_64
-segheap_LBB21_18:
+	je	segheap_LBB22_22
+	jmp	segheap_LBB22_64
+segheap_LBB22_18:
 	mov	dword ptr [edx], ebx
-segheap_LBB21_20:
+segheap_LBB22_20:
 	mov	edx, dword ptr [ebx + 8]
 	and	edx, 1
 	or	edx, ecx
@@ -5577,46 +5621,46 @@ segheap_LBB21_20:
 	mov	edx, dword ptr [ebp - 16]
 	mov	eax, dword ptr [ebp - 20]
 	test	al, 1
-	jne	segheap_LBB21_64
-segheap_LBB21_22:
+	jne	segheap_LBB22_64
+segheap_LBB22_22:
 	cmp	esi, dword ptr [edx]
-	jne	segheap_LBB21_23
-	jmp	segheap_LBB21_61
-segheap_LBB21_68:
+	jne	segheap_LBB22_23
+	jmp	segheap_LBB22_61
+segheap_LBB22_68:
 	or	byte ptr [ebx + 8], 1
 	mov	edi, dword ptr [eax + 8]
 	and	edi, -4
 	cmp	eax, dword ptr [edx]
 	mov	esi, eax
-	je	segheap_LBB21_62
-segheap_LBB21_23:
+	je	segheap_LBB22_62
+segheap_LBB22_23:
 	mov	eax, edi
 	test	esi, esi
-	je	segheap_LBB21_26
+	je	segheap_LBB22_26
 	mov	ecx, dword ptr [esi + 8]
 	test	cl, 1
-	jne	segheap_LBB21_63
+	jne	segheap_LBB22_63
 	cmp	dword ptr [eax + 4], esi
 	sete	cl
-	jmp	segheap_LBB21_29
-segheap_LBB21_26:
+	jmp	segheap_LBB22_29
+segheap_LBB22_26:
 	cmp	dword ptr [eax + 4], 0
-	je	segheap_LBB21_28
+	je	segheap_LBB22_28
 	xor	ecx, ecx
-	jmp	segheap_LBB21_29
-segheap_LBB21_28:
+	jmp	segheap_LBB22_29
+segheap_LBB22_28:
 	cmp	dword ptr [eax], 0
 	setne	cl
-segheap_LBB21_29:
+segheap_LBB22_29:
 	movzx	esi, cl
 	mov	edi, esi
 	xor	edi, 1
 	mov	ebx, dword ptr [eax + 4*edi]
 	test	ebx, ebx
-	je	segheap_LBB21_30
+	je	segheap_LBB22_30
 	mov	ecx, dword ptr [ebx + 8]
 	test	cl, 1
-	je	segheap_LBB21_38
+	je	segheap_LBB22_38
 	and	ecx, -2
 	mov	dword ptr [ebx + 8], ecx
 	mov	ebx, dword ptr [eax + 8]
@@ -5628,31 +5672,31 @@ segheap_LBB21_29:
 	mov	esi, dword ptr [ecx + 4*esi]
 	mov	dword ptr [eax + 4*edi], esi
 	test	esi, esi
-	je	segheap_LBB21_34
+	je	segheap_LBB22_34
 	mov	edx, dword ptr [esi + 8]
 	and	edx, 1
 	or	edx, eax
 	mov	dword ptr [esi + 8], edx
-segheap_LBB21_34:
+segheap_LBB22_34:
 	and	ebx, -4
 	mov	edx, dword ptr [ecx + 8]
 	and	edx, 1
 	or	edx, ebx
 	mov	dword ptr [ecx + 8], edx
 	test	ebx, ebx
-	je	segheap_LBB21_35
+	je	segheap_LBB22_35
 	xor	edx, edx
 	cmp	dword ptr [ebx + 4], eax
 	sete	dl
 	mov	dword ptr [ebx + 4*edx], ecx
-	jmp	segheap_LBB21_37
-segheap_LBB21_30:
+	jmp	segheap_LBB22_37
+segheap_LBB22_30:
 	xor	ebx, ebx
-	jmp	segheap_LBB21_38
-segheap_LBB21_35:
+	jmp	segheap_LBB22_38
+segheap_LBB22_35:
 	mov	edx, dword ptr [ebp - 16]
 	mov	dword ptr [edx], ecx
-segheap_LBB21_37:
+segheap_LBB22_37:
 	mov	esi, dword ptr [ebp - 20]
 	mov	dword ptr [ecx + 4*esi], eax
 	mov	edx, dword ptr [eax + 8]
@@ -5661,41 +5705,41 @@ segheap_LBB21_37:
 	mov	dword ptr [eax + 8], edx
 	mov	ebx, dword ptr [eax + 4*edi]
 	mov	edx, dword ptr [ebp - 16]
-segheap_LBB21_38:
+segheap_LBB22_38:
 	mov	ecx, dword ptr [ebx]
 	test	ecx, ecx
-	je	segheap_LBB21_40
+	je	segheap_LBB22_40
 	test	byte ptr [ecx + 8], 1
-	jne	segheap_LBB21_42
-segheap_LBB21_40:
+	jne	segheap_LBB22_42
+segheap_LBB22_40:
 	mov	ecx, dword ptr [ebx + 4]
 	test	ecx, ecx
-	je	segheap_LBB21_68
+	je	segheap_LBB22_68
 	test	byte ptr [ecx + 8], 1
-	je	segheap_LBB21_68
-segheap_LBB21_42:
+	je	segheap_LBB22_68
+segheap_LBB22_42:
 	mov	ecx, dword ptr [ebx + 4*edi]
 	test	ecx, ecx
 	mov	dword ptr [ebp - 20], esi
-	je	segheap_LBB21_44
+	je	segheap_LBB22_44
 	test	byte ptr [ecx + 8], 1
-	jne	segheap_LBB21_53
-segheap_LBB21_44:
+	jne	segheap_LBB22_53
+segheap_LBB22_44:
 	mov	ecx, dword ptr [ebx + 4*esi]
 	test	ecx, ecx
-	je	segheap_LBB21_45
+	je	segheap_LBB22_45
 	and	byte ptr [ecx + 8], -2
 	mov	ecx, dword ptr [ebx + 4*esi]
 	mov	dword ptr [ebp - 24], ecx
-	jmp	segheap_LBB21_47
-segheap_LBB21_12:
+	jmp	segheap_LBB22_47
+segheap_LBB22_12:
 	mov	dword ptr [edx], esi
 	test	esi, esi
-	jne	segheap_LBB21_15
-	jmp	segheap_LBB21_16
-segheap_LBB21_45:
+	jne	segheap_LBB22_15
+	jmp	segheap_LBB22_16
+segheap_LBB22_45:
 	mov	dword ptr [ebp - 24], 0
-segheap_LBB21_47:
+segheap_LBB22_47:
 	mov	ecx, dword ptr [ebx + 8]
 	mov	edx, ecx
 	or	edx, 1
@@ -5706,35 +5750,35 @@ segheap_LBB21_47:
 	mov	edx, dword ptr [ebp - 20]
 	mov	dword ptr [ebx + 4*edx], esi
 	test	esi, esi
-	je	segheap_LBB21_49
+	je	segheap_LBB22_49
 	mov	edx, dword ptr [esi + 8]
 	and	edx, 1
 	or	edx, ebx
 	mov	dword ptr [esi + 8], edx
-segheap_LBB21_49:
+segheap_LBB22_49:
 	mov	esi, dword ptr [ebp - 24]
 	mov	edx, dword ptr [esi + 8]
 	and	edx, 1
 	or	edx, ecx
 	mov	dword ptr [esi + 8], edx
 	test	ecx, ecx
-	je	segheap_LBB21_50
+	je	segheap_LBB22_50
 	xor	edx, edx
 	cmp	dword ptr [ecx + 4], ebx
 	sete	dl
 	mov	dword ptr [ecx + 4*edx], esi
-	jmp	segheap_LBB21_52
-segheap_LBB21_50:
+	jmp	segheap_LBB22_52
+segheap_LBB22_50:
 	mov	ecx, dword ptr [ebp - 16]
 	mov	dword ptr [ecx], esi
-segheap_LBB21_52:
+segheap_LBB22_52:
 	mov	dword ptr [esi + 4*edi], ebx
 	mov	ecx, dword ptr [ebx + 8]
 	and	ecx, 1
 	or	ecx, esi
 	mov	dword ptr [ebx + 8], ecx
 	mov	ebx, dword ptr [eax + 4*edi]
-segheap_LBB21_53:
+segheap_LBB22_53:
 	mov	ecx, dword ptr [ebx + 8]
 	and	ecx, -2
 	mov	edx, dword ptr [eax + 8]
@@ -5746,10 +5790,10 @@ segheap_LBB21_53:
 	mov	dword ptr [eax + 8], ecx
 	mov	esi, dword ptr [ebx + 4*edi]
 	test	esi, esi
-	je	segheap_LBB21_55
+	je	segheap_LBB22_55
 	and	byte ptr [esi + 8], -2
 	mov	ecx, dword ptr [eax + 8]
-segheap_LBB21_55:
+segheap_LBB22_55:
 	mov	edx, dword ptr [eax + 4*edi]
 	mov	esi, edx
 	mov	ebx, dword ptr [ebp - 20]
@@ -5757,28 +5801,28 @@ segheap_LBB21_55:
 	mov	dword ptr [eax + 4*edi], ebx
 	and	ecx, -4
 	test	ebx, ebx
-	je	segheap_LBB21_57
+	je	segheap_LBB22_57
 	mov	edx, dword ptr [ebx + 8]
 	and	edx, 1
 	or	edx, eax
 	mov	dword ptr [ebx + 8], edx
-segheap_LBB21_57:
+segheap_LBB22_57:
 	mov	edx, dword ptr [esi + 8]
 	and	edx, 1
 	or	edx, ecx
 	mov	dword ptr [esi + 8], edx
 	test	ecx, ecx
-	je	segheap_LBB21_58
+	je	segheap_LBB22_58
 	xor	edx, edx
 	cmp	dword ptr [ecx + 4], eax
 	sete	dl
 	mov	dword ptr [ecx + 4*edx], esi
 	mov	edx, dword ptr [ebp - 16]
-	jmp	segheap_LBB21_60
-segheap_LBB21_58:
+	jmp	segheap_LBB22_60
+segheap_LBB22_58:
 	mov	edx, dword ptr [ebp - 16]
 	mov	dword ptr [edx], esi
-segheap_LBB21_60:
+segheap_LBB22_60:
 	mov	ecx, dword ptr [ebp - 20]
 	mov	dword ptr [esi + 4*ecx], eax
 	mov	ecx, dword ptr [eax + 8]
@@ -5786,33 +5830,33 @@ segheap_LBB21_60:
 	or	ecx, esi
 	mov	dword ptr [eax + 8], ecx
 	mov	esi, dword ptr [edx]
-segheap_LBB21_61:
+segheap_LBB22_61:
 	test	esi, esi
 	mov	eax, esi
-	je	segheap_LBB21_64
-segheap_LBB21_62:
+	je	segheap_LBB22_64
+segheap_LBB22_62:
 	mov	ecx, dword ptr [eax + 8]
 	mov	esi, eax
-segheap_LBB21_63:
+segheap_LBB22_63:
 	and	ecx, -2
 	mov	dword ptr [esi + 8], ecx
-segheap_LBB21_64:
+segheap_LBB22_64:
 	mov	eax, dword ptr [ebp - 28]
 	mov	dword ptr [eax + 4], 0
 	mov	dword ptr [eax], 0
 	mov	dword ptr [eax + 8], 0
 	mov	eax, dword ptr [edx]
 	test	eax, eax
-	je	segheap_LBB21_65
-segheap_LBB21_66:
+	je	segheap_LBB22_65
+segheap_LBB22_66:
 	mov	ecx, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB21_66
-	jmp	segheap_LBB21_67
-segheap_LBB21_65:
+	jne	segheap_LBB22_66
+	jmp	segheap_LBB22_67
+segheap_LBB22_65:
 	xor	ecx, ecx
-segheap_LBB21_67:
+segheap_LBB22_67:
 	mov	dword ptr [edx + 4], ecx
 	add	esp, 16
 	pop	esi
@@ -5834,35 +5878,35 @@ vs_free:
 	mov	eax, 256
 	test	edx, 1044480
 	mov	dword ptr [ebp - 32], edx
-	je	segheap_LBB22_7
+	je	segheap_LBB23_7
 	shr	edx, 12
 	movzx	edx, dl
 	mov	esi, edx
 	shl	esi, 4
 	or	esi, ecx
 	test	byte ptr [esi + 12], 8
-	jne	segheap_LBB22_2
+	jne	segheap_LBB23_2
 	movzx	edi, byte ptr [esi + 15]
 	test	edi, edi
-	je	segheap_LBB22_7
+	je	segheap_LBB23_7
 	lea	esi, [edx - 1]
 	cmp	esi, edi
-	jb	segheap_LBB22_7
+	jb	segheap_LBB23_7
 	mov	esi, edx
 	sub	esi, edi
 	mov	edi, esi
 	shl	edi, 4
 	test	byte ptr [ecx + edi + 12], 8
-	je	segheap_LBB22_7
+	je	segheap_LBB23_7
 	add	edi, ecx
 	movzx	edi, byte ptr [edi + 15]
 	add	edi, esi
 	cmp	edi, edx
 	cmova	eax, esi
-	jmp	segheap_LBB22_7
-segheap_LBB22_2:
+	jmp	segheap_LBB23_7
+segheap_LBB23_2:
 	mov	eax, edx
-segheap_LBB22_7:
+segheap_LBB23_7:
 	shl	eax, 12
 	lea	ebx, [ecx + eax]
 	mov	edx, dword ptr [ebp - 32]
@@ -5882,7 +5926,7 @@ segheap_LBB22_7:
 	lea	eax, [ebx + 8*eax]
 	mov	dword ptr [ebp - 36], eax
 	lea	edi, [edx + 8*ecx]
-	je	segheap_LBB22_8
+	je	segheap_LBB23_8
 	mov	dword ptr [ebp - 40], edi
 	lea	eax, [8*esi]
 	mov	edi, edx
@@ -5891,7 +5935,7 @@ segheap_LBB22_7:
 	xor	ebx, edi
 	mov	eax, dword ptr [ebp - 20]
 	xor	ebx, eax
-	js	segheap_LBB22_10
+	js	segheap_LBB23_10
 	mov	dword ptr [ebp - 24], ecx
 	mov	eax, dword ptr [ebp - 16]
 	lea	ecx, [eax + 520]
@@ -5913,27 +5957,27 @@ segheap_LBB22_7:
 	add	ecx, esi
 	shr	ebx, 16
 	mov	esi, ebx
-	jmp	segheap_LBB22_12
-segheap_LBB22_8:
+	jmp	segheap_LBB23_12
+segheap_LBB23_8:
 	xor	esi, esi
 	mov	dword ptr [ebp - 28], edx
 	cmp	edi, dword ptr [ebp - 36]
-	jb	segheap_LBB22_15
-segheap_LBB22_14:
+	jb	segheap_LBB23_15
+segheap_LBB23_14:
 	mov	ebx, dword ptr [ebp - 16]
-	jmp	segheap_LBB22_17
-segheap_LBB22_10:
+	jmp	segheap_LBB23_17
+segheap_LBB23_10:
 	mov	dword ptr [ebp - 28], edx
-segheap_LBB22_12:
+segheap_LBB23_12:
 	mov	edi, dword ptr [ebp - 40]
 	cmp	edi, dword ptr [ebp - 36]
-	jae	segheap_LBB22_14
-segheap_LBB22_15:
+	jae	segheap_LBB23_14
+segheap_LBB23_15:
 	mov	eax, dword ptr [ebp - 20]
 	xor	eax, dword ptr [edi]
 	xor	eax, edi
 	mov	ebx, dword ptr [ebp - 16]
-	js	segheap_LBB22_17
+	js	segheap_LBB23_17
 	mov	dword ptr [ebp - 24], ecx
 	lea	ecx, [ebx + 520]
 	lea	edx, [edi + 4]
@@ -5951,7 +5995,7 @@ segheap_LBB22_15:
 	shr	eax
 	and	eax, 32767
 	add	ecx, eax
-segheap_LBB22_17:
+segheap_LBB23_17:
 	mov	dword ptr [edx + 4], 0
 	mov	edi, dword ptr [ebp - 28]
 	lea	eax, [edi + 8*ecx]
@@ -5959,10 +6003,10 @@ segheap_LBB22_17:
 	mov	edx, dword ptr [ebp - 44]
 	lea	eax, [edx + 24]
 	cmp	edi, eax
-	jne	segheap_LBB22_19
+	jne	segheap_LBB23_19
 	lea	eax, [edi + 8*ecx]
 	cmp	eax, dword ptr [ebp - 36]
-	jne	segheap_LBB22_19
+	jne	segheap_LBB23_19
 	mov	eax, dword ptr [edx]
 	mov	ecx, dword ptr [edx + 4]
 	mov	dword ptr [eax + 4], ecx
@@ -5985,7 +6029,7 @@ segheap_LBB22_17:
 	pop	ebx
 	pop	ebp
 	jmp	pages_free
-segheap_LBB22_19:
+segheap_LBB23_19:
 	lea	eax, [ecx + ecx]
 	shl	esi, 16
 	or	esi, eax
@@ -6004,7 +6048,7 @@ segheap_LBB22_19:
 	add	dword ptr [ebx + 540], esi
 	mov	eax, dword ptr [ebp - 16]
 	cmp	eax, dword ptr [ebp - 36]
-	jae	segheap_LBB22_21
+	jae	segheap_LBB23_21
 	mov	eax, dword ptr [ebx + 144]
 	mov	edx, esi
 	mov	esi, dword ptr [ebp - 16]
@@ -6017,7 +6061,7 @@ segheap_LBB22_19:
 	xor	eax, esi
 	xor	eax, ecx
 	mov	dword ptr [esi], eax
-segheap_LBB22_21:
+segheap_LBB23_21:
 	add	esp, 32
 	pop	esi
 	pop	edi
@@ -6030,7 +6074,7 @@ vs_sub_of:
 	and	eax, -1048576
 	mov	edx, 256
 	test	ecx, 1044480
-	je	segheap_LBB23_8
+	je	segheap_LBB24_8
 	push	ebp
 	mov	ebp, esp
 	push	edi
@@ -6041,33 +6085,33 @@ vs_sub_of:
 	shl	esi, 4
 	or	esi, eax
 	test	byte ptr [esi + 12], 8
-	jne	segheap_LBB23_2
+	jne	segheap_LBB24_2
 	movzx	edi, byte ptr [esi + 15]
 	test	edi, edi
-	je	segheap_LBB23_7
+	je	segheap_LBB24_7
 	lea	esi, [ecx - 1]
 	cmp	esi, edi
-	jb	segheap_LBB23_7
+	jb	segheap_LBB24_7
 	mov	esi, ecx
 	sub	esi, edi
 	mov	edi, esi
 	shl	edi, 4
 	test	byte ptr [eax + edi + 12], 8
-	je	segheap_LBB23_7
+	je	segheap_LBB24_7
 	add	edi, eax
 	movzx	edx, byte ptr [edi + 15]
 	add	edx, esi
 	cmp	edx, ecx
 	mov	edx, 256
 	cmova	edx, esi
-	jmp	segheap_LBB23_7
-segheap_LBB23_2:
+	jmp	segheap_LBB24_7
+segheap_LBB24_2:
 	mov	edx, ecx
-segheap_LBB23_7:
+segheap_LBB24_7:
 	pop	esi
 	pop	edi
 	pop	ebp
-segheap_LBB23_8:
+segheap_LBB24_8:
 	shl	edx, 12
 	add	eax, edx
 	ret
@@ -6109,7 +6153,7 @@ pages_free:
 	mov	dword ptr [ebp - 32], eax
 	test	ebx, ebx
 	mov	dword ptr [ebp - 16], ebx
-	je	segheap_LBB25_19
+	je	segheap_LBB26_19
 	mov	eax, dword ptr [ebp - 24]
 	mov	edi, dword ptr [eax + 136]
 	mov	ecx, ebx
@@ -6117,7 +6161,7 @@ pages_free:
 	xor	edx, edx
 	cmp	bl, 4
 	mov	esi, 0
-	jb	segheap_LBB25_5
+	jb	segheap_LBB26_5
 	mov	dword ptr [ebp - 28], edi
 	mov	edi, ebx
 	and	edi, -4
@@ -6127,7 +6171,7 @@ pages_free:
 	lea	ebx, [edx + eax + 60]
 	xor	edx, edx
 	xor	esi, esi
-segheap_LBB25_3:
+segheap_LBB26_3:
 	movzx	eax, byte ptr [ebx - 48]
 	shr	al
 	and	al, 1
@@ -6141,31 +6185,31 @@ segheap_LBB25_3:
 	add	esi, 4
 	add	ebx, 64
 	cmp	edi, esi
-	jne	segheap_LBB25_3
+	jne	segheap_LBB26_3
 	test	ecx, ecx
 	mov	ebx, dword ptr [ebp - 16]
 	mov	edi, dword ptr [ebp - 28]
-	je	segheap_LBB25_7
-segheap_LBB25_5:
+	je	segheap_LBB26_7
+segheap_LBB26_5:
 	shl	esi, 4
 	mov	eax, dword ptr [ebp - 32]
 	shl	eax, 4
 	add	eax, esi
 	mov	esi, dword ptr [ebp - 20]
 	lea	esi, [esi + eax + 12]
-segheap_LBB25_6:
+segheap_LBB26_6:
 	bt	dword ptr [esi], 1
 	adc	dl, 0
 	add	esi, 16
 	dec	ecx
-	jne	segheap_LBB25_6
-segheap_LBB25_7:
+	jne	segheap_LBB26_6
+segheap_LBB26_7:
 	movzx	eax, dl
 	add	edi, eax
 	mov	eax, dword ptr [ebp - 24]
 	cmp	edi, dword ptr [eax + 164]
 	mov	edx, dword ptr [ebp - 20]
-	jbe	segheap_LBB25_19
+	jbe	segheap_LBB26_19
 	mov	eax, dword ptr [ebp - 32]
 	lea	ecx, [eax + ebx]
 	lea	esi, [edx + 12]
@@ -6174,31 +6218,31 @@ segheap_LBB25_7:
 	mov	dword ptr [ebp - 52], esi
 	mov	esi, eax
 	mov	dword ptr [ebp - 36], ecx
-	jmp	segheap_LBB25_9
-segheap_LBB25_17:
+	jmp	segheap_LBB26_9
+segheap_LBB26_17:
 	inc	esi
 	cmp	esi, ecx
-	jae	segheap_LBB25_19
-segheap_LBB25_9:
+	jae	segheap_LBB26_19
+segheap_LBB26_9:
 	mov	edi, esi
 	shl	edi, 4
 	test	byte ptr [edx + edi + 12], 2
-	je	segheap_LBB25_17
+	je	segheap_LBB26_17
 	cmp	esi, ecx
 	mov	ebx, esi
-	jae	segheap_LBB25_15
+	jae	segheap_LBB26_15
 	mov	eax, dword ptr [ebp - 48]
 	add	eax, edi
 	mov	ebx, esi
-segheap_LBB25_12:
+segheap_LBB26_12:
 	test	byte ptr [eax], 2
-	je	segheap_LBB25_15
+	je	segheap_LBB26_15
 	inc	ebx
 	add	eax, 16
 	cmp	ecx, ebx
-	jne	segheap_LBB25_12
+	jne	segheap_LBB26_12
 	mov	ebx, ecx
-segheap_LBB25_15:
+segheap_LBB26_15:
 	mov	eax, esi
 	shl	eax, 12
 	add	eax, edx
@@ -6221,72 +6265,72 @@ segheap_LBB25_15:
 	mov	esi, dword ptr [ebp - 28]
 	mov	ecx, ebx
 	sub	ecx, esi
-	jbe	segheap_LBB25_16
+	jbe	segheap_LBB26_16
 	and	ecx, 3
 	mov	eax, esi
 	mov	edx, dword ptr [ebp - 20]
-	je	segheap_LBB25_26
+	je	segheap_LBB26_26
 	add	edi, dword ptr [ebp - 48]
 	lea	eax, [esi + ecx]
-segheap_LBB25_25:
+segheap_LBB26_25:
 	and	byte ptr [edi], -3
 	add	edi, 16
 	dec	ecx
-	jne	segheap_LBB25_25
-segheap_LBB25_26:
+	jne	segheap_LBB26_25
+segheap_LBB26_26:
 	sub	esi, ebx
 	cmp	esi, -4
-	ja	segheap_LBB25_27
+	ja	segheap_LBB26_27
 	mov	ecx, ebx
 	sub	ecx, eax
 	shl	eax, 4
 	add	eax, dword ptr [ebp - 52]
-segheap_LBB25_30:
+segheap_LBB26_30:
 	and	byte ptr [eax - 48], -3
 	and	byte ptr [eax - 32], -3
 	and	byte ptr [eax - 16], -3
 	and	byte ptr [eax], -3
 	add	eax, 64
 	add	ecx, -4
-	jne	segheap_LBB25_30
-segheap_LBB25_27:
+	jne	segheap_LBB26_30
+segheap_LBB26_27:
 	mov	esi, ebx
-	jmp	segheap_LBB25_28
-segheap_LBB25_16:
+	jmp	segheap_LBB26_28
+segheap_LBB26_16:
 	mov	edx, dword ptr [ebp - 20]
-segheap_LBB25_28:
+segheap_LBB26_28:
 	mov	ebx, dword ptr [ebp - 16]
 	mov	ecx, dword ptr [ebp - 36]
 	cmp	esi, ecx
-	jb	segheap_LBB25_9
-segheap_LBB25_19:
+	jb	segheap_LBB26_9
+segheap_LBB26_19:
 	mov	edi, dword ptr [ebp - 32]
 	cmp	edi, 2
 	mov	esi, ebx
 	mov	ebx, edi
-	jb	segheap_LBB25_38
+	jb	segheap_LBB26_38
 	lea	eax, [edi - 257]
 	cmp	eax, -255
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	jb	segheap_LBB25_38
+	jb	segheap_LBB26_38
 	lea	eax, [edi - 1]
 	mov	edx, eax
 	shl	edx, 4
 	add	edx, dword ptr [ebp - 20]
 	movzx	ecx, byte ptr [edx + 12]
 	test	cl, 8
-	jne	segheap_LBB25_22
+	jne	segheap_LBB26_22
 	movzx	ecx, byte ptr [edx + 15]
 	test	ecx, ecx
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	je	segheap_LBB25_38
+	je	segheap_LBB26_38
 	lea	edx, [edi - 2]
 	cmp	edx, ecx
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	jb	segheap_LBB25_38
+	jb	segheap_LBB26_38
 	mov	edx, eax
 	sub	edx, ecx
 	mov	dword ptr [ebp - 28], edx
@@ -6296,26 +6340,26 @@ segheap_LBB25_19:
 	test	cl, 8
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	je	segheap_LBB25_38
+	je	segheap_LBB26_38
 	cmp	dword ptr [ebp - 28], 255
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	ja	segheap_LBB25_38
+	ja	segheap_LBB26_38
 	add	edx, dword ptr [ebp - 20]
 	movzx	edx, byte ptr [edx + 15]
 	add	edx, dword ptr [ebp - 28]
 	cmp	edx, eax
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	ja	segheap_LBB25_36
-	jmp	segheap_LBB25_38
-segheap_LBB25_22:
+	ja	segheap_LBB26_36
+	jmp	segheap_LBB26_38
+segheap_LBB26_22:
 	mov	dword ptr [ebp - 28], eax
-segheap_LBB25_36:
+segheap_LBB26_36:
 	test	cl, 4
 	mov	esi, dword ptr [ebp - 16]
 	mov	ebx, edi
-	jne	segheap_LBB25_38
+	jne	segheap_LBB26_38
 	mov	ebx, dword ptr [ebp - 28]
 	shl	ebx, 4
 	mov	eax, dword ptr [ebp - 20]
@@ -6330,14 +6374,14 @@ segheap_LBB25_36:
 	mov	ecx, dword ptr [ebp - 24]
 	sub	dword ptr [ecx + 136], eax
 	mov	ebx, dword ptr [ebp - 28]
-segheap_LBB25_38:
+segheap_LBB26_38:
 	add	edi, dword ptr [ebp - 16]
 	cmp	edi, 255
-	ja	segheap_LBB25_41
+	ja	segheap_LBB26_41
 	shl	edi, 4
 	mov	eax, dword ptr [ebp - 20]
 	test	byte ptr [eax + edi + 12], 4
-	jne	segheap_LBB25_41
+	jne	segheap_LBB26_41
 	add	edi, eax
 	movzx	eax, byte ptr [edi + 15]
 	add	esi, eax
@@ -6348,18 +6392,18 @@ segheap_LBB25_38:
 	movzx	eax, byte ptr [edi + 13]
 	mov	ecx, dword ptr [ebp - 24]
 	sub	dword ptr [ecx + 136], eax
-segheap_LBB25_41:
+segheap_LBB26_41:
 	cmp	ebx, 1
-	jne	segheap_LBB25_47
+	jne	segheap_LBB26_47
 	cmp	esi, 255
-	jne	segheap_LBB25_47
+	jne	segheap_LBB26_47
 	mov	eax, dword ptr [ebp - 24]
 	cmp	dword ptr [eax + 332], 2
-	jb	segheap_LBB25_47
+	jb	segheap_LBB26_47
 	mov	eax, -4096
 	xor	ecx, ecx
 	mov	esi, dword ptr [ebp - 20]
-segheap_LBB25_45:
+segheap_LBB26_45:
 	movzx	edx, byte ptr [esi + eax + 4108]
 	shr	dl
 	and	dl, 1
@@ -6371,7 +6415,7 @@ segheap_LBB25_45:
 	bt	dword ptr [esi + eax + 4156], 1
 	adc	cl, dl
 	add	eax, 64
-	jne	segheap_LBB25_45
+	jne	segheap_LBB26_45
 	movzx	eax, cl
 	mov	edx, dword ptr [ebp - 24]
 	sub	dword ptr [edx + 132], eax
@@ -6394,15 +6438,15 @@ segheap_LBB25_45:
 	push	ecx
 	push	-1
 	call	NtFreeVirtualMemory
-	jmp	segheap_LBB25_48
-segheap_LBB25_47:
+	jmp	segheap_LBB26_48
+segheap_LBB26_47:
 	mov	ecx, dword ptr [ebp - 24]
 	mov	edx, dword ptr [ebp - 20]
 	push	esi
 	push	ebx
 	call	free_range_insert
 	add	esp, 8
-segheap_LBB25_48:
+segheap_LBB26_48:
 	add	esp, 40
 	pop	esi
 	pop	edi
@@ -6424,7 +6468,7 @@ free_range_insert:
 	mov	dword ptr [ebp - 32], eax
 	lea	edi, [edx + eax]
 	mov	dword ptr [ebp - 24], edi
-	je	segheap_LBB26_24
+	je	segheap_LBB27_24
 	mov	dword ptr [ebp - 28], ecx
 	mov	eax, edx
 	not	al
@@ -6434,8 +6478,8 @@ free_range_insert:
 	and	al, 3
 	mov	byte ptr [ebp - 13], al
 	mov	eax, edi
-	jmp	segheap_LBB26_2
-segheap_LBB26_17:
+	jmp	segheap_LBB27_2
+segheap_LBB27_17:
 	test	ebx, ebx
 	mov	edx, ebx
 	mov	esi, dword ptr [ebp + 12]
@@ -6450,33 +6494,33 @@ segheap_LBB26_17:
 	add	eax, 16
 	cmp	ebx, esi
 	mov	edi, dword ptr [ebp - 24]
-	je	segheap_LBB26_18
-segheap_LBB26_2:
+	je	segheap_LBB27_18
+segheap_LBB27_2:
 	mov	edx, ebx
 	shl	edx, 4
 	add	edi, edx
 	test	byte ptr [ebp - 20], 3
-	je	segheap_LBB26_3
+	je	segheap_LBB27_3
 	test	byte ptr [ebp - 14], 3
 	mov	byte ptr [edi], 0
-	je	segheap_LBB26_5
+	je	segheap_LBB27_5
 	cmp	byte ptr [ebp - 13], 2
 	mov	byte ptr [edi + 1], 0
 	mov	esi, 2
-	je	segheap_LBB26_9
+	je	segheap_LBB27_9
 	cmp	byte ptr [ebp - 13], 1
 	mov	byte ptr [edi + 2], 0
 	mov	esi, 3
-	je	segheap_LBB26_9
+	je	segheap_LBB27_9
 	mov	byte ptr [edi + 3], 0
 	mov	esi, 4
-	jmp	segheap_LBB26_9
-segheap_LBB26_3:
+	jmp	segheap_LBB27_9
+segheap_LBB27_3:
 	xor	esi, esi
-	jmp	segheap_LBB26_9
-segheap_LBB26_5:
+	jmp	segheap_LBB27_9
+segheap_LBB27_5:
 	mov	esi, 1
-segheap_LBB26_9:
+segheap_LBB27_9:
 	mov	ecx, dword ptr [ebp - 24]
 	mov	ch, byte ptr [ecx + edx + 12]
 	mov	dword ptr [edi + esi], 0
@@ -6485,44 +6529,44 @@ segheap_LBB26_9:
 	mov	dword ptr [edi + esi + 8], 0
 	test	esi, esi
 	mov	dword ptr [ebp - 36], edi
-	jne	segheap_LBB26_10
+	jne	segheap_LBB27_10
 	mov	dword ptr [edi + edx], 0
 	mov	edx, 16
-segheap_LBB26_10:
+segheap_LBB27_10:
 	and	ch, 2
 	cmp	edx, 15
-	ja	segheap_LBB26_17
+	ja	segheap_LBB27_17
 	mov	byte ptr [ebp - 15], ch
 	mov	edi, edx
 	neg	edi
 	and	edi, 7
 	mov	esi, edx
-	je	segheap_LBB26_14
+	je	segheap_LBB27_14
 	mov	esi, edx
-segheap_LBB26_13:
+segheap_LBB27_13:
 	mov	byte ptr [eax + esi], 0
 	inc	esi
 	dec	edi
-	jne	segheap_LBB26_13
-segheap_LBB26_14:
+	jne	segheap_LBB27_13
+segheap_LBB27_14:
 	cmp	edx, 8
 	mov	ch, byte ptr [ebp - 15]
-	ja	segheap_LBB26_17
+	ja	segheap_LBB27_17
 	add	esi, -16
-segheap_LBB26_16:
+segheap_LBB27_16:
 	mov	dword ptr [eax + esi + 16], 0
 	mov	dword ptr [eax + esi + 20], 0
 	add	esi, 8
-	jne	segheap_LBB26_16
-	jmp	segheap_LBB26_17
-segheap_LBB26_18:
+	jne	segheap_LBB27_16
+	jmp	segheap_LBB27_17
+segheap_LBB27_18:
 	mov	eax, esi
 	and	esi, 3
 	xor	ebx, ebx
 	cmp	eax, 4
 	mov	edi, 0
 	mov	ecx, dword ptr [ebp - 28]
-	jb	segheap_LBB26_22
+	jb	segheap_LBB27_22
 	mov	edi, eax
 	and	edi, -4
 	mov	eax, dword ptr [ebp - 20]
@@ -6531,7 +6575,7 @@ segheap_LBB26_18:
 	mov	ecx, edi
 	xor	ebx, ebx
 	xor	edi, edi
-segheap_LBB26_20:
+segheap_LBB27_20:
 	movzx	eax, byte ptr [edx - 48]
 	shr	al
 	and	al, 1
@@ -6546,22 +6590,22 @@ segheap_LBB26_20:
 	add	edi, 4
 	add	edx, 64
 	cmp	ecx, edi
-	jne	segheap_LBB26_20
+	jne	segheap_LBB27_20
 	test	esi, esi
 	mov	ecx, dword ptr [ebp - 28]
-	je	segheap_LBB26_24
-segheap_LBB26_22:
+	je	segheap_LBB27_24
+segheap_LBB27_22:
 	shl	edi, 4
 	add	edi, dword ptr [ebp - 32]
 	mov	eax, dword ptr [ebp - 20]
 	lea	eax, [eax + edi + 12]
-segheap_LBB26_23:
+segheap_LBB27_23:
 	bt	dword ptr [eax], 1
 	adc	bl, 0
 	add	eax, 16
 	dec	esi
-	jne	segheap_LBB26_23
-segheap_LBB26_24:
+	jne	segheap_LBB27_23
+segheap_LBB27_24:
 	mov	esi, dword ptr [ebp - 24]
 	mov	byte ptr [esi + 13], bl
 	movzx	eax, bl
@@ -6590,11 +6634,11 @@ rb_insert:
 	mov	eax, dword ptr [ebp + 8]
 	mov	esi, dword ptr [eax]
 	test	esi, esi
-	je	segheap_LBB27_36
+	je	segheap_LBB28_36
 	lea	eax, [ecx - 4]
 	mov	dword ptr [ebp - 20], eax
-	jmp	segheap_LBB27_2
-segheap_LBB27_5:
+	jmp	segheap_LBB28_2
+segheap_LBB28_5:
 	mov	eax, dword ptr [ebp - 20]
 	mov	edi, dword ptr [eax]
 	xor	edi, eax
@@ -6609,7 +6653,7 @@ segheap_LBB27_5:
 	shr	esi
 	and	esi, 32767
 	mov	eax, dword ptr [ebp + 12]
-segheap_LBB27_7:
+segheap_LBB28_7:
 	xor	ebx, ebx
 	cmp	eax, ecx
 	setae	bl
@@ -6620,13 +6664,13 @@ segheap_LBB27_7:
 	movzx	eax, al
 	mov	esi, dword ptr [ecx + 4*eax]
 	test	esi, esi
-	je	segheap_LBB27_8
-segheap_LBB27_2:
+	je	segheap_LBB28_8
+segheap_LBB28_2:
 	mov	ecx, esi
 	cmp	edx, 1
-	je	segheap_LBB27_5
+	je	segheap_LBB28_5
 	test	edx, edx
-	jne	segheap_LBB27_6
+	jne	segheap_LBB28_6
 	mov	ebx, dword ptr [ebp + 12]
 	movzx	eax, byte ptr [ebx + 15]
 	shl	eax, 8
@@ -6639,15 +6683,15 @@ segheap_LBB27_2:
 	xor	esi, 255
 	or	esi, eax
 	mov	eax, ebx
-	jmp	segheap_LBB27_7
-segheap_LBB27_6:
+	jmp	segheap_LBB28_7
+segheap_LBB28_6:
 	mov	eax, dword ptr [ebp + 12]
 	movzx	edi, word ptr [eax + 14]
 	shl	edi, 16
 	movzx	esi, word ptr [ecx + 14]
 	shl	esi, 16
-	jmp	segheap_LBB27_7
-segheap_LBB27_8:
+	jmp	segheap_LBB28_7
+segheap_LBB28_8:
 	mov	edi, dword ptr [ebp + 12]
 	mov	dword ptr [edi + 4], 0
 	mov	dword ptr [edi], 0
@@ -6657,34 +6701,34 @@ segheap_LBB27_8:
 	mov	dword ptr [edi + 8], esi
 	mov	dword ptr [ecx + 4*eax], edi
 	mov	esi, edi
-	jmp	segheap_LBB27_9
-segheap_LBB27_36:
+	jmp	segheap_LBB28_9
+segheap_LBB28_36:
 	mov	dword ptr [ecx + 4], 0
 	mov	dword ptr [ecx], 0
 	lea	edx, [ecx + 8]
 	mov	dword ptr [ecx + 8], 1
 	mov	dword ptr [eax], ecx
 	mov	esi, ecx
-segheap_LBB27_9:
+segheap_LBB28_9:
 	mov	edi, dword ptr [edx]
 	and	edi, -4
-	jne	segheap_LBB27_11
-segheap_LBB27_31:
+	jne	segheap_LBB28_11
+segheap_LBB28_31:
 	mov	edx, dword ptr [ebp + 8]
 	mov	ecx, dword ptr [edx]
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB27_35
+	je	segheap_LBB28_35
 	and	byte ptr [ecx + 8], -2
 	mov	ecx, dword ptr [edx]
 	test	ecx, ecx
-	je	segheap_LBB27_35
-segheap_LBB27_33:
+	je	segheap_LBB28_35
+segheap_LBB28_33:
 	mov	eax, ecx
 	mov	ecx, dword ptr [ecx]
 	test	ecx, ecx
-	jne	segheap_LBB27_33
-segheap_LBB27_35:
+	jne	segheap_LBB28_33
+segheap_LBB28_35:
 	mov	dword ptr [edx + 4], eax
 	add	esp, 8
 	pop	esi
@@ -6692,7 +6736,7 @@ segheap_LBB27_35:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB27_14:
+segheap_LBB28_14:
 	and	ecx, -2
 	mov	dword ptr [edi + 8], ecx
 	and	byte ptr [ebx + 8], -2
@@ -6700,11 +6744,11 @@ segheap_LBB27_14:
 	or	edi, 1
 	mov	dword ptr [esi + 8], edi
 	and	edi, -4
-	je	segheap_LBB27_31
-segheap_LBB27_11:
+	je	segheap_LBB28_31
+segheap_LBB28_11:
 	mov	ecx, dword ptr [edi + 8]
 	test	cl, 1
-	je	segheap_LBB27_31
+	je	segheap_LBB28_31
 	mov	dword ptr [ebp - 16], esi
 	mov	esi, ecx
 	and	esi, -4
@@ -6714,13 +6758,13 @@ segheap_LBB27_11:
 	sete	al
 	mov	ebx, dword ptr [esi + 4*edx]
 	test	ebx, ebx
-	je	segheap_LBB27_15
+	je	segheap_LBB28_15
 	test	byte ptr [ebx + 8], 1
-	jne	segheap_LBB27_14
-segheap_LBB27_15:
+	jne	segheap_LBB28_14
+segheap_LBB28_15:
 	mov	ebx, dword ptr [ebp - 16]
 	cmp	dword ptr [edi + 4*edx], ebx
-	jne	segheap_LBB27_24
+	jne	segheap_LBB28_24
 	xor	ecx, ecx
 	mov	cl, al
 	mov	ebx, ecx
@@ -6730,27 +6774,27 @@ segheap_LBB27_15:
 	mov	ecx, dword ptr [eax + 4*ecx]
 	mov	dword ptr [edi + 4*ebx], ecx
 	test	ecx, ecx
-	je	segheap_LBB27_18
+	je	segheap_LBB28_18
 	mov	ebx, dword ptr [ecx + 8]
 	and	ebx, 1
 	or	ebx, edi
 	mov	dword ptr [ecx + 8], ebx
-segheap_LBB27_18:
+segheap_LBB28_18:
 	mov	ecx, dword ptr [eax + 8]
 	and	ecx, 1
 	or	ecx, esi
 	mov	dword ptr [eax + 8], ecx
 	test	esi, esi
-	je	segheap_LBB27_19
+	je	segheap_LBB28_19
 	xor	ecx, ecx
 	cmp	dword ptr [esi + 4], edi
 	sete	cl
 	mov	dword ptr [esi + 4*ecx], eax
-	jmp	segheap_LBB27_21
-segheap_LBB27_19:
+	jmp	segheap_LBB28_21
+segheap_LBB28_19:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	dword ptr [ecx], eax
-segheap_LBB27_21:
+segheap_LBB28_21:
 	mov	ecx, dword ptr [ebp - 16]
 	mov	dword ptr [eax + 4*ecx], edi
 	mov	ecx, dword ptr [edi + 8]
@@ -6758,14 +6802,14 @@ segheap_LBB27_21:
 	or	ecx, eax
 	mov	dword ptr [edi + 8], ecx
 	and	eax, -4
-	je	segheap_LBB27_22
+	je	segheap_LBB28_22
 	mov	ecx, dword ptr [eax + 8]
 	mov	dword ptr [ebp - 16], edi
 	mov	edi, eax
-segheap_LBB27_24:
+segheap_LBB28_24:
 	and	ecx, -2
 	mov	dword ptr [edi + 8], ecx
-segheap_LBB27_25:
+segheap_LBB28_25:
 	mov	ecx, dword ptr [esi + 8]
 	mov	eax, ecx
 	or	eax, 1
@@ -6776,28 +6820,28 @@ segheap_LBB27_25:
 	mov	edi, dword ptr [eax + 4*edx]
 	mov	dword ptr [esi + 4*ebx], edi
 	test	edi, edi
-	je	segheap_LBB27_27
+	je	segheap_LBB28_27
 	mov	ebx, dword ptr [edi + 8]
 	and	ebx, 1
 	or	ebx, esi
 	mov	dword ptr [edi + 8], ebx
-segheap_LBB27_27:
+segheap_LBB28_27:
 	and	ecx, -4
 	mov	edi, dword ptr [eax + 8]
 	and	edi, 1
 	or	edi, ecx
 	mov	dword ptr [eax + 8], edi
 	test	ecx, ecx
-	je	segheap_LBB27_28
+	je	segheap_LBB28_28
 	xor	ebx, ebx
 	cmp	dword ptr [ecx + 4], esi
 	sete	bl
 	mov	dword ptr [ecx + 4*ebx], eax
-	jmp	segheap_LBB27_30
-segheap_LBB27_28:
+	jmp	segheap_LBB28_30
+segheap_LBB28_28:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	dword ptr [ecx], eax
-segheap_LBB27_30:
+segheap_LBB28_30:
 	mov	dword ptr [eax + 4*edx], esi
 	mov	ecx, dword ptr [esi + 8]
 	and	ecx, 1
@@ -6806,11 +6850,11 @@ segheap_LBB27_30:
 	mov	esi, dword ptr [ebp - 16]
 	mov	edi, dword ptr [esi + 8]
 	and	edi, -4
-	jne	segheap_LBB27_11
-	jmp	segheap_LBB27_31
-segheap_LBB27_22:
+	jne	segheap_LBB28_11
+	jmp	segheap_LBB28_31
+segheap_LBB28_22:
 	mov	dword ptr [ebp - 16], edi
-	jmp	segheap_LBB27_25
+	jmp	segheap_LBB28_25
 	.p2align	4
 rb_less:
 	push	ebp
@@ -6821,9 +6865,9 @@ rb_less:
 	mov	eax, dword ptr [ebp + 12]
 	mov	esi, dword ptr [ebp + 8]
 	cmp	edx, 1
-	je	segheap_LBB28_3
+	je	segheap_LBB29_3
 	test	edx, edx
-	jne	segheap_LBB28_4
+	jne	segheap_LBB29_4
 	movzx	ecx, byte ptr [esi + 15]
 	shl	ecx, 8
 	movzx	edx, byte ptr [esi + 13]
@@ -6834,8 +6878,8 @@ rb_less:
 	movzx	ecx, byte ptr [eax + 13]
 	xor	ecx, 255
 	or	ecx, edi
-	jmp	segheap_LBB28_5
-segheap_LBB28_3:
+	jmp	segheap_LBB29_5
+segheap_LBB29_3:
 	lea	edx, [esi - 4]
 	xor	edx, dword ptr [esi - 4]
 	mov	edi, dword ptr [ecx + 144]
@@ -6847,13 +6891,13 @@ segheap_LBB28_3:
 	xor	ecx, edi
 	shr	ecx
 	and	ecx, 32767
-	jmp	segheap_LBB28_5
-segheap_LBB28_4:
+	jmp	segheap_LBB29_5
+segheap_LBB29_4:
 	movzx	edx, word ptr [esi + 14]
 	shl	edx, 16
 	movzx	ecx, word ptr [eax + 14]
 	shl	ecx, 16
-segheap_LBB28_5:
+segheap_LBB29_5:
 	xor	ebx, ebx
 	cmp	esi, eax
 	setb	bl
@@ -6881,11 +6925,11 @@ lfh_activate:
 	lea	edi, [esi + 56]
 	xor	eax, eax
 	cmp	edi, dword ptr [ecx + 192]
-	ja	segheap_LBB29_14
+	ja	segheap_LBB30_14
 	mov	ebx, edx
 	mov	eax, dword ptr [ecx + 188]
 	cmp	edi, eax
-	jbe	segheap_LBB29_4
+	jbe	segheap_LBB30_4
 	mov	dword ptr [ebp - 16], ebx
 	lea	ebx, [edi + 4095]
 	and	ebx, -4096
@@ -6910,11 +6954,11 @@ lfh_activate:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	js	segheap_LBB29_14
+	js	segheap_LBB30_14
 	mov	ecx, dword ptr [ebp - 20]
 	mov	dword ptr [ecx + 188], ebx
 	mov	ebx, dword ptr [ebp - 16]
-segheap_LBB29_4:
+segheap_LBB30_4:
 	mov	dword ptr [ecx + 184], edi
 	mov	dword ptr [esi], 65537
 	mov	dword ptr [esi + 4], 0
@@ -6934,31 +6978,31 @@ segheap_LBB29_4:
 	mov	dword ptr [esi + 20], eax
 	mov	edi, ebx
 	cmp	ebx, 64
-	ja	segheap_LBB29_6
+	ja	segheap_LBB30_6
 	shl	edi, 4
-	jmp	segheap_LBB29_13
-segheap_LBB29_6:
+	jmp	segheap_LBB30_13
+segheap_LBB30_6:
 	cmp	ebx, 80
-	ja	segheap_LBB29_8
+	ja	segheap_LBB30_8
 	shl	edi, 6
 	add	edi, -3072
-	jmp	segheap_LBB29_13
-segheap_LBB29_8:
+	jmp	segheap_LBB30_13
+segheap_LBB30_8:
 	cmp	ebx, 96
-	ja	segheap_LBB29_10
+	ja	segheap_LBB30_10
 	shl	edi, 7
 	add	edi, -8192
-	jmp	segheap_LBB29_13
-segheap_LBB29_10:
+	jmp	segheap_LBB30_13
+segheap_LBB30_10:
 	cmp	ebx, 112
-	ja	segheap_LBB29_12
+	ja	segheap_LBB30_12
 	shl	edi, 8
 	add	edi, -20480
-	jmp	segheap_LBB29_13
-segheap_LBB29_12:
+	jmp	segheap_LBB30_13
+segheap_LBB30_12:
 	shl	edi, 9
 	add	edi, -49152
-segheap_LBB29_13:
+segheap_LBB30_13:
 	mov	eax, -1
 	xor	edx, edx
 	div	edi
@@ -6966,7 +7010,7 @@ segheap_LBB29_13:
 	mov	dword ptr [esi + 36], eax
 	mov	dword ptr [ecx + 4*ebx + 832], esi
 	mov	eax, esi
-segheap_LBB29_14:
+segheap_LBB30_14:
 	add	esp, 16
 	pop	esi
 	pop	edi
@@ -6995,12 +7039,12 @@ vs_alloc:
 	mov	dword ptr [ebp - 16], ecx
 	lea	ecx, [ecx + 520]
 	mov	dword ptr [ebp - 32], ecx
-	je	segheap_LBB30_4
+	je	segheap_LBB31_4
 	mov	dword ptr [ebp - 20], edx
 	mov	ecx, dword ptr [ebp - 16]
 	mov	edi, dword ptr [ecx + 144]
 	xor	ebx, ebx
-segheap_LBB30_2:
+segheap_LBB31_2:
 	lea	ecx, [eax - 4]
 	xor	ecx, dword ptr [eax - 4]
 	xor	ecx, edi
@@ -7012,11 +7056,11 @@ segheap_LBB30_2:
 	cmovae	ebx, eax
 	mov	eax, dword ptr [eax + 4*edx]
 	test	eax, eax
-	jne	segheap_LBB30_2
+	jne	segheap_LBB31_2
 	test	ebx, ebx
 	mov	edx, dword ptr [ebp - 20]
-	jne	segheap_LBB30_9
-segheap_LBB30_4:
+	jne	segheap_LBB31_9
+segheap_LBB31_4:
 	add	edx, 65559
 	and	edx, -65536
 	mov	dword ptr [ebp - 20], edx
@@ -7028,7 +7072,7 @@ segheap_LBB30_4:
 	call	pages_alloc
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB30_11
+	je	segheap_LBB31_11
 	mov	edx, eax
 	and	edx, -1048576
 	mov	dword ptr [ebp - 28], edx
@@ -7109,10 +7153,10 @@ segheap_LBB30_4:
 	mov	ecx, dword ptr [ebp - 16]
 	mov	eax, dword ptr [ecx + 520]
 	test	eax, eax
-	je	segheap_LBB30_12
+	je	segheap_LBB31_12
 	mov	edi, dword ptr [ecx + 144]
 	xor	ebx, ebx
-segheap_LBB30_7:
+segheap_LBB31_7:
 	lea	ecx, [eax - 4]
 	xor	ecx, dword ptr [eax - 4]
 	xor	ecx, edi
@@ -7124,10 +7168,10 @@ segheap_LBB30_7:
 	cmovae	ebx, eax
 	mov	eax, dword ptr [eax + 4*edx]
 	test	eax, eax
-	jne	segheap_LBB30_7
+	jne	segheap_LBB31_7
 	test	ebx, ebx
-	je	segheap_LBB30_11
-segheap_LBB30_9:
+	je	segheap_LBB31_11
+segheap_LBB31_9:
 	lea	eax, [ebx - 4]
 	xor	edi, dword ptr [ebx - 4]
 	xor	edi, eax
@@ -7167,10 +7211,10 @@ segheap_LBB30_9:
 	call	vs_make_busy
 	add	esp, 16
 	add	ebx, 4
-	jmp	segheap_LBB30_12
-segheap_LBB30_11:
+	jmp	segheap_LBB31_12
+segheap_LBB31_11:
 	xor	ebx, ebx
-segheap_LBB30_12:
+segheap_LBB31_12:
 	mov	eax, ebx
 	add	esp, 36
 	pop	esi
@@ -7188,14 +7232,14 @@ pages_alloc:
 	sub	esp, 48
 	lea	eax, [edx - 256]
 	cmp	eax, -255
-	jb	segheap_LBB31_50
+	jb	segheap_LBB32_50
 	mov	ebx, edx
 	mov	eax, dword ptr [ecx + 336]
 	test	eax, eax
 	mov	dword ptr [ebp - 24], ecx
-	je	segheap_LBB31_5
+	je	segheap_LBB32_5
 	xor	esi, esi
-segheap_LBB31_3:
+segheap_LBB32_3:
 	movzx	ecx, byte ptr [eax + 15]
 	xor	edx, edx
 	cmp	ebx, ecx
@@ -7203,11 +7247,11 @@ segheap_LBB31_3:
 	seta	dl
 	mov	eax, dword ptr [eax + 4*edx]
 	test	eax, eax
-	jne	segheap_LBB31_3
+	jne	segheap_LBB32_3
 	test	esi, esi
 	mov	ecx, dword ptr [ebp - 24]
-	je	segheap_LBB31_5
-segheap_LBB31_18:
+	je	segheap_LBB32_5
+segheap_LBB32_18:
 	add	ecx, 336
 	mov	edi, esi
 	and	edi, -1048576
@@ -7233,37 +7277,37 @@ segheap_LBB31_18:
 	mov	dword ptr [ebp - 32], ebx
 	mov	dword ptr [ebp - 44], edi
 	mov	dword ptr [ebp - 40], edx
-	jmp	segheap_LBB31_19
-segheap_LBB31_29:
+	jmp	segheap_LBB32_19
+segheap_LBB32_29:
 	inc	eax
 	mov	ebx, dword ptr [ebp - 32]
-segheap_LBB31_30:
+segheap_LBB32_30:
 	cmp	eax, edx
-	jae	segheap_LBB31_31
-segheap_LBB31_19:
+	jae	segheap_LBB32_31
+segheap_LBB32_19:
 	mov	ebx, eax
 	shl	ebx, 4
 	test	byte ptr [edi + ebx + 12], 2
-	jne	segheap_LBB31_29
+	jne	segheap_LBB32_29
 	cmp	eax, edx
 	mov	esi, eax
-	jae	segheap_LBB31_26
+	jae	segheap_LBB32_26
 	mov	esi, eax
 	mov	eax, dword ptr [ebp - 52]
 	add	eax, ebx
 	mov	ecx, esi
-segheap_LBB31_22:
+segheap_LBB32_22:
 	test	byte ptr [eax], 2
-	jne	segheap_LBB31_25
+	jne	segheap_LBB32_25
 	inc	esi
 	add	eax, 16
 	cmp	edx, esi
-	jne	segheap_LBB31_22
+	jne	segheap_LBB32_22
 	mov	esi, edx
-segheap_LBB31_25:
+segheap_LBB32_25:
 	mov	eax, ecx
 	mov	ecx, dword ptr [ebp - 24]
-segheap_LBB31_26:
+segheap_LBB32_26:
 	mov	edx, eax
 	shl	eax, 12
 	add	eax, edi
@@ -7288,60 +7332,60 @@ segheap_LBB31_26:
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB31_49
+	js	segheap_LBB32_49
 	mov	ecx, dword ptr [ebp - 24]
 	add	dword ptr [ecx + 132], edi
 	mov	edx, esi
 	mov	eax, dword ptr [ebp - 56]
 	sub	edx, eax
-	jbe	segheap_LBB31_28
+	jbe	segheap_LBB32_28
 	and	edx, 3
 	mov	ecx, eax
 	mov	edi, dword ptr [ebp - 44]
-	je	segheap_LBB31_44
+	je	segheap_LBB32_44
 	add	ebx, dword ptr [ebp - 52]
 	lea	eax, [ecx + edx]
-segheap_LBB31_42:
+segheap_LBB32_42:
 	or	byte ptr [ebx], 2
 	add	ebx, 16
 	dec	edx
-	jne	segheap_LBB31_42
+	jne	segheap_LBB32_42
 	mov	ecx, dword ptr [ebp - 56]
-segheap_LBB31_44:
+segheap_LBB32_44:
 	sub	ecx, esi
 	cmp	ecx, -4
 	mov	ebx, dword ptr [ebp - 32]
-	jbe	segheap_LBB31_46
+	jbe	segheap_LBB32_46
 	mov	eax, esi
 	mov	esi, dword ptr [ebp - 36]
 	mov	edx, dword ptr [ebp - 40]
 	mov	ecx, dword ptr [ebp - 24]
-	jmp	segheap_LBB31_30
-segheap_LBB31_28:
+	jmp	segheap_LBB32_30
+segheap_LBB32_28:
 	mov	ebx, dword ptr [ebp - 32]
 	mov	esi, dword ptr [ebp - 36]
 	mov	edi, dword ptr [ebp - 44]
 	mov	edx, dword ptr [ebp - 40]
-	jmp	segheap_LBB31_30
-segheap_LBB31_46:
+	jmp	segheap_LBB32_30
+segheap_LBB32_46:
 	mov	edx, esi
 	sub	edx, eax
 	shl	eax, 4
 	add	eax, dword ptr [ebp - 60]
 	mov	ecx, dword ptr [ebp - 24]
-segheap_LBB31_47:
+segheap_LBB32_47:
 	or	byte ptr [eax - 48], 2
 	or	byte ptr [eax - 32], 2
 	or	byte ptr [eax - 16], 2
 	or	byte ptr [eax], 2
 	add	eax, 64
 	add	edx, -4
-	jne	segheap_LBB31_47
+	jne	segheap_LBB32_47
 	mov	eax, esi
 	mov	esi, dword ptr [ebp - 36]
 	mov	edx, dword ptr [ebp - 40]
-	jmp	segheap_LBB31_30
-segheap_LBB31_5:
+	jmp	segheap_LBB32_30
+segheap_LBB32_5:
 	test	dword ptr [ecx + 12], 262144
 	mov	eax, 4
 	mov	edi, 64
@@ -7363,9 +7407,9 @@ segheap_LBB31_5:
 	test	esi, esi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB31_50
+	jne	segheap_LBB32_50
 	test	esi, 1048575
-	je	segheap_LBB31_11
+	je	segheap_LBB32_11
 	mov	dword ptr [ebp - 32], ebx
 	mov	dword ptr [ebp - 16], esi
 	mov	dword ptr [ebp - 20], 0
@@ -7391,7 +7435,7 @@ segheap_LBB31_5:
 	test	ebx, ebx
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB31_50
+	jne	segheap_LBB32_50
 	mov	eax, ebx
 	add	ebx, 1048575
 	and	ebx, -1048576
@@ -7419,24 +7463,24 @@ segheap_LBB31_5:
 	test	esi, esi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB31_50
+	jne	segheap_LBB32_50
 	cmp	esi, ebx
-	je	segheap_LBB31_10
+	je	segheap_LBB32_10
 	mov	eax, edi
 	mov	dword ptr [ebp - 16], esi
 	mov	dword ptr [ebp - 20], 0
 	push	32768
-	jmp	segheap_LBB31_14
-segheap_LBB31_31:
+	jmp	segheap_LBB32_14
+segheap_LBB32_31:
 	mov	eax, dword ptr [ebp - 48]
 	sub	eax, ebx
-	jbe	segheap_LBB31_33
+	jbe	segheap_LBB32_33
 	mov	edx, edi
 	push	eax
 	push	dword ptr [ebp - 40]
 	call	free_range_insert
 	add	esp, 8
-segheap_LBB31_33:
+segheap_LBB32_33:
 	mov	ecx, dword ptr [ebp - 28]
 	shl	ecx, 4
 	movzx	eax, byte ptr [edi + ecx + 12]
@@ -7453,11 +7497,11 @@ segheap_LBB31_33:
 	mov	dword ptr [ebp - 28], ecx
 	mov	byte ptr [edi + ecx + 15], bl
 	cmp	ebx, 1
-	je	segheap_LBB31_39
+	je	segheap_LBB32_39
 	or	dl, 4
 	mov	ecx, 1
 	cmp	ebx, 2
-	je	segheap_LBB31_38
+	je	segheap_LBB32_38
 	mov	byte ptr [ebp - 24], al
 	dec	ebx
 	mov	ecx, edi
@@ -7468,7 +7512,7 @@ segheap_LBB31_33:
 	mov	esi, dword ptr [ebp - 28]
 	lea	esi, [esi + ecx + 47]
 	mov	ecx, 1
-segheap_LBB31_36:
+segheap_LBB32_36:
 	mov	dword ptr [esi - 31], 0
 	mov	dword ptr [esi - 27], 0
 	mov	dword ptr [esi - 23], 0
@@ -7491,15 +7535,15 @@ segheap_LBB31_36:
 	add	ecx, 2
 	add	esi, 32
 	cmp	ebx, edx
-	jne	segheap_LBB31_36
+	jne	segheap_LBB32_36
 	mov	edx, edi
 	test	dl, 1
 	mov	esi, dword ptr [ebp - 36]
 	mov	edi, dword ptr [ebp - 44]
 	mov	edx, eax
 	movzx	eax, byte ptr [ebp - 24]
-	je	segheap_LBB31_39
-segheap_LBB31_38:
+	je	segheap_LBB32_39
+segheap_LBB32_38:
 	add	edi, dword ptr [ebp - 28]
 	mov	ebx, eax
 	mov	eax, edx
@@ -7515,21 +7559,21 @@ segheap_LBB31_38:
 	mov	al, bl
 	mov	byte ptr [edi + edx + 12], ah
 	mov	byte ptr [edi + edx + 15], cl
-segheap_LBB31_39:
+segheap_LBB32_39:
 	mov	byte ptr [esi + 13], al
 	mov	dword ptr [esi], -857879331
-	jmp	segheap_LBB31_51
-segheap_LBB31_49:
+	jmp	segheap_LBB32_51
+segheap_LBB32_49:
 	mov	ecx, dword ptr [ebp - 24]
 	mov	edx, dword ptr [ebp - 44]
 	push	dword ptr [ebp - 48]
 	push	dword ptr [ebp - 28]
 	call	free_range_insert
 	add	esp, 8
-	jmp	segheap_LBB31_50
-segheap_LBB31_10:
+	jmp	segheap_LBB32_50
+segheap_LBB32_10:
 	mov	ebx, dword ptr [ebp - 32]
-segheap_LBB31_11:
+segheap_LBB32_11:
 	mov	dword ptr [ebp - 16], esi
 	mov	dword ptr [ebp - 20], 4096
 	mov	edi, dword ptr [ebp - 24]
@@ -7547,7 +7591,7 @@ segheap_LBB31_11:
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB31_12
+	js	segheap_LBB32_12
 	mov	byte ptr [esi + 12], 14
 	mov	byte ptr [esi + 15], 1
 	mov	eax, esi
@@ -7575,8 +7619,8 @@ segheap_LBB31_11:
 	mov	eax, dword ptr [edi + 336]
 	xor	esi, esi
 	test	eax, eax
-	je	segheap_LBB31_51
-segheap_LBB31_16:
+	je	segheap_LBB32_51
+segheap_LBB32_16:
 	movzx	ecx, byte ptr [eax + 15]
 	xor	edx, edx
 	cmp	ebx, ecx
@@ -7584,25 +7628,25 @@ segheap_LBB31_16:
 	seta	dl
 	mov	eax, dword ptr [eax + 4*edx]
 	test	eax, eax
-	jne	segheap_LBB31_16
+	jne	segheap_LBB32_16
 	test	esi, esi
 	mov	ecx, dword ptr [ebp - 24]
-	jne	segheap_LBB31_18
-	jmp	segheap_LBB31_50
-segheap_LBB31_12:
+	jne	segheap_LBB32_18
+	jmp	segheap_LBB32_50
+segheap_LBB32_12:
 	mov	dword ptr [ebp - 16], esi
 	mov	dword ptr [ebp - 20], 0
 	push	32768
 	lea	eax, [ebp - 20]
-segheap_LBB31_14:
+segheap_LBB32_14:
 	push	eax
 	lea	eax, [ebp - 16]
 	push	eax
 	push	-1
 	call	NtFreeVirtualMemory
-segheap_LBB31_50:
+segheap_LBB32_50:
 	xor	esi, esi
-segheap_LBB31_51:
+segheap_LBB32_51:
 	mov	eax, esi
 	add	esp, 48
 	pop	esi
@@ -7625,7 +7669,7 @@ vs_split:
 	mov	ecx, 256
 	mov	dword ptr [ebp - 16], eax
 	mov	dword ptr [ebp - 20], edx
-	je	segheap_LBB32_8
+	je	segheap_LBB33_8
 	mov	ebx, edx
 	shr	ebx, 12
 	movzx	esi, bl
@@ -7633,39 +7677,39 @@ vs_split:
 	shl	edi, 4
 	or	edi, eax
 	test	byte ptr [edi + 12], 8
-	jne	segheap_LBB32_7
+	jne	segheap_LBB33_7
 	movzx	ebx, byte ptr [edi + 15]
 	test	ebx, ebx
 	mov	eax, dword ptr [ebp + 8]
-	je	segheap_LBB32_9
+	je	segheap_LBB33_9
 	lea	edi, [esi - 1]
 	cmp	edi, ebx
-	jb	segheap_LBB32_9
+	jb	segheap_LBB33_9
 	mov	edi, esi
 	sub	edi, ebx
 	mov	ebx, edi
 	shl	ebx, 4
 	mov	edx, dword ptr [ebp - 16]
 	test	byte ptr [edx + ebx + 12], 8
-	je	segheap_LBB32_9
+	je	segheap_LBB33_9
 	add	ebx, dword ptr [ebp - 16]
 	movzx	ecx, byte ptr [ebx + 15]
 	add	ecx, edi
 	cmp	ecx, esi
 	mov	ecx, 256
 	cmova	ecx, edi
-	jmp	segheap_LBB32_9
-segheap_LBB32_7:
+	jmp	segheap_LBB33_9
+segheap_LBB33_7:
 	mov	ecx, esi
-segheap_LBB32_8:
+segheap_LBB33_8:
 	mov	eax, dword ptr [ebp + 8]
-segheap_LBB32_9:
+segheap_LBB33_9:
 	mov	esi, eax
 	mov	ebx, dword ptr [ebp + 12]
 	sub	esi, ebx
 	lea	edi, [8*esi]
 	cmp	edi, 32
-	jb	segheap_LBB32_18
+	jb	segheap_LBB33_18
 	shl	ecx, 12
 	mov	edx, dword ptr [ebp - 16]
 	add	edx, ecx
@@ -7677,13 +7721,13 @@ segheap_LBB32_9:
 	lea	eax, [edx + 8*eax]
 	cmp	edi, eax
 	mov	dword ptr [ebp - 16], edx
-	jae	segheap_LBB32_13
+	jae	segheap_LBB33_13
 	mov	ecx, dword ptr [ebp - 24]
 	mov	eax, dword ptr [ecx + 144]
 	mov	ebx, dword ptr [edi]
 	xor	ebx, eax
 	xor	ebx, edi
-	js	segheap_LBB32_14
+	js	segheap_LBB33_14
 	shr	ebx
 	and	ebx, 32767
 	add	ebx, esi
@@ -7705,18 +7749,18 @@ segheap_LBB32_9:
 	mov	dword ptr [ebp - 28], ecx
 	mov	esi, ebx
 	mov	ebx, dword ptr [ebp + 12]
-	jmp	segheap_LBB32_15
-segheap_LBB32_13:
+	jmp	segheap_LBB33_15
+segheap_LBB33_13:
 	mov	dword ptr [ebp - 28], edi
 	mov	eax, dword ptr [ebp - 24]
 	mov	edi, eax
 	mov	eax, dword ptr [eax + 144]
-	jmp	segheap_LBB32_15
-segheap_LBB32_14:
+	jmp	segheap_LBB33_15
+segheap_LBB33_14:
 	mov	dword ptr [ebp - 28], edi
 	mov	ebx, dword ptr [ebp + 12]
 	mov	edi, ecx
-segheap_LBB32_15:
+segheap_LBB33_15:
 	lea	ecx, [esi + esi]
 	mov	edx, ebx
 	shl	edx, 16
@@ -7739,7 +7783,7 @@ segheap_LBB32_15:
 	lea	eax, [ecx + 8*eax]
 	mov	edx, dword ptr [ebp - 28]
 	cmp	edx, eax
-	jae	segheap_LBB32_17
+	jae	segheap_LBB33_17
 	mov	eax, dword ptr [edi + 144]
 	mov	ecx, dword ptr [edx]
 	xor	ecx, edx
@@ -7750,9 +7794,9 @@ segheap_LBB32_15:
 	xor	eax, edx
 	xor	eax, ecx
 	mov	dword ptr [edx], eax
-segheap_LBB32_17:
+segheap_LBB33_17:
 	mov	eax, dword ptr [ebp + 12]
-segheap_LBB32_18:
+segheap_LBB33_18:
 	add	esp, 16
 	pop	esi
 	pop	edi
@@ -7776,7 +7820,7 @@ vs_make_busy:
 	lea	ecx, [8*ecx]
 	mov	dword ptr [ebp - 24], ecx
 	mov	esi, 256
-	je	segheap_LBB33_7
+	je	segheap_LBB34_7
 	mov	ecx, edx
 	shr	ecx, 12
 	movzx	ecx, cl
@@ -7784,20 +7828,20 @@ vs_make_busy:
 	shl	ebx, 4
 	or	ebx, eax
 	test	byte ptr [ebx + 12], 8
-	jne	segheap_LBB33_2
+	jne	segheap_LBB34_2
 	movzx	ebx, byte ptr [ebx + 15]
 	test	ebx, ebx
-	je	segheap_LBB33_7
+	je	segheap_LBB34_7
 	mov	dword ptr [ebp - 16], ebx
 	lea	ebx, [ecx - 1]
 	cmp	ebx, dword ptr [ebp - 16]
-	jb	segheap_LBB33_7
+	jb	segheap_LBB34_7
 	mov	ebx, ecx
 	sub	ebx, dword ptr [ebp - 16]
 	mov	dword ptr [ebp - 16], ebx
 	shl	ebx, 4
 	test	byte ptr [eax + ebx + 12], 8
-	je	segheap_LBB33_7
+	je	segheap_LBB34_7
 	add	ebx, eax
 	movzx	esi, byte ptr [ebx + 15]
 	mov	ebx, dword ptr [ebp - 16]
@@ -7805,10 +7849,10 @@ vs_make_busy:
 	cmp	esi, ecx
 	mov	esi, 256
 	cmova	esi, ebx
-	jmp	segheap_LBB33_7
-segheap_LBB33_2:
+	jmp	segheap_LBB34_7
+segheap_LBB34_2:
 	mov	esi, ecx
-segheap_LBB33_7:
+segheap_LBB34_7:
 	shl	esi, 12
 	add	eax, esi
 	mov	ebx, edx
@@ -7841,75 +7885,75 @@ segheap_LBB33_7:
 	lea	eax, [ebx + edx + 8]
 	mov	ebx, ecx
 	sub	ebx, eax
-	je	segheap_LBB33_22
+	je	segheap_LBB34_22
 	add	edx, 8
 	add	edx, esi
 	lea	eax, [esi + 8]
 	cmp	ebx, 127
-	ja	segheap_LBB33_16
+	ja	segheap_LBB34_16
 	dec	ecx
 	lea	esi, [edi - 1]
 	cmp	eax, esi
-	jge	segheap_LBB33_15
+	jge	segheap_LBB34_15
 	mov	dword ptr [ebp - 20], ebx
 	mov	ebx, dword ptr [ebp + 16]
 	sub	edi, ebx
 	add	edi, -10
 	and	ebx, 7
 	cmp	ebx, 7
-	je	segheap_LBB33_13
+	je	segheap_LBB34_13
 	mov	eax, 1
-segheap_LBB33_12:
+segheap_LBB34_12:
 	mov	byte ptr [edx], -85
 	inc	edx
 	mov	esi, ebx
 	xor	esi, eax
 	inc	eax
 	cmp	esi, 7
-	jne	segheap_LBB33_12
-segheap_LBB33_13:
+	jne	segheap_LBB34_12
+segheap_LBB34_13:
 	cmp	edi, 7
 	mov	ebx, dword ptr [ebp - 20]
-	jb	segheap_LBB33_15
-segheap_LBB33_14:
+	jb	segheap_LBB34_15
+segheap_LBB34_14:
 	mov	dword ptr [edx], -1414812757
 	mov	dword ptr [edx + 4], -1414812757
 	add	edx, 8
 	cmp	edx, ecx
-	jne	segheap_LBB33_14
-segheap_LBB33_15:
+	jne	segheap_LBB34_14
+segheap_LBB34_15:
 	mov	byte ptr [ecx], bl
-	jmp	segheap_LBB33_22
-segheap_LBB33_16:
+	jmp	segheap_LBB34_22
+segheap_LBB34_16:
 	add	ecx, -2
 	lea	esi, [edi - 2]
 	cmp	eax, esi
-	jge	segheap_LBB33_21
+	jge	segheap_LBB34_21
 	mov	eax, 6
 	mov	esi, dword ptr [ebp + 16]
 	sub	eax, esi
 	sub	edi, esi
 	add	edi, -11
 	and	eax, 7
-	je	segheap_LBB33_19
-segheap_LBB33_18:
+	je	segheap_LBB34_19
+segheap_LBB34_18:
 	mov	byte ptr [edx], -85
 	inc	edx
 	dec	eax
-	jne	segheap_LBB33_18
-segheap_LBB33_19:
+	jne	segheap_LBB34_18
+segheap_LBB34_19:
 	cmp	edi, 7
-	jb	segheap_LBB33_21
-segheap_LBB33_20:
+	jb	segheap_LBB34_21
+segheap_LBB34_20:
 	mov	dword ptr [edx], -1414812757
 	mov	dword ptr [edx + 4], -1414812757
 	add	edx, 8
 	cmp	edx, ecx
-	jne	segheap_LBB33_20
-segheap_LBB33_21:
+	jne	segheap_LBB34_20
+segheap_LBB34_21:
 	or	ebx, 32768
 	mov	word ptr [ecx], bx
-segheap_LBB33_22:
+segheap_LBB34_22:
 	add	esp, 12
 	pop	esi
 	pop	edi
@@ -7944,7 +7988,7 @@ lookup_vs:
 	or	ch, al
 	xor	eax, eax
 	or	ch, cl
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	add	esi, edx
 	cmp	ebx, esi
 	setb	cl
@@ -7952,7 +7996,7 @@ lookup_vs:
 	sete	ch
 	and	ch, cl
 	cmp	ch, 1
-	jne	segheap_LBB34_4
+	jne	segheap_LBB35_4
 	mov	ecx, dword ptr [ebp - 16]
 	push	1
 	push	ebx
@@ -7961,12 +8005,12 @@ lookup_vs:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB34_4
+	je	segheap_LBB35_4
 	mov	eax, dword ptr [ebp + 16]
 	mov	dword ptr [eax], 2
 	mov	dword ptr [eax + 12], ebx
 	mov	eax, 1
-segheap_LBB34_4:
+segheap_LBB35_4:
 	add	esp, 4
 	pop	esi
 	pop	edi
@@ -7989,7 +8033,7 @@ lookup_lfh:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB35_10
+	je	segheap_LBB36_10
 	mov	edx, edi
 	shr	edx, 12
 	xor	edx, dword ptr [edi + 24]
@@ -7999,7 +8043,7 @@ lookup_lfh:
 	shr	esi, 16
 	sub	ecx, edi
 	sub	ecx, esi
-	jb	segheap_LBB35_10
+	jb	segheap_LBB36_10
 	movzx	ebx, dx
 	mov	eax, ecx
 	xor	edx, edx
@@ -8007,10 +8051,10 @@ lookup_lfh:
 	mov	esi, eax
 	xor	eax, eax
 	test	edx, edx
-	jne	segheap_LBB35_10
+	jne	segheap_LBB36_10
 	movzx	ecx, word ptr [edi + 18]
 	cmp	esi, ecx
-	jae	segheap_LBB35_10
+	jae	segheap_LBB36_10
 	mov	dword ptr [ebp - 24], ebx
 	mov	ecx, esi
 	shr	ecx, 2
@@ -8021,7 +8065,7 @@ lookup_lfh:
 	mov	ebx, dword ptr [ecx + ebx + 32]
 	lea	ecx, [esi + esi]
 	bt	ebx, ecx
-	jae	segheap_LBB35_10
+	jae	segheap_LBB36_10
 	mov	dword ptr [ebp - 16], esi
 	mov	esi, dword ptr [edi + edx + 32]
 	mov	dword ptr [ebp - 20], esi
@@ -8034,27 +8078,27 @@ lookup_lfh:
 	test	cl, 32
 	cmove	edx, edi
 	test	dl, 2
-	je	segheap_LBB35_9
+	je	segheap_LBB36_9
 	mov	ecx, dword ptr [ebp + 12]
 	mov	edx, dword ptr [ebp - 24]
 	movsx	ecx, byte ptr [ecx + edx - 1]
 	test	ecx, ecx
-	jns	segheap_LBB35_8
+	jns	segheap_LBB36_8
 	mov	ecx, dword ptr [ebp + 12]
 	movzx	ecx, word ptr [ecx + edx - 2]
 	and	ecx, 32767
-segheap_LBB35_8:
+segheap_LBB36_8:
 	dec	ecx
 	cmp	ecx, edx
-	jae	segheap_LBB35_10
-segheap_LBB35_9:
+	jae	segheap_LBB36_10
+segheap_LBB36_9:
 	mov	eax, dword ptr [ebp + 16]
 	mov	dword ptr [eax], 3
 	mov	ecx, dword ptr [ebp + 12]
 	mov	dword ptr [eax + 12], ecx
 	mov	dword ptr [eax + 16], esi
 	mov	eax, 1
-segheap_LBB35_10:
+segheap_LBB36_10:
 	add	esp, 12
 	pop	esi
 	pop	edi
@@ -8088,14 +8132,14 @@ vs_chunk_ok:
 	cmp	ebx, 2
 	setb	ch
 	or	ch, cl
-	jne	segheap_LBB36_8
+	jne	segheap_LBB37_8
 	movzx	ecx, word ptr [edx + 20]
 	lea	esi, [edx + 8*ecx]
 	mov	ecx, esi
 	sub	ecx, eax
 	shr	ecx, 3
 	cmp	ebx, ecx
-	ja	segheap_LBB36_8
+	ja	segheap_LBB37_8
 	mov	dword ptr [ebp - 20], esi
 	shr	edi, 16
 	and	edi, 32767
@@ -8105,12 +8149,12 @@ vs_chunk_ok:
 	test	edi, edi
 	setne	ch
 	cmp	cl, ch
-	je	segheap_LBB36_8
+	je	segheap_LBB37_8
 	test	edi, edi
-	je	segheap_LBB36_11
+	je	segheap_LBB37_11
 	shr	eax, 3
 	cmp	edi, eax
-	ja	segheap_LBB36_8
+	ja	segheap_LBB37_8
 	lea	ecx, [8*edi]
 	mov	esi, dword ptr [ebp + 8]
 	sub	esi, ecx
@@ -8119,25 +8163,25 @@ vs_chunk_ok:
 	shr	esi
 	and	esi, 32767
 	cmp	esi, edi
-	jne	segheap_LBB36_8
-segheap_LBB36_11:
+	jne	segheap_LBB37_8
+segheap_LBB37_11:
 	mov	eax, dword ptr [ebp + 8]
 	lea	ecx, [eax + 8*ebx]
 	cmp	ecx, dword ptr [ebp - 20]
-	jae	segheap_LBB36_13
+	jae	segheap_LBB37_13
 	mov	esi, dword ptr [ecx]
 	xor	esi, ecx
 	xor	esi, dword ptr [ebp - 16]
 	shr	esi, 16
 	and	esi, 32767
 	cmp	esi, ebx
-	jne	segheap_LBB36_8
-segheap_LBB36_13:
+	jne	segheap_LBB37_8
+segheap_LBB37_13:
 	cmp	dword ptr [ebp + 12], 0
-	je	segheap_LBB36_21
+	je	segheap_LBB37_21
 	mov	esi, dword ptr [eax + 4]
 	cmp	esi, 1023
-	ja	segheap_LBB36_8
+	ja	segheap_LBB37_8
 	mov	edi, eax
 	sub	edi, edx
 	shr	edi, 12
@@ -8148,35 +8192,35 @@ segheap_LBB36_13:
 	movzx	edx, dl
 	test	edx, edx
 	mov	eax, 0
-	jne	segheap_LBB36_9
+	jne	segheap_LBB37_9
 	test	esi, 256
 	mov	eax, 1
-	je	segheap_LBB36_9
+	je	segheap_LBB37_9
 	shl	ebx, 3
 	movsx	edx, byte ptr [ecx - 1]
 	test	edx, edx
-	jns	segheap_LBB36_19
+	jns	segheap_LBB37_19
 	movzx	edx, word ptr [ecx - 2]
 	and	edx, 32767
-segheap_LBB36_19:
+segheap_LBB37_19:
 	add	ebx, -8
 	dec	edx
 	xor	eax, eax
 	cmp	edx, ebx
 	setb	al
-	jmp	segheap_LBB36_9
-segheap_LBB36_8:
+	jmp	segheap_LBB37_9
+segheap_LBB37_8:
 	xor	eax, eax
-segheap_LBB36_9:
+segheap_LBB37_9:
 	add	esp, 8
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB36_21:
+segheap_LBB37_21:
 	mov	eax, 1
-	jmp	segheap_LBB36_9
+	jmp	segheap_LBB37_9
 	.p2align	4
 lfh_sub_ok:
 	push	ebp
@@ -8189,39 +8233,39 @@ lfh_sub_ok:
 	lea	esi, [ecx + 1408]
 	xor	eax, eax
 	cmp	edx, esi
-	jae	segheap_LBB37_2
-segheap_LBB37_1:
+	jae	segheap_LBB38_2
+segheap_LBB38_1:
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB37_2:
+segheap_LBB38_2:
 	test	dl, 7
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	lea	esi, [edx + 56]
 	cmp	esi, dword ptr [ecx + 184]
-	ja	segheap_LBB37_1
+	ja	segheap_LBB38_1
 	movzx	eax, byte ptr [edx + 1]
 	mov	esi, eax
 	mov	ebx, eax
 	dec	bl
 	mov	eax, 0
-	js	segheap_LBB37_1
+	js	segheap_LBB38_1
 	mov	ebx, dword ptr [ecx + 4*esi + 832]
 	xor	eax, eax
 	test	bl, 1
 	cmovne	ebx, eax
 	cmp	ebx, edx
-	je	segheap_LBB37_7
-segheap_LBB37_6:
+	je	segheap_LBB38_7
+segheap_LBB38_6:
 	xor	eax, eax
-	jmp	segheap_LBB37_1
-segheap_LBB37_7:
+	jmp	segheap_LBB38_1
+segheap_LBB38_7:
 	mov	ebx, esi
 	movzx	esi, word ptr [edi + 18]
 	test	esi, esi
-	je	segheap_LBB37_6
+	je	segheap_LBB38_6
 	mov	edx, edi
 	shr	edx, 12
 	xor	edx, dword ptr [edi + 24]
@@ -8229,46 +8273,46 @@ segheap_LBB37_7:
 	movzx	ecx, dx
 	cmp	bl, 64
 	mov	eax, 0
-	ja	segheap_LBB37_11
+	ja	segheap_LBB38_11
 	shl	ebx, 4
-	jmp	segheap_LBB37_18
-segheap_LBB37_11:
+	jmp	segheap_LBB38_18
+segheap_LBB38_11:
 	cmp	bl, 80
-	ja	segheap_LBB37_13
+	ja	segheap_LBB38_13
 	shl	ebx, 6
 	add	ebx, -3072
-	jmp	segheap_LBB37_18
-segheap_LBB37_13:
+	jmp	segheap_LBB38_18
+segheap_LBB38_13:
 	cmp	bl, 96
-	ja	segheap_LBB37_15
+	ja	segheap_LBB38_15
 	shl	ebx, 7
 	add	ebx, -8192
-	jmp	segheap_LBB37_18
-segheap_LBB37_15:
+	jmp	segheap_LBB38_18
+segheap_LBB38_15:
 	cmp	bl, 112
-	ja	segheap_LBB37_17
+	ja	segheap_LBB38_17
 	shl	ebx, 8
 	add	ebx, -20480
-	jmp	segheap_LBB37_18
-segheap_LBB37_17:
+	jmp	segheap_LBB38_18
+segheap_LBB38_17:
 	shl	ebx, 9
 	add	ebx, -49152
-segheap_LBB37_18:
+segheap_LBB38_18:
 	cmp	ecx, ebx
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	shr	edx, 16
 	lea	edi, [esi + 31]
 	shr	edi, 5
 	lea	edi, [8*edi + 47]
 	and	edi, -16
 	cmp	edx, edi
-	jne	segheap_LBB37_1
+	jne	segheap_LBB38_1
 	imul	ecx, esi
 	add	ecx, edx
 	xor	eax, eax
 	cmp	ecx, dword ptr [ebp + 8]
 	setbe	al
-	jmp	segheap_LBB37_1
+	jmp	segheap_LBB38_1
 	.p2align	4
 node_ok:
 	push	ebp
@@ -8279,10 +8323,10 @@ node_ok:
 	push	eax
 	mov	ebx, dword ptr [ebp + 8]
 	test	bl, 3
-	je	segheap_LBB38_3
-segheap_LBB38_1:
+	je	segheap_LBB39_3
+segheap_LBB39_1:
 	xor	eax, eax
-segheap_LBB38_2:
+segheap_LBB39_2:
 	movzx	eax, al
 	add	esp, 4
 	pop	esi
@@ -8290,37 +8334,37 @@ segheap_LBB38_2:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB38_3:
+segheap_LBB39_3:
 	cmp	edx, 1
-	je	segheap_LBB38_12
+	je	segheap_LBB39_12
 	test	edx, edx
-	jne	segheap_LBB38_14
+	jne	segheap_LBB39_14
 	lea	eax, [ecx + 324]
 	mov	edx, dword ptr [ecx + 324]
 	cmp	edx, eax
-	je	segheap_LBB38_19
+	je	segheap_LBB39_19
 	mov	eax, ebx
 	and	eax, -1048576
 	mov	dword ptr [ebp - 16], eax
 	mov	eax, dword ptr [ecx + 332]
 	xor	esi, esi
-segheap_LBB38_7:
+segheap_LBB39_7:
 	cmp	esi, eax
-	ja	segheap_LBB38_19
+	ja	segheap_LBB39_19
 	mov	edi, edx
 	and	edi, 1048575
-	jne	segheap_LBB38_19
+	jne	segheap_LBB39_19
 	cmp	edx, dword ptr [ebp - 16]
-	je	segheap_LBB38_17
+	je	segheap_LBB39_17
 	inc	esi
 	mov	edx, dword ptr [edx]
 	lea	edi, [ecx + 324]
 	cmp	edx, edi
-	jne	segheap_LBB38_7
-segheap_LBB38_19:
+	jne	segheap_LBB39_7
+segheap_LBB39_19:
 	xor	ecx, ecx
-	jmp	segheap_LBB38_20
-segheap_LBB38_12:
+	jmp	segheap_LBB39_20
+segheap_LBB39_12:
 	mov	edx, ebx
 	push	32
 	call	range_of_type
@@ -8336,22 +8380,22 @@ segheap_LBB38_12:
 	cmp	esi, edx
 	setb	dl
 	or	dl, cl
-	jne	segheap_LBB38_1
+	jne	segheap_LBB39_1
 	add	ebx, 12
 	movzx	ecx, word ptr [eax + 20]
 	lea	eax, [eax + 8*ecx]
 	cmp	ebx, eax
 	setbe	al
-	jmp	segheap_LBB38_2
-segheap_LBB38_14:
+	jmp	segheap_LBB39_2
+segheap_LBB39_14:
 	mov	edx, ebx
 	push	32
 	call	range_of_type
 	add	esp, 4
 	test	eax, eax
 	setne	al
-	jmp	segheap_LBB38_2
-segheap_LBB38_17:
+	jmp	segheap_LBB39_2
+segheap_LBB39_17:
 	mov	eax, ebx
 	shr	eax, 20
 	xor	eax, ecx
@@ -8361,7 +8405,7 @@ segheap_LBB38_17:
 	xor	ecx, ecx
 	cmp	eax, -1561964883
 	cmove	ecx, edx
-segheap_LBB38_20:
+segheap_LBB39_20:
 	sub	ebx, ecx
 	test	ecx, ecx
 	cmove	ebx, ecx
@@ -8371,7 +8415,7 @@ segheap_LBB38_20:
 	cmp	ebx, 4095
 	setb	al
 	and	al, cl
-	jmp	segheap_LBB38_2
+	jmp	segheap_LBB39_2
 	.p2align	4
 range_of_type:
 	push	ebp
@@ -8384,27 +8428,27 @@ range_of_type:
 	lea	edx, [ecx + 324]
 	mov	edi, dword ptr [ecx + 324]
 	cmp	edi, edx
-	je	segheap_LBB39_37
+	je	segheap_LBB40_37
 	mov	dword ptr [ebp - 24], eax
 	and	eax, -1048576
 	mov	dword ptr [ebp - 16], eax
 	mov	dword ptr [ebp - 20], ecx
 	mov	esi, dword ptr [ecx + 332]
 	xor	eax, eax
-segheap_LBB39_2:
+segheap_LBB40_2:
 	cmp	eax, esi
-	ja	segheap_LBB39_37
+	ja	segheap_LBB40_37
 	mov	ebx, edi
 	and	ebx, 1048575
-	jne	segheap_LBB39_37
+	jne	segheap_LBB40_37
 	cmp	edi, dword ptr [ebp - 16]
-	je	segheap_LBB39_8
+	je	segheap_LBB40_8
 	inc	eax
 	mov	edi, dword ptr [edi]
 	cmp	edi, edx
-	jne	segheap_LBB39_2
-	jmp	segheap_LBB39_37
-segheap_LBB39_8:
+	jne	segheap_LBB40_2
+	jmp	segheap_LBB40_37
+segheap_LBB40_8:
 	mov	esi, dword ptr [ebp - 24]
 	mov	eax, esi
 	shr	eax, 20
@@ -8414,9 +8458,9 @@ segheap_LBB39_8:
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [ecx + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB39_37
+	jne	segheap_LBB40_37
 	test	esi, 1044480
-	je	segheap_LBB39_37
+	je	segheap_LBB40_37
 	mov	eax, esi
 	shr	eax, 12
 	movzx	ecx, al
@@ -8425,13 +8469,13 @@ segheap_LBB39_8:
 	add	esi, dword ptr [ebp - 16]
 	movzx	eax, byte ptr [esi + 12]
 	test	al, 8
-	jne	segheap_LBB39_18
+	jne	segheap_LBB40_18
 	movzx	eax, byte ptr [esi + 15]
 	test	eax, eax
-	je	segheap_LBB39_37
+	je	segheap_LBB40_37
 	lea	edx, [ecx - 1]
 	cmp	edx, eax
-	jb	segheap_LBB39_37
+	jb	segheap_LBB40_37
 	mov	edi, ecx
 	sub	edi, eax
 	mov	esi, edi
@@ -8439,39 +8483,39 @@ segheap_LBB39_8:
 	mov	eax, dword ptr [ebp - 16]
 	movzx	eax, byte ptr [eax + esi + 12]
 	test	al, 8
-	je	segheap_LBB39_37
+	je	segheap_LBB40_37
 	cmp	edi, 255
-	ja	segheap_LBB39_37
+	ja	segheap_LBB40_37
 	add	esi, dword ptr [ebp - 16]
 	movzx	edx, byte ptr [esi + 15]
 	add	edx, edi
 	cmp	edx, ecx
-	ja	segheap_LBB39_19
-	jmp	segheap_LBB39_37
-segheap_LBB39_18:
+	ja	segheap_LBB40_19
+	jmp	segheap_LBB40_37
+segheap_LBB40_18:
 	mov	edi, ecx
-segheap_LBB39_19:
+segheap_LBB40_19:
 	and	al, 37
 	movzx	ecx, byte ptr [ebp + 8]
 	or	cl, 4
 	cmp	al, cl
 	mov	ecx, 0
-	jne	segheap_LBB39_38
+	jne	segheap_LBB40_38
 	mov	edx, edi
 	shl	edx, 4
 	mov	eax, dword ptr [ebp - 16]
 	add	eax, edx
 	cmp	dword ptr [eax], -857879331
-	jne	segheap_LBB39_38
+	jne	segheap_LBB40_38
 	movzx	ecx, byte ptr [eax + 15]
 	test	ecx, ecx
-	je	segheap_LBB39_29
+	je	segheap_LBB40_29
 	mov	esi, ecx
 	and	esi, 3
 	xor	ebx, ebx
 	cmp	cl, 4
 	mov	eax, 0
-	jb	segheap_LBB39_26
+	jb	segheap_LBB40_26
 	mov	dword ptr [ebp - 24], edi
 	mov	dword ptr [ebp - 20], ecx
 	and	ecx, -4
@@ -8480,7 +8524,7 @@ segheap_LBB39_19:
 	lea	edi, [edx + eax + 60]
 	xor	ebx, ebx
 	xor	eax, eax
-segheap_LBB39_24:
+segheap_LBB40_24:
 	movzx	edx, byte ptr [edi - 48]
 	shr	dl
 	and	dl, 1
@@ -8495,34 +8539,34 @@ segheap_LBB39_24:
 	add	eax, 4
 	add	edi, 64
 	cmp	ecx, eax
-	jne	segheap_LBB39_24
+	jne	segheap_LBB40_24
 	test	esi, esi
 	mov	edi, dword ptr [ebp - 24]
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 28]
-	je	segheap_LBB39_28
-segheap_LBB39_26:
+	je	segheap_LBB40_28
+segheap_LBB40_26:
 	shl	eax, 4
 	add	edx, eax
 	mov	eax, dword ptr [ebp - 16]
 	lea	eax, [eax + edx + 12]
-segheap_LBB39_27:
+segheap_LBB40_27:
 	bt	dword ptr [eax], 1
 	adc	bl, 0
 	add	eax, 16
 	dec	esi
-	jne	segheap_LBB39_27
-segheap_LBB39_28:
+	jne	segheap_LBB40_27
+segheap_LBB40_28:
 	cmp	bl, cl
-	jne	segheap_LBB39_37
-segheap_LBB39_29:
+	jne	segheap_LBB40_37
+segheap_LBB40_29:
 	shl	edi, 12
 	mov	ecx, dword ptr [ebp - 16]
 	add	ecx, edi
-	jmp	segheap_LBB39_38
-segheap_LBB39_37:
+	jmp	segheap_LBB40_38
+segheap_LBB40_37:
 	xor	ecx, ecx
-segheap_LBB39_38:
+segheap_LBB40_38:
 	mov	eax, ecx
 	add	esp, 16
 	pop	esi
@@ -8543,7 +8587,7 @@ check_tree:
 	mov	dword ptr [ebp - 24], 0
 	mov	ebx, dword ptr [edx]
 	test	ebx, ebx
-	je	segheap_LBB40_31
+	je	segheap_LBB41_31
 	mov	dword ptr [ebp - 20], ecx
 	mov	edx, edi
 	push	ebx
@@ -8551,54 +8595,54 @@ check_tree:
 	add	esp, 4
 	mov	esi, -1
 	test	eax, eax
-	je	segheap_LBB40_37
+	je	segheap_LBB41_37
 	cmp	dword ptr [ebx + 8], 3
-	ja	segheap_LBB40_37
+	ja	segheap_LBB41_37
 	mov	dword ptr [ebp - 16], edi
 	xor	edi, edi
 	mov	esi, ebx
 	xor	ebx, ebx
 	mov	dword ptr [ebp - 28], esi
-segheap_LBB40_4:
+segheap_LBB41_4:
 	test	esi, esi
-	je	segheap_LBB40_9
+	je	segheap_LBB41_9
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 16]
 	push	esi
 	call	node_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB40_36
+	je	segheap_LBB41_36
 	cmp	edi, 65
-	jg	segheap_LBB40_36
+	jg	segheap_LBB41_36
 	inc	ebx
 	cmp	ebx, 16777216
-	ja	segheap_LBB40_36
+	ja	segheap_LBB41_36
 	mov	dword ptr [ebp + 4*edi - 292], esi
 	inc	edi
 	mov	esi, dword ptr [esi]
-	jmp	segheap_LBB40_4
-segheap_LBB40_9:
+	jmp	segheap_LBB41_4
+segheap_LBB41_9:
 	dec	edi
 	mov	eax, dword ptr [ebp + 4*edi - 292]
 	mov	esi, dword ptr [eax + 4]
 	test	esi, esi
-	je	segheap_LBB40_11
+	je	segheap_LBB41_11
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, dword ptr [ebp - 16]
 	push	esi
 	call	node_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB40_36
-segheap_LBB40_11:
+	je	segheap_LBB41_36
+segheap_LBB41_11:
 	mov	eax, esi
 	or	eax, edi
-	jne	segheap_LBB40_4
+	jne	segheap_LBB41_4
 	mov	edx, dword ptr [ebp - 28]
 	test	byte ptr [edx + 8], 1
 	mov	esi, -1
-	jne	segheap_LBB40_37
+	jne	segheap_LBB41_37
 	lea	eax, [ebp - 24]
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edi, edx
@@ -8611,25 +8655,25 @@ segheap_LBB40_11:
 	call	rb_check
 	add	esp, 16
 	test	eax, eax
-	js	segheap_LBB40_37
+	js	segheap_LBB41_37
 	mov	edx, dword ptr [ebp + 8]
 	mov	eax, dword ptr [edx]
 	test	eax, eax
-	je	segheap_LBB40_31
+	je	segheap_LBB41_31
 	mov	edx, eax
-segheap_LBB40_16:
+segheap_LBB41_16:
 	mov	ecx, edx
 	mov	edx, dword ptr [edx]
 	test	edx, edx
-	jne	segheap_LBB40_16
+	jne	segheap_LBB41_16
 	xor	edx, edx
-segheap_LBB40_18:
+segheap_LBB41_18:
 	test	edx, edx
-	je	segheap_LBB40_25
+	je	segheap_LBB41_25
 	cmp	ebx, 1
-	je	segheap_LBB40_22
+	je	segheap_LBB41_22
 	test	ebx, ebx
-	jne	segheap_LBB40_23
+	jne	segheap_LBB41_23
 	movzx	edi, byte ptr [edx + 15]
 	shl	edi, 8
 	movzx	esi, byte ptr [edx + 13]
@@ -8640,8 +8684,8 @@ segheap_LBB40_18:
 	movzx	edi, byte ptr [ecx + 13]
 	xor	edi, 255
 	or	edi, ebx
-	jmp	segheap_LBB40_24
-segheap_LBB40_22:
+	jmp	segheap_LBB41_24
+segheap_LBB41_22:
 	lea	esi, [edx - 4]
 	xor	esi, dword ptr [edx - 4]
 	mov	edi, dword ptr [ebp - 20]
@@ -8654,13 +8698,13 @@ segheap_LBB40_22:
 	and	esi, 32767
 	shr	edi
 	and	edi, 32767
-	jmp	segheap_LBB40_24
-segheap_LBB40_23:
+	jmp	segheap_LBB41_24
+segheap_LBB41_23:
 	movzx	esi, word ptr [edx + 14]
 	shl	esi, 16
 	movzx	edi, word ptr [ecx + 14]
 	shl	edi, 16
-segheap_LBB40_24:
+segheap_LBB41_24:
 	xor	ebx, ebx
 	cmp	edx, ecx
 	setae	bl
@@ -8671,42 +8715,42 @@ segheap_LBB40_24:
 	test	dl, dl
 	mov	esi, -1
 	mov	ebx, dword ptr [ebp - 16]
-	jne	segheap_LBB40_37
-segheap_LBB40_25:
+	jne	segheap_LBB41_37
+segheap_LBB41_25:
 	mov	esi, dword ptr [ecx + 4]
 	test	esi, esi
 	mov	edx, ecx
-	je	segheap_LBB40_28
-segheap_LBB40_26:
+	je	segheap_LBB41_28
+segheap_LBB41_26:
 	mov	edi, esi
 	mov	esi, dword ptr [esi]
 	test	esi, esi
-	jne	segheap_LBB40_26
+	jne	segheap_LBB41_26
 	mov	edx, ecx
 	mov	ecx, edi
-	jmp	segheap_LBB40_18
-segheap_LBB40_28:
+	jmp	segheap_LBB41_18
+segheap_LBB41_28:
 	mov	esi, dword ptr [edx + 8]
 	and	esi, -4
-	je	segheap_LBB40_39
+	je	segheap_LBB41_39
 	cmp	dword ptr [esi + 4], edx
 	mov	edx, esi
-	je	segheap_LBB40_28
+	je	segheap_LBB41_28
 	mov	edx, ecx
 	mov	ecx, esi
-	jmp	segheap_LBB40_18
-segheap_LBB40_31:
+	jmp	segheap_LBB41_18
+segheap_LBB41_31:
 	mov	ecx, dword ptr [edx + 4]
 	xor	edx, edx
-segheap_LBB40_32:
+segheap_LBB41_32:
 	cmp	ecx, edx
 	mov	esi, -1
-	jne	segheap_LBB40_37
+	jne	segheap_LBB41_37
 	mov	esi, dword ptr [ebp - 24]
-	jmp	segheap_LBB40_37
-segheap_LBB40_36:
+	jmp	segheap_LBB41_37
+segheap_LBB41_36:
 	mov	esi, -1
-segheap_LBB40_37:
+segheap_LBB41_37:
 	mov	eax, esi
 	add	esp, 280
 	pop	esi
@@ -8714,15 +8758,15 @@ segheap_LBB40_37:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB40_39:
+segheap_LBB41_39:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	ecx, dword ptr [ecx + 4]
-segheap_LBB40_40:
+segheap_LBB41_40:
 	mov	edx, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB40_40
-	jmp	segheap_LBB40_32
+	jne	segheap_LBB41_40
+	jmp	segheap_LBB41_32
 	.p2align	4
 validate_lfh_buckets:
 	push	ebp
@@ -8737,35 +8781,35 @@ validate_lfh_buckets:
 	mov	edi, 1
 	mov	dword ptr [ebp - 32], ecx
 	mov	dword ptr [ebp - 36], esi
-	jmp	segheap_LBB41_3
-segheap_LBB41_1:
+	jmp	segheap_LBB42_3
+segheap_LBB42_1:
 	add	eax, edx
 	mov	dword ptr [ebp - 20], eax
-segheap_LBB41_2:
+segheap_LBB42_2:
 	inc	edi
 	cmp	edi, 129
-	je	segheap_LBB41_33
-segheap_LBB41_3:
+	je	segheap_LBB42_33
+segheap_LBB42_3:
 	mov	edx, dword ptr [ecx + 4*edi + 832]
 	test	edx, edx
 	sete	al
 	mov	ah, dl
 	or	ah, al
 	test	ah, 1
-	jne	segheap_LBB41_2
+	jne	segheap_LBB42_2
 	xor	ebx, ebx
 	cmp	esi, edx
-	ja	segheap_LBB41_34
+	ja	segheap_LBB42_34
 	test	dl, 6
-	jne	segheap_LBB41_34
+	jne	segheap_LBB42_34
 	lea	eax, [edx + 56]
 	cmp	eax, dword ptr [ecx + 184]
-	ja	segheap_LBB41_34
+	ja	segheap_LBB42_34
 	movzx	eax, byte ptr [edx + 1]
 	cmp	edi, eax
-	jne	segheap_LBB41_34
+	jne	segheap_LBB42_34
 	cmp	byte ptr [edx], 1
-	jne	segheap_LBB41_34
+	jne	segheap_LBB42_34
 	mov	dword ptr [ebp - 40], edi
 	lea	eax, [edx + 12]
 	mov	dword ptr [ebp - 16], edx
@@ -8774,40 +8818,40 @@ segheap_LBB41_3:
 	cmp	ebx, eax
 	mov	edi, 0
 	mov	esi, 0
-	je	segheap_LBB41_16
+	je	segheap_LBB42_16
 	xor	esi, esi
 	xor	edi, edi
-segheap_LBB41_11:
+segheap_LBB42_11:
 	mov	ecx, dword ptr [ebp - 32]
 	mov	edx, ebx
 	push	1
 	call	range_of_type
 	add	esp, 4
 	cmp	eax, ebx
-	jne	segheap_LBB41_25
+	jne	segheap_LBB42_25
 	mov	eax, dword ptr [ebp - 16]
 	cmp	dword ptr [ebx + 8], eax
-	jne	segheap_LBB41_25
+	jne	segheap_LBB42_25
 	cmp	byte ptr [ebx + 22], 0
-	jne	segheap_LBB41_25
+	jne	segheap_LBB42_25
 	inc	edi
 	mov	eax, dword ptr [ebp - 28]
 	cmp	edi, dword ptr [eax + 36]
-	ja	segheap_LBB41_25
+	ja	segheap_LBB42_25
 	movzx	eax, word ptr [ebx + 18]
 	add	esi, eax
 	mov	ebx, dword ptr [ebx]
 	cmp	ebx, dword ptr [ebp - 24]
-	jne	segheap_LBB41_11
-segheap_LBB41_16:
+	jne	segheap_LBB42_11
+segheap_LBB42_16:
 	mov	eax, dword ptr [ebp - 16]
 	lea	ecx, [eax + 20]
 	mov	ebx, dword ptr [eax + 20]
 	mov	dword ptr [ebp - 44], ecx
 	xor	edx, edx
 	cmp	ebx, ecx
-	je	segheap_LBB41_22
-segheap_LBB41_17:
+	je	segheap_LBB42_22
+segheap_LBB42_17:
 	mov	dword ptr [ebp - 24], edx
 	mov	ecx, dword ptr [ebp - 32]
 	mov	edx, ebx
@@ -8815,40 +8859,40 @@ segheap_LBB41_17:
 	call	range_of_type
 	add	esp, 4
 	cmp	eax, ebx
-	jne	segheap_LBB41_25
+	jne	segheap_LBB42_25
 	mov	eax, dword ptr [ebp - 16]
 	cmp	dword ptr [ebx + 8], eax
-	jne	segheap_LBB41_25
+	jne	segheap_LBB42_25
 	cmp	byte ptr [ebx + 22], 1
-	jne	segheap_LBB41_25
+	jne	segheap_LBB42_25
 	mov	edx, dword ptr [ebp - 24]
 	inc	edx
 	mov	eax, dword ptr [ebp - 28]
 	cmp	edx, dword ptr [eax + 36]
-	ja	segheap_LBB41_25
+	ja	segheap_LBB42_25
 	movzx	eax, word ptr [ebx + 18]
 	add	esi, eax
 	mov	ebx, dword ptr [ebx]
 	cmp	ebx, dword ptr [ebp - 44]
-	jne	segheap_LBB41_17
-segheap_LBB41_22:
+	jne	segheap_LBB42_17
+segheap_LBB42_22:
 	xor	ebx, ebx
 	mov	eax, dword ptr [ebp - 16]
 	cmp	edi, dword ptr [eax + 4]
-	jne	segheap_LBB41_34
+	jne	segheap_LBB42_34
 	add	edx, edi
 	cmp	edx, dword ptr [eax + 32]
-	jne	segheap_LBB41_34
+	jne	segheap_LBB42_34
 	cmp	esi, dword ptr [eax + 28]
 	mov	eax, dword ptr [ebp - 20]
 	mov	ecx, dword ptr [ebp - 32]
 	mov	esi, dword ptr [ebp - 36]
 	mov	edi, dword ptr [ebp - 40]
-	je	segheap_LBB41_1
-	jmp	segheap_LBB41_34
-segheap_LBB41_25:
+	je	segheap_LBB42_1
+	jmp	segheap_LBB42_34
+segheap_LBB42_25:
 	xor	ebx, ebx
-segheap_LBB41_34:
+segheap_LBB42_34:
 	mov	eax, ebx
 	add	esp, 32
 	pop	esi
@@ -8856,13 +8900,13 @@ segheap_LBB41_34:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB41_33:
+segheap_LBB42_33:
 	xor	ebx, ebx
 	mov	eax, dword ptr [ebp - 28]
 	mov	ecx, dword ptr [ebp - 20]
 	cmp	ecx, dword ptr [eax + 36]
 	sete	bl
-	jmp	segheap_LBB41_34
+	jmp	segheap_LBB42_34
 	.p2align	4
 validate_large:
 	push	ebp
@@ -8879,7 +8923,7 @@ validate_large:
 	call	check_tree
 	add	esp, 4
 	test	eax, eax
-	js	segheap_LBB42_20
+	js	segheap_LBB43_20
 	mov	ecx, edi
 	mov	edi, dword ptr [edi + 72]
 	xor	eax, eax
@@ -8887,7 +8931,7 @@ validate_large:
 	mov	dword ptr [ebp - 16], 0
 	mov	ebx, 0
 	mov	edx, 0
-	je	segheap_LBB42_13
+	je	segheap_LBB43_13
 	mov	dword ptr [ebp - 28], esi
 	lea	eax, [ebp - 52]
 	mov	dword ptr [ebp - 20], ecx
@@ -8897,29 +8941,29 @@ validate_large:
 	call	lookup_block
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB42_20
+	je	segheap_LBB43_20
 	cmp	dword ptr [ebp - 52], 2
-	jne	segheap_LBB42_20
+	jne	segheap_LBB43_20
 	mov	dword ptr [ebp - 16], 0
 	xor	ebx, ebx
 	mov	dword ptr [ebp - 24], 0
-segheap_LBB42_5:
+segheap_LBB43_5:
 	mov	eax, dword ptr [ebp - 40]
 	test	byte ptr [eax + 5], 2
-	je	segheap_LBB42_20
+	je	segheap_LBB43_20
 	mov	ecx, dword ptr [edi + 16]
 	mov	eax, ecx
 	shr	eax, 12
-	je	segheap_LBB42_20
+	je	segheap_LBB43_20
 	mov	edx, dword ptr [edi + 12]
 	cmp	edx, 65536
-	jb	segheap_LBB42_20
+	jb	segheap_LBB43_20
 	and	edx, 61440
 	mov	esi, ecx
 	and	esi, 4093
 	or	esi, edx
 	test	esi, esi
-	jne	segheap_LBB42_20
+	jne	segheap_LBB43_20
 	inc	dword ptr [ebp - 16]
 	bt	ecx, 1
 	adc	ebx, eax
@@ -8927,21 +8971,21 @@ segheap_LBB42_5:
 	add	edx, eax
 	mov	eax, dword ptr [edi + 4]
 	test	eax, eax
-	je	segheap_LBB42_11
-segheap_LBB42_10:
+	je	segheap_LBB43_11
+segheap_LBB43_10:
 	mov	esi, eax
 	mov	eax, dword ptr [eax]
 	test	eax, eax
-	jne	segheap_LBB42_10
-	jmp	segheap_LBB42_18
-segheap_LBB42_11:
+	jne	segheap_LBB43_10
+	jmp	segheap_LBB43_18
+segheap_LBB43_11:
 	mov	esi, dword ptr [edi + 8]
 	and	esi, -4
-	je	segheap_LBB42_12
+	je	segheap_LBB43_12
 	cmp	dword ptr [esi + 4], edi
 	mov	edi, esi
-	je	segheap_LBB42_11
-segheap_LBB42_18:
+	je	segheap_LBB43_11
+segheap_LBB43_18:
 	mov	dword ptr [ebp - 24], edx
 	mov	ecx, dword ptr [ebp - 20]
 	mov	edx, esi
@@ -8951,29 +8995,29 @@ segheap_LBB42_18:
 	call	lookup_block
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB42_20
+	je	segheap_LBB43_20
 	cmp	dword ptr [ebp - 52], 2
 	mov	edi, esi
-	je	segheap_LBB42_5
-segheap_LBB42_20:
+	je	segheap_LBB43_5
+segheap_LBB43_20:
 	xor	eax, eax
-	jmp	segheap_LBB42_21
-segheap_LBB42_12:
+	jmp	segheap_LBB43_21
+segheap_LBB43_12:
 	mov	esi, dword ptr [ebp - 28]
 	xor	eax, eax
 	mov	ecx, dword ptr [ebp - 20]
-segheap_LBB42_13:
+segheap_LBB43_13:
 	mov	edi, dword ptr [ebp - 16]
 	cmp	edi, dword ptr [esi + 32]
-	jne	segheap_LBB42_21
+	jne	segheap_LBB43_21
 	cmp	ebx, dword ptr [ecx + 76]
-	jne	segheap_LBB42_21
+	jne	segheap_LBB43_21
 	cmp	edx, dword ptr [ecx + 80]
-	jne	segheap_LBB42_21
+	jne	segheap_LBB43_21
 	add	dword ptr [esi + 12], ebx
 	add	dword ptr [esi + 8], edx
 	mov	eax, 1
-segheap_LBB42_21:
+segheap_LBB43_21:
 	add	esp, 40
 	pop	esi
 	pop	edi
@@ -8996,47 +9040,47 @@ validate_lfh_subsegment:
 	cmp	ecx, eax
 	mov	eax, dword ptr [ebp + 8]
 	mov	ebx, 0
-	jb	segheap_LBB43_5
+	jb	segheap_LBB44_5
 	test	cl, 7
-	jne	segheap_LBB43_5
+	jne	segheap_LBB44_5
 	lea	edx, [ecx + 56]
 	cmp	edx, dword ptr [edi + 184]
-	ja	segheap_LBB43_5
+	ja	segheap_LBB44_5
 	movzx	edx, byte ptr [ecx + 1]
 	mov	ebx, edx
 	dec	bl
 	mov	ebx, 0
-	js	segheap_LBB43_5
+	js	segheap_LBB44_5
 	mov	edx, dword ptr [edi + 4*edx + 832]
 	xor	ebx, ebx
 	test	dl, 1
 	cmovne	edx, ebx
 	cmp	edx, ecx
 	cmove	ebx, ecx
-segheap_LBB43_5:
+segheap_LBB44_5:
 	mov	ecx, edi
 	mov	edx, esi
 	push	eax
 	call	lfh_sub_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB43_38
+	je	segheap_LBB44_38
 	movzx	ecx, word ptr [esi + 16]
 	movzx	edx, word ptr [esi + 18]
 	cmp	cx, dx
-	ja	segheap_LBB43_38
+	ja	segheap_LBB44_38
 	test	ecx, ecx
 	sete	al
 	cmp	byte ptr [esi + 22], al
-	jne	segheap_LBB43_38
+	jne	segheap_LBB44_38
 	mov	dword ptr [ebp - 56], ecx
 	mov	dword ptr [ebp - 52], ebx
 	movzx	eax, word ptr [esi + 20]
 	mov	dword ptr [ebp - 36], edx
 	mov	dword ptr [ebp - 60], eax
 	cmp	ax, dx
-	jbe	segheap_LBB43_9
-segheap_LBB43_38:
+	jbe	segheap_LBB44_9
+segheap_LBB44_38:
 	mov	eax, dword ptr [ebp - 16]
 	add	esp, 48
 	pop	esi
@@ -9044,7 +9088,7 @@ segheap_LBB43_38:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB43_9:
+segheap_LBB44_9:
 	mov	eax, dword ptr [edi + 148]
 	mov	dword ptr [ebp - 44], eax
 	mov	eax, esi
@@ -9056,12 +9100,12 @@ segheap_LBB43_9:
 	shr	ebx, 5
 	mov	dword ptr [ebp - 28], esi
 	mov	dword ptr [ebp - 32], edi
-	je	segheap_LBB43_14
+	je	segheap_LBB44_14
 	lea	eax, [esi + 32]
 	mov	edx, dword ptr [ebp - 36]
 	lea	ecx, [edx + edx]
 	mov	dword ptr [ebp - 24], edx
-segheap_LBB43_11:
+segheap_LBB44_11:
 	mov	dword ptr [ebp - 20], ebx
 	mov	edx, -1
 	shl	edx, cl
@@ -9080,7 +9124,7 @@ segheap_LBB43_11:
 	and	edi, ebx
 	and	edx, esi
 	or	edx, edi
-	jne	segheap_LBB43_38
+	jne	segheap_LBB44_38
 	mov	dword ptr [ebp - 40], eax
 	mov	edx, ebx
 	shld	edx, esi, 31
@@ -9096,17 +9140,17 @@ segheap_LBB43_11:
 	or	esi, ebx
 	mov	esi, dword ptr [ebp - 28]
 	mov	edi, dword ptr [ebp - 32]
-	jne	segheap_LBB43_38
+	jne	segheap_LBB44_38
 	mov	eax, dword ptr [ebp - 40]
 	add	eax, 8
 	add	ecx, -64
 	mov	ebx, dword ptr [ebp - 20]
 	dec	ebx
-	jne	segheap_LBB43_11
-segheap_LBB43_14:
+	jne	segheap_LBB44_11
+segheap_LBB44_14:
 	cmp	dword ptr [ebp - 36], 0
 	mov	dword ptr [ebp - 24], 0
-	je	segheap_LBB43_21
+	je	segheap_LBB44_21
 	mov	ebx, dword ptr [ebp - 48]
 	xor	ebx, dword ptr [ebp - 44]
 	movzx	ecx, bx
@@ -9118,16 +9162,16 @@ segheap_LBB43_14:
 	xor	edx, edx
 	mov	dword ptr [ebp - 24], 0
 	mov	dword ptr [ebp - 20], ecx
-	jmp	segheap_LBB43_16
-segheap_LBB43_24:
+	jmp	segheap_LBB44_16
+segheap_LBB44_24:
 	mov	esi, dword ptr [ebp - 28]
 	mov	edi, dword ptr [ebp - 32]
-segheap_LBB43_20:
+segheap_LBB44_20:
 	inc	edx
 	add	ebx, ecx
 	cmp	edx, dword ptr [ebp - 36]
-	je	segheap_LBB43_21
-segheap_LBB43_16:
+	je	segheap_LBB44_21
+segheap_LBB44_16:
 	mov	ecx, edx
 	shr	ecx, 5
 	mov	eax, dword ptr [esi + 8*ecx + 32]
@@ -9143,38 +9187,38 @@ segheap_LBB43_16:
 	imul	esi, ecx
 	add	esi, dword ptr [ebp - 40]
 	test	al, 1
-	jne	segheap_LBB43_23
+	jne	segheap_LBB44_23
 	mov	dword ptr [ebp - 16], 0
 	cmp	edx, dword ptr [ebp - 60]
 	mov	edi, dword ptr [ebp - 32]
-	jb	segheap_LBB43_38
+	jb	segheap_LBB44_38
 	mov	eax, dword ptr [ebp - 44]
 	xor	eax, esi
 	cmp	dword ptr [esi], eax
 	mov	esi, dword ptr [ebp - 28]
-	jne	segheap_LBB43_38
+	jne	segheap_LBB44_38
 	inc	dword ptr [ebp - 24]
-	jmp	segheap_LBB43_20
-segheap_LBB43_23:
+	jmp	segheap_LBB44_20
+segheap_LBB44_23:
 	test	al, 2
-	je	segheap_LBB43_24
+	je	segheap_LBB44_24
 	mov	edi, ecx
 	movsx	ecx, byte ptr [esi + ecx - 1]
 	test	ecx, ecx
 	mov	eax, ecx
-	jns	segheap_LBB43_27
+	jns	segheap_LBB44_27
 	movzx	eax, word ptr [esi + edi - 2]
 	and	eax, 32767
-segheap_LBB43_27:
+segheap_LBB44_27:
 	lea	esi, [eax - 1]
 	mov	dword ptr [ebp - 16], 0
 	cmp	esi, edi
-	jae	segheap_LBB43_38
+	jae	segheap_LBB44_38
 	test	cl, cl
-	jns	segheap_LBB43_30
+	jns	segheap_LBB44_30
 	cmp	eax, 128
-	jb	segheap_LBB43_38
-segheap_LBB43_30:
+	jb	segheap_LBB44_38
+segheap_LBB44_30:
 	shr	cl, 7
 	movzx	ecx, cl
 	not	ecx
@@ -9183,29 +9227,29 @@ segheap_LBB43_30:
 	sub	esi, eax
 	add	edi, ecx
 	cmp	esi, edi
-	jae	segheap_LBB43_31
+	jae	segheap_LBB44_31
 	add	ecx, eax
 	mov	esi, ebx
 	sub	esi, eax
 	mov	edi, dword ptr [ebp - 32]
-segheap_LBB43_35:
+segheap_LBB44_35:
 	cmp	byte ptr [esi], -85
-	jne	segheap_LBB43_38
+	jne	segheap_LBB44_38
 	inc	esi
 	dec	ecx
-	jne	segheap_LBB43_35
+	jne	segheap_LBB44_35
 	mov	esi, dword ptr [ebp - 28]
 	mov	ecx, dword ptr [ebp - 20]
-	jmp	segheap_LBB43_20
-segheap_LBB43_31:
+	jmp	segheap_LBB44_20
+segheap_LBB44_31:
 	mov	esi, dword ptr [ebp - 28]
 	mov	edi, dword ptr [ebp - 32]
 	mov	ecx, dword ptr [ebp - 20]
-	jmp	segheap_LBB43_20
-segheap_LBB43_21:
+	jmp	segheap_LBB44_20
+segheap_LBB44_21:
 	mov	eax, dword ptr [ebp - 24]
 	cmp	eax, dword ptr [ebp - 56]
-	jne	segheap_LBB43_22
+	jne	segheap_LBB44_22
 	mov	ebx, dword ptr [ebp - 52]
 	lea	eax, [ebx + 12]
 	add	ebx, 20
@@ -9218,14 +9262,14 @@ segheap_LBB43_21:
 	add	esp, 12
 	test	eax, eax
 	mov	dword ptr [ebp - 16], 0
-	je	segheap_LBB43_38
+	je	segheap_LBB44_38
 	mov	eax, dword ptr [ebp + 12]
 	inc	dword ptr [eax + 36]
 	mov	dword ptr [ebp - 16], 1
-	jmp	segheap_LBB43_38
-segheap_LBB43_22:
+	jmp	segheap_LBB44_38
+segheap_LBB44_22:
 	mov	dword ptr [ebp - 16], 0
-	jmp	segheap_LBB43_38
+	jmp	segheap_LBB44_38
 	.p2align	4
 subsegment_links_ok:
 	push	ebp
@@ -9240,9 +9284,9 @@ subsegment_links_ok:
 	mov	edi, dword ptr [esi]
 	cmp	edi, edx
 	mov	ebx, dword ptr [esi + 4]
-	je	segheap_LBB44_4
+	je	segheap_LBB45_4
 	cmp	edi, dword ptr [ebp + 12]
-	je	segheap_LBB44_4
+	je	segheap_LBB45_4
 	movzx	eax, byte ptr [ebp + 16]
 	mov	dword ptr [ebp - 16], ebx
 	mov	ebx, ecx
@@ -9255,36 +9299,36 @@ subsegment_links_ok:
 	add	esp, 4
 	cmp	eax, edi
 	movzx	eax, byte ptr [ebp + 16]
-	jne	segheap_LBB44_3
-segheap_LBB44_4:
+	jne	segheap_LBB45_3
+segheap_LBB45_4:
 	cmp	ebx, edx
-	je	segheap_LBB44_8
+	je	segheap_LBB45_8
 	cmp	ebx, dword ptr [ebp + 12]
-	je	segheap_LBB44_8
+	je	segheap_LBB45_8
 	movzx	eax, al
 	mov	edx, ebx
 	push	eax
 	call	range_of_type
 	add	esp, 4
 	cmp	eax, ebx
-	jne	segheap_LBB44_3
-segheap_LBB44_8:
+	jne	segheap_LBB45_3
+segheap_LBB45_8:
 	cmp	dword ptr [edi + 4], esi
-	je	segheap_LBB44_10
-segheap_LBB44_3:
+	je	segheap_LBB45_10
+segheap_LBB45_3:
 	xor	eax, eax
-segheap_LBB44_11:
+segheap_LBB45_11:
 	add	esp, 4
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB44_10:
+segheap_LBB45_10:
 	xor	eax, eax
 	cmp	dword ptr [ebx], esi
 	sete	al
-	jmp	segheap_LBB44_11
+	jmp	segheap_LBB45_11
 	.p2align	4
 rb_check:
 	push	ebp
@@ -9296,18 +9340,18 @@ rb_check:
 	mov	edi, edx
 	mov	edx, dword ptr [ebp + 8]
 	test	edx, edx
-	je	segheap_LBB45_17
+	je	segheap_LBB46_17
 	mov	eax, dword ptr [ebp + 16]
 	mov	esi, dword ptr [eax]
 	inc	esi
 	mov	dword ptr [eax], esi
 	test	dl, 3
 	mov	eax, -1
-	jne	segheap_LBB45_18
+	jne	segheap_LBB46_18
 	cmp	dword ptr [ebp + 20], 64
-	jg	segheap_LBB45_18
+	jg	segheap_LBB46_18
 	cmp	esi, 16777216
-	ja	segheap_LBB45_18
+	ja	segheap_LBB46_18
 	mov	edx, dword ptr [edx + 8]
 	mov	esi, edx
 	and	esi, -4
@@ -9315,27 +9359,27 @@ rb_check:
 	mov	ebx, edx
 	and	ebx, 2
 	or	ebx, esi
-	jne	segheap_LBB45_18
+	jne	segheap_LBB46_18
 	test	dl, 1
 	mov	ebx, dword ptr [ebp + 8]
 	mov	edx, dword ptr [ebx]
-	je	segheap_LBB45_10
+	je	segheap_LBB46_10
 	test	edx, edx
-	je	segheap_LBB45_8
+	je	segheap_LBB46_8
 	test	byte ptr [edx + 8], 1
-	jne	segheap_LBB45_18
-segheap_LBB45_8:
+	jne	segheap_LBB46_18
+segheap_LBB46_8:
 	mov	esi, dword ptr [ebx + 4]
 	test	esi, esi
-	je	segheap_LBB45_10
+	je	segheap_LBB46_10
 	test	byte ptr [esi + 8], 1
-	jne	segheap_LBB45_18
-segheap_LBB45_10:
+	jne	segheap_LBB46_18
+segheap_LBB46_10:
 	test	edx, edx
 	mov	esi, edx
 	mov	dword ptr [ebp - 16], ecx
 	mov	dword ptr [ebp - 20], edi
-	je	segheap_LBB45_12
+	je	segheap_LBB46_12
 	mov	ecx, dword ptr [ebp - 16]
 	mov	edx, dword ptr [ebp - 20]
 	push	ebx
@@ -9345,12 +9389,12 @@ segheap_LBB45_10:
 	mov	edi, dword ptr [ebp - 20]
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB45_19
-segheap_LBB45_12:
+	je	segheap_LBB46_19
+segheap_LBB46_12:
 	mov	dword ptr [ebp - 24], esi
 	mov	eax, dword ptr [ebx + 4]
 	test	eax, eax
-	je	segheap_LBB45_14
+	je	segheap_LBB46_14
 	mov	ecx, dword ptr [ebp - 16]
 	mov	edx, dword ptr [ebp - 20]
 	push	eax
@@ -9360,8 +9404,8 @@ segheap_LBB45_12:
 	mov	edi, dword ptr [ebp - 20]
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB45_19
-segheap_LBB45_14:
+	je	segheap_LBB46_19
+segheap_LBB46_14:
 	mov	esi, dword ptr [ebp + 20]
 	inc	esi
 	mov	ebx, edi
@@ -9384,27 +9428,27 @@ segheap_LBB45_14:
 	call	rb_check
 	add	esp, 16
 	test	edi, edi
-	js	segheap_LBB45_19
+	js	segheap_LBB46_19
 	cmp	edi, eax
 	mov	eax, -1
-	jne	segheap_LBB45_18
+	jne	segheap_LBB46_18
 	mov	eax, dword ptr [ebx + 8]
 	not	eax
 	and	eax, 1
 	add	eax, edi
-	jmp	segheap_LBB45_18
-segheap_LBB45_17:
+	jmp	segheap_LBB46_18
+segheap_LBB46_17:
 	mov	eax, 1
-segheap_LBB45_18:
+segheap_LBB46_18:
 	add	esp, 12
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB45_19:
+segheap_LBB46_19:
 	mov	eax, -1
-	jmp	segheap_LBB45_18
+	jmp	segheap_LBB46_18
 	.p2align	4
 walk_from_unit:
 	push	ebp
@@ -9418,42 +9462,42 @@ walk_from_unit:
 	add	ecx, 324
 	mov	bl, -1
 	mov	eax, ecx
-segheap_LBB46_1:
+segheap_LBB47_1:
 	mov	eax, dword ptr [eax]
 	inc	bl
 	cmp	eax, ecx
-	je	segheap_LBB46_3
+	je	segheap_LBB47_3
 	cmp	eax, edx
-	jne	segheap_LBB46_1
-segheap_LBB46_3:
+	jne	segheap_LBB47_1
+segheap_LBB47_3:
 	cmp	esi, 255
 	mov	dword ptr [ebp - 36], ecx
-	ja	segheap_LBB46_43
+	ja	segheap_LBB47_43
 	lea	eax, [edx + 60]
 	mov	dword ptr [ebp - 56], eax
 	lea	eax, [edx + 12]
 	mov	dword ptr [ebp - 60], eax
 	mov	dword ptr [ebp - 24], edx
-	jmp	segheap_LBB46_8
-segheap_LBB46_5:
+	jmp	segheap_LBB47_8
+segheap_LBB47_5:
 	rep	bsf	eax, ecx
 	or	eax, 32
-segheap_LBB46_6:
+segheap_LBB47_6:
 	shr	eax
 	or	eax, edi
 	cmp	eax, dword ptr [ebp - 16]
-	jb	segheap_LBB46_80
-segheap_LBB46_7:
+	jb	segheap_LBB47_80
+segheap_LBB47_7:
 	mov	eax, dword ptr [ebp - 52]
 	add	eax, dword ptr [ebp - 48]
 	cmp	eax, 256
 	mov	esi, eax
 	mov	edx, dword ptr [ebp - 24]
 	mov	ecx, dword ptr [ebp - 36]
-	jae	segheap_LBB46_43
-segheap_LBB46_8:
+	jae	segheap_LBB47_43
+segheap_LBB47_8:
 	test	esi, esi
-	je	segheap_LBB46_71
+	je	segheap_LBB47_71
 	mov	dword ptr [ebp - 16], -1073741811
 	mov	ecx, esi
 	shl	ecx, 4
@@ -9461,13 +9505,13 @@ segheap_LBB46_8:
 	mov	al, byte ptr [edx + ecx + 15]
 	test	ah, 8
 	movzx	edx, al
-	jne	segheap_LBB46_15
+	jne	segheap_LBB47_15
 	test	al, al
-	je	segheap_LBB46_69
+	je	segheap_LBB47_69
 	mov	edi, esi
 	dec	esi
 	cmp	esi, edx
-	jb	segheap_LBB46_69
+	jb	segheap_LBB47_69
 	mov	byte ptr [ebp - 20], ah
 	mov	eax, edi
 	sub	edi, edx
@@ -9476,9 +9520,9 @@ segheap_LBB46_8:
 	mov	edx, dword ptr [ebp - 24]
 	mov	bh, byte ptr [edx + esi + 12]
 	test	bh, 8
-	je	segheap_LBB46_69
+	je	segheap_LBB47_69
 	cmp	edi, 255
-	ja	segheap_LBB46_69
+	ja	segheap_LBB47_69
 	add	esi, dword ptr [ebp - 24]
 	movzx	edx, byte ptr [esi + 15]
 	mov	byte ptr [ebp - 28], dl
@@ -9487,33 +9531,33 @@ segheap_LBB46_8:
 	cmp	esi, eax
 	mov	esi, eax
 	mov	ah, byte ptr [ebp - 20]
-	ja	segheap_LBB46_16
-	jmp	segheap_LBB46_69
-segheap_LBB46_15:
+	ja	segheap_LBB47_16
+	jmp	segheap_LBB47_69
+segheap_LBB47_15:
 	mov	byte ptr [ebp - 28], al
 	mov	bh, ah
 	mov	edi, esi
-segheap_LBB46_16:
+segheap_LBB47_16:
 	test	bh, 4
-	je	segheap_LBB46_72
+	je	segheap_LBB47_72
 	mov	ecx, edi
 	shl	ecx, 4
 	mov	eax, dword ptr [ebp - 24]
 	lea	esi, [eax + ecx]
 	cmp	dword ptr [esi], -857879331
-	jne	segheap_LBB46_69
+	jne	segheap_LBB47_69
 	mov	dword ptr [ebp - 40], esi
 	cmp	byte ptr [ebp - 28], 0
 	mov	dword ptr [ebp - 52], edi
 	mov	dword ptr [ebp - 48], edx
-	je	segheap_LBB46_26
+	je	segheap_LBB47_26
 	lea	esi, [edx - 1]
 	mov	eax, edx
 	and	eax, 3
 	xor	edx, edx
 	cmp	esi, 3
 	mov	esi, 0
-	jb	segheap_LBB46_23
+	jb	segheap_LBB47_23
 	mov	byte ptr [ebp - 44], bh
 	mov	edx, dword ptr [ebp - 48]
 	and	edx, -4
@@ -9522,7 +9566,7 @@ segheap_LBB46_16:
 	lea	edi, [edx + ecx]
 	xor	edx, edx
 	xor	esi, esi
-segheap_LBB46_21:
+segheap_LBB47_21:
 	mov	bh, byte ptr [edi - 48]
 	shr	bh
 	and	bh, 1
@@ -9536,51 +9580,51 @@ segheap_LBB46_21:
 	add	esi, 4
 	add	edi, 64
 	cmp	dword ptr [ebp - 20], esi
-	jne	segheap_LBB46_21
+	jne	segheap_LBB47_21
 	test	eax, eax
 	mov	bh, byte ptr [ebp - 44]
-	je	segheap_LBB46_25
-segheap_LBB46_23:
+	je	segheap_LBB47_25
+segheap_LBB47_23:
 	shl	esi, 4
 	add	ecx, dword ptr [ebp - 60]
 	add	ecx, esi
-segheap_LBB46_24:
+segheap_LBB47_24:
 	bt	dword ptr [ecx], 1
 	adc	dl, 0
 	add	ecx, 16
 	dec	eax
-	jne	segheap_LBB46_24
-segheap_LBB46_25:
+	jne	segheap_LBB47_24
+segheap_LBB47_25:
 	cmp	dl, byte ptr [ebp - 28]
 	mov	eax, dword ptr [ebp - 24]
 	mov	edi, dword ptr [ebp - 52]
 	mov	edx, dword ptr [ebp - 48]
-	jne	segheap_LBB46_69
-segheap_LBB46_26:
+	jne	segheap_LBB47_69
+segheap_LBB47_26:
 	mov	esi, edi
 	shl	esi, 12
 	add	esi, eax
 	movzx	ecx, bh
 	test	cl, 32
 	mov	dword ptr [ebp - 20], esi
-	jne	segheap_LBB46_33
+	jne	segheap_LBB47_33
 	mov	eax, edx
 	shl	eax, 12
 	test	cl, 1
-	je	segheap_LBB46_79
+	je	segheap_LBB47_79
 	mov	ecx, dword ptr [ebp - 32]
 	mov	edx, esi
 	push	eax
 	call	lfh_sub_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB46_69
+	je	segheap_LBB47_69
 	movzx	eax, word ptr [esi + 18]
 	mov	dword ptr [ebp - 16], eax
 	test	eax, eax
-	je	segheap_LBB46_7
+	je	segheap_LBB47_7
 	xor	edi, edi
-segheap_LBB46_31:
+segheap_LBB47_31:
 	mov	esi, edi
 	shr	esi, 5
 	lea	ecx, [edi + edi]
@@ -9599,34 +9643,34 @@ segheap_LBB46_31:
 	and	edi, -32
 	mov	esi, eax
 	or	esi, ecx
-	jne	segheap_LBB46_41
+	jne	segheap_LBB47_41
 	add	edi, 32
 	cmp	edi, dword ptr [ebp - 16]
-	jb	segheap_LBB46_31
-	jmp	segheap_LBB46_7
-segheap_LBB46_33:
+	jb	segheap_LBB47_31
+	jmp	segheap_LBB47_7
+segheap_LBB47_33:
 	movzx	eax, word ptr [esi + 20]
 	mov	ecx, eax
 	and	ecx, 32767
 	xor	cx, word ptr [esi + 22]
 	movzx	ecx, cx
 	cmp	ecx, 44013
-	jne	segheap_LBB46_69
+	jne	segheap_LBB47_69
 	mov	esi, edx
 	shl	esi, 12
 	lea	ecx, [8*eax]
 	mov	dword ptr [ebp - 28], esi
 	cmp	ecx, esi
-	jne	segheap_LBB46_69
+	jne	segheap_LBB47_69
 	cmp	ax, 4
-	jb	segheap_LBB46_7
+	jb	segheap_LBB47_7
 	mov	eax, dword ptr [ebp - 20]
 	add	dword ptr [ebp - 28], eax
 	lea	edi, [eax + 24]
 	mov	eax, dword ptr [ebp - 32]
 	mov	eax, dword ptr [eax + 144]
 	mov	dword ptr [ebp - 40], eax
-segheap_LBB46_37:
+segheap_LBB47_37:
 	mov	eax, dword ptr [edi]
 	mov	esi, dword ptr [ebp - 40]
 	xor	esi, edi
@@ -9641,28 +9685,28 @@ segheap_LBB46_37:
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB46_69
+	je	segheap_LBB47_69
 	test	esi, esi
-	jns	segheap_LBB46_59
+	jns	segheap_LBB47_59
 	test	byte ptr [edi + 5], 2
-	je	segheap_LBB46_59
+	je	segheap_LBB47_59
 	and	esi, 65534
 	lea	edi, [edi + 4*esi]
 	cmp	edi, dword ptr [ebp - 28]
-	jb	segheap_LBB46_37
-	jmp	segheap_LBB46_7
-segheap_LBB46_41:
+	jb	segheap_LBB47_37
+	jmp	segheap_LBB47_7
+segheap_LBB47_41:
 	test	eax, eax
-	je	segheap_LBB46_5
+	je	segheap_LBB47_5
 	rep	bsf	eax, eax
-	jmp	segheap_LBB46_6
-segheap_LBB46_43:
+	jmp	segheap_LBB47_6
+segheap_LBB47_43:
 	mov	eax, dword ptr [edx]
 	cmp	eax, ecx
-	je	segheap_LBB46_50
+	je	segheap_LBB47_50
 	mov	edx, -4096
 	xor	ecx, ecx
-segheap_LBB46_45:
+segheap_LBB47_45:
 	movzx	ebx, byte ptr [eax + edx + 4108]
 	shr	bl
 	and	bl, 1
@@ -9674,17 +9718,17 @@ segheap_LBB46_45:
 	bt	dword ptr [eax + edx + 4156], 1
 	adc	cl, bl
 	add	edx, 64
-	jne	segheap_LBB46_45
+	jne	segheap_LBB47_45
 	mov	dl, -1
 	mov	esi, dword ptr [ebp - 36]
-segheap_LBB46_47:
+segheap_LBB47_47:
 	mov	esi, dword ptr [esi]
 	inc	dl
 	cmp	esi, dword ptr [ebp - 36]
-	je	segheap_LBB46_49
+	je	segheap_LBB47_49
 	cmp	esi, eax
-	jne	segheap_LBB46_47
-segheap_LBB46_49:
+	jne	segheap_LBB47_47
+segheap_LBB47_49:
 	movzx	ecx, cl
 	mov	esi, dword ptr [ebp + 12]
 	mov	dword ptr [esi], eax
@@ -9701,17 +9745,17 @@ segheap_LBB46_49:
 	mov	dword ptr [esi + 20], ecx
 	add	eax, 1048576
 	mov	dword ptr [esi + 24], eax
-	jmp	segheap_LBB46_68
-segheap_LBB46_50:
+	jmp	segheap_LBB47_68
+segheap_LBB47_50:
 	mov	eax, dword ptr [ebp - 32]
 	mov	ebx, dword ptr [eax + 68]
 	test	ebx, ebx
-	je	segheap_LBB46_61
+	je	segheap_LBB47_61
 	xor	esi, esi
 	mov	edi, 64
-segheap_LBB46_52:
+segheap_LBB47_52:
 	test	bl, 3
-	jne	segheap_LBB46_71
+	jne	segheap_LBB47_71
 	mov	dword ptr [ebp - 16], -1073741811
 	mov	ecx, dword ptr [ebp - 32]
 	mov	edx, ebx
@@ -9721,19 +9765,19 @@ segheap_LBB46_52:
 	sub	edi, 1
 	setb	cl
 	test	eax, eax
-	je	segheap_LBB46_69
+	je	segheap_LBB47_69
 	test	cl, cl
-	jne	segheap_LBB46_69
+	jne	segheap_LBB47_69
 	xor	eax, eax
 	cmp	dword ptr [ebx + 12], 65536
 	setb	al
 	cmovae	esi, ebx
 	mov	ebx, dword ptr [ebx + 4*eax]
 	test	ebx, ebx
-	jne	segheap_LBB46_52
+	jne	segheap_LBB47_52
 	test	esi, esi
 	mov	dword ptr [ebp - 16], -2147483622
-	je	segheap_LBB46_69
+	je	segheap_LBB47_69
 	mov	eax, dword ptr [esi + 12]
 	movzx	ecx, ax
 	mov	edx, -4096
@@ -9748,14 +9792,14 @@ segheap_LBB46_52:
 	cmovb	eax, ecx
 	mov	byte ptr [esi + 8], al
 	mov	byte ptr [esi + 9], 0
-segheap_LBB46_58:
+segheap_LBB47_58:
 	mov	word ptr [esi + 10], 16401
 	mov	dword ptr [esi + 12], 0
 	mov	dword ptr [esi + 16], 0
 	mov	dword ptr [esi + 20], 0
 	mov	dword ptr [esi + 24], 0
-	jmp	segheap_LBB46_68
-segheap_LBB46_59:
+	jmp	segheap_LBB47_68
+segheap_LBB47_59:
 	mov	ecx, dword ptr [ebp - 44]
 	xor	ecx, edi
 	xor	ecx, dword ptr [ebp - 40]
@@ -9763,30 +9807,30 @@ segheap_LBB46_59:
 	and	eax, 262136
 	test	ecx, ecx
 	mov	edx, dword ptr [ebp + 12]
-	js	segheap_LBB46_62
+	js	segheap_LBB47_62
 	add	edi, 8
 	add	eax, -8
 	mov	dword ptr [edx], edi
 	mov	dword ptr [edx + 4], eax
 	mov	cl, 8
 	xor	eax, eax
-	jmp	segheap_LBB46_66
-segheap_LBB46_71:
+	jmp	segheap_LBB47_66
+segheap_LBB47_71:
 	mov	dword ptr [ebp - 16], -1073741811
-	jmp	segheap_LBB46_69
-segheap_LBB46_61:
+	jmp	segheap_LBB47_69
+segheap_LBB47_61:
 	mov	dword ptr [ebp - 16], -2147483622
-	jmp	segheap_LBB46_69
-segheap_LBB46_62:
+	jmp	segheap_LBB47_69
+segheap_LBB47_62:
 	xor	ecx, ecx
 	test	byte ptr [edi + 5], 1
-	je	segheap_LBB46_65
+	je	segheap_LBB47_65
 	movsx	ecx, byte ptr [edi + eax - 1]
 	test	ecx, ecx
-	jns	segheap_LBB46_65
+	jns	segheap_LBB47_65
 	movzx	ecx, word ptr [edi + eax - 2]
 	and	ecx, 32767
-segheap_LBB46_65:
+segheap_LBB47_65:
 	neg	ecx
 	lea	ecx, [eax + ecx - 8]
 	add	edi, 8
@@ -9797,18 +9841,18 @@ segheap_LBB46_65:
 	mov	ecx, 255
 	cmovb	ecx, eax
 	mov	ax, 16401
-segheap_LBB46_66:
+segheap_LBB47_66:
 	mov	byte ptr [edx + 8], cl
 	mov	byte ptr [edx + 9], bl
 	mov	word ptr [edx + 10], ax
-segheap_LBB46_67:
+segheap_LBB47_67:
 	mov	dword ptr [edx + 12], 0
 	mov	dword ptr [edx + 16], 0
 	mov	dword ptr [edx + 20], 0
 	mov	dword ptr [edx + 24], 0
-segheap_LBB46_68:
+segheap_LBB47_68:
 	mov	dword ptr [ebp - 16], 0
-segheap_LBB46_69:
+segheap_LBB47_69:
 	mov	eax, dword ptr [ebp - 16]
 	add	esp, 48
 	pop	esi
@@ -9816,29 +9860,29 @@ segheap_LBB46_69:
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB46_72:
+segheap_LBB47_72:
 	and	ah, 2
 	add	edi, edx
 	cmp	esi, edi
 	mov	edx, esi
-	jae	segheap_LBB46_78
+	jae	segheap_LBB47_78
 	mov	esi, edx
 	mov	edx, dword ptr [ebp - 24]
 	lea	edx, [edx + ecx + 12]
 	mov	ecx, esi
-segheap_LBB46_74:
+segheap_LBB47_74:
 	mov	al, byte ptr [edx]
 	and	al, 2
 	cmp	al, ah
-	jne	segheap_LBB46_77
+	jne	segheap_LBB47_77
 	inc	esi
 	add	edx, 16
 	cmp	edi, esi
-	jne	segheap_LBB46_74
+	jne	segheap_LBB47_74
 	mov	esi, edi
-segheap_LBB46_77:
+segheap_LBB47_77:
 	mov	edx, ecx
-segheap_LBB46_78:
+segheap_LBB47_78:
 	sub	esi, edx
 	shl	edx, 12
 	mov	ecx, edx
@@ -9859,8 +9903,8 @@ segheap_LBB46_78:
 	mov	dword ptr [eax + 16], 0
 	mov	dword ptr [eax + 20], 0
 	mov	dword ptr [eax + 24], 0
-	jmp	segheap_LBB46_68
-segheap_LBB46_79:
+	jmp	segheap_LBB47_68
+segheap_LBB47_79:
 	mov	ecx, dword ptr [ebp - 40]
 	mov	ecx, dword ptr [ecx + 4]
 	sub	eax, ecx
@@ -9873,8 +9917,8 @@ segheap_LBB46_79:
 	mov	byte ptr [edx + 8], al
 	mov	byte ptr [edx + 9], bl
 	mov	word ptr [edx + 10], 16401
-	jmp	segheap_LBB46_67
-segheap_LBB46_80:
+	jmp	segheap_LBB47_67
+segheap_LBB47_80:
 	mov	edi, dword ptr [ebp - 20]
 	mov	esi, edi
 	shr	esi, 12
@@ -9898,24 +9942,24 @@ segheap_LBB46_80:
 	movzx	ecx, si
 	shr	esi, 16
 	test	dl, 2
-	je	segheap_LBB46_84
+	je	segheap_LBB47_84
 	mov	edx, dword ptr [ebp - 20]
 	add	edx, esi
 	imul	eax, ecx
 	add	edx, eax
 	movsx	edi, byte ptr [ecx + edx - 1]
 	test	edi, edi
-	jns	segheap_LBB46_83
+	jns	segheap_LBB47_83
 	movzx	edi, word ptr [edx + ecx - 2]
 	and	edi, 32767
-segheap_LBB46_83:
+segheap_LBB47_83:
 	mov	edx, ecx
 	sub	edx, edi
-	jmp	segheap_LBB46_85
-segheap_LBB46_84:
+	jmp	segheap_LBB47_85
+segheap_LBB47_84:
 	imul	eax, ecx
 	mov	edx, ecx
-segheap_LBB46_85:
+segheap_LBB47_85:
 	mov	edi, dword ptr [ebp - 20]
 	add	edi, esi
 	add	edi, eax
@@ -9928,7 +9972,7 @@ segheap_LBB46_85:
 	cmovb	eax, ecx
 	mov	byte ptr [esi + 8], al
 	mov	byte ptr [esi + 9], bl
-	jmp	segheap_LBB46_58
+	jmp	segheap_LBB47_58
 	.p2align	4
 vs_next_visible:
 	push	ebp
@@ -9944,10 +9988,10 @@ vs_next_visible:
 	xor	eax, eax
 	mov	dword ptr [ebp - 20], edx
 	cmp	esi, edx
-	jae	segheap_LBB47_10
+	jae	segheap_LBB48_10
 	mov	eax, dword ptr [ecx + 144]
 	mov	dword ptr [ebp - 16], eax
-segheap_LBB47_2:
+segheap_LBB48_2:
 	mov	ebx, dword ptr [esi]
 	xor	ebx, esi
 	xor	ebx, dword ptr [ebp - 16]
@@ -9960,26 +10004,26 @@ segheap_LBB47_2:
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB47_6
+	je	segheap_LBB48_6
 	test	ebx, ebx
-	jns	segheap_LBB47_9
+	jns	segheap_LBB48_9
 	test	byte ptr [esi + 5], 2
-	je	segheap_LBB47_9
+	je	segheap_LBB48_9
 	and	ebx, 65534
 	lea	esi, [esi + 4*ebx]
 	cmp	esi, dword ptr [ebp - 20]
 	mov	ecx, edi
-	jb	segheap_LBB47_2
-	jmp	segheap_LBB47_7
-segheap_LBB47_9:
+	jb	segheap_LBB48_2
+	jmp	segheap_LBB48_7
+segheap_LBB48_9:
 	mov	eax, esi
-	jmp	segheap_LBB47_10
-segheap_LBB47_6:
+	jmp	segheap_LBB48_10
+segheap_LBB48_6:
 	mov	eax, dword ptr [ebp + 12]
 	mov	dword ptr [eax], 1
-segheap_LBB47_7:
+segheap_LBB48_7:
 	xor	eax, eax
-segheap_LBB47_10:
+segheap_LBB48_10:
 	add	esp, 12
 	pop	esi
 	pop	edi
@@ -10000,24 +10044,24 @@ walk_vs_chunk:
 	lea	esi, [4*edi]
 	and	esi, 262136
 	test	edi, edi
-	js	segheap_LBB48_1
+	js	segheap_LBB49_1
 	add	edx, 8
 	add	esi, -8
 	mov	dword ptr [eax], edx
 	mov	dword ptr [eax + 4], esi
 	mov	dl, 8
 	xor	esi, esi
-	jmp	segheap_LBB48_6
-segheap_LBB48_1:
+	jmp	segheap_LBB49_6
+segheap_LBB49_1:
 	xor	edi, edi
 	test	byte ptr [edx + 5], 1
-	je	segheap_LBB48_4
+	je	segheap_LBB49_4
 	movsx	edi, byte ptr [edx + esi - 1]
 	test	edi, edi
-	jns	segheap_LBB48_4
+	jns	segheap_LBB49_4
 	movzx	edi, word ptr [edx + esi - 2]
 	and	edi, 32767
-segheap_LBB48_4:
+segheap_LBB49_4:
 	neg	edi
 	lea	edi, [esi + edi - 8]
 	add	edx, 8
@@ -10028,7 +10072,7 @@ segheap_LBB48_4:
 	mov	edx, 255
 	cmovb	edx, esi
 	mov	si, 16401
-segheap_LBB48_6:
+segheap_LBB49_6:
 	mov	byte ptr [eax + 8], dl
 	mov	byte ptr [eax + 9], cl
 	mov	word ptr [eax + 10], si
@@ -10051,8 +10095,8 @@ lfh_next_busy:
 	mov	dword ptr [ebp - 16], ecx
 	movzx	eax, word ptr [ecx + 18]
 	cmp	edx, eax
-	jae	segheap_LBB49_7
-segheap_LBB49_2:
+	jae	segheap_LBB50_7
+segheap_LBB50_2:
 	mov	edi, edx
 	shr	edi, 5
 	lea	ecx, [edx + edx]
@@ -10071,23 +10115,23 @@ segheap_LBB49_2:
 	and	edx, -32
 	mov	edi, ebx
 	or	edi, ecx
-	jne	segheap_LBB49_3
+	jne	segheap_LBB50_3
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB49_2
-	jmp	segheap_LBB49_7
-segheap_LBB49_3:
+	jb	segheap_LBB50_2
+	jmp	segheap_LBB50_7
+segheap_LBB50_3:
 	test	ebx, ebx
-	je	segheap_LBB49_5
+	je	segheap_LBB50_5
 	rep	bsf	eax, ebx
-	jmp	segheap_LBB49_6
-segheap_LBB49_5:
+	jmp	segheap_LBB50_6
+segheap_LBB50_5:
 	rep	bsf	eax, ecx
 	or	eax, 32
-segheap_LBB49_6:
+segheap_LBB50_6:
 	shr	eax
 	or	eax, edx
-segheap_LBB49_7:
+segheap_LBB50_7:
 	add	esp, 4
 	pop	esi
 	pop	edi
@@ -10123,26 +10167,26 @@ walk_lfh_block:
 	shr	eax, 16
 	test	bl, 2
 	mov	ecx, dword ptr [ebp + 16]
-	je	segheap_LBB50_1
+	je	segheap_LBB51_1
 	lea	ebx, [edx + eax]
 	mov	esi, dword ptr [ebp + 8]
 	imul	esi, edi
 	add	ebx, esi
 	movsx	ecx, byte ptr [edi + ebx - 1]
 	test	ecx, ecx
-	jns	segheap_LBB50_4
+	jns	segheap_LBB51_4
 	movzx	ecx, word ptr [ebx + edi - 2]
 	and	ecx, 32767
-segheap_LBB50_4:
+segheap_LBB51_4:
 	mov	ebx, edi
 	sub	ebx, ecx
 	mov	ecx, dword ptr [ebp + 16]
-	jmp	segheap_LBB50_5
-segheap_LBB50_1:
+	jmp	segheap_LBB51_5
+segheap_LBB51_1:
 	mov	esi, dword ptr [ebp + 8]
 	imul	esi, edi
 	mov	ebx, edi
-segheap_LBB50_5:
+segheap_LBB51_5:
 	add	edx, eax
 	add	edx, esi
 	sub	edi, ebx

@@ -1074,3 +1074,23 @@ u32 NTAPI RtlGetProcessHeaps(u32 count, void **heaps)
     for (i = 0; i < total && i < count; i++) heaps[i] = list[i];
     return total;
 }
+
+u32 NTAPI RtlQueryHeapInformation(void *handle, u32 info_class, void *info, uptr length,
+                                  uptr *return_length)
+{
+    if (!get_heap(handle)) return STATUS_INVALID_PARAMETER;
+    if (info_class != HeapCompatibilityInformation) return STATUS_INVALID_INFO_CLASS;
+    if (return_length) *return_length = sizeof(u32);
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    *(u32 *)info = 0;
+    return STATUS_SUCCESS;
+}
+
+u32 NTAPI RtlSetHeapInformation(void *handle, u32 info_class, void *info, uptr length)
+{
+    if (info_class == HeapEnableTerminationOnCorruption) return STATUS_SUCCESS;
+    if (info_class != HeapCompatibilityInformation) return STATUS_INVALID_INFO_CLASS;
+    if (!get_heap(handle)) return STATUS_INVALID_PARAMETER;
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    return *(u32 *)info == 0 ? STATUS_SUCCESS : STATUS_UNSUCCESSFUL;
+}

@@ -110,8 +110,9 @@
  *
  * Interface (for the emulator): the exports of ntheap.c (RtlCreateHeap, RtlDestroyHeap,
  * RtlAllocateHeap, RtlFreeHeap, RtlReAllocateHeap, RtlSizeHeap, RtlValidateHeap, RtlWalkHeap,
- * RtlLockHeap, RtlUnlockHeap, RtlGetProcessHeaps) plus RtlQueryHeapInformation
- * (HeapCompatibilityInformation only); the system calls NtAllocateVirtualMemory (MEM_RESERVE
+ * RtlLockHeap, RtlUnlockHeap, RtlGetProcessHeaps) plus RtlQueryHeapInformation and
+ * RtlSetHeapInformation (HeapCompatibilityInformation, HeapEnableTerminationOnCorruption) and
+ * userinfo.h's RtlSetUserValueHeap, RtlSetUserFlagsHeap, RtlGetUserInfoHeap, RtlCompactHeap; the system calls NtAllocateVirtualMemory (MEM_RESERVE
  * with and without a base address, MEM_COMMIT), NtFreeVirtualMemory (MEM_DECOMMIT,
  * MEM_RELEASE with size 0) and NtRaiseException; the PEB's ProcessHeap, NumberOfHeaps,
  * MaximumNumberOfHeaps and ProcessHeaps through ntheap_get_peb. Creation parameters:
@@ -2534,4 +2535,13 @@ u32 NTAPI RtlQueryHeapInformation(void *handle, u32 info_class, void *info, uptr
     if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
     *(u32 *)info = HEAP_COMPATIBILITY_LFH;
     return STATUS_SUCCESS;
+}
+
+u32 NTAPI RtlSetHeapInformation(void *handle, u32 info_class, void *info, uptr length)
+{
+    if (info_class == HeapEnableTerminationOnCorruption) return STATUS_SUCCESS;
+    if (info_class != HeapCompatibilityInformation) return STATUS_INVALID_INFO_CLASS;
+    if (!get_heap(handle)) return STATUS_INVALID_PARAMETER;
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    return *(u32 *)info == HEAP_COMPATIBILITY_LFH ? STATUS_SUCCESS : STATUS_UNSUCCESSFUL;
 }

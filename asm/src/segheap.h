@@ -64,6 +64,7 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 
 #define STATUS_SUCCESS 0x00000000u
 #define STATUS_NO_MORE_ENTRIES 0x8000001Au
+#define STATUS_UNSUCCESSFUL 0xC0000001u
 #define STATUS_INVALID_INFO_CLASS 0xC0000003u
 #define STATUS_ACCESS_VIOLATION 0xC0000005u
 #define STATUS_INVALID_PARAMETER 0xC000000Du
@@ -84,8 +85,9 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define RTL_HEAP_ENTRY_UNCOMMITTED 0x1000u
 #define RTL_HEAP_ENTRY_COMMITTED 0x4000u
 
-/* HEAP_INFORMATION_CLASS values answered by RtlQueryHeapInformation */
+/* HEAP_INFORMATION_CLASS values answered by RtlQueryHeapInformation / RtlSetHeapInformation */
 #define HeapCompatibilityInformation 0u
+#define HeapEnableTerminationOnCorruption 1u
 #define HEAP_COMPATIBILITY_LFH 2u
 
 #ifdef SEGHEAP_PTR64
@@ -548,5 +550,9 @@ u32 NTAPI RtlUnlockHeap(void *heap);
 u32 NTAPI RtlGetProcessHeaps(u32 count, void **heaps);
 u32 NTAPI RtlQueryHeapInformation(void *heap, u32 info_class, void *info, uptr length,
                                   uptr *return_length);
+/* HeapCompatibilityInformation: the LFH is part of every segment heap, so setting 2 succeeds
+ * and changes nothing, setting 0 (no LFH) is STATUS_UNSUCCESSFUL.
+ * HeapEnableTerminationOnCorruption: accepted (corruption always raises). */
+u32 NTAPI RtlSetHeapInformation(void *heap, u32 info_class, void *info, uptr length);
 
 #endif

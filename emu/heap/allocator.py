@@ -182,6 +182,22 @@ class Allocator:
         """RtlCompactHeap: the size of the largest free committed block."""
         return self._call("RtlCompactHeap", heap, flags)
 
+    def compatibility(self, heap: int) -> int:
+        """RtlQueryHeapInformation(HeapCompatibilityInformation): 2 while a low-fragmentation
+        front end serves the heap, else 0."""
+        out = self.scratch() + 0x800
+        self.proc.write(out, bytes(4))
+        status = self._call("RtlQueryHeapInformation", heap, 0, out, 4, 0) & 0xFFFFFFFF
+        if status != NtStatus.SUCCESS:
+            raise NtStatusError(status, f"{self.name}: RtlQueryHeapInformation(0x{heap:x})")
+        return int.from_bytes(self.proc.read(out, 4), "little")
+
+    def set_compatibility(self, heap: int, value: int) -> int:
+        """RtlSetHeapInformation(HeapCompatibilityInformation, value): its NTSTATUS."""
+        out = self.scratch() + 0x800
+        self.proc.write(out, value.to_bytes(4, "little"))
+        return self._call("RtlSetHeapInformation", heap, 0, out, 4) & 0xFFFFFFFF
+
     def lock(self, heap: int) -> bool:
         return bool(self._call("RtlLockHeap", heap) & 0xFF)
 

@@ -44,7 +44,8 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
         Prototype("RtlSizeHeap", ("HeapHandle", "Flags", "BaseAddress"), "size"),
         Prototype("RtlValidateHeap", ("HeapHandle", "Flags", "BaseAddress"), "bool"),
         Prototype("RtlWalkHeap", ("HeapHandle", "Entry"), "status"),
-        # what Wine's kernel32/kernelbase call besides (GlobalAlloc/LocalAlloc, HeapCompact):
+        # what Wine's kernel32/kernelbase call besides (GlobalAlloc/LocalAlloc, HeapCompact,
+        # HeapQueryInformation/HeapSetInformation):
         # the C heaps share them (asm/src/userinfo.h)
         Prototype(
             "RtlSetUserValueHeap", ("HeapHandle", "Flags", "BaseAddress", "UserValue"), "bool"
@@ -60,6 +61,19 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
             "bool",
         ),
         Prototype("RtlCompactHeap", ("HeapHandle", "Flags"), "size"),
+        Prototype(
+            "RtlQueryHeapInformation",
+            (
+                "HeapHandle", "HeapInformationClass", "HeapInformation",
+                "HeapInformationLength", "ReturnLength",
+            ),
+            "status",
+        ),  # fmt: skip
+        Prototype(
+            "RtlSetHeapInformation",
+            ("HeapHandle", "HeapInformationClass", "HeapInformation", "HeapInformationLength"),
+            "status",
+        ),
         Prototype("RtlLockHeap", ("HeapHandle",), "bool", required=False),
         Prototype("RtlUnlockHeap", ("HeapHandle",), "bool", required=False),
         Prototype("RtlGetProcessHeaps", ("NumberOfHeaps", "ProcessHeaps"), "size", required=False),

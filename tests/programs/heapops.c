@@ -149,6 +149,13 @@ static void lfh(void) {
 }
 
 int main(void) {
+    // what MSVC's start-up does; then the front end's kind (its value differs by allocator)
+    check(HeapSetInformation(NULL, HeapEnableTerminationOnCorruption, NULL, 0),
+          "HeapSetInformation termination");
+    ULONG front = 99;
+    check(HeapQueryInformation(GetProcessHeap(), HeapCompatibilityInformation, &front,
+                               sizeof(front), NULL) && (front == 0 || front == 2),
+          "HeapQueryInformation");
     crt();
     private_heaps();
     global_local();
