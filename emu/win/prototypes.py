@@ -64,11 +64,14 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
         Prototype(
             "RtlQueryHeapInformation",
             (
-                "HeapHandle", "HeapInformationClass", "HeapInformation",
-                "HeapInformationLength", "ReturnLength",
+                "HeapHandle",
+                "HeapInformationClass",
+                "HeapInformation",
+                "HeapInformationLength",
+                "ReturnLength",
             ),
             "status",
-        ),  # fmt: skip
+        ),
         Prototype(
             "RtlSetHeapInformation",
             ("HeapHandle", "HeapInformationClass", "HeapInformation", "HeapInformationLength"),
