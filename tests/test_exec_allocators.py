@@ -1,0 +1,207 @@
+"""Programs run through Wine's DLLs with every allocator serving their heaps (issues 17, 18):
+``Process.from_program(..., allocator=NAME)`` and ``heapemu exec --allocator NAME``.
+
+Wine's ntdll is the reference run; under every other allocator of the registry the mingw test
+programs (tests/programs, built by tests/programbuild.py) print the same and exit the same,
+every heap walks clean with the allocator's walker, and no instruction of Wine's own heap code
+runs. Each test runs on x86 and x64.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+from conftest import Heaps
+from programbuild import build
+
+from emu import Process
+from emu.cli.exec import exec_main
+from emu.errors import EmulationError
+from emu.heap.allocator import Allocator
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS, allocator_kind, walk_heap
+from emu.load.heap_route import ROUTED_ENTRY_POINTS
+from emu.load.program import ProgramResult
+from emu.views.common import list_heaps
+from emu.win.layouts import PEB
+from emu.win.ntdefs import NtStatus
+
+pytestmark = pytest.mark.wine
+
+REFERENCE = next(k.name for k in ALLOCATORS.values() if k.is_program_ntdll)  # Wine's own heap
+ADDRESS = re.compile(r"\b[0-9a-f]{8,16}\b")
+HEAP_SETTABLE_USER_VALUE, HEAP_SETTABLE_USER_FLAG1 = 0x100, 0x200
+HEAP_SETTABLE_USER_FLAG2, HEAP_SETTABLE_USER_FLAG3 = 0x400, 0x800
+# what each walker's heap header says its heap is (struct name -> field, value)
+HEAP_SIGNATURES = {
+    "_SEGMENT_HEAP": ("Signature", 0xDDEEDDEE),
+    "_HEAP": ("Signature", 0xEEFFEEFF),
+    "HEAP (heapemu builtin)": ("magic", 0x50414548),
+    "HEAP (Wine 8.0)": ("magic", 0x50414548),
+}
+# Wine 8.0's heap.c: its internals (COFF symbols of ntdll) that must never run when another
+# allocator serves the heaps
+WINE_HEAP_INTERNALS = (
+    "create_subheap",
+    "find_subheap",
+    "heap_free_block",
+    "heap_validate",
+    "unsafe_block_from_ptr",
+    "unsafe_heap_from_handle",
+    "block_init_free",
+)
+
+# name -> (argv, env, stdin, expected exit code or None for a crash, addresses printed)
+PROGRAMS: dict[str, tuple[list[str], dict[str, str], bytes, int | None, bool]] = {
+    "args.exe": (["args.exe", "one", "two words"], {"HEAPEMU_GREETING": "hi"}, b"in\n", 43, False),
+    "alloc.exe": (["alloc.exe"], {}, b"", 0, True),
+    "heapops.exe": (["heapops.exe"], {}, b"", 0, False),
+    "vmrules.exe": (["vmrules.exe"], {}, b"", 0, False),
+    "sysinfo.exe": (["sysinfo.exe"], {}, b"", 0, False),
+    "sandbox.exe": (["sandbox.exe"], {}, b"", 0, False),
+    "crash.exe": (["crash.exe"], {}, b"", 1, False),
+    "fault.exe": (["fault.exe"], {}, b"", None, False),
+    "crossfree.exe": (["crossfree.exe"], {}, b"", 0, True),
+}
+
+
+def _run(name: str, arch: str, kind: str) -> tuple[Process, ProgramResult]:
+    argv, env, stdin, _, _ = PROGRAMS.get(name, ([name], {}, b"", 0, False))
+    files = {}
+    if name == "crossfree.exe":  # seed 001: its DLL beside it
+        files["C:\\heapemu\\runtime.dll"] = build("runtime.dll", arch)
+    proc = Process.from_program(
+        build(name, arch), argv, env, stdin=stdin, files=files, allocator=kind, time_limit=120.0
+    )
+    assert proc.program is not None
+    return proc, proc.program.run()
+
+
+@cache
+def _reference(name: str, arch: str) -> tuple[int | None, bytes, bytes, str]:
+    proc, result = _run(name, arch, REFERENCE)
+    return result.exit_code, result.stdout, result.stderr, _fault(result)
+
+
+def _fault(result: ProgramResult) -> str:
+    """A crash's first line without the call's arguments (their addresses differ)."""
+    if result.error is None:
+        return ""
+    return str(result.error).splitlines()[1]
+
+
+def _shown(data: bytes, addresses: bool) -> str:
+    text = data.decode("utf-8", errors="replace")
+    return ADDRESS.sub("ADDRESS", text) if addresses else text
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+@pytest.mark.parametrize("kind", ALLOCATOR_NAMES)
+def test_programs_print_and_exit_the_same_under_every_allocator(
+    arch: str, kind: str, name: str
+) -> None:
+    expected_exit, out, err, fault = _reference(name, arch)
+    proc, result = _run(name, arch, kind)
+    addresses = PROGRAMS[name][4]
+    assert result.exit_code == PROGRAMS[name][3] == expected_exit, result.error
+    assert _shown(result.stdout, addresses) == _shown(out, addresses)
+    assert _shown(result.stderr, addresses) == _shown(err, addresses)
+    assert _fault(result) == fault
+    if expected_exit is None:
+        assert "unmapped read at address 0x10" in fault  # fault.exe's own fault, nothing else
+    if addresses:  # the printed blocks are real ones (the masks hide nothing else)
+        assert ADDRESS.search(result.text)
+    # every heap of the run walks clean with its allocator's walker
+    assert [walk_heap(proc, h).corruptions for h in list_heaps(proc)] == [[]] * len(
+        list_heaps(proc)
+    )
+
+
+@pytest.mark.parametrize("kind", ALLOCATOR_NAMES)
+def test_every_heap_call_is_served_by_the_chosen_allocator(arch: str, kind: str) -> None:
+    """heapops.exe (malloc/realloc, HeapCreate/HeapAlloc/HeapReAlloc/HeapDestroy, GlobalAlloc,
+    LocalAlloc, HeapCompact, HeapSetInformation/HeapQueryInformation, 100 x 0x100 kept live):
+    the process heap is the allocator's from Wine's first RtlCreateHeap on, every block freed
+    was allocated by it, and the heaps walk clean afterwards."""
+    k = allocator_kind(kind)
+    proc = Process.from_program(build("heapops.exe", arch), allocator=kind, time_limit=120.0)
+    program = proc.program
+    assert program is not None
+    internals = {n: 0 for n in WINE_HEAP_INTERNALS}
+
+    def count(name: str) -> None:
+        internals[name] += 1
+
+    for name in WINE_HEAP_INTERNALS:
+        proc.breakpoint(program.ntdll.symbols[name], lambda ctx, n=name: count(n))
+    with proc.record() as rec:
+        result = program.run()
+    assert result.ok and result.exit_code == 0, (result.error, result.text)
+    assert result.text.splitlines()[-1] == "failures: 0"
+
+    module = k.module_name.lower()
+    events = [e for e in rec.all if e.finished]
+    assert events and {e.function.split("!")[0] + ".dll" for e in events} <= {
+        module, module + ".dll"
+    }  # recorded in the allocator's own module (ntdll.dll for Wine)
+    assert {e.function.split("!")[1] for e in events} >= {
+        "RtlCreateHeap", "RtlAllocateHeap", "RtlFreeHeap", "RtlReAllocateHeap", "RtlDestroyHeap"
+    }  # fmt: skip
+    if not k.is_program_ntdll:
+        assert not any(internals.values()), internals  # Wine's heap code never ran
+        # every entry point Wine implements is served; only Wine's own stubs trap
+        assert program.route is not None
+        stubs = {n for n in ROUTED_ENTRY_POINTS if f"__wine_stub_{n}" in program.ntdll.symbols}
+        assert set(program.route.trapped) == stubs and "RtlUsageHeap" in stubs
+
+    # the process heap: Wine's first RtlCreateHeap, made by the allocator, in PEB.ProcessHeap
+    process_heap = PEB.read(proc, proc.arch, proc.peb, "ProcessHeap")
+    first = next(e for e in events if e.function.endswith("!RtlCreateHeap"))
+    assert first.ret == process_heap and process_heap in list_heaps(proc)
+    field, value = HEAP_SIGNATURES[k.walker.heap_struct_name]
+    assert walk_heap(proc, process_heap).header[field] == value
+    # GetProcessHeap(): HeapAlloc(GetProcessHeap(), 0, 100) went to it
+    assert any(
+        e.function.endswith("!RtlAllocateHeap") and e.args == {
+            "HeapHandle": process_heap, "Flags": 0, "Size": 100
+        }
+        for e in events
+    )  # fmt: skip
+
+    # every block freed (by Wine's DLLs or the program) was one the routed allocator handed out
+    live: set[tuple[int, int]] = set()
+    for e in events:
+        name, args = e.function.split("!")[1], e.args
+        if name == "RtlAllocateHeap" and e.ret:
+            live.add((args["HeapHandle"], e.ret))
+        elif name == "RtlReAllocateHeap" and e.ret:
+            live.discard((args["HeapHandle"], args["BaseAddress"]))
+            live.add((args["HeapHandle"], e.ret))
+        elif name == "RtlFreeHeap" and args["BaseAddress"]:
+            # (Wine's own heap also frees blocks its RtlCreateHeap took without an export)
+            if not k.is_program_ntdll:
+                assert (args["HeapHandle"], args["BaseAddress"]) in live, e.to_json()
+                assert e.ret == 1
+            live.discard((args["HeapHandle"], args["BaseAddress"]))
+        elif name == "RtlDestroyHeap" and e.ret == 0:
+            live = {b for b in live if b[0] != args["HeapHandle"]}
+
+    heaps = list_heaps(proc)
+    assert len(heaps) == 3  # the process heap, msvcrt's and the one holding 100 x 0x100
+    reports = [walk_heap(proc, h) for h in heaps]
+    assert all(r.ok for r in reports), [r.corruptions for r in reports]
+    # the 100 blocks of 0x100 are live in the last heap created (walker and allocator agree)
+    last = [e.ret for e in events if e.function.endswith("!RtlCreateHeap")][-1]
+    report = reports[heaps.index(last)]
+    assert {b for b in live if b[0] == last} <= {(last, b.user_ptr) for b in report.blocks}
+    ours = [b for b in report.busy_blocks() if b.requested == 0x100]
+    assert len(ours) == 100
+    lfh = [b for b in ours if "LFH" in k.walker.block_flag_names(b)]
+    if k.walker.front_end:  # Windows 7: the LFH takes over a size after 17 live blocks
+        assert 60 <= len(lfh) < 100, len(lfh)
+        assert "LFH at" in k.walker.front_end_line(report)
+    else:
+        assert lfh == []
