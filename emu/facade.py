@@ -188,7 +188,11 @@ def load_program(
 
 def run_program(
     path: str | Path, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-    *, allocator: str = "wine", **options: object,
+    *, allocator: str = "wine", allocator_options: Mapping[str, Any] | None = None,
+    **options: object,
 ) -> _program.ProgramResult:  # fmt: skip
     """Load and run in one step."""
-    return load_program(path, argv, env, allocator=allocator, **options).run()
+    program = load_program(
+        path, argv, env, allocator=allocator, allocator_options=allocator_options, **options
+    )
+    return program.run()

@@ -12,29 +12,22 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
-from pathlib import Path
 
 import pytest
-from conftest import Heaps
 from programbuild import build
 
 from emu import Process
 from emu.cli.exec import exec_main
-from emu.errors import EmulationError
-from emu.heap.allocator import Allocator
 from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS, allocator_kind, walk_heap
 from emu.load.heap_route import ROUTED_ENTRY_POINTS
 from emu.load.program import ProgramResult
 from emu.views.common import list_heaps
 from emu.win.layouts import PEB
-from emu.win.ntdefs import NtStatus
 
 pytestmark = pytest.mark.wine
 
 REFERENCE = next(k.name for k in ALLOCATORS.values() if k.is_program_ntdll)  # Wine's own heap
 ADDRESS = re.compile(r"\b[0-9a-f]{8,16}\b")
-HEAP_SETTABLE_USER_VALUE, HEAP_SETTABLE_USER_FLAG1 = 0x100, 0x200
-HEAP_SETTABLE_USER_FLAG2, HEAP_SETTABLE_USER_FLAG3 = 0x400, 0x800
 # what each walker's heap header says its heap is (struct name -> field, value)
 HEAP_SIGNATURES = {
     "_SEGMENT_HEAP": ("Signature", 0xDDEEDDEE),
@@ -82,7 +75,7 @@ def _run(name: str, arch: str, kind: str) -> tuple[Process, ProgramResult]:
 
 @cache
 def _reference(name: str, arch: str) -> tuple[int | None, bytes, bytes, str]:
-    proc, result = _run(name, arch, REFERENCE)
+    _, result = _run(name, arch, REFERENCE)
     return result.exit_code, result.stdout, result.stderr, _fault(result)
 
 
@@ -145,7 +138,8 @@ def test_every_heap_call_is_served_by_the_chosen_allocator(arch: str, kind: str)
     module = k.module_name.lower()
     events = [e for e in rec.all if e.finished]
     assert events and {e.function.split("!")[0] + ".dll" for e in events} <= {
-        module, module + ".dll"
+        module,
+        module + ".dll",
     }  # recorded in the allocator's own module (ntdll.dll for Wine)
     assert {e.function.split("!")[1] for e in events} >= {
         "RtlCreateHeap", "RtlAllocateHeap", "RtlFreeHeap", "RtlReAllocateHeap", "RtlDestroyHeap"
@@ -205,3 +199,66 @@ def test_every_heap_call_is_served_by_the_chosen_allocator(arch: str, kind: str)
         assert "LFH at" in k.walker.front_end_line(report)
     else:
         assert lfh == []
+
+
+@pytest.mark.parametrize("kind", ALLOCATOR_NAMES)
+def test_heapemu_exec_allocator_and_views(
+    arch: str, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``heapemu exec --allocator NAME --view ...``: the program's output unchanged, the views
+    walked with the allocator's walker (on Windows 7 the LFH shows)."""
+    exe = str(build("heapops.exe", arch))
+    code = exec_main(["--allocator", kind, "--view", "summary", "--json", exe])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] and report["allocator"] == kind
+    assert report["stdout"].splitlines()[-1] == "failures: 0"
+    summary = report["views"]["summary"]
+    assert summary["kind"] == kind and len(summary["rows"]) == 3
+    assert all(row["corruptions"] == 0 for row in summary["rows"])
+    front_ends = [row["front_end"] for row in summary["rows"]]
+    assert any("LFH at" in line for line in front_ends) == allocator_kind(kind).walker.front_end
+    modules = {m["name"].lower() for m in report["modules"]}
+    assert allocator_kind(kind).module_name.lower() in modules
+
+    code = exec_main(["--allocator", kind, "--view", "entries", "--view", "address", exe])
+    out = capsys.readouterr()
+    assert code == 0 and out.out.replace("\r\n", "\n").endswith("failures: 0\n")
+    assert f"{kind} ({arch})" in out.err  # the entries view names the allocator that walked
+    assert "busy (100)" in out.err  # the 0x100-byte blocks, as !heap -h shows them
+
+
+def test_a_bad_allocator_name_is_one_line_and_exit_2(
+    arch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        exec_main(["--allocator", "dlmalloc", str(build("args.exe", arch))])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "dlmalloc" in err and all(name in err for name in ALLOCATOR_NAMES)
+
+
+def test_from_program_refuses_unknown_allocators_and_options(arch: str) -> None:
+    exe = build("args.exe", arch)
+    with pytest.raises(ValueError, match="unknown allocator 'dlmalloc'"):
+        Process.from_program(exe, allocator="dlmalloc")
+    routed = next(k for k in ALLOCATORS.values() if not k.is_program_ntdll)
+    with pytest.raises(TypeError, match="takes no option"):
+        Process.from_program(exe, allocator=routed.name, allocator_options={"colour": 1})
+    with pytest.raises(TypeError, match="program's own ntdll"):
+        Process.from_program(exe, allocator=REFERENCE, allocator_options={"debug_channels": ""})
+
+
+@pytest.mark.parametrize("kind", [k.name for k in ALLOCATORS.values() if "encoding" in k.options])
+def test_allocator_options_reach_the_process_heap(arch: str, kind: str) -> None:
+    """The Windows 7 keys given to from_program are the ones Wine's first RtlCreateHeap (the
+    process heap) takes."""
+    proc = Process.from_program(
+        build("args.exe", arch), ["args.exe"], allocator=kind,
+        allocator_options={"encoding": 0x12345678}, time_limit=120.0,
+    )  # fmt: skip
+    assert proc.program is not None
+    result = proc.program.run()
+    assert result.ok and result.text.startswith("argv[0]=args.exe"), result.error
+    process_heap = PEB.read(proc, proc.arch, proc.peb, "ProcessHeap")
+    assert walk_heap(proc, process_heap).header["Encoding"] & 0xFFFFFFFF == 0x12345678

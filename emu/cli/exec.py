@@ -220,11 +220,11 @@ def run_exec(args: argparse.Namespace) -> int:
     problem = _problem_line(outcome, result, missing)
     views = _views(program, args.view) if outcome in ("exited", "crashed") else []
     if args.json:
-        report = _report(program, result, rec, cross, outcome, missing, problem)
-        report["allocator"] = args.allocator
+        data = _report(program, result, rec, cross, outcome, missing, problem)
+        data["allocator"] = args.allocator
         if args.view:
-            report["views"] = {name: data for name, _text, data in views}
-        print(json.dumps(report, indent=1))
+            data["views"] = {name: view for name, _text, view in views}
+        print(json.dumps(data, indent=1))
     else:
         sys.stdout.buffer.write(result.stdout)
         sys.stdout.flush()
