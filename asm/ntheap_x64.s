@@ -1470,16 +1470,16 @@ RtlAllocateHeap:
 	cmp	dword ptr [rcx + 172], 1112888136
 	jne	ntheap_LBB10_4
 	cmp	qword ptr [rcx + 160], rcx
-	je	ntheap_LBB10_7
+	je	ntheap_LBB10_9
 ntheap_LBB10_4:
 	test	dl, 4
-	jne	ntheap_LBB10_5
-ntheap_LBB10_16:
-	xor	esi, esi
-	jmp	ntheap_LBB10_17
+	jne	ntheap_LBB10_6
 ntheap_LBB10_5:
-	movabs	rax, 7516192781
+	xor	esi, esi
+	jmp	ntheap_LBB10_8
 ntheap_LBB10_6:
+	movabs	rax, 7516192781
+ntheap_LBB10_7:
 	mov	qword ptr [rbp - 96], rax
 	mov	qword ptr [rbp - 88], 0
 	mov	rax, qword ptr [rbp + 88]
@@ -1505,7 +1505,7 @@ ntheap_LBB10_6:
 	xor	edx, edx
 	mov	r8d, 1
 	call	NtRaiseException
-ntheap_LBB10_17:
+ntheap_LBB10_8:
 	mov	rax, rsi
 	add	rsp, 184
 	pop	rbx
@@ -1513,10 +1513,10 @@ ntheap_LBB10_17:
 	pop	rsi
 	pop	rbp
 	ret
-ntheap_LBB10_7:
+ntheap_LBB10_9:
 	or	edx, dword ptr [rcx + 116]
 	test	dl, 1
-	jne	ntheap_LBB10_8
+	jne	ntheap_LBB10_11
 	add	dword ptr [rcx + 220], 1
 	mov	rsi, rcx
 	mov	edi, edx
@@ -1524,40 +1524,41 @@ ntheap_LBB10_7:
 	mov	rcx, rsi
 	mov	rsi, rax
 	add	dword ptr [rcx + 220], -1
-	jmp	ntheap_LBB10_10
-ntheap_LBB10_8:
+	jmp	ntheap_LBB10_12
+ntheap_LBB10_11:
 	mov	rsi, rcx
 	mov	edi, edx
 	call	heap_alloc
 	mov	rcx, rsi
 	mov	rsi, rax
-ntheap_LBB10_10:
+ntheap_LBB10_12:
 	test	rsi, rsi
 	setne	al
 	mov	r8d, edi
 	test	r8b, 4
 	sete	dl
 	or	dl, al
-	je	ntheap_LBB10_11
+	je	ntheap_LBB10_18
 	test	r8d, 3840
-	je	ntheap_LBB10_17
+	je	ntheap_LBB10_8
 	test	rsi, rsi
-	je	ntheap_LBB10_17
+	je	ntheap_LBB10_8
 	mov	rdi, rcx
 	mov	rdx, rsi
 	mov	ebx, r8d
 	call	userinfo_add
 	test	eax, eax
-	jne	ntheap_LBB10_17
+	jne	ntheap_LBB10_8
 	mov	edx, ebx
-	and	edx, -3841
+	and	edx, -3845
 	mov	rcx, rdi
 	mov	r8, rsi
 	call	RtlFreeHeap
-	jmp	ntheap_LBB10_16
-ntheap_LBB10_11:
+	test	bl, 4
+	je	ntheap_LBB10_5
+ntheap_LBB10_18:
 	movabs	rax, 7516192791
-	jmp	ntheap_LBB10_6
+	jmp	ntheap_LBB10_7
 	.p2align	4
 heap_alloc:
 	push	rbp

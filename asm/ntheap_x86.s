@@ -1552,8 +1552,9 @@ RtlAllocateHeap:
 ntheap_LBB10_4:
 	xor	esi, esi
 	test	bl, 4
-	je	ntheap_LBB10_16
+	je	ntheap_LBB10_17
 	mov	dword ptr [ebp - 92], -1073741811
+ntheap_LBB10_16:
 	mov	dword ptr [ebp - 88], 1
 	mov	dword ptr [ebp - 84], 0
 	mov	eax, dword ptr [ebp + 4]
@@ -1579,7 +1580,7 @@ ntheap_LBB10_4:
 	push	0
 	push	eax
 	call	NtRaiseException
-ntheap_LBB10_16:
+ntheap_LBB10_17:
 	mov	eax, esi
 	add	esp, 80
 	pop	esi
@@ -1618,22 +1619,27 @@ ntheap_LBB10_9:
 	or	dl, al
 	je	ntheap_LBB10_10
 	test	ebx, 3840
-	je	ntheap_LBB10_16
+	je	ntheap_LBB10_17
 	test	esi, esi
-	je	ntheap_LBB10_16
+	je	ntheap_LBB10_17
 	mov	edi, ecx
 	mov	edx, esi
 	push	ebx
 	call	userinfo_add
 	add	esp, 4
 	test	eax, eax
-	jne	ntheap_LBB10_16
-	and	ebx, -3841
+	jne	ntheap_LBB10_17
+	mov	eax, ebx
+	and	eax, -3845
 	push	esi
-	push	ebx
+	push	eax
 	push	edi
 	call	RtlFreeHeap
-	jmp	ntheap_LBB10_15
+	xor	esi, esi
+	test	bl, 4
+	je	ntheap_LBB10_17
+	mov	dword ptr [ebp - 92], -1073741801
+	jmp	ntheap_LBB10_16
 ntheap_LBB10_10:
 	mov	dword ptr [ebp - 92], -1073741801
 	mov	dword ptr [ebp - 88], 1
@@ -1661,9 +1667,8 @@ ntheap_LBB10_10:
 	push	0
 	push	eax
 	call	NtRaiseException
-ntheap_LBB10_15:
 	xor	esi, esi
-	jmp	ntheap_LBB10_16
+	jmp	ntheap_LBB10_17
 	.p2align	4
 heap_alloc:
 	push	ebp

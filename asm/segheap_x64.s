@@ -1738,10 +1738,11 @@ segheap_LBB7_44:
 	.p2align	4
 RtlAllocateHeap:
 	push	rbp
+	push	r14
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 184
+	sub	rsp, 192
 	lea	rbp, [rsp + 128]
 	test	rcx, rcx
 	sete	al
@@ -1752,22 +1753,21 @@ RtlAllocateHeap:
 	cmp	dword ptr [rcx + 16], -571548178
 	jne	segheap_LBB8_3
 	cmp	qword ptr [rcx + 312], rcx
-	je	segheap_LBB8_6
+	je	segheap_LBB8_8
 segheap_LBB8_3:
 	test	dl, 4
-	jne	segheap_LBB8_4
-segheap_LBB8_15:
-	xor	esi, esi
-	jmp	segheap_LBB8_16
+	jne	segheap_LBB8_5
 segheap_LBB8_4:
-	movabs	rax, 7516192781
+	xor	esi, esi
+	jmp	segheap_LBB8_7
 segheap_LBB8_5:
-	mov	qword ptr [rbp - 96], rax
-	mov	qword ptr [rbp - 88], 0
-	mov	rax, qword ptr [rbp + 88]
-	mov	qword ptr [rbp - 80], rax
-	mov	dword ptr [rbp - 72], 0
-	mov	qword ptr [rbp - 64], 0
+	movabs	rax, 7516192781
+segheap_LBB8_6:
+	mov	qword ptr [rbp - 88], rax
+	mov	qword ptr [rbp - 80], 0
+	mov	rax, qword ptr [rbp + 104]
+	mov	qword ptr [rbp - 72], rax
+	mov	dword ptr [rbp - 64], 0
 	mov	qword ptr [rbp - 56], 0
 	mov	qword ptr [rbp - 48], 0
 	mov	qword ptr [rbp - 40], 0
@@ -1782,26 +1782,28 @@ segheap_LBB8_5:
 	mov	qword ptr [rbp + 32], 0
 	mov	qword ptr [rbp + 40], 0
 	mov	qword ptr [rbp + 48], 0
+	mov	qword ptr [rbp + 56], 0
 	xor	esi, esi
-	lea	rcx, [rbp - 96]
+	lea	rcx, [rbp - 88]
 	xor	edx, edx
 	mov	r8d, 1
 	call	NtRaiseException
-segheap_LBB8_16:
+segheap_LBB8_7:
 	mov	rax, rsi
-	add	rsp, 184
+	add	rsp, 192
 	pop	rbx
 	pop	rdi
 	pop	rsi
+	pop	r14
 	pop	rbp
 	ret
-segheap_LBB8_6:
+segheap_LBB8_8:
 	mov	edi, dword ptr [rcx + 20]
 	and	edi, 5
 	mov	ebx, edx
 	or	edi, edx
 	test	dil, 1
-	jne	segheap_LBB8_7
+	jne	segheap_LBB8_10
 	add	word ptr [rcx + 216], 1
 	mov	rsi, rcx
 	mov	edx, edi
@@ -1809,39 +1811,41 @@ segheap_LBB8_6:
 	mov	rcx, rsi
 	mov	rsi, rax
 	add	word ptr [rcx + 216], -1
-	jmp	segheap_LBB8_9
-segheap_LBB8_7:
+	jmp	segheap_LBB8_11
+segheap_LBB8_10:
 	mov	rsi, rcx
 	mov	edx, edi
 	call	heap_alloc
 	mov	rcx, rsi
 	mov	rsi, rax
-segheap_LBB8_9:
+segheap_LBB8_11:
 	test	rsi, rsi
 	setne	al
 	test	dil, 4
 	sete	dl
 	or	dl, al
-	je	segheap_LBB8_10
+	je	segheap_LBB8_17
 	test	ebx, 3840
-	je	segheap_LBB8_16
+	je	segheap_LBB8_7
 	test	rsi, rsi
-	je	segheap_LBB8_16
+	je	segheap_LBB8_7
 	mov	rbx, rcx
 	mov	rdx, rsi
 	mov	r8d, edi
 	call	userinfo_add
 	test	eax, eax
-	jne	segheap_LBB8_16
-	and	edi, -3841
+	jne	segheap_LBB8_7
+	mov	r14d, edi
+	and	edi, -3845
 	mov	rcx, rbx
 	mov	edx, edi
 	mov	r8, rsi
 	call	RtlFreeHeap
-	jmp	segheap_LBB8_15
-segheap_LBB8_10:
+	test	r14b, 4
+	je	segheap_LBB8_4
+segheap_LBB8_17:
 	movabs	rax, 7516192791
-	jmp	segheap_LBB8_5
+	jmp	segheap_LBB8_6
 	.p2align	4
 heap_alloc:
 	push	rbp

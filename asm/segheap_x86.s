@@ -1791,8 +1791,9 @@ RtlAllocateHeap:
 segheap_LBB8_3:
 	xor	esi, esi
 	test	bl, 4
-	je	segheap_LBB8_15
+	je	segheap_LBB8_16
 	mov	dword ptr [ebp - 92], -1073741811
+segheap_LBB8_15:
 	mov	dword ptr [ebp - 88], 1
 	mov	dword ptr [ebp - 84], 0
 	mov	eax, dword ptr [ebp + 4]
@@ -1818,7 +1819,7 @@ segheap_LBB8_3:
 	push	0
 	push	eax
 	call	NtRaiseException
-segheap_LBB8_15:
+segheap_LBB8_16:
 	mov	eax, esi
 	add	esp, 84
 	pop	esi
@@ -1857,9 +1858,9 @@ segheap_LBB8_8:
 	or	cl, al
 	je	segheap_LBB8_9
 	test	ebx, 3840
-	je	segheap_LBB8_15
+	je	segheap_LBB8_16
 	test	esi, esi
-	je	segheap_LBB8_15
+	je	segheap_LBB8_16
 	mov	eax, edx
 	mov	ecx, edi
 	mov	ebx, edx
@@ -1868,13 +1869,18 @@ segheap_LBB8_8:
 	call	userinfo_add
 	add	esp, 4
 	test	eax, eax
-	jne	segheap_LBB8_15
-	and	ebx, -3841
+	jne	segheap_LBB8_16
+	mov	eax, ebx
+	and	eax, -3845
 	push	esi
-	push	ebx
+	push	eax
 	push	edi
 	call	RtlFreeHeap
-	jmp	segheap_LBB8_14
+	xor	esi, esi
+	test	bl, 4
+	je	segheap_LBB8_16
+	mov	dword ptr [ebp - 92], -1073741801
+	jmp	segheap_LBB8_15
 segheap_LBB8_9:
 	mov	dword ptr [ebp - 92], -1073741801
 	mov	dword ptr [ebp - 88], 1
@@ -1902,9 +1908,8 @@ segheap_LBB8_9:
 	push	0
 	push	eax
 	call	NtRaiseException
-segheap_LBB8_14:
 	xor	esi, esi
-	jmp	segheap_LBB8_15
+	jmp	segheap_LBB8_16
 	.p2align	4
 heap_alloc:
 	push	ebp

@@ -1616,16 +1616,16 @@ RtlAllocateHeap:
 	cmp	dword ptr [rcx + 16], -1114130
 	jne	win7heap_LBB9_4
 	cmp	qword ptr [rcx + 40], rcx
-	je	win7heap_LBB9_7
+	je	win7heap_LBB9_9
 win7heap_LBB9_4:
 	test	dl, 4
-	jne	win7heap_LBB9_5
-win7heap_LBB9_13:
-	xor	esi, esi
-	jmp	win7heap_LBB9_14
+	jne	win7heap_LBB9_6
 win7heap_LBB9_5:
-	movabs	rax, 7516192781
+	xor	esi, esi
+	jmp	win7heap_LBB9_8
 win7heap_LBB9_6:
+	movabs	rax, 7516192781
+win7heap_LBB9_7:
 	mov	qword ptr [rbp - 96], rax
 	mov	qword ptr [rbp - 88], 0
 	mov	rax, qword ptr [rbp + 88]
@@ -1651,7 +1651,7 @@ win7heap_LBB9_6:
 	xor	edx, edx
 	mov	r8d, 1
 	call	NtRaiseException
-win7heap_LBB9_14:
+win7heap_LBB9_8:
 	mov	rax, rsi
 	add	rsp, 184
 	pop	rbx
@@ -1659,7 +1659,7 @@ win7heap_LBB9_14:
 	pop	rsi
 	pop	rbp
 	ret
-win7heap_LBB9_7:
+win7heap_LBB9_9:
 	or	edx, dword ptr [rcx + 116]
 	mov	rdi, rcx
 	mov	ebx, edx
@@ -1671,26 +1671,27 @@ win7heap_LBB9_7:
 	test	r8b, 4
 	sete	cl
 	or	cl, al
-	je	win7heap_LBB9_8
+	je	win7heap_LBB9_15
 	test	rsi, rsi
-	je	win7heap_LBB9_14
+	je	win7heap_LBB9_8
 	mov	eax, r8d
 	and	eax, 3840
-	je	win7heap_LBB9_14
+	je	win7heap_LBB9_8
 	mov	rcx, rdi
 	mov	rdx, rsi
 	call	userinfo_add
 	test	eax, eax
-	jne	win7heap_LBB9_14
-	and	ebx, -3841
-	mov	rcx, rdi
+	jne	win7heap_LBB9_8
 	mov	edx, ebx
+	and	edx, -3845
+	mov	rcx, rdi
 	mov	r8, rsi
 	call	RtlFreeHeap
-	jmp	win7heap_LBB9_13
-win7heap_LBB9_8:
+	test	bl, 4
+	je	win7heap_LBB9_5
+win7heap_LBB9_15:
 	movabs	rax, 7516192791
-	jmp	win7heap_LBB9_6
+	jmp	win7heap_LBB9_7
 	.p2align	4
 heap_alloc:
 	push	rbp

@@ -1633,8 +1633,9 @@ RtlAllocateHeap:
 win7heap_LBB9_4:
 	xor	esi, esi
 	test	bl, 4
-	je	win7heap_LBB9_13
+	je	win7heap_LBB9_14
 	mov	dword ptr [ebp - 92], -1073741811
+win7heap_LBB9_13:
 	mov	dword ptr [ebp - 88], 1
 	mov	dword ptr [ebp - 84], 0
 	mov	eax, dword ptr [ebp + 4]
@@ -1660,7 +1661,7 @@ win7heap_LBB9_4:
 	push	0
 	push	eax
 	call	NtRaiseException
-win7heap_LBB9_13:
+win7heap_LBB9_14:
 	mov	eax, esi
 	add	esp, 80
 	pop	esi
@@ -1683,23 +1684,28 @@ win7heap_LBB9_6:
 	or	cl, al
 	je	win7heap_LBB9_7
 	test	esi, esi
-	je	win7heap_LBB9_13
+	je	win7heap_LBB9_14
 	mov	eax, ebx
 	and	eax, 3840
-	je	win7heap_LBB9_13
+	je	win7heap_LBB9_14
 	mov	ecx, edi
 	mov	edx, esi
 	push	ebx
 	call	userinfo_add
 	add	esp, 4
 	test	eax, eax
-	jne	win7heap_LBB9_13
-	and	ebx, -3841
+	jne	win7heap_LBB9_14
+	mov	eax, ebx
+	and	eax, -3845
 	push	esi
-	push	ebx
+	push	eax
 	push	edi
 	call	RtlFreeHeap
-	jmp	win7heap_LBB9_12
+	xor	esi, esi
+	test	bl, 4
+	je	win7heap_LBB9_14
+	mov	dword ptr [ebp - 92], -1073741801
+	jmp	win7heap_LBB9_13
 win7heap_LBB9_7:
 	mov	dword ptr [ebp - 92], -1073741801
 	mov	dword ptr [ebp - 88], 1
@@ -1727,9 +1733,8 @@ win7heap_LBB9_7:
 	push	0
 	push	eax
 	call	NtRaiseException
-win7heap_LBB9_12:
 	xor	esi, esi
-	jmp	win7heap_LBB9_13
+	jmp	win7heap_LBB9_14
 	.p2align	4
 heap_alloc:
 	push	ebp

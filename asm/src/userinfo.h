@@ -38,6 +38,8 @@
 #define USERINFO_DELETED 2u
 #define USERINFO_FIRST_CAPACITY 256u
 
+static void raise_status(u32 code); /* each heap's own (NtRaiseException) */
+
 typedef struct USERINFO_ENTRY {
     void *heap;
     const void *ptr;
@@ -171,12 +173,14 @@ static void userinfo_drop_heap(const void *heap)
 }
 
 /* RtlAllocateHeap's epilogue: a block asked for with settable flags gets its entry, or is
- * given back (no memory for the entry: the allocation fails, as Windows' would). */
+ * given back (no memory for the entry: the allocation fails, as Windows' would, raising
+ * STATUS_NO_MEMORY under HEAP_GENERATE_EXCEPTIONS). */
 static void *userinfo_allocated(void *handle, u32 flags, void *ptr)
 {
     if (!ptr || !(flags & USERINFO_FLAGS)) return ptr;
     if (userinfo_add(handle, ptr, flags)) return ptr;
-    RtlFreeHeap(handle, flags & ~USERINFO_FLAGS, ptr);
+    RtlFreeHeap(handle, flags & ~(USERINFO_FLAGS | HEAP_GENERATE_EXCEPTIONS), ptr);
+    if (flags & HEAP_GENERATE_EXCEPTIONS) raise_status(STATUS_NO_MEMORY);
     return 0;
 }
 
