@@ -45,22 +45,27 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
         Prototype("RtlValidateHeap", ("HeapHandle", "Flags", "BaseAddress"), "bool"),
         Prototype("RtlWalkHeap", ("HeapHandle", "Entry"), "status"),
         # what Wine's kernel32/kernelbase call besides (GlobalAlloc/LocalAlloc, HeapCompact,
-        # HeapQueryInformation/HeapSetInformation):
-        # the C heaps share them (asm/src/userinfo.h)
+        # HeapQueryInformation/HeapSetInformation): every C heap has them (load_c_heap checks,
+        # asm/src/userinfo.h); a module wrapping only the core family may lack them
         Prototype(
-            "RtlSetUserValueHeap", ("HeapHandle", "Flags", "BaseAddress", "UserValue"), "bool"
+            "RtlSetUserValueHeap",
+            ("HeapHandle", "Flags", "BaseAddress", "UserValue"),
+            "bool",
+            required=False,
         ),
         Prototype(
             "RtlSetUserFlagsHeap",
             ("HeapHandle", "Flags", "BaseAddress", "UserFlagsReset", "UserFlagsSet"),
             "bool",
+            required=False,
         ),
         Prototype(
             "RtlGetUserInfoHeap",
             ("HeapHandle", "Flags", "BaseAddress", "UserValue", "UserFlags"),
             "bool",
+            required=False,
         ),
-        Prototype("RtlCompactHeap", ("HeapHandle", "Flags"), "size"),
+        Prototype("RtlCompactHeap", ("HeapHandle", "Flags"), "size", required=False),
         Prototype(
             "RtlQueryHeapInformation",
             (
@@ -71,11 +76,13 @@ ALLOCATOR_PROTOTYPES: dict[str, Prototype] = {
                 "ReturnLength",
             ),
             "status",
+            required=False,
         ),
         Prototype(
             "RtlSetHeapInformation",
             ("HeapHandle", "HeapInformationClass", "HeapInformation", "HeapInformationLength"),
             "status",
+            required=False,
         ),
         Prototype("RtlLockHeap", ("HeapHandle",), "bool", required=False),
         Prototype("RtlUnlockHeap", ("HeapHandle",), "bool", required=False),
