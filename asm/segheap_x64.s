@@ -1121,163 +1121,202 @@ RtlCreateHeap:
 	push	rbx
 	sub	rsp, 120
 	lea	rbp, [rsp + 112]
-	mov	r9, qword ptr [rbp + 120]
+	mov	rsi, qword ptr [rbp + 120]
 	mov	qword ptr [rbp - 56], 2048
-	mov	dword ptr [rbp - 28], ecx
+	mov	dword ptr [rbp - 20], ecx
 	test	ecx, 262144
 	mov	eax, 4
-	mov	r14d, 64
-	cmove	r14d, eax
-	test	r9, r9
-	je	segheap_LBB6_4
-	cmp	dword ptr [r9], 56
-	jne	segheap_LBB6_4
-	cmp	dword ptr [r9 + 4], 1346917192
-	jne	segheap_LBB6_4
-	lea	rdx, [r9 + 8]
-	lea	r8, [r9 + 16]
-	mov	rbx, qword ptr [r9 + 24]
-	mov	rcx, qword ptr [r9 + 32]
-	mov	rax, qword ptr [r9 + 40]
-	mov	r9d, dword ptr [r9 + 48]
-	jmp	segheap_LBB6_10
-segheap_LBB6_4:
+	mov	r13d, 64
+	cmove	r13d, eax
 	call	ntheap_get_peb
-	movabs	rdx, 4348954286826516615
-	movabs	r8, -9092005752041381481
-	mov	ebx, 625341585
 	test	rax, rax
-	mov	qword ptr [rbp - 40], rdx
-	mov	qword ptr [rbp - 16], r8
-	je	segheap_LBB6_5
-	mov	r9, qword ptr [rax + 48]
-	test	r9, r9
-	sete	al
-	test	r9d, 4095
-	setne	cl
-	or	cl, al
-	jne	segheap_LBB6_5
-	cmp	dword ptr [r9 + 16], -571548178
-	jne	segheap_LBB6_5
-	cmp	qword ptr [r9 + 312], r9
+	sete	dl
+	je	segheap_LBB6_6
+	mov	rcx, qword ptr [rax + 48]
+	test	rcx, rcx
+	sete	r8b
+	test	ecx, 4095
+	setne	r9b
+	or	r9b, r8b
+	jne	segheap_LBB6_6
+	cmp	dword ptr [rcx + 16], -571548178
+	jne	segheap_LBB6_6
+	xor	r9d, r9d
+	cmp	qword ptr [rcx + 312], rcx
+	cmove	r9, rcx
+	test	rsi, rsi
+	jne	segheap_LBB6_7
+	jmp	segheap_LBB6_9
+segheap_LBB6_6:
+	xor	r9d, r9d
+	test	rsi, rsi
 	je	segheap_LBB6_9
-segheap_LBB6_5:
-	xor	eax, eax
-	xor	ecx, ecx
-	mov	dword ptr [rbp + 4], 0
-	jmp	segheap_LBB6_11
+segheap_LBB6_7:
+	cmp	dword ptr [rsi], 56
+	jne	segheap_LBB6_9
+	test	rax, rax
+	sete	cl
+	cmp	dword ptr [rsi + 4], 1346917192
+	sete	dl
+	or	dl, cl
 segheap_LBB6_9:
-	lea	rdx, [r9 + 160]
-	lea	r8, [r9 + 168]
-	mov	eax, dword ptr [r9 + 180]
-	mov	r10d, dword ptr [r9 + 184]
-	movzx	ebx, word ptr [r9 + 892]
-	shl	rbx, 32
-	or	rbx, rax
-	mov	ecx, dword ptr [r9 + 272]
-	shl	rcx, 32
-	or	rcx, r10
-	movzx	r10d, word ptr [r9 + 192]
-	movzx	eax, word ptr [r9 + 194]
-	shl	rax, 32
-	or	rax, r10
-	mov	r9d, dword ptr [r9 + 188]
-	shl	r9d, 12
-segheap_LBB6_10:
-	mov	dword ptr [rbp + 4], r9d
-	mov	rdx, qword ptr [rdx]
-	mov	qword ptr [rbp - 40], rdx
-	mov	rdx, qword ptr [r8]
-	mov	qword ptr [rbp - 16], rdx
-segheap_LBB6_11:
-	movabs	rdx, -4294967296
-	mov	r8, rbx
-	shr	r8, 32
-	lea	r9d, [r8 - 16369]
-	cmp	r9d, -16368
-	mov	r12d, 16368
-	cmovae	r12d, r8d
-	test	ecx, ecx
-	je	segheap_LBB6_12
-	mov	r8d, 258048
-	cmp	ecx, 258049
-	jae	segheap_LBB6_13
-	mov	r8d, ecx
-	jmp	segheap_LBB6_16
-segheap_LBB6_12:
-	mov	r8d, 131072
+	movabs	rcx, -4294967296
+	add	rax, 4000
+	test	r9, r9
+	cmovne	rax, rsi
+	test	dl, dl
+	cmovne	rax, rsi
+	test	rax, rax
+	je	segheap_LBB6_13
+	cmp	dword ptr [rax], 56
+	jne	segheap_LBB6_13
+	cmp	dword ptr [rax + 4], 1346917192
+	jne	segheap_LBB6_13
+	lea	r11, [rax + 8]
+	lea	rdi, [rax + 16]
+	mov	r10d, dword ptr [rax + 24]
+	mov	esi, dword ptr [rax + 28]
+	shl	rsi, 32
+	or	rsi, r10
+	mov	r8, qword ptr [rax + 32]
+	mov	rdx, qword ptr [rax + 40]
+	mov	eax, dword ptr [rax + 48]
+	jmp	segheap_LBB6_15
 segheap_LBB6_13:
-	mov	r9d, r8d
-	and	rcx, rdx
-	or	rcx, r9
-segheap_LBB6_16:
-	mov	r9, rcx
-	and	r9, rdx
-	or	r9, r12
-	cmp	r8d, r12d
-	cmovbe	r8d, r12d
-	cmovae	r9, rcx
-	mov	rcx, r9
-	shr	rcx, 32
+	test	r9, r9
 	je	segheap_LBB6_17
-	mov	r10d, 983040
-	cmp	ecx, 983041
+	lea	r11, [r9 + 160]
+	lea	rdi, [r9 + 168]
+	mov	r10d, dword ptr [r9 + 180]
+	mov	eax, dword ptr [r9 + 184]
+	movzx	esi, word ptr [r9 + 892]
+	shl	rsi, 32
+	or	rsi, r10
+	mov	r8d, dword ptr [r9 + 272]
+	shl	r8, 32
+	or	r8, rax
+	movzx	eax, word ptr [r9 + 192]
+	movzx	edx, word ptr [r9 + 194]
+	shl	rdx, 32
+	or	rdx, rax
+	mov	eax, dword ptr [r9 + 188]
+	shl	eax, 12
+segheap_LBB6_15:
+	mov	qword ptr [rbp - 8], rax
+	mov	rax, qword ptr [r11]
+	mov	qword ptr [rbp - 32], rax
+	mov	rax, qword ptr [rdi]
+	mov	qword ptr [rbp - 40], rax
+	mov	r14, rsi
+	and	r14, rcx
+	or	r14, 625341585
+	test	r10d, r10d
+	cmovne	r14, rsi
+	mov	r9, r14
+	shr	r9, 32
+	lea	eax, [r9 - 16369]
+	cmp	eax, -16368
+	mov	eax, 16368
+	cmovae	eax, r9d
+	test	r8d, r8d
+	je	segheap_LBB6_18
+	mov	r9d, 258048
+	mov	r11d, eax
+	mov	r15d, eax
+	mov	r10d, r8d
+	cmp	r8d, 258049
 	jae	segheap_LBB6_19
 	jmp	segheap_LBB6_20
 segheap_LBB6_17:
-	mov	r10d, 520192
+	mov	r9d, 131072
+	mov	r14d, 625341585
+	movabs	rax, -9092005752041381481
+	mov	qword ptr [rbp - 40], rax
+	movabs	rax, 4348954286826516615
+	mov	qword ptr [rbp - 32], rax
+	mov	qword ptr [rbp - 8], 0
+	mov	r11d, 16368
+	mov	eax, 16368
+	xor	r8d, r8d
+	xor	edx, edx
+	jmp	segheap_LBB6_19
+segheap_LBB6_18:
+	mov	r9d, 131072
+	mov	r11d, eax
 segheap_LBB6_19:
-	mov	rcx, r10
-	shl	rcx, 32
-	mov	r9d, r9d
-	or	r9, rcx
-	mov	ecx, r10d
+	mov	r10d, r9d
+	and	r8, rcx
+	or	r8, r10
+	mov	r15d, r11d
+	mov	r10d, r9d
 segheap_LBB6_20:
-	mov	r10, r8
-	shl	r10, 32
-	mov	r13d, r9d
-	or	r13, r10
-	cmp	ecx, r8d
-	cmovae	r13, r9
-	lea	ecx, [rax - 32]
-	test	eax, eax
+	mov	r9, r8
+	and	r9, rcx
+	or	r9, rax
+	cmp	r10d, r15d
+	cmovbe	r10d, r15d
+	cmovae	r9, r8
+	mov	rax, r9
+	shr	rax, 32
+	je	segheap_LBB6_22
+	mov	r8d, 983040
+	cmp	eax, 983041
+	jae	segheap_LBB6_23
+	jmp	segheap_LBB6_24
+segheap_LBB6_22:
+	mov	r8d, 520192
+segheap_LBB6_23:
+	mov	rax, r8
+	shl	rax, 32
+	mov	r9d, r9d
+	or	r9, rax
+	mov	eax, r8d
+segheap_LBB6_24:
+	mov	r8, r10
+	shl	r8, 32
+	mov	esi, r9d
+	or	rsi, r8
+	cmp	eax, r10d
+	cmovae	rsi, r9
+	lea	eax, [rdx - 32]
+	test	edx, edx
 	mov	r8d, 17
 	mov	r9d, 31
 	cmove	r9, r8
-	and	rdx, rax
-	or	rdx, r9
-	cmp	ecx, -31
-	cmovae	rdx, rax
-	mov	rax, rdx
+	and	rcx, rdx
+	or	rcx, r9
+	cmp	eax, -31
+	cmovae	rcx, rdx
+	mov	rax, rcx
 	shr	rax, 32
 	test	rax, rax
-	movabs	rcx, 8761733283840
+	movabs	rdx, 8761733283840
 	movabs	r8, 8791798054912
-	cmove	r8, rcx
+	cmove	r8, rdx
 	add	eax, -2048
-	mov	esi, edx
-	or	rsi, r8
+	mov	ebx, ecx
+	or	rbx, r8
 	cmp	eax, -2047
-	cmovae	rsi, rdx
-	mov	qword ptr [rbp - 8], 0
-	mov	qword ptr [rbp - 24], 16384
-	mov	dword ptr [rsp + 40], r14d
+	cmovae	rbx, rcx
+	mov	qword ptr [rbp], 0
+	mov	qword ptr [rbp - 16], 16384
+	mov	dword ptr [rsp + 40], r13d
 	mov	dword ptr [rsp + 32], 8192
-	xor	r15d, r15d
-	lea	rdx, [rbp - 8]
-	lea	r9, [rbp - 24]
+	xor	r12d, r12d
+	mov	rdx, rbp
+	lea	r9, [rbp - 16]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	sets	al
-	mov	rdi, qword ptr [rbp - 8]
+	mov	rdi, qword ptr [rbp]
 	test	rdi, rdi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB6_23
+	jne	segheap_LBB6_58
 	mov	qword ptr [rbp - 48], rdi
-	mov	dword ptr [rsp + 40], r14d
+	mov	dword ptr [rsp + 40], r13d
 	mov	dword ptr [rsp + 32], 4096
 	lea	rdx, [rbp - 48]
 	lea	r9, [rbp - 56]
@@ -1285,124 +1324,120 @@ segheap_LBB6_20:
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB6_22
+	js	segheap_LBB6_35
 	test	dil, 7
-	je	segheap_LBB6_25
+	je	segheap_LBB6_36
 	mov	byte ptr [rdi], 0
 	lea	eax, [rdi + 1]
 	test	al, 7
-	mov	r8, qword ptr [rbp - 16]
-	je	segheap_LBB6_27
+	je	segheap_LBB6_37
 	mov	byte ptr [rdi + 1], 0
 	lea	eax, [rdi + 2]
 	test	al, 7
-	je	segheap_LBB6_29
+	je	segheap_LBB6_38
 	mov	byte ptr [rdi + 2], 0
 	lea	eax, [rdi + 3]
 	test	al, 7
-	je	segheap_LBB6_31
+	je	segheap_LBB6_39
 	mov	byte ptr [rdi + 3], 0
 	lea	eax, [rdi + 4]
 	test	al, 7
-	je	segheap_LBB6_33
+	je	segheap_LBB6_40
 	mov	byte ptr [rdi + 4], 0
 	lea	eax, [rdi + 5]
 	test	al, 7
-	je	segheap_LBB6_35
+	je	segheap_LBB6_41
 	mov	byte ptr [rdi + 5], 0
 	lea	eax, [rdi + 6]
 	test	al, 7
-	je	segheap_LBB6_37
+	je	segheap_LBB6_42
 	mov	byte ptr [rdi + 6], 0
 	lea	eax, [rdi - 1]
 	test	al, 7
-	je	segheap_LBB6_39
+	je	segheap_LBB6_43
 	mov	byte ptr [rdi + 7], 0
 	mov	eax, 8
-	jmp	segheap_LBB6_54
-segheap_LBB6_22:
-	mov	qword ptr [rbp - 8], rdi
-	mov	qword ptr [rbp - 24], 0
-	lea	rdx, [rbp - 8]
-	lea	r8, [rbp - 24]
+	jmp	segheap_LBB6_44
+segheap_LBB6_35:
+	mov	qword ptr [rbp], rdi
+	mov	qword ptr [rbp - 16], 0
+	mov	rdx, rbp
+	lea	r8, [rbp - 16]
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
-	xor	r15d, r15d
-	jmp	segheap_LBB6_23
-segheap_LBB6_25:
+	xor	r12d, r12d
+	jmp	segheap_LBB6_58
+segheap_LBB6_36:
 	xor	eax, eax
-	mov	r8, qword ptr [rbp - 16]
-	jmp	segheap_LBB6_54
-segheap_LBB6_27:
-	mov	eax, 1
-	jmp	segheap_LBB6_54
-segheap_LBB6_29:
-	mov	eax, 2
-	jmp	segheap_LBB6_54
-segheap_LBB6_31:
-	mov	eax, 3
-	jmp	segheap_LBB6_54
-segheap_LBB6_33:
-	mov	eax, 4
-	jmp	segheap_LBB6_54
-segheap_LBB6_35:
-	mov	eax, 5
-	jmp	segheap_LBB6_54
+	jmp	segheap_LBB6_44
 segheap_LBB6_37:
-	mov	eax, 6
-	jmp	segheap_LBB6_54
+	mov	eax, 1
+	jmp	segheap_LBB6_44
+segheap_LBB6_38:
+	mov	eax, 2
+	jmp	segheap_LBB6_44
 segheap_LBB6_39:
+	mov	eax, 3
+	jmp	segheap_LBB6_44
+segheap_LBB6_40:
+	mov	eax, 4
+	jmp	segheap_LBB6_44
+segheap_LBB6_41:
+	mov	eax, 5
+	jmp	segheap_LBB6_44
+segheap_LBB6_42:
+	mov	eax, 6
+	jmp	segheap_LBB6_44
+segheap_LBB6_43:
 	mov	eax, 7
-segheap_LBB6_54:
+segheap_LBB6_44:
 	mov	qword ptr [rdi + rax], 0
 	cmp	rax, 2032
 	lea	rax, [rax + 8]
-	jbe	segheap_LBB6_54
+	jbe	segheap_LBB6_44
 	cmp	rax, 2047
-	ja	segheap_LBB6_46
+	ja	segheap_LBB6_51
 	mov	edx, eax
 	neg	edx
 	mov	rcx, rax
 	and	edx, 7
-	je	segheap_LBB6_44
+	je	segheap_LBB6_49
 	mov	rcx, rax
-segheap_LBB6_43:
+segheap_LBB6_48:
 	mov	byte ptr [rdi + rcx], 0
 	add	rcx, 1
 	add	rdx, -1
-	jne	segheap_LBB6_43
-segheap_LBB6_44:
+	jne	segheap_LBB6_48
+segheap_LBB6_49:
 	cmp	rax, 2040
-	ja	segheap_LBB6_46
-segheap_LBB6_45:
+	ja	segheap_LBB6_51
+segheap_LBB6_50:
 	mov	qword ptr [rdi + rcx], 0
 	add	rcx, 8
 	cmp	rcx, 2048
-	jne	segheap_LBB6_45
-segheap_LBB6_46:
-	test	ebx, ebx
-	mov	eax, 625341585
-	cmovne	eax, ebx
-	mov	edx, dword ptr [rbp + 4]
-	mov	ecx, edx
-	shr	ecx, 12
-	test	edx, edx
+	jne	segheap_LBB6_50
+segheap_LBB6_51:
+	mov	rcx, qword ptr [rbp - 8]
+	mov	eax, ecx
+	shr	eax, 12
+	test	ecx, ecx
 	mov	dword ptr [rdi + 16], -571548178
-	mov	edx, dword ptr [rbp - 28]
-	mov	dword ptr [rdi + 20], edx
-	mov	rdx, qword ptr [rbp - 40]
-	mov	qword ptr [rdi + 160], rdx
-	mov	qword ptr [rdi + 168], r8
-	mov	dword ptr [rdi + 180], eax
-	mov	dword ptr [rdi + 176], eax
-	mov	dword ptr [rdi + 184], r13d
-	mov	eax, 16
-	cmovne	eax, ecx
-	mov	dword ptr [rdi + 188], eax
-	mov	word ptr [rdi + 192], si
-	shr	rsi, 32
-	mov	word ptr [rdi + 194], si
+	mov	ecx, dword ptr [rbp - 20]
+	mov	dword ptr [rdi + 20], ecx
+	mov	rcx, qword ptr [rbp - 32]
+	mov	qword ptr [rdi + 160], rcx
+	mov	rcx, qword ptr [rbp - 40]
+	mov	qword ptr [rdi + 168], rcx
+	mov	dword ptr [rdi + 180], r14d
+	mov	dword ptr [rdi + 176], r14d
+	mov	dword ptr [rdi + 184], esi
+	mov	ecx, 16
+	cmovne	ecx, eax
+	mov	dword ptr [rdi + 188], ecx
+	mov	word ptr [rdi + 192], bx
+	shr	rbx, 32
+	mov	word ptr [rdi + 194], bx
 	lea	rax, [rdi + 2048]
 	mov	qword ptr [rdi + 232], rax
 	lea	rax, [rdi + 4096]
@@ -1410,11 +1445,11 @@ segheap_LBB6_46:
 	lea	rax, [rdi + 16384]
 	mov	qword ptr [rdi + 248], rax
 	lea	rax, [rdi + 256]
-	shr	r13, 32
+	shr	rsi, 32
 	mov	qword ptr [rdi + 256], -1048576
 	mov	word ptr [rdi + 264], 12
 	mov	byte ptr [rdi + 266], 2
-	mov	dword ptr [rdi + 272], r13d
+	mov	dword ptr [rdi + 272], esi
 	mov	word ptr [rdi + 278], -128
 	lea	rcx, [rdi + 832]
 	mov	qword ptr [rdi + 280], rcx
@@ -1441,10 +1476,10 @@ segheap_LBB6_46:
 	mov	qword ptr [rdi + 672], rcx
 	mov	qword ptr [rdi + 768], rax
 	mov	qword ptr [rdi + 832], rax
-	mov	word ptr [rdi + 892], r12w
+	mov	word ptr [rdi + 892], r15w
 	mov	word ptr [rdi + 890], -704
 	mov	eax, 128
-segheap_LBB6_47:
+segheap_LBB6_52:
 	mov	qword ptr [rdi + 8*rax - 56], 1
 	mov	qword ptr [rdi + 8*rax - 48], 1
 	mov	qword ptr [rdi + 8*rax - 40], 1
@@ -1455,25 +1490,25 @@ segheap_LBB6_47:
 	mov	qword ptr [rdi + 8*rax], 1
 	add	rax, 8
 	cmp	rax, 256
-	jne	segheap_LBB6_47
+	jne	segheap_LBB6_52
 	call	ntheap_get_peb
 	test	rax, rax
-	je	segheap_LBB6_52
+	je	segheap_LBB6_57
 	mov	rcx, qword ptr [rax + 240]
 	test	rcx, rcx
-	je	segheap_LBB6_52
+	je	segheap_LBB6_57
 	mov	edx, dword ptr [rax + 232]
 	cmp	edx, dword ptr [rax + 236]
-	jae	segheap_LBB6_52
+	jae	segheap_LBB6_57
 	mov	qword ptr [rcx + 8*rdx], rdi
 	mov	ecx, dword ptr [rax + 232]
 	add	ecx, 1
 	mov	dword ptr [rax + 232], ecx
 	mov	word ptr [rdi + 28], cx
-segheap_LBB6_52:
-	mov	r15, rdi
-segheap_LBB6_23:
-	mov	rax, r15
+segheap_LBB6_57:
+	mov	r12, rdi
+segheap_LBB6_58:
+	mov	rax, r12
 	add	rsp, 120
 	pop	rbx
 	pop	rdi

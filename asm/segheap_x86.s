@@ -1172,152 +1172,178 @@ RtlCreateHeap:
 	push	edi
 	push	esi
 	sub	esp, 56
-	mov	edi, dword ptr [ebp + 28]
+	mov	esi, dword ptr [ebp + 28]
 	mov	dword ptr [ebp - 68], 1408
 	test	dword ptr [ebp + 8], 262144
 	mov	eax, 4
-	mov	esi, 64
-	cmove	esi, eax
-	test	edi, edi
-	je	segheap_LBB6_4
-	cmp	dword ptr [edi], 48
-	jne	segheap_LBB6_4
-	cmp	dword ptr [edi + 4], 1346917192
-	jne	segheap_LBB6_4
-	mov	dword ptr [ebp - 16], esi
-	lea	eax, [edi + 8]
-	mov	dword ptr [ebp - 20], eax
-	lea	eax, [edi + 12]
-	mov	dword ptr [ebp - 40], eax
-	lea	ecx, [edi + 16]
-	mov	esi, dword ptr [edi + 20]
-	mov	edx, dword ptr [edi + 32]
-	lea	eax, [edi + 24]
-	lea	ebx, [edi + 28]
-	mov	dword ptr [ebp - 24], ebx
-	mov	ebx, dword ptr [edi + 36]
-	mov	edi, dword ptr [edi + 40]
-	jmp	segheap_LBB6_9
-segheap_LBB6_4:
+	mov	ecx, 64
+	cmove	ecx, eax
+	mov	dword ptr [ebp - 40], ecx
 	call	ntheap_get_peb
-	mov	edx, 2040
-	mov	dword ptr [ebp - 60], 520192
-	mov	dword ptr [ebp - 52], 131072
-	mov	dword ptr [ebp - 28], 0
+	xor	edi, edi
 	test	eax, eax
-	mov	dword ptr [ebp - 24], 16368
-	mov	dword ptr [ebp - 56], 625341585
-	mov	dword ptr [ebp - 20], -1513889385
-	mov	dword ptr [ebp - 44], -759893881
-	mov	dword ptr [ebp - 48], 17
-	je	segheap_LBB6_12
-	mov	edi, dword ptr [eax + 24]
+	sete	cl
+	je	segheap_LBB6_4
+	mov	edx, dword ptr [eax + 24]
+	test	edx, edx
+	sete	ch
+	test	edx, 4095
+	setne	bl
+	or	bl, ch
+	jne	segheap_LBB6_4
+	cmp	dword ptr [edx + 8], -571548178
+	jne	segheap_LBB6_4
+	xor	edi, edi
+	cmp	dword ptr [edx + 292], edx
+	cmove	edi, edx
+segheap_LBB6_4:
+	test	esi, esi
+	je	segheap_LBB6_7
+	cmp	dword ptr [esi], 48
+	jne	segheap_LBB6_7
+	test	eax, eax
+	sete	dl
+	cmp	dword ptr [esi + 4], 1346917192
+	sete	cl
+	or	cl, dl
+segheap_LBB6_7:
+	add	eax, 4000
 	test	edi, edi
-	sete	al
-	test	edi, 4095
-	setne	cl
-	or	cl, al
-	jne	segheap_LBB6_12
-	cmp	dword ptr [edi + 8], -571548178
-	jne	segheap_LBB6_12
-	cmp	dword ptr [edi + 292], edi
-	jne	segheap_LBB6_12
-	mov	dword ptr [ebp - 16], esi
+	cmovne	eax, esi
+	test	cl, cl
+	cmovne	eax, esi
+	test	eax, eax
+	je	segheap_LBB6_11
+	cmp	dword ptr [eax], 48
+	jne	segheap_LBB6_11
+	cmp	dword ptr [eax + 4], 1346917192
+	jne	segheap_LBB6_11
+	lea	ecx, [eax + 8]
+	mov	dword ptr [ebp - 16], ecx
+	lea	ecx, [eax + 12]
+	mov	dword ptr [ebp - 28], ecx
+	lea	ecx, [eax + 16]
+	mov	edx, dword ptr [eax + 20]
+	mov	ebx, dword ptr [eax + 32]
+	lea	esi, [eax + 24]
+	mov	dword ptr [ebp - 20], esi
+	lea	esi, [eax + 28]
+	mov	dword ptr [ebp - 24], esi
+	mov	esi, dword ptr [eax + 36]
+	mov	eax, dword ptr [eax + 40]
+	jmp	segheap_LBB6_14
+segheap_LBB6_11:
+	test	edi, edi
+	je	segheap_LBB6_12
 	lea	eax, [edi + 144]
-	mov	dword ptr [ebp - 20], eax
+	mov	dword ptr [ebp - 16], eax
 	lea	eax, [edi + 148]
-	mov	dword ptr [ebp - 40], eax
+	mov	dword ptr [ebp - 28], eax
 	lea	ecx, [edi + 156]
-	movzx	esi, word ptr [edi + 736]
+	movzx	edx, word ptr [edi + 736]
 	lea	eax, [edi + 160]
-	lea	edx, [edi + 268]
-	mov	dword ptr [ebp - 24], edx
-	movzx	edx, word ptr [edi + 168]
-	movzx	ebx, word ptr [edi + 170]
-	mov	edi, dword ptr [edi + 164]
-	shl	edi, 12
-segheap_LBB6_9:
-	mov	dword ptr [ebp - 28], edi
-	mov	ecx, dword ptr [ecx]
-	test	ecx, ecx
-	mov	edi, 625341585
-	cmovne	edi, ecx
-	mov	dword ptr [ebp - 56], edi
-	lea	ecx, [esi - 16369]
-	cmp	ecx, -16368
+	mov	dword ptr [ebp - 20], eax
+	lea	eax, [edi + 268]
+	mov	dword ptr [ebp - 24], eax
+	movzx	ebx, word ptr [edi + 168]
+	movzx	esi, word ptr [edi + 170]
+	mov	eax, dword ptr [edi + 164]
+	shl	eax, 12
+segheap_LBB6_14:
+	mov	dword ptr [ebp - 36], eax
+	mov	eax, dword ptr [ecx]
+	test	eax, eax
+	mov	ecx, 625341585
+	cmovne	ecx, eax
+	mov	dword ptr [ebp - 56], ecx
+	lea	eax, [edx - 16369]
+	cmp	eax, -16368
 	mov	edi, 16368
-	cmovae	edi, esi
+	cmovae	edi, edx
+	mov	eax, dword ptr [ebp - 20]
 	mov	eax, dword ptr [eax]
 	cmp	eax, 258048
 	mov	ecx, 258048
 	cmovb	ecx, eax
 	test	eax, eax
-	mov	esi, 131072
-	cmovne	esi, ecx
+	mov	edx, 131072
+	cmovne	edx, ecx
 	mov	eax, dword ptr [ebp - 24]
 	mov	eax, dword ptr [eax]
-	cmp	esi, edi
+	cmp	edx, edi
 	mov	dword ptr [ebp - 24], edi
-	cmovbe	esi, edi
+	cmovbe	edx, edi
 	cmp	eax, 983040
 	mov	ecx, 983040
 	cmovb	ecx, eax
 	test	eax, eax
 	mov	eax, 520192
 	cmovne	eax, ecx
-	cmp	eax, esi
-	mov	dword ptr [ebp - 52], esi
-	cmovbe	eax, esi
-	mov	dword ptr [ebp - 60], eax
-	test	edx, edx
+	cmp	eax, edx
+	mov	dword ptr [ebp - 20], edx
+	cmovbe	eax, edx
+	mov	dword ptr [ebp - 52], eax
+	test	ebx, ebx
 	mov	eax, 17
 	mov	ecx, 31
 	cmove	ecx, eax
-	lea	eax, [edx - 32]
+	lea	eax, [ebx - 32]
 	cmp	eax, -31
-	cmovae	ecx, edx
+	cmovae	ecx, ebx
 	mov	dword ptr [ebp - 48], ecx
-	lea	eax, [ebx - 2048]
+	lea	eax, [esi - 2048]
 	cmp	eax, -2048
-	mov	eax, dword ptr [ebp - 20]
+	mov	eax, dword ptr [ebp - 16]
 	mov	eax, dword ptr [eax]
 	mov	dword ptr [ebp - 44], eax
-	mov	eax, dword ptr [ebp - 40]
+	mov	eax, dword ptr [ebp - 28]
 	mov	eax, dword ptr [eax]
-	mov	dword ptr [ebp - 20], eax
-	mov	edx, ebx
-	ja	segheap_LBB6_11
-	test	edx, edx
+	mov	dword ptr [ebp - 28], eax
+	ja	segheap_LBB6_15
+	test	esi, esi
 	mov	eax, 2040
-	mov	edx, 2047
-	cmove	edx, eax
-segheap_LBB6_11:
-	mov	esi, dword ptr [ebp - 16]
+	mov	ecx, 2047
+	cmove	ecx, eax
+	mov	dword ptr [ebp - 16], ecx
+	jmp	segheap_LBB6_17
+segheap_LBB6_15:
+	mov	dword ptr [ebp - 16], esi
+	jmp	segheap_LBB6_17
 segheap_LBB6_12:
-	mov	dword ptr [ebp - 16], edx
+	mov	dword ptr [ebp - 16], 2040
+	mov	dword ptr [ebp - 52], 520192
+	mov	dword ptr [ebp - 20], 131072
+	mov	dword ptr [ebp - 24], 16368
 	mov	dword ptr [ebp - 36], 0
-	mov	dword ptr [ebp - 32], 12288
-	lea	eax, [ebp - 32]
-	lea	edi, [ebp - 36]
-	push	esi
-	push	8192
-	push	eax
-	push	0
+	mov	dword ptr [ebp - 44], -759893881
+	mov	dword ptr [ebp - 28], -1513889385
+	mov	dword ptr [ebp - 56], 625341585
+	mov	dword ptr [ebp - 48], 17
+segheap_LBB6_17:
+	mov	edi, dword ptr [ebp - 40]
+	mov	dword ptr [ebp - 32], 0
+	mov	dword ptr [ebp - 60], 12288
+	lea	esi, [ebp - 60]
+	lea	ecx, [ebp - 32]
 	push	edi
+	push	8192
+	push	esi
+	push	0
+	push	ecx
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	sets	cl
-	mov	ebx, dword ptr [ebp - 36]
+	mov	ebx, dword ptr [ebp - 32]
 	test	ebx, ebx
 	sete	dl
 	xor	eax, eax
 	or	dl, cl
-	jne	segheap_LBB6_15
+	jne	segheap_LBB6_20
 	mov	dword ptr [ebp - 64], ebx
 	lea	eax, [ebp - 68]
 	lea	ecx, [ebp - 64]
-	push	esi
+	push	edi
 	push	4096
 	push	eax
 	push	0
@@ -1325,66 +1351,66 @@ segheap_LBB6_12:
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB6_14
+	js	segheap_LBB6_19
 	test	bl, 3
-	je	segheap_LBB6_17
+	je	segheap_LBB6_22
 	mov	byte ptr [ebx], 0
 	lea	eax, [ebx + 1]
 	test	al, 3
-	je	segheap_LBB6_36
+	je	segheap_LBB6_41
 	mov	byte ptr [ebx + 1], 0
 	lea	eax, [ebx + 2]
 	test	al, 3
-	je	segheap_LBB6_38
+	je	segheap_LBB6_43
 	mov	byte ptr [ebx + 2], 0
 	lea	eax, [ebx - 1]
 	test	al, 3
-	je	segheap_LBB6_40
+	je	segheap_LBB6_45
 	mov	byte ptr [ebx + 3], 0
 	mov	eax, 4
-	jmp	segheap_LBB6_18
-segheap_LBB6_14:
-	mov	dword ptr [ebp - 36], ebx
-	mov	dword ptr [ebp - 32], 0
+	jmp	segheap_LBB6_23
+segheap_LBB6_19:
+	mov	dword ptr [ebp - 32], ebx
+	mov	dword ptr [ebp - 60], 0
 	push	32768
+	push	esi
 	lea	eax, [ebp - 32]
 	push	eax
-	push	edi
 	push	-1
 	call	NtFreeVirtualMemory
 	xor	eax, eax
-	jmp	segheap_LBB6_15
-segheap_LBB6_17:
+	jmp	segheap_LBB6_20
+segheap_LBB6_22:
 	xor	eax, eax
-	jmp	segheap_LBB6_18
-segheap_LBB6_36:
+	jmp	segheap_LBB6_23
+segheap_LBB6_41:
 	mov	eax, 1
-	jmp	segheap_LBB6_18
-segheap_LBB6_38:
+	jmp	segheap_LBB6_23
+segheap_LBB6_43:
 	mov	eax, 2
-	jmp	segheap_LBB6_18
-segheap_LBB6_40:
+	jmp	segheap_LBB6_23
+segheap_LBB6_45:
 	mov	eax, 3
-segheap_LBB6_18:
+segheap_LBB6_23:
 	mov	ecx, 1404
 	sub	ecx, eax
 	lea	edx, [eax - 1405]
 	test	dl, 12
-	je	segheap_LBB6_21
+	je	segheap_LBB6_26
 	mov	edx, ecx
 	shr	edx, 2
 	inc	edx
 	and	edx, 7
 	neg	edx
-segheap_LBB6_20:
+segheap_LBB6_25:
 	mov	dword ptr [ebx + eax], 0
 	add	eax, 4
 	inc	edx
-	jne	segheap_LBB6_20
-segheap_LBB6_21:
+	jne	segheap_LBB6_25
+segheap_LBB6_26:
 	cmp	ecx, 28
-	jb	segheap_LBB6_22
-segheap_LBB6_42:
+	jb	segheap_LBB6_27
+segheap_LBB6_47:
 	mov	dword ptr [ebx + eax], 0
 	mov	dword ptr [ebx + eax + 4], 0
 	mov	dword ptr [ebx + eax + 8], 0
@@ -1395,32 +1421,32 @@ segheap_LBB6_42:
 	mov	dword ptr [ebx + eax + 28], 0
 	cmp	eax, 1372
 	lea	eax, [eax + 32]
-	jbe	segheap_LBB6_42
-segheap_LBB6_22:
+	jbe	segheap_LBB6_47
+segheap_LBB6_27:
 	cmp	eax, 1407
-	ja	segheap_LBB6_28
+	ja	segheap_LBB6_33
 	mov	edx, eax
 	neg	edx
 	and	edx, 7
 	mov	ecx, eax
-	je	segheap_LBB6_26
+	je	segheap_LBB6_31
 	mov	ecx, eax
-segheap_LBB6_25:
+segheap_LBB6_30:
 	mov	byte ptr [ebx + ecx], 0
 	inc	ecx
 	dec	edx
-	jne	segheap_LBB6_25
-segheap_LBB6_26:
+	jne	segheap_LBB6_30
+segheap_LBB6_31:
 	cmp	eax, 1400
-	ja	segheap_LBB6_28
-segheap_LBB6_27:
+	ja	segheap_LBB6_33
+segheap_LBB6_32:
 	mov	dword ptr [ebx + ecx], 0
 	mov	dword ptr [ebx + ecx + 4], 0
 	add	ecx, 8
 	cmp	ecx, 1408
-	jne	segheap_LBB6_27
-segheap_LBB6_28:
-	mov	ecx, dword ptr [ebp - 28]
+	jne	segheap_LBB6_32
+segheap_LBB6_33:
+	mov	ecx, dword ptr [ebp - 36]
 	mov	eax, ecx
 	shr	eax, 12
 	test	ecx, ecx
@@ -1429,14 +1455,14 @@ segheap_LBB6_28:
 	mov	dword ptr [ebx + 12], ecx
 	mov	ecx, dword ptr [ebp - 44]
 	mov	dword ptr [ebx + 144], ecx
-	mov	ecx, dword ptr [ebp - 20]
+	mov	ecx, dword ptr [ebp - 28]
 	mov	dword ptr [ebx + 148], ecx
 	mov	ecx, dword ptr [ebp - 56]
 	mov	dword ptr [ebx + 156], ecx
 	mov	dword ptr [ebx + 152], ecx
 	mov	ecx, 16
 	cmovne	ecx, eax
-	mov	eax, dword ptr [ebp - 52]
+	mov	eax, dword ptr [ebp - 20]
 	mov	dword ptr [ebx + 160], eax
 	mov	dword ptr [ebx + 164], ecx
 	mov	eax, dword ptr [ebp - 48]
@@ -1452,7 +1478,7 @@ segheap_LBB6_28:
 	mov	dword ptr [ebx + 256], -1048576
 	mov	word ptr [ebx + 260], 12
 	mov	byte ptr [ebx + 262], 1
-	mov	eax, dword ptr [ebp - 60]
+	mov	eax, dword ptr [ebp - 52]
 	mov	dword ptr [ebx + 268], eax
 	mov	word ptr [ebx + 274], -128
 	lea	eax, [ebx + 704]
@@ -1485,7 +1511,7 @@ segheap_LBB6_28:
 	mov	word ptr [ebx + 736], ax
 	mov	word ptr [ebx + 734], -576
 	mov	eax, -512
-segheap_LBB6_29:
+segheap_LBB6_34:
 	mov	dword ptr [ebx + eax + 1348], 1
 	mov	dword ptr [ebx + eax + 1352], 1
 	mov	dword ptr [ebx + eax + 1356], 1
@@ -1495,24 +1521,24 @@ segheap_LBB6_29:
 	mov	dword ptr [ebx + eax + 1372], 1
 	mov	dword ptr [ebx + eax + 1376], 1
 	add	eax, 32
-	jne	segheap_LBB6_29
+	jne	segheap_LBB6_34
 	call	ntheap_get_peb
 	test	eax, eax
-	je	segheap_LBB6_34
+	je	segheap_LBB6_39
 	mov	ecx, dword ptr [eax + 144]
 	test	ecx, ecx
-	je	segheap_LBB6_34
+	je	segheap_LBB6_39
 	mov	edx, dword ptr [eax + 136]
 	cmp	edx, dword ptr [eax + 140]
-	jae	segheap_LBB6_34
+	jae	segheap_LBB6_39
 	mov	dword ptr [ecx + 4*edx], ebx
 	mov	ecx, dword ptr [eax + 136]
 	inc	ecx
 	mov	dword ptr [eax + 136], ecx
 	mov	word ptr [ebx + 20], cx
-segheap_LBB6_34:
+segheap_LBB6_39:
 	mov	eax, ebx
-segheap_LBB6_15:
+segheap_LBB6_20:
 	add	esp, 56
 	pop	esi
 	pop	edi

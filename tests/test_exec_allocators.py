@@ -249,16 +249,25 @@ def test_from_program_refuses_unknown_allocators_and_options(arch: str) -> None:
         Process.from_program(exe, allocator=REFERENCE, allocator_options={"debug_channels": ""})
 
 
-@pytest.mark.parametrize("kind", [k.name for k in ALLOCATORS.values() if "encoding" in k.options])
-def test_allocator_options_reach_the_process_heap(arch: str, kind: str) -> None:
-    """The Windows 7 keys given to from_program are the ones Wine's first RtlCreateHeap (the
-    process heap) takes."""
+# an allocator option -> the process heap's header field that shows it (walker names)
+OPTION_FIELDS = {"encoding": "Encoding", "heap_key": "MemStats.HeapKey"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "option"),
+    [(k.name, o) for k in ALLOCATORS.values() for o in k.options if o in OPTION_FIELDS],
+)
+def test_allocator_options_reach_the_process_heap(arch: str, kind: str, option: str) -> None:
+    """The options given to from_program (Windows 7's keys, the segment heap's parameters) are
+    the ones Wine's first RtlCreateHeap, the process heap, takes."""
     proc = Process.from_program(
         build("args.exe", arch), ["args.exe"], allocator=kind,
-        allocator_options={"encoding": 0x12345678}, time_limit=120.0,
+        allocator_options={option: 0x12345678}, time_limit=120.0,
     )  # fmt: skip
     assert proc.program is not None
     result = proc.program.run()
     assert result.ok and result.text.startswith("argv[0]=args.exe"), result.error
     process_heap = PEB.read(proc, proc.arch, proc.peb, "ProcessHeap")
-    assert walk_heap(proc, process_heap).header["Encoding"] & 0xFFFFFFFF == 0x12345678
+    header = walk_heap(proc, process_heap).header
+    assert header[OPTION_FIELDS[option]] & 0xFFFFFFFF == 0x12345678
+    assert len(list_heaps(proc)) == 2  # the process heap and msvcrt's

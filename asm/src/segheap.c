@@ -2243,6 +2243,12 @@ static void peb_remove_heap(SEGMENT_HEAP *heap)
 
 /* The settings of a new heap: SEGHEAP_PARAMETERS when given, else those of PEB.ProcessHeap
  * when it is a segment heap, else the defaults; then clamped (see segheap.h). */
+static int params_valid(const SEGHEAP_PARAMETERS *p)
+{
+    return p && p->Length == sizeof(SEGHEAP_PARAMETERS) &&
+           p->Signature == SEGHEAP_PARAMETERS_SIGNATURE;
+}
+
 static void heap_settings(const void *params, SEGHEAP_PARAMETERS *cfg)
 {
     const SEGHEAP_PARAMETERS *p = params;
@@ -2250,10 +2256,14 @@ static void heap_settings(const void *params, SEGHEAP_PARAMETERS *cfg)
     SEGMENT_HEAP *ph;
 
     zero_bytes(cfg, sizeof(*cfg));
+    peb = ntheap_get_peb();
+    ph = peb ? get_heap(*(void **)(peb + PEB_PROCESS_HEAP)) : 0;
+    if (!params_valid(p) && peb && !ph) /* the process heap: the loader's record, if any */
+        p = (const SEGHEAP_PARAMETERS *)(peb + SEGHEAP_PARAMETERS_PEB_OFFSET);
     cfg->HeapKey = SEGHEAP_DEFAULT_HEAP_KEY;
     cfg->LfhKey = SEGHEAP_DEFAULT_LFH_KEY;
     cfg->RandomSeed = SEGHEAP_DEFAULT_SEED;
-    if (p && p->Length == sizeof(SEGHEAP_PARAMETERS) && p->Signature == SEGHEAP_PARAMETERS_SIGNATURE) {
+    if (params_valid(p)) {
         cfg->HeapKey = p->HeapKey;
         cfg->LfhKey = p->LfhKey;
         cfg->RandomSeed = p->RandomSeed;
@@ -2263,7 +2273,7 @@ static void heap_settings(const void *params, SEGHEAP_PARAMETERS *cfg)
         cfg->LfhActivationLive = p->LfhActivationLive;
         cfg->LfhActivationTotal = p->LfhActivationTotal;
         cfg->FreeCommitLimit = p->FreeCommitLimit;
-    } else if ((peb = ntheap_get_peb()) && (ph = get_heap(*(void **)(peb + PEB_PROCESS_HEAP)))) {
+    } else if (ph) {
         cfg->HeapKey = ph->MemStats.HeapKey;
         cfg->LfhKey = ph->MemStats.LfhKey;
         cfg->RandomSeed = ph->MemStats.RandomSeed;

@@ -145,6 +145,9 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define SEGHEAP_MAX_VS_LIMIT 0x3F000u      /* x86 chunk sizes are 15-bit counts of 8 bytes */
 #define SEGHEAP_MAX_BACKEND_LIMIT 0xF0000u /* fits one segment after its descriptor pages */
 #define SEGHEAP_PARAMETERS_SIGNATURE 0x50485348u /* "HSHP" */
+/* Where a loader leaves the process heap's parameters when the heap is not its to create
+ * (a program's start-up makes it: heapemu exec --allocator segment with options) */
+#define SEGHEAP_PARAMETERS_PEB_OFFSET 0xFA0u
 
 /* ---- structures ---- */
 typedef struct LIST_ENTRY_ {
@@ -169,8 +172,9 @@ typedef struct RTL_RB_TREE {
  * default seed, as the generator needs a nonzero state). Size fields of 0 mean the default
  * and are clamped: LfhMaxSize <= 0x3FF0, VsMaxSize <= 0x3F000, BackendMaxSize <= 0xF0000,
  * LfhMaxSize <= VsMaxSize <= BackendMaxSize. Without parameters a heap copies them from
- * PEB.ProcessHeap when that is a segment heap (Windows' keys are process-wide), else it
- * uses the SEGHEAP_DEFAULT_* values.
+ * PEB.ProcessHeap when that is a segment heap (Windows' keys are process-wide); the first heap
+ * (the process heap) takes a valid record at PEB + SEGHEAP_PARAMETERS_PEB_OFFSET; else the
+ * SEGHEAP_DEFAULT_* values.
  */
 typedef struct SEGHEAP_PARAMETERS {
     u32 Length;             /* sizeof(SEGHEAP_PARAMETERS) */

@@ -15,7 +15,11 @@ from typing import Any
 
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, SegmentWalker, WineWalker
-from emu.heap.walkers.segment_layout import PARAMETERS_SIGNATURE, SEGHEAP_PARAMETERS
+from emu.heap.walkers.segment_layout import (
+    PARAMETERS_PEB_OFFSET,
+    PARAMETERS_SIGNATURE,
+    SEGHEAP_PARAMETERS,
+)
 from emu.heap.walkers.win7 import Win7Walker
 from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
 from emu.load.builtin_heap import load_builtin_heap, load_c_heap
@@ -47,21 +51,25 @@ def load_segment_heap(
     """heapemu's Windows 10 segment heap (``asm/src/segheap.c``) with its process heap.
 
     Options (``SEGMENT_OPTIONS``; none: segheap.h's defaults) become the process heap's
-    SEGHEAP_PARAMETERS, passed as RtlCreateHeap's last argument; heaps created later without
-    parameters copy them from the process heap, as Windows' keys are process-wide. A threshold
+    SEGHEAP_PARAMETERS, passed as RtlCreateHeap's last argument (or, with
+    ``create_process_heap=False``, left at PEB + PARAMETERS_PEB_OFFSET for the first
+    RtlCreateHeap, a program's start-up's); heaps created later without parameters copy them
+    from the process heap, as Windows' keys are process-wide. A threshold
     of 0 means its default; keys are taken as given."""
     unknown = sorted(set(options) - set(SEGMENT_OPTIONS))
     if unknown:
         raise TypeError(f"segment heap: no option {', '.join(unknown)}")
     if not options:
         return load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=create_process_heap)
-    if not create_process_heap:
-        # the options travel in the process heap's RtlCreateHeap, which is not ours to make
-        raise TypeError("segment heap: options need the process heap heapemu creates")
     module = load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=False)
     layout = SEGHEAP_PARAMETERS
     values = {SEGMENT_OPTIONS[k]: v for k, v in options.items()}
     values |= {"Length": layout.size(proc.arch), "Signature": PARAMETERS_SIGNATURE}
+    if not create_process_heap:
+        # a program's start-up creates the process heap (without parameters): the first
+        # RtlCreateHeap takes them from the PEB record (segheap.h)
+        proc.write(proc.peb + PARAMETERS_PEB_OFFSET, layout.pack(proc.arch, values))
+        return module
     page, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
     try:
         proc.write(page, layout.pack(proc.arch, values))
