@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,11 +37,19 @@ class Process(ProcessCore):
         path: str | os.PathLike[str],
         argv: list[str] | None = None,
         env: dict[str, str] | None = None,
+        *,
+        allocator: str = "wine",
+        allocator_options: Mapping[str, Any] | None = None,
         **options: object,
     ) -> Process:
         """A process with the Windows program at ``path`` and Wine's ntdll mapped, ready for
-        ``proc.program.run()`` (see ``emu.load.program.load_program`` for the options)."""
-        return load_program(Path(path), argv, env, **options).proc  # type: ignore[return-value]
+        ``proc.program.run()``; ``allocator`` (a name of ``emu.heap.registry.ALLOCATORS``)
+        serves all its heaps (see ``load_program`` here and in ``emu.load.program``)."""
+        program = load_program(
+            Path(path), argv, env, allocator=allocator, allocator_options=allocator_options,
+            **options,
+        )  # fmt: skip
+        return program.proc  # type: ignore[return-value]
 
     def load_pe(self, path: str, name: str | None = None, *, trap_missing: bool = False) -> Module:
         """Map a PE image (see ``emu.load.pe``): preferred base or relocated, imports bound."""
@@ -140,16 +149,50 @@ def load_program(
     path: str | Path,
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    allocator: str = "wine",
+    allocator_options: Mapping[str, Any] | None = None,
     **options: object,
 ) -> Program:
     """Map the program at ``path`` and Wine's ntdll into a new ``Process`` (see
-    ``emu.load.program.load_program`` for the options); ``program.run()`` runs it."""
-    return _program.load_program(path, argv, env, process_class=Process, **options)  # type: ignore[arg-type]
+    ``emu.load.program.load_program`` for the options); ``program.run()`` runs it.
+
+    ``allocator`` serves the process heap and every heap the program creates: ``"wine"`` is
+    Wine's own ntdll heap; any other kind is loaded with ``allocator_options`` and ntdll's
+    ``Rtl*Heap`` entry points are routed to it before Wine's start-up runs."""
+    kind = allocator_kind(allocator)  # ValueError naming the choices
+    heap: Callable[[ProcessCore], Module] | None = None
+    if not kind.is_program_ntdll:
+        extra = dict(allocator_options or {})
+        unknown = sorted(set(extra) - set(kind.options))
+        if unknown:  # refused before anything is loaded
+            raise TypeError(f"allocator {kind.name!r} takes no option {', '.join(unknown)}")
+        heap = partial(kind.load_for_program, **extra)
+    elif allocator_options:
+        raise TypeError(
+            f"allocator {kind.name!r} is the program's own ntdll: give its options "
+            "(wine_dir, debug_channels) as load_program's own"
+        )
+    program = _program.load_program(
+        path,
+        argv,
+        env,
+        process_class=Process,
+        heap=heap,
+        **options,  # type: ignore[arg-type]
+    )
+    if heap is not None:
+        program.proc.heap_kind = kind.name
+    return program
 
 
 def run_program(
     path: str | Path, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+    *, allocator: str = "wine", allocator_options: Mapping[str, Any] | None = None,
     **options: object,
 ) -> _program.ProgramResult:  # fmt: skip
     """Load and run in one step."""
-    return load_program(path, argv, env, **options).run()
+    program = load_program(
+        path, argv, env, allocator=allocator, allocator_options=allocator_options, **options
+    )
+    return program.run()

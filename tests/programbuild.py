@@ -22,6 +22,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     cxxthrow.exe   ... that the program calling it catches
     threads.exe    threads, waits, events, semaphores, mutexes, critical sections; a shared heap
     flood.exe      MIB x 1 MiB to stdout, an unserved system call between two stderr lines
+    heapops.exe    malloc/realloc/HeapCreate/HeapAlloc/GlobalAlloc/LocalAlloc..., an LFH-sized run
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -76,6 +77,7 @@ RECIPES: dict[str, Recipe] = {
     "cxxthrow.exe": Recipe(("cxxthrow.cpp",), dlls=("thrower.dll",), shared_libgcc=True),
     "threads.exe": Recipe(("threads.c",)),
     "flood.exe": Recipe(("flood.c",)),
+    "heapops.exe": Recipe(("heapops.c",)),
 }
 
 

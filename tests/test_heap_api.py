@@ -212,3 +212,75 @@ def test_absurd_sizes_fail_cleanly(heaps: Heaps) -> None:
     p = a.alloc(heap, 0x10)
     assert a.realloc(heap, p, huge[-1]) == 0 and a.size(heap, p) == 0x10
     assert a.validate(heap)
+
+
+HEAP_SETTABLE_USER_VALUE, HEAP_SETTABLE_USER_FLAG1 = 0x100, 0x200
+HEAP_SETTABLE_USER_FLAG2, HEAP_SETTABLE_USER_FLAG3 = 0x400, 0x800
+
+
+def test_user_values_and_flags(heaps: Heaps) -> None:
+    """RtlSetUserValueHeap / RtlSetUserFlagsHeap / RtlGetUserInfoHeap, what Wine's
+    GlobalAlloc/LocalAlloc keep their handles in, and RtlCompactHeap."""
+    a, kind = heaps.allocator, allocator_kind(heaps.kind)
+    h = a.create_heap()
+    flags = HEAP_SETTABLE_USER_VALUE | HEAP_SETTABLE_USER_FLAG1
+    p = a.alloc(h, 0x40, flags)
+    q = a.alloc(h, 0x40)
+    assert a.user_info(h, p) == (0, HEAP_SETTABLE_USER_FLAG1)
+    assert a.set_user_value(h, p, 0x1234) and a.user_info(h, p) == (
+        0x1234,
+        HEAP_SETTABLE_USER_FLAG1,
+    )
+    assert not a.set_user_value(h, q, 0x99)  # no room for a value: allocated without the flag
+    assert a.user_info(h, q) == (0, 0)
+    assert a.set_user_flags(h, p, HEAP_SETTABLE_USER_FLAG1, HEAP_SETTABLE_USER_FLAG3)
+    assert a.user_info(h, p) == (0x1234, HEAP_SETTABLE_USER_FLAG3)
+    blocks = [a.alloc(h, 0x40, flags) for _ in range(300)]  # more than one table's worth
+    for i, b in enumerate(blocks):
+        assert a.set_user_value(h, b, i + 1)
+    for b in blocks[::2]:
+        assert a.free(h, b)
+    assert all(a.user_info(h, b) == (i + 1, HEAP_SETTABLE_USER_FLAG1)
+               for i, b in enumerate(blocks) if i % 2)  # fmt: skip
+    if not kind.is_program_ntdll:
+        # Windows' semantics (Wine 8.0 differs: its blocks without user info refuse flags,
+        # and a block moved by RtlReAllocateHeap loses its value)
+        assert a.set_user_flags(h, q, 0, HEAP_SETTABLE_USER_FLAG2)
+        assert a.user_info(h, q) == (0, HEAP_SETTABLE_USER_FLAG2)
+        moved = a.realloc(h, p, 0x8000)
+        assert moved not in (0, p)
+        assert a.user_info(h, moved) == (0x1234, HEAP_SETTABLE_USER_FLAG3)
+        p = moved
+        # a new block at a freed one's address has no value of its own
+        assert a.free(h, p)
+        again = [a.alloc(h, 0x8000) for _ in range(4)]
+        assert all(a.user_info(h, b) == (0, 0) for b in again)
+        # RtlCompactHeap: the largest free committed block RtlWalkHeap reports
+        free = [e.size for e in a.walk(h) if e.kind == "free"]
+        assert a.compact(h) == max(free, default=0) > 0
+    else:
+        assert a.free(h, p)
+    if not kind.walker.raises_on_corruption:  # a freed block has no user information
+        assert a.user_info(h, blocks[0]) is None and not a.set_user_value(h, blocks[0], 1)
+    # the value stays with its heap: another heap's blocks never see it
+    h2 = a.create_heap()
+    r = a.alloc(h2, 0x40, flags)
+    assert a.user_info(h2, r) == (0, HEAP_SETTABLE_USER_FLAG1)
+    assert a.destroy(h)
+    assert a.set_user_value(h2, r, 7) and a.user_info(h2, r) == (7, HEAP_SETTABLE_USER_FLAG1)
+
+
+def test_heap_information(heaps: Heaps) -> None:
+    """RtlQueryHeapInformation / RtlSetHeapInformation(HeapCompatibilityInformation), what
+    HeapQueryInformation / HeapSetInformation call: 2 while a low-fragmentation front end
+    serves the heap, else 0; setting what it is succeeds."""
+    a, kind = heaps.allocator, allocator_kind(heaps.kind)
+    h = a.create_heap()
+    for _ in range(100):
+        a.alloc(h, 0x100)
+    value = a.compatibility(h)
+    assert value in (0, 2)
+    if kind.walker.front_end:  # Windows 7: 100 live blocks of one size activated the LFH
+        assert value == 2
+    assert a.set_compatibility(h, value) == 0
+    assert a.compatibility(h) == value

@@ -286,3 +286,26 @@ def test_recorder_needs_functions_when_no_heap_is_loaded() -> None:
     with pytest.raises(ValueError, match="name them"):
         EventRecorder(Process("x64"))
     assert Allocator  # the wrapper is importable alongside
+
+
+def test_watched_functions_that_jump_into_one_another_close_together(heaps: Heaps) -> None:
+    """A watched function that jumps (not calls) into another watched one, as a routed
+    ntdll!RtlAllocateHeap does (``heapemu exec --allocator``): both events end at their one
+    return, so the next call is top-level again."""
+    proc, a = heaps.proc, heaps.allocator
+    target = a.entry["RtlAllocateHeap"]
+    reg = "rax" if heaps.arch == "x64" else "eax"
+    proc.load_flat(f"forward:\n    mov {reg}, {target:#x}\n    jmp {reg}\n", "jumps")
+    heap = a.create_heap()
+    inner = f"{heaps.module.short_name}!RtlAllocateHeap"
+    with proc.record(["jumps!forward", inner], argc={"forward": 3}) as rec:
+        first = proc.call("jumps!forward", heap, 0, 0x20)
+        second = proc.call("jumps!forward", heap, 0, 0x30)
+    assert first and second and first != second
+    assert [(e.name, e.ret, e.finished) for e in rec.events] == [
+        ("forward", first, True), ("forward", second, True)
+    ]  # fmt: skip
+    for event, ret in zip(rec.events, (first, second), strict=True):
+        (child,) = event.children
+        assert child.function == inner and child.ret == ret and child.finished
+        assert child.return_address == event.return_address

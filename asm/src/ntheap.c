@@ -8,6 +8,7 @@
  * The only way out is the system interface declared in ntheap.h. See ntheap.h for the layout.
  */
 #include "ntheap.h"
+#include "userinfo.h"
 
 #define PTR_SIZE ((uptr)sizeof(void *))
 #define ALIGNMENT (2 * PTR_SIZE)
@@ -940,6 +941,7 @@ void *NTAPI RtlDestroyHeap(void *handle)
     heap->magic = 0;
     heap->subheap.magic = 0;
     if (!(heap->internal_flags & HEAP_INTERNAL_USER_BASE)) release_region(heap->subheap.base);
+    userinfo_drop_heap(handle);
     return 0;
 }
 
@@ -956,7 +958,7 @@ void *NTAPI RtlAllocateHeap(void *handle, u32 flags, uptr size)
     ret = heap_alloc(heap, flags, size);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_NO_MEMORY);
-    return ret;
+    return userinfo_allocated(handle, flags, ret);
 }
 
 u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
@@ -973,7 +975,10 @@ u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
     flags |= heap->force_flags;
     heap_lock(heap, flags);
     ok = lookup_block(heap, ptr, &ref);
-    if (ok) free_block(&ref);
+    if (ok) {
+        userinfo_remove(handle, ptr);
+        free_block(&ref);
+    }
     heap_unlock(heap, flags);
     if (!ok && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_ACCESS_VIOLATION);
     return ok ? 1 : 0;
@@ -995,6 +1000,7 @@ void *NTAPI RtlReAllocateHeap(void *handle, u32 flags, void *ptr, uptr size)
     ret = heap_realloc(heap, flags, ptr, size, &status);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(status);
+    userinfo_reallocated(handle, flags, ptr, ret);
     return ret;
 }
 
@@ -1067,4 +1073,24 @@ u32 NTAPI RtlGetProcessHeaps(u32 count, void **heaps)
     if (!list) return 0;
     for (i = 0; i < total && i < count; i++) heaps[i] = list[i];
     return total;
+}
+
+u32 NTAPI RtlQueryHeapInformation(void *handle, u32 info_class, void *info, uptr length,
+                                  uptr *return_length)
+{
+    if (!get_heap(handle)) return STATUS_INVALID_PARAMETER;
+    if (info_class != HeapCompatibilityInformation) return STATUS_INVALID_INFO_CLASS;
+    if (return_length) *return_length = sizeof(u32);
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    *(u32 *)info = 0;
+    return STATUS_SUCCESS;
+}
+
+u32 NTAPI RtlSetHeapInformation(void *handle, u32 info_class, void *info, uptr length)
+{
+    if (info_class == HeapEnableTerminationOnCorruption) return STATUS_SUCCESS;
+    if (info_class != HeapCompatibilityInformation) return STATUS_INVALID_INFO_CLASS;
+    if (!get_heap(handle)) return STATUS_INVALID_PARAMETER;
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    return *(u32 *)info == 0 ? STATUS_SUCCESS : STATUS_UNSUCCESSFUL;
 }

@@ -61,7 +61,15 @@ typedef char ntheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define STATUS_ACCESS_VIOLATION 0xC0000005u
 #define STATUS_INVALID_PARAMETER 0xC000000Du
 #define STATUS_NO_MEMORY 0xC0000017u
+#define STATUS_UNSUCCESSFUL 0xC0000001u
+#define STATUS_INVALID_INFO_CLASS 0xC0000003u
+#define STATUS_BUFFER_TOO_SMALL 0xC0000023u
 #define EXCEPTION_NONCONTINUABLE 0x1u
+
+/* HEAP_INFORMATION_CLASS */
+#define HeapCompatibilityInformation 0u
+#define HeapEnableTerminationOnCorruption 1u
+#define HEAP_COMPATIBILITY_LFH 2u
 
 #define MEM_COMMIT 0x1000u
 #define MEM_RESERVE 0x2000u
@@ -235,5 +243,11 @@ u32 NTAPI RtlWalkHeap(void *heap, RTL_HEAP_WALK_ENTRY *entry);
 u32 NTAPI RtlLockHeap(void *heap);
 u32 NTAPI RtlUnlockHeap(void *heap);
 u32 NTAPI RtlGetProcessHeaps(u32 count, void **heaps);
+/* HeapCompatibilityInformation: a ULONG, always 0 (no low-fragmentation front end); setting 0
+ * succeeds, setting 2 (the LFH) is STATUS_UNSUCCESSFUL, as Windows answers a heap that cannot
+ * have one. HeapEnableTerminationOnCorruption: accepted (corruption always raises). */
+u32 NTAPI RtlQueryHeapInformation(void *heap, u32 info_class, void *info, uptr length,
+                                  uptr *return_length);
+u32 NTAPI RtlSetHeapInformation(void *heap, u32 info_class, void *info, uptr length);
 
 #endif

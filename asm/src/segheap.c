@@ -110,8 +110,9 @@
  *
  * Interface (for the emulator): the exports of ntheap.c (RtlCreateHeap, RtlDestroyHeap,
  * RtlAllocateHeap, RtlFreeHeap, RtlReAllocateHeap, RtlSizeHeap, RtlValidateHeap, RtlWalkHeap,
- * RtlLockHeap, RtlUnlockHeap, RtlGetProcessHeaps) plus RtlQueryHeapInformation
- * (HeapCompatibilityInformation only); the system calls NtAllocateVirtualMemory (MEM_RESERVE
+ * RtlLockHeap, RtlUnlockHeap, RtlGetProcessHeaps) plus RtlQueryHeapInformation and
+ * RtlSetHeapInformation (HeapCompatibilityInformation, HeapEnableTerminationOnCorruption) and
+ * userinfo.h's RtlSetUserValueHeap, RtlSetUserFlagsHeap, RtlGetUserInfoHeap, RtlCompactHeap; the system calls NtAllocateVirtualMemory (MEM_RESERVE
  * with and without a base address, MEM_COMMIT), NtFreeVirtualMemory (MEM_DECOMMIT,
  * MEM_RELEASE with size 0) and NtRaiseException; the PEB's ProcessHeap, NumberOfHeaps,
  * MaximumNumberOfHeaps and ProcessHeaps through ntheap_get_peb. Creation parameters:
@@ -119,6 +120,7 @@
  * thresholds, recognised by Length and Signature); anything else there is ignored.
  */
 #include "segheap.h"
+#include "userinfo.h"
 
 #define PTR_SIZE ((uptr)sizeof(void *))
 #define CURRENT_PROCESS ((uptr)-1)
@@ -2241,6 +2243,12 @@ static void peb_remove_heap(SEGMENT_HEAP *heap)
 
 /* The settings of a new heap: SEGHEAP_PARAMETERS when given, else those of PEB.ProcessHeap
  * when it is a segment heap, else the defaults; then clamped (see segheap.h). */
+static int params_valid(const SEGHEAP_PARAMETERS *p)
+{
+    return p && p->Length == sizeof(SEGHEAP_PARAMETERS) &&
+           p->Signature == SEGHEAP_PARAMETERS_SIGNATURE;
+}
+
 static void heap_settings(const void *params, SEGHEAP_PARAMETERS *cfg)
 {
     const SEGHEAP_PARAMETERS *p = params;
@@ -2248,10 +2256,14 @@ static void heap_settings(const void *params, SEGHEAP_PARAMETERS *cfg)
     SEGMENT_HEAP *ph;
 
     zero_bytes(cfg, sizeof(*cfg));
+    peb = ntheap_get_peb();
+    ph = peb ? get_heap(*(void **)(peb + PEB_PROCESS_HEAP)) : 0;
+    if (!params_valid(p) && peb && !ph) /* the process heap: the loader's record, if any */
+        p = (const SEGHEAP_PARAMETERS *)(peb + SEGHEAP_PARAMETERS_PEB_OFFSET);
     cfg->HeapKey = SEGHEAP_DEFAULT_HEAP_KEY;
     cfg->LfhKey = SEGHEAP_DEFAULT_LFH_KEY;
     cfg->RandomSeed = SEGHEAP_DEFAULT_SEED;
-    if (p && p->Length == sizeof(SEGHEAP_PARAMETERS) && p->Signature == SEGHEAP_PARAMETERS_SIGNATURE) {
+    if (params_valid(p)) {
         cfg->HeapKey = p->HeapKey;
         cfg->LfhKey = p->LfhKey;
         cfg->RandomSeed = p->RandomSeed;
@@ -2261,7 +2273,7 @@ static void heap_settings(const void *params, SEGHEAP_PARAMETERS *cfg)
         cfg->LfhActivationLive = p->LfhActivationLive;
         cfg->LfhActivationTotal = p->LfhActivationTotal;
         cfg->FreeCommitLimit = p->FreeCommitLimit;
-    } else if ((peb = ntheap_get_peb()) && (ph = get_heap(*(void **)(peb + PEB_PROCESS_HEAP)))) {
+    } else if (ph) {
         cfg->HeapKey = ph->MemStats.HeapKey;
         cfg->LfhKey = ph->MemStats.LfhKey;
         cfg->RandomSeed = ph->MemStats.RandomSeed;
@@ -2378,6 +2390,7 @@ void *NTAPI RtlDestroyHeap(void *handle)
         segment_release(heap, (HEAP_PAGE_SEGMENT *)ctx->SegmentListHead.Flink);
     heap->Signature = 0;
     vm_release(heap);
+    userinfo_drop_heap(handle);
     return 0;
 }
 
@@ -2406,7 +2419,7 @@ void *NTAPI RtlAllocateHeap(void *handle, u32 flags, uptr size)
     ret = heap_alloc(heap, flags, size);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_NO_MEMORY);
-    return ret;
+    return userinfo_allocated(handle, flags, ret);
 }
 
 u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
@@ -2423,7 +2436,10 @@ u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
     flags |= force_flags(heap);
     heap_lock(heap, flags);
     ok = lookup_block(heap, ptr, &ref, 0);
-    if (ok) free_block(heap, &ref);
+    if (ok) {
+        userinfo_remove(handle, ptr);
+        free_block(heap, &ref);
+    }
     heap_unlock(heap, flags);
     if (!ok && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_ACCESS_VIOLATION);
     return ok ? 1 : 0;
@@ -2445,6 +2461,7 @@ void *NTAPI RtlReAllocateHeap(void *handle, u32 flags, void *ptr, uptr size)
     ret = heap_realloc(heap, flags, ptr, size, &status);
     heap_unlock(heap, flags);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(status);
+    userinfo_reallocated(handle, flags, ptr, ret);
     return ret;
 }
 
@@ -2528,4 +2545,13 @@ u32 NTAPI RtlQueryHeapInformation(void *handle, u32 info_class, void *info, uptr
     if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
     *(u32 *)info = HEAP_COMPATIBILITY_LFH;
     return STATUS_SUCCESS;
+}
+
+u32 NTAPI RtlSetHeapInformation(void *handle, u32 info_class, void *info, uptr length)
+{
+    if (info_class == HeapEnableTerminationOnCorruption) return STATUS_SUCCESS;
+    if (info_class != HeapCompatibilityInformation) return STATUS_INVALID_INFO_CLASS;
+    if (!get_heap(handle)) return STATUS_INVALID_PARAMETER;
+    if (length < sizeof(u32) || !info) return STATUS_BUFFER_TOO_SMALL;
+    return *(u32 *)info == HEAP_COMPATIBILITY_LFH ? STATUS_SUCCESS : STATUS_UNSUCCESSFUL;
 }

@@ -64,6 +64,7 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 
 #define STATUS_SUCCESS 0x00000000u
 #define STATUS_NO_MORE_ENTRIES 0x8000001Au
+#define STATUS_UNSUCCESSFUL 0xC0000001u
 #define STATUS_INVALID_INFO_CLASS 0xC0000003u
 #define STATUS_ACCESS_VIOLATION 0xC0000005u
 #define STATUS_INVALID_PARAMETER 0xC000000Du
@@ -84,8 +85,9 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define RTL_HEAP_ENTRY_UNCOMMITTED 0x1000u
 #define RTL_HEAP_ENTRY_COMMITTED 0x4000u
 
-/* HEAP_INFORMATION_CLASS values answered by RtlQueryHeapInformation */
+/* HEAP_INFORMATION_CLASS values answered by RtlQueryHeapInformation / RtlSetHeapInformation */
 #define HeapCompatibilityInformation 0u
+#define HeapEnableTerminationOnCorruption 1u
 #define HEAP_COMPATIBILITY_LFH 2u
 
 #ifdef SEGHEAP_PTR64
@@ -143,6 +145,9 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define SEGHEAP_MAX_VS_LIMIT 0x3F000u      /* x86 chunk sizes are 15-bit counts of 8 bytes */
 #define SEGHEAP_MAX_BACKEND_LIMIT 0xF0000u /* fits one segment after its descriptor pages */
 #define SEGHEAP_PARAMETERS_SIGNATURE 0x50485348u /* "HSHP" */
+/* Where a loader leaves the process heap's parameters when the heap is not its to create
+ * (a program's start-up makes it: heapemu exec --allocator segment with options) */
+#define SEGHEAP_PARAMETERS_PEB_OFFSET 0xFA0u
 
 /* ---- structures ---- */
 typedef struct LIST_ENTRY_ {
@@ -167,8 +172,9 @@ typedef struct RTL_RB_TREE {
  * default seed, as the generator needs a nonzero state). Size fields of 0 mean the default
  * and are clamped: LfhMaxSize <= 0x3FF0, VsMaxSize <= 0x3F000, BackendMaxSize <= 0xF0000,
  * LfhMaxSize <= VsMaxSize <= BackendMaxSize. Without parameters a heap copies them from
- * PEB.ProcessHeap when that is a segment heap (Windows' keys are process-wide), else it
- * uses the SEGHEAP_DEFAULT_* values.
+ * PEB.ProcessHeap when that is a segment heap (Windows' keys are process-wide); the first heap
+ * (the process heap) takes a valid record at PEB + SEGHEAP_PARAMETERS_PEB_OFFSET; else the
+ * SEGHEAP_DEFAULT_* values.
  */
 typedef struct SEGHEAP_PARAMETERS {
     u32 Length;             /* sizeof(SEGHEAP_PARAMETERS) */
@@ -548,5 +554,9 @@ u32 NTAPI RtlUnlockHeap(void *heap);
 u32 NTAPI RtlGetProcessHeaps(u32 count, void **heaps);
 u32 NTAPI RtlQueryHeapInformation(void *heap, u32 info_class, void *info, uptr length,
                                   uptr *return_length);
+/* HeapCompatibilityInformation: the LFH is part of every segment heap, so setting 2 succeeds
+ * and changes nothing, setting 0 (no LFH) is STATUS_UNSUCCESSFUL.
+ * HeapEnableTerminationOnCorruption: accepted (corruption always raises). */
+u32 NTAPI RtlSetHeapInformation(void *heap, u32 info_class, void *info, uptr length);
 
 #endif

@@ -10,6 +10,7 @@
  * virtual blocks; LFH; validation; walking; exports.
  */
 #include "win7heap.h"
+#include "userinfo.h"
 
 #define G ((uptr)sizeof(HEAP_ENTRY)) /* granularity: 8 (x86) / 16 (x64) */
 #define PAGE ((uptr)WIN7HEAP_PAGE_SIZE)
@@ -2110,6 +2111,7 @@ void *NTAPI RtlDestroyHeap(void *handle)
     heap->Signature = 0;
     heap->Segment.SegmentSignature = 0;
     if (!(heap->Segment.SegmentFlags & HEAP_SEGMENT_USER_ALLOCATED)) release_region(heap);
+    userinfo_drop_heap(handle);
     return 0;
 }
 
@@ -2124,7 +2126,7 @@ void *NTAPI RtlAllocateHeap(void *handle, u32 flags, uptr size)
     flags |= heap->ForceFlags;
     ret = heap_alloc(heap, flags, size);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(STATUS_NO_MEMORY);
-    return ret;
+    return userinfo_allocated(handle, flags, ret);
 }
 
 u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
@@ -2146,6 +2148,7 @@ u32 NTAPI RtlFreeHeap(void *handle, u32 flags, void *ptr)
             raise_status(STATUS_ACCESS_VIOLATION);
         return 0;
     }
+    userinfo_remove(handle, ptr);
     free_ref(heap, &ref);
     return 1;
 }
@@ -2164,6 +2167,7 @@ void *NTAPI RtlReAllocateHeap(void *handle, u32 flags, void *ptr, uptr size)
     flags |= heap->ForceFlags;
     ret = heap_realloc(heap, flags, ptr, size, &status);
     if (!ret && (flags & HEAP_GENERATE_EXCEPTIONS)) raise_status(status);
+    userinfo_reallocated(handle, flags, ptr, ret);
     return ret;
 }
 

@@ -4,6 +4,11 @@ heapemu's options come before the program; everything after the program is the p
 command line (as with valgrind): ``heapemu exec --time-limit 2 prog.exe --time-limit 5`` gives
 the program ``--time-limit 5``, and heapemu says so on stderr.
 
+``--allocator NAME`` chooses what serves the program's heaps (``emu.heap.registry``): ``wine``
+(default) is Wine's own ntdll heap; any other has ntdll's ``Rtl*Heap`` entry points routed to
+it from the first instruction (``emu.load.heap_route``). ``--view summary|entries|address``
+prints a WinDbg-style view of the heaps after the run, walked with that allocator's walker.
+
 Exit status: the program's own exit code (its low 8 bits) when it exits; otherwise 124 when the
 time limit expired, 125 when it crashed (an exception none of its handlers took, which ends it
 with the exception code as on Windows, or an emulation fault before NtTerminateProcess), 127
@@ -43,12 +48,22 @@ from emu.cli.base import (
 from emu.errors import EmulationError, Fault
 from emu.facade import load_program
 from emu.heap.crossheap import CrossHeapFreeDetector
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.load.program import PROGRAM_DIR, Program, ProgramResult
 from emu.nt.exceptions import ExceptionEvent
 from emu.nt.kernel import describe_warning
 from emu.nt.output import DEFAULT_OUTPUT_LIMIT
 from emu.nt.threads import DEFAULT_QUANTUM
 from emu.observe.events import AllocationEvent, EventRecorder
+from emu.views import (
+    build_address,
+    build_entries,
+    build_summary,
+    render_address,
+    render_entries,
+    render_summary,
+)
+from emu.views.common import list_heaps
 from emu.win.ntdefs import status_name
 
 EXEC_HELP = "run a Windows console program through Wine's DLLs, recording its allocations"
@@ -57,6 +72,8 @@ EXEC_EPILOG = (
     "the program's exit code; 124 time limit, 125 crashed (an unhandled exception or a fault), "
     "127 program or DLL not loadable, 2 bad input."
 )
+# the heap views an exec run can end with (a scenario's are emu.cli.inspect's VIEWS)
+EXEC_VIEWS = ("summary", "entries", "address")
 DLL_NOT_FOUND = 0xC0000135  # STATUS_DLL_NOT_FOUND: Wine's loader ends the process with it
 
 
@@ -86,6 +103,21 @@ def configure_exec(parser: argparse.ArgumentParser) -> None:
         "--cross-heap",
         action="store_true",
         help="report blocks freed through another heap than the one holding them (seed 001)",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATOR_NAMES,
+        default="wine",
+        help="what serves the process heap and every heap the program creates "
+        "(default wine: Wine's own ntdll heap)",
+    )
+    parser.add_argument(
+        "--view",
+        action="append",
+        default=[],
+        choices=EXEC_VIEWS,
+        help="after the run, show the heaps (on stderr; --json: under 'views'): summary "
+        "(!heap -s), entries (!heap -h, every heap), address (!address /f:Heap); repeatable",
     )
     parser.add_argument("--json", action="store_true", help="a JSON report on stdout")
     parser.add_argument(
@@ -197,6 +229,7 @@ def run_exec(args: argparse.Namespace) -> int:
     own = {
         *("--map", "--env", "--events", "--stacks", "--cross-heap", "--json", "--time-limit"),
         *("--stop-on-first-chance", "--threads-seed", "--quantum", "--output-limit"),
+        *("--allocator", "--view"),
     }
     passed = _options_after_program(args, own)
     if passed:
@@ -224,6 +257,7 @@ def run_exec(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             threads_seed=args.threads_seed,
             quantum=args.quantum,
+            allocator=args.allocator,
             **output,
         )
     except ValueError as e:
@@ -244,19 +278,46 @@ def run_exec(args: argparse.Namespace) -> int:
     missing = _missing_dlls(program, result)
     outcome, status = _outcome(result, missing)
     problem = _problem_line(outcome, result, missing)
+    views = _views(program, args.view) if outcome in ("exited", "crashed") else []
     if args.json:
-        print(json.dumps(_report(program, result, rec, cross, outcome, missing, problem), indent=1))
+        data = _report(program, result, rec, cross, outcome, missing, problem)
+        data["allocator"] = args.allocator
+        if args.view:
+            data["views"] = {name: view for name, _text, view in views}
+        print(json.dumps(data, indent=1))
     else:
         if args.events:
             for ev in rec.all:
                 print("\n".join(_event_line(ev)), file=sys.stderr)
         for report in cross.reports if cross is not None else []:
             print(f"heapemu: cross-heap free: {report}", file=sys.stderr)
+        for _name, text, _data in views:
+            print(text, file=sys.stderr)
         for w in result.warnings:  # after the program's own output, never inside it
             print(f"heapemu: {describe_warning(w)}", file=sys.stderr)
         if problem:
             print(f"heapemu: {problem}", file=sys.stderr)
     return status
+
+
+def _views(program: Program, names: list[str]) -> list[tuple[str, str, Any]]:
+    """(name, text, JSON) of each requested view of the program's heaps, in the order asked;
+    the walker is the allocator's that served them (``proc.heap_kind``, else Wine's)."""
+    proc = program.proc
+    out: list[tuple[str, str, Any]] = []
+    for name in dict.fromkeys(names):
+        if name == "summary":
+            summary = build_summary(proc)
+            out.append((name, render_summary(summary), summary.to_json()))
+        elif name == "entries":
+            heaps = list_heaps(proc)
+            entries = [build_entries(proc, heap, index=i) for i, heap in enumerate(heaps)]
+            text = "\n\n".join(render_entries(v) for v in entries)
+            out.append((name, text, [v.to_json() for v in entries]))
+        else:
+            address = build_address(proc, usage="Heap")
+            out.append((name, render_address(address), address.to_json()))
+    return out
 
 
 def _problem_line(outcome: str, result: ProgramResult, missing: list[str]) -> str:

@@ -160,6 +160,44 @@ class Allocator:
         """RtlDestroyHeap: returns NULL on success."""
         return self._call("RtlDestroyHeap", heap) == 0
 
+    def set_user_value(self, heap: int, ptr: int, value: int, flags: int = 0) -> bool:
+        """RtlSetUserValueHeap: FALSE unless the block was allocated HEAP_SETTABLE_USER_VALUE."""
+        return bool(self._call("RtlSetUserValueHeap", heap, flags, ptr, value) & 0xFF)
+
+    def set_user_flags(self, heap: int, ptr: int, reset: int, set: int, flags: int = 0) -> bool:
+        """RtlSetUserFlagsHeap: clear ``reset``, then set ``set`` (HEAP_SETTABLE_USER_FLAGS)."""
+        return bool(self._call("RtlSetUserFlagsHeap", heap, flags, ptr, reset, set) & 0xFF)
+
+    def user_info(self, heap: int, ptr: int, flags: int = 0) -> tuple[int, int] | None:
+        """RtlGetUserInfoHeap: (user value, user flags) of a busy block, None for anything
+        else; the value is 0 for a block without one (the out-parameter starts at 0)."""
+        ps = self.proc.arch.ptr_size
+        out = self.scratch() + 0x800
+        self.proc.write(out, bytes(ps + 4))
+        if not self._call("RtlGetUserInfoHeap", heap, flags, ptr, out, out + ps) & 0xFF:
+            return None
+        return self.proc.read_ptr(out), int.from_bytes(self.proc.read(out + ps, 4), "little")
+
+    def compact(self, heap: int, flags: int = 0) -> int:
+        """RtlCompactHeap: the size of the largest free committed block."""
+        return self._call("RtlCompactHeap", heap, flags)
+
+    def compatibility(self, heap: int) -> int:
+        """RtlQueryHeapInformation(HeapCompatibilityInformation): 2 while a low-fragmentation
+        front end serves the heap, else 0."""
+        out = self.scratch() + 0x800
+        self.proc.write(out, bytes(4))
+        status = self._call("RtlQueryHeapInformation", heap, 0, out, 4, 0) & 0xFFFFFFFF
+        if status != NtStatus.SUCCESS:
+            raise NtStatusError(status, f"{self.name}: RtlQueryHeapInformation(0x{heap:x})")
+        return int.from_bytes(self.proc.read(out, 4), "little")
+
+    def set_compatibility(self, heap: int, value: int) -> int:
+        """RtlSetHeapInformation(HeapCompatibilityInformation, value): its NTSTATUS."""
+        out = self.scratch() + 0x800
+        self.proc.write(out, value.to_bytes(4, "little"))
+        return self._call("RtlSetHeapInformation", heap, 0, out, 4) & 0xFFFFFFFF
+
     def lock(self, heap: int) -> bool:
         return bool(self._call("RtlLockHeap", heap) & 0xFF)
 

@@ -15,7 +15,11 @@ from typing import Any
 
 from emu.heap.allocator import Allocator
 from emu.heap.walkers import BuiltinWalker, HeapReport, HeapWalker, SegmentWalker, WineWalker
-from emu.heap.walkers.segment_layout import PARAMETERS_SIGNATURE, SEGHEAP_PARAMETERS
+from emu.heap.walkers.segment_layout import (
+    PARAMETERS_PEB_OFFSET,
+    PARAMETERS_SIGNATURE,
+    SEGHEAP_PARAMETERS,
+)
 from emu.heap.walkers.win7 import Win7Walker
 from emu.load.builtin_heap import MODULE_NAME as BUILTIN_MODULE
 from emu.load.builtin_heap import load_builtin_heap, load_c_heap
@@ -41,22 +45,31 @@ SEGMENT_OPTIONS = {
 }
 
 
-def load_segment_heap(proc: ProcessCore, **options: int) -> Module:
+def load_segment_heap(
+    proc: ProcessCore, *, create_process_heap: bool = True, **options: int
+) -> Module:
     """heapemu's Windows 10 segment heap (``asm/src/segheap.c``) with its process heap.
 
     Options (``SEGMENT_OPTIONS``; none: segheap.h's defaults) become the process heap's
-    SEGHEAP_PARAMETERS, passed as RtlCreateHeap's last argument; heaps created later without
-    parameters copy them from the process heap, as Windows' keys are process-wide. A threshold
+    SEGHEAP_PARAMETERS, passed as RtlCreateHeap's last argument (or, with
+    ``create_process_heap=False``, left at PEB + PARAMETERS_PEB_OFFSET for the first
+    RtlCreateHeap, a program's start-up's); heaps created later without parameters copy them
+    from the process heap, as Windows' keys are process-wide. A threshold
     of 0 means its default; keys are taken as given."""
     unknown = sorted(set(options) - set(SEGMENT_OPTIONS))
     if unknown:
         raise TypeError(f"segment heap: no option {', '.join(unknown)}")
     if not options:
-        return load_c_heap(proc, "segheap", SEGMENT_MODULE)
+        return load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=create_process_heap)
     module = load_c_heap(proc, "segheap", SEGMENT_MODULE, create_process_heap=False)
     layout = SEGHEAP_PARAMETERS
     values = {SEGMENT_OPTIONS[k]: v for k, v in options.items()}
     values |= {"Length": layout.size(proc.arch), "Signature": PARAMETERS_SIGNATURE}
+    if not create_process_heap:
+        # a program's start-up creates the process heap (without parameters): the first
+        # RtlCreateHeap takes them from the PEB record (segheap.h)
+        proc.write(proc.peb + PARAMETERS_PEB_OFFSET, layout.pack(proc.arch, values))
+        return module
     page, _ = proc.memory.allocate(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
     try:
         proc.write(page, layout.pack(proc.arch, values))
@@ -82,6 +95,9 @@ class AllocatorKind:
     # RtlCreateHeap honours a caller's base, reserve and commit (a heap without HEAP_GROWABLE
     # keeps to its reservation); the segment heap ignores them and always grows (segheap.c)
     honours_sizes: bool = True
+    # it is Wine's ntdll itself: a program run through Wine's DLLs already uses it, nothing is
+    # routed (the others take over ntdll's Rtl*Heap entry points: load_for_program)
+    is_program_ntdll: bool = False
 
     def load(self, proc: ProcessCore, **options: Any) -> Module:
         """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
@@ -89,6 +105,16 @@ class AllocatorKind:
         if unknown:
             raise TypeError(f"allocator {self.name!r} takes no option {', '.join(unknown)}")
         return self.loader(proc, **options)
+
+    def load_for_program(self, proc: ProcessCore, **options: Any) -> Module:
+        """Map this allocator's code into a program's process without creating a heap: the
+        program's own start-up (Wine's ntdll, routed to it) creates the process heap."""
+        if self.is_program_ntdll:
+            raise ValueError(f"{self.name} is the program's own ntdll: there is nothing to load")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"allocator {self.name!r} takes no option {', '.join(unknown)}")
+        return self.loader(proc, create_process_heap=False, **options)
 
     def allocator(self, proc: ProcessCore, **options: Any) -> Allocator:
         """Load it and return its entry points as an ``Allocator``."""
@@ -127,6 +153,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             downloads=True,
             heaps_in_peb=False,  # Wine keeps its own list; only its RtlGetProcessHeaps reads it
             options=("wine_dir", "debug_channels"),
+            is_program_ntdll=True,
         ),
         AllocatorKind(
             name="segment",
@@ -164,7 +191,10 @@ def allocator_kind(name: str) -> AllocatorKind:
 
 
 def detect_kind(proc: ProcessCore) -> AllocatorKind:
-    """The allocator whose module is loaded in ``proc`` (exactly one must be)."""
+    """The allocator serving ``proc``'s heaps: the one a program's heap calls were routed to
+    (``proc.heap_kind``), else the one whose module is loaded (exactly one must be)."""
+    if proc.heap_kind is not None:
+        return allocator_kind(proc.heap_kind)
     loaded = {m.name.lower() for m in proc.modules}
     found = [k for k in ALLOCATORS.values() if k.module_name.lower() in loaded]
     if len(found) != 1:

@@ -26,20 +26,25 @@ what it writes to stdout/stderr is captured (``ProgramResult.stdout``).
         result = proc.program.run()
     result.exit_code, result.stdout, rec.events
 
-Also here: ``ProcessHeapList`` keeps PEB.ProcessHeaps true to the heaps the program creates
-(Wine's ntdll does not maintain it). Seed 001's cross-heap frees are ``emu.heap.crossheap``;
-``heapemu exec`` is ``emu.cli.exec``.
+Another allocator can serve the program's heaps: ``load_program(heap=loader)`` maps its code
+(``loader(proc)``, no process heap) and routes ntdll's ``Rtl*Heap`` entry points to it
+(``emu.load.heap_route``) before ntdll's first instruction, so Wine's start-up creates the
+process heap with it and every block Wine's DLLs or the program allocate or free is its own.
+Otherwise ``ProcessHeapList`` keeps PEB.ProcessHeaps true to the heaps the program creates
+(Wine's ntdll does not maintain it; our heaps do). Seed 001's cross-heap frees are
+``emu.heap.crossheap``; ``heapemu exec`` is ``emu.cli.exec``.
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from emu.errors import EmulationError
+from emu.load.heap_route import HeapRoute, route_heap
 from emu.modules import Module
 from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
@@ -193,6 +198,7 @@ class Program:
         windows_path: str,
         argv: Sequence[str],
         environment: Mapping[str, str],
+        route: HeapRoute | None = None,
     ):
         self.proc = proc
         self.path = path
@@ -202,7 +208,10 @@ class Program:
         self.argv = list(argv)
         self.environment = dict(environment)
         self.result: ProgramResult | None = None
-        self.heap_list = ProcessHeapList(proc, ntdll)
+        # where ntdll's heap entry points go when another allocator serves the heaps
+        self.route = route
+        # Wine's heap does not keep PEB.ProcessHeaps; a routed allocator keeps it itself
+        self.heap_list = ProcessHeapList(proc, ntdll) if route is None else None
 
     @property
     def objects(self) -> ObjectManager:
@@ -362,6 +371,7 @@ def load_program(
     stderr_sink: IO[bytes] | None = None,
     syscall_log: int | None = DEFAULT_SYSCALL_LOG,
     process_class: type[ProcessCore] = ProcessCore,
+    heap: Callable[[ProcessCore], Module] | None = None,
 ) -> Program:
     """Map the program at ``path`` and Wine's ntdll into a new ProcessCore (arch from the image).
 
@@ -372,7 +382,9 @@ def load_program(
     the next one drawn with ``threads_seed`` (``emu.nt.threads``: a seed gives one
     interleaving, exactly repeated). Of each output stream the first ``output_limit`` bytes
     are kept in memory (None: all); a sink (a binary file) gets every byte as it is written
-    (``emu.nt.output``). ``syscall_log`` records are kept (``emu.nt.records``)."""
+    (``emu.nt.output``). ``syscall_log`` records are kept (``emu.nt.records``).
+    ``heap(proc)``, when given, maps the allocator that serves every heap of the program (no
+    process heap: Wine's start-up creates it through the routed RtlCreateHeap)."""
     from emu.load.wine_ntdll import load_wine_ntdll
     from loader.peimage import PeImage
     from loader.wine import find_wine_dir
@@ -416,7 +428,8 @@ def load_program(
     args = list(argv) if argv else [windows_path]
     params = _write_parameters(proc, windows_path, args, environment)
     _fill_process(proc, exe, params)
-    program = Program(proc, path, exe, ntdll, windows_path, args, environment)
+    route = route_heap(proc, ntdll, heap(proc)) if heap is not None else None
+    program = Program(proc, path, exe, ntdll, windows_path, args, environment, route)
     proc.program = program
     # faults go to the program's handlers through Wine's dispatcher, as Windows hands them over
     proc.exception_dispatcher = ntdll.exports["KiUserExceptionDispatcher"]

@@ -216,7 +216,12 @@ class EventRecorder:
             return list(functions)
         out: list[str | int] = []
         for mod in self.proc.modules:
-            out += [f"{mod.short_name}!{n}" for n in DEFAULT_WATCHED if n in mod.exports]
+            # an entry point rewritten into a jump to another allocator is watched there
+            out += [
+                f"{mod.short_name}!{n}"
+                for n in DEFAULT_WATCHED
+                if n in mod.exports and mod.exports[n] not in self.proc.routed_entries
+            ]
         if not out:
             raise ValueError("no module exporting the Rtl* heap functions is loaded; name them")
         return out
@@ -356,12 +361,19 @@ class EventRecorder:
                 break
         else:
             return
+        # watched functions that jumped into one another (a routed ntdll entry point) share
+        # the return: they all return here
+        while i > 0 and (
+            self._open[i - 1].return_address == address
+            and self._open[i - 1].entry_sp == ev.entry_sp
+        ):
+            i -= 1
         while len(self._open) > i:  # anything opened after it never returned normally
             closing = self._open.pop()
             self._forget_return(closing.return_address)
             self._finish_counts(closing)
-            if closing is ev:
-                self._leave(ev, sp)
+            if closing.return_address == address and closing.entry_sp == ev.entry_sp:
+                self._leave(closing, sp)
 
     def _forget_return(self, address: int) -> None:
         left = self._returns.get(address, 1) - 1

@@ -171,6 +171,12 @@ class ProcessCore:
         self.view_allocator: Any = None  # emu.views: the Allocator asked for RtlGetProcessHeaps
         self.failure_recorder: Any = None  # emu.pytest_plugin: events for a failure report
         self._tsc = 0  # the last time-stamp counter value read (_on_rdtsc)
+        # emu.heap.registry: the allocator a program's heap calls are routed to (exec
+        # --allocator), which walkers and views use although Wine's ntdll is loaded too
+        self.heap_kind: str | None = None
+        # entry points rewritten into a jump to another module's (emu.load.heap_route):
+        # entry -> target; the event recorder watches the target instead
+        self.routed_entries: dict[int, int] = {}
         self.cpu.symbolizer = self.symbolize
         self._build_address_space(stack_reserve, stack_commit)
         # the threads (emu.nt.threads): the one made here, and those the program creates

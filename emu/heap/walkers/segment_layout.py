@@ -348,6 +348,7 @@ VS_BITS_SKIP_DURING_WALK = 0x200
 
 # Creation parameters (SEGHEAP_PARAMETERS, RtlCreateHeap's last argument) and their defaults
 PARAMETERS_SIGNATURE = 0x50485348  # "HSHP"
+PARAMETERS_PEB_OFFSET = 0xFA0  # the process heap's, when a program's start-up creates it
 DEFAULT_LFH_MAX = 0x3FF0
 DEFAULT_VS_MAX = 0x20000
 DEFAULT_BACKEND_MAX = 0x7F000
