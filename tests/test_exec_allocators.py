@@ -29,6 +29,7 @@ pytestmark = pytest.mark.wine
 REFERENCE = next(k.name for k in ALLOCATORS.values() if k.is_program_ntdll)  # Wine's own heap
 ADDRESS = re.compile(r"\b[0-9a-f]{8,16}\b")
 # what each walker's heap header says its heap is (struct name -> field, value)
+ACCESS_VIOLATION = 0xC0000005  # an unhandled exception ends the process with its code
 HEAP_SIGNATURES = {
     "_SEGMENT_HEAP": ("Signature", 0xDDEEDDEE),
     "_HEAP": ("Signature", 0xEEFFEEFF),
@@ -47,7 +48,7 @@ WINE_HEAP_INTERNALS = (
     "block_init_free",
 )
 
-# name -> (argv, env, stdin, expected exit code or None for a crash, addresses printed)
+# name -> (argv, env, stdin, expected exit code, addresses printed)
 PROGRAMS: dict[str, tuple[list[str], dict[str, str], bytes, int | None, bool]] = {
     "args.exe": (["args.exe", "one", "two words"], {"HEAPEMU_GREETING": "hi"}, b"in\n", 43, False),
     "alloc.exe": (["alloc.exe"], {}, b"", 0, True),
@@ -56,7 +57,7 @@ PROGRAMS: dict[str, tuple[list[str], dict[str, str], bytes, int | None, bool]] =
     "sysinfo.exe": (["sysinfo.exe"], {}, b"", 0, False),
     "sandbox.exe": (["sandbox.exe"], {}, b"", 0, False),
     "crash.exe": (["crash.exe"], {}, b"", 1, False),
-    "fault.exe": (["fault.exe"], {}, b"", None, False),
+    "fault.exe": (["fault.exe"], {}, b"", ACCESS_VIOLATION, False),  # unhandled: its code
     "crossfree.exe": (["crossfree.exe"], {}, b"", 0, True),
 }
 
@@ -103,8 +104,10 @@ def test_programs_print_and_exit_the_same_under_every_allocator(
     assert _shown(result.stdout, addresses) == _shown(out, addresses)
     assert _shown(result.stderr, addresses) == _shown(err, addresses)
     assert _fault(result) == fault
-    if expected_exit is None:
-        assert "unmapped read at address 0x10" in fault  # fault.exe's own fault, nothing else
+    if expected_exit == ACCESS_VIOLATION:  # fault.exe's own fault, nothing else
+        unhandled = result.unhandled
+        assert unhandled is not None and unhandled.code == ACCESS_VIOLATION
+        assert unhandled.params[:2] == (0, 0x10), unhandled.describe()  # a read of 0x10
     if addresses:  # the printed blocks are real ones (the masks hide nothing else)
         assert ADDRESS.search(result.text)
     # every heap of the run walks clean with its allocator's walker

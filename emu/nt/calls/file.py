@@ -145,6 +145,8 @@ def NtReadFile(
         low, high = struct.unpack("<II", k.read(ByteOffset, 8))
         if high != FILE_USE_FILE_POINTER_POSITION:
             offset = low | high << 32
+            if offset >= 1 << 63:  # a negative LARGE_INTEGER offset (NtReadFile refuses it)
+                raise NtStatusError(Status.INVALID_PARAMETER, f"byte offset 0x{offset:x}")
     if f.stream is not None:
         k.proc.objects.stdin = b""  # a pipe: what is read is gone
         offset = 0
@@ -254,7 +256,10 @@ def NtSetInformationFile(
     k.details.update(cls=FileInformationClass, name=f.name)
     if FileInformationClass != FILE_INFORMATION_CLASS.FilePositionInformation:
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} cannot be changed in the sandbox")
-    (f.position,) = struct.unpack("<q", k.read(FileInformation, 8))
+    (position,) = struct.unpack("<q", k.read(FileInformation, 8))
+    if position < 0:  # FilePositionInformation: CurrentByteOffset must not be negative
+        raise NtStatusError(Status.INVALID_PARAMETER, f"file position {position}")
+    f.position = position
     write_io_status(k, IoStatusBlock, 0, 0)
     return Status.SUCCESS
 

@@ -58,9 +58,13 @@ def deadline(k: Kernel, timeout: int) -> int | None:
         return None
     (value,) = struct.unpack("<q", k.read(timeout, 8))
     now = k.proc.threads.clock()
-    if value <= 0:
-        return now - value
-    return max(now, value - SYSTEM_TIME)  # absolute: a system time
+    end = now - value if value <= 0 else max(now, value - SYSTEM_TIME)  # absolute: system time
+    # past the horizon (~14,600 years from boot) a wait never ends: the clock, a system time
+    # once SYSTEM_TIME is added, must stay a LARGE_INTEGER
+    return None if end > _HORIZON else end
+
+
+_HORIZON = 1 << 62
 
 
 def wait(k: Kernel, what: Wait) -> int:
