@@ -145,16 +145,16 @@ def run_speed() -> list[dict[str, Any]]:
             for c in cands:
                 ev.evaluate(c)
             dt = time.perf_counter() - t0
-            # the same candidates' operations alone: what a snapshot would leave to pay for
+            # a candidate's own operations: all it replays after restoring the snapshot
             mean_ops = statistics.mean(len(ev.program.assemble(c)[0]) for c in cands)
             rows.append(
                 _row(
-                    f"search candidates/s ({allocator}, {ev.state.mode})",
+                    f"search candidates/s ({allocator})",
                     arch,
                     round(300 / dt, 1),
                     "candidates/s",
                     len(ev.program.prefix),
-                    "prefix ops per candidate",
+                    "prefix ops (run once, then restored)",
                     "",
                     walks=ev.walks,
                     mean_candidate_ops=round(mean_ops, 1),

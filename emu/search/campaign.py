@@ -350,8 +350,8 @@ def digest_values(values: Iterable[int]) -> str:
 
 class Heaps:
     """One process per allocator and architecture, reused by heap: a task that only creates
-    and destroys heaps gets the same addresses every time (the search's rebuild relies on it
-    too); anything that corrupts a heap gets a fresh process instead."""
+    and destroys heaps gets the same addresses every time; anything that corrupts a heap gets
+    a fresh process instead."""
 
     def __init__(self) -> None:
         self._procs: dict[tuple[str, str], tuple[Process, Allocator]] = {}
