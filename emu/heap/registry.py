@@ -82,6 +82,9 @@ class AllocatorKind:
     # RtlCreateHeap honours a caller's base, reserve and commit (a heap without HEAP_GROWABLE
     # keeps to its reservation); the segment heap ignores them and always grows (segheap.c)
     honours_sizes: bool = True
+    # the C unit (asm/src/UNIT.c) its code is assembled from; None for a DLL. The same C also
+    # builds for the host (tests/native), so what it does can be checked natively
+    c_unit: str | None = None
 
     def load(self, proc: ProcessCore, **options: Any) -> Module:
         """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
@@ -117,6 +120,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             loader=load_builtin_heap,
             downloads=False,
             heaps_in_peb=True,
+            c_unit="ntheap",
         ),
         AllocatorKind(
             name="wine",
@@ -138,6 +142,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             heaps_in_peb=True,
             honours_sizes=False,
             options=tuple(SEGMENT_OPTIONS),
+            c_unit="segheap",
         ),
         AllocatorKind(
             name="win7",
@@ -148,6 +153,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             downloads=False,
             heaps_in_peb=True,
             options=("encoding", "lfh_key", "pointer_key"),
+            c_unit=WIN7_MODULE,
         ),
     )
 }

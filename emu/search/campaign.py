@@ -760,6 +760,7 @@ class InjectRun:
     workload heap, the operations before, the bug, the operations after."""
 
     def __init__(self, allocator: str, arch: str):
+        self.allocator, self.arch = allocator, arch
         self.kind = allocator_kind(allocator)
         self.proc = Process(arch, time_limit=0)
         self.a = self.kind.allocator(self.proc)
@@ -769,6 +770,8 @@ class InjectRun:
         self.proc.write(self.target, bytes([TARGET_FILL]) * TARGET_SIZE)
         self.heap = self.a.create_heap()
         self.ps = self.proc.arch.ptr_size
+        # the target's bytes once the bug wrote it, as the scenario's last step must read them
+        self.target_now: bytes | None = None
 
     def payload_bytes(self, count: int) -> bytes:
         word = self.target.to_bytes(self.ps, "little")
@@ -838,11 +841,23 @@ class InjectRun:
         if "arbitrary_alloc" in first:
             effects["arbitrary_alloc"] = f"op {first['arbitrary_alloc']} got the chosen address"
         try:
-            now = self.proc.read(self.target - 0x40, TARGET_SIZE + 0x80)
-            if now[0x40 : 0x40 + TARGET_SIZE] != bytes([TARGET_FILL]) * TARGET_SIZE:
+            now: bytes | None = self.proc.read(self.target, TARGET_SIZE)
+        except EmulationError:  # its pages are gone: not a write a scenario can read back
+            now = None
+        if now is not None and now != bytes([TARGET_FILL]) * TARGET_SIZE:
+            self.target_now = now
+            if "fault" not in effects:
                 effects["arbitrary_write"] = "the chosen target block was written"
-        except EmulationError:
-            pass
+            elif fault_op and self._written_before(before, inj, after[:fault_op]):
+                # a scenario stops at the fault: it shows the write by ending just before it
+                effects["arbitrary_write"] = (
+                    f"the chosen target block was written by op {fault_op - 1}; the heap "
+                    "then faulted"
+                )
+                first["arbitrary_write"] = fault_op - 1
+            else:  # written in the operation that faulted: a scenario can show only the fault
+                self.target_now = None
+                effects["fault"] += "; the chosen target block was written in that operation"
         if fault_op is None and "fault" not in effects:
             try:
                 report = self.kind.walker(self.proc, self.heap).walk()
@@ -858,6 +873,17 @@ class InjectRun:
         if effect == "overlap":
             out["overlapped_slot"] = overlapped
         return out
+
+
+    def _written_before(self, before: Sequence[Op], inj: Injection, after: Sequence[Op]) -> bool:
+        """Whether ``after`` alone (the operations before the fault) writes the target: the
+        same run again on a fresh process, which stops there."""
+        if not after:
+            return False
+        again = InjectRun(self.allocator, self.arch)
+        again.run(before, inj, after)
+        self.target_now = again.target_now
+        return again.target_now is not None
 
 
 def _sizes(ops: Sequence[Op], values: Sequence[int]) -> dict[int, int]:
@@ -898,7 +924,7 @@ def inject_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         return "ok", result, ops
     if payload["shrink"]:
         marker = Op(OpKind.VALIDATE, 0xFFFF_FFFE, 0, 0, 0)  # stands for the bug; never removed
-        at = out["op"] if out["effect"] != "arbitrary_write" else None  # (no op to point at)
+        at = out["op"]  # the op showing the effect (None: the whole run shows it)
         seq = [*before, marker, *(after[: at + 1] if at is not None else after)]
 
         def split(s: Sequence[Op]) -> tuple[list[Op], list[Op]]:
@@ -930,9 +956,18 @@ def inject_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         again = final.run(b, inj, c)
         result["minimal"] = {"before": len(b), "after": len(c), "effect": again["effect"]}
         result["scenario"] = _inject_scenario(payload, inj, final, b, c, again)
-        r = run_scenario(parse_scenario(load_text(result["scenario"])))
-        result["verified"] = r.ok != (again["effect"] == "fault")
+        result["verified"] = _reproduces(result["scenario"], again["effect"])
     return "failed", result, ops
+
+
+def _reproduces(text: str, effect: str) -> bool:
+    """``heapemu run`` of the written scenario shows the effect: a fault stops it at an
+    operation with an EmulationError; any other effect runs to the end, its check included
+    (the target's bytes read back, the overlap's layout step)."""
+    r = run_scenario(parse_scenario(load_text(text)))
+    if effect == "fault":
+        return r.failure is not None and r.failure.fault is not None
+    return r.ok
 
 
 def _inject_scenario(
@@ -987,16 +1022,18 @@ def _inject_scenario(
         head[at]["note"] = "overlaps a live block"
         tail = head + ([{"layout": {"overlap": [old, new]}}] if old else []) + rest
     else:
+        if effect == "arbitrary_write" and at is not None:
+            after = after[: at + 1]  # the operations after it fault: the scenario stops here
         tail, _ = ops_steps(after, names=names, first=len(before) + 1, expect_any=lambda i: True)
     if effect == "arbitrary_alloc" and at is not None and at < len(tail):
         tail[at]["note"] = "returns the chosen address"
     steps += tail
     if effect == "arbitrary_write":
-        data_now = run.proc.read(run.target, TARGET_SIZE).hex()
+        assert run.target_now is not None
         steps.append(
             {
                 "read": {"at": "target", "size": TARGET_SIZE},
-                "expect": data_now,
+                "expect": run.target_now.hex(),
                 "note": "the chosen target block, written through the heap",
             }
         )
