@@ -95,6 +95,13 @@ TARGET_SIZE = 0x100  # the chosen target block (inject)
 # ever): a count, not a time, so the same case gives the same result on any machine
 INJECT_BUDGET = 20_000_000
 TARGET_FILL = 0x5A
+# wall-clock limit of one replay call of n operations: a guard against a hung allocator, not
+# a measure (the heaps that commit and decommit most run ~500 operations/s on a loaded core)
+SECONDS_PER_OP = 0.02
+
+
+def replay_limit(n: int) -> float:
+    return max(30.0, n * SECONDS_PER_OP)
 CREATE_HEAP: dict[str, Any] = {"create_heap": "HEAP_GROWABLE", "as": "heap"}
 
 
@@ -466,7 +473,13 @@ class InvariantRun:
         for start in range(0, len(ops), self.check_every):
             chunk = ops[start : start + self.check_every]
             try:
-                r = replay(self.allocator, chunk, self.heap, slots=self.slots)
+                r = replay(
+                    self.allocator,
+                    chunk,
+                    self.heap,
+                    slots=self.slots,
+                    time_limit=replay_limit(len(chunk)),
+                )
             except ReplayError as e:
                 at = start + (e.op_index if e.op_index is not None else 0)
                 return {"kind": "fault", "op": at, "problems": [describe_fault(e)]}
@@ -648,7 +661,7 @@ def _run_values(heaps: Heaps, allocator: str, arch: str, ops: Sequence[Op]) -> l
     a = heaps.get(allocator, arch)[1]
     heap = a.create_heap()
     try:
-        values = list(replay(a, ops, heap).values)
+        values = list(replay(a, ops, heap, time_limit=replay_limit(len(ops))).values)
     except ReplayError as e:
         heaps.drop(allocator, arch)
         return list(e.results) + [-1] * (len(ops) - len(e.results))
@@ -867,6 +880,7 @@ class InjectRun:
                     effects.setdefault("detected", "RtlValidateHeap returned FALSE")
             except EmulationError as e:
                 effects["fault"] = f"while validating: {describe_fault(e)}"
+                fault_op = len(after)  # RtlValidateHeap after the last op: the scenario's too
         effect = next((e for e in EFFECTS if e in effects), "none")
         where = fault_op if effect == "fault" else first.get(effect)
         out: dict[str, Any] = {"effect": effect, "effects": effects, "op": where}
@@ -1001,7 +1015,7 @@ def _inject_scenario(
             steps.append({"write": {"at": victim, "data": data}, "note": note})
         else:
             steps.append({"free": victim, "expect": "any", "note": note})
-    names.pop(inj.slot, None)
+        names.pop(inj.slot, None)  # freed: an overflowed block stays live
     effect = out["effect"]
     at = out["op"]
     if effect == "overlap" and at is not None and at < len(after):
@@ -1028,6 +1042,8 @@ def _inject_scenario(
     if effect == "arbitrary_alloc" and at is not None and at < len(tail):
         tail[at]["note"] = "returns the chosen address"
     steps += tail
+    if effect == "fault" and at == len(after):  # the campaign's heap check after the last op
+        steps.append({"validate": None, "note": "RtlValidateHeap faults on the corrupted heap"})
     if effect == "arbitrary_write":
         assert run.target_now is not None
         steps.append(
