@@ -62,6 +62,8 @@ def result_name(name: str) -> str:
     """The results file of suite ``name``: a run on a subset of the allocators writes its own
     file (``campaign_1m.win7-segment.json``), next to the full run's."""
     return f"{name}.{'-'.join(BENCH_ALLOCATORS)}" if _SUBSET else name
+
+
 assert "search" in TASK_FUNCTIONS
 
 
@@ -456,7 +458,8 @@ def run_suite() -> list[dict[str, Any]]:
                     else None,
                 )
             )
-    (RESULTS / f"{result_name('search_suite_details')}.json").write_text(json.dumps(details, indent=1) + "\n")
+    details_file = RESULTS / f"{result_name('search_suite_details')}.json"
+    details_file.write_text(json.dumps(details, indent=1) + "\n")
     return rows
 
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_cli_refuses_a_damaged_database(tmp_path: Path, capsys: pytest.CaptureFi
 
 # ---------------------------------------------------------------------- cases
 # every allocator in at least one pair: (builtin, wine), (wine, segment), (segment, win7)
-PAIRS = list(zip(ALLOCATOR_NAMES, ALLOCATOR_NAMES[1:], strict=False))
+PAIRS = list(pairwise(ALLOCATOR_NAMES))
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=["-".join(p) for p in PAIRS])

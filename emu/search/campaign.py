@@ -102,6 +102,8 @@ SECONDS_PER_OP = 0.02
 
 def replay_limit(n: int) -> float:
     return max(30.0, n * SECONDS_PER_OP)
+
+
 CREATE_HEAP: dict[str, Any] = {"create_heap": "HEAP_GROWABLE", "as": "heap"}
 
 
@@ -887,7 +889,6 @@ class InjectRun:
         if effect == "overlap":
             out["overlapped_slot"] = overlapped
         return out
-
 
     def _written_before(self, before: Sequence[Op], inj: Injection, after: Sequence[Op]) -> bool:
         """Whether ``after`` alone (the operations before the fault) writes the target: the
