@@ -150,6 +150,25 @@ def test_inject_case_finds_and_shrinks_an_effect(arch: str, allocator_kind: str)
     _shows(result["scenario"], result["effect"])
 
 
+@pytest.mark.parametrize(
+    ("arch", "bug"), [("x64", "use_after_free:64"), ("x86", "use_after_free:16")], indirect=["arch"]
+)
+def test_an_arbitrary_write_followed_by_a_fault_gives_a_scenario_ending_before_it(
+    arch: str, bug: str
+) -> None:
+    # found by a scan of seeds: the builtin heap writes the target through the planted links,
+    # and an operation later walks the corrupted free list for ever (the instruction budget
+    # ends it); heapemu run has no budget, so the scenario must stop before that operation
+    payload = dict(INJECT, arch=arch, allocator="builtin", seed=9, bug=bug, shrink=False)
+    _, result, _ = inject_case(payload)
+    assert result["effect"] == "arbitrary_write" and "fault" in result["effects"], result
+    assert f"written by op {result['op']};" in result["effects"]["arbitrary_write"]
+    assert f"in op #{result['op'] + 1} " in result["effects"]["fault"]
+    status, result, _ = inject_case(dict(payload, shrink=True))
+    assert status == "failed" and result["effect"] == "arbitrary_write" and result["verified"]
+    _shows(result["scenario"], "arbitrary_write")
+
+
 # ---------------------------------------------------------------------- engines
 def test_local_pool_and_a_local_ray_cluster_give_the_same_results(tmp_path: Path) -> None:
     import ray  # a test dependency (pyproject's test extra), like the allocators' DLLs
