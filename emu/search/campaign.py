@@ -28,7 +28,12 @@ case an independent, deterministic task with a JSON result.
   ``overflow`` past its end, a ``use_after_free`` write of n bytes, a ``double_free`` — where
   the written bytes are the address of a chosen target block in another heap; the workload
   goes on for ``after`` operations and the effects are recorded: a write to the chosen address,
-  an allocation returned there, overlapping blocks, a fault, or the allocator noticing.
+  an allocation returned there, overlapping blocks, a fault, or the allocator noticing. A
+  scenario stops at a fault, so a write to the chosen address followed by a fault counts as
+  the write only if it happened before the faulting operation (the scenario then ends there);
+  a write by the faulting operation itself is reported as the fault (the segment heap, led to
+  the target by planted links, reads the target's bytes as further links and faults in the
+  same call).
 
 A failing case (an invariant broken, a divergence, an injected bug reaching the chosen
 address, handing out overlapping blocks or faulting) is shrunk and its result carries the
