@@ -34,6 +34,8 @@ SUITES = {
     "search_suite": bench_search.run_suite,
     "campaign_1m": bench_search.run_campaign_1m,
 }
+# suites that honour HEAPEMU_BENCH_ALLOCATORS (bench_search.BENCH_ALLOCATORS)
+BY_ALLOCATOR = ("search_speed", "search_suite", "campaign_1m")
 
 
 def main(argv: list[str]) -> int:
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> int:
         table.add_column(col)
     for name in chosen:
         rows = SUITES[name]()
-        save(name, rows)
+        save(bench_search.result_name(name) if name in BY_ALLOCATOR else name, rows)
         for r in rows:
             table.add_row(
                 str(r["benchmark"]),

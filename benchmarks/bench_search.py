@@ -5,8 +5,9 @@ rate on the shipped suite of layout problems (benchmarks/layouts/, one file per 
     python -m benchmarks search_scaling   1 -> 2 local workers, a local Ray cluster of 2 workers,
                                           and the engines' own cost per task
     python -m benchmarks search_suite     solve rate and median time to solution per allocator
-                                          (every solution replayed by heapemu run; the builtin
-                                          heap's also natively); random vs evolve
+                                          (every solution replayed by heapemu run; those of
+                                          the C heaps also natively: NATIVE_CHECKS);
+                                          random vs evolve
     python -m benchmarks campaign_1m      1 M operations per allocator x arch on the local pool,
                                           invariants held; a differential campaign's first
                                           divergence as a minimal scenario
@@ -14,7 +15,9 @@ rate on the shipped suite of layout problems (benchmarks/layouts/, one file per 
 Environment: HEAPEMU_BENCH_WORKERS (local pool size, default: one per core),
 HEAPEMU_BENCH_SEARCH_ARCH (x64, x86 or both; default x64), HEAPEMU_BENCH_STRATEGIES (default
 "evolve,random"), HEAPEMU_BENCH_SEARCH_LIMIT (seconds per problem, default the spec's 60),
-HEAPEMU_BENCH_CAMPAIGN_OPS (per allocator x arch, default 1000000).
+HEAPEMU_BENCH_CAMPAIGN_OPS (per allocator x arch, default 1000000), HEAPEMU_BENCH_ALLOCATORS
+(comma-separated; default every registered allocator; a subset's results go to files of their
+own: result_name).
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from emu.heap.registry import ALLOCATOR_NAMES
+from emu.heap.registry import ALLOCATOR_NAMES, ALLOCATORS
 from emu.heap.replay.run import replay
 from emu.heap.replay.workload import Workload, synthetic
 from emu.search.campaign import InvariantRun, parse_campaign
@@ -49,6 +53,17 @@ ARCH = os.environ.get("HEAPEMU_BENCH_SEARCH_ARCH", "x64")
 STRATEGIES = os.environ.get("HEAPEMU_BENCH_STRATEGIES", "evolve,random").split(",")
 LIMIT = os.environ.get("HEAPEMU_BENCH_SEARCH_LIMIT")
 CAMPAIGN_OPS = int(os.environ.get("HEAPEMU_BENCH_CAMPAIGN_OPS", 1_000_000))
+_SUBSET = os.environ.get("HEAPEMU_BENCH_ALLOCATORS")
+BENCH_ALLOCATORS: tuple[str, ...] = tuple(_SUBSET.split(",")) if _SUBSET else ALLOCATOR_NAMES
+assert set(BENCH_ALLOCATORS) <= set(ALLOCATOR_NAMES), f"unknown allocator in {_SUBSET!r}"
+
+
+def result_name(name: str) -> str:
+    """The results file of suite ``name``: a run on a subset of the allocators writes its own
+    file (``campaign_1m.win7-segment.json``), next to the full run's."""
+    return f"{name}.{'-'.join(BENCH_ALLOCATORS)}" if _SUBSET else name
+
+
 assert "search" in TASK_FUNCTIONS
 
 
@@ -135,7 +150,7 @@ def run_speed() -> list[dict[str, Any]]:
     """Candidates/s (one core, the first adjacency problem) and campaign ops/s per core."""
     rows = []
     problem = next(p for p in load_suite() if p["family"] == "adjacency")
-    for allocator in ALLOCATOR_NAMES:
+    for allocator in BENCH_ALLOCATORS:
         for arch in ("x86", "x64"):
             spec = parse_search_spec({**problem["spec"], "allocator": allocator, "arch": arch})
             ev = Evaluator(spec, allocator, arch)
@@ -145,16 +160,16 @@ def run_speed() -> list[dict[str, Any]]:
             for c in cands:
                 ev.evaluate(c)
             dt = time.perf_counter() - t0
-            # the same candidates' operations alone: what a snapshot would leave to pay for
+            # a candidate's own operations: all it replays after restoring the snapshot
             mean_ops = statistics.mean(len(ev.program.assemble(c)[0]) for c in cands)
             rows.append(
                 _row(
-                    f"search candidates/s ({allocator}, {ev.state.mode})",
+                    f"search candidates/s ({allocator})",
                     arch,
                     round(300 / dt, 1),
                     "candidates/s",
                     len(ev.program.prefix),
-                    "prefix ops per candidate",
+                    "prefix ops (run once, then restored)",
                     "",
                     walks=ev.walks,
                     mean_candidate_ops=round(mean_ops, 1),
@@ -184,7 +199,7 @@ def run_speed() -> list[dict[str, Any]]:
 def _replay_rate(run: InvariantRun, ops: Sequence[Any]) -> float:
     heap = run.allocator.create_heap()
     t0 = time.perf_counter()
-    replay(run.allocator, ops, heap)
+    replay(run.allocator, ops, heap, time_limit=0)  # one call for all: no per-call limit
     return len(ops) / (time.perf_counter() - t0)
 
 
@@ -292,9 +307,10 @@ def run_scaling() -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- the suite
-def _native_builtin(scenario: str, arch: str) -> bool | None:
-    """Replay a solution's operations with the builtin heap's C compiled for this host, given
-    the reservations the emulator's kernel made, and compare every pointer."""
+def _native(allocator: str, heap: str, scenario: str, arch: str) -> bool | None:
+    """Replay a solution's operations with the allocator's C compiled for this host
+    (tests/native's driver built for ``heap``), given the reservations the emulator's kernel
+    made, and compare every pointer. None: the native driver cannot run here."""
     try:
         from tests.native.nativeheap import NativeError, run_script
     except ImportError:
@@ -309,7 +325,7 @@ def _native_builtin(scenario: str, arch: str) -> bool | None:
         def finished(self, run: Any, result: Any) -> None:
             grab["proc"] = run.proc
 
-    res = run_scenario(sc, arch, "builtin", observers=[Grab()])
+    res = run_scenario(sc, arch, allocator, observers=[Grab()])
     answers = [
         (r.details["base"], r.details["size"])
         for r in grab["proc"].syscalls
@@ -318,6 +334,7 @@ def _native_builtin(scenario: str, arch: str) -> bool | None:
         and r.details.get("base_in") == 0
         and r.details["type"] & MEM_RESERVE
     ]
+    # the loader's process heap first (its settings and keys are what later heaps copy)
     lines = ["create ph 0x2 0 0", "processheap ph"]
     names: dict[str, str] = {}
     for i, step in enumerate(sc.steps):
@@ -338,7 +355,7 @@ def _native_builtin(scenario: str, arch: str) -> bool | None:
             lines.append(f"realloc {v} heap 0 {names[str(a['block'])]} {a['size']:#x}")
             names[str(step.name)] = v
     try:
-        native = run_script(lines, arch=arch, answers=answers)
+        native = run_script(lines, arch=arch, heap=heap, answers=answers)
     except NativeError:
         return None
     emulated: dict[str, int] = {}
@@ -348,10 +365,17 @@ def _native_builtin(scenario: str, arch: str) -> bool | None:
             for j, v in enumerate(vals):
                 key = f"{r.step.name}[{j}]" if isinstance(r.value, list) else r.step.name
                 emulated[names[key]] = v
-    return all(native.value(n) == v for n, v in emulated.items())
+    return bool(emulated) and all(native.value(n) == v for n, v in emulated.items())
 
 
-NATIVE_CHECKS = {"builtin": _native_builtin}  # allocators whose C also runs on this host
+# the C units tests/native's driver builds (unit -> its heap name there): allocators made
+# from them have their solutions replayed natively too
+NATIVE_HEAPS = {"ntheap": "nt", "segheap": "segment", "win7heap": "win7"}
+NATIVE_CHECKS: dict[str, Callable[[str, str], bool | None]] = {
+    kind.name: partial(_native, kind.name, heap)
+    for kind in ALLOCATORS.values()
+    if (heap := NATIVE_HEAPS.get(kind.c_unit or ""))
+}
 
 
 def run_suite() -> list[dict[str, Any]]:
@@ -360,7 +384,7 @@ def run_suite() -> list[dict[str, Any]]:
     arches = ["x86", "x64"] if ARCH == "both" else [ARCH]
     details: list[dict[str, Any]] = []
     for strategy in STRATEGIES:
-        for allocator in ALLOCATOR_NAMES:
+        for allocator in BENCH_ALLOCATORS:
             tasks = []
             for p in suite:
                 for arch in arches:
@@ -434,7 +458,8 @@ def run_suite() -> list[dict[str, Any]]:
                     else None,
                 )
             )
-    (RESULTS / "search_suite_details.json").write_text(json.dumps(details, indent=1) + "\n")
+    details_file = RESULTS / f"{result_name('search_suite_details')}.json"
+    details_file.write_text(json.dumps(details, indent=1) + "\n")
     return rows
 
 
@@ -447,7 +472,7 @@ def run_campaign_1m() -> list[dict[str, Any]]:
     spec = parse_campaign(
         {
             "kind": "invariant",
-            "allocator": "all",
+            "allocator": list(BENCH_ALLOCATORS),
             "arch": "both",
             "seeds": seeds,
             "ops": per_task,
@@ -461,7 +486,7 @@ def run_campaign_1m() -> list[dict[str, Any]]:
         rs = list(s.rows())
     assert summary.complete
     bad = [r.key for r in rs if not r.result.get("ok")]
-    for allocator in ALLOCATOR_NAMES:
+    for allocator in BENCH_ALLOCATORS:
         for arch in ("x86", "x64"):
             mine = [r for r in rs if f"/{allocator}/{arch}/" in r.key]
             ops = sum(r.ops for r in mine)
@@ -491,9 +516,15 @@ def run_campaign_1m() -> list[dict[str, Any]]:
             ops=summary.ops,
         )
     )
-    if len(ALLOCATOR_NAMES) >= 2:
+    if len(BENCH_ALLOCATORS) >= 2:
         diff = parse_campaign(
-            {"kind": "differential", "allocator": "all", "arch": "both", "seeds": 2, "ops": 20_000}
+            {
+                "kind": "differential",
+                "allocator": list(BENCH_ALLOCATORS),
+                "arch": "both",
+                "seeds": 2,
+                "ops": 20_000,
+            }
         )
         dtasks = [Task(k, fn, p) for k, fn, p in diff.cases()]
         with tempfile.TemporaryDirectory() as d, ResultStore(Path(d) / "r.db", "b", {}) as s:

@@ -9,12 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import needs_block_chain
 
 from emu.cli import main
+from emu.heap.registry import ALLOCATOR_NAMES
 from emu.scenario import load_text, parse_scenario, run_scenario
 from emu.search.campaign import differential_case, inject_case, parse_campaign
 from emu.search.runner import Task, run_tasks
@@ -77,7 +78,15 @@ def test_cli_refuses_a_damaged_database(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 # ---------------------------------------------------------------------- cases
-def test_differential_case_reports_a_minimal_divergence_as_a_scenario(arch: str) -> None:
+# every allocator in at least one pair: (builtin, wine), (wine, segment), (segment, win7)
+PAIRS = list(pairwise(ALLOCATOR_NAMES))
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=["-".join(p) for p in PAIRS])
+def test_differential_case_reports_a_minimal_divergence_as_a_scenario(
+    arch: str, pair: tuple[str, str]
+) -> None:
+    a, b = pair
     payload = {
         "ops": 400,
         "workload": {"sizes": "mixed", "lifetime": 50.0, "realloc": 0.05},
@@ -85,7 +94,7 @@ def test_differential_case_reports_a_minimal_divergence_as_a_scenario(arch: str)
         "shrink": True,
         "shrink_budget": 150,
         "seed": 1,
-        "pair": ["builtin", "wine"],
+        "pair": [a, b],
         "arch": arch,
     }
     status, result, ops = differential_case(payload)
@@ -96,37 +105,68 @@ def test_differential_case_reports_a_minimal_divergence_as_a_scenario(arch: str)
     assert result["diverged"] and result["verified"]
     minimal = result["minimal"]
     assert len(minimal["ops"]) <= result["first"]["op"] + 1
-    assert minimal["builtin"] != minimal["wine"]
+    assert minimal[a] != minimal[b]
     scenario = parse_scenario(load_text(result["scenario"]))
-    assert [s.kind for s in scenario.allocators] == ["builtin", "wine"]
+    assert [s.kind for s in scenario.allocators] == [a, b]
+    for name in pair:  # the scenario runs on both, call by call
+        assert run_scenario(scenario, arch, name).ok
+
+
+INJECT = {
+    "ops": 150,
+    "after": 60,
+    "workload": {"sizes": "small", "lifetime": 30.0},
+    "name": "t",
+    "shrink": True,
+    "shrink_budget": 20,
+    "seed": 4,
+}
+
+
+def _shows(scenario: str, effect: str) -> None:
+    """heapemu run of an inject case's scenario shows its effect."""
+    r = run_scenario(parse_scenario(load_text(scenario)))
+    assert any("injected bug" in s.step.note for s in r.steps)
+    if effect == "fault":  # stopped by an EmulationError in an operation
+        assert r.failure is not None and r.failure.fault is not None, r.failure
+    else:  # ran to the end, the check of its effect included
+        assert r.ok, r.failure and r.failure.error
+        last = r.steps[-1].step
+        if effect == "arbitrary_write":
+            assert last.op == "read" and last.has_expect
 
 
 def test_inject_case_finds_and_shrinks_an_effect(arch: str, allocator_kind: str) -> None:
-    # a 16-byte use after free: the freed block's list links now point at the target, and
-    # the allocator writes through them (on every allocator with in-band free-list links, every
-    # arch, with this seed; the segment heap has none: its effect found is not reproduced by the
-    # written scenario yet, a known gap)
-    needs_block_chain(allocator_kind)
-    payload = {
-        "ops": 150,
-        "after": 60,
-        "workload": {"sizes": "small", "lifetime": 30.0},
-        "name": "t",
-        "shrink": True,
-        "shrink_budget": 20,
-        "arch": arch,
-        "allocator": allocator_kind,
-        "seed": 4,
-        "bug": "use_after_free:16",
-    }
-    status, result, _ = inject_case(payload)
+    # a 16-byte use after free: the freed block's links now point at the target, and the
+    # allocator writes through them (in-band free-list links on the NT heaps; the segment heap's
+    # VS free-chunk tree nodes, which it follows further into the target's bytes and faults)
+    status, result, _ = inject_case(
+        dict(INJECT, arch=arch, allocator=allocator_kind, bug="use_after_free:16")
+    )
     assert status == "failed", result
     assert result["effect"] in ("arbitrary_write", "arbitrary_alloc", "overlap", "fault")
     assert result["verified"], result
     assert result["minimal"]["before"] < 150 and result["minimal"]["effect"] == result["effect"]
-    r = run_scenario(parse_scenario(load_text(result["scenario"])))
-    assert r.ok != (result["effect"] == "fault")
-    assert any("injected bug" in s.step.note for s in r.steps)
+    _shows(result["scenario"], result["effect"])
+
+
+@pytest.mark.parametrize(
+    ("arch", "bug"), [("x64", "use_after_free:64"), ("x86", "use_after_free:16")], indirect=["arch"]
+)
+def test_an_arbitrary_write_followed_by_a_fault_gives_a_scenario_ending_before_it(
+    arch: str, bug: str
+) -> None:
+    # found by a scan of seeds: the builtin heap writes the target through the planted links,
+    # and an operation later walks the corrupted free list for ever (the instruction budget
+    # ends it); heapemu run has no budget, so the scenario must stop before that operation
+    payload = dict(INJECT, arch=arch, allocator="builtin", seed=9, bug=bug, shrink=False)
+    _, result, _ = inject_case(payload)
+    assert result["effect"] == "arbitrary_write" and "fault" in result["effects"], result
+    assert f"written by op {result['op']};" in result["effects"]["arbitrary_write"]
+    assert f"in op #{result['op'] + 1} " in result["effects"]["fault"]
+    status, result, _ = inject_case(dict(payload, shrink=True))
+    assert status == "failed" and result["effect"] == "arbitrary_write" and result["verified"]
+    _shows(result["scenario"], "arbitrary_write")
 
 
 # ---------------------------------------------------------------------- engines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from emu.heap.registry import allocator_kind as kind_named
 from emu.heap.replay.run import replay
 from emu.scenario import ScenarioError, load_text, parse_scenario, run_scenario
 from emu.search import load_search_spec, parse_search_spec, search
-from emu.search.layout import Evaluator
+from emu.search.layout import Evaluator, Generator
 from emu.search.program import Action, Program
 from emu.search.shrink import shrink
-from emu.search.state import REBUILD, SNAPSHOT, PrefixState
+from emu.search.state import PrefixState
 
 # A hole-riddled heap: the program's two allocations land in holes unless the attacker fills
 # them first (adjacency); a freed block that comes back only if the attacker takes the later
@@ -129,54 +130,46 @@ def test_replay_goes_on_from_the_slots_of_an_earlier_replay(arch: str) -> None:
 
 def test_prefix_state_returns_to_the_end_of_the_prefix(arch: str, allocator_kind: str) -> None:
     program = Program.compile(parse_search_spec(_spec(ADJACENT, allocator_kind, arch)))
-    state = PrefixState(kind_named(allocator_kind), arch, (2, 0, 0), program.prefix)
-    assert state.mode in (SNAPSHOT, REBUILD)
+    kind = kind_named(allocator_kind)
+    state = PrefixState(kind, arch, (2, 0, 0), program.prefix)
+    at_prefix = kind.walker(state.proc, state.heap).walk().blocks
     ops, _ = program.assemble(program.normalize([]))
     with state.run(ops) as run:
         first = list(run.values)
+        assert kind.walker(run.proc, run.heap).walk().blocks != at_prefix  # the targets ran
+    with state.run([]) as run:  # restored: the heap is the prefix's again
+        assert kind.walker(run.proc, run.heap).walk().blocks == at_prefix
     with state.run(ops) as run:
         assert list(run.values) == first and len(first) == 2
-    if state.mode == REBUILD:  # honest about the cost: the prefix ran again for every candidate
-        assert state.stats.prefix_ops_replayed == 2 * len(program.prefix)
+    assert state.stats.runs == 3 and state.stats.prefix_ops == len(program.prefix)
 
 
-def test_snapshot_mode_runs_only_the_candidate(
-    arch: str, allocator_kind: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("problem", [ADJACENT, REUSE], ids=["adjacent", "reuse"])
+def test_snapshot_evaluation_equals_a_fresh_run_of_prefix_and_candidate(
+    problem: dict[str, object], arch: str, allocator_kind: str
 ) -> None:
-    """With proc.snapshot()/restore() the prefix runs once and a candidate replays alone from
-    the restored state, its blocks' slots carried over: the real snapshots must give the same
-    results as a stand-in whose "restore" rebuilds the prefix."""
-    import emu.search.state as state_module
-
-    class WithSnapshots(Process):
-        owner: PrefixState | None = None
-        restored = 0
-
-        def snapshot(self) -> str:
-            return "end of prefix"
-
-        def restore(self, token: str) -> None:
-            s = WithSnapshots.owner
-            assert token == "end of prefix" and s is not None
-            s.allocator.destroy(s.heap)
-            heap, values, _ = s._build()
-            assert heap == s.heap and values == s.prefix_values
-            WithSnapshots.restored += 1
-
-    spec = parse_search_spec(_spec(REUSE, allocator_kind, arch))  # targets free prefix blocks
+    """Candidates run one after another from the restored snapshot (each undoing the last's
+    frees and allocations, the reuse problem freeing prefix blocks through carried-over slots)
+    give the results and the heap a fresh process gives for prefix + candidate in one replay."""
+    spec = parse_search_spec(_spec(problem, allocator_kind, arch))
     program = Program.compile(spec)
     kind = kind_named(allocator_kind)
-    plain = PrefixState(kind, arch, (2, 0, 0), program.prefix)
-    monkeypatch.setattr(state_module, "Process", WithSnapshots)
-    snap = PrefixState(kind, arch, (2, 0, 0), program.prefix)
-    WithSnapshots.owner = snap
-    assert (plain.mode, snap.mode) == (SNAPSHOT, SNAPSHOT)
-    ops, _ = program.assemble(program.normalize([]))
-    for _ in range(2):
-        with plain.run(ops) as a, snap.run(ops) as b:
-            assert list(a.values) == list(b.values) and a.heap == b.heap
-    assert WithSnapshots.restored == 2 and snap.stats.prefix_ops_replayed == 0
-    assert plain.stats.prefix_ops_replayed == 0  # the real snapshot: the prefix ran once
+    state = PrefixState(kind, arch, (2, 0, 0), program.prefix)
+    gen = Generator(program, random.Random(7), spec.search["max_ops"])
+    candidates = [program.normalize([]), *(gen.fresh() for _ in range(3))]
+    n = len(program.prefix)
+    for candidate in candidates:
+        ops, _ = program.assemble(candidate)
+        with state.run(ops) as run:
+            values = list(run.values)
+            blocks = kind.walker(run.proc, run.heap).walk().blocks
+        proc = Process(arch)
+        allocator = kind.allocator(proc)
+        heap = allocator.create_heap(2, 0, 0)
+        fresh = replay(allocator, [*program.prefix, *ops], heap)
+        assert heap == state.heap and list(fresh.values[:n]) == state.prefix_values
+        assert values == list(fresh.values[n:]), candidate
+        assert blocks == kind.walker(proc, heap).walk().blocks, candidate
 
 
 def test_shrink_finds_a_one_minimal_sequence() -> None:

@@ -98,6 +98,9 @@ class AllocatorKind:
     # it is Wine's ntdll itself: a program run through Wine's DLLs already uses it, nothing is
     # routed (the others take over ntdll's Rtl*Heap entry points: load_for_program)
     is_program_ntdll: bool = False
+    # the C unit (asm/src/UNIT.c) its code is assembled from; None for a DLL. The same C also
+    # builds for the host (tests/native), so what it does can be checked natively
+    c_unit: str | None = None
 
     def load(self, proc: ProcessCore, **options: Any) -> Module:
         """Map this allocator into ``proc`` (and create the process heap, as Windows does)."""
@@ -143,6 +146,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             loader=load_builtin_heap,
             downloads=False,
             heaps_in_peb=True,
+            c_unit="ntheap",
         ),
         AllocatorKind(
             name="wine",
@@ -165,6 +169,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             heaps_in_peb=True,
             honours_sizes=False,
             options=tuple(SEGMENT_OPTIONS),
+            c_unit="segheap",
         ),
         AllocatorKind(
             name="win7",
@@ -175,6 +180,7 @@ ALLOCATORS: dict[str, AllocatorKind] = {
             downloads=False,
             heaps_in_peb=True,
             options=("encoding", "lfh_key", "pointer_key"),
+            c_unit=WIN7_MODULE,
         ),
     )
 }

@@ -2,8 +2,8 @@
 
 A layer above ``emu.scenario`` (a found solution or a failing case is written as a scenario)
 and below ``emu.cli``: ``spec`` (search specs), ``program`` (steps and candidates as replay
-tapes, scenarios written back), ``state`` (a process at the end of the prefix: snapshots, or a
-rebuild until they exist), ``layout`` (the search), ``shrink`` (minimal sequences).
+tapes, scenarios written back), ``state`` (a process at the end of the prefix, snapshotted),
+``layout`` (the search), ``shrink`` (minimal sequences).
 """
 
 from emu.search.layout import SearchResult, search, verify_scenario

@@ -28,7 +28,12 @@ case an independent, deterministic task with a JSON result.
   ``overflow`` past its end, a ``use_after_free`` write of n bytes, a ``double_free`` — where
   the written bytes are the address of a chosen target block in another heap; the workload
   goes on for ``after`` operations and the effects are recorded: a write to the chosen address,
-  an allocation returned there, overlapping blocks, a fault, or the allocator noticing.
+  an allocation returned there, overlapping blocks, a fault, or the allocator noticing. A
+  scenario stops at a fault, so a write to the chosen address followed by a fault counts as
+  the write only if it happened before the faulting operation (the scenario then ends there);
+  a write by the faulting operation itself is reported as the fault (the segment heap, led to
+  the target by planted links, reads the target's bytes as further links and faults in the
+  same call).
 
 A failing case (an invariant broken, a divergence, an injected bug reaching the chosen
 address, handing out overlapping blocks or faulting) is shrunk and its result carries the
@@ -95,6 +100,15 @@ TARGET_SIZE = 0x100  # the chosen target block (inject)
 # ever): a count, not a time, so the same case gives the same result on any machine
 INJECT_BUDGET = 20_000_000
 TARGET_FILL = 0x5A
+# wall-clock limit of one replay call of n operations: a guard against a hung allocator, not
+# a measure (the heaps that commit and decommit most run ~500 operations/s on a loaded core)
+SECONDS_PER_OP = 0.02
+
+
+def replay_limit(n: int) -> float:
+    return max(30.0, n * SECONDS_PER_OP)
+
+
 CREATE_HEAP: dict[str, Any] = {"create_heap": "HEAP_GROWABLE", "as": "heap"}
 
 
@@ -350,8 +364,8 @@ def digest_values(values: Iterable[int]) -> str:
 
 class Heaps:
     """One process per allocator and architecture, reused by heap: a task that only creates
-    and destroys heaps gets the same addresses every time (the search's rebuild relies on it
-    too); anything that corrupts a heap gets a fresh process instead."""
+    and destroys heaps gets the same addresses every time; anything that corrupts a heap gets
+    a fresh process instead."""
 
     def __init__(self) -> None:
         self._procs: dict[tuple[str, str], tuple[Process, Allocator]] = {}
@@ -466,7 +480,13 @@ class InvariantRun:
         for start in range(0, len(ops), self.check_every):
             chunk = ops[start : start + self.check_every]
             try:
-                r = replay(self.allocator, chunk, self.heap, slots=self.slots)
+                r = replay(
+                    self.allocator,
+                    chunk,
+                    self.heap,
+                    slots=self.slots,
+                    time_limit=replay_limit(len(chunk)),
+                )
             except ReplayError as e:
                 at = start + (e.op_index if e.op_index is not None else 0)
                 return {"kind": "fault", "op": at, "problems": [describe_fault(e)]}
@@ -648,7 +668,7 @@ def _run_values(heaps: Heaps, allocator: str, arch: str, ops: Sequence[Op]) -> l
     a = heaps.get(allocator, arch)[1]
     heap = a.create_heap()
     try:
-        values = list(replay(a, ops, heap).values)
+        values = list(replay(a, ops, heap, time_limit=replay_limit(len(ops))).values)
     except ReplayError as e:
         heaps.drop(allocator, arch)
         return list(e.results) + [-1] * (len(ops) - len(e.results))
@@ -760,6 +780,7 @@ class InjectRun:
     workload heap, the operations before, the bug, the operations after."""
 
     def __init__(self, allocator: str, arch: str):
+        self.allocator, self.arch = allocator, arch
         self.kind = allocator_kind(allocator)
         self.proc = Process(arch, time_limit=0)
         self.a = self.kind.allocator(self.proc)
@@ -769,6 +790,8 @@ class InjectRun:
         self.proc.write(self.target, bytes([TARGET_FILL]) * TARGET_SIZE)
         self.heap = self.a.create_heap()
         self.ps = self.proc.arch.ptr_size
+        # the target's bytes once the bug wrote it, as the scenario's last step must read them
+        self.target_now: bytes | None = None
 
     def payload_bytes(self, count: int) -> bytes:
         word = self.target.to_bytes(self.ps, "little")
@@ -838,11 +861,23 @@ class InjectRun:
         if "arbitrary_alloc" in first:
             effects["arbitrary_alloc"] = f"op {first['arbitrary_alloc']} got the chosen address"
         try:
-            now = self.proc.read(self.target - 0x40, TARGET_SIZE + 0x80)
-            if now[0x40 : 0x40 + TARGET_SIZE] != bytes([TARGET_FILL]) * TARGET_SIZE:
+            now: bytes | None = self.proc.read(self.target, TARGET_SIZE)
+        except EmulationError:  # its pages are gone: not a write a scenario can read back
+            now = None
+        if now is not None and now != bytes([TARGET_FILL]) * TARGET_SIZE:
+            self.target_now = now
+            if "fault" not in effects:
                 effects["arbitrary_write"] = "the chosen target block was written"
-        except EmulationError:
-            pass
+            elif fault_op and self._written_before(before, inj, after[:fault_op]):
+                # a scenario stops at the fault: it shows the write by ending just before it
+                effects["arbitrary_write"] = (
+                    f"the chosen target block was written by op {fault_op - 1}; the heap "
+                    "then faulted"
+                )
+                first["arbitrary_write"] = fault_op - 1
+            else:  # written in the operation that faulted: a scenario can show only the fault
+                self.target_now = None
+                effects["fault"] += "; the chosen target block was written in that operation"
         if fault_op is None and "fault" not in effects:
             try:
                 report = self.kind.walker(self.proc, self.heap).walk()
@@ -852,12 +887,23 @@ class InjectRun:
                     effects.setdefault("detected", "RtlValidateHeap returned FALSE")
             except EmulationError as e:
                 effects["fault"] = f"while validating: {describe_fault(e)}"
+                fault_op = len(after)  # RtlValidateHeap after the last op: the scenario's too
         effect = next((e for e in EFFECTS if e in effects), "none")
         where = fault_op if effect == "fault" else first.get(effect)
         out: dict[str, Any] = {"effect": effect, "effects": effects, "op": where}
         if effect == "overlap":
             out["overlapped_slot"] = overlapped
         return out
+
+    def _written_before(self, before: Sequence[Op], inj: Injection, after: Sequence[Op]) -> bool:
+        """Whether ``after`` alone (the operations before the fault) writes the target: the
+        same run again on a fresh process, which stops there."""
+        if not after:
+            return False
+        again = InjectRun(self.allocator, self.arch)
+        again.run(before, inj, after)
+        self.target_now = again.target_now
+        return again.target_now is not None
 
 
 def _sizes(ops: Sequence[Op], values: Sequence[int]) -> dict[int, int]:
@@ -898,7 +944,7 @@ def inject_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         return "ok", result, ops
     if payload["shrink"]:
         marker = Op(OpKind.VALIDATE, 0xFFFF_FFFE, 0, 0, 0)  # stands for the bug; never removed
-        at = out["op"] if out["effect"] != "arbitrary_write" else None  # (no op to point at)
+        at = out["op"]  # the op showing the effect (None: the whole run shows it)
         seq = [*before, marker, *(after[: at + 1] if at is not None else after)]
 
         def split(s: Sequence[Op]) -> tuple[list[Op], list[Op]]:
@@ -930,9 +976,18 @@ def inject_case(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         again = final.run(b, inj, c)
         result["minimal"] = {"before": len(b), "after": len(c), "effect": again["effect"]}
         result["scenario"] = _inject_scenario(payload, inj, final, b, c, again)
-        r = run_scenario(parse_scenario(load_text(result["scenario"])))
-        result["verified"] = r.ok != (again["effect"] == "fault")
+        result["verified"] = _reproduces(result["scenario"], again["effect"])
     return "failed", result, ops
+
+
+def _reproduces(text: str, effect: str) -> bool:
+    """``heapemu run`` of the written scenario shows the effect: a fault stops it at an
+    operation with an EmulationError; any other effect runs to the end, its check included
+    (the target's bytes read back, the overlap's layout step)."""
+    r = run_scenario(parse_scenario(load_text(text)))
+    if effect == "fault":
+        return r.failure is not None and r.failure.fault is not None
+    return r.ok
 
 
 def _inject_scenario(
@@ -966,7 +1021,7 @@ def _inject_scenario(
             steps.append({"write": {"at": victim, "data": data}, "note": note})
         else:
             steps.append({"free": victim, "expect": "any", "note": note})
-    names.pop(inj.slot, None)
+        names.pop(inj.slot, None)  # freed: an overflowed block stays live
     effect = out["effect"]
     at = out["op"]
     if effect == "overlap" and at is not None and at < len(after):
@@ -987,16 +1042,20 @@ def _inject_scenario(
         head[at]["note"] = "overlaps a live block"
         tail = head + ([{"layout": {"overlap": [old, new]}}] if old else []) + rest
     else:
+        if effect == "arbitrary_write" and at is not None:
+            after = after[: at + 1]  # the operations after it fault: the scenario stops here
         tail, _ = ops_steps(after, names=names, first=len(before) + 1, expect_any=lambda i: True)
     if effect == "arbitrary_alloc" and at is not None and at < len(tail):
         tail[at]["note"] = "returns the chosen address"
     steps += tail
+    if effect == "fault" and at == len(after):  # the campaign's heap check after the last op
+        steps.append({"validate": None, "note": "RtlValidateHeap faults on the corrupted heap"})
     if effect == "arbitrary_write":
-        data_now = run.proc.read(run.target, TARGET_SIZE).hex()
+        assert run.target_now is not None
         steps.append(
             {
                 "read": {"at": "target", "size": TARGET_SIZE},
-                "expect": data_now,
+                "expect": run.target_now.hex(),
                 "note": "the chosen target block, written through the heap",
             }
         )

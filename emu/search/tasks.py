@@ -27,9 +27,7 @@ def search_task(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         strategy=payload.get("strategy"),
     ).to_json()
     r["timing"] = {k: r.pop(k) for k in TIMING}
-    state = r.pop("state")
-    r["timing"]["state"] = state
-    r["state_mode"] = state["mode"]
+    r["timing"]["state"] = r.pop("state")
     return ("ok" if r["solved"] else "failed"), r, r["candidates"]
 
 
