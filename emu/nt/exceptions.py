@@ -195,6 +195,17 @@ def capture_context(proc: ProcessCore) -> bytes:
     return bytes(buf)
 
 
+# CONTEXT_ALIGN: the alignment NtContinue / NtRaiseException probe a CONTEXT with (WRK:
+# sizeof(ULONG) on x86, 16 on x64); a misaligned one is STATUS_DATATYPE_MISALIGNMENT
+CONTEXT_ALIGN = {"x86": 4, "x64": 16}
+
+
+def check_context_alignment(arch_name: str, address: int) -> None:
+    """The kernel's ProbeForRead of a user CONTEXT: refused when it is not CONTEXT_ALIGN'ed."""
+    if address % CONTEXT_ALIGN[arch_name]:
+        raise NtStatusError(NtStatus.DATATYPE_MISALIGNMENT, f"CONTEXT at 0x{address:x}")
+
+
 def sanitize_eflags(arch_name: str, eflags: int) -> int:
     """EFLAGS as the kernel lets a user CONTEXT set them (IOPL, VM and the like never)."""
     return eflags & _EFLAGS_USER[arch_name] | _EFLAGS_IF | _EFLAGS_RESERVED

@@ -172,7 +172,7 @@ class Scheduler:
             try:
                 teb, _ = proc.memory.allocate(
                     0, TEB_REGION_SIZE, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN, PAGE_READWRITE,
-                    usage="TEB",
+                    usage="TEB", secured=True,  # a NoChange VAD, as the main thread's
                 )  # fmt: skip
             except NtStatusError:
                 proc.memory.free(stack.base, 0, MEM_RELEASE)
