@@ -145,6 +145,9 @@ def NtReadFile(
         low, high = struct.unpack("<II", k.read(ByteOffset, 8))
         if high != FILE_USE_FILE_POINTER_POSITION:
             offset = low | high << 32
+            if offset >> 63:
+                # a negative LARGE_INTEGER other than the current-position marker
+                raise NtStatusError(Status.INVALID_PARAMETER, f"ByteOffset 0x{offset:x}")
     if f.stream is not None:
         k.proc.objects.stdin = b""  # a pipe: what is read is gone
         offset = 0
@@ -254,7 +257,12 @@ def NtSetInformationFile(
     k.details.update(cls=FileInformationClass, name=f.name)
     if FileInformationClass != FILE_INFORMATION_CLASS.FilePositionInformation:
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} cannot be changed in the sandbox")
-    (f.position,) = struct.unpack("<q", k.read(FileInformation, 8))
+    (position,) = struct.unpack("<q", k.read(FileInformation, 8))
+    if position < 0:
+        # NtSetInformationFile refuses a negative CurrentByteOffset (a position past 2^63
+        # made the next NtQueryInformationFile's pack raise: tests/syscallfuzz.py)
+        raise NtStatusError(Status.INVALID_PARAMETER, f"position {position}")
+    f.position = position
     write_io_status(k, IoStatusBlock, 0, 0)
     return Status.SUCCESS
 
