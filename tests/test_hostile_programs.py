@@ -128,6 +128,17 @@ def privileged(arch: str, result: ProgramResult) -> None:
     assert lines(result) == ["privileged", "handled 6:" + " c0000096" * 6, "unhandled hlt"]
 
 
+def int80(arch: str, result: ProgramResult) -> None:
+    """`int 0x80` through a gate closed to user mode: a #GP, STATUS_ACCESS_VIOLATION at the
+    int with no address (parameter -1), which a handler can skip; unhandled, it ends the
+    process with that code."""
+    assert result.exit_code == ACCESS_VIOLATION
+    assert lines(result) == ["int80", "handled 1: c0000005", "unhandled int 0x80"]
+    first = result.exceptions[0]
+    assert first.state is not None and first.state.instruction == "int 0x80"
+    assert first.params[0] == 0 and first.params[1] & 0xFFFFFFFF == 0xFFFFFFFF
+
+
 def thread_fault(arch: str, result: ProgramResult) -> None:
     """An unhandled exception in any thread ends the process with its code."""
     assert result.exit_code == ACCESS_VIOLATION
@@ -209,6 +220,7 @@ MODES: dict[str, Callable[[str, ProgramResult], None]] = {
     "stack-limits": exits_with(ACCESS_VIOLATION),
     "overflow": ends_with_error(),
     "fastfail": fast_fail,
+    "int80": int80,
     "ud2": exits_with(NtStatus.ILLEGAL_INSTRUCTION),
     "privileged": privileged,
     "thread-fault": thread_fault,

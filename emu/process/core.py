@@ -60,6 +60,10 @@ from emu.win.ntdefs import (
 )
 
 EXCEPTION_NONCONTINUABLE = 0x1  # ExceptionFlags (winnt.h)
+# software interrupts Windows' IDT opens to user mode (DPL 3) beyond int3/into: 0x29 fast
+# fail, 0x2c assertion failure, 0x2d debug service, 0x2e system call (heapemu serves 0x2e on
+# x86 and 0x29; 0x2c/0x2d stop the run as before)
+_USER_GATES = frozenset({0x29, 0x2C, 0x2D, 0x2E})
 # rdtsc: a 3 GHz counter; consecutive reads without a system call between them are 10 ns apart
 TSC_HZ, TSC_PER_READ = 3_000_000_000, 30
 KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
@@ -652,6 +656,18 @@ class ProcessCore:
             return
         if intno == 0x29:
             self._fast_fail()
+            return
+        if intno >= 0x20 and intno not in _USER_GATES:
+            # `int n` through a gate user mode may not use (DPL 0) is a #GP at the int, which
+            # Windows raises as STATUS_ACCESS_VIOLATION without an address (parameter -1)
+            cpu.raise_fault(
+                Fault(
+                    f"general protection fault (int 0x{intno:x})",
+                    pc=cpu.pc - 2,  # past `int imm8` (CD ib) when the hook runs
+                    status=NtStatus.ACCESS_VIOLATION,
+                    detail=f"interrupt gate 0x{intno:x} is not open to user mode",
+                )
+            )
             return
         cpu.raise_fault(cpu.cpu_exception_fault(intno))
 

@@ -18,6 +18,7 @@
    stack-limits    the TEB's stack base and limit overwritten, then a fault under __try
    overflow        unbounded recursion
    fastfail        int 0x29 (__fastfail(7))
+   int80           int 0x80 (a gate closed to user mode) skipped by a handler, then unhandled
    ud2             ud2, unhandled
    privileged      cli, hlt, in, out, mov from cr0, wrmsr skipped by a handler; then hlt unhandled
    thread-fault    a thread faults (unhandled) while the main thread waits for it
@@ -524,6 +525,17 @@ int main(int argc, char **argv) {
         say(mode);
         __asm__ volatile("int $0x29" ::"c"(7));
         say("returned");
+        return 0;
+    }
+    if (!strcmp(mode, "int80")) {
+        AddVectoredExceptionHandler(1, veh_skip);
+        say(mode);
+        skip_bytes = 2;
+        __asm__ volatile("int $0x80");
+        skip_bytes = 0;
+        printf("handled %d: %08lx\n", privileged_count, privileged_codes[0]);
+        say("unhandled int 0x80");
+        __asm__ volatile("int $0x80");
         return 0;
     }
     if (!strcmp(mode, "ud2")) {
