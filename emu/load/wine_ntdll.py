@@ -10,7 +10,9 @@ What Wine's PE ntdll needs from its surroundings (found by probing these binarie
 - The service numbers are read from the stubs themselves (``loader.wine.wine_syscall_numbers``)
   and registered for the code that issues them: ntdll's range on x64, our trap on x86.
 - Calls into Wine's Unix side go through ``__wine_unix_call``'s indirect ``call [ptr]``; the
-  pointer is aimed at a trap that stops with a clear EmulationError (heap code never calls it).
+  pointer is aimed at a trap that stops with a clear EmulationError (heap code never calls it),
+  except x64's unwind of a pc outside every module (an exception after a jump to NULL), which
+  it answers as a Unix side without host unwind tables does: nothing found, a leaf function.
 - Debug channels read an option table at PEB+0x2000 (x64) / PEB+0x1000 (x86), inside our PEB
   region: zero means every channel off. ``set_debug_channels("heap=warn+err")`` fills it; messages
   arrive through the ``__wine_dbg_write`` system call and are kept in ``proc.debug_output``.
