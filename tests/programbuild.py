@@ -23,6 +23,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     threads.exe    threads, waits, events, semaphores, mutexes, critical sections; a shared heap
     flood.exe      MIB x 1 MiB to stdout, an unserved system call between two stderr lines
     heapops.exe    malloc/realloc/HeapCreate/HeapAlloc/GlobalAlloc/LocalAlloc..., an LFH-sized run
+    hostile.exe    hostile acts, one per argument: broken handlers, garbage CONTEXTs, wild jumps...
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
@@ -78,6 +79,7 @@ RECIPES: dict[str, Recipe] = {
     "threads.exe": Recipe(("threads.c",)),
     "flood.exe": Recipe(("flood.c",)),
     "heapops.exe": Recipe(("heapops.c",)),
+    "hostile.exe": Recipe(("hostile.c",)),
 }
 
 

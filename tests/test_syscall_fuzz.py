@@ -18,6 +18,7 @@ from programbuild import build
 from syscallfuzz import Target, fuzz
 
 from emu import EmulationError
+from emu.win.layouts import CONTEXT, CONTEXT_ARCH_BIT, CONTEXT_CONTROL
 from emu.win.ntdefs import NtStatus
 
 FUZZ_CALLS = int(os.environ.get("HEAPEMU_SYSCALL_FUZZ_CALLS") or 25_000)
@@ -49,9 +50,9 @@ def test_a_trap_flag_left_by_ntcontinue_does_not_wedge_the_next_call(arch: str) 
     proc.write(ctx, bytes(0x800))  # a CONTEXT of zeros: pc 0, and
     flags_at = 0x44 if proc.arch.ptr_size == 8 else 0xC0  # EFlags
     proc.write(ctx + flags_at, (0x302).to_bytes(4, "little"))  # TF | IF
-    # ContextFlags: CONTEXT_AMD64/CONTEXT_i386 | CONTROL | INTEGER (NtContinue sets only those)
-    x64 = proc.arch.ptr_size == 8
-    proc.write(ctx + (0x30 if x64 else 0), (0x100003 if x64 else 0x10003).to_bytes(4, "little"))
+    # ContextFlags: the control registers (NtContinue sets only the parts the flags name)
+    control = CONTEXT_ARCH_BIT[arch] | CONTEXT_CONTROL
+    CONTEXT.write(proc, proc.arch, ctx, "ContextFlags", control)
     number = next(n for n, name in target.table.items() if name == "NtContinue")
     with pytest.raises(EmulationError):
         target.issue(next(iter(target.entries)), number, [ctx, 0] + [0] * 15)

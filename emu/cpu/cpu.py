@@ -117,6 +117,8 @@ _CPU_EXCEPTIONS = {
     14: ("page fault", NtStatus.ACCESS_VIOLATION),
 }
 
+_PORT_IO = frozenset({"in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"})
+
 # Hook callbacks, as heapemu code writes them: Unicorn's handle never reaches them
 CodeHook = Callable[[int, int], object]  # (address, size)
 MemWriteHook = Callable[[int, int, int], object]  # (address, size, value)
@@ -1104,26 +1106,44 @@ class Cpu:
 
         return self._register_hook(unicorn.UC_HOOK_INSN, _HOOK_INSN_CB(on_insn), 1, 0, ins)
 
-    def hook_port_io(self, fn: Callable[[int, int], object]) -> None:
-        """``fn(port, size)`` on every ``in``/``out``/``ins``/``outs`` (pc on the instruction).
+    def hook_port_io(self, fn: Callable[[int, int, int], object]) -> None:
+        """``fn(port, size, pc)`` on every ``in``/``out``/``ins``/``outs`` at ``pc``.
         Unicorn lets port I/O run at any privilege level (it skips the I/O permission check),
         so these hooks are the only way to refuse it."""
 
         def on_in(uc: int, port: int, size: int, user: int) -> int:
             try:
-                fn(port, size)
+                fn(port, size, self._port_io_pc())
             except BaseException as e:
                 self.fail(e)
             return 0
 
         def on_out(uc: int, port: int, size: int, value: int, user: int) -> None:
             try:
-                fn(port, size)
+                fn(port, size, self._port_io_pc())
             except BaseException as e:
                 self.fail(e)
 
         self._register_hook(unicorn.UC_HOOK_INSN, _HOOK_IN_CB(on_in), 1, 0, ux.UC_X86_INS_IN)
         self._register_hook(unicorn.UC_HOOK_INSN, _HOOK_OUT_CB(on_out), 1, 0, ux.UC_X86_INS_OUT)
+
+    def _port_io_pc(self) -> int:
+        """The port-I/O instruction a hook is called for. QEMU does not store pc before
+        `in`/`out` (the I/O permission check that would is skipped), so pc reads an earlier
+        instruction of the block (its start, or the last one that stored pc): the first
+        port-I/O instruction from there on is the one (the block runs straight through, and
+        the first such hook of a run's block is the one that faults)."""
+        pc = self.pc
+        for size in (0x400, 0x1000 - (pc & 0xFFF)):
+            try:
+                code = self.read(pc, size)
+            except CpuError:
+                continue
+            for address, _size, mnemonic, _ops in self.disasm.lite(code, pc):
+                if mnemonic.split()[-1] in _PORT_IO:
+                    return address
+            break
+        return pc
 
     def hook_rdtsc(self, fn: Callable[[], int]) -> None:
         """``rdtsc``/``rdtscp`` read ``fn()`` instead of the host's time-stamp counter (rdtscp's

@@ -10,7 +10,9 @@ What Wine's PE ntdll needs from its surroundings (found by probing these binarie
 - The service numbers are read from the stubs themselves (``loader.wine.wine_syscall_numbers``)
   and registered for the code that issues them: ntdll's range on x64, our trap on x86.
 - Calls into Wine's Unix side go through ``__wine_unix_call``'s indirect ``call [ptr]``; the
-  pointer is aimed at a trap that stops with a clear EmulationError (heap code never calls it).
+  pointer is aimed at a trap that stops with a clear EmulationError (heap code never calls it),
+  except x64's unwind of a pc outside every module (an exception after a jump to NULL), which
+  it answers as a Unix side without host unwind tables does: nothing found, a leaf function.
 - Debug channels read an option table at PEB+0x2000 (x64) / PEB+0x1000 (x86), inside our PEB
   region: zero means every channel off. ``set_debug_channels("heap=warn+err")`` fills it; messages
   arrive through the ``__wine_dbg_write`` system call and are kept in ``proc.debug_output``.
@@ -56,7 +58,24 @@ def _indirect_call_target(module: Module, export: str, arch: str) -> int:
     raise LoaderError(f"{module.name}: no indirect call found in {export}")
 
 
+# __wine_unix_call(handle, code, args): x64 ntdll's virtual_unwind asks its Unix side to
+# unwind a pc no PE module covers (struct unwind_builtin_dll_params {ULONG type;
+# DISPATCHER_CONTEXT *dispatch; CONTEXT *context}); code 1 in Wine 8.0
+_UNIX_UNWIND_BUILTIN_DLL = 1
+_DISPATCHER_ESTABLISHER_FRAME = 0x18  # DISPATCHER_CONTEXT.EstablisherFrame (x64)
+
+
 def _unix_call_trap(proc: ProcessCore, *args: int) -> int:
+    cpu = proc.cpu
+    if proc.arch.name == "x64" and cpu.reg("rdx") == _UNIX_UNWIND_BUILTIN_DLL:
+        # heapemu has no Unix libraries, so no host unwind information for any address:
+        # "nothing found" is success with no establisher frame, which Wine's virtual_unwind
+        # unwinds as a leaf function (rip = [rsp], rsp += 8), as Windows' RtlVirtualUnwind
+        # does for a pc without a RUNTIME_FUNCTION. (Was an EmulationError: a program's
+        # exception at a pc outside every module, a jump to NULL, could not be dispatched.)
+        dispatch = proc.read_ptr(cpu.reg("r8") + 8)
+        proc.write_ptr(dispatch + _DISPATCHER_ESTABLISHER_FRAME, 0)
+        return NtStatus.SUCCESS
     raise EmulationError(
         Fault(
             "call into Wine's Unix side",

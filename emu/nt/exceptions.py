@@ -163,7 +163,9 @@ def _fx_with_fsave(fx: bytes, fsave: bytes) -> bytes:
     out = bytearray(fx)
     fcw, fsw, tag = struct.unpack_from("<III", fsave, 0)
     ftw = sum(1 << i for i in range(8) if (tag >> (2 * i)) & 3 != 3)
-    struct.pack_into("<HHB", out, 0, fcw & 0xFFFF, fsw & 0xFFFF, ftw)  # FXSAVE keeps 16 bits
+    # the save area's words are DWORDs of which FRSTOR reads the low half (a CONTEXT of
+    # random bytes made the pack raise: tests/syscallfuzz.py)
+    struct.pack_into("<HHB", out, 0, fcw & 0xFFFF, fsw & 0xFFFF, ftw)
     for i in range(8):
         out[32 + 16 * i : 48 + 16 * i] = fsave[28 + 10 * i : 38 + 10 * i] + bytes(6)
     return bytes(out)
@@ -193,6 +195,17 @@ def capture_context(proc: ProcessCore) -> bytes:
         off = CONTEXT.offset(arch, "FloatSave")
         buf[off : off + 112] = _fsave_from_fx(fx)
     return bytes(buf)
+
+
+# CONTEXT_ALIGN: the alignment NtContinue / NtRaiseException probe a CONTEXT with (WRK:
+# sizeof(ULONG) on x86, 16 on x64); a misaligned one is STATUS_DATATYPE_MISALIGNMENT
+CONTEXT_ALIGN = {"x86": 4, "x64": 16}
+
+
+def check_context_alignment(arch_name: str, address: int) -> None:
+    """The kernel's ProbeForRead of a user CONTEXT: refused when it is not CONTEXT_ALIGN'ed."""
+    if address % CONTEXT_ALIGN[arch_name]:
+        raise NtStatusError(NtStatus.DATATYPE_MISALIGNMENT, f"CONTEXT at 0x{address:x}")
 
 
 def sanitize_eflags(arch_name: str, eflags: int) -> int:

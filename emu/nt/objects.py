@@ -109,7 +109,7 @@ def normalize_nt_path(name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- objects
-@dataclass
+@dataclass(eq=False)  # by identity: two threads (or mutants) with equal fields differ
 class KernelObject:
     kind: str
     name: str = ""

@@ -172,7 +172,7 @@ class Scheduler:
             try:
                 teb, _ = proc.memory.allocate(
                     0, TEB_REGION_SIZE, MEM_RESERVE | MEM_COMMIT | MEM_TOP_DOWN, PAGE_READWRITE,
-                    usage="TEB",
+                    usage="TEB", secured=True,  # a NoChange VAD, as the main thread's
                 )  # fmt: skip
             except NtStatusError:
                 proc.memory.free(stack.base, 0, MEM_RELEASE)
@@ -312,8 +312,10 @@ class Scheduler:
             self.idle_time += max(0, min(deadlines) - self.clock())
             self._wake_expired()
             ready = [t for t in self.threads if t.ready]
-        if self.yielding and len(ready) > 1 and self.current in ready:
-            ready.remove(self.current)
+        if self.yielding and len(ready) > 1 and any(t is self.current for t in ready):
+            # (by identity: the yield used to remove the first thread instead, when
+            # KernelObject's generated __eq__ made every two threads equal)
+            ready = [t for t in ready if t is not self.current]
         self.yielding = self.switch_pending = False
         choice = ready[0] if len(ready) == 1 else self._rng.choice(ready)
         if choice is not self.current:

@@ -59,6 +59,11 @@ from emu.win.ntdefs import (
     NtStatus,
 )
 
+EXCEPTION_NONCONTINUABLE = 0x1  # ExceptionFlags (winnt.h)
+# software interrupts Windows' IDT opens to user mode (DPL 3) beyond int3/into: 0x29 fast
+# fail, 0x2c assertion failure, 0x2d debug service, 0x2e system call (heapemu serves 0x2e on
+# x86 and 0x29; 0x2c/0x2d stop the run as before)
+_USER_GATES = frozenset({0x29, 0x2C, 0x2D, 0x2E})
 # rdtsc: a 3 GHz counter; consecutive reads without a system call between them are 10 ns apart
 TSC_HZ, TSC_PER_READ = 3_000_000_000, 30
 KUSER_SHARED_DATA_ADDRESS = 0x7FFE0000  # fixed on every Windows version and architecture
@@ -215,8 +220,14 @@ class ProcessCore:
         self._trap_committed = PAGE_SIZE
         self._trap_code_next = self.trap_base + _TRAP_CODE
         self._trap_next = self.trap_base + _CALLBACKS
-        self.peb, _ = mem.allocate(0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB")
-        self.teb, _ = mem.allocate(0, TEB_REGION_SIZE, top, PAGE_READWRITE, usage="TEB")
+        # the PEB and TEBs are secured (NoChange) VADs on Windows (MiCreatePebOrTeb): user
+        # mode can neither free nor reprotect them (STATUS_INVALID_PAGE_PROTECTION)
+        self.peb, _ = mem.allocate(
+            0, PEB_REGION_SIZE, top, PAGE_READWRITE, usage="PEB", secured=True
+        )
+        self.teb, _ = mem.allocate(
+            0, TEB_REGION_SIZE, top, PAGE_READWRITE, usage="TEB", secured=True
+        )
         self.thread_stack = ThreadStack(
             self,
             stack_reserve or arch.default_stack_reserve,
@@ -643,7 +654,46 @@ class ProcessCore:
             # NT's int 0x2e path: eax = service number, edx -> the arguments
             self._serve_syscall(cpu.reg("eax"), cpu.pc - 2, self._x86_args_at(cpu.reg("edx")))
             return
+        if intno == 0x29:
+            self._fast_fail()
+            return
+        if intno >= 0x20 and intno not in _USER_GATES:
+            # `int n` through a gate user mode may not use (DPL 0) is a #GP at the int, which
+            # Windows raises as STATUS_ACCESS_VIOLATION without an address (parameter -1)
+            cpu.raise_fault(
+                Fault(
+                    f"general protection fault (int 0x{intno:x})",
+                    pc=cpu.pc - 2,  # past `int imm8` (CD ib) when the hook runs
+                    status=NtStatus.ACCESS_VIOLATION,
+                    detail=f"interrupt gate 0x{intno:x} is not open to user mode",
+                )
+            )
+            return
         cpu.raise_fault(cpu.cpu_exception_fault(intno))
+
+    def _fast_fail(self) -> None:
+        """``int 0x29`` (__fastfail(code), the code in ecx): Windows' KiRaiseSecurityCheckFailure
+        raises STATUS_STACK_BUFFER_OVERRUN, non-continuable, with the code as its first
+        parameter, and no handler of the process sees it: the process ends with that status
+        (MSDN, __fastfail: "no exception handlers are invoked")."""
+        cpu = self.cpu
+        pc = cpu.pc - 2  # the hook sees pc past `int 0x29` (CD 29); Windows reports the int
+        code = cpu.reg("ecx")
+        fault = Fault(
+            "fast fail (int 0x29)",
+            pc=pc,
+            status=NtStatus.STACK_BUFFER_OVERRUN,
+            detail=f"__fastfail({code}): the process ends, no handler runs",
+            dispatched=True,
+        )
+        event = ExceptionEvent(
+            NtStatus.STACK_BUFFER_OVERRUN, pc, (code,), flags=EXCEPTION_NONCONTINUABLE,
+            first_chance=False, fault=fault, state=cpu.state(pc), report=fault,
+        )  # fmt: skip
+        self.exceptions.append(event)
+        self.unhandled_exception = event
+        self.exit_status = NtStatus.STACK_BUFFER_OVERRUN
+        cpu.raise_fault(fault)
 
     def _on_sysenter(self) -> None:
         # KiFastSystemCall: `mov edx, esp; sysenter`; the arguments start above the two return
@@ -671,12 +721,12 @@ class ProcessCore:
             for observer in self.syscall_observers:
                 observer(last)
 
-    def _on_port_io(self, port: int, size: int) -> None:
+    def _on_port_io(self, port: int, size: int, pc: int) -> None:
         cpu = self.cpu
         cpu.raise_fault_in_instruction(
             Fault(
                 "privileged instruction",
-                pc=cpu.pc,
+                pc=pc,
                 status=NtStatus.PRIVILEGED_INSTRUCTION,
                 detail=f"port I/O ({size} byte(s) at port 0x{port:x}) in user mode",
             )

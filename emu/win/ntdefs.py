@@ -96,6 +96,7 @@ class NtStatus(enum.IntEnum):
     COMMITMENT_LIMIT = 0xC000012D
     PORT_NOT_SET = 0xC0000353
     HEAP_CORRUPTION = 0xC0000374
+    STACK_BUFFER_OVERRUN = 0xC0000409  # __fastfail (int 0x29): the process ends at once
 
 
 # Information classes, by the Windows enums' own names (phnt numbering). A handler matches on

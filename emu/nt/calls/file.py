@@ -145,8 +145,9 @@ def NtReadFile(
         low, high = struct.unpack("<II", k.read(ByteOffset, 8))
         if high != FILE_USE_FILE_POINTER_POSITION:
             offset = low | high << 32
-            if offset >= 1 << 63:  # a negative LARGE_INTEGER offset (NtReadFile refuses it)
-                raise NtStatusError(Status.INVALID_PARAMETER, f"byte offset 0x{offset:x}")
+            if offset >> 63:
+                # a negative LARGE_INTEGER other than the current-position marker
+                raise NtStatusError(Status.INVALID_PARAMETER, f"ByteOffset 0x{offset:x}")
     if f.stream is not None:
         k.proc.objects.stdin = b""  # a pipe: what is read is gone
         offset = 0
@@ -257,8 +258,10 @@ def NtSetInformationFile(
     if FileInformationClass != FILE_INFORMATION_CLASS.FilePositionInformation:
         raise NtStatusError(Status.ACCESS_DENIED, f"{f.name} cannot be changed in the sandbox")
     (position,) = struct.unpack("<q", k.read(FileInformation, 8))
-    if position < 0:  # FilePositionInformation: CurrentByteOffset must not be negative
-        raise NtStatusError(Status.INVALID_PARAMETER, f"file position {position}")
+    if position < 0:
+        # NtSetInformationFile refuses a negative CurrentByteOffset (a position past 2^63
+        # made the next NtQueryInformationFile's pack raise: tests/syscallfuzz.py)
+        raise NtStatusError(Status.INVALID_PARAMETER, f"position {position}")
     f.position = position
     write_io_status(k, IoStatusBlock, 0, 0)
     return Status.SUCCESS

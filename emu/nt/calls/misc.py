@@ -5,7 +5,7 @@ The synchronisation objects and waits are ``emu.nt.calls.sync``, threads ``emu.n
 
 from __future__ import annotations
 
-from emu.nt.exceptions import apply_context, stepped_system_call
+from emu.nt.exceptions import apply_context, check_context_alignment, stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
     BOOLEAN,
@@ -84,6 +84,7 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
     floating point and SSE, debug registers), EFLAGS sanitised as the kernel does. The service
     returns the context's eax/rax (the dispatcher stores an NTSTATUS there)."""
     arch = k.arch
+    check_context_alignment(arch.name, ContextRecord)
     ctx = k.read(ContextRecord, CONTEXT.size(arch))
     pc = apply_context(k.proc, ctx, stepped=stepped_system_call(k.proc))
     k.details.update(pc=pc, sp=k.proc.cpu.sp, target=k.proc.symbolize(pc))

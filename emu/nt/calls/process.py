@@ -8,6 +8,7 @@ from emu.errors import Fault
 from emu.nt.exceptions import (
     apply_context,
     capture_context,
+    check_context_alignment,
     deliver,
     read_record,
     stepped_system_call,
@@ -27,6 +28,7 @@ def NtRaiseException(
     reports where the exception first happened. Without a dispatcher, or when the run stops at
     first chance, the raise ends the run."""
     proc = k.proc
+    check_context_alignment(k.arch.name, ContextRecord)
     event = read_record(proc, k.read, ExceptionRecord)
     event.first_chance = bool(FirstChance)
     k.details.update(code=event.code, address=event.address, first_chance=event.first_chance)

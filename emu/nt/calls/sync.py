@@ -52,6 +52,9 @@ def _create(k: Kernel, handle_out: int, obj: KernelObject, ObjectAttributes: int
     return Status.SUCCESS
 
 
+_LARGE_INTEGER_MAX = 0x7FFF_FFFF_FFFF_FFFF
+
+
 def deadline(k: Kernel, timeout: int) -> int | None:
     """The scheduler-clock time a PLARGE_INTEGER timeout ends at (None: never)."""
     if not timeout:
@@ -59,12 +62,11 @@ def deadline(k: Kernel, timeout: int) -> int | None:
     (value,) = struct.unpack("<q", k.read(timeout, 8))
     now = k.proc.threads.clock()
     end = now - value if value <= 0 else max(now, value - SYSTEM_TIME)  # absolute: system time
-    # past the horizon (~14,600 years from boot) a wait never ends: the clock, a system time
-    # once SYSTEM_TIME is added, must stay a LARGE_INTEGER
-    return None if end > _HORIZON else end
-
-
-_HORIZON = 1 << 62
+    if SYSTEM_TIME + end > _LARGE_INTEGER_MAX:
+        # past the last system time a LARGE_INTEGER holds: the timer never fires (the clock
+        # jumping there made NtQuerySystemTime's answer overflow: tests/syscallfuzz.py)
+        return None
+    return end
 
 
 def wait(k: Kernel, what: Wait) -> int:
