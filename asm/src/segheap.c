@@ -2124,7 +2124,8 @@ static u32 walk_lfh_block(SEGMENT_HEAP *heap, HEAP_LFH_SUBSEGMENT *sub, u32 inde
                     WALK_BUSY, seg_index);
 }
 
-static u32 walk_from_unit(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 u, RTL_HEAP_WALK_ENTRY *e);
+static u32 walk_from_unit(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 u,
+                          RTL_HEAP_WALK_ENTRY *e);
 
 /* Reports what follows the entries of the allocated range at unit first: its guard page (an
  * uncommitted entry) when it has one, else the first entry after the range. */

@@ -335,6 +335,7 @@ def guard_units(range_flags: int, units: int) -> int:
     (a VS or LFH subsegment of 64 KiB or more: the page after it, uncommitted), else 0."""
     return int(bool(range_flags & (RANGE_VS | RANGE_LFH)) and units > SUBSEGMENT_GUARD_MIN // PAGE)
 
+
 LFH_BUCKETS = 129
 SLACK_FILL = 0xAB
 
