@@ -104,7 +104,8 @@
  * RtlWalkHeap order: for each segment (creation order) a region entry, then its ranges in
  * address order: free ranges as runs of committed (Flags 0) and uncommitted (UNCOMMITTED)
  * pages, back-end blocks, VS chunks (busy and free; internal chunks skipped), busy LFH blocks
- * (free LFH slots are not reported); then large blocks in address order. Busy entries have
+ * (free LFH slots are not reported), a subsegment's guard page as an UNCOMMITTED entry after
+ * its blocks; then large blocks in address order. Busy entries have
  * BUSY | BLOCK | COMMITTED, DataSize = the request, OverheadBytes = block bytes - request
  * (at most 255); free VS chunks report the bytes after their header.
  *

@@ -10,7 +10,10 @@ this walker overrides ``HeapWalker.walk`` and maps the heap onto the shared ``He
   committed runs are free blocks and its uncommitted runs the segment's uncommitted ranges, a
   VS subsegment contributes its chunks (busy and free; heap-internal chunks are skipped, as
   RtlWalkHeap skips them), an LFH subsegment its busy slots (free slots are counted in its
-  ``Subsegment`` record, not listed as blocks, as RtlWalkHeap does not report them);
+  ``Subsegment`` record, not listed as blocks, as RtlWalkHeap does not report them); a VS or
+  LFH subsegment of 64 KiB or more ends in a guard page, the last page of its range, which
+  must be uncommitted: ``Subsegment.guard``, and an uncommitted range of the segment as
+  RtlWalkHeap reports it;
 - large blocks come from the ``LargeAllocMetadata`` tree, in address order;
 - ``HeapReport.subsegments`` lists the VS and LFH subsegments (component, block size, counts)
   and every ``Block`` says which ``component`` serves it (backend / vs / lfh).
