@@ -521,45 +521,45 @@ RtlWalkHeap:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 88
-	lea	rbp, [rsp + 80]
+	sub	rsp, 104
+	lea	rbp, [rsp + 96]
 	test	rcx, rcx
 	sete	r8b
 	test	ecx, 4095
 	setne	r9b
 	mov	eax, -1073741811
 	or	r9b, r8b
-	jne	segheap_LBB5_107
+	jne	segheap_LBB5_101
 	cmp	dword ptr [rcx + 16], -571548178
-	jne	segheap_LBB5_107
-	xor	r13d, r13d
+	jne	segheap_LBB5_101
+	xor	r12d, r12d
 	cmp	qword ptr [rcx + 312], rcx
-	cmove	r13, rcx
-	test	r13, r13
+	cmove	r12, rcx
+	test	r12, r12
 	sete	r8b
 	test	rdx, rdx
 	sete	r9b
 	or	r9b, r8b
-	jne	segheap_LBB5_107
-	test	byte ptr [r13 + 20], 1
+	jne	segheap_LBB5_101
+	test	byte ptr [r12 + 20], 1
 	jne	segheap_LBB5_5
-	add	word ptr [r13 + 216], 1
+	add	word ptr [r12 + 216], 1
 segheap_LBB5_5:
 	mov	rdi, qword ptr [rdx]
 	test	rdi, rdi
 	mov	qword ptr [rbp - 16], rdx
 	je	segheap_LBB5_12
-	lea	r9, [r13 + 328]
-	mov	r8, qword ptr [r13 + 328]
-	cmp	r8, r9
+	lea	r10, [r12 + 328]
+	mov	r8, qword ptr [r12 + 328]
+	cmp	r8, r10
 	je	segheap_LBB5_20
 	mov	rax, rdi
 	and	rax, -1048576
-	mov	r10, qword ptr [rcx + 344]
-	xor	r12d, r12d
+	mov	r9, qword ptr [rcx + 344]
+	xor	r13d, r13d
 	xor	r11d, r11d
 segheap_LBB5_8:
-	cmp	r11, r10
+	cmp	r11, r9
 	ja	segheap_LBB5_21
 	mov	esi, r8d
 	and	esi, 1048575
@@ -568,12 +568,12 @@ segheap_LBB5_8:
 	je	segheap_LBB5_33
 	add	r11, 1
 	mov	r8, qword ptr [r8]
-	cmp	r8, r9
+	cmp	r8, r10
 	jne	segheap_LBB5_8
 	jmp	segheap_LBB5_21
 segheap_LBB5_12:
-	lea	r8, [r13 + 328]
-	mov	rax, qword ptr [r13 + 328]
+	lea	r8, [r12 + 328]
+	mov	rax, qword ptr [r12 + 328]
 	cmp	rax, r8
 	je	segheap_LBB5_25
 	mov	r10d, 120
@@ -620,25 +620,25 @@ segheap_LBB5_18:
 segheap_LBB5_19:
 	xor	eax, eax
 	mov	r9, rcx
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_99
 segheap_LBB5_20:
-	xor	r12d, r12d
+	xor	r13d, r13d
 segheap_LBB5_21:
 	test	byte ptr [rdx + 18], 2
 	jne	segheap_LBB5_34
 segheap_LBB5_22:
-	test	r12, r12
+	test	r13, r13
 	je	segheap_LBB5_37
 	mov	r8, rdi
-	sub	r8, r12
+	sub	r8, r13
 	shr	r8, 12
-	lea	r10d, [r8 - 256]
+	lea	r9d, [r8 - 256]
 	mov	eax, -1073741811
-	cmp	r10d, -254
+	cmp	r9d, -254
 	jae	segheap_LBB5_45
 segheap_LBB5_82:
-	mov	r9, r13
-	jmp	segheap_LBB5_105
+	mov	r9, r12
+	jmp	segheap_LBB5_99
 segheap_LBB5_25:
 	mov	rdi, qword ptr [rcx + 72]
 	mov	eax, -2147483622
@@ -692,38 +692,38 @@ segheap_LBB5_27:
 segheap_LBB5_33:
 	mov	r8, rdi
 	shr	r8, 20
-	xor	r8, r13
+	xor	r8, r12
 	xor	r8, qword ptr [rax + 16]
 	xor	r8, qword ptr [rcx + 160]
-	xor	r12d, r12d
-	movabs	r10, -6708588087252463955
-	cmp	r8, r10
-	cmove	r12, rax
+	xor	r13d, r13d
+	movabs	r9, -6708588087252463955
+	cmp	r8, r9
+	cmove	r13, rax
 	test	byte ptr [rdx + 18], 2
 	je	segheap_LBB5_22
 segheap_LBB5_34:
 	mov	eax, -1073741811
-	mov	r9, r13
-	cmp	r12, rdi
-	jne	segheap_LBB5_105
+	mov	r9, r12
+	cmp	r13, rdi
+	jne	segheap_LBB5_99
 	mov	rsi, rcx
 	mov	r9, rdx
-	mov	rdx, r12
+	mov	rdx, r13
 	mov	r8d, 2
 segheap_LBB5_36:
 	call	walk_from_unit
 	mov	r9, rsi
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_99
 segheap_LBB5_37:
 	mov	rbx, qword ptr [rcx + 72]
 	mov	eax, -1073741811
 	test	rbx, rbx
 	je	segheap_LBB5_49
-	xor	r12d, r12d
+	xor	r13d, r13d
 	mov	rsi, -65536
 	mov	r14, rbx
 segheap_LBB5_39:
-	cmp	r12, 127
+	cmp	r13, 127
 	ja	segheap_LBB5_82
 	mov	edx, r14d
 	and	edx, 7
@@ -742,108 +742,119 @@ segheap_LBB5_39:
 	seta	al
 	movzx	eax, al
 	mov	r14, qword ptr [r14 + 8*rax]
-	add	r12, 1
+	add	r13, 1
 	test	r14, r14
 	mov	eax, -1073741811
 	jne	segheap_LBB5_39
 segheap_LBB5_49:
 	mov	r9, rcx
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_99
 segheap_LBB5_45:
-	mov	ebx, r8d
-	mov	r14, rbx
-	shl	r14, 5
-	movzx	r10d, byte ptr [r12 + r14 + 24]
-	movzx	r11d, byte ptr [r12 + r14 + 31]
-	test	r10b, 8
-	jne	segheap_LBB5_50
-	test	r11b, r11b
-	je	segheap_LBB5_82
-	movzx	r11d, r11b
-	lea	esi, [r8 - 2]
-	cmp	esi, r11d
-	jb	segheap_LBB5_82
-	mov	esi, r8d
-	sub	esi, r11d
-	mov	r11, rsi
+	mov	r14d, r8d
+	mov	r11, r14
 	shl	r11, 5
-	movzx	r15d, byte ptr [r12 + r11 + 24]
-	mov	byte ptr [rbp - 8], r15b
-	test	r15b, 8
+	movzx	ebx, byte ptr [r13 + r11 + 24]
+	movzx	r9d, byte ptr [r13 + r11 + 31]
+	test	bl, 8
+	jne	segheap_LBB5_50
+	test	r9b, r9b
 	je	segheap_LBB5_82
-	cmp	esi, 255
+	movzx	r9d, r9b
+	lea	esi, [r8 - 2]
+	cmp	esi, r9d
+	jb	segheap_LBB5_82
+	mov	r15d, r8d
+	sub	r15d, r9d
+	mov	r9, r15
+	shl	r9, 5
+	movzx	esi, byte ptr [r13 + r9 + 24]
+	mov	byte ptr [rbp - 8], sil
+	test	sil, 8
+	je	segheap_LBB5_82
+	cmp	r15d, 255
 	ja	segheap_LBB5_82
-	add	r11, r12
-	movzx	r11d, byte ptr [r11 + 31]
-	mov	r15, rsi
-	mov	esi, r11d
+	add	r9, r13
+	movzx	r9d, byte ptr [r9 + 31]
+	mov	esi, r9d
 	add	esi, r15d
-	mov	qword ptr [rbp - 40], r15
+	mov	qword ptr [rbp - 48], r15
+	mov	qword ptr [rbp], r15
 	cmp	esi, r8d
 	ja	segheap_LBB5_51
 	jmp	segheap_LBB5_82
 segheap_LBB5_50:
-	mov	byte ptr [rbp - 8], r10b
-	mov	qword ptr [rbp - 40], rbx
-	mov	r15d, r8d
+	mov	byte ptr [rbp - 8], bl
+	mov	qword ptr [rbp - 48], r14
+	mov	esi, r8d
+	mov	qword ptr [rbp], rsi
 segheap_LBB5_51:
-	mov	dword ptr [rbp + 4], r15d
 	mov	r15b, -1
-	mov	rsi, r9
+	mov	rsi, r10
 segheap_LBB5_52:
 	mov	rsi, qword ptr [rsi]
 	add	r15b, 1
-	cmp	rsi, r9
+	cmp	rsi, r10
 	je	segheap_LBB5_54
-	cmp	rsi, r12
+	cmp	rsi, r13
 	jne	segheap_LBB5_52
 segheap_LBB5_54:
-	movzx	esi, r11b
-	movzx	r9d, byte ptr [rbp - 8]
-	test	r9b, 4
+	movzx	esi, r9b
+	movzx	r10d, byte ptr [rbp - 8]
+	test	r10b, 4
 	jne	segheap_LBB5_63
 	shl	rdi, 52
-	mov	r9, r13
-	jne	segheap_LBB5_105
-	mov	r11d, dword ptr [rbp + 4]
-	add	r11d, esi
-	cmp	r11d, r8d
-	jbe	segheap_LBB5_104
-	mov	eax, r11d
-	sub	rbx, rax
-	lea	rdx, [r14 + r12]
+	mov	r9, r12
+	jne	segheap_LBB5_99
+	mov	r10, qword ptr [rbp]
+	add	r10d, esi
+	cmp	r10d, r8d
+	jbe	segheap_LBB5_98
+	mov	eax, r10d
+	sub	r14, rax
+	lea	rdx, [r11 + r13]
 	add	rdx, 24
 	xor	eax, eax
 segheap_LBB5_58:
 	movzx	r9d, byte ptr [rdx]
-	xor	r9b, r10b
+	xor	r9b, bl
 	test	r9b, 2
-	jne	segheap_LBB5_103
+	jne	segheap_LBB5_97
 	add	rax, -1
 	add	rdx, 32
-	cmp	rbx, rax
+	cmp	r14, rax
 	jne	segheap_LBB5_58
-	mov	r8d, r11d
-	jmp	segheap_LBB5_104
+	mov	r8d, r10d
+	jmp	segheap_LBB5_98
 segheap_LBB5_62:
 	mov	r9, rsi
 	mov	eax, -1073741811
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_99
 segheap_LBB5_63:
-	mov	r14, qword ptr [rbp - 40]
-	mov	r8, r14
-	shl	r8, 5
-	cmp	dword ptr [r12 + r8], -857879331
+	mov	qword ptr [rbp - 24], rsi
+	mov	rsi, qword ptr [rbp - 48]
+	shl	rsi, 5
+	test	r10b, 33
+	setne	r11b
+	cmp	r9b, 17
+	setae	bl
+	cmp	dword ptr [r13 + rsi], -857879331
 	jne	segheap_LBB5_82
-	test	r11b, r11b
-	je	segheap_LBB5_91
-	cmp	r11b, 1
-	jne	segheap_LBB5_86
-	xor	r8d, r8d
+	and	bl, r11b
+	movzx	esi, bl
+	mov	r11, qword ptr [rbp - 24]
+	sub	r11d, esi
+	mov	rsi, r11
+	test	r9b, r9b
+	je	segheap_LBB5_86
+	cmp	r9b, 1
+	jne	segheap_LBB5_87
 	xor	r9d, r9d
-	jmp	segheap_LBB5_89
+	xor	ebx, ebx
+	mov	r14, qword ptr [rbp]
+	mov	r11, qword ptr [rbp - 24]
+	jmp	segheap_LBB5_90
 segheap_LBB5_68:
-	mov	r12d, 128
+	mov	r13d, 128
 	xor	r14d, r14d
 	mov	rsi, -65536
 segheap_LBB5_69:
@@ -852,7 +863,7 @@ segheap_LBB5_69:
 	mov	rdx, rbx
 	mov	r8b, 32
 	call	range_of_type
-	sub	r12, 1
+	sub	r13, 1
 	setb	cl
 	test	rax, rax
 	je	segheap_LBB5_76
@@ -870,7 +881,7 @@ segheap_LBB5_69:
 	mov	rcx, r15
 	jne	segheap_LBB5_69
 	test	r14, r14
-	je	segheap_LBB5_114
+	je	segheap_LBB5_102
 	mov	rdx, qword ptr [r14 + 24]
 	movzx	r8d, dx
 	mov	r9, -4096
@@ -890,142 +901,76 @@ segheap_LBB5_69:
 	mov	qword ptr [rax + 40], 0
 	jmp	segheap_LBB5_19
 segheap_LBB5_75:
-	mov	r9, r13
+	mov	r9, r12
 	mov	eax, -1073741811
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_99
 segheap_LBB5_76:
 	mov	r9, r15
 	mov	eax, -1073741811
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_99
 segheap_LBB5_86:
-	mov	qword ptr [rbp - 24], rsi
-	mov	r10d, esi
-	and	r10d, -2
-	xor	r8d, r8d
-	mov	r9d, dword ptr [rbp + 4]
-	mov	esi, r9d
 	xor	r9d, r9d
+	mov	r14, qword ptr [rbp]
+	mov	r11, qword ptr [rbp - 24]
+	jmp	segheap_LBB5_92
 segheap_LBB5_87:
-	mov	ebx, esi
-	shl	rbx, 5
-	movzx	ebx, byte ptr [r12 + rbx + 24]
-	shr	bl
-	and	bl, 1
-	lea	r14d, [rsi + 1]
-	shl	r14, 5
-	bt	dword ptr [r12 + r14 + 24], 1
-	adc	r9b, bl
-	add	r8, 2
-	add	esi, 2
-	cmp	r10, r8
-	jne	segheap_LBB5_87
+	mov	qword ptr [rbp - 40], rsi
 	mov	rsi, qword ptr [rbp - 24]
-	test	sil, 1
-	mov	r14, qword ptr [rbp - 40]
-	je	segheap_LBB5_90
-segheap_LBB5_89:
-	add	r8d, dword ptr [rbp + 4]
-	shl	r8, 5
-	bt	dword ptr [r12 + r8 + 24], 1
-	adc	r9b, 0
-segheap_LBB5_90:
-	cmp	r9b, r11b
-	movzx	r9d, byte ptr [rbp - 8]
-	jne	segheap_LBB5_82
-segheap_LBB5_91:
-	shl	r14, 12
-	add	r14, r12
-	test	r9b, 32
-	jne	segheap_LBB5_95
-	test	r9b, 1
-	jne	segheap_LBB5_108
-	mov	r9, r13
-	cmp	rdi, r14
-	jne	segheap_LBB5_105
-	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, esi
-	mov	rsi, rcx
-	mov	r9, rdx
-	mov	rdx, r12
-	jmp	segheap_LBB5_36
-segheap_LBB5_95:
-	mov	dword ptr [rbp - 28], 0
-	movzx	edx, word ptr [r14 + 32]
-	mov	eax, edx
-	and	eax, 32767
-	xor	ax, word ptr [r14 + 34]
-	movzx	r8d, ax
-	mov	eax, -1073741811
-	cmp	r8d, 44013
-	jne	segheap_LBB5_82
-	mov	r8d, esi
-	shl	r8d, 12
-	shl	edx, 4
-	cmp	edx, r8d
-	jne	segheap_LBB5_82
-	add	rdi, -16
-	lea	rdx, [r14 + 48]
-	cmp	rdi, rdx
-	jb	segheap_LBB5_82
-	add	r8, r14
-	cmp	rdi, r8
-	setb	dl
-	test	dil, 15
-	sete	r8b
-	and	r8b, dl
-	cmp	r8b, 1
-	jne	segheap_LBB5_82
-	mov	qword ptr [rbp - 24], rsi
-	mov	qword ptr [rbp - 8], r12
-	mov	rsi, qword ptr [rdi]
-	xor	rsi, qword ptr [rcx + 160]
-	xor	rsi, rdi
-	mov	rax, rsi
-	shr	rax, 48
+	and	esi, -2
 	xor	r9d, r9d
-	cmp	eax, 1
-	sete	r9b
-	mov	r12, rcx
-	mov	rdx, r14
-	mov	r8, rdi
-	call	vs_chunk_ok
-	test	eax, eax
-	je	segheap_LBB5_117
-	shr	esi, 12
-	and	esi, -16
-	add	rdi, rsi
-	lea	r9, [rbp - 28]
-	mov	rcx, r12
-	mov	rdx, r14
-	mov	r8, rdi
-	call	vs_next_visible
-	mov	rdx, rax
-	cmp	dword ptr [rbp - 28], 0
-	mov	eax, -1073741811
+	mov	r14, qword ptr [rbp]
+	xor	ebx, ebx
+segheap_LBB5_88:
+	mov	r11d, r14d
+	shl	r11, 5
+	movzx	r11d, byte ptr [r13 + r11 + 24]
+	shr	r11b
+	and	r11b, 1
+	lea	r10d, [r14 + 1]
+	shl	r10, 5
+	bt	dword ptr [r13 + r10 + 24], 1
+	adc	bl, r11b
+	add	r9, 2
+	add	r14d, 2
+	cmp	rsi, r9
+	jne	segheap_LBB5_88
+	mov	r11, qword ptr [rbp - 24]
+	test	r11b, 1
+	mov	r14, qword ptr [rbp]
+	movzx	r10d, byte ptr [rbp - 8]
+	mov	rsi, qword ptr [rbp - 40]
+	je	segheap_LBB5_91
+segheap_LBB5_90:
+	add	r9d, r14d
+	shl	r9, 5
+	bt	dword ptr [r13 + r9 + 24], 1
+	adc	bl, 0
+segheap_LBB5_91:
+	movzx	r9d, bl
+segheap_LBB5_92:
+	cmp	esi, r9d
 	jne	segheap_LBB5_82
-	test	rdx, rdx
-	je	segheap_LBB5_121
-	mov	rcx, r12
-	mov	r8d, r15d
-	mov	r9, qword ptr [rbp - 16]
-	call	walk_vs_chunk
-	xor	eax, eax
-	mov	r9, r13
-	jmp	segheap_LBB5_105
-segheap_LBB5_103:
+	test	esi, esi
+	je	segheap_LBB5_108
+	cmp	esi, 1
+	jne	segheap_LBB5_103
+	xor	r9d, r9d
+	xor	ebx, ebx
+	jmp	segheap_LBB5_106
+segheap_LBB5_97:
 	sub	r8d, eax
-segheap_LBB5_104:
+segheap_LBB5_98:
 	mov	rdi, rcx
-	mov	rdx, r12
+	mov	rdx, r13
 	mov	r9, qword ptr [rbp - 16]
 	call	walk_from_unit
 	mov	r9, rdi
-segheap_LBB5_105:
-	test	byte ptr [r13 + 20], 1
-	jne	segheap_LBB5_107
+segheap_LBB5_99:
+	test	byte ptr [r12 + 20], 1
+	jne	segheap_LBB5_101
 	add	word ptr [r9 + 216], -1
-segheap_LBB5_107:
-	add	rsp, 88
+segheap_LBB5_101:
+	add	rsp, 104
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -1035,79 +980,207 @@ segheap_LBB5_107:
 	pop	r15
 	pop	rbp
 	ret
+segheap_LBB5_102:
+	mov	eax, -2147483622
+	mov	r9, rcx
+	jmp	segheap_LBB5_99
+segheap_LBB5_103:
+	mov	qword ptr [rbp - 40], rsi
+	mov	esi, esi
+	mov	qword ptr [rbp - 56], rsi
+	and	esi, 2147483646
+	xor	r9d, r9d
+	xor	ebx, ebx
+segheap_LBB5_104:
+	mov	r10d, r14d
+	shl	r10, 5
+	movzx	r10d, byte ptr [r13 + r10 + 24]
+	shr	r10b
+	and	r10b, 1
+	lea	r11d, [r14 + 1]
+	shl	r11, 5
+	bt	dword ptr [r13 + r11 + 24], 1
+	adc	bl, r10b
+	add	r9, 2
+	add	r14d, 2
+	cmp	rsi, r9
+	jne	segheap_LBB5_104
+	test	byte ptr [rbp - 56], 1
+	mov	r14, qword ptr [rbp]
+	movzx	r10d, byte ptr [rbp - 8]
+	mov	r11, qword ptr [rbp - 24]
+	mov	rsi, qword ptr [rbp - 40]
+	je	segheap_LBB5_107
+segheap_LBB5_106:
+	add	r9d, r14d
+	shl	r9, 5
+	bt	dword ptr [r13 + r9 + 24], 1
+	adc	bl, 0
+segheap_LBB5_107:
+	movzx	r9d, bl
+	cmp	esi, r9d
+	jne	segheap_LBB5_82
 segheap_LBB5_108:
-	mov	qword ptr [rbp - 8], r12
-	mov	r8, rsi
-	mov	rsi, r14
+	lea	r9d, [rsi + r14]
+	cmp	r9d, r8d
+	jbe	segheap_LBB5_112
+	mov	r8, qword ptr [rbp - 48]
+	shl	r8, 12
+	add	r8, r13
+	test	r10b, 32
+	jne	segheap_LBB5_116
+	mov	rbx, r8
+	test	r10b, 1
+	jne	segheap_LBB5_123
+	mov	r9, r12
+	cmp	rdi, rbx
+	jne	segheap_LBB5_99
+	jmp	segheap_LBB5_113
+segheap_LBB5_112:
+	mov	r8d, r9d
+	shl	r8, 12
+	add	r8, r13
+	mov	r9, r12
+	cmp	rdi, r8
+	jne	segheap_LBB5_99
+segheap_LBB5_113:
+	mov	r8, qword ptr [rbp]
+	add	r8d, r11d
+	mov	rsi, rcx
+	mov	r9, rdx
+	mov	rdx, r13
+	jmp	segheap_LBB5_36
+segheap_LBB5_116:
+	mov	dword ptr [rbp - 28], 0
+	movzx	edx, word ptr [r8 + 32]
+	mov	eax, edx
+	and	eax, 32767
+	mov	rbx, r8
+	xor	ax, word ptr [r8 + 34]
+	movzx	r8d, ax
+	mov	eax, -1073741811
+	cmp	r8d, 44013
+	jne	segheap_LBB5_82
+	mov	r8d, esi
+	shl	r8, 12
+	shl	edx, 4
+	cmp	rdx, r8
+	jne	segheap_LBB5_82
+	mov	qword ptr [rbp - 8], r13
+	mov	r13, rcx
+	add	rdi, -16
+	lea	rcx, [rbx + 48]
+	cmp	rdi, rcx
+	jb	segheap_LBB5_82
+	add	r8, rbx
+	cmp	rdi, r8
+	setb	al
+	test	dil, 15
+	sete	cl
+	and	cl, al
+	cmp	cl, 1
+	jne	segheap_LBB5_131
+	mov	rsi, qword ptr [rdi]
+	mov	rcx, r13
+	xor	rsi, qword ptr [r13 + 160]
+	xor	rsi, rdi
+	mov	rax, rsi
+	shr	rax, 48
+	xor	r9d, r9d
+	cmp	eax, 1
+	sete	r9b
+	mov	rdx, rbx
+	mov	r8, rdi
+	call	vs_chunk_ok
+	test	eax, eax
+	je	segheap_LBB5_131
+	shr	esi, 12
+	and	esi, -16
+	add	rdi, rsi
+	lea	r9, [rbp - 28]
+	mov	rcx, r13
+	mov	rdx, rbx
+	mov	r8, rdi
+	call	vs_next_visible
+	mov	rdx, rax
+	cmp	dword ptr [rbp - 28], 0
+	mov	eax, -1073741811
+	jne	segheap_LBB5_82
+	mov	rcx, r13
+	test	rdx, rdx
+	je	segheap_LBB5_135
+	mov	r8d, r15d
+	mov	r9, qword ptr [rbp - 16]
+	call	walk_vs_chunk
+	xor	eax, eax
+	mov	r9, r12
+	jmp	segheap_LBB5_99
+segheap_LBB5_123:
+	mov	r9, rsi
+	mov	qword ptr [rbp - 8], r13
+	mov	r14, rbx
+	mov	rsi, rbx
 	shr	rsi, 12
 	xor	esi, dword ptr [rcx + 168]
-	xor	esi, dword ptr [r14 + 40]
-	mov	qword ptr [rbp - 24], r8
-	shl	r8d, 12
-	mov	rbx, rcx
-	mov	rdx, r14
+	xor	esi, dword ptr [rbx + 40]
+	mov	r8d, r9d
+	shl	r8, 12
+	mov	r13, rcx
+	mov	rdx, rbx
 	call	lfh_sub_ok
 	test	eax, eax
-	je	segheap_LBB5_115
+	je	segheap_LBB5_129
 	sub	edi, r14d
 	mov	eax, esi
 	shr	eax, 16
 	sub	edi, eax
-	jb	segheap_LBB5_115
+	jb	segheap_LBB5_129
 	movzx	ecx, si
 	mov	eax, edi
 	xor	edx, edx
 	div	ecx
 	test	edx, edx
-	jne	segheap_LBB5_115
-	mov	r12, r14
-	movzx	esi, word ptr [r14 + 34]
+	jne	segheap_LBB5_129
+	movzx	esi, word ptr [rbx + 34]
 	cmp	eax, esi
-	jae	segheap_LBB5_115
+	jae	segheap_LBB5_129
 	add	eax, 1
-	mov	rcx, r12
+	mov	rcx, rbx
 	mov	edx, eax
 	call	lfh_next_busy
 	cmp	eax, esi
-	jae	segheap_LBB5_120
+	jae	segheap_LBB5_134
 	mov	rcx, qword ptr [rbp - 16]
 	mov	qword ptr [rsp + 32], rcx
-	mov	rcx, rbx
-	mov	rdx, r12
+	mov	rcx, r13
+	mov	rdx, rbx
 	mov	r8d, eax
 	mov	r9d, r15d
 	call	walk_lfh_block
 	xor	eax, eax
-	mov	r9, rbx
-	jmp	segheap_LBB5_105
-segheap_LBB5_114:
-	mov	eax, -2147483622
-	mov	r9, rcx
-	jmp	segheap_LBB5_105
-segheap_LBB5_115:
-	mov	r9, rbx
-	mov	eax, -1073741811
-	jmp	segheap_LBB5_105
-segheap_LBB5_117:
-	mov	eax, -1073741811
 	mov	r9, r13
-	jmp	segheap_LBB5_105
-segheap_LBB5_120:
-	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, dword ptr [rbp - 24]
-	mov	rcx, rbx
+	jmp	segheap_LBB5_99
+segheap_LBB5_129:
+	mov	r9, r13
+	mov	eax, -1073741811
+	jmp	segheap_LBB5_99
+segheap_LBB5_131:
+	mov	eax, -1073741811
+	mov	r9, r12
+	jmp	segheap_LBB5_99
+segheap_LBB5_134:
+	mov	rcx, r13
 	mov	rdx, qword ptr [rbp - 8]
+	mov	r8, qword ptr [rbp]
 	mov	r9, qword ptr [rbp - 16]
-	call	walk_from_unit
-	mov	r9, rbx
-	jmp	segheap_LBB5_105
-segheap_LBB5_121:
-	mov	r8d, dword ptr [rbp + 4]
-	add	r8d, dword ptr [rbp - 24]
-	mov	rcx, r12
+	call	walk_after_range
+	mov	r9, r13
+	jmp	segheap_LBB5_99
+segheap_LBB5_135:
 	mov	rdx, qword ptr [rbp - 8]
+	mov	r8, qword ptr [rbp]
 	mov	r9, qword ptr [rbp - 16]
-	call	walk_from_unit
+	call	walk_after_range
 	jmp	segheap_LBB5_82
 	.p2align	4
 RtlCreateHeap:
@@ -2928,24 +3001,24 @@ segheap_LBB11_4:
 	add	rcx, 328
 	mov	rdx, qword ptr [rbx + 328]
 	cmp	rdx, rcx
-	je	segheap_LBB11_13
+	je	segheap_LBB11_18
 	mov	rax, rdi
 	and	rax, -1048576
 	mov	r8, qword ptr [rbx + 344]
 	xor	r10d, r10d
 segheap_LBB11_6:
 	cmp	r10, r8
-	ja	segheap_LBB11_13
+	ja	segheap_LBB11_18
 	mov	r11d, edx
 	and	r11d, 1048575
-	jne	segheap_LBB11_13
+	jne	segheap_LBB11_18
 	cmp	rdx, rax
 	je	segheap_LBB11_10
 	add	r10, 1
 	mov	rdx, qword ptr [rdx]
 	cmp	rdx, rcx
 	jne	segheap_LBB11_6
-	jmp	segheap_LBB11_13
+	jmp	segheap_LBB11_18
 segheap_LBB11_10:
 	mov	rcx, rdi
 	shr	rcx, 20
@@ -2954,50 +3027,51 @@ segheap_LBB11_10:
 	xor	rcx, qword ptr [rbx + 160]
 	movabs	rdx, -6708588087252463955
 	cmp	rcx, rdx
-	jne	segheap_LBB11_13
+	jne	segheap_LBB11_18
 	mov	ecx, edi
 	shr	ecx, 12
 	mov	edx, ecx
 	or	edx, -256
+	xor	r14d, r14d
 	cmp	edx, -254
-	jb	segheap_LBB11_12
+	jb	segheap_LBB11_2
 	movzx	ecx, cl
 	mov	edx, ecx
 	shl	edx, 5
 	add	rdx, rax
-	movzx	r8d, byte ptr [rdx + 24]
-	test	r8b, 8
-	jne	segheap_LBB11_26
+	movzx	r10d, byte ptr [rdx + 24]
+	test	r10b, 8
+	jne	segheap_LBB11_27
 	movzx	r8d, byte ptr [rdx + 31]
 	test	r8d, r8d
-	je	segheap_LBB11_12
+	je	segheap_LBB11_2
 	lea	edx, [rcx - 2]
 	cmp	edx, r8d
-	jb	segheap_LBB11_12
+	jb	segheap_LBB11_2
 	mov	edx, ecx
 	sub	edx, r8d
-	mov	r10, rdx
-	shl	r10, 5
-	movzx	r8d, byte ptr [rax + r10 + 24]
-	test	r8b, 8
-	je	segheap_LBB11_12
+	mov	r8, rdx
+	shl	r8, 5
+	movzx	r10d, byte ptr [rax + r8 + 24]
+	test	r10b, 8
+	je	segheap_LBB11_2
 	cmp	edx, 255
-	ja	segheap_LBB11_12
-	add	r10, rax
-	movzx	r10d, byte ptr [r10 + 31]
-	add	r10d, edx
-	cmp	r10d, ecx
+	ja	segheap_LBB11_2
+	add	r8, rax
+	movzx	r8d, byte ptr [r8 + 31]
+	add	r8d, edx
+	cmp	r8d, ecx
 	mov	ecx, edx
-	ja	segheap_LBB11_27
-	jmp	segheap_LBB11_12
-segheap_LBB11_13:
+	ja	segheap_LBB11_28
+	jmp	segheap_LBB11_2
+segheap_LBB11_18:
 	mov	r15, qword ptr [rbx + 72]
 	test	r15, r15
 	je	segheap_LBB11_2
 	xor	r14d, r14d
 	mov	r12, -65536
 	xor	r13d, r13d
-segheap_LBB11_15:
+segheap_LBB11_20:
 	cmp	r13, 127
 	ja	segheap_LBB11_2
 	mov	eax, r15d
@@ -3012,89 +3086,153 @@ segheap_LBB11_15:
 	mov	rax, qword ptr [r15 + 24]
 	and	rax, r12
 	cmp	rdi, rax
-	je	segheap_LBB11_20
+	je	segheap_LBB11_25
 	seta	al
 	movzx	eax, al
 	mov	r15, qword ptr [r15 + 8*rax]
 	add	r13, 1
 	test	r15, r15
-	jne	segheap_LBB11_15
+	jne	segheap_LBB11_20
 	jmp	segheap_LBB11_2
-segheap_LBB11_20:
+segheap_LBB11_25:
 	mov	qword ptr [rsi + 40], r15
 	mov	dword ptr [rsi], 4
 	mov	qword ptr [rsi + 24], rdi
-segheap_LBB11_21:
+segheap_LBB11_26:
 	mov	r14d, 1
 	jmp	segheap_LBB11_2
-segheap_LBB11_26:
-	mov	rdx, rcx
 segheap_LBB11_27:
-	test	r8b, 4
-	je	segheap_LBB11_12
+	mov	rdx, rcx
+segheap_LBB11_28:
+	test	r10b, 4
+	je	segheap_LBB11_2
 	mov	r8, rdx
 	shl	r8, 5
 	add	r8, rax
+	movzx	r11d, byte ptr [r8 + 31]
+	cmp	r11d, 17
+	setae	r15b
+	test	r10b, 33
+	setne	r10b
 	cmp	dword ptr [r8], -857879331
-	jne	segheap_LBB11_12
-	movzx	r15d, byte ptr [r8 + 31]
-	test	r15, r15
-	je	segheap_LBB11_45
-	cmp	r15d, 1
-	jne	segheap_LBB11_40
+	jne	segheap_LBB11_2
+	and	r10b, r15b
+	movzx	r14d, r10b
+	mov	r10d, r11d
+	sub	r10d, r14d
+	mov	r14d, 0
+	test	r11, r11
+	je	segheap_LBB11_38
+	cmp	r11d, 1
+	jne	segheap_LBB11_33
+	xor	r14d, r14d
+	xor	r15d, r15d
+	jmp	segheap_LBB11_36
+segheap_LBB11_33:
+	mov	dword ptr [rbp + 4], r10d
+	mov	qword ptr [rbp - 8], r8
+	mov	r12d, r11d
+	and	r12d, -2
+	xor	r14d, r14d
+	mov	r13d, ecx
+	xor	r15d, r15d
+segheap_LBB11_34:
+	mov	r10d, r13d
+	shl	r10, 5
+	movzx	r10d, byte ptr [rax + r10 + 24]
+	shr	r10b
+	and	r10b, 1
+	lea	r8d, [r13 + 1]
+	shl	r8, 5
+	bt	dword ptr [rax + r8 + 24], 1
+	adc	r15b, r10b
+	add	r14, 2
+	add	r13d, 2
+	cmp	r12, r14
+	jne	segheap_LBB11_34
+	test	r11b, 1
+	mov	r8, qword ptr [rbp - 8]
+	mov	r10d, dword ptr [rbp + 4]
+	je	segheap_LBB11_37
+segheap_LBB11_36:
+	add	r14d, ecx
+	shl	r14, 5
+	bt	dword ptr [rax + r14 + 24], 1
+	adc	r15b, 0
+segheap_LBB11_37:
+	movzx	r14d, r15b
+segheap_LBB11_38:
+	cmp	r10d, r14d
+	jne	segheap_LBB11_42
+	test	r10d, r10d
+	je	segheap_LBB11_48
+	cmp	r10d, 1
+	jne	segheap_LBB11_43
 	xor	r14d, r14d
 	xor	r11d, r11d
-	jmp	segheap_LBB11_43
-segheap_LBB11_40:
-	mov	qword ptr [rbp], r15
-	and	r15d, -2
+	jmp	segheap_LBB11_46
+segheap_LBB11_43:
+	mov	qword ptr [rbp - 8], r8
+	mov	dword ptr [rbp + 4], r10d
+	mov	r15d, r10d
+	mov	r12d, r15d
+	and	r12d, 2147483646
 	xor	r14d, r14d
-	mov	r12d, ecx
+	mov	r13d, ecx
 	xor	r11d, r11d
-segheap_LBB11_41:
-	mov	r13d, r12d
-	shl	r13, 5
-	movzx	r13d, byte ptr [rax + r13 + 24]
-	shr	r13b
-	and	r13b, 1
-	lea	r10d, [r12 + 1]
+segheap_LBB11_44:
+	mov	r8d, r13d
+	shl	r8, 5
+	movzx	r8d, byte ptr [rax + r8 + 24]
+	shr	r8b
+	and	r8b, 1
+	lea	r10d, [r13 + 1]
 	shl	r10, 5
 	bt	dword ptr [rax + r10 + 24], 1
-	adc	r11b, r13b
+	adc	r11b, r8b
 	add	r14, 2
-	add	r12d, 2
-	cmp	r15, r14
-	jne	segheap_LBB11_41
-	mov	r15, qword ptr [rbp]
+	add	r13d, 2
+	cmp	r12, r14
+	jne	segheap_LBB11_44
 	test	r15b, 1
-	je	segheap_LBB11_44
-segheap_LBB11_43:
+	mov	r8, qword ptr [rbp - 8]
+	mov	r10d, dword ptr [rbp + 4]
+	je	segheap_LBB11_47
+segheap_LBB11_46:
 	add	ecx, r14d
 	shl	rcx, 5
 	bt	dword ptr [rax + rcx + 24], 1
 	adc	r11b, 0
-segheap_LBB11_44:
+segheap_LBB11_47:
+	movzx	ecx, r11b
 	xor	r14d, r14d
-	cmp	r11b, r15b
+	cmp	r10d, ecx
 	jne	segheap_LBB11_2
-segheap_LBB11_45:
+segheap_LBB11_48:
 	shl	rdx, 12
 	add	rdx, rax
 	mov	qword ptr [rsi + 8], rax
 	mov	qword ptr [rsi + 16], r8
 	movzx	eax, byte ptr [r8 + 24]
 	test	al, 32
-	jne	segheap_LBB11_49
-	test	al, 1
 	jne	segheap_LBB11_52
+	test	al, 1
+	jne	segheap_LBB11_55
 	cmp	rdi, rdx
-	je	segheap_LBB11_54
-segheap_LBB11_12:
+	je	segheap_LBB11_56
+segheap_LBB11_42:
 	xor	r14d, r14d
 	jmp	segheap_LBB11_2
-segheap_LBB11_49:
+segheap_LBB11_52:
 	movzx	r8d, byte ptr [r8 + 31]
-	shl	r8d, 12
+	cmp	r8d, 17
+	setae	cl
+	test	al, 33
+	setne	al
+	and	al, cl
+	movzx	eax, al
+	sub	r8d, eax
+	shl	r8, 12
 	mov	qword ptr [rsp + 32], rsi
 	mov	rcx, rbx
 	mov	ebx, r9d
@@ -3111,15 +3249,22 @@ segheap_LBB11_49:
 	test	byte ptr [rax + 9], 2
 	sete	r14b
 	jmp	segheap_LBB11_2
-segheap_LBB11_52:
+segheap_LBB11_55:
 	movzx	r8d, byte ptr [r8 + 31]
+	cmp	r8d, 17
+	setae	cl
+	test	al, 33
+	setne	al
+	and	al, cl
+	movzx	eax, al
+	sub	r8d, eax
 	shl	r8d, 12
 	mov	qword ptr [rsp + 32], rsi
 	mov	rcx, rbx
 	mov	r9, rdi
 	call	lookup_lfh
 	jmp	segheap_LBB11_3
-segheap_LBB11_54:
+segheap_LBB11_56:
 	movzx	eax, byte ptr [r8 + 31]
 	shl	eax, 12
 	mov	r14d, 0
@@ -3127,7 +3272,7 @@ segheap_LBB11_54:
 	jbe	segheap_LBB11_2
 	mov	dword ptr [rsi], 1
 	mov	qword ptr [rsi + 24], rdx
-	jmp	segheap_LBB11_21
+	jmp	segheap_LBB11_26
 	.p2align	4
 free_block:
 	push	rbp
@@ -4437,7 +4582,7 @@ RtlValidateHeap:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 232
+	sub	rsp, 216
 	lea	rbp, [rsp + 128]
 	test	rcx, rcx
 	sete	r9b
@@ -4445,11 +4590,11 @@ RtlValidateHeap:
 	setne	r10b
 	xor	eax, eax
 	or	r10b, r9b
-	jne	segheap_LBB16_90
+	jne	segheap_LBB16_106
 	cmp	dword ptr [rcx + 16], -571548178
-	jne	segheap_LBB16_90
+	jne	segheap_LBB16_106
 	cmp	qword ptr [rcx + 312], rcx
-	jne	segheap_LBB16_90
+	jne	segheap_LBB16_106
 	or	edx, dword ptr [rcx + 20]
 	test	dl, 1
 	jne	segheap_LBB16_5
@@ -4458,7 +4603,7 @@ segheap_LBB16_5:
 	test	r8, r8
 	je	segheap_LBB16_19
 	mov	edi, edx
-	mov	rax, rbp
+	lea	rax, [rbp - 32]
 	mov	rsi, rcx
 	mov	rbx, r8
 	mov	rdx, r8
@@ -4466,20 +4611,20 @@ segheap_LBB16_5:
 	xor	r9d, r9d
 	call	lookup_block
 	test	eax, eax
-	je	segheap_LBB16_85
-	mov	rdx, rbp
-	lea	r8, [rbp - 88]
+	je	segheap_LBB16_101
+	lea	rdx, [rbp - 32]
+	lea	r8, [rbp - 96]
 	mov	rcx, rsi
 	call	block_request
-	mov	ecx, dword ptr [rbp]
+	mov	ecx, dword ptr [rbp - 32]
 	and	ecx, -2
 	cmp	ecx, 2
-	jne	segheap_LBB16_86
+	jne	segheap_LBB16_102
 	add	rax, rbx
-	mov	r10, qword ptr [rbp - 88]
+	mov	r10, qword ptr [rbp - 96]
 	cmp	rax, r10
 	mov	edx, edi
-	je	segheap_LBB16_87
+	je	segheap_LBB16_103
 	mov	r8, rbx
 	movsx	r11, byte ptr [r10 - 1]
 	mov	r9, r11
@@ -4493,11 +4638,11 @@ segheap_LBB16_11:
 	cmp	rax, r10
 	mov	rcx, rsi
 	mov	eax, 0
-	jae	segheap_LBB16_88
+	jae	segheap_LBB16_104
 	test	r11b, r11b
 	jns	segheap_LBB16_14
 	cmp	r9d, 128
-	jb	segheap_LBB16_88
+	jb	segheap_LBB16_104
 segheap_LBB16_14:
 	shr	r11b, 7
 	movzx	r11d, r11b
@@ -4506,375 +4651,482 @@ segheap_LBB16_14:
 	sub	rsi, r9
 	lea	rdi, [r11 + r10]
 	cmp	rsi, rdi
-	jae	segheap_LBB16_91
+	jae	segheap_LBB16_107
 	neg	r9
 	add	r8, r10
 segheap_LBB16_16:
 	cmp	byte ptr [r8 + r9], -85
-	jne	segheap_LBB16_88
+	jne	segheap_LBB16_104
 	add	r9, 1
 	cmp	r11, r9
 	jne	segheap_LBB16_16
-segheap_LBB16_91:
+segheap_LBB16_107:
 	mov	eax, 1
-	jmp	segheap_LBB16_88
+	jmp	segheap_LBB16_104
 segheap_LBB16_19:
+	mov	qword ptr [rbp - 32], 0
+	mov	qword ptr [rbp - 24], 0
+	mov	qword ptr [rbp - 16], 0
+	mov	qword ptr [rbp - 8], 0
 	mov	qword ptr [rbp], 0
 	mov	qword ptr [rbp + 8], 0
 	mov	qword ptr [rbp + 16], 0
 	mov	qword ptr [rbp + 24], 0
 	mov	qword ptr [rbp + 32], 0
 	mov	qword ptr [rbp + 40], 0
-	mov	qword ptr [rbp + 48], 0
-	mov	qword ptr [rbp + 56], 0
-	mov	qword ptr [rbp + 64], 0
-	mov	qword ptr [rbp + 72], 0
 	mov	r8, qword ptr [rcx + 232]
 	lea	r9, [rcx + 2048]
 	xor	eax, eax
 	cmp	r8, r9
-	jb	segheap_LBB16_88
+	jb	segheap_LBB16_104
 	mov	r9, qword ptr [rcx + 240]
 	cmp	r8, r9
-	ja	segheap_LBB16_88
+	ja	segheap_LBB16_104
 	cmp	r9, qword ptr [rcx + 248]
-	ja	segheap_LBB16_88
+	ja	segheap_LBB16_104
 	lea	r8, [rcx + 520]
 	cmp	qword ptr [rcx + 520], r8
-	jne	segheap_LBB16_88
+	jne	segheap_LBB16_104
 	lea	r10, [rcx + 328]
 	mov	rax, qword ptr [rcx + 328]
 	xor	r9d, r9d
 	cmp	rax, r10
-	je	segheap_LBB16_92
-	lea	r8, [rcx + 672]
-	mov	qword ptr [rbp - 32], r8
+	je	segheap_LBB16_108
+	lea	rdi, [rcx + 672]
 	xor	r9d, r9d
 	movabs	r11, -6708588087252463955
 	mov	r8, r10
 segheap_LBB16_25:
 	mov	r13, rax
 	shl	rax, 44
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	add	r9, 1
 	cmp	r9, qword ptr [rcx + 344]
-	ja	segheap_LBB16_127
+	ja	segheap_LBB16_143
 	cmp	qword ptr [r13 + 8], r8
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	mov	rax, r13
 	shr	rax, 20
 	xor	rax, qword ptr [r13 + 16]
 	xor	rax, qword ptr [rcx + 160]
 	xor	rax, rcx
 	cmp	rax, r11
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	cmp	byte ptr [r13 + 24], 14
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	cmp	byte ptr [r13 + 31], 2
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	cmp	byte ptr [r13 + 56], 6
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	cmp	byte ptr [r13 + 63], 1
-	jne	segheap_LBB16_127
-	mov	qword ptr [rbp - 64], r10
-	mov	qword ptr [rbp - 72], r9
-	add	qword ptr [rbp + 16], 2
-	add	qword ptr [rbp + 24], 256
-	mov	r8d, 2
+	jne	segheap_LBB16_143
+	mov	qword ptr [rbp - 80], r10
+	mov	qword ptr [rbp - 88], r9
+	add	qword ptr [rbp - 16], 2
+	add	qword ptr [rbp - 8], 256
+	mov	r14d, 2
 	xor	eax, eax
 segheap_LBB16_34:
-	mov	edi, r8d
-	mov	r10, rdi
+	mov	r9d, r14d
+	mov	r10, r9
 	shl	r10, 5
 	movzx	r11d, byte ptr [r13 + r10 + 24]
 	test	r11b, 8
-	je	segheap_LBB16_127
-	movzx	r9d, byte ptr [r13 + r10 + 31]
-	test	r9b, r9b
-	je	segheap_LBB16_127
-	movzx	ebx, r9b
-	mov	esi, 256
-	sub	esi, r8d
-	cmp	esi, ebx
-	jb	segheap_LBB16_127
-	mov	r14d, r11d
-	and	r14b, -11
-	movzx	esi, r14b
+	je	segheap_LBB16_143
+	movzx	r8d, byte ptr [r13 + r10 + 31]
+	test	r8b, r8b
+	je	segheap_LBB16_143
+	movzx	r12d, r8b
+	mov	r8d, 256
+	sub	r8d, r14d
+	cmp	r8d, r12d
+	jb	segheap_LBB16_143
+	mov	ebx, r11d
+	and	bl, -11
+	movzx	r8d, bl
 	test	r11b, -15
 	je	segheap_LBB16_40
-	cmp	r14b, 36
+	cmp	bl, 36
 	je	segheap_LBB16_40
-	cmp	esi, 5
-	jne	segheap_LBB16_127
+	cmp	r8d, 5
+	jne	segheap_LBB16_143
 segheap_LBB16_40:
-	mov	qword ptr [rbp - 48], rdi
-	mov	r8d, ebx
-	mov	edi, r11d
-	shr	dil
-	and	dil, 1
-	movzx	edi, dil
-	mov	dword ptr [rbp + 84], ebx
-	cmp	ebx, 1
+	mov	byte ptr [rbp + 80], bl
+	mov	qword ptr [rbp + 56], r9
+	mov	r9d, r11d
+	shr	r9b
+	and	r9b, 1
+	movzx	r9d, r9b
+	cmp	r12d, 1
 	je	segheap_LBB16_45
-	lea	rbx, [r13 + 63]
-	lea	r15, [rbx + r10]
-	mov	r12d, 1
+	lea	rsi, [r13 + 63]
+	lea	rbx, [rsi + r10]
+	mov	esi, 1
 segheap_LBB16_42:
-	movzx	ebx, byte ptr [r15 - 7]
-	bt	ebx, 1
-	adc	edi, 0
-	and	ebx, -3
-	cmp	ebx, esi
-	jne	segheap_LBB16_127
-	movzx	ebx, byte ptr [r15]
-	cmp	r12, rbx
-	jne	segheap_LBB16_127
-	add	r12, 1
-	add	r15, 32
-	cmp	r8, r12
+	movzx	r15d, byte ptr [rbx - 7]
+	bt	r15d, 1
+	adc	r9d, 0
+	and	r15d, -3
+	cmp	r15d, r8d
+	jne	segheap_LBB16_143
+	movzx	r15d, byte ptr [rbx]
+	cmp	rsi, r15
+	jne	segheap_LBB16_143
+	add	rsi, 1
+	add	rbx, 32
+	cmp	r12, rsi
 	jne	segheap_LBB16_42
 segheap_LBB16_45:
-	mov	esi, edi
-	add	qword ptr [rbp + 16], rsi
+	mov	r8d, r9d
+	add	qword ptr [rbp - 16], r8
 	add	r10, r13
-	movzx	ebx, byte ptr [r10 + 25]
-	cmp	edi, ebx
-	jne	segheap_LBB16_127
-	test	r14b, r14b
-	mov	rdi, qword ptr [rbp - 48]
-	mov	r15d, dword ptr [rbp + 84]
-	je	segheap_LBB16_52
-	cmp	esi, r15d
-	jne	segheap_LBB16_127
+	movzx	esi, byte ptr [r10 + 25]
+	cmp	r9d, esi
+	jne	segheap_LBB16_143
+	cmp	byte ptr [rbp + 80], 0
+	je	segheap_LBB16_50
+	test	r11b, 33
+	setne	al
+	cmp	r12b, 17
+	setae	r8b
 	cmp	dword ptr [r10], -857879331
-	jne	segheap_LBB16_127
-	mov	rbx, rdi
+	jne	segheap_LBB16_143
+	cmp	r12d, 1
+	mov	dword ptr [rbp + 72], r14d
+	jne	segheap_LBB16_52
+	xor	r15d, r15d
+	xor	r9d, r9d
+	mov	rbx, qword ptr [rbp + 56]
+	jmp	segheap_LBB16_55
+segheap_LBB16_50:
+	test	eax, eax
+	jne	segheap_LBB16_143
+	add	qword ptr [rbp - 32], 1
+	add	qword ptr [rbp - 24], r8
+	mov	eax, 1
+	jmp	segheap_LBB16_99
+segheap_LBB16_52:
+	mov	byte ptr [rbp + 64], al
+	mov	eax, r14d
+	mov	r14, rdi
+	mov	ebx, r12d
+	and	ebx, -2
+	xor	r15d, r15d
+	mov	esi, eax
+	xor	r9d, r9d
+segheap_LBB16_53:
+	mov	edi, esi
+	shl	rdi, 5
+	movzx	edi, byte ptr [r13 + rdi + 24]
+	shr	dil
+	and	dil, 1
+	lea	eax, [rsi + 1]
+	shl	rax, 5
+	bt	dword ptr [r13 + rax + 24], 1
+	adc	r9b, dil
+	add	r15, 2
+	add	esi, 2
+	cmp	rbx, r15
+	jne	segheap_LBB16_53
+	test	r12b, 1
+	mov	rdi, r14
+	mov	r14d, dword ptr [rbp + 72]
+	mov	rbx, qword ptr [rbp + 56]
+	movzx	eax, byte ptr [rbp + 64]
+	je	segheap_LBB16_56
+segheap_LBB16_55:
+	add	r15d, r14d
+	shl	r15, 5
+	bt	dword ptr [r13 + r15 + 24], 1
+	adc	r9b, 0
+segheap_LBB16_56:
+	and	r8b, al
+	movzx	eax, r8b
+	mov	r8d, r12d
+	sub	r8d, eax
+	movzx	r9d, r9b
+	xor	eax, eax
+	cmp	r8d, r9d
+	jne	segheap_LBB16_104
+	mov	esi, r8d
+	test	r8d, r8d
+	je	segheap_LBB16_65
+	cmp	r8d, 1
+	jne	segheap_LBB16_60
+	xor	r15d, r15d
+	xor	r9d, r9d
+	jmp	segheap_LBB16_63
+segheap_LBB16_60:
+	mov	qword ptr [rbp + 48], rdi
+	mov	qword ptr [rbp + 64], rsi
+	mov	ebx, esi
+	and	ebx, 2147483646
+	xor	r15d, r15d
+	mov	esi, r14d
+	xor	r9d, r9d
+segheap_LBB16_61:
+	mov	edi, esi
+	shl	rdi, 5
+	movzx	edi, byte ptr [r13 + rdi + 24]
+	shr	dil
+	and	dil, 1
+	lea	r14d, [rsi + 1]
+	shl	r14, 5
+	bt	dword ptr [r13 + r14 + 24], 1
+	adc	r9b, dil
+	add	r15, 2
+	add	esi, 2
+	cmp	rbx, r15
+	jne	segheap_LBB16_61
+	mov	rsi, qword ptr [rbp + 64]
+	test	sil, 1
+	mov	rdi, qword ptr [rbp + 48]
+	mov	r14d, dword ptr [rbp + 72]
+	mov	rbx, qword ptr [rbp + 56]
+	je	segheap_LBB16_64
+segheap_LBB16_63:
+	add	r15d, r14d
+	shl	r15, 5
+	bt	dword ptr [r13 + r15 + 24], 1
+	adc	r9b, 0
+segheap_LBB16_64:
+	movzx	r9d, r9b
+	cmp	r8d, r9d
+	jne	segheap_LBB16_143
+segheap_LBB16_65:
 	shl	rbx, 12
 	add	rbx, r13
 	cmp	r11b, 32
-	jae	segheap_LBB16_54
-	test	r14b, 1
-	jne	segheap_LBB16_80
+	jae	segheap_LBB16_68
+	test	byte ptr [rbp + 80], 1
+	jne	segheap_LBB16_95
+	mov	r8d, r12d
 	shl	r8d, 12
 	xor	eax, eax
 	cmp	r8d, dword ptr [r10 + 4]
-	ja	segheap_LBB16_83
-	jmp	segheap_LBB16_88
-segheap_LBB16_52:
-	test	eax, eax
-	jne	segheap_LBB16_127
-	add	qword ptr [rbp], 1
-	add	qword ptr [rbp + 8], rsi
-	mov	eax, 1
-	jmp	segheap_LBB16_83
-segheap_LBB16_54:
-	movzx	edi, word ptr [rbx + 32]
-	mov	eax, edi
-	and	eax, 32767
-	xor	ax, word ptr [rbx + 34]
-	movzx	eax, ax
-	cmp	eax, 44013
-	jne	segheap_LBB16_127
-	mov	qword ptr [rbp + 88], rcx
-	mov	ecx, r8d
-	shl	ecx, 12
-	mov	eax, edi
-	shl	eax, 4
-	mov	qword ptr [rbp - 40], rcx
-	cmp	eax, ecx
-	jne	segheap_LBB16_130
-	mov	rax, -1
-	mov	ecx, r8d
-	shl	rax, cl
-	cmp	r9b, 64
-	not	rax
+	ja	segheap_LBB16_99
+	jmp	segheap_LBB16_104
+segheap_LBB16_68:
+	movzx	r10d, word ptr [rbx + 32]
+	mov	r9d, r10d
+	and	r9d, 32767
+	xor	r9w, word ptr [rbx + 34]
+	movzx	r9d, r9w
+	cmp	r9d, 44013
+	jne	segheap_LBB16_104
+	mov	qword ptr [rbp + 80], rcx
+	mov	r9, rsi
+	shl	r9, 12
+	mov	ecx, r10d
+	shl	ecx, 4
+	mov	qword ptr [rbp + 56], r9
+	cmp	rcx, r9
+	jne	segheap_LBB16_161
+	mov	qword ptr [rbp - 64], r10
+	mov	r9, -1
+	mov	ecx, esi
+	shl	r9, cl
+	cmp	r8d, 64
+	not	r9
 	mov	rcx, -1
-	cmovae	rax, rcx
-	cmp	qword ptr [rbx + 16], rax
-	jne	segheap_LBB16_130
+	cmovae	r9, rcx
+	cmp	qword ptr [rbx + 16], r9
+	jne	segheap_LBB16_161
 	mov	r15, qword ptr [rbx]
 	mov	r14, qword ptr [rbx + 8]
-	cmp	r15, qword ptr [rbp - 32]
-	mov	rcx, qword ptr [rbp + 88]
-	je	segheap_LBB16_59
-	mov	rcx, qword ptr [rbp + 88]
+	cmp	r15, rdi
+	je	segheap_LBB16_73
+	mov	rcx, qword ptr [rbp + 80]
 	mov	esi, edx
 	mov	rdx, r15
 	mov	r8b, 32
 	call	range_of_type
 	mov	edx, esi
-	mov	rcx, qword ptr [rbp + 88]
-	cmp	rax, r15
-	jne	segheap_LBB16_127
-segheap_LBB16_59:
-	cmp	r14, qword ptr [rbp - 32]
-	je	segheap_LBB16_61
-	mov	rcx, qword ptr [rbp + 88]
+	mov	rcx, rax
+	xor	eax, eax
+	cmp	rcx, r15
+	jne	segheap_LBB16_161
+segheap_LBB16_73:
+	cmp	r14, rdi
+	mov	rcx, qword ptr [rbp + 80]
+	je	segheap_LBB16_75
+	mov	rcx, qword ptr [rbp + 80]
 	mov	esi, edx
 	mov	rdx, r14
 	mov	r8b, 32
 	call	range_of_type
 	mov	edx, esi
-	mov	rcx, qword ptr [rbp + 88]
-	cmp	rax, r14
-	jne	segheap_LBB16_127
-segheap_LBB16_61:
+	mov	rcx, qword ptr [rbp + 80]
+	mov	r8, rax
+	xor	eax, eax
+	cmp	r8, r14
+	jne	segheap_LBB16_104
+segheap_LBB16_75:
 	cmp	qword ptr [r15 + 8], rbx
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_104
 	cmp	qword ptr [r14], rbx
-	jne	segheap_LBB16_127
-	mov	qword ptr [rbp - 56], rdi
-	mov	dword ptr [rbp + 100], edx
+	mov	r8, qword ptr [rbp - 64]
+	jne	segheap_LBB16_104
 	lea	r14, [rbx + 48]
-	add	qword ptr [rbp - 40], rbx
+	add	qword ptr [rbp + 56], rbx
+	cmp	r8w, 4
+	jb	segheap_LBB16_97
+	mov	qword ptr [rbp + 48], rdi
+	mov	dword ptr [rbp + 76], edx
 	mov	rax, qword ptr [rcx + 160]
-	mov	qword ptr [rbp - 80], rax
-	mov	rax, qword ptr [rbp + 48]
-	mov	qword ptr [rbp - 16], rax
-	mov	rax, qword ptr [rbp + 56]
-	mov	qword ptr [rbp - 24], rax
-	mov	rax, qword ptr [rbp + 64]
-	mov	qword ptr [rbp - 8], rax
-	xor	esi, esi
-	movabs	rdi, 281474976710656
-	jmp	segheap_LBB16_66
-segheap_LBB16_64:
+	mov	qword ptr [rbp - 72], rax
+	mov	rax, qword ptr [rbp + 16]
+	mov	qword ptr [rbp - 48], rax
+	mov	rax, qword ptr [rbp + 24]
+	mov	qword ptr [rbp - 56], rax
+	mov	rax, qword ptr [rbp + 32]
+	mov	qword ptr [rbp - 40], rax
+	mov	dword ptr [rbp + 64], 0
+	movabs	r11, 281474976710656
+	jmp	segheap_LBB16_81
+segheap_LBB16_79:
 	bt	eax, 9
-	adc	qword ptr [rbp - 8], 0
-	xor	esi, esi
-	movabs	rdi, 281474976710656
-segheap_LBB16_65:
+	adc	qword ptr [rbp - 40], 0
+	mov	dword ptr [rbp + 64], 0
+segheap_LBB16_80:
 	shl	r15d, 4
 	add	r14, r15
-	cmp	r14, qword ptr [rbp - 40]
-	jae	segheap_LBB16_81
-segheap_LBB16_66:
-	mov	r15, qword ptr [rbp - 80]
+	cmp	r14, qword ptr [rbp + 56]
+	jae	segheap_LBB16_96
+segheap_LBB16_81:
+	mov	r15, qword ptr [rbp - 72]
 	xor	r15, r14
 	xor	r15, qword ptr [r14]
-	mov	r12, r15
-	movabs	rdx, -281474976710656
-	and	r12, rdx
+	mov	rsi, r15
+	movabs	rax, -281474976710656
+	and	rsi, rax
 	xor	r9d, r9d
-	cmp	r12, rdi
+	cmp	rsi, r11
 	sete	r9b
+	mov	rdi, rbx
 	mov	rdx, rbx
 	mov	r8, r14
+	mov	rbx, r11
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB16_107
+	je	segheap_LBB16_139
 	shr	r15d, 16
-	cmp	r12, rdi
-	jne	segheap_LBB16_78
+	cmp	rsi, rbx
+	mov	r11, rbx
+	jne	segheap_LBB16_93
 	mov	eax, dword ptr [r14 + 8]
 	test	eax, 256
-	mov	rcx, qword ptr [rbp + 88]
-	je	segheap_LBB16_64
+	mov	rcx, qword ptr [rbp + 80]
+	mov	rbx, rdi
+	je	segheap_LBB16_79
 	mov	r9d, r15d
 	shl	r9d, 4
 	lea	rdx, [r14 + r9]
 	movsx	r10, byte ptr [r14 + r9 - 1]
 	mov	r8, r10
 	test	r10, r10
-	jns	segheap_LBB16_71
+	jns	segheap_LBB16_86
 	movzx	r8d, word ptr [rdx - 2]
 	and	r8d, 32767
-segheap_LBB16_71:
+segheap_LBB16_86:
 	add	r9, -16
 	lea	r11d, [r8 - 1]
 	cmp	r11d, r9d
-	jae	segheap_LBB16_108
+	jae	segheap_LBB16_123
 	test	r10b, r10b
-	jns	segheap_LBB16_74
+	jns	segheap_LBB16_89
 	cmp	r8d, 128
-	jb	segheap_LBB16_108
-segheap_LBB16_74:
+	jb	segheap_LBB16_123
+segheap_LBB16_89:
 	shr	r10b, 7
 	movzx	r10d, r10b
 	not	r10
 	lea	r11d, [r10 + r9]
 	sub	r9d, r8d
 	cmp	r9d, r11d
-	jae	segheap_LBB16_64
+	movabs	r11, 281474976710656
+	jae	segheap_LBB16_79
 	neg	r8
-segheap_LBB16_76:
+segheap_LBB16_91:
 	cmp	byte ptr [rdx + r8], -85
-	jne	segheap_LBB16_108
+	jne	segheap_LBB16_123
 	add	r8, 1
 	cmp	r10, r8
-	jne	segheap_LBB16_76
-	jmp	segheap_LBB16_64
-segheap_LBB16_78:
-	test	esi, esi
-	mov	rcx, qword ptr [rbp + 88]
-	jne	segheap_LBB16_108
-	add	qword ptr [rbp - 16], 1
-	add	qword ptr [rbp - 24], r15
-	mov	esi, 1
-	jmp	segheap_LBB16_65
-segheap_LBB16_80:
-	mov	r8d, r15d
+	jne	segheap_LBB16_91
+	jmp	segheap_LBB16_79
+segheap_LBB16_93:
+	cmp	dword ptr [rbp + 64], 0
+	mov	rcx, qword ptr [rbp + 80]
+	jne	segheap_LBB16_123
+	mov	rbx, rdi
+	add	qword ptr [rbp - 48], 1
+	add	qword ptr [rbp - 56], r15
+	mov	dword ptr [rbp + 64], 1
+	jmp	segheap_LBB16_80
+segheap_LBB16_95:
 	shl	r8d, 12
 	mov	r14, rcx
 	mov	esi, edx
 	mov	rdx, rbx
-	mov	r9, rbp
+	lea	r9, [rbp - 32]
 	call	validate_lfh_subsegment
 	mov	edx, esi
 	mov	rcx, r14
+	mov	r14d, dword ptr [rbp + 72]
 	mov	r8d, eax
 	xor	eax, eax
 	test	r8d, r8d
-	jne	segheap_LBB16_83
-	jmp	segheap_LBB16_88
-segheap_LBB16_81:
-	mov	rax, qword ptr [rbp - 16]
-	mov	qword ptr [rbp + 48], rax
-	mov	rax, qword ptr [rbp - 24]
-	mov	qword ptr [rbp + 56], rax
-	mov	rax, qword ptr [rbp - 8]
-	mov	qword ptr [rbp + 64], rax
-	mov	edx, dword ptr [rbp + 100]
-	mov	eax, 0
-	mov	rdi, qword ptr [rbp - 48]
-	mov	r15d, dword ptr [rbp + 84]
-	jne	segheap_LBB16_88
-	add	qword ptr [rbp + 32], 1
+	jne	segheap_LBB16_99
+	jmp	segheap_LBB16_104
+segheap_LBB16_96:
+	mov	rax, qword ptr [rbp - 48]
+	mov	qword ptr [rbp + 16], rax
 	mov	rax, qword ptr [rbp - 56]
-	add	qword ptr [rbp + 40], rax
+	mov	qword ptr [rbp + 24], rax
+	mov	rax, qword ptr [rbp - 40]
+	mov	qword ptr [rbp + 32], rax
+	mov	edx, dword ptr [rbp + 76]
 	xor	eax, eax
-segheap_LBB16_83:
-	add	edi, r15d
-	mov	r8d, edi
-	cmp	edi, 256
+	mov	rdi, qword ptr [rbp + 48]
+	mov	r8, qword ptr [rbp - 64]
+segheap_LBB16_97:
+	cmp	r14, qword ptr [rbp + 56]
+	mov	r14d, dword ptr [rbp + 72]
+	jne	segheap_LBB16_104
+	add	qword ptr [rbp], 1
+	add	qword ptr [rbp + 8], r8
+	xor	eax, eax
+segheap_LBB16_99:
+	add	r14d, r12d
+	cmp	r14d, 256
 	jb	segheap_LBB16_34
 	mov	rax, qword ptr [r13]
 	mov	r8, r13
-	mov	r10, qword ptr [rbp - 64]
+	mov	r10, qword ptr [rbp - 80]
 	cmp	rax, r10
-	mov	r9, qword ptr [rbp - 72]
+	mov	r9, qword ptr [rbp - 88]
 	movabs	r11, -6708588087252463955
 	jne	segheap_LBB16_25
-	jmp	segheap_LBB16_93
-segheap_LBB16_85:
+	jmp	segheap_LBB16_109
+segheap_LBB16_101:
 	mov	rcx, rsi
 	mov	edx, edi
 	xor	eax, eax
-	jmp	segheap_LBB16_88
-segheap_LBB16_86:
+	jmp	segheap_LBB16_104
+segheap_LBB16_102:
 	mov	eax, 1
 	mov	rcx, rsi
 	mov	edx, edi
-	jmp	segheap_LBB16_88
-segheap_LBB16_87:
+	jmp	segheap_LBB16_104
+segheap_LBB16_103:
 	mov	eax, 1
 	mov	rcx, rsi
-segheap_LBB16_88:
+segheap_LBB16_104:
 	test	dl, 1
-	jne	segheap_LBB16_90
+	jne	segheap_LBB16_106
 	add	word ptr [rcx + 216], -1
-segheap_LBB16_90:
-	add	rsp, 232
+segheap_LBB16_106:
+	add	rsp, 216
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -4884,112 +5136,114 @@ segheap_LBB16_90:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB16_92:
+segheap_LBB16_108:
 	mov	r13, r10
-segheap_LBB16_93:
+segheap_LBB16_109:
 	cmp	r9, qword ptr [rcx + 344]
-	jne	segheap_LBB16_127
+	jne	segheap_LBB16_143
 	mov	eax, 0
 	cmp	qword ptr [rcx + 336], r13
-	jne	segheap_LBB16_88
+	jne	segheap_LBB16_104
 	mov	r14d, edx
 	lea	r8, [rcx + 352]
 	mov	rsi, rcx
 	xor	edx, edx
 	call	check_tree
 	test	eax, eax
-	js	segheap_LBB16_153
+	js	segheap_LBB16_166
 	mov	eax, eax
-	cmp	qword ptr [rbp], rax
-	jne	segheap_LBB16_153
+	cmp	qword ptr [rbp - 32], rax
+	jne	segheap_LBB16_166
 	mov	rax, qword ptr [rsi + 360]
 	test	rax, rax
-	je	segheap_LBB16_109
+	je	segheap_LBB16_124
 	movzx	ecx, byte ptr [rax + 24]
 	and	cl, 12
 	cmp	cl, 8
-	jne	segheap_LBB16_153
-segheap_LBB16_99:
+	jne	segheap_LBB16_166
+segheap_LBB16_115:
 	mov	rdx, qword ptr [rax + 8]
 	test	rdx, rdx
-	je	segheap_LBB16_101
-segheap_LBB16_100:
+	je	segheap_LBB16_117
+segheap_LBB16_116:
 	mov	rcx, rdx
 	mov	rdx, qword ptr [rdx]
 	test	rdx, rdx
-	jne	segheap_LBB16_100
-	jmp	segheap_LBB16_103
-segheap_LBB16_101:
+	jne	segheap_LBB16_116
+	jmp	segheap_LBB16_119
+segheap_LBB16_117:
 	mov	rcx, qword ptr [rax + 16]
 	and	rcx, -4
-	je	segheap_LBB16_109
+	je	segheap_LBB16_124
 	cmp	qword ptr [rcx + 8], rax
 	mov	rax, rcx
-	je	segheap_LBB16_101
-segheap_LBB16_103:
+	je	segheap_LBB16_117
+segheap_LBB16_119:
 	movzx	edx, byte ptr [rcx + 24]
 	and	dl, 12
 	mov	rax, rcx
 	cmp	dl, 8
-	je	segheap_LBB16_99
-	jmp	segheap_LBB16_153
-segheap_LBB16_127:
+	je	segheap_LBB16_115
+	jmp	segheap_LBB16_166
+segheap_LBB16_143:
 	xor	eax, eax
-	jmp	segheap_LBB16_88
-segheap_LBB16_107:
-	mov	rcx, qword ptr [rbp + 88]
-segheap_LBB16_108:
-	mov	edx, dword ptr [rbp + 100]
+	jmp	segheap_LBB16_104
+segheap_LBB16_123:
 	xor	eax, eax
-	jmp	segheap_LBB16_88
-segheap_LBB16_109:
-	mov	rax, qword ptr [rbp + 8]
+	mov	edx, dword ptr [rbp + 76]
+	jmp	segheap_LBB16_104
+segheap_LBB16_124:
+	mov	rax, qword ptr [rbp - 24]
 	cmp	rax, qword ptr [rsi + 144]
-	jne	segheap_LBB16_153
+	jne	segheap_LBB16_166
 	mov	rcx, rsi
 	lea	r8, [rsi + 656]
 	mov	edx, 1
 	call	check_tree
 	test	eax, eax
-	js	segheap_LBB16_153
+	js	segheap_LBB16_166
 	mov	eax, eax
-	cmp	qword ptr [rbp + 48], rax
-	jne	segheap_LBB16_153
+	cmp	qword ptr [rbp + 16], rax
+	jne	segheap_LBB16_166
 	lea	r12, [rsi + 672]
 	mov	ebx, 1
-	mov	r15, qword ptr [rbp + 32]
+	mov	r15, qword ptr [rbp]
 	mov	rdi, r12
-segheap_LBB16_113:
+segheap_LBB16_128:
 	mov	rdi, qword ptr [rdi]
 	cmp	rdi, r12
-	je	segheap_LBB16_135
+	je	segheap_LBB16_150
 	mov	rcx, rsi
 	mov	rdx, rdi
 	mov	r8b, 32
 	call	range_of_type
 	cmp	rax, rdi
-	jne	segheap_LBB16_153
+	jne	segheap_LBB16_166
 	cmp	rbx, r15
 	lea	rbx, [rbx + 1]
-	jbe	segheap_LBB16_113
-	jmp	segheap_LBB16_153
-segheap_LBB16_130:
+	jbe	segheap_LBB16_128
+	jmp	segheap_LBB16_166
+segheap_LBB16_139:
 	xor	eax, eax
-	mov	rcx, qword ptr [rbp + 88]
-	jmp	segheap_LBB16_88
-segheap_LBB16_135:
+	mov	rcx, qword ptr [rbp + 80]
+	mov	edx, dword ptr [rbp + 76]
+	jmp	segheap_LBB16_104
+segheap_LBB16_161:
+	mov	rcx, qword ptr [rbp + 80]
+	jmp	segheap_LBB16_104
+segheap_LBB16_150:
 	sub	rbx, r15
 	cmp	rbx, 1
-	jne	segheap_LBB16_153
-	mov	rax, qword ptr [rbp + 40]
+	jne	segheap_LBB16_166
+	mov	rax, qword ptr [rbp + 8]
 	cmp	rax, qword ptr [rsi + 688]
-	jne	segheap_LBB16_153
-	mov	rax, qword ptr [rbp + 56]
+	jne	segheap_LBB16_166
+	mov	rax, qword ptr [rbp + 24]
 	cmp	rax, qword ptr [rsi + 696]
-	jne	segheap_LBB16_153
+	jne	segheap_LBB16_166
 	mov	r15, qword ptr [rsi + 664]
 	test	r15, r15
-	je	segheap_LBB16_149
+	je	segheap_LBB16_162
 	lea	rdi, [r15 - 8]
 	mov	rcx, rdi
 	call	vs_sub_of
@@ -5001,27 +5255,27 @@ segheap_LBB16_135:
 	mov	rcx, rsi
 	mov	edx, eax
 	xor	eax, eax
-segheap_LBB16_140:
+segheap_LBB16_155:
 	test	edx, edx
 	mov	edx, r14d
-	je	segheap_LBB16_88
+	je	segheap_LBB16_104
 	mov	rax, qword ptr [r15 + 8]
 	test	rax, rax
-	je	segheap_LBB16_143
-segheap_LBB16_142:
+	je	segheap_LBB16_158
+segheap_LBB16_157:
 	mov	r12, rax
 	mov	rax, qword ptr [rax]
 	test	rax, rax
-	jne	segheap_LBB16_142
-	jmp	segheap_LBB16_145
-segheap_LBB16_143:
+	jne	segheap_LBB16_157
+	jmp	segheap_LBB16_160
+segheap_LBB16_158:
 	mov	r12, qword ptr [r15 + 16]
 	and	r12, -4
-	je	segheap_LBB16_149
+	je	segheap_LBB16_162
 	cmp	qword ptr [r12 + 8], r15
 	mov	r15, r12
-	je	segheap_LBB16_143
-segheap_LBB16_145:
+	je	segheap_LBB16_158
+segheap_LBB16_160:
 	lea	rdi, [r12 - 8]
 	mov	rcx, rdi
 	call	vs_sub_of
@@ -5034,34 +5288,34 @@ segheap_LBB16_145:
 	mov	edx, eax
 	xor	eax, eax
 	mov	r15, r12
-	jmp	segheap_LBB16_140
-segheap_LBB16_149:
-	mov	rdx, rbp
+	jmp	segheap_LBB16_155
+segheap_LBB16_162:
+	lea	rdx, [rbp - 32]
 	mov	rcx, rsi
 	call	validate_lfh_buckets
 	test	eax, eax
-	je	segheap_LBB16_153
-	mov	rdx, rbp
+	je	segheap_LBB16_166
+	lea	rdx, [rbp - 32]
 	mov	rcx, rsi
 	call	validate_large
 	test	eax, eax
-	je	segheap_LBB16_153
-	mov	rdx, qword ptr [rbp + 16]
+	je	segheap_LBB16_166
+	mov	rdx, qword ptr [rbp - 16]
 	mov	eax, 0
 	mov	rcx, rsi
 	cmp	rdx, qword ptr [rsi + 136]
 	mov	edx, r14d
-	jne	segheap_LBB16_88
-	mov	r8, qword ptr [rbp + 24]
+	jne	segheap_LBB16_104
+	mov	r8, qword ptr [rbp - 8]
 	xor	eax, eax
 	cmp	r8, qword ptr [rcx + 128]
 	sete	al
-	jmp	segheap_LBB16_88
-segheap_LBB16_153:
+	jmp	segheap_LBB16_104
+segheap_LBB16_166:
 	xor	eax, eax
 	mov	rcx, rsi
 	mov	edx, r14d
-	jmp	segheap_LBB16_88
+	jmp	segheap_LBB16_104
 	.p2align	4
 RtlLockHeap:
 	push	rbp
@@ -6797,17 +7051,25 @@ pages_alloc:
 	push	rsi
 	push	rdi
 	push	rbx
-	sub	rsp, 136
+	sub	rsp, 152
 	lea	rbp, [rsp + 128]
-	mov	r15d, edx
-	lea	eax, [r15 - 255]
-	cmp	eax, -254
-	jae	segheap_LBB32_3
-segheap_LBB32_1:
-	xor	edx, edx
+	test	r8b, 33
+	setne	al
+	lea	r9d, [rdx - 16]
+	cmp	r9d, -17
+	setb	r9b
+	test	edx, edx
+	je	segheap_LBB32_2
+	and	r9b, al
+	movzx	r13d, r9b
+	add	r13d, edx
+	cmp	r13d, 254
+	jbe	segheap_LBB32_4
 segheap_LBB32_2:
-	mov	rax, rdx
-	add	rsp, 136
+	xor	r14d, r14d
+segheap_LBB32_3:
+	mov	rax, r14
+	add	rsp, 152
 	pop	rbx
 	pop	rdi
 	pop	rsi
@@ -6817,86 +7079,91 @@ segheap_LBB32_2:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB32_3:
-	mov	rsi, rcx
+segheap_LBB32_4:
+	mov	byte ptr [rbp + 6], r9b
+	mov	rbx, rdx
 	mov	rax, qword ptr [rcx + 352]
 	test	rax, rax
-	je	segheap_LBB32_27
+	mov	qword ptr [rbp - 40], rcx
+	je	segheap_LBB32_29
+	xor	r14d, r14d
+segheap_LBB32_6:
+	movzx	r9d, byte ptr [rax + 31]
 	xor	edx, edx
-segheap_LBB32_5:
-	movzx	ecx, byte ptr [rax + 31]
-	xor	r10d, r10d
-	cmp	r15d, ecx
-	cmovbe	rdx, rax
-	seta	r10b
-	mov	rax, qword ptr [rax + 8*r10]
+	cmp	r13d, r9d
+	cmovbe	r14, rax
+	seta	dl
+	mov	rax, qword ptr [rax + 8*rdx]
 	test	rax, rax
-	jne	segheap_LBB32_5
-	test	rdx, rdx
-	je	segheap_LBB32_27
-segheap_LBB32_7:
-	mov	byte ptr [rbp - 9], r8b
-	lea	rcx, [rsi + 352]
-	mov	r14, rdx
-	and	r14, -1048576
-	mov	ebx, edx
-	shr	ebx, 5
-	mov	qword ptr [rbp - 48], rbx
-	and	ebx, 32767
-	movzx	eax, byte ptr [rdx + 31]
-	mov	dword ptr [rbp - 16], eax
-	mov	rdi, rdx
-	call	rb_remove
-	mov	r10, rsi
-	mov	qword ptr [rbp - 40], rdi
-	movzx	eax, byte ptr [rdi + 25]
-	sub	qword ptr [rsi + 144], rax
-	mov	qword ptr [rbp - 56], r15
-	lea	edi, [rbx + r15]
-	lea	rax, [r14 + 24]
-	mov	qword ptr [rbp - 32], rax
-	lea	rax, [r14 + 120]
-	mov	qword ptr [rbp - 64], rax
-	mov	qword ptr [rbp - 24], rbx
-	mov	esi, ebx
-	jmp	segheap_LBB32_10
+	jne	segheap_LBB32_6
+	test	r14, r14
+	je	segheap_LBB32_29
 segheap_LBB32_8:
-	add	esi, 1
-segheap_LBB32_9:
-	cmp	esi, edi
-	jae	segheap_LBB32_36
+	mov	qword ptr [rbp - 72], r13
+	mov	byte ptr [rbp + 7], r8b
+	add	rcx, 352
+	mov	r15, r14
+	and	r15, -1048576
+	mov	esi, r14d
+	shr	esi, 5
+	mov	qword ptr [rbp - 56], rsi
+	and	esi, 32767
+	movzx	eax, byte ptr [r14 + 31]
+	mov	dword ptr [rbp - 12], eax
+	mov	rdx, r14
+	call	rb_remove
+	mov	r10, qword ptr [rbp - 40]
+	movzx	eax, byte ptr [r14 + 25]
+	sub	qword ptr [r10 + 144], rax
+	mov	qword ptr [rbp - 80], rbx
+	lea	r12d, [rsi + rbx]
+	mov	qword ptr [rbp - 8], rsi
+	cmp	esi, r12d
+	mov	qword ptr [rbp - 48], r15
+	jae	segheap_LBB32_39
+	lea	rax, [r15 + 24]
+	mov	qword ptr [rbp - 24], rax
+	lea	rax, [r15 + 120]
+	mov	qword ptr [rbp - 64], rax
+	mov	rax, qword ptr [rbp - 8]
+	mov	r13d, eax
+	jmp	segheap_LBB32_12
 segheap_LBB32_10:
-	mov	ecx, esi
-	mov	r12, rcx
-	shl	r12, 5
-	test	byte ptr [r14 + r12 + 24], 2
-	jne	segheap_LBB32_8
-	mov	r13d, esi
-	cmp	esi, edi
-	jae	segheap_LBB32_16
-	mov	rax, qword ptr [rbp - 32]
-	add	rax, r12
-	mov	r13d, esi
-segheap_LBB32_13:
-	test	byte ptr [rax], 2
-	jne	segheap_LBB32_16
 	add	r13d, 1
+segheap_LBB32_11:
+	cmp	r13d, r12d
+	jae	segheap_LBB32_39
+segheap_LBB32_12:
+	mov	ecx, r13d
+	mov	rdi, rcx
+	shl	rdi, 5
+	test	byte ptr [r15 + rdi + 24], 2
+	jne	segheap_LBB32_10
+	mov	ebx, r13d
+	cmp	r13d, r12d
+	jae	segheap_LBB32_18
+	mov	rax, qword ptr [rbp - 24]
+	add	rax, rdi
+	mov	ebx, r13d
+segheap_LBB32_15:
+	test	byte ptr [rax], 2
+	jne	segheap_LBB32_18
+	add	ebx, 1
 	add	rax, 32
-	cmp	edi, r13d
-	jne	segheap_LBB32_13
-	mov	r13d, edi
-segheap_LBB32_16:
-	mov	qword ptr [rbp - 72], rcx
+	cmp	r12d, ebx
+	jne	segheap_LBB32_15
+	mov	ebx, r12d
+segheap_LBB32_18:
+	mov	qword ptr [rbp - 32], rcx
 	mov	rax, rcx
 	shl	rax, 12
-	mov	rbx, r14
-	add	rax, r14
-	mov	r15d, r13d
-	sub	r15d, esi
+	add	rax, r15
+	mov	r15d, ebx
+	sub	r15d, r13d
 	mov	rcx, r15
 	shl	rcx, 12
-	mov	qword ptr [rbp], rax
-	mov	qword ptr [rbp - 8], rcx
+	mov	qword ptr [rbp + 16], rax
+	mov	qword ptr [rbp + 8], rcx
 	test	dword ptr [r10 + 20], 262144
 	mov	eax, 64
 	mov	ecx, 4
@@ -6904,293 +7171,388 @@ segheap_LBB32_16:
 	mov	dword ptr [rsp + 40], eax
 	mov	dword ptr [rsp + 32], 4096
 	mov	rcx, -1
-	mov	rdx, rbp
+	lea	rdx, [rbp + 16]
 	xor	r8d, r8d
-	mov	r14, r10
-	lea	r9, [rbp - 8]
+	mov	rsi, r10
+	lea	r9, [rbp + 8]
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB32_45
-	add	qword ptr [r14 + 136], r15
-	cmp	r13d, esi
-	mov	r10, r14
-	mov	r14, rbx
-	jbe	segheap_LBB32_9
-	mov	ecx, r13d
-	mov	r9, qword ptr [rbp - 72]
-	sub	ecx, r9d
-	mov	rax, r9
+	js	segheap_LBB32_71
+	add	qword ptr [rsi + 136], r15
+	cmp	ebx, r13d
+	mov	r10, rsi
+	mov	r15, qword ptr [rbp - 48]
+	jbe	segheap_LBB32_11
+	mov	ecx, ebx
+	mov	r8, qword ptr [rbp - 32]
+	sub	ecx, r8d
+	mov	rax, r8
 	and	ecx, 3
-	je	segheap_LBB32_22
-	add	r12, qword ptr [rbp - 32]
+	je	segheap_LBB32_24
+	add	rdi, qword ptr [rbp - 24]
 	neg	rcx
 	xor	edx, edx
-segheap_LBB32_20:
-	or	byte ptr [r12], 2
-	add	rdx, -1
-	add	r12, 32
-	cmp	rcx, rdx
-	jne	segheap_LBB32_20
-	mov	rax, r9
-	sub	rax, rdx
 segheap_LBB32_22:
-	mov	ecx, r13d
-	sub	r9, rcx
-	cmp	r9, -4
-	ja	segheap_LBB32_23
+	or	byte ptr [rdi], 2
+	add	rdx, -1
+	add	rdi, 32
+	cmp	rcx, rdx
+	jne	segheap_LBB32_22
+	mov	rax, r8
+	sub	rax, rdx
+segheap_LBB32_24:
+	mov	ecx, ebx
+	sub	r8, rcx
+	cmp	r8, -4
+	ja	segheap_LBB32_25
 	sub	rcx, rax
 	shl	rax, 5
 	add	rax, qword ptr [rbp - 64]
-segheap_LBB32_25:
+segheap_LBB32_27:
 	or	byte ptr [rax - 96], 2
 	or	byte ptr [rax - 64], 2
 	or	byte ptr [rax - 32], 2
 	or	byte ptr [rax], 2
 	sub	rax, -128
 	add	rcx, -4
-	jne	segheap_LBB32_25
-segheap_LBB32_23:
-	mov	esi, r13d
-	jmp	segheap_LBB32_9
-segheap_LBB32_27:
+	jne	segheap_LBB32_27
+segheap_LBB32_25:
+	mov	r13d, ebx
+	jmp	segheap_LBB32_11
+segheap_LBB32_29:
 	mov	r12d, r8d
-	mov	r13, rsi
-	test	dword ptr [rsi + 20], 262144
+	test	dword ptr [rcx + 20], 262144
 	mov	eax, 4
-	mov	r14d, 64
-	cmove	r14d, eax
-	mov	qword ptr [rbp], 0
-	mov	qword ptr [rbp - 8], 1048576
-	mov	dword ptr [rsp + 40], r14d
+	mov	esi, 64
+	cmove	esi, eax
+	mov	qword ptr [rbp + 16], 0
+	mov	qword ptr [rbp + 8], 1048576
+	mov	dword ptr [rsp + 40], esi
 	mov	dword ptr [rsp + 32], 8192
-	mov	rdx, rbp
-	lea	r9, [rbp - 8]
+	xor	r14d, r14d
+	lea	rdx, [rbp + 16]
+	lea	r9, [rbp + 8]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
-	xor	edx, edx
 	test	eax, eax
 	sets	al
-	mov	rbx, qword ptr [rbp]
-	test	rbx, rbx
+	mov	r15, qword ptr [rbp + 16]
+	test	r15, r15
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB32_2
-	mov	rax, rbx
+	jne	segheap_LBB32_3
+	mov	rax, r15
 	shl	rax, 44
-	je	segheap_LBB32_32
-	mov	qword ptr [rbp], rbx
-	mov	qword ptr [rbp - 8], 0
-	mov	rdx, rbp
-	lea	r8, [rbp - 8]
+	je	segheap_LBB32_34
+	mov	qword ptr [rbp + 16], r15
+	mov	qword ptr [rbp + 8], 0
+	lea	rdx, [rbp + 16]
+	lea	r8, [rbp + 8]
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
-	mov	qword ptr [rbp], 0
-	mov	qword ptr [rbp - 8], 2097152
-	mov	dword ptr [rsp + 40], r14d
+	mov	qword ptr [rbp + 16], 0
+	mov	qword ptr [rbp + 8], 2097152
+	mov	dword ptr [rsp + 40], esi
 	mov	dword ptr [rsp + 32], 8192
-	mov	rdx, rbp
-	lea	r9, [rbp - 8]
+	xor	r14d, r14d
+	lea	rdx, [rbp + 16]
+	lea	r9, [rbp + 8]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
-	xor	edx, edx
 	test	eax, eax
 	sets	al
-	mov	rsi, qword ptr [rbp]
-	test	rsi, rsi
+	mov	rdi, qword ptr [rbp + 16]
+	test	rdi, rdi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB32_2
-	mov	rax, rsi
-	add	rsi, 1048575
-	and	rsi, -1048576
-	mov	qword ptr [rbp], rax
-	mov	qword ptr [rbp - 8], 0
-	mov	rdx, rbp
-	lea	r8, [rbp - 8]
+	jne	segheap_LBB32_3
+	mov	rax, rdi
+	add	rdi, 1048575
+	and	rdi, -1048576
+	mov	qword ptr [rbp + 16], rax
+	mov	qword ptr [rbp + 8], 0
+	lea	rdx, [rbp + 16]
+	lea	r8, [rbp + 8]
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
-	mov	qword ptr [rbp], rsi
-	mov	qword ptr [rbp - 8], 1048576
-	mov	dword ptr [rsp + 40], r14d
+	mov	qword ptr [rbp + 16], rdi
+	mov	qword ptr [rbp + 8], 1048576
+	mov	dword ptr [rsp + 40], esi
 	mov	dword ptr [rsp + 32], 8192
-	mov	rdx, rbp
-	lea	r9, [rbp - 8]
+	xor	r14d, r14d
+	lea	rdx, [rbp + 16]
+	lea	r9, [rbp + 8]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
-	xor	edx, edx
 	test	eax, eax
 	sets	al
-	mov	rbx, qword ptr [rbp]
-	test	rbx, rbx
+	mov	r15, qword ptr [rbp + 16]
+	test	r15, r15
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB32_2
-	cmp	rbx, rsi
-	jne	segheap_LBB32_46
-segheap_LBB32_32:
-	mov	qword ptr [rbp], rbx
-	mov	qword ptr [rbp - 8], 8192
-	mov	rsi, r13
-	test	dword ptr [r13 + 20], 262144
+	jne	segheap_LBB32_3
+	cmp	r15, rdi
+	jne	segheap_LBB32_70
+segheap_LBB32_34:
+	mov	qword ptr [rbp + 16], r15
+	mov	qword ptr [rbp + 8], 8192
+	mov	rsi, qword ptr [rbp - 40]
+	test	dword ptr [rsi + 20], 262144
 	mov	eax, 4
 	mov	ecx, 64
 	cmove	ecx, eax
 	mov	dword ptr [rsp + 40], ecx
 	mov	dword ptr [rsp + 32], 4096
-	mov	rdx, rbp
-	lea	r9, [rbp - 8]
+	lea	rdx, [rbp + 16]
+	lea	r9, [rbp + 8]
 	mov	rcx, -1
 	xor	r8d, r8d
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB32_46
-	mov	byte ptr [rbx + 24], 14
-	mov	byte ptr [rbx + 31], 2
-	mov	byte ptr [rbx + 56], 6
-	mov	byte ptr [rbx + 63], 1
-	mov	rax, rbx
+	js	segheap_LBB32_70
+	mov	byte ptr [r15 + 24], 14
+	mov	byte ptr [r15 + 31], 2
+	mov	byte ptr [r15 + 56], 6
+	mov	byte ptr [r15 + 63], 1
+	mov	rax, r15
 	shr	rax, 20
 	xor	rax, rsi
 	xor	rax, qword ptr [rsi + 160]
 	movabs	rcx, -6708588087252463955
 	xor	rcx, rax
-	mov	qword ptr [rbx + 16], rcx
+	mov	qword ptr [r15 + 16], rcx
 	mov	rax, qword ptr [rsi + 336]
 	mov	rcx, qword ptr [rax]
-	mov	qword ptr [rbx], rcx
-	mov	qword ptr [rbx + 8], rax
+	mov	qword ptr [r15], rcx
+	mov	qword ptr [r15 + 8], rax
 	mov	rcx, qword ptr [rax]
-	mov	qword ptr [rcx + 8], rbx
-	mov	qword ptr [rax], rbx
+	mov	qword ptr [rcx + 8], r15
+	mov	qword ptr [rax], r15
 	add	qword ptr [rsi + 344], 1
 	add	qword ptr [rsi + 128], 256
 	add	qword ptr [rsi + 136], 2
 	mov	rcx, rsi
-	mov	rdx, rbx
+	mov	rdx, r15
 	mov	r8d, 2
 	mov	r9d, 254
 	call	free_range_insert
 	mov	rax, qword ptr [rsi + 352]
-	xor	edx, edx
 	test	rax, rax
 	je	segheap_LBB32_2
-segheap_LBB32_34:
-	movzx	ecx, byte ptr [rax + 31]
-	xor	r8d, r8d
-	cmp	r15d, ecx
-	cmovbe	rdx, rax
-	seta	r8b
-	mov	rax, qword ptr [rax + 8*r8]
+	mov	rcx, rsi
+	xor	r14d, r14d
+segheap_LBB32_37:
+	movzx	r8d, byte ptr [rax + 31]
+	xor	edx, edx
+	cmp	r13d, r8d
+	cmovbe	r14, rax
+	seta	dl
+	mov	rax, qword ptr [rax + 8*rdx]
 	test	rax, rax
-	jne	segheap_LBB32_34
-	test	rdx, rdx
+	jne	segheap_LBB32_37
+	test	r14, r14
 	mov	r8d, r12d
-	jne	segheap_LBB32_7
-	jmp	segheap_LBB32_1
-segheap_LBB32_36:
-	mov	rsi, qword ptr [rbp - 56]
-	mov	r9d, dword ptr [rbp - 16]
+	jne	segheap_LBB32_8
+	jmp	segheap_LBB32_2
+segheap_LBB32_39:
+	cmp	byte ptr [rbp + 6], 0
+	je	segheap_LBB32_41
+	mov	esi, r12d
+	inc	esi
+	jne	segheap_LBB32_51
+segheap_LBB32_41:
+	mov	rsi, qword ptr [rbp - 72]
+	mov	r9d, dword ptr [rbp - 12]
 	sub	r9d, esi
-	jbe	segheap_LBB32_38
+	jbe	segheap_LBB32_43
+	mov	rax, qword ptr [rbp - 8]
+	lea	r8d, [rax + rsi]
 	mov	rcx, r10
-	mov	rdx, r14
-	mov	r8d, edi
+	mov	rdx, r15
 	call	free_range_insert
-segheap_LBB32_38:
-	mov	r11, qword ptr [rbp - 24]
-	mov	eax, r11d
+segheap_LBB32_43:
+	test	esi, esi
+	mov	r10, qword ptr [rbp - 80]
+	movzx	r11d, byte ptr [rbp + 7]
+	je	segheap_LBB32_50
+	mov	rax, qword ptr [rbp - 8]
 	shl	eax, 5
-	movzx	ecx, byte ptr [r14 + rax + 24]
-	mov	qword ptr [r14 + rax], 0
-	mov	qword ptr [r14 + rax + 8], 0
-	mov	qword ptr [r14 + rax + 16], 0
-	mov	qword ptr [r14 + rax + 24], 0
+	movzx	ecx, byte ptr [r15 + rax + 24]
+	mov	qword ptr [r15 + rax], 0
+	mov	qword ptr [r15 + rax + 8], 0
+	mov	qword ptr [r15 + rax + 16], 0
+	mov	qword ptr [r15 + rax + 24], 0
 	and	cl, 2
-	movzx	r10d, byte ptr [rbp - 9]
-	or	cl, r10b
+	or	cl, r11b
 	or	cl, 12
-	mov	byte ptr [r14 + rax + 24], cl
-	mov	byte ptr [r14 + rax + 31], sil
+	mov	byte ptr [r15 + rax + 24], cl
+	mov	byte ptr [r15 + rax + 31], sil
 	cmp	esi, 1
-	mov	rbx, qword ptr [rbp - 48]
-	je	segheap_LBB32_44
-	or	r10b, 4
+	je	segheap_LBB32_50
+	or	r11b, 4
 	mov	eax, 1
 	cmp	esi, 2
-	je	segheap_LBB32_43
+	je	segheap_LBB32_49
 	mov	ecx, esi
 	add	rcx, -1
 	mov	rdx, rcx
 	and	rdx, -2
-	and	ebx, 32767
-segheap_LBB32_41:
-	lea	r8d, [rbx + rax]
+	mov	rsi, qword ptr [rbp - 56]
+	and	esi, 32767
+segheap_LBB32_47:
+	lea	r8d, [rsi + rax]
 	shl	r8, 5
-	movzx	r9d, byte ptr [r14 + r8 + 24]
-	mov	qword ptr [r14 + r8], 0
-	mov	qword ptr [r14 + r8 + 8], 0
-	mov	qword ptr [r14 + r8 + 16], 0
-	mov	qword ptr [r14 + r8 + 24], 0
+	movzx	r9d, byte ptr [r15 + r8 + 24]
+	mov	qword ptr [r15 + r8], 0
+	mov	qword ptr [r15 + r8 + 8], 0
+	mov	qword ptr [r15 + r8 + 16], 0
+	mov	qword ptr [r15 + r8 + 24], 0
 	and	r9b, 2
-	or	r9b, r10b
-	mov	byte ptr [r14 + r8 + 24], r9b
-	mov	byte ptr [r14 + r8 + 31], al
-	lea	r8d, [rbx + rax]
+	or	r9b, r11b
+	mov	byte ptr [r15 + r8 + 24], r9b
+	mov	byte ptr [r15 + r8 + 31], al
+	lea	r8d, [rsi + rax]
 	add	r8d, 1
 	shl	r8, 5
-	movzx	r9d, byte ptr [r14 + r8 + 24]
-	mov	qword ptr [r14 + r8], 0
-	mov	qword ptr [r14 + r8 + 8], 0
-	mov	qword ptr [r14 + r8 + 16], 0
-	mov	qword ptr [r14 + r8 + 24], 0
+	movzx	r9d, byte ptr [r15 + r8 + 24]
+	mov	qword ptr [r15 + r8], 0
+	mov	qword ptr [r15 + r8 + 8], 0
+	mov	qword ptr [r15 + r8 + 16], 0
+	mov	qword ptr [r15 + r8 + 24], 0
 	and	r9b, 2
-	or	r9b, r10b
-	mov	byte ptr [r14 + r8 + 24], r9b
+	or	r9b, r11b
+	mov	byte ptr [r15 + r8 + 24], r9b
 	lea	r9, [rax + 1]
-	mov	byte ptr [r14 + r8 + 31], r9b
+	mov	byte ptr [r15 + r8 + 31], r9b
 	add	rax, 2
 	cmp	r9, rdx
-	jne	segheap_LBB32_41
+	jne	segheap_LBB32_47
 	test	cl, 1
-	je	segheap_LBB32_44
-segheap_LBB32_43:
-	add	r11d, eax
-	shl	r11, 5
-	movzx	ecx, byte ptr [r14 + r11 + 24]
-	mov	qword ptr [r14 + r11], 0
-	mov	qword ptr [r14 + r11 + 8], 0
-	mov	qword ptr [r14 + r11 + 16], 0
-	mov	qword ptr [r14 + r11 + 24], 0
+	je	segheap_LBB32_50
+segheap_LBB32_49:
+	mov	rdx, qword ptr [rbp - 8]
+	add	edx, eax
+	shl	rdx, 5
+	movzx	ecx, byte ptr [r15 + rdx + 24]
+	mov	qword ptr [r15 + rdx], 0
+	mov	qword ptr [r15 + rdx + 8], 0
+	mov	qword ptr [r15 + rdx + 16], 0
+	mov	qword ptr [r15 + rdx + 24], 0
 	and	cl, 2
-	or	cl, r10b
-	mov	byte ptr [r14 + r11 + 24], cl
-	mov	byte ptr [r14 + r11 + 31], al
-segheap_LBB32_44:
-	mov	rdx, qword ptr [rbp - 40]
-	mov	byte ptr [rdx + 25], sil
-	mov	dword ptr [rdx], -857879331
-	jmp	segheap_LBB32_2
-segheap_LBB32_45:
-	mov	rcx, r14
-	mov	rdx, rbx
-	mov	r8, qword ptr [rbp - 24]
-	mov	r9d, dword ptr [rbp - 16]
-	call	free_range_insert
-	jmp	segheap_LBB32_1
-segheap_LBB32_46:
-	mov	qword ptr [rbp], rbx
-	mov	qword ptr [rbp - 8], 0
-	mov	rdx, rbp
-	lea	r8, [rbp - 8]
+	or	cl, r11b
+	mov	byte ptr [r15 + rdx + 24], cl
+	mov	byte ptr [r15 + rdx + 31], al
+segheap_LBB32_50:
+	mov	byte ptr [r14 + 25], r10b
+	mov	dword ptr [r14], -857879331
+	jmp	segheap_LBB32_3
+segheap_LBB32_51:
+	lea	rax, [r15 + 24]
+	mov	qword ptr [rbp - 32], rax
+	lea	rax, [r15 + 120]
+	mov	qword ptr [rbp - 24], rax
+	jmp	segheap_LBB32_54
+segheap_LBB32_52:
+	add	r12d, 1
+segheap_LBB32_53:
+	cmp	r12d, esi
+	jae	segheap_LBB32_41
+segheap_LBB32_54:
+	mov	r13d, r12d
+	mov	rdi, r13
+	shl	rdi, 5
+	test	byte ptr [r15 + rdi + 24], 2
+	je	segheap_LBB32_52
+	mov	ebx, r12d
+	cmp	r12d, esi
+	jae	segheap_LBB32_60
+	mov	rax, qword ptr [rbp - 32]
+	add	rax, rdi
+	mov	ebx, r12d
+segheap_LBB32_57:
+	test	byte ptr [rax], 2
+	je	segheap_LBB32_60
+	add	ebx, 1
+	add	rax, 32
+	cmp	esi, ebx
+	jne	segheap_LBB32_57
+	mov	ebx, esi
+segheap_LBB32_60:
+	mov	rax, r13
+	shl	rax, 12
+	add	rax, r15
+	mov	r15d, ebx
+	sub	r15d, r12d
+	mov	rcx, r15
+	shl	rcx, 12
+	mov	qword ptr [rbp + 16], rax
+	mov	qword ptr [rbp + 8], rcx
+	mov	rcx, -1
+	lea	rdx, [rbp + 16]
+	lea	r8, [rbp + 8]
+	mov	r9d, 16384
+	call	NtFreeVirtualMemory
+	mov	r10, qword ptr [rbp - 40]
+	sub	qword ptr [r10 + 136], r15
+	mov	r15, qword ptr [rbp - 48]
+	cmp	ebx, r12d
+	jbe	segheap_LBB32_53
+	mov	ecx, ebx
+	sub	ecx, r13d
+	mov	rax, r13
+	and	ecx, 3
+	je	segheap_LBB32_65
+	add	rdi, qword ptr [rbp - 32]
+	neg	rcx
+	xor	edx, edx
+segheap_LBB32_63:
+	and	byte ptr [rdi], -3
+	add	rdx, -1
+	add	rdi, 32
+	cmp	rcx, rdx
+	jne	segheap_LBB32_63
+	mov	rax, r13
+	sub	rax, rdx
+segheap_LBB32_65:
+	mov	ecx, ebx
+	sub	r13, rcx
+	cmp	r13, -4
+	ja	segheap_LBB32_66
+	sub	rcx, rax
+	shl	rax, 5
+	add	rax, qword ptr [rbp - 24]
+segheap_LBB32_68:
+	and	byte ptr [rax - 96], -3
+	and	byte ptr [rax - 64], -3
+	and	byte ptr [rax - 32], -3
+	and	byte ptr [rax], -3
+	sub	rax, -128
+	add	rcx, -4
+	jne	segheap_LBB32_68
+segheap_LBB32_66:
+	mov	r12d, ebx
+	jmp	segheap_LBB32_53
+segheap_LBB32_70:
+	mov	qword ptr [rbp + 16], r15
+	mov	qword ptr [rbp + 8], 0
+	lea	rdx, [rbp + 16]
+	lea	r8, [rbp + 8]
 	mov	rcx, -1
 	mov	r9d, 32768
 	call	NtFreeVirtualMemory
-	jmp	segheap_LBB32_1
+	jmp	segheap_LBB32_2
+segheap_LBB32_71:
+	mov	rcx, rsi
+	mov	rdx, qword ptr [rbp - 48]
+	mov	r8, qword ptr [rbp - 8]
+	mov	r9d, dword ptr [rbp - 12]
+	call	free_range_insert
+	jmp	segheap_LBB32_2
 	.p2align	4
 vs_split:
 	push	rbp
@@ -7898,6 +8260,7 @@ segheap_LBB39_17:
 	.p2align	4
 range_of_type:
 	push	rbp
+	push	r14
 	push	rsi
 	push	rdi
 	push	rbx
@@ -7942,8 +8305,8 @@ segheap_LBB40_7:
 	mov	eax, ecx
 	shl	eax, 5
 	add	rax, r9
-	movzx	r10d, byte ptr [rax + 24]
-	test	r10b, 8
+	movzx	r11d, byte ptr [rax + 24]
+	test	r11b, 8
 	jne	segheap_LBB40_16
 	movzx	eax, byte ptr [rax + 31]
 	test	eax, eax
@@ -7953,72 +8316,122 @@ segheap_LBB40_7:
 	jb	segheap_LBB40_10
 	mov	edx, ecx
 	sub	edx, eax
-	mov	r11, rdx
-	shl	r11, 5
-	movzx	r10d, byte ptr [r9 + r11 + 24]
+	mov	r10, rdx
+	shl	r10, 5
+	movzx	r11d, byte ptr [r9 + r10 + 24]
 	xor	eax, eax
-	test	r10b, 8
+	test	r11b, 8
 	je	segheap_LBB40_11
 	cmp	edx, 255
 	ja	segheap_LBB40_11
-	add	r11, r9
-	movzx	r11d, byte ptr [r11 + 31]
-	add	r11d, edx
-	cmp	r11d, ecx
+	add	r10, r9
+	movzx	r10d, byte ptr [r10 + 31]
+	add	r10d, edx
+	cmp	r10d, ecx
 	mov	ecx, edx
 	ja	segheap_LBB40_17
 	jmp	segheap_LBB40_11
 segheap_LBB40_16:
 	mov	rdx, rcx
 segheap_LBB40_17:
-	and	r10b, 37
+	mov	eax, r11d
+	and	al, 37
 	or	r8b, 4
-	cmp	r10b, r8b
+	cmp	al, r8b
 	jne	segheap_LBB40_10
-	mov	rax, rdx
-	shl	rax, 5
-	add	rax, r9
-	cmp	dword ptr [rax], -857879331
-	jne	segheap_LBB40_10
-	movzx	eax, byte ptr [rax + 31]
-	test	rax, rax
-	je	segheap_LBB40_33
-	cmp	eax, 1
-	jne	segheap_LBB40_28
-	xor	r10d, r10d
-	xor	r8d, r8d
-	jmp	segheap_LBB40_31
+	mov	rsi, rdx
+	shl	rsi, 5
+	movzx	r10d, byte ptr [r9 + rsi + 31]
+	cmp	r10d, 17
+	setae	r8b
+	test	r11b, 33
+	setne	r11b
+	xor	eax, eax
+	cmp	dword ptr [r9 + rsi], -857879331
+	jne	segheap_LBB40_11
+	and	r11b, r8b
+	movzx	r11d, r11b
+	mov	r8d, r10d
+	sub	r8d, r11d
+	test	r10, r10
+	je	segheap_LBB40_32
+	cmp	r10d, 1
+	jne	segheap_LBB40_27
+	xor	eax, eax
+	xor	r11d, r11d
+	jmp	segheap_LBB40_30
+segheap_LBB40_27:
+	mov	esi, r10d
+	and	esi, -2
+	xor	eax, eax
+	mov	edi, ecx
+	xor	r11d, r11d
 segheap_LBB40_28:
-	mov	r11d, eax
-	and	r11d, -2
-	xor	r10d, r10d
-	mov	esi, ecx
-	xor	r8d, r8d
-segheap_LBB40_29:
-	mov	edi, esi
-	shl	rdi, 5
-	movzx	ebx, byte ptr [r9 + rdi + 24]
+	mov	ebx, edi
+	shl	rbx, 5
+	movzx	ebx, byte ptr [r9 + rbx + 24]
 	shr	bl
 	and	bl, 1
-	lea	edi, [rsi + 1]
-	shl	rdi, 5
-	bt	dword ptr [r9 + rdi + 24], 1
-	adc	r8b, bl
-	add	r10, 2
-	add	esi, 2
-	cmp	r11, r10
-	jne	segheap_LBB40_29
-	test	al, 1
-	je	segheap_LBB40_32
+	lea	r14d, [rdi + 1]
+	shl	r14, 5
+	bt	dword ptr [r9 + r14 + 24], 1
+	adc	r11b, bl
+	add	rax, 2
+	add	edi, 2
+	cmp	rsi, rax
+	jne	segheap_LBB40_28
+	test	r10b, 1
+	je	segheap_LBB40_31
+segheap_LBB40_30:
+	add	eax, ecx
+	shl	rax, 5
+	bt	dword ptr [r9 + rax + 24], 1
+	adc	r11b, 0
 segheap_LBB40_31:
+	movzx	eax, r11b
+segheap_LBB40_32:
+	cmp	r8d, eax
+	jne	segheap_LBB40_10
+	test	r8d, r8d
+	je	segheap_LBB40_42
+	cmp	r8d, 1
+	jne	segheap_LBB40_37
+	xor	r10d, r10d
+	xor	eax, eax
+	jmp	segheap_LBB40_40
+segheap_LBB40_37:
+	mov	r11d, r8d
+	mov	esi, r11d
+	and	esi, 2147483646
+	xor	r10d, r10d
+	mov	edi, ecx
+	xor	eax, eax
+segheap_LBB40_38:
+	mov	ebx, edi
+	shl	rbx, 5
+	movzx	ebx, byte ptr [r9 + rbx + 24]
+	shr	bl
+	and	bl, 1
+	lea	r14d, [rdi + 1]
+	shl	r14, 5
+	bt	dword ptr [r9 + r14 + 24], 1
+	adc	al, bl
+	add	r10, 2
+	add	edi, 2
+	cmp	rsi, r10
+	jne	segheap_LBB40_38
+	test	r11b, 1
+	je	segheap_LBB40_41
+segheap_LBB40_40:
 	add	ecx, r10d
 	shl	rcx, 5
 	bt	dword ptr [r9 + rcx + 24], 1
-	adc	r8b, 0
-segheap_LBB40_32:
-	cmp	r8b, al
+	adc	al, 0
+segheap_LBB40_41:
+	movzx	eax, al
+	cmp	r8d, eax
 	jne	segheap_LBB40_10
-segheap_LBB40_33:
+segheap_LBB40_42:
 	shl	rdx, 12
 	add	r9, rdx
 	mov	rax, r9
@@ -8029,6 +8442,7 @@ segheap_LBB40_11:
 	pop	rbx
 	pop	rdi
 	pop	rsi
+	pop	r14
 	pop	rbp
 	ret
 	.p2align	4
@@ -8859,157 +9273,198 @@ walk_from_unit:
 	push	rbx
 	sub	rsp, 104
 	lea	rbp, [rsp + 96]
-	mov	qword ptr [rbp - 8], r9
 	mov	rbx, rdx
 	mov	qword ptr [rbp - 16], rcx
-	lea	r9, [rcx + 328]
-	mov	sil, -1
-	mov	rax, r9
+	lea	r12, [rcx + 328]
+	mov	dil, -1
+	mov	rax, r12
 segheap_LBB47_1:
 	mov	rax, qword ptr [rax]
-	add	sil, 1
-	cmp	rax, r9
+	add	dil, 1
+	cmp	rax, r12
 	je	segheap_LBB47_3
 	cmp	rax, rbx
 	jne	segheap_LBB47_1
 segheap_LBB47_3:
 	cmp	r8d, 255
-	ja	segheap_LBB47_66
-	movabs	r14, 6148914691236517205
-	movabs	r10, 281474976710656
-	mov	qword ptr [rbp - 40], r9
-	jmp	segheap_LBB47_5
-segheap_LBB47_55:
-	shr	r8, 32
-	rep	bsf	r8d, r8d
-	or	r8d, 32
-segheap_LBB47_56:
-	shr	r8d
-	or	r8d, edx
-	cmp	r8d, eax
-	jb	segheap_LBB47_57
-segheap_LBB47_65:
-	mov	eax, dword ptr [rbp + 4]
-	add	eax, dword ptr [rbp - 32]
-	mov	r8d, eax
-	cmp	eax, 256
-	mov	r9, qword ptr [rbp - 40]
-	jae	segheap_LBB47_66
+	ja	segheap_LBB47_78
+	mov	qword ptr [rbp - 8], r9
 segheap_LBB47_5:
-	mov	r13d, -1073741811
+	mov	r14d, -1073741811
 	cmp	r8d, 2
-	jb	segheap_LBB47_82
-	mov	r9d, r8d
-	mov	rax, r9
+	jb	segheap_LBB47_94
+	mov	r13d, r8d
+	mov	rax, r13
 	shl	rax, 5
 	movzx	r11d, byte ptr [rbx + rax + 24]
-	movzx	ecx, byte ptr [rbx + rax + 31]
-	movzx	edx, cl
+	movzx	eax, byte ptr [rbx + rax + 31]
+	movzx	esi, al
 	test	r11b, 8
 	jne	segheap_LBB47_7
-	test	cl, cl
-	je	segheap_LBB47_82
+	test	al, al
+	je	segheap_LBB47_94
 	lea	eax, [r8 - 2]
-	cmp	eax, edx
-	jb	segheap_LBB47_82
-	mov	rax, rdx
+	cmp	eax, esi
+	jb	segheap_LBB47_94
 	mov	edx, r8d
-	sub	edx, eax
+	sub	edx, esi
+	mov	rax, rdx
+	shl	rax, 5
+	movzx	ecx, byte ptr [rbx + rax + 24]
+	test	cl, 8
+	je	segheap_LBB47_94
+	cmp	edx, 255
+	ja	segheap_LBB47_94
+	add	rax, rbx
+	movzx	eax, byte ptr [rax + 31]
+	movzx	esi, al
+	lea	r10d, [rdx + rsi]
+	mov	r15d, edx
+	cmp	r10d, r8d
+	mov	r10d, ecx
+	ja	segheap_LBB47_13
+	jmp	segheap_LBB47_94
+segheap_LBB47_7:
+	mov	rdx, r13
+	mov	r10d, r11d
+	mov	r15d, r8d
+segheap_LBB47_13:
+	test	r10b, 4
+	je	segheap_LBB47_14
 	mov	rcx, rdx
 	shl	rcx, 5
-	movzx	eax, byte ptr [rbx + rcx + 24]
-	test	al, 8
-	je	segheap_LBB47_82
-	cmp	edx, 255
-	ja	segheap_LBB47_82
 	add	rcx, rbx
-	movzx	ecx, byte ptr [rcx + 31]
-	movzx	r10d, cl
-	mov	qword ptr [rbp - 32], r10
-	add	r10d, edx
-	mov	dword ptr [rbp + 4], edx
-	cmp	r10d, r8d
-	movabs	r10, 281474976710656
-	ja	segheap_LBB47_13
-	jmp	segheap_LBB47_82
-segheap_LBB47_7:
-	mov	qword ptr [rbp - 32], rdx
-	mov	rdx, r9
-	mov	eax, r11d
-	mov	dword ptr [rbp + 4], r8d
-segheap_LBB47_13:
-	test	al, 4
-	je	segheap_LBB47_14
-	mov	r12, rdx
-	shl	r12, 5
-	add	r12, rbx
-	cmp	dword ptr [r12], -857879331
-	jne	segheap_LBB47_82
-	movzx	r8d, cl
-	test	cl, cl
-	je	segheap_LBB47_29
-	cmp	cl, 1
-	jne	segheap_LBB47_24
-	xor	edi, edi
-	xor	r9d, r9d
-	jmp	segheap_LBB47_27
-segheap_LBB47_24:
-	mov	qword ptr [rbp - 24], rdx
-	mov	rdx, r8
-	mov	r10d, r8d
-	and	r10d, -2
-	xor	edi, edi
-	mov	r9d, dword ptr [rbp + 4]
-	mov	r11d, r9d
-	xor	r9d, r9d
-segheap_LBB47_25:
-	mov	r14d, r11d
+	test	r10b, 33
+	setne	r8b
+	cmp	al, 17
+	setae	r11b
+	cmp	dword ptr [rcx], -857879331
+	jne	segheap_LBB47_94
+	test	al, al
+	mov	qword ptr [rbp - 48], rsi
+	mov	dword ptr [rbp - 20], r15d
+	mov	byte ptr [rbp - 32], al
+	mov	byte ptr [rbp - 40], r10b
+	je	segheap_LBB47_23
+	cmp	al, 1
+	jne	segheap_LBB47_26
+	xor	eax, eax
+	xor	r10d, r10d
+	jmp	segheap_LBB47_29
+segheap_LBB47_23:
+	xor	eax, eax
+	jmp	segheap_LBB47_31
+segheap_LBB47_26:
+	mov	byte ptr [rbp + 7], r11b
+	movzx	r11d, al
+	mov	esi, r11d
+	and	esi, -2
+	xor	eax, eax
+	xor	r10d, r10d
+segheap_LBB47_27:
+	mov	r14d, r15d
 	shl	r14, 5
 	movzx	r14d, byte ptr [rbx + r14 + 24]
 	shr	r14b
 	and	r14b, 1
-	lea	r15d, [r11 + 1]
+	lea	r13d, [r15 + 1]
+	shl	r13, 5
+	bt	dword ptr [rbx + r13 + 24], 1
+	adc	r10b, r14b
+	add	rax, 2
+	add	r15d, 2
+	cmp	rsi, rax
+	jne	segheap_LBB47_27
+	test	r11b, 1
+	mov	r9, qword ptr [rbp - 8]
+	mov	r14d, -1073741811
+	mov	r15d, dword ptr [rbp - 20]
+	mov	rsi, qword ptr [rbp - 48]
+	movzx	r11d, byte ptr [rbp + 7]
+	je	segheap_LBB47_30
+segheap_LBB47_29:
+	add	eax, r15d
+	shl	rax, 5
+	bt	dword ptr [rbx + rax + 24], 1
+	adc	r10b, 0
+segheap_LBB47_30:
+	movzx	eax, r10b
+segheap_LBB47_31:
+	and	r11b, r8b
+	movzx	r10d, r11b
+	mov	r13d, esi
+	sub	r13d, r10d
+	cmp	r13d, eax
+	jne	segheap_LBB47_94
+	mov	r8d, r13d
+	test	r13d, r13d
+	je	segheap_LBB47_40
+	cmp	r13d, 1
+	jne	segheap_LBB47_35
+	xor	eax, eax
+	xor	r10d, r10d
+	jmp	segheap_LBB47_38
+segheap_LBB47_35:
+	mov	byte ptr [rbp + 7], r11b
+	mov	r9, r8
+	mov	r11d, r8d
+	and	r11d, 2147483646
+	xor	eax, eax
+	mov	esi, r15d
+	xor	r10d, r10d
+segheap_LBB47_36:
+	mov	r14d, esi
+	shl	r14, 5
+	movzx	r14d, byte ptr [rbx + r14 + 24]
+	shr	r14b
+	and	r14b, 1
+	lea	r15d, [rsi + 1]
 	shl	r15, 5
 	bt	dword ptr [rbx + r15 + 24], 1
-	adc	r9b, r14b
-	add	rdi, 2
-	add	r11d, 2
-	cmp	r10, rdi
-	jne	segheap_LBB47_25
-	mov	r8, rdx
+	adc	r10b, r14b
+	add	rax, 2
+	add	esi, 2
+	cmp	r11, rax
+	jne	segheap_LBB47_36
+	mov	r8, r9
 	test	r8b, 1
-	mov	rdx, qword ptr [rbp - 24]
-	movabs	r14, 6148914691236517205
-	movabs	r10, 281474976710656
-	je	segheap_LBB47_28
-segheap_LBB47_27:
-	add	edi, dword ptr [rbp + 4]
-	shl	rdi, 5
-	bt	dword ptr [rbx + rdi + 24], 1
-	adc	r9b, 0
-segheap_LBB47_28:
-	cmp	r9b, cl
-	jne	segheap_LBB47_82
-segheap_LBB47_29:
+	mov	r14d, -1073741811
+	mov	r15d, dword ptr [rbp - 20]
+	mov	r9, qword ptr [rbp - 8]
+	movzx	r11d, byte ptr [rbp + 7]
+	je	segheap_LBB47_39
+segheap_LBB47_38:
+	add	eax, r15d
+	shl	rax, 5
+	bt	dword ptr [rbx + rax + 24], 1
+	adc	r10b, 0
+segheap_LBB47_39:
+	movzx	eax, r10b
+	cmp	r13d, eax
+	jne	segheap_LBB47_94
+segheap_LBB47_40:
 	shl	rdx, 12
 	add	rdx, rbx
+	movzx	eax, byte ptr [rbp - 40]
 	test	al, 32
-	jne	segheap_LBB47_30
-	shl	r8d, 12
+	jne	segheap_LBB47_41
 	test	al, 1
-	je	segheap_LBB47_63
+	je	segheap_LBB47_95
+	mov	r13d, r11d
+	shl	r8, 12
 	mov	rcx, qword ptr [rbp - 16]
-	mov	rdi, rdx
+	mov	rsi, rdx
 	call	lfh_sub_ok
 	test	eax, eax
-	je	segheap_LBB47_82
-	movzx	eax, word ptr [rdi + 34]
+	je	segheap_LBB47_94
+	movzx	eax, word ptr [rsi + 34]
 	test	eax, eax
-	movabs	r10, 281474976710656
-	je	segheap_LBB47_65
-	mov	r11, rdi
+	movabs	r9, 6148914691236517205
+	mov	r10, qword ptr [rbp - 48]
+	je	segheap_LBB47_76
+	mov	r11, rsi
 	xor	edx, edx
-segheap_LBB47_52:
+segheap_LBB47_64:
 	mov	ecx, edx
 	shr	ecx, 5
 	mov	r8, qword ptr [r11 + 8*rcx + 48]
@@ -9017,79 +9472,102 @@ segheap_LBB47_52:
 	shr	r8, cl
 	shl	r8, cl
 	and	edx, -32
-	and	r8, r14
-	jne	segheap_LBB47_53
+	and	r8, r9
+	jne	segheap_LBB47_65
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB47_52
-	jmp	segheap_LBB47_65
-segheap_LBB47_30:
+	jb	segheap_LBB47_64
+	jmp	segheap_LBB47_76
+segheap_LBB47_41:
 	movzx	eax, word ptr [rdx + 32]
 	mov	ecx, eax
 	and	ecx, 32767
 	xor	cx, word ptr [rdx + 34]
 	movzx	ecx, cx
 	cmp	ecx, 44013
-	jne	segheap_LBB47_82
-	shl	r8d, 12
+	jne	segheap_LBB47_94
+	shl	r8, 12
 	mov	ecx, eax
 	shl	ecx, 4
-	cmp	ecx, r8d
-	jne	segheap_LBB47_82
+	cmp	rcx, r8
+	jne	segheap_LBB47_94
+	mov	qword ptr [rbp - 40], r8
+	mov	byte ptr [rbp + 7], r11b
+	mov	qword ptr [rbp - 56], r12
 	cmp	ax, 4
-	jb	segheap_LBB47_65
-	add	r8, rdx
-	lea	r13, [rdx + 48]
+	movabs	r15, 281474976710656
+	jb	segheap_LBB47_50
+	add	qword ptr [rbp - 40], rdx
+	lea	rsi, [rdx + 48]
 	mov	rax, qword ptr [rbp - 16]
 	mov	rax, qword ptr [rax + 160]
-	mov	qword ptr [rbp - 24], rax
-	mov	qword ptr [rbp - 56], rbx
-	mov	qword ptr [rbp - 48], r8
-segheap_LBB47_34:
-	mov	r15, qword ptr [r13]
-	mov	r12, qword ptr [rbp - 24]
-	xor	r12, r13
-	xor	r12, r15
-	mov	r14, r12
+	mov	qword ptr [rbp - 32], rax
+segheap_LBB47_45:
+	mov	rax, qword ptr [rsi]
+	mov	r13, qword ptr [rbp - 32]
+	xor	r13, rsi
+	mov	qword ptr [rbp - 64], rax
+	xor	r13, rax
+	mov	r14, r13
 	movabs	rax, -281474976710656
 	and	r14, rax
 	xor	r9d, r9d
-	cmp	r14, r10
+	cmp	r14, r15
 	sete	r9b
 	mov	rcx, qword ptr [rbp - 16]
-	mov	rdi, rdx
-	mov	r8, r13
-	mov	rbx, r10
+	mov	r12, rdx
+	mov	r8, rsi
 	call	vs_chunk_ok
 	test	eax, eax
-	je	segheap_LBB47_35
-	cmp	r14, rbx
-	jne	segheap_LBB47_39
-	test	byte ptr [r13 + 9], 2
-	je	segheap_LBB47_39
-	mov	r10, rbx
-	shr	r12d, 12
-	and	r12d, -16
-	add	r13, r12
-	mov	r8, qword ptr [rbp - 48]
-	cmp	r13, r8
-	mov	rdx, rdi
-	movabs	r14, 6148914691236517205
-	mov	rbx, qword ptr [rbp - 56]
-	jb	segheap_LBB47_34
-	jmp	segheap_LBB47_65
-segheap_LBB47_53:
+	je	segheap_LBB47_46
+	cmp	r14, r15
+	jne	segheap_LBB47_52
+	test	byte ptr [rsi + 9], 2
+	je	segheap_LBB47_52
+	shr	r13d, 12
+	and	r13d, -16
+	add	rsi, r13
+	cmp	rsi, qword ptr [rbp - 40]
+	mov	rdx, r12
+	jb	segheap_LBB47_45
+segheap_LBB47_50:
+	cmp	byte ptr [rbp + 7], 0
+	mov	r9, qword ptr [rbp - 8]
+	mov	r12, qword ptr [rbp - 56]
+	mov	r15d, dword ptr [rbp - 20]
+	mov	r10, qword ptr [rbp - 48]
+	je	segheap_LBB47_77
+	jmp	segheap_LBB47_51
+segheap_LBB47_65:
 	test	r8d, r8d
-	je	segheap_LBB47_55
+	je	segheap_LBB47_67
 	rep	bsf	r8d, r8d
-	jmp	segheap_LBB47_56
-segheap_LBB47_66:
+	jmp	segheap_LBB47_68
+segheap_LBB47_67:
+	shr	r8, 32
+	rep	bsf	r8d, r8d
+	or	r8d, 32
+segheap_LBB47_68:
+	shr	r8d
+	or	r8d, edx
+	cmp	r8d, eax
+	jb	segheap_LBB47_69
+segheap_LBB47_76:
+	test	r13b, r13b
+	mov	r9, qword ptr [rbp - 8]
+	jne	segheap_LBB47_51
+segheap_LBB47_77:
+	add	r15d, r10d
+	mov	r8d, r15d
+	cmp	r15d, 256
+	jb	segheap_LBB47_5
+segheap_LBB47_78:
 	mov	rax, qword ptr [rbx]
-	cmp	rax, r9
-	je	segheap_LBB47_73
+	cmp	rax, r12
+	je	segheap_LBB47_85
 	mov	edx, 120
 	xor	ecx, ecx
-segheap_LBB47_68:
+segheap_LBB47_80:
 	movzx	r8d, byte ptr [rax + rdx - 96]
 	shr	r8b
 	and	r8b, 1
@@ -9102,118 +9580,117 @@ segheap_LBB47_68:
 	adc	cl, r8b
 	sub	rdx, -128
 	cmp	rdx, 8312
-	jne	segheap_LBB47_68
+	jne	segheap_LBB47_80
 	mov	dl, -1
-	mov	r8, r9
-segheap_LBB47_70:
+	mov	r8, r12
+segheap_LBB47_82:
 	mov	r8, qword ptr [r8]
 	add	dl, 1
-	cmp	r8, r9
-	je	segheap_LBB47_72
+	cmp	r8, r12
+	je	segheap_LBB47_84
 	cmp	r8, rax
-	jne	segheap_LBB47_70
-segheap_LBB47_72:
+	jne	segheap_LBB47_82
+segheap_LBB47_84:
 	movzx	ecx, cl
-	mov	r8, qword ptr [rbp - 8]
-	mov	qword ptr [r8], rax
-	mov	qword ptr [r8 + 8], 1048576
-	mov	byte ptr [r8 + 16], 0
-	mov	byte ptr [r8 + 17], dl
-	mov	word ptr [r8 + 18], 2
+	mov	qword ptr [r9], rax
+	mov	qword ptr [r9 + 8], 1048576
+	mov	byte ptr [r9 + 16], 0
+	mov	byte ptr [r9 + 17], dl
+	mov	word ptr [r9 + 18], 2
 	shl	ecx, 12
-	mov	dword ptr [r8 + 24], ecx
+	mov	dword ptr [r9 + 24], ecx
 	mov	edx, 1048576
 	sub	edx, ecx
-	mov	dword ptr [r8 + 28], edx
+	mov	dword ptr [r9 + 28], edx
 	lea	rcx, [rax + 8192]
-	mov	qword ptr [r8 + 32], rcx
+	mov	qword ptr [r9 + 32], rcx
 	add	rax, 1048576
-	mov	qword ptr [r8 + 40], rax
-	jmp	segheap_LBB47_81
-segheap_LBB47_73:
+	mov	qword ptr [r9 + 40], rax
+	jmp	segheap_LBB47_93
+segheap_LBB47_85:
 	mov	rax, qword ptr [rbp - 16]
-	mov	rbx, qword ptr [rax + 72]
-	mov	r13d, -2147483622
-	test	rbx, rbx
-	je	segheap_LBB47_82
-	mov	edi, 128
-	xor	esi, esi
-	mov	r13d, -1073741811
-segheap_LBB47_75:
-	test	bl, 7
-	jne	segheap_LBB47_82
+	mov	rsi, qword ptr [rax + 72]
+	mov	r14d, -2147483622
+	test	rsi, rsi
+	je	segheap_LBB47_94
+	mov	r15, r9
+	mov	ebx, 128
+	xor	edi, edi
+	mov	r14d, -1073741811
+segheap_LBB47_87:
+	test	sil, 7
+	jne	segheap_LBB47_94
 	mov	rcx, qword ptr [rbp - 16]
-	mov	rdx, rbx
+	mov	rdx, rsi
 	mov	r8b, 32
 	call	range_of_type
-	sub	rdi, 1
+	sub	rbx, 1
 	setb	cl
 	test	rax, rax
-	je	segheap_LBB47_82
+	je	segheap_LBB47_94
 	test	cl, cl
-	jne	segheap_LBB47_82
+	jne	segheap_LBB47_94
 	xor	eax, eax
-	cmp	qword ptr [rbx + 24], 65536
+	cmp	qword ptr [rsi + 24], 65536
 	setb	al
-	cmovae	rsi, rbx
-	mov	rbx, qword ptr [rbx + 8*rax]
-	test	rbx, rbx
-	jne	segheap_LBB47_75
-	mov	r13d, -2147483622
+	cmovae	rdi, rsi
+	mov	rsi, qword ptr [rsi + 8*rax]
 	test	rsi, rsi
-	je	segheap_LBB47_82
-	mov	rax, qword ptr [rsi + 24]
+	jne	segheap_LBB47_87
+	mov	r14d, -2147483622
+	test	rdi, rdi
+	je	segheap_LBB47_94
+	mov	rax, qword ptr [rdi + 24]
 	movzx	ecx, ax
 	and	rax, -65536
 	mov	rdx, -4096
-	and	rdx, qword ptr [rsi + 32]
+	and	rdx, qword ptr [rdi + 32]
 	sub	rdx, rcx
-	mov	r8, qword ptr [rbp - 8]
-	mov	qword ptr [r8], rax
+	mov	qword ptr [r15], rax
 	cmp	rcx, 255
 	mov	eax, 255
 	cmovb	rax, rcx
-	mov	qword ptr [r8 + 8], rdx
-	mov	byte ptr [r8 + 16], al
-	mov	byte ptr [r8 + 17], 0
-	mov	word ptr [r8 + 18], 16401
-	mov	qword ptr [r8 + 24], 0
-	mov	qword ptr [r8 + 32], 0
-	mov	qword ptr [r8 + 40], 0
-	jmp	segheap_LBB47_81
-segheap_LBB47_39:
-	xor	r15, r13
-	xor	r15, qword ptr [rbp - 24]
-	mov	eax, r15d
+	mov	qword ptr [r15 + 8], rdx
+	mov	byte ptr [r15 + 16], al
+	mov	byte ptr [r15 + 17], 0
+	mov	word ptr [r15 + 18], 16401
+	mov	qword ptr [r15 + 24], 0
+	mov	qword ptr [r15 + 32], 0
+	mov	qword ptr [r15 + 40], 0
+	jmp	segheap_LBB47_93
+segheap_LBB47_52:
+	mov	rcx, qword ptr [rbp - 64]
+	xor	rcx, rsi
+	xor	rcx, qword ptr [rbp - 32]
+	mov	eax, ecx
 	shr	eax, 12
 	and	eax, -16
-	shr	r15, 48
-	mov	rdx, qword ptr [rbp - 8]
-	jne	segheap_LBB47_40
-	add	r13, 16
+	shr	rcx, 48
+	jne	segheap_LBB47_53
+	add	rsi, 16
 	add	rax, -16
-	mov	qword ptr [rdx], r13
+	mov	rdx, qword ptr [rbp - 8]
+	mov	qword ptr [rdx], rsi
 	mov	qword ptr [rdx + 8], rax
 	mov	cl, 16
 	xor	eax, eax
-	jmp	segheap_LBB47_46
-segheap_LBB47_35:
-	mov	r13d, -1073741811
-	jmp	segheap_LBB47_82
-segheap_LBB47_40:
-	test	byte ptr [r13 + 9], 1
-	jne	segheap_LBB47_42
+	jmp	segheap_LBB47_59
+segheap_LBB47_46:
+	mov	r14d, -1073741811
+	jmp	segheap_LBB47_94
+segheap_LBB47_53:
+	test	byte ptr [rsi + 9], 1
+	mov	rdx, qword ptr [rbp - 8]
+	jne	segheap_LBB47_55
 	xor	ecx, ecx
-	jmp	segheap_LBB47_44
+	jmp	segheap_LBB47_57
 segheap_LBB47_14:
 	and	r11b, 2
-	mov	ecx, dword ptr [rbp + 4]
-	add	ecx, dword ptr [rbp - 32]
+	add	r15d, esi
 	mov	eax, r8d
-	cmp	r8d, ecx
+	cmp	r8d, r15d
 	jae	segheap_LBB47_19
-	mov	edx, ecx
-	mov	rax, r9
+	mov	rax, r13
 	shl	rax, 5
 	lea	rcx, [rbx + rax]
 	add	rcx, 24
@@ -9225,55 +9702,85 @@ segheap_LBB47_16:
 	jne	segheap_LBB47_19
 	add	eax, 1
 	add	rcx, 32
-	cmp	edx, eax
+	cmp	r15d, eax
 	jne	segheap_LBB47_16
-	mov	eax, edx
+	mov	eax, r15d
 segheap_LBB47_19:
-	shl	r9, 12
-	add	rbx, r9
+	shl	r13, 12
+	add	rbx, r13
 	sub	eax, r8d
 	shl	rax, 12
 	xor	ecx, ecx
 	test	r11b, r11b
 	sete	cl
 	shl	ecx, 12
-	mov	rdx, qword ptr [rbp - 8]
-	mov	qword ptr [rdx], rbx
-	mov	qword ptr [rdx + 8], rax
-	mov	byte ptr [rdx + 16], 0
-	mov	byte ptr [rdx + 17], sil
-	mov	word ptr [rdx + 18], cx
-	jmp	segheap_LBB47_47
-segheap_LBB47_42:
-	movsx	rcx, byte ptr [r13 + rax - 1]
+	mov	qword ptr [r9], rbx
+	mov	qword ptr [r9 + 8], rax
+	mov	byte ptr [r9 + 16], 0
+	mov	byte ptr [r9 + 17], dil
+	mov	word ptr [r9 + 18], cx
+	jmp	segheap_LBB47_20
+segheap_LBB47_55:
+	movsx	rcx, byte ptr [rsi + rax - 1]
 	test	rcx, rcx
-	jns	segheap_LBB47_44
-	movzx	ecx, word ptr [r13 + rax - 2]
+	jns	segheap_LBB47_57
+	movzx	ecx, word ptr [rsi + rax - 2]
 	and	ecx, 32767
-segheap_LBB47_44:
+segheap_LBB47_57:
 	neg	rcx
 	add	rcx, rax
 	add	rcx, -16
-	add	r13, 16
+	add	rsi, 16
 	sub	rax, rcx
-	mov	qword ptr [rdx], r13
+	mov	qword ptr [rdx], rsi
 	mov	qword ptr [rdx + 8], rcx
 	cmp	rax, 255
 	mov	ecx, 255
 	cmovb	rcx, rax
 	mov	ax, 16401
-segheap_LBB47_46:
+segheap_LBB47_59:
 	mov	byte ptr [rdx + 16], cl
-	mov	byte ptr [rdx + 17], sil
+	mov	byte ptr [rdx + 17], dil
 	mov	word ptr [rdx + 18], ax
-segheap_LBB47_47:
 	mov	qword ptr [rdx + 24], 0
 	mov	qword ptr [rdx + 32], 0
 	mov	qword ptr [rdx + 40], 0
-segheap_LBB47_81:
-	xor	r13d, r13d
-segheap_LBB47_82:
-	mov	eax, r13d
+	jmp	segheap_LBB47_93
+segheap_LBB47_51:
+	mov	rcx, qword ptr [rbp - 16]
+	mov	rdx, rbx
+	mov	r8d, r15d
+	add	rsp, 104
+	pop	rbx
+	pop	rdi
+	pop	rsi
+	pop	r12
+	pop	r13
+	pop	r14
+	pop	r15
+	pop	rbp
+	jmp	walk_after_range
+segheap_LBB47_95:
+	movzx	eax, byte ptr [rbp - 32]
+	shl	eax, 12
+	mov	ecx, dword ptr [rcx + 4]
+	sub	rax, rcx
+	mov	qword ptr [r9], rdx
+	cmp	rcx, 255
+	mov	edx, 255
+	cmovb	rdx, rcx
+	mov	qword ptr [r9 + 8], rax
+	mov	byte ptr [r9 + 16], dl
+	mov	byte ptr [r9 + 17], dil
+	mov	word ptr [r9 + 18], 16401
+segheap_LBB47_20:
+	mov	qword ptr [r9 + 24], 0
+	mov	qword ptr [r9 + 32], 0
+	mov	qword ptr [r9 + 40], 0
+segheap_LBB47_93:
+	xor	r14d, r14d
+segheap_LBB47_94:
+	mov	eax, r14d
 	add	rsp, 104
 	pop	rbx
 	pop	rdi
@@ -9284,23 +9791,7 @@ segheap_LBB47_82:
 	pop	r15
 	pop	rbp
 	ret
-segheap_LBB47_63:
-	mov	eax, dword ptr [r12 + 4]
-	sub	r8, rax
-	mov	r9, qword ptr [rbp - 8]
-	mov	qword ptr [r9], rdx
-	cmp	rax, 255
-	mov	ecx, 255
-	cmovb	rcx, rax
-	mov	qword ptr [r9 + 8], r8
-	mov	byte ptr [r9 + 16], cl
-	mov	byte ptr [r9 + 17], sil
-	mov	word ptr [r9 + 18], 16401
-	mov	qword ptr [r9 + 24], 0
-	mov	qword ptr [r9 + 32], 0
-	mov	qword ptr [r9 + 40], 0
-	jmp	segheap_LBB47_81
-segheap_LBB47_57:
+segheap_LBB47_69:
 	mov	rax, r11
 	shr	rax, 12
 	mov	rcx, qword ptr [rbp - 16]
@@ -9314,38 +9805,42 @@ segheap_LBB47_57:
 	movzx	ecx, ax
 	shr	eax, 16
 	test	dl, 2
-	je	segheap_LBB47_58
+	je	segheap_LBB47_70
 	lea	r10, [r11 + rax]
 	mov	edx, r8d
 	imul	rdx, rcx
 	add	r10, rdx
 	movsx	r9, byte ptr [rcx + r10 - 1]
 	test	r9, r9
-	jns	segheap_LBB47_61
+	mov	rsi, qword ptr [rbp - 8]
+	jns	segheap_LBB47_73
 	movzx	r9d, word ptr [r10 + rcx - 2]
 	and	r9d, 32767
-segheap_LBB47_61:
+segheap_LBB47_73:
 	mov	r8, rcx
 	sub	r8, r9
-	jmp	segheap_LBB47_62
-segheap_LBB47_58:
+	jmp	segheap_LBB47_74
+segheap_LBB47_70:
 	mov	edx, ecx
 	imul	edx, r8d
 	mov	r8, rcx
-segheap_LBB47_62:
+	mov	rsi, qword ptr [rbp - 8]
+segheap_LBB47_74:
 	add	r11, rax
 	add	r11, rdx
 	sub	rcx, r8
-	mov	rdx, qword ptr [rbp - 8]
-	mov	qword ptr [rdx], r11
+	mov	qword ptr [rsi], r11
 	cmp	rcx, 255
 	mov	eax, 255
 	cmovb	rax, rcx
-	mov	qword ptr [rdx + 8], r8
-	mov	byte ptr [rdx + 16], al
-	mov	byte ptr [rdx + 17], sil
-	mov	word ptr [rdx + 18], 16401
-	jmp	segheap_LBB47_47
+	mov	qword ptr [rsi + 8], r8
+	mov	byte ptr [rsi + 16], al
+	mov	byte ptr [rsi + 17], dil
+	mov	word ptr [rsi + 18], 16401
+	mov	qword ptr [rsi + 24], 0
+	mov	qword ptr [rsi + 32], 0
+	mov	qword ptr [rsi + 40], 0
+	jmp	segheap_LBB47_93
 	.p2align	4
 vs_next_visible:
 	push	rbp
@@ -9465,15 +9960,57 @@ segheap_LBB49_7:
 	pop	rbp
 	ret
 	.p2align	4
+walk_after_range:
+	push	rbp
+	mov	rbp, rsp
+	mov	r10d, r8d
+	shl	r10, 5
+	movzx	eax, byte ptr [rdx + r10 + 31]
+	cmp	eax, 17
+	jb	segheap_LBB50_6
+	movzx	r10d, byte ptr [rdx + r10 + 24]
+	and	r10b, 33
+	je	segheap_LBB50_6
+	add	rcx, 328
+	mov	r10b, -1
+	mov	r11, rcx
+segheap_LBB50_3:
+	mov	r11, qword ptr [r11]
+	add	r10b, 1
+	cmp	r11, rcx
+	je	segheap_LBB50_5
+	cmp	r11, rdx
+	jne	segheap_LBB50_3
+segheap_LBB50_5:
+	add	eax, r8d
+	add	eax, -1
+	shl	rax, 12
+	add	rdx, rax
+	mov	qword ptr [r9], rdx
+	mov	qword ptr [r9 + 8], 4096
+	mov	byte ptr [r9 + 16], 0
+	mov	byte ptr [r9 + 17], r10b
+	mov	word ptr [r9 + 18], 4096
+	mov	qword ptr [r9 + 24], 0
+	mov	qword ptr [r9 + 32], 0
+	mov	qword ptr [r9 + 40], 0
+	xor	eax, eax
+	pop	rbp
+	ret
+segheap_LBB50_6:
+	add	r8d, eax
+	pop	rbp
+	jmp	walk_from_unit
+	.p2align	4
 lfh_next_busy:
 	push	rbp
 	mov	rbp, rsp
 	movzx	eax, word ptr [rcx + 34]
 	cmp	edx, eax
-	jae	segheap_LBB50_8
+	jae	segheap_LBB51_8
 	mov	r8, rcx
 	movabs	r9, 6148914691236517205
-segheap_LBB50_2:
+segheap_LBB51_2:
 	mov	ecx, edx
 	shr	ecx, 5
 	mov	r10, qword ptr [r8 + 8*rcx + 48]
@@ -9482,23 +10019,23 @@ segheap_LBB50_2:
 	shl	r10, cl
 	and	edx, -32
 	and	r10, r9
-	jne	segheap_LBB50_3
+	jne	segheap_LBB51_3
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB50_2
-segheap_LBB50_8:
+	jb	segheap_LBB51_2
+segheap_LBB51_8:
 	pop	rbp
 	ret
-segheap_LBB50_3:
+segheap_LBB51_3:
 	test	r10d, r10d
-	je	segheap_LBB50_5
+	je	segheap_LBB51_5
 	rep	bsf	eax, r10d
-	jmp	segheap_LBB50_6
-segheap_LBB50_5:
+	jmp	segheap_LBB51_6
+segheap_LBB51_5:
 	shr	r10, 32
 	rep	bsf	eax, r10d
 	or	eax, 32
-segheap_LBB50_6:
+segheap_LBB51_6:
 	shr	eax
 	or	eax, edx
 	pop	rbp
@@ -9522,25 +10059,25 @@ walk_lfh_block:
 	movzx	r10d, ax
 	shr	eax, 16
 	test	r11b, 2
-	je	segheap_LBB51_1
+	je	segheap_LBB52_1
 	lea	rdi, [rdx + rax]
 	mov	r11d, r8d
 	imul	r11, r10
 	add	rdi, r11
 	movsx	rsi, byte ptr [r10 + rdi - 1]
 	test	rsi, rsi
-	jns	segheap_LBB51_4
+	jns	segheap_LBB52_4
 	movzx	esi, word ptr [rdi + r10 - 2]
 	and	esi, 32767
-segheap_LBB51_4:
+segheap_LBB52_4:
 	mov	r8, r10
 	sub	r8, rsi
-	jmp	segheap_LBB51_5
-segheap_LBB51_1:
+	jmp	segheap_LBB52_5
+segheap_LBB52_1:
 	mov	r11d, r10d
 	imul	r11d, r8d
 	mov	r8, r10
-segheap_LBB51_5:
+segheap_LBB52_5:
 	add	rdx, rax
 	add	rdx, r11
 	sub	r10, r8

@@ -514,68 +514,64 @@ RtlWalkHeap:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 44
-	mov	edi, dword ptr [ebp + 8]
-	test	edi, edi
+	sub	esp, 52
+	mov	esi, dword ptr [ebp + 8]
+	test	esi, esi
 	sete	cl
-	test	edi, 4095
+	test	esi, 4095
 	setne	dl
 	mov	eax, -1073741811
 	or	dl, cl
-	jne	segheap_LBB5_107
-	cmp	dword ptr [edi + 8], -571548178
-	jne	segheap_LBB5_107
-	xor	ebx, ebx
-	cmp	dword ptr [edi + 292], edi
-	cmove	ebx, edi
-	test	ebx, ebx
+	jne	segheap_LBB5_49
+	cmp	dword ptr [esi + 8], -571548178
+	jne	segheap_LBB5_49
+	xor	edi, edi
+	cmp	dword ptr [esi + 292], esi
+	cmove	edi, esi
+	test	edi, edi
 	sete	cl
 	cmp	dword ptr [ebp + 12], 0
 	sete	dl
 	or	dl, cl
-	jne	segheap_LBB5_107
-	test	byte ptr [ebx + 12], 1
+	jne	segheap_LBB5_49
+	test	byte ptr [edi + 12], 1
 	jne	segheap_LBB5_5
-	inc	word ptr [ebx + 172]
+	inc	word ptr [edi + 172]
 segheap_LBB5_5:
 	mov	eax, dword ptr [ebp + 12]
-	mov	esi, dword ptr [eax]
-	test	esi, esi
+	mov	eax, dword ptr [eax]
+	lea	ecx, [edi + 324]
+	test	eax, eax
 	je	segheap_LBB5_13
-	lea	edi, [ebx + 324]
-	mov	ecx, dword ptr [ebx + 324]
-	cmp	ecx, edi
-	mov	dword ptr [ebp - 32], esi
-	mov	dword ptr [ebp - 16], ebx
+	mov	edx, dword ptr [edi + 324]
+	cmp	edx, ecx
+	mov	dword ptr [ebp - 36], eax
+	mov	dword ptr [ebp - 16], edi
 	je	segheap_LBB5_20
-	mov	eax, esi
 	and	eax, -1048576
-	mov	edx, dword ptr [ebp + 8]
-	mov	edx, dword ptr [edx + 332]
-	xor	esi, esi
+	mov	esi, dword ptr [esi + 332]
+	xor	edi, edi
 segheap_LBB5_8:
-	cmp	esi, edx
+	cmp	edi, esi
 	ja	segheap_LBB5_12
-	mov	ebx, ecx
+	mov	ebx, edx
 	and	ebx, 1048575
 	jne	segheap_LBB5_12
-	cmp	ecx, eax
+	cmp	edx, eax
 	je	segheap_LBB5_29
-	inc	esi
-	mov	ecx, dword ptr [ecx]
-	cmp	ecx, edi
+	inc	edi
+	mov	edx, dword ptr [edx]
+	cmp	edx, ecx
 	jne	segheap_LBB5_8
 segheap_LBB5_12:
-	mov	ebx, dword ptr [ebp - 16]
-	mov	esi, dword ptr [ebp - 32]
-	xor	ecx, ecx
+	mov	edi, dword ptr [ebp - 16]
+	mov	esi, dword ptr [ebp + 8]
+	xor	edx, edx
 	jmp	segheap_LBB5_30
 segheap_LBB5_13:
-	lea	ecx, [ebx + 324]
-	mov	eax, dword ptr [ebx + 324]
+	mov	eax, dword ptr [edi + 324]
 	cmp	eax, ecx
 	je	segheap_LBB5_21
-	mov	edi, ebx
 	mov	esi, -4096
 	xor	edx, edx
 segheap_LBB5_15:
@@ -619,23 +615,21 @@ segheap_LBB5_19:
 	mov	dword ptr [esi + 24], eax
 	xor	eax, eax
 	mov	ecx, dword ptr [ebp + 8]
-	mov	ebx, edi
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_47
 segheap_LBB5_20:
-	xor	ecx, ecx
+	xor	edx, edx
 	jmp	segheap_LBB5_30
 segheap_LBB5_21:
-	mov	edx, ebx
-	mov	ebx, dword ptr [edi + 68]
+	mov	ebx, dword ptr [esi + 68]
 	mov	eax, -2147483622
 	test	ebx, ebx
-	je	segheap_LBB5_50
-	mov	dword ptr [ebp - 16], edx
+	je	segheap_LBB5_37
+	mov	dword ptr [ebp - 16], edi
 	xor	edi, edi
 	mov	esi, 64
 segheap_LBB5_23:
 	test	bl, 3
-	jne	segheap_LBB5_83
+	jne	segheap_LBB5_84
 	mov	ecx, dword ptr [ebp + 8]
 	mov	edx, ebx
 	push	32
@@ -644,10 +638,10 @@ segheap_LBB5_23:
 	sub	esi, 1
 	setb	cl
 	test	eax, eax
-	je	segheap_LBB5_103
+	je	segheap_LBB5_121
 	test	cl, cl
 	mov	eax, -2147483622
-	jne	segheap_LBB5_103
+	jne	segheap_LBB5_121
 	xor	ecx, ecx
 	cmp	dword ptr [ebx + 12], 65536
 	setb	cl
@@ -656,7 +650,7 @@ segheap_LBB5_23:
 	test	ebx, ebx
 	jne	segheap_LBB5_23
 	test	edi, edi
-	je	segheap_LBB5_44
+	je	segheap_LBB5_45
 	mov	eax, -4096
 	and	eax, dword ptr [edi + 16]
 	mov	ecx, dword ptr [edi + 12]
@@ -678,60 +672,55 @@ segheap_LBB5_23:
 	mov	dword ptr [esi + 20], 0
 	mov	dword ptr [esi + 24], 0
 	xor	eax, eax
-	jmp	segheap_LBB5_44
+	jmp	segheap_LBB5_45
 segheap_LBB5_29:
-	mov	esi, dword ptr [ebp - 32]
-	mov	ecx, esi
-	shr	ecx, 20
-	mov	ebx, dword ptr [ebp - 16]
-	or	ecx, ebx
-	xor	ecx, dword ptr [eax + 8]
-	mov	edx, dword ptr [ebp + 8]
-	xor	ecx, dword ptr [edx + 144]
-	cmp	ecx, -1561964883
-	mov	ecx, 0
-	cmove	ecx, eax
+	mov	edx, dword ptr [ebp - 36]
+	shr	edx, 20
+	mov	edi, dword ptr [ebp - 16]
+	or	edx, edi
+	xor	edx, dword ptr [eax + 8]
+	mov	esi, dword ptr [ebp + 8]
+	xor	edx, dword ptr [esi + 144]
+	cmp	edx, -1561964883
+	mov	edx, 0
+	cmove	edx, eax
 segheap_LBB5_30:
 	mov	eax, dword ptr [ebp + 12]
 	test	byte ptr [eax + 10], 2
 	jne	segheap_LBB5_34
-	test	ecx, ecx
-	je	segheap_LBB5_37
-	mov	edx, esi
-	sub	edx, ecx
-	shr	edx, 12
-	lea	ebx, [edx - 256]
+	test	edx, edx
+	je	segheap_LBB5_38
+	mov	ebx, dword ptr [ebp - 36]
+	sub	ebx, edx
+	shr	ebx, 12
 	mov	eax, -1073741811
-	cmp	ebx, -255
-	jae	segheap_LBB5_45
+	lea	edi, [ebx - 256]
+	cmp	edi, -255
+	jae	segheap_LBB5_50
 segheap_LBB5_33:
-	mov	ebx, dword ptr [ebp - 16]
-	mov	ecx, ebx
-	jmp	segheap_LBB5_105
+	mov	edi, dword ptr [ebp - 16]
+	mov	ecx, edi
+	jmp	segheap_LBB5_47
 segheap_LBB5_34:
 	mov	eax, -1073741811
-	cmp	ecx, esi
-	mov	edx, ecx
-	mov	ecx, ebx
-	jne	segheap_LBB5_105
-	mov	edi, dword ptr [ebp + 8]
+	cmp	edx, dword ptr [ebp - 36]
 	mov	ecx, edi
+	jne	segheap_LBB5_47
+	mov	ecx, esi
 	push	dword ptr [ebp + 12]
 	push	1
 segheap_LBB5_36:
 	call	walk_from_unit
 	add	esp, 8
-	mov	ecx, edi
-	jmp	segheap_LBB5_105
-segheap_LBB5_37:
-	mov	ecx, dword ptr [ebp + 8]
-	mov	ebx, dword ptr [ecx + 68]
+	jmp	segheap_LBB5_37
+segheap_LBB5_38:
+	mov	ebx, dword ptr [esi + 68]
 	mov	eax, -1073741811
 	test	ebx, ebx
-	je	segheap_LBB5_104
+	je	segheap_LBB5_37
 	xor	esi, esi
 	mov	edi, ebx
-segheap_LBB5_39:
+segheap_LBB5_40:
 	cmp	esi, 63
 	ja	segheap_LBB5_33
 	mov	ecx, edi
@@ -743,134 +732,155 @@ segheap_LBB5_39:
 	call	range_of_type
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB5_103
+	je	segheap_LBB5_121
 	movzx	eax, word ptr [edi + 14]
 	shl	eax, 16
-	cmp	dword ptr [ebp - 32], eax
-	je	segheap_LBB5_76
+	cmp	dword ptr [ebp - 36], eax
+	je	segheap_LBB5_77
 	seta	al
 	movzx	eax, al
 	mov	edi, dword ptr [edi + 4*eax]
 	inc	esi
 	test	edi, edi
 	mov	eax, -1073741811
-	jne	segheap_LBB5_39
-segheap_LBB5_44:
-	mov	ecx, dword ptr [ebp + 8]
-	jmp	segheap_LBB5_104
+	jne	segheap_LBB5_40
 segheap_LBB5_45:
-	mov	dword ptr [ebp - 40], edi
-	mov	edi, edx
-	shl	edi, 4
-	movzx	ebx, byte ptr [ecx + edi + 12]
-	mov	byte ptr [ebp - 48], bl
-	mov	dword ptr [ebp - 56], edi
-	movzx	ebx, byte ptr [ecx + edi + 15]
-	mov	dword ptr [ebp - 24], ebx
-	movzx	ebx, byte ptr [ebp - 48]
-	test	bl, 8
-	mov	dword ptr [ebp - 44], edx
-	jne	segheap_LBB5_51
-	mov	ebx, dword ptr [ebp - 24]
-	test	bl, bl
-	mov	edi, dword ptr [ebp - 40]
-	je	segheap_LBB5_33
-	mov	dword ptr [ebp - 28], ecx
-	movzx	ecx, bl
-	mov	esi, dword ptr [ebp - 44]
-	lea	edx, [esi - 1]
-	cmp	edx, ecx
-	jb	segheap_LBB5_33
-	mov	edx, esi
-	sub	edx, ecx
-	mov	dword ptr [ebp - 36], edx
-	mov	ecx, edx
-	shl	ecx, 4
-	mov	edx, dword ptr [ebp - 28]
-	movzx	edx, byte ptr [edx + ecx + 12]
-	mov	byte ptr [ebp - 17], dl
-	test	dl, 8
-	mov	ebx, dword ptr [ebp - 16]
-	jne	segheap_LBB5_84
-segheap_LBB5_49:
-	mov	ecx, ebx
-	jmp	segheap_LBB5_105
+	mov	ecx, dword ptr [ebp + 8]
+	jmp	segheap_LBB5_46
+segheap_LBB5_37:
+	mov	ecx, esi
+	jmp	segheap_LBB5_47
 segheap_LBB5_50:
-	mov	ecx, edi
-	mov	ebx, edx
-	jmp	segheap_LBB5_105
-segheap_LBB5_51:
-	mov	dword ptr [ebp - 28], ecx
-	mov	byte ptr [ebp - 17], bl
-	mov	dword ptr [ebp - 36], edx
-	mov	edi, dword ptr [ebp - 40]
-segheap_LBB5_52:
-	mov	bl, -1
-	mov	ecx, edi
-segheap_LBB5_53:
-	mov	ecx, dword ptr [ecx]
-	inc	bl
-	cmp	ecx, edi
-	je	segheap_LBB5_55
-	cmp	ecx, dword ptr [ebp - 28]
-	jne	segheap_LBB5_53
-segheap_LBB5_55:
-	movzx	edi, byte ptr [ebp - 24]
-	test	byte ptr [ebp - 17], 4
-	jne	segheap_LBB5_63
-	test	esi, 4095
-	mov	ebx, dword ptr [ebp - 16]
-	mov	ecx, ebx
-	jne	segheap_LBB5_105
-	mov	edx, dword ptr [ebp - 36]
-	add	edx, edi
-	mov	esi, dword ptr [ebp - 44]
+	mov	dword ptr [ebp - 40], ecx
+	mov	edi, ebx
+	shl	edi, 4
+	movzx	ecx, byte ptr [edx + edi + 12]
+	mov	byte ptr [ebp - 24], cl
+	mov	dword ptr [ebp - 44], edi
+	movzx	ecx, byte ptr [edx + edi + 15]
+	mov	dword ptr [ebp - 48], ecx
+	test	byte ptr [ebp - 24], 8
+	mov	edi, dword ptr [ebp - 16]
+	mov	dword ptr [ebp - 52], ebx
+	jne	segheap_LBB5_57
+	mov	ebx, dword ptr [ebp - 48]
+	test	bl, bl
+	mov	ecx, dword ptr [ebp - 40]
+	je	segheap_LBB5_124
+	mov	dword ptr [ebp - 28], edx
+	movzx	edx, bl
+	mov	ebx, dword ptr [ebp - 52]
+	lea	esi, [ebx - 1]
 	cmp	esi, edx
-	jae	segheap_LBB5_87
-	mov	eax, dword ptr [ebp - 28]
-	mov	ecx, dword ptr [ebp - 56]
-	lea	eax, [ecx + eax + 12]
-	mov	edi, dword ptr [ebp + 8]
-	mov	ch, byte ptr [ebp - 48]
+	jb	segheap_LBB5_124
+	sub	ebx, edx
+	mov	dword ptr [ebp - 32], ebx
+	mov	edx, ebx
+	shl	edx, 4
+	mov	esi, dword ptr [ebp - 28]
+	movzx	ebx, byte ptr [esi + edx + 12]
+	test	bl, 8
+	je	segheap_LBB5_124
+	mov	esi, dword ptr [ebp - 32]
+	cmp	esi, 255
+	ja	segheap_LBB5_124
+	add	edx, dword ptr [ebp - 28]
+	movzx	edx, byte ptr [edx + 15]
+	mov	dword ptr [ebp - 48], edx
+	add	edx, esi
+	cmp	edx, dword ptr [ebp - 52]
+	jbe	segheap_LBB5_124
+	mov	byte ptr [ebp - 17], bl
+	mov	esi, dword ptr [ebp + 8]
+	jmp	segheap_LBB5_58
+segheap_LBB5_57:
+	mov	dword ptr [ebp - 28], edx
+	movzx	ecx, byte ptr [ebp - 24]
+	mov	byte ptr [ebp - 17], cl
+	mov	dword ptr [ebp - 32], ebx
+	mov	ecx, dword ptr [ebp - 40]
+segheap_LBB5_58:
+	mov	bl, -1
+	mov	edx, ecx
 segheap_LBB5_59:
-	mov	cl, byte ptr [eax]
-	xor	cl, ch
-	test	cl, 2
-	jne	segheap_LBB5_88
-	inc	esi
-	add	eax, 16
-	cmp	edx, esi
+	mov	edx, dword ptr [edx]
+	inc	bl
+	cmp	edx, ecx
+	je	segheap_LBB5_61
+	cmp	edx, dword ptr [ebp - 28]
 	jne	segheap_LBB5_59
-	mov	esi, edx
-	jmp	segheap_LBB5_88
-segheap_LBB5_63:
-	mov	edx, dword ptr [ebp - 36]
+segheap_LBB5_61:
+	movzx	ecx, byte ptr [ebp - 48]
+	mov	dword ptr [ebp - 40], ecx
+	mov	bh, byte ptr [ebp - 17]
+	test	bh, 4
+	jne	segheap_LBB5_68
+	test	dword ptr [ebp - 36], 4095
+	mov	ecx, edi
+	mov	edx, dword ptr [ebp - 32]
+	jne	segheap_LBB5_47
+	add	edx, dword ptr [ebp - 40]
+	mov	eax, dword ptr [ebp - 52]
+	cmp	eax, edx
+	jae	segheap_LBB5_101
+	mov	dword ptr [ebp - 32], edx
+	mov	edx, eax
+	mov	eax, dword ptr [ebp - 28]
+	mov	ecx, dword ptr [ebp - 44]
+	lea	eax, [ecx + eax + 12]
+	movzx	ebx, byte ptr [ebp - 24]
+segheap_LBB5_65:
+	movzx	ecx, byte ptr [eax]
+	xor	cl, bl
+	test	cl, 2
+	jne	segheap_LBB5_100
+	mov	ecx, edx
+	inc	ecx
+	add	eax, 16
+	mov	edx, ecx
+	cmp	dword ptr [ebp - 32], ecx
+	jne	segheap_LBB5_65
+	mov	eax, dword ptr [ebp - 32]
+	jmp	segheap_LBB5_101
+segheap_LBB5_68:
+	mov	edx, dword ptr [ebp - 32]
 	shl	edx, 4
 	mov	ecx, dword ptr [ebp - 28]
-	add	ecx, edx
-	cmp	dword ptr [ecx], -857879331
-	jne	segheap_LBB5_33
-	mov	ecx, dword ptr [ebp - 24]
-	test	cl, cl
-	mov	dword ptr [ebp - 40], edi
-	je	segheap_LBB5_72
 	mov	dword ptr [ebp - 44], edx
+	lea	esi, [ecx + edx]
+	test	bh, 33
+	setne	cl
+	cmp	byte ptr [ebp - 48], 17
+	setae	dl
+	cmp	dword ptr [esi], -857879331
+	jne	segheap_LBB5_124
+	and	dl, cl
+	movzx	esi, dl
+	mov	edx, dword ptr [ebp - 40]
+	mov	ecx, edx
+	mov	dword ptr [ebp - 64], esi
+	sub	ecx, esi
+	mov	dword ptr [ebp - 56], ecx
+	mov	ecx, dword ptr [ebp - 48]
+	test	cl, cl
+	je	segheap_LBB5_85
+	mov	edi, edx
 	and	edi, 3
 	mov	edx, ecx
 	xor	ecx, ecx
 	cmp	dl, 4
 	mov	edx, edi
 	mov	edi, 0
-	jb	segheap_LBB5_69
+	jb	segheap_LBB5_74
 	mov	ecx, dword ptr [ebp - 40]
 	and	ecx, -4
-	mov	dword ptr [ebp - 48], ecx
+	mov	dword ptr [ebp - 24], ecx
 	mov	ecx, dword ptr [ebp - 28]
 	mov	esi, dword ptr [ebp - 44]
 	lea	esi, [esi + ecx + 60]
 	xor	ecx, ecx
 	xor	edi, edi
-segheap_LBB5_67:
+segheap_LBB5_72:
 	mov	bh, byte ptr [esi - 48]
 	shr	bh
 	and	bh, 1
@@ -883,56 +893,32 @@ segheap_LBB5_67:
 	adc	cl, bh
 	add	edi, 4
 	add	esi, 64
-	cmp	dword ptr [ebp - 48], edi
-	jne	segheap_LBB5_67
+	cmp	dword ptr [ebp - 24], edi
+	jne	segheap_LBB5_72
 	test	edx, edx
-	je	segheap_LBB5_71
-segheap_LBB5_69:
+	mov	bh, byte ptr [ebp - 17]
+	je	segheap_LBB5_76
+segheap_LBB5_74:
 	shl	edi, 4
-	mov	esi, dword ptr [ebp - 44]
-	add	esi, edi
-	mov	edi, esi
+	add	edi, dword ptr [ebp - 44]
 	mov	esi, dword ptr [ebp - 28]
 	lea	esi, [esi + edi + 12]
-segheap_LBB5_70:
+segheap_LBB5_75:
 	bt	dword ptr [esi], 1
 	adc	cl, 0
 	add	esi, 16
 	dec	edx
-	jne	segheap_LBB5_70
-segheap_LBB5_71:
-	cmp	cl, byte ptr [ebp - 24]
-	mov	esi, dword ptr [ebp - 32]
-	mov	edi, dword ptr [ebp - 40]
-	jne	segheap_LBB5_33
-segheap_LBB5_72:
-	mov	ecx, dword ptr [ebp - 36]
-	shl	ecx, 12
-	add	ecx, dword ptr [ebp - 28]
-	movzx	edx, byte ptr [ebp - 17]
-	test	dl, 32
-	mov	dword ptr [ebp - 24], ecx
-	jne	segheap_LBB5_89
-	test	dl, 1
-	jne	segheap_LBB5_97
-	cmp	esi, dword ptr [ebp - 24]
-	mov	ebx, dword ptr [ebp - 16]
-	mov	ecx, ebx
-	mov	edx, dword ptr [ebp - 28]
-	jne	segheap_LBB5_105
-	mov	eax, dword ptr [ebp - 36]
-	add	eax, edi
-	mov	edi, dword ptr [ebp + 8]
-	mov	ecx, edi
-	push	dword ptr [ebp + 12]
-	push	eax
-	jmp	segheap_LBB5_36
+	jne	segheap_LBB5_75
 segheap_LBB5_76:
+	movzx	ecx, cl
+	mov	edi, dword ptr [ebp - 16]
+	jmp	segheap_LBB5_86
+segheap_LBB5_77:
 	xor	esi, esi
 	mov	edi, 64
-segheap_LBB5_77:
+segheap_LBB5_78:
 	test	bl, 3
-	jne	segheap_LBB5_83
+	jne	segheap_LBB5_84
 	mov	ecx, dword ptr [ebp + 8]
 	mov	edx, ebx
 	push	32
@@ -941,20 +927,20 @@ segheap_LBB5_77:
 	sub	edi, 1
 	setb	cl
 	test	eax, eax
-	je	segheap_LBB5_103
+	je	segheap_LBB5_121
 	test	cl, cl
-	jne	segheap_LBB5_103
+	jne	segheap_LBB5_121
 	movzx	eax, word ptr [ebx + 14]
 	shl	eax, 16
 	xor	ecx, ecx
-	cmp	eax, dword ptr [ebp - 32]
+	cmp	eax, dword ptr [ebp - 36]
 	cmova	esi, ebx
 	setbe	cl
 	mov	ebx, dword ptr [ebx + 4*ecx]
 	test	ebx, ebx
-	jne	segheap_LBB5_77
+	jne	segheap_LBB5_78
 	test	esi, esi
-	je	segheap_LBB5_108
+	je	segheap_LBB5_106
 	mov	eax, -4096
 	and	eax, dword ptr [esi + 16]
 	mov	ecx, dword ptr [esi + 12]
@@ -976,82 +962,171 @@ segheap_LBB5_77:
 	mov	dword ptr [edi + 20], 0
 	mov	dword ptr [edi + 24], 0
 	xor	eax, eax
-	jmp	segheap_LBB5_44
-segheap_LBB5_83:
-	mov	ebx, dword ptr [ebp - 16]
-	mov	ecx, ebx
-	mov	eax, -1073741811
-	jmp	segheap_LBB5_105
+	jmp	segheap_LBB5_45
 segheap_LBB5_84:
-	cmp	dword ptr [ebp - 36], 255
-	ja	segheap_LBB5_49
-	add	ecx, dword ptr [ebp - 28]
-	movzx	edx, byte ptr [ecx + 15]
-	mov	ecx, dword ptr [ebp - 36]
-	add	ecx, edx
-	cmp	ecx, esi
-	jbe	segheap_LBB5_49
-	mov	dword ptr [ebp - 24], edx
+	mov	edi, dword ptr [ebp - 16]
+	mov	ecx, edi
+	mov	eax, -1073741811
+	jmp	segheap_LBB5_47
+segheap_LBB5_85:
+	xor	ecx, ecx
+segheap_LBB5_86:
+	mov	edx, dword ptr [ebp - 56]
+	cmp	edx, ecx
 	mov	esi, dword ptr [ebp - 32]
-	jmp	segheap_LBB5_52
-segheap_LBB5_87:
-	mov	edi, dword ptr [ebp + 8]
-segheap_LBB5_88:
+	jne	segheap_LBB5_124
+	test	edx, edx
+	je	segheap_LBB5_95
+	mov	esi, dword ptr [ebp - 64]
+	neg	esi
+	mov	ecx, dword ptr [ebp - 40]
+	mov	edi, edx
+	lea	edx, [esi + ecx - 1]
+	and	edi, 3
+	xor	ecx, ecx
+	cmp	edx, 3
+	mov	edx, 0
+	jb	segheap_LBB5_92
+	mov	ecx, dword ptr [ebp - 56]
+	and	ecx, -4
+	mov	dword ptr [ebp - 24], ecx
+	mov	ecx, dword ptr [ebp - 28]
+	mov	edx, dword ptr [ebp - 44]
+	lea	esi, [edx + ecx + 60]
+	xor	ecx, ecx
+	xor	edx, edx
+segheap_LBB5_90:
+	mov	bh, byte ptr [esi - 48]
+	shr	bh
+	and	bh, 1
+	bt	dword ptr [esi - 32], 1
+	adc	bh, cl
+	movzx	ecx, byte ptr [esi - 16]
+	shr	cl
+	and	cl, 1
+	bt	dword ptr [esi], 1
+	adc	cl, bh
+	add	edx, 4
+	add	esi, 64
+	cmp	dword ptr [ebp - 24], edx
+	jne	segheap_LBB5_90
+	test	edi, edi
+	mov	bh, byte ptr [ebp - 17]
+	je	segheap_LBB5_94
+segheap_LBB5_92:
+	shl	edx, 4
+	mov	esi, dword ptr [ebp - 44]
+	add	esi, edx
+	mov	edx, dword ptr [ebp - 28]
+	lea	edx, [edx + esi + 12]
+segheap_LBB5_93:
+	bt	dword ptr [edx], 1
+	adc	cl, 0
+	add	edx, 16
+	dec	edi
+	jne	segheap_LBB5_93
+segheap_LBB5_94:
+	movzx	ecx, cl
+	mov	edx, dword ptr [ebp - 56]
+	cmp	edx, ecx
+	mov	edi, dword ptr [ebp - 16]
+	mov	esi, dword ptr [ebp - 32]
+	jne	segheap_LBB5_124
+segheap_LBB5_95:
+	lea	ecx, [edx + esi]
+	cmp	dword ptr [ebp - 52], ecx
+	jae	segheap_LBB5_103
+	mov	dword ptr [ebp - 32], esi
+	shl	esi, 12
+	add	esi, dword ptr [ebp - 28]
+	movzx	ecx, bh
+	test	cl, 32
+	mov	dword ptr [ebp - 24], esi
+	jne	segheap_LBB5_107
+	test	cl, 1
+	jne	segheap_LBB5_115
+	mov	ecx, dword ptr [ebp - 24]
+	cmp	dword ptr [ebp - 36], ecx
 	mov	ecx, edi
 	mov	edx, dword ptr [ebp - 28]
-	push	dword ptr [ebp + 12]
-	push	esi
-	jmp	segheap_LBB5_36
-segheap_LBB5_89:
-	mov	dword ptr [ebp - 52], 0
-	movzx	edx, word ptr [ecx + 20]
+	mov	esi, dword ptr [ebp + 8]
+	jne	segheap_LBB5_47
+	mov	eax, dword ptr [ebp - 32]
+	add	eax, dword ptr [ebp - 40]
+	jmp	segheap_LBB5_105
+segheap_LBB5_100:
 	mov	eax, edx
+segheap_LBB5_101:
+	mov	ecx, esi
+	mov	edx, dword ptr [ebp - 28]
+segheap_LBB5_102:
+	push	dword ptr [ebp + 12]
+	push	eax
+	jmp	segheap_LBB5_36
+segheap_LBB5_103:
+	shl	ecx, 12
+	mov	edx, dword ptr [ebp - 28]
+	add	ecx, edx
+	cmp	dword ptr [ebp - 36], ecx
+	mov	ecx, edi
+	jne	segheap_LBB5_47
+	mov	eax, esi
+	add	eax, dword ptr [ebp - 40]
+	mov	esi, dword ptr [ebp + 8]
+segheap_LBB5_105:
+	mov	ecx, esi
+	jmp	segheap_LBB5_102
+segheap_LBB5_106:
+	mov	eax, -2147483622
+	jmp	segheap_LBB5_45
+segheap_LBB5_107:
+	mov	dword ptr [ebp - 60], 0
+	movzx	ecx, word ptr [esi + 20]
+	mov	eax, ecx
 	and	eax, 32767
-	xor	ax, word ptr [ecx + 22]
+	xor	ax, word ptr [esi + 22]
 	movzx	eax, ax
 	cmp	eax, 44013
 	mov	eax, -1073741811
-	jne	segheap_LBB5_33
-	mov	ecx, edi
-	shl	ecx, 12
-	shl	edx, 3
-	cmp	edx, ecx
-	jne	segheap_LBB5_33
-	mov	edi, dword ptr [ebp - 32]
-	add	edi, -8
-	mov	esi, dword ptr [ebp - 24]
-	lea	edx, [esi + 24]
-	cmp	edi, edx
-	jb	segheap_LBB5_33
-	mov	edx, edi
-	add	ecx, esi
-	cmp	edi, ecx
-	setb	cl
-	test	dl, 7
-	mov	edi, esi
+	jne	segheap_LBB5_124
+	shl	edx, 12
+	shl	ecx, 3
+	cmp	ecx, edx
+	jne	segheap_LBB5_124
 	mov	esi, edx
-	sete	dl
-	and	dl, cl
-	cmp	dl, 1
-	jne	segheap_LBB5_33
-	mov	eax, esi
-	mov	esi, dword ptr [esi]
-	mov	edx, edi
+	mov	edx, dword ptr [ebp - 36]
+	add	edx, -8
+	mov	ecx, dword ptr [ebp - 24]
+	add	ecx, 24
+	cmp	edx, ecx
+	jb	segheap_LBB5_124
+	add	esi, dword ptr [ebp - 24]
+	cmp	edx, esi
+	setb	al
+	mov	dword ptr [ebp - 36], edx
+	test	dl, 7
+	sete	cl
+	and	cl, al
+	cmp	cl, 1
+	jne	segheap_LBB5_122
+	mov	edi, dword ptr [ebp - 36]
+	mov	esi, dword ptr [edi]
 	mov	ecx, dword ptr [ebp + 8]
 	xor	esi, dword ptr [ecx + 144]
-	xor	esi, eax
-	mov	edi, esi
-	shr	edi, 31
-	push	edi
-	mov	edi, eax
+	xor	esi, edi
+	mov	eax, esi
+	shr	eax, 31
+	mov	edx, dword ptr [ebp - 24]
 	push	eax
+	push	edi
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB5_111
+	je	segheap_LBB5_122
 	and	esi, 65534
-	lea	eax, [edi + 4*esi]
-	lea	esi, [ebp - 52]
+	mov	eax, dword ptr [ebp - 36]
+	lea	eax, [eax + 4*esi]
+	lea	esi, [ebp - 60]
 	mov	ecx, dword ptr [ebp + 8]
 	mov	edx, dword ptr [ebp - 24]
 	push	esi
@@ -1059,11 +1134,12 @@ segheap_LBB5_89:
 	call	vs_next_visible
 	add	esp, 8
 	mov	edx, eax
-	cmp	dword ptr [ebp - 52], 0
+	cmp	dword ptr [ebp - 60], 0
 	mov	eax, -1073741811
-	jne	segheap_LBB5_33
+	mov	edi, dword ptr [ebp - 16]
+	jne	segheap_LBB5_124
 	test	edx, edx
-	je	segheap_LBB5_113
+	je	segheap_LBB5_126
 	movzx	eax, bl
 	mov	ecx, dword ptr [ebp + 8]
 	push	dword ptr [ebp + 12]
@@ -1071,43 +1147,44 @@ segheap_LBB5_89:
 	call	walk_vs_chunk
 	add	esp, 8
 	xor	eax, eax
-	jmp	segheap_LBB5_33
-segheap_LBB5_97:
-	mov	eax, edi
+	jmp	segheap_LBB5_123
+segheap_LBB5_115:
+	mov	ecx, dword ptr [ebp + 8]
 	mov	edi, dword ptr [ebp - 24]
 	mov	esi, edi
 	shr	esi, 12
 	xor	esi, dword ptr [edi + 24]
-	mov	ecx, dword ptr [ebp + 8]
 	xor	esi, dword ptr [ecx + 148]
-	shl	eax, 12
+	shl	edx, 12
+	mov	eax, edx
 	mov	edx, edi
 	push	eax
 	call	lfh_sub_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB5_103
-	mov	eax, dword ptr [ebp - 32]
-	sub	eax, edi
-	mov	ecx, esi
-	shr	ecx, 16
-	sub	eax, ecx
-	jb	segheap_LBB5_103
+	je	segheap_LBB5_121
+	mov	ecx, dword ptr [ebp - 36]
+	sub	ecx, edi
+	mov	eax, esi
+	shr	eax, 16
+	sub	ecx, eax
+	jb	segheap_LBB5_121
+	mov	eax, ecx
 	movzx	ecx, si
 	xor	edx, edx
 	div	ecx
 	test	edx, edx
-	jne	segheap_LBB5_103
+	jne	segheap_LBB5_121
 	mov	ecx, dword ptr [ebp - 24]
 	movzx	esi, word ptr [ecx + 18]
 	cmp	eax, esi
-	jae	segheap_LBB5_103
+	jae	segheap_LBB5_121
 	inc	eax
 	mov	ecx, dword ptr [ebp - 24]
 	mov	edx, eax
 	call	lfh_next_busy
 	cmp	eax, esi
-	jae	segheap_LBB5_112
+	jae	segheap_LBB5_125
 	movzx	esi, bl
 	mov	ebx, dword ptr [ebp + 8]
 	mov	ecx, ebx
@@ -1119,51 +1196,48 @@ segheap_LBB5_97:
 	add	esp, 12
 	xor	eax, eax
 	mov	ecx, ebx
-	jmp	segheap_LBB5_104
-segheap_LBB5_103:
+	jmp	segheap_LBB5_46
+segheap_LBB5_121:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	eax, -1073741811
-segheap_LBB5_104:
-	mov	ebx, dword ptr [ebp - 16]
-segheap_LBB5_105:
-	test	byte ptr [ebx + 12], 1
-	jne	segheap_LBB5_107
+segheap_LBB5_46:
+	mov	edi, dword ptr [ebp - 16]
+	jmp	segheap_LBB5_47
+segheap_LBB5_122:
+	mov	eax, -1073741811
+segheap_LBB5_123:
+	mov	edi, dword ptr [ebp - 16]
+segheap_LBB5_124:
+	mov	ecx, edi
+segheap_LBB5_47:
+	test	byte ptr [edi + 12], 1
+	jne	segheap_LBB5_49
 	dec	word ptr [ecx + 172]
-segheap_LBB5_107:
-	add	esp, 44
+segheap_LBB5_49:
+	add	esp, 52
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret	8
-segheap_LBB5_108:
-	mov	eax, -2147483622
-	jmp	segheap_LBB5_44
-segheap_LBB5_111:
-	mov	eax, -1073741811
-	jmp	segheap_LBB5_33
-segheap_LBB5_112:
-	mov	eax, dword ptr [ebp - 36]
-	add	eax, dword ptr [ebp - 40]
+segheap_LBB5_125:
 	mov	esi, dword ptr [ebp + 8]
 	mov	ecx, esi
 	mov	edx, dword ptr [ebp - 28]
 	push	dword ptr [ebp + 12]
-	push	eax
-	call	walk_from_unit
+	push	dword ptr [ebp - 32]
+	call	walk_after_range
 	add	esp, 8
 	mov	ecx, esi
-	jmp	segheap_LBB5_104
-segheap_LBB5_113:
-	mov	eax, dword ptr [ebp - 36]
-	add	eax, dword ptr [ebp - 40]
+	jmp	segheap_LBB5_46
+segheap_LBB5_126:
 	mov	ecx, dword ptr [ebp + 8]
 	mov	edx, dword ptr [ebp - 28]
 	push	dword ptr [ebp + 12]
-	push	eax
-	call	walk_from_unit
+	push	dword ptr [ebp - 32]
+	call	walk_after_range
 	add	esp, 8
-	jmp	segheap_LBB5_33
+	jmp	segheap_LBB5_123
 	.p2align	4
 RtlCreateHeap:
 	push	ebp
@@ -3039,7 +3113,7 @@ lookup_block:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 28
+	sub	esp, 36
 	mov	dword ptr [ebp - 24], ecx
 	mov	eax, dword ptr [ebp + 8]
 	mov	dword ptr [eax], 0
@@ -3055,7 +3129,7 @@ lookup_block:
 	je	segheap_LBB11_4
 segheap_LBB11_2:
 	mov	eax, ebx
-	add	esp, 28
+	add	esp, 36
 segheap_LBB11_3:
 	pop	esi
 	pop	edi
@@ -3068,7 +3142,7 @@ segheap_LBB11_4:
 	lea	ecx, [eax + 324]
 	mov	eax, dword ptr [eax + 324]
 	cmp	eax, ecx
-	je	segheap_LBB11_16
+	je	segheap_LBB11_18
 	mov	edx, dword ptr [ebp - 20]
 	and	edx, -1048576
 	mov	dword ptr [ebp - 16], edx
@@ -3077,17 +3151,17 @@ segheap_LBB11_4:
 	xor	edi, edi
 segheap_LBB11_6:
 	cmp	edi, esi
-	ja	segheap_LBB11_16
+	ja	segheap_LBB11_18
 	mov	edx, eax
 	and	edx, 1048575
-	jne	segheap_LBB11_16
+	jne	segheap_LBB11_18
 	cmp	eax, dword ptr [ebp - 16]
 	je	segheap_LBB11_10
 	inc	edi
 	mov	eax, dword ptr [eax]
 	cmp	eax, ecx
 	jne	segheap_LBB11_6
-	jmp	segheap_LBB11_16
+	jmp	segheap_LBB11_18
 segheap_LBB11_10:
 	mov	eax, dword ptr [ebp - 20]
 	shr	eax, 20
@@ -3097,48 +3171,49 @@ segheap_LBB11_10:
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [ecx + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB11_16
+	jne	segheap_LBB11_18
+	xor	ebx, ebx
 	mov	eax, dword ptr [ebp - 20]
 	test	eax, 1044480
-	je	segheap_LBB11_25
+	je	segheap_LBB11_2
 	shr	eax, 12
-	movzx	edi, al
+	movzx	ecx, al
+	mov	esi, ecx
+	shl	esi, 4
+	add	esi, dword ptr [ebp - 16]
+	movzx	edx, byte ptr [esi + 12]
+	test	dl, 8
+	jne	segheap_LBB11_27
+	movzx	edx, byte ptr [esi + 15]
+	test	edx, edx
+	je	segheap_LBB11_2
+	lea	eax, [ecx - 1]
+	cmp	eax, edx
+	jb	segheap_LBB11_2
+	mov	edi, ecx
+	sub	edi, edx
 	mov	esi, edi
 	shl	esi, 4
-	add	esi, dword ptr [ebp - 16]
-	movzx	ecx, byte ptr [esi + 12]
-	test	cl, 8
-	jne	segheap_LBB11_26
-	movzx	ecx, byte ptr [esi + 15]
-	test	ecx, ecx
-	je	segheap_LBB11_25
-	lea	eax, [edi - 1]
-	cmp	eax, ecx
-	jb	segheap_LBB11_25
-	mov	edx, edi
-	sub	edx, ecx
-	mov	esi, edx
-	shl	esi, 4
 	mov	eax, dword ptr [ebp - 16]
-	movzx	ecx, byte ptr [eax + esi + 12]
-	test	cl, 8
-	je	segheap_LBB11_25
-	cmp	edx, 255
-	ja	segheap_LBB11_25
+	movzx	edx, byte ptr [eax + esi + 12]
+	test	dl, 8
+	je	segheap_LBB11_2
+	cmp	edi, 255
+	ja	segheap_LBB11_2
 	add	esi, dword ptr [ebp - 16]
 	movzx	eax, byte ptr [esi + 15]
-	add	eax, edx
-	cmp	eax, edi
-	ja	segheap_LBB11_27
-	jmp	segheap_LBB11_25
-segheap_LBB11_16:
+	add	eax, edi
+	cmp	eax, ecx
+	ja	segheap_LBB11_28
+	jmp	segheap_LBB11_2
+segheap_LBB11_18:
 	mov	eax, dword ptr [ebp - 24]
 	mov	edi, dword ptr [eax + 68]
 	test	edi, edi
 	je	segheap_LBB11_2
 	xor	ebx, ebx
 	xor	esi, esi
-segheap_LBB11_18:
+segheap_LBB11_20:
 	cmp	esi, 63
 	ja	segheap_LBB11_2
 	mov	eax, edi
@@ -3155,51 +3230,62 @@ segheap_LBB11_18:
 	shl	eax, 16
 	mov	ecx, dword ptr [ebp - 20]
 	cmp	ecx, eax
-	je	segheap_LBB11_23
+	je	segheap_LBB11_25
 	seta	al
 	movzx	eax, al
 	mov	edi, dword ptr [edi + 4*eax]
 	inc	esi
 	test	edi, edi
-	jne	segheap_LBB11_18
+	jne	segheap_LBB11_20
 	jmp	segheap_LBB11_2
-segheap_LBB11_23:
+segheap_LBB11_25:
 	mov	eax, dword ptr [ebp + 8]
 	mov	dword ptr [eax + 20], edi
 	mov	dword ptr [eax], 4
 	mov	dword ptr [eax + 12], ecx
-segheap_LBB11_24:
+segheap_LBB11_26:
 	mov	ebx, 1
 	jmp	segheap_LBB11_2
-segheap_LBB11_26:
-	mov	edx, edi
 segheap_LBB11_27:
-	test	cl, 4
-	je	segheap_LBB11_25
-	mov	esi, edx
-	shl	esi, 4
+	mov	edi, ecx
+segheap_LBB11_28:
+	test	dl, 4
+	je	segheap_LBB11_2
+	mov	ecx, edi
+	shl	ecx, 4
 	mov	eax, dword ptr [ebp - 16]
-	lea	ecx, [eax + esi]
-	cmp	dword ptr [ecx], -857879331
-	jne	segheap_LBB11_25
-	movzx	eax, byte ptr [ecx + 15]
-	mov	dword ptr [ebp - 28], eax
+	mov	dword ptr [ebp - 32], ecx
+	lea	esi, [eax + ecx]
+	movzx	eax, byte ptr [esi + 15]
+	cmp	eax, 17
+	setae	cl
+	test	dl, 33
+	setne	dl
+	cmp	dword ptr [esi], -857879331
+	jne	segheap_LBB11_2
+	and	dl, cl
+	movzx	edx, dl
+	mov	ecx, eax
+	mov	dword ptr [ebp - 48], edx
+	sub	ecx, edx
+	mov	dword ptr [ebp - 28], ecx
 	test	eax, eax
+	mov	ecx, 0
+	mov	dword ptr [ebp - 40], edi
+	mov	dword ptr [ebp - 36], esi
 	je	segheap_LBB11_38
-	mov	dword ptr [ebp - 36], ecx
-	mov	dword ptr [ebp - 40], edx
-	mov	eax, dword ptr [ebp - 28]
 	mov	ecx, eax
 	and	ecx, 3
 	xor	edx, edx
 	cmp	al, 4
 	mov	edi, 0
 	jb	segheap_LBB11_35
-	mov	ebx, dword ptr [ebp - 28]
+	mov	dword ptr [ebp - 44], eax
+	mov	ebx, eax
 	and	ebx, -4
 	mov	eax, dword ptr [ebp - 16]
-	mov	dword ptr [ebp - 32], esi
-	lea	esi, [esi + eax + 60]
+	mov	edx, dword ptr [ebp - 32]
+	lea	esi, [edx + eax + 60]
 	xor	edx, edx
 	xor	edi, edi
 segheap_LBB11_33:
@@ -3218,13 +3304,15 @@ segheap_LBB11_33:
 	cmp	ebx, edi
 	jne	segheap_LBB11_33
 	test	ecx, ecx
-	mov	esi, dword ptr [ebp - 32]
+	mov	eax, dword ptr [ebp - 44]
 	je	segheap_LBB11_37
 segheap_LBB11_35:
 	shl	edi, 4
-	add	esi, edi
+	add	edi, dword ptr [ebp - 32]
+	mov	ebx, eax
 	mov	eax, dword ptr [ebp - 16]
-	lea	esi, [eax + esi + 12]
+	lea	esi, [eax + edi + 12]
+	mov	eax, ebx
 segheap_LBB11_36:
 	bt	dword ptr [esi], 1
 	adc	dl, 0
@@ -3232,35 +3320,98 @@ segheap_LBB11_36:
 	dec	ecx
 	jne	segheap_LBB11_36
 segheap_LBB11_37:
-	xor	ebx, ebx
-	cmp	dl, byte ptr [ebp - 28]
-	mov	edx, dword ptr [ebp - 40]
-	mov	ecx, dword ptr [ebp - 36]
-	jne	segheap_LBB11_2
+	movzx	ecx, dl
+	mov	edi, dword ptr [ebp - 40]
+	mov	esi, dword ptr [ebp - 36]
 segheap_LBB11_38:
-	shl	edx, 12
+	cmp	dword ptr [ebp - 28], ecx
+	jne	segheap_LBB11_51
+	cmp	dword ptr [ebp - 28], 0
+	je	segheap_LBB11_47
+	mov	ecx, dword ptr [ebp - 48]
+	neg	ecx
+	lea	eax, [ecx + eax - 1]
+	mov	ecx, dword ptr [ebp - 28]
+	and	ecx, 3
+	xor	edx, edx
+	cmp	eax, 3
+	mov	edi, 0
+	jb	segheap_LBB11_44
+	mov	ebx, dword ptr [ebp - 28]
+	and	ebx, -4
 	mov	eax, dword ptr [ebp - 16]
-	add	edx, eax
-	mov	esi, dword ptr [ebp + 8]
-	mov	dword ptr [esi + 4], eax
-	mov	dword ptr [esi + 8], ecx
-	movzx	eax, byte ptr [ecx + 12]
+	mov	edx, dword ptr [ebp - 32]
+	lea	esi, [edx + eax + 60]
+	xor	edx, edx
+	xor	edi, edi
+segheap_LBB11_42:
+	movzx	eax, byte ptr [esi - 48]
+	shr	al
+	and	al, 1
+	bt	dword ptr [esi - 32], 1
+	adc	al, dl
+	movzx	edx, byte ptr [esi - 16]
+	shr	dl
+	and	dl, 1
+	bt	dword ptr [esi], 1
+	adc	dl, al
+	add	edi, 4
+	add	esi, 64
+	cmp	ebx, edi
+	jne	segheap_LBB11_42
+	test	ecx, ecx
+	je	segheap_LBB11_46
+segheap_LBB11_44:
+	shl	edi, 4
+	mov	esi, dword ptr [ebp - 32]
+	add	esi, edi
+	mov	eax, dword ptr [ebp - 16]
+	lea	esi, [eax + esi + 12]
+segheap_LBB11_45:
+	bt	dword ptr [esi], 1
+	adc	dl, 0
+	add	esi, 16
+	dec	ecx
+	jne	segheap_LBB11_45
+segheap_LBB11_46:
+	movzx	eax, dl
+	xor	ebx, ebx
+	cmp	dword ptr [ebp - 28], eax
+	mov	edi, dword ptr [ebp - 40]
+	mov	esi, dword ptr [ebp - 36]
+	jne	segheap_LBB11_2
+segheap_LBB11_47:
+	shl	edi, 12
+	mov	eax, dword ptr [ebp - 16]
+	add	edi, eax
+	mov	edx, edi
+	mov	edi, dword ptr [ebp + 8]
+	mov	dword ptr [edi + 4], eax
+	mov	dword ptr [edi + 8], esi
+	movzx	eax, byte ptr [esi + 12]
 	test	al, 32
-	jne	segheap_LBB11_49
-	test	al, 1
 	jne	segheap_LBB11_52
+	test	al, 1
+	jne	segheap_LBB11_55
 	cmp	dword ptr [ebp - 20], edx
-	je	segheap_LBB11_54
-segheap_LBB11_25:
+	je	segheap_LBB11_56
+segheap_LBB11_51:
 	xor	ebx, ebx
 	jmp	segheap_LBB11_2
-segheap_LBB11_49:
-	movzx	eax, byte ptr [ecx + 15]
-	shl	eax, 12
+segheap_LBB11_52:
+	movzx	esi, byte ptr [esi + 15]
+	cmp	esi, 17
+	setae	cl
+	test	al, 33
+	setne	al
+	and	al, cl
+	movzx	eax, al
+	sub	esi, eax
+	shl	esi, 12
 	mov	ecx, dword ptr [ebp - 24]
-	push	esi
+	push	edi
 	push	dword ptr [ebp - 20]
-	push	eax
+	push	esi
 	call	lookup_vs
 	add	esp, 12
 	test	eax, eax
@@ -3275,26 +3426,33 @@ segheap_LBB11_49:
 	test	byte ptr [eax + 5], 2
 	sete	bl
 	jmp	segheap_LBB11_2
-segheap_LBB11_52:
-	movzx	eax, byte ptr [ecx + 15]
-	shl	eax, 12
+segheap_LBB11_55:
+	movzx	esi, byte ptr [esi + 15]
+	cmp	esi, 17
+	setae	cl
+	test	al, 33
+	setne	al
+	and	al, cl
+	movzx	eax, al
+	sub	esi, eax
+	shl	esi, 12
 	mov	ecx, dword ptr [ebp - 24]
-	push	esi
+	push	edi
 	push	dword ptr [ebp - 20]
-	push	eax
+	push	esi
 	call	lookup_lfh
-	add	esp, 40
+	add	esp, 48
 	jmp	segheap_LBB11_3
-segheap_LBB11_54:
-	movzx	eax, byte ptr [ecx + 15]
+segheap_LBB11_56:
+	movzx	eax, byte ptr [esi + 15]
 	shl	eax, 12
-	cmp	dword ptr [ecx + 4], eax
+	cmp	dword ptr [esi + 4], eax
 	mov	ebx, 0
 	jae	segheap_LBB11_2
 	mov	eax, dword ptr [ebp + 8]
 	mov	dword ptr [eax], 1
 	mov	dword ptr [eax + 12], edx
-	jmp	segheap_LBB11_24
+	jmp	segheap_LBB11_26
 	.p2align	4
 free_block:
 	push	ebp
@@ -4697,7 +4855,7 @@ RtlValidateHeap:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 108
+	sub	esp, 116
 	mov	esi, dword ptr [ebp + 8]
 	test	esi, esi
 	sete	cl
@@ -4705,11 +4863,11 @@ RtlValidateHeap:
 	setne	dl
 	xor	eax, eax
 	or	dl, cl
-	jne	segheap_LBB16_83
+	jne	segheap_LBB16_153
 	cmp	dword ptr [esi + 8], -571548178
-	jne	segheap_LBB16_83
+	jne	segheap_LBB16_153
 	cmp	dword ptr [esi + 292], esi
-	jne	segheap_LBB16_83
+	jne	segheap_LBB16_153
 	mov	edi, dword ptr [ebp + 16]
 	mov	ebx, dword ptr [ebp + 12]
 	or	ebx, dword ptr [esi + 12]
@@ -4719,7 +4877,7 @@ RtlValidateHeap:
 segheap_LBB16_5:
 	test	edi, edi
 	je	segheap_LBB16_15
-	lea	eax, [ebp - 92]
+	lea	eax, [ebp - 100]
 	mov	ecx, esi
 	mov	edx, edi
 	push	0
@@ -4729,62 +4887,63 @@ segheap_LBB16_5:
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	je	segheap_LBB16_81
-	lea	eax, [ebp - 120]
-	lea	edx, [ebp - 92]
+	je	segheap_LBB16_151
+	lea	eax, [ebp - 128]
+	lea	edx, [ebp - 100]
 	mov	ecx, esi
 	push	eax
 	call	block_request
 	add	esp, 4
-	mov	ecx, dword ptr [ebp - 92]
+	mov	ecx, dword ptr [ebp - 100]
 	and	ecx, -2
 	cmp	ecx, 2
-	jne	segheap_LBB16_78
+	jne	segheap_LBB16_95
 	add	eax, edi
-	mov	ecx, dword ptr [ebp - 120]
+	mov	ecx, dword ptr [ebp - 128]
 	cmp	eax, ecx
-	je	segheap_LBB16_78
+	je	segheap_LBB16_95
 	mov	dword ptr [ebp - 16], ebx
-	movsx	edx, byte ptr [ecx - 1]
-	test	edx, edx
-	mov	ebx, edx
+	movsx	ebx, byte ptr [ecx - 1]
+	test	ebx, ebx
+	mov	edx, ebx
 	jns	segheap_LBB16_11
-	movzx	ebx, word ptr [ecx - 2]
-	and	ebx, 32767
+	movzx	edx, word ptr [ecx - 2]
+	and	edx, 32767
 segheap_LBB16_11:
 	sub	ecx, edi
-	lea	eax, [ebx - 1]
+	lea	eax, [edx - 1]
 	cmp	eax, ecx
 	mov	eax, 0
-	jae	segheap_LBB16_80
-	test	dl, dl
-	jns	segheap_LBB16_84
-	cmp	ebx, 128
-	jb	segheap_LBB16_80
-segheap_LBB16_84:
-	shr	dl, 7
-	movzx	edx, dl
-	not	edx
-	mov	dword ptr [ebp - 20], ebx
-	lea	ebx, [edx + ecx]
-	mov	dword ptr [ebp - 24], ebx
-	mov	ebx, dword ptr [ebp - 20]
-	sub	ecx, ebx
+	jae	segheap_LBB16_150
+	test	bl, bl
+	jns	segheap_LBB16_96
+	cmp	edx, 128
+	jb	segheap_LBB16_150
+segheap_LBB16_96:
+	shr	bl, 7
+	movzx	ebx, bl
+	not	ebx
+	mov	dword ptr [ebp - 36], edx
+	lea	edx, [ebx + ecx]
+	mov	dword ptr [ebp - 24], edx
+	mov	edx, dword ptr [ebp - 36]
+	sub	ecx, edx
 	cmp	ecx, dword ptr [ebp - 24]
-	jae	segheap_LBB16_89
-	add	edx, ebx
+	jae	segheap_LBB16_100
+	add	ebx, edx
 	add	edi, ecx
-	mov	ebx, dword ptr [ebp - 16]
-segheap_LBB16_86:
+segheap_LBB16_98:
 	cmp	byte ptr [edi], -85
-	jne	segheap_LBB16_81
+	jne	segheap_LBB16_150
 	inc	edi
-	dec	edx
-	jne	segheap_LBB16_86
-segheap_LBB16_78:
+	dec	ebx
+	jne	segheap_LBB16_98
+segheap_LBB16_100:
 	mov	eax, 1
-	jmp	segheap_LBB16_81
+	jmp	segheap_LBB16_150
 segheap_LBB16_15:
+	mov	dword ptr [ebp - 100], 0
+	mov	dword ptr [ebp - 96], 0
 	mov	dword ptr [ebp - 92], 0
 	mov	dword ptr [ebp - 88], 0
 	mov	dword ptr [ebp - 84], 0
@@ -4793,377 +4952,502 @@ segheap_LBB16_15:
 	mov	dword ptr [ebp - 72], 0
 	mov	dword ptr [ebp - 68], 0
 	mov	dword ptr [ebp - 64], 0
-	mov	dword ptr [ebp - 60], 0
-	mov	dword ptr [ebp - 56], 0
 	mov	ecx, dword ptr [esi + 184]
 	lea	edx, [esi + 1408]
 	xor	eax, eax
 	cmp	ecx, edx
-	jb	segheap_LBB16_81
+	jb	segheap_LBB16_151
 	mov	edx, dword ptr [esi + 188]
 	cmp	ecx, edx
-	ja	segheap_LBB16_81
+	ja	segheap_LBB16_151
 	cmp	edx, dword ptr [esi + 192]
-	ja	segheap_LBB16_81
+	ja	segheap_LBB16_151
 	lea	ecx, [esi + 452]
 	cmp	dword ptr [esi + 452], ecx
-	jne	segheap_LBB16_81
+	jne	segheap_LBB16_151
 	lea	ecx, [esi + 324]
 	mov	eax, dword ptr [esi + 324]
 	xor	edi, edi
 	cmp	eax, ecx
-	je	segheap_LBB16_90
+	je	segheap_LBB16_101
 segheap_LBB16_20:
 	test	eax, 1048575
-	jne	segheap_LBB16_119
+	jne	segheap_LBB16_129
 	inc	edi
 	cmp	edi, dword ptr [esi + 332]
-	ja	segheap_LBB16_119
+	ja	segheap_LBB16_129
 	mov	edx, eax
 	cmp	dword ptr [eax + 4], ecx
-	jne	segheap_LBB16_119
+	jne	segheap_LBB16_129
 	mov	eax, edx
 	shr	eax, 20
 	or	eax, esi
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [esi + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB16_119
+	jne	segheap_LBB16_129
 	cmp	byte ptr [edx + 12], 14
-	jne	segheap_LBB16_119
-	mov	dword ptr [ebp - 16], ebx
+	jne	segheap_LBB16_129
 	cmp	byte ptr [edx + 15], 1
-	jne	segheap_LBB16_137
-	inc	dword ptr [ebp - 84]
-	add	dword ptr [ebp - 80], 256
+	jne	segheap_LBB16_129
+	mov	dword ptr [ebp - 120], edi
+	inc	dword ptr [ebp - 92]
+	add	dword ptr [ebp - 88], 256
 	lea	eax, [edx + 31]
-	mov	dword ptr [ebp - 116], eax
+	mov	dword ptr [ebp - 124], eax
+	lea	eax, [edx + 60]
+	mov	dword ptr [ebp - 108], eax
+	lea	eax, [edx + 12]
+	mov	dword ptr [ebp - 112], eax
 	mov	ecx, 1
 	xor	eax, eax
-	mov	dword ptr [ebp - 44], edi
-	mov	dword ptr [ebp - 52], edx
+	mov	dword ptr [ebp - 16], ebx
+	mov	dword ptr [ebp - 40], edx
 segheap_LBB16_27:
-	mov	dword ptr [ebp - 40], ecx
-	shl	ecx, 4
-	movzx	ebx, byte ptr [edx + ecx + 12]
-	mov	byte ptr [ebp - 32], bl
-	test	byte ptr [ebp - 32], 8
-	je	segheap_LBB16_137
-	mov	dword ptr [ebp - 28], ecx
-	movzx	ecx, byte ptr [edx + ecx + 15]
+	mov	dword ptr [ebp - 44], ecx
+	mov	edi, ecx
+	shl	edi, 4
+	movzx	ecx, byte ptr [edx + edi + 12]
+	mov	byte ptr [ebp - 20], cl
+	test	cl, 8
+	je	segheap_LBB16_129
+	mov	dword ptr [ebp - 28], edi
+	movzx	ecx, byte ptr [edx + edi + 15]
 	test	cl, cl
-	je	segheap_LBB16_137
-	movzx	edx, cl
-	mov	ecx, 256
-	sub	ecx, dword ptr [ebp - 40]
-	mov	dword ptr [ebp - 24], edx
-	cmp	ecx, edx
-	mov	ebx, dword ptr [ebp - 16]
-	jb	segheap_LBB16_119
-	movzx	ecx, byte ptr [ebp - 32]
-	mov	ch, cl
-	and	ch, -11
-	movzx	edx, ch
-	mov	dword ptr [ebp - 20], edx
-	test	cl, -15
-	je	segheap_LBB16_33
-	cmp	ch, 36
-	je	segheap_LBB16_33
-	cmp	dword ptr [ebp - 20], 5
-	jne	segheap_LBB16_119
-segheap_LBB16_33:
-	mov	byte ptr [ebp - 36], ch
-	movzx	ecx, byte ptr [ebp - 32]
-	shr	cl
-	and	cl, 1
+	je	segheap_LBB16_129
 	movzx	edi, cl
-	cmp	dword ptr [ebp - 24], 1
+	mov	ecx, 256
+	sub	ecx, dword ptr [ebp - 44]
+	cmp	ecx, edi
+	jb	segheap_LBB16_129
+	mov	ecx, edi
+	movzx	edx, byte ptr [ebp - 20]
+	mov	dh, dl
+	and	dh, -11
+	movzx	edi, dh
+	mov	dword ptr [ebp - 52], edi
+	test	dl, -15
+	je	segheap_LBB16_33
+	cmp	dh, 36
+	je	segheap_LBB16_33
+	cmp	dword ptr [ebp - 52], 5
+	jne	segheap_LBB16_129
+segheap_LBB16_33:
+	mov	byte ptr [ebp - 24], dh
+	movzx	edx, byte ptr [ebp - 20]
+	shr	dl
+	and	dl, 1
+	movzx	edi, dl
+	mov	dword ptr [ebp - 36], ecx
+	cmp	ecx, 1
 	je	segheap_LBB16_38
-	mov	ecx, dword ptr [ebp - 116]
+	mov	ecx, dword ptr [ebp - 124]
 	mov	edx, dword ptr [ebp - 28]
 	add	edx, ecx
-	mov	ecx, 1
+	mov	ebx, 1
 segheap_LBB16_35:
-	movzx	ebx, byte ptr [edx - 3]
-	bt	ebx, 1
+	movzx	ecx, byte ptr [edx - 3]
+	bt	ecx, 1
 	adc	edi, 0
-	and	ebx, -3
-	cmp	ebx, dword ptr [ebp - 20]
-	jne	segheap_LBB16_137
-	movzx	ebx, byte ptr [edx]
-	cmp	ecx, ebx
-	jne	segheap_LBB16_137
-	inc	ecx
+	and	ecx, -3
+	cmp	ecx, dword ptr [ebp - 52]
+	jne	segheap_LBB16_149
+	movzx	ecx, byte ptr [edx]
+	cmp	ebx, ecx
+	jne	segheap_LBB16_149
+	inc	ebx
 	add	edx, 16
-	cmp	dword ptr [ebp - 24], ecx
+	cmp	dword ptr [ebp - 36], ebx
 	jne	segheap_LBB16_35
 segheap_LBB16_38:
-	add	dword ptr [ebp - 84], edi
-	mov	edx, dword ptr [ebp - 52]
+	add	dword ptr [ebp - 92], edi
 	mov	ecx, dword ptr [ebp - 28]
-	add	ecx, edx
-	mov	dword ptr [ebp - 28], ecx
-	movzx	ecx, byte ptr [ecx + 13]
+	mov	edx, dword ptr [ebp - 40]
+	add	edx, ecx
+	movzx	ecx, byte ptr [edx + 13]
 	cmp	edi, ecx
-	jne	segheap_LBB16_137
-	cmp	byte ptr [ebp - 36], 0
+	jne	segheap_LBB16_149
+	cmp	byte ptr [ebp - 24], 0
 	mov	ebx, dword ptr [ebp - 16]
-	mov	ecx, dword ptr [ebp - 40]
-	je	segheap_LBB16_45
-	mov	eax, dword ptr [ebp - 24]
-	cmp	edi, eax
-	jne	segheap_LBB16_119
-	mov	edi, edx
-	mov	edx, dword ptr [ebp - 28]
+	mov	ecx, dword ptr [ebp - 44]
+	je	segheap_LBB16_59
+	test	byte ptr [ebp - 20], 33
+	setne	byte ptr [ebp - 32]
+	mov	eax, dword ptr [ebp - 36]
+	cmp	al, 17
+	setae	byte ptr [ebp - 48]
+	mov	dword ptr [ebp - 56], edx
 	cmp	dword ptr [edx], -857879331
-	jne	segheap_LBB16_119
-	mov	edx, ecx
-	shl	edx, 12
-	add	edx, edi
-	cmp	byte ptr [ebp - 32], 32
-	jae	segheap_LBB16_47
-	test	byte ptr [ebp - 20], 1
-	jne	segheap_LBB16_73
+	jne	segheap_LBB16_129
+	mov	edi, eax
+	and	edi, 3
 	mov	ecx, eax
+	dec	cl
+	xor	eax, eax
+	cmp	cl, 3
+	mov	ecx, 0
+	jb	segheap_LBB16_45
+	mov	eax, dword ptr [ebp - 36]
+	and	eax, -4
+	mov	dword ptr [ebp - 24], eax
+	mov	eax, dword ptr [ebp - 108]
+	mov	ecx, dword ptr [ebp - 28]
+	lea	edx, [eax + ecx]
+	xor	eax, eax
+	xor	ecx, ecx
+segheap_LBB16_43:
+	movzx	ebx, byte ptr [edx - 48]
+	shr	bl
+	and	bl, 1
+	bt	dword ptr [edx - 32], 1
+	adc	bl, al
+	movzx	eax, byte ptr [edx - 16]
+	shr	al
+	and	al, 1
+	bt	dword ptr [edx], 1
+	adc	al, bl
+	add	ecx, 4
+	add	edx, 64
+	cmp	dword ptr [ebp - 24], ecx
+	jne	segheap_LBB16_43
+	test	edi, edi
+	mov	ebx, dword ptr [ebp - 16]
+	je	segheap_LBB16_47
+segheap_LBB16_45:
+	shl	ecx, 4
+	mov	edx, dword ptr [ebp - 112]
+	mov	ebx, dword ptr [ebp - 28]
+	add	edx, ebx
+	mov	ebx, dword ptr [ebp - 16]
+	add	ecx, edx
+segheap_LBB16_46:
+	bt	dword ptr [ecx], 1
+	adc	al, 0
+	add	ecx, 16
+	dec	edi
+	jne	segheap_LBB16_46
+segheap_LBB16_47:
+	movzx	ecx, byte ptr [ebp - 48]
+	and	cl, byte ptr [ebp - 32]
+	movzx	edx, cl
+	mov	edi, dword ptr [ebp - 36]
+	sub	edi, edx
+	movzx	ecx, al
+	xor	eax, eax
+	cmp	edi, ecx
+	jne	segheap_LBB16_151
+	mov	ecx, edi
+	test	edi, edi
+	mov	dword ptr [ebp - 32], edi
+	je	segheap_LBB16_56
+	not	edx
+	add	edx, dword ptr [ebp - 36]
+	mov	edi, ecx
+	and	edi, 3
+	xor	ecx, ecx
+	cmp	edx, 3
+	mov	dword ptr [ebp - 24], 0
+	mov	edx, dword ptr [ebp - 28]
+	jb	segheap_LBB16_53
+	mov	dword ptr [ebp - 48], edi
+	mov	edi, dword ptr [ebp - 32]
+	and	edi, -4
+	mov	ecx, dword ptr [ebp - 108]
+	lea	ebx, [ecx + edx]
+	xor	ecx, ecx
+	mov	dword ptr [ebp - 24], 0
+segheap_LBB16_51:
+	movzx	edx, byte ptr [ebx - 48]
+	shr	dl
+	and	dl, 1
+	bt	dword ptr [ebx - 32], 1
+	adc	dl, cl
+	movzx	ecx, byte ptr [ebx - 16]
+	shr	cl
+	and	cl, 1
+	bt	dword ptr [ebx], 1
+	adc	cl, dl
+	mov	edx, dword ptr [ebp - 24]
+	add	edx, 4
+	add	ebx, 64
+	mov	dword ptr [ebp - 24], edx
+	cmp	edi, edx
+	jne	segheap_LBB16_51
+	mov	edi, dword ptr [ebp - 48]
+	test	edi, edi
+	mov	ebx, dword ptr [ebp - 16]
+	mov	edx, dword ptr [ebp - 28]
+	je	segheap_LBB16_55
+segheap_LBB16_53:
+	shl	dword ptr [ebp - 24], 4
+	add	edx, dword ptr [ebp - 112]
+	add	edx, dword ptr [ebp - 24]
+segheap_LBB16_54:
+	bt	dword ptr [edx], 1
+	adc	cl, 0
+	add	edx, 16
+	dec	edi
+	jne	segheap_LBB16_54
+segheap_LBB16_55:
+	movzx	ecx, cl
+	mov	edx, dword ptr [ebp - 32]
+	cmp	edx, ecx
+	mov	ecx, edx
+	jne	segheap_LBB16_129
+segheap_LBB16_56:
+	mov	edx, dword ptr [ebp - 44]
+	shl	edx, 12
+	add	edx, dword ptr [ebp - 40]
+	cmp	byte ptr [ebp - 20], 32
+	jae	segheap_LBB16_61
+	test	byte ptr [ebp - 52], 1
+	jne	segheap_LBB16_88
+	mov	ecx, dword ptr [ebp - 36]
 	shl	ecx, 12
 	xor	eax, eax
-	mov	edx, dword ptr [ebp - 28]
+	mov	edx, dword ptr [ebp - 56]
 	cmp	dword ptr [edx + 4], ecx
-	mov	ecx, dword ptr [ebp - 40]
-	mov	edx, edi
-	mov	edi, dword ptr [ebp - 44]
-	jb	segheap_LBB16_76
-	jmp	segheap_LBB16_81
-segheap_LBB16_45:
+	mov	ecx, dword ptr [ebp - 44]
+	mov	edx, dword ptr [ebp - 40]
+	jb	segheap_LBB16_91
+	jmp	segheap_LBB16_151
+segheap_LBB16_59:
 	test	eax, eax
-	jne	segheap_LBB16_119
-	inc	dword ptr [ebp - 92]
-	add	dword ptr [ebp - 88], edi
+	jne	segheap_LBB16_129
+	inc	dword ptr [ebp - 100]
+	add	dword ptr [ebp - 96], edi
 	mov	eax, 1
-	mov	edi, dword ptr [ebp - 44]
-	jmp	segheap_LBB16_76
-segheap_LBB16_47:
-	movzx	ecx, word ptr [edx + 20]
-	mov	eax, ecx
-	and	eax, 32767
-	xor	ax, word ptr [edx + 22]
-	movzx	eax, ax
-	cmp	eax, 44013
-	jne	segheap_LBB16_119
-	mov	dword ptr [ebp - 36], edx
-	mov	edx, dword ptr [ebp - 24]
-	mov	edi, edx
-	shl	edx, 12
-	mov	dword ptr [ebp - 108], ecx
-	lea	eax, [8*ecx]
-	mov	dword ptr [ebp - 32], edx
-	cmp	eax, edx
-	jne	segheap_LBB16_119
-	mov	edx, -1
+	mov	edx, dword ptr [ebp - 40]
+	jmp	segheap_LBB16_91
+segheap_LBB16_61:
+	movzx	edi, word ptr [edx + 20]
 	mov	ecx, edi
+	and	ecx, 32767
+	xor	cx, word ptr [edx + 22]
+	movzx	ecx, cx
+	cmp	ecx, 44013
+	jne	segheap_LBB16_151
+	mov	dword ptr [ebp - 52], edx
+	mov	edx, dword ptr [ebp - 32]
+	shl	edx, 12
+	mov	dword ptr [ebp - 48], edi
+	lea	ecx, [8*edi]
+	mov	dword ptr [ebp - 24], edx
+	cmp	ecx, edx
+	jne	segheap_LBB16_151
+	mov	edx, -1
+	mov	ecx, dword ptr [ebp - 32]
 	shl	edx, cl
 	xor	eax, eax
-	test	byte ptr [ebp - 24], 32
-	mov	edi, edx
-	cmovne	edi, eax
-	mov	ecx, -1
-	cmove	edx, ecx
-	cmp	byte ptr [ebp - 24], 64
+	test	byte ptr [ebp - 32], 32
+	mov	ecx, edx
+	cmovne	ecx, eax
+	mov	edi, -1
+	cmove	edx, edi
+	cmp	dword ptr [ebp - 32], 64
 	not	edx
-	not	edi
-	cmovae	edi, ecx
-	cmovae	edx, ecx
-	mov	ecx, dword ptr [ebp - 36]
-	xor	edx, dword ptr [ecx + 12]
-	xor	edi, dword ptr [ecx + 8]
-	or	edi, edx
-	jne	segheap_LBB16_81
-	mov	edi, dword ptr [ecx]
-	mov	edx, dword ptr [ecx + 4]
+	not	ecx
+	cmovae	ecx, edi
+	cmovae	edx, edi
+	mov	edi, dword ptr [ebp - 52]
+	xor	edx, dword ptr [edi + 12]
+	xor	ecx, dword ptr [edi + 8]
+	or	ecx, edx
+	jne	segheap_LBB16_151
+	mov	ecx, dword ptr [edi]
+	mov	dword ptr [ebp - 20], ecx
+	mov	edx, dword ptr [edi + 4]
 	lea	ecx, [esi + 528]
-	mov	dword ptr [ebp - 28], edi
-	cmp	edi, ecx
-	mov	dword ptr [ebp - 20], edx
-	je	segheap_LBB16_52
+	cmp	dword ptr [ebp - 20], ecx
+	mov	dword ptr [ebp - 28], edx
+	je	segheap_LBB16_66
 	mov	ecx, esi
-	mov	edi, dword ptr [ebp - 28]
-	mov	edx, edi
+	mov	edx, dword ptr [ebp - 20]
 	push	32
 	call	range_of_type
-	mov	edx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 28]
 	add	esp, 4
 	mov	ecx, eax
 	xor	eax, eax
-	cmp	ecx, edi
-	jne	segheap_LBB16_81
-segheap_LBB16_52:
+	cmp	ecx, dword ptr [ebp - 20]
+	jne	segheap_LBB16_151
+segheap_LBB16_66:
 	lea	ecx, [esi + 528]
 	cmp	edx, ecx
-	je	segheap_LBB16_54
+	je	segheap_LBB16_68
 	mov	ecx, esi
-	mov	edx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 28]
 	push	32
 	call	range_of_type
-	mov	edx, dword ptr [ebp - 20]
+	mov	edx, dword ptr [ebp - 28]
 	add	esp, 4
 	mov	ecx, eax
 	xor	eax, eax
 	cmp	ecx, edx
-	jne	segheap_LBB16_81
-segheap_LBB16_54:
-	mov	ecx, dword ptr [ebp - 28]
-	mov	edi, dword ptr [ebp - 36]
+	jne	segheap_LBB16_151
+segheap_LBB16_68:
+	mov	ecx, dword ptr [ebp - 20]
 	cmp	dword ptr [ecx + 4], edi
-	jne	segheap_LBB16_81
-	mov	ecx, edi
+	jne	segheap_LBB16_151
 	cmp	dword ptr [edx], edi
-	jne	segheap_LBB16_81
-	lea	edi, [ecx + 24]
-	add	dword ptr [ebp - 32], ecx
+	mov	ecx, dword ptr [ebp - 44]
+	jne	segheap_LBB16_151
+	mov	edx, edi
+	add	edi, 24
+	add	dword ptr [ebp - 24], edx
+	cmp	word ptr [ebp - 48], 4
+	jb	segheap_LBB16_89
 	mov	eax, dword ptr [esi + 144]
 	mov	dword ptr [ebp - 28], eax
+	mov	eax, dword ptr [ebp - 76]
+	mov	dword ptr [ebp - 56], eax
+	mov	eax, dword ptr [ebp - 72]
+	mov	dword ptr [ebp - 32], eax
 	mov	eax, dword ptr [ebp - 68]
-	mov	dword ptr [ebp - 100], eax
-	mov	eax, dword ptr [ebp - 64]
 	mov	dword ptr [ebp - 104], eax
-	mov	eax, dword ptr [ebp - 60]
-	mov	dword ptr [ebp - 96], eax
 	mov	dword ptr [ebp - 20], 0
-	jmp	segheap_LBB16_59
-segheap_LBB16_57:
-	bt	ebx, 9
-	adc	dword ptr [ebp - 96], 0
+	jmp	segheap_LBB16_74
+segheap_LBB16_72:
+	bt	ecx, 9
+	adc	dword ptr [ebp - 104], 0
 	mov	dword ptr [ebp - 20], 0
-segheap_LBB16_58:
+segheap_LBB16_73:
 	lea	edi, [edi + 8*eax]
-	cmp	edi, dword ptr [ebp - 32]
-	jae	segheap_LBB16_74
-segheap_LBB16_59:
+	cmp	edi, dword ptr [ebp - 24]
+	jae	segheap_LBB16_92
+segheap_LBB16_74:
 	mov	ebx, dword ptr [ebp - 28]
 	xor	ebx, edi
 	xor	ebx, dword ptr [edi]
 	mov	eax, ebx
 	shr	eax, 31
 	mov	ecx, esi
-	mov	edx, dword ptr [ebp - 36]
+	mov	edx, dword ptr [ebp - 52]
 	push	eax
 	push	edi
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB16_137
+	je	segheap_LBB16_149
 	mov	eax, ebx
 	shr	eax
 	and	eax, 32767
 	test	ebx, ebx
-	js	segheap_LBB16_63
+	js	segheap_LBB16_78
 	cmp	dword ptr [ebp - 20], 0
-	jne	segheap_LBB16_137
-	inc	dword ptr [ebp - 100]
-	add	dword ptr [ebp - 104], eax
+	jne	segheap_LBB16_149
+	inc	dword ptr [ebp - 56]
+	add	dword ptr [ebp - 32], eax
 	mov	dword ptr [ebp - 20], 1
-	jmp	segheap_LBB16_58
-segheap_LBB16_63:
-	mov	ebx, dword ptr [edi + 4]
-	test	ebx, 256
-	je	segheap_LBB16_57
-	mov	dword ptr [ebp - 112], ebx
+	jmp	segheap_LBB16_73
+segheap_LBB16_78:
+	mov	ecx, dword ptr [edi + 4]
+	test	ecx, 256
+	je	segheap_LBB16_72
+	mov	dword ptr [ebp - 116], ecx
 	lea	edx, [8*eax]
-	movsx	ecx, byte ptr [edi + 8*eax - 1]
-	test	ecx, ecx
-	mov	dword ptr [ebp - 48], ecx
-	jns	segheap_LBB16_66
-	movzx	ecx, word ptr [edi + edx - 2]
-	and	ecx, 32767
-segheap_LBB16_66:
-	lea	ebx, [edx - 8]
-	mov	dword ptr [ebp - 20], ecx
-	dec	ecx
-	cmp	ecx, ebx
-	jae	segheap_LBB16_137
-	mov	ecx, dword ptr [ebp - 48]
-	test	cl, cl
-	jns	segheap_LBB16_69
+	movsx	ebx, byte ptr [edi + 8*eax - 1]
+	test	ebx, ebx
+	mov	dword ptr [ebp - 60], ebx
+	jns	segheap_LBB16_81
+	movzx	ebx, word ptr [edi + edx - 2]
+	and	ebx, 32767
+segheap_LBB16_81:
+	lea	ecx, [edx - 8]
+	mov	dword ptr [ebp - 20], ebx
+	dec	ebx
+	cmp	ebx, ecx
+	jae	segheap_LBB16_149
+	mov	ebx, dword ptr [ebp - 60]
+	test	bl, bl
+	jns	segheap_LBB16_84
 	cmp	dword ptr [ebp - 20], 128
-	jb	segheap_LBB16_137
-segheap_LBB16_69:
-	shr	cl, 7
-	movzx	ecx, cl
-	not	ecx
-	lea	ebx, [edx - 8]
-	add	ebx, ecx
-	mov	dword ptr [ebp - 48], ebx
-	lea	ebx, [edx - 8]
-	sub	ebx, dword ptr [ebp - 20]
-	cmp	ebx, dword ptr [ebp - 48]
-	mov	ebx, dword ptr [ebp - 112]
-	jae	segheap_LBB16_57
-	add	ecx, dword ptr [ebp - 20]
+	jb	segheap_LBB16_149
+segheap_LBB16_84:
+	shr	bl, 7
+	movzx	ebx, bl
+	not	ebx
+	lea	ecx, [edx - 8]
+	add	ecx, ebx
+	mov	dword ptr [ebp - 60], ecx
+	lea	ecx, [edx - 8]
+	sub	ecx, dword ptr [ebp - 20]
+	cmp	ecx, dword ptr [ebp - 60]
+	mov	ecx, dword ptr [ebp - 116]
+	jae	segheap_LBB16_72
+	add	ebx, dword ptr [ebp - 20]
 	sub	edx, dword ptr [ebp - 20]
 	add	edx, edi
-segheap_LBB16_71:
+segheap_LBB16_86:
 	cmp	byte ptr [edx], -85
-	jne	segheap_LBB16_137
+	jne	segheap_LBB16_149
 	inc	edx
-	dec	ecx
-	jne	segheap_LBB16_71
-	jmp	segheap_LBB16_57
-segheap_LBB16_73:
-	mov	edi, eax
-	shl	edi, 12
+	dec	ebx
+	jne	segheap_LBB16_86
+	jmp	segheap_LBB16_72
+segheap_LBB16_88:
+	shl	ecx, 12
+	mov	edi, ecx
 	mov	ecx, esi
-	lea	eax, [ebp - 92]
+	lea	eax, [ebp - 100]
 	push	eax
 	push	edi
 	call	validate_lfh_subsegment
-	mov	edx, dword ptr [ebp - 52]
+	mov	edx, dword ptr [ebp - 40]
 	add	esp, 8
 	mov	ecx, eax
 	xor	eax, eax
 	test	ecx, ecx
-	mov	ecx, dword ptr [ebp - 40]
-	mov	edi, dword ptr [ebp - 44]
-	jne	segheap_LBB16_76
-	jmp	segheap_LBB16_81
-segheap_LBB16_74:
-	mov	eax, dword ptr [ebp - 100]
-	mov	dword ptr [ebp - 68], eax
-	mov	eax, dword ptr [ebp - 104]
-	mov	dword ptr [ebp - 64], eax
-	mov	eax, dword ptr [ebp - 96]
-	mov	dword ptr [ebp - 60], eax
-	mov	eax, 0
-	mov	ebx, dword ptr [ebp - 16]
-	mov	edi, dword ptr [ebp - 44]
-	mov	edx, dword ptr [ebp - 52]
-	mov	ecx, dword ptr [ebp - 40]
-	jne	segheap_LBB16_81
-	inc	dword ptr [ebp - 76]
-	mov	eax, dword ptr [ebp - 108]
-	add	dword ptr [ebp - 72], eax
+	mov	ecx, dword ptr [ebp - 44]
+	jne	segheap_LBB16_91
+	jmp	segheap_LBB16_151
+segheap_LBB16_89:
+	mov	edx, dword ptr [ebp - 40]
+	cmp	edi, dword ptr [ebp - 24]
+	jne	segheap_LBB16_151
+segheap_LBB16_90:
+	inc	dword ptr [ebp - 84]
+	mov	eax, dword ptr [ebp - 48]
+	add	dword ptr [ebp - 80], eax
 	xor	eax, eax
-segheap_LBB16_76:
-	add	ecx, dword ptr [ebp - 24]
+segheap_LBB16_91:
+	add	ecx, dword ptr [ebp - 36]
 	cmp	ecx, 256
 	jb	segheap_LBB16_27
+	jmp	segheap_LBB16_93
+segheap_LBB16_92:
+	mov	eax, dword ptr [ebp - 56]
+	mov	dword ptr [ebp - 76], eax
+	mov	eax, dword ptr [ebp - 32]
+	mov	dword ptr [ebp - 72], eax
+	mov	eax, dword ptr [ebp - 104]
+	mov	dword ptr [ebp - 68], eax
+	xor	eax, eax
+	mov	ebx, dword ptr [ebp - 16]
+	mov	edx, dword ptr [ebp - 40]
+	mov	ecx, dword ptr [ebp - 44]
+	cmp	edi, dword ptr [ebp - 24]
+	je	segheap_LBB16_90
+	jmp	segheap_LBB16_151
+segheap_LBB16_93:
 	mov	eax, dword ptr [edx]
 	lea	ecx, [esi + 324]
 	cmp	eax, ecx
 	mov	ecx, edx
-	mov	ebx, dword ptr [ebp - 16]
+	mov	edi, dword ptr [ebp - 120]
 	jne	segheap_LBB16_20
-	jmp	segheap_LBB16_91
-segheap_LBB16_89:
+	jmp	segheap_LBB16_102
+segheap_LBB16_95:
 	mov	eax, 1
-	jmp	segheap_LBB16_80
-segheap_LBB16_90:
+	jmp	segheap_LBB16_151
+segheap_LBB16_101:
 	mov	edx, ecx
-segheap_LBB16_91:
+segheap_LBB16_102:
 	cmp	edi, dword ptr [esi + 332]
-	jne	segheap_LBB16_119
+	jne	segheap_LBB16_129
 	cmp	dword ptr [esi + 328], edx
 	mov	eax, 0
-	jne	segheap_LBB16_81
+	jne	segheap_LBB16_151
 	lea	eax, [esi + 336]
 	mov	ecx, esi
 	xor	edx, edx
@@ -5171,48 +5455,48 @@ segheap_LBB16_91:
 	call	check_tree
 	add	esp, 4
 	test	eax, eax
-	js	segheap_LBB16_119
+	js	segheap_LBB16_129
 	mov	dword ptr [ebp - 16], ebx
-	cmp	eax, dword ptr [ebp - 92]
-	jne	segheap_LBB16_137
+	cmp	eax, dword ptr [ebp - 100]
+	jne	segheap_LBB16_149
 	mov	eax, dword ptr [esi + 340]
 	test	eax, eax
-	je	segheap_LBB16_103
+	je	segheap_LBB16_114
 	movzx	ecx, byte ptr [eax + 12]
 	and	cl, 12
 	cmp	cl, 8
-	jne	segheap_LBB16_137
-segheap_LBB16_97:
+	jne	segheap_LBB16_149
+segheap_LBB16_108:
 	mov	edx, dword ptr [eax + 4]
 	test	edx, edx
-	je	segheap_LBB16_99
-segheap_LBB16_98:
+	je	segheap_LBB16_110
+segheap_LBB16_109:
 	mov	ecx, edx
 	mov	edx, dword ptr [edx]
 	test	edx, edx
-	jne	segheap_LBB16_98
-	jmp	segheap_LBB16_101
-segheap_LBB16_99:
+	jne	segheap_LBB16_109
+	jmp	segheap_LBB16_112
+segheap_LBB16_110:
 	mov	ecx, dword ptr [eax + 8]
 	and	ecx, -4
-	je	segheap_LBB16_103
+	je	segheap_LBB16_114
 	cmp	dword ptr [ecx + 4], eax
 	mov	eax, ecx
-	je	segheap_LBB16_99
-segheap_LBB16_101:
+	je	segheap_LBB16_110
+segheap_LBB16_112:
 	movzx	eax, byte ptr [ecx + 12]
 	and	al, 12
 	cmp	al, 8
 	mov	eax, ecx
-	je	segheap_LBB16_97
-	jmp	segheap_LBB16_137
-segheap_LBB16_119:
+	je	segheap_LBB16_108
+	jmp	segheap_LBB16_149
+segheap_LBB16_129:
 	xor	eax, eax
-	jmp	segheap_LBB16_81
-segheap_LBB16_103:
-	mov	eax, dword ptr [ebp - 88]
+	jmp	segheap_LBB16_151
+segheap_LBB16_114:
+	mov	eax, dword ptr [ebp - 96]
 	cmp	eax, dword ptr [esi + 136]
-	jne	segheap_LBB16_137
+	jne	segheap_LBB16_149
 	lea	eax, [esi + 520]
 	mov	ecx, esi
 	mov	edx, 1
@@ -5220,71 +5504,42 @@ segheap_LBB16_103:
 	call	check_tree
 	add	esp, 4
 	test	eax, eax
-	js	segheap_LBB16_137
-	cmp	eax, dword ptr [ebp - 68]
-	jne	segheap_LBB16_137
+	js	segheap_LBB16_149
+	cmp	eax, dword ptr [ebp - 76]
+	jne	segheap_LBB16_149
 	lea	edi, [esi + 528]
 	mov	ebx, 1
-	mov	ecx, dword ptr [ebp - 76]
-	mov	dword ptr [ebp - 24], ecx
-segheap_LBB16_107:
+	mov	eax, dword ptr [ebp - 84]
+	mov	dword ptr [ebp - 24], eax
+segheap_LBB16_118:
 	mov	edi, dword ptr [edi]
 	lea	eax, [esi + 528]
 	cmp	edi, eax
-	je	segheap_LBB16_121
+	je	segheap_LBB16_135
 	mov	ecx, esi
 	mov	edx, edi
 	push	32
 	call	range_of_type
 	add	esp, 4
 	cmp	eax, edi
-	jne	segheap_LBB16_137
+	jne	segheap_LBB16_149
 	cmp	ebx, dword ptr [ebp - 24]
 	lea	ebx, [ebx + 1]
-	jbe	segheap_LBB16_107
-	jmp	segheap_LBB16_137
-segheap_LBB16_121:
+	jbe	segheap_LBB16_118
+	jmp	segheap_LBB16_149
+segheap_LBB16_135:
 	sub	ebx, dword ptr [ebp - 24]
 	cmp	ebx, 1
-	jne	segheap_LBB16_137
-	mov	eax, dword ptr [ebp - 72]
+	jne	segheap_LBB16_149
+	mov	eax, dword ptr [ebp - 80]
 	cmp	eax, dword ptr [esi + 536]
-	jne	segheap_LBB16_137
-	mov	eax, dword ptr [ebp - 64]
+	jne	segheap_LBB16_149
+	mov	eax, dword ptr [ebp - 72]
 	cmp	eax, dword ptr [esi + 540]
-	jne	segheap_LBB16_137
-	mov	ebx, dword ptr [esi + 524]
-	test	ebx, ebx
-	je	segheap_LBB16_133
-	lea	edi, [ebx - 4]
-	mov	ecx, edi
-	call	vs_sub_of
-	mov	ecx, esi
-	mov	edx, eax
-	push	0
-	push	edi
-	call	vs_chunk_ok
-	add	esp, 8
-	test	eax, eax
-	je	segheap_LBB16_137
-segheap_LBB16_126:
-	mov	eax, dword ptr [ebx + 4]
-	test	eax, eax
-	je	segheap_LBB16_128
-segheap_LBB16_127:
-	mov	edi, eax
-	mov	eax, dword ptr [eax]
-	test	eax, eax
-	jne	segheap_LBB16_127
-	jmp	segheap_LBB16_130
-segheap_LBB16_128:
-	mov	edi, dword ptr [ebx + 8]
-	and	edi, -4
-	je	segheap_LBB16_133
-	cmp	dword ptr [edi + 4], ebx
-	mov	ebx, edi
-	je	segheap_LBB16_128
-segheap_LBB16_130:
+	jne	segheap_LBB16_149
+	mov	edi, dword ptr [esi + 524]
+	test	edi, edi
+	je	segheap_LBB16_145
 	lea	ebx, [edi - 4]
 	mov	ecx, ebx
 	call	vs_sub_of
@@ -5295,40 +5550,69 @@ segheap_LBB16_130:
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	mov	ebx, edi
-	jne	segheap_LBB16_126
-	jmp	segheap_LBB16_137
-segheap_LBB16_133:
-	lea	edx, [ebp - 92]
+	je	segheap_LBB16_149
+segheap_LBB16_140:
+	mov	eax, dword ptr [edi + 4]
+	test	eax, eax
+	je	segheap_LBB16_142
+segheap_LBB16_141:
+	mov	ebx, eax
+	mov	eax, dword ptr [eax]
+	test	eax, eax
+	jne	segheap_LBB16_141
+	jmp	segheap_LBB16_144
+segheap_LBB16_142:
+	mov	ebx, dword ptr [edi + 8]
+	and	ebx, -4
+	je	segheap_LBB16_145
+	cmp	dword ptr [ebx + 4], edi
+	mov	edi, ebx
+	je	segheap_LBB16_142
+segheap_LBB16_144:
+	lea	edi, [ebx - 4]
+	mov	ecx, edi
+	call	vs_sub_of
+	mov	ecx, esi
+	mov	edx, eax
+	push	0
+	push	edi
+	call	vs_chunk_ok
+	add	esp, 8
+	test	eax, eax
+	mov	edi, ebx
+	jne	segheap_LBB16_140
+	jmp	segheap_LBB16_149
+segheap_LBB16_145:
+	lea	edx, [ebp - 100]
 	mov	ecx, esi
 	call	validate_lfh_buckets
 	test	eax, eax
-	je	segheap_LBB16_137
-	lea	edx, [ebp - 92]
+	je	segheap_LBB16_149
+	lea	edx, [ebp - 100]
 	mov	ecx, esi
 	call	validate_large
 	test	eax, eax
-	je	segheap_LBB16_137
-	mov	eax, dword ptr [ebp - 84]
+	je	segheap_LBB16_149
+	mov	eax, dword ptr [ebp - 92]
 	cmp	eax, dword ptr [esi + 132]
 	mov	eax, 0
 	mov	ebx, dword ptr [ebp - 16]
-	jne	segheap_LBB16_81
-	mov	ecx, dword ptr [ebp - 80]
+	jne	segheap_LBB16_151
+	mov	ecx, dword ptr [ebp - 88]
 	xor	eax, eax
 	cmp	ecx, dword ptr [esi + 128]
 	sete	al
-	jmp	segheap_LBB16_81
-segheap_LBB16_137:
+	jmp	segheap_LBB16_151
+segheap_LBB16_149:
 	xor	eax, eax
-segheap_LBB16_80:
+segheap_LBB16_150:
 	mov	ebx, dword ptr [ebp - 16]
-segheap_LBB16_81:
+segheap_LBB16_151:
 	test	bl, 1
-	jne	segheap_LBB16_83
+	jne	segheap_LBB16_153
 	dec	word ptr [esi + 172]
-segheap_LBB16_83:
-	add	esp, 108
+segheap_LBB16_153:
+	add	esp, 116
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -7260,99 +7544,110 @@ pages_alloc:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 48
-	lea	eax, [edx - 256]
-	cmp	eax, -255
-	jb	segheap_LBB32_50
-	mov	ebx, edx
+	sub	esp, 64
+	mov	ah, byte ptr [ebp + 8]
+	test	ah, 33
+	setne	al
+	lea	esi, [edx - 16]
+	cmp	esi, -17
+	setb	bl
+	test	edx, edx
+	je	segheap_LBB32_77
+	and	bl, al
+	mov	byte ptr [ebp - 64], bl
+	movzx	esi, bl
+	mov	dword ptr [ebp - 76], esi
+	lea	ebx, [edx + esi]
+	cmp	ebx, 255
+	ja	segheap_LBB32_77
+	mov	byte ptr [ebp - 21], ah
+	mov	dword ptr [ebp - 56], edx
 	mov	eax, dword ptr [ecx + 336]
 	test	eax, eax
-	mov	dword ptr [ebp - 24], ecx
-	je	segheap_LBB32_5
+	mov	dword ptr [ebp - 40], ebx
+	mov	dword ptr [ebp - 32], ecx
+	je	segheap_LBB32_58
 	xor	esi, esi
-segheap_LBB32_3:
-	movzx	ecx, byte ptr [eax + 15]
+segheap_LBB32_6:
+	movzx	edi, byte ptr [eax + 15]
 	xor	edx, edx
-	cmp	ebx, ecx
+	cmp	ebx, edi
 	cmovbe	esi, eax
 	seta	dl
 	mov	eax, dword ptr [eax + 4*edx]
 	test	eax, eax
-	jne	segheap_LBB32_3
+	jne	segheap_LBB32_6
 	test	esi, esi
-	mov	ecx, dword ptr [ebp - 24]
-	je	segheap_LBB32_5
-segheap_LBB32_18:
+	je	segheap_LBB32_58
+segheap_LBB32_8:
 	add	ecx, 336
 	mov	edi, esi
 	and	edi, -1048576
 	mov	eax, esi
 	shr	eax, 4
 	movzx	eax, ax
-	mov	dword ptr [ebp - 28], eax
+	mov	dword ptr [ebp - 36], eax
 	movzx	eax, byte ptr [esi + 15]
 	mov	dword ptr [ebp - 48], eax
 	mov	edx, esi
 	call	rb_remove
-	mov	ecx, dword ptr [ebp - 24]
 	movzx	eax, byte ptr [esi + 13]
+	mov	ecx, dword ptr [ebp - 32]
 	sub	dword ptr [ecx + 136], eax
-	mov	eax, dword ptr [ebp - 28]
-	lea	edx, [eax + ebx]
+	mov	eax, dword ptr [ebp - 56]
+	mov	ecx, dword ptr [ebp - 36]
+	lea	edx, [ecx + eax]
+	cmp	ecx, edx
+	mov	dword ptr [ebp - 44], esi
+	mov	dword ptr [ebp - 28], edi
+	jae	segheap_LBB32_28
 	lea	eax, [edi + 12]
-	mov	dword ptr [ebp - 52], eax
-	lea	eax, [edi + 60]
 	mov	dword ptr [ebp - 60], eax
-	mov	eax, dword ptr [ebp - 28]
-	mov	dword ptr [ebp - 36], esi
-	mov	dword ptr [ebp - 32], ebx
-	mov	dword ptr [ebp - 44], edi
-	mov	dword ptr [ebp - 40], edx
-	jmp	segheap_LBB32_19
-segheap_LBB32_29:
-	inc	eax
-	mov	ebx, dword ptr [ebp - 32]
-segheap_LBB32_30:
-	cmp	eax, edx
-	jae	segheap_LBB32_31
-segheap_LBB32_19:
-	mov	ebx, eax
-	shl	ebx, 4
-	test	byte ptr [edi + ebx + 12], 2
-	jne	segheap_LBB32_29
-	cmp	eax, edx
-	mov	esi, eax
-	jae	segheap_LBB32_26
-	mov	esi, eax
-	mov	eax, dword ptr [ebp - 52]
-	add	eax, ebx
-	mov	ecx, esi
-segheap_LBB32_22:
+	lea	eax, [edi + 60]
+	mov	dword ptr [ebp - 72], eax
+	mov	ecx, dword ptr [ebp - 36]
+	mov	dword ptr [ebp - 52], edx
+	jmp	segheap_LBB32_11
+segheap_LBB32_10:
+	inc	ecx
+	mov	esi, dword ptr [ebp - 44]
+	cmp	ecx, edx
+	jae	segheap_LBB32_28
+segheap_LBB32_11:
+	mov	esi, ecx
+	shl	esi, 4
+	test	byte ptr [edi + esi + 12], 2
+	jne	segheap_LBB32_10
+	cmp	ecx, edx
+	mov	ebx, ecx
+	jae	segheap_LBB32_17
+	mov	eax, dword ptr [ebp - 60]
+	add	eax, esi
+	mov	ebx, ecx
+segheap_LBB32_14:
 	test	byte ptr [eax], 2
-	jne	segheap_LBB32_25
-	inc	esi
+	jne	segheap_LBB32_17
+	inc	ebx
 	add	eax, 16
-	cmp	edx, esi
-	jne	segheap_LBB32_22
-	mov	esi, edx
-segheap_LBB32_25:
+	cmp	edx, ebx
+	jne	segheap_LBB32_14
+	mov	ebx, edx
+segheap_LBB32_17:
 	mov	eax, ecx
-	mov	ecx, dword ptr [ebp - 24]
-segheap_LBB32_26:
-	mov	edx, eax
 	shl	eax, 12
 	add	eax, edi
-	mov	edi, esi
-	mov	dword ptr [ebp - 56], edx
-	sub	edi, edx
+	mov	edi, ebx
+	sub	edi, ecx
 	mov	dword ptr [ebp - 16], eax
 	mov	eax, edi
 	shl	eax, 12
 	mov	dword ptr [ebp - 20], eax
-	test	dword ptr [ecx + 12], 262144
+	mov	eax, dword ptr [ebp - 32]
+	test	dword ptr [eax + 12], 262144
 	mov	eax, 64
-	mov	edx, 4
-	cmove	eax, edx
+	mov	dword ptr [ebp - 68], ecx
+	mov	ecx, 4
+	cmove	eax, ecx
 	push	eax
 	push	4096
 	lea	eax, [ebp - 20]
@@ -7363,69 +7658,256 @@ segheap_LBB32_26:
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB32_49
-	mov	ecx, dword ptr [ebp - 24]
-	add	dword ptr [ecx + 132], edi
-	mov	edx, esi
-	mov	eax, dword ptr [ebp - 56]
-	sub	edx, eax
-	jbe	segheap_LBB32_28
-	and	edx, 3
-	mov	ecx, eax
-	mov	edi, dword ptr [ebp - 44]
-	je	segheap_LBB32_44
-	add	ebx, dword ptr [ebp - 52]
-	lea	eax, [ecx + edx]
-segheap_LBB32_42:
-	or	byte ptr [ebx], 2
-	add	ebx, 16
-	dec	edx
-	jne	segheap_LBB32_42
-	mov	ecx, dword ptr [ebp - 56]
-segheap_LBB32_44:
-	sub	ecx, esi
-	cmp	ecx, -4
-	mov	ebx, dword ptr [ebp - 32]
-	jbe	segheap_LBB32_46
-	mov	eax, esi
-	mov	esi, dword ptr [ebp - 36]
-	mov	edx, dword ptr [ebp - 40]
-	mov	ecx, dword ptr [ebp - 24]
-	jmp	segheap_LBB32_30
-segheap_LBB32_28:
-	mov	ebx, dword ptr [ebp - 32]
-	mov	esi, dword ptr [ebp - 36]
-	mov	edi, dword ptr [ebp - 44]
-	mov	edx, dword ptr [ebp - 40]
-	jmp	segheap_LBB32_30
-segheap_LBB32_46:
-	mov	edx, esi
-	sub	edx, eax
+	js	segheap_LBB32_65
+	mov	eax, dword ptr [ebp - 32]
+	add	dword ptr [eax + 132], edi
+	mov	ecx, ebx
+	mov	edi, dword ptr [ebp - 68]
+	sub	ecx, edi
+	jbe	segheap_LBB32_26
+	and	ecx, 3
+	mov	eax, edi
+	je	segheap_LBB32_22
+	add	esi, dword ptr [ebp - 60]
+	lea	eax, [edi + ecx]
+segheap_LBB32_21:
+	or	byte ptr [esi], 2
+	add	esi, 16
+	dec	ecx
+	jne	segheap_LBB32_21
+segheap_LBB32_22:
+	sub	edi, ebx
+	cmp	edi, -4
+	mov	esi, dword ptr [ebp - 44]
+	ja	segheap_LBB32_25
+	mov	ecx, ebx
+	sub	ecx, eax
 	shl	eax, 4
-	add	eax, dword ptr [ebp - 60]
-	mov	ecx, dword ptr [ebp - 24]
-segheap_LBB32_47:
+	add	eax, dword ptr [ebp - 72]
+segheap_LBB32_24:
 	or	byte ptr [eax - 48], 2
 	or	byte ptr [eax - 32], 2
 	or	byte ptr [eax - 16], 2
 	or	byte ptr [eax], 2
 	add	eax, 64
-	add	edx, -4
-	jne	segheap_LBB32_47
-	mov	eax, esi
-	mov	esi, dword ptr [ebp - 36]
-	mov	edx, dword ptr [ebp - 40]
-	jmp	segheap_LBB32_30
-segheap_LBB32_5:
+	add	ecx, -4
+	jne	segheap_LBB32_24
+segheap_LBB32_25:
+	mov	ecx, ebx
+	mov	ebx, dword ptr [ebp - 40]
+	jmp	segheap_LBB32_27
+segheap_LBB32_26:
+	mov	ebx, dword ptr [ebp - 40]
+	mov	esi, dword ptr [ebp - 44]
+	mov	ecx, edi
+segheap_LBB32_27:
+	mov	edi, dword ptr [ebp - 28]
+	mov	edx, dword ptr [ebp - 52]
+	cmp	ecx, edx
+	jb	segheap_LBB32_11
+segheap_LBB32_28:
+	cmp	byte ptr [ebp - 64], 0
+	mov	eax, dword ptr [ebp - 48]
+	je	segheap_LBB32_48
+	mov	ecx, edx
+	inc	ecx
+	mov	dword ptr [ebp - 68], ecx
+	je	segheap_LBB32_48
+	lea	ecx, [edi + 12]
+	mov	dword ptr [ebp - 64], ecx
+	lea	ecx, [edi + 60]
+	mov	dword ptr [ebp - 60], ecx
+	jmp	segheap_LBB32_32
+segheap_LBB32_31:
+	inc	edx
+	mov	ebx, dword ptr [ebp - 40]
+	cmp	edx, dword ptr [ebp - 68]
+	jae	segheap_LBB32_48
+segheap_LBB32_32:
+	mov	ebx, edx
+	shl	ebx, 4
+	test	byte ptr [edi + ebx + 12], 2
+	je	segheap_LBB32_31
+	mov	ecx, dword ptr [ebp - 68]
+	cmp	edx, ecx
+	mov	esi, edx
+	jae	segheap_LBB32_38
+	mov	eax, dword ptr [ebp - 64]
+	add	eax, ebx
+	mov	esi, edx
+segheap_LBB32_35:
+	test	byte ptr [eax], 2
+	je	segheap_LBB32_38
+	inc	esi
+	add	eax, 16
+	cmp	ecx, esi
+	jne	segheap_LBB32_35
+	mov	esi, ecx
+segheap_LBB32_38:
+	mov	eax, edx
+	shl	eax, 12
+	add	eax, edi
+	mov	edi, esi
+	sub	edi, edx
+	mov	dword ptr [ebp - 16], eax
+	mov	eax, edi
+	shl	eax, 12
+	mov	dword ptr [ebp - 20], eax
+	push	16384
+	lea	eax, [ebp - 20]
+	push	eax
+	lea	eax, [ebp - 16]
+	push	eax
+	push	-1
+	mov	dword ptr [ebp - 52], edx
+	call	NtFreeVirtualMemory
+	mov	eax, dword ptr [ebp - 32]
+	sub	dword ptr [eax + 132], edi
+	mov	edi, dword ptr [ebp - 52]
+	mov	ecx, esi
+	sub	ecx, edi
+	jbe	segheap_LBB32_46
+	and	ecx, 3
+	mov	eax, edi
+	je	segheap_LBB32_42
+	add	ebx, dword ptr [ebp - 64]
+	lea	eax, [edi + ecx]
+segheap_LBB32_41:
+	and	byte ptr [ebx], -3
+	add	ebx, 16
+	dec	ecx
+	jne	segheap_LBB32_41
+segheap_LBB32_42:
+	sub	edi, esi
+	cmp	edi, -4
+	mov	ebx, dword ptr [ebp - 40]
+	ja	segheap_LBB32_45
+	mov	ecx, esi
+	sub	ecx, eax
+	shl	eax, 4
+	add	eax, dword ptr [ebp - 60]
+segheap_LBB32_44:
+	and	byte ptr [eax - 48], -3
+	and	byte ptr [eax - 32], -3
+	and	byte ptr [eax - 16], -3
+	and	byte ptr [eax], -3
+	add	eax, 64
+	add	ecx, -4
+	jne	segheap_LBB32_44
+segheap_LBB32_45:
+	mov	edx, esi
+	mov	esi, dword ptr [ebp - 44]
+	jmp	segheap_LBB32_47
+segheap_LBB32_46:
+	mov	ebx, dword ptr [ebp - 40]
+	mov	esi, dword ptr [ebp - 44]
+	mov	edx, edi
+segheap_LBB32_47:
+	mov	edi, dword ptr [ebp - 28]
+	mov	eax, dword ptr [ebp - 48]
+	cmp	edx, dword ptr [ebp - 68]
+	jb	segheap_LBB32_32
+segheap_LBB32_48:
+	sub	eax, ebx
+	jbe	segheap_LBB32_50
+	mov	edi, eax
+	mov	eax, dword ptr [ebp - 36]
+	add	eax, ebx
+	mov	ecx, dword ptr [ebp - 32]
+	mov	edx, dword ptr [ebp - 28]
+	push	edi
+	push	eax
+	call	free_range_insert
+	mov	edi, dword ptr [ebp - 28]
+	add	esp, 8
+segheap_LBB32_50:
+	test	ebx, ebx
+	mov	edx, dword ptr [ebp - 56]
+	je	segheap_LBB32_57
+	mov	ecx, dword ptr [ebp - 36]
+	shl	ecx, 4
+	movzx	eax, byte ptr [edi + ecx + 12]
+	mov	dword ptr [edi + ecx], 0
+	mov	dword ptr [edi + ecx + 4], 0
+	mov	dword ptr [edi + ecx + 8], 0
+	mov	dword ptr [edi + ecx + 12], 0
+	and	al, 2
+	or	al, byte ptr [ebp + 8]
+	or	al, 12
+	mov	byte ptr [edi + ecx + 12], al
+	mov	dword ptr [ebp - 36], ecx
+	mov	byte ptr [edi + ecx + 15], bl
+	cmp	ebx, 1
+	je	segheap_LBB32_57
+	or	byte ptr [ebp - 21], 4
+	mov	eax, 1
+	cmp	ebx, 2
+	je	segheap_LBB32_56
+	mov	eax, dword ptr [ebp - 76]
+	lea	edx, [edx + eax - 1]
+	mov	dword ptr [ebp - 32], edx
+	and	edx, -2
+	mov	eax, dword ptr [ebp - 36]
+	lea	esi, [eax + edi + 47]
+	mov	eax, 1
+	movzx	ecx, byte ptr [ebp - 21]
+segheap_LBB32_54:
+	mov	dword ptr [esi - 31], 0
+	mov	dword ptr [esi - 27], 0
+	mov	dword ptr [esi - 23], 0
+	mov	bh, byte ptr [esi - 19]
+	mov	bl, byte ptr [esi - 3]
+	mov	dword ptr [esi - 19], 0
+	and	bh, 2
+	or	bh, cl
+	mov	byte ptr [esi - 19], bh
+	mov	byte ptr [esi - 16], al
+	mov	dword ptr [esi - 15], 0
+	mov	dword ptr [esi - 11], 0
+	mov	dword ptr [esi - 7], 0
+	mov	dword ptr [esi - 3], 0
+	and	bl, 2
+	or	bl, cl
+	mov	byte ptr [esi - 3], bl
+	lea	ebx, [eax + 1]
+	mov	byte ptr [esi], bl
+	add	eax, 2
+	add	esi, 32
+	cmp	ebx, edx
+	jne	segheap_LBB32_54
+	test	byte ptr [ebp - 32], 1
+	mov	edx, dword ptr [ebp - 56]
+	mov	esi, dword ptr [ebp - 44]
+	mov	edi, dword ptr [ebp - 28]
+	je	segheap_LBB32_57
+segheap_LBB32_56:
+	add	edi, dword ptr [ebp - 36]
+	mov	ecx, eax
+	shl	ecx, 4
+	movzx	edx, byte ptr [edi + ecx + 12]
+	mov	dword ptr [edi + ecx], 0
+	mov	dword ptr [edi + ecx + 4], 0
+	mov	dword ptr [edi + ecx + 8], 0
+	mov	dword ptr [edi + ecx + 12], 0
+	and	dl, 2
+	or	dl, byte ptr [ebp - 21]
+	mov	byte ptr [edi + ecx + 12], dl
+	mov	edx, dword ptr [ebp - 56]
+	mov	byte ptr [edi + ecx + 15], al
+segheap_LBB32_57:
+	mov	byte ptr [esi + 13], dl
+	mov	dword ptr [esi], -857879331
+	jmp	segheap_LBB32_78
+segheap_LBB32_58:
 	test	dword ptr [ecx + 12], 262144
 	mov	eax, 4
-	mov	edi, 64
-	cmove	edi, eax
+	mov	esi, 64
+	cmove	esi, eax
 	mov	dword ptr [ebp - 16], 0
 	mov	dword ptr [ebp - 20], 1048576
 	lea	ecx, [ebp - 20]
 	lea	eax, [ebp - 16]
-	push	edi
+	push	esi
 	push	8192
 	push	ecx
 	push	0
@@ -7434,30 +7916,29 @@ segheap_LBB32_5:
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	sets	al
-	mov	esi, dword ptr [ebp - 16]
-	test	esi, esi
+	mov	edi, dword ptr [ebp - 16]
+	test	edi, edi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB32_50
-	test	esi, 1048575
-	je	segheap_LBB32_11
-	mov	dword ptr [ebp - 32], ebx
-	mov	dword ptr [ebp - 16], esi
+	jne	segheap_LBB32_77
+	test	edi, 1048575
+	je	segheap_LBB32_69
+	mov	dword ptr [ebp - 16], edi
 	mov	dword ptr [ebp - 20], 0
 	push	32768
 	lea	ebx, [ebp - 20]
 	push	ebx
-	lea	esi, [ebp - 16]
-	push	esi
+	lea	edi, [ebp - 16]
+	push	edi
 	push	-1
 	call	NtFreeVirtualMemory
 	mov	dword ptr [ebp - 16], 0
 	mov	dword ptr [ebp - 20], 2097152
-	push	edi
+	push	esi
 	push	8192
 	push	ebx
 	push	0
-	push	esi
+	push	edi
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
@@ -7466,7 +7947,7 @@ segheap_LBB32_5:
 	test	ebx, ebx
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB32_50
+	jne	segheap_LBB32_77
 	mov	eax, ebx
 	add	ebx, 1048575
 	and	ebx, -1048576
@@ -7475,140 +7956,48 @@ segheap_LBB32_5:
 	push	32768
 	lea	eax, [ebp - 20]
 	push	eax
-	push	esi
+	push	edi
 	push	-1
 	call	NtFreeVirtualMemory
 	mov	dword ptr [ebp - 16], ebx
 	mov	dword ptr [ebp - 20], 1048576
-	push	edi
-	push	8192
-	lea	edi, [ebp - 20]
-	push	edi
-	push	0
 	push	esi
+	push	8192
+	lea	esi, [ebp - 20]
+	push	esi
+	push	0
+	push	edi
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
 	sets	al
-	mov	esi, dword ptr [ebp - 16]
-	test	esi, esi
+	mov	edi, dword ptr [ebp - 16]
+	test	edi, edi
 	sete	cl
 	or	cl, al
-	jne	segheap_LBB32_50
-	cmp	esi, ebx
-	je	segheap_LBB32_10
-	mov	eax, edi
-	mov	dword ptr [ebp - 16], esi
+	jne	segheap_LBB32_77
+	cmp	edi, ebx
+	je	segheap_LBB32_68
+	mov	eax, esi
+	mov	dword ptr [ebp - 16], edi
 	mov	dword ptr [ebp - 20], 0
 	push	32768
-	jmp	segheap_LBB32_14
-segheap_LBB32_31:
-	mov	eax, dword ptr [ebp - 48]
-	sub	eax, ebx
-	jbe	segheap_LBB32_33
-	mov	edx, edi
-	push	eax
-	push	dword ptr [ebp - 40]
-	call	free_range_insert
-	add	esp, 8
-segheap_LBB32_33:
-	mov	ecx, dword ptr [ebp - 28]
-	shl	ecx, 4
-	movzx	eax, byte ptr [edi + ecx + 12]
-	mov	dword ptr [edi + ecx], 0
-	mov	dword ptr [edi + ecx + 4], 0
-	mov	dword ptr [edi + ecx + 8], 0
-	mov	dword ptr [edi + ecx + 12], 0
-	and	al, 2
-	movzx	edx, byte ptr [ebp + 8]
-	or	al, dl
-	or	al, 12
-	mov	byte ptr [edi + ecx + 12], al
-	mov	eax, ebx
-	mov	dword ptr [ebp - 28], ecx
-	mov	byte ptr [edi + ecx + 15], bl
-	cmp	ebx, 1
-	je	segheap_LBB32_39
-	or	dl, 4
-	mov	ecx, 1
-	cmp	ebx, 2
-	je	segheap_LBB32_38
-	mov	byte ptr [ebp - 24], al
-	dec	ebx
-	mov	ecx, edi
-	mov	edi, ebx
-	mov	eax, edx
-	mov	edx, ebx
-	and	edx, -2
-	mov	esi, dword ptr [ebp - 28]
-	lea	esi, [esi + ecx + 47]
-	mov	ecx, 1
-segheap_LBB32_36:
-	mov	dword ptr [esi - 31], 0
-	mov	dword ptr [esi - 27], 0
-	mov	dword ptr [esi - 23], 0
-	movzx	ebx, byte ptr [esi - 19]
-	mov	ah, byte ptr [esi - 3]
-	mov	dword ptr [esi - 19], 0
-	and	bl, 2
-	or	bl, al
-	mov	byte ptr [esi - 19], bl
-	mov	byte ptr [esi - 16], cl
-	mov	dword ptr [esi - 15], 0
-	mov	dword ptr [esi - 11], 0
-	mov	dword ptr [esi - 7], 0
-	mov	dword ptr [esi - 3], 0
-	and	ah, 2
-	or	ah, al
-	mov	byte ptr [esi - 3], ah
-	lea	ebx, [ecx + 1]
-	mov	byte ptr [esi], bl
-	add	ecx, 2
-	add	esi, 32
-	cmp	ebx, edx
-	jne	segheap_LBB32_36
-	mov	edx, edi
-	test	dl, 1
-	mov	esi, dword ptr [ebp - 36]
-	mov	edi, dword ptr [ebp - 44]
-	mov	edx, eax
-	movzx	eax, byte ptr [ebp - 24]
-	je	segheap_LBB32_39
-segheap_LBB32_38:
-	add	edi, dword ptr [ebp - 28]
-	mov	ebx, eax
-	mov	eax, edx
-	mov	edx, ecx
-	shl	edx, 4
-	mov	ah, byte ptr [edi + edx + 12]
-	mov	dword ptr [edi + edx], 0
-	mov	dword ptr [edi + edx + 4], 0
-	mov	dword ptr [edi + edx + 8], 0
-	mov	dword ptr [edi + edx + 12], 0
-	and	ah, 2
-	or	ah, al
-	mov	al, bl
-	mov	byte ptr [edi + edx + 12], ah
-	mov	byte ptr [edi + edx + 15], cl
-segheap_LBB32_39:
-	mov	byte ptr [esi + 13], al
-	mov	dword ptr [esi], -857879331
-	jmp	segheap_LBB32_51
-segheap_LBB32_49:
-	mov	ecx, dword ptr [ebp - 24]
-	mov	edx, dword ptr [ebp - 44]
+	jmp	segheap_LBB32_76
+segheap_LBB32_65:
+	mov	ecx, dword ptr [ebp - 32]
+	mov	edx, dword ptr [ebp - 28]
 	push	dword ptr [ebp - 48]
-	push	dword ptr [ebp - 28]
+	push	dword ptr [ebp - 36]
 	call	free_range_insert
 	add	esp, 8
-	jmp	segheap_LBB32_50
-segheap_LBB32_10:
-	mov	ebx, dword ptr [ebp - 32]
-segheap_LBB32_11:
-	mov	dword ptr [ebp - 16], esi
+	jmp	segheap_LBB32_77
+segheap_LBB32_68:
+	mov	ebx, dword ptr [ebp - 40]
+segheap_LBB32_69:
+	mov	dword ptr [ebp - 16], edi
 	mov	dword ptr [ebp - 20], 4096
-	mov	edi, dword ptr [ebp - 24]
-	test	dword ptr [edi + 12], 262144
+	mov	esi, dword ptr [ebp - 32]
+	test	dword ptr [esi + 12], 262144
 	mov	eax, 4
 	mov	ecx, 64
 	cmove	ecx, eax
@@ -7622,64 +8011,64 @@ segheap_LBB32_11:
 	push	-1
 	call	NtAllocateVirtualMemory
 	test	eax, eax
-	js	segheap_LBB32_12
-	mov	byte ptr [esi + 12], 14
-	mov	byte ptr [esi + 15], 1
-	mov	eax, esi
+	js	segheap_LBB32_75
+	mov	byte ptr [edi + 12], 14
+	mov	byte ptr [edi + 15], 1
+	mov	eax, edi
 	shr	eax, 20
-	xor	eax, edi
-	xor	eax, dword ptr [edi + 144]
+	xor	eax, esi
+	xor	eax, dword ptr [esi + 144]
 	xor	eax, -1561964883
-	mov	dword ptr [esi + 8], eax
-	mov	eax, dword ptr [edi + 328]
+	mov	dword ptr [edi + 8], eax
+	mov	eax, dword ptr [esi + 328]
 	mov	ecx, dword ptr [eax]
-	mov	dword ptr [esi], ecx
-	mov	dword ptr [esi + 4], eax
+	mov	dword ptr [edi], ecx
+	mov	dword ptr [edi + 4], eax
 	mov	ecx, dword ptr [eax]
-	mov	dword ptr [ecx + 4], esi
-	mov	dword ptr [eax], esi
-	inc	dword ptr [edi + 332]
-	add	dword ptr [edi + 128], 256
-	inc	dword ptr [edi + 132]
-	mov	ecx, edi
-	mov	edx, esi
+	mov	dword ptr [ecx + 4], edi
+	mov	dword ptr [eax], edi
+	inc	dword ptr [esi + 332]
+	add	dword ptr [esi + 128], 256
+	inc	dword ptr [esi + 132]
+	mov	ecx, esi
+	mov	edx, edi
 	push	255
 	push	1
 	call	free_range_insert
 	add	esp, 8
-	mov	eax, dword ptr [edi + 336]
-	xor	esi, esi
+	mov	eax, dword ptr [esi + 336]
 	test	eax, eax
-	je	segheap_LBB32_51
-segheap_LBB32_16:
-	movzx	ecx, byte ptr [eax + 15]
+	je	segheap_LBB32_77
+	mov	ecx, esi
+	xor	esi, esi
+segheap_LBB32_72:
+	movzx	edi, byte ptr [eax + 15]
 	xor	edx, edx
-	cmp	ebx, ecx
+	cmp	ebx, edi
 	cmovbe	esi, eax
 	seta	dl
 	mov	eax, dword ptr [eax + 4*edx]
 	test	eax, eax
-	jne	segheap_LBB32_16
+	jne	segheap_LBB32_72
 	test	esi, esi
-	mov	ecx, dword ptr [ebp - 24]
-	jne	segheap_LBB32_18
-	jmp	segheap_LBB32_50
-segheap_LBB32_12:
-	mov	dword ptr [ebp - 16], esi
+	jne	segheap_LBB32_8
+	jmp	segheap_LBB32_77
+segheap_LBB32_75:
+	mov	dword ptr [ebp - 16], edi
 	mov	dword ptr [ebp - 20], 0
 	push	32768
 	lea	eax, [ebp - 20]
-segheap_LBB32_14:
+segheap_LBB32_76:
 	push	eax
 	lea	eax, [ebp - 16]
 	push	eax
 	push	-1
 	call	NtFreeVirtualMemory
-segheap_LBB32_50:
+segheap_LBB32_77:
 	xor	esi, esi
-segheap_LBB32_51:
+segheap_LBB32_78:
 	mov	eax, esi
-	add	esp, 48
+	add	esp, 64
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -8454,12 +8843,12 @@ range_of_type:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 16
+	sub	esp, 24
 	mov	eax, edx
 	lea	edx, [ecx + 324]
 	mov	edi, dword ptr [ecx + 324]
 	cmp	edi, edx
-	je	segheap_LBB40_37
+	je	segheap_LBB40_47
 	mov	dword ptr [ebp - 24], eax
 	and	eax, -1048576
 	mov	dword ptr [ebp - 16], eax
@@ -8468,17 +8857,17 @@ range_of_type:
 	xor	eax, eax
 segheap_LBB40_2:
 	cmp	eax, esi
-	ja	segheap_LBB40_37
+	ja	segheap_LBB40_47
 	mov	ebx, edi
 	and	ebx, 1048575
-	jne	segheap_LBB40_37
+	jne	segheap_LBB40_47
 	cmp	edi, dword ptr [ebp - 16]
 	je	segheap_LBB40_8
 	inc	eax
 	mov	edi, dword ptr [edi]
 	cmp	edi, edx
 	jne	segheap_LBB40_2
-	jmp	segheap_LBB40_37
+	jmp	segheap_LBB40_47
 segheap_LBB40_8:
 	mov	esi, dword ptr [ebp - 24]
 	mov	eax, esi
@@ -8489,117 +8878,191 @@ segheap_LBB40_8:
 	xor	eax, dword ptr [edx + 8]
 	xor	eax, dword ptr [ecx + 144]
 	cmp	eax, -1561964883
-	jne	segheap_LBB40_37
+	jne	segheap_LBB40_47
 	test	esi, 1044480
-	je	segheap_LBB40_37
+	je	segheap_LBB40_47
 	mov	eax, esi
 	shr	eax, 12
-	movzx	ecx, al
-	mov	esi, ecx
-	shl	esi, 4
-	add	esi, dword ptr [ebp - 16]
-	movzx	eax, byte ptr [esi + 12]
-	test	al, 8
+	movzx	edx, al
+	mov	eax, edx
+	shl	eax, 4
+	add	eax, dword ptr [ebp - 16]
+	movzx	ecx, byte ptr [eax + 12]
+	test	cl, 8
 	jne	segheap_LBB40_18
-	movzx	eax, byte ptr [esi + 15]
+	movzx	eax, byte ptr [eax + 15]
 	test	eax, eax
-	je	segheap_LBB40_37
-	lea	edx, [ecx - 1]
-	cmp	edx, eax
-	jb	segheap_LBB40_37
-	mov	edi, ecx
-	sub	edi, eax
-	mov	esi, edi
-	shl	esi, 4
-	mov	eax, dword ptr [ebp - 16]
-	movzx	eax, byte ptr [eax + esi + 12]
-	test	al, 8
-	je	segheap_LBB40_37
-	cmp	edi, 255
-	ja	segheap_LBB40_37
-	add	esi, dword ptr [ebp - 16]
-	movzx	edx, byte ptr [esi + 15]
-	add	edx, edi
-	cmp	edx, ecx
-	ja	segheap_LBB40_19
-	jmp	segheap_LBB40_37
-segheap_LBB40_18:
-	mov	edi, ecx
-segheap_LBB40_19:
-	and	al, 37
-	movzx	ecx, byte ptr [ebp + 8]
-	or	cl, 4
-	cmp	al, cl
-	mov	ecx, 0
-	jne	segheap_LBB40_38
-	mov	edx, edi
-	shl	edx, 4
-	mov	eax, dword ptr [ebp - 16]
-	add	eax, edx
-	cmp	dword ptr [eax], -857879331
-	jne	segheap_LBB40_38
-	movzx	ecx, byte ptr [eax + 15]
-	test	ecx, ecx
-	je	segheap_LBB40_29
-	mov	esi, ecx
-	and	esi, 3
-	xor	ebx, ebx
-	cmp	cl, 4
-	mov	eax, 0
-	jb	segheap_LBB40_26
-	mov	dword ptr [ebp - 24], edi
-	mov	dword ptr [ebp - 20], ecx
-	and	ecx, -4
-	mov	eax, dword ptr [ebp - 16]
-	mov	dword ptr [ebp - 28], edx
-	lea	edi, [edx + eax + 60]
-	xor	ebx, ebx
-	xor	eax, eax
-segheap_LBB40_24:
-	movzx	edx, byte ptr [edi - 48]
-	shr	dl
-	and	dl, 1
-	bt	dword ptr [edi - 32], 1
-	adc	dl, bl
-	mov	dh, byte ptr [edi - 16]
-	shr	dh
-	and	dh, 1
-	bt	dword ptr [edi], 1
-	mov	bl, dh
-	adc	bl, dl
-	add	eax, 4
-	add	edi, 64
+	je	segheap_LBB40_47
+	lea	ecx, [edx - 1]
 	cmp	ecx, eax
-	jne	segheap_LBB40_24
-	test	esi, esi
-	mov	edi, dword ptr [ebp - 24]
+	jb	segheap_LBB40_47
+	mov	esi, edx
+	sub	esi, eax
+	mov	eax, esi
+	shl	eax, 4
+	mov	ecx, dword ptr [ebp - 16]
+	movzx	ecx, byte ptr [ecx + eax + 12]
+	test	cl, 8
+	je	segheap_LBB40_47
+	cmp	esi, 255
+	ja	segheap_LBB40_47
+	add	eax, dword ptr [ebp - 16]
+	movzx	eax, byte ptr [eax + 15]
+	add	eax, esi
+	cmp	eax, edx
+	ja	segheap_LBB40_19
+	jmp	segheap_LBB40_47
+segheap_LBB40_18:
+	mov	esi, edx
+segheap_LBB40_19:
+	mov	eax, ecx
+	and	al, 37
+	movzx	edx, byte ptr [ebp + 8]
+	or	dl, 4
+	cmp	al, dl
+	jne	segheap_LBB40_47
+	mov	ebx, esi
+	shl	ebx, 4
+	mov	eax, dword ptr [ebp - 16]
+	lea	edx, [eax + ebx]
+	movzx	eax, byte ptr [edx + 15]
+	mov	dword ptr [ebp - 24], eax
+	cmp	eax, 17
+	setae	al
+	test	cl, 33
+	setne	cl
+	cmp	dword ptr [edx], -857879331
+	mov	edx, 0
+	jne	segheap_LBB40_48
+	and	cl, al
+	movzx	ecx, cl
+	mov	eax, dword ptr [ebp - 24]
+	mov	edi, eax
+	sub	edi, ecx
+	xor	edx, edx
+	test	eax, eax
+	mov	eax, 0
+	je	segheap_LBB40_29
+	mov	dword ptr [ebp - 36], ecx
+	mov	dword ptr [ebp - 20], ebx
+	mov	dword ptr [ebp - 32], edi
+	mov	eax, dword ptr [ebp - 24]
+	mov	ebx, eax
+	and	ebx, 3
+	xor	ecx, ecx
+	cmp	al, 4
+	mov	edi, 0
+	jb	segheap_LBB40_26
+	mov	dword ptr [ebp - 28], esi
+	mov	esi, dword ptr [ebp - 24]
+	and	esi, -4
+	mov	eax, dword ptr [ebp - 16]
 	mov	ecx, dword ptr [ebp - 20]
-	mov	edx, dword ptr [ebp - 28]
+	lea	edx, [ecx + eax + 60]
+	xor	ecx, ecx
+	xor	edi, edi
+segheap_LBB40_24:
+	movzx	eax, byte ptr [edx - 48]
+	shr	al
+	and	al, 1
+	bt	dword ptr [edx - 32], 1
+	adc	al, cl
+	movzx	ecx, byte ptr [edx - 16]
+	shr	cl
+	and	cl, 1
+	bt	dword ptr [edx], 1
+	adc	cl, al
+	add	edi, 4
+	add	edx, 64
+	cmp	esi, edi
+	jne	segheap_LBB40_24
+	test	ebx, ebx
+	mov	edx, 0
+	mov	esi, dword ptr [ebp - 28]
 	je	segheap_LBB40_28
 segheap_LBB40_26:
-	shl	eax, 4
-	add	edx, eax
+	shl	edi, 4
+	add	edi, dword ptr [ebp - 20]
 	mov	eax, dword ptr [ebp - 16]
-	lea	eax, [eax + edx + 12]
+	lea	eax, [eax + edi + 12]
 segheap_LBB40_27:
 	bt	dword ptr [eax], 1
-	adc	bl, 0
+	adc	cl, 0
 	add	eax, 16
-	dec	esi
+	dec	ebx
 	jne	segheap_LBB40_27
 segheap_LBB40_28:
-	cmp	bl, cl
-	jne	segheap_LBB40_37
+	movzx	eax, cl
+	mov	edi, dword ptr [ebp - 32]
+	mov	ebx, dword ptr [ebp - 20]
+	mov	ecx, dword ptr [ebp - 36]
 segheap_LBB40_29:
-	shl	edi, 12
-	mov	ecx, dword ptr [ebp - 16]
-	add	ecx, edi
-	jmp	segheap_LBB40_38
-segheap_LBB40_37:
+	cmp	edi, eax
+	jne	segheap_LBB40_48
+	test	edi, edi
+	je	segheap_LBB40_38
+	mov	dword ptr [ebp - 28], esi
+	neg	ecx
+	mov	eax, dword ptr [ebp - 24]
+	lea	eax, [ecx + eax - 1]
+	mov	esi, edi
+	and	esi, 3
 	xor	ecx, ecx
+	cmp	eax, 3
+	mov	edx, 0
+	jb	segheap_LBB40_35
+	mov	dword ptr [ebp - 32], edi
+	and	edi, -4
+	mov	eax, dword ptr [ebp - 16]
+	mov	dword ptr [ebp - 20], ebx
+	lea	ebx, [ebx + eax + 60]
+	xor	ecx, ecx
+	xor	edx, edx
+segheap_LBB40_33:
+	movzx	eax, byte ptr [ebx - 48]
+	shr	al
+	and	al, 1
+	bt	dword ptr [ebx - 32], 1
+	adc	al, cl
+	movzx	ecx, byte ptr [ebx - 16]
+	shr	cl
+	and	cl, 1
+	bt	dword ptr [ebx], 1
+	adc	cl, al
+	add	edx, 4
+	add	ebx, 64
+	cmp	edi, edx
+	jne	segheap_LBB40_33
+	test	esi, esi
+	mov	edi, dword ptr [ebp - 32]
+	mov	ebx, dword ptr [ebp - 20]
+	je	segheap_LBB40_37
+segheap_LBB40_35:
+	shl	edx, 4
+	add	ebx, edx
+	mov	eax, dword ptr [ebp - 16]
+	lea	eax, [eax + ebx + 12]
+segheap_LBB40_36:
+	bt	dword ptr [eax], 1
+	adc	cl, 0
+	add	eax, 16
+	dec	esi
+	jne	segheap_LBB40_36
+segheap_LBB40_37:
+	movzx	eax, cl
+	cmp	edi, eax
+	mov	esi, dword ptr [ebp - 28]
+	jne	segheap_LBB40_47
 segheap_LBB40_38:
-	mov	eax, ecx
-	add	esp, 16
+	shl	esi, 12
+	mov	edx, dword ptr [ebp - 16]
+	add	edx, esi
+	jmp	segheap_LBB40_48
+segheap_LBB40_47:
+	xor	edx, edx
+segheap_LBB40_48:
+	mov	eax, edx
+	add	esp, 24
 	pop	esi
 	pop	edi
 	pop	ebx
@@ -9487,178 +9950,237 @@ walk_from_unit:
 	push	ebx
 	push	edi
 	push	esi
-	sub	esp, 48
-	mov	esi, dword ptr [ebp + 8]
-	mov	dword ptr [ebp - 32], ecx
-	add	ecx, 324
+	sub	esp, 52
+	mov	edi, dword ptr [ebp + 12]
+	mov	dword ptr [ebp - 36], ecx
+	lea	esi, [ecx + 324]
+	mov	ecx, edx
 	mov	bl, -1
-	mov	eax, ecx
+	mov	eax, esi
 segheap_LBB47_1:
 	mov	eax, dword ptr [eax]
 	inc	bl
-	cmp	eax, ecx
+	cmp	eax, esi
 	je	segheap_LBB47_3
-	cmp	eax, edx
+	cmp	eax, ecx
 	jne	segheap_LBB47_1
 segheap_LBB47_3:
-	cmp	esi, 255
-	mov	dword ptr [ebp - 36], ecx
-	ja	segheap_LBB47_43
-	lea	eax, [edx + 60]
-	mov	dword ptr [ebp - 56], eax
-	lea	eax, [edx + 12]
+	mov	edx, dword ptr [ebp + 8]
+	cmp	edx, 255
+	mov	dword ptr [ebp - 52], esi
+	ja	segheap_LBB47_76
+	lea	eax, [ecx + 60]
 	mov	dword ptr [ebp - 60], eax
-	mov	dword ptr [ebp - 24], edx
-	jmp	segheap_LBB47_8
+	lea	eax, [ecx + 12]
+	mov	dword ptr [ebp - 64], eax
+	mov	dword ptr [ebp - 44], ecx
 segheap_LBB47_5:
-	rep	bsf	eax, ecx
-	or	eax, 32
-segheap_LBB47_6:
-	shr	eax
-	or	eax, edi
-	cmp	eax, dword ptr [ebp - 16]
-	jb	segheap_LBB47_80
-segheap_LBB47_7:
-	mov	eax, dword ptr [ebp - 52]
-	add	eax, dword ptr [ebp - 48]
-	cmp	eax, 256
-	mov	esi, eax
-	mov	edx, dword ptr [ebp - 24]
-	mov	ecx, dword ptr [ebp - 36]
-	jae	segheap_LBB47_43
-segheap_LBB47_8:
-	test	esi, esi
-	je	segheap_LBB47_71
-	mov	dword ptr [ebp - 16], -1073741811
-	mov	ecx, esi
-	shl	ecx, 4
-	mov	ah, byte ptr [edx + ecx + 12]
-	mov	al, byte ptr [edx + ecx + 15]
-	test	ah, 8
-	movzx	edx, al
-	jne	segheap_LBB47_15
-	test	al, al
-	je	segheap_LBB47_69
-	mov	edi, esi
-	dec	esi
-	cmp	esi, edx
-	jb	segheap_LBB47_69
-	mov	byte ptr [ebp - 20], ah
-	mov	eax, edi
-	sub	edi, edx
-	mov	esi, edi
-	shl	esi, 4
-	mov	edx, dword ptr [ebp - 24]
-	mov	bh, byte ptr [edx + esi + 12]
-	test	bh, 8
-	je	segheap_LBB47_69
-	cmp	edi, 255
-	ja	segheap_LBB47_69
-	add	esi, dword ptr [ebp - 24]
-	movzx	edx, byte ptr [esi + 15]
-	mov	byte ptr [ebp - 28], dl
-	movzx	edx, dl
-	lea	esi, [edi + edx]
-	cmp	esi, eax
-	mov	esi, eax
-	mov	ah, byte ptr [ebp - 20]
-	ja	segheap_LBB47_16
-	jmp	segheap_LBB47_69
-segheap_LBB47_15:
-	mov	byte ptr [ebp - 28], al
-	mov	bh, ah
-	mov	edi, esi
-segheap_LBB47_16:
-	test	bh, 4
-	je	segheap_LBB47_72
-	mov	ecx, edi
-	shl	ecx, 4
-	mov	eax, dword ptr [ebp - 24]
-	lea	esi, [eax + ecx]
-	cmp	dword ptr [esi], -857879331
-	jne	segheap_LBB47_69
-	mov	dword ptr [ebp - 40], esi
-	cmp	byte ptr [ebp - 28], 0
-	mov	dword ptr [ebp - 52], edi
-	mov	dword ptr [ebp - 48], edx
-	je	segheap_LBB47_26
-	lea	esi, [edx - 1]
+	mov	dword ptr [ebp - 20], -1073741811
+	test	edx, edx
+	je	segheap_LBB47_94
 	mov	eax, edx
-	and	eax, 3
-	xor	edx, edx
-	cmp	esi, 3
-	mov	esi, 0
-	jb	segheap_LBB47_23
-	mov	byte ptr [ebp - 44], bh
-	mov	edx, dword ptr [ebp - 48]
-	and	edx, -4
-	mov	dword ptr [ebp - 20], edx
-	mov	edx, dword ptr [ebp - 56]
-	lea	edi, [edx + ecx]
-	xor	edx, edx
-	xor	esi, esi
-segheap_LBB47_21:
+	shl	eax, 4
+	mov	bh, byte ptr [ecx + eax + 12]
+	mov	dword ptr [ebp - 32], eax
+	movzx	eax, byte ptr [ecx + eax + 15]
+	test	bh, 8
+	mov	esi, edx
+	movzx	edx, al
+	mov	dword ptr [ebp - 24], edx
+	jne	segheap_LBB47_7
+	mov	dword ptr [ebp - 16], esi
+	test	al, al
+	je	segheap_LBB47_94
+	mov	edi, dword ptr [ebp - 16]
+	lea	eax, [edi - 1]
+	mov	edx, dword ptr [ebp - 24]
+	cmp	eax, edx
+	jb	segheap_LBB47_94
+	mov	byte ptr [ebp - 40], bh
+	sub	edi, edx
+	mov	eax, edi
+	shl	eax, 4
+	movzx	edx, byte ptr [ecx + eax + 12]
+	test	dl, 8
+	je	segheap_LBB47_94
+	cmp	edi, 255
+	ja	segheap_LBB47_94
+	mov	bh, dl
+	add	eax, ecx
+	movzx	eax, byte ptr [eax + 15]
+	movzx	edx, al
+	mov	dword ptr [ebp - 28], edi
+	mov	dword ptr [ebp - 24], edx
+	add	edi, edx
+	mov	edx, dword ptr [ebp - 16]
+	cmp	edi, edx
+	mov	edi, dword ptr [ebp + 12]
+	mov	ah, bh
+	mov	bh, byte ptr [ebp - 40]
+	ja	segheap_LBB47_13
+	jmp	segheap_LBB47_94
+segheap_LBB47_7:
+	mov	ah, bh
+	mov	dword ptr [ebp - 28], esi
+	mov	edx, esi
+segheap_LBB47_13:
+	test	ah, 4
+	je	segheap_LBB47_14
+	mov	edx, dword ptr [ebp - 28]
+	shl	edx, 4
+	lea	esi, [ecx + edx]
+	test	ah, 33
+	setne	bh
+	cmp	al, 17
+	setae	byte ptr [ebp - 32]
+	cmp	dword ptr [esi], -857879331
+	jne	segheap_LBB47_94
+	mov	dword ptr [ebp - 56], esi
+	mov	byte ptr [ebp - 48], ah
+	test	al, al
+	je	segheap_LBB47_24
+	mov	esi, dword ptr [ebp - 24]
+	lea	eax, [esi - 1]
+	and	esi, 3
+	xor	ecx, ecx
+	cmp	eax, 3
+	mov	edi, 0
+	jb	segheap_LBB47_29
+	mov	byte ptr [ebp - 40], bh
+	mov	eax, dword ptr [ebp - 24]
+	and	eax, -4
+	mov	dword ptr [ebp - 16], eax
+	mov	eax, dword ptr [ebp - 60]
+	add	eax, edx
+	xor	ecx, ecx
+	xor	edi, edi
+segheap_LBB47_27:
+	mov	bh, byte ptr [eax - 48]
+	shr	bh
+	and	bh, 1
+	bt	dword ptr [eax - 32], 1
+	adc	bh, cl
+	movzx	ecx, byte ptr [eax - 16]
+	shr	cl
+	and	cl, 1
+	bt	dword ptr [eax], 1
+	adc	cl, bh
+	add	edi, 4
+	add	eax, 64
+	cmp	dword ptr [ebp - 16], edi
+	jne	segheap_LBB47_27
+	test	esi, esi
+	mov	bh, byte ptr [ebp - 40]
+	je	segheap_LBB47_31
+segheap_LBB47_29:
+	shl	edi, 4
+	mov	eax, dword ptr [ebp - 64]
+	add	eax, edx
+	add	edi, eax
+segheap_LBB47_30:
+	bt	dword ptr [edi], 1
+	adc	cl, 0
+	add	edi, 16
+	dec	esi
+	jne	segheap_LBB47_30
+segheap_LBB47_31:
+	movzx	eax, cl
+	mov	dword ptr [ebp - 16], eax
+	mov	ecx, dword ptr [ebp - 44]
+	jmp	segheap_LBB47_32
+segheap_LBB47_24:
+	mov	dword ptr [ebp - 16], 0
+segheap_LBB47_32:
+	movzx	eax, byte ptr [ebp - 32]
+	and	al, bh
+	movzx	edi, al
+	mov	esi, dword ptr [ebp - 24]
+	sub	esi, edi
+	cmp	esi, dword ptr [ebp - 16]
+	jne	segheap_LBB47_94
+	neg	edi
+	mov	dword ptr [ebp - 40], edi
+	test	esi, esi
+	mov	edi, dword ptr [ebp + 12]
+	je	segheap_LBB47_41
+	mov	eax, dword ptr [ebp - 24]
+	mov	ecx, dword ptr [ebp - 40]
+	lea	eax, [eax + ecx - 1]
+	mov	dword ptr [ebp - 32], esi
+	and	esi, 3
+	xor	ecx, ecx
+	cmp	eax, 3
+	mov	eax, 0
+	jb	segheap_LBB47_38
+	mov	eax, dword ptr [ebp - 32]
+	and	eax, -4
+	mov	dword ptr [ebp - 16], eax
+	mov	eax, dword ptr [ebp - 60]
+	lea	edi, [eax + edx]
+	xor	ecx, ecx
+	xor	eax, eax
+segheap_LBB47_36:
 	mov	bh, byte ptr [edi - 48]
 	shr	bh
 	and	bh, 1
 	bt	dword ptr [edi - 32], 1
-	adc	bh, dl
-	movzx	edx, byte ptr [edi - 16]
-	shr	dl
-	and	dl, 1
+	adc	bh, cl
+	movzx	ecx, byte ptr [edi - 16]
+	shr	cl
+	and	cl, 1
 	bt	dword ptr [edi], 1
-	adc	dl, bh
-	add	esi, 4
+	adc	cl, bh
+	add	eax, 4
 	add	edi, 64
-	cmp	dword ptr [ebp - 20], esi
-	jne	segheap_LBB47_21
-	test	eax, eax
-	mov	bh, byte ptr [ebp - 44]
-	je	segheap_LBB47_25
-segheap_LBB47_23:
-	shl	esi, 4
-	add	ecx, dword ptr [ebp - 60]
-	add	ecx, esi
-segheap_LBB47_24:
-	bt	dword ptr [ecx], 1
-	adc	dl, 0
-	add	ecx, 16
-	dec	eax
-	jne	segheap_LBB47_24
-segheap_LBB47_25:
-	cmp	dl, byte ptr [ebp - 28]
-	mov	eax, dword ptr [ebp - 24]
-	mov	edi, dword ptr [ebp - 52]
-	mov	edx, dword ptr [ebp - 48]
-	jne	segheap_LBB47_69
-segheap_LBB47_26:
-	mov	esi, edi
+	cmp	dword ptr [ebp - 16], eax
+	jne	segheap_LBB47_36
+	test	esi, esi
+	mov	edi, dword ptr [ebp + 12]
+	je	segheap_LBB47_40
+segheap_LBB47_38:
+	shl	eax, 4
+	add	edx, dword ptr [ebp - 64]
+	add	edx, eax
+segheap_LBB47_39:
+	bt	dword ptr [edx], 1
+	adc	cl, 0
+	add	edx, 16
+	dec	esi
+	jne	segheap_LBB47_39
+segheap_LBB47_40:
+	movzx	eax, cl
+	mov	esi, dword ptr [ebp - 32]
+	cmp	esi, eax
+	mov	ecx, dword ptr [ebp - 44]
+	jne	segheap_LBB47_94
+segheap_LBB47_41:
+	mov	edx, dword ptr [ebp - 28]
+	shl	edx, 12
+	add	edx, ecx
+	movzx	eax, byte ptr [ebp - 48]
+	test	al, 32
+	mov	dword ptr [ebp - 16], edx
+	jne	segheap_LBB47_42
+	test	al, 1
+	je	segheap_LBB47_96
 	shl	esi, 12
-	add	esi, eax
-	movzx	ecx, bh
-	test	cl, 32
-	mov	dword ptr [ebp - 20], esi
-	jne	segheap_LBB47_33
-	mov	eax, edx
-	shl	eax, 12
-	test	cl, 1
-	je	segheap_LBB47_79
-	mov	ecx, dword ptr [ebp - 32]
-	mov	edx, esi
+	mov	ecx, dword ptr [ebp - 36]
+	mov	eax, esi
+	mov	esi, edx
 	push	eax
 	call	lfh_sub_ok
 	add	esp, 4
 	test	eax, eax
-	je	segheap_LBB47_69
+	je	segheap_LBB47_94
 	movzx	eax, word ptr [esi + 18]
-	mov	dword ptr [ebp - 16], eax
+	mov	dword ptr [ebp - 20], eax
 	test	eax, eax
-	je	segheap_LBB47_7
-	xor	edi, edi
-segheap_LBB47_31:
-	mov	esi, edi
-	shr	esi, 5
-	lea	ecx, [edi + edi]
+	je	segheap_LBB47_50
+	xor	esi, esi
+segheap_LBB47_63:
+	mov	edi, esi
+	shr	edi, 5
+	lea	ecx, [esi + esi]
 	mov	eax, -1
 	shl	eax, cl
 	test	cl, 32
@@ -9666,78 +10188,95 @@ segheap_LBB47_31:
 	cmovne	ecx, eax
 	mov	edx, 0
 	cmovne	eax, edx
-	mov	edx, dword ptr [ebp - 20]
-	and	eax, dword ptr [edx + 8*esi + 32]
-	and	ecx, dword ptr [edx + 8*esi + 36]
+	mov	edx, dword ptr [ebp - 16]
+	and	eax, dword ptr [edx + 8*edi + 32]
+	and	ecx, dword ptr [edx + 8*edi + 36]
 	and	ecx, 1431655765
 	and	eax, 1431655765
-	and	edi, -32
-	mov	esi, eax
-	or	esi, ecx
-	jne	segheap_LBB47_41
-	add	edi, 32
-	cmp	edi, dword ptr [ebp - 16]
-	jb	segheap_LBB47_31
-	jmp	segheap_LBB47_7
-segheap_LBB47_33:
-	movzx	eax, word ptr [esi + 20]
+	and	esi, -32
+	mov	edi, eax
+	or	edi, ecx
+	jne	segheap_LBB47_64
+	add	esi, 32
+	cmp	esi, dword ptr [ebp - 20]
+	jb	segheap_LBB47_63
+	jmp	segheap_LBB47_50
+segheap_LBB47_42:
+	movzx	eax, word ptr [edx + 20]
 	mov	ecx, eax
 	and	ecx, 32767
-	xor	cx, word ptr [esi + 22]
+	xor	cx, word ptr [edx + 22]
 	movzx	ecx, cx
 	cmp	ecx, 44013
-	jne	segheap_LBB47_69
-	mov	esi, edx
+	jne	segheap_LBB47_94
 	shl	esi, 12
 	lea	ecx, [8*eax]
-	mov	dword ptr [ebp - 28], esi
 	cmp	ecx, esi
-	jne	segheap_LBB47_69
+	jne	segheap_LBB47_94
+	mov	dword ptr [ebp - 32], esi
 	cmp	ax, 4
-	jb	segheap_LBB47_7
-	mov	eax, dword ptr [ebp - 20]
-	add	dword ptr [ebp - 28], eax
-	lea	edi, [eax + 24]
-	mov	eax, dword ptr [ebp - 32]
+	jb	segheap_LBB47_50
+	add	dword ptr [ebp - 32], edx
+	lea	esi, [edx + 24]
+	mov	eax, dword ptr [ebp - 36]
 	mov	eax, dword ptr [eax + 144]
-	mov	dword ptr [ebp - 40], eax
-segheap_LBB47_37:
-	mov	eax, dword ptr [edi]
-	mov	esi, dword ptr [ebp - 40]
-	xor	esi, edi
-	mov	dword ptr [ebp - 44], eax
-	xor	esi, eax
-	mov	eax, esi
+	mov	dword ptr [ebp - 48], eax
+segheap_LBB47_46:
+	mov	eax, dword ptr [esi]
+	mov	edi, dword ptr [ebp - 48]
+	xor	edi, esi
+	mov	dword ptr [ebp - 56], eax
+	xor	edi, eax
+	mov	eax, edi
 	shr	eax, 31
-	mov	ecx, dword ptr [ebp - 32]
-	mov	edx, dword ptr [ebp - 20]
+	mov	ecx, dword ptr [ebp - 36]
 	push	eax
-	push	edi
+	push	esi
 	call	vs_chunk_ok
 	add	esp, 8
 	test	eax, eax
-	je	segheap_LBB47_69
-	test	esi, esi
-	jns	segheap_LBB47_59
-	test	byte ptr [edi + 5], 2
-	je	segheap_LBB47_59
-	and	esi, 65534
-	lea	edi, [edi + 4*esi]
-	cmp	edi, dword ptr [ebp - 28]
-	jb	segheap_LBB47_37
-	jmp	segheap_LBB47_7
-segheap_LBB47_41:
+	je	segheap_LBB47_94
+	test	edi, edi
+	jns	segheap_LBB47_52
+	test	byte ptr [esi + 5], 2
+	je	segheap_LBB47_52
+	and	edi, 65534
+	lea	esi, [esi + 4*edi]
+	cmp	esi, dword ptr [ebp - 32]
+	mov	edx, dword ptr [ebp - 16]
+	jb	segheap_LBB47_46
+	jmp	segheap_LBB47_50
+segheap_LBB47_64:
 	test	eax, eax
-	je	segheap_LBB47_5
+	je	segheap_LBB47_66
 	rep	bsf	eax, eax
-	jmp	segheap_LBB47_6
-segheap_LBB47_43:
-	mov	eax, dword ptr [edx]
-	cmp	eax, ecx
-	je	segheap_LBB47_50
+	jmp	segheap_LBB47_67
+segheap_LBB47_66:
+	rep	bsf	eax, ecx
+	or	eax, 32
+segheap_LBB47_67:
+	shr	eax
+	or	eax, esi
+	cmp	eax, dword ptr [ebp - 20]
+	jb	segheap_LBB47_68
+segheap_LBB47_50:
+	test	byte ptr [ebp - 40], 1
+	jne	segheap_LBB47_51
+	mov	eax, dword ptr [ebp - 28]
+	add	eax, dword ptr [ebp - 24]
+	cmp	eax, 256
+	mov	edx, eax
+	mov	edi, dword ptr [ebp + 12]
+	mov	ecx, dword ptr [ebp - 44]
+	mov	esi, dword ptr [ebp - 52]
+	jb	segheap_LBB47_5
+segheap_LBB47_76:
+	mov	eax, dword ptr [ecx]
+	cmp	eax, esi
+	je	segheap_LBB47_83
 	mov	edx, -4096
 	xor	ecx, ecx
-segheap_LBB47_45:
+segheap_LBB47_78:
 	movzx	ebx, byte ptr [eax + edx + 4108]
 	shr	bl
 	and	bl, 1
@@ -9749,46 +10288,44 @@ segheap_LBB47_45:
 	bt	dword ptr [eax + edx + 4156], 1
 	adc	cl, bl
 	add	edx, 64
-	jne	segheap_LBB47_45
+	jne	segheap_LBB47_78
 	mov	dl, -1
-	mov	esi, dword ptr [ebp - 36]
-segheap_LBB47_47:
+segheap_LBB47_80:
 	mov	esi, dword ptr [esi]
 	inc	dl
-	cmp	esi, dword ptr [ebp - 36]
-	je	segheap_LBB47_49
+	cmp	esi, dword ptr [ebp - 52]
+	je	segheap_LBB47_82
 	cmp	esi, eax
-	jne	segheap_LBB47_47
-segheap_LBB47_49:
+	jne	segheap_LBB47_80
+segheap_LBB47_82:
 	movzx	ecx, cl
-	mov	esi, dword ptr [ebp + 12]
-	mov	dword ptr [esi], eax
-	mov	dword ptr [esi + 4], 1048576
-	mov	byte ptr [esi + 8], 0
-	mov	byte ptr [esi + 9], dl
-	mov	word ptr [esi + 10], 2
+	mov	dword ptr [edi], eax
+	mov	dword ptr [edi + 4], 1048576
+	mov	byte ptr [edi + 8], 0
+	mov	byte ptr [edi + 9], dl
+	mov	word ptr [edi + 10], 2
 	shl	ecx, 12
-	mov	dword ptr [esi + 12], ecx
+	mov	dword ptr [edi + 12], ecx
 	mov	edx, 1048576
 	sub	edx, ecx
-	mov	dword ptr [esi + 16], edx
+	mov	dword ptr [edi + 16], edx
 	lea	ecx, [eax + 4096]
-	mov	dword ptr [esi + 20], ecx
+	mov	dword ptr [edi + 20], ecx
 	add	eax, 1048576
-	mov	dword ptr [esi + 24], eax
-	jmp	segheap_LBB47_68
-segheap_LBB47_50:
-	mov	eax, dword ptr [ebp - 32]
+	mov	dword ptr [edi + 24], eax
+	jmp	segheap_LBB47_93
+segheap_LBB47_83:
+	mov	eax, dword ptr [ebp - 36]
 	mov	ebx, dword ptr [eax + 68]
 	test	ebx, ebx
-	je	segheap_LBB47_61
+	je	segheap_LBB47_84
 	xor	esi, esi
 	mov	edi, 64
-segheap_LBB47_52:
+segheap_LBB47_86:
+	mov	dword ptr [ebp - 20], -1073741811
 	test	bl, 3
-	jne	segheap_LBB47_71
-	mov	dword ptr [ebp - 16], -1073741811
-	mov	ecx, dword ptr [ebp - 32]
+	jne	segheap_LBB47_94
+	mov	ecx, dword ptr [ebp - 36]
 	mov	edx, ebx
 	push	32
 	call	range_of_type
@@ -9796,19 +10333,19 @@ segheap_LBB47_52:
 	sub	edi, 1
 	setb	cl
 	test	eax, eax
-	je	segheap_LBB47_69
+	je	segheap_LBB47_94
 	test	cl, cl
-	jne	segheap_LBB47_69
+	jne	segheap_LBB47_94
 	xor	eax, eax
 	cmp	dword ptr [ebx + 12], 65536
 	setb	al
 	cmovae	esi, ebx
 	mov	ebx, dword ptr [ebx + 4*eax]
 	test	ebx, ebx
-	jne	segheap_LBB47_52
+	jne	segheap_LBB47_86
 	test	esi, esi
-	mov	dword ptr [ebp - 16], -2147483622
-	je	segheap_LBB47_69
+	mov	dword ptr [ebp - 20], -2147483622
+	je	segheap_LBB47_94
 	mov	eax, dword ptr [esi + 12]
 	movzx	ecx, ax
 	mov	edx, -4096
@@ -9823,175 +10360,183 @@ segheap_LBB47_52:
 	cmovb	eax, ecx
 	mov	byte ptr [esi + 8], al
 	mov	byte ptr [esi + 9], 0
-segheap_LBB47_58:
+segheap_LBB47_92:
 	mov	word ptr [esi + 10], 16401
 	mov	dword ptr [esi + 12], 0
 	mov	dword ptr [esi + 16], 0
 	mov	dword ptr [esi + 20], 0
 	mov	dword ptr [esi + 24], 0
-	jmp	segheap_LBB47_68
-segheap_LBB47_59:
-	mov	ecx, dword ptr [ebp - 44]
-	xor	ecx, edi
-	xor	ecx, dword ptr [ebp - 40]
+	jmp	segheap_LBB47_93
+segheap_LBB47_52:
+	mov	ecx, dword ptr [ebp - 56]
+	xor	ecx, esi
+	xor	ecx, dword ptr [ebp - 48]
 	lea	eax, [4*ecx]
 	and	eax, 262136
 	test	ecx, ecx
-	mov	edx, dword ptr [ebp + 12]
-	js	segheap_LBB47_62
-	add	edi, 8
+	js	segheap_LBB47_53
+	add	esi, 8
 	add	eax, -8
-	mov	dword ptr [edx], edi
+	mov	edx, dword ptr [ebp + 12]
+	mov	dword ptr [edx], esi
 	mov	dword ptr [edx + 4], eax
 	mov	cl, 8
 	xor	eax, eax
-	jmp	segheap_LBB47_66
-segheap_LBB47_71:
-	mov	dword ptr [ebp - 16], -1073741811
-	jmp	segheap_LBB47_69
-segheap_LBB47_61:
-	mov	dword ptr [ebp - 16], -2147483622
-	jmp	segheap_LBB47_69
-segheap_LBB47_62:
+	jmp	segheap_LBB47_58
+segheap_LBB47_84:
+	mov	dword ptr [ebp - 20], -2147483622
+	jmp	segheap_LBB47_94
+segheap_LBB47_53:
 	xor	ecx, ecx
-	test	byte ptr [edi + 5], 1
-	je	segheap_LBB47_65
-	movsx	ecx, byte ptr [edi + eax - 1]
+	test	byte ptr [esi + 5], 1
+	mov	edx, dword ptr [ebp + 12]
+	je	segheap_LBB47_56
+	movsx	ecx, byte ptr [esi + eax - 1]
 	test	ecx, ecx
-	jns	segheap_LBB47_65
-	movzx	ecx, word ptr [edi + eax - 2]
+	jns	segheap_LBB47_56
+	movzx	ecx, word ptr [esi + eax - 2]
 	and	ecx, 32767
-segheap_LBB47_65:
+segheap_LBB47_56:
 	neg	ecx
 	lea	ecx, [eax + ecx - 8]
-	add	edi, 8
+	add	esi, 8
 	sub	eax, ecx
-	mov	dword ptr [edx], edi
+	mov	dword ptr [edx], esi
 	mov	dword ptr [edx + 4], ecx
 	cmp	eax, 255
 	mov	ecx, 255
 	cmovb	ecx, eax
 	mov	ax, 16401
-segheap_LBB47_66:
+segheap_LBB47_58:
 	mov	byte ptr [edx + 8], cl
 	mov	byte ptr [edx + 9], bl
 	mov	word ptr [edx + 10], ax
-segheap_LBB47_67:
 	mov	dword ptr [edx + 12], 0
 	mov	dword ptr [edx + 16], 0
 	mov	dword ptr [edx + 20], 0
 	mov	dword ptr [edx + 24], 0
-segheap_LBB47_68:
-	mov	dword ptr [ebp - 16], 0
-segheap_LBB47_69:
-	mov	eax, dword ptr [ebp - 16]
-	add	esp, 48
+	jmp	segheap_LBB47_93
+segheap_LBB47_14:
+	and	bh, 2
+	mov	eax, dword ptr [ebp - 28]
+	add	eax, dword ptr [ebp - 24]
+	mov	dword ptr [ebp - 28], eax
+	cmp	edx, eax
+	mov	eax, edx
+	jae	segheap_LBB47_20
+	mov	eax, dword ptr [ebp - 32]
+	lea	esi, [ecx + eax + 12]
+	mov	dword ptr [ebp - 16], edx
+	mov	eax, edx
+segheap_LBB47_16:
+	mov	dh, byte ptr [esi]
+	and	dh, 2
+	cmp	dh, bh
+	jne	segheap_LBB47_19
+	inc	eax
+	add	esi, 16
+	cmp	dword ptr [ebp - 28], eax
+	jne	segheap_LBB47_16
+	mov	eax, dword ptr [ebp - 28]
+segheap_LBB47_19:
+	mov	edx, dword ptr [ebp - 16]
+segheap_LBB47_20:
+	sub	eax, edx
+	shl	edx, 12
+	add	ecx, edx
+	shl	eax, 12
+	mov	esi, ecx
+	xor	ecx, ecx
+	test	bh, bh
+	sete	cl
+	shl	ecx, 12
+	mov	dword ptr [edi], esi
+	mov	dword ptr [edi + 4], eax
+	mov	byte ptr [edi + 8], 0
+	mov	byte ptr [edi + 9], bl
+	mov	word ptr [edi + 10], cx
+	jmp	segheap_LBB47_21
+segheap_LBB47_51:
+	mov	ecx, dword ptr [ebp - 36]
+	mov	edx, dword ptr [ebp - 44]
+	push	dword ptr [ebp + 12]
+	push	dword ptr [ebp - 28]
+	call	walk_after_range
+	add	esp, 60
+	jmp	segheap_LBB47_95
+segheap_LBB47_96:
+	mov	ecx, dword ptr [ebp - 24]
+	shl	ecx, 12
+	mov	eax, dword ptr [ebp - 56]
+	mov	eax, dword ptr [eax + 4]
+	sub	ecx, eax
+	mov	dword ptr [edi], edx
+	mov	dword ptr [edi + 4], ecx
+	cmp	eax, 255
+	mov	ecx, 255
+	cmovb	ecx, eax
+	mov	byte ptr [edi + 8], cl
+	mov	byte ptr [edi + 9], bl
+	mov	word ptr [edi + 10], 16401
+segheap_LBB47_21:
+	mov	dword ptr [edi + 12], 0
+	mov	dword ptr [edi + 16], 0
+	mov	dword ptr [edi + 20], 0
+	mov	dword ptr [edi + 24], 0
+segheap_LBB47_93:
+	mov	dword ptr [ebp - 20], 0
+segheap_LBB47_94:
+	mov	eax, dword ptr [ebp - 20]
+	add	esp, 52
+segheap_LBB47_95:
 	pop	esi
 	pop	edi
 	pop	ebx
 	pop	ebp
 	ret
-segheap_LBB47_72:
-	and	ah, 2
-	add	edi, edx
-	cmp	esi, edi
-	mov	edx, esi
-	jae	segheap_LBB47_78
+segheap_LBB47_68:
 	mov	esi, edx
-	mov	edx, dword ptr [ebp - 24]
-	lea	edx, [edx + ecx + 12]
-	mov	ecx, esi
-segheap_LBB47_74:
-	mov	al, byte ptr [edx]
-	and	al, 2
-	cmp	al, ah
-	jne	segheap_LBB47_77
-	inc	esi
-	add	edx, 16
-	cmp	edi, esi
-	jne	segheap_LBB47_74
-	mov	esi, edi
-segheap_LBB47_77:
-	mov	edx, ecx
-segheap_LBB47_78:
-	sub	esi, edx
-	shl	edx, 12
-	mov	ecx, edx
-	mov	edx, dword ptr [ebp - 24]
-	add	edx, ecx
-	shl	esi, 12
-	xor	ecx, ecx
-	test	ah, ah
-	sete	cl
-	shl	ecx, 12
-	mov	eax, dword ptr [ebp + 12]
-	mov	dword ptr [eax], edx
-	mov	dword ptr [eax + 4], esi
-	mov	byte ptr [eax + 8], 0
-	mov	byte ptr [eax + 9], bl
-	mov	word ptr [eax + 10], cx
-	mov	dword ptr [eax + 12], 0
-	mov	dword ptr [eax + 16], 0
-	mov	dword ptr [eax + 20], 0
-	mov	dword ptr [eax + 24], 0
-	jmp	segheap_LBB47_68
-segheap_LBB47_79:
-	mov	ecx, dword ptr [ebp - 40]
-	mov	ecx, dword ptr [ecx + 4]
-	sub	eax, ecx
-	mov	edx, dword ptr [ebp + 12]
-	mov	dword ptr [edx], esi
-	mov	dword ptr [edx + 4], eax
-	cmp	ecx, 255
-	mov	eax, 255
-	cmovb	eax, ecx
-	mov	byte ptr [edx + 8], al
-	mov	byte ptr [edx + 9], bl
-	mov	word ptr [edx + 10], 16401
-	jmp	segheap_LBB47_67
-segheap_LBB47_80:
-	mov	edi, dword ptr [ebp - 20]
-	mov	esi, edi
 	shr	esi, 12
-	xor	esi, dword ptr [edi + 24]
-	mov	ecx, dword ptr [ebp - 32]
+	xor	esi, dword ptr [edx + 24]
+	mov	ecx, dword ptr [ebp - 36]
 	xor	esi, dword ptr [ecx + 148]
 	mov	ecx, eax
 	shr	ecx, 5
-	mov	edx, dword ptr [edi + 8*ecx + 32]
+	mov	edi, edx
+	mov	edx, dword ptr [edx + 8*ecx + 32]
 	mov	edi, dword ptr [edi + 8*ecx + 36]
-	mov	dword ptr [ebp - 36], edi
+	mov	dword ptr [ebp - 52], edi
 	lea	ecx, [eax + eax]
 	shr	edi, cl
-	mov	dword ptr [ebp - 16], edi
+	mov	dword ptr [ebp - 24], edi
 	lea	ecx, [eax + eax]
-	mov	edi, dword ptr [ebp - 36]
+	mov	edi, dword ptr [ebp - 52]
 	shrd	edx, edi, cl
 	lea	ecx, [eax + eax]
 	test	cl, 32
-	cmovne	edx, dword ptr [ebp - 16]
+	cmovne	edx, dword ptr [ebp - 24]
 	movzx	ecx, si
 	shr	esi, 16
 	test	dl, 2
-	je	segheap_LBB47_84
-	mov	edx, dword ptr [ebp - 20]
+	je	segheap_LBB47_69
+	mov	edx, dword ptr [ebp - 16]
 	add	edx, esi
 	imul	eax, ecx
 	add	edx, eax
 	movsx	edi, byte ptr [ecx + edx - 1]
 	test	edi, edi
-	jns	segheap_LBB47_83
+	jns	segheap_LBB47_72
 	movzx	edi, word ptr [edx + ecx - 2]
 	and	edi, 32767
-segheap_LBB47_83:
+segheap_LBB47_72:
 	mov	edx, ecx
 	sub	edx, edi
-	jmp	segheap_LBB47_85
-segheap_LBB47_84:
+	jmp	segheap_LBB47_73
+segheap_LBB47_69:
 	imul	eax, ecx
 	mov	edx, ecx
-segheap_LBB47_85:
-	mov	edi, dword ptr [ebp - 20]
+segheap_LBB47_73:
+	mov	edi, dword ptr [ebp - 16]
 	add	edi, esi
 	add	edi, eax
 	mov	esi, dword ptr [ebp + 12]
@@ -10003,7 +10548,7 @@ segheap_LBB47_85:
 	cmovb	eax, ecx
 	mov	byte ptr [esi + 8], al
 	mov	byte ptr [esi + 9], bl
-	jmp	segheap_LBB47_58
+	jmp	segheap_LBB47_92
 	.p2align	4
 vs_next_visible:
 	push	ebp
@@ -10116,6 +10661,62 @@ segheap_LBB49_6:
 	pop	ebp
 	ret
 	.p2align	4
+walk_after_range:
+	push	ebp
+	mov	ebp, esp
+	push	ebx
+	push	edi
+	push	esi
+	mov	eax, ecx
+	mov	esi, dword ptr [ebp + 8]
+	mov	ecx, esi
+	shl	ecx, 4
+	movzx	edi, byte ptr [edx + ecx + 15]
+	cmp	edi, 17
+	jb	segheap_LBB50_6
+	movzx	ecx, byte ptr [edx + ecx + 12]
+	and	cl, 33
+	je	segheap_LBB50_6
+	add	eax, 324
+	mov	bl, -1
+	mov	ecx, eax
+segheap_LBB50_3:
+	mov	ecx, dword ptr [ecx]
+	inc	bl
+	cmp	ecx, eax
+	je	segheap_LBB50_5
+	cmp	ecx, edx
+	jne	segheap_LBB50_3
+segheap_LBB50_5:
+	add	esi, edi
+	shl	esi, 12
+	lea	eax, [edx + esi - 4096]
+	mov	ecx, dword ptr [ebp + 12]
+	mov	dword ptr [ecx], eax
+	mov	dword ptr [ecx + 4], 4096
+	mov	byte ptr [ecx + 8], 0
+	mov	byte ptr [ecx + 9], bl
+	mov	word ptr [ecx + 10], 4096
+	mov	dword ptr [ecx + 12], 0
+	mov	dword ptr [ecx + 16], 0
+	mov	dword ptr [ecx + 20], 0
+	mov	dword ptr [ecx + 24], 0
+	xor	eax, eax
+	jmp	segheap_LBB50_7
+segheap_LBB50_6:
+	add	esi, edi
+	mov	ecx, eax
+	push	dword ptr [ebp + 12]
+	push	esi
+	call	walk_from_unit
+	add	esp, 8
+segheap_LBB50_7:
+	pop	esi
+	pop	edi
+	pop	ebx
+	pop	ebp
+	ret
+	.p2align	4
 lfh_next_busy:
 	push	ebp
 	mov	ebp, esp
@@ -10126,8 +10727,8 @@ lfh_next_busy:
 	mov	dword ptr [ebp - 16], ecx
 	movzx	eax, word ptr [ecx + 18]
 	cmp	edx, eax
-	jae	segheap_LBB50_7
-segheap_LBB50_2:
+	jae	segheap_LBB51_7
+segheap_LBB51_2:
 	mov	edi, edx
 	shr	edi, 5
 	lea	ecx, [edx + edx]
@@ -10146,23 +10747,23 @@ segheap_LBB50_2:
 	and	edx, -32
 	mov	edi, ebx
 	or	edi, ecx
-	jne	segheap_LBB50_3
+	jne	segheap_LBB51_3
 	add	edx, 32
 	cmp	edx, eax
-	jb	segheap_LBB50_2
-	jmp	segheap_LBB50_7
-segheap_LBB50_3:
+	jb	segheap_LBB51_2
+	jmp	segheap_LBB51_7
+segheap_LBB51_3:
 	test	ebx, ebx
-	je	segheap_LBB50_5
+	je	segheap_LBB51_5
 	rep	bsf	eax, ebx
-	jmp	segheap_LBB50_6
-segheap_LBB50_5:
+	jmp	segheap_LBB51_6
+segheap_LBB51_5:
 	rep	bsf	eax, ecx
 	or	eax, 32
-segheap_LBB50_6:
+segheap_LBB51_6:
 	shr	eax
 	or	eax, edx
-segheap_LBB50_7:
+segheap_LBB51_7:
 	add	esp, 4
 	pop	esi
 	pop	edi
@@ -10198,26 +10799,26 @@ walk_lfh_block:
 	shr	eax, 16
 	test	bl, 2
 	mov	ecx, dword ptr [ebp + 16]
-	je	segheap_LBB51_1
+	je	segheap_LBB52_1
 	lea	ebx, [edx + eax]
 	mov	esi, dword ptr [ebp + 8]
 	imul	esi, edi
 	add	ebx, esi
 	movsx	ecx, byte ptr [edi + ebx - 1]
 	test	ecx, ecx
-	jns	segheap_LBB51_4
+	jns	segheap_LBB52_4
 	movzx	ecx, word ptr [ebx + edi - 2]
 	and	ecx, 32767
-segheap_LBB51_4:
+segheap_LBB52_4:
 	mov	ebx, edi
 	sub	ebx, ecx
 	mov	ecx, dword ptr [ebp + 16]
-	jmp	segheap_LBB51_5
-segheap_LBB51_1:
+	jmp	segheap_LBB52_5
+segheap_LBB52_1:
 	mov	esi, dword ptr [ebp + 8]
 	imul	esi, edi
 	mov	ebx, edi
-segheap_LBB51_5:
+segheap_LBB52_5:
 	add	edx, eax
 	add	edx, esi
 	sub	edi, ebx

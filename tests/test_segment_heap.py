@@ -18,8 +18,9 @@ import struct
 from dataclasses import dataclass
 
 import pytest
+from asmutil import assemble
 
-from emu import Process
+from emu import EmulationError, Process
 from emu.arch import get_arch
 from emu.heap.allocator import Allocator
 from emu.heap.registry import ALLOCATORS, walk_heap
@@ -198,6 +199,102 @@ def test_large_blocks_are_64k_aligned_reservations(env: Env) -> None:
         region = env.proc.memory.region_at(lb.region)
         assert region is not None and region.base == lb.region and region.size >= lb.region_size
         assert env.proc.memory.query(lb.region + pages).State == MEM_RESERVE  # the guard page
+    assert_matches_allocator(env, h, rep)
+
+
+# ---------------------------------------------------------------------------- guard pages
+
+
+def range_units(env: Env, rep: HeapReport, address: int) -> int:
+    """UnitSize of the page range starting at address (from its descriptor)."""
+    seg = next(s for s in rep.segments if s.contains(address))
+    a = get_arch(env.arch)
+    desc = sl.HEAP_PAGE_RANGE_DESCRIPTOR
+    at = seg.address + (address - seg.base) // sl.PAGE * desc.size(a)
+    return env.proc.read(at + desc.offset(a, "UnitSize"), 1)[0]
+
+
+def poke(env: Env, address: int) -> None:
+    """Writes one byte at address from emulated code."""
+    reg = "eax" if env.arch == "x86" else "rax"
+    f = assemble(env.proc, f"mov {reg}, {address:#x}; mov byte ptr [{reg}], 0x41; ret")
+    env.proc.call(f)
+
+
+def test_guard_page_after_subsegments_of_64k_or_more(env: Env) -> None:
+    """Yason's guard pages: a VS subsegment (always >= 64 KiB) and a 64 KiB LFH subsegment end
+    in an uncommitted page of their page range, where an overflow off their end faults; a
+    smaller LFH subsegment and a back-end block have none."""
+    a = env.alloc
+    h = a.create_heap()
+    vs_ptr = a.alloc(h, 0x100)  # VS (the bucket is inactive)
+    big = [a.alloc(h, 0x3000) for _ in range(17)]  # the 17th: a 64 KiB LFH subsegment
+    small = [a.alloc(h, 0x40) for _ in range(17)]  # the 17th: a 1-page LFH subsegment
+    back = a.alloc(h, 0x30000)
+    rep = env.walk(h)
+    assert rep.ok, rep.corruptions
+    assert component(rep, vs_ptr) == VS and component(rep, big[16]) == LFH
+    assert component(rep, small[16]) == LFH and component(rep, back) == BACKEND
+    subs = {s.address: s for s in rep.subsegments}
+    guarded = [s for s in subs.values() if s.size >= sl.SUBSEGMENT_GUARD_MIN]
+    assert {s.component for s in guarded} == {VS, LFH}
+    for sub in guarded:
+        assert (
+            sub.guard == sl.PAGE and range_units(env, rep, sub.address) == sub.size // sl.PAGE + 1
+        )
+        info = env.proc.memory.query(sub.end)
+        assert info.State == MEM_RESERVE  # reserved, not committed
+        assert env.proc.memory.query(sub.end - sl.PAGE).State == MEM_COMMIT
+        assert any(r.address == sub.end and r.size == sl.PAGE for r in rep.segments[0].uncommitted)
+        env.proc.write(sub.end - 1, b"\x00")  # the subsegment's last byte is writable (slack)
+        with pytest.raises(EmulationError) as e:
+            poke(env, sub.end)  # one byte past the subsegment's end
+        assert e.value.address == sub.end and e.value.access == "write"
+    smaller = [s for s in subs.values() if s.size < sl.SUBSEGMENT_GUARD_MIN]
+    assert smaller and all(s.component == LFH for s in smaller)
+    for sub in smaller:
+        assert sub.guard == 0 and range_units(env, rep, sub.address) == sub.size // sl.PAGE
+    assert range_units(env, rep, back) == 0x30000 // sl.PAGE
+    rep = env.walk(h)
+    assert rep.ok, rep.corruptions
+    assert_matches_allocator(env, h, rep)
+    assert a.validate(h)
+    text = render_entries(build_entries(env.proc, h, allocator=env.alloc))
+    w = 2 * env.a_ptr
+    for sub in guarded:
+        assert f"        {sub.end:0{w}x}: 00001000 - guard page." in text
+
+
+def test_freeing_a_subsegment_frees_its_guard_page(env: Env) -> None:
+    a = env.alloc
+    h = a.create_heap()
+    keep = a.alloc(h, 0x30000)  # a back-end block, so the segment stays
+    ptrs = [a.alloc(h, 0x4000) for _ in range(3)]  # one 64 KiB VS subsegment
+    rep = env.walk(h)
+    assert rep.ok, rep.corruptions
+    (sub,) = [s for s in rep.subsegments if s.component == VS]
+    assert sub.guard == sl.PAGE and all(sub.address < p < sub.end for p in ptrs)
+    guard = sub.end
+    for p in ptrs:
+        assert a.free(h, p)
+        rep = env.walk(h)
+        assert rep.ok, rep.corruptions
+        assert_matches_allocator(env, h, rep)
+        assert a.validate(h)
+    assert not [s for s in rep.subsegments if s.component == VS]
+    assert env.proc.memory.query(guard).State == MEM_RESERVE
+    # the guard page went back to the back end with the subsegment: a free range holds it
+    seg = rep.segments[0]
+    free_pages = [(b.address, b.end) for b in seg.blocks if b.free]
+    free_pages += [(r.address, r.end) for r in seg.uncommitted]
+    assert any(lo <= guard < hi for lo, hi in free_pages)
+    assert component(rep, keep) == BACKEND
+    again = a.alloc(h, 0x100)  # a new VS subsegment: with its guard page again
+    rep = env.walk(h)
+    assert rep.ok, rep.corruptions
+    (sub,) = [s for s in rep.subsegments if s.component == VS]
+    assert sub.address < again < sub.end and sub.guard == sl.PAGE
+    assert env.proc.memory.query(sub.end).State == MEM_RESERVE
     assert_matches_allocator(env, h, rep)
 
 

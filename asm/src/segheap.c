@@ -14,6 +14,16 @@
  *   large     n > 0x7F000: an own 64 KiB-aligned reservation with a guard page after it.
  * VS and LFH subsegments are page ranges of the back end (RangeFlags VS / LFH).
  *
+ * Guard pages: Yason (BH USA 2016, "Guard Pages") adds a guard page after VS and LFH
+ * subsegments of 64 KiB or more, as after large blocks, so that a sequential overflow off the
+ * end of the subsegment faults. Here the back end allocates such a subsegment's page range one
+ * page longer and leaves that last page reserved but uncommitted (decommitting it if the free
+ * range it came from had it committed), as the large blocks' guard page is: the guard page is
+ * part of the range (UnitSize counts it, CommittedPageCount does not), the subsegment itself
+ * (VS Size, LFH blocks) covers the pages before it, and freeing the subsegment frees the guard
+ * page with the range. A VS or LFH range has a guard page exactly when it has more than 16
+ * units (SEGHEAP_SUBSEGMENT_GUARD_MIN / page), the last one.
+ *
  * Memory:
  *   heap      RtlCreateHeap reserves sizeof(_SEGMENT_HEAP) plus room for 128 LFH buckets
  *             (page-rounded) and commits sizeof(_SEGMENT_HEAP) bytes only; the rest (the
@@ -88,13 +98,14 @@
  *     the LFH usage counters; otherwise it allocates (counted like any request), copies, frees;
  *   - VS covers requests up to and including 0x20000 bytes (fact sheet C; "< 128 KiB" in
  *     Yason's overview), the back end up to and including 0x7F000;
- *   - no guard pages after VS/LFH subsegments, no per-block padding, no delayed frees, no
- *     affinity slots (one set of subsegments per bucket), VS subsegments committed whole.
+ *   - no per-block padding, no delayed frees, no affinity slots (one set of subsegments per
+ *     bucket), VS subsegments committed whole.
  *
  * RtlWalkHeap order: for each segment (creation order) a region entry, then its ranges in
  * address order: free ranges as runs of committed (Flags 0) and uncommitted (UNCOMMITTED)
  * pages, back-end blocks, VS chunks (busy and free; internal chunks skipped), busy LFH blocks
- * (free LFH slots are not reported); then large blocks in address order. Busy entries have
+ * (free LFH slots are not reported), a subsegment's guard page as an UNCOMMITTED entry after
+ * its blocks; then large blocks in address order. Busy entries have
  * BUSY | BLOCK | COMMITTED, DataSize = the request, OverheadBytes = block bytes - request
  * (at most 255); free VS chunks report the bytes after their header.
  *
@@ -595,13 +606,28 @@ static u8 count_committed(HEAP_PAGE_SEGMENT *seg, u32 first, u32 units)
     return (u8)n;
 }
 
-/* Whether an allocated range looks whole: signature and every page committed (so that its
- * memory may be read). */
+/* Whether a range of units pages with these flags (a VS or LFH subsegment of 64 KiB or more)
+ * ends in a guard page: 1 or 0. */
+static u32 guard_units(u8 flags, u32 units)
+{
+    return (flags & (RANGE_VS | RANGE_LFH)) && units > SEGHEAP_SUBSEGMENT_GUARD_MIN / PAGE;
+}
+
+/* The pages of an allocated range before its guard page (all of them when it has none). */
+static u32 range_usable(const HEAP_PAGE_RANGE_DESCRIPTOR *d)
+{
+    return d->UnitSize - guard_units(d->RangeFlags, d->UnitSize);
+}
+
+/* Whether an allocated range looks whole: signature, every page committed but the guard
+ * page, which is not (so that its memory may be read). */
 static int allocated_range_ok(HEAP_PAGE_SEGMENT *seg, u32 first)
 {
     HEAP_PAGE_RANGE_DESCRIPTOR *d = desc_at(seg, first);
+    u32 usable = range_usable(d);
     return d->TreeSignature == SEGHEAP_RANGE_SIGNATURE &&
-           count_committed(seg, first, d->UnitSize) == d->UnitSize;
+           count_committed(seg, first, d->UnitSize) == usable &&
+           count_committed(seg, first, usable) == usable;
 }
 
 /* Writes the descriptors of the range [first, first + units) with the type flags given
@@ -735,19 +761,20 @@ static HEAP_PAGE_RANGE_DESCRIPTOR *find_free_range(SEGMENT_HEAP *heap, u32 units
     return (HEAP_PAGE_RANGE_DESCRIPTOR *)best;
 }
 
-/* Allocates a committed range of units pages with the type flags (0, RANGE_VS, RANGE_LFH);
- * returns its first descriptor. */
+/* Allocates a committed range of units pages with the type flags (0, RANGE_VS, RANGE_LFH),
+ * plus an uncommitted guard page after it for a subsegment of 64 KiB or more; returns its
+ * first descriptor. */
 static HEAP_PAGE_RANGE_DESCRIPTOR *pages_alloc(SEGMENT_HEAP *heap, u32 units, u8 type)
 {
     HEAP_PAGE_RANGE_DESCRIPTOR *d;
     HEAP_PAGE_SEGMENT *seg;
-    u32 first, total;
+    u32 first, total, guard = guard_units(type, units + 1);
 
-    if (!units || units > UNITS - FIRST_DESCRIPTOR) return 0;
-    d = find_free_range(heap, units);
+    if (!units || units + guard > UNITS - FIRST_DESCRIPTOR) return 0;
+    d = find_free_range(heap, units + guard);
     if (!d) {
         if (!segment_create(heap)) return 0;
-        d = find_free_range(heap, units);
+        d = find_free_range(heap, units + guard);
         if (!d) return 0;
     }
     seg = seg_of(d);
@@ -758,9 +785,11 @@ static HEAP_PAGE_RANGE_DESCRIPTOR *pages_alloc(SEGMENT_HEAP *heap, u32 units, u8
         free_range_insert(heap, seg, first, total);
         return 0;
     }
+    if (guard) decommit_units(heap, seg, first + units, guard);
+    units += guard;
     if (total > units) free_range_insert(heap, seg, first + units, total - units);
     range_mark(seg, first, units, RANGE_ALLOCATED | type);
-    d->CommittedPageCount = (u8)units;
+    d->CommittedPageCount = (u8)(units - guard);
     d->TreeSignature = SEGHEAP_RANGE_SIGNATURE;
     return d;
 }
@@ -1418,13 +1447,14 @@ static int lookup_block(SEGMENT_HEAP *heap, const void *ptr, BLOCK_REF *ref, int
         ref->seg = seg;
         ref->range = d;
         if (d->RangeFlags & RANGE_VS) {
-            if (!lookup_vs(heap, (HEAP_VS_SUBSEGMENT *)start, d->UnitSize * PAGE, p, ref))
+            if (!lookup_vs(heap, (HEAP_VS_SUBSEGMENT *)start, range_usable(d) * PAGE, p, ref))
                 return 0;
             return internal || !(vs_header(ref->block)->AllocatedChunkBits &
                                  VS_BITS_SKIP_DURING_WALK);
         }
         if (d->RangeFlags & RANGE_LFH)
-            return lookup_lfh(heap, (HEAP_LFH_SUBSEGMENT *)start, d->UnitSize * (u32)PAGE, p, ref);
+            return lookup_lfh(heap, (HEAP_LFH_SUBSEGMENT *)start, range_usable(d) * (u32)PAGE, p,
+                              ref);
         if (p != start || d->UnusedBytes >= d->UnitSize * PAGE) return 0;
         ref->kind = BLOCK_BACKEND;
         ref->block = start;
@@ -1826,13 +1856,14 @@ static int validate_segment(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, TALLY *t
         if (d->CommittedPageCount != committed) return 0;
         if (type) {
             u8 *start = unit_addr(seg, u);
-            if (committed != n || d->TreeSignature != SEGHEAP_RANGE_SIGNATURE) return 0;
+            if (!allocated_range_ok(seg, u)) return 0;
             if (type & RANGE_VS) {
-                if (!validate_vs_subsegment(heap, (HEAP_VS_SUBSEGMENT *)start, n, tally))
+                if (!validate_vs_subsegment(heap, (HEAP_VS_SUBSEGMENT *)start, range_usable(d),
+                                            tally))
                     return 0;
             } else if (type & RANGE_LFH) {
-                if (!validate_lfh_subsegment(heap, (HEAP_LFH_SUBSEGMENT *)start, n * (u32)PAGE,
-                                             tally))
+                if (!validate_lfh_subsegment(heap, (HEAP_LFH_SUBSEGMENT *)start,
+                                             range_usable(d) * (u32)PAGE, tally))
                     return 0;
             } else if (d->UnusedBytes >= n * PAGE) {
                 return 0;
@@ -2094,6 +2125,22 @@ static u32 walk_lfh_block(SEGMENT_HEAP *heap, HEAP_LFH_SUBSEGMENT *sub, u32 inde
                     WALK_BUSY, seg_index);
 }
 
+static u32 walk_from_unit(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 u,
+                          RTL_HEAP_WALK_ENTRY *e);
+
+/* Reports what follows the entries of the allocated range at unit first: its guard page (an
+ * uncommitted entry) when it has one, else the first entry after the range. */
+static u32 walk_after_range(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 first,
+                            RTL_HEAP_WALK_ENTRY *e)
+{
+    HEAP_PAGE_RANGE_DESCRIPTOR *d = desc_at(seg, first);
+    u32 usable = range_usable(d);
+    if (usable != d->UnitSize)
+        return walk_set(e, unit_addr(seg, first + usable), (uptr)(d->UnitSize - usable) * PAGE, 0,
+                        RTL_HEAP_ENTRY_UNCOMMITTED, segment_index(heap, seg));
+    return walk_from_unit(heap, seg, first + d->UnitSize, e);
+}
+
 /* Reports the first entry from unit u of seg on (u starts a range or a run of a free range). */
 static u32 walk_from_unit(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 u, RTL_HEAP_WALK_ENTRY *e)
 {
@@ -2119,16 +2166,18 @@ static u32 walk_from_unit(SEGMENT_HEAP *heap, HEAP_PAGE_SEGMENT *seg, u32 u, RTL
             HEAP_VS_SUBSEGMENT *sub = (HEAP_VS_SUBSEGMENT *)start;
             int bad = 0;
             u8 *chunk;
-            if (!vs_sub_ok(sub, n * PAGE)) return STATUS_INVALID_PARAMETER;
+            if (!vs_sub_ok(sub, range_usable(d) * PAGE)) return STATUS_INVALID_PARAMETER;
             chunk = vs_next_visible(heap, sub, vs_first_chunk(sub), &bad);
             if (bad) return STATUS_INVALID_PARAMETER;
             if (chunk) return walk_vs_chunk(heap, chunk, index, e);
+            if (range_usable(d) != n) return walk_after_range(heap, seg, first, e);
         } else if (d->RangeFlags & RANGE_LFH) {
             HEAP_LFH_SUBSEGMENT *sub = (HEAP_LFH_SUBSEGMENT *)start;
             u32 i;
-            if (!lfh_sub_ok(heap, sub, n * PAGE)) return STATUS_INVALID_PARAMETER;
+            if (!lfh_sub_ok(heap, sub, range_usable(d) * PAGE)) return STATUS_INVALID_PARAMETER;
             i = lfh_next_busy(sub, 0);
             if (i < sub->BlockCount) return walk_lfh_block(heap, sub, i, index, e);
+            if (range_usable(d) != n) return walk_after_range(heap, seg, first, e);
         } else {
             return walk_set(e, start, n * PAGE - d->UnusedBytes, d->UnusedBytes, WALK_BUSY, index);
         }
@@ -2176,29 +2225,33 @@ static u32 heap_walk(SEGMENT_HEAP *heap, RTL_HEAP_WALK_ENTRY *e)
         return walk_from_unit(heap, seg, u, e);
     }
     if (!allocated_range_ok(seg, first)) return STATUS_INVALID_PARAMETER;
+    if (u >= first + range_usable(d)) { /* the guard page's entry */
+        if (data != unit_addr(seg, first + range_usable(d))) return STATUS_INVALID_PARAMETER;
+        return walk_from_unit(heap, seg, first + n, e);
+    }
     if (d->RangeFlags & RANGE_VS) {
         HEAP_VS_SUBSEGMENT *sub = (HEAP_VS_SUBSEGMENT *)start;
         u8 *chunk = data - VS_HDR, *next;
         int bad = 0;
-        if (!vs_sub_ok(sub, n * PAGE) || chunk < vs_first_chunk(sub) || chunk >= vs_end(sub) || ((uptr)chunk & (VS_UNIT - 1)) ||
+        if (!vs_sub_ok(sub, range_usable(d) * PAGE) || chunk < vs_first_chunk(sub) || chunk >= vs_end(sub) || ((uptr)chunk & (VS_UNIT - 1)) ||
             !vs_chunk_ok(heap, sub, chunk, VS_ALLOCATED(vs_decode(heap, chunk)) == 1))
             return STATUS_INVALID_PARAMETER;
         next = vs_next_visible(
             heap, sub, chunk + (VS_SIZE(vs_decode(heap, chunk)) << VS_UNIT_SHIFT), &bad);
         if (bad) return STATUS_INVALID_PARAMETER;
         if (next) return walk_vs_chunk(heap, next, index, e);
-        return walk_from_unit(heap, seg, first + n, e);
+        return walk_after_range(heap, seg, first, e);
     }
     if (d->RangeFlags & RANGE_LFH) {
         HEAP_LFH_SUBSEGMENT *sub = (HEAP_LFH_SUBSEGMENT *)start;
         u32 block = lfh_block_bytes(heap, sub), off = (u32)(data - start), i;
         u32 first_off = lfh_first_offset(heap, sub);
-        if (!lfh_sub_ok(heap, sub, n * PAGE) || off < first_off || (off - first_off) % block ||
+        if (!lfh_sub_ok(heap, sub, range_usable(d) * PAGE) || off < first_off || (off - first_off) % block ||
             (off - first_off) / block >= sub->BlockCount)
             return STATUS_INVALID_PARAMETER;
         i = lfh_next_busy(sub, (off - first_off) / block + 1);
         if (i < sub->BlockCount) return walk_lfh_block(heap, sub, i, index, e);
-        return walk_from_unit(heap, seg, first + n, e);
+        return walk_after_range(heap, seg, first, e);
     }
     if (data != start) return STATUS_INVALID_PARAMETER;
     return walk_from_unit(heap, seg, first + n, e);

@@ -111,6 +111,7 @@ typedef char segheap_check_uptr[(sizeof(uptr) == sizeof(void *)) ? 1 : -1];
 #define SEGHEAP_UNITS_PER_SEGMENT 256u
 #define SEGHEAP_SEGMENT_SIGNATURE_XOR ((uptr)0xA2E64EADA2E64EADull) /* truncated on x86 */
 #define SEGHEAP_LARGE_GUARD 0x1000u        /* uncommitted page after each large block */
+#define SEGHEAP_SUBSEGMENT_GUARD_MIN 0x10000u /* VS / LFH subsegments this big: guard page */
 #define SEGHEAP_LARGE_ALIGN 0x10000u       /* reservation granularity */
 #define SEGHEAP_RANGE_SIGNATURE 0xCCDDCCDDu /* TreeSignature of an allocated page range */
 #define SEGHEAP_VS_SIGNATURE_XOR 0xABEDu

@@ -89,6 +89,7 @@ class UnitEntries:
     entries: list[EntryLine] = field(default_factory=list)
     uncommitted: list[RangeLine] = field(default_factory=list)
     slotted: bool = False  # an LFH subsegment: entries are its slots, free ones included
+    guard: RangeLine | None = None  # a subsegment's guard page (uncommitted, in its page range)
 
 
 @dataclass
@@ -302,7 +303,9 @@ def _components(report: HeapReport) -> list[ComponentEntries]:
                 what += (
                     f": {sub.block_count} slots of {sub.block_size:#x} bytes, {sub.free_count} free"
                 )
-            group.units.append(UnitEntries(what, sub.address, sub.size, inside, [], sub.slotted))
+            guard = RangeLine(sub.end, sub.guard) if sub.guard else None
+            unit = UnitEntries(what, sub.address, sub.size, inside, [], sub.slotted, guard)
+            group.units.append(unit)
         out.append(group)
     return out
 
@@ -429,6 +432,8 @@ def _component_text(view: EntriesView, keep: int | None) -> list[str]:
             out += _elide(u.entries, [text(e, a) for e in u.entries], keep)
             out += [f"        {hexp(r.address, a)}: {r.size:08x} - uncommitted bytes."
                     for r in u.uncommitted]  # fmt: skip
+            if u.guard is not None:
+                out.append(f"        {hexp(u.guard.address, a)}: {u.guard.size:08x} - guard page.")
     return out
 
 

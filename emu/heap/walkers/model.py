@@ -176,6 +176,7 @@ class Subsegment:
     free_count: int  # LFH: FreeCount; VS: free chunks
     first_block: int = 0  # address of its first block (header and bitmap before it)
     slotted: bool = False  # blocks are block_count slots of block_size from first_block (LFH)
+    guard: int = 0  # bytes of the uncommitted guard page at ``end`` (part of its page range)
 
     def slot_of(self, address: int) -> int | None:
         """The index of the slot holding ``address`` (None: not in a slot, or not slotted)."""

@@ -10,7 +10,10 @@ this walker overrides ``HeapWalker.walk`` and maps the heap onto the shared ``He
   committed runs are free blocks and its uncommitted runs the segment's uncommitted ranges, a
   VS subsegment contributes its chunks (busy and free; heap-internal chunks are skipped, as
   RtlWalkHeap skips them), an LFH subsegment its busy slots (free slots are counted in its
-  ``Subsegment`` record, not listed as blocks, as RtlWalkHeap does not report them);
+  ``Subsegment`` record, not listed as blocks, as RtlWalkHeap does not report them); a VS or
+  LFH subsegment of 64 KiB or more ends in a guard page, the last page of its range, which
+  must be uncommitted: ``Subsegment.guard``, and an uncommitted range of the segment as
+  RtlWalkHeap reports it;
 - large blocks come from the ``LargeAllocMetadata`` tree, in address order;
 - ``HeapReport.subsegments`` lists the VS and LFH subsegments (component, block size, counts)
   and every ``Block`` says which ``component`` serves it (backend / vs / lfh).
@@ -385,7 +388,7 @@ class SegmentWalker(HeapWalker):
                 prev_free = True
             else:
                 prev_free = False
-                self.allocated_range(seg, desc, start, n, rtype, all(committed))
+                self.allocated_range(seg, desc, start, n, rtype, committed)
             u += n
         return seg
 
@@ -404,8 +407,10 @@ class SegmentWalker(HeapWalker):
             i = j
 
     def allocated_range(
-        self, seg: Segment, desc: int, start: int, n: int, rtype: int, committed: bool
+        self, seg: Segment, desc: int, start: int, n: int, rtype: int, committed: list[bool]
     ) -> None:
+        """An allocated range: a back-end block, or a VS / LFH subsegment (the pages before its
+        guard page when it has one: the range's last page, which must be uncommitted)."""
         try:
             tree_sig = self.mem.u32(desc + DESC.offset(self.a, "TreeSignature"))
             unused = self.mem.u32(desc + DESC.offset(self.a, "UnusedBytes"))
@@ -414,14 +419,20 @@ class SegmentWalker(HeapWalker):
             return
         if tree_sig != sl.RANGE_SIGNATURE:
             self.corrupt(DESCRIPTOR, desc, f"allocated range signature 0x{tree_sig:08x}")
-        if not committed:
+        guard = sl.guard_units(rtype, n)
+        if not all(committed[: n - guard]):
             self.corrupt(DESCRIPTOR, desc, "allocated range has uncommitted pages")
             return
-        size = n * sl.PAGE
+        if any(committed[n - guard :]):
+            self.corrupt(DESCRIPTOR, desc, "subsegment's guard page is committed")
+            return
+        size = (n - guard) * sl.PAGE
+        if guard:  # an uncommitted run of the segment, as RtlWalkHeap reports it
+            seg.uncommitted.append(Range(start + size, guard * sl.PAGE))
         if rtype == sl.RANGE_ALLOCATED | sl.RANGE_VS:
-            self.vs_subsegment(seg, start, size)
+            self.vs_subsegment(seg, start, size, guard * sl.PAGE)
         elif rtype == sl.RANGE_ALLOCATED | sl.RANGE_LFH:
-            self.lfh_subsegment(seg, start, size)
+            self.lfh_subsegment(seg, start, size, guard * sl.PAGE)
         elif rtype == sl.RANGE_ALLOCATED:
             if unused >= size:
                 self.corrupt(DESCRIPTOR, desc, f"UnusedBytes 0x{unused:x} >= range 0x{size:x}")
@@ -487,14 +498,14 @@ class SegmentWalker(HeapWalker):
             return (bits >> 16) & 0xFFFF, (bits >> 32) & 0xFFFF, (bits >> 48) & 0xFF, bits & 0xFFFF
         return (bits >> 1) & 0x7FFF, (bits >> 16) & 0x7FFF, bits >> 31, bits & 1
 
-    def vs_subsegment(self, seg: Segment, start: int, size: int) -> None:
+    def vs_subsegment(self, seg: Segment, start: int, size: int, guard: int = 0) -> None:
         p = self.params
         shift = p.vs_unit_shift
         self.vs_subsegments.add(start)
         sub_size = self.get(VSSUB, start, "Size")
         signature = self.get(VSSUB, start, "Signature")
         want = ((sub_size ^ sl.VS_SIGNATURE_XOR) & 0x7FFF) | 0x8000
-        record = Subsegment(start, size, VS, p.vs_unit, 0, 0, start + p.vs_first_chunk)
+        record = Subsegment(start, size, VS, p.vs_unit, 0, 0, start + p.vs_first_chunk, guard=guard)
         self.report.subsegments.append(record)
         if sub_size << shift != size or signature != want:
             self.corrupt(
@@ -557,7 +568,7 @@ class SegmentWalker(HeapWalker):
             chunk += nbytes
 
     # ------------------------------------------------------------------ LFH
-    def lfh_subsegment(self, seg: Segment, start: int, size: int) -> None:
+    def lfh_subsegment(self, seg: Segment, start: int, size: int, guard: int = 0) -> None:
         hdr = self.params.lfh_header
         self.lfh_subsegments.add(start)
         key = (self.lfh_key ^ (start >> 12)) & 0xFFFFFFFF
@@ -568,7 +579,9 @@ class SegmentWalker(HeapWalker):
         hint = self.get(LFHSUB, start, "FreeHint")
         words = (count + 31) // 32
         data_offset = (hdr + 8 * words + 15) & ~15
-        record = Subsegment(start, size, LFH, block, count, free_count, start + first, True)
+        record = Subsegment(
+            start, size, LFH, block, count, free_count, start + first, True, guard=guard
+        )
         self.report.subsegments.append(record)
         if (
             not block

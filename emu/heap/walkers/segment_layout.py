@@ -21,6 +21,9 @@ Encodings the walker decodes (segheap.h / segheap.c say why):
   (u32)(subsegment >> 12); a free slot's first word is slot ^ LfhKey;
 - unused-bytes trailers (LFH and VS blocks with slack): the last byte (< 0x80) or the last two
   bytes (count | 0x8000), the slack before it filled with 0xAB;
+- a VS or LFH subsegment of 64 KiB or more: its page range is one page longer than the
+  subsegment, the last page an uncommitted guard page (UnitSize counts it, CommittedPageCount
+  does not);
 - ``_HEAP_LARGE_ALLOC_DATA``: VirtualAddress | UnusedBytes (low 16 bits), Bits = pages << 12 |
   guard page (2).
 """
@@ -324,6 +327,15 @@ LARGE_ALIGN = 0x10000
 LARGE_GUARD = 0x1000
 LARGE_UNUSED_MASK = 0xFFFF
 LARGE_GUARD_BIT = 2
+SUBSEGMENT_GUARD_MIN = 0x10000  # VS / LFH subsegments this big end in an uncommitted guard page
+
+
+def guard_units(range_flags: int, units: int) -> int:
+    """1 when an allocated range of ``units`` pages with these RangeFlags ends in a guard page
+    (a VS or LFH subsegment of 64 KiB or more: the page after it, uncommitted), else 0."""
+    return int(bool(range_flags & (RANGE_VS | RANGE_LFH)) and units > SUBSEGMENT_GUARD_MIN // PAGE)
+
+
 LFH_BUCKETS = 129
 SLACK_FILL = 0xAB
 
