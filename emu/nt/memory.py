@@ -35,7 +35,7 @@ reservations themselves are limited only by the user address space.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -697,12 +697,15 @@ class MemoryManager:
     def is_committed(self, addr: int, size: int) -> bool:
         """Is every page of [addr, addr+size) committed and not a guard page (what Python may
         read and write like a debugger)?"""
-        end = addr + size
+        return self._every_page(addr, addr + size, _mapped)
+
+    def _every_page(self, addr: int, end: int, ok: Callable[[int], bool]) -> bool:
+        """Does ``ok(state)`` hold for every page of [addr, end) (False where one is free)?"""
         region = self.region_at(addr)
-        if region is not None and end <= region.end:
+        if region is not None and end <= region.end:  # one region, usually one run
             state = region.pages.uniform(region.page_index(addr), region.page_index(end - 1) + 1)
             if state is not None:
-                return _mapped(state)
+                return ok(state)
         while addr < end:
             region = self.region_at(addr)
             if region is None:
@@ -710,7 +713,7 @@ class MemoryManager:
             i0 = region.page_index(addr)
             i1 = region.page_index(min(end, region.end) - 1) + 1
             for _, _, _, state in region.pages.runs(i0, i1):
-                if not _mapped(state):
+                if not ok(state):
                     return False
             addr = region.end
         return True
@@ -733,22 +736,9 @@ class MemoryManager:
         end = addr + size
         if addr < self.arch.user_min or end - 1 > self.arch.user_max:
             return False
-        region = self.region_at(addr)
-        if region is not None and end <= region.end:  # one region, usually one run
-            state = region.pages.uniform(region.page_index(addr), region.page_index(end - 1) + 1)
-            if state is not None:
-                return bool(state) and protection_allows(state, write=write)
-        while addr < end:
-            region = self.region_at(addr)
-            if region is None:
-                return False
-            i0 = region.page_index(addr)
-            i1 = region.page_index(min(end, region.end) - 1) + 1
-            for _, _, _, state in region.pages.runs(i0, i1):
-                if not state or not protection_allows(state, write=write):
-                    return False
-            addr = region.end
-        return True
+        return self._every_page(
+            addr, end, lambda state: bool(state) and protection_allows(state, write=write)
+        )
 
     def clear_guard(self, addr: int) -> bool:
         """Windows clears PAGE_GUARD on first touch (STATUS_GUARD_PAGE_VIOLATION). Returns True
