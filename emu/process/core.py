@@ -518,10 +518,10 @@ class ProcessCore:
         if not completed:
             limit = self.time_limit if time_limit is None else time_limit
             error = self._run_error(addr, args, budget, limit)
-            # the next call starts with a thread's start-up flags: a trap flag (or DF) left
-            # by the code that stopped (NtContinue of a random CONTEXT) would wedge every
-            # later call on a single step in the gate (found by tests/test_syscall_fuzz.py)
-            cpu.set_reg("rflags" if self.arch.ptr_size == 8 else "eflags", 0x202)
+            # the next call puts back the whole user state (segments.user_state): a trap flag
+            # (or DF) left by the code that stopped (NtContinue of a random CONTEXT) would
+            # wedge every later call on a single step in the gate (tests/test_syscall_fuzz.py)
+            cpu.state_dirty = True
             raise error
         if sp_after != layout.expected_sp:
             conv = layout.convention
