@@ -22,25 +22,17 @@ runs, and reports VmHWM above that baseline.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
-from pathlib import Path
 
-from .bench_memory import MIB, _status_kib
+from .bench_memory import MIB
+from .common import reset_peak, run_child, status_kib
 
 OUTPUT_WRITES = 64  # x 1 MiB
 PAIRS = 50_000  # alloc+free of 1 MiB: 100,000 system calls
 BEFORE_PER_MIB = 3.8  # host MiB per output MiB before the fix (issue 20 D11)
 BEFORE_PER_100K = 127  # MiB per 100,000 system calls before the fix (issue 20 D12)
 WRITE_NUMBER = 0x8  # our stub's own table: NtWriteFile
-
-
-def _reset_peak() -> None:
-    # without it VmHWM includes the set-up: the figure is then an upper bound
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 def output_child(arch: str, mode: str) -> dict[str, object]:
@@ -63,12 +55,12 @@ def output_child(arch: str, mode: str) -> dict[str, object]:
     buf, _ = proc.memory.allocate(0, 2 * MIB, rw, PAGE_READWRITE)
     proc.write(buf, b"x" * MIB)
     iosb = buf + MIB
-    baseline = _status_kib("VmRSS") * 1024
-    _reset_peak()
+    baseline = status_kib("VmRSS") * 1024
+    reset_peak()
     for _ in range(OUTPUT_WRITES):
         status = proc.call(module.base, STD_HANDLES["stdout"], 0, 0, 0, iosb, buf, MIB, 0, 0)
         assert status == 0, hex(status)
-    peak = _status_kib("VmHWM") * 1024
+    peak = status_kib("VmHWM") * 1024
     if sink is not None:
         sink.close()
     return {
@@ -91,12 +83,12 @@ def syscalls_child(arch: str, mode: str, pairs: int) -> dict[str, object]:
     heap = allocator.create_heap()
     block = allocator.alloc(heap, MIB)  # the first of each kind: translations, caches
     allocator.free(heap, block)
-    baseline = _status_kib("VmRSS") * 1024
+    baseline = status_kib("VmRSS") * 1024
     calls = len(proc.syscalls)
-    _reset_peak()
+    reset_peak()
     for _ in range(pairs):
         allocator.free(heap, allocator.alloc(heap, MIB))
-    peak = _status_kib("VmHWM") * 1024
+    peak = status_kib("VmHWM") * 1024
     return {
         "arch": arch,
         "mode": mode,
@@ -108,18 +100,7 @@ def syscalls_child(arch: str, mode: str, pairs: int) -> dict[str, object]:
 
 
 def _child(*args: str) -> dict[str, object]:
-    p = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_bounds", "--child", *args],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if p.returncode != 0:
-        raise RuntimeError(f"bounds child {args} failed:\n{p.stderr[-3000:]}")
-    result: dict[str, object] = json.loads(p.stdout)
-    return result
+    return run_child("benchmarks.bench_bounds", *args, timeout=3600)
 
 
 def _mib(value: object) -> float:

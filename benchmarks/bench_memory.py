@@ -16,21 +16,17 @@ above the baseline beyond the tape and the results themselves; target < 64 MiB.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .common import reset_peak, run_child, status_kib
+
 OPS = 1_000_000
 TARGET_MIB = 64
 MIB = 1 << 20
-
-
-def _status_kib(field: str) -> int:
-    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(m.group(1)) if m else 0
 
 
 def child(arch: str, allocator: str, ops: int) -> dict[str, object]:
@@ -45,17 +41,13 @@ def child(arch: str, allocator: str, ops: int) -> dict[str, object]:
     a = Allocator(proc, module)
     load_driver(proc)
     heap = a.create_heap()
-    baseline = _status_kib("VmRSS") * 1024
-    reset = True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        reset = False  # then VmHWM includes the start-up peak: the figure is an upper bound
+    baseline = status_kib("VmRSS") * 1024
+    reset = reset_peak()  # False: VmHWM includes the start-up peak, an upper bound
     t0 = time.perf_counter()
     tape = Tape.from_ops(synthetic(ops=ops, seed=1, sizes="typical"))
     t1 = time.perf_counter()
     result = replay(a, tape, heap, time_limit=0)
-    peak = _status_kib("VmHWM") * 1024
+    peak = status_kib("VmHWM") * 1024
     tape_bytes = len(tape.data)
     results_bytes = len(result.values) * result.values.itemsize
     return {
@@ -77,17 +69,7 @@ def child(arch: str, allocator: str, ops: int) -> dict[str, object]:
 
 
 def measure(arch: str, allocator: str, ops: int = OPS) -> dict[str, object]:
-    p = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_memory", "--child", arch, allocator, str(ops)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if p.returncode != 0:
-        raise RuntimeError(f"memory child {arch} {allocator} failed:\n{p.stderr[-3000:]}")
-    m: dict[str, object] = json.loads(p.stdout)
+    m = run_child("benchmarks.bench_memory", arch, allocator, str(ops), timeout=1800)
     overhead = int(m["overhead_bytes"])  # type: ignore[call-overload]
     return {
         "benchmark": f"1M-op replay peak RSS beyond tape+results ({allocator})",
@@ -194,13 +176,13 @@ def backed_memory(count: int = 16, size: int = 16 * GIB) -> dict[str, float]:
     from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE
 
     proc = Process("x64", time_limit=0)
-    before = _status_kib("VmRSS") * 1024
+    before = status_kib("VmRSS") * 1024
     for _ in range(count):
         base, _ = proc.memory.allocate(0, size, MEM_RESERVE, PAGE_READWRITE)
         for page in (base, base + size - 0x1000):
             proc.memory.allocate(page, 0x1000, MEM_COMMIT, PAGE_READWRITE)
             proc.write(page, b"x" * 0x1000)
-    rss = _status_kib("VmRSS") * 1024 - before
+    rss = status_kib("VmRSS") * 1024 - before
     return {"per_gib": rss / (count * size / GIB), "windows": len(proc.cpu.backing())}
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,3 +54,35 @@ def save(name: str, rows: list[dict[str, object]]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
     return path
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (VmRSS, VmHWM); 0 where there is none."""
+    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM (``/proc/self/clear_refs`` = 5, Linux >= 4.0); False where it cannot be,
+    and the peak then includes the set-up: an upper bound."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    return False
+
+
+def run_child(module: str, *args: str, timeout: float) -> dict[str, object]:
+    """Run ``python -m MODULE --child ARGS`` (a measurement in a fresh process, so its memory
+    figures are its own) and return the JSON it prints."""
+    p = subprocess.run(
+        [sys.executable, "-m", module, "--child", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"{module} child {' '.join(args)} failed:\n{p.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(p.stdout)
+    return result
