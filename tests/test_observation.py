@@ -309,3 +309,53 @@ def test_watched_functions_that_jump_into_one_another_close_together(heaps: Heap
         (child,) = event.children
         assert child.function == inner and child.ret == ret and child.finished
         assert child.return_address == event.return_address
+
+
+# The counter logs entries and returns in C and the recorder reads the log in batches (when
+# it is full, at a system call, a thread switch, the end of a run) and makes events when they
+# are read: the same events as one record at a time.
+def _event_facts(rec: EventRecorder) -> list[tuple[object, ...]]:
+    return [
+        (e.seq, e.name, tuple(e.args.items()), e.ret, e.depth, e.entry_sp, e.start, e.end,
+         e.instructions, e.blocks, e.finished, len(e.syscalls), e.caller, len(e.children))
+        for e in rec.all
+    ]  # fmt: skip
+
+
+def test_batched_records_give_the_events_of_one_record_at_a_time(heaps: Heaps) -> None:
+    """One in-emulator replay: ~3,000 calls in one run fill the log (2,048 records) more than
+    once; a recorder walking stacks reads each record as it comes. Same events, same counts."""
+    from emu.heap.replay.run import replay
+    from emu.heap.replay.workload import synthetic
+
+    proc, a = heaps.proc, heaps.allocator
+    heap = a.create_heap()
+    ops = list(synthetic(ops=1500, seed=3, sizes="small"))
+    facts = []
+    snap = proc.snapshot()
+    for stacks in (0, 1):  # 0: batches; 1: one record at a time (a stack walk per entry)
+        proc.restore(snap)
+        with EventRecorder(proc, stacks=stacks) as rec:
+            replay(a, ops, heap, chunk=len(ops))
+        facts.append(_event_facts(rec))
+        assert len(rec.all) >= len(ops) and all(e.finished for e in rec.all)
+    assert facts[0] == facts[1]
+
+
+def test_events_read_during_a_call_finish_when_it_returns(arch: str) -> None:
+    """A breakpoint inside the allocator reads the events: the call under way is there,
+    unfinished; it is the same object, finished, after the call returned."""
+    heaps = make_heaps(arch, "builtin")
+    proc, a = heaps.proc, heaps.allocator
+    heap = a.create_heap()
+    seen = []
+    with proc.record() as rec:
+        bp = proc.breakpoint(
+            heaps.module.exports["RtlAllocateHeap"],
+            lambda ctx: seen.append([(e, e.finished, e.ret) for e in rec.all]),
+        )
+        p = a.alloc(heap, 0x40)
+        bp.remove()
+    ((event, finished, ret),) = seen[0]
+    assert len(seen) == 1 and not finished and ret is None
+    assert rec.all == [event] and event.finished and event.ret == p

@@ -1206,42 +1206,61 @@ class Cpu:
 
 
 class BlockCounter:
-    """Counts the basic blocks and instructions the CPU runs while installed, and calls
-    ``on_special(address)`` before counting a block that starts at an address in ``special``
-    (a set the owner edits while the counter runs: ``add``, ``discard``, ``clear``, ``update``).
+    """Counts the basic blocks and instructions the CPU runs while installed, and logs a
+    record for every block that starts at a *special* address: an entry point
+    (``special.add_entry``: reaching it also makes the return address at [sp] special, so
+    the call's end is logged as well) or any other address (``special.add``).
 
-    For observers that must know how much code ran between two points (allocation events)
-    without a Python call per block: with the native fast path the block hook is C and
-    Python runs only at the special addresses and on a block's first run (its instructions
-    are counted with capstone once); without it, one Python callback per block."""
+    A record (``record_format``, ``record_size`` bytes) holds the address, the instructions and
+    blocks run before that block, whether the stack could be read, the ``capture`` registers
+    (16-byte slots; the first is the stack pointer) and ``frame_size`` bytes of the stack from
+    the stack pointer up. ``on_records(raw)`` receives whole records: at once when ``batch`` is
+    False (an observer that must see the live CPU, e.g. to walk the stack), otherwise when the
+    log is full and at ``flush()`` (the owner flushes when its records must be read: at the end
+    of a run, before a system call's record is attached, before a thread switch). With the
+    native fast path the block hook and the log are C: Python runs once per batch of calls and
+    on a block's first run (its instructions are counted with capstone once); without it, one
+    Python callback per block, the same records."""
+
+    LOG_RECORDS = 2048  # records per batch
 
     def __init__(
         self,
         cpu: Cpu,
-        on_special: Callable[[int], None],
-        capture: tuple[str, ...] = (),
-        frame_size: int = 0,
+        on_records: Callable[[bytes], None],
+        capture: tuple[str, ...],
+        frame_size: int,
+        *,
+        batch: bool = True,
     ):
-        """``capture``: registers read for ``on_special`` before it is called (the first must
-        be the stack pointer), found in ``values`` (two 64-bit slots per register, the low one
-        first) and ``frame_size`` bytes of the stack from the stack pointer up in ``frame()``:
-        the callback needs no C call of its own for them."""
-        if len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
-            raise ValueError("too many registers or too large a frame to capture")
+        if not capture or len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
+            raise ValueError("no stack pointer, too many registers or too large a frame")
+        if frame_size < cpu.arch.ptr_size or frame_size % 8:
+            raise ValueError("the frame must hold the return address and be 8-byte sized")
         self.cpu = cpu
-        self.special = _SpecialSet(cpu._native)
-        self._on_special = on_special
+        self.special = SpecialAddresses(cpu._native)
+        self._on_records = on_records
         self._capture = capture
         self._frame_size = frame_size
-        self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS))()
-        self._frame = (ctypes.c_char * native.MAX_FRAME)()
-        self._frame_ok = False
-        self._views()
+        self.record_size = 32 + 16 * len(capture) + frame_size
+        self._log_size = self.record_size * (self.LOG_RECORDS if batch else 1)
         self._counts: dict[int, int] = {}  # block address -> instructions (Python path)
         self._state: native.BlockState | None = None
         self._keep: tuple[object, ...] = ()
+        self._py_log = bytearray()
         self._py_instructions = self._py_blocks = 0
         self._hook: int | None = None
+
+    def record_format(self, first: int) -> str:
+        """A ``struct`` format of one record: address, instructions, blocks, frame_ok, the
+        first ``first`` captured registers as (low, high) 64-bit pairs, the others as one
+        bytes value, the frame as bytes."""
+        rest = 16 * (len(self._capture) - first)
+        return (
+            f"<4Q{2 * first}Q{rest}s{self._frame_size}s"
+            if rest
+            else (f"<4Q{2 * first}Q{self._frame_size}s")
+        )
 
     def _count(self, address: int, size: int) -> int:
         """Instructions in the block at ``address`` (disassembled once; an unreadable block
@@ -1261,124 +1280,115 @@ class BlockCounter:
         if self._hook is not None:
             return self
         cpu, lib = self.cpu, self.cpu._native
-        fail, on_special, count = cpu.fail, self._on_special, self._count
         if lib is not None:
+            self._start_native(lib)
+        else:
+            self._hook = cpu.hook_block_direct(self._python_hook())
+        return self
 
-            def special_cb(uc: int, address: int, size: int, user: int) -> None:
-                try:
-                    on_special(address)
-                except BaseException as e:  # re-raised when the run ends
-                    fail(e)
+    def _start_native(self, lib: ctypes.CDLL) -> None:
+        cpu, fail, count = self.cpu, self.cpu.fail, self._count
 
-            def count_cb(uc: int, address: int, size: int, user: int) -> int:
-                try:
-                    return count(address, size)
-                except BaseException as e:
-                    fail(e)
-                    return 1
-
-            self._native_counts = native.NativeMap(lib)
-            special = _HOOK_CODE_CB(special_cb)
-            counter = _COUNT_CB(count_cb)
-            self._keep = (special, counter, self._native_counts)
-            st = self._state = native.BlockState(
-                self._native_counts.ptr,
-                self.special.native_ptr,
-                ctypes.cast(special, ctypes.c_void_p),
-                ctypes.cast(counter, ctypes.c_void_p),
-                self._py_instructions,
-                self._py_blocks,
-                ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p),
-                ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p),
-                len(self._capture),
-                0,
-                self._frame_size,
-            )
-            for i, name in enumerate(self._capture):
-                st.regs[i] = cpu.reg_ids[name]
-            base = ctypes.addressof(st)
-            self.values = (ctypes.c_uint64 * (2 * native.MAX_REGS)).from_address(
-                base + native.BlockState.values.offset
-            )
-            self._frame = (ctypes.c_char * native.MAX_FRAME).from_address(
-                base + native.BlockState.frame.offset
-            )
-            self._views()
-            self._hook = cpu._register_hook(
-                unicorn.UC_HOOK_BLOCK,
-                native.function_address(lib, "heapemu_block"),
-                1,
-                0,
-                user=ctypes.addressof(self._state),
-            )
-            return self
-        special_set, counts = self.special, self._counts
-        capture = self._capture_in_python()
-
-        def on_block(uc: int, address: int, size: int, user: int) -> None:
+        def full_cb(uc: int, address: int, size: int, user: int) -> None:
             try:
-                if address in special_set:
-                    capture()
-                    on_special(address)
-                self._py_instructions += counts.get(address) or count(address, size)
+                self.flush()
+            except BaseException as e:  # re-raised when the run ends
+                fail(e)
+
+        def count_cb(uc: int, address: int, size: int, user: int) -> int:
+            try:
+                return count(address, size)
+            except BaseException as e:
+                fail(e)
+                return 1
+
+        self._native_counts = native.NativeMap(lib)
+        on_full, counter = _HOOK_CODE_CB(full_cb), _COUNT_CB(count_cb)
+        self._log = ctypes.create_string_buffer(self._log_size)
+        self._keep = (on_full, counter, self._native_counts, self._log)
+        st = self._state = native.BlockState(
+            self._native_counts.ptr,
+            self.special.native_ptr,
+            ctypes.cast(on_full, ctypes.c_void_p),
+            ctypes.cast(counter, ctypes.c_void_p),
+            self._py_instructions,
+            self._py_blocks,
+            ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p),
+            ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p),
+            len(self._capture),
+            0,
+            self._frame_size,
+            cpu.arch.ptr_size,
+        )
+        for i, name in enumerate(self._capture):
+            st.regs[i] = cpu.reg_ids[name]
+        st.log = ctypes.addressof(self._log)
+        st.log_size = self._log_size
+        st.record_size = self.record_size
+        self._hook = cpu._register_hook(
+            unicorn.UC_HOOK_BLOCK,
+            native.function_address(lib, "heapemu_block"),
+            1,
+            0,
+            user=ctypes.addressof(st),
+        )
+
+    def _python_hook(self) -> Callable[[int, int, int, int], None]:
+        """What heapemu_block does, as a Python block hook."""
+        cpu, fail, count, counts = self.cpu, self.cpu.fail, self._count, self._counts
+        special, log, log_size = self.special, self._py_log, self._log_size
+        read = cpu.raw_register_reader(self._capture)
+        frame = ctypes.create_string_buffer(self._frame_size)
+        size, ptr = self._frame_size, cpu.arch.ptr_size
+
+        def on_block(uc: int, address: int, size_: int, user: int) -> None:
+            try:
+                kind = special.get(address)
+                if kind is not None:
+                    values = read()
+                    sp = int.from_bytes(values[:8], "little")
+                    ok = cpu.read_into(sp, frame, size)
+                    log.extend(
+                        struct.pack("<4Q", address, self._py_instructions, self._py_blocks, ok)
+                    )
+                    log.extend(values)
+                    log.extend(frame.raw)
+                    if kind & native.SPECIAL_ENTRY and ok:
+                        special.add(int.from_bytes(frame.raw[:ptr], "little"))
+                    if len(log) + self.record_size > log_size:
+                        self.flush()
+                self._py_instructions += counts.get(address) or count(address, size_)
                 self._py_blocks += 1
             except BaseException as e:  # re-raised when the run ends
                 fail(e)
 
-        self._hook = cpu.hook_block_direct(on_block)
-        return self
+        return on_block
 
-    def _capture_in_python(self) -> Callable[[], None]:
-        """What fastpath.c's capture() does, for the Python block hook."""
-        if not self._capture:
-            return lambda: None
-        read = self.cpu.raw_register_reader(self._capture)
-        values, frame, size, cpu = self.values, self._frame, self._frame_size, self.cpu
-
-        def capture() -> None:
-            raw = read()
-            ctypes.memmove(values, raw, len(raw))
-            sp = values[0]
-            self._frame_ok = bool(size) and cpu.read_into(sp, frame, size)
-
-        return capture
-
-    def _views(self) -> None:
-        """Byte views of the captures (slicing them is cheaper than a C call per read)."""
-        self._value_bytes = memoryview(self.values).cast("B")
-        self._frame_bytes = memoryview(self._frame).cast("B")[: self._frame_size]
-
-    def captured(self, first: int, count: int) -> bytes:
-        """``count`` captured registers from the ``first``-th, as 16-byte slots."""
-        return bytes(self._value_bytes[16 * first : 16 * (first + count)])
-
-    def frame_slice(self, offset: int, size: int) -> bytes:
-        """``size`` bytes of the captured stack from ``offset`` (empty when not captured)."""
+    def flush(self) -> None:
+        """Hand the records logged so far to ``on_records`` (nothing when there are none)."""
         st = self._state
-        ok = st.frame_ok if st is not None else self._frame_ok
-        if not ok or offset < 0 or offset + size > self._frame_size:
-            return b""
-        return bytes(self._frame_bytes[offset : offset + size])
-
-    def frame(self) -> bytes:
-        """The stack captured for the current ``on_special`` (empty when unreadable)."""
-        st = self._state
-        ok = st.frame_ok if st is not None else self._frame_ok
-        return bytes(self._frame_bytes) if ok else b""
+        if st is not None:
+            used = int(st.log_used)
+            if not used:
+                return
+            raw = ctypes.string_at(self._log, used)
+            st.log_used = 0
+        else:
+            if not self._py_log:
+                return
+            raw = bytes(self._py_log)
+            self._py_log.clear()
+        self._on_records(raw)
 
     def stop(self) -> None:
         if self._hook is None:
             return
+        self.flush()
         st = self._state
         if st is not None:  # the counts go on from here if started again
             self._py_instructions = int(st.instructions)
             self._py_blocks = int(st.blocks)
-            # the captures outlive the C state they point into
-            self.values = type(self.values).from_buffer_copy(self.values)
-            self._frame = type(self._frame).from_buffer_copy(self._frame)
-            self._frame_ok = bool(st.frame_ok)
             self._state = None
-            self._views()
         self.cpu.unhook(self._hook)
         self._hook = None
 
@@ -1398,8 +1408,10 @@ _COUNT_CB = ctypes.CFUNCTYPE(
 )
 
 
-class _SpecialSet(set[int]):
-    """A set of addresses mirrored into a native map (when there is a native library)."""
+class SpecialAddresses(dict[int, int]):
+    """The addresses a BlockCounter logs, each with its kind (``native.SPECIAL_ENTRY`` or
+    ``SPECIAL_RETURN`` bits), mirrored into the native map when there is a native library.
+    The native hook adds the return addresses it finds at entries to its map only."""
 
     def __init__(self, lib: ctypes.CDLL | None):
         super().__init__()
@@ -1409,22 +1421,14 @@ class _SpecialSet(set[int]):
     def native_ptr(self) -> int | None:
         return self._map.ptr if self._map is not None else None
 
+    def _put(self, address: int, kind: int) -> None:
+        kind |= self.get(address, 0)
+        super().__setitem__(address, kind)
+        if self._map is not None:
+            self._map.put(address, kind)
+
     def add(self, address: int) -> None:
-        super().add(address)
-        if self._map is not None:
-            self._map.put(address, 1)
+        self._put(address, native.SPECIAL_RETURN)
 
-    def discard(self, address: object) -> None:
-        super().discard(address)
-        if self._map is not None and isinstance(address, int):
-            self._map.delete(address)
-
-    def clear(self) -> None:
-        super().clear()
-        if self._map is not None:
-            self._map.clear()
-
-    def update(self, *others: Iterable[int]) -> None:
-        for other in others:
-            for address in other:
-                self.add(address)
+    def add_entry(self, address: int) -> None:
+        self._put(address, native.SPECIAL_ENTRY)

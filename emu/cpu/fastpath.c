@@ -6,8 +6,10 @@
  *    permissions Python already decided (a cache Python fills and invalidates); any other miss
  *    goes to the Python callback.
  *  - heapemu_block: a UC_HOOK_BLOCK callback that counts blocks and instructions (instructions
- *    per block from a table Python fills on a block's first run) and calls Python only at
- *    addresses it was asked to watch (allocator entry points, pending return addresses).
+ *    per block from a table Python fills on a block's first run) and, at the addresses it was
+ *    asked to watch (allocator entry points and the return addresses they leave), appends the
+ *    registers and stack Python wants to a log Python reads when it is full or the run ends:
+ *    Python runs once per batch of calls, not twice per call.
  *
  * No Unicorn headers: the two callback signatures and uc_tlb_entry are restated here. */
 #include <stdbool.h>
@@ -188,49 +190,81 @@ typedef int (*mem_read_fn)(void *uc, uint64_t addr, void *bytes, uint64_t size);
 
 #define MAX_REGS 32
 #define MAX_FRAME 256
+/* the values of the special map: an entry point (its return address becomes special when it
+ * is reached) and a return address */
+#define SPECIAL_ENTRY 1
+#define SPECIAL_RETURN 2
 
 typedef struct {
     map_t *counts; /* block address -> instructions in it */
-    map_t *special; /* addresses Python handles (value unused) */
-    special_fn on_special;
+    map_t *special; /* addresses whose blocks are logged (SPECIAL_* bits) */
+    special_fn on_full; /* Python reads the log and empties it */
     count_fn count; /* a block seen first: Python disassembles it (and fills counts) */
     uint64_t instructions;
     uint64_t blocks;
-    /* captured for on_special before it is called: registers (16-byte slots) and the stack
-     * from the stack pointer up (frame_ok = 0 when unreadable), so Python needs no C call */
+    /* what a record holds besides its head: these registers (16-byte slots) and frame_size
+     * bytes of the stack from the stack pointer (the sp_index-th register) up */
     reg_read_batch_fn reg_read_batch;
     mem_read_fn mem_read;
     int32_t nregs;
     int32_t sp_index;
     uint64_t frame_size;
-    int32_t frame_ok;
+    int32_t ptr_size; /* how the return address at [sp] of an entry is read (4 or 8) */
     int32_t pad;
     int32_t regs[MAX_REGS];
     void *ptrs[MAX_REGS];
-    uint8_t values[MAX_REGS * 16];
-    uint8_t frame[MAX_FRAME];
+    /* the log: a record per special block, record_size bytes each: u64 address,
+     * instructions and blocks run before it, frame_ok (0: the stack was unreadable), then the
+     * registers and the frame. Python is called when no other record fits (log_size ==
+     * record_size: at every record) */
+    uint8_t *log;
+    uint64_t log_used;
+    uint64_t log_size;
+    uint64_t record_size;
 } block_state;
 
-static void capture(block_state *s, void *uc) {
+static int capture(block_state *s, void *uc, uint8_t *values, uint8_t *frame) {
     int n = s->nregs < MAX_REGS ? s->nregs : MAX_REGS;
-    memset(s->values, 0, sizeof s->values); /* narrow registers fill only their low bytes */
+    memset(values, 0, 16 * (size_t)n); /* narrow registers fill only their low bytes */
     for (int i = 0; i < n; i++)
-        s->ptrs[i] = s->values + 16 * i;
-    s->frame_ok = 0;
+        s->ptrs[i] = values + 16 * i;
     if (n <= 0 || s->reg_read_batch(uc, s->regs, s->ptrs, n))
-        return;
+        return 0;
     uint64_t sp;
-    memcpy(&sp, s->values + 16 * s->sp_index, sizeof sp);
+    memcpy(&sp, values + 16 * s->sp_index, sizeof sp);
     uint64_t size = s->frame_size < MAX_FRAME ? s->frame_size : MAX_FRAME;
-    s->frame_ok = size && !s->mem_read(uc, sp, s->frame, size);
+    return size && !s->mem_read(uc, sp, frame, size);
+}
+
+static void log_special(block_state *s, void *uc, uint64_t addr, uint32_t size, int64_t kind) {
+    if (s->log_used + s->record_size > s->log_size)
+        return; /* Python could not empty the log: the run stops with its error */
+    uint8_t *r = s->log + s->log_used;
+    uint64_t head[4] = {addr, s->instructions, s->blocks, 0};
+    uint8_t *values = r + sizeof head;
+    uint8_t *frame = values + 16 * (size_t)s->nregs;
+    head[3] = (uint64_t)capture(s, uc, values, frame);
+    memcpy(r, head, sizeof head);
+    s->log_used += s->record_size;
+    if ((kind & SPECIAL_ENTRY) && head[3] && s->ptr_size) {
+        /* an entry's return address is where the call ends: its block is logged too */
+        uint64_t ret = 0;
+        memcpy(&ret, frame, (size_t)s->ptr_size);
+        int64_t *p = map_find(s->special, ret);
+        if (!p)
+            map_put(s->special, ret, SPECIAL_RETURN);
+        else
+            *p |= SPECIAL_RETURN;
+    }
+    if (s->log_used + s->record_size > s->log_size)
+        s->on_full(uc, addr, size, NULL);
 }
 
 void heapemu_block(void *uc, uint64_t addr, uint32_t size, void *user) {
     block_state *s = user;
-    if (s->special->used && map_find(s->special, addr)) {
-        capture(s, uc);
-        s->on_special(uc, addr, size, NULL);
-    }
+    int64_t *special = s->special->used ? map_find(s->special, addr) : NULL;
+    if (special)
+        log_special(s, uc, addr, size, *special);
     int64_t *n = map_find(s->counts, addr);
     s->instructions += n && *n ? (uint64_t)*n : (uint64_t)s->count(uc, addr, size, NULL);
     s->blocks++;

@@ -31,6 +31,7 @@ SOURCE = Path(__file__).with_name("fastpath.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror")
 BUILD_TIMEOUT = 120
 MAX_REGS, MAX_FRAME = 32, 256  # as in fastpath.c
+SPECIAL_ENTRY, SPECIAL_RETURN = 1, 2  # the special map's values, as in fastpath.c
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -143,7 +144,7 @@ class BlockState(ctypes.Structure):
     _fields_ = [
         ("counts", ctypes.c_void_p),
         ("special", ctypes.c_void_p),
-        ("on_special", ctypes.c_void_p),
+        ("on_full", ctypes.c_void_p),
         ("count", ctypes.c_void_p),
         ("instructions", ctypes.c_uint64),
         ("blocks", ctypes.c_uint64),
@@ -152,12 +153,14 @@ class BlockState(ctypes.Structure):
         ("nregs", ctypes.c_int32),
         ("sp_index", ctypes.c_int32),
         ("frame_size", ctypes.c_uint64),
-        ("frame_ok", ctypes.c_int32),
+        ("ptr_size", ctypes.c_int32),
         ("pad", ctypes.c_int32),
         ("regs", ctypes.c_int32 * MAX_REGS),
         ("ptrs", ctypes.c_void_p * MAX_REGS),
-        ("values", ctypes.c_char * (16 * MAX_REGS)),
-        ("frame", ctypes.c_char * MAX_FRAME),
+        ("log", ctypes.c_void_p),
+        ("log_used", ctypes.c_uint64),
+        ("log_size", ctypes.c_uint64),
+        ("record_size", ctypes.c_uint64),
     ]
 
 

@@ -136,6 +136,24 @@ class AllocationEvent:
         }
 
 
+class _Call:
+    """A watched call as the recorder first sees it: its entry record and, once it ended, its
+    return record (or only the counts where it was abandoned). Made into an AllocationEvent
+    when the events are read (``event``), so recording costs a few tuple reads per call."""
+
+    __slots__ = ("depth", "end", "entry", "event", "exit", "parent", "ret_addr", "syscalls")
+
+    def __init__(self, entry: tuple[Any, ...], ret_addr: int, parent: _Call | None, depth: int):
+        self.entry = entry
+        self.ret_addr = ret_addr
+        self.parent = parent
+        self.depth = depth
+        self.exit: tuple[Any, ...] | None = None  # the record where it returned
+        self.end: tuple[int, int] | None = None  # (instructions, blocks) where it ended
+        self.syscalls: list[tuple[SyscallRecord, int]] | None = None
+        self.event: AllocationEvent | None = None
+
+
 class EventRecorder:
     """Records AllocationEvents for the watched entry points while installed."""
 
@@ -168,15 +186,16 @@ class EventRecorder:
                 f"argc: {', '.join(map(repr, unknown))} is not a watched function "
                 f"(watched: {watched}; write 'Function' or 'module!Function')"
             )
-        self.events: list[AllocationEvent] = []  # top-level events
-        self.all: list[AllocationEvent] = []  # every event, in call order
-        self.violations: list[tuple[AllocationEvent, str]] = []
+        self._events: list[AllocationEvent] = []  # top-level events
+        self._all: list[AllocationEvent] = []  # every event, in call order
+        self._violations: list[tuple[AllocationEvent, str]] = []
+        self._calls: list[_Call] = []  # seen, not yet made into events (in call order)
         # the calls under way, innermost last, per thread (threads interleave their calls)
-        self._opens: dict[int, list[AllocationEvent]] = {}
+        self._opens: dict[int, list[_Call]] = {}
         self._returns: dict[int, int] = {}  # return address -> open events waiting there
         self._conv = conv = get_convention(proc.arch, None)
         arch = proc.arch
-        # what the counter reads before each _on_special: stack pointer, return value, the
+        # what the counter logs at entries and returns: stack pointer, return value, the
         # register arguments and, for the convention checks, every callee-saved register;
         # and the stack above the stack pointer (return address, stack arguments, the
         # caller's frame)
@@ -188,16 +207,38 @@ class EventRecorder:
         self._eflags_at = 16 * len(arch.nonvolatile)  # in the callee-saved bytes
         self._x64 = arch.ptr_size == 8
         frame = 0x80 if check_conventions else self._args_frame_size()
-        self._counter = BlockCounter(proc.cpu, self._on_special, capture, frame)
-        # entries and return addresses: where the counter calls _on_special. A return
-        # address stays there once added (a C call less per event; reaching it with no call
-        # pending costs one look-up in _returns)
-        self._special = self._counter.special
-        self._special.update(self.watched)
+        # a stack walk needs the CPU as it is at the entry: records one at a time
+        self._counter = BlockCounter(
+            proc.cpu, self._on_records, capture, frame, batch=self._walker is None
+        )
+        self._record = struct.Struct(self._counter.record_format(self._saved_slot))
+        for address in self.watched:
+            self._counter.special.add_entry(address)
         self._started = False
         self._frame_buf = ctypes.create_string_buffer(0x80)
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
+        self._unpack_ptr = proc.arch.unpack_ptr
         self._plans: dict[int, tuple[str, Prototype, range, int, int, str]] = {}
+
+    # the counter logs entries and returns in batches, and calls become events when read:
+    # what is read is made current first
+    @property
+    def events(self) -> list[AllocationEvent]:
+        """The top-level events (nested calls are their ``children``)."""
+        self._make_events()
+        return self._events
+
+    @property
+    def all(self) -> list[AllocationEvent]:
+        """Every event, in call order."""
+        self._make_events()
+        return self._all
+
+    @property
+    def violations(self) -> list[tuple[AllocationEvent, str]]:
+        """(event, problem) for every convention violation found."""
+        self._make_events()
+        return self._violations
 
     def _args_frame_size(self) -> int:
         """Stack bytes from the entry stack pointer that hold the return address and every
@@ -209,7 +250,7 @@ class EventRecorder:
             if n > len(conv.reg_args):
                 last = conv.stack_arg_address(arch, 0, n - 1) + arch.ptr_size
                 size = max(size, last)
-        return min(size, 0x80)
+        return min((size + 7) & ~7, 0x80)  # the counter logs whole 8-byte words
 
     def _targets(self, functions: Iterable[str | int] | None) -> list[str | int]:
         if functions is not None:
@@ -233,6 +274,7 @@ class EventRecorder:
             self._started = True
             self.proc.syscall_observers.append(self._on_syscall)
             self.proc.run_observers.append(self._on_run_end)
+            self.proc.switch_observers.append(self._counter.flush)
         return self
 
     def stop(self) -> None:
@@ -241,6 +283,7 @@ class EventRecorder:
             self._started = False
             self.proc.syscall_observers.remove(self._on_syscall)
             self.proc.run_observers.remove(self._on_run_end)
+            self.proc.switch_observers.remove(self._counter.flush)
 
     @property
     def instructions(self) -> int:
@@ -258,20 +301,33 @@ class EventRecorder:
         self.stop()
 
     # ------------------------------------------------------------------ hot path
-    def _on_special(self, address: int) -> None:
-        """A block starts at a watched entry point or a pending return address."""
-        if address in self._returns:
-            self._maybe_return(address)
-        if address in self.watched:
-            self._enter(address)
+    def _on_records(self, raw: bytes) -> None:
+        """The counter's records, in the order their blocks ran, all of the thread that runs
+        now (the counter is flushed before every thread switch): each starts at a watched
+        entry point or at a return address one of them left."""
+        watched, returns, opened = self.watched, self._returns, self._open
+        for r in self._record.iter_unpack(raw):
+            address = r[0]
+            if address in returns:
+                self._maybe_return(r, opened)
+            if address in watched:
+                self._enter(r, opened)
 
     def _on_syscall(self, record: SyscallRecord) -> None:
-        for ev in self._open:
-            ev.syscalls.append(record)
-            ev.syscall_times.append(self.instructions)
+        self._counter.flush()  # the calls open now
+        if opened := self._open:
+            now = self.instructions
+            for call in opened:
+                if call.event is not None:
+                    call.event.syscalls.append(record)
+                    call.event.syscall_times.append(now)
+                elif call.syscalls is None:
+                    call.syscalls = [(record, now)]
+                else:
+                    call.syscalls.append((record, now))
 
     @property
-    def _open(self) -> list[AllocationEvent]:
+    def _open(self) -> list[_Call]:
         """The calls under way in the thread that runs now."""
         tid = self.proc.threads.current.tid
         opened = self._opens.get(tid)
@@ -282,16 +338,79 @@ class EventRecorder:
     def _on_run_end(self, ok: bool) -> None:
         # a call made from Python returns to the call gate's tail, a block like any other, so
         # its event closed there; a fault or stop left calls open: they never returned
-        for opened in self._opens.values():
-            while opened:
-                self._finish_counts(opened.pop())
+        self._counter.flush()
+        if any(self._opens.values()):
+            end = (self.instructions, self.blocks)
+            for opened in self._opens.values():
+                while opened:
+                    self._close(opened.pop(), end, None)
         self._returns.clear()
 
     # ------------------------------------------------------------------ entry and return
+    def _enter(self, r: tuple[Any, ...], opened: list[_Call]) -> None:
+        """A record at a watched entry: (address, instructions, blocks, frame_ok, the
+        registers as (low, high) pairs from r[4] — sp, return value, register arguments —,
+        [the callee-saved registers' bytes], the frame's bytes)."""
+        if opened:
+            last = opened[-1].entry
+            if last[0] == r[0] and last[4] == r[4]:
+                # the same entry again: a run stopped by its instruction count right there
+                # (after the block hook) and resumed there; a real recursive call has a lower sp
+                return
+        if r[3]:
+            ret_addr = self._unpack_ptr(r[-1])
+        else:  # the counter could not read it: the call's end is not logged either
+            ret_addr = self.proc.read_ptr(r[4])
+            self._counter.special.add(ret_addr)
+        call = _Call(r, ret_addr, opened[-1] if opened else None, len(opened))
+        self._calls.append(call)
+        opened.append(call)
+        self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
+        if self._walker is not None:  # (records come one at a time: the CPU is at the entry)
+            self._make_events()
+            assert call.event is not None
+            call.event.stack = self._walker.walk(r[0], max_frames=self.stacks)
+
+    def _maybe_return(self, r: tuple[Any, ...], opened: list[_Call]) -> None:
+        address, sp = r[0], r[4]
+        # the innermost open call returning here with its return address popped
+        for i in range(len(opened) - 1, -1, -1):
+            call = opened[i]
+            if call.ret_addr == address and sp > call.entry[4]:
+                break
+        else:
+            return
+        entry_sp = call.entry[4]
+        # watched functions that jumped into one another (a routed ntdll entry point) share
+        # the return: they all return here
+        while i > 0 and opened[i - 1].ret_addr == address and opened[i - 1].entry[4] == entry_sp:
+            i -= 1
+        end = (r[1], r[2])
+        while len(opened) > i:  # anything opened after it never returned normally
+            closing = opened.pop()
+            self._forget_return(closing.ret_addr)
+            returned = closing.ret_addr == address and closing.entry[4] == entry_sp
+            self._close(closing, end, r if returned else None)
+
+    def _close(self, call: _Call, end: tuple[int, int], exit: tuple[Any, ...] | None) -> None:
+        """The call ended at ``end`` (instructions, blocks); ``exit``: the record of its
+        return, None when it never returned."""
+        call.end, call.exit = end, exit
+        if call.event is not None:  # already read while it ran
+            self._finish(call.event, call)
+
+    def _forget_return(self, address: int) -> None:
+        left = self._returns.get(address, 1) - 1
+        if left:
+            self._returns[address] = left
+        else:
+            self._returns.pop(address, None)
+
+    # ------------------------------------------------------------------ calls into events
     def _plan(self, address: int) -> tuple[str, Prototype, range, int, int, str]:
         """How to read a watched function's arguments at entry (found once per function):
-        name, prototype, the captured register slots of its register arguments, where its
-        stack arguments start and end (offsets from the entry stack pointer), their format."""
+        name, prototype, the record fields of its register arguments, where its stack
+        arguments start and end (offsets from the entry stack pointer), their format."""
         plan = self._plans.get(address)
         if plan is None:
             arch, conv = self.proc.arch, self._conv
@@ -302,93 +421,64 @@ class EventRecorder:
             first = conv.stack_arg_address(arch, 0, nreg)
             end = first + nstack * arch.ptr_size if nstack > 0 else 0
             fmt = "<" + ("Q" if arch.ptr_size == 8 else "I") * nstack
-            plan = self._plans[address] = (name, proto, range(4, 4 + 2 * nreg, 2), first, end, fmt)
+            plan = self._plans[address] = (name, proto, range(8, 8 + 2 * nreg, 2), first, end, fmt)
         return plan
 
-    def _enter(self, address: int) -> None:
-        proc, arch = self.proc, self.proc.arch
+    def _make_events(self) -> None:
+        """Every call seen so far as its AllocationEvent, in call order."""
+        self._counter.flush()
+        calls, self._calls = self._calls, []
+        for call in calls:
+            self._make_event(call)
+
+    def _make_event(self, call: _Call) -> None:
+        proc, r = self.proc, call.entry
+        address, sp = r[0], r[4]
         name, proto, slots, first, args_end, fmt = self._plan(address)
-        regs = self._counter.values  # captured by the counter: two slots per register
-        sp = regs[0]
-        opened = self._open
-        if opened and opened[-1].address == address and opened[-1].entry_sp == sp:
-            # the same entry again: a run stopped by its instruction count right there (after
-            # the block hook) and resumed there; a real recursive call has a lower sp
-            return
-        values = [regs[i] for i in slots]
-        frame = self._counter.frame()
+        values = [r[i] for i in slots]
+        frame = r[-1] if r[3] else b""
         if args_end:
             if frame and args_end <= len(frame):
                 values += struct.unpack_from(fmt, frame, first)
-            else:
-                raw = proc.read(sp + first, args_end - first)
-                values += struct.unpack(fmt, raw)
-        ret_addr = arch.unpack_ptr(frame) if frame else proc.read_ptr(sp)
-        caller = self._callers.get(ret_addr)
+            else:  # read now: stack arguments beyond the logged frame
+                values += struct.unpack(fmt, proc.read(sp + first, args_end - first))
+        caller = self._callers.get(call.ret_addr)
         if caller is None:
-            caller = self._callers[ret_addr] = proc.symbolize(ret_addr)
-        parent = self._open[-1] if self._open else None
+            caller = self._callers[call.ret_addr] = proc.symbolize(call.ret_addr)
+        parent = call.parent.event if call.parent is not None else None
         ev = AllocationEvent(
-            seq=len(self.all),
-            function=name,
-            address=address,
-            args=proto.decode(values),
-            return_address=ret_addr,
-            caller=caller,
-            depth=len(self._open),
-            entry_sp=sp,
-            start=self._counter.instructions,
+            len(self._all),
+            name,
+            address,
+            proto.decode(values),
+            call.ret_addr,
+            caller,
+            call.depth,
+            sp,
+            r[1],
             prototype=proto,
         )
-        ev._saved["blocks"] = self._counter.blocks
-        if self._walker is not None:
-            ev.stack = self._walker.walk(address, max_frames=self.stacks)
+        ev._saved["blocks"] = r[2]
         if self.check_conventions:
-            self._save_state(ev, frame)
-        (parent.children if parent else self.events).append(ev)
-        self.all.append(ev)
-        self._open.append(ev)
-        self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
-        if ret_addr not in self._special:
-            self._special.add(ret_addr)
+            self._save_state(ev, r[-2], frame)
+        (parent.children if parent else self._events).append(ev)
+        self._all.append(ev)
+        if call.syscalls:
+            ev.syscalls = [record for record, _ in call.syscalls]
+            ev.syscall_times = [when for _, when in call.syscalls]
+        call.event = ev
+        if call.end is not None:
+            self._finish(ev, call)
 
-    def _maybe_return(self, address: int) -> None:
-        sp = self._counter.values[0]
-        # the innermost open event returning here with its return address popped
-        for i in range(len(self._open) - 1, -1, -1):
-            ev = self._open[i]
-            if ev.return_address == address and sp > ev.entry_sp:
-                break
-        else:
+    def _finish(self, ev: AllocationEvent, call: _Call) -> None:
+        assert call.end is not None
+        ev.end, blocks = call.end
+        ev.instructions = ev.end - ev.start
+        ev.blocks = blocks - ev._saved["blocks"]
+        r = call.exit
+        if r is None:
             return
-        # watched functions that jumped into one another (a routed ntdll entry point) share
-        # the return: they all return here
-        while i > 0 and (
-            self._open[i - 1].return_address == address
-            and self._open[i - 1].entry_sp == ev.entry_sp
-        ):
-            i -= 1
-        while len(self._open) > i:  # anything opened after it never returned normally
-            closing = self._open.pop()
-            self._forget_return(closing.return_address)
-            self._finish_counts(closing)
-            if closing.return_address == address and closing.entry_sp == ev.entry_sp:
-                self._leave(closing, sp)
-
-    def _forget_return(self, address: int) -> None:
-        left = self._returns.get(address, 1) - 1
-        if left:
-            self._returns[address] = left
-        else:
-            self._returns.pop(address, None)
-
-    def _finish_counts(self, ev: AllocationEvent) -> None:
-        ev.end = self.instructions
-        ev.instructions = self.instructions - ev.start
-        ev.blocks = self.blocks - ev._saved["blocks"]
-
-    def _leave(self, ev: AllocationEvent, sp: int) -> None:
-        ret = self._counter.values[2] & self.proc.arch.ptr_mask
+        ret = r[6] & self.proc.arch.ptr_mask
         if ev.prototype and ev.prototype.returns == "bool":
             ret &= 0xFF
         elif ev.prototype and ev.prototype.returns == "status":
@@ -396,9 +486,9 @@ class EventRecorder:
         ev.ret = ret
         ev.finished = True
         if self.check_conventions:
-            for problem in self._check_state(ev, sp):
+            for problem in self._check_state(ev, r):
                 ev.violations.append(problem)
-                self.violations.append((ev, problem))
+                self._violations.append((ev, problem))
 
     # ------------------------------------------------------------------ convention checks
     def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
@@ -418,25 +508,29 @@ class EventRecorder:
             return b""
         return self._frame_buf.raw[:size]
 
-    def _save_state(self, ev: AllocationEvent, stack: bytes) -> None:
-        """Callee-saved registers and, on x64, the caller's frame above the shadow space and
-        stack arguments (``stack`` holds the 0x80 bytes at the entry stack pointer)."""
+    def _save_state(self, ev: AllocationEvent, state: bytes, stack: bytes) -> None:
+        """Callee-saved registers (``state``: their 16-byte slots at the entry) and, on x64,
+        the caller's frame above the shadow space and stack arguments (``stack`` holds the
+        0x80 bytes at the entry stack pointer; empty when they were unreadable)."""
         saved = ev._saved
-        saved["state"] = self._counter.captured(self._saved_slot, self._saved_count)
+        saved["state"] = state
         if self._x64:
             sp = ev.entry_sp
             if sp % 16 != 8:
                 ev.violations.append(f"misaligned stack at entry: rsp=0x{sp:x} (must be 8 mod 16)")
-                self.violations.append((ev, ev.violations[-1]))
+                self._violations.append((ev, ev.violations[-1]))
             # the caller's frame above the shadow space and stack arguments must not change
             off = 8 + 0x20 + 8 * max(0, len(ev.args) - 4)
             window = stack[off : off + 0x40] if off + 0x40 <= len(stack) else b""
             saved["frame"] = (sp + off, window or self._read_frame(sp + off))
 
-    def _check_state(self, ev: AllocationEvent, sp: int) -> list[str]:
+    def _check_state(self, ev: AllocationEvent, rec: tuple[Any, ...]) -> list[str]:
+        """What the call changed that its convention says it must not: ``rec`` is the record
+        at its return (the frame there covers the caller's frame of a call with up to eight
+        arguments; beyond that, or when it was unreadable, the stack is read as it is now)."""
         arch = self.proc.arch
         problems = []
-        after_raw = self._counter.captured(self._saved_slot, self._saved_count)
+        sp, after_raw = rec[4], rec[-2]
         before_raw = ev._saved["state"]
         k = self._eflags_at  # EFLAGS (the slot at k) may change, except DF
         if (
@@ -462,7 +556,9 @@ class EventRecorder:
             if sp != ev.entry_sp + 8:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
             above, data = ev._saved["frame"]
-            now = self._counter.frame_slice(above - sp, 0x40) or self._read_frame(above)
+            off, frame = above - sp, rec[-1] if rec[3] else b""
+            now = frame[off : off + 0x40] if off >= 0 and off + 0x40 <= len(frame) else b""
+            now = now or self._read_frame(above)
             if now and data and now != data:
                 off = next(i for i in range(len(data)) if data[i] != now[i])
                 problems.append(

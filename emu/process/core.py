@@ -156,6 +156,8 @@ class ProcessCore:
         # end
         self.syscall_observers: list[Callable[[SyscallRecord], None]] = []
         self.run_observers: list[Callable[[bool], None]] = []
+        # called before the CPU changes threads (observers that batch what they saw flush it)
+        self.switch_observers: list[Callable[[], None]] = []
         self.breakpoints: list[Breakpoint] = []
         self.breakpoint_stop: str | None = None
         self._ldr: LoaderData | None = None

@@ -37,6 +37,8 @@ def _switch_to(proc: ProcessCore, thread: Thread, template: object) -> None:
     sched, cpu = proc.threads, proc.cpu
     current = sched.current
     if thread is not current:
+        for flush in proc.switch_observers:
+            flush()
         if not current.terminated:
             current.context = cpu.save_context()
         sched.current = thread
@@ -120,6 +122,8 @@ def run_threads(
         sched.switch_pending = sched.yielding = False
         main = sched.main
         if sched.current is not main:
+            for flush in proc.switch_observers:
+                flush()
             # calls from Python after the run go on the main thread, its TEB behind fs/gs
             cpu.restore_context(main.context if main.context is not None else template)
             main.context = None
