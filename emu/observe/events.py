@@ -214,6 +214,10 @@ class EventRecorder:
         self._record = struct.Struct(self._counter.record_format(self._saved_slot))
         for address in self.watched:
             self._counter.special.add_entry(address)
+        # where every proc.call returns: the calls it left open end there (_abandon), so a
+        # call that completes needs no Python at its end
+        self._boundary = proc.call_gate.return_address
+        self._counter.special.add(self._boundary)
         self._started = False
         self._frame_buf = ctypes.create_string_buffer(0x80)
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
@@ -273,7 +277,7 @@ class EventRecorder:
             self._counter.start()
             self._started = True
             self.proc.syscall_observers.append(self._on_syscall)
-            self.proc.run_observers.append(self._on_run_end)
+            self.proc.stop_observers.append(self._on_stop)
             self.proc.switch_observers.append(self._counter.flush)
         return self
 
@@ -282,7 +286,7 @@ class EventRecorder:
             self._counter.stop()
             self._started = False
             self.proc.syscall_observers.remove(self._on_syscall)
-            self.proc.run_observers.remove(self._on_run_end)
+            self.proc.stop_observers.remove(self._on_stop)
             self.proc.switch_observers.remove(self._counter.flush)
 
     @property
@@ -306,12 +310,15 @@ class EventRecorder:
         now (the counter is flushed before every thread switch): each starts at a watched
         entry point or at a return address one of them left."""
         watched, returns, opened = self.watched, self._returns, self._open
+        boundary = self._boundary
         for r in self._record.iter_unpack(raw):
             address = r[0]
             if address in returns:
                 self._maybe_return(r, opened)
             if address in watched:
                 self._enter(r, opened)
+            elif address == boundary and opened:
+                self._abandon(r, opened)
 
     def _on_syscall(self, record: SyscallRecord) -> None:
         self._counter.flush()  # the calls open now
@@ -335,9 +342,20 @@ class EventRecorder:
             opened = self._opens[tid] = []
         return opened
 
-    def _on_run_end(self, ok: bool) -> None:
-        # a call made from Python returns to the call gate's tail, a block like any other, so
-        # its event closed there; a fault or stop left calls open: they never returned
+    def _abandon(self, r: tuple[Any, ...], opened: list[_Call]) -> None:
+        """A proc.call returned to the call gate's tail (``r``): the calls it made that are
+        still open (below its stack pointer) never returned (a longjmp, an exception
+        handler that resumed further up)."""
+        end = (r[1], r[2])
+        while opened and opened[-1].entry[4] < r[4]:
+            call = opened.pop()
+            self._forget_return(call.ret_addr)
+            self._close(call, end, None)
+
+    def _on_stop(self) -> None:
+        # a run that returned to the call gate needs nothing here: its calls closed at their
+        # returns or at the gate's tail (_abandon); a fault, a stop or the end of the threads
+        # left calls open: they never returned
         self._counter.flush()
         if any(self._opens.values()):
             end = (self.instructions, self.blocks)

@@ -156,7 +156,10 @@ class ProcessCore:
         # end
         self.syscall_observers: list[Callable[[SyscallRecord], None]] = []
         self.run_observers: list[Callable[[bool], None]] = []
-        # called before the CPU changes threads (observers that batch what they saw flush it)
+        # called when a run ends any other way than a proc.call returning (a fault, a stop, a
+        # limit, the end of run_threads: calls may have been left under way), and before the
+        # CPU changes threads: observers that batch what they saw (events) flush it there
+        self.stop_observers: list[Callable[[], None]] = []
         self.switch_observers: list[Callable[[], None]] = []
         self.breakpoints: list[Breakpoint] = []
         self.breakpoint_stop: str | None = None
@@ -518,6 +521,8 @@ class ProcessCore:
         for observer in self.run_observers:
             observer(completed)
         if not completed:
+            for stopped in self.stop_observers:
+                stopped()
             limit = self.time_limit if time_limit is None else time_limit
             error = self._run_error(addr, args, budget, limit)
             # the next call puts back the whole user state (segments.user_state): a trap flag

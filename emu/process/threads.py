@@ -130,6 +130,8 @@ def run_threads(
             sched.current = main
         for observer in proc.run_observers:
             observer(completed)
+        for stopped in proc.stop_observers:  # threads may have ended inside calls
+            stopped()
 
 
 def _where(proc: ProcessCore) -> str:
