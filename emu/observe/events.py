@@ -17,6 +17,7 @@ hook is added or removed (that flushes Unicorn's translation cache).
 from __future__ import annotations
 
 import ctypes
+import gc
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -136,24 +137,6 @@ class AllocationEvent:
         }
 
 
-class _Call:
-    """A watched call as the recorder first sees it: its entry record and, once it ended, its
-    return record (or only the counts where it was abandoned). Made into an AllocationEvent
-    when the events are read (``event``), so recording costs a few tuple reads per call."""
-
-    __slots__ = ("depth", "end", "entry", "event", "exit", "parent", "ret_addr", "syscalls")
-
-    def __init__(self, entry: tuple[Any, ...], ret_addr: int, parent: _Call | None, depth: int):
-        self.entry = entry
-        self.ret_addr = ret_addr
-        self.parent = parent
-        self.depth = depth
-        self.exit: tuple[Any, ...] | None = None  # the record where it returned
-        self.end: tuple[int, int] | None = None  # (instructions, blocks) where it ended
-        self.syscalls: list[tuple[SyscallRecord, int]] | None = None
-        self.event: AllocationEvent | None = None
-
-
 class EventRecorder:
     """Records AllocationEvents for the watched entry points while installed."""
 
@@ -189,9 +172,11 @@ class EventRecorder:
         self._events: list[AllocationEvent] = []  # top-level events
         self._all: list[AllocationEvent] = []  # every event, in call order
         self._violations: list[tuple[AllocationEvent, str]] = []
-        self._calls: list[_Call] = []  # seen, not yet made into events (in call order)
+        # the counter's logs not read yet, with the thread that ran them: read (made into
+        # events) when the events are read, at a system call, or when a run stops
+        self._pending: list[tuple[int, bytes]] = []
         # the calls under way, innermost last, per thread (threads interleave their calls)
-        self._opens: dict[int, list[_Call]] = {}
+        self._opens: dict[int, list[AllocationEvent]] = {}
         self._returns: dict[int, int] = {}  # return address -> open events waiting there
         self._conv = conv = get_convention(proc.arch, None)
         arch = proc.arch
@@ -207,9 +192,13 @@ class EventRecorder:
         self._eflags_at = 16 * len(arch.nonvolatile)  # in the callee-saved bytes
         self._x64 = arch.ptr_size == 8
         frame = 0x80 if check_conventions else self._args_frame_size()
-        # a stack walk needs the CPU as it is at the entry: records one at a time
+        # a stack walk needs the CPU as it is at the entry: records one at a time, read at once
         self._counter = BlockCounter(
-            proc.cpu, self._on_records, capture, frame, batch=self._walker is None
+            proc.cpu,
+            self._on_records if self._walker is None else self._on_record_now,
+            capture,
+            frame,
+            batch=self._walker is None,
         )
         self._record = struct.Struct(self._counter.record_format(self._saved_slot))
         for address in self.watched:
@@ -223,25 +212,26 @@ class EventRecorder:
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
         self._unpack_ptr = proc.arch.unpack_ptr
         self._plans: dict[int, tuple[str, Prototype, range, int, int, str]] = {}
+        self._ret_masks: dict[int, int] = {}
 
-    # the counter logs entries and returns in batches, and calls become events when read:
-    # what is read is made current first
+    # the counter logs entries and returns in batches, read when the events are: what is
+    # read is made current first
     @property
     def events(self) -> list[AllocationEvent]:
         """The top-level events (nested calls are their ``children``)."""
-        self._make_events()
+        self._read_logs()
         return self._events
 
     @property
     def all(self) -> list[AllocationEvent]:
         """Every event, in call order."""
-        self._make_events()
+        self._read_logs()
         return self._all
 
     @property
     def violations(self) -> list[tuple[AllocationEvent, str]]:
         """(event, problem) for every convention violation found."""
-        self._make_events()
+        self._read_logs()
         return self._violations
 
     def _args_frame_size(self) -> int:
@@ -278,7 +268,7 @@ class EventRecorder:
             self._started = True
             self.proc.syscall_observers.append(self._on_syscall)
             self.proc.stop_observers.append(self._on_stop)
-            self.proc.switch_observers.append(self._counter.flush)
+            self.proc.switch_observers.append(self._counter.flush)  # (with its thread)
         return self
 
     def stop(self) -> None:
@@ -304,127 +294,68 @@ class EventRecorder:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ hot path
+    # ------------------------------------------------------------------ the counter's logs
     def _on_records(self, raw: bytes) -> None:
-        """The counter's records, in the order their blocks ran, all of the thread that runs
-        now (the counter is flushed before every thread switch): each starts at a watched
-        entry point or at a return address one of them left."""
-        watched, returns, opened = self.watched, self._returns, self._open
-        boundary = self._boundary
-        for r in self._record.iter_unpack(raw):
-            address = r[0]
-            if address in returns:
-                self._maybe_return(r, opened)
-            if address in watched:
-                self._enter(r, opened)
-            elif address == boundary and opened:
-                self._abandon(r, opened)
+        """A full log (or the log at a thread switch): kept, with the thread that ran it."""
+        self._pending.append((self.proc.threads.current.tid, raw))
+
+    def _on_record_now(self, raw: bytes) -> None:
+        self._on_records(raw)
+        self._read_logs()
+
+    def _read_logs(self) -> None:
+        """Every record logged so far, in the order their blocks ran: each starts at a watched
+        entry point, at a return address one of them left, or at the call gate's tail."""
+        self._counter.flush()
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        watched, returns, boundary = self.watched, self._returns, self._boundary
+        with _collector_paused():
+            for tid, raw in pending:
+                opened = self._opens.get(tid)
+                if opened is None:
+                    opened = self._opens[tid] = []
+                for r in self._record.iter_unpack(raw):
+                    address = r[0]
+                    if address in returns:
+                        self._maybe_return(r, opened)
+                    if address in watched:
+                        self._enter(r, opened)
+                    elif address == boundary and opened:
+                        self._abandon(r, opened)
 
     def _on_syscall(self, record: SyscallRecord) -> None:
-        self._counter.flush()  # the calls open now
-        if opened := self._open:
+        self._read_logs()  # the calls open now
+        opened = self._opens.get(self.proc.threads.current.tid)
+        if opened:
             now = self.instructions
-            for call in opened:
-                if call.event is not None:
-                    call.event.syscalls.append(record)
-                    call.event.syscall_times.append(now)
-                elif call.syscalls is None:
-                    call.syscalls = [(record, now)]
-                else:
-                    call.syscalls.append((record, now))
+            for ev in opened:
+                ev.syscalls.append(record)
+                ev.syscall_times.append(now)
 
-    @property
-    def _open(self) -> list[_Call]:
-        """The calls under way in the thread that runs now."""
-        tid = self.proc.threads.current.tid
-        opened = self._opens.get(tid)
-        if opened is None:
-            opened = self._opens[tid] = []
-        return opened
-
-    def _abandon(self, r: tuple[Any, ...], opened: list[_Call]) -> None:
+    def _abandon(self, r: tuple[Any, ...], opened: list[AllocationEvent]) -> None:
         """A proc.call returned to the call gate's tail (``r``): the calls it made that are
         still open (below its stack pointer) never returned (a longjmp, an exception
         handler that resumed further up)."""
-        end = (r[1], r[2])
-        while opened and opened[-1].entry[4] < r[4]:
-            call = opened.pop()
-            self._forget_return(call.ret_addr)
-            self._close(call, end, None)
+        while opened and opened[-1].entry_sp < r[4]:
+            ev = opened.pop()
+            self._forget_return(ev.return_address)
+            self._finish_counts(ev, r[1], r[2])
 
     def _on_stop(self) -> None:
         # a run that returned to the call gate needs nothing here: its calls closed at their
         # returns or at the gate's tail (_abandon); a fault, a stop or the end of the threads
         # left calls open: they never returned
-        self._counter.flush()
+        self._read_logs()
         if any(self._opens.values()):
-            end = (self.instructions, self.blocks)
+            now, blocks = self.instructions, self.blocks
             for opened in self._opens.values():
                 while opened:
-                    self._close(opened.pop(), end, None)
+                    self._finish_counts(opened.pop(), now, blocks)
         self._returns.clear()
 
     # ------------------------------------------------------------------ entry and return
-    def _enter(self, r: tuple[Any, ...], opened: list[_Call]) -> None:
-        """A record at a watched entry: (address, instructions, blocks, frame_ok, the
-        registers as (low, high) pairs from r[4] — sp, return value, register arguments —,
-        [the callee-saved registers' bytes], the frame's bytes)."""
-        if opened:
-            last = opened[-1].entry
-            if last[0] == r[0] and last[4] == r[4]:
-                # the same entry again: a run stopped by its instruction count right there
-                # (after the block hook) and resumed there; a real recursive call has a lower sp
-                return
-        if r[3]:
-            ret_addr = self._unpack_ptr(r[-1])
-        else:  # the counter could not read it: the call's end is not logged either
-            ret_addr = self.proc.read_ptr(r[4])
-            self._counter.special.add(ret_addr)
-        call = _Call(r, ret_addr, opened[-1] if opened else None, len(opened))
-        self._calls.append(call)
-        opened.append(call)
-        self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
-        if self._walker is not None:  # (records come one at a time: the CPU is at the entry)
-            self._make_events()
-            assert call.event is not None
-            call.event.stack = self._walker.walk(r[0], max_frames=self.stacks)
-
-    def _maybe_return(self, r: tuple[Any, ...], opened: list[_Call]) -> None:
-        address, sp = r[0], r[4]
-        # the innermost open call returning here with its return address popped
-        for i in range(len(opened) - 1, -1, -1):
-            call = opened[i]
-            if call.ret_addr == address and sp > call.entry[4]:
-                break
-        else:
-            return
-        entry_sp = call.entry[4]
-        # watched functions that jumped into one another (a routed ntdll entry point) share
-        # the return: they all return here
-        while i > 0 and opened[i - 1].ret_addr == address and opened[i - 1].entry[4] == entry_sp:
-            i -= 1
-        end = (r[1], r[2])
-        while len(opened) > i:  # anything opened after it never returned normally
-            closing = opened.pop()
-            self._forget_return(closing.ret_addr)
-            returned = closing.ret_addr == address and closing.entry[4] == entry_sp
-            self._close(closing, end, r if returned else None)
-
-    def _close(self, call: _Call, end: tuple[int, int], exit: tuple[Any, ...] | None) -> None:
-        """The call ended at ``end`` (instructions, blocks); ``exit``: the record of its
-        return, None when it never returned."""
-        call.end, call.exit = end, exit
-        if call.event is not None:  # already read while it ran
-            self._finish(call.event, call)
-
-    def _forget_return(self, address: int) -> None:
-        left = self._returns.get(address, 1) - 1
-        if left:
-            self._returns[address] = left
-        else:
-            self._returns.pop(address, None)
-
-    # ------------------------------------------------------------------ calls into events
     def _plan(self, address: int) -> tuple[str, Prototype, range, int, int, str]:
         """How to read a watched function's arguments at entry (found once per function):
         name, prototype, the record fields of its register arguments, where its stack
@@ -440,19 +371,22 @@ class EventRecorder:
             end = first + nstack * arch.ptr_size if nstack > 0 else 0
             fmt = "<" + ("Q" if arch.ptr_size == 8 else "I") * nstack
             plan = self._plans[address] = (name, proto, range(8, 8 + 2 * nreg, 2), first, end, fmt)
+            # what of the return register the result is (BOOLEAN: al; NTSTATUS: eax)
+            mask = {"bool": 0xFF, "status": 0xFFFFFFFF}.get(proto.returns, arch.ptr_mask)
+            self._ret_masks[address] = mask & arch.ptr_mask
         return plan
 
-    def _make_events(self) -> None:
-        """Every call seen so far as its AllocationEvent, in call order."""
-        self._counter.flush()
-        calls, self._calls = self._calls, []
-        for call in calls:
-            self._make_event(call)
-
-    def _make_event(self, call: _Call) -> None:
-        proc, r = self.proc, call.entry
+    def _enter(self, r: tuple[Any, ...], opened: list[AllocationEvent]) -> None:
+        """A record at a watched entry: (address, instructions, blocks, frame_ok, the
+        registers as (low, high) pairs from r[4] — sp, return value, register arguments —,
+        [the callee-saved registers' bytes], the frame's bytes)."""
+        proc = self.proc
         address, sp = r[0], r[4]
-        name, proto, slots, first, args_end, fmt = self._plan(address)
+        if opened and opened[-1].address == address and opened[-1].entry_sp == sp:
+            # the same entry again: a run stopped by its instruction count right there (after
+            # the block hook) and resumed there; a real recursive call has a lower sp
+            return
+        name, proto, slots, first, args_end, fmt = self._plans.get(address) or self._plan(address)
         values = [r[i] for i in slots]
         frame = r[-1] if r[3] else b""
         if args_end:
@@ -460,48 +394,73 @@ class EventRecorder:
                 values += struct.unpack_from(fmt, frame, first)
             else:  # read now: stack arguments beyond the logged frame
                 values += struct.unpack(fmt, proc.read(sp + first, args_end - first))
-        caller = self._callers.get(call.ret_addr)
+        if frame:
+            ret_addr = self._unpack_ptr(frame)
+        else:  # the counter could not read it: the call's end is not logged either
+            ret_addr = proc.read_ptr(sp)
+            self._counter.special.add(ret_addr)
+        caller = self._callers.get(ret_addr)
         if caller is None:
-            caller = self._callers[call.ret_addr] = proc.symbolize(call.ret_addr)
-        parent = call.parent.event if call.parent is not None else None
+            caller = self._callers[ret_addr] = proc.symbolize(ret_addr)
         ev = AllocationEvent(
             len(self._all),
             name,
             address,
             proto.decode(values),
-            call.ret_addr,
+            ret_addr,
             caller,
-            call.depth,
+            len(opened),
             sp,
             r[1],
             prototype=proto,
         )
         ev._saved["blocks"] = r[2]
+        if self._walker is not None:  # (records come one at a time: the CPU is at the entry)
+            ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
             self._save_state(ev, r[-2], frame)
-        (parent.children if parent else self._events).append(ev)
+        (opened[-1].children if opened else self._events).append(ev)
         self._all.append(ev)
-        if call.syscalls:
-            ev.syscalls = [record for record, _ in call.syscalls]
-            ev.syscall_times = [when for _, when in call.syscalls]
-        call.event = ev
-        if call.end is not None:
-            self._finish(ev, call)
+        opened.append(ev)
+        self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
 
-    def _finish(self, ev: AllocationEvent, call: _Call) -> None:
-        assert call.end is not None
-        ev.end, blocks = call.end
-        ev.instructions = ev.end - ev.start
-        ev.blocks = blocks - ev._saved["blocks"]
-        r = call.exit
-        if r is None:
+    def _maybe_return(self, r: tuple[Any, ...], opened: list[AllocationEvent]) -> None:
+        address, sp = r[0], r[4]
+        # the innermost open event returning here with its return address popped
+        for i in range(len(opened) - 1, -1, -1):
+            ev = opened[i]
+            if ev.return_address == address and sp > ev.entry_sp:
+                break
+        else:
             return
-        ret = r[6] & self.proc.arch.ptr_mask
-        if ev.prototype and ev.prototype.returns == "bool":
-            ret &= 0xFF
-        elif ev.prototype and ev.prototype.returns == "status":
-            ret &= 0xFFFFFFFF
-        ev.ret = ret
+        # watched functions that jumped into one another (a routed ntdll entry point) share
+        # the return: they all return here
+        while i > 0 and (
+            opened[i - 1].return_address == address and opened[i - 1].entry_sp == ev.entry_sp
+        ):
+            i -= 1
+        while len(opened) > i:  # anything opened after it never returned normally
+            closing = opened.pop()
+            self._forget_return(closing.return_address)
+            self._finish_counts(closing, r[1], r[2])
+            if closing.return_address == address and closing.entry_sp == ev.entry_sp:
+                self._leave(closing, r)
+
+    def _forget_return(self, address: int) -> None:
+        left = self._returns.get(address, 1) - 1
+        if left:
+            self._returns[address] = left
+        else:
+            self._returns.pop(address, None)
+
+    @staticmethod
+    def _finish_counts(ev: AllocationEvent, instructions: int, blocks: int) -> None:
+        ev.end = instructions
+        ev.instructions = instructions - ev.start
+        ev.blocks = blocks - ev._saved["blocks"]
+
+    def _leave(self, ev: AllocationEvent, r: tuple[Any, ...]) -> None:
+        ev.ret = r[6] & self._ret_masks[ev.address]
         ev.finished = True
         if self.check_conventions:
             for problem in self._check_state(ev, r):
@@ -595,6 +554,21 @@ class EventRecorder:
                     f"(`ret {4 * len(ev.args)}`), off by {sp - expected:+d}"
                 )
         return problems
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a batch of events is made: they hold no
+    cycles, and collections triggered by thousands of new objects (each one scanning the
+    events kept so far) would cost as much as making them."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _argc_for(counts: dict[str, int], used: set[str], name: str, target: str | int) -> int | None:
