@@ -505,8 +505,7 @@ class EventRecorder:
         """What the call changed that its convention says it must not: ``rec`` is the record
         at its return (the frame there covers the caller's frame of a call with up to eight
         arguments; beyond that, or when it was unreadable, the stack is read as it is now)."""
-        arch = self.proc.arch
-        problems = []
+        problems: list[str] = []
         sp, after_raw = rec[4], rec[-2]
         before_raw = ev._saved["state"]
         k = self._eflags_at  # EFLAGS (the slot at k) may change, except DF
@@ -529,7 +528,7 @@ class EventRecorder:
             after = after_regs[r]
             if after != before:
                 problems.append(f"{r} not preserved: 0x{before:x} -> 0x{after:x}")
-        if arch.ptr_size == 8:
+        if self._x64:
             if sp != ev.entry_sp + 8:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
             above, data = ev._saved["frame"]
@@ -541,7 +540,7 @@ class EventRecorder:
                 problems.append(
                     f"wrote into the caller's frame at 0x{above + off:x} (above its shadow space)"
                 )
-        elif ev.name in self.cdecl:
+        elif self.cdecl and ev.name in self.cdecl:
             if sp != ev.entry_sp + 4:
                 problems.append(
                     f"cdecl callee popped its arguments: esp off by {sp - ev.entry_sp - 4:+d}"
