@@ -6,12 +6,14 @@ so it sees: an entry point being reached (an event opens: arguments read by the 
 convention, caller, entry stack pointer), the return address of an open event being reached
 with the stack popped past the entry (it closes: return value, optional convention checks), and
 every block in between (instruction and block counts; each block's instruction count is found
-once with capstone and cached). The counting runs in C when the native fast path is built:
-Python is entered only at the watched entry points and the pending return addresses (the
-counter's ``special`` set), so recording costs little more than the events themselves. An
-event's counts are the difference of the global counters between its entry and its return.
-System calls made while an event is open are attached to it. Nested calls nest. No per-call
-hook is added or removed (that flushes Unicorn's translation cache).
+once with capstone and cached). With the native fast path the counter is C: at entries, at the
+return addresses they leave and at the call gate's tail it appends the registers and stack
+this module needs to a log, and Python reads the log in batches (when it is full, at a thread
+switch, when the events are read, at a system call, when a run stops short): recording a call
+that completes costs no Python. An event's counts are the difference of the global counters
+between its entry and its return. System calls made while an event is open are attached to it.
+Nested calls nest. No per-call hook is added or removed (that flushes Unicorn's translation
+cache).
 """
 
 from __future__ import annotations
