@@ -44,8 +44,9 @@ from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 
 from emu.arch import Arch, register_names
-from emu.cpu import native
+from emu.cpu import native, shared
 from emu.cpu.disasm import Disassembler
+from emu.cpu.shared import SharedMemory
 from emu.errors import CpuState, Fault
 from emu.win.ntdefs import (
     PAGE_EXECUTE,
@@ -361,6 +362,8 @@ class Cpu:
         # backed windows: start -> (first address, end, host memory, its exported buffer)
         self._windows: dict[int, tuple[int, int, mmap.mmap, ctypes.c_char]] = {}
         self._window = 1 << 28 if arch.ptr_size == 4 else 1 << 30
+        # ranges whose host pages are a SharedMemory's: address -> (size, memory, offset)
+        self._shares: dict[int, tuple[int, SharedMemory, int]] = {}
         self._user = (arch.user_min, arch.user_max + 1)
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
@@ -456,6 +459,64 @@ class Cpu:
     def backing(self) -> list[int]:
         """The windows backed (their starts), in address order (for snapshots)."""
         return sorted(self._windows)
+
+    # ------------------------------------------------------------------ shared pages
+    def share(self, addr: int, size: int, memory: SharedMemory, offset: int) -> None:
+        """Show ``memory``'s [offset, offset+size) at [addr, addr+size) (page-aligned): the
+        host pages behind those addresses become the memfd's, mapped shared, so every range
+        sharing the same bytes sees every write at once (a section's views). Unicorn's
+        mapping keeps its host pointer: only translations are dropped. CpuError when the host
+        refuses (the range is then private memory again)."""
+        self.ensure_backed(addr, size)
+        try:
+            for host, a, b in self._host_pieces(addr, size):
+                shared.map_fixed(host, b - a, memory.fd, offset + a - addr)
+        except OSError as e:
+            self._put_private(addr, size)
+            raise CpuError(f"share 0x{addr:x}+0x{size:x}: {e}", nomem=True) from None
+        self._shares[addr] = (size, memory, offset)
+        self._dropped(addr, size)
+
+    def unshare(self, addr: int, size: int) -> None:
+        """[addr, addr+size) is private memory again (zero), whatever shared it; the shared
+        bytes stay in their ``SharedMemory``."""
+        end = addr + size
+        for start in [s for s, (n, _, _) in self._shares.items() if s < end and addr < s + n]:
+            del self._shares[start]
+        self._put_private(addr, size)
+        self._dropped(addr, size)
+
+    def shares(self) -> list[tuple[int, int, SharedMemory, int]]:
+        """The shared ranges as (address, size, memory, offset), in address order (what a
+        snapshot puts back)."""
+        return [(a, n, m, o) for a, (n, m, o) in sorted(self._shares.items())]
+
+    def _host_pieces(self, addr: int, size: int) -> list[tuple[int, int, int]]:
+        """(host address, first, end) of [addr, addr+size) in each backed window it crosses."""
+        out, w, end = [], self._window, addr + size
+        for start in range(addr - addr % w, end, w):
+            lo, hi, _, anchor = self._windows[start]
+            a, b = max(lo, addr), min(hi, end)
+            if a < b:
+                out.append((ctypes.addressof(anchor) + a - lo, a, b))
+        return out
+
+    def _put_private(self, addr: int, size: int) -> None:
+        for host, a, b in self._host_pieces(addr, size):
+            try:
+                shared.map_fixed(host, b - a, -1, 0)
+            except OSError:  # cannot happen short of exhaustion: at least zero what is there
+                lo, _, mem, _ = self._windows[a - a % self._window]
+                mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
+                log.error("cannot put private memory back at 0x%x+0x%x", a, b - a)
+
+    def _dropped(self, addr: int, size: int) -> None:
+        """Other bytes show at [addr, addr+size): code translated from it and cached
+        translations go."""
+        self._forget(addr, size)
+        self.invalidate_code(addr, size)
+        self._forget_code(addr, size)
+        self.flush_tlb()
 
     def map_system(self, addr: int, size: int, protect: int) -> None:
         """Map pages the CPU itself needs outside the process's address space (x86's GDT):
@@ -767,15 +828,27 @@ class Cpu:
         ``restore_memory`` writes back."""
         return [(a, n, bytes(self.uc.mem_read(a, n))) for a, n in ranges]
 
-    def restore_memory(self, image: list[tuple[int, int, bytes]], backing: list[int]) -> None:
+    def restore_memory(
+        self,
+        image: list[tuple[int, int, bytes]],
+        backing: list[int],
+        shares: Iterable[tuple[int, int, SharedMemory, int]] = (),
+    ) -> None:
         """Make the process's memory zero except what ``image`` (from ``save_memory``) holds,
-        with at least the windows ``backing`` (from ``backing()``) backed; translated code
-        dropped. The CPU layer's own pages (the call gate, x86's GDT) stay as they are."""
+        with at least the windows ``backing`` (from ``backing()``) backed and exactly the
+        ranges ``shares`` (from ``shares()``) shared; translated code dropped. The CPU
+        layer's own pages (the call gate, x86's GDT) stay as they are. The shared memories'
+        own bytes are their owner's to put back (``SharedMemory.load``): writing ``image``
+        through a shared range writes them too."""
         for start in backing:
             if start not in self._windows:
                 self._back(start)
+        for addr, (size, _, _) in list(self._shares.items()):
+            self.unshare(addr, size)  # private again before the windows are zeroed
         for lo, hi, mem, _ in self._windows.values():
             mem.madvise(mmap.MADV_DONTNEED, 0, hi - lo)
+        for addr, size, memory, offset in shares:
+            self.share(addr, size, memory, offset)
         for addr, _, data in image:
             self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping

@@ -217,6 +217,7 @@ class ViewInfo:
     file_key: str | None = None  # identity of the backing file (None: pagefile-backed)
     image: bool = False
     module: Any = None  # the Module record of an image view, if any
+    shared: bool = False  # its pages are the section's (Cpu.share), not a copy of them
 
 
 @dataclass(eq=False)
