@@ -1,0 +1,291 @@
+"""Views of one section share memory (issue 16), on x86 (int 0x2e) and x64 (syscall), through
+the real system calls: on Windows every view of a pagefile-backed or file-backed section is the
+same physical pages, so a write through one view is seen through every other view at once,
+except in FILE_MAP_COPY (PAGE_WRITECOPY) views, whose written pages are their own.
+
+Writes come from emulated code (a store in flat code, and the kernel writing a system call's
+output through its probes), reads from emulated code or Python. tests/programs/vmrules.c's
+``shared`` mode checks the same through Wine's CreateFileMapping / MapViewOfFile."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from programbuild import build
+from test_sections import Sections
+from test_virtual_memory import CURRENT
+
+from emu import EmulationError, Process
+from emu.cpu import shared
+from emu.facade import load_program
+from emu.nt.calls.section import SEC_COMMIT, SEC_RESERVE
+from emu.nt.objects import SectionObject
+from emu.win.ntdefs import (
+    MEM_COMMIT,
+    PAGE_READONLY,
+    PAGE_READWRITE,
+    PAGE_WRITECOPY,
+    NtStatus,
+)
+
+pytestmark = pytest.mark.skipif(not shared.available(), reason="no memfd/MAP_FIXED here")
+
+SIZE = 0x30000
+
+_CODE = {
+    "x64": """
+poke:
+    mov dword ptr [rcx], edx
+    ret
+peek:
+    mov eax, dword ptr [rcx]
+    ret
+""",
+    "x86": """
+poke:
+    mov ecx, dword ptr [esp+4]
+    mov edx, dword ptr [esp+8]
+    mov dword ptr [ecx], edx
+    ret 8
+peek:
+    mov ecx, dword ptr [esp+4]
+    mov eax, dword ptr [ecx]
+    ret 4
+""",
+}
+
+
+class Views(Sections):
+    """Sections with a store and a load in emulated code."""
+
+    def __init__(self, proc: Process, files: dict[str, Path] | None = None):
+        super().__init__(proc, files or {})
+        code = proc.load_flat(_CODE[proc.arch.name], "views_code")
+        self._poke, self._peek = code.symbols["poke"], code.symbols["peek"]
+
+    def poke(self, addr: int, value: int) -> None:
+        """A 32-bit store by emulated code."""
+        self.proc.call(self._poke, addr, value)
+
+    def peek(self, addr: int) -> int:
+        """A 32-bit load by emulated code."""
+        return int(self.proc.call(self._peek, addr)) & 0xFFFFFFFF
+
+    def section(self, size: int = SIZE, attributes: int = SEC_COMMIT) -> int:
+        st, handle = self.create(PAGE_READWRITE, attributes, size=size)
+        assert st == NtStatus.SUCCESS, hex(st)
+        return handle
+
+    def view(self, handle: int, protect: int = PAGE_READWRITE, **kw: int) -> int:
+        st, base, _ = self.map(handle, protect=protect, **kw)
+        assert st == NtStatus.SUCCESS, hex(st)
+        return base
+
+    def unmap(self, base: int) -> None:
+        assert self.NtUnmapViewOfSection(CURRENT, base) == NtStatus.SUCCESS
+
+
+@pytest.fixture
+def v(arch: str) -> Views:
+    return Views(Process(arch))
+
+
+def test_two_views_see_each_others_writes(v: Views) -> None:
+    h = v.section()
+    a, b = v.view(h), v.view(h)
+    assert a != b
+    v.poke(a + 0x1234, 0xC0FFEE)  # emulated code stores through a ...
+    assert v.peek(b + 0x1234) == 0xC0FFEE  # ... and loads through b
+    v.poke(b + 0x2FFC, 0x5EED)
+    assert v.peek(a + 0x2FFC) == 0x5EED
+    assert v.proc.read(b + 0x1234, 4) == struct.pack("<I", 0xC0FFEE)
+    # the kernel writes a system call's output through a: MEMORY_BASIC_INFORMATION
+    assert v.NtQueryVirtualMemory(CURRENT, a, 0, a + 0x800, 0x30, 0) == NtStatus.SUCCESS
+    assert v.proc.read_ptr(b + 0x800) == a  # BaseAddress, seen through b
+    assert v.proc.read(b + 0x800, 0x30) == v.proc.read(a + 0x800, 0x30)
+    # a view at an offset shows the same pages at its own addresses
+    tail = v.view(h, offset=0x10000, size=0x20000)
+    v.poke(tail + 8, 0x7A11)
+    assert v.peek(a + 0x10008) == 0x7A11 and v.peek(b + 0x10008) == 0x7A11
+
+
+def test_a_view_mapped_later_sees_earlier_writes(v: Views) -> None:
+    h = v.section()
+    a = v.view(h)
+    v.poke(a + 0x20000, 0xABCD1234)
+    later = v.view(h, protect=PAGE_READONLY)
+    assert v.peek(later + 0x20000) == 0xABCD1234
+    v.poke(a + 0x20004, 0x1111)  # and writes after it was mapped
+    assert v.peek(later + 0x20004) == 0x1111
+
+
+def test_copy_on_write_view_keeps_its_writes(v: Views) -> None:
+    h = v.section()
+    a = v.view(h)
+    v.poke(a + 0x100, 0xAAAA)
+    copy = v.view(h, protect=PAGE_WRITECOPY)
+    assert v.peek(copy + 0x100) == 0xAAAA  # the section's bytes when it was mapped
+    v.poke(copy + 0x100, 0xCCCC)  # its first write makes the page its own
+    assert v.proc.memory.query(copy + 0x100).Protect == PAGE_READWRITE
+    assert v.peek(copy + 0x100) == 0xCCCC
+    assert v.peek(a + 0x100) == 0xAAAA  # the section does not see it
+    assert v.peek(v.view(h) + 0x100) == 0xAAAA  # nor does a view mapped after it
+    v.poke(a + 0x100, 0xBBBB)
+    assert v.peek(copy + 0x100) == 0xCCCC  # its written page stays its own
+    v.unmap(copy)
+    assert v.peek(a + 0x100) == 0xBBBB  # unmapping it leaves the section as it was
+
+
+def test_unmapping_one_view_keeps_the_others_data(v: Views) -> None:
+    h = v.section()
+    a, b = v.view(h), v.view(h)
+    v.poke(a + 0x40, 0x600D)
+    v.unmap(a)
+    assert v.peek(b + 0x40) == 0x600D
+    assert v.proc.memory.region_at(a) is None
+    # the unmapped range is private memory again: a new allocation there reads zero
+    st, base, _ = v.alloc(a, 0x10000, MEM_COMMIT | 0x2000)
+    assert (st, base) == (NtStatus.SUCCESS, a)
+    assert v.peek(a + 0x40) == 0
+    v.poke(a + 0x40, 0x9999)
+    assert v.peek(b + 0x40) == 0x600D
+    v.poke(b + 0x44, 0x4444)  # the other view still writes the section
+    assert v.peek(v.view(h) + 0x44) == 0x4444
+
+
+def test_section_keeps_its_data_with_no_view_while_a_handle_is_open(v: Views) -> None:
+    h = v.section()
+    section = v.proc.objects.get(h, SectionObject)
+    a, b = v.view(h), v.view(h, offset=0x20000)
+    v.poke(a + 0x10, 0x1234)
+    v.poke(b + 0xFF8, 0x5678)
+    v.unmap(a)
+    v.unmap(b)
+    memory = section.memory
+    assert memory is not None and not memory.closed  # the handle holds the section
+    again = v.view(h)
+    assert v.peek(again + 0x10) == 0x1234 and v.peek(again + 0x20FF8) == 0x5678
+    # the last handle closed, the view still holds the section's bytes
+    assert v.NtClose(h) == NtStatus.SUCCESS
+    assert section.memory is memory and not memory.closed
+    v.poke(again + 0x14, 0x77)
+    assert v.peek(again + 0x14) == 0x77
+    # the last view gone too: the section lets its memory go, and its memfd closes
+    v.unmap(again)
+    assert section.memory is None
+    finalizer = memory._finalizer  # holds no reference to the memory
+    del memory
+    assert not finalizer.alive  # nothing else held it: the memfd is closed
+
+
+def test_reserve_section_pages_committed_through_views_are_shared(v: Views) -> None:
+    h = v.section(0x100000, SEC_RESERVE)
+    a, b = v.view(h), v.view(h)
+    for base in (a, b):  # each view's bookkeeping commits its own pages
+        assert v.alloc(base + 0x30000, 0x1000, MEM_COMMIT)[0] == NtStatus.SUCCESS
+    v.poke(a + 0x30010, 0xDEAD)
+    assert v.peek(b + 0x30010) == 0xDEAD
+    # pages reserved in a view fault there, whatever the section holds
+    with pytest.raises(EmulationError, match="STATUS_ACCESS_VIOLATION"):
+        v.peek(b + 0x40000)
+
+
+def test_snapshot_restore_keeps_views_coherent(v: Views) -> None:
+    proc = v.proc
+    h = v.section()
+    a, b = v.view(h), v.view(h)
+    kept = v.section(0x10000)  # a section with a handle and no view: its bytes count too
+    k = v.view(kept)
+    v.poke(k + 0x20, 0x4B)
+    v.unmap(k)
+    v.poke(a + 0x100, 0x1111)
+    copy = v.view(h, protect=PAGE_WRITECOPY)
+    v.poke(copy + 0x200, 0xC0C0)
+    snap = proc.snapshot()
+    # after the snapshot: writes, an unmap, a new view, a closed section
+    v.poke(b + 0x100, 0x2222)
+    v.poke(copy + 0x200, 0xD0D0)
+    v.unmap(a)
+    c = v.view(h)
+    v.poke(c + 0x300, 0x3333)
+    assert v.NtClose(kept) == NtStatus.SUCCESS
+    proc.restore(snap)
+    assert proc.memory.region_at(a) is not None and v.peek(a + 0x100) == 0x1111
+    assert v.peek(b + 0x100) == 0x1111
+    assert v.peek(copy + 0x200) == 0xC0C0 and v.peek(a + 0x200) == 0
+    assert proc.memory.region_at(c) is None or c in (a, b, copy)
+    section = proc.objects.get(h, SectionObject)
+    assert section.memory is not None
+    assert section.memory.read(0x100, 4) == struct.pack("<I", 0x1111)
+    assert section.memory.read(0x300, 4) == bytes(4)  # the later write is gone from the file
+    # coherent again: a write through one restored view is seen through the other
+    v.poke(b + 0x104, 0x4444)
+    assert v.peek(a + 0x104) == 0x4444
+    assert v.peek(v.view(h) + 0x104) == 0x4444
+    assert v.peek(copy + 0x104) == 0  # the copy view's private page stays private
+    # the section closed after the snapshot is back, with its bytes
+    assert v.peek(v.view(kept) + 0x20) == 0x4B
+    proc.restore(snap)  # any number of times
+    assert v.peek(a + 0x104) == 0 and v.peek(b + 0x100) == 0x1111
+
+
+def test_named_section_opened_twice_shares(v: Views) -> None:
+    oa = v.attributes("\\BaseNamedObjects\\heapemu_shared")
+    v.proc.write(v.size_arg, struct.pack("<q", 0x1000))
+    st = v.NtCreateSection(v.out, 0xF001F, oa, v.size_arg, PAGE_READWRITE, SEC_COMMIT, 0)
+    assert st == NtStatus.SUCCESS
+    first = v.proc.read_ptr(v.out)
+    assert v.NtOpenSection(v.out, 0xF001F, oa) == NtStatus.SUCCESS
+    second = v.proc.read_ptr(v.out)
+    assert first != second
+    x, y = v.view(first), v.view(second)
+    v.poke(y + 0x14, 0x5EED)
+    assert v.peek(x + 0x14) == 0x5EED
+    v.poke(x + 0x18, 0xF00D)
+    assert v.peek(y + 0x18) == 0xF00D
+
+
+def test_file_views_share_the_files_bytes(v: Views, tmp_path: Path) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes(range(256)) * 48)  # 0x3000 bytes
+    v.proc.objects.namespace.add_file("C:\\t\\data.bin", data)
+    f = v.open("\\??\\C:\\t\\data.bin")
+    st, h = v.create(PAGE_READONLY, SEC_COMMIT, f)
+    assert st == NtStatus.SUCCESS
+    a, b = v.view(h, PAGE_READONLY), v.view(h, PAGE_READONLY)
+    assert v.peek(a + 0x101) == 0x04030201 == v.peek(b + 0x101)
+    copy = v.view(h, protect=PAGE_WRITECOPY)
+    v.poke(copy + 0x101, 0)
+    assert v.peek(a + 0x101) == 0x04030201  # the file's bytes are not written
+    assert data.read_bytes()[0x101:0x105] == bytes([1, 2, 3, 4])
+    # a debugger's write through one read-only view shows in the other
+    v.proc.write(a + 0x2000, b"\xaa")
+    assert v.proc.read(b + 0x2000, 1) == b"\xaa"
+
+
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_views_share_memory_through_wine(arch: str) -> None:
+    """CreateFileMapping and MapViewOfFile in a mingw program: what Windows answers."""
+    program = load_program(build("vmrules.exe", arch), ["vmrules.exe", "shared"])
+    result = program.run()
+    assert result.ok, result.error
+    got = dict(line.split(" ", 1) for line in result.text.splitlines() if line)
+    assert {k: int(x, 16) for k, x in got.items()} == {
+        "shared-views": 1,
+        "shared-b-sees-a": 1,
+        "shared-a-sees-b": 0xB0B0CAFE,
+        "shared-offset-view": 0x7A11,
+        "shared-later-view": 0xB0B0CAFE,
+        "shared-copy-reads": 0xB0B0CAFE,
+        "shared-copy-own": 0xC0C0,
+        "shared-copy-not-seen": 0xB0B0CAFE,
+        "shared-copy-keeps-its-page": 0xC0C0,
+        "shared-unmapped-one": 0xA0A0,
+        "shared-no-view-kept": 0xA0A0,
+        "shared-no-view-text": 1,
+        "shared-named": 0x5EED,
+    }
+    assert result.exit_code == 0
+    assert program.proc.syscall_dispatcher.internal_errors == 0
