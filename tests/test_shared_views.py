@@ -265,6 +265,26 @@ def test_file_views_share_the_files_bytes(v: Views, tmp_path: Path) -> None:
     assert v.proc.read(b + 0x2000, 1) == b"\xaa"
 
 
+def test_without_shared_memory_views_are_copies(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the host cannot share memory (HEAPEMU_SHARED_VIEWS=0 stands for a host without
+    memfd or fixed mappings) each view is a copy: a view sees what views unmapped before it
+    was mapped left, not what views mapped beside it write. Copy-on-write views leave nothing."""
+    monkeypatch.setenv("HEAPEMU_SHARED_VIEWS", "0")
+    v = Views(Process(arch))
+    h = v.section()
+    a, b = v.view(h), v.view(h)
+    v.poke(a + 0x10, 0x1111)
+    assert v.peek(b + 0x10) == 0  # not shared
+    assert v.proc.objects.get(h, SectionObject).memory is None and not v.proc.cpu.shares()
+    v.unmap(a)
+    c = v.view(h)
+    assert v.peek(c + 0x10) == 0x1111  # what the unmapped view left
+    copy = v.view(h, protect=PAGE_WRITECOPY)
+    v.poke(copy + 0x10, 0xCCCC)
+    v.unmap(copy)
+    assert v.peek(v.view(h) + 0x10) == 0x1111
+
+
 @pytest.mark.parametrize("arch", ["x86", "x64"])
 def test_views_share_memory_through_wine(arch: str) -> None:
     """CreateFileMapping and MapViewOfFile in a mingw program: what Windows answers."""
