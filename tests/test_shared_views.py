@@ -24,6 +24,7 @@ from emu.nt.calls.section import SEC_COMMIT, SEC_RESERVE
 from emu.nt.objects import SectionObject
 from emu.win.ntdefs import (
     MEM_COMMIT,
+    PAGE_EXECUTE_READWRITE,
     PAGE_READONLY,
     PAGE_READWRITE,
     PAGE_WRITECOPY,
@@ -153,6 +154,26 @@ def test_unmapping_one_view_keeps_the_others_data(v: Views) -> None:
     assert v.peek(b + 0x40) == 0x600D
     v.poke(b + 0x44, 0x4444)  # the other view still writes the section
     assert v.peek(v.view(h) + 0x44) == 0x4444
+
+
+def test_code_written_through_one_view_runs_through_another(v: Views) -> None:
+    """The double mapping of a JIT (a writable view and an executable one): a store through
+    the writable view drops what the CPU translated through the executable view, as on a real
+    CPU (QEMU drops code by physical page: every view of the section is one physical page)."""
+    st, h = v.create(PAGE_EXECUTE_READWRITE, SEC_COMMIT, size=0x10000)
+    assert st == NtStatus.SUCCESS
+    low, high = v.view(h, PAGE_EXECUTE_READWRITE), v.view(h, PAGE_EXECUTE_READWRITE)
+    for writer, runner in ((low, high), (high, low)):
+        v.proc.write(writer, b"\xb8\x11\x00\x00\x00\xc3")  # mov eax, 0x11; ret
+        assert v.proc.call(runner) == 0x11
+        v.poke(writer, 0x22B8)  # emulated code rewrites it: mov eax, 0x22
+        assert v.proc.call(runner) == 0x22
+        v.proc.write(writer + 1, b"\x33")  # so does a debugger
+        assert v.proc.call(runner) == 0x33
+    third = v.view(h, PAGE_EXECUTE_READWRITE)  # a view mapped later, and one unmapped
+    v.unmap(low)
+    v.poke(third, 0x44B8)
+    assert v.proc.call(high) == 0x44
 
 
 def test_section_keeps_its_data_with_no_view_while_a_handle_is_open(v: Views) -> None:

@@ -364,6 +364,7 @@ class Cpu:
         self._window = 1 << 28 if arch.ptr_size == 4 else 1 << 30
         # ranges whose host pages are a SharedMemory's: address -> (size, memory, offset)
         self._shares: dict[int, tuple[int, SharedMemory, int]] = {}
+        self._aliased = False  # some memory shows at two addresses: see _canonical
         self._user = (arch.user_min, arch.user_max + 1)
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
@@ -474,22 +475,75 @@ class Cpu:
         except OSError as e:
             self._put_private(addr, size)
             raise CpuError(f"share 0x{addr:x}+0x{size:x}: {e}", nomem=True) from None
+        self._dropped(addr, size)  # code translated from the private pages there
         self._shares[addr] = (size, memory, offset)
-        self._dropped(addr, size)
+        self._realias(memory, 2)
 
     def unshare(self, addr: int, size: int) -> None:
         """[addr, addr+size) is private memory again (zero), whatever shared it; the shared
         bytes stay in their ``SharedMemory``."""
         end = addr + size
-        for start in [s for s, (n, _, _) in self._shares.items() if s < end and addr < s + n]:
-            del self._shares[start]
+        gone = [s for s, (n, _, _) in self._shares.items() if s < end and addr < s + n]
+        memories = {id(m): m for s in gone for m in [self._shares.pop(s)[1]]}
         self._put_private(addr, size)
         self._dropped(addr, size)
+        for memory in memories.values():
+            self._realias(memory, 1)
 
     def shares(self) -> list[tuple[int, int, SharedMemory, int]]:
         """The shared ranges as (address, size, memory, offset), in address order (what a
         snapshot puts back)."""
         return [(a, n, m, o) for a, (n, m, o) in sorted(self._shares.items())]
+
+    def aliases(self, addr: int, size: int) -> list[tuple[int, int]]:
+        """(address, size) of the other ranges that show the bytes of [addr, addr+size): the
+        other views of the same section's pages."""
+        out, end = [], addr + size
+        shares = list(self._shares.items())
+        for start, (n, memory, offset) in shares:
+            a, b = max(start, addr), min(start + n, end)
+            if a >= b:
+                continue
+            lo, hi = offset + a - start, offset + b - start  # in the memory
+            for other, (n2, memory2, offset2) in shares:
+                if memory2 is memory and other != start:
+                    c, d = max(lo, offset2), min(hi, offset2 + n2)
+                    if c < d:
+                        out.append((other + c - offset2, d - c))
+        return out
+
+    def _realias(self, memory: SharedMemory, threshold: int) -> None:
+        """``memory``'s ranges changed. Where bytes show at several addresses, every address
+        is translated to one physical page, the lowest address showing them (``_canonical``):
+        QEMU tracks translated code by physical page, so a store through any view then drops
+        code translated through any other, as on a real CPU. Which page that is may have
+        changed when ``memory`` is left with ``threshold`` ranges or more (2 after a share: it
+        is aliased now; 1 after an unshare: it was): no cached translation or translated code
+        of its ranges is kept then."""
+        counts: dict[int, int] = {}
+        for _, m, _ in self._shares.values():
+            counts[id(m)] = counts.get(id(m), 0) + 1
+        self._aliased = any(n > 1 for n in counts.values())
+        ranges = [(s, n) for s, (n, m, _) in self._shares.items() if m is memory]
+        if len(ranges) < threshold:
+            return
+        for start, size in ranges:
+            self._forget(start, size)
+        self.flush_translations()  # rare (a view mapped or unmapped): all of it is simplest
+        self._code_pages.clear()
+        self.flush_tlb()
+
+    def _canonical(self, page: int) -> int:
+        """The physical page ``page`` is translated to: itself, or for a page of a shared
+        range, the lowest address showing the same bytes."""
+        for start, (n, memory, offset) in self._shares.items():
+            if start <= page < start + n:
+                at, best = offset + page - start, page
+                for other, (n2, memory2, offset2) in self._shares.items():
+                    if memory2 is memory and offset2 <= at < offset2 + n2:
+                        best = min(best, other + at - offset2)
+                return best
+        return page
 
     def _host_pieces(self, addr: int, size: int) -> list[tuple[int, int, int]]:
         """(host address, first, end) of [addr, addr+size) in each backed window it crosses."""
@@ -605,12 +659,18 @@ class Cpu:
         if status:
             raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
         if self._code_pages:
-            page, end = addr & _PAGE_MASK, addr + len(data)
-            while page < end:
-                if page in self._code_pages:
-                    self.invalidate_code(addr, len(data))
-                    return
-                page += 0x1000
+            self._drop_written_code(addr, len(data))
+            if self._shares:  # the same bytes show elsewhere too (another view)
+                for alias, size in self.aliases(addr, len(data)):
+                    self._drop_written_code(alias, size)
+
+    def _drop_written_code(self, addr: int, size: int) -> None:
+        page, end = addr & _PAGE_MASK, addr + size
+        while page < end:
+            if page in self._code_pages:
+                self.invalidate_code(addr, size)
+                return
+            page += 0x1000
 
     def read_into(self, addr: int, buf: ctypes.Array[ctypes.c_char], size: int) -> bool:
         """Read ``size`` bytes into ``buf`` through the C API (no bytes object, no exception:
@@ -965,7 +1025,8 @@ class Cpu:
         stops emulation in _on_denied_access with the exact address."""
         e = entry[0]  # type: ignore[index]
         if self._invalidating:  # not an access: Unicorn looking for code to drop
-            e.paddr, e.perms = page, unicorn.UC_PROT_ALL
+            e.paddr = self._canonical(page) if self._aliased else page
+            e.perms = unicorn.UC_PROT_ALL
             return True
         rw, need = _FILL_ACCESS.get(access, ("read", UC_R))
         perms = self._perms.get(page)
@@ -983,9 +1044,12 @@ class Cpu:
                 why = answer
                 self._tlb_stale = True
             else:
-                perms = self._perms[page] = _UC_PERMS[answer & 0xFF]
+                perms = _UC_PERMS[answer & 0xFF]
+                paddr = self._canonical(page) if self._aliased else page
+                if paddr == page:  # cached answers (and the native refill) are identities
+                    self._perms[page] = perms
                 if perms & need:
-                    e.paddr, e.perms = page, perms
+                    e.paddr, e.perms = paddr, perms
                     if perms & UC_X:
                         self._code_pages.add(page)
                     return True
