@@ -330,3 +330,23 @@ def test_views_share_memory_through_wine(arch: str) -> None:
     }
     assert result.exit_code == 0
     assert program.proc.syscall_dispatcher.internal_errors == 0
+
+
+def test_shared_memory_saves_only_data_and_loads_in_place() -> None:
+    """SharedMemory's snapshot of itself: the parts that hold data (holes read zero), put
+    back with the file's size kept (a mapping past a truncated end would fault)."""
+    memory = shared.SharedMemory(0x100000)
+    assert memory.extents() == [] and memory.save() == []
+    memory.write(0x42000, b"abc")
+    memory.write(0xFFFFF, b"z")
+    saved = memory.save()
+    assert [off for off, _ in saved] == [0x42000, 0xFF000]
+    assert sum(len(data) for _, data in saved) == 0x2000  # two pages, not a MiB
+    memory.write(0x10, b"later")
+    memory.write(0x42000, b"xyz")
+    memory.load(saved)
+    assert memory.read(0x10, 5) == bytes(5) and memory.read(0x42000, 3) == b"abc"
+    assert memory.read(0xFFFFF, 4) == b"z\0\0\0"  # past the end reads zero
+    assert memory.size == 0x100000
+    memory.close()
+    assert memory.closed

@@ -8,9 +8,10 @@ A snapshot holds
   guard pages included), which host memory backs what (``Cpu.backing``: everything else backed
   reads zero after a restore), and the memory manager's bookkeeping (regions, page states);
 - the sections' shared memory (``emu.cpu.shared``): the bytes of every section the process
-  holds (by a handle or a view), and which ranges show them (``Cpu.shares``). A restore puts
-  the bytes back first, then the shared ranges, then the committed runs (written through a
-  shared view, they are the section's bytes again), so all views of a section agree;
+  holds (by a handle or a view), and which ranges show them (``Cpu.shares``; the committed
+  runs leave these ranges out: their bytes are the sections'). A restore puts the sections'
+  bytes back, then the shared ranges, then the committed runs, so all views of a section
+  agree with one another and with the section;
 - the kernel's objects (handles, the sandbox's names, captured output), the thread stack's
   state, the system-call tables, the module list, PEB.Ldr's bookkeeping, the Python callbacks
   and the records of system calls and debug output.
@@ -27,6 +28,7 @@ instead of copied: the CPU, the architecture, the process itself, modules and th
 
 from __future__ import annotations
 
+import bisect
 import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,8 +65,9 @@ class Snapshot:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes of committed memory the snapshot holds."""
-        return sum(size for _, size, _ in self.memory)
+        """Bytes of memory the snapshot holds: committed runs and sections' bytes."""
+        sections = sum(len(data) for _, parts in self.sections for _, data in parts)
+        return sum(size for _, size, _ in self.memory) + sections
 
 
 def _shared(proc: ProcessCore) -> dict[int, Any]:
@@ -94,6 +97,30 @@ def _section_memories(proc: ProcessCore) -> list[SharedMemory]:
         if isinstance(section, SectionObject) and section.memory is not None:
             found.setdefault(id(section.memory), section.memory)
     return list(found.values())
+
+
+def _unshared(
+    runs: list[tuple[int, int]], shares: list[tuple[int, int, SharedMemory, int]]
+) -> list[tuple[int, int]]:
+    """``runs`` (address, size, in address order) without the shared ranges (in address
+    order, disjoint): their bytes are the sections', saved once with each section."""
+    cuts = [(start, start + size) for start, size, _, _ in shares]
+    if not cuts:
+        return runs
+    out = []
+    for addr, size in runs:
+        pos, end = addr, addr + size
+        for lo, hi in cuts[max(bisect.bisect_right(cuts, (pos, pos)) - 1, 0) :]:
+            if lo >= end:
+                break
+            if hi <= pos:
+                continue
+            if lo > pos:
+                out.append((pos, lo - pos))
+            pos = max(pos, hi)
+        if pos < end:
+            out.append((pos, end - pos))
+    return out
 
 
 def _one_level(value: Any) -> Any:
@@ -127,12 +154,13 @@ def take_snapshot(proc: ProcessCore) -> Snapshot:
         )
     state = {name: vars(getattr(proc, name)) for name in _COMPONENTS}
     state["process"] = {name: getattr(proc, name) for name in _VALUES}
+    shares = proc.cpu.shares()
     return Snapshot(
         arch=proc.arch.name,
         context=proc.cpu.save_context(),
-        memory=proc.cpu.save_memory(proc.memory.committed_runs()),
+        memory=proc.cpu.save_memory(_unshared(proc.memory.committed_runs(), shares)),
         backing=proc.cpu.backing(),
-        shares=proc.cpu.shares(),
+        shares=shares,
         sections=[(memory, memory.save()) for memory in _section_memories(proc)],
         state=copy.deepcopy(state, _shared(proc)),
         records={name: _one_level(getattr(proc, name)) for name in _RECORDS},
