@@ -201,16 +201,36 @@ def test_section_keeps_its_data_with_no_view_while_a_handle_is_open(v: Views) ->
     assert not finalizer.alive  # nothing else held it: the memfd is closed
 
 
-def test_reserve_section_pages_committed_through_views_are_shared(v: Views) -> None:
+def test_reserve_section_pages_committed_through_one_view_are_committed_in_all(v: Views) -> None:
+    """A SEC_RESERVE section's commitment is the section's (its prototype PTEs): a page
+    committed through one view is committed, and shared, in every view, and in views mapped
+    later (a process opening such a section finds the committed part by VirtualQuery)."""
     h = v.section(0x100000, SEC_RESERVE)
-    a, b = v.view(h), v.view(h)
-    for base in (a, b):  # each view's bookkeeping commits its own pages
-        assert v.alloc(base + 0x30000, 0x1000, MEM_COMMIT)[0] == NtStatus.SUCCESS
+    a, b = v.view(h), v.view(h, offset=0x20000, size=0x40000)
+    assert v.proc.memory.query(b + 0x10000).State == 0x2000  # MEM_RESERVE
+    assert v.alloc(a + 0x30000, 0x2000, MEM_COMMIT)[0] == NtStatus.SUCCESS
+    mbi = v.proc.memory.query(b + 0x10000)  # section offset 0x30000
+    assert (mbi.State, mbi.Protect, mbi.RegionSize) == (MEM_COMMIT, PAGE_READWRITE, 0x2000)
     v.poke(a + 0x30010, 0xDEAD)
-    assert v.peek(b + 0x30010) == 0xDEAD
-    # pages reserved in a view fault there, whatever the section holds
+    assert v.peek(b + 0x10010) == 0xDEAD
+    later = v.view(h, protect=PAGE_READONLY)
+    mbi = v.proc.memory.query(later + 0x30000)
+    assert (mbi.State, mbi.Protect, mbi.RegionSize) == (MEM_COMMIT, PAGE_READONLY, 0x2000)
+    assert v.peek(later + 0x30010) == 0xDEAD
+    # committed read-only through one view, the page is read-only in the others
+    assert v.alloc(later + 0x50000, 0x1000, MEM_COMMIT, PAGE_READONLY)[0] == NtStatus.SUCCESS
+    assert v.proc.memory.query(b + 0x30000).Protect == PAGE_READONLY
+    # pages reserved in the section fault in every view, whatever a view's host pages hold
     with pytest.raises(EmulationError, match="STATUS_ACCESS_VIOLATION"):
-        v.peek(b + 0x40000)
+        v.peek(b + 0x8000)
+    v.unmap(a)
+    v.unmap(b)
+    v.unmap(later)
+    again = v.view(h)  # no view left, the handle keeps the section's commitment
+    assert v.proc.memory.query(again + 0x30000).State == MEM_COMMIT
+    assert v.proc.memory.query(again + 0x50000).State == MEM_COMMIT
+    assert v.proc.memory.query(again + 0x40000).State == 0x2000
+    assert v.peek(again + 0x30010) == 0xDEAD
 
 
 def test_snapshot_restore_keeps_views_coherent(v: Views) -> None:

@@ -37,7 +37,15 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.memory import IMAGE_WRITE_AS_COPY, Region, ViewInfo, align_down, align_up
+from emu.nt.memory import (
+    COMMITTED,
+    IMAGE_WRITE_AS_COPY,
+    PageRuns,
+    Region,
+    ViewInfo,
+    align_down,
+    align_up,
+)
 from emu.nt.objects import (
     FILE_EXECUTE,
     FILE_READ_DATA,
@@ -663,7 +671,14 @@ def map_view(
         PAGE_WRITECOMBINE if section.attributes & SEC_WRITECOMBINE else 0
     )  # the section's caching shows in its views
     view_protect = protect | (cache if protect != PAGE_NOACCESS else 0)
-    view = ViewInfo(section, section.file_key)
+    commits = None
+    if section.attributes & SEC_RESERVE:  # which of its pages are committed: the section's
+        commits = section.extra.get("commits")
+        if commits is None:
+            commits = section.extra["commits"] = PageRuns(
+                align_up(section.size, PAGE_SIZE) // PAGE_SIZE
+            )
+    view = ViewInfo(section, section.file_key, offset=offset, commits=commits)
     reserve = MEM_RESERVE | (allocation_type & MEM_TOP_DOWN)
     new_base, length = mem.allocate(
         base, size, reserve, view_protect, type=MEM_MAPPED, usage=f"view of {section.name}",
@@ -675,8 +690,16 @@ def map_view(
         commit = align_up(commit_size, PAGE_SIZE) if commit_size else 0
     else:
         commit = length
+    views = section.extra.setdefault("view_offsets", {})
+    views[new_base] = offset
     memory = section_memory(section)
     try:
+        if commits is not None:  # pages committed through other views are committed here too
+            first = offset // PAGE_SIZE
+            for _, a, b, state in list(commits.runs(first, first + length // PAGE_SIZE)):
+                if state == COMMITTED:
+                    mem.allocate(new_base + (a - first) * PAGE_SIZE, (b - a) * PAGE_SIZE,
+                                 MEM_COMMIT, view_protect, type=MEM_MAPPED)  # fmt: skip
         if commit:
             mem.allocate(new_base, min(commit, length), MEM_COMMIT, view_protect, type=MEM_MAPPED)
         if memory is not None and not _copy_on_write(protect):
@@ -688,9 +711,11 @@ def map_view(
         else:
             _fill_view(k, section, region, offset, size)
     except NtStatusError:
+        views.pop(new_base, None)
+        if view.shared:
+            k.proc.cpu.unshare(new_base, length)
         mem.release_view(new_base)
         raise
-    section.extra.setdefault("view_offsets", {})[new_base] = offset
     return new_base, length, NtStatus.SUCCESS
 
 
