@@ -370,3 +370,18 @@ def test_shared_memory_saves_only_data_and_loads_in_place() -> None:
     assert memory.size == 0x100000
     memory.close()
     assert memory.closed
+
+
+def test_a_view_across_a_backing_windows_edge(v: Views) -> None:
+    """The CPU backs the address space in windows (256 MiB on x86, 1 GiB on x64): a view
+    that crosses an edge shows the section's consecutive pages on both sides."""
+    edge = 0x10000000 if v.proc.arch.ptr_size == 4 else 0x40000000
+    h = v.section(0x40000)
+    a, b = v.view(h, base=edge - 0x20000), v.view(h)
+    v.poke(a + 0x1FFFC, 0x11111111)
+    v.poke(a + 0x20000, 0x22222222)
+    assert v.peek(b + 0x1FFFC) == 0x11111111 and v.peek(b + 0x20000) == 0x22222222
+    snap = v.proc.snapshot()
+    v.poke(b + 0x20000, 0)
+    v.proc.restore(snap)
+    assert v.peek(a + 0x20000) == 0x22222222
