@@ -529,8 +529,11 @@ class Cpu:
             return
         for start, size in ranges:
             self._forget(start, size)
-        self.flush_translations()  # rare (a view mapped or unmapped): all of it is simplest
-        self._code_pages.clear()
+        if any(self._pages_within(start, size, self._code_pages) for start, size in ranges):
+            # code ran from these pages (rare: a JIT's double mapping): drop all of it, which
+            # also drops what was translated at a physical page that is no longer theirs
+            self.flush_translations()
+            self._code_pages.clear()
         self.flush_tlb()
 
     def _canonical(self, page: int) -> int:
