@@ -484,11 +484,13 @@ class Cpu:
         bytes stay in their ``SharedMemory``."""
         end = addr + size
         gone = [s for s, (n, _, _) in self._shares.items() if s < end and addr < s + n]
+        # code translated here went to another range's physical pages when aliased
+        ran = bool(self._aliased and self._pages_within(addr, size, self._code_pages))
         memories = {id(m): m for s in gone for m in [self._shares.pop(s)[1]]}
         self._put_private(addr, size)
         self._dropped(addr, size)
         for memory in memories.values():
-            self._realias(memory, 1)
+            self._realias(memory, 1, ran)
 
     def shares(self) -> list[tuple[int, int, SharedMemory, int]]:
         """The shared ranges as (address, size, memory, offset), in address order (what a
@@ -512,14 +514,14 @@ class Cpu:
                         out.append((other + c - offset2, d - c))
         return out
 
-    def _realias(self, memory: SharedMemory, threshold: int) -> None:
+    def _realias(self, memory: SharedMemory, threshold: int, ran: bool = False) -> None:
         """``memory``'s ranges changed. Where bytes show at several addresses, every address
         is translated to one physical page, the lowest address showing them (``_canonical``):
         QEMU tracks translated code by physical page, so a store through any view then drops
         code translated through any other, as on a real CPU. Which page that is may have
         changed when ``memory`` is left with ``threshold`` ranges or more (2 after a share: it
         is aliased now; 1 after an unshare: it was): no cached translation or translated code
-        of its ranges is kept then."""
+        of its ranges is kept then (``ran``: code ran from a range just unshared)."""
         counts: dict[int, int] = {}
         for _, m, _ in self._shares.values():
             counts[id(m)] = counts.get(id(m), 0) + 1
@@ -529,7 +531,7 @@ class Cpu:
             return
         for start, size in ranges:
             self._forget(start, size)
-        if any(self._pages_within(start, size, self._code_pages) for start, size in ranges):
+        if ran or any(self._pages_within(s, n, self._code_pages) for s, n in ranges):
             # code ran from these pages (rare: a JIT's double mapping): drop all of it, which
             # also drops what was translated at a physical page that is no longer theirs
             self.flush_translations()
