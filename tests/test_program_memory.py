@@ -64,7 +64,7 @@ EXPECTED = {
     "named-open-write-view-error": ERROR_ACCESS_DENIED,
     "named-view-size": 0x1000,
     "named-view-protect": PAGE_READONLY,
-    # ("named-view-sees-write": views of one section do not share memory in heapemu)
+    "named-view-sees-write": 0x1A2B3C4D,  # views of one section share memory
     "named-gone": 1,
     "named-gone-error": ERROR_FILE_NOT_FOUND,
     "named-view-kept": 0x1A2B3C4D,

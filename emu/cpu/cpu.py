@@ -44,8 +44,9 @@ from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 
 from emu.arch import Arch, register_names
-from emu.cpu import native
+from emu.cpu import native, shared
 from emu.cpu.disasm import Disassembler
+from emu.cpu.shared import SharedMemory
 from emu.errors import CpuState, Fault
 from emu.win.ntdefs import (
     PAGE_EXECUTE,
@@ -361,6 +362,9 @@ class Cpu:
         # backed windows: start -> (first address, end, host memory, its exported buffer)
         self._windows: dict[int, tuple[int, int, mmap.mmap, ctypes.c_char]] = {}
         self._window = 1 << 28 if arch.ptr_size == 4 else 1 << 30
+        # ranges whose host pages are a SharedMemory's: address -> (size, memory, offset)
+        self._shares: dict[int, tuple[int, SharedMemory, int]] = {}
+        self._aliased = False  # some memory shows at two addresses: see _canonical
         self._user = (arch.user_min, arch.user_max + 1)
         # pages translated to _DENIED: by offset in the window, the page and why
         self._denied: dict[int, tuple[int, Fault]] = {}
@@ -457,6 +461,122 @@ class Cpu:
         """The windows backed (their starts), in address order (for snapshots)."""
         return sorted(self._windows)
 
+    # ------------------------------------------------------------------ shared pages
+    def share(self, addr: int, size: int, memory: SharedMemory, offset: int) -> None:
+        """Show ``memory``'s [offset, offset+size) at [addr, addr+size) (page-aligned): the
+        host pages behind those addresses become the memfd's, mapped shared, so every range
+        sharing the same bytes sees every write at once (a section's views). Unicorn's
+        mapping keeps its host pointer: only translations are dropped. CpuError when the host
+        refuses (the range is then private memory again)."""
+        self.ensure_backed(addr, size)
+        try:
+            for host, a, b in self._host_pieces(addr, size):
+                shared.map_fixed(host, b - a, memory.fd, offset + a - addr)
+        except OSError as e:
+            self._put_private(addr, size)
+            raise CpuError(f"share 0x{addr:x}+0x{size:x}: {e}", nomem=True) from None
+        self._dropped(addr, size)  # code translated from the private pages there
+        self._shares[addr] = (size, memory, offset)
+        self._realias(memory, 2)
+
+    def unshare(self, addr: int, size: int) -> None:
+        """[addr, addr+size) is private memory again (zero), whatever shared it; the shared
+        bytes stay in their ``SharedMemory``."""
+        end = addr + size
+        gone = [s for s, (n, _, _) in self._shares.items() if s < end and addr < s + n]
+        # code translated here went to another range's physical pages when aliased
+        ran = bool(self._aliased and self._pages_within(addr, size, self._code_pages))
+        memories = {id(m): m for s in gone for m in [self._shares.pop(s)[1]]}
+        self._put_private(addr, size)
+        self._dropped(addr, size)
+        for memory in memories.values():
+            self._realias(memory, 1, ran)
+
+    def shares(self) -> list[tuple[int, int, SharedMemory, int]]:
+        """The shared ranges as (address, size, memory, offset), in address order (what a
+        snapshot puts back)."""
+        return [(a, n, m, o) for a, (n, m, o) in sorted(self._shares.items())]
+
+    def aliases(self, addr: int, size: int) -> list[tuple[int, int]]:
+        """(address, size) of the other ranges that show the bytes of [addr, addr+size): the
+        other views of the same section's pages."""
+        out, end = [], addr + size
+        shares = list(self._shares.items())
+        for start, (n, memory, offset) in shares:
+            a, b = max(start, addr), min(start + n, end)
+            if a >= b:
+                continue
+            lo, hi = offset + a - start, offset + b - start  # in the memory
+            for other, (n2, memory2, offset2) in shares:
+                if memory2 is memory and other != start:
+                    c, d = max(lo, offset2), min(hi, offset2 + n2)
+                    if c < d:
+                        out.append((other + c - offset2, d - c))
+        return out
+
+    def _realias(self, memory: SharedMemory, threshold: int, ran: bool = False) -> None:
+        """``memory``'s ranges changed. Where bytes show at several addresses, every address
+        is translated to one physical page, the lowest address showing them (``_canonical``):
+        QEMU tracks translated code by physical page, so a store through any view then drops
+        code translated through any other, as on a real CPU. Which page that is may have
+        changed when ``memory`` is left with ``threshold`` ranges or more (2 after a share: it
+        is aliased now; 1 after an unshare: it was): no cached translation or translated code
+        of its ranges is kept then (``ran``: code ran from a range just unshared)."""
+        counts: dict[int, int] = {}
+        for _, m, _ in self._shares.values():
+            counts[id(m)] = counts.get(id(m), 0) + 1
+        self._aliased = any(n > 1 for n in counts.values())
+        ranges = [(s, n) for s, (n, m, _) in self._shares.items() if m is memory]
+        if len(ranges) < threshold:
+            return
+        for start, size in ranges:
+            self._forget(start, size)
+        if ran or any(self._pages_within(s, n, self._code_pages) for s, n in ranges):
+            # code ran from these pages (rare: a JIT's double mapping): drop all of it, which
+            # also drops what was translated at a physical page that is no longer theirs
+            self.flush_translations()
+            self._code_pages.clear()
+        self.flush_tlb()
+
+    def _canonical(self, page: int) -> int:
+        """The physical page ``page`` is translated to: itself, or for a page of a shared
+        range, the lowest address showing the same bytes."""
+        for start, (n, memory, offset) in self._shares.items():
+            if start <= page < start + n:
+                at, best = offset + page - start, page
+                for other, (n2, memory2, offset2) in self._shares.items():
+                    if memory2 is memory and offset2 <= at < offset2 + n2:
+                        best = min(best, other + at - offset2)
+                return best
+        return page
+
+    def _host_pieces(self, addr: int, size: int) -> list[tuple[int, int, int]]:
+        """(host address, first, end) of [addr, addr+size) in each backed window it crosses."""
+        out, w, end = [], self._window, addr + size
+        for start in range(addr - addr % w, end, w):
+            lo, hi, _, anchor = self._windows[start]
+            a, b = max(lo, addr), min(hi, end)
+            if a < b:
+                out.append((ctypes.addressof(anchor) + a - lo, a, b))
+        return out
+
+    def _put_private(self, addr: int, size: int) -> None:
+        for host, a, b in self._host_pieces(addr, size):
+            try:
+                shared.map_fixed(host, b - a, -1, 0)
+            except OSError:  # cannot happen short of exhaustion: at least zero what is there
+                lo, _, mem, _ = self._windows[a - a % self._window]
+                mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
+                log.error("cannot put private memory back at 0x%x+0x%x", a, b - a)
+
+    def _dropped(self, addr: int, size: int) -> None:
+        """Other bytes show at [addr, addr+size): code translated from it and cached
+        translations go."""
+        self._forget(addr, size)
+        self.invalidate_code(addr, size)
+        self._forget_code(addr, size)
+        self.flush_tlb()
+
     def map_system(self, addr: int, size: int, protect: int) -> None:
         """Map pages the CPU itself needs outside the process's address space (x86's GDT):
         their protection is answered here, not by the page-fault handler."""
@@ -544,12 +664,18 @@ class Cpu:
         if status:
             raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
         if self._code_pages:
-            page, end = addr & _PAGE_MASK, addr + len(data)
-            while page < end:
-                if page in self._code_pages:
-                    self.invalidate_code(addr, len(data))
-                    return
-                page += 0x1000
+            self._drop_written_code(addr, len(data))
+            if self._shares:  # the same bytes show elsewhere too (another view)
+                for alias, size in self.aliases(addr, len(data)):
+                    self._drop_written_code(alias, size)
+
+    def _drop_written_code(self, addr: int, size: int) -> None:
+        page, end = addr & _PAGE_MASK, addr + size
+        while page < end:
+            if page in self._code_pages:
+                self.invalidate_code(addr, size)
+                return
+            page += 0x1000
 
     def read_into(self, addr: int, buf: ctypes.Array[ctypes.c_char], size: int) -> bool:
         """Read ``size`` bytes into ``buf`` through the C API (no bytes object, no exception:
@@ -767,15 +893,27 @@ class Cpu:
         ``restore_memory`` writes back."""
         return [(a, n, bytes(self.uc.mem_read(a, n))) for a, n in ranges]
 
-    def restore_memory(self, image: list[tuple[int, int, bytes]], backing: list[int]) -> None:
+    def restore_memory(
+        self,
+        image: list[tuple[int, int, bytes]],
+        backing: list[int],
+        shares: Iterable[tuple[int, int, SharedMemory, int]] = (),
+    ) -> None:
         """Make the process's memory zero except what ``image`` (from ``save_memory``) holds,
-        with at least the windows ``backing`` (from ``backing()``) backed; translated code
-        dropped. The CPU layer's own pages (the call gate, x86's GDT) stay as they are."""
+        with at least the windows ``backing`` (from ``backing()``) backed and exactly the
+        ranges ``shares`` (from ``shares()``) shared; translated code dropped. The CPU
+        layer's own pages (the call gate, x86's GDT) stay as they are. The shared memories'
+        own bytes are their owner's to put back (``SharedMemory.load``): writing ``image``
+        through a shared range writes them too."""
         for start in backing:
             if start not in self._windows:
                 self._back(start)
+        for addr, (size, _, _) in list(self._shares.items()):
+            self.unshare(addr, size)  # private again before the windows are zeroed
         for lo, hi, mem, _ in self._windows.values():
             mem.madvise(mmap.MADV_DONTNEED, 0, hi - lo)
+        for addr, size, memory, offset in shares:
+            self.share(addr, size, memory, offset)
         for addr, _, data in image:
             self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping
@@ -892,7 +1030,8 @@ class Cpu:
         stops emulation in _on_denied_access with the exact address."""
         e = entry[0]  # type: ignore[index]
         if self._invalidating:  # not an access: Unicorn looking for code to drop
-            e.paddr, e.perms = page, unicorn.UC_PROT_ALL
+            e.paddr = self._canonical(page) if self._aliased else page
+            e.perms = unicorn.UC_PROT_ALL
             return True
         rw, need = _FILL_ACCESS.get(access, ("read", UC_R))
         perms = self._perms.get(page)
@@ -910,9 +1049,12 @@ class Cpu:
                 why = answer
                 self._tlb_stale = True
             else:
-                perms = self._perms[page] = _UC_PERMS[answer & 0xFF]
+                perms = _UC_PERMS[answer & 0xFF]
+                paddr = self._canonical(page) if self._aliased else page
+                if paddr == page:  # cached answers (and the native refill) are identities
+                    self._perms[page] = perms
                 if perms & need:
-                    e.paddr, e.perms = page, perms
+                    e.paddr, e.perms = paddr, perms
                     if perms & UC_X:
                         self._code_pages.add(page)
                     return True

@@ -70,6 +70,7 @@ from emu.win.ntdefs import (
 )
 
 RESERVED = 0  # page state value meaning "reserved, not committed"
+COMMITTED = 1  # a section page's state in ViewInfo.commits
 CACHE_ATTRIBUTES = PAGE_NOCACHE | PAGE_WRITECOMBINE
 
 # what a protection lets a page do, for the compatibility rules of views (R=1, W=2, X=4)
@@ -217,6 +218,12 @@ class ViewInfo:
     file_key: str | None = None  # identity of the backing file (None: pagefile-backed)
     image: bool = False
     module: Any = None  # the Module record of an image view, if any
+    shared: bool = False  # its pages are the section's (Cpu.share), not a copy of them
+    offset: int = 0  # where in the section the view starts
+    # a SEC_RESERVE section's committed pages (one PageRuns over the section, COMMITTED or
+    # RESERVED, shared by all its views): on Windows committing is the section's business
+    # (its prototype PTEs), so a page committed through one view is committed in every view
+    commits: PageRuns | None = None
 
 
 @dataclass(eq=False)
@@ -541,7 +548,39 @@ class MemoryManager:
         i0, i1 = region.page_index(start), region.page_index(end)
         self._check_commit(PAGE_SIZE * region.pages.count_reserved(i0, i1))
         self._set_pages(region, i0, i1, protect)
+        if region.view is not None and region.view.commits is not None:
+            self._commit_in_section(region, region.view, i0, i1, protect)
         return start, end - start
+
+    def _commit_in_section(self, region: Region, view: ViewInfo, i0: int, i1: int,
+                           protect: int) -> None:  # fmt: skip
+        """Pages [i0, i1) of a SEC_RESERVE section's view were committed: the section's pages
+        are committed, so the other views show them committed (with the committing
+        protection where the view allows it, else the view's own)."""
+        commits = view.commits
+        assert commits is not None
+        first = view.offset // PAGE_SIZE
+        s0, s1 = first + i0, min(first + i1, commits.count)
+        commits.set(s0, s1, COMMITTED)
+        section = view.section
+        views = section.extra.get("view_offsets", {}) if section is not None else {}
+        for base, offset in views.items():
+            other = self.region_at(base)
+            if other is None or other is region or other.base != base or other.view is None:
+                continue
+            if other.view.commits is not commits:
+                continue
+            o = offset // PAGE_SIZE
+            j0, j1 = max(s0, o) - o, min(s1, o + other.pages.count) - o
+            if j0 >= j1:
+                continue
+            prot = protect
+            if not protection_compatible(other.allocation_protect, protect):
+                prot = other.allocation_protect & ~CACHE_ATTRIBUTES
+            for _, a, b, state in list(other.pages.runs(j0, j1)):
+                if state == RESERVED:
+                    self._check_commit((b - a) * PAGE_SIZE)
+                    self._set_pages(other, a, b, prot)
 
     @staticmethod
     def _check_user_commit(region: Region, protect: int) -> None:

@@ -29,6 +29,7 @@ from emu.win.ntdefs import NtStatus
 from loader.upcase import name_key, names_equal
 
 if TYPE_CHECKING:
+    from emu.cpu.shared import SharedMemory
     from emu.nt.kernel import Kernel
 
 
@@ -149,7 +150,12 @@ class SectionObject(KernelObject):
     """A section: an image (SEC_IMAGE), a file's data, or pagefile-backed memory.
 
     ``protection`` is its SectionPageProtection, ``attributes`` what NtQuerySection reports
-    (SEC_FILE, SEC_IMAGE, SEC_COMMIT, SEC_RESERVE, SEC_NOCACHE...)."""
+    (SEC_FILE, SEC_IMAGE, SEC_COMMIT, SEC_RESERVE, SEC_NOCACHE...).
+
+    ``memory`` holds a data section's bytes, which its shared views show (``emu.cpu.shared``;
+    made by the first view, None for images and where the host cannot share). The section
+    drops it when its last handle and its last view are gone (``drop_memory_if_unused``):
+    the memfd closes then, unless a snapshot still holds it to put it back."""
 
     file: FileObject | None = None
     image: bool = False
@@ -157,6 +163,12 @@ class SectionObject(KernelObject):
     extra: dict[str, Any] = field(default_factory=dict)
     protection: int = 0x02  # PAGE_READONLY
     attributes: int = 0
+    memory: SharedMemory | None = field(default=None, repr=False)
+
+    @property
+    def views(self) -> int:
+        """How many views of the section are mapped."""
+        return len(self.extra.get("view_offsets", ()))
 
     @property
     def file_key(self) -> str | None:
@@ -315,7 +327,17 @@ class ObjectManager:
             # a name lasts while a handle is open (views keep the object, not its name)
             for key in [key for key, o in self.named.items() if o is obj]:
                 del self.named[key]
+        if isinstance(obj, SectionObject):
+            self.drop_memory_if_unused(obj)
         return obj
+
+    def drop_memory_if_unused(self, section: SectionObject) -> None:
+        """A section's bytes go with its last handle and its last view (Windows deletes the
+        section object then): the section lets its shared memory go."""
+        if section.memory is None or section.views:
+            return
+        if not any(o is section for o in self._handles.values()):
+            section.memory = None  # closed once no snapshot holds it either
 
     def duplicate(self, handle: int, access: int | None = None) -> int:
         """Another handle to the same object, with ``access`` (None: the same rights)."""

@@ -7,6 +7,11 @@ A snapshot holds
 - the memory: the bytes of every run of committed pages (``MemoryManager.committed_runs``,
   guard pages included), which host memory backs what (``Cpu.backing``: everything else backed
   reads zero after a restore), and the memory manager's bookkeeping (regions, page states);
+- the sections' shared memory (``emu.cpu.shared``): the bytes of every section the process
+  holds (by a handle or a view), and which ranges show them (``Cpu.shares``; the committed
+  runs leave these ranges out: their bytes are the sections'). A restore puts the sections'
+  bytes back, then the shared ranges, then the committed runs, so all views of a section
+  agree with one another and with the section;
 - the kernel's objects (handles, the sandbox's names, captured output), the thread stack's
   state, the system-call tables, the module list, PEB.Ldr's bookkeeping, the Python callbacks
   and the records of system calls and debug output.
@@ -23,14 +28,17 @@ instead of copied: the CPU, the architecture, the process itself, modules and th
 
 from __future__ import annotations
 
+import bisect
 import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emu.errors import EmulationError, Fault
+from emu.nt.objects import SectionObject
 from emu.nt.records import SyscallLog
 
 if TYPE_CHECKING:
+    from emu.cpu.shared import SharedMemory
     from emu.process.core import ProcessCore
 
 # objects whose attributes are the process's state (restored in place: others may hold them)
@@ -52,11 +60,14 @@ class Snapshot:
     state: dict[str, Any]
     records: dict[str, Any] = field(default_factory=dict)
     backing: list[int] = field(default_factory=list)  # the windows Cpu.backing() listed
+    shares: list[tuple[int, int, SharedMemory, int]] = field(default_factory=list)
+    sections: list[tuple[SharedMemory, list[tuple[int, bytes]]]] = field(default_factory=list)
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes of committed memory the snapshot holds."""
-        return sum(size for _, size, _ in self.memory)
+        """Bytes of memory the snapshot holds: committed runs and sections' bytes."""
+        sections = sum(len(data) for _, parts in self.sections for _, data in parts)
+        return sum(size for _, size, _ in self.memory) + sections
 
 
 def _shared(proc: ProcessCore) -> dict[int, Any]:
@@ -71,6 +82,45 @@ def _shared(proc: ProcessCore) -> dict[int, Any]:
     if main is not None:
         keep.append(main.image)
     return {id(obj): obj for obj in keep if obj is not None}
+
+
+def _section_memories(proc: ProcessCore) -> list[SharedMemory]:
+    """The shared memory of every section the process holds: by a handle, or by a view."""
+    found: dict[int, SharedMemory] = {}
+    for obj in proc.objects.handles().values():
+        if isinstance(obj, SectionObject) and obj.memory is not None:
+            found.setdefault(id(obj.memory), obj.memory)
+    for _, _, memory, _ in proc.cpu.shares():
+        found.setdefault(id(memory), memory)
+    for region in proc.memory.regions():  # copy-on-write views of a section without handles
+        section = region.view.section if region.view is not None else None
+        if isinstance(section, SectionObject) and section.memory is not None:
+            found.setdefault(id(section.memory), section.memory)
+    return list(found.values())
+
+
+def _unshared(
+    runs: list[tuple[int, int]], shares: list[tuple[int, int, SharedMemory, int]]
+) -> list[tuple[int, int]]:
+    """``runs`` (address, size, in address order) without the shared ranges (in address
+    order, disjoint): their bytes are the sections', saved once with each section."""
+    cuts = [(start, start + size) for start, size, _, _ in shares]
+    if not cuts:
+        return runs
+    out = []
+    for addr, size in runs:
+        pos, end = addr, addr + size
+        for lo, hi in cuts[max(bisect.bisect_right(cuts, (pos, pos)) - 1, 0) :]:
+            if lo >= end:
+                break
+            if hi <= pos:
+                continue
+            if lo > pos:
+                out.append((pos, lo - pos))
+            pos = max(pos, hi)
+        if pos < end:
+            out.append((pos, end - pos))
+    return out
 
 
 def _one_level(value: Any) -> Any:
@@ -104,11 +154,14 @@ def take_snapshot(proc: ProcessCore) -> Snapshot:
         )
     state = {name: vars(getattr(proc, name)) for name in _COMPONENTS}
     state["process"] = {name: getattr(proc, name) for name in _VALUES}
+    shares = proc.cpu.shares()
     return Snapshot(
         arch=proc.arch.name,
         context=proc.cpu.save_context(),
-        memory=proc.cpu.save_memory(proc.memory.committed_runs()),
+        memory=proc.cpu.save_memory(_unshared(proc.memory.committed_runs(), shares)),
         backing=proc.cpu.backing(),
+        shares=shares,
+        sections=[(memory, memory.save()) for memory in _section_memories(proc)],
         state=copy.deepcopy(state, _shared(proc)),
         records={name: _one_level(getattr(proc, name)) for name in _RECORDS},
     )
@@ -122,7 +175,9 @@ def restore_snapshot(proc: ProcessCore, snapshot: Snapshot) -> None:
             f"a snapshot of an {snapshot.arch} process cannot restore an {proc.arch.name} one"
         )
     state = copy.deepcopy(snapshot.state, _shared(proc))  # the snapshot stays as it was
-    proc.cpu.restore_memory(snapshot.memory, snapshot.backing)
+    for memory, contents in snapshot.sections:
+        memory.load(contents)
+    proc.cpu.restore_memory(snapshot.memory, snapshot.backing, snapshot.shares)
     proc.cpu.restore_context(snapshot.context)
     for name in _COMPONENTS:
         vars(getattr(proc, name)).update(state[name])

@@ -1,6 +1,7 @@
 /* Virtual memory, sections and views through Wine's kernel32/kernelbase/ntdll, as a program
  * uses them. Prints one "<check> <value>" line per check; the test compares with what
- * Windows answers. Nothing here faults: a fault would end the run. */
+ * Windows answers. Nothing here faults: a fault would end the run.
+ * "vmrules.exe shared" runs only the checks of views sharing a section's memory (issue 16). */
 #include <windows.h>
 #include <stdio.h>
 #include <string.h>
@@ -171,7 +172,61 @@ static void write_watch(void) {
     show("watch-after-reset", count);
 }
 
-int main(void) {
+static void shared_views(void) {
+    /* all views of one pagefile-backed section are the same pages (FILE_MAP_COPY aside) */
+    HANDLE map = CreateFileMappingA(INVALID_HANDLE_VALUE, NULL, PAGE_READWRITE, 0, 0x30000, NULL);
+    volatile char *a = MapViewOfFile(map, FILE_MAP_WRITE, 0, 0, 0);
+    volatile char *b = MapViewOfFile(map, FILE_MAP_WRITE, 0, 0, 0);
+    volatile char *tail = MapViewOfFile(map, FILE_MAP_READ, 0, 0x10000, 0x20000);
+    show("shared-views", a != NULL && b != NULL && tail != NULL && a != b);
+    strcpy((char *)a + 0x100, "written through a");
+    show("shared-b-sees-a", strcmp((char *)b + 0x100, "written through a") == 0);
+    *(volatile DWORD *)(b + 0x2ff0) = 0xb0b0cafe;
+    show("shared-a-sees-b", *(volatile DWORD *)(a + 0x2ff0));
+    *(volatile DWORD *)(a + 0x10008) = 0x7a11;
+    show("shared-offset-view", *(volatile DWORD *)(tail + 8));
+    volatile char *later = MapViewOfFile(map, FILE_MAP_READ, 0, 0, 0);
+    show("shared-later-view", *(volatile DWORD *)(later + 0x2ff0));
+    /* FILE_MAP_COPY: the view's writes are its own */
+    volatile char *copy = MapViewOfFile(map, FILE_MAP_COPY, 0, 0, 0);
+    show("shared-copy-reads", *(volatile DWORD *)(copy + 0x2ff0));
+    *(volatile DWORD *)(copy + 0x2ff0) = 0xc0c0;
+    show("shared-copy-own", *(volatile DWORD *)(copy + 0x2ff0));
+    show("shared-copy-not-seen", *(volatile DWORD *)(a + 0x2ff0));
+    *(volatile DWORD *)(a + 0x2ff0) = 0xa0a0;
+    show("shared-copy-keeps-its-page", *(volatile DWORD *)(copy + 0x2ff0));
+    UnmapViewOfFile((void *)copy);
+    /* unmapping one view leaves the others' data */
+    UnmapViewOfFile((void *)a);
+    show("shared-unmapped-one", *(volatile DWORD *)(b + 0x2ff0));
+    /* the section keeps its bytes while a handle is open, with no view at all */
+    UnmapViewOfFile((void *)b);
+    UnmapViewOfFile((void *)tail);
+    UnmapViewOfFile((void *)later);
+    volatile char *again = MapViewOfFile(map, FILE_MAP_READ, 0, 0, 0);
+    show("shared-no-view-kept", *(volatile DWORD *)(again + 0x2ff0));
+    show("shared-no-view-text", strcmp((char *)again + 0x100, "written through a") == 0);
+    UnmapViewOfFile((void *)again);
+    CloseHandle(map);
+    /* a named section opened twice: two section handles, one memory */
+    HANDLE one = CreateFileMappingA(INVALID_HANDLE_VALUE, NULL, PAGE_READWRITE, 0, 0x1000,
+                                    "Local\\heapemu_shared");
+    HANDLE two = OpenFileMappingA(FILE_MAP_ALL_ACCESS, FALSE, "Local\\heapemu_shared");
+    volatile DWORD *x = MapViewOfFile(one, FILE_MAP_WRITE, 0, 0, 0);
+    volatile DWORD *y = MapViewOfFile(two, FILE_MAP_WRITE, 0, 0, 0);
+    y[5] = 0x5eed;
+    show("shared-named", x[5]);
+    UnmapViewOfFile((void *)x);
+    UnmapViewOfFile((void *)y);
+    CloseHandle(two);
+    CloseHandle(one);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "shared") == 0) {
+        shared_views();
+        return 0;
+    }
     second_image_view();
     file_views();
     anonymous_views();

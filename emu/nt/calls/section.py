@@ -19,6 +19,9 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emu.cpu import shared
+from emu.cpu.cpu import CpuError
+from emu.cpu.shared import SharedMemory
 from emu.errors import NtStatusError
 from emu.modules import Module
 from emu.nt.calls.memory import zero_bits_limit
@@ -34,7 +37,15 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.memory import IMAGE_WRITE_AS_COPY, Region, ViewInfo, align_down, align_up
+from emu.nt.memory import (
+    COMMITTED,
+    IMAGE_WRITE_AS_COPY,
+    PageRuns,
+    Region,
+    ViewInfo,
+    align_down,
+    align_up,
+)
 from emu.nt.objects import (
     FILE_EXECUTE,
     FILE_READ_DATA,
@@ -570,18 +581,45 @@ def NtQuerySection(
 
 
 def _save_contents(k: Kernel, section: SectionObject, region: Region) -> None:
-    """Keep a pagefile-backed view's committed pages with its section (the next view shows
-    them). heapemu gives every view its own memory: a write through one view is seen by views
-    mapped after it, not by views already mapped."""
-    if section.file is not None or section.image:
+    """Where views cannot share host memory (``emu.cpu.shared.available()`` is False): keep a
+    pagefile-backed view's committed pages with its section, so the next view shows them.
+    Each view then has its own memory: a write through one view is seen by views mapped after
+    it is unmapped, not by views already mapped. Copy-on-write views keep their writes."""
+    if section.file is not None or section.image or section.memory is not None:
+        return  # a file's bytes stay the file's; shared memory holds the section's
+    if _copy_on_write(region.allocation_protect):
         return
-    store = section.extra.setdefault("contents", {})
     offset = section.extra.get("view_offsets", {}).get(region.base, 0)
+    store = section.extra.setdefault("contents", {})
     for addr, size, state in region.runs():
         if state and not state & PAGE_GUARD:
             data = k.proc.read(addr, size)
             for i in range(0, size, PAGE_SIZE):
                 store[offset + addr - region.base + i] = data[i : i + PAGE_SIZE]
+
+
+def _copy_on_write(protect: int) -> bool:
+    """A FILE_MAP_COPY view: its writes are its own (PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY)."""
+    return protect & 0xFF in (PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY)
+
+
+def section_memory(section: SectionObject) -> SharedMemory | None:
+    """A data section's bytes in host memory its views share, made by its first view: zero
+    for the pagefile, the file's bytes for a file. None for images, and where the host
+    cannot share memory (every view then gets a copy, as before)."""
+    if section.image:
+        return None
+    if section.memory is None and shared.available():
+        try:
+            memory = SharedMemory(align_up(section.size, PAGE_SIZE), f"heapemu {section.name}")
+        except OSError as e:  # out of host memory or file descriptors
+            raise NtStatusError(NtStatus.INSUFFICIENT_RESOURCES, f"section memory: {e}") from None
+        if section.file is not None:
+            # a mapped file's pages come from the file; the sandbox's files are read-only
+            # (no writable section of a file exists), so nothing is ever written back
+            memory.write(0, section.file.data()[: section.size])
+        section.memory = memory
+    return section.memory
 
 
 def map_view(
@@ -633,7 +671,14 @@ def map_view(
         PAGE_WRITECOMBINE if section.attributes & SEC_WRITECOMBINE else 0
     )  # the section's caching shows in its views
     view_protect = protect | (cache if protect != PAGE_NOACCESS else 0)
-    view = ViewInfo(section, section.file_key)
+    commits = None
+    if section.attributes & SEC_RESERVE:  # which of its pages are committed: the section's
+        commits = section.extra.get("commits")
+        if commits is None:
+            commits = section.extra["commits"] = PageRuns(
+                align_up(section.size, PAGE_SIZE) // PAGE_SIZE
+            )
+    view = ViewInfo(section, section.file_key, offset=offset, commits=commits)
     reserve = MEM_RESERVE | (allocation_type & MEM_TOP_DOWN)
     new_base, length = mem.allocate(
         base, size, reserve, view_protect, type=MEM_MAPPED, usage=f"view of {section.name}",
@@ -645,24 +690,49 @@ def map_view(
         commit = align_up(commit_size, PAGE_SIZE) if commit_size else 0
     else:
         commit = length
+    views = section.extra.setdefault("view_offsets", {})
+    views[new_base] = offset
+    memory = section_memory(section)
     try:
+        if commits is not None:  # pages committed through other views are committed here too
+            first = offset // PAGE_SIZE
+            for _, a, b, state in list(commits.runs(first, first + length // PAGE_SIZE)):
+                if state == COMMITTED:
+                    mem.allocate(new_base + (a - first) * PAGE_SIZE, (b - a) * PAGE_SIZE,
+                                 MEM_COMMIT, view_protect, type=MEM_MAPPED)  # fmt: skip
         if commit:
             mem.allocate(new_base, min(commit, length), MEM_COMMIT, view_protect, type=MEM_MAPPED)
-        _fill_view(k, section, region, offset, size)
+        if memory is not None and not _copy_on_write(protect):
+            try:  # the view's pages are the section's: every view sees every write
+                k.proc.cpu.share(new_base, length, memory, offset)
+            except CpuError as e:
+                raise NtStatusError(NtStatus.INSUFFICIENT_RESOURCES, str(e)) from None
+            view.shared = True
+        else:
+            _fill_view(k, section, region, offset, size)
     except NtStatusError:
+        views.pop(new_base, None)
+        if view.shared:
+            k.proc.cpu.unshare(new_base, length)
         mem.release_view(new_base)
         raise
-    section.extra.setdefault("view_offsets", {})[new_base] = offset
     return new_base, length, NtStatus.SUCCESS
 
 
 def _fill_view(k: Kernel, section: SectionObject, region: Region, offset: int, size: int) -> None:
-    """A new view's contents: the file's bytes, or what earlier views of the section left."""
+    """A private view's contents (a copy-on-write view, or any view where the host cannot
+    share memory): the section's bytes as they are now, i.e. its shared memory, else the
+    file's bytes or what earlier views of the section left."""
     proc = k.proc
-    if section.file is not None:
-        data = section.file.data()[offset : offset + size]
-        if data and region.pages.get(0):
-            proc.write(region.base, data[: region.committed_bytes or len(data)])
+    if section.memory is not None or section.file is not None:
+        if section.memory is not None:
+            data = section.memory.read(offset, region.size)
+        else:
+            assert section.file is not None
+            data = section.file.data()[offset : offset + size]
+        for addr, length, state in region.runs():
+            if state and not state & PAGE_GUARD and addr - region.base < len(data):
+                proc.write(addr, data[addr - region.base : addr - region.base + length])
         return
     for page_offset, data in section.extra.get("contents", {}).items():
         addr = region.base + page_offset - offset
@@ -788,9 +858,12 @@ def unmap_view(k: Kernel, address: int) -> None:
     if region is None or region.type not in (MEM_MAPPED, MEM_IMAGE):
         raise NtStatusError(NtStatus.NOT_MAPPED_VIEW, f"0x{address:x} is not a mapped view")
     view = region.view
+    if view is not None and view.shared:
+        k.proc.cpu.unshare(region.base, region.size)  # the section keeps the bytes
     if view is not None and view.section is not None:
         _save_contents(k, view.section, region)
         view.section.extra.get("view_offsets", {}).pop(region.base, None)
+        k.proc.objects.drop_memory_if_unused(view.section)
     module = view.module if view is not None else k.proc.objects.image_views.get(region.base)
     k.proc.objects.image_views.pop(region.base, None)
     if module is None:
