@@ -393,6 +393,13 @@ class Cpu:
             )
         else:
             self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
+        # How a run ends at ``until`` (see run): a native code hook there, and Unicorn's own
+        # exit at ``run_exit``, an address no code reaches (0: Unicorn's exit at ``until``)
+        self.run_exit = 0
+        self._stop_state: native.StopState | None = None
+        self._stop_hooks: dict[int, int] = {}  # until -> hook
+        if self._native is not None:
+            self._stop_state = native.StopState(ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p))
         self._register_hook(
             unicorn.UC_HOOK_MEM_UNMAPPED,
             _MEM_INVALID_CB(self._on_denied_access),
@@ -792,7 +799,16 @@ class Cpu:
         got where it was going. Exceptions raised by Python hooks are re-raised.
 
         The hot path of every call: one lock (the watchdog must not stop the next run for
-        the last one), one C call, and nothing else unless something happened."""
+        the last one), one C call, and nothing else unless something happened.
+
+        How the run ends at ``until``: Unicorn 2.1.4 translates a fresh block at the address
+        given as uc_emu_start's ``until`` on every run, and keeps the old one until its 1 GiB
+        translation buffer is full: ~250 bytes of host memory and a translation per run (a
+        million calls: ~250 MiB). With the native fast path a block hook at ``until`` (in C,
+        added once per address: ``end_runs_at``) stops the run before the instruction there
+        and before any other hook sees it, and Unicorn's
+        own exit is ``run_exit``, an address no code reaches (the GDT's page, set up by
+        ``segments``: a user-mode jump exactly there would end the run like ``until``)."""
         if bool(count) != self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
@@ -807,10 +823,35 @@ class Cpu:
                 self._incident = False
             self._deadline = time.monotonic() + time_limit if time_limit else 0.0
             self._running = True
-        status = uclib.uc_emu_start(self._uch, begin, until, 0, count)
+        exit = until
+        stops = self._stop_state
+        if stops is not None and self.run_exit:
+            if until not in self._stop_hooks:
+                self._add_stop_hook(until)
+            stops.until = until
+            exit = self.run_exit
+        status = uclib.uc_emu_start(self._uch, begin, exit, 0, count)
         self._running = False
         if status or self._incident or self._tlb_stale:
             self._after_run(status)
+
+    def end_runs_at(self, until: int) -> None:
+        """Prepare runs that end at ``until`` (see run): call it before observers add block
+        hooks, so that the stop comes first and they never see the block at ``until``."""
+        if self._stop_state is not None and until not in self._stop_hooks:
+            self._add_stop_hook(until)
+
+    def _add_stop_hook(self, until: int) -> None:
+        # a block hook, Unicorn calls it before the block's first instruction; the hooks after
+        # it (counters, tracers) do not run once it stopped, nor does the instruction
+        assert self._native is not None and self._stop_state is not None
+        self._stop_hooks[until] = self._register_hook(
+            unicorn.UC_HOOK_BLOCK,
+            native.function_address(self._native, "heapemu_stop"),
+            until,
+            until,
+            user=ctypes.addressof(self._stop_state),
+        )
 
     def _after_run(self, status: int) -> None:
         if self._fault_registers:
