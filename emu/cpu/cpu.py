@@ -1268,19 +1268,21 @@ class BlockCounter:
     def __init__(
         self,
         cpu: Cpu,
-        on_records: Callable[[bytes], None],
-        capture: tuple[str, ...],
-        frame_size: int,
+        on_records: Callable[[bytes], None] | None = None,
+        capture: tuple[str, ...] = (),
+        frame_size: int = 0,
         *,
         batch: bool = True,
     ):
-        if not capture or len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
-            raise ValueError("no stack pointer, too many registers or too large a frame")
-        if frame_size < cpu.arch.ptr_size or frame_size % 8:
-            raise ValueError("the frame must hold the return address and be 8-byte sized")
+        """Without ``on_records`` it only counts (nothing may be made special)."""
+        if on_records is not None:
+            if not capture or len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
+                raise ValueError("no stack pointer, too many registers or too large a frame")
+            if frame_size < cpu.arch.ptr_size or frame_size % 8:
+                raise ValueError("the frame must hold the return address and be 8-byte sized")
         self.cpu = cpu
         self.special = SpecialAddresses(cpu._native)
-        self._on_records = on_records
+        self._on_records = on_records or _no_records
         self._capture = capture
         self._frame_size = frame_size
         self.record_size = 32 + 16 * len(capture) + frame_size
@@ -1378,7 +1380,7 @@ class BlockCounter:
         """What heapemu_block does, as a Python block hook."""
         cpu, fail, count, counts = self.cpu, self.cpu.fail, self._count, self._counts
         special, log, log_size = self.special, self._py_log, self._log_size
-        read = cpu.raw_register_reader(self._capture)
+        read = cpu.raw_register_reader(self._capture) if self._capture else bytes
         frame = ctypes.create_string_buffer(self._frame_size)
         size, ptr = self._frame_size, cpu.arch.ptr_size
 
@@ -1447,6 +1449,10 @@ class BlockCounter:
 _COUNT_CB = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
 )
+
+
+def _no_records(raw: bytes) -> None:
+    raise RuntimeError("a counting BlockCounter was given special addresses")
 
 
 class SpecialAddresses(dict[int, int]):
