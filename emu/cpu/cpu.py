@@ -185,6 +185,7 @@ _DENIED_ACCESS = {
     unicorn.UC_MEM_WRITE_UNMAPPED: "write",
     unicorn.UC_MEM_FETCH_UNMAPPED: "fetch",
 }
+_emu_start = uclib.uc_emu_start  # (one global look-up on the hot path)
 _UC_CTL_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
 _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_CTL_TB_REMOVE_CACHE
 
@@ -398,6 +399,7 @@ class Cpu:
         self.run_exit = 0
         self._stop_state: native.StopState | None = None
         self._stop_hooks: dict[int, int] = {}  # until -> hook
+        self._stop_until = -1  # the stop hooks' until, as last written
         if self._native is not None:
             self._stop_state = native.StopState(ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p))
         self._register_hook(
@@ -809,28 +811,30 @@ class Cpu:
         and before any other hook sees it, and Unicorn's
         own exit is ``run_exit``, an address no code reaches (the GDT's page, set up by
         ``segments``: a user-mode jump exactly there would end the run like ``until``)."""
-        if bool(count) != self._counting:
+        if (count != 0) is not self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
             self.flush_translations()
             self._counting = bool(count)
-        with self._run_lock:
-            if self._incident:
-                self.fault = None
-                self.stop_reason = None
-                self.timed_out = False
-                self._raw_exception = None
-                self._incident = False
-            self._deadline = time.monotonic() + time_limit if time_limit else 0.0
-            self._running = True
+        lock = self._run_lock
+        lock.acquire()  # (not `with`: this is the hot path of every call)
+        if self._incident:
+            self.fault = None
+            self.stop_reason = None
+            self.timed_out = False
+            self._raw_exception = None
+            self._incident = False
+        self._deadline = time.monotonic() + time_limit if time_limit else 0.0
+        self._running = True
+        lock.release()
         exit = until
-        stops = self._stop_state
-        if stops is not None and self.run_exit:
-            if until not in self._stop_hooks:
-                self._add_stop_hook(until)
-            stops.until = until
+        if self.run_exit and self._stop_state is not None:
+            if until != self._stop_until:  # (a C field written only when it changes)
+                if until not in self._stop_hooks:
+                    self._add_stop_hook(until)
+                self._stop_state.until = self._stop_until = until
             exit = self.run_exit
-        status = uclib.uc_emu_start(self._uch, begin, exit, 0, count)
+        status = _emu_start(self._uch, begin, exit, 0, count)
         self._running = False
         if status or self._incident or self._tlb_stale:
             self._after_run(status)
