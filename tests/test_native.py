@@ -81,3 +81,27 @@ def test_without_a_compiler_the_cpu_falls_back_to_python(
         a.free(heap, a.alloc(heap, 0x100))
     assert [e.name for e in rec.all] == ["RtlAllocateHeap", "RtlFreeHeap"]
     assert rec.all[0].instructions > 0
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_counting_block_counter_counts_every_instruction_once(
+    arch: str, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BlockCounter with no records only counts: 1 + 3 * 1000 + 1 instructions of a loop, the
+    run's end (the call gate's sentinel) not among them; the same without the native path."""
+    from emu.cpu.cpu import BlockCounter
+
+    if not fast:
+        monkeypatch.setenv("HEAPEMU_NATIVE", "0")
+    proc = Process(arch)
+    assert (proc.cpu._native is not None) == fast
+    f = proc.load_flat("f:\n mov ecx, 1000\nl:\n add eax, ecx\n dec ecx\n jnz l\n ret\n", "f")
+    proc.call(f.exports["f"])
+    counter = BlockCounter(proc.cpu).start()
+    gate = counter.instructions
+    proc.call(proc.load_flat("g:\n ret\n", "g").exports["g"])
+    gate = counter.instructions - gate - 1  # the call gate's own instructions per call
+    before = counter.instructions
+    proc.call(f.exports["f"])
+    assert counter.instructions - before - gate == 1 + 3 * 1000 + 1
+    counter.stop()

@@ -84,6 +84,7 @@ class CallGate:
         cpu.write(self.code_base + _FPCW, struct.pack("<H", USER_FPCW))
         self.return_address = self.code_base + _TAIL  # what every callee returns to
         self.sentinel = self.code_base + _SENTINEL  # `until` of every run
+        cpu.end_runs_at(self.sentinel)
         self._next_stub = self.code_base + _STUBS
         c = "Q" if arch.ptr_size == 8 else "I"
         self._slot = c

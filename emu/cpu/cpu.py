@@ -186,6 +186,7 @@ _DENIED_ACCESS = {
     unicorn.UC_MEM_WRITE_UNMAPPED: "write",
     unicorn.UC_MEM_FETCH_UNMAPPED: "fetch",
 }
+_emu_start = uclib.uc_emu_start  # (one global look-up on the hot path)
 _UC_CTL_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
 _UC_CTL_REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_CTL_TB_REMOVE_CACHE
 
@@ -397,6 +398,14 @@ class Cpu:
             )
         else:
             self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
+        # How a run ends at ``until`` (see run): a native code hook there, and Unicorn's own
+        # exit at ``run_exit``, an address no code reaches (0: Unicorn's exit at ``until``)
+        self.run_exit = 0
+        self._stop_state: native.StopState | None = None
+        self._stop_hooks: dict[int, int] = {}  # until -> hook
+        self._stop_until = -1  # the stop hooks' until, as last written
+        if self._native is not None:
+            self._stop_state = native.StopState(ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p))
         self._register_hook(
             unicorn.UC_HOOK_MEM_UNMAPPED,
             _MEM_INVALID_CB(self._on_denied_access),
@@ -930,25 +939,61 @@ class Cpu:
         got where it was going. Exceptions raised by Python hooks are re-raised.
 
         The hot path of every call: one lock (the watchdog must not stop the next run for
-        the last one), one C call, and nothing else unless something happened."""
-        if bool(count) != self._counting:
+        the last one), one C call, and nothing else unless something happened.
+
+        How the run ends at ``until``: Unicorn 2.1.4 translates a fresh block at the address
+        given as uc_emu_start's ``until`` on every run, and keeps the old one until its 1 GiB
+        translation buffer is full: ~250 bytes of host memory and a translation per run (a
+        million calls: ~250 MiB). With the native fast path a block hook at ``until`` (in C,
+        added once per address: ``end_runs_at``) stops the run before the instruction there
+        and before any other hook sees it, and Unicorn's
+        own exit is ``run_exit``, an address no code reaches (the GDT's page, set up by
+        ``segments``: a user-mode jump exactly there would end the run like ``until``)."""
+        if (count != 0) is not self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
             self.flush_translations()
             self._counting = bool(count)
-        with self._run_lock:
-            if self._incident:
-                self.fault = None
-                self.stop_reason = None
-                self.timed_out = False
-                self._raw_exception = None
-                self._incident = False
-            self._deadline = time.monotonic() + time_limit if time_limit else 0.0
-            self._running = True
-        status = uclib.uc_emu_start(self._uch, begin, until, 0, count)
+        lock = self._run_lock
+        lock.acquire()  # (not `with`: this is the hot path of every call)
+        if self._incident:
+            self.fault = None
+            self.stop_reason = None
+            self.timed_out = False
+            self._raw_exception = None
+            self._incident = False
+        self._deadline = time.monotonic() + time_limit if time_limit else 0.0
+        self._running = True
+        lock.release()
+        exit = until
+        if self.run_exit and self._stop_state is not None:
+            if until != self._stop_until:  # (a C field written only when it changes)
+                if until not in self._stop_hooks:
+                    self._add_stop_hook(until)
+                self._stop_state.until = self._stop_until = until
+            exit = self.run_exit
+        status = _emu_start(self._uch, begin, exit, 0, count)
         self._running = False
         if status or self._incident or self._tlb_stale:
             self._after_run(status)
+
+    def end_runs_at(self, until: int) -> None:
+        """Prepare runs that end at ``until`` (see run): call it before observers add block
+        hooks, so that the stop comes first and they never see the block at ``until``."""
+        if self._stop_state is not None and until not in self._stop_hooks:
+            self._add_stop_hook(until)
+
+    def _add_stop_hook(self, until: int) -> None:
+        # a block hook, Unicorn calls it before the block's first instruction; the hooks after
+        # it (counters, tracers) do not run once it stopped, nor does the instruction
+        assert self._native is not None and self._stop_state is not None
+        self._stop_hooks[until] = self._register_hook(
+            unicorn.UC_HOOK_BLOCK,
+            native.function_address(self._native, "heapemu_stop"),
+            until,
+            until,
+            user=ctypes.addressof(self._stop_state),
+        )
 
     def _after_run(self, status: int) -> None:
         if self._fault_registers:
@@ -1369,19 +1414,21 @@ class BlockCounter:
     def __init__(
         self,
         cpu: Cpu,
-        on_records: Callable[[bytes], None],
-        capture: tuple[str, ...],
-        frame_size: int,
+        on_records: Callable[[bytes], None] | None = None,
+        capture: tuple[str, ...] = (),
+        frame_size: int = 0,
         *,
         batch: bool = True,
     ):
-        if not capture or len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
-            raise ValueError("no stack pointer, too many registers or too large a frame")
-        if frame_size < cpu.arch.ptr_size or frame_size % 8:
-            raise ValueError("the frame must hold the return address and be 8-byte sized")
+        """Without ``on_records`` it only counts (nothing may be made special)."""
+        if on_records is not None:
+            if not capture or len(capture) > native.MAX_REGS or frame_size > native.MAX_FRAME:
+                raise ValueError("no stack pointer, too many registers or too large a frame")
+            if frame_size < cpu.arch.ptr_size or frame_size % 8:
+                raise ValueError("the frame must hold the return address and be 8-byte sized")
         self.cpu = cpu
         self.special = SpecialAddresses(cpu._native)
-        self._on_records = on_records
+        self._on_records = on_records or _no_records
         self._capture = capture
         self._frame_size = frame_size
         self.record_size = 32 + 16 * len(capture) + frame_size
@@ -1479,7 +1526,7 @@ class BlockCounter:
         """What heapemu_block does, as a Python block hook."""
         cpu, fail, count, counts = self.cpu, self.cpu.fail, self._count, self._counts
         special, log, log_size = self.special, self._py_log, self._log_size
-        read = cpu.raw_register_reader(self._capture)
+        read = cpu.raw_register_reader(self._capture) if self._capture else bytes
         frame = ctypes.create_string_buffer(self._frame_size)
         size, ptr = self._frame_size, cpu.arch.ptr_size
 
@@ -1548,6 +1595,10 @@ class BlockCounter:
 _COUNT_CB = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
 )
+
+
+def _no_records(raw: bytes) -> None:
+    raise RuntimeError("a counting BlockCounter was given special addresses")
 
 
 class SpecialAddresses(dict[int, int]):

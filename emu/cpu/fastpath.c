@@ -269,3 +269,25 @@ void heapemu_block(void *uc, uint64_t addr, uint32_t size, void *user) {
     s->instructions += n && *n ? (uint64_t)*n : (uint64_t)s->count(uc, addr, size, NULL);
     s->blocks++;
 }
+
+/* ---------------------------------------------------------------- the end of a run */
+/* A UC_HOOK_BLOCK on the address a run ends at, instead of uc_emu_start's `until`: Unicorn
+ * 2.1.4 translates a fresh block at `until` on every run and keeps the old one until its
+ * 1 GiB translation buffer is full (~250 bytes of host memory per run); a hook stops the run
+ * before the first instruction there and its block is translated once. */
+typedef int (*emu_stop_fn)(void *uc);
+
+typedef struct {
+    emu_stop_fn stop; /* uc_emu_stop, passed in by address */
+    uint64_t until; /* where the run under way ends (hooks stay on other runs' ends) */
+    uint64_t hits;
+} stop_state;
+
+void heapemu_stop(void *uc, uint64_t addr, uint32_t size, void *user) {
+    (void)size;
+    stop_state *s = user;
+    if (addr == s->until) {
+        s->hits++;
+        s->stop(uc);
+    }
+}

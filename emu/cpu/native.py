@@ -164,6 +164,16 @@ class BlockState(ctypes.Structure):
     ]
 
 
+class StopState(ctypes.Structure):
+    """``stop_state`` in fastpath.c."""
+
+    _fields_ = [
+        ("stop", ctypes.c_void_p),
+        ("until", ctypes.c_uint64),
+        ("hits", ctypes.c_uint64),
+    ]
+
+
 class NativeMap:
     """fastpath.c's address -> integer map, owned by Python (freed with this object)."""
 

@@ -135,6 +135,9 @@ def setup_segments(cpu: Cpu, teb: int, teb_size: int, gdt_base: int) -> None:
     if cpu.fault is not None or cpu.pc != gdt_base + _USER_ENTRY or cpu.cpl != 3:
         raise RuntimeError(f"entering user mode failed: {cpu.fault} at 0x{cpu.pc:x}")
     cpu.write_registers(user_state(cpu, teb))
+    # Unicorn's exit for every later run (Cpu.run): inside the GDT, a supervisor page of
+    # descriptors no code runs from (and whose bytes before it no block holds)
+    cpu.run_exit = gdt_base + _GDT + 0x800
 
 
 def teb_selector(slot: int) -> int:

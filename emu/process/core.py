@@ -422,22 +422,24 @@ class ProcessCore:
                     "change registers/memory or use ctx.skip() instead",
                 )
             )
-        mask = self.arch.ptr_mask
-        if args and (max(args) > mask or min(args) < ~(mask >> 1)):
-            # the register or stack slot would silently keep only the low bits (issue 20, D8)
-            bad = next(a for a in args if a > mask or a < ~(mask >> 1))
-            raise ValueError(
-                f"argument {args.index(bad) + 1} of the call to {target!r} is {bad:#x}: it does "
-                f"not fit a {8 * self.arch.ptr_size}-bit register or stack slot ({self.arch.name})"
-            )
         addr = self.resolve(target) if isinstance(target, str) else target
         layout = self._call_layouts.get((convention, len(args)))
         if layout is None:
             layout = self._call_layout(convention, len(args))
         data = self.call_gate.data
-        try:
+        try:  # (the slots are unsigned pointers: anything else does not pack)
             layout.pack(data, 0, 0, 0, addr, *args)
         except struct.error:  # negative, or wider than a pointer
+            mask = self.arch.ptr_mask
+            bad = next((a for a in args if a > mask or a < ~(mask >> 1)), None)
+            if bad is not None:
+                # the register or stack slot would silently keep only the low bits (issue 20,
+                # D8); a negative value is its two's complement, as C passes it
+                raise ValueError(
+                    f"argument {args.index(bad) + 1} of the call to {target!r} is {bad:#x}: it "
+                    f"does not fit a {8 * self.arch.ptr_size}-bit register or stack slot "
+                    f"({self.arch.name})"
+                ) from None
             self.call_gate.prepare_masked(layout, addr, args)
         if max_instructions is None:
             max_instructions = self.instruction_budget
