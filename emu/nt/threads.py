@@ -21,15 +21,24 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from emu.cpu.segments import MAX_TEB_SLOTS, teb_selector
 from emu.errors import EmulationError, Fault, NtStatusError
 from emu.nt.kernel import PROCESS_ID
 from emu.nt.memory import align_down
 from emu.nt.stack import ThreadStack
-from emu.nt.sync import STATUS_ALERTED, Dispatcher, KeyedEvent, Mutant, Wait, try_satisfy
+from emu.nt.sync import (
+    STATUS_ALERTED,
+    STATUS_USER_APC,
+    Dispatcher,
+    KeyedEvent,
+    Mutant,
+    Wait,
+    try_satisfy,
+)
 from emu.win.layouts import TEB, UNICODE_STRING
 from emu.win.ntdefs import (
     MEM_COMMIT,
@@ -55,6 +64,7 @@ STATIC_UNICODE_BUFFER = 261 * 2  # TEB.StaticUnicodeBuffer: MAX_PATH + 1 charact
 # TEB.StaticUnicodeString and TEB.StaticUnicodeBuffer (kernelbase's ANSI path conversions)
 STATIC_UNICODE = {"x64": (0x1258, 0x1268), "x86": (0xBF8, 0xC00)}
 _NS_PER_TICK = 100
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -72,6 +82,15 @@ class Thread(Dispatcher):
     wait: Wait | None = None
     wake_status: int | None = None  # what its blocking system call returns when it resumes
     alerted: bool = False  # NtAlertThreadByThreadId came before its wait
+    # NtAlertThread's flag (KTHREAD.Alerted[UserMode]): the next alertable wait or NtTestAlert
+    # returns STATUS_ALERTED and clears it
+    user_alerted: bool = False
+    # user APCs queued (NtQueueApcThread): (routine, argument 1, 2, 3), delivered in order
+    apcs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # KTHREAD.UserApcPending: the first queued APC runs when the thread next returns to user
+    # mode (emu.nt.apc: at the end of its system call, or when the scheduler resumes it)
+    apc_pending: bool = False
+    start_context: int = 0  # its start CONTEXT (what Get/SetContextThread see before it runs)
     context: object | None = None  # its CPU state while it is switched out
     start_registers: dict[str, int] | None = None  # before it first runs
     owned: list[Mutant] = field(default_factory=list)
@@ -185,6 +204,7 @@ class Scheduler:
         init_teb(proc, teb, thread.tid, stack)
         context, sp = write_start_context(proc, stack.top, start, argument, user_start, slot)
         thread.start_registers = loader_registers(proc, context, sp, ldr)
+        thread.start_context = context
         self.threads.append(thread)
         return thread
 
@@ -209,6 +229,10 @@ class Scheduler:
                 return STATUS_ALERTED
         else:
             status = try_satisfy(wait, thread)
+            if status is not None:  # a signalled object ends the wait before any APC
+                return status
+        if wait.alertable:
+            status = self.test_alert(thread, STATUS_USER_APC)
             if status is not None:
                 return status
         now = self.clock()
@@ -255,12 +279,59 @@ class Scheduler:
         else:
             thread.alerted = True
 
+    # ------------------------------------------------------------------ alerts and APCs
+    def test_alert(self, thread: Thread, apc_status: int = NtStatus.SUCCESS) -> int | None:
+        """The kernel's check of an alertable wait or NtTestAlert (KiCheckAlertability,
+        KeTestAlertThread): a pending NtAlertThread is consumed (STATUS_ALERTED, no APC runs);
+        else queued user APCs are made pending (``apc_status``); else None."""
+        if thread.user_alerted:
+            thread.user_alerted = False
+            return STATUS_ALERTED
+        if thread.apcs:
+            thread.apc_pending = True
+            return apc_status
+        return None
+
+    def queue_apc(self, thread: Thread, apc: tuple[int, int, int, int]) -> None:
+        """NtQueueApcThread: queue a user APC; a thread in an alertable wait is woken with
+        STATUS_USER_APC, the APC delivered as it resumes."""
+        thread.apcs.append(apc)
+        if thread.wait is not None and thread.wait.alertable:
+            thread.wait, thread.wake_status = None, STATUS_USER_APC
+            thread.apc_pending = True
+
+    def alert_thread(self, thread: Thread) -> None:
+        """NtAlertThread (KeAlertThread in user mode): end its alertable wait with
+        STATUS_ALERTED, or set its Alerted flag for the next one."""
+        if thread.user_alerted or thread.terminated:
+            return
+        if thread.wait is not None and thread.wait.alertable:
+            thread.wait, thread.wake_status = None, STATUS_ALERTED
+        else:
+            thread.user_alerted = True
+
     def _wake_expired(self) -> None:
         now = self.clock()
         for t in self.threads:
             if t.wait is not None and t.wait.deadline is not None and t.wait.deadline <= now:
                 t.wake_status = t.wait.timeout_status
                 t.wait = None
+
+    def on_cpu(self, thread: Thread, fn: Callable[[], T], *, keep: bool = False) -> T:
+        """Run ``fn`` while the CPU holds switched-out ``thread``'s registers (its saved
+        state), then put the current thread's back; ``keep``: what ``fn`` changed becomes
+        ``thread``'s state (NtGetContextThread / NtSetContextThread on another thread)."""
+        assert thread.context is not None and thread is not self.current
+        cpu = self.proc.cpu
+        own = cpu.save_context()
+        cpu.restore_context(thread.context)
+        try:
+            result = fn()
+            if keep:
+                thread.context = cpu.save_context()
+        finally:
+            cpu.restore_context(own)
+        return result
 
     # ------------------------------------------------------------------ ending
     def terminate(self, thread: Thread, status: int) -> None:
@@ -269,6 +340,8 @@ class Scheduler:
             return
         thread.terminated, thread.exit_status = True, status & 0xFFFFFFFF
         thread.wait, thread.wake_status = None, None
+        thread.apcs.clear()  # its user APCs are discarded (never run)
+        thread.apc_pending = False
         for mutant in list(thread.owned):
             mutant.disown(abandoned=True)
         thread.context = thread.start_registers = None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from emu.cpu.segments import set_thread_teb
 from emu.errors import EmulationError, Fault
+from emu.nt.apc import deliver_apc
 from emu.nt.threads import TEB_REGION_SIZE, Thread
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ def _switch_to(proc: ProcessCore, thread: Thread, template: object) -> None:
     if thread.wake_status is not None:
         cpu.set_reg(proc.arch.ret, thread.wake_status)
         thread.wake_status = None
+    if thread.apc_pending:  # woken from an alertable wait by an APC: it runs first
+        deliver_apc(proc, thread)
 
 
 def run_threads(
