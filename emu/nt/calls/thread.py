@@ -248,8 +248,9 @@ def NtQueueApcThread(
     ApcArgument2: PVOID, ApcArgument3: PVOID,
 ) -> int:  # fmt: skip
     """Queue a user APC ``ApcRoutine(ApcArgument1, 2, 3)`` to a thread (``emu.nt.apc``): it
-    runs when the thread next waits alertably or calls NtTestAlert (Wine's QueueUserAPC
-    passes the program's routine and its data as argument 1)."""
+    runs when the thread next waits alertably or calls NtTestAlert. (Wine's QueueUserAPC
+    queues kernelbase's call_user_apc with the program's routine and data as arguments 1
+    and 2.)"""
     return _queue_apc(k, ThreadHandle, ApcRoutine, (ApcArgument1, ApcArgument2, ApcArgument3))
 
 
