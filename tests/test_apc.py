@@ -18,6 +18,7 @@ from asmutil import syscall_stubs
 from programbuild import build
 
 from emu import Process
+from emu.facade import load_program
 from emu.win.layouts import CONTEXT, CONTEXT_ARCH_BIT, CONTEXT_CONTROL, CONTEXT_INTEGER
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE, NtStatus
 
@@ -270,3 +271,22 @@ def test_apc_delivered_from_sysenter_and_syscall(arch: str) -> None:
     assert c("NtTestAlert") == 0
     assert c.ran == [(0x21, 0x22, 0x23, c.proc.threads.main.tid)]
     assert c("NtTestAlert") == 0 and len(c.ran) == 1
+
+
+def test_the_budget_counts_every_instruction_of_every_thread(arch: str) -> None:
+    """Runs cut short by system calls (nearly all of the apc mode's: waits, switches, APCs)
+    are counted exactly: a budget of exactly what the program needs completes it (counting
+    the same again), one less stops it there."""
+    exe = build("threads.exe", arch)
+    program = load_program(exe, ["threads.exe", "apc"])
+    result = program.run(max_instructions=10**10)
+    assert result.ok and result.exit_code == 0, result.error
+    need = program.proc.threads.instructions
+    assert need > 1_000_000
+    program = load_program(exe, ["threads.exe", "apc"])
+    assert program.run(max_instructions=need).ok
+    assert program.proc.threads.instructions == need
+    program = load_program(exe, ["threads.exe", "apc"])
+    result = program.run(max_instructions=need - 1)
+    assert result.error is not None and result.error.kind == "instruction budget exhausted"
+    assert program.proc.threads.instructions == need - 1

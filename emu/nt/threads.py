@@ -7,9 +7,14 @@ ready thread runs next is drawn from a ``random.Random(seed)``: the same seed gi
 interleaving, instruction for instruction; another seed another one.
 
 Time is the scheduler's clock (100 ns units, never the host's): 1 ms per system call (the
-clock ``NtQuerySystemTime`` has always shown), plus 1 ns per instruction of each full quantum,
-plus the time skipped when every thread sleeps (the clock jumps to the first deadline). If
-every thread waits without a deadline, the run ends with a deadlock error naming the waits.
+clock ``NtQuerySystemTime`` has always shown), plus 1 ns per instruction run while threads
+share the CPU (``emu.process.threads`` counts them), plus the time skipped when every thread
+sleeps (the clock jumps to the first deadline). If every thread waits without a deadline, the
+run ends with a deadlock error naming the waits.
+
+User APCs and alerts (``emu.nt.apc``): each thread has a queue of user APCs, an Alerted flag
+(NtAlertThread) and a pending-delivery flag; an alertable wait checks them after its objects
+and before blocking, and an APC queued to a thread blocked alertably wakes it.
 
 A new thread starts as Wine's kernel starts one: a CONTEXT for ``ntdll!RtlUserThreadStart(
 start, argument)`` at the top of its stack, and ``ntdll!LdrInitializeThunk(context)`` run on
@@ -123,6 +128,7 @@ class Scheduler:
         self.yielding = False  # ...and would rather another thread ran (NtYieldExecution)
         self.idle_time = 0  # clock time added by quanta and by sleeping with nothing to do
         self.switches = 0
+        self.instructions = 0  # executed in counted runs (emu.process.threads)
         self.schedule: list[int] = []  # the thread id switched to, at every switch
         self._next_tid = tid + 4
         self._order = 0

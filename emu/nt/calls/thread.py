@@ -320,6 +320,14 @@ def _context_of(k: Kernel, thread: Thread) -> bytes:
     return sched.on_cpu(thread, lambda: capture_context(proc))
 
 
+def _selected(k: Kernel, flags: int) -> int:
+    """The ContextFlags the kernel acts on: winnt.h's CONTEXT_CONTROL etc. include the
+    architecture's bit (CONTEXT_i386 / CONTEXT_AMD64) and KeContextFromKframes /
+    KeContextToKframes test ``(flags & CONTEXT_X) == CONTEXT_X``, so without that bit no part
+    is selected."""
+    return flags if flags & CONTEXT_ARCH_BIT[k.arch.name] else 0
+
+
 @syscall
 def NtGetContextThread(k: Kernel, ThreadHandle: HANDLE, ThreadContext: PCONTEXT) -> int:
     """Fill the parts of the CONTEXT its ContextFlags select with the thread's registers."""
@@ -327,7 +335,7 @@ def NtGetContextThread(k: Kernel, ThreadHandle: HANDLE, ThreadContext: PCONTEXT)
     size = CONTEXT.size(k.arch)
     out = bytearray(k.read(ThreadContext, size))
     k.probe(ThreadContext, size, write=True)
-    flags = struct.unpack_from("<I", out, CONTEXT.offset(k.arch, "ContextFlags"))[0]
+    flags = _selected(k, struct.unpack_from("<I", out, CONTEXT.offset(k.arch, "ContextFlags"))[0])
     thread = thread_of(k, ThreadHandle)
     merge_context(k.proc, out, _context_of(k, thread), flags)
     k.write(ThreadContext, bytes(out))
@@ -343,9 +351,11 @@ def NtSetContextThread(k: Kernel, ThreadHandle: HANDLE, ThreadContext: PCONTEXT)
     proc, sched = k.proc, k.proc.threads
     given = k.read(ThreadContext, CONTEXT.size(k.arch))
     flags_at = CONTEXT.offset(k.arch, "ContextFlags")
-    flags = struct.unpack_from("<I", given, flags_at)[0]
+    flags = _selected(k, struct.unpack_from("<I", given, flags_at)[0])
     thread = thread_of(k, ThreadHandle)
     k.details.update(tid=thread.tid, flags=flags)
+    if not flags:
+        return Status.SUCCESS
     if thread is sched.current:
         apply_context(proc, given, stepped=stepped_system_call(proc))
     elif thread.start_registers is not None:  # not started: its start CONTEXT changes
