@@ -1,10 +1,12 @@
-"""User APCs, alerts, thread contexts and suspension (issue 16), on x86 and x64.
+"""User APCs, alerts, thread contexts, suspension, NtCreateThread and the instruction budget
+with threads (issue 16), on x86 and x64.
 
 tests/programs/threads.c's ``apc`` and ``context`` modes run through Wine's kernel32,
 kernelbase and ntdll: QueueUserAPC with alertable SleepEx / WaitForSingleObjectEx, an APC that
 waits for its thread's alertable wait, NtTestAlert and NtAlertThread, the APC of a
 CREATE_SUSPENDED thread running as it starts; Get/SetThreadContext on a thread that never ran
-and on one stopped while it spins, suspend counts. The system calls are also called directly
+and on one stopped while it spins, suspend counts; ``ntcreate``: NtCreateThread with the
+program's own stack and CONTEXT. The system calls are also called directly
 (``asmutil.syscall_stubs``) in a process with Wine's ntdll, an APC routine being a Python
 callback that sees its arguments.
 """
@@ -96,6 +98,32 @@ CONTEXT_CHECKS = {
     "self-get": 1,
     "self-sp-on-stack": 1,
 }
+
+
+NTCREATE = {
+    "ntcreate-status": 0,
+    "ntcreate-tid": 1,  # the CLIENT_ID it wrote
+    "ntcreate-not-started": 0,  # CreateSuspended
+    "ntcreate-resume": 1,
+    "ntcreate-join": 0,
+    "ntcreate-exit-code": 0,  # the argument + 1 (per arch below)
+    "ntcreate-seen": 0,
+    "ntcreate-tls": 0,  # Wine's loader initialised the thread (TLS) before its CONTEXT ran
+    "ntcreate-stack-kept": 1,  # the stack is its creator's: freed by it, not with the thread
+    "ntcreate-no-context": NtStatus.INVALID_PARAMETER,
+}
+
+
+def test_nt_create_thread_runs_the_callers_context_on_its_stack(arch: str) -> None:
+    proc = _run(arch, "ntcreate")
+    assert proc.program is not None and proc.program.result is not None
+    arg = 0x640 if arch == "x64" else 0x320
+    want = {**NTCREATE, "ntcreate-exit-code": arg + 1, "ntcreate-seen": arg, "ntcreate-tls": arg}
+    assert _checks(proc.program.result.text) == want
+    created = [r for r in proc.syscalls if r.name == "NtCreateThread" and r.status == 0]
+    assert len(created) == 1 and proc.symbolize(created[0].details["start"]).endswith(
+        "old_style_start"
+    )
 
 
 def test_queue_user_apc_runs_in_alertable_waits_of_its_thread(arch: str) -> None:
@@ -236,6 +264,9 @@ def test_thread_context_calls_honour_context_flags(arch: str) -> None:
         return c.proc.read(out, size)
 
     arch_bit = CONTEXT_ARCH_BIT[arch]
+    untouched = a.ptr_mask & int.from_bytes(b"\xaa" * 8, "little")
+    # without the architecture's bit no part is selected (winnt.h's CONTEXT_INTEGER has it)
+    assert _field(c, get(thread, CONTEXT_INTEGER), first) == untouched
     ctx = get(thread, arch_bit | CONTEXT_INTEGER)  # a thread that never ran: its start
     assert (_field(c, ctx, first), _field(c, ctx, second)) == (start, 0x1234)
     assert _field(c, ctx, pc_name) == a.ptr_mask & int.from_bytes(b"\xaa" * 8, "little")

@@ -100,6 +100,7 @@ class Thread(Dispatcher):
     start_registers: dict[str, int] | None = None  # before it first runs
     owned: list[Mutant] = field(default_factory=list)
     released: bool = False  # its TEB and stack are freed
+    owns_stack: bool = True  # False: its creator's (NtCreateThread), never freed with it
 
     def signaled_for(self, thread: Thread) -> bool:
         return self.terminated
@@ -168,12 +169,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------ creation
     def create_thread(
-        self, start: int, argument: int, *, suspended: bool, commit: int, reserve: int
+        self,
+        start: int,
+        argument: int,
+        *,
+        suspended: bool,
+        commit: int = 0,
+        reserve: int = 0,
+        stack: ThreadStack | None = None,
+        context: bytes | None = None,
     ) -> Thread:
-        """A new thread that will run ``start(argument)`` through ntdll's thread start.
+        """A new thread that will run ``start(argument)`` through ntdll's thread start, or,
+        given the caller's ``stack`` and initial ``context`` (NtCreateThread), continue into
+        that CONTEXT after LdrInitializeThunk (written below its stack pointer, as Windows'
+        kernel hands LdrInitializeThunk the initial context on the new thread's stack).
         Raises NtStatusError when it cannot be made (no Wine ntdll to start it, sizes beyond
-        user space, no room for its stack, no TEB descriptor left on x86)."""
+        user space, no room for its stack, no TEB descriptor left on x86, a CONTEXT whose stack
+        cannot be written)."""
         proc = self.proc
+        own_stack = stack is None
         try:
             ldr = proc.modules.resolve("ntdll!LdrInitializeThunk")
             user_start = proc.modules.resolve("ntdll!RtlUserThreadStart")
@@ -186,10 +200,14 @@ class Scheduler:
             raise NtStatusError(NtStatus.INVALID_PARAMETER, "stack size beyond user space")
         if not self._free_tebs and self._next_slot > MAX_TEB_SLOTS:
             raise NtStatusError(NtStatus.INSUFFICIENT_RESOURCES, "no TEB descriptor left")
-        main_reserve = self.main.stack.reserve if self.main.stack else 0
-        commit = max(commit, STACK_COMMIT)
-        reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
-        stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
+        given_at = 0
+        if context is not None:
+            given_at = given_context_place(proc, context)  # probed before anything is made
+        if stack is None:
+            main_reserve = self.main.stack.reserve if self.main.stack else 0
+            commit = max(commit, STACK_COMMIT)
+            reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
+            stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
         if self._free_tebs:
             teb, slot = self._free_tebs.pop()
             proc.write(teb, bytes(TEB_REGION_SIZE))
@@ -200,17 +218,22 @@ class Scheduler:
                     usage="TEB", secured=True,  # a NoChange VAD, as the main thread's
                 )  # fmt: skip
             except NtStatusError:
-                proc.memory.free(stack.base, 0, MEM_RELEASE)
+                if own_stack:
+                    proc.memory.free(stack.base, 0, MEM_RELEASE)
                 raise
             slot = self._take_slot()
         thread = Thread("thread", tid=self._next_tid, teb=teb, stack=stack, start=start)
         thread.slot = slot
         self._next_tid += 4
         thread.suspend_count = 1 if suspended else 0
+        thread.owns_stack = own_stack
         init_teb(proc, teb, thread.tid, stack)
-        context, sp = write_start_context(proc, stack.top, start, argument, user_start, slot)
-        thread.start_registers = loader_registers(proc, context, sp, ldr)
-        thread.start_context = context
+        if context is None:
+            at, sp = write_start_context(proc, stack.top, start, argument, user_start, slot)
+        else:
+            at = sp = write_given_context(proc, given_at, context, slot)
+        thread.start_registers = loader_registers(proc, at, sp, ldr)
+        thread.start_context = at
         self.threads.append(thread)
         return thread
 
@@ -363,7 +386,7 @@ class Scheduler:
         for t in self.threads:
             if t.terminated and not t.released and t is not self.main and t is not self.current:
                 t.released = True
-                if t.stack is not None:
+                if t.stack is not None and t.owns_stack:  # NtCreateThread's is its creator's
                     self.proc.memory.free(t.stack.base, 0, MEM_RELEASE)
                 self._free_tebs.append((t.teb, t.slot))
 
@@ -473,6 +496,32 @@ def write_start_context(
     for off, (fmt, value) in values.items():
         proc.write(ctx + off, struct.pack(fmt, value))
     return ctx, ctx - 0x100
+
+
+def given_context_place(proc: ProcessCore, context: bytes) -> int:
+    """Where a caller's initial CONTEXT goes: below its stack pointer, aligned (CONTEXT_ALIGN),
+    with room for LdrInitializeThunk's frame below it. STATUS_ACCESS_VIOLATION when that
+    stack memory cannot be written (probed as the kernel probes user memory)."""
+    arch = proc.arch
+    x64 = arch.ptr_size == 8
+    sp = arch.unpack_ptr(context, 0x98 if x64 else 0xC4)  # Rsp / Esp
+    at = align_down(sp - len(context), 16 if x64 else 4)
+    low = at - (8 if x64 else 20)
+    if low < arch.user_min or not proc.memory.is_accessible(low, sp - low, write=True):
+        raise NtStatusError(
+            NtStatus.ACCESS_VIOLATION, f"the initial stack at 0x{sp:x} cannot be written"
+        )
+    return at
+
+
+def write_given_context(proc: ProcessCore, at: int, context: bytes, slot: int) -> int:
+    """Write a caller's initial CONTEXT at ``at``; on x86 its fs names the new thread's own TEB
+    (heapemu gives every thread a descriptor of its own, where Windows reloads 0x3B's base)."""
+    ctx = bytearray(context)
+    if proc.arch.ptr_size == 4:
+        struct.pack_into("<I", ctx, 0x90, teb_selector(slot))  # SegFs
+    proc.write(at, bytes(ctx))
+    return at
 
 
 def loader_registers(proc: ProcessCore, context: int, sp: int, ldr_init: int) -> dict[str, int]:

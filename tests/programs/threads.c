@@ -13,6 +13,7 @@
  *                              NtAlertThread, a CREATE_SUSPENDED thread's APC before its start
  *   threads.exe context        Get/SetThreadContext on suspended threads (one never run, one
  *                              stopped while spinning), suspend counts
+ *   threads.exe ntcreate       NtCreateThread with a stack and CONTEXT of the program's own
  */
 #include <windows.h>
 #include <stdio.h>
@@ -511,6 +512,69 @@ static void context(void) {
     show("self-sp-on-stack", sp > (ULONG_PTR)tib->StackLimit && sp < (ULONG_PTR)tib->StackBase);
 }
 
+/* ------------------------------------------------------------------ ntcreate */
+typedef struct {
+    void *OldStackBase, *OldStackLimit, *StackBase, *StackLimit, *StackAllocationBase;
+} initial_teb_t;
+typedef struct {
+    HANDLE UniqueProcess, UniqueThread;
+} client_id_t;
+typedef LONG(NTAPI *create_thread_fn)(HANDLE *, ACCESS_MASK, void *, HANDLE, client_id_t *,
+                                       CONTEXT *, initial_teb_t *, BOOLEAN);
+static volatile ULONG_PTR old_style_seen;
+static volatile DWORD old_style_tls;
+
+static DWORD WINAPI old_style_start(void *arg) {
+    TlsSetValue(tls_index, arg); /* Wine's loader gave it TLS */
+    old_style_tls = (DWORD)(ULONG_PTR)TlsGetValue(tls_index);
+    old_style_seen = (ULONG_PTR)arg;
+    ExitThread((DWORD)(ULONG_PTR)arg + 1); /* it has no return address */
+    return 0;
+}
+
+static void ntcreate(void) {
+    create_thread_fn create =
+        (create_thread_fn)GetProcAddress(GetModuleHandleA("ntdll.dll"), "NtCreateThread");
+    tls_index = TlsAlloc();
+    SIZE_T size = 0x100000;
+    char *stack = VirtualAlloc(NULL, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+    char *top = stack + size;
+    initial_teb_t teb = {NULL, NULL, top, stack, stack};
+    CONTEXT c;
+    memset(&c, 0, sizeof c);
+    c.ContextFlags = CONTEXT_FULL;
+#ifdef _WIN64
+    c.Rip = (DWORD64)old_style_start;
+    c.Rcx = 0x640;
+    c.Rsp = (DWORD64)(top - 0x100 - 8); /* as at a function's entry */
+    c.EFlags = 0x202;
+#else
+    DWORD *sp = (DWORD *)(top - 0x100);
+    sp[0] = 0;     /* return address: none */
+    sp[1] = 0x320; /* the argument */
+    c.Eip = (DWORD)old_style_start;
+    c.Esp = (DWORD)sp;
+    c.EFlags = 0x202;
+#endif
+    HANDLE h = NULL;
+    client_id_t cid = {0};
+    show("ntcreate-status", (unsigned long)create(&h, THREAD_ALL_ACCESS, NULL, GetCurrentProcess(),
+                                                  &cid, &c, &teb, TRUE));
+    show("ntcreate-tid", (ULONG_PTR)cid.UniqueThread == GetThreadId(h));
+    show("ntcreate-not-started", old_style_seen);
+    show("ntcreate-resume", ResumeThread(h));
+    show("ntcreate-join", WaitForSingleObject(h, INFINITE));
+    DWORD code;
+    GetExitCodeThread(h, &code);
+    show("ntcreate-exit-code", code);
+    show("ntcreate-seen", old_style_seen);
+    show("ntcreate-tls", old_style_tls);
+    show("ntcreate-stack-kept", VirtualFree(stack, 0, MEM_RELEASE)); /* its creator's */
+    CloseHandle(h);
+    show("ntcreate-no-context", (unsigned long)create(&h, THREAD_ALL_ACCESS, NULL,
+                                                      GetCurrentProcess(), NULL, NULL, &teb, 0));
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *mode = argc > 1 ? argv[1] : "basic";
@@ -523,6 +587,8 @@ int main(int argc, char **argv) {
         deadlock();
     } else if (!strcmp(mode, "apc")) {
         apc();
+    } else if (!strcmp(mode, "ntcreate")) {
+        ntcreate();
     } else if (!strcmp(mode, "context")) {
         context();
     } else if (!strcmp(mode, "last")) {

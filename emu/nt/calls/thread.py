@@ -37,6 +37,7 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import Status
+from emu.nt.stack import ThreadStack
 from emu.nt.sync import Wait
 from emu.nt.threads import Thread
 from emu.win.layouts import CONTEXT, CONTEXT_ARCH_BIT
@@ -368,4 +369,43 @@ def NtSetContextThread(k: Kernel, ThreadHandle: HANDLE, ThreadContext: PCONTEXT)
         raise NtStatusError(Status.UNSUCCESSFUL, f"thread 0x{thread.tid:x} has ended")
     else:
         sched.on_cpu(thread, lambda: apply_context(proc, given), keep=True)
+    return Status.SUCCESS
+
+
+@syscall
+def NtCreateThread(
+    k: Kernel, ThreadHandle: PHANDLE, DesiredAccess: ACCESS_MASK, ObjectAttributes: PVOID,
+    ProcessHandle: HANDLE, ClientId: PVOID, ThreadContext: PCONTEXT, InitialTeb: PVOID,
+    CreateSuspended: BOOLEAN,
+) -> int:  # fmt: skip
+    """The old thread creation: the caller gives the stack (INITIAL_TEB {OldStackBase,
+    OldStackLimit, StackBase, StackLimit, StackAllocationBase}; with StackBase and StackLimit
+    NULL the old fixed stack) and the initial CONTEXT; the thread runs LdrInitializeThunk and
+    continues into the CONTEXT (``Scheduler.create_thread``). The stack stays its creator's.
+    Wine 8.0's kernelbase never calls it (its ntdll's own NtCreateThread is a stub)."""
+    k.check_process_handle(ProcessHandle)
+    if not ThreadContext or not InitialTeb:
+        raise NtStatusError(Status.INVALID_PARAMETER, "no CONTEXT or no INITIAL_TEB")
+    check_context_alignment(k.arch.name, ThreadContext)
+    k.write_ptr(ThreadHandle, 0)  # probe the out-parameter before anything is made
+    ctx = k.read(ThreadContext, CONTEXT.size(k.arch))
+    n = k.arch.ptr_size
+    old_base, old_limit, base, limit, bottom = (k.read_ptr(InitialTeb + i * n) for i in range(5))
+    if not base and not limit:  # a fixed stack: only its old-style bounds
+        base, limit, bottom = old_base, old_limit, old_limit
+    if not (k.arch.user_min <= bottom <= limit < base <= k.arch.user_max + 1):
+        raise NtStatusError(Status.INVALID_PARAMETER, f"stack 0x{bottom:x}-0x{base:x}")
+    sched = k.proc.threads
+    pc = struct.unpack_from(k.arch.ptr_fmt, ctx, CONTEXT.offset(k.arch, k.arch.pc.capitalize()))[0]
+    thread = sched.create_thread(
+        pc, 0, suspended=bool(CreateSuspended),
+        stack=ThreadStack.existing(k.proc, bottom, base, limit), context=ctx,
+    )  # fmt: skip
+    handle = k.proc.objects.insert(thread)
+    k.write_ptr(ThreadHandle, handle)
+    if ClientId:
+        k.write(ClientId, k.arch.pack_ptr(PROCESS_ID) + k.arch.pack_ptr(thread.tid))
+    k.details.update(handle=handle, tid=thread.tid, teb=thread.teb, start=pc)
+    if thread.ready:
+        sched.request_switch()
     return Status.SUCCESS
