@@ -73,6 +73,12 @@ APC = {
     "worker-apc-tid": 1,
     "alertable-wait-woken": WAIT_IO_COMPLETION,  # queued while it waited: woken
     "alertable-wait-apc": 1,
+    "alert-other": 0,
+    "alert-other-woken": NtStatus.ALERTED,  # WaitForSingleObjectEx returns the status
+    "alert-resume-suspend": 0,
+    "alert-resume": 0,
+    "alert-resume-previous": 1,
+    "alert-resume-woken": NtStatus.ALERTED,
     "suspended-apc-waits": 0,
     "start-apc-before-routine": 1,  # LdrInitializeThunk's NtContinue(TestAlert) ran it
     "start-apc-tid": 1,

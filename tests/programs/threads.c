@@ -336,6 +336,7 @@ static void CALLBACK record_apc(ULONG_PTR arg) {
 
 typedef LONG(NTAPI *nt0_fn)(void);
 typedef LONG(NTAPI *nt1_fn)(HANDLE);
+typedef LONG(NTAPI *alert_resume_fn)(HANDLE, ULONG *);
 static HANDLE apc_event;
 static volatile LONG worker_saw;
 
@@ -357,6 +358,7 @@ static void apc(void) {
     HMODULE nt = GetModuleHandleA("ntdll.dll");
     nt0_fn test_alert = (nt0_fn)GetProcAddress(nt, "NtTestAlert");
     nt1_fn alert_thread = (nt1_fn)GetProcAddress(nt, "NtAlertThread");
+    alert_resume_fn alert_resume = (alert_resume_fn)GetProcAddress(nt, "NtAlertResumeThread");
     DWORD me = GetCurrentThreadId();
 
     show("self-queue", QueueUserAPC(record_apc, GetCurrentThread(), 0x51));
@@ -413,6 +415,26 @@ static void apc(void) {
     GetExitCodeThread(t, &code);
     show("alertable-wait-woken", code);
     show("alertable-wait-apc", apc_count == 1 && apc_last_tid == tid && apc_last_arg == 0x88);
+    CloseHandle(t);
+
+    /* NtAlertThread ends another thread's alertable wait; NtAlertResumeThread a suspended
+       one's, returning the previous suspend count */
+    t = CreateThread(NULL, 0, waits_alertably, NULL, 0, &tid);
+    Sleep(5);
+    show("alert-other", alert_thread(t));
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("alert-other-woken", code);
+    CloseHandle(t);
+    t = CreateThread(NULL, 0, waits_alertably, NULL, 0, &tid);
+    Sleep(5);
+    show("alert-resume-suspend", SuspendThread(t));
+    ULONG previous = 0x55;
+    show("alert-resume", alert_resume(t, &previous));
+    show("alert-resume-previous", previous);
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("alert-resume-woken", code);
     CloseHandle(t);
 
     /* queued to a thread that never ran: it runs as the thread starts */
