@@ -197,6 +197,34 @@ def capture_context(proc: ProcessCore) -> bytes:
     return bytes(buf)
 
 
+def context_fields(arch_name: str, flags: int) -> list[str]:
+    """The CONTEXT fields ContextFlags ``flags`` select (what NtGetContextThread fills in)."""
+    x86 = arch_name == "x86"
+    names: list[str] = []
+    if flags & CONTEXT_CONTROL:
+        names += [r.capitalize() for r in _CONTROL[arch_name]] + ["EFlags", "SegCs", "SegSs"]
+    if flags & CONTEXT_INTEGER:
+        names += [r.capitalize() for r in _INTEGER[arch_name]]
+    if flags & CONTEXT_SEGMENTS:
+        names += [f"Seg{seg.capitalize()}" for seg in _DATA_SEGMENTS]
+    if flags & CONTEXT_FLOATING_POINT:
+        names += ["FloatSave"] if x86 else ["FxSave", "MxCsr"]
+    if flags & CONTEXT_DEBUG_REGISTERS:
+        names += [dr.capitalize() for dr in _DEBUG]
+    if x86 and flags & CONTEXT_EXTENDED_REGISTERS:
+        names.append("FxSave")  # ExtendedRegisters
+    return names
+
+
+def merge_context(proc: ProcessCore, into: bytearray, source: bytes, flags: int) -> None:
+    """Copy the parts of CONTEXT ``source`` that ContextFlags ``flags`` select into ``into``."""
+    arch = proc.arch
+    for name in context_fields(arch.name, flags):
+        f = CONTEXT.fields[name]
+        off, size = f.offset(arch), f.size(arch) * f.count
+        into[off : off + size] = source[off : off + size]
+
+
 # CONTEXT_ALIGN: the alignment NtContinue / NtRaiseException probe a CONTEXT with (WRK:
 # sizeof(ULONG) on x86, 16 on x64); a misaligned one is STATUS_DATATYPE_MISALIGNMENT
 CONTEXT_ALIGN = {"x86": 4, "x64": 16}
@@ -289,7 +317,7 @@ def read_record(proc: ProcessCore, read: Callable[[int, int], bytes], addr: int)
     return ExceptionEvent(code, where, params, flags, details={"record": addr})
 
 
-def _make_room(proc: ProcessCore, low: int, high: int) -> bool:
+def make_stack_room(proc: ProcessCore, low: int, high: int) -> bool:
     """Commit the stack pages of [low, high) as the kernel's writes would (a guard page grows
     the stack); False when the frame cannot be written there."""
     stack = proc.thread_stack
@@ -331,7 +359,7 @@ def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = Fal
         frame[len(ctx) : er_at] = context_ex
         frame[er_at : er_at + len(record)] = record
         frame[frame_at : frame_at + len(machine_frame)] = machine_frame
-        if not _make_room(proc, new_sp, sp):
+        if not make_stack_room(proc, new_sp, sp):
             return False
         proc.write(new_sp, bytes(frame))
     else:
@@ -341,7 +369,7 @@ def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = Fal
         ctx_at = (sp & ~3) - len(ctx)
         er_at = ctx_at - used
         new_sp = er_at - 8
-        if not _make_room(proc, new_sp, sp):
+        if not make_stack_room(proc, new_sp, sp):
             return False
         proc.write(new_sp, struct.pack("<II", er_at, ctx_at) + record[:used] + bytes(ctx))
     proc.memory.note_write(new_sp, sp - new_sp)  # write watches see the kernel's writes

@@ -32,6 +32,17 @@ class ThreadStack:
         self.teb: int | None = None  # the TEB of the thread it belongs to (write_teb)
         self.reset()
 
+    @classmethod
+    def existing(cls, proc: ProcessCore, base: int, top: int, limit: int) -> ThreadStack:
+        """A stack its creator reserved and committed (NtCreateThread's INITIAL_TEB:
+        StackAllocationBase, StackBase, StackLimit), taken as it is."""
+        stack = cls.__new__(cls)
+        stack.proc = proc
+        stack.base, stack.top, stack.limit = base, top, limit
+        stack.reserve, stack.commit = top - base, top - limit
+        stack.teb = None
+        return stack
+
     def reset(self) -> None:
         """Back to the initial state: top pages committed, one guard page below them."""
         mem = self.proc.memory

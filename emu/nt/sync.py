@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 STATUS_WAIT_0 = NtStatus.WAIT_0
 STATUS_ABANDONED_WAIT_0 = NtStatus.ABANDONED_WAIT_0
 STATUS_ALERTED = NtStatus.ALERTED
+STATUS_USER_APC = NtStatus.USER_APC
 STATUS_TIMEOUT = NtStatus.TIMEOUT
 MAXIMUM_WAIT_OBJECTS = 64  # NtWaitForMultipleObjects' limit (winnt.h)
 
@@ -121,6 +122,9 @@ class Wait:
     wait_all: bool = False
     deadline: int | None = None
     alert: bool = False  # woken by NtAlertThreadByThreadId
+    # Alertable=TRUE: NtAlertThread ends it (STATUS_ALERTED), so does a user APC queued to
+    # the thread (STATUS_USER_APC, the APCs run before the wait returns)
+    alertable: bool = False
     timeout_status: int = NtStatus.TIMEOUT  # NtDelayExecution ends with STATUS_SUCCESS
     order: int = 0  # when the wait began: waiters are woken first come, first served
     # a keyed event's rendezvous: (the event, the key, True for the releasing side)
@@ -138,7 +142,8 @@ class Wait:
         else:
             names = ", ".join(o.describe() for o in self.objects)
             what = ("all of " if self.wait_all and len(self.objects) > 1 else "") + names
-        return what + ("" if self.deadline is None else " (with a timeout)")
+        alertable = ", alertable" if self.alertable else ""
+        return what + ("" if self.deadline is None else " (with a timeout)") + alertable
 
 
 def try_satisfy(wait: Wait, thread: Thread) -> int | None:

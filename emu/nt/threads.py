@@ -7,9 +7,14 @@ ready thread runs next is drawn from a ``random.Random(seed)``: the same seed gi
 interleaving, instruction for instruction; another seed another one.
 
 Time is the scheduler's clock (100 ns units, never the host's): 1 ms per system call (the
-clock ``NtQuerySystemTime`` has always shown), plus 1 ns per instruction of each full quantum,
-plus the time skipped when every thread sleeps (the clock jumps to the first deadline). If
-every thread waits without a deadline, the run ends with a deadlock error naming the waits.
+clock ``NtQuerySystemTime`` has always shown), plus 1 ns per instruction run while threads
+share the CPU (``emu.process.threads`` counts them), plus the time skipped when every thread
+sleeps (the clock jumps to the first deadline). If every thread waits without a deadline, the
+run ends with a deadlock error naming the waits.
+
+User APCs and alerts (``emu.nt.apc``): each thread has a queue of user APCs, an Alerted flag
+(NtAlertThread) and a pending-delivery flag; an alertable wait checks them after its objects
+and before blocking, and an APC queued to a thread blocked alertably wakes it.
 
 A new thread starts as Wine's kernel starts one: a CONTEXT for ``ntdll!RtlUserThreadStart(
 start, argument)`` at the top of its stack, and ``ntdll!LdrInitializeThunk(context)`` run on
@@ -21,15 +26,24 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from emu.cpu.segments import MAX_TEB_SLOTS, teb_selector
 from emu.errors import EmulationError, Fault, NtStatusError
 from emu.nt.kernel import PROCESS_ID
 from emu.nt.memory import align_down
 from emu.nt.stack import ThreadStack
-from emu.nt.sync import STATUS_ALERTED, Dispatcher, KeyedEvent, Mutant, Wait, try_satisfy
+from emu.nt.sync import (
+    STATUS_ALERTED,
+    STATUS_USER_APC,
+    Dispatcher,
+    KeyedEvent,
+    Mutant,
+    Wait,
+    try_satisfy,
+)
 from emu.win.layouts import TEB, UNICODE_STRING
 from emu.win.ntdefs import (
     MEM_COMMIT,
@@ -55,6 +69,7 @@ STATIC_UNICODE_BUFFER = 261 * 2  # TEB.StaticUnicodeBuffer: MAX_PATH + 1 charact
 # TEB.StaticUnicodeString and TEB.StaticUnicodeBuffer (kernelbase's ANSI path conversions)
 STATIC_UNICODE = {"x64": (0x1258, 0x1268), "x86": (0xBF8, 0xC00)}
 _NS_PER_TICK = 100
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -72,10 +87,20 @@ class Thread(Dispatcher):
     wait: Wait | None = None
     wake_status: int | None = None  # what its blocking system call returns when it resumes
     alerted: bool = False  # NtAlertThreadByThreadId came before its wait
+    # NtAlertThread's flag (KTHREAD.Alerted[UserMode]): the next alertable wait or NtTestAlert
+    # returns STATUS_ALERTED and clears it
+    user_alerted: bool = False
+    # user APCs queued (NtQueueApcThread): (routine, argument 1, 2, 3), delivered in order
+    apcs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # KTHREAD.UserApcPending: the first queued APC runs when the thread next returns to user
+    # mode (emu.nt.apc: at the end of its system call, or when the scheduler resumes it)
+    apc_pending: bool = False
+    start_context: int = 0  # its start CONTEXT (what Get/SetContextThread see before it runs)
     context: object | None = None  # its CPU state while it is switched out
     start_registers: dict[str, int] | None = None  # before it first runs
     owned: list[Mutant] = field(default_factory=list)
     released: bool = False  # its TEB and stack are freed
+    owns_stack: bool = True  # False: its creator's (NtCreateThread), never freed with it
 
     def signaled_for(self, thread: Thread) -> bool:
         return self.terminated
@@ -104,6 +129,7 @@ class Scheduler:
         self.yielding = False  # ...and would rather another thread ran (NtYieldExecution)
         self.idle_time = 0  # clock time added by quanta and by sleeping with nothing to do
         self.switches = 0
+        self.instructions = 0  # executed in counted runs (emu.process.threads)
         self.schedule: list[int] = []  # the thread id switched to, at every switch
         self._next_tid = tid + 4
         self._order = 0
@@ -143,12 +169,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------ creation
     def create_thread(
-        self, start: int, argument: int, *, suspended: bool, commit: int, reserve: int
+        self,
+        start: int,
+        argument: int,
+        *,
+        suspended: bool,
+        commit: int = 0,
+        reserve: int = 0,
+        stack: ThreadStack | None = None,
+        context: bytes | None = None,
     ) -> Thread:
-        """A new thread that will run ``start(argument)`` through ntdll's thread start.
+        """A new thread that will run ``start(argument)`` through ntdll's thread start, or,
+        given the caller's ``stack`` and initial ``context`` (NtCreateThread), continue into
+        that CONTEXT after LdrInitializeThunk (written below its stack pointer, as Windows'
+        kernel hands LdrInitializeThunk the initial context on the new thread's stack).
         Raises NtStatusError when it cannot be made (no Wine ntdll to start it, sizes beyond
-        user space, no room for its stack, no TEB descriptor left on x86)."""
+        user space, no room for its stack, no TEB descriptor left on x86, a CONTEXT whose stack
+        cannot be written)."""
         proc = self.proc
+        own_stack = stack is None
         try:
             ldr = proc.modules.resolve("ntdll!LdrInitializeThunk")
             user_start = proc.modules.resolve("ntdll!RtlUserThreadStart")
@@ -161,10 +200,14 @@ class Scheduler:
             raise NtStatusError(NtStatus.INVALID_PARAMETER, "stack size beyond user space")
         if not self._free_tebs and self._next_slot > MAX_TEB_SLOTS:
             raise NtStatusError(NtStatus.INSUFFICIENT_RESOURCES, "no TEB descriptor left")
-        main_reserve = self.main.stack.reserve if self.main.stack else 0
-        commit = max(commit, STACK_COMMIT)
-        reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
-        stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
+        given_at = 0
+        if context is not None:
+            given_at = given_context_place(proc, context)  # probed before anything is made
+        if stack is None:
+            main_reserve = self.main.stack.reserve if self.main.stack else 0
+            commit = max(commit, STACK_COMMIT)
+            reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
+            stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
         if self._free_tebs:
             teb, slot = self._free_tebs.pop()
             proc.write(teb, bytes(TEB_REGION_SIZE))
@@ -175,16 +218,22 @@ class Scheduler:
                     usage="TEB", secured=True,  # a NoChange VAD, as the main thread's
                 )  # fmt: skip
             except NtStatusError:
-                proc.memory.free(stack.base, 0, MEM_RELEASE)
+                if own_stack:
+                    proc.memory.free(stack.base, 0, MEM_RELEASE)
                 raise
             slot = self._take_slot()
         thread = Thread("thread", tid=self._next_tid, teb=teb, stack=stack, start=start)
         thread.slot = slot
         self._next_tid += 4
         thread.suspend_count = 1 if suspended else 0
+        thread.owns_stack = own_stack
         init_teb(proc, teb, thread.tid, stack)
-        context, sp = write_start_context(proc, stack.top, start, argument, user_start, slot)
-        thread.start_registers = loader_registers(proc, context, sp, ldr)
+        if context is None:
+            at, sp = write_start_context(proc, stack.top, start, argument, user_start, slot)
+        else:
+            at = sp = write_given_context(proc, given_at, context, slot)
+        thread.start_registers = loader_registers(proc, at, sp, ldr)
+        thread.start_context = at
         self.threads.append(thread)
         return thread
 
@@ -209,6 +258,10 @@ class Scheduler:
                 return STATUS_ALERTED
         else:
             status = try_satisfy(wait, thread)
+            if status is not None:  # a signalled object ends the wait before any APC
+                return status
+        if wait.alertable:
+            status = self.test_alert(thread, STATUS_USER_APC)
             if status is not None:
                 return status
         now = self.clock()
@@ -255,12 +308,59 @@ class Scheduler:
         else:
             thread.alerted = True
 
+    # ------------------------------------------------------------------ alerts and APCs
+    def test_alert(self, thread: Thread, apc_status: int = NtStatus.SUCCESS) -> int | None:
+        """The kernel's check of an alertable wait or NtTestAlert (KiCheckAlertability,
+        KeTestAlertThread): a pending NtAlertThread is consumed (STATUS_ALERTED, no APC runs);
+        else queued user APCs are made pending (``apc_status``); else None."""
+        if thread.user_alerted:
+            thread.user_alerted = False
+            return STATUS_ALERTED
+        if thread.apcs:
+            thread.apc_pending = True
+            return apc_status
+        return None
+
+    def queue_apc(self, thread: Thread, apc: tuple[int, int, int, int]) -> None:
+        """NtQueueApcThread: queue a user APC; a thread in an alertable wait is woken with
+        STATUS_USER_APC, the APC delivered as it resumes."""
+        thread.apcs.append(apc)
+        if thread.wait is not None and thread.wait.alertable:
+            thread.wait, thread.wake_status = None, STATUS_USER_APC
+            thread.apc_pending = True
+
+    def alert_thread(self, thread: Thread) -> None:
+        """NtAlertThread (KeAlertThread in user mode): end its alertable wait with
+        STATUS_ALERTED, or set its Alerted flag for the next one."""
+        if thread.user_alerted or thread.terminated:
+            return
+        if thread.wait is not None and thread.wait.alertable:
+            thread.wait, thread.wake_status = None, STATUS_ALERTED
+        else:
+            thread.user_alerted = True
+
     def _wake_expired(self) -> None:
         now = self.clock()
         for t in self.threads:
             if t.wait is not None and t.wait.deadline is not None and t.wait.deadline <= now:
                 t.wake_status = t.wait.timeout_status
                 t.wait = None
+
+    def on_cpu(self, thread: Thread, fn: Callable[[], T], *, keep: bool = False) -> T:
+        """Run ``fn`` while the CPU holds switched-out ``thread``'s registers (its saved
+        state), then put the current thread's back; ``keep``: what ``fn`` changed becomes
+        ``thread``'s state (NtGetContextThread / NtSetContextThread on another thread)."""
+        assert thread.context is not None and thread is not self.current
+        cpu = self.proc.cpu
+        own = cpu.save_context()
+        cpu.restore_context(thread.context)
+        try:
+            result = fn()
+            if keep:
+                thread.context = cpu.save_context()
+        finally:
+            cpu.restore_context(own)
+        return result
 
     # ------------------------------------------------------------------ ending
     def terminate(self, thread: Thread, status: int) -> None:
@@ -269,6 +369,8 @@ class Scheduler:
             return
         thread.terminated, thread.exit_status = True, status & 0xFFFFFFFF
         thread.wait, thread.wake_status = None, None
+        thread.apcs.clear()  # its user APCs are discarded (never run)
+        thread.apc_pending = False
         for mutant in list(thread.owned):
             mutant.disown(abandoned=True)
         thread.context = thread.start_registers = None
@@ -284,7 +386,7 @@ class Scheduler:
         for t in self.threads:
             if t.terminated and not t.released and t is not self.main and t is not self.current:
                 t.released = True
-                if t.stack is not None:
+                if t.stack is not None and t.owns_stack:  # NtCreateThread's is its creator's
                     self.proc.memory.free(t.stack.base, 0, MEM_RELEASE)
                 self._free_tebs.append((t.teb, t.slot))
 
@@ -394,6 +496,32 @@ def write_start_context(
     for off, (fmt, value) in values.items():
         proc.write(ctx + off, struct.pack(fmt, value))
     return ctx, ctx - 0x100
+
+
+def given_context_place(proc: ProcessCore, context: bytes) -> int:
+    """Where a caller's initial CONTEXT goes: below its stack pointer, aligned (CONTEXT_ALIGN),
+    with room for LdrInitializeThunk's frame below it. STATUS_ACCESS_VIOLATION when that
+    stack memory cannot be written (probed as the kernel probes user memory)."""
+    arch = proc.arch
+    x64 = arch.ptr_size == 8
+    sp = arch.unpack_ptr(context, 0x98 if x64 else 0xC4)  # Rsp / Esp
+    at = align_down(sp - len(context), 16 if x64 else 4)
+    low = at - (8 if x64 else 20)
+    if low < arch.user_min or not proc.memory.is_accessible(low, sp - low, write=True):
+        raise NtStatusError(
+            NtStatus.ACCESS_VIOLATION, f"the initial stack at 0x{sp:x} cannot be written"
+        )
+    return at
+
+
+def write_given_context(proc: ProcessCore, at: int, context: bytes, slot: int) -> int:
+    """Write a caller's initial CONTEXT at ``at``; on x86 its fs names the new thread's own TEB
+    (heapemu gives every thread a descriptor of its own, where Windows reloads 0x3B's base)."""
+    ctx = bytearray(context)
+    if proc.arch.ptr_size == 4:
+        struct.pack_into("<I", ctx, 0x90, teb_selector(slot))  # SegFs
+    proc.write(at, bytes(ctx))
+    return at
 
 
 def loader_registers(proc: ProcessCore, context: int, sp: int, ldr_init: int) -> dict[str, int]:

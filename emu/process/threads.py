@@ -9,12 +9,17 @@ set on a clean state with its own TEB behind fs/gs. The run ends when the proces
 (NtTerminateProcess, or its last thread ending), or with an EmulationError: a fault, a
 deadlock, the wall-clock limit (for the whole run, all threads), the instruction budget.
 
-Counting: while only one thread exists the CPU runs uncounted, as a single call does (or
-counted against the budget); once a second thread exists every run is counted (``quantum``).
-The budget counts every instruction of runs that end by their count; a run cut short by a
-system call (a block, a thread starting) is not counted: Unicorn does not tell how many
-instructions a stopped run executed. So a budget bounds computing threads exactly; threads
-that only wake each other are bounded by the time limit.
+Counting: while only one thread exists and there is no budget the CPU runs uncounted, as a
+single call does. Once a second thread exists (or under a budget) every run is limited by a
+count (``quantum``, or what is left of the budget) and every instruction is counted: a run
+that ends by its count executed exactly that many; for a run a system call cut short (a
+block, a switch, a thread starting), which Unicorn does not report, the CPU's
+``BlockCounter`` (a native block hook) counted the blocks it entered, each whole, and a
+system call ends its block, so that count is exact too (a fault inside a block counts the
+block's rest: the only overcount). ``Scheduler.instructions`` is the total and the clock
+advances 1 ns per counted instruction. The counter costs about 8% of the process CPU time
+of ``threads.exe heap 8 10000`` (seed 1) on x64 (1.14 -> 1.22 s), about 5% on x86 (1.58 ->
+1.66 s).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from emu.cpu.cpu import BlockCounter
 from emu.cpu.segments import set_thread_teb
 from emu.errors import EmulationError, Fault
+from emu.nt.apc import deliver_apc
 from emu.nt.threads import TEB_REGION_SIZE, Thread
 
 if TYPE_CHECKING:
@@ -57,6 +64,8 @@ def _switch_to(proc: ProcessCore, thread: Thread, template: object) -> None:
     if thread.wake_status is not None:
         cpu.set_reg(proc.arch.ret, thread.wake_status)
         thread.wake_status = None
+    if thread.apc_pending:  # woken from an alertable wait by an APC: it runs first
+        deliver_apc(proc, thread)
 
 
 def run_threads(
@@ -72,6 +81,7 @@ def run_threads(
     deadline = time.monotonic() + limit if limit else 0.0
     sentinel = proc.call_gate.sentinel  # nothing returns there: a thread's return is 0
     template = cpu.save_context()
+    counter: BlockCounter | None = None  # counts every instruction once threads share the CPU
     used = 0
     completed = False
     proc.breakpoint_stop = None
@@ -79,6 +89,9 @@ def run_threads(
     try:
         _switch_to(proc, sched.current, template)
         while True:
+            if max_instructions and used >= max_instructions:
+                raise _error(proc, Fault("instruction budget exhausted", pc=cpu.pc,
+                                         detail=f"budget {max_instructions}"))  # fmt: skip
             count = sched.quantum if len(sched.threads) > 1 else 0
             if max_instructions:
                 left = max_instructions - used
@@ -87,12 +100,21 @@ def run_threads(
             if remaining is not None and remaining <= 0:
                 raise _error(proc, Fault("wall-clock limit exceeded", pc=cpu.pc,
                                          detail=f"limit {limit} s"))  # fmt: skip
+            if counter is None and count:
+                counter = BlockCounter(cpu).start()  # counts only
+            before = counter.instructions if counter is not None else 0
             cpu.run(cpu.pc, sentinel, count, remaining)
             reason = cpu.stop_reason
             fault = cpu.fault
+            if counter is not None and (reason is not None or fault is not None):
+                # cut short (a system call, a fault, the process's end): the blocks it entered,
+                # each counted whole (a system call ends its block)
+                ran = counter.instructions - before
+                used += ran
+                sched.instructions += ran
+                sched.advance(ran)
             if fault is not None and not proc._first_chance_stops and proc._deliver_fault(fault):
-                # the faulting thread goes on in ntdll's KiUserExceptionDispatcher; the stretch
-                # that faulted is not counted (Unicorn does not say how far it got)
+                # the faulting thread goes on in ntdll's KiUserExceptionDispatcher
                 assert proc.exception_dispatcher is not None
                 cpu.pc = proc.exception_dispatcher
                 continue
@@ -107,9 +129,7 @@ def run_threads(
                 if count == 0 or cpu.pc == sentinel:
                     raise _error(proc, Fault("a thread returned past its start", pc=cpu.pc))
                 used += count
-                if max_instructions and used >= max_instructions:
-                    raise _error(proc, Fault("instruction budget exhausted", pc=cpu.pc,
-                                             detail=f"budget {max_instructions}"))  # fmt: skip
+                sched.instructions += count
                 sched.advance(count)
             try:
                 chosen = sched.choose_next()
@@ -118,6 +138,8 @@ def run_threads(
             _switch_to(proc, chosen, template)
             sched.release_ended()
     finally:
+        if counter is not None:
+            counter.stop()
         sched.running = False
         sched.switch_pending = sched.yielding = False
         main = sched.main

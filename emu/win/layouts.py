@@ -354,6 +354,9 @@ CONTEXT = Struct(
     0x2CC,
     0x4D0,
     [
+        # x64's register home area: the kernel's APC frame carries the APC's routine and
+        # arguments in P1Home..P4Home
+        *(Field(f"P{n}Home", -1, 8 * (n - 1)) for n in range(1, 7)),
         Field("ContextFlags", 0x00, 0x30, "u32"),
         Field("MxCsr", 0xE4, 0x34, "u32"),
         Field("SegCs", 0xBC, 0x38, "u16"),

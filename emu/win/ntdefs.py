@@ -12,6 +12,7 @@ class NtStatus(enum.IntEnum):
     SUCCESS = 0x00000000
     WAIT_0 = 0x00000000  # + the index of the object that satisfied a WaitAny
     ABANDONED_WAIT_0 = 0x00000080
+    USER_APC = 0x000000C0  # a wait ended to deliver user APCs (ntstatus.h)
     ALERTED = 0x00000101
     TIMEOUT = 0x00000102
     PENDING = 0x00000103

@@ -8,6 +8,12 @@
  *   threads.exe exit           ExitProcess from a worker while main waits forever
  *   threads.exe last           TerminateThread on a spinning thread; main ends with
  *                              ExitThread and the last thread's return ends the process
+ *   threads.exe apc            user APCs (QueueUserAPC): alertable SleepEx/waits, a
+ *                              non-alertable wait that does not run them, NtTestAlert,
+ *                              NtAlertThread, a CREATE_SUSPENDED thread's APC before its start
+ *   threads.exe context        Get/SetThreadContext on suspended threads (one never run, one
+ *                              stopped while spinning), suspend counts
+ *   threads.exe ntcreate       NtCreateThread with a stack and CONTEXT of the program's own
  */
 #include <windows.h>
 #include <stdio.h>
@@ -315,6 +321,282 @@ static void last(void) {
     ExitThread(7);
 }
 
+/* ------------------------------------------------------------------ apc */
+static volatile LONG apc_count;
+static volatile ULONG_PTR apc_last_arg;
+static volatile DWORD apc_last_tid;
+static volatile LONG apc_order; /* each APC shifts its argument in */
+
+static void CALLBACK record_apc(ULONG_PTR arg) {
+    apc_count++;
+    apc_last_arg = arg;
+    apc_last_tid = GetCurrentThreadId();
+    apc_order = apc_order * 16 + (LONG)(arg & 0xF);
+}
+
+typedef LONG(NTAPI *nt0_fn)(void);
+typedef LONG(NTAPI *nt1_fn)(HANDLE);
+typedef LONG(NTAPI *alert_resume_fn)(HANDLE, ULONG *);
+static HANDLE apc_event;
+static volatile LONG worker_saw;
+
+static DWORD WINAPI waits_then_sleeps_alertably(void *arg) {
+    WaitForSingleObject(apc_event, INFINITE); /* not alertable: the queued APC waits */
+    worker_saw = apc_count;
+    return SleepEx(INFINITE, TRUE); /* alertable: it runs, and ends the sleep */
+}
+
+static DWORD WINAPI waits_alertably(void *arg) {
+    return WaitForSingleObjectEx(apc_event, INFINITE, TRUE);
+}
+
+static DWORD WINAPI reports_apcs_at_start(void *arg) {
+    return (DWORD)apc_count; /* its APC ran before its start routine */
+}
+
+static void apc(void) {
+    HMODULE nt = GetModuleHandleA("ntdll.dll");
+    nt0_fn test_alert = (nt0_fn)GetProcAddress(nt, "NtTestAlert");
+    nt1_fn alert_thread = (nt1_fn)GetProcAddress(nt, "NtAlertThread");
+    alert_resume_fn alert_resume = (alert_resume_fn)GetProcAddress(nt, "NtAlertResumeThread");
+    DWORD me = GetCurrentThreadId();
+
+    show("self-queue", QueueUserAPC(record_apc, GetCurrentThread(), 0x51));
+    show("self-not-yet", apc_count);
+    show("self-sleepex", SleepEx(INFINITE, TRUE)); /* WAIT_IO_COMPLETION */
+    show("self-ran", apc_count);
+    show("self-arg", apc_last_arg);
+    show("self-tid", apc_last_tid == me);
+
+    apc_count = 0, apc_order = 0;
+    QueueUserAPC(record_apc, GetCurrentThread(), 1);
+    QueueUserAPC(record_apc, GetCurrentThread(), 2);
+    show("two-sleepex-0", SleepEx(0, TRUE)); /* both run, in order, through NtContinue */
+    show("two-order", apc_order);
+    show("no-apc-sleepex", SleepEx(10, TRUE));
+
+    apc_count = 0;
+    QueueUserAPC(record_apc, GetCurrentThread(), 3);
+    show("test-alert-runs", test_alert());
+    show("test-alert-ran", apc_count);
+    show("alert-self", alert_thread(GetCurrentThread()));
+    show("test-alert-alerted", test_alert()); /* STATUS_ALERTED, consumed */
+    show("test-alert-again", test_alert());
+    alert_thread(GetCurrentThread());
+    HANDLE never = CreateEventA(NULL, TRUE, FALSE, NULL);
+    show("alerted-wait", WaitForSingleObjectEx(never, INFINITE, TRUE)); /* STATUS_ALERTED */
+    CloseHandle(never);
+
+    /* an APC queued to a thread in a non-alertable wait waits for an alertable one */
+    apc_count = 0;
+    apc_event = CreateEventA(NULL, FALSE, FALSE, NULL);
+    DWORD tid;
+    HANDLE t = CreateThread(NULL, 0, waits_then_sleeps_alertably, NULL, 0, &tid);
+    Sleep(5);
+    show("worker-queue", QueueUserAPC(record_apc, t, 0x77));
+    Sleep(5);
+    show("worker-not-run-while-not-alertable", apc_count);
+    SetEvent(apc_event);
+    show("worker-join", WaitForSingleObject(t, INFINITE));
+    DWORD code;
+    GetExitCodeThread(t, &code);
+    show("worker-saw-before-alertable", worker_saw);
+    show("worker-sleepex", code);
+    show("worker-apc-arg", apc_last_arg);
+    show("worker-apc-tid", apc_last_tid == tid);
+    CloseHandle(t);
+
+    /* one queued while the thread already waits alertably wakes it */
+    apc_count = 0;
+    t = CreateThread(NULL, 0, waits_alertably, NULL, 0, &tid);
+    Sleep(5);
+    QueueUserAPC(record_apc, t, 0x88);
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("alertable-wait-woken", code);
+    show("alertable-wait-apc", apc_count == 1 && apc_last_tid == tid && apc_last_arg == 0x88);
+    CloseHandle(t);
+
+    /* NtAlertThread ends another thread's alertable wait; NtAlertResumeThread a suspended
+       one's, returning the previous suspend count */
+    t = CreateThread(NULL, 0, waits_alertably, NULL, 0, &tid);
+    Sleep(5);
+    show("alert-other", alert_thread(t));
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("alert-other-woken", code);
+    CloseHandle(t);
+    t = CreateThread(NULL, 0, waits_alertably, NULL, 0, &tid);
+    Sleep(5);
+    show("alert-resume-suspend", SuspendThread(t));
+    ULONG previous = 0x55;
+    show("alert-resume", alert_resume(t, &previous));
+    show("alert-resume-previous", previous);
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("alert-resume-woken", code);
+    CloseHandle(t);
+
+    /* queued to a thread that never ran: it runs as the thread starts */
+    apc_count = 0;
+    t = CreateThread(NULL, 0, reports_apcs_at_start, NULL, CREATE_SUSPENDED, &tid);
+    QueueUserAPC(record_apc, t, 0x99);
+    Sleep(5);
+    show("suspended-apc-waits", apc_count);
+    ResumeThread(t);
+    WaitForSingleObject(t, INFINITE);
+    GetExitCodeThread(t, &code);
+    show("start-apc-before-routine", code);
+    show("start-apc-tid", apc_last_tid == tid);
+    CloseHandle(t);
+}
+
+/* ------------------------------------------------------------------ context */
+static volatile LONG spin_count, spin_stop;
+
+static DWORD WINAPI spins(void *arg) {
+    while (!spin_stop) spin_count++;
+    return 1;
+}
+
+static DWORD WINAPI redirected(void) {
+    ExitThread(0x99); /* where SetThreadContext sent the spinning thread */
+    return 0;
+}
+
+static DWORD WINAPI returns_its_arg(void *arg) {
+    return (DWORD)(ULONG_PTR)arg;
+}
+
+static void context(void) {
+    CONTEXT c;
+    /* a thread that never ran: RtlUserThreadStart with its routine and argument */
+    HANDLE t = CreateThread(NULL, 0, returns_its_arg, (void *)0x10, CREATE_SUSPENDED, NULL);
+    memset(&c, 0, sizeof c);
+    c.ContextFlags = CONTEXT_FULL;
+    show("new-get", GetThreadContext(t, &c));
+#ifdef _WIN64
+    show("new-start-routine", c.Rcx == (DWORD64)returns_its_arg);
+    show("new-start-arg", c.Rdx);
+    c.Rdx = 0x4321;
+#else
+    show("new-start-routine", c.Eax == (DWORD)returns_its_arg);
+    show("new-start-arg", c.Ebx);
+    c.Ebx = 0x4321;
+#endif
+    c.ContextFlags = CONTEXT_INTEGER;
+    show("new-set", SetThreadContext(t, &c));
+    show("new-resume", ResumeThread(t));
+    WaitForSingleObject(t, INFINITE);
+    DWORD code;
+    GetExitCodeThread(t, &code);
+    show("new-changed-arg", code);
+    CloseHandle(t);
+
+    /* a running thread stopped, its counts, sent elsewhere */
+    t = CreateThread(NULL, 0, spins, NULL, 0, NULL);
+    while (spin_count < 1000) Sleep(1);
+    show("suspend-1", SuspendThread(t));
+    show("suspend-2", SuspendThread(t));
+    show("resume-2", ResumeThread(t));
+    LONG seen = spin_count;
+    Sleep(5);
+    show("suspended-does-not-run", spin_count == seen);
+    memset(&c, 0, sizeof c);
+    c.ContextFlags = CONTEXT_CONTROL;
+    show("spinner-get", GetThreadContext(t, &c));
+#ifdef _WIN64
+    show("spinner-in-spins", c.Rip >= (DWORD64)spins && c.Rip < (DWORD64)redirected);
+    c.Rip = (DWORD64)redirected;
+    c.Rsp = (c.Rsp & ~(DWORD64)15) - 8; /* as at a function's entry */
+#else
+    show("spinner-in-spins", c.Eip >= (DWORD)spins && c.Eip < (DWORD)redirected);
+    c.Eip = (DWORD)redirected;
+    c.Esp -= 16;
+#endif
+    show("spinner-set", SetThreadContext(t, &c));
+    show("resume-1", ResumeThread(t));
+    show("spinner-join", WaitForSingleObject(t, INFINITE));
+    GetExitCodeThread(t, &code);
+    show("spinner-redirected", code);
+    CloseHandle(t);
+
+    /* the calling thread's own context: its stack */
+    memset(&c, 0, sizeof c);
+    c.ContextFlags = CONTEXT_CONTROL;
+    show("self-get", GetThreadContext(GetCurrentThread(), &c));
+    NT_TIB *tib = (NT_TIB *)NtCurrentTeb();
+#ifdef _WIN64
+    ULONG_PTR sp = c.Rsp;
+#else
+    ULONG_PTR sp = c.Esp;
+#endif
+    show("self-sp-on-stack", sp > (ULONG_PTR)tib->StackLimit && sp < (ULONG_PTR)tib->StackBase);
+}
+
+/* ------------------------------------------------------------------ ntcreate */
+typedef struct {
+    void *OldStackBase, *OldStackLimit, *StackBase, *StackLimit, *StackAllocationBase;
+} initial_teb_t;
+typedef struct {
+    HANDLE UniqueProcess, UniqueThread;
+} client_id_t;
+typedef LONG(NTAPI *create_thread_fn)(HANDLE *, ACCESS_MASK, void *, HANDLE, client_id_t *,
+                                       CONTEXT *, initial_teb_t *, BOOLEAN);
+static volatile ULONG_PTR old_style_seen;
+static volatile DWORD old_style_tls;
+
+static DWORD WINAPI old_style_start(void *arg) {
+    TlsSetValue(tls_index, arg); /* Wine's loader gave it TLS */
+    old_style_tls = (DWORD)(ULONG_PTR)TlsGetValue(tls_index);
+    old_style_seen = (ULONG_PTR)arg;
+    ExitThread((DWORD)(ULONG_PTR)arg + 1); /* it has no return address */
+    return 0;
+}
+
+static void ntcreate(void) {
+    create_thread_fn create =
+        (create_thread_fn)GetProcAddress(GetModuleHandleA("ntdll.dll"), "NtCreateThread");
+    tls_index = TlsAlloc();
+    SIZE_T size = 0x100000;
+    char *stack = VirtualAlloc(NULL, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+    char *top = stack + size;
+    initial_teb_t teb = {NULL, NULL, top, stack, stack};
+    CONTEXT c;
+    memset(&c, 0, sizeof c);
+    c.ContextFlags = CONTEXT_FULL;
+#ifdef _WIN64
+    c.Rip = (DWORD64)old_style_start;
+    c.Rcx = 0x640;
+    c.Rsp = (DWORD64)(top - 0x100 - 8); /* as at a function's entry */
+    c.EFlags = 0x202;
+#else
+    DWORD *sp = (DWORD *)(top - 0x100);
+    sp[0] = 0;     /* return address: none */
+    sp[1] = 0x320; /* the argument */
+    c.Eip = (DWORD)old_style_start;
+    c.Esp = (DWORD)sp;
+    c.EFlags = 0x202;
+#endif
+    HANDLE h = NULL;
+    client_id_t cid = {0};
+    show("ntcreate-status", (unsigned long)create(&h, THREAD_ALL_ACCESS, NULL, GetCurrentProcess(),
+                                                  &cid, &c, &teb, TRUE));
+    show("ntcreate-tid", (ULONG_PTR)cid.UniqueThread == GetThreadId(h));
+    show("ntcreate-not-started", old_style_seen);
+    show("ntcreate-resume", ResumeThread(h));
+    show("ntcreate-join", WaitForSingleObject(h, INFINITE));
+    DWORD code;
+    GetExitCodeThread(h, &code);
+    show("ntcreate-exit-code", code);
+    show("ntcreate-seen", old_style_seen);
+    show("ntcreate-tls", old_style_tls);
+    show("ntcreate-stack-kept", VirtualFree(stack, 0, MEM_RELEASE)); /* its creator's */
+    CloseHandle(h);
+    show("ntcreate-no-context", (unsigned long)create(&h, THREAD_ALL_ACCESS, NULL,
+                                                      GetCurrentProcess(), NULL, NULL, &teb, 0));
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *mode = argc > 1 ? argv[1] : "basic";
@@ -325,6 +607,12 @@ int main(int argc, char **argv) {
         heap(argc > 2 ? atoi(argv[2]) : 8, argc > 3 ? atoi(argv[3]) : 10000);
     } else if (!strcmp(mode, "deadlock")) {
         deadlock();
+    } else if (!strcmp(mode, "apc")) {
+        apc();
+    } else if (!strcmp(mode, "ntcreate")) {
+        ntcreate();
+    } else if (!strcmp(mode, "context")) {
+        context();
     } else if (!strcmp(mode, "last")) {
         last();
     } else if (!strcmp(mode, "exit")) {

@@ -5,6 +5,7 @@ The synchronisation objects and waits are ``emu.nt.calls.sync``, threads ``emu.n
 
 from __future__ import annotations
 
+from emu.nt.apc import deliver_apc
 from emu.nt.exceptions import apply_context, check_context_alignment, stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
@@ -86,7 +87,12 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
     arch = k.arch
     check_context_alignment(arch.name, ContextRecord)
     ctx = k.read(ContextRecord, CONTEXT.size(arch))
-    pc = apply_context(k.proc, ctx, stepped=stepped_system_call(k.proc))
+    stepped = stepped_system_call(k.proc)
+    pc = apply_context(k.proc, ctx, stepped=stepped)
     k.details.update(pc=pc, sp=k.proc.cpu.sp, target=k.proc.symbolize(pc))
     k.return_value = k.proc.cpu.reg(arch.ret)
+    thread = k.proc.threads.current
+    if TestAlert and k.proc.threads.test_alert(thread) is not None and thread.apc_pending:
+        # KeTestAlertThread: the next queued user APC runs before the context resumes
+        k.details.update(apc=deliver_apc(k.proc, thread, stepped=stepped))
     return k.return_value & 0xFFFFFFFF

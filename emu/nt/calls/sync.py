@@ -15,7 +15,9 @@ from __future__ import annotations
 import struct
 
 from emu.errors import Fault, NtStatusError
+from emu.nt.apc import deliver_apc
 from emu.nt.calls.info import SYSTEM_TIME
+from emu.nt.exceptions import stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
     BOOLEAN,
@@ -85,6 +87,9 @@ def wait(k: Kernel, what: Wait) -> int:
         return Status.SUCCESS
     if status == STATUS_PENDING:
         k.details.update(blocked=True)
+    elif sched.current.apc_pending:  # an alertable wait with user APCs queued: they run now
+        k.details.update(apc=True)
+        deliver_apc(k.proc, sched.current, status=status, stepped=stepped_system_call(k.proc))
     return status
 
 
@@ -235,7 +240,7 @@ def NtWaitForSingleObject(k: Kernel, Handle: HANDLE, Alertable: BOOLEAN, Timeout
     k.details.update(kind=obj.kind if obj else "always signalled", name=obj.name if obj else "")
     if obj is None:
         return Status.SUCCESS  # files, tokens, ...: signalled
-    return wait(k, Wait([obj], deadline=deadline(k, Timeout)))
+    return wait(k, Wait([obj], deadline=deadline(k, Timeout), alertable=bool(Alertable)))
 
 
 @syscall
@@ -258,7 +263,8 @@ def NtWaitForMultipleObjects(
     k.details.update(kinds=",".join(o.kind for o in objects), wait_all=WaitType == WAIT_ALL)
     if WaitType == WAIT_ALL and len({id(o) for o in objects}) != len(objects):
         raise NtStatusError(Status.INVALID_PARAMETER_MIX, "an object appears twice")
-    return wait(k, Wait(objects, WaitType == WAIT_ALL, deadline(k, Timeout)))
+    alertable = bool(Alertable)
+    return wait(k, Wait(objects, WaitType == WAIT_ALL, deadline(k, Timeout), alertable=alertable))
 
 
 @syscall
@@ -283,16 +289,17 @@ def NtSignalAndWaitForSingleObject(
     k.proc.threads.notify()
     if target is None:
         return Status.SUCCESS
-    return wait(k, Wait([target], deadline=deadline(k, Timeout)))
+    return wait(k, Wait([target], deadline=deadline(k, Timeout), alertable=bool(Alertable)))
 
 
-def _keyed(k: Kernel, handle: int, key: int, releasing: bool, timeout: int) -> int:
+def _keyed(k: Kernel, handle: int, key: int, releasing: bool, timeout: int, alertable: bool) -> int:
     if handle:
         event = k.proc.objects.get(handle, KeyedEvent)
     else:  # NULL: the system's keyed event (CritSecOutOfMemoryEvent)
         event = k.proc.threads.default_keyed_event
     k.details.update(key=key)
-    return wait(k, Wait(deadline=deadline(k, timeout), keyed=(event, key, releasing)))
+    until = deadline(k, timeout)
+    return wait(k, Wait(deadline=until, keyed=(event, key, releasing), alertable=alertable))
 
 
 @syscall
@@ -300,7 +307,7 @@ def NtWaitForKeyedEvent(
     k: Kernel, KeyedEventHandle: HANDLE, KeyValue: PVOID, Alertable: BOOLEAN, Timeout: PVOID
 ) -> int:
     """Block until a NtReleaseKeyedEvent with the same key (at once if one waits already)."""
-    return _keyed(k, KeyedEventHandle, KeyValue, False, Timeout)
+    return _keyed(k, KeyedEventHandle, KeyValue, False, Timeout, bool(Alertable))
 
 
 @syscall
@@ -308,4 +315,4 @@ def NtReleaseKeyedEvent(
     k: Kernel, KeyedEventHandle: HANDLE, KeyValue: PVOID, Alertable: BOOLEAN, Timeout: PVOID
 ) -> int:
     """Wake one thread waiting with the key; block until one comes if none waits."""
-    return _keyed(k, KeyedEventHandle, KeyValue, True, Timeout)
+    return _keyed(k, KeyedEventHandle, KeyValue, True, Timeout, bool(Alertable))
