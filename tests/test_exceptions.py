@@ -233,20 +233,83 @@ def test_heapemu_exec_reports_an_unhandled_exception_and_can_stop_at_first_chanc
     assert "the program did not exit: " in out.err and "unmapped read at address 0x10" in out.err
 
 
+def _overflow_line(what: str) -> str:
+    """What exceptions.c prints for a caught overflow: its code, and TEB.StackLimit at the
+    bottom of the guaranteed area (one page above DeallocationStack: no guard page left)."""
+    return f"{what} caught=1 code=c00000fd limit_at_bottom=1"
+
+
 @pytest.mark.wine
-def test_a_stack_overflow_is_raised_to_the_program(arch: str) -> None:
+def test_an_unhandled_stack_overflow_ends_the_program_with_its_code(arch: str) -> None:
     """Unbounded recursion: STATUS_STACK_OVERFLOW at the recursing function's store into the
-    last page. With one page left (heapemu's stack keeps no larger reserve) Wine's dispatcher
-    runs out of stack itself, and the run ends naming the overflow."""
+    guard page above the guaranteed area; the vectored handler sees it, nothing handles it,
+    and the process ends with 0xC00000FD, reported as any unhandled exception. (With the one
+    page heapemu used to leave, Wine's dispatcher ran out of stack and the run ended with no
+    exit code.)"""
     program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow"])
     result = program.run(time_limit=120)
-    first = result.exceptions[0]
+    assert result.exit_code == NtStatus.STACK_OVERFLOW, result.error
+    [first] = result.exceptions
     assert first.code == NtStatus.STACK_OVERFLOW
     assert first.state is not None and first.state.symbol.startswith("exceptions!recurse")
-    assert result.error is not None and result.exit_code is None
-    message = str(result.error)
-    assert "not dispatched: no room on the stack" in message
-    assert "before it: STATUS_STACK_OVERFLOW at" in message
+    assert first.params[0] == 1  # a write (the store into the recursing frame)
+    assert result.unhandled is first
+
+
+@pytest.mark.wine
+def test_a_stack_overflow_is_caught_and_the_thread_goes_on(arch: str) -> None:
+    """A structured handler around the recursion (x64: a __C_specific_handler scope, unwound
+    to by RtlUnwindEx; x86: a registration record whose handler leaves as MSVC's __except
+    does) catches STATUS_STACK_OVERFLOW and the program goes on. _resetstkoflw (Wine's msvcrt:
+    VirtualProtect of its own stack page to PAGE_GUARD, the kernel's write of the
+    out-parameters touching it) puts a guard page back, so a second overflow is caught too."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-caught"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == 0, result.error
+    first, second = _overflow_line("first"), _overflow_line("second")
+    assert result.text.splitlines() == [first, "reset 1", second]
+    assert [e.code for e in result.exceptions] == [NtStatus.STACK_OVERFLOW] * 2
+
+
+@pytest.mark.wine
+def test_a_second_overflow_without_a_guard_page_ends_the_process(arch: str) -> None:
+    """Without _resetstkoflw no guard page is left: the second recursion runs into the
+    reservation's last page, which is never committed, and the kernel has no stack to write
+    that access violation's frame on. Windows ends the process with the exception's code."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-twice"])
+    result = program.run(time_limit=120)
+    assert result.text.splitlines() == [_overflow_line("first")]  # never "survived"
+    assert result.exit_code == NtStatus.ACCESS_VIOLATION
+    assert [e.code for e in result.exceptions] == [NtStatus.STACK_OVERFLOW]
+    assert result.unhandled is not None and not result.unhandled.first_chance
+    assert result.unhandled.state is not None
+    assert result.unhandled.state.symbol.startswith("exceptions!recurse")
+    assert result.error is not None and result.error.status == NtStatus.ACCESS_VIOLATION
+    assert "not dispatched: no room on the stack" in str(result.error)
+    stack = program.proc.thread_stack
+    assert stack.base <= result.unhandled.params[1] < stack.base + 0x1000  # the last page
+
+
+@pytest.mark.wine
+def test_set_thread_stack_guarantee_leaves_that_much_stack_to_the_handler(arch: str) -> None:
+    """SetThreadStackGuarantee(64 KiB) (Wine's kernelbase writes TEB.GuaranteedStackBytes):
+    the overflow is raised with at least that much stack below the handler's stack pointer."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-guarantee"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == 0, result.error
+    assert result.text.splitlines() == [_overflow_line("guarantee"), "set 1 now=10000 room_ok=1"]
+
+
+@pytest.mark.wine
+def test_a_thread_catches_an_overflow_of_its_own_stack(arch: str) -> None:
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-thread"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == 0, result.error
+    assert result.text.splitlines() == [_overflow_line("thread"), "thread exit 7"]
+    [event] = result.exceptions
+    thread_stack = program.proc.threads.threads[1].stack
+    assert thread_stack is not None and event.state is not None
+    assert thread_stack.contains(event.state.registers["rsp" if arch == "x64" else "esp"])
 
 
 @pytest.mark.wine

@@ -289,26 +289,48 @@ def read_record(proc: ProcessCore, read: Callable[[int, int], bytes], addr: int)
     return ExceptionEvent(code, where, params, flags, details={"record": addr})
 
 
-def _make_room(proc: ProcessCore, low: int, high: int) -> bool:
+def _make_room(proc: ProcessCore, low: int, high: int) -> tuple[bool, int | None]:
     """Commit the stack pages of [low, high) as the kernel's writes would (a guard page grows
-    the stack); False when the frame cannot be written there."""
-    stack = proc.thread_stack
+    the stack). Returns whether the frame can be written there, and the page whose guard
+    raised STATUS_STACK_OVERFLOW on the way (None: none did)."""
+    overflow = None
     page = (high - 1) & ~(PAGE_SIZE - 1)
     while page >= low & ~(PAGE_SIZE - 1):
         state = proc.memory.page_state(page)
-        if state and state & PAGE_GUARD and stack.contains(page):
-            stack.on_guard_page(page)  # an overflow still leaves this page committed
+        if state and state & PAGE_GUARD:
+            stack = proc.threads.stack_containing(page)
+            if stack is not None and stack.on_guard_page(page) is not None:
+                overflow = page if overflow is None else overflow
             state = proc.memory.page_state(page)
         if not state or state & PAGE_GUARD or not proc.memory.is_accessible(page, 1, write=True):
-            return False
+            return False, overflow
         page -= PAGE_SIZE
-    return True
+    return True, overflow
 
 
-def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = False) -> bool:
+def _as_stack_overflow(proc: ProcessCore, record: bytes, page: int) -> bytes:
+    """The record of the STATUS_STACK_OVERFLOW the kernel's own write of a frame raised: as
+    KiDispatchException does when copying the frame faults with it, the overflow is
+    dispatched instead, at the original exception's address (WRK, KiDispatchException)."""
+    arch = proc.arch
+    address = arch.unpack_ptr(record, EXCEPTION_RECORD.offset(arch, "ExceptionAddress"))
+    event = ExceptionEvent(NtStatus.STACK_OVERFLOW, address, (_ACCESS_CODE["write"], page))
+    return record_bytes(proc, event)
+
+
+def deliver(
+    proc: ProcessCore,
+    record: bytes,
+    ctx: bytes,
+    *,
+    stepped: bool = False,
+    event: ExceptionEvent | None = None,
+) -> bool:
     """Write ``record`` and ``ctx`` onto the stack below the CONTEXT's stack pointer as the
     kernel does and point the CPU at KiUserExceptionDispatcher. False when the stack has no
-    room for the frame (the exception cannot be delivered)."""
+    room for the frame (the exception cannot be delivered). When writing the frame ran into
+    the stack's guaranteed area, STATUS_STACK_OVERFLOW is delivered instead (``event``, when
+    given, is changed to it)."""
     arch, cpu = proc.arch, proc.cpu
     dispatcher = proc.exception_dispatcher
     assert dispatcher is not None
@@ -317,6 +339,11 @@ def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = Fal
         er_at = CONTEXT.size(arch) + CONTEXT_EX_SIZE
         frame_at = er_at + 0xA0  # the record, padded to 16 bytes
         new_sp = (sp - (frame_at + 0x30)) & ~0xF
+        room, overflow = _make_room(proc, new_sp, sp)
+        if not room:
+            return False
+        if overflow is not None:
+            record = _as_stack_overflow(proc, record, overflow)
         context_ex = struct.pack("<iIiIiI", -0x4D0, 0x4F0, -0x4D0, 0x4D0, CONTEXT_EX_SIZE, 0)
         machine_frame = struct.pack(
             "<5Q",
@@ -331,19 +358,28 @@ def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = Fal
         frame[len(ctx) : er_at] = context_ex
         frame[er_at : er_at + len(record)] = record
         frame[frame_at : frame_at + len(machine_frame)] = machine_frame
-        if not _make_room(proc, new_sp, sp):
-            return False
         proc.write(new_sp, bytes(frame))
     else:
-        # only the ExceptionInformation slots in use are copied
+        # only the ExceptionInformation slots in use are copied (an overflow has two, as the
+        # faults it can replace)
         n = struct.unpack_from("<I", record, EXCEPTION_RECORD.offset(arch, "NumberParameters"))[0]
         used = EXCEPTION_RECORD.offset(arch, "ExceptionInformation") + 4 * min(n, 15)
         ctx_at = (sp & ~3) - len(ctx)
         er_at = ctx_at - used
         new_sp = er_at - 8
-        if not _make_room(proc, new_sp, sp):
+        room, overflow = _make_room(proc, new_sp, sp)
+        if not room:
             return False
+        if overflow is not None:
+            record = _as_stack_overflow(proc, record, overflow)
+            used = EXCEPTION_RECORD.offset(arch, "ExceptionInformation") + 4 * 2
+            er_at = ctx_at - used
+            new_sp = er_at - 8
+            if not _make_room(proc, new_sp, sp)[0]:
+                return False
         proc.write(new_sp, struct.pack("<II", er_at, ctx_at) + record[:used] + bytes(ctx))
+    if overflow is not None and event is not None:
+        event.code, event.params = NtStatus.STACK_OVERFLOW, (_ACCESS_CODE["write"], overflow)
     proc.memory.note_write(new_sp, sp - new_sp)  # write watches see the kernel's writes
     cpu.sp = new_sp
     # the kernel enters the dispatcher with TF and DF clear

@@ -478,12 +478,23 @@ class ProcessCore:
         cpu = self.cpu
         cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
         event.state = cpu.state(fault.pc)
-        if not deliver(self, record_bytes(self, event), capture_context(self)):
-            # Windows ends such a process: the run ends here, naming what led to it
+        if not deliver(self, record_bytes(self, event), capture_context(self), event=event):
+            # Windows' KiDispatchException cannot write the frame: the second chance, which
+            # ends the process with the exception code (no debugger, no handler can run)
             chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
             why = "no room on the stack for the exception frame"
             detail = f"{fault.detail}; " if fault.detail else ""
-            cpu.fault = replace(fault, detail=f"{detail}not dispatched: {why}; before it: {chain}")
+            event.first_chance = False
+            event.report = replace(
+                fault,
+                kind=f"unhandled exception: {fault.kind}",
+                detail=f"{detail}not dispatched: {why}; the process ends with its code; "
+                f"before it: {chain}",
+                dispatched=True,
+            )
+            self.unhandled_exception = event  # not in self.exceptions: never dispatched
+            self.exit_status = event.code
+            cpu.fault = event.report
             return False
         self.exceptions.append(event)
         return True

@@ -40,7 +40,7 @@ def NtRaiseException(
         proc.cpu.pc = event.address  # where the state is shown from
         event.state = proc.cpu.state(event.address)
         record = k.read(ExceptionRecord, EXCEPTION_RECORD.size(k.arch))
-        if deliver(proc, record, capture_context(proc), stepped=stepped):
+        if deliver(proc, record, capture_context(proc), stepped=stepped, event=event):
             proc.exceptions.append(event)
             k.return_value = proc.cpu.reg(k.arch.ret)
             return NtStatus.SUCCESS
