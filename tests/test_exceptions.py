@@ -25,6 +25,9 @@ from emu.win.ntdefs import NtStatus
 
 XMM5 = int.from_bytes(struct.pack("<I", 0x11223344) * 4, "little")
 XMM6 = int.from_bytes(struct.pack("<I", 0x55667788) * 4, "little")
+# cs, ss, ds, es, fs, gs of 32-bit user code on Windows (KGDT_R3_CODE, KGDT_R3_DATA,
+# KGDT_R3_TEB, | 3; gs unused)
+WIN32_SEGMENTS = [0x1B, 0x23, 0x23, 0x23, 0x3B, 0]
 
 
 def _flat(proc: Process, *, second_chance: bool = False) -> Module:
@@ -38,6 +41,8 @@ def _flat(proc: Process, *, second_chance: bool = False) -> Module:
     pc, ax = CONTEXT.offset(a, a.pc.capitalize()), CONTEXT.offset(a, a.ret.capitalize())
     cx = "rcx" if x64 else "ecx"
     lines = ["site:", "mov eax, 0x11223344", "movd xmm5, eax", "pshufd xmm5, xmm5, 0"]
+    if x64:  # null ds/es (allowed in 64-bit mode): a CONTEXT still shows Windows' constants
+        lines += ["xor ecx, ecx", "mov ds, cx", "mov es, cx"]
     lines += [f"mov {cx}, 0x10", "load:", f"mov eax, dword ptr [{cx}]", "ret", "dispatcher:"]
     if x64:  # rsp -> CONTEXT, the EXCEPTION_RECORD after it and its CONTEXT_EX
         lines += ["mov rcx, rsp", "lea rdx, [rsp + 0x4f0]"]
@@ -90,6 +95,8 @@ def test_a_fault_is_dispatched_with_the_kernels_frame_and_nt_continue_restores_i
         seen["sp"] = CONTEXT.read(proc, a, context, a.sp.capitalize())
         xmm5 = CONTEXT.offset(a, "FxSave") + 160 + 5 * 16
         seen["xmm5"] = int.from_bytes(proc.read(context + xmm5, 16), "little")
+        for seg in ("Cs", "Ss", "Ds", "Es", "Fs", "Gs"):
+            seen[seg] = CONTEXT.read(proc, a, context, f"Seg{seg}")
 
     proc.breakpoint(code.symbols["dispatcher"], at_dispatcher)
     before = proc.snapshot()
@@ -97,6 +104,9 @@ def test_a_fault_is_dispatched_with_the_kernels_frame_and_nt_continue_restores_i
     assert seen["code"] == NtStatus.ACCESS_VIOLATION and seen["address"] == seen["pc"] == load
     assert (seen["params"], seen["info0"], seen["info1"]) == (2, 0, 0x10)  # a read of 0x10
     assert seen["cx"] == 0x10 and seen["xmm5"] == XMM5 and seen["aligned"]
+    # the user selectors Windows reports (x64: constants, whatever ds/es held)
+    segs = [seen[s] for s in ("Cs", "Ss", "Ds", "Es", "Fs", "Gs")]
+    assert segs == ([0x33, 0x2B, 0x2B, 0x2B, 0x53, 0x2B] if a.ptr_size == 8 else WIN32_SEGMENTS)
     if a.ptr_size == 8:
         assert seen["context_ex"] and seen["machine_rip"] == load
         assert seen["machine_rsp"] == seen["sp"]
@@ -302,11 +312,21 @@ def test_set_thread_stack_guarantee_leaves_that_much_stack_to_the_handler(arch: 
 
 @pytest.mark.wine
 def test_a_thread_catches_an_overflow_of_its_own_stack(arch: str) -> None:
+    """A thread's overflow is raised on its own stack and caught there; the handler's CONTEXT
+    carries Windows' user selectors, and NtContinue of one keeps the thread on its own TEB."""
     program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-thread"])
     result = program.run(time_limit=120)
     assert result.exit_code == 0, result.error
-    assert result.text.splitlines() == [_overflow_line("thread"), "thread exit 7"]
-    [event] = result.exceptions
+    segs = "33 2b 2b 2b 53 2b" if arch == "x64" else " ".join(f"{s:x}" for s in WIN32_SEGMENTS)
+    # x86: fs is KGDT_R3_TEB | 3 on every thread, as on Windows (heapemu's own descriptor
+    # for the thread's TEB is not shown)
+    assert result.text.splitlines() == [
+        _overflow_line("thread"),
+        f"thread segs {segs}",
+        "thread continued value=42 same_teb=1",
+        "thread exit 7",
+    ]
+    event = result.exceptions[0]
     thread_stack = program.proc.threads.threads[1].stack
     assert thread_stack is not None and event.state is not None
     assert thread_stack.contains(event.state.registers["rsp" if arch == "x64" else "esp"])

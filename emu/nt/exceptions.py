@@ -17,10 +17,14 @@ dispatcher reads (checked by disassembling both ntdlls' KiUserExceptionDispatche
          slots left out), then the CONTEXT just below the faulting esp (rounded down to 4)
 
 The CONTEXT carries everything (CONTEXT_ALL); NtContinue and NtRaiseException apply what its
-ContextFlags select, sanitising EFLAGS as the kernel does. Segment selectors are the emulated
-CPU's own (heapemu runs x86 code at CPL 0 with selectors 0x08/0x10 for cs/ss and x64 code with
-null selectors, where Windows shows 0x1B/0x23 and 0x33/0x2B); the kernel never takes cs/ss
-from a CONTEXT, and on x64 not ds/es/fs/gs either (they are constant there).
+ContextFlags select, sanitising EFLAGS as the kernel does. Segment selectors are the ones
+Windows reports. x64: constants (WRK KeContextFromKframes: SegDs = SegEs = SegGs =
+KGDT64_R3_DATA | 3 = 0x2B, SegFs = KGDT64_R3_CMTEB | 3 = 0x53; SegCs = 0x33 and SegSs = 0x2B
+from the trap frame of 64-bit user code), whatever code loaded into them. x86: the CPU's
+own (cs 0x1B, ss/ds/es 0x23, gs 0), except fs, which is KGDT_R3_TEB | 3 = 0x3B on every thread
+of Windows, while heapemu gives each thread a TEB descriptor of its own (emu.cpu.segments): a
+CONTEXT shows 0x3B and NtContinue takes 0x3B as the thread's own. The kernel never takes cs/ss
+from a CONTEXT, and on x64 not ds/es/fs/gs either.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from emu.cpu.segments import SEL64_CODE3, SEL64_DATA3, SEL64_FS, SEL_DATA3, SEL_TEB, teb_selector
 from emu.errors import CpuState, Fault, NtStatusError
 from emu.win.layouts import (
     CONTEXT,
@@ -84,7 +89,16 @@ _EFLAGS_IF, _EFLAGS_TF, _EFLAGS_DF, _EFLAGS_RESERVED = 0x200, 0x100, 0x400, 0x2
 # MXCSR bits a CONTEXT may set: the processor's MXCSR_MASK (the kernel reads it from FXSAVE;
 # 0xFFFF, DAZ included, as Cpu.fx_state reports it)
 _MXCSR_USER = 0xFFFF
-_X86_SEGMENT_SELECTORS = frozenset({0x0, 0x23, 0x3B})  # null, flat user data, the TEB (fs)
+_X86_SEGMENT_SELECTORS = frozenset({0x0, SEL_DATA3, SEL_TEB})  # null, flat user data, TEB
+# x64: what every CONTEXT shows (see the module docstring)
+_X64_SELECTORS = {
+    "cs": SEL64_CODE3,
+    "ss": SEL64_DATA3,
+    "ds": SEL64_DATA3,
+    "es": SEL64_DATA3,
+    "fs": SEL64_FS,
+    "gs": SEL64_DATA3,
+}
 
 
 @dataclass
@@ -184,7 +198,10 @@ def capture_context(proc: ProcessCore) -> bytes:
         _put(at, reg.capitalize(), cpu.reg(reg))
     _put(at, "EFlags", cpu.reg("eflags"))
     for seg in ("cs", "ss", *_DATA_SEGMENTS):
-        _put(at, f"Seg{seg.capitalize()}", cpu.reg(seg))
+        value = _X64_SELECTORS[seg] if not x86 else cpu.reg(seg)
+        if x86 and seg == "fs" and value == teb_selector(proc.threads.current.slot):
+            value = SEL_TEB  # the thread's own TEB descriptor, as Windows numbers it
+        _put(at, f"Seg{seg.capitalize()}", value)
     for dr in _DEBUG:
         _put(at, dr.capitalize(), cpu.reg(dr))
     fx = cpu.fx_state()
@@ -229,7 +246,11 @@ def apply_context(proc: ProcessCore, ctx: bytes, *, stepped: bool = False) -> in
             selector = 0 if selector == 3 else selector
             # a selector naming no user data descriptor would fault on the way back to user
             # mode; heapemu keeps the current one instead
-            if selector in _X86_SEGMENT_SELECTORS and selector != cpu.reg(seg):
+            if selector not in _X86_SEGMENT_SELECTORS:
+                continue
+            if seg == "fs" and selector == SEL_TEB:  # this thread's TEB (see capture_context)
+                selector = teb_selector(proc.threads.current.slot)
+            if selector != cpu.reg(seg):
                 cpu.set_reg(seg, selector)
     if flags & CONTEXT_FLOATING_POINT or (x86 and flags & CONTEXT_EXTENDED_REGISTERS):
         fx = bytearray(cpu.fx_state())

@@ -14,7 +14,8 @@
    overflow-twice      caught once, then a second overflow with no guard page left: the
                        process ends (no handler can run)
    overflow-guarantee  SetThreadStackGuarantee(64 KiB): the overflow leaves that much stack
-   overflow-thread     a thread of its own overflows its stack and catches it
+   overflow-thread     a thread of its own overflows its stack and catches it; the segment
+                       selectors its handler's CONTEXT shows
 
    The faulting loads are `mov eax, [ecx]` / `mov eax, [rcx]` (8B 01, two bytes on both
    architectures): a handler resumes two bytes further with eax = 42. */
@@ -228,8 +229,12 @@ static ULONG_PTR deallocation_stack(void) {
     return *(ULONG_PTR *)((char *)NtCurrentTeb() + (sizeof(void *) == 8 ? 0x1478 : 0xE0C));
 }
 
+static volatile DWORD caught_segs[6]; /* the CONTEXT's cs, ss, ds, es, fs, gs */
+
 static void note_overflow(EXCEPTION_RECORD *rec, CONTEXT *ctx) {
     caught_code = rec->ExceptionCode;
+    caught_segs[0] = ctx->SegCs, caught_segs[1] = ctx->SegSs, caught_segs[2] = ctx->SegDs;
+    caught_segs[3] = ctx->SegEs, caught_segs[4] = ctx->SegFs, caught_segs[5] = ctx->SegGs;
 #ifdef _WIN64
     caught_room = ctx->Rsp - deallocation_stack();
 #else
@@ -326,6 +331,14 @@ static int overflow_guarantee(void) {
 static DWORD WINAPI overflow_thread_main(void *arg) {
     (void)arg;
     report_overflow("thread", catch_overflow());
+    printf("thread segs %lx %lx %lx %lx %lx %lx\n", caught_segs[0], caught_segs[1], caught_segs[2],
+           caught_segs[3], caught_segs[4], caught_segs[5]);
+    /* NtContinue of such a CONTEXT (fs 0x3B on x86) keeps the thread on its own TEB */
+    DWORD tid = GetCurrentThreadId();
+    void *h = AddVectoredExceptionHandler(1, veh_skip_load);
+    int value = load_through((volatile int *)0x10);
+    RemoveVectoredExceptionHandler(h);
+    printf("thread continued value=%d same_teb=%d\n", value, GetCurrentThreadId() == tid);
     return 7;
 }
 
