@@ -43,7 +43,7 @@ from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecor
 from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
 from emu.nt.records import DEFAULT_SYSCALL_LOG, SyscallLog
-from emu.nt.shared_data import UPTIME_MS, fill_shared_user_data
+from emu.nt.shared_data import UPTIME_MS, SharedClock, fill_shared_user_data
 from emu.nt.stack import ThreadStack
 from emu.nt.threads import Scheduler
 from emu.win.ntdefs import (
@@ -271,6 +271,8 @@ class ProcessCore:
         PEB.write(self, a, peb, "OSPlatformId", 2)  # VER_PLATFORM_WIN32_NT
         PEB.write(self, a, peb, "CriticalSectionTimeout", (-2592000 * 10_000_000) & (2**64 - 1))
         fill_shared_user_data(self, a, KUSER_SHARED_DATA_ADDRESS)
+        # its clocks follow the kernel's from now on (publish_clock)
+        self.shared_clock = SharedClock(self.cpu.host_view(KUSER_SHARED_DATA_ADDRESS, PAGE_SIZE))
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
@@ -726,11 +728,16 @@ class ProcessCore:
             # the arguments themselves are unreadable (x64 stack arguments, x86 edx array):
             # the kernel's probe fails and the caller gets STATUS_ACCESS_VIOLATION
             status = NtStatus.ACCESS_VIOLATION
+        self.shared_clock.publish(self.threads.clock())  # 1 ms more, or a sleep's worth
         self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
         last = self.syscalls.last
         if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
             for observer in self.syscall_observers:
                 observer(last)
+
+    def publish_clock(self) -> None:
+        """KUSER_SHARED_DATA's clocks show the kernel's clock now (emu.nt.shared_data)."""
+        self.shared_clock.publish(self.threads.clock())
 
     def _on_port_io(self, port: int, size: int, pc: int) -> None:
         cpu = self.cpu

@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 
 from emu.errors import Fault, NtStatusError
-from emu.nt.calls.info import SYSTEM_TIME
 from emu.nt.kernel import (
     ACCESS_MASK,
     BOOLEAN,
@@ -28,6 +27,7 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import KernelObject, Status, object_name
+from emu.nt.shared_data import SYSTEM_TIME
 from emu.nt.sync import (
     MAXIMUM_WAIT_OBJECTS,
     Dispatcher,
