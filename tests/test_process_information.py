@@ -198,7 +198,8 @@ def test_system_information_through_wine(arch: str) -> None:
 def test_the_clocks_a_program_reads_advance_with_the_kernels_clock(arch: str) -> None:
     """GetTickCount/GetTickCount64 and InterruptTime read KUSER_SHARED_DATA, which follows the
     kernel's deterministic clock (1 ms per system call, a sleep's worth when the only thread
-    sleeps); QueryPerformanceCounter and GetSystemTimeAsFileTime ask the kernel. Around
+    sleeps); QueryPerformanceCounter and GetSystemTimeAsFileTime ask the kernel; rdtsc counts
+    the same clock at 3 GHz. Around
     Sleep(50) each advances by 50 ms and the few system calls between the reads; all agree
     on where the clock is, and a second run reads the same numbers."""
     runs = []
@@ -208,7 +209,7 @@ def test_the_clocks_a_program_reads_advance_with_the_kernels_clock(arch: str) ->
         runs.append(result.text)
     assert runs[0] == runs[1]  # deterministic
     clocks = {name: (int(a), int(b)) for name, a, b in (s.split() for s in runs[0].splitlines())}
-    assert list(clocks) == ["tick", "tick64", "qpc", "filetime", "interrupt"]
+    assert list(clocks) == ["tick", "tick64", "qpc", "filetime", "interrupt", "tsc"]
     advanced = {name: b for name, (_, b) in clocks.items()}
     assert all(50 <= ms <= 60 for ms in advanced.values()), advanced
     assert len(set(advanced.values())) == 1, advanced  # one clock behind all of them
@@ -221,5 +222,6 @@ def test_the_clocks_a_program_reads_advance_with_the_kernels_clock(arch: str) ->
         "qpc": clocks["qpc"][0] // 10_000 + 3_600_000,  # 10 MHz since the process started
         "filetime": clocks["filetime"][0] // 10_000 - start + 3_600_000,
         "interrupt": clocks["interrupt"][0] // 10_000,
+        "tsc": clocks["tsc"][0] // 3_000_000,  # rdtsc: 3 GHz since boot
     }
     assert all(boot_ms <= ms <= boot_ms + 3 for ms in since_boot.values()), (boot_ms, since_boot)

@@ -752,9 +752,10 @@ class ProcessCore:
 
     def _on_rdtsc(self) -> int:
         """The time-stamp counter: the kernel's deterministic clock (boot an hour ago, 1 ms per
-        system call: emu.nt.calls.info) at TSC_HZ, and at least TSC_PER_READ past the last
-        read, so it never stands still or goes back; the same run reads the same values."""
-        clock = (UPTIME_MS + len(self.syscalls)) * (TSC_HZ // 1000)
+        system call, the scheduler's quanta and sleeps: Scheduler.clock) at TSC_HZ, and at
+        least TSC_PER_READ past the last read, so it never stands still or goes back; the same
+        run reads the same values."""
+        clock = (UPTIME_MS * 10_000 + self.threads.clock()) * (TSC_HZ // 10_000_000)
         self._tsc = max(clock, self._tsc + TSC_PER_READ)
         return self._tsc
 
