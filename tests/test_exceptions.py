@@ -20,7 +20,7 @@ from emu import EmulationError, Module, Process
 from emu.cli.exec import exec_main
 from emu.facade import load_program
 from emu.observe.breakpoints import BreakContext
-from emu.win.layouts import CONTEXT, EXCEPTION_RECORD
+from emu.win.layouts import CONTEXT, CONTEXT_ARCH_BIT, EXCEPTION_RECORD
 from emu.win.ntdefs import NtStatus
 
 XMM5 = int.from_bytes(struct.pack("<I", 0x11223344) * 4, "little")
@@ -132,6 +132,43 @@ def test_the_second_chance_ends_the_process_and_reports_the_fault(arch: str) -> 
     assert e.value.status == NtStatus.ACCESS_VIOLATION
     assert e.value.registers["rcx" if arch == "x64" else "ecx"] == 0x10  # as at the fault
     assert "second chance" in str(e.value) and proc.exit_status == NtStatus.ACCESS_VIOLATION
+
+
+def test_an_exception_with_no_room_for_its_frame_ends_the_process_with_its_code(
+    arch: str,
+) -> None:
+    """NtRaiseException (first chance) of a CONTEXT whose stack pointer is in free memory:
+    the kernel cannot write the frame, and Windows ends the process with the exception code
+    (KiDispatchException's second chance); no dispatcher runs."""
+    proc = Process(arch, time_limit=10.0)
+    stubs = syscall_stubs(proc)
+    a, x64 = proc.arch, proc.arch.ptr_size == 8
+    buf, _ = proc.memory.allocate(0, 0x2000, 0x3000, 0x04)  # MEM_COMMIT | MEM_RESERVE, RW
+    record, context = buf, buf + 0x1000
+    nowhere = proc.memory.allocate(0, 0x10000, 0x2000, 0x04)[0] + 0x8000  # reserved only
+    values = {"ExceptionCode": 0xE0480001, "ExceptionAddress": 0x1234, "NumberParameters": 0}
+    proc.write(record, EXCEPTION_RECORD.pack(a, values))
+    ctx = bytearray(CONTEXT.size(a))
+    struct.pack_into("<I", ctx, CONTEXT.offset(a, "ContextFlags"), CONTEXT_ARCH_BIT[a.name] | 1)
+    for name, value in ((a.sp, nowhere), (a.pc, 0x1234), ("EFlags", 0x202)):
+        f = CONTEXT.fields[name[0].upper() + name[1:]]
+        struct.pack_into(f.fmt(a), ctx, f.offset(a), value)
+    proc.write(context, bytes(ctx))
+    stub = stubs["NtRaiseException"]
+    if x64:
+        code = [f"mov rcx, {record}", f"mov rdx, {context}", "mov r8d, 1", "sub rsp, 0x28"]
+        code += [f"mov rax, {stub}", "call rax", "add rsp, 0x28", "ret"]
+    else:
+        code = ["push 1", f"push {context}", f"push {record}"]
+        code += [f"mov eax, {stub}", "call eax", "ret"]
+    raiser = proc.load_flat("\n".join(["raiser:", *code, "dispatcher:", "int3"]), "raiser")
+    proc.exception_dispatcher = raiser.symbols["dispatcher"]
+    with pytest.raises(EmulationError) as e:
+        proc.call(raiser.symbols["raiser"])
+    assert e.value.status == 0xE0480001 and proc.exit_status == 0xE0480001
+    assert "not dispatched: no room on the stack" in str(e.value)
+    assert proc.exceptions == []  # never dispatched
+    assert proc.unhandled_exception is not None and proc.unhandled_exception.address == 0x1234
 
 
 @pytest.mark.parametrize("how", ["no dispatcher", "stop on first chance"])

@@ -481,25 +481,29 @@ class ProcessCore:
         cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
         event.state = cpu.state(fault.pc)
         if not deliver(self, record_bytes(self, event), capture_context(self), event=event):
-            # Windows' KiDispatchException cannot write the frame: the second chance, which
-            # ends the process with the exception code (no debugger, no handler can run)
-            chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
-            why = "no room on the stack for the exception frame"
-            detail = f"{fault.detail}; " if fault.detail else ""
-            event.first_chance = False
-            event.report = replace(
-                fault,
-                kind=f"unhandled exception: {fault.kind}",
-                detail=f"{detail}not dispatched: {why}; the process ends with its code; "
-                f"before it: {chain}",
-                dispatched=True,
-            )
-            self.unhandled_exception = event  # not in self.exceptions: never dispatched
-            self.exit_status = event.code
-            cpu.fault = event.report
+            cpu.fault = self.end_undelivered(event, fault)
             return False
         self.exceptions.append(event)
         return True
+
+    def end_undelivered(self, event: ExceptionEvent, fault: Fault) -> Fault:
+        """The kernel found no room on the stack for ``event``'s frame: as Windows'
+        KiDispatchException, the second chance, which ends the process with the exception
+        code (no debugger, no handler can run). Returns the report to end the run with."""
+        chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
+        detail = f"{fault.detail}; " if fault.detail else ""
+        event.first_chance = False
+        event.report = replace(
+            fault,
+            kind=f"unhandled exception: {fault.kind}",
+            status=event.code,
+            detail=f"{detail}not dispatched: no room on the stack for the exception frame; "
+            f"the process ends with its code; before it: {chain}",
+            dispatched=True,
+        )
+        self.unhandled_exception = event  # not in self.exceptions: never dispatched
+        self.exit_status = event.code
+        return event.report
 
     def _call_layout(self, convention: str | None, argc: int) -> Layout:
         conv = get_convention(self.arch, convention)

@@ -24,9 +24,10 @@ def NtRaiseException(
 ) -> int:
     """First chance (RaiseException, RtlRaiseStatus): the CONTEXT's registers are loaded and
     the record is dispatched like a fault's (``emu.nt.exceptions``). Second chance (the
-    dispatcher found no handler): the process ends with the exception code; the run's error
-    reports where the exception first happened. Without a dispatcher, or when the run stops at
-    first chance, the raise ends the run."""
+    dispatcher found no handler), or a first chance whose frame finds no room on the stack:
+    the process ends with the exception code; the run's error reports where the exception
+    first happened. Without a dispatcher, or when the run stops at first chance, the raise
+    ends the run."""
     proc = k.proc
     check_context_alignment(k.arch.name, ContextRecord)
     event = read_record(proc, k.read, ExceptionRecord)
@@ -44,6 +45,9 @@ def NtRaiseException(
             proc.exceptions.append(event)
             k.return_value = proc.cpu.reg(k.arch.ret)
             return NtStatus.SUCCESS
+        raised = Fault(f"exception {status_name(event.code)} raised", pc=event.address)
+        proc.cpu.raise_fault(proc.end_undelivered(event, raised))
+        return NtStatus.SUCCESS
     if not FirstChance:
         # the first-chance event this is the end of: the latest one with its code and address
         same = [e for e in proc.exceptions if (e.code, e.address) == (event.code, event.address)]
