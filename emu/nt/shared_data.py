@@ -78,11 +78,7 @@ def fill_shared_user_data(mem: MemoryIO, arch: Arch, address: int) -> None:
     put("ActiveGroupCount", 1)
     put("UnparkedProcessorCount", 1)
     put("SystemCall", 0)  # system-call stubs use `syscall`, not int 2e
-    # the clocks at the kernel's time 0 (SharedClock.publish writes them from then on)
-    put("TickCountMultiplier", TICK_COUNT_MULTIPLIER)
-    for name, value in _times(0):
-        put(name, value)
-        put(f"{name}High2", value >> 32)
+    put("TickCountMultiplier", TICK_COUNT_MULTIPLIER)  # the clocks: SharedClock.publish
     put("QpcFrequency", QPC_FREQUENCY)
     put("SuiteMask", 0x100)  # VER_SUITE_SINGLEUSERTS
     put("MitigationPolicies", 0x2)  # NX_SUPPORT_POLICY_OPTIN
@@ -102,21 +98,11 @@ def fill_shared_user_data(mem: MemoryIO, arch: Arch, address: int) -> None:
         put("XStateAllFeatures", size, i)
 
 
-def _times(clock: int) -> list[tuple[str, int]]:
-    """The page's three clocks at the kernel's ``clock`` (100 ns units since the process
-    started): TickCount (ms since boot), InterruptTime (100 ns since boot), SystemTime."""
-    interrupt = UPTIME_MS * 10_000 + clock
-    return [
-        ("TickCount", interrupt // 10_000),
-        ("InterruptTime", interrupt),
-        ("SystemTime", SYSTEM_TIME + clock),
-    ]
-
-
 class SharedClock:
-    """KUSER_SHARED_DATA's TickCount, InterruptTime and SystemTime kept in step with the
-    kernel's clock (``Scheduler.clock``): ``publish`` after every system call and every move
-    of the scheduler's clock. Written straight into the page's host memory (``view``, the
+    """KUSER_SHARED_DATA's TickCount (ms since boot), InterruptTime (100 ns since boot) and
+    SystemTime kept in step with the kernel's clock (``Scheduler.clock``, 100 ns since the
+    process started): ``publish`` at the start, after every system call and every move of the
+    scheduler's clock. Written straight into the page's host memory (``view``, the
     whole page) with two ``pack_into``s (nothing cached: a restored snapshot brings its own
     page back)."""
 

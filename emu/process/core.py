@@ -273,6 +273,7 @@ class ProcessCore:
         fill_shared_user_data(self, a, KUSER_SHARED_DATA_ADDRESS)
         # its clocks follow the kernel's from now on (publish_clock)
         self.shared_clock = SharedClock(self.cpu.host_view(KUSER_SHARED_DATA_ADDRESS, PAGE_SIZE))
+        self.shared_clock.publish(0)
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
