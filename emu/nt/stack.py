@@ -6,10 +6,14 @@ committed, and above it lies the thread's *guaranteed* area: the stack a handler
 STATUS_STACK_OVERFLOW runs on. When the guard page is touched and a new one would have to go
 into that area, the kernel commits the whole area (no guard page is left), sets StackLimit to
 its bottom and raises STATUS_STACK_OVERFLOW (0xC00000FD) at the faulting instruction; the
-handler then runs in what remains. (Windows Internals, 7th ed., part 1, ch. 5, "User stacks"
-and "Thread stacks"; MSDN SetThreadStackGuarantee: "the minimum size of the stack ... that will
-be available during any stack overflow exceptions"; MSDN _resetstkoflw: without it "there are
-no guard pages after the previous exception", and the next overflow ends the process.)
+handler then runs in what remains. Sources: Windows Internals (7th ed., part 1, ch. 5,
+"Stacks": the reservation, the committed top and the guard page that moves down); MSDN "Thread
+Stack Size" (stack grows "until ... the reserved size minus one page"), SetThreadStackGuarantee
+("the minimum size of the stack ... that will be available during any stack overflow
+exceptions") and _resetstkoflw (without it "there are no guard pages after the previous
+exception", and the next overflow ends the process); the commit of the guaranteed area and
+StackLimit at its bottom as ReactOS's MmCheckForUserStackOverflow and Wine's stack growth do
+it (read for the facts, not copied).
 
 The area is TEB.GuaranteedStackBytes (which SetThreadStackGuarantee sets: Wine's kernelbase
 writes the TEB field, at least 8 KiB on x64) or, when that is smaller, a default sized for
