@@ -16,6 +16,7 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
     crossfree.exe  frees runtime.dll's block with msvcrt.dll's free
     vmrules.exe    virtual memory, sections and views as a program uses them (issue 16)
     sysinfo.exe    processor features, memory status and counters, priorities, a thread stack
+    clock.exe      GetTickCount, QueryPerformanceCounter, the system time around Sleep(50)
     fault.exe      reads address 0x10 (-O0: the faulting load is inside its basic block)
     exceptions.exe exceptions dispatched to its handlers (SEH, vectored, guard pages, ...)
     thrower.dll    throws a C++ exception ...
@@ -72,6 +73,7 @@ RECIPES: dict[str, Recipe] = {
     "crossfree.exe": Recipe(("crossfree.c",), dlls=("runtime.dll",)),
     "vmrules.exe": Recipe(("vmrules.c",)),
     "sysinfo.exe": Recipe(("sysinfo.c",), libs=("psapi",)),
+    "clock.exe": Recipe(("clock.c",)),
     "fault.exe": Recipe(("fault.c",), cflags=("-O0",)),
     "exceptions.exe": Recipe(("exceptions.c",)),
     "thrower.dll": Recipe(("thrower.cpp",), shared=True, shared_libgcc=True),

@@ -20,11 +20,14 @@ from emu import EmulationError, Module, Process
 from emu.cli.exec import exec_main
 from emu.facade import load_program
 from emu.observe.breakpoints import BreakContext
-from emu.win.layouts import CONTEXT, EXCEPTION_RECORD
+from emu.win.layouts import CONTEXT, CONTEXT_ARCH_BIT, EXCEPTION_RECORD
 from emu.win.ntdefs import NtStatus
 
 XMM5 = int.from_bytes(struct.pack("<I", 0x11223344) * 4, "little")
 XMM6 = int.from_bytes(struct.pack("<I", 0x55667788) * 4, "little")
+# cs, ss, ds, es, fs, gs of 32-bit user code on Windows (KGDT_R3_CODE, KGDT_R3_DATA,
+# KGDT_R3_TEB, | 3; gs unused)
+WIN32_SEGMENTS = [0x1B, 0x23, 0x23, 0x23, 0x3B, 0]
 
 
 def _flat(proc: Process, *, second_chance: bool = False) -> Module:
@@ -38,6 +41,8 @@ def _flat(proc: Process, *, second_chance: bool = False) -> Module:
     pc, ax = CONTEXT.offset(a, a.pc.capitalize()), CONTEXT.offset(a, a.ret.capitalize())
     cx = "rcx" if x64 else "ecx"
     lines = ["site:", "mov eax, 0x11223344", "movd xmm5, eax", "pshufd xmm5, xmm5, 0"]
+    if x64:  # null ds/es (allowed in 64-bit mode): a CONTEXT still shows Windows' constants
+        lines += ["xor ecx, ecx", "mov ds, cx", "mov es, cx"]
     lines += [f"mov {cx}, 0x10", "load:", f"mov eax, dword ptr [{cx}]", "ret", "dispatcher:"]
     if x64:  # rsp -> CONTEXT, the EXCEPTION_RECORD after it and its CONTEXT_EX
         lines += ["mov rcx, rsp", "lea rdx, [rsp + 0x4f0]"]
@@ -90,6 +95,8 @@ def test_a_fault_is_dispatched_with_the_kernels_frame_and_nt_continue_restores_i
         seen["sp"] = CONTEXT.read(proc, a, context, a.sp.capitalize())
         xmm5 = CONTEXT.offset(a, "FxSave") + 160 + 5 * 16
         seen["xmm5"] = int.from_bytes(proc.read(context + xmm5, 16), "little")
+        for seg in ("Cs", "Ss", "Ds", "Es", "Fs", "Gs"):
+            seen[seg] = CONTEXT.read(proc, a, context, f"Seg{seg}")
 
     proc.breakpoint(code.symbols["dispatcher"], at_dispatcher)
     before = proc.snapshot()
@@ -97,6 +104,9 @@ def test_a_fault_is_dispatched_with_the_kernels_frame_and_nt_continue_restores_i
     assert seen["code"] == NtStatus.ACCESS_VIOLATION and seen["address"] == seen["pc"] == load
     assert (seen["params"], seen["info0"], seen["info1"]) == (2, 0, 0x10)  # a read of 0x10
     assert seen["cx"] == 0x10 and seen["xmm5"] == XMM5 and seen["aligned"]
+    # the user selectors Windows reports (x64: constants, whatever ds/es held)
+    segs = [seen[s] for s in ("Cs", "Ss", "Ds", "Es", "Fs", "Gs")]
+    assert segs == ([0x33, 0x2B, 0x2B, 0x2B, 0x53, 0x2B] if a.ptr_size == 8 else WIN32_SEGMENTS)
     if a.ptr_size == 8:
         assert seen["context_ex"] and seen["machine_rip"] == load
         assert seen["machine_rsp"] == seen["sp"]
@@ -122,6 +132,43 @@ def test_the_second_chance_ends_the_process_and_reports_the_fault(arch: str) -> 
     assert e.value.status == NtStatus.ACCESS_VIOLATION
     assert e.value.registers["rcx" if arch == "x64" else "ecx"] == 0x10  # as at the fault
     assert "second chance" in str(e.value) and proc.exit_status == NtStatus.ACCESS_VIOLATION
+
+
+def test_an_exception_with_no_room_for_its_frame_ends_the_process_with_its_code(
+    arch: str,
+) -> None:
+    """NtRaiseException (first chance) of a CONTEXT whose stack pointer is in free memory:
+    the kernel cannot write the frame, and Windows ends the process with the exception code
+    (KiDispatchException's second chance); no dispatcher runs."""
+    proc = Process(arch, time_limit=10.0)
+    stubs = syscall_stubs(proc)
+    a, x64 = proc.arch, proc.arch.ptr_size == 8
+    buf, _ = proc.memory.allocate(0, 0x2000, 0x3000, 0x04)  # MEM_COMMIT | MEM_RESERVE, RW
+    record, context = buf, buf + 0x1000
+    nowhere = proc.memory.allocate(0, 0x10000, 0x2000, 0x04)[0] + 0x8000  # reserved only
+    values = {"ExceptionCode": 0xE0480001, "ExceptionAddress": 0x1234, "NumberParameters": 0}
+    proc.write(record, EXCEPTION_RECORD.pack(a, values))
+    ctx = bytearray(CONTEXT.size(a))
+    struct.pack_into("<I", ctx, CONTEXT.offset(a, "ContextFlags"), CONTEXT_ARCH_BIT[a.name] | 1)
+    for name, value in ((a.sp, nowhere), (a.pc, 0x1234), ("EFlags", 0x202)):
+        f = CONTEXT.fields[name[0].upper() + name[1:]]
+        struct.pack_into(f.fmt(a), ctx, f.offset(a), value)
+    proc.write(context, bytes(ctx))
+    stub = stubs["NtRaiseException"]
+    if x64:
+        code = [f"mov rcx, {record}", f"mov rdx, {context}", "mov r8d, 1", "sub rsp, 0x28"]
+        code += [f"mov rax, {stub}", "call rax", "add rsp, 0x28", "ret"]
+    else:
+        code = ["push 1", f"push {context}", f"push {record}"]
+        code += [f"mov eax, {stub}", "call eax", "ret"]
+    raiser = proc.load_flat("\n".join(["raiser:", *code, "dispatcher:", "int3"]), "raiser")
+    proc.exception_dispatcher = raiser.symbols["dispatcher"]
+    with pytest.raises(EmulationError) as e:
+        proc.call(raiser.symbols["raiser"])
+    assert e.value.status == 0xE0480001 and proc.exit_status == 0xE0480001
+    assert "not dispatched: no room on the stack" in str(e.value)
+    assert proc.exceptions == []  # never dispatched
+    assert proc.unhandled_exception is not None and proc.unhandled_exception.address == 0x1234
 
 
 @pytest.mark.parametrize("how", ["no dispatcher", "stop on first chance"])
@@ -233,20 +280,93 @@ def test_heapemu_exec_reports_an_unhandled_exception_and_can_stop_at_first_chanc
     assert "the program did not exit: " in out.err and "unmapped read at address 0x10" in out.err
 
 
+def _overflow_line(what: str) -> str:
+    """What exceptions.c prints for a caught overflow: its code, and TEB.StackLimit at the
+    bottom of the guaranteed area (one page above DeallocationStack: no guard page left)."""
+    return f"{what} caught=1 code=c00000fd limit_at_bottom=1"
+
+
 @pytest.mark.wine
-def test_a_stack_overflow_is_raised_to_the_program(arch: str) -> None:
+def test_an_unhandled_stack_overflow_ends_the_program_with_its_code(arch: str) -> None:
     """Unbounded recursion: STATUS_STACK_OVERFLOW at the recursing function's store into the
-    last page. With one page left (heapemu's stack keeps no larger reserve) Wine's dispatcher
-    runs out of stack itself, and the run ends naming the overflow."""
+    guard page above the guaranteed area; the vectored handler sees it, nothing handles it,
+    and the process ends with 0xC00000FD, reported as any unhandled exception. (With the one
+    page heapemu used to leave, Wine's dispatcher ran out of stack and the run ended with no
+    exit code.)"""
     program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow"])
     result = program.run(time_limit=120)
-    first = result.exceptions[0]
+    assert result.exit_code == NtStatus.STACK_OVERFLOW, result.error
+    [first] = result.exceptions
     assert first.code == NtStatus.STACK_OVERFLOW
     assert first.state is not None and first.state.symbol.startswith("exceptions!recurse")
-    assert result.error is not None and result.exit_code is None
-    message = str(result.error)
-    assert "not dispatched: no room on the stack" in message
-    assert "before it: STATUS_STACK_OVERFLOW at" in message
+    assert first.params[0] == 1  # a write (the store into the recursing frame)
+    assert result.unhandled is first
+
+
+@pytest.mark.wine
+def test_a_stack_overflow_is_caught_and_the_thread_goes_on(arch: str) -> None:
+    """A structured handler around the recursion (x64: a __C_specific_handler scope, unwound
+    to by RtlUnwindEx; x86: a registration record whose handler leaves as MSVC's __except
+    does) catches STATUS_STACK_OVERFLOW and the program goes on. _resetstkoflw (Wine's msvcrt:
+    VirtualProtect of its own stack page to PAGE_GUARD, the kernel's write of the
+    out-parameters touching it) puts a guard page back, so a second overflow is caught too."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-caught"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == 0, result.error
+    first, second = _overflow_line("first"), _overflow_line("second")
+    assert result.text.splitlines() == [first, "reset 1", second]
+    assert [e.code for e in result.exceptions] == [NtStatus.STACK_OVERFLOW] * 2
+
+
+@pytest.mark.wine
+def test_a_second_overflow_without_a_guard_page_ends_the_process(arch: str) -> None:
+    """Without _resetstkoflw no guard page is left: the second recursion runs into the
+    reservation's last page, which is never committed, and the kernel has no stack to write
+    that access violation's frame on. Windows ends the process with the exception's code."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-twice"])
+    result = program.run(time_limit=120)
+    assert result.text.splitlines() == [_overflow_line("first")]  # never "survived"
+    assert result.exit_code == NtStatus.ACCESS_VIOLATION
+    assert [e.code for e in result.exceptions] == [NtStatus.STACK_OVERFLOW]
+    assert result.unhandled is not None and not result.unhandled.first_chance
+    assert result.unhandled.state is not None
+    assert result.unhandled.state.symbol.startswith("exceptions!recurse")
+    assert result.error is not None and result.error.status == NtStatus.ACCESS_VIOLATION
+    assert "not dispatched: no room on the stack" in str(result.error)
+    stack = program.proc.thread_stack
+    assert stack.base <= result.unhandled.params[1] < stack.base + 0x1000  # the last page
+
+
+@pytest.mark.wine
+def test_set_thread_stack_guarantee_leaves_that_much_stack_to_the_handler(arch: str) -> None:
+    """SetThreadStackGuarantee(64 KiB) (Wine's kernelbase writes TEB.GuaranteedStackBytes):
+    the overflow is raised with at least that much stack below the handler's stack pointer."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-guarantee"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == 0, result.error
+    assert result.text.splitlines() == [_overflow_line("guarantee"), "set 1 now=10000 room_ok=1"]
+
+
+@pytest.mark.wine
+def test_a_thread_catches_an_overflow_of_its_own_stack(arch: str) -> None:
+    """A thread's overflow is raised on its own stack and caught there; the handler's CONTEXT
+    carries Windows' user selectors, and NtContinue of one keeps the thread on its own TEB."""
+    program = load_program(build("exceptions.exe", arch), ["exceptions.exe", "overflow-thread"])
+    result = program.run(time_limit=120)
+    assert result.exit_code == 0, result.error
+    segs = "33 2b 2b 2b 53 2b" if arch == "x64" else " ".join(f"{s:x}" for s in WIN32_SEGMENTS)
+    # x86: fs is KGDT_R3_TEB | 3 on every thread, as on Windows (heapemu's own descriptor
+    # for the thread's TEB is not shown)
+    assert result.text.splitlines() == [
+        _overflow_line("thread"),
+        f"thread segs {segs}",
+        "thread continued value=42 same_teb=1",
+        "thread exit 7",
+    ]
+    event = result.exceptions[0]
+    thread_stack = program.proc.threads.threads[1].stack
+    assert thread_stack is not None and event.state is not None
+    assert thread_stack.contains(event.state.registers["rsp" if arch == "x64" else "esp"])
 
 
 @pytest.mark.wine

@@ -44,18 +44,6 @@ def exits_with(code: int) -> Callable[[str, ProgramResult], None]:
     return check
 
 
-def ends_with_error(kind: str | None = None) -> Callable[[str, ProgramResult], None]:
-    """The run ended without an exit code, with a typed error (Windows ends such a process:
-    the kernel cannot write the exception frame)."""
-
-    def check(arch: str, result: ProgramResult) -> None:
-        assert result.exit_code is None and isinstance(result.error, EmulationError)
-        if kind is not None:
-            assert result.error.kind == kind, result.error
-
-    return check
-
-
 def endless(arch: str, result: ProgramResult) -> None:
     assert result.exit_code is None and result.error is not None
     assert result.error.kind == "wall-clock limit exceeded"
@@ -68,10 +56,27 @@ def nested(arch: str, result: ProgramResult) -> None:
     assert [e.params[1] for e in result.exceptions] == [0x10, 0x20, 0x20]
 
 
+def no_room(code: int, kind: str | None = None) -> Callable[[str, ProgramResult], None]:
+    """The kernel could not write an exception's frame on the stack: Windows ends the
+    process with the exception's code (KiDispatchException's second chance), and the run's
+    error says why."""
+
+    def check(arch: str, result: ProgramResult) -> None:
+        assert result.exit_code == code and isinstance(result.error, EmulationError)
+        assert "not dispatched: no room on the stack" in str(result.error)
+        if kind is not None:
+            assert result.error.kind == f"unhandled exception: {kind}", result.error
+
+    return check
+
+
 def nested_forever(arch: str, result: ProgramResult) -> None:
-    ends_with_error()(arch, result)
-    assert len(result.exceptions) > 10 and result.error is not None
-    assert "not dispatched: no room on the stack" in str(result.error)
+    """Each nested fault takes more stack; the frame that reaches the guaranteed area is
+    delivered as STATUS_STACK_OVERFLOW (KiDispatchException), the handler faults on, and the
+    first frame with no room left ends the process."""
+    no_room(ACCESS_VIOLATION)(arch, result)
+    assert len(result.exceptions) > 10
+    assert NtStatus.STACK_OVERFLOW in {e.code for e in result.exceptions}
 
 
 def continue_forever(arch: str, result: ProgramResult) -> None:
@@ -174,7 +179,7 @@ def free_peb(arch: str, result: ProgramResult) -> None:
         "teb-self 1",
         "stack",
     ]
-    ends_with_error()(arch, result)
+    no_room(ACCESS_VIOLATION)(arch, result)
 
 
 def cow_ntdll(arch: str, result: ProgramResult) -> None:
@@ -210,7 +215,7 @@ MODES: dict[str, Callable[[str, ProgramResult], None]] = {
     "seh-garbage": exits_with(ACCESS_VIOLATION),
     "seh-loop": seh_loop,
     "continue-random": lambda arch, result: None,  # whatever random registers make of it
-    "continue-zero": ends_with_error("unmapped fetch"),
+    "continue-zero": no_room(ACCESS_VIOLATION, "unmapped fetch"),  # a stack pointer of 0
     "continue-unaligned": unaligned,
     "raise-garbage": raise_garbage,
     "raise-params": raise_params,
@@ -218,7 +223,7 @@ MODES: dict[str, Callable[[str, ProgramResult], None]] = {
     "jump-nx": exits_with(ACCESS_VIOLATION),
     "jump-teb": exits_with(ACCESS_VIOLATION),
     "stack-limits": exits_with(ACCESS_VIOLATION),
-    "overflow": ends_with_error(),
+    "overflow": exits_with(NtStatus.STACK_OVERFLOW),  # no handler: the process ends
     "fastfail": fast_fail,
     "int80": int80,
     "ud2": exits_with(NtStatus.ILLEGAL_INSTRUCTION),
@@ -227,7 +232,7 @@ MODES: dict[str, Callable[[str, ProgramResult], None]] = {
     "exit-in-heap": exit_in_heap,
     "terminate-self": terminate_self,
     "free-peb": free_peb,
-    "noaccess-stack": ends_with_error(),
+    "noaccess-stack": no_room(ACCESS_VIOLATION),
     "cow-ntdll": cow_ntdll,
     "close-handles": exits_with(3),
     "writefile-huge": writefile_huge,

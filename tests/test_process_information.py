@@ -192,3 +192,36 @@ def test_system_information_through_wine(arch: str) -> None:
     got = {k: int(v, 16) for k, v in (line.split(" ", 1) for line in result.text.splitlines())}
     wrong = {k: (hex(got.get(k, -1)), hex(v)) for k, v in SYSINFO.items() if got.get(k) != v}
     assert not wrong, f"(got, expected) per check: {wrong}"
+
+
+@pytest.mark.wine
+def test_the_clocks_a_program_reads_advance_with_the_kernels_clock(arch: str) -> None:
+    """GetTickCount/GetTickCount64 and InterruptTime read KUSER_SHARED_DATA, which follows the
+    kernel's deterministic clock (1 ms per system call, a sleep's worth when the only thread
+    sleeps); QueryPerformanceCounter and GetSystemTimeAsFileTime ask the kernel; rdtsc counts
+    the same clock at 3 GHz. Around
+    Sleep(50) each advances by 50 ms and the few system calls between the reads; all agree
+    on where the clock is, and a second run reads the same numbers."""
+    runs = []
+    for _ in range(2):
+        result = load_program(build("clock.exe", arch), ["clock.exe"]).run(time_limit=60)
+        assert result.exit_code == 0, result.error
+        runs.append(result.text)
+    assert runs[0] == runs[1]  # deterministic
+    clocks = {name: (int(a), int(b)) for name, a, b in (s.split() for s in runs[0].splitlines())}
+    assert list(clocks) == ["tick", "tick64", "qpc", "filetime", "interrupt", "tsc"]
+    advanced = {name: b for name, (_, b) in clocks.items()}
+    assert all(50 <= ms <= 60 for ms in advanced.values()), advanced
+    assert len(set(advanced.values())) == 1, advanced  # one clock behind all of them
+    # before the sleep: the milliseconds since boot (an hour at the process's start,
+    # UPTIME_MS) as GetTickCount says them, and the others read a system call or two later
+    boot_ms = clocks["tick"][0]
+    assert 3_600_000 < boot_ms < 3_600_000 + 1_000 and clocks["tick64"][0] == boot_ms
+    start = 133_000_000_000_000_000 // 10_000  # SYSTEM_TIME, in ms
+    since_boot = {
+        "qpc": clocks["qpc"][0] // 10_000 + 3_600_000,  # 10 MHz since the process started
+        "filetime": clocks["filetime"][0] // 10_000 - start + 3_600_000,
+        "interrupt": clocks["interrupt"][0] // 10_000,
+        "tsc": clocks["tsc"][0] // 3_000_000,  # rdtsc: 3 GHz since boot
+    }
+    assert all(boot_ms <= ms <= boot_ms + 3 for ms in since_boot.values()), (boot_ms, since_boot)

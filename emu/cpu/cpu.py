@@ -466,6 +466,17 @@ class Cpu:
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
         self.flush_tlb()
 
+    def host_view(self, addr: int, size: int) -> memoryview:
+        """The host memory backing [addr, addr+size) (inside one window), writable: what
+        Python writes there emulated code reads at once (its translations point at it), with
+        no C call. For the few bytes the kernel updates all the time (KUSER_SHARED_DATA's
+        clocks); code is never written this way."""
+        self.ensure_backed(addr, size)
+        lo, hi, mem, _ = self._windows[addr - addr % self._window]
+        if addr + size > hi:
+            raise CpuError(f"0x{addr:x}+0x{size:x} crosses a backing window")
+        return memoryview(mem)[addr - lo : addr - lo + size]
+
     def backing(self) -> list[int]:
         """The windows backed (their starts), in address order (for snapshots)."""
         return sorted(self._windows)

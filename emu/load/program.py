@@ -46,7 +46,6 @@ from typing import IO, TYPE_CHECKING, Any
 from emu.errors import EmulationError
 from emu.load.heap_route import HeapRoute, route_heap
 from emu.modules import Module
-from emu.nt.calls import info as nt_info
 from emu.nt.calls import section as nt_section
 from emu.nt.exceptions import ExceptionEvent
 from emu.nt.objects import STD_HANDLES, MainImage, ObjectManager
@@ -348,9 +347,6 @@ def _fill_process(proc: ProcessCore, exe: Module, params: int) -> None:
     k = KUSER_SHARED_DATA_ADDRESS
     root = WINDOWS_DIR.encode("utf-16-le") + b"\0\0"
     proc.write(KUSER_SHARED_DATA.address(arch, k, "NtSystemRoot"), root)
-    KUSER_SHARED_DATA.write(proc, arch, k, "TickCountMultiplier", 0x0FA00000)
-    KUSER_SHARED_DATA.write(proc, arch, k, "SystemTime", nt_info.SYSTEM_TIME)
-    KUSER_SHARED_DATA.write(proc, arch, k, "SystemTimeHigh2", nt_info.SYSTEM_TIME >> 32)
 
 
 def load_program(

@@ -83,7 +83,7 @@ def deliver_apc(
         new_sp = ctx_at - 0x18
         frame = struct.pack("<6I", 0, ctx_at, arg1, arg2, arg3, routine) + bytes(ctx)
     assert new_sp + len(frame) == ctx_at + len(ctx)
-    if not make_stack_room(proc, new_sp, sp):
+    if not make_stack_room(proc, new_sp, sp)[0]:
         return False
     thread.apcs.pop(0)
     proc.write(new_sp, frame)

@@ -17,10 +17,14 @@ dispatcher reads (checked by disassembling both ntdlls' KiUserExceptionDispatche
          slots left out), then the CONTEXT just below the faulting esp (rounded down to 4)
 
 The CONTEXT carries everything (CONTEXT_ALL); NtContinue and NtRaiseException apply what its
-ContextFlags select, sanitising EFLAGS as the kernel does. Segment selectors are the emulated
-CPU's own (heapemu runs x86 code at CPL 0 with selectors 0x08/0x10 for cs/ss and x64 code with
-null selectors, where Windows shows 0x1B/0x23 and 0x33/0x2B); the kernel never takes cs/ss
-from a CONTEXT, and on x64 not ds/es/fs/gs either (they are constant there).
+ContextFlags select, sanitising EFLAGS as the kernel does. Segment selectors are the ones
+Windows reports. x64: constants (WRK KeContextFromKframes: SegDs = SegEs = SegGs =
+KGDT64_R3_DATA | 3 = 0x2B, SegFs = KGDT64_R3_CMTEB | 3 = 0x53; SegCs = 0x33 and SegSs = 0x2B
+from the trap frame of 64-bit user code), whatever code loaded into them. x86: the CPU's
+own (cs 0x1B, ss/ds/es 0x23, gs 0), except fs, which is KGDT_R3_TEB | 3 = 0x3B on every thread
+of Windows, while heapemu gives each thread a TEB descriptor of its own (emu.cpu.segments): a
+CONTEXT shows 0x3B and NtContinue takes 0x3B as the thread's own. The kernel never takes cs/ss
+from a CONTEXT, and on x64 not ds/es/fs/gs either.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from emu.cpu.segments import SEL64_CODE3, SEL64_DATA3, SEL64_FS, SEL_DATA3, SEL_TEB, teb_selector
 from emu.errors import CpuState, Fault, NtStatusError
 from emu.win.layouts import (
     CONTEXT,
@@ -84,7 +89,16 @@ _EFLAGS_IF, _EFLAGS_TF, _EFLAGS_DF, _EFLAGS_RESERVED = 0x200, 0x100, 0x400, 0x2
 # MXCSR bits a CONTEXT may set: the processor's MXCSR_MASK (the kernel reads it from FXSAVE;
 # 0xFFFF, DAZ included, as Cpu.fx_state reports it)
 _MXCSR_USER = 0xFFFF
-_X86_SEGMENT_SELECTORS = frozenset({0x0, 0x23, 0x3B})  # null, flat user data, the TEB (fs)
+_X86_SEGMENT_SELECTORS = frozenset({0x0, SEL_DATA3, SEL_TEB})  # null, flat user data, TEB
+# x64: what every CONTEXT shows (see the module docstring)
+_X64_SELECTORS = {
+    "cs": SEL64_CODE3,
+    "ss": SEL64_DATA3,
+    "ds": SEL64_DATA3,
+    "es": SEL64_DATA3,
+    "fs": SEL64_FS,
+    "gs": SEL64_DATA3,
+}
 
 
 @dataclass
@@ -184,7 +198,10 @@ def capture_context(proc: ProcessCore) -> bytes:
         _put(at, reg.capitalize(), cpu.reg(reg))
     _put(at, "EFlags", cpu.reg("eflags"))
     for seg in ("cs", "ss", *_DATA_SEGMENTS):
-        _put(at, f"Seg{seg.capitalize()}", cpu.reg(seg))
+        value = _X64_SELECTORS[seg] if not x86 else cpu.reg(seg)
+        if x86 and seg == "fs" and value == teb_selector(proc.threads.current.slot):
+            value = SEL_TEB  # the thread's own TEB descriptor, as Windows numbers it
+        _put(at, f"Seg{seg.capitalize()}", value)
     for dr in _DEBUG:
         _put(at, dr.capitalize(), cpu.reg(dr))
     fx = cpu.fx_state()
@@ -257,7 +274,11 @@ def apply_context(proc: ProcessCore, ctx: bytes, *, stepped: bool = False) -> in
             selector = 0 if selector == 3 else selector
             # a selector naming no user data descriptor would fault on the way back to user
             # mode; heapemu keeps the current one instead
-            if selector in _X86_SEGMENT_SELECTORS and selector != cpu.reg(seg):
+            if selector not in _X86_SEGMENT_SELECTORS:
+                continue
+            if seg == "fs" and selector == SEL_TEB:  # this thread's TEB (see capture_context)
+                selector = teb_selector(proc.threads.current.slot)
+            if selector != cpu.reg(seg):
                 cpu.set_reg(seg, selector)
     if flags & CONTEXT_FLOATING_POINT or (x86 and flags & CONTEXT_EXTENDED_REGISTERS):
         fx = bytearray(cpu.fx_state())
@@ -317,26 +338,48 @@ def read_record(proc: ProcessCore, read: Callable[[int, int], bytes], addr: int)
     return ExceptionEvent(code, where, params, flags, details={"record": addr})
 
 
-def make_stack_room(proc: ProcessCore, low: int, high: int) -> bool:
+def make_stack_room(proc: ProcessCore, low: int, high: int) -> tuple[bool, int | None]:
     """Commit the stack pages of [low, high) as the kernel's writes would (a guard page grows
-    the stack); False when the frame cannot be written there."""
-    stack = proc.thread_stack
+    the stack). Returns whether the frame can be written there, and the page whose guard
+    raised STATUS_STACK_OVERFLOW on the way (None: none did)."""
+    overflow = None
     page = (high - 1) & ~(PAGE_SIZE - 1)
     while page >= low & ~(PAGE_SIZE - 1):
         state = proc.memory.page_state(page)
-        if state and state & PAGE_GUARD and stack.contains(page):
-            stack.on_guard_page(page)  # an overflow still leaves this page committed
+        if state and state & PAGE_GUARD:
+            stack = proc.threads.stack_containing(page)
+            if stack is not None and stack.on_guard_page(page) is not None:
+                overflow = page if overflow is None else overflow
             state = proc.memory.page_state(page)
         if not state or state & PAGE_GUARD or not proc.memory.is_accessible(page, 1, write=True):
-            return False
+            return False, overflow
         page -= PAGE_SIZE
-    return True
+    return True, overflow
 
 
-def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = False) -> bool:
+def _as_stack_overflow(proc: ProcessCore, record: bytes, page: int) -> bytes:
+    """The record of the STATUS_STACK_OVERFLOW the kernel's own write of a frame raised: as
+    KiDispatchException does when copying the frame faults with it, the overflow is
+    dispatched instead, at the original exception's address (WRK, KiDispatchException)."""
+    arch = proc.arch
+    address = arch.unpack_ptr(record, EXCEPTION_RECORD.offset(arch, "ExceptionAddress"))
+    event = ExceptionEvent(NtStatus.STACK_OVERFLOW, address, (_ACCESS_CODE["write"], page))
+    return record_bytes(proc, event)
+
+
+def deliver(
+    proc: ProcessCore,
+    record: bytes,
+    ctx: bytes,
+    *,
+    stepped: bool = False,
+    event: ExceptionEvent | None = None,
+) -> bool:
     """Write ``record`` and ``ctx`` onto the stack below the CONTEXT's stack pointer as the
     kernel does and point the CPU at KiUserExceptionDispatcher. False when the stack has no
-    room for the frame (the exception cannot be delivered)."""
+    room for the frame (the exception cannot be delivered). When writing the frame ran into
+    the stack's guaranteed area, STATUS_STACK_OVERFLOW is delivered instead (``event``, when
+    given, is changed to it)."""
     arch, cpu = proc.arch, proc.cpu
     dispatcher = proc.exception_dispatcher
     assert dispatcher is not None
@@ -345,6 +388,11 @@ def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = Fal
         er_at = CONTEXT.size(arch) + CONTEXT_EX_SIZE
         frame_at = er_at + 0xA0  # the record, padded to 16 bytes
         new_sp = (sp - (frame_at + 0x30)) & ~0xF
+        room, overflow = make_stack_room(proc, new_sp, sp)
+        if not room:
+            return False
+        if overflow is not None:
+            record = _as_stack_overflow(proc, record, overflow)
         context_ex = struct.pack("<iIiIiI", -0x4D0, 0x4F0, -0x4D0, 0x4D0, CONTEXT_EX_SIZE, 0)
         machine_frame = struct.pack(
             "<5Q",
@@ -359,19 +407,28 @@ def deliver(proc: ProcessCore, record: bytes, ctx: bytes, *, stepped: bool = Fal
         frame[len(ctx) : er_at] = context_ex
         frame[er_at : er_at + len(record)] = record
         frame[frame_at : frame_at + len(machine_frame)] = machine_frame
-        if not make_stack_room(proc, new_sp, sp):
-            return False
         proc.write(new_sp, bytes(frame))
     else:
-        # only the ExceptionInformation slots in use are copied
+        # only the ExceptionInformation slots in use are copied (an overflow has two, as the
+        # faults it can replace)
         n = struct.unpack_from("<I", record, EXCEPTION_RECORD.offset(arch, "NumberParameters"))[0]
         used = EXCEPTION_RECORD.offset(arch, "ExceptionInformation") + 4 * min(n, 15)
         ctx_at = (sp & ~3) - len(ctx)
         er_at = ctx_at - used
         new_sp = er_at - 8
-        if not make_stack_room(proc, new_sp, sp):
+        room, overflow = make_stack_room(proc, new_sp, sp)
+        if not room:
             return False
+        if overflow is not None:
+            record = _as_stack_overflow(proc, record, overflow)
+            used = EXCEPTION_RECORD.offset(arch, "ExceptionInformation") + 4 * 2
+            er_at = ctx_at - used
+            new_sp = er_at - 8
+            if not make_stack_room(proc, new_sp, sp)[0]:
+                return False
         proc.write(new_sp, struct.pack("<II", er_at, ctx_at) + record[:used] + bytes(ctx))
+    if overflow is not None and event is not None:
+        event.code, event.params = NtStatus.STACK_OVERFLOW, (_ACCESS_CODE["write"], overflow)
     proc.memory.note_write(new_sp, sp - new_sp)  # write watches see the kernel's writes
     cpu.sp = new_sp
     # the kernel enters the dispatcher with TF and DF clear

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, get_type_
 
 from emu.errors import EmulationError, NtStatusError
 from emu.nt.records import SyscallRecord  # defined there, imported from here too
-from emu.win.ntdefs import NtStatus
+from emu.win.ntdefs import PAGE_GUARD, PAGE_SIZE, NtStatus
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
@@ -117,8 +117,32 @@ class Kernel:
 
     def _probe(self, addr: int, size: int, write: bool) -> None:
         if not self.memory.is_accessible(addr, size, write=write):
+            if self._grow_stack(addr, size) and self.memory.is_accessible(addr, size, write=write):
+                return
             kind = "write" if write else "read"
             raise NtStatusError(NtStatus.ACCESS_VIOLATION, f"cannot {kind} 0x{addr:x}")
+
+    def _grow_stack(self, addr: int, size: int) -> bool:
+        """The kernel's own access to a thread stack's guard page grows the stack as a user
+        access would (MmAccessFault checks the stack for any access to a user address; Wine's
+        msvcrt _resetstkoflw relies on it: it makes the page under its own local a guard page
+        through VirtualProtect, whose out-parameters are on that page). True when a guard page
+        was touched; STATUS_STACK_OVERFLOW when that left no room for another one."""
+        grew = False
+        for thread in self.proc.threads.threads:
+            stack = thread.stack
+            if stack is None or thread.released:
+                continue
+            # only the pages of [addr, addr + size) on this stack (a probe may be huge)
+            page = max(addr, stack.base) & ~(PAGE_SIZE - 1)
+            while page < min(addr + size, stack.top):
+                state = self.memory.page_state(page)
+                if state and state & PAGE_GUARD:
+                    if stack.on_guard_page(page) is not None:
+                        raise NtStatusError(NtStatus.STACK_OVERFLOW, f"guard page 0x{page:x}")
+                    grew = True
+                page += PAGE_SIZE
+        return grew
 
     def probe(self, addr: int, size: int, write: bool = False) -> None:
         """STATUS_ACCESS_VIOLATION unless all of [addr, addr+size) is readable (writable)."""

@@ -10,6 +10,8 @@ on such a CPU: the legacy x87 and SSE states, 576 bytes, optimized save, no comp
 
 from __future__ import annotations
 
+import struct
+
 from emu.arch import Arch
 from emu.win.layouts import KUSER_SHARED_DATA, MemoryIO
 
@@ -34,11 +36,20 @@ PROCESSOR_FEATURES = {
 }
 PHYSICAL_PAGES = 0x40000  # 1 GiB
 QPC_FREQUENCY = 10_000_000
-# The machine booted an hour before the process started. The clock does not advance in the
-# page (heapemu's clocks are deterministic); a tick count of 0 made code that caches for
-# "1000 ms since the last check" (kernelbase's GlobalMemoryStatusEx) never look.
-TICK_COUNT_MULTIPLIER = 0x0FA00000  # 15.625 ms per tick, in 24.8 fixed point
+# The machine booted an hour before the process started (a tick count of 0 made code that
+# caches for "1000 ms since the last check", kernelbase's GlobalMemoryStatusEx, never look),
+# and the system time was 2022-06-18 when it started (SYSTEM_TIME, FILETIME units). From then
+# on the page's clocks follow the kernel's deterministic clock (SharedClock).
 UPTIME_MS = 3_600_000
+SYSTEM_TIME = 133_000_000_000_000_000
+# TickCount holds milliseconds with a multiplier of 1.0 (8.24 fixed point), as Wine's kernel
+# fills it: Wine's GetTickCount reads TickCount.LowPart as milliseconds and ignores the
+# multiplier, Windows' computes TickCount * TickCountMultiplier >> 24; both read milliseconds.
+TICK_COUNT_MULTIPLIER = 1 << 24
+# KSYSTEM_TIME fields (LowPart, High1Time, High2Time: High2Time equal to High1Time once a
+# value is complete): InterruptTime at 0x08 and SystemTime right after it at 0x14, TickCount
+# at 0x320 (ntddk.h, KUSER_SHARED_DATA)
+_INTERRUPT_AND_SYSTEM_TIME, _TICK_COUNT = 0x008, 0x320
 # XSTATE_CONFIGURATION: x87 (160 bytes at 0) and SSE (256 bytes at 160) in a 512-byte legacy
 # area plus the 64-byte header
 XSTATE_LEGACY = 0x3
@@ -67,14 +78,7 @@ def fill_shared_user_data(mem: MemoryIO, arch: Arch, address: int) -> None:
     put("ActiveGroupCount", 1)
     put("UnparkedProcessorCount", 1)
     put("SystemCall", 0)  # system-call stubs use `syscall`, not int 2e
-    # KSYSTEM_TIME values: LowPart + High1Time, and High2Time equal to High1Time
-    ticks = (UPTIME_MS << 24) // TICK_COUNT_MULTIPLIER
-    put("TickCountMultiplier", TICK_COUNT_MULTIPLIER)
-    put("TickCount", ticks)
-    put("TickCountHigh2", ticks >> 32)
-    interrupt = UPTIME_MS * 10_000  # 100 ns units
-    put("InterruptTime", interrupt)
-    put("InterruptTimeHigh2", interrupt >> 32)
+    put("TickCountMultiplier", TICK_COUNT_MULTIPLIER)  # the clocks: SharedClock.publish
     put("QpcFrequency", QPC_FREQUENCY)
     put("SuiteMask", 0x100)  # VER_SUITE_SINGLEUSERTS
     put("MitigationPolicies", 0x2)  # NX_SUPPORT_POLICY_OPTIN
@@ -92,3 +96,28 @@ def fill_shared_user_data(mem: MemoryIO, arch: Arch, address: int) -> None:
         put("XStateFeatures", offset, 2 * i)
         put("XStateFeatures", size, 2 * i + 1)
         put("XStateAllFeatures", size, i)
+
+
+class SharedClock:
+    """KUSER_SHARED_DATA's TickCount (ms since boot), InterruptTime (100 ns since boot) and
+    SystemTime kept in step with the kernel's clock (``Scheduler.clock``, 100 ns since the
+    process started): ``publish`` at the start, after every system call and every move of the
+    scheduler's clock. Written straight into the page's host memory (``view``, the
+    whole page) with two ``pack_into``s (nothing cached: a restored snapshot brings its own
+    page back)."""
+
+    _PACK_TIMES = struct.Struct("<QIQI")  # InterruptTime, its High2Time, SystemTime, its High2
+    _PACK_TICKS = struct.Struct("<QI")  # TickCount, its High2Time
+
+    def __init__(self, view: memoryview):
+        self._view = view
+
+    def publish(self, clock: int) -> None:
+        interrupt = UPTIME_MS * 10_000 + clock
+        system = SYSTEM_TIME + clock
+        view = self._view
+        self._PACK_TIMES.pack_into(
+            view, _INTERRUPT_AND_SYSTEM_TIME, interrupt, interrupt >> 32, system, system >> 32
+        )
+        ms = interrupt // 10_000
+        self._PACK_TICKS.pack_into(view, _TICK_COUNT, ms, ms >> 32)

@@ -1,8 +1,24 @@
 """A thread stack as Windows makes it: a reservation, committed top pages, a guard page below.
 
 Touching the guard page commits it and moves the guard one page down (the kernel's stack
-growth, which also lowers TEB.StackLimit). When no page is left for a new guard page the thread
-gets STATUS_STACK_OVERFLOW; the bottom page of the reservation is never committed.
+growth, which also lowers TEB.StackLimit). The bottom page of the reservation is never
+committed, and above it lies the thread's *guaranteed* area: the stack a handler of
+STATUS_STACK_OVERFLOW runs on. When the guard page is touched and a new one would have to go
+into that area, the kernel commits the whole area (no guard page is left), sets StackLimit to
+its bottom and raises STATUS_STACK_OVERFLOW (0xC00000FD) at the faulting instruction; the
+handler then runs in what remains. Sources: Windows Internals (7th ed., part 1, ch. 5,
+"Stacks": the reservation, the committed top and the guard page that moves down); MSDN "Thread
+Stack Size" (stack grows "until ... the reserved size minus one page"), SetThreadStackGuarantee
+("the minimum size of the stack ... that will be available during any stack overflow
+exceptions") and _resetstkoflw (without it "there are no guard pages after the previous
+exception", and the next overflow ends the process); the commit of the guaranteed area and
+StackLimit at its bottom as ReactOS's MmCheckForUserStackOverflow and Wine's stack growth do
+it (read for the facts, not copied).
+
+The area is TEB.GuaranteedStackBytes (which SetThreadStackGuarantee sets: Wine's kernelbase
+writes the TEB field, at least 8 KiB on x64) or, when that is smaller, a default sized for
+Wine's KiUserExceptionDispatcher on each architecture (GUARANTEE), with the unhandled path
+through kernelbase's UnhandledExceptionFilter as its deepest user.
 """
 
 from __future__ import annotations
@@ -16,6 +32,14 @@ from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_GUARD, PAGE_READWRITE, 
 
 if TYPE_CHECKING:
     from emu.process.core import ProcessCore
+
+# The default guaranteed area. Windows' is one page (more on x64); Wine's dispatcher needs more
+# than that to run a handler of the overflow and, when none takes it, kernelbase's
+# UnhandledExceptionFilter up to NtTerminateProcess. Measured below the faulting stack pointer
+# (tests/programs/exceptions.c "overflow" / "overflow-caught", lowest byte written): x86
+# 0x1294 / 0x422 bytes, x64 0x1E88 / 0x1708. The area is twice that or more, as the fault's
+# stack pointer may sit at the bottom of the page above it.
+GUARANTEE = {"x86": 0x3000, "x64": 0x4000}
 
 
 class ThreadStack:
@@ -61,21 +85,35 @@ class ThreadStack:
     def contains(self, addr: int) -> bool:
         return self.base <= addr < self.top
 
+    def guarantee(self) -> int:
+        """Bytes of the guaranteed area: TEB.GuaranteedStackBytes rounded up to pages, at
+        least GUARANTEE for the architecture."""
+        arch, proc = self.proc.arch, self.proc
+        teb = proc.teb if self.teb is None else self.teb
+        asked = TEB.read(proc, arch, teb, "GuaranteedStackBytes") if teb else 0
+        return max(align_up(asked, PAGE_SIZE), GUARANTEE[arch.name])
+
     def on_guard_page(self, addr: int) -> Fault | None:
         """Handle a touch of the stack's guard page at ``addr``: grow (None) or overflow."""
         page = addr & ~(PAGE_SIZE - 1)
-        mem = self.proc.memory
+        mem, proc = self.proc.memory, self.proc
         mem.clear_guard(page)
-        self.limit = page
-        teb = self.proc.teb if self.teb is None else self.teb
-        if page - PAGE_SIZE > self.base:
+        teb = proc.teb if self.teb is None else self.teb
+        floor = self.base + PAGE_SIZE  # the reservation's last page stays reserved
+        guaranteed = floor + self.guarantee()  # the guaranteed area is [floor, guaranteed)
+        if page - PAGE_SIZE >= guaranteed:
             mem.allocate(page - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
-            TEB.write(self.proc, self.proc.arch, teb, "StackLimit", self.limit)
+            self.limit = page
+            TEB.write(proc, proc.arch, teb, "StackLimit", self.limit)
             return None
-        TEB.write(self.proc, self.proc.arch, teb, "StackLimit", self.limit)
+        # no room for another guard page: the rest of the stack is the handler's
+        if page > floor:
+            mem.allocate(floor, page - floor, MEM_COMMIT, PAGE_READWRITE)
+        self.limit = min(page, floor)
+        TEB.write(proc, proc.arch, teb, "StackLimit", self.limit)
         return Fault(
             "stack overflow",
-            pc=self.proc.cpu.pc,
+            pc=proc.cpu.pc,
             address=addr,
             status=NtStatus.STACK_OVERFLOW,
             detail=f"stack reservation 0x{self.base:x}-0x{self.top:x} is exhausted",

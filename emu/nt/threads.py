@@ -401,6 +401,7 @@ class Scheduler:
     def advance(self, instructions: int) -> None:
         """A quantum of ``instructions`` ran: the clock moves on."""
         self.idle_time += instructions // _NS_PER_TICK
+        self.proc.publish_clock()
 
     def choose_next(self) -> Thread:
         """The thread to run now (the clock jumps ahead when all sleep). Raises EmulationError
@@ -412,6 +413,7 @@ class Scheduler:
             if not deadlines:
                 raise self._deadlock()
             self.idle_time += max(0, min(deadlines) - self.clock())
+            self.proc.publish_clock()
             self._wake_expired()
             ready = [t for t in self.threads if t.ready]
         if self.yielding and len(ready) > 1 and any(t is self.current for t in ready):

@@ -43,7 +43,7 @@ from emu.nt.kernel import PROCESS_ID, THREAD_ID, SyscallDispatcher, SyscallRecor
 from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
 from emu.nt.records import DEFAULT_SYSCALL_LOG, SyscallLog
-from emu.nt.shared_data import UPTIME_MS, fill_shared_user_data
+from emu.nt.shared_data import UPTIME_MS, SharedClock, fill_shared_user_data
 from emu.nt.stack import ThreadStack
 from emu.nt.threads import Scheduler
 from emu.win.ntdefs import (
@@ -276,6 +276,9 @@ class ProcessCore:
         PEB.write(self, a, peb, "OSPlatformId", 2)  # VER_PLATFORM_WIN32_NT
         PEB.write(self, a, peb, "CriticalSectionTimeout", (-2592000 * 10_000_000) & (2**64 - 1))
         fill_shared_user_data(self, a, KUSER_SHARED_DATA_ADDRESS)
+        # its clocks follow the kernel's from now on (publish_clock)
+        self.shared_clock = SharedClock(self.cpu.host_view(KUSER_SHARED_DATA_ADDRESS, PAGE_SIZE))
+        self.shared_clock.publish(0)
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
@@ -485,15 +488,30 @@ class ProcessCore:
         cpu = self.cpu
         cpu.pc = fault.pc  # a trap (int3) stopped past its instruction; Windows reports it
         event.state = cpu.state(fault.pc)
-        if not deliver(self, record_bytes(self, event), capture_context(self)):
-            # Windows ends such a process: the run ends here, naming what led to it
-            chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
-            why = "no room on the stack for the exception frame"
-            detail = f"{fault.detail}; " if fault.detail else ""
-            cpu.fault = replace(fault, detail=f"{detail}not dispatched: {why}; before it: {chain}")
+        if not deliver(self, record_bytes(self, event), capture_context(self), event=event):
+            cpu.fault = self.end_undelivered(event, fault)
             return False
         self.exceptions.append(event)
         return True
+
+    def end_undelivered(self, event: ExceptionEvent, fault: Fault) -> Fault:
+        """The kernel found no room on the stack for ``event``'s frame: as Windows'
+        KiDispatchException, the second chance, which ends the process with the exception
+        code (no debugger, no handler can run). Returns the report to end the run with."""
+        chain = " -> ".join(e.describe() for e in self.exceptions[-8:]) or "none"
+        detail = f"{fault.detail}; " if fault.detail else ""
+        event.first_chance = False
+        event.report = replace(
+            fault,
+            kind=f"unhandled exception: {fault.kind}",
+            status=event.code,
+            detail=f"{detail}not dispatched: no room on the stack for the exception frame; "
+            f"the process ends with its code; before it: {chain}",
+            dispatched=True,
+        )
+        self.unhandled_exception = event  # not in self.exceptions: never dispatched
+        self.exit_status = event.code
+        return event.report
 
     def _call_layout(self, convention: str | None, argc: int) -> Layout:
         conv = get_convention(self.arch, convention)
@@ -724,11 +742,16 @@ class ProcessCore:
             # the arguments themselves are unreadable (x64 stack arguments, x86 edx array):
             # the kernel's probe fails and the caller gets STATUS_ACCESS_VIOLATION
             status = NtStatus.ACCESS_VIOLATION
+        self.shared_clock.publish(self.threads.clock())  # 1 ms more, or a sleep's worth
         self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
         last = self.syscalls.last
         if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
             for observer in self.syscall_observers:
                 observer(last)
+
+    def publish_clock(self) -> None:
+        """KUSER_SHARED_DATA's clocks show the kernel's clock now (emu.nt.shared_data)."""
+        self.shared_clock.publish(self.threads.clock())
 
     def _on_port_io(self, port: int, size: int, pc: int) -> None:
         cpu = self.cpu
@@ -743,9 +766,10 @@ class ProcessCore:
 
     def _on_rdtsc(self) -> int:
         """The time-stamp counter: the kernel's deterministic clock (boot an hour ago, 1 ms per
-        system call: emu.nt.calls.info) at TSC_HZ, and at least TSC_PER_READ past the last
-        read, so it never stands still or goes back; the same run reads the same values."""
-        clock = (UPTIME_MS + len(self.syscalls)) * (TSC_HZ // 1000)
+        system call, the scheduler's quanta and sleeps: Scheduler.clock) at TSC_HZ, and at
+        least TSC_PER_READ past the last read, so it never stands still or goes back; the same
+        run reads the same values."""
+        clock = (UPTIME_MS * 10_000 + self.threads.clock()) * (TSC_HZ // 10_000_000)
         self._tsc = max(clock, self._tsc + TSC_PER_READ)
         return self._tsc
 

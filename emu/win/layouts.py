@@ -117,6 +117,7 @@ TEB = Struct(
         Field("LastStatusValue", 0xBF4, 0x1250, "u32"),
         Field("DeallocationStack", 0xE0C, 0x1478),
         Field("TlsSlots", 0xE10, 0x1480, P, 64),
+        Field("GuaranteedStackBytes", 0xF78, 0x1748, "u32"),  # SetThreadStackGuarantee
         Field("TlsExpansionSlots", 0xF94, 0x1780),
     ],
 )

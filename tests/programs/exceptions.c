@@ -9,6 +9,13 @@
    raise      RaiseException with a custom code and arguments, seen by a vectored handler
    traps      int3, a division by zero, INT_MIN / -1 and ud2, each skipped by a vectored handler
    overflow   unbounded recursion: STATUS_STACK_OVERFLOW, seen by a vectored handler, ends it
+   overflow-caught     the overflow caught by a structured handler around the recursion, which
+                       goes on after it; _resetstkoflw, then a second overflow caught again
+   overflow-twice      caught once, then a second overflow with no guard page left: the
+                       process ends (no handler can run)
+   overflow-guarantee  SetThreadStackGuarantee(64 KiB): the overflow leaves that much stack
+   overflow-thread     a thread of its own overflows its stack and catches it; the segment
+                       selectors its handler's CONTEXT shows
 
    The faulting loads are `mov eax, [ecx]` / `mov eax, [rcx]` (8B 01, two bytes on both
    architectures): a handler resumes two bytes further with eax = 42. */
@@ -189,6 +196,7 @@ static int traps(void) {
 
 static volatile int depth;
 
+#pragma GCC diagnostic ignored "-Winfinite-recursion"
 static __attribute__((noinline)) int recurse(int n) {
     volatile char pad[2000]; /* under a page: no ___chkstk_ms (it has no unwind data) */
     pad[0] = (char)n;
@@ -208,6 +216,141 @@ static int overflow(void) {
     return recurse(0);
 }
 
+/* ---- stack overflow caught by a structured handler ----
+   x64: __try1 with a filter that returns EXCEPTION_EXECUTE_HANDLER: __C_specific_handler
+   unwinds (RtlUnwindEx) to the end of the scope. x86: a registration record of our own whose
+   handler does what MSVC's __except does: drop the dispatcher's frames and go on in the
+   function that registered it (here with __builtin_longjmp). */
+static volatile DWORD caught_code;
+static volatile ULONG_PTR caught_room; /* stack pointer - DeallocationStack at the overflow */
+
+/* TEB.DeallocationStack: the bottom of the stack's reservation (winternl.h offsets) */
+static ULONG_PTR deallocation_stack(void) {
+    return *(ULONG_PTR *)((char *)NtCurrentTeb() + (sizeof(void *) == 8 ? 0x1478 : 0xE0C));
+}
+
+static volatile DWORD caught_segs[6]; /* the CONTEXT's cs, ss, ds, es, fs, gs */
+
+static void note_overflow(EXCEPTION_RECORD *rec, CONTEXT *ctx) {
+    caught_code = rec->ExceptionCode;
+    caught_segs[0] = ctx->SegCs, caught_segs[1] = ctx->SegSs, caught_segs[2] = ctx->SegDs;
+    caught_segs[3] = ctx->SegEs, caught_segs[4] = ctx->SegFs, caught_segs[5] = ctx->SegGs;
+#ifdef _WIN64
+    caught_room = ctx->Rsp - deallocation_stack();
+#else
+    caught_room = ctx->Esp - deallocation_stack();
+#endif
+}
+
+#ifdef _WIN64
+LONG overflow_filter(EXCEPTION_POINTERS *ep, void *frame);
+LONG overflow_filter(EXCEPTION_POINTERS *ep, void *frame) {
+    (void)frame;
+    if (ep->ExceptionRecord->ExceptionCode != EXCEPTION_STACK_OVERFLOW)
+        return EXCEPTION_CONTINUE_SEARCH;
+    note_overflow(ep->ExceptionRecord, ep->ContextRecord);
+    return EXCEPTION_EXECUTE_HANDLER;
+}
+#else
+struct registration {
+    struct registration *next;
+    void *handler;
+};
+static void *overflow_jump[5];
+
+static EXCEPTION_DISPOSITION overflow_handler(EXCEPTION_RECORD *rec, void *frame, CONTEXT *ctx,
+                                             void *dispatcher) {
+    (void)dispatcher;
+    if (rec->ExceptionFlags & 6 || rec->ExceptionCode != EXCEPTION_STACK_OVERFLOW)
+        return ExceptionContinueSearch;
+    note_overflow(rec, ctx);
+    ((volatile NT_TIB *)NtCurrentTeb())->ExceptionList = frame;
+    __builtin_longjmp(overflow_jump, 1);
+}
+#endif
+
+/* 1 when the recursion ended in a caught stack overflow */
+static __attribute__((noinline)) int catch_overflow(void) {
+    caught_code = 0;
+#ifdef _WIN64
+    /* __try1 / __except1 with labels of their own (mingw's may appear once per file) */
+    __asm__ __volatile__("\t.l_overflow_start:\n"
+                         "\t.seh_handler __C_specific_handler, @except\n"
+                         "\t.seh_handlerdata\n"
+                         "\t.long 1\n"
+                         "\t.rva .l_overflow_start, .l_overflow_end, overflow_filter, "
+                         ".l_overflow_end\n"
+                         "\t.text");
+    recurse(0);
+    __asm__ __volatile__("\tnop\n\t.l_overflow_end: nop\n");
+#else
+    volatile struct registration reg;
+    volatile NT_TIB *tib = (volatile NT_TIB *)NtCurrentTeb();
+    reg.next = (struct registration *)tib->ExceptionList;
+    reg.handler = (void *)overflow_handler;
+    tib->ExceptionList = (void *)&reg;
+    if (!__builtin_setjmp(overflow_jump))
+        recurse(0);
+    tib->ExceptionList = (void *)reg.next;
+#endif
+    return caught_code == EXCEPTION_STACK_OVERFLOW;
+}
+
+static void report_overflow(const char *what, int caught) {
+    NT_TIB *tib = (NT_TIB *)NtCurrentTeb();
+    printf("%s caught=%d code=%08lx limit_at_bottom=%d\n", what, caught, caught_code,
+           (ULONG_PTR)tib->StackLimit == deallocation_stack() + 4096);
+}
+
+static int overflow_caught(void) {
+    report_overflow("first", catch_overflow());
+    printf("reset %d\n", _resetstkoflw() != 0);
+    report_overflow("second", catch_overflow());
+    return 0;
+}
+
+static int overflow_twice(void) {
+    report_overflow("first", catch_overflow());
+    catch_overflow(); /* no guard page left: the process ends */
+    printf("survived\n");
+    return 0;
+}
+
+static int overflow_guarantee(void) {
+    ULONG size = 0x10000, before = 0;
+    BOOL ok = SetThreadStackGuarantee(&size);
+    ULONG now = 0;
+    SetThreadStackGuarantee(&now);
+    before = size;
+    report_overflow("guarantee", catch_overflow());
+    printf("set %d now=%lx room_ok=%d\n", ok, now, caught_room >= 0x10000);
+    (void)before;
+    return 0;
+}
+
+static DWORD WINAPI overflow_thread_main(void *arg) {
+    (void)arg;
+    report_overflow("thread", catch_overflow());
+    printf("thread segs %lx %lx %lx %lx %lx %lx\n", caught_segs[0], caught_segs[1], caught_segs[2],
+           caught_segs[3], caught_segs[4], caught_segs[5]);
+    /* NtContinue of such a CONTEXT (fs 0x3B on x86) keeps the thread on its own TEB */
+    DWORD tid = GetCurrentThreadId();
+    void *h = AddVectoredExceptionHandler(1, veh_skip_load);
+    int value = load_through((volatile int *)0x10);
+    RemoveVectoredExceptionHandler(h);
+    printf("thread continued value=%d same_teb=%d\n", value, GetCurrentThreadId() == tid);
+    return 7;
+}
+
+static int overflow_thread(void) {
+    DWORD code = 0;
+    HANDLE h = CreateThread(NULL, 0, overflow_thread_main, NULL, 0, NULL);
+    WaitForSingleObject(h, INFINITE);
+    GetExitCodeThread(h, &code);
+    printf("thread exit %lu\n", code);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -218,6 +361,10 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "raise")) return raise_custom();
     if (!strcmp(mode, "traps")) return traps();
     if (!strcmp(mode, "overflow")) return overflow();
+    if (!strcmp(mode, "overflow-caught")) return overflow_caught();
+    if (!strcmp(mode, "overflow-twice")) return overflow_twice();
+    if (!strcmp(mode, "overflow-guarantee")) return overflow_guarantee();
+    if (!strcmp(mode, "overflow-thread")) return overflow_thread();
     if (!strcmp(mode, "unhandled")) {
         printf("before\n");
         return load_through((volatile int *)0x10);

@@ -23,7 +23,7 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import KernelObject, Status, put_buffer
-from emu.nt.shared_data import PHYSICAL_PAGES
+from emu.nt.shared_data import PHYSICAL_PAGES, SYSTEM_TIME  # system time at clock 0
 from emu.nt.threads import Thread
 from emu.win.layouts import TEB
 from emu.win.ntdefs import (
@@ -39,7 +39,6 @@ from emu.win.ntdefs import (
     NtStatus,
 )
 
-SYSTEM_TIME = 133_000_000_000_000_000  # 2022-06-18 in FILETIME units; the emulated boot time
 PERFORMANCE_FREQUENCY = 10_000_000
 
 # S-1-5-21-0-0-0-1000: revision 1, five sub-authorities, NT authority (5)

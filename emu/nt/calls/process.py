@@ -24,9 +24,10 @@ def NtRaiseException(
 ) -> int:
     """First chance (RaiseException, RtlRaiseStatus): the CONTEXT's registers are loaded and
     the record is dispatched like a fault's (``emu.nt.exceptions``). Second chance (the
-    dispatcher found no handler): the process ends with the exception code; the run's error
-    reports where the exception first happened. Without a dispatcher, or when the run stops at
-    first chance, the raise ends the run."""
+    dispatcher found no handler), or a first chance whose frame finds no room on the stack:
+    the process ends with the exception code; the run's error reports where the exception
+    first happened. Without a dispatcher, or when the run stops at first chance, the raise
+    ends the run."""
     proc = k.proc
     check_context_alignment(k.arch.name, ContextRecord)
     event = read_record(proc, k.read, ExceptionRecord)
@@ -40,10 +41,13 @@ def NtRaiseException(
         proc.cpu.pc = event.address  # where the state is shown from
         event.state = proc.cpu.state(event.address)
         record = k.read(ExceptionRecord, EXCEPTION_RECORD.size(k.arch))
-        if deliver(proc, record, capture_context(proc), stepped=stepped):
+        if deliver(proc, record, capture_context(proc), stepped=stepped, event=event):
             proc.exceptions.append(event)
             k.return_value = proc.cpu.reg(k.arch.ret)
             return NtStatus.SUCCESS
+        raised = Fault(f"exception {status_name(event.code)} raised", pc=event.address)
+        proc.cpu.raise_fault(proc.end_undelivered(event, raised))
+        return NtStatus.SUCCESS
     if not FirstChance:
         # the first-chance event this is the end of: the latest one with its code and address
         same = [e for e in proc.exceptions if (e.code, e.address) == (event.code, event.address)]

@@ -16,7 +16,6 @@ import struct
 
 from emu.errors import Fault, NtStatusError
 from emu.nt.apc import deliver_apc
-from emu.nt.calls.info import SYSTEM_TIME
 from emu.nt.exceptions import stepped_system_call
 from emu.nt.kernel import (
     ACCESS_MASK,
@@ -30,6 +29,7 @@ from emu.nt.kernel import (
     syscall,
 )
 from emu.nt.objects import KernelObject, Status, object_name
+from emu.nt.shared_data import SYSTEM_TIME
 from emu.nt.sync import (
     MAXIMUM_WAIT_OBJECTS,
     Dispatcher,
