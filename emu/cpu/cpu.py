@@ -529,7 +529,14 @@ class Cpu:
         self._tlb_stale = False
 
     def read(self, addr: int, size: int) -> bytes:
-        # the C API directly: the system calls read and write user memory a few times each
+        # inside a backed window, the host memory Unicorn reads is ours: a slice of it, no C
+        # call (the system calls read and write user memory a few times each)
+        window = self._windows.get(addr - addr % self._window)
+        if window is not None and size > 0:
+            lo, hi, mem, _ = window
+            if lo <= addr and addr + size <= hi:
+                return mem[addr - lo : addr - lo + size]
+        # elsewhere the C API directly
         buf = ctypes.create_string_buffer(size)
         status = uclib.uc_mem_read(self._uch, addr, buf, size)
         if status:
@@ -540,9 +547,16 @@ class Cpu:
         """Write like a debugger (protections do not apply). Code translated from the range
         is dropped, so code written over code that already ran takes effect."""
         data = data if type(data) is bytes else bytes(data)
-        status = uclib.uc_mem_write(self._uch, addr, data, len(data))
-        if status:
-            raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
+        window = self._windows.get(addr - addr % self._window)
+        if window is not None and window[0] <= addr and addr + len(data) <= window[1]:
+            # the window's host memory is what Unicorn maps there (uc_mem_write would only
+            # copy into it: Unicorn 2.1.4 neither marks dirty pages nor drops code for a write)
+            lo = window[0]
+            window[2][addr - lo : addr - lo + len(data)] = data
+        else:
+            status = uclib.uc_mem_write(self._uch, addr, data, len(data))
+            if status:
+                raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
         if self._code_pages:
             page, end = addr & _PAGE_MASK, addr + len(data)
             while page < end:

@@ -22,7 +22,7 @@ import logging
 import struct
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, get_type_hints
 
@@ -64,6 +64,16 @@ class SyscallHandler:
     fn: Callable[..., int]
     params: tuple[str, ...]
     widths: tuple[str | int, ...]
+    # each argument's mask over the raw pointer-sized value (-1: the whole pointer)
+    masks: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.masks = tuple(-1 if w == "ptr" else (1 << int(w)) - 1 for w in self.widths)
+
+
+# How the dispatcher reads arguments: the first n, raw, as pointer-sized values (registers and
+# stack slots by the kernel ABI; raises EmulationError when they cannot be read)
+ArgReader = Callable[[int], list[int]]
 
 
 _MARK = "__nt_syscall__"
@@ -214,14 +224,15 @@ class SyscallDispatcher:
                 return table.get(number)
         return None
 
-    def dispatch(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> int:
-        """Serve system call ``number`` issued at ``pc``; ``arg(i, width)`` fetches argument i."""
+    def dispatch(self, number: int, pc: int, args: ArgReader) -> int:
+        """Serve system call ``number`` issued at ``pc``; ``args(n)`` reads the first n
+        arguments (raw pointer-sized values: each handler parameter's width masks its own)."""
         proc = self.proc
         name = self.name_of(number, pc)
         handler = self.handlers.get(name) if name else None
         seq = len(proc.syscalls)
         if handler is None:
-            raw = {f"arg{i}": arg(i, "ptr") for i in range(4)}
+            raw = {f"arg{i}": v for i, v in enumerate(args(4))}
             label = name or f"syscall_0x{number:x}"
             rec = SyscallRecord(seq, label, number, raw, NtStatus.NOT_IMPLEMENTED, pc)
             proc.syscalls.append(rec)
@@ -230,10 +241,10 @@ class SyscallDispatcher:
             if self.strict:
                 raise NtStatusError(NtStatus.NOT_IMPLEMENTED, f"unhandled system call {label}")
             return int(NtStatus.NOT_IMPLEMENTED)
-        args = [arg(i, w) for i, w in enumerate(handler.widths)]
+        values = [v & m for v, m in zip(args(len(handler.masks)), handler.masks, strict=True)]
         k = Kernel(proc)
         try:
-            status = handler.fn(k, *args)
+            status = handler.fn(k, *values)
         except NtStatusError as e:
             status = e.status
             k.details.setdefault("error", str(e))
@@ -254,7 +265,7 @@ class SyscallDispatcher:
                 seq,
                 handler.name,
                 number,
-                dict(zip(handler.params, args, strict=True)),
+                dict(zip(handler.params, values, strict=True)),
                 status,
                 pc,
                 k.details,
