@@ -21,6 +21,9 @@ Timed figures are the best of ``ROUNDS`` runs on fresh heaps, after a warm-up re
 translation cache is warm).
 
     python -m benchmarks replay               (~4 minutes; the native build ~1 minute once)
+
+``HEAPEMU_BENCH_ALLOCATORS=builtin,wine`` measures only those allocators (its results file is
+``replay.builtin-wine.json``, next to the full run's), ``HEAPEMU_BENCH_ROUNDS`` the rounds.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ from unicorn import x86_const as ux
 
 from emu import Process
 from emu.heap.allocator import Allocator
-from emu.heap.registry import ALLOCATOR_NAMES
 from emu.heap.replay.run import ReplayResult, replay, replay_python
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import OpKind, synthetic
 
 from . import native_replay
 from .bench_peer import _KS_MODES
+from .bench_search import BENCH_ALLOCATORS
 
 OPS = int(os.environ.get("HEAPEMU_BENCH_REPLAY_OPS", 100_000))
 WARMUP = 20_000
@@ -320,7 +323,7 @@ def run() -> list[dict[str, object]]:
     tape = Tape.from_ops(synthetic(ops=OPS, seed=1, sizes="typical"))
     tree = baseline_tree()
     rows: list[dict[str, object]] = []
-    for kind in ALLOCATOR_NAMES:
+    for kind in BENCH_ALLOCATORS:
         for arch in ("x86", "x64"):
             rows += measure(arch, kind, tape, tree)
     return rows

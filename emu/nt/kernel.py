@@ -140,6 +140,9 @@ class Kernel:
         return self.proc.cpu.read(addr, size) if size > 0 else b""
 
     def write(self, addr: int, data: bytes) -> None:
+        if self.memory.plain_access(addr, len(data), write=True):  # the common case
+            self.proc.cpu.write(addr, data)
+            return
         self._probe(addr, len(data), True)
         if data:
             self.proc.cpu.write(addr, data)

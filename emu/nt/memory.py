@@ -750,6 +750,22 @@ class MemoryManager:
             addr, end, lambda state: bool(state) and protection_allows(state, write=write)
         )
 
+    def plain_access(self, addr: int, size: int, *, write: bool) -> bool:
+        """True when user mode may access [addr, addr+size) (size > 0) and the range lies in
+        one run of one plain private allocation (no write watch; private memory is never
+        copy-on-write): the kernel then reads or writes it with no probe failure and nothing
+        for ``note_write`` to record. False means: ask ``is_accessible`` and ``note_write``."""
+        bases = self._bases
+        k = bisect.bisect_right(bases, addr) - 1
+        if k < 0 or size <= 0 or addr < self.arch.user_min:
+            return False
+        region = self._regions[bases[k]]
+        base, end = region.base, addr + size
+        if end > base + region.size or region.write_watch or region.type != MEM_PRIVATE:
+            return False
+        state = region.pages.uniform((addr - base) >> 12, ((end - 1 - base) >> 12) + 1)
+        return bool(state) and protection_allows(state, write=write)  # type: ignore[arg-type]
+
     def clear_guard(self, addr: int) -> bool:
         """Windows clears PAGE_GUARD on first touch (STATUS_GUARD_PAGE_VIOLATION). Returns True
         if the page holding addr was a guard page (now mapped with its base protection)."""
