@@ -367,6 +367,9 @@ class Cpu:
         self._tlb_stale = False  # a denied translation may be wrong now: flush after the run
         self._invalidating = False  # Unicorn looks code pages up: let it see every page
         self._code_pages: set[int] = set()  # pages ever translated executable
+        # [lowest, highest + 1 page) of _code_pages (never narrowed when pages leave it): a
+        # range outside it has no code to drop, whatever its size
+        self._code_lo, self._code_hi = 1 << 64, 0
         self._exception_taken = False  # a CPU fault reached the interrupt hook this run
         self._fault_registers: list[tuple[int, int]] = []  # put back after the run
         # registers written from outside a run (proc.regs, a debugger, NtContinue, a restored
@@ -514,7 +517,11 @@ class Cpu:
 
     def _forget_code(self, addr: int, size: int) -> None:
         """No translated code is left in [addr, addr+size)."""
-        self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
+        if self._may_hold_code(addr, size):
+            self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
+
+    def _may_hold_code(self, addr: int, size: int) -> bool:
+        return addr < self._code_hi and addr + size > self._code_lo
 
     def tlb_counters(self) -> tuple[int, int] | None:
         """(TLB misses, misses answered in Python) since the CPU was made, when the native
@@ -557,7 +564,7 @@ class Cpu:
             status = uclib.uc_mem_write(self._uch, addr, data, len(data))
             if status:
                 raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
-        if self._code_pages:
+        if self._code_pages and self._may_hold_code(addr, len(data)):
             page, end = addr & _PAGE_MASK, addr + len(data)
             while page < end:
                 if page in self._code_pages:
@@ -575,7 +582,7 @@ class Cpu:
         pages ever translated executable can hold any; each is dropped on its own (Unicorn
         finds a page's blocks by its host memory, contiguous within one mapping only)."""
         end = addr + size
-        if size <= 0 or not self._code_pages:
+        if size <= 0 or not self._code_pages or not self._may_hold_code(addr, size):
             return
         pages = self._pages_within(addr, size, self._code_pages)
         if not pages:
@@ -795,6 +802,7 @@ class Cpu:
         # every answer of the page-fault handler may have changed with the bookkeeping
         self._perms.clear()
         self._code_pages.clear()
+        self._code_lo, self._code_hi = 1 << 64, 0
         self.flush_tlb()
         self.flush_translations()
 
@@ -929,6 +937,8 @@ class Cpu:
                     e.paddr, e.perms = page, perms
                     if perms & UC_X:
                         self._code_pages.add(page)
+                        self._code_lo = min(self._code_lo, page)
+                        self._code_hi = max(self._code_hi, page + 0x1000)
                     return True
                 why = Fault(f"protected {rw}", status=NtStatus.ACCESS_VIOLATION)
         except BaseException as exc:  # re-raised after emu_start; the access stops emulation

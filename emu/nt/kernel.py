@@ -195,6 +195,9 @@ class SyscallDispatcher:
         self.proc = proc
         self.handlers = handlers
         self._tables: list[tuple[int, int, dict[int, str]]] = []
+        # (pc, number) -> name, as the tables answer (a call site issues the same few
+        # services again and again)
+        self._names: dict[tuple[int, int], str | None] = {}
         self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
         self.raise_internal_errors = type(self).default_raise_internal_errors
         self.internal_errors = 0  # handler bugs answered STATUS_INTERNAL_ERROR so far
@@ -205,6 +208,7 @@ class SyscallDispatcher:
     def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
         """Numbers used by the code in [begin, end)."""
         self._tables.append((begin, end, dict(table)))
+        self._names.clear()
 
     def _warn(self, kind: str, label: str, pc: int, message: str) -> None:
         entry = self._warnings.get((kind, label))
@@ -231,7 +235,13 @@ class SyscallDispatcher:
         """Serve system call ``number`` issued at ``pc``; ``args(n)`` reads the first n
         arguments (raw pointer-sized values: each handler parameter's width masks its own)."""
         proc = self.proc
-        name = self.name_of(number, pc)
+        key = (pc, number)
+        if key in self._names:
+            name = self._names[key]
+        else:
+            name = self.name_of(number, pc)
+            if len(self._names) < 4096:  # garbage numbers from hostile code stay bounded
+                self._names[key] = name
         handler = self.handlers.get(name) if name else None
         seq = len(proc.syscalls)
         if handler is None:
