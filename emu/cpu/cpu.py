@@ -352,10 +352,12 @@ class Cpu:
         self.readable: Callable[[int, int], bool] | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
         # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
-        # (every commit flushes the whole TLB) refills from here without asking again; with
-        # the native fast path (emu/cpu/native.py) the refill does not even enter Python
+        # refills from here without asking again. With the native fast path
+        # (emu/cpu/native.py) the cache is its C map alone (_native_perms: the refill does not
+        # even enter Python, and forgetting a range is one C call), else this dict
         self._native = native.library()
         self._perms: dict[int, int] = {}
+        self._native_perms: native.NativeMap | None = None
         self._tlb_state: native.TlbState | None = None
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
         # backed windows: start -> (first address, end, host memory, its exported buffer)
@@ -381,8 +383,7 @@ class Cpu:
         self.symbolizer: Callable[[int], str] = lambda addr: ""
         slow_fill = _TLB_FILL_CB(self._on_tlb_fill)
         if self._native is not None:
-            perms = native.NativeMap(self._native)
-            self._perms = native.MirroredDict(perms)
+            self._native_perms = perms = native.NativeMap(self._native)
             self._tlb_state = native.TlbState(perms.ptr, ctypes.cast(slow_fill, ctypes.c_void_p))
             fast = native.function_address(self._native, "heapemu_tlb_fill")
             self._slow_fill = slow_fill  # kept alive: the C callback calls it
@@ -506,14 +507,11 @@ class Cpu:
 
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
-        pages = self._pages_within(addr, size, self._perms)
-        if not pages:
+        if self._native_perms is not None:
+            self._native_perms.delete_range(addr & _PAGE_MASK, addr + size, 0x1000)
             return
-        if isinstance(self._perms, native.MirroredDict):
-            self._perms.delete_pages(pages, addr & _PAGE_MASK, addr + size)
-        else:
-            for page in pages:
-                del self._perms[page]
+        for page in self._pages_within(addr, size, self._perms):
+            del self._perms[page]
 
     def _forget_code(self, addr: int, size: int) -> None:
         """No translated code is left in [addr, addr+size)."""
@@ -801,6 +799,8 @@ class Cpu:
             self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping
         self._perms.clear()
+        if self._native_perms is not None:
+            self._native_perms.clear()
         self._code_pages.clear()
         self._code_lo, self._code_hi = 1 << 64, 0
         self.flush_tlb()
@@ -917,8 +917,9 @@ class Cpu:
             e.paddr, e.perms = page, unicorn.UC_PROT_ALL
             return True
         rw, need = _FILL_ACCESS.get(access, ("read", UC_R))
-        perms = self._perms.get(page)
-        if perms is not None and perms & need:  # the common refill after a TLB flush
+        # the common refill after a TLB flush (the native fill has looked in its map already)
+        perms = self._perms.get(page) if self._native_perms is None else None
+        if perms is not None and perms & need:
             e.paddr, e.perms = page, perms
             return True
         why: Fault
@@ -932,7 +933,11 @@ class Cpu:
                 why = answer
                 self._tlb_stale = True
             else:
-                perms = self._perms[page] = _UC_PERMS[answer & 0xFF]
+                perms = _UC_PERMS[answer & 0xFF]
+                if self._native_perms is not None:
+                    self._native_perms.put(page, perms)
+                else:
+                    self._perms[page] = perms
                 if perms & need:
                     e.paddr, e.perms = page, perms
                     if perms & UC_X:
