@@ -6,7 +6,7 @@ it
 chunk: the driver calls the allocator's Rtl* entry points for every record, keeps the ID ->
 block table in emulated memory and stores one pointer-sized result per operation. Python is
 entered only by system calls (served by the process's hooks without stopping the run) and once
-per chunk to write the next records and read the results, so a million operations cost ~16
+per chunk to write the next records and read the results, so a million operations cost ~250
 Python round trips, not a million.
 
 Results, one per op, as raw pointer-sized values: alloc/realloc the block address (0 on
@@ -58,7 +58,11 @@ if TYPE_CHECKING:
     from emu.heap.allocator import Allocator
 
 DRIVER_MODULE = "heapemu_replay"
-DEFAULT_CHUNK = 1 << 16  # records per driver call: 1.5 MiB of tape, a few µs of Python each
+# records per driver call: 96 KiB of tape and 16-32 KiB of results, a few µs of Python each.
+# Small enough that every chunk reuses the same host pages, still in the host's caches (chunks
+# of 1.5 MiB cost a fresh host page fault every 4 KiB and ~7% of a builtin replay's time;
+# measured with benchmarks/bench_replay.py's tape, Unicorn 2.1.4)
+DEFAULT_CHUNK = 1 << 12
 MAX_SLOTS = 1 << 24  # IDs the slot table can hold (renumber sparse traces: workload.renumber)
 
 
