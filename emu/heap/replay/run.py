@@ -32,7 +32,6 @@ from emu.heap.replay.driver import (
     CTL,
     ENTRIES,
     ENTRY_NAME,
-    JUMP_TABLE,
     RECORD_SIZE,
     STATUS_BAD_OP,
     STATUS_DONE,
@@ -223,7 +222,6 @@ def replay(
         heap = allocator.create_heap()
     chunk = max(1, min(chunk, tape.count or 1))
     driver = load_driver(proc).exports[ENTRY_NAME]
-    jtab = proc.modules.get(DRIVER_MODULE).symbols[JUMP_TABLE]  # type: ignore[union-attr]
     n_slots = max(tape.max_id, max(slots or (), default=-1)) + 1
     if n_slots > MAX_SLOTS:
         raise ValueError(f"slot {n_slots - 1} is beyond the table's {MAX_SLOTS} slots")
@@ -239,7 +237,6 @@ def replay(
         "tape": buf.tape,
         "table": buf.table,
         "results": buf.results,
-        "jtab": jtab,
         **{name: allocator.entry[name] for name in ENTRIES},
     }
     # sized once: appending chunk by chunk would copy the array as it grows (1M ops: 8 MiB)
