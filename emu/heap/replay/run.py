@@ -96,6 +96,7 @@ class ReplayResult:
     driver_calls: int
     syscalls: int  # system calls the allocator made during the replay
     instructions: int | None = None  # when counted (count_instructions=True)
+    cpu_seconds: float = 0.0  # the thread's CPU time over the same part as ``seconds``
     extra: dict[str, Any] = field(default_factory=dict)
     # the slot table at the end (live IDs -> block pointers): pass it as ``slots=`` to a later
     # replay that goes on with the same blocks
@@ -245,13 +246,13 @@ def replay(
     counter = InstructionCounter(proc) if count_instructions else None
     syscalls_before = len(proc.syscalls)
     calls = 0
-    elapsed = 0.0
+    elapsed = cpu = 0.0
     try:
         if counter:
             counter.start()
         for start in range(0, tape.count, chunk):
             n = min(chunk, tape.count - start)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             proc.write(buf.tape, bytes(tape.data[start * RECORD_SIZE : (start + n) * RECORD_SIZE]))
             ctl = [ctl_values.get(name, 0) for name in CTL]
             ctl[CTL.index("end")] = buf.tape + n * RECORD_SIZE
@@ -267,6 +268,7 @@ def replay(
                 raise _stopped(proc, buf, tape, start, values, None, status)
             out[start * ps : (start + n) * ps] = proc.read(buf.results, n * ps)
             elapsed += time.perf_counter() - t0
+            cpu += time.thread_time() - c0
         final: array[int] = array("Q" if ps == 8 else "I", proc.read(buf.table, n_slots * ps))
         live = {i: p for i, p in enumerate(final) if p}
     finally:
@@ -280,6 +282,7 @@ def replay(
         heap=heap,
         arch=arch,
         seconds=elapsed,
+        cpu_seconds=cpu,
         driver_calls=calls,
         syscalls=len(proc.syscalls) - syscalls_before,
         instructions=counter.total() if counter else None,
