@@ -764,7 +764,7 @@ class MemoryManager:
         if end > base + region.size or region.write_watch or region.type != MEM_PRIVATE:
             return False
         state = region.pages.uniform((addr - base) >> 12, ((end - 1 - base) >> 12) + 1)
-        return bool(state) and protection_allows(state, write=write)  # type: ignore[arg-type]
+        return state is not None and state != RESERVED and protection_allows(state, write=write)
 
     def clear_guard(self, addr: int) -> bool:
         """Windows clears PAGE_GUARD on first touch (STATUS_GUARD_PAGE_VIOLATION). Returns True
