@@ -35,7 +35,7 @@ SUITES = {
     "campaign_1m": bench_search.run_campaign_1m,
 }
 # suites that honour HEAPEMU_BENCH_ALLOCATORS (bench_search.BENCH_ALLOCATORS)
-BY_ALLOCATOR = ("search_speed", "search_suite", "campaign_1m")
+BY_ALLOCATOR = ("replay", "search_speed", "search_suite", "campaign_1m")
 
 
 def main(argv: list[str]) -> int:

@@ -14,13 +14,19 @@ For each architecture and allocator, one synthetic tape (``typical`` sizes) is r
   with a block hook, its time taken from runs without hooks);
 * the same operations issued one ``proc.call`` at a time from Python.
 
-Each row also carries the CPU's counters for one replay: TLB misses per operation and how
-many of them Python answered (the rest the native fast path did).
+The builtin row also carries ``cpu_slowdown``, the same ratio in CPU time (the replayed part
+on both sides). Each row also carries the CPU's counters for one replay: TLB misses per
+operation and how many of them Python answered (the rest the native fast path did).
 
 Timed figures are the best of ``ROUNDS`` runs on fresh heaps, after a warm-up replay (so the
-translation cache is warm).
+translation cache is warm). Against the baseline, each row also carries ``cpu_ratio``: the
+same comparison in CPU time (``time.thread_time`` of whole rounds, heap creation and
+destruction included, on both sides), which a loaded machine disturbs far less than wall time.
 
     python -m benchmarks replay               (~4 minutes; the native build ~1 minute once)
+
+``HEAPEMU_BENCH_ALLOCATORS=builtin,wine`` measures only those allocators (its results file is
+``replay.builtin-wine.json``, next to the full run's), ``HEAPEMU_BENCH_ROUNDS`` the rounds.
 """
 
 from __future__ import annotations
@@ -40,13 +46,13 @@ from unicorn import x86_const as ux
 
 from emu import Process
 from emu.heap.allocator import Allocator
-from emu.heap.registry import ALLOCATOR_NAMES
 from emu.heap.replay.run import ReplayResult, replay, replay_python
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import OpKind, synthetic
 
 from . import native_replay
 from .bench_peer import _KS_MODES
+from .bench_search import BENCH_ALLOCATORS
 
 OPS = int(os.environ.get("HEAPEMU_BENCH_REPLAY_OPS", 100_000))
 WARMUP = 20_000
@@ -218,15 +224,20 @@ def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[st
     except BaselineLacksKindError:
         base = None
     best, base_best = float("inf"), float("inf")
+    cpu_best, base_cpu_best, replay_cpu_best = float("inf"), float("inf"), float("inf")
     result: ReplayResult | None = None
     base_digest = ""
     try:
         for _ in range(ROUNDS):
+            c0 = time.thread_time()
             result = _fresh_replay(a, tape)
+            cpu_best = min(cpu_best, time.thread_time() - c0)
+            replay_cpu_best = min(replay_cpu_best, result.cpu_seconds)
             best = min(best, result.seconds)
             if base is not None:
                 got = base.round()
                 base_best = min(base_best, got["seconds"])
+                base_cpu_best = min(base_cpu_best, got["cpu"])
                 base_digest = got["results"]
     finally:
         if base is not None:
@@ -275,6 +286,10 @@ def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[st
                 "same C compiled natively (zig cc -O2)",
                 slowdown=round(native.ops_per_second / ops_s, 1),
                 target="slowdown <= 15",
+                # the same in CPU time (the replayed part on both sides)
+                cpu_slowdown=round(replay_cpu_best / native.best_cpu_seconds, 1)
+                if native.best_cpu_seconds
+                else None,
                 native_results_agree=agree,
                 native_vm_calls=native.vm_calls,
                 **common,
@@ -290,6 +305,9 @@ def measure(arch: str, kind: str, tape: Tape, tree: Path | None) -> list[dict[st
                 len(tape) / base_best,
                 f"heapemu {BASELINE[:9]} (alternating rounds)",
                 same_results=base_digest == _digest(result),
+                cpu_seconds=round(cpu_best, 4),
+                baseline_cpu_seconds=round(base_cpu_best, 4),
+                cpu_ratio=round(base_cpu_best / cpu_best, 3),
                 **({"target": ">= 3"} if kind == "wine" else {}),
             )
         )
@@ -320,7 +338,7 @@ def run() -> list[dict[str, object]]:
     tape = Tape.from_ops(synthetic(ops=OPS, seed=1, sizes="typical"))
     tree = baseline_tree()
     rows: list[dict[str, object]] = []
-    for kind in ALLOCATOR_NAMES:
+    for kind in BENCH_ALLOCATORS:
         for arch in ("x86", "x64"):
             rows += measure(arch, kind, tape, tree)
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import keystone
 
@@ -35,15 +36,15 @@ class Arch:
     default_stack_reserve: int = 0x100000
     default_stack_commit: int = 0x1000
 
-    @property
+    @cached_property
     def bits(self) -> int:
         return self.ptr_size * 8
 
-    @property
+    @cached_property
     def ptr_mask(self) -> int:
         return (1 << self.bits) - 1
 
-    @property
+    @cached_property
     def ptr_fmt(self) -> str:
         return "<Q" if self.ptr_size == 8 else "<I"
 

@@ -14,7 +14,7 @@ from emu import EmulationError, Process
 from emu.cli.replay import main as replay_main
 from emu.heap.allocator import Allocator
 from emu.heap.replay.driver import driver_source
-from emu.heap.replay.run import ReplayError, load_driver, replay, replay_python
+from emu.heap.replay.run import DEFAULT_CHUNK, ReplayError, load_driver, replay, replay_python
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import (
     Op,
@@ -202,8 +202,21 @@ def test_driver_is_shared_and_top_down(proc: Process) -> None:
     a.replay([alloc(8, 0)])
     regions = [r.usage for r in proc.memory.regions()]
     assert "heapemu replay tape" not in regions  # buffers are released after the replay
-    for arch in ("x86", "x64"):
-        assert "heapemu_replay_jtab:" in driver_source(Process(arch).arch)
+    for arch in ("x86", "x64"):  # direct branches only: no block lookup per op
+        source = driver_source(Process(arch).arch)
+        assert "heapemu_replay_alloc:" in source and "jmp dword ptr" not in source
+        assert "jmp qword ptr" not in source
+
+
+def test_default_chunks_reuse_their_buffers(arch: str) -> None:
+    """A long tape is replayed DEFAULT_CHUNK records per driver call (4096: the tape and
+    results buffers stay small and hot), with the results of one big chunk."""
+    ops = list(synthetic(ops=2 * DEFAULT_CHUNK + 100, seed=5))
+    by_default = make_heaps(arch, "builtin").allocator.replay(ops)
+    one_chunk = make_heaps(arch, "builtin").allocator.replay(ops, chunk=len(ops))
+    assert DEFAULT_CHUNK == 4096 and by_default.driver_calls == 3 and one_chunk.driver_calls == 1
+    assert list(by_default.values) == list(one_chunk.values)
+    assert by_default.cpu_seconds > 0 and by_default.seconds > 0
 
 
 def test_replay_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

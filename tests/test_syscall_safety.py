@@ -111,3 +111,22 @@ def test_random_system_calls_never_raise(arch: str, seed: int) -> None:
             proc.call(stubs[name], *args, time_limit=5.0)
         assert proc.call(stubs["NtClose"], 0) == NtStatus.INVALID_HANDLE
     assert proc.syscall_dispatcher.internal_errors == 0
+
+
+def test_a_table_registered_later_serves_a_call_site_seen_before(proc: Process) -> None:
+    """The dispatcher remembers each call site's service name: registering a table must still
+    change what a site issued before gets (unserved first, then served)."""
+    number = next(n for n, name in NUMBERS.items() if name == "NtClose")
+    if proc.arch.ptr_size == 8:
+        lines = ["mov r10, rcx", f"mov eax, {number}", "syscall", "ret"]
+    else:
+        lines = [f"mov eax, {number}", "lea edx, [esp+4]", "int 0x2e", f"ret {4 * argc('NtClose')}"]
+    module = proc.load_flat("stub:\n" + "\n".join(lines), "late_table_stub")
+    stub = module.symbols["stub"]
+    dispatcher = proc.syscall_dispatcher
+    assert proc.call(stub, 0x40) == NtStatus.NOT_IMPLEMENTED  # no table covers the site yet
+    assert proc.syscalls[-1].name == f"syscall_0x{number:x}"
+    proc.register_syscall_table(module.base, module.end, NUMBERS)
+    assert proc.call(stub, 0x40) == NtStatus.INVALID_HANDLE  # served now
+    assert proc.syscalls[-1].name == "NtClose" and proc.syscalls[-1].args == {"Handle": 0x40}
+    assert [w["name"] for w in dispatcher.warnings()] == [f"syscall_0x{number:x}"]

@@ -1,6 +1,7 @@
 """Runs under another checkout of heapemu (benchmarks/bench_replay.py exports the baseline commit
 and sets PYTHONPATH to it): replays the benchmark's tape with *that* heapemu, one round per
-line read from stdin, printing the round's seconds and its results' hash. Uses only API that
+line read from stdin, printing the round's seconds, its CPU seconds (the whole round: heap
+creation, replay, destruction) and its results' hash. Uses only API that
 both the baseline and the current heapemu have.
 
     python replay_rounds.py ARCH KIND OPS WARMUP
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 
 
 def main() -> int:
@@ -38,9 +40,11 @@ def main() -> int:
     fresh(tape.head(warmup))
     print("ready", flush=True)
     for _ in sys.stdin:
+        c0 = time.thread_time()
         r = fresh(tape)
+        cpu = time.thread_time() - c0
         digest = hashlib.sha256(r.values.tobytes()).hexdigest()[:16]
-        print(json.dumps({"seconds": r.seconds, "results": digest}), flush=True)
+        print(json.dumps({"seconds": r.seconds, "cpu": cpu, "results": digest}), flush=True)
     return 0
 
 

@@ -79,6 +79,7 @@ class NativeRun:
     best_seconds: float
     vm_calls: int
     results: array[int]  # the first round's results
+    best_cpu_seconds: float = 0.0  # the best round's CPU time (CLOCK_THREAD_CPUTIME_ID)
 
     @property
     def ops_per_second(self) -> float:
@@ -110,4 +111,5 @@ def run(arch: str, tape_bytes: bytes, rounds: int = 5) -> NativeRun:
         best_seconds=int(fields["best_ns"]) / 1e9,
         vm_calls=int(fields["vm_calls"]),
         results=results,
+        best_cpu_seconds=int(fields.get("best_cpu_ns", 0)) / 1e9,
     )

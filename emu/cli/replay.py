@@ -23,7 +23,7 @@ from emu.errors import EmulationError
 from emu.facade import Process
 from emu.heap.allocator import Allocator
 from emu.heap.registry import ALLOCATOR_NAMES
-from emu.heap.replay.run import replay
+from emu.heap.replay.run import DEFAULT_CHUNK, replay
 from emu.heap.replay.tape import Tape
 from emu.heap.replay.workload import TraceError, Workload, iter_trace, renumber, synthetic
 
@@ -47,7 +47,9 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lifetime", type=float, default=200.0, help="synthetic: mean lifetime")
     p.add_argument("--arch", choices=("x86", "x64"), default="x64")
     p.add_argument("--allocator", choices=ALLOCATOR_NAMES, default="builtin")
-    p.add_argument("--chunk", type=positive_int, default=1 << 16, help="operations per driver call")
+    p.add_argument(
+        "--chunk", type=positive_int, default=DEFAULT_CHUNK, help="operations per driver call"
+    )
     p.add_argument("--lenient", action="store_true", help="allow IDs used while not live")
     p.add_argument("--renumber", action="store_true", help="make IDs dense (sparse traces)")
     p.add_argument(

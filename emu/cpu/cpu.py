@@ -354,10 +354,12 @@ class Cpu:
         self.readable: Callable[[int, int], bool] | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
         # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
-        # (every commit flushes the whole TLB) refills from here without asking again; with
-        # the native fast path (emu/cpu/native.py) the refill does not even enter Python
+        # refills from here without asking again. With the native fast path
+        # (emu/cpu/native.py) the cache is its C map alone (_native_perms: the refill does not
+        # even enter Python, and forgetting a range is one C call), else this dict
         self._native = native.library()
         self._perms: dict[int, int] = {}
+        self._native_perms: native.NativeMap | None = None
         self._tlb_state: native.TlbState | None = None
         self._host_memory: list[tuple[mmap.mmap, ctypes.Array[ctypes.c_char]]] = []
         # backed windows: start -> (first address, end, host memory, its exported buffer)
@@ -372,6 +374,9 @@ class Cpu:
         self._tlb_stale = False  # a denied translation may be wrong now: flush after the run
         self._invalidating = False  # Unicorn looks code pages up: let it see every page
         self._code_pages: set[int] = set()  # pages ever translated executable
+        # [lowest, highest + 1 page) of _code_pages (never narrowed when pages leave it): a
+        # range outside it has no code to drop, whatever its size
+        self._code_lo, self._code_hi = 1 << 64, 0
         self._exception_taken = False  # a CPU fault reached the interrupt hook this run
         self._fault_registers: list[tuple[int, int]] = []  # put back after the run
         # registers written from outside a run (proc.regs, a debugger, NtContinue, a restored
@@ -383,8 +388,7 @@ class Cpu:
         self.symbolizer: Callable[[int], str] = lambda addr: ""
         slow_fill = _TLB_FILL_CB(self._on_tlb_fill)
         if self._native is not None:
-            perms = native.NativeMap(self._native)
-            self._perms = native.MirroredDict(perms)
+            self._native_perms = perms = native.NativeMap(self._native)
             self._tlb_state = native.TlbState(perms.ptr, ctypes.cast(slow_fill, ctypes.c_void_p))
             fast = native.function_address(self._native, "heapemu_tlb_fill")
             self._slow_fill = slow_fill  # kept alive: the C callback calls it
@@ -643,18 +647,19 @@ class Cpu:
 
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
-        pages = self._pages_within(addr, size, self._perms)
-        if not pages:
+        if self._native_perms is not None:
+            self._native_perms.delete_range(addr & _PAGE_MASK, addr + size, 0x1000)
             return
-        if isinstance(self._perms, native.MirroredDict):
-            self._perms.delete_pages(pages, addr & _PAGE_MASK, addr + size)
-        else:
-            for page in pages:
-                del self._perms[page]
+        for page in self._pages_within(addr, size, self._perms):
+            del self._perms[page]
 
     def _forget_code(self, addr: int, size: int) -> None:
         """No translated code is left in [addr, addr+size)."""
-        self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
+        if self._may_hold_code(addr, size):
+            self._code_pages.difference_update(self._pages_within(addr, size, self._code_pages))
+
+    def _may_hold_code(self, addr: int, size: int) -> bool:
+        return addr < self._code_hi and addr + size > self._code_lo
 
     def tlb_counters(self) -> tuple[int, int] | None:
         """(TLB misses, misses answered in Python) since the CPU was made, when the native
@@ -669,7 +674,14 @@ class Cpu:
         self._tlb_stale = False
 
     def read(self, addr: int, size: int) -> bytes:
-        # the C API directly: the system calls read and write user memory a few times each
+        # inside a backed window, the host memory Unicorn reads is ours: a slice of it, no C
+        # call (the system calls read and write user memory a few times each)
+        window = self._windows.get(addr - addr % self._window)
+        if window is not None and size > 0:
+            lo, hi, mem, _ = window
+            if lo <= addr and addr + size <= hi:
+                return mem[addr - lo : addr - lo + size]
+        # elsewhere the C API directly
         buf = ctypes.create_string_buffer(size)
         status = uclib.uc_mem_read(self._uch, addr, buf, size)
         if status:
@@ -680,11 +692,20 @@ class Cpu:
         """Write like a debugger (protections do not apply). Code translated from the range
         is dropped, so code written over code that already ran takes effect."""
         data = data if type(data) is bytes else bytes(data)
-        status = uclib.uc_mem_write(self._uch, addr, data, len(data))
-        if status:
-            raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
+        window = self._windows.get(addr - addr % self._window)
+        if window is not None and window[0] <= addr and addr + len(data) <= window[1]:
+            # the window's host memory is what Unicorn maps there (uc_mem_write would only
+            # copy into it: Unicorn 2.1.4 neither marks dirty pages nor drops code for a write);
+            # a shared view's pages there are its section's memory
+            lo = window[0]
+            window[2][addr - lo : addr - lo + len(data)] = data
+        else:
+            status = uclib.uc_mem_write(self._uch, addr, data, len(data))
+            if status:
+                raise _cpu_error(unicorn.UcError(status), f"write 0x{addr:x}+0x{len(data):x}")
         if self._code_pages:
-            self._drop_written_code(addr, len(data))
+            if self._may_hold_code(addr, len(data)):
+                self._drop_written_code(addr, len(data))
             if self._shares:  # the same bytes show elsewhere too (another view)
                 for alias, size in self.aliases(addr, len(data)):
                     self._drop_written_code(alias, size)
@@ -707,7 +728,7 @@ class Cpu:
         pages ever translated executable can hold any; each is dropped on its own (Unicorn
         finds a page's blocks by its host memory, contiguous within one mapping only)."""
         end = addr + size
-        if size <= 0 or not self._code_pages:
+        if size <= 0 or not self._code_pages or not self._may_hold_code(addr, size):
             return
         pages = self._pages_within(addr, size, self._code_pages)
         if not pages:
@@ -938,7 +959,10 @@ class Cpu:
             self.uc.mem_write(addr, data)
         # every answer of the page-fault handler may have changed with the bookkeeping
         self._perms.clear()
+        if self._native_perms is not None:
+            self._native_perms.clear()
         self._code_pages.clear()
+        self._code_lo, self._code_hi = 1 << 64, 0
         self.flush_tlb()
         self.flush_translations()
 
@@ -1090,8 +1114,9 @@ class Cpu:
             e.perms = unicorn.UC_PROT_ALL
             return True
         rw, need = _FILL_ACCESS.get(access, ("read", UC_R))
-        perms = self._perms.get(page)
-        if perms is not None and perms & need:  # the common refill after a TLB flush
+        # the common refill after a TLB flush (the native fill has looked in its map already)
+        perms = self._perms.get(page) if self._native_perms is None else None
+        if perms is not None and perms & need:
             e.paddr, e.perms = page, perms
             return True
         why: Fault
@@ -1108,11 +1133,16 @@ class Cpu:
                 perms = _UC_PERMS[answer & 0xFF]
                 paddr = self._canonical(page) if self._aliased else page
                 if paddr == page:  # cached answers (and the native refill) are identities
-                    self._perms[page] = perms
+                    if self._native_perms is not None:
+                        self._native_perms.put(page, perms)
+                    else:
+                        self._perms[page] = perms
                 if perms & need:
                     e.paddr, e.perms = paddr, perms
                     if perms & UC_X:
                         self._code_pages.add(page)
+                        self._code_lo = min(self._code_lo, page)
+                        self._code_hi = max(self._code_hi, page + 0x1000)
                     return True
                 why = Fault(f"protected {rw}", status=NtStatus.ACCESS_VIOLATION)
         except BaseException as exc:  # re-raised after emu_start; the access stops emulation

@@ -204,30 +204,3 @@ class NativeMap:
         if getattr(self, "ptr", None):
             self._lib.heapemu_map_free(self.ptr)
             self.ptr = None
-
-
-class MirroredDict(dict[int, int]):
-    """A dict whose items are mirrored into a NativeMap (only the mutations the CPU uses:
-    item assignment, deletion, clear)."""
-
-    def __init__(self, native: NativeMap):
-        super().__init__()
-        self.native = native
-
-    def __setitem__(self, key: int, value: int) -> None:
-        super().__setitem__(key, value)
-        self.native.put(key, value)
-
-    def __delitem__(self, key: int) -> None:
-        super().__delitem__(key)
-        self.native.delete(key)
-
-    def clear(self) -> None:
-        super().clear()
-        self.native.clear()
-
-    def delete_pages(self, pages: list[int], start: int, end: int) -> None:
-        """Delete ``pages`` (keys, all page addresses in [start, end)) with one C call."""
-        for page in pages:
-            super().__delitem__(page)
-        self.native.delete_range(start, end, 0x1000)

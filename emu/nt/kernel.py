@@ -22,7 +22,7 @@ import logging
 import struct
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, get_type_hints
 
@@ -64,6 +64,16 @@ class SyscallHandler:
     fn: Callable[..., int]
     params: tuple[str, ...]
     widths: tuple[str | int, ...]
+    # each argument's mask over the raw pointer-sized value (-1: the whole pointer)
+    masks: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.masks = tuple(-1 if w == "ptr" else (1 << int(w)) - 1 for w in self.widths)
+
+
+# How the dispatcher reads arguments: the first n, raw, as pointer-sized values (registers and
+# stack slots by the kernel ABI; raises EmulationError when they cannot be read)
+ArgReader = Callable[[int], list[int]]
 
 
 _MARK = "__nt_syscall__"
@@ -154,6 +164,9 @@ class Kernel:
         return self.proc.cpu.read(addr, size) if size > 0 else b""
 
     def write(self, addr: int, data: bytes) -> None:
+        if self.memory.plain_access(addr, len(data), write=True):  # the common case
+            self.proc.cpu.write(addr, data)
+            return
         self._probe(addr, len(data), True)
         if data:
             self.proc.cpu.write(addr, data)
@@ -206,6 +219,9 @@ class SyscallDispatcher:
         self.proc = proc
         self.handlers = handlers
         self._tables: list[tuple[int, int, dict[int, str]]] = []
+        # (pc, number) -> name, as the tables answer (a call site issues the same few
+        # services again and again)
+        self._names: dict[tuple[int, int], str | None] = {}
         self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
         self.raise_internal_errors = type(self).default_raise_internal_errors
         self.internal_errors = 0  # handler bugs answered STATUS_INTERNAL_ERROR so far
@@ -216,6 +232,7 @@ class SyscallDispatcher:
     def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
         """Numbers used by the code in [begin, end)."""
         self._tables.append((begin, end, dict(table)))
+        self._names.clear()
 
     def _warn(self, kind: str, label: str, pc: int, message: str) -> None:
         entry = self._warnings.get((kind, label))
@@ -238,14 +255,21 @@ class SyscallDispatcher:
                 return table.get(number)
         return None
 
-    def dispatch(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> int:
-        """Serve system call ``number`` issued at ``pc``; ``arg(i, width)`` fetches argument i."""
+    def dispatch(self, number: int, pc: int, args: ArgReader) -> int:
+        """Serve system call ``number`` issued at ``pc``; ``args(n)`` reads the first n
+        arguments (raw pointer-sized values: each handler parameter's width masks its own)."""
         proc = self.proc
-        name = self.name_of(number, pc)
+        key = (pc, number)
+        if key in self._names:
+            name = self._names[key]
+        else:
+            name = self.name_of(number, pc)
+            if len(self._names) < 4096:  # garbage numbers from hostile code stay bounded
+                self._names[key] = name
         handler = self.handlers.get(name) if name else None
         seq = len(proc.syscalls)
         if handler is None:
-            raw = {f"arg{i}": arg(i, "ptr") for i in range(4)}
+            raw = {f"arg{i}": v for i, v in enumerate(args(4))}
             label = name or f"syscall_0x{number:x}"
             rec = SyscallRecord(seq, label, number, raw, NtStatus.NOT_IMPLEMENTED, pc)
             proc.syscalls.append(rec)
@@ -254,10 +278,10 @@ class SyscallDispatcher:
             if self.strict:
                 raise NtStatusError(NtStatus.NOT_IMPLEMENTED, f"unhandled system call {label}")
             return int(NtStatus.NOT_IMPLEMENTED)
-        args = [arg(i, w) for i, w in enumerate(handler.widths)]
+        values = [v & m for v, m in zip(args(len(handler.masks)), handler.masks, strict=True)]
         k = Kernel(proc)
         try:
-            status = handler.fn(k, *args)
+            status = handler.fn(k, *values)
         except NtStatusError as e:
             status = e.status
             k.details.setdefault("error", str(e))
@@ -278,7 +302,7 @@ class SyscallDispatcher:
                 seq,
                 handler.name,
                 number,
-                dict(zip(handler.params, args, strict=True)),
+                dict(zip(handler.params, values, strict=True)),
                 status,
                 pc,
                 k.details,

@@ -775,9 +775,35 @@ class MemoryManager:
         end = addr + size
         if addr < self.arch.user_min or end - 1 > self.arch.user_max:
             return False
+        # the common case inline (a system call's in/out pointers: one region, one run)
+        bases = self._bases
+        k = bisect.bisect_right(bases, addr) - 1
+        if k >= 0:
+            region = self._regions[bases[k]]
+            base = region.base
+            if end <= base + region.size:
+                state = region.pages.uniform((addr - base) >> 12, ((end - 1 - base) >> 12) + 1)
+                if state is not None:
+                    return bool(state) and protection_allows(state, write=write)
         return self._every_page(
             addr, end, lambda state: bool(state) and protection_allows(state, write=write)
         )
+
+    def plain_access(self, addr: int, size: int, *, write: bool) -> bool:
+        """True when user mode may access [addr, addr+size) (size > 0) and the range lies in
+        one run of one plain private allocation (no write watch; private memory is never
+        copy-on-write): the kernel then reads or writes it with no probe failure and nothing
+        for ``note_write`` to record. False means: ask ``is_accessible`` and ``note_write``."""
+        bases = self._bases
+        k = bisect.bisect_right(bases, addr) - 1
+        if k < 0 or size <= 0 or addr < self.arch.user_min:
+            return False
+        region = self._regions[bases[k]]
+        base, end = region.base, addr + size
+        if end > base + region.size or region.write_watch or region.type != MEM_PRIVATE:
+            return False
+        state = region.pages.uniform((addr - base) >> 12, ((end - 1 - base) >> 12) + 1)
+        return state is not None and state != RESERVED and protection_allows(state, write=write)
 
     def clear_guard(self, addr: int) -> bool:
         """Windows clears PAGE_GUARD on first touch (STATUS_GUARD_PAGE_VIOLATION). Returns True
@@ -811,6 +837,16 @@ class MemoryManager:
         i = region.page_index(addr)
         state = region.pages.get(i)
         return self.cpu_protection(region, i, state) if _mapped(state) else None
+
+    def fault_protections(self, addr: int) -> tuple[int | None, int | None]:
+        """``page_state`` and ``cpu_protection_at`` of the page holding addr, in one lookup
+        (what a TLB miss asks)."""
+        region = self.region_at(addr)
+        if region is None:
+            return None, None
+        i = region.page_index(addr)
+        state = region.pages.get(i)
+        return state, self.cpu_protection(region, i, state) if _mapped(state) else None
 
     def on_write_fault(self, addr: int) -> bool:
         """A write hit a page mapped read-only for bookkeeping: do what Windows does on that

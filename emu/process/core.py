@@ -282,6 +282,10 @@ class ProcessCore:
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
+        ids = cpu.reg_ids
+        self._eax_id, self._edx_id, self._ret_id = ids["eax"], ids["edx"], ids[self.arch.ret]
+        if self.arch.ptr_size == 8:  # the kernel ABI's register arguments, read in one batch
+            self._syscall_regs = cpu.register_reader(("r10", "rdx", "r8", "r9"))
         cpu.page_fault_handler = self._on_page_fault
         cpu.readable = self._readable
         cpu.hook_interrupt(self._on_interrupt)
@@ -656,30 +660,36 @@ class ProcessCore:
         cpu.pc = ret_addr
 
     # ------------------------------------------------------------------ kernel entry
-    def _syscall_arg_x64(self, i: int, width: str | int) -> int:
-        if i < 4:
-            v = self.cpu.reg(("r10", "rdx", "r8", "r9")[i])
-        else:
-            v = self.read_ptr(self.cpu.sp + 0x28 + 8 * (i - 4))
-        return v & 0xFFFFFFFF if width == 32 else v & 0xFF if width == 8 else v
+    def _syscall_args_x64(self, n: int) -> list[int]:
+        """The first ``n`` arguments of an x64 system call: r10, rdx, r8, r9 (one batched
+        register read), then the stack from [rsp+0x28] (one memory read)."""
+        regs = self._syscall_regs()
+        if n <= 4:
+            return list(regs[:n])
+        raw = self.read(self.cpu.sp + 0x28, 8 * (n - 4))
+        return [*regs, *struct.unpack(f"<{n - 4}Q", raw)]
 
     def _on_syscall(self) -> None:
         cpu = self.cpu
         # Unicorn calls this hook with rip on the `syscall` and steps past it afterwards
-        self._serve_syscall(cpu.reg("eax"), cpu.pc, self._syscall_arg_x64)
+        number = cpu.reg_by_id(self._eax_id) & 0xFFFFFFFF
+        self._serve_syscall(number, cpu.pc, self._syscall_args_x64)
 
-    def _x86_args_at(self, base: int) -> Callable[[int, str | int], int]:
-        def arg(i: int, width: str | int) -> int:
-            v = self.read_u32(base + 4 * i)
-            return v & 0xFF if width == 8 else v
+    def _x86_args_at(self, base: int) -> Callable[[int], list[int]]:
+        """The first ``n`` arguments of an x86 system call: the DWORD array at ``base``, read
+        at once."""
 
-        return arg
+        def args(n: int) -> list[int]:
+            return list(struct.unpack(f"<{n}I", self.read(base, 4 * n))) if n > 0 else []
+
+        return args
 
     def _on_interrupt(self, intno: int) -> None:
         cpu = self.cpu
         if intno == 0x2E and self.arch.ptr_size == 4:
             # NT's int 0x2e path: eax = service number, edx -> the arguments
-            self._serve_syscall(cpu.reg("eax"), cpu.pc - 2, self._x86_args_at(cpu.reg("edx")))
+            eax, edx = cpu.reg_by_id(self._eax_id), cpu.reg_by_id(self._edx_id)
+            self._serve_syscall(eax & 0xFFFFFFFF, cpu.pc - 2, self._x86_args_at(edx & 0xFFFFFFFF))
             return
         if intno == 0x29:
             self._fast_fail()
@@ -727,12 +737,13 @@ class ProcessCore:
         # addresses (stub's caller and KiFastSystemCall's caller). Unicorn calls this hook with
         # eip on the instruction and then steps past it, as KiFastSystemCallRet would resume.
         cpu = self.cpu
-        self._serve_syscall(cpu.reg("eax"), cpu.pc, self._x86_args_at(cpu.reg("edx") + 8))
+        eax, edx = cpu.reg_by_id(self._eax_id), cpu.reg_by_id(self._edx_id)
+        self._serve_syscall(eax & 0xFFFFFFFF, cpu.pc, self._x86_args_at((edx & 0xFFFFFFFF) + 8))
 
-    def _serve_syscall(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> None:
+    def _serve_syscall(self, number: int, pc: int, args: Callable[[int], list[int]]) -> None:
         recorded = len(self.syscalls)
         try:
-            status = self.syscall_dispatcher.dispatch(number, pc, arg)
+            status = self.syscall_dispatcher.dispatch(number, pc, args)
         except NtStatusError as e:  # strict mode: unknown system call
             self.cpu.raise_fault(
                 Fault("unknown system call", pc=pc, status=e.status, detail=str(e))
@@ -743,7 +754,7 @@ class ProcessCore:
             # the kernel's probe fails and the caller gets STATUS_ACCESS_VIOLATION
             status = NtStatus.ACCESS_VIOLATION
         self.shared_clock.publish(self.threads.clock())  # 1 ms more, or a sleep's worth
-        self.cpu.set_reg_by_id(self.cpu.reg_ids[self.arch.ret], status)
+        self.cpu.set_reg_by_id(self._ret_id, status)
         last = self.syscalls.last
         if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
             for observer in self.syscall_observers:
@@ -778,7 +789,7 @@ class ProcessCore:
         not committed). A guard page is one-shot, as on Windows; the stack's guard page grows
         the stack instead. Pages the memory manager watches for a first write (copy-on-write,
         write watch) translate read-only until that write, which it then records."""
-        state = self.memory.page_state(page)
+        state, narrow = self.memory.fault_protections(page)
         if not state:
             return None  # free or reserved
         if state & PAGE_GUARD:
@@ -788,7 +799,6 @@ class ProcessCore:
                 return self.memory.page_state(page) if fault is None else fault
             self.memory.clear_guard(page)
             return Fault("guard page violation", status=NtStatus.GUARD_PAGE_VIOLATION)
-        narrow = self.memory.cpu_protection_at(page)
         if access == "write" and narrow != state & 0xFF and self.memory.on_write_fault(page):
             return self.memory.page_state(page)  # what Windows shows after the first write
         return narrow

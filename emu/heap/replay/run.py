@@ -6,7 +6,7 @@ it
 chunk: the driver calls the allocator's Rtl* entry points for every record, keeps the ID ->
 block table in emulated memory and stores one pointer-sized result per operation. Python is
 entered only by system calls (served by the process's hooks without stopping the run) and once
-per chunk to write the next records and read the results, so a million operations cost ~16
+per chunk to write the next records and read the results, so a million operations cost ~250
 Python round trips, not a million.
 
 Results, one per op, as raw pointer-sized values: alloc/realloc the block address (0 on
@@ -32,7 +32,6 @@ from emu.heap.replay.driver import (
     CTL,
     ENTRIES,
     ENTRY_NAME,
-    JUMP_TABLE,
     RECORD_SIZE,
     STATUS_BAD_OP,
     STATUS_DONE,
@@ -58,7 +57,11 @@ if TYPE_CHECKING:
     from emu.heap.allocator import Allocator
 
 DRIVER_MODULE = "heapemu_replay"
-DEFAULT_CHUNK = 1 << 16  # records per driver call: 1.5 MiB of tape, a few µs of Python each
+# records per driver call: 96 KiB of tape and 16-32 KiB of results, a few µs of Python each.
+# Small enough that every chunk reuses the same host pages, still in the host's caches (chunks
+# of 1.5 MiB cost a fresh host page fault every 4 KiB and ~7% of a builtin replay's time;
+# measured with benchmarks/bench_replay.py's tape, Unicorn 2.1.4)
+DEFAULT_CHUNK = 1 << 12
 MAX_SLOTS = 1 << 24  # IDs the slot table can hold (renumber sparse traces: workload.renumber)
 
 
@@ -93,6 +96,7 @@ class ReplayResult:
     driver_calls: int
     syscalls: int  # system calls the allocator made during the replay
     instructions: int | None = None  # when counted (count_instructions=True)
+    cpu_seconds: float = 0.0  # the thread's CPU time over the same part as ``seconds``
     extra: dict[str, Any] = field(default_factory=dict)
     # the slot table at the end (live IDs -> block pointers): pass it as ``slots=`` to a later
     # replay that goes on with the same blocks
@@ -219,7 +223,6 @@ def replay(
         heap = allocator.create_heap()
     chunk = max(1, min(chunk, tape.count or 1))
     driver = load_driver(proc).exports[ENTRY_NAME]
-    jtab = proc.modules.get(DRIVER_MODULE).symbols[JUMP_TABLE]  # type: ignore[union-attr]
     n_slots = max(tape.max_id, max(slots or (), default=-1)) + 1
     if n_slots > MAX_SLOTS:
         raise ValueError(f"slot {n_slots - 1} is beyond the table's {MAX_SLOTS} slots")
@@ -235,7 +238,6 @@ def replay(
         "tape": buf.tape,
         "table": buf.table,
         "results": buf.results,
-        "jtab": jtab,
         **{name: allocator.entry[name] for name in ENTRIES},
     }
     # sized once: appending chunk by chunk would copy the array as it grows (1M ops: 8 MiB)
@@ -244,13 +246,13 @@ def replay(
     counter = InstructionCounter(proc) if count_instructions else None
     syscalls_before = len(proc.syscalls)
     calls = 0
-    elapsed = 0.0
+    elapsed = cpu = 0.0
     try:
         if counter:
             counter.start()
         for start in range(0, tape.count, chunk):
             n = min(chunk, tape.count - start)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             proc.write(buf.tape, bytes(tape.data[start * RECORD_SIZE : (start + n) * RECORD_SIZE]))
             ctl = [ctl_values.get(name, 0) for name in CTL]
             ctl[CTL.index("end")] = buf.tape + n * RECORD_SIZE
@@ -266,6 +268,7 @@ def replay(
                 raise _stopped(proc, buf, tape, start, values, None, status)
             out[start * ps : (start + n) * ps] = proc.read(buf.results, n * ps)
             elapsed += time.perf_counter() - t0
+            cpu += time.thread_time() - c0
         final: array[int] = array("Q" if ps == 8 else "I", proc.read(buf.table, n_slots * ps))
         live = {i: p for i, p in enumerate(final) if p}
     finally:
@@ -279,6 +282,7 @@ def replay(
         heap=heap,
         arch=arch,
         seconds=elapsed,
+        cpu_seconds=cpu,
         driver_calls=calls,
         syscalls=len(proc.syscalls) - syscalls_before,
         instructions=counter.total() if counter else None,

@@ -2,7 +2,7 @@
 
 Record (little-endian, the same bytes on x86 and x64)::
 
-    +0  u32 kind     OpKind (the driver's jump-table index)
+    +0  u32 kind     OpKind (the driver branches on it)
     +4  u32 flags    HEAP_* flags passed to the call
     +8  u32 id       alloc: the new block's slot; otherwise the block's slot
     +12 u32 new_id   realloc: the slot the block goes to on success

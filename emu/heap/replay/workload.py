@@ -35,7 +35,7 @@ MAX_FLAGS = 0xFFFF_FFFF
 
 
 class OpKind(IntEnum):
-    """Operation codes; also the tape's opcodes (the driver's jump-table index)."""
+    """Operation codes; also the tape's opcodes (the driver branches on them)."""
 
     ALLOC = 0
     FREE = 1
