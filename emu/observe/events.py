@@ -428,6 +428,22 @@ class EventRecorder:
 
     def _maybe_return(self, r: tuple[Any, ...], opened: list[AllocationEvent]) -> None:
         address, sp = r[0], r[4]
+        if opened:  # the common case, inline: the innermost call returns, alone
+            ev = opened[-1]
+            if (
+                ev.return_address == address
+                and sp > ev.entry_sp
+                and not self.check_conventions
+                and (len(opened) == 1 or opened[-2].return_address != address)
+            ):
+                opened.pop()
+                self._forget_return(address)
+                ev.end = end = r[1]
+                ev.instructions = end - ev.start
+                ev.blocks = r[2] - ev._saved["blocks"]
+                ev.ret = r[6] & self._ret_masks[ev.address]
+                ev.finished = True
+                return
         # the innermost open event returning here with its return address popped
         for i in range(len(opened) - 1, -1, -1):
             ev = opened[i]
