@@ -5,9 +5,11 @@ that child only. wine/test.h prints one line per failed check,
 ``virtual.c:1807: Test failed: ...`` (a todo_wine check that passes is
 ``Test succeeded inside todo block``, also a failure), and at the end
 ``0400:virtual: 2599 tests executed (97 marked as todo, 0 as flaky, 488 failures), 1 skipped.``
-A run without that line did not reach its end. The platform is left as the runner finds it:
-Wine's ntdll exports ``wine_get_version``, so the runner says "wine" and todo_wine applies, as
-under Wine itself.
+A run without that line did not reach its end. The runner is told the platform is Windows
+($WINETEST_PLATFORM=windows): heapemu's kernel follows Windows, so a todo_wine check (one Wine
+itself fails) is an ordinary check here. Left alone, the runner would see Wine's ntdll
+(``wine_get_version``) and count a todo_wine check that passes as a failure. On "windows" the
+runner also installs its unhandled-exception filter, which names the last check before a crash.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+PLATFORM = "windows"
 TIME_LIMIT = 600.0  # seconds of heapemu exec's own limit per run
 SUMMARY = re.compile(
     r"^[0-9a-f]+:(?P<test>\w+):(?:[\d.]+ )?\s*(?P<executed>\d+) tests executed "
@@ -84,6 +87,7 @@ def run_program(
 ) -> RunResult:
     """Run `exe` under ``heapemu exec`` (with $HEAPEMU_WINETEST = `function` when given)."""
     command = [sys.executable, "-m", "emu.cli", "exec", "--time-limit", str(time_limit)]
+    command += ["--env", f"WINETEST_PLATFORM={PLATFORM}"]
     if function:
         command += ["--env", f"HEAPEMU_WINETEST={function}"]
     command.append(str(exe))
