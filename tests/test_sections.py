@@ -31,6 +31,8 @@ from emu.win.ntdefs import (
     MEM_RESERVE,
     PAGE_EXECUTE,
     PAGE_EXECUTE_READ,
+    PAGE_EXECUTE_READWRITE,
+    PAGE_EXECUTE_WRITECOPY,
     PAGE_NOACCESS,
     PAGE_NOCACHE,
     PAGE_READONLY,
@@ -259,6 +261,27 @@ def test_data_view_contents_and_reserve_views(sec: Sections) -> None:
     assert sec.alloc(v, 0x1000, MEM_COMMIT, PAGE_EXECUTE_READ)[0] == (
         NtStatus.INVALID_PAGE_PROTECTION
     )  # more than the view's protection
+
+
+def test_commit_in_views(sec: Sections) -> None:
+    """MEM_COMMIT in a view: a pagefile-backed view commits any protection its own allows,
+    copy-on-write ones too (refused for private memory only); in a file's view every commit is
+    STATUS_ALREADY_COMMITTED (ERROR_ACCESS_DENIED), whatever the protection asked (Wine's
+    kernel32 virtual.c test_mappings: ~400 checks per arch)."""
+    _, reserved = sec.create(PAGE_EXECUTE_READWRITE, SEC_RESERVE, size=0x10000)
+    _, v, _ = sec.map(reserved, protect=PAGE_EXECUTE_READWRITE)
+    for i, prot in enumerate((PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY, PAGE_READWRITE)):
+        assert sec.alloc(v + i * 0x1000, 0x1000, MEM_COMMIT, prot)[0] == NtStatus.SUCCESS
+        assert sec.proc.memory.query(v + i * 0x1000).Protect == prot
+    _, private, _ = sec.alloc(0, 0x1000, MEM_RESERVE)
+    assert sec.alloc(private, 0x1000, MEM_COMMIT, PAGE_WRITECOPY)[0] == (
+        NtStatus.INVALID_PAGE_PROTECTION
+    )
+    data = sec.open("\\??\\C:\\t\\data.bin")
+    _, h = sec.create(PAGE_READONLY, SEC_COMMIT, data)
+    _, base, _ = sec.map(h, protect=PAGE_WRITECOPY)
+    for prot in (PAGE_READONLY, PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY, PAGE_READWRITE):
+        assert sec.alloc(base, 0x1000, MEM_COMMIT, prot)[0] == NtStatus.ALREADY_COMMITTED
 
 
 def test_second_image_view(sec: Sections) -> None:

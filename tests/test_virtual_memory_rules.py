@@ -188,6 +188,31 @@ def test_commit_free_and_protect_inside_an_image(nt: Nt) -> None:
     assert nt.query(base + 0x2000)[1]["Protect"] == PAGE_READONLY
 
 
+def test_a_copied_page_is_not_copy_on_write_again(nt: Nt) -> None:
+    """A page of an image that has its own copy (written while copy-on-write) stays private:
+    asked for PAGE_READWRITE or PAGE_WRITECOPY again it is PAGE_READWRITE, and
+    PAGE_EXECUTE_READWRITE / PAGE_EXECUTE_WRITECOPY give PAGE_EXECUTE_READWRITE; a page never
+    written is still made copy-on-write (Wine's kernel32 virtual.c test_mappings,
+    map_prot_written: 420 checks per arch)."""
+    mem = nt.proc.memory
+    base, _ = mem.allocate(0, 0x3000, MEM_RESERVE | MEM_COMMIT, PAGE_EXECUTE_WRITECOPY,
+                           type=MEM_IMAGE, usage="image test")  # fmt: skip
+    mem.protect(base, 0x3000, PAGE_READONLY)
+    assert nt.protect(base, 0x3000, PAGE_WRITECOPY)[0] == NtStatus.SUCCESS
+    _store(nt.proc, base + 0x1000, 0x1234)
+    for asked, copied, clean in (
+        (PAGE_READWRITE, PAGE_READWRITE, PAGE_WRITECOPY),
+        (PAGE_WRITECOPY, PAGE_READWRITE, PAGE_WRITECOPY),
+        (PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY),
+        (PAGE_EXECUTE_WRITECOPY, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY),
+        (PAGE_READONLY, PAGE_READONLY, PAGE_READONLY),
+    ):
+        assert nt.protect(base, 0x3000, asked)[0] == NtStatus.SUCCESS
+        protections = [nt.query(base + i * 0x1000)[1]["Protect"] for i in range(3)]
+        assert protections == [clean, copied, clean], hex(asked)
+    assert nt.proc.read_u32(base + 0x1000) == 0x1234  # the copy kept its contents
+
+
 # ---------------------------------------------------------------------------------- write watch
 class Watch:
     def __init__(self, nt: Nt):

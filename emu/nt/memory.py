@@ -48,6 +48,7 @@ from emu.win.ntdefs import (
     MEM_DECOMMIT,
     MEM_FREE,
     MEM_IMAGE,
+    MEM_MAPPED,
     MEM_PRIVATE,
     MEM_RELEASE,
     MEM_RESERVE,
@@ -235,6 +236,9 @@ class Region:
     view: ViewInfo | None = None
     placeholder: bool = False  # MEM_RESERVE_PLACEHOLDER (NtAllocateVirtualMemoryEx)
     from_placeholder: bool = False  # an allocation that replaced a placeholder
+    # pages of a view that have their own copy (written while copy-on-write): a later
+    # PAGE_WRITECOPY on them is PAGE_READWRITE, as Windows reports
+    copied: set[int] = field(default_factory=set)
 
     @property
     def end(self) -> int:
@@ -471,16 +475,18 @@ class MemoryManager:
         ``highest``/``lowest`` bound a reservation (ZeroBits, address requirements),
         ``secured`` makes a region emulated code cannot free or reprotect, ``user`` applies
         the rules Windows applies to user-mode requests."""
-        self._check_protection(protect, type)
+        reserve = bool(allocation_type & MEM_RESERVE) or (
+            # MEM_COMMIT alone at a NULL base reserves and commits (VirtualAlloc behaviour)
+            base == 0 and bool(allocation_type & MEM_COMMIT)
+        )
+        # a commit is checked against the allocation it lands in (copy-on-write is refused
+        # for private memory only: a pagefile-backed view commits PAGE_WRITECOPY)
+        self._check_protection(protect, type if reserve else MEM_MAPPED)
         if size <= 0:
             raise NtStatusError(NtStatus.INVALID_PARAMETER_4, "region size is 0")
         user_end = self.arch.user_max + 1
         if base and not (self.arch.user_min <= base < user_end):
             raise NtStatusError(NtStatus.INVALID_PARAMETER_2, f"base 0x{base:x} not in user space")
-        reserve = bool(allocation_type & MEM_RESERVE) or (
-            # MEM_COMMIT alone at a NULL base reserves and commits (VirtualAlloc behaviour)
-            base == 0 and bool(allocation_type & MEM_COMMIT)
-        )
         if not reserve:
             return self._commit(base, size, protect, user)
         if base:
@@ -538,6 +544,7 @@ class MemoryManager:
             )
         if user:
             self._check_user_commit(region, protect)
+        self._check_protection(protect, region.type)
         i0, i1 = region.page_index(start), region.page_index(end)
         self._check_commit(PAGE_SIZE * region.pages.count_reserved(i0, i1))
         self._set_pages(region, i0, i1, protect)
@@ -639,6 +646,13 @@ class MemoryManager:
             new_protect = self._user_protection(region, new_protect)
         old = region.pages.get(i0)
         self._set_pages(region, i0, i1, new_protect)
+        private = _COPY_ON_WRITE.get(new_protect & 0xFF)
+        if private is not None and region.copied:
+            # a page that already has its own copy is not copy-on-write again: asked for
+            # PAGE_(EXECUTE_)WRITECOPY it is PAGE_(EXECUTE_)READWRITE (Wine's kernel32
+            # virtual.c, test_mappings: map_prot_written, on Windows)
+            for i in sorted(i for i in region.copied if i0 <= i < i1):
+                self._set_pages(region, i, i + 1, private | (new_protect & ~0xFF))
         return start, end - start, old
 
     def _user_protection(self, region: Region, protect: int) -> int:
@@ -811,6 +825,7 @@ class MemoryManager:
             region.dirty.add(i)
         new = _COPY_ON_WRITE.get(state & 0xFF)
         if new is not None:  # the page now has its own copy: PAGE_WRITECOPY -> PAGE_READWRITE
+            region.copied.add(i)
             state = new | (state & ~0xFF)
             region.pages.set(i, i + 1, state)
         self.cpu.protect(
