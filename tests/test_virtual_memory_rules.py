@@ -529,3 +529,49 @@ def test_page_runs_match_a_page_list() -> None:
             b = rng.randint(a, n)
             assert list(runs.slice(a, b)) == pages[a:b]
             assert runs.count_reserved(a, b) == pages[a:b].count(0)
+
+
+# ---------------------------------------------------------------------------------- locking
+def _lock(nt: Nt, name: str, base: int, size: int, map_type: int = 1) -> tuple[int, int, int]:
+    p = nt.proc
+    p.write_ptr(nt.pbase, base)
+    p.write_ptr(nt.psize, size)
+    st = getattr(nt, name)(CURRENT, nt.pbase, nt.psize, map_type)
+    return st, p.read_ptr(nt.pbase), p.read_ptr(nt.psize)
+
+
+def test_lock_virtual_memory(nt: Nt) -> None:
+    """NtLockVirtualMemory / NtUnlockVirtualMemory (VirtualLock, VirtualUnlock): the range is
+    rounded to pages and written back; every page must be committed and accessible; a guard
+    page fails the first call with STATUS_GUARD_PAGE_VIOLATION and loses its guard, without
+    firing a write watch; unlocking pages not locked is STATUS_NOT_LOCKED; MAP_SYSTEM needs a
+    privilege (Wine's kernel32 virtual.c test_guard_page, as on Windows)."""
+    w = Watch(nt)
+    st, base, _ = nt.alloc(0, 0x4000, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH)
+    assert st == NtStatus.SUCCESS
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x1000)[0] == NtStatus.NOT_LOCKED
+    assert _lock(nt, "NtLockVirtualMemory", base + 0x10, 0x1000) == (
+        NtStatus.SUCCESS,
+        base,
+        0x2000,
+    )
+    assert _lock(nt, "NtLockVirtualMemory", base, 0x2000)[0] == NtStatus.WAS_LOCKED
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x3000)[0] == NtStatus.NOT_LOCKED
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x2000) == (NtStatus.SUCCESS, base, 0x2000)
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x1000)[0] == NtStatus.NOT_LOCKED
+    for map_type, status in ((0, NtStatus.INVALID_PARAMETER), (4, NtStatus.INVALID_PARAMETER),
+                             (2, NtStatus.PRIVILEGE_NOT_HELD)):  # fmt: skip
+        assert _lock(nt, "NtLockVirtualMemory", base, 0x1000, map_type)[0] == status
+    # a guard page: the first lock fails and clears the guard, the second succeeds
+    assert nt.protect(base + 0x2000, 0x1000, PAGE_READWRITE | PAGE_GUARD)[0] == NtStatus.SUCCESS
+    assert _lock(nt, "NtLockVirtualMemory", base, 0x4000)[0] == NtStatus.GUARD_PAGE_VIOLATION
+    assert nt.query(base + 0x2000)[1]["Protect"] == PAGE_READWRITE
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x1000)[0] == NtStatus.NOT_LOCKED
+    assert _lock(nt, "NtLockVirtualMemory", base, 0x4000)[0] == NtStatus.SUCCESS
+    assert w.get(base, 0x4000) == (NtStatus.SUCCESS, [])  # probing is not writing
+    # uncommitted or inaccessible pages cannot be locked; a decommit unlocks
+    assert nt.protect(base + 0x3000, 0x1000, PAGE_NOACCESS)[0] == NtStatus.SUCCESS
+    assert _lock(nt, "NtLockVirtualMemory", base + 0x3000, 1)[0] == NtStatus.ACCESS_VIOLATION
+    assert nt.free(base, 0x1000, MEM_DECOMMIT)[0] == NtStatus.SUCCESS
+    assert _lock(nt, "NtLockVirtualMemory", base, 1)[0] == NtStatus.ACCESS_VIOLATION
+    assert _lock(nt, "NtUnlockVirtualMemory", base + 0x1000, 0x1000)[0] == NtStatus.SUCCESS

@@ -239,6 +239,7 @@ class Region:
     # pages of a view that have their own copy (written while copy-on-write): a later
     # PAGE_WRITECOPY on them is PAGE_READWRITE, as Windows reports
     copied: set[int] = field(default_factory=set)
+    locked: set[int] = field(default_factory=set)  # NtLockVirtualMemory'd pages
 
     @property
     def end(self) -> int:
@@ -655,6 +656,45 @@ class MemoryManager:
                 self._set_pages(region, i, i + 1, private | (new_protect & ~0xFF))
         return start, end - start, old
 
+    def _lock_range(self, base: int, size: int) -> tuple[Region, int, int]:
+        """The allocation and page indices [i0, i1) of a lock or unlock request: one
+        allocation, every page committed (else STATUS_ACCESS_VIOLATION: locking probes the
+        pages as the program would touch them)."""
+        start = align_down(base, PAGE_SIZE)
+        end = align_up(base + max(size, 1), PAGE_SIZE)
+        region = self.region_at(start)
+        if region is None or end > region.end or end < start:
+            raise NtStatusError(NtStatus.ACCESS_VIOLATION, f"0x{start:x}-0x{end:x} not allocated")
+        i0, i1 = region.page_index(start), region.page_index(end)
+        if not region.pages.all(i0, i1, lambda s: s != RESERVED and s & 0xFF != PAGE_NOACCESS):
+            raise NtStatusError(NtStatus.ACCESS_VIOLATION, "range includes inaccessible pages")
+        return region, i0, i1
+
+    def lock(self, base: int, size: int) -> tuple[int, int, int]:
+        """NtLockVirtualMemory(MAP_PROCESS): (status, base, size). Locking touches every page:
+        the first guard page met loses its guard and the call fails with
+        STATUS_GUARD_PAGE_VIOLATION, nothing locked (Wine's kernel32 virtual.c test_guard_page
+        on Windows: a second call succeeds); the touch is a read, no write watch fires.
+        STATUS_WAS_LOCKED when every page already was."""
+        region, i0, i1 = self._lock_range(base, size)
+        for _, a, _b, state in region.pages.runs(i0, i1):
+            if state & PAGE_GUARD:
+                self._set_pages(region, a, a + 1, state & ~PAGE_GUARD)
+                return NtStatus.GUARD_PAGE_VIOLATION, 0, 0
+        pages = set(range(i0, i1))
+        status = NtStatus.WAS_LOCKED if pages <= region.locked else NtStatus.SUCCESS
+        region.locked |= pages
+        return status, region.base + i0 * PAGE_SIZE, (i1 - i0) * PAGE_SIZE
+
+    def unlock(self, base: int, size: int) -> tuple[int, int]:
+        """NtUnlockVirtualMemory(MAP_PROCESS): STATUS_NOT_LOCKED unless every page is locked."""
+        region, i0, i1 = self._lock_range(base, size)
+        pages = set(range(i0, i1))
+        if not pages <= region.locked:
+            raise NtStatusError(NtStatus.NOT_LOCKED, "range includes pages not locked")
+        region.locked -= pages
+        return region.base + i0 * PAGE_SIZE, (i1 - i0) * PAGE_SIZE
+
     def _user_protection(self, region: Region, protect: int) -> int:
         """The protection a user-mode NtProtectVirtualMemory really sets, or its refusal."""
         if region.secured:
@@ -983,6 +1023,8 @@ class MemoryManager:
                     cpu.decommit(addr, length)
                     if region.dirty:  # decommitted pages forget their writes
                         region.dirty.difference_update(range(i, j))
+                    if region.locked:  # and are unlocked
+                        region.locked.difference_update(range(i, j))
             elif old == RESERVED:
                 try:
                     cpu.ensure_backed(addr, length)

@@ -326,6 +326,47 @@ def NtProtectVirtualMemory(
     return NtStatus.SUCCESS
 
 
+MAP_PROCESS, MAP_SYSTEM = 1, 2  # NtLockVirtualMemory's MapType
+
+
+def _lock_args(k: Kernel, BaseAddress: int, RegionSize: int, MapType: int) -> tuple[int, int]:
+    if not MapType & (MAP_PROCESS | MAP_SYSTEM) or MapType & ~(MAP_PROCESS | MAP_SYSTEM):
+        raise NtStatusError(NtStatus.INVALID_PARAMETER, f"MapType 0x{MapType:x}")
+    if MapType & MAP_SYSTEM:  # locking into physical memory needs SeLockMemoryPrivilege
+        raise NtStatusError(NtStatus.PRIVILEGE_NOT_HELD, "MAP_SYSTEM")
+    base, size = _read_in_out(k, BaseAddress, RegionSize)
+    k.details.update(base_in=base, size_in=size, map_type=MapType)
+    return base, size
+
+
+@syscall
+def NtLockVirtualMemory(
+    k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, RegionSize: PSIZE_T, MapType: ULONG
+) -> int:
+    """Lock pages in the working set (VirtualLock): nothing is ever paged out here, so this
+    is bookkeeping plus what the caller can see: the pages are probed (a guard page fails the
+    call once and loses its guard), NtUnlockVirtualMemory wants them locked."""
+    k.check_process_handle(ProcessHandle)
+    base, size = _lock_args(k, BaseAddress, RegionSize, MapType)
+    status, new_base, new_size = k.memory.lock(base, size)
+    if status != NtStatus.GUARD_PAGE_VIOLATION:
+        k.write_ptr(BaseAddress, new_base)
+        k.write_ptr(RegionSize, new_size)
+    return status
+
+
+@syscall
+def NtUnlockVirtualMemory(
+    k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, RegionSize: PSIZE_T, MapType: ULONG
+) -> int:
+    k.check_process_handle(ProcessHandle)
+    base, size = _lock_args(k, BaseAddress, RegionSize, MapType)
+    new_base, new_size = k.memory.unlock(base, size)
+    k.write_ptr(BaseAddress, new_base)
+    k.write_ptr(RegionSize, new_size)
+    return NtStatus.SUCCESS
+
+
 def _region_information(k: Kernel, region: Region, length: int) -> bytes:
     """MEMORY_REGION_INFORMATION of the allocation; a buffer shorter than the structure is
     accepted down to CommitSize (the older layouts). RegionType is left 0: Windows 10 does
