@@ -182,6 +182,10 @@ class SyscallDispatcher:
         self.proc = proc
         self.handlers = handlers
         self._tables: list[tuple[int, int, dict[int, str]]] = []
+        # the numbering of the process's own ntdll: what a system call issued from code in no
+        # registered range means (Windows looks every number up in its one service table, so a
+        # copy of an ntdll stub anywhere works: Wine's ntdll virtual.c test_syscalls)
+        self.system_table: dict[int, str] = {}
         self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
         self.raise_internal_errors = type(self).default_raise_internal_errors
         self.internal_errors = 0  # handler bugs answered STATUS_INTERNAL_ERROR so far
@@ -189,9 +193,13 @@ class SyscallDispatcher:
         # first message]; bounded by the number of services, however long the run
         self._warnings: dict[tuple[str, str], list[Any]] = {}
 
-    def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
-        """Numbers used by the code in [begin, end)."""
+    def register_table(
+        self, begin: int, end: int, table: dict[int, str], *, system: bool = False
+    ) -> None:
+        """Numbers used by the code in [begin, end); ``system``: also by code in no range."""
         self._tables.append((begin, end, dict(table)))
+        if system:
+            self.system_table = dict(table)
 
     def _warn(self, kind: str, label: str, pc: int, message: str) -> None:
         entry = self._warnings.get((kind, label))
@@ -212,7 +220,7 @@ class SyscallDispatcher:
         for begin, end, table in self._tables:
             if begin <= pc < end:
                 return table.get(number)
-        return None
+        return self.system_table.get(number)
 
     def dispatch(self, number: int, pc: int, arg: Callable[[int, str | int], int]) -> int:
         """Serve system call ``number`` issued at ``pc``; ``arg(i, width)`` fetches argument i."""
