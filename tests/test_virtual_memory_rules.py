@@ -531,6 +531,29 @@ def test_page_runs_match_a_page_list() -> None:
             assert runs.count_reserved(a, b) == pages[a:b].count(0)
 
 
+def test_address_requirements_asking_nothing_go_with_a_base(nt: Nt) -> None:
+    """MEM_ADDRESS_REQUIREMENTS that ask for nothing (all zero) are accepted with a base
+    address or a commit; any real requirement there is STATUS_INVALID_PARAMETER (Wine's ntdll
+    virtual.c test_NtAllocateVirtualMemoryEx_address_requirements, on Windows)."""
+    ex = Ex(nt)
+    st, base, _ = nt.alloc(0, 0x10000, MEM_RESERVE)
+    assert st == NtStatus.SUCCESS and nt.free(base, 0, MEM_RELEASE)[0] == NtStatus.SUCCESS
+    ex.requirements()
+    assert ex.call(base, 0x10000, MEM_RESERVE, PAGE_READWRITE, [(1, ex.req)])[:2] == (
+        NtStatus.SUCCESS,
+        base,
+    )
+    assert ex.call(base, 0x1000, MEM_COMMIT, PAGE_READWRITE, [(1, ex.req)])[0] == NtStatus.SUCCESS
+    for requirement in ({"highest": 0x20000FFF}, {"alignment": 0x40000}, {"lowest": 0x10000}):
+        ex.requirements(**requirement)
+        assert ex.call(base, 0x1000, MEM_COMMIT, PAGE_READWRITE, [(1, ex.req)])[0] == (
+            NtStatus.INVALID_PARAMETER
+        ), requirement
+        assert ex.call(base + 0x20000, 0x1000, MEM_RESERVE, PAGE_READWRITE, [(1, ex.req)])[0] == (
+            NtStatus.INVALID_PARAMETER
+        ), requirement
+
+
 # ---------------------------------------------------------------------------------- locking
 def _lock(nt: Nt, name: str, base: int, size: int, map_type: int = 1) -> tuple[int, int, int]:
     p = nt.proc

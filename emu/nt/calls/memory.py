@@ -266,11 +266,15 @@ def NtAllocateVirtualMemoryEx(
     k.details.update(type=AllocationType, protect=PageProtection, base_in=base, size_in=size)
     lowest, highest, alignment = None, None, ALLOCATION_GRANULARITY
     requirements = params.get(MEM_EXTENDED_PARAMETER_TYPE.MemExtendedParameterAddressRequirements)
-    if requirements is not None:
-        if base or not AllocationType & MEM_RESERVE:
-            raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
-        if requirements:
+    if requirements:
+        # requirements that ask for nothing (all zero) go with a base or a commit; others
+        # need a reservation the kernel places (Wine's ntdll virtual.c, on Windows)
+        if any(k.read(requirements, MEM_ADDRESS_REQUIREMENTS.size(k.arch))):
+            if base or not AllocationType & MEM_RESERVE:
+                raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
             lowest, highest, alignment = address_requirements(k, requirements, view=False)
+    elif requirements is not None and (base or not AllocationType & MEM_RESERVE):
+        raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
     new_base, new_size = _allocate(
         k, base, size, AllocationType, PageProtection, highest=highest, lowest=lowest,
         alignment=alignment, placeholders=True,
