@@ -38,6 +38,8 @@ from emu.nt.memory import IMAGE_WRITE_AS_COPY, Region, ViewInfo, align_down, ali
 from emu.nt.objects import (
     FILE_EXECUTE,
     FILE_READ_DATA,
+    FILE_WRITE_DATA,
+    MAX_CREATED_FILE,
     MAXIMUM_ALLOWED,
     OBJ_CASE_INSENSITIVE,
     OBJ_OPENIF,
@@ -468,14 +470,18 @@ def NtCreateSection(
         )
     else:
         f = objects.get(FileHandle, FileObject)
-        if f.host_path is None:
+        if not f.is_file or (f.memory is not None and attributes & SEC_IMAGE):
             raise NtStatusError(
                 NtStatus.INVALID_FILE_FOR_SECTION, f"{f.name} cannot back a section"
             )
         k.details.update(file=f.name)
         if not f.access & FILE_READ_DATA:
             raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} was not opened for reading")
-        if f.size == 0:
+        grows = (
+            f.memory is not None and not attributes & SEC_IMAGE and maximum > f.size
+            and _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE
+        )  # fmt: skip
+        if f.size == 0 and not grows:
             raise NtStatusError(
                 NtStatus.INVALID_FILE_FOR_SECTION if attributes & SEC_IMAGE
                 else NtStatus.MAPPED_FILE_SIZE_ZERO, f.name,
@@ -494,12 +500,20 @@ def NtCreateSection(
             )  # fmt: skip
             section.extra["image"] = image
         else:
-            if _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE:
-                # the sandbox opens files read-only: nothing backs the writes
-                raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} is read-only")
+            if _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE and (
+                f.memory is None or not f.access & FILE_WRITE_DATA
+            ):
+                # the sandbox opens its files read-only: nothing backs the writes; a file the
+                # program created backs them when opened for writing
+                raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} is not open for writing")
             if _SECTION_PROTECTIONS[protect] & SECTION_MAP_EXECUTE and not f.access & FILE_EXECUTE:
                 raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} was not opened to execute")
-            if maximum > f.size:  # a read-only file cannot grow to the section
+            if grows:  # a section with write access extends its file (zeros)
+                assert f.memory is not None
+                if maximum > MAX_CREATED_FILE:
+                    raise NtStatusError(NtStatus.DISK_FULL, f"0x{maximum:x} bytes")
+                f.memory.data.extend(bytes(maximum - f.size))
+            if maximum > f.size:  # a read-only section cannot grow its file
                 raise NtStatusError(NtStatus.SECTION_TOO_BIG, f"0x{maximum:x} > 0x{f.size:x}")
             section = SectionObject("section", f.name, file=f, size=maximum or f.size,
                                     protection=protect, attributes=SEC_FILE | cache)  # fmt: skip
