@@ -160,6 +160,18 @@ def test_create_section_attributes(sec: Sections) -> None:
     assert sec.create(PAGE_READONLY, SEC_IMAGE | SEC_WRITECOMBINE, image)[0] == p6
 
 
+def test_a_refused_section_leaves_a_null_handle(sec: Sections) -> None:
+    """NtCreateSection clears the out-handle before it checks anything: Wine's kernelbase
+    CreateFileMappingW returns that handle whatever the status, so a refusal must leave NULL
+    there (kernel32 virtual.c test_CreateFileMapping: 29 failures per arch before)."""
+    for attributes, protect in ((SEC_RESERVE | SEC_COMMIT, PAGE_READWRITE),
+                                (SEC_RESERVE | SEC_LARGE_PAGES, PAGE_READWRITE),
+                                (SEC_COMMIT, PAGE_NOACCESS)):  # fmt: skip
+        sec.proc.write_ptr(sec.out, 0x1234)
+        st = sec.NtCreateSection(sec.out, SECTION_ALL, 0, sec.size_arg, protect, attributes, 0)
+        assert st != NtStatus.SUCCESS and sec.proc.read_ptr(sec.out) == 0, hex(attributes)
+
+
 def test_create_section_protection_and_size(sec: Sections) -> None:
     for prot in (PAGE_NOACCESS, PAGE_EXECUTE, PAGE_READWRITE | PAGE_NOCACHE, 0):
         assert sec.create(prot, SEC_COMMIT, size=0x1000)[0] == NtStatus.INVALID_PAGE_PROTECTION

@@ -440,10 +440,12 @@ def NtCreateSection(
     objects = k.proc.objects
     attributes, protect = AllocationAttributes, SectionPageProtection
     k.details.update(attributes=attributes, protect=protect)
+    # the out-handle is probed (and cleared) first: Wine's kernelbase CreateFileMappingW
+    # returns it whatever the status, so a refusal must leave it NULL
+    k.write_ptr(SectionHandle, 0)
     _check_attributes(attributes)
     if protect not in _SECTION_PROTECTIONS:
         raise NtStatusError(NtStatus.INVALID_PAGE_PROTECTION, f"protection 0x{protect:x}")
-    k.write_ptr(SectionHandle, 0)  # probe
     maximum = struct.unpack("<q", k.read(MaximumSize, 8))[0] if MaximumSize else 0
     named = _named(k, ObjectAttributes)
     if named is not None:
