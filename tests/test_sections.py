@@ -383,3 +383,22 @@ def test_files_the_program_creates(sec: Sections) -> None:
     assert st == NtStatus.SUCCESS
     assert sec.NtWriteFile(h, 0, 0, 0, iosb, buf, 8, offset, 0) == NtStatus.ACCESS_DENIED
     assert sec.create(PAGE_READWRITE, SEC_COMMIT, h, size=0x1000)[0] == NtStatus.ACCESS_DENIED
+
+
+def test_view_rights_caching_and_created_images(sec: Sections) -> None:
+    """A handle with SECTION_MAP_WRITE alone maps a PAGE_READWRITE view (not a read-only one);
+    pages committed in a SEC_NOCACHE view keep PAGE_NOCACHE; SEC_IMAGE on a created file that
+    is no image is STATUS_INVALID_IMAGE_NOT_MZ (Wine's kernel32 virtual.c test_MapViewOfFile,
+    on Windows)."""
+    _, h = sec.create(PAGE_READWRITE, SEC_COMMIT, size=0x1000, access=SECTION_MAP_WRITE)
+    assert sec.map(h, protect=PAGE_READONLY)[0] == NtStatus.ACCESS_DENIED
+    assert sec.map(h, protect=PAGE_READWRITE)[0] == NtStatus.SUCCESS
+    _, h = sec.create(PAGE_READWRITE, SEC_RESERVE | SEC_NOCACHE, size=0x20000)
+    _, v, _ = sec.map(h, protect=PAGE_READWRITE)
+    assert sec.alloc(v, 0x10000, MEM_COMMIT, PAGE_READONLY)[0] == NtStatus.SUCCESS
+    assert sec.proc.memory.query(v).Protect == PAGE_READONLY | PAGE_NOCACHE
+    st, f, _ = _create_file(sec, "\\??\\C:\\t\\notimage.tmp", FILE_CREATE,
+                            GENERIC_READ | GENERIC_WRITE)  # fmt: skip
+    assert st == NtStatus.SUCCESS
+    assert sec.create(PAGE_READWRITE, SEC_COMMIT, f, size=0x3457)[0] == NtStatus.SUCCESS
+    assert sec.create(PAGE_READONLY, SEC_IMAGE, f)[0] == NtStatus.INVALID_IMAGE_NOT_MZ

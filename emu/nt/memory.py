@@ -545,6 +545,10 @@ class MemoryManager:
             )
         if user:
             self._check_user_commit(region, protect)
+            if region.type != MEM_PRIVATE and protect & 0xFF != PAGE_NOACCESS:
+                # a view's caching attribute is its section's: committed pages keep it
+                # (Wine's kernel32 virtual.c test_MapViewOfFile, SEC_NOCACHE, on Windows)
+                protect |= region.allocation_protect & CACHE_ATTRIBUTES
         self._check_protection(protect, region.type)
         i0, i1 = region.page_index(start), region.page_index(end)
         self._check_commit(PAGE_SIZE * region.pages.count_reserved(i0, i1))

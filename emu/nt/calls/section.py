@@ -368,7 +368,15 @@ _VIEW_NEEDS = {
     PAGE_NOACCESS: SECTION_MAP_READ,
     PAGE_EXECUTE: SECTION_MAP_EXECUTE,
     **_SECTION_PROTECTIONS,
-}  # a view's protection -> the section rights it needs
+}  # a view's protection -> what the section's own protection must allow
+# a view's protection -> the rights the handle needs: a writable view needs SECTION_MAP_WRITE
+# alone (a FILE_MAP_WRITE handle maps PAGE_READWRITE: Wine's kernel32 virtual.c
+# test_MapViewOfFile, on Windows)
+_HANDLE_NEEDS = {
+    **_VIEW_NEEDS,
+    PAGE_READWRITE: SECTION_MAP_WRITE,
+    PAGE_EXECUTE_READWRITE: SECTION_MAP_EXECUTE | SECTION_MAP_WRITE,
+}
 
 
 def section_rights(access: int) -> int:
@@ -472,7 +480,7 @@ def NtCreateSection(
         )
     else:
         f = objects.get(FileHandle, FileObject)
-        if not f.is_file or (f.memory is not None and attributes & SEC_IMAGE):
+        if not f.is_file:
             raise NtStatusError(
                 NtStatus.INVALID_FILE_FOR_SECTION, f"{f.name} cannot back a section"
             )
@@ -495,6 +503,10 @@ def NtCreateSection(
                 raise NtStatusError(NtStatus.INVALID_IMAGE_NOT_MZ, str(e)) from None
             if image.machine != k.arch.name:
                 raise NtStatusError(NtStatus.INVALID_IMAGE_FORMAT, f"{f.name} is {image.machine}")
+            if f.memory is not None:  # images are mapped from host files only
+                raise NtStatusError(
+                    NtStatus.INVALID_FILE_FOR_SECTION, f"{f.name}: an image in a created file"
+                )
             size = align_up(image.size_of_image, PAGE_SIZE)
             section = SectionObject(
                 "section", f.name, file=f, size=size, image=True, protection=protect,
@@ -619,10 +631,9 @@ def map_view(
     mem = k.memory
     granted = section_rights(k.proc.objects.access(handle))
     needs = _VIEW_NEEDS[protect & 0xFF]
-    if needs & ~granted:
-        raise NtStatusError(
-            NtStatus.ACCESS_DENIED, f"the handle lacks rights 0x{needs & ~granted:x}"
-        )
+    missing = _HANDLE_NEEDS[protect & 0xFF] & ~granted
+    if missing:
+        raise NtStatusError(NtStatus.ACCESS_DENIED, f"the handle lacks rights 0x{missing:x}")
     if section.image:
         image = section.extra["image"]
         assert section.file is not None and section.file.host_path is not None
