@@ -210,6 +210,20 @@ def test_query_section(sec: Sections) -> None:
     assert sec.query(no_query)[0] == NtStatus.ACCESS_DENIED
 
 
+def test_query_section_probes_the_whole_buffer(sec: Sections) -> None:
+    """NtQuerySection probes all of its buffer for writing before it looks at the class: a
+    length past the caller's committed memory is STATUS_ACCESS_VIOLATION, even for a class
+    the section does not have (kernel32 virtual.c test_MapViewOfFile, on Windows)."""
+    _, h = sec.create(PAGE_READWRITE, SEC_COMMIT, size=0x1000)
+    _, buf, _ = sec.alloc(0, 0x20000, MEM_RESERVE)
+    assert sec.alloc(buf, 0x1000, MEM_COMMIT, PAGE_READWRITE)[0] == NtStatus.SUCCESS
+    buf, out = buf + 0x800, sec.work + 0x20
+    assert sec.NtQuerySection(h, 1, buf, 0x41, out) == NtStatus.SECTION_NOT_IMAGE
+    assert sec.NtQuerySection(h, 1, buf, 0x10000, out) == NtStatus.ACCESS_VIOLATION
+    assert sec.NtQuerySection(h, 0, buf, 0x10000, out) == NtStatus.ACCESS_VIOLATION
+    assert sec.NtQuerySection(h, 0, buf, 0x100, out) == NtStatus.SUCCESS
+
+
 def test_map_view_checks(sec: Sections) -> None:
     _, h = sec.create(PAGE_READWRITE, SEC_COMMIT, size=0x10000)
     st, base, size = sec.map(h, protect=PAGE_READWRITE)

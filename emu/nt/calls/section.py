@@ -576,6 +576,9 @@ def NtQuerySection(
     if not section_rights(objects.access(SectionHandle)) & SECTION_QUERY:
         raise NtStatusError(NtStatus.ACCESS_DENIED, "the handle has no SECTION_QUERY")
     k.probe_range(SectionInformation, SectionInformationLength)
+    # ProbeForWrite of the whole buffer before the class is looked at: a length past the
+    # caller's memory is STATUS_ACCESS_VIOLATION (Wine's kernel32 virtual.c, on Windows)
+    k.probe(SectionInformation, SectionInformationLength, write=True)
     ps = k.arch.ptr_size
     if SectionInformationClass == SECTION_INFORMATION_CLASS.SectionBasicInformation:
         fmt = "<QI4xq" if ps == 8 else "<IIq"
