@@ -12,15 +12,14 @@ the mingw-w64 compilers, the test is skipped.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
-from conformance.build import ARCH_CC, FILES_BY_KEY, BuildError, build
-from conformance.run import run_program
+from conformance.build import ARCH_CC, FILES_BY_KEY, BuildError, build, selectable_source
+from conformance.run import parse_output, run_program
 
 from loader.errors import LoaderError
-from loader.wine_tests import find_wine_tests
-
-pytestmark = pytest.mark.wine
+from loader.wine_tests import TEST_FILES, WineSourceError, find_wine_tests, verify_wine_tests
 
 FUNCTION = "test_CreateFileMapping_protection"
 # failures measured with this tree (python -m tests.conformance --file kernel32-virtual
@@ -29,6 +28,7 @@ MAX_FAILURES = {"x86": 0, "x64": 0}
 MIN_CHECKS = 600
 
 
+@pytest.mark.wine
 def test_wine_conformance_function_runs_clean(arch: str) -> None:
     if shutil.which(ARCH_CC[arch]) is None:
         pytest.skip(f"{ARCH_CC[arch]} is not installed (make toolchains)")
@@ -44,3 +44,57 @@ def test_wine_conformance_function_runs_clean(arch: str) -> None:
     assert result.completed, result.ending
     assert result.executed >= MIN_CHECKS
     assert result.failures <= MAX_FAILURES[arch], result.failure_lines
+
+
+SOURCE = """/* a test */
+static void test_a(void) {}
+START_TEST(virtual)
+{
+    if (argc >= 3)
+    {
+        test_child(TRUE);
+        return;
+    }
+    test_a();
+    if (flag)
+    {
+        test_b( 1 );
+    }
+}
+"""
+
+
+def test_selectable_source_keeps_line_numbers() -> None:
+    """Each test_*() call of START_TEST is made selectable on its own line (failures keep
+    Wine's line numbers); the child-process modes are left alone."""
+    out, names = selectable_source(SOURCE, "virtual")
+    assert names == ["test_a", "test_b"]
+    assert len(out.splitlines()) == len(SOURCE.splitlines())
+    lines = out.splitlines()
+    assert lines[6] == "        test_child(TRUE);"
+    assert lines[9] == '    if (heapemu_test_selected("test_a")) test_a();'
+    assert lines[12] == '        if (heapemu_test_selected("test_b")) test_b( 1 );'
+
+
+def test_parse_output() -> None:
+    text = (
+        "virtual.c:12: Test failed: one\r\nvirtual.c:12: Test failed: two\r\n"
+        "virtual.c:40: Test succeeded inside todo block: three\r\n"
+        "0400:virtual: 2599 tests executed (97 marked as todo, 0 as flaky, 3 failures), "
+        "1 skipped.\r\n"
+    )
+    out = parse_output(text)
+    assert (out["completed"], out["executed"], out["failures"], out["todo"], out["skipped"]) == (
+        True, 2599, 3, 97, 1,
+    )  # fmt: skip
+    assert out["failure_lines"] == {"virtual.c:12": 2, "virtual.c:40": 1}
+    unfinished = parse_output(text.rsplit("0400", 1)[0])
+    assert (unfinished["completed"], unfinished["failures"]) == (False, 3)
+
+
+def test_modified_wine_sources_are_refused(tmp_path: Path) -> None:
+    for rel in TEST_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("not Wine's\n")
+    with pytest.raises(WineSourceError, match=r"not Wine 8\.0's file"):
+        verify_wine_tests(tmp_path)
