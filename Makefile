@@ -9,7 +9,7 @@ RUNTIME := $(VENV)/.heapemu-runtime
 STAMP := $(VENV)/.heapemu-installed
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test lint typecheck unit wine-dlls toolchains bench fuzz clean
+.PHONY: demo test lint typecheck unit wine-dlls toolchains bench fuzz clean conformance
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ toolchains:
 	@command -v x86_64-w64-mingw32-g++ >/dev/null && command -v i686-w64-mingw32-g++ >/dev/null \
 	  && command -v gdb >/dev/null \
 	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TOOLS); }
+
+# Wine 8.0's conformance tests (kernel32 virtual.c/heap.c, ntdll virtual.c) built with mingw-w64
+# and run under heapemu exec on x86 and x64 (issue 16); opt-in, not part of `make test`.
+# Fetches Wine's test sources from Debian's wine source package into ~/.cache/heapemu.
+conformance: $(STAMP) wine-dlls toolchains
+	$(BIN)/python -m tests.conformance --functions
 
 unit: $(STAMP)
 	$(BIN)/pytest

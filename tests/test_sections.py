@@ -31,6 +31,8 @@ from emu.win.ntdefs import (
     MEM_RESERVE,
     PAGE_EXECUTE,
     PAGE_EXECUTE_READ,
+    PAGE_EXECUTE_READWRITE,
+    PAGE_EXECUTE_WRITECOPY,
     PAGE_NOACCESS,
     PAGE_NOCACHE,
     PAGE_READONLY,
@@ -158,6 +160,18 @@ def test_create_section_attributes(sec: Sections) -> None:
     assert sec.create(PAGE_READONLY, SEC_IMAGE | SEC_WRITECOMBINE, image)[0] == p6
 
 
+def test_a_refused_section_leaves_a_null_handle(sec: Sections) -> None:
+    """NtCreateSection clears the out-handle before it checks anything: Wine's kernelbase
+    CreateFileMappingW returns that handle whatever the status, so a refusal must leave NULL
+    there (kernel32 virtual.c test_CreateFileMapping: 29 failures per arch before)."""
+    for attributes, protect in ((SEC_RESERVE | SEC_COMMIT, PAGE_READWRITE),
+                                (SEC_RESERVE | SEC_LARGE_PAGES, PAGE_READWRITE),
+                                (SEC_COMMIT, PAGE_NOACCESS)):  # fmt: skip
+        sec.proc.write_ptr(sec.out, 0x1234)
+        st = sec.NtCreateSection(sec.out, SECTION_ALL, 0, sec.size_arg, protect, attributes, 0)
+        assert st != NtStatus.SUCCESS and sec.proc.read_ptr(sec.out) == 0, hex(attributes)
+
+
 def test_create_section_protection_and_size(sec: Sections) -> None:
     for prot in (PAGE_NOACCESS, PAGE_EXECUTE, PAGE_READWRITE | PAGE_NOCACHE, 0):
         assert sec.create(prot, SEC_COMMIT, size=0x1000)[0] == NtStatus.INVALID_PAGE_PROTECTION
@@ -194,6 +208,20 @@ def test_query_section(sec: Sections) -> None:
     assert sec.query(h, 9, 0x40)[0] == NtStatus.INVALID_INFO_CLASS
     _, no_query = sec.create(PAGE_READWRITE, SEC_COMMIT, size=0x1000, access=SECTION_MAP_READ)
     assert sec.query(no_query)[0] == NtStatus.ACCESS_DENIED
+
+
+def test_query_section_probes_the_whole_buffer(sec: Sections) -> None:
+    """NtQuerySection probes all of its buffer for writing before it looks at the class: a
+    length past the caller's committed memory is STATUS_ACCESS_VIOLATION, even for a class
+    the section does not have (kernel32 virtual.c test_MapViewOfFile, on Windows)."""
+    _, h = sec.create(PAGE_READWRITE, SEC_COMMIT, size=0x1000)
+    _, buf, _ = sec.alloc(0, 0x20000, MEM_RESERVE)
+    assert sec.alloc(buf, 0x1000, MEM_COMMIT, PAGE_READWRITE)[0] == NtStatus.SUCCESS
+    buf, out = buf + 0x800, sec.work + 0x20
+    assert sec.NtQuerySection(h, 1, buf, 0x41, out) == NtStatus.SECTION_NOT_IMAGE
+    assert sec.NtQuerySection(h, 1, buf, 0x10000, out) == NtStatus.ACCESS_VIOLATION
+    assert sec.NtQuerySection(h, 0, buf, 0x10000, out) == NtStatus.ACCESS_VIOLATION
+    assert sec.NtQuerySection(h, 0, buf, 0x100, out) == NtStatus.SUCCESS
 
 
 def test_map_view_checks(sec: Sections) -> None:
@@ -261,6 +289,27 @@ def test_data_view_contents_and_reserve_views(sec: Sections) -> None:
     )  # more than the view's protection
 
 
+def test_commit_in_views(sec: Sections) -> None:
+    """MEM_COMMIT in a view: a pagefile-backed view commits any protection its own allows,
+    copy-on-write ones too (refused for private memory only); in a file's view every commit is
+    STATUS_ALREADY_COMMITTED (ERROR_ACCESS_DENIED), whatever the protection asked (Wine's
+    kernel32 virtual.c test_mappings: ~400 checks per arch)."""
+    _, reserved = sec.create(PAGE_EXECUTE_READWRITE, SEC_RESERVE, size=0x10000)
+    _, v, _ = sec.map(reserved, protect=PAGE_EXECUTE_READWRITE)
+    for i, prot in enumerate((PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY, PAGE_READWRITE)):
+        assert sec.alloc(v + i * 0x1000, 0x1000, MEM_COMMIT, prot)[0] == NtStatus.SUCCESS
+        assert sec.proc.memory.query(v + i * 0x1000).Protect == prot
+    _, private, _ = sec.alloc(0, 0x1000, MEM_RESERVE)
+    assert sec.alloc(private, 0x1000, MEM_COMMIT, PAGE_WRITECOPY)[0] == (
+        NtStatus.INVALID_PAGE_PROTECTION
+    )
+    data = sec.open("\\??\\C:\\t\\data.bin")
+    _, h = sec.create(PAGE_READONLY, SEC_COMMIT, data)
+    _, base, _ = sec.map(h, protect=PAGE_WRITECOPY)
+    for prot in (PAGE_READONLY, PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY, PAGE_READWRITE):
+        assert sec.alloc(base, 0x1000, MEM_COMMIT, prot)[0] == NtStatus.ALREADY_COMMITTED
+
+
 def test_second_image_view(sec: Sections) -> None:
     """Issue 16 cause 1: a second SEC_IMAGE view of a loaded image is a view of its own, with a
     module record of its own (``args#2.exe``), the same contents and STATUS_IMAGE_NOT_AT_BASE."""
@@ -283,3 +332,87 @@ def test_second_image_view(sec: Sections) -> None:
     assert sec.NtUnmapViewOfSection(CURRENT, second + 0x10) == NtStatus.SUCCESS
     assert proc.modules.get("image#2.exe") is None and proc.modules.get("image.exe") is not None
     assert proc.memory.region_at(second) is None
+
+
+GENERIC_WRITE, DELETE = 0x40000000, 0x10000
+FILE_CREATE, FILE_OPEN, FILE_OVERWRITE_IF = 2, 1, 5
+FILE_CREATED, FILE_OVERWRITTEN, FILE_DELETE_ON_CLOSE = 2, 3, 0x1000
+
+
+def _create_file(
+    sec: Sections, name: str, disposition: int, access: int, options: int = 0
+) -> tuple[int, int, int]:
+    """NtCreateFile: (status, handle, IO_STATUS_BLOCK.Information)."""
+    p, iosb = sec.proc, sec.work + 0x80
+    st = sec.NtCreateFile(sec.out, access | SYNCHRONIZE, sec.attributes(name), iosb, 0, 0x80,
+                          0, disposition, options | 0x20, 0, 0)  # fmt: skip
+    ok = st == NtStatus.SUCCESS
+    return st, p.read_ptr(sec.out) if ok else 0, p.read_ptr(iosb + p.arch.ptr_size) if ok else 0
+
+
+def test_files_the_program_creates(sec: Sections) -> None:
+    """A program can create files of its own in the namespace's directories (a temporary
+    file, a file to map): in memory, writable, sized, mapped, deleted; the sandbox's own files
+    stay read-only and no name outside its directories is created (Wine's kernel32 virtual.c
+    test_mappings, test_CreateFileMapping_protection, test_MapViewOfFile... map such files:
+    ~800 checks per arch did not run or failed without them)."""
+    p = sec.proc
+    rw = GENERIC_READ | GENERIC_WRITE
+    name = "\\??\\C:\\t\\new.tmp"
+    st, h, info = _create_file(sec, name, FILE_CREATE, rw)
+    assert (st, info) == (NtStatus.SUCCESS, FILE_CREATED)
+    assert _create_file(sec, name, FILE_CREATE, rw)[0] == NtStatus.OBJECT_NAME_COLLISION
+    assert _create_file(sec, "\\??\\C:\\nowhere\\x.tmp", FILE_CREATE, rw)[0] == (
+        NtStatus.OBJECT_NAME_NOT_FOUND
+    )
+    assert _create_file(sec, "\\??\\C:\\t\\data.bin", FILE_OVERWRITE_IF, rw)[0] == (
+        NtStatus.ACCESS_DENIED
+    )  # a host file stays read-only
+    buf, iosb, offset = sec.work + 0x800, sec.work + 0x80, sec.work + 0x40
+    p.write(buf, b"heapemu!")
+    p.write(offset, struct.pack("<q", 0x10))
+    assert sec.NtWriteFile(h, 0, 0, 0, iosb, buf, 8, offset, 0) == NtStatus.SUCCESS
+    p.write(offset, struct.pack("<q", 0))
+    assert sec.NtReadFile(h, 0, 0, 0, iosb, buf, 0x40, offset, 0) == NtStatus.SUCCESS
+    assert p.read(buf, 0x18) == bytes(0x10) + b"heapemu!"  # the gap reads zero
+    # a section with write access grows the file to its size; a view shows its bytes
+    st, section = sec.create(PAGE_READWRITE, SEC_COMMIT, h, size=0x2000)
+    assert st == NtStatus.SUCCESS and sec.basic(section) == (SEC_FILE, 0x2000)
+    st, base, size = sec.map(section, protect=PAGE_READWRITE)
+    assert (st, size) == (NtStatus.SUCCESS, 0x2000)
+    assert p.read(base + 0x10, 8) == b"heapemu!"
+    assert sec.alloc(base, 0x1000, MEM_COMMIT, PAGE_READWRITE)[0] == NtStatus.ALREADY_COMMITTED
+    assert sec.NtClose(h) == NtStatus.SUCCESS
+    # opened again: overwritten (empty), then deleted when its last handle closes
+    st, h, info = _create_file(sec, name, FILE_OVERWRITE_IF, rw)
+    assert (st, info) == (NtStatus.SUCCESS, FILE_OVERWRITTEN)
+    assert sec.NtReadFile(h, 0, 0, 0, iosb, buf, 0x40, offset, 0) == NtStatus.END_OF_FILE
+    st, gone, _ = _create_file(sec, name, FILE_OPEN, DELETE, FILE_DELETE_ON_CLOSE)
+    assert st == NtStatus.SUCCESS and sec.NtClose(gone) == NtStatus.SUCCESS
+    assert _create_file(sec, name, FILE_OPEN, GENERIC_READ)[0] == NtStatus.DELETE_PENDING
+    assert sec.NtClose(h) == NtStatus.SUCCESS
+    assert _create_file(sec, name, FILE_OPEN, GENERIC_READ)[0] == NtStatus.OBJECT_NAME_NOT_FOUND
+    # read-only access: no writes
+    st, h, _ = _create_file(sec, name, FILE_CREATE, GENERIC_READ)
+    assert st == NtStatus.SUCCESS
+    assert sec.NtWriteFile(h, 0, 0, 0, iosb, buf, 8, offset, 0) == NtStatus.ACCESS_DENIED
+    assert sec.create(PAGE_READWRITE, SEC_COMMIT, h, size=0x1000)[0] == NtStatus.ACCESS_DENIED
+
+
+def test_view_rights_caching_and_created_images(sec: Sections) -> None:
+    """A handle with SECTION_MAP_WRITE alone maps a PAGE_READWRITE view (not a read-only one);
+    pages committed in a SEC_NOCACHE view keep PAGE_NOCACHE; SEC_IMAGE on a created file that
+    is no image is STATUS_INVALID_IMAGE_NOT_MZ (Wine's kernel32 virtual.c test_MapViewOfFile,
+    on Windows)."""
+    _, h = sec.create(PAGE_READWRITE, SEC_COMMIT, size=0x1000, access=SECTION_MAP_WRITE)
+    assert sec.map(h, protect=PAGE_READONLY)[0] == NtStatus.ACCESS_DENIED
+    assert sec.map(h, protect=PAGE_READWRITE)[0] == NtStatus.SUCCESS
+    _, h = sec.create(PAGE_READWRITE, SEC_RESERVE | SEC_NOCACHE, size=0x20000)
+    _, v, _ = sec.map(h, protect=PAGE_READWRITE)
+    assert sec.alloc(v, 0x10000, MEM_COMMIT, PAGE_READONLY)[0] == NtStatus.SUCCESS
+    assert sec.proc.memory.query(v).Protect == PAGE_READONLY | PAGE_NOCACHE
+    st, f, _ = _create_file(sec, "\\??\\C:\\t\\notimage.tmp", FILE_CREATE,
+                            GENERIC_READ | GENERIC_WRITE)  # fmt: skip
+    assert st == NtStatus.SUCCESS
+    assert sec.create(PAGE_READWRITE, SEC_COMMIT, f, size=0x3457)[0] == NtStatus.SUCCESS
+    assert sec.create(PAGE_READONLY, SEC_IMAGE, f)[0] == NtStatus.INVALID_IMAGE_NOT_MZ

@@ -7,13 +7,15 @@ import contextlib
 import random
 
 import pytest
-from asmutil import NUMBERS, argc, syscall_stubs
+from asmutil import NUMBERS, argc, assemble, syscall_stubs
 from programbuild import build
 
 from emu import EmulationError, Process
 from emu.facade import load_program
 from emu.nt.kernel import SyscallHandler
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE, NtStatus
+from loader.peimage import PeImage
+from loader.wine import find_wine_dir, wine_syscall_numbers
 
 CURRENT = -1
 
@@ -130,3 +132,24 @@ def test_a_table_registered_later_serves_a_call_site_seen_before(proc: Process) 
     assert proc.call(stub, 0x40) == NtStatus.INVALID_HANDLE  # served now
     assert proc.syscalls[-1].name == "NtClose" and proc.syscalls[-1].args == {"Handle": 0x40}
     assert [w["name"] for w in dispatcher.warnings()] == [f"syscall_0x{number:x}"]
+
+
+def test_a_system_call_from_any_code_uses_ntdlls_numbers(arch: str) -> None:
+    """Windows looks a system-call number up in its one service table whoever issues it: a
+    copy of an ntdll stub in fresh memory (Wine's ntdll virtual.c test_syscalls, x64) or any
+    code entering the kernel in the x86 style is served by the process's ntdll numbering;
+    code with a table of its own keeps it (the builtin heap, the tests' stubs)."""
+    proc = Process(arch)
+    proc.load_wine_ntdll()
+    numbers = wine_syscall_numbers(PeImage.from_file(find_wine_dir(arch) / "ntdll.dll"))
+    close = next(n for n, name in numbers.items() if name == "NtClose")
+    if arch == "x64":
+        code, conv = f"mov r10, rcx; mov eax, {close}; syscall; ret", None
+    else:
+        code, conv = f"mov eax, {close}; lea edx, [esp+4]; int 0x2e; ret 4", "stdcall"
+    anywhere = assemble(proc, code)
+    assert proc.call(anywhere, 0x1234, convention=conv) == NtStatus.INVALID_HANDLE
+    assert proc.syscalls[-1].name == "NtClose"
+    own = assemble(proc, code)
+    proc.register_syscall_table(own, own + 0x100, {})  # a table of its own, without the number
+    assert proc.call(own, 0x1234, convention=conv) == NtStatus.NOT_IMPLEMENTED

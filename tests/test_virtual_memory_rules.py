@@ -188,6 +188,31 @@ def test_commit_free_and_protect_inside_an_image(nt: Nt) -> None:
     assert nt.query(base + 0x2000)[1]["Protect"] == PAGE_READONLY
 
 
+def test_a_copied_page_is_not_copy_on_write_again(nt: Nt) -> None:
+    """A page of an image that has its own copy (written while copy-on-write) stays private:
+    asked for PAGE_READWRITE or PAGE_WRITECOPY again it is PAGE_READWRITE, and
+    PAGE_EXECUTE_READWRITE / PAGE_EXECUTE_WRITECOPY give PAGE_EXECUTE_READWRITE; a page never
+    written is still made copy-on-write (Wine's kernel32 virtual.c test_mappings,
+    map_prot_written: 420 checks per arch)."""
+    mem = nt.proc.memory
+    base, _ = mem.allocate(0, 0x3000, MEM_RESERVE | MEM_COMMIT, PAGE_EXECUTE_WRITECOPY,
+                           type=MEM_IMAGE, usage="image test")  # fmt: skip
+    mem.protect(base, 0x3000, PAGE_READONLY)
+    assert nt.protect(base, 0x3000, PAGE_WRITECOPY)[0] == NtStatus.SUCCESS
+    _store(nt.proc, base + 0x1000, 0x1234)
+    for asked, copied, clean in (
+        (PAGE_READWRITE, PAGE_READWRITE, PAGE_WRITECOPY),
+        (PAGE_WRITECOPY, PAGE_READWRITE, PAGE_WRITECOPY),
+        (PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY),
+        (PAGE_EXECUTE_WRITECOPY, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY),
+        (PAGE_READONLY, PAGE_READONLY, PAGE_READONLY),
+    ):
+        assert nt.protect(base, 0x3000, asked)[0] == NtStatus.SUCCESS
+        protections = [nt.query(base + i * 0x1000)[1]["Protect"] for i in range(3)]
+        assert protections == [clean, copied, clean], hex(asked)
+    assert nt.proc.read_u32(base + 0x1000) == 0x1234  # the copy kept its contents
+
+
 # ---------------------------------------------------------------------------------- write watch
 class Watch:
     def __init__(self, nt: Nt):
@@ -504,3 +529,72 @@ def test_page_runs_match_a_page_list() -> None:
             b = rng.randint(a, n)
             assert list(runs.slice(a, b)) == pages[a:b]
             assert runs.count_reserved(a, b) == pages[a:b].count(0)
+
+
+def test_address_requirements_asking_nothing_go_with_a_base(nt: Nt) -> None:
+    """MEM_ADDRESS_REQUIREMENTS that ask for nothing (all zero) are accepted with a base
+    address or a commit; any real requirement there is STATUS_INVALID_PARAMETER (Wine's ntdll
+    virtual.c test_NtAllocateVirtualMemoryEx_address_requirements, on Windows)."""
+    ex = Ex(nt)
+    st, base, _ = nt.alloc(0, 0x10000, MEM_RESERVE)
+    assert st == NtStatus.SUCCESS and nt.free(base, 0, MEM_RELEASE)[0] == NtStatus.SUCCESS
+    ex.requirements()
+    assert ex.call(base, 0x10000, MEM_RESERVE, PAGE_READWRITE, [(1, ex.req)])[:2] == (
+        NtStatus.SUCCESS,
+        base,
+    )
+    assert ex.call(base, 0x1000, MEM_COMMIT, PAGE_READWRITE, [(1, ex.req)])[0] == NtStatus.SUCCESS
+    for requirement in ({"highest": 0x20000FFF}, {"alignment": 0x40000}, {"lowest": 0x10000}):
+        ex.requirements(**requirement)
+        assert ex.call(base, 0x1000, MEM_COMMIT, PAGE_READWRITE, [(1, ex.req)])[0] == (
+            NtStatus.INVALID_PARAMETER
+        ), requirement
+        assert ex.call(base + 0x20000, 0x1000, MEM_RESERVE, PAGE_READWRITE, [(1, ex.req)])[0] == (
+            NtStatus.INVALID_PARAMETER
+        ), requirement
+
+
+# ---------------------------------------------------------------------------------- locking
+def _lock(nt: Nt, name: str, base: int, size: int, map_type: int = 1) -> tuple[int, int, int]:
+    p = nt.proc
+    p.write_ptr(nt.pbase, base)
+    p.write_ptr(nt.psize, size)
+    st = getattr(nt, name)(CURRENT, nt.pbase, nt.psize, map_type)
+    return st, p.read_ptr(nt.pbase), p.read_ptr(nt.psize)
+
+
+def test_lock_virtual_memory(nt: Nt) -> None:
+    """NtLockVirtualMemory / NtUnlockVirtualMemory (VirtualLock, VirtualUnlock): the range is
+    rounded to pages and written back; every page must be committed and accessible; a guard
+    page fails the first call with STATUS_GUARD_PAGE_VIOLATION and loses its guard, without
+    firing a write watch; unlocking pages not locked is STATUS_NOT_LOCKED; MAP_SYSTEM needs a
+    privilege (Wine's kernel32 virtual.c test_guard_page, as on Windows)."""
+    w = Watch(nt)
+    st, base, _ = nt.alloc(0, 0x4000, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH)
+    assert st == NtStatus.SUCCESS
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x1000)[0] == NtStatus.NOT_LOCKED
+    assert _lock(nt, "NtLockVirtualMemory", base + 0x10, 0x1000) == (
+        NtStatus.SUCCESS,
+        base,
+        0x2000,
+    )
+    assert _lock(nt, "NtLockVirtualMemory", base, 0x2000)[0] == NtStatus.WAS_LOCKED
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x3000)[0] == NtStatus.NOT_LOCKED
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x2000) == (NtStatus.SUCCESS, base, 0x2000)
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x1000)[0] == NtStatus.NOT_LOCKED
+    for map_type, status in ((0, NtStatus.INVALID_PARAMETER), (4, NtStatus.INVALID_PARAMETER),
+                             (2, NtStatus.PRIVILEGE_NOT_HELD)):  # fmt: skip
+        assert _lock(nt, "NtLockVirtualMemory", base, 0x1000, map_type)[0] == status
+    # a guard page: the first lock fails and clears the guard, the second succeeds
+    assert nt.protect(base + 0x2000, 0x1000, PAGE_READWRITE | PAGE_GUARD)[0] == NtStatus.SUCCESS
+    assert _lock(nt, "NtLockVirtualMemory", base, 0x4000)[0] == NtStatus.GUARD_PAGE_VIOLATION
+    assert nt.query(base + 0x2000)[1]["Protect"] == PAGE_READWRITE
+    assert _lock(nt, "NtUnlockVirtualMemory", base, 0x1000)[0] == NtStatus.NOT_LOCKED
+    assert _lock(nt, "NtLockVirtualMemory", base, 0x4000)[0] == NtStatus.SUCCESS
+    assert w.get(base, 0x4000) == (NtStatus.SUCCESS, [])  # probing is not writing
+    # uncommitted or inaccessible pages cannot be locked; a decommit unlocks
+    assert nt.protect(base + 0x3000, 0x1000, PAGE_NOACCESS)[0] == NtStatus.SUCCESS
+    assert _lock(nt, "NtLockVirtualMemory", base + 0x3000, 1)[0] == NtStatus.ACCESS_VIOLATION
+    assert nt.free(base, 0x1000, MEM_DECOMMIT)[0] == NtStatus.SUCCESS
+    assert _lock(nt, "NtLockVirtualMemory", base, 1)[0] == NtStatus.ACCESS_VIOLATION
+    assert _lock(nt, "NtUnlockVirtualMemory", base + 0x1000, 0x1000)[0] == NtStatus.SUCCESS

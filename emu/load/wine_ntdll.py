@@ -133,7 +133,7 @@ def load_wine_ntdll(
     image: PeImage = module.image
     numbers = wine_syscall_numbers(image)
     if proc.arch.name == "x64":
-        proc.register_syscall_table(module.base, module.end, numbers)
+        proc.register_syscall_table(module.base, module.end, numbers, system=True)
     else:
         stubs = wine_syscall_stubs(image)
         if not stubs or stubs[0].dispatcher_va is None:
@@ -144,7 +144,7 @@ def load_wine_ntdll(
             raise LoaderError(f"{image.name}: unexpected syscall thunk {thunk_insn.hex()}")
         slot = struct.unpack_from("<I", thunk_insn, 2)[0]
         trap = proc.add_trap_code(_X86_SYSCALL_TRAP, "wine_syscall_trap")
-        proc.register_syscall_table(trap, trap + len(_X86_SYSCALL_TRAP), numbers)
+        proc.register_syscall_table(trap, trap + len(_X86_SYSCALL_TRAP), numbers, system=True)
         proc.write_ptr(slot, trap)
     unix_slot = _indirect_call_target(module, "__wine_unix_call", proc.arch.name)
     proc.write_ptr(unix_slot, proc.register_callback(_unix_call_trap, 0, name="wine_unix_call"))

@@ -222,6 +222,10 @@ class SyscallDispatcher:
         # (pc, number) -> name, as the tables answer (a call site issues the same few
         # services again and again)
         self._names: dict[tuple[int, int], str | None] = {}
+        # the numbering of the process's own ntdll: what a system call issued from code in no
+        # registered range means (Windows looks every number up in its one service table, so a
+        # copy of an ntdll stub anywhere works: Wine's ntdll virtual.c test_syscalls)
+        self.system_table: dict[int, str] = {}
         self.strict = False  # raise on unknown system calls instead of STATUS_NOT_IMPLEMENTED
         self.raise_internal_errors = type(self).default_raise_internal_errors
         self.internal_errors = 0  # handler bugs answered STATUS_INTERNAL_ERROR so far
@@ -229,10 +233,14 @@ class SyscallDispatcher:
         # first message]; bounded by the number of services, however long the run
         self._warnings: dict[tuple[str, str], list[Any]] = {}
 
-    def register_table(self, begin: int, end: int, table: dict[int, str]) -> None:
-        """Numbers used by the code in [begin, end)."""
+    def register_table(
+        self, begin: int, end: int, table: dict[int, str], *, system: bool = False
+    ) -> None:
+        """Numbers used by the code in [begin, end); ``system``: also by code in no range."""
         self._tables.append((begin, end, dict(table)))
         self._names.clear()
+        if system:
+            self.system_table = dict(table)
 
     def _warn(self, kind: str, label: str, pc: int, message: str) -> None:
         entry = self._warnings.get((kind, label))
@@ -253,7 +261,7 @@ class SyscallDispatcher:
         for begin, end, table in self._tables:
             if begin <= pc < end:
                 return table.get(number)
-        return None
+        return self.system_table.get(number)
 
     def dispatch(self, number: int, pc: int, args: ArgReader) -> int:
         """Serve system call ``number`` issued at ``pc``; ``args(n)`` reads the first n

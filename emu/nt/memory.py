@@ -48,6 +48,7 @@ from emu.win.ntdefs import (
     MEM_DECOMMIT,
     MEM_FREE,
     MEM_IMAGE,
+    MEM_MAPPED,
     MEM_PRIVATE,
     MEM_RELEASE,
     MEM_RESERVE,
@@ -242,6 +243,10 @@ class Region:
     view: ViewInfo | None = None
     placeholder: bool = False  # MEM_RESERVE_PLACEHOLDER (NtAllocateVirtualMemoryEx)
     from_placeholder: bool = False  # an allocation that replaced a placeholder
+    # pages of a view that have their own copy (written while copy-on-write): a later
+    # PAGE_WRITECOPY on them is PAGE_READWRITE, as Windows reports
+    copied: set[int] = field(default_factory=set)
+    locked: set[int] = field(default_factory=set)  # NtLockVirtualMemory'd pages
 
     @property
     def end(self) -> int:
@@ -478,16 +483,18 @@ class MemoryManager:
         ``highest``/``lowest`` bound a reservation (ZeroBits, address requirements),
         ``secured`` makes a region emulated code cannot free or reprotect, ``user`` applies
         the rules Windows applies to user-mode requests."""
-        self._check_protection(protect, type)
+        reserve = bool(allocation_type & MEM_RESERVE) or (
+            # MEM_COMMIT alone at a NULL base reserves and commits (VirtualAlloc behaviour)
+            base == 0 and bool(allocation_type & MEM_COMMIT)
+        )
+        # a commit is checked against the allocation it lands in (copy-on-write is refused
+        # for private memory only: a pagefile-backed view commits PAGE_WRITECOPY)
+        self._check_protection(protect, type if reserve else MEM_MAPPED)
         if size <= 0:
             raise NtStatusError(NtStatus.INVALID_PARAMETER_4, "region size is 0")
         user_end = self.arch.user_max + 1
         if base and not (self.arch.user_min <= base < user_end):
             raise NtStatusError(NtStatus.INVALID_PARAMETER_2, f"base 0x{base:x} not in user space")
-        reserve = bool(allocation_type & MEM_RESERVE) or (
-            # MEM_COMMIT alone at a NULL base reserves and commits (VirtualAlloc behaviour)
-            base == 0 and bool(allocation_type & MEM_COMMIT)
-        )
         if not reserve:
             return self._commit(base, size, protect, user)
         if base:
@@ -545,6 +552,11 @@ class MemoryManager:
             )
         if user:
             self._check_user_commit(region, protect)
+            if region.type != MEM_PRIVATE and protect & 0xFF != PAGE_NOACCESS:
+                # a view's caching attribute is its section's: committed pages keep it
+                # (Wine's kernel32 virtual.c test_MapViewOfFile, SEC_NOCACHE, on Windows)
+                protect |= region.allocation_protect & CACHE_ATTRIBUTES
+        self._check_protection(protect, region.type)
         i0, i1 = region.page_index(start), region.page_index(end)
         self._check_commit(PAGE_SIZE * region.pages.count_reserved(i0, i1))
         self._set_pages(region, i0, i1, protect)
@@ -678,7 +690,53 @@ class MemoryManager:
             new_protect = self._user_protection(region, new_protect)
         old = region.pages.get(i0)
         self._set_pages(region, i0, i1, new_protect)
+        private = _COPY_ON_WRITE.get(new_protect & 0xFF)
+        if private is not None and region.copied:
+            # a page that already has its own copy is not copy-on-write again: asked for
+            # PAGE_(EXECUTE_)WRITECOPY it is PAGE_(EXECUTE_)READWRITE (Wine's kernel32
+            # virtual.c, test_mappings: map_prot_written, on Windows)
+            for i in sorted(i for i in region.copied if i0 <= i < i1):
+                self._set_pages(region, i, i + 1, private | (new_protect & ~0xFF))
         return start, end - start, old
+
+    def _lock_range(self, base: int, size: int) -> tuple[Region, int, int]:
+        """The allocation and page indices [i0, i1) of a lock or unlock request: one
+        allocation, every page committed (else STATUS_ACCESS_VIOLATION: locking probes the
+        pages as the program would touch them)."""
+        start = align_down(base, PAGE_SIZE)
+        end = align_up(base + max(size, 1), PAGE_SIZE)
+        region = self.region_at(start)
+        if region is None or end > region.end or end < start:
+            raise NtStatusError(NtStatus.ACCESS_VIOLATION, f"0x{start:x}-0x{end:x} not allocated")
+        i0, i1 = region.page_index(start), region.page_index(end)
+        if not region.pages.all(i0, i1, lambda s: s != RESERVED and s & 0xFF != PAGE_NOACCESS):
+            raise NtStatusError(NtStatus.ACCESS_VIOLATION, "range includes inaccessible pages")
+        return region, i0, i1
+
+    def lock(self, base: int, size: int) -> tuple[int, int, int]:
+        """NtLockVirtualMemory(MAP_PROCESS): (status, base, size). Locking touches every page:
+        the first guard page met loses its guard and the call fails with
+        STATUS_GUARD_PAGE_VIOLATION, nothing locked (Wine's kernel32 virtual.c test_guard_page
+        on Windows: a second call succeeds); the touch is a read, no write watch fires.
+        STATUS_WAS_LOCKED when every page already was."""
+        region, i0, i1 = self._lock_range(base, size)
+        for _, a, _b, state in region.pages.runs(i0, i1):
+            if state & PAGE_GUARD:
+                self._set_pages(region, a, a + 1, state & ~PAGE_GUARD)
+                return NtStatus.GUARD_PAGE_VIOLATION, 0, 0
+        pages = set(range(i0, i1))
+        status = NtStatus.WAS_LOCKED if pages <= region.locked else NtStatus.SUCCESS
+        region.locked |= pages
+        return status, region.base + i0 * PAGE_SIZE, (i1 - i0) * PAGE_SIZE
+
+    def unlock(self, base: int, size: int) -> tuple[int, int]:
+        """NtUnlockVirtualMemory(MAP_PROCESS): STATUS_NOT_LOCKED unless every page is locked."""
+        region, i0, i1 = self._lock_range(base, size)
+        pages = set(range(i0, i1))
+        if not pages <= region.locked:
+            raise NtStatusError(NtStatus.NOT_LOCKED, "range includes pages not locked")
+        region.locked -= pages
+        return region.base + i0 * PAGE_SIZE, (i1 - i0) * PAGE_SIZE
 
     def _user_protection(self, region: Region, protect: int) -> int:
         """The protection a user-mode NtProtectVirtualMemory really sets, or its refusal."""
@@ -886,6 +944,7 @@ class MemoryManager:
             region.dirty.add(i)
         new = _COPY_ON_WRITE.get(state & 0xFF)
         if new is not None:  # the page now has its own copy: PAGE_WRITECOPY -> PAGE_READWRITE
+            region.copied.add(i)
             state = new | (state & ~0xFF)
             region.pages.set(i, i + 1, state)
         self.cpu.protect(
@@ -1043,6 +1102,8 @@ class MemoryManager:
                     cpu.decommit(addr, length)
                     if region.dirty:  # decommitted pages forget their writes
                         region.dirty.difference_update(range(i, j))
+                    if region.locked:  # and are unlocked
+                        region.locked.difference_update(range(i, j))
             elif old == RESERVED:
                 try:
                     cpu.ensure_backed(addr, length)

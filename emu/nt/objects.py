@@ -10,8 +10,11 @@ The namespace is the sandbox. A name the program opens is normalised (``\\??\\C:
 the Wine DLL and NLS directories (listed once, by name: nothing under them but those files), and
 files the user maps in with :meth:`Namespace.add_file`. Every other name answers
 STATUS_OBJECT_NAME_NOT_FOUND, and no host path is ever built from a name the program chose.
-Files are opened read-only; data the program writes goes to the captured stdout/stderr
-(bounded: ``emu.nt.output``) and nowhere else.
+Those files are opened read-only. Files the program creates itself (a temporary file, a file
+to map: CREATE_NEW / CREATE_ALWAYS in a directory of the namespace) are :class:`MemoryFile`s:
+writable, kept in host memory only, gone with the process; no host file is ever written.
+Data the program writes to its standard streams goes to the captured stdout/stderr (bounded:
+``emu.nt.output``).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def file_rights(desired: int) -> int:
         rights |= 0x120089
     if desired & GENERIC_EXECUTE:
         rights |= 0x1200A0
+    if desired & GENERIC_WRITE:
+        rights |= 0x120116  # FILE_GENERIC_WRITE
     if desired & (GENERIC_ALL | MAXIMUM_ALLOWED):
         rights |= 0x1F01FF
     return rights
@@ -116,27 +121,50 @@ class KernelObject:
     name: str = ""
 
 
+MAX_CREATED_FILE = 64 << 20  # bytes a created file may hold (host memory): STATUS_DISK_FULL
+
+
+@dataclass(eq=False)
+class MemoryFile:
+    """A file the program created: its bytes live in host memory only (never on disk)."""
+
+    data: bytearray = field(default_factory=bytearray)
+    delete_pending: bool = False  # deleted when its last handle closes
+
+
 @dataclass
 class FileObject(KernelObject):
-    """An open file: a host file (read-only), a standard stream, or a directory."""
+    """An open file: a host file (read-only), a file the program created (``memory``,
+    writable), a standard stream, or a directory."""
 
     host_path: Path | None = None
     stream: str | None = None  # "stdin", "stdout", "stderr"
     directory: bool = False
     position: int = 0
     access: int = FILE_READ_DATA  # the specific rights the open granted (generic ones mapped)
+    memory: MemoryFile | None = None
+    delete_on_close: bool = False  # FILE_DELETE_ON_CLOSE
     _data: bytes | None = field(default=None, repr=False)
 
     def data(self) -> bytes:
+        if self.memory is not None:
+            return bytes(self.memory.data)
         if self._data is None:
             self._data = self.host_path.read_bytes() if self.host_path else b""
         return self._data
 
     @property
     def size(self) -> int:
+        if self.memory is not None:
+            return len(self.memory.data)
         if self.host_path is not None:
             return self.host_path.stat().st_size
         return 0
+
+    @property
+    def is_file(self) -> bool:
+        """A file with contents (a host file or a created one): not a stream or directory."""
+        return self.host_path is not None or self.memory is not None
 
     @property
     def file_id(self) -> int:
@@ -173,7 +201,11 @@ class SectionObject(KernelObject):
     @property
     def file_key(self) -> str | None:
         """Identity of the backing file (two sections of one file share it)."""
-        if self.file is None or self.file.host_path is None:
+        if self.file is None:
+            return None
+        if self.file.memory is not None:
+            return f"<created>{self.file.name}#{id(self.file.memory):x}"
+        if self.file.host_path is None:
             return None
         return str(self.file.host_path.resolve())
 
@@ -183,7 +215,12 @@ class SectionObject(KernelObject):
 class NamespaceEntry:
     path: str  # normalised Windows path: "c:\\windows\\system32\\kernel32.dll"
     display: str  # as given: "C:\\windows\\system32\\kernel32.dll"
-    host_path: Path | None  # None for a directory
+    host_path: Path | None  # None for a directory or a created file
+    memory: MemoryFile | None = None  # a file the program created
+
+    @property
+    def directory(self) -> bool:
+        return self.host_path is None and self.memory is None
 
 
 class Namespace:
@@ -192,6 +229,7 @@ class Namespace:
     def __init__(self) -> None:
         self._entries: dict[str, NamespaceEntry] = {}
         self._dirs: set[str] = {"c:\\"}
+        self._created: dict[str, MemoryFile] = {}  # files the program made, by normalised name
 
     def add_file(self, windows_path: str, host_path: str | Path) -> str:
         """Let the program open ``windows_path`` (``C:\\data\\in.txt``), read-only, with the
@@ -223,6 +261,23 @@ class Namespace:
             self._dirs.add(key)
         return added
 
+    def create(self, name: str) -> NamespaceEntry | None:
+        """A new empty file ``name`` made by the program, in memory; None when its directory
+        is not in the namespace or the name is taken."""
+        key = normalize_nt_path(name)
+        if key is None or key.endswith("\\") or self.lookup(name) is not None:
+            return None
+        parent = key.rsplit("\\", 1)[0]
+        if parent not in self._dirs and parent + "\\" not in self._dirs:
+            return None
+        memory = self._created[key] = MemoryFile()
+        return NamespaceEntry(key, name, None, memory)
+
+    def remove_created(self, memory: MemoryFile) -> None:
+        """Forget a created file (deleted: its last handle closed with a delete pending)."""
+        for key in [key for key, m in self._created.items() if m is memory]:
+            del self._created[key]
+
     def lookup(self, name: str) -> NamespaceEntry | None:
         key = normalize_nt_path(name)
         if key is None:
@@ -230,6 +285,9 @@ class Namespace:
         entry = self._entries.get(key)
         if entry is not None:
             return entry
+        memory = self._created.get(key)
+        if memory is not None:
+            return NamespaceEntry(key, name, None, memory)
         if key in self._dirs or key.rstrip("\\") in self._dirs:
             return NamespaceEntry(key, name, None)
         return None
@@ -323,6 +381,14 @@ class ObjectManager:
             return obj  # the standard streams stay usable, as console handles do
         del self._handles[handle]
         self._access.pop(handle, None)
+        if isinstance(obj, FileObject) and obj.memory is not None:
+            memory = obj.memory
+            memory.delete_pending |= obj.delete_on_close
+            still_open = any(
+                isinstance(o, FileObject) and o.memory is memory for o in self._handles.values()
+            )
+            if memory.delete_pending and not still_open:
+                self.namespace.remove_created(memory)
         if self.named and not any(o is obj for o in self._handles.values()):
             # a name lasts while a handle is open (views keep the object, not its name)
             for key in [key for key, o in self.named.items() if o is obj]:

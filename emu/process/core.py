@@ -394,9 +394,12 @@ class ProcessCore:
             self._ldr = LoaderData(self)
         return self._ldr
 
-    def register_syscall_table(self, begin: int, end: int, table: dict[int, str]) -> None:
-        """System-call numbers used by the code in [begin, end) (the issuer's own table)."""
-        self.syscall_dispatcher.register_table(begin, end, table)
+    def register_syscall_table(
+        self, begin: int, end: int, table: dict[int, str], *, system: bool = False
+    ) -> None:
+        """System-call numbers used by the code in [begin, end) (the issuer's own table);
+        ``system``: the process's ntdll numbering, also used by code in no registered range."""
+        self.syscall_dispatcher.register_table(begin, end, table, system=system)
 
     # ------------------------------------------------------------------ calls
     def call(

@@ -1,5 +1,6 @@
 /* Tries to reach host files it was not given; every attempt must fail, and the one file the
- * test maps in must be readable and stay unchanged. Prints one line per attempt:
+ * test maps in must be readable and stay unchanged (files it creates live in the emulated
+ * process's memory only, never on the host). Prints one line per attempt:
  * "<what> <ok|error N>". */
 #include <windows.h>
 #include <stdio.h>

@@ -266,11 +266,15 @@ def NtAllocateVirtualMemoryEx(
     k.details.update(type=AllocationType, protect=PageProtection, base_in=base, size_in=size)
     lowest, highest, alignment = None, None, ALLOCATION_GRANULARITY
     requirements = params.get(MEM_EXTENDED_PARAMETER_TYPE.MemExtendedParameterAddressRequirements)
-    if requirements is not None:
-        if base or not AllocationType & MEM_RESERVE:
-            raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
-        if requirements:
+    if requirements:
+        # requirements that ask for nothing (all zero) go with a base or a commit; others
+        # need a reservation the kernel places (Wine's ntdll virtual.c, on Windows)
+        if any(k.read(requirements, MEM_ADDRESS_REQUIREMENTS.size(k.arch))):
+            if base or not AllocationType & MEM_RESERVE:
+                raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
             lowest, highest, alignment = address_requirements(k, requirements, view=False)
+    elif requirements is not None and (base or not AllocationType & MEM_RESERVE):
+        raise NtStatusError(NtStatus.INVALID_PARAMETER, "address requirements with a base")
     new_base, new_size = _allocate(
         k, base, size, AllocationType, PageProtection, highest=highest, lowest=lowest,
         alignment=alignment, placeholders=True,
@@ -323,6 +327,47 @@ def NtProtectVirtualMemory(
     k.write_ptr(RegionSize, new_size)
     k.write_u32(OldProtect, old)
     k.details.update(base=new_base, size=new_size, protect=NewProtect, old=old)
+    return NtStatus.SUCCESS
+
+
+MAP_PROCESS, MAP_SYSTEM = 1, 2  # NtLockVirtualMemory's MapType
+
+
+def _lock_args(k: Kernel, BaseAddress: int, RegionSize: int, MapType: int) -> tuple[int, int]:
+    if not MapType & (MAP_PROCESS | MAP_SYSTEM) or MapType & ~(MAP_PROCESS | MAP_SYSTEM):
+        raise NtStatusError(NtStatus.INVALID_PARAMETER, f"MapType 0x{MapType:x}")
+    if MapType & MAP_SYSTEM:  # locking into physical memory needs SeLockMemoryPrivilege
+        raise NtStatusError(NtStatus.PRIVILEGE_NOT_HELD, "MAP_SYSTEM")
+    base, size = _read_in_out(k, BaseAddress, RegionSize)
+    k.details.update(base_in=base, size_in=size, map_type=MapType)
+    return base, size
+
+
+@syscall
+def NtLockVirtualMemory(
+    k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, RegionSize: PSIZE_T, MapType: ULONG
+) -> int:
+    """Lock pages in the working set (VirtualLock): nothing is ever paged out here, so this
+    is bookkeeping plus what the caller can see: the pages are probed (a guard page fails the
+    call once and loses its guard), NtUnlockVirtualMemory wants them locked."""
+    k.check_process_handle(ProcessHandle)
+    base, size = _lock_args(k, BaseAddress, RegionSize, MapType)
+    status, new_base, new_size = k.memory.lock(base, size)
+    if status != NtStatus.GUARD_PAGE_VIOLATION:
+        k.write_ptr(BaseAddress, new_base)
+        k.write_ptr(RegionSize, new_size)
+    return status
+
+
+@syscall
+def NtUnlockVirtualMemory(
+    k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, RegionSize: PSIZE_T, MapType: ULONG
+) -> int:
+    k.check_process_handle(ProcessHandle)
+    base, size = _lock_args(k, BaseAddress, RegionSize, MapType)
+    new_base, new_size = k.memory.unlock(base, size)
+    k.write_ptr(BaseAddress, new_base)
+    k.write_ptr(RegionSize, new_size)
     return NtStatus.SUCCESS
 
 

@@ -49,6 +49,8 @@ from emu.nt.memory import (
 from emu.nt.objects import (
     FILE_EXECUTE,
     FILE_READ_DATA,
+    FILE_WRITE_DATA,
+    MAX_CREATED_FILE,
     MAXIMUM_ALLOWED,
     OBJ_CASE_INSENSITIVE,
     OBJ_OPENIF,
@@ -377,7 +379,15 @@ _VIEW_NEEDS = {
     PAGE_NOACCESS: SECTION_MAP_READ,
     PAGE_EXECUTE: SECTION_MAP_EXECUTE,
     **_SECTION_PROTECTIONS,
-}  # a view's protection -> the section rights it needs
+}  # a view's protection -> what the section's own protection must allow
+# a view's protection -> the rights the handle needs: a writable view needs SECTION_MAP_WRITE
+# alone (a FILE_MAP_WRITE handle maps PAGE_READWRITE: Wine's kernel32 virtual.c
+# test_MapViewOfFile, on Windows)
+_HANDLE_NEEDS = {
+    **_VIEW_NEEDS,
+    PAGE_READWRITE: SECTION_MAP_WRITE,
+    PAGE_EXECUTE_READWRITE: SECTION_MAP_EXECUTE | SECTION_MAP_WRITE,
+}
 
 
 def section_rights(access: int) -> int:
@@ -449,10 +459,12 @@ def NtCreateSection(
     objects = k.proc.objects
     attributes, protect = AllocationAttributes, SectionPageProtection
     k.details.update(attributes=attributes, protect=protect)
+    # the out-handle is probed (and cleared) first: Wine's kernelbase CreateFileMappingW
+    # returns it whatever the status, so a refusal must leave it NULL
+    k.write_ptr(SectionHandle, 0)
     _check_attributes(attributes)
     if protect not in _SECTION_PROTECTIONS:
         raise NtStatusError(NtStatus.INVALID_PAGE_PROTECTION, f"protection 0x{protect:x}")
-    k.write_ptr(SectionHandle, 0)  # probe
     maximum = struct.unpack("<q", k.read(MaximumSize, 8))[0] if MaximumSize else 0
     named = _named(k, ObjectAttributes)
     if named is not None:
@@ -479,14 +491,18 @@ def NtCreateSection(
         )
     else:
         f = objects.get(FileHandle, FileObject)
-        if f.host_path is None:
+        if not f.is_file:
             raise NtStatusError(
                 NtStatus.INVALID_FILE_FOR_SECTION, f"{f.name} cannot back a section"
             )
         k.details.update(file=f.name)
         if not f.access & FILE_READ_DATA:
             raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} was not opened for reading")
-        if f.size == 0:
+        grows = (
+            f.memory is not None and not attributes & SEC_IMAGE and maximum > f.size
+            and _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE
+        )  # fmt: skip
+        if f.size == 0 and not grows:
             raise NtStatusError(
                 NtStatus.INVALID_FILE_FOR_SECTION if attributes & SEC_IMAGE
                 else NtStatus.MAPPED_FILE_SIZE_ZERO, f.name,
@@ -498,6 +514,10 @@ def NtCreateSection(
                 raise NtStatusError(NtStatus.INVALID_IMAGE_NOT_MZ, str(e)) from None
             if image.machine != k.arch.name:
                 raise NtStatusError(NtStatus.INVALID_IMAGE_FORMAT, f"{f.name} is {image.machine}")
+            if f.memory is not None:  # images are mapped from host files only
+                raise NtStatusError(
+                    NtStatus.INVALID_FILE_FOR_SECTION, f"{f.name}: an image in a created file"
+                )
             size = align_up(image.size_of_image, PAGE_SIZE)
             section = SectionObject(
                 "section", f.name, file=f, size=size, image=True, protection=protect,
@@ -505,12 +525,20 @@ def NtCreateSection(
             )  # fmt: skip
             section.extra["image"] = image
         else:
-            if _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE:
-                # the sandbox opens files read-only: nothing backs the writes
-                raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} is read-only")
+            if _SECTION_PROTECTIONS[protect] & SECTION_MAP_WRITE and (
+                f.memory is None or not f.access & FILE_WRITE_DATA
+            ):
+                # the sandbox opens its files read-only: nothing backs the writes; a file the
+                # program created backs them when opened for writing
+                raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} is not open for writing")
             if _SECTION_PROTECTIONS[protect] & SECTION_MAP_EXECUTE and not f.access & FILE_EXECUTE:
                 raise NtStatusError(NtStatus.ACCESS_DENIED, f"{f.name} was not opened to execute")
-            if maximum > f.size:  # a read-only file cannot grow to the section
+            if grows:  # a section with write access extends its file (zeros)
+                assert f.memory is not None
+                if maximum > MAX_CREATED_FILE:
+                    raise NtStatusError(NtStatus.DISK_FULL, f"0x{maximum:x} bytes")
+                f.memory.data.extend(bytes(maximum - f.size))
+            if maximum > f.size:  # a read-only section cannot grow its file
                 raise NtStatusError(NtStatus.SECTION_TOO_BIG, f"0x{maximum:x} > 0x{f.size:x}")
             section = SectionObject("section", f.name, file=f, size=maximum or f.size,
                                     protection=protect, attributes=SEC_FILE | cache)  # fmt: skip
@@ -559,6 +587,9 @@ def NtQuerySection(
     if not section_rights(objects.access(SectionHandle)) & SECTION_QUERY:
         raise NtStatusError(NtStatus.ACCESS_DENIED, "the handle has no SECTION_QUERY")
     k.probe_range(SectionInformation, SectionInformationLength)
+    # ProbeForWrite of the whole buffer before the class is looked at: a length past the
+    # caller's memory is STATUS_ACCESS_VIOLATION (Wine's kernel32 virtual.c, on Windows)
+    k.probe(SectionInformation, SectionInformationLength, write=True)
     ps = k.arch.ptr_size
     if SectionInformationClass == SECTION_INFORMATION_CLASS.SectionBasicInformation:
         fmt = "<QI4xq" if ps == 8 else "<IIq"
@@ -641,10 +672,9 @@ def map_view(
     mem = k.memory
     granted = section_rights(k.proc.objects.access(handle))
     needs = _VIEW_NEEDS[protect & 0xFF]
-    if needs & ~granted:
-        raise NtStatusError(
-            NtStatus.ACCESS_DENIED, f"the handle lacks rights 0x{needs & ~granted:x}"
-        )
+    missing = _HANDLE_NEEDS[protect & 0xFF] & ~granted
+    if missing:
+        raise NtStatusError(NtStatus.ACCESS_DENIED, f"the handle lacks rights 0x{missing:x}")
     if section.image:
         image = section.extra["image"]
         assert section.file is not None and section.file.host_path is not None
