@@ -36,6 +36,7 @@ typecheck: $(STAMP)
 # Wine 8.0's PE DLLs from Debian's packages, into a per-user cache (never into the repo)
 wine-dlls: $(STAMP)
 	$(BIN)/python -m loader fetch
+	$(BIN)/python -m loader fetch-tests  # Wine's conformance test sources (tests/test_conformance.py)
 
 # Debian's mingw-w64 compilers build the test programs that run through Wine's msvcrt
 # (zig's windows-gnu targets link the UCRT instead); installed once, needs root
