@@ -187,11 +187,14 @@ class EventRecorder:
         # and the stack above the stack pointer (return address, stack arguments, the
         # caller's frame)
         capture = (arch.sp, arch.ret, *conv.reg_args)
+        # EFLAGS, read as a number (the record field at _eflags_field), then the callee-saved
+        # registers as bytes: compared whole, before and after the call
+        self._eflags_field = 4 + 2 * len(capture)
+        if check_conventions:
+            capture += ("eflags",)
         self._saved_slot = len(capture)
         if check_conventions:
-            capture += (*arch.nonvolatile, "eflags", *(_XMM if arch.ptr_size == 8 else ()))
-        self._saved_count = len(capture) - self._saved_slot
-        self._eflags_at = 16 * len(arch.nonvolatile)  # in the callee-saved bytes
+            capture += (*arch.nonvolatile, *(_XMM if arch.ptr_size == 8 else ()))
         self._x64 = arch.ptr_size == 8
         frame = 0x80 if check_conventions else self._args_frame_size()
         # a stack walk needs the CPU as it is at the entry: records one at a time, read at once
@@ -433,7 +436,6 @@ class EventRecorder:
             if (
                 ev.return_address == address
                 and sp > ev.entry_sp
-                and not self.check_conventions
                 and (len(opened) == 1 or opened[-2].return_address != address)
             ):
                 opened.pop()
@@ -443,6 +445,10 @@ class EventRecorder:
                 ev.blocks = r[2] - ev._saved["blocks"]
                 ev.ret = r[6] & self._ret_masks[ev.address]
                 ev.finished = True
+                if self.check_conventions:
+                    for problem in self._check_state(ev, r):
+                        ev.violations.append(problem)
+                        self._violations.append((ev, problem))
                 return
         # the innermost open event returning here with its return address popped
         for i in range(len(opened) - 1, -1, -1):
@@ -486,15 +492,14 @@ class EventRecorder:
                 self._violations.append((ev, problem))
 
     # ------------------------------------------------------------------ convention checks
-    def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], int, list[bytes]]:
+    def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], list[bytes]]:
         arch = self.proc.arch
         names = arch.nonvolatile
         regs = {r: int.from_bytes(raw[16 * i : 16 * i + arch.ptr_size], "little")
                 for i, r in enumerate(names)}  # fmt: skip
         k = len(names)
-        eflags = int.from_bytes(raw[16 * k : 16 * k + 4], "little")
-        xmm = [raw[16 * (k + 1 + i) : 16 * (k + 2 + i)] for i in range(len(_XMM))]
-        return regs, eflags, xmm if arch.ptr_size == 8 else []
+        xmm = [raw[16 * (k + i) : 16 * (k + 1 + i)] for i in range(len(_XMM))]
+        return regs, xmm if arch.ptr_size == 8 else []
 
     def _read_frame(self, address: int, size: int = 0x40) -> bytes:
         """``size`` (<= 0x80) bytes of the stack, read through the C API (no binding
@@ -515,8 +520,8 @@ class EventRecorder:
                 ev.violations.append(f"misaligned stack at entry: rsp=0x{sp:x} (must be 8 mod 16)")
                 self._violations.append((ev, ev.violations[-1]))
             # the caller's frame above the shadow space and stack arguments must not change
-            off = 8 + 0x20 + 8 * max(0, len(ev.args) - 4)
-            window = stack[off : off + 0x40] if off + 0x40 <= len(stack) else b""
+            off = 0x28 + 8 * (len(ev.args) - 4) if len(ev.args) > 4 else 0x28
+            window = stack[off : off + 0x40] if off <= 0x40 and stack else b""
             saved["frame"] = (sp + off, window or self._read_frame(sp + off))
 
     def _check_state(self, ev: AllocationEvent, rec: tuple[Any, ...]) -> list[str]:
@@ -526,19 +531,13 @@ class EventRecorder:
         problems: list[str] = []
         sp, after_raw = rec[4], rec[-2]
         before_raw = ev._saved["state"]
-        k = self._eflags_at  # EFLAGS (the slot at k) may change, except DF
-        if (
-            after_raw[:k] == before_raw[:k]
-            and after_raw[k + 16 :] == before_raw[k + 16 :]
-            and not after_raw[k + 1] & (DF >> 8)
-        ):
-            before_regs: dict[str, int] = {}
-            after_regs: dict[str, int] = {}
-        else:
-            before_regs, _, before_xmm = self._unpack_state(before_raw)
-            after_regs, eflags, after_xmm = self._unpack_state(after_raw)
-            if eflags & DF:
-                problems.append("direction flag left set")
+        if rec[self._eflags_field] & DF:  # EFLAGS may change, except DF
+            problems.append("direction flag left set")
+        before_regs: dict[str, int] = {}
+        after_regs: dict[str, int] = {}
+        if after_raw != before_raw:
+            before_regs, before_xmm = self._unpack_state(before_raw)
+            after_regs, after_xmm = self._unpack_state(after_raw)
             for i, (b, a) in enumerate(zip(before_xmm, after_xmm, strict=True)):
                 if a != b:
                     problems.append(f"xmm{i + 6} not preserved")
