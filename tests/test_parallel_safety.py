@@ -10,6 +10,8 @@ what two workers share must stay correct when both use it at once.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import threading
 from collections.abc import Callable
@@ -25,6 +27,7 @@ BUILDERS: dict[str, tuple[Callable[[str, str], Path], str]] = {
     "zig": (pebuild.build, "tlsdll.dll"),
 }
 WORKERS = 4
+pytest_plugins = ["pytester"]
 
 
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
@@ -68,3 +71,57 @@ def test_concurrent_builds_of_one_program_compile_it_once(
     # nothing half-built is left beside the output: only it and its lock file
     entries = sorted(p.name for p in paths[0].parent.parent.iterdir())
     assert entries == sorted([paths[0].parent.name, f".{paths[0].parent.name}.lock"]), entries
+
+
+ALONE_SUITE = """
+import time
+from pathlib import Path
+
+import pytest
+
+LOG = Path(__file__).with_name("intervals.txt")
+
+
+def record(name, seconds):
+    start = time.monotonic()
+    time.sleep(seconds)
+    with LOG.open("a") as f:
+        f.write(f"{name} {start} {time.monotonic()}\\n")
+
+
+@pytest.mark.alone
+def test_alone():
+    record("alone", 1.0)
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_other(i):
+    record(f"other{i}", 0.2)
+"""
+
+
+def test_an_alone_test_shares_the_workers_with_no_other_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers, one test marked ``alone`` (first, so both workers start at once) and eight
+    short ones: no short test's run overlaps the ``alone`` test's, and both workers ran
+    tests."""
+    tests = Path(__file__).resolve().parent
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # xdist only, by -p
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])
+    )
+    pytester.makeconftest("from alone import alone_under_xdist  # noqa: F401\n")
+    pytester.makeini("[pytest]\nmarkers =\n    alone: runs alone\n")
+    pytester.makepyfile(test_alone_suite=ALONE_SUITE)
+    r = pytester.runpytest_subprocess("-p", "xdist", "-n", "2", "-p", "no:cacheprovider", "-v")
+    r.assert_outcomes(passed=9)
+    assert {"gw0", "gw1"} <= set(re.findall(r"\[(gw\d)\] ", r.stdout.str()))
+    intervals = {
+        name: (float(a), float(b))
+        for name, a, b in (line.split() for line in (pytester.path / "intervals.txt").open())
+    }
+    start, end = intervals.pop("alone")
+    assert len(intervals) == 8
+    overlapping = [n for n, (a, b) in intervals.items() if a < end and b > start]
+    assert not overlapping, (start, end, intervals)
