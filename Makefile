@@ -60,9 +60,10 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 # long campaigns: the PE parser, 100,000 random system calls per architecture
+# (the second without xdist's workers, -n 0: -s shows its statistics, a worker swallows them)
 fuzz: $(STAMP)
 	HEAPEMU_FUZZ_CASES=200000 $(BIN)/pytest tests/test_pe_fuzz.py
-	HEAPEMU_SYSCALL_FUZZ_CALLS=100000 $(BIN)/pytest -s tests/test_syscall_fuzz.py
+	HEAPEMU_SYSCALL_FUZZ_CALLS=100000 $(BIN)/pytest -n 0 -s tests/test_syscall_fuzz.py
 
 clean:
 	rm -rf $(VENV) .build build dist .pytest_cache .mypy_cache .ruff_cache

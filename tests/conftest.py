@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from alone import alone_under_xdist  # noqa: F401 (an autouse fixture: `alone` tests)
 
 from emu import Module, Process
 from emu.heap.allocator import Allocator

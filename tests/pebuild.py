@@ -11,7 +11,8 @@ Every PE is built CRT-free (-nostdlib, own entry point) for x86 (x86-windows-gnu
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/pe/, in a directory named by a hash
 of the sources, flags and zig version, so a second test run does no compiling. A build goes to a
-temporary directory first and is renamed into place, so concurrent runs cannot see half a build.
+temporary directory first and is renamed into place, so concurrent runs cannot see half a build,
+under a lock file beside it (tests/buildlock.py), so parallel test workers build each PE once.
 
     build(name, arch) -> Path      e.g. build("mathlib.dll", "x64")
 """
@@ -27,6 +28,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from buildlock import build_lock
 
 REPO = Path(__file__).resolve().parent.parent
 PE_SRC = Path(__file__).resolve().parent / "pe_src"
@@ -123,8 +126,14 @@ def build(name: str, arch: str) -> Path:
     final = _output_dir(name, arch)
     if (final / name).is_file():
         return final / name
+    with build_lock(final.with_name(f".{final.name}.lock")):  # one builder (xdist workers)
+        if (final / name).is_file():  # built while this one waited
+            return final / name
+        return _build(name, arch, final)
+
+
+def _build(name: str, arch: str, final: Path) -> Path:
     recipe = RECIPES[name]
-    build_root().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-{arch}-", dir=build_root()))
     try:
         link_inputs: list[str] = []

@@ -28,7 +28,8 @@ program imports only msvcrt.dll and KERNEL32.dll (runtime.dll: ucrtbase.dll and 
 
 Outputs are cached under $HEAPEMU_BUILD_DIR or <repo>/.build/programs/, in a directory named by
 a hash of the sources, flags and compiler version; a build goes to a temporary directory and is
-renamed into place.
+renamed into place, under a lock file beside it (tests/buildlock.py: parallel test workers
+build each program once).
 
     build(name, arch) -> Path
 """
@@ -42,6 +43,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from buildlock import build_lock
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = Path(__file__).resolve().parent / "programs"
@@ -141,8 +144,14 @@ def build(name: str, arch: str) -> Path:
     final = build_root() / f"{name}-{arch}-{_key(name, arch)}"
     if (final / name).is_file():
         return final / name
+    with build_lock(final.with_name(f".{final.name}.lock")):  # one builder (xdist workers)
+        if (final / name).is_file():  # built while this one waited
+            return final / name
+        return _build(name, arch, final)
+
+
+def _build(name: str, arch: str, final: Path) -> Path:
     recipe = RECIPES[name]
-    build_root().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-{arch}-", dir=build_root()))
     try:
         command = [compiler(arch, recipe.sources[0]), *CFLAGS, *recipe.cflags]

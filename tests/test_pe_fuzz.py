@@ -348,8 +348,12 @@ _hypothesis_settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 _hypothesis_stats = Stats()
+# test_hypothesis_summary reports what the two hypothesis tests gathered in this process: under
+# pytest-xdist the three run on one worker (--dist loadgroup), in this order
+_hypothesis_group = pytest.mark.xdist_group("pe_fuzz_hypothesis")
 
 
+@_hypothesis_group
 @_hypothesis_settings
 @given(
     seed_index=st.integers(0, len(SEEDS) - 1),
@@ -369,6 +373,7 @@ def test_hypothesis_header_bytes(
     run_case(bytes(data), label, _hypothesis_stats, saver(tmp_path))
 
 
+@_hypothesis_group
 @_hypothesis_settings
 @given(
     seed_index=st.integers(0, len(SEEDS) - 1),
@@ -394,6 +399,7 @@ def test_hypothesis_header_fields(
     run_case(bytes(data), f"{seed.arch} {seed.name} {steps}", _hypothesis_stats, saver(tmp_path))
 
 
+@_hypothesis_group
 def test_hypothesis_summary() -> None:
     if _hypothesis_stats.parsed + _hypothesis_stats.refused == 0:
         pytest.skip("the hypothesis tests did not run in this session")

@@ -212,3 +212,29 @@ def test_heapemu_run_keeps_a_scenarios_own_module(user_suite: pytest.Pytester) -
         "    assert r.allocator.startswith('flat:bump_')\n"
     )
     run(pytester).assert_outcomes(passed=2)  # x86 and x64
+
+
+def test_fixtures_and_failure_reports_work_under_xdist(user_suite: pytest.Pytester) -> None:
+    """The suite itself runs under pytest-xdist (pyproject's addopts): the plugin's fixtures
+    run in the workers, and the ``heapemu`` section of a failing test's report comes back to
+    the controller with the report."""
+    pytester = user_suite
+    pytester.makepyfile(
+        test_fails="""
+        def test_wrong_size(heapemu_allocator):
+            a = heapemu_allocator
+            h = a.create_heap()
+            assert a.size(h, a.alloc(h, 0x100)) == 1
+        """,
+    )
+    r = run(pytester, "-p", "xdist", "-n", "2")
+    r.assert_outcomes(passed=5, skipped=2, failed=2)  # x86 and x64
+    r.stdout.fnmatch_lines(
+        ["created: 2/2 workers", "[[]gw?[]] *PASSED test_user.py::test_alloc?x86-builtin?*"]
+    )
+    out = r.stdout.str()
+    assert out.count("- heapemu -") == 2, out  # the failure report's section, for both arches
+    for arch in ("x86", "x64"):
+        r.stdout.fnmatch_lines(
+            [f"process {arch} builtin: last * of * system calls", "last * allocation events:"]
+        )

@@ -16,9 +16,11 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from buildlock import build_lock
 from programbuild import build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +42,22 @@ def _clean_env(home: Path) -> dict[str, str]:
     return env
 
 
+# One worker runs this module (pytest-xdist, --dist loadgroup): the fixture builds the wheel in
+# the checkout (setuptools' build/) and reinstalls it into the shared virtualenv, which two
+# workers must not do at once, nor while the other one's tests run heapemu from it.
+pytestmark = pytest.mark.xdist_group("wheel")
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """(the virtualenv's bin folder, the environment): the wheel built now, installed."""
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """(the virtualenv's bin folder, the environment): the wheel built now, installed. The
+    cached virtualenv is locked (fcntl.flock) while this module uses it: another test run
+    (another checkout, the same cache) waits instead of reinstalling under it."""
+    with build_lock(CACHE / ".wheel-venv.lock"):
+        yield _install(tmp_path_factory)
+
+
+def _install(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     work = tmp_path_factory.mktemp("wheel")
     env = _clean_env(work)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -181,7 +181,8 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gdb",
         metavar="PORT",
-        help="stop at the first step and wait for gdb on 127.0.0.1:PORT (one arch, one allocator)",
+        help="stop at the first step and wait for gdb on 127.0.0.1:PORT (one arch, one allocator; "
+        "0: a free port, named on stderr)",
     )
     p.add_argument(
         "--heap-map",
@@ -249,8 +250,10 @@ class HeapMapObserver(Observer):
 def _gdb_stub(port_text: str, runs: list[tuple[str, AllocatorSpec]]) -> Observer:
     from emu.scenario.gdbstub import GdbStub, GdbStubError
 
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CliError(f"--gdb needs a TCP port number from 1 to 65535, not {port_text!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise CliError(
+            f"--gdb needs a TCP port number from 1 to 65535 (0: a free one), not {port_text!r}"
+        )
     if len(runs) != 1:
         raise CliError(
             f"--gdb debugs one run, not {len(runs)}: pick one --arch (x86 or x64) and one "

@@ -1,8 +1,10 @@
 """A minimal GDB remote-serial-protocol stub for ``heapemu run --gdb PORT``.
 
 ``GdbStub(port)`` binds 127.0.0.1:PORT at once (so a port in use is an error before anything
-runs). As a scenario ``Observer`` it stops at the first instruction the first step executes,
-accepts one debugger connection and serves it: registers (g/G/p/P), memory (m/M), continue
+runs); port 0 lets the system pick a free port, which ``stub.port`` and the connect hint then
+name (no race with another program between choosing a port and binding it). As a scenario
+``Observer`` it stops at the first instruction the first step executes, accepts one debugger
+connection and serves it: registers (g/G/p/P), memory (m/M), continue
 (c), single step (s), breakpoints (Z0/z0, Z1/z1), watchpoints (Z2 write, Z3 read, Z4 access:
 the stop is reported after the instruction that touched the range, as ``T05watch:ADDR;``),
 ``?``, qSupported, the target description (``qXfer:features:read:target.xml``: gdb needs no
@@ -119,6 +121,7 @@ class GdbStub(Observer):
         try:
             self.listener.bind((HOST, port))
             self.listener.listen(1)
+            self.port = int(self.listener.getsockname()[1])  # the one chosen, for port 0
         except OSError as e:
             self.listener.close()
             raise GdbStubError(

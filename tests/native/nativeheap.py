@@ -22,7 +22,8 @@ Builds: "x64" with gcc, "x86" with ``python -m ziglang cc -target x86-linux-musl
 ``heap="win7"`` builds the driver against asm/src/win7heap.c (the Windows 7 heap + LFH, with
 -DHEAPEMU_WIN7HEAP: the script also gets ``keys``, ``query`` and ``setinfo`` lines).
 Cached under $HEAPEMU_NATIVE_BUILD_DIR or <repo>/.build/native/, in a directory named by a hash
-of the sources, flags and compiler; a build goes to a temporary directory first and is renamed.
+of the sources, flags and compiler; a build goes to a temporary directory first and is renamed,
+under a lock file beside it (tests/buildlock.py: parallel test workers build each driver once).
 
 For a differential test against the emulator: run the script through the emulated heap, collect
 the (base, size) of every NtAllocateVirtualMemory *reservation* without a base address, in order
@@ -43,6 +44,8 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from buildlock import build_lock
 
 REPO = Path(__file__).resolve().parent.parent.parent
 HERE = Path(__file__).resolve().parent
@@ -107,7 +110,14 @@ def build_driver(arch: str = "x64", heap: str = "nt") -> Path:
     exe = final / ("ntheap_driver" if heap == "nt" else f"{heap}heap_driver")
     if exe.is_file():
         return exe
-    build_root().mkdir(parents=True, exist_ok=True)
+    with build_lock(final.with_name(f".{final.name}.lock")):  # one builder (xdist workers)
+        if not exe.is_file():  # else built while this one waited
+            _build(arch, cmd, sources, exe)
+    return exe
+
+
+def _build(arch: str, cmd: list[str], sources: list[Path], exe: Path) -> None:
+    final = exe.parent
     work = Path(tempfile.mkdtemp(prefix=f"{arch}-tmp-", dir=build_root()))
     try:
         proc = subprocess.run(
@@ -124,7 +134,6 @@ def build_driver(arch: str = "x64", heap: str = "nt") -> Path:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return exe
 
 
 @dataclass(frozen=True)
