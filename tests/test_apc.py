@@ -327,3 +327,19 @@ def test_the_budget_counts_every_instruction_of_every_thread(arch: str) -> None:
     result = program.run(max_instructions=need - 1)
     assert result.error is not None and result.error.kind == "instruction budget exhausted"
     assert program.proc.threads.instructions == need - 1
+
+
+def test_no_room_below_a_garbage_stack_pointer(arch: str) -> None:
+    """An APC due while the stack pointer is too low for its frame (a program's garbage esp,
+    as the system-call fuzzer made it) is not delivered: no Python error, the APC stays
+    queued, and it runs once the stack is back."""
+    from emu.nt.apc import deliver_apc
+
+    c = Calls(arch)
+    thread = c.proc.threads.current
+    assert c.queue(1, 2, 3) == 0
+    sp = c.proc.cpu.sp
+    c.proc.cpu.sp = 0x100
+    assert not deliver_apc(c.proc, thread) and len(thread.apcs) == 1
+    c.proc.cpu.sp = sp
+    assert c("NtTestAlert") == 0 and [r[:3] for r in c.ran] == [(1, 2, 3)]

@@ -73,18 +73,22 @@ def deliver_apc(
         put(ret_name, status)
     sp = cpu.sp
     if x64:
-        for i, value in enumerate((arg1, arg2, arg3, routine)):
-            put(f"P{i + 1}Home", value)
         ctx_at = (sp - 0x10 - len(ctx)) & ~0xF  # the dispatcher writes at rsp-8 and rsp-0x10
         new_sp = ctx_at - 0x30 - 8
-        frame = bytes(0x28) + struct.pack("<Q", routine) + bytes(8) + bytes(ctx)
     else:
         ctx_at = (sp & ~3) - len(ctx)
         new_sp = ctx_at - 0x18
+    # a stack pointer too low for the frame (below the address space: a program's garbage
+    # esp) leaves no room, as a stack with no pages there does
+    if new_sp < 0 or not make_stack_room(proc, new_sp, sp)[0]:
+        return False
+    if x64:
+        for i, value in enumerate((arg1, arg2, arg3, routine)):
+            put(f"P{i + 1}Home", value)
+        frame = bytes(0x28) + struct.pack("<Q", routine) + bytes(8) + bytes(ctx)
+    else:
         frame = struct.pack("<6I", 0, ctx_at, arg1, arg2, arg3, routine) + bytes(ctx)
     assert new_sp + len(frame) == ctx_at + len(ctx)
-    if not make_stack_room(proc, new_sp, sp)[0]:
-        return False
     thread.apcs.pop(0)
     proc.write(new_sp, frame)
     proc.memory.note_write(new_sp, len(frame))
