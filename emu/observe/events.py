@@ -440,15 +440,8 @@ class EventRecorder:
             ):
                 opened.pop()
                 self._forget_return(address)
-                ev.end = end = r[1]
-                ev.instructions = end - ev.start
-                ev.blocks = r[2] - ev._saved["blocks"]
-                ev.ret = r[6] & self._ret_masks[ev.address]
-                ev.finished = True
-                if self.check_conventions:
-                    for problem in self._check_state(ev, r):
-                        ev.violations.append(problem)
-                        self._violations.append((ev, problem))
+                self._finish_counts(ev, r[1], r[2])
+                self._leave(ev, r)
                 return
         # the innermost open event returning here with its return address popped
         for i in range(len(opened) - 1, -1, -1):
