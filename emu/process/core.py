@@ -250,6 +250,7 @@ class ProcessCore:
         # registers written from outside, one batched register write puts back all of it
         self._reset_user_state = self.cpu.register_writer(user_state(self.cpu, self.teb))
         self.call_gate = CallGate(arch, self.cpu, self.thread_stack.top - 0x80, gate)
+        self._gate_data, self._gate_sentinel = self.call_gate.data, self.call_gate.sentinel
 
     def _fill_teb_peb(self) -> None:
         a, teb, peb = self.arch, self.teb, self.peb
@@ -436,7 +437,7 @@ class ProcessCore:
         layout = self._call_layouts.get((convention, len(args)))
         if layout is None:
             layout = self._call_layout(convention, len(args))
-        data = self.call_gate.data
+        data = self._gate_data
         try:  # (the slots are unsigned pointers: anything else does not pack)
             layout.pack(data, 0, 0, 0, addr, *args)
         except struct.error:  # negative, or wider than a pointer
@@ -462,8 +463,12 @@ class ProcessCore:
             self._reset_user_state()
         # the gate's stub and tail run a few instructions of their own: the budget is the callee's
         budget = max_instructions + layout.overhead if max_instructions else 0
-        limit = self.time_limit if time_limit is None else time_limit
-        cpu.run(layout.stub, self.call_gate.sentinel, budget, limit)
+        cpu.run(
+            layout.stub,
+            self._gate_sentinel,
+            budget,
+            self.time_limit if time_limit is None else time_limit,
+        )
         if cpu._incident and cpu.fault is not None and not stop_on_first_chance:
             self._dispatch_faults(budget)  # a no-op without a dispatcher
         ret, sp_after = layout.unpack(data, 0)  # sp 0: the callee never returned
