@@ -23,11 +23,12 @@ through kernelbase's UnhandledExceptionFilter as its deepest user.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from emu.errors import Fault
 from emu.nt.memory import align_up
-from emu.win.layouts import TEB
+from emu.win.layouts import PEB, TEB
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_GUARD, PAGE_READWRITE, PAGE_SIZE, NtStatus
 
 if TYPE_CHECKING:
@@ -42,19 +43,91 @@ if TYPE_CHECKING:
 GUARANTEE = {"x86": 0x3000, "x64": 0x4000}
 
 
+# A new thread's stack starts with at least this much committed: Wine's ntdll/tests virtual.c
+# test_RtlCreateUserStack expects 0x2000 on Windows when the image asks 0x1000 (and 0x4000
+# for CreateThread's 0x3f00: page rounding).
+THREAD_COMMIT_MIN = 2 * PAGE_SIZE
+RESERVE_GRANULARITY = 0x10000  # the allocation granularity
+RESERVE_RAISED_TO = 0x100000  # MSDN CreateThread: "rounded up to the nearest multiple of 1 MB"
+# Wine's thread start (ntdll signal_start_thread, the end of LdrInitializeThunk) clears the
+# 0xf0000 bytes below the start CONTEXT's page with rep stos (upwards, so no guard page can
+# grow the stack for it) before NtContinue into the CONTEXT: Wine commits whole stacks, Windows
+# does not. A new thread's stack has the CONTEXT's page and those bytes committed until that
+# NtContinue, then is ``settle``d to what the thread asked for; its reserve is at least 1 MiB
+# (Wine's own minimum) so they fit. A difference from Windows, where smaller reserves exist.
+WINE_START_COMMIT = PAGE_SIZE + 0xF0000
+WINE_START_RESERVE = 0x100000
+
+
+def image_stack_sizes(proc: ProcessCore) -> tuple[int, int]:
+    """(SizeOfStackCommit, SizeOfStackReserve) of the process's image (PEB.ImageBaseAddress),
+    the defaults of a thread that asks 0; the architecture's defaults without an image."""
+    arch = proc.arch
+    defaults = (arch.default_stack_commit, arch.default_stack_reserve)
+    base = PEB.read(proc, arch, proc.peb, "ImageBaseAddress") if proc.peb else 0
+    if not base or not proc.memory.is_accessible(base, 0x40):
+        return defaults
+    nt = base + struct.unpack("<I", proc.read(base + 0x3C, 4))[0]  # IMAGE_DOS_HEADER.e_lfanew
+    # IMAGE_OPTIONAL_HEADER(32/64): SizeOfStackReserve at +0x48, SizeOfStackCommit after it
+    opt, n = nt + 0x18, arch.ptr_size
+    if not proc.memory.is_accessible(opt + 0x48, 2 * n):
+        return defaults
+    reserve, commit = struct.unpack(f"<2{arch.ptr_fmt[-1]}", proc.read(opt + 0x48, 2 * n))
+    return commit or defaults[0], reserve or defaults[1]
+
+
+def thread_stack_sizes(proc: ProcessCore, commit: int, reserve: int) -> tuple[int, int]:
+    """(commit, reserve) of a new thread's stack as NtCreateThreadEx makes it from its
+    StackSize / MaximumStackSize: 0 takes the image's value, the reserve is rounded to the
+    allocation granularity and the commit to pages (at least THREAD_COMMIT_MIN); a commit that
+    does not fit below the reserve raises the reserve to a multiple of 1 MiB (MSDN
+    CreateThread, "Thread Stack Size"). The commit keeps a guard page and the never-committed
+    bottom page under it."""
+    image_commit, image_reserve = image_stack_sizes(proc)
+    commit = align_up(max(commit or image_commit, THREAD_COMMIT_MIN), PAGE_SIZE)
+    reserve = align_up(reserve or image_reserve, RESERVE_GRANULARITY)
+    if commit >= reserve:
+        reserve = align_up(commit, RESERVE_RAISED_TO)
+    reserve = max(reserve, WINE_START_RESERVE)
+    return min(commit, reserve - 2 * PAGE_SIZE), reserve
+
+
 class ThreadStack:
-    def __init__(self, proc: ProcessCore, reserve: int, commit: int):
+    def __init__(
+        self,
+        proc: ProcessCore,
+        reserve: int,
+        commit: int,
+        highest: int | None = None,
+        start_commit: int = 0,
+    ):
+        """``commit`` bytes at the top committed, a guard page below; ``start_commit``: more
+        committed until ``settle`` (what Wine's thread start clears, WINE_START_COMMIT)."""
         self.proc = proc
         self.reserve = align_up(reserve, 0x10000)
         self.commit = align_up(max(commit, PAGE_SIZE), PAGE_SIZE)
-        if self.commit + 2 * PAGE_SIZE > self.reserve:
+        if max(self.commit, start_commit) + 2 * PAGE_SIZE > self.reserve:
             raise ValueError(f"stack commit 0x{commit:x} does not fit in reserve 0x{reserve:x}")
         self.base, _ = proc.memory.allocate(
-            0, self.reserve, MEM_RESERVE, PAGE_READWRITE, usage="stack"
+            0, self.reserve, MEM_RESERVE, PAGE_READWRITE, usage="stack", highest=highest
         )
         self.top = self.base + self.reserve  # TEB.StackBase
         self.teb: int | None = None  # the TEB of the thread it belongs to (write_teb)
-        self.reset()
+        self.limit = self.top  # TEB.StackLimit (reset sets it)
+        self.reset(max(self.commit, start_commit))
+
+    def settle(self) -> None:
+        """Down to what the thread asked for: ``commit`` bytes at the top, a guard page below,
+        the rest reserved (what a new thread's code first sees on Windows)."""
+        if self.limit >= self.top - self.commit:
+            return
+        mem = self.proc.memory
+        low = self.top - self.commit
+        mem.free(self.base, low - self.base, 0x4000)  # MEM_DECOMMIT
+        mem.allocate(low - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
+        self.limit = low
+        if self.teb is not None:
+            TEB.write(self.proc, self.proc.arch, self.teb, "StackLimit", self.limit)
 
     @classmethod
     def existing(cls, proc: ProcessCore, base: int, top: int, limit: int) -> ThreadStack:
@@ -67,12 +140,14 @@ class ThreadStack:
         stack.teb = None
         return stack
 
-    def reset(self) -> None:
-        """Back to the initial state: top pages committed, one guard page below them."""
+    def reset(self, commit: int = 0) -> None:
+        """Back to the initial state: top pages committed (``commit``, by default the
+        stack's), one guard page below them."""
         mem = self.proc.memory
+        commit = commit or self.commit
         mem.free(self.base, self.reserve, 0x4000)  # MEM_DECOMMIT everything
-        mem.allocate(self.top - self.commit, self.commit, MEM_COMMIT, PAGE_READWRITE)
-        self.limit = self.top - self.commit
+        mem.allocate(self.top - commit, commit, MEM_COMMIT, PAGE_READWRITE)
+        self.limit = self.top - commit
         mem.allocate(self.limit - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
 
     def write_teb(self, teb: int) -> None:
