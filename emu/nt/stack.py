@@ -23,10 +23,11 @@ through kernelbase's UnhandledExceptionFilter as its deepest user.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import TYPE_CHECKING
 
-from emu.errors import Fault
+from emu.errors import Fault, NtStatusError
 from emu.nt.memory import align_up
 from emu.win.layouts import PEB, TEB
 from emu.win.ntdefs import MEM_COMMIT, MEM_RESERVE, PAGE_GUARD, PAGE_READWRITE, PAGE_SIZE, NtStatus
@@ -38,9 +39,12 @@ if TYPE_CHECKING:
 # than that to run a handler of the overflow and, when none takes it, kernelbase's
 # UnhandledExceptionFilter up to NtTerminateProcess. Measured below the faulting stack pointer
 # (tests/programs/exceptions.c "overflow" / "overflow-caught", lowest byte written): x86
-# 0x1294 / 0x422 bytes, x64 0x1E88 / 0x1708. The area is twice that or more, as the fault's
-# stack pointer may sit at the bottom of the page above it.
-GUARANTEE = {"x86": 0x3000, "x64": 0x4000}
+# 0x1294 / 0x422 bytes, x64 0x1E88 / 0x1708. The overflow comes when the touched page is the
+# lowest one above the area, so the handler has the area plus what lies below its stack
+# pointer in that page. It cannot be larger: Windows lets a program touch its stack down to
+# DeallocationStack + 4 pages with no overflow (kernel32/tests virtual.c test_stack_commit),
+# i.e. the guard page at DeallocationStack + 3 pages, above the bottom page and these two.
+GUARANTEE = {"x86": 0x2000, "x64": 0x2000}
 
 
 # A new thread's stack starts with at least this much committed: Wine's ntdll/tests virtual.c
@@ -160,36 +164,55 @@ class ThreadStack:
     def contains(self, addr: int) -> bool:
         return self.base <= addr < self.top
 
-    def guarantee(self) -> int:
-        """Bytes of the guaranteed area: TEB.GuaranteedStackBytes rounded up to pages, at
-        least GUARANTEE for the architecture."""
-        arch, proc = self.proc.arch, self.proc
-        teb = proc.teb if self.teb is None else self.teb
-        asked = TEB.read(proc, arch, teb, "GuaranteedStackBytes") if teb else 0
-        return max(align_up(asked, PAGE_SIZE), GUARANTEE[arch.name])
 
-    def on_guard_page(self, addr: int) -> Fault | None:
-        """Handle a touch of the stack's guard page at ``addr``: grow (None) or overflow."""
-        page = addr & ~(PAGE_SIZE - 1)
-        mem, proc = self.proc.memory, self.proc
-        mem.clear_guard(page)
-        teb = proc.teb if self.teb is None else self.teb
-        floor = self.base + PAGE_SIZE  # the reservation's last page stays reserved
-        guaranteed = floor + self.guarantee()  # the guaranteed area is [floor, guaranteed)
-        if page - PAGE_SIZE >= guaranteed:
-            mem.allocate(page - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
-            self.limit = page
-            TEB.write(proc, proc.arch, teb, "StackLimit", self.limit)
-            return None
-        # no room for another guard page: the rest of the stack is the handler's
-        if page > floor:
-            mem.allocate(floor, page - floor, MEM_COMMIT, PAGE_READWRITE)
-        self.limit = min(page, floor)
-        TEB.write(proc, proc.arch, teb, "StackLimit", self.limit)
-        return Fault(
-            "stack overflow",
-            pc=proc.cpu.pc,
-            address=addr,
-            status=NtStatus.STACK_OVERFLOW,
-            detail=f"stack reservation 0x{self.base:x}-0x{self.top:x} is exhausted",
-        )
+def guarantee(proc: ProcessCore, teb: int) -> int:
+    """Bytes of the guaranteed area: TEB.GuaranteedStackBytes rounded up to pages, at least
+    GUARANTEE for the architecture."""
+    asked = TEB.read(proc, proc.arch, teb, "GuaranteedStackBytes") if teb else 0
+    return max(align_up(asked, PAGE_SIZE), GUARANTEE[proc.arch.name])
+
+
+def teb_stack(proc: ProcessCore, teb: int) -> tuple[int, int]:
+    """[DeallocationStack, StackBase) of the thread whose TEB is ``teb``: its stack as the
+    kernel sees it. A program may change them (kernel32/tests virtual.c test_stack_commit
+    switches to a stack of its own and points the TEB at it)."""
+    arch = proc.arch
+    return TEB.read(proc, arch, teb, "DeallocationStack"), TEB.read(proc, arch, teb, "StackBase")
+
+
+def grow_stack(proc: ProcessCore, teb: int, addr: int, base: int | None = None) -> Fault | None:
+    """A touch of a guard page at ``addr`` on the stack of the thread whose TEB is ``teb``
+    (``base``: its DeallocationStack, read from the TEB by default): the page is committed
+    and the next one down becomes the guard page, TEB.StackLimit the touched page (even when
+    the program had moved it: ntdll/tests virtual.c test_stack_growth_thread); None. When
+    the new guard page would enter the guaranteed area, the rest down to the bottom page is
+    committed with no guard page and the STATUS_STACK_OVERFLOW fault is returned."""
+    page = addr & ~(PAGE_SIZE - 1)
+    mem, arch = proc.memory, proc.arch
+    mem.clear_guard(page)
+    if base is None:
+        base = teb_stack(proc, teb)[0]
+    floor = base + PAGE_SIZE  # the reservation's last page stays reserved
+    guaranteed = floor + guarantee(proc, teb)  # the guaranteed area is [floor, guaranteed)
+    if page - PAGE_SIZE >= guaranteed:
+        _commit(proc, page - PAGE_SIZE, PAGE_SIZE, PAGE_READWRITE | PAGE_GUARD)
+        TEB.write(proc, arch, teb, "StackLimit", page)
+        return None
+    # no room for another guard page: the rest of the stack is the handler's
+    if page > floor:
+        _commit(proc, floor, page - floor, PAGE_READWRITE)
+    TEB.write(proc, arch, teb, "StackLimit", min(page, floor))
+    return Fault(
+        "stack overflow",
+        pc=proc.cpu.pc,
+        address=addr,
+        status=NtStatus.STACK_OVERFLOW,
+        detail=f"stack reservation from 0x{base:x} is exhausted",
+    )
+
+
+def _commit(proc: ProcessCore, addr: int, size: int, protect: int) -> None:
+    """Commit pages of a stack the TEB names: a program's TEB may name pages that are not
+    one reservation (or not reserved at all); those stay as they are."""
+    with contextlib.suppress(NtStatusError):
+        proc.memory.allocate(addr, size, MEM_COMMIT, protect)

@@ -164,12 +164,6 @@ class Scheduler:
                 return t
         return None
 
-    def stack_containing(self, addr: int) -> ThreadStack | None:
-        for t in self.threads:
-            if t.stack is not None and not t.released and t.stack.contains(addr):
-                return t.stack
-        return None
-
     # ------------------------------------------------------------------ creation
     def create_thread(
         self,
