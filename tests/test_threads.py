@@ -457,7 +457,9 @@ def test_thread_stacks_are_the_sizes_asked_and_grow_where_the_teb_says(arch: str
     by its guard page to 0x9000 over an 0x8000-byte frame, as Windows does in Wine's ntdll
     tests virtual.c test_RtlCreateUserStack; ZeroBits bounds it (a mask only on x64). A stack
     of the program's own grows once the TEB names it (kernel32 tests virtual.c
-    test_stack_commit): every page down to 4 above its bottom, the guard page left below."""
+    test_stack_commit): every page down to 4 above its bottom, the guard page left below.
+    A guard page set in the committed stack (VirtualProtect, VirtualAlloc's MEM_COMMIT) moves
+    StackLimit above it; clearing it does not move it back (test_stack_growth_thread)."""
     proc = _run(arch, "stacks")
     assert proc.program is not None and proc.program.result is not None
     assert proc.program.result.ok
@@ -483,5 +485,9 @@ def test_thread_stacks_are_the_sizes_asked_and_grow_where_the_teb_says(arch: str
         "own-stack-result": 42,
         "own-stack-limit": 0x4000,
         "own-stack-guard": PAGE_READWRITE | 0x100,  # PAGE_GUARD
+        "guard-set-limit": 0x3000,
+        "guard-set-old": PAGE_READWRITE,
+        "guard-cleared-limit": 0x3000,
+        "guard-commit-limit": 0x5000,
     })  # fmt: skip
     assert checks == expected

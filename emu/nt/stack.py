@@ -180,6 +180,22 @@ def teb_stack(proc: ProcessCore, teb: int) -> tuple[int, int]:
     return TEB.read(proc, arch, teb, "DeallocationStack"), TEB.read(proc, arch, teb, "StackBase")
 
 
+def guard_set(proc: ProcessCore, start: int, size: int) -> None:
+    """The program made [start, start + size) guard pages (NtAllocateVirtualMemory's
+    MEM_COMMIT or NtProtectVirtualMemory with PAGE_GUARD): where that lies in the committed
+    part of the running thread's stack, [StackLimit, StackBase), the stack shrinks to what is
+    above it: StackLimit moves up to its end. Clearing the guard does not move it back; the
+    next touch of a guard page sets it again (Windows, per ntdll/tests virtual.c
+    test_stack_growth_thread: "setting a guard page shrinks stack automatically")."""
+    arch = proc.arch
+    teb = proc.threads.current.teb or proc.teb
+    limit = TEB.read(proc, arch, teb, "StackLimit")
+    top = TEB.read(proc, arch, teb, "StackBase")
+    end = start + size
+    if start < top and end > limit:
+        TEB.write(proc, arch, teb, "StackLimit", min(end, top))
+
+
 def grow_stack(proc: ProcessCore, teb: int, addr: int, base: int | None = None) -> Fault | None:
     """A touch of a guard page at ``addr`` on the stack of the thread whose TEB is ``teb``
     (``base``: its DeallocationStack, read from the TEB by default): the page is committed

@@ -16,7 +16,8 @@
  *   threads.exe ntcreate       NtCreateThread with a stack and CONTEXT of the program's own
  *   threads.exe stacks         thread stacks of the sizes asked (CreateThread's commit and
  *                              reservation, RtlCreateUserThread's ZeroBits), growth, and a
- *                              stack of the program's own that the TEB is pointed at
+ *                              stack of the program's own that the TEB is pointed at, a
+ *                              guard page set in the stack moving StackLimit
  */
 #include <windows.h>
 #include <stdio.h>
@@ -748,6 +749,19 @@ static void stacks(void) {
     VirtualQuery(mine + 0x3000, &mbi, sizeof(mbi));
     show("own-stack-guard", mbi.Protect);
     VirtualFree(mine, 0, MEM_RELEASE);
+
+    /* a guard page set in the committed stack shrinks it: StackLimit moves above the guard */
+    char *limit = tib->StackLimit;
+    DWORD old;
+    VirtualProtect(limit + 0x2000, 0x1000, PAGE_READWRITE | PAGE_GUARD, &old);
+    show("guard-set-limit", (char *)tib->StackLimit - limit);
+    show("guard-set-old", old);
+    VirtualProtect(limit + 0x2000, 0x1000, PAGE_READWRITE, &old);
+    show("guard-cleared-limit", (char *)tib->StackLimit - limit); /* not moved back */
+    VirtualAlloc(limit + 0x4000, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+    show("guard-commit-limit", (char *)tib->StackLimit - limit);
+    VirtualProtect(limit + 0x4000, 0x1000, PAGE_READWRITE, &old);
+    tib->StackLimit = limit;
 }
 
 int main(int argc, char **argv) {
