@@ -1,7 +1,10 @@
 """A thread stack as Windows makes it: a reservation, committed top pages, a guard page below.
 
 Touching the guard page commits it and moves the guard one page down (the kernel's stack
-growth, which also lowers TEB.StackLimit). The bottom page of the reservation is never
+growth, which also lowers TEB.StackLimit). The kernel knows the stack only through the running
+thread's TEB: a guard page between TEB.DeallocationStack and TEB.StackBase grows it, wherever
+the program pointed them (``grow_stack``); a guard page anywhere else is one-shot and raises
+STATUS_GUARD_PAGE_VIOLATION. The bottom page of the reservation is never
 committed, and above it lies the thread's *guaranteed* area: the stack a handler of
 STATUS_STACK_OVERFLOW runs on. When the guard page is touched and a new one would have to go
 into that area, the kernel commits the whole area (no guard page is left), sets StackLimit to
