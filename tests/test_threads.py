@@ -448,3 +448,46 @@ def test_thread_handles_suspension_and_tls_cells(arch: str) -> None:
     assert call("NtTerminateThread", created, 3) == 0
     assert call("NtWaitForSingleObject", opened, 0, poll) == 0  # an ended thread is signalled
     assert call("NtSuspendThread", opened, 0) == NtStatus.THREAD_IS_TERMINATING
+
+
+def test_thread_stacks_are_the_sizes_asked_and_grow_where_the_teb_says(arch: str) -> None:
+    """threads.c "stacks": a new thread's stack is what CreateThread / RtlCreateUserThread
+    ask (commit to pages, at least two; reserve to 64 KiB, the image's 2 MiB for 0; a commit
+    beyond the reserve raises it to a multiple of 1 MiB), the bottom only reserved, and grows
+    by its guard page to 0x9000 over an 0x8000-byte frame, as Windows does in Wine's ntdll
+    tests virtual.c test_RtlCreateUserStack; ZeroBits bounds it (a mask only on x64). A stack
+    of the program's own grows once the TEB names it (kernel32 tests virtual.c
+    test_stack_commit): every page down to 4 above its bottom, the guard page left below.
+    A guard page set in the committed stack (VirtualProtect, VirtualAlloc's MEM_COMMIT) moves
+    StackLimit above it; clearing it does not move it back (test_stack_growth_thread)."""
+    proc = _run(arch, "stacks")
+    assert proc.program is not None and proc.program.result is not None
+    assert proc.program.result.ok
+    checks = _checks(proc.program.result)
+    expected = {}
+    for name, committed, reserved, grown in (
+        ("commit-3f00", 0x4000, 0x200000, 0x9000),
+        ("reserve-3ff000", 0x2000, 0x400000, 0x9000),
+        ("commit-280000", 0x280000, 0x300000, 0x280000),
+    ):
+        expected.update({
+            f"{name}-committed": committed,
+            f"{name}-reserved": reserved,
+            f"{name}-bottom-state": MEM_RESERVE,
+            f"{name}-grown": grown,
+        })  # fmt: skip
+    expected.update({
+        "rtl-status": 0,
+        "rtl-committed": 0x2000,
+        "rtl-reserved": 0x100000,
+        "rtl-zero-bits-13": NtStatus.NO_MEMORY,
+        "rtl-zero-bits-mask": 0 if arch == "x64" else NtStatus.INVALID_PARAMETER_3,
+        "own-stack-result": 42,
+        "own-stack-limit": 0x4000,
+        "own-stack-guard": PAGE_READWRITE | 0x100,  # PAGE_GUARD
+        "guard-set-limit": 0x3000,
+        "guard-set-old": PAGE_READWRITE,
+        "guard-cleared-limit": 0x3000,
+        "guard-commit-limit": 0x5000,
+    })  # fmt: skip
+    assert checks == expected

@@ -138,20 +138,21 @@ class Kernel:
         msvcrt _resetstkoflw relies on it: it makes the page under its own local a guard page
         through VirtualProtect, whose out-parameters are on that page). True when a guard page
         was touched; STATUS_STACK_OVERFLOW when that left no room for another one."""
+        from emu.nt.stack import grow_stack, teb_stack
+
         grew = False
-        for thread in self.proc.threads.threads:
-            stack = thread.stack
-            if stack is None or thread.released:
-                continue
-            # only the pages of [addr, addr + size) on this stack (a probe may be huge)
-            page = max(addr, stack.base) & ~(PAGE_SIZE - 1)
-            while page < min(addr + size, stack.top):
-                state = self.memory.page_state(page)
-                if state and state & PAGE_GUARD:
-                    if stack.on_guard_page(page) is not None:
-                        raise NtStatusError(NtStatus.STACK_OVERFLOW, f"guard page 0x{page:x}")
-                    grew = True
-                page += PAGE_SIZE
+        proc = self.proc
+        teb = proc.threads.current.teb or proc.teb  # the calling thread's stack, as its TEB says
+        low, high = teb_stack(proc, teb)
+        # only the pages of [addr, addr + size) on the stack (a probe may be huge)
+        page = max(addr, low) & ~(PAGE_SIZE - 1)
+        while page < min(addr + size, high):
+            state = self.memory.page_state(page)
+            if state and state & PAGE_GUARD:
+                if grow_stack(proc, teb, page, low) is not None:
+                    raise NtStatusError(NtStatus.STACK_OVERFLOW, f"guard page 0x{page:x}")
+                grew = True
+            page += PAGE_SIZE
         return grew
 
     def probe(self, addr: int, size: int, write: bool = False) -> None:

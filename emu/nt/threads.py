@@ -34,7 +34,7 @@ from emu.cpu.segments import MAX_TEB_SLOTS, teb_selector
 from emu.errors import EmulationError, Fault, NtStatusError
 from emu.nt.kernel import PROCESS_ID
 from emu.nt.memory import align_down
-from emu.nt.stack import ThreadStack
+from emu.nt.stack import WINE_START_COMMIT, ThreadStack, thread_stack_sizes
 from emu.nt.sync import (
     STATUS_ALERTED,
     STATUS_USER_APC,
@@ -101,6 +101,9 @@ class Thread(Dispatcher):
     owned: list[Mutant] = field(default_factory=list)
     released: bool = False  # its TEB and stack are freed
     owns_stack: bool = True  # False: its creator's (NtCreateThread), never freed with it
+    # its stack is settled (ThreadStack.settle) when Wine's thread start NtContinues into its
+    # start CONTEXT
+    settle_stack: bool = False
 
     def signaled_for(self, thread: Thread) -> bool:
         return self.terminated
@@ -161,12 +164,6 @@ class Scheduler:
                 return t
         return None
 
-    def stack_containing(self, addr: int) -> ThreadStack | None:
-        for t in self.threads:
-            if t.stack is not None and not t.released and t.stack.contains(addr):
-                return t.stack
-        return None
-
     # ------------------------------------------------------------------ creation
     def create_thread(
         self,
@@ -176,6 +173,7 @@ class Scheduler:
         suspended: bool,
         commit: int = 0,
         reserve: int = 0,
+        highest: int | None = None,
         stack: ThreadStack | None = None,
         context: bytes | None = None,
     ) -> Thread:
@@ -204,10 +202,9 @@ class Scheduler:
         if context is not None:
             given_at = given_context_place(proc, context)  # probed before anything is made
         if stack is None:
-            main_reserve = self.main.stack.reserve if self.main.stack else 0
-            commit = max(commit, STACK_COMMIT)
-            reserve = max(reserve, main_reserve, STACK_RESERVE_MIN, commit + 0x100000)
-            stack = ThreadStack(proc, reserve, commit)  # NtStatusError when there is no room
+            commit, reserve = thread_stack_sizes(proc, commit, reserve)
+            # NtStatusError when there is no room (under ``highest``: NtCreateThreadEx's ZeroBits)
+            stack = ThreadStack(proc, reserve, commit, highest, WINE_START_COMMIT)
         if self._free_tebs:
             teb, slot = self._free_tebs.pop()
             proc.write(teb, bytes(TEB_REGION_SIZE))
@@ -234,6 +231,7 @@ class Scheduler:
             at = sp = write_given_context(proc, given_at, context, slot)
         thread.start_registers = loader_registers(proc, at, sp, ldr)
         thread.start_context = at
+        thread.settle_stack = own_stack
         self.threads.append(thread)
         return thread
 

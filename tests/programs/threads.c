@@ -14,6 +14,10 @@
  *   threads.exe context        Get/SetThreadContext on suspended threads (one never run, one
  *                              stopped while spinning), suspend counts
  *   threads.exe ntcreate       NtCreateThread with a stack and CONTEXT of the program's own
+ *   threads.exe stacks         thread stacks of the sizes asked (CreateThread's commit and
+ *                              reservation, RtlCreateUserThread's ZeroBits), growth, and a
+ *                              stack of the program's own that the TEB is pointed at, a
+ *                              guard page set in the stack moving StackLimit
  */
 #include <windows.h>
 #include <stdio.h>
@@ -597,6 +601,169 @@ static void ntcreate(void) {
                                                       GetCurrentProcess(), NULL, NULL, &teb, 0));
 }
 
+/* ------------------------------------------------------------------ stacks */
+/* TEB.DeallocationStack: the bottom of the thread's stack reservation */
+#ifdef _WIN64
+#define DEALLOCATION_STACK 0x1478
+#else
+#define DEALLOCATION_STACK 0xE0C
+#endif
+static char *teb_bottom(void) {
+    return *(char **)((char *)NtCurrentTeb() + DEALLOCATION_STACK);
+}
+static void set_teb_bottom(void *value) {
+    *(void **)((char *)NtCurrentTeb() + DEALLOCATION_STACK) = value;
+}
+
+static volatile ULONG_PTR stack_seen[4]; /* committed, reserved, bottom state, grown */
+
+static void __attribute__((noinline)) deep(void) {
+    volatile char buffer[0x8000];
+    buffer[0] = 1;
+    (void)buffer[0];
+}
+
+static DWORD WINAPI measure_stack(void *arg) {
+    NT_TIB *tib = (NT_TIB *)NtCurrentTeb();
+    MEMORY_BASIC_INFORMATION mbi;
+    (void)arg;
+    stack_seen[0] = (char *)tib->StackBase - (char *)tib->StackLimit;
+    stack_seen[1] = (char *)tib->StackBase - teb_bottom();
+    VirtualQuery(teb_bottom(), &mbi, sizeof(mbi));
+    stack_seen[2] = mbi.State;
+    deep();
+    stack_seen[3] = (char *)tib->StackBase - (char *)tib->StackLimit;
+    return 0;
+}
+
+static void stack_thread(const char *name, SIZE_T size, DWORD flags) {
+    char label[64];
+    HANDLE h = CreateThread(NULL, size, measure_stack, NULL, flags, NULL);
+    WaitForSingleObject(h, INFINITE);
+    CloseHandle(h);
+    sprintf(label, "%s-committed", name);
+    show(label, stack_seen[0]);
+    sprintf(label, "%s-reserved", name);
+    show(label, stack_seen[1]);
+    sprintf(label, "%s-bottom-state", name);
+    show(label, stack_seen[2]);
+    sprintf(label, "%s-grown", name);
+    show(label, stack_seen[3]);
+}
+
+typedef LONG (NTAPI *create_user_thread_fn)(HANDLE, void *, BOOLEAN, ULONG, SIZE_T, SIZE_T,
+                                              void *, void *, HANDLE *, void *);
+
+/* call_on_stack(func, arg, stack): func(arg) with the stack pointer at `stack` */
+DWORD call_on_stack(DWORD (WINAPI *func)(void *), void *arg, void *stack);
+#ifdef _WIN64
+__asm__(".globl call_on_stack\n"
+        "call_on_stack:\n\t"
+        "pushq %rbp\n\t"
+        "movq %rsp, %rbp\n\t"
+        "movq %rcx, %rax\n\t"       /* func */
+        "movq %rdx, %rcx\n\t"       /* its argument */
+        "andq $-16, %r8\n\t"
+        "leaq -0x20(%r8), %rsp\n\t" /* home space */
+        "callq *%rax\n\t"
+        "movq %rbp, %rsp\n\t"
+        "popq %rbp\n\t"
+        "ret");
+#else
+__asm__(".globl _call_on_stack\n"
+        "_call_on_stack:\n\t"
+        "pushl %ebp\n\t"
+        "movl %esp, %ebp\n\t"
+        "movl 8(%ebp), %ecx\n\t"    /* func */
+        "movl 12(%ebp), %edx\n\t"   /* its argument */
+        "movl 16(%ebp), %eax\n\t"
+        "andl $-16, %eax\n\t"
+        "leal -12(%eax), %esp\n\t"
+        "pushl %edx\n\t"
+        "call *%ecx\n\t"            /* stdcall: it pops its argument */
+        "movl %ebp, %esp\n\t"
+        "popl %ebp\n\t"
+        "ret");
+#endif
+
+static volatile ULONG_PTR lowest_limit;
+
+static DWORD WINAPI walk_down(void *arg) {
+    volatile char *p = (volatile char *)&p;
+    /* touch every page down to four pages above the bottom: each touches the guard page */
+    while (p >= teb_bottom() + 4 * 0x1000) {
+        p[0] |= 0;
+        p -= 0x1000;
+    }
+    lowest_limit = (char *)((NT_TIB *)NtCurrentTeb())->StackLimit - teb_bottom();
+    return (DWORD)(ULONG_PTR)arg;
+}
+
+static void stacks(void) {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    stack_thread("commit-3f00", 0x3f00, 0);
+    stack_thread("reserve-3ff000", 0x3ff000, STACK_SIZE_PARAM_IS_A_RESERVATION);
+    stack_thread("commit-280000", 0x280000, 0); /* more than the image's reserve */
+
+    create_user_thread_fn create_user_thread = (create_user_thread_fn)GetProcAddress(
+        GetModuleHandleA("ntdll.dll"), "RtlCreateUserThread");
+    HANDLE h = NULL;
+    ULONG_PTR cid[2];
+    LONG status = create_user_thread(GetCurrentProcess(), NULL, FALSE, 0, 0x100000, 0x2000,
+                                     (void *)measure_stack, NULL, &h, cid);
+    show("rtl-status", (unsigned long)status);
+    WaitForSingleObject(h, INFINITE);
+    CloseHandle(h);
+    show("rtl-committed", stack_seen[0]);
+    show("rtl-reserved", stack_seen[1]);
+    /* ZeroBits 13: the stack must lie below 0x80000, too small for it */
+    status = create_user_thread(GetCurrentProcess(), NULL, FALSE, 13, 0x100000, 0x2000,
+                                (void *)measure_stack, NULL, &h, cid);
+    show("rtl-zero-bits-13", (unsigned long)status);
+    /* a ZeroBits mask: x64 only */
+    status = create_user_thread(GetCurrentProcess(), NULL, FALSE, 0x7fffffff, 0x100000, 0x2000,
+                                (void *)measure_stack, NULL, &h, cid);
+    show("rtl-zero-bits-mask", (unsigned long)status);
+    if (!status) {
+        WaitForSingleObject(h, INFINITE);
+        CloseHandle(h);
+    }
+
+    /* a stack of the program's own: reserved, one guard page at its top, named by the TEB */
+    char *mine = VirtualAlloc(NULL, 0x100000, MEM_RESERVE, PAGE_READWRITE);
+    char *top = mine + 0x100000;
+    VirtualAlloc(top - 0x1000, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+    NT_TIB *tib = (NT_TIB *)NtCurrentTeb();
+    void *old_bottom = teb_bottom(), *old_base = tib->StackBase, *old_limit = tib->StackLimit;
+    set_teb_bottom(mine);
+    tib->StackBase = top;
+    tib->StackLimit = top;
+    DWORD result = call_on_stack(walk_down, (void *)42, top);
+    set_teb_bottom(old_bottom);
+    tib->StackBase = old_base;
+    tib->StackLimit = old_limit;
+    show("own-stack-result", result);
+    show("own-stack-limit", lowest_limit);
+    MEMORY_BASIC_INFORMATION mbi;
+    VirtualQuery(mine + 0x3000, &mbi, sizeof(mbi));
+    show("own-stack-guard", mbi.Protect);
+    VirtualFree(mine, 0, MEM_RELEASE);
+
+    /* a guard page set in the committed stack shrinks it: StackLimit moves above the guard */
+    char *limit = tib->StackLimit;
+    DWORD old;
+    VirtualProtect(limit + 0x2000, 0x1000, PAGE_READWRITE | PAGE_GUARD, &old);
+    show("guard-set-limit", (char *)tib->StackLimit - limit);
+    show("guard-set-old", old);
+    VirtualProtect(limit + 0x2000, 0x1000, PAGE_READWRITE, &old);
+    show("guard-cleared-limit", (char *)tib->StackLimit - limit); /* not moved back */
+    VirtualAlloc(limit + 0x4000, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+    show("guard-commit-limit", (char *)tib->StackLimit - limit);
+    VirtualProtect(limit + 0x4000, 0x1000, PAGE_READWRITE, &old);
+    tib->StackLimit = limit;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *mode = argc > 1 ? argv[1] : "basic";
@@ -611,6 +778,8 @@ int main(int argc, char **argv) {
         apc();
     } else if (!strcmp(mode, "ntcreate")) {
         ntcreate();
+    } else if (!strcmp(mode, "stacks")) {
+        stacks();
     } else if (!strcmp(mode, "context")) {
         context();
     } else if (!strcmp(mode, "last")) {

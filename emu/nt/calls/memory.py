@@ -33,6 +33,7 @@ from emu.nt.kernel import (
 )
 from emu.nt.memory import Region, align_down, align_up
 from emu.nt.objects import put_buffer
+from emu.nt.stack import guard_set
 from emu.win.layouts import (
     MEM_ADDRESS_REQUIREMENTS,
     MEM_EXTENDED_PARAMETER,
@@ -57,6 +58,7 @@ from emu.win.ntdefs import (
     MEM_TOP_DOWN,
     MEM_WRITE_WATCH,
     MEMORY_INFORMATION_CLASS,
+    PAGE_GUARD,
     PAGE_NOACCESS,
     PAGE_SIZE,
     VIRTUAL_MEMORY_INFORMATION_CLASS,
@@ -149,7 +151,7 @@ def _allocate(
         Protect != PAGE_NOACCESS or AllocationType & (MEM_COMMIT | MEM_WRITE_WATCH)
     ):
         raise NtStatusError(NtStatus.INVALID_PARAMETER, "a placeholder is PAGE_NOACCESS only")
-    return mem.allocate(
+    new_base, new_size = mem.allocate(
         base,
         size,
         AllocationType,
@@ -161,6 +163,9 @@ def _allocate(
         placeholder=placeholder,
         user=True,
     )
+    if AllocationType & MEM_COMMIT and Protect & PAGE_GUARD:
+        guard_set(k.proc, new_base, new_size)
+    return new_base, new_size
 
 
 @syscall
@@ -323,6 +328,8 @@ def NtProtectVirtualMemory(
     base, size = _read_in_out(k, BaseAddress, RegionSize)
     k.write_u32(OldProtect, 0)  # probe: OldProtect is required
     new_base, new_size, old = k.memory.protect(base, size, NewProtect, user=True)
+    if NewProtect & PAGE_GUARD:
+        guard_set(k.proc, new_base, new_size)
     k.write_ptr(BaseAddress, new_base)
     k.write_ptr(RegionSize, new_size)
     k.write_u32(OldProtect, old)

@@ -92,6 +92,10 @@ def NtContinue(k: Kernel, ContextRecord: PCONTEXT, TestAlert: BOOLEAN) -> int:
     k.details.update(pc=pc, sp=k.proc.cpu.sp, target=k.proc.symbolize(pc))
     k.return_value = k.proc.cpu.reg(arch.ret)
     thread = k.proc.threads.current
+    if thread.settle_stack and ContextRecord == thread.start_context and thread.stack:
+        # Wine's thread start has cleared its stack and goes to the thread's code
+        thread.settle_stack = False
+        thread.stack.settle()
     if TestAlert and k.proc.threads.test_alert(thread) is not None and thread.apc_pending:
         # KeTestAlertThread: the next queued user APC runs before the context resumes
         k.details.update(apc=deliver_apc(k.proc, thread, stepped=stepped))

@@ -91,10 +91,15 @@ def NtCreateThreadEx(
     AttributeList: PVOID,
 ) -> int:
     """A thread of this process that will run ``StartRoutine(Argument)`` through ntdll's
-    thread start (``emu.nt.threads``); a stack of MaximumStackSize (at least the image's),
-    StackSize committed (at least what Wine's thread start clears)."""
+    thread start (``emu.nt.threads``); a stack of MaximumStackSize reserved, StackSize
+    committed (``emu.nt.stack.thread_stack_sizes``: 0 is the image's), under ZeroBits."""
+    from emu.nt.calls.memory import zero_bits_limit
+
     k.check_process_handle(ProcessHandle)
     k.write_ptr(ThreadHandle, 0)  # probe the out-parameter before anything is made
+    # ZeroBits bounds the stack as NtAllocateVirtualMemory's does (a mask on x86 is
+    # STATUS_INVALID_PARAMETER_3: ntdll/tests virtual.c test_RtlCreateUserStack)
+    highest = zero_bits_limit(k, ZeroBits, 3)
     sched = k.proc.threads
     thread = sched.create_thread(
         StartRoutine,
@@ -102,6 +107,7 @@ def NtCreateThreadEx(
         suspended=bool(CreateFlags & THREAD_CREATE_FLAGS_CREATE_SUSPENDED),
         commit=StackSize,
         reserve=MaximumStackSize,
+        highest=highest,
     )
     handle = k.proc.objects.insert(thread)
     k.write_ptr(ThreadHandle, handle)
