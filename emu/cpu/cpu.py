@@ -645,6 +645,24 @@ class Cpu:
             return [p for p in range(start, end, 0x1000) if p in pages]
         return sorted(p for p in pages if start <= p < end)
 
+    def prime(self, addr: int, size: int, protect: int) -> None:
+        """The pages of [addr, addr+size) were just committed with ``protect``, which is what
+        the page-fault handler will answer for each of them until they change again (the
+        caller knows: no guard page, no first write to watch): cache that answer now, so the
+        first access to each needs no Python. Executable protections, shared (aliased) ranges
+        and the system's pages are left to the handler (it keeps their bookkeeping)."""
+        perms = _UC_PERMS.get(protect & 0xFF, 0)
+        if not perms or perms & UC_X or self._shares:
+            return
+        start, end = addr & _PAGE_MASK, addr + size
+        if self._system_pages and self._pages_within(addr, size, self._system_pages):
+            return
+        if self._native_perms is not None:
+            self._native_perms.put_range(start, end, 0x1000, perms)
+        else:
+            for page in range(start, end, 0x1000):
+                self._perms[page] = perms
+
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""
         if self._native_perms is not None:

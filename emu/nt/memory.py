@@ -1095,6 +1095,7 @@ class MemoryManager:
         them, any other change only drops the CPU's cached translations."""
         cpu = self.cpu
         changed = 0
+        plain = region.type == MEM_PRIVATE and not region.write_watch
         for _, i, j, old in list(region.pages.runs(i0, i1)):
             addr, length = region.base + i * PAGE_SIZE, (j - i) * PAGE_SIZE
             if new == RESERVED:
@@ -1111,6 +1112,10 @@ class MemoryManager:
                     raise NtStatusError(
                         NtStatus.COMMITMENT_LIMIT, f"cannot commit 0x{length:x} bytes: {e}"
                     ) from None
+                if plain and _mapped(new):
+                    # what the page-fault handler will answer for these pages (no guard, no
+                    # first write to watch), cached now: their first accesses need no Python
+                    cpu.prime(addr, length, new)
             elif _mapped(old) != _mapped(new):  # a guard page set or cleared: ask again
                 cpu.protect(addr, length, new)
             else:
