@@ -16,6 +16,7 @@ from emu.win.ntdefs import (
     MEM_RELEASE,
     MEM_RESERVE,
     PAGE_GUARD,
+    PAGE_READONLY,
     PAGE_READWRITE,
 )
 
@@ -111,3 +112,60 @@ def test_a_jump_into_reserved_memory_is_reported_unreadable(proc: Process) -> No
         proc.call(assemble(proc, f"mov {ax}, {target:#x}; call {ax}; ret"))
     assert (e.value.kind, e.value.pc) == ("unmapped fetch", target)
     assert e.value.instruction == "<unreadable>"
+
+
+def _faults_asked(proc: Process) -> list[int]:
+    """The pages the CPU asks the page-fault handler about from now on."""
+    asked: list[int] = []
+    handler = proc.cpu.page_fault_handler
+    assert handler is not None
+
+    def recording(page: int, access: str) -> object:
+        asked.append(page)
+        return handler(page, access)
+
+    proc.cpu.page_fault_handler = recording  # type: ignore[assignment]
+    return asked
+
+
+def test_committed_private_pages_need_no_page_fault_on_first_access(proc: Process) -> None:
+    """A commit of plain private memory caches the answer the page-fault handler would give
+    (Cpu.prime): the first accesses to those pages cost no Python. What must not change: a
+    protection change or a decommit still reaches the handler and faults as before."""
+    base, _ = proc.memory.allocate(0, 0x10000, MEM_RESERVE, PAGE_READWRITE)
+    proc.memory.allocate(base + 0x2000, 0x4000, MEM_COMMIT, PAGE_READWRITE)
+    page = base + 0x3000
+    write = assemble(proc, f"mov dword ptr [{page:#x}], 0x11223344; ret")
+    read = _reader(proc, page)
+    asked = _faults_asked(proc)
+    proc.call(write)
+    assert proc.call(read) == 0x11223344
+    assert page not in asked  # primed by the commit
+    proc.memory.protect(base + 0x2000, 0x4000, PAGE_READONLY)
+    with pytest.raises(EmulationError) as e:
+        proc.call(write)
+    assert (e.value.kind, e.value.address) == ("protected write", page)
+    assert page in asked
+    proc.memory.free(page, 0x1000, MEM_DECOMMIT)
+    with pytest.raises(EmulationError) as e:
+        proc.call(read)
+    assert (e.value.kind, e.value.address) == ("unmapped read", page)
+
+
+def test_priming_leaves_guard_and_write_watch_pages_to_the_handler(proc: Process) -> None:
+    """Pages whose first access Windows acts on are not primed: a guard page still raises
+    STATUS_GUARD_PAGE_VIOLATION once, a write-watched page still records its first write."""
+    base, _ = proc.memory.allocate(0, 0x10000, MEM_RESERVE, PAGE_READWRITE)
+    proc.memory.allocate(base, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
+    read = _reader(proc, base)
+    with pytest.raises(EmulationError) as e:
+        proc.call(read)
+    assert e.value.kind == "guard page violation"
+    assert proc.call(read) == 0  # one-shot
+    watched, _ = proc.memory.allocate(
+        0, 0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, write_watch=True
+    )
+    region = proc.memory.region_at(watched)
+    assert region is not None
+    proc.call(assemble(proc, f"mov dword ptr [{watched + 0x2000:#x}], 1; ret"))
+    assert proc.memory.write_watch_pages(region, 0, region.pages.count) == [2]

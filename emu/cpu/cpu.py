@@ -77,6 +77,12 @@ _UC_PERMS = {
 }
 
 
+def _span_with(span: tuple[int, int], addr: int, size: int) -> tuple[int, int]:
+    """[lo, hi) grown to cover [addr, addr+size) (an empty span is (0, 0))."""
+    lo, hi = span
+    return (addr, addr + size) if lo == hi else (min(lo, addr), max(hi, addr + size))
+
+
 _UC_MODES = {"x86": unicorn.UC_MODE_32, "x64": unicorn.UC_MODE_64}
 
 
@@ -353,6 +359,7 @@ class Cpu:
         # also hold memory that is not, which fault reports must not show as code
         self.readable: Callable[[int, int], bool] | None = None
         self._system_pages: dict[int, int] = {}  # page -> protection, mapped by map_system
+        self._system_span = (0, 0)  # [lowest, end) of the system pages
         # page -> Unicorn permissions, as the page-fault handler last answered: a TLB flush
         # refills from here without asking again. With the native fast path
         # (emu/cpu/native.py) the cache is its C map alone (_native_perms: the refill does not
@@ -610,6 +617,7 @@ class Cpu:
             raise _cpu_error(e, f"map 0x{addr:x}+0x{size:x}") from None
         for page in range(addr, addr + size, 0x1000):
             self._system_pages[page] = protect
+        self._system_span = _span_with(self._system_span, addr, size)
 
     def map_host(self, addr: int, size: int) -> ctypes.Array[ctypes.c_char]:
         """Map zeroed host memory at [addr, addr+size), outside the process's address space
@@ -624,6 +632,7 @@ class Cpu:
         self._host_memory.append((mem, buf))
         for page in range(addr, addr + size, 0x1000):
             self._system_pages[page] = PAGE_READWRITE
+        self._system_span = _span_with(self._system_span, addr, size)
         return buf
 
     def protect(self, addr: int, size: int, protect: int) -> None:
@@ -644,6 +653,25 @@ class Cpu:
         if size >> 12 <= len(pages):
             return [p for p in range(start, end, 0x1000) if p in pages]
         return sorted(p for p in pages if start <= p < end)
+
+    def prime(self, addr: int, size: int, protect: int) -> None:
+        """The pages of [addr, addr+size) were just committed with ``protect``, which is what
+        the page-fault handler will answer for each of them until they change again (the
+        caller knows: no guard page, no first write to watch): cache that answer now, so the
+        first access to each needs no Python. Executable protections, shared (aliased) ranges
+        and the system's pages are left to the handler (it keeps their bookkeeping)."""
+        perms = _UC_PERMS.get(protect & 0xFF, 0)
+        if not perms or perms & UC_X or self._shares:
+            return
+        start, end = addr & _PAGE_MASK, addr + size
+        lo, hi = self._system_span
+        if start < hi and end > lo:  # (never: the system's pages are outside the process's)
+            return
+        if self._native_perms is not None:
+            self._native_perms.put_range(start, end, 0x1000, perms)
+        else:
+            for page in range(start, end, 0x1000):
+                self._perms[page] = perms
 
     def _forget(self, addr: int, size: int) -> None:
         """The page-fault handler's answers for [addr, addr+size) may change: ask again."""

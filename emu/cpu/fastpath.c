@@ -152,6 +152,14 @@ void heapemu_map_del_range(map_t *m, uint64_t start, uint64_t end, uint64_t step
             m->tombs++;
         }
 }
+/* put the keys in [start, end) that are multiples of step, all with value v: nonzero when
+   out of memory */
+int heapemu_map_put_range(map_t *m, uint64_t start, uint64_t end, uint64_t step, int64_t v) {
+    for (uint64_t k = start; k < end; k += step)
+        if (map_put(m, k, v))
+            return 1;
+    return 0;
+}
 uint64_t heapemu_map_len(const map_t *m) { return m->used; }
 
 /* ---------------------------------------------------------------- TLB fill */

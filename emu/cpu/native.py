@@ -115,6 +115,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ("heapemu_map_del", None, [vp, u64]),
         ("heapemu_map_clear", None, [vp]),
         ("heapemu_map_del_range", None, [vp, u64, u64, u64]),
+        ("heapemu_map_put_range", ctypes.c_int, [vp, u64, u64, u64, i64]),
         ("heapemu_map_len", u64, [vp]),
     ):
         fn = getattr(lib, name)
@@ -192,6 +193,11 @@ class NativeMap:
 
     def clear(self) -> None:
         self._lib.heapemu_map_clear(self.ptr)
+
+    def put_range(self, start: int, end: int, step: int, value: int) -> None:
+        """Put the keys ``start``, ``start + step``, ... below ``end``, all with ``value``."""
+        if self._lib.heapemu_map_put_range(self.ptr, start, end, step, value):
+            raise MemoryError("heapemu_map_put_range")
 
     def delete_range(self, start: int, end: int, step: int) -> None:
         """Delete the keys ``start``, ``start + step``, ... below ``end``."""

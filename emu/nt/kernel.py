@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 import struct
 import traceback
 from collections.abc import Callable, Iterable
@@ -77,6 +78,7 @@ ArgReader = Callable[[int], list[int]]
 
 
 _MARK = "__nt_syscall__"
+_UNSEEN = "\0unseen"  # SyscallDispatcher._names: a call site not looked up yet
 
 
 def syscall(fn: Callable[..., int]) -> Callable[..., int]:
@@ -115,6 +117,8 @@ def collect_handlers(modules: Iterable[ModuleType]) -> dict[str, SyscallHandler]
 class Kernel:
     """What a handler sees: the process, and user-memory access that probes like the kernel
     (a bad pointer is STATUS_ACCESS_VIOLATION, never a Python crash)."""
+
+    __slots__ = ("arch", "details", "memory", "proc", "return_value")
 
     def __init__(self, proc: ProcessCore):
         self.proc = proc
@@ -269,9 +273,8 @@ class SyscallDispatcher:
         arguments (raw pointer-sized values: each handler parameter's width masks its own)."""
         proc = self.proc
         key = (pc, number)
-        if key in self._names:
-            name = self._names[key]
-        else:
+        name = self._names.get(key, _UNSEEN)
+        if name is _UNSEEN:
             name = self.name_of(number, pc)
             if len(self._names) < 4096:  # garbage numbers from hostile code stay bounded
                 self._names[key] = name
@@ -287,7 +290,8 @@ class SyscallDispatcher:
             if self.strict:
                 raise NtStatusError(NtStatus.NOT_IMPLEMENTED, f"unhandled system call {label}")
             return int(NtStatus.NOT_IMPLEMENTED)
-        values = [v & m for v, m in zip(args(len(handler.masks)), handler.masks, strict=True)]
+        # args(n) gives exactly n values: each masked to its parameter's width
+        values = list(map(operator.and_, args(len(handler.masks)), handler.masks))
         k = Kernel(proc)
         try:
             status = handler.fn(k, *values)

@@ -165,6 +165,10 @@ class PageRuns:
         if i0 >= i1:
             return
         starts, states = self.starts, self.states
+        if i0 == 0 and i1 >= self.count:  # every page: one run (a whole allocation)
+            del starts[1:], states[1:]
+            states[0] = state
+            return
         # the state that continues after i1, then drop every run start inside (i0, i1]
         after = self.get(i1) if i1 < self.count else None
         k0 = bisect.bisect_right(starts, i0)
@@ -1095,7 +1099,15 @@ class MemoryManager:
         them, any other change only drops the CPU's cached translations."""
         cpu = self.cpu
         changed = 0
-        for _, i, j, old in list(region.pages.runs(i0, i1)):
+        plain = region.type == MEM_PRIVATE and not region.write_watch
+        pages = region.pages
+        alone = pages.uniform(i0, i1)  # usually one run, old state: no generator then
+        runs = (
+            [(i0, i1, alone)]
+            if alone is not None
+            else [(i, j, old) for _, i, j, old in pages.runs(i0, i1)]
+        )
+        for i, j, old in runs:
             addr, length = region.base + i * PAGE_SIZE, (j - i) * PAGE_SIZE
             if new == RESERVED:
                 if old != RESERVED:
@@ -1111,6 +1123,10 @@ class MemoryManager:
                     raise NtStatusError(
                         NtStatus.COMMITMENT_LIMIT, f"cannot commit 0x{length:x} bytes: {e}"
                     ) from None
+                if plain and _mapped(new):
+                    # what the page-fault handler will answer for these pages (no guard, no
+                    # first write to watch), cached now: their first accesses need no Python
+                    cpu.prime(addr, length, new)
             elif _mapped(old) != _mapped(new):  # a guard page set or cleared: ask again
                 cpu.protect(addr, length, new)
             else:
@@ -1119,7 +1135,7 @@ class MemoryManager:
                                 self.cpu_protection(region, a, new))  # fmt: skip
             if (old == RESERVED) != (new == RESERVED):
                 changed += length if old == RESERVED else -length
-        region.pages.set(i0, i1, new)
+        pages.set(i0, i1, new)
         self.committed += changed
         self.peak_committed = max(self.peak_committed, self.committed)
 

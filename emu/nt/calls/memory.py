@@ -89,6 +89,13 @@ def zero_bits_limit(k: Kernel, zero_bits: int, param: int) -> int | None:
 
 def _read_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int]:
     """The in/out base and size, probed for writing before anything changes."""
+    n = k.arch.ptr_size
+    plain = k.memory.plain_access
+    if plain(BaseAddress, n, write=True) and plain(RegionSize, n, write=True):
+        # the common case: both writable plain private memory, where writing the values back
+        # would change nothing (no write watch to see it): read them, done
+        read, unpack = k.proc.cpu.read, k.arch.unpack_ptr
+        return unpack(read(BaseAddress, n)), unpack(read(RegionSize, n))
     base = k.read_ptr(BaseAddress)
     size = k.read_ptr(RegionSize)
     k.write_ptr(BaseAddress, base)
