@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from emu.cpu.segments import SEL64_CODE3, SEL64_DATA3, SEL64_FS, SEL_DATA3, SEL_TEB, teb_selector
 from emu.errors import CpuState, Fault, NtStatusError
-from emu.nt.stack import grow_stack, teb_stack
+from emu.nt.stack import touch_guard
 from emu.win.layouts import (
     CONTEXT,
     CONTEXT_ARCH_BIT,
@@ -348,9 +348,7 @@ def make_stack_room(proc: ProcessCore, low: int, high: int) -> tuple[bool, int |
     while page >= low & ~(PAGE_SIZE - 1):
         state = proc.memory.page_state(page)
         if state and state & PAGE_GUARD:
-            teb = proc.threads.current.teb or proc.teb
-            bottom, top = teb_stack(proc, teb)
-            if bottom <= page < top and grow_stack(proc, teb, page, bottom) is not None:
+            if touch_guard(proc, page)[1] is not None:
                 overflow = page if overflow is None else overflow
             state = proc.memory.page_state(page)
         if not state or state & PAGE_GUARD or not proc.memory.is_accessible(page, 1, write=True):

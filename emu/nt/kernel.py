@@ -142,18 +142,16 @@ class Kernel:
         msvcrt _resetstkoflw relies on it: it makes the page under its own local a guard page
         through VirtualProtect, whose out-parameters are on that page). True when a guard page
         was touched; STATUS_STACK_OVERFLOW when that left no room for another one."""
-        from emu.nt.stack import grow_stack, teb_stack
+        from emu.nt.stack import running_stack, touch_guard
 
         grew = False
-        proc = self.proc
-        teb = proc.threads.current.teb or proc.teb  # the calling thread's stack, as its TEB says
-        low, high = teb_stack(proc, teb)
+        _, low, high = running_stack(self.proc)  # the calling thread's stack, as its TEB says
         # only the pages of [addr, addr + size) on the stack (a probe may be huge)
         page = max(addr, low) & ~(PAGE_SIZE - 1)
         while page < min(addr + size, high):
             state = self.memory.page_state(page)
             if state and state & PAGE_GUARD:
-                if grow_stack(proc, teb, page, low) is not None:
+                if touch_guard(self.proc, page)[1] is not None:
                     raise NtStatusError(NtStatus.STACK_OVERFLOW, f"guard page 0x{page:x}")
                 grew = True
             page += PAGE_SIZE

@@ -199,6 +199,24 @@ def guard_set(proc: ProcessCore, start: int, size: int) -> None:
         TEB.write(proc, arch, teb, "StackLimit", min(end, top))
 
 
+def running_stack(proc: ProcessCore) -> tuple[int, int, int]:
+    """(TEB, DeallocationStack, StackBase) of the thread that runs now: the only stack a guard
+    page touch grows (MmAccessFault's user stack check)."""
+    teb = proc.threads.current.teb or proc.teb
+    low, high = teb_stack(proc, teb)
+    return teb, low, high
+
+
+def touch_guard(proc: ProcessCore, page: int) -> tuple[bool, Fault | None]:
+    """The running thread touched the guard page ``page``, from user mode or through the
+    kernel: (False, None) when it is not on its stack (a plain guard page, its caller's to
+    answer), else the stack grown: (True, None), or (True, the STATUS_STACK_OVERFLOW fault)."""
+    teb, low, high = running_stack(proc)
+    if not low <= page < high:
+        return False, None
+    return True, grow_stack(proc, teb, page, low)
+
+
 def grow_stack(proc: ProcessCore, teb: int, addr: int, base: int | None = None) -> Fault | None:
     """A touch of a guard page at ``addr`` on the stack of the thread whose TEB is ``teb``
     (``base``: its DeallocationStack, read from the TEB by default): the page is committed

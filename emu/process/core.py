@@ -44,7 +44,7 @@ from emu.nt.memory import MemoryManager
 from emu.nt.objects import ObjectManager
 from emu.nt.records import DEFAULT_SYSCALL_LOG, SyscallLog
 from emu.nt.shared_data import UPTIME_MS, SharedClock, fill_shared_user_data
-from emu.nt.stack import ThreadStack, grow_stack, teb_stack
+from emu.nt.stack import ThreadStack, touch_guard
 from emu.nt.threads import Scheduler
 from emu.win.ntdefs import (
     HEAP_GROWABLE,
@@ -801,12 +801,10 @@ class ProcessCore:
         if not state:
             return None  # free or reserved
         if state & PAGE_GUARD:
-            # the stack grows only within the running thread's stack as its TEB names it
-            # (MmAccessFault's user stack check); anywhere else it is a guard page violation
-            teb = self.threads.current.teb or self.teb
-            low, high = teb_stack(self, teb)
-            if low <= page < high:
-                fault = grow_stack(self, teb, page, low)
+            # the stack grows only within the running thread's stack as its TEB names it;
+            # anywhere else it is a guard page violation
+            on_stack, fault = touch_guard(self, page)
+            if on_stack:
                 return self.memory.page_state(page) if fault is None else fault
             self.memory.clear_guard(page)
             return Fault("guard page violation", status=NtStatus.GUARD_PAGE_VIOLATION)
