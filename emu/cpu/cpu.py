@@ -409,7 +409,7 @@ class Cpu:
             )
         else:
             self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
-        # How a run ends at ``until`` (see run): a native code hook there, and Unicorn's own
+        # How a run ends at ``until`` (see run): a native block hook there, and Unicorn's own
         # exit at ``run_exit``, an address no code reaches (0: Unicorn's exit at ``until``)
         self.run_exit = 0
         self._stop_state: native.StopState | None = None
@@ -1009,9 +1009,9 @@ class Cpu:
         translation buffer is full: ~250 bytes of host memory and a translation per run (a
         million calls: ~250 MiB). With the native fast path a block hook at ``until`` (in C,
         added once per address: ``end_runs_at``) stops the run before the instruction there
-        and before any other hook sees it, and Unicorn's
-        own exit is ``run_exit``, an address no code reaches (the GDT's page, set up by
-        ``segments``: a user-mode jump exactly there would end the run like ``until``)."""
+        and before any other hook sees it, and Unicorn's own exit is ``run_exit``, an address
+        no code reaches (the GDT's page, set up by ``segments``: a user-mode jump exactly there
+        would end the run like ``until``)."""
         if (count != 0) is not self._counting:
             # Unicorn instruments instruction counting at translation time: blocks translated
             # without it ignore a new budget (and vice versa), so start from a clean cache.
