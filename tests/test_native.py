@@ -71,10 +71,12 @@ def test_without_a_compiler_the_cpu_falls_back_to_python(
     monkeypatch.setenv("HEAPEMU_NATIVE_DIR", str(tmp_path))  # nothing built there yet
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
     monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_loaded_direct", {})
     monkeypatch.setattr(native.shutil, "which", lambda name: "/bin/false")
-    assert native.library() is None
+    assert native.library() is None and native.direct() is None
     proc = Process(arch, time_limit=10.0)
     assert proc.cpu._native is None and proc.cpu.tlb_counters() is None
+    assert proc.cpu._direct is None
     a = Allocator(proc, proc.load_allocator("builtin"))
     heap = a.create_heap()
     with proc.record() as rec:
@@ -105,3 +107,74 @@ def test_a_counting_block_counter_counts_every_instruction_once(
     proc.call(f.exports["f"])
     assert counter.instructions - before - gate == 1 + 3 * 1000 + 1
     counter.stop()
+
+
+def _cpu_answers(proc: Process) -> dict[str, Any]:
+    """What the CPU's C-API calls answer: registers of every width, reads and writes inside
+    and outside backed memory, unreadable ranges, a call's result."""
+    import ctypes
+
+    from emu.cpu.cpu import CpuError
+
+    cpu = proc.cpu
+    wide = proc.arch.ptr_size == 8
+    acc = "rax" if wide else "eax"
+    cpu.set_reg(acc, 0x1122334455667788 if wide else 0x55667788)
+    out: dict[str, Any] = {r: cpu.reg(r) for r in (acc, "ax", "al", "ah", "cs", "ss", "eflags")}
+    cpu.set_reg("ax", 0xBEEF)
+    out["after_ax"] = cpu.reg(acc)
+    base = proc.memory.allocate(0, 0x2000, 0x3000, 0x04)[0]  # MEM_COMMIT|RESERVE, RW
+    cpu.write(base + 0xFFE, b"\x01\x02\x03\x04")
+    out["read"] = cpu.read(base + 0xFFE, 4)
+    out["gate"] = cpu.read(proc.call_gate.return_address, 8)  # outside backed memory
+    buf = ctypes.create_string_buffer(16)
+    out["into"] = cpu.read_into(base, buf, 16), buf.raw
+    out["into_unmapped"] = cpu.read_into(0x10, buf, 16)
+    for name, op in (
+        ("read_unmapped", lambda: cpu.read(0x10, 4)),
+        ("write_unmapped", lambda: cpu.write(0x10, b"x")),
+    ):
+        try:
+            op()
+            out[name] = "no error"
+        except CpuError as e:
+            out[name] = f"CpuError: {e}"
+    f = proc.load_flat("f:\n lea eax, [ecx + edx]\n ret\n", "f").exports["f"]
+    out["call"] = proc.call(f, 40, 2, convention="fastcall" if not wide else None)
+    out["pc"] = cpu.pc != 0
+    return out
+
+
+def test_direct_calls_answer_as_ctypes_does(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """emu/cpu/direct.c (Unicorn's C API without ctypes) gives the CPU the same answers as
+    ctypes: registers zero-extended at every width, reads, writes and their errors."""
+    fast = Process(arch, time_limit=10.0)
+    assert fast.cpu._direct is not None, "the direct module did not build on this machine"
+    direct = _cpu_answers(fast)
+    monkeypatch.setenv("HEAPEMU_NATIVE", "0")
+    slow = Process(arch, time_limit=10.0)
+    assert slow.cpu._direct is None
+    assert direct == _cpu_answers(slow)
+    assert direct["al"] == 0x88 and direct["ah"] == 0x77 and direct["call"] == 42
+    assert direct["into_unmapped"] is False and "UNMAPPED" in direct["read_unmapped"]
+
+
+def test_without_python_headers_calls_go_through_ctypes(
+    arch: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python without its headers (no python3-dev): the direct module is not built and the
+    CPU calls Unicorn through ctypes (the C fast paths, which need no headers, stay)."""
+    monkeypatch.setenv("HEAPEMU_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_loaded_direct", {})
+    real = native.sysconfig.get_paths
+    monkeypatch.setattr(
+        native.sysconfig, "get_paths", lambda: {**real(), "include": str(tmp_path / "none")}
+    )
+    assert native.direct() is None
+    assert not list(tmp_path.glob("direct-*"))
+    proc = Process(arch, time_limit=10.0)
+    assert proc.cpu._direct is None and proc.cpu._native is not None
+    a = Allocator(proc, proc.load_allocator("builtin"))
+    heap = a.create_heap()
+    p = a.alloc(heap, 0x100)
+    assert p and a.free(heap, p)

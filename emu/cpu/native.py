@@ -17,24 +17,32 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
+from types import ModuleType
+
+from unicorn.unicorn_py3.unicorn import uclib
 
 log = logging.getLogger("heapemu.cpu")
 
 SOURCE = Path(__file__).with_name("fastpath.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror")
+DIRECT_SOURCE = Path(__file__).with_name("direct.c")
+DIRECT_FLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
 BUILD_TIMEOUT = 120
 MAX_REGS, MAX_FRAME = 32, 256  # as in fastpath.c
 SPECIAL_ENTRY, SPECIAL_RETURN = 1, 2  # the special map's values, as in fastpath.c
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
+_loaded_direct: dict[str, ModuleType | None] = {}
 
 
 def enabled() -> bool:
@@ -55,14 +63,16 @@ def _build_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "heapemu" / "native"
 
 
-def _build() -> Path | None:
+def _build(
+    source_path: Path = SOURCE, flags: tuple[str, ...] = FLAGS, suffix: str = ".so"
+) -> Path | None:
     cc = _compiler()
     if cc is None:
         log.info("heapemu: no C compiler: native fast paths off")
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + "\0".join((cc, *FLAGS)).encode()).hexdigest()[:16]
-    target = _build_dir() / f"fastpath-{key}.so"
+    source = source_path.read_bytes()
+    key = hashlib.sha256(source + "\0".join((cc, *flags, suffix)).encode()).hexdigest()[:16]
+    target = _build_dir() / f"{source_path.stem}-{key}{suffix}"
     if target.exists():
         return target
     tmp: str | None = None
@@ -71,7 +81,7 @@ def _build() -> Path | None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE)],
+            [cc, *flags, "-o", tmp, str(source_path)],
             check=True,
             capture_output=True,
             timeout=BUILD_TIMEOUT,
@@ -79,7 +89,7 @@ def _build() -> Path | None:
         os.replace(tmp, target)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
-        log.warning("heapemu: building %s failed (%s): native fast paths off", SOURCE.name, e)
+        log.warning("heapemu: building %s failed (%s): native fast paths off", source_path.name, e)
         if detail:
             log.info("%s", detail.decode(errors="replace")[-2000:])
         return None
@@ -104,6 +114,56 @@ def library() -> ctypes.CDLL | None:
                     log.warning("heapemu: loading %s failed (%s): native fast paths off", path, e)
             _loaded["lib"] = lib
         return _loaded["lib"]
+
+
+def direct() -> ModuleType | None:
+    """``direct.c``, Unicorn's C API called from Python without ctypes (a CPython extension
+    built on first use with the running Python's headers), bound to Unicorn's functions; None
+    when disabled (``HEAPEMU_NATIVE=0``) or unbuildable (no compiler, no ``Python.h``): the
+    CPU then calls through ctypes."""
+    if not enabled():
+        return None
+    with _lock:
+        if "direct" not in _loaded_direct:
+            _loaded_direct["direct"] = _load_direct()
+        return _loaded_direct["direct"]
+
+
+def _load_direct() -> ModuleType | None:
+    include = sysconfig.get_paths().get("include", "")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    if not (Path(include) / "Python.h").exists():
+        log.info("heapemu: no Python.h in %r: direct calls off (ctypes instead)", include)
+        return None
+    path = _build(DIRECT_SOURCE, (*DIRECT_FLAGS, f"-I{include}"), suffix)
+    if path is None:
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location("_heapemu_direct", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"no loader for {path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        address = ctypes.c_void_p
+        module.bind(
+            *(
+                ctypes.cast(getattr(uclib, name), address).value
+                for name in (
+                    "uc_emu_start",
+                    "uc_reg_read",
+                    "uc_reg_write",
+                    "uc_mem_read",
+                    "uc_mem_write",
+                    "uc_reg_read_batch",
+                    "uc_reg_write_batch",
+                    "uc_ctl",
+                )
+            )
+        )
+    except (ImportError, OSError, AttributeError, ValueError) as e:
+        log.warning("heapemu: loading %s failed (%s): direct calls off", path, e)
+        return None
+    return module
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
