@@ -1,7 +1,9 @@
 """µs per ``proc.call`` of a 10-instruction function, next to the raw Unicorn floor
 (``reg_write(SP)`` + ``emu_start`` of the same function through ctypes, its return address on
 its own page), in the same run: chunks of each alternate, the best chunk counts.
-Target: proc.call <= 1.5x the floor.
+Target: proc.call <= 1.5x the floor. proc.call itself calls Unicorn through ``emu/cpu/direct.c``
+(a CPython extension) rather than ctypes; a second row compares it with the same two C calls
+made through that extension, the floor of what a call from Python can cost.
 
 The floor is the faster of two ways to end the run at the return address: uc_emu_start's own
 ``until`` (which makes Unicorn 2.1.4 translate a block there on every run) and the CPU's stop
@@ -33,7 +35,7 @@ def _function(proc: Process) -> int:
     return base
 
 
-def measure(arch: str) -> dict[str, object]:
+def measure(arch: str) -> list[dict[str, object]]:
     proc = Process(arch)
     f = _function(proc)
     cpu = proc.cpu
@@ -59,21 +61,36 @@ def measure(arch: str) -> dict[str, object]:
             uclib.uc_reg_write(uch, sp_id, ref)
             uclib.uc_emu_start(uch, f, run_exit, 0, 0)
 
+    direct, uca = cpu._direct, cpu._uca
+
+    def floor_direct() -> None:
+        """The floor without ctypes: the same two C calls through emu/cpu/direct.c, as
+        proc.call makes its run (a stricter reference than the issue's ctypes floor)."""
+        if direct is None or stops is None or not run_exit:
+            return floor_hook()
+        stops.until = done
+        reg_write, emu_start = direct.reg_write, direct.emu_start
+        for _ in range(CHUNK):
+            reg_write(uca, sp_id, sp)
+            emu_start(uca, f, run_exit, 0, 0)
+
     def calls() -> None:
         for _ in range(CHUNK):
             proc.call(f, 1, 2, 3)
 
     floor_until()
     floor_hook()
+    floor_direct()
     calls()  # warm the translation cache
     # alternating short chunks, best of many: a shared host's load shifts within seconds
-    t_until = t_hook = t_call = float("inf")
+    t_until = t_hook = t_direct = t_call = float("inf")
     for _ in range(N // CHUNK):
         t_until = min(t_until, best_of(floor_until, 1) / CHUNK * 1e6)
         t_hook = min(t_hook, best_of(floor_hook, 1) / CHUNK * 1e6)
+        t_direct = min(t_direct, best_of(floor_direct, 1) / CHUNK * 1e6)
         t_call = min(t_call, best_of(calls, 1) / CHUNK * 1e6)
     t_floor = min(t_until, t_hook)
-    return {
+    row = {
         "benchmark": "proc.call (10 instructions)",
         "arch": arch,
         "value": round(t_call, 2),
@@ -85,7 +102,16 @@ def measure(arch: str) -> dict[str, object]:
         "floor_until_us": round(t_until, 2),
         "floor_stop_hook_us": round(t_hook, 2),
     }
+    strict = {
+        **row,
+        "benchmark": "proc.call vs the floor without ctypes",
+        "reference": round(t_direct, 2),
+        "reference_name": "the same two calls via direct.c",
+        "ratio": round(t_call / t_direct, 2),
+        "target": "(no target: a stricter reference)",
+    }
+    return [row, strict]
 
 
 def run() -> list[dict[str, object]]:
-    return [measure(arch) for arch in ("x86", "x64")]
+    return [row for arch in ("x86", "x64") for row in measure(arch)]
