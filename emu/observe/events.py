@@ -316,6 +316,7 @@ class EventRecorder:
             return
         pending, self._pending = self._pending, []
         watched, returns, boundary = self.watched, self._returns, self._boundary
+        masks, check, leave = self._ret_masks, self.check_conventions, self._leave
         with _collector_paused():
             for tid, raw in pending:
                 opened = self._opens.get(tid)
@@ -324,7 +325,31 @@ class EventRecorder:
                 for r in self._record.iter_unpack(raw):
                     address = r[0]
                     if address in returns:
-                        self._maybe_return(r, opened)
+                        # the common case inline (as _maybe_return's first branch): the
+                        # innermost call returns here, alone, its return address popped
+                        ev = opened[-1] if opened else None
+                        if (
+                            ev is not None
+                            and ev.return_address == address
+                            and r[4] > ev.entry_sp
+                            and (len(opened) == 1 or opened[-2].return_address != address)
+                        ):
+                            opened.pop()
+                            left = returns[address] - 1
+                            if left:
+                                returns[address] = left
+                            else:
+                                del returns[address]
+                            end = ev.end = r[1]
+                            ev.instructions = end - ev.start
+                            ev.blocks = r[2] - ev._saved["blocks"]
+                            if check:
+                                leave(ev, r)
+                            else:
+                                ev.ret = r[6] & masks[ev.address]
+                                ev.finished = True
+                        else:
+                            self._maybe_return(r, opened)
                     if address in watched:
                         self._enter(r, opened)
                     elif address == boundary and opened:
@@ -392,8 +417,8 @@ class EventRecorder:
             # the block hook) and resumed there; a real recursive call has a lower sp
             return
         name, proto, slots, first, args_end, fmt = self._plans.get(address) or self._plan(address)
-        values = [r[i] for i in slots]
         frame = r[-1] if r[3] else b""
+        values = r[slots.start : slots.stop : 2]  # the register arguments' low halves
         if args_end:
             if frame and args_end <= len(frame):
                 values += struct.unpack_from(fmt, frame, first)

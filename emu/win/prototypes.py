@@ -5,6 +5,7 @@ event recorder decodes them, the builtin heap's loader exports them, x86 stdcall
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from emu.win.ntdefs import heap_flag_names
@@ -21,7 +22,7 @@ class Prototype:
     def argc(self) -> int:
         return len(self.params)
 
-    def decode(self, values: list[int]) -> dict[str, int]:
+    def decode(self, values: Sequence[int]) -> dict[str, int]:
         return dict(zip(self.params, values, strict=False))
 
     def show(self, param: str, value: int) -> str:
