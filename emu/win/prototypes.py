@@ -5,8 +5,9 @@ event recorder decodes them, the builtin heap's loader exports them, x86 stdcall
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from emu.win.ntdefs import heap_flag_names
 
@@ -23,7 +24,18 @@ class Prototype:
         return len(self.params)
 
     def decode(self, values: Sequence[int]) -> dict[str, int]:
+        """The arguments by name (as many as ``values`` has, at most ``argc``)."""
+        if len(values) >= len(self.params):
+            return self._decoder(values)
         return dict(zip(self.params, values, strict=False))
+
+    @cached_property
+    def _decoder(self) -> Callable[[Sequence[int]], dict[str, int]]:
+        # a dict display with the names as constants: a third of what dict(zip()) costs, and
+        # the event recorder decodes every call it sees
+        body = ", ".join(f"{name!r}: v[{i}]" for i, name in enumerate(self.params))
+        decoder: Callable[[Sequence[int]], dict[str, int]] = eval(f"lambda v: {{{body}}}")
+        return decoder
 
     def show(self, param: str, value: int) -> str:
         if param == "Flags":
