@@ -343,11 +343,13 @@ class EventRecorder:
                             end = ev.end = r[1]
                             ev.instructions = end - ev.start
                             ev.blocks = r[2] - ev._saved["blocks"]
-                            if check:
-                                leave(ev, r)
+                            if check and not self._kept_convention(ev, r):
+                                leave(ev, r)  # the full check: it names the problems
                             else:
                                 ev.ret = r[6] & masks[ev.address]
                                 ev.finished = True
+                                if check:
+                                    del ev._saved["entry"]
                         else:
                             self._maybe_return(r, opened)
                     if address in watched:
@@ -448,7 +450,7 @@ class EventRecorder:
         if self._walker is not None:  # (records come one at a time: the CPU is at the entry)
             ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
-            self._save_state(ev, r[-2], frame)
+            self._save_state(ev, r, frame)
         (opened[-1].children if opened else self._events).append(ev)
         self._all.append(ev)
         opened.append(ev)
@@ -508,6 +510,7 @@ class EventRecorder:
             for problem in self._check_state(ev, r):
                 ev.violations.append(problem)
                 self._violations.append((ev, problem))
+            ev._saved.pop("entry", None)  # (checked: the entry's record is not needed again)
 
     # ------------------------------------------------------------------ convention checks
     def _unpack_state(self, raw: bytes) -> tuple[dict[str, int], list[bytes]]:
@@ -526,21 +529,64 @@ class EventRecorder:
             return b""
         return self._frame_buf.raw[:size]
 
-    def _save_state(self, ev: AllocationEvent, state: bytes, stack: bytes) -> None:
-        """Callee-saved registers (``state``: their 16-byte slots at the entry) and, on x64,
-        the caller's frame above the shadow space and stack arguments (``stack`` holds the
-        0x80 bytes at the entry stack pointer; empty when they were unreadable)."""
+    def _save_state(self, ev: AllocationEvent, entry: tuple[Any, ...], stack: bytes) -> None:
+        """What the return is compared with: the entry's record (its callee-saved registers'
+        16-byte slots and, on x64, the caller's frame above the shadow space and stack
+        arguments, in ``stack``: the 0x80 bytes at the entry stack pointer, empty when they
+        were unreadable — then, or when the window lies beyond them, it is read now)."""
         saved = ev._saved
-        saved["state"] = state
+        saved["entry"] = entry
         if self._x64:
             sp = ev.entry_sp
             if sp % 16 != 8:
                 ev.violations.append(f"misaligned stack at entry: rsp=0x{sp:x} (must be 8 mod 16)")
                 self._violations.append((ev, ev.violations[-1]))
-            # the caller's frame above the shadow space and stack arguments must not change
-            off = 0x28 + 8 * (len(ev.args) - 4) if len(ev.args) > 4 else 0x28
-            window = stack[off : off + 0x40] if off <= 0x40 and stack else b""
-            saved["frame"] = (sp + off, window or self._read_frame(sp + off))
+            off = self._window_offset(ev)
+            if off > 0x40 or not stack:
+                saved["frame"] = (sp + off, self._read_frame(sp + off))
+
+    @staticmethod
+    def _window_offset(ev: AllocationEvent) -> int:
+        """Where the caller's frame that must not change starts, from the entry stack
+        pointer (x64): above the return address, the shadow space and stack arguments."""
+        n = len(ev.args)
+        return 0x28 + 8 * (n - 4) if n > 4 else 0x28
+
+    def _entry_frame(self, ev: AllocationEvent) -> tuple[int, bytes]:
+        """(address, the 0x40 bytes there at the entry) of the caller's frame (x64)."""
+        saved = ev._saved
+        frame = saved.get("frame")
+        if frame is not None:
+            return frame
+        off = self._window_offset(ev)
+        return ev.entry_sp + off, saved["entry"][-1][off : off + 0x40]
+
+    def _expected_sp(self, ev: AllocationEvent) -> int:
+        """The stack pointer at the return the convention promises."""
+        sp = ev.entry_sp
+        if self._x64:
+            return sp + 8
+        if self.cdecl and ev.name in self.cdecl:
+            return sp + 4
+        return sp + 4 + 4 * len(ev.args)  # stdcall: the callee pops
+
+    def _kept_convention(self, ev: AllocationEvent, rec: tuple[Any, ...]) -> bool:
+        """True when the return ``rec`` shows nothing _check_state would report: the stack
+        pointer where the convention leaves it, DF clear, the callee-saved registers' bytes
+        as at the entry and (x64) the caller's frame window unchanged in the logged frame.
+        False means only "look closer" (the frame may not have been logged)."""
+        entry = ev._saved["entry"]
+        if rec[4] != self._expected_sp(ev) or rec[self._eflags_field] & DF:
+            return False
+        if rec[-2] != entry[-2]:
+            return False
+        if not self._x64:
+            return True
+        above, data = self._entry_frame(ev)
+        if not data:
+            return True  # unreadable at the entry: nothing to compare (as _check_state)
+        off = above - rec[4]  # (rec[4] is entry_sp + 8 here)
+        return bool(rec[3]) and rec[-1][off : off + 0x40] == data
 
     def _check_state(self, ev: AllocationEvent, rec: tuple[Any, ...]) -> list[str]:
         """What the call changed that its convention says it must not: ``rec`` is the record
@@ -548,7 +594,7 @@ class EventRecorder:
         arguments; beyond that, or when it was unreadable, the stack is read as it is now)."""
         problems: list[str] = []
         sp, after_raw = rec[4], rec[-2]
-        before_raw = ev._saved["state"]
+        before_raw = ev._saved["entry"][-2]
         if rec[self._eflags_field] & DF:  # EFLAGS may change, except DF
             problems.append("direction flag left set")
         before_regs: dict[str, int] = {}
@@ -566,7 +612,7 @@ class EventRecorder:
         if self._x64:
             if sp != ev.entry_sp + 8:
                 problems.append(f"rsp 0x{sp:x} at return, expected 0x{ev.entry_sp + 8:x}")
-            above, data = ev._saved["frame"]
+            above, data = self._entry_frame(ev)
             off, frame = above - sp, rec[-1] if rec[3] else b""
             now = frame[off : off + 0x40] if off >= 0 and off + 0x40 <= len(frame) else b""
             now = now or self._read_frame(above)
