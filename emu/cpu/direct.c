@@ -87,8 +87,10 @@ static PyObject *emu_start(PyObject *self, PyObject *const *args, Py_ssize_t n) 
     if (PyErr_Occurred())
         return NULL;
     int status;
-    Py_BEGIN_ALLOW_THREADS status = emu_start_(uc, begin, until, timeout, (size_t)count);
-    Py_END_ALLOW_THREADS return PyLong_FromLong(status);
+    Py_BEGIN_ALLOW_THREADS
+    status = emu_start_(uc, begin, until, timeout, (size_t)count);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(status);
 }
 
 /* reg_read(uc, regid) -> value (registers up to 64 bits; narrower ones zero-extended) */
