@@ -66,6 +66,34 @@ class AllocationEvent:
     prototype: Prototype | None = field(default=None, repr=False)
     _saved: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def _opened(
+        cls,
+        seq: int,
+        function: str,
+        address: int,
+        args: dict[str, int],
+        return_address: int,
+        caller: str,
+        depth: int,
+        entry_sp: int,
+        start: int,
+        prototype: Prototype,
+        saved: dict[str, Any],
+    ) -> AllocationEvent:
+        """An event at its entry, as the recorder makes thousands of them: the fields set
+        directly (the dataclass's __init__, with its six default factories and keyword
+        handling, costs twice as much)."""
+        ev = cls.__new__(cls)
+        ev.seq, ev.function, ev.address, ev.args = seq, function, address, args
+        ev.return_address, ev.caller, ev.depth = return_address, caller, depth
+        ev.entry_sp, ev.start, ev.prototype, ev._saved = entry_sp, start, prototype, saved
+        ev.ret = ev.end = None
+        ev.instructions = ev.blocks = 0
+        ev.syscalls, ev.syscall_times, ev.children, ev.violations, ev.stack = [], [], [], [], []
+        ev.finished = False
+        return ev
+
     @property
     def name(self) -> str:
         return self.function.split("!")[-1]
@@ -434,7 +462,7 @@ class EventRecorder:
         caller = self._callers.get(ret_addr)
         if caller is None:
             caller = self._callers[ret_addr] = proc.symbolize(ret_addr)
-        ev = AllocationEvent(
+        ev = AllocationEvent._opened(
             len(self._all),
             name,
             address,
@@ -444,9 +472,9 @@ class EventRecorder:
             len(opened),
             sp,
             r[1],
-            prototype=proto,
+            proto,
+            {"blocks": r[2]},
         )
-        ev._saved["blocks"] = r[2]
         if self._walker is not None:  # (records come one at a time: the CPU is at the entry)
             ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
