@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from emu.cpu.cpu import BlockCounter
 from emu.nt.kernel import SyscallRecord
@@ -244,7 +244,7 @@ class EventRecorder:
         self._frame_buf = ctypes.create_string_buffer(0x80)
         self._callers: dict[int, str] = {}  # return address -> symbol (symbolizing is slow)
         self._unpack_ptr = proc.arch.unpack_ptr
-        self._plans: dict[int, tuple[str, Prototype, range, int, int, str]] = {}
+        self._plans: dict[int, _Plan] = {}
         self._ret_masks: dict[int, int] = {}
 
     # the counter logs entries and returns in batches, read when the events are: what is
@@ -416,10 +416,13 @@ class EventRecorder:
         self._returns.clear()
 
     # ------------------------------------------------------------------ entry and return
-    def _plan(self, address: int) -> tuple[str, Prototype, range, int, int, str]:
+    def _plan(self, address: int) -> _Plan:
         """How to read a watched function's arguments at entry (found once per function):
-        name, prototype, the record fields of its register arguments, where its stack
-        arguments start and end (offsets from the entry stack pointer), their format."""
+        name, prototype, where its register arguments end in the record (they are every
+        other field from r[8]: the low halves), the frame's layout from the entry stack
+        pointer (the return address, then its stack arguments: one unpack), the bytes that
+        needs, and the stack arguments' offset and format to read them from memory when the
+        logged frame does not hold them."""
         plan = self._plans.get(address)
         if plan is None:
             arch, conv = self.proc.arch, self._conv
@@ -428,9 +431,12 @@ class EventRecorder:
             nreg = min(nargs, len(conv.reg_args))
             nstack = nargs - nreg
             first = conv.stack_arg_address(arch, 0, nreg)
-            end = first + nstack * arch.ptr_size if nstack > 0 else 0
-            fmt = "<" + ("Q" if arch.ptr_size == 8 else "I") * nstack
-            plan = self._plans[address] = (name, proto, range(8, 8 + 2 * nreg, 2), first, end, fmt)
+            ptr = "Q" if arch.ptr_size == 8 else "I"
+            fmt = "<" + ptr * nstack
+            layout = "<" + ptr + (f"{first - arch.ptr_size}x" + ptr * nstack if nstack else "")
+            frame = struct.Struct(layout)
+            plan = _Plan(name, proto, 8 + 2 * nreg, frame, frame.size, first, fmt if nstack else "")
+            self._plans[address] = plan
             # what of the return register the result is (BOOLEAN: al; NTSTATUS: eax)
             mask = {"bool": 0xFF, "status": 0xFFFFFFFF}.get(proto.returns, arch.ptr_mask)
             self._ret_masks[address] = mask & arch.ptr_mask
@@ -440,28 +446,32 @@ class EventRecorder:
         """A record at a watched entry: (address, instructions, blocks, frame_ok, the
         registers as (low, high) pairs from r[4] — sp, return value, register arguments —,
         [the callee-saved registers' bytes], the frame's bytes)."""
-        proc = self.proc
         address, sp = r[0], r[4]
         if opened and opened[-1].address == address and opened[-1].entry_sp == sp:
             # the same entry again: a run stopped by its instruction count right there (after
             # the block hook) and resumed there; a real recursive call has a lower sp
             return
-        name, proto, slots, first, args_end, fmt = self._plans.get(address) or self._plan(address)
+        name, proto, reg_end, frame_layout, need, first, fmt = self._plans.get(
+            address
+        ) or self._plan(address)
         frame = r[-1] if r[3] else b""
-        values = r[slots.start : slots.stop : 2]  # the register arguments' low halves
-        if args_end:
-            if frame and args_end <= len(frame):
-                values += struct.unpack_from(fmt, frame, first)
-            else:  # read now: stack arguments beyond the logged frame
-                values += struct.unpack(fmt, proc.read(sp + first, args_end - first))
-        if frame:
-            ret_addr = self._unpack_ptr(frame)
-        else:  # the counter could not read it: the call's end is not logged either
-            ret_addr = proc.read_ptr(sp)
-            self._counter.special.add(ret_addr)
+        if frame and need <= len(frame):  # the return address and stack arguments logged
+            got = frame_layout.unpack_from(frame)
+            ret_addr = got[0]
+            values = r[8:reg_end:2] + got[1:]
+        else:
+            proc = self.proc
+            if frame:
+                ret_addr = self._unpack_ptr(frame)
+            else:  # the counter could not read it: the call's end is not logged either
+                ret_addr = proc.read_ptr(sp)
+                self._counter.special.add(ret_addr)
+            values = r[8:reg_end:2]
+            if fmt:  # read now: stack arguments beyond the logged frame
+                values += struct.unpack(fmt, proc.read(sp + first, struct.calcsize(fmt)))
         caller = self._callers.get(ret_addr)
         if caller is None:
-            caller = self._callers[ret_addr] = proc.symbolize(ret_addr)
+            caller = self._callers[ret_addr] = self.proc.symbolize(ret_addr)
         ev = AllocationEvent._opened(
             len(self._all),
             name,
@@ -482,7 +492,8 @@ class EventRecorder:
         (opened[-1].children if opened else self._events).append(ev)
         self._all.append(ev)
         opened.append(ev)
-        self._returns[ret_addr] = self._returns.get(ret_addr, 0) + 1
+        returns = self._returns
+        returns[ret_addr] = returns.get(ret_addr, 0) + 1
 
     def _maybe_return(self, r: tuple[Any, ...], opened: list[AllocationEvent]) -> None:
         address, sp = r[0], r[4]
@@ -662,6 +673,18 @@ class EventRecorder:
                     f"(`ret {4 * len(ev.args)}`), off by {sp - expected:+d}"
                 )
         return problems
+
+
+class _Plan(NamedTuple):
+    """How the recorder reads a watched function's arguments (EventRecorder._plan)."""
+
+    name: str
+    prototype: Prototype
+    reg_end: int
+    frame: struct.Struct
+    frame_needed: int
+    first_stack_arg: int
+    stack_format: str
 
 
 @contextmanager
