@@ -1582,14 +1582,11 @@ class BlockCounter:
 
     def record_format(self, first: int) -> str:
         """A ``struct`` format of one record: address, instructions, blocks, frame_ok, the
-        first ``first`` captured registers as (low, high) 64-bit pairs, the others as one
-        bytes value, the frame as bytes."""
+        first ``first`` captured registers as 64-bit numbers (the low half of their slot: the
+        general registers), the others as one bytes value, the frame as bytes."""
         rest = 16 * (len(self._capture) - first)
-        return (
-            f"<4Q{2 * first}Q{rest}s{self._frame_size}s"
-            if rest
-            else (f"<4Q{2 * first}Q{self._frame_size}s")
-        )
+        regs = "Q8x" * first
+        return f"<4Q{regs}{rest}s{self._frame_size}s" if rest else f"<4Q{regs}{self._frame_size}s"
 
     def _count(self, address: int, size: int) -> int:
         """Instructions in the block at ``address`` (disassembled once; an unreadable block

@@ -217,7 +217,7 @@ class EventRecorder:
         capture = (arch.sp, arch.ret, *conv.reg_args)
         # EFLAGS, read as a number (the record field at _eflags_field), then the callee-saved
         # registers as bytes: compared whole, before and after the call
-        self._eflags_field = 4 + 2 * len(capture)
+        self._eflags_field = 4 + len(capture)
         if check_conventions:
             capture += ("eflags",)
         self._saved_slot = len(capture)
@@ -374,7 +374,7 @@ class EventRecorder:
                             if check and not self._kept_convention(ev, r):
                                 leave(ev, r)  # the full check: it names the problems
                             else:
-                                ev.ret = r[6] & masks[ev.address]
+                                ev.ret = r[5] & masks[ev.address]
                                 ev.finished = True
                                 if check:
                                     del ev._saved["entry"]
@@ -418,8 +418,8 @@ class EventRecorder:
     # ------------------------------------------------------------------ entry and return
     def _plan(self, address: int) -> _Plan:
         """How to read a watched function's arguments at entry (found once per function):
-        name, prototype, where its register arguments end in the record (they are every
-        other field from r[8]: the low halves), the frame's layout from the entry stack
+        name, prototype, where its register arguments end in the record (they start at
+        r[6], after the stack pointer and the return value), the frame's layout from the entry stack
         pointer (the return address, then its stack arguments: one unpack), the bytes that
         needs, and the stack arguments' offset and format to read them from memory when the
         logged frame does not hold them."""
@@ -435,7 +435,7 @@ class EventRecorder:
             fmt = "<" + ptr * nstack
             layout = "<" + ptr + (f"{first - arch.ptr_size}x" + ptr * nstack if nstack else "")
             frame = struct.Struct(layout)
-            plan = _Plan(name, proto, 8 + 2 * nreg, frame, frame.size, first, fmt if nstack else "")
+            plan = _Plan(name, proto, 6 + nreg, frame, frame.size, first, fmt if nstack else "")
             self._plans[address] = plan
             # what of the return register the result is (BOOLEAN: al; NTSTATUS: eax)
             mask = {"bool": 0xFF, "status": 0xFFFFFFFF}.get(proto.returns, arch.ptr_mask)
@@ -444,7 +444,7 @@ class EventRecorder:
 
     def _enter(self, r: tuple[Any, ...], opened: list[AllocationEvent]) -> None:
         """A record at a watched entry: (address, instructions, blocks, frame_ok, the
-        registers as (low, high) pairs from r[4] — sp, return value, register arguments —,
+        registers from r[4] — sp, return value, register arguments —,
         [the callee-saved registers' bytes], the frame's bytes)."""
         address, sp = r[0], r[4]
         if opened and opened[-1].address == address and opened[-1].entry_sp == sp:
@@ -458,7 +458,7 @@ class EventRecorder:
         if frame and need <= len(frame):  # the return address and stack arguments logged
             got = frame_layout.unpack_from(frame)
             ret_addr = got[0]
-            values = r[8:reg_end:2] + got[1:]
+            values = r[6:reg_end] + got[1:]
         else:
             proc = self.proc
             if frame:
@@ -466,7 +466,7 @@ class EventRecorder:
             else:  # the counter could not read it: the call's end is not logged either
                 ret_addr = proc.read_ptr(sp)
                 self._counter.special.add(ret_addr)
-            values = r[8:reg_end:2]
+            values = r[6:reg_end]
             if fmt:  # read now: stack arguments beyond the logged frame
                 values += struct.unpack(fmt, proc.read(sp + first, struct.calcsize(fmt)))
         caller = self._callers.get(ret_addr)
@@ -543,7 +543,7 @@ class EventRecorder:
         ev.blocks = blocks - ev._saved["blocks"]
 
     def _leave(self, ev: AllocationEvent, r: tuple[Any, ...]) -> None:
-        ev.ret = r[6] & self._ret_masks[ev.address]
+        ev.ret = r[5] & self._ret_masks[ev.address]
         ev.finished = True
         if self.check_conventions:
             for problem in self._check_state(ev, r):
