@@ -178,3 +178,33 @@ def test_without_python_headers_calls_go_through_ctypes(
     heap = a.create_heap()
     p = a.alloc(heap, 0x100)
     assert p and a.free(heap, p)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_native_hook_checks_returns_python_only_those_it_could_not(
+    arch: str, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With convention checks the native hook pairs each return with its entry's record and
+    marks the ones that left everything as found (RECORD_KEPT): Python compares none of those.
+    Without the native path Python compares every one. The same events either way."""
+    from emu.observe.events import EventRecorder
+
+    compared: list[str] = []
+    kept = EventRecorder._kept_convention
+
+    def counting(self: EventRecorder, ev: Any, rec: Any) -> bool:
+        compared.append(ev.name)
+        return kept(self, ev, rec)
+
+    monkeypatch.setattr(EventRecorder, "_kept_convention", counting)
+    if not fast:
+        monkeypatch.setenv("HEAPEMU_NATIVE", "0")
+    proc = Process(arch, time_limit=10.0)
+    a = Allocator(proc, proc.load_allocator("builtin"))
+    heap = a.create_heap()
+    with proc.record(check_conventions=True) as rec:
+        for _ in range(50):
+            a.free(heap, a.alloc(heap, 0x40))
+    assert len(rec.all) == 100 and not rec.violations
+    assert all(e.finished and e.ret is not None for e in rec.all)
+    assert len(compared) == (0 if fast else 100), compared[:4]

@@ -323,8 +323,9 @@ def _event_facts(rec: EventRecorder) -> list[tuple[object, ...]]:
 
 
 def test_batched_records_give_the_events_of_one_record_at_a_time(heaps: Heaps) -> None:
-    """One in-emulator replay: ~3,000 calls in one run fill the log (2,048 records) more than
-    once; a recorder walking stacks reads each record as it comes. Same events, same counts."""
+    """One in-emulator replay: ~3,000 calls in one run fill the log (256 KiB: 1,400-2,700
+    records) more than once; a recorder walking stacks reads each record as it comes. Same
+    events, same counts."""
     from emu.heap.replay.run import replay
     from emu.heap.replay.workload import synthetic
 

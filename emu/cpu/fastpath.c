@@ -199,9 +199,19 @@ typedef int (*mem_read_fn)(void *uc, uint64_t addr, void *bytes, uint64_t size);
 #define MAX_REGS 32
 #define MAX_FRAME 256
 /* the values of the special map: an entry point (its return address becomes special when it
- * is reached) and a return address */
+ * is reached) and a return address; an entry's value also says, for the comparison of its
+ * return with its entry (below), the bytes the callee pops beyond the return address (bits
+ * 8-23) and where the caller's frame window starts above the entry stack pointer (bits 24-39,
+ * 0: none compared) */
 #define SPECIAL_ENTRY 1
 #define SPECIAL_RETURN 2
+#define SPECIAL_POPS(v) (((uint64_t)(v) >> 8) & 0xffff)
+#define SPECIAL_WINDOW(v) (((uint64_t)(v) >> 24) & 0xffff)
+#define MAX_OPEN 64
+/* frame_ok's bits in a record's head: the stack was readable; the record is a return the hook
+ * paired with its entry's record in the log and found as the entry left it (KEPT) */
+#define RECORD_FRAME_OK 1
+#define RECORD_KEPT 2
 
 typedef struct {
     map_t *counts; /* block address -> instructions in it */
@@ -229,6 +239,28 @@ typedef struct {
     uint64_t log_used;
     uint64_t log_size;
     uint64_t record_size;
+    /* the comparison of returns with their entries (compare_size 0: none). The calls open in
+     * this log, innermost last (depth: Python sets it to 0 whenever it empties the log): the
+     * return address, the entry's stack pointer, the bytes its return pops beyond the return
+     * address, the entry's record offset and frame window offset. A return to the innermost one's return address (and not also the
+     * next one's), with the stack popped past its entry, is compared with the entry's record:
+     * the bytes of the register slots from compare_from (compare_size bytes) equal, the
+     * flags register's slot (flags_at) without flags_mask's bits, the stack pointer as
+     * promised and the window_size bytes of the caller's frame unchanged (the frame seen from
+     * the return's stack pointer: ptr_size lower). Anything else empties the stack: Python
+     * pairs the rest. */
+    int32_t compare_from;
+    int32_t compare_size;
+    int32_t flags_at;
+    int32_t window_size;
+    uint64_t flags_mask;
+    int32_t depth;
+    int32_t pad2;
+    uint64_t open_ret[MAX_OPEN];
+    uint64_t open_sp[MAX_OPEN];
+    uint64_t open_pops[MAX_OPEN];
+    uint64_t open_at[MAX_OPEN];
+    uint64_t open_window[MAX_OPEN];
 } block_state;
 
 static int capture(block_state *s, void *uc, uint8_t *values, uint8_t *frame) {
@@ -244,14 +276,56 @@ static int capture(block_state *s, void *uc, uint8_t *values, uint8_t *frame) {
     return size && !s->mem_read(uc, sp, frame, size);
 }
 
+/* a return (its registers at values, stack pointer sp) to the innermost open call: KEPT when
+ * it left what the entry's record holds as it found it */
+static uint64_t compare_return(block_state *s, const uint8_t *values, uint64_t frame_ok,
+                               uint64_t sp, int top) {
+    const uint8_t *entry_values = s->log + s->open_at[top] + 32;
+    uint64_t flags = 0;
+    if (sp != s->open_sp[top] + (uint64_t)s->ptr_size + s->open_pops[top])
+        return 0;
+    memcpy(&flags, values + s->flags_at, sizeof flags);
+    if (flags & s->flags_mask)
+        return 0;
+    if (memcmp(values + s->compare_from, entry_values + s->compare_from,
+               (size_t)s->compare_size))
+        return 0;
+    uint64_t window = s->open_window[top];
+    if (s->window_size) { /* (a window the frame does not hold is 0: no verdict) */
+        const uint8_t *frame = values + 16 * (size_t)s->nregs;
+        const uint8_t *entry_frame = entry_values + 16 * (size_t)s->nregs;
+        uint64_t size = s->frame_size < MAX_FRAME ? s->frame_size : MAX_FRAME;
+        if (!frame_ok || window < (uint64_t)s->ptr_size || window + s->window_size > size)
+            return 0;
+        if (memcmp(frame + window - s->ptr_size, entry_frame + window, (size_t)s->window_size))
+            return 0;
+    }
+    return RECORD_KEPT;
+}
+
 static void log_special(block_state *s, void *uc, uint64_t addr, uint32_t size, int64_t kind) {
-    if (s->log_used + s->record_size > s->log_size)
+    if (s->log_used + s->record_size > s->log_size) {
+        s->depth = 0;
         return; /* Python could not empty the log: the run stops with its error */
-    uint8_t *r = s->log + s->log_used;
+    }
+    uint64_t at = s->log_used;
+    uint8_t *r = s->log + at;
     uint64_t head[4] = {addr, s->instructions, s->blocks, 0};
     uint8_t *values = r + sizeof head;
     uint8_t *frame = values + 16 * (size_t)s->nregs;
     head[3] = (uint64_t)capture(s, uc, values, frame);
+    uint64_t sp = 0;
+    memcpy(&sp, values + 16 * s->sp_index, sizeof sp);
+    if (s->compare_size && (kind & SPECIAL_RETURN)) {
+        int top = s->depth - 1;
+        if (top >= 0 && s->open_ret[top] == addr && sp > s->open_sp[top] &&
+            (top == 0 || s->open_ret[top - 1] != addr)) {
+            head[3] |= compare_return(s, values, head[3], sp, top);
+            s->depth = top;
+        } else {
+            s->depth = 0; /* not the innermost call returning alone: Python pairs them */
+        }
+    }
     memcpy(r, head, sizeof head);
     s->log_used += s->record_size;
     if ((kind & SPECIAL_ENTRY) && head[3] && s->ptr_size) {
@@ -263,6 +337,20 @@ static void log_special(block_state *s, void *uc, uint64_t addr, uint32_t size, 
             map_put(s->special, ret, SPECIAL_RETURN);
         else
             *p |= SPECIAL_RETURN;
+        if (s->compare_size) {
+            if (s->depth < MAX_OPEN) {
+                int d = s->depth++;
+                s->open_ret[d] = ret;
+                s->open_sp[d] = sp;
+                s->open_pops[d] = SPECIAL_POPS(kind);
+                s->open_at[d] = at;
+                s->open_window[d] = SPECIAL_WINDOW(kind);
+            } else {
+                s->depth = 0;
+            }
+        }
+    } else if (s->compare_size && (kind & SPECIAL_ENTRY)) {
+        s->depth = 0; /* no return address read: Python pairs this call */
     }
     if (s->log_used + s->record_size > s->log_size)
         s->on_full(uc, addr, size, NULL);

@@ -39,6 +39,8 @@ DIRECT_FLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
 BUILD_TIMEOUT = 120
 MAX_REGS, MAX_FRAME = 32, 256  # as in fastpath.c
 SPECIAL_ENTRY, SPECIAL_RETURN = 1, 2  # the special map's values, as in fastpath.c
+MAX_OPEN = 64  # calls a BlockCounter pairs in C at once (fastpath.c)
+RECORD_KEPT = 2  # frame_ok's bit: a return the hook found as its entry left it
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -222,6 +224,18 @@ class BlockState(ctypes.Structure):
         ("log_used", ctypes.c_uint64),
         ("log_size", ctypes.c_uint64),
         ("record_size", ctypes.c_uint64),
+        ("compare_from", ctypes.c_int32),
+        ("compare_size", ctypes.c_int32),
+        ("flags_at", ctypes.c_int32),
+        ("window_size", ctypes.c_int32),
+        ("flags_mask", ctypes.c_uint64),
+        ("depth", ctypes.c_int32),
+        ("pad2", ctypes.c_int32),
+        ("open_ret", ctypes.c_uint64 * MAX_OPEN),
+        ("open_sp", ctypes.c_uint64 * MAX_OPEN),
+        ("open_pops", ctypes.c_uint64 * MAX_OPEN),
+        ("open_at", ctypes.c_uint64 * MAX_OPEN),
+        ("open_window", ctypes.c_uint64 * MAX_OPEN),
     ]
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from emu.cpu.cpu import BlockCounter
+from emu.cpu.native import RECORD_KEPT
 from emu.nt.kernel import SyscallRecord
 from emu.observe.stackwalk import Frame, StackWalker
 from emu.win.conventions import get_convention
@@ -234,8 +235,17 @@ class EventRecorder:
             batch=self._walker is None,
         )
         self._record = struct.Struct(self._counter.record_format(self._saved_slot))
-        for address in self.watched:
-            self._counter.special.add_entry(address)
+        self._windows: dict[int, int] = {}  # entry -> the caller's frame window offset (x64)
+        for address, (name, proto) in self.watched.items():
+            if check_conventions:  # the native hook compares each return with its entry
+                pops, self._windows[address] = self._promises(name, proto)
+                self._counter.special.add_entry(address, pops, self._windows[address])
+            else:
+                self._counter.special.add_entry(address)
+        if check_conventions:
+            self._counter.compare_returns(
+                self._saved_slot, len(capture), self._saved_slot - 1, DF, 0x40 if self._x64 else 0
+            )
         # where every proc.call returns: the calls it left open end there (_abandon), so a
         # call that completes needs no Python at its end
         self._boundary = proc.call_gate.return_address
@@ -266,6 +276,17 @@ class EventRecorder:
         """(event, problem) for every convention violation found."""
         self._read_logs()
         return self._violations
+
+    def _promises(self, name: str, proto: Prototype) -> tuple[int, int]:
+        """What a watched function's convention promises its return leaves, for the native
+        comparison: the bytes it pops beyond the return address and where the caller's frame
+        that must not change starts above the entry stack pointer (x64; 0 on x86)."""
+        n = len(proto.params)
+        if self._x64:
+            return 0, 0x28 + 8 * (n - 4) if n > 4 else 0x28
+        if self.cdecl and name.split("!")[-1] in self.cdecl:
+            return 0, 0
+        return 4 * n, 0  # stdcall: the callee pops
 
     def _args_frame_size(self) -> int:
         """Stack bytes from the entry stack pointer that hold the return address and every
@@ -371,7 +392,7 @@ class EventRecorder:
                             end = ev.end = r[1]
                             ev.instructions = end - ev.start
                             ev.blocks = r[2] - ev._saved["blocks"]
-                            if check and not self._kept_convention(ev, r):
+                            if check and not (r[3] & RECORD_KEPT or self._kept_convention(ev, r)):
                                 leave(ev, r)  # the full check: it names the problems
                             else:
                                 ev.ret = r[5] & masks[ev.address]
@@ -472,6 +493,7 @@ class EventRecorder:
         caller = self._callers.get(ret_addr)
         if caller is None:
             caller = self._callers[ret_addr] = self.proc.symbolize(ret_addr)
+        saved = {"blocks": r[2]}
         ev = AllocationEvent._opened(
             len(self._all),
             name,
@@ -483,12 +505,14 @@ class EventRecorder:
             sp,
             r[1],
             proto,
-            {"blocks": r[2]},
+            saved,
         )
         if self._walker is not None:  # (records come one at a time: the CPU is at the entry)
             ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
-            self._save_state(ev, r, frame)
+            saved["entry"] = r  # what the return is compared with (_save_state)
+            if self._x64 and (sp % 16 != 8 or not frame or self._windows[address] > 0x40):
+                self._save_state(ev, r, frame)  # a misaligned stack, a window to read now
         (opened[-1].children if opened else self._events).append(ev)
         self._all.append(ev)
         opened.append(ev)
