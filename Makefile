@@ -42,10 +42,15 @@ wine-dlls: $(STAMP)
 # (zig's windows-gnu targets link the UCRT instead); installed once, needs root
 # gdb drives the GDB remote stub in the tests (heapemu run --gdb)
 TOOLS := g++-mingw-w64-x86-64-win32 g++-mingw-w64-i686-win32 gdb
-toolchains:
+# The CPU's direct calls into Unicorn (emu/cpu/direct.c) are a CPython extension built with the
+# running Python's headers: a Debian system Python has them in python3-dev (pyenv's and
+# python.org's builds carry their own); without them heapemu calls Unicorn through ctypes
+toolchains: $(RUNTIME)
 	@command -v x86_64-w64-mingw32-g++ >/dev/null && command -v i686-w64-mingw32-g++ >/dev/null \
 	  && command -v gdb >/dev/null \
 	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TOOLS); }
+	@$(BIN)/python -c "import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-dev; }
 
 # Wine 8.0's conformance tests (kernel32 virtual.c/heap.c, ntdll virtual.c) built with mingw-w64
 # and run under heapemu exec on x86 and x64 (issue 16); opt-in, not part of `make test`.
