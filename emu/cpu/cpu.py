@@ -322,6 +322,25 @@ def _watchdog() -> _Watchdog:
         return _WATCHDOG
 
 
+def _page_flush(uch: object) -> tuple[int | None, int | None]:
+    """(QEMU's ``tlb_flush_page``, the engine's CPUState) for fastpath.c, or (None, None).
+    Unicorn 2's API flushes only the whole TLB, which drops every translation and the jump
+    cache; its library also exports QEMU's own one-page flush (``tlb_flush_page_x86_64``:
+    the one x86 target serves both modes) and ``qemu_get_cpu_x86_64(uc, index)`` (its single
+    CPU is never numbered: its index stays QEMU's UNASSIGNED_CPU_INDEX, -1, as measured on
+    2.1.4), which Unicorn itself calls from inside hooks. Without them (another Unicorn
+    build) a range flush flushes everything, as before."""
+    try:
+        flush_page = ctypes.cast(uclib.tlb_flush_page_x86_64, ctypes.c_void_p).value
+        get_cpu = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)(
+            ("qemu_get_cpu_x86_64", uclib)
+        )
+    except AttributeError:
+        return None, None
+    cpu = get_cpu(uch, -1) or get_cpu(uch, 0)
+    return (flush_page, cpu) if flush_page and cpu else (None, None)
+
+
 class Cpu:
     """A Unicorn x86/x64 engine with Windows-flavoured fault reporting."""
 
@@ -396,7 +415,17 @@ class Cpu:
         slow_fill = _TLB_FILL_CB(self._on_tlb_fill)
         if self._native is not None:
             self._native_perms = perms = native.NativeMap(self._native)
-            self._tlb_state = native.TlbState(perms.ptr, ctypes.cast(slow_fill, ctypes.c_void_p))
+            # the pages filled since the last flush (fastpath.c: a range flush needs only
+            # those of them flushed)
+            self._tlb_filled = native.NativeMap(self._native)
+            self._tlb_state = native.TlbState(
+                perms.ptr,
+                ctypes.cast(slow_fill, ctypes.c_void_p),
+                filled=self._tlb_filled.ptr,
+                ctl=ctypes.cast(uclib.uc_ctl, ctypes.c_void_p),
+                flush_control=_UC_CTL_TLB_FLUSH,
+            )
+            self._tlb_ref = ctypes.byref(self._tlb_state)
             fast = native.function_address(self._native, "heapemu_tlb_fill")
             self._slow_fill = slow_fill  # kept alive: the C callback calls it
             self._register_hook(
@@ -407,6 +436,8 @@ class Cpu:
                 flush=False,
                 user=ctypes.addressof(self._tlb_state),
             )
+            # (the hook made Unicorn build its CPU: it has one to flush pages of now)
+            self._tlb_state.flush_page, self._tlb_state.cpu = _page_flush(self._uch)
         else:
             self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
         # How a run ends at ``until`` (see run): a native block hook there, and Unicorn's own
@@ -475,7 +506,7 @@ class Cpu:
                 a, b = max(lo, addr), min(hi, end)
                 if a < b:  # zero: the host takes the pages back, gives zeros when touched
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
-        self.flush_tlb()
+        self.flush_tlb_range(addr, size)
 
     def host_view(self, addr: int, size: int) -> memoryview:
         """The host memory backing [addr, addr+size) (inside one window), writable: what
@@ -644,7 +675,7 @@ class Cpu:
         if not uc_perms(protect) & UC_X:
             self.invalidate_code(addr, size)
             self._forget_code(addr, size)
-        self.flush_tlb()
+        self.flush_tlb_range(addr, size)
 
     @staticmethod
     def _pages_within(addr: int, size: int, pages: Collection[int]) -> list[int]:
@@ -697,9 +728,32 @@ class Cpu:
 
     def flush_tlb(self) -> None:
         """Forget every cached translation: the next access to each page asks again."""
-        uclib.uc_ctl(self._uch, _UC_CTL_TLB_FLUSH)
+        if self._native is not None:
+            self._native.heapemu_tlb_flush(self._tlb_ref, self._uch)
+        else:
+            uclib.uc_ctl(self._uch, _UC_CTL_TLB_FLUSH)
         self._denied.clear()
         self._tlb_stale = False
+
+    def flush_tlb_range(self, addr: int, size: int) -> None:
+        """Forget the cached translations of [addr, addr+size). The native fill remembers
+        the pages it filled since the last whole flush: only those of the range are flushed,
+        one by one (none: nothing to do); denied translations elsewhere stay, with their
+        faults. Without the native fast path, or when it lost count, the whole TLB."""
+        if self._native is None:
+            self.flush_tlb()
+        elif self._native.heapemu_tlb_flush_range(self._tlb_ref, self._uch, addr, addr + size) > 1:
+            self._denied.clear()  # the whole TLB went
+            self._tlb_stale = False
+
+    def tlb_flushes(self) -> tuple[int, int, int] | None:
+        """(whole-TLB flushes, pages flushed one by one, range flushes that found none of
+        their pages in the TLB) since the CPU was made, with the native fast path (None
+        without it): for benchmarks and tests."""
+        st = self._tlb_state
+        if st is None:
+            return None
+        return int(st.flushes), int(st.page_flushes), int(st.ranges_skipped)
 
     def read(self, addr: int, size: int) -> bytes:
         # inside a backed window, the host memory Unicorn reads is ours: a slice of it, no C
