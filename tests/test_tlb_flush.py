@@ -172,3 +172,26 @@ def test_without_the_page_flush_a_range_flushes_everything(proc: Process) -> Non
     with pytest.raises(EmulationError) as e:
         proc.call(read)
     assert (e.value.kind, e.value.address) == ("unmapped read", page)
+
+
+def test_a_tlb_that_keeps_evicting_is_flushed_whole_so_it_can_grow(proc: Process) -> None:
+    """QEMU resizes its TLB only on whole flushes: pages filled again and again since the
+    last one (evicted by others) turn the next range flush into a whole one."""
+    page = _pages(proc, 1)
+    read = _reader(proc, page)
+    proc.call(read)
+    state = proc.cpu._tlb_state
+    assert state is not None
+    state.refills = 256  # fastpath.c's REFILLS_MAX: not more yet
+    before = _counters(proc)
+    proc.memory.protect(page, 0x1000, PAGE_READONLY)
+    assert _delta(before, _counters(proc))[:2] == (0, 1)
+    proc.call(read)
+    state.refills = 257
+    before = _counters(proc)
+    proc.memory.free(page, 0x1000, MEM_DECOMMIT)
+    assert _delta(before, _counters(proc))[:2] == (1, 0)
+    assert state.refills == 0
+    with pytest.raises(EmulationError) as e:
+        proc.call(read)
+    assert (e.value.kind, e.value.address) == ("unmapped read", page)

@@ -176,6 +176,11 @@ typedef void (*flush_page_fn)(void *cpu, uint64_t addr);
 /* Pages filled since the last flush are remembered up to this many; past it, any page may
  * be in the TLB (the set stays small: the map never grows past 2 * FILLED_MAX slots). */
 #define FILLED_MAX 512
+/* QEMU sizes its TLB (direct-mapped, 256 entries to start with) only when it flushes it
+ * whole, by how full it was: with page flushes only, a TLB too small for the working set
+ * would stay so and keep evicting. More refills than this since the last whole flush (pages
+ * evicted and filled again) make the next range flush a whole one, so QEMU can grow it. */
+#define REFILLS_MAX 256
 
 typedef struct {
     map_t *perms; /* page -> Unicorn permissions Python decided */
@@ -188,6 +193,7 @@ typedef struct {
      * needs only those of them flushed. */
     map_t *filled; /* page -> 1, since the last full flush */
     uint64_t overflow; /* more than FILLED_MAX pages were filled: assume every page was */
+    uint64_t refills; /* fills of pages filled before, since the last full flush */
     ctl_fn ctl; /* uc_ctl */
     int64_t flush_control; /* uc_ctl's code for UC_CTL_TLB_FLUSH (a write) */
     flush_page_fn flush_page; /* NULL: a range flushes the whole TLB */
@@ -205,8 +211,12 @@ bool heapemu_tlb_fill(void *uc, uint64_t addr, int type, tlb_entry *e, void *use
     uint32_t need = type == UC_MEM_WRITE ? 2 : type == UC_MEM_FETCH ? 4 : 1;
     int64_t *p = map_find(s->perms, page);
     s->fills++;
-    if (!s->overflow && (s->filled->used >= FILLED_MAX || map_put(s->filled, page, 1)))
-        s->overflow = 1;
+    if (!s->overflow) {
+        if (map_find(s->filled, page))
+            s->refills++; /* not flushed since, yet missed: the TLB evicted it */
+        else if (s->filled->used >= FILLED_MAX || map_put(s->filled, page, 1))
+            s->overflow = 1;
+    }
     if (p && (*p & need)) {
         e->paddr = page;
         e->perms = (uint32_t)*p;
@@ -221,7 +231,7 @@ void heapemu_tlb_flush(tlb_state *s, void *uc) {
     s->ctl(uc, (int)s->flush_control);
     if (s->filled->used || s->filled->tombs)
         map_clear(s->filled);
-    s->overflow = 0;
+    s->overflow = s->refills = 0;
     s->flushes++;
 }
 
@@ -240,7 +250,7 @@ static int flush_one(tlb_state *s, uint64_t page) {
  * TLB was. */
 int heapemu_tlb_flush_range(tlb_state *s, void *uc, uint64_t start, uint64_t end) {
     map_t *m = s->filled;
-    int held = 0, whole = (int)s->overflow;
+    int held = 0, whole = s->overflow || s->refills > REFILLS_MAX;
     start &= ~(uint64_t)0xfff;
     if (!whole && m->used) {
         if ((end - start) >> 12 <= m->mask + 1) {

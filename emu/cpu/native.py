@@ -140,6 +140,7 @@ class TlbState(ctypes.Structure):
         ("slow_fills", ctypes.c_uint64),
         ("filled", ctypes.c_void_p),
         ("overflow", ctypes.c_uint64),
+        ("refills", ctypes.c_uint64),
         ("ctl", ctypes.c_void_p),
         ("flush_control", ctypes.c_int64),
         ("flush_page", ctypes.c_void_p),
