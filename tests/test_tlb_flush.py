@@ -195,3 +195,21 @@ def test_a_tlb_that_keeps_evicting_is_flushed_whole_so_it_can_grow(proc: Process
     with pytest.raises(EmulationError) as e:
         proc.call(read)
     assert (e.value.kind, e.value.address) == ("unmapped read", page)
+
+
+def test_a_page_the_fault_handler_changed_while_filling_it_is_flushed_later(
+    proc: Process,
+) -> None:
+    """The first write to a write-watched page: the page-fault handler records it and changes
+    the page's protection (a range flush of that very page) before the fill installs it;
+    the page must still count as in the TLB, so that decommitting it later flushes it."""
+    page, _ = proc.memory.allocate(
+        0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, write_watch=True
+    )
+    write = assemble(proc, f"mov dword ptr [{page:#x}], 5; mov eax, 1; ret")
+    assert proc.call(write) == 1
+    assert proc.read_u32(page) == 5
+    proc.memory.free(page, 0x1000, MEM_DECOMMIT)
+    with pytest.raises(EmulationError) as e:
+        proc.call(write)
+    assert (e.value.kind, e.value.address) == ("unmapped write", page)

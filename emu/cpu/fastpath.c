@@ -205,25 +205,34 @@ typedef struct {
 
 enum { UC_MEM_READ = 16, UC_MEM_WRITE, UC_MEM_FETCH };
 
+/* the TLB is about to hold page */
+static void note_filled(tlb_state *s, uint64_t page) {
+    if (s->overflow)
+        return;
+    if (map_find(s->filled, page))
+        s->refills++; /* not flushed since, yet missed: the TLB evicted it */
+    else if (s->filled->used >= FILLED_MAX || map_put(s->filled, page, 1))
+        s->overflow = 1;
+}
+
 bool heapemu_tlb_fill(void *uc, uint64_t addr, int type, tlb_entry *e, void *user) {
     tlb_state *s = user;
     uint64_t page = addr & ~(uint64_t)0xfff;
     uint32_t need = type == UC_MEM_WRITE ? 2 : type == UC_MEM_FETCH ? 4 : 1;
     int64_t *p = map_find(s->perms, page);
     s->fills++;
-    if (!s->overflow) {
-        if (map_find(s->filled, page))
-            s->refills++; /* not flushed since, yet missed: the TLB evicted it */
-        else if (s->filled->used >= FILLED_MAX || map_put(s->filled, page, 1))
-            s->overflow = 1;
-    }
     if (p && (*p & need)) {
+        note_filled(s, page);
         e->paddr = page;
         e->perms = (uint32_t)*p;
         return true;
     }
     s->slow_fills++;
-    return s->slow(uc, addr, type, e, NULL);
+    bool ok = s->slow(uc, addr, type, e, NULL);
+    /* noted after: Python may have flushed this very page (a guard page, a first write to
+     * a watched page) before Unicorn installs the translation */
+    note_filled(s, page);
+    return ok;
 }
 
 /* Forget every translation. */
