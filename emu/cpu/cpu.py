@@ -425,7 +425,8 @@ class Cpu:
                 ctl=ctypes.cast(uclib.uc_ctl, ctypes.c_void_p),
                 flush_control=_UC_CTL_TLB_FLUSH,
             )
-            self._tlb_ref = ctypes.byref(self._tlb_state)
+            # (its address: a byref object would hide a reference cycle from the collector)
+            self._tlb_ref = ctypes.addressof(self._tlb_state)
             fast = native.function_address(self._native, "heapemu_tlb_fill")
             self._slow_fill = slow_fill  # kept alive: the C callback calls it
             self._register_hook(
