@@ -31,7 +31,7 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.memory import Region, align_down, align_up
+from emu.nt.memory import PLAIN_PROTECTIONS, Region, align_down, align_up
 from emu.nt.objects import put_buffer
 from emu.nt.stack import guard_set
 from emu.win.layouts import (
@@ -101,6 +101,73 @@ def _read_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int
     k.write_ptr(BaseAddress, base)
     k.write_ptr(RegionSize, size)
     return base, size
+
+
+def _plain_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int] | None:
+    """The common shape of the in/out base and size: two pointers at most 64 bytes apart
+    (a caller's locals) in one run of writable plain private memory, read as they are, as
+    ``_read_in_out`` does; None for any other shape."""
+    n = k.arch.ptr_size
+    lo, hi = min(BaseAddress, RegionSize), max(BaseAddress, RegionSize) + n
+    if hi - lo > 64 or not k.memory.plain_access(lo, hi - lo, write=True):
+        return None
+    read, unpack = k.proc.cpu.read, k.arch.unpack_ptr
+    return unpack(read(BaseAddress, n)), unpack(read(RegionSize, n))
+
+
+def _write_out(k: Kernel, BaseAddress: int, RegionSize: int, base: int, size: int) -> None:
+    """Write back an in/out pair ``_plain_in_out`` read, when the service left the pages
+    holding them as they were (plain writable memory: nothing to probe or record)."""
+    write, pack = k.proc.cpu.write, k.arch.pack_ptr
+    write(BaseAddress, pack(base))
+    write(RegionSize, pack(size))
+
+
+def _commit_fast(
+    k: Kernel, BaseAddress: int, RegionSize: int, AllocationType: int, Protect: int
+) -> bool:
+    """NtAllocateVirtualMemory's common shape, a heap growing: MEM_COMMIT alone of whole
+    pages inside one private allocation (MemoryManager.commit_private), the in/out pair in
+    plain memory outside those pages. Served as the general path would serve it, without
+    its decoding; False (nothing changed) for any other shape."""
+    if Protect not in PLAIN_PROTECTIONS:
+        return False  # (an invalid one is refused before anything is read)
+    inout = _plain_in_out(k, BaseAddress, RegionSize)
+    if inout is None:
+        return False
+    base, size = inout
+    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    lo = min(BaseAddress, RegionSize)
+    if not base or not start < end or (start < lo + 64 and lo < end):
+        return False  # a reservation, a bad size, or the pair may change with the pages
+    details = k.details
+    details.update(type=AllocationType, protect=Protect, base_in=base, size_in=size)
+    if not k.memory.commit_private(start, end, Protect):
+        return False
+    _write_out(k, BaseAddress, RegionSize, start, end - start)
+    details.update(base=start, size=end - start)
+    return True
+
+
+def _decommit_fast(k: Kernel, BaseAddress: int, RegionSize: int) -> bool:
+    """NtFreeVirtualMemory's common shape, a heap shrinking: MEM_DECOMMIT of whole pages
+    inside one private allocation (MemoryManager.decommit_private), the in/out pair in
+    plain memory outside those pages; False (nothing changed) for any other shape."""
+    inout = _plain_in_out(k, BaseAddress, RegionSize)
+    if inout is None:
+        return False
+    base, size = inout
+    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    lo = min(BaseAddress, RegionSize)
+    if not size or not start < end or (start < lo + 64 and lo < end):
+        return False  # size 0 names the whole allocation; or the pair goes with the pages
+    details = k.details
+    details.update(type=MEM_DECOMMIT, base_in=base, size_in=size)
+    if not k.memory.decommit_private(start, end):
+        return False
+    _write_out(k, BaseAddress, RegionSize, start, end - start)
+    details.update(base=start, size=end - start)
+    return True
 
 
 def _reset(k: Kernel, base: int, size: int) -> tuple[int, int]:
@@ -185,6 +252,13 @@ def NtAllocateVirtualMemory(
     AllocationType: ULONG,
     Protect: ULONG,
 ) -> int:
+    if (
+        AllocationType == MEM_COMMIT
+        and not ZeroBits
+        and ProcessHandle == k.arch.ptr_mask  # NtCurrentProcess()
+        and _commit_fast(k, BaseAddress, RegionSize, AllocationType, Protect)
+    ):
+        return NtStatus.SUCCESS
     k.check_process_handle(ProcessHandle)
     highest = zero_bits_limit(k, ZeroBits, 3)
     if AllocationType & MEM_RESERVE_PLACEHOLDER:  # placeholders: NtAllocateVirtualMemoryEx only
@@ -301,6 +375,12 @@ def NtAllocateVirtualMemoryEx(
 def NtFreeVirtualMemory(
     k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, RegionSize: PSIZE_T, FreeType: ULONG
 ) -> int:
+    if (
+        FreeType == MEM_DECOMMIT
+        and ProcessHandle == k.arch.ptr_mask  # NtCurrentProcess()
+        and _decommit_fast(k, BaseAddress, RegionSize)
+    ):
+        return NtStatus.SUCCESS
     k.check_process_handle(ProcessHandle)
     base, size = _read_in_out(k, BaseAddress, RegionSize)
     k.details.update(type=FreeType, base_in=base, size_in=size)
