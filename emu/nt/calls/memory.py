@@ -18,6 +18,7 @@ conformance tests, which pass on Windows, are the reference where MSDN is silent
 from __future__ import annotations
 
 import struct
+from struct import pack_into, unpack_from
 
 from emu.errors import NtStatusError
 from emu.nt.kernel import (
@@ -103,24 +104,30 @@ def _read_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int
     return base, size
 
 
-def _plain_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int] | None:
+def _plain_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int, int] | None:
     """The common shape of the in/out base and size: two pointers at most 64 bytes apart
     (a caller's locals) in one run of writable plain private memory, read as they are, as
-    ``_read_in_out`` does; None for any other shape."""
+    ``_read_in_out`` does: (base, size, lowest address of the two); None for any other
+    shape."""
     n = k.arch.ptr_size
-    lo, hi = min(BaseAddress, RegionSize), max(BaseAddress, RegionSize) + n
+    lo, hi = (BaseAddress, RegionSize) if BaseAddress < RegionSize else (RegionSize, BaseAddress)
+    hi += n
     if hi - lo > 64 or not k.memory.plain_access(lo, hi - lo, write=True):
         return None
-    read, unpack = k.proc.cpu.read, k.arch.unpack_ptr
-    return unpack(read(BaseAddress, n)), unpack(read(RegionSize, n))
+    raw = k.proc.cpu.read(lo, hi - lo)
+    fmt = k.arch.ptr_fmt
+    return unpack_from(fmt, raw, BaseAddress - lo)[0], unpack_from(fmt, raw, RegionSize - lo)[0], lo
 
 
-def _write_out(k: Kernel, BaseAddress: int, RegionSize: int, base: int, size: int) -> None:
-    """Write back an in/out pair ``_plain_in_out`` read, when the service left the pages
-    holding them as they were (plain writable memory: nothing to probe or record)."""
-    write, pack = k.proc.cpu.write, k.arch.pack_ptr
-    write(BaseAddress, pack(base))
-    write(RegionSize, pack(size))
+def _write_out(k: Kernel, BaseAddress: int, RegionSize: int, lo: int, base: int, size: int) -> None:
+    """Write back an in/out pair ``_plain_in_out`` read (from ``lo``), when the service left
+    the memory holding it as it was (plain writable memory: nothing to probe or record):
+    the pair's span at once (what lies between the two is written back as it is)."""
+    fmt, n, cpu = k.arch.ptr_fmt, k.arch.ptr_size, k.proc.cpu
+    span = bytearray(cpu.read(lo, max(BaseAddress, RegionSize) + n - lo))
+    pack_into(fmt, span, BaseAddress - lo, base)
+    pack_into(fmt, span, RegionSize - lo, size)
+    cpu.write(lo, bytes(span))
 
 
 def _commit_fast(
@@ -135,16 +142,15 @@ def _commit_fast(
     inout = _plain_in_out(k, BaseAddress, RegionSize)
     if inout is None:
         return False
-    base, size = inout
+    base, size, lo = inout
     start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    lo = min(BaseAddress, RegionSize)
-    if not base or not start < end or (start < lo + 64 and lo < end):
+    if not base or start >= end or (start < lo + 64 and lo < end):
         return False  # a reservation, a bad size, or the pair may change with the pages
     details = k.details
     details.update(type=AllocationType, protect=Protect, base_in=base, size_in=size)
     if not k.memory.commit_private(start, end, Protect):
         return False
-    _write_out(k, BaseAddress, RegionSize, start, end - start)
+    _write_out(k, BaseAddress, RegionSize, lo, start, end - start)
     details.update(base=start, size=end - start)
     return True
 
@@ -156,16 +162,15 @@ def _decommit_fast(k: Kernel, BaseAddress: int, RegionSize: int) -> bool:
     inout = _plain_in_out(k, BaseAddress, RegionSize)
     if inout is None:
         return False
-    base, size = inout
+    base, size, lo = inout
     start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    lo = min(BaseAddress, RegionSize)
-    if not size or not start < end or (start < lo + 64 and lo < end):
+    if not size or start >= end or (start < lo + 64 and lo < end):
         return False  # size 0 names the whole allocation; or the pair goes with the pages
     details = k.details
     details.update(type=MEM_DECOMMIT, base_in=base, size_in=size)
     if not k.memory.decommit_private(start, end):
         return False
-    _write_out(k, BaseAddress, RegionSize, start, end - start)
+    _write_out(k, BaseAddress, RegionSize, lo, start, end - start)
     details.update(base=start, size=end - start)
     return True
 
