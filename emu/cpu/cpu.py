@@ -496,9 +496,11 @@ class Cpu:
         """The pages of [addr, addr+size) are no longer committed (decommitted or released):
         their contents go (the host gets the memory back; they read zero when committed
         again), so do their cached translations and any code translated from them."""
-        self._forget(addr, size)
-        self.invalidate_code(addr, size)
-        self._forget_code(addr, size)
+        code = self._may_hold_code(addr, size)
+        if code or self._native is None:
+            self._forget(addr, size)
+            self.invalidate_code(addr, size)
+            self._forget_code(addr, size)
         w, end = self._window, addr + size
         for start in range(addr - addr % w, end, w):
             window = self._windows.get(start)
@@ -507,7 +509,13 @@ class Cpu:
                 a, b = max(lo, addr), min(hi, end)
                 if a < b:  # zero: the host takes the pages back, gives zeros when touched
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
-        self.flush_tlb_range(addr, size)
+        if code or self._native is None:
+            self.flush_tlb_range(addr, size)
+        elif self._native.heapemu_tlb_forget_range(self._tlb_ref, self._uch, addr, addr + size) > 1:
+            # (no code there: the page-fault handler's answers and the translations in one
+            # call, as _forget and flush_tlb_range would)
+            self._denied.clear()  # the whole TLB went
+            self._tlb_stale = False
 
     def host_view(self, addr: int, size: int) -> memoryview:
         """The host memory backing [addr, addr+size) (inside one window), writable: what

@@ -285,6 +285,14 @@ int heapemu_tlb_flush_range(tlb_state *s, void *uc, uint64_t start, uint64_t end
     return held;
 }
 
+/* Python's answers for the pages of [start, end) no longer hold: forget them, and flush
+ * their translations (heapemu_tlb_flush_range, whose answer this is). One call for what
+ * a decommit or a protection change needs. */
+int heapemu_tlb_forget_range(tlb_state *s, void *uc, uint64_t start, uint64_t end) {
+    heapemu_map_del_range(s->perms, start & ~(uint64_t)0xfff, end, 0x1000);
+    return heapemu_tlb_flush_range(s, uc, start, end);
+}
+
 /* ---------------------------------------------------------------- block counting */
 typedef void (*special_fn)(void *uc, uint64_t addr, uint32_t size, void *user);
 typedef int64_t (*count_fn)(void *uc, uint64_t addr, uint32_t size, void *user);

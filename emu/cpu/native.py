@@ -119,6 +119,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ("heapemu_map_len", u64, [vp]),
         ("heapemu_tlb_flush", None, [vp, vp]),
         ("heapemu_tlb_flush_range", ctypes.c_int, [vp, vp, u64, u64]),
+        ("heapemu_tlb_forget_range", ctypes.c_int, [vp, vp, u64, u64]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args

@@ -682,7 +682,11 @@ class ProcessCore:
         def args(n: int) -> list[int]:
             if n <= 4:
                 return list(regs[:n])
-            raw = self.read(sp + 0x28, 8 * (n - 4))
+            addr, size = sp + 0x28, 8 * (n - 4)
+            if self.memory.plain_access(addr, size, write=False):  # the stack: no probe
+                raw = self.cpu.read(addr, size)
+            else:
+                raw = self.read(addr, size)
             return [*regs, *struct.unpack(f"<{n - 4}Q", raw)]
 
         return args
@@ -758,7 +762,8 @@ class ProcessCore:
         self._serve_syscall(eax & 0xFFFFFFFF, eip, self._x86_args_at((edx & 0xFFFFFFFF) + 8))
 
     def _serve_syscall(self, number: int, pc: int, args: Callable[[int], list[int]]) -> None:
-        recorded = len(self.syscalls)
+        observers = self.syscall_observers
+        recorded = len(self.syscalls) if observers else 0
         try:
             status = self.syscall_dispatcher.dispatch(number, pc, args)
         except NtStatusError as e:  # strict mode: unknown system call
@@ -772,10 +777,11 @@ class ProcessCore:
             status = NtStatus.ACCESS_VIOLATION
         self.shared_clock.publish(self.threads.clock())  # 1 ms more, or a sleep's worth
         self.cpu.set_reg_by_id(self._ret_id, status)
-        last = self.syscalls.last
-        if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
-            for observer in self.syscall_observers:
-                observer(last)
+        if observers and len(self.syscalls) > recorded:
+            last = self.syscalls.last
+            if last is not None:
+                for observer in observers:
+                    observer(last)
 
     def publish_clock(self) -> None:
         """KUSER_SHARED_DATA's clocks show the kernel's clock now (emu.nt.shared_data)."""
