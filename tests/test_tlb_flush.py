@@ -1,7 +1,8 @@
 """Range flushes of the CPU's TLB (emu.cpu.cpu.Cpu.flush_tlb_range, fastpath.c): a decommit or
 a protection change drops the cached translations of its own pages only, one page at a time,
 and none at all when no page of the range was filled since the last flush; the next access to
-a changed page still asks the page-fault handler, and so faults. Both architectures."""
+a changed page still asks the page-fault handler, and so faults. Both architectures. (And the
+size of each engine's translated-code buffer, which decides how its code calls Unicorn.)"""
 
 from __future__ import annotations
 
@@ -213,3 +214,13 @@ def test_a_page_the_fault_handler_changed_while_filling_it_is_flushed_later(
     with pytest.raises(EmulationError) as e:
         proc.call(write)
     assert (e.value.kind, e.value.address) == ("unmapped write", page)
+
+
+def test_the_translation_buffer_is_small_enough_to_stay_near_unicorn(arch: str) -> None:
+    """Each engine's translated-code buffer is TCG_BUFFER_SIZE (Unicorn's 1 GiB default put
+    a second engine's beyond a direct call's reach of Unicorn's helpers)."""
+    from emu.cpu.cpu import TCG_BUFFER_SIZE
+
+    first, second = Process(arch), Process("x64" if arch == "x86" else "x86")
+    for p in (first, second):
+        assert p.cpu.uc.ctl_get_tcg_buffer_size() == TCG_BUFFER_SIZE == 64 << 20

@@ -322,6 +322,16 @@ def _watchdog() -> _Watchdog:
         return _WATCHDOG
 
 
+# Unicorn's translated-code buffer (its default: 1 GiB each). The generated code calls
+# Unicorn's helpers (TLB misses, `helper_lookup_tb_ptr` on every return) directly only when
+# they are within 2 GiB of it, else through a register: a second engine's 1 GiB buffer,
+# placed below the first one's and its backed windows, was 3.6 GiB from the library and
+# its replays ran ~3% slower (measured on Wine's heap, x64 after x86). 64 MiB buffers sit
+# within 1 GiB of it; a heap replay translates less than 1 MiB, and a full buffer only
+# starts translation over.
+TCG_BUFFER_SIZE = 64 << 20
+
+
 def _page_flush(uch: object) -> tuple[int | None, int | None]:
     """(QEMU's ``tlb_flush_page``, the engine's CPUState) for fastpath.c, or (None, None).
     Unicorn 2's API flushes only the whole TLB, which drops every translation and the jump
@@ -347,6 +357,8 @@ class Cpu:
     def __init__(self, arch: Arch):
         self.arch = arch
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, _UC_MODES[arch.name])
+        # (before anything makes Unicorn build its CPU) see TCG_BUFFER_SIZE
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)  # type: ignore[attr-defined]
         # Sandy Bridge: no RDRAND/RDSEED, so they are #UD (STATUS_ILLEGAL_INSTRUCTION) and CPUID
         # says so. Unicorn's default (Haswell) runs them with the host's randomness, and offers
         # no hook for them: a run could not be reproduced.
