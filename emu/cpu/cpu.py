@@ -211,6 +211,9 @@ def _old_exception_offset(mode: int) -> int | None:
     if mode in _OLD_EXCEPTION_OFFSET:
         return _OLD_EXCEPTION_OFFSET[mode]
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+    # (two instructions to translate: the smallest buffer, not another 1 GiB near Unicorn's
+    # helpers, where it would push the next engines' buffers away: TCG_BUFFER_SIZE)
+    uc.ctl_set_tcg_buffer_size(1 << 20)  # type: ignore[attr-defined]
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")  # xor ecx, ecx; div ecx
     seen: list[int] = []
