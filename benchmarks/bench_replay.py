@@ -45,6 +45,7 @@ import unicorn
 from unicorn import x86_const as ux
 
 from emu import Process
+from emu.cpu.cpu import TCG_BUFFER_SIZE
 from emu.heap.allocator import Allocator
 from emu.heap.replay.run import ReplayResult, replay, replay_python
 from emu.heap.replay.tape import Tape
@@ -166,6 +167,10 @@ def bare_loop_ips(arch: str) -> float:
     uc = unicorn.Uc(
         unicorn.UC_ARCH_X86, unicorn.UC_MODE_64 if arch == "x64" else unicorn.UC_MODE_32
     )
+    # heapemu's own translation buffer size (emu.cpu.cpu.TCG_BUFFER_SIZE): Unicorn's 1 GiB
+    # default, left in the address space until collected, pushed the next architecture's
+    # engine out of a direct call's reach of Unicorn's helpers
+    uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)  # type: ignore[attr-defined]
     uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
 
     def fill(uc_: object, vaddr: int, access: int, entry: Any, user: object) -> bool:

@@ -212,6 +212,9 @@ def _old_exception_offset(mode: int) -> int | None:
     if mode in _OLD_EXCEPTION_OFFSET:
         return _OLD_EXCEPTION_OFFSET[mode]
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+    # (two instructions to translate: the smallest buffer, not another 1 GiB near Unicorn's
+    # helpers, where it would push the next engines' buffers away: TCG_BUFFER_SIZE)
+    uc.ctl_set_tcg_buffer_size(1 << 20)  # type: ignore[attr-defined]
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")  # xor ecx, ecx; div ecx
     seen: list[int] = []
@@ -323,12 +326,43 @@ def _watchdog() -> _Watchdog:
         return _WATCHDOG
 
 
+# Unicorn's translated-code buffer (its default: 1 GiB each). The generated code calls
+# Unicorn's helpers (TLB misses, `helper_lookup_tb_ptr` on every return) directly only when
+# they are within 2 GiB of it, else through a register: a second engine's 1 GiB buffer,
+# placed below the first one's and its backed windows, was 3.6 GiB from the library and
+# its replays ran ~3% slower (measured on Wine's heap, x64 after x86). 64 MiB buffers sit
+# within 1 GiB of it; a heap replay translates less than 1 MiB, and a full buffer only
+# starts translation over.
+TCG_BUFFER_SIZE = 64 << 20
+
+
+def _page_flush(uch: object) -> tuple[int | None, int | None]:
+    """(QEMU's ``tlb_flush_page``, the engine's CPUState) for fastpath.c, or (None, None).
+    Unicorn 2's API flushes only the whole TLB, which drops every translation and the jump
+    cache; its library also exports QEMU's own one-page flush (``tlb_flush_page_x86_64``:
+    the one x86 target serves both modes) and ``qemu_get_cpu_x86_64(uc, index)`` (its single
+    CPU is never numbered: its index stays QEMU's UNASSIGNED_CPU_INDEX, -1, as measured on
+    2.1.4), which Unicorn itself calls from inside hooks. Without them (another Unicorn
+    build) a range flush flushes everything, as before."""
+    try:
+        flush_page = ctypes.cast(uclib.tlb_flush_page_x86_64, ctypes.c_void_p).value
+        get_cpu = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)(
+            ("qemu_get_cpu_x86_64", uclib)
+        )
+    except AttributeError:
+        return None, None
+    cpu = get_cpu(uch, -1) or get_cpu(uch, 0)
+    return (flush_page, cpu) if flush_page and cpu else (None, None)
+
+
 class Cpu:
     """A Unicorn x86/x64 engine with Windows-flavoured fault reporting."""
 
     def __init__(self, arch: Arch):
         self.arch = arch
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, _UC_MODES[arch.name])
+        # (before anything makes Unicorn build its CPU) see TCG_BUFFER_SIZE
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)  # type: ignore[attr-defined]
         # Sandy Bridge: no RDRAND/RDSEED, so they are #UD (STATUS_ILLEGAL_INSTRUCTION) and CPUID
         # says so. Unicorn's default (Haswell) runs them with the host's randomness, and offers
         # no hook for them: a run could not be reproduced.
@@ -403,7 +437,18 @@ class Cpu:
         slow_fill = _TLB_FILL_CB(self._on_tlb_fill)
         if self._native is not None:
             self._native_perms = perms = native.NativeMap(self._native)
-            self._tlb_state = native.TlbState(perms.ptr, ctypes.cast(slow_fill, ctypes.c_void_p))
+            # the pages filled since the last flush (fastpath.c: a range flush needs only
+            # those of them flushed)
+            self._tlb_filled = native.NativeMap(self._native)
+            self._tlb_state = native.TlbState(
+                perms.ptr,
+                ctypes.cast(slow_fill, ctypes.c_void_p),
+                filled=self._tlb_filled.ptr,
+                ctl=ctypes.cast(uclib.uc_ctl, ctypes.c_void_p),
+                flush_control=_UC_CTL_TLB_FLUSH,
+            )
+            # (its address: a byref object would hide a reference cycle from the collector)
+            self._tlb_ref = ctypes.addressof(self._tlb_state)
             fast = native.function_address(self._native, "heapemu_tlb_fill")
             self._slow_fill = slow_fill  # kept alive: the C callback calls it
             self._register_hook(
@@ -414,6 +459,8 @@ class Cpu:
                 flush=False,
                 user=ctypes.addressof(self._tlb_state),
             )
+            # (the hook made Unicorn build its CPU: it has one to flush pages of now)
+            self._tlb_state.flush_page, self._tlb_state.cpu = _page_flush(self._uch)
         else:
             self._register_hook(unicorn.UC_HOOK_TLB_FILL, slow_fill, 1, 0, flush=False)
         # How a run ends at ``until`` (see run): a native block hook there, and Unicorn's own
@@ -472,9 +519,11 @@ class Cpu:
         """The pages of [addr, addr+size) are no longer committed (decommitted or released):
         their contents go (the host gets the memory back; they read zero when committed
         again), so do their cached translations and any code translated from them."""
-        self._forget(addr, size)
-        self.invalidate_code(addr, size)
-        self._forget_code(addr, size)
+        code = self._may_hold_code(addr, size)
+        if code or self._native is None:
+            self._forget(addr, size)
+            self.invalidate_code(addr, size)
+            self._forget_code(addr, size)
         w, end = self._window, addr + size
         for start in range(addr - addr % w, end, w):
             window = self._windows.get(start)
@@ -483,7 +532,13 @@ class Cpu:
                 a, b = max(lo, addr), min(hi, end)
                 if a < b:  # zero: the host takes the pages back, gives zeros when touched
                     mem.madvise(mmap.MADV_DONTNEED, a - lo, b - a)
-        self.flush_tlb()
+        if code or self._native is None:
+            self.flush_tlb_range(addr, size)
+        elif self._native.heapemu_tlb_forget_range(self._tlb_ref, self._uch, addr, addr + size) > 1:
+            # (no code there: the page-fault handler's answers and the translations in one
+            # call, as _forget and flush_tlb_range would)
+            self._denied.clear()  # the whole TLB went
+            self._tlb_stale = False
 
     def host_view(self, addr: int, size: int) -> memoryview:
         """The host memory backing [addr, addr+size) (inside one window), writable: what
@@ -652,7 +707,7 @@ class Cpu:
         if not uc_perms(protect) & UC_X:
             self.invalidate_code(addr, size)
             self._forget_code(addr, size)
-        self.flush_tlb()
+        self.flush_tlb_range(addr, size)
 
     @staticmethod
     def _pages_within(addr: int, size: int, pages: Collection[int]) -> list[int]:
@@ -705,12 +760,34 @@ class Cpu:
 
     def flush_tlb(self) -> None:
         """Forget every cached translation: the next access to each page asks again."""
-        if self._direct is not None:
+        if self._native is not None:  # (it also forgets which pages it filled)
+            self._native.heapemu_tlb_flush(self._tlb_ref, self._uch)
+        elif self._direct is not None:
             self._direct.ctl(self._uca, _UC_CTL_TLB_FLUSH)
         else:
             uclib.uc_ctl(self._uch, _UC_CTL_TLB_FLUSH)
         self._denied.clear()
         self._tlb_stale = False
+
+    def flush_tlb_range(self, addr: int, size: int) -> None:
+        """Forget the cached translations of [addr, addr+size). The native fill remembers
+        the pages it filled since the last whole flush: only those of the range are flushed,
+        one by one (none: nothing to do); denied translations elsewhere stay, with their
+        faults. Without the native fast path, or when it lost count, the whole TLB."""
+        if self._native is None:
+            self.flush_tlb()
+        elif self._native.heapemu_tlb_flush_range(self._tlb_ref, self._uch, addr, addr + size) > 1:
+            self._denied.clear()  # the whole TLB went
+            self._tlb_stale = False
+
+    def tlb_flushes(self) -> tuple[int, int, int] | None:
+        """(whole-TLB flushes, pages flushed one by one, range flushes that found none of
+        their pages in the TLB) since the CPU was made, with the native fast path (None
+        without it): for benchmarks and tests."""
+        st = self._tlb_state
+        if st is None:
+            return None
+        return int(st.flushes), int(st.page_flushes), int(st.ranges_skipped)
 
     def read(self, addr: int, size: int) -> bytes:
         # inside a backed window, the host memory Unicorn reads is ours: a slice of it, no C

@@ -4,7 +4,9 @@
  *
  *  - heapemu_tlb_fill: a UC_HOOK_TLB_FILL callback answering TLB misses on pages whose
  *    permissions Python already decided (a cache Python fills and invalidates); any other miss
- *    goes to the Python callback.
+ *    goes to the Python callback. It also notes which pages it filled since the last flush,
+ *    so that heapemu_tlb_flush_range flushes only those of a range (QEMU's own one-page
+ *    flush, which Unicorn exports but its API does not offer), not the whole TLB.
  *  - heapemu_block: a UC_HOOK_BLOCK callback that counts blocks and instructions (instructions
  *    per block from a table Python fills on a block's first run) and, at the addresses it was
  *    asked to watch (allocator entry points and the return addresses they leave), appends the
@@ -164,15 +166,54 @@ uint64_t heapemu_map_len(const map_t *m) { return m->used; }
 
 /* ---------------------------------------------------------------- TLB fill */
 typedef bool (*fill_fn)(void *uc, uint64_t addr, int type, tlb_entry *e, void *user);
+/* uc_ctl, passed in by address (variadic, as Unicorn declares it) */
+typedef int (*ctl_fn)(void *uc, int control, ...);
+/* QEMU's tlb_flush_page(CPUState *, target_ulong) as Unicorn 2 exports it for x86
+ * (tlb_flush_page_x86_64): one page's translations go, in every MMU mode and the victim TLB,
+ * with the jump cache's entries for it */
+typedef void (*flush_page_fn)(void *cpu, uint64_t addr);
+
+/* Pages filled since the last flush are remembered up to this many; past it, any page may
+ * be in the TLB (the set stays small: the map never grows past 2 * FILLED_MAX slots). */
+#define FILLED_MAX 512
+/* QEMU sizes its TLB (direct-mapped, 256 entries to start with) only when it flushes it
+ * whole, by how full it was: with page flushes only, a TLB too small for the working set
+ * would stay so and keep evicting. More refills than this since the last whole flush (pages
+ * evicted and filled again) make the next range flush a whole one, so QEMU can grow it. */
+#define REFILLS_MAX 256
 
 typedef struct {
     map_t *perms; /* page -> Unicorn permissions Python decided */
     fill_fn slow; /* the Python callback, for every other miss */
     uint64_t fills; /* TLB misses seen (a counter for benchmarks) */
     uint64_t slow_fills; /* ... of which Python answered */
+    /* Every translation in Unicorn's TLB was installed by a fill (UC_TLB_VIRTUAL: Unicorn's
+     * unicorn_fill_tlb installs exactly the page the hook answered, one page): the pages
+     * filled since the last flush are a superset of the pages the TLB holds, and a range
+     * needs only those of them flushed. */
+    map_t *filled; /* page -> 1, since the last full flush */
+    uint64_t overflow; /* more than FILLED_MAX pages were filled: assume every page was */
+    uint64_t refills; /* fills of pages filled before, since the last full flush */
+    ctl_fn ctl; /* uc_ctl */
+    int64_t flush_control; /* uc_ctl's code for UC_CTL_TLB_FLUSH (a write) */
+    flush_page_fn flush_page; /* NULL: a range flushes the whole TLB */
+    void *cpu; /* the engine's CPUState, for flush_page */
+    uint64_t flushes; /* whole-TLB flushes (counters for benchmarks and tests) */
+    uint64_t page_flushes; /* pages flushed one by one */
+    uint64_t ranges_skipped; /* ranges that had no page in the TLB */
 } tlb_state;
 
 enum { UC_MEM_READ = 16, UC_MEM_WRITE, UC_MEM_FETCH };
+
+/* the TLB is about to hold page */
+static void note_filled(tlb_state *s, uint64_t page) {
+    if (s->overflow)
+        return;
+    if (map_find(s->filled, page))
+        s->refills++; /* not flushed since, yet missed: the TLB evicted it */
+    else if (s->filled->used >= FILLED_MAX || map_put(s->filled, page, 1))
+        s->overflow = 1;
+}
 
 bool heapemu_tlb_fill(void *uc, uint64_t addr, int type, tlb_entry *e, void *user) {
     tlb_state *s = user;
@@ -181,12 +222,75 @@ bool heapemu_tlb_fill(void *uc, uint64_t addr, int type, tlb_entry *e, void *use
     int64_t *p = map_find(s->perms, page);
     s->fills++;
     if (p && (*p & need)) {
+        note_filled(s, page);
         e->paddr = page;
         e->perms = (uint32_t)*p;
         return true;
     }
     s->slow_fills++;
-    return s->slow(uc, addr, type, e, NULL);
+    bool ok = s->slow(uc, addr, type, e, NULL);
+    /* noted after: Python may have flushed this very page (a guard page, a first write to
+     * a watched page) before Unicorn installs the translation */
+    note_filled(s, page);
+    return ok;
+}
+
+/* Forget every translation. */
+void heapemu_tlb_flush(tlb_state *s, void *uc) {
+    s->ctl(uc, (int)s->flush_control);
+    if (s->filled->used || s->filled->tombs)
+        map_clear(s->filled);
+    s->overflow = s->refills = 0;
+    s->flushes++;
+}
+
+static int flush_one(tlb_state *s, uint64_t page) {
+    if (!s->flush_page)
+        return 1; /* no page flush: the caller flushes everything */
+    s->flush_page(s->cpu, page);
+    map_del(s->filled, page);
+    s->page_flushes++;
+    return 0;
+}
+
+/* Forget the translations of [start, end): those of its pages filled since the last flush,
+ * one by one (the whole TLB when the filled pages were not all remembered, or without
+ * flush_page). 0 when the TLB held none of them, 1 when pages were flushed, 2 when the whole
+ * TLB was. */
+int heapemu_tlb_flush_range(tlb_state *s, void *uc, uint64_t start, uint64_t end) {
+    map_t *m = s->filled;
+    int held = 0, whole = s->overflow || s->refills > REFILLS_MAX;
+    start &= ~(uint64_t)0xfff;
+    if (!whole && m->used) {
+        if ((end - start) >> 12 <= m->mask + 1) {
+            for (uint64_t page = start; page < end && !whole; page += 0x1000)
+                if (map_find(m, page)) {
+                    held = 1;
+                    whole = flush_one(s, page);
+                }
+        } else {
+            for (uint64_t i = 0; i <= m->mask && !whole; i++)
+                if (m->keys[i] < TOMB && m->keys[i] >= start && m->keys[i] < end) {
+                    held = 1;
+                    whole = flush_one(s, m->keys[i]);
+                }
+        }
+    }
+    if (whole) {
+        heapemu_tlb_flush(s, uc);
+        return 2;
+    }
+    if (!held)
+        s->ranges_skipped++;
+    return held;
+}
+
+/* Python's answers for the pages of [start, end) no longer hold: forget them, and flush
+ * their translations (heapemu_tlb_flush_range, whose answer this is). One call for what
+ * a decommit or a protection change needs. */
+int heapemu_tlb_forget_range(tlb_state *s, void *uc, uint64_t start, uint64_t end) {
+    heapemu_map_del_range(s->perms, start & ~(uint64_t)0xfff, end, 0x1000);
+    return heapemu_tlb_flush_range(s, uc, start, end);
 }
 
 /* ---------------------------------------------------------------- block counting */

@@ -179,6 +179,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ("heapemu_map_del_range", None, [vp, u64, u64, u64]),
         ("heapemu_map_put_range", ctypes.c_int, [vp, u64, u64, u64, i64]),
         ("heapemu_map_len", u64, [vp]),
+        ("heapemu_tlb_flush", None, [vp, vp]),
+        ("heapemu_tlb_flush_range", ctypes.c_int, [vp, vp, u64, u64]),
+        ("heapemu_tlb_forget_range", ctypes.c_int, [vp, vp, u64, u64]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
@@ -198,6 +201,16 @@ class TlbState(ctypes.Structure):
         ("slow", ctypes.c_void_p),
         ("fills", ctypes.c_uint64),
         ("slow_fills", ctypes.c_uint64),
+        ("filled", ctypes.c_void_p),
+        ("overflow", ctypes.c_uint64),
+        ("refills", ctypes.c_uint64),
+        ("ctl", ctypes.c_void_p),
+        ("flush_control", ctypes.c_int64),
+        ("flush_page", ctypes.c_void_p),
+        ("cpu", ctypes.c_void_p),
+        ("flushes", ctypes.c_uint64),
+        ("page_flushes", ctypes.c_uint64),
+        ("ranges_skipped", ctypes.c_uint64),
     ]
 
 

@@ -86,6 +86,11 @@ _ACCESS = {
     PAGE_EXECUTE_READWRITE: 7,
 }
 # copy-on-write pages read as these until written, and become the writable variant
+# protections a private commit takes as they are (no modifier, no copy-on-write)
+PLAIN_PROTECTIONS = frozenset(
+    (PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE, PAGE_EXECUTE, PAGE_EXECUTE_READ,
+     PAGE_EXECUTE_READWRITE)
+)  # fmt: skip
 _COPY_ON_WRITE = {PAGE_WRITECOPY: PAGE_READWRITE, PAGE_EXECUTE_WRITECOPY: PAGE_EXECUTE_READWRITE}
 _READ_ONLY_VARIANT = {
     PAGE_READWRITE: PAGE_READONLY,
@@ -618,6 +623,52 @@ class MemoryManager:
                 NtStatus.INVALID_PAGE_PROTECTION,
                 f"0x{protect:x} exceeds the view's 0x{region.allocation_protect:x}",
             )
+
+    # ------------------------------------------------------------------ the common shapes
+    def commit_private(self, start: int, end: int, protect: int) -> bool:
+        """A user's MEM_COMMIT of the whole pages [start, end) (page-aligned, start < end)
+        with one of the plain protections (no modifier, no copy-on-write), done as
+        ``allocate`` would do it when the pages lie in one private allocation that is
+        neither kernel-owned nor a placeholder: every check it makes passes then, and only
+        the commit charge is left to check. False, with nothing changed, for any other
+        shape or an error: ``allocate`` then answers (the system call's general path)."""
+        region = self.region_at(start)
+        if (
+            protect not in PLAIN_PROTECTIONS
+            or region is None
+            or end > region.base + region.size
+            or region.type != MEM_PRIVATE
+            or region.secured
+            or region.placeholder
+        ):
+            return False
+        pages = region.pages
+        i0, i1 = (start - region.base) >> 12, (end - region.base) >> 12
+        state = pages.uniform(i0, i1)
+        if state is None:
+            charge = pages.count_reserved(i0, i1)
+        else:
+            charge = i1 - i0 if state == RESERVED else 0
+        if self.committed + PAGE_SIZE * charge > self.commit_limit:
+            return False
+        self._set_pages(region, i0, i1, protect)
+        return True
+
+    def decommit_private(self, start: int, end: int) -> bool:
+        """A user's MEM_DECOMMIT of the whole pages [start, end) (page-aligned, start < end),
+        done as ``free`` would do it when they lie in one private allocation that is not
+        kernel-owned; False, with nothing changed, otherwise (``free`` then answers)."""
+        region = self.region_at(start)
+        if (
+            region is None
+            or end > region.base + region.size
+            or region.type != MEM_PRIVATE
+            or region.secured
+        ):
+            return False
+        base = region.base
+        self._set_pages(region, (start - base) >> 12, (end - base) >> 12, RESERVED)
+        return True
 
     def free(self, base: int, size: int, free_type: int, *, user: bool = False) -> tuple[int, int]:
         """NtFreeVirtualMemory semantics for MEM_DECOMMIT and MEM_RELEASE: returns the

@@ -284,9 +284,16 @@ class ProcessCore:
     def _install_hooks(self) -> None:
         cpu = self.cpu
         ids = cpu.reg_ids
-        self._eax_id, self._edx_id, self._ret_id = ids["eax"], ids["edx"], ids[self.arch.ret]
-        if self.arch.ptr_size == 8:  # the kernel ABI's register arguments, read in one batch
-            self._syscall_regs = cpu.register_reader(("r10", "rdx", "r8", "r9"))
+        self._ret_id = ids[self.arch.ret]
+        # what the kernel entry reads, in one batch: the service number, the pc, and the
+        # arguments' registers (x64: the stack pointer and the kernel ABI's four; x86: edx,
+        # which points at them)
+        if self.arch.ptr_size == 8:
+            self._syscall_entry = cpu.register_reader(
+                ("rax", "rip", "rsp", "r10", "rdx", "r8", "r9")
+            )
+        else:
+            self._syscall_entry = cpu.register_reader(("eax", "eip", "edx"))
         cpu.page_fault_handler = self._on_page_fault
         cpu.readable = self._readable
         cpu.hook_interrupt(self._on_interrupt)
@@ -668,20 +675,26 @@ class ProcessCore:
         cpu.pc = ret_addr
 
     # ------------------------------------------------------------------ kernel entry
-    def _syscall_args_x64(self, n: int) -> list[int]:
-        """The first ``n`` arguments of an x64 system call: r10, rdx, r8, r9 (one batched
-        register read), then the stack from [rsp+0x28] (one memory read)."""
-        regs = self._syscall_regs()
-        if n <= 4:
-            return list(regs[:n])
-        raw = self.read(self.cpu.sp + 0x28, 8 * (n - 4))
-        return [*regs, *struct.unpack(f"<{n - 4}Q", raw)]
+    def _x64_args(self, regs: tuple[int, ...], sp: int) -> Callable[[int], list[int]]:
+        """The first ``n`` arguments of an x64 system call: ``regs`` (r10, rdx, r8, r9, as
+        read at the entry), then the stack from [rsp+0x28] (one memory read)."""
+
+        def args(n: int) -> list[int]:
+            if n <= 4:
+                return list(regs[:n])
+            addr, size = sp + 0x28, 8 * (n - 4)
+            if self.memory.plain_access(addr, size, write=False):  # the stack: no probe
+                raw = self.cpu.read(addr, size)
+            else:
+                raw = self.read(addr, size)
+            return [*regs, *struct.unpack(f"<{n - 4}Q", raw)]
+
+        return args
 
     def _on_syscall(self) -> None:
-        cpu = self.cpu
         # Unicorn calls this hook with rip on the `syscall` and steps past it afterwards
-        number = cpu.reg_by_id(self._eax_id) & 0xFFFFFFFF
-        self._serve_syscall(number, cpu.pc, self._syscall_args_x64)
+        rax, rip, rsp, *regs = self._syscall_entry()
+        self._serve_syscall(rax & 0xFFFFFFFF, rip, self._x64_args(tuple(regs), rsp))
 
     def _x86_args_at(self, base: int) -> Callable[[int], list[int]]:
         """The first ``n`` arguments of an x86 system call: the DWORD array at ``base``, read
@@ -695,9 +708,10 @@ class ProcessCore:
     def _on_interrupt(self, intno: int) -> None:
         cpu = self.cpu
         if intno == 0x2E and self.arch.ptr_size == 4:
-            # NT's int 0x2e path: eax = service number, edx -> the arguments
-            eax, edx = cpu.reg_by_id(self._eax_id), cpu.reg_by_id(self._edx_id)
-            self._serve_syscall(eax & 0xFFFFFFFF, cpu.pc - 2, self._x86_args_at(edx & 0xFFFFFFFF))
+            # NT's int 0x2e path: eax = service number, edx -> the arguments; the hook sees
+            # eip past `int 0x2e` (CD 2E)
+            eax, eip, edx = self._syscall_entry()
+            self._serve_syscall(eax & 0xFFFFFFFF, eip - 2, self._x86_args_at(edx & 0xFFFFFFFF))
             return
         if intno == 0x29:
             self._fast_fail()
@@ -744,12 +758,12 @@ class ProcessCore:
         # KiFastSystemCall: `mov edx, esp; sysenter`; the arguments start above the two return
         # addresses (stub's caller and KiFastSystemCall's caller). Unicorn calls this hook with
         # eip on the instruction and then steps past it, as KiFastSystemCallRet would resume.
-        cpu = self.cpu
-        eax, edx = cpu.reg_by_id(self._eax_id), cpu.reg_by_id(self._edx_id)
-        self._serve_syscall(eax & 0xFFFFFFFF, cpu.pc, self._x86_args_at((edx & 0xFFFFFFFF) + 8))
+        eax, eip, edx = self._syscall_entry()
+        self._serve_syscall(eax & 0xFFFFFFFF, eip, self._x86_args_at((edx & 0xFFFFFFFF) + 8))
 
     def _serve_syscall(self, number: int, pc: int, args: Callable[[int], list[int]]) -> None:
-        recorded = len(self.syscalls)
+        observers = self.syscall_observers
+        recorded = len(self.syscalls) if observers else 0
         try:
             status = self.syscall_dispatcher.dispatch(number, pc, args)
         except NtStatusError as e:  # strict mode: unknown system call
@@ -763,10 +777,11 @@ class ProcessCore:
             status = NtStatus.ACCESS_VIOLATION
         self.shared_clock.publish(self.threads.clock())  # 1 ms more, or a sleep's worth
         self.cpu.set_reg_by_id(self._ret_id, status)
-        last = self.syscalls.last
-        if self.syscall_observers and len(self.syscalls) > recorded and last is not None:
-            for observer in self.syscall_observers:
-                observer(last)
+        if observers and len(self.syscalls) > recorded:
+            last = self.syscalls.last
+            if last is not None:
+                for observer in observers:
+                    observer(last)
 
     def publish_clock(self) -> None:
         """KUSER_SHARED_DATA's clocks show the kernel's clock now (emu.nt.shared_data)."""

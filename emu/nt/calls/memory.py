@@ -18,6 +18,7 @@ conformance tests, which pass on Windows, are the reference where MSDN is silent
 from __future__ import annotations
 
 import struct
+from struct import pack_into, unpack_from
 
 from emu.errors import NtStatusError
 from emu.nt.kernel import (
@@ -31,7 +32,7 @@ from emu.nt.kernel import (
     Kernel,
     syscall,
 )
-from emu.nt.memory import Region, align_down, align_up
+from emu.nt.memory import PLAIN_PROTECTIONS, Region, align_down, align_up
 from emu.nt.objects import put_buffer
 from emu.nt.stack import guard_set
 from emu.win.layouts import (
@@ -101,6 +102,77 @@ def _read_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int
     k.write_ptr(BaseAddress, base)
     k.write_ptr(RegionSize, size)
     return base, size
+
+
+def _plain_in_out(k: Kernel, BaseAddress: int, RegionSize: int) -> tuple[int, int, int] | None:
+    """The common shape of the in/out base and size: two pointers at most 64 bytes apart
+    (a caller's locals) in one run of writable plain private memory, read as they are, as
+    ``_read_in_out`` does: (base, size, lowest address of the two); None for any other
+    shape."""
+    n = k.arch.ptr_size
+    lo, hi = (BaseAddress, RegionSize) if BaseAddress < RegionSize else (RegionSize, BaseAddress)
+    hi += n
+    if hi - lo > 64 or not k.memory.plain_access(lo, hi - lo, write=True):
+        return None
+    raw = k.proc.cpu.read(lo, hi - lo)
+    fmt = k.arch.ptr_fmt
+    return unpack_from(fmt, raw, BaseAddress - lo)[0], unpack_from(fmt, raw, RegionSize - lo)[0], lo
+
+
+def _write_out(k: Kernel, BaseAddress: int, RegionSize: int, lo: int, base: int, size: int) -> None:
+    """Write back an in/out pair ``_plain_in_out`` read (from ``lo``), when the service left
+    the memory holding it as it was (plain writable memory: nothing to probe or record):
+    the pair's span at once (what lies between the two is written back as it is)."""
+    fmt, n, cpu = k.arch.ptr_fmt, k.arch.ptr_size, k.proc.cpu
+    span = bytearray(cpu.read(lo, max(BaseAddress, RegionSize) + n - lo))
+    pack_into(fmt, span, BaseAddress - lo, base)
+    pack_into(fmt, span, RegionSize - lo, size)
+    cpu.write(lo, bytes(span))
+
+
+def _commit_fast(
+    k: Kernel, BaseAddress: int, RegionSize: int, AllocationType: int, Protect: int
+) -> bool:
+    """NtAllocateVirtualMemory's common shape, a heap growing: MEM_COMMIT alone of whole
+    pages inside one private allocation (MemoryManager.commit_private), the in/out pair in
+    plain memory outside those pages. Served as the general path would serve it, without
+    its decoding; False (nothing changed) for any other shape."""
+    if Protect not in PLAIN_PROTECTIONS:
+        return False  # (an invalid one is refused before anything is read)
+    inout = _plain_in_out(k, BaseAddress, RegionSize)
+    if inout is None:
+        return False
+    base, size, lo = inout
+    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if not base or start >= end or (start < lo + 64 and lo < end):
+        return False  # a reservation, a bad size, or the pair may change with the pages
+    details = k.details
+    details.update(type=AllocationType, protect=Protect, base_in=base, size_in=size)
+    if not k.memory.commit_private(start, end, Protect):
+        return False
+    _write_out(k, BaseAddress, RegionSize, lo, start, end - start)
+    details.update(base=start, size=end - start)
+    return True
+
+
+def _decommit_fast(k: Kernel, BaseAddress: int, RegionSize: int) -> bool:
+    """NtFreeVirtualMemory's common shape, a heap shrinking: MEM_DECOMMIT of whole pages
+    inside one private allocation (MemoryManager.decommit_private), the in/out pair in
+    plain memory outside those pages; False (nothing changed) for any other shape."""
+    inout = _plain_in_out(k, BaseAddress, RegionSize)
+    if inout is None:
+        return False
+    base, size, lo = inout
+    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if not size or start >= end or (start < lo + 64 and lo < end):
+        return False  # size 0 names the whole allocation; or the pair goes with the pages
+    details = k.details
+    details.update(type=MEM_DECOMMIT, base_in=base, size_in=size)
+    if not k.memory.decommit_private(start, end):
+        return False
+    _write_out(k, BaseAddress, RegionSize, lo, start, end - start)
+    details.update(base=start, size=end - start)
+    return True
 
 
 def _reset(k: Kernel, base: int, size: int) -> tuple[int, int]:
@@ -185,6 +257,13 @@ def NtAllocateVirtualMemory(
     AllocationType: ULONG,
     Protect: ULONG,
 ) -> int:
+    if (
+        AllocationType == MEM_COMMIT
+        and not ZeroBits
+        and ProcessHandle == k.arch.ptr_mask  # NtCurrentProcess()
+        and _commit_fast(k, BaseAddress, RegionSize, AllocationType, Protect)
+    ):
+        return NtStatus.SUCCESS
     k.check_process_handle(ProcessHandle)
     highest = zero_bits_limit(k, ZeroBits, 3)
     if AllocationType & MEM_RESERVE_PLACEHOLDER:  # placeholders: NtAllocateVirtualMemoryEx only
@@ -301,6 +380,12 @@ def NtAllocateVirtualMemoryEx(
 def NtFreeVirtualMemory(
     k: Kernel, ProcessHandle: HANDLE, BaseAddress: PVOID, RegionSize: PSIZE_T, FreeType: ULONG
 ) -> int:
+    if (
+        FreeType == MEM_DECOMMIT
+        and ProcessHandle == k.arch.ptr_mask  # NtCurrentProcess()
+        and _decommit_fast(k, BaseAddress, RegionSize)
+    ):
+        return NtStatus.SUCCESS
     k.check_process_handle(ProcessHandle)
     base, size = _read_in_out(k, BaseAddress, RegionSize)
     k.details.update(type=FreeType, base_in=base, size_in=size)
