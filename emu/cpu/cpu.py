@@ -36,6 +36,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable
+from functools import partial
 from typing import Any
 
 import capstone
@@ -923,25 +924,33 @@ class Cpu:
     def ret(self) -> int:
         return self.reg_by_id(self._ret_id)
 
+    def _register_batch(
+        self, write: bool, ids: ctypes.Array[ctypes.c_int], ptrs: ctypes.Array[ctypes.c_void_p]
+    ) -> Callable[[], int]:
+        """One ``uc_reg_read_batch`` / ``uc_reg_write_batch`` of the registers ``ids`` into /
+        from the slots ``ptrs`` point at, ready to call (it returns Unicorn's status); the
+        caller keeps the arrays alive. Through direct.c, else ctypes: a write through PyDLL
+        without argtypes, the arguments already C objects (0.6 µs a call instead of 1.4 µs for
+        the binding's prototype; the GIL stays held, and the only callback a register write can
+        cause, a TLB fill, runs in this same thread)."""
+        n = len(ids)
+        if self._direct is not None:
+            fn = self._direct.write_batch if write else self._direct.read_batch
+            return partial(fn, self._uca, ctypes.addressof(ids), ctypes.addressof(ptrs), n)
+        if write:
+            return partial(_REG_WRITE_BATCH, self._uch, ids, ptrs, ctypes.c_int(n))
+        return partial(uclib.uc_reg_read_batch, self._uch, ids, ptrs, n)
+
     def register_reader(self, names: tuple[str, ...]) -> Callable[[], tuple[int, ...]]:
         """A function reading ``names`` in one ``uc_reg_read_batch`` (for hot observers)."""
         n = len(names)
         ids = (ctypes.c_int * n)(*(self.reg_ids[r] for r in names))
         vals = (ctypes.c_uint64 * n)()
         ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n)))
-        uch = self._uch
-        if self._direct is not None:
-            batch, uca = self._direct.read_batch, self._uca
-            ids_at, ptrs_at = ctypes.addressof(ids), ctypes.addressof(ptrs)
+        batch = self._register_batch(False, ids, ptrs)
 
-            def read_direct(_keep: object = (ids, ptrs)) -> tuple[int, ...]:
-                batch(uca, ids_at, ptrs_at, n)
-                return tuple(vals)
-
-            return read_direct
-
-        def read() -> tuple[int, ...]:
-            uclib.uc_reg_read_batch(uch, ids, ptrs, n)
+        def read(_keep: object = (ids, ptrs)) -> tuple[int, ...]:
+            batch()
             return tuple(vals)
 
         return read
@@ -954,23 +963,10 @@ class Cpu:
         # every value in an 8-byte slot: Unicorn reads each at its register's width
         vals = (ctypes.c_uint64 * n)(*(v for _, v in pairs))
         ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n)))
-        # through PyDLL without argtypes, the arguments already C objects: 0.6 µs a call
-        # instead of 1.4 µs for the binding's prototype (measured; the GIL stays held, and the
-        # only callback a register write can cause, a TLB fill, runs in this same thread)
-        uch, count, write = self._uch, ctypes.c_int(n), _REG_WRITE_BATCH
-        if self._direct is not None:
-            batch, uca = self._direct.write_batch, self._uca
-            ids_at, ptrs_at = ctypes.addressof(ids), ctypes.addressof(ptrs)
+        batch = self._register_batch(True, ids, ptrs)
 
-            def apply_direct(_keep: object = (ids, ptrs, vals)) -> None:
-                status = batch(uca, ids_at, ptrs_at, n)
-                if status:
-                    raise CpuError(f"register batch {pairs}: {unicorn.UcError(status)}")
-
-            return apply_direct
-
-        def apply(_keep: object = vals) -> None:  # the values must outlive this function
-            status = write(uch, ids, ptrs, count)
+        def apply(_keep: object = (ids, ptrs, vals)) -> None:  # they must outlive it
+            status = batch()
             if status:
                 raise CpuError(f"register batch {pairs}: {unicorn.UcError(status)}")
 
@@ -993,19 +989,10 @@ class Cpu:
         ids = (ctypes.c_int * n)(*(self.reg_ids[r] for r in names))
         buf = ctypes.create_string_buffer(16 * n)
         ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(buf) + 16 * i for i in range(n)))
-        uch = self._uch
-        if self._direct is not None:
-            batch, uca = self._direct.read_batch, self._uca
-            ids_at, ptrs_at = ctypes.addressof(ids), ctypes.addressof(ptrs)
+        batch = self._register_batch(False, ids, ptrs)
 
-            def read_direct(_keep: object = (ids, ptrs)) -> bytes:
-                batch(uca, ids_at, ptrs_at, n)
-                return buf.raw
-
-            return read_direct
-
-        def read() -> bytes:
-            uclib.uc_reg_read_batch(uch, ids, ptrs, n)
+        def read(_keep: object = (ids, ptrs)) -> bytes:
+            batch()
             return buf.raw
 
         return read
