@@ -235,11 +235,13 @@ class EventRecorder:
             batch=self._walker is None,
         )
         self._record = struct.Struct(self._counter.record_format(self._saved_slot))
-        self._windows: dict[int, int] = {}  # entry -> the caller's frame window offset (x64)
+        # entry -> (bytes its return pops beyond the return address, the caller's frame
+        # window offset on x64): what the native hook and _kept_convention compare
+        self._promised: dict[int, tuple[int, int]] = {}
         for address, (name, proto) in self.watched.items():
             if check_conventions:  # the native hook compares each return with its entry
-                pops, self._windows[address] = self._promises(name, proto)
-                self._counter.special.add_entry(address, pops, self._windows[address])
+                pops, window = self._promised[address] = self._promises(name, proto)
+                self._counter.special.add_entry(address, pops, window)
             else:
                 self._counter.special.add_entry(address)
         if check_conventions:
@@ -440,10 +442,10 @@ class EventRecorder:
     def _plan(self, address: int) -> _Plan:
         """How to read a watched function's arguments at entry (found once per function):
         name, prototype, where its register arguments end in the record (they start at
-        r[6], after the stack pointer and the return value), the frame's layout from the entry stack
-        pointer (the return address, then its stack arguments: one unpack), the bytes that
-        needs, and the stack arguments' offset and format to read them from memory when the
-        logged frame does not hold them."""
+        r[6], after the stack pointer and the return value), the frame's layout from the entry
+        stack pointer (the return address, then its stack arguments: one unpack), and the
+        stack arguments' offset and format to read them from memory when the logged frame
+        does not hold them."""
         plan = self._plans.get(address)
         if plan is None:
             arch, conv = self.proc.arch, self._conv
@@ -456,7 +458,7 @@ class EventRecorder:
             fmt = "<" + ptr * nstack
             layout = "<" + ptr + (f"{first - arch.ptr_size}x" + ptr * nstack if nstack else "")
             frame = struct.Struct(layout)
-            plan = _Plan(name, proto, 6 + nreg, frame, frame.size, first, fmt if nstack else "")
+            plan = _Plan(name, proto, 6 + nreg, frame, first, fmt if nstack else "")
             self._plans[address] = plan
             # what of the return register the result is (BOOLEAN: al; NTSTATUS: eax)
             mask = {"bool": 0xFF, "status": 0xFFFFFFFF}.get(proto.returns, arch.ptr_mask)
@@ -472,11 +474,11 @@ class EventRecorder:
             # the same entry again: a run stopped by its instruction count right there (after
             # the block hook) and resumed there; a real recursive call has a lower sp
             return
-        name, proto, reg_end, frame_layout, need, first, fmt = self._plans.get(
+        name, proto, reg_end, frame_layout, first, fmt = self._plans.get(address) or self._plan(
             address
-        ) or self._plan(address)
+        )
         frame = r[-1] if r[3] else b""
-        if frame and need <= len(frame):  # the return address and stack arguments logged
+        if frame and frame_layout.size <= len(frame):  # return address, stack arguments logged
             got = frame_layout.unpack_from(frame)
             ret_addr = got[0]
             values = r[6:reg_end] + got[1:]
@@ -511,7 +513,7 @@ class EventRecorder:
             ev.stack = self._walker.walk(address, max_frames=self.stacks)
         if self.check_conventions:
             saved["entry"] = r  # what the return is compared with (_save_state)
-            if self._x64 and (sp % 16 != 8 or not frame or self._windows[address] > 0x40):
+            if self._x64 and (sp % 16 != 8 or not frame or self._promised[address][1] > 0x40):
                 self._save_state(ev, r, frame)  # a misaligned stack, a window to read now
         (opened[-1].children if opened else self._events).append(ev)
         self._all.append(ev)
@@ -608,12 +610,10 @@ class EventRecorder:
             if off > 0x40 or not stack:
                 saved["frame"] = (sp + off, self._read_frame(sp + off))
 
-    @staticmethod
-    def _window_offset(ev: AllocationEvent) -> int:
+    def _window_offset(self, ev: AllocationEvent) -> int:
         """Where the caller's frame that must not change starts, from the entry stack
         pointer (x64): above the return address, the shadow space and stack arguments."""
-        n = len(ev.args)
-        return 0x28 + 8 * (n - 4) if n > 4 else 0x28
+        return self._promised[ev.address][1]
 
     def _entry_frame(self, ev: AllocationEvent) -> tuple[int, bytes]:
         """(address, the 0x40 bytes there at the entry) of the caller's frame (x64)."""
@@ -626,12 +626,7 @@ class EventRecorder:
 
     def _expected_sp(self, ev: AllocationEvent) -> int:
         """The stack pointer at the return the convention promises."""
-        sp = ev.entry_sp
-        if self._x64:
-            return sp + 8
-        if self.cdecl and ev.name in self.cdecl:
-            return sp + 4
-        return sp + 4 + 4 * len(ev.args)  # stdcall: the callee pops
+        return ev.entry_sp + self.proc.arch.ptr_size + self._promised[ev.address][0]
 
     def _kept_convention(self, ev: AllocationEvent, rec: tuple[Any, ...]) -> bool:
         """True when the return ``rec`` shows nothing _check_state would report: the stack
@@ -706,7 +701,6 @@ class _Plan(NamedTuple):
     prototype: Prototype
     reg_end: int
     frame: struct.Struct
-    frame_needed: int
     first_stack_arg: int
     stack_format: str
 
