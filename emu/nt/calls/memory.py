@@ -130,6 +130,22 @@ def _write_out(k: Kernel, BaseAddress: int, RegionSize: int, lo: int, base: int,
     cpu.write(lo, bytes(span))
 
 
+def _whole_pages(
+    k: Kernel, BaseAddress: int, RegionSize: int
+) -> tuple[int, int, int, int, int] | None:
+    """The in/out pair read from plain memory (``_plain_in_out``) and the whole pages it
+    names: (base, size, lo, start, end); None when the pair is not in plain memory, names no
+    page, or may lie in those pages (it must not change with them)."""
+    inout = _plain_in_out(k, BaseAddress, RegionSize)
+    if inout is None:
+        return None
+    base, size, lo = inout
+    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if start >= end or (start < lo + 64 and lo < end):
+        return None
+    return base, size, lo, start, end
+
+
 def _commit_fast(
     k: Kernel, BaseAddress: int, RegionSize: int, AllocationType: int, Protect: int
 ) -> bool:
@@ -139,13 +155,10 @@ def _commit_fast(
     its decoding; False (nothing changed) for any other shape."""
     if Protect not in PLAIN_PROTECTIONS:
         return False  # (an invalid one is refused before anything is read)
-    inout = _plain_in_out(k, BaseAddress, RegionSize)
-    if inout is None:
-        return False
-    base, size, lo = inout
-    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    if not base or start >= end or (start < lo + 64 and lo < end):
-        return False  # a reservation, a bad size, or the pair may change with the pages
+    pages = _whole_pages(k, BaseAddress, RegionSize)
+    if pages is None or not pages[0]:
+        return False  # base 0 asks for a reservation
+    base, size, lo, start, end = pages
     details = k.details
     details.update(type=AllocationType, protect=Protect, base_in=base, size_in=size)
     if not k.memory.commit_private(start, end, Protect):
@@ -159,13 +172,10 @@ def _decommit_fast(k: Kernel, BaseAddress: int, RegionSize: int) -> bool:
     """NtFreeVirtualMemory's common shape, a heap shrinking: MEM_DECOMMIT of whole pages
     inside one private allocation (MemoryManager.decommit_private), the in/out pair in
     plain memory outside those pages; False (nothing changed) for any other shape."""
-    inout = _plain_in_out(k, BaseAddress, RegionSize)
-    if inout is None:
-        return False
-    base, size, lo = inout
-    start, end = base & ~(PAGE_SIZE - 1), (base + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    if not size or start >= end or (start < lo + 64 and lo < end):
-        return False  # size 0 names the whole allocation; or the pair goes with the pages
+    pages = _whole_pages(k, BaseAddress, RegionSize)
+    if pages is None or not pages[1]:
+        return False  # size 0 names the whole allocation
+    base, size, lo, start, end = pages
     details = k.details
     details.update(type=MEM_DECOMMIT, base_in=base, size_in=size)
     if not k.memory.decommit_private(start, end):
